@@ -1,0 +1,110 @@
+"""The application factory: the composition root of a running gateway.
+
+Nothing happens at import; ``create_app`` wires settings, store, ledger, upstream client and
+routes, and the aiohttp lifecycle hooks start and stop the parts that own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from rtgate import __version__
+from rtgate.auth.keyring import KeyRing
+from rtgate.catalog import Catalog
+from rtgate.clock import Clock, SystemClock
+from rtgate.config import Settings
+from rtgate.engine.server import EngineOptions, add_engine_routes
+from rtgate.gateway import Gateway
+from rtgate.metering.ledger import Ledger
+from rtgate.relay.endpoint import GATEWAY, realtime
+from rtgate.store.port import Store
+from rtgate.store.sql import SqlStore
+
+log = logging.getLogger("rtgate")
+
+ENGINE_PATH = "/_engine/v1"
+
+
+async def health(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.json_response(
+        {"status": "ok", "version": __version__, "live_sessions": len(gw.live)}
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    data = [
+        {"id": name, "object": "model", "owned_by": m.upstream}
+        for name, m in sorted(gw.settings.models.items())
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    engine: EngineOptions | None = None,
+    expiry_check_interval: float = 1.0,
+) -> web.Application:
+    clock = clock or SystemClock()
+    store = store or SqlStore(settings.resolved_database_url)
+    engine = engine or EngineOptions(token=secrets.token_urlsafe(32),
+                                     max_session_seconds=int(settings.max_session_seconds))
+    app = web.Application(client_max_size=settings.max_message_bytes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        await store.init()
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        ledger = Ledger(store)
+        gw = Gateway(
+            settings=settings,
+            store=store,
+            clock=clock,
+            keyring=KeyRing(store, clock),
+            catalog=Catalog(settings),
+            ledger=ledger,
+            http=http,
+            local_token=engine.token,
+            expiry_check_interval=expiry_check_interval,
+        )
+        app[GATEWAY] = gw
+        writer = asyncio.create_task(ledger.run(), name="ledger")
+        try:
+            yield
+        finally:
+            await asyncio.gather(
+                *(b.close(1001, "gateway shutting down", "gateway") for b in list(gw.live.values())),
+                return_exceptions=True,
+            )
+            await ledger.drain()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            await http.close()
+            await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/realtime", realtime)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/v1/models", models)
+    add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
+    return app
+
+
+def set_local_base_url(app: web.Application, host: str, port: int) -> None:
+    """Point the ``local`` upstream at this process's own engine route (known once bound)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    app[GATEWAY].local_base_url = f"ws://{host}:{port}{ENGINE_PATH}"

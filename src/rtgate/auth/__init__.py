@@ -1,0 +1,1 @@
+"""Gateway keys and the credentials clients present."""

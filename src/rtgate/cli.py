@@ -1,0 +1,207 @@
+"""The command line: ``rtgate serve``, ``keys``, ``usage``, ``sessions``.
+
+With ``api/app.py`` this is one of the two composition roots. Every command that prints data
+takes ``--json``; a new key's secret is printed once, alone on the last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rtgate.auth.keyring import KeyRing
+from rtgate.clock import SystemClock
+from rtgate.config import Settings, load_settings
+from rtgate.errors import GatewayError
+from rtgate.metering.cost import usd
+from rtgate.protocol.usage import TOKEN_FIELDS, Usage
+from rtgate.store.port import KeyInfo
+from rtgate.store.sql import SqlStore
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="rtgate: realtime voice AI gateway")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke gateway keys.")
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+_state: dict[str, Any] = {}
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings(_state.get("config"))
+    except GatewayError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        raise typer.Exit(2) from err
+
+
+def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
+    settings = _settings()
+
+    async def run() -> T:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = SqlStore(settings.resolved_database_url)
+        try:
+            await store.init()
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except GatewayError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        raise typer.Exit(1) from err
+
+
+def _ts(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _key_json(k: KeyInfo) -> dict[str, Any]:
+    return {"id": k.id, "name": k.name, "prefix": k.display_prefix,
+            "created_at": _ts(k.created_at), "revoked_at": _ts(k.revoked_at), "active": k.active}
+
+
+def _tokens(u: Usage) -> dict[str, int]:
+    return {f: getattr(u, f) for f in TOKEN_FIELDS}
+
+
+@app.callback()
+def main_options(config: ConfigOpt = None) -> None:
+    _state["config"] = config
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes sharing the port.")] = None,
+) -> None:
+    """Run the gateway."""
+    from rtgate.server import serve as run_server
+
+    settings = _settings()
+    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items()
+                 if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    run_server(settings)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for the key's owner.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key; its secret is printed once, alone on the last line."""
+    info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name))
+    if as_json:
+        _print_json({**_key_json(info), "secret": secret})
+        return
+    typer.echo(f"Created key {info.id} ({info.name}, {info.display_prefix}).")
+    typer.echo("Store this secret now; it is not kept and cannot be shown again:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """List keys (secrets are never shown: only their prefix)."""
+    keys = _with_store(lambda st: KeyRing(st, SystemClock()).list())
+    if as_json:
+        _print_json([_key_json(k) for k in keys])
+        return
+    table = Table("id", "name", "prefix", "created", "status")
+    for k in keys:
+        table.add_row(k.id, k.name, k.display_prefix, _ts(k.created_at),
+                      "active" if k.active else f"revoked {_ts(k.revoked_at)}")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke a key; sessions it opens from now on are refused."""
+    info = _with_store(lambda st: KeyRing(st, SystemClock()).revoke(key_id))
+    if info is None:
+        Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(_key_json(info))
+    else:
+        typer.echo(f"Revoked {info.id} ({info.name}).")
+
+
+@app.command()
+def usage(
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this UTC day (YYYY-MM-DD).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Usage and cost by key, model and UTC day."""
+    rows = _with_store(lambda st: st.usage_summary(key, since))
+    if as_json:
+        _print_json([
+            {"key_id": r.key_id, "key_name": r.key_name, "model": r.model, "day": r.day,
+             "records": r.records, "tokens": _tokens(r.usage),
+             "cost_usd": str(usd(r.charged_nanos)),
+             "provider_cost_usd": str(usd(r.provider_nanos))}
+            for r in rows
+        ])
+        return
+    table = Table("day", "key", "model", "text in/out", "audio in/out", "cached in",
+                  "cost $", "provider $")
+    for r in rows:
+        u = r.usage
+        table.add_row(r.day, r.key_name, r.model, f"{u.text_in}/{u.text_out}",
+                      f"{u.audio_in}/{u.audio_out}", str(u.text_in_cached + u.audio_in_cached),
+                      str(usd(r.charged_nanos)), str(usd(r.provider_nanos)))
+    Console().print(table)
+
+
+@app.command()
+def sessions(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent sessions: key, model, start, duration, close, tokens and cost."""
+    rows = _with_store(lambda st: st.recent_sessions(limit, key))
+    if as_json:
+        _print_json([
+            {"id": r.id, "key_id": r.key_id, "key_name": r.key_name, "model": r.model,
+             "upstream": r.upstream, "intent": r.intent, "started_at": _ts(r.started_at),
+             "ended_at": _ts(r.ended_at),
+             "duration_s": round(r.ended_at - r.started_at, 3) if r.ended_at else None,
+             "close_code": r.close_code, "close_reason": r.close_reason,
+             "closed_by": r.closed_by, "tokens": _tokens(r.usage),
+             "cost_usd": str(usd(r.charged_nanos)),
+             "provider_cost_usd": str(usd(r.provider_nanos))}
+            for r in rows
+        ])
+        return
+    table = Table("started", "key", "model", "duration", "close", "tokens", "cost $")
+    for r in rows:
+        dur = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "live"
+        close = f"{r.close_code} {r.close_reason or ''}".strip() if r.close_code else "-"
+        table.add_row(_ts(r.started_at), r.key_name, r.model or "(transcription)", dur, close,
+                      str(r.usage.total_tokens), str(usd(r.charged_nanos)))
+    Console().print(table)
+
+
+def main() -> None:
+    app()

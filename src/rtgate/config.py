@@ -1,0 +1,255 @@
+"""The one place that reads settings: a TOML file, then ``RTGATE_*`` environment overrides.
+
+Everything else receives a frozen ``Settings`` (or the parts of it it needs) as an argument.
+Provider keys are read from the environment only (``OPENAI_API_KEY`` or the variable an upstream
+names in ``api_key_env``), never from the file, so a config file can be shared or committed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from rtgate.errors import ConfigError
+
+UpstreamKind = Literal["openai", "azure", "local"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UpstreamSettings(_Frozen):
+    """One provider endpoint the gateway can dial."""
+
+    kind: UpstreamKind = "openai"
+    #: WebSocket base, e.g. ``wss://api.openai.com/v1`` or ``wss://RES.openai.azure.com/openai/v1``.
+    base_url: str = "wss://api.openai.com/v1"
+    #: Environment variable holding the provider key (never the key itself).
+    api_key_env: str = "OPENAI_API_KEY"
+    organization: str | None = None
+    project: str | None = None
+    #: Send ``OpenAI-Beta: realtime=v1``. Only for upstreams that still speak the beta shape:
+    #: OpenAI itself closes such sessions with 4000 since 2026.
+    beta: bool = False
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Resolved at load time from ``api_key_env``; excluded from every dump.
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+
+    @field_validator("base_url")
+    @classmethod
+    def _ws_scheme(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("must start with ws://, wss://, http:// or https://")
+        return v.rstrip("/")
+
+
+class PriceSettings(_Frozen):
+    """Provider prices in USD per 1M tokens (``per_minute`` for duration-billed transcription).
+
+    ``markup_percent`` turns the provider's cost into the price charged to a key.
+    """
+
+    text_in: Decimal = Decimal(0)
+    text_cached: Decimal | None = None
+    text_out: Decimal = Decimal(0)
+    audio_in: Decimal = Decimal(0)
+    audio_cached: Decimal | None = None
+    audio_out: Decimal = Decimal(0)
+    image_in: Decimal = Decimal(0)
+    image_cached: Decimal | None = None
+    per_minute: Decimal = Decimal(0)
+    markup_percent: Decimal = Decimal(0)
+
+
+class ModelSettings(_Frozen):
+    """A model name clients may ask for, and where it goes."""
+
+    upstream: str
+    #: The model id sent upstream (for Azure: the deployment name). Defaults to the name itself.
+    upstream_model: str | None = None
+    #: Key into the price table. Defaults to the model's family (its name without a date suffix).
+    prices: str | None = None
+
+
+def _d(s: str) -> Decimal:
+    return Decimal(s)
+
+
+# The seed's prices for the two headline models; the rest from protocol.md section 4.3.
+# Cached-input rates default to 10% of the input rate when a row leaves them out.
+DEFAULT_PRICES: dict[str, PriceSettings] = {
+    "gpt-realtime": PriceSettings(
+        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("16"),
+        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
+        image_in=_d("5"), image_cached=_d("0.50"),
+    ),
+    "gpt-realtime-mini": PriceSettings(
+        text_in=_d("1"), text_cached=_d("0.10"), text_out=_d("4"),
+        audio_in=_d("8"), audio_cached=_d("0.30"), audio_out=_d("16"),
+        image_in=_d("0.80"), image_cached=_d("0.08"),
+    ),
+    "gpt-realtime-1.5": PriceSettings(
+        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("16"),
+        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
+        image_in=_d("5"), image_cached=_d("0.50"),
+    ),
+    "gpt-realtime-2": PriceSettings(
+        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("24"),
+        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
+        image_in=_d("5"), image_cached=_d("0.50"),
+    ),
+    "gpt-realtime-2.1": PriceSettings(
+        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("24"),
+        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
+        image_in=_d("5"), image_cached=_d("0.50"),
+    ),
+    "gpt-realtime-2.1-mini": PriceSettings(
+        text_in=_d("0.60"), text_cached=_d("0.06"), text_out=_d("2.40"),
+        audio_in=_d("10"), audio_cached=_d("0.30"), audio_out=_d("20"),
+        image_in=_d("0.80"), image_cached=_d("0.08"),
+    ),
+    "gpt-4o-transcribe": PriceSettings(text_in=_d("2.50"), audio_in=_d("6"), text_out=_d("10")),
+    "gpt-4o-transcribe-diarize": PriceSettings(
+        text_in=_d("2.50"), audio_in=_d("6"), text_out=_d("10")
+    ),
+    "gpt-4o-mini-transcribe": PriceSettings(
+        text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")
+    ),
+    "whisper-1": PriceSettings(per_minute=_d("0.006")),
+    # The embedded local engine costs the operator nothing.
+    "local": PriceSettings(),
+}
+
+DEFAULT_OPENAI_MODELS = (
+    "gpt-realtime",
+    "gpt-realtime-mini",
+    "gpt-realtime-1.5",
+    "gpt-realtime-2",
+    "gpt-realtime-2.1",
+    "gpt-realtime-2.1-mini",
+)
+
+
+class Settings(_Frozen):
+    home: Path = Path(".rtgate")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: The hard cap on one connection, as OpenAI's 60 minutes.
+    max_session_seconds: float = Field(default=3600.0, gt=0)
+    #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
+    permessage_deflate: bool = False
+    #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
+    default_upstream: str | None = None
+    #: The model a connection without ``?model=`` gets.
+    default_model: str = "gpt-realtime"
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    prices: dict[str, PriceSettings] = Field(default_factory=dict)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'rtgate.db').resolve()}"
+
+
+_ENV_SCALARS: dict[str, str] = {
+    "RTGATE_HOME": "home",
+    "RTGATE_DATABASE_URL": "database_url",
+    "RTGATE_HOST": "host",
+    "RTGATE_PORT": "port",
+    "RTGATE_WORKERS": "workers",
+    "RTGATE_LOG_LEVEL": "log_level",
+    "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
+    "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
+    "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
+}
+_ENV_OPENAI: dict[str, str] = {
+    "RTGATE_OPENAI_BASE_URL": "base_url",
+    "RTGATE_OPENAI_ORGANIZATION": "organization",
+    "RTGATE_OPENAI_PROJECT": "project",
+}
+
+
+def load_settings(
+    config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (``config_path`` or ``RTGATE_CONFIG``), apply env overrides, validate.
+
+    Raises ``ConfigError`` naming the offending setting; the CLI prints it and exits non-zero.
+    """
+    env = os.environ if environ is None else environ
+    path = config_path or env.get("RTGATE_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    for var, field in _ENV_SCALARS.items():
+        if env.get(var):
+            raw[field] = env[var]
+
+    upstreams: dict[str, Any] = {k: dict(v) for k, v in dict(raw.pop("upstreams", {})).items()}
+    openai = upstreams.setdefault("openai", {"kind": "openai"})
+    for var, field in _ENV_OPENAI.items():
+        if env.get(var):
+            openai[field] = env[var]
+    upstreams.setdefault("local", {"kind": "local", "base_url": "ws://127.0.0.1", "api_key_env": ""})
+    for up in upstreams.values():
+        key_env = up.get("api_key_env", "OPENAI_API_KEY")
+        if "api_key" in up:
+            raise ConfigError(
+                "upstreams.*.api_key: provider keys are read from the environment; "
+                "set api_key_env to the variable's name instead"
+            )
+        if key_env and env.get(key_env):
+            up["api_key"] = env[key_env]
+    raw["upstreams"] = upstreams
+
+    if "default_upstream" not in raw:
+        raw["default_upstream"] = "openai" if "api_key" in openai else "local"
+
+    prices = {k: v.model_dump() for k, v in DEFAULT_PRICES.items()}
+    for name, row in dict(raw.pop("prices", {})).items():
+        prices[name] = {**prices.get(name, {}), **dict(row)}
+    raw["prices"] = prices
+
+    models: dict[str, Any] = {
+        name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
+        for name in (*DEFAULT_OPENAI_MODELS, "local")
+    }
+    models["local"]["prices"] = "local"
+    models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
+    raw["models"] = models
+
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+    for name, model in settings.models.items():
+        if model.upstream not in settings.upstreams:
+            raise ConfigError(f"models.{name}.upstream: no upstream named {model.upstream!r}")
+    if settings.default_upstream not in settings.upstreams:
+        raise ConfigError(f"default_upstream: no upstream named {settings.default_upstream!r}")
+    return settings

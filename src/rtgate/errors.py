@@ -1,0 +1,114 @@
+"""One exception tree for the whole gateway.
+
+Every error the gateway itself raises derives from ``GatewayError`` and knows the three ways it
+can reach a client: an HTTP status (before or without a WebSocket), an OpenAI-style ``error``
+event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI uses::
+
+    GatewayError
+    +-- ConfigError              bad settings at start-up (never reaches a client)
+    +-- AuthError                invalid_api_key            401 / close 3000
+    +-- ModelNotFound            model_not_found            404 / close 4004
+    +-- BetaShapeDisabled        beta_api_shape_disabled    400 / close 4000
+    +-- PolicyError              rate/quota/permission refusals (per-key policy)
+    |   +-- RateLimited          rate_limit_exceeded        429 / close 3000
+    |   +-- QuotaExceeded        insufficient_quota         429 / close 3000
+    |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
+    +-- UpstreamError            upstream_unavailable       502 / close 1011
+    +-- SessionExpired           session_expired            --  / close 1001
+
+Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
+catches them; nothing above the boundary sees a library exception.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    http_status: ClassVar[int] = 500
+    close_code: ClassVar[int] = 1011
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason OpenAI sends after a fatal error: ``"<type>.<code>"``."""
+        return f"{self.error_type}.{self.code}"
+
+
+class ConfigError(GatewayError):
+    """A setting is missing or invalid; the message names the setting."""
+
+    code = "config_error"
+
+
+class AuthError(GatewayError):
+    http_status = 401
+    close_code = 3000
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    http_status = 404
+    close_code = 4004
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class BetaShapeDisabled(GatewayError):
+    http_status = 400
+    close_code = 4000
+    error_type = "invalid_request_error"
+    code = "beta_api_shape_disabled"
+
+
+class PolicyError(GatewayError):
+    http_status = 403
+    close_code = 3000
+    error_type = "invalid_request_error"
+    code = "policy_violation"
+
+
+class RateLimited(PolicyError):
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(PolicyError):
+    http_status = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class ModelNotAllowed(PolicyError):
+    http_status = 403
+    code = "model_not_allowed"
+
+
+class UpstreamError(GatewayError):
+    http_status = 502
+    close_code = 1011
+    error_type = "server_error"
+    code = "upstream_unavailable"
+
+
+class SessionExpired(GatewayError):
+    http_status = 400
+    close_code = 1001
+    error_type = "invalid_request_error"
+    code = "session_expired"
+
+    @property
+    def close_reason(self) -> str:
+        # OpenAI closes an expired session with the human message as the reason (protocol 5.1).
+        return self.message

@@ -1,0 +1,24 @@
+"""One row of the usage ledger: what a metered event consumed and what it cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtgate.protocol.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    session_id: str
+    key_id: str
+    #: The model name the client asked for (or the transcription model, for transcription).
+    model: str
+    #: The price row used (the model's family unless the catalog says otherwise).
+    price_key: str
+    usage: Usage
+    provider_nanos: int
+    charged_nanos: int
+    #: Unix seconds.
+    created_at: float
+    #: The provider's id of what was metered: ``resp_...`` or the transcribed ``item_...``.
+    ref: str | None = None

@@ -1,0 +1,192 @@
+"""The relay's decisions for one WebSocket session, with no I/O (sans-I/O, like h11).
+
+The bridge feeds every text frame in; this object tells it what to meter and when the session
+must end. It keeps the hot path cheap (protocol.md 8.2, perf-baseline.md):
+
+* Audio frames are recognised by their prefix and skipped without a scan.
+* Other frames are scanned for a handful of quoted event names. Base64 cannot contain ``"``, and
+  a name quoted inside a JSON string reads ``\\"name\\"``, which does not match ``"name"``.
+* Only frames that match are parsed, and the parsed ``type`` decides, so a false hit costs one
+  parse and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import orjson
+
+from rtgate.catalog import Catalog, Route
+from rtgate.metering.cost import cost_of
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
+
+# Frames that dominate traffic and never matter to metering. A tuple keeps it one C call.
+_SKIP_PREFIXES = (
+    '{"type":"response.output_audio.delta"',
+    '{"type":"input_audio_buffer.append"',
+    '{"type":"response.output_audio_transcript.delta"',
+    '{"type":"response.output_text.delta"',
+    '{"type":"response.audio.delta"',
+    '{"type":"response.audio_transcript.delta"',
+    '{"type":"response.text.delta"',
+)
+_RESPONSE_DONE = '"response.done"'
+_TRANSCRIBED = 'input_audio_transcription.completed"'
+_SESSION_CREATED = '"session.created"'
+_SESSION_UPDATED = '"session.updated"'
+
+_DURATION_DEFAULT_MODEL = "whisper-1"
+
+
+class SessionState(enum.Enum):
+    """OPEN until the first close from either side or the gateway; then CLOSED for good."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class RelaySession:
+    """What one relayed session has consumed, and when it must end."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        key_id: str,
+        route: Route,
+        catalog: Catalog,
+        opened_at: float,
+        opened_mono: float,
+        max_seconds: float,
+    ) -> None:
+        self.session_id = session_id
+        self.key_id = key_id
+        self.route = route
+        self._catalog = catalog
+        self.opened_at = opened_at
+        self.deadline = opened_mono + max_seconds
+        self.max_seconds = max_seconds
+        self.state = SessionState.OPEN
+        self.upstream_session_model: str | None = None
+        self.transcription_model: str | None = None
+        self.totals = Usage()
+        self.provider_nanos = 0
+        self.charged_nanos = 0
+        self.records = 0
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.closed_by: str | None = None
+
+    # -- upstream -> client -------------------------------------------------------------------
+    def on_upstream_text(self, data: str, now: float) -> UsageRecord | None:
+        """Inspect one upstream text frame; return a usage record when it carries usage."""
+        if data.startswith(_SKIP_PREFIXES):
+            return None
+        if not (
+            _RESPONSE_DONE in data
+            or _TRANSCRIBED in data
+            or _SESSION_CREATED in data
+            or _SESSION_UPDATED in data
+        ):
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        etype = event.get("type")
+        if etype == "response.done":
+            resp = event.get("response") or {}
+            if not isinstance(resp, dict):
+                return None
+            return self._meter(
+                usage_from_response(resp.get("usage")),
+                self.route.model or (self.upstream_session_model or ""),
+                self.route.price_key,
+                self.route.prices,
+                resp.get("id"),
+                now,
+                from_route=True,
+            )
+        if etype == "conversation.item.input_audio_transcription.completed":
+            raw = event.get("usage")
+            usage = usage_from_transcription(raw)
+            model = self.transcription_model
+            if model is None and usage.audio_ms:
+                model = _DURATION_DEFAULT_MODEL
+            return self._meter(usage, model or "", None, None, event.get("item_id"), now)
+        if etype in ("session.created", "session.updated"):
+            self._track_session(event.get("session"))
+        return None
+
+    def _track_session(self, session: Any) -> None:
+        if not isinstance(session, dict):
+            return
+        model = session.get("model")
+        if isinstance(model, str):
+            self.upstream_session_model = model
+        tmodel = _transcription_model(session)
+        if tmodel is not None:
+            self.transcription_model = tmodel
+
+    def _meter(
+        self,
+        usage: Usage,
+        model: str,
+        price_key: str | None,
+        prices: Any,
+        ref: Any,
+        now: float,
+        *,
+        from_route: bool = False,
+    ) -> UsageRecord | None:
+        if usage.total_tokens == 0 and usage.audio_ms == 0:
+            return None
+        if not from_route:
+            price_key, prices = self._catalog.price_row(model) if model else ("", None)
+        cost = cost_of(usage, prices)
+        self.totals = self.totals + usage
+        self.provider_nanos += cost.provider_nanos
+        self.charged_nanos += cost.charged_nanos
+        self.records += 1
+        return UsageRecord(
+            session_id=self.session_id,
+            key_id=self.key_id,
+            model=model,
+            price_key=price_key or "",
+            usage=usage,
+            provider_nanos=cost.provider_nanos,
+            charged_nanos=cost.charged_nanos,
+            created_at=now,
+            ref=ref if isinstance(ref, str) else None,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def expired(self, now_mono: float) -> bool:
+        return now_mono >= self.deadline
+
+    def close(self, code: int, reason: str, by: str) -> bool:
+        """Record the first close; later ones (the echo from the other side) are ignored."""
+        if self.state is SessionState.CLOSED:
+            return False
+        self.state = SessionState.CLOSED
+        self.close_code, self.close_reason, self.closed_by = code, reason, by
+        return True
+
+
+def _transcription_model(session: dict[str, Any]) -> str | None:
+    """GA ``audio.input.transcription.model`` or beta ``input_audio_transcription.model``."""
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        inp = audio.get("input")
+        if isinstance(inp, dict):
+            tr = inp.get("transcription")
+            if isinstance(tr, dict) and isinstance(tr.get("model"), str):
+                return str(tr["model"])
+    tr = session.get("input_audio_transcription")
+    if isinstance(tr, dict) and isinstance(tr.get("model"), str):
+        return str(tr["model"])
+    return None

@@ -1,0 +1,1 @@
+"""The WebSocket relay: upstream dialling, the two-pump bridge, and the endpoint."""

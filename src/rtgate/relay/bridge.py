@@ -1,0 +1,190 @@
+"""The bridge: two pumps and a watchdog for one relayed session.
+
+Each pump owns reading one socket and writing the other; the watchdog owns the duration cap.
+The first of the three to finish ends the session and the others are cancelled, so every task
+has an owner and none outlives the connection.
+
+Backpressure: a pump awaits each send, and a send waits for the destination's write buffer to
+drain. While it waits it does not read, so aiohttp's bounded reader queue fills and the source
+socket is paused: a slow client slows its own upstream read, never the process.
+
+Closing (protocol.md 5.4): a close frame from either side is mirrored to the other with the same
+code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
+``error`` event (when that side is the client's) and a 1011 close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+
+from rtgate.clock import Clock
+from rtgate.errors import SessionExpired, UpstreamError
+from rtgate.metering.ledger import Ledger
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.events import error_event_for
+from rtgate.protocol.relay_session import RelaySession
+
+log = logging.getLogger("rtgate.relay")
+
+_TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
+
+# RFC 6455 7.4: codes that must never be sent in a close frame.
+_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+def sendable(code: int | None) -> int:
+    if code is None or code in _UNSENDABLE or not (1000 <= code <= 4999):
+        return 1000
+    return code
+
+
+def expiry_message(seconds: float) -> str:
+    minutes = seconds / 60
+    span = f"{minutes:g} minutes" if minutes >= 1 else f"{seconds:g} seconds"
+    return f"Your session hit the maximum duration of {span}."
+
+
+class Bridge:
+    def __init__(
+        self,
+        client: web.WebSocketResponse,
+        upstream: ClientWebSocketResponse,
+        session: RelaySession,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        check_interval: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.session = session
+        self._ledger = ledger
+        self._clock = clock
+        self._check_interval = check_interval
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._upstream_to_client(), name="down"),
+            asyncio.create_task(self._client_to_upstream(), name="up"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                log.error("relay task %s failed: %r", t.get_name(), exc,
+                          extra={"session_id": self.session.session_id})
+        self.session.close(1011, "relay ended", "gateway")
+        await self._close_both(1011, "")
+
+    async def close(self, code: int, reason: str, by: str) -> None:
+        """End the session from outside (shutdown, admin): close both sides with ``code``."""
+        if self.session.close(code, reason, by):
+            await self._close_both(code, reason)
+
+    async def _close_both(self, code: int, reason: str) -> None:
+        msg = reason.encode()[:123]
+        with contextlib.suppress(Exception):
+            await self.client.close(code=sendable(code), message=msg)
+        with contextlib.suppress(Exception):
+            await self.upstream.close(code=sendable(code), message=msg)
+
+    async def _commit(self, rec: UsageRecord) -> None:
+        try:
+            await self._ledger.record(rec)
+        except Exception as exc:  # noqa: BLE001 -- a failed write must not end the session
+            log.error(
+                "usage record not committed: %r (%s)", rec, exc,
+                extra={"session_id": rec.session_id, "key_id": rec.key_id},
+            )
+
+    async def _upstream_to_client(self) -> None:
+        up, client, session, clock = self.upstream, self.client, self.session, self._clock
+        on_text = session.on_upstream_text
+        try:
+            while True:
+                msg = await up.receive()
+                t = msg.type
+                if t is _TEXT:
+                    data = msg.data
+                    rec = on_text(data, clock.now())
+                    if rec is not None:
+                        await self._commit(rec)
+                    await client.send_str(data)
+                elif t is _BINARY:
+                    await client.send_bytes(msg.data)
+                elif t is _CLOSE:
+                    code, reason = msg.data, msg.extra or ""
+                    if session.close(code, reason, "upstream"):
+                        with contextlib.suppress(Exception):
+                            await client.close(code=sendable(code), message=reason.encode()[:123])
+                    return
+                else:
+                    break
+        except (ConnectionError, RuntimeError):
+            # The client went away while we wrote to it; the other pump sees its close.
+            await asyncio.sleep(0)
+            if session.close(1006, "client disconnected", "client"):
+                with contextlib.suppress(Exception):
+                    await up.close(code=1001, message=b"client disconnected")
+            return
+        # The upstream vanished without a close frame (TCP reset, crash, timeout).
+        err = UpstreamError("The upstream connection was lost.")
+        if session.close(err.close_code, err.close_reason, "upstream"):
+            with contextlib.suppress(Exception):
+                await client.send_str(error_event_for(err))
+                await client.close(code=err.close_code, message=err.close_reason.encode())
+
+    async def _client_to_upstream(self) -> None:
+        up, client, session = self.upstream, self.client, self.session
+        try:
+            while True:
+                msg = await client.receive()
+                t = msg.type
+                if t is _TEXT:
+                    await up.send_str(msg.data)
+                elif t is _BINARY:
+                    await up.send_bytes(msg.data)
+                elif t is _CLOSE:
+                    code, reason = msg.data, msg.extra or ""
+                    if session.close(code, reason, "client"):
+                        with contextlib.suppress(Exception):
+                            await up.close(code=sendable(code), message=reason.encode()[:123])
+                    return
+                else:
+                    break
+        except (ConnectionError, RuntimeError):
+            await asyncio.sleep(0)
+            err = UpstreamError("The upstream connection was lost.")
+            if session.close(err.close_code, err.close_reason, "upstream"):
+                with contextlib.suppress(Exception):
+                    await client.send_str(error_event_for(err))
+                    await client.close(code=err.close_code, message=err.close_reason.encode())
+            return
+        # The client vanished, or aiohttp closed it for a protocol error (e.g. 1009 too big).
+        code = client.close_code or 1006
+        reason = "message too big" if code == 1009 else "client disconnected"
+        if session.close(code, reason, "client"):
+            with contextlib.suppress(Exception):
+                await up.close(code=1001 if code == 1006 else sendable(code), message=reason.encode())
+
+    async def _watchdog(self) -> None:
+        session, clock = self.session, self._clock
+        while True:
+            remaining = session.deadline - clock.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(remaining, self._check_interval))
+        err = SessionExpired(expiry_message(session.max_seconds))
+        if session.close(err.close_code, err.close_reason, "gateway"):
+            with contextlib.suppress(Exception):
+                await self.client.send_str(error_event_for(err))
+            await self._close_both(err.close_code, err.close_reason)

@@ -1,0 +1,65 @@
+"""How to dial an upstream: its URL and the headers that replace the client's (protocol 8.2).
+
+Pure functions; the bridge does the dialling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlencode
+
+from rtgate.config import UpstreamSettings
+
+# Never forwarded: the client's credentials, hop-by-hop headers (RFC 9110 7.6.1), the WebSocket
+# handshake's own headers (the upstream leg negotiates its own), and the client's beta opt-in.
+_DROP = frozenset(
+    h.lower()
+    for h in (
+        "Authorization", "api-key", "Cookie", "Host", "Connection", "Keep-Alive",
+        "Proxy-Authorization", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Content-Length", "Origin", "OpenAI-Beta",
+        "OpenAI-Organization", "OpenAI-Project", "X-Forwarded-For", "Forwarded",
+    )
+)
+
+
+def ws_scheme(url: str) -> str:
+    if url.startswith("https://"):
+        return "wss://" + url[len("https://") :]
+    if url.startswith("http://"):
+        return "ws://" + url[len("http://") :]
+    return url
+
+
+def upstream_url(
+    up: UpstreamSettings, base_url: str, upstream_model: str, query: Iterable[tuple[str, str]]
+) -> str:
+    """``{base}/realtime?model=...&<client query less model>``; Azure GA uses the same form."""
+    params: list[tuple[str, str]] = []
+    if upstream_model:
+        params.append(("model", upstream_model))
+    params.extend((k, v) for k, v in query if k != "model")
+    qs = urlencode(params)
+    return f"{ws_scheme(base_url)}/realtime" + (f"?{qs}" if qs else "")
+
+
+def upstream_headers(
+    up: UpstreamSettings, client_headers: Mapping[str, str], api_key: str | None
+) -> dict[str, str]:
+    headers = {
+        k: v
+        for k, v in client_headers.items()
+        if k.lower() not in _DROP and not k.lower().startswith("sec-websocket-")
+    }
+    if api_key:
+        if up.kind == "azure":
+            headers["api-key"] = api_key
+        else:
+            headers["Authorization"] = f"Bearer {api_key}"
+    if up.organization:
+        headers["OpenAI-Organization"] = up.organization
+    if up.project:
+        headers["OpenAI-Project"] = up.project
+    if up.beta:
+        headers["OpenAI-Beta"] = "realtime=v1"
+    return headers

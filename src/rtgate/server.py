@@ -1,0 +1,92 @@
+"""Running the gateway: one process, or ``--workers N`` processes sharing the port.
+
+Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
+they share nothing but the database, so each holds its own live sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from rtgate.api.app import create_app, set_local_base_url
+from rtgate.config import Settings
+from rtgate.logs import configure_logging
+
+log = logging.getLogger("rtgate")
+
+
+def _provider_secrets(settings: Settings) -> list[str]:
+    return [u.api_key.get_secret_value() for u in settings.upstreams.values() if u.api_key]
+
+
+def install_uvloop() -> None:
+    if sys.platform != "win32":
+        import uvloop
+
+        uvloop.install()
+
+
+async def serve_async(settings: Settings, sock: socket.socket | None = None) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    if sock is not None:
+        site: web.BaseSite = web.SockSite(runner, sock)
+        host, port = sock.getsockname()[:2]
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1,
+                           backlog=4096)
+        host, port = settings.host, settings.port
+    await site.start()
+    set_local_base_url(app, str(host), int(port))
+    up = settings.upstreams[settings.default_upstream or "local"]
+    if up.kind == "local":
+        log.warning(
+            "no OPENAI_API_KEY: gpt-realtime and the other catalog models are served by the "
+            "embedded local engine"
+        )
+    log.info("rtgate listening on http://%s:%s (default upstream: %s)", host, port,
+             settings.default_upstream)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def _worker(settings: Settings) -> None:
+    configure_logging(settings.log_level, _provider_secrets(settings))
+    install_uvloop()
+    asyncio.run(serve_async(settings))
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level, _provider_secrets(settings))
+    if settings.workers == 1:
+        install_uvloop()
+        asyncio.run(serve_async(settings))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(settings,), name=f"rtgate-worker-{i}")
+             for i in range(settings.workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()

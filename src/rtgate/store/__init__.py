@@ -1,0 +1,1 @@
+"""Persistence: the ``Store`` port and its SQL adapter (SQLite by default, PostgreSQL)."""

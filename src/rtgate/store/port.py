@@ -1,0 +1,105 @@
+"""The ``Store`` port: everything the gateway asks of persistence, and the rows it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    name: str
+    display_prefix: str
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """Usage of one key, model and UTC day."""
+
+    key_id: str
+    key_name: str
+    model: str
+    day: str
+    usage: Usage
+    records: int
+    provider_nanos: int
+    charged_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    id: str
+    key_id: str
+    key_name: str
+    model: str
+    upstream: str
+    intent: str | None
+    started_at: float
+    ended_at: float | None
+    close_code: int | None
+    close_reason: str | None
+    closed_by: str | None
+    usage: Usage
+    provider_nanos: int
+    charged_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpen:
+    id: str
+    key_id: str
+    model: str
+    upstream: str
+    intent: str | None
+    started_at: float
+
+
+class Store(Protocol):
+    async def init(self) -> None:
+        """Create or migrate the schema; idempotent."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def create_key(
+        self, key_id: str, name: str, display_prefix: str, key_hash: str, now: float
+    ) -> KeyInfo: ...
+
+    async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]: ...
+
+    async def get_key(self, key_id: str) -> KeyInfo | None: ...
+
+    async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
+        """The key and its stored hash (for the caller's constant-time check)."""
+        ...
+
+    async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None: ...
+
+    async def open_session(self, s: SessionOpen) -> None: ...
+
+    async def close_session(
+        self, session_id: str, ended_at: float, code: int | None, reason: str, closed_by: str
+    ) -> None: ...
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Append records in one transaction; durable when this returns."""
+        ...
+
+    async def usage_summary(
+        self, key_id: str | None = None, since_day: str | None = None
+    ) -> list[UsageSummary]: ...
+
+    async def recent_sessions(
+        self, limit: int = 50, key_id: str | None = None
+    ) -> list[SessionSummary]: ...

@@ -1,0 +1,72 @@
+"""Tables. Money columns are integer nano-dollars; times are unix seconds (float)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("display_prefix", String(40), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("upstream", String(100), nullable=False),
+    Column("intent", String(40), nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("close_code", Integer, nullable=True),
+    Column("close_reason", String(300), nullable=True),
+    Column("closed_by", String(20), nullable=True),
+    Index("ix_sessions_started_at", "started_at"),
+    Index("ix_sessions_key_id", "key_id"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("price_key", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("ref", String(100), nullable=True),
+    Column("text_in", BigInteger, nullable=False, default=0),
+    Column("text_in_cached", BigInteger, nullable=False, default=0),
+    Column("audio_in", BigInteger, nullable=False, default=0),
+    Column("audio_in_cached", BigInteger, nullable=False, default=0),
+    Column("image_in", BigInteger, nullable=False, default=0),
+    Column("image_in_cached", BigInteger, nullable=False, default=0),
+    Column("text_out", BigInteger, nullable=False, default=0),
+    Column("audio_out", BigInteger, nullable=False, default=0),
+    Column("audio_ms", BigInteger, nullable=False, default=0),
+    Column("provider_nanos", BigInteger, nullable=False),
+    Column("charged_nanos", BigInteger, nullable=False),
+    Index("ix_usage_session", "session_id"),
+    Index("ix_usage_key_day", "key_id", "day"),
+)

@@ -1,0 +1,271 @@
+"""The SQL adapter of the ``Store`` port, on SQLAlchemy Core (async).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a committed usage record survives the
+process being killed, and the ledger's group commit keeps the fsyncs few. PostgreSQL goes
+through asyncpg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from rtgate.errors import GatewayError
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import TOKEN_FIELDS, Usage
+from rtgate.store.port import KeyInfo, SessionOpen, SessionSummary, UsageSummary
+from rtgate.store.schema import api_keys, metadata, sessions, usage_records
+
+
+class StoreError(GatewayError):
+    """The database failed; mapped from SQLAlchemy at this boundary."""
+
+    code = "store_unavailable"
+
+
+def utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _key(row: Row[Any]) -> KeyInfo:
+    return KeyInfo(
+        id=row.id,
+        name=row.name,
+        display_prefix=row.display_prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _usage_from_row(row: Row[Any]) -> Usage:
+    return Usage(**{f: int(getattr(row, f) or 0) for f in TOKEN_FIELDS})
+
+
+_SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in TOKEN_FIELDS]
+
+
+class SqlStore:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        if url.startswith("postgresql"):
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def init(self) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot open the database: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def create_key(
+        self, key_id: str, name: str, display_prefix: str, key_hash: str, now: float
+    ) -> KeyInfo:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    name=name,
+                    display_prefix=display_prefix,
+                    key_hash=key_hash,
+                    created_at=now,
+                    revoked_at=None,
+                )
+            )
+        return KeyInfo(key_id, name, display_prefix, now, None)
+
+    async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]:
+        q = select(api_keys).order_by(api_keys.c.created_at)
+        if not include_revoked:
+            q = q.where(api_keys.c.revoked_at.is_(None))
+        async with self.engine.connect() as conn:
+            return [_key(r) for r in (await conn.execute(q)).all()]
+
+    async def get_key(self, key_id: str) -> KeyInfo | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return (_key(row), row.key_hash) if row else None
+
+    async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    # -- sessions and usage -----------------------------------------------------------------------
+    async def open_session(self, s: SessionOpen) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sessions.insert().values(
+                    id=s.id,
+                    key_id=s.key_id,
+                    model=s.model,
+                    upstream=s.upstream,
+                    intent=s.intent,
+                    started_at=s.started_at,
+                )
+            )
+
+    async def close_session(
+        self, session_id: str, ended_at: float, code: int | None, reason: str, closed_by: str
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id)
+                .values(
+                    ended_at=ended_at, close_code=code, close_reason=reason[:300],
+                    closed_by=closed_by,
+                )
+            )
+
+    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "session_id": r.session_id,
+                "key_id": r.key_id,
+                "model": r.model,
+                "price_key": r.price_key,
+                "kind": r.usage.kind,
+                "day": utc_day(r.created_at),
+                "created_at": r.created_at,
+                "ref": r.ref,
+                "provider_nanos": r.provider_nanos,
+                "charged_nanos": r.charged_nanos,
+                **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
+            }
+            for r in records
+        ]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(usage_records.insert(), rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write usage: {type(exc).__name__}") from exc
+
+    async def usage_summary(
+        self, key_id: str | None = None, since_day: str | None = None
+    ) -> list[UsageSummary]:
+        u = usage_records.c
+        q = (
+            select(
+                u.key_id,
+                api_keys.c.name.label("key_name"),
+                u.model,
+                u.day,
+                func.count().label("records"),
+                func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
+                func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
+                *_SUMS,
+            )
+            .select_from(usage_records.join(api_keys, api_keys.c.id == u.key_id))
+            .group_by(u.key_id, api_keys.c.name, u.model, u.day)
+            .order_by(u.day, api_keys.c.name, u.model)
+        )
+        if key_id:
+            q = q.where(u.key_id == key_id)
+        if since_day:
+            q = q.where(u.day >= since_day)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            UsageSummary(
+                key_id=r.key_id,
+                key_name=r.key_name,
+                model=r.model,
+                day=r.day,
+                usage=_usage_from_row(r),
+                records=int(r.records),
+                provider_nanos=int(r.provider_nanos),
+                charged_nanos=int(r.charged_nanos),
+            )
+            for r in rows
+        ]
+
+    async def recent_sessions(
+        self, limit: int = 50, key_id: str | None = None
+    ) -> list[SessionSummary]:
+        u = usage_records.c
+        totals = (
+            select(
+                u.session_id,
+                func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
+                func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
+                *_SUMS,
+            )
+            .group_by(u.session_id)
+            .subquery()
+        )
+        s = sessions.c
+        q = (
+            select(sessions, api_keys.c.name.label("key_name"), totals)
+            .select_from(
+                sessions.join(api_keys, api_keys.c.id == s.key_id).outerjoin(
+                    totals, totals.c.session_id == s.id
+                )
+            )
+            .order_by(s.started_at.desc())
+            .limit(limit)
+        )
+        if key_id:
+            q = q.where(s.key_id == key_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        out = []
+        for r in rows:
+            m = r._mapping
+            out.append(
+                SessionSummary(
+                    id=m[s.id],
+                    key_id=m[s.key_id],
+                    key_name=m["key_name"],
+                    model=m[s.model],
+                    upstream=m[s.upstream],
+                    intent=m[s.intent],
+                    started_at=m[s.started_at],
+                    ended_at=m[s.ended_at],
+                    close_code=m[s.close_code],
+                    close_reason=m[s.close_reason],
+                    closed_by=m[s.closed_by],
+                    usage=Usage(**{f: int(m[totals.c[f]] or 0) for f in TOKEN_FIELDS}),
+                    provider_nanos=int(m[totals.c.provider_nanos] or 0),
+                    charged_nanos=int(m[totals.c.charged_nanos] or 0),
+                )
+            )
+        return out
+
+

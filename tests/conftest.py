@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from rtgate.api.app import create_app, set_local_base_url
+from rtgate.clock import Clock
+from rtgate.config import Settings, load_settings
+from rtgate.relay.endpoint import GATEWAY
+from tests.provider import PROVIDER_KEY, FakeProvider
+
+
+@dataclass
+class RunningGateway:
+    app: web.Application
+    runner: web.AppRunner
+    port: int
+    settings: Settings
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def new_key(self, name: str = "alice") -> str:
+        _, secret = await self.app[GATEWAY].keyring.create(name)
+        return secret
+
+    @property
+    def store(self) -> Any:
+        return self.app[GATEWAY].store
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[FakeProvider]:
+    p = FakeProvider()
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def database_url(tmp_path: Path) -> str:
+    return os.environ.get("RTGATE_TEST_DATABASE_URL") or (
+        f"sqlite+aiosqlite:///{tmp_path / 'rtgate.db'}"
+    )
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, provider: FakeProvider) -> Callable[..., Settings]:
+    def make(**env: str) -> Settings:
+        base = {
+            "RTGATE_HOME": str(tmp_path / "home"),
+            "RTGATE_DATABASE_URL": database_url(tmp_path),
+            "RTGATE_OPENAI_BASE_URL": provider.base_url,
+            "OPENAI_API_KEY": PROVIDER_KEY,
+        }
+        base.update(env)
+        return load_settings(None, base)
+
+    return make
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(settings: Settings, clock: Clock | None = None,
+                    expiry_check_interval: float = 1.0) -> RunningGateway:
+        app = create_app(settings, clock=clock, expiry_check_interval=expiry_check_interval)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        set_local_base_url(app, "127.0.0.1", port)
+        runners.append(runner)
+        return RunningGateway(app, runner, port, settings)
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def gateway(make_settings: Callable[..., Settings],
+                  start_gateway: Callable[..., Any]) -> RunningGateway:
+    gw: RunningGateway = await start_gateway(make_settings())
+    return gw

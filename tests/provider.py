@@ -1,0 +1,130 @@
+"""A protocol-faithful fake provider for tests: the local engine behind OpenAI's front door.
+
+It checks the provider key as OpenAI does (101, then ``invalid_api_key`` and close 3000),
+records each upgrade's headers and path, and understands a few ``test.*`` client events that let
+a test make the provider misbehave: close with a code, vanish, send a binary frame, or emit a
+verbatim server event (e.g. a ``response.done`` with exact usage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from rtgate.engine.ports import Transcript
+from rtgate.engine.server import EngineConnection, EngineOptions
+from rtgate.engine.session import EngineSession
+
+PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
+
+
+class FakeTranscriber:
+    """Says what a test told it to, for as long as the audio lasts."""
+
+    def __init__(self, text: str = "hello from the test") -> None:
+        self.text = text
+
+    async def transcribe(self, pcm24k: bytes, model: str, language: str | None) -> Transcript:
+        return Transcript(self.text, len(pcm24k) / 48000)
+
+
+@dataclass
+class Upgrade:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeProvider:
+    key: str = PROVIDER_KEY
+    refuse_status: int | None = None
+    upgrades: list[Upgrade] = field(default_factory=list)
+    closes: list[tuple[int | None, str]] = field(default_factory=list)
+    transcriber: FakeTranscriber = field(default_factory=FakeTranscriber)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/realtime", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
+        if self.refuse_status:
+            return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            await ws.send_str(orjson.dumps({
+                "type": "error", "event_id": "event_x",
+                "error": {"type": "invalid_request_error", "code": "invalid_api_key",
+                          "message": "Incorrect API key provided: sk-te...cdef.", "param": None,
+                          "event_id": None}}).decode())
+            await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
+            return ws
+        session = EngineSession(model=request.query.get("model", ""),
+                                transcription=request.query.get("intent") == "transcription")
+        conn = _TestConnection(ws, EngineOptions(token="", transcriber=self.transcriber,
+                                                 audio_chunk_ms=40), session, self)
+        await conn.run()
+        self.closes.append((ws.close_code, ""))
+        return ws
+
+
+class _TestConnection(EngineConnection):
+    def __init__(self, ws: web.WebSocketResponse, opts: EngineOptions, session: EngineSession,
+                 provider: FakeProvider) -> None:
+        super().__init__(ws, opts, session)
+        self.provider = provider
+
+    async def run(self) -> None:
+        await self.send(self.s.created())
+        async for msg in self.ws:
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith('{"type":"test.'):
+                    if await self.on_test(orjson.loads(msg.data)):
+                        return
+                    continue
+                await self.on_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await self.ws.send_bytes(b"echo:" + msg.data)
+        for t in list(self.tasks):
+            t.cancel()
+
+    async def on_test(self, e: dict[str, Any]) -> bool:
+        kind = e["type"]
+        if kind == "test.close":
+            await self.ws.close(code=e["code"], message=e.get("reason", "").encode())
+            return True
+        if kind == "test.drop":
+            transport = self.ws._req.transport if self.ws._req else None  # type: ignore[union-attr]
+            assert transport is not None
+            transport.abort()
+            return True
+        if kind == "test.binary":
+            await self.ws.send_bytes(bytes(range(256)))
+        elif kind == "test.emit":
+            await self.ws.send_str(orjson.dumps(e["event"]).decode())
+        elif kind == "test.sleep":
+            await asyncio.sleep(e["seconds"])
+        return False
