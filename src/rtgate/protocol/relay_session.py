@@ -20,6 +20,7 @@ import orjson
 from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import cost_of
 from rtgate.metering.record import UsageRecord
+from rtgate.protocol.events import error_event
 from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
 
 # Frames that dominate traffic and never matter to metering. A tuple keeps it one C call.
@@ -36,6 +37,7 @@ _RESPONSE_DONE = '"response.done"'
 _TRANSCRIBED = 'input_audio_transcription.completed"'
 _SESSION_CREATED = '"session.created"'
 _SESSION_UPDATED = '"session.updated"'
+_INVALID_KEY = '"invalid_api_key"'
 
 _DURATION_DEFAULT_MODEL = "whisper-1"
 
@@ -80,8 +82,12 @@ class RelaySession:
         self.closed_by: str | None = None
 
     # -- upstream -> client -------------------------------------------------------------------
-    def on_upstream_text(self, data: str, now: float) -> UsageRecord | None:
-        """Inspect one upstream text frame; return a usage record when it carries usage."""
+    def on_upstream_text(self, data: str, now: float) -> UsageRecord | str | None:
+        """Inspect one upstream text frame.
+
+        Returns a usage record when the frame carries usage, a replacement frame when the
+        frame must not reach the client as it is, else None (forward it untouched).
+        """
         if data.startswith(_SKIP_PREFIXES):
             return None
         if not (
@@ -89,6 +95,7 @@ class RelaySession:
             or _TRANSCRIBED in data
             or _SESSION_CREATED in data
             or _SESSION_UPDATED in data
+            or _INVALID_KEY in data
         ):
             return None
         try:
@@ -118,6 +125,16 @@ class RelaySession:
             if model is None and usage.audio_ms:
                 model = _DURATION_DEFAULT_MODEL
             return self._meter(usage, model or "", None, None, event.get("item_id"), now)
+        if etype == "error":
+            err = event.get("error")
+            if isinstance(err, dict) and err.get("code") == "invalid_api_key":
+                # The provider quotes part of *our* key back; the client must not see it.
+                return error_event(
+                    "invalid_request_error", "upstream_auth_failed",
+                    "The gateway's credentials were rejected by its upstream provider. "
+                    "Contact the gateway operator.",
+                )
+            return None
         if etype in ("session.created", "session.updated"):
             self._track_session(event.get("session"))
         return None

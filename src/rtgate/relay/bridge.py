@@ -117,7 +117,10 @@ class Bridge:
                     data = msg.data
                     rec = on_text(data, clock.now())
                     if rec is not None:
-                        await self._commit(rec)
+                        if isinstance(rec, str):
+                            data = rec
+                        else:
+                            await self._commit(rec)
                     await client.send_str(data)
                 elif t is _BINARY:
                     await client.send_bytes(msg.data)
