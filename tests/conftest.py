@@ -74,8 +74,9 @@ def make_settings(tmp_path: Path, provider: FakeProvider) -> Callable[..., Setti
 async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
 
-    async def start(settings: Settings, clock: Clock | None = None,
-                    expiry_check_interval: float = 1.0) -> RunningGateway:
+    async def start(
+        settings: Settings, clock: Clock | None = None, expiry_check_interval: float = 1.0
+    ) -> RunningGateway:
         app = create_app(settings, clock=clock, expiry_check_interval=expiry_check_interval)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -95,7 +96,8 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def gateway(make_settings: Callable[..., Settings],
-                  start_gateway: Callable[..., Any]) -> RunningGateway:
+async def gateway(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> RunningGateway:
     gw: RunningGateway = await start_gateway(make_settings())
     return gw

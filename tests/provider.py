@@ -75,25 +75,46 @@ class FakeProvider:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         if request.headers.get("Authorization") != f"Bearer {self.key}":
-            await ws.send_str(orjson.dumps({
-                "type": "error", "event_id": "event_x",
-                "error": {"type": "invalid_request_error", "code": "invalid_api_key",
-                          "message": "Incorrect API key provided: sk-te...cdef.", "param": None,
-                          "event_id": None}}).decode())
+            await ws.send_str(
+                orjson.dumps(
+                    {
+                        "type": "error",
+                        "event_id": "event_x",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                            "message": "Incorrect API key provided: sk-te...cdef.",
+                            "param": None,
+                            "event_id": None,
+                        },
+                    }
+                ).decode()
+            )
             await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
             return ws
-        session = EngineSession(model=request.query.get("model", ""),
-                                transcription=request.query.get("intent") == "transcription")
-        conn = _TestConnection(ws, EngineOptions(token="", transcriber=self.transcriber,
-                                                 audio_chunk_ms=40), session, self)
+        session = EngineSession(
+            model=request.query.get("model", ""),
+            transcription=request.query.get("intent") == "transcription",
+        )
+        conn = _TestConnection(
+            ws,
+            EngineOptions(token="", transcriber=self.transcriber, audio_chunk_ms=40),
+            session,
+            self,
+        )
         await conn.run()
         self.closes.append((ws.close_code, ""))
         return ws
 
 
 class _TestConnection(EngineConnection):
-    def __init__(self, ws: web.WebSocketResponse, opts: EngineOptions, session: EngineSession,
-                 provider: FakeProvider) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        opts: EngineOptions,
+        session: EngineSession,
+        provider: FakeProvider,
+    ) -> None:
         super().__init__(ws, opts, session)
         self.provider = provider
 

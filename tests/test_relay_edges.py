@@ -23,10 +23,10 @@ async def first_events(ws: Any, n: int) -> list[dict[str, Any]]:
     return [orjson.loads(await ws.recv()) for _ in range(n)]
 
 
-async def refused(url: str, headers: dict[str, str] | None = None,
-                  subprotocols: list[str] | None = None) -> tuple[dict[str, Any], int, str]:
-    async with connect(url, additional_headers=headers or {},
-                       subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
+async def refused(
+    url: str, headers: dict[str, str] | None = None, subprotocols: list[str] | None = None
+) -> tuple[dict[str, Any], int, str]:
+    async with connect(url, additional_headers=headers or {}, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
         event = orjson.loads(await ws.recv())
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
@@ -47,14 +47,17 @@ async def test_wrong_and_revoked_keys_are_refused(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    event, code, _ = await refused(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                                   {"Authorization": "Bearer rtg_nope_" + "x" * 32})
+    event, code, _ = await refused(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        {"Authorization": "Bearer rtg_nope_" + "x" * 32},
+    )
     assert code == 3000
     assert "rtg_nope_xxxxx" not in event["error"]["message"]
     keys = await gateway.store.list_keys()
     await gateway.store.revoke_key(keys[0].id, 1.0)
-    _, code, _ = await refused(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                               {"Authorization": f"Bearer {key}"})
+    _, code, _ = await refused(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {key}"}
+    )
     assert code == 3000
     assert provider.upgrades == []
 
@@ -72,8 +75,11 @@ async def test_each_credential_source_opens_a_session(
         headers["api-key"] = key
     else:
         protocols = ["realtime", f"openai-insecure-api-key.{key}"]
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers=headers, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers=headers,
+        subprotocols=protocols,
+    ) as ws:  # type: ignore[arg-type]
         (created,) = await first_events(ws, 1)
         assert created["type"] == "session.created"
         if protocols:
@@ -89,8 +95,9 @@ async def test_unknown_model_gets_model_not_found_and_4004(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    event, code, reason = await refused(f"{gateway.ws}/v1/realtime?model=gpt-4o-realtime-nope",
-                                        {"Authorization": f"Bearer {key}"})
+    event, code, reason = await refused(
+        f"{gateway.ws}/v1/realtime?model=gpt-4o-realtime-nope", {"Authorization": f"Bearer {key}"}
+    )
     assert event["error"]["code"] == "model_not_found"
     assert (code, reason) == (4004, "invalid_request_error.model_not_found")
     assert provider.upgrades == []
@@ -100,14 +107,32 @@ async def test_dated_snapshot_routes_and_prices_as_its_family(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime-2025-08-28",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime-2025-08-28",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
-        await ws.send(orjson.dumps({"type": "test.emit", "event": {
-            "type": "response.done", "event_id": "event_1",
-            "response": {"id": "resp_1", "object": "realtime.response", "status": "completed",
-                         "usage": {"input_tokens": 1000, "output_tokens": 0,
-                                   "input_token_details": {"text_tokens": 1000}}}}}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "test.emit",
+                    "event": {
+                        "type": "response.done",
+                        "event_id": "event_1",
+                        "response": {
+                            "id": "resp_1",
+                            "object": "realtime.response",
+                            "status": "completed",
+                            "usage": {
+                                "input_tokens": 1000,
+                                "output_tokens": 0,
+                                "input_token_details": {"text_tokens": 1000},
+                            },
+                        },
+                    },
+                }
+            ).decode()
+        )
         assert orjson.loads(await ws.recv())["type"] == "response.done"
     assert provider.upgrades[-1].query["model"] == "gpt-realtime-2025-08-28"
     (row,) = await gateway.store.usage_summary()
@@ -119,8 +144,10 @@ async def test_beta_clients_get_the_beta_shape_disabled_error(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    event, code, _ = await refused(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                                   {"Authorization": f"Bearer {key}", "OpenAI-Beta": "realtime=v1"})
+    event, code, _ = await refused(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        {"Authorization": f"Bearer {key}", "OpenAI-Beta": "realtime=v1"},
+    )
     assert event["error"]["code"] == "beta_api_shape_disabled" and code == 4000
     assert provider.upgrades == []
 
@@ -129,18 +156,39 @@ async def test_transcription_intent_is_passed_upstream_and_metered(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?intent=transcription",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         (created,) = await first_events(ws, 1)
         assert created["session"]["type"] == "transcription"
-        await ws.send(orjson.dumps({"type": "session.update", "session": {
-            "type": "transcription",
-            "audio": {"input": {"transcription": {"model": "whisper-1"},
-                                "turn_detection": None}}}}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "transcription",
+                        "audio": {
+                            "input": {
+                                "transcription": {"model": "whisper-1"},
+                                "turn_detection": None,
+                            }
+                        },
+                    },
+                }
+            ).decode()
+        )
         assert orjson.loads(await ws.recv())["type"] == "session.updated"
         import base64
-        await ws.send(orjson.dumps({"type": "input_audio_buffer.append",
-                                    "audio": base64.b64encode(bytes(48 * 1500)).decode()}).decode())
+
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(bytes(48 * 1500)).decode(),
+                }
+            ).decode()
+        )
         await ws.send('{"type":"input_audio_buffer.commit"}')
         while True:
             e = orjson.loads(await ws.recv())
@@ -159,8 +207,10 @@ async def test_upstream_close_code_and_reason_are_mirrored(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.send('{"type":"test.close","code":4321,"reason":"provider says bye"}')
         with pytest.raises(websockets.ConnectionClosed):
@@ -175,8 +225,10 @@ async def test_client_close_code_is_mirrored_upstream(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.close(code=4100, reason="client done")
     for _ in range(100):
@@ -190,8 +242,10 @@ async def test_upstream_that_vanishes_mid_session_gives_error_and_1011(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.send('{"type":"test.drop"}')
         event = orjson.loads(await ws.recv())
@@ -203,8 +257,10 @@ async def test_upstream_that_vanishes_mid_session_gives_error_and_1011(
 
 @pytest.mark.parametrize("mode", ["down", "refused"])
 async def test_upstream_that_cannot_be_reached_gives_error_not_hang(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any],
-    provider: FakeProvider, mode: str,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    mode: str,
 ) -> None:
     if mode == "down":
         settings = make_settings(RTGATE_OPENAI_BASE_URL="ws://127.0.0.1:9/v1")
@@ -214,8 +270,8 @@ async def test_upstream_that_cannot_be_reached_gives_error_not_hang(
     gw = await start_gateway(settings)
     key = await gw.new_key()
     event, code, _ = await asyncio.wait_for(
-        refused(f"{gw.ws}/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {key}"}),
-        10)
+        refused(f"{gw.ws}/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {key}"}), 10
+    )
     assert event["error"]["code"] == "upstream_unavailable"
     assert code == 1011
     if mode == "refused":
@@ -223,21 +279,25 @@ async def test_upstream_that_cannot_be_reached_gives_error_not_hang(
 
 
 async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any],
-    provider: FakeProvider, caplog: pytest.LogCaptureFixture,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     provider.key = "sk-some-other-key"
     gw = await start_gateway(make_settings())
     key = await gw.new_key()
     caplog.set_level(logging.DEBUG)
-    event, code, reason = await refused(f"{gw.ws}/v1/realtime?model=gpt-realtime",
-                                        {"Authorization": f"Bearer {key}"})
+    event, code, reason = await refused(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {key}"}
+    )
     assert (code, reason) == (3000, "invalid_request_error.invalid_api_key")
     assert event["error"]["code"] == "upstream_auth_failed"
     assert PROVIDER_KEY[-4:] not in orjson.dumps(event).decode()
     for _ in range(100):
-        gateway_logs = "\n".join(r.getMessage() for r in caplog.records
-                                 if r.name.startswith(("rtgate", "aiohttp")))
+        gateway_logs = "\n".join(
+            r.getMessage() for r in caplog.records if r.name.startswith(("rtgate", "aiohttp"))
+        )
         if "session closed" in gateway_logs:
             break
         await asyncio.sleep(0.01)
@@ -246,14 +306,17 @@ async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(
 
 
 async def test_session_expires_at_the_cap_with_1001(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
     provider: FakeProvider,
 ) -> None:
     clock = ManualClock()
     gw = await start_gateway(make_settings(), clock=clock, expiry_check_interval=0.01)
     key = await gw.new_key()
-    async with connect(f"{gw.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         clock.advance(3599)
         await asyncio.sleep(0.05)
@@ -273,8 +336,10 @@ async def test_malformed_json_is_relayed_and_the_session_continues(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.send('{"type": "session.update", oops')
         err = orjson.loads(await ws.recv())
@@ -290,8 +355,10 @@ async def test_binary_frames_pass_both_ways(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.send(b"\x00\x01\xff")
         assert await ws.recv() == b"echo:\x00\x01\xff"
@@ -304,8 +371,11 @@ async def test_a_15_mib_append_passes_and_a_17_mib_frame_is_closed_1009(
 ) -> None:
     key = await gateway.new_key()
     big = "A" * (15 * 1024 * 1024)
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime", max_size=None,
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        max_size=None,
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         await ws.send('{"type":"input_audio_buffer.append","audio":"' + big + '"}')
         await ws.send('{"type":"input_audio_buffer.clear"}')
@@ -321,8 +391,10 @@ async def test_abrupt_client_disconnect_closes_upstream_and_the_session(
 ) -> None:
     key = await gateway.new_key()
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-                                   headers={"Authorization": f"Bearer {key}"})
+        ws = await http.ws_connect(
+            f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+            headers={"Authorization": f"Bearer {key}"},
+        )
         await ws.receive()
         assert ws._conn is not None
         ws._conn.transport.abort()  # type: ignore[union-attr]
@@ -339,20 +411,27 @@ async def test_deflate_is_declined_by_default(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    async with connect(f"{gateway.ws}/v1/realtime?model=gpt-realtime", compression="deflate",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        compression="deflate",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         await first_events(ws, 1)
         assert "Sec-WebSocket-Extensions" not in ws.response.headers  # type: ignore[union-attr]
 
 
 async def test_deflate_is_negotiated_when_enabled(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
     provider: FakeProvider,
 ) -> None:
     gw = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE="true"))
     key = await gw.new_key()
-    async with connect(f"{gw.ws}/v1/realtime?model=gpt-realtime", compression="deflate",
-                       additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        compression="deflate",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
         (created,) = await first_events(ws, 1)
         assert created["type"] == "session.created"
         assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]  # type: ignore[union-attr]

@@ -21,8 +21,9 @@ def client_for(gw: RunningGateway, key: str) -> AsyncOpenAI:
 
 def tone(ms: int, amp: int = 8000) -> bytes:
     n = 24 * ms
-    return struct.pack(f"<{n}h", *(int(amp * math.sin(2 * math.pi * 300 * i / 24000))
-                                   for i in range(n)))
+    return struct.pack(
+        f"<{n}h", *(int(amp * math.sin(2 * math.pi * 300 * i / 24000)) for i in range(n))
+    )
 
 
 async def collect_until(conn: Any, last: str) -> list[dict[str, Any]]:
@@ -42,9 +43,13 @@ async def test_text_turn_through_sdk_is_relayed_validated_and_metered(
     client = client_for(gateway, key)
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
-        await conn.conversation.item.create(item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "good morning to you"}]})
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "good morning to you"}],
+            }
+        )
         await conn.response.create()
         events = await collect_until(conn, "response.done")
     for e in events:
@@ -56,8 +61,9 @@ async def test_text_turn_through_sdk_is_relayed_validated_and_metered(
     done = events[-1]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"] == "good morning to you"
-    audio = b"".join(base64.b64decode(e["delta"]) for e in events
-                     if e["type"] == "response.output_audio.delta")
+    audio = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
     assert len(audio) > 0 and len(audio) % 2 == 0
 
     # The provider saw the provider key and the upstream model, never the gateway key.
@@ -79,8 +85,12 @@ async def test_text_turn_through_sdk_is_relayed_validated_and_metered(
     assert row.usage.text_out == otd["text_tokens"]
     assert row.usage.audio_out == otd["audio_tokens"]
     # $4 / $16 text and $32 / $64 audio per 1M tokens (the seed's prices).
-    expected = (itd["text_tokens"] * 4 + itd["audio_tokens"] * 32
-                + otd["text_tokens"] * 16 + otd["audio_tokens"] * 64) * 1000
+    expected = (
+        itd["text_tokens"] * 4
+        + itd["audio_tokens"] * 32
+        + otd["text_tokens"] * 16
+        + otd["audio_tokens"] * 64
+    ) * 1000
     assert row.charged_nanos == expected == row.provider_nanos
     assert usd(row.charged_nanos) > 0
 
@@ -91,23 +101,32 @@ async def test_voice_turn_with_server_vad_and_input_transcription(
     key = await gateway.new_key()
     client = client_for(gateway, key)
     async with client.realtime.connect(model="gpt-realtime-mini") as conn:
-        await conn.session.update(session={
-            "type": "realtime",
-            "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}})
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+            }
+        )
         speech = tone(600) + bytes(48 * 400)
         for off in range(0, len(speech), 960):
             await conn.input_audio_buffer.append(
-                audio=base64.b64encode(speech[off:off + 960]).decode())
+                audio=base64.b64encode(speech[off : off + 960]).decode()
+            )
         events = await collect_until(conn, "response.done")
         seen = {e["type"] for e in events}
         if "conversation.item.input_audio_transcription.completed" not in seen:
             events += await collect_until(
-                conn, "conversation.item.input_audio_transcription.completed")
+                conn, "conversation.item.input_audio_transcription.completed"
+            )
     for e in events:
         validate_server_event(e)
     types = [e["type"] for e in events]
-    for t in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-              "input_audio_buffer.committed", "response.done"):
+    for t in (
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "response.done",
+    ):
         assert t in types, t
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
     stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")

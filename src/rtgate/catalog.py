@@ -63,4 +63,7 @@ class Catalog:
         up = s.upstreams[entry.upstream]
         upstream_model = entry.upstream_model or asked
         price_key, row = self.price_row(entry.prices or asked)
+        if row is None and entry.prices is None:
+            # An alias (``my-voice`` -> ``gpt-realtime``) prices as the model it runs.
+            price_key, row = self.price_row(upstream_model)
         return Route(asked, entry.upstream, up, upstream_model, row, price_key)

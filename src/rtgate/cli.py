@@ -27,7 +27,9 @@ from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="rtgate: realtime voice AI gateway")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="rtgate: realtime voice AI gateway"
+)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke gateway keys.")
 app.add_typer(keys_app, name="keys")
 
@@ -74,8 +76,14 @@ def _print_json(obj: Any) -> None:
 
 
 def _key_json(k: KeyInfo) -> dict[str, Any]:
-    return {"id": k.id, "name": k.name, "prefix": k.display_prefix,
-            "created_at": _ts(k.created_at), "revoked_at": _ts(k.revoked_at), "active": k.active}
+    return {
+        "id": k.id,
+        "name": k.name,
+        "prefix": k.display_prefix,
+        "created_at": _ts(k.created_at),
+        "revoked_at": _ts(k.revoked_at),
+        "active": k.active,
+    }
 
 
 def _tokens(u: Usage) -> dict[str, int]:
@@ -97,8 +105,9 @@ def serve(
     from rtgate.server import serve as run_server
 
     settings = _settings()
-    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items()
-                 if v is not None}
+    overrides = {
+        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+    }
     if overrides:
         settings = settings.model_copy(update=overrides)
     run_server(settings)
@@ -128,8 +137,13 @@ def keys_list(as_json: JsonOpt = False) -> None:
         return
     table = Table("id", "name", "prefix", "created", "status")
     for k in keys:
-        table.add_row(k.id, k.name, k.display_prefix, _ts(k.created_at),
-                      "active" if k.active else f"revoked {_ts(k.revoked_at)}")
+        table.add_row(
+            k.id,
+            k.name,
+            k.display_prefix,
+            _ts(k.created_at),
+            "active" if k.active else f"revoked {_ts(k.revoked_at)}",
+        )
     Console().print(table)
 
 
@@ -155,21 +169,37 @@ def usage(
     """Usage and cost by key, model and UTC day."""
     rows = _with_store(lambda st: st.usage_summary(key, since))
     if as_json:
-        _print_json([
-            {"key_id": r.key_id, "key_name": r.key_name, "model": r.model, "day": r.day,
-             "records": r.records, "tokens": _tokens(r.usage),
-             "cost_usd": str(usd(r.charged_nanos)),
-             "provider_cost_usd": str(usd(r.provider_nanos))}
-            for r in rows
-        ])
+        _print_json(
+            [
+                {
+                    "key_id": r.key_id,
+                    "key_name": r.key_name,
+                    "model": r.model,
+                    "day": r.day,
+                    "records": r.records,
+                    "tokens": _tokens(r.usage),
+                    "cost_usd": str(usd(r.charged_nanos)),
+                    "provider_cost_usd": str(usd(r.provider_nanos)),
+                }
+                for r in rows
+            ]
+        )
         return
-    table = Table("day", "key", "model", "text in/out", "audio in/out", "cached in",
-                  "cost $", "provider $")
+    table = Table(
+        "day", "key", "model", "text in/out", "audio in/out", "cached in", "cost $", "provider $"
+    )
     for r in rows:
         u = r.usage
-        table.add_row(r.day, r.key_name, r.model, f"{u.text_in}/{u.text_out}",
-                      f"{u.audio_in}/{u.audio_out}", str(u.text_in_cached + u.audio_in_cached),
-                      str(usd(r.charged_nanos)), str(usd(r.provider_nanos)))
+        table.add_row(
+            r.day,
+            r.key_name,
+            r.model,
+            f"{u.text_in}/{u.text_out}",
+            f"{u.audio_in}/{u.audio_out}",
+            str(u.text_in_cached + u.audio_in_cached),
+            str(usd(r.charged_nanos)),
+            str(usd(r.provider_nanos)),
+        )
     Console().print(table)
 
 
@@ -182,24 +212,42 @@ def sessions(
     """Recent sessions: key, model, start, duration, close, tokens and cost."""
     rows = _with_store(lambda st: st.recent_sessions(limit, key))
     if as_json:
-        _print_json([
-            {"id": r.id, "key_id": r.key_id, "key_name": r.key_name, "model": r.model,
-             "upstream": r.upstream, "intent": r.intent, "started_at": _ts(r.started_at),
-             "ended_at": _ts(r.ended_at),
-             "duration_s": round(r.ended_at - r.started_at, 3) if r.ended_at else None,
-             "close_code": r.close_code, "close_reason": r.close_reason,
-             "closed_by": r.closed_by, "tokens": _tokens(r.usage),
-             "cost_usd": str(usd(r.charged_nanos)),
-             "provider_cost_usd": str(usd(r.provider_nanos))}
-            for r in rows
-        ])
+        _print_json(
+            [
+                {
+                    "id": r.id,
+                    "key_id": r.key_id,
+                    "key_name": r.key_name,
+                    "model": r.model,
+                    "upstream": r.upstream,
+                    "intent": r.intent,
+                    "started_at": _ts(r.started_at),
+                    "ended_at": _ts(r.ended_at),
+                    "duration_s": round(r.ended_at - r.started_at, 3) if r.ended_at else None,
+                    "close_code": r.close_code,
+                    "close_reason": r.close_reason,
+                    "closed_by": r.closed_by,
+                    "tokens": _tokens(r.usage),
+                    "cost_usd": str(usd(r.charged_nanos)),
+                    "provider_cost_usd": str(usd(r.provider_nanos)),
+                }
+                for r in rows
+            ]
+        )
         return
     table = Table("started", "key", "model", "duration", "close", "tokens", "cost $")
     for r in rows:
         dur = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "live"
         close = f"{r.close_code} {r.close_reason or ''}".strip() if r.close_code else "-"
-        table.add_row(_ts(r.started_at), r.key_name, r.model or "(transcription)", dur, close,
-                      str(r.usage.total_tokens), str(usd(r.charged_nanos)))
+        table.add_row(
+            _ts(r.started_at),
+            r.key_name,
+            r.model or "(transcription)",
+            dur,
+            close,
+            str(r.usage.total_tokens),
+            str(usd(r.charged_nanos)),
+        )
     Console().print(table)
 
 

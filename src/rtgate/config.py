@@ -86,42 +86,70 @@ def _d(s: str) -> Decimal:
 # Cached-input rates default to 10% of the input rate when a row leaves them out.
 DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-realtime": PriceSettings(
-        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("16"),
-        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
-        image_in=_d("5"), image_cached=_d("0.50"),
+        text_in=_d("4"),
+        text_cached=_d("0.40"),
+        text_out=_d("16"),
+        audio_in=_d("32"),
+        audio_cached=_d("0.40"),
+        audio_out=_d("64"),
+        image_in=_d("5"),
+        image_cached=_d("0.50"),
     ),
     "gpt-realtime-mini": PriceSettings(
-        text_in=_d("1"), text_cached=_d("0.10"), text_out=_d("4"),
-        audio_in=_d("8"), audio_cached=_d("0.30"), audio_out=_d("16"),
-        image_in=_d("0.80"), image_cached=_d("0.08"),
+        text_in=_d("1"),
+        text_cached=_d("0.10"),
+        text_out=_d("4"),
+        audio_in=_d("8"),
+        audio_cached=_d("0.30"),
+        audio_out=_d("16"),
+        image_in=_d("0.80"),
+        image_cached=_d("0.08"),
     ),
     "gpt-realtime-1.5": PriceSettings(
-        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("16"),
-        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
-        image_in=_d("5"), image_cached=_d("0.50"),
+        text_in=_d("4"),
+        text_cached=_d("0.40"),
+        text_out=_d("16"),
+        audio_in=_d("32"),
+        audio_cached=_d("0.40"),
+        audio_out=_d("64"),
+        image_in=_d("5"),
+        image_cached=_d("0.50"),
     ),
     "gpt-realtime-2": PriceSettings(
-        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("24"),
-        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
-        image_in=_d("5"), image_cached=_d("0.50"),
+        text_in=_d("4"),
+        text_cached=_d("0.40"),
+        text_out=_d("24"),
+        audio_in=_d("32"),
+        audio_cached=_d("0.40"),
+        audio_out=_d("64"),
+        image_in=_d("5"),
+        image_cached=_d("0.50"),
     ),
     "gpt-realtime-2.1": PriceSettings(
-        text_in=_d("4"), text_cached=_d("0.40"), text_out=_d("24"),
-        audio_in=_d("32"), audio_cached=_d("0.40"), audio_out=_d("64"),
-        image_in=_d("5"), image_cached=_d("0.50"),
+        text_in=_d("4"),
+        text_cached=_d("0.40"),
+        text_out=_d("24"),
+        audio_in=_d("32"),
+        audio_cached=_d("0.40"),
+        audio_out=_d("64"),
+        image_in=_d("5"),
+        image_cached=_d("0.50"),
     ),
     "gpt-realtime-2.1-mini": PriceSettings(
-        text_in=_d("0.60"), text_cached=_d("0.06"), text_out=_d("2.40"),
-        audio_in=_d("10"), audio_cached=_d("0.30"), audio_out=_d("20"),
-        image_in=_d("0.80"), image_cached=_d("0.08"),
+        text_in=_d("0.60"),
+        text_cached=_d("0.06"),
+        text_out=_d("2.40"),
+        audio_in=_d("10"),
+        audio_cached=_d("0.30"),
+        audio_out=_d("20"),
+        image_in=_d("0.80"),
+        image_cached=_d("0.08"),
     ),
     "gpt-4o-transcribe": PriceSettings(text_in=_d("2.50"), audio_in=_d("6"), text_out=_d("10")),
     "gpt-4o-transcribe-diarize": PriceSettings(
         text_in=_d("2.50"), audio_in=_d("6"), text_out=_d("10")
     ),
-    "gpt-4o-mini-transcribe": PriceSettings(
-        text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")
-    ),
+    "gpt-4o-mini-transcribe": PriceSettings(text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")),
     "whisper-1": PriceSettings(per_minute=_d("0.006")),
     # The embedded local engine costs the operator nothing.
     "local": PriceSettings(),
@@ -211,7 +239,9 @@ def load_settings(
     for var, field in _ENV_OPENAI.items():
         if env.get(var):
             openai[field] = env[var]
-    upstreams.setdefault("local", {"kind": "local", "base_url": "ws://127.0.0.1", "api_key_env": ""})
+    upstreams.setdefault(
+        "local", {"kind": "local", "base_url": "ws://127.0.0.1", "api_key_env": ""}
+    )
     for up in upstreams.values():
         key_env = up.get("api_key_env", "OPENAI_API_KEY")
         if "api_key" in up:

@@ -41,8 +41,9 @@ async def serve_async(settings: Settings, sock: socket.socket | None = None) -> 
         site: web.BaseSite = web.SockSite(runner, sock)
         host, port = sock.getsockname()[:2]
     else:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1,
-                           backlog=4096)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=settings.workers > 1, backlog=4096
+        )
         host, port = settings.host, settings.port
     await site.start()
     set_local_base_url(app, str(host), int(port))
@@ -52,8 +53,12 @@ async def serve_async(settings: Settings, sock: socket.socket | None = None) -> 
             "no OPENAI_API_KEY: gpt-realtime and the other catalog models are served by the "
             "embedded local engine"
         )
-    log.info("rtgate listening on http://%s:%s (default upstream: %s)", host, port,
-             settings.default_upstream)
+    log.info(
+        "rtgate listening on http://%s:%s (default upstream: %s)",
+        host,
+        port,
+        settings.default_upstream,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,8 +81,10 @@ def serve(settings: Settings) -> None:
         asyncio.run(serve_async(settings))
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(settings,), name=f"rtgate-worker-{i}")
-             for i in range(settings.workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(settings,), name=f"rtgate-worker-{i}")
+        for i in range(settings.workers)
+    ]
     for p in procs:
         p.start()
 

@@ -58,8 +58,9 @@ def create_app(
 ) -> web.Application:
     clock = clock or SystemClock()
     store = store or SqlStore(settings.resolved_database_url)
-    engine = engine or EngineOptions(token=secrets.token_urlsafe(32),
-                                     max_session_seconds=int(settings.max_session_seconds))
+    engine = engine or EngineOptions(
+        token=secrets.token_urlsafe(32), max_session_seconds=int(settings.max_session_seconds)
+    )
     app = web.Application(client_max_size=settings.max_message_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -83,10 +84,8 @@ def create_app(
         try:
             yield
         finally:
-            await asyncio.gather(
-                *(b.close(1001, "gateway shutting down", "gateway") for b in list(gw.live.values())),
-                return_exceptions=True,
-            )
+            closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
+            await asyncio.gather(*closing, return_exceptions=True)
             await ledger.drain()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -51,8 +51,9 @@ def _dump(event: Event) -> str:
 
 
 class EngineConnection:
-    def __init__(self, ws: web.WebSocketResponse, opts: EngineOptions,
-                 session: EngineSession) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, opts: EngineOptions, session: EngineSession
+    ) -> None:
         self.ws = ws
         self.opts = opts
         self.s = session
@@ -77,8 +78,13 @@ class EngineConnection:
                 if msg.type is WSMsgType.TEXT:
                     await self.on_text(msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    await self.send([self.s.error(
-                        "invalid_event", "Binary frames are not supported; send JSON text.")])
+                    await self.send(
+                        [
+                            self.s.error(
+                                "invalid_event", "Binary frames are not supported; send JSON text."
+                            )
+                        ]
+                    )
         finally:
             for t in list(self.tasks):
                 t.cancel()
@@ -88,8 +94,7 @@ class EngineConnection:
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            await self.send([self.s.error("invalid_event",
-                                          "The event is not valid JSON.", None)])
+            await self.send([self.s.error("invalid_event", "The event is not valid JSON.", None)])
             return
         events, plan = self.s.handle(event)
         await self.send(events)
@@ -101,9 +106,11 @@ class EngineConnection:
         elif etype == "session.update":
             td = self.s.turn_detection
             if td:
-                self.vad.configure(float(td.get("threshold") or 0.5),
-                                   int(td.get("prefix_padding_ms") or 0),
-                                   int(td.get("silence_duration_ms") or 0))
+                self.vad.configure(
+                    float(td.get("threshold") or 0.5),
+                    int(td.get("prefix_padding_ms") or 0),
+                    int(td.get("silence_duration_ms") or 0),
+                )
         if plan is not None:
             self.spawn(self.respond(plan))
 
@@ -116,27 +123,44 @@ class EngineConnection:
             if isinstance(edge, SpeechStarted):
                 self._turn_item = new_id("item")
                 self._turn_start_ms = edge.audio_start_ms
-                await self.send([ev("input_audio_buffer.speech_started",
-                                    audio_start_ms=edge.audio_start_ms, item_id=self._turn_item)])
+                await self.send(
+                    [
+                        ev(
+                            "input_audio_buffer.speech_started",
+                            audio_start_ms=edge.audio_start_ms,
+                            item_id=self._turn_item,
+                        )
+                    ]
+                )
                 active = self.s.active
                 if active is not None and td.get("interrupt_response", True):
                     active.cancelled = True
                     active.cancel_reason = "turn_detected"
             else:
                 item_id = self._turn_item or new_id("item")
-                await self.send([ev("input_audio_buffer.speech_stopped",
-                                    audio_end_ms=edge.audio_end_ms, item_id=item_id)])
+                await self.send(
+                    [
+                        ev(
+                            "input_audio_buffer.speech_stopped",
+                            audio_end_ms=edge.audio_end_ms,
+                            item_id=item_id,
+                        )
+                    ]
+                )
                 # Keep the turn's audio only: from its padded start to its end.
-                start = max(0, int((self._turn_start_ms - self.s.buffer_start_ms)
-                                   * PCM_BYTES_PER_MS))
+                start = max(
+                    0, int((self._turn_start_ms - self.s.buffer_start_ms) * PCM_BYTES_PER_MS)
+                )
                 del self.s.buffer[: start - start % 2]
                 await self.send(self.s.commit(item_id))
                 self._turn_item = None
                 self.after_commit(item_id)
-                if td.get("create_response", True) and not self.s.transcription:
-                    if self.s.active is None:
-                        plan = self.s.plan_response({})
-                        self.spawn(self.respond(plan))
+                if (
+                    td.get("create_response", True)
+                    and not self.s.transcription
+                    and self.s.active is None
+                ):
+                    self.spawn(self.respond(self.s.plan_response({})))
 
     def after_commit(self, item_id: str) -> None:
         if self.s.transcription_config:
@@ -150,33 +174,61 @@ class EngineConnection:
             return
         audio: bytes = item.get("_audio", b"")
         if self.opts.transcriber is None:
-            await self.send([ev(
-                "conversation.item.input_audio_transcription.failed", item_id=item_id,
-                content_index=0,
-                error={"type": "transcription_error", "code": "transcriber_unavailable",
-                       "message": "No speech recognizer is installed in this engine.",
-                       "param": None},
-            )])
+            await self.send(
+                [
+                    ev(
+                        "conversation.item.input_audio_transcription.failed",
+                        item_id=item_id,
+                        content_index=0,
+                        error={
+                            "type": "transcription_error",
+                            "code": "transcriber_unavailable",
+                            "message": "No speech recognizer is installed in this engine.",
+                            "param": None,
+                        },
+                    )
+                ]
+            )
             return
         result = await self.opts.transcriber.transcribe(audio, model, cfg.get("language"))
         for c in item.get("content") or []:
             if c.get("type") == "input_audio":
                 c["transcript"] = result.text
         if result.text:
-            await self.send([ev("conversation.item.input_audio_transcription.delta",
-                                item_id=item_id, content_index=0, delta=result.text,
-                                obfuscation=obfuscation())])
+            await self.send(
+                [
+                    ev(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=item_id,
+                        content_index=0,
+                        delta=result.text,
+                        obfuscation=obfuscation(),
+                    )
+                ]
+            )
         if model == "whisper-1":
             usage: dict[str, Any] = {"type": "duration", "seconds": round(result.seconds, 3)}
         else:
             audio_tokens = int(len(audio) / PCM_BYTES_PER_MS // 100) + 1
             out_tokens = estimate_text_tokens(result.text)
-            usage = {"type": "tokens", "input_tokens": audio_tokens, "output_tokens": out_tokens,
-                     "total_tokens": audio_tokens + out_tokens,
-                     "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens}}
-        await self.send([ev("conversation.item.input_audio_transcription.completed",
-                            item_id=item_id, content_index=0, transcript=result.text,
-                            usage=usage)])
+            usage = {
+                "type": "tokens",
+                "input_tokens": audio_tokens,
+                "output_tokens": out_tokens,
+                "total_tokens": audio_tokens + out_tokens,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+            }
+        await self.send(
+            [
+                ev(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=result.text,
+                    usage=usage,
+                )
+            ]
+        )
 
     async def respond(self, plan: ResponsePlan) -> None:
         s, resp = self.s, plan.response
@@ -184,21 +236,36 @@ class EngineConnection:
         audio_mode = "audio" in plan.modalities
         item_id = new_id("item")
         item: dict[str, Any] = {
-            "id": item_id, "object": "realtime.item", "type": "message",
-            "status": "in_progress", "role": "assistant", "content": [],
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
         }
         prev = s.items[-1]["id"] if s.items and plan.conversation else None
         idx = {"response_id": resp["id"], "item_id": item_id, "output_index": 0}
-        await self.send([ev("response.output_item.added", response_id=resp["id"], output_index=0,
-                            item=dict(item))])
+        await self.send(
+            [
+                ev(
+                    "response.output_item.added",
+                    response_id=resp["id"],
+                    output_index=0,
+                    item=dict(item),
+                )
+            ]
+        )
         if plan.conversation:
             s.items.append(item)
-            await self.send([ev("conversation.item.added", previous_item_id=prev,
-                                item=public_item(item))])
-        part: dict[str, Any] = ({"type": "audio", "transcript": ""} if audio_mode
-                                else {"type": "text", "text": ""})
-        await self.send([ev("response.content_part.added", content_index=0, part=dict(part),
-                            **idx)])
+            await self.send(
+                [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
+            )
+        part: dict[str, Any] = (
+            {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}
+        )
+        await self.send(
+            [ev("response.content_part.added", content_index=0, part=dict(part), **idx)]
+        )
         text, audio_ms = "", 0
         chunk = self.opts.audio_chunk_ms * PCM_BYTES_PER_MS
         try:
@@ -207,19 +274,37 @@ class EngineConnection:
                     break
                 text += piece
                 if not audio_mode:
-                    await self.send([ev("response.output_text.delta", content_index=0,
-                                        delta=piece, **idx)])
+                    await self.send(
+                        [ev("response.output_text.delta", content_index=0, delta=piece, **idx)]
+                    )
                     continue
-                await self.send([ev("response.output_audio_transcript.delta", content_index=0,
-                                    delta=piece, obfuscation=obfuscation(), **idx)])
+                await self.send(
+                    [
+                        ev(
+                            "response.output_audio_transcript.delta",
+                            content_index=0,
+                            delta=piece,
+                            obfuscation=obfuscation(),
+                            **idx,
+                        )
+                    ]
+                )
                 pcm = await self.opts.synthesizer.synthesize(piece, plan.voice)
                 for off in range(0, len(pcm), chunk):
                     if plan.cancelled:
                         break
-                    part_pcm = pcm[off: off + chunk]
+                    part_pcm = pcm[off : off + chunk]
                     audio_ms += len(part_pcm) // PCM_BYTES_PER_MS
-                    await self.send([ev("response.output_audio.delta", content_index=0,
-                                        delta=base64.b64encode(part_pcm).decode(), **idx)])
+                    await self.send(
+                        [
+                            ev(
+                                "response.output_audio.delta",
+                                content_index=0,
+                                delta=base64.b64encode(part_pcm).decode(),
+                                **idx,
+                            )
+                        ]
+                    )
                     await asyncio.sleep(0)
         finally:
             status = "cancelled" if plan.cancelled else "completed"
@@ -228,17 +313,29 @@ class EngineConnection:
                 content = {"type": "output_audio", "transcript": text}
                 closing = [
                     ev("response.output_audio.done", content_index=0, **idx),
-                    ev("response.output_audio_transcript.done", content_index=0,
-                       transcript=text, **idx),
-                    ev("response.content_part.done", content_index=0,
-                       part={"type": "audio", "transcript": text}, **idx),
+                    ev(
+                        "response.output_audio_transcript.done",
+                        content_index=0,
+                        transcript=text,
+                        **idx,
+                    ),
+                    ev(
+                        "response.content_part.done",
+                        content_index=0,
+                        part={"type": "audio", "transcript": text},
+                        **idx,
+                    ),
                 ]
             else:
                 content = {"type": "output_text", "text": text}
                 closing = [
                     ev("response.output_text.done", content_index=0, text=text, **idx),
-                    ev("response.content_part.done", content_index=0,
-                       part={"type": "text", "text": text}, **idx),
+                    ev(
+                        "response.content_part.done",
+                        content_index=0,
+                        part={"type": "text", "text": text},
+                        **idx,
+                    ),
                 ]
             item["content"] = [content]
             item["status"] = "incomplete" if plan.cancelled else "completed"
@@ -249,8 +346,7 @@ class EngineConnection:
             resp.update(
                 status=status,
                 status_details=(
-                    {"type": "cancelled", "reason": plan.cancel_reason} if plan.cancelled
-                    else None
+                    {"type": "cancelled", "reason": plan.cancel_reason} if plan.cancelled else None
                 ),
                 output=[public_item(item)],
                 usage={
@@ -258,10 +354,15 @@ class EngineConnection:
                     "input_tokens": text_in + audio_in,
                     "output_tokens": text_out + audio_out,
                     "input_token_details": {
-                        "text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
+                        "text_tokens": text_in,
+                        "audio_tokens": audio_in,
+                        "image_tokens": 0,
                         "cached_tokens": 0,
-                        "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
-                                                  "image_tokens": 0},
+                        "cached_tokens_details": {
+                            "text_tokens": 0,
+                            "audio_tokens": 0,
+                            "image_tokens": 0,
+                        },
                     },
                     "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
                 },
@@ -270,15 +371,26 @@ class EngineConnection:
                 s.active = None
             tail = [
                 *closing,
-                ev("response.output_item.done", response_id=resp["id"], output_index=0,
-                   item=public_item(item)),
+                ev(
+                    "response.output_item.done",
+                    response_id=resp["id"],
+                    output_index=0,
+                    item=public_item(item),
+                ),
             ]
             if plan.conversation:
-                tail.append(ev("conversation.item.done", previous_item_id=prev,
-                               item=public_item(item)))
+                tail.append(
+                    ev("conversation.item.done", previous_item_id=prev, item=public_item(item))
+                )
             tail.append(ev("response.done", response=resp))
-            tail.append(ev("rate_limits.updated", rate_limits=[
-                {"name": "tokens", "limit": 40000, "remaining": 40000, "reset_seconds": 0.0}]))
+            tail.append(
+                ev(
+                    "rate_limits.updated",
+                    rate_limits=[
+                        {"name": "tokens", "limit": 40000, "remaining": 40000, "reset_seconds": 0.0}
+                    ],
+                )
+            )
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.send(tail)
 
@@ -292,20 +404,33 @@ async def engine_realtime(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     auth = request.headers.get("Authorization", "")
     if not hmac.compare_digest(auth.encode(), f"Bearer {opts.token}".encode()):
-        await ws.send_str(_dump(ev("error", error={
-            "type": "invalid_request_error", "code": "invalid_api_key",
-            "message": "Incorrect API key provided.", "param": None, "event_id": None})))
+        await ws.send_str(
+            _dump(
+                ev(
+                    "error",
+                    error={
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "message": "Incorrect API key provided.",
+                        "param": None,
+                        "event_id": None,
+                    },
+                )
+            )
+        )
         await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
         return ws
     transcription = request.query.get("intent") == "transcription"
     model = request.query.get("model") or "local"
-    session = EngineSession(model=model, transcription=transcription,
-                            max_seconds=opts.max_session_seconds)
+    session = EngineSession(
+        model=model, transcription=transcription, max_seconds=opts.max_session_seconds
+    )
     await EngineConnection(ws, opts, session).run()
     return ws
 
 
-def add_engine_routes(app: web.Application, opts: EngineOptions,
-                      path: str = "/_engine/v1/realtime") -> None:
+def add_engine_routes(
+    app: web.Application, opts: EngineOptions, path: str = "/_engine/v1/realtime"
+) -> None:
     app[ENGINE_OPTIONS] = opts
     app.router.add_get(path, engine_realtime)

@@ -45,9 +45,20 @@ DEFAULT_INSTRUCTIONS = "You are a helpful, witty, and friendly AI running locall
 
 _REALTIME_KEYS = frozenset(
     {
-        "type", "audio", "include", "instructions", "max_output_tokens", "model",
-        "output_modalities", "parallel_tool_calls", "prompt", "reasoning", "tool_choice", "tools",
-        "tracing", "truncation",
+        "type",
+        "audio",
+        "include",
+        "instructions",
+        "max_output_tokens",
+        "model",
+        "output_modalities",
+        "parallel_tool_calls",
+        "prompt",
+        "reasoning",
+        "tool_choice",
+        "tools",
+        "tracing",
+        "truncation",
     }
 )
 _TRANSCRIPTION_KEYS = frozenset({"type", "audio", "include"})
@@ -177,13 +188,22 @@ class EngineSession:
         return tr
 
     def error(
-        self, code: str | None, message: str, param: str | None = None,
-        event_id: str | None = None, etype: str = "invalid_request_error",
+        self,
+        code: str | None,
+        message: str,
+        param: str | None = None,
+        event_id: str | None = None,
+        etype: str = "invalid_request_error",
     ) -> Event:
         return ev(
             "error",
-            error={"type": etype, "code": code, "message": message, "param": param,
-                   "event_id": event_id},
+            error={
+                "type": etype,
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": event_id,
+            },
         )
 
     def created(self) -> list[Event]:
@@ -210,8 +230,10 @@ class EngineSession:
                 self.error(
                     "invalid_value",
                     f"Invalid value: '{etype}'. Supported values are: "
-                    + ", ".join(f"'{t}'" for t in _CLIENT_TYPES) + ".",
-                    "type", eid,
+                    + ", ".join(f"'{t}'" for t in _CLIENT_TYPES)
+                    + ".",
+                    "type",
+                    eid,
                 )
             ], None
         handler = getattr(self, "_on_" + etype.replace(".", "_"))
@@ -221,23 +243,45 @@ class EngineSession:
     def _on_session_update(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         sess = e.get("session")
         if not isinstance(sess, dict):
-            return [self.error("missing_required_parameter",
-                               "Missing required parameter: 'session'.", "session", eid)], None
+            return [
+                self.error(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'session'.",
+                    "session",
+                    eid,
+                )
+            ], None
         stype = sess.get("type")
         if stype is None:
-            return [self.error("missing_required_parameter",
-                               "Missing required parameter: 'session.type'.", "session.type",
-                               eid)], None
+            return [
+                self.error(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'session.type'.",
+                    "session.type",
+                    eid,
+                )
+            ], None
         want = "transcription" if self.transcription else "realtime"
         if stype != want:
-            return [self.error("invalid_value",
-                               f"Invalid value: '{stype}'. This session is a '{want}' session.",
-                               "session.type", eid)], None
+            return [
+                self.error(
+                    "invalid_value",
+                    f"Invalid value: '{stype}'. This session is a '{want}' session.",
+                    "session.type",
+                    eid,
+                )
+            ], None
         allowed = _TRANSCRIPTION_KEYS if self.transcription else _REALTIME_KEYS
         for k in sess:
             if k not in allowed:
-                return [self.error("unknown_parameter", f"Unknown parameter: 'session.{k}'.",
-                                   f"session.{k}", eid)], None
+                return [
+                    self.error(
+                        "unknown_parameter",
+                        f"Unknown parameter: 'session.{k}'.",
+                        f"session.{k}",
+                        eid,
+                    )
+                ], None
         if "model" in sess and sess["model"] != self.session.get("model"):
             sess = {k: v for k, v in sess.items() if k != "model"}
         _merge(self.session, {k: v for k, v in sess.items() if k != "type"})
@@ -250,13 +294,20 @@ class EngineSession:
     def _on_input_audio_buffer_append(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         audio = e.get("audio")
         if not isinstance(audio, str):
-            return [self.error("missing_required_parameter",
-                               "Missing required parameter: 'audio'.", "audio", eid)], None
+            return [
+                self.error(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'audio'.",
+                    "audio",
+                    eid,
+                )
+            ], None
         try:
             pcm = base64.b64decode(audio, validate=True)
         except ValueError:
-            return [self.error("invalid_value", "Invalid 'audio': not valid base64.", "audio",
-                               eid)], None
+            return [
+                self.error("invalid_value", "Invalid 'audio': not valid base64.", "audio", eid)
+            ], None
         self.append_audio(pcm)
         return [], None
 
@@ -264,7 +315,7 @@ class EngineSession:
         """Turn the buffer into a user audio item (manual commit or VAD end of turn)."""
         item_id = item_id or new_id("item")
         prev = self._last_item_id()
-        item = {
+        item: dict[str, Any] = {
             "id": item_id,
             "object": "realtime.item",
             "type": "message",
@@ -285,10 +336,15 @@ class EngineSession:
     def _on_input_audio_buffer_commit(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         ms = len(self.buffer) / PCM_BYTES_PER_MS
         if ms < MIN_COMMIT_MS:
-            return [self.error(
-                "input_audio_buffer_commit_empty",
-                "Error committing input audio buffer: buffer too small. Expected at least 100ms "
-                f"of audio, but buffer only has {ms:.2f}ms of audio.", None, eid)], None
+            return [
+                self.error(
+                    "input_audio_buffer_commit_empty",
+                    "Error committing input audio buffer: buffer too small. Expected at least "
+                    f"100ms of audio, but buffer only has {ms:.2f}ms of audio.",
+                    None,
+                    eid,
+                )
+            ], None
         return self.commit(), None
 
     def _on_input_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
@@ -297,17 +353,26 @@ class EngineSession:
         return [ev("input_audio_buffer.cleared")], None
 
     def _on_output_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        return [self.error("invalid_value",
-                           "output_audio_buffer.clear is only supported for WebRTC and SIP.",
-                           "type", eid)], None
+        return [
+            self.error(
+                "invalid_value",
+                "output_audio_buffer.clear is only supported for WebRTC and SIP.",
+                "type",
+                eid,
+            )
+        ], None
 
-    def _on_conversation_item_create(
-        self, e: Event, eid: str | None
-    ) -> tuple[list[Event], None]:
+    def _on_conversation_item_create(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         item = e.get("item")
         if not isinstance(item, dict) or "type" not in item:
-            return [self.error("missing_required_parameter",
-                               "Missing required parameter: 'item.type'.", "item.type", eid)], None
+            return [
+                self.error(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'item.type'.",
+                    "item.type",
+                    eid,
+                )
+            ], None
         prev_req = e.get("previous_item_id")
         item = copy.deepcopy(item)
         item.setdefault("id", new_id("item"))
@@ -326,9 +391,14 @@ class EngineSession:
         else:
             idx = next((i for i, it in enumerate(self.items) if it["id"] == prev_req), None)
             if idx is None:
-                return [self.error("invalid_value",
-                                   f"Previous item with id '{prev_req}' not found.",
-                                   "previous_item_id", eid)], None
+                return [
+                    self.error(
+                        "invalid_value",
+                        f"Previous item with id '{prev_req}' not found.",
+                        "previous_item_id",
+                        eid,
+                    )
+                ], None
             prev = prev_req
             self.items.insert(idx + 1, item)
         public = public_item(item)
@@ -337,13 +407,17 @@ class EngineSession:
             ev("conversation.item.done", previous_item_id=prev, item=public),
         ], None
 
-    def _on_conversation_item_retrieve(
-        self, e: Event, eid: str | None
-    ) -> tuple[list[Event], None]:
+    def _on_conversation_item_retrieve(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         item = self.find(str(e.get("item_id")))
         if item is None:
-            return [self.error("invalid_value", f"Item with item_id '{e.get('item_id')}' not "
-                               "found.", "item_id", eid)], None
+            return [
+                self.error(
+                    "invalid_value",
+                    f"Item with item_id '{e.get('item_id')}' not found.",
+                    "item_id",
+                    eid,
+                )
+            ], None
         full = public_item(item)
         if "_audio" in item and full.get("content"):
             full["content"][0]["audio"] = base64.b64encode(item["_audio"]).decode()
@@ -352,54 +426,87 @@ class EngineSession:
     def _on_conversation_item_delete(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         item = self.find(str(e.get("item_id")))
         if item is None:
-            return [self.error("invalid_value", f"Item with item_id '{e.get('item_id')}' not "
-                               "found.", "item_id", eid)], None
+            return [
+                self.error(
+                    "invalid_value",
+                    f"Item with item_id '{e.get('item_id')}' not found.",
+                    "item_id",
+                    eid,
+                )
+            ], None
         self.items.remove(item)
         return [ev("conversation.item.deleted", item_id=item["id"])], None
 
-    def _on_conversation_item_truncate(
-        self, e: Event, eid: str | None
-    ) -> tuple[list[Event], None]:
+    def _on_conversation_item_truncate(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         item_id = str(e.get("item_id"))
         item = self.find(item_id)
         if item is None or item.get("role") != "assistant":
-            return [self.error("invalid_value", "Only assistant messages can be truncated.",
-                               "item_id", eid)], None
+            return [
+                self.error(
+                    "invalid_value", "Only assistant messages can be truncated.", "item_id", eid
+                )
+            ], None
         end = e.get("audio_end_ms")
         produced = self.audio_ms_by_item.get(item_id, 0)
         if not isinstance(end, int) or end < 0 or end > produced:
-            return [self.error("invalid_value",
-                               f"audio_end_ms {end} exceeds the audio length ({produced} ms).",
-                               "audio_end_ms", eid)], None
+            return [
+                self.error(
+                    "invalid_value",
+                    f"audio_end_ms {end} exceeds the audio length ({produced} ms).",
+                    "audio_end_ms",
+                    eid,
+                )
+            ], None
         self.audio_ms_by_item[item_id] = end
         for c in item.get("content") or []:
             if c.get("type") == "output_audio" and produced:
                 text = c.get("transcript") or ""
                 c["transcript"] = text[: int(len(text) * end / produced)]
-        return [ev("conversation.item.truncated", item_id=item_id,
-                   content_index=int(e.get("content_index") or 0), audio_end_ms=end)], None
+        return [
+            ev(
+                "conversation.item.truncated",
+                item_id=item_id,
+                content_index=int(e.get("content_index") or 0),
+                audio_end_ms=end,
+            )
+        ], None
 
-    def _on_response_create(self, e: Event, eid: str | None) -> tuple[list[Event], ResponsePlan | None]:
+    def _on_response_create(
+        self, e: Event, eid: str | None
+    ) -> tuple[list[Event], ResponsePlan | None]:
         if self.transcription:
-            return [self.error("invalid_value",
-                               "response.create is not supported in transcription sessions.",
-                               "type", eid)], None
+            return [
+                self.error(
+                    "invalid_value",
+                    "response.create is not supported in transcription sessions.",
+                    "type",
+                    eid,
+                )
+            ], None
         params = e.get("response") if isinstance(e.get("response"), dict) else {}
         assert isinstance(params, dict)
         conversation = params.get("conversation", "auto") != "none"
         if conversation and self.active is not None:
             rid = self.active.response["id"]
-            return [self.error(
-                "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {rid}. Wait until "
-                "the response is finished before creating a new one.", None, eid)], None
+            return [
+                self.error(
+                    "conversation_already_has_active_response",
+                    f"Conversation already has an active response in progress: {rid}. Wait until "
+                    "the response is finished before creating a new one.",
+                    None,
+                    eid,
+                )
+            ], None
         return [], self.plan_response(params, conversation)
 
     def plan_response(self, params: dict[str, Any], conversation: bool = True) -> ResponsePlan:
         modalities = list(params.get("output_modalities") or self.session["output_modalities"])
         out_cfg = self.session["audio"]["output"]
-        voice = str(((params.get("audio") or {}).get("output") or {}).get("voice")
-                    or out_cfg.get("voice") or "alloy")
+        voice = str(
+            ((params.get("audio") or {}).get("output") or {}).get("voice")
+            or out_cfg.get("voice")
+            or "alloy"
+        )
         response = {
             "object": "realtime.response",
             "id": new_id("resp"),
@@ -408,8 +515,7 @@ class EngineSession:
             "output": [],
             "conversation_id": self.conversation_id if conversation else None,
             "output_modalities": modalities,
-            "max_output_tokens": params.get("max_output_tokens",
-                                            self.session["max_output_tokens"]),
+            "max_output_tokens": params.get("max_output_tokens", self.session["max_output_tokens"]),
             "audio": {"output": {"format": dict(out_cfg["format"]), "voice": voice}},
             "usage": None,
             "metadata": params.get("metadata"),
@@ -419,8 +525,7 @@ class EngineSession:
         plan = ResponsePlan(
             response=response,
             modalities=modalities,
-            instructions=str(params.get("instructions") or self.session.get("instructions")
-                             or ""),
+            instructions=str(params.get("instructions") or self.session.get("instructions") or ""),
             voice=voice,
             conversation=conversation,
             input_items=items,
@@ -432,8 +537,14 @@ class EngineSession:
     def _on_response_cancel(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         rid = e.get("response_id")
         if self.active is None or (rid and rid != self.active.response["id"]):
-            return [self.error("response_cancel_not_active",
-                               "Cancellation failed: no active response found", None, eid)], None
+            return [
+                self.error(
+                    "response_cancel_not_active",
+                    "Cancellation failed: no active response found",
+                    None,
+                    eid,
+                )
+            ], None
         self.active.cancelled = True
         self.active.cancel_reason = "client_cancelled"
         return [], None

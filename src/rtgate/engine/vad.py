@@ -34,8 +34,9 @@ def rms(pcm: bytes) -> float:
 
 
 class EnergyVad:
-    def __init__(self, threshold: float = 0.5, prefix_padding_ms: int = 300,
-                 silence_duration_ms: int = 200) -> None:
+    def __init__(
+        self, threshold: float = 0.5, prefix_padding_ms: int = 300, silence_duration_ms: int = 200
+    ) -> None:
         self.configure(threshold, prefix_padding_ms, silence_duration_ms)
         self._pending = bytearray()
         self._clock_ms = 0

@@ -130,7 +130,8 @@ class RelaySession:
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
                 # The provider quotes part of *our* key back; the client must not see it.
                 return error_event(
-                    "invalid_request_error", "upstream_auth_failed",
+                    "invalid_request_error",
+                    "upstream_auth_failed",
                     "The gateway's credentials were rejected by its upstream provider. "
                     "Contact the gateway operator.",
                 )

@@ -66,8 +66,10 @@ def usage_from_response(usage: Any) -> Usage:
     ind = usage.get("input_token_details") or {}
     cached = ind.get("cached_tokens_details") or {} if isinstance(ind, dict) else {}
     outd = usage.get("output_token_details") or {}
-    text_in, audio_in, image_in = _int(ind, "text_tokens"), _int(ind, "audio_tokens"), _int(
-        ind, "image_tokens"
+    text_in, audio_in, image_in = (
+        _int(ind, "text_tokens"),
+        _int(ind, "audio_tokens"),
+        _int(ind, "image_tokens"),
     )
     if not (text_in or audio_in or image_in):
         # A provider that reports only the totals: bill them as text, the cheapest honest reading.

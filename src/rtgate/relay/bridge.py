@@ -73,15 +73,19 @@ class Bridge:
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         for t in done:
             if not t.cancelled() and (exc := t.exception()) is not None:
-                log.error("relay task %s failed: %r", t.get_name(), exc,
-                          extra={"session_id": self.session.session_id})
+                log.error(
+                    "relay task %s failed: %r",
+                    t.get_name(),
+                    exc,
+                    extra={"session_id": self.session.session_id},
+                )
         self.session.close(1011, "relay ended", "gateway")
         await self._close_both(1011, "")
 
@@ -102,7 +106,9 @@ class Bridge:
             await self._ledger.record(rec)
         except Exception as exc:  # noqa: BLE001 -- a failed write must not end the session
             log.error(
-                "usage record not committed: %r (%s)", rec, exc,
+                "usage record not committed: %r (%s)",
+                rec,
+                exc,
                 extra={"session_id": rec.session_id, "key_id": rec.key_id},
             )
 
@@ -177,7 +183,9 @@ class Bridge:
         reason = "message too big" if code == 1009 else "client disconnected"
         if session.close(code, reason, "client"):
             with contextlib.suppress(Exception):
-                await up.close(code=1001 if code == 1006 else sendable(code), message=reason.encode())
+                await up.close(
+                    code=1001 if code == 1006 else sendable(code), message=reason.encode()
+                )
 
     async def _watchdog(self) -> None:
         session, clock = self.session, self._clock

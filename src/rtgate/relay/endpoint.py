@@ -66,8 +66,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
 
     up = route.upstream
     base_url = gw.local_base_url if up.kind == "local" else up.base_url
-    api_key = gw.local_token if up.kind == "local" else (
-        up.api_key.get_secret_value() if up.api_key else None
+    api_key = (
+        gw.local_token
+        if up.kind == "local"
+        else (up.api_key.get_secret_value() if up.api_key else None)
     )
     url = upstream_url(up, base_url, route.upstream_model, query.items())
     headers = upstream_headers(up, request.headers, api_key)
@@ -103,11 +105,11 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     )
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     await gw.store.open_session(
-        SessionOpen(session.session_id, key.id, route.model or "", route.upstream_name, intent,
-                    now)
+        SessionOpen(session.session_id, key.id, route.model or "", route.upstream_name, intent, now)
     )
-    bridge = Bridge(ws, upstream, session, gw.ledger, gw.clock,
-                    check_interval=gw.expiry_check_interval)
+    bridge = Bridge(
+        ws, upstream, session, gw.ledger, gw.clock, check_interval=gw.expiry_check_interval
+    )
     gw.live[session.session_id] = bridge
     log.info("session opened", extra=extra)
     try:
@@ -122,7 +124,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             session.closed_by or "gateway",
         )
         log.info(
-            "session closed by %s: %s %s", session.closed_by, session.close_code,
-            session.close_reason, extra=extra,
+            "session closed by %s: %s %s",
+            session.closed_by,
+            session.close_code,
+            session.close_reason,
+            extra=extra,
         )
     return ws

@@ -15,10 +15,26 @@ from rtgate.config import UpstreamSettings
 _DROP = frozenset(
     h.lower()
     for h in (
-        "Authorization", "api-key", "Cookie", "Host", "Connection", "Keep-Alive",
-        "Proxy-Authorization", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Content-Length", "Origin", "OpenAI-Beta",
-        "OpenAI-Organization", "OpenAI-Project", "X-Forwarded-For", "Forwarded",
+        "Authorization",
+        "api-key",
+        "Cookie",
+        "Host",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Origin",
+        "OpenAI-Beta",
+        "OpenAI-Organization",
+        "OpenAI-Project",
+        "X-Forwarded-For",
+        "Forwarded",
     )
 )
 

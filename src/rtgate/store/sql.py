@@ -53,7 +53,7 @@ def _key(row: Row[Any]) -> KeyInfo:
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
-    return Usage(**{f: int(getattr(row, f) or 0) for f in TOKEN_FIELDS})
+    return Usage("response", *(int(getattr(row, f) or 0) for f in TOKEN_FIELDS))
 
 
 _SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in TOKEN_FIELDS]
@@ -147,7 +147,9 @@ class SqlStore:
                 sessions.update()
                 .where(sessions.c.id == session_id)
                 .values(
-                    ended_at=ended_at, close_code=code, close_reason=reason[:300],
+                    ended_at=ended_at,
+                    close_code=code,
+                    close_reason=reason[:300],
                     closed_by=closed_by,
                 )
             )
@@ -261,11 +263,9 @@ class SqlStore:
                     close_code=m[s.close_code],
                     close_reason=m[s.close_reason],
                     closed_by=m[s.closed_by],
-                    usage=Usage(**{f: int(m[totals.c[f]] or 0) for f in TOKEN_FIELDS}),
+                    usage=Usage("response", *(int(m[totals.c[f]] or 0) for f in TOKEN_FIELDS)),
                     provider_nanos=int(m[totals.c.provider_nanos] or 0),
                     charged_nanos=int(m[totals.c.charged_nanos] or 0),
                 )
             )
         return out
-
-

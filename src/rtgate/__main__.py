@@ -1,0 +1,3 @@
+from rtgate.cli import main
+
+main()

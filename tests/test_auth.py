@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import logging
+
+from rtgate.auth.credentials import client_credential
+from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
+from rtgate.config import UpstreamSettings
+from rtgate.logs import JsonFormatter, RedactingFilter
+from rtgate.relay.upstream import upstream_headers, upstream_url
+
+
+def test_keys_are_random_prefixed_and_hashed() -> None:
+    a, b = generate_key(), generate_key()
+    assert a.secret != b.secret and a.secret.startswith("rtg_")
+    assert a.secret.startswith(a.display_prefix) and len(a.display_prefix) == 12
+    assert a.key_hash == hash_key(a.secret) and a.secret not in a.key_hash
+    assert hashes_match(a.key_hash, hash_key(a.secret))
+    assert not hashes_match(a.key_hash, b.key_hash)
+    assert redact(a.secret) == a.secret[:8] + "…"
+
+
+def test_credential_sources_in_order() -> None:
+    assert client_credential({"Authorization": "Bearer k1", "api-key": "k2"}).secret == "k1"
+    assert client_credential({"api-key": "k2"}).secret == "k2"
+    sub = client_credential({"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.k3"})
+    assert sub.secret == "k3" and not sub.beta
+    assert client_credential({"Sec-WebSocket-Protocol": "realtime"}).secret is None
+    assert client_credential({"OpenAI-Beta": "realtime=v1"}).beta
+    assert client_credential({"Sec-WebSocket-Protocol": "realtime, openai-beta.realtime-v1"}).beta
+
+
+def test_upstream_headers_swap_credentials_and_strip_hop_by_hop() -> None:
+    client = {
+        "Authorization": "Bearer rtg_client",
+        "api-key": "x",
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Key": "abc",
+        "Sec-WebSocket-Protocol": "p",
+        "Sec-WebSocket-Extensions": "permessage-deflate",
+        "Host": "gw",
+        "Cookie": "c=1",
+        "OpenAI-Beta": "realtime=v1",
+        "User-Agent": "AsyncOpenAI/Python 3.57.0",
+        "X-Stainless-Lang": "python",
+        "OpenAI-Project": "client-proj",
+    }
+    up = UpstreamSettings(organization="org-1", project="proj-1")
+    h = upstream_headers(up, client, "sk-provider")
+    assert h == {
+        "User-Agent": "AsyncOpenAI/Python 3.57.0",
+        "X-Stainless-Lang": "python",
+        "Authorization": "Bearer sk-provider",
+        "OpenAI-Organization": "org-1",
+        "OpenAI-Project": "proj-1",
+    }
+    beta = upstream_headers(UpstreamSettings(beta=True), client, "sk")
+    assert beta["OpenAI-Beta"] == "realtime=v1"
+    azure = upstream_headers(UpstreamSettings(kind="azure"), client, "az-key")
+    assert azure["api-key"] == "az-key" and "Authorization" not in azure
+
+
+def test_upstream_url_replaces_model_and_keeps_other_query() -> None:
+    up = UpstreamSettings()
+    url = upstream_url(
+        up,
+        "https://api.example/v1",
+        "gpt-realtime-2025-08-28",
+        [("model", "gpt-realtime"), ("intent", "transcription"), ("x", "1")],
+    )
+    assert url == (
+        "wss://api.example/v1/realtime?model=gpt-realtime-2025-08-28&intent=transcription&x=1"
+    )
+    assert upstream_url(up, "ws://h/v1", "", [("intent", "transcription")]) == (
+        "ws://h/v1/realtime?intent=transcription"
+    )
+    az = UpstreamSettings(kind="azure", base_url="wss://res.openai.azure.com/openai/v1")
+    assert upstream_url(az, az.base_url, "my-deployment", []) == (
+        "wss://res.openai.azure.com/openai/v1/realtime?model=my-deployment"
+    )
+
+
+def test_logs_redact_known_secrets_and_key_shapes() -> None:
+    f = RedactingFilter(["provider-secret-value"])
+    rec = logging.LogRecord(
+        "rtgate",
+        logging.INFO,
+        __file__,
+        1,
+        "dial with %s and %s; client Bearer %s, %s",
+        ("provider-secret-value", "sk-proj-abcdefghijkl", "tok123456", "rtg_abcdEFGH_0123456789"),
+        None,
+    )
+    assert f.filter(rec)
+    text = JsonFormatter().format(rec)
+    for secret in (
+        "provider-secret-value",
+        "sk-proj-abcdefghijkl",
+        "tok123456",
+        "rtg_abcdEFGH_0123456789",
+    ):
+        assert secret not in text
+    assert "sk-proj…" in text and "rtg_abcd…" in text

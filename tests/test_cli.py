@@ -1,0 +1,125 @@
+"""The command line as a user runs it, against a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from rtgate.cli import app
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import Usage
+from rtgate.store.port import SessionOpen
+from rtgate.store.sql import SqlStore
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RTGATE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RTGATE_CONFIG", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return run
+
+
+def test_keys_create_prints_the_secret_alone_on_the_last_line(
+    cli: Callable[..., str], tmp_path: Path
+) -> None:
+    out = cli("keys", "create", "--name", "alice")
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("rtg_") and " " not in secret
+    db = (tmp_path / "home" / "rtgate.db").read_bytes()
+    assert secret.encode() not in db
+    listed = orjson.loads(cli("keys", "list", "--json"))
+    assert len(listed) == 1 and listed[0]["name"] == "alice" and listed[0]["active"]
+    assert secret.startswith(listed[0]["prefix"])
+    assert secret not in cli("keys", "list")
+
+
+def test_keys_revoke(cli: Callable[..., str]) -> None:
+    created = orjson.loads(cli("keys", "create", "--name", "bob", "--json"))
+    assert created["secret"].startswith("rtg_")
+    revoked = orjson.loads(cli("keys", "revoke", created["id"], "--json"))
+    assert revoked["active"] is False and revoked["revoked_at"]
+    cli("keys", "revoke", "key_missing", code=1)
+
+
+async def _seed(db_url: str, key_id: str) -> None:
+    store = SqlStore(db_url)
+    await store.init()
+    await store.open_session(
+        SessionOpen("rs_1", key_id, "gpt-realtime", "openai", None, 1_800_000_000.0)
+    )
+    await store.add_usage(
+        [
+            UsageRecord(
+                "rs_1",
+                key_id,
+                "gpt-realtime",
+                "gpt-realtime",
+                Usage(text_in=1000, audio_out=500, audio_in=200, audio_in_cached=100),
+                40_000_000,
+                50_000_000,
+                1_800_000_000.0 + i,
+                f"resp_{i}",
+            )
+            for i in range(2)
+        ]
+    )
+    await store.close_session("rs_1", 1_800_000_090.0, 1000, "", "client")
+    await store.close()
+
+
+def test_usage_and_sessions_report_tokens_and_decimal_cost(
+    cli: Callable[..., str], tmp_path: Path
+) -> None:
+    import asyncio
+
+    created = orjson.loads(cli("keys", "create", "--name", "carol", "--json"))
+    asyncio.run(_seed(f"sqlite+aiosqlite:///{tmp_path / 'home' / 'rtgate.db'}", created["id"]))
+    rows = orjson.loads(cli("usage", "--json"))
+    assert rows == [
+        {
+            "key_id": created["id"],
+            "key_name": "carol",
+            "model": "gpt-realtime",
+            "day": "2027-01-15",
+            "records": 2,
+            "tokens": {
+                "text_in": 2000,
+                "text_in_cached": 0,
+                "audio_in": 400,
+                "audio_in_cached": 200,
+                "image_in": 0,
+                "image_in_cached": 0,
+                "text_out": 0,
+                "audio_out": 1000,
+                "audio_ms": 0,
+            },
+            "cost_usd": "0.100000000",
+            "provider_cost_usd": "0.080000000",
+        }
+    ]
+    assert Decimal(rows[0]["cost_usd"]) == Decimal("0.1")
+    (sess,) = orjson.loads(cli("sessions", "--json"))
+    assert sess["duration_s"] == 90.0 and sess["close_code"] == 1000
+    assert sess["tokens"]["audio_out"] == 1000 and sess["cost_usd"] == "0.100000000"
+    assert "carol" in cli("usage") and "carol" in cli("sessions")
+
+
+def test_bad_config_stops_with_the_settings_name(
+    cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTGATE_PORT", "not-a-port")
+    out = cli("keys", "list", code=2)
+    assert "port" in out

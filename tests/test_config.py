@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtgate.catalog import Catalog, model_family
+from rtgate.config import load_settings
+from rtgate.errors import ConfigError, ModelNotFound
+
+
+def test_defaults_without_a_provider_key_use_the_local_engine() -> None:
+    s = load_settings(None, {})
+    assert s.default_upstream == "local"
+    assert s.models["gpt-realtime"].upstream == "local"
+    assert (s.host, s.port, s.home) == ("127.0.0.1", 8080, Path(".rtgate"))
+    assert s.resolved_database_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_provider_key_switches_catalog_models_to_openai() -> None:
+    s = load_settings(None, {"OPENAI_API_KEY": "sk-abc"})
+    assert s.default_upstream == "openai"
+    assert s.upstreams["openai"].api_key is not None
+    assert "sk-abc" not in s.model_dump_json()
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text(
+        'port = 9000\nhost = "0.0.0.0"\n[upstreams.openai]\n'
+        'base_url = "wss://example.invalid/v1"\norganization = "org-1"\n'
+        '[prices.gpt-realtime]\ntext_in = "5"\n'
+        '[models.my-voice]\nupstream = "openai"\nupstream_model = "gpt-realtime"\n'
+    )
+    s = load_settings(cfg, {"RTGATE_PORT": "9100", "RTGATE_OPENAI_BASE_URL": "ws://127.0.0.1:1/v1"})
+    assert (s.port, s.host) == (9100, "0.0.0.0")
+    assert s.upstreams["openai"].base_url == "ws://127.0.0.1:1/v1"
+    assert s.upstreams["openai"].organization == "org-1"
+    assert s.prices["gpt-realtime"].text_in == 5
+    assert s.prices["gpt-realtime"].text_out == 16
+    route = Catalog(s).resolve("my-voice")
+    assert (route.upstream_model, route.price_key) == ("gpt-realtime", "gpt-realtime")
+
+
+def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("workers = 3\n")
+    assert load_settings(None, {"RTGATE_CONFIG": str(cfg)}).workers == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "names"),
+    [
+        ("port = 99999\n", {}, "port"),
+        ("", {"RTGATE_PORT": "eighty"}, "port"),
+        ("max_session_seconds = -1\n", {}, "max_session_seconds"),
+        ('[upstreams.openai]\nbase_url = "ftp://x"\n', {}, "upstreams.openai.base_url"),
+        ('[upstreams.openai]\napi_key = "sk-in-file"\n', {}, "api_key_env"),
+        ('[models.x]\nupstream = "nowhere"\n', {}, "models.x.upstream"),
+        ("bogus_setting = 1\n", {}, "bogus_setting"),
+        ("port = \n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_setting(
+    tmp_path: Path, text: str, env: dict[str, str], names: str
+) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env)
+    assert names in err.value.message
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings("/nonexistent/rtgate.toml", {})
+
+
+def test_families_and_unknown_models() -> None:
+    assert model_family("gpt-realtime-mini-2025-10-06") == "gpt-realtime-mini"
+    assert model_family("gpt-realtime") == "gpt-realtime"
+    cat = Catalog(load_settings(None, {"OPENAI_API_KEY": "k"}))
+    r = cat.resolve("gpt-realtime-mini-2025-12-15")
+    assert (r.price_key, r.upstream_model) == ("gpt-realtime-mini", "gpt-realtime-mini-2025-12-15")
+    with pytest.raises(ModelNotFound):
+        cat.resolve("gpt-4o-realtime-preview")

@@ -1,0 +1,112 @@
+"""A usage record survives the gateway being killed the instant its frame reached the client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import connect
+
+from tests.provider import PROVIDER_KEY, FakeProvider
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def usage_done(i: int) -> str:
+    return orjson.dumps(
+        {
+            "type": "test.emit",
+            "event": {
+                "type": "response.done",
+                "event_id": f"event_{i}",
+                "response": {
+                    "id": f"resp_{i}",
+                    "object": "realtime.response",
+                    "status": "completed",
+                    "usage": {
+                        "input_tokens": 100 + i,
+                        "output_tokens": 10,
+                        "input_token_details": {"text_tokens": 100 + i},
+                        "output_token_details": {"audio_tokens": 10},
+                    },
+                },
+            },
+        }
+    ).decode()
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        assert proc.poll() is None, "gateway exited during start-up"
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not start")
+
+
+async def test_records_survive_sigkill_right_after_delivery(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTGATE_HOME": str(tmp_path / "home"),
+        "RTGATE_PORT": str(port),
+        "RTGATE_OPENAI_BASE_URL": provider.base_url,
+        "OPENAI_API_KEY": PROVIDER_KEY,
+    }
+    env.pop("RTGATE_DATABASE_URL", None)
+    env.pop("RTGATE_CONFIG", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "rtgate", "keys", "create", "--name", "crash"],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    key = out.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtgate", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    received = 0
+    try:
+        await wait_ready(port, proc)
+        async with connect(
+            f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+            for i in range(30):
+                await ws.send(usage_done(i))
+            while received < 5:
+                if orjson.loads(await ws.recv())["type"] == "response.done":
+                    received += 1
+            os.kill(proc.pid, signal.SIGKILL)
+    except Exception:
+        proc.kill()
+        raise
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    db = sqlite3.connect(tmp_path / "home" / "rtgate.db")
+    refs = [r[0] for r in db.execute("SELECT ref FROM usage_records ORDER BY id")]
+    db.close()
+    # Every response.done the client saw is in the ledger (a few more may have committed).
+    assert refs[:received] == [f"resp_{i}" for i in range(received)]

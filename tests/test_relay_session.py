@@ -1,0 +1,135 @@
+"""The sans-I/O relay session, fed plain strings."""
+
+from __future__ import annotations
+
+import orjson
+
+from rtgate.catalog import Catalog
+from rtgate.config import load_settings
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.relay_session import RelaySession
+
+
+def make(model: str = "gpt-realtime") -> RelaySession:
+    settings = load_settings(None, {"OPENAI_API_KEY": "sk-x"})
+    catalog = Catalog(settings)
+    return RelaySession(
+        session_id="rs_1",
+        key_id="key_1",
+        route=catalog.resolve(model),
+        catalog=catalog,
+        opened_at=0.0,
+        opened_mono=100.0,
+        max_seconds=60,
+    )
+
+
+def done(usage: dict[str, object], rid: str = "resp_1") -> str:
+    return orjson.dumps(
+        {"type": "response.done", "event_id": "event_1", "response": {"id": rid, "usage": usage}}
+    ).decode()
+
+
+def test_audio_frames_are_skipped_without_parsing() -> None:
+    s = make()
+    frame = '{"type":"response.output_audio.delta","delta":"' + "A" * 1000 + '"}'
+    assert s.on_upstream_text(frame, 1.0) is None
+    assert s.records == 0
+
+
+def test_response_done_is_metered_wherever_type_sits() -> None:
+    s = make()
+    frame = (
+        '{"event_id":"e","response":{"id":"resp_9","usage":{"input_tokens":5,'
+        '"output_tokens":1,"input_token_details":{"text_tokens":5},'
+        '"output_token_details":{"text_tokens":1}}},"type":"response.done"}'
+    )
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.ref, rec.model, rec.usage.text_in, rec.usage.text_out) == (
+        "resp_9",
+        "gpt-realtime",
+        5,
+        1,
+    )
+    assert rec.charged_nanos == 5 * 4000 + 1 * 16000
+    assert s.totals.total_tokens == 6
+
+
+def test_a_quoted_event_name_inside_a_string_does_not_meter() -> None:
+    s = make()
+    frame = orjson.dumps(
+        {"type": "response.output_text.done", "text": 'say "response.done" please'}
+    ).decode()
+    assert '\\"response.done\\"' in frame
+    assert s.on_upstream_text(frame, 1.0) is None
+
+
+def test_zero_usage_writes_no_record() -> None:
+    assert make().on_upstream_text(done({}), 1.0) is None
+
+
+def test_transcription_model_is_tracked_from_session_updated() -> None:
+    s = make()
+    updated = {
+        "type": "session.updated",
+        "session": {
+            "model": "gpt-realtime",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+        },
+    }
+    assert s.on_upstream_text(orjson.dumps(updated).decode(), 1.0) is None
+    completed = {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "item_id": "item_1",
+        "content_index": 0,
+        "transcript": "hi",
+        "usage": {
+            "type": "tokens",
+            "input_tokens": 10,
+            "output_tokens": 2,
+            "total_tokens": 12,
+            "input_token_details": {"audio_tokens": 10, "text_tokens": 0},
+        },
+    }
+    rec = s.on_upstream_text(orjson.dumps(completed).decode(), 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert rec.model == "gpt-4o-transcribe" and rec.ref == "item_1"
+    assert rec.charged_nanos == 10 * 6000 + 2 * 10000
+
+
+def test_beta_transcription_config_is_understood() -> None:
+    s = make()
+    frame = orjson.dumps(
+        {
+            "type": "session.created",
+            "session": {"input_audio_transcription": {"model": "whisper-1"}},
+        }
+    ).decode()
+    s.on_upstream_text(frame, 1.0)
+    assert s.transcription_model == "whisper-1"
+
+
+def test_upstream_invalid_key_error_is_rewritten() -> None:
+    s = make()
+    frame = orjson.dumps(
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+                "message": "Incorrect API key provided: sk-pr...WXYZ.",
+            },
+        }
+    ).decode()
+    out = s.on_upstream_text(frame, 1.0)
+    assert isinstance(out, str)
+    assert "WXYZ" not in out and orjson.loads(out)["error"]["code"] == "upstream_auth_failed"
+
+
+def test_first_close_wins_and_deadline_is_monotonic() -> None:
+    s = make()
+    assert not s.expired(159.9) and s.expired(160.0)
+    assert s.close(4321, "bye", "upstream")
+    assert not s.close(1000, "", "client")
+    assert (s.close_code, s.closed_by) == (4321, "upstream")
