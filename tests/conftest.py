@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.clock import Clock
 from rtgate.config import Settings, load_settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.schema import metadata
 from tests.provider import PROVIDER_KEY, FakeProvider
 
 
@@ -49,18 +51,34 @@ async def provider() -> AsyncIterator[FakeProvider]:
     await p.stop()
 
 
-def database_url(tmp_path: Path) -> str:
-    return os.environ.get("RTGATE_TEST_DATABASE_URL") or (
-        f"sqlite+aiosqlite:///{tmp_path / 'rtgate.db'}"
-    )
+async def database_url(tmp_path: Path) -> str:
+    """SQLite in the test's directory, or the server named by ``RTGATE_TEST_DATABASE_URL``
+    (the PostgreSQL suite), emptied before each test."""
+    url = os.environ.get("RTGATE_TEST_DATABASE_URL")
+    if not url:
+        return f"sqlite+aiosqlite:///{tmp_path / 'rtgate.db'}"
+    await _reset(url)
+    return url
+
+
+async def _reset(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await engine.dispose()
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, provider: FakeProvider) -> Callable[..., Settings]:
+async def db_url(tmp_path: Path) -> str:
+    return await database_url(tmp_path)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, provider: FakeProvider, db_url: str) -> Callable[..., Settings]:
     def make(**env: str) -> Settings:
         base = {
             "RTGATE_HOME": str(tmp_path / "home"),
-            "RTGATE_DATABASE_URL": database_url(tmp_path),
+            "RTGATE_DATABASE_URL": db_url,
             "RTGATE_OPENAI_BASE_URL": provider.base_url,
             "OPENAI_API_KEY": PROVIDER_KEY,
         }

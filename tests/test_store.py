@@ -1,0 +1,113 @@
+"""The Store contract, run against SQLite by default and PostgreSQL in its suite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from rtgate.metering.ledger import Ledger
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import Usage
+from rtgate.store.port import SessionOpen
+from rtgate.store.sql import SqlStore
+
+DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+DAY2 = DAY1 + 86_400
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(db_url)
+    await s.init()
+    await s.init()  # idempotent
+    yield s
+    await s.close()
+
+
+def rec(key: str, model: str, t: float, n: int, session: str = "rs_1") -> UsageRecord:
+    return UsageRecord(session, key, model, model, Usage(text_in=n, audio_out=2 * n),
+                       n * 10, n * 12, t, f"resp_{n}_{t}")
+
+
+async def test_keys_round_trip(store: SqlStore) -> None:
+    k = await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
+    assert (await store.get_key("key_a")) == k
+    found = await store.key_by_hash("h" * 64)
+    assert found is not None and found[0].id == "key_a" and found[1] == "h" * 64
+    assert await store.key_by_hash("x" * 64) is None
+    revoked = await store.revoke_key("key_a", DAY2)
+    assert revoked is not None and revoked.revoked_at == DAY2 and not revoked.active
+    again = await store.revoke_key("key_a", DAY2 + 5)
+    assert again is not None and again.revoked_at == DAY2
+    assert await store.list_keys(include_revoked=False) == []
+    assert await store.revoke_key("key_missing", DAY2) is None
+
+
+async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.create_key("key_b", "bob", "p", "b" * 64, DAY1)
+    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    await store.open_session(SessionOpen("rs_2", "key_b", "gpt-realtime", "openai", None, DAY1))
+    await store.add_usage([
+        rec("key_a", "gpt-realtime", DAY1, 5),
+        rec("key_a", "gpt-realtime", DAY1 + 60, 7),
+        rec("key_a", "gpt-realtime-mini", DAY1, 1),
+        rec("key_a", "gpt-realtime", DAY2, 3),
+        rec("key_b", "gpt-realtime", DAY1, 100, session="rs_2"),
+    ])
+    rows = await store.usage_summary()
+    got = {(r.key_name, r.model, r.day): (r.records, r.usage.text_in, r.usage.audio_out,
+                                          r.charged_nanos) for r in rows}
+    assert got == {
+        ("alice", "gpt-realtime", "2027-01-15"): (2, 12, 24, 144),
+        ("alice", "gpt-realtime-mini", "2027-01-15"): (1, 1, 2, 12),
+        ("alice", "gpt-realtime", "2027-01-16"): (1, 3, 6, 36),
+        ("bob", "gpt-realtime", "2027-01-15"): (1, 100, 200, 1200),
+    }
+    only_b = await store.usage_summary(key_id="key_b")
+    assert [r.key_name for r in only_b] == ["bob"]
+    assert len(await store.usage_summary(since_day="2027-01-16")) == 1
+
+    await store.close_session("rs_1", DAY1 + 30, 4004, "x" * 500, "upstream")
+    sessions = await store.recent_sessions()
+    by_id = {s.id: s for s in sessions}
+    assert by_id["rs_1"].usage.text_in == 16 and by_id["rs_1"].close_code == 4004
+    assert len(by_id["rs_1"].close_reason or "") == 300
+    assert by_id["rs_2"].ended_at is None and by_id["rs_2"].charged_nanos == 1200
+    assert [s.id for s in await store.recent_sessions(key_id="key_b")] == ["rs_2"]
+
+
+async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    commits: list[int] = []
+    real = store.add_usage
+
+    async def counting(records: list[UsageRecord]) -> None:  # type: ignore[override]
+        commits.append(len(records))
+        await real(records)
+
+    store.add_usage = counting  # type: ignore[method-assign]
+    ledger = Ledger(store)
+    writer = asyncio.create_task(ledger.run())
+    await asyncio.gather(*(ledger.record(rec("key_a", "gpt-realtime", DAY1, i + 1))
+                           for i in range(200)))
+    await ledger.drain()
+    writer.cancel()
+    assert sum(commits) == 200
+    assert len(commits) < 200  # batched, not one transaction per record
+    (row,) = await store.usage_summary()
+    assert row.records == 200 and row.usage.text_in == sum(range(1, 201))
+
+
+async def test_ledger_reports_a_failed_commit_to_every_waiter(store: SqlStore) -> None:
+    ledger = Ledger(store)
+    writer = asyncio.create_task(ledger.run())
+    # No such key or session: the foreign keys refuse the batch.
+    results = await asyncio.gather(
+        *(ledger.record(rec("key_none", "m", DAY1, i, session="rs_none")) for i in range(3)),
+        return_exceptions=True)
+    writer.cancel()
+    assert all(isinstance(r, Exception) for r in results)
