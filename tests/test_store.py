@@ -27,8 +27,17 @@ async def store(db_url: str) -> AsyncIterator[SqlStore]:
 
 
 def rec(key: str, model: str, t: float, n: int, session: str = "rs_1") -> UsageRecord:
-    return UsageRecord(session, key, model, model, Usage(text_in=n, audio_out=2 * n),
-                       n * 10, n * 12, t, f"resp_{n}_{t}")
+    return UsageRecord(
+        session,
+        key,
+        model,
+        model,
+        Usage(text_in=n, audio_out=2 * n),
+        n * 10,
+        n * 12,
+        t,
+        f"resp_{n}_{t}",
+    )
 
 
 async def test_keys_round_trip(store: SqlStore) -> None:
@@ -50,16 +59,25 @@ async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
     await store.create_key("key_b", "bob", "p", "b" * 64, DAY1)
     await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
     await store.open_session(SessionOpen("rs_2", "key_b", "gpt-realtime", "openai", None, DAY1))
-    await store.add_usage([
-        rec("key_a", "gpt-realtime", DAY1, 5),
-        rec("key_a", "gpt-realtime", DAY1 + 60, 7),
-        rec("key_a", "gpt-realtime-mini", DAY1, 1),
-        rec("key_a", "gpt-realtime", DAY2, 3),
-        rec("key_b", "gpt-realtime", DAY1, 100, session="rs_2"),
-    ])
+    await store.add_usage(
+        [
+            rec("key_a", "gpt-realtime", DAY1, 5),
+            rec("key_a", "gpt-realtime", DAY1 + 60, 7),
+            rec("key_a", "gpt-realtime-mini", DAY1, 1),
+            rec("key_a", "gpt-realtime", DAY2, 3),
+            rec("key_b", "gpt-realtime", DAY1, 100, session="rs_2"),
+        ]
+    )
     rows = await store.usage_summary()
-    got = {(r.key_name, r.model, r.day): (r.records, r.usage.text_in, r.usage.audio_out,
-                                          r.charged_nanos) for r in rows}
+    got = {
+        (r.key_name, r.model, r.day): (
+            r.records,
+            r.usage.text_in,
+            r.usage.audio_out,
+            r.charged_nanos,
+        )
+        for r in rows
+    }
     assert got == {
         ("alice", "gpt-realtime", "2027-01-15"): (2, 12, 24, 144),
         ("alice", "gpt-realtime-mini", "2027-01-15"): (1, 1, 2, 12),
@@ -92,8 +110,9 @@ async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:
     store.add_usage = counting  # type: ignore[method-assign]
     ledger = Ledger(store)
     writer = asyncio.create_task(ledger.run())
-    await asyncio.gather(*(ledger.record(rec("key_a", "gpt-realtime", DAY1, i + 1))
-                           for i in range(200)))
+    await asyncio.gather(
+        *(ledger.record(rec("key_a", "gpt-realtime", DAY1, i + 1)) for i in range(200))
+    )
     await ledger.drain()
     writer.cancel()
     assert sum(commits) == 200
@@ -108,6 +127,7 @@ async def test_ledger_reports_a_failed_commit_to_every_waiter(store: SqlStore) -
     # No such key or session: the foreign keys refuse the batch.
     results = await asyncio.gather(
         *(ledger.record(rec("key_none", "m", DAY1, i, session="rs_none")) for i in range(3)),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     writer.cancel()
     assert all(isinstance(r, Exception) for r in results)
