@@ -47,6 +47,7 @@ class FakeProvider:
     closes: list[tuple[int | None, str]] = field(default_factory=list)
     transcriber: FakeTranscriber = field(default_factory=FakeTranscriber)
     port: int = 0
+    flooded: int = 0
     _runner: web.AppRunner | None = None
 
     @property
@@ -132,6 +133,13 @@ class _TestConnection(EngineConnection):
         for t in list(self.tasks):
             t.cancel()
 
+    async def flood(self, count: int, size: int) -> None:
+        """Send ``count`` large frames as fast as the socket takes them."""
+        frame = '{"type":"response.output_audio.delta","delta":"' + "A" * size + '"}'
+        for _ in range(count):
+            await self.ws.send_str(frame)
+            self.provider.flooded += 1
+
     async def on_test(self, e: dict[str, Any]) -> bool:
         kind = e["type"]
         if kind == "test.close":
@@ -144,6 +152,8 @@ class _TestConnection(EngineConnection):
             return True
         if kind == "test.binary":
             await self.ws.send_bytes(bytes(range(256)))
+        elif kind == "test.flood":
+            self.spawn(self.flood(int(e["count"]), int(e["size"])))
         elif kind == "test.emit":
             await self.ws.send_str(orjson.dumps(e["event"]).decode())
         elif kind == "test.sleep":

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,48 +12,28 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
+from tests.process import free_port, wait_ready
 from tests.provider import PROVIDER_KEY, FakeProvider
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def usage_done(i: int) -> str:
-    return orjson.dumps(
-        {
-            "type": "test.emit",
-            "event": {
-                "type": "response.done",
-                "event_id": f"event_{i}",
-                "response": {
-                    "id": f"resp_{i}",
-                    "object": "realtime.response",
-                    "status": "completed",
-                    "usage": {
-                        "input_tokens": 100 + i,
-                        "output_tokens": 10,
-                        "input_token_details": {"text_tokens": 100 + i},
-                        "output_token_details": {"audio_tokens": 10},
-                    },
-                },
-            },
-        }
-    ).decode()
-
-
-async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        assert proc.poll() is None, "gateway exited during start-up"
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not start")
+    usage = {
+        "input_tokens": 100 + i,
+        "output_tokens": 10,
+        "input_token_details": {"text_tokens": 100 + i},
+        "output_token_details": {"audio_tokens": 10},
+    }
+    event = {
+        "type": "response.done",
+        "event_id": f"event_{i}",
+        "response": {
+            "id": f"resp_{i}",
+            "object": "realtime.response",
+            "status": "completed",
+            "usage": usage,
+        },
+    }
+    return orjson.dumps({"type": "test.emit", "event": event}).decode()
 
 
 async def test_records_survive_sigkill_right_after_delivery(

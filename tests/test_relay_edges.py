@@ -435,3 +435,32 @@ async def test_deflate_is_negotiated_when_enabled(
         (created,) = await first_events(ws, 1)
         assert created["type"] == "session.created"
         assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]  # type: ignore[union-attr]
+
+
+async def test_a_slow_client_slows_only_its_own_upstream(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    key = await gateway.new_key()
+    url = f"{gateway.ws}/v1/realtime?model=gpt-realtime"
+    auth = {"Authorization": f"Bearer {key}"}
+    count, size = 400, 256 * 1024  # 100 MiB the client will not read for a while
+    async with connect(url, additional_headers=auth, max_size=None, max_queue=4) as slow:
+        await first_events(slow, 1)
+        await slow.send(orjson.dumps({"type": "test.flood", "count": count, "size": size}).decode())
+        await asyncio.sleep(0.5)
+        stalled = provider.flooded
+        # Bounded buffers: the provider is held back long before the flood is through.
+        assert stalled < count // 2
+        # Meanwhile another session is served normally.
+        async with connect(url, additional_headers=auth) as other:
+            await first_events(other, 1)
+            await other.send('{"type":"input_audio_buffer.clear"}')
+            cleared = orjson.loads(await asyncio.wait_for(other.recv(), 5))
+            assert cleared["type"] == "input_audio_buffer.cleared"
+        assert provider.flooded < count // 2
+        received = 0
+        while received < count:
+            msg = await asyncio.wait_for(slow.recv(), 10)
+            assert len(msg) == size + 49
+            received += 1
+    assert provider.flooded == count

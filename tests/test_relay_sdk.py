@@ -136,3 +136,31 @@ async def test_voice_turn_with_server_vad_and_input_transcription(
     by_model = {r.model: r for r in rows}
     assert by_model["gpt-4o-mini-transcribe"].usage.audio_in > 0
     assert by_model["gpt-realtime-mini"].records == 1
+
+
+async def test_without_a_provider_key_the_local_engine_answers(
+    make_settings: Any, start_gateway: Any, provider: FakeProvider
+) -> None:
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    assert gw.settings.default_upstream == "local"
+    key = await gw.new_key()
+    async with client_for(gw, key).realtime.connect(model="gpt-realtime") as conn:
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "offline hello"}],
+            }
+        )
+        await conn.response.create(response={"output_modalities": ["text"]})
+        events = await collect_until(conn, "response.done")
+    for e in events:
+        validate_server_event(e)
+    assert provider.upgrades == []
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text.strip() == "offline hello"
+    (sess,) = await gw.store.recent_sessions()
+    assert sess.upstream == "local"
+    (row,) = await gw.store.usage_summary()
+    assert row.usage.text_out > 0
+    assert row.charged_nanos == 0  # the local engine is free

@@ -265,7 +265,11 @@ def load_settings(
         name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
         for name in (*DEFAULT_OPENAI_MODELS, "local")
     }
-    models["local"]["prices"] = "local"
+    for entry in models.values():
+        # The embedded engine costs the operator nothing: catalog models it serves are free
+        # unless the config prices them (e.g. to rehearse budgets offline).
+        if entry["upstream"] == "local":
+            entry["prices"] = "local"
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
     raw["models"] = models
 

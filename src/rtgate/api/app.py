@@ -84,8 +84,6 @@ def create_app(
         try:
             yield
         finally:
-            closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
-            await asyncio.gather(*closing, return_exceptions=True)
             await ledger.drain()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -93,7 +91,15 @@ def create_app(
             await http.close()
             await store.close()
 
+    async def close_live_sessions(app: web.Application) -> None:
+        # on_shutdown runs before aiohttp waits for handlers to finish, so live sessions end
+        # now, with 1001 (going away) as OpenAI's SDK expects, not after a timeout.
+        gw = app[GATEWAY]
+        closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
+        await asyncio.gather(*closing, return_exceptions=True)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
     app.router.add_get("/healthz", health)
     app.router.add_get("/v1/models", models)

@@ -1,0 +1,74 @@
+"""``rtgate serve`` as a process: workers sharing the port, and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import psutil
+import websockets
+from websockets.asyncio.client import connect
+
+from tests.process import free_port, wait_ready
+from tests.provider import PROVIDER_KEY, FakeProvider
+
+
+async def test_workers_share_the_port_and_shut_down_cleanly(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTGATE_HOME": str(tmp_path / "home"),
+        "RTGATE_PORT": str(port),
+        "RTGATE_OPENAI_BASE_URL": provider.base_url,
+        "OPENAI_API_KEY": PROVIDER_KEY,
+    }
+    env.pop("RTGATE_DATABASE_URL", None)
+    env.pop("RTGATE_CONFIG", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "rtgate", "keys", "create", "--name", "w"],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    key = out.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtgate", "serve", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await wait_ready(port, proc)
+        await asyncio.sleep(0.5)
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) >= 2
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+        conns = [
+            await connect(url, additional_headers={"Authorization": f"Bearer {key}"})
+            for _ in range(8)
+        ]
+        for ws in conns:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+        proc.send_signal(signal.SIGTERM)
+        for ws in conns:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1001
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    logs = proc.stderr.read().decode()
+    assert "rtgate listening" in logs
+    assert PROVIDER_KEY not in logs and key not in logs
