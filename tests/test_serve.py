@@ -40,11 +40,12 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
         text=True,
     )
     key = out.stdout.strip().splitlines()[-1]
+    log_file = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtgate", "serve", "--workers", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file,
     )
     try:
         await wait_ready(port, proc)
@@ -68,7 +69,7 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.stderr is not None
-    logs = proc.stderr.read().decode()
+    log_file.close()
+    logs = (tmp_path / "gateway.log").read_text()
     assert "rtgate listening" in logs
     assert PROVIDER_KEY not in logs and key not in logs
