@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from rtgate.config import DEFAULT_PRICES, PriceSettings
-from rtgate.metering.cost import cost_of, usd
+from rtgate.metering.cost import cost_of, usd, usd_str
 from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
 
 GA_USAGE = {
@@ -106,3 +106,11 @@ def test_cost_is_integer_and_sums_exactly() -> None:
     parts = [cost_of(Usage(text_in=7, text_out=3), p).charged_nanos for _ in range(1000)]
     assert all(isinstance(x, int) for x in parts)
     assert sum(parts) == cost_of(Usage(text_in=7000, text_out=3000), p).charged_nanos
+
+
+def test_usd_prints_plain_decimals() -> None:
+    assert usd_str(0) == "0.000000000"
+    assert usd_str(1) == "0.000000001"
+    assert usd_str(12_345_000_000) == "12.345000000"
+    assert usd_str(-5) == "-0.000000005"
+    assert usd(12_345_000_000) == Decimal("12.345")

@@ -22,7 +22,7 @@ from rtgate.auth.keyring import KeyRing
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
-from rtgate.metering.cost import usd
+from rtgate.metering.cost import usd_str
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
@@ -65,6 +65,14 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     except GatewayError as err:
         Console(stderr=True).print(f"[red]error:[/red] {err.message}")
         raise typer.Exit(1) from err
+
+
+def _console() -> Console:
+    # Reports are read in terminals and in CI logs alike; never squeeze the columns below this.
+    console = Console()
+    if console.width < 140:
+        console = Console(width=140)
+    return console
 
 
 def _ts(t: float | None) -> str | None:
@@ -144,7 +152,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
             _ts(k.created_at),
             "active" if k.active else f"revoked {_ts(k.revoked_at)}",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @keys_app.command("revoke")
@@ -178,8 +186,8 @@ def usage(
                     "day": r.day,
                     "records": r.records,
                     "tokens": _tokens(r.usage),
-                    "cost_usd": str(usd(r.charged_nanos)),
-                    "provider_cost_usd": str(usd(r.provider_nanos)),
+                    "cost_usd": usd_str(r.charged_nanos),
+                    "provider_cost_usd": usd_str(r.provider_nanos),
                 }
                 for r in rows
             ]
@@ -197,10 +205,10 @@ def usage(
             f"{u.text_in}/{u.text_out}",
             f"{u.audio_in}/{u.audio_out}",
             str(u.text_in_cached + u.audio_in_cached),
-            str(usd(r.charged_nanos)),
-            str(usd(r.provider_nanos)),
+            usd_str(r.charged_nanos),
+            usd_str(r.provider_nanos),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -228,8 +236,8 @@ def sessions(
                     "close_reason": r.close_reason,
                     "closed_by": r.closed_by,
                     "tokens": _tokens(r.usage),
-                    "cost_usd": str(usd(r.charged_nanos)),
-                    "provider_cost_usd": str(usd(r.provider_nanos)),
+                    "cost_usd": usd_str(r.charged_nanos),
+                    "provider_cost_usd": usd_str(r.provider_nanos),
                 }
                 for r in rows
             ]
@@ -246,9 +254,9 @@ def sessions(
             dur,
             close,
             str(r.usage.total_tokens),
-            str(usd(r.charged_nanos)),
+            usd_str(r.charged_nanos),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 def main() -> None:

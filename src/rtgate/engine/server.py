@@ -232,6 +232,8 @@ class EngineConnection:
 
     async def respond(self, plan: ResponsePlan) -> None:
         s, resp = self.s, plan.response
+        # What the model reads: everything before this response's own output.
+        text_in, audio_in = s.input_usage(plan)
         await self.send([ev("response.created", response=dict(resp, output=[]))])
         audio_mode = "audio" in plan.modalities
         item_id = new_id("item")
@@ -340,7 +342,6 @@ class EngineConnection:
             item["content"] = [content]
             item["status"] = "incomplete" if plan.cancelled else "completed"
             s.audio_ms_by_item[item_id] = audio_ms
-            text_in, audio_in = s.input_usage(plan)
             text_out = estimate_text_tokens(text)
             audio_out = audio_ms // 50
             resp.update(

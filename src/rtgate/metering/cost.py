@@ -62,4 +62,11 @@ def cost_of(usage: Usage, prices: PriceSettings | None) -> Cost:
 
 def usd(nanos: int) -> Decimal:
     """Nano-dollars as a Decimal USD amount with nine places."""
-    return (Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000000001"))
+    return Decimal(usd_str(nanos))
+
+
+def usd_str(nanos: int) -> str:
+    """Nano-dollars as a plain decimal string (``"0.000000000"``, never ``"0E-9"``)."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    return f"{sign}{whole}.{frac:09d}"
