@@ -12,23 +12,26 @@ import base64
 import contextlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.engine.ports import Brain, EchoBrain, Synthesizer, ToneSynthesizer, Transcriber
+from rtgate.engine.brain import BrainError, BrainRequest, EchoBrain, FunctionCall, TextDelta
+from rtgate.engine.ports import Brain, Synthesizer, Transcriber
 from rtgate.engine.session import (
     PCM_BYTES_PER_MS,
     EngineSession,
     Event,
     ResponsePlan,
-    estimate_text_tokens,
     ev,
     obfuscation,
     public_item,
 )
+from rtgate.engine.tokens import count_tokens
+from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad, SpeechStarted
 from rtgate.protocol.ids import new_id
 
@@ -62,6 +65,9 @@ class EngineConnection:
         self._turn_item: str | None = None
         self._turn_start_ms = 0
 
+    def encode_output(self, pcm24k: bytes) -> bytes:
+        return pcm24k
+
     async def send(self, events: list[Event]) -> None:
         for e in events:
             await self.ws.send_str(_dump(e))
@@ -69,7 +75,12 @@ class EngineConnection:
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("engine task failed: %r", exc, exc_info=exc)
 
     async def run(self) -> None:
         await self.send(self.s.created())
@@ -210,7 +221,7 @@ class EngineConnection:
             usage: dict[str, Any] = {"type": "duration", "seconds": round(result.seconds, 3)}
         else:
             audio_tokens = int(len(audio) / PCM_BYTES_PER_MS // 100) + 1
-            out_tokens = estimate_text_tokens(result.text)
+            out_tokens = count_tokens(result.text)
             usage = {
                 "type": "tokens",
                 "input_tokens": audio_tokens,
@@ -231,169 +242,355 @@ class EngineConnection:
         )
 
     async def respond(self, plan: ResponsePlan) -> None:
+        """Run one response: the skeleton of protocol.md section 6, steps 10-22."""
         s, resp = self.s, plan.response
         # What the model reads: everything before this response's own output.
         text_in, audio_in = s.input_usage(plan)
-        await self.send([ev("response.created", response=dict(resp, output=[]))])
-        audio_mode = "audio" in plan.modalities
-        item_id = new_id("item")
+        request = BrainRequest(
+            instructions=plan.instructions,
+            items=plan.input_items if not plan.conversation else [public_item(i) for i in s.items],
+            tools=plan.tools,
+            tool_choice=plan.tool_choice,
+        )
+        outputs: list[dict[str, Any]] = []
+        message: _MessageOut | None = None
+        failure: str | None = None
+        try:
+            await self.send([ev("response.created", response=dict(resp, output=[]))])
+            async for out in self.opts.brain.reply(request):
+                if plan.cancelled:
+                    break
+                if isinstance(out, TextDelta):
+                    if message is None:
+                        message = await self._open_message(plan, len(outputs))
+                        outputs.append(message.item)
+                    await self._speak(plan, message, out.text, final=False)
+                else:
+                    if message is not None:
+                        await self._speak(plan, message, "", final=True)
+                        await self._close_message(plan, message)
+                        message = None
+                    outputs.append(await self._function_call(plan, out, len(outputs)))
+            if message is not None and not plan.cancelled:
+                await self._speak(plan, message, "", final=True)
+        except BrainError as exc:
+            log.warning("brain failed: %s", exc)
+            failure = str(exc)
+        except Exception as exc:
+            # Whatever broke, the client still gets its response.done (protocol 5.9).
+            log.exception("response failed")
+            failure = f"internal error: {type(exc).__name__}"
+        finally:
+            if message is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self._close_message(plan, message)
+            await self._finish(plan, outputs, text_in, audio_in, failure)
+
+    async def _open_message(self, plan: ResponsePlan, index: int) -> _MessageOut:
         item: dict[str, Any] = {
-            "id": item_id,
+            "id": new_id("item"),
             "object": "realtime.item",
             "type": "message",
             "status": "in_progress",
             "role": "assistant",
             "content": [],
         }
-        prev = s.items[-1]["id"] if s.items and plan.conversation else None
-        idx = {"response_id": resp["id"], "item_id": item_id, "output_index": 0}
+        msg = _MessageOut(item=item, index=index, audio="audio" in plan.modalities)
+        prev = self._add_item(plan, item)
         await self.send(
             [
                 ev(
                     "response.output_item.added",
-                    response_id=resp["id"],
-                    output_index=0,
-                    item=dict(item),
-                )
-            ]
-        )
-        if plan.conversation:
-            s.items.append(item)
-            await self.send(
-                [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
-            )
-        part: dict[str, Any] = (
-            {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}
-        )
-        await self.send(
-            [ev("response.content_part.added", content_index=0, part=dict(part), **idx)]
-        )
-        text, audio_ms = "", 0
-        chunk = self.opts.audio_chunk_ms * PCM_BYTES_PER_MS
-        try:
-            async for piece in self.opts.brain.reply(plan.instructions, plan.input_items, []):
-                if plan.cancelled:
-                    break
-                text += piece
-                if not audio_mode:
-                    await self.send(
-                        [ev("response.output_text.delta", content_index=0, delta=piece, **idx)]
-                    )
-                    continue
-                await self.send(
-                    [
-                        ev(
-                            "response.output_audio_transcript.delta",
-                            content_index=0,
-                            delta=piece,
-                            obfuscation=obfuscation(),
-                            **idx,
-                        )
-                    ]
-                )
-                pcm = await self.opts.synthesizer.synthesize(piece, plan.voice)
-                for off in range(0, len(pcm), chunk):
-                    if plan.cancelled:
-                        break
-                    part_pcm = pcm[off : off + chunk]
-                    audio_ms += len(part_pcm) // PCM_BYTES_PER_MS
-                    await self.send(
-                        [
-                            ev(
-                                "response.output_audio.delta",
-                                content_index=0,
-                                delta=base64.b64encode(part_pcm).decode(),
-                                **idx,
-                            )
-                        ]
-                    )
-                    await asyncio.sleep(0)
-        finally:
-            status = "cancelled" if plan.cancelled else "completed"
-            text = text.strip()
-            if audio_mode:
-                content = {"type": "output_audio", "transcript": text}
-                closing = [
-                    ev("response.output_audio.done", content_index=0, **idx),
-                    ev(
-                        "response.output_audio_transcript.done",
-                        content_index=0,
-                        transcript=text,
-                        **idx,
-                    ),
-                    ev(
-                        "response.content_part.done",
-                        content_index=0,
-                        part={"type": "audio", "transcript": text},
-                        **idx,
-                    ),
-                ]
-            else:
-                content = {"type": "output_text", "text": text}
-                closing = [
-                    ev("response.output_text.done", content_index=0, text=text, **idx),
-                    ev(
-                        "response.content_part.done",
-                        content_index=0,
-                        part={"type": "text", "text": text},
-                        **idx,
-                    ),
-                ]
-            item["content"] = [content]
-            item["status"] = "incomplete" if plan.cancelled else "completed"
-            s.audio_ms_by_item[item_id] = audio_ms
-            text_out = estimate_text_tokens(text)
-            audio_out = audio_ms // 50
-            resp.update(
-                status=status,
-                status_details=(
-                    {"type": "cancelled", "reason": plan.cancel_reason} if plan.cancelled else None
-                ),
-                output=[public_item(item)],
-                usage={
-                    "total_tokens": text_in + audio_in + text_out + audio_out,
-                    "input_tokens": text_in + audio_in,
-                    "output_tokens": text_out + audio_out,
-                    "input_token_details": {
-                        "text_tokens": text_in,
-                        "audio_tokens": audio_in,
-                        "image_tokens": 0,
-                        "cached_tokens": 0,
-                        "cached_tokens_details": {
-                            "text_tokens": 0,
-                            "audio_tokens": 0,
-                            "image_tokens": 0,
-                        },
-                    },
-                    "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-                },
-            )
-            if s.active is plan:
-                s.active = None
-            tail = [
-                *closing,
-                ev(
-                    "response.output_item.done",
-                    response_id=resp["id"],
-                    output_index=0,
+                    response_id=plan.response["id"],
+                    output_index=index,
                     item=public_item(item),
                 ),
-            ]
-            if plan.conversation:
-                tail.append(
-                    ev("conversation.item.done", previous_item_id=prev, item=public_item(item))
-                )
-            tail.append(ev("response.done", response=resp))
-            tail.append(
+                *(
+                    [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
+                    if plan.conversation
+                    else []
+                ),
                 ev(
-                    "rate_limits.updated",
-                    rate_limits=[
-                        {"name": "tokens", "limit": 40000, "remaining": 40000, "reset_seconds": 0.0}
-                    ],
+                    "response.content_part.added",
+                    content_index=0,
+                    part={"type": "audio", "transcript": ""}
+                    if msg.audio
+                    else {"type": "text", "text": ""},
+                    **msg.indices(plan),
+                ),
+            ]
+        )
+        return msg
+
+    def _add_item(self, plan: ResponsePlan, item: dict[str, Any]) -> str | None:
+        if not plan.conversation:
+            return None
+        prev = self.s.items[-1]["id"] if self.s.items else None
+        self.s.items.append(item)
+        return prev
+
+    async def _speak(self, plan: ResponsePlan, msg: _MessageOut, text: str, *, final: bool) -> None:
+        """Stream ``text``; with audio, synthesise each sentence as soon as it is complete."""
+        idx = msg.indices(plan)
+        if text:
+            msg.text += text
+            if not msg.audio:
+                await self.send(
+                    [ev("response.output_text.delta", content_index=0, delta=text, **idx)]
                 )
+                return
+            await self.send(
+                [
+                    ev(
+                        "response.output_audio_transcript.delta",
+                        content_index=0,
+                        delta=text,
+                        obfuscation=obfuscation(),
+                        **idx,
+                    )
+                ]
             )
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send(tail)
+            msg.pending += text
+        if not msg.audio:
+            return
+        while True:
+            cut = _sentence_end(msg.pending)
+            if cut is None:
+                if not final or not msg.pending.strip():
+                    return
+                cut = len(msg.pending)
+            sentence, msg.pending = msg.pending[:cut], msg.pending[cut:]
+            await self._synthesize(plan, msg, sentence.strip())
+
+    async def _synthesize(self, plan: ResponsePlan, msg: _MessageOut, sentence: str) -> None:
+        if not sentence:
+            return
+        pcm = await self.opts.synthesizer.synthesize(sentence, plan.voice)
+        chunk = self.opts.audio_chunk_ms * PCM_BYTES_PER_MS
+        idx = msg.indices(plan)
+        for off in range(0, len(pcm), chunk):
+            if plan.cancelled:
+                return
+            part = pcm[off : off + chunk]
+            msg.audio_ms += len(part) // PCM_BYTES_PER_MS
+            data = self.encode_output(part)
+            await self.send(
+                [
+                    ev(
+                        "response.output_audio.delta",
+                        content_index=0,
+                        delta=base64.b64encode(data).decode(),
+                        **idx,
+                    )
+                ]
+            )
+            await asyncio.sleep(0)
+
+    async def _close_message(self, plan: ResponsePlan, msg: _MessageOut) -> None:
+        text, idx = msg.text.strip(), msg.indices(plan)
+        if msg.audio:
+            content: dict[str, Any] = {"type": "output_audio", "transcript": text}
+            closing = [
+                ev("response.output_audio.done", content_index=0, **idx),
+                ev(
+                    "response.output_audio_transcript.done", content_index=0, transcript=text, **idx
+                ),
+                ev(
+                    "response.content_part.done",
+                    content_index=0,
+                    part={"type": "audio", "transcript": text},
+                    **idx,
+                ),
+            ]
+        else:
+            content = {"type": "output_text", "text": text}
+            closing = [
+                ev("response.output_text.done", content_index=0, text=text, **idx),
+                ev(
+                    "response.content_part.done",
+                    content_index=0,
+                    part={"type": "text", "text": text},
+                    **idx,
+                ),
+            ]
+        item = msg.item
+        item["content"] = [content]
+        item["status"] = "incomplete" if plan.cancelled else "completed"
+        self.s.audio_ms_by_item[item["id"]] = msg.audio_ms
+        plan.text_out += count_tokens(text)
+        plan.audio_out_ms += msg.audio_ms
+        await self._close_item(plan, item, msg.index, closing)
+
+    async def _close_item(
+        self, plan: ResponsePlan, item: dict[str, Any], index: int, closing: list[Event]
+    ) -> None:
+        tail = [
+            *closing,
+            ev(
+                "response.output_item.done",
+                response_id=plan.response["id"],
+                output_index=index,
+                item=public_item(item),
+            ),
+        ]
+        if plan.conversation:
+            prev = self._previous_of(item["id"])
+            tail.append(ev("conversation.item.done", previous_item_id=prev, item=public_item(item)))
+        await self.send(tail)
+
+    def _previous_of(self, item_id: str) -> str | None:
+        ids = [i["id"] for i in self.s.items]
+        pos = ids.index(item_id) if item_id in ids else 0
+        return ids[pos - 1] if pos > 0 else None
+
+    async def _function_call(
+        self, plan: ResponsePlan, call: FunctionCall, index: int
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": new_id("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": call.name,
+            "call_id": call.call_id,
+            "arguments": "",
+        }
+        prev = self._add_item(plan, item)
+        rid = plan.response["id"]
+        await self.send(
+            [
+                ev(
+                    "response.output_item.added",
+                    response_id=rid,
+                    output_index=index,
+                    item=public_item(item),
+                ),
+                *(
+                    [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
+                    if plan.conversation
+                    else []
+                ),
+                ev(
+                    "response.function_call_arguments.delta",
+                    response_id=rid,
+                    item_id=item["id"],
+                    output_index=index,
+                    call_id=call.call_id,
+                    delta=call.arguments,
+                ),
+            ]
+        )
+        item["arguments"] = call.arguments
+        item["status"] = "completed"
+        plan.text_out += count_tokens(call.name) + count_tokens(call.arguments)
+        await self._close_item(
+            plan,
+            item,
+            index,
+            [
+                ev(
+                    "response.function_call_arguments.done",
+                    response_id=rid,
+                    item_id=item["id"],
+                    output_index=index,
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                ),
+            ],
+        )
+        return item
+
+    async def _finish(
+        self,
+        plan: ResponsePlan,
+        outputs: list[dict[str, Any]],
+        text_in: int,
+        audio_in: int,
+        failure: str | None,
+    ) -> None:
+        s, resp = self.s, plan.response
+        text_out, audio_out = plan.text_out, plan.audio_out_ms // 50
+        if failure is not None:
+            status, details = (
+                "failed",
+                {
+                    "type": "failed",
+                    "error": {"type": "server_error", "code": "brain_error", "message": failure},
+                },
+            )
+        elif plan.cancelled:
+            status, details = "cancelled", {"type": "cancelled", "reason": plan.cancel_reason}
+        else:
+            status, details = "completed", None
+        resp.update(
+            status=status,
+            status_details=details,
+            output=[public_item(i) for i in outputs],
+            usage={
+                "total_tokens": text_in + audio_in + text_out + audio_out,
+                "input_tokens": text_in + audio_in,
+                "output_tokens": text_out + audio_out,
+                "input_token_details": {
+                    "text_tokens": text_in,
+                    "audio_tokens": audio_in,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                    "cached_tokens_details": {
+                        "text_tokens": 0,
+                        "audio_tokens": 0,
+                        "image_tokens": 0,
+                    },
+                },
+                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+            },
+        )
+        if s.active is plan:
+            s.active = None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.send(
+                [
+                    ev("response.done", response=resp),
+                    ev(
+                        "rate_limits.updated",
+                        rate_limits=[
+                            {
+                                "name": "tokens",
+                                "limit": 40000,
+                                "remaining": max(0, 40000 - text_in - audio_in),
+                                "reset_seconds": 0.0,
+                            }
+                        ],
+                    ),
+                ]
+            )
+
+
+_SENTENCE = re.compile(r"[.!?;:](?=\s)")
+
+
+def _sentence_end(text: str) -> int | None:
+    m = _SENTENCE.search(text)
+    return m.end() if m else None
+
+
+@dataclass
+class _MessageOut:
+    """An assistant message being produced."""
+
+    item: dict[str, Any]
+    index: int
+    audio: bool
+    text: str = ""
+    pending: str = ""
+    audio_ms: int = 0
+
+    def indices(self, plan: ResponsePlan) -> dict[str, Any]:
+        return {
+            "response_id": plan.response["id"],
+            "item_id": self.item["id"],
+            "output_index": self.index,
+        }
 
 
 ENGINE_OPTIONS: web.AppKey[EngineOptions] = web.AppKey("engine_options", EngineOptions)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtgate.engine.tokens import count_tokens
 from rtgate.protocol.ids import new_id
 
 Event = dict[str, Any]
@@ -70,10 +71,6 @@ def ev(etype: str, **fields: Any) -> Event:
 
 def obfuscation() -> str:
     return secrets.token_urlsafe(9)
-
-
-def estimate_text_tokens(text: str) -> int:
-    return (len(text) + 3) // 4 if text else 0
 
 
 def default_turn_detection() -> dict[str, Any]:
@@ -151,8 +148,13 @@ class ResponsePlan:
     voice: str
     conversation: bool
     input_items: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = "auto"
     cancelled: bool = False
     cancel_reason: str = "client_cancelled"
+    #: Output counted so far (text tokens, audio milliseconds).
+    text_out: int = 0
+    audio_out_ms: int = 0
 
 
 @dataclass
@@ -529,6 +531,8 @@ class EngineSession:
             voice=voice,
             conversation=conversation,
             input_items=items,
+            tools=list(params.get("tools") or self.session.get("tools") or []),
+            tool_choice=params.get("tool_choice", self.session.get("tool_choice", "auto")),
         )
         if conversation:
             self.active = plan
@@ -551,20 +555,20 @@ class EngineSession:
 
     def input_usage(self, plan: ResponsePlan) -> tuple[int, int]:
         """(text, audio) input tokens: the instructions plus the whole conversation, re-read."""
-        text = estimate_text_tokens(plan.instructions)
+        text = count_tokens(plan.instructions)
         audio = 0
         for it in self.items if plan.conversation else plan.input_items:
             for c in it.get("content") or []:
                 t = c.get("type")
                 if t in ("input_text", "output_text", "text"):
-                    text += estimate_text_tokens(str(c.get("text") or ""))
+                    text += count_tokens(str(c.get("text") or ""))
                 elif t == "input_audio":
                     ms = len(it.get("_audio", b"")) / PCM_BYTES_PER_MS
                     audio += int(ms // 100) + 1
                 elif t == "output_audio":
                     audio += self.audio_ms_by_item.get(it["id"], 0) // 50
             if it.get("type") == "function_call_output":
-                text += estimate_text_tokens(str(it.get("output") or ""))
+                text += count_tokens(str(it.get("output") or ""))
         return text, audio
 
 

@@ -1,0 +1,291 @@
+"""Brains: what the assistant says, given the instructions, the conversation and the tools.
+
+* ``EchoBrain`` repeats the user (deterministic; the default).
+* ``ScriptedBrain`` follows rules from a TOML file, including function calls, so tool-using
+  agents can be tested offline.
+* ``OpenAICompatibleBrain`` streams from any ``/v1/chat/completions`` server (Ollama, vLLM,
+  llama.cpp), tools included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from rtgate.errors import ConfigError
+from rtgate.protocol.ids import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    name: str
+    arguments: str
+    call_id: str = field(default_factory=lambda: new_id("call", 16))
+
+
+BrainOutput = TextDelta | FunctionCall
+
+
+@dataclass(frozen=True, slots=True)
+class BrainRequest:
+    instructions: str
+    #: Conversation items in their public GA shape (transcripts filled in where known).
+    items: Sequence[dict[str, Any]]
+    tools: Sequence[dict[str, Any]] = ()
+    tool_choice: Any = "auto"
+
+
+def item_text(item: dict[str, Any]) -> str:
+    """The words of a message item: its text parts and audio transcripts."""
+    parts = []
+    for c in item.get("content") or []:
+        t = c.get("type")
+        if t in ("input_text", "output_text", "text"):
+            parts.append(str(c.get("text") or ""))
+        elif t in ("input_audio", "output_audio", "audio") and c.get("transcript"):
+            parts.append(str(c["transcript"]))
+    return " ".join(p for p in parts if p).strip()
+
+
+def last_user_text(items: Sequence[dict[str, Any]]) -> str:
+    for item in reversed(items):
+        if item.get("type") == "message" and item.get("role") == "user":
+            return item_text(item)
+    return ""
+
+
+def words(text: str) -> list[str]:
+    """Stream-sized pieces of a reply: words with their trailing space."""
+    return [w + " " for w in text.split()]
+
+
+class EchoBrain:
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
+        text = last_user_text(request.items) or "I am listening."
+        for w in words(text):
+            yield TextDelta(w)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: re.Pattern[str] | None
+    on_tool_output: str | None
+    say: str | None
+    call: tuple[str, str] | None
+
+
+class ScriptedBrain:
+    """Rules, first match wins::
+
+        [[rules]]
+        match = "weather in (?P<city>[a-z]+)"     # regex on the last user text, case-insensitive
+        call = { name = "get_weather", arguments = '{{"city": "{city}"}}' }
+
+        [[rules]]
+        on_tool_output = "get_weather"            # the last item is this tool's output
+        say = "The weather is {output}."
+
+        [[rules]]
+        match = "."
+        say = "You said: {text}"
+
+    ``say`` and ``arguments`` are ``str.format`` templates over the regex groups, ``text`` (the
+    user's words) and ``output`` (the tool output). No rule matching: the brain echoes.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = list(rules)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ScriptedBrain:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"engine.script: cannot read {path}: {exc}") from exc
+        rules = []
+        for i, r in enumerate(raw.get("rules", [])):
+            call = r.get("call")
+            if (r.get("say") is None) == (call is None):
+                raise ConfigError(f"engine.script: rule {i} needs exactly one of say, call")
+            try:
+                pattern = re.compile(r["match"], re.IGNORECASE) if "match" in r else None
+            except re.error as exc:
+                raise ConfigError(f"engine.script: rule {i} match: {exc}") from exc
+            rules.append(
+                Rule(
+                    pattern,
+                    r.get("on_tool_output"),
+                    r.get("say"),
+                    (call["name"], call.get("arguments", "{{}}")) if call else None,
+                )
+            )
+        return cls(rules)
+
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
+        items = request.items
+        last = items[-1] if items else {}
+        text = last_user_text(items)
+        for rule in self.rules:
+            values: dict[str, str] = {"text": text, "output": ""}
+            if rule.on_tool_output is not None:
+                if last.get("type") != "function_call_output":
+                    continue
+                call = next(
+                    (
+                        i
+                        for i in items
+                        if i.get("type") == "function_call"
+                        and i.get("call_id") == last.get("call_id")
+                    ),
+                    None,
+                )
+                if call is None or call.get("name") != rule.on_tool_output:
+                    continue
+                values["output"] = str(last.get("output") or "")
+            if rule.match is not None:
+                if last.get("type") == "function_call_output" and rule.on_tool_output is None:
+                    continue
+                m = rule.match.search(text)
+                if m is None:
+                    continue
+                values.update({k: v for k, v in m.groupdict().items() if v is not None})
+            if rule.call is not None:
+                yield FunctionCall(rule.call[0], rule.call[1].format(**values))
+            else:
+                assert rule.say is not None
+                for w in words(rule.say.format(**values)):
+                    yield TextDelta(w)
+            return
+        async for out in EchoBrain().reply(request):
+            yield out
+
+
+def chat_messages(request: BrainRequest) -> list[dict[str, Any]]:
+    """The conversation as Chat Completions messages."""
+    msgs: list[dict[str, Any]] = []
+    if request.instructions:
+        msgs.append({"role": "system", "content": request.instructions})
+    for item in request.items:
+        t = item.get("type")
+        if t == "message":
+            role = item.get("role", "user")
+            text = item_text(item)
+            if text:
+                msgs.append(
+                    {
+                        "role": role if role in ("user", "assistant", "system") else "user",
+                        "content": text,
+                    }
+                )
+        elif t == "function_call":
+            msgs.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": item.get("call_id"),
+                            "type": "function",
+                            "function": {
+                                "name": item.get("name"),
+                                "arguments": item.get("arguments", ""),
+                            },
+                        }
+                    ],
+                }
+            )
+        elif t == "function_call_output":
+            msgs.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.get("call_id"),
+                    "content": str(item.get("output") or ""),
+                }
+            )
+    return msgs
+
+
+def chat_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {k: t[k] for k in ("name", "description", "parameters") if k in t},
+        }
+        for t in tools
+        if t.get("type") == "function"
+    ]
+
+
+class OpenAICompatibleBrain:
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "messages": chat_messages(request),
+        }
+        tools = chat_tools(request.tools)
+        if tools:
+            body["tools"] = tools
+            if isinstance(request.tool_choice, str):
+                body["tool_choice"] = request.tool_choice
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        calls: dict[int, dict[str, str]] = {}
+        async with (
+            aiohttp.ClientSession(timeout=self.timeout) as http,
+            http.post(self.url, json=body, headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                detail = (await resp.text())[:200]
+                raise BrainError(f"brain server answered HTTP {resp.status}: {detail}")
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                chunk = orjson.loads(data)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield TextDelta(delta["content"])
+                    for tc in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(
+                            int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                        )
+                        slot["id"] = tc.get("id") or slot["id"]
+                        fn = tc.get("function") or {}
+                        slot["name"] += fn.get("name") or ""
+                        slot["arguments"] += fn.get("arguments") or ""
+        for _, c in sorted(calls.items()):
+            args = c["arguments"] or "{}"
+            try:
+                json.loads(args)
+            except ValueError:
+                args = json.dumps({"raw": args})
+            yield FunctionCall(c["name"], args, c["id"] or new_id("call", 16))
+
+
+class BrainError(Exception):
+    """The brain could not produce a reply; the response fails with ``server_error``."""
