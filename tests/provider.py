@@ -93,8 +93,9 @@ class FakeProvider:
             )
             await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
             return ws
+        # A sideband (call_id) session reports the call's model, as OpenAI's does.
         session = EngineSession(
-            model=request.query.get("model", ""),
+            model=request.query.get("model", "gpt-realtime"),
             transcription=request.query.get("intent") == "transcription",
         )
         conn = _TestConnection(
@@ -154,6 +155,8 @@ class _TestConnection(EngineConnection):
             await self.ws.send_bytes(bytes(range(256)))
         elif kind == "test.flood":
             self.spawn(self.flood(int(e["count"]), int(e["size"])))
+        elif kind == "test.raw":
+            await self.ws.send_str(e["frame"])
         elif kind == "test.emit":
             await self.ws.send_str(orjson.dumps(e["event"]).decode())
         elif kind == "test.sleep":

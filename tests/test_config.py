@@ -85,3 +85,19 @@ def test_families_and_unknown_models() -> None:
     assert (r.price_key, r.upstream_model) == ("gpt-realtime-mini", "gpt-realtime-mini-2025-12-15")
     with pytest.raises(ModelNotFound):
         cat.resolve("gpt-4o-realtime-preview")
+
+
+def test_the_openai_key_goes_only_to_the_openai_upstream(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[upstreams.azure]\nkind = "azure"\nbase_url = "wss://r.example/openai/v1"\n'
+        '[upstreams.lab]\nbase_url = "ws://10.0.0.1/v1"\n'
+        '[upstreams.az2]\nkind = "azure"\nbase_url = "wss://r2.example/openai/v1"\n'
+        'api_key_env = "AZ2_KEY"\n'
+    )
+    s = load_settings(cfg, {"OPENAI_API_KEY": "sk-openai", "AZ2_KEY": "az2-secret"})
+    assert s.upstreams["openai"].api_key is not None
+    assert s.upstreams["azure"].api_key is None
+    assert s.upstreams["lab"].api_key is None
+    key = s.upstreams["az2"].api_key
+    assert key is not None and key.get_secret_value() == "az2-secret"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import pytest
 import websockets
 from websockets.asyncio.client import connect
 
@@ -19,8 +20,9 @@ from tests.process import free_port, wait_ready
 from tests.provider import PROVIDER_KEY, FakeProvider
 
 
+@pytest.mark.parametrize("upstream", ["provider", "local-engine"])
 async def test_workers_share_the_port_and_shut_down_cleanly(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, upstream: str
 ) -> None:
     port = free_port()
     env = {
@@ -28,7 +30,7 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
         "RTGATE_HOME": str(tmp_path / "home"),
         "RTGATE_PORT": str(port),
         "RTGATE_OPENAI_BASE_URL": provider.base_url,
-        "OPENAI_API_KEY": PROVIDER_KEY,
+        "OPENAI_API_KEY": PROVIDER_KEY if upstream == "provider" else "",
     }
     env.pop("RTGATE_DATABASE_URL", None)
     env.pop("RTGATE_CONFIG", None)
@@ -55,7 +57,7 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         conns = [
             await connect(url, additional_headers={"Authorization": f"Bearer {key}"})
-            for _ in range(8)
+            for _ in range(16)
         ]
         for ws in conns:
             assert orjson.loads(await ws.recv())["type"] == "session.created"

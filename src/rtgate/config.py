@@ -31,8 +31,10 @@ class UpstreamSettings(_Frozen):
     kind: UpstreamKind = "openai"
     #: WebSocket base, e.g. ``wss://api.openai.com/v1`` or ``wss://RES.openai.azure.com/openai/v1``.
     base_url: str = "wss://api.openai.com/v1"
-    #: Environment variable holding the provider key (never the key itself).
-    api_key_env: str = "OPENAI_API_KEY"
+    #: Environment variable holding the provider key (never the key itself). Only the built-in
+    #: ``openai`` upstream defaults to ``OPENAI_API_KEY``: another upstream must name its own, so
+    #: the OpenAI key never reaches a host it was not meant for.
+    api_key_env: str | None = None
     organization: str | None = None
     project: str | None = None
     #: Send ``OpenAI-Beta: realtime=v1``. Only for upstreams that still speak the beta shape:
@@ -176,6 +178,8 @@ class Settings(_Frozen):
     max_session_seconds: float = Field(default=3600.0, gt=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
+    #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
+    heartbeat_seconds: float | None = Field(default=30.0, gt=0)
     #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
@@ -239,11 +243,10 @@ def load_settings(
     for var, field in _ENV_OPENAI.items():
         if env.get(var):
             openai[field] = env[var]
-    upstreams.setdefault(
-        "local", {"kind": "local", "base_url": "ws://127.0.0.1", "api_key_env": ""}
-    )
+    openai.setdefault("api_key_env", "OPENAI_API_KEY")
+    upstreams.setdefault("local", {"kind": "local", "base_url": "ws://127.0.0.1"})
     for up in upstreams.values():
-        key_env = up.get("api_key_env", "OPENAI_API_KEY")
+        key_env = up.get("api_key_env")
         if "api_key" in up:
             raise ConfigError(
                 "upstreams.*.api_key: provider keys are read from the environment; "

@@ -31,4 +31,6 @@ class Gateway:
     local_base_url: str = ""
     local_token: str = ""
     expiry_check_interval: float = 1.0
+    #: Set when shutdown begins: new sessions are refused, late ones closed with 1001.
+    closing: bool = False
     live: dict[str, Bridge] = field(default_factory=dict)

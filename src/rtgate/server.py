@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import secrets
 import signal
 import socket
 import sys
@@ -33,8 +34,10 @@ def install_uvloop() -> None:
         uvloop.install()
 
 
-async def serve_async(settings: Settings, sock: socket.socket | None = None) -> None:
-    app = create_app(settings)
+async def serve_async(
+    settings: Settings, engine_token: str, sock: socket.socket | None = None
+) -> None:
+    app = create_app(settings, engine_token=engine_token)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     if sock is not None:
@@ -68,21 +71,24 @@ async def serve_async(settings: Settings, sock: socket.socket | None = None) -> 
     await runner.cleanup()
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, engine_token: str) -> None:
     configure_logging(settings.log_level, _provider_secrets(settings))
     install_uvloop()
-    asyncio.run(serve_async(settings))
+    asyncio.run(serve_async(settings, engine_token))
 
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, _provider_secrets(settings))
+    # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route
+    # may be accepted by a sibling, which must accept it too.
+    engine_token = secrets.token_urlsafe(32)
     if settings.workers == 1:
         install_uvloop()
-        asyncio.run(serve_async(settings))
+        asyncio.run(serve_async(settings, engine_token))
         return
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(settings,), name=f"rtgate-worker-{i}")
+        ctx.Process(target=_worker, args=(settings, engine_token), name=f"rtgate-worker-{i}")
         for i in range(settings.workers)
     ]
     for p in procs:

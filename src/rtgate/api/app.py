@@ -54,12 +54,14 @@ def create_app(
     clock: Clock | None = None,
     store: Store | None = None,
     engine: EngineOptions | None = None,
+    engine_token: str | None = None,
     expiry_check_interval: float = 1.0,
 ) -> web.Application:
     clock = clock or SystemClock()
     store = store or SqlStore(settings.resolved_database_url)
     engine = engine or EngineOptions(
-        token=secrets.token_urlsafe(32), max_session_seconds=int(settings.max_session_seconds)
+        token=engine_token or secrets.token_urlsafe(32),
+        max_session_seconds=int(settings.max_session_seconds),
     )
     app = web.Application(client_max_size=settings.max_message_bytes)
 
@@ -67,7 +69,8 @@ def create_app(
         settings.home.mkdir(parents=True, exist_ok=True)
         await store.init()
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        ledger = Ledger(store)
+        ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
+        await ledger.recover()
         gw = Gateway(
             settings=settings,
             store=store,
@@ -95,6 +98,7 @@ def create_app(
         # on_shutdown runs before aiohttp waits for handlers to finish, so live sessions end
         # now, with 1001 (going away) as OpenAI's SDK expects, not after a timeout.
         gw = app[GATEWAY]
+        gw.closing = True
         closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
         await asyncio.gather(*closing, return_exceptions=True)
 

@@ -30,7 +30,8 @@ def _rand(n: int) -> str:
 
 
 def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    # Headers arrive decoded with surrogateescape; hash the original bytes, never raise.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def generate_key() -> NewKey:
@@ -45,4 +46,5 @@ def hashes_match(a: str, b: str) -> bool:
 
 def redact(secret: str) -> str:
     """What a log line may show of a credential: its first 8 characters."""
-    return secret[:8] + "…" if len(secret) > 8 else "…"
+    shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in secret[:8])
+    return shown + "…" if len(secret) > 8 else "…"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from rtgate.protocol.usage import Usage
 
@@ -22,3 +23,12 @@ class UsageRecord:
     created_at: float
     #: The provider's id of what was metered: ``resp_...`` or the transcribed ``item_...``.
     ref: str | None = None
+    #: False when no price row matched: the tokens are kept, the cost is 0.
+    priced: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> UsageRecord:
+        return cls(**{**raw, "usage": Usage(**raw["usage"])})

@@ -80,6 +80,10 @@ class RelaySession:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.closed_by: str | None = None
+        #: Models whose usage had no price row (reported once by the bridge).
+        self.unpriced: set[str] = set()
+        #: The provider refused our own key (its error was rewritten; so is its close reason).
+        self.upstream_auth_failed = False
 
     # -- upstream -> client -------------------------------------------------------------------
     def on_upstream_text(self, data: str, now: float) -> UsageRecord | str | None:
@@ -109,14 +113,20 @@ class RelaySession:
             resp = event.get("response") or {}
             if not isinstance(resp, dict):
                 return None
+            usage = usage_from_response(resp.get("usage"))
+            if self.route.model:
+                return self._meter(
+                    usage,
+                    self.route.model,
+                    self.route.price_key,
+                    self.route.prices,
+                    resp.get("id"),
+                    now,
+                    from_route=True,
+                )
+            # Sideband (call_id) sessions name no model; the upstream's session.created does.
             return self._meter(
-                usage_from_response(resp.get("usage")),
-                self.route.model or (self.upstream_session_model or ""),
-                self.route.price_key,
-                self.route.prices,
-                resp.get("id"),
-                now,
-                from_route=True,
+                usage, self.upstream_session_model or "", None, None, resp.get("id"), now
             )
         if etype == "conversation.item.input_audio_transcription.completed":
             raw = event.get("usage")
@@ -129,6 +139,7 @@ class RelaySession:
             err = event.get("error")
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
                 # The provider quotes part of *our* key back; the client must not see it.
+                self.upstream_auth_failed = True
                 return error_event(
                     "invalid_request_error",
                     "upstream_auth_failed",
@@ -166,6 +177,9 @@ class RelaySession:
         if not from_route:
             price_key, prices = self._catalog.price_row(model) if model else ("", None)
         cost = cost_of(usage, prices)
+        priced = prices is not None
+        if not priced:
+            self.unpriced.add(model)
         self.totals = self.totals + usage
         self.provider_nanos += cost.provider_nanos
         self.charged_nanos += cost.charged_nanos
@@ -173,14 +187,21 @@ class RelaySession:
         return UsageRecord(
             session_id=self.session_id,
             key_id=self.key_id,
-            model=model,
-            price_key=price_key or "",
+            model=model[:200],
+            price_key=(price_key or "")[:200],
             usage=usage,
             provider_nanos=cost.provider_nanos,
             charged_nanos=cost.charged_nanos,
             created_at=now,
-            ref=ref if isinstance(ref, str) else None,
+            ref=ref[:100] if isinstance(ref, str) else None,
+            priced=priced,
         )
+
+    def mirrored_close(self, code: int, reason: str) -> tuple[int, str]:
+        """The close to send the client for an upstream close (the same, but for our key)."""
+        if self.upstream_auth_failed and reason == "invalid_request_error.invalid_api_key":
+            return code, "invalid_request_error.upstream_auth_failed"
+        return code, reason
 
     # -- lifecycle ----------------------------------------------------------------------------
     def expired(self, now_mono: float) -> bool:

@@ -52,11 +52,16 @@ class Usage:
 TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "kind")
 
 
+# No real event carries more; the cap keeps a corrupt number from overflowing a BIGINT column
+# once multiplied by a price.
+MAX_TOKENS = 10**12
+
+
 def _int(obj: Any, key: str) -> int:
     if not isinstance(obj, dict):
         return 0
     v = obj.get(key)
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+    return min(v, MAX_TOKENS) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
 def usage_from_response(usage: Any) -> Usage:
@@ -96,7 +101,9 @@ def usage_from_transcription(usage: Any) -> Usage:
         return Usage(kind="transcription")
     if usage.get("type") == "duration":
         secs = usage.get("seconds")
-        ms = round(float(secs) * 1000) if isinstance(secs, int | float) and secs > 0 else 0
+        ms = 0
+        if isinstance(secs, int | float) and 0 < secs < MAX_TOKENS:
+            ms = round(float(secs) * 1000)
         return Usage(kind="transcription", audio_ms=ms)
     ind = usage.get("input_token_details") or {}
     text_in, audio_in = _int(ind, "text_tokens"), _int(ind, "audio_tokens")

@@ -22,8 +22,8 @@ import logging
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from rtgate.clock import Clock
-from rtgate.errors import SessionExpired, UpstreamError
-from rtgate.metering.ledger import Ledger
+from rtgate.errors import GatewayError, SessionExpired, UpstreamError
+from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import RelaySession
@@ -34,6 +34,11 @@ _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+class LedgerUnavailable(GatewayError):
+    close_code = 1011
+    code = "usage_unavailable"
 
 
 def sendable(code: int | None) -> int:
@@ -65,6 +70,7 @@ class Bridge:
         self._ledger = ledger
         self._clock = clock
         self._check_interval = check_interval
+        self._warned_unpriced: set[str] = set()
 
     async def run(self) -> None:
         tasks = [
@@ -94,6 +100,13 @@ class Bridge:
         if self.session.close(code, reason, by):
             await self._close_both(code, reason)
 
+    async def _end(self, err: GatewayError) -> None:
+        """The gateway ends the session: error event to the client, then both closed."""
+        if self.session.close(err.close_code, err.close_reason, "gateway"):
+            with contextlib.suppress(Exception):
+                await self.client.send_str(error_event_for(err))
+            await self._close_both(err.close_code, err.close_reason)
+
     async def _close_both(self, code: int, reason: str) -> None:
         msg = reason.encode()[:123]
         with contextlib.suppress(Exception):
@@ -101,16 +114,26 @@ class Bridge:
         with contextlib.suppress(Exception):
             await self.upstream.close(code=sendable(code), message=msg)
 
-    async def _commit(self, rec: UsageRecord) -> None:
+    async def _commit(self, rec: UsageRecord) -> bool:
+        """Make ``rec`` durable before its frame moves on; False ends the session."""
+        if not rec.priced and rec.model not in self._warned_unpriced:
+            self._warned_unpriced.add(rec.model)
+            log.warning(
+                "no price for model %r: its usage is recorded at cost 0",
+                rec.model,
+                extra={"session_id": rec.session_id, "key_id": rec.key_id},
+            )
         try:
             await self._ledger.record(rec)
-        except Exception as exc:  # noqa: BLE001 -- a failed write must not end the session
+        except LedgerError as exc:
             log.error(
-                "usage record not committed: %r (%s)",
+                "usage record lost, ending the session: %r (%s)",
                 rec,
                 exc,
                 extra={"session_id": rec.session_id, "key_id": rec.key_id},
             )
+            return False
+        return True
 
     async def _upstream_to_client(self) -> None:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
@@ -125,13 +148,19 @@ class Bridge:
                     if rec is not None:
                         if isinstance(rec, str):
                             data = rec
-                        else:
-                            await self._commit(rec)
+                        elif not await self._commit(rec):
+                            # Unbillable usage must not flow on: stop before forwarding it.
+                            await self._end(
+                                LedgerUnavailable(
+                                    "Usage could not be recorded, so the session was ended."
+                                )
+                            )
+                            return
                     await client.send_str(data)
                 elif t is _BINARY:
                     await client.send_bytes(msg.data)
                 elif t is _CLOSE:
-                    code, reason = msg.data, msg.extra or ""
+                    code, reason = session.mirrored_close(msg.data, msg.extra or "")
                     if session.close(code, reason, "upstream"):
                         with contextlib.suppress(Exception):
                             await client.close(code=sendable(code), message=reason.encode()[:123])
@@ -194,8 +223,4 @@ class Bridge:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, self._check_interval))
-        err = SessionExpired(expiry_message(session.max_seconds))
-        if session.close(err.close_code, err.close_reason, "gateway"):
-            with contextlib.suppress(Exception):
-                await self.client.send_str(error_event_for(err))
-            await self._close_both(err.close_code, err.close_reason)
+        await self._end(SessionExpired(expiry_message(session.max_seconds)))

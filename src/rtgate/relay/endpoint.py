@@ -2,18 +2,21 @@
 
 Authentication and routing happen after the upgrade, as OpenAI does (protocol.md 5.3): a bad key
 gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
-``model_not_found`` and close 4004. Neither dials the upstream.
+``model_not_found`` and close 4004. Neither dials the upstream. Once the upstream is dialled,
+every exit path closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiohttp
 from aiohttp import web
 
 from rtgate.auth.credentials import client_credential
+from rtgate.catalog import Route
 from rtgate.errors import BetaShapeDisabled, GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.events import error_event_for
@@ -21,17 +24,53 @@ from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.bridge import Bridge
 from rtgate.relay.upstream import upstream_headers, upstream_url
-from rtgate.store.port import SessionOpen
+from rtgate.store.port import KeyInfo, SessionOpen
 
 log = logging.getLogger("rtgate.relay")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 
+class ShuttingDown(GatewayError):
+    http_status = 503
+    close_code = 1001
+    code = "server_shutting_down"
+
+
 async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
-    await ws.send_str(error_event_for(err))
-    await ws.close(code=err.close_code, message=err.close_reason.encode()[:123])
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(error_event_for(err))
+        await ws.close(code=err.close_code, message=err.close_reason.encode()[:123])
     return ws
+
+
+async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.ClientWebSocketResponse:
+    up = route.upstream
+    api_key: str | None
+    if up.kind == "local":
+        base_url, api_key = gw.local_base_url, gw.local_token
+    else:
+        base_url = up.base_url
+        api_key = up.api_key.get_secret_value() if up.api_key else None
+    url = upstream_url(up, base_url, route.upstream_model, request.query.items())
+    try:
+        async with asyncio.timeout(up.connect_timeout_s):
+            return await gw.http.ws_connect(
+                url,
+                headers=upstream_headers(up, request.headers, api_key),
+                max_msg_size=0,
+                compress=0,
+                autoping=True,
+                autoclose=True,
+                heartbeat=gw.settings.heartbeat_seconds,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)
+        raise UpstreamError(f"The upstream refused the connection (HTTP {exc.status}).") from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
+        raise UpstreamError("The upstream could not be reached.") from exc
 
 
 async def realtime(request: web.Request) -> web.StreamResponse:
@@ -44,6 +83,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         max_msg_size=s.max_message_bytes,
         autoping=True,
         autoclose=True,
+        heartbeat=s.heartbeat_seconds,
     )
     await ws.prepare(request)
 
@@ -51,6 +91,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     intent = query.get("intent")
     model = query.get("model")
     try:
+        if gw.closing:
+            raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
         key = await gw.keyring.authenticate(cred.secret)
         if cred.beta:
             raise BetaShapeDisabled(
@@ -60,39 +102,27 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         if model is None and intent != "transcription" and "call_id" not in query:
             model = s.default_model
         route = gw.catalog.resolve(model)
+        upstream = await _dial(gw, route, request)
     except GatewayError as err:
         log.info("session refused: %s", err.code)
         return await _refuse(ws, err)
-
-    up = route.upstream
-    base_url = gw.local_base_url if up.kind == "local" else up.base_url
-    api_key = (
-        gw.local_token
-        if up.kind == "local"
-        else (up.api_key.get_secret_value() if up.api_key else None)
-    )
-    url = upstream_url(up, base_url, route.upstream_model, query.items())
-    headers = upstream_headers(up, request.headers, api_key)
     try:
-        async with asyncio.timeout(up.connect_timeout_s):
-            upstream = await gw.http.ws_connect(
-                url,
-                headers=headers,
-                max_msg_size=0,
-                compress=0,
-                autoping=True,
-                autoclose=True,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            )
-    except aiohttp.WSServerHandshakeError as exc:
-        log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)
-        return await _refuse(
-            ws, UpstreamError(f"The upstream refused the connection (HTTP {exc.status}).")
-        )
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
-        return await _refuse(ws, UpstreamError("The upstream could not be reached."))
+        await _relay(gw, ws, upstream, key, route, intent)
+    finally:
+        if not upstream.closed:
+            with contextlib.suppress(Exception):
+                await upstream.close(code=1001, message=b"gateway closing")
+    return ws
 
+
+async def _relay(
+    gw: Gateway,
+    ws: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    key: KeyInfo,
+    route: Route,
+    intent: str | None,
+) -> None:
     now = gw.clock.now()
     session = RelaySession(
         session_id=new_id("rs", 20),
@@ -101,28 +131,42 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         catalog=gw.catalog,
         opened_at=now,
         opened_mono=gw.clock.monotonic(),
-        max_seconds=s.max_session_seconds,
+        max_seconds=gw.settings.max_session_seconds,
     )
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
-    await gw.store.open_session(
-        SessionOpen(session.session_id, key.id, route.model or "", route.upstream_name, intent, now)
-    )
+    try:
+        await gw.store.open_session(
+            SessionOpen(
+                session.session_id, key.id, route.model or "", route.upstream_name, intent, now
+            )
+        )
+    except GatewayError as err:
+        log.error("session not opened: %s", err.message, extra=extra)
+        await _refuse(ws, err)
+        return
     bridge = Bridge(
         ws, upstream, session, gw.ledger, gw.clock, check_interval=gw.expiry_check_interval
     )
     gw.live[session.session_id] = bridge
     log.info("session opened", extra=extra)
     try:
-        await bridge.run()
+        if gw.closing:
+            # Shutdown began while this session dialled: it would miss the 1001 sweep.
+            await bridge.close(1001, "gateway shutting down", "gateway")
+        else:
+            await bridge.run()
     finally:
         gw.live.pop(session.session_id, None)
-        await gw.store.close_session(
-            session.session_id,
-            gw.clock.now(),
-            session.close_code,
-            session.close_reason,
-            session.closed_by or "gateway",
-        )
+        try:
+            await gw.store.close_session(
+                session.session_id,
+                gw.clock.now(),
+                session.close_code,
+                session.close_reason,
+                session.closed_by or "gateway",
+            )
+        except GatewayError as err:
+            log.error("session end not recorded: %s", err.message, extra=extra)
         log.info(
             "session closed by %s: %s %s",
             session.closed_by,
@@ -130,4 +174,3 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             session.close_reason,
             extra=extra,
         )
-    return ws

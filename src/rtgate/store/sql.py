@@ -7,7 +7,8 @@ through asyncpg.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,19 @@ class StoreError(GatewayError):
     """The database failed; mapped from SQLAlchemy at this boundary."""
 
     code = "store_unavailable"
+
+
+# What a database call can raise: the driver's errors (wrapped by SQLAlchemy), the OS, and
+# values the driver cannot bind (an int past BIGINT raises OverflowError in sqlite3).
+_DB_ERRORS = (SQLAlchemyError, OSError, OverflowError, ValueError, TypeError)
+
+
+@contextlib.asynccontextmanager
+async def _mapped(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _DB_ERRORS as exc:
+        raise StoreError(f"cannot {what}: {type(exc).__name__}") from exc
 
 
 def utc_day(ts: float) -> str:
@@ -70,11 +84,8 @@ class SqlStore:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
     async def init(self) -> None:
-        try:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot open the database: {type(exc).__name__}") from exc
+        async with _mapped("open the database"), self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -83,7 +94,7 @@ class SqlStore:
     async def create_key(
         self, key_id: str, name: str, display_prefix: str, key_hash: str, now: float
     ) -> KeyInfo:
-        async with self.engine.begin() as conn:
+        async with _mapped("write"), self.engine.begin() as conn:
             await conn.execute(
                 api_keys.insert().values(
                     id=key_id,
@@ -100,23 +111,23 @@ class SqlStore:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
-        async with self.engine.connect() as conn:
+        async with _mapped("read"), self.engine.connect() as conn:
             return [_key(r) for r in (await conn.execute(q)).all()]
 
     async def get_key(self, key_id: str) -> KeyInfo | None:
-        async with self.engine.connect() as conn:
+        async with _mapped("read"), self.engine.connect() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return _key(row) if row else None
 
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
-        async with self.engine.connect() as conn:
+        async with _mapped("read"), self.engine.connect() as conn:
             row = (
                 await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
             ).first()
         return (_key(row), row.key_hash) if row else None
 
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
-        async with self.engine.begin() as conn:
+        async with _mapped("write"), self.engine.begin() as conn:
             await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -127,7 +138,7 @@ class SqlStore:
 
     # -- sessions and usage -----------------------------------------------------------------------
     async def open_session(self, s: SessionOpen) -> None:
-        async with self.engine.begin() as conn:
+        async with _mapped("write"), self.engine.begin() as conn:
             await conn.execute(
                 sessions.insert().values(
                     id=s.id,
@@ -142,7 +153,7 @@ class SqlStore:
     async def close_session(
         self, session_id: str, ended_at: float, code: int | None, reason: str, closed_by: str
     ) -> None:
-        async with self.engine.begin() as conn:
+        async with _mapped("write"), self.engine.begin() as conn:
             await conn.execute(
                 sessions.update()
                 .where(sessions.c.id == session_id)
@@ -173,11 +184,8 @@ class SqlStore:
             }
             for r in records
         ]
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(usage_records.insert(), rows)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write usage: {type(exc).__name__}") from exc
+        async with _mapped("write usage"), self.engine.begin() as conn:
+            await conn.execute(usage_records.insert(), rows)
 
     async def usage_summary(
         self, key_id: str | None = None, since_day: str | None = None
@@ -202,7 +210,7 @@ class SqlStore:
             q = q.where(u.key_id == key_id)
         if since_day:
             q = q.where(u.day >= since_day)
-        async with self.engine.connect() as conn:
+        async with _mapped("read"), self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [
             UsageSummary(
@@ -245,7 +253,7 @@ class SqlStore:
         )
         if key_id:
             q = q.where(s.key_id == key_id)
-        async with self.engine.connect() as conn:
+        async with _mapped("read"), self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         out = []
         for r in rows:
