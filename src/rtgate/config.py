@@ -80,6 +80,27 @@ class ModelSettings(_Frozen):
     prices: str | None = None
 
 
+class EngineSettings(_Frozen):
+    """The embedded local engine's stages. ``auto`` picks the best one installed."""
+
+    vad: Literal["auto", "silero", "energy"] = "auto"
+    stt: Literal["auto", "whisper", "none"] = "auto"
+    tts: Literal["auto", "piper", "espeak", "tone"] = "auto"
+    brain: Literal["echo", "scripted", "openai-compatible"] = "echo"
+    #: Rules file for the scripted brain (TOML, see ``rtgate.engine.brain.ScriptedBrain``).
+    script: Path | None = None
+    #: An OpenAI-compatible server for the brain, e.g. ``http://127.0.0.1:11434/v1`` (Ollama).
+    brain_url: str | None = None
+    brain_model: str = "llama3.2"
+    #: Environment variable holding the brain server's key, if it wants one.
+    brain_api_key_env: str | None = None
+    brain_api_key: SecretStr | None = Field(default=None, exclude=True)
+    #: Size of each ``response.output_audio.delta``.
+    audio_chunk_ms: int = Field(default=100, ge=10, le=2000)
+    #: Piper without sampling noise: the same text always gives the same audio.
+    deterministic_voice: bool = False
+
+
 def _d(s: str) -> Decimal:
     return Decimal(s)
 
@@ -186,6 +207,7 @@ class Settings(_Frozen):
     default_upstream: str | None = None
     #: The model a connection without ``?model=`` gets.
     default_model: str = "gpt-realtime"
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     prices: dict[str, PriceSettings] = Field(default_factory=dict)
@@ -208,6 +230,15 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
+}
+_ENV_ENGINE: dict[str, str] = {
+    "RTGATE_ENGINE_VAD": "vad",
+    "RTGATE_ENGINE_STT": "stt",
+    "RTGATE_ENGINE_TTS": "tts",
+    "RTGATE_ENGINE_BRAIN": "brain",
+    "RTGATE_ENGINE_SCRIPT": "script",
+    "RTGATE_ENGINE_BRAIN_URL": "brain_url",
+    "RTGATE_ENGINE_BRAIN_MODEL": "brain_model",
 }
 _ENV_OPENAI: dict[str, str] = {
     "RTGATE_OPENAI_BASE_URL": "base_url",
@@ -237,6 +268,16 @@ def load_settings(
     for var, field in _ENV_SCALARS.items():
         if env.get(var):
             raw[field] = env[var]
+
+    engine = dict(raw.get("engine", {}))
+    for var, field in _ENV_ENGINE.items():
+        if env.get(var):
+            engine[field] = env[var]
+    if "brain_api_key" in engine:
+        raise ConfigError("engine.brain_api_key: name the variable with brain_api_key_env")
+    if engine.get("brain_api_key_env") and env.get(engine["brain_api_key_env"]):
+        engine["brain_api_key"] = env[engine["brain_api_key_env"]]
+    raw["engine"] = engine
 
     upstreams: dict[str, Any] = {k: dict(v) for k, v in dict(raw.pop("upstreams", {})).items()}
     openai = upstreams.setdefault("openai", {"kind": "openai"})
@@ -287,6 +328,11 @@ def load_settings(
     for name, model in settings.models.items():
         if model.upstream not in settings.upstreams:
             raise ConfigError(f"models.{name}.upstream: no upstream named {model.upstream!r}")
+    eng = settings.engine
+    if eng.brain == "scripted" and eng.script is None:
+        raise ConfigError("engine.script: the scripted brain needs a rules file")
+    if eng.brain == "openai-compatible" and not eng.brain_url:
+        raise ConfigError("engine.brain_url: the openai-compatible brain needs a server URL")
     if settings.default_upstream not in settings.upstreams:
         raise ConfigError(f"default_upstream: no upstream named {settings.default_upstream!r}")
     return settings

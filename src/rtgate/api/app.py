@@ -21,6 +21,7 @@ from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
 from rtgate.engine.server import EngineOptions, add_engine_routes
+from rtgate.engine.stack import build_engine
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger
 from rtgate.relay.endpoint import GATEWAY, realtime
@@ -59,9 +60,10 @@ def create_app(
 ) -> web.Application:
     clock = clock or SystemClock()
     store = store or SqlStore(settings.resolved_database_url)
-    engine = engine or EngineOptions(
-        token=engine_token or secrets.token_urlsafe(32),
-        max_session_seconds=int(settings.max_session_seconds),
+    engine = engine or build_engine(
+        settings.engine,
+        engine_token or secrets.token_urlsafe(32),
+        int(settings.max_session_seconds),
     )
     app = web.Application(client_max_size=settings.max_message_bytes)
 

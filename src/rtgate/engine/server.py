@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from rtgate.engine.session import (
 )
 from rtgate.engine.tokens import count_tokens
 from rtgate.engine.tts import ToneSynthesizer
-from rtgate.engine.vad import EnergyVad, SpeechStarted
+from rtgate.engine.vad import EnergyVad, SpeechStarted, VoiceActivityDetector
 from rtgate.protocol.ids import new_id
 
 log = logging.getLogger("rtgate.engine")
@@ -44,6 +45,8 @@ class EngineOptions:
     brain: Brain = field(default_factory=EchoBrain)
     synthesizer: Synthesizer = field(default_factory=ToneSynthesizer)
     transcriber: Transcriber | None = None
+    #: A new turn detector per session (they keep state); the model behind it is shared.
+    vad_factory: Callable[[], VoiceActivityDetector] = EnergyVad
     #: Size of each ``response.output_audio.delta``; audio is sent faster than real time.
     audio_chunk_ms: int = 100
     max_session_seconds: int = 3600
@@ -60,13 +63,10 @@ class EngineConnection:
         self.ws = ws
         self.opts = opts
         self.s = session
-        self.vad = EnergyVad()
+        self.vad = opts.vad_factory()
         self.tasks: set[asyncio.Task[None]] = set()
         self._turn_item: str | None = None
         self._turn_start_ms = 0
-
-    def encode_output(self, pcm24k: bytes) -> bytes:
-        return pcm24k
 
     async def send(self, events: list[Event]) -> None:
         for e in events:
@@ -129,8 +129,7 @@ class EngineConnection:
         td = self.s.turn_detection
         if not td or td.get("type") not in ("server_vad", "semantic_vad"):
             return
-        pcm = base64.b64decode(event["audio"])
-        for edge in self.vad.feed(pcm, floor_ms=self.s.buffer_start_ms):
+        for edge in self.vad.feed(self.s.last_pcm, floor_ms=self.s.buffer_start_ms):
             if isinstance(edge, SpeechStarted):
                 self._turn_item = new_id("item")
                 self._turn_start_ms = edge.audio_start_ms
@@ -366,14 +365,15 @@ class EngineConnection:
         if not sentence:
             return
         pcm = await self.opts.synthesizer.synthesize(sentence, plan.voice)
-        chunk = self.opts.audio_chunk_ms * PCM_BYTES_PER_MS
+        audio = self.s.encode_output(pcm)
+        per_ms = self.s.output_bytes_per_ms()
+        chunk = self.opts.audio_chunk_ms * per_ms
         idx = msg.indices(plan)
-        for off in range(0, len(pcm), chunk):
+        for off in range(0, len(audio), chunk):
             if plan.cancelled:
                 return
-            part = pcm[off : off + chunk]
-            msg.audio_ms += len(part) // PCM_BYTES_PER_MS
-            data = self.encode_output(part)
+            data = audio[off : off + chunk]
+            msg.audio_ms += len(data) // per_ms
             await self.send(
                 [
                     ev(

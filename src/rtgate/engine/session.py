@@ -172,6 +172,9 @@ class EngineSession:
     conversation_id: str = field(default_factory=lambda: new_id("conv"))
     #: Audio milliseconds produced per assistant item (for truncate).
     audio_ms_by_item: dict[str, int] = field(default_factory=dict)
+    #: The last append, as 24 kHz PCM16 (what the VAD reads next).
+    last_pcm: bytes = b""
+    _in_conv: Any = None
 
     def __post_init__(self) -> None:
         self.session = default_session(
@@ -286,7 +289,24 @@ class EngineSession:
                 ], None
         if "model" in sess and sess["model"] != self.session.get("model"):
             sess = {k: v for k, v in sess.items() if k != "model"}
+        audio = sess.get("audio") if isinstance(sess.get("audio"), dict) else {}
+        assert isinstance(audio, dict)
+        for side in ("input", "output"):
+            fmt = (
+                (audio.get(side) or {}).get("format") if isinstance(audio.get(side), dict) else None
+            )
+            if fmt is not None and not _valid_format(fmt):
+                return [
+                    self.error(
+                        "invalid_value",
+                        f"Invalid value for 'session.audio.{side}.format': {fmt!r}. "
+                        "Supported: audio/pcm (24000 Hz), audio/pcmu, audio/pcma.",
+                        f"session.audio.{side}.format",
+                        eid,
+                    )
+                ], None
         _merge(self.session, {k: v for k, v in sess.items() if k != "type"})
+        self._in_conv = None
         return [ev("session.updated", session=copy.deepcopy(self.session))], None
 
     def append_audio(self, pcm: bytes) -> None:
@@ -310,8 +330,45 @@ class EngineSession:
             return [
                 self.error("invalid_value", "Invalid 'audio': not valid base64.", "audio", eid)
             ], None
-        self.append_audio(pcm)
+        self.last_pcm = self.decode_input(pcm)
+        self.append_audio(self.last_pcm)
         return [], None
+
+    @property
+    def input_format(self) -> str:
+        return _format_type(self.session["audio"]["input"].get("format"))
+
+    @property
+    def output_format(self) -> str:
+        out = self.session["audio"].get("output") or {}
+        return _format_type(out.get("format"))
+
+    def decode_input(self, data: bytes) -> bytes:
+        """Client audio in the session's input format -> 24 kHz PCM16, resampler state kept."""
+        fmt = self.input_format
+        if fmt == "audio/pcm":
+            return data
+        if self._in_conv is None:
+            from rtgate.engine.audio import InputConverter, audio_format
+
+            self._in_conv = InputConverter(audio_format(fmt))
+        pcm: bytes = self._in_conv.feed(data)
+        return pcm
+
+    def encode_output(self, pcm24k: bytes) -> bytes:
+        """24 kHz PCM16 -> the session's output format (a whole sentence at a time)."""
+        return self.encode(pcm24k, self.output_format)
+
+    @staticmethod
+    def encode(pcm24k: bytes, fmt: str) -> bytes:
+        if fmt == "audio/pcm":
+            return pcm24k
+        from rtgate.engine.audio import audio_format, from_pcm24k
+
+        return from_pcm24k(pcm24k, audio_format(fmt))
+
+    def output_bytes_per_ms(self) -> int:
+        return PCM_BYTES_PER_MS if self.output_format == "audio/pcm" else 8
 
     def commit(self, item_id: str | None = None) -> list[Event]:
         """Turn the buffer into a user audio item (manual commit or VAD end of turn)."""
@@ -336,6 +393,10 @@ class EngineSession:
         return out
 
     def _on_input_audio_buffer_commit(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+        if self._in_conv is not None:
+            # The resampler holds back a few ms; a manual commit ends the turn, so release them.
+            self.append_audio(self._in_conv.flush())
+            self._in_conv = None
         ms = len(self.buffer) / PCM_BYTES_PER_MS
         if ms < MIN_COMMIT_MS:
             return [
@@ -422,7 +483,9 @@ class EngineSession:
             ], None
         full = public_item(item)
         if "_audio" in item and full.get("content"):
-            full["content"][0]["audio"] = base64.b64encode(item["_audio"]).decode()
+            fmt = self.input_format if item.get("role") == "user" else self.output_format
+            audio = self.encode(item["_audio"], fmt)
+            full["content"][0]["audio"] = base64.b64encode(audio).decode()
         return [ev("conversation.item.retrieved", item=full)], None
 
     def _on_conversation_item_delete(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
@@ -570,6 +633,20 @@ class EngineSession:
             if it.get("type") == "function_call_output":
                 text += count_tokens(str(it.get("output") or ""))
         return text, audio
+
+
+def _format_type(fmt: Any) -> str:
+    if isinstance(fmt, dict):
+        return str(fmt.get("type") or "audio/pcm")
+    return str(fmt or "audio/pcm")
+
+
+def _valid_format(fmt: Any) -> bool:
+    t = fmt.get("type") if isinstance(fmt, dict) else fmt
+    rate = fmt.get("rate", 24000) if isinstance(fmt, dict) else 24000
+    if t == "audio/pcm":
+        return rate in (None, 24000)
+    return t in ("audio/pcmu", "audio/pcma")
 
 
 def public_item(item: dict[str, Any]) -> dict[str, Any]:

