@@ -259,5 +259,60 @@ def sessions(
     _console().print(table)
 
 
+@app.command()
+def talk(
+    key: Annotated[str, typer.Option(envvar="RTGATE_API_KEY", help="Gateway key.")],
+    text: Annotated[str | None, typer.Option(help="Say this (a typed line).")] = None,
+    wav: Annotated[Path | None, typer.Option(help="Say this WAV file (16-bit).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to save the spoken reply.")] = Path("reply.wav"),
+    url: Annotated[str, typer.Option(help="The gateway's WebSocket base.")] = (
+        "ws://127.0.0.1:8080/v1"
+    ),
+    model: Annotated[str, typer.Option(help="Model to talk to.")] = "gpt-realtime",
+    instructions: Annotated[str | None, typer.Option(help="Session instructions.")] = None,
+    quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
+) -> None:
+    """Talk to a realtime model through the gateway: one turn, then the reply and its cost."""
+    from rtgate.talk import list_price, read_wav_24k, write_wav_24k
+    from rtgate.talk import talk as run_talk
+
+    if (text is None) == (wav is None):
+        Console(stderr=True).print("[red]error:[/red] give exactly one of --text, --wav")
+        raise typer.Exit(2)
+    console = Console()
+
+    def show(event: dict[str, Any]) -> None:
+        t = event.get("type", "?")
+        if quiet or t in ("response.output_audio.delta", "input_audio_buffer.append"):
+            return
+        detail = event.get("delta") if isinstance(event.get("delta"), str) else ""
+        if t == "error":
+            detail = f"{event['error'].get('code')}: {event['error'].get('message')}"
+        console.print(f"[dim]{t}[/dim] {detail}".rstrip(), highlight=False)
+
+    try:
+        pcm = read_wav_24k(wav) if wav is not None else None
+        result = asyncio.run(
+            run_talk(
+                url, key, model=model, text=text, pcm=pcm, instructions=instructions, on_event=show
+            )
+        )
+    except (GatewayError, OSError) as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+    if result.user_transcript:
+        console.print(f"you said:  {result.user_transcript}")
+    console.print(f"assistant: {(result.transcript or result.text).strip()}")
+    if result.audio:
+        write_wav_24k(out, bytes(result.audio))
+        console.print(f"reply audio: {out} ({len(result.audio) / 48000:.2f} s)")
+    u = result.usage or {}
+    price = list_price(_settings(), model, result.usage)
+    console.print(
+        f"usage: {u.get('input_tokens', 0)} in / {u.get('output_tokens', 0)} out tokens; "
+        + (f"${price} at list price" if price is not None else "no list price for this model")
+    )
+
+
 def main() -> None:
     app()

@@ -67,6 +67,8 @@ class EngineConnection:
         self.tasks: set[asyncio.Task[None]] = set()
         self._turn_item: str | None = None
         self._turn_start_ms = 0
+        #: Recognition of committed user turns still running, by item id.
+        self._hearing: dict[str, asyncio.Task[None]] = {}
 
     async def send(self, events: list[Event]) -> None:
         for e in events:
@@ -173,8 +175,20 @@ class EngineConnection:
                     self.spawn(self.respond(self.s.plan_response({})))
 
     def after_commit(self, item_id: str) -> None:
-        if self.s.transcription_config:
-            self.spawn(self.transcribe(item_id))
+        # The brain reads words, not audio: every committed turn is recognised, whether or not
+        # the client asked for input transcription events (those are sent only if it did).
+        if self.s.transcription_config or self.opts.transcriber is not None:
+            task = asyncio.create_task(self.transcribe(item_id))
+            self.tasks.add(task)
+            self._hearing[item_id] = task
+            task.add_done_callback(self._task_done)
+
+    async def heard(self) -> None:
+        """Wait until every committed user turn has its transcript (the brain needs them)."""
+        pending = [t for t in self._hearing.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+        self._hearing = {k: t for k, t in self._hearing.items() if not t.done()}
 
     async def transcribe(self, item_id: str) -> None:
         item = self.s.find(item_id)
@@ -204,6 +218,8 @@ class EngineConnection:
         for c in item.get("content") or []:
             if c.get("type") == "input_audio":
                 c["transcript"] = result.text
+        if not self.s.transcription_config:
+            return
         if result.text:
             await self.send(
                 [
@@ -243,6 +259,7 @@ class EngineConnection:
     async def respond(self, plan: ResponsePlan) -> None:
         """Run one response: the skeleton of protocol.md section 6, steps 10-22."""
         s, resp = self.s, plan.response
+        await self.heard()
         # What the model reads: everything before this response's own output.
         text_in, audio_in = s.input_usage(plan)
         request = BrainRequest(

@@ -306,6 +306,10 @@ class EngineSession:
                     )
                 ], None
         _merge(self.session, {k: v for k, v in sess.items() if k != "type"})
+        td = self.session["audio"]["input"].get("turn_detection")
+        if isinstance(td, dict) and td.get("type", "server_vad") == "server_vad":
+            # Fields a client leaves out take their defaults (threshold 0.5, prefix 300 ms...).
+            self.session["audio"]["input"]["turn_detection"] = {**default_turn_detection(), **td}
         self._in_conv = None
         return [ev("session.updated", session=copy.deepcopy(self.session))], None
 

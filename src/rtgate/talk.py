@@ -1,0 +1,154 @@
+"""``rtgate talk``: a terminal client for any Realtime endpoint (rtgate's, or OpenAI's).
+
+It sends a WAV file (any rate, 16-bit) or a typed line, prints the events as they arrive, saves
+the spoken reply as a WAV file, and prints the usage and what it costs at list price.
+Manual turns (``turn_detection: null``), so a whole file is one user turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from rtgate.catalog import Catalog
+from rtgate.config import Settings
+from rtgate.errors import GatewayError
+from rtgate.metering.cost import cost_of, usd_str
+from rtgate.protocol.usage import usage_from_response
+
+APPEND_MS = 20
+
+
+class TalkError(GatewayError):
+    code = "talk_failed"
+
+
+def read_wav_24k(path: Path) -> bytes:
+    """A 16-bit WAV file as 24 kHz mono PCM16."""
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2:
+            raise TalkError(f"{path}: only 16-bit PCM WAV files are supported")
+        channels, rate = w.getnchannels(), w.getframerate()
+        pcm = w.readframes(w.getnframes())
+    if channels > 1:
+        import numpy as np
+
+        pcm = bytes(
+            np.frombuffer(pcm, dtype="<i2")
+            .reshape(-1, channels)
+            .mean(axis=1)
+            .astype("<i2")
+            .tobytes()
+        )
+    if rate != 24000:
+        from rtgate.engine.audio import resample_pcm16
+
+        pcm = resample_pcm16(pcm, rate)
+    return bytes(pcm)
+
+
+def write_wav_24k(path: Path, pcm: bytes) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(pcm)
+
+
+@dataclass
+class TalkResult:
+    transcript: str = ""
+    text: str = ""
+    user_transcript: str = ""
+    audio: bytearray = field(default_factory=bytearray)
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+async def talk(
+    url: str,
+    key: str,
+    *,
+    model: str,
+    text: str | None = None,
+    pcm: bytes | None = None,
+    instructions: str | None = None,
+    on_event: Callable[[dict[str, Any]], None] = lambda e: None,
+    timeout_s: float = 120.0,
+) -> TalkResult:
+    """One user turn (text or audio) and the assistant's whole reply."""
+    result = TalkResult()
+    sep = "&" if "?" in url else "?"
+    ws_url = f"{url.rstrip('/')}/realtime{sep}model={model}"
+    timeout = aiohttp.ClientWSTimeout(ws_receive=timeout_s, ws_close=5.0)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            ws_url, headers={"Authorization": f"Bearer {key}"}, max_msg_size=0, timeout=timeout
+        ) as ws,
+    ):
+        session: dict[str, Any] = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+        if pcm is not None:
+            session["audio"]["input"]["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+        if instructions:
+            session["instructions"] = instructions
+        await ws.send_str(orjson.dumps({"type": "session.update", "session": session}).decode())
+        if pcm is not None:
+            step = 48 * APPEND_MS
+            for off in range(0, len(pcm), step):
+                chunk = base64.b64encode(pcm[off : off + step]).decode()
+                await ws.send_str('{"type":"input_audio_buffer.append","audio":"' + chunk + '"}')
+            await ws.send_str('{"type":"input_audio_buffer.commit"}')
+        if text is not None:
+            item = {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            }
+            await ws.send_str(
+                orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
+            )
+        await ws.send_str('{"type":"response.create"}')
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            event = orjson.loads(msg.data)
+            on_event(event)
+            t = event.get("type")
+            if t == "response.output_audio.delta":
+                result.audio += base64.b64decode(event["delta"])
+            elif t == "response.output_audio_transcript.delta":
+                result.transcript += event.get("delta", "")
+            elif t == "response.output_text.delta":
+                result.text += event.get("delta", "")
+            elif t == "conversation.item.input_audio_transcription.completed":
+                result.user_transcript = event.get("transcript", "")
+            elif t == "error":
+                result.error = event.get("error")
+                if ws.closed:
+                    break
+            elif t == "response.done":
+                result.usage = (event.get("response") or {}).get("usage")
+                break
+    if result.usage is None and result.error is not None:
+        raise TalkError(f"{result.error.get('code')}: {result.error.get('message')}")
+    return result
+
+
+def list_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> str | None:
+    """What the reply costs at the gateway's list prices for ``model``, or None if unpriced."""
+    try:
+        route = Catalog(settings).resolve(model)
+    except GatewayError:
+        return None
+    _, prices = Catalog(settings).price_row(route.price_key or model)
+    if prices is None:
+        return None
+    return usd_str(cost_of(usage_from_response(usage), prices).charged_nanos)

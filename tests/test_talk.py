@@ -1,0 +1,70 @@
+"""``rtgate talk`` against a running gateway with its local engine, as a user runs it."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from rtgate.cli import app
+from rtgate.config import Settings
+from tests.speech import speak
+
+
+@pytest.fixture
+async def local_gateway(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> Any:
+    return await start_gateway(make_settings(OPENAI_API_KEY=""))
+
+
+async def test_talk_sends_a_wav_and_saves_the_spoken_reply(
+    local_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    key = await local_gateway.new_key()
+    wav_in = tmp_path / "question.wav"
+    with wave.open(str(wav_in), "wb") as w:  # 16 kHz, to exercise the resampling
+        from rtgate.engine.audio import resample_pcm16
+
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(resample_pcm16(speak("Please set a timer for ten minutes."), 24000, 16000))
+    out = tmp_path / "reply.wav"
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = [
+        "talk",
+        "--key",
+        key,
+        "--wav",
+        str(wav_in),
+        "--out",
+        str(out),
+        "--url",
+        f"{local_gateway.ws}/v1",
+    ]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert "response.done" in result.output
+    said = next(ln for ln in result.output.splitlines() if ln.startswith("you said:"))
+    assert "timer" in said.lower() and "minutes" in said.lower()
+    assert "usage:" in result.output and "$0.000000000 at list price" in result.output
+    with wave.open(str(out)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+        assert w.getnframes() > 24000 // 2
+
+
+async def test_talk_reports_a_refused_key(local_gateway: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    args = ["talk", "--key", "rtg_wrong", "--text", "hi", "--url", f"{local_gateway.ws}/v1"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 1
+    assert "invalid_api_key" in result.output
