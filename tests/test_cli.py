@@ -123,3 +123,70 @@ def test_bad_config_stops_with_the_settings_name(
     monkeypatch.setenv("RTGATE_PORT", "not-a-port")
     out = cli("keys", "list", code=2)
     assert "port" in out
+
+
+def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> None:
+    created = orjson.loads(
+        cli(
+            "keys",
+            "create",
+            "--name",
+            "dora",
+            "--models",
+            "gpt-realtime,gpt-realtime-mini",
+            "--max-sessions",
+            "3",
+            "--sessions-per-minute",
+            "10",
+            "--budget-usd-day",
+            "2.50",
+            "--budget-usd-month",
+            "40",
+            "--budget-usd-total",
+            "100",
+            "--max-duration",
+            "30m",
+            "--expires",
+            "2026-12-31",
+            "--instructions",
+            "Be kind.",
+            "--voice",
+            "marin",
+            "--block-event",
+            "session.update:instructions",
+            "--keep-transcripts",
+            "--json",
+        )
+    )
+    p = created["policy"]
+    assert p["models"] == ["gpt-realtime", "gpt-realtime-mini"]
+    assert (p["max_sessions"], p["sessions_per_minute"]) == (3, 10)
+    assert (p["budget_usd_day"], p["budget_usd_month"], p["budget_usd_total"]) == (
+        "2.500000000",
+        "40.000000000",
+        "100.000000000",
+    )
+    assert p["max_duration_s"] == 1800 and p["expires_at"] == "2027-01-01T00:00:00Z"
+    assert p["session_defaults"] == {
+        "instructions": "Be kind.",
+        "audio": {"output": {"voice": "marin"}},
+    }
+    assert p["blocked_events"] == ["session.update:instructions"] and p["keep_transcripts"]
+    updated = orjson.loads(
+        cli(
+            "keys",
+            "update",
+            created["id"],
+            "--max-sessions",
+            "5",
+            "--clear",
+            "budget_usd_day",
+            "--json",
+        )
+    )
+    assert updated["policy"]["max_sessions"] == 5
+    assert updated["policy"]["budget_usd_day"] is None
+    assert updated["policy"]["budget_usd_total"] == "100.000000000"
+    cli("keys", "update", created["id"], "--max-duration", "forever", code=2)
+    cli("keys", "update", created["id"], "--clear", "nonsense", code=2)
+    cli("keys", "update", "key_missing", "--max-sessions", "1", code=1)

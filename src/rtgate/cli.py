@@ -15,10 +15,12 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from rtgate.auth.keyring import KeyRing
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, policy_view
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
@@ -91,7 +93,16 @@ def _key_json(k: KeyInfo) -> dict[str, Any]:
         "created_at": _ts(k.created_at),
         "revoked_at": _ts(k.revoked_at),
         "active": k.active,
+        "policy": policy_view(KeyPolicy.from_json(k.policy_json)),
     }
+
+
+def _checked(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except GatewayError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        raise typer.Exit(2) from err
 
 
 def _tokens(u: Usage) -> dict[str, int]:
@@ -121,19 +132,143 @@ def serve(
     run_server(settings)
 
 
+ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]
+MaxSessionsOpt = Annotated[int | None, typer.Option(help="Live sessions at once.", min=1)]
+RateOpt = Annotated[int | None, typer.Option(help="New sessions per minute.", min=1)]
+BudgetOpt = Annotated[str | None, typer.Option(help="Budget in USD.")]
+DurationOpt = Annotated[str | None, typer.Option(help="Longest session: 90s, 30m, 1h.")]
+ExpiresOpt = Annotated[str | None, typer.Option(help="Last valid UTC day, YYYY-MM-DD.")]
+InstructionsOpt = Annotated[str | None, typer.Option(help="Default session instructions.")]
+VoiceOpt = Annotated[str | None, typer.Option(help="Default voice.")]
+BlockOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--block-event",
+        help="An event type the key may not send "
+        "(session.update:instructions blocks only instruction changes). Repeatable.",
+    ),
+]
+KeepOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-transcripts/--no-keep-transcripts", help="Keep session transcripts (text only)."
+    ),
+]
+ClearOpt = Annotated[list[str] | None, typer.Option("--clear", help="Remove a limit. Repeatable.")]
+
+
+def _policy_update(**opts: Any) -> PolicyUpdate:
+    raw = {k: v for k, v in opts.items() if v is not None}
+    if "models" in raw:
+        raw["models"] = [m for m in raw["models"].split(",") if m.strip()]
+    if "block_event" in raw:
+        raw["blocked_events"] = raw.pop("block_event")
+    try:
+        return PolicyUpdate.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        Console(stderr=True).print(f"[red]error:[/red] {problems}")
+        raise typer.Exit(2) from exc
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name for the key's owner.")],
+    models: ModelsOpt = None,
+    max_sessions: MaxSessionsOpt = None,
+    sessions_per_minute: RateOpt = None,
+    budget_usd_day: BudgetOpt = None,
+    budget_usd_month: BudgetOpt = None,
+    budget_usd_total: BudgetOpt = None,
+    max_duration: DurationOpt = None,
+    expires: ExpiresOpt = None,
+    instructions: InstructionsOpt = None,
+    voice: VoiceOpt = None,
+    block_event: BlockOpt = None,
+    keep_transcripts: KeepOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; its secret is printed once, alone on the last line."""
-    info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name))
+    update = _policy_update(
+        models=models,
+        max_sessions=max_sessions,
+        sessions_per_minute=sessions_per_minute,
+        budget_usd_day=budget_usd_day,
+        budget_usd_month=budget_usd_month,
+        budget_usd_total=budget_usd_total,
+        max_duration=max_duration,
+        expires=expires,
+        instructions=instructions,
+        voice=voice,
+        block_event=block_event,
+        keep_transcripts=keep_transcripts,
+    )
+    policy = _checked(lambda: apply_update(KeyPolicy(), update))
+    info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
     if as_json:
         _print_json({**_key_json(info), "secret": secret})
         return
     typer.echo(f"Created key {info.id} ({info.name}, {info.display_prefix}).")
     typer.echo("Store this secret now; it is not kept and cannot be shown again:")
     typer.echo(secret)
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: str,
+    models: ModelsOpt = None,
+    max_sessions: MaxSessionsOpt = None,
+    sessions_per_minute: RateOpt = None,
+    budget_usd_day: BudgetOpt = None,
+    budget_usd_month: BudgetOpt = None,
+    budget_usd_total: BudgetOpt = None,
+    max_duration: DurationOpt = None,
+    expires: ExpiresOpt = None,
+    instructions: InstructionsOpt = None,
+    voice: VoiceOpt = None,
+    block_event: BlockOpt = None,
+    keep_transcripts: KeepOpt = None,
+    clear: ClearOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a key's policy; options left out stay as they are. Live sessions see it at
+    their next metered event (budgets) or connection (the rest)."""
+    update = _policy_update(
+        models=models,
+        max_sessions=max_sessions,
+        sessions_per_minute=sessions_per_minute,
+        budget_usd_day=budget_usd_day,
+        budget_usd_month=budget_usd_month,
+        budget_usd_total=budget_usd_total,
+        max_duration=max_duration,
+        expires=expires,
+        instructions=instructions,
+        voice=voice,
+        block_event=block_event,
+        keep_transcripts=keep_transcripts,
+        clear=clear,
+    )
+    _checked(lambda: apply_update(KeyPolicy(), update))  # bad values fail before the store
+
+    async def run(store: SqlStore) -> KeyInfo | None:
+        ring = KeyRing(store, SystemClock())
+        key = await ring.get(key_id)
+        if key is None:
+            return None
+        return await ring.set_policy(
+            key_id, apply_update(KeyPolicy.from_json(key.policy_json), update)
+        )
+
+    info = _with_store(run)
+    if info is None:
+        Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(_key_json(info))
+    else:
+        typer.echo(f"Updated {info.id} ({info.name}).")
 
 
 @keys_app.command("list")

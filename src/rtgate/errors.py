@@ -33,10 +33,14 @@ class GatewayError(Exception):
     error_type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "server_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, client_event_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: The client event this answers, echoed in ``error.event_id``.
+        self.client_event_id = client_event_id
 
     @property
     def close_reason(self) -> str:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from rtgate.auth.keyring import KeyRing
+from rtgate.auth.limits import SessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock
 from rtgate.config import Settings
 from rtgate.metering.ledger import Ledger
+from rtgate.metrics import Metrics
 from rtgate.store.port import Store
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ class Gateway:
     catalog: Catalog
     ledger: Ledger
     http: aiohttp.ClientSession
+    limiter: SessionLimiter
+    metrics: Metrics
     #: Where the embedded local engine listens, and the token that guards it (set at start-up).
     local_base_url: str = ""
     local_token: str = ""

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from rtgate import __version__
 from rtgate.auth.keyring import KeyRing
+from rtgate.auth.limits import LocalSessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
@@ -24,6 +25,8 @@ from rtgate.engine.server import EngineOptions, add_engine_routes
 from rtgate.engine.stack import build_engine
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger
+from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from rtgate.metrics import Metrics
 from rtgate.relay.endpoint import GATEWAY, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
@@ -38,6 +41,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ok", "version": __version__, "live_sessions": len(gw.live)}
     )
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def models(request: web.Request) -> web.Response:
@@ -66,6 +74,7 @@ def create_app(
         int(settings.max_session_seconds),
     )
     app = web.Application(client_max_size=settings.max_message_bytes)
+    metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,8 @@ def create_app(
             catalog=Catalog(settings),
             ledger=ledger,
             http=http,
+            limiter=LocalSessionLimiter(),
+            metrics=metrics,
             local_token=engine.token,
             expiry_check_interval=expiry_check_interval,
         )
@@ -108,6 +119,7 @@ def create_app(
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
     return app

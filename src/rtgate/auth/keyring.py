@@ -1,8 +1,14 @@
-"""Gateway keys as a service: create, list, revoke, authenticate. Shared by the CLI and the API."""
+"""Gateway keys as a service: create, list, update policy, revoke, authenticate, spend.
+
+Shared by the CLI, the admin API and the relay, so the three cannot disagree.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
+from rtgate.auth.policy import KeyPolicy, Spend, check_expiry
 from rtgate.clock import Clock
 from rtgate.errors import AuthError
 from rtgate.protocol.ids import new_id
@@ -14,21 +20,32 @@ class KeyRing:
         self._store = store
         self._clock = clock
 
-    async def create(self, name: str) -> tuple[KeyInfo, str]:
+    async def create(self, name: str, policy: KeyPolicy | None = None) -> tuple[KeyInfo, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again."""
         new = generate_key()
         info = await self._store.create_key(
-            new_id("key", 16), name, new.display_prefix, new.key_hash, self._clock.now()
+            new_id("key", 16),
+            name,
+            new.display_prefix,
+            new.key_hash,
+            self._clock.now(),
+            policy.to_json() if policy else None,
         )
         return info, new.secret
 
     async def list(self, include_revoked: bool = True) -> list[KeyInfo]:
         return await self._store.list_keys(include_revoked)
 
+    async def get(self, key_id: str) -> KeyInfo | None:
+        return await self._store.get_key(key_id)
+
+    async def set_policy(self, key_id: str, policy: KeyPolicy) -> KeyInfo | None:
+        return await self._store.set_key_policy(key_id, policy.to_json())
+
     async def revoke(self, key_id: str) -> KeyInfo | None:
         return await self._store.revoke_key(key_id, self._clock.now())
 
-    async def authenticate(self, secret: str | None) -> KeyInfo:
+    async def authenticate(self, secret: str | None) -> tuple[KeyInfo, KeyPolicy]:
         if not secret:
             raise AuthError(
                 "You didn't provide an API key. You need to provide your API key in an "
@@ -38,4 +55,14 @@ class KeyRing:
         found = await self._store.key_by_hash(wanted)
         if found is None or not hashes_match(found[1], wanted) or not found[0].active:
             raise AuthError(f"Incorrect API key provided: {redact(secret)}.")
-        return found[0]
+        key = found[0]
+        policy = KeyPolicy.from_json(key.policy_json)
+        check_expiry(policy, self._clock.now())
+        return key, policy
+
+    async def spend(self, key_id: str) -> Spend:
+        """What the key has been charged this UTC day, this UTC month, and ever."""
+        now = datetime.fromtimestamp(self._clock.now(), UTC)
+        day, month_start = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m-01")
+        d, m, t = await self._store.spend(key_id, day, month_start)
+        return Spend(day=d, month=m, total=t)

@@ -34,5 +34,9 @@ def error_event(
 
 def error_event_for(err: GatewayError, client_event_id: str | None = None) -> str:
     return error_event(
-        err.error_type, err.code, err.message, param=err.param, client_event_id=client_event_id
+        err.error_type,
+        err.code,
+        err.message,
+        param=err.param,
+        client_event_id=client_event_id or err.client_event_id,
     )

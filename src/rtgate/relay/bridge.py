@@ -18,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
+from rtgate.auth.policy import ClientEventGuard
 from rtgate.clock import Clock
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
+from rtgate.metrics import Metrics
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import RelaySession
 
@@ -63,6 +67,9 @@ class Bridge:
         clock: Clock,
         *,
         check_interval: float = 1.0,
+        guard: ClientEventGuard | None = None,
+        after_usage: Callable[[], Awaitable[GatewayError | None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -70,7 +77,13 @@ class Bridge:
         self._ledger = ledger
         self._clock = clock
         self._check_interval = check_interval
+        self._guard = guard
+        self._after_usage = after_usage
+        self._metrics = metrics
         self._warned_unpriced: set[str] = set()
+        #: Frames and bytes relayed since the last flush to the metrics (plain ints: the hot
+        #: path must not take a metrics lock per frame).
+        self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
 
     async def run(self) -> None:
         tasks = [
@@ -94,6 +107,7 @@ class Bridge:
                 )
         self.session.close(1011, "relay ended", "gateway")
         await self._close_both(1011, "")
+        self.flush_counts()
 
     async def close(self, code: int, reason: str, by: str) -> None:
         """End the session from outside (shutdown, admin): close both sides with ``code``."""
@@ -125,6 +139,8 @@ class Bridge:
             )
         try:
             await self._ledger.record(rec)
+            if self._metrics is not None:
+                self._metrics.usage(rec)
         except LedgerError as exc:
             log.error(
                 "usage record lost, ending the session: %r (%s)",
@@ -138,26 +154,46 @@ class Bridge:
     async def _upstream_to_client(self) -> None:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
         on_text = session.on_upstream_text
+        sampled = self._metrics is not None
+        latency = self._metrics.latency.labels("down") if self._metrics is not None else None
         try:
             while True:
                 msg = await up.receive()
                 t = msg.type
                 if t is _TEXT:
                     data = msg.data
+                    self.frames_down += 1
+                    self.bytes_down += len(data)
+                    # One frame in 64 is timed through the gateway, for the latency histogram.
+                    t0 = perf_counter() if sampled and not self.frames_down & 63 else 0.0
                     rec = on_text(data, clock.now())
-                    if rec is not None:
-                        if isinstance(rec, str):
-                            data = rec
-                        elif not await self._commit(rec):
-                            # Unbillable usage must not flow on: stop before forwarding it.
-                            await self._end(
-                                LedgerUnavailable(
-                                    "Usage could not be recorded, so the session was ended."
-                                )
+                    if rec is None:
+                        await client.send_str(data)
+                        if t0 and latency is not None:
+                            latency.observe(perf_counter() - t0)
+                    elif isinstance(rec, str):
+                        await client.send_str(rec)
+                    elif not await self._commit(rec):
+                        # Unbillable usage must not flow on: stop before forwarding it.
+                        await self._end(
+                            LedgerUnavailable(
+                                "Usage could not be recorded, so the session was ended."
                             )
-                            return
-                    await client.send_str(data)
+                        )
+                        return
+                    else:
+                        await client.send_str(data)
+                        if self._after_usage is not None:
+                            # Billed and delivered; now, has the key crossed a budget?
+                            refusal = await self._after_usage()
+                            if refusal is not None:
+                                if self._metrics is not None:
+                                    self._metrics.refused(refusal.code)
+                                await self._end(refusal)
+                                return
                 elif t is _BINARY:
+                    self.frames_down += 1
+                    self.bytes_down += len(msg.data)
                     await client.send_bytes(msg.data)
                 elif t is _CLOSE:
                     code, reason = session.mirrored_close(msg.data, msg.extra or "")
@@ -182,14 +218,25 @@ class Bridge:
                 await client.close(code=err.close_code, message=err.close_reason.encode())
 
     async def _client_to_upstream(self) -> None:
-        up, client, session = self.upstream, self.client, self.session
+        up, client, session, guard = self.upstream, self.client, self.session, self._guard
         try:
             while True:
                 msg = await client.receive()
                 t = msg.type
                 if t is _TEXT:
-                    await up.send_str(msg.data)
+                    data = msg.data
+                    self.frames_up += 1
+                    self.bytes_up += len(data)
+                    if guard is not None and (refusal := guard.check(data)) is not None:
+                        # Policy refusals of single events are not fatal: answer, drop, go on.
+                        await client.send_str(error_event_for(refusal))
+                        if self._metrics is not None:
+                            self._metrics.refused(refusal.code)
+                        continue
+                    await up.send_str(data)
                 elif t is _BINARY:
+                    self.frames_up += 1
+                    self.bytes_up += len(msg.data)
                     await up.send_bytes(msg.data)
                 elif t is _CLOSE:
                     code, reason = msg.data, msg.extra or ""
@@ -216,6 +263,11 @@ class Bridge:
                     code=1001 if code == 1006 else sendable(code), message=reason.encode()
                 )
 
+    def flush_counts(self) -> None:
+        if self._metrics is not None:
+            self._metrics.relayed(self.frames_up, self.frames_down, self.bytes_up, self.bytes_down)
+        self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
+
     async def _watchdog(self) -> None:
         session, clock = self.session, self._clock
         while True:
@@ -223,4 +275,5 @@ class Bridge:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, self._check_interval))
+            self.flush_counts()
         await self._end(SessionExpired(expiry_message(session.max_seconds)))

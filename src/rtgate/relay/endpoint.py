@@ -11,11 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
 
 from rtgate.auth.credentials import client_credential
+from rtgate.auth.policy import (
+    ClientEventGuard,
+    KeyPolicy,
+    check_model,
+    initial_session_update,
+    over_budget,
+    session_seconds,
+)
 from rtgate.catalog import Route
 from rtgate.errors import BetaShapeDisabled, GatewayError, UpstreamError
 from rtgate.gateway import Gateway
@@ -53,9 +62,10 @@ async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.Clie
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
     url = upstream_url(up, base_url, route.upstream_model, request.query.items())
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(up.connect_timeout_s):
-            return await gw.http.ws_connect(
+            upstream = await gw.http.ws_connect(
                 url,
                 headers=upstream_headers(up, request.headers, api_key),
                 max_msg_size=0,
@@ -65,6 +75,8 @@ async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.Clie
                 heartbeat=gw.settings.heartbeat_seconds,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             )
+        gw.metrics.connect.labels(route.upstream_name).observe(time.perf_counter() - started)
+        return upstream
     except aiohttp.WSServerHandshakeError as exc:
         log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)
         raise UpstreamError(f"The upstream refused the connection (HTTP {exc.status}).") from exc
@@ -93,7 +105,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     try:
         if gw.closing:
             raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
-        key = await gw.keyring.authenticate(cred.secret)
+        key, policy = await gw.keyring.authenticate(cred.secret)
         if cred.beta:
             raise BetaShapeDisabled(
                 "The Realtime Beta API is no longer supported. Please use /v1/realtime for the "
@@ -102,16 +114,32 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         if model is None and intent != "transcription" and "call_id" not in query:
             model = s.default_model
         route = gw.catalog.resolve(model)
-        upstream = await _dial(gw, route, request)
+        check_model(policy, route.model)
+        if policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos:
+            exceeded = over_budget(policy, await gw.keyring.spend(key.id))
+            if exceeded is not None:
+                raise exceeded
+        await gw.limiter.acquire(
+            key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
+        )
     except GatewayError as err:
-        log.info("session refused: %s", err.code)
+        log.info("session refused: %s", err.code, extra={"refusal": err.code})
+        gw.metrics.refused(err.code)
         return await _refuse(ws, err)
     try:
-        await _relay(gw, ws, upstream, key, route, intent)
+        try:
+            upstream = await _dial(gw, route, request)
+        except GatewayError as err:
+            gw.metrics.refused(err.code)
+            return await _refuse(ws, err)
+        try:
+            await _relay(gw, ws, upstream, key, policy, route, intent)
+        finally:
+            if not upstream.closed:
+                with contextlib.suppress(Exception):
+                    await upstream.close(code=1001, message=b"gateway closing")
     finally:
-        if not upstream.closed:
-            with contextlib.suppress(Exception):
-                await upstream.close(code=1001, message=b"gateway closing")
+        await gw.limiter.release(key.id)
     return ws
 
 
@@ -120,6 +148,7 @@ async def _relay(
     ws: web.WebSocketResponse,
     upstream: aiohttp.ClientWebSocketResponse,
     key: KeyInfo,
+    policy: KeyPolicy,
     route: Route,
     intent: str | None,
 ) -> None:
@@ -131,7 +160,7 @@ async def _relay(
         catalog=gw.catalog,
         opened_at=now,
         opened_mono=gw.clock.monotonic(),
-        max_seconds=gw.settings.max_session_seconds,
+        max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
     )
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
@@ -144,10 +173,32 @@ async def _relay(
         log.error("session not opened: %s", err.message, extra=extra)
         await _refuse(ws, err)
         return
-    bridge = Bridge(
-        ws, upstream, session, gw.ledger, gw.clock, check_interval=gw.expiry_check_interval
+
+    async def budget_left() -> GatewayError | None:
+        return over_budget(policy, await gw.keyring.spend(key.id))
+
+    has_budget = bool(
+        policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos
     )
+    guard = ClientEventGuard(policy)
+    bridge = Bridge(
+        ws,
+        upstream,
+        session,
+        gw.ledger,
+        gw.clock,
+        check_interval=gw.expiry_check_interval,
+        guard=guard if guard.active else None,
+        after_usage=budget_left if has_budget else None,
+        metrics=gw.metrics,
+    )
+    initial = initial_session_update(policy, transcription=intent == "transcription")
+    if initial is not None:
+        # The key's defaults go first, so anything the client sends later overrides them.
+        await upstream.send_str(initial)
     gw.live[session.session_id] = bridge
+    gw.metrics.live.inc()
+    gw.metrics.started.labels(route.model or "").inc()
     log.info("session opened", extra=extra)
     try:
         if gw.closing:
@@ -157,6 +208,9 @@ async def _relay(
             await bridge.run()
     finally:
         gw.live.pop(session.session_id, None)
+        gw.metrics.live.dec()
+        gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
+        gw.metrics.duration.observe(gw.clock.now() - now)
         try:
             await gw.store.close_session(
                 session.session_id,

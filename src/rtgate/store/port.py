@@ -17,6 +17,7 @@ class KeyInfo:
     display_prefix: str
     created_at: float
     revoked_at: float | None
+    policy_json: str | None = None
 
     @property
     def active(self) -> bool:
@@ -73,7 +74,13 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create_key(
-        self, key_id: str, name: str, display_prefix: str, key_hash: str, now: float
+        self,
+        key_id: str,
+        name: str,
+        display_prefix: str,
+        key_hash: str,
+        now: float,
+        policy_json: str | None = None,
     ) -> KeyInfo: ...
 
     async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]: ...
@@ -85,6 +92,12 @@ class Store(Protocol):
         ...
 
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None: ...
+
+    async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None: ...
+
+    async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
+        """Charged nano-dollars of ``key_id``: on ``day``, since ``month_start``, ever."""
+        ...
 
     async def open_session(self, s: SessionOpen) -> None: ...
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -25,6 +26,8 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    #: The key's policy as JSON (``rtgate.auth.policy.KeyPolicy``); NULL means none.
+    Column("policy", Text, nullable=True),
 )
 
 sessions = Table(

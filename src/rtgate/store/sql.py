@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Connection, case, event, func, inspect, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -63,7 +63,15 @@ def _key(row: Row[Any]) -> KeyInfo:
         display_prefix=row.display_prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        policy_json=row.policy,
     )
+
+
+def _migrate(conn: Connection) -> None:
+    """Columns added after a table first shipped (create_all does not alter tables)."""
+    have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
+    if "policy" not in have:
+        conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
@@ -86,13 +94,20 @@ class SqlStore:
     async def init(self) -> None:
         async with _mapped("open the database"), self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_migrate)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     # -- keys -----------------------------------------------------------------------------------
     async def create_key(
-        self, key_id: str, name: str, display_prefix: str, key_hash: str, now: float
+        self,
+        key_id: str,
+        name: str,
+        display_prefix: str,
+        key_hash: str,
+        now: float,
+        policy_json: str | None = None,
     ) -> KeyInfo:
         async with _mapped("write"), self.engine.begin() as conn:
             await conn.execute(
@@ -103,9 +118,10 @@ class SqlStore:
                     key_hash=key_hash,
                     created_at=now,
                     revoked_at=None,
+                    policy=policy_json,
                 )
             )
-        return KeyInfo(key_id, name, display_prefix, now, None)
+        return KeyInfo(key_id, name, display_prefix, now, None, policy_json)
 
     async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]:
         q = select(api_keys).order_by(api_keys.c.created_at)
@@ -135,6 +151,25 @@ class SqlStore:
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return _key(row) if row else None
+
+    async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
+        async with _mapped("write"), self.engine.begin() as conn:
+            await conn.execute(
+                api_keys.update().where(api_keys.c.id == key_id).values(policy=policy_json)
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
+        u = usage_records.c
+        q = select(
+            func.coalesce(func.sum(case((u.day == day, u.charged_nanos), else_=0)), 0),
+            func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
+            func.coalesce(func.sum(u.charged_nanos), 0),
+        ).where(u.key_id == key_id)
+        async with _mapped("read"), self.engine.connect() as conn:
+            row = (await conn.execute(q)).one()
+        return int(row[0]), int(row[1]), int(row[2])
 
     # -- sessions and usage -----------------------------------------------------------------------
     async def open_session(self, s: SessionOpen) -> None:

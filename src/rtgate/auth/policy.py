@@ -1,0 +1,344 @@
+"""Per-key policy: which models, how many sessions, how much money, how long, which events.
+
+Pure decisions over plain values; the endpoint and the bridge ask, and act on the answer.
+A policy is checked when a session opens and again during it: the model named by every
+``session.update``, the events a client may send, and the key's spend after every metered event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydField
+
+from rtgate.catalog import model_family
+from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
+from rtgate.metering.cost import NANOS_PER_USD, usd_str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    #: Allowed model names or families; empty allows every catalog model.
+    models: tuple[str, ...] = ()
+    max_sessions: int | None = None
+    sessions_per_minute: int | None = None
+    budget_day_nanos: int | None = None
+    budget_month_nanos: int | None = None
+    budget_total_nanos: int | None = None
+    #: Cap on one session, within the gateway's own (60 minutes by default).
+    max_duration_s: float | None = None
+    #: Unix seconds after which the key no longer authenticates.
+    expires_at: float | None = None
+    #: GA session fields applied with an initial ``session.update``
+    #: (``instructions``, ``audio.output.voice``, ``audio.input.turn_detection`` ...).
+    session_defaults: Mapping[str, Any] | None = None
+    #: Client event types the key may not send; ``session.update:instructions`` blocks only
+    #: session updates that touch ``instructions``.
+    blocked_events: tuple[str, ...] = ()
+    #: Keep the session's transcript (text only, never audio).
+    keep_transcripts: bool = False
+
+    def to_json(self) -> str:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return orjson.dumps({k: v for k, v in out.items() if v not in (None, (), False)}).decode()
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> KeyPolicy:
+        if not raw:
+            return cls()
+        data = orjson.loads(raw)
+        for k in ("models", "blocked_events"):
+            if k in data:
+                data[k] = tuple(data[k])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> KeyPolicy:
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        return KeyPolicy(**{**current, **changes})
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A key's charged spend in nano-dollars: this UTC day, this UTC month, ever."""
+
+    day: int = 0
+    month: int = 0
+    total: int = 0
+
+
+def allows_model(policy: KeyPolicy, model: str) -> bool:
+    return not policy.models or model in policy.models or model_family(model) in policy.models
+
+
+def check_model(policy: KeyPolicy, model: str) -> None:
+    if model and not allows_model(policy, model):
+        raise ModelNotAllowed(
+            f"This key may not use the model `{model}`. Allowed: {', '.join(policy.models)}.",
+            param="model",
+        )
+
+
+def check_expiry(policy: KeyPolicy, now: float) -> None:
+    if policy.expires_at is not None and now >= policy.expires_at:
+        raise AuthError("This API key has expired.")
+
+
+def over_budget(policy: KeyPolicy, spend: Spend) -> QuotaExceeded | None:
+    """The first budget ``spend`` has reached, as the error to send; None while within all."""
+    for label, limit, used in (
+        ("daily", policy.budget_day_nanos, spend.day),
+        ("monthly", policy.budget_month_nanos, spend.month),
+        ("total", policy.budget_total_nanos, spend.total),
+    ):
+        if limit is not None and used >= limit:
+            return QuotaExceeded(
+                f"You exceeded your {label} budget of ${usd_str(limit)} (spent ${usd_str(used)})."
+            )
+    return None
+
+
+def session_seconds(policy: KeyPolicy, gateway_max: float) -> float:
+    if policy.max_duration_s is None:
+        return gateway_max
+    return min(policy.max_duration_s, gateway_max)
+
+
+class EventBlocked(PolicyError):
+    """Non-fatal: the event is dropped with an error, the session goes on."""
+
+    code = "event_not_allowed"
+
+
+@dataclass
+class ClientEventGuard:
+    """Decides, per client text frame, whether it may go upstream.
+
+    Only frames that can matter are parsed: the hot ``input_audio_buffer.append`` is recognised
+    by its prefix and passed; others are parsed only when the policy restricts something.
+    """
+
+    policy: KeyPolicy
+    _types: frozenset[str] = field(init=False)
+    _fields: dict[str, frozenset[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        types, flds = set(), dict[str, set[str]]()
+        for b in self.policy.blocked_events:
+            etype, _, fname = b.partition(":")
+            if fname:
+                flds.setdefault(etype, set()).add(fname)
+            else:
+                types.add(etype)
+        self._types = frozenset(types)
+        self._fields = {k: frozenset(v) for k, v in flds.items()}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.policy.models or self._types or self._fields)
+
+    def check(self, data: str) -> GatewayError | None:
+        if data.startswith('{"type":"input_audio_buffer.append"'):
+            return None
+        if not (self._types or self._fields or '"session.update"' in data):
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        etype = event.get("type")
+        eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        if etype in self._types:
+            return _with_event(EventBlocked(f"This key may not send `{etype}` events."), eid)
+        body = event.get("session") if etype == "session.update" else event
+        if isinstance(body, dict):
+            for fname in self._fields.get(str(etype), ()):
+                if fname in body:
+                    return _with_event(
+                        EventBlocked(
+                            f"This key may not change `{fname}` with `{etype}`.",
+                            param=f"session.{fname}",
+                        ),
+                        eid,
+                    )
+            if etype == "session.update" and isinstance(body.get("model"), str):
+                try:
+                    check_model(self.policy, body["model"])
+                except ModelNotAllowed as err:
+                    return _with_event(err, eid)
+        return None
+
+
+def _with_event(err: GatewayError, event_id: str | None) -> GatewayError:
+    err.client_event_id = event_id
+    return err
+
+
+def initial_session_update(policy: KeyPolicy, transcription: bool) -> str | None:
+    """The ``session.update`` that applies the key's defaults, or None."""
+    if not policy.session_defaults:
+        return None
+    session = {
+        "type": "transcription" if transcription else "realtime",
+        **dict(policy.session_defaults),
+    }
+    return orjson.dumps({"type": "session.update", "session": session}).decode()
+
+
+# -- parsing the CLI's and the API's human forms ------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1.5h`` -> seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise PolicyError(f"not a duration: {text!r} (use 90s, 30m or 1h)", param="max_duration")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_usd(text: str, name: str) -> int:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise PolicyError(f"{name}: not an amount: {text!r}", param=name) from exc
+    if value < 0 or not value.is_finite():
+        raise PolicyError(f"{name}: must be zero or more", param=name)
+    return int(value * NANOS_PER_USD)
+
+
+def parse_expiry(text: str) -> float:
+    """``2026-12-31`` -> the end of that UTC day; an ISO timestamp is taken as given."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+            return end.timestamp()
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise PolicyError(f"not a date: {text!r} (use YYYY-MM-DD)", param="expires") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- changes and views, shared by the CLI and the admin API ------------------------------------
+
+CLEARABLE = (
+    "models",
+    "max_sessions",
+    "sessions_per_minute",
+    "budget_usd_day",
+    "budget_usd_month",
+    "budget_usd_total",
+    "max_duration",
+    "expires",
+    "session_defaults",
+    "blocked_events",
+)
+
+
+class PolicyUpdate(BaseModel):
+    """A change to a key's policy in human units; fields left out are left as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] | None = None
+    max_sessions: int | None = PydField(default=None, ge=1)
+    sessions_per_minute: int | None = PydField(default=None, ge=1)
+    budget_usd_day: Decimal | None = PydField(default=None, ge=0)
+    budget_usd_month: Decimal | None = PydField(default=None, ge=0)
+    budget_usd_total: Decimal | None = PydField(default=None, ge=0)
+    #: ``90s``, ``30m``, ``1h``, or seconds.
+    max_duration: str | None = None
+    #: ``YYYY-MM-DD`` (valid through that UTC day) or an ISO timestamp.
+    expires: str | None = None
+    instructions: str | None = None
+    voice: str | None = None
+    turn_detection: dict[str, Any] | None = None
+    blocked_events: list[str] | None = None
+    keep_transcripts: bool | None = None
+    #: Limits to remove.
+    clear: list[Literal[CLEARABLE]] = PydField(default_factory=list)  # type: ignore[valid-type]
+
+
+def _nanos(v: Decimal | None) -> int | None:
+    return None if v is None else int(v * NANOS_PER_USD)
+
+
+def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
+    changes: dict[str, Any] = {}
+    for name in u.clear:
+        target = {
+            "budget_usd_day": "budget_day_nanos",
+            "budget_usd_month": "budget_month_nanos",
+            "budget_usd_total": "budget_total_nanos",
+            "max_duration": "max_duration_s",
+            "expires": "expires_at",
+        }.get(name, name)
+        changes[target] = () if target in ("models", "blocked_events") else None
+    if u.models is not None:
+        changes["models"] = tuple(m.strip() for m in u.models if m.strip())
+    for name in ("max_sessions", "sessions_per_minute"):
+        if getattr(u, name) is not None:
+            changes[name] = getattr(u, name)
+    for src, dst in (
+        ("budget_usd_day", "budget_day_nanos"),
+        ("budget_usd_month", "budget_month_nanos"),
+        ("budget_usd_total", "budget_total_nanos"),
+    ):
+        if getattr(u, src) is not None:
+            changes[dst] = _nanos(getattr(u, src))
+    if u.max_duration is not None:
+        changes["max_duration_s"] = parse_duration(u.max_duration)
+    if u.expires is not None:
+        changes["expires_at"] = parse_expiry(u.expires)
+    defaults = dict(policy.session_defaults or {}) if "session_defaults" not in u.clear else {}
+    if u.instructions is not None:
+        defaults["instructions"] = u.instructions
+    if u.voice is not None:
+        defaults.setdefault("audio", {}).setdefault("output", {})["voice"] = u.voice
+    if u.turn_detection is not None:
+        defaults.setdefault("audio", {}).setdefault("input", {})["turn_detection"] = (
+            u.turn_detection
+        )
+    if defaults != dict(policy.session_defaults or {}):
+        changes["session_defaults"] = defaults or None
+    if u.blocked_events is not None:
+        changes["blocked_events"] = tuple(u.blocked_events)
+    if u.keep_transcripts is not None:
+        changes["keep_transcripts"] = u.keep_transcripts
+    return policy.replace(**changes)
+
+
+def policy_view(policy: KeyPolicy) -> dict[str, Any]:
+    """The policy in human units (USD strings, seconds, ISO times), for the CLI and the API."""
+
+    def usd(n: int | None) -> str | None:
+        return None if n is None else usd_str(n)
+
+    expires = None
+    if policy.expires_at is not None:
+        expires = datetime.fromtimestamp(policy.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "models": list(policy.models),
+        "max_sessions": policy.max_sessions,
+        "sessions_per_minute": policy.sessions_per_minute,
+        "budget_usd_day": usd(policy.budget_day_nanos),
+        "budget_usd_month": usd(policy.budget_month_nanos),
+        "budget_usd_total": usd(policy.budget_total_nanos),
+        "max_duration_s": policy.max_duration_s,
+        "expires_at": expires,
+        "session_defaults": dict(policy.session_defaults or {}) or None,
+        "blocked_events": list(policy.blocked_events),
+        "keep_transcripts": policy.keep_transcripts,
+    }

@@ -1,0 +1,79 @@
+"""Prometheus metrics, one registry per application (no process-global state).
+
+The relay's hot path never touches a metric: pumps count frames and bytes in plain ints, and the
+bridge flushes them here once a second and at the end of the session.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rtgate.metering.cost import NANOS_PER_USD
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.usage import TOKEN_FIELDS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.live = Gauge("rtgate_live_sessions", "Sessions being relayed now.", registry=r)
+        self.started = Counter("rtgate_sessions_started", "Sessions opened.", ["model"], registry=r)
+        self.ended = Counter(
+            "rtgate_sessions_ended", "Sessions ended, by close code.", ["code", "by"], registry=r
+        )
+        self.duration = Histogram(
+            "rtgate_session_duration_seconds",
+            "Session length.",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.connect = Histogram(
+            "rtgate_upstream_connect_seconds",
+            "Time to open the upstream WebSocket.",
+            ["upstream"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "rtgate_relay_latency_seconds",
+            "Time a sampled frame spends in the gateway (receive to sent).",
+            ["direction"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frames = Counter("rtgate_frames", "Frames relayed.", ["direction"], registry=r)
+        self.bytes = Counter("rtgate_bytes", "Payload bytes relayed.", ["direction"], registry=r)
+        self.tokens = Counter("rtgate_tokens", "Tokens metered.", ["model", "kind"], registry=r)
+        self.cost = Counter(
+            "rtgate_cost_usd", "Charged cost metered.", ["key", "model"], registry=r
+        )
+        self.refusals = Counter(
+            "rtgate_policy_refusals", "Sessions or events refused.", ["reason"], registry=r
+        )
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+
+    def usage(self, rec: UsageRecord) -> None:
+        for kind in TOKEN_FIELDS:
+            n = getattr(rec.usage, kind)
+            if n:
+                self.tokens.labels(rec.model, kind).inc(n)
+        if rec.charged_nanos:
+            self.cost.labels(rec.key_id, rec.model).inc(rec.charged_nanos / NANOS_PER_USD)
+
+    def relayed(self, frames_up: int, frames_down: int, bytes_up: int, bytes_down: int) -> None:
+        if frames_up:
+            self.frames.labels("up").inc(frames_up)
+            self.bytes.labels("up").inc(bytes_up)
+        if frames_down:
+            self.frames.labels("down").inc(frames_down)
+            self.bytes.labels("down").inc(bytes_down)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
