@@ -321,3 +321,32 @@ async def test_session_defaults_are_applied_and_blocked_fields_refused(
         ok = orjson.loads(await ws.recv())
         assert ok["type"] == "session.updated"
         assert ok["session"]["instructions"] == "You are Ada, a terse assistant."
+
+
+async def test_a_key_that_keeps_transcripts_keeps_text_tool_calls_and_usage(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    key = await key_with(gateway, keep_transcripts=True)
+    plain = await key_with(gateway)
+    for k in (key, plain):
+        async with await opened(gateway, k) as ws:
+            await ws.send(
+                '{"type":"conversation.item.create","item":{"type":"message",'
+                '"role":"user","content":[{"type":"input_text","text":"hi there"}]}}'
+            )
+            await ws.send('{"type":"response.create","response":{"output_modalities":["text"]}}')
+            while orjson.loads(await ws.recv())["type"] != "response.done":
+                pass
+    sessions = {s.key_id: s for s in await gateway.store.recent_sessions()}
+    keys = {k.display_prefix: k.id for k in await gateway.store.list_keys()}
+    kept_id = keys[key[:12]]
+    entries = await gateway.store.session_transcript(sessions[kept_id].id)
+    assert [(e.role, e.kind, e.text) for e in entries if e.role != "usage"] == [
+        ("user", "text", "hi there"),
+        ("assistant", "text", "hi there"),
+    ]
+    usage = [e for e in entries if e.role == "usage"]
+    assert len(usage) == 1 and orjson.loads(usage[0].data or "{}")["output_tokens"] > 0
+    assert [e.seq for e in entries] == sorted(e.seq for e in entries)
+    other = sessions[keys[plain[:12]]]
+    assert await gateway.store.session_transcript(other.id) == []

@@ -31,6 +31,8 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.transcript import TranscriptRecorder
+from rtgate.store.port import Store
 
 log = logging.getLogger("rtgate.relay")
 
@@ -70,6 +72,8 @@ class Bridge:
         guard: ClientEventGuard | None = None,
         after_usage: Callable[[], Awaitable[GatewayError | None]] | None = None,
         metrics: Metrics | None = None,
+        recorder: TranscriptRecorder | None = None,
+        store: Store | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -80,6 +84,8 @@ class Bridge:
         self._guard = guard
         self._after_usage = after_usage
         self._metrics = metrics
+        self._recorder = recorder
+        self._store = store
         self._warned_unpriced: set[str] = set()
         #: Frames and bytes relayed since the last flush to the metrics (plain ints: the hot
         #: path must not take a metrics lock per frame).
@@ -167,6 +173,9 @@ class Bridge:
                     # One frame in 64 is timed through the gateway, for the latency histogram.
                     t0 = perf_counter() if sampled and not self.frames_down & 63 else 0.0
                     rec = on_text(data, clock.now())
+                    if self._recorder is not None:
+                        self._recorder.on_upstream(data, clock.now())
+                        await self._keep_transcript()
                     if rec is None:
                         await client.send_str(data)
                         if t0 and latency is not None:
@@ -227,6 +236,9 @@ class Bridge:
                     data = msg.data
                     self.frames_up += 1
                     self.bytes_up += len(data)
+                    if self._recorder is not None:
+                        self._recorder.on_client(data, self._clock.now())
+                        await self._keep_transcript()
                     if guard is not None and (refusal := guard.check(data)) is not None:
                         # Policy refusals of single events are not fatal: answer, drop, go on.
                         await client.send_str(error_event_for(refusal))
@@ -262,6 +274,22 @@ class Bridge:
                 await up.close(
                     code=1001 if code == 1006 else sendable(code), message=reason.encode()
                 )
+
+    async def _keep_transcript(self) -> None:
+        recorder = self._recorder
+        if recorder is None or not recorder.pending or self._store is None:
+            return
+        entries = recorder.drain()
+        try:
+            await self._store.add_transcript(entries)
+        except GatewayError as exc:
+            # A transcript is a record for the operator, not a bill: log, never end the session.
+            log.error(
+                "transcript not kept (%d entries): %s",
+                len(entries),
+                exc.message,
+                extra={"session_id": self.session.session_id},
+            )
 
     def flush_counts(self) -> None:
         if self._metrics is not None:

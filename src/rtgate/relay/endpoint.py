@@ -31,6 +31,7 @@ from rtgate.gateway import Gateway
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.bridge import Bridge
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
@@ -191,6 +192,10 @@ async def _relay(
         guard=guard if guard.active else None,
         after_usage=budget_left if has_budget else None,
         metrics=gw.metrics,
+        recorder=TranscriptRecorder(session.session_id, key.id)
+        if policy.keep_transcripts
+        else None,
+        store=gw.store,
     )
     initial = initial_session_update(policy, transcription=intent == "transcription")
     if initial is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rtgate.metering.record import UsageRecord
+from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
 
 
@@ -108,6 +109,10 @@ class Store(Protocol):
     async def add_usage(self, records: Sequence[UsageRecord]) -> None:
         """Append records in one transaction; durable when this returns."""
         ...
+
+    async def add_transcript(self, entries: Sequence[TranscriptEntry]) -> None: ...
+
+    async def session_transcript(self, session_id: str) -> list[TranscriptEntry]: ...
 
     async def usage_summary(
         self, key_id: str | None = None, since_day: str | None = None

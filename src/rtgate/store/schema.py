@@ -73,3 +73,20 @@ usage_records = Table(
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
 )
+
+transcript_entries = Table(
+    "transcript_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("item_id", String(100), nullable=True),
+    Column("text", Text, nullable=False),
+    #: Extra JSON: a function call's arguments, a turn's usage.
+    Column("data", Text, nullable=True),
+    Index("ix_transcript_session", "session_id", "seq"),
+)

@@ -19,9 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from rtgate.errors import GatewayError
 from rtgate.metering.record import UsageRecord
+from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import KeyInfo, SessionOpen, SessionSummary, UsageSummary
-from rtgate.store.schema import api_keys, metadata, sessions, usage_records
+from rtgate.store.schema import (
+    api_keys,
+    metadata,
+    sessions,
+    transcript_entries,
+    usage_records,
+)
 
 
 class StoreError(GatewayError):
@@ -221,6 +228,46 @@ class SqlStore:
         ]
         async with _mapped("write usage"), self.engine.begin() as conn:
             await conn.execute(usage_records.insert(), rows)
+
+    async def add_transcript(self, entries: Sequence[TranscriptEntry]) -> None:
+        if not entries:
+            return
+        rows = [
+            {
+                "session_id": e.session_id,
+                "key_id": e.key_id,
+                "seq": e.seq,
+                "created_at": e.created_at,
+                "role": e.role,
+                "kind": e.kind,
+                "item_id": (e.item_id or "")[:100] or None,
+                "text": e.text,
+                "data": e.data,
+            }
+            for e in entries
+        ]
+        async with _mapped("write transcript"), self.engine.begin() as conn:
+            await conn.execute(transcript_entries.insert(), rows)
+
+    async def session_transcript(self, session_id: str) -> list[TranscriptEntry]:
+        t = transcript_entries.c
+        q = select(transcript_entries).where(t.session_id == session_id).order_by(t.seq)
+        async with _mapped("read"), self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            TranscriptEntry(
+                r.session_id,
+                r.key_id,
+                r.seq,
+                r.created_at,
+                r.role,
+                r.kind,
+                r.text,
+                r.item_id,
+                r.data,
+            )
+            for r in rows
+        ]
 
     async def usage_summary(
         self, key_id: str | None = None, since_day: str | None = None
