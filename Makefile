@@ -38,7 +38,8 @@ test: lint
 # The integration suites again, against PostgreSQL (CI runs this too).
 test-postgres: $(VENV)/.dev-installed
 	RTGATE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest \
-		tests/test_store.py tests/test_relay_sdk.py tests/test_relay_edges.py
+		tests/test_store.py tests/test_relay_sdk.py tests/test_relay_edges.py \
+		tests/test_relay_faults.py tests/test_policy.py tests/test_metrics.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/relay_bench.py

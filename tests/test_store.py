@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,42 @@ async def test_ledger_reports_a_failed_commit_to_every_waiter(store: SqlStore) -
     )
     writer.cancel()
     assert all(isinstance(r, Exception) for r in results)
+
+
+async def test_spend_by_day_month_and_total(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1, '{"max_sessions": 2}')
+    assert (await store.get_key("key_a")).policy_json == '{"max_sessions": 2}'  # type: ignore[union-attr]
+    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    await store.add_usage(
+        [
+            rec("key_a", "m", DAY1 - 40 * 86_400, 1),  # an earlier month
+            rec("key_a", "m", DAY1 - 86_400, 2),  # yesterday, same month
+            rec("key_a", "m", DAY1, 3),
+            rec("key_a", "m", DAY1 + 60, 4),
+        ]
+    )
+    assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (84, 108, 120)
+    assert await store.spend("key_none", "2027-01-15", "2027-01-01") == (0, 0, 0)
+    updated = await store.set_key_policy("key_a", None)
+    assert updated is not None and updated.policy_json is None
+
+
+async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE api_keys (id VARCHAR(40) PRIMARY KEY, name VARCHAR(200) NOT NULL,"
+        " display_prefix VARCHAR(40) NOT NULL, key_hash VARCHAR(64) NOT NULL UNIQUE,"
+        " created_at FLOAT NOT NULL, revoked_at FLOAT)"
+    )
+    db.execute("INSERT INTO api_keys VALUES ('key_old', 'old', 'rtg_x', 'h', 1.0, NULL)")
+    db.commit()
+    db.close()
+    s = SqlStore(f"sqlite+aiosqlite:///{path}")
+    await s.init()
+    old = await s.get_key("key_old")
+    assert old is not None and old.policy_json is None
+    assert (await s.set_key_policy("key_old", '{"max_sessions": 1}')) is not None
+    await s.close()
