@@ -68,8 +68,11 @@ def last_user_text(items: Sequence[dict[str, Any]]) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Stream-sized pieces of a reply: words with their trailing space."""
-    return [w + " " for w in text.split()]
+    """Stream-sized pieces of a reply: words, each after its space, as model tokens come.
+
+    Joined, the pieces are the reply itself, as the ``.done`` text must be (protocol.md 6).
+    """
+    return [w if i == 0 else " " + w for i, w in enumerate(text.split())]
 
 
 class EchoBrain:
@@ -191,22 +194,17 @@ def chat_messages(request: BrainRequest) -> list[dict[str, Any]]:
                     }
                 )
         elif t == "function_call":
-            msgs.append(
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": item.get("call_id"),
-                            "type": "function",
-                            "function": {
-                                "name": item.get("name"),
-                                "arguments": item.get("arguments", ""),
-                            },
-                        }
-                    ],
-                }
-            )
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            if msgs and msgs[-1].get("tool_calls"):
+                # Parallel calls share one assistant message: Chat Completions wants every
+                # call's tool message right after the message that made it.
+                msgs[-1]["tool_calls"].append(call)
+            else:
+                msgs.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif t == "function_call_output":
             msgs.append(
                 {

@@ -13,14 +13,21 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.engine.brain import BrainError, BrainRequest, EchoBrain, FunctionCall, TextDelta
+from rtgate.engine.brain import (
+    BrainError,
+    BrainOutput,
+    BrainRequest,
+    EchoBrain,
+    FunctionCall,
+    TextDelta,
+)
 from rtgate.engine.ports import Brain, Synthesizer, Transcriber
 from rtgate.engine.session import (
     PCM_BYTES_PER_MS,
@@ -69,15 +76,34 @@ class EngineConnection:
         self._turn_start_ms = 0
         #: Recognition of committed user turns still running, by item id.
         self._hearing: dict[str, asyncio.Task[None]] = {}
+        #: Per running response, set when it is cancelled: nothing waits on a stalled brain.
+        self._stops: dict[str, asyncio.Event] = {}
+        #: The response writing to the conversation; the next one starts once it has ended.
+        self._in_conversation: asyncio.Task[None] | None = None
 
     async def send(self, events: list[Event]) -> None:
         for e in events:
             await self.ws.send_str(_dump(e))
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
+
+    def start_response(self, plan: ResponsePlan) -> None:
+        prior = self._in_conversation if plan.conversation else None
+        self._stops[plan.response["id"]] = asyncio.Event()
+        task = self.spawn(self.respond(plan, prior))
+        if plan.conversation:
+            self._in_conversation = task
+
+    def cancel(self, plan: ResponsePlan, reason: str) -> None:
+        """End ``plan`` now (``response.cancel``, barge-in), even while its brain is thinking."""
+        plan.cancelled = True
+        plan.cancel_reason = reason
+        if (stop := self._stops.get(plan.response["id"])) is not None:
+            stop.set()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -116,6 +142,10 @@ class EngineConnection:
             await self.on_audio(event)
         elif etype == "input_audio_buffer.commit" and events and events[0]["type"] != "error":
             self.after_commit(events[0]["item_id"])
+        elif etype == "response.cancel" and not events:
+            for running in list(self.s.running.values()):
+                if running.cancelled:
+                    self.cancel(running, running.cancel_reason)
         elif etype == "session.update":
             td = self.s.turn_detection
             if td:
@@ -125,7 +155,7 @@ class EngineConnection:
                     int(td.get("silence_duration_ms") or 0),
                 )
         if plan is not None:
-            self.spawn(self.respond(plan))
+            self.start_response(plan)
 
     async def on_audio(self, event: dict[str, Any]) -> None:
         td = self.s.turn_detection
@@ -145,9 +175,12 @@ class EngineConnection:
                     ]
                 )
                 active = self.s.active
-                if active is not None and td.get("interrupt_response", True):
-                    active.cancelled = True
-                    active.cancel_reason = "turn_detected"
+                if (
+                    active is not None
+                    and not active.cancelled
+                    and td.get("interrupt_response", True)
+                ):
+                    self.cancel(active, "turn_detected")
             else:
                 item_id = self._turn_item or new_id("item")
                 await self.send(
@@ -167,12 +200,15 @@ class EngineConnection:
                 await self.send(self.s.commit(item_id))
                 self._turn_item = None
                 self.after_commit(item_id)
+                active = self.s.active
                 if (
                     td.get("create_response", True)
                     and not self.s.transcription
-                    and self.s.active is None
+                    and (active is None or active.cancelled)
                 ):
-                    self.spawn(self.respond(self.s.plan_response({})))
+                    # A response this turn interrupted may still be closing; the new one
+                    # waits for it (start_response), so its response.done comes first.
+                    self.start_response(self.s.plan_response({}))
 
     def after_commit(self, item_id: str) -> None:
         # The brain reads words, not audio: every committed turn is recognised, whether or not
@@ -256,15 +292,20 @@ class EngineConnection:
             ]
         )
 
-    async def respond(self, plan: ResponsePlan) -> None:
-        """Run one response: the skeleton of protocol.md section 6, steps 10-22."""
+    async def respond(self, plan: ResponsePlan, prior: asyncio.Task[None] | None = None) -> None:
+        """Run one response: the skeleton of protocol.md section 6, steps 10-22.
+
+        ``prior``: the conversation's previous response, which must have ended first.
+        """
         s, resp = self.s, plan.response
+        if prior is not None and not prior.done():
+            await asyncio.wait({prior})
         await self.heard()
         # What the model reads: everything before this response's own output.
         text_in, audio_in = s.input_usage(plan)
         request = BrainRequest(
             instructions=plan.instructions,
-            items=plan.input_items if not plan.conversation else [public_item(i) for i in s.items],
+            items=[public_item(i) for i in (s.items if plan.conversation else plan.input_items)],
             tools=plan.tools,
             tool_choice=plan.tool_choice,
         )
@@ -273,20 +314,24 @@ class EngineConnection:
         failure: str | None = None
         try:
             await self.send([ev("response.created", response=dict(resp, output=[]))])
-            async for out in self.opts.brain.reply(request):
-                if plan.cancelled:
-                    break
-                if isinstance(out, TextDelta):
-                    if message is None:
-                        message = await self._open_message(plan, len(outputs))
-                        outputs.append(message.item)
-                    await self._speak(plan, message, out.text, final=False)
-                else:
-                    if message is not None:
-                        await self._speak(plan, message, "", final=True)
-                        await self._close_message(plan, message)
-                        message = None
-                    outputs.append(await self._function_call(plan, out, len(outputs)))
+            stop = self._stops.setdefault(resp["id"], asyncio.Event())
+            async with contextlib.aclosing(
+                _until_stopped(stop, self.opts.brain.reply(request))
+            ) as brain_outputs:
+                async for out in brain_outputs:
+                    if plan.cancelled:
+                        break
+                    if isinstance(out, TextDelta):
+                        if message is None:
+                            message = await self._open_message(plan, len(outputs))
+                            outputs.append(message.item)
+                        await self._speak(plan, message, out.text, final=False)
+                    else:
+                        if message is not None:
+                            await self._speak(plan, message, "", final=True)
+                            await self._close_message(plan, message)
+                            message = None
+                        outputs.append(await self._function_call(plan, out, len(outputs)))
             if message is not None and not plan.cancelled:
                 await self._speak(plan, message, "", final=True)
         except BrainError as exc:
@@ -297,6 +342,7 @@ class EngineConnection:
             log.exception("response failed")
             failure = f"internal error: {type(exc).__name__}"
         finally:
+            self._stops.pop(resp["id"], None)
             if message is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self._close_message(plan, message)
@@ -386,11 +432,15 @@ class EngineConnection:
         per_ms = self.s.output_bytes_per_ms()
         chunk = self.opts.audio_chunk_ms * per_ms
         idx = msg.indices(plan)
+        sent = 0
         for off in range(0, len(audio), chunk):
             if plan.cancelled:
-                return
+                break
             data = audio[off : off + chunk]
-            msg.audio_ms += len(data) // per_ms
+            sent += len(data)
+            # From the bytes sent so far, so sub-millisecond chunk ends are not lost.
+            msg.audio_bytes += len(data)
+            msg.audio_ms = msg.audio_bytes // per_ms
             await self.send(
                 [
                     ev(
@@ -402,9 +452,13 @@ class EngineConnection:
                 ]
             )
             await asyncio.sleep(0)
+        # What was sent, as 24 kHz PCM16: conversation.item.retrieve returns it (protocol.md 2.1).
+        keep = sent * PCM_BYTES_PER_MS // per_ms
+        msg.pcm += pcm[: keep - keep % 2]
 
     async def _close_message(self, plan: ResponsePlan, msg: _MessageOut) -> None:
-        text, idx = msg.text.strip(), msg.indices(plan)
+        # The whole text is exactly its deltas joined, as clients that accumulate them expect.
+        text, idx = msg.text, msg.indices(plan)
         if msg.audio:
             content: dict[str, Any] = {"type": "output_audio", "transcript": text}
             closing = [
@@ -433,6 +487,8 @@ class EngineConnection:
         item = msg.item
         item["content"] = [content]
         item["status"] = "incomplete" if plan.cancelled else "completed"
+        if msg.audio:
+            item["_audio"] = bytes(msg.pcm)
         self.s.audio_ms_by_item[item["id"]] = msg.audio_ms
         plan.text_out += count_tokens(text)
         plan.audio_out_ms += msg.audio_ms
@@ -562,8 +618,7 @@ class EngineConnection:
                 "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
             },
         )
-        if s.active is plan:
-            s.active = None
+        s.finished(plan)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.send(
                 [
@@ -583,6 +638,36 @@ class EngineConnection:
             )
 
 
+async def _until_stopped(
+    stop: asyncio.Event, outputs: AsyncIterator[BrainOutput]
+) -> AsyncGenerator[BrainOutput, None]:
+    """The brain's outputs until ``stop`` is set, which interrupts a brain still thinking.
+
+    Each step runs as its own task so it can be abandoned: cancelling it unwinds the brain (an
+    HTTP stream is closed) and ``response.done`` need not wait for a slow or stalled model.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[BrainOutput] | None = None
+    try:
+        while not stop.is_set():
+            step = asyncio.ensure_future(anext(outputs))
+            await asyncio.wait((step, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                out = step.result()
+            except StopAsyncIteration:
+                return
+            yield out
+    finally:
+        stopped.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            await asyncio.wait({step})
+        if isinstance(outputs, AsyncGenerator):
+            await outputs.aclose()
+
+
 _SENTENCE = re.compile(r"[.!?;:](?=\s)")
 
 
@@ -600,7 +685,9 @@ class _MessageOut:
     audio: bool
     text: str = ""
     pending: str = ""
+    audio_bytes: int = 0
     audio_ms: int = 0
+    pcm: bytearray = field(default_factory=bytearray)
 
     def indices(self, plan: ResponsePlan) -> dict[str, Any]:
         return {

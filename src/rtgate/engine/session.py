@@ -130,9 +130,13 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
     }
 
 
+_WHOLE = frozenset({"turn_detection", "format"})
+
+
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "turn_detection":
+        # A turn detector or an audio format is replaced whole: a new format keeps no old rate.
+        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in _WHOLE:
             _merge(dst[k], v)
         else:
             dst[k] = copy.deepcopy(v)
@@ -169,6 +173,8 @@ class EngineSession:
     appended_ms: float = 0.0
     buffer_start_ms: float = 0.0
     active: ResponsePlan | None = None
+    #: Every response not yet done, out-of-band ones included, by id (for response.cancel).
+    running: dict[str, ResponsePlan] = field(default_factory=dict)
     conversation_id: str = field(default_factory=lambda: new_id("conv"))
     #: Audio milliseconds produced per assistant item (for truncate).
     audio_ms_by_item: dict[str, int] = field(default_factory=dict)
@@ -226,10 +232,11 @@ class EngineSession:
     # -- dispatch -----------------------------------------------------------------------------
     def handle(self, event: Any) -> tuple[list[Event], ResponsePlan | None]:
         """Apply one client event; return the events to send and a response to start, if any."""
+        eid = event.get("event_id") if isinstance(event, dict) else None
+        eid = eid if isinstance(eid, str) else None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            return [self.error("invalid_event", "The 'type' field is missing.", "type")], None
+            return [self.error("invalid_event", "The 'type' field is missing.", "type", eid)], None
         etype = event["type"]
-        eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if etype not in _CLIENT_TYPES:
             return [
                 self.error(
@@ -364,6 +371,15 @@ class EngineSession:
         return self.encode(pcm24k, self.output_format)
 
     @staticmethod
+    def decode(clip: bytes, fmt: str) -> bytes:
+        """A whole clip in ``fmt`` -> 24 kHz PCM16."""
+        if fmt == "audio/pcm":
+            return clip[: len(clip) - len(clip) % 2]
+        from rtgate.engine.audio import audio_format, to_pcm24k
+
+        return to_pcm24k(clip, audio_format(fmt))
+
+    @staticmethod
     def encode(pcm24k: bytes, fmt: str) -> bytes:
         if fmt == "audio/pcm":
             return pcm24k
@@ -417,6 +433,7 @@ class EngineSession:
     def _on_input_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         self.buffer.clear()
         self.buffer_start_ms = self.appended_ms
+        self._in_conv = None  # the resampler's held-back samples are cleared audio too
         return [ev("input_audio_buffer.cleared")], None
 
     def _on_output_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
@@ -448,7 +465,19 @@ class EngineSession:
         if item["type"] == "message":
             for c in item.get("content") or []:
                 if c.get("type") == "input_audio" and isinstance(c.get("audio"), str):
-                    item["_audio"] = base64.b64decode(c["audio"])
+                    try:
+                        clip = base64.b64decode(c["audio"], validate=True)
+                    except ValueError:
+                        return [
+                            self.error(
+                                "invalid_value",
+                                "Invalid 'item.content.audio': not valid base64.",
+                                "item.content.audio",
+                                eid,
+                            )
+                        ], None
+                    # Like appended audio, it is in the session's input format.
+                    item["_audio"] = self.decode(clip, self.input_format)
         if prev_req is None:
             prev = self._last_item_id()
             self.items.append(item)
@@ -527,6 +556,8 @@ class EngineSession:
                 )
             ], None
         self.audio_ms_by_item[item_id] = end
+        if "_audio" in item:
+            item["_audio"] = item["_audio"][: end * PCM_BYTES_PER_MS]
         for c in item.get("content") or []:
             if c.get("type") == "output_audio" and produced:
                 text = c.get("transcript") or ""
@@ -555,7 +586,9 @@ class EngineSession:
         params = e.get("response") if isinstance(e.get("response"), dict) else {}
         assert isinstance(params, dict)
         conversation = params.get("conversation", "auto") != "none"
-        if conversation and self.active is not None:
+        # A cancelled response is over for the client (its response.done is on the way, and
+        # engine.server sends it before the next response starts).
+        if conversation and self.active is not None and not self.active.cancelled:
             rid = self.active.response["id"]
             return [
                 self.error(
@@ -566,6 +599,20 @@ class EngineSession:
                     eid,
                 )
             ], None
+        for ref in params.get("input") or []:
+            if (
+                isinstance(ref, dict)
+                and ref.get("type") == "item_reference"
+                and self.find(str(ref.get("id"))) is None
+            ):
+                return [
+                    self.error(
+                        "invalid_value",
+                        f"Item with id '{ref.get('id')}' not found.",
+                        "response.input",
+                        eid,
+                    )
+                ], None
         return [], self.plan_response(params, conversation)
 
     def plan_response(self, params: dict[str, Any], conversation: bool = True) -> ResponsePlan:
@@ -590,7 +637,7 @@ class EngineSession:
             "metadata": params.get("metadata"),
         }
         inp = params.get("input")
-        items = [public_item(i) for i in self.items] if inp is None else list(inp)
+        items = [public_item(i) for i in self.items] if inp is None else [self._ref(i) for i in inp]
         plan = ResponsePlan(
             response=response,
             modalities=modalities,
@@ -603,11 +650,26 @@ class EngineSession:
         )
         if conversation:
             self.active = plan
+        self.running[response["id"]] = plan
         return plan
 
+    def _ref(self, item: Any) -> Any:
+        """An ``item_reference`` in a response's input, as the conversation item it names."""
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            return self.find(str(item.get("id"))) or item
+        return item
+
+    def finished(self, plan: ResponsePlan) -> None:
+        """``plan`` has sent its ``response.done``."""
+        self.running.pop(plan.response["id"], None)
+        if self.active is plan:
+            self.active = None
+
     def _on_response_cancel(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+        # With an id, any running response (out-of-band too); without, the conversation's.
         rid = e.get("response_id")
-        if self.active is None or (rid and rid != self.active.response["id"]):
+        plan = self.running.get(rid) if rid else self.active
+        if plan is None or plan.cancelled:
             return [
                 self.error(
                     "response_cancel_not_active",
@@ -616,8 +678,8 @@ class EngineSession:
                     eid,
                 )
             ], None
-        self.active.cancelled = True
-        self.active.cancel_reason = "client_cancelled"
+        plan.cancelled = True
+        plan.cancel_reason = "client_cancelled"
         return [], None
 
     def input_usage(self, plan: ResponsePlan) -> tuple[int, int]:
@@ -646,8 +708,10 @@ def _format_type(fmt: Any) -> str:
 
 
 def _valid_format(fmt: Any) -> bool:
-    t = fmt.get("type") if isinstance(fmt, dict) else fmt
-    rate = fmt.get("rate", 24000) if isinstance(fmt, dict) else 24000
+    # GA formats are objects (``{"type": "audio/pcmu"}``); a bare string is the beta shape.
+    if not isinstance(fmt, dict):
+        return False
+    t, rate = fmt.get("type"), fmt.get("rate", 24000)
     if t == "audio/pcm":
         return rate in (None, 24000)
     return t in ("audio/pcmu", "audio/pcma")
