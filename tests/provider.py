@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Transcript
-from rtgate.engine.server import EngineConnection, EngineOptions
+from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"

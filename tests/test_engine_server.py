@@ -40,7 +40,7 @@ from rtgate.engine.brain import (
     TextDelta,
     last_user_text,
 )
-from rtgate.engine.server import EngineOptions
+from rtgate.engine.options import EngineOptions
 from rtgate.engine.tokens import count_tokens
 from rtgate.engine.tts import ToneSynthesizer
 from rtgate.relay.endpoint import GATEWAY

@@ -21,7 +21,8 @@ from rtgate.auth.limits import LocalSessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
-from rtgate.engine.server import EngineOptions, add_engine_routes
+from rtgate.engine.options import EngineOptions
+from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from rtgate.config import EngineSettings
 from rtgate.engine.brain import EchoBrain, OpenAICompatibleBrain, ScriptedBrain
+from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Brain, Synthesizer, Transcriber
-from rtgate.engine.server import EngineOptions
 from rtgate.engine.vad import EnergyVad, VoiceActivityDetector
 
 log = logging.getLogger("rtgate.engine")

@@ -1,0 +1,453 @@
+"""Producing responses: protocol.md section 6, steps 10-22, for the local engine.
+
+The brain's output becomes output items: text and audio messages (synthesised sentence by
+sentence as the text streams in) and function calls. A response can be stopped at any point
+(cancel or barge-in); it always ends with ``response.done`` and its usage, then
+``rate_limits.updated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtgate.engine.brain import BrainError, BrainOutput, BrainRequest, FunctionCall, TextDelta
+from rtgate.engine.options import EngineOptions
+from rtgate.engine.session import (
+    PCM_BYTES_PER_MS,
+    EngineSession,
+    Event,
+    ResponsePlan,
+    ev,
+    obfuscation,
+    public_item,
+)
+from rtgate.engine.tokens import count_tokens
+from rtgate.protocol.ids import new_id
+
+log = logging.getLogger("rtgate.engine")
+
+
+class Responder:
+    """Response production, mixed into ``EngineConnection`` (which provides these members)."""
+
+    s: EngineSession
+    opts: EngineOptions
+    #: A stop signal per running response (set by cancel and barge-in).
+    _stops: dict[str, asyncio.Event]
+
+    async def send(self, events: list[Event]) -> None:
+        """Provided by the connection: send events in order."""
+
+    async def heard(self) -> None:
+        """Provided by the connection: wait for pending recognition of user turns."""
+
+    async def respond(self, plan: ResponsePlan, prior: asyncio.Task[None] | None = None) -> None:
+        """Run one response: the skeleton of protocol.md section 6, steps 10-22.
+
+        ``prior``: the conversation's previous response, which must have ended first.
+        """
+        s, resp = self.s, plan.response
+        if prior is not None and not prior.done():
+            await asyncio.wait({prior})
+        await self.heard()
+        # What the model reads: everything before this response's own output.
+        text_in, audio_in = s.input_usage(plan)
+        request = BrainRequest(
+            instructions=plan.instructions,
+            items=[public_item(i) for i in (s.items if plan.conversation else plan.input_items)],
+            tools=plan.tools,
+            tool_choice=plan.tool_choice,
+        )
+        outputs: list[dict[str, Any]] = []
+        message: _MessageOut | None = None
+        failure: str | None = None
+        try:
+            await self.send([ev("response.created", response=dict(resp, output=[]))])
+            stop = self._stops.setdefault(resp["id"], asyncio.Event())
+            async with contextlib.aclosing(
+                _until_stopped(stop, self.opts.brain.reply(request))
+            ) as brain_outputs:
+                async for out in brain_outputs:
+                    if plan.cancelled:
+                        break
+                    if isinstance(out, TextDelta):
+                        if message is None:
+                            message = await self._open_message(plan, len(outputs))
+                            outputs.append(message.item)
+                        await self._speak(plan, message, out.text, final=False)
+                    else:
+                        if message is not None:
+                            await self._speak(plan, message, "", final=True)
+                            await self._close_message(plan, message)
+                            message = None
+                        outputs.append(await self._function_call(plan, out, len(outputs)))
+            if message is not None and not plan.cancelled:
+                await self._speak(plan, message, "", final=True)
+        except BrainError as exc:
+            log.warning("brain failed: %s", exc)
+            failure = str(exc)
+        except Exception as exc:
+            # Whatever broke, the client still gets its response.done (protocol 5.9).
+            log.exception("response failed")
+            failure = f"internal error: {type(exc).__name__}"
+        finally:
+            self._stops.pop(resp["id"], None)
+            if message is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self._close_message(plan, message)
+            await self._finish(plan, outputs, text_in, audio_in, failure)
+
+    async def _open_message(self, plan: ResponsePlan, index: int) -> _MessageOut:
+        item: dict[str, Any] = {
+            "id": new_id("item"),
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        msg = _MessageOut(item=item, index=index, audio="audio" in plan.modalities)
+        prev = self._add_item(plan, item)
+        await self.send(
+            [
+                ev(
+                    "response.output_item.added",
+                    response_id=plan.response["id"],
+                    output_index=index,
+                    item=public_item(item),
+                ),
+                *(
+                    [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
+                    if plan.conversation
+                    else []
+                ),
+                ev(
+                    "response.content_part.added",
+                    content_index=0,
+                    part={"type": "audio", "transcript": ""}
+                    if msg.audio
+                    else {"type": "text", "text": ""},
+                    **msg.indices(plan),
+                ),
+            ]
+        )
+        return msg
+
+    def _add_item(self, plan: ResponsePlan, item: dict[str, Any]) -> str | None:
+        if not plan.conversation:
+            return None
+        prev = self.s.items[-1]["id"] if self.s.items else None
+        self.s.items.append(item)
+        return prev
+
+    async def _speak(self, plan: ResponsePlan, msg: _MessageOut, text: str, *, final: bool) -> None:
+        """Stream ``text``; with audio, synthesise each sentence as soon as it is complete."""
+        idx = msg.indices(plan)
+        if text:
+            msg.text += text
+            if not msg.audio:
+                await self.send(
+                    [ev("response.output_text.delta", content_index=0, delta=text, **idx)]
+                )
+                return
+            await self.send(
+                [
+                    ev(
+                        "response.output_audio_transcript.delta",
+                        content_index=0,
+                        delta=text,
+                        obfuscation=obfuscation(),
+                        **idx,
+                    )
+                ]
+            )
+            msg.pending += text
+        if not msg.audio:
+            return
+        while True:
+            cut = _sentence_end(msg.pending)
+            if cut is None:
+                if not final or not msg.pending.strip():
+                    return
+                cut = len(msg.pending)
+            sentence, msg.pending = msg.pending[:cut], msg.pending[cut:]
+            await self._synthesize(plan, msg, sentence.strip())
+
+    async def _synthesize(self, plan: ResponsePlan, msg: _MessageOut, sentence: str) -> None:
+        if not sentence:
+            return
+        pcm = await self.opts.synthesizer.synthesize(sentence, plan.voice)
+        audio = self.s.encode_output(pcm)
+        per_ms = self.s.output_bytes_per_ms()
+        chunk = self.opts.audio_chunk_ms * per_ms
+        idx = msg.indices(plan)
+        sent = 0
+        for off in range(0, len(audio), chunk):
+            if plan.cancelled:
+                break
+            data = audio[off : off + chunk]
+            sent += len(data)
+            # From the bytes sent so far, so sub-millisecond chunk ends are not lost.
+            msg.audio_bytes += len(data)
+            msg.audio_ms = msg.audio_bytes // per_ms
+            await self.send(
+                [
+                    ev(
+                        "response.output_audio.delta",
+                        content_index=0,
+                        delta=base64.b64encode(data).decode(),
+                        **idx,
+                    )
+                ]
+            )
+            await asyncio.sleep(0)
+        # What was sent, as 24 kHz PCM16: conversation.item.retrieve returns it (protocol.md 2.1).
+        keep = sent * PCM_BYTES_PER_MS // per_ms
+        msg.pcm += pcm[: keep - keep % 2]
+
+    async def _close_message(self, plan: ResponsePlan, msg: _MessageOut) -> None:
+        # The whole text is exactly its deltas joined, as clients that accumulate them expect.
+        text, idx = msg.text, msg.indices(plan)
+        if msg.audio:
+            content: dict[str, Any] = {"type": "output_audio", "transcript": text}
+            closing = [
+                ev("response.output_audio.done", content_index=0, **idx),
+                ev(
+                    "response.output_audio_transcript.done", content_index=0, transcript=text, **idx
+                ),
+                ev(
+                    "response.content_part.done",
+                    content_index=0,
+                    part={"type": "audio", "transcript": text},
+                    **idx,
+                ),
+            ]
+        else:
+            content = {"type": "output_text", "text": text}
+            closing = [
+                ev("response.output_text.done", content_index=0, text=text, **idx),
+                ev(
+                    "response.content_part.done",
+                    content_index=0,
+                    part={"type": "text", "text": text},
+                    **idx,
+                ),
+            ]
+        item = msg.item
+        item["content"] = [content]
+        item["status"] = "incomplete" if plan.cancelled else "completed"
+        if msg.audio:
+            item["_audio"] = bytes(msg.pcm)
+        self.s.audio_ms_by_item[item["id"]] = msg.audio_ms
+        plan.text_out += count_tokens(text)
+        plan.audio_out_ms += msg.audio_ms
+        await self._close_item(plan, item, msg.index, closing)
+
+    async def _close_item(
+        self, plan: ResponsePlan, item: dict[str, Any], index: int, closing: list[Event]
+    ) -> None:
+        tail = [
+            *closing,
+            ev(
+                "response.output_item.done",
+                response_id=plan.response["id"],
+                output_index=index,
+                item=public_item(item),
+            ),
+        ]
+        if plan.conversation:
+            prev = self._previous_of(item["id"])
+            tail.append(ev("conversation.item.done", previous_item_id=prev, item=public_item(item)))
+        await self.send(tail)
+
+    def _previous_of(self, item_id: str) -> str | None:
+        ids = [i["id"] for i in self.s.items]
+        pos = ids.index(item_id) if item_id in ids else 0
+        return ids[pos - 1] if pos > 0 else None
+
+    async def _function_call(
+        self, plan: ResponsePlan, call: FunctionCall, index: int
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": new_id("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": call.name,
+            "call_id": call.call_id,
+            "arguments": "",
+        }
+        prev = self._add_item(plan, item)
+        rid = plan.response["id"]
+        await self.send(
+            [
+                ev(
+                    "response.output_item.added",
+                    response_id=rid,
+                    output_index=index,
+                    item=public_item(item),
+                ),
+                *(
+                    [ev("conversation.item.added", previous_item_id=prev, item=public_item(item))]
+                    if plan.conversation
+                    else []
+                ),
+                ev(
+                    "response.function_call_arguments.delta",
+                    response_id=rid,
+                    item_id=item["id"],
+                    output_index=index,
+                    call_id=call.call_id,
+                    delta=call.arguments,
+                ),
+            ]
+        )
+        item["arguments"] = call.arguments
+        item["status"] = "completed"
+        plan.text_out += count_tokens(call.name) + count_tokens(call.arguments)
+        await self._close_item(
+            plan,
+            item,
+            index,
+            [
+                ev(
+                    "response.function_call_arguments.done",
+                    response_id=rid,
+                    item_id=item["id"],
+                    output_index=index,
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                ),
+            ],
+        )
+        return item
+
+    async def _finish(
+        self,
+        plan: ResponsePlan,
+        outputs: list[dict[str, Any]],
+        text_in: int,
+        audio_in: int,
+        failure: str | None,
+    ) -> None:
+        s, resp = self.s, plan.response
+        text_out, audio_out = plan.text_out, plan.audio_out_ms // 50
+        if failure is not None:
+            status, details = (
+                "failed",
+                {
+                    "type": "failed",
+                    "error": {"type": "server_error", "code": "brain_error", "message": failure},
+                },
+            )
+        elif plan.cancelled:
+            status, details = "cancelled", {"type": "cancelled", "reason": plan.cancel_reason}
+        else:
+            status, details = "completed", None
+        resp.update(
+            status=status,
+            status_details=details,
+            output=[public_item(i) for i in outputs],
+            usage={
+                "total_tokens": text_in + audio_in + text_out + audio_out,
+                "input_tokens": text_in + audio_in,
+                "output_tokens": text_out + audio_out,
+                "input_token_details": {
+                    "text_tokens": text_in,
+                    "audio_tokens": audio_in,
+                    "image_tokens": 0,
+                    "cached_tokens": 0,
+                    "cached_tokens_details": {
+                        "text_tokens": 0,
+                        "audio_tokens": 0,
+                        "image_tokens": 0,
+                    },
+                },
+                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+            },
+        )
+        s.finished(plan)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.send(
+                [
+                    ev("response.done", response=resp),
+                    ev(
+                        "rate_limits.updated",
+                        rate_limits=[
+                            {
+                                "name": "tokens",
+                                "limit": 40000,
+                                "remaining": max(0, 40000 - text_in - audio_in),
+                                "reset_seconds": 0.0,
+                            }
+                        ],
+                    ),
+                ]
+            )
+
+
+async def _until_stopped(
+    stop: asyncio.Event, outputs: AsyncIterator[BrainOutput]
+) -> AsyncGenerator[BrainOutput, None]:
+    """The brain's outputs until ``stop`` is set, which interrupts a brain still thinking.
+
+    Each step runs as its own task so it can be abandoned: cancelling it unwinds the brain (an
+    HTTP stream is closed) and ``response.done`` need not wait for a slow or stalled model.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[BrainOutput] | None = None
+    try:
+        while not stop.is_set():
+            step = asyncio.ensure_future(anext(outputs))
+            await asyncio.wait((step, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                out = step.result()
+            except StopAsyncIteration:
+                return
+            yield out
+    finally:
+        stopped.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            await asyncio.wait({step})
+        if isinstance(outputs, AsyncGenerator):
+            await outputs.aclose()
+
+
+_SENTENCE = re.compile(r"[.!?;:](?=\s)")
+
+
+def _sentence_end(text: str) -> int | None:
+    m = _SENTENCE.search(text)
+    return m.end() if m else None
+
+
+@dataclass
+class _MessageOut:
+    """An assistant message being produced."""
+
+    item: dict[str, Any]
+    index: int
+    audio: bool
+    text: str = ""
+    pending: str = ""
+    audio_bytes: int = 0
+    audio_ms: int = 0
+    pcm: bytearray = field(default_factory=bytearray)
+
+    def indices(self, plan: ResponsePlan) -> dict[str, Any]:
+        return {
+            "response_id": plan.response["id"],
+            "item_id": self.item["id"],
+            "output_index": self.index,
+        }
