@@ -76,7 +76,11 @@ class FakeProvider:
             return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
-        if request.headers.get("Authorization") != f"Bearer {self.key}":
+        # OpenAI takes a Bearer token; Azure OpenAI an ``api-key`` header.
+        authorized = request.headers.get("Authorization") == f"Bearer {self.key}" or (
+            request.headers.get("api-key") == self.key
+        )
+        if not authorized:
             await ws.send_str(
                 orjson.dumps(
                     {

@@ -465,3 +465,34 @@ async def test_a_slow_client_slows_only_its_own_upstream(
             assert len(msg) == size + 49
             received += 1
     assert provider.flooded == count
+
+
+async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    tmp_path: Any,
+) -> None:
+    cfg = tmp_path / "azure.toml"
+    cfg.write_text(
+        f'[upstreams.azure]\nkind = "azure"\nbase_url = "{provider.base_url}"\n'
+        'api_key_env = "AZURE_OPENAI_API_KEY"\nproject = "proj_1"\n'
+        '[models.voice-eu]\nupstream = "azure"\nupstream_model = "my-deployment"\n'
+        'prices = "gpt-realtime"\n'
+    )
+    gw = await start_gateway(
+        make_settings(
+            RTGATE_CONFIG=str(cfg), OPENAI_API_KEY="sk-openai", AZURE_OPENAI_API_KEY=PROVIDER_KEY
+        )
+    )
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=voice-eu", additional_headers={"Authorization": f"Bearer {key}"}
+    ) as ws:
+        (created,) = await first_events(ws, 1)
+        assert created["type"] == "session.created"
+    up = provider.upgrades[-1]
+    assert up.path == "/v1/realtime" and up.query == {"model": "my-deployment"}
+    assert up.headers["api-key"] == PROVIDER_KEY
+    assert "Authorization" not in up.headers and "sk-openai" not in str(up.headers)
+    assert up.headers["OpenAI-Project"] == "proj_1"
