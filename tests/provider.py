@@ -167,3 +167,24 @@ class _TestConnection(EngineConnection):
         elif kind == "test.sleep":
             await asyncio.sleep(e["seconds"])
         return False
+
+
+def emit_response_done(rid: str, text_in: int, audio_out: int = 0) -> str:
+    """A ``test.emit`` frame: the provider sends a ``response.done`` with this usage."""
+    usage = {
+        "input_tokens": text_in,
+        "output_tokens": audio_out,
+        "input_token_details": {"text_tokens": text_in},
+        "output_token_details": {"audio_tokens": audio_out},
+    }
+    event = {
+        "type": "response.done",
+        "event_id": f"event_{rid}",
+        "response": {
+            "id": rid,
+            "object": "realtime.response",
+            "status": "completed",
+            "usage": usage,
+        },
+    }
+    return orjson.dumps({"type": "test.emit", "event": event}).decode()

@@ -12,51 +12,21 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
-from tests.process import free_port, wait_ready
-from tests.provider import PROVIDER_KEY, FakeProvider
-
-
-def usage_done(i: int) -> str:
-    usage = {
-        "input_tokens": 100 + i,
-        "output_tokens": 10,
-        "input_token_details": {"text_tokens": 100 + i},
-        "output_token_details": {"audio_tokens": 10},
-    }
-    event = {
-        "type": "response.done",
-        "event_id": f"event_{i}",
-        "response": {
-            "id": f"resp_{i}",
-            "object": "realtime.response",
-            "status": "completed",
-            "usage": usage,
-        },
-    }
-    return orjson.dumps({"type": "test.emit", "event": event}).decode()
+from tests.process import create_key, free_port, gateway_env, wait_ready
+from tests.provider import PROVIDER_KEY, FakeProvider, emit_response_done
 
 
 async def test_records_survive_sigkill_right_after_delivery(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "RTGATE_HOME": str(tmp_path / "home"),
-        "RTGATE_PORT": str(port),
-        "RTGATE_OPENAI_BASE_URL": provider.base_url,
-        "OPENAI_API_KEY": PROVIDER_KEY,
-    }
-    env.pop("RTGATE_DATABASE_URL", None)
-    env.pop("RTGATE_CONFIG", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "rtgate", "keys", "create", "--name", "crash"],
-        env=env,
-        capture_output=True,
-        check=True,
-        text=True,
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY=PROVIDER_KEY,
     )
-    key = out.stdout.strip().splitlines()[-1]
+    key = create_key(env, "crash")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtgate", "serve"],
         env=env,
@@ -72,7 +42,7 @@ async def test_records_survive_sigkill_right_after_delivery(
         ) as ws:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
             for i in range(30):
-                await ws.send(usage_done(i))
+                await ws.send(emit_response_done(f"resp_{i}", 100 + i, 10))
             while received < 5:
                 if orjson.loads(await ws.recv())["type"] == "response.done":
                     received += 1

@@ -29,7 +29,7 @@ from rtgate.config import Settings
 from rtgate.errors import PolicyError
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
-from tests.provider import FakeProvider
+from tests.provider import FakeProvider, emit_response_done
 
 # -- pure --------------------------------------------------------------------------------------
 
@@ -201,35 +201,17 @@ async def test_sessions_per_minute(
         pass
 
 
-def usage_done(rid: str, text_in: int) -> str:
-    event = {
-        "type": "response.done",
-        "event_id": "event_x",
-        "response": {
-            "id": rid,
-            "object": "realtime.response",
-            "status": "completed",
-            "usage": {
-                "input_tokens": text_in,
-                "output_tokens": 0,
-                "input_token_details": {"text_tokens": text_in},
-            },
-        },
-    }
-    return orjson.dumps({"type": "test.emit", "event": event}).decode()
-
-
 async def test_a_budget_crossed_mid_session_ends_it_billed_to_the_microdollar(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await key_with(gateway, budget_usd_total=Decimal("0.010"))
     ws = await opened(gateway, key)
     async with ws:
-        await ws.send(usage_done("resp_1", 1500))  # $0.006 at $4 / 1M
+        await ws.send(emit_response_done("resp_1", 1500))  # $0.006 at $4 / 1M
         assert orjson.loads(await ws.recv())["type"] == "response.done"
         await ws.send('{"type":"input_audio_buffer.clear"}')
         assert orjson.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
-        await ws.send(usage_done("resp_2", 1000))  # +$0.004 = $0.010: the budget is reached
+        await ws.send(emit_response_done("resp_2", 1000))  # +$0.004 = $0.010: the budget is reached
         done = orjson.loads(await ws.recv())
         assert done["type"] == "response.done"  # the usage that crossed is still delivered
         err = orjson.loads(await ws.recv())
@@ -252,7 +234,7 @@ async def test_a_daily_budget_resets_the_next_utc_day(
     gw = await start_gateway(make_settings(), clock=clock)
     key = await key_with(gw, budget_usd_day=Decimal("0.004"))
     async with await opened(gw, key) as ws:
-        await ws.send(usage_done("resp_1", 1000))
+        await ws.send(emit_response_done("resp_1", 1000))
         assert orjson.loads(await ws.recv())["type"] == "response.done"
         assert orjson.loads(await ws.recv())["error"]["code"] == "insufficient_quota"
     event, _ = await refusal(gw, key)

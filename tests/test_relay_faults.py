@@ -20,25 +20,7 @@ from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.port import SessionOpen
 from rtgate.store.sql import SqlStore, StoreError
 from tests.conftest import RunningGateway
-from tests.provider import FakeProvider
-
-
-def emit_done(rid: str, text_in: int = 100) -> str:
-    event = {
-        "type": "response.done",
-        "event_id": "event_1",
-        "response": {
-            "id": rid,
-            "object": "realtime.response",
-            "status": "completed",
-            "usage": {
-                "input_tokens": text_in,
-                "output_tokens": 0,
-                "input_token_details": {"text_tokens": text_in},
-            },
-        },
-    }
-    return orjson.dumps({"type": "test.emit", "event": event}).decode()
+from tests.provider import FakeProvider, emit_response_done
 
 
 async def open_ws(gw: RunningGateway, key: str, query: str = "model=gpt-realtime") -> Any:
@@ -71,7 +53,7 @@ async def test_a_store_that_cannot_commit_spills_and_still_delivers(
 
     store.add_usage = broken
     async with await open_ws(gateway, key) as ws:
-        await ws.send(emit_done("resp_spilled"))
+        await ws.send(emit_response_done("resp_spilled", 100))
         assert orjson.loads(await ws.recv())["type"] == "response.done"
     spill = gateway.settings.home / "usage-spill.jsonl"
     (line,) = spill.read_bytes().splitlines()
@@ -101,7 +83,7 @@ async def test_usage_that_can_be_neither_stored_nor_spilled_is_not_delivered(
 
     gw.store.add_usage = broken
     async with await open_ws(gw, key) as ws:
-        await ws.send(emit_done("resp_lost"))
+        await ws.send(emit_response_done("resp_lost", 100))
         event = orjson.loads(await ws.recv())
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
@@ -135,7 +117,7 @@ async def test_sideband_sessions_price_by_the_upstream_session_model(
 ) -> None:
     key = await gateway.new_key()
     async with await open_ws(gateway, key, "call_id=rtc_123") as ws:
-        await ws.send(emit_done("resp_side", text_in=1000))
+        await ws.send(emit_response_done("resp_side", text_in=1000))
         assert orjson.loads(await ws.recv())["type"] == "response.done"
     assert provider.upgrades[-1].query == {"call_id": "rtc_123"}
     (row,) = await gateway.store.usage_summary()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from tests.process import free_port, wait_ready
+from tests.process import create_key, free_port, gateway_env, wait_ready
 from tests.provider import PROVIDER_KEY, FakeProvider
 
 
@@ -25,23 +24,13 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
     tmp_path: Path, provider: FakeProvider, upstream: str
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "RTGATE_HOME": str(tmp_path / "home"),
-        "RTGATE_PORT": str(port),
-        "RTGATE_OPENAI_BASE_URL": provider.base_url,
-        "OPENAI_API_KEY": PROVIDER_KEY if upstream == "provider" else "",
-    }
-    env.pop("RTGATE_DATABASE_URL", None)
-    env.pop("RTGATE_CONFIG", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "rtgate", "keys", "create", "--name", "w"],
-        env=env,
-        capture_output=True,
-        check=True,
-        text=True,
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY=PROVIDER_KEY if upstream == "provider" else "",
     )
-    key = out.stdout.strip().splitlines()[-1]
+    key = create_key(env, "w")
     log_file = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtgate", "serve", "--workers", "2"],
