@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,13 +18,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from rtgate.api.views import dump, key_view, new_key_view, session_row, timestamp, usage_row
 from rtgate.auth.keyring import KeyRing
-from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, policy_view
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
 from rtgate.metering.cost import usd_str
-from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
 
@@ -77,24 +76,8 @@ def _console() -> Console:
     return console
 
 
-def _ts(t: float | None) -> str | None:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
-
-
 def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _key_json(k: KeyInfo) -> dict[str, Any]:
-    return {
-        "id": k.id,
-        "name": k.name,
-        "prefix": k.display_prefix,
-        "created_at": _ts(k.created_at),
-        "revoked_at": _ts(k.revoked_at),
-        "active": k.active,
-        "policy": policy_view(KeyPolicy.from_json(k.policy_json)),
-    }
 
 
 def _checked(fn: Callable[[], T]) -> T:
@@ -103,10 +86,6 @@ def _checked(fn: Callable[[], T]) -> T:
     except GatewayError as err:
         Console(stderr=True).print(f"[red]error:[/red] {err.message}")
         raise typer.Exit(2) from err
-
-
-def _tokens(u: Usage) -> dict[str, int]:
-    return {f: getattr(u, f) for f in TOKEN_FIELDS}
 
 
 @app.callback()
@@ -208,7 +187,7 @@ def keys_create(
     policy = _checked(lambda: apply_update(KeyPolicy(), update))
     info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
     if as_json:
-        _print_json({**_key_json(info), "secret": secret})
+        _print_json(dump(new_key_view(info, secret)))
         return
     typer.echo(f"Created key {info.id} ({info.name}, {info.display_prefix}).")
     typer.echo("Store this secret now; it is not kept and cannot be shown again:")
@@ -266,7 +245,7 @@ def keys_update(
         Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
-        _print_json(_key_json(info))
+        _print_json(dump(key_view(info)))
     else:
         typer.echo(f"Updated {info.id} ({info.name}).")
 
@@ -276,7 +255,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
     """List keys (secrets are never shown: only their prefix)."""
     keys = _with_store(lambda st: KeyRing(st, SystemClock()).list())
     if as_json:
-        _print_json([_key_json(k) for k in keys])
+        _print_json(dump([key_view(k) for k in keys]))
         return
     table = Table("id", "name", "prefix", "created", "status")
     for k in keys:
@@ -284,8 +263,8 @@ def keys_list(as_json: JsonOpt = False) -> None:
             k.id,
             k.name,
             k.display_prefix,
-            _ts(k.created_at),
-            "active" if k.active else f"revoked {_ts(k.revoked_at)}",
+            timestamp(k.created_at),
+            "active" if k.active else f"revoked {timestamp(k.revoked_at)}",
         )
     _console().print(table)
 
@@ -298,7 +277,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
         Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
-        _print_json(_key_json(info))
+        _print_json(dump(key_view(info)))
     else:
         typer.echo(f"Revoked {info.id} ({info.name}).")
 
@@ -312,21 +291,7 @@ def usage(
     """Usage and cost by key, model and UTC day."""
     rows = _with_store(lambda st: st.usage_summary(key, since))
     if as_json:
-        _print_json(
-            [
-                {
-                    "key_id": r.key_id,
-                    "key_name": r.key_name,
-                    "model": r.model,
-                    "day": r.day,
-                    "records": r.records,
-                    "tokens": _tokens(r.usage),
-                    "cost_usd": usd_str(r.charged_nanos),
-                    "provider_cost_usd": usd_str(r.provider_nanos),
-                }
-                for r in rows
-            ]
-        )
+        _print_json(dump([usage_row(r) for r in rows]))
         return
     table = Table(
         "day", "key", "model", "text in/out", "audio in/out", "cached in", "cost $", "provider $"
@@ -355,35 +320,14 @@ def sessions(
     """Recent sessions: key, model, start, duration, close, tokens and cost."""
     rows = _with_store(lambda st: st.recent_sessions(limit, key))
     if as_json:
-        _print_json(
-            [
-                {
-                    "id": r.id,
-                    "key_id": r.key_id,
-                    "key_name": r.key_name,
-                    "model": r.model,
-                    "upstream": r.upstream,
-                    "intent": r.intent,
-                    "started_at": _ts(r.started_at),
-                    "ended_at": _ts(r.ended_at),
-                    "duration_s": round(r.ended_at - r.started_at, 3) if r.ended_at else None,
-                    "close_code": r.close_code,
-                    "close_reason": r.close_reason,
-                    "closed_by": r.closed_by,
-                    "tokens": _tokens(r.usage),
-                    "cost_usd": usd_str(r.charged_nanos),
-                    "provider_cost_usd": usd_str(r.provider_nanos),
-                }
-                for r in rows
-            ]
-        )
+        _print_json(dump([session_row(r) for r in rows]))
         return
     table = Table("started", "key", "model", "duration", "close", "tokens", "cost $")
     for r in rows:
         dur = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "live"
         close = f"{r.close_code} {r.close_reason or ''}".strip() if r.close_code else "-"
         table.add_row(
-            _ts(r.started_at),
+            timestamp(r.started_at),
             r.key_name,
             r.model or "(transcription)",
             dur,

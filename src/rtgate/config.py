@@ -2,7 +2,8 @@
 
 Everything else receives a frozen ``Settings`` (or the parts of it it needs) as an argument.
 Provider keys are read from the environment only (``OPENAI_API_KEY`` or the variable an upstream
-names in ``api_key_env``), never from the file, so a config file can be shared or committed.
+names in ``api_key_env``), never from the file, so a config file can be shared or committed; so is
+the admin API's token (``RTGATE_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ class Settings(_Frozen):
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
+    #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
+    admin_token: SecretStr | None = Field(default=None, exclude=True)
 
     @property
     def resolved_database_url(self) -> str:
@@ -296,6 +300,11 @@ def load_settings(
         if key_env and env.get(key_env):
             up["api_key"] = env[key_env]
     raw["upstreams"] = upstreams
+
+    if "admin_token" in raw:
+        raise ConfigError("admin_token: the admin token is read from RTGATE_ADMIN_TOKEN only")
+    if env.get("RTGATE_ADMIN_TOKEN"):
+        raw["admin_token"] = env["RTGATE_ADMIN_TOKEN"]
 
     if "default_upstream" not in raw:
         raw["default_upstream"] = "openai" if "api_key" in openai else "local"

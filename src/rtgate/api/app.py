@@ -16,6 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from rtgate import __version__
+from rtgate.api.admin import PREFIX as ADMIN_PATH
+from rtgate.api.admin import create_admin_app
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter
 from rtgate.catalog import Catalog
@@ -123,6 +125,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
+    app.add_subapp(ADMIN_PATH, create_admin_app(settings))
     return app
 
 

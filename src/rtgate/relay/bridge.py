@@ -120,6 +120,12 @@ class Bridge:
         if self.session.close(code, reason, by):
             await self._close_both(code, reason)
 
+    async def terminate(self, err: GatewayError) -> None:
+        """End the session from outside with ``err`` (an operator's forced close): the client
+        gets its ``error`` event, then both sides close with its code and reason. A session
+        already ending is left alone."""
+        await self._end(err)
+
     async def _end(self, err: GatewayError) -> None:
         """The gateway ends the session: error event to the client, then both closed."""
         if self.session.close(err.close_code, err.close_reason, "gateway"):

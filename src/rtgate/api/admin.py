@@ -1,0 +1,406 @@
+"""The admin API under ``/admin/v1/``: keys, usage, sessions, and its own OpenAPI document.
+
+One operator token guards it: ``RTGATE_ADMIN_TOKEN``, sent as ``Authorization: Bearer <token>``
+and compared in constant time. With no token configured the API is disabled and every route
+answers 404. Errors carry OpenAI's body, ``{"error": {"message", "type", "code", "param"}}``, with
+the error's ``http_status``; nothing the caller sent is echoed back but an id.
+
+Every route is declared once, in ``OPERATIONS`` (``rtgate.api.operation``): aiohttp is wired from
+that table, and the OpenAPI document (``rtgate.api.openapi``) is generated from it and from the
+pydantic models it names, which are the same models that parse requests and render responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping
+from datetime import date
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from rtgate.api.openapi import openapi_document
+from rtgate.api.operation import Call, InvalidRequest, Operation, Reply
+from rtgate.api.views import (
+    ClosedSession,
+    ErrorDetail,
+    ErrorResponse,
+    KeyView,
+    LiveSession,
+    NewKeyView,
+    SessionRow,
+    UsageRow,
+    dump,
+    key_view,
+    live_session,
+    new_key_view,
+    session_row,
+    usage_csv,
+    usage_row,
+)
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.config import Settings
+from rtgate.errors import AuthError, GatewayError, PolicyError
+from rtgate.protocol.relay_session import SessionState
+
+PREFIX = "/admin/v1"
+
+log = logging.getLogger("rtgate.admin")
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class AdminDisabled(GatewayError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "admin_api_disabled"
+
+
+class NotFound(GatewayError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class SessionClosedByOperator(GatewayError):
+    """Sent to a client whose live session the operator closed; 1008 is RFC 6455's "policy
+    violation", the code for a session ended by the gateway's own rules."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "session_closed_by_operator"
+
+
+# aiohttp's own refusals (no such route, wrong method, body too large) in the same shape.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def _error(
+    status: int,
+    error_type: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = ErrorResponse(
+        error=ErrorDetail(message=message, type=error_type, code=code, param=param)
+    )
+    return web.Response(
+        body=orjson.dumps(dump(body)),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _gateway_error(err: GatewayError) -> web.Response:
+    # RFC 6750 section 3: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": 'Bearer realm="rtgate-admin"'} if err.http_status == 401 else {}
+    return _error(err.http_status, err.error_type, err.code, err.message, err.param, headers)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+    code = _HTTP_CODES.get(exc.status, "invalid_request")
+    return _error(exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers)
+
+
+# -- the token ------------------------------------------------------------------------------------
+
+
+def _digest(token: str) -> bytes:
+    # Equal-length digests make the comparison constant-time whatever was sent; headers arrive
+    # decoded with surrogateescape, so hash the original bytes and never raise.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def _guard(token: SecretStr | None) -> Middleware:
+    expected = None if token is None else _digest(token.get_secret_value())
+
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if expected is None:
+                raise AdminDisabled(
+                    "The admin API is disabled; set RTGATE_ADMIN_TOKEN to enable it."
+                )
+            given = _bearer(request.headers)
+            if given is None:
+                raise AuthError(
+                    "You didn't provide an admin token. Send it in an Authorization header "
+                    "using Bearer auth (i.e. Authorization: Bearer YOUR_ADMIN_TOKEN)."
+                )
+            if not hmac.compare_digest(_digest(given), expected):
+                raise AuthError("Incorrect admin token provided.")
+            return await handler(request)
+        except GatewayError as err:
+            return _gateway_error(err)
+        except web.HTTPException as exc:
+            return _http_error(exc)
+        except Exception:
+            # The boundary: a bug still answers in the documented shape; its traceback is logged.
+            log.exception("admin request failed: %s %s", request.method, request.path)
+            return _error(
+                500,
+                "server_error",
+                "server_error",
+                "The server had an error while processing your request.",
+            )
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await answer(request, handler)
+        # New keys' secrets, spend, who is connected: nothing here may sit in a cache.
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return guard
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+_DAY = r"^\d{4}-\d{2}-\d{2}$"
+
+
+class CreateKey(PolicyUpdate):
+    """A new key: a name for its owner, and any policy fields."""
+
+    # Names are printed in terminals and stored in a 200-character column: no control characters
+    # (escape sequences, NUL).
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str | None = Field(default=None, description="Only this key's usage.")
+    since: str | None = Field(
+        default=None,
+        pattern=_DAY,
+        json_schema_extra={"format": "date"},
+        description="From this UTC day on (YYYY-MM-DD).",
+    )
+    format: Literal["json", "csv"] = Field(default="json", description="JSON rows or CSV.")
+
+    @field_validator("since")
+    @classmethod
+    def _a_real_day(cls, v: str | None) -> str | None:
+        if v is not None:
+            date.fromisoformat(v)
+        return v
+
+
+class SessionsQuery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    limit: int = Field(default=20, ge=1, le=1000, description="How many, newest first.")
+    key_id: str | None = Field(default=None, description="Only this key's sessions.")
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+def _quoted(value: str) -> str:
+    return repr(value[:64])
+
+
+def _storable(base: KeyPolicy, update: PolicyUpdate) -> KeyPolicy:
+    """``update`` applied to ``base``, refused unless it reads back from the store unchanged
+    (an integer past 64 bits cannot be stored; an infinite duration would read back as none)."""
+    try:
+        policy = apply_update(base, update)
+    except PolicyError as err:
+        raise InvalidRequest(err.message, param=err.param) from err
+    except OverflowError as exc:  # a date past year 9999
+        raise InvalidRequest("A policy value is out of range.") from exc
+    try:
+        stored = KeyPolicy.from_json(policy.to_json())
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise InvalidRequest("A policy value is out of range.") from exc
+    if stored != policy:
+        raise InvalidRequest("A policy value is out of range.")
+    return policy
+
+
+def _no_key(key_id: str) -> NotFound:
+    return NotFound(f"No key with id {_quoted(key_id)}.", param="key_id")
+
+
+async def create_key(call: Call[None, CreateKey]) -> Reply:
+    policy = _storable(KeyPolicy(), call.body)
+    info, secret = await call.gw.keyring.create(call.body.name, policy)
+    return new_key_view(info, secret)
+
+
+async def list_keys(call: Call[None, None]) -> Reply:
+    return [key_view(k) for k in await call.gw.keyring.list()]
+
+
+async def get_key(call: Call[None, None]) -> Reply:
+    key_id = call.path("key_id")
+    key = await call.gw.keyring.get(key_id)
+    if key is None:
+        raise _no_key(key_id)
+    return key_view(key)
+
+
+async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
+    key_id, ring = call.path("key_id"), call.gw.keyring
+    key = await ring.get(key_id)
+    if key is None:
+        raise _no_key(key_id)
+    updated = await ring.set_policy(
+        key_id, _storable(KeyPolicy.from_json(key.policy_json), call.body)
+    )
+    if updated is None:
+        raise _no_key(key_id)
+    return key_view(updated)
+
+
+async def revoke_key(call: Call[None, None]) -> Reply:
+    key_id = call.path("key_id")
+    key = await call.gw.keyring.revoke(key_id)
+    if key is None:
+        raise _no_key(key_id)
+    return key_view(key)
+
+
+async def usage(call: Call[UsageQuery, None]) -> Reply:
+    q = call.query
+    rows = [usage_row(r) for r in await call.gw.store.usage_summary(q.key_id, q.since)]
+    if q.format == "csv":
+        return web.Response(text=usage_csv(rows), content_type="text/csv", charset="utf-8")
+    return rows
+
+
+async def recent_sessions(call: Call[SessionsQuery, None]) -> Reply:
+    q = call.query
+    return [session_row(r) for r in await call.gw.store.recent_sessions(q.limit, q.key_id)]
+
+
+async def live_sessions(call: Call[None, None]) -> Reply:
+    bridges = sorted(call.gw.live.values(), key=lambda b: b.session.opened_at)
+    return [live_session(b.session) for b in bridges]
+
+
+async def close_session(call: Call[None, None]) -> Reply:
+    session_id = call.path("session_id")
+    bridge = call.gw.live.get(session_id)
+    if bridge is None or bridge.session.state is not SessionState.OPEN:
+        raise NotFound(f"No live session with id {_quoted(session_id)}.", param="session_id")
+    before = live_session(bridge.session)
+    await bridge.terminate(SessionClosedByOperator("The gateway operator closed this session."))
+    s = bridge.session
+    return ClosedSession(
+        **dict(before), close_code=s.close_code, close_reason=s.close_reason, closed_by=s.closed_by
+    )
+
+
+async def openapi(call: Call[None, None]) -> Reply:
+    return web.Response(body=call.request.app[OPENAPI], content_type="application/json")
+
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (
+    Operation(
+        "POST",
+        "/keys",
+        create_key,
+        "Create a key; its secret is in this answer only",
+        status=201,
+        response=NewKeyView,
+        body=CreateKey,
+    ),
+    Operation("GET", "/keys", list_keys, "List keys", status=200, response=KeyView, many=True),
+    Operation(
+        "GET",
+        "/keys/{key_id}",
+        get_key,
+        "One key",
+        status=200,
+        response=KeyView,
+        not_found="No such key.",
+    ),
+    Operation(
+        "PATCH",
+        "/keys/{key_id}",
+        update_key,
+        "Change a key's policy; fields left out stay as they are",
+        status=200,
+        response=KeyView,
+        body=PolicyUpdate,
+        not_found="No such key.",
+    ),
+    Operation(
+        "POST",
+        "/keys/{key_id}/revoke",
+        revoke_key,
+        "Revoke a key; sessions it opens from now on are refused",
+        status=200,
+        response=KeyView,
+        not_found="No such key.",
+    ),
+    Operation(
+        "GET",
+        "/usage",
+        usage,
+        "Usage and cost by key, model and UTC day",
+        status=200,
+        response=UsageRow,
+        many=True,
+        query=UsageQuery,
+        csv=True,
+    ),
+    Operation(
+        "GET",
+        "/sessions",
+        recent_sessions,
+        "Recent sessions, newest first",
+        status=200,
+        response=SessionRow,
+        many=True,
+        query=SessionsQuery,
+    ),
+    Operation(
+        "GET",
+        "/sessions/live",
+        live_sessions,
+        "Sessions relayed now, with their usage so far",
+        status=200,
+        response=LiveSession,
+        many=True,
+    ),
+    Operation(
+        "POST",
+        "/sessions/{session_id}/close",
+        close_session,
+        "Close a live session: the client gets an error event, then close 1008",
+        status=200,
+        response=ClosedSession,
+        not_found="No live session with this id.",
+    ),
+    Operation("GET", "/openapi.json", openapi, "This document", status=200, response=None),
+)
+
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+
+
+def create_admin_app(settings: Settings) -> web.Application:
+    """The admin API as a sub-application, to be mounted at ``PREFIX``."""
+    admin = web.Application(middlewares=[_guard(settings.admin_token)])
+    for op in OPERATIONS:
+        admin.router.add_route(op.method, op.path, op.serve(), name=op.operation_id)
+    admin[OPENAPI] = orjson.dumps(openapi_document(OPERATIONS, PREFIX))
+    return admin

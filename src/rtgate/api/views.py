@@ -1,0 +1,245 @@
+"""How keys, usage and sessions look to the outside: ``--json`` on the CLI and the admin API.
+
+Each view is a pydantic model, so both surfaces render one row type the same way, and the admin
+API's OpenAPI document is generated from the very classes that produce its responses. Times are
+UTC ISO 8601 (``2026-01-31T12:00:00Z``); money is a USD decimal string with nine places, never a
+float.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from rtgate.auth.policy import KeyPolicy, policy_view
+from rtgate.metering.cost import usd_str
+from rtgate.protocol.usage import TOKEN_FIELDS, Usage
+from rtgate.store.port import KeyInfo, SessionSummary, UsageSummary
+
+if TYPE_CHECKING:
+    from rtgate.protocol.relay_session import RelaySession
+
+_TIME: dict[str, JsonValue] = {"format": "date-time"}
+_DAY: dict[str, JsonValue] = {"format": "date"}
+_USD = r"^-?\d+\.\d{9}$"
+
+
+class View(BaseModel):
+    # ``forbid``: a field added to a row or a policy fails loudly here instead of going missing.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tokens(View):
+    """Tokens by kind; input counts include their cached subsets."""
+
+    text_in: int
+    text_in_cached: int
+    audio_in: int
+    audio_in_cached: int
+    image_in: int
+    image_in_cached: int
+    text_out: int
+    audio_out: int
+    #: Duration-billed transcription (``whisper-1``).
+    audio_ms: int
+
+    @classmethod
+    def of(cls, u: Usage) -> Tokens:
+        return cls.model_validate({f: getattr(u, f) for f in TOKEN_FIELDS})
+
+
+class PolicyView(View):
+    """A key's policy in human units; ``null`` or empty means no limit."""
+
+    models: list[str]
+    max_sessions: int | None
+    sessions_per_minute: int | None
+    budget_usd_day: str | None = Field(pattern=_USD)
+    budget_usd_month: str | None = Field(pattern=_USD)
+    budget_usd_total: str | None = Field(pattern=_USD)
+    max_duration_s: float | None
+    expires_at: str | None = Field(json_schema_extra=_TIME)
+    session_defaults: dict[str, Any] | None
+    blocked_events: list[str]
+    keep_transcripts: bool
+
+
+class KeyView(View):
+    id: str
+    name: str
+    #: The first characters of the secret, enough to tell keys apart.
+    prefix: str
+    created_at: str | None = Field(json_schema_extra=_TIME)
+    revoked_at: str | None = Field(json_schema_extra=_TIME)
+    active: bool
+    policy: PolicyView
+
+
+class NewKeyView(KeyView):
+    """A key just created, with its secret: shown this once, never stored."""
+
+    secret: str
+
+
+class UsageRow(View):
+    """Usage of one key, model and UTC day."""
+
+    key_id: str
+    key_name: str
+    model: str
+    day: str = Field(json_schema_extra=_DAY)
+    records: int
+    tokens: Tokens
+    cost_usd: str = Field(pattern=_USD)
+    provider_cost_usd: str = Field(pattern=_USD)
+
+
+class SessionRow(View):
+    """A recorded session; ``ended_at`` is null while it is live."""
+
+    id: str
+    key_id: str
+    key_name: str
+    model: str
+    upstream: str
+    intent: str | None
+    started_at: str | None = Field(json_schema_extra=_TIME)
+    ended_at: str | None = Field(json_schema_extra=_TIME)
+    duration_s: float | None
+    close_code: int | None
+    close_reason: str | None
+    closed_by: str | None
+    tokens: Tokens
+    cost_usd: str = Field(pattern=_USD)
+    provider_cost_usd: str = Field(pattern=_USD)
+
+
+class LiveSession(View):
+    """A session relayed right now, with what it has used so far."""
+
+    id: str
+    key_id: str
+    model: str
+    upstream: str
+    started_at: str | None = Field(json_schema_extra=_TIME)
+    tokens: Tokens
+    cost_usd: str = Field(pattern=_USD)
+    provider_cost_usd: str = Field(pattern=_USD)
+
+
+class ClosedSession(LiveSession):
+    """A live session the operator closed, as it stood, and how it ended."""
+
+    close_code: int | None
+    close_reason: str
+    closed_by: str | None
+
+
+class ErrorDetail(View):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorResponse(View):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+def timestamp(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def key_view(k: KeyInfo) -> KeyView:
+    return KeyView(
+        id=k.id,
+        name=k.name,
+        prefix=k.display_prefix,
+        created_at=timestamp(k.created_at),
+        revoked_at=timestamp(k.revoked_at),
+        active=k.active,
+        policy=PolicyView.model_validate(policy_view(KeyPolicy.from_json(k.policy_json))),
+    )
+
+
+def new_key_view(k: KeyInfo, secret: str) -> NewKeyView:
+    return NewKeyView(**dict(key_view(k)), secret=secret)
+
+
+def usage_row(r: UsageSummary) -> UsageRow:
+    return UsageRow(
+        key_id=r.key_id,
+        key_name=r.key_name,
+        model=r.model,
+        day=r.day,
+        records=r.records,
+        tokens=Tokens.of(r.usage),
+        cost_usd=usd_str(r.charged_nanos),
+        provider_cost_usd=usd_str(r.provider_nanos),
+    )
+
+
+def session_row(r: SessionSummary) -> SessionRow:
+    return SessionRow(
+        id=r.id,
+        key_id=r.key_id,
+        key_name=r.key_name,
+        model=r.model,
+        upstream=r.upstream,
+        intent=r.intent,
+        started_at=timestamp(r.started_at),
+        ended_at=timestamp(r.ended_at),
+        duration_s=round(r.ended_at - r.started_at, 3) if r.ended_at else None,
+        close_code=r.close_code,
+        close_reason=r.close_reason,
+        closed_by=r.closed_by,
+        tokens=Tokens.of(r.usage),
+        cost_usd=usd_str(r.charged_nanos),
+        provider_cost_usd=usd_str(r.provider_nanos),
+    )
+
+
+def live_session(s: RelaySession) -> LiveSession:
+    return LiveSession(
+        id=s.session_id,
+        key_id=s.key_id,
+        model=s.route.model,
+        upstream=s.route.upstream_name,
+        started_at=timestamp(s.opened_at),
+        tokens=Tokens.of(s.totals),
+        cost_usd=usd_str(s.charged_nanos),
+        provider_cost_usd=usd_str(s.provider_nanos),
+    )
+
+
+def dump(views: View | Sequence[View]) -> Any:
+    """Plain JSON values, in field order."""
+    if isinstance(views, View):
+        return views.model_dump(mode="json")
+    return [v.model_dump(mode="json") for v in views]
+
+
+#: The usage CSV's columns: the row's scalars with ``tokens`` spread in place.
+USAGE_CSV_COLUMNS: tuple[str, ...] = tuple(
+    col
+    for name in UsageRow.model_fields
+    for col in (tuple(Tokens.model_fields) if name == "tokens" else (name,))
+)
+
+
+def usage_csv(rows: Sequence[UsageRow]) -> str:
+    """RFC 4180 CSV with a header row (``\\r\\n`` line ends, as the csv module writes)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(USAGE_CSV_COLUMNS)
+    for r in rows:
+        flat = {**r.model_dump(mode="json", exclude={"tokens"}), **r.tokens.model_dump()}
+        writer.writerow([flat[c] for c in USAGE_CSV_COLUMNS])
+    return out.getvalue()
