@@ -286,10 +286,10 @@ async def test_unknown_key_ids_are_404(
         (b'{"name": "x", "max_sessions": "5"}', 422, "max_sessions"),
         (b'{"name": "x", "clear": ["everything"]}', 422, "clear.0"),
         # Values no stored policy can hold: refused, not stored wrong and not a 500.
-        (b'{"name": "x", "max_sessions": 100000000000000000000}', 422, None),
-        (b'{"name": "x", "budget_usd_total": "1e30"}', 422, None),
-        (b'{"name": "x", "expires": "9999-12-31"}', 422, None),
-        (b'{"name": "x", "max_duration": "' + b"9" * 400 + b'"}', 422, None),
+        (b'{"name": "x", "max_sessions": 100000000000000000000}', 422, "max_sessions"),
+        (b'{"name": "x", "budget_usd_total": "1e30"}', 422, "budget_usd_total"),
+        (b'{"name": "x", "expires": "9999-12-31"}', 422, "expires"),
+        (b'{"name": "x", "max_duration": "' + b"9" * 400 + b'"}', 422, "max_duration"),
         (b'["name"]', 422, None),
         (b"{nope", 400, None),
         (b"", 400, None),
@@ -485,7 +485,7 @@ async def test_live_sessions_and_a_forced_close(admin: RunningGateway) -> None:
         **session,
         "close_code": 1008,
         "close_reason": "invalid_request_error.session_closed_by_operator",
-        "closed_by": "gateway",
+        "closed_by": "operator",
     }
 
     # What the client sees: OpenAI's error event, then close 1008 with "<type>.<code>".
@@ -513,6 +513,33 @@ async def test_closing_an_unknown_session_is_404(admin: RunningGateway) -> None:
     assert reply.status == 404 and reply.error["code"] == "not_found"
 
 
+async def test_a_kept_transcript_is_read_back(admin: RunningGateway) -> None:
+    created = (
+        await call(admin, "POST", "/keys", body={"name": "scribe", "keep_transcripts": True})
+    ).json()
+    ws = await open_session(admin, created["secret"])
+    async with ws:
+        await ws.send(
+            '{"type":"conversation.item.create","item":{"type":"message",'
+            '"role":"user","content":[{"type":"input_text","text":"note this"}]}}'
+        )
+        await ws.send('{"type":"response.create","response":{"output_modalities":["text"]}}')
+        while orjson.loads(await ws.recv())["type"] != "response.done":
+            pass
+    await until_no_live_sessions(admin)
+    (session,) = (await call(admin, "GET", "/sessions")).json()
+    reply = await call(admin, "GET", f"/sessions/{session['id']}/transcript")
+    assert reply.status == 200
+    lines = reply.json()
+    assert [(e["role"], e["kind"], e["text"]) for e in lines[:2]] == [
+        ("user", "text", "note this"),
+        ("assistant", "text", "note this"),
+    ]
+    assert lines[2]["role"] == "usage" and lines[2]["data"]["output_tokens"] > 0
+    missing = await call(admin, "GET", "/sessions/rs_nope/transcript")
+    assert missing.status == 404 and missing.error["code"] == "not_found"
+
+
 # -- the OpenAPI document -------------------------------------------------------------------------
 
 
@@ -538,6 +565,7 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/sessions"),
         ("GET", "/admin/v1/sessions/live"),
         ("POST", "/admin/v1/sessions/{session_id}/close"),
+        ("GET", "/admin/v1/sessions/{session_id}/transcript"),
         ("GET", "/admin/v1/openapi.json"),
     }
     schemas = doc["components"]["schemas"]

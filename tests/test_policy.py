@@ -332,3 +332,20 @@ async def test_a_key_that_keeps_transcripts_keeps_text_tool_calls_and_usage(
     assert [e.seq for e in entries] == sorted(e.seq for e in entries)
     other = sessions[keys[plain[:12]]]
     assert await gateway.store.session_transcript(other.id) == []
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"max_sessions": 10**20},
+        {"budget_usd_total": "1e30"},
+        {"max_duration": "9" * 400},
+        {"max_duration": "25h"},
+        {"expires": "9999-12-31"},
+    ],
+)
+def test_implausible_limits_are_refused(update: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises((ValidationError, PolicyError)):
+        apply_update(KeyPolicy(), PolicyUpdate(**update))

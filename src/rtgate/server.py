@@ -24,7 +24,10 @@ log = logging.getLogger("rtgate")
 
 
 def _provider_secrets(settings: Settings) -> list[str]:
-    return [u.api_key.get_secret_value() for u in settings.upstreams.values() if u.api_key]
+    """Every secret the process holds, for the log filter to strip."""
+    held = [u.api_key for u in settings.upstreams.values()]
+    held += [settings.admin_token, settings.engine.brain_api_key]
+    return [s.get_secret_value() for s in held if s is not None]
 
 
 def install_uvloop() -> None:

@@ -34,12 +34,14 @@ from rtgate.api.views import (
     LiveSession,
     NewKeyView,
     SessionRow,
+    TranscriptEntryView,
     UsageRow,
     dump,
     key_view,
     live_session,
     new_key_view,
     session_row,
+    transcript_entry,
     usage_csv,
     usage_row,
 )
@@ -291,6 +293,14 @@ async def recent_sessions(call: Call[SessionsQuery, None]) -> Reply:
     return [session_row(r) for r in await call.gw.store.recent_sessions(q.limit, q.key_id)]
 
 
+async def session_transcript(call: Call[None, None]) -> Reply:
+    session_id = call.path("session_id")
+    entries = await call.gw.store.session_transcript(session_id)
+    if not entries and not await call.gw.store.recent_sessions(1, session_id=session_id):
+        raise NotFound(f"No session with id {_quoted(session_id)}.", param="session_id")
+    return [transcript_entry(e) for e in entries]
+
+
 async def live_sessions(call: Call[None, None]) -> Reply:
     bridges = sorted(call.gw.live.values(), key=lambda b: b.session.opened_at)
     return [live_session(b.session) for b in bridges]
@@ -390,6 +400,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         status=200,
         response=ClosedSession,
         not_found="No live session with this id.",
+    ),
+    Operation(
+        "GET",
+        "/sessions/{session_id}/transcript",
+        session_transcript,
+        "A session's transcript, for keys that keep them (empty otherwise)",
+        status=200,
+        response=TranscriptEntryView,
+        many=True,
+        not_found="No session with this id.",
     ),
     Operation("GET", "/openapi.json", openapi, "This document", status=200, response=None),
 )

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from rtgate.auth.policy import KeyPolicy, policy_view
 from rtgate.metering.cost import usd_str
+from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import KeyInfo, SessionSummary, UsageSummary
 
@@ -140,6 +142,19 @@ class ClosedSession(LiveSession):
     closed_by: str | None
 
 
+class TranscriptEntryView(View):
+    """One line of a kept transcript: text only, never audio."""
+
+    seq: int
+    created_at: str
+    role: str
+    kind: str
+    item_id: str | None
+    text: str
+    #: A function call's ``call_id`` and ``arguments``, or a turn's ``usage`` block.
+    data: dict[str, Any] | None
+
+
 class ErrorDetail(View):
     message: str
     type: str
@@ -216,6 +231,18 @@ def live_session(s: RelaySession) -> LiveSession:
         tokens=Tokens.of(s.totals),
         cost_usd=usd_str(s.charged_nanos),
         provider_cost_usd=usd_str(s.provider_nanos),
+    )
+
+
+def transcript_entry(e: TranscriptEntry) -> TranscriptEntryView:
+    return TranscriptEntryView(
+        seq=e.seq,
+        created_at=timestamp(e.created_at) or "",
+        role=e.role,
+        kind=e.kind,
+        item_id=e.item_id,
+        text=e.text,
+        data=orjson.loads(e.data) if e.data else None,
     )
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -195,25 +195,19 @@ def initial_session_update(policy: KeyPolicy, transcription: bool) -> str | None
 
 # -- parsing the CLI's and the API's human forms ------------------------------------------------
 
+MAX_DURATION_S = 24 * 3600
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 
 
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``1.5h`` -> seconds."""
     m = _DURATION.match(text)
-    if not m:
+    if not m or len(m.group(1)) > 12:
         raise PolicyError(f"not a duration: {text!r} (use 90s, 30m or 1h)", param="max_duration")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-def parse_usd(text: str, name: str) -> int:
-    try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise PolicyError(f"{name}: not an amount: {text!r}", param=name) from exc
-    if value < 0 or not value.is_finite():
-        raise PolicyError(f"{name}: must be zero or more", param=name)
-    return int(value * NANOS_PER_USD)
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if not 1 <= seconds <= MAX_DURATION_S:
+        raise PolicyError("max_duration: between 1 second and 24 hours", param="max_duration")
+    return seconds
 
 
 def parse_expiry(text: str) -> float:
@@ -221,6 +215,8 @@ def parse_expiry(text: str) -> float:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
+            if day.year > 9000:
+                raise PolicyError(f"not a plausible expiry: {text!r}", param="expires")
             end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
             return end.timestamp()
         moment = datetime.fromisoformat(text)
@@ -228,6 +224,8 @@ def parse_expiry(text: str) -> float:
         raise PolicyError(f"not a date: {text!r} (use YYYY-MM-DD)", param="expires") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    if moment.year > 9000:
+        raise PolicyError(f"not a plausible expiry: {text!r}", param="expires")
     return moment.timestamp()
 
 
@@ -253,11 +251,12 @@ class PolicyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] | None = None
-    max_sessions: int | None = PydField(default=None, ge=1)
-    sessions_per_minute: int | None = PydField(default=None, ge=1)
-    budget_usd_day: Decimal | None = PydField(default=None, ge=0)
-    budget_usd_month: Decimal | None = PydField(default=None, ge=0)
-    budget_usd_total: Decimal | None = PydField(default=None, ge=0)
+    max_sessions: int | None = PydField(default=None, ge=1, le=1_000_000)
+    sessions_per_minute: int | None = PydField(default=None, ge=1, le=1_000_000)
+    # Bounded so a budget in nano-dollars always fits a BIGINT.
+    budget_usd_day: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
+    budget_usd_month: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
+    budget_usd_total: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
     #: ``90s``, ``30m``, ``1h``, or seconds.
     max_duration: str | None = None
     #: ``YYYY-MM-DD`` (valid through that UTC day) or an ISO timestamp.

@@ -120,15 +120,15 @@ class Bridge:
         if self.session.close(code, reason, by):
             await self._close_both(code, reason)
 
-    async def terminate(self, err: GatewayError) -> None:
+    async def terminate(self, err: GatewayError, by: str = "operator") -> None:
         """End the session from outside with ``err`` (an operator's forced close): the client
         gets its ``error`` event, then both sides close with its code and reason. A session
         already ending is left alone."""
-        await self._end(err)
+        await self._end(err, by)
 
-    async def _end(self, err: GatewayError) -> None:
+    async def _end(self, err: GatewayError, by: str = "gateway") -> None:
         """The gateway ends the session: error event to the client, then both closed."""
-        if self.session.close(err.close_code, err.close_reason, "gateway"):
+        if self.session.close(err.close_code, err.close_reason, by):
             with contextlib.suppress(Exception):
                 await self.client.send_str(error_event_for(err))
             await self._close_both(err.close_code, err.close_reason)

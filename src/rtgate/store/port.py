@@ -119,5 +119,5 @@ class Store(Protocol):
     ) -> list[UsageSummary]: ...
 
     async def recent_sessions(
-        self, limit: int = 50, key_id: str | None = None
+        self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
     ) -> list[SessionSummary]: ...

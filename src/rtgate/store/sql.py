@@ -309,7 +309,7 @@ class SqlStore:
         ]
 
     async def recent_sessions(
-        self, limit: int = 50, key_id: str | None = None
+        self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
     ) -> list[SessionSummary]:
         u = usage_records.c
         totals = (
@@ -335,6 +335,8 @@ class SqlStore:
         )
         if key_id:
             q = q.where(s.key_id == key_id)
+        if session_id:
+            q = q.where(s.id == session_id)
         async with _mapped("read"), self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         out = []
