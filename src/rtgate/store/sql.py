@@ -1,8 +1,9 @@
 """The SQL adapter of the ``Store`` port, on SQLAlchemy Core (async).
 
-SQLite runs in WAL mode with ``synchronous=FULL``: a committed usage record survives the
-process being killed, and the ledger's group commit keeps the fsyncs few. PostgreSQL goes
-through asyncpg.
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is in the WAL file
+before the commit returns, so it survives the gateway being killed (``tests/test_durability.py``);
+only an OS crash or power loss can take the last commits, which is the price of not fsyncing
+every session open. PostgreSQL goes through asyncpg, with its own durability settings.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def utc_day(ts: float) -> str:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
@@ -94,6 +95,11 @@ class SqlStore:
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("postgresql"):
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        elif url.startswith("sqlite"):
+            # SQLite has one writer. Several pooled connections would queue on its file lock
+            # (and give up after busy_timeout under a burst of connects); one connection
+            # queues the same work in the event loop instead, in order and without failing.
+            kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
