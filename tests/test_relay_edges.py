@@ -140,18 +140,6 @@ async def test_dated_snapshot_routes_and_prices_as_its_family(
     assert row.charged_nanos == 1000 * 4 * 1000  # $4 / 1M text tokens
 
 
-async def test_beta_clients_get_the_beta_shape_disabled_error(
-    gateway: RunningGateway, provider: FakeProvider
-) -> None:
-    key = await gateway.new_key()
-    event, code, _ = await refused(
-        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-        {"Authorization": f"Bearer {key}", "OpenAI-Beta": "realtime=v1"},
-    )
-    assert event["error"]["code"] == "beta_api_shape_disabled" and code == 4000
-    assert provider.upgrades == []
-
-
 async def test_transcription_intent_is_passed_upstream_and_metered(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

@@ -8,7 +8,6 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     +-- ConfigError              bad settings at start-up (never reaches a client)
     +-- AuthError                invalid_api_key            401 / close 3000
     +-- ModelNotFound            model_not_found            404 / close 4004
-    +-- BetaShapeDisabled        beta_api_shape_disabled    400 / close 4000
     +-- PolicyError              rate/quota/permission refusals (per-key policy)
     |   +-- RateLimited          rate_limit_exceeded        429 / close 3000
     |   +-- QuotaExceeded        insufficient_quota         429 / close 3000
@@ -66,13 +65,6 @@ class ModelNotFound(GatewayError):
     close_code = 4004
     error_type = "invalid_request_error"
     code = "model_not_found"
-
-
-class BetaShapeDisabled(GatewayError):
-    http_status = 400
-    close_code = 4000
-    error_type = "invalid_request_error"
-    code = "beta_api_shape_disabled"
 
 
 class PolicyError(GatewayError):

@@ -1,18 +1,30 @@
-"""Gateway keys as a service: create, list, update policy, revoke, authenticate, spend.
+"""Gateway keys as a service: create, list, update policy, revoke, authenticate, spend, and
+mint ephemeral client secrets on a key's behalf.
 
 Shared by the CLI, the admin API and the relay, so the three cannot disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
+
+from rtgate.auth.client_secrets import (
+    ClientSecret,
+    expiry,
+    looks_minted,
+    new_secret,
+    well_formed,
+)
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
 from rtgate.auth.policy import KeyPolicy, Spend, check_expiry
 from rtgate.clock import Clock
 from rtgate.errors import AuthError
 from rtgate.protocol.ids import new_id
-from rtgate.store.port import KeyInfo, Store
+from rtgate.store.port import KeyInfo, Store, StoredClientSecret
 
 
 class KeyRing:
@@ -59,6 +71,64 @@ class KeyRing:
         policy = KeyPolicy.from_json(key.policy_json)
         check_expiry(policy, self._clock.now())
         return key, policy
+
+    async def mint(
+        self,
+        key: KeyInfo,
+        policy: KeyPolicy,
+        model: str | None,
+        session: Mapping[str, Any],
+        seconds: int,
+    ) -> tuple[str, ClientSecret]:
+        """A new client secret of ``key`` and what it grants; only its hash is stored."""
+        now = self._clock.now()
+        secret = new_secret()
+        minted = ClientSecret(
+            key.id, model, dict(session), now, expiry(now, seconds, policy.expires_at)
+        )
+        await self._store.add_client_secret(
+            StoredClientSecret(
+                hash_key(secret),
+                key.id,
+                model,
+                orjson.dumps(minted.session).decode(),
+                now,
+                minted.expires_at,
+            )
+        )
+        return secret, minted
+
+    async def authenticate_session(
+        self, secret: str | None
+    ) -> tuple[KeyInfo, KeyPolicy, ClientSecret | None]:
+        """Who opens a realtime session: a gateway key, or a client secret minted by one (then
+        the minting key, its policy as of now, and the secret's grant)."""
+        if not secret or not looks_minted(secret):
+            key, policy = await self.authenticate(secret)
+            return key, policy, None
+        refused = AuthError(f"Incorrect API key provided: {redact(secret)}.")
+        if not well_formed(secret):
+            raise refused
+        wanted = hash_key(secret)
+        found = await self._store.client_secret_by_hash(wanted)
+        if found is None or not hashes_match(found[0].secret_hash, wanted):
+            raise refused
+        stored, key = found
+        if not key.active:
+            raise refused
+        now = self._clock.now()
+        if now >= stored.expires_at:
+            raise AuthError("This client secret has expired.")
+        policy = KeyPolicy.from_json(key.policy_json)
+        check_expiry(policy, now)
+        grant = ClientSecret(
+            key.id,
+            stored.model,
+            orjson.loads(stored.session_json),
+            stored.created_at,
+            stored.expires_at,
+        )
+        return key, policy, grant
 
     async def spend(self, key_id: str) -> Spend:
         """What the key has been charged this UTC day, this UTC month, and ever."""

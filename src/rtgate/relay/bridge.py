@@ -11,6 +11,10 @@ socket is paused: a slow client slows its own upstream read, never the process.
 Closing (protocol.md 5.4): a close frame from either side is mirrored to the other with the same
 code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
 ``error`` event (when that side is the client's) and a 1011 close.
+
+Beta clients (``beta``, protocol.md 2.4): their frames become GA before anything else looks at
+them, and GA frames become beta only after the relay session has metered them, so the guard,
+the transcript and metering only ever see GA. A GA client pays one ``is None`` test per frame.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
+from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
@@ -74,6 +79,7 @@ class Bridge:
         metrics: Metrics | None = None,
         recorder: TranscriptRecorder | None = None,
         store: Store | None = None,
+        beta: BetaTranslator | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -86,6 +92,7 @@ class Bridge:
         self._metrics = metrics
         self._recorder = recorder
         self._store = store
+        self._beta = beta
         self._warned_unpriced: set[str] = set()
         #: Frames and bytes relayed since the last flush to the metrics (plain ints: the hot
         #: path must not take a metrics lock per frame).
@@ -166,6 +173,7 @@ class Bridge:
     async def _upstream_to_client(self) -> None:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
         on_text = session.on_upstream_text
+        to_beta = self._beta.to_client if self._beta is not None else None
         sampled = self._metrics is not None
         latency = self._metrics.latency.labels("down") if self._metrics is not None else None
         try:
@@ -183,7 +191,10 @@ class Bridge:
                         self._recorder.on_upstream(data, clock.now())
                         await self._keep_transcript()
                     if rec is None:
-                        await client.send_str(data)
+                        if to_beta is None:
+                            await client.send_str(data)
+                        elif (beta := to_beta(data)) is not None:
+                            await client.send_str(beta)
                         if t0 and latency is not None:
                             latency.observe(perf_counter() - t0)
                     elif isinstance(rec, str):
@@ -197,7 +208,9 @@ class Bridge:
                         )
                         return
                     else:
-                        await client.send_str(data)
+                        beta = data if to_beta is None else to_beta(data)
+                        if beta is not None:
+                            await client.send_str(beta)
                         if self._after_usage is not None:
                             # Billed and delivered; now, has the key crossed a budget?
                             refusal = await self._after_usage()
@@ -234,6 +247,7 @@ class Bridge:
 
     async def _client_to_upstream(self) -> None:
         up, client, session, guard = self.upstream, self.client, self.session, self._guard
+        to_ga = self._beta.to_upstream if self._beta is not None else None
         try:
             while True:
                 msg = await client.receive()
@@ -242,6 +256,8 @@ class Bridge:
                     data = msg.data
                     self.frames_up += 1
                     self.bytes_up += len(data)
+                    if to_ga is not None:
+                        data = to_ga(data)
                     if self._recorder is not None:
                         self._recorder.on_client(data, self._clock.now())
                         await self._keep_transcript()

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
 
-from rtgate.auth.credentials import client_credential
+from rtgate.auth.client_secrets import ClientSecret, connection_model, template_update
+from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
     ClientEventGuard,
     KeyPolicy,
@@ -26,8 +28,9 @@ from rtgate.auth.policy import (
     session_seconds,
 )
 from rtgate.catalog import Route
-from rtgate.errors import BetaShapeDisabled, GatewayError, UpstreamError
+from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
+from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
@@ -86,12 +89,20 @@ async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.Clie
         raise UpstreamError("The upstream could not be reached.") from exc
 
 
+def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """``realtime`` whenever offered; a beta client offering only the beta one gets it back."""
+    offered = offered_subprotocols(headers)
+    if "realtime" in offered or BETA_PROTOCOL not in offered:
+        return ("realtime",)
+    return (BETA_PROTOCOL,)
+
+
 async def realtime(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     s = gw.settings
     cred = client_credential(request.headers)
     ws = web.WebSocketResponse(
-        protocols=("realtime",),
+        protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
         max_msg_size=s.max_message_bytes,
         autoping=True,
@@ -106,13 +117,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     try:
         if gw.closing:
             raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
-        key, policy = await gw.keyring.authenticate(cred.secret)
-        if cred.beta:
-            raise BetaShapeDisabled(
-                "The Realtime Beta API is no longer supported. Please use /v1/realtime for the "
-                "GA API."
-            )
-        if model is None and intent != "transcription" and "call_id" not in query:
+        key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
+        if grant is not None:
+            model = connection_model(grant, model)
+        elif model is None and intent != "transcription" and "call_id" not in query:
             model = s.default_model
         route = gw.catalog.resolve(model)
         check_model(policy, route.model)
@@ -134,7 +142,13 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             gw.metrics.refused(err.code)
             return await _refuse(ws, err)
         try:
-            await _relay(gw, ws, upstream, key, policy, route, intent)
+            # A beta client is translated to GA, unless its upstream still speaks beta itself.
+            beta = (
+                BetaTranslator(transcription=intent == "transcription")
+                if cred.beta and not route.upstream.beta
+                else None
+            )
+            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta)
         finally:
             if not upstream.closed:
                 with contextlib.suppress(Exception):
@@ -152,6 +166,9 @@ async def _relay(
     policy: KeyPolicy,
     route: Route,
     intent: str | None,
+    grant: ClientSecret | None = None,
+    *,
+    beta: BetaTranslator | None = None,
 ) -> None:
     now = gw.clock.now()
     session = RelaySession(
@@ -196,11 +213,17 @@ async def _relay(
         if policy.keep_transcripts
         else None,
         store=gw.store,
+        beta=beta,
     )
-    initial = initial_session_update(policy, transcription=intent == "transcription")
+    transcription = intent == "transcription" or (grant is not None and grant.kind != "realtime")
+    initial = initial_session_update(policy, transcription=transcription)
     if initial is not None:
         # The key's defaults go first, so anything the client sends later overrides them.
         await upstream.send_str(initial)
+    template = template_update(grant) if grant is not None else None
+    if template is not None:
+        # A client secret's template next: its minter chose it for this very session.
+        await upstream.send_str(template)
     gw.live[session.session_id] = bridge
     gw.metrics.live.inc()
     gw.metrics.started.labels(route.model or "").inc()

@@ -67,6 +67,18 @@ class SessionOpen:
     started_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoredClientSecret:
+    """A minted client secret's row; the secret itself is never stored."""
+
+    secret_hash: str
+    key_id: str
+    model: str | None
+    session_json: str
+    created_at: float
+    expires_at: float
+
+
 class Store(Protocol):
     async def init(self) -> None:
         """Create or migrate the schema; idempotent."""
@@ -95,6 +107,16 @@ class Store(Protocol):
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None: ...
 
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None: ...
+
+    async def add_client_secret(self, row: StoredClientSecret) -> None:
+        """Store a minted secret; secrets expired before ``row.created_at`` may be dropped."""
+        ...
+
+    async def client_secret_by_hash(
+        self, secret_hash: str
+    ) -> tuple[StoredClientSecret, KeyInfo] | None:
+        """The secret and its minting key, revoked or not (the caller decides)."""
+        ...
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         """Charged nano-dollars of ``key_id``: on ``day``, since ``month_start``, ever."""

@@ -90,3 +90,18 @@ transcript_entries = Table(
     Column("data", Text, nullable=True),
     Index("ix_transcript_session", "session_id", "seq"),
 )
+
+#: Ephemeral secrets minted by ``POST /v1/realtime/client_secrets`` and the beta routes: only the
+#: SHA-256 of the secret is kept (``rtgate.auth.client_secrets``).
+client_secrets = Table(
+    "client_secrets",
+    metadata,
+    Column("secret_hash", String(64), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(200), nullable=True),
+    #: The session template: a GA session object as JSON.
+    Column("session", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_client_secrets_expires_at", "expires_at"),
+)

@@ -22,9 +22,16 @@ from rtgate.errors import GatewayError
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
-from rtgate.store.port import KeyInfo, SessionOpen, SessionSummary, UsageSummary
+from rtgate.store.port import (
+    KeyInfo,
+    SessionOpen,
+    SessionSummary,
+    StoredClientSecret,
+    UsageSummary,
+)
 from rtgate.store.schema import (
     api_keys,
+    client_secrets,
     metadata,
     sessions,
     transcript_entries,
@@ -172,6 +179,57 @@ class SqlStore:
             )
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return _key(row) if row else None
+
+    # -- client secrets ---------------------------------------------------------------------------
+    async def add_client_secret(self, row: StoredClientSecret) -> None:
+        async with _mapped("write"), self.engine.begin() as conn:
+            # Expired secrets can open nothing; drop them as new ones arrive.
+            await conn.execute(
+                client_secrets.delete().where(client_secrets.c.expires_at <= row.created_at)
+            )
+            await conn.execute(
+                client_secrets.insert().values(
+                    secret_hash=row.secret_hash,
+                    key_id=row.key_id,
+                    model=row.model,
+                    session=row.session_json,
+                    created_at=row.created_at,
+                    expires_at=row.expires_at,
+                )
+            )
+
+    async def client_secret_by_hash(
+        self, secret_hash: str
+    ) -> tuple[StoredClientSecret, KeyInfo] | None:
+        c = client_secrets.c
+        q = (
+            select(client_secrets, api_keys)
+            .select_from(client_secrets.join(api_keys, api_keys.c.id == c.key_id))
+            .where(c.secret_hash == secret_hash)
+        )
+        async with _mapped("read"), self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        secret = StoredClientSecret(
+            secret_hash=m[c.secret_hash],
+            key_id=m[c.key_id],
+            model=m[c.model],
+            session_json=m[c.session],
+            created_at=m[c.created_at],
+            expires_at=m[c.expires_at],
+        )
+        k = api_keys.c
+        key = KeyInfo(
+            id=m[k.id],
+            name=m[k.name],
+            display_prefix=m[k.display_prefix],
+            created_at=m[k.created_at],
+            revoked_at=m[k.revoked_at],
+            policy_json=m[k.policy],
+        )
+        return secret, key
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         u = usage_records.c

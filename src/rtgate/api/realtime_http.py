@@ -1,0 +1,218 @@
+"""The Realtime HTTP routes that mint ephemeral client secrets (protocol.md 3):
+
+- ``POST /v1/realtime/client_secrets`` (GA): ``{expires_after?, session?}`` ->
+  ``{value, expires_at, session}``;
+- ``POST /v1/realtime/sessions`` and ``POST /v1/realtime/transcription_sessions`` (beta): a flat
+  session -> that session plus ``client_secret{value, expires_at}``; one minute by default.
+
+Each authenticates a gateway key (``Authorization: Bearer``; a client secret cannot mint
+another), applies its policy (expiry, allowed models, blocked session fields) and answers with a
+secret rtgate minted itself (``rtgate.auth.client_secrets``). The upstream's ``client_secrets``
+endpoint is never called: its secrets would open sessions the gateway neither meters nor polices.
+Errors carry OpenAI's body and status (401 ``invalid_api_key``, 403 ``model_not_allowed``, 404
+``model_not_found``, 400 for a body it refuses).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ConfigDict, Field
+
+from rtgate.api.operation import Call, InvalidRequest, MalformedBody, Operation, Reply
+from rtgate.api.views import ErrorDetail, ErrorResponse, dump
+from rtgate.auth.client_secrets import (
+    BETA_DEFAULT_TTL_S,
+    DEFAULT_TTL_S,
+    MAX_TTL_S,
+    MIN_TTL_S,
+    ClientSecret,
+    SessionKind,
+    beta_template,
+    ga_template,
+)
+from rtgate.auth.credentials import client_credential
+from rtgate.auth.policy import ClientEventGuard, check_model
+from rtgate.errors import GatewayError
+from rtgate.gateway import Gateway
+from rtgate.protocol.ids import new_id
+
+log = logging.getLogger("rtgate.api")
+
+PREFIX = "/v1/realtime"
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(default=DEFAULT_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S)
+
+
+class BetaExpiresAfter(ExpiresAfter):
+    seconds: int = Field(default=BETA_DEFAULT_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S)
+
+
+class ClientSecretRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expires_after: ExpiresAfter = Field(default_factory=ExpiresAfter)
+    #: A GA realtime or transcription session; its fields are the upstream's to validate.
+    session: dict[str, Any] | None = None
+
+
+class BetaClientSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expires_after: BetaExpiresAfter = Field(default_factory=BetaExpiresAfter)
+
+
+class BetaSessionRequest(BaseModel):
+    """A flat beta session; fields besides these are carried into the template."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str | None = None
+    client_secret: BetaClientSecret = Field(default_factory=BetaClientSecret)
+
+
+# -- minting --------------------------------------------------------------------------------------
+
+
+async def _mint(
+    call: Call[Any, Any], model: str | None, template: dict[str, Any], seconds: int
+) -> tuple[str, ClientSecret]:
+    gw: Gateway = call.gw
+    key, policy = await gw.keyring.authenticate(client_credential(call.request.headers).secret)
+    if model is None and template["type"] == "realtime":
+        model = gw.settings.default_model
+    if model is not None:
+        check_model(policy, gw.catalog.resolve(model).model)
+    # A template may not set what the key may not change with a session.update.
+    update = orjson.dumps({"type": "session.update", "session": template}).decode()
+    blocked = ClientEventGuard(policy).check(update)
+    if blocked is not None:
+        blocked.client_event_id = None
+        raise blocked
+    secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)
+    log.info("client secret minted", extra={"key_id": key.id, "model": model})
+    return secret, minted
+
+
+def _session_view(minted: ClientSecret) -> dict[str, Any]:
+    """The effective session as OpenAI echoes it: the template, plus id, object and model."""
+    kind = minted.kind
+    obj = "realtime.session" if kind == "realtime" else "realtime.transcription_session"
+    out: dict[str, Any] = {"id": new_id("sess", 21), "object": obj, **minted.session}
+    if minted.model is not None:
+        out["model"] = minted.model
+    return out
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
+    model, template = ga_template(call.body.session)
+    secret, minted = await _mint(call, model, template, call.body.expires_after.seconds)
+    session = _session_view(minted)
+    if minted.kind == "realtime":
+        session["expires_at"] = 0
+    return _json({"value": secret, "expires_at": int(minted.expires_at), "session": session})
+
+
+async def _beta(call: Call[None, BetaSessionRequest], kind: SessionKind) -> Reply:
+    flat = call.body.model_dump(mode="json", exclude={"client_secret"}, exclude_unset=True)
+    model = call.body.model if kind == "realtime" else None
+    secret, minted = await _mint(
+        call, model, beta_template(flat, kind), call.body.client_secret.expires_after.seconds
+    )
+    session = _session_view(minted)
+    return _json(
+        {
+            **flat,
+            "id": session["id"],
+            "object": session["object"],
+            **({"model": minted.model} if minted.model else {}),
+            "client_secret": {"value": secret, "expires_at": int(minted.expires_at)},
+        }
+    )
+
+
+async def create_session(call: Call[None, BetaSessionRequest]) -> Reply:
+    return await _beta(call, "realtime")
+
+
+async def create_transcription_session(call: Call[None, BetaSessionRequest]) -> Reply:
+    return await _beta(call, "transcription")
+
+
+OPERATIONS: tuple[Operation[Any, Any], ...] = (
+    Operation(
+        "POST",
+        "/client_secrets",
+        create_client_secret,
+        "Mint an ephemeral client secret for a realtime or transcription session",
+        status=200,
+        response=None,
+        body=ClientSecretRequest,
+    ),
+    Operation(
+        "POST",
+        "/sessions",
+        create_session,
+        "Beta: a realtime session with an ephemeral client secret",
+        status=200,
+        response=None,
+        body=BetaSessionRequest,
+    ),
+    Operation(
+        "POST",
+        "/transcription_sessions",
+        create_transcription_session,
+        "Beta: a transcription session with an ephemeral client secret",
+        status=200,
+        response=None,
+        body=BetaSessionRequest,
+    ),
+)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def _error(err: GatewayError) -> web.Response:
+    # OpenAI answers a body it refuses with 400, where the admin API says 422.
+    status = 400 if isinstance(err, InvalidRequest | MalformedBody) else err.http_status
+    body = ErrorResponse(
+        error=ErrorDetail(message=err.message, type=err.error_type, code=err.code, param=err.param)
+    )
+    return web.Response(
+        body=orjson.dumps(dump(body)), status=status, content_type="application/json"
+    )
+
+
+def _openai_errors(handler: Handler) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except GatewayError as err:
+            response = _error(err)
+        # A secret is in the answer: no cache may keep it.
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return answer
+
+
+def add_realtime_http_routes(app: web.Application) -> None:
+    for op in OPERATIONS:
+        app.router.add_route(op.method, PREFIX + op.path, _openai_errors(op.serve()))

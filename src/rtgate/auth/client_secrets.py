@@ -1,0 +1,173 @@
+"""Ephemeral client secrets (``ek_…``) that rtgate mints itself (protocol.md 3, 8.2).
+
+A gateway key holder asks for a secret over HTTP and hands it to a browser. The secret reads
+``ek_`` + 32 hex characters (128 random bits); only its SHA-256 is stored, with the minting key's
+id, the session template (a GA session object), the model and the expiry. The upstream's own
+``client_secrets`` endpoint is never called: an upstream secret would bypass the gateway's
+metering and policy, so rtgate answers the three minting routes itself and checks its own secrets
+on ``GET /v1/realtime``.
+
+Rules a secret enforces when it opens a session:
+
+- it authenticates as its minting key, so that key's revocation, expiry and policy still apply,
+  and usage is billed to it;
+- until ``expires_at`` it may open several sessions (a session may outlive its secret);
+- the connection may only use the secret's model; naming none means the secret's model;
+- its template goes upstream as an initial ``session.update`` after the key's own defaults.
+
+Pure: no I/O here; the ``KeyRing`` stores and looks up, the HTTP routes parse and answer.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from rtgate.errors import ModelNotAllowed, PolicyError
+
+MINTED_PREFIX = "ek_"
+_WELL_FORMED = re.compile(r"^ek_[0-9a-f]{32}$")
+
+MIN_TTL_S = 10
+MAX_TTL_S = 7200
+#: ``POST /v1/realtime/client_secrets`` without ``expires_after``.
+DEFAULT_TTL_S = 600
+#: The beta routes: "Currently, all tokens expire after one minute".
+BETA_DEFAULT_TTL_S = 60
+
+SessionKind = Literal["realtime", "transcription"]
+
+
+class InvalidSession(PolicyError):
+    """A session template the gateway cannot apply."""
+
+    http_status = 400
+    code = "invalid_value"
+
+
+def new_secret() -> str:
+    return MINTED_PREFIX + secrets.token_hex(16)
+
+
+def looks_minted(secret: str) -> bool:
+    """Whether ``secret`` has the shape of a minted secret (it may still be unknown)."""
+    return secret.startswith(MINTED_PREFIX)
+
+
+def well_formed(secret: str) -> bool:
+    return _WELL_FORMED.match(secret) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSecret:
+    """A minted secret as stored: never the secret itself."""
+
+    key_id: str
+    #: The session the secret opens; None for a transcription session with no model.
+    model: str | None
+    #: A GA session object (``type`` ``realtime`` or ``transcription``) without ``model``.
+    session: Mapping[str, Any]
+    created_at: float
+    expires_at: float
+
+    @property
+    def kind(self) -> SessionKind:
+        return "transcription" if self.session.get("type") == "transcription" else "realtime"
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+
+def expiry(now: float, seconds: int, key_expires_at: float | None) -> float:
+    """When a secret minted ``now`` for ``seconds`` expires: never after its key does."""
+    at = float(int(now) + seconds)
+    return at if key_expires_at is None else min(at, key_expires_at)
+
+
+def ga_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """The model and the template (without ``model``) of a GA session object."""
+    body = dict(session or {"type": "realtime"})
+    kind = body.get("type", "realtime")
+    if kind not in ("realtime", "transcription"):
+        raise InvalidSession(
+            "Invalid value for 'session.type': expected 'realtime' or 'transcription'.",
+            param="session.type",
+        )
+    body["type"] = kind
+    model = body.pop("model", None)
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidSession("Invalid value for 'session.model'.", param="session.model")
+    for generated in ("id", "object", "expires_at", "client_secret"):
+        body.pop(generated, None)
+    return model, body
+
+
+_BETA_FORMATS: dict[str, dict[str, Any]] = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+
+
+def _format(value: Any) -> Any:
+    return _BETA_FORMATS.get(value, value) if isinstance(value, str) else value
+
+
+def beta_template(body: Mapping[str, Any], kind: SessionKind) -> dict[str, Any]:
+    """A flat beta session (``/v1/realtime/sessions`` or ``transcription_sessions``) as a GA
+    session object (protocol.md 2.4); fields GA dropped (``temperature``) are left out."""
+    out: dict[str, Any] = {"type": kind}
+    audio_in: dict[str, Any] = {}
+    audio_out: dict[str, Any] = {}
+    for src, dst in (
+        ("input_audio_format", "format"),
+        ("input_audio_transcription", "transcription"),
+        ("turn_detection", "turn_detection"),
+        ("input_audio_noise_reduction", "noise_reduction"),
+    ):
+        if src in body:
+            audio_in[dst] = _format(body[src]) if dst == "format" else body[src]
+    if "include" in body:
+        out["include"] = body["include"]
+    if kind == "realtime":
+        if "output_audio_format" in body:
+            audio_out["format"] = _format(body["output_audio_format"])
+        for src, dst in (("voice", "voice"), ("speed", "speed")):
+            if src in body:
+                audio_out[dst] = body[src]
+        for name in ("instructions", "tools", "tool_choice", "tracing"):
+            if name in body:
+                out[name] = body[name]
+        if "max_response_output_tokens" in body:
+            out["max_output_tokens"] = body["max_response_output_tokens"]
+        modalities = body.get("modalities")
+        if isinstance(modalities, list):
+            out["output_modalities"] = ["audio"] if "audio" in modalities else ["text"]
+    audio = {k: v for k, v in (("input", audio_in), ("output", audio_out)) if v}
+    if audio:
+        out["audio"] = audio
+    return out
+
+
+def connection_model(secret: ClientSecret, requested: str | None) -> str | None:
+    """The model a session opened with ``secret`` uses: the secret's, whatever was asked."""
+    if requested is not None and requested != secret.model:
+        allowed = f"`{secret.model}`" if secret.model else "a transcription session"
+        raise ModelNotAllowed(
+            f"This client secret may not use the model `{requested}`; it was minted for {allowed}.",
+            param="model",
+        )
+    return secret.model
+
+
+def template_update(secret: ClientSecret) -> str | None:
+    """The ``session.update`` that applies the secret's template upstream (protocol.md 8.2);
+    None when the template sets nothing but its type."""
+    if not set(secret.session) - {"type"}:
+        return None
+    return orjson.dumps({"type": "session.update", "session": dict(secret.session)}).decode()

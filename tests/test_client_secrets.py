@@ -1,0 +1,464 @@
+"""Client secrets the gateway mints itself: the three HTTP routes through the official SDK, the
+secret opening sessions with its template and billing its minting key, the refusals, and a
+browser (headless Chromium) authenticating with the subprotocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import websockets
+from aiohttp import web
+from openai import AsyncOpenAI
+from sqlalchemy import select
+from websockets.asyncio.client import connect
+
+from rtgate.auth.client_secrets import (
+    ClientSecret,
+    beta_template,
+    connection_model,
+    expiry,
+    ga_template,
+    template_update,
+)
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.clock import ManualClock
+from rtgate.config import Settings
+from rtgate.errors import ModelNotAllowed
+from rtgate.logs import RedactingFilter
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.schema import client_secrets
+from tests.conftest import RunningGateway
+from tests.provider import FakeProvider
+
+EK = re.compile(r"^ek_[0-9a-f]{32}$")
+CHROMIUM = "/usr/bin/chromium"
+
+
+ClientFor = Callable[[RunningGateway, str], AsyncOpenAI]
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFor]:
+    """SDK clients for a gateway, closed (with their HTTP connection pools) after the test."""
+    made: list[AsyncOpenAI] = []
+
+    def make(gw: RunningGateway, key: str) -> AsyncOpenAI:
+        made.append(
+            AsyncOpenAI(
+                api_key=key,
+                base_url=f"{gw.http}/v1",
+                websocket_base_url=f"{gw.ws}/v1",
+                max_retries=0,
+            )
+        )
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def key_with(gw: RunningGateway, **update: Any) -> tuple[str, str]:
+    policy = apply_update(KeyPolicy(), PolicyUpdate(**update))
+    info, secret = await gw.app[GATEWAY].keyring.create("minter", policy)
+    return info.id, secret
+
+
+async def first_events(
+    gw: RunningGateway, secret: str, query: str = "model=gpt-realtime", n: int = 2
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The first ``n`` events of a session opened with ``secret`` as Bearer, and the close code
+    if the gateway closed it first."""
+    events: list[dict[str, Any]] = []
+    async with (
+        asyncio.timeout(20),
+        connect(
+            f"{gw.ws}/v1/realtime?{query}", additional_headers={"Authorization": f"Bearer {secret}"}
+        ) as ws,
+    ):
+        try:
+            while len(events) < n:
+                events.append(orjson.loads(await ws.recv()))
+        except websockets.ConnectionClosed:
+            return events, ws.close_code
+    return events, None
+
+
+# -- pure ---------------------------------------------------------------------------------------
+
+
+def test_a_beta_session_becomes_a_ga_template() -> None:
+    ga = beta_template(
+        {
+            "model": "gpt-realtime",
+            "voice": "verse",
+            "modalities": ["text", "audio"],
+            "input_audio_format": "g711_ulaw",
+            "turn_detection": None,
+            "max_response_output_tokens": 200,
+            "temperature": 0.7,
+        },
+        "realtime",
+    )
+    assert ga == {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "max_output_tokens": 200,
+        "audio": {
+            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+            "output": {"voice": "verse"},
+        },
+    }
+    tr = beta_template({"input_audio_transcription": {"model": "whisper-1"}}, "transcription")
+    assert tr == {
+        "type": "transcription",
+        "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+    }
+
+
+def test_a_secret_pins_its_model_and_never_outlives_its_key() -> None:
+    model, template = ga_template({"type": "realtime", "model": "gpt-realtime", "id": "x"})
+    assert (model, template) == ("gpt-realtime", {"type": "realtime"})
+    grant = ClientSecret("key_1", model, template, 100.0, 700.0)
+    assert connection_model(grant, None) == "gpt-realtime"
+    assert connection_model(grant, "gpt-realtime") == "gpt-realtime"
+    with pytest.raises(ModelNotAllowed):
+        connection_model(grant, "gpt-realtime-mini")
+    assert template_update(grant) is None  # nothing to apply
+    assert expiry(100.5, 600, None) == 700.0
+    assert expiry(100.0, 600, 300.0) == 300.0
+
+
+def test_log_redaction_cuts_a_client_secret() -> None:
+    secret = "ek_" + "0123456789abcdef" * 2
+    line = RedactingFilter().redact(f"opened with {secret} and Bearer {secret}")
+    assert secret not in line and secret[8:] not in line
+
+
+# -- the SDK against the gateway ----------------------------------------------------------------
+
+
+async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
+    client_for: ClientFor,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rtgate")
+    key_id, key = await key_with(gateway, instructions="Key default.", voice="alloy")
+    minted = await client_for(gateway, key).realtime.client_secrets.create(
+        expires_after={"anchor": "created_at", "seconds": 120},
+        session={
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Speak like a pirate.",
+            "audio": {"output": {"voice": "marin"}},
+        },
+    )
+    secret = minted.value
+    assert EK.match(secret)
+    assert 0 < minted.expires_at - gateway.app[GATEWAY].clock.now() <= 120
+    assert minted.session.type == "realtime"
+    assert minted.session.model == "gpt-realtime"
+    assert minted.session.instructions == "Speak like a pirate."
+
+    # Only the hash is stored, with the minting key.
+    async with gateway.store.engine.connect() as conn:
+        (row,) = (await conn.execute(select(client_secrets))).all()
+    assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert row.key_id == key_id and row.model == "gpt-realtime"
+    assert secret not in str(tuple(row))
+
+    async with client_for(gateway, secret).realtime.connect(model="gpt-realtime") as conn:
+        events = []
+        async for event in conn:
+            events.append(event.model_dump(exclude_unset=True))
+            if [e["type"] for e in events].count("session.updated") == 2:
+                break
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "ahoy there"}],
+            }
+        )
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    assert [e["type"] for e in events] == ["session.created", *["session.updated"] * 2]
+    # The key's defaults went first; the secret's template after them wins.
+    assert events[1]["session"]["instructions"] == "Key default."
+    updated = events[2]["session"]
+    assert updated["instructions"] == "Speak like a pirate."
+    assert updated["audio"]["output"]["voice"] == "marin"
+    up = provider.upgrades[-1]
+    assert up.query["model"] == "gpt-realtime"
+    assert secret not in str(up.headers)
+
+    # The same secret opens a second session; naming no model means the secret's.
+    again, code = await first_events(gateway, secret, query="", n=3)
+    assert code is None and again[2]["session"]["instructions"] == "Speak like a pirate."
+    assert provider.upgrades[-1].query["model"] == "gpt-realtime"
+
+    (usage,) = await gateway.store.usage_summary()
+    assert usage.key_id == key_id and usage.model == "gpt-realtime" and usage.charged_nanos > 0
+    sessions = await gateway.store.recent_sessions()
+    assert len(sessions) == 2 and {s.key_id for s in sessions} == {key_id}
+    assert secret not in caplog.text
+    assert secret[8:] not in caplog.text
+
+
+async def test_beta_sessions_and_transcription_sessions_mint_one_minute_secrets(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+) -> None:
+    clock = ManualClock()
+    gw: RunningGateway = await start_gateway(make_settings(), clock=clock)
+    _, key = await key_with(gw)
+    client = client_for(gw, key)
+
+    sess = await client.beta.realtime.sessions.create(
+        model="gpt-realtime", voice="verse", instructions="Be brief."
+    )
+    assert EK.match(sess.client_secret.value)
+    assert sess.client_secret.expires_at == int(clock.now()) + 60
+    assert sess.model == "gpt-realtime" and sess.voice == "verse"
+    events, code = await first_events(gw, sess.client_secret.value)
+    assert code is None
+    assert events[1]["type"] == "session.updated"
+    assert events[1]["session"]["audio"]["output"]["voice"] == "verse"
+    assert events[1]["session"]["instructions"] == "Be brief."
+
+    longer = await client.beta.realtime.sessions.create(
+        model="gpt-realtime",
+        client_secret={"expires_after": {"anchor": "created_at", "seconds": 300}},
+    )
+    assert longer.client_secret.expires_at == int(clock.now()) + 300
+
+    tr = await client.beta.realtime.transcription_sessions.create(
+        input_audio_transcription={"model": "gpt-4o-mini-transcribe"}
+    )
+    assert EK.match(tr.client_secret.value)
+    assert tr.client_secret.expires_at == int(clock.now()) + 60
+    events, code = await first_events(gw, tr.client_secret.value, query="intent=transcription")
+    assert code is None, events
+    assert events[1]["type"] == "session.updated"
+    assert events[1]["session"]["type"] == "transcription"
+    assert events[1]["session"]["audio"]["input"]["transcription"]["model"] == (
+        "gpt-4o-mini-transcribe"
+    )
+
+    # A minute later the beta secret is refused; the five-minute one still opens sessions.
+    clock.advance(61)
+    events, code = await first_events(gw, sess.client_secret.value)
+    assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+    events, code = await first_events(gw, longer.client_secret.value, n=1)
+    assert code is None and events[0]["type"] == "session.created"
+
+
+async def test_expired_revoked_forged_and_wrong_model_secrets_are_refused(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+) -> None:
+    clock = ManualClock()
+    gw: RunningGateway = await start_gateway(make_settings(), clock=clock)
+    key_id, key = await key_with(gw)
+    client = client_for(gw, key)
+    short = (await client.realtime.client_secrets.create(expires_after={"seconds": 10})).value
+    held = (await client.realtime.client_secrets.create()).value
+
+    events, code = await first_events(gw, short, n=1)
+    assert code is None and events[0]["type"] == "session.created"
+    clock.advance(10)
+    events, code = await first_events(gw, short)
+    assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+    assert short not in events[0]["error"]["message"]
+
+    events, code = await first_events(gw, held, query="model=gpt-realtime-mini")
+    assert (events[0]["error"]["code"], code) == ("model_not_allowed", 3000)
+
+    forged = "ek_" + "0" * 32
+    for bad in (forged, "ek_nothex", held + "0"):
+        events, code = await first_events(gw, bad)
+        assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000), bad
+
+    # The SDK sees the same refusal of a forged secret.
+    async with client_for(gw, forged).realtime.connect(model="gpt-realtime") as conn:
+        event = await conn.recv()
+        assert event.type == "error" and event.error.code == "invalid_api_key"
+
+    # A secret cannot mint another one.
+    with pytest.raises(openai.AuthenticationError) as exc:
+        await client_for(gw, held).realtime.client_secrets.create()
+    assert exc.value.status_code == 401 and exc.value.code == "invalid_api_key"
+
+    await gw.app[GATEWAY].keyring.revoke(key_id)
+    events, code = await first_events(gw, held)
+    assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+    with pytest.raises(openai.AuthenticationError):
+        await client.realtime.client_secrets.create()
+    assert provider.upgrades and len(provider.upgrades) == 1
+
+
+async def test_minting_applies_the_key_policy_with_openai_errors(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+) -> None:
+    clock = ManualClock()
+    gw: RunningGateway = await start_gateway(make_settings(), clock=clock)
+    _, key = await key_with(
+        gw,
+        models=["gpt-realtime-mini"],
+        expires="2027-01-15T08:00:30Z",
+        blocked_events=["session.update:instructions"],
+    )
+    client = client_for(gw, key)
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client.realtime.client_secrets.create(
+            session={"type": "realtime", "model": "gpt-realtime"}
+        )
+    assert denied.value.code == "model_not_allowed"
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.beta.realtime.sessions.create(model="gpt-nonexistent")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError) as blocked:
+        await client.realtime.client_secrets.create(
+            session={"type": "realtime", "model": "gpt-realtime-mini", "instructions": "x"}
+        )
+    assert blocked.value.code == "event_not_allowed"
+    with pytest.raises(openai.BadRequestError):
+        await client.realtime.client_secrets.create(expires_after={"seconds": 7201})
+    with pytest.raises(openai.BadRequestError):
+        await client.realtime.client_secrets.create(session={"type": "translation"})
+    with pytest.raises(openai.AuthenticationError):
+        await client_for(gw, "rtg_wrong").realtime.client_secrets.create()
+
+    # The secret never outlives its key, which expires 30 s after the clock's start.
+    assert clock.now() == 1_800_000_000.0
+    ok = await client.realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime-mini"}
+    )
+    assert ok.expires_at == 1_800_000_030
+    clock.advance(30)
+    events, code = await first_events(gw, ok.value, query="model=gpt-realtime-mini")
+    assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+
+
+# -- a browser ----------------------------------------------------------------------------------
+
+PAGE = """<!doctype html>
+<html><body><div id="out">waiting</div>
+<script>
+const out = document.getElementById("out");
+const ws = new WebSocket(%(url)s, ["realtime", "openai-insecure-api-key." + %(secret)s]);
+const seen = (text) => {
+  out.textContent = text;
+  fetch("/seen", {method: "POST"});
+};
+ws.onmessage = (m) => {
+  seen("first:" + JSON.parse(m.data).type + " protocol:" + ws.protocol);
+  ws.close();
+};
+ws.onerror = () => seen("socket-error");
+</script>
+<img src="/hold" alt=""></body></html>
+"""
+
+
+async def browser_dom(page_html: str, tmp_path: Path) -> str:
+    """What headless Chromium's DOM shows once the page at a loopback URL has run."""
+    assert Path(CHROMIUM).exists(), (  # noqa: ASYNC240
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+    )
+
+    seen = asyncio.Event()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=page_html, content_type="text/html")
+
+    async def mark_seen(_: web.Request) -> web.Response:
+        seen.set()
+        return web.Response(status=204)
+
+    async def hold(_: web.Request) -> web.Response:
+        # The page's load event (after which --dump-dom counts its virtual time) waits for this
+        # image, which waits until the page has reported the socket's first event.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                await seen.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_post("/seen", mark_seen)
+    app.router.add_get("/hold", hold)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=2000",
+            "--dump-dom",
+            f"http://127.0.0.1:{port}/",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(90):
+                out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return out.decode()
+    finally:
+        await runner.cleanup()
+
+
+def page_for(gw: RunningGateway, secret: str) -> str:
+    url = f"{gw.ws}/v1/realtime?model=gpt-realtime"
+    return PAGE % {"url": orjson.dumps(url).decode(), "secret": orjson.dumps(secret).decode()}
+
+
+async def test_headless_chromium_opens_a_session_with_a_minted_secret(
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    tmp_path: Path,
+    client_for: ClientFor,
+) -> None:
+    key_id, key = await key_with(gateway)
+    secret = (await client_for(gateway, key).realtime.client_secrets.create()).value
+    dom = await browser_dom(page_for(gateway, secret), tmp_path)
+    assert "first:session.created protocol:realtime" in dom, dom
+    (sess,) = await gateway.store.recent_sessions()
+    assert sess.key_id == key_id
+
+    forged = await browser_dom(page_for(gateway, "ek_" + "f" * 32), tmp_path)
+    assert "first:error" in forged, forged
