@@ -9,11 +9,12 @@ verbatim server event (e.g. a ``response.done`` with exact usage).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Transcript
@@ -40,6 +41,19 @@ class Upgrade:
     headers: dict[str, str]
 
 
+FAKE_SDP_ANSWER = "v=0\r\no=- 4242 2 IN IP4 127.0.0.1\r\ns=fake-answer\r\nt=0 0\r\n"
+
+
+@dataclass
+class PlacedCall:
+    """A ``POST /v1/realtime/calls`` the provider answered: its offer, session and headers."""
+
+    call_id: str
+    sdp: str
+    session: dict[str, Any]
+    headers: dict[str, str]
+
+
 @dataclass
 class FakeProvider:
     key: str = PROVIDER_KEY
@@ -49,6 +63,12 @@ class FakeProvider:
     transcriber: FakeTranscriber = field(default_factory=FakeTranscriber)
     port: int = 0
     flooded: int = 0
+    #: Calls placed, by id; the actions on them (``(call_id, action, JSON body or None)``).
+    calls: dict[str, PlacedCall] = field(default_factory=dict)
+    call_actions: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
+    #: Open sideband sockets, by call id.
+    sidebands: dict[str, web.WebSocketResponse] = field(default_factory=dict)
+    refuse_calls: int | None = None
     _runner: web.AppRunner | None = None
 
     @property
@@ -58,6 +78,8 @@ class FakeProvider:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handle)
+        app.router.add_post("/v1/realtime/calls", self.place_call)
+        app.router.add_post("/v1/realtime/calls/{call_id}/{action}", self.call_action)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -69,6 +91,58 @@ class FakeProvider:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.key}" or (
+            request.headers.get("api-key") == self.key
+        )
+
+    async def place_call(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)
+        if self.refuse_calls:
+            return web.json_response({"error": {"message": "no"}}, status=self.refuse_calls)
+        sdp, session = "", {}
+        async for part in await request.multipart():
+            assert isinstance(part, BodyPartReader)
+            if part.name == "sdp":
+                assert part.headers.get("Content-Type") == "application/sdp"
+                sdp = await part.text()
+            elif part.name == "session":
+                session = orjson.loads(await part.read())
+        if not sdp:
+            return web.json_response({"error": {"message": "sdp missing"}}, status=400)
+        call_id = "rtc_" + secrets.token_hex(16)
+        self.calls[call_id] = PlacedCall(call_id, sdp, session, dict(request.headers))
+        return web.Response(
+            status=201,
+            body=FAKE_SDP_ANSWER.encode(),
+            headers={
+                "Content-Type": "application/sdp",
+                "Location": f"/v1/realtime/calls/{call_id}",
+            },
+        )
+
+    async def call_action(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)
+        call_id, action = request.match_info["call_id"], request.match_info["action"]
+        raw = await request.read()
+        self.call_actions.append((call_id, action, orjson.loads(raw) if raw else None))
+        if action not in ("accept", "reject", "refer", "hangup"):
+            return web.json_response({"error": {"message": "no such action"}}, status=404)
+        if action in ("hangup", "reject"):
+            ws = self.sidebands.get(call_id)
+            if ws is not None:
+                await ws.close(code=1000, message=b"call ended")
+        return web.Response(status=200)
+
+    async def emit_on_call(self, call_id: str, event: dict[str, Any], wait: float = 5.0) -> None:
+        """Send ``event`` on the call's sideband, as the provider would (waits for it to open)."""
+        async with asyncio.timeout(wait):
+            while call_id not in self.sidebands:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await self.sidebands[call_id].send_str(orjson.dumps(event).decode())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
@@ -99,8 +173,11 @@ class FakeProvider:
             await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
             return ws
         # A sideband (call_id) session reports the call's model, as OpenAI's does.
+        call_id = request.query.get("call_id")
+        placed = self.calls.get(call_id) if call_id else None
+        model = placed.session.get("model") if placed else None
         session = EngineSession(
-            model=request.query.get("model", "gpt-realtime"),
+            model=request.query.get("model", model or "gpt-realtime"),
             transcription=request.query.get("intent") == "transcription",
         )
         conn = _TestConnection(
@@ -109,7 +186,13 @@ class FakeProvider:
             session,
             self,
         )
-        await conn.run()
+        if call_id:
+            self.sidebands[call_id] = ws
+        try:
+            await conn.run()
+        finally:
+            if call_id and self.sidebands.get(call_id) is ws:
+                del self.sidebands[call_id]
         self.closes.append((ws.close_code, ""))
         return ws
 

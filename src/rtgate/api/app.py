@@ -18,6 +18,7 @@ from aiohttp import web
 from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
 from rtgate.api.admin import create_admin_app
+from rtgate.api.calls_http import add_call_routes
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter
@@ -124,6 +125,7 @@ def create_app(
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
     add_realtime_http_routes(app)
+    add_call_routes(app)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/models", models)

@@ -1,0 +1,259 @@
+"""``/v1/realtime/calls`` routes (protocol.md 3, 3.1, 3.2): WebRTC calls and SIP call control.
+
+- ``POST /v1/realtime/calls``: ``application/sdp`` (an SDP offer; a minted ``ek_`` secret, whose
+  template is the call's session) or ``multipart/form-data`` with ``sdp`` and ``session`` (a
+  gateway key). The key's policy applies as on the WebSocket path; the offer goes upstream with
+  the provider's credentials and the answer comes back: 201, ``application/sdp``, and
+  ``Location: /v1/realtime/calls/{call_id}``. The gateway then meters the call on its sideband
+  (``rtgate.relay.calls``).
+- ``POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup``: relayed upstream (a gateway
+  key); 200 and an empty body, as the upstream answers. ``accept`` opens a metered sideband too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
+
+from rtgate.api.operation import MalformedBody
+from rtgate.api.views import ErrorDetail, ErrorResponse, dump
+from rtgate.auth.client_secrets import connection_model, ga_template
+from rtgate.auth.credentials import client_credential
+from rtgate.auth.policy import ClientEventGuard, KeyPolicy, check_model, over_budget
+from rtgate.catalog import Route
+from rtgate.errors import GatewayError, UpstreamError
+from rtgate.gateway import Gateway
+from rtgate.relay.calls import (
+    CALL_ID,
+    CallNotFound,
+    CallRegistry,
+    create_upstream_call,
+    deep_merge,
+    hangup_upstream,
+    upstream_post,
+)
+from rtgate.relay.endpoint import GATEWAY, ShuttingDown
+from rtgate.store.port import KeyInfo
+
+log = logging.getLogger("rtgate.api")
+
+PREFIX = "/v1/realtime/calls"
+CALLS: web.AppKey[CallRegistry] = web.AppKey("calls", CallRegistry)
+
+
+def _error(err: GatewayError) -> web.Response:
+    body = ErrorResponse(
+        error=ErrorDetail(message=err.message, type=err.error_type, code=err.code, param=err.param)
+    )
+    return web.Response(
+        body=orjson.dumps(dump(body)), status=err.http_status, content_type="application/json"
+    )
+
+
+def _openai_errors(handler: Handler) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except GatewayError as err:
+            response = _error(err)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return answer
+
+
+def _bad(message: str, param: str | None = None) -> MalformedBody:
+    return MalformedBody(message, param=param)
+
+
+async def _offer(request: web.Request) -> tuple[str, dict[str, Any] | None]:
+    """The SDP offer and the session (multipart only) of a ``POST /calls``."""
+    ctype = request.content_type
+    if ctype == "application/sdp":
+        return await request.text(), None
+    if not ctype.startswith("multipart/"):
+        raise _bad("Expected application/sdp or multipart/form-data.")
+    sdp: str | None = None
+    session: dict[str, Any] | None = None
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "sdp":
+            sdp = await part.text()
+        elif part.name == "session":
+            try:
+                raw = orjson.loads(await part.read())
+            except orjson.JSONDecodeError as exc:
+                raise _bad("The 'session' part is not JSON.", "session") from exc
+            if not isinstance(raw, dict):
+                raise _bad("The 'session' part must be an object.", "session")
+            session = raw
+    if sdp is None:
+        raise _bad("Missing required parameter: 'sdp'.", "sdp")
+    return sdp, session
+
+
+def _check_session(policy: KeyPolicy, template: dict[str, Any]) -> None:
+    update = orjson.dumps({"type": "session.update", "session": template}).decode()
+    blocked = ClientEventGuard(policy).check(update)
+    if blocked is not None:
+        blocked.client_event_id = None
+        raise blocked
+
+
+async def _admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
+    """Budgets and live-session limits, as a WebSocket session meets them."""
+    if policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos:
+        exceeded = over_budget(policy, await gw.keyring.spend(key.id))
+        if exceeded is not None:
+            raise exceeded
+    await gw.limiter.acquire(
+        key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
+    )
+
+
+def _upstream_session(policy: KeyPolicy, route: Route, template: dict[str, Any]) -> dict[str, Any]:
+    """The key's defaults under the call's session, with the upstream's model name."""
+    base = {"type": "realtime", **dict(policy.session_defaults or {})}
+    out = deep_merge(base, template)
+    out["model"] = route.upstream_model
+    return out
+
+
+async def create_call(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    calls = request.app[CALLS]
+    if gw.closing or calls.closing:
+        raise ShuttingDown("The gateway is shutting down; try again shortly.")
+    key, policy, grant = await gw.keyring.authenticate_session(
+        client_credential(request.headers).secret
+    )
+    sdp, session = await _offer(request)
+    if not sdp.strip():
+        raise _bad("Missing required parameter: 'sdp'.", "sdp")
+    if grant is not None:
+        if grant.kind != "realtime":
+            raise _bad("A transcription client secret cannot place a call.")
+        asked = session.get("model") if session else None
+        model = connection_model(grant, asked if isinstance(asked, str) else None)
+        template = dict(grant.session)
+        if session:
+            template = deep_merge(template, ga_template(session)[1])
+    else:
+        model, template = ga_template(session)
+        if model is None:
+            model = gw.settings.default_model
+    if template.get("type") != "realtime":
+        raise _bad("A call takes a realtime session.", "session.type")
+    route = gw.catalog.resolve(model)
+    check_model(policy, route.model)
+    _check_session(policy, template)
+    await _admit(gw, key, policy)
+    try:
+        call_id, answer = await create_upstream_call(
+            gw, route, sdp, _upstream_session(policy, route, template)
+        )
+        try:
+            await calls.start(gw, call_id, key, policy, route)
+        except GatewayError:
+            # A call the gateway cannot meter must not go on.
+            try:
+                await hangup_upstream(gw, route, call_id)
+            except GatewayError:
+                log.warning("call %s could not be hung up", call_id)
+            raise
+    except BaseException:
+        await gw.limiter.release(key.id)
+        raise
+    log.info("call placed", extra={"key_id": key.id, "model": route.model, "call_id": call_id})
+    return web.Response(
+        status=201,
+        body=answer.encode(),
+        headers={"Content-Type": "application/sdp", "Location": f"{PREFIX}/{call_id}"},
+    )
+
+
+async def call_action(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    calls = request.app[CALLS]
+    action = request.match_info["action"]
+    call_id = request.match_info["call_id"]
+    key, policy = await gw.keyring.authenticate(client_credential(request.headers).secret)
+    if not CALL_ID.match(call_id):
+        raise CallNotFound(f"No call found with id '{call_id}'.")
+    sb = calls.get(call_id)
+    if sb is not None and sb.key.id != key.id:
+        # Another key's call: as if it did not exist.
+        raise CallNotFound(f"No call found with id '{call_id}'.")
+    raw = await request.read()
+    body: dict[str, Any] | None = None
+    if raw.strip():
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _bad("We could not parse the JSON body of your request.") from exc
+        if not isinstance(parsed, dict):
+            raise _bad("The body must be a JSON object.")
+        body = parsed
+    admitted = False
+    if action == "accept":
+        if calls.closing or gw.closing:
+            raise ShuttingDown("The gateway is shutting down; try again shortly.")
+        model, template = ga_template(body)
+        if model is None:
+            model = gw.settings.default_model
+        if template.get("type") != "realtime":
+            raise _bad("A call takes a realtime session.", "type")
+        route = gw.catalog.resolve(model)
+        check_model(policy, route.model)
+        _check_session(policy, template)
+        body = _upstream_session(policy, route, template)
+        if sb is None:
+            await _admit(gw, key, policy)
+            admitted = True
+    elif sb is not None:
+        route = sb.route
+    else:
+        route = gw.catalog.resolve(None)
+    try:
+        status, _, _ = await upstream_post(
+            gw,
+            route,
+            f"/{call_id}/{action}",
+            json_body=orjson.dumps(body) if body is not None else None,
+        )
+        if status == 404:
+            raise CallNotFound(f"No call found with id '{call_id}'.")
+        if not 200 <= status < 300:
+            log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
+            raise _upstream_refused(action, status)
+        if admitted:
+            await calls.start(gw, call_id, key, policy, route)
+            admitted = False
+    finally:
+        if admitted:
+            await gw.limiter.release(key.id)
+    log.info("call %s relayed", action, extra={"key_id": key.id, "call_id": call_id})
+    return web.Response(status=status)
+
+
+def _upstream_refused(action: str, status: int) -> GatewayError:
+    return UpstreamError(f"The upstream refused the call's {action} (HTTP {status}).")
+
+
+def add_call_routes(app: web.Application) -> None:
+    app[CALLS] = CallRegistry()
+
+    async def end_calls(app: web.Application) -> None:
+        await app[CALLS].shutdown()
+
+    app.on_shutdown.append(end_calls)
+    app.router.add_post(PREFIX, _openai_errors(create_call))
+    app.router.add_post(
+        PREFIX + "/{call_id}/{action:accept|reject|refer|hangup}", _openai_errors(call_action)
+    )
