@@ -229,3 +229,21 @@ async def test_sip_actions_are_relayed_with_the_provider_key(
     assert bodies["refer"] == {"target_uri": "tel:+14155550123"}
     # An accepted call is metered on its sideband like a placed one.
     assert any(u.query.get("call_id") == "rtc_sip1" for u in provider.upgrades)
+
+
+async def test_shutdown_hangs_up_live_calls_and_ends(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    import asyncio
+
+    from rtgate.api.calls_http import CALLS
+
+    _, key = await key_with(gateway)
+    raw = await client_for(gateway, key).realtime.calls.with_raw_response.create(
+        sdp=OFFER, session={"type": "realtime", "model": "gpt-realtime"}
+    )
+    call_id = raw.headers["location"].removeprefix("/v1/realtime/calls/")
+    await asyncio.wait_for(gateway.app[CALLS].shutdown(), 10)
+    assert (call_id, "hangup", None) in provider.call_actions
+    (session,) = await gateway.store.recent_sessions()
+    assert session.ended_at is not None and session.close_code == 1001

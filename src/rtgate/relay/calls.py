@@ -259,9 +259,9 @@ class CallRegistry:
                 await self._end(gw, sb, SessionExpired(expiry_message(session.max_seconds)))
                 return
             try:
-                msg = await asyncio.wait_for(
-                    ws.receive(), timeout=min(remaining, gw.expiry_check_interval)
-                )
+                # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
+                # cancelled task stuck in the wait (so shutdown never hung the call up).
+                msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
             except TimeoutError:
                 continue
             if msg.type is aiohttp.WSMsgType.TEXT:
