@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 
@@ -12,12 +12,24 @@ from rtgate.auth.limits import SessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock
 from rtgate.config import Settings
+from rtgate.errors import GatewayError
 from rtgate.metering.ledger import Ledger
 from rtgate.metrics import Metrics
+from rtgate.protocol.relay_session import RelaySession
 from rtgate.store.port import Store
 
-if TYPE_CHECKING:
-    from rtgate.relay.bridge import Bridge
+
+class LiveSession(Protocol):
+    """A metered session running now: a relayed WebSocket (``Bridge``) or a call's sideband.
+    The admin API lists them and closes them, shutdown ends them, all through this."""
+
+    session: RelaySession
+
+    async def close(self, code: int, reason: str, by: str) -> None:
+        """End it from outside (shutdown) with ``code``; one already ending is left alone."""
+
+    async def terminate(self, err: GatewayError, by: str = "operator") -> None:
+        """End it from outside with ``err`` (an operator's forced close, a revoked secret)."""
 
 
 @dataclass
@@ -37,4 +49,4 @@ class Gateway:
     expiry_check_interval: float = 1.0
     #: Set when shutdown begins: new sessions are refused, late ones closed with 1001.
     closing: bool = False
-    live: dict[str, Bridge] = field(default_factory=dict)
+    live: dict[str, LiveSession] = field(default_factory=dict)

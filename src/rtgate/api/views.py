@@ -128,6 +128,10 @@ class LiveSession(View):
     key_id: str
     model: str
     upstream: str
+    #: ``transcription``, ``webrtc`` (a call's sideband) or null (a realtime session).
+    intent: str | None
+    #: The client secret that opened it (its id), or null for a gateway key.
+    client_secret_id: str | None
     started_at: str | None = Field(json_schema_extra=_TIME)
     tokens: Tokens
     cost_usd: str = Field(pattern=_USD)
@@ -227,6 +231,8 @@ def live_session(s: RelaySession) -> LiveSession:
         key_id=s.key_id,
         model=s.route.model,
         upstream=s.route.upstream_name,
+        intent=s.intent,
+        client_secret_id=s.secret_id,
         started_at=timestamp(s.opened_at),
         tokens=Tokens.of(s.totals),
         cost_usd=usd_str(s.charged_nanos),

@@ -62,10 +62,16 @@ class RelaySession:
         opened_at: float,
         opened_mono: float,
         max_seconds: float,
+        intent: str | None = None,
+        secret_id: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
         self.route = route
+        #: ``transcription``, ``webrtc`` (a call's sideband) or None (a realtime session).
+        self.intent = intent
+        #: The client secret that opened it, if one did (its id, never the secret).
+        self.secret_id = secret_id
         self._catalog = catalog
         self.opened_at = opened_at
         self.deadline = opened_mono + max_seconds

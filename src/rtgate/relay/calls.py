@@ -182,6 +182,7 @@ class CallRegistry:
             opened_at=now,
             opened_mono=gw.clock.monotonic(),
             max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
+            intent=INTENT,
         )
         try:
             await gw.store.open_session(

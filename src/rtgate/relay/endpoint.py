@@ -179,6 +179,7 @@ async def _relay(
         opened_at=now,
         opened_mono=gw.clock.monotonic(),
         max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
+        intent=intent,
     )
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
