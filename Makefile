@@ -40,7 +40,8 @@ test-postgres: $(VENV)/.dev-installed
 	RTGATE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest \
 		tests/test_store.py tests/test_relay_sdk.py tests/test_relay_edges.py \
 		tests/test_relay_faults.py tests/test_policy.py tests/test_metrics.py \
-		tests/test_client_secrets.py tests/test_beta_clients.py tests/test_calls.py
+		tests/test_client_secrets.py tests/test_client_secret_control.py \
+		tests/test_beta_clients.py tests/test_calls.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/relay_bench.py

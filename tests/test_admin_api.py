@@ -561,6 +561,8 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/keys/{key_id}"),
         ("PATCH", "/admin/v1/keys/{key_id}"),
         ("POST", "/admin/v1/keys/{key_id}/revoke"),
+        ("GET", "/admin/v1/client_secrets"),
+        ("POST", "/admin/v1/client_secrets/{secret_id}/revoke"),
         ("GET", "/admin/v1/usage"),
         ("GET", "/admin/v1/sessions"),
         ("GET", "/admin/v1/sessions/live"),

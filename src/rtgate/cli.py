@@ -18,7 +18,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from rtgate.api.views import dump, key_view, new_key_view, session_row, timestamp, usage_row
+from rtgate.api.views import (
+    client_secret_view,
+    dump,
+    key_view,
+    new_key_view,
+    session_row,
+    timestamp,
+    usage_row,
+)
+from rtgate.auth.client_secrets import looks_minted, secret_id_of
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import SystemClock
@@ -33,6 +42,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke gateway keys.")
 app.add_typer(keys_app, name="keys")
+secrets_app = typer.Typer(
+    no_args_is_help=True, help="List and revoke the client secrets keys have minted."
+)
+app.add_typer(secrets_app, name="secrets")
 
 T = TypeVar("T")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
@@ -280,6 +293,45 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
         _print_json(dump(key_view(info)))
     else:
         typer.echo(f"Revoked {info.id} ({info.name}).")
+
+
+@secrets_app.command("list")
+def secrets_list(
+    key: Annotated[str | None, typer.Option(help="Only this key id's secrets.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Client secrets not yet expired (revoked ones too), newest first; never their values."""
+    clock = SystemClock()
+    rows = _with_store(lambda st: KeyRing(st, clock).list_secrets(key))
+    views = [client_secret_view(c, clock.now()) for c in rows]
+    if as_json:
+        _print_json(dump(views))
+        return
+    table = Table("id", "key", "type", "model", "created", "expires", "status")
+    for v in views:
+        status = "active" if v.active else f"revoked {v.revoked_at}"
+        table.add_row(v.id, v.key_id, v.type, v.model or "-", v.created_at, v.expires_at, status)
+    _console().print(table)
+
+
+@secrets_app.command("revoke")
+def secrets_revoke(
+    secret: Annotated[str, typer.Argument(help="A secret's id (cs_...) or its value (ek_...).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke one client secret: sessions it opens from now on are refused (the admin API's
+    revoke also closes the ones it has open)."""
+    sid = secret_id_of(secret) if looks_minted(secret) else secret
+    clock = SystemClock()
+    row = _with_store(lambda st: KeyRing(st, clock).revoke_secret(sid))
+    if row is None:
+        Console(stderr=True).print(f"[red]error:[/red] no client secret with id {sid}")
+        raise typer.Exit(1)
+    view = client_secret_view(row, clock.now())
+    if as_json:
+        _print_json(dump(view))
+    else:
+        typer.echo(f"Revoked {view.id} (minted by {view.key_id}).")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The admin API under ``/admin/v1/``: keys, usage, sessions, and its own OpenAPI document.
+"""The admin API under ``/admin/v1/``: keys, client secrets, usage, sessions, and its OpenAPI
+document.
 
 One operator token guards it: ``RTGATE_ADMIN_TOKEN``, sent as ``Authorization: Bearer <token>``
 and compared in constant time. With no token configured the API is disabled and every route
@@ -27,15 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, InvalidRequest, Operation, Reply
 from rtgate.api.views import (
+    ClientSecretView,
     ClosedSession,
     ErrorDetail,
     ErrorResponse,
     KeyView,
     LiveSession,
     NewKeyView,
+    RevokedClientSecret,
     SessionRow,
     TranscriptEntryView,
     UsageRow,
+    client_secret_view,
     dump,
     key_view,
     live_session,
@@ -45,6 +49,7 @@ from rtgate.api.views import (
     usage_csv,
     usage_row,
 )
+from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.errors import AuthError, GatewayError, PolicyError
@@ -78,6 +83,15 @@ class SessionClosedByOperator(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "session_closed_by_operator"
+
+
+class ClientSecretRevoked(GatewayError):
+    """Sent to a client whose session was opened with a client secret the operator revoked."""
+
+    http_status = 401
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "client_secret_revoked"
 
 
 # aiohttp's own refusals (no such route, wrong method, body too large) in the same shape.
@@ -205,6 +219,12 @@ class UsageQuery(BaseModel):
         return v
 
 
+class SecretsQuery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str | None = Field(default=None, description="Only the secrets this key minted.")
+
+
 class SessionsQuery(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -278,6 +298,29 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     if key is None:
         raise _no_key(key_id)
     return key_view(key)
+
+
+async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:
+    now = call.gw.clock.now()
+    return [
+        client_secret_view(c, now) for c in await call.gw.keyring.list_secrets(call.query.key_id)
+    ]
+
+
+async def revoke_client_secret(call: Call[None, None]) -> Reply:
+    sid, gw = call.path("secret_id"), call.gw
+    revoked = await gw.keyring.revoke_secret(sid)
+    if revoked is None:
+        # Only an id's shape is echoed: what else arrives here may be a secret's very value.
+        named = _quoted(sid) if id_hash_prefix(sid) else "of that shape (ids read cs_ + 20 hex)"
+        raise NotFound(f"No client secret with id {named}.", param="secret_id")
+    view = client_secret_view(revoked, gw.clock.now())
+    # What it opened ends now: a leaked secret's sessions must not run on until their cap.
+    opened = [s for s in list(gw.live.values()) if s.session.secret_id == view.id]
+    for live in opened:
+        await live.terminate(ClientSecretRevoked("The client secret of this session was revoked."))
+    log.info("client secret %s revoked; %d live sessions closed", view.id, len(opened))
+    return RevokedClientSecret(**dict(view), closed_sessions=[s.session.session_id for s in opened])
 
 
 async def usage(call: Call[UsageQuery, None]) -> Reply:
@@ -361,6 +404,25 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         status=200,
         response=KeyView,
         not_found="No such key.",
+    ),
+    Operation(
+        "GET",
+        "/client_secrets",
+        list_client_secrets,
+        "Client secrets not yet expired (revoked ones too), newest first; never their values",
+        status=200,
+        response=ClientSecretView,
+        many=True,
+        query=SecretsQuery,
+    ),
+    Operation(
+        "POST",
+        "/client_secrets/{secret_id}/revoke",
+        revoke_client_secret,
+        "Revoke one client secret and close the live sessions it opened (1008)",
+        status=200,
+        response=RevokedClientSecret,
+        not_found="No such client secret.",
     ),
     Operation(
         "GET",

@@ -1,4 +1,5 @@
-"""How keys, usage and sessions look to the outside: ``--json`` on the CLI and the admin API.
+"""How keys, client secrets, usage and sessions look to the outside: ``--json`` on the CLI
+and the admin API.
 
 Each view is a pydantic model, so both surfaces render one row type the same way, and the admin
 API's OpenAPI document is generated from the very classes that produce its responses. Times are
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from rtgate.auth.client_secrets import secret_id
 from rtgate.auth.policy import KeyPolicy, policy_view
 from rtgate.metering.cost import usd_str
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
-from rtgate.store.port import KeyInfo, SessionSummary, UsageSummary
+from rtgate.store.port import KeyInfo, SessionSummary, StoredClientSecret, UsageSummary
 
 if TYPE_CHECKING:
     from rtgate.protocol.relay_session import RelaySession
@@ -146,6 +148,29 @@ class ClosedSession(LiveSession):
     closed_by: str | None
 
 
+class ClientSecretView(View):
+    """A minted client secret, by its id: never its value."""
+
+    id: str
+    key_id: str
+    #: The session type it opens: ``realtime`` or ``transcription``.
+    type: str
+    model: str | None
+    created_at: str | None = Field(json_schema_extra=_TIME)
+    expires_at: str | None = Field(json_schema_extra=_TIME)
+    revoked_at: str | None = Field(json_schema_extra=_TIME)
+    #: Whether it still opens sessions (neither expired nor revoked; its key may be revoked).
+    active: bool
+    #: The session template applied to every session it opens (a GA session object).
+    session: dict[str, Any]
+
+
+class RevokedClientSecret(ClientSecretView):
+    """A secret just revoked, and the live sessions it had opened, which were closed."""
+
+    closed_sessions: list[str]
+
+
 class TranscriptEntryView(View):
     """One line of a kept transcript: text only, never audio."""
 
@@ -237,6 +262,21 @@ def live_session(s: RelaySession) -> LiveSession:
         tokens=Tokens.of(s.totals),
         cost_usd=usd_str(s.charged_nanos),
         provider_cost_usd=usd_str(s.provider_nanos),
+    )
+
+
+def client_secret_view(c: StoredClientSecret, now: float) -> ClientSecretView:
+    session = orjson.loads(c.session_json)
+    return ClientSecretView(
+        id=secret_id(c.secret_hash),
+        key_id=c.key_id,
+        type="transcription" if session.get("type") == "transcription" else "realtime",
+        model=c.model,
+        created_at=timestamp(c.created_at),
+        expires_at=timestamp(c.expires_at),
+        revoked_at=timestamp(c.revoked_at),
+        active=c.revoked_at is None and now < c.expires_at,
+        session=session,
     )
 
 

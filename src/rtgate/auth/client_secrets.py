@@ -13,7 +13,15 @@ Rules a secret enforces when it opens a session:
   and usage is billed to it;
 - until ``expires_at`` it may open several sessions (a session may outlive its secret);
 - the connection may only use the secret's model; naming none means the secret's model;
-- its template goes upstream as an initial ``session.update`` after the key's own defaults.
+- its template goes upstream as an initial ``session.update`` after the key's own defaults;
+- its session type decides the connection's: a transcription secret opens a transcription
+  session (``intent=transcription`` goes upstream even if the client left it out), and a
+  realtime secret cannot be used for one;
+- an operator can revoke it alone (its key goes on minting); a revoked secret opens nothing.
+
+A secret's *id* (``cs_`` + the first 20 hex digits of its SHA-256) names it in the admin API and
+the logs; it is derived from the stored hash, so it reveals nothing about the secret, and the
+holder of a leaked secret value can compute it (``secret_id_of``) to revoke it.
 
 Pure: no I/O here; the ``KeyRing`` stores and looks up, the HTTP routes parse and answer.
 """
@@ -28,10 +36,14 @@ from typing import Any, Literal
 
 import orjson
 
+from rtgate.auth.keys import hash_key
 from rtgate.errors import ModelNotAllowed, PolicyError
 
 MINTED_PREFIX = "ek_"
 _WELL_FORMED = re.compile(r"^ek_[0-9a-f]{32}$")
+ID_PREFIX = "cs_"
+_ID_HEX = 20
+_ID_SHAPE = re.compile(r"^cs_[0-9a-f]{20}$")
 
 MIN_TTL_S = 10
 MAX_TTL_S = 7200
@@ -63,6 +75,21 @@ def well_formed(secret: str) -> bool:
     return _WELL_FORMED.match(secret) is not None
 
 
+def secret_id(secret_hash: str) -> str:
+    """The id of the secret whose SHA-256 (hex) is ``secret_hash``."""
+    return ID_PREFIX + secret_hash[:_ID_HEX]
+
+
+def secret_id_of(value: str) -> str:
+    """The id of a secret from its value (to revoke a leaked one)."""
+    return secret_id(hash_key(value))
+
+
+def id_hash_prefix(sid: str) -> str | None:
+    """The hash prefix an id stands for; None if ``sid`` is not an id's shape."""
+    return sid[len(ID_PREFIX) :] if _ID_SHAPE.match(sid) else None
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSecret:
     """A minted secret as stored: never the secret itself."""
@@ -74,6 +101,8 @@ class ClientSecret:
     session: Mapping[str, Any]
     created_at: float
     expires_at: float
+    #: Its id (``cs_…``), which names it in the admin API and in live sessions.
+    id: str | None = None
 
     @property
     def kind(self) -> SessionKind:
@@ -163,6 +192,30 @@ def connection_model(secret: ClientSecret, requested: str | None) -> str | None:
             param="model",
         )
     return secret.model
+
+
+class IntentNotAllowed(PolicyError):
+    http_status = 400
+    code = "invalid_intent"
+
+
+def connection_intent(secret: ClientSecret, requested: str | None) -> str | None:
+    """The ``intent`` a session opened with ``secret`` has: the secret's session type decides."""
+    if secret.kind == "transcription":
+        if requested not in (None, "transcription"):
+            raise IntentNotAllowed(
+                f"This client secret was minted for a transcription session; `intent={requested}`"
+                " is not allowed.",
+                param="intent",
+            )
+        return "transcription"
+    if requested == "transcription":
+        raise IntentNotAllowed(
+            "This client secret was minted for a realtime session; connect without"
+            " `intent=transcription`, or mint a transcription secret.",
+            param="intent",
+        )
+    return requested
 
 
 def template_update(secret: ClientSecret) -> str | None:

@@ -6,6 +6,7 @@ Shared by the CLI, the admin API and the relay, so the three cannot disagree.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,10 @@ import orjson
 from rtgate.auth.client_secrets import (
     ClientSecret,
     expiry,
+    id_hash_prefix,
     looks_minted,
     new_secret,
+    secret_id,
     well_formed,
 )
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
@@ -83,12 +86,18 @@ class KeyRing:
         """A new client secret of ``key`` and what it grants; only its hash is stored."""
         now = self._clock.now()
         secret = new_secret()
+        secret_hash = hash_key(secret)
         minted = ClientSecret(
-            key.id, model, dict(session), now, expiry(now, seconds, policy.expires_at)
+            key.id,
+            model,
+            dict(session),
+            now,
+            expiry(now, seconds, policy.expires_at),
+            secret_id(secret_hash),
         )
         await self._store.add_client_secret(
             StoredClientSecret(
-                hash_key(secret),
+                secret_hash,
                 key.id,
                 model,
                 orjson.dumps(minted.session).decode(),
@@ -114,7 +123,7 @@ class KeyRing:
         if found is None or not hashes_match(found[0].secret_hash, wanted):
             raise refused
         stored, key = found
-        if not key.active:
+        if not key.active or stored.revoked_at is not None:
             raise refused
         now = self._clock.now()
         if now >= stored.expires_at:
@@ -127,8 +136,20 @@ class KeyRing:
             orjson.loads(stored.session_json),
             stored.created_at,
             stored.expires_at,
+            secret_id(stored.secret_hash),
         )
         return key, policy, grant
+
+    async def list_secrets(self, key_id: str | None = None) -> builtins.list[StoredClientSecret]:
+        """Client secrets that have not expired yet, revoked ones included, newest first."""
+        return await self._store.list_client_secrets(key_id, self._clock.now())
+
+    async def revoke_secret(self, sid: str) -> StoredClientSecret | None:
+        """Revoke one client secret by its id; None if there is no such secret."""
+        prefix = id_hash_prefix(sid)
+        if prefix is None:
+            return None
+        return await self._store.revoke_client_secret(prefix, self._clock.now())
 
     async def spend(self, key_id: str) -> Spend:
         """What the key has been charged this UTC day, this UTC month, and ever."""

@@ -17,7 +17,12 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from rtgate.auth.client_secrets import ClientSecret, connection_model, template_update
+from rtgate.auth.client_secrets import (
+    ClientSecret,
+    connection_intent,
+    connection_model,
+    template_update,
+)
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
     ClientEventGuard,
@@ -57,7 +62,9 @@ async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocket
     return ws
 
 
-async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.ClientWebSocketResponse:
+async def _dial(
+    gw: Gateway, route: Route, request: web.Request, intent: str | None
+) -> aiohttp.ClientWebSocketResponse:
     up = route.upstream
     api_key: str | None
     if up.kind == "local":
@@ -65,7 +72,10 @@ async def _dial(gw: Gateway, route: Route, request: web.Request) -> aiohttp.Clie
     else:
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
-    url = upstream_url(up, base_url, route.upstream_model, request.query.items())
+    query = [(k, v) for k, v in request.query.items() if k != "intent"]
+    if intent is not None:
+        query.append(("intent", intent))
+    url = upstream_url(up, base_url, route.upstream_model, query)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(up.connect_timeout_s):
@@ -120,6 +130,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
         if grant is not None:
             model = connection_model(grant, model)
+            intent = connection_intent(grant, intent)
         elif model is None and intent != "transcription" and "call_id" not in query:
             model = s.default_model
         route = gw.catalog.resolve(model)
@@ -137,7 +148,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         return await _refuse(ws, err)
     try:
         try:
-            upstream = await _dial(gw, route, request)
+            upstream = await _dial(gw, route, request, intent)
         except GatewayError as err:
             gw.metrics.refused(err.code)
             return await _refuse(ws, err)
@@ -180,6 +191,7 @@ async def _relay(
         opened_mono=gw.clock.monotonic(),
         max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
         intent=intent,
+        secret_id=grant.id if grant is not None else None,
     )
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
@@ -216,7 +228,7 @@ async def _relay(
         store=gw.store,
         beta=beta,
     )
-    transcription = intent == "transcription" or (grant is not None and grant.kind != "realtime")
+    transcription = intent == "transcription"
     initial = initial_session_update(policy, transcription=transcription)
     if initial is not None:
         # The key's defaults go first, so anything the client sends later overrides them.

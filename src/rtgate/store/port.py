@@ -77,6 +77,7 @@ class StoredClientSecret:
     session_json: str
     created_at: float
     expires_at: float
+    revoked_at: float | None = None
 
 
 class Store(Protocol):
@@ -116,6 +117,15 @@ class Store(Protocol):
         self, secret_hash: str
     ) -> tuple[StoredClientSecret, KeyInfo] | None:
         """The secret and its minting key, revoked or not (the caller decides)."""
+        ...
+
+    async def list_client_secrets(self, key_id: str | None, now: float) -> list[StoredClientSecret]:
+        """Secrets not yet expired at ``now`` (revoked ones too), newest first."""
+        ...
+
+    async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
+        """Revoke the one secret whose hash starts with ``hash_prefix`` (a secret's id); an
+        already revoked one keeps its first ``revoked_at``. None if no secret matches."""
         ...
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:

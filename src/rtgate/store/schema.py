@@ -103,5 +103,8 @@ client_secrets = Table(
     Column("session", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    #: Set when an operator revokes this one secret (its key may go on minting others).
+    Column("revoked_at", Float, nullable=True),
     Index("ix_client_secrets_expires_at", "expires_at"),
+    Index("ix_client_secrets_key_id", "key_id"),
 )

@@ -9,7 +9,8 @@ every session open. PostgreSQL goes through asyncpg, with its own durability set
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,6 +88,22 @@ def _migrate(conn: Connection) -> None:
     have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
     if "policy" not in have:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
+    have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
+    if "revoked_at" not in have:
+        conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
+
+
+def _client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
+    c = client_secrets.c
+    return StoredClientSecret(
+        secret_hash=m[c.secret_hash],
+        key_id=m[c.key_id],
+        model=m[c.model],
+        session_json=m[c.session],
+        created_at=m[c.created_at],
+        expires_at=m[c.expires_at],
+        revoked_at=m[c.revoked_at],
+    )
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
@@ -212,14 +229,7 @@ class SqlStore:
         if row is None:
             return None
         m = row._mapping
-        secret = StoredClientSecret(
-            secret_hash=m[c.secret_hash],
-            key_id=m[c.key_id],
-            model=m[c.model],
-            session_json=m[c.session],
-            created_at=m[c.created_at],
-            expires_at=m[c.expires_at],
-        )
+        secret = _client_secret(m)
         k = api_keys.c
         key = KeyInfo(
             id=m[k.id],
@@ -230,6 +240,34 @@ class SqlStore:
             policy_json=m[k.policy],
         )
         return secret, key
+
+    async def list_client_secrets(self, key_id: str | None, now: float) -> list[StoredClientSecret]:
+        c = client_secrets.c
+        q = select(client_secrets).where(c.expires_at > now)
+        if key_id is not None:
+            q = q.where(c.key_id == key_id)
+        q = q.order_by(c.created_at.desc(), c.secret_hash)
+        async with _mapped("read"), self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_client_secret(r._mapping) for r in rows]
+
+    async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
+        c = client_secrets.c
+        # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
+        match = c.secret_hash.startswith(hash_prefix, autoescape=True)
+        async with _mapped("write"), self.engine.begin() as conn:
+            rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
+            if len(rows) != 1:
+                return None
+            row = _client_secret(rows[0]._mapping)
+            if row.revoked_at is None:
+                await conn.execute(
+                    client_secrets.update()
+                    .where(c.secret_hash == row.secret_hash)
+                    .values(revoked_at=now)
+                )
+                row = replace(row, revoked_at=now)
+        return row
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         u = usage_records.c

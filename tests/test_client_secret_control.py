@@ -1,0 +1,223 @@
+"""Control over minted client secrets: the secret's session type decides the connection's
+intent, and an operator lists secrets and revokes one (admin API and CLI), which ends the
+sessions it opened."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from openai import AsyncOpenAI
+from typer.testing import CliRunner
+from websockets.asyncio.client import connect
+
+from rtgate.auth.client_secrets import secret_id_of
+from rtgate.cli import app as cli_app
+from rtgate.clock import ManualClock
+from rtgate.config import Settings
+from rtgate.store.sql import SqlStore
+from tests.conftest import RunningGateway
+from tests.provider import FakeProvider
+from tests.test_admin_api import TOKEN, call
+from tests.test_client_secrets import first_events, key_with
+
+
+def sdk(gw: RunningGateway, key: str) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0)
+
+
+async def test_the_secrets_session_type_decides_the_intent(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    async with sdk(gw, key) as client:
+        tr = (
+            await client.realtime.client_secrets.create(
+                session={
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+                }
+            )
+        ).value
+        rt = (await client.realtime.client_secrets.create()).value
+
+    # A transcription secret opens a transcription session even when the client names no
+    # intent: the upstream is asked for one, and the session says so.
+    events, code = await first_events(gw, tr, query="")
+    assert code is None, events
+    assert events[0]["session"]["type"] == "transcription"
+    assert provider.upgrades[-1].query == {"intent": "transcription"}
+
+    before = len(provider.upgrades)
+    for secret, query in (
+        (rt, "model=gpt-realtime&intent=transcription"),
+        (tr, "intent=conversation"),
+    ):
+        events, code = await first_events(gw, secret, query=query)
+        assert (events[0]["error"]["code"], code) == ("invalid_intent", 3000), query
+        assert events[0]["error"]["param"] == "intent"
+    assert len(provider.upgrades) == before
+
+    # A realtime secret still opens a realtime session.
+    events, code = await first_events(gw, rt, n=1)
+    assert code is None and events[0]["session"]["type"] == "realtime"
+    assert "intent" not in provider.upgrades[-1].query
+
+
+async def test_an_operator_lists_secrets_and_revokes_one_ending_its_sessions(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    clock = ManualClock()
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN), clock=clock)
+    key_id, key = await key_with(gw)
+    other_id, other = await key_with(gw)
+    async with sdk(gw, key) as client, sdk(gw, other) as other_client:
+        leaked = await client.realtime.client_secrets.create(
+            session={"type": "realtime", "instructions": "Be brief."}
+        )
+        clock.advance(1)
+        kept = await client.realtime.client_secrets.create(expires_after={"seconds": 30})
+        theirs = await other_client.realtime.client_secrets.create()
+        expired = await client.realtime.client_secrets.create(expires_after={"seconds": 10})
+    clock.advance(10)
+
+    listed = (await call(gw, "GET", "/client_secrets", params={"key_id": key_id})).json()
+    assert [s["id"] for s in listed] == [secret_id_of(kept.value), secret_id_of(leaked.value)]
+    (entry,) = [s for s in listed if s["id"] == secret_id_of(leaked.value)]
+    assert entry["key_id"] == key_id and entry["type"] == "realtime"
+    assert entry["model"] == "gpt-realtime" and entry["active"] and entry["revoked_at"] is None
+    assert entry["session"]["instructions"] == "Be brief."
+    everyone = (await call(gw, "GET", "/client_secrets")).json()
+    assert {s["key_id"] for s in everyone} == {key_id, other_id}
+    assert secret_id_of(expired.value) not in {s["id"] for s in everyone}
+    for value in (leaked.value, kept.value, theirs.value):
+        assert value not in str(everyone)
+
+    # Two live sessions on the leaked secret, one on another secret of the same key.
+    async def opened(secret: str) -> Any:
+        ws = await connect(
+            f"{gw.ws}/v1/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+        return ws
+
+    first, second, bystander = (
+        await opened(leaked.value),
+        await opened(leaked.value),
+        await opened(kept.value),
+    )
+    live = (await call(gw, "GET", "/sessions/live")).json()
+    by_secret = {s["id"]: s["client_secret_id"] for s in live}
+    assert sorted(by_secret.values()) == sorted(
+        [secret_id_of(leaked.value)] * 2 + [secret_id_of(kept.value)]
+    )
+
+    revoked = await call(gw, "POST", f"/client_secrets/{secret_id_of(leaked.value)}/revoke")
+    assert revoked.status == 200
+    body = revoked.json()
+    assert body["active"] is False and body["revoked_at"]
+    closed = {sid for sid, cs in by_secret.items() if cs == secret_id_of(leaked.value)}
+    assert set(body["closed_sessions"]) == closed
+
+    for ws in (first, second):
+        event = orjson.loads(await ws.recv())
+        while event["type"] == "session.updated":
+            event = orjson.loads(await ws.recv())
+        assert event["type"] == "error" and event["error"]["code"] == "client_secret_revoked"
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1008
+
+    # The revoked secret opens nothing more; the key's other secrets and the key still work.
+    events, code = await first_events(gw, leaked.value)
+    assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+    events, code = await first_events(gw, kept.value, n=1)
+    assert code is None and events[0]["type"] == "session.created"
+    async with sdk(gw, key) as client:
+        assert (await client.realtime.client_secrets.create()).value
+    await bystander.send('{"type":"input_audio_buffer.clear"}')
+    assert orjson.loads(await bystander.recv())["type"] == "input_audio_buffer.cleared"
+    await bystander.close()
+
+    # Revoking again answers the same revocation; unknown ids are 404 in OpenAI's shape.
+    again = (await call(gw, "POST", f"/client_secrets/{body['id']}/revoke")).json()
+    assert again["revoked_at"] == body["revoked_at"] and again["closed_sessions"] == []
+    for unknown in ("cs_" + "0" * 20, "nope", leaked.value):
+        missing = await call(gw, "POST", f"/client_secrets/{unknown}/revoke")
+        assert missing.status == 404 and missing.error["param"] == "secret_id", unknown
+        assert leaked.value not in missing.text
+
+
+async def test_the_cli_lists_and_revokes_a_secret_by_id_or_value(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings())
+    key_id, key = await key_with(gw)
+    async with sdk(gw, key) as client:
+        one = (await client.realtime.client_secrets.create()).value
+        two = (await client.realtime.client_secrets.create()).value
+    monkeypatch.setenv("RTGATE_DATABASE_URL", db_url)
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+
+    def run_cli(*args: str, code: int = 0) -> str:
+        # Called in a thread: the CLI runs its own event loop.
+        result = runner.invoke(cli_app, list(args))
+        assert result.exit_code == code, result.output
+        return result.output
+
+    listed = orjson.loads(await asyncio.to_thread(run_cli, "secrets", "list", "--json"))
+    assert {s["id"] for s in listed} == {secret_id_of(one), secret_id_of(two)}
+    table = await asyncio.to_thread(run_cli, "secrets", "list", "--key", key_id)
+    assert secret_id_of(one) in table and one not in table
+
+    by_value = orjson.loads(await asyncio.to_thread(run_cli, "secrets", "revoke", one, "--json"))
+    assert by_value["id"] == secret_id_of(one) and by_value["active"] is False
+    out = await asyncio.to_thread(run_cli, "secrets", "revoke", secret_id_of(two))
+    assert out.strip() == f"Revoked {secret_id_of(two)} (minted by {key_id})."
+    await asyncio.to_thread(run_cli, "secrets", "revoke", "cs_" + "f" * 20, code=1)
+
+    for secret in (one, two):
+        events, code = await first_events(gw, secret)
+        assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
+
+
+async def test_a_database_from_before_secret_revocation_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    await store.init()
+    await store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE client_secrets DROP COLUMN revoked_at")
+    db.execute("INSERT INTO api_keys VALUES ('key_old', 'old', 'rtg_x', 'h', 1.0, NULL, NULL)")
+    db.execute(
+        "INSERT INTO client_secrets VALUES ('ab12' || substr(hex(zeroblob(30)), 1, 60),"
+        " 'key_old', 'gpt-realtime', '{\"type\":\"realtime\"}', 1.0, 99.0)"
+    )
+    db.commit()
+    db.close()
+    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    await store.init()
+    (old,) = await store.list_client_secrets(None, 2.0)
+    assert old.revoked_at is None
+    revoked = await store.revoke_client_secret("ab12", 3.0)
+    assert revoked is not None and revoked.revoked_at == 3.0
+    await store.close()
