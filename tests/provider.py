@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,11 @@ class FakeProvider:
     #: Open sideband sockets, by call id.
     sidebands: dict[str, web.WebSocketResponse] = field(default_factory=dict)
     refuse_calls: int | None = None
+    #: False: a hangup is answered 200 but the call's sideband stays open (the gateway must
+    #: close its own socket).
+    hangup_closes_sideband: bool = True
+    #: Awaited after a call is placed and before the provider answers it.
+    while_placing: Callable[[], Awaitable[None]] | None = None
     _runner: web.AppRunner | None = None
 
     @property
@@ -114,6 +120,8 @@ class FakeProvider:
             return web.json_response({"error": {"message": "sdp missing"}}, status=400)
         call_id = "rtc_" + secrets.token_hex(16)
         self.calls[call_id] = PlacedCall(call_id, sdp, session, dict(request.headers))
+        if self.while_placing is not None:
+            await self.while_placing()
         return web.Response(
             status=201,
             body=FAKE_SDP_ANSWER.encode(),
@@ -131,11 +139,15 @@ class FakeProvider:
         self.call_actions.append((call_id, action, orjson.loads(raw) if raw else None))
         if action not in ("accept", "reject", "refer", "hangup"):
             return web.json_response({"error": {"message": "no such action"}}, status=404)
-        if action in ("hangup", "reject"):
+        if action in ("hangup", "reject") and self.hangup_closes_sideband:
             ws = self.sidebands.get(call_id)
             if ws is not None:
                 await ws.close(code=1000, message=b"call ended")
         return web.Response(status=200)
+
+    def hangups(self, call_id: str) -> int:
+        """How many times the call was hung up."""
+        return sum(1 for c, a, _ in self.call_actions if (c, a) == (call_id, "hangup"))
 
     async def emit_on_call(self, call_id: str, event: dict[str, Any], wait: float = 5.0) -> None:
         """Send ``event`` on the call's sideband, as the provider would (waits for it to open)."""

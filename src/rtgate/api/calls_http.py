@@ -7,7 +7,10 @@
   ``Location: /v1/realtime/calls/{call_id}``. The gateway then meters the call on its sideband
   (``rtgate.relay.calls``).
 - ``POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup``: relayed upstream (a gateway
-  key); 200 and an empty body, as the upstream answers. ``accept`` opens a metered sideband too.
+  key); 200 and an empty body, as the upstream answers. ``accept`` opens a metered sideband too;
+  a ``hangup`` ends the call's sideband before it answers, so the key's slot is free again.
+
+A call whose sideband cannot be opened is hung up: the gateway never leaves a call unmetered.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rtgate.api.operation import MalformedBody
 from rtgate.api.views import ErrorDetail, ErrorResponse, dump
 from rtgate.auth.client_secrets import connection_model, ga_template
 from rtgate.auth.credentials import client_credential
-from rtgate.auth.policy import ClientEventGuard, KeyPolicy, check_model, over_budget
+from rtgate.auth.policy import KeyPolicy, check_model, check_session_template, over_budget
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
@@ -98,14 +101,6 @@ async def _offer(request: web.Request) -> tuple[str, dict[str, Any] | None]:
     return sdp, session
 
 
-def _check_session(policy: KeyPolicy, template: dict[str, Any]) -> None:
-    update = orjson.dumps({"type": "session.update", "session": template}).decode()
-    blocked = ClientEventGuard(policy).check(update)
-    if blocked is not None:
-        blocked.client_event_id = None
-        raise blocked
-
-
 async def _admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
     """Budgets and live-session limits, as a WebSocket session meets them."""
     if policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos:
@@ -127,7 +122,17 @@ def _upstream_session(policy: KeyPolicy, route: Route, template: dict[str, Any])
 
 async def create_call(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    calls = request.app[CALLS]
+    try:
+        return await _place_call(gw, request.app[CALLS], request)
+    except GatewayError as err:
+        log.info("call refused: %s", err.code, extra={"refusal": err.code})
+        gw.metrics.refused(err.code)
+        raise
+
+
+async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) -> web.Response:
+    """Policy first (the upstream sees no offer the key may not place), then the offer goes
+    upstream and the call's sideband is opened; a call that cannot be metered is hung up."""
     if gw.closing or calls.closing:
         raise ShuttingDown("The gateway is shutting down; try again shortly.")
     key, policy, grant = await gw.keyring.authenticate_session(
@@ -152,20 +157,18 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         raise _bad("A call takes a realtime session.", "session.type")
     route = gw.catalog.resolve(model)
     check_model(policy, route.model)
-    _check_session(policy, template)
+    check_session_template(policy, template)
     await _admit(gw, key, policy)
     try:
         call_id, answer = await create_upstream_call(
             gw, route, sdp, _upstream_session(policy, route, template)
         )
         try:
-            await calls.start(gw, call_id, key, policy, route)
+            await calls.start(
+                gw, call_id, key, policy, route, grant.id if grant is not None else None
+            )
         except GatewayError:
-            # A call the gateway cannot meter must not go on.
-            try:
-                await hangup_upstream(gw, route, call_id)
-            except GatewayError:
-                log.warning("call %s could not be hung up", call_id)
+            await _hang_up_unmetered(gw, route, call_id)
             raise
     except BaseException:
         await gw.limiter.release(key.id)
@@ -176,6 +179,14 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         body=answer.encode(),
         headers={"Content-Type": "application/sdp", "Location": f"{PREFIX}/{call_id}"},
     )
+
+
+async def _hang_up_unmetered(gw: Gateway, route: Route, call_id: str) -> None:
+    """A call the gateway cannot meter must not go on."""
+    try:
+        await hangup_upstream(gw, route, call_id)
+    except GatewayError:
+        log.warning("call %s could not be hung up", call_id)
 
 
 async def call_action(request: web.Request) -> web.StreamResponse:
@@ -211,7 +222,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             raise _bad("A call takes a realtime session.", "type")
         route = gw.catalog.resolve(model)
         check_model(policy, route.model)
-        _check_session(policy, template)
+        check_session_template(policy, template)
         body = _upstream_session(policy, route, template)
         if sb is None:
             await _admit(gw, key, policy)
@@ -233,11 +244,19 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
             raise _upstream_refused(action, status)
         if admitted:
-            await calls.start(gw, call_id, key, policy, route)
+            try:
+                await calls.start(gw, call_id, key, policy, route)
+            except GatewayError:
+                await _hang_up_unmetered(gw, route, call_id)
+                raise
             admitted = False
     finally:
         if admitted:
             await gw.limiter.release(key.id)
+    if action == "hangup" and sb is not None:
+        # Hung up through the gateway: the sideband ends now, so the key's live-session slot
+        # is free by the time the client hears back.
+        await sb.hung_up_by_client()
     log.info("call %s relayed", action, extra={"key_id": key.id, "call_id": call_id})
     return web.Response(status=status)
 

@@ -36,7 +36,7 @@ from rtgate.auth.client_secrets import (
     ga_template,
 )
 from rtgate.auth.credentials import client_credential
-from rtgate.auth.policy import ClientEventGuard, check_model
+from rtgate.auth.policy import check_model, check_session_template
 from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
@@ -95,12 +95,7 @@ async def _mint(
         model = gw.settings.default_model
     if model is not None:
         check_model(policy, gw.catalog.resolve(model).model)
-    # A template may not set what the key may not change with a session.update.
-    update = orjson.dumps({"type": "session.update", "session": template}).decode()
-    blocked = ClientEventGuard(policy).check(update)
-    if blocked is not None:
-        blocked.client_event_id = None
-        raise blocked
+    check_session_template(policy, template)
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)
     log.info("client secret minted", extra={"key_id": key.id, "model": model})
     return secret, minted

@@ -177,6 +177,17 @@ class ClientEventGuard:
         return None
 
 
+def check_session_template(policy: KeyPolicy, template: Mapping[str, Any]) -> None:
+    """Refuse a session template (a client secret's, a call's) that sets what the key may not
+    change with a ``session.update``; checked at use as well as at minting, since the key's
+    policy may have changed in between."""
+    update = orjson.dumps({"type": "session.update", "session": dict(template)}).decode()
+    blocked = ClientEventGuard(policy).check(update)
+    if blocked is not None:
+        blocked.client_event_id = None
+        raise blocked
+
+
 def _with_event(err: GatewayError, event_id: str | None) -> GatewayError:
     err.client_event_id = event_id
     return err

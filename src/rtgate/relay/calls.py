@@ -5,13 +5,14 @@ gateway keeps is the call's *sideband*: its own WebSocket to ``{base}/realtime?c
 with the provider's key, read as a metered session billed to the key that placed the call. When
 the key's budget is crossed or the session's cap is reached, the call is hung up upstream.
 
-Every sideband task is owned by a ``CallRegistry`` (one per app) and cancelled at shutdown.
+A sideband is a live session like a relayed socket (``Gateway.live``): the admin API lists it
+and closes it, and shutdown ends it, and ending it hangs its call up. Every sideband task is
+owned by a ``CallRegistry`` (one per app), which ends the calls still live at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -28,7 +29,8 @@ from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
-from rtgate.relay.bridge import expiry_message
+from rtgate.relay.bridge import expiry_message, sendable
+from rtgate.relay.endpoint import ShuttingDown
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
@@ -37,6 +39,13 @@ log = logging.getLogger("rtgate.calls")
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ACTIONS = ("accept", "reject", "refer", "hangup")
 INTENT = "webrtc"
+
+# Every wait on the upstream while a call ends is bounded, so shutdown always ends.
+HANGUP_TIMEOUT_S = 5.0
+SOCKET_CLOSE_TIMEOUT_S = 2.0
+#: How long ``Sideband.close`` waits for the sideband's task to record its end.
+END_WAIT_S = 10.0
+SHUTDOWN_WAIT_S = 15.0
 
 
 class CallNotFound(GatewayError):
@@ -131,21 +140,147 @@ async def hangup_upstream(gw: Gateway, route: Route, call_id: str) -> int:
     return status
 
 
-@dataclass
 class Sideband:
-    call_id: str
-    key: KeyInfo
-    policy: KeyPolicy
-    route: Route
-    session: RelaySession
-    ws: aiohttp.ClientWebSocketResponse
-    task: asyncio.Task[None] | None = None
-    hung_up: bool = False
+    """One call's sideband, a live session (``rtgate.gateway.LiveSession``) like a relayed socket.
+
+    It reads the call's events upstream and meters them; nothing is relayed anywhere. Ending it,
+    for whatever reason the gateway or its operator has, ends the call: the session is marked
+    closed (the first close wins), the call is hung up upstream (at most once, whichever path
+    ends it), and the socket is closed. The task that runs it (``CallRegistry``) then records
+    the end. An end the upstream starts (the call hung up elsewhere) needs no hangup.
+    """
+
+    def __init__(
+        self,
+        gw: Gateway,
+        call_id: str,
+        key: KeyInfo,
+        policy: KeyPolicy,
+        route: Route,
+        session: RelaySession,
+        ws: aiohttp.ClientWebSocketResponse,
+    ) -> None:
+        self.gw = gw
+        self.call_id = call_id
+        self.key = key
+        self.policy = policy
+        self.route = route
+        self.session = session
+        self.ws = ws
+        self.task: asyncio.Task[None] | None = None
+        #: Set before the one hangup request goes out, so no other path sends a second.
+        self.hung_up = False
+
+    async def close(self, code: int, reason: str, by: str) -> None:
+        """End the call from outside (shutdown, admin) with ``code`` and wait, bounded, until
+        its end is recorded; a call already ending is left to finish, and waited for."""
+        await self.end_call(code, reason, by)
+        await self._finished()
+
+    async def terminate(self, err: GatewayError, by: str = "operator") -> None:
+        """End the call from outside with ``err``'s close code and reason (an operator's forced
+        close, a revoked client secret)."""
+        await self.close(err.close_code, err.close_reason, by)
+
+    async def hung_up_by_client(self) -> None:
+        """The client hung the call up through the gateway: end the sideband, no second hangup."""
+        self.hung_up = True
+        await self.close(1000, "call hung up", "client")
+
+    async def end_call(self, code: int, reason: str, by: str) -> bool:
+        """Close the session with ``code``, hang the call up, close the socket; False (and
+        nothing done) if the session was closed already."""
+        if not self.session.close(code, reason, by):
+            return False
+        await self.hangup()
+        await self.close_socket()
+        return True
+
+    async def hangup(self) -> None:
+        """Hang the call up upstream, once; bounded, so a silent upstream holds nothing up."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        try:
+            async with asyncio.timeout(HANGUP_TIMEOUT_S):
+                status = await hangup_upstream(self.gw, self.route, self.call_id)
+        except (GatewayError, TimeoutError) as exc:
+            log.warning("call %s could not be hung up: %s", self.call_id, type(exc).__name__)
+            return
+        log.info("call %s hung up by the gateway: HTTP %s", self.call_id, status)
+
+    async def close_socket(self) -> None:
+        """Close the sideband socket with the session's close code (1000 while it is open)."""
+        if self.ws.closed:
+            return
+        code, reason = self.session.close_code, self.session.close_reason
+        try:
+            # Bounded: an upstream that never answers the close must not hold anything up.
+            async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
+                await self.ws.close(code=sendable(code), message=reason.encode()[:123])
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("call %s sideband closed abruptly: %s", self.call_id, type(exc).__name__)
+
+    async def _finished(self) -> None:
+        task = self.task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        # asyncio.wait, not wait_for: a caller cancelled while it waits must not cancel the task.
+        _, pending = await asyncio.wait({task}, timeout=END_WAIT_S)
+        if pending:
+            log.error("call sideband %s did not end in time", self.call_id)
+
+    async def run(self) -> None:
+        """Meter the call until it ends: the upstream closes, a budget or the cap is crossed,
+        usage cannot be recorded, or someone ends it from outside (the socket closes)."""
+        gw, session, clock, ws, policy = self.gw, self.session, self.gw.clock, self.ws, self.policy
+        metered_budget = bool(
+            policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos
+        )
+        while True:
+            remaining = session.deadline - clock.monotonic()
+            if remaining <= 0:
+                err: GatewayError = SessionExpired(expiry_message(session.max_seconds))
+                await self.end_call(err.close_code, err.close_reason, "gateway")
+                return
+            try:
+                # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
+                # cancelled task stuck in the wait (so shutdown never hung the call up).
+                msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
+            except TimeoutError:
+                continue
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                rec = session.on_upstream_text(msg.data, clock.now())
+                if rec is None or isinstance(rec, str):
+                    continue
+                try:
+                    await gw.ledger.record(rec)
+                    gw.metrics.usage(rec)
+                except LedgerError:
+                    log.error("usage record lost, hanging up call %s", self.call_id)
+                    err = UpstreamError("Usage could not be recorded.")
+                    await self.end_call(err.close_code, err.close_reason, "gateway")
+                    return
+                if metered_budget:
+                    refusal = over_budget(policy, await gw.keyring.spend(self.key.id))
+                    if refusal is not None:
+                        gw.metrics.refused(refusal.code)
+                        await self.end_call(refusal.close_code, refusal.close_reason, "gateway")
+                        return
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                continue
+            else:
+                # The upstream ended the call, or the socket was closed from here (then the
+                # session is closed already and this changes nothing).
+                code = ws.close_code if ws.close_code is not None else 1006
+                session.close(code, str(msg.extra or ""), "upstream")
+                return
 
 
 @dataclass
 class CallRegistry:
-    """The sidebands this app runs, by call id; each one's task is owned here."""
+    """The sidebands this app runs, by call id; each one's task is owned here, and each one is
+    in ``Gateway.live`` for exactly as long as its task runs."""
 
     calls: dict[str, Sideband] = field(default_factory=dict)
     #: Every sideband task until it has fully finished (its session recorded as ended).
@@ -156,10 +291,19 @@ class CallRegistry:
         return self.calls.get(call_id)
 
     async def start(
-        self, gw: Gateway, call_id: str, key: KeyInfo, policy: KeyPolicy, route: Route
+        self,
+        gw: Gateway,
+        call_id: str,
+        key: KeyInfo,
+        policy: KeyPolicy,
+        route: Route,
+        secret_id: str | None = None,
     ) -> Sideband:
-        """Dial the call's sideband and run it as a metered session (the limiter slot the
-        caller acquired is released when it ends)."""
+        """Dial the call's sideband and run it as a metered session. The limiter slot the caller
+        acquired is released when it ends; if this raises, the slot and the call (to hang up)
+        are still the caller's."""
+        if self.closing or gw.closing:
+            raise ShuttingDown("The gateway is shutting down; try again shortly.")
         url = upstream_url(route.upstream, route.upstream.base_url, "", [("call_id", call_id)])
         try:
             async with asyncio.timeout(route.upstream.connect_timeout_s):
@@ -183,7 +327,9 @@ class CallRegistry:
             opened_mono=gw.clock.monotonic(),
             max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
             intent=INTENT,
+            secret_id=secret_id,
         )
+        sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
             await gw.store.open_session(
                 SessionOpen(
@@ -191,10 +337,14 @@ class CallRegistry:
                 )
             )
         except GatewayError:
-            with contextlib.suppress(Exception):
-                await ws.close()
+            await sb.close_socket()
             raise
-        sb = Sideband(call_id, key, policy, route, session, ws)
+        if self.closing or gw.closing:
+            # Shutdown began while this call was placed: its sweep has passed this call by.
+            session.close(1001, "gateway shutting down", "gateway")
+            await sb.close_socket()
+            await self._record_end(gw, sb)
+            raise ShuttingDown("The gateway is shutting down; try again shortly.")
         self.calls[call_id] = sb
         sb.task = asyncio.create_task(self._run(gw, sb), name=f"sideband-{call_id}")
         self.tasks.add(sb.task)
@@ -206,101 +356,64 @@ class CallRegistry:
         return sb
 
     async def _run(self, gw: Gateway, sb: Sideband) -> None:
+        s = sb.session
+        gw.live[s.session_id] = sb
+        gw.metrics.live.inc()
+        gw.metrics.started.labels(sb.route.model).inc()
         try:
-            await self._pump(gw, sb)
+            await sb.run()
         except asyncio.CancelledError:
-            sb.session.close(1001, "gateway shutting down", "gateway")
-            if not sb.hung_up:
-                # An unmetered call must not outlive its gateway.
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self._hangup(gw, sb)
+            # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
+            s.close(1001, "gateway shutting down", "gateway")
+            await sb.hangup()
             raise
         except Exception:
             log.exception("call sideband failed", extra={"call_id": sb.call_id})
-            sb.session.close(1011, "sideband failed", "gateway")
+            await sb.end_call(1011, "sideband failed", "gateway")
         finally:
-            self.calls.pop(sb.call_id, None)
-            if not sb.ws.closed:
-                # Bounded: an upstream that never answers the close must not hold shutdown.
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2):
-                        await sb.ws.close(code=1000)
+            if self.calls.get(sb.call_id) is sb:
+                del self.calls[sb.call_id]
+            await sb.close_socket()
             await gw.limiter.release(sb.key.id)
-            s = sb.session
-            try:
-                await gw.store.close_session(
-                    s.session_id,
-                    gw.clock.now(),
-                    s.close_code,
-                    s.close_reason,
-                    s.closed_by or "gateway",
-                )
-            except GatewayError as err:
-                log.error("call session end not recorded: %s", err.message)
+            gw.live.pop(s.session_id, None)
+            gw.metrics.live.dec()
+            gw.metrics.ended.labels(str(s.close_code), s.closed_by or "gateway").inc()
+            gw.metrics.duration.observe(gw.clock.now() - s.opened_at)
+            await self._record_end(gw, sb)
+            log.info(
+                "call sideband closed by %s: %s %s",
+                s.closed_by,
+                s.close_code,
+                s.close_reason,
+                extra={"session_id": s.session_id, "key_id": sb.key.id, "call_id": sb.call_id},
+            )
 
-    async def _hangup(self, gw: Gateway, sb: Sideband) -> None:
-        sb.hung_up = True
-        status = await hangup_upstream(gw, sb.route, sb.call_id)
-        log.info("call %s hung up by the gateway: HTTP %s", sb.call_id, status)
-
-    async def _end(self, gw: Gateway, sb: Sideband, err: GatewayError) -> None:
-        if sb.session.close(err.close_code, err.close_reason, "gateway"):
-            with contextlib.suppress(GatewayError):
-                await self._hangup(gw, sb)
-
-    async def _pump(self, gw: Gateway, sb: Sideband) -> None:
-        session, clock, ws, policy = sb.session, gw.clock, sb.ws, sb.policy
-        metered_budget = bool(
-            policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos
-        )
-        while True:
-            remaining = session.deadline - clock.monotonic()
-            if remaining <= 0:
-                await self._end(gw, sb, SessionExpired(expiry_message(session.max_seconds)))
-                return
-            try:
-                # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
-                # cancelled task stuck in the wait (so shutdown never hung the call up).
-                msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
-            except TimeoutError:
-                continue
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                rec = session.on_upstream_text(msg.data, clock.now())
-                if rec is None or isinstance(rec, str):
-                    continue
-                try:
-                    await gw.ledger.record(rec)
-                    gw.metrics.usage(rec)
-                except LedgerError:
-                    log.error("usage record lost, hanging up call %s", sb.call_id)
-                    await self._end(gw, sb, UpstreamError("Usage could not be recorded."))
-                    return
-                if metered_budget:
-                    refusal = over_budget(policy, await gw.keyring.spend(sb.key.id))
-                    if refusal is not None:
-                        gw.metrics.refused(refusal.code)
-                        await self._end(gw, sb, refusal)
-                        return
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                continue
-            else:
-                code = ws.close_code if ws.close_code is not None else 1006
-                session.close(code, str(msg.extra or ""), "upstream")
-                return
+    @staticmethod
+    async def _record_end(gw: Gateway, sb: Sideband) -> None:
+        s = sb.session
+        try:
+            await gw.store.close_session(
+                s.session_id, gw.clock.now(), s.close_code, s.close_reason, s.closed_by or "gateway"
+            )
+        except GatewayError as err:
+            log.error("call session end not recorded: %s", err.message)
 
     async def shutdown(self) -> None:
-        """End the live sidebands (hanging their calls up) and wait for every task to finish;
-        one already ending is left to record its end, not interrupted."""
+        """End the live calls (each hung up once, with 1001) and wait for every sideband task
+        to finish; a call already ending is left to record its end, not interrupted."""
         self.closing = True
-        for sb in list(self.calls.values()):
-            if sb.task is not None:
-                sb.task.cancel()
+        ending = [
+            sb.close(1001, "gateway shutting down", "gateway") for sb in list(self.calls.values())
+        ]
+        await asyncio.gather(*ending, return_exceptions=True)
         tasks = list(self.tasks)
         if not tasks:
             return
-        _, stuck = await asyncio.wait(tasks, timeout=15)
+        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
         for t in stuck:
             # Each step above is bounded; this is the last guard that shutdown always ends.
-            log.error("call sideband %s did not end in time; abandoned", t.get_name())
+            log.error("call sideband %s did not end in time; cancelled", t.get_name())
             t.cancel()
+        if stuck:
+            # A cancelled sideband still hangs its call up (bounded) before it lets go.
+            await asyncio.wait(stuck, timeout=HANGUP_TIMEOUT_S + SOCKET_CLOSE_TIMEOUT_S)

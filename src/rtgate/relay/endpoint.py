@@ -28,6 +28,7 @@ from rtgate.auth.policy import (
     ClientEventGuard,
     KeyPolicy,
     check_model,
+    check_session_template,
     initial_session_update,
     over_budget,
     session_seconds,
@@ -131,6 +132,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         if grant is not None:
             model = connection_model(grant, model)
             intent = connection_intent(grant, intent)
+            check_session_template(policy, grant.session)
         elif model is None and intent != "transcription" and "call_id" not in query:
             model = s.default_model
         route = gw.catalog.resolve(model)
