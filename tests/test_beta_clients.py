@@ -12,8 +12,10 @@ from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from pydantic import TypeAdapter
 from websockets.asyncio.client import connect
 
+from rtgate.protocol.beta import GA_ONLY_SERVER_EVENTS
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider
+from tests.test_beta_sdk_unions import GA_SERVER, minimal
 
 _BETA_SERVER = TypeAdapter(BetaServerEvent)
 
@@ -151,3 +153,25 @@ async def test_beta_subprotocol_is_accepted_and_realtime_stays_selected(
         assert ws.subprotocol == "openai-beta.realtime-v1"
         assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
     assert all("OpenAI-Beta" not in u.headers for u in provider.upgrades)
+
+
+async def test_ga_only_events_never_reach_a_beta_client(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    key = await gateway.new_key()
+    url = f"{gateway.ws}/v1/realtime?model=gpt-realtime"
+    offered = ["realtime", f"openai-insecure-api-key.{key}", "openai-beta.realtime-v1"]
+    mcp_call = minimal(GA_SERVER["response.output_item.added"]) | {
+        "item": {"type": "mcp_call", "id": "i", "server_label": "s", "name": "n", "arguments": ""}
+    }
+    text = {"type": "response.output_text.delta", "event_id": "e", "response_id": "r"}
+    text |= {"item_id": "i", "output_index": 0, "content_index": 0, "delta": "hi"}
+    async with connect(url, subprotocols=offered) as ws:  # type: ignore[arg-type]
+        assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
+        for event in [*(minimal(GA_SERVER[t]) for t in sorted(GA_ONLY_SERVER_EVENTS)), mcp_call]:
+            await ws.send(orjson.dumps({"type": "test.emit", "event": event}).decode())
+        await ws.send(orjson.dumps({"type": "test.emit", "event": text}).decode())
+        # Sent after all the others, and the first to arrive: the others were dropped.
+        got = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert got == {**text, "type": "response.text.delta"}
+    validate_beta_event(got)

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.beta import GA_ONLY_SERVER_EVENTS, BetaTranslator
 
 
 def up(event: dict[str, Any], *, transcription: bool = False) -> dict[str, Any]:
@@ -183,6 +183,27 @@ def test_response_create_params_are_nested_and_input_items_renamed() -> None:
 
 
 @pytest.mark.parametrize(
+    ("beta", "ga"),
+    [
+        ("auto", "auto"),
+        ("none", "none"),
+        ("required", "required"),
+        ("get_weather", {"type": "function", "name": "get_weather"}),
+    ],
+)
+def test_a_beta_tool_choice_naming_a_function_becomes_the_ga_function_choice(
+    beta: str, ga: Any
+) -> None:
+    assert up({"type": "session.update", "session": {"tool_choice": beta}})["session"] == {
+        "type": "realtime",
+        "tool_choice": ga,
+    }
+    assert up({"type": "response.create", "response": {"tool_choice": beta}})["response"] == {
+        "tool_choice": ga
+    }
+
+
+@pytest.mark.parametrize(
     ("role", "beta", "ga"),
     [
         ("assistant", "text", "output_text"),
@@ -223,32 +244,23 @@ def test_client_frames_that_need_no_change_are_the_same_string(frame: str) -> No
 
 
 # -- upstream -> client ---------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("ga", "beta"),
-    [
-        ("response.output_audio.delta", "response.audio.delta"),
-        ("response.output_audio_transcript.delta", "response.audio_transcript.delta"),
-        ("response.output_text.delta", "response.text.delta"),
-    ],
-)
-def test_frequent_deltas_are_renamed_by_prefix_keeping_the_rest_byte_for_byte(
-    ga: str, beta: str
-) -> None:
+_RENAMES = [
+    ("response.output_audio.delta", "response.audio.delta"),
+    ("response.output_audio.done", "response.audio.done"),
+    ("response.output_audio_transcript.delta", "response.audio_transcript.delta"),
+    ("response.output_audio_transcript.done", "response.audio_transcript.done"),
+    ("response.output_text.delta", "response.text.delta"),
+    ("response.output_text.done", "response.text.done"),
+]
+
+
+@pytest.mark.parametrize(("ga", "beta"), _RENAMES)
+def test_renamed_events_led_by_their_type_keep_the_rest_byte_for_byte(ga: str, beta: str) -> None:
     rest = ',"event_id":"e","response_id":"r","item_id":"i","content_index":0,"delta":"Zm9v"}'
     assert BetaTranslator().to_client(f'{{"type":"{ga}"' + rest) == f'{{"type":"{beta}"' + rest
 
 
-@pytest.mark.parametrize(
-    ("ga", "beta"),
-    [
-        ("response.output_audio.delta", "response.audio.delta"),
-        ("response.output_audio.done", "response.audio.done"),
-        ("response.output_audio_transcript.delta", "response.audio_transcript.delta"),
-        ("response.output_audio_transcript.done", "response.audio_transcript.done"),
-        ("response.output_text.delta", "response.text.delta"),
-        ("response.output_text.done", "response.text.done"),
-    ],
-)
+@pytest.mark.parametrize(("ga", "beta"), _RENAMES)
 def test_renamed_events_in_any_key_order(ga: str, beta: str) -> None:
     assert down({"event_id": "e", "type": ga, "item_id": "i"}) == {
         "event_id": "e",
@@ -283,6 +295,66 @@ def test_item_added_becomes_item_created_with_beta_content_types() -> None:
 
 def test_item_done_has_no_beta_counterpart_and_is_dropped() -> None:
     assert down({"type": "conversation.item.done", "event_id": "e", "item": {"id": "i"}}) is None
+
+
+@pytest.mark.parametrize("etype", sorted(GA_ONLY_SERVER_EVENTS))
+def test_ga_only_events_are_dropped_whether_or_not_their_type_leads(etype: str) -> None:
+    t = BetaTranslator()
+    assert t.to_client(f'{{"type":"{etype}","event_id":"e","item_id":"i"}}') is None
+    assert t.to_client(f'{{"event_id":"e","item_id":"i","type":"{etype}"}}') is None
+    assert t.to_client(f'{{ "type": "{etype}", "event_id": "e"}}') is None
+
+
+def test_a_type_with_an_escape_in_it_is_read_by_the_parser() -> None:
+    assert (
+        BetaTranslator().to_client('{"type":"mcp_list_tools\\u002efailed","item_id":"i"}') is None
+    )
+
+
+def test_the_ga_conversation_item_created_gets_beta_content_types() -> None:
+    item = {"type": "message", "role": "assistant", "content": [{"type": "output_text"}]}
+    got = down({"type": "conversation.item.created", "item": item})
+    assert got == {
+        "type": "conversation.item.created",
+        "item": {**item, "content": [{"type": "text"}]},
+    }
+
+
+_MCP_CALL = {"type": "mcp_call", "id": "item_2", "server_label": "s", "name": "n", "arguments": ""}
+
+
+@pytest.mark.parametrize(
+    "etype",
+    [
+        "conversation.item.added",
+        "conversation.item.created",
+        "conversation.item.retrieved",
+        "response.output_item.added",
+        "response.output_item.done",
+    ],
+)
+def test_item_events_carrying_an_mcp_item_are_dropped(etype: str) -> None:
+    assert down({"type": etype, "event_id": "e", "item": _MCP_CALL}) is None
+
+
+def test_mcp_items_are_left_out_of_the_response_output() -> None:
+    call = {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"}
+    got = down({"type": "response.done", "response": {"output": [_MCP_CALL, call]}})
+    assert got == {"type": "response.done", "response": {"output": [call]}}
+
+
+def test_input_image_parts_are_left_out_of_an_item() -> None:
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+            {"type": "input_text", "text": "what is this?"},
+        ],
+    }
+    got = down({"type": "conversation.item.added", "item": item})
+    assert got is not None
+    assert got["item"]["content"] == [{"type": "input_text", "text": "what is this?"}]
 
 
 @pytest.mark.parametrize(
@@ -355,6 +427,35 @@ def test_ga_session_object_is_flattened_for_session_created_and_updated() -> Non
             "event_id": "e",
             "session": flat,
         }
+
+
+@pytest.mark.parametrize(
+    ("ga", "beta"),
+    [
+        ("auto", {"tool_choice": "auto"}),
+        ({"type": "function", "name": "get_weather"}, {"tool_choice": "get_weather"}),
+        ({"type": "mcp", "server_label": "s", "name": "n"}, {}),
+    ],
+)
+def test_session_tool_choice_is_the_beta_string_or_left_out(ga: Any, beta: Any) -> None:
+    got = down({"type": "session.updated", "session": {"type": "realtime", "tool_choice": ga}})
+    assert got == {"type": "session.updated", "session": beta}
+
+
+def test_session_keeps_function_tools_and_voice_names_only() -> None:
+    function = {"type": "function", "name": "f", "parameters": {}}
+    mcp = {"type": "mcp", "server_label": "s", "server_url": "https://mcp.example"}
+    for voice, beta in (("marin", {"voice": "marin"}), ({"id": "voice_1"}, {})):
+        session = {
+            "type": "realtime",
+            "tools": [mcp, function],
+            "audio": {"output": {"voice": voice}},
+        }
+        got = down({"type": "session.created", "session": session})
+        assert got == {"type": "session.created", "session": {"tools": [function], **beta}}
+    response = {"audio": {"output": {"voice": {"id": "voice_1"}, "format": {"type": "audio/pcmu"}}}}
+    got = down({"type": "response.created", "response": response})
+    assert got == {"type": "response.created", "response": {"output_audio_format": "g711_ulaw"}}
 
 
 def test_ga_transcription_session_becomes_a_transcription_session_event() -> None:
@@ -445,6 +546,9 @@ def test_response_object_is_beta_shaped_and_usage_loses_image_tokens() -> None:
         '{"type":"conversation.item.input_audio_transcription.completed","transcript":"t"}',
         '{"type":"output_audio_buffer.started","event_id":"e","response_id":"r"}',
         '{"type":"some.future.event","text":"\\"response.done\\""}',
+        '{"event_id":"e","type":"input_audio_buffer.speech_stopped","audio_end_ms":5}',
+        '{"type":"conversation.item.deleted","event_id":"e","item_id":"i"}',
+        '{"type":"',
         "not json at all",
     ],
 )

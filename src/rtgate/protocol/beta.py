@@ -9,257 +9,72 @@ Rules:
 * Only frames whose shape differs are rewritten; every other frame (including a parsed one whose
   translation came out equal) is returned as the very same string, so it reaches the other side
   byte for byte (STYLE.md habit 1).
-* Frames are recognised cheaply: a prefix for the frequent deltas (renamed by string surgery, no
-  parse), else a scan for the quoted names of the events that change. Only a frame that matches
-  is parsed, and its parsed ``type`` decides.
-* Downstream, ``conversation.item.done`` has no beta counterpart (beta's single
-  ``conversation.item.created`` is GA's ``conversation.item.added``), so it is dropped.
+* Frames are recognised cheaply. A server frame that opens with its ``type`` (as OpenAI's and the
+  local engine's do) is looked up by that name: a pure rename (the deltas among them) is done by
+  string surgery, a GA-only event is dropped, and any other name the tables do not hold is
+  returned untouched, all without a parse. Any other frame is scanned for the quoted names the
+  tables hold. Only a frame that matches is parsed, and its parsed ``type`` decides.
+* A beta client's SDK types are the beta union (protocol.md 2.3), so it receives only events that
+  union can spell. These GA events have no beta counterpart and are dropped
+  (``GA_ONLY_SERVER_EVENTS``):
+
+  - ``conversation.item.done``: beta's single ``conversation.item.created`` is GA's
+    ``conversation.item.added``; the finished item reaches a beta client in
+    ``response.output_item.done`` and ``response.done``, as it did from the beta server.
+  - ``input_audio_buffer.timeout_triggered``: ``idle_timeout_ms`` is GA-only. The commit and the
+    response it starts arrive as usual.
+  - ``input_audio_buffer.dtmf_event_received``: SIP calls only, never on a beta socket.
+  - ``conversation.item.input_audio_transcription.segment``: diarized segments; the whole
+    transcript still arrives in ``...input_audio_transcription.completed``.
+  - ``mcp_list_tools.*``, ``response.mcp_call_arguments.*``, ``response.mcp_call.*``: beta had no
+    MCP tools.
+
+  Likewise an item event (``conversation.item.added``/``created``/``retrieved``,
+  ``response.output_item.added``/``done``) whose item is not a beta item type (``message``,
+  ``function_call``, ``function_call_output``; GA adds the MCP items) is dropped, such items are
+  left out of ``response.output``, and ``input_image`` parts (beta had no image input) are left
+  out of an item's ``content``. The ``output_index`` of later items then counts the MCP items
+  the beta client never saw.
 * GA-only fields with no beta spelling (``prompt``, ``truncation``, ``reasoning``...) are left in
-  place (beta clients ignore unknown fields); beta-only ones with no GA spelling
-  (``temperature``, ``client_secret``) are dropped on the way up.
+  place (beta clients ignore unknown fields), but a field the beta types spell differently is
+  rewritten or left out of a session: a function ``tool_choice`` becomes the bare function name
+  (beta's "specify a function"; the reverse on the way up), an MCP ``tool_choice``, MCP
+  ``tools`` and a custom ``voice`` object (``{"id": "voice_..."}``) are left out. Beta-only
+  fields with no GA spelling (``temperature``, ``client_secret``) are dropped on the way up.
+* A GA transcription session (``session.type == "transcription"``) reaches the client as
+  ``transcription_session.created`` / ``.updated``, the beta names (the first is in the beta
+  spec though not in the SDK's union). Model names newer than the beta SDK's literals are
+  relayed as they are.
+* Not translated: a beta ``item_reference`` *content part* inside a message (GA references whole
+  items only); the GA server answers it with an ``error``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
-Event = dict[str, Any]
-
-# -- audio formats and modalities -----------------------------------------------------------------
-_FORMAT_TO_GA: dict[str, dict[str, Any]] = {
-    "pcm16": {"type": "audio/pcm", "rate": 24000},
-    "g711_ulaw": {"type": "audio/pcmu"},
-    "g711_alaw": {"type": "audio/pcma"},
-}
-_FORMAT_TO_BETA = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-
-
-def format_to_ga(fmt: Any) -> Any:
-    """``"pcm16"`` -> ``{"type":"audio/pcm","rate":24000}``; anything unknown is kept."""
-    if isinstance(fmt, str) and fmt in _FORMAT_TO_GA:
-        return dict(_FORMAT_TO_GA[fmt])
-    return fmt
-
-
-def format_to_beta(fmt: Any) -> Any:
-    if isinstance(fmt, dict) and isinstance(fmt.get("type"), str):
-        return _FORMAT_TO_BETA.get(fmt["type"], fmt)
-    return fmt
-
-
-def modalities_to_ga(modalities: Any) -> Any:
-    """GA takes one output modality: audio (which carries its transcript) or text."""
-    if isinstance(modalities, list):
-        return ["audio"] if "audio" in modalities else ["text"]
-    return modalities
-
-
-def modalities_to_beta(modalities: Any) -> Any:
-    """Beta's audio always came with text: ``["audio"]`` -> ``["text","audio"]``."""
-    if isinstance(modalities, list):
-        return ["text", "audio"] if "audio" in modalities else ["text"]
-    return modalities
-
-
-# -- conversation items ---------------------------------------------------------------------------
-_ASSISTANT_PART_TO_GA = {"text": "output_text", "audio": "output_audio"}
-_INPUT_PART_TO_GA = {"text": "input_text"}
-_PART_TO_BETA = {"output_text": "text", "output_audio": "audio"}
-
-
-def _renamed_part(part: Any, names: dict[str, str]) -> Any:
-    if isinstance(part, dict) and part.get("type") in names:
-        return {**part, "type": names[part["type"]]}
-    return part
-
-
-def item_to_ga(item: Any) -> Any:
-    """Beta message content ``text``/``audio`` -> GA ``output_*`` (assistant) or ``input_text``."""
-    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
-        return item
-    names = _ASSISTANT_PART_TO_GA if item.get("role") == "assistant" else _INPUT_PART_TO_GA
-    return {**item, "content": [_renamed_part(p, names) for p in item["content"]]}
-
-
-def item_to_beta(item: Any) -> Any:
-    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
-        return item
-    return {**item, "content": [_renamed_part(p, _PART_TO_BETA) for p in item["content"]]}
-
-
-# -- sessions and responses, client -> upstream ---------------------------------------------------
-# Beta flat session key -> (GA audio side, GA key); the value is converted by the function given.
-_AUDIO_KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
-    "input_audio_format": ("input", "format", format_to_ga),
-    "input_audio_transcription": ("input", "transcription", lambda v: v),
-    "input_audio_noise_reduction": ("input", "noise_reduction", lambda v: v),
-    "turn_detection": ("input", "turn_detection", lambda v: v),
-    "output_audio_format": ("output", "format", format_to_ga),
-    "voice": ("output", "voice", lambda v: v),
-    "speed": ("output", "speed", lambda v: v),
-}
-_DROPPED_UP = frozenset({"temperature", "client_secret"})
-# A GA transcription session has only ``audio.input`` and ``include`` (protocol.md 2.5).
-_TRANSCRIPTION_KEEPS = frozenset({"include"})
-
-
-def session_to_ga(session: Any, *, transcription: bool) -> Any:
-    """A beta flat session (or transcription session) -> the GA nested ``session``."""
-    if not isinstance(session, dict):
-        return session
-    out: Event = {"type": "transcription" if transcription else "realtime"}
-    audio: dict[str, Event] = {}
-    for key, value in session.items():
-        if key in _AUDIO_KEYS:
-            side, name, convert = _AUDIO_KEYS[key]
-            if transcription and side == "output":
-                continue
-            audio.setdefault(side, {})[name] = convert(value)
-        elif key in _DROPPED_UP or (
-            transcription and key not in _TRANSCRIPTION_KEEPS and key != "audio"
-        ):
-            continue
-        elif key == "modalities":
-            out["output_modalities"] = modalities_to_ga(value)
-        elif key == "max_response_output_tokens":
-            out["max_output_tokens"] = value
-        elif key == "audio" and isinstance(value, dict):
-            # Already GA-shaped parts win over nothing, and merge with translated ones.
-            for side, part in value.items():
-                if isinstance(part, dict):
-                    audio.setdefault(side, {}).update(part)
-        elif key != "type":
-            out[key] = value
-    if audio:
-        out["audio"] = audio
-    return out
-
-
-def response_to_ga(response: Any) -> Any:
-    """Beta ``response.create.response`` (flat) -> GA (``output_modalities``, ``audio.output``)."""
-    if not isinstance(response, dict):
-        return response
-    out: Event = {}
-    output: Event = {}
-    for key, value in response.items():
-        if key == "modalities":
-            out["output_modalities"] = modalities_to_ga(value)
-        elif key == "voice":
-            output["voice"] = value
-        elif key == "output_audio_format":
-            output["format"] = format_to_ga(value)
-        elif key == "max_response_output_tokens":
-            out["max_output_tokens"] = value
-        elif key == "temperature":
-            continue
-        elif key == "input" and isinstance(value, list):
-            out["input"] = [item_to_ga(i) for i in value]
-        else:
-            out[key] = value
-    if output:
-        audio = out.get("audio")
-        merged = dict(audio) if isinstance(audio, dict) else {}
-        prior = merged.get("output")
-        merged["output"] = {**(prior if isinstance(prior, dict) else {}), **output}
-        out["audio"] = merged
-    return out
-
-
-# -- sessions and responses, upstream -> client ---------------------------------------------------
-_INPUT_TO_BETA = {
-    "format": ("input_audio_format", format_to_beta),
-    "transcription": ("input_audio_transcription", lambda v: v),
-    "noise_reduction": ("input_audio_noise_reduction", lambda v: v),
-    "turn_detection": ("turn_detection", lambda v: v),
-}
-_OUTPUT_TO_BETA = {
-    "format": ("output_audio_format", format_to_beta),
-    "voice": ("voice", lambda v: v),
-    "speed": ("speed", lambda v: v),
-}
-
-
-def _flatten_audio(audio: Any, out: Event) -> None:
-    if not isinstance(audio, dict):
-        return
-    for side, names in (("input", _INPUT_TO_BETA), ("output", _OUTPUT_TO_BETA)):
-        part = audio.get(side)
-        if not isinstance(part, dict):
-            continue
-        for key, value in part.items():
-            if key in names:
-                name, convert = names[key]
-                out[name] = convert(value)
-
-
-def session_to_beta(session: Any) -> Any:
-    """A GA session object -> the beta flat one (``type`` dropped, ``audio`` flattened)."""
-    if not isinstance(session, dict):
-        return session
-    out: Event = {}
-    for key, value in session.items():
-        if key == "audio":
-            _flatten_audio(value, out)
-        elif key == "output_modalities":
-            out["modalities"] = modalities_to_beta(value)
-        elif key == "max_output_tokens":
-            out["max_response_output_tokens"] = value
-        elif key != "type":
-            out[key] = value
-    return out
-
-
-def usage_to_beta(usage: Any) -> Any:
-    """Beta usage has no ``image_tokens`` (protocol.md 2.3); the rest is the same."""
-    if not isinstance(usage, dict):
-        return usage
-    details = usage.get("input_token_details")
-    if not isinstance(details, dict):
-        return usage
-    details = {k: v for k, v in details.items() if k != "image_tokens"}
-    cached = details.get("cached_tokens_details")
-    if isinstance(cached, dict):
-        details["cached_tokens_details"] = {k: v for k, v in cached.items() if k != "image_tokens"}
-    return {**usage, "input_token_details": details}
-
-
-def response_to_beta(response: Any) -> Any:
-    if not isinstance(response, dict):
-        return response
-    out: Event = {}
-    for key, value in response.items():
-        if key == "output_modalities":
-            out["modalities"] = modalities_to_beta(value)
-        elif key == "audio":
-            if isinstance(value, dict) and isinstance(value.get("output"), dict):
-                output = value["output"]
-                if "voice" in output:
-                    out["voice"] = output["voice"]
-                if "format" in output:
-                    out["output_audio_format"] = format_to_beta(output["format"])
-        elif key == "output" and isinstance(value, list):
-            out["output"] = [item_to_beta(i) for i in value]
-        elif key == "usage":
-            out["usage"] = usage_to_beta(value)
-        else:
-            out[key] = value
-    return out
+from rtgate.protocol.beta_shapes import (
+    Event,
+    is_beta_item,
+    item_to_beta,
+    item_to_ga,
+    part_to_beta,
+    response_to_beta,
+    response_to_ga,
+    session_to_beta,
+    session_to_ga,
+)
 
 
 # -- whole events ---------------------------------------------------------------------------------
-def _renamed(new_type: str) -> Callable[[Event], Event | None]:
-    def rename(event: Event) -> Event:
-        return {**event, "type": new_type}
-
-    return rename
-
-
 def _with_item(new_type: str | None = None) -> Callable[[Event], Event | None]:
-    def convert(event: Event) -> Event:
-        out = {**event, "item": item_to_beta(event.get("item"))}
+    def convert(event: Event) -> Event | None:
+        item = event.get("item")
+        if not is_beta_item(item):
+            return None
+        out = {**event, "item": item_to_beta(item)}
         if new_type is not None:
             out["type"] = new_type
         return out
@@ -268,7 +83,7 @@ def _with_item(new_type: str | None = None) -> Callable[[Event], Event | None]:
 
 
 def _part(event: Event) -> Event:
-    return {**event, "part": _renamed_part(event.get("part"), _PART_TO_BETA)}
+    return {**event, "part": part_to_beta(event.get("part"))}
 
 
 def _response(event: Event) -> Event:
@@ -291,16 +106,27 @@ def _drop(event: Event) -> None:
     return None
 
 
-# GA server event type -> its beta form (None: no beta counterpart, drop the frame).
+# GA server events that differ from beta in their name alone.
+_RENAMED = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+}
+
+
+def _rename(event: Event) -> Event:
+    return {**event, "type": _RENAMED[event["type"]]}
+
+
+# GA server event type -> its beta form (None: no beta counterpart, drop the frame). A type not
+# here is the same in both (``error``, ``input_audio_buffer.committed``...) or unknown to both.
 _DOWN: dict[str, Callable[[Event], Event | None]] = {
-    "response.output_audio.delta": _renamed("response.audio.delta"),
-    "response.output_audio.done": _renamed("response.audio.done"),
-    "response.output_audio_transcript.delta": _renamed("response.audio_transcript.delta"),
-    "response.output_audio_transcript.done": _renamed("response.audio_transcript.done"),
-    "response.output_text.delta": _renamed("response.text.delta"),
-    "response.output_text.done": _renamed("response.text.done"),
+    **dict.fromkeys(_RENAMED, _rename),
     "conversation.item.added": _with_item("conversation.item.created"),
-    "conversation.item.done": _drop,
+    "conversation.item.created": _with_item(),
     "conversation.item.retrieved": _with_item(),
     "response.output_item.added": _with_item(),
     "response.output_item.done": _with_item(),
@@ -310,26 +136,57 @@ _DOWN: dict[str, Callable[[Event], Event | None]] = {
     "response.done": _response,
     "session.created": _session("created"),
     "session.updated": _session("updated"),
+    # No beta counterpart (see the module docstring).
+    **dict.fromkeys(
+        (
+            "conversation.item.done",
+            "conversation.item.input_audio_transcription.segment",
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.dtmf_event_received",
+            "mcp_list_tools.in_progress",
+            "mcp_list_tools.completed",
+            "mcp_list_tools.failed",
+            "response.mcp_call_arguments.delta",
+            "response.mcp_call_arguments.done",
+            "response.mcp_call.in_progress",
+            "response.mcp_call.completed",
+            "response.mcp_call.failed",
+        ),
+        _drop,
+    ),
 }
-# The frequent deltas: renamed by their prefix, never parsed.
+#: The GA server events a beta client never receives.
+GA_ONLY_SERVER_EVENTS = frozenset(t for t, convert in _DOWN.items() if convert is _drop)
+
+# The frequent deltas, led by their type: renamed by their prefix, before anything else.
 _DOWN_PREFIXES = tuple(
-    (f'{{"type":"{ga}"', f'{{"type":"response.{beta}"')
-    for ga, beta in (
-        ("response.output_audio.delta", "audio.delta"),
-        ("response.output_audio_transcript.delta", "audio_transcript.delta"),
-        ("response.output_text.delta", "text.delta"),
+    (f'{{"type":"{ga}"', f'{{"type":"{_RENAMED[ga]}"')
+    for ga in (
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+        "response.output_text.delta",
     )
 )
-# A frame holding none of these quoted names needs no change (names quoted inside JSON strings
-# read ``\\"name\\"`` and do not match).
+# Any other frame led by its type: the name is read in place, and a rename is a new prefix.
+_TYPE_FIRST = '{"type":"'
+_NAME_AT = len(_TYPE_FIRST)
+_RENAMED_PREFIX = {ga: _TYPE_FIRST + beta for ga, beta in _RENAMED.items()}
+# Any other frame holding none of these quoted names (each ``_DOWN`` name holds one) needs no
+# change; names quoted inside JSON strings read ``\\"name\\"`` and do not match.
 _DOWN_MARKS = (
     '"response.output_',
     '"response.content_part.',
     '"response.created"',
     '"response.done"',
+    '"response.mcp_call',
     '"conversation.item.added"',
+    '"conversation.item.created"',
     '"conversation.item.done"',
     '"conversation.item.retrieved"',
+    '"conversation.item.input_audio_transcription.segment"',
+    '"input_audio_buffer.timeout_triggered"',
+    '"input_audio_buffer.dtmf_event_received"',
+    '"mcp_list_tools.',
     '"session.created"',
     '"session.updated"',
 )
@@ -388,7 +245,18 @@ class BetaTranslator:
         for ga, beta in _DOWN_PREFIXES:
             if data.startswith(ga):
                 return beta + data[len(ga) :]
-        if not any(m in data for m in _DOWN_MARKS):
+        if data.startswith(_TYPE_FIRST):
+            end = data.find('"', _NAME_AT)
+            name = data[_NAME_AT:end]
+            prefix = _RENAMED_PREFIX.get(name)
+            if prefix is not None:
+                return prefix + data[end:]
+            if name in GA_ONLY_SERVER_EVENTS:
+                return None
+            # A name with an escape in it is left to the parser.
+            if name not in _DOWN and "\\" not in name:
+                return data
+        elif not any(m in data for m in _DOWN_MARKS):
             return data
         event = _loads(data)
         if event is None:
