@@ -389,7 +389,7 @@ def test_truncate_shortens_the_transcript_and_the_audio_length() -> None:
             audio_end_ms=401,
         )
     )
-    assert (err["code"], err["param"], err["event_id"]) == ("invalid_value", "audio_end_ms", "t")
+    assert err["message"] == "Audio content of 400ms is already shorter than 401ms"
 
 
 def test_truncate_beyond_the_audio_or_of_a_user_item_is_refused() -> None:
@@ -405,8 +405,14 @@ def test_truncate_beyond_the_audio_or_of_a_user_item_is_refused() -> None:
             audio_end_ms=501,
         )
     )
-    assert (err["code"], err["param"], err["event_id"]) == ("invalid_value", "audio_end_ms", "t1")
-    assert "500" in err["message"]
+    # OpenAI's refusal, as clients log it: no code, no param, and no event_id either.
+    assert err == {
+        "type": "invalid_request_error",
+        "code": None,
+        "message": "Audio content of 500ms is already shorter than 501ms",
+        "param": None,
+        "event_id": None,
+    }
     send(s, "conversation.item.create", item=user_text("mine", "item_user"))
     err = only_error(
         send(
@@ -418,13 +424,96 @@ def test_truncate_beyond_the_audio_or_of_a_user_item_is_refused() -> None:
             audio_end_ms=0,
         )
     )
-    assert (err["code"], err["param"], err["event_id"]) == ("invalid_value", "item_id", "t2")
+    assert (err["code"], err["param"], err["event_id"]) == ("unsupported_content_type", None, "t2")
+    assert err["message"] == "Only model output audio messages can be truncated"
     err = only_error(
         send(s, "conversation.item.truncate", item_id="item_gone", content_index=0, audio_end_ms=0)
     )
-    assert err["param"] == "item_id"
+    assert (err["code"], err["param"]) == ("invalid_value", "item_id")
+    assert "item_gone" in err["message"]
     (got,) = send(s, "conversation.item.retrieve", item_id=item_id)
     assert got["item"]["content"][0]["transcript"] == "hello there"
+
+
+def test_truncate_names_the_audio_part_by_its_content_index() -> None:
+    s = EngineSession(model="gpt-realtime")
+    item_id = assistant_audio_item(s, "hello there", 500)
+    for index in (1, -1, "0"):
+        err = only_error(
+            send(
+                s,
+                "conversation.item.truncate",
+                event_id="ci",
+                item_id=item_id,
+                content_index=index,
+                audio_end_ms=100,
+            )
+        )
+        assert (err["code"], err["param"], err["event_id"]) == (
+            "invalid_value",
+            "content_index",
+            "ci",
+        )
+    err = only_error(send(s, "conversation.item.truncate", item_id=item_id, audio_end_ms=100))
+    assert (err["code"], err["param"]) == ("missing_required_parameter", "content_index")
+    err = only_error(send(s, "conversation.item.truncate", item_id=item_id, content_index=0))
+    assert (err["code"], err["param"]) == ("missing_required_parameter", "audio_end_ms")
+    err = only_error(
+        send(s, "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=-5)
+    )
+    assert (err["code"], err["param"]) == ("integer_below_min_value", "audio_end_ms")
+    # Nothing was cut by the refusals; the audio's own end is a valid place to cut.
+    (truncated,) = send(
+        s, "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=500
+    )
+    assert (truncated["content_index"], truncated["audio_end_ms"]) == (0, 500)
+    (got,) = send(s, "conversation.item.retrieve", item_id=item_id)
+    assert got["item"]["content"][0]["transcript"] == "hello there"
+
+
+def test_only_model_output_audio_with_audio_can_be_truncated() -> None:
+    s = EngineSession(model="gpt-realtime")
+    # Interrupted before its first audio: an audio part, but no audio (livekit/agents#6157).
+    silent = assistant_audio_item(s, "", 0)
+    s.items.append(
+        {
+            "id": "item_text",
+            "object": "realtime.item",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "written"}],
+        }
+    )
+    s.items.append(
+        {
+            "id": "item_call",
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "completed",
+            "name": "f",
+            "call_id": "call_1",
+            "arguments": "{}",
+        }
+    )
+    for item_id in (silent, "item_text", "item_call"):
+        err = only_error(
+            send(
+                s,
+                "conversation.item.truncate",
+                event_id="u",
+                item_id=item_id,
+                content_index=0,
+                audio_end_ms=0,
+            )
+        )
+        assert err == {
+            "type": "invalid_request_error",
+            "code": "unsupported_content_type",
+            "message": "Only model output audio messages can be truncated",
+            "param": None,
+            "event_id": "u",
+        }
 
 
 # -- input audio buffer -----------------------------------------------------------------------

@@ -449,7 +449,9 @@ async def test_items_are_placed_retrieved_truncated_and_deleted(
         audio_end_ms=int(produced) + 1,
     )
     err = (await wire.until("error"))[-1]
-    assert (err["error"]["param"], err["error"]["event_id"]) == ("audio_end_ms", "ev_long")
+    assert err["error"]["message"] == (
+        f"Audio content of {int(produced)}ms is already shorter than {int(produced) + 1}ms"
+    )
     await wire.send(
         "conversation.item.truncate", item_id=aid, content_index=0, audio_end_ms=int(produced / 2)
     )
@@ -577,6 +579,55 @@ async def test_g711_sessions_hear_and_speak_at_8_bytes_a_ms(
     got = (await wire.until("conversation.item.retrieved"))[-1]["item"]
     assert len(base64.b64decode(got["content"][0]["audio"])) == len(audio)
     assert response["usage"]["input_token_details"]["audio_tokens"] == 13
+
+
+async def test_an_idle_user_is_prompted_once_the_answer_has_played_out(
+    engine_ws: Callable[..., Awaitable[Wire]],
+) -> None:
+    wire = await engine_ws()
+    await wire.send(
+        "session.update",
+        session={
+            "type": "realtime",
+            "instructions": "",
+            "audio": {
+                "input": {
+                    "transcription": {"model": "whisper-1"},
+                    "turn_detection": {"type": "server_vad", "idle_timeout_ms": 500},
+                }
+            },
+        },
+    )
+    await wire.until("session.updated")
+    await wire.send("conversation.item.create", item=user_text("are you there"))
+    await wire.send("response.create")
+    first = await wire.done()
+    played = check_audio_tokens(trace(wire.events, first["id"]))
+    assert played == TONE_MS_PER_CHAR * len("are you there")
+    # A microphone streams on; nobody speaks. Nothing was appended before response.done, so
+    # playback ends at audio clock `played` and the timeout falls due 500 ms later.
+    for _ in range(20):
+        await wire.send("input_audio_buffer.append", audio=b64(bytes(48 * 100)))
+    timeout = (await wire.until("input_audio_buffer.timeout_triggered"))[-1]
+    assert timeout["audio_start_ms"] == played
+    assert timeout["audio_end_ms"] == math.ceil((played + 500) / 100) * 100
+    committed = await wire.next()
+    assert committed["type"] == "input_audio_buffer.committed"
+    assert (committed["item_id"], committed["previous_item_id"]) == (
+        timeout["item_id"],
+        first["output"][0]["id"],
+    )
+    second = await wire.done()
+    tr = trace(wire.events, second["id"])
+    assert tr.of("conversation.item.added")[0]["previous_item_id"] == timeout["item_id"]
+    # The silent item was heard like any user turn (the fake recognizer hears its line).
+    heard = [
+        e
+        for e in wire.events
+        if e["type"] == "conversation.item.input_audio_transcription.completed"
+    ]
+    assert [e["item_id"] for e in heard] == [timeout["item_id"]]
+    assert not [e for e in wire.events if e["type"].startswith("input_audio_buffer.speech")]
 
 
 async def test_a_transcription_session_transcribes_and_never_responds(

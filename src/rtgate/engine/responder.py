@@ -4,6 +4,14 @@ The brain's output becomes output items: text and audio messages (synthesised se
 sentence as the text streams in) and function calls. A response can be stopped at any point
 (cancel or barge-in); it always ends with ``response.done`` and its usage, then
 ``rate_limits.updated``.
+
+``max_output_tokens`` bounds the output tokens the usage reports (text, transcripts and
+function call arguments with the o200k tokenizer, audio at 20 tokens a second). Output is
+counted as it is sent; the piece that would cross the limit is cut to fit (a text delta to whole
+tokens, audio to whole 50 ms tokens), and the response stops there: the open item is closed
+with status ``incomplete``, and ``response.done`` has status ``incomplete``, reason
+``max_output_tokens``. A sentence's transcript is sent before its audio, so an audio answer cut
+short may have a transcript a few words ahead of what was spoken.
 """
 
 from __future__ import annotations
@@ -75,10 +83,13 @@ class Responder:
                 _until_stopped(stop, self.opts.brain.reply(request))
             ) as brain_outputs:
                 async for out in brain_outputs:
-                    if plan.cancelled:
+                    if plan.stopped:
                         break
                     if isinstance(out, TextDelta):
                         if message is None:
+                            if out.text and self._room(plan) == 0:
+                                plan.incomplete = True  # no room left for another message
+                                break
                             message = await self._open_message(plan, len(outputs))
                             outputs.append(message.item)
                         await self._speak(plan, message, out.text, final=False)
@@ -87,8 +98,12 @@ class Responder:
                             await self._speak(plan, message, "", final=True)
                             await self._close_message(plan, message)
                             message = None
+                        room = self._room(plan)
+                        if room is not None and room < count_tokens(out.name):
+                            plan.incomplete = True  # no room left for the call
+                            break
                         outputs.append(await self._function_call(plan, out, len(outputs)))
-            if message is not None and not plan.cancelled:
+            if message is not None and not plan.stopped:
                 await self._speak(plan, message, "", final=True)
         except BrainError as exc:
             log.warning("brain failed: %s", exc)
@@ -147,9 +162,24 @@ class Responder:
         self.s.items.append(item)
         return prev
 
+    def _room(self, plan: ResponsePlan, msg: _MessageOut | None = None) -> int | None:
+        """Output tokens ``plan`` may still produce (``None``: no limit), ``msg`` being open."""
+        if plan.max_output_tokens is None:
+            return None
+        used = plan.text_out + (plan.audio_out_ms + (msg.audio_ms if msg else 0)) // 50
+        if msg is not None:
+            used += count_tokens(msg.text)
+        return max(0, plan.max_output_tokens - used)
+
     async def _speak(self, plan: ResponsePlan, msg: _MessageOut, text: str, *, final: bool) -> None:
         """Stream ``text``; with audio, synthesise each sentence as soon as it is complete."""
         idx = msg.indices(plan)
+        room = self._room(plan, msg) if text else None
+        if room is not None:
+            fitted = _fit(text, room, before=msg.text)
+            if fitted != text:
+                plan.incomplete = True
+                text = fitted
         if text:
             msg.text += text
             if not msg.audio:
@@ -169,7 +199,7 @@ class Responder:
                 ]
             )
             msg.pending += text
-        if not msg.audio:
+        if not msg.audio or plan.stopped:
             return
         while True:
             cut = _sentence_end(msg.pending)
@@ -179,6 +209,8 @@ class Responder:
                 cut = len(msg.pending)
             sentence, msg.pending = msg.pending[:cut], msg.pending[cut:]
             await self._synthesize(plan, msg, sentence.strip())
+            if plan.stopped:
+                return
 
     async def _synthesize(self, plan: ResponsePlan, msg: _MessageOut, sentence: str) -> None:
         if not sentence:
@@ -190,10 +222,22 @@ class Responder:
         idx = msg.indices(plan)
         sent = 0
         for off in range(0, len(audio), chunk):
-            if plan.cancelled:
+            if plan.stopped:
                 break
             data = audio[off : off + chunk]
+            room = self._room(plan, msg)
+            if room is not None:
+                # Whole 50 ms tokens: the audio may reach (tokens it has + room) * 50 ms.
+                total_ms = plan.audio_out_ms + msg.audio_ms
+                allowed_ms = (total_ms // 50 + room) * 50 - plan.audio_out_ms
+                allowed = max(0, allowed_ms * per_ms - msg.audio_bytes)
+                if len(data) > allowed:
+                    plan.incomplete = True
+                    data = data[: allowed - allowed % 2] if per_ms % 2 == 0 else data[:allowed]
+                    if not data:
+                        break
             sent += len(data)
+            self.s.audio_produced = True
             # From the bytes sent so far, so sub-millisecond chunk ends are not lost.
             msg.audio_bytes += len(data)
             msg.audio_ms = msg.audio_bytes // per_ms
@@ -242,7 +286,7 @@ class Responder:
             ]
         item = msg.item
         item["content"] = [content]
-        item["status"] = "incomplete" if plan.cancelled else "completed"
+        item["status"] = "incomplete" if plan.stopped else "completed"
         if msg.audio:
             item["_audio"] = bytes(msg.pcm)
         self.s.audio_ms_by_item[item["id"]] = msg.audio_ms
@@ -286,6 +330,12 @@ class Responder:
         }
         prev = self._add_item(plan, item)
         rid = plan.response["id"]
+        arguments, room = call.arguments, self._room(plan)
+        if room is not None:
+            arguments = _fit(arguments, room - count_tokens(call.name))
+        cut = arguments != call.arguments
+        if cut:
+            plan.incomplete = True
         await self.send(
             [
                 ev(
@@ -299,19 +349,25 @@ class Responder:
                     if plan.conversation
                     else []
                 ),
-                ev(
-                    "response.function_call_arguments.delta",
-                    response_id=rid,
-                    item_id=item["id"],
-                    output_index=index,
-                    call_id=call.call_id,
-                    delta=call.arguments,
+                *(
+                    [
+                        ev(
+                            "response.function_call_arguments.delta",
+                            response_id=rid,
+                            item_id=item["id"],
+                            output_index=index,
+                            call_id=call.call_id,
+                            delta=arguments,
+                        )
+                    ]
+                    if arguments
+                    else []
                 ),
             ]
         )
-        item["arguments"] = call.arguments
-        item["status"] = "completed"
-        plan.text_out += count_tokens(call.name) + count_tokens(call.arguments)
+        item["arguments"] = arguments
+        item["status"] = "incomplete" if cut else "completed"
+        plan.text_out += count_tokens(call.name) + count_tokens(arguments)
         await self._close_item(
             plan,
             item,
@@ -324,7 +380,7 @@ class Responder:
                     output_index=index,
                     call_id=call.call_id,
                     name=call.name,
-                    arguments=call.arguments,
+                    arguments=arguments,
                 ),
             ],
         )
@@ -350,6 +406,8 @@ class Responder:
             )
         elif plan.cancelled:
             status, details = "cancelled", {"type": "cancelled", "reason": plan.cancel_reason}
+        elif plan.incomplete:
+            status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         else:
             status, details = "completed", None
         resp.update(
@@ -425,6 +483,21 @@ async def _until_stopped(
 
 
 _SENTENCE = re.compile(r"[.!?;:](?=\s)")
+
+
+def _fit(text: str, tokens: int, before: str = "") -> str:
+    """The longest start of ``text`` that adds at most ``tokens`` tokens to ``before``."""
+    base = count_tokens(before)
+    if count_tokens(before + text) - base <= tokens:
+        return text
+    lo, hi = 0, len(text)  # text[:lo] fits, text[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_tokens(before + text[:mid]) - base <= tokens:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo]
 
 
 def _sentence_end(text: str) -> int | None:

@@ -26,8 +26,6 @@ from rtgate.engine.session import (
     obfuscation,
 )
 from rtgate.engine.tokens import count_tokens
-from rtgate.engine.vad import SpeechStarted
-from rtgate.protocol.ids import new_id
 
 log = logging.getLogger("rtgate.engine")
 
@@ -44,9 +42,8 @@ class EngineConnection(Responder):
         self.opts = opts
         self.s = session
         self.vad = opts.vad_factory()
+        session.use_vad(self.vad)
         self.tasks: set[asyncio.Task[None]] = set()
-        self._turn_item: str | None = None
-        self._turn_start_ms = 0
         #: Recognition of committed user turns still running, by item id.
         self._hearing: dict[str, asyncio.Task[None]] = {}
         #: Per running response, set when it is cancelled: nothing waits on a stalled brain.
@@ -110,78 +107,17 @@ class EngineConnection(Responder):
             return
         events, plan = self.s.handle(event)
         await self.send(events)
-        etype = event.get("type") if isinstance(event, dict) else None
-        if etype == "input_audio_buffer.append" and not events:
-            await self.on_audio(event)
-        elif etype == "input_audio_buffer.commit" and events and events[0]["type"] != "error":
-            self.after_commit(events[0]["item_id"])
-        elif etype == "response.cancel" and not events:
-            for running in list(self.s.running.values()):
-                if running.cancelled:
-                    self.cancel(running, running.cancel_reason)
-        elif etype == "session.update":
-            td = self.s.turn_detection
-            if td:
-                self.vad.configure(
-                    float(td.get("threshold") or 0.5),
-                    int(td.get("prefix_padding_ms") or 0),
-                    int(td.get("silence_duration_ms") or 0),
-                )
+        for e in events:
+            # A manual commit, a turn's end or an idle timeout: the new user item is heard.
+            if e["type"] == "input_audio_buffer.committed":
+                self.after_commit(e["item_id"])
+        # response.cancel or a barge-in marked responses cancelled: stop them now, even while
+        # their brain is thinking.
+        for running in list(self.s.running.values()):
+            if running.cancelled:
+                self.cancel(running, running.cancel_reason)
         if plan is not None:
             self.start_response(plan)
-
-    async def on_audio(self, event: dict[str, Any]) -> None:
-        td = self.s.turn_detection
-        if not td or td.get("type") not in ("server_vad", "semantic_vad"):
-            return
-        for edge in self.vad.feed(self.s.last_pcm, floor_ms=self.s.buffer_start_ms):
-            if isinstance(edge, SpeechStarted):
-                self._turn_item = new_id("item")
-                self._turn_start_ms = edge.audio_start_ms
-                await self.send(
-                    [
-                        ev(
-                            "input_audio_buffer.speech_started",
-                            audio_start_ms=edge.audio_start_ms,
-                            item_id=self._turn_item,
-                        )
-                    ]
-                )
-                active = self.s.active
-                if (
-                    active is not None
-                    and not active.cancelled
-                    and td.get("interrupt_response", True)
-                ):
-                    self.cancel(active, "turn_detected")
-            else:
-                item_id = self._turn_item or new_id("item")
-                await self.send(
-                    [
-                        ev(
-                            "input_audio_buffer.speech_stopped",
-                            audio_end_ms=edge.audio_end_ms,
-                            item_id=item_id,
-                        )
-                    ]
-                )
-                # Keep the turn's audio only: from its padded start to its end.
-                start = max(
-                    0, int((self._turn_start_ms - self.s.buffer_start_ms) * PCM_BYTES_PER_MS)
-                )
-                del self.s.buffer[: start - start % 2]
-                await self.send(self.s.commit(item_id))
-                self._turn_item = None
-                self.after_commit(item_id)
-                active = self.s.active
-                if (
-                    td.get("create_response", True)
-                    and not self.s.transcription
-                    and (active is None or active.cancelled)
-                ):
-                    # A response this turn interrupted may still be closing; the new one
-                    # waits for it (start_response), so its response.done comes first.
-                    self.start_response(self.s.plan_response({}))
 
     def after_commit(self, item_id: str) -> None:
         # The brain reads words, not audio: every committed turn is recognised, whether or not

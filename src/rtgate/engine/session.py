@@ -4,8 +4,14 @@ Rules (protocol.md 2, 5.7, 5.9, 8.3):
 * ``session.created`` first; then client events strictly in order.
 * One active response per conversation; ``response.cancel`` ends it with status ``cancelled``.
 * Audio is appended to a buffer whose clock is its byte count (48 bytes/ms for 24 kHz PCM16).
-  With ``server_vad`` the buffer is cut into turns by the energy detector; with
-  ``turn_detection: null`` only ``input_audio_buffer.commit`` does.
+  With ``server_vad`` or ``semantic_vad`` the buffer is cut into turns by the session's voice
+  activity detector (``engine.turns``: speech started and stopped, the idle timeout); with
+  ``turn_detection: null`` only ``input_audio_buffer.commit`` does. A commit or clear in the
+  middle of a turn ends that turn.
+* A ``session.update`` is checked whole before anything of it applies (``session_config``).
+* A response stops at ``max_output_tokens`` (session or response; an integer 1-4096 or
+  ``"inf"``) with status ``incomplete``, reason ``max_output_tokens``.
+* The voice is fixed once the session has produced audio (``cannot_update_voice``).
 * Every response ends with ``response.done`` carrying usage (audio 10 tokens/s in, 20/s out;
   text estimated at 4 characters a token), then ``rate_limits.updated``.
 Responses themselves are produced by ``engine.server``, which owns the brain and the voice.
@@ -20,7 +26,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtgate.engine.session_config import (
+    Refusal,
+    check_max_output_tokens,
+    check_update,
+    default_session,
+    format_type,
+    merge,
+)
 from rtgate.engine.tokens import count_tokens
+from rtgate.engine.turns import IdleTimeout, TurnEnded, TurnStarted, TurnTaker, with_defaults
+from rtgate.engine.vad import VoiceActivityDetector
 from rtgate.protocol.ids import new_id
 
 Event = dict[str, Any]
@@ -42,28 +58,6 @@ _CLIENT_TYPES = (
     "response.cancel",
 )
 
-DEFAULT_INSTRUCTIONS = "You are a helpful, witty, and friendly AI running locally inside rtgate."
-
-_REALTIME_KEYS = frozenset(
-    {
-        "type",
-        "audio",
-        "include",
-        "instructions",
-        "max_output_tokens",
-        "model",
-        "output_modalities",
-        "parallel_tool_calls",
-        "prompt",
-        "reasoning",
-        "tool_choice",
-        "tools",
-        "tracing",
-        "truncation",
-    }
-)
-_TRANSCRIPTION_KEYS = frozenset({"type", "audio", "include"})
-
 
 def ev(etype: str, **fields: Any) -> Event:
     return {"type": etype, "event_id": new_id("event"), **fields}
@@ -71,75 +65,6 @@ def ev(etype: str, **fields: Any) -> Event:
 
 def obfuscation() -> str:
     return secrets.token_urlsafe(9)
-
-
-def default_turn_detection() -> dict[str, Any]:
-    return {
-        "type": "server_vad",
-        "threshold": 0.5,
-        "prefix_padding_ms": 300,
-        "silence_duration_ms": 200,
-        "idle_timeout_ms": None,
-        "create_response": True,
-        "interrupt_response": True,
-    }
-
-
-def default_session(model: str, transcription: bool, expires_at: int) -> dict[str, Any]:
-    fmt = {"type": "audio/pcm", "rate": 24000}
-    if transcription:
-        return {
-            "type": "transcription",
-            "object": "realtime.transcription_session",
-            "id": new_id("sess"),
-            "expires_at": expires_at,
-            "include": None,
-            "audio": {
-                "input": {
-                    "format": fmt,
-                    "noise_reduction": None,
-                    "transcription": None,
-                    "turn_detection": default_turn_detection(),
-                }
-            },
-        }
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "id": new_id("sess"),
-        "model": model,
-        "output_modalities": ["audio"],
-        "instructions": DEFAULT_INSTRUCTIONS,
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "prompt": None,
-        "include": None,
-        "truncation": "auto",
-        "expires_at": expires_at,
-        "audio": {
-            "input": {
-                "format": fmt,
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": default_turn_detection(),
-            },
-            "output": {"format": dict(fmt), "voice": "alloy", "speed": 1.0},
-        },
-    }
-
-
-_WHOLE = frozenset({"turn_detection", "format"})
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        # A turn detector or an audio format is replaced whole: a new format keeps no old rate.
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in _WHOLE:
-            _merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
 
 
 @dataclass
@@ -156,9 +81,17 @@ class ResponsePlan:
     tool_choice: Any = "auto"
     cancelled: bool = False
     cancel_reason: str = "client_cancelled"
-    #: Output counted so far (text tokens, audio milliseconds).
+    #: The response's ``max_output_tokens`` (``None``: ``"inf"``); reaching it sets ``incomplete``.
+    max_output_tokens: int | None = None
+    incomplete: bool = False
+    #: Output counted so far (text tokens, audio milliseconds), for items already closed.
     text_out: int = 0
     audio_out_ms: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        """Cancelled, or out of output tokens: nothing more is produced."""
+        return self.cancelled or self.incomplete
 
 
 @dataclass
@@ -180,12 +113,21 @@ class EngineSession:
     audio_ms_by_item: dict[str, int] = field(default_factory=dict)
     #: The last append, as 24 kHz PCM16 (what the VAD reads next).
     last_pcm: bytes = b""
+    #: Turn detection over the voice activity detector (``use_vad``; none: no VAD events).
+    turns: TurnTaker = field(default_factory=TurnTaker)
+    #: Set with the first assistant audio: from then on the voice cannot change.
+    audio_produced: bool = False
     _in_conv: Any = None
 
     def __post_init__(self) -> None:
         self.session = default_session(
             self.model, self.transcription, int(time.time()) + self.max_seconds
         )
+
+    def use_vad(self, vad: VoiceActivityDetector) -> None:
+        """Detect turns with ``vad`` (one per session: it keeps state)."""
+        self.turns.vad = vad
+        self.turns.configure(self.turn_detection)
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -216,6 +158,9 @@ class EngineSession:
                 "event_id": event_id,
             },
         )
+
+    def refuse(self, refusal: Refusal, event_id: str | None) -> Event:
+        return self.error(refusal.code, refusal.message, refusal.param, event_id)
 
     def created(self) -> list[Event]:
         return [ev("session.created", session=copy.deepcopy(self.session))]
@@ -253,70 +198,22 @@ class EngineSession:
         return result
 
     def _on_session_update(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        sess = e.get("session")
-        if not isinstance(sess, dict):
-            return [
-                self.error(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'session'.",
-                    "session",
-                    eid,
-                )
-            ], None
-        stype = sess.get("type")
-        if stype is None:
-            return [
-                self.error(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'session.type'.",
-                    "session.type",
-                    eid,
-                )
-            ], None
-        want = "transcription" if self.transcription else "realtime"
-        if stype != want:
-            return [
-                self.error(
-                    "invalid_value",
-                    f"Invalid value: '{stype}'. This session is a '{want}' session.",
-                    "session.type",
-                    eid,
-                )
-            ], None
-        allowed = _TRANSCRIPTION_KEYS if self.transcription else _REALTIME_KEYS
-        for k in sess:
-            if k not in allowed:
-                return [
-                    self.error(
-                        "unknown_parameter",
-                        f"Unknown parameter: 'session.{k}'.",
-                        f"session.{k}",
-                        eid,
-                    )
-                ], None
-        if "model" in sess and sess["model"] != self.session.get("model"):
-            sess = {k: v for k, v in sess.items() if k != "model"}
-        audio = sess.get("audio") if isinstance(sess.get("audio"), dict) else {}
-        assert isinstance(audio, dict)
-        for side in ("input", "output"):
-            fmt = (
-                (audio.get(side) or {}).get("format") if isinstance(audio.get(side), dict) else None
-            )
-            if fmt is not None and not _valid_format(fmt):
-                return [
-                    self.error(
-                        "invalid_value",
-                        f"Invalid value for 'session.audio.{side}.format': {fmt!r}. "
-                        "Supported: audio/pcm (24000 Hz), audio/pcmu, audio/pcma.",
-                        f"session.audio.{side}.format",
-                        eid,
-                    )
-                ], None
-        _merge(self.session, {k: v for k, v in sess.items() if k != "type"})
+        update = check_update(
+            e.get("session"),
+            self.session,
+            transcription=self.transcription,
+            audio_produced=self.audio_produced,
+        )
+        if isinstance(update, Refusal):
+            return [self.refuse(update, eid)], None
+        merge(self.session, update)
         td = self.session["audio"]["input"].get("turn_detection")
-        if isinstance(td, dict) and td.get("type", "server_vad") == "server_vad":
+        if isinstance(td, dict):
             # Fields a client leaves out take their defaults (threshold 0.5, prefix 300 ms...).
-            self.session["audio"]["input"]["turn_detection"] = {**default_turn_detection(), **td}
+            self.session["audio"]["input"]["turn_detection"] = with_defaults(td)
+            self.turns.configure(self.turn_detection)
+        else:
+            self.turns.interrupt()  # manual turns from now on: no turn is in progress
         self._in_conv = None
         return [ev("session.updated", session=copy.deepcopy(self.session))], None
 
@@ -324,7 +221,9 @@ class EngineSession:
         self.buffer.extend(pcm)
         self.appended_ms += len(pcm) / PCM_BYTES_PER_MS
 
-    def _on_input_audio_buffer_append(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_input_audio_buffer_append(
+        self, e: Event, eid: str | None
+    ) -> tuple[list[Event], ResponsePlan | None]:
         audio = e.get("audio")
         if not isinstance(audio, str):
             return [
@@ -343,16 +242,78 @@ class EngineSession:
             ], None
         self.last_pcm = self.decode_input(pcm)
         self.append_audio(self.last_pcm)
-        return [], None
+        return self.hear(self.last_pcm)
+
+    def hear(self, pcm: bytes) -> tuple[list[Event], ResponsePlan | None]:
+        """Turn detection over appended audio (protocol.md 5.7): speech started and stopped,
+        the idle timeout; the commits they make, barge-in, and the response a turn asks for."""
+        td = self.turn_detection
+        out: list[Event] = []
+        plan: ResponsePlan | None = None
+        for edge in self.turns.hear(pcm, td, self.buffer_start_ms, self.appended_ms):
+            assert td is not None
+            if isinstance(edge, TurnStarted):
+                out.append(
+                    ev(
+                        "input_audio_buffer.speech_started",
+                        audio_start_ms=edge.audio_start_ms,
+                        item_id=edge.item_id,
+                    )
+                )
+                if not td.get("interrupt_response", True):
+                    continue
+                if plan is not None:
+                    # Planned by a turn earlier in this same append and never started: nothing
+                    # of it reached the client, so it is dropped rather than cancelled.
+                    self._drop(plan)
+                    plan = None
+                active = self.active
+                if active is not None and not active.cancelled:
+                    # engine.server stops it; it ends with status cancelled, turn_detected.
+                    active.cancelled = True
+                    active.cancel_reason = "turn_detected"
+                continue
+            if isinstance(edge, TurnEnded):
+                out.append(
+                    ev(
+                        "input_audio_buffer.speech_stopped",
+                        audio_end_ms=edge.audio_end_ms,
+                        item_id=edge.item_id,
+                    )
+                )
+            else:
+                assert isinstance(edge, IdleTimeout)
+                out.append(
+                    ev(
+                        "input_audio_buffer.timeout_triggered",
+                        audio_start_ms=edge.audio_start_ms,
+                        audio_end_ms=edge.audio_end_ms,
+                        item_id=edge.item_id,
+                    )
+                )
+            # The item holds the turn's audio only: from its (padded) start, or for a timeout
+            # the silent segment after the last response played out.
+            start = max(0, int((edge.audio_start_ms - self.buffer_start_ms) * PCM_BYTES_PER_MS))
+            del self.buffer[: start - start % 2]
+            out.extend(self.commit(edge.item_id))
+            if (
+                td.get("create_response", True)
+                and not self.transcription
+                and (self.active is None or self.active.cancelled)
+            ):
+                # A response this turn interrupted may still be closing; engine.server starts
+                # the new one after it, so its response.done comes first.
+                plan = self.plan_response({})
+        return out, plan
 
     @property
     def input_format(self) -> str:
-        return _format_type(self.session["audio"]["input"].get("format"))
+        return format_type(self.session["audio"]["input"].get("format"))
 
     @property
     def output_format(self) -> str:
         out = self.session["audio"].get("output") or {}
-        return _format_type(out.get("format"))
+        return format_type(out.get("format"))
 
     def decode_input(self, data: bytes) -> bytes:
         """Client audio in the session's input format -> 24 kHz PCM16, resampler state kept."""
@@ -406,6 +367,7 @@ class EngineSession:
         self.buffer.clear()
         self.buffer_start_ms = self.appended_ms
         self.items.append(item)
+        self.turns.disarm()  # the user took a turn: no idle timeout until the next response
         public = public_item(item)
         out = [ev("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id)]
         out.append(ev("conversation.item.added", previous_item_id=prev, item=public))
@@ -428,12 +390,15 @@ class EngineSession:
                     eid,
                 )
             ], None
-        return self.commit(), None
+        # Committed while the VAD hears speech: that turn ends here, as the item its
+        # speech_started announced; speech that goes on starts a fresh turn.
+        return self.commit(self.turns.interrupt()), None
 
     def _on_input_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
         self.buffer.clear()
         self.buffer_start_ms = self.appended_ms
         self._in_conv = None  # the resampler's held-back samples are cleared audio too
+        self.turns.interrupt()  # a turn in progress lost its audio: speech starts a new one
         return [ev("input_audio_buffer.cleared")], None
 
     def _on_output_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
@@ -536,37 +501,85 @@ class EngineSession:
         return [ev("conversation.item.deleted", item_id=item["id"])], None
 
     def _on_conversation_item_truncate(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        item_id = str(e.get("item_id"))
+        """Cut an assistant audio part at ``audio_end_ms``: what the user did not hear goes.
+
+        Checked in OpenAI's order, with its wording where it is known: the item exists; it is a
+        model output audio message with audio (``unsupported_content_type``, "Only model output
+        audio messages can be truncated", also when no audio was produced yet); the
+        ``content_index`` names that audio part; ``audio_end_ms`` is not past its end.
+        """
+        for name in ("item_id", "content_index", "audio_end_ms"):
+            if e.get(name) is None:
+                return [
+                    self.error(
+                        "missing_required_parameter",
+                        f"Missing required parameter: '{name}'.",
+                        name,
+                        eid,
+                    )
+                ], None
+        item_id = str(e["item_id"])
         item = self.find(item_id)
-        if item is None or item.get("role") != "assistant":
+        if item is None:
             return [
                 self.error(
-                    "invalid_value", "Only assistant messages can be truncated.", "item_id", eid
+                    "invalid_value", f"Item with item_id '{item_id}' not found.", "item_id", eid
                 )
             ], None
-        end = e.get("audio_end_ms")
+        content = item.get("content") or []
         produced = self.audio_ms_by_item.get(item_id, 0)
-        if not isinstance(end, int) or end < 0 or end > produced:
+        is_audio = [c.get("type") == "output_audio" for c in content]
+        if item.get("role") != "assistant" or not any(is_audio) or produced <= 0:
+            return [
+                self.error(
+                    "unsupported_content_type",
+                    "Only model output audio messages can be truncated",
+                    None,
+                    eid,
+                )
+            ], None
+        index, end = e["content_index"], e["audio_end_ms"]
+        if (
+            not isinstance(index, int)
+            or isinstance(index, bool)
+            or not 0 <= index < len(content)
+            or not is_audio[index]
+        ):
             return [
                 self.error(
                     "invalid_value",
-                    f"audio_end_ms {end} exceeds the audio length ({produced} ms).",
+                    f"Invalid 'content_index': {index}. Item '{item_id}' has its audio at "
+                    f"content_index {is_audio.index(True)}.",
+                    "content_index",
+                    eid,
+                )
+            ], None
+        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
+            return [
+                self.error(
+                    "integer_below_min_value" if isinstance(end, int) else "invalid_type",
+                    f"Invalid 'audio_end_ms': expected an integer >= 0, but got {end!r} instead.",
                     "audio_end_ms",
                     eid,
                 )
             ], None
+        if end > produced:
+            # OpenAI's words; it sends this one with no code, param or event_id (openai-python
+            # era logs in pipecat-ai/pipecat#925; event_id null per ReviewStage/luke#564).
+            return [
+                self.error(None, f"Audio content of {produced}ms is already shorter than {end}ms")
+            ], None
         self.audio_ms_by_item[item_id] = end
         if "_audio" in item:
             item["_audio"] = item["_audio"][: end * PCM_BYTES_PER_MS]
-        for c in item.get("content") or []:
-            if c.get("type") == "output_audio" and produced:
-                text = c.get("transcript") or ""
-                c["transcript"] = text[: int(len(text) * end / produced)]
+        part = content[index]
+        text = part.get("transcript") or ""
+        part["transcript"] = text[: int(len(text) * end / produced)]
         return [
             ev(
                 "conversation.item.truncated",
                 item_id=item_id,
-                content_index=int(e.get("content_index") or 0),
+                content_index=index,
                 audio_end_ms=end,
             )
         ], None
@@ -585,6 +598,12 @@ class EngineSession:
             ], None
         params = e.get("response") if isinstance(e.get("response"), dict) else {}
         assert isinstance(params, dict)
+        if "max_output_tokens" in params:
+            refused = check_max_output_tokens(
+                params["max_output_tokens"], "response.max_output_tokens"
+            )
+            if refused is not None:
+                return [self.refuse(refused, eid)], None
         conversation = params.get("conversation", "auto") != "none"
         # A cancelled response is over for the client (its response.done is on the way, and
         # engine.server sends it before the next response starts).
@@ -638,6 +657,7 @@ class EngineSession:
         }
         inp = params.get("input")
         items = [public_item(i) for i in self.items] if inp is None else [self._ref(i) for i in inp]
+        limit = response["max_output_tokens"]
         plan = ResponsePlan(
             response=response,
             modalities=modalities,
@@ -647,9 +667,11 @@ class EngineSession:
             input_items=items,
             tools=list(params.get("tools") or self.session.get("tools") or []),
             tool_choice=params.get("tool_choice", self.session.get("tool_choice", "auto")),
+            max_output_tokens=limit if isinstance(limit, int) else None,
         )
         if conversation:
             self.active = plan
+            self.turns.disarm()  # armed again when this response is over
         self.running[response["id"]] = plan
         return plan
 
@@ -660,7 +682,13 @@ class EngineSession:
         return item
 
     def finished(self, plan: ResponsePlan) -> None:
-        """``plan`` has sent its ``response.done``."""
+        """``plan`` is sending its ``response.done``: the idle timeout counts from when its
+        audio will have played out (``engine.turns``)."""
+        self._drop(plan)
+        if plan.conversation:
+            self.turns.responded(self.appended_ms + plan.audio_out_ms)
+
+    def _drop(self, plan: ResponsePlan) -> None:
         self.running.pop(plan.response["id"], None)
         if self.active is plan:
             self.active = None
@@ -699,22 +727,6 @@ class EngineSession:
             if it.get("type") == "function_call_output":
                 text += count_tokens(str(it.get("output") or ""))
         return text, audio
-
-
-def _format_type(fmt: Any) -> str:
-    if isinstance(fmt, dict):
-        return str(fmt.get("type") or "audio/pcm")
-    return str(fmt or "audio/pcm")
-
-
-def _valid_format(fmt: Any) -> bool:
-    # GA formats are objects (``{"type": "audio/pcmu"}``); a bare string is the beta shape.
-    if not isinstance(fmt, dict):
-        return False
-    t, rate = fmt.get("type"), fmt.get("rate", 24000)
-    if t == "audio/pcm":
-        return rate in (None, 24000)
-    return t in ("audio/pcmu", "audio/pcma")
 
 
 def public_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -149,6 +149,10 @@ class SileroVad:
     def in_speech(self) -> bool:
         return self._in_speech
 
+    def end_turn(self) -> None:
+        # The LSTM state is kept: it tracks the audio, not the turn.
+        self._in_speech = False
+
     def feed(self, pcm: bytes, floor_ms: float = 0) -> list[SpeechStarted | SpeechStopped]:
         """Feed 24 kHz PCM16 of any length; return the turn edges it crossed, in order."""
         if self._odd:

@@ -41,6 +41,10 @@ class VoiceActivityDetector(Protocol):
         """Feed 24 kHz PCM16; return the turn edges crossed. ``floor_ms``: buffer start."""
         ...
 
+    def end_turn(self) -> None:
+        """Forget a turn in progress (the client committed it): the next speech starts anew."""
+        ...
+
 
 def rms(pcm: bytes) -> float:
     samples = array("h", pcm)
@@ -71,6 +75,9 @@ class EnergyVad:
 
     def reset_clock(self, ms: float) -> None:
         self._clock_ms = int(ms)
+
+    def end_turn(self) -> None:
+        self._in_speech = False
 
     def feed(self, pcm: bytes, floor_ms: float = 0) -> list[SpeechStarted | SpeechStopped]:
         """Feed audio; return the turn boundaries it crossed. ``floor_ms``: buffer start."""
