@@ -7,8 +7,9 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
+REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint test-postgres bench clean
+.PHONY: run test lint test-postgres test-redis bench clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "rtgate needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -32,8 +33,9 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# Tests marked redis need a Redis server: `make test-redis` runs them.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not redis"
 
 # The integration suites again, against PostgreSQL (CI runs this too).
 test-postgres: $(VENV)/.dev-installed
@@ -42,6 +44,10 @@ test-postgres: $(VENV)/.dev-installed
 		tests/test_relay_faults.py tests/test_policy.py tests/test_metrics.py \
 		tests/test_client_secrets.py tests/test_client_secret_control.py \
 		tests/test_beta_clients.py tests/test_calls.py
+
+# Session limits shared by two limiters and two gateways through Redis (CI runs this too).
+test-redis: $(VENV)/.dev-installed
+	RTGATE_TEST_REDIS_URL=$(REDIS_URL) $(BIN)/python -m pytest -m redis
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/relay_bench.py

@@ -43,6 +43,17 @@ class RunningGateway:
         return self.app[GATEWAY].store
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs Redis fails, never skips, without one: ``make test`` leaves the
+    ``redis`` tests out on purpose (``-m "not redis"``); ``make test-redis`` runs them."""
+    if item.get_closest_marker("redis") and not os.environ.get("RTGATE_TEST_REDIS_URL"):
+        pytest.fail(
+            "needs Redis: set RTGATE_TEST_REDIS_URL, e.g. redis://127.0.0.1:6379/0"
+            " (make test-redis does)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 async def provider() -> AsyncIterator[FakeProvider]:
     p = FakeProvider()

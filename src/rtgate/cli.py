@@ -121,7 +121,8 @@ def serve(
     }
     if overrides:
         settings = settings.model_copy(update=overrides)
-    run_server(settings)
+    # A start-up failure (database, Redis) is one line naming the setting, not a traceback.
+    _checked(lambda: run_server(settings))
 
 
 ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]

@@ -215,6 +215,27 @@ class Settings(_Frozen):
     #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
     #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
     admin_token: SecretStr | None = Field(default=None, exclude=True)
+    #: Redis holding live-session and rate counters shared by every instance (``redis://``,
+    #: ``rediss://`` or ``unix://``). Unset, each process counts its own sessions.
+    redis_url: str | None = None
+    #: Prefix of every key rtgate writes in that Redis, so deployments can share one server.
+    redis_prefix: str = Field(default="rtgate:", min_length=1, max_length=100)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _no_hash_tag(cls, v: str) -> str:
+        if "{" in v or "}" in v:
+            raise ValueError("must not contain { or } (rtgate uses the key id as the hash tag)")
+        return v
 
     @property
     def resolved_database_url(self) -> str:
@@ -234,6 +255,8 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
+    "RTGATE_REDIS_URL": "redis_url",
+    "RTGATE_REDIS_PREFIX": "redis_prefix",
 }
 _ENV_ENGINE: dict[str, str] = {
     "RTGATE_ENGINE_VAD": "vad",

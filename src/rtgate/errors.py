@@ -13,6 +13,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- QuotaExceeded        insufficient_quota         429 / close 3000
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
+    +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
     +-- SessionExpired           session_expired            --  / close 1001
 
 Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
@@ -96,6 +97,16 @@ class UpstreamError(GatewayError):
     close_code = 1011
     error_type = "server_error"
     code = "upstream_unavailable"
+
+
+class LimiterUnavailable(GatewayError):
+    """The shared session counters (Redis) cannot be reached, so a limited key cannot be
+    admitted: failing open would lift every key's limits fleet-wide."""
+
+    http_status = 503
+    close_code = 1011
+    error_type = "server_error"
+    code = "limiter_unavailable"
 
 
 class SessionExpired(GatewayError):

@@ -21,7 +21,8 @@ from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.auth.keyring import KeyRing
-from rtgate.auth.limits import LocalSessionLimiter
+from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
+from rtgate.auth.redis_limits import RedisSessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
@@ -83,6 +84,13 @@ def create_app(
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Shared counters first: an unreachable Redis stops start-up before anything is opened.
+        shared: RedisSessionLimiter | None = None
+        if settings.redis_url:
+            shared = await RedisSessionLimiter.connect(
+                settings.redis_url, clock, prefix=settings.redis_prefix
+            )
+        limiter: SessionLimiter = shared if shared is not None else LocalSessionLimiter()
         settings.home.mkdir(parents=True, exist_ok=True)
         await store.init()
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -96,16 +104,20 @@ def create_app(
             catalog=Catalog(settings),
             ledger=ledger,
             http=http,
-            limiter=LocalSessionLimiter(),
+            limiter=limiter,
             metrics=metrics,
             local_token=engine.token,
             expiry_check_interval=expiry_check_interval,
         )
         app[GATEWAY] = gw
         writer = asyncio.create_task(ledger.run(), name="ledger")
+        if shared is not None:
+            shared.start()
         try:
             yield
         finally:
+            if shared is not None:
+                await shared.close()
             await ledger.drain()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,8 +2,8 @@
 
 The in-process implementation is exact for one gateway process: asyncio runs one coroutine at a
 time and ``acquire`` does not await between its check and its update, so a burst of parallel
-connects cannot slip past the limit. Many instances need a shared implementation (Redis) of the
-same ``SessionLimiter`` port.
+connects cannot slip past the limit. Many instances share ``RedisSessionLimiter``
+(``auth/redis_limits.py``), the same port over Redis; both refuse with the messages below.
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ class SessionLimiter(Protocol):
     async def live(self, key_id: str) -> int: ...
 
 
+def live_limit_reached(live: int, max_sessions: int) -> RateLimited:
+    return RateLimited(f"This key already has {live} live sessions, its limit is {max_sessions}.")
+
+
+def start_rate_reached(per_minute: int, oldest_start: float, now: float) -> RateLimited:
+    return RateLimited(
+        f"This key may open {per_minute} sessions per minute; try again in "
+        f"{oldest_start + WINDOW_S - now:.0f} s."
+    )
+
+
 class LocalSessionLimiter:
     def __init__(self) -> None:
         self._live: dict[str, int] = {}
@@ -38,17 +49,12 @@ class LocalSessionLimiter:
     ) -> None:
         live = self._live.get(key_id, 0)
         if max_sessions is not None and live >= max_sessions:
-            raise RateLimited(
-                f"This key already has {live} live sessions, its limit is {max_sessions}."
-            )
+            raise live_limit_reached(live, max_sessions)
         starts = self._starts.setdefault(key_id, deque())
         while starts and starts[0] <= now - WINDOW_S:
             starts.popleft()
         if per_minute is not None and len(starts) >= per_minute:
-            raise RateLimited(
-                f"This key may open {per_minute} sessions per minute; try again in "
-                f"{starts[0] + WINDOW_S - now:.0f} s."
-            )
+            raise start_rate_reached(per_minute, starts[0], now)
         starts.append(now)
         self._live[key_id] = live + 1
 

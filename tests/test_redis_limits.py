@@ -1,0 +1,293 @@
+"""Session limits shared through Redis: two limiters (or two gateways) stand for two instances.
+
+Tests marked ``redis`` need the server named by ``RTGATE_TEST_REDIS_URL``: ``make test-redis``
+sets it and runs them (CI does), ``make test`` leaves them out (``-m "not redis"``), and run
+without it they fail saying so (``tests/conftest.py``). Each uses a namespace of its own. The
+start-up and outage tests need no server and always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+
+from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.auth.redis_limits import RedisSessionLimiter
+from rtgate.clock import ManualClock
+from rtgate.config import Settings, load_settings
+from rtgate.errors import ConfigError, LimiterUnavailable, RateLimited
+from rtgate.relay.endpoint import GATEWAY
+from tests.conftest import RunningGateway
+
+REDIS_URL = os.environ.get("RTGATE_TEST_REDIS_URL", "")
+ONE_LIVE = "This key already has 1 live sessions, its limit is 1."
+#: Nothing listens here: connections are refused at once.
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+MakeLimiter = Callable[..., Awaitable[RedisSessionLimiter]]
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    ns = f"rtgate-test:{uuid.uuid4().hex}:"
+    yield ns
+    if REDIS_URL:
+        redis = Redis.from_url(REDIS_URL)
+        keys = [k async for k in redis.scan_iter(match=f"{ns}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
+@pytest.fixture
+async def limiters(namespace: str) -> AsyncIterator[MakeLimiter]:
+    made: list[RedisSessionLimiter] = []
+
+    async def make(clock: ManualClock, **options: Any) -> RedisSessionLimiter:
+        limiter = await RedisSessionLimiter.connect(REDIS_URL, clock, prefix=namespace, **options)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.close()
+
+
+async def outcome(
+    limiter: SessionLimiter,
+    key_id: str,
+    max_sessions: int | None,
+    per_minute: int | None,
+    now: float,
+) -> str:
+    """``admitted``, or the refusal's message."""
+    try:
+        await limiter.acquire(key_id, max_sessions, per_minute, now)
+    except RateLimited as err:
+        return err.message
+    return "admitted"
+
+
+# -- two instances, one Redis ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_burst_across_two_instances_admits_exactly_the_limit(
+    limiters: MakeLimiter,
+) -> None:
+    clock = ManualClock()
+    a, b = await limiters(clock), await limiters(clock)
+
+    async def attempt(limiter: RedisSessionLimiter) -> tuple[RedisSessionLimiter, str]:
+        return limiter, await outcome(limiter, "key_burst", 5, None, clock.now())
+
+    results = await asyncio.gather(*(attempt(a if i % 2 else b) for i in range(40)))
+    admitted = [lim for lim, said in results if said == "admitted"]
+    assert len(admitted) == 5
+    assert {said for _, said in results if said != "admitted"} == {
+        "This key already has 5 live sessions, its limit is 5."
+    }
+    assert await a.live("key_burst") == await b.live("key_burst") == 5
+
+    # Releases free slots, whichever instance admitted the session.
+    await admitted[0].release("key_burst")
+    await admitted[1].release("key_burst")
+    assert await b.live("key_burst") == 3
+    again = await asyncio.gather(*(attempt(a if i % 2 else b) for i in range(10)))
+    assert sum(said == "admitted" for _, said in again) == 2
+    assert await a.live("key_burst") == 5
+
+
+async def scripted_rate_outcomes(limiters: list[SessionLimiter], clock: ManualClock) -> list[str]:
+    """A per-minute limit of 3 met by sessions arriving at ``limiters`` in turn."""
+    seen = []
+    for i in range(4):
+        seen.append(await outcome(limiters[i % len(limiters)], "key_k", None, 3, clock.now()))
+    for lim in limiters:
+        for _ in range(2):
+            await lim.release("key_k")  # ending sessions does not give back starts
+    clock.advance(30)
+    seen.append(await outcome(limiters[0], "key_k", None, 3, clock.now()))
+    clock.advance(30)
+    for i in range(4):
+        seen.append(await outcome(limiters[-1 - i % len(limiters)], "key_k", None, 3, clock.now()))
+    return seen
+
+
+@pytest.mark.redis
+async def test_sessions_per_minute_is_one_sliding_window_across_instances(
+    limiters: MakeLimiter,
+) -> None:
+    clock = ManualClock()
+    a, b = await limiters(clock), await limiters(clock)
+    shared = await scripted_rate_outcomes([a, b], clock)
+    refused = "This key may open 3 sessions per minute; try again in {} s."
+    assert shared == [
+        *["admitted"] * 3,
+        refused.format(60),
+        refused.format(30),
+        *["admitted"] * 3,
+        refused.format(60),
+    ]
+    # The same words, and the same decisions, as one process's own limiter.
+    local = await scripted_rate_outcomes([LocalSessionLimiter()], ManualClock())
+    assert shared == local
+
+
+@pytest.mark.redis
+async def test_a_crashed_instance_leases_lapse_after_the_ttl(
+    limiters: MakeLimiter, namespace: str
+) -> None:
+    clock = ManualClock()
+    a = await limiters(clock, lease_ttl=30.0, refresh_every=0.01)
+    b = await limiters(clock, lease_ttl=30.0)
+    a.start()
+    await a.acquire("key_k", 1, None, clock.now())
+    assert await outcome(b, "key_k", 1, None, clock.now()) == ONE_LIVE
+
+    # While its refresher runs, a's lease outlives the TTL.
+    leases = f"{namespace}{{key_k}}:leases"
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        for _ in range(3):
+            clock.advance(20)
+            for _ in range(200):  # until the refresher has written the new expiry
+                (lease,) = await redis.zrange(leases, 0, -1, withscores=True)
+                if lease[1] >= clock.now() + 29:
+                    break
+                await asyncio.sleep(0.01)
+            assert await outcome(b, "key_k", 1, None, clock.now()) == ONE_LIVE
+    finally:
+        await redis.aclose()
+
+    await a.stop()  # a crash: no release, no more refreshes
+    clock.advance(29)
+    assert await outcome(b, "key_k", 1, None, clock.now()) == ONE_LIVE
+    clock.advance(2)
+    assert await outcome(b, "key_k", 1, None, clock.now()) == "admitted"
+    assert await a.live("key_k") == 1  # b's session only
+
+
+@pytest.mark.redis
+async def test_a_lease_released_during_a_refresh_is_not_written_back(
+    limiters: MakeLimiter,
+) -> None:
+    clock = ManualClock()
+    a = await limiters(clock)
+    for _ in range(20):
+        await a.acquire("key_k", None, None, clock.now())
+        await asyncio.gather(a.refresh(), a.release("key_k"))
+        assert await a.live("key_k") == 0
+
+
+@pytest.mark.redis
+async def test_keys_are_namespaced_and_expire_when_idle(
+    limiters: MakeLimiter, namespace: str
+) -> None:
+    clock = ManualClock()
+    a = await limiters(clock)
+    await a.acquire("key_k", 2, 10, clock.now())
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        keys = sorted([k async for k in redis.scan_iter(match=f"{namespace}*")])
+        assert keys == [f"{namespace}{{key_k}}:leases", f"{namespace}{{key_k}}:starts"]
+        assert 0 < await redis.pttl(keys[0]) <= 60_000
+        assert 60_000 < await redis.pttl(keys[1]) <= 90_000
+    finally:
+        await redis.aclose()
+
+
+# -- start-up and outages (no server needed) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RTGATE_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
+        ({"RTGATE_REDIS_URL": "redis://h", "RTGATE_REDIS_PREFIX": "rt{x}:"}, "redis_prefix"),
+    ],
+)
+def test_a_malformed_redis_setting_is_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(None, env)
+
+
+async def test_an_unreachable_redis_stops_start_up_naming_the_setting(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    with pytest.raises(ConfigError, match=r"^redis_url: Redis does not answer at start-up"):
+        await start_gateway(make_settings(RTGATE_REDIS_URL=DEAD_REDIS))
+
+
+async def test_an_outage_refuses_limited_keys_and_admits_unlimited_ones() -> None:
+    clock = ManualClock()
+    limiter = RedisSessionLimiter(Redis.from_url(DEAD_REDIS), clock)
+    try:
+        with pytest.raises(LimiterUnavailable) as refused:
+            await limiter.acquire("key_limited", 5, None, clock.now())
+        assert (refused.value.code, refused.value.close_code) == ("limiter_unavailable", 1011)
+        assert refused.value.http_status == 503
+        with pytest.raises(LimiterUnavailable):
+            await limiter.acquire("key_limited", None, 60, clock.now())
+        await limiter.acquire("key_free", None, None, clock.now())  # nothing to enforce
+        await limiter.release("key_free")
+        await limiter.release("key_limited")  # never raises
+        with pytest.raises(LimiterUnavailable):
+            await limiter.live("key_free")
+    finally:
+        await limiter.close()
+
+
+# -- two gateways, one Redis -------------------------------------------------------------------
+
+
+async def first_event(gw: RunningGateway, key: str) -> tuple[Any, dict[str, Any]]:
+    ws = await connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    )
+    return ws, orjson.loads(await ws.recv())
+
+
+@pytest.mark.redis
+async def test_a_session_on_one_gateway_counts_on_the_other(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    namespace: str,
+    tmp_path: Any,
+) -> None:
+    shared = {"RTGATE_REDIS_URL": REDIS_URL, "RTGATE_REDIS_PREFIX": namespace}
+    gw_a: RunningGateway = await start_gateway(make_settings(**shared))
+    gw_b: RunningGateway = await start_gateway(
+        make_settings(RTGATE_HOME=str(tmp_path / "home-b"), **shared)
+    )
+    assert isinstance(gw_b.app[GATEWAY].limiter, RedisSessionLimiter)
+    policy = apply_update(KeyPolicy(), PolicyUpdate(max_sessions=1))
+    info, key = await gw_a.app[GATEWAY].keyring.create("one-at-a-time", policy)
+
+    on_a, event = await first_event(gw_a, key)
+    assert event["type"] == "session.created"
+    refused, event = await first_event(gw_b, key)
+    assert event["error"]["code"] == "rate_limit_exceeded"
+    with pytest.raises(websockets.ConnectionClosed):
+        await refused.recv()
+    assert refused.close_code == 3000
+
+    await on_a.close()
+    for _ in range(200):  # the gateway releases the slot once it has seen the close
+        if await gw_b.app[GATEWAY].limiter.live(info.id) == 0:
+            break
+        await asyncio.sleep(0.01)
+    on_b, event = await first_event(gw_b, key)
+    assert event["type"] == "session.created"
+    await on_b.close()
