@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Transcript
 from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
+from rtgate.engine.session_config import default_session, merge
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
 
@@ -75,6 +77,8 @@ class FakeProvider:
     hangup_closes_sideband: bool = True
     #: Awaited after a call is placed and before the provider answers it.
     while_placing: Callable[[], Awaitable[None]] | None = None
+    #: ``POST /v1/realtime/client_secrets`` bodies received (rtgate mints its own: none expected).
+    secret_requests: list[dict[str, Any]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
     @property
@@ -85,6 +89,7 @@ class FakeProvider:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handle)
         app.router.add_post("/v1/realtime/calls", self.place_call)
+        app.router.add_post("/v1/realtime/client_secrets", self.mint_secret)
         app.router.add_post("/v1/realtime/calls/{call_id}/{action}", self.call_action)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -144,6 +149,25 @@ class FakeProvider:
             if ws is not None:
                 await ws.close(code=1000, message=b"call ended")
         return web.Response(status=200)
+
+    async def mint_secret(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's GA minting route (protocol.md 3): the session with its defaults filled in,
+        and an ``ek_`` secret of its own."""
+        if not self._authorized(request):
+            return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)
+        body = orjson.loads(await request.read() or b"{}")
+        self.secret_requests.append(body)
+        asked = dict(body.get("session") or {"type": "realtime"})
+        seconds = int((body.get("expires_after") or {}).get("seconds", 600))
+        expires_at = int(time.time()) + seconds
+        transcription = asked.get("type") == "transcription"
+        session = default_session(
+            str(asked.pop("model", "gpt-realtime")), transcription, expires_at
+        )
+        merge(session, asked)
+        return web.json_response(
+            {"value": "ek_" + secrets.token_hex(16), "expires_at": expires_at, "session": session}
+        )
 
     def hangups(self, call_id: str) -> int:
         """How many times the call was hung up."""

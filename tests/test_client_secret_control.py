@@ -13,6 +13,7 @@ import orjson
 import pytest
 import websockets
 from openai import AsyncOpenAI
+from openai.types.realtime import ClientSecretCreateResponse
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
@@ -255,3 +256,40 @@ async def test_a_secret_minted_before_a_field_was_blocked_cannot_set_it(
     assert len(provider.upgrades) == before
     events, code = await first_events(gw, plain, n=1)
     assert code is None and events[0]["type"] == "session.created"
+
+
+async def test_rtgate_mints_its_own_secrets_in_the_shape_the_provider_answers(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    asked: dict[str, Any] = {
+        "expires_after": {"anchor": "created_at", "seconds": 300},
+        "session": {"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
+    }
+    transcription: dict[str, Any] = {
+        "session": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+        }
+    }
+    answers = {}
+    for who, base, secret in (
+        ("provider", f"http://127.0.0.1:{provider.port}/v1", provider.key),
+        ("rtgate", f"{gw.http}/v1", key),
+    ):
+        async with AsyncOpenAI(api_key=secret, base_url=base, max_retries=0) as client:
+            for name, body in (("realtime", asked), ("transcription", transcription)):
+                raw = await client.realtime.client_secrets.with_raw_response.create(**body)
+                # Strict validation of the wire JSON, not the SDK's lenient construction.
+                answers[who, name] = ClientSecretCreateResponse.model_validate_json(raw.text)
+    for name in ("realtime", "transcription"):
+        theirs, ours = answers["provider", name], answers["rtgate", name]
+        assert ours.session.type == theirs.session.type == name
+        assert ours.value.startswith("ek_") and ours.value != theirs.value
+    assert answers["rtgate", "realtime"].session.instructions == "Be brief."
+    assert answers["rtgate", "realtime"].session.model == "gpt-realtime"
+    # What went through rtgate never reached the provider's minting route.
+    assert len(provider.secret_requests) == 2
