@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from rtgate.engine.audio import AudioFormat, from_pcm24k
-from rtgate.engine.session import EngineSession, ResponsePlan
+from rtgate.engine.response_plan import ResponsePlan
+from rtgate.engine.session import EngineSession
 from rtgate.engine.tokens import count_tokens
 from tests.sdk_events import validate_server_event
 

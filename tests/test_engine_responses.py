@@ -19,7 +19,8 @@ import pytest
 from rtgate.engine.brain import BrainOutput, BrainRequest, EchoBrain, FunctionCall, TextDelta
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.responder import Responder
-from rtgate.engine.session import EngineSession, ResponsePlan
+from rtgate.engine.response_plan import ResponsePlan
+from rtgate.engine.session import EngineSession
 from rtgate.engine.tokens import count_tokens
 from rtgate.engine.tts import ToneSynthesizer
 from tests.sdk_events import validate_server_event

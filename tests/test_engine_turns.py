@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from rtgate.engine.session import EngineSession, ResponsePlan
+from rtgate.engine.response_plan import ResponsePlan
+from rtgate.engine.session import EngineSession
 from rtgate.engine.turns import SEMANTIC_SILENCE_MS, detector_settings
 from rtgate.engine.vad import EnergyVad
 from tests.sdk_events import validate_server_event

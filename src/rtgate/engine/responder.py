@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtgate.engine.brain import BrainError, BrainOutput, BrainRequest, FunctionCall, TextDelta
+from rtgate.engine.conversation import PCM_BYTES_PER_MS, public_item
 from rtgate.engine.options import EngineOptions
+from rtgate.engine.response_plan import ResponsePlan
 from rtgate.engine.session import (
-    PCM_BYTES_PER_MS,
     EngineSession,
     Event,
-    ResponsePlan,
     ev,
     obfuscation,
-    public_item,
 )
 from rtgate.engine.tokens import count_tokens
 from rtgate.protocol.ids import new_id

@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from rtgate.engine.conversation import PCM_BYTES_PER_MS
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.responder import Responder
+from rtgate.engine.response_plan import ResponsePlan
 from rtgate.engine.session import (
-    PCM_BYTES_PER_MS,
     EngineSession,
     Event,
-    ResponsePlan,
     ev,
     obfuscation,
 )

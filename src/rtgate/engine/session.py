@@ -14,6 +14,7 @@ Rules (protocol.md 2, 5.7, 5.9, 8.3):
 * The voice is fixed once the session has produced audio (``cannot_update_voice``).
 * Every response ends with ``response.done`` carrying usage (audio 10 tokens/s in, 20/s out;
   text estimated at 4 characters a token), then ``rate_limits.updated``.
+The conversation's items and what clients do to them live in ``engine.conversation``.
 Responses themselves are produced by ``engine.server``, which owns the brain and the voice.
 """
 
@@ -26,6 +27,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtgate.engine.conversation import (
+    PCM_BYTES_PER_MS,
+    Conversation,
+    Item,
+    UnattributedRefusal,
+    public_item,
+)
+from rtgate.engine.response_plan import ResponsePlan
 from rtgate.engine.session_config import (
     Refusal,
     check_max_output_tokens,
@@ -41,7 +50,6 @@ from rtgate.protocol.ids import new_id
 
 Event = dict[str, Any]
 
-PCM_BYTES_PER_MS = 48
 MIN_COMMIT_MS = 100
 
 _CLIENT_TYPES = (
@@ -68,39 +76,12 @@ def obfuscation() -> str:
 
 
 @dataclass
-class ResponsePlan:
-    """What ``engine.server`` needs to produce one response."""
-
-    response: dict[str, Any]
-    modalities: list[str]
-    instructions: str
-    voice: str
-    conversation: bool
-    input_items: list[dict[str, Any]]
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: Any = "auto"
-    cancelled: bool = False
-    cancel_reason: str = "client_cancelled"
-    #: The response's ``max_output_tokens`` (``None``: ``"inf"``); reaching it sets ``incomplete``.
-    max_output_tokens: int | None = None
-    incomplete: bool = False
-    #: Output counted so far (text tokens, audio milliseconds), for items already closed.
-    text_out: int = 0
-    audio_out_ms: int = 0
-
-    @property
-    def stopped(self) -> bool:
-        """Cancelled, or out of output tokens: nothing more is produced."""
-        return self.cancelled or self.incomplete
-
-
-@dataclass
 class EngineSession:
     model: str
     transcription: bool = False
     max_seconds: int = 3600
     session: dict[str, Any] = field(default_factory=dict)
-    items: list[dict[str, Any]] = field(default_factory=list)
+    conversation: Conversation = field(default_factory=Conversation)
     buffer: bytearray = field(default_factory=bytearray)
     #: Milliseconds of audio appended over the whole session (the VAD clock).
     appended_ms: float = 0.0
@@ -108,9 +89,6 @@ class EngineSession:
     active: ResponsePlan | None = None
     #: Every response not yet done, out-of-band ones included, by id (for response.cancel).
     running: dict[str, ResponsePlan] = field(default_factory=dict)
-    conversation_id: str = field(default_factory=lambda: new_id("conv"))
-    #: Audio milliseconds produced per assistant item (for truncate).
-    audio_ms_by_item: dict[str, int] = field(default_factory=dict)
     #: The last append, as 24 kHz PCM16 (what the VAD reads next).
     last_pcm: bytes = b""
     #: Turn detection over the voice activity detector (``use_vad``; none: no VAD events).
@@ -160,23 +138,34 @@ class EngineSession:
         )
 
     def refuse(self, refusal: Refusal, event_id: str | None) -> Event:
+        if isinstance(refusal, UnattributedRefusal):
+            event_id = None
         return self.error(refusal.code, refusal.message, refusal.param, event_id)
 
     def created(self) -> list[Event]:
         return [ev("session.created", session=copy.deepcopy(self.session))]
 
-    def _last_item_id(self) -> str | None:
-        return self.items[-1]["id"] if self.items else None
+    @property
+    def conversation_id(self) -> str:
+        return self.conversation.id
 
-    def find(self, item_id: str) -> dict[str, Any] | None:
-        for it in self.items:
-            if it.get("id") == item_id:
-                return it
-        return None
+    @property
+    def items(self) -> list[Item]:
+        return self.conversation.items
+
+    @property
+    def audio_ms_by_item(self) -> dict[str, int]:
+        return self.conversation.audio_ms_by_item
+
+    def find(self, item_id: str) -> Item | None:
+        return self.conversation.find(item_id)
 
     # -- dispatch -----------------------------------------------------------------------------
     def handle(self, event: Any) -> tuple[list[Event], ResponsePlan | None]:
-        """Apply one client event; return the events to send and a response to start, if any."""
+        """Apply one client event; return the events to send and a response to start, if any.
+
+        A handler may return a ``Refusal`` instead: it is sent as an ``error`` event that
+        echoes the client's ``event_id`` (protocol.md 5.3), unless it is unattributed."""
         eid = event.get("event_id") if isinstance(event, dict) else None
         eid = eid if isinstance(eid, str) else None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -194,10 +183,12 @@ class EngineSession:
                 )
             ], None
         handler = getattr(self, "_on_" + etype.replace(".", "_"))
-        result: tuple[list[Event], ResponsePlan | None] = handler(event, eid)
+        result: tuple[list[Event], ResponsePlan | None] | Refusal = handler(event)
+        if isinstance(result, Refusal):
+            return [self.refuse(result, eid)], None
         return result
 
-    def _on_session_update(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_session_update(self, e: Event) -> tuple[list[Event], None] | Refusal:
         update = check_update(
             e.get("session"),
             self.session,
@@ -205,7 +196,7 @@ class EngineSession:
             audio_produced=self.audio_produced,
         )
         if isinstance(update, Refusal):
-            return [self.refuse(update, eid)], None
+            return update
         merge(self.session, update)
         td = self.session["audio"]["input"].get("turn_detection")
         if isinstance(td, dict):
@@ -222,24 +213,17 @@ class EngineSession:
         self.appended_ms += len(pcm) / PCM_BYTES_PER_MS
 
     def _on_input_audio_buffer_append(
-        self, e: Event, eid: str | None
-    ) -> tuple[list[Event], ResponsePlan | None]:
+        self, e: Event
+    ) -> tuple[list[Event], ResponsePlan | None] | Refusal:
         audio = e.get("audio")
         if not isinstance(audio, str):
-            return [
-                self.error(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'audio'.",
-                    "audio",
-                    eid,
-                )
-            ], None
+            return Refusal(
+                "missing_required_parameter", "Missing required parameter: 'audio'.", "audio"
+            )
         try:
             pcm = base64.b64decode(audio, validate=True)
         except ValueError:
-            return [
-                self.error("invalid_value", "Invalid 'audio': not valid base64.", "audio", eid)
-            ], None
+            return Refusal("invalid_value", "Invalid 'audio': not valid base64.", "audio")
         self.last_pcm = self.decode_input(pcm)
         self.append_audio(self.last_pcm)
         return self.hear(self.last_pcm)
@@ -354,19 +338,9 @@ class EngineSession:
     def commit(self, item_id: str | None = None) -> list[Event]:
         """Turn the buffer into a user audio item (manual commit or VAD end of turn)."""
         item_id = item_id or new_id("item")
-        prev = self._last_item_id()
-        item: dict[str, Any] = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "status": "completed",
-            "role": "user",
-            "content": [{"type": "input_audio", "transcript": None}],
-        }
-        item["_audio"] = bytes(self.buffer)
+        item, prev = self.conversation.add_user_audio(item_id, bytes(self.buffer))
         self.buffer.clear()
         self.buffer_start_ms = self.appended_ms
-        self.items.append(item)
         self.turns.disarm()  # the user took a turn: no idle timeout until the next response
         public = public_item(item)
         out = [ev("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id)]
@@ -374,111 +348,72 @@ class EngineSession:
         out.append(ev("conversation.item.done", previous_item_id=prev, item=public))
         return out
 
-    def _on_input_audio_buffer_commit(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_input_audio_buffer_commit(self, e: Event) -> tuple[list[Event], None] | Refusal:
         if self._in_conv is not None:
             # The resampler holds back a few ms; a manual commit ends the turn, so release them.
             self.append_audio(self._in_conv.flush())
             self._in_conv = None
         ms = len(self.buffer) / PCM_BYTES_PER_MS
         if ms < MIN_COMMIT_MS:
-            return [
-                self.error(
-                    "input_audio_buffer_commit_empty",
-                    "Error committing input audio buffer: buffer too small. Expected at least "
-                    f"100ms of audio, but buffer only has {ms:.2f}ms of audio.",
-                    None,
-                    eid,
-                )
-            ], None
+            return Refusal(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"100ms of audio, but buffer only has {ms:.2f}ms of audio.",
+            )
         # Committed while the VAD hears speech: that turn ends here, as the item its
         # speech_started announced; speech that goes on starts a fresh turn.
         return self.commit(self.turns.interrupt()), None
 
-    def _on_input_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_input_audio_buffer_clear(self, e: Event) -> tuple[list[Event], None] | Refusal:
         self.buffer.clear()
         self.buffer_start_ms = self.appended_ms
         self._in_conv = None  # the resampler's held-back samples are cleared audio too
         self.turns.interrupt()  # a turn in progress lost its audio: speech starts a new one
         return [ev("input_audio_buffer.cleared")], None
 
-    def _on_output_audio_buffer_clear(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        return [
-            self.error(
-                "invalid_value",
-                "output_audio_buffer.clear is only supported for WebRTC and SIP.",
-                "type",
-                eid,
-            )
-        ], None
+    def _on_output_audio_buffer_clear(self, e: Event) -> tuple[list[Event], None] | Refusal:
+        return Refusal(
+            "invalid_value",
+            "output_audio_buffer.clear is only supported for WebRTC and SIP.",
+            "type",
+        )
 
-    def _on_conversation_item_create(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_conversation_item_create(self, e: Event) -> tuple[list[Event], None] | Refusal:
         item = e.get("item")
         if not isinstance(item, dict) or "type" not in item:
-            return [
-                self.error(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'item.type'.",
-                    "item.type",
-                    eid,
-                )
-            ], None
-        prev_req = e.get("previous_item_id")
-        item = copy.deepcopy(item)
-        item.setdefault("id", new_id("item"))
-        item["object"] = "realtime.item"
-        item.setdefault("status", "completed")
+            return Refusal(
+                "missing_required_parameter",
+                "Missing required parameter: 'item.type'.",
+                "item.type",
+            )
+        audio: bytes | None = None
         if item["type"] == "message":
             for c in item.get("content") or []:
                 if c.get("type") == "input_audio" and isinstance(c.get("audio"), str):
                     try:
                         clip = base64.b64decode(c["audio"], validate=True)
                     except ValueError:
-                        return [
-                            self.error(
-                                "invalid_value",
-                                "Invalid 'item.content.audio': not valid base64.",
-                                "item.content.audio",
-                                eid,
-                            )
-                        ], None
+                        return Refusal(
+                            "invalid_value",
+                            "Invalid 'item.content.audio': not valid base64.",
+                            "item.content.audio",
+                        )
                     # Like appended audio, it is in the session's input format.
-                    item["_audio"] = self.decode(clip, self.input_format)
-        if prev_req is None:
-            prev = self._last_item_id()
-            self.items.append(item)
-        elif prev_req == "root":
-            prev = None
-            self.items.insert(0, item)
-        else:
-            idx = next((i for i, it in enumerate(self.items) if it["id"] == prev_req), None)
-            if idx is None:
-                return [
-                    self.error(
-                        "invalid_value",
-                        f"Previous item with id '{prev_req}' not found.",
-                        "previous_item_id",
-                        eid,
-                    )
-                ], None
-            prev = prev_req
-            self.items.insert(idx + 1, item)
-        public = public_item(item)
+                    audio = self.decode(clip, self.input_format)
+        created = self.conversation.create(item, e.get("previous_item_id"), audio)
+        if isinstance(created, Refusal):
+            return created
+        added, prev = created
+        public = public_item(added)
         return [
             ev("conversation.item.added", previous_item_id=prev, item=public),
             ev("conversation.item.done", previous_item_id=prev, item=public),
         ], None
 
-    def _on_conversation_item_retrieve(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        item = self.find(str(e.get("item_id")))
-        if item is None:
-            return [
-                self.error(
-                    "invalid_value",
-                    f"Item with item_id '{e.get('item_id')}' not found.",
-                    "item_id",
-                    eid,
-                )
-            ], None
+    def _on_conversation_item_retrieve(self, e: Event) -> tuple[list[Event], None] | Refusal:
+        item = self.conversation.get(str(e.get("item_id")))
+        if isinstance(item, Refusal):
+            return item
         full = public_item(item)
         if "_audio" in item and full.get("content"):
             fmt = self.input_format if item.get("role") == "user" else self.output_format
@@ -486,95 +421,22 @@ class EngineSession:
             full["content"][0]["audio"] = base64.b64encode(audio).decode()
         return [ev("conversation.item.retrieved", item=full)], None
 
-    def _on_conversation_item_delete(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        item = self.find(str(e.get("item_id")))
-        if item is None:
-            return [
-                self.error(
-                    "invalid_value",
-                    f"Item with item_id '{e.get('item_id')}' not found.",
-                    "item_id",
-                    eid,
-                )
-            ], None
-        self.items.remove(item)
+    def _on_conversation_item_delete(self, e: Event) -> tuple[list[Event], None] | Refusal:
+        item = self.conversation.delete(str(e.get("item_id")))
+        if isinstance(item, Refusal):
+            return item
         return [ev("conversation.item.deleted", item_id=item["id"])], None
 
-    def _on_conversation_item_truncate(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
-        """Cut an assistant audio part at ``audio_end_ms``: what the user did not hear goes.
-
-        Checked in OpenAI's order, with its wording where it is known: the item exists; it is a
-        model output audio message with audio (``unsupported_content_type``, "Only model output
-        audio messages can be truncated", also when no audio was produced yet); the
-        ``content_index`` names that audio part; ``audio_end_ms`` is not past its end.
-        """
+    def _on_conversation_item_truncate(self, e: Event) -> tuple[list[Event], None] | Refusal:
         for name in ("item_id", "content_index", "audio_end_ms"):
             if e.get(name) is None:
-                return [
-                    self.error(
-                        "missing_required_parameter",
-                        f"Missing required parameter: '{name}'.",
-                        name,
-                        eid,
-                    )
-                ], None
-        item_id = str(e["item_id"])
-        item = self.find(item_id)
-        if item is None:
-            return [
-                self.error(
-                    "invalid_value", f"Item with item_id '{item_id}' not found.", "item_id", eid
+                return Refusal(
+                    "missing_required_parameter", f"Missing required parameter: '{name}'.", name
                 )
-            ], None
-        content = item.get("content") or []
-        produced = self.audio_ms_by_item.get(item_id, 0)
-        is_audio = [c.get("type") == "output_audio" for c in content]
-        if item.get("role") != "assistant" or not any(is_audio) or produced <= 0:
-            return [
-                self.error(
-                    "unsupported_content_type",
-                    "Only model output audio messages can be truncated",
-                    None,
-                    eid,
-                )
-            ], None
-        index, end = e["content_index"], e["audio_end_ms"]
-        if (
-            not isinstance(index, int)
-            or isinstance(index, bool)
-            or not 0 <= index < len(content)
-            or not is_audio[index]
-        ):
-            return [
-                self.error(
-                    "invalid_value",
-                    f"Invalid 'content_index': {index}. Item '{item_id}' has its audio at "
-                    f"content_index {is_audio.index(True)}.",
-                    "content_index",
-                    eid,
-                )
-            ], None
-        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
-            return [
-                self.error(
-                    "integer_below_min_value" if isinstance(end, int) else "invalid_type",
-                    f"Invalid 'audio_end_ms': expected an integer >= 0, but got {end!r} instead.",
-                    "audio_end_ms",
-                    eid,
-                )
-            ], None
-        if end > produced:
-            # OpenAI's words; it sends this one with no code, param or event_id (openai-python
-            # era logs in pipecat-ai/pipecat#925; event_id null per ReviewStage/luke#564).
-            return [
-                self.error(None, f"Audio content of {produced}ms is already shorter than {end}ms")
-            ], None
-        self.audio_ms_by_item[item_id] = end
-        if "_audio" in item:
-            item["_audio"] = item["_audio"][: end * PCM_BYTES_PER_MS]
-        part = content[index]
-        text = part.get("transcript") or ""
-        part["transcript"] = text[: int(len(text) * end / produced)]
+        item_id, index, end = str(e["item_id"]), e["content_index"], e["audio_end_ms"]
+        refused = self.conversation.truncate(item_id, index, end)
+        if refused is not None:
+            return refused
         return [
             ev(
                 "conversation.item.truncated",
@@ -584,18 +446,13 @@ class EngineSession:
             )
         ], None
 
-    def _on_response_create(
-        self, e: Event, eid: str | None
-    ) -> tuple[list[Event], ResponsePlan | None]:
+    def _on_response_create(self, e: Event) -> tuple[list[Event], ResponsePlan | None] | Refusal:
         if self.transcription:
-            return [
-                self.error(
-                    "invalid_value",
-                    "response.create is not supported in transcription sessions.",
-                    "type",
-                    eid,
-                )
-            ], None
+            return Refusal(
+                "invalid_value",
+                "response.create is not supported in transcription sessions.",
+                "type",
+            )
         params = e.get("response") if isinstance(e.get("response"), dict) else {}
         assert isinstance(params, dict)
         if "max_output_tokens" in params:
@@ -603,35 +460,20 @@ class EngineSession:
                 params["max_output_tokens"], "response.max_output_tokens"
             )
             if refused is not None:
-                return [self.refuse(refused, eid)], None
+                return refused
         conversation = params.get("conversation", "auto") != "none"
         # A cancelled response is over for the client (its response.done is on the way, and
         # engine.server sends it before the next response starts).
         if conversation and self.active is not None and not self.active.cancelled:
             rid = self.active.response["id"]
-            return [
-                self.error(
-                    "conversation_already_has_active_response",
-                    f"Conversation already has an active response in progress: {rid}. Wait until "
-                    "the response is finished before creating a new one.",
-                    None,
-                    eid,
-                )
-            ], None
-        for ref in params.get("input") or []:
-            if (
-                isinstance(ref, dict)
-                and ref.get("type") == "item_reference"
-                and self.find(str(ref.get("id"))) is None
-            ):
-                return [
-                    self.error(
-                        "invalid_value",
-                        f"Item with id '{ref.get('id')}' not found.",
-                        "response.input",
-                        eid,
-                    )
-                ], None
+            return Refusal(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {rid}. Wait until "
+                "the response is finished before creating a new one.",
+            )
+        unknown = self.conversation.unknown_reference(params.get("input") or [])
+        if unknown is not None:
+            return unknown
         return [], self.plan_response(params, conversation)
 
     def plan_response(self, params: dict[str, Any], conversation: bool = True) -> ResponsePlan:
@@ -648,7 +490,7 @@ class EngineSession:
             "status": "in_progress",
             "status_details": None,
             "output": [],
-            "conversation_id": self.conversation_id if conversation else None,
+            "conversation_id": self.conversation.id if conversation else None,
             "output_modalities": modalities,
             "max_output_tokens": params.get("max_output_tokens", self.session["max_output_tokens"]),
             "audio": {"output": {"format": dict(out_cfg["format"]), "voice": voice}},
@@ -656,7 +498,9 @@ class EngineSession:
             "metadata": params.get("metadata"),
         }
         inp = params.get("input")
-        items = [public_item(i) for i in self.items] if inp is None else [self._ref(i) for i in inp]
+        items = (
+            [public_item(i) for i in self.items] if inp is None else self.conversation.resolve(inp)
+        )
         limit = response["max_output_tokens"]
         plan = ResponsePlan(
             response=response,
@@ -675,12 +519,6 @@ class EngineSession:
         self.running[response["id"]] = plan
         return plan
 
-    def _ref(self, item: Any) -> Any:
-        """An ``item_reference`` in a response's input, as the conversation item it names."""
-        if isinstance(item, dict) and item.get("type") == "item_reference":
-            return self.find(str(item.get("id"))) or item
-        return item
-
     def finished(self, plan: ResponsePlan) -> None:
         """``plan`` is sending its ``response.done``: the idle timeout counts from when its
         audio will have played out (``engine.turns``)."""
@@ -693,45 +531,20 @@ class EngineSession:
         if self.active is plan:
             self.active = None
 
-    def _on_response_cancel(self, e: Event, eid: str | None) -> tuple[list[Event], None]:
+    def _on_response_cancel(self, e: Event) -> tuple[list[Event], None] | Refusal:
         # With an id, any running response (out-of-band too); without, the conversation's.
         rid = e.get("response_id")
         plan = self.running.get(rid) if rid else self.active
         if plan is None or plan.cancelled:
-            return [
-                self.error(
-                    "response_cancel_not_active",
-                    "Cancellation failed: no active response found",
-                    None,
-                    eid,
-                )
-            ], None
+            return Refusal(
+                "response_cancel_not_active", "Cancellation failed: no active response found"
+            )
         plan.cancelled = True
         plan.cancel_reason = "client_cancelled"
         return [], None
 
     def input_usage(self, plan: ResponsePlan) -> tuple[int, int]:
         """(text, audio) input tokens: the instructions plus the whole conversation, re-read."""
-        text = count_tokens(plan.instructions)
-        audio = 0
-        for it in self.items if plan.conversation else plan.input_items:
-            for c in it.get("content") or []:
-                t = c.get("type")
-                if t in ("input_text", "output_text", "text"):
-                    text += count_tokens(str(c.get("text") or ""))
-                elif t == "input_audio":
-                    ms = len(it.get("_audio", b"")) / PCM_BYTES_PER_MS
-                    audio += int(ms // 100) + 1
-                elif t == "output_audio":
-                    audio += self.audio_ms_by_item.get(it["id"], 0) // 50
-            if it.get("type") == "function_call_output":
-                text += count_tokens(str(it.get("output") or ""))
-        return text, audio
-
-
-def public_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An item as events show it: internal fields dropped, audio bytes never included."""
-    out = {k: copy.deepcopy(v) for k, v in item.items() if not k.startswith("_")}
-    for c in out.get("content") or []:
-        c.pop("audio", None)
-    return out
+        items = self.conversation.items if plan.conversation else plan.input_items
+        text, audio = self.conversation.input_tokens(items)
+        return count_tokens(plan.instructions) + text, audio
