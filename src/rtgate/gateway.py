@@ -13,6 +13,7 @@ from rtgate.catalog import Catalog
 from rtgate.clock import Clock
 from rtgate.config import Settings
 from rtgate.errors import GatewayError
+from rtgate.fleet import Fleet, LoneInstance
 from rtgate.metering.ledger import Ledger
 from rtgate.metrics import Metrics
 from rtgate.protocol.relay_session import RelaySession
@@ -50,3 +51,5 @@ class Gateway:
     #: Set when shutdown begins: new sessions are refused, late ones closed with 1001.
     closing: bool = False
     live: dict[str, LiveSession] = field(default_factory=dict)
+    #: This instance and the others sharing its Redis (``redis_fleet.RedisFleet``), or alone.
+    fleet: Fleet = field(default_factory=LoneInstance)

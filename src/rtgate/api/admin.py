@@ -9,6 +9,9 @@ the error's ``http_status``; nothing the caller sent is echoed back but an id.
 Every route is declared once, in ``OPERATIONS`` (``rtgate.api.operation``): aiohttp is wired from
 that table, and the OpenAPI document (``rtgate.api.openapi``) is generated from it and from the
 pydantic models it names, which are the same models that parse requests and render responses.
+
+Live sessions (``rtgate.api.live``) are this instance's and, with ``redis_url``, those of every
+instance sharing its Redis, listed and ended through ``Gateway.fleet``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from rtgate.api.live import close_here, live_everywhere, revoke_elsewhere, revoke_here
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, InvalidRequest, Operation, Reply
 from rtgate.api.views import (
@@ -42,7 +46,6 @@ from rtgate.api.views import (
     client_secret_view,
     dump,
     key_view,
-    live_session,
     new_key_view,
     session_row,
     transcript_entry,
@@ -53,7 +56,7 @@ from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.errors import AuthError, GatewayError, PolicyError
-from rtgate.protocol.relay_session import SessionState
+from rtgate.fleet import FleetUnavailable
 
 PREFIX = "/admin/v1"
 
@@ -73,25 +76,6 @@ class NotFound(GatewayError):
     http_status = 404
     error_type = "invalid_request_error"
     code = "not_found"
-
-
-class SessionClosedByOperator(GatewayError):
-    """Sent to a client whose live session the operator closed; 1008 is RFC 6455's "policy
-    violation", the code for a session ended by the gateway's own rules."""
-
-    http_status = 400
-    close_code = 1008
-    error_type = "invalid_request_error"
-    code = "session_closed_by_operator"
-
-
-class ClientSecretRevoked(GatewayError):
-    """Sent to a client whose session was opened with a client secret the operator revoked."""
-
-    http_status = 401
-    close_code = 1008
-    error_type = "invalid_request_error"
-    code = "client_secret_revoked"
 
 
 # aiohttp's own refusals (no such route, wrong method, body too large) in the same shape.
@@ -315,12 +299,12 @@ async def revoke_client_secret(call: Call[None, None]) -> Reply:
         named = _quoted(sid) if id_hash_prefix(sid) else "of that shape (ids read cs_ + 20 hex)"
         raise NotFound(f"No client secret with id {named}.", param="secret_id")
     view = client_secret_view(revoked, gw.clock.now())
-    # What it opened ends now: a leaked secret's sessions must not run on until their cap.
-    opened = [s for s in list(gw.live.values()) if s.session.secret_id == view.id]
-    for live in opened:
-        await live.terminate(ClientSecretRevoked("The client secret of this session was revoked."))
-    log.info("client secret %s revoked; %d live sessions closed", view.id, len(opened))
-    return RevokedClientSecret(**dict(view), closed_sessions=[s.session.session_id for s in opened])
+    # What it opened ends now, on every instance: a leaked secret's sessions must not run on
+    # until their cap. Here first, without Redis; then the others, best effort.
+    closed = [c.id for c in await revoke_here(gw, view.id)]
+    closed = list(dict.fromkeys(closed + await revoke_elsewhere(gw, view.id)))
+    log.info("client secret %s revoked; %d live sessions closed", view.id, len(closed))
+    return RevokedClientSecret(**dict(view), closed_sessions=closed)
 
 
 async def usage(call: Call[UsageQuery, None]) -> Reply:
@@ -345,21 +329,29 @@ async def session_transcript(call: Call[None, None]) -> Reply:
 
 
 async def live_sessions(call: Call[None, None]) -> Reply:
-    bridges = sorted(call.gw.live.values(), key=lambda b: b.session.opened_at)
-    return [live_session(b.session) for b in bridges]
+    return await live_everywhere(call.gw)
 
 
 async def close_session(call: Call[None, None]) -> Reply:
-    session_id = call.path("session_id")
-    bridge = call.gw.live.get(session_id)
-    if bridge is None or bridge.session.state is not SessionState.OPEN:
-        raise NotFound(f"No live session with id {_quoted(session_id)}.", param="session_id")
-    before = live_session(bridge.session)
-    await bridge.terminate(SessionClosedByOperator("The gateway operator closed this session."))
-    s = bridge.session
-    return ClosedSession(
-        **dict(before), close_code=s.close_code, close_reason=s.close_reason, closed_by=s.closed_by
-    )
+    session_id, gw = call.path("session_id"), call.gw
+    closed = await close_here(gw, session_id)
+    if closed is not None:
+        return closed
+    missing = f"No live session with id {_quoted(session_id)}."
+    if session_id not in gw.live:  # one of ours already ending is no other instance's
+        try:
+            answers = await gw.fleet.ask("close", session_id)
+        except FleetUnavailable as err:
+            log.warning("a forced close could not reach the other instances: %s", err.message)
+            raise
+        if answers.closed:
+            return ClosedSession.model_validate_json(answers.closed[0])
+        if answers.silent:
+            missing = (
+                f"No instance that answered holds a live session with id {_quoted(session_id)} "
+                f"({answers.silent} of {answers.reached} did not answer in time)."
+            )
+    raise NotFound(missing, param="session_id")
 
 
 async def openapi(call: Call[None, None]) -> Reply:
@@ -419,7 +411,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         "POST",
         "/client_secrets/{secret_id}/revoke",
         revoke_client_secret,
-        "Revoke one client secret and close the live sessions it opened (1008)",
+        "Revoke one client secret and close the live sessions it opened, on every instance (1008)",
         status=200,
         response=RevokedClientSecret,
         not_found="No such client secret.",
@@ -449,7 +441,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         "GET",
         "/sessions/live",
         live_sessions,
-        "Sessions relayed now, with their usage so far",
+        "Sessions relayed now, by every instance, with their usage so far",
         status=200,
         response=LiveSession,
         many=True,
@@ -458,7 +450,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         "POST",
         "/sessions/{session_id}/close",
         close_session,
-        "Close a live session: the client gets an error event, then close 1008",
+        "Close a live session on any instance: the client gets an error event, then close 1008",
         status=200,
         response=ClosedSession,
         not_found="No live session with this id.",

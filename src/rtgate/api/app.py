@@ -19,6 +19,7 @@ from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
 from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
+from rtgate.api.live import HeldSessions
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
@@ -29,10 +30,12 @@ from rtgate.config import Settings
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
+from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
+from rtgate.redis_fleet import RedisFleet
 from rtgate.relay.endpoint import GATEWAY, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
@@ -86,10 +89,13 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Shared counters first: an unreachable Redis stops start-up before anything is opened.
         shared: RedisSessionLimiter | None = None
+        fleet: Fleet = LoneInstance()
         if settings.redis_url:
             shared = await RedisSessionLimiter.connect(
                 settings.redis_url, clock, prefix=settings.redis_prefix
             )
+            # The live-session listing and forced closes across instances, on the same Redis.
+            fleet = RedisFleet.from_url(settings.redis_url, clock, prefix=settings.redis_prefix)
         limiter: SessionLimiter = shared if shared is not None else LocalSessionLimiter()
         settings.home.mkdir(parents=True, exist_ok=True)
         await store.init()
@@ -108,14 +114,17 @@ def create_app(
             metrics=metrics,
             local_token=engine.token,
             expiry_check_interval=expiry_check_interval,
+            fleet=fleet,
         )
         app[GATEWAY] = gw
         writer = asyncio.create_task(ledger.run(), name="ledger")
         if shared is not None:
             shared.start()
+        await fleet.start(HeldSessions(gw))
         try:
             yield
         finally:
+            await fleet.close()
             if shared is not None:
                 await shared.close()
             await ledger.drain()

@@ -124,7 +124,8 @@ class SessionRow(View):
 
 
 class LiveSession(View):
-    """A session relayed right now, with what it has used so far."""
+    """A session relayed right now, with what it has used so far. Another instance's session
+    (with ``redis_url``) is shown as that instance last published it, at most ~1 s ago."""
 
     id: str
     key_id: str
@@ -135,6 +136,8 @@ class LiveSession(View):
     #: The client secret that opened it (its id), or null for a gateway key.
     client_secret_id: str | None
     started_at: str | None = Field(json_schema_extra=_TIME)
+    #: The gateway instance relaying it (``inst_`` and 12 hex digits, random per process).
+    instance: str
     tokens: Tokens
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
@@ -250,7 +253,7 @@ def session_row(r: SessionSummary) -> SessionRow:
     )
 
 
-def live_session(s: RelaySession) -> LiveSession:
+def live_session(s: RelaySession, instance: str) -> LiveSession:
     return LiveSession(
         id=s.session_id,
         key_id=s.key_id,
@@ -259,6 +262,7 @@ def live_session(s: RelaySession) -> LiveSession:
         intent=s.intent,
         client_secret_id=s.secret_id,
         started_at=timestamp(s.opened_at),
+        instance=instance,
         tokens=Tokens.of(s.totals),
         cost_usd=usd_str(s.charged_nanos),
         provider_cost_usd=usd_str(s.provider_nanos),
