@@ -588,6 +588,12 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
     usage = doc["paths"]["/admin/v1/usage"]["get"]
     assert {p["name"] for p in usage["parameters"]} == {"key_id", "since", "format"}
     assert set(usage["responses"]["200"]["content"]) == {"application/json", "text/csv"}
+    # A forced close can fail for want of the other instances, not only of the store.
+    close = doc["paths"]["/admin/v1/sessions/{session_id}/close"]["post"]
+    assert "fleet_unavailable" in close["responses"]["500"]["description"]
+    secrets = doc["paths"]["/admin/v1/client_secrets"]["get"]
+    assert [p["name"] for p in secrets["parameters"]] == ["key_id"]
+    assert "client secrets" in doc["info"]["description"]
 
 
 async def test_schemathesis_finds_no_fault_in_the_documented_api(

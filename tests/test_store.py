@@ -11,7 +11,7 @@ import pytest
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionOpen
+from rtgate.store.port import SessionOpen, StoredClientSecret
 from rtgate.store.sql import SqlStore
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -171,3 +171,23 @@ async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -
     assert old is not None and old.policy_json is None
     assert (await s.set_key_policy("key_old", '{"max_sessions": 1}')) is not None
     await s.close()
+
+
+async def test_parallel_revocations_of_one_client_secret_keep_the_first_time(
+    store: SqlStore,
+) -> None:
+    await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
+    secret_hash = "ab" * 32
+    await store.add_client_secret(
+        StoredClientSecret(secret_hash, "key_a", "gpt-realtime", "{}", DAY1, DAY1 + 600)
+    )
+    prefix = secret_hash[:20]
+    revoked = await asyncio.gather(
+        *(store.revoke_client_secret(prefix, DAY1 + i) for i in range(1, 9))
+    )
+    times = {r.revoked_at for r in revoked if r is not None}
+    found = await store.client_secret_by_id(prefix)
+    assert found is not None
+    # However the revocations interleave, every caller is told the one time that was kept.
+    assert times == {found.revoked_at}
+    assert await store.client_secret_by_id("cd" * 10) is None

@@ -27,7 +27,7 @@ from rtgate.api.views import (
     timestamp,
     usage_row,
 )
-from rtgate.auth.client_secrets import looks_minted, secret_id_of
+from rtgate.auth.client_secrets import id_hash_prefix, looks_minted, secret_id_of
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import SystemClock
@@ -326,7 +326,10 @@ def secrets_revoke(
     clock = SystemClock()
     row = _with_store(lambda st: KeyRing(st, clock).revoke_secret(sid))
     if row is None:
-        Console(stderr=True).print(f"[red]error:[/red] no client secret with id {sid}")
+        # Only an id's shape is echoed: anything else may be a secret pasted by mistake (and
+        # is no markup for rich either).
+        named = f"with id {sid}" if id_hash_prefix(sid) else "of that shape (cs_... or ek_...)"
+        Console(stderr=True).print(f"[red]error:[/red] no client secret {named}")
         raise typer.Exit(1)
     view = client_secret_view(row, clock.now())
     if as_json:

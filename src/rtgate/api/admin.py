@@ -454,6 +454,8 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         status=200,
         response=ClosedSession,
         not_found="No live session with this id.",
+        server_error="fleet_unavailable: the session is not relayed by this instance and the "
+        "others cannot be reached (their shared Redis).",
     ),
     Operation(
         "GET",

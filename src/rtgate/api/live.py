@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from rtgate.api.views import ClosedSession, LiveSession, dump, live_session
+from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.errors import GatewayError
 from rtgate.fleet import FleetUnavailable
 from rtgate.gateway import Gateway
@@ -32,15 +33,6 @@ class SessionClosedByOperator(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "session_closed_by_operator"
-
-
-class ClientSecretRevoked(GatewayError):
-    """Sent to a client whose session was opened with a client secret the operator revoked."""
-
-    http_status = 401
-    close_code = 1008
-    error_type = "invalid_request_error"
-    code = "client_secret_revoked"
 
 
 def live_here(gw: Gateway) -> list[LiveSession]:
@@ -96,7 +88,7 @@ async def revoke_here(gw: Gateway, secret_id: str) -> list[ClosedSession]:
         for r in list(gw.live.values())
         if r.session.secret_id == secret_id and r.session.state is SessionState.OPEN
     ]
-    err = ClientSecretRevoked("The client secret of this session was revoked.")
+    err = revoked_secret_error()
     return [await _end(gw, r, err) for r in opened]
 
 

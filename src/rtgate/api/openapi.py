@@ -58,9 +58,9 @@ def openapi_document(operations: Sequence[Operation[Any, Any]], prefix: str) -> 
         "info": {
             "title": "rtgate admin API",
             "version": __version__,
-            "description": "Keys, usage and sessions of an rtgate gateway. Every route needs "
-            "the operator's token (RTGATE_ADMIN_TOKEN) as a bearer token; without one "
-            "configured, every route answers 404. Errors use OpenAI's error body.",
+            "description": "Keys, client secrets, usage and sessions of an rtgate gateway. "
+            "Every route needs the operator's token (RTGATE_ADMIN_TOKEN) as a bearer token; "
+            "without one configured, every route answers 404. Errors use OpenAI's error body.",
         },
         "paths": paths,
         "components": {
@@ -148,6 +148,8 @@ def _responses(
         text = _ERRORS[status]
         if status == "404" and op.not_found:
             text = f"{text} Or: {op.not_found}"
+        if status == "500" and op.server_error:
+            text = f"{text} Or: {op.server_error}"
         out[status] = {
             "description": text,
             "content": {"application/json": {"schema": error}},

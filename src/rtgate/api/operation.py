@@ -74,6 +74,8 @@ class Operation(Generic[Q, B]):
     csv: bool = False
     #: What a 404 means here besides the admin API being disabled.
     not_found: str | None = None
+    #: What a 500 means here besides the store failing.
+    server_error: str | None = None
 
     @property
     def operation_id(self) -> str:

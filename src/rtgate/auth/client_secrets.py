@@ -37,7 +37,7 @@ from typing import Any, Literal
 import orjson
 
 from rtgate.auth.keys import hash_key
-from rtgate.errors import ModelNotAllowed, PolicyError
+from rtgate.errors import GatewayError, ModelNotAllowed, PolicyError
 
 MINTED_PREFIX = "ek_"
 _WELL_FORMED = re.compile(r"^ek_[0-9a-f]{32}$")
@@ -197,6 +197,21 @@ def connection_model(secret: ClientSecret, requested: str | None) -> str | None:
 class IntentNotAllowed(PolicyError):
     http_status = 400
     code = "invalid_intent"
+
+
+class ClientSecretRevoked(GatewayError):
+    """Sent to a client whose session was opened with a client secret the operator revoked;
+    1008 is RFC 6455's "policy violation", as for an operator's forced close."""
+
+    http_status = 401
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "client_secret_revoked"
+
+
+def revoked_secret_error() -> ClientSecretRevoked:
+    """What ends a live session whose client secret was revoked."""
+    return ClientSecretRevoked("The client secret of this session was revoked.")
 
 
 def connection_intent(secret: ClientSecret, requested: str | None) -> str | None:

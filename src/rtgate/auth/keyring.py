@@ -151,6 +151,12 @@ class KeyRing:
             return None
         return await self._store.revoke_client_secret(prefix, self._clock.now())
 
+    async def secret_revoked(self, sid: str) -> bool:
+        """Whether the client secret with id ``sid`` has been revoked (or is gone)."""
+        prefix = id_hash_prefix(sid)
+        found = await self._store.client_secret_by_id(prefix) if prefix is not None else None
+        return found is None or found.revoked_at is not None
+
     async def spend(self, key_id: str) -> Spend:
         """What the key has been charged this UTC day, this UTC month, and ever."""
         now = datetime.fromtimestamp(self._clock.now(), UTC)

@@ -6,7 +6,9 @@ refused update is applied. Checked in this order:
 
 1. ``session`` and ``session.type`` present (``missing_required_parameter``), the type this
    session has (``invalid_value``), no key its type does not know (``unknown_parameter``);
-2. audio formats: ``audio/pcm`` at 24 kHz, ``audio/pcmu``, ``audio/pcma`` (protocol.md 5.6);
+2. ``audio``, ``audio.input``, ``audio.output`` are objects, a turn detector an object or null
+   (``invalid_type``); audio formats: ``audio/pcm`` at 24 kHz, ``audio/pcmu``, ``audio/pcma``
+   (protocol.md 5.6);
 3. ``max_output_tokens``: an integer 1-4096 or ``"inf"`` (protocol.md 2.1, 5.2);
 4. ``semantic_vad`` eagerness: ``low``, ``medium``, ``high`` or ``auto``;
 5. the voice: it cannot change once the session has produced audio (protocol.md 2.5, 5.9).
@@ -144,6 +146,9 @@ def check_update(
             return Refusal(
                 "unknown_parameter", f"Unknown parameter: 'session.{k}'.", f"session.{k}"
             )
+    shape = _shape_refusal(sess)
+    if shape is not None:
+        return shape
     audio = _object(sess.get("audio"))
     inp, out = _object(audio.get("input")), _object(audio.get("output"))
     for side, part in (("input", inp), ("output", out)):
@@ -182,6 +187,33 @@ def check_update(
             "Cannot update a conversation's voice if assistant audio is present.",
         )
     return {k: v for k, v in sess.items() if k != "type" and k != "model"}
+
+
+def _shape_refusal(sess: dict[str, Any]) -> Refusal | None:
+    """A refusal if ``audio``, its ``input`` or ``output``, or a turn detector (which may be
+    null: none) is not an object; merged, it would break every later event."""
+    checks: list[tuple[str, Any, bool]] = []
+    if "audio" in sess:
+        audio = sess["audio"]
+        checks.append(("session.audio", audio, False))
+        if isinstance(audio, dict):
+            for side in ("input", "output"):
+                if side in audio:
+                    checks.append((f"session.audio.{side}", audio[side], False))
+            inp = audio.get("input")
+            if isinstance(inp, dict) and "turn_detection" in inp:
+                td = inp["turn_detection"]
+                checks.append(("session.audio.input.turn_detection", td, True))
+    for param, value, nullable in checks:
+        if isinstance(value, dict) or (nullable and value is None):
+            continue
+        return Refusal(
+            "invalid_type",
+            f"Invalid type for '{param}': expected an object, but got "
+            f"{type(value).__name__} instead.",
+            param,
+        )
+    return None
 
 
 def check_max_output_tokens(value: Any, param: str) -> Refusal | None:

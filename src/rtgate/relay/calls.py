@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import KeyPolicy, over_budget, session_seconds
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
@@ -346,6 +347,11 @@ class CallRegistry:
             await self._record_end(gw, sb)
             raise ShuttingDown("The gateway is shutting down; try again shortly.")
         self.calls[call_id] = sb
+        # Live from here on, before any await: an operator's close or a revocation that comes
+        # after this line finds the call; one that came before is caught by ``_run``'s check.
+        gw.live[session.session_id] = sb
+        gw.metrics.live.inc()
+        gw.metrics.started.labels(route.model).inc()
         sb.task = asyncio.create_task(self._run(gw, sb), name=f"sideband-{call_id}")
         self.tasks.add(sb.task)
         sb.task.add_done_callback(self.tasks.discard)
@@ -357,10 +363,13 @@ class CallRegistry:
 
     async def _run(self, gw: Gateway, sb: Sideband) -> None:
         s = sb.session
-        gw.live[s.session_id] = sb
-        gw.metrics.live.inc()
-        gw.metrics.started.labels(sb.route.model).inc()
         try:
+            if s.secret_id is not None and await self._secret_revoked(gw, s.secret_id):
+                # Revoked while the call was placed: the revocation's sweep of ``Gateway.live``
+                # ran before this call was in it, so it ends here.
+                err = revoked_secret_error()
+                await sb.end_call(err.close_code, err.close_reason, "operator")
+                return
             await sb.run()
         except asyncio.CancelledError:
             # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
@@ -387,6 +396,15 @@ class CallRegistry:
                 s.close_reason,
                 extra={"session_id": s.session_id, "key_id": sb.key.id, "call_id": sb.call_id},
             )
+
+    @staticmethod
+    async def _secret_revoked(gw: Gateway, secret_id: str) -> bool:
+        try:
+            return await gw.keyring.secret_revoked(secret_id)
+        except GatewayError as err:
+            # The call was admitted with the secret valid; a store hiccup does not end it.
+            log.error("client secret %s not re-checked: %s", secret_id, err.message)
+            return False
 
     @staticmethod
     async def _record_end(gw: Gateway, sb: Sideband) -> None:

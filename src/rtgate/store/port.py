@@ -123,6 +123,11 @@ class Store(Protocol):
         """Secrets not yet expired at ``now`` (revoked ones too), newest first."""
         ...
 
+    async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
+        """The one secret whose hash starts with ``hash_prefix`` (a secret's id), revoked or
+        not; None if no secret matches."""
+        ...
+
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         """Revoke the one secret whose hash starts with ``hash_prefix`` (a secret's id); an
         already revoked one keeps its first ``revoked_at``. None if no secret matches."""

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, case, event, func, inspect, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from rtgate.errors import GatewayError
 from rtgate.metering.record import UsageRecord
@@ -84,13 +84,18 @@ def _key(row: Row[Any]) -> KeyInfo:
 
 
 def _migrate(conn: Connection) -> None:
-    """Columns added after a table first shipped (create_all does not alter tables)."""
+    """Columns and indexes added after a table first shipped (create_all does not alter
+    tables)."""
     have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
     if "policy" not in have:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
     have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
     if "revoked_at" not in have:
         conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
+    # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
@@ -104,6 +109,16 @@ def _client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
         expires_at=m[c.expires_at],
         revoked_at=m[c.revoked_at],
     )
+
+
+async def _one_by_prefix(conn: AsyncConnection, hash_prefix: str) -> StoredClientSecret | None:
+    """The one client secret whose hash starts with ``hash_prefix`` (a secret's id); None if no
+    secret, or more than one, matches."""
+    c = client_secrets.c
+    # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
+    match = c.secret_hash.startswith(hash_prefix, autoescape=True)
+    rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
+    return _client_secret(rows[0]._mapping) if len(rows) == 1 else None
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
@@ -251,22 +266,28 @@ class SqlStore:
             rows = (await conn.execute(q)).all()
         return [_client_secret(r._mapping) for r in rows]
 
+    async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
+        async with _mapped("read"), self.engine.connect() as conn:
+            return await _one_by_prefix(conn, hash_prefix)
+
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         c = client_secrets.c
-        # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
-        match = c.secret_hash.startswith(hash_prefix, autoescape=True)
         async with _mapped("write"), self.engine.begin() as conn:
-            rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
-            if len(rows) != 1:
+            row = await _one_by_prefix(conn, hash_prefix)
+            if row is None:
                 return None
-            row = _client_secret(rows[0]._mapping)
             if row.revoked_at is None:
-                await conn.execute(
+                # Only a secret not revoked yet: a concurrent revocation keeps its first time.
+                done = await conn.execute(
                     client_secrets.update()
-                    .where(c.secret_hash == row.secret_hash)
+                    .where(c.secret_hash == row.secret_hash, c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
-                row = replace(row, revoked_at=now)
+                row = (
+                    replace(row, revoked_at=now)
+                    if done.rowcount
+                    else await _one_by_prefix(conn, hash_prefix)
+                )
         return row
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
