@@ -293,3 +293,34 @@ async def test_rtgate_mints_its_own_secrets_in_the_shape_the_provider_answers(
     assert answers["rtgate", "realtime"].session.model == "gpt-realtime"
     # What went through rtgate never reached the provider's minting route.
     assert len(provider.secret_requests) == 2
+
+
+async def test_an_operator_never_sees_the_credentials_in_a_template(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN))
+    _, key = await key_with(gw)
+    tool = {
+        "type": "mcp",
+        "server_label": "crm",
+        "server_url": "https://crm.example/mcp",
+        "authorization": "Bearer crm-token-1234567890",
+        "headers": {"X-Api-Key": "crm-key-0987654321"},
+    }
+    async with sdk(gw, key) as client:
+        minted = await client.realtime.client_secrets.create(
+            session={"type": "realtime", "tools": [tool]}
+        )
+    (listed,) = (await call(gw, "GET", "/client_secrets")).json()
+    assert listed["session"]["tools"] == [
+        {**tool, "authorization": "[redacted]", "headers": "[redacted]"}
+    ]
+    reply = await call(gw, "GET", "/client_secrets")
+    assert "crm-token" not in reply.text and "crm-key" not in reply.text
+    # The session itself still gets the tool as minted: its template reaches the upstream.
+    events, code = await first_events(gw, minted.value)
+    assert code is None and events[1]["type"] == "session.updated"
+    (kept,) = await gw.app[GATEWAY].keyring.list_secrets()
+    assert orjson.loads(kept.session_json)["tools"] == [tool]

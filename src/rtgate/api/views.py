@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from rtgate.auth.client_secrets import secret_id
+from rtgate.auth.client_secrets import secret_id, shown_template
 from rtgate.auth.policy import KeyPolicy, policy_view
 from rtgate.metering.cost import usd_str
 from rtgate.protocol.transcript import TranscriptEntry
@@ -164,7 +164,8 @@ class ClientSecretView(View):
     revoked_at: str | None = Field(json_schema_extra=_TIME)
     #: Whether it still opens sessions (neither expired nor revoked; its key may be revoked).
     active: bool
-    #: The session template applied to every session it opens (a GA session object).
+    #: The session template applied to every session it opens (a GA session object); tool
+    #: credentials (``authorization``, ``headers``) read ``[redacted]``.
     session: dict[str, Any]
 
 
@@ -280,7 +281,7 @@ def client_secret_view(c: StoredClientSecret, now: float) -> ClientSecretView:
         expires_at=timestamp(c.expires_at),
         revoked_at=timestamp(c.revoked_at),
         active=c.revoked_at is None and now < c.expires_at,
-        session=session,
+        session=shown_template(session),
     )
 
 

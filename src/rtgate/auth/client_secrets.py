@@ -233,6 +233,24 @@ def connection_intent(secret: ClientSecret, requested: str | None) -> str | None
     return requested
 
 
+#: Template fields that carry someone's credentials (an MCP tool's ``authorization`` and
+#: ``headers``): kept for the session, never shown back to an operator.
+_CREDENTIAL_FIELDS = frozenset({"authorization", "headers", "api_key"})
+REDACTED = "[redacted]"
+
+
+def shown_template(value: Any) -> Any:
+    """A session template as the admin API and CLI show it: credentials replaced."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if k in _CREDENTIAL_FIELDS and v is not None else shown_template(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [shown_template(v) for v in value]
+    return value
+
+
 def template_update(secret: ClientSecret) -> str | None:
     """The ``session.update`` that applies the secret's template upstream (protocol.md 8.2);
     None when the template sets nothing but its type."""
