@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -291,3 +292,32 @@ async def test_a_session_on_one_gateway_counts_on_the_other(
     on_b, event = await first_event(gw_b, key)
     assert event["type"] == "session.created"
     await on_b.close()
+
+
+@pytest.mark.redis
+async def test_a_start_up_that_fails_after_redis_leaves_no_redis_connection(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    watcher = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        before = len(await watcher.client_list())
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        settings = make_settings(
+            RTGATE_REDIS_URL=REDIS_URL,
+            RTGATE_REDIS_PREFIX=namespace,
+            # The database cannot open: its directory is a file.
+            RTGATE_DATABASE_URL=f"sqlite+aiosqlite:///{blocker}/rtgate.db",
+        )
+        with pytest.raises(Exception, match="database"):
+            await start_gateway(settings)
+        for _ in range(50):
+            if len(await watcher.client_list()) <= before:
+                break
+            await asyncio.sleep(0.02)
+        assert len(await watcher.client_list()) <= before
+    finally:
+        await watcher.aclose()

@@ -87,52 +87,57 @@ def create_app(
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        # Shared counters first: an unreachable Redis stops start-up before anything is opened.
-        shared: RedisSessionLimiter | None = None
-        fleet: Fleet = LoneInstance()
-        if settings.redis_url:
-            shared = await RedisSessionLimiter.connect(
-                settings.redis_url, clock, prefix=settings.redis_prefix
+        # Each resource is released by the exit stack in reverse order, also when a later step
+        # of start-up fails (a database that will not open must not leak Redis connections).
+        async with contextlib.AsyncExitStack() as stack:
+            # Shared counters first: an unreachable Redis stops start-up before anything opens.
+            shared: RedisSessionLimiter | None = None
+            fleet: Fleet = LoneInstance()
+            if settings.redis_url:
+                shared = await RedisSessionLimiter.connect(
+                    settings.redis_url, clock, prefix=settings.redis_prefix
+                )
+                stack.push_async_callback(shared.close)
+                # The live-session listing and forced closes across instances, same Redis.
+                fleet = RedisFleet.from_url(settings.redis_url, clock, prefix=settings.redis_prefix)
+                stack.push_async_callback(fleet.close)
+            limiter: SessionLimiter = shared if shared is not None else LocalSessionLimiter()
+            settings.home.mkdir(parents=True, exist_ok=True)
+            stack.push_async_callback(store.close)
+            await store.init()
+            http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            stack.push_async_callback(http.close)
+            ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
+            await ledger.recover()
+            gw = Gateway(
+                settings=settings,
+                store=store,
+                clock=clock,
+                keyring=KeyRing(store, clock),
+                catalog=Catalog(settings),
+                ledger=ledger,
+                http=http,
+                limiter=limiter,
+                metrics=metrics,
+                local_token=engine.token,
+                expiry_check_interval=expiry_check_interval,
+                fleet=fleet,
             )
-            # The live-session listing and forced closes across instances, on the same Redis.
-            fleet = RedisFleet.from_url(settings.redis_url, clock, prefix=settings.redis_prefix)
-        limiter: SessionLimiter = shared if shared is not None else LocalSessionLimiter()
-        settings.home.mkdir(parents=True, exist_ok=True)
-        await store.init()
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
-        await ledger.recover()
-        gw = Gateway(
-            settings=settings,
-            store=store,
-            clock=clock,
-            keyring=KeyRing(store, clock),
-            catalog=Catalog(settings),
-            ledger=ledger,
-            http=http,
-            limiter=limiter,
-            metrics=metrics,
-            local_token=engine.token,
-            expiry_check_interval=expiry_check_interval,
-            fleet=fleet,
-        )
-        app[GATEWAY] = gw
-        writer = asyncio.create_task(ledger.run(), name="ledger")
-        if shared is not None:
-            shared.start()
-        await fleet.start(HeldSessions(gw))
-        try:
-            yield
-        finally:
-            await fleet.close()
+            app[GATEWAY] = gw
+            writer = asyncio.create_task(ledger.run(), name="ledger")
+
+            async def stop_ledger() -> None:
+                # Every record the relay accepted is written before the store closes.
+                await ledger.drain()
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+            stack.push_async_callback(stop_ledger)
             if shared is not None:
-                await shared.close()
-            await ledger.drain()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            await http.close()
-            await store.close()
+                shared.start()
+            await fleet.start(HeldSessions(gw))
+            yield
 
     async def close_live_sessions(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for handlers to finish, so live sessions end
