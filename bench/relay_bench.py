@@ -6,7 +6,8 @@ transcript delta every 100 ms and a ``response.done`` every 2 s (111 frames/s pe
 ``../shared/perf/loadgen.py``) is pinned to CPU 0 and the relay under test to CPU 1. Added latency
 is the relay run minus the direct run at the same N, per percentile, in the worse direction.
 
-Optional anchors run the harness's minimal relays (aiohttp, picows) under the same load.
+Optional anchors run the harness's minimal relays (aiohttp, picows) under the same load, and
+``relay_hybrid.py`` (aiohttp serving the client, picows dialling the upstream).
 
     python bench/relay_bench.py --ns 50,200 [--anchors] [--workers 1] [--out bench/results/x.jsonl]
 """
@@ -136,21 +137,27 @@ def run_one(name: str, n: int, a: argparse.Namespace, harness: Path) -> dict[str
         headers = [f"Authorization: Bearer {rt.key}"]
         relay = subprocess.Popen(rt.command(), env=rt.env, start_new_session=True)
     else:
-        script = {"aiohttp": "relay_aiohttp.py", "picows": "relay_picows.py"}[name]
-        port = {"aiohttp": 8002, "picows": 8004}[name]
+        script = {
+            "aiohttp": str(harness / "relay_aiohttp.py"),
+            "picows": str(harness / "relay_picows.py"),
+            "hybrid": str(ROOT / "bench" / "relay_hybrid.py"),
+            "hybrid-direct": str(ROOT / "bench" / "relay_hybrid.py"),
+        }[name]
+        port = {"aiohttp": 8002, "picows": 8004, "hybrid": 8006, "hybrid-direct": 8008}[name]
         relay = subprocess.Popen(
             [
                 "taskset",
                 "-c",
                 RELAY_CPU,
                 sys.executable,
-                str(harness / script),
+                script,
                 "--port",
                 str(port),
                 "--upstream",
                 f"ws://127.0.0.1:{UP_PORT}",
                 "--loop",
                 "uvloop",
+                *(["--down-direct"] if name == "hybrid-direct" else []),
             ],
             start_new_session=True,
             stdout=subprocess.DEVNULL,
@@ -278,7 +285,8 @@ def main() -> None:
     ap.add_argument(
         "--anchors",
         action="store_true",
-        help="also run the minimal aiohttp and picows relays from the harness",
+        help="also run the harness's minimal aiohttp and picows relays, and the aiohttp server "
+        "+ picows upstream one (bench/relay_hybrid.py)",
     )
     ap.add_argument("--harness", type=Path, default=DEFAULT_HARNESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
@@ -286,7 +294,8 @@ def main() -> None:
     if not (a.harness / "loadgen.py").exists():
         sys.exit(f"load generator not found in {a.harness} (pass --harness DIR)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    configs = ["direct", "rtgate"] + (["aiohttp", "picows"] if a.anchors else [])
+    anchors = ["aiohttp", "picows", "hybrid", "hybrid-direct"]
+    configs = ["direct", "rtgate"] + (anchors if a.anchors else [])
     rows = []
     for n in (int(x) for x in a.ns.split(",")):
         for name in configs:

@@ -23,8 +23,10 @@ from rtgate.metering.record import UsageRecord
 from rtgate.protocol.events import error_event
 from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
 
-# Frames that dominate traffic and never matter to metering. A tuple keeps it one C call.
-_SKIP_PREFIXES = (
+#: Frames that dominate traffic and never matter to metering: ``on_upstream_text`` returns None
+#: for a frame starting with one of these, so a caller may forward such a frame without asking
+#: (the bridge does, to spare a call per audio frame). A tuple keeps it one C call.
+FORWARD_PREFIXES = (
     '{"type":"response.output_audio.delta"',
     '{"type":"input_audio_buffer.append"',
     '{"type":"response.output_audio_transcript.delta"',
@@ -98,7 +100,7 @@ class RelaySession:
         Returns a usage record when the frame carries usage, a replacement frame when the
         frame must not reach the client as it is, else None (forward it untouched).
         """
-        if data.startswith(_SKIP_PREFIXES):
+        if data.startswith(FORWARD_PREFIXES):
             return None
         if not (
             _RESPONSE_DONE in data

@@ -12,6 +12,15 @@ Closing (protocol.md 5.4): a close frame from either side is mirrored to the oth
 code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
 ``error`` event (when that side is the client's) and a 1011 close.
 
+Heartbeat (``heartbeat``): the bridge pings a leg that went quiet and drops one that stays
+quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with aiohttp's
+heartbeat and autoping off: aiohttp's heartbeat costs a scheduled callback per frame per leg.
+The pumps therefore answer pings themselves, and count pongs as signs of life.
+
+Hot path: an audio frame (``FORWARD_PREFIXES``) from a GA upstream, with no transcript kept,
+is forwarded without consulting the relay session or the clock; one frame in 64 still takes
+the full path, timed for the latency histogram.
+
 Beta clients (``beta``, protocol.md 2.4): their frames become GA before anything else looks at
 them, and GA frames become beta only after the relay session has metered them, so the guard,
 the transcript and metering only ever see GA. A GA client pays one ``is None`` test per frame.
@@ -22,8 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from time import perf_counter
+from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
@@ -35,13 +48,15 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
+from rtgate.relay.keepalive import Beat, Keepalive
 from rtgate.store.port import Store
 
 log = logging.getLogger("rtgate.relay")
 
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
+_PING, _PONG = WSMsgType.PING, WSMsgType.PONG
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
@@ -56,6 +71,40 @@ def sendable(code: int | None) -> int:
     if code is None or code in _UNSENDABLE or not (1000 <= code <= 4999):
         return 1000
     return code
+
+
+def quiet_seconds(ws: Any) -> float | None:
+    """Seconds since the kernel last received bytes on ``ws``'s TCP socket (Linux TCP_INFO
+    ``tcpi_last_data_recv``), or None where that is not known.
+
+    A peer in the middle of one large frame sends no complete frame, so no pong either, for
+    as long as the frame takes; this tells such a peer from a dead one.
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    sock = ws.get_extra_info("socket")
+    if tcp_info is None or sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except (OSError, TypeError):
+        return None
+    if len(info) < 56:
+        return None
+    return float(struct.unpack_from("I", info, 52)[0]) / 1000
+
+
+def sever(ws: Any) -> None:
+    """Cut a dead leg's TCP connection (shutdown both ways), so it reads as dropped at once
+    instead of waiting out a close handshake nobody will answer."""
+    sock = ws.get_extra_info("socket")
+    if sock is None:
+        return
+    # uvloop's transport sockets do not offer shutdown(); a duplicate descriptor does.
+    with (
+        contextlib.suppress(OSError, TypeError, ValueError),
+        socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as dup,
+    ):
+        dup.shutdown(socket.SHUT_RDWR)
 
 
 def expiry_message(seconds: float) -> str:
@@ -80,6 +129,7 @@ class Bridge:
         recorder: TranscriptRecorder | None = None,
         store: Store | None = None,
         beta: BetaTranslator | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -97,6 +147,14 @@ class Bridge:
         #: Frames and bytes relayed since the last flush to the metrics (plain ints: the hot
         #: path must not take a metrics lock per frame).
         self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
+        #: Pings and pongs received since the last watchdog tick (signs of life, not relayed).
+        self._control_up = self._control_down = 0
+        #: Liveness of the client and upstream legs; None when the heartbeat is off (the
+        #: sockets then keep aiohttp's own, or none).
+        self._keepalive: tuple[Keepalive, Keepalive] | None = None
+        if heartbeat is not None:
+            now = clock.monotonic()
+            self._keepalive = (Keepalive(heartbeat, now), Keepalive(heartbeat, now))
 
     async def run(self) -> None:
         tasks = [
@@ -174,31 +232,36 @@ class Bridge:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
         on_text = session.on_upstream_text
         to_beta = self._beta.to_client if self._beta is not None else None
+        recorder = self._recorder
+        # Frames that may skip the relay session entirely (see the module docstring).
+        fast = to_beta is None and recorder is None
+        send_str = client.send_str
         sampled = self._metrics is not None
         latency = self._metrics.latency.labels("down") if self._metrics is not None else None
         try:
             while True:
-                msg = await up.receive()
-                t = msg.type
+                t, data, extra = await up.receive()
                 if t is _TEXT:
-                    data = msg.data
                     self.frames_down += 1
                     self.bytes_down += len(data)
+                    if fast and self.frames_down & 63 and data.startswith(FORWARD_PREFIXES):
+                        await send_str(data)
+                        continue
                     # One frame in 64 is timed through the gateway, for the latency histogram.
                     t0 = perf_counter() if sampled and not self.frames_down & 63 else 0.0
                     rec = on_text(data, clock.now())
-                    if self._recorder is not None:
-                        self._recorder.on_upstream(data, clock.now())
+                    if recorder is not None:
+                        recorder.on_upstream(data, clock.now())
                         await self._keep_transcript()
                     if rec is None:
                         if to_beta is None:
-                            await client.send_str(data)
+                            await send_str(data)
                         elif (beta := to_beta(data)) is not None:
-                            await client.send_str(beta)
+                            await send_str(beta)
                         if t0 and latency is not None:
                             latency.observe(perf_counter() - t0)
                     elif isinstance(rec, str):
-                        await client.send_str(rec)
+                        await send_str(rec)
                     elif not await self._commit(rec):
                         # Unbillable usage must not flow on: stop before forwarding it.
                         await self._end(
@@ -210,7 +273,7 @@ class Bridge:
                     else:
                         beta = data if to_beta is None else to_beta(data)
                         if beta is not None:
-                            await client.send_str(beta)
+                            await send_str(beta)
                         if self._after_usage is not None:
                             # Billed and delivered; now, has the key crossed a budget?
                             refusal = await self._after_usage()
@@ -221,10 +284,16 @@ class Bridge:
                                 return
                 elif t is _BINARY:
                     self.frames_down += 1
-                    self.bytes_down += len(msg.data)
-                    await client.send_bytes(msg.data)
+                    self.bytes_down += len(data)
+                    await client.send_bytes(data)
+                elif t is _PING:
+                    # Only seen with autoping off (the bridge's own heartbeat): answer it.
+                    self._control_down += 1
+                    await up.pong(data)
+                elif t is _PONG:
+                    self._control_down += 1
                 elif t is _CLOSE:
-                    code, reason = session.mirrored_close(msg.data, msg.extra or "")
+                    code, reason = session.mirrored_close(data, extra or "")
                     if session.close(code, reason, "upstream"):
                         with contextlib.suppress(Exception):
                             await client.close(code=sendable(code), message=reason.encode()[:123])
@@ -239,27 +308,30 @@ class Bridge:
                     await up.close(code=1001, message=b"client disconnected")
             return
         # The upstream vanished without a close frame (TCP reset, crash, timeout).
+        await self._upstream_lost()
+
+    async def _upstream_lost(self) -> None:
         err = UpstreamError("The upstream connection was lost.")
-        if session.close(err.close_code, err.close_reason, "upstream"):
+        if self.session.close(err.close_code, err.close_reason, "upstream"):
             with contextlib.suppress(Exception):
-                await client.send_str(error_event_for(err))
-                await client.close(code=err.close_code, message=err.close_reason.encode())
+                await self.client.send_str(error_event_for(err))
+                await self.client.close(code=err.close_code, message=err.close_reason.encode())
 
     async def _client_to_upstream(self) -> None:
         up, client, session, guard = self.upstream, self.client, self.session, self._guard
         to_ga = self._beta.to_upstream if self._beta is not None else None
+        recorder = self._recorder
+        send_str = up.send_str
         try:
             while True:
-                msg = await client.receive()
-                t = msg.type
+                t, data, extra = await client.receive()
                 if t is _TEXT:
-                    data = msg.data
                     self.frames_up += 1
                     self.bytes_up += len(data)
                     if to_ga is not None:
                         data = to_ga(data)
-                    if self._recorder is not None:
-                        self._recorder.on_client(data, self._clock.now())
+                    if recorder is not None:
+                        recorder.on_client(data, self._clock.now())
                         await self._keep_transcript()
                     if guard is not None and (refusal := guard.check(data)) is not None:
                         # Policy refusals of single events are not fatal: answer, drop, go on.
@@ -267,13 +339,19 @@ class Bridge:
                         if self._metrics is not None:
                             self._metrics.refused(refusal.code)
                         continue
-                    await up.send_str(data)
+                    await send_str(data)
                 elif t is _BINARY:
                     self.frames_up += 1
-                    self.bytes_up += len(msg.data)
-                    await up.send_bytes(msg.data)
+                    self.bytes_up += len(data)
+                    await up.send_bytes(data)
+                elif t is _PING:
+                    # Only seen with autoping off (the bridge's own heartbeat): answer it.
+                    self._control_up += 1
+                    await client.pong(data)
+                elif t is _PONG:
+                    self._control_up += 1
                 elif t is _CLOSE:
-                    code, reason = msg.data, msg.extra or ""
+                    code, reason = data, extra or ""
                     if session.close(code, reason, "client"):
                         with contextlib.suppress(Exception):
                             await up.close(code=sendable(code), message=reason.encode()[:123])
@@ -282,11 +360,7 @@ class Bridge:
                     break
         except (ConnectionError, RuntimeError):
             await asyncio.sleep(0)
-            err = UpstreamError("The upstream connection was lost.")
-            if session.close(err.close_code, err.close_reason, "upstream"):
-                with contextlib.suppress(Exception):
-                    await client.send_str(error_event_for(err))
-                    await client.close(code=err.close_code, message=err.close_reason.encode())
+            await self._upstream_lost()
             return
         # The client vanished, or aiohttp closed it for a protocol error (e.g. 1009 too big).
         code = client.close_code or 1006
@@ -325,5 +399,44 @@ class Bridge:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, self._check_interval))
+            if self._keepalive is not None and not await self._heartbeat(clock.monotonic()):
+                return
             self.flush_counts()
         await self._end(SessionExpired(expiry_message(session.max_seconds)))
+
+    async def _heartbeat(self, now: float) -> bool:
+        """One keepalive tick for both legs (before the counts are flushed); False once a
+        leg is dead and the session has been ended for it."""
+        assert self._keepalive is not None
+        client_alive, upstream_alive = self._keepalive
+        legs = (
+            (client_alive, self.client, self.frames_up + self._control_up),
+            (upstream_alive, self.upstream, self.frames_down + self._control_down),
+        )
+        self._control_up = self._control_down = 0
+        for alive, ws, heard in legs:
+            if not heard and alive.awaiting_pong:
+                # Mid-way through a large frame, a live peer sends no pong until it is done.
+                quiet = quiet_seconds(ws)
+                heard = quiet is not None and quiet < alive.interval / 2
+            beat = alive.tick(bool(heard), now)
+            if beat is Beat.PING:
+                with contextlib.suppress(Exception):
+                    await ws.ping()
+            elif beat is Beat.DEAD:
+                await self._leg_dead(client=ws is self.client)
+                return False
+        return True
+
+    async def _leg_dead(self, *, client: bool) -> None:
+        """A leg stopped answering pings: end the session as aiohttp's heartbeat did, as if
+        that leg's connection had dropped (client: 1006 and the upstream gets 1001; upstream:
+        the client gets ``upstream_unavailable`` and 1011)."""
+        if client:
+            if self.session.close(1006, "client disconnected", "client"):
+                sever(self.client)
+                with contextlib.suppress(Exception):
+                    await self.upstream.close(code=1001, message=b"client disconnected")
+        else:
+            sever(self.upstream)
+            await self._upstream_lost()
