@@ -22,6 +22,7 @@ from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.cli import app as cli_app
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
+from rtgate.relay import endpoint
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.sql import SqlStore
 from tests.conftest import RunningGateway
@@ -324,3 +325,35 @@ async def test_an_operator_never_sees_the_credentials_in_a_template(
     assert code is None and events[1]["type"] == "session.updated"
     (kept,) = await gw.app[GATEWAY].keyring.list_secrets()
     assert orjson.loads(kept.session_json)["tools"] == [tool]
+
+
+async def test_a_session_whose_secret_is_revoked_while_it_dials_is_closed(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    async with sdk(gw, key) as client:
+        secret = (await client.realtime.client_secrets.create()).value
+    ring = gw.app[GATEWAY].keyring
+    dial = endpoint._dial
+
+    async def revoked_while_dialling(*args: Any) -> Any:
+        # The revocation lands after authentication and before the session is live: its sweep
+        # of live sessions cannot see this one.
+        assert await ring.revoke_secret(secret_id_of(secret)) is not None
+        return await dial(*args)
+
+    monkeypatch.setattr(endpoint, "_dial", revoked_while_dialling)
+    events, code = await first_events(gw, secret, n=5)
+    assert events[-1]["type"] == "error", events
+    assert events[-1]["error"]["code"] == "client_secret_revoked"
+    assert code == 1008
+    live = gw.app[GATEWAY].live
+    for _ in range(100):
+        if not live:
+            break
+        await asyncio.sleep(0.02)
+    assert not live

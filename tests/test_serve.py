@@ -15,6 +15,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from rtgate.config import Settings, load_settings
+from rtgate.server import unshared_workers_warning
 from tests.process import create_key, free_port, gateway_env, wait_ready
 from tests.provider import PROVIDER_KEY, FakeProvider
 
@@ -64,3 +66,15 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
     logs = (tmp_path / "gateway.log").read_text()
     assert "rtgate listening" in logs
     assert PROVIDER_KEY not in logs and key not in logs
+    # Workers without Redis count a key's limits each on their own: the operator is told.
+    assert "2 workers without redis_url" in logs
+
+
+def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:
+    def settings(**env: str) -> Settings:
+        return load_settings(None, {"RTGATE_HOME": str(tmp_path), **env})
+
+    assert unshared_workers_warning(settings()) is None
+    assert unshared_workers_warning(settings(RTGATE_WORKERS="3")) is not None
+    shared = settings(RTGATE_WORKERS="3", RTGATE_REDIS_URL="redis://127.0.0.1:6379/0")
+    assert unshared_workers_warning(shared) is None

@@ -1,12 +1,14 @@
 """Running the gateway: one process, or ``--workers N`` processes sharing the port.
 
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
-they share nothing but the database, so each holds its own live sessions.
+they share the database, and with ``redis_url`` the session limits and the admin API's view of
+live sessions; without it each worker counts and sees only its own (a warning says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import secrets
@@ -37,6 +39,15 @@ def install_uvloop() -> None:
         uvloop.install()
 
 
+def freeze_startup_heap() -> None:
+    """Move everything built at startup (the app, settings, SQLAlchemy, the catalog, ~120k
+    objects) out of the cyclic collector's reach: it lives as long as the process, and a full
+    collection that walks it stalls every session (measured ~37 ms, a p99 spike under load).
+    Sessions' own objects are still collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_async(
     settings: Settings, engine_token: str, sock: socket.socket | None = None
 ) -> None:
@@ -53,6 +64,7 @@ async def serve_async(
         host, port = settings.host, settings.port
     await site.start()
     set_local_base_url(app, str(host), int(port))
+    freeze_startup_heap()
     up = settings.upstreams[settings.default_upstream or "local"]
     if up.kind == "local":
         log.warning(
@@ -80,8 +92,22 @@ def _worker(settings: Settings, engine_token: str) -> None:
     asyncio.run(serve_async(settings, engine_token))
 
 
+def unshared_workers_warning(settings: Settings) -> str | None:
+    """What an operator must know when workers share no Redis, or None."""
+    if settings.workers == 1 or settings.redis_url:
+        return None
+    return (
+        f"{settings.workers} workers without redis_url: each counts live sessions and session "
+        "starts on its own, so a key's max_sessions and sessions_per_minute hold per worker "
+        f"(up to {settings.workers} times the limit), and the admin API sees one worker's live "
+        "sessions; set redis_url (RTGATE_REDIS_URL) to share them"
+    )
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, _provider_secrets(settings))
+    if (warning := unshared_workers_warning(settings)) is not None:
+        log.warning(warning)
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route
     # may be accepted by a sibling, which must accept it too.
     engine_token = secrets.token_urlsafe(32)

@@ -152,10 +152,11 @@ class KeyRing:
         return await self._store.revoke_client_secret(prefix, self._clock.now())
 
     async def secret_revoked(self, sid: str) -> bool:
-        """Whether the client secret with id ``sid`` has been revoked (or is gone)."""
+        """Whether the client secret with id ``sid`` has been revoked. One that expired and was
+        pruned was not: the sessions it opened may outlive it."""
         prefix = id_hash_prefix(sid)
         found = await self._store.client_secret_by_id(prefix) if prefix is not None else None
-        return found is None or found.revoked_at is not None
+        return found is not None and found.revoked_at is not None
 
     async def spend(self, key_id: str) -> Spend:
         """What the key has been charged this UTC day, this UTC month, and ever."""

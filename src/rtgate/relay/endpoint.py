@@ -21,6 +21,7 @@ from rtgate.auth.client_secrets import (
     ClientSecret,
     connection_intent,
     connection_model,
+    revoked_secret_error,
     template_update,
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
@@ -85,9 +86,10 @@ async def _dial(
                 headers=upstream_headers(up, request.headers, api_key),
                 max_msg_size=0,
                 compress=0,
-                autoping=True,
+                # The bridge pings and answers pings itself (bridge.py, Heartbeat).
+                autoping=False,
                 autoclose=True,
-                heartbeat=gw.settings.heartbeat_seconds,
+                heartbeat=None,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             )
         gw.metrics.connect.labels(route.upstream_name).observe(time.perf_counter() - started)
@@ -116,9 +118,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
         max_msg_size=s.max_message_bytes,
-        autoping=True,
+        # The bridge pings and answers pings itself (bridge.py, Heartbeat).
+        autoping=False,
         autoclose=True,
-        heartbeat=s.heartbeat_seconds,
+        heartbeat=None,
     )
     await ws.prepare(request)
 
@@ -229,6 +232,7 @@ async def _relay(
         else None,
         store=gw.store,
         beta=beta,
+        heartbeat=gw.settings.heartbeat_seconds,
     )
     transcription = intent == "transcription"
     initial = initial_session_update(policy, transcription=transcription)
@@ -247,6 +251,9 @@ async def _relay(
         if gw.closing:
             # Shutdown began while this session dialled: it would miss the 1001 sweep.
             await bridge.close(1001, "gateway shutting down", "gateway")
+        elif grant is not None and grant.id and await gw.keyring.secret_revoked(grant.id):
+            # Its secret was revoked while it dialled: the revocation's sweep missed it.
+            await bridge.terminate(revoked_secret_error())
         else:
             await bridge.run()
     finally:
