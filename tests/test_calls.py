@@ -652,3 +652,39 @@ async def test_a_call_whose_sideband_cannot_open_is_hung_up(
     assert [a for c, a, _ in provider.call_actions if c == "rtc_sip1"] == ["accept", "hangup"]
     assert await gateway.app[GATEWAY].limiter.live(key_id) == 0
     assert await gateway.store.recent_sessions() == []
+
+
+async def test_a_call_whose_secret_is_revoked_while_it_is_placed_is_hung_up(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=ADMIN_TOKEN))
+    key_id, key = await key_with(gw)
+    async with AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0) as client:
+        minted = await client.realtime.client_secrets.create(session=REALTIME)
+    secret_id = secret_id_of(minted.value)
+    revocations: list[Any] = []
+
+    async def revoke() -> None:
+        # The secret was checked, the offer is upstream, the sideband is not open yet.
+        provider.while_placing = None
+        revocations.append(await admin_call(gw, "POST", f"/client_secrets/{secret_id}/revoke"))
+
+    provider.while_placing = revoke
+    async with AsyncOpenAI(
+        api_key=minted.value, base_url=f"{gw.http}/v1", max_retries=0
+    ) as browser:
+        call_id = await place(browser)
+    ((status, body),) = revocations
+    assert status == 200 and body["closed_sessions"] == []
+
+    # The revocation found nothing to close yet; the call it would have closed ends anyway.
+    async def hung_up() -> bool:
+        return provider.hangups(call_id) == 1 and not gw.app[GATEWAY].live
+
+    await eventually(hung_up)
+    (row,) = await gw.store.recent_sessions()
+    assert (row.close_code, row.closed_by) == (1008, "operator")
+    assert row.close_reason == "invalid_request_error.client_secret_revoked"
+    assert await gw.app[GATEWAY].limiter.live(key_id) == 0

@@ -190,3 +190,30 @@ def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> Non
     cli("keys", "update", created["id"], "--max-duration", "forever", code=2)
     cli("keys", "update", created["id"], "--clear", "nonsense", code=2)
     cli("keys", "update", "key_missing", "--max-sessions", "1", code=1)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["rtg_" + "GatewayKeyPastedByMistake0", "[/red]not an id", "cs_" + "0" * 20 + "[/b]"],
+)
+def test_secrets_revoke_never_echoes_what_is_not_an_id(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path))
+    monkeypatch.delenv("RTGATE_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(app, ["secrets", "revoke", given])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert given not in result.output
+    assert "no client secret" in result.output
+
+
+def test_secrets_revoke_names_an_unknown_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path))
+    monkeypatch.delenv("RTGATE_DATABASE_URL", raising=False)
+    sid = "cs_" + "ab" * 10
+    result = CliRunner().invoke(app, ["secrets", "revoke", sid])
+    assert result.exit_code == 1
+    assert f"no client secret with id {sid}" in result.output

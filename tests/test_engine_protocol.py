@@ -841,3 +841,38 @@ def test_clear_drops_audio_still_inside_the_resampler(fmt: AudioFormat) -> None:
     (got,) = send(s, "conversation.item.retrieve", item_id=committed["item_id"])
     # 200 ms of G.711 is 1600 bytes: none of the cleared audio comes back with it.
     assert abs(len(base64.b64decode(got["item"]["content"][0]["audio"])) - 1600) <= 8
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        ({"audio": 5}, "session.audio"),
+        ({"audio": {"input": "x"}}, "session.audio.input"),
+        ({"audio": {"output": ["x"]}}, "session.audio.output"),
+        (
+            {"audio": {"input": {"turn_detection": "server_vad"}}},
+            "session.audio.input.turn_detection",
+        ),
+    ],
+)
+def test_a_session_update_of_the_wrong_shape_is_refused_not_fatal(
+    session: dict[str, Any], param: str
+) -> None:
+    s = EngineSession(model="gpt-realtime")
+    s.created()
+    events, plan = s.handle(
+        {"type": "session.update", "event_id": "evt_1", "session": {"type": "realtime", **session}}
+    )
+    assert plan is None
+    (error,) = events
+    validate_server_event(error)
+    assert error["type"] == "error"
+    assert error["error"]["code"] == "invalid_type"
+    assert error["error"]["param"] == param
+    assert error["error"]["event_id"] == "evt_1"
+    # Nothing of it was applied: the session goes on as before.
+    events, _ = s.handle({"type": "input_audio_buffer.append", "audio": "AAAA"})
+    assert [e["type"] for e in events if e["type"] == "error"] == []
+    events, _ = s.handle({"type": "session.update", "session": {"type": "realtime"}})
+    assert [e["type"] for e in events] == ["session.updated"]
+    assert events[0]["session"]["audio"]["output"]["voice"] == "alloy"

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
@@ -191,3 +193,51 @@ async def test_parallel_revocations_of_one_client_secret_keep_the_first_time(
     # However the revocations interleave, every caller is told the one time that was kept.
     assert times == {found.revoked_at}
     assert await store.client_secret_by_id("cd" * 10) is None
+
+
+async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.begin() as conn:
+        # As a database made before client secrets could be listed by key.
+        await conn.exec_driver_sql("DROP INDEX ix_client_secrets_key_id")
+    await store.close()
+
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.connect() as conn:
+        names = await conn.run_sync(
+            lambda c: {i["name"] for i in inspect(c).get_indexes("client_secrets")}
+        )
+    await store.close()
+    assert "ix_client_secrets_key_id" in names
+
+
+async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TABLE client_secrets (secret_hash VARCHAR(64) PRIMARY KEY, key_id VARCHAR(32)"
+            " NOT NULL, model VARCHAR(100), session TEXT NOT NULL, created_at FLOAT NOT NULL,"
+            " expires_at FLOAT NOT NULL)"
+        )
+        await conn.exec_driver_sql(
+            "CREATE INDEX ix_client_secrets_expires_at ON client_secrets (expires_at)"
+        )
+    await engine.dispose()
+
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.connect() as conn:
+        columns, indexes = await conn.run_sync(
+            lambda c: (
+                {col["name"] for col in inspect(c).get_columns("client_secrets")},
+                {i["name"] for i in inspect(c).get_indexes("client_secrets")},
+            )
+        )
+    assert "revoked_at" in columns
+    assert "ix_client_secrets_key_id" in indexes
+    assert await store.list_client_secrets(None, 0.0) == []
+    await store.close()
