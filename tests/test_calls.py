@@ -688,3 +688,26 @@ async def test_a_call_whose_secret_is_revoked_while_it_is_placed_is_hung_up(
     assert (row.close_code, row.closed_by) == (1008, "operator")
     assert row.close_reason == "invalid_request_error.client_secret_revoked"
     assert await gw.app[GATEWAY].limiter.live(key_id) == 0
+
+
+async def test_the_removed_beta_webrtc_route_says_where_to_go(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.http}/v1/realtime?model=gpt-realtime",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"},
+            data="v=0\r\n",
+        ) as r,
+    ):
+        assert r.status == 400
+        body = await r.json()
+    assert body["error"]["code"] == "beta_api_shape_disabled"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "/v1/realtime/calls" in body["error"]["message"]
+    assert not provider.calls

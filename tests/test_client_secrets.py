@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -462,3 +463,39 @@ async def test_headless_chromium_opens_a_session_with_a_minted_secret(
 
     forged = await browser_dom(page_for(gateway, "ek_" + "f" * 32), tmp_path)
     assert "first:error" in forged, forged
+
+
+async def test_the_product_pages_minting_examples_work_as_written(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """The two curl bodies of ../shared/seed/realtime-api.txt, byte for byte."""
+    gw: RunningGateway = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{gw.http}/v1/realtime/sessions",
+            headers=headers,
+            data='{\n"model": "gpt-realtime",\n"voice": "alloy"\n}',
+        ) as r:
+            assert r.status == 200
+            realtime = await r.json()
+        async with http.post(
+            f"{gw.http}/v1/realtime/transcription_sessions",
+            headers=headers,
+            data='{\n"model": "gpt-4o-mini-transcribe"\n}',
+        ) as r:
+            assert r.status == 200
+            transcription = await r.json()
+    assert realtime["voice"] == "alloy" and EK.match(realtime["client_secret"]["value"])
+    # The page's transcription body names the transcription model at the top level: it becomes
+    # the session's transcription model.
+    assert transcription["input_audio_transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    events, code = await first_events(gw, transcription["client_secret"]["value"], query="")
+    assert code is None, events
+    assert events[1]["session"]["type"] == "transcription"
+    assert events[1]["session"]["audio"]["input"]["transcription"]["model"] == (
+        "gpt-4o-mini-transcribe"
+    )

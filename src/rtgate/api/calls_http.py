@@ -265,6 +265,24 @@ def _upstream_refused(action: str, status: int) -> GatewayError:
     return UpstreamError(f"The upstream refused the call's {action} (HTTP {status}).")
 
 
+class BetaWebRtcRemoved(GatewayError):
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "beta_api_shape_disabled"
+
+
+async def beta_webrtc_offer(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/realtime?model=`` with an SDP offer was the beta WebRTC route (protocol.md 2.4,
+    3). OpenAI removed it with the beta shapes, and it cannot be translated: a WebRTC session's
+    events flow over the data channel between browser and provider, never through the gateway,
+    so a beta app's events would reach a GA session as they are. Say where to go instead."""
+    raise BetaWebRtcRemoved(
+        "The beta WebRTC route (POST /v1/realtime with an SDP offer) has been removed. Send the "
+        "offer to POST /v1/realtime/calls; the data channel then speaks the GA events.",
+        param="model",
+    )
+
+
 def add_call_routes(app: web.Application) -> None:
     app[CALLS] = CallRegistry()
 
@@ -273,6 +291,7 @@ def add_call_routes(app: web.Application) -> None:
 
     app.on_shutdown.append(end_calls)
     app.router.add_post(PREFIX, _openai_errors(create_call))
+    app.router.add_post("/v1/realtime", _openai_errors(beta_webrtc_offer))
     app.router.add_post(
         PREFIX + "/{call_id}/{action:accept|reject|refer|hangup}", _openai_errors(call_action)
     )

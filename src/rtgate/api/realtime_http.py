@@ -34,6 +34,7 @@ from rtgate.auth.client_secrets import (
     SessionKind,
     beta_template,
     ga_template,
+    with_transcription_model,
 )
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import check_model, check_session_template
@@ -127,6 +128,8 @@ async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
 async def _beta(call: Call[None, BetaSessionRequest], kind: SessionKind) -> Reply:
     flat = call.body.model_dump(mode="json", exclude={"client_secret"}, exclude_unset=True)
     model = call.body.model if kind == "realtime" else None
+    if kind == "transcription":
+        flat = with_transcription_model(flat)
     secret, minted = await _mint(
         call, model, beta_template(flat, kind), call.body.client_secret.expires_after.seconds
     )

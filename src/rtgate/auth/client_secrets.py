@@ -147,6 +147,17 @@ def _format(value: Any) -> Any:
     return _BETA_FORMATS.get(value, value) if isinstance(value, str) else value
 
 
+def with_transcription_model(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``transcription_sessions`` body whose top-level ``model`` names the transcription model
+    (the product page's example sends ``{"model": "gpt-4o-mini-transcribe"}``; the beta API had
+    no such field) with that model as its ``input_audio_transcription``, unless one is given."""
+    out = dict(body)
+    model = out.get("model")
+    if isinstance(model, str) and model and "input_audio_transcription" not in out:
+        out["input_audio_transcription"] = {"model": model}
+    return out
+
+
 def beta_template(body: Mapping[str, Any], kind: SessionKind) -> dict[str, Any]:
     """A flat beta session (``/v1/realtime/sessions`` or ``transcription_sessions``) as a GA
     session object (protocol.md 2.4); fields GA dropped (``temperature``) are left out."""
