@@ -6,17 +6,22 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 import pytest
 import websockets
+from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.sql import StoreError
 from tests.conftest import RunningGateway
 from tests.provider import PROVIDER_KEY, FakeProvider
+from tests.test_client_secrets import key_with
 
 
 async def first_events(ws: Any, n: int) -> list[dict[str, Any]]:
@@ -140,12 +145,17 @@ async def test_dated_snapshot_routes_and_prices_as_its_family(
     assert row.charged_nanos == 1000 * 4 * 1000  # $4 / 1M text tokens
 
 
+@pytest.mark.parametrize(
+    "query",
+    # The second is the product page's own example (../shared/seed/realtime-api.txt).
+    [{"intent": "transcription"}, {"model": "gpt-realtime", "intent": "transcription"}],
+)
 async def test_transcription_intent_is_passed_upstream_and_metered(
-    gateway: RunningGateway, provider: FakeProvider
+    gateway: RunningGateway, provider: FakeProvider, query: dict[str, str]
 ) -> None:
     key = await gateway.new_key()
     async with connect(
-        f"{gateway.ws}/v1/realtime?intent=transcription",
+        f"{gateway.ws}/v1/realtime?{urlencode(query)}",
         additional_headers={"Authorization": f"Bearer {key}"},
     ) as ws:
         (created,) = await first_events(ws, 1)
@@ -182,7 +192,7 @@ async def test_transcription_intent_is_passed_upstream_and_metered(
             e = orjson.loads(await ws.recv())
             if e["type"] == "conversation.item.input_audio_transcription.completed":
                 break
-    assert provider.upgrades[-1].query == {"intent": "transcription"}
+    assert provider.upgrades[-1].query == query
     (row,) = await gateway.store.usage_summary()
     assert row.model == "whisper-1"
     assert row.usage.audio_ms == 1500
@@ -484,3 +494,38 @@ async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
     assert up.headers["api-key"] == PROVIDER_KEY
     assert "Authorization" not in up.headers and "sk-openai" not in str(up.headers)
     assert up.headers["OpenAI-Project"] == "proj_1"
+
+
+async def test_a_store_hiccup_while_a_secrets_session_starts_does_not_crash_it(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The revoked-while-dialling re-check reads the store; a failure there must not take the
+    # handler down (no error event, an abrupt 1006, a session row with no close code). The
+    # secret was valid when the session was admitted, so the session goes on, as a call's does.
+    gw: RunningGateway = await start_gateway(make_settings())
+    _, key = await key_with(gw)
+    async with AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0) as client:
+        secret = (await client.realtime.client_secrets.create()).value
+    ring = gw.app[GATEWAY].keyring
+
+    async def unavailable(sid: str) -> bool:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(ring, "secret_revoked", unavailable)
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {secret}"},
+    ) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(orjson.dumps({"type": "test.raw", "frame": '{"type":"still.here"}'}).decode())
+        assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "still.here"
+        await ws.close(1000, "done")
+    for _ in range(100):
+        (row,) = await gw.store.recent_sessions()
+        if row.ended_at is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert (row.close_code, row.closed_by) == (1000, "client")

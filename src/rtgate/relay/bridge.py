@@ -149,8 +149,8 @@ class Bridge:
         self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
         #: Pings and pongs received since the last watchdog tick (signs of life, not relayed).
         self._control_up = self._control_down = 0
-        #: Liveness of the client and upstream legs; None when the heartbeat is off (the
-        #: sockets then keep aiohttp's own, or none).
+        #: Liveness of the client and upstream legs; None when the heartbeat is off (no
+        #: liveness check at all; pings are still answered).
         self._keepalive: tuple[Keepalive, Keepalive] | None = None
         if heartbeat is not None:
             now = clock.monotonic()

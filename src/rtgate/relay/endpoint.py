@@ -102,6 +102,17 @@ async def _dial(
         raise UpstreamError("The upstream could not be reached.") from exc
 
 
+async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, object]) -> bool:
+    """Whether the secret that opened a session was revoked while it dialled. The session was
+    admitted with the secret valid, so a store that cannot answer does not end it (as a call's
+    sideband, ``calls.py``); it is logged."""
+    try:
+        return await gw.keyring.secret_revoked(secret_id)
+    except GatewayError as err:
+        log.error("client secret %s not re-checked: %s", secret_id, err.message, extra=dict(extra))
+        return False
+
+
 def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
     """``realtime`` whenever offered; a beta client offering only the beta one gets it back."""
     offered = offered_subprotocols(headers)
@@ -251,7 +262,7 @@ async def _relay(
         if gw.closing:
             # Shutdown began while this session dialled: it would miss the 1001 sweep.
             await bridge.close(1001, "gateway shutting down", "gateway")
-        elif grant is not None and grant.id and await gw.keyring.secret_revoked(grant.id):
+        elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
             # Its secret was revoked while it dialled: the revocation's sweep missed it.
             await bridge.terminate(revoked_secret_error())
         else:
