@@ -27,6 +27,7 @@ from rtgate.auth.redis_limits import RedisSessionLimiter
 from rtgate.clock import ManualClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError, LimiterUnavailable, RateLimited
+from rtgate.redis_pool import MAX_CONNECTIONS
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 
@@ -321,3 +322,23 @@ async def test_a_start_up_that_fails_after_redis_leaves_no_redis_connection(
         assert len(await watcher.client_list()) <= before
     finally:
         await watcher.aclose()
+
+
+@pytest.mark.redis
+async def test_a_burst_larger_than_the_connection_pool_queues_instead_of_failing(
+    limiters: MakeLimiter,
+) -> None:
+    """Past the pool's connections, starts wait for one: none may read as a Redis outage."""
+    clock = ManualClock()
+    limiter = await limiters(clock)
+    burst = 3 * MAX_CONNECTIONS
+    results = await asyncio.gather(
+        *(limiter.acquire(f"key_{i % 2}", 10_000, 10_000, clock.now()) for i in range(burst)),
+        *(limiter.acquire(f"free_{i % 2}", None, None, clock.now()) for i in range(burst)),
+        return_exceptions=True,
+    )
+    assert [r for r in results if r is not None] == []
+    assert await limiter.live("key_0") + await limiter.live("key_1") == burst
+    assert await limiter.live("free_0") + await limiter.live("free_1") == burst
+    await asyncio.gather(*(limiter.release(f"key_{i % 2}") for i in range(burst)))
+    assert await limiter.live("key_0") + await limiter.live("key_1") == 0

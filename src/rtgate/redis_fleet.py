@@ -40,8 +40,6 @@ from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from rtgate.clock import Clock
@@ -55,6 +53,7 @@ from rtgate.fleet import (
     Tally,
     new_instance_id,
 )
+from rtgate.redis_pool import shared_redis
 
 log = logging.getLogger("rtgate.fleet")
 
@@ -113,12 +112,7 @@ class RedisFleet:
     ) -> RedisFleet:
         """A fleet on ``url`` (the ``redis_url`` setting, already checked by the limiter at
         start-up). Commands are bounded by ``socket_timeout`` and retried once, at once."""
-        redis = Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        redis = shared_redis(url, socket_timeout=socket_timeout)
         return cls(redis, clock, prefix=prefix, answer_within=answer_within)
 
     # -- the Fleet port ---------------------------------------------------------------------------

@@ -48,13 +48,12 @@ from itertools import count
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from rtgate.auth.limits import WINDOW_S, live_limit_reached, start_rate_reached
 from rtgate.clock import Clock
 from rtgate.errors import ConfigError, LimiterUnavailable
+from rtgate.redis_pool import shared_redis
 
 log = logging.getLogger("rtgate.limits")
 
@@ -133,17 +132,12 @@ class RedisSessionLimiter:
         """Connect to ``url`` (the ``redis_url`` setting) and check Redis answers.
 
         Raises ``ConfigError`` naming ``redis_url`` when the URL is malformed or Redis does not
-        answer, so a misconfigured gateway stops at start-up. Every command is bounded by
-        ``socket_timeout`` (the URL's ``?socket_timeout=`` wins) and retried once, at once, which
-        re-dials a pooled connection that died with a Redis restart.
+        answer, so a misconfigured gateway stops at start-up. The client is
+        ``rtgate.redis_pool.shared_redis``: commands bounded by ``socket_timeout``, bursts queued
+        for a pooled connection rather than refused.
         """
         try:
-            redis = Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
+            redis = shared_redis(url, socket_timeout=socket_timeout)
         except ValueError as exc:
             raise ConfigError(f"redis_url: not a usable Redis URL: {exc}") from exc
         try:
