@@ -138,6 +138,8 @@ def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> Non
             "3",
             "--sessions-per-minute",
             "10",
+            "--secrets-per-minute",
+            "20",
             "--budget-usd-day",
             "2.50",
             "--budget-usd-month",
@@ -160,7 +162,7 @@ def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> Non
     )
     p = created["policy"]
     assert p["models"] == ["gpt-realtime", "gpt-realtime-mini"]
-    assert (p["max_sessions"], p["sessions_per_minute"]) == (3, 10)
+    assert (p["max_sessions"], p["sessions_per_minute"], p["secrets_per_minute"]) == (3, 10, 20)
     assert (p["budget_usd_day"], p["budget_usd_month"], p["budget_usd_total"]) == (
         "2.500000000",
         "40.000000000",
@@ -181,10 +183,13 @@ def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> Non
             "5",
             "--clear",
             "budget_usd_day",
+            "--clear",
+            "secrets_per_minute",
             "--json",
         )
     )
     assert updated["policy"]["max_sessions"] == 5
+    assert updated["policy"]["secrets_per_minute"] is None
     assert updated["policy"]["budget_usd_day"] is None
     assert updated["policy"]["budget_usd_total"] == "100.000000000"
     cli("keys", "update", created["id"], "--max-duration", "forever", code=2)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import pytest
 import websockets
@@ -357,3 +358,36 @@ async def test_a_session_whose_secret_is_revoked_while_it_dials_is_closed(
             break
         await asyncio.sleep(0.02)
     assert not live
+
+
+async def test_a_keys_minting_rate_is_limited_per_minute(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    clock = ManualClock()
+    gw: RunningGateway = await start_gateway(make_settings(), clock=clock)
+    _, key = await key_with(gw, secrets_per_minute=2)
+    _, other = await key_with(gw, secrets_per_minute=2)
+    async with sdk(gw, key) as client, sdk(gw, other) as other_client:
+        first = (await client.realtime.client_secrets.create()).value
+        clock.advance(20)
+        await client.beta.realtime.sessions.create(model="gpt-realtime")
+        for mint in (
+            lambda: client.realtime.client_secrets.create(),
+            lambda: client.beta.realtime.transcription_sessions.create(),
+        ):
+            with pytest.raises(openai.RateLimitError) as refused:
+                await mint()
+            assert refused.value.status_code == 429
+            assert refused.value.code == "rate_limit_exceeded"
+            assert "2 client secrets per minute; try again in 40 s" in str(refused.value)
+        # Another key's window is its own; what was minted still opens sessions.
+        assert (await other_client.realtime.client_secrets.create()).value
+        events, code = await first_events(gw, first, n=1)
+        assert code is None and events[0]["type"] == "session.created"
+        # A minute after the first mint, one more fits.
+        clock.advance(40)
+        assert (await client.realtime.client_secrets.create()).value
+        with pytest.raises(openai.RateLimitError):
+            await client.realtime.client_secrets.create()

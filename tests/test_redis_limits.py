@@ -342,3 +342,24 @@ async def test_a_burst_larger_than_the_connection_pool_queues_instead_of_failing
     assert await limiter.live("free_0") + await limiter.live("free_1") == burst
     await asyncio.gather(*(limiter.release(f"key_{i % 2}") for i in range(burst)))
     assert await limiter.live("key_0") + await limiter.live("key_1") == 0
+
+
+@pytest.mark.redis
+async def test_the_minting_rate_is_one_window_across_instances(limiters: MakeLimiter) -> None:
+    clock = ManualClock()
+    a, b = await limiters(clock), await limiters(clock)
+    local = LocalSessionLimiter()
+    for limiter in (a, b, a):
+        await limiter.mint("key_mint", 3, clock.now())
+    for one in (local, local, local):
+        await one.mint("key_mint", 3, clock.now())
+    refusals = []
+    for limiter in (b, local):
+        with pytest.raises(RateLimited) as refused:
+            await limiter.mint("key_mint", 3, clock.now() + 15)
+        refusals.append(refused.value.message)
+    # The same words as the in-process limiter, from a window shared by both instances.
+    assert refusals == ["This key may mint 3 client secrets per minute; try again in 45 s."] * 2
+    await a.mint("other_key", 3, clock.now())
+    clock.advance(60)
+    await b.mint("key_mint", 3, clock.now())

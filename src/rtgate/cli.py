@@ -128,6 +128,7 @@ def serve(
 ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]
 MaxSessionsOpt = Annotated[int | None, typer.Option(help="Live sessions at once.", min=1)]
 RateOpt = Annotated[int | None, typer.Option(help="New sessions per minute.", min=1)]
+MintRateOpt = Annotated[int | None, typer.Option(help="Client secrets minted per minute.", min=1)]
 BudgetOpt = Annotated[str | None, typer.Option(help="Budget in USD.")]
 DurationOpt = Annotated[str | None, typer.Option(help="Longest session: 90s, 30m, 1h.")]
 ExpiresOpt = Annotated[str | None, typer.Option(help="Last valid UTC day, YYYY-MM-DD.")]
@@ -172,6 +173,7 @@ def keys_create(
     models: ModelsOpt = None,
     max_sessions: MaxSessionsOpt = None,
     sessions_per_minute: RateOpt = None,
+    secrets_per_minute: MintRateOpt = None,
     budget_usd_day: BudgetOpt = None,
     budget_usd_month: BudgetOpt = None,
     budget_usd_total: BudgetOpt = None,
@@ -188,6 +190,7 @@ def keys_create(
         models=models,
         max_sessions=max_sessions,
         sessions_per_minute=sessions_per_minute,
+        secrets_per_minute=secrets_per_minute,
         budget_usd_day=budget_usd_day,
         budget_usd_month=budget_usd_month,
         budget_usd_total=budget_usd_total,
@@ -214,6 +217,7 @@ def keys_update(
     models: ModelsOpt = None,
     max_sessions: MaxSessionsOpt = None,
     sessions_per_minute: RateOpt = None,
+    secrets_per_minute: MintRateOpt = None,
     budget_usd_day: BudgetOpt = None,
     budget_usd_month: BudgetOpt = None,
     budget_usd_total: BudgetOpt = None,
@@ -232,6 +236,7 @@ def keys_update(
         models=models,
         max_sessions=max_sessions,
         sessions_per_minute=sessions_per_minute,
+        secrets_per_minute=secrets_per_minute,
         budget_usd_day=budget_usd_day,
         budget_usd_month=budget_usd_month,
         budget_usd_total=budget_usd_total,

@@ -97,6 +97,8 @@ async def _mint(
     if model is not None:
         check_model(policy, gw.catalog.resolve(model).model)
     check_session_template(policy, template)
+    if policy.secrets_per_minute is not None:
+        await gw.limiter.mint(key.id, policy.secrets_per_minute, gw.clock.now())
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)
     log.info("client secret minted", extra={"key_id": key.id, "model": model})
     return secret, minted

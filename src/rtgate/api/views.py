@@ -63,6 +63,7 @@ class PolicyView(View):
     models: list[str]
     max_sessions: int | None
     sessions_per_minute: int | None
+    secrets_per_minute: int | None
     budget_usd_day: str | None = Field(pattern=_USD)
     budget_usd_month: str | None = Field(pattern=_USD)
     budget_usd_total: str | None = Field(pattern=_USD)

@@ -27,9 +27,21 @@ class SessionLimiter(Protocol):
 
     async def live(self, key_id: str) -> int: ...
 
+    async def mint(self, key_id: str, per_minute: int, now: float) -> None:
+        """Count a client secret minted by ``key_id`` or raise ``RateLimited`` (a sliding
+        minute, like session starts)."""
+        ...
+
 
 def live_limit_reached(live: int, max_sessions: int) -> RateLimited:
     return RateLimited(f"This key already has {live} live sessions, its limit is {max_sessions}.")
+
+
+def mint_rate_reached(per_minute: int, oldest_mint: float, now: float) -> RateLimited:
+    return RateLimited(
+        f"This key may mint {per_minute} client secrets per minute; try again in "
+        f"{oldest_mint + WINDOW_S - now:.0f} s."
+    )
 
 
 def start_rate_reached(per_minute: int, oldest_start: float, now: float) -> RateLimited:
@@ -43,6 +55,7 @@ class LocalSessionLimiter:
     def __init__(self) -> None:
         self._live: dict[str, int] = {}
         self._starts: dict[str, deque[float]] = {}
+        self._mints: dict[str, deque[float]] = {}
 
     async def acquire(
         self, key_id: str, max_sessions: int | None, per_minute: int | None, now: float
@@ -67,3 +80,11 @@ class LocalSessionLimiter:
 
     async def live(self, key_id: str) -> int:
         return self._live.get(key_id, 0)
+
+    async def mint(self, key_id: str, per_minute: int, now: float) -> None:
+        mints = self._mints.setdefault(key_id, deque())
+        while mints and mints[0] <= now - WINDOW_S:
+            mints.popleft()
+        if len(mints) >= per_minute:
+            raise mint_rate_reached(per_minute, mints[0], now)
+        mints.append(now)

@@ -29,6 +29,8 @@ class KeyPolicy:
     models: tuple[str, ...] = ()
     max_sessions: int | None = None
     sessions_per_minute: int | None = None
+    #: Client secrets the key may mint per minute (the sessions they open count as above).
+    secrets_per_minute: int | None = None
     budget_day_nanos: int | None = None
     budget_month_nanos: int | None = None
     budget_total_nanos: int | None = None
@@ -246,6 +248,7 @@ CLEARABLE = (
     "models",
     "max_sessions",
     "sessions_per_minute",
+    "secrets_per_minute",
     "budget_usd_day",
     "budget_usd_month",
     "budget_usd_total",
@@ -264,6 +267,7 @@ class PolicyUpdate(BaseModel):
     models: list[str] | None = None
     max_sessions: int | None = PydField(default=None, ge=1, le=1_000_000)
     sessions_per_minute: int | None = PydField(default=None, ge=1, le=1_000_000)
+    secrets_per_minute: int | None = PydField(default=None, ge=1, le=1_000_000)
     # Bounded so a budget in nano-dollars always fits a BIGINT.
     budget_usd_day: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
     budget_usd_month: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
@@ -298,7 +302,7 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
         changes[target] = () if target in ("models", "blocked_events") else None
     if u.models is not None:
         changes["models"] = tuple(m.strip() for m in u.models if m.strip())
-    for name in ("max_sessions", "sessions_per_minute"):
+    for name in ("max_sessions", "sessions_per_minute", "secrets_per_minute"):
         if getattr(u, name) is not None:
             changes[name] = getattr(u, name)
     for src, dst in (
@@ -343,6 +347,7 @@ def policy_view(policy: KeyPolicy) -> dict[str, Any]:
         "models": list(policy.models),
         "max_sessions": policy.max_sessions,
         "sessions_per_minute": policy.sessions_per_minute,
+        "secrets_per_minute": policy.secrets_per_minute,
         "budget_usd_day": usd(policy.budget_day_nanos),
         "budget_usd_month": usd(policy.budget_month_nanos),
         "budget_usd_total": usd(policy.budget_total_nanos),

@@ -50,7 +50,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from rtgate.auth.limits import WINDOW_S, live_limit_reached, start_rate_reached
+from rtgate.auth.limits import (
+    WINDOW_S,
+    live_limit_reached,
+    mint_rate_reached,
+    start_rate_reached,
+)
 from rtgate.clock import Clock
 from rtgate.errors import ConfigError, LimiterUnavailable
 from rtgate.redis_pool import shared_redis
@@ -88,6 +93,20 @@ return {0, live + 1}
 """
 
 
+# KEYS[1] mints.  ARGV: now, member, per minute, window, idle expiry (ms).
+# Returns {0} counted, {1, oldest mint} over the rate.
+MINT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {1, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or ARGV[1]}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {0}
+"""
+
+
 class RedisSessionLimiter:
     """Live sessions and session starts per key, counted in Redis for every instance at once.
 
@@ -110,6 +129,7 @@ class RedisSessionLimiter:
         self._ttl = lease_ttl
         self._refresh_every = lease_ttl / 3 if refresh_every is None else refresh_every
         self._acquire = redis.register_script(ACQUIRE)
+        self._mint = redis.register_script(MINT)
         #: This process's leases per key (an ordered set: a dict with no values).
         self._leases: dict[str, dict[str, None]] = {}
         #: Sessions of unlimited keys admitted while Redis was unreachable; they hold no lease.
@@ -226,6 +246,29 @@ class RedisSessionLimiter:
         except RedisError as exc:
             raise LimiterUnavailable("The shared session counters are unreachable.") from exc
         return int(n)
+
+    async def mint(self, key_id: str, per_minute: int, now: float) -> None:
+        """One window of client secrets minted per key, shared by every instance; a key with
+        this limit is refused while Redis is unreachable, as for session limits."""
+        member = f"{self._instance}-{next(self._serial)}"
+        args: list[str | float] = [now, member, per_minute, WINDOW_S, self._ms(WINDOW_S)]
+        try:
+            verdict: Sequence[Any] = await self._mint(
+                keys=[f"{self._prefix}{{{key_id}}}:mints"], args=args
+            )
+        except RedisError as exc:
+            log.warning(
+                "Redis unreachable (%s): client secret refused, its key's mint rate cannot be "
+                "checked",
+                type(exc).__name__,
+                extra={"key_id": key_id},
+            )
+            raise LimiterUnavailable(
+                "The gateway cannot check this key's minting rate right now (its shared counter "
+                "store is unreachable); try again shortly."
+            ) from exc
+        if int(verdict[0]) == 1:
+            raise mint_rate_reached(per_minute, float(verdict[1]), now)
 
     # -- leases ------------------------------------------------------------------------------------
 
