@@ -59,11 +59,9 @@ def tree(p: psutil.Process) -> list[psutil.Process]:
 def cpu_seconds(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a process that ended used no more
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 

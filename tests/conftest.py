@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -52,6 +53,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             " (make test-redis does)",
             pytrace=False,
         )
+
+
+async def events_until(ws: Any, etype: str) -> list[dict[str, Any]]:
+    """Read ``ws`` (a websockets client) up to and including the first ``etype`` event."""
+    events: list[dict[str, Any]] = []
+    while not events or events[-1]["type"] != etype:
+        events.append(orjson.loads(await ws.recv()))
+    return events
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError
 from rtgate.protocol.usage import TOKEN_FIELDS
 from rtgate.store.sql import StoreError
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, events_until
 
 TOKEN = "adm_" + "T0ken" * 8
 
@@ -524,8 +524,7 @@ async def test_a_kept_transcript_is_read_back(admin: RunningGateway) -> None:
             '"role":"user","content":[{"type":"input_text","text":"note this"}]}}'
         )
         await ws.send('{"type":"response.create","response":{"output_modalities":["text"]}}')
-        while orjson.loads(await ws.recv())["type"] != "response.done":
-            pass
+        await events_until(ws, "response.done")
     await until_no_live_sessions(admin)
     (session,) = (await call(admin, "GET", "/sessions")).json()
     reply = await call(admin, "GET", f"/sessions/{session['id']}/transcript")

@@ -28,7 +28,7 @@ from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.errors import PolicyError
 from rtgate.relay.endpoint import GATEWAY
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, events_until
 from tests.provider import FakeProvider, emit_response_done
 
 # -- pure --------------------------------------------------------------------------------------
@@ -129,6 +129,12 @@ async def opened(gw: RunningGateway, key: str, query: str = "model=gpt-realtime"
     return ws
 
 
+async def admitted(gw: RunningGateway, key: str) -> None:
+    """A session opens (``session.created``, asserted by ``opened``) and is closed again."""
+    ws = await opened(gw, key)
+    await ws.close()
+
+
 async def test_models_are_checked_at_connect_and_in_session_updates(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
@@ -192,13 +198,11 @@ async def test_sessions_per_minute(
     gw = await start_gateway(make_settings(), clock=clock)
     key = await key_with(gw, sessions_per_minute=2)
     for _ in range(2):
-        async with await opened(gw, key):
-            pass
+        await admitted(gw, key)
     event, code = await refusal(gw, key)
     assert (event["error"]["code"], code) == ("rate_limit_exceeded", 3000)
     clock.advance(60)
-    async with await opened(gw, key):
-        pass
+    await admitted(gw, key)
 
 
 async def test_a_budget_crossed_mid_session_ends_it_billed_to_the_microdollar(
@@ -240,8 +244,7 @@ async def test_a_daily_budget_resets_the_next_utc_day(
     event, _ = await refusal(gw, key)
     assert event["error"]["code"] == "insufficient_quota"
     clock.advance(16 * 3600)  # past midnight UTC
-    async with await opened(gw, key):
-        pass
+    await admitted(gw, key)
 
 
 async def test_per_key_max_duration(
@@ -269,8 +272,7 @@ async def test_an_expired_key_is_refused(
     clock = ManualClock(start=parse_expiry("2026-12-31") - 1)  # the last second
     gw = await start_gateway(make_settings(), clock=clock)
     key = await key_with(gw, expires="2026-12-31")
-    async with await opened(gw, key):
-        pass
+    await admitted(gw, key)
     clock.advance(1)
     event, code = await refusal(gw, key)
     assert (event["error"]["code"], code) == ("invalid_api_key", 3000)
@@ -317,8 +319,7 @@ async def test_a_key_that_keeps_transcripts_keeps_text_tool_calls_and_usage(
                 '"role":"user","content":[{"type":"input_text","text":"hi there"}]}}'
             )
             await ws.send('{"type":"response.create","response":{"output_modalities":["text"]}}')
-            while orjson.loads(await ws.recv())["type"] != "response.done":
-                pass
+            await events_until(ws, "response.done")
     sessions = {s.key_id: s for s in await gateway.store.recent_sessions()}
     keys = {k.display_prefix: k.id for k in await gateway.store.list_keys()}
     kept_id = keys[key[:12]]

@@ -151,7 +151,29 @@ KeepOpt = Annotated[
 ClearOpt = Annotated[list[str] | None, typer.Option("--clear", help="Remove a limit. Repeatable.")]
 
 
-def _policy_update(**opts: Any) -> PolicyUpdate:
+#: The policy options ``keys create`` and ``keys update`` share (typer needs each in both
+#: signatures; the commands pass them on by name).
+_POLICY_OPTIONS = frozenset(
+    {
+        "models",
+        "max_sessions",
+        "sessions_per_minute",
+        "secrets_per_minute",
+        "budget_usd_day",
+        "budget_usd_month",
+        "budget_usd_total",
+        "max_duration",
+        "expires",
+        "instructions",
+        "voice",
+        "block_event",
+        "keep_transcripts",
+        "clear",
+    }
+)
+
+
+def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
     raw = {k: v for k, v in opts.items() if v is not None}
     if "models" in raw:
         raw["models"] = [m for m in raw["models"].split(",") if m.strip()]
@@ -186,21 +208,7 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; its secret is printed once, alone on the last line."""
-    update = _policy_update(
-        models=models,
-        max_sessions=max_sessions,
-        sessions_per_minute=sessions_per_minute,
-        secrets_per_minute=secrets_per_minute,
-        budget_usd_day=budget_usd_day,
-        budget_usd_month=budget_usd_month,
-        budget_usd_total=budget_usd_total,
-        max_duration=max_duration,
-        expires=expires,
-        instructions=instructions,
-        voice=voice,
-        block_event=block_event,
-        keep_transcripts=keep_transcripts,
-    )
+    update = _policy_update({k: v for k, v in locals().items() if k in _POLICY_OPTIONS})
     policy = _checked(lambda: apply_update(KeyPolicy(), update))
     info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
     if as_json:
@@ -232,22 +240,7 @@ def keys_update(
 ) -> None:
     """Change a key's policy; options left out stay as they are. Live sessions see it at
     their next metered event (budgets) or connection (the rest)."""
-    update = _policy_update(
-        models=models,
-        max_sessions=max_sessions,
-        sessions_per_minute=sessions_per_minute,
-        secrets_per_minute=secrets_per_minute,
-        budget_usd_day=budget_usd_day,
-        budget_usd_month=budget_usd_month,
-        budget_usd_total=budget_usd_total,
-        max_duration=max_duration,
-        expires=expires,
-        instructions=instructions,
-        voice=voice,
-        block_event=block_event,
-        keep_transcripts=keep_transcripts,
-        clear=clear,
-    )
+    update = _policy_update({k: v for k, v in locals().items() if k in _POLICY_OPTIONS})
     _checked(lambda: apply_update(KeyPolicy(), update))  # bad values fail before the store
 
     async def run(store: SqlStore) -> KeyInfo | None:

@@ -111,10 +111,10 @@ class LoneInstance:
     instance: str = field(default_factory=new_instance_id)
 
     async def start(self, here: SessionHolder) -> None:
-        pass
+        """Nothing to publish or listen to: the admin API reads ``here`` directly."""
 
     async def close(self) -> None:
-        pass
+        """Nothing was opened."""
 
     async def sessions_elsewhere(self) -> list[bytes]:
         return []

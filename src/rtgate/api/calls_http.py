@@ -20,16 +20,16 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
-from aiohttp.typedefs import Handler
 
+from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import MalformedBody
-from rtgate.api.views import ErrorDetail, ErrorResponse, dump
 from rtgate.auth.client_secrets import connection_model, ga_template
 from rtgate.auth.credentials import client_credential
-from rtgate.auth.policy import KeyPolicy, check_model, check_session_template, over_budget
+from rtgate.auth.policy import KeyPolicy, check_model, check_session_template
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
+from rtgate.relay.admission import admit
 from rtgate.relay.calls import (
     CALL_ID,
     CallNotFound,
@@ -40,33 +40,11 @@ from rtgate.relay.calls import (
     upstream_post,
 )
 from rtgate.relay.endpoint import GATEWAY, ShuttingDown
-from rtgate.store.port import KeyInfo
 
 log = logging.getLogger("rtgate.api")
 
 PREFIX = "/v1/realtime/calls"
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls", CallRegistry)
-
-
-def _error(err: GatewayError) -> web.Response:
-    body = ErrorResponse(
-        error=ErrorDetail(message=err.message, type=err.error_type, code=err.code, param=err.param)
-    )
-    return web.Response(
-        body=orjson.dumps(dump(body)), status=err.http_status, content_type="application/json"
-    )
-
-
-def _openai_errors(handler: Handler) -> Handler:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except GatewayError as err:
-            response = _error(err)
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-    return answer
 
 
 def _bad(message: str, param: str | None = None) -> MalformedBody:
@@ -99,17 +77,6 @@ async def _offer(request: web.Request) -> tuple[str, dict[str, Any] | None]:
     if sdp is None:
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
     return sdp, session
-
-
-async def _admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
-    """Budgets and live-session limits, as a WebSocket session meets them."""
-    if policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos:
-        exceeded = over_budget(policy, await gw.keyring.spend(key.id))
-        if exceeded is not None:
-            raise exceeded
-    await gw.limiter.acquire(
-        key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
-    )
 
 
 def _upstream_session(policy: KeyPolicy, route: Route, template: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +125,7 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     route = gw.catalog.resolve(model)
     check_model(policy, route.model)
     check_session_template(policy, template)
-    await _admit(gw, key, policy)
+    await admit(gw, key, policy)
     try:
         call_id, answer = await create_upstream_call(
             gw, route, sdp, _upstream_session(policy, route, template)
@@ -225,7 +192,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         check_session_template(policy, template)
         body = _upstream_session(policy, route, template)
         if sb is None:
-            await _admit(gw, key, policy)
+            await admit(gw, key, policy)
             admitted = True
     elif sb is not None:
         route = sb.route
@@ -290,8 +257,8 @@ def add_call_routes(app: web.Application) -> None:
         await app[CALLS].shutdown()
 
     app.on_shutdown.append(end_calls)
-    app.router.add_post(PREFIX, _openai_errors(create_call))
-    app.router.add_post("/v1/realtime", _openai_errors(beta_webrtc_offer))
+    app.router.add_post(PREFIX, openai_errors(create_call))
+    app.router.add_post("/v1/realtime", openai_errors(beta_webrtc_offer))
     app.router.add_post(
-        PREFIX + "/{call_id}/{action:accept|reject|refer|hangup}", _openai_errors(call_action)
+        PREFIX + "/{call_id}/{action:accept|reject|refer|hangup}", openai_errors(call_action)
     )

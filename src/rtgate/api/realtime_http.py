@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field
 
-from rtgate.api.operation import Call, InvalidRequest, MalformedBody, Operation, Reply
-from rtgate.api.views import ErrorDetail, ErrorResponse, dump
+from rtgate.api.openai_errors import openai_errors
+from rtgate.api.operation import Call, Operation, Reply
 from rtgate.auth.client_secrets import (
     BETA_DEFAULT_TTL_S,
     DEFAULT_TTL_S,
@@ -38,7 +37,6 @@ from rtgate.auth.client_secrets import (
 )
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import check_model, check_session_template
-from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
 
@@ -186,33 +184,6 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
 )
 
 
-# -- errors ---------------------------------------------------------------------------------------
-
-
-def _error(err: GatewayError) -> web.Response:
-    # OpenAI answers a body it refuses with 400, where the admin API says 422.
-    status = 400 if isinstance(err, InvalidRequest | MalformedBody) else err.http_status
-    body = ErrorResponse(
-        error=ErrorDetail(message=err.message, type=err.error_type, code=err.code, param=err.param)
-    )
-    return web.Response(
-        body=orjson.dumps(dump(body)), status=status, content_type="application/json"
-    )
-
-
-def _openai_errors(handler: Handler) -> Handler:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except GatewayError as err:
-            response = _error(err)
-        # A secret is in the answer: no cache may keep it.
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-    return answer
-
-
 def add_realtime_http_routes(app: web.Application) -> None:
     for op in OPERATIONS:
-        app.router.add_route(op.method, PREFIX + op.path, _openai_errors(op.serve()))
+        app.router.add_route(op.method, PREFIX + op.path, openai_errors(op.serve()))

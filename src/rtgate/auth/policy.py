@@ -47,6 +47,11 @@ class KeyPolicy:
     #: Keep the session's transcript (text only, never audio).
     keep_transcripts: bool = False
 
+    @property
+    def has_budget(self) -> bool:
+        """Whether spend must be summed: at connect, and after every metered event."""
+        return bool(self.budget_day_nanos or self.budget_month_nanos or self.budget_total_nanos)
+
     def to_json(self) -> str:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         return orjson.dumps({k: v for k, v in out.items() if v not in (None, (), False)}).decode()

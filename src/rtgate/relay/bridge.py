@@ -249,9 +249,10 @@ class Bridge:
                         continue
                     # One frame in 64 is timed through the gateway, for the latency histogram.
                     t0 = perf_counter() if sampled and not self.frames_down & 63 else 0.0
-                    rec = on_text(data, clock.now())
+                    now = clock.now()
+                    rec = on_text(data, now)
                     if recorder is not None:
-                        recorder.on_upstream(data, clock.now())
+                        recorder.on_upstream(data, now)
                         await self._keep_transcript()
                     if rec is None:
                         if to_beta is None:

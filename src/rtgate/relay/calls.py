@@ -23,13 +23,13 @@ import aiohttp
 import orjson
 
 from rtgate.auth.client_secrets import revoked_secret_error
-from rtgate.auth.policy import KeyPolicy, over_budget, session_seconds
+from rtgate.auth.policy import KeyPolicy, over_budget
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
-from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.relay.admission import metered_session
 from rtgate.relay.bridge import expiry_message, sendable
 from rtgate.relay.endpoint import ShuttingDown
 from rtgate.relay.upstream import upstream_headers, upstream_url
@@ -235,9 +235,7 @@ class Sideband:
         """Meter the call until it ends: the upstream closes, a budget or the cap is crossed,
         usage cannot be recorded, or someone ends it from outside (the socket closes)."""
         gw, session, clock, ws, policy = self.gw, self.session, self.gw.clock, self.ws, self.policy
-        metered_budget = bool(
-            policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos
-        )
+        metered_budget = policy.has_budget
         while True:
             remaining = session.deadline - clock.monotonic()
             if remaining <= 0:
@@ -318,18 +316,8 @@ class CallRegistry:
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise UpstreamError("The call's sideband could not be opened upstream.") from exc
-        now = gw.clock.now()
-        session = RelaySession(
-            session_id=new_id("rs", 20),
-            key_id=key.id,
-            route=route,
-            catalog=gw.catalog,
-            opened_at=now,
-            opened_mono=gw.clock.monotonic(),
-            max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
-            intent=INTENT,
-            secret_id=secret_id,
-        )
+        session = metered_session(gw, key, policy, route, intent=INTENT, secret_id=secret_id)
+        now = session.opened_at
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
             await gw.store.open_session(

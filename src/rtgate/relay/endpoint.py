@@ -32,16 +32,14 @@ from rtgate.auth.policy import (
     check_session_template,
     initial_session_update,
     over_budget,
-    session_seconds,
 )
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.ids import new_id
-from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
+from rtgate.relay.admission import admit, metered_session
 from rtgate.relay.bridge import Bridge
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
@@ -151,13 +149,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             model = s.default_model
         route = gw.catalog.resolve(model)
         check_model(policy, route.model)
-        if policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos:
-            exceeded = over_budget(policy, await gw.keyring.spend(key.id))
-            if exceeded is not None:
-                raise exceeded
-        await gw.limiter.acquire(
-            key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
-        )
+        await admit(gw, key, policy)
     except GatewayError as err:
         log.info("session refused: %s", err.code, extra={"refusal": err.code})
         gw.metrics.refused(err.code)
@@ -197,18 +189,10 @@ async def _relay(
     *,
     beta: BetaTranslator | None = None,
 ) -> None:
-    now = gw.clock.now()
-    session = RelaySession(
-        session_id=new_id("rs", 20),
-        key_id=key.id,
-        route=route,
-        catalog=gw.catalog,
-        opened_at=now,
-        opened_mono=gw.clock.monotonic(),
-        max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
-        intent=intent,
-        secret_id=grant.id if grant is not None else None,
+    session = metered_session(
+        gw, key, policy, route, intent=intent, secret_id=grant.id if grant is not None else None
     )
+    now = session.opened_at
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
         await gw.store.open_session(
@@ -224,9 +208,6 @@ async def _relay(
     async def budget_left() -> GatewayError | None:
         return over_budget(policy, await gw.keyring.spend(key.id))
 
-    has_budget = bool(
-        policy.budget_day_nanos or policy.budget_month_nanos or policy.budget_total_nanos
-    )
     guard = ClientEventGuard(policy)
     bridge = Bridge(
         ws,
@@ -236,7 +217,7 @@ async def _relay(
         gw.clock,
         check_interval=gw.expiry_check_interval,
         guard=guard if guard.active else None,
-        after_usage=budget_left if has_budget else None,
+        after_usage=budget_left if policy.has_budget else None,
         metrics=gw.metrics,
         recorder=TranscriptRecorder(session.session_id, key.id)
         if policy.keep_transcripts
