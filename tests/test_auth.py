@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import logging
-
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
 from rtgate.config import UpstreamSettings
-from rtgate.logs import JsonFormatter, RedactingFilter
 from rtgate.relay.upstream import upstream_headers, upstream_url
 
 
@@ -78,26 +75,3 @@ def test_upstream_url_replaces_model_and_keeps_other_query() -> None:
     assert upstream_url(az, az.base_url, "my-deployment", []) == (
         "wss://res.openai.azure.com/openai/v1/realtime?model=my-deployment"
     )
-
-
-def test_logs_redact_known_secrets_and_key_shapes() -> None:
-    f = RedactingFilter(["provider-secret-value"])
-    rec = logging.LogRecord(
-        "rtgate",
-        logging.INFO,
-        __file__,
-        1,
-        "dial with %s and %s; client Bearer %s, %s",
-        ("provider-secret-value", "sk-proj-abcdefghijkl", "tok123456", "rtg_abcdEFGH_0123456789"),
-        None,
-    )
-    assert f.filter(rec)
-    text = JsonFormatter().format(rec)
-    for secret in (
-        "provider-secret-value",
-        "sk-proj-abcdefghijkl",
-        "tok123456",
-        "rtg_abcdEFGH_0123456789",
-    ):
-        assert secret not in text
-    assert "sk-proj…" in text and "rtg_abcd…" in text

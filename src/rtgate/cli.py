@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -52,6 +53,12 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config fi
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 _state: dict[str, Any] = {}
+
+
+class LogFormatChoice(StrEnum):
+    auto = "auto"
+    console = "console"
+    json = "json"
 
 
 def _settings() -> Settings:
@@ -111,14 +118,22 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes sharing the port.")] = None,
+    log_format: Annotated[
+        LogFormatChoice | None,
+        typer.Option(help="auto: readable on a terminal, JSON lines otherwise."),
+    ] = None,
 ) -> None:
     """Run the gateway."""
     from rtgate.server import serve as run_server
 
     settings = _settings()
-    overrides = {
-        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+    chosen = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_format": log_format.value if log_format else None,
     }
+    overrides = {k: v for k, v in chosen.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
     # A start-up failure (database, Redis) is one line naming the setting, not a traceback.

@@ -196,6 +196,8 @@ class Settings(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=256)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``auto``: readable lines on a terminal, JSON lines otherwise (a file, a pipe, a collector).
+    log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
     max_session_seconds: float = Field(default=3600.0, gt=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
@@ -251,6 +253,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_PORT": "port",
     "RTGATE_WORKERS": "workers",
     "RTGATE_LOG_LEVEL": "log_level",
+    "RTGATE_LOG_FORMAT": "log_format",
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",

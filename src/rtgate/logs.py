@@ -1,18 +1,34 @@
-"""Structured JSON logs that never carry a secret.
+"""Logs for two readers, neither of which may see a secret.
 
-A filter on the root handler rewrites every record: the provider keys the gateway holds are
-replaced wherever they appear, and anything shaped like a key (``sk-…``, ``rtg_…``, ``ek_…``,
-a ``Bearer`` value) is cut to its first characters.
+A person at a terminal gets one readable line per event (time, level, message, then the few
+fields that matter), in colour when the terminal takes it; a log collector gets one JSON object
+per line. ``auto`` picks by whether stderr is a terminal. Both come out of one structlog
+pipeline over the standard ``logging`` calls the code makes, so the fields a call passes as
+``extra`` (session, key id, model, close code) appear in both.
+
+Every rendered line is redacted first: the provider keys the process holds are replaced
+wherever they appear, and anything shaped like a key (``sk-…``, ``rtg_…``, ``ek_…``, a
+``Bearer`` value) is cut to its first characters. Tracebacks are rendered to plain text before
+that step and never with local variables, which could hold a key.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
 
 import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["auto", "console", "json"]
+
+#: The ``extra`` fields a log call may carry, in the order a terminal line shows them.
+FIELDS = ("session_id", "key_id", "model", "upstream", "close_code", "call_id", "refusal")
 
 _SHAPES = re.compile(
     r"(?P<k>(?:sk-|rtg_|ek_)[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{4,}"
@@ -26,9 +42,10 @@ def _shape_sub(m: re.Match[str]) -> str:
     return m.group("b") + "…"
 
 
-class RedactingFilter(logging.Filter):
+class Redactor:
+    """Strips the secrets the process holds, and anything shaped like a key, from text."""
+
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
         self._secrets = [s for s in secrets if s]
 
     def redact(self, text: str) -> str:
@@ -37,39 +54,83 @@ class RedactingFilter(logging.Filter):
                 text = text.replace(s, "[redacted]")
         return _SHAPES.sub(_shape_sub, text)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redact(record.getMessage())
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        return True
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        """A structlog processor: every string value of the event, the message included."""
+        for k, v in event.items():
+            if isinstance(v, str):
+                event[k] = self.redact(v)
+        return event
 
 
-class JsonFormatter(logging.Formatter):
-    _EXTRA = ("session_id", "key_id", "model", "upstream", "close_code")
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for k in self._EXTRA:
-            v = record.__dict__.get(k)
-            if v is not None:
-                out[k] = v
-        if record.exc_text:
-            out["exc"] = record.exc_text
-        return orjson.dumps(out).decode()
+def _json_line(_: WrappedLogger, __: str, event: EventDict) -> str:
+    return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactingFilter(secrets))
+def _uses_terminal(stream: TextIO, fmt: LogFormat) -> bool:
+    if fmt != "auto":
+        return fmt == "console"
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def formatter(
+    secrets: Iterable[str] = (), fmt: LogFormat = "json", colors: bool = False
+) -> logging.Formatter:
+    """The formatter for one handler: ``console`` lines or ``json`` objects, redacted."""
+    terminal = fmt == "console"
+    pre: list[Processor] = [
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="%H:%M:%S" if terminal else None, key="ts"),
+        structlog.stdlib.ExtraAdder(allow=FIELDS),
+    ]
+    rendering: list[Processor] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        # The traceback becomes text here (no locals), so the redactor sees all of it.
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
+    ]
+    if terminal:
+        rendering.append(
+            structlog.dev.ConsoleRenderer(
+                colors=colors,
+                timestamp_key="ts",
+                exception_formatter=structlog.dev.plain_traceback,
+                sort_keys=False,
+                pad_event_to=40,
+            )
+        )
+    else:
+        pre.insert(1, structlog.stdlib.add_logger_name)
+        rendering += [
+            structlog.processors.EventRenamer("msg"),
+            _rename("exception", "exc"),
+            _json_line,
+        ]
+    return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=pre, processors=rendering)
+
+
+def _rename(old: str, new: str) -> Processor:
+    def rename(_: WrappedLogger, __: str, event: MutableMapping[str, Any]) -> EventDict:
+        if old in event:
+            event[new] = event.pop(old)
+        return dict(event)
+
+    return rename
+
+
+def configure_logging(
+    level: str,
+    secrets: Iterable[str] = (),
+    fmt: LogFormat = "auto",
+    stream: TextIO | None = None,
+) -> None:
+    """One stderr handler for the whole process: readable on a terminal, JSON otherwise."""
+    out = stream or sys.stderr
+    terminal = _uses_terminal(out, fmt)
+    # https://no-color.org: any value of NO_COLOR turns colour off.
+    colors = terminal and "NO_COLOR" not in os.environ and _uses_terminal(out, "auto")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter(secrets, "console" if terminal else "json", colors))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -15,12 +15,14 @@ import secrets
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.config import Settings
 from rtgate.logs import configure_logging
+from rtgate.welcome import summary_lines
 
 log = logging.getLogger("rtgate")
 
@@ -30,6 +32,13 @@ def _provider_secrets(settings: Settings) -> list[str]:
     held = [u.api_key for u in settings.upstreams.values()]
     held += [settings.admin_token, settings.engine.brain_api_key]
     return [s.get_secret_value() for s in held if s is not None]
+
+
+def _program() -> str:
+    """How the person ran rtgate (``.venv/bin/rtgate`` under make run), for the lines that
+    tell them what to type next."""
+    argv0 = Path(sys.argv[0])
+    return str(argv0) if argv0.name == "rtgate" else "rtgate"
 
 
 def install_uvloop() -> None:
@@ -65,18 +74,9 @@ async def serve_async(
     await site.start()
     set_local_base_url(app, str(host), int(port))
     freeze_startup_heap()
-    up = settings.upstreams[settings.default_upstream or "local"]
-    if up.kind == "local":
-        log.warning(
-            "no OPENAI_API_KEY: gpt-realtime and the other catalog models are served by the "
-            "embedded local engine"
-        )
-    log.info(
-        "rtgate listening on http://%s:%s (default upstream: %s)",
-        host,
-        port,
-        settings.default_upstream,
-    )
+    shown = f"[{host}]" if ":" in str(host) else host
+    for line in summary_lines(settings, f"http://{shown}:{port}", _program()):
+        log.info(line)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +87,7 @@ async def serve_async(
 
 
 def _worker(settings: Settings, engine_token: str) -> None:
-    configure_logging(settings.log_level, _provider_secrets(settings))
+    configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     install_uvloop()
     asyncio.run(serve_async(settings, engine_token))
 
@@ -105,7 +105,7 @@ def unshared_workers_warning(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level, _provider_secrets(settings))
+    configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     if (warning := unshared_workers_warning(settings)) is not None:
         log.warning(warning)
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route

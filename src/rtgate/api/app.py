@@ -19,6 +19,7 @@ from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
 from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
+from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.auth.keyring import KeyRing
@@ -152,6 +153,7 @@ def create_app(
     app.router.add_get("/v1/realtime", realtime)
     add_realtime_http_routes(app)
     add_call_routes(app)
+    app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/models", models)

@@ -1,0 +1,41 @@
+"""``GET /``: a short page that says what this gateway is and how to use it."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import jinja2
+from aiohttp import web
+
+from rtgate import __version__
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.welcome import served_models
+
+
+@cache
+def templates() -> jinja2.Environment:
+    """The package's templates, escaped by default (the page shows configured names)."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rtgate", "api/templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+async def home(request: web.Request) -> web.Response:
+    settings = request.app[GATEWAY].settings
+    # The address the visitor used, so the examples work as pasted.
+    http_base = f"{request.scheme}://{request.host}"
+    page = (
+        templates()
+        .get_template("home.html")
+        .render(
+            version=__version__,
+            http_base=http_base,
+            ws_base=http_base.replace("http", "ws", 1),
+            default_model=settings.default_model,
+            served_models=served_models(settings),
+            admin_enabled=settings.admin_token is not None,
+        )
+    )
+    return web.Response(text=page, content_type="text/html")

@@ -1,0 +1,69 @@
+"""What a person meets first: the lines ``rtgate serve`` ends its start-up with, and ``GET /``.
+
+Both say the same things from the same settings: where the gateway listens, which upstream
+answers which model, how to get a key. The terminal lines name the upstreams' URLs (the operator
+started the process); the page, which anyone who can reach the port may open, names only their
+kind, as ``/v1/models`` already does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtgate import __version__
+from rtgate.config import Settings
+
+_KINDS = {
+    "local": "the embedded local engine (offline)",
+    "openai": "OpenAI",
+    "azure": "Azure OpenAI",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The catalog models one upstream answers."""
+
+    upstream: str
+    kind: str
+    base_url: str
+    models: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return _KINDS.get(self.kind, self.kind)
+
+
+def served_models(settings: Settings) -> list[Served]:
+    """Catalog models grouped by upstream, the default upstream first."""
+    by_upstream: dict[str, list[str]] = {}
+    for name, model in sorted(settings.models.items()):
+        by_upstream.setdefault(model.upstream, []).append(name)
+    order = sorted(by_upstream, key=lambda n: (n != settings.default_upstream, n))
+    out = []
+    for name in order:
+        up = settings.upstreams[name]
+        base = "(this process)" if up.kind == "local" else up.base_url
+        out.append(Served(name, up.kind, base, tuple(by_upstream[name])))
+    return out
+
+
+def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") -> list[str]:
+    """The few lines that end start-up, for a person at the terminal."""
+    ws = base_url.replace("http", "ws", 1)
+    lines = [
+        f"rtgate {__version__} is ready at {base_url} (open it in a browser for a quick start)",
+        f"  realtime   {ws}/v1/realtime?model={settings.default_model}",
+    ]
+    for served in served_models(settings):
+        where = served.label if served.kind == "local" else f"{served.label} {served.base_url}"
+        lines.append(f"  models     {', '.join(served.models)} -> {where}")
+    if settings.default_upstream == "local":
+        lines.append("             (no OPENAI_API_KEY: set it to relay to OpenAI instead)")
+    lines.append(f"  a key      {program} keys create --name me   (the secret is shown once)")
+    if settings.admin_token is None:
+        lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on")
+    else:
+        lines.append(f"  admin API  {base_url}/admin/v1/ (Bearer RTGATE_ADMIN_TOKEN)")
+    lines.append("  stop       Ctrl-C (live sessions are closed with 1001)")
+    return lines

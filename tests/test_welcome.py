@@ -1,0 +1,93 @@
+"""What a newcomer meets: the lines ``rtgate serve`` starts with, and the page at ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from rtgate.config import load_settings
+from rtgate.welcome import summary_lines
+from tests.conftest import RunningGateway
+from tests.process import free_port, gateway_env
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) -> None:
+    settings = load_settings(None, {"RTGATE_HOME": str(tmp_path)})
+    lines = summary_lines(settings, "http://127.0.0.1:8080", ".venv/bin/rtgate")
+    text = "\n".join(lines)
+    assert lines[0].startswith("rtgate ") and "http://127.0.0.1:8080" in lines[0]
+    assert "ws://127.0.0.1:8080/v1/realtime?model=gpt-realtime" in text
+    assert re.search(r"gpt-realtime, .*local -> the embedded local engine", text)
+    assert "no OPENAI_API_KEY" in text
+    assert ".venv/bin/rtgate keys create --name me" in text
+    assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
+
+
+def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: Path) -> None:
+    env = {"RTGATE_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-the-provider-key-123456"}
+    env["RTGATE_ADMIN_TOKEN"] = "admin-token-value"
+    text = "\n".join(summary_lines(load_settings(None, env), "http://127.0.0.1:8080"))
+    assert "gpt-realtime-mini -> OpenAI wss://api.openai.com/v1" in text
+    assert "local -> the embedded local engine" in text
+    assert "no OPENAI_API_KEY" not in text
+    assert "http://127.0.0.1:8080/admin/v1/" in text
+    assert "sk-the-provider" not in text and "admin-token-value" not in text
+
+
+async def test_home_page_says_how_to_connect_from_the_address_used(
+    gateway: RunningGateway,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(gateway.http + "/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+    assert f'base_url="{gateway.http}/v1"' in page
+    assert f"{gateway.ws}/v1/realtime?model=gpt-realtime" in page
+    # The test gateway relays to a (fake) OpenAI: models are listed by upstream kind only.
+    assert "gpt-realtime-mini" in page and "OpenAI" in page
+    assert "127.0.0.1:" + str(gateway.port) in page
+    assert gateway.settings.upstreams["openai"].base_url not in page  # no upstream URL
+    assert "off until <code>RTGATE_ADMIN_TOKEN</code>" in page
+
+
+async def test_rtgate_serve_on_a_terminal_ends_start_up_with_readable_lines(
+    tmp_path: Path,
+) -> None:
+    """As a person sees ``make run``: a pseudo-terminal, no provider key, the engine's stages."""
+    port = free_port()
+    env = gateway_env(tmp_path / "home", port, RTGATE_ENGINE_TTS="tone", RTGATE_ENGINE_STT="none")
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("NO_COLOR", None)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtgate", "serve"], stderr=follower, stdout=follower, env=env
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(60):
+            while b"Ctrl-C" not in seen:
+                seen += await loop.run_in_executor(None, os.read, leader, 65536)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(leader)
+    text = seen.decode()
+    assert "\x1b[" in text  # colour on a terminal
+    plain = ANSI.sub("", text)
+    assert "{" not in plain  # no JSON lines
+    assert re.search(r"\d\d:\d\d:\d\d \[info\s*\] rtgate \S+ is ready at http://127.0.0.1", plain)
+    assert "local -> the embedded local engine" in plain
+    assert "keys create --name me" in plain
