@@ -64,7 +64,7 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
             proc.wait()
     log_file.close()
     logs = (tmp_path / "gateway.log").read_text()
-    assert "rtgate listening" in logs
+    assert "is ready at http://127.0.0.1" in logs
     assert PROVIDER_KEY not in logs and key not in logs
     # Workers without Redis count a key's limits each on their own: the operator is told.
     assert "2 workers without redis_url" in logs
