@@ -27,7 +27,7 @@ from rtgate.cli import app as cli_app
 from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError
 from rtgate.protocol.usage import TOKEN_FIELDS
-from rtgate.store.sql import StoreError
+from rtgate.store.port import StoreError
 from tests.conftest import RunningGateway, events_until
 
 TOKEN = "adm_" + "T0ken" * 8

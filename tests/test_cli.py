@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from rtgate.cli import app
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionOpen
+from rtgate.store.port import SessionClose, SessionOpen
 from rtgate.store.sql import SqlStore
 
 
@@ -57,26 +57,26 @@ def test_keys_revoke(cli: Callable[..., str]) -> None:
 async def _seed(db_url: str, key_id: str) -> None:
     store = SqlStore(db_url)
     await store.init()
-    await store.open_session(
-        SessionOpen("rs_1", key_id, "gpt-realtime", "openai", None, 1_800_000_000.0)
-    )
-    await store.add_usage(
+    await store.write(
         [
-            UsageRecord(
-                "rs_1",
-                key_id,
-                "gpt-realtime",
-                "gpt-realtime",
-                Usage(text_in=1000, audio_out=500, audio_in=200, audio_in_cached=100),
-                40_000_000,
-                50_000_000,
-                1_800_000_000.0 + i,
-                f"resp_{i}",
-            )
-            for i in range(2)
+            SessionOpen("rs_1", key_id, "gpt-realtime", "openai", None, 1_800_000_000.0),
+            *(
+                UsageRecord(
+                    "rs_1",
+                    key_id,
+                    "gpt-realtime",
+                    "gpt-realtime",
+                    Usage(text_in=1000, audio_out=500, audio_in=200, audio_in_cached=100),
+                    40_000_000,
+                    50_000_000,
+                    1_800_000_000.0 + i,
+                    f"resp_{i}",
+                )
+                for i in range(2)
+            ),
+            SessionClose("rs_1", 1_800_000_090.0, 1000, "", "client"),
         ]
     )
-    await store.close_session("rs_1", 1_800_000_090.0, 1000, "", "client")
     await store.close()
 
 

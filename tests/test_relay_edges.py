@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.sql import StoreError
+from rtgate.store.port import StoreError
 from tests.conftest import RunningGateway
 from tests.provider import PROVIDER_KEY, FakeProvider
 from tests.test_client_secrets import key_with

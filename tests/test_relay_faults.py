@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +14,17 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, Spend, apply_update
 from rtgate.config import Settings
-from rtgate.errors import GatewayError
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
+from rtgate.metering.spill import segments
 from rtgate.protocol.usage import Usage
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.port import SessionOpen
-from rtgate.store.sql import SqlStore, StoreError
-from tests.conftest import RunningGateway
+from rtgate.store.faults import WRITES, FaultyStore
+from rtgate.store.port import SessionOpen, StoreError
+from rtgate.store.sql import SqlStore
+from tests.conftest import RunningGateway, events_until
 from tests.provider import FakeProvider, emit_response_done
 
 
@@ -41,67 +46,221 @@ async def test_non_text_frames_and_odd_json_pass_byte_for_byte(
         assert await ws.recv() == odd
 
 
-async def test_a_store_that_cannot_commit_spills_and_still_delivers(
-    gateway: RunningGateway, provider: FakeProvider, tmp_path: Path
-) -> None:
-    key = await gateway.new_key()
-    store = gateway.store
-    real = store.add_usage
-
-    async def broken(records: list[UsageRecord]) -> None:
-        raise StoreError("cannot write usage: OperationalError")
-
-    store.add_usage = broken
-    async with await open_ws(gateway, key) as ws:
-        await ws.send(emit_response_done("resp_spilled", 100))
-        assert orjson.loads(await ws.recv())["type"] == "response.done"
-    spill = gateway.settings.home / "usage-spill.jsonl"
-    (line,) = spill.read_bytes().splitlines()
-    assert orjson.loads(line)["ref"] == "resp_spilled"
-    store.add_usage = real
-    ledger = Ledger(store, spill_path=spill)
-    assert await ledger.recover() == 1
-    assert not spill.exists()
-    (row,) = await store.usage_summary()
-    assert row.usage.text_in == 100
+@pytest.fixture
+async def faulty(db_url: str) -> FaultyStore:
+    return FaultyStore(SqlStore(db_url, timeout=0.5))
 
 
-async def test_usage_that_can_be_neither_stored_nor_spilled_is_not_delivered(
+#: Short deadlines: an outage of a fraction of a second shows everything.
+FAST = {
+    "RTGATE_COMMIT_TIMEOUT_SECONDS": "0.2",
+    "RTGATE_STORE_TIMEOUT_SECONDS": "0.5",
+    "RTGATE_SPILL_RETRY_SECONDS": "0.05",
+}
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    """Poll ``check`` until it holds: the store's return has no event to await."""
+    async with asyncio.timeout(seconds):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_a_store_that_cannot_commit_spills_delivers_and_catches_up_while_running(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
     provider: FakeProvider,
-    tmp_path: Path,
+    faulty: FaultyStore,
 ) -> None:
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the data directory's spill file would go")
-    gw = await start_gateway(make_settings())
-    gw.app[GATEWAY].ledger._spill_path = blocker / "usage-spill.jsonl"
+    gw = await start_gateway(make_settings(**FAST), store=faulty)
     key = await gw.new_key()
-
-    async def broken(records: list[UsageRecord]) -> None:
-        raise StoreError("cannot write usage: OperationalError")
-
-    gw.store.add_usage = broken
+    faulty.fail(only=WRITES)
     async with await open_ws(gw, key) as ws:
-        await ws.send(emit_response_done("resp_lost", 100))
+        await ws.send(emit_response_done("resp_spilled", 100))
+        assert orjson.loads(await ws.recv())["type"] == "response.done"
+        spill = gw.settings.home / "usage-spill"
+        # The session's start and its usage, in order (the drainer seals a segment on each try).
+        lines = [ln for seg in segments(spill) for ln in seg.read_bytes().splitlines()]
+        assert [orjson.loads(ln)["entry"] for ln in lines] == ["open", "usage"]
+        assert orjson.loads(lines[1])["ref"] == "resp_spilled"
+
+    # The session ended while the store was away: its end waits in the spill too.
+    async def end_spilled() -> bool:
+        spilled = [ln for seg in segments(spill) for ln in seg.read_bytes().splitlines()]
+        return any(orjson.loads(ln)["entry"] == "close" for ln in spilled)
+
+    await until(end_spilled)
+    faulty.heal()
+
+    async def caught_up() -> bool:
+        return not segments(spill) and not gw.app[GATEWAY].ledger.spilling
+
+    await until(caught_up)  # no restart: the running gateway drains its spill
+    (row,) = await faulty.usage_summary()
+    assert row.usage.text_in == 100 and row.records == 1
+    (session,) = await faulty.recent_sessions()
+    assert session.ended_at is not None
+    assert (session.close_code, session.closed_by) == (1000, "client")
+
+
+async def test_usage_that_can_be_neither_stored_nor_spilled_ends_every_session_clearly(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    faulty: FaultyStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A disk that is full: the database refuses writes, and the spill cannot be written.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "usage-spill").write_text("a file where the spill directory would go")
+    gw = await start_gateway(make_settings(**FAST), store=faulty)
+    keys = [await gw.new_key("a"), await gw.new_key("b")]
+    sockets = [await open_ws(gw, keys[i % 2]) for i in range(4)]
+    caplog.set_level(logging.INFO, logger="rtgate")
+    faulty.fail(StoreError("cannot write: OperationalError"), only=WRITES)
+    for i, ws in enumerate(sockets):
+        await ws.send(emit_response_done(f"resp_lost_{i}", 100))
+    for ws in sockets:
         event = orjson.loads(await ws.recv())
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
-    assert event["type"] == "error" and event["error"]["code"] == "usage_unavailable"
-    assert ws.close_code == 1011
+        # Not delivered: the client hears why, and the close says it too.
+        assert event["type"] == "error" and event["error"]["code"] == "usage_unavailable"
+        assert (ws.close_code, ws.close_reason) == (1011, "server_error.usage_unavailable")
+    # The operator is told once, not once per record or session.
+    told = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(told) == 1, [r.getMessage() for r in told]
+    assert "neither stored" in told[0].getMessage()
+    # A new session is refused as clearly: it cannot be recorded either.
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {keys[0]}"},
+    ) as ws:
+        event = orjson.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert event["error"]["code"] == "store_unavailable"
+    assert (ws.close_code, ws.close_reason) == (1011, "server_error.store_unavailable")
+    for _ in range(100):
+        if len(provider.closes) == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert len(provider.closes) == 5, "a dialled upstream was left open"
+
+
+async def test_frames_never_wait_on_a_stalled_store_in_either_direction(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    faulty: FaultyStore,
+) -> None:
+    # A deadline far longer than the test: any frame that waited on the ledger would show.
+    gw = await start_gateway(
+        make_settings(**{**FAST, "RTGATE_COMMIT_TIMEOUT_SECONDS": "30"}), store=faulty
+    )
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "scribe", apply_update(KeyPolicy(), PolicyUpdate(keep_transcripts=True))
+    )
+    async with await open_ws(gw, key) as ws:
+        faulty.stall(only=WRITES)
+        async with asyncio.timeout(2):
+            # Up: a message the transcript keeps; down: the items it makes, kept too.
+            await ws.send(
+                '{"type":"conversation.item.create","item":{"type":"message",'
+                '"role":"user","content":[{"type":"input_text","text":"hi there"}]}}'
+            )
+            await events_until(ws, "conversation.item.done")
+            # Audio both ways.
+            await ws.send(b"audio")
+            assert await ws.recv() == b"echo:audio"
+            transcript = {"type": "response.output_audio_transcript.done", "transcript": "hi"}
+            await ws.send(orjson.dumps({"type": "test.emit", "event": transcript}).decode())
+            assert orjson.loads(await ws.recv())["type"] == transcript["type"]
+        faulty.heal()
+    sessions = await faulty.recent_sessions()
+
+    async def kept() -> bool:
+        return len(await faulty.session_transcript(sessions[0].id)) == 2
+
+    await until(kept)
+
+
+async def test_a_budget_is_enforced_from_memory_while_the_store_is_away(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    faulty: FaultyStore,
+) -> None:
+    gw = await start_gateway(make_settings(**FAST), store=faulty)
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "budgeted", apply_update(KeyPolicy(), PolicyUpdate(budget_usd_total=Decimal("0.010")))
+    )
+    async with await open_ws(gw, key) as ws:
+        await ws.send(emit_response_done("resp_1", 1500))  # $0.006 at $4 / 1M
+        assert orjson.loads(await ws.recv())["type"] == "response.done"
+        faulty.fail()  # every call: reads and writes
+        for i in range(2, 4):
+            await ws.send(emit_response_done(f"resp_{i}", 100))  # +$0.0004: not cut
+            assert orjson.loads(await ws.recv())["type"] == "response.done"
+        await ws.send(emit_response_done("resp_4", 1000))  # +$0.004: the budget is reached
+        assert orjson.loads(await ws.recv())["type"] == "response.done"
+        err = orjson.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert err["error"]["code"] == "insufficient_quota"
+    assert ws.close_code == 3000
+    faulty.heal()
+
+    async def billed() -> bool:
+        rows = await faulty.usage_summary()
+        return bool(rows) and rows[0].records == 4
+
+    await until(billed)
+
+
+async def test_a_relay_that_fails_still_ends_the_session_with_an_error_and_a_reason(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings())
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "budgeted", apply_update(KeyPolicy(), PolicyUpdate(budget_usd_total=Decimal(1)))
+    )
+    async with await open_ws(gw, key) as ws:
+
+        async def a_bug(key_id: str) -> Spend:
+            raise ValueError("a bug in the budget check")
+
+        gw.app[GATEWAY].spend.spend = a_bug
+        await ws.send(emit_response_done("resp_1", 100))
+        assert orjson.loads(await ws.recv())["type"] == "response.done"
+        err = orjson.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert err["type"] == "error" and err["error"]["code"] == "server_error"
+    assert (ws.close_code, ws.close_reason) == (1011, "server_error.server_error")
+
+    async def recorded() -> bool:
+        (session,) = await gw.store.recent_sessions()
+        return (session.close_code, session.close_reason) == (1011, "server_error.server_error")
+
+    await until(recorded)
 
 
 async def test_one_bad_record_does_not_sink_its_batch(db_url: str) -> None:
     store = SqlStore(db_url)
     await store.init()
     await store.create_key("key_a", "a", "p", "a" * 64, 1.0)
-    await store.open_session(SessionOpen("rs_1", "key_a", "m", "openai", None, 1.0))
+    await store.write([SessionOpen("rs_1", "key_a", "m", "openai", None, 1.0)])
     good = UsageRecord("rs_1", "key_a", "m", "m", Usage(text_in=1), 1, 1, 1.0, "good")
     bad = UsageRecord("rs_1", "key_a", "m", "m", Usage(text_in=1), 2**70, 1, 1.0, "bad")
     ledger = Ledger(store)
-    with pytest.raises(GatewayError):
-        await store.add_usage([good, bad])
-    import asyncio
+    with pytest.raises(StoreError) as refused:
+        await store.write([good, bad])
+    assert refused.value.bad_data
 
     writer = asyncio.create_task(ledger.run())
     results = await asyncio.gather(ledger.record(good), ledger.record(bad), return_exceptions=True)
@@ -125,38 +284,9 @@ async def test_sideband_sessions_price_by_the_upstream_session_model(
     assert row.charged_nanos == 1000 * 4000  # $4 / 1M text tokens
 
 
-async def test_a_store_failure_at_session_open_refuses_cleanly(
-    gateway: RunningGateway, provider: FakeProvider
-) -> None:
-    key = await gateway.new_key()
-
-    async def broken(s: SessionOpen) -> None:
-        raise StoreError("cannot write: OperationalError")
-
-    gateway.store.open_session = broken
-    async with connect(
-        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
-        event = orjson.loads(await ws.recv())
-        with pytest.raises(websockets.ConnectionClosed):
-            await ws.recv()
-    assert event["error"]["code"] == "store_unavailable"
-    assert ws.close_code == 1011
-    import asyncio
-
-    for _ in range(100):
-        if provider.closes:
-            break
-        await asyncio.sleep(0.01)
-    assert provider.closes, "the dialled upstream was left open"
-
-
 async def test_a_non_utf8_credential_is_just_a_wrong_key(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     writer.write(
         b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
+from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionOpen, StoredClientSecret
+from rtgate.store.port import SessionClose, SessionOpen, StoredClientSecret
 from rtgate.store.sql import SqlStore
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -60,10 +62,10 @@ async def test_keys_round_trip(store: SqlStore) -> None:
 async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.create_key("key_b", "bob", "p", "b" * 64, DAY1)
-    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
-    await store.open_session(SessionOpen("rs_2", "key_b", "gpt-realtime", "openai", None, DAY1))
-    await store.add_usage(
+    await store.write(
         [
+            SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1),
+            SessionOpen("rs_2", "key_b", "gpt-realtime", "openai", None, DAY1),
             rec("key_a", "gpt-realtime", DAY1, 5),
             rec("key_a", "gpt-realtime", DAY1 + 60, 7),
             rec("key_a", "gpt-realtime-mini", DAY1, 1),
@@ -91,7 +93,7 @@ async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
     assert [r.key_name for r in only_b] == ["bob"]
     assert len(await store.usage_summary(since_day="2027-01-16")) == 1
 
-    await store.close_session("rs_1", DAY1 + 30, 4004, "x" * 500, "upstream")
+    await store.write([SessionClose("rs_1", DAY1 + 30, 4004, "x" * 500, "upstream")])
     sessions = await store.recent_sessions()
     by_id = {s.id: s for s in sessions}
     assert by_id["rs_1"].usage.text_in == 16 and by_id["rs_1"].close_code == 4004
@@ -102,15 +104,15 @@ async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
 
 async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
-    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
     commits: list[int] = []
-    real = store.add_usage
+    real = store.write
 
     async def counting(records: list[UsageRecord]) -> None:  # type: ignore[override]
         commits.append(len(records))
         await real(records)
 
-    store.add_usage = counting  # type: ignore[method-assign]
+    store.write = counting  # type: ignore[method-assign]
     ledger = Ledger(store)
     writer = asyncio.create_task(ledger.run())
     await asyncio.gather(
@@ -139,9 +141,9 @@ async def test_ledger_reports_a_failed_commit_to_every_waiter(store: SqlStore) -
 async def test_spend_by_day_month_and_total(store: SqlStore) -> None:
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1, '{"max_sessions": 2}')
     assert (await store.get_key("key_a")).policy_json == '{"max_sessions": 2}'  # type: ignore[union-attr]
-    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
-    await store.add_usage(
+    await store.write(
         [
+            SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1),
             rec("key_a", "m", DAY1 - 40 * 86_400, 1),  # an earlier month
             rec("key_a", "m", DAY1 - 86_400, 2),  # yesterday, same month
             rec("key_a", "m", DAY1, 3),
@@ -240,4 +242,62 @@ async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> 
     assert "revoked_at" in columns
     assert "ix_client_secrets_key_id" in indexes
     assert await store.list_client_secrets(None, 0.0) == []
+    await store.close()
+
+
+async def test_writes_are_idempotent_so_a_replay_counts_nothing_twice(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    entries = [
+        SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1),
+        rec("key_a", "gpt-realtime", DAY1, 5),
+        rec("key_a", "gpt-realtime", DAY1, 7),
+        TranscriptEntry("rs_1", "key_a", 1, DAY1, "user", "text", "hi"),
+        SessionClose("rs_1", DAY1 + 30, 1000, "bye", "client"),
+    ]
+    await store.write(entries)
+    # A drained spill, or a late commit whose batch was spilled as well, writes them again.
+    await store.write(entries)
+    await store.write(entries[1:3])
+    (row,) = await store.usage_summary()
+    assert (row.records, row.usage.text_in) == (2, 12)
+    assert len(await store.session_transcript("rs_1")) == 1
+    (session,) = await store.recent_sessions()
+    assert (session.close_code, session.close_reason, session.ended_at) == (1000, "bye", DAY1 + 30)
+    # The same usage under another id is another record.
+    await store.write([replace(entries[1], record_id="ur_other")])
+    (row,) = await store.usage_summary()
+    assert row.records == 3
+
+
+async def test_a_database_from_before_record_ids_is_migrated(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.begin() as conn:
+        # As a database made before usage records had ids and transcripts a unique index.
+        await conn.exec_driver_sql("DROP INDEX ux_usage_record_id")
+        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN record_id")
+        await conn.exec_driver_sql("DROP INDEX ux_transcript_session_seq")
+        await conn.exec_driver_sql(
+            "CREATE INDEX ix_transcript_session ON transcript_entries (session_id, seq)"
+        )
+    await store.close()
+
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.connect() as conn:
+        columns, indexes = await conn.run_sync(
+            lambda c: (
+                {col["name"] for col in inspect(c).get_columns("usage_records")},
+                {i["name"] for i in inspect(c).get_indexes("transcript_entries")},
+            )
+        )
+    assert "record_id" in columns
+    assert indexes == {"ux_transcript_session_seq"}
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    entries = [SessionOpen("rs_1", "key_a", "m", "openai", None, DAY1), rec("key_a", "m", DAY1, 1)]
+    await store.write(entries)
+    await store.write(entries)
+    (row,) = await store.usage_summary()
+    assert row.records == 1
     await store.close()

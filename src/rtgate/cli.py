@@ -74,7 +74,7 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
 
     async def run() -> T:
         settings.home.mkdir(parents=True, exist_ok=True)
-        store = SqlStore(settings.resolved_database_url)
+        store = SqlStore(settings.resolved_database_url, timeout=settings.store_timeout_seconds)
         try:
             await store.init()
             return await fn(store)

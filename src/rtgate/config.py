@@ -204,6 +204,17 @@ class Settings(_Frozen):
     permessage_deflate: bool = False
     #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
     heartbeat_seconds: float | None = Field(default=30.0, gt=0)
+    #: How long a usage commit may take; past it the records go to the local spill (fsynced)
+    #: and the frame goes on, and the spill is written to the store once it answers.
+    commit_timeout_seconds: float = Field(default=1.0, gt=0)
+    #: How long any other store call a client waits on may take (a key lookup, a budget read,
+    #: minting a secret); past it the call fails (``store_unavailable``) or falls back.
+    store_timeout_seconds: float = Field(default=3.0, gt=0)
+    #: How often the spill is offered to the store again while it does not take it.
+    spill_retry_seconds: float = Field(default=1.0, gt=0)
+    #: A key that authenticated within this long is admitted from memory while the store does
+    #: not answer (0: never).
+    key_cache_seconds: float = Field(default=300.0, ge=0)
     #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
@@ -257,6 +268,10 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
+    "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
+    "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
+    "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
     "RTGATE_REDIS_PREFIX": "redis_prefix",

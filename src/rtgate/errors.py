@@ -14,6 +14,9 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
+    +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
+    +-- LedgerUnavailable        usage_unavailable          500 / close 1011  (metering/ledger.py)
+    +-- RelayFailed              server_error               500 / close 1011
     +-- SessionExpired           session_expired            --  / close 1001
 
 Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
@@ -107,6 +110,11 @@ class LimiterUnavailable(GatewayError):
     close_code = 1011
     error_type = "server_error"
     code = "limiter_unavailable"
+
+
+class RelayFailed(GatewayError):
+    """The gateway's own relay failed unexpectedly (a bug): the session still ends with an
+    ``error`` event and a reason, as every session the gateway ends."""
 
 
 class SessionExpired(GatewayError):

@@ -15,6 +15,7 @@ from rtgate.config import Settings
 from rtgate.errors import GatewayError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.metering.ledger import Ledger
+from rtgate.metering.spend import SpendBook
 from rtgate.metrics import Metrics
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.store.port import Store
@@ -26,11 +27,9 @@ class LiveSession(Protocol):
 
     session: RelaySession
 
-    async def close(self, code: int, reason: str, by: str) -> None:
-        """End it from outside (shutdown) with ``code``; one already ending is left alone."""
-
     async def terminate(self, err: GatewayError, by: str = "operator") -> None:
-        """End it from outside with ``err`` (an operator's forced close, a revoked secret)."""
+        """End it from outside with ``err`` (an operator's forced close, a revoked secret,
+        shutdown); one already ending is left alone."""
 
 
 @dataclass
@@ -41,6 +40,8 @@ class Gateway:
     keyring: KeyRing
     catalog: Catalog
     ledger: Ledger
+    #: Keys' spend for their budgets (the store's sums, or an estimate while it is away).
+    spend: SpendBook
     http: aiohttp.ClientSession
     limiter: SessionLimiter
     metrics: Metrics

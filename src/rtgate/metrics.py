@@ -55,6 +55,22 @@ class Metrics:
         self.refusals = Counter(
             "rtgate_policy_refusals", "Sessions or events refused.", ["reason"], registry=r
         )
+        # The ledger (metering/ledger.py): 1 while the store does not take usage in time and
+        # records go to the local spill; how many spilled records the store does not have yet;
+        # records that could be kept nowhere (their sessions were ended).
+        self.ledger_spilling = Gauge(
+            "rtgate_ledger_spilling", "1 while usage is spilled locally.", registry=r
+        )
+        self.ledger_waiting = Gauge(
+            "rtgate_ledger_spilled_records",
+            "Usage records in the local spill, not in the store yet.",
+            registry=r,
+        )
+        self.ledger_unrecorded = Counter(
+            "rtgate_usage_unrecorded",
+            "Usage records neither stored nor spilled (their sessions were ended).",
+            registry=r,
+        )
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()

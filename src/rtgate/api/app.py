@@ -34,10 +34,11 @@ from rtgate.engine.stack import build_engine
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger
+from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
 from rtgate.redis_fleet import RedisFleet
-from rtgate.relay.endpoint import GATEWAY, realtime
+from rtgate.relay.endpoint import GATEWAY, realtime, shutting_down
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
 
@@ -77,7 +78,9 @@ def create_app(
     expiry_check_interval: float = 1.0,
 ) -> web.Application:
     clock = clock or SystemClock()
-    store = store or SqlStore(settings.resolved_database_url)
+    store = store or SqlStore(
+        settings.resolved_database_url, timeout=settings.store_timeout_seconds
+    )
     engine = engine or build_engine(
         settings.engine,
         engine_token or secrets.token_urlsafe(32),
@@ -108,15 +111,22 @@ def create_app(
             await store.init()
             http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             stack.push_async_callback(http.close)
-            ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
+            ledger = Ledger(
+                store,
+                spill_dir=settings.home / "usage-spill",
+                commit_timeout=settings.commit_timeout_seconds,
+                retry_seconds=settings.spill_retry_seconds,
+                metrics=metrics,
+            )
             await ledger.recover()
             gw = Gateway(
                 settings=settings,
                 store=store,
                 clock=clock,
-                keyring=KeyRing(store, clock),
+                keyring=KeyRing(store, clock, cache_seconds=settings.key_cache_seconds),
                 catalog=Catalog(settings),
                 ledger=ledger,
+                spend=SpendBook(store, ledger, clock, timeout=settings.commit_timeout_seconds),
                 http=http,
                 limiter=limiter,
                 metrics=metrics,
@@ -128,11 +138,12 @@ def create_app(
             writer = asyncio.create_task(ledger.run(), name="ledger")
 
             async def stop_ledger() -> None:
-                # Every record the relay accepted is written before the store closes.
+                # Every record the relay accepted is durable before the store closes.
                 await ledger.drain()
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+                await ledger.close()
 
             stack.push_async_callback(stop_ledger)
             if shared is not None:
@@ -145,7 +156,7 @@ def create_app(
         # now, with 1001 (going away) as OpenAI's SDK expects, not after a timeout.
         gw = app[GATEWAY]
         gw.closing = True
-        closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
+        closing = [b.terminate(shutting_down(), "gateway") for b in gw.live.values()]
         await asyncio.gather(*closing, return_exceptions=True)
 
     app.cleanup_ctx.append(lifecycle)

@@ -1,14 +1,19 @@
-"""Gateway keys as a service: create, list, update policy, revoke, authenticate, spend, and
-mint ephemeral client secrets on a key's behalf.
+"""Gateway keys as a service: create, list, update policy, revoke, authenticate, and mint
+ephemeral client secrets on a key's behalf.
 
 Shared by the CLI, the admin API and the relay, so the three cannot disagree.
+
+When the store does not answer a key lookup (``StoreError``: down, or past its deadline), a
+gateway key that authenticated here within ``cache_seconds`` is admitted as it was then: a
+database hiccup must not turn away the calls of a key in use. Only the fallback reads the
+cache, so a revocation or policy change applies as soon as the store answers. Client secrets
+(``ek_``) are not cached: each is short-lived and usually opens one session.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,17 +28,23 @@ from rtgate.auth.client_secrets import (
     well_formed,
 )
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
-from rtgate.auth.policy import KeyPolicy, Spend, check_expiry
+from rtgate.auth.policy import KeyPolicy, check_expiry
 from rtgate.clock import Clock
 from rtgate.errors import AuthError
 from rtgate.protocol.ids import new_id
-from rtgate.store.port import KeyInfo, Store, StoredClientSecret
+from rtgate.store.port import KeyInfo, Store, StoredClientSecret, StoreError
+
+#: How long a key that authenticated is admitted from memory while the store does not answer.
+KEY_CACHE_S = 300.0
 
 
 class KeyRing:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, *, cache_seconds: float = KEY_CACHE_S) -> None:
         self._store = store
         self._clock = clock
+        self._cache_seconds = cache_seconds
+        #: Key hash -> the key as the store last returned it, and when (monotonic).
+        self._known: dict[str, tuple[tuple[KeyInfo, str], float]] = {}
 
     async def create(self, name: str, policy: KeyPolicy | None = None) -> tuple[KeyInfo, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again."""
@@ -67,13 +78,30 @@ class KeyRing:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
         wanted = hash_key(secret)
-        found = await self._store.key_by_hash(wanted)
+        found = await self._key_by_hash(wanted)
         if found is None or not hashes_match(found[1], wanted) or not found[0].active:
             raise AuthError(f"Incorrect API key provided: {redact(secret)}.")
         key = found[0]
         policy = KeyPolicy.from_json(key.policy_json)
         check_expiry(policy, self._clock.now())
         return key, policy
+
+    async def _key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
+        """The store's answer; if it has none to give, the key as it was within the cache's
+        window (else the ``StoreError``)."""
+        now = self._clock.monotonic()
+        try:
+            found = await self._store.key_by_hash(key_hash)
+        except StoreError:
+            known = self._known.get(key_hash)
+            if known is None or now - known[1] > self._cache_seconds:
+                raise
+            return known[0]
+        if found is not None and found[0].active:
+            self._known[key_hash] = (found, now)
+        else:
+            self._known.pop(key_hash, None)
+        return found
 
     async def mint(
         self,
@@ -157,10 +185,3 @@ class KeyRing:
         prefix = id_hash_prefix(sid)
         found = await self._store.client_secret_by_id(prefix) if prefix is not None else None
         return found is not None and found.revoked_at is not None
-
-    async def spend(self, key_id: str) -> Spend:
-        """What the key has been charged this UTC day, this UTC month, and ever."""
-        now = datetime.fromtimestamp(self._clock.now(), UTC)
-        day, month_start = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m-01")
-        d, m, t = await self._store.spend(key_id, day, month_start)
-        return Spend(day=d, month=m, total=t)

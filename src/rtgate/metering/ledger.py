@@ -1,148 +1,473 @@
-"""The durable usage ledger: group commit in front of ``Store.add_usage``, with a spill file.
+"""The durable ledger: usage records, and the session rows and transcripts they belong to, written
+in order through one queue with a deadline, and spilled to local files when the database does
+not take them in time.
 
-``record()`` returns only once the record is durable, and the bridge forwards a metered frame
-(``response.done``, transcription ``completed``) to the client only after that. So a gateway
-killed at any instant loses no record whose frame a client has seen.
+Durable means committed to the store, or appended to a spill segment and fsynced
+(``spill.py``). ``record``, ``open_session`` and ``close_session`` return once their entry is
+durable, and the bridge forwards a metered frame (``response.done``, transcription
+``completed``) only after that, so a gateway killed at any instant loses no record whose frame a
+client has seen. Transcript entries are queued without waiting: the relay never waits for them.
 
-Records that arrive while a commit runs are batched into the next one, so many sessions share one
-transaction and one fsync. When a batch fails, each record is retried alone (one bad record must
-not sink the others); a record the store still refuses is appended to the spill file (one JSON
-line, fsynced) and counts as durable. ``recover()`` moves spilled records into the store at the
-next start. Only when the spill file cannot be written either does ``record()`` raise.
+One writer task takes what is queued, in order, in batches: entries that arrive while a write
+runs go into the next, so many sessions share one transaction (group commit). Its states:
+
+* ``STORING``: a batch goes to the store and gets ``commit_timeout`` seconds. One that fails, or
+  misses the deadline, is spilled instead, and the ledger turns ``SPILLING``.
+* ``SPILLING``: batches go straight to the spill (a database that is down must not cost every
+  batch its deadline again), in the same order. The drainer, every ``retry_seconds``, seals the
+  segment being written, writes each sealed segment to the store in order and deletes it; when
+  nothing more was spilled meanwhile, the ledger turns ``STORING`` again.
+
+A batch the store refuses for its data (a constraint, a value out of range) is retried entry by
+entry; an entry refused alone is set aside in the spill directory's rejected file (logged) and
+counts as durable. Only an entry that can be neither stored nor spilled (the disk is full) fails
+its caller with ``LedgerError``. The operator hears of an outage once as it starts, once as it
+ends, and once if entries cannot be kept at all: never once per record.
+
+A write that missed its deadline may still commit later, with its entries spilled as well: the
+store writes each entry once (``Store.write`` is idempotent), so draining adds nothing twice. For
+the same reason a drain cut short is simply run again, and ledgers sharing a spill directory
+may drain each other's sealed segments. ``recover()`` writes what an earlier run left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
-from rtgate.metering.record import UsageRecord
-from rtgate.store.port import Store
+from rtgate.deadline import Deadlines
+from rtgate.errors import GatewayError
+from rtgate.metering.journal import from_line, to_line
+from rtgate.metering.record import UsageRecord, utc_day
+from rtgate.metering.spill import Claim, SpillWriter, segments, set_aside
+from rtgate.metrics import Metrics
+from rtgate.protocol.transcript import TranscriptEntry
+from rtgate.store.port import Entry, SessionClose, SessionOpen, Store, StoreError
 
 log = logging.getLogger("rtgate.ledger")
 
+#: A drained chunk gets this many times the commit deadline: nobody waits on it.
+_DRAIN_DEADLINE_FACTOR = 5
+
 
 class LedgerError(Exception):
-    """A record could be neither committed nor spilled."""
+    """An entry could be neither committed nor spilled."""
 
 
-def _append_lines(path: Path, lines: list[bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, b"".join(lines))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class LedgerUnavailable(GatewayError):
+    """What a client hears when its usage can be neither stored nor spilled."""
+
+    close_code = 1011
+    code = "usage_unavailable"
+
+
+@dataclass
+class _Backlog:
+    """What one of this ledger's segments holds that the store may not have yet."""
+
+    records: int = 0
+    #: Charged nano-dollars by key id, then UTC day.
+    charged: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+_Queued = tuple[Entry, asyncio.Future[None] | None]
 
 
 class Ledger:
     def __init__(
-        self, store: Store, *, spill_path: Path | None = None, max_batch: int = 512
+        self,
+        store: Store,
+        *,
+        spill_dir: Path | None = None,
+        commit_timeout: float = 1.0,
+        retry_seconds: float = 1.0,
+        max_batch: int = 512,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
-        self._spill_path = spill_path
+        self._dir = spill_dir
+        self._commit_timeout = commit_timeout
+        self._retry_seconds = retry_seconds
         self._max_batch = max_batch
-        self._pending: list[tuple[UsageRecord, asyncio.Future[None]]] = []
+        self._metrics = metrics
+        self._deadlines = Deadlines()
+        self._pending: list[_Queued] = []
         self._wake = asyncio.Event()
+        self._drain_wake = asyncio.Event()
+        #: One batch at a time reaches the store or the spill, so entries keep their order.
+        self._writing = asyncio.Lock()
+        #: Appends and seals of the open segment, and the drainer's look at it.
+        self._spill_lock = asyncio.Lock()
+        self._writer = SpillWriter(spill_dir) if spill_dir is not None else None
         self._closed = False
+        self._spilling = False
+        #: Segments this ledger wrote that are not drained yet.
+        self._backlog: dict[Path, _Backlog] = {}
+        #: Charged nano-dollars this ledger made durable, by key id, then UTC day.
+        self._metered: dict[str, dict[str, int]] = {}
+        #: Why the store last failed.
+        self._store_failure = "no failure yet"
+        #: The outage on now: why it began (None while the store takes what it is given), and
+        #: whether the operator was told; entries written from the spill since it began.
+        self._outage: str | None = None
+        self._outage_logged = False
+        self._drained = 0
+        self._unrecordable_logged = False
 
+    # -- what callers see ---------------------------------------------------------------------
     async def record(self, rec: UsageRecord) -> None:
-        """Queue ``rec`` and wait until it is durable; raises ``LedgerError`` if it cannot be."""
-        if self._closed:
-            await self._commit_one(rec)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rec, fut))
+        """Queue ``rec`` and wait until it is durable; ``LedgerError`` if it cannot be."""
+        await self._durable(rec)
+
+    async def open_session(self, s: SessionOpen) -> None:
+        """Queue a session's start and wait until it is durable (its usage refers to it)."""
+        await self._durable(s)
+
+    async def close_session(self, c: SessionClose) -> None:
+        """Queue a session's end and wait until it is durable."""
+        await self._durable(c)
+
+    def keep_transcript(self, entries: Sequence[TranscriptEntry]) -> None:
+        """Queue transcript entries; nobody waits for them. Entries queued after ``drain``
+        (shutdown, once every session has ended) are not written."""
+        self._pending.extend((e, None) for e in entries)
         self._wake.set()
+
+    @property
+    def spilling(self) -> bool:
+        """Whether entries go to the spill because the store did not take them."""
+        return self._spilling
+
+    @property
+    def waiting(self) -> int:
+        """Usage records this ledger spilled that the store may not have yet."""
+        return sum(b.records for b in self._backlog.values())
+
+    def metered(self, key_id: str) -> dict[str, int]:
+        """Charged nano-dollars of ``key_id`` this ledger made durable, by UTC day."""
+        return dict(self._metered.get(key_id, {}))
+
+    def unsettled(self, key_id: str) -> dict[str, int]:
+        """Charged nano-dollars of ``key_id`` spilled and not drained yet, by UTC day."""
+        out: dict[str, int] = {}
+        for backlog in self._backlog.values():
+            for day, nanos in backlog.charged.get(key_id, {}).items():
+                out[day] = out.get(day, 0) + nanos
+        return out
+
+    async def _durable(self, entry: Entry) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            async with self._writing:
+                await self._write([(entry, fut)])
+        else:
+            self._pending.append((entry, fut))
+            self._wake.set()
         await fut
 
+    # -- the writer ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """The writer loop; owned by the application, cancelled at shutdown after ``drain``."""
+        """The writer and the drainer; owned by the application, cancelled at shutdown after
+        ``drain``."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._write_loop(), name="ledger-writer")
+            tasks.create_task(self._drain_loop(), name="ledger-drainer")
+
+    async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = (
-                self._pending[: self._max_batch],
-                self._pending[self._max_batch :],
-            )
-            await self._commit(batch)
-
-    async def _commit(self, batch: Sequence[tuple[UsageRecord, asyncio.Future[None]]]) -> None:
-        try:
-            await self._store.add_usage([rec for rec, _ in batch])
-        except Exception as exc:  # noqa: BLE001 -- any failure: fall back per record
-            log.error("usage commit of %d records failed: %s", len(batch), exc)
-            for rec, fut in batch:
+        async with self._writing:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                self._pending = self._pending[self._max_batch :]
                 try:
-                    await self._commit_one(rec)
-                except LedgerError as err:
-                    if not fut.done():
-                        fut.set_exception(err)
-                else:
-                    if not fut.done():
-                        fut.set_result(None)
+                    await self._write(batch)
+                except Exception:  # a bug must not leave a caller waiting forever
+                    log.exception("the ledger failed writing %d entries", len(batch))
+                    _fail(batch, LedgerError("the ledger failed writing the entry"))
+
+    async def _write(self, batch: Sequence[_Queued]) -> None:
+        if not self._spilling:
+            why = await self._store_batch([e for e, _ in batch], self._commit_timeout)
+            if why is None:
+                self._made_durable(batch)
+                return
+            if why == _BAD_DATA:
+                await self._write_one_by_one(batch)
+                return
+            self._start_spilling()
+        await self._spill(batch)
+
+    async def _store_batch(self, entries: Sequence[Entry], seconds: float) -> str | None:
+        """Write ``entries`` within ``seconds``: None when written, else why not (``_BAD_DATA``
+        when the store refused the data itself)."""
+        try:
+            await self._deadlines.run(self._store.write(entries), seconds)
+        except TimeoutError:
+            why = f"no answer within {seconds:g} s"
+        except StoreError as exc:
+            if exc.bad_data:
+                return _BAD_DATA
+            why = exc.message
+        except Exception as exc:  # noqa: BLE001 -- whatever the store raises, the entries are kept
+            why = repr(exc)
+        else:
+            if not self._spilling:
+                self._recovered()
+            return None
+        self._store_failure = why
+        if self._outage is None:
+            self._outage = why
+        return why
+
+    async def _write_one_by_one(self, batch: Sequence[_Queued]) -> None:
+        for i, (entry, fut) in enumerate(batch):
+            why = await self._store_batch([entry], self._commit_timeout)
+            if why is None:
+                self._made_durable([(entry, fut)])
+            elif why == _BAD_DATA:
+                await self._set_aside([(entry, fut)])
+            else:
+                self._start_spilling()
+                await self._spill(batch[i:])
+                return
+
+    async def _set_aside(self, batch: Sequence[_Queued], *, replayed: bool = False) -> bool:
+        """Keep entries the store refuses for their data where the operator finds them (False
+        if that failed too). ``replayed``: drained from the spill, where they were counted."""
+        entries = [e for e, _ in batch]
+        if self._dir is None:
+            log.error("the store refused %d entries for their data: %r", len(entries), entries)
+            _fail(batch, LedgerError("the store refused the entry for its data"))
+            return False
+        try:
+            path = await asyncio.to_thread(set_aside, self._dir, [to_line(e) for e in entries])
+        except OSError as exc:
+            self._unrecordable(batch, f"refused for their data; setting aside failed: {exc}")
+            return False
+        log.error("the store refused %d entries for their data; kept in %s", len(entries), path)
+        if not replayed:
+            self._made_durable(batch)
+        return True
+
+    async def _spill(self, batch: Sequence[_Queued]) -> None:
+        if self._writer is None:
+            self._unrecordable(batch, "there is no spill directory")
             return
-        for _, fut in batch:
-            if not fut.done():
+        lines = [to_line(e) for e, _ in batch]
+        try:
+            async with self._spill_lock:
+                path = await asyncio.to_thread(self._writer.append, lines)
+                # The drainer may have found the spill empty while this append waited: spilled
+                # entries are drained before anything goes to the store again.
+                self._start_spilling()
+        except OSError as exc:
+            self._unrecordable(batch, f"spilling failed: {exc}")
+            return
+        if self._outage is not None and not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "the usage store is unavailable (%s): usage is spilled to %s (fsynced) and "
+                "written to the store once it answers",
+                self._outage,
+                self._dir,
+            )
+        backlog = self._backlog.setdefault(path, _Backlog())
+        for entry, _ in batch:
+            if isinstance(entry, UsageRecord):
+                backlog.records += 1
+                _add(backlog.charged, entry)
+        self._made_durable(batch)
+        self._gauge()
+
+    def _made_durable(self, batch: Sequence[_Queued]) -> None:
+        if self._unrecordable_logged:
+            self._unrecordable_logged = False
+            log.warning("usage is recorded again")
+        for entry, fut in batch:
+            if isinstance(entry, UsageRecord):
+                _add(self._metered, entry)
+            if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def _commit_one(self, rec: UsageRecord) -> None:
-        try:
-            await self._store.add_usage([rec])
-            return
-        except Exception as exc:  # noqa: BLE001 -- the spill file is the last resort
-            log.error("usage record refused by the store (%s); spilling it", exc)
-        if self._spill_path is None:
-            raise LedgerError("the usage record could not be stored")
-        line = orjson.dumps(rec.to_json()) + b"\n"
-        try:
-            await asyncio.to_thread(_append_lines, self._spill_path, [line])
-        except OSError as exc:
-            raise LedgerError(f"the usage record could not be stored or spilled: {exc}") from exc
+    def _unrecordable(self, batch: Sequence[_Queued], why: str) -> None:
+        records = sum(isinstance(e, UsageRecord) for e, _ in batch)
+        if not self._unrecordable_logged:
+            self._unrecordable_logged = True
+            log.error(
+                "usage can be neither stored (%s) nor kept locally (%s): sessions whose usage "
+                "is lost are ended with usage_unavailable",
+                self._store_failure,
+                why,
+            )
+        if self._metrics is not None and records:
+            self._metrics.ledger_unrecorded.inc(records)
+        _fail(batch, LedgerError(f"the entry could be neither stored nor spilled: {why}"))
 
+    # -- outages ------------------------------------------------------------------------------
+    def _start_spilling(self) -> None:
+        if self._writer is None:
+            # Nowhere to spill: every batch tries the store, and fails alone if it must.
+            return
+        if not self._spilling:
+            self._spilling = True
+            self._drain_wake.set()
+            self._gauge()
+
+    def _recovered(self) -> None:
+        """The store takes entries again and the spill is empty: the outage is over."""
+        if self._outage_logged:
+            log.warning(
+                "the usage store answers again; %d spilled entries written to it", self._drained
+            )
+        self._outage, self._outage_logged, self._drained = None, False, 0
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.ledger_spilling.set(1 if self._spilling else 0)
+            self._metrics.ledger_waiting.set(self.waiting)
+
+    # -- the drainer --------------------------------------------------------------------------
+    async def _drain_loop(self) -> None:
+        while True:
+            await self._drain_wake.wait()
+            self._drain_wake.clear()
+            while self._spilling:
+                try:
+                    again = await self._drain_pass()
+                except Exception:  # the drainer must outlive a bad pass
+                    log.exception("draining the usage spill failed")
+                    again = False
+                if self._spilling and not again:
+                    await asyncio.sleep(self._retry_seconds)
+
+    async def _drain_pass(self) -> bool:
+        """Seal the open segment and write every sealed one to the store; True if it all went
+        in but more was spilled meanwhile (go again), False if the store did not take it or the
+        ledger is storing again."""
+        assert self._writer is not None
+        async with self._spill_lock:
+            self._writer.seal()
+        if await self._drain(self._writer.directory) is None:
+            return False
+        async with self._spill_lock:
+            if self._writer.path is None:
+                # Nothing was spilled while the sealed segments drained: back to the store.
+                self._spilling = False
+                self._gauge()
+                self._recovered()
+                return False
+        return True
+
+    async def _drain(self, directory: Path) -> int | None:
+        """Write every segment in ``directory`` that no one holds (and the single spill file of
+        earlier versions beside it) to the store, each deleted once in; how many entries, or
+        None if the store did not take one."""
+        legacy = directory.with_name(directory.name + ".jsonl")
+        written = 0
+        for path in [*segments(directory), legacy]:
+            # Taken, read and deleted in the event loop, not a thread: a task cancelled while a
+            # thread took the lock would leave the segment locked for good.
+            claim = Claim.take(path)
+            if claim is None:
+                continue
+            written_in = False
+            try:
+                lines = claim.lines()
+                written_in = await self._replay(path, lines)
+            finally:
+                if written_in:
+                    claim.drained()
+                else:
+                    claim.release()
+            if not written_in:
+                return None
+            written += len(lines)
+            self._drained += len(lines)
+            self._backlog.pop(path, None)
+            self._gauge()
+        # Segments of this ledger that another one drained (a sibling worker sharing the
+        # directory) are in the store too.
+        for path in list(self._backlog):
+            if path != self._writer_path() and not path.exists():
+                del self._backlog[path]
+        self._gauge()
+        return written
+
+    def _writer_path(self) -> Path | None:
+        return self._writer.path if self._writer is not None else None
+
+    async def _replay(self, path: Path, lines: Sequence[bytes]) -> bool:
+        entries: list[Entry] = []
+        for line in lines:
+            try:
+                entries.append(from_line(line))
+            except ValueError as exc:
+                # Only a crash mid-append tears a line, and its entry was never acknowledged.
+                log.error("skipped an unreadable line in %s: %s", path, exc)
+        seconds = self._commit_timeout * _DRAIN_DEADLINE_FACTOR
+        for start in range(0, len(entries), self._max_batch):
+            chunk = entries[start : start + self._max_batch]
+            why = await self._store_batch(chunk, seconds)
+            if why == _BAD_DATA:
+                for entry in chunk:
+                    why = await self._store_batch([entry], seconds)
+                    if why == _BAD_DATA:
+                        if not await self._set_aside([(entry, None)], replayed=True):
+                            return False
+                    elif why is not None:
+                        return False
+            elif why is not None:
+                return False
+        return True
+
+    async def recover(self) -> int:
+        """Write what earlier runs left in the spill directory to the store; how many entries.
+        Call before serving. What the store does not take now, the drainer writes later."""
+        if self._writer is None:
+            return 0
+        directory = self._writer.directory
+        written = await self._drain(directory)
+        if written is None:
+            log.warning("entries spilled by an earlier run in %s wait for the store", directory)
+            self._start_spilling()
+            return 0
+        if written:
+            log.warning("wrote %d entries spilled by an earlier run from %s", written, directory)
+        return written
+
+    # -- shutdown -----------------------------------------------------------------------------
     async def drain(self) -> None:
-        """Commit whatever is pending; later ``record`` calls commit directly."""
+        """Make whatever is queued durable; later ``record`` calls write directly."""
         self._closed = True
         await self._flush()
 
-    async def recover(self) -> int:
-        """Move spilled records into the store; return how many. Call before serving."""
-        path = self._spill_path
-        if path is None or not path.exists():
-            return 0
-        lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
-        records = []
-        for ln in lines:
-            try:
-                records.append(UsageRecord.from_json(orjson.loads(ln)))
-            except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
-                log.error("unreadable spilled usage line skipped: %s", exc)
-        remaining: list[UsageRecord] = []
-        try:
-            await self._store.add_usage(records)
-        except Exception:  # noqa: BLE001 -- retry one by one, keep what still fails
-            for rec in records:
-                try:
-                    await self._store.add_usage([rec])
-                except Exception as exc:  # noqa: BLE001
-                    log.error("spilled usage record still refused: %s", exc)
-                    remaining.append(rec)
-        if remaining:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(b"".join(orjson.dumps(r.to_json()) + b"\n" for r in remaining))
-            os.replace(tmp, path)
-        else:
-            path.unlink()
-        moved = len(records) - len(remaining)
-        log.warning("recovered %d spilled usage records from %s", moved, path)
-        return moved
+    async def close(self) -> None:
+        """After ``drain`` and ``run``'s end: let late writes wind down, seal the spill."""
+        await self._deadlines.close()
+        if self._writer is not None:
+            async with self._spill_lock:
+                self._writer.seal()
+
+
+#: ``Ledger._store_batch``'s answer when the store refused the data itself.
+_BAD_DATA = "bad data"
+
+
+def _add(ledger: dict[str, dict[str, int]], rec: UsageRecord) -> None:
+    days = ledger.setdefault(rec.key_id, {})
+    day = utc_day(rec.created_at)
+    days[day] = days.get(day, 0) + rec.charged_nanos
+
+
+def _fail(batch: Sequence[_Queued], err: LedgerError) -> None:
+    for _, fut in batch:
+        if fut is not None and not fut.done():
+            fut.set_exception(err)

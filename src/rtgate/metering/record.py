@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from rtgate.protocol.ids import new_id
 from rtgate.protocol.usage import Usage
+
+
+def new_record_id() -> str:
+    return new_id("ur")
+
+
+def utc_day(ts: float) -> str:
+    """The UTC day of unix time ``ts``, as the ledger groups usage: ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +38,16 @@ class UsageRecord:
     ref: str | None = None
     #: False when no price row matched: the tokens are kept, the cost is 0.
     priced: bool = True
+    #: Unique per record: the store writes a record once however often it is replayed.
+    record_id: str = field(default_factory=new_record_id)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> UsageRecord:
+        if not raw.get("record_id"):
+            # Spilled before records had ids: an id from the content keeps a replay idempotent.
+            digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+            raw = {**raw, "record_id": "ur_" + digest[:21]}
         return cls(**{**raw, "usage": Usage(**raw["usage"])})

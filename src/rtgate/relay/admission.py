@@ -1,21 +1,29 @@
 """Admitting a metered session, a relayed socket or a call's sideband, the same way for both:
-the key's budgets and live-session limits first, then the ``RelaySession`` that meters it."""
+the key's budgets and live-session limits first, then the ``RelaySession`` that meters it, its
+row in the ledger, and its budget checks while it lives."""
 
 from __future__ import annotations
 
+import logging
+
 from rtgate.auth.policy import KeyPolicy, over_budget, session_seconds
 from rtgate.catalog import Route
+from rtgate.errors import QuotaExceeded
 from rtgate.gateway import Gateway
+from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.relay_session import RelaySession
-from rtgate.store.port import KeyInfo
+from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
+
+log = logging.getLogger("rtgate.relay")
 
 
 async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
     """Refuse a key over a budget (``insufficient_quota``), else take one of its live-session
-    slots (``rate_limit_exceeded``); the caller releases the slot when the session ends."""
+    slots (``rate_limit_exceeded``); the caller releases the slot when the session ends. A
+    budgeted key this process never read while the store does not answer: ``StoreError``."""
     if policy.has_budget:
-        exceeded = over_budget(policy, await gw.keyring.spend(key.id))
+        exceeded = over_budget(policy, await gw.spend.spend(key.id))
         if exceeded is not None:
             raise exceeded
     await gw.limiter.acquire(
@@ -44,3 +52,50 @@ def metered_session(
         intent=intent,
         secret_id=secret_id,
     )
+
+
+async def record_start(gw: Gateway, session: RelaySession) -> None:
+    """The session's row, durable (stored, or spilled while the store is away) before anything
+    is relayed: its usage refers to it. ``StoreError`` if it can be kept nowhere."""
+    route = session.route
+    try:
+        await gw.ledger.open_session(
+            SessionOpen(
+                session.session_id,
+                session.key_id,
+                route.model or "",
+                route.upstream_name,
+                session.intent,
+                session.opened_at,
+            )
+        )
+    except LedgerError as exc:
+        raise StoreError("The gateway cannot record sessions right now; try again.") from exc
+
+
+async def record_end(gw: Gateway, session: RelaySession) -> None:
+    """The session's end, with its close code and reason; never raises (the ledger has logged
+    why, once for the outage)."""
+    try:
+        await gw.ledger.close_session(
+            SessionClose(
+                session.session_id,
+                gw.clock.now(),
+                session.close_code,
+                session.close_reason,
+                session.closed_by or "gateway",
+            )
+        )
+    except LedgerError:
+        log.info("session end not recorded", extra={"session_id": session.session_id})
+
+
+async def budget_crossed(gw: Gateway, key_id: str, policy: KeyPolicy) -> QuotaExceeded | None:
+    """After each metered event of a live session: the budget its key has crossed, if any.
+    Never raises: a session admitted is not ended because the store cannot answer (the spend
+    book answers from its last read and what this process metered since)."""
+    try:
+        return over_budget(policy, await gw.spend.spend(key_id))
+    except StoreError as err:
+        log.warning("budget of key %s not checked: %s", key_id, err.message)
+        return None

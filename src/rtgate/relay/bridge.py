@@ -10,7 +10,14 @@ socket is paused: a slow client slows its own upstream read, never the process.
 
 Closing (protocol.md 5.4): a close frame from either side is mirrored to the other with the same
 code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
-``error`` event (when that side is the client's) and a 1011 close.
+``error`` event (when that side is the client's) and a 1011 close. Whenever the gateway itself
+ends a session, whatever the cause (a bug in a pump included), the client gets the ``error``
+event first and a close with its ``"<type>.<code>"`` reason: never a bare 1011.
+
+The ledger: a metered frame waits for its usage record to be durable (``Ledger.record``: the
+store, or the local spill past the commit deadline), so frames after it in the same direction
+wait with it, by at most that deadline. Nothing else waits on the ledger or the store: audio,
+every other frame and the client's frames pass by, and transcripts are handed over unawaited.
 
 Heartbeat (``heartbeat``): the bridge pings a leg that went quiet and drops one that stays
 quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with aiohttp's
@@ -42,8 +49,8 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from rtgate.auth.policy import ClientEventGuard
 from rtgate.clock import Clock
-from rtgate.errors import GatewayError, SessionExpired, UpstreamError
-from rtgate.metering.ledger import Ledger, LedgerError
+from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
+from rtgate.metering.ledger import Ledger, LedgerError, LedgerUnavailable
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
@@ -51,7 +58,6 @@ from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.keepalive import Beat, Keepalive
-from rtgate.store.port import Store
 
 log = logging.getLogger("rtgate.relay")
 
@@ -60,11 +66,6 @@ _PING, _PONG = WSMsgType.PING, WSMsgType.PONG
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
-
-
-class LedgerUnavailable(GatewayError):
-    close_code = 1011
-    code = "usage_unavailable"
 
 
 def sendable(code: int | None) -> int:
@@ -127,7 +128,6 @@ class Bridge:
         after_usage: Callable[[], Awaitable[GatewayError | None]] | None = None,
         metrics: Metrics | None = None,
         recorder: TranscriptRecorder | None = None,
-        store: Store | None = None,
         beta: BetaTranslator | None = None,
         heartbeat: float | None = None,
     ) -> None:
@@ -141,7 +141,6 @@ class Bridge:
         self._after_usage = after_usage
         self._metrics = metrics
         self._recorder = recorder
-        self._store = store
         self._beta = beta
         self._warned_unpriced: set[str] = set()
         #: Frames and bytes relayed since the last flush to the metrics (plain ints: the hot
@@ -176,19 +175,16 @@ class Bridge:
                     exc,
                     extra={"session_id": self.session.session_id},
                 )
-        self.session.close(1011, "relay ended", "gateway")
-        await self._close_both(1011, "")
+        # A task that failed left the session open: the client still hears why it ends.
+        await self._end(RelayFailed("The gateway failed while relaying this session."))
+        # Whatever ended it, neither side is left open (a no-op for a side already closed).
+        await self._close_both(self.session.close_code or 1011, self.session.close_reason)
         self.flush_counts()
 
-    async def close(self, code: int, reason: str, by: str) -> None:
-        """End the session from outside (shutdown, admin): close both sides with ``code``."""
-        if self.session.close(code, reason, by):
-            await self._close_both(code, reason)
-
     async def terminate(self, err: GatewayError, by: str = "operator") -> None:
-        """End the session from outside with ``err`` (an operator's forced close): the client
-        gets its ``error`` event, then both sides close with its code and reason. A session
-        already ending is left alone."""
+        """End the session from outside with ``err`` (an operator's forced close, shutdown):
+        the client gets its ``error`` event, then both sides close with its code and reason.
+        A session already ending is left alone."""
         await self._end(err, by)
 
     async def _end(self, err: GatewayError, by: str = "gateway") -> None:
@@ -216,16 +212,11 @@ class Bridge:
             )
         try:
             await self._ledger.record(rec)
-            if self._metrics is not None:
-                self._metrics.usage(rec)
-        except LedgerError as exc:
-            log.error(
-                "usage record lost, ending the session: %r (%s)",
-                rec,
-                exc,
-                extra={"session_id": rec.session_id, "key_id": rec.key_id},
-            )
+        except LedgerError:
+            # The ledger logged why (once for the outage), and counted the record.
             return False
+        if self._metrics is not None:
+            self._metrics.usage(rec)
         return True
 
     async def _upstream_to_client(self) -> None:
@@ -253,7 +244,7 @@ class Bridge:
                     rec = on_text(data, now)
                     if recorder is not None:
                         recorder.on_upstream(data, now)
-                        await self._keep_transcript()
+                        self._keep_transcript()
                     if rec is None:
                         if to_beta is None:
                             await send_str(data)
@@ -333,7 +324,7 @@ class Bridge:
                         data = to_ga(data)
                     if recorder is not None:
                         recorder.on_client(data, self._clock.now())
-                        await self._keep_transcript()
+                        self._keep_transcript()
                     if guard is not None and (refusal := guard.check(data)) is not None:
                         # Policy refusals of single events are not fatal: answer, drop, go on.
                         await client.send_str(error_event_for(refusal))
@@ -372,21 +363,11 @@ class Bridge:
                     code=1001 if code == 1006 else sendable(code), message=reason.encode()
                 )
 
-    async def _keep_transcript(self) -> None:
+    def _keep_transcript(self) -> None:
         recorder = self._recorder
-        if recorder is None or not recorder.pending or self._store is None:
-            return
-        entries = recorder.drain()
-        try:
-            await self._store.add_transcript(entries)
-        except GatewayError as exc:
-            # A transcript is a record for the operator, not a bill: log, never end the session.
-            log.error(
-                "transcript not kept (%d entries): %s",
-                len(entries),
-                exc.message,
-                extra={"session_id": self.session.session_id},
-            )
+        if recorder is not None and recorder.pending:
+            # Queued, not awaited: the ledger writes it in order, after the session's start.
+            self._ledger.keep_transcript(recorder.drain())
 
     def flush_counts(self) -> None:
         if self._metrics is not None:

@@ -23,17 +23,17 @@ import aiohttp
 import orjson
 
 from rtgate.auth.client_secrets import revoked_secret_error
-from rtgate.auth.policy import KeyPolicy, over_budget
+from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, SessionExpired, UpstreamError
+from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway
-from rtgate.metering.ledger import LedgerError
+from rtgate.metering.ledger import LedgerError, LedgerUnavailable
 from rtgate.protocol.relay_session import RelaySession
-from rtgate.relay.admission import metered_session
+from rtgate.relay.admission import budget_crossed, metered_session, record_end, record_start
 from rtgate.relay.bridge import expiry_message, sendable
-from rtgate.relay.endpoint import ShuttingDown
+from rtgate.relay.endpoint import ShuttingDown, shutting_down
 from rtgate.relay.upstream import upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo, SessionOpen
+from rtgate.store.port import KeyInfo
 
 log = logging.getLogger("rtgate.calls")
 
@@ -254,14 +254,14 @@ class Sideband:
                     continue
                 try:
                     await gw.ledger.record(rec)
-                    gw.metrics.usage(rec)
                 except LedgerError:
-                    log.error("usage record lost, hanging up call %s", self.call_id)
-                    err = UpstreamError("Usage could not be recorded.")
+                    # The ledger logged why (once for the outage): an unmetered call must end.
+                    err = LedgerUnavailable("Usage could not be recorded, so the call was ended.")
                     await self.end_call(err.close_code, err.close_reason, "gateway")
                     return
+                gw.metrics.usage(rec)
                 if metered_budget:
-                    refusal = over_budget(policy, await gw.keyring.spend(self.key.id))
+                    refusal = await budget_crossed(gw, self.key.id, policy)
                     if refusal is not None:
                         gw.metrics.refused(refusal.code)
                         await self.end_call(refusal.close_code, refusal.close_reason, "gateway")
@@ -317,20 +317,15 @@ class CallRegistry:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise UpstreamError("The call's sideband could not be opened upstream.") from exc
         session = metered_session(gw, key, policy, route, intent=INTENT, secret_id=secret_id)
-        now = session.opened_at
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
-            await gw.store.open_session(
-                SessionOpen(
-                    session.session_id, key.id, route.model, route.upstream_name, INTENT, now
-                )
-            )
+            await record_start(gw, session)
         except GatewayError:
             await sb.close_socket()
             raise
         if self.closing or gw.closing:
             # Shutdown began while this call was placed: its sweep has passed this call by.
-            session.close(1001, "gateway shutting down", "gateway")
+            session.close(1001, shutting_down().close_reason, "gateway")
             await sb.close_socket()
             await self._record_end(gw, sb)
             raise ShuttingDown("The gateway is shutting down; try again shortly.")
@@ -361,12 +356,13 @@ class CallRegistry:
             await sb.run()
         except asyncio.CancelledError:
             # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
-            s.close(1001, "gateway shutting down", "gateway")
+            s.close(1001, shutting_down().close_reason, "gateway")
             await sb.hangup()
             raise
         except Exception:
             log.exception("call sideband failed", extra={"call_id": sb.call_id})
-            await sb.end_call(1011, "sideband failed", "gateway")
+            failed = RelayFailed("The gateway failed while metering this call.")
+            await sb.end_call(failed.close_code, failed.close_reason, "gateway")
         finally:
             if self.calls.get(sb.call_id) is sb:
                 del self.calls[sb.call_id]
@@ -396,21 +392,13 @@ class CallRegistry:
 
     @staticmethod
     async def _record_end(gw: Gateway, sb: Sideband) -> None:
-        s = sb.session
-        try:
-            await gw.store.close_session(
-                s.session_id, gw.clock.now(), s.close_code, s.close_reason, s.closed_by or "gateway"
-            )
-        except GatewayError as err:
-            log.error("call session end not recorded: %s", err.message)
+        await record_end(gw, sb.session)
 
     async def shutdown(self) -> None:
         """End the live calls (each hung up once, with 1001) and wait for every sideband task
         to finish; a call already ending is left to record its end, not interrupted."""
         self.closing = True
-        ending = [
-            sb.close(1001, "gateway shutting down", "gateway") for sb in list(self.calls.values())
-        ]
+        ending = [sb.terminate(shutting_down(), "gateway") for sb in list(self.calls.values())]
         await asyncio.gather(*ending, return_exceptions=True)
         tasks = list(self.tasks)
         if not tasks:

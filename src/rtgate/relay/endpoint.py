@@ -31,7 +31,6 @@ from rtgate.auth.policy import (
     check_model,
     check_session_template,
     initial_session_update,
-    over_budget,
 )
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
@@ -39,10 +38,16 @@ from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.admission import admit, metered_session
+from rtgate.relay.admission import (
+    admit,
+    budget_crossed,
+    metered_session,
+    record_end,
+    record_start,
+)
 from rtgate.relay.bridge import Bridge
 from rtgate.relay.upstream import upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo, SessionOpen
+from rtgate.store.port import KeyInfo
 
 log = logging.getLogger("rtgate.relay")
 
@@ -53,6 +58,11 @@ class ShuttingDown(GatewayError):
     http_status = 503
     close_code = 1001
     code = "server_shutting_down"
+
+
+def shutting_down() -> ShuttingDown:
+    """What a session still live at shutdown hears (error event, then close 1001)."""
+    return ShuttingDown("The gateway is shutting down; reconnect shortly.")
 
 
 async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
@@ -195,18 +205,15 @@ async def _relay(
     now = session.opened_at
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
-        await gw.store.open_session(
-            SessionOpen(
-                session.session_id, key.id, route.model or "", route.upstream_name, intent, now
-            )
-        )
+        await record_start(gw, session)
     except GatewayError as err:
-        log.error("session not opened: %s", err.message, extra=extra)
+        log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
+        gw.metrics.refused(err.code)
         await _refuse(ws, err)
         return
 
     async def budget_left() -> GatewayError | None:
-        return over_budget(policy, await gw.keyring.spend(key.id))
+        return await budget_crossed(gw, key.id, policy)
 
     guard = ClientEventGuard(policy)
     bridge = Bridge(
@@ -222,7 +229,6 @@ async def _relay(
         recorder=TranscriptRecorder(session.session_id, key.id)
         if policy.keep_transcripts
         else None,
-        store=gw.store,
         beta=beta,
         heartbeat=gw.settings.heartbeat_seconds,
     )
@@ -242,7 +248,7 @@ async def _relay(
     try:
         if gw.closing:
             # Shutdown began while this session dialled: it would miss the 1001 sweep.
-            await bridge.close(1001, "gateway shutting down", "gateway")
+            await bridge.terminate(shutting_down(), "gateway")
         elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
             # Its secret was revoked while it dialled: the revocation's sweep missed it.
             await bridge.terminate(revoked_secret_error())
@@ -253,16 +259,7 @@ async def _relay(
         gw.metrics.live.dec()
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - now)
-        try:
-            await gw.store.close_session(
-                session.session_id,
-                gw.clock.now(),
-                session.close_code,
-                session.close_reason,
-                session.closed_by or "gateway",
-            )
-        except GatewayError as err:
-            log.error("session end not recorded: %s", err.message, extra=extra)
+        await record_end(gw, session)
         log.info(
             "session closed by %s: %s %s",
             session.closed_by,

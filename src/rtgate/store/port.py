@@ -1,4 +1,8 @@
-"""The ``Store`` port: everything the gateway asks of persistence, and the rows it gets back."""
+"""The ``Store`` port: everything the gateway asks of persistence, and the rows it gets back.
+
+Every call answers within a deadline or raises ``StoreError``: the relay asks the store while
+clients wait, so a database that stalls must cost them seconds, never the session.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from rtgate.errors import GatewayError
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
@@ -65,6 +70,31 @@ class SessionOpen:
     upstream: str
     intent: str | None
     started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClose:
+    id: str
+    ended_at: float
+    code: int | None
+    reason: str
+    closed_by: str
+
+
+#: What the ledger writes (``Store.write``): a session's start, its usage and transcript, its end.
+Entry = SessionOpen | UsageRecord | TranscriptEntry | SessionClose
+
+
+class StoreError(GatewayError):
+    """The database failed or did not answer in time; mapped from the driver at the adapter."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, bad_data: bool = False) -> None:
+        super().__init__(message)
+        #: The database refused the data itself (a constraint, a value out of range): writing
+        #: it again cannot succeed. False: the database is unavailable; it may work later.
+        self.bad_data = bad_data
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +167,12 @@ class Store(Protocol):
         """Charged nano-dollars of ``key_id``: on ``day``, since ``month_start``, ever."""
         ...
 
-    async def open_session(self, s: SessionOpen) -> None: ...
-
-    async def close_session(
-        self, session_id: str, ended_at: float, code: int | None, reason: str, closed_by: str
-    ) -> None: ...
-
-    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Append records in one transaction; durable when this returns."""
+    async def write(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` in one transaction, durable when this returns. Idempotent: an
+        entry already written (a session open, a usage record or transcript entry by its id, a
+        session close) is written again as a no-op, so a batch may be replayed after a failure
+        or a timeout that in fact committed."""
         ...
-
-    async def add_transcript(self, entries: Sequence[TranscriptEntry]) -> None: ...
 
     async def session_transcript(self, session_id: str) -> list[TranscriptEntry]: ...
 

@@ -70,8 +70,12 @@ usage_records = Table(
     Column("audio_ms", BigInteger, nullable=False, default=0),
     Column("provider_nanos", BigInteger, nullable=False),
     Column("charged_nanos", BigInteger, nullable=False),
+    #: ``UsageRecord.record_id``: a replayed record (a drained spill) is not counted twice. NULL
+    #: on rows written before records had ids.
+    Column("record_id", String(40), nullable=True),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
+    Index("ux_usage_record_id", "record_id", unique=True),
 )
 
 transcript_entries = Table(
@@ -88,7 +92,8 @@ transcript_entries = Table(
     Column("text", Text, nullable=False),
     #: Extra JSON: a function call's arguments, a turn's usage.
     Column("data", Text, nullable=True),
-    Index("ix_transcript_session", "session_id", "seq"),
+    #: Unique, so a replayed entry (a drained spill) is written once.
+    Index("ux_transcript_session_seq", "session_id", "seq", unique=True),
 )
 
 #: Ephemeral secrets minted by ``POST /v1/realtime/client_secrets`` and the beta routes: only the

@@ -4,30 +4,40 @@ SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is 
 before the commit returns, so it survives the gateway being killed (``tests/test_durability.py``);
 only an OS crash or power loss can take the last commits, which is the price of not fsyncing
 every session open. PostgreSQL goes through asyncpg, with its own durability settings.
+
+Deadlines: every call answers within ``timeout`` seconds (reports within ``REPORT_TIMEOUT_S``)
+or raises ``StoreError``; ``rtgate.deadline`` says why the caller stops waiting rather than
+waiting for the cancelled call. The drivers bound their own waits too: asyncpg's connect
+``timeout`` and ``command_timeout``, SQLite's busy ``timeout``, and the pool's checkout wait;
+a cancelled call's connection is closed by SQLAlchemy, so a stalled one does not hold its pool
+slot for longer than that close takes (2 s for asyncpg, then a hard close).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, case, event, func, inspect, select, text
+from sqlalchemy import Connection, Table, bindparam, case, event, func, inspect, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from rtgate.errors import GatewayError
-from rtgate.metering.record import UsageRecord
+from rtgate.deadline import Deadlines
+from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
 from rtgate.store.port import (
+    Entry,
     KeyInfo,
+    SessionClose,
     SessionOpen,
     SessionSummary,
     StoredClientSecret,
+    StoreError,
     UsageSummary,
 )
 from rtgate.store.schema import (
@@ -39,37 +49,69 @@ from rtgate.store.schema import (
     usage_records,
 )
 
-
-class StoreError(GatewayError):
-    """The database failed; mapped from SQLAlchemy at this boundary."""
-
-    code = "store_unavailable"
-
+#: The default deadline of a store call the relay waits on (a key lookup, spend, a write).
+STORE_TIMEOUT_S = 3.0
+#: The deadline of a report (usage, sessions, transcripts, listings): it may scan a large table.
+REPORT_TIMEOUT_S = 60.0
 
 # What a database call can raise: the driver's errors (wrapped by SQLAlchemy), the OS, and
 # values the driver cannot bind (an int past BIGINT raises OverflowError in sqlite3).
 _DB_ERRORS = (SQLAlchemyError, OSError, OverflowError, ValueError, TypeError)
+# Of those, the ones that say the data was refused, not that the database is unavailable.
+_BAD_DATA = (IntegrityError, DataError, OverflowError, ValueError, TypeError)
 
 
-@contextlib.asynccontextmanager
-async def _mapped(what: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except _DB_ERRORS as exc:
-        raise StoreError(f"cannot {what}: {type(exc).__name__}") from exc
+def _refused_data(exc: BaseException) -> bool:
+    """Whether the database refused the data itself, along the chain of causes: SQLAlchemy's
+    own ``IntegrityError``/``DataError``, a value the driver cannot bind, or a PostgreSQL error
+    of SQLSTATE class 22 (data exception) or 23 (integrity constraint violation) that SQLAlchemy
+    passed on as a generic ``DBAPIError`` (asyncpg refusing to encode an argument does)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, _BAD_DATA) or str(getattr(seen, "sqlstate", ""))[:2] in ("22", "23"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
-def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+P = ParamSpec("P")
+T = TypeVar("T")
+_Method = Callable[Concatenate["SqlStore", P], Coroutine[Any, Any, T]]
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
+def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _Method[P, T]]:
+    """Run the method within the store's deadline, its failures mapped to ``StoreError``."""
+
+    def wrap(method: _Method[P, T]) -> _Method[P, T]:
+        @functools.wraps(method)
+        async def bounded(store: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            seconds = REPORT_TIMEOUT_S if report else store.timeout
+            try:
+                return await store.deadlines.run(method(store, *args, **kwargs), seconds)
+            except TimeoutError as exc:
+                # The deadline, or the driver's own timeout (a TimeoutError is an OSError).
+                raise StoreError(f"cannot {what}: no answer within {seconds:g} s") from exc
+            except _DB_ERRORS as exc:
+                bad = _refused_data(exc)
+                raise StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=bad) from exc
+
+        return bounded
+
+    return wrap
+
+
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.close()
+
+    return on_connect
 
 
 def _key(row: Row[Any]) -> KeyInfo:
@@ -92,6 +134,11 @@ def _migrate(conn: Connection) -> None:
     have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
     if "revoked_at" not in have:
         conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
+    have = {c["name"] for c in inspect(conn).get_columns("usage_records")}
+    if "record_id" not in have:
+        conn.execute(text("ALTER TABLE usage_records ADD COLUMN record_id VARCHAR(40)"))
+    # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
+    conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
     # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
     for table in metadata.sorted_tables:
         for index in table.indexes:
@@ -128,30 +175,124 @@ def _usage_from_row(row: Row[Any]) -> Usage:
 _SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in TOKEN_FIELDS]
 
 
+def _open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": s.id,
+            "key_id": s.key_id,
+            "model": s.model,
+            "upstream": s.upstream,
+            "intent": s.intent,
+            "started_at": s.started_at,
+        }
+        for s in opens
+    ]
+
+
+def _usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "session_id": r.session_id,
+            "key_id": r.key_id,
+            "model": r.model,
+            "price_key": r.price_key,
+            "kind": r.usage.kind,
+            "day": utc_day(r.created_at),
+            "created_at": r.created_at,
+            "ref": r.ref,
+            "provider_nanos": r.provider_nanos,
+            "charged_nanos": r.charged_nanos,
+            "record_id": r.record_id,
+            **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
+        }
+        for r in records
+    ]
+
+
+def _transcript_rows(entries: Sequence[TranscriptEntry]) -> list[dict[str, Any]]:
+    return [
+        {
+            "session_id": e.session_id,
+            "key_id": e.key_id,
+            "seq": e.seq,
+            "created_at": e.created_at,
+            "role": e.role,
+            "kind": e.kind,
+            "item_id": (e.item_id or "")[:100] or None,
+            "text": e.text,
+            "data": e.data,
+        }
+        for e in entries
+    ]
+
+
+# Writing a session's end again writes the same values: a replay changes nothing.
+_CLOSE = (
+    sessions.update()
+    .where(sessions.c.id == bindparam("b_id"))
+    .values(
+        ended_at=bindparam("b_ended_at"),
+        close_code=bindparam("b_code"),
+        close_reason=bindparam("b_reason"),
+        closed_by=bindparam("b_by"),
+    )
+)
+
+
+def _close_rows(closes: Sequence[SessionClose]) -> list[dict[str, Any]]:
+    return [
+        {
+            "b_id": c.id,
+            "b_ended_at": c.ended_at,
+            "b_code": c.code,
+            "b_reason": c.reason[:300],
+            "b_by": c.closed_by,
+        }
+        for c in closes
+    ]
+
+
 class SqlStore:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, timeout: float = STORE_TIMEOUT_S, echo: bool = False) -> None:
         self.url = url
+        #: The deadline of every call but reports (``REPORT_TIMEOUT_S``) and ``init``.
+        self.timeout = timeout
+        self.deadlines = Deadlines()
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("postgresql"):
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=timeout,
+                # asyncpg's own bounds: the connection handshake, and any one statement (a
+                # report may take that long; the relay's calls stop waiting much sooner).
+                connect_args={"timeout": timeout, "command_timeout": REPORT_TIMEOUT_S},
+            )
         elif url.startswith("sqlite"):
             # SQLite has one writer. Several pooled connections would queue on its file lock
             # (and give up after busy_timeout under a burst of connects); one connection
             # queues the same work in the event loop instead, in order and without failing.
-            kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
+            kwargs.update(
+                pool_size=1, max_overflow=0, pool_timeout=60, connect_args={"timeout": timeout}
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(int(timeout * 1000)))
 
+    @_bounded("open the database", report=True)
     async def init(self) -> None:
-        async with _mapped("open the database"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
             await conn.run_sync(_migrate)
 
     async def close(self) -> None:
+        # Calls cancelled at their deadline close their connections first (bounded).
+        await self.deadlines.close()
         await self.engine.dispose()
 
     # -- keys -----------------------------------------------------------------------------------
+    @_bounded("write")
     async def create_key(
         self,
         key_id: str,
@@ -161,7 +302,7 @@ class SqlStore:
         now: float,
         policy_json: str | None = None,
     ) -> KeyInfo:
-        async with _mapped("write"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 api_keys.insert().values(
                     id=key_id,
@@ -175,27 +316,31 @@ class SqlStore:
             )
         return KeyInfo(key_id, name, display_prefix, now, None, policy_json)
 
+    @_bounded("read", report=True)
     async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             return [_key(r) for r in (await conn.execute(q)).all()]
 
+    @_bounded("read")
     async def get_key(self, key_id: str) -> KeyInfo | None:
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return _key(row) if row else None
 
+    @_bounded("read")
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             row = (
                 await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
             ).first()
         return (_key(row), row.key_hash) if row else None
 
+    @_bounded("write")
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
-        async with _mapped("write"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -204,8 +349,9 @@ class SqlStore:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
         return _key(row) if row else None
 
+    @_bounded("write")
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
-        async with _mapped("write"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             await conn.execute(
                 api_keys.update().where(api_keys.c.id == key_id).values(policy=policy_json)
             )
@@ -213,8 +359,9 @@ class SqlStore:
         return _key(row) if row else None
 
     # -- client secrets ---------------------------------------------------------------------------
+    @_bounded("write")
     async def add_client_secret(self, row: StoredClientSecret) -> None:
-        async with _mapped("write"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             # Expired secrets can open nothing; drop them as new ones arrive.
             await conn.execute(
                 client_secrets.delete().where(client_secrets.c.expires_at <= row.created_at)
@@ -230,6 +377,7 @@ class SqlStore:
                 )
             )
 
+    @_bounded("read")
     async def client_secret_by_hash(
         self, secret_hash: str
     ) -> tuple[StoredClientSecret, KeyInfo] | None:
@@ -239,7 +387,7 @@ class SqlStore:
             .select_from(client_secrets.join(api_keys, api_keys.c.id == c.key_id))
             .where(c.secret_hash == secret_hash)
         )
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
@@ -256,23 +404,26 @@ class SqlStore:
         )
         return secret, key
 
+    @_bounded("read", report=True)
     async def list_client_secrets(self, key_id: str | None, now: float) -> list[StoredClientSecret]:
         c = client_secrets.c
         q = select(client_secrets).where(c.expires_at > now)
         if key_id is not None:
             q = q.where(c.key_id == key_id)
         q = q.order_by(c.created_at.desc(), c.secret_hash)
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [_client_secret(r._mapping) for r in rows]
 
+    @_bounded("read")
     async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             return await _one_by_prefix(conn, hash_prefix)
 
+    @_bounded("write")
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         c = client_secrets.c
-        async with _mapped("write"), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             row = await _one_by_prefix(conn, hash_prefix)
             if row is None:
                 return None
@@ -290,6 +441,7 @@ class SqlStore:
                 )
         return row
 
+    @_bounded("read")
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         u = usage_records.c
         q = select(
@@ -297,85 +449,44 @@ class SqlStore:
             func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
             func.coalesce(func.sum(u.charged_nanos), 0),
         ).where(u.key_id == key_id)
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             row = (await conn.execute(q)).one()
         return int(row[0]), int(row[1]), int(row[2])
 
     # -- sessions and usage -----------------------------------------------------------------------
-    async def open_session(self, s: SessionOpen) -> None:
-        async with _mapped("write"), self.engine.begin() as conn:
-            await conn.execute(
-                sessions.insert().values(
-                    id=s.id,
-                    key_id=s.key_id,
-                    model=s.model,
-                    upstream=s.upstream,
-                    intent=s.intent,
-                    started_at=s.started_at,
+    def _insert_once(self, table: Table, *unique: str) -> Any:
+        """INSERT that skips a row whose ``unique`` columns are already there (a replay)."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique))
+
+    @_bounded("write")
+    async def write(self, entries: Sequence[Entry]) -> None:
+        opens = [e for e in entries if isinstance(e, SessionOpen)]
+        usage = [e for e in entries if isinstance(e, UsageRecord)]
+        transcript = [e for e in entries if isinstance(e, TranscriptEntry)]
+        closes = [e for e in entries if isinstance(e, SessionClose)]
+        # Opens first and closes last: whatever the batch's order, a session's row exists
+        # before its usage and transcript refer to it, and its end is written after its start.
+        async with self.engine.begin() as conn:
+            if opens:
+                await conn.execute(self._insert_once(sessions, "id"), _open_rows(opens))
+            if usage:
+                await conn.execute(
+                    self._insert_once(usage_records, "record_id"), _usage_rows(usage)
                 )
-            )
-
-    async def close_session(
-        self, session_id: str, ended_at: float, code: int | None, reason: str, closed_by: str
-    ) -> None:
-        async with _mapped("write"), self.engine.begin() as conn:
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id)
-                .values(
-                    ended_at=ended_at,
-                    close_code=code,
-                    close_reason=reason[:300],
-                    closed_by=closed_by,
+            if transcript:
+                await conn.execute(
+                    self._insert_once(transcript_entries, "session_id", "seq"),
+                    _transcript_rows(transcript),
                 )
-            )
+            if closes:
+                await conn.execute(_CLOSE, _close_rows(closes))
 
-    async def add_usage(self, records: Sequence[UsageRecord]) -> None:
-        if not records:
-            return
-        rows = [
-            {
-                "session_id": r.session_id,
-                "key_id": r.key_id,
-                "model": r.model,
-                "price_key": r.price_key,
-                "kind": r.usage.kind,
-                "day": utc_day(r.created_at),
-                "created_at": r.created_at,
-                "ref": r.ref,
-                "provider_nanos": r.provider_nanos,
-                "charged_nanos": r.charged_nanos,
-                **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
-            }
-            for r in records
-        ]
-        async with _mapped("write usage"), self.engine.begin() as conn:
-            await conn.execute(usage_records.insert(), rows)
-
-    async def add_transcript(self, entries: Sequence[TranscriptEntry]) -> None:
-        if not entries:
-            return
-        rows = [
-            {
-                "session_id": e.session_id,
-                "key_id": e.key_id,
-                "seq": e.seq,
-                "created_at": e.created_at,
-                "role": e.role,
-                "kind": e.kind,
-                "item_id": (e.item_id or "")[:100] or None,
-                "text": e.text,
-                "data": e.data,
-            }
-            for e in entries
-        ]
-        async with _mapped("write transcript"), self.engine.begin() as conn:
-            await conn.execute(transcript_entries.insert(), rows)
-
+    @_bounded("read", report=True)
     async def session_transcript(self, session_id: str) -> list[TranscriptEntry]:
         t = transcript_entries.c
         q = select(transcript_entries).where(t.session_id == session_id).order_by(t.seq)
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [
             TranscriptEntry(
@@ -392,6 +503,7 @@ class SqlStore:
             for r in rows
         ]
 
+    @_bounded("read", report=True)
     async def usage_summary(
         self, key_id: str | None = None, since_day: str | None = None
     ) -> list[UsageSummary]:
@@ -415,7 +527,7 @@ class SqlStore:
             q = q.where(u.key_id == key_id)
         if since_day:
             q = q.where(u.day >= since_day)
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [
             UsageSummary(
@@ -431,6 +543,7 @@ class SqlStore:
             for r in rows
         ]
 
+    @_bounded("read", report=True)
     async def recent_sessions(
         self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
     ) -> list[SessionSummary]:
@@ -460,7 +573,7 @@ class SqlStore:
             q = q.where(s.key_id == key_id)
         if session_id:
             q = q.where(s.id == session_id)
-        async with _mapped("read"), self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         out = []
         for r in rows:

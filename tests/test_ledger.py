@@ -1,0 +1,366 @@
+"""The ledger, the spend book and the key cache against a store that stalls, refuses, or commits
+late (``rtgate.store.faults.FaultyStore`` around a real SQLite store)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rtgate.auth.keyring import KeyRing
+from rtgate.auth.policy import Spend
+from rtgate.clock import ManualClock
+from rtgate.errors import AuthError
+from rtgate.metering.ledger import Ledger, LedgerError
+from rtgate.metering.record import UsageRecord
+from rtgate.metering.spend import SpendBook
+from rtgate.metering.spill import REJECTED, segments
+from rtgate.metrics import Metrics
+from rtgate.protocol.usage import Usage
+from rtgate.store.faults import WRITES, FaultyStore
+from rtgate.store.port import SessionClose, SessionOpen, StoreError
+from rtgate.store.sql import SqlStore
+
+DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+#: The commit deadline of these tests: long enough for SQLite on a loaded machine.
+DEADLINE = 0.3
+
+
+@pytest.fixture
+async def sql(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", timeout=0.5)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def faulty(sql: SqlStore) -> FaultyStore:
+    return FaultyStore(sql)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[[Ledger], Ledger]]:
+    """Runs ledgers' writer and drainer for the test; stops them after."""
+    tasks: list[asyncio.Task[None]] = []
+    ledgers: list[Ledger] = []
+
+    def run(ledger: Ledger) -> Ledger:
+        tasks.append(asyncio.create_task(ledger.run()))
+        ledgers.append(ledger)
+        return ledger
+
+    yield run
+    for ledger in ledgers:
+        await ledger.drain()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for ledger in ledgers:
+        await ledger.close()
+
+
+def ledger_for(store: FaultyStore | SqlStore, spill: Path | None, **kw: float) -> Ledger:
+    return Ledger(
+        store,
+        spill_dir=spill,
+        commit_timeout=kw.get("commit_timeout", DEADLINE),
+        retry_seconds=0.02,
+        max_batch=int(kw.get("max_batch", 512)),
+        metrics=kw.get("metrics"),  # type: ignore[arg-type]
+    )
+
+
+def usage(n: int, charged: int = 10, t: float = DAY1) -> UsageRecord:
+    return UsageRecord("rs_1", "key_a", "m", "m", Usage(text_in=n), charged, charged, t, f"r{n}")
+
+
+async def refs(store: SqlStore) -> list[str]:
+    """The refs of every usage row, in the order they were inserted."""
+    async with store.engine.connect() as conn:
+        rows = await conn.exec_driver_sql("SELECT ref FROM usage_records ORDER BY id")
+        return [r[0] for r in rows]
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], seconds: float = 5.0) -> None:
+    """Poll ``check``: the store's return has no event to await."""
+    async with asyncio.timeout(seconds):
+        while True:
+            got = check()
+            if await got if isinstance(got, Awaitable) else got:
+                return
+            await asyncio.sleep(0.01)
+
+
+# -- deadlines and the spill ----------------------------------------------------------------
+
+
+async def test_a_stalled_store_costs_one_deadline_then_records_go_straight_to_the_spill(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    metrics = Metrics()
+    ledger = running(ledger_for(faulty, tmp_path / "spill", metrics=metrics))
+    faulty.stall(only=WRITES)
+    started = time.monotonic()
+    await ledger.record(usage(1))
+    first = time.monotonic() - started
+    assert DEADLINE <= first < DEADLINE + 1.0
+    started = time.monotonic()
+    await asyncio.gather(*(ledger.record(usage(n)) for n in range(2, 12)))
+    # Spilling now: no record waits for the store's deadline again.
+    assert time.monotonic() - started < DEADLINE
+    assert ledger.spilling and ledger.waiting == 11
+    text = metrics.render().decode()
+    assert "rtgate_ledger_spilling 1.0" in text
+    assert "rtgate_ledger_spilled_records 11.0" in text
+    lines = [ln for seg in segments(tmp_path / "spill") for ln in seg.read_bytes().splitlines()]
+    assert [orjson.loads(ln)["ref"] for ln in lines] == [f"r{n}" for n in range(1, 12)]
+
+    faulty.heal()
+    await until(lambda: not ledger.spilling)
+    assert await refs(faulty.inner) == [f"r{n}" for n in range(1, 12)]  # in order, once
+    assert segments(tmp_path / "spill") == []
+    assert "rtgate_ledger_spilled_records 0.0" in metrics.render().decode()
+
+
+async def test_the_operator_hears_of_an_outage_once_as_it_starts_and_once_as_it_ends(
+    faulty: FaultyStore,
+    tmp_path: Path,
+    running: Callable[[Ledger], Ledger],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtgate.ledger")
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    faulty.fail(only=WRITES)
+    for n in range(20):
+        await ledger.record(usage(n))
+    await asyncio.sleep(0.1)  # several failed drains
+    faulty.heal()
+    await until(lambda: not ledger.spilling)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "unavailable" in said[0] and "answers again; 20 spilled entries" in said[1]
+
+
+async def test_a_late_commit_of_a_spilled_batch_is_counted_once(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    faulty.stall(late=True, only=WRITES)
+    await ledger.record(usage(1))  # past its deadline: spilled, and its write still on its way
+    await ledger.record(usage(2))
+    assert faulty.late_writes
+    faulty.heal()
+    await until(lambda: not ledger.spilling and not faulty.late_writes)
+    assert sorted(await refs(faulty.inner)) == ["r1", "r2"]
+
+
+async def test_a_drain_cut_short_runs_again_and_writes_nothing_twice(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(faulty, tmp_path / "spill", max_batch=3))
+    faulty.fail(only=WRITES)
+    await asyncio.gather(*(ledger.record(usage(n)) for n in range(10)))
+    real = faulty.inner.write
+    writes = 0
+
+    async def cut_after_one(entries: object) -> None:
+        # The drain's first chunk goes in; the second finds the store gone again.
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            raise StoreError("cannot write: ConnectionResetError")
+        await real(entries)  # type: ignore[arg-type]
+
+    faulty.inner.write = cut_after_one  # type: ignore[method-assign]
+    faulty.heal()
+    await until(lambda: not ledger.spilling)
+    assert writes > 2
+    assert sorted(await refs(faulty.inner)) == sorted(f"r{n}" for n in range(10))
+
+
+async def test_ledgers_sharing_a_spill_directory_write_each_entry_once(
+    sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    # Two workers of one gateway: one database, one data directory.
+    a_store, b_store = FaultyStore(sql), FaultyStore(sql)
+    a = running(ledger_for(a_store, tmp_path / "spill"))
+    b = running(ledger_for(b_store, tmp_path / "spill"))
+    a_store.fail(only=WRITES)
+    b_store.fail(only=WRITES)
+    await asyncio.gather(*(ledger.record(usage(n)) for n in range(6) for ledger in (a, b)))
+    assert a.spilling and b.spilling
+    # A third starting now (a restart of one worker) drains only what no one is writing.
+    third = ledger_for(sql, tmp_path / "spill")
+    await third.recover()
+    a_store.heal()
+    b_store.heal()
+    await until(lambda: not a.spilling and not b.spilling)
+    # Both wrote the same records (refs repeat across the two); each was stored once.
+    assert len(await refs(sql)) == 12
+    assert segments(tmp_path / "spill") == []
+    await third.close()
+
+
+async def test_recover_writes_what_an_earlier_run_left(
+    sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    crashed = FaultyStore(sql)
+    earlier = ledger_for(crashed, tmp_path / "spill")
+    task = asyncio.create_task(earlier.run())
+    crashed.fail(only=WRITES)
+    await earlier.record(usage(1))
+    await earlier.close_session(SessionClose("rs_1", DAY1 + 9, 1000, "bye", "client"))
+    task.cancel()  # killed: its segment stays, unlocked once its file is closed
+    await earlier.close()
+    # And a spill file from before segments existed (a bare usage line, no record id).
+    legacy = usage(2).to_json()
+    del legacy["record_id"]
+    (tmp_path / "spill.jsonl").write_bytes(orjson.dumps(legacy) + b"\n")
+
+    later = ledger_for(sql, tmp_path / "spill")
+    assert await later.recover() == 3
+    assert await later.recover() == 0
+    assert sorted(await refs(sql)) == ["r1", "r2"]
+    (row,) = await sql.recent_sessions()
+    assert (row.close_code, row.close_reason, row.ended_at) == (1000, "bye", DAY1 + 9)
+    await later.close()
+
+
+async def test_entries_that_can_be_kept_nowhere_fail_their_callers(
+    faulty: FaultyStore,
+    tmp_path: Path,
+    running: Callable[[Ledger], Ledger],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = tmp_path / "full"
+    blocker.write_text("a file where the spill directory would go")
+    ledger = running(ledger_for(faulty, blocker))
+    faulty.fail(only=WRITES)
+    results = await asyncio.gather(
+        *(ledger.record(usage(n)) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, LedgerError) for r in results)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "neither stored" in errors[0].getMessage()
+
+
+async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
+    sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(sql, tmp_path / "spill"))
+    bad = UsageRecord("rs_1", "key_a", "m", "m", Usage(text_in=1), 2**70, 1, DAY1, "bad")
+    await asyncio.gather(ledger.record(usage(1)), ledger.record(bad), ledger.record(usage(2)))
+    assert sorted(await refs(sql)) == ["r1", "r2"]
+    (line,) = (tmp_path / "spill" / REJECTED).read_bytes().splitlines()
+    assert orjson.loads(line)["ref"] == "bad"
+    assert not ledger.spilling
+
+
+# -- budgets while the store is away ----------------------------------------------------------
+
+
+async def test_spend_while_the_store_is_away_is_the_last_read_plus_what_was_metered_since(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    clock = ManualClock(start=DAY1)
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    book = SpendBook(faulty, ledger, clock, timeout=DEADLINE)
+    await ledger.record(usage(1, charged=100))
+    assert await book.spend("key_a") == Spend(100, 100, 100)
+    faulty.stall()  # reads and writes
+    await ledger.record(usage(2, charged=20))  # spilled, past its deadline
+    await ledger.record(usage(3, charged=3))
+    started = time.monotonic()
+    assert await book.spend("key_a") == Spend(123, 123, 123)
+    assert time.monotonic() - started < 0.1  # the spilling ledger's book does not ask
+    clock.advance(86_400)  # the next UTC day: only what was metered on it counts for it
+    await ledger.record(usage(4, charged=4, t=clock.now()))
+    assert await book.spend("key_a") == Spend(4, 127, 127)
+    faulty.heal()
+    await until(lambda: not ledger.spilling)
+    assert await book.spend("key_a") == Spend(4, 127, 127)
+
+
+async def test_a_read_while_records_wait_in_the_spill_counts_them(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    book = SpendBook(faulty, ledger, ManualClock(start=DAY1), timeout=DEADLINE)
+    faulty.fail(only=WRITES)  # the store reads, but takes no writes
+    await ledger.record(usage(1, charged=50))
+    assert ledger.waiting == 1
+    assert await book.spend("key_a") == Spend(50, 50, 50)
+
+
+async def test_a_key_never_read_has_no_spend_while_the_store_is_away(
+    faulty: FaultyStore, tmp_path: Path
+) -> None:
+    ledger = ledger_for(faulty, tmp_path / "spill")
+    book = SpendBook(faulty, ledger, ManualClock(start=DAY1), timeout=DEADLINE)
+    faulty.fail()
+    with pytest.raises(StoreError):
+        await book.spend("key_a")
+
+
+# -- admission while the store is away --------------------------------------------------------
+
+
+async def test_a_key_seen_recently_is_admitted_from_memory_while_the_store_is_away(
+    faulty: FaultyStore,
+) -> None:
+    clock = ManualClock(start=DAY1)
+    ring = KeyRing(faulty, clock, cache_seconds=60)
+    _, secret = await ring.create("bob")
+    _, unseen = await ring.create("carol")
+    key, _ = await ring.authenticate(secret)
+    faulty.fail()
+    again, _ = await ring.authenticate(secret)
+    assert again == key
+    with pytest.raises(StoreError):
+        await ring.authenticate(unseen)  # never looked up here: no answer to give
+    with pytest.raises(StoreError):
+        await ring.authenticate("rtg_" + "x" * 40)  # nor for a wrong key
+    clock.advance(61)
+    with pytest.raises(StoreError):
+        await ring.authenticate(secret)  # the window is over
+    faulty.heal()
+    await ring.revoke(key.id)
+    with pytest.raises(AuthError):
+        await ring.authenticate(secret)  # the store answers: revoked
+    faulty.fail()
+    with pytest.raises(StoreError):
+        await ring.authenticate(secret)  # and a revoked key is not remembered
+
+
+# -- the store's own deadline -----------------------------------------------------------------
+
+
+async def test_a_store_call_answers_within_its_deadline_when_the_database_is_locked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    store = SqlStore(f"sqlite+aiosqlite:///{path}", timeout=0.3)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    other = sqlite3.connect(path)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as refused:
+            await store.write([SessionOpen("rs_9", "key_a", "m", "openai", None, DAY1)])
+        assert time.monotonic() - started < 1.5
+        assert not refused.value.bad_data
+    finally:
+        other.rollback()
+        other.close()
+    await store.write([SessionOpen("rs_9", "key_a", "m", "openai", None, DAY1)])
+    await store.close()
