@@ -17,10 +17,11 @@ from rtgate.auth.keyring import KeyRing
 from rtgate.auth.policy import Spend
 from rtgate.clock import ManualClock
 from rtgate.errors import AuthError
+from rtgate.metering.journal import to_line
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.metering.spend import SpendBook
-from rtgate.metering.spill import REJECTED, segments
+from rtgate.metering.spill import REJECTED, Claim, SpillWriter, segments
 from rtgate.metrics import Metrics
 from rtgate.protocol.usage import Usage
 from rtgate.store.faults import WRITES, FaultyStore
@@ -208,6 +209,32 @@ async def test_ledgers_sharing_a_spill_directory_write_each_entry_once(
     assert len(await refs(sql)) == 12
     assert segments(tmp_path / "spill") == []
     await third.close()
+
+
+async def test_a_drain_never_passes_a_segment_its_owner_still_holds(
+    sql: SqlStore, tmp_path: Path
+) -> None:
+    # Another worker spilled a session's start, then its usage, into two segments; it is
+    # draining the first one right now.
+    spill = tmp_path / "spill"
+    other = SpillWriter(spill)
+    other.append([to_line(SessionOpen("rs_2", "key_a", "m", "openai", None, DAY1))])
+    other.seal()
+    other.append(
+        [to_line(UsageRecord("rs_2", "key_a", "m", "m", Usage(text_in=1), 1, 1, DAY1, "u"))]
+    )
+    other.seal()
+    first, second = segments(spill)
+    draining = Claim.take(first)
+    assert draining is not None
+    ledger = ledger_for(sql, spill)
+    assert await ledger.recover() == 0  # the usage would reach the store before its session
+    assert await refs(sql) == [] and second.exists()
+    draining.release()
+    assert await ledger.recover() == 2
+    assert await refs(sql) == ["u"]
+    assert not (spill / REJECTED).exists()
+    await ledger.close()
 
 
 async def test_recover_writes_what_an_earlier_run_left(

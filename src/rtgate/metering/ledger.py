@@ -42,7 +42,7 @@ from rtgate.deadline import Deadlines
 from rtgate.errors import GatewayError
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.record import UsageRecord, utc_day
-from rtgate.metering.spill import Claim, SpillWriter, segments, set_aside
+from rtgate.metering.spill import Claim, SpillWriter, owner, segments, set_aside
 from rtgate.metrics import Metrics
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.store.port import Entry, SessionClose, SessionOpen, Store, StoreError
@@ -372,11 +372,18 @@ class Ledger:
         None if the store did not take one."""
         legacy = directory.with_name(directory.name + ".jsonl")
         written = 0
+        held: set[str] = set()
         for path in [*segments(directory), legacy]:
+            if owner(path) in held:
+                # An earlier segment of its owner is being written or drained: a session's
+                # usage must not reach the store before its start does.
+                continue
             # Taken, read and deleted in the event loop, not a thread: a task cancelled while a
             # thread took the lock would leave the segment locked for good.
             claim = Claim.take(path)
             if claim is None:
+                if path.exists():
+                    held.add(owner(path))
                 continue
             written_in = False
             try:

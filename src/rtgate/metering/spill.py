@@ -32,6 +32,12 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("seg-*.jsonl")) if directory.is_dir() else []
 
 
+def owner(segment: Path) -> str:
+    """Who wrote ``segment``: a session's entries are all in its owner's segments, in order,
+    so one owner's segments are drained in order, never past one that cannot be taken."""
+    return segment.name.rsplit("-", 1)[0]
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
