@@ -349,10 +349,13 @@ class Ledger:
                     await asyncio.sleep(self._retry_seconds)
 
     async def _drain_pass(self) -> bool:
-        """Seal the open segment and write every sealed one to the store; True if it all went
-        in but more was spilled meanwhile (go again), False if the store did not take it or the
-        ledger is storing again."""
+        """Write every sealed segment to the store, then seal the open one and write it too;
+        True if it all went in but more was spilled meanwhile (go again), False if the store
+        did not take it or the ledger is storing again. The open segment is sealed only once
+        the sealed ones went in: a long outage grows one segment, not one per retry."""
         assert self._writer is not None
+        if await self._drain(self._writer.directory) is None:
+            return False
         async with self._spill_lock:
             self._writer.seal()
         if await self._drain(self._writer.directory) is None:
