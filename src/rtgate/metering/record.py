@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rtgate.protocol.usage import Usage
+
+#: Why a record wants an operator's review (``UsageRecord.review``):
+#: ``unparseable_frame``: the frame named a usage event but was no JSON object, so nothing in it
+#: was metered; ``unreadable_usage``: its usage was missing or held values that are no counts,
+#: so only the counts that did read were metered.
+Review = Literal["unparseable_frame", "unreadable_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +31,8 @@ class UsageRecord:
     ref: str | None = None
     #: False when no price row matched: the tokens are kept, the cost is 0.
     priced: bool = True
+    #: Set when the event's usage could not be read in full (see ``Review``); None otherwise.
+    review: Review | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
