@@ -341,6 +341,7 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
     assert set(rows) == {"alice", "bob"}
     a = rows["alice"]
     assert (a["key_id"], a["model"], a["records"]) == (alice["id"], "gpt-realtime", 2)
+    assert a["needs_review"] == 0
     assert a["tokens"] == {f: 0 for f in TOKEN_FIELDS} | {"text_in": 400, "audio_out": 10}
     # gpt-realtime: $4 / 1M text in, $64 / 1M audio out; no markup by default.
     cost = Decimal(400) * 4 / 10**6 + Decimal(10) * 64 / 10**6
@@ -356,6 +357,7 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
         "model",
         "day",
         "records",
+        "needs_review",
         *TOKEN_FIELDS,
         "cost_usd",
         "provider_cost_usd",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -98,6 +100,63 @@ async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
     assert len(by_id["rs_1"].close_reason or "") == 300
     assert by_id["rs_2"].ended_at is None and by_id["rs_2"].charged_nanos == 1200
     assert [s.id for s in await store.recent_sessions(key_id="key_b")] == ["rs_2"]
+
+
+async def test_records_for_review_are_counted_in_the_usage_report(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    unreadable = replace(rec("key_a", "gpt-realtime", DAY1 + 1, 4), review="unreadable_usage")
+    unparseable = UsageRecord(
+        "rs_1",
+        "key_a",
+        "gpt-realtime",
+        "gpt-realtime",
+        Usage(),
+        0,
+        0,
+        DAY1 + 2,
+        review="unparseable_frame",
+    )
+    await store.add_usage([rec("key_a", "gpt-realtime", DAY1, 5), unreadable, unparseable])
+    await store.add_usage(
+        [replace(rec("key_a", "gpt-realtime", DAY2, 1), review="unreadable_usage")]
+    )
+    by_day = {r.day: r for r in await store.usage_summary()}
+    assert {d: (r.records, r.needs_review) for d, r in by_day.items()} == {
+        "2027-01-15": (3, 2),
+        "2027-01-16": (1, 1),
+    }
+    # What a record for review did count is billed with the rest.
+    assert by_day["2027-01-15"].usage.text_in == 9 and by_day["2027-01-15"].charged_nanos == 108
+    # The spill file keeps the flag (a record the store refused comes back flagged).
+    assert UsageRecord.from_json(orjson.loads(orjson.dumps(unparseable.to_json()))) == unparseable
+
+
+async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None:
+    store = SqlStore(db_url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.open_session(SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1))
+    async with store.engine.begin() as conn:
+        # As a database made before usage could be flagged for review, with a row in it.
+        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN review")
+        await conn.exec_driver_sql(
+            "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
+            " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
+            " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
+            " VALUES ('rs_1', 'key_a', 'gpt-realtime', 'gpt-realtime', 'response', '2027-01-15',"
+            f" {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 50, 60)"
+        )
+    await store.close()
+
+    store = SqlStore(db_url)
+    await store.init()
+    await store.add_usage(
+        [replace(rec("key_a", "gpt-realtime", DAY1, 1), review="unreadable_usage")]
+    )
+    (row,) = await store.usage_summary()
+    await store.close()
+    assert (row.records, row.needs_review, row.usage.text_in) == (2, 1, 6)
 
 
 async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:

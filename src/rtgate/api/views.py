@@ -99,6 +99,9 @@ class UsageRow(View):
     model: str
     day: str = Field(json_schema_extra=_DAY)
     records: int
+    #: Of ``records``, those whose usage could not be read in full: what they did count is in
+    #: ``tokens`` and the cost; the rest wants an operator's review (README, Metering).
+    needs_review: int
     tokens: Tokens
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
@@ -229,6 +232,7 @@ def usage_row(r: UsageSummary) -> UsageRow:
         model=r.model,
         day=r.day,
         records=r.records,
+        needs_review=r.needs_review,
         tokens=Tokens.of(r.usage),
         cost_usd=usd_str(r.charged_nanos),
         provider_cost_usd=usd_str(r.provider_nanos),

@@ -37,6 +37,8 @@ class UsageSummary:
     records: int
     provider_nanos: int
     charged_nanos: int
+    #: Records whose usage could not be read in full (``UsageRecord.review``).
+    needs_review: int
 
 
 @dataclass(frozen=True, slots=True)

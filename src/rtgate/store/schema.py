@@ -70,6 +70,9 @@ usage_records = Table(
     Column("audio_ms", BigInteger, nullable=False, default=0),
     Column("provider_nanos", BigInteger, nullable=False),
     Column("charged_nanos", BigInteger, nullable=False),
+    #: Why the event's usage wants an operator's review (``rtgate.metering.record.Review``);
+    #: NULL when it was read in full.
+    Column("review", String(40), nullable=True),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
 )

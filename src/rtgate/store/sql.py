@@ -92,6 +92,9 @@ def _migrate(conn: Connection) -> None:
     have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
     if "revoked_at" not in have:
         conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
+    have = {c["name"] for c in inspect(conn).get_columns("usage_records")}
+    if "review" not in have:
+        conn.execute(text("ALTER TABLE usage_records ADD COLUMN review VARCHAR(40)"))
     # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
     for table in metadata.sorted_tables:
         for index in table.indexes:
@@ -345,6 +348,7 @@ class SqlStore:
                 "ref": r.ref,
                 "provider_nanos": r.provider_nanos,
                 "charged_nanos": r.charged_nanos,
+                "review": r.review,
                 **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
             }
             for r in records
@@ -403,6 +407,7 @@ class SqlStore:
                 u.model,
                 u.day,
                 func.count().label("records"),
+                func.count(u.review).label("needs_review"),
                 func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
                 func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
                 *_SUMS,
@@ -425,6 +430,7 @@ class SqlStore:
                 day=r.day,
                 usage=_usage_from_row(r),
                 records=int(r.records),
+                needs_review=int(r.needs_review),
                 provider_nanos=int(r.provider_nanos),
                 charged_nanos=int(r.charged_nanos),
             )
