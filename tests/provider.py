@@ -173,12 +173,16 @@ class FakeProvider:
         """How many times the call was hung up."""
         return sum(1 for c, a, _ in self.call_actions if (c, a) == (call_id, "hangup"))
 
-    async def emit_on_call(self, call_id: str, event: dict[str, Any], wait: float = 5.0) -> None:
-        """Send ``event`` on the call's sideband, as the provider would (waits for it to open)."""
+    async def emit_on_call(
+        self, call_id: str, event: dict[str, Any] | str, wait: float = 5.0
+    ) -> None:
+        """Send ``event`` on the call's sideband, as the provider would (waits for it to open);
+        a string is sent verbatim."""
         async with asyncio.timeout(wait):
             while call_id not in self.sidebands:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        await self.sidebands[call_id].send_str(orjson.dumps(event).decode())
+        frame = event if isinstance(event, str) else orjson.dumps(event).decode()
+        await self.sidebands[call_id].send_str(frame)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))

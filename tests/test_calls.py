@@ -130,6 +130,30 @@ async def test_a_minted_secret_places_a_call_metered_on_its_sideband(
     assert not gateway.app[GATEWAY].live
 
 
+async def test_a_sideband_meters_what_it_can_read_and_flags_the_rest_for_review(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    _, key = await key_with(gateway)
+    call_id = await place(client_for(gateway, key), REALTIME)
+    # A lone surrogate escape (legal JSON, refused by orjson), then a response.done cut short.
+    await provider.emit_on_call(
+        call_id,
+        '{"type":"response.done","response":{"id":"resp_1","output":[{"transcript":"\\ud83d"}],'
+        '"usage":{"input_tokens":1500,"input_token_details":{"text_tokens":1500}}}}',
+    )
+    await provider.emit_on_call(call_id, '{"type":"response.done","response":{"usage":{"inp')
+
+    async def both_recorded() -> bool:
+        rows = await gateway.store.usage_summary()
+        return bool(rows) and rows[0].records == 2
+
+    await eventually(both_recorded)
+    (usage,) = await gateway.store.usage_summary()
+    assert (usage.needs_review, usage.usage.text_in) == (1, 1500)
+    assert usage.charged_nanos == 6_000_000  # 1500 text tokens at $4 / 1M
+    assert await metric(gateway, 'rtgate_usage_review_total{reason="unparseable_frame"}') == 1
+
+
 async def test_a_gateway_key_places_a_call_with_a_multipart_session(
     gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
 ) -> None:

@@ -48,7 +48,7 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession
+from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession, review_excerpt
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.keepalive import Beat, Keepalive
 from rtgate.store.port import Store
@@ -105,6 +105,33 @@ def sever(ws: Any) -> None:
         socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as dup,
     ):
         dup.shutdown(socket.SHUT_RDWR)
+
+
+async def commit_usage(
+    ledger: Ledger, metrics: Metrics | None, rec: UsageRecord, frame: str
+) -> bool:
+    """Make ``rec`` durable before ``frame``, the event it meters, moves on: False when it
+    could not be, and the caller must end the session without forwarding the frame.
+
+    A record flagged for review (its usage could not be read in full) is reported first: an
+    error line with a masked excerpt of the frame, and ``rtgate_usage_review``."""
+    extra = {"session_id": rec.session_id, "key_id": rec.key_id}
+    if rec.review is not None:
+        log.error(
+            "usage of %r not read in full (%s); recorded for review: %s",
+            rec.model,
+            rec.review,
+            review_excerpt(frame),
+            extra=extra,
+        )
+    try:
+        await ledger.record(rec)
+    except LedgerError as exc:
+        log.error("usage record lost: %r (%s)", rec, exc, extra=extra)
+        return False
+    if metrics is not None:
+        metrics.usage(rec)
+    return True
 
 
 def expiry_message(seconds: float) -> str:
@@ -205,28 +232,17 @@ class Bridge:
         with contextlib.suppress(Exception):
             await self.upstream.close(code=sendable(code), message=msg)
 
-    async def _commit(self, rec: UsageRecord) -> bool:
-        """Make ``rec`` durable before its frame moves on; False ends the session."""
-        if not rec.priced and rec.model not in self._warned_unpriced:
+    async def _commit(self, rec: UsageRecord, frame: str) -> bool:
+        """Make ``rec`` durable before ``frame`` moves on; False ends the session."""
+        # A record for review has its own error line, which names the model.
+        if not rec.priced and rec.review is None and rec.model not in self._warned_unpriced:
             self._warned_unpriced.add(rec.model)
             log.warning(
                 "no price for model %r: its usage is recorded at cost 0",
                 rec.model,
                 extra={"session_id": rec.session_id, "key_id": rec.key_id},
             )
-        try:
-            await self._ledger.record(rec)
-            if self._metrics is not None:
-                self._metrics.usage(rec)
-        except LedgerError as exc:
-            log.error(
-                "usage record lost, ending the session: %r (%s)",
-                rec,
-                exc,
-                extra={"session_id": rec.session_id, "key_id": rec.key_id},
-            )
-            return False
-        return True
+        return await commit_usage(self._ledger, self._metrics, rec, frame)
 
     async def _upstream_to_client(self) -> None:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
@@ -263,7 +279,7 @@ class Bridge:
                             latency.observe(perf_counter() - t0)
                     elif isinstance(rec, str):
                         await send_str(rec)
-                    elif not await self._commit(rec):
+                    elif not await self._commit(rec, data):
                         # Unbillable usage must not flow on: stop before forwarding it.
                         await self._end(
                             LedgerUnavailable(

@@ -27,10 +27,9 @@ from rtgate.auth.policy import KeyPolicy, over_budget
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway
-from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import metered_session
-from rtgate.relay.bridge import expiry_message, sendable
+from rtgate.relay.bridge import commit_usage, expiry_message, sendable
 from rtgate.relay.endpoint import ShuttingDown
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
@@ -252,11 +251,8 @@ class Sideband:
                 rec = session.on_upstream_text(msg.data, clock.now())
                 if rec is None or isinstance(rec, str):
                     continue
-                try:
-                    await gw.ledger.record(rec)
-                    gw.metrics.usage(rec)
-                except LedgerError:
-                    log.error("usage record lost, hanging up call %s", self.call_id)
+                if not await commit_usage(gw.ledger, gw.metrics, rec, msg.data):
+                    log.error("hanging up call %s: its usage could not be recorded", self.call_id)
                     err = UpstreamError("Usage could not be recorded.")
                     await self.end_call(err.close_code, err.close_reason, "gateway")
                     return
