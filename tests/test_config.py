@@ -13,7 +13,7 @@ def test_defaults_without_a_provider_key_use_the_local_engine() -> None:
     s = load_settings(None, {})
     assert s.default_upstream == "local"
     assert s.models["gpt-realtime"].upstream == "local"
-    assert s.models["gpt-realtime"].prices == "local"
+    assert Catalog(s).resolve("gpt-realtime").price_key == "local"
     assert (s.host, s.port, s.home) == ("127.0.0.1", 8080, Path(".rtgate"))
     assert s.resolved_database_url.startswith("sqlite+aiosqlite:///")
 

@@ -171,7 +171,8 @@ def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
             by_tokens = s.on_upstream_text(transcribed(tokens), 2.0)
             s.on_upstream_text(session_updated("whisper-1"), 3.0)
             by_minute = s.on_upstream_text(transcribed({"type": "duration", "seconds": 1.5}), 4.0)
-            realtime = s.on_upstream_text(done({"input_tokens": 7}), 5.0)
+            audio_in = {"input_tokens": 7, "input_token_details": {"audio_tokens": 7}}
+            realtime = s.on_upstream_text(done(audio_in), 5.0)
             records = [by_tokens, by_minute, realtime]
             assert all(isinstance(r, UsageRecord) for r in records)
             costs = [(r.model, r.price_key, r.charged_nanos) for r in records]  # type: ignore[union-attr]

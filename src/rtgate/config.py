@@ -175,7 +175,8 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     ),
     "gpt-4o-mini-transcribe": PriceSettings(text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")),
     "whisper-1": PriceSettings(per_minute=_d("0.006")),
-    # The embedded local engine costs the operator nothing.
+    # What the embedded local engine serves costs the operator nothing (catalog.py prices it
+    # all by this row; `[prices.local]` in the config changes it).
     "local": PriceSettings(),
 }
 
@@ -344,11 +345,6 @@ def load_settings(
         name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
         for name in (*DEFAULT_OPENAI_MODELS, "local")
     }
-    for entry in models.values():
-        # The embedded engine costs the operator nothing: catalog models it serves are free
-        # unless the config prices them (e.g. to rehearse budgets offline).
-        if entry["upstream"] == "local":
-            entry["prices"] = "local"
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
     raw["models"] = models
 

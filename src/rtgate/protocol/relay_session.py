@@ -123,26 +123,16 @@ class RelaySession:
                 return None
             usage = usage_from_response(resp.get("usage"))
             if self.route.model:
-                return self._meter(
-                    usage,
-                    self.route.model,
-                    self.route.price_key,
-                    self.route.prices,
-                    resp.get("id"),
-                    now,
-                    from_route=True,
-                )
+                return self._meter(usage, self.route.model, resp.get("id"), now, own_model=True)
             # Sideband (call_id) sessions name no model; the upstream's session.created does.
-            return self._meter(
-                usage, self.upstream_session_model or "", None, None, resp.get("id"), now
-            )
+            return self._meter(usage, self.upstream_session_model or "", resp.get("id"), now)
         if etype == "conversation.item.input_audio_transcription.completed":
             raw = event.get("usage")
             usage = usage_from_transcription(raw)
             model = self.transcription_model
             if model is None and usage.audio_ms:
                 model = _DURATION_DEFAULT_MODEL
-            return self._meter(usage, model or "", None, None, event.get("item_id"), now)
+            return self._meter(usage, model or "", event.get("item_id"), now)
         if etype == "error":
             err = event.get("error")
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
@@ -170,20 +160,12 @@ class RelaySession:
             self.transcription_model = tmodel
 
     def _meter(
-        self,
-        usage: Usage,
-        model: str,
-        price_key: str | None,
-        prices: Any,
-        ref: Any,
-        now: float,
-        *,
-        from_route: bool = False,
+        self, usage: Usage, model: str, ref: Any, now: float, *, own_model: bool = False
     ) -> UsageRecord | None:
+        """A record of ``usage`` by ``model``: the route's own (``own_model``) or another."""
         if usage.total_tokens == 0 and usage.audio_ms == 0:
             return None
-        if not from_route:
-            price_key, prices = self._catalog.price_row(model) if model else ("", None)
+        price_key, prices = self._catalog.usage_price(self.route, None if own_model else model)
         cost = cost_of(usage, prices)
         priced = prices is not None
         if not priced:
@@ -196,7 +178,7 @@ class RelaySession:
             session_id=self.session_id,
             key_id=self.key_id,
             model=model[:200],
-            price_key=(price_key or "")[:200],
+            price_key=price_key[:200],
             usage=usage,
             provider_nanos=cost.provider_nanos,
             charged_nanos=cost.charged_nanos,
