@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 
 
 def free_port() -> int:
@@ -78,3 +79,18 @@ async def readiness_settles(port: int, status: int, in_a_row: int = 12) -> None:
             if not streak:
                 await asyncio.sleep(0.02)
     raise AssertionError(f"/readyz did not settle on {status}")
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a gateway that is still running, its workers first (they would outlive a killed
+    parent, holding the port)."""
+    if proc.poll() is not None:
+        return
+    try:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    for w in workers:
+        w.kill()
+    proc.kill()
+    proc.wait()

@@ -25,6 +25,7 @@ from tests.process import (
     create_key,
     free_port,
     gateway_env,
+    kill_tree,
     readiness_settles,
     wait_ready,
 )
@@ -78,9 +79,7 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
             assert ws.close_code == 1001
         assert proc.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
     log_file.close()
     logs = (tmp_path / "gateway.log").read_text()
     assert "is ready at http://127.0.0.1" in logs
@@ -122,11 +121,18 @@ async def open_sessions(port: int, key: str, n: int) -> list[Any]:
     return conns
 
 
-async def metered(ws: Any, rid: str) -> None:
-    """Usage sent through the gateway; once the client sees it, it is in the ledger."""
-    await ws.send(emit_response_done(rid, 1000))
-    event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
-    assert (event["type"], event["response"]["id"]) == ("response.done", rid)
+async def metered(ws: Any, rid: str, *, local: bool = False) -> None:
+    """Usage sent through the gateway (the fake provider's, or a text turn the local engine
+    answers); once the client sees it, it is in the ledger."""
+    if local:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": rid}]}
+        await ws.send(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        await ws.send(orjson.dumps({"type": "response.create"}).decode())
+    else:
+        await ws.send(emit_response_done(rid, 1000))
+    while (event := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "response.done":
+        pass
+    assert local or event["response"]["id"] == rid
 
 
 async def refused_during_the_drain(port: int, key: str) -> None:
@@ -151,16 +157,22 @@ async def refused_during_the_drain(port: int, key: str) -> None:
         assert (await r.json())["error"]["code"] == "server_shutting_down"
 
 
+@pytest.mark.parametrize("upstream", ["provider", "local-engine"])
 async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, upstream: str
 ) -> None:
     port = free_port()
+    local = upstream == "local-engine"
     env = gateway_env(
         tmp_path / "home",
         port,
         RTGATE_OPENAI_BASE_URL=provider.base_url,
-        OPENAI_API_KEY=PROVIDER_KEY,
+        OPENAI_API_KEY="" if local else PROVIDER_KEY,
         RTGATE_DRAIN_SECONDS="120",
+        # A text turn answered in text: no speech stack to load in each worker.
+        RTGATE_ENGINE_STT="none",
+        RTGATE_ENGINE_TTS="tone",
+        RTGATE_ENGINE_VAD="energy",
     )
     key = create_key(env, "d")
     proc = start_serving(env, tmp_path / "gateway.log")
@@ -172,7 +184,7 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
         await readiness_settles(port, 503)
         await refused_during_the_drain(port, key)
         for i, ws in enumerate(conns):
-            await metered(ws, f"resp_{i}")
+            await metered(ws, f"resp_{i}", local=local)
         for ws in conns[:-1]:
             await ws.close(1000, "done")
         # One session left: the gateway still serves (and still refuses new sessions).
@@ -181,9 +193,7 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
         await conns[-1].close(1000, "done")
         assert await asyncio.to_thread(proc.wait, 15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
     rows = cli_json(env, "sessions", "--limit", "50")
     assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1000, "client")] * 8
     assert sum(r["records"] for r in cli_json(env, "usage")) == 8
@@ -230,9 +240,7 @@ async def test_an_admin_drain_ends_what_is_left_at_the_deadline_with_1001(
             assert time.monotonic() - asked >= 3.0
         assert await asyncio.to_thread(proc.wait, 15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
     rows = cli_json(env, "sessions", "--limit", "50")
     assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1001, "gateway")] * 6
     assert sum(r["records"] for r in cli_json(env, "usage")) == 6

@@ -201,6 +201,9 @@ class Settings(_Frozen):
     log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
     max_session_seconds: float = Field(default=3600.0, gt=0)
+    #: How long a drain (SIGTERM, ``POST /admin/v1/drain``) lets live sessions run before it
+    #: ends them with 1001; calls last minutes, so a deploy should not cut them.
+    drain_seconds: float = Field(default=300.0, ge=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
     #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
@@ -256,6 +259,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_LOG_LEVEL": "log_level",
     "RTGATE_LOG_FORMAT": "log_format",
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
+    "RTGATE_DRAIN_SECONDS": "drain_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
