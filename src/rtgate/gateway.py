@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,9 +95,6 @@ class LiveSessions:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._by_id))
 
     async def none_left(self) -> None:
         """Return once no session is live (at once if none is)."""
