@@ -569,6 +569,7 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/sessions/live"),
         ("POST", "/admin/v1/sessions/{session_id}/close"),
         ("GET", "/admin/v1/sessions/{session_id}/transcript"),
+        ("POST", "/admin/v1/drain"),
         ("GET", "/admin/v1/openapi.json"),
     }
     schemas = doc["components"]["schemas"]

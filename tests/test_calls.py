@@ -599,7 +599,7 @@ async def test_app_shutdown_hangs_each_live_call_up_once(
         assert row.ended_at is not None
         assert (row.close_code, row.close_reason, row.closed_by) == (
             1001,
-            "gateway shutting down",
+            "server_error.server_shutting_down",
             "gateway",
         )
     assert not gateway.app[GATEWAY].live

@@ -258,7 +258,7 @@ async def test_sessions_opening_during_shutdown_are_refused_with_1001(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
     key = await gateway.new_key()
-    gateway.app[GATEWAY].closing = True
+    gateway.app[GATEWAY].stop_accepting()
     async with connect(
         f"{gateway.ws}/v1/realtime?model=gpt-realtime",
         additional_headers={"Authorization": f"Bearer {key}"},

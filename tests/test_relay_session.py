@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
-from rtgate.catalog import Catalog
+from rtgate.catalog import Catalog, Route
 from rtgate.config import load_settings
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.relay_session import RelaySession, review_excerpt
 
 
-def make(model: str = "gpt-realtime") -> RelaySession:
-    settings = load_settings(None, {"OPENAI_API_KEY": "sk-x"})
-    catalog = Catalog(settings)
+def make(
+    model: str = "gpt-realtime", *, route: Route | None = None, catalog: Catalog | None = None
+) -> RelaySession:
+    catalog = catalog or Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
     return RelaySession(
         session_id="rs_1",
         key_id="key_1",
-        route=catalog.resolve(model),
+        route=route or catalog.resolve(model),
         catalog=catalog,
         opened_at=0.0,
         opened_mono=100.0,
@@ -360,3 +363,48 @@ def test_the_review_excerpt_keeps_the_usage_and_hides_string_values() -> None:
     # No usage key to start from: the start of the frame, masked just the same.
     cut = review_excerpt('{"type":"response.done","response":{"id":"resp_1","note":"private')
     assert "private" not in cut and cut.startswith('{"type":"…"')
+
+
+def session_updated(transcription_model: str) -> str:
+    session = {"audio": {"input": {"transcription": {"model": transcription_model}}}}
+    return orjson.dumps({"type": "session.updated", "session": session}).decode()
+
+
+def transcribed(usage: dict[str, object]) -> str:
+    return orjson.dumps(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_1",
+            "usage": usage,
+        }
+    ).decode()
+
+
+def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
+    tmp_path: Path,
+) -> None:
+    # OpenAI's list prices for the names a client picks (gpt-4o-transcribe, whisper-1) are no
+    # price of the engine's own Whisper: the route's upstream decides, for a realtime session
+    # and a transcription session alike, and `[prices.local]` is what an operator sets.
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text('[prices.local]\naudio_in = "2"\ntext_out = "3"\nper_minute = "0.06"\n')
+    for priced in (False, True):
+        settings = load_settings(cfg if priced else None, {})
+        catalog = Catalog(settings)
+        for route in (catalog.resolve("gpt-realtime"), catalog.resolve(None)):
+            s = make(route=route, catalog=catalog)
+            tokens = {"type": "tokens", "input_tokens": 10, "output_tokens": 4}
+            s.on_upstream_text(session_updated("gpt-4o-transcribe"), 1.0)
+            by_tokens = s.on_upstream_text(transcribed(tokens), 2.0)
+            s.on_upstream_text(session_updated("whisper-1"), 3.0)
+            by_minute = s.on_upstream_text(transcribed({"type": "duration", "seconds": 1.5}), 4.0)
+            audio_in = {"input_tokens": 7, "input_token_details": {"audio_tokens": 7}}
+            realtime = s.on_upstream_text(done(audio_in), 5.0)
+            records = [by_tokens, by_minute, realtime]
+            assert all(isinstance(r, UsageRecord) for r in records)
+            costs = [(r.model, r.price_key, r.charged_nanos) for r in records]  # type: ignore[union-attr]
+            assert costs == [
+                ("gpt-4o-transcribe", "local", 10 * 2000 + 4 * 3000 if priced else 0),
+                ("whisper-1", "local", 1500 * 1000 if priced else 0),
+                (route.model, "local", 7 * 2000 if priced else 0),
+            ]

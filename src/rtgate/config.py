@@ -175,7 +175,8 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     ),
     "gpt-4o-mini-transcribe": PriceSettings(text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")),
     "whisper-1": PriceSettings(per_minute=_d("0.006")),
-    # The embedded local engine costs the operator nothing.
+    # What the embedded local engine serves costs the operator nothing (catalog.py prices it
+    # all by this row; `[prices.local]` in the config changes it).
     "local": PriceSettings(),
 }
 
@@ -200,6 +201,9 @@ class Settings(_Frozen):
     log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
     max_session_seconds: float = Field(default=3600.0, gt=0)
+    #: How long a drain (SIGTERM, ``POST /admin/v1/drain``) lets live sessions run before it
+    #: ends them with 1001; calls last minutes, so a deploy should not cut them.
+    drain_seconds: float = Field(default=300.0, ge=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
     #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
@@ -255,6 +259,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_LOG_LEVEL": "log_level",
     "RTGATE_LOG_FORMAT": "log_format",
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
+    "RTGATE_DRAIN_SECONDS": "drain_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
@@ -344,11 +349,6 @@ def load_settings(
         name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
         for name in (*DEFAULT_OPENAI_MODELS, "local")
     }
-    for entry in models.values():
-        # The embedded engine costs the operator nothing: catalog models it serves are free
-        # unless the config prices them (e.g. to rehearse budgets offline).
-        if entry["upstream"] == "local":
-            entry["prices"] = "local"
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
     raw["models"] = models
 

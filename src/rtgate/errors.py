@@ -14,6 +14,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
+    +-- ShuttingDown             server_shutting_down       503 / close 1001
     +-- SessionExpired           session_expired            --  / close 1001
 
 Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
@@ -107,6 +108,16 @@ class LimiterUnavailable(GatewayError):
     close_code = 1011
     error_type = "server_error"
     code = "limiter_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    """This gateway is draining or stopping: a new session is refused, and a live one still
+    open at the drain's deadline (or at an immediate stop) is ended; either way the client
+    should reconnect, which a balancer sends to a running instance."""
+
+    http_status = 503
+    close_code = 1001
+    code = "server_shutting_down"
 
 
 class SessionExpired(GatewayError):

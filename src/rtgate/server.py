@@ -3,24 +3,34 @@
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
 they share the database, and with ``redis_url`` the session limits and the admin API's view of
 live sessions; without it each worker counts and sees only its own (a warning says so).
+
+Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run on until they
+end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
+or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
+how a worker that the admin API asked to drain has the parent tell every worker. The parent of
+``--workers N`` forwards each of these signals to every worker, and each drains on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
+import os
 import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.config import Settings
+from rtgate.drain import DRAIN
 from rtgate.logs import configure_logging
 from rtgate.welcome import summary_lines
 
@@ -58,10 +68,17 @@ def freeze_startup_heap() -> None:
 
 
 async def serve_async(
-    settings: Settings, engine_token: str, sock: socket.socket | None = None
+    settings: Settings,
+    engine_token: str,
+    sock: socket.socket | None = None,
+    propagate_drain: Callable[[], None] | None = None,
 ) -> None:
-    app = create_app(settings, engine_token=engine_token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
+    # At exit aiohttp waits this long for handlers still running. With --workers, a sibling's
+    # relayed session may be served by this worker's local engine route (SO_REUSEPORT), so a
+    # worker whose own sessions have drained waits for those too, up to a drain's length.
+    wait = max(60.0, settings.drain_seconds)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
@@ -77,19 +94,42 @@ async def serve_async(
     shown = f"[{host}]" if ":" in str(host) else host
     for line in summary_lines(settings, f"http://{shown}:{port}", _program()):
         log.info(line)
-    stop = asyncio.Event()
+    drain = app[DRAIN]
+    now = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if drain.started:
+            log.info("second SIGTERM: ending the live sessions now")
+            now.set()
+        else:
+            drain.begin()
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, now.set)
+    loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    waits = [asyncio.create_task(e.wait()) for e in (now, drain.finished)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
     log.info("shutting down")
+    # Stops listening, ends what is still live (1001), waits for the handlers, drains the ledger.
     await runner.cleanup()
 
 
+def _tell_parent_to_drain() -> None:
+    """A worker asked to drain (the admin API) has the parent drain every worker."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
 def _worker(settings: Settings, engine_token: str) -> None:
+    # A sibling's drain request may come before this worker serves: ignored, not fatal.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     install_uvloop()
-    asyncio.run(serve_async(settings, engine_token))
+    asyncio.run(serve_async(settings, engine_token, propagate_drain=_tell_parent_to_drain))
 
 
 def unshared_workers_warning(settings: Settings) -> str | None:
@@ -120,15 +160,19 @@ def serve(settings: Settings) -> None:
         ctx.Process(target=_worker, args=(settings, engine_token), name=f"rtgate-worker-{i}")
         for i in range(settings.workers)
     ]
-    for p in procs:
-        p.start()
 
     def forward(signum: int, _frame: object) -> None:
+        # Each worker decides what the signal means for it (a drain, or an end at once).
         for p in procs:
-            if p.pid is not None:
-                p.terminate()
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Before the workers start, so a worker's first drain request finds the parent listening
+    # (spawned workers start with the default handlers, whatever the parent installs).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.start()
     for p in procs:
         p.join()

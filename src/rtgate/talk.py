@@ -148,7 +148,7 @@ def list_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> 
         route = Catalog(settings).resolve(model)
     except GatewayError:
         return None
-    _, prices = Catalog(settings).price_row(route.price_key or model)
+    prices = route.prices
     if prices is None:
         return None
     return usd_str(cost_of(read_response_usage(usage).usage, prices).charged_nanos)

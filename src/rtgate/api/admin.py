@@ -1,5 +1,5 @@
-"""The admin API under ``/admin/v1/``: keys, client secrets, usage, sessions, and its OpenAPI
-document.
+"""The admin API under ``/admin/v1/``: keys, client secrets, usage, sessions, the instance's
+drain, and its OpenAPI document.
 
 One operator token guards it: ``RTGATE_ADMIN_TOKEN``, sent as ``Authorization: Bearer <token>``
 and compared in constant time. With no token configured the API is disabled and every route
@@ -34,6 +34,7 @@ from rtgate.api.operation import Call, InvalidRequest, Operation, Reply
 from rtgate.api.views import (
     ClientSecretView,
     ClosedSession,
+    DrainView,
     ErrorDetail,
     ErrorResponse,
     KeyView,
@@ -48,6 +49,7 @@ from rtgate.api.views import (
     key_view,
     new_key_view,
     session_row,
+    timestamp,
     transcript_entry,
     usage_csv,
     usage_row,
@@ -55,6 +57,7 @@ from rtgate.api.views import (
 from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
+from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
 from rtgate.fleet import FleetUnavailable
 
@@ -354,6 +357,20 @@ async def close_session(call: Call[None, None]) -> Reply:
     raise NotFound(missing, param="session_id")
 
 
+async def drain(call: Call[None, None]) -> Reply:
+    """Begin this instance's drain (as SIGTERM does); asking again changes nothing."""
+    under_way = call.request.config_dict[DRAIN]
+    under_way.request()
+    return DrainView(
+        draining=not call.gw.accepting,
+        instance=call.gw.fleet.instance,
+        started_at=timestamp(under_way.started_at),
+        deadline_at=timestamp(under_way.deadline_at),
+        drain_seconds=under_way.seconds,
+        live_sessions=len(call.gw.live),
+    )
+
+
 async def openapi(call: Call[None, None]) -> Reply:
     return web.Response(body=call.request.app[OPENAPI], content_type="application/json")
 
@@ -466,6 +483,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         response=TranscriptEntryView,
         many=True,
         not_found="No session with this id.",
+    ),
+    Operation(
+        "POST",
+        "/drain",
+        drain,
+        "Drain this instance before a restart, as SIGTERM does: /readyz answers 503 and new "
+        "sessions are refused (server_shutting_down); live sessions and calls run until they "
+        "end or drain_seconds pass (then an error event and 1001), and the process exits",
+        status=202,
+        response=DrainView,
     ),
     Operation("GET", "/openapi.json", openapi, "This document", status=200, response=None),
 )

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -28,11 +28,12 @@ from rtgate.auth.redis_limits import RedisSessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
+from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
 from rtgate.fleet import Fleet, LoneInstance
-from rtgate.gateway import Gateway
+from rtgate.gateway import Gateway, shutting_down
 from rtgate.metering.ledger import Ledger
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
@@ -47,10 +48,21 @@ ENGINE_PATH = "/_engine/v1"
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 as long as the process serves, draining or not (it must not be killed
+    while its live sessions finish)."""
     gw = request.app[GATEWAY]
     return web.json_response(
         {"status": "ok", "version": __version__, "live_sessions": len(gw.live)}
     )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 while new sessions are taken, 503 from the moment a drain begins, so a
+    load balancer stops sending sessions here."""
+    gw = request.app[GATEWAY]
+    if gw.accepting:
+        return web.json_response({"status": "ready", "live_sessions": len(gw.live)})
+    return web.json_response({"status": "draining", "live_sessions": len(gw.live)}, status=503)
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -75,7 +87,10 @@ def create_app(
     engine: EngineOptions | None = None,
     engine_token: str | None = None,
     expiry_check_interval: float = 1.0,
+    propagate_drain: Callable[[], None] | None = None,
 ) -> web.Application:
+    """The gateway as an aiohttp application. ``propagate_drain`` tells sibling worker
+    processes when the admin API asks this one to drain (``server.py``; ``rtgate.drain``)."""
     clock = clock or SystemClock()
     store = store or SqlStore(settings.resolved_database_url)
     engine = engine or build_engine(
@@ -135,18 +150,19 @@ def create_app(
                     await writer
 
             stack.push_async_callback(stop_ledger)
+            app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
+            stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:
                 shared.start()
             await fleet.start(HeldSessions(gw))
             yield
 
     async def close_live_sessions(app: web.Application) -> None:
-        # on_shutdown runs before aiohttp waits for handlers to finish, so live sessions end
-        # now, with 1001 (going away) as OpenAI's SDK expects, not after a timeout.
-        gw = app[GATEWAY]
-        gw.closing = True
-        closing = [b.close(1001, "gateway shutting down", "gateway") for b in gw.live.values()]
-        await asyncio.gather(*closing, return_exceptions=True)
+        # on_shutdown runs before aiohttp waits for handlers to finish, so the sessions still
+        # live (none after a drain that finished) end now, with an error event and 1001 (going
+        # away) as OpenAI's SDK expects, not after a timeout.
+        await app[DRAIN].cancel()
+        await app[GATEWAY].end_live_sessions(shutting_down())
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_live_sessions)
@@ -155,6 +171,7 @@ def create_app(
     add_call_routes(app)
     app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")

@@ -39,7 +39,7 @@ from rtgate.relay.calls import (
     hangup_upstream,
     upstream_post,
 )
-from rtgate.relay.endpoint import GATEWAY, ShuttingDown
+from rtgate.relay.endpoint import GATEWAY
 
 log = logging.getLogger("rtgate.api")
 
@@ -100,8 +100,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
 async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) -> web.Response:
     """Policy first (the upstream sees no offer the key may not place), then the offer goes
     upstream and the call's sideband is opened; a call that cannot be metered is hung up."""
-    if gw.closing or calls.closing:
-        raise ShuttingDown("The gateway is shutting down; try again shortly.")
+    gw.check_accepting()
     key, policy, grant = await gw.keyring.authenticate_session(
         client_credential(request.headers).secret
     )
@@ -180,8 +179,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         body = parsed
     admitted = False
     if action == "accept":
-        if calls.closing or gw.closing:
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
+        gw.check_accepting()
         model, template = ga_template(body)
         if model is None:
             model = gw.settings.default_model

@@ -89,6 +89,8 @@ async def _mint(
     call: Call[Any, Any], model: str | None, template: dict[str, Any], seconds: int
 ) -> tuple[str, ClientSecret]:
     gw: Gateway = call.gw
+    # A secret opens a session later: a draining gateway must not hand one out.
+    gw.check_accepting()
     key, policy = await gw.keyring.authenticate(client_credential(call.request.headers).secret)
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model

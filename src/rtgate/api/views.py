@@ -155,6 +155,20 @@ class ClosedSession(LiveSession):
     closed_by: str | None
 
 
+class DrainView(View):
+    """The drain of the instance that answered (all its worker processes): new sessions are
+    refused, live ones run until they end or until ``deadline_at``, then the process exits."""
+
+    draining: bool
+    #: The instance draining (``inst_`` and 12 hex digits).
+    instance: str
+    started_at: str | None = Field(json_schema_extra=_TIME)
+    deadline_at: str | None = Field(json_schema_extra=_TIME)
+    drain_seconds: float
+    #: Sessions still live on the process that answered.
+    live_sessions: int
+
+
 class ClientSecretView(View):
     """A minted client secret, by its id: never its value."""
 

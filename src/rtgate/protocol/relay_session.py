@@ -187,18 +187,19 @@ class RelaySession:
             review = "unreadable_usage"
         if review is None and usage.total_tokens == 0 and usage.audio_ms == 0:
             return None
+        other: str | None  # the usage's own model, when it is not the route's
         if usage.kind == "transcription":
-            model = self.transcription_model
-            if model is None and usage.audio_ms:
-                model = _DURATION_DEFAULT_MODEL
-            price_key, prices = self._catalog.price_row(model) if model else ("", None)
+            other = self.transcription_model
+            if other is None and usage.audio_ms:
+                other = _DURATION_DEFAULT_MODEL
+            other = other or ""
         elif self.route.model:
-            model, price_key, prices = self.route.model, self.route.price_key, self.route.prices
+            other = None
         else:
             # Sideband (call_id) sessions name no model; the upstream's session.created does.
-            model = self.upstream_session_model
-            price_key, prices = self._catalog.price_row(model) if model else ("", None)
-        model = model or ""
+            other = self.upstream_session_model or ""
+        price_key, prices = self._catalog.usage_price(self.route, other)
+        model = self.route.model if other is None else other
         cost = cost_of(usage, prices)
         priced = prices is not None
         if not priced:
@@ -211,7 +212,7 @@ class RelaySession:
             session_id=self.session_id,
             key_id=self.key_id,
             model=model[:200],
-            price_key=(price_key or "")[:200],
+            price_key=price_key[:200],
             usage=usage,
             provider_nanos=cost.provider_nanos,
             charged_nanos=cost.charged_nanos,

@@ -26,11 +26,10 @@ from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import KeyPolicy, over_budget
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
-from rtgate.gateway import Gateway
+from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import metered_session
 from rtgate.relay.bridge import commit_usage, expiry_message, sendable
-from rtgate.relay.endpoint import ShuttingDown
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
@@ -298,7 +297,7 @@ class CallRegistry:
         acquired is released when it ends; if this raises, the slot and the call (to hang up)
         are still the caller's."""
         if self.closing or gw.closing:
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
+            raise shutting_down()
         url = upstream_url(route.upstream, route.upstream.base_url, "", [("call_id", call_id)])
         try:
             async with asyncio.timeout(route.upstream.connect_timeout_s):
@@ -326,14 +325,15 @@ class CallRegistry:
             raise
         if self.closing or gw.closing:
             # Shutdown began while this call was placed: its sweep has passed this call by.
-            session.close(1001, "gateway shutting down", "gateway")
+            err = shutting_down()
+            session.close(err.close_code, err.close_reason, "gateway")
             await sb.close_socket()
             await self._record_end(gw, sb)
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
+            raise err
         self.calls[call_id] = sb
         # Live from here on, before any await: an operator's close or a revocation that comes
         # after this line finds the call; one that came before is caught by ``_run``'s check.
-        gw.live[session.session_id] = sb
+        gw.live.add(session.session_id, sb)
         gw.metrics.live.inc()
         gw.metrics.started.labels(route.model).inc()
         sb.task = asyncio.create_task(self._run(gw, sb), name=f"sideband-{call_id}")
@@ -357,7 +357,8 @@ class CallRegistry:
             await sb.run()
         except asyncio.CancelledError:
             # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
-            s.close(1001, "gateway shutting down", "gateway")
+            stop = shutting_down()
+            s.close(stop.close_code, stop.close_reason, "gateway")
             await sb.hangup()
             raise
         except Exception:
@@ -368,7 +369,7 @@ class CallRegistry:
                 del self.calls[sb.call_id]
             await sb.close_socket()
             await gw.limiter.release(sb.key.id)
-            gw.live.pop(s.session_id, None)
+            gw.live.discard(s.session_id)
             gw.metrics.live.dec()
             gw.metrics.ended.labels(str(s.close_code), s.closed_by or "gateway").inc()
             gw.metrics.duration.observe(gw.clock.now() - s.opened_at)
@@ -404,9 +405,7 @@ class CallRegistry:
         """End the live calls (each hung up once, with 1001) and wait for every sideband task
         to finish; a call already ending is left to record its end, not interrupted."""
         self.closing = True
-        ending = [
-            sb.close(1001, "gateway shutting down", "gateway") for sb in list(self.calls.values())
-        ]
+        ending = [sb.terminate(shutting_down(), "gateway") for sb in list(self.calls.values())]
         await asyncio.gather(*ending, return_exceptions=True)
         tasks = list(self.tasks)
         if not tasks:

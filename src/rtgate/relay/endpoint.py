@@ -35,7 +35,7 @@ from rtgate.auth.policy import (
 )
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
-from rtgate.gateway import Gateway
+from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
@@ -47,12 +47,6 @@ from rtgate.store.port import KeyInfo, SessionOpen
 log = logging.getLogger("rtgate.relay")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
-
-
-class ShuttingDown(GatewayError):
-    http_status = 503
-    close_code = 1001
-    code = "server_shutting_down"
 
 
 async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
@@ -138,8 +132,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     intent = query.get("intent")
     model = query.get("model")
     try:
-        if gw.closing:
-            raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
+        gw.check_accepting()
         key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
         if grant is not None:
             model = connection_model(grant, model)
@@ -235,21 +228,21 @@ async def _relay(
     if template is not None:
         # A client secret's template next: its minter chose it for this very session.
         await upstream.send_str(template)
-    gw.live[session.session_id] = bridge
+    gw.live.add(session.session_id, bridge)
     gw.metrics.live.inc()
     gw.metrics.started.labels(route.model or "").inc()
     log.info("session opened", extra=extra)
     try:
         if gw.closing:
-            # Shutdown began while this session dialled: it would miss the 1001 sweep.
-            await bridge.close(1001, "gateway shutting down", "gateway")
+            # Live sessions were being ended while this one dialled: the sweep missed it.
+            await bridge.terminate(shutting_down(), "gateway")
         elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
             # Its secret was revoked while it dialled: the revocation's sweep missed it.
             await bridge.terminate(revoked_secret_error())
         else:
             await bridge.run()
     finally:
-        gw.live.pop(session.session_id, None)
+        gw.live.discard(session.session_id)
         gw.metrics.live.dec()
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - now)
