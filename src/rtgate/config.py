@@ -204,7 +204,8 @@ class Settings(_Frozen):
     permessage_deflate: bool = False
     #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
     heartbeat_seconds: float | None = Field(default=30.0, gt=0)
-    #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
+    #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
+    #: closed with 1009. A 15 MiB append plus its JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
     default_upstream: str | None = None

@@ -15,7 +15,8 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import ws_ext_parse
 
 from rtgate.auth.client_secrets import (
     ClientSecret,
@@ -34,6 +35,7 @@ from rtgate.auth.policy import (
     over_budget,
 )
 from rtgate.catalog import Route
+from rtgate.config import Settings
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
@@ -111,6 +113,22 @@ async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, objec
         return False
 
 
+def message_limit(request: web.Request, settings: Settings) -> int:
+    """aiohttp's ``max_msg_size`` for a largest message of ``max_message_bytes``, accepted.
+
+    aiohttp (3.14, both readers) closes a plain message of exactly ``max_msg_size`` bytes with
+    1009 but a compressed one only past it, so the limit is passed one higher unless this
+    connection is compressed: the negotiation aiohttp itself runs (RFC 7692 section 5), which
+    never raises on the server side.
+    """
+    limit = settings.max_message_bytes
+    if settings.permessage_deflate:
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS)
+        if ws_ext_parse(offered, isserver=True)[0]:
+            return limit
+    return limit + 1
+
+
 def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
     """``realtime`` whenever offered; a beta client offering only the beta one gets it back."""
     offered = offered_subprotocols(headers)
@@ -126,7 +144,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
-        max_msg_size=s.max_message_bytes,
+        max_msg_size=message_limit(request, s),
         # The bridge pings and answers pings itself (bridge.py, Heartbeat).
         autoping=False,
         autoclose=True,
