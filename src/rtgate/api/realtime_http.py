@@ -33,6 +33,7 @@ from rtgate.auth.client_secrets import (
     SessionKind,
     beta_template,
     ga_template,
+    refuse_unknown,
     with_transcription_model,
 )
 from rtgate.auth.credentials import client_credential
@@ -60,10 +61,13 @@ class BetaExpiresAfter(ExpiresAfter):
 
 
 class ClientSecretRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Other fields are refused by the handler, as OpenAI does (``unknown_parameter``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     expires_after: ExpiresAfter = Field(default_factory=ExpiresAfter)
-    #: A GA realtime or transcription session; its fields are the upstream's to validate.
+    #: A GA realtime or transcription session: its top-level fields are checked against the
+    #: protocol's (``ga_template``), their values are the upstream's to validate.
     session: dict[str, Any] | None = None
 
 
@@ -74,7 +78,8 @@ class BetaClientSecret(BaseModel):
 
 
 class BetaSessionRequest(BaseModel):
-    """A flat beta session; fields besides these are carried into the template."""
+    """A flat beta session: the other fields are the beta session's (``beta_template`` refuses
+    any it never had and carries the rest into the template)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -117,6 +122,7 @@ def _json(body: Any) -> web.Response:
 
 
 async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
+    refuse_unknown(call.body.model_extra or {}, ())
     model, template = ga_template(call.body.session)
     secret, minted = await _mint(call, model, template, call.body.expires_after.seconds)
     session = _session_view(minted)
