@@ -2,8 +2,8 @@
 
 Everything else receives a frozen ``Settings`` (or the parts of it it needs) as an argument.
 Provider keys are read from the environment only (``OPENAI_API_KEY`` or the variable an upstream
-names in ``api_key_env``), never from the file, so a config file can be shared or committed; so is
-the admin API's token (``RTGATE_ADMIN_TOKEN``).
+names in ``api_key_env``), never from the file, so a config file can be shared or committed; so are
+the admin API's token (``RTGATE_ADMIN_TOKEN``) and ``/metrics``' (``RTGATE_METRICS_TOKEN``).
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ class Settings(_Frozen):
     #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
     #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
     admin_token: SecretStr | None = Field(default=None, exclude=True)
+    #: Bearer token ``GET /metrics`` requires (it shows key ids and spend); unset, the page is
+    #: open. Read from ``RTGATE_METRICS_TOKEN`` only; excluded from every dump.
+    metrics_token: SecretStr | None = Field(default=None, exclude=True)
     #: Redis holding live-session and rate counters shared by every instance (``redis://``,
     #: ``rediss://`` or ``unix://``). Unset, each process counts its own sessions.
     redis_url: str | None = None
@@ -328,10 +331,14 @@ def load_settings(
             up["api_key"] = env[key_env]
     raw["upstreams"] = upstreams
 
-    if "admin_token" in raw:
-        raise ConfigError("admin_token: the admin token is read from RTGATE_ADMIN_TOKEN only")
-    if env.get("RTGATE_ADMIN_TOKEN"):
-        raw["admin_token"] = env["RTGATE_ADMIN_TOKEN"]
+    for token, var in (
+        ("admin_token", "RTGATE_ADMIN_TOKEN"),
+        ("metrics_token", "RTGATE_METRICS_TOKEN"),
+    ):
+        if token in raw:
+            raise ConfigError(f"{token}: the token is read from {var} only")
+        if env.get(var):
+            raw[token] = env[var]
 
     if "default_upstream" not in raw:
         raw["default_upstream"] = "openai" if "api_key" in openai else "local"

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import SecretStr
 
 from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
@@ -21,9 +23,11 @@ from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
+from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
+from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.redis_limits import RedisSessionLimiter
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
@@ -31,6 +35,7 @@ from rtgate.config import Settings
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
+from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import Ledger
@@ -53,9 +58,26 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-async def metrics_page(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+def metrics_page(token: SecretStr | None) -> Handler:
+    """``GET /metrics``, behind ``metrics_token`` (a Bearer token) when one is set."""
+    expected = None if token is None else OperatorToken(token.get_secret_value())
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if expected is not None:
+            given = bearer(request.headers)
+            if given is None or not expected.matches(given):
+                response = error_response(
+                    AuthError(
+                        "Send the metrics token in an Authorization header using Bearer auth "
+                        "(i.e. Authorization: Bearer RTGATE_METRICS_TOKEN)."
+                    )
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="rtgate-metrics"'
+                return response
+        body = request.app[GATEWAY].metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    return page
 
 
 async def models(request: web.Request) -> web.Response:
@@ -155,7 +177,7 @@ def create_app(
     add_call_routes(app)
     app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/metrics", metrics_page(settings.metrics_token))
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))
