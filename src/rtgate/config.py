@@ -200,6 +200,10 @@ class Settings(_Frozen):
     log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
     max_session_seconds: float = Field(default=3600.0, gt=0)
+    #: A request's headers must arrive this long after its connection opened (or after the
+    #: previous response: idle keep-alive connections close as late), and its body this long
+    #: after its headers (slowloris).
+    request_timeout_seconds: float = Field(default=15.0, gt=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
     #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
@@ -260,6 +264,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_LOG_FORMAT": "log_format",
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
+    "RTGATE_REQUEST_TIMEOUT_SECONDS": "request_timeout_seconds",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.logs import configure_logging
 from rtgate.welcome import summary_lines
@@ -62,7 +63,7 @@ async def serve_async(
     settings: Settings, engine_token: str, sock: socket.socket | None = None
 ) -> None:
     app = create_app(settings, engine_token=engine_token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = app_runner(app, settings, handle_signals=False, access_log=None)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)

@@ -25,6 +25,7 @@ from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
 from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
+from rtgate.api.request_timeouts import body_deadline
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
@@ -106,7 +107,10 @@ def create_app(
         int(settings.max_session_seconds),
         preload=settings.default_upstream == "local",
     )
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    app = web.Application(
+        client_max_size=settings.max_message_bytes,
+        middlewares=[body_deadline(settings.request_timeout_seconds)],
+    )
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
