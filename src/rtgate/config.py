@@ -206,8 +206,16 @@ class Settings(_Frozen):
     request_timeout_seconds: float = Field(default=15.0, gt=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
-    #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
+    #: Ping the client after this much silence and drop it when still silent half as long
+    #: after: a peer gone without a FIN is not held to the cap. None: never.
     heartbeat_seconds: float | None = Field(default=30.0, gt=0)
+    #: Ping the upstream (a relayed session's or a call's sideband) after this much silence, and
+    #: end the session with ``upstream_unavailable`` when nothing arrives within
+    #: ``upstream_pong_timeout_seconds`` of the ping: a stopped provider is noticed within
+    #: their sum and a watchdog tick (8 s) of its last frame instead of leaving the caller in
+    #: dead air. A session that talks is never pinged. None: never.
+    upstream_ping_after_seconds: float | None = Field(default=4.0, gt=0)
+    upstream_pong_timeout_seconds: float = Field(default=3.0, gt=0)
     #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
     #: closed with 1009. A 15 MiB append plus its JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -266,6 +274,9 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_REQUEST_TIMEOUT_SECONDS": "request_timeout_seconds",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RTGATE_HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "RTGATE_UPSTREAM_PING_AFTER_SECONDS": "upstream_ping_after_seconds",
+    "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
     "RTGATE_REDIS_PREFIX": "redis_prefix",

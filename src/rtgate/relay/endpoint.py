@@ -43,6 +43,7 @@ from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.admission import admit, metered_session
 from rtgate.relay.bridge import Bridge
+from rtgate.relay.keepalive import client_cadence, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
@@ -242,7 +243,8 @@ async def _relay(
         else None,
         store=gw.store,
         beta=beta,
-        heartbeat=gw.settings.heartbeat_seconds,
+        client_beat=client_cadence(gw.settings),
+        upstream_beat=upstream_cadence(gw.settings),
     )
     transcription = intent == "transcription"
     initial = initial_session_update(policy, transcription=transcription)
