@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,6 +228,14 @@ class Settings(_Frozen):
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    #: Failed authentications one address may make at once; past them its attempts are refused
+    #: unchecked (``rate_limit_exceeded``) until its allowance refills. 0: no throttle.
+    auth_failures_burst: int = Field(default=20, ge=0)
+    #: How fast an address's allowance of failures refills.
+    auth_failures_per_minute: float = Field(default=10.0, gt=0)
+    #: Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the caller; the
+    #: peer address is used otherwise. ``RTGATE_TRUSTED_PROXIES`` takes them comma-separated.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
     #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
     admin_token: SecretStr | None = Field(default=None, exclude=True)
@@ -238,6 +247,11 @@ class Settings(_Frozen):
     redis_url: str | None = None
     #: Prefix of every key rtgate writes in that Redis, so deployments can share one server.
     redis_prefix: str = Field(default="rtgate:", min_length=1, max_length=100)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @field_validator("redis_url")
     @classmethod
@@ -279,6 +293,9 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
+    "RTGATE_AUTH_FAILURES_BURST": "auth_failures_burst",
+    "RTGATE_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
+    "RTGATE_TRUSTED_PROXIES": "trusted_proxies",
     "RTGATE_REDIS_PREFIX": "redis_prefix",
 }
 _ENV_ENGINE: dict[str, str] = {

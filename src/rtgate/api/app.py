@@ -26,10 +26,12 @@ from rtgate.api.live import HeldSessions
 from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.api.request_timeouts import body_deadline
+from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.redis_limits import RedisSessionLimiter
+from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
@@ -136,11 +138,20 @@ def create_app(
             stack.push_async_callback(http.close)
             ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
             await ledger.recover()
+            keyring = KeyRing(store, clock)
+            throttle = (
+                FailureThrottle(settings.auth_failures_burst, settings.auth_failures_per_minute)
+                if settings.auth_failures_burst
+                else None
+            )
             gw = Gateway(
                 settings=settings,
                 store=store,
                 clock=clock,
-                keyring=KeyRing(store, clock),
+                keyring=keyring,
+                authenticator=Authenticator(
+                    keyring, clock, metrics, throttle, settings.trusted_proxies
+                ),
                 catalog=Catalog(settings),
                 ledger=ledger,
                 http=http,

@@ -36,7 +36,6 @@ from rtgate.auth.client_secrets import (
     refuse_unknown,
     with_transcription_model,
 )
-from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import check_model, check_session_template
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
@@ -94,7 +93,7 @@ async def _mint(
     call: Call[Any, Any], model: str | None, template: dict[str, Any], seconds: int
 ) -> tuple[str, ClientSecret]:
     gw: Gateway = call.gw
-    key, policy = await gw.keyring.authenticate(client_credential(call.request.headers).secret)
+    key, policy = await gw.authenticator.key(call.request.headers, call.request.remote)
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
     if model is not None:

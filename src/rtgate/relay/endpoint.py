@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.http import ws_ext_parse
 
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
     ClientSecret,
     connection_intent,
@@ -159,7 +160,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     try:
         if gw.closing:
             raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
-        key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
+        key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
         if grant is not None:
             model = connection_model(grant, model)
             intent = connection_intent(grant, intent)
@@ -170,8 +171,9 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         check_model(policy, route.model)
         await admit(gw, key, policy)
     except GatewayError as err:
-        log.info("session refused: %s", err.code, extra={"refusal": err.code})
-        gw.metrics.refused(err.code)
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("session refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
         return await _refuse(ws, err)
     try:
         try:
