@@ -10,7 +10,9 @@ another), applies its policy (expiry, allowed models, blocked session fields) an
 secret rtgate minted itself (``rtgate.auth.client_secrets``). The upstream's ``client_secrets``
 endpoint is never called: its secrets would open sessions the gateway neither meters nor polices.
 Errors carry OpenAI's body and status (401 ``invalid_api_key``, 403 ``model_not_allowed``, 404
-``model_not_found``, 400 for a body it refuses).
+``model_not_found``, 400 for a body it refuses, ``unknown_parameter`` for a field the session does
+not have, 429 ``rate_limit_exceeded`` for a key minting too fast or an address failing to
+authenticate too often).
 """
 
 from __future__ import annotations
