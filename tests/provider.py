@@ -75,6 +75,8 @@ class FakeProvider:
     #: False: a hangup is answered 200 but the call's sideband stays open (the gateway must
     #: close its own socket).
     hangup_closes_sideband: bool = True
+    #: False: pings on its sockets go unanswered (a provider that has stopped).
+    answer_pings: bool = True
     #: Awaited after a call is placed and before the provider answers it.
     while_placing: Callable[[], Awaitable[None]] | None = None
     #: ``POST /v1/realtime/client_secrets`` bodies received (rtgate mints its own: none expected).
@@ -188,7 +190,7 @@ class FakeProvider:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
         if self.refuse_status:
             return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=self.answer_pings)
         await ws.prepare(request)
         # OpenAI takes a Bearer token; Azure OpenAI an ``api-key`` header.
         authorized = request.headers.get("Authorization") == f"Bearer {self.key}" or (

@@ -735,3 +735,24 @@ async def test_the_removed_beta_webrtc_route_says_where_to_go(
     assert body["error"]["type"] == "invalid_request_error"
     assert "/v1/realtime/calls" in body["error"]["message"]
     assert not provider.calls
+
+
+async def test_a_sideband_whose_upstream_stops_answering_pings_ends_the_call(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+) -> None:
+    settings = make_settings(
+        RTGATE_UPSTREAM_PING_AFTER_SECONDS="0.2", RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS="0.1"
+    )
+    gw = await start_gateway(settings, expiry_check_interval=0.02)
+    _, key = await key_with(gw)
+    provider.answer_pings = False
+    call_id = await place(client_for(gw, key), REALTIME)
+    await sideband_open(provider, call_id)
+    row = await ended_row(gw)
+    assert (row.close_code, row.close_reason) == (1011, "server_error.upstream_unavailable")
+    assert row.closed_by == "upstream"
+    assert provider.hangups(call_id) == 1
+    assert not gw.app[GATEWAY].live

@@ -385,6 +385,33 @@ async def test_a_15_mib_append_passes_and_a_17_mib_frame_is_closed_1009(
     assert ws.close_code == 1009
 
 
+@pytest.mark.parametrize("deflate", ["false", "true"])
+async def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_is_closed_1009(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    deflate: str,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE=deflate))
+    limit = gw.settings.max_message_bytes
+    assert limit == 16 * 1024 * 1024
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        max_size=None,
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        await first_events(ws, 1)
+        # Compressed or not (permessage-deflate, RFC 7692), the limit is the message's size.
+        assert ("permessage-deflate" in str(ws.response.headers)) is (deflate == "true")
+        await ws.send(bytes(limit))
+        assert await ws.recv() == b"echo:" + bytes(limit)
+        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
+            await ws.send(bytes(limit + 1))
+            await ws.recv()
+    assert ws.close_code == 1009
+
+
 async def test_abrupt_client_disconnect_closes_upstream_and_the_session(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

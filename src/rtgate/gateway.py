@@ -10,6 +10,7 @@ from typing import Protocol
 
 import aiohttp
 
+from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import SessionLimiter
 from rtgate.catalog import Catalog
@@ -107,6 +108,8 @@ class Gateway:
     store: Store
     clock: Clock
     keyring: KeyRing
+    #: How every route that authenticates a caller does it (the failure throttle included).
+    authenticator: Authenticator
     catalog: Catalog
     ledger: Ledger
     http: aiohttp.ClientSession

@@ -61,6 +61,11 @@ class Metrics:
         self.refusals = Counter(
             "rtgate_policy_refusals", "Sessions or events refused.", ["reason"], registry=r
         )
+        self.auth_throttled = Counter(
+            "rtgate_auth_throttled",
+            "Authentications refused unchecked: their address had failed too often.",
+            registry=r,
+        )
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
 from rtgate.logs import configure_logging
@@ -40,7 +42,7 @@ log = logging.getLogger("rtgate")
 def _provider_secrets(settings: Settings) -> list[str]:
     """Every secret the process holds, for the log filter to strip."""
     held = [u.api_key for u in settings.upstreams.values()]
-    held += [settings.admin_token, settings.engine.brain_api_key]
+    held += [settings.admin_token, settings.metrics_token, settings.engine.brain_api_key]
     return [s.get_secret_value() for s in held if s is not None]
 
 
@@ -78,7 +80,7 @@ async def serve_async(
     # relayed session may be served by this worker's local engine route (SO_REUSEPORT), so a
     # worker whose own sessions have drained waits for those too, up to a drain's length.
     wait = max(60.0, settings.drain_seconds)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=wait)
+    runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
@@ -144,10 +146,31 @@ def unshared_workers_warning(settings: Settings) -> str | None:
     )
 
 
+def loopback(host: str) -> bool:
+    """Whether ``host`` (the listening address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_metrics_warning(settings: Settings) -> str | None:
+    """What an operator must know when ``/metrics`` is open beyond this machine, or None."""
+    if settings.metrics_token is not None or loopback(settings.host):
+        return None
+    return (
+        f"/metrics is open to anyone who can reach {settings.host}:{settings.port} (key ids, "
+        "models, sessions and spend): set RTGATE_METRICS_TOKEN to require a Bearer token"
+    )
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
-    if (warning := unshared_workers_warning(settings)) is not None:
-        log.warning(warning)
+    for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
+        if warning is not None:
+            log.warning(warning)
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route
     # may be accepted by a sibling, which must accept it too.
     engine_token = secrets.token_urlsafe(32)

@@ -16,8 +16,6 @@ instance sharing its Redis, listed and ended through ``Gateway.fleet``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 from datetime import date
@@ -55,6 +53,7 @@ from rtgate.api.views import (
     usage_row,
 )
 from rtgate.auth.client_secrets import id_hash_prefix
+from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
@@ -119,20 +118,8 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 # -- the token ------------------------------------------------------------------------------------
 
 
-def _digest(token: str) -> bytes:
-    # Equal-length digests make the comparison constant-time whatever was sent; headers arrive
-    # decoded with surrogateescape, so hash the original bytes and never raise.
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    return value if scheme.lower() == "bearer" and value else None
-
-
 def _guard(token: SecretStr | None) -> Middleware:
-    expected = None if token is None else _digest(token.get_secret_value())
+    expected = None if token is None else OperatorToken(token.get_secret_value())
 
     async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -140,13 +127,13 @@ def _guard(token: SecretStr | None) -> Middleware:
                 raise AdminDisabled(
                     "The admin API is disabled; set RTGATE_ADMIN_TOKEN to enable it."
                 )
-            given = _bearer(request.headers)
+            given = bearer(request.headers)
             if given is None:
                 raise AuthError(
                     "You didn't provide an admin token. Send it in an Authorization header "
                     "using Bearer auth (i.e. Authorization: Bearer YOUR_ADMIN_TOKEN)."
                 )
-            if not hmac.compare_digest(_digest(given), expected):
+            if not expected.matches(given):
                 raise AuthError("Incorrect admin token provided.")
             return await handler(request)
         except GatewayError as err:

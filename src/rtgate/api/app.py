@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import SecretStr
 
 from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
@@ -21,10 +23,15 @@ from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
+from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
+from rtgate.api.request_timeouts import body_deadline
+from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
+from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.redis_limits import RedisSessionLimiter
+from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
@@ -32,6 +39,7 @@ from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
+from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.metering.ledger import Ledger
@@ -65,9 +73,26 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "draining", "live_sessions": len(gw.live)}, status=503)
 
 
-async def metrics_page(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+def metrics_page(token: SecretStr | None) -> Handler:
+    """``GET /metrics``, behind ``metrics_token`` (a Bearer token) when one is set."""
+    expected = None if token is None else OperatorToken(token.get_secret_value())
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if expected is not None:
+            given = bearer(request.headers)
+            if given is None or not expected.matches(given):
+                response = error_response(
+                    AuthError(
+                        "Send the metrics token in an Authorization header using Bearer auth "
+                        "(i.e. Authorization: Bearer RTGATE_METRICS_TOKEN)."
+                    )
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="rtgate-metrics"'
+                return response
+        body = request.app[GATEWAY].metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    return page
 
 
 async def models(request: web.Request) -> web.Response:
@@ -99,7 +124,10 @@ def create_app(
         int(settings.max_session_seconds),
         preload=settings.default_upstream == "local",
     )
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    app = web.Application(
+        client_max_size=settings.max_message_bytes,
+        middlewares=[body_deadline(settings.request_timeout_seconds)],
+    )
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -125,11 +153,20 @@ def create_app(
             stack.push_async_callback(http.close)
             ledger = Ledger(store, spill_path=settings.home / "usage-spill.jsonl")
             await ledger.recover()
+            keyring = KeyRing(store, clock)
+            throttle = (
+                FailureThrottle(settings.auth_failures_burst, settings.auth_failures_per_minute)
+                if settings.auth_failures_burst
+                else None
+            )
             gw = Gateway(
                 settings=settings,
                 store=store,
                 clock=clock,
-                keyring=KeyRing(store, clock),
+                keyring=keyring,
+                authenticator=Authenticator(
+                    keyring, clock, metrics, throttle, settings.trusted_proxies
+                ),
                 catalog=Catalog(settings),
                 ledger=ledger,
                 http=http,
@@ -172,7 +209,7 @@ def create_app(
     app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/metrics", metrics_page(settings.metrics_token))
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))

@@ -23,8 +23,8 @@ from aiohttp import BodyPartReader, web
 
 from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import MalformedBody
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import connection_model, ga_template
-from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import KeyPolicy, check_model, check_session_template
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
@@ -92,8 +92,9 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     try:
         return await _place_call(gw, request.app[CALLS], request)
     except GatewayError as err:
-        log.info("call refused: %s", err.code, extra={"refusal": err.code})
-        gw.metrics.refused(err.code)
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("call refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
         raise
 
 
@@ -101,9 +102,7 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     """Policy first (the upstream sees no offer the key may not place), then the offer goes
     upstream and the call's sideband is opened; a call that cannot be metered is hung up."""
     gw.check_accepting()
-    key, policy, grant = await gw.keyring.authenticate_session(
-        client_credential(request.headers).secret
-    )
+    key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
     sdp, session = await _offer(request)
     if not sdp.strip():
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
@@ -160,7 +159,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     calls = request.app[CALLS]
     action = request.match_info["action"]
     call_id = request.match_info["call_id"]
-    key, policy = await gw.keyring.authenticate(client_credential(request.headers).secret)
+    key, policy = await gw.authenticator.key(request.headers, request.remote)
     if not CALL_ID.match(call_id):
         raise CallNotFound(f"No call found with id '{call_id}'.")
     sb = calls.get(call_id)

@@ -12,9 +12,10 @@ Closing (protocol.md 5.4): a close frame from either side is mirrored to the oth
 code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
 ``error`` event (when that side is the client's) and a 1011 close.
 
-Heartbeat (``heartbeat``): the bridge pings a leg that went quiet and drops one that stays
-quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with aiohttp's
-heartbeat and autoping off: aiohttp's heartbeat costs a scheduled callback per frame per leg.
+Heartbeat (``client_beat``, ``upstream_beat``): the bridge pings a leg that went quiet and drops
+one that stays quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with
+aiohttp's heartbeat and autoping off: aiohttp's heartbeat costs a scheduled callback per frame
+per leg.
 The pumps therefore answer pings themselves, and count pongs as signs of life.
 
 Hot path: an audio frame (``FORWARD_PREFIXES``) from a GA upstream, with no transcript kept,
@@ -50,7 +51,7 @@ from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession, review_excerpt
 from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.keepalive import Beat, Keepalive
+from rtgate.relay.keepalive import Beat, Cadence, Keepalive
 from rtgate.store.port import Store
 
 log = logging.getLogger("rtgate.relay")
@@ -134,6 +135,20 @@ async def commit_usage(
     return True
 
 
+async def keep_alive(alive: Keepalive, ws: Any, heard: bool, now: float) -> bool:
+    """One keepalive tick for the leg ``ws`` (``heard``: whether anything came from it since the
+    last tick): pinged if it went quiet; False if it is dead and must be dropped."""
+    if not heard and alive.awaiting_pong:
+        # Mid-way through a large frame, a live peer sends no pong until it is done.
+        quiet = quiet_seconds(ws)
+        heard = quiet is not None and quiet < alive.cadence.pong_within
+    beat = alive.tick(heard, now)
+    if beat is Beat.PING:
+        with contextlib.suppress(Exception):
+            await ws.ping()
+    return beat is not Beat.DEAD
+
+
 def expiry_message(seconds: float) -> str:
     minutes = seconds / 60
     span = f"{minutes:g} minutes" if minutes >= 1 else f"{seconds:g} seconds"
@@ -156,7 +171,8 @@ class Bridge:
         recorder: TranscriptRecorder | None = None,
         store: Store | None = None,
         beta: BetaTranslator | None = None,
-        heartbeat: float | None = None,
+        client_beat: Cadence | None = None,
+        upstream_beat: Cadence | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -176,12 +192,14 @@ class Bridge:
         self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
         #: Pings and pongs received since the last watchdog tick (signs of life, not relayed).
         self._control_up = self._control_down = 0
-        #: Liveness of the client and upstream legs; None when the heartbeat is off (no
-        #: liveness check at all; pings are still answered).
-        self._keepalive: tuple[Keepalive, Keepalive] | None = None
-        if heartbeat is not None:
-            now = clock.monotonic()
-            self._keepalive = (Keepalive(heartbeat, now), Keepalive(heartbeat, now))
+        #: Liveness of the client and upstream legs; a leg without a cadence is not watched
+        #: (its pings are still answered).
+        now = clock.monotonic()
+        self._keepalive: list[tuple[Keepalive, Any, bool]] = [
+            (Keepalive(beat, now), ws, ws is client)
+            for beat, ws in ((client_beat, client), (upstream_beat, upstream))
+            if beat is not None
+        ]
 
     async def run(self) -> None:
         tasks = [
@@ -327,8 +345,8 @@ class Bridge:
         # The upstream vanished without a close frame (TCP reset, crash, timeout).
         await self._upstream_lost()
 
-    async def _upstream_lost(self) -> None:
-        err = UpstreamError("The upstream connection was lost.")
+    async def _upstream_lost(self, message: str = "The upstream connection was lost.") -> None:
+        err = UpstreamError(message)
         if self.session.close(err.close_code, err.close_reason, "upstream"):
             with contextlib.suppress(Exception):
                 await self.client.send_str(error_event_for(err))
@@ -416,32 +434,21 @@ class Bridge:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, self._check_interval))
-            if self._keepalive is not None and not await self._heartbeat(clock.monotonic()):
+            if self._keepalive and not await self._heartbeat(clock.monotonic()):
                 return
             self.flush_counts()
         await self._end(SessionExpired(expiry_message(session.max_seconds)))
 
     async def _heartbeat(self, now: float) -> bool:
-        """One keepalive tick for both legs (before the counts are flushed); False once a
-        leg is dead and the session has been ended for it."""
-        assert self._keepalive is not None
-        client_alive, upstream_alive = self._keepalive
-        legs = (
-            (client_alive, self.client, self.frames_up + self._control_up),
-            (upstream_alive, self.upstream, self.frames_down + self._control_down),
-        )
+        """One keepalive tick for the watched legs (before the counts are flushed); False once
+        a leg is dead and the session has been ended for it."""
+        heard_up = self.frames_up + self._control_up
+        heard_down = self.frames_down + self._control_down
         self._control_up = self._control_down = 0
-        for alive, ws, heard in legs:
-            if not heard and alive.awaiting_pong:
-                # Mid-way through a large frame, a live peer sends no pong until it is done.
-                quiet = quiet_seconds(ws)
-                heard = quiet is not None and quiet < alive.interval / 2
-            beat = alive.tick(bool(heard), now)
-            if beat is Beat.PING:
-                with contextlib.suppress(Exception):
-                    await ws.ping()
-            elif beat is Beat.DEAD:
-                await self._leg_dead(client=ws is self.client)
+        for alive, ws, is_client in self._keepalive:
+            heard = heard_up if is_client else heard_down
+            if not await keep_alive(alive, ws, heard > 0, now):
+                await self._leg_dead(client=is_client)
                 return False
         return True
 
@@ -456,4 +463,4 @@ class Bridge:
                     await self.upstream.close(code=1001, message=b"client disconnected")
         else:
             sever(self.upstream)
-            await self._upstream_lost()
+            await self._upstream_lost("The upstream stopped responding.")

@@ -13,6 +13,7 @@ owned by a ``CallRegistry`` (one per app), which ends the calls still live at sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -29,7 +30,8 @@ from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import metered_session
-from rtgate.relay.bridge import commit_usage, expiry_message, sendable
+from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
+from rtgate.relay.keepalive import Keepalive, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
@@ -229,22 +231,37 @@ class Sideband:
         if pending:
             log.error("call sideband %s did not end in time", self.call_id)
 
+    async def _upstream_dead(self) -> None:
+        """The upstream stopped answering pings: the call is ended as if its socket had gone."""
+        log.warning("call %s sideband: the upstream stopped responding", self.call_id)
+        sever(self.ws)
+        err = UpstreamError("The upstream stopped responding.")
+        await self.end_call(err.close_code, err.close_reason, "upstream")
+
     async def run(self) -> None:
         """Meter the call until it ends: the upstream closes, a budget or the cap is crossed,
         usage cannot be recorded, or someone ends it from outside (the socket closes)."""
         gw, session, clock, ws, policy = self.gw, self.session, self.gw.clock, self.ws, self.policy
         metered_budget = policy.has_budget
+        beat = upstream_cadence(gw.settings)
+        alive = Keepalive(beat, clock.monotonic()) if beat is not None else None
         while True:
             remaining = session.deadline - clock.monotonic()
             if remaining <= 0:
                 err: GatewayError = SessionExpired(expiry_message(session.max_seconds))
                 await self.end_call(err.close_code, err.close_reason, "gateway")
                 return
-            try:
+            msg: aiohttp.WSMessage | None = None
+            with contextlib.suppress(TimeoutError):
                 # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
                 # cancelled task stuck in the wait (so shutdown never hung the call up).
                 msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
-            except TimeoutError:
+            if alive is not None and not await keep_alive(
+                alive, ws, msg is not None, clock.monotonic()
+            ):
+                await self._upstream_dead()
+                return
+            if msg is None:
                 continue
             if msg.type is aiohttp.WSMsgType.TEXT:
                 rec = session.on_upstream_text(msg.data, clock.now())
@@ -261,7 +278,11 @@ class Sideband:
                         gw.metrics.refused(refusal.code)
                         await self.end_call(refusal.close_code, refusal.close_reason, "gateway")
                         return
-            elif msg.type is aiohttp.WSMsgType.BINARY:
+            elif msg.type is aiohttp.WSMsgType.PING:
+                # autoping is off, so that pongs reach the keepalive: answer pings here.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PONG):
                 continue
             else:
                 # The upstream ended the call, or the socket was closed from here (then the
@@ -306,7 +327,9 @@ class CallRegistry:
                     headers=upstream_headers(route.upstream, {}, provider_key(route)),
                     max_msg_size=0,
                     compress=0,
-                    heartbeat=gw.settings.heartbeat_seconds,
+                    # ``Sideband.run`` pings a quiet upstream and answers its pings itself.
+                    autoping=False,
+                    heartbeat=None,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

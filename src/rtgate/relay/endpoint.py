@@ -15,8 +15,10 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import ws_ext_parse
 
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
     ClientSecret,
     connection_intent,
@@ -34,6 +36,7 @@ from rtgate.auth.policy import (
     over_budget,
 )
 from rtgate.catalog import Route
+from rtgate.config import Settings
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.beta import BetaTranslator
@@ -41,6 +44,7 @@ from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.admission import admit, metered_session
 from rtgate.relay.bridge import Bridge
+from rtgate.relay.keepalive import client_cadence, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
@@ -105,6 +109,22 @@ async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, objec
         return False
 
 
+def message_limit(request: web.Request, settings: Settings) -> int:
+    """aiohttp's ``max_msg_size`` for a largest message of ``max_message_bytes``, accepted.
+
+    aiohttp (3.14, both readers) closes a plain message of exactly ``max_msg_size`` bytes with
+    1009 but a compressed one only past it, so the limit is passed one higher unless this
+    connection is compressed: the negotiation aiohttp itself runs (RFC 7692 section 5), which
+    never raises on the server side.
+    """
+    limit = settings.max_message_bytes
+    if settings.permessage_deflate:
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS)
+        if ws_ext_parse(offered, isserver=True)[0]:
+            return limit
+    return limit + 1
+
+
 def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
     """``realtime`` whenever offered; a beta client offering only the beta one gets it back."""
     offered = offered_subprotocols(headers)
@@ -120,7 +140,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
-        max_msg_size=s.max_message_bytes,
+        max_msg_size=message_limit(request, s),
         # The bridge pings and answers pings itself (bridge.py, Heartbeat).
         autoping=False,
         autoclose=True,
@@ -133,7 +153,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     model = query.get("model")
     try:
         gw.check_accepting()
-        key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
+        key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
         if grant is not None:
             model = connection_model(grant, model)
             intent = connection_intent(grant, intent)
@@ -144,8 +164,9 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         check_model(policy, route.model)
         await admit(gw, key, policy)
     except GatewayError as err:
-        log.info("session refused: %s", err.code, extra={"refusal": err.code})
-        gw.metrics.refused(err.code)
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("session refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
         return await _refuse(ws, err)
     try:
         try:
@@ -217,7 +238,8 @@ async def _relay(
         else None,
         store=gw.store,
         beta=beta,
-        heartbeat=gw.settings.heartbeat_seconds,
+        client_beat=client_cadence(gw.settings),
+        upstream_beat=upstream_cadence(gw.settings),
     )
     transcription = intent == "transcription"
     initial = initial_session_update(policy, transcription=transcription)
