@@ -66,12 +66,17 @@ class RelaySession:
         max_seconds: float,
         intent: str | None = None,
         secret_id: str | None = None,
+        metered: bool = True,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
         self.route = route
-        #: ``transcription``, ``webrtc`` (a call's sideband) or None (a realtime session).
+        #: ``transcription``, ``webrtc`` (the gateway's own sideband of a call), ``sideband`` (a
+        #: client's socket attached to one of its calls) or None (a realtime session).
         self.intent = intent
+        #: False for a client's sideband: every sideband of a call sees the call's usage, and
+        #: the gateway's own records it, so this one records none (a call is billed once).
+        self.metered = metered
         #: The client secret that opened it, if one did (its id, never the secret).
         self.secret_id = secret_id
         self._catalog = catalog
@@ -132,7 +137,7 @@ class RelaySession:
                     now,
                     from_route=True,
                 )
-            # Sideband (call_id) sessions name no model; the upstream's session.created does.
+            # A session routed without a model (an intent alone): session.created names it.
             return self._meter(
                 usage, self.upstream_session_model or "", None, None, resp.get("id"), now
             )
@@ -180,7 +185,7 @@ class RelaySession:
         *,
         from_route: bool = False,
     ) -> UsageRecord | None:
-        if usage.total_tokens == 0 and usage.audio_ms == 0:
+        if not self.metered or (usage.total_tokens == 0 and usage.audio_ms == 0):
             return None
         if not from_route:
             price_key, prices = self._catalog.price_row(model) if model else ("", None)
