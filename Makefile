@@ -71,7 +71,8 @@ test-postgres: $(VENV)/.dev-installed
 		tests/test_store.py tests/test_relay_sdk.py tests/test_relay_edges.py \
 		tests/test_relay_faults.py tests/test_policy.py tests/test_metrics.py \
 		tests/test_client_secrets.py tests/test_client_secret_control.py \
-		tests/test_beta_clients.py tests/test_calls.py tests/test_drain.py
+		tests/test_beta_clients.py tests/test_calls.py tests/test_call_ownership.py \
+		tests/test_drain.py tests/test_auth_throttle.py
 
 # Session limits shared by two limiters and two gateways through Redis (CI runs this too).
 test-redis: $(VENV)/.dev-installed

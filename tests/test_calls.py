@@ -674,6 +674,7 @@ async def test_a_call_whose_sideband_cannot_open_is_hung_up(
         await client.realtime.calls.accept("rtc_sip1", type="realtime", model="gpt-realtime")
     assert accepted.value.status_code == 502
     assert [a for c, a, _ in provider.call_actions if c == "rtc_sip1"] == ["accept", "hangup"]
+    assert await gateway.store.call_owner("rtc_sip1") is None  # as the failed accept found it
     assert await gateway.app[GATEWAY].limiter.live(key_id) == 0
     assert await gateway.store.recent_sessions() == []
 

@@ -492,6 +492,34 @@ async def test_a_slow_client_slows_only_its_own_upstream(
     assert provider.flooded == count
 
 
+async def test_only_the_query_the_protocol_defines_reaches_the_provider(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    key = await gateway.new_key()
+    async with (
+        AsyncOpenAI(
+            api_key=key, base_url=f"{gateway.http}/v1", websocket_base_url=f"{gateway.ws}/v1"
+        ) as client,
+        client.realtime.connect(
+            model="gpt-realtime", extra_query={"foo": "1", "api-version": "2025-04-01-preview"}
+        ) as conn,
+    ):
+        assert (await conn.recv()).type == "session.created"
+    assert provider.upgrades[-1].query == {"model": "gpt-realtime"}
+    for query, forwarded in (
+        ("intent=transcription&foo=1", {"intent": "transcription"}),
+        ("foo=1&model=gpt-realtime&model=gpt-realtime-mini", {"model": "gpt-realtime"}),
+    ):
+        async with connect(
+            f"{gateway.ws}/v1/realtime?{query}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            (created,) = await first_events(ws, 1)
+            assert created["type"] == "session.created"
+        assert provider.upgrades[-1].query == forwarded
+    assert len(provider.upgrades) == 3
+
+
 async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
@@ -511,8 +539,10 @@ async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
         )
     )
     key = await gw.new_key()
+    # Azure's GA endpoint (/openai/v1) takes no api-version: a client's is dropped like any other.
     async with connect(
-        f"{gw.ws}/v1/realtime?model=voice-eu", additional_headers={"Authorization": f"Bearer {key}"}
+        f"{gw.ws}/v1/realtime?model=voice-eu&api-version=2024-10-01-preview&foo=1",
+        additional_headers={"Authorization": f"Bearer {key}"},
     ) as ws:
         (created,) = await first_events(ws, 1)
         assert created["type"] == "session.created"

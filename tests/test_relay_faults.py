@@ -190,19 +190,6 @@ async def test_one_bad_record_does_not_sink_its_batch(db_url: str) -> None:
     await store.close()
 
 
-async def test_sideband_sessions_price_by_the_upstream_session_model(
-    gateway: RunningGateway, provider: FakeProvider
-) -> None:
-    key = await gateway.new_key()
-    async with await open_ws(gateway, key, "call_id=rtc_123") as ws:
-        await ws.send(emit_response_done("resp_side", text_in=1000))
-        assert orjson.loads(await ws.recv())["type"] == "response.done"
-    assert provider.upgrades[-1].query == {"call_id": "rtc_123"}
-    (row,) = await gateway.store.usage_summary()
-    assert row.model == "gpt-realtime"
-    assert row.charged_nanos == 1000 * 4000  # $4 / 1M text tokens
-
-
 async def test_a_store_failure_at_session_open_refuses_cleanly(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

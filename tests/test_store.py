@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionOpen, StoredClientSecret
+from rtgate.store.port import SessionOpen, StoredCall, StoredClientSecret
 from rtgate.store.sql import SqlStore
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -299,4 +299,37 @@ async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> 
     assert "revoked_at" in columns
     assert "ix_client_secrets_key_id" in indexes
     assert await store.list_client_secrets(None, 0.0) == []
+    await store.close()
+
+
+async def test_a_call_is_claimed_once_whoever_claims_it_at_the_same_time(store: SqlStore) -> None:
+    keys = [f"key_{i}" for i in range(8)]
+    for i, key_id in enumerate(keys):
+        await store.create_key(key_id, key_id, "rtg_x", f"{i:064d}", DAY1)
+    assert await store.call_owner("rtc_1") is None
+    claims = [StoredCall("rtc_1", k, None, "gpt-realtime", "openai", DAY1 + 1) for k in keys]
+    owners = await asyncio.gather(*(store.claim_call(c) for c in claims))
+    # One claim was stored, and every claimant was told the same owner.
+    assert len(set(owners)) == 1 and owners[0] in claims
+    assert await store.call_owner("rtc_1") == owners[0]
+    placed = StoredCall("rtc_2", "key_1", "cs_" + "a" * 20, "gpt-realtime-mini", "azure", DAY2)
+    assert await store.claim_call(placed) == placed
+    later = StoredCall("rtc_2", "key_2", None, "gpt-realtime", "openai", DAY2 + 1)
+    assert await store.claim_call(later) == placed
+
+
+async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.begin() as conn:
+        # As a database made before calls had owners.
+        await conn.exec_driver_sql("DROP TABLE calls")
+    await store.close()
+
+    store = SqlStore(url)
+    await store.init()
+    await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
+    call = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", DAY1)
+    assert await store.claim_call(call) == call
     await store.close()

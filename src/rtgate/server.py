@@ -26,6 +26,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -74,6 +75,7 @@ async def serve_async(
     engine_token: str,
     sock: socket.socket | None = None,
     propagate_drain: Callable[[], None] | None = None,
+    drain_requested: Callable[[], bool] | None = None,
 ) -> None:
     app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
     # At exit aiohttp waits this long for handlers still running. With --workers, a sibling's
@@ -110,6 +112,10 @@ async def serve_async(
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, now.set)
     loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    if drain_requested is not None and drain_requested():
+        # A worker that came up after the parent fanned a drain out ignored that signal
+        # (_worker); the parent marks the request before it signals, so it is seen here.
+        drain.begin()
     waits = [asyncio.create_task(e.wait()) for e in (now, drain.finished)]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -121,17 +127,30 @@ async def serve_async(
     await runner.cleanup()
 
 
+class EventLike(Protocol):
+    """A ``multiprocessing`` event as a worker sees it."""
+
+    def is_set(self) -> bool: ...
+
+
 def _tell_parent_to_drain() -> None:
     """A worker asked to drain (the admin API) has the parent drain every worker."""
     os.kill(os.getppid(), signal.SIGUSR1)
 
 
-def _worker(settings: Settings, engine_token: str) -> None:
+def _worker(settings: Settings, engine_token: str, drain_requested: EventLike) -> None:
     # A sibling's drain request may come before this worker serves: ignored, not fatal.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     install_uvloop()
-    asyncio.run(serve_async(settings, engine_token, propagate_drain=_tell_parent_to_drain))
+    asyncio.run(
+        serve_async(
+            settings,
+            engine_token,
+            propagate_drain=_tell_parent_to_drain,
+            drain_requested=drain_requested.is_set,
+        )
+    )
 
 
 def unshared_workers_warning(settings: Settings) -> str | None:
@@ -179,12 +198,21 @@ def serve(settings: Settings) -> None:
         asyncio.run(serve_async(settings, engine_token))
         return
     ctx = multiprocessing.get_context("spawn")
+    # Set before a drain is fanned out: a worker still starting then, deaf to the signal, sees
+    # it once it serves (serve_async), so no worker outlives a drain.
+    drain_requested = ctx.Event()
     procs = [
-        ctx.Process(target=_worker, args=(settings, engine_token), name=f"rtgate-worker-{i}")
+        ctx.Process(
+            target=_worker,
+            args=(settings, engine_token, drain_requested),
+            name=f"rtgate-worker-{i}",
+        )
         for i in range(settings.workers)
     ]
 
     def forward(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGUSR1):
+            drain_requested.set()
         # Each worker decides what the signal means for it (a drain, or an end at once).
         for p in procs:
             if p.pid is not None and p.exitcode is None:

@@ -10,6 +10,9 @@
   key); 200 and an empty body, as the upstream answers. ``accept`` opens a metered sideband too;
   a ``hangup`` ends the call's sideband before it answers, so the key's slot is free again.
 
+A call belongs to the key that placed or accepted it (``rtgate.relay.call_owners``): it is
+recorded in the store before the 201 goes back, and an ``accept`` claims a call no key owns
+yet, before the provider hears of it. Another key's call is answered 404, as an unknown one.
 A call whose sideband cannot be opened is hung up: the gateway never leaves a call unmetered.
 """
 
@@ -30,9 +33,8 @@ from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.relay.admission import admit
+from rtgate.relay.call_owners import call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import (
-    CALL_ID,
-    CallNotFound,
     CallRegistry,
     create_upstream_call,
     deep_merge,
@@ -124,17 +126,22 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     check_model(policy, route.model)
     check_session_template(policy, template)
     await admit(gw, key, policy)
+    secret_id = grant.id if grant is not None else None
     try:
         call_id, answer = await create_upstream_call(
             gw, route, sdp, _upstream_session(policy, route, template)
         )
         try:
-            await calls.start(
-                gw, call_id, key, policy, route, grant.id if grant is not None else None
-            )
+            # Its owner is on record before anyone hears of the call (the 201, its sideband).
+            owned = await claim_call(gw, call_id, key, route, secret_id)
+            if owned:
+                await calls.start(gw, call_id, key, policy, route, secret_id)
         except GatewayError:
             await _hang_up_unmetered(gw, route, call_id)
             raise
+        if not owned:
+            # A provider's call ids are unique, so this is never seen; the call is not ours.
+            raise UpstreamError("The upstream answered with the id of a call already placed.")
     except BaseException:
         await gw.limiter.release(key.id)
         raise
@@ -160,12 +167,8 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     call_id = request.match_info["call_id"]
     key, policy = await gw.authenticator.key(request.headers, request.remote)
-    if not CALL_ID.match(call_id):
-        raise CallNotFound(f"No call found with id '{call_id}'.")
-    sb = calls.get(call_id)
-    if sb is not None and sb.key.id != key.id:
-        # Another key's call: as if it did not exist.
-        raise CallNotFound(f"No call found with id '{call_id}'.")
+    # Another key's call, on any instance, answers as if it did not exist; None: no key owns it.
+    call = await call_of(gw, call_id, key)
     raw = await request.read()
     body: dict[str, Any] | None = None
     if raw.strip():
@@ -176,26 +179,31 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         if not isinstance(parsed, dict):
             raise _bad("The body must be a JSON object.")
         body = parsed
-    admitted = False
-    if action == "accept":
-        gw.check_accepting()
-        model, template = ga_template(body)
-        if model is None:
-            model = gw.settings.default_model
-        if template.get("type") != "realtime":
-            raise _bad("A call takes a realtime session.", "type")
-        route = gw.catalog.resolve(model)
-        check_model(policy, route.model)
-        check_session_template(policy, template)
-        body = _upstream_session(policy, route, template)
-        if sb is None:
-            await admit(gw, key, policy)
-            admitted = True
-    elif sb is not None:
-        route = sb.route
-    else:
-        route = gw.catalog.resolve(None)
+    sb = calls.get(call_id)  # its sideband, if this instance runs it
+    admitted = False  # a live-session slot is held for the sideband this accept opens
+    claimed = False  # this accept made the key the call's owner
     try:
+        if action == "accept":
+            gw.check_accepting()
+            model, template = ga_template(body)
+            if model is None:
+                model = gw.settings.default_model
+            if template.get("type") != "realtime":
+                raise _bad("A call takes a realtime session.", "type")
+            route = gw.catalog.resolve(model)
+            check_model(policy, route.model)
+            check_session_template(policy, template)
+            body = _upstream_session(policy, route, template)
+            if call is None:
+                # A SIP call no key owns yet: claimed now, atomically, before the provider
+                # hears of it; of two keys accepting at once, the other is answered 404.
+                await admit(gw, key, policy)
+                admitted = True
+                claimed = await claim_call(gw, call_id, key, route)
+                if not claimed:
+                    raise call_not_found(call_id)
+        else:
+            route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
         status, _, _ = await upstream_post(
             gw,
             route,
@@ -203,7 +211,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             json_body=orjson.dumps(body) if body is not None else None,
         )
         if status == 404:
-            raise CallNotFound(f"No call found with id '{call_id}'.")
+            raise call_not_found(call_id)
         if not 200 <= status < 300:
             log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
             raise _upstream_refused(action, status)
@@ -213,16 +221,28 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             except GatewayError:
                 await _hang_up_unmetered(gw, route, call_id)
                 raise
-            admitted = False
+            # The sideband holds the slot now, and the call is the key's.
+            admitted = claimed = False
     finally:
         if admitted:
             await gw.limiter.release(key.id)
+        if claimed:
+            # Not accepted: the call is left as this found it, no key's.
+            await _release_claim(gw, call_id, key.id)
     if action == "hangup" and sb is not None:
         # Hung up through the gateway: the sideband ends now, so the key's live-session slot
-        # is free by the time the client hears back.
+        # is free by the time the client hears back. (One on another instance ends when the
+        # provider closes it.)
         await sb.hung_up_by_client()
     log.info("call %s relayed", action, extra={"key_id": key.id, "call_id": call_id})
     return web.Response(status=status)
+
+
+async def _release_claim(gw: Gateway, call_id: str, key_id: str) -> None:
+    try:
+        await gw.store.release_call(call_id, key_id)
+    except GatewayError as err:
+        log.error("call %s claim not released: %s", call_id, err.message)
 
 
 def _upstream_refused(action: str, status: int) -> GatewayError:

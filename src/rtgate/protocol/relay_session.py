@@ -80,12 +80,17 @@ class RelaySession:
         max_seconds: float,
         intent: str | None = None,
         secret_id: str | None = None,
+        metered: bool = True,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
         self.route = route
-        #: ``transcription``, ``webrtc`` (a call's sideband) or None (a realtime session).
+        #: ``transcription``, ``webrtc`` (the gateway's own sideband of a call), ``sideband`` (a
+        #: client's socket attached to one of its calls) or None (a realtime session).
         self.intent = intent
+        #: False for a client's sideband: every sideband of a call sees the call's usage, and
+        #: the gateway's own records it, so this one records none (a call is billed once).
+        self.metered = metered
         #: The client secret that opened it, if one did (its id, never the secret).
         self.secret_id = secret_id
         self._catalog = catalog
@@ -182,6 +187,8 @@ class RelaySession:
         self, reading: UsageReading, ref: Any, now: float, review: Review | None = None
     ) -> UsageRecord | None:
         """The record for one usage event: None when it read in full and counts nothing."""
+        if not self.metered:
+            return None
         usage = reading.usage
         if review is None and not reading.complete:
             review = "unreadable_usage"
@@ -196,7 +203,7 @@ class RelaySession:
         elif self.route.model:
             other = None
         else:
-            # Sideband (call_id) sessions name no model; the upstream's session.created does.
+            # A session routed without a model (an intent alone): session.created names it.
             other = self.upstream_session_model or ""
         price_key, prices = self._catalog.usage_price(self.route, other)
         model = self.route.model if other is None else other

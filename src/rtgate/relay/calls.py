@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +30,13 @@ from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import metered_session
 from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
+from rtgate.relay.call_owners import CALL_ID
 from rtgate.relay.keepalive import Keepalive, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, SessionOpen
 
 log = logging.getLogger("rtgate.calls")
 
-CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ACTIONS = ("accept", "reject", "refer", "hangup")
 INTENT = "webrtc"
 
@@ -47,12 +46,6 @@ SOCKET_CLOSE_TIMEOUT_S = 2.0
 #: How long ``Sideband.close`` waits for the sideband's task to record its end.
 END_WAIT_S = 10.0
 SHUTDOWN_WAIT_S = 15.0
-
-
-class CallNotFound(GatewayError):
-    http_status = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
 
 
 class CallsUnsupported(GatewayError):
@@ -319,7 +312,7 @@ class CallRegistry:
         are still the caller's."""
         if self.closing or gw.closing:
             raise shutting_down()
-        url = upstream_url(route.upstream, route.upstream.base_url, "", [("call_id", call_id)])
+        url = upstream_url(route.upstream.base_url, call_id=call_id)
         try:
             async with asyncio.timeout(route.upstream.connect_timeout_s):
                 ws = await gw.http.ws_connect(

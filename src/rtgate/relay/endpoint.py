@@ -4,6 +4,15 @@ Authentication and routing happen after the upgrade, as OpenAI does (protocol.md
 gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
 ``model_not_found`` and close 4004. Neither dials the upstream. Once the upstream is dialled,
 every exit path closes it.
+
+``?call_id=`` attaches a sideband to a WebRTC or SIP call (protocol.md 3.1, 3.2): only for the
+call's owner (``call_owners.py``), on the call's upstream. The call holds the key's live-session
+slot and the gateway's own sideband bills its usage (``calls.py``), so this socket takes no slot
+and records no usage; it relays under the key's budgets and blocked events, and sends none of
+the key's or a secret's session defaults (the call has them since it was placed).
+
+Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
+checked ``call_id``; anything else a client adds is dropped.
 """
 
 from __future__ import annotations
@@ -42,15 +51,18 @@ from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.admission import admit, metered_session
+from rtgate.relay.admission import admit, check_budget, metered_session
 from rtgate.relay.bridge import Bridge
+from rtgate.relay.call_owners import call_route, owned_call
 from rtgate.relay.keepalive import client_cadence, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo, SessionOpen
+from rtgate.store.port import KeyInfo, SessionOpen, StoredCall
 
 log = logging.getLogger("rtgate.relay")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+#: The intent of a client's socket attached to one of its calls (``?call_id=``).
+SIDEBAND = "sideband"
 
 
 async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
@@ -61,7 +73,7 @@ async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocket
 
 
 async def _dial(
-    gw: Gateway, route: Route, request: web.Request, intent: str | None
+    gw: Gateway, route: Route, request: web.Request, intent: str | None, call: StoredCall | None
 ) -> aiohttp.ClientWebSocketResponse:
     up = route.upstream
     api_key: str | None
@@ -70,10 +82,11 @@ async def _dial(
     else:
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
-    query = [(k, v) for k, v in request.query.items() if k != "intent"]
-    if intent is not None:
-        query.append(("intent", intent))
-    url = upstream_url(up, base_url, route.upstream_model, query)
+    if call is not None:
+        # A sideband names its call alone; the call has its model (protocol.md 1.1, URLs).
+        url = upstream_url(base_url, call_id=call.call_id)
+    else:
+        url = upstream_url(base_url, model=route.upstream_model, intent=intent)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(up.connect_timeout_s):
@@ -151,18 +164,31 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     query = request.query
     intent = query.get("intent")
     model = query.get("model")
+    call_id = query.get("call_id")
+    call: StoredCall | None = None
     try:
         gw.check_accepting()
         key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
-        if grant is not None:
-            model = connection_model(grant, model)
-            intent = connection_intent(grant, intent)
-            check_session_template(policy, grant.session)
-        elif model is None and intent != "transcription" and "call_id" not in query:
-            model = s.default_model
-        route = gw.catalog.resolve(model)
-        check_model(policy, route.model)
-        await admit(gw, key, policy)
+        if call_id is not None:
+            # Ownership first: another key's call is answered as an unknown one, before
+            # anything that depends on the call could tell them apart.
+            call = await owned_call(gw, call_id, key)
+            route = call_route(gw, call)
+            intent = None
+            if grant is not None:
+                connection_model(grant, route.model)
+            check_model(policy, route.model)
+            await check_budget(gw, key, policy)
+        else:
+            if grant is not None:
+                model = connection_model(grant, model)
+                intent = connection_intent(grant, intent)
+                check_session_template(policy, grant.session)
+            elif model is None and intent != "transcription":
+                model = s.default_model
+            route = gw.catalog.resolve(model)
+            check_model(policy, route.model)
+            await admit(gw, key, policy)
     except GatewayError as err:
         if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
             log.info("session refused: %s", err.code, extra={"refusal": err.code})
@@ -170,7 +196,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         return await _refuse(ws, err)
     try:
         try:
-            upstream = await _dial(gw, route, request, intent)
+            upstream = await _dial(gw, route, request, intent, call)
         except GatewayError as err:
             gw.metrics.refused(err.code)
             return await _refuse(ws, err)
@@ -181,13 +207,14 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 if cred.beta and not route.upstream.beta
                 else None
             )
-            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta)
+            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta, call=call)
         finally:
             if not upstream.closed:
                 with contextlib.suppress(Exception):
                     await upstream.close(code=1001, message=b"gateway closing")
     finally:
-        await gw.limiter.release(key.id)
+        if call is None:
+            await gw.limiter.release(key.id)
     return ws
 
 
@@ -202,16 +229,29 @@ async def _relay(
     grant: ClientSecret | None = None,
     *,
     beta: BetaTranslator | None = None,
+    call: StoredCall | None = None,
 ) -> None:
+    attached = call is not None
     session = metered_session(
-        gw, key, policy, route, intent=intent, secret_id=grant.id if grant is not None else None
+        gw,
+        key,
+        policy,
+        route,
+        intent=SIDEBAND if attached else intent,
+        secret_id=grant.id if grant is not None else None,
+        metered=not attached,
     )
     now = session.opened_at
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
     try:
         await gw.store.open_session(
             SessionOpen(
-                session.session_id, key.id, route.model or "", route.upstream_name, intent, now
+                session.session_id,
+                key.id,
+                route.model or "",
+                route.upstream_name,
+                session.intent,
+                now,
             )
         )
     except GatewayError as err:
@@ -231,25 +271,27 @@ async def _relay(
         gw.clock,
         check_interval=gw.expiry_check_interval,
         guard=guard if guard.active else None,
-        after_usage=budget_left if policy.has_budget else None,
+        # An attached sideband records no usage; the call's own sideband checks the budgets.
+        after_usage=budget_left if policy.has_budget and not attached else None,
         metrics=gw.metrics,
         recorder=TranscriptRecorder(session.session_id, key.id)
-        if policy.keep_transcripts
+        if policy.keep_transcripts and not attached
         else None,
         store=gw.store,
         beta=beta,
         client_beat=client_cadence(gw.settings),
         upstream_beat=upstream_cadence(gw.settings),
     )
-    transcription = intent == "transcription"
-    initial = initial_session_update(policy, transcription=transcription)
-    if initial is not None:
-        # The key's defaults go first, so anything the client sends later overrides them.
-        await upstream.send_str(initial)
-    template = template_update(grant) if grant is not None else None
-    if template is not None:
-        # A client secret's template next: its minter chose it for this very session.
-        await upstream.send_str(template)
+    if not attached:
+        transcription = intent == "transcription"
+        initial = initial_session_update(policy, transcription=transcription)
+        if initial is not None:
+            # The key's defaults go first, so anything the client sends later overrides them.
+            await upstream.send_str(initial)
+        template = template_update(grant) if grant is not None else None
+        if template is not None:
+            # A client secret's template next: its minter chose it for this very session.
+            await upstream.send_str(template)
     gw.live.add(session.session_id, bridge)
     gw.metrics.live.inc()
     gw.metrics.started.labels(route.model or "").inc()

@@ -111,3 +111,19 @@ client_secrets = Table(
     Index("ix_client_secrets_expires_at", "expires_at"),
     Index("ix_client_secrets_key_id", "key_id"),
 )
+
+#: Who each call belongs to (``rtgate.relay.calls``): the key that placed it through
+#: ``POST /v1/realtime/calls`` or accepted it (SIP). Only that key, or a secret it minted, may
+#: attach a sideband to the call or act on it, on any instance sharing this database.
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_id", String(128), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    #: The id (``cs_…``) of the client secret that placed it, if one did.
+    Column("secret_id", String(40), nullable=True),
+    #: The client-facing model and the upstream's name, to reach the call again.
+    Column("model", String(200), nullable=False),
+    Column("upstream", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+)

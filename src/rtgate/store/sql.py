@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, case, event, func, inspect, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -27,11 +28,13 @@ from rtgate.store.port import (
     KeyInfo,
     SessionOpen,
     SessionSummary,
+    StoredCall,
     StoredClientSecret,
     UsageSummary,
 )
 from rtgate.store.schema import (
     api_keys,
+    calls,
     client_secrets,
     metadata,
     sessions,
@@ -85,7 +88,7 @@ def _key(row: Row[Any]) -> KeyInfo:
 
 def _migrate(conn: Connection) -> None:
     """Columns and indexes added after a table first shipped (create_all does not alter
-    tables)."""
+    tables; it does create the tables added since, such as ``calls``)."""
     have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
     if "policy" not in have:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
@@ -122,6 +125,17 @@ async def _one_by_prefix(conn: AsyncConnection, hash_prefix: str) -> StoredClien
     match = c.secret_hash.startswith(hash_prefix, autoescape=True)
     rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
     return _client_secret(rows[0]._mapping) if len(rows) == 1 else None
+
+
+def _call(row: Row[Any]) -> StoredCall:
+    return StoredCall(
+        call_id=row.call_id,
+        key_id=row.key_id,
+        secret_id=row.secret_id,
+        model=row.model,
+        upstream=row.upstream,
+        created_at=row.created_at,
+    )
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
@@ -292,6 +306,40 @@ class SqlStore:
                     else await _one_by_prefix(conn, hash_prefix)
                 )
         return row
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def claim_call(self, call: StoredCall) -> StoredCall:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        # INSERT .. ON CONFLICT DO NOTHING: a concurrent claim waits for this one's commit
+        # (PostgreSQL) or the file lock (SQLite), then stores nothing; the read after it sees
+        # whichever claim was stored (READ COMMITTED reads each statement afresh).
+        claim = (
+            dialect.insert(calls)
+            .values(
+                call_id=call.call_id,
+                key_id=call.key_id,
+                secret_id=call.secret_id,
+                model=call.model,
+                upstream=call.upstream,
+                created_at=call.created_at,
+            )
+            .on_conflict_do_nothing(index_elements=[calls.c.call_id])
+        )
+        async with _mapped("write"), self.engine.begin() as conn:
+            await conn.execute(claim)
+            row = (await conn.execute(select(calls).where(calls.c.call_id == call.call_id))).one()
+        return _call(row)
+
+    async def call_owner(self, call_id: str) -> StoredCall | None:
+        async with _mapped("read"), self.engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.call_id == call_id))).first()
+        return _call(row) if row else None
+
+    async def release_call(self, call_id: str, key_id: str) -> None:
+        async with _mapped("write"), self.engine.begin() as conn:
+            await conn.execute(
+                calls.delete().where(calls.c.call_id == call_id, calls.c.key_id == key_id)
+            )
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         u = usage_records.c
