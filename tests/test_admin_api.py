@@ -306,6 +306,19 @@ async def test_invalid_new_keys_are_refused(
     assert await admin.store.list_keys() == []
 
 
+async def test_a_body_over_the_http_cap_is_refused_with_413(admin: RunningGateway) -> None:
+    body = orjson.dumps({"name": "x" * admin.settings.max_http_body_bytes})
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{admin.http}{PREFIX}/keys", data=io.BytesIO(body), headers=headers) as r,
+    ):
+        reply = Reply(r.status, r.headers, await r.text())
+    assert reply.status == 413, reply.text
+    assert reply.error["code"] == "request_too_large"
+    assert await admin.store.list_keys() == []
+
+
 async def test_an_invalid_update_leaves_the_key_as_it_was(admin: RunningGateway) -> None:
     key = (await call(admin, "POST", "/keys", body={"name": "bob", "max_sessions": 3})).json()
     for body in ({"max_sessions": 0}, {"name": "renamed"}, {"max_duration": "1 week"}):

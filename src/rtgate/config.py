@@ -206,6 +206,8 @@ class Settings(_Frozen):
     heartbeat_seconds: float | None = Field(default=30.0, gt=0)
     #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Largest HTTP request body (a session, an SDP offer: a few KiB); larger is 413.
+    max_http_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
     default_upstream: str | None = None
     #: The model a connection without ``?model=`` gets.
@@ -257,6 +259,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
     "RTGATE_REDIS_PREFIX": "redis_prefix",

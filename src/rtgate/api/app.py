@@ -84,7 +84,8 @@ def create_app(
         int(settings.max_session_seconds),
         preload=settings.default_upstream == "local",
     )
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
+    app = web.Application(client_max_size=settings.max_http_body_bytes)
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
