@@ -3,13 +3,16 @@ shape, and a refused request leaves nothing behind (no client secret, no call up
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, seed, settings
 from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
@@ -17,6 +20,7 @@ from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.schema import client_secrets
 from tests.conftest import RunningGateway, events_until
+from tests.http_fuzz import Fuzzed, requests
 from tests.provider import FakeProvider
 
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
@@ -246,3 +250,59 @@ async def test_the_body_cap_is_a_setting_and_spares_the_websocket(
             ).decode()
         )
         await events_until(ws, "conversation.item.added")
+
+
+# -- fuzzing --------------------------------------------------------------------------------------
+
+FUZZ_SEED = 20260101
+ADMIN_TOKEN = "adm_" + "Fuzz" * 8
+
+
+async def test_fuzzed_bodies_get_no_5xx_and_refusals_store_nothing(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """Seeded Hypothesis over every route that reads a body: JSON near and far from the real
+    shapes, SDP in any charset, multipart forms broken in every way. No answer is a 5xx, every
+    refusal is in OpenAI's shape, and only a 200 from a minting route stores a client secret."""
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=ADMIN_TOKEN))
+    key = await gw.new_key("fuzzer")
+    patched, _ = await gw.app[GATEWAY].keyring.create("patched")
+    loop = asyncio.get_running_loop()
+    seen: Counter[int] = Counter()
+
+    async with aiohttp.ClientSession() as http:
+
+        async def send(req: Fuzzed) -> tuple[int, dict[str, str], str, int]:
+            token = ADMIN_TOKEN if req.admin else key
+            headers = {"Authorization": f"Bearer {token}"}
+            if req.content_type is not None:
+                headers["Content-Type"] = req.content_type
+            async with http.request(
+                req.method, gw.http + req.path, data=req.body, headers=headers
+            ) as r:
+                return r.status, dict(r.headers), await r.text(), await stored_secrets(gw)
+
+        @seed(FUZZ_SEED)
+        @settings(
+            max_examples=500,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(requests(call_id="rtc_" + "0" * 32, key_id=patched.id))
+        def check(req: Fuzzed) -> None:
+            before = asyncio.run_coroutine_threadsafe(stored_secrets(gw), loop).result(30)
+            status, headers, text, after = asyncio.run_coroutine_threadsafe(send(req), loop).result(
+                30
+            )
+            seen[status] += 1
+            assert status < 500, (status, text)
+            if status >= 400:
+                assert_shape(status, headers, text)
+            assert after == before + (status == 200 and req.mints), (status, text)
+
+        await asyncio.to_thread(check)
+    # The fuzz reached past the parsers, not only their refusals.
+    assert seen[200] and seen[201] and seen[400] and seen[422], seen
