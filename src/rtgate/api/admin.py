@@ -36,6 +36,7 @@ from rtgate.api.operation import Call, Operation, Reply
 from rtgate.api.views import (
     ClientSecretView,
     ClosedSession,
+    Day,
     KeyView,
     LiveSession,
     NewKeyView,
@@ -164,11 +165,8 @@ class UsageQuery(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     key_id: str | None = Field(default=None, description="Only this key's usage.")
-    since: str | None = Field(
-        default=None,
-        pattern=_DAY,
-        json_schema_extra={"format": "date"},
-        description="From this UTC day on (YYYY-MM-DD).",
+    since: Day | None = Field(
+        default=None, pattern=_DAY, description="From this UTC day on (YYYY-MM-DD)."
     )
     format: Literal["json", "csv"] = Field(default="json", description="JSON rows or CSV.")
 
@@ -202,13 +200,12 @@ def _quoted(value: str) -> str:
 
 def _storable(base: KeyPolicy, update: PolicyUpdate) -> KeyPolicy:
     """``update`` applied to ``base``, refused unless it reads back from the store unchanged.
-    (The body's integers already fit in 64 bits: ``check_json`` refused the others.)"""
+    (The body's values already fit: ``check_json`` refused integers past 64 bits, and
+    ``parse_expiry`` dates outside 1970-9000.)"""
     try:
         policy = apply_update(base, update)
     except PolicyError as err:
         raise InvalidRequest(err.message, param=err.param) from err
-    except OverflowError as exc:  # a date past year 9999
-        raise InvalidRequest("A policy value is out of range.") from exc
     if KeyPolicy.from_json(policy.to_json()) != policy:
         raise InvalidRequest("A policy value is out of range.")
     return policy
