@@ -146,7 +146,12 @@ RateOpt = Annotated[int | None, typer.Option(help="New sessions per minute.", mi
 MintRateOpt = Annotated[int | None, typer.Option(help="Client secrets minted per minute.", min=1)]
 BudgetOpt = Annotated[str | None, typer.Option(help="Budget in USD.")]
 DurationOpt = Annotated[str | None, typer.Option(help="Longest session: 90s, 30m, 1h.")]
-ExpiresOpt = Annotated[str | None, typer.Option(help="Last valid UTC day, YYYY-MM-DD.")]
+ExpiresOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Last valid UTC day, YYYY-MM-DD, or an RFC 3339 timestamp (2026-12-31T18:00:00Z)."
+    ),
+]
 InstructionsOpt = Annotated[str | None, typer.Option(help="Default session instructions.")]
 VoiceOpt = Annotated[str | None, typer.Option(help="Default voice.")]
 BlockOpt = Annotated[

@@ -224,6 +224,8 @@ class Settings(_Frozen):
     #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
     #: closed with 1009. A 15 MiB append plus its JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Largest HTTP request body (a session, an SDP offer: a few KiB); larger is 413.
+    max_http_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
     default_upstream: str | None = None
     #: The model a connection without ``?model=`` gets.
@@ -296,6 +298,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_HEARTBEAT_SECONDS": "heartbeat_seconds",
     "RTGATE_UPSTREAM_PING_AFTER_SECONDS": "upstream_ping_after_seconds",
     "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
+    "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
     "RTGATE_AUTH_FAILURES_BURST": "auth_failures_burst",

@@ -124,8 +124,9 @@ def create_app(
         int(settings.max_session_seconds),
         preload=settings.default_upstream == "local",
     )
+    # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
     app = web.Application(
-        client_max_size=settings.max_message_bytes,
+        client_max_size=settings.max_http_body_bytes,
         middlewares=[body_deadline(settings.request_timeout_seconds)],
     )
     metrics = Metrics()

@@ -22,10 +22,17 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import hdrs, web
 
+from rtgate.api.bodies import (
+    InvalidRequest,
+    UnreadableBody,
+    form_parts,
+    json_object,
+    read_body,
+    utf8_text,
+)
 from rtgate.api.openai_errors import openai_errors
-from rtgate.api.operation import MalformedBody
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import connection_model, ga_template
 from rtgate.auth.policy import KeyPolicy, check_model, check_session_template
@@ -49,35 +56,26 @@ PREFIX = "/v1/realtime/calls"
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls", CallRegistry)
 
 
-def _bad(message: str, param: str | None = None) -> MalformedBody:
-    return MalformedBody(message, param=param)
+def _bad(message: str, param: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
 
 
 async def _offer(request: web.Request) -> tuple[str, dict[str, Any] | None]:
     """The SDP offer and the session (multipart only) of a ``POST /calls``."""
+    raw = await read_body(request)
     ctype = request.content_type
     if ctype == "application/sdp":
-        return await request.text(), None
+        return utf8_text(raw, request.charset, "sdp"), None
     if not ctype.startswith("multipart/"):
-        raise _bad("Expected application/sdp or multipart/form-data.")
-    sdp: str | None = None
-    session: dict[str, Any] | None = None
-    reader = await request.multipart()
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "sdp":
-            sdp = await part.text()
-        elif part.name == "session":
-            try:
-                raw = orjson.loads(await part.read())
-            except orjson.JSONDecodeError as exc:
-                raise _bad("The 'session' part is not JSON.", "session") from exc
-            if not isinstance(raw, dict):
-                raise _bad("The 'session' part must be an object.", "session")
-            session = raw
-    if sdp is None:
+        raise UnreadableBody("Expected application/sdp or multipart/form-data.")
+    parts = form_parts(request.headers[hdrs.CONTENT_TYPE], raw)
+    if "sdp" not in parts:
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
+    sdp = utf8_text(parts["sdp"].payload, parts["sdp"].charset, "sdp")
+    session = None
+    if "session" in parts:
+        part = parts["session"]
+        session = json_object(utf8_text(part.payload, part.charset, "session"), "session")
     return sdp, session
 
 
@@ -169,16 +167,8 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     key, policy = await gw.authenticator.key(request.headers, request.remote)
     # Another key's call, on any instance, answers as if it did not exist; None: no key owns it.
     call = await call_of(gw, call_id, key)
-    raw = await request.read()
-    body: dict[str, Any] | None = None
-    if raw.strip():
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise _bad("We could not parse the JSON body of your request.") from exc
-        if not isinstance(parsed, dict):
-            raise _bad("The body must be a JSON object.")
-        body = parsed
+    raw = await read_body(request)
+    body = json_object(raw) if raw.strip() else None
     sb = calls.get(call_id)  # its sideband, if this instance runs it
     admitted = False  # a live-session slot is held for the sideband this accept opens
     claimed = False  # this accept made the key the call's owner
