@@ -9,8 +9,9 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
-POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
-REDIS_URL ?= redis://127.0.0.1:6379/0
+# RTGATE_TEST_DATABASE_URL, when set, names the database for make test-postgres too.
+POSTGRES_URL ?= $(or $(RTGATE_TEST_DATABASE_URL),postgresql+asyncpg://postgres@127.0.0.1:5432/test)
+REDIS_URL ?= $(or $(RTGATE_TEST_REDIS_URL),redis://127.0.0.1:6379/0)
 
 # The locks: every package pinned with its hashes. Installs are hash-checked and wheels only, so a
 # hash that does not match fails the install; nothing is resolved or built outside the lock.
@@ -70,7 +71,8 @@ test-postgres: $(VENV)/.dev-installed
 		tests/test_store.py tests/test_relay_sdk.py tests/test_relay_edges.py \
 		tests/test_relay_faults.py tests/test_policy.py tests/test_metrics.py \
 		tests/test_client_secrets.py tests/test_client_secret_control.py \
-		tests/test_beta_clients.py tests/test_calls.py tests/test_store_outage.py
+		tests/test_beta_clients.py tests/test_calls.py tests/test_call_ownership.py \
+		tests/test_drain.py tests/test_auth_throttle.py tests/test_store_outage.py
 
 # Session limits shared by two limiters and two gateways through Redis (CI runs this too).
 test-redis: $(VENV)/.dev-installed

@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.request_timeouts import app_runner
 from rtgate.clock import Clock
 from rtgate.config import Settings, load_settings
 from rtgate.relay.endpoint import GATEWAY
@@ -134,7 +135,7 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
         app = create_app(
             settings, clock=clock, expiry_check_interval=expiry_check_interval, store=store
         )
-        runner = web.AppRunner(app)
+        runner = app_runner(app, settings)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -8,6 +8,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
 
 
 def free_port() -> int:
@@ -46,3 +51,46 @@ def create_key(env: dict[str, str], name: str) -> str:
         text=True,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    """``rtgate ARGS --json`` as a user runs it, its output parsed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rtgate", *args, "--json"],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    return orjson.loads(out.stdout)
+
+
+async def readiness_settles(port: int, status: int, in_a_row: int = 12) -> None:
+    """Wait until ``in_a_row`` fresh connections in a row answer ``/readyz`` with ``status``:
+    with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``)."""
+    streak = 0
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(500):
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                streak = streak + 1 if r.status == status else 0
+            if streak == in_a_row:
+                return
+            if not streak:
+                await asyncio.sleep(0.02)
+    raise AssertionError(f"/readyz did not settle on {status}")
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a gateway that is still running, its workers first (they would outlive a killed
+    parent, holding the port)."""
+    if proc.poll() is not None:
+        return
+    try:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    for w in workers:
+        w.kill()
+    proc.kill()
+    proc.wait()

@@ -69,12 +69,15 @@ class FakeProvider:
     #: Calls placed, by id; the actions on them (``(call_id, action, JSON body or None)``).
     calls: dict[str, PlacedCall] = field(default_factory=dict)
     call_actions: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
-    #: Open sideband sockets, by call id.
-    sidebands: dict[str, web.WebSocketResponse] = field(default_factory=dict)
+    #: Open sideband sockets, by call id: the gateway's own, then any a client attached. A call
+    #: is one session, so every one of them sees its events (``emit_on_call``, ``test.emit``).
+    sidebands: dict[str, list[web.WebSocketResponse]] = field(default_factory=dict)
     refuse_calls: int | None = None
     #: False: a hangup is answered 200 but the call's sideband stays open (the gateway must
     #: close its own socket).
     hangup_closes_sideband: bool = True
+    #: False: pings on its sockets go unanswered (a provider that has stopped).
+    answer_pings: bool = True
     #: Awaited after a call is placed and before the provider answers it.
     while_placing: Callable[[], Awaitable[None]] | None = None
     #: ``POST /v1/realtime/client_secrets`` bodies received (rtgate mints its own: none expected).
@@ -145,8 +148,7 @@ class FakeProvider:
         if action not in ("accept", "reject", "refer", "hangup"):
             return web.json_response({"error": {"message": "no such action"}}, status=404)
         if action in ("hangup", "reject") and self.hangup_closes_sideband:
-            ws = self.sidebands.get(call_id)
-            if ws is not None:
+            for ws in list(self.sidebands.get(call_id, ())):
                 await ws.close(code=1000, message=b"call ended")
         return web.Response(status=200)
 
@@ -173,18 +175,28 @@ class FakeProvider:
         """How many times the call was hung up."""
         return sum(1 for c, a, _ in self.call_actions if (c, a) == (call_id, "hangup"))
 
-    async def emit_on_call(self, call_id: str, event: dict[str, Any], wait: float = 5.0) -> None:
-        """Send ``event`` on the call's sideband, as the provider would (waits for it to open)."""
+    async def emit_on_call(
+        self, call_id: str, event: dict[str, Any] | str, wait: float = 5.0
+    ) -> None:
+        """Send ``event`` on the call's sidebands, as the provider would (waits for one to
+        open); a string is sent verbatim."""
         async with asyncio.timeout(wait):
             while call_id not in self.sidebands:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        await self.sidebands[call_id].send_str(orjson.dumps(event).decode())
+        await self.broadcast(
+            call_id, event if isinstance(event, str) else orjson.dumps(event).decode()
+        )
+
+    async def broadcast(self, call_id: str, frame: str) -> None:
+        """Send ``frame`` on every open sideband socket of the call."""
+        for ws in list(self.sidebands.get(call_id, ())):
+            await ws.send_str(frame)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
         if self.refuse_status:
             return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
-        ws = web.WebSocketResponse(max_msg_size=0)
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=self.answer_pings)
         await ws.prepare(request)
         # OpenAI takes a Bearer token; Azure OpenAI an ``api-key`` header.
         authorized = request.headers.get("Authorization") == f"Bearer {self.key}" or (
@@ -221,14 +233,17 @@ class FakeProvider:
             EngineOptions(token="", transcriber=self.transcriber, audio_chunk_ms=40),
             session,
             self,
+            call_id,
         )
         if call_id:
-            self.sidebands[call_id] = ws
+            self.sidebands.setdefault(call_id, []).append(ws)
         try:
             await conn.run()
         finally:
-            if call_id and self.sidebands.get(call_id) is ws:
-                del self.sidebands[call_id]
+            if call_id:
+                self.sidebands[call_id].remove(ws)
+                if not self.sidebands[call_id]:
+                    del self.sidebands[call_id]
         self.closes.append((ws.close_code, ""))
         return ws
 
@@ -240,9 +255,12 @@ class _TestConnection(EngineConnection):
         opts: EngineOptions,
         session: EngineSession,
         provider: FakeProvider,
+        call_id: str | None = None,
     ) -> None:
         super().__init__(ws, opts, session)
         self.provider = provider
+        #: The call this socket is a sideband of, if it is one.
+        self.call_id = call_id
 
     async def run(self) -> None:
         await self.send(self.s.created())
@@ -282,7 +300,11 @@ class _TestConnection(EngineConnection):
         elif kind == "test.raw":
             await self.ws.send_str(e["frame"])
         elif kind == "test.emit":
-            await self.ws.send_str(orjson.dumps(e["event"]).decode())
+            frame = orjson.dumps(e["event"]).decode()
+            if self.call_id:
+                await self.provider.broadcast(self.call_id, frame)
+            else:
+                await self.ws.send_str(frame)
         elif kind == "test.sleep":
             await asyncio.sleep(e["seconds"])
         return False

@@ -289,6 +289,10 @@ async def test_unknown_key_ids_are_404(
         (b'{"name": "x", "max_sessions": 100000000000000000000}', 422, "max_sessions"),
         (b'{"name": "x", "budget_usd_total": "1e30"}', 422, "budget_usd_total"),
         (b'{"name": "x", "expires": "9999-12-31"}', 422, "expires"),
+        # Neither an RFC 3339 date nor an RFC 3339 timestamp (which names its offset).
+        (b'{"name": "x", "expires": "2030-06-30T10:00:00"}', 422, "expires"),
+        (b'{"name": "x", "expires": "2030-W26-1"}', 422, "expires"),
+        (b'{"name": "x", "expires": "20300630"}', 422, "expires"),
         (b'{"name": "x", "max_duration": "' + b"9" * 400 + b'"}', 422, "max_duration"),
         (b'["name"]', 422, None),
         (b"{nope", 400, None),
@@ -303,6 +307,19 @@ async def test_invalid_new_keys_are_refused(
     assert reply.error["type"] == "invalid_request_error"
     assert reply.error["code"] == ("invalid_json" if status == 400 else "invalid_request")
     assert reply.error["param"] == param
+    assert await admin.store.list_keys() == []
+
+
+async def test_a_body_over_the_http_cap_is_refused_with_413(admin: RunningGateway) -> None:
+    body = orjson.dumps({"name": "x" * admin.settings.max_http_body_bytes})
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{admin.http}{PREFIX}/keys", data=io.BytesIO(body), headers=headers) as r,
+    ):
+        reply = Reply(r.status, r.headers, await r.text())
+    assert reply.status == 413, reply.text
+    assert reply.error["code"] == "request_too_large"
     assert await admin.store.list_keys() == []
 
 
@@ -341,6 +358,7 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
     assert set(rows) == {"alice", "bob"}
     a = rows["alice"]
     assert (a["key_id"], a["model"], a["records"]) == (alice["id"], "gpt-realtime", 2)
+    assert a["needs_review"] == 0
     assert a["tokens"] == {f: 0 for f in TOKEN_FIELDS} | {"text_in": 400, "audio_out": 10}
     # gpt-realtime: $4 / 1M text in, $64 / 1M audio out; no markup by default.
     cost = Decimal(400) * 4 / 10**6 + Decimal(10) * 64 / 10**6
@@ -356,6 +374,7 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
         "model",
         "day",
         "records",
+        "needs_review",
         *TOKEN_FIELDS,
         "cost_usd",
         "provider_cost_usd",
@@ -567,6 +586,7 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/sessions/live"),
         ("POST", "/admin/v1/sessions/{session_id}/close"),
         ("GET", "/admin/v1/sessions/{session_id}/transcript"),
+        ("POST", "/admin/v1/drain"),
         ("GET", "/admin/v1/openapi.json"),
     }
     schemas = doc["components"]["schemas"]
@@ -593,6 +613,37 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
     secrets = doc["paths"]["/admin/v1/client_secrets"]["get"]
     assert [p["name"] for p in secrets["parameters"]] == ["key_id"]
     assert "client secrets" in doc["info"]["description"]
+
+
+async def test_expiry_is_a_date_or_a_timestamp_in_requests_and_a_timestamp_in_answers(
+    admin: RunningGateway,
+) -> None:
+    schemas = (await call(admin, "GET", "/openapi.json")).json()["components"]["schemas"]
+    day, moment = {"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}
+    for request in ("CreateKey", "PolicyUpdate"):
+        assert schemas[request]["properties"]["expires"]["anyOf"] == [day, moment, {"type": "null"}]
+    # The format sits on the string, where tools and validators look, not beside the anyOf.
+    for view in ("PolicyView", "ClientSecretView", "RevokedClientSecret"):
+        assert schemas[view]["properties"]["expires_at"]["anyOf"] == [moment, {"type": "null"}]
+    assert schemas["KeyView"]["properties"]["created_at"]["anyOf"] == [moment, {"type": "null"}]
+    assert schemas["UsageRow"]["properties"]["day"] == {**day, "title": "Day"}
+    # What an answer says is what a request takes: the same moment, sent back.
+    key = (await call(admin, "POST", "/keys", body={"name": "x", "expires": "2030-06-30"})).json()
+    expires_at = key["policy"]["expires_at"]
+    assert expires_at == "2030-07-01T00:00:00Z"
+    path = f"/keys/{key['id']}"
+    again = (await call(admin, "PATCH", path, body={"expires": expires_at})).json()
+    assert again["policy"]["expires_at"] == expires_at
+    offset = (
+        await call(admin, "PATCH", path, body={"expires": "2030-07-01t02:00:00+02:00"})
+    ).json()
+    assert offset["policy"]["expires_at"] == expires_at
+    # An expiry before 1970 is no plausible expiry (and one before year 1 cannot be shown).
+    for early in ("1969-12-31", "0001-01-01T00:00:00+01:00"):
+        refused = await call(admin, "PATCH", path, body={"expires": early})
+        assert (refused.status, refused.error["param"]) == (422, "expires"), refused.text
+    kept = (await call(admin, "GET", path)).json()
+    assert kept["policy"]["expires_at"] == expires_at
 
 
 async def test_schemathesis_finds_no_fault_in_the_documented_api(

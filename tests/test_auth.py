@@ -57,21 +57,15 @@ def test_upstream_headers_swap_credentials_and_strip_hop_by_hop() -> None:
     assert azure["api-key"] == "az-key" and "Authorization" not in azure
 
 
-def test_upstream_url_replaces_model_and_keeps_other_query() -> None:
-    up = UpstreamSettings()
+def test_upstream_url_carries_only_the_protocols_query() -> None:
     url = upstream_url(
-        up,
-        "https://api.example/v1",
-        "gpt-realtime-2025-08-28",
-        [("model", "gpt-realtime"), ("intent", "transcription"), ("x", "1")],
+        "https://api.example/v1", model="gpt-realtime-2025-08-28", intent="transcription"
     )
-    assert url == (
-        "wss://api.example/v1/realtime?model=gpt-realtime-2025-08-28&intent=transcription&x=1"
-    )
-    assert upstream_url(up, "ws://h/v1", "", [("intent", "transcription")]) == (
+    assert url == "wss://api.example/v1/realtime?model=gpt-realtime-2025-08-28&intent=transcription"
+    assert upstream_url("ws://h/v1", intent="transcription") == (
         "ws://h/v1/realtime?intent=transcription"
     )
-    az = UpstreamSettings(kind="azure", base_url="wss://res.openai.azure.com/openai/v1")
-    assert upstream_url(az, az.base_url, "my-deployment", []) == (
+    assert upstream_url("ws://h/v1", call_id="rtc_1") == "ws://h/v1/realtime?call_id=rtc_1"
+    assert upstream_url("wss://res.openai.azure.com/openai/v1", model="my-deployment") == (
         "wss://res.openai.azure.com/openai/v1/realtime?model=my-deployment"
     )

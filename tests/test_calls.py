@@ -130,6 +130,30 @@ async def test_a_minted_secret_places_a_call_metered_on_its_sideband(
     assert not gateway.app[GATEWAY].live
 
 
+async def test_a_sideband_meters_what_it_can_read_and_flags_the_rest_for_review(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    _, key = await key_with(gateway)
+    call_id = await place(client_for(gateway, key), REALTIME)
+    # A lone surrogate escape (legal JSON, refused by orjson), then a response.done cut short.
+    await provider.emit_on_call(
+        call_id,
+        '{"type":"response.done","response":{"id":"resp_1","output":[{"transcript":"\\ud83d"}],'
+        '"usage":{"input_tokens":1500,"input_token_details":{"text_tokens":1500}}}}',
+    )
+    await provider.emit_on_call(call_id, '{"type":"response.done","response":{"usage":{"inp')
+
+    async def both_recorded() -> bool:
+        rows = await gateway.store.usage_summary()
+        return bool(rows) and rows[0].records == 2
+
+    await eventually(both_recorded)
+    (usage,) = await gateway.store.usage_summary()
+    assert (usage.needs_review, usage.usage.text_in) == (1, 1500)
+    assert usage.charged_nanos == 6_000_000  # 1500 text tokens at $4 / 1M
+    assert await metric(gateway, 'rtgate_usage_review_total{reason="unparseable_frame"}') == 1
+
+
 async def test_a_gateway_key_places_a_call_with_a_multipart_session(
     gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
 ) -> None:
@@ -650,6 +674,7 @@ async def test_a_call_whose_sideband_cannot_open_is_hung_up(
         await client.realtime.calls.accept("rtc_sip1", type="realtime", model="gpt-realtime")
     assert accepted.value.status_code == 502
     assert [a for c, a, _ in provider.call_actions if c == "rtc_sip1"] == ["accept", "hangup"]
+    assert await gateway.store.call_owner("rtc_sip1") is None  # as the failed accept found it
     assert await gateway.app[GATEWAY].limiter.live(key_id) == 0
     assert await gateway.store.recent_sessions() == []
 
@@ -711,3 +736,24 @@ async def test_the_removed_beta_webrtc_route_says_where_to_go(
     assert body["error"]["type"] == "invalid_request_error"
     assert "/v1/realtime/calls" in body["error"]["message"]
     assert not provider.calls
+
+
+async def test_a_sideband_whose_upstream_stops_answering_pings_ends_the_call(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+) -> None:
+    settings = make_settings(
+        RTGATE_UPSTREAM_PING_AFTER_SECONDS="0.2", RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS="0.1"
+    )
+    gw = await start_gateway(settings, expiry_check_interval=0.02)
+    _, key = await key_with(gw)
+    provider.answer_pings = False
+    call_id = await place(client_for(gw, key), REALTIME)
+    await sideband_open(provider, call_id)
+    row = await ended_row(gw)
+    assert (row.close_code, row.close_reason) == (1011, "server_error.upstream_unavailable")
+    assert row.closed_by == "upstream"
+    assert provider.hangups(call_id) == 1
+    assert not gw.app[GATEWAY].live

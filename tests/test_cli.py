@@ -71,6 +71,8 @@ async def _seed(db_url: str, key_id: str) -> None:
                     50_000_000,
                     1_800_000_000.0 + i,
                     f"resp_{i}",
+                    # The second one's usage did not read in full: it wants review.
+                    review="unreadable_usage" if i else None,
                 )
                 for i in range(2)
             ),
@@ -95,6 +97,7 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
             "model": "gpt-realtime",
             "day": "2027-01-15",
             "records": 2,
+            "needs_review": 1,
             "tokens": {
                 "text_in": 2000,
                 "text_in_cached": 0,
@@ -114,7 +117,9 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
     (sess,) = orjson.loads(cli("sessions", "--json"))
     assert sess["duration_s"] == 90.0 and sess["close_code"] == 1000
     assert sess["tokens"]["audio_out"] == 1000 and sess["cost_usd"] == "0.100000000"
-    assert "carol" in cli("usage") and "carol" in cli("sessions")
+    assert "carol" in cli("sessions")
+    header, row = [ln for ln in cli("usage").splitlines() if "carol" in ln or "review" in ln]
+    assert header.split()[-2:] == ["review", "┃"] and row.split()[-2:] == ["1", "│"]
 
 
 def test_bad_config_stops_with_the_settings_name(

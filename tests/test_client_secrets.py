@@ -365,6 +365,40 @@ async def test_minting_applies_the_key_policy_with_openai_errors(
     assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("sessions", {"model": "gpt-realtime", "voice": "verse", "foo": 1}, "foo"),
+        # A realtime-only field is unknown to a transcription session.
+        ("transcription_sessions", {"voice": "verse"}, "voice"),
+        ("client_secrets", {"session": {"type": "realtime", "foo": 1}}, "session.foo"),
+        ("client_secrets", {"session": {"type": "transcription", "voice": "x"}}, "session.voice"),
+        ("client_secrets", {"foo": 1}, "foo"),
+    ],
+)
+async def test_unknown_fields_are_refused_as_openai_does_and_never_stored(
+    gateway: RunningGateway, route: str, body: dict[str, Any], param: str
+) -> None:
+    _, key = await key_with(gateway)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gateway.http}/v1/realtime/{route}",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp,
+    ):
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error == {
+        "message": f"Unknown parameter: '{param}'.",
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "unknown_parameter",
+    }
+    assert await gateway.app[GATEWAY].keyring.list_secrets() == []
+
+
 # -- a browser ----------------------------------------------------------------------------------
 
 PAGE = """<!doctype html>

@@ -13,7 +13,7 @@ def test_defaults_without_a_provider_key_use_the_local_engine() -> None:
     s = load_settings(None, {})
     assert s.default_upstream == "local"
     assert s.models["gpt-realtime"].upstream == "local"
-    assert s.models["gpt-realtime"].prices == "local"
+    assert Catalog(s).resolve("gpt-realtime").price_key == "local"
     assert (s.host, s.port, s.home) == ("127.0.0.1", 8080, Path(".rtgate"))
     assert s.resolved_database_url.startswith("sqlite+aiosqlite:///")
 
@@ -101,3 +101,23 @@ def test_the_openai_key_goes_only_to_the_openai_upstream(tmp_path: Path) -> None
     assert s.upstreams["lab"].api_key is None
     key = s.upstreams["az2"].api_key
     assert key is not None and key.get_secret_value() == "az2-secret"
+
+
+def test_a_model_the_local_engine_serves_is_free_unless_the_operator_prices_it(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        # Routed to the engine although an OpenAI key is set: not OpenAI's price for the name.
+        '[models.gpt-realtime]\nupstream = "local"\n'
+        # Priced on purpose: the operator's row, on the engine as anywhere.
+        '[models.rehearsal]\nupstream = "local"\nupstream_model = "gpt-realtime"\n'
+        'prices = "gpt-realtime-mini"\n'
+    )
+    cat = Catalog(load_settings(cfg, {"OPENAI_API_KEY": "sk-x"}))
+    assert cat.resolve("gpt-realtime").price_key == "local"
+    assert cat.resolve("gpt-realtime-2025-08-28").price_key == "local"
+    assert cat.resolve("rehearsal").price_key == "gpt-realtime-mini"
+    assert cat.resolve("gpt-realtime-mini").price_key == "gpt-realtime-mini"  # still OpenAI's
+    local = Catalog(load_settings(None, {}))
+    assert [local.resolve(m).price_key for m in ("gpt-realtime", "local", None)] == ["local"] * 3

@@ -7,15 +7,21 @@ gateway meters it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import pytest
 from openai import AsyncOpenAI
+from websockets.asyncio.client import connect
 
 from rtgate.config import Settings
+from tests.conftest import events_until
 from tests.sdk_events import validate_server_event
 from tests.speech import speak
 
@@ -123,3 +129,75 @@ async def test_a_spoken_turn_is_heard_answered_aloud_and_metered(
     assert rows["gpt-realtime"].usage.audio_out == usage["output_token_details"]["audio_tokens"]
     assert rows["gpt-realtime"].usage.audio_in == usage["input_token_details"]["audio_tokens"]
     assert rows["gpt-4o-mini-transcribe"].usage.audio_in == heard["usage"]["input_tokens"]
+
+
+async def spoken_session(gw: Any, key: str, transcription_model: str, *, intent: str = "") -> None:
+    """One spoken turn on the local engine, transcribed by ``transcription_model``: a realtime
+    session also answers it (``response.done``), a transcription session only transcribes."""
+    query = "?intent=transcription" if intent else "?model=gpt-realtime"
+    kind = "transcription" if intent else "realtime"
+    speech = bytes(48 * 300) + speak("Hello there.") + bytes(48 * 1200)
+    async with connect(
+        f"{gw.ws}/v1/realtime{query}", additional_headers={"Authorization": f"Bearer {key}"}
+    ) as ws:
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": kind,
+                        "audio": {"input": {"transcription": {"model": transcription_model}}},
+                    },
+                }
+            ).decode()
+        )
+        await events_until(ws, "session.updated")
+        for off in range(0, len(speech), 960):
+            chunk = base64.b64encode(speech[off : off + 960]).decode()
+            event = {"type": "input_audio_buffer.append", "audio": chunk}
+            await ws.send(orjson.dumps(event).decode())
+        wanted = {"conversation.item.input_audio_transcription.completed"}
+        if not intent:
+            wanted.add("response.done")
+        while wanted:
+            wanted.discard(orjson.loads(await asyncio.wait_for(ws.recv(), 30))["type"])
+
+
+@pytest.mark.parametrize("priced", [False, True], ids=["free", "priced-by-operator"])
+async def test_everything_the_local_engine_serves_costs_what_prices_local_says(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    tmp_path: Path,
+    priced: bool,
+) -> None:
+    # Realtime tokens, transcription tokens (gpt-4o-mini-transcribe) and transcription minutes
+    # (whisper-1), all served by the embedded engine: priced by the `local` row, never by
+    # OpenAI's list prices for the names the client chose. Cached rates equal the uncached ones,
+    # so what was cached does not change the sum.
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text(
+        '[prices.local]\ntext_in = "1"\ntext_cached = "1"\naudio_in = "2"\naudio_cached = "2"\n'
+        'text_out = "3"\naudio_out = "4"\nper_minute = "0.06"\nmarkup_percent = "50"\n'
+        if priced
+        else ""
+    )
+    gw = await start_gateway(make_settings(OPENAI_API_KEY="", RTGATE_CONFIG=str(cfg)))
+    key = await gw.new_key()
+    await spoken_session(gw, key, "gpt-4o-mini-transcribe")
+    await spoken_session(gw, key, "whisper-1", intent="transcription")
+
+    rows = {r.model: r for r in await gw.store.usage_summary()}
+    assert set(rows) == {"gpt-realtime", "gpt-4o-mini-transcribe", "whisper-1"}
+    assert rows["gpt-4o-mini-transcribe"].usage.audio_in > 0
+    assert rows["whisper-1"].usage.audio_ms > 0
+    for row in rows.values():
+        u = row.usage
+        # $1 / 1M tokens is 1000 nano-dollars a token; $0.06 a minute is 1000 a millisecond.
+        listed = 1000 * u.text_in + 2000 * u.audio_in + 3000 * u.text_out + 4000 * u.audio_out
+        listed += 1000 * u.audio_ms
+        expected = listed if priced else 0
+        assert (row.model, row.provider_nanos, row.charged_nanos) == (
+            row.model,
+            expected,
+            expected * 3 // 2,
+        )

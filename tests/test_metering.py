@@ -8,7 +8,12 @@ import pytest
 
 from rtgate.config import DEFAULT_PRICES, PriceSettings
 from rtgate.metering.cost import cost_of, usd, usd_str
-from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
+from rtgate.protocol.usage import (
+    Usage,
+    count,
+    read_response_usage,
+    read_transcription_usage,
+)
 
 GA_USAGE = {
     "total_tokens": 331,
@@ -26,7 +31,9 @@ GA_USAGE = {
 
 
 def test_ga_usage_is_flattened_with_cached_subsets() -> None:
-    u = usage_from_response(GA_USAGE)
+    reading = read_response_usage(GA_USAGE)
+    assert reading.complete
+    u = reading.usage
     assert (u.text_in, u.audio_in, u.image_in) == (62, 78, 0)
     assert (u.text_in_cached, u.audio_in_cached) == (0, 64)
     assert (u.text_out, u.audio_out) == (43, 148)
@@ -34,24 +41,53 @@ def test_ga_usage_is_flattened_with_cached_subsets() -> None:
 
 
 def test_cached_can_never_exceed_its_input() -> None:
-    u = usage_from_response(
+    u = read_response_usage(
         {"input_token_details": {"text_tokens": 5, "cached_tokens_details": {"text_tokens": 50}}}
-    )
+    ).usage
     assert u.text_in_cached == 5
 
 
 @pytest.mark.parametrize("bad", [None, "x", 3, {"input_token_details": "nope"}])
-def test_malformed_usage_counts_zero(bad: object) -> None:
-    assert usage_from_response(bad).total_tokens == 0
+def test_malformed_usage_counts_zero_and_reads_incomplete(bad: object) -> None:
+    reading = read_response_usage(bad)
+    assert reading.usage.total_tokens == 0 and not reading.complete
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, 7),
+        (0, 0),
+        (7.0, 7),
+        ("7", 7),
+        (" 7\n", 7),
+        (10**12, 10**12),
+        (7.5, None),
+        (-7, None),
+        ("-7", None),
+        ("7.0", None),
+        ("seven", None),
+        ("\u0667", None),  # an Arabic-Indic digit: str.isdigit, but no count on the wire
+        (True, None),
+        (None, None),
+        ({"n": 7}, None),
+        ([7], None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (10**12 + 1, None),
+    ],
+)
+def test_what_reads_as_a_count(value: object, expected: int | None) -> None:
+    assert count(value) == expected
 
 
 def test_totals_only_usage_is_billed_as_text() -> None:
-    u = usage_from_response({"input_tokens": 10, "output_tokens": 7})
+    u = read_response_usage({"input_tokens": 10, "output_tokens": 7}).usage
     assert (u.text_in, u.text_out) == (10, 7)
 
 
 def test_transcription_usage_tokens_and_duration() -> None:
-    t = usage_from_transcription(
+    t = read_transcription_usage(
         {
             "type": "tokens",
             "input_tokens": 13,
@@ -59,13 +95,13 @@ def test_transcription_usage_tokens_and_duration() -> None:
             "input_token_details": {"text_tokens": 0, "audio_tokens": 13},
         }
     )
-    assert (t.audio_in, t.text_out, t.kind) == (13, 9, "transcription")
-    d = usage_from_transcription({"type": "duration", "seconds": 3.2})
-    assert d.audio_ms == 3200
+    assert (t.usage.audio_in, t.usage.text_out, t.usage.kind) == (13, 9, "transcription")
+    d = read_transcription_usage({"type": "duration", "seconds": 3.2})
+    assert d.usage.audio_ms == 3200 and t.complete and d.complete
 
 
 def test_cost_of_ga_usage_at_gpt_realtime_prices() -> None:
-    u = usage_from_response(GA_USAGE)
+    u = read_response_usage(GA_USAGE).usage
     cost = cost_of(u, DEFAULT_PRICES["gpt-realtime"])
     # text in 62*$4, audio in uncached 14*$32 + cached 64*$0.40, text out 43*$16, audio out 148*$64
     exact = Decimal(62 * 4 + 14 * 32) + Decimal("64") * Decimal("0.40") + 43 * 16 + 148 * 64

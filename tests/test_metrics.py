@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import aiohttp
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from rtgate.config import Settings, load_settings
+from rtgate.errors import ConfigError
+from rtgate.server import open_metrics_warning
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider
 
@@ -71,3 +79,65 @@ async def test_metrics_count_sessions_frames_tokens_cost_and_refusals(
     assert m[("rtgate_policy_refusals_total", (("reason", "invalid_api_key"),))] == 1
     assert m[("rtgate_upstream_connect_seconds_count", (("upstream", "openai"),))] == 1
     assert m[("rtgate_session_duration_seconds_count", ())] == 1
+
+
+METRICS_TOKEN = "mt-" + "s3cret" * 6
+
+
+async def test_a_metrics_token_guards_the_page(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_METRICS_TOKEN=METRICS_TOKEN))
+    url = f"{gw.http}/metrics"
+    async with aiohttp.ClientSession() as http:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": METRICS_TOKEN},
+            {"Authorization": f"Basic {METRICS_TOKEN}"},
+        ):
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+                body = await resp.json()
+                assert body["error"]["code"] == "invalid_api_key"
+                assert METRICS_TOKEN not in await resp.text()
+        async with http.get(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as resp:
+            assert resp.status == 200
+            assert "rtgate_live_sessions" in await resp.text()
+
+
+def test_the_metrics_token_comes_from_the_environment_only(tmp_path: Path) -> None:
+    s = load_settings(None, {"RTGATE_METRICS_TOKEN": METRICS_TOKEN})
+    assert s.metrics_token is not None
+    assert s.metrics_token.get_secret_value() == METRICS_TOKEN
+    assert METRICS_TOKEN not in s.model_dump_json()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'metrics_token = "{METRICS_TOKEN}"\n')
+    with pytest.raises(ConfigError, match="RTGATE_METRICS_TOKEN"):
+        load_settings(cfg, {})
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("192.168.1.20", None, True),
+        ("gateway.internal", None, True),
+        ("0.0.0.0", METRICS_TOKEN, False),
+    ],
+)
+def test_start_up_warns_when_metrics_are_open_beyond_loopback(
+    host: str, token: str | None, warned: bool
+) -> None:
+    env = {"RTGATE_HOST": host, **({"RTGATE_METRICS_TOKEN": token} if token else {})}
+    warning = open_metrics_warning(load_settings(None, env))
+    assert (warning is not None) is warned
+    if warning is not None:
+        assert "RTGATE_METRICS_TOKEN" in warning and host in warning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -76,6 +77,9 @@ def test_parsers() -> None:
         parse_duration("soon")
     with pytest.raises(PolicyError):
         parse_expiry("31/12/2026")
+    # A policy stored by an older version may expire before year 1000: shown with four digits.
+    early = datetime(273, 5, 1, 3, 59, 28, tzinfo=UTC).timestamp()
+    assert policy_view(KeyPolicy(expires_at=early))["expires_at"] == "0273-05-01T03:59:28Z"
 
 
 def test_guard_passes_appends_and_blocks_named_fields() -> None:

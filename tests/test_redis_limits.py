@@ -2,23 +2,27 @@
 
 Tests marked ``redis`` need the server named by ``RTGATE_TEST_REDIS_URL``: ``make test-redis``
 sets it and runs them (CI does), ``make test`` leaves them out (``-m "not redis"``), and run
-without it they fail saying so (``tests/conftest.py``). Each uses a namespace of its own. The
-start-up and outage tests need no server and always run.
+without it they fail saying so (``tests/conftest.py``). Each uses a namespace of its own. An
+outage longer than a lease is a ``Cable`` to that server cut while an injected clock moves past
+the lease. The start-up tests and the outage test on a dead port need no server and always run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 import websockets
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.client import connect
 
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
@@ -33,6 +37,7 @@ from tests.conftest import RunningGateway
 
 REDIS_URL = os.environ.get("RTGATE_TEST_REDIS_URL", "")
 ONE_LIVE = "This key already has 1 live sessions, its limit is 1."
+TWO_LIVE = "This key already has 2 live sessions, its limit is 2."
 #: Nothing listens here: connections are refused at once.
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -55,8 +60,8 @@ async def namespace() -> AsyncIterator[str]:
 async def limiters(namespace: str) -> AsyncIterator[MakeLimiter]:
     made: list[RedisSessionLimiter] = []
 
-    async def make(clock: ManualClock, **options: Any) -> RedisSessionLimiter:
-        limiter = await RedisSessionLimiter.connect(REDIS_URL, clock, prefix=namespace, **options)
+    async def make(clock: ManualClock, url: str = REDIS_URL, **options: Any) -> RedisSessionLimiter:
+        limiter = await RedisSessionLimiter.connect(url, clock, prefix=namespace, **options)
         made.append(limiter)
         return limiter
 
@@ -78,6 +83,95 @@ async def outcome(
     except RateLimited as err:
         return err.message
     return "admitted"
+
+
+class Cable:
+    """A TCP relay to the test Redis that a test cuts, stalls and mends, as a network would.
+
+    Cut, it drops every connection through it and hangs up on new ones at once, so clients see
+    an outage without waiting out a timeout; ``refused`` counts the connections it hung up on.
+    Stalled, it holds what clients send on the connections open at that moment (``held`` is set
+    once something waits) while new connections pass: two commands then reach Redis in the
+    order a test chooses.
+    """
+
+    def __init__(self) -> None:
+        self._target = urlsplit(REDIS_URL)
+        self.url = ""
+        self.refused = 0
+        self.held = asyncio.Event()
+        self._cut = False
+        self._open: set[asyncio.StreamWriter] = set()
+        #: The Redis side of each open connection: what ``stall`` holds is bound there.
+        self._to_redis: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    async def laid(cls) -> Cable:
+        cable = cls()
+        cable._server = await asyncio.start_server(cable._serve, "127.0.0.1", 0)
+        port = cable._server.sockets[0].getsockname()[1]
+        userinfo, _, _ = cable._target.netloc.rpartition("@")
+        netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+        cable.url = cable._target._replace(netloc=netloc).geturl()
+        return cable
+
+    def cut(self) -> None:
+        self._cut = True
+        for writer in list(self._open):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self._cut = False
+
+    def stall(self) -> None:
+        self._stalled = set(self._to_redis)
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        self._stalled = set()
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.unstall()
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._cut:
+            self.refused += 1
+            client_w.close()
+            return
+        redis_r, redis_w = await asyncio.open_connection(
+            self._target.hostname, self._target.port or 6379
+        )
+        self._open |= {client_w, redis_w}
+        self._to_redis.add(redis_w)
+        await asyncio.gather(self._pump(client_r, redis_w), self._pump(redis_r, client_w))
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                while sink in self._stalled:
+                    self.held.set()
+                    await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+        self._open.discard(sink)
+        self._to_redis.discard(sink)
+
+
+@pytest.fixture
+async def cable() -> AsyncIterator[Cable]:
+    laid = await Cable.laid()
+    yield laid
+    await laid.close()
 
 
 # -- two instances, one Redis ------------------------------------------------------------------
@@ -181,15 +275,115 @@ async def test_a_crashed_instance_leases_lapse_after_the_ttl(
 
 
 @pytest.mark.redis
-async def test_a_lease_released_during_a_refresh_is_not_written_back(
-    limiters: MakeLimiter,
+@pytest.mark.parametrize("writer", ["refresh", "admission"])
+async def test_a_lease_released_while_a_command_writes_it_back_stays_released(
+    cable: Cable, limiters: MakeLimiter, writer: str
+) -> None:
+    """A refresh, and after an outage an admission of a key with ``max_sessions``, write this
+    instance's leases; a release whose ``ZREM`` reaches Redis first must not be undone by them."""
+    clock = ManualClock()
+    a = await limiters(clock, url=cable.url)
+    for _ in range(2):
+        await a.acquire("key_k", 5, None, clock.now())
+    cable.cut()
+    with pytest.raises(LimiterUnavailable):  # until a refresh gets through, leases are in doubt
+        await a.acquire("key_k", 5, None, clock.now())
+    cable.mend()
+    assert await a.live("key_k") == 2  # one pooled connection, idle again
+    cable.stall()
+    writing = asyncio.create_task(
+        a.refresh() if writer == "refresh" else a.acquire("key_k", 5, None, clock.now())
+    )
+    await cable.held.wait()  # the write names both leases and waits on the stalled connection
+    await a.release("key_k")  # its ZREM dials a new connection and reaches Redis first
+    cable.unstall()
+    await writing
+    assert await a.live("key_k") == (1 if writer == "refresh" else 2)
+
+
+# -- outages longer than a lease -----------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_live_sessions_still_count_when_redis_answers_after_their_leases_lapsed(
+    cable: Cable, limiters: MakeLimiter
 ) -> None:
     clock = ManualClock()
-    a = await limiters(clock)
-    for _ in range(20):
-        await a.acquire("key_k", None, None, clock.now())
-        await asyncio.gather(a.refresh(), a.release("key_k"))
-        assert await a.live("key_k") == 0
+    a = await limiters(clock, url=cable.url)
+    for _ in range(2):
+        await a.acquire("key_k", 2, None, clock.now())
+
+    cable.cut()
+    clock.advance(31)  # past the 30 s lease: nothing could refresh it
+    with pytest.raises(LimiterUnavailable):
+        await a.acquire("key_k", 2, None, clock.now())
+    with pytest.raises(RedisError):
+        await a.refresh()
+    cable.mend()
+
+    # The first command to reach Redis again is an admission: it counts the two live sessions.
+    assert await outcome(a, "key_k", 2, None, clock.now()) == TWO_LIVE
+    assert await a.live("key_k") == 2
+    await a.release("key_k")  # sessions that outlived the outage end as usual
+    assert await outcome(a, "key_k", 2, None, clock.now()) == "admitted"
+    assert await outcome(a, "key_k", 2, None, clock.now()) == TWO_LIVE
+
+
+@pytest.mark.redis
+async def test_an_instance_counts_its_sessions_when_another_reaches_redis_first(
+    cable: Cable, limiters: MakeLimiter
+) -> None:
+    clock = ManualClock()
+    a, b = await limiters(clock, url=cable.url), await limiters(clock, url=cable.url)
+    for _ in range(2):
+        await a.acquire("key_k", 2, None, clock.now())
+
+    cable.cut()
+    clock.advance(31)
+    for limiter in (a, b):
+        with pytest.raises(LimiterUnavailable):
+            await limiter.acquire("key_k", 2, None, clock.now())
+    cable.mend()
+
+    # b reaches Redis before a has written its leases back: to b they lapsed, as on a crash
+    # (the window README.md bounds).
+    assert await outcome(b, "key_k", 2, None, clock.now()) == "admitted"
+    # a writes its two back before counting: over the limit now, and nothing more is admitted.
+    over = "This key already has 3 live sessions, its limit is 2."
+    assert await outcome(a, "key_k", 2, None, clock.now()) == over
+    assert await outcome(b, "key_k", 2, None, clock.now()) == over
+    assert await b.live("key_k") == 3
+
+
+@pytest.mark.redis
+async def test_after_an_outage_the_refresher_writes_the_leases_back_within_a_retry(
+    cable: Cable, limiters: MakeLimiter
+) -> None:
+    clock = ManualClock()
+    # Cut off alone (b still reaches Redis); a's regular refresh never comes during the test.
+    a = await limiters(clock, url=cable.url, refresh_every=60.0, retry_every=0.01)
+    b = await limiters(clock)
+    for _ in range(2):
+        await a.acquire("key_k", 2, None, clock.now())
+    a.start()
+
+    cable.cut()
+    clock.advance(31)
+    with pytest.raises(LimiterUnavailable):  # a failed command: a retries every 0.01 s now
+        await a.acquire("key_k", 2, None, clock.now())
+    assert await b.live("key_k") == 0  # to b, a's sessions lapsed as on a crash
+    for _ in range(200):
+        if cable.refused >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert cable.refused >= 3
+    cable.mend()
+
+    for _ in range(200):  # a's next retry writes them back
+        if await b.live("key_k") == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert await outcome(b, "key_k", 2, None, clock.now()) == TWO_LIVE
 
 
 @pytest.mark.redis

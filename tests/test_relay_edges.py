@@ -385,6 +385,33 @@ async def test_a_15_mib_append_passes_and_a_17_mib_frame_is_closed_1009(
     assert ws.close_code == 1009
 
 
+@pytest.mark.parametrize("deflate", ["false", "true"])
+async def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_is_closed_1009(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    deflate: str,
+) -> None:
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE=deflate))
+    limit = gw.settings.max_message_bytes
+    assert limit == 16 * 1024 * 1024
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        max_size=None,
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        await first_events(ws, 1)
+        # Compressed or not (permessage-deflate, RFC 7692), the limit is the message's size.
+        assert ("permessage-deflate" in str(ws.response.headers)) is (deflate == "true")
+        await ws.send(bytes(limit))
+        assert await ws.recv() == b"echo:" + bytes(limit)
+        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
+            await ws.send(bytes(limit + 1))
+            await ws.recv()
+    assert ws.close_code == 1009
+
+
 async def test_abrupt_client_disconnect_closes_upstream_and_the_session(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
@@ -465,6 +492,34 @@ async def test_a_slow_client_slows_only_its_own_upstream(
     assert provider.flooded == count
 
 
+async def test_only_the_query_the_protocol_defines_reaches_the_provider(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    key = await gateway.new_key()
+    async with (
+        AsyncOpenAI(
+            api_key=key, base_url=f"{gateway.http}/v1", websocket_base_url=f"{gateway.ws}/v1"
+        ) as client,
+        client.realtime.connect(
+            model="gpt-realtime", extra_query={"foo": "1", "api-version": "2025-04-01-preview"}
+        ) as conn,
+    ):
+        assert (await conn.recv()).type == "session.created"
+    assert provider.upgrades[-1].query == {"model": "gpt-realtime"}
+    for query, forwarded in (
+        ("intent=transcription&foo=1", {"intent": "transcription"}),
+        ("foo=1&model=gpt-realtime&model=gpt-realtime-mini", {"model": "gpt-realtime"}),
+    ):
+        async with connect(
+            f"{gateway.ws}/v1/realtime?{query}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            (created,) = await first_events(ws, 1)
+            assert created["type"] == "session.created"
+        assert provider.upgrades[-1].query == forwarded
+    assert len(provider.upgrades) == 3
+
+
 async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
@@ -484,8 +539,10 @@ async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(
         )
     )
     key = await gw.new_key()
+    # Azure's GA endpoint (/openai/v1) takes no api-version: a client's is dropped like any other.
     async with connect(
-        f"{gw.ws}/v1/realtime?model=voice-eu", additional_headers={"Authorization": f"Bearer {key}"}
+        f"{gw.ws}/v1/realtime?model=voice-eu&api-version=2024-10-01-preview&foo=1",
+        additional_headers={"Authorization": f"Bearer {key}"},
     ) as ws:
         (created,) = await first_events(ws, 1)
         assert created["type"] == "session.created"

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import orjson
+from pathlib import Path
 
-from rtgate.catalog import Catalog
+import orjson
+import pytest
+
+from rtgate.catalog import Catalog, Route
 from rtgate.config import load_settings
 from rtgate.metering.record import UsageRecord
-from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.relay_session import RelaySession, review_excerpt
 
 
-def make(model: str = "gpt-realtime") -> RelaySession:
-    settings = load_settings(None, {"OPENAI_API_KEY": "sk-x"})
-    catalog = Catalog(settings)
+def make(
+    model: str = "gpt-realtime", *, route: Route | None = None, catalog: Catalog | None = None
+) -> RelaySession:
+    catalog = catalog or Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
     return RelaySession(
         session_id="rs_1",
         key_id="key_1",
-        route=catalog.resolve(model),
+        route=route or catalog.resolve(model),
         catalog=catalog,
         opened_at=0.0,
         opened_mono=100.0,
@@ -133,3 +137,274 @@ def test_first_close_wins_and_deadline_is_monotonic() -> None:
     assert s.close(4321, "bye", "upstream")
     assert not s.close(1000, "", "client")
     assert (s.close_code, s.closed_by) == (4321, "upstream")
+
+
+# -- usage the gateway cannot read as the protocol defines it ------------------------------------
+# No frame that carries usage reaches the client without a ledger row: read tolerantly where the
+# meaning is clear, else record what can be read, flagged for review.
+
+_LONE_SURROGATE = '"\\ud83d"'  # legal JSON (RFC 8259 8.2), refused by orjson
+
+
+def test_a_lone_surrogate_does_not_stop_metering() -> None:
+    s = make()
+    frame = (
+        '{"type":"response.done","event_id":"event_1","response":{"id":"resp_\\udc00",'
+        '"output":[{"type":"message","content":[{"type":"output_text","text":'
+        + _LONE_SURROGATE
+        + '}]}],"usage":{"input_tokens":5,"output_tokens":1,'
+        '"input_token_details":{"text_tokens":5},"output_token_details":{"text_tokens":1}}}}'
+    )
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.usage.text_in, rec.usage.text_out, rec.review) == (5, 1, None)
+    # The tolerant parser's lone surrogates never reach the ledger (UTF-8 cannot store them).
+    assert rec.ref is not None and rec.ref.startswith("resp_")
+    rec.ref.encode()
+
+
+def test_a_lone_surrogate_in_a_transcription_does_not_stop_metering() -> None:
+    s = make()
+    frame = (
+        '{"type":"conversation.item.input_audio_transcription.completed","item_id":"item_1",'
+        '"content_index":0,"transcript":'
+        + _LONE_SURROGATE
+        + ',"usage":{"type":"tokens","input_tokens":10,"output_tokens":2,'
+        '"input_token_details":{"audio_tokens":10}}}'
+    )
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.usage.kind, rec.usage.audio_in, rec.usage.text_out) == ("transcription", 10, 2)
+    assert rec.review is None
+
+
+def test_a_lone_surrogate_in_session_created_still_tracks_the_model() -> None:
+    s = make()
+    frame = (
+        '{"type":"session.created","session":{"model":"gpt-realtime-mini",'
+        '"instructions":' + _LONE_SURROGATE + "}}"
+    )
+    assert s.on_upstream_text(frame, 1.0) is None
+    assert s.upstream_session_model == "gpt-realtime-mini"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [12.0, "12", " 12 "],
+    ids=["integer-valued float", "numeric string", "padded numeric string"],
+)
+def test_counts_whose_meaning_is_clear_are_metered(value: object) -> None:
+    usage = {
+        "input_tokens": value,
+        "output_tokens": 3,
+        "input_token_details": {"text_tokens": value},
+    }
+    rec = make().on_upstream_text(done(usage), 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.usage.text_in, rec.usage.text_out, rec.review) == (12, 3, None)
+    assert rec.charged_nanos == 12 * 4000 + 3 * 16000
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "12.5",
+        "null",
+        "-12",
+        '"twelve"',
+        '"-12"',
+        "true",
+        '{"n":12}',
+        "[12]",
+        "1e999",
+        "1e13",
+        "NaN",
+    ],
+    ids=[
+        "fraction",
+        "null",
+        "negative",
+        "word",
+        "negative string",
+        "bool",
+        "object",
+        "list",
+        "infinity",
+        "implausible",
+        "NaN (not JSON at all)",
+    ],
+)
+def test_a_count_of_the_wrong_type_is_recorded_for_review(value: str) -> None:
+    frame = (
+        '{"type":"response.done","response":{"id":"resp_1","usage":{"input_tokens":5,'
+        '"output_tokens":3,"input_token_details":{"text_tokens":5,"audio_tokens":'
+        + value
+        + '},"output_token_details":{"text_tokens":3}}}}'
+    )
+    s = make()
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert rec.review == "unreadable_usage"
+    # What could be read is billed; the rest waits for an operator.
+    assert (rec.usage.text_in, rec.usage.audio_in, rec.usage.text_out) == (5, 0, 3)
+    assert rec.charged_nanos == 5 * 4000 + 3 * 16000
+    assert s.records == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"id": "resp_1"},
+        {"id": "resp_1", "usage": None},
+        {"id": "resp_1", "usage": "lots"},
+        {"id": "resp_1", "usage": 42},
+        {"id": "resp_1", "usage": {"input_token_details": "nope"}},
+        "resp_1",
+        None,
+    ],
+    ids=[
+        "no usage",
+        "null usage",
+        "string usage",
+        "number usage",
+        "string details",
+        "string",
+        "null",
+    ],
+)
+def test_a_response_done_without_readable_usage_is_recorded_for_review(response: object) -> None:
+    frame = orjson.dumps({"type": "response.done", "response": response}).decode()
+    rec = make().on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.review, rec.usage.total_tokens, rec.charged_nanos) == ("unreadable_usage", 0, 0)
+    assert rec.model == "gpt-realtime"
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,
+        {"type": "duration", "seconds": -1},
+        {"type": "duration", "seconds": "soon"},
+        {"type": "tokens", "input_tokens": 1.5},
+        {"type": "characters", "count": 12},
+    ],
+    ids=["null", "negative seconds", "word seconds", "fraction", "unknown type"],
+)
+def test_transcription_usage_of_the_wrong_type_is_recorded_for_review(usage: object) -> None:
+    frame = orjson.dumps(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_1",
+            "usage": usage,
+        }
+    ).decode()
+    rec = make().on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.review, rec.usage.kind, rec.ref) == ("unreadable_usage", "transcription", "item_1")
+
+
+def test_duration_as_a_numeric_string_is_metered() -> None:
+    s = make()
+    s.transcription_model = "whisper-1"
+    frame = orjson.dumps(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_1",
+            "usage": {"type": "duration", "seconds": "3.2"},
+        }
+    ).decode()
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.usage.audio_ms, rec.review) == (3200, None)
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        ('{"type":"response.done","response":{"id":"resp_1","usage":{"input_tokens":1', "response"),
+        ('{"type":"response.done","response":{"usage":{"input_tokens":01}}}', "response"),
+        ('["response.done"]', "response"),
+        (
+            '{"type":"conversation.item.input_audio_transcription.completed","usage":{',
+            "transcription",
+        ),
+    ],
+    ids=["truncated", "leading zero", "not an object", "truncated transcription"],
+)
+def test_an_unparseable_usage_event_is_recorded_for_review(frame: str, kind: str) -> None:
+    s = make()
+    s.transcription_model = "gpt-4o-transcribe"
+    rec = s.on_upstream_text(frame, 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.review, rec.usage.kind, rec.usage.total_tokens) == ("unparseable_frame", kind, 0)
+    assert rec.model == ("gpt-realtime" if kind == "response" else "gpt-4o-transcribe")
+    assert rec.ref is None
+
+
+def test_an_unparseable_frame_that_carries_no_usage_is_just_relayed() -> None:
+    s = make()
+    assert s.on_upstream_text('{"type":"session.updated","session":{', 1.0) is None
+    assert s.on_upstream_text('{"type":"response.output_text.done","text":"', 1.0) is None
+    assert s.records == 0
+
+
+def test_the_review_excerpt_keeps_the_usage_and_hides_string_values() -> None:
+    frame = (
+        '{"type":"response.done","response":{"id":"resp_1","output":[{"type":"message",'
+        '"content":[{"type":"output_text","text":"my card is 4111 1111"}]}],'
+        '"metadata":{"note":"sk-secret-value"},"usage":{"input_tokens":"twelve",'
+        '"output_tokens":3,"input_token_details":{"text_tokens":-5}}}}'
+    )
+    excerpt = review_excerpt(frame)
+    assert len(excerpt) <= 200
+    assert '"input_tokens":"…"' in excerpt and '"text_tokens":-5' in excerpt
+    assert "4111" not in excerpt and "sk-secret" not in excerpt and "twelve" not in excerpt
+    # No usage key to start from: the start of the frame, masked just the same.
+    cut = review_excerpt('{"type":"response.done","response":{"id":"resp_1","note":"private')
+    assert "private" not in cut and cut.startswith('{"type":"…"')
+
+
+def session_updated(transcription_model: str) -> str:
+    session = {"audio": {"input": {"transcription": {"model": transcription_model}}}}
+    return orjson.dumps({"type": "session.updated", "session": session}).decode()
+
+
+def transcribed(usage: dict[str, object]) -> str:
+    return orjson.dumps(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_1",
+            "usage": usage,
+        }
+    ).decode()
+
+
+def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
+    tmp_path: Path,
+) -> None:
+    # OpenAI's list prices for the names a client picks (gpt-4o-transcribe, whisper-1) are no
+    # price of the engine's own Whisper: the route's upstream decides, for a realtime session
+    # and a transcription session alike, and `[prices.local]` is what an operator sets.
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text('[prices.local]\naudio_in = "2"\ntext_out = "3"\nper_minute = "0.06"\n')
+    for priced in (False, True):
+        settings = load_settings(cfg if priced else None, {})
+        catalog = Catalog(settings)
+        for route in (catalog.resolve("gpt-realtime"), catalog.resolve(None)):
+            s = make(route=route, catalog=catalog)
+            tokens = {"type": "tokens", "input_tokens": 10, "output_tokens": 4}
+            s.on_upstream_text(session_updated("gpt-4o-transcribe"), 1.0)
+            by_tokens = s.on_upstream_text(transcribed(tokens), 2.0)
+            s.on_upstream_text(session_updated("whisper-1"), 3.0)
+            by_minute = s.on_upstream_text(transcribed({"type": "duration", "seconds": 1.5}), 4.0)
+            audio_in = {"input_tokens": 7, "input_token_details": {"audio_tokens": 7}}
+            realtime = s.on_upstream_text(done(audio_in), 5.0)
+            records = [by_tokens, by_minute, realtime]
+            assert all(isinstance(r, UsageRecord) for r in records)
+            costs = [(r.model, r.price_key, r.charged_nanos) for r in records]  # type: ignore[union-attr]
+            assert costs == [
+                ("gpt-4o-transcribe", "local", 10 * 2000 + 4 * 3000 if priced else 0),
+                ("whisper-1", "local", 1500 * 1000 if priced else 0),
+                (route.model, "local", 7 * 2000 if priced else 0),
+            ]

@@ -1,4 +1,5 @@
-"""``rtgate serve`` as a process: workers sharing the port, and a clean shutdown."""
+"""``rtgate serve`` as a process: workers sharing the port, a graceful drain (SIGTERM or the admin
+API) that cuts no live session before its deadline, and a second signal that ends them at once."""
 
 from __future__ import annotations
 
@@ -6,22 +7,37 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import psutil
 import pytest
+import websockets
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, load_settings
 from rtgate.server import unshared_workers_warning
-from tests.process import create_key, free_port, gateway_env, wait_ready
-from tests.provider import PROVIDER_KEY, FakeProvider
+from tests.process import (
+    cli_json,
+    create_key,
+    free_port,
+    gateway_env,
+    kill_tree,
+    readiness_settles,
+    wait_ready,
+)
+from tests.provider import PROVIDER_KEY, FakeProvider, emit_response_done
 
 
-@pytest.mark.parametrize("upstream", ["provider", "local-engine"])
-async def test_workers_share_the_port_and_shut_down_cleanly(
-    tmp_path: Path, provider: FakeProvider, upstream: str
+@pytest.mark.parametrize(
+    ("upstream", "second"),
+    [("provider", signal.SIGTERM), ("local-engine", signal.SIGINT)],
+)
+async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
+    tmp_path: Path, provider: FakeProvider, upstream: str, second: signal.Signals
 ) -> None:
     port = free_port()
     env = gateway_env(
@@ -50,7 +66,11 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
         ]
         for ws in conns:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
+        # The first SIGTERM drains (every worker stops taking sessions, the live ones go on);
+        # a second one, or SIGINT, ends them now: an error event, then 1001.
         proc.send_signal(signal.SIGTERM)
+        await readiness_settles(port, 503)
+        proc.send_signal(second)
         for ws in conns:
             async with asyncio.timeout(10):
                 heard = [orjson.loads(msg) async for msg in ws]
@@ -59,9 +79,7 @@ async def test_workers_share_the_port_and_shut_down_cleanly(
             assert (ws.close_code, ws.close_reason) == (1001, "server_error.server_shutting_down")
         assert proc.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc)
     log_file.close()
     logs = (tmp_path / "gateway.log").read_text()
     assert "is ready at http://127.0.0.1" in logs
@@ -78,3 +96,151 @@ def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Pat
     assert unshared_workers_warning(settings(RTGATE_WORKERS="3")) is not None
     shared = settings(RTGATE_WORKERS="3", RTGATE_REDIS_URL="redis://127.0.0.1:6379/0")
     assert unshared_workers_warning(shared) is None
+
+
+ADMIN_TOKEN = "adm_" + "Pr0cess" * 5
+
+
+def start_serving(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rtgate", "serve", "--workers", "2"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+
+
+async def open_sessions(port: int, key: str, n: int) -> list[Any]:
+    url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+    conns = [
+        await connect(url, additional_headers={"Authorization": f"Bearer {key}"}) for _ in range(n)
+    ]
+    for ws in conns:
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+    return conns
+
+
+async def metered(ws: Any, rid: str, *, local: bool = False) -> None:
+    """Usage sent through the gateway (the fake provider's, or a text turn the local engine
+    answers); once the client sees it, it is in the ledger."""
+    if local:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": rid}]}
+        await ws.send(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        await ws.send(orjson.dumps({"type": "response.create"}).decode())
+    else:
+        await ws.send(emit_response_done(rid, 1000))
+    while (event := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "response.done":
+        pass
+    assert local or event["response"]["id"] == rid
+
+
+async def refused_during_the_drain(port: int, key: str) -> None:
+    """A new session and a client secret are refused with a reconnect error."""
+    async with connect(
+        f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert event["error"]["code"] == "server_shutting_down" and ws.close_code == 1001
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{port}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {key}"},
+            json={},
+        ) as r,
+    ):
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "server_shutting_down"
+
+
+@pytest.mark.parametrize("upstream", ["provider", "local-engine"])
+async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
+    tmp_path: Path, provider: FakeProvider, upstream: str
+) -> None:
+    port = free_port()
+    local = upstream == "local-engine"
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY="" if local else PROVIDER_KEY,
+        RTGATE_DRAIN_SECONDS="120",
+        # A text turn answered in text: no speech stack to load in each worker.
+        RTGATE_ENGINE_STT="none",
+        RTGATE_ENGINE_TTS="tone",
+        RTGATE_ENGINE_VAD="energy",
+    )
+    key = create_key(env, "d")
+    proc = start_serving(env, tmp_path / "gateway.log")
+    try:
+        await wait_ready(port, proc)
+        await readiness_settles(port, 200)
+        conns = await open_sessions(port, key, 8)
+        proc.send_signal(signal.SIGTERM)
+        await readiness_settles(port, 503)
+        await refused_during_the_drain(port, key)
+        for i, ws in enumerate(conns):
+            await metered(ws, f"resp_{i}", local=local)
+        for ws in conns[:-1]:
+            await ws.close(1000, "done")
+        # One session left: the gateway still serves (and still refuses new sessions).
+        await readiness_settles(port, 503, in_a_row=3)
+        assert proc.poll() is None
+        await conns[-1].close(1000, "done")
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        kill_tree(proc)
+    rows = cli_json(env, "sessions", "--limit", "50")
+    assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1000, "client")] * 8
+    assert sum(r["records"] for r in cli_json(env, "usage")) == 8
+
+
+async def test_an_admin_drain_ends_what_is_left_at_the_deadline_with_1001(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY=PROVIDER_KEY,
+        RTGATE_ADMIN_TOKEN=ADMIN_TOKEN,
+        RTGATE_DRAIN_SECONDS="3",
+    )
+    key = create_key(env, "d")
+    proc = start_serving(env, tmp_path / "gateway.log")
+    try:
+        await wait_ready(port, proc)
+        conns = await open_sessions(port, key, 6)
+        asked = time.monotonic()
+        # One worker answers; it has the parent tell every worker to drain.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{port}/admin/v1/drain",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as r,
+        ):
+            assert r.status == 202
+            assert (await r.json())["drain_seconds"] == 3
+        await readiness_settles(port, 503)
+        await refused_during_the_drain(port, key)
+        for i, ws in enumerate(conns):
+            await metered(ws, f"resp_{i}")
+        for ws in conns:
+            event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert event["error"]["code"] == "server_shutting_down"
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert (ws.close_code, ws.close_reason) == (1001, "server_error.server_shutting_down")
+            assert time.monotonic() - asked >= 3.0
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        kill_tree(proc)
+    rows = cli_json(env, "sessions", "--limit", "50")
+    assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1001, "gateway")] * 6
+    assert sum(r["records"] for r in cli_json(env, "usage")) == 6

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionClose, SessionOpen, StoredClientSecret
+from rtgate.store.port import SessionClose, SessionOpen, StoredCall, StoredClientSecret
 from rtgate.store.sql import SqlStore
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -100,6 +101,59 @@ async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:
     assert len(by_id["rs_1"].close_reason or "") == 300
     assert by_id["rs_2"].ended_at is None and by_id["rs_2"].charged_nanos == 1200
     assert [s.id for s in await store.recent_sessions(key_id="key_b")] == ["rs_2"]
+
+
+async def test_records_for_review_are_counted_in_the_usage_report(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    unreadable = replace(rec("key_a", "gpt-realtime", DAY1 + 1, 4), review="unreadable_usage")
+    unparseable = UsageRecord(
+        "rs_1",
+        "key_a",
+        "gpt-realtime",
+        "gpt-realtime",
+        Usage(),
+        0,
+        0,
+        DAY1 + 2,
+        review="unparseable_frame",
+    )
+    await store.write([rec("key_a", "gpt-realtime", DAY1, 5), unreadable, unparseable])
+    await store.write([replace(rec("key_a", "gpt-realtime", DAY2, 1), review="unreadable_usage")])
+    by_day = {r.day: r for r in await store.usage_summary()}
+    assert {d: (r.records, r.needs_review) for d, r in by_day.items()} == {
+        "2027-01-15": (3, 2),
+        "2027-01-16": (1, 1),
+    }
+    # What a record for review did count is billed with the rest.
+    assert by_day["2027-01-15"].usage.text_in == 9 and by_day["2027-01-15"].charged_nanos == 108
+    # The spill keeps the flag (a record spilled, or set aside, is written back flagged).
+    assert from_line(to_line(unparseable)) == unparseable
+
+
+async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None:
+    store = SqlStore(db_url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    async with store.engine.begin() as conn:
+        # As a database made before usage could be flagged for review, with a row in it.
+        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN review")
+        await conn.exec_driver_sql(
+            "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
+            " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
+            " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
+            " VALUES ('rs_1', 'key_a', 'gpt-realtime', 'gpt-realtime', 'response', '2027-01-15',"
+            f" {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 50, 60)"
+        )
+    await store.close()
+
+    store = SqlStore(db_url)
+    await store.init()
+    await store.write([replace(rec("key_a", "gpt-realtime", DAY1, 1), review="unreadable_usage")])
+    (row,) = await store.usage_summary()
+    await store.close()
+    assert (row.records, row.needs_review, row.usage.text_in) == (2, 1, 6)
 
 
 async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:
@@ -300,4 +354,37 @@ async def test_a_database_from_before_record_ids_is_migrated(tmp_path: Path) -> 
     await store.write(entries)
     (row,) = await store.usage_summary()
     assert row.records == 1
+    await store.close()
+
+
+async def test_a_call_is_claimed_once_whoever_claims_it_at_the_same_time(store: SqlStore) -> None:
+    keys = [f"key_{i}" for i in range(8)]
+    for i, key_id in enumerate(keys):
+        await store.create_key(key_id, key_id, "rtg_x", f"{i:064d}", DAY1)
+    assert await store.call_owner("rtc_1") is None
+    claims = [StoredCall("rtc_1", k, None, "gpt-realtime", "openai", DAY1 + 1) for k in keys]
+    owners = await asyncio.gather(*(store.claim_call(c) for c in claims))
+    # One claim was stored, and every claimant was told the same owner.
+    assert len(set(owners)) == 1 and owners[0] in claims
+    assert await store.call_owner("rtc_1") == owners[0]
+    placed = StoredCall("rtc_2", "key_1", "cs_" + "a" * 20, "gpt-realtime-mini", "azure", DAY2)
+    assert await store.claim_call(placed) == placed
+    later = StoredCall("rtc_2", "key_2", None, "gpt-realtime", "openai", DAY2 + 1)
+    assert await store.claim_call(later) == placed
+
+
+async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    store = SqlStore(url)
+    await store.init()
+    async with store.engine.begin() as conn:
+        # As a database made before calls had owners.
+        await conn.exec_driver_sql("DROP TABLE calls")
+    await store.close()
+
+    store = SqlStore(url)
+    await store.init()
+    await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
+    call = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", DAY1)
+    assert await store.claim_call(call) == call
     await store.close()

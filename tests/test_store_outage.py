@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import openai
 import orjson
 import pytest
 from sqlalchemy import text
@@ -32,6 +33,7 @@ from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider, emit_response_done
 from tests.tcp_proxy import TcpProxy
+from tests.test_call_ownership import act, place
 
 pytestmark = pytest.mark.postgres
 
@@ -313,5 +315,39 @@ async def test_new_sessions_are_answered_within_seconds_while_the_database_stall
             return await open_session_rows(db_url) == 0
 
         await until(all_closed)
+
+    await bounded(scenario())
+
+
+async def test_a_calls_owner_is_answered_within_seconds_while_the_database_stalls(
+    outage_gateway: RunningGateway, proxy: TcpProxy, provider: FakeProvider
+) -> None:
+    gw = outage_gateway
+
+    async def scenario() -> None:
+        key = await new_key(gw, "owner")
+        call_id = await place(gw, key)
+        proxy.stall()
+        # Attaching to the call reads its owner: no answer in time is a clear refusal.
+        started = time.monotonic()
+        async with connect(
+            f"{gw.ws}/v1/realtime?call_id={call_id}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            event = orjson.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        assert time.monotonic() - started < 3.0
+        assert event["type"] == "error" and event["error"]["code"] == "store_unavailable"
+        assert (ws.close_code, ws.close_reason) == (1011, "server_error.store_unavailable")
+        # Accepting a SIP call claims it first: refused as promptly, the provider never asked.
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as refused:
+            await act(gw, key, "rtc_sip_stalled", "accept")
+        assert time.monotonic() - started < 3.0
+        assert refused.value.code == "store_unavailable"
+        assert provider.call_actions == []
+        proxy.heal()
+        assert await act(gw, key, call_id, "hangup") == (200, None)
 
     await bounded(scenario())

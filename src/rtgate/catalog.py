@@ -2,6 +2,12 @@
 
 Dated snapshots (``gpt-realtime-2025-08-28``) resolve to their family (``gpt-realtime``) for both
 routing and pricing unless the catalog names the snapshot itself.
+
+Prices follow the route's upstream. On a provider, the session's model prices by its row and a
+transcription model (or a call's session model) by its own. Everything the embedded local engine
+serves, whatever its kind (realtime tokens, transcription tokens or minutes), prices by the
+route's one row: ``local`` (all zero unless the operator sets ``[prices.local]``), or the row a
+catalog entry names with ``prices``, the operator's deliberate choice.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from rtgate.config import PriceSettings, Settings, UpstreamSettings
 from rtgate.errors import ModelNotFound
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+#: The price row of what the local engine serves, unless a catalog entry names another.
+LOCAL_PRICES = "local"
 
 
 def model_family(name: str) -> str:
@@ -44,13 +53,24 @@ class Catalog:
                 return key, prices[key]
         return model_family(name), None
 
+    def usage_price(
+        self, route: Route, model: str | None = None
+    ) -> tuple[str, PriceSettings | None]:
+        """The price row of usage in a session on ``route``: of the route's own model when
+        ``model`` is None, else of ``model`` (a transcription model, a call's session model),
+        unless the local engine served it: then the route's row, whatever the usage."""
+        if model is None or route.upstream.kind == "local":
+            return route.price_key, route.prices
+        return self.price_row(model) if model else ("", None)
+
     def resolve(self, model: str | None) -> Route:
         """Route for ``model``; ``None`` (transcription intent) goes to the default upstream."""
         s = self._settings
         if model is None:
             name = s.default_upstream or "local"
             up = s.upstreams[name]
-            return Route("", name, up, "", None, "")
+            price_key, row = self.price_row(LOCAL_PRICES) if up.kind == "local" else ("", None)
+            return Route("", name, up, "", row, price_key)
         entry = s.models.get(model)
         asked = model
         if entry is None:
@@ -62,8 +82,13 @@ class Catalog:
             )
         up = s.upstreams[entry.upstream]
         upstream_model = entry.upstream_model or asked
-        price_key, row = self.price_row(entry.prices or asked)
-        if row is None and entry.prices is None:
-            # An alias (``my-voice`` -> ``gpt-realtime``) prices as the model it runs.
-            price_key, row = self.price_row(upstream_model)
+        if entry.prices is not None:
+            price_key, row = self.price_row(entry.prices)
+        elif up.kind == "local":
+            price_key, row = self.price_row(LOCAL_PRICES)
+        else:
+            price_key, row = self.price_row(asked)
+            if row is None:
+                # An alias (``my-voice`` -> ``gpt-realtime``) prices as the model it runs.
+                price_key, row = self.price_row(upstream_model)
         return Route(asked, entry.upstream, up, upstream_model, row, price_key)

@@ -146,7 +146,12 @@ RateOpt = Annotated[int | None, typer.Option(help="New sessions per minute.", mi
 MintRateOpt = Annotated[int | None, typer.Option(help="Client secrets minted per minute.", min=1)]
 BudgetOpt = Annotated[str | None, typer.Option(help="Budget in USD.")]
 DurationOpt = Annotated[str | None, typer.Option(help="Longest session: 90s, 30m, 1h.")]
-ExpiresOpt = Annotated[str | None, typer.Option(help="Last valid UTC day, YYYY-MM-DD.")]
+ExpiresOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Last valid UTC day, YYYY-MM-DD, or an RFC 3339 timestamp (2026-12-31T18:00:00Z)."
+    ),
+]
 InstructionsOpt = Annotated[str | None, typer.Option(help="Default session instructions.")]
 VoiceOpt = Annotated[str | None, typer.Option(help="Default voice.")]
 BlockOpt = Annotated[
@@ -357,13 +362,22 @@ def usage(
     since: Annotated[str | None, typer.Option(help="From this UTC day (YYYY-MM-DD).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Usage and cost by key, model and UTC day."""
+    """Usage and cost by key, model and UTC day; "review" counts records whose usage could not
+    be read in full (what they did count is in the totals; see the log for each)."""
     rows = _with_store(lambda st: st.usage_summary(key, since))
     if as_json:
         _print_json(dump([usage_row(r) for r in rows]))
         return
     table = Table(
-        "day", "key", "model", "text in/out", "audio in/out", "cached in", "cost $", "provider $"
+        "day",
+        "key",
+        "model",
+        "text in/out",
+        "audio in/out",
+        "cached in",
+        "cost $",
+        "provider $",
+        "review",
     )
     for r in rows:
         u = r.usage
@@ -376,6 +390,7 @@ def usage(
             str(u.text_in_cached + u.audio_in_cached),
             usd_str(r.charged_nanos),
             usd_str(r.provider_nanos),
+            str(r.needs_review),
         )
     _console().print(table)
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
+
+
+def rfc3339(t: float) -> str:
+    """Unix seconds as an RFC 3339 UTC timestamp to the second (``2026-01-31T12:00:00Z``); the
+    year keeps four digits (``strftime("%Y")`` drops the leading zeros of a year before 1000)."""
+    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None).isoformat("T", "seconds") + "Z"
 
 
 class Clock(Protocol):

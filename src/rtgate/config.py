@@ -2,8 +2,8 @@
 
 Everything else receives a frozen ``Settings`` (or the parts of it it needs) as an argument.
 Provider keys are read from the environment only (``OPENAI_API_KEY`` or the variable an upstream
-names in ``api_key_env``), never from the file, so a config file can be shared or committed; so is
-the admin API's token (``RTGATE_ADMIN_TOKEN``).
+names in ``api_key_env``), never from the file, so a config file can be shared or committed; so are
+the admin API's token (``RTGATE_ADMIN_TOKEN``) and ``/metrics``' (``RTGATE_METRICS_TOKEN``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,7 +176,8 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     ),
     "gpt-4o-mini-transcribe": PriceSettings(text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")),
     "whisper-1": PriceSettings(per_minute=_d("0.006")),
-    # The embedded local engine costs the operator nothing.
+    # What the embedded local engine serves costs the operator nothing (catalog.py prices it
+    # all by this row; `[prices.local]` in the config changes it).
     "local": PriceSettings(),
 }
 
@@ -200,23 +202,42 @@ class Settings(_Frozen):
     log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
     max_session_seconds: float = Field(default=3600.0, gt=0)
+    #: How long a drain (SIGTERM, ``POST /admin/v1/drain``) lets live sessions run before it
+    #: ends them with 1001; calls last minutes, so a deploy should not cut them.
+    drain_seconds: float = Field(default=300.0, ge=0)
+    #: A request's headers must arrive this long after its connection opened (or after the
+    #: previous response: idle keep-alive connections close as late), and its body this long
+    #: after its headers (slowloris).
+    request_timeout_seconds: float = Field(default=15.0, gt=0)
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
-    #: Ping both legs this often; a peer gone without a FIN is dropped instead of held to the cap.
+    #: Ping the client after this much silence and drop it when still silent half as long
+    #: after: a peer gone without a FIN is not held to the cap. None: never.
     heartbeat_seconds: float | None = Field(default=30.0, gt=0)
+    #: Ping the upstream (a relayed session's or a call's sideband) after this much silence, and
+    #: end the session with ``upstream_unavailable`` when nothing arrives within
+    #: ``upstream_pong_timeout_seconds`` of the ping: a stopped provider is noticed within
+    #: their sum and a watchdog tick (8 s) of its last frame instead of leaving the caller in
+    #: dead air. A session that talks is never pinged. None: never.
+    upstream_ping_after_seconds: float | None = Field(default=4.0, gt=0)
+    upstream_pong_timeout_seconds: float = Field(default=3.0, gt=0)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)
     #: How long any other store call a client waits on may take (a key lookup, a budget read,
-    #: minting a secret); past it the call fails (``store_unavailable``) or falls back.
+    #: minting a secret, claiming a call); past it the call fails (``store_unavailable``) or
+    #: falls back.
     store_timeout_seconds: float = Field(default=3.0, gt=0)
     #: How often the spill is offered to the store again while it does not take it.
     spill_retry_seconds: float = Field(default=1.0, gt=0)
     #: A key that authenticated within this long is admitted from memory while the store does
     #: not answer (0: never).
     key_cache_seconds: float = Field(default=300.0, ge=0)
-    #: Largest inbound WebSocket message; a 15 MiB append plus JSON must fit.
+    #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
+    #: closed with 1009. A 15 MiB append plus its JSON must fit.
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Largest HTTP request body (a session, an SDP offer: a few KiB); larger is 413.
+    max_http_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
     default_upstream: str | None = None
     #: The model a connection without ``?model=`` gets.
@@ -225,14 +246,30 @@ class Settings(_Frozen):
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    #: Failed authentications one address may make at once; past them its attempts are refused
+    #: unchecked (``rate_limit_exceeded``) until its allowance refills. 0: no throttle.
+    auth_failures_burst: int = Field(default=20, ge=0)
+    #: How fast an address's allowance of failures refills.
+    auth_failures_per_minute: float = Field(default=10.0, gt=0)
+    #: Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the caller; the
+    #: peer address is used otherwise. ``RTGATE_TRUSTED_PROXIES`` takes them comma-separated.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
     #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
     admin_token: SecretStr | None = Field(default=None, exclude=True)
+    #: Bearer token ``GET /metrics`` requires (it shows key ids and spend); unset, the page is
+    #: open. Read from ``RTGATE_METRICS_TOKEN`` only; excluded from every dump.
+    metrics_token: SecretStr | None = Field(default=None, exclude=True)
     #: Redis holding live-session and rate counters shared by every instance (``redis://``,
     #: ``rediss://`` or ``unix://``). Unset, each process counts its own sessions.
     redis_url: str | None = None
     #: Prefix of every key rtgate writes in that Redis, so deployments can share one server.
     redis_prefix: str = Field(default="rtgate:", min_length=1, max_length=100)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @field_validator("redis_url")
     @classmethod
@@ -266,14 +303,23 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_LOG_LEVEL": "log_level",
     "RTGATE_LOG_FORMAT": "log_format",
     "RTGATE_MAX_SESSION_SECONDS": "max_session_seconds",
+    "RTGATE_DRAIN_SECONDS": "drain_seconds",
     "RTGATE_PERMESSAGE_DEFLATE": "permessage_deflate",
+    "RTGATE_REQUEST_TIMEOUT_SECONDS": "request_timeout_seconds",
     "RTGATE_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RTGATE_HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "RTGATE_UPSTREAM_PING_AFTER_SECONDS": "upstream_ping_after_seconds",
+    "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
+    "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
+    "RTGATE_AUTH_FAILURES_BURST": "auth_failures_burst",
+    "RTGATE_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
+    "RTGATE_TRUSTED_PROXIES": "trusted_proxies",
     "RTGATE_REDIS_PREFIX": "redis_prefix",
 }
 _ENV_ENGINE: dict[str, str] = {
@@ -342,10 +388,14 @@ def load_settings(
             up["api_key"] = env[key_env]
     raw["upstreams"] = upstreams
 
-    if "admin_token" in raw:
-        raise ConfigError("admin_token: the admin token is read from RTGATE_ADMIN_TOKEN only")
-    if env.get("RTGATE_ADMIN_TOKEN"):
-        raw["admin_token"] = env["RTGATE_ADMIN_TOKEN"]
+    for token, var in (
+        ("admin_token", "RTGATE_ADMIN_TOKEN"),
+        ("metrics_token", "RTGATE_METRICS_TOKEN"),
+    ):
+        if token in raw:
+            raise ConfigError(f"{token}: the token is read from {var} only")
+        if env.get(var):
+            raw[token] = env[var]
 
     if "default_upstream" not in raw:
         raw["default_upstream"] = "openai" if "api_key" in openai else "local"
@@ -359,11 +409,6 @@ def load_settings(
         name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
         for name in (*DEFAULT_OPENAI_MODELS, "local")
     }
-    for entry in models.values():
-        # The embedded engine costs the operator nothing: catalog models it serves are free
-        # unless the config prices them (e.g. to rehearse budgets offline).
-        if entry["upstream"] == "local":
-            entry["prices"] = "local"
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
     raw["models"] = models
 

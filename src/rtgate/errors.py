@@ -17,6 +17,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
     +-- LedgerUnavailable        usage_unavailable          500 / close 1011  (metering/ledger.py)
     +-- RelayFailed              server_error               500 / close 1011
+    +-- ShuttingDown             server_shutting_down       503 / close 1001
     +-- SessionExpired           session_expired            --  / close 1001
 
 Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
@@ -115,6 +116,16 @@ class LimiterUnavailable(GatewayError):
 class RelayFailed(GatewayError):
     """The gateway's own relay failed unexpectedly (a bug): the session still ends with an
     ``error`` event and a reason, as every session the gateway ends."""
+
+
+class ShuttingDown(GatewayError):
+    """This gateway is draining or stopping: a new session is refused, and a live one still
+    open at the drain's deadline (or at an immediate stop) is ended; either way the client
+    should reconnect, which a balancer sends to a running instance."""
+
+    http_status = 503
+    close_code = 1001
+    code = "server_shutting_down"
 
 
 class SessionExpired(GatewayError):

@@ -52,6 +52,12 @@ class Metrics:
         self.cost = Counter(
             "rtgate_cost_usd", "Charged cost metered.", ["key", "model"], registry=r
         )
+        self.review = Counter(
+            "rtgate_usage_review",
+            "Usage records whose usage could not be read in full, kept for review.",
+            ["reason"],
+            registry=r,
+        )
         self.refusals = Counter(
             "rtgate_policy_refusals", "Sessions or events refused.", ["reason"], registry=r
         )
@@ -71,6 +77,11 @@ class Metrics:
             "Usage records neither stored nor spilled (their sessions were ended).",
             registry=r,
         )
+        self.auth_throttled = Counter(
+            "rtgate_auth_throttled",
+            "Authentications refused unchecked: their address had failed too often.",
+            registry=r,
+        )
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
@@ -82,6 +93,8 @@ class Metrics:
                 self.tokens.labels(rec.model, kind).inc(n)
         if rec.charged_nanos:
             self.cost.labels(rec.key_id, rec.model).inc(rec.charged_nanos / NANOS_PER_USD)
+        if rec.review is not None:
+            self.review.labels(rec.review).inc()
 
     def relayed(self, frames_up: int, frames_down: int, bytes_up: int, bytes_down: int) -> None:
         if frames_up:

@@ -3,24 +3,37 @@
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
 they share the database, and with ``redis_url`` the session limits and the admin API's view of
 live sessions; without it each worker counts and sees only its own (a warning says so).
+
+Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run on until they
+end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
+or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
+how a worker that the admin API asked to drain has the parent tell every worker. The parent of
+``--workers N`` forwards each of these signals to every worker, and each drains on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import ipaddress
 import logging
 import multiprocessing
+import os
 import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
+from rtgate.drain import DRAIN
 from rtgate.logs import configure_logging
 from rtgate.welcome import summary_lines
 
@@ -30,7 +43,7 @@ log = logging.getLogger("rtgate")
 def _provider_secrets(settings: Settings) -> list[str]:
     """Every secret the process holds, for the log filter to strip."""
     held = [u.api_key for u in settings.upstreams.values()]
-    held += [settings.admin_token, settings.engine.brain_api_key]
+    held += [settings.admin_token, settings.metrics_token, settings.engine.brain_api_key]
     return [s.get_secret_value() for s in held if s is not None]
 
 
@@ -58,10 +71,18 @@ def freeze_startup_heap() -> None:
 
 
 async def serve_async(
-    settings: Settings, engine_token: str, sock: socket.socket | None = None
+    settings: Settings,
+    engine_token: str,
+    sock: socket.socket | None = None,
+    propagate_drain: Callable[[], None] | None = None,
+    drain_requested: Callable[[], bool] | None = None,
 ) -> None:
-    app = create_app(settings, engine_token=engine_token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
+    # At exit aiohttp waits this long for handlers still running. With --workers, a sibling's
+    # relayed session may be served by this worker's local engine route (SO_REUSEPORT), so a
+    # worker whose own sessions have drained waits for those too, up to a drain's length.
+    wait = max(60.0, settings.drain_seconds)
+    runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
@@ -77,19 +98,59 @@ async def serve_async(
     shown = f"[{host}]" if ":" in str(host) else host
     for line in summary_lines(settings, f"http://{shown}:{port}", _program()):
         log.info(line)
-    stop = asyncio.Event()
+    drain = app[DRAIN]
+    now = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if drain.started:
+            log.info("second SIGTERM: ending the live sessions now")
+            now.set()
+        else:
+            drain.begin()
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, now.set)
+    loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    if drain_requested is not None and drain_requested():
+        # A worker that came up after the parent fanned a drain out ignored that signal
+        # (_worker); the parent marks the request before it signals, so it is seen here.
+        drain.begin()
+    waits = [asyncio.create_task(e.wait()) for e in (now, drain.finished)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
     log.info("shutting down")
+    # Stops listening, ends what is still live (1001), waits for the handlers, drains the ledger.
     await runner.cleanup()
 
 
-def _worker(settings: Settings, engine_token: str) -> None:
+class EventLike(Protocol):
+    """A ``multiprocessing`` event as a worker sees it."""
+
+    def is_set(self) -> bool: ...
+
+
+def _tell_parent_to_drain() -> None:
+    """A worker asked to drain (the admin API) has the parent drain every worker."""
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
+def _worker(settings: Settings, engine_token: str, drain_requested: EventLike) -> None:
+    # A sibling's drain request may come before this worker serves: ignored, not fatal.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     install_uvloop()
-    asyncio.run(serve_async(settings, engine_token))
+    asyncio.run(
+        serve_async(
+            settings,
+            engine_token,
+            propagate_drain=_tell_parent_to_drain,
+            drain_requested=drain_requested.is_set,
+        )
+    )
 
 
 def unshared_workers_warning(settings: Settings) -> str | None:
@@ -104,10 +165,31 @@ def unshared_workers_warning(settings: Settings) -> str | None:
     )
 
 
+def loopback(host: str) -> bool:
+    """Whether ``host`` (the listening address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_metrics_warning(settings: Settings) -> str | None:
+    """What an operator must know when ``/metrics`` is open beyond this machine, or None."""
+    if settings.metrics_token is not None or loopback(settings.host):
+        return None
+    return (
+        f"/metrics is open to anyone who can reach {settings.host}:{settings.port} (key ids, "
+        "models, sessions and spend): set RTGATE_METRICS_TOKEN to require a Bearer token"
+    )
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
-    if (warning := unshared_workers_warning(settings)) is not None:
-        log.warning(warning)
+    for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
+        if warning is not None:
+            log.warning(warning)
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route
     # may be accepted by a sibling, which must accept it too.
     engine_token = secrets.token_urlsafe(32)
@@ -116,19 +198,32 @@ def serve(settings: Settings) -> None:
         asyncio.run(serve_async(settings, engine_token))
         return
     ctx = multiprocessing.get_context("spawn")
+    # Set before a drain is fanned out: a worker still starting then, deaf to the signal, sees
+    # it once it serves (serve_async), so no worker outlives a drain.
+    drain_requested = ctx.Event()
     procs = [
-        ctx.Process(target=_worker, args=(settings, engine_token), name=f"rtgate-worker-{i}")
+        ctx.Process(
+            target=_worker,
+            args=(settings, engine_token, drain_requested),
+            name=f"rtgate-worker-{i}",
+        )
         for i in range(settings.workers)
     ]
-    for p in procs:
-        p.start()
 
     def forward(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGUSR1):
+            drain_requested.set()
+        # Each worker decides what the signal means for it (a drain, or an end at once).
         for p in procs:
-            if p.pid is not None:
-                p.terminate()
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Before the workers start, so a worker's first drain request finds the parent listening
+    # (spawned workers start with the default handlers, whatever the parent installs).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.start()
     for p in procs:
         p.join()

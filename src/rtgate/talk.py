@@ -21,7 +21,7 @@ from rtgate.catalog import Catalog
 from rtgate.config import Settings
 from rtgate.errors import GatewayError
 from rtgate.metering.cost import cost_of, usd_str
-from rtgate.protocol.usage import usage_from_response
+from rtgate.protocol.usage import read_response_usage
 
 APPEND_MS = 20
 
@@ -148,7 +148,7 @@ def list_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> 
         route = Catalog(settings).resolve(model)
     except GatewayError:
         return None
-    _, prices = Catalog(settings).price_row(route.price_key or model)
+    prices = route.prices
     if prices is None:
         return None
-    return usd_str(cost_of(usage_from_response(usage), prices).charged_nanos)
+    return usd_str(cost_of(read_response_usage(usage).usage, prices).charged_nanos)

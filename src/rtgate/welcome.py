@@ -65,5 +65,7 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on")
     else:
         lines.append(f"  admin API  {base_url}/admin/v1/ (Bearer RTGATE_ADMIN_TOKEN)")
-    lines.append("  stop       Ctrl-C (live sessions are closed with 1001)")
+    lines.append(
+        "  stop       Ctrl-C (live sessions are closed with 1001); SIGTERM drains them first"
+    )
     return lines

@@ -1,5 +1,5 @@
-"""The admin API under ``/admin/v1/``: keys, client secrets, usage, sessions, and its OpenAPI
-document.
+"""The admin API under ``/admin/v1/``: keys, client secrets, usage, sessions, the instance's
+drain, and its OpenAPI document.
 
 One operator token guards it: ``RTGATE_ADMIN_TOKEN``, sent as ``Authorization: Bearer <token>``
 and compared in constant time. With no token configured the API is disabled and every route
@@ -16,10 +16,7 @@ instance sharing its Redis, listed and ended through ``Gateway.fleet``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-from collections.abc import Mapping
 from datetime import date
 from typing import Any, Literal
 
@@ -28,14 +25,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from rtgate.api.bodies import InvalidRequest
 from rtgate.api.live import close_here, live_everywhere, revoke_elsewhere, revoke_here
+from rtgate.api.openai_errors import openai_error, server_error
 from rtgate.api.openapi import openapi_document
-from rtgate.api.operation import Call, InvalidRequest, Operation, Reply
+from rtgate.api.operation import Call, Operation, Reply
 from rtgate.api.views import (
     ClientSecretView,
     ClosedSession,
-    ErrorDetail,
-    ErrorResponse,
+    Day,
+    DrainView,
     KeyView,
     LiveSession,
     NewKeyView,
@@ -44,17 +43,19 @@ from rtgate.api.views import (
     TranscriptEntryView,
     UsageRow,
     client_secret_view,
-    dump,
     key_view,
     new_key_view,
     session_row,
+    timestamp,
     transcript_entry,
     usage_csv,
     usage_row,
 )
 from rtgate.auth.client_secrets import id_hash_prefix
+from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
+from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
 from rtgate.fleet import FleetUnavailable
 
@@ -82,54 +83,25 @@ class NotFound(GatewayError):
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
-def _error(
-    status: int,
-    error_type: str,
-    code: str,
-    message: str,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    body = ErrorResponse(
-        error=ErrorDetail(message=message, type=error_type, code=code, param=param)
-    )
-    return web.Response(
-        body=orjson.dumps(dump(body)),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 def _gateway_error(err: GatewayError) -> web.Response:
     # RFC 6750 section 3: a 401 names the scheme the client should use.
     headers = {"WWW-Authenticate": 'Bearer realm="rtgate-admin"'} if err.http_status == 401 else {}
-    return _error(err.http_status, err.error_type, err.code, err.message, err.param, headers)
+    return openai_error(err.http_status, err.error_type, err.code, err.message, err.param, headers)
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
     code = _HTTP_CODES.get(exc.status, "invalid_request")
-    return _error(exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers)
+    return openai_error(
+        exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers
+    )
 
 
 # -- the token ------------------------------------------------------------------------------------
 
 
-def _digest(token: str) -> bytes:
-    # Equal-length digests make the comparison constant-time whatever was sent; headers arrive
-    # decoded with surrogateescape, so hash the original bytes and never raise.
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    return value if scheme.lower() == "bearer" and value else None
-
-
 def _guard(token: SecretStr | None) -> Middleware:
-    expected = None if token is None else _digest(token.get_secret_value())
+    expected = None if token is None else OperatorToken(token.get_secret_value())
 
     async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -137,13 +109,13 @@ def _guard(token: SecretStr | None) -> Middleware:
                 raise AdminDisabled(
                     "The admin API is disabled; set RTGATE_ADMIN_TOKEN to enable it."
                 )
-            given = _bearer(request.headers)
+            given = bearer(request.headers)
             if given is None:
                 raise AuthError(
                     "You didn't provide an admin token. Send it in an Authorization header "
                     "using Bearer auth (i.e. Authorization: Bearer YOUR_ADMIN_TOKEN)."
                 )
-            if not hmac.compare_digest(_digest(given), expected):
+            if not expected.matches(given):
                 raise AuthError("Incorrect admin token provided.")
             return await handler(request)
         except GatewayError as err:
@@ -151,14 +123,9 @@ def _guard(token: SecretStr | None) -> Middleware:
         except web.HTTPException as exc:
             return _http_error(exc)
         except Exception:
-            # The boundary: a bug still answers in the documented shape; its traceback is logged.
+            # The boundary: a bug still answers in the documented shape.
             log.exception("admin request failed: %s %s", request.method, request.path)
-            return _error(
-                500,
-                "server_error",
-                "server_error",
-                "The server had an error while processing your request.",
-            )
+            return server_error()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -187,11 +154,8 @@ class UsageQuery(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     key_id: str | None = Field(default=None, description="Only this key's usage.")
-    since: str | None = Field(
-        default=None,
-        pattern=_DAY,
-        json_schema_extra={"format": "date"},
-        description="From this UTC day on (YYYY-MM-DD).",
+    since: Day | None = Field(
+        default=None, pattern=_DAY, description="From this UTC day on (YYYY-MM-DD)."
     )
     format: Literal["json", "csv"] = Field(default="json", description="JSON rows or CSV.")
 
@@ -224,19 +188,14 @@ def _quoted(value: str) -> str:
 
 
 def _storable(base: KeyPolicy, update: PolicyUpdate) -> KeyPolicy:
-    """``update`` applied to ``base``, refused unless it reads back from the store unchanged
-    (an integer past 64 bits cannot be stored; an infinite duration would read back as none)."""
+    """``update`` applied to ``base``, refused unless it reads back from the store unchanged.
+    (The body's values already fit: ``check_json`` refused integers past 64 bits, and
+    ``parse_expiry`` dates outside 1970-9000.)"""
     try:
         policy = apply_update(base, update)
     except PolicyError as err:
         raise InvalidRequest(err.message, param=err.param) from err
-    except OverflowError as exc:  # a date past year 9999
-        raise InvalidRequest("A policy value is out of range.") from exc
-    try:
-        stored = KeyPolicy.from_json(policy.to_json())
-    except TypeError as exc:  # orjson.JSONEncodeError
-        raise InvalidRequest("A policy value is out of range.") from exc
-    if stored != policy:
+    if KeyPolicy.from_json(policy.to_json()) != policy:
         raise InvalidRequest("A policy value is out of range.")
     return policy
 
@@ -354,6 +313,20 @@ async def close_session(call: Call[None, None]) -> Reply:
     raise NotFound(missing, param="session_id")
 
 
+async def drain(call: Call[None, None]) -> Reply:
+    """Begin this instance's drain (as SIGTERM does); asking again changes nothing."""
+    under_way = call.request.config_dict[DRAIN]
+    under_way.request()
+    return DrainView(
+        draining=not call.gw.accepting,
+        instance=call.gw.fleet.instance,
+        started_at=timestamp(under_way.started_at),
+        deadline_at=timestamp(under_way.deadline_at),
+        drain_seconds=under_way.seconds,
+        live_sessions=len(call.gw.live),
+    )
+
+
 async def openapi(call: Call[None, None]) -> Reply:
     return web.Response(body=call.request.app[OPENAPI], content_type="application/json")
 
@@ -466,6 +439,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         response=TranscriptEntryView,
         many=True,
         not_found="No session with this id.",
+    ),
+    Operation(
+        "POST",
+        "/drain",
+        drain,
+        "Drain this instance before a restart, as SIGTERM does: /readyz answers 503 and new "
+        "sessions are refused (server_shutting_down); live sessions and calls run until they "
+        "end or drain_seconds pass (then an error event and 1001), and the process exits",
+        status=202,
+        response=DrainView,
     ),
     Operation("GET", "/openapi.json", openapi, "This document", status=200, response=None),
 )

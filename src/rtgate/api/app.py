@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import SecretStr
 
 from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
@@ -21,24 +23,31 @@ from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
+from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
+from rtgate.api.request_timeouts import body_deadline
+from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
+from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.redis_limits import RedisSessionLimiter
+from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
+from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.server import add_engine_routes
 from rtgate.engine.stack import build_engine
+from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
-from rtgate.gateway import Gateway
+from rtgate.gateway import Gateway, shutting_down
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
 from rtgate.redis_fleet import RedisFleet
-from rtgate.relay.endpoint import GATEWAY, realtime, shutting_down
+from rtgate.relay.endpoint import GATEWAY, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
 
@@ -48,15 +57,43 @@ ENGINE_PATH = "/_engine/v1"
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 as long as the process serves, draining or not (it must not be killed
+    while its live sessions finish)."""
     gw = request.app[GATEWAY]
     return web.json_response(
         {"status": "ok", "version": __version__, "live_sessions": len(gw.live)}
     )
 
 
-async def metrics_page(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 while new sessions are taken, 503 from the moment a drain begins, so a
+    load balancer stops sending sessions here."""
+    gw = request.app[GATEWAY]
+    if gw.accepting:
+        return web.json_response({"status": "ready", "live_sessions": len(gw.live)})
+    return web.json_response({"status": "draining", "live_sessions": len(gw.live)}, status=503)
+
+
+def metrics_page(token: SecretStr | None) -> Handler:
+    """``GET /metrics``, behind ``metrics_token`` (a Bearer token) when one is set."""
+    expected = None if token is None else OperatorToken(token.get_secret_value())
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if expected is not None:
+            given = bearer(request.headers)
+            if given is None or not expected.matches(given):
+                response = error_response(
+                    AuthError(
+                        "Send the metrics token in an Authorization header using Bearer auth "
+                        "(i.e. Authorization: Bearer RTGATE_METRICS_TOKEN)."
+                    )
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="rtgate-metrics"'
+                return response
+        body = request.app[GATEWAY].metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    return page
 
 
 async def models(request: web.Request) -> web.Response:
@@ -76,7 +113,10 @@ def create_app(
     engine: EngineOptions | None = None,
     engine_token: str | None = None,
     expiry_check_interval: float = 1.0,
+    propagate_drain: Callable[[], None] | None = None,
 ) -> web.Application:
+    """The gateway as an aiohttp application. ``propagate_drain`` tells sibling worker
+    processes when the admin API asks this one to drain (``server.py``; ``rtgate.drain``)."""
     clock = clock or SystemClock()
     store = store or SqlStore(
         settings.resolved_database_url, timeout=settings.store_timeout_seconds
@@ -87,7 +127,11 @@ def create_app(
         int(settings.max_session_seconds),
         preload=settings.default_upstream == "local",
     )
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
+    app = web.Application(
+        client_max_size=settings.max_http_body_bytes,
+        middlewares=[body_deadline(settings.request_timeout_seconds)],
+    )
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -119,11 +163,20 @@ def create_app(
                 metrics=metrics,
             )
             await ledger.recover()
+            keyring = KeyRing(store, clock, cache_seconds=settings.key_cache_seconds)
+            throttle = (
+                FailureThrottle(settings.auth_failures_burst, settings.auth_failures_per_minute)
+                if settings.auth_failures_burst
+                else None
+            )
             gw = Gateway(
                 settings=settings,
                 store=store,
                 clock=clock,
-                keyring=KeyRing(store, clock, cache_seconds=settings.key_cache_seconds),
+                keyring=keyring,
+                authenticator=Authenticator(
+                    keyring, clock, metrics, throttle, settings.trusted_proxies
+                ),
                 catalog=Catalog(settings),
                 ledger=ledger,
                 spend=SpendBook(store, ledger, clock, timeout=settings.commit_timeout_seconds),
@@ -146,18 +199,19 @@ def create_app(
                 await ledger.close()
 
             stack.push_async_callback(stop_ledger)
+            app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
+            stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:
                 shared.start()
             await fleet.start(HeldSessions(gw))
             yield
 
     async def close_live_sessions(app: web.Application) -> None:
-        # on_shutdown runs before aiohttp waits for handlers to finish, so live sessions end
-        # now, with 1001 (going away) as OpenAI's SDK expects, not after a timeout.
-        gw = app[GATEWAY]
-        gw.closing = True
-        closing = [b.terminate(shutting_down(), "gateway") for b in gw.live.values()]
-        await asyncio.gather(*closing, return_exceptions=True)
+        # on_shutdown runs before aiohttp waits for handlers to finish, so the sessions still
+        # live (none after a drain that finished) end now, with an error event and 1001 (going
+        # away) as OpenAI's SDK expects, not after a timeout.
+        await app[DRAIN].cancel()
+        await app[GATEWAY].end_live_sessions(shutting_down())
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_live_sessions)
@@ -166,7 +220,8 @@ def create_app(
     add_call_routes(app)
     app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics_page(settings.metrics_token))
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))

@@ -10,6 +10,9 @@
   key); 200 and an empty body, as the upstream answers. ``accept`` opens a metered sideband too;
   a ``hangup`` ends the call's sideband before it answers, so the key's slot is free again.
 
+A call belongs to the key that placed or accepted it (``rtgate.relay.call_owners``): it is
+recorded in the store before the 201 goes back, and an ``accept`` claims a call no key owns
+yet, before the provider hears of it. Another key's call is answered 404, as an unknown one.
 A call whose sideband cannot be opened is hung up: the gateway never leaves a call unmetered.
 """
 
@@ -19,27 +22,33 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import hdrs, web
 
+from rtgate.api.bodies import (
+    InvalidRequest,
+    UnreadableBody,
+    form_parts,
+    json_object,
+    read_body,
+    utf8_text,
+)
 from rtgate.api.openai_errors import openai_errors
-from rtgate.api.operation import MalformedBody
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import connection_model, ga_template
-from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import KeyPolicy, check_model, check_session_template
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.relay.admission import admit
+from rtgate.relay.call_owners import call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import (
-    CALL_ID,
-    CallNotFound,
     CallRegistry,
     create_upstream_call,
     deep_merge,
     hangup_upstream,
     upstream_post,
 )
-from rtgate.relay.endpoint import GATEWAY, ShuttingDown
+from rtgate.relay.endpoint import GATEWAY
 
 log = logging.getLogger("rtgate.api")
 
@@ -47,35 +56,26 @@ PREFIX = "/v1/realtime/calls"
 CALLS: web.AppKey[CallRegistry] = web.AppKey("calls", CallRegistry)
 
 
-def _bad(message: str, param: str | None = None) -> MalformedBody:
-    return MalformedBody(message, param=param)
+def _bad(message: str, param: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
 
 
 async def _offer(request: web.Request) -> tuple[str, dict[str, Any] | None]:
     """The SDP offer and the session (multipart only) of a ``POST /calls``."""
+    raw = await read_body(request)
     ctype = request.content_type
     if ctype == "application/sdp":
-        return await request.text(), None
+        return utf8_text(raw, request.charset, "sdp"), None
     if not ctype.startswith("multipart/"):
-        raise _bad("Expected application/sdp or multipart/form-data.")
-    sdp: str | None = None
-    session: dict[str, Any] | None = None
-    reader = await request.multipart()
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "sdp":
-            sdp = await part.text()
-        elif part.name == "session":
-            try:
-                raw = orjson.loads(await part.read())
-            except orjson.JSONDecodeError as exc:
-                raise _bad("The 'session' part is not JSON.", "session") from exc
-            if not isinstance(raw, dict):
-                raise _bad("The 'session' part must be an object.", "session")
-            session = raw
-    if sdp is None:
+        raise UnreadableBody("Expected application/sdp or multipart/form-data.")
+    parts = form_parts(request.headers[hdrs.CONTENT_TYPE], raw)
+    if "sdp" not in parts:
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
+    sdp = utf8_text(parts["sdp"].payload, parts["sdp"].charset, "sdp")
+    session = None
+    if "session" in parts:
+        part = parts["session"]
+        session = json_object(utf8_text(part.payload, part.charset, "session"), "session")
     return sdp, session
 
 
@@ -92,19 +92,17 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     try:
         return await _place_call(gw, request.app[CALLS], request)
     except GatewayError as err:
-        log.info("call refused: %s", err.code, extra={"refusal": err.code})
-        gw.metrics.refused(err.code)
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("call refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
         raise
 
 
 async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) -> web.Response:
     """Policy first (the upstream sees no offer the key may not place), then the offer goes
     upstream and the call's sideband is opened; a call that cannot be metered is hung up."""
-    if gw.closing or calls.closing:
-        raise ShuttingDown("The gateway is shutting down; try again shortly.")
-    key, policy, grant = await gw.keyring.authenticate_session(
-        client_credential(request.headers).secret
-    )
+    gw.check_accepting()
+    key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
     sdp, session = await _offer(request)
     if not sdp.strip():
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
@@ -126,17 +124,22 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     check_model(policy, route.model)
     check_session_template(policy, template)
     await admit(gw, key, policy)
+    secret_id = grant.id if grant is not None else None
     try:
         call_id, answer = await create_upstream_call(
             gw, route, sdp, _upstream_session(policy, route, template)
         )
         try:
-            await calls.start(
-                gw, call_id, key, policy, route, grant.id if grant is not None else None
-            )
+            # Its owner is on record before anyone hears of the call (the 201, its sideband).
+            owned = await claim_call(gw, call_id, key, route, secret_id)
+            if owned:
+                await calls.start(gw, call_id, key, policy, route, secret_id)
         except GatewayError:
             await _hang_up_unmetered(gw, route, call_id)
             raise
+        if not owned:
+            # A provider's call ids are unique, so this is never seen; the call is not ours.
+            raise UpstreamError("The upstream answered with the id of a call already placed.")
     except BaseException:
         await gw.limiter.release(key.id)
         raise
@@ -161,44 +164,36 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     calls = request.app[CALLS]
     action = request.match_info["action"]
     call_id = request.match_info["call_id"]
-    key, policy = await gw.keyring.authenticate(client_credential(request.headers).secret)
-    if not CALL_ID.match(call_id):
-        raise CallNotFound(f"No call found with id '{call_id}'.")
-    sb = calls.get(call_id)
-    if sb is not None and sb.key.id != key.id:
-        # Another key's call: as if it did not exist.
-        raise CallNotFound(f"No call found with id '{call_id}'.")
-    raw = await request.read()
-    body: dict[str, Any] | None = None
-    if raw.strip():
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise _bad("We could not parse the JSON body of your request.") from exc
-        if not isinstance(parsed, dict):
-            raise _bad("The body must be a JSON object.")
-        body = parsed
-    admitted = False
-    if action == "accept":
-        if calls.closing or gw.closing:
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
-        model, template = ga_template(body)
-        if model is None:
-            model = gw.settings.default_model
-        if template.get("type") != "realtime":
-            raise _bad("A call takes a realtime session.", "type")
-        route = gw.catalog.resolve(model)
-        check_model(policy, route.model)
-        check_session_template(policy, template)
-        body = _upstream_session(policy, route, template)
-        if sb is None:
-            await admit(gw, key, policy)
-            admitted = True
-    elif sb is not None:
-        route = sb.route
-    else:
-        route = gw.catalog.resolve(None)
+    key, policy = await gw.authenticator.key(request.headers, request.remote)
+    # Another key's call, on any instance, answers as if it did not exist; None: no key owns it.
+    call = await call_of(gw, call_id, key)
+    raw = await read_body(request)
+    body = json_object(raw) if raw.strip() else None
+    sb = calls.get(call_id)  # its sideband, if this instance runs it
+    admitted = False  # a live-session slot is held for the sideband this accept opens
+    claimed = False  # this accept made the key the call's owner
     try:
+        if action == "accept":
+            gw.check_accepting()
+            model, template = ga_template(body)
+            if model is None:
+                model = gw.settings.default_model
+            if template.get("type") != "realtime":
+                raise _bad("A call takes a realtime session.", "type")
+            route = gw.catalog.resolve(model)
+            check_model(policy, route.model)
+            check_session_template(policy, template)
+            body = _upstream_session(policy, route, template)
+            if call is None:
+                # A SIP call no key owns yet: claimed now, atomically, before the provider
+                # hears of it; of two keys accepting at once, the other is answered 404.
+                await admit(gw, key, policy)
+                admitted = True
+                claimed = await claim_call(gw, call_id, key, route)
+                if not claimed:
+                    raise call_not_found(call_id)
+        else:
+            route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
         status, _, _ = await upstream_post(
             gw,
             route,
@@ -206,7 +201,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             json_body=orjson.dumps(body) if body is not None else None,
         )
         if status == 404:
-            raise CallNotFound(f"No call found with id '{call_id}'.")
+            raise call_not_found(call_id)
         if not 200 <= status < 300:
             log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
             raise _upstream_refused(action, status)
@@ -216,16 +211,28 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             except GatewayError:
                 await _hang_up_unmetered(gw, route, call_id)
                 raise
-            admitted = False
+            # The sideband holds the slot now, and the call is the key's.
+            admitted = claimed = False
     finally:
         if admitted:
             await gw.limiter.release(key.id)
+        if claimed:
+            # Not accepted: the call is left as this found it, no key's.
+            await _release_claim(gw, call_id, key.id)
     if action == "hangup" and sb is not None:
         # Hung up through the gateway: the sideband ends now, so the key's live-session slot
-        # is free by the time the client hears back.
+        # is free by the time the client hears back. (One on another instance ends when the
+        # provider closes it.)
         await sb.hung_up_by_client()
     log.info("call %s relayed", action, extra={"key_id": key.id, "call_id": call_id})
     return web.Response(status=status)
+
+
+async def _release_claim(gw: Gateway, call_id: str, key_id: str) -> None:
+    try:
+        await gw.store.release_call(call_id, key_id)
+    except GatewayError as err:
+        log.error("call %s claim not released: %s", call_id, err.message)
 
 
 def _upstream_refused(action: str, status: int) -> GatewayError:

@@ -16,27 +16,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
+from rtgate.api.bodies import InvalidRequest, MalformedBody, check_json, read_body
 from rtgate.api.views import View, dump
-from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
 from rtgate.relay.endpoint import GATEWAY
-
-
-class MalformedBody(GatewayError):
-    """The body is not JSON."""
-
-    http_status = 400
-    error_type = "invalid_request_error"
-    code = "invalid_json"
-
-
-class InvalidRequest(GatewayError):
-    """A query parameter or a body field the operation's models refuse."""
-
-    http_status = 422
-    error_type = "invalid_request_error"
-    code = "invalid_request"
-
 
 Q = TypeVar("Q", bound=BaseModel | None)
 B = TypeVar("B", bound=BaseModel | None)
@@ -88,7 +71,7 @@ class Operation(Generic[Q, B]):
             if self.query is not None:
                 query = _valid(cast("type[BaseModel]", self.query), dict(request.query))
             if self.body is not None:
-                body = _valid(cast("type[BaseModel]", self.body), await request.read())
+                body = _valid(cast("type[BaseModel]", self.body), await read_body(request))
             reply = await self.handler(Call(request, request.config_dict[GATEWAY], query, body))
             if isinstance(reply, web.Response):
                 return reply
@@ -103,11 +86,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _valid(model: type[M], data: Mapping[str, str] | bytes) -> M:
-    """A query (its strings converted) or a JSON body (strictly: ``0`` is not ``false``)."""
+    """A query (its strings converted) or a JSON body (strictly: ``0`` is not ``false``) that
+    ``check_json`` takes."""
     try:
-        if isinstance(data, bytes):
-            return model.model_validate_json(data, strict=True)
-        return model.model_validate(data)
+        if not isinstance(data, bytes):
+            return model.model_validate(data)
+        valid = model.model_validate_json(data, strict=True)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_input=False)
         if problems[0]["type"] == "json_invalid":
@@ -117,3 +101,6 @@ def _valid(model: type[M], data: Mapping[str, str] | bytes) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in problems
         )
         raise InvalidRequest(message, param=where) from exc
+    # Free-form fields (a session, a beta session's extra fields) are kept or echoed as sent.
+    check_json(valid.model_dump())
+    return valid

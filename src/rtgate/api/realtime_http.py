@@ -10,7 +10,9 @@ another), applies its policy (expiry, allowed models, blocked session fields) an
 secret rtgate minted itself (``rtgate.auth.client_secrets``). The upstream's ``client_secrets``
 endpoint is never called: its secrets would open sessions the gateway neither meters nor polices.
 Errors carry OpenAI's body and status (401 ``invalid_api_key``, 403 ``model_not_allowed``, 404
-``model_not_found``, 400 for a body it refuses).
+``model_not_found``, 400 for a body it refuses, ``unknown_parameter`` for a field the session does
+not have, 429 ``rate_limit_exceeded`` for a key minting too fast or an address failing to
+authenticate too often).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from rtgate.auth.client_secrets import (
     SessionKind,
     beta_template,
     ga_template,
+    refuse_unknown,
     with_transcription_model,
 )
-from rtgate.auth.credentials import client_credential
 from rtgate.auth.policy import check_model, check_session_template
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
@@ -60,10 +62,13 @@ class BetaExpiresAfter(ExpiresAfter):
 
 
 class ClientSecretRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Other fields are refused by the handler, as OpenAI does (``unknown_parameter``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     expires_after: ExpiresAfter = Field(default_factory=ExpiresAfter)
-    #: A GA realtime or transcription session; its fields are the upstream's to validate.
+    #: A GA realtime or transcription session: its top-level fields are checked against the
+    #: protocol's (``ga_template``), their values are the upstream's to validate.
     session: dict[str, Any] | None = None
 
 
@@ -74,7 +79,8 @@ class BetaClientSecret(BaseModel):
 
 
 class BetaSessionRequest(BaseModel):
-    """A flat beta session; fields besides these are carried into the template."""
+    """A flat beta session: the other fields are the beta session's (``beta_template`` refuses
+    any it never had and carries the rest into the template)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -89,7 +95,9 @@ async def _mint(
     call: Call[Any, Any], model: str | None, template: dict[str, Any], seconds: int
 ) -> tuple[str, ClientSecret]:
     gw: Gateway = call.gw
-    key, policy = await gw.keyring.authenticate(client_credential(call.request.headers).secret)
+    # A secret opens a session later: a draining gateway must not hand one out.
+    gw.check_accepting()
+    key, policy = await gw.authenticator.key(call.request.headers, call.request.remote)
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
     if model is not None:
@@ -117,6 +125,7 @@ def _json(body: Any) -> web.Response:
 
 
 async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
+    refuse_unknown(call.body.model_extra or {}, ())
     model, template = ga_template(call.body.session)
     secret, minted = await _mint(call, model, template, call.body.expires_after.seconds)
     session = _session_view(minted)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from rtgate.auth.client_secrets import secret_id, shown_template
 from rtgate.auth.policy import KeyPolicy, policy_view
+from rtgate.clock import rfc3339
 from rtgate.metering.cost import usd_str
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
@@ -28,8 +28,10 @@ from rtgate.store.port import KeyInfo, SessionSummary, StoredClientSecret, Usage
 if TYPE_CHECKING:
     from rtgate.protocol.relay_session import RelaySession
 
-_TIME: dict[str, JsonValue] = {"format": "date-time"}
-_DAY: dict[str, JsonValue] = {"format": "date"}
+#: RFC 3339 strings; the format sits on the string type, so an optional field's schema reads
+#: ``anyOf: [{type: string, format}, {type: null}]``, where tools and validators look for it.
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Day = Annotated[str, Field(json_schema_extra={"format": "date"})]
 _USD = r"^-?\d+\.\d{9}$"
 
 
@@ -68,7 +70,7 @@ class PolicyView(View):
     budget_usd_month: str | None = Field(pattern=_USD)
     budget_usd_total: str | None = Field(pattern=_USD)
     max_duration_s: float | None
-    expires_at: str | None = Field(json_schema_extra=_TIME)
+    expires_at: Timestamp | None
     session_defaults: dict[str, Any] | None
     blocked_events: list[str]
     keep_transcripts: bool
@@ -79,8 +81,8 @@ class KeyView(View):
     name: str
     #: The first characters of the secret, enough to tell keys apart.
     prefix: str
-    created_at: str | None = Field(json_schema_extra=_TIME)
-    revoked_at: str | None = Field(json_schema_extra=_TIME)
+    created_at: Timestamp | None
+    revoked_at: Timestamp | None
     active: bool
     policy: PolicyView
 
@@ -97,8 +99,11 @@ class UsageRow(View):
     key_id: str
     key_name: str
     model: str
-    day: str = Field(json_schema_extra=_DAY)
+    day: Day
     records: int
+    #: Of ``records``, those whose usage could not be read in full: what they did count is in
+    #: ``tokens`` and the cost; the rest wants an operator's review (README, Metering).
+    needs_review: int
     tokens: Tokens
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
@@ -113,8 +118,8 @@ class SessionRow(View):
     model: str
     upstream: str
     intent: str | None
-    started_at: str | None = Field(json_schema_extra=_TIME)
-    ended_at: str | None = Field(json_schema_extra=_TIME)
+    started_at: Timestamp | None
+    ended_at: Timestamp | None
     duration_s: float | None
     close_code: int | None
     close_reason: str | None
@@ -136,7 +141,7 @@ class LiveSession(View):
     intent: str | None
     #: The client secret that opened it (its id), or null for a gateway key.
     client_secret_id: str | None
-    started_at: str | None = Field(json_schema_extra=_TIME)
+    started_at: Timestamp | None
     #: The gateway instance relaying it (``inst_`` and 12 hex digits, random per process).
     instance: str
     tokens: Tokens
@@ -152,6 +157,20 @@ class ClosedSession(LiveSession):
     closed_by: str | None
 
 
+class DrainView(View):
+    """The drain of the instance that answered (all its worker processes): new sessions are
+    refused, live ones run until they end or until ``deadline_at``, then the process exits."""
+
+    draining: bool
+    #: The instance draining (``inst_`` and 12 hex digits).
+    instance: str
+    started_at: Timestamp | None
+    deadline_at: Timestamp | None
+    drain_seconds: float
+    #: Sessions still live on the process that answered.
+    live_sessions: int
+
+
 class ClientSecretView(View):
     """A minted client secret, by its id: never its value."""
 
@@ -160,9 +179,9 @@ class ClientSecretView(View):
     #: The session type it opens: ``realtime`` or ``transcription``.
     type: str
     model: str | None
-    created_at: str | None = Field(json_schema_extra=_TIME)
-    expires_at: str | None = Field(json_schema_extra=_TIME)
-    revoked_at: str | None = Field(json_schema_extra=_TIME)
+    created_at: Timestamp | None
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
     #: Whether it still opens sessions (neither expired nor revoked; its key may be revoked).
     active: bool
     #: The session template applied to every session it opens (a GA session object); tool
@@ -203,7 +222,7 @@ class ErrorResponse(View):
 
 
 def timestamp(t: float | None) -> str | None:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+    return rfc3339(t) if t else None
 
 
 def key_view(k: KeyInfo) -> KeyView:
@@ -229,6 +248,7 @@ def usage_row(r: UsageSummary) -> UsageRow:
         model=r.model,
         day=r.day,
         records=r.records,
+        needs_review=r.needs_review,
         tokens=Tokens.of(r.usage),
         cost_usd=usd_str(r.charged_nanos),
         provider_cost_usd=usd_str(r.provider_nanos),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ import orjson
 
 from rtgate.auth.keys import hash_key
 from rtgate.errors import GatewayError, ModelNotAllowed, PolicyError
+from rtgate.protocol import session_fields
 
 MINTED_PREFIX = "ek_"
 _WELL_FORMED = re.compile(r"^ek_[0-9a-f]{32}$")
@@ -60,6 +61,19 @@ class InvalidSession(PolicyError):
 
     http_status = 400
     code = "invalid_value"
+
+
+class UnknownParameter(InvalidSession):
+    """A field the session object does not have: refused, never stored nor sent upstream."""
+
+    code = "unknown_parameter"
+
+
+def refuse_unknown(fields: Iterable[str], known: Collection[str], prefix: str = "") -> None:
+    """OpenAI's refusal of the first of ``fields`` not in ``known`` (``param`` names it)."""
+    for name in fields:
+        if name not in known:
+            raise UnknownParameter(f"Unknown parameter: '{prefix}{name}'.", param=prefix + name)
 
 
 def new_secret() -> str:
@@ -119,7 +133,8 @@ def expiry(now: float, seconds: int, key_expires_at: float | None) -> float:
 
 
 def ga_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
-    """The model and the template (without ``model``) of a GA session object."""
+    """The model and the template (without ``model``) of a GA session object, whose top-level
+    fields must all be the protocol's."""
     body = dict(session or {"type": "realtime"})
     kind = body.get("type", "realtime")
     if kind not in ("realtime", "transcription"):
@@ -133,6 +148,8 @@ def ga_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str
         raise InvalidSession("Invalid value for 'session.model'.", param="session.model")
     for generated in ("id", "object", "expires_at", "client_secret"):
         body.pop(generated, None)
+    known = session_fields.REALTIME if kind == "realtime" else session_fields.TRANSCRIPTION
+    refuse_unknown(body, known, "session.")
     return model, body
 
 
@@ -160,7 +177,12 @@ def with_transcription_model(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def beta_template(body: Mapping[str, Any], kind: SessionKind) -> dict[str, Any]:
     """A flat beta session (``/v1/realtime/sessions`` or ``transcription_sessions``) as a GA
-    session object (protocol.md 2.4); fields GA dropped (``temperature``) are left out."""
+    session object (protocol.md 2.4); fields GA dropped (``temperature``) are left out, fields
+    the beta session never had are refused."""
+    if kind == "realtime":
+        refuse_unknown(body, session_fields.BETA_REALTIME)
+    else:
+        refuse_unknown(body, session_fields.BETA_TRANSCRIPTION)
     out: dict[str, Any] = {"type": kind}
     audio_in: dict[str, Any] = {}
     audio_out: dict[str, Any] = {}

@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic import Field as PydField
 
 from rtgate.catalog import model_family
+from rtgate.clock import rfc3339
 from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
 from rtgate.metering.cost import NANOS_PER_USD, usd_str
 
@@ -228,23 +229,51 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+_RFC3339_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_RFC3339_MOMENT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+#: Plausible expiries: a key that expired before 1970 has always been expired, and years past
+#: 9000 are typos (and near the end of what ``datetime`` can represent).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR = datetime(9001, 1, 1, tzinfo=UTC)
+#: What ``expires`` takes (``parse_expiry``), as the admin API's OpenAPI document says it.
+Expiry = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date"},
+                {"type": "string", "format": "date-time"},
+            ]
+        }
+    ),
+]
+
+
 def parse_expiry(text: str) -> float:
-    """``2026-12-31`` -> the end of that UTC day; an ISO timestamp is taken as given."""
+    """An RFC 3339 date (``2026-12-31``: through the end of that UTC day) or timestamp
+    (``2026-12-31T18:00:00Z``, which names its offset: taken as given) -> Unix seconds."""
+    # RFC 3339 section 5.6: "T" and "Z" may be written in lower case.
+    upper = text.upper()
     try:
-        if len(text) == 10:
+        through = timedelta(0)
+        if _RFC3339_DAY.fullmatch(text):
             day = date.fromisoformat(text)
-            if day.year > 9000:
-                raise PolicyError(f"not a plausible expiry: {text!r}", param="expires")
-            end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
-            return end.timestamp()
-        moment = datetime.fromisoformat(text)
+            moment, through = datetime(day.year, day.month, day.day, tzinfo=UTC), timedelta(days=1)
+        elif _RFC3339_MOMENT.fullmatch(upper):
+            moment = datetime.fromisoformat(upper)
+        else:
+            raise ValueError(text)
     except ValueError as exc:
-        raise PolicyError(f"not a date: {text!r} (use YYYY-MM-DD)", param="expires") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment.year > 9000:
-        raise PolicyError(f"not a plausible expiry: {text!r}", param="expires")
-    return moment.timestamp()
+        raise PolicyError(
+            f"not a date: {text[:40]!r} (use YYYY-MM-DD or a timestamp such as "
+            "2026-12-31T18:00:00Z)",
+            param="expires",
+        ) from exc
+    if not _EPOCH <= moment < _FAR:
+        raise PolicyError(f"not a plausible expiry: {text[:40]!r}", param="expires")
+    return (moment + through).timestamp()
 
 
 # -- changes and views, shared by the CLI and the admin API ------------------------------------
@@ -279,8 +308,10 @@ class PolicyUpdate(BaseModel):
     budget_usd_total: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
     #: ``90s``, ``30m``, ``1h``, or seconds.
     max_duration: str | None = None
-    #: ``YYYY-MM-DD`` (valid through that UTC day) or an ISO timestamp.
-    expires: str | None = None
+    expires: Expiry | None = PydField(
+        default=None,
+        description="YYYY-MM-DD (valid through that UTC day) or an RFC 3339 timestamp.",
+    )
     instructions: str | None = None
     voice: str | None = None
     turn_detection: dict[str, Any] | None = None
@@ -345,9 +376,7 @@ def policy_view(policy: KeyPolicy) -> dict[str, Any]:
     def usd(n: int | None) -> str | None:
         return None if n is None else usd_str(n)
 
-    expires = None
-    if policy.expires_at is not None:
-        expires = datetime.fromtimestamp(policy.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = None if policy.expires_at is None else rfc3339(policy.expires_at)
     return {
         "models": list(policy.models),
         "max_sessions": policy.max_sessions,

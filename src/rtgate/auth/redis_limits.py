@@ -6,10 +6,11 @@ both keys of one gateway key live in one slot and one script may touch them)::
     P{key_id}:leases   sorted set: lease id -> expiry      one lease per live session
     P{key_id}:starts   sorted set: lease id -> start time  session starts, the sliding 60 s window
 
-**Exact under bursts.** ``acquire`` is one Lua script: purge expired leases, check the live
-count, trim the window, check the start count, then add the lease and the start. Redis runs a
-script alone, so parallel connects through any number of instances cannot slip past a limit;
-Python never reads a count and writes it back.
+**Exact under bursts.** ``acquire`` is one Lua script: write back this process's leases of the
+key if they are in doubt (below), purge expired leases, check the live count, trim the window,
+check the start count, then add the lease and the start. Redis runs a script alone, so parallel
+connects through any number of instances cannot slip past a limit; Python never reads a count
+and writes it back.
 
 **Crash-safe.** A live session is a lease that expires ``lease_ttl`` (30 s) after it was last
 written. Each process keeps its own lease ids per key and rewrites their expiry every
@@ -30,10 +31,28 @@ for as long as the outage lasts: exactly the runaway that ``max_sessions`` and
 ``sessions_per_minute`` exist to stop. So a key *with* either limit is refused
 (``LimiterUnavailable``: 503, close 1011), while a key with neither limit is admitted uncounted,
 since there is nothing to enforce (the failure is logged). ``release`` never raises: a lease it
-cannot remove is no longer refreshed and lapses within the TTL. A failed refresh is logged and
-retried at the next interval; a lease that lapsed during a long outage, or that a restarted Redis
-lost, is written again, since its session is still live (until then, one interval at most, the
-key may admit sessions its lost leases would have refused).
+cannot remove is no longer refreshed and lapses within the TTL.
+
+**After an outage.** Nothing here ends a live session, but an outage longer than the TTL lets its
+lease lapse, and a Redis restarted empty has lost it. Any command that meets an unreachable Redis
+puts this process's leases *in doubt* until a refresh gets through, and meanwhile:
+
+* an admission of a key with ``max_sessions`` sends this process's leases of that key, and the
+  script writes them back before it counts: whichever command reaches Redis first, this process
+  never admits a session beside its own (outside an outage the leases are not sent: the steady
+  state costs nothing, and an admission costs 2-4 µs more per lease sent);
+* the refresher, woken by the failure, tries every ``retry_every`` (1 s), not every 10 s, and
+  writes every lease back at its first success; it logs the outage once, its end, and how many
+  leases Redis no longer held.
+
+What remains is across instances: until instance A's first refresh after Redis answers (within
+``retry_every``, plus a command's timeout if one was under way), instance B's admissions see A's
+lapsed sessions as ended, like a crashed instance's, and may admit in their place. The key is
+then over its limit until enough sessions end; every instance refuses new ones meanwhile and none
+is cut. An instance cut off alone is in that state for as long as it is cut off, and a Redis that
+restarts empty without any command failing gives the window to every instance (this one too)
+until its next refresh (10 s). Closing it would mean refusing every limited key for a grace
+period after each outage and each fresh Redis.
 """
 
 from __future__ import annotations
@@ -63,9 +82,12 @@ from rtgate.redis_pool import shared_redis
 log = logging.getLogger("rtgate.limits")
 
 LEASE_TTL_S = 30.0
+#: While Redis fails, how often the refresher tries to write this process's leases back.
+RETRY_S = 1.0
 
 # KEYS[1] leases, KEYS[2] starts.  ARGV: now, lease id, lease ttl, max sessions (-1: none),
-# sessions per minute (-1: none), window, idle expiry of the leases key and of the starts key (ms).
+# sessions per minute (-1: none), window, idle expiry of the leases key and of the starts key (ms),
+# then this instance's live leases of the key (sent with max sessions only).
 # Returns {0, live} admitted, {1, live} over max_sessions, {2, oldest start} over the rate.
 ACQUIRE = """
 local now = tonumber(ARGV[1])
@@ -73,6 +95,21 @@ local lease = ARGV[2]
 if redis.call('ZSCORE', KEYS[1], lease) then
   -- a retried call whose first attempt was counted: admitted once, not twice
   return {0, redis.call('ZCARD', KEYS[1])}
+end
+local expiry = now + tonumber(ARGV[3])
+if #ARGV > 8 then
+  -- this instance's sessions are live, whatever Redis holds: their leases may have lapsed or been
+  -- lost while it was unreachable, and must count before anything is admitted beside them
+  local held = {}
+  for i = 9, #ARGV do
+    held[#held + 1] = expiry
+    held[#held + 1] = ARGV[i]
+    if #held == 1000 or i == #ARGV then  -- ZADD in slices: Lua's unpack has a stack limit
+      redis.call('ZADD', KEYS[1], unpack(held))
+      held = {}
+    end
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local live = redis.call('ZCARD', KEYS[1])
@@ -85,7 +122,7 @@ local per_minute = tonumber(ARGV[5])
 if per_minute >= 0 and redis.call('ZCARD', KEYS[2]) >= per_minute then
   return {2, redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or ARGV[1]}
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), lease)
+redis.call('ZADD', KEYS[1], expiry, lease)
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], now, lease)
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
@@ -122,12 +159,14 @@ class RedisSessionLimiter:
         prefix: str = "rtgate:",
         lease_ttl: float = LEASE_TTL_S,
         refresh_every: float | None = None,
+        retry_every: float = RETRY_S,
     ) -> None:
         self._redis = redis
         self._clock = clock
         self._prefix = prefix
         self._ttl = lease_ttl
         self._refresh_every = lease_ttl / 3 if refresh_every is None else refresh_every
+        self._retry_every = retry_every
         self._acquire = redis.register_script(ACQUIRE)
         self._mint = redis.register_script(MINT)
         #: This process's leases per key (an ordered set: a dict with no values).
@@ -137,6 +176,10 @@ class RedisSessionLimiter:
         self._instance = secrets.token_hex(6)
         self._serial = count(1)
         self._refresher: asyncio.Task[None] | None = None
+        #: Set by any command that found Redis unreachable, cleared by the next refresh that gets
+        #: through: meanwhile this process's leases may have lapsed in Redis, so admissions write
+        #: them back first and the refresher tries every ``retry_every``.
+        self._in_doubt = asyncio.Event()
 
     @classmethod
     async def connect(
@@ -148,6 +191,7 @@ class RedisSessionLimiter:
         socket_timeout: float = 1.0,
         lease_ttl: float = LEASE_TTL_S,
         refresh_every: float | None = None,
+        retry_every: float = RETRY_S,
     ) -> RedisSessionLimiter:
         """Connect to ``url`` (the ``redis_url`` setting) and check Redis answers.
 
@@ -168,7 +212,14 @@ class RedisSessionLimiter:
                 f"redis_url: Redis does not answer at start-up ({type(exc).__name__}: {exc}); "
                 "unset redis_url (RTGATE_REDIS_URL) to count sessions per process instead"
             ) from exc
-        return cls(redis, clock, prefix=prefix, lease_ttl=lease_ttl, refresh_every=refresh_every)
+        return cls(
+            redis,
+            clock,
+            prefix=prefix,
+            lease_ttl=lease_ttl,
+            refresh_every=refresh_every,
+            retry_every=retry_every,
+        )
 
     # -- the SessionLimiter port -----------------------------------------------------------------
 
@@ -178,6 +229,10 @@ class RedisSessionLimiter:
         lease = f"{self._instance}-{next(self._serial)}"
         most = -1 if max_sessions is None else max_sessions
         rate = -1 if per_minute is None else per_minute
+        # This process's live sessions of the key, written back before the count while their
+        # leases may have lapsed (see ACQUIRE); only a live-session limit needs them.
+        doubt = most >= 0 and self._in_doubt.is_set()
+        mine = tuple(self._leases.get(key_id, ())) if doubt else ()
         args: list[str | float] = [
             now,
             lease,
@@ -187,10 +242,12 @@ class RedisSessionLimiter:
             WINDOW_S,
             self._ms(2 * self._ttl),
             self._ms(WINDOW_S + self._ttl),
+            *mine,
         ]
         try:
             verdict: Sequence[Any] = await self._acquire(keys=self._keys(key_id), args=args)
         except RedisError as exc:
+            self._in_doubt.set()
             if most < 0 and rate < 0:
                 log.warning(
                     "Redis unreachable (%s): session admitted uncounted, its key has no limit",
@@ -208,6 +265,7 @@ class RedisSessionLimiter:
                 "The gateway cannot check this key's session limits right now (its shared "
                 "counter store is unreachable); try again shortly."
             ) from exc
+        await self._remove_released({key_id: mine})
         status = int(verdict[0])
         if status == 1:
             raise live_limit_reached(int(verdict[1]), most)
@@ -230,6 +288,7 @@ class RedisSessionLimiter:
         try:
             await self._redis.zrem(self._leases_key(key_id), lease)
         except RedisError as exc:
+            self._in_doubt.set()
             log.warning(
                 "Redis unreachable (%s): a released lease lapses within %.0f s instead",
                 type(exc).__name__,
@@ -244,6 +303,7 @@ class RedisSessionLimiter:
                 self._leases_key(key_id), f"({self._clock.now()!r}", "+inf"
             )
         except RedisError as exc:
+            self._in_doubt.set()
             raise LimiterUnavailable("The shared session counters are unreachable.") from exc
         return int(n)
 
@@ -257,6 +317,7 @@ class RedisSessionLimiter:
                 keys=[f"{self._prefix}{{{key_id}}}:mints"], args=args
             )
         except RedisError as exc:
+            self._in_doubt.set()
             log.warning(
                 "Redis unreachable (%s): client secret refused, its key's mint rate cannot be "
                 "checked",
@@ -272,22 +333,30 @@ class RedisSessionLimiter:
 
     # -- leases ------------------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Push the expiry of every lease this process holds to ``now + lease_ttl``."""
+    async def refresh(self) -> int | None:
+        """Push the expiry of every lease this process holds to ``now + lease_ttl``, writing back
+        any that Redis no longer holds. Returns how many it no longer held (lapsed during an
+        outage, or lost by a restart; a lower bound when a release raced the refresh), or
+        ``None`` when this process holds no lease and nothing was sent."""
         held = {key_id: tuple(leases) for key_id, leases in self._leases.items() if leases}
         if not held:
-            return
+            return None
         expiry = self._clock.now() + self._ttl
         pipe = self._redis.pipeline(transaction=False)
         for key_id, leases in held.items():
             pipe.zadd(self._leases_key(key_id), dict.fromkeys(leases, expiry))
             pipe.pexpire(self._leases_key(key_id), self._ms(2 * self._ttl))
-        await pipe.execute()
-        # A lease released while this refresh was in flight may have been written back after its
-        # ZREM; remove it again, or it would count for a whole TTL.
+        written: list[Any] = await pipe.execute()
+        added = sum(int(n) for n in written[0::2])  # ZADD answers how many members were new
+        return max(0, added - await self._remove_released(held))
+
+    async def _remove_released(self, sent: dict[str, tuple[str, ...]]) -> int:
+        """Remove again, and count, the leases of ``sent`` released while a command writing them
+        was in flight: it may have written them back after their ``ZREM``, and they would count
+        for a whole TTL. Never raises: what it cannot remove lapses within the TTL."""
         stale = [
             (key_id, lease)
-            for key_id, leases in held.items()
+            for key_id, leases in sent.items()
             for lease in leases
             if lease not in self._leases.get(key_id, {})
         ]
@@ -295,10 +364,21 @@ class RedisSessionLimiter:
             pipe = self._redis.pipeline(transaction=False)
             for key_id, lease in stale:
                 pipe.zrem(self._leases_key(key_id), lease)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                self._in_doubt.set()
+                log.warning(
+                    "Redis unreachable (%s): %d released leases lapse within %.0f s instead",
+                    type(exc).__name__,
+                    len(stale),
+                    self._ttl,
+                )
+        return len(stale)
 
     def start(self) -> None:
-        """Refresh this process's leases every ``lease_ttl / 3`` until ``stop``."""
+        """Refresh this process's leases every ``lease_ttl / 3``, and every ``retry_every`` while
+        Redis fails, until ``stop``."""
         if self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_forever(), name="lease-refresher")
 
@@ -325,15 +405,37 @@ class RedisSessionLimiter:
         await self._redis.aclose()
 
     async def _refresh_forever(self) -> None:
+        failing = False  # an outage is logged once, its end too
         while True:
-            await asyncio.sleep(self._refresh_every)
+            if self._in_doubt.is_set():
+                await asyncio.sleep(self._retry_every)
+            else:
+                # A command that fails meanwhile cuts the wait short.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._in_doubt.wait(), self._refresh_every)
             try:
-                await self.refresh()
+                missing = await self.refresh()
             except RedisError as exc:
+                self._in_doubt.set()
+                if not failing:
+                    failing = True
+                    log.warning(
+                        "Redis unreachable (%s): session leases not refreshed, retrying every %g s",
+                        type(exc).__name__,
+                        self._retry_every,
+                    )
+                continue
+            self._in_doubt.clear()
+            if missing is None:
+                continue  # no lease held: none could lapse
+            if failing:
+                failing = False
+                log.info("Redis reachable again: session leases refreshed")
+            if missing:
                 log.warning(
-                    "Redis unreachable (%s): session leases not refreshed, retrying in %.0f s",
-                    type(exc).__name__,
-                    self._refresh_every,
+                    "%d session leases had lapsed or were lost in Redis and are written back; "
+                    "other instances may have admitted sessions in their place meanwhile",
+                    missing,
                 )
 
     def _keys(self, key_id: str) -> list[str]:

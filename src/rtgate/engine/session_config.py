@@ -22,30 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtgate.engine.turns import EAGERNESS, default_server_vad
+from rtgate.protocol import session_fields
 from rtgate.protocol.ids import new_id
 
 DEFAULT_INSTRUCTIONS = "You are a helpful, witty, and friendly AI running locally inside rtgate."
 MAX_OUTPUT_TOKENS = 4096
 
-_REALTIME_KEYS = frozenset(
-    {
-        "type",
-        "audio",
-        "include",
-        "instructions",
-        "max_output_tokens",
-        "model",
-        "output_modalities",
-        "parallel_tool_calls",
-        "prompt",
-        "reasoning",
-        "tool_choice",
-        "tools",
-        "tracing",
-        "truncation",
-    }
-)
-_TRANSCRIPTION_KEYS = frozenset({"type", "audio", "include"})
 #: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
 _WHOLE = frozenset({"turn_detection", "format"})
 
@@ -140,7 +122,7 @@ def check_update(
             f"Invalid value: '{stype}'. This session is a '{want}' session.",
             "session.type",
         )
-    allowed = _TRANSCRIPTION_KEYS if transcription else _REALTIME_KEYS
+    allowed = session_fields.TRANSCRIPTION if transcription else session_fields.REALTIME
     for k in sess:
         if k not in allowed:
             return Refusal(

@@ -6,10 +6,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.usage import Usage
+
+#: Why a record wants an operator's review (``UsageRecord.review``):
+#: ``unparseable_frame``: the frame named a usage event but was no JSON object, so nothing in it
+#: was metered; ``unreadable_usage``: its usage was missing or held values that are no counts,
+#: so only the counts that did read were metered.
+Review = Literal["unparseable_frame", "unreadable_usage"]
 
 
 def new_record_id() -> str:
@@ -38,6 +44,8 @@ class UsageRecord:
     ref: str | None = None
     #: False when no price row matched: the tokens are kept, the cost is 0.
     priced: bool = True
+    #: Set when the event's usage could not be read in full (see ``Review``); None otherwise.
+    review: Review | None = None
     #: Unique per record: the store writes a record once however often it is replayed.
     record_id: str = field(default_factory=new_record_id)
 

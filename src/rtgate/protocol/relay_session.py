@@ -8,20 +8,34 @@ must end. It keeps the hot path cheap (protocol.md 8.2, perf-baseline.md):
   a name quoted inside a JSON string reads ``\\"name\\"``, which does not match ``"name"``.
 * Only frames that match are parsed, and the parsed ``type`` decides, so a false hit costs one
   parse and nothing else.
+
+No frame that carries usage reaches the client without a ledger row. What orjson refuses but JSON
+allows (a lone surrogate escape, RFC 8259 8.2) is parsed again by the standard library, on that
+rare path only. Usage that cannot be read in full, and a frame that names a usage event but is no
+JSON object at all, still make a record: flagged for review (``UsageRecord.review``), with
+whatever counts did read.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import re
 from typing import Any
 
 import orjson
 
 from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import cost_of
-from rtgate.metering.record import UsageRecord
+from rtgate.metering.record import Review, UsageRecord
 from rtgate.protocol.events import error_event
-from rtgate.protocol.usage import Usage, usage_from_response, usage_from_transcription
+from rtgate.protocol.usage import (
+    Usage,
+    UsageKind,
+    UsageReading,
+    read_response_usage,
+    read_transcription_usage,
+)
 
 #: Frames that dominate traffic and never matter to metering: ``on_upstream_text`` returns None
 #: for a frame starting with one of these, so a caller may forward such a frame without asking
@@ -66,12 +80,17 @@ class RelaySession:
         max_seconds: float,
         intent: str | None = None,
         secret_id: str | None = None,
+        metered: bool = True,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
         self.route = route
-        #: ``transcription``, ``webrtc`` (a call's sideband) or None (a realtime session).
+        #: ``transcription``, ``webrtc`` (the gateway's own sideband of a call), ``sideband`` (a
+        #: client's socket attached to one of its calls) or None (a realtime session).
         self.intent = intent
+        #: False for a client's sideband: every sideband of a call sees the call's usage, and
+        #: the gateway's own records it, so this one records none (a call is billed once).
+        self.metered = metered
         #: The client secret that opened it, if one did (its id, never the secret).
         self.secret_id = secret_id
         self._catalog = catalog
@@ -113,36 +132,18 @@ class RelaySession:
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return None
+            event = _tolerant_loads(data)
         if not isinstance(event, dict):
-            return None
+            return self._unparseable(data, now)
         etype = event.get("type")
         if etype == "response.done":
-            resp = event.get("response") or {}
+            resp = event.get("response")
             if not isinstance(resp, dict):
-                return None
-            usage = usage_from_response(resp.get("usage"))
-            if self.route.model:
-                return self._meter(
-                    usage,
-                    self.route.model,
-                    self.route.price_key,
-                    self.route.prices,
-                    resp.get("id"),
-                    now,
-                    from_route=True,
-                )
-            # Sideband (call_id) sessions name no model; the upstream's session.created does.
-            return self._meter(
-                usage, self.upstream_session_model or "", None, None, resp.get("id"), now
-            )
+                resp = {}
+            return self._meter(read_response_usage(resp.get("usage")), resp.get("id"), now)
         if etype == "conversation.item.input_audio_transcription.completed":
-            raw = event.get("usage")
-            usage = usage_from_transcription(raw)
-            model = self.transcription_model
-            if model is None and usage.audio_ms:
-                model = _DURATION_DEFAULT_MODEL
-            return self._meter(usage, model or "", None, None, event.get("item_id"), now)
+            reading = read_transcription_usage(event.get("usage"))
+            return self._meter(reading, event.get("item_id"), now)
         if etype == "error":
             err = event.get("error")
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
@@ -169,21 +170,43 @@ class RelaySession:
         if tmodel is not None:
             self.transcription_model = tmodel
 
-    def _meter(
-        self,
-        usage: Usage,
-        model: str,
-        price_key: str | None,
-        prices: Any,
-        ref: Any,
-        now: float,
-        *,
-        from_route: bool = False,
-    ) -> UsageRecord | None:
-        if usage.total_tokens == 0 and usage.audio_ms == 0:
+    def _unparseable(self, data: str, now: float) -> UsageRecord | None:
+        """A frame no parser reads as an event object: a record for review if it names a usage
+        event (nothing in it can be metered), else None (relayed as it is, like any frame)."""
+        if _RESPONSE_DONE in data:
+            kind: UsageKind = "response"
+        elif _TRANSCRIBED in data:
+            kind = "transcription"
+        else:
             return None
-        if not from_route:
-            price_key, prices = self._catalog.price_row(model) if model else ("", None)
+        return self._meter(
+            UsageReading(Usage(kind=kind), complete=False), None, now, "unparseable_frame"
+        )
+
+    def _meter(
+        self, reading: UsageReading, ref: Any, now: float, review: Review | None = None
+    ) -> UsageRecord | None:
+        """The record for one usage event: None when it read in full and counts nothing."""
+        if not self.metered:
+            return None
+        usage = reading.usage
+        if review is None and not reading.complete:
+            review = "unreadable_usage"
+        if review is None and usage.total_tokens == 0 and usage.audio_ms == 0:
+            return None
+        other: str | None  # the usage's own model, when it is not the route's
+        if usage.kind == "transcription":
+            other = self.transcription_model
+            if other is None and usage.audio_ms:
+                other = _DURATION_DEFAULT_MODEL
+            other = other or ""
+        elif self.route.model:
+            other = None
+        else:
+            # A session routed without a model (an intent alone): session.created names it.
+            other = self.upstream_session_model or ""
+        price_key, prices = self._catalog.usage_price(self.route, other)
+        model = self.route.model if other is None else other
         cost = cost_of(usage, prices)
         priced = prices is not None
         if not priced:
@@ -196,13 +219,14 @@ class RelaySession:
             session_id=self.session_id,
             key_id=self.key_id,
             model=model[:200],
-            price_key=(price_key or "")[:200],
+            price_key=price_key[:200],
             usage=usage,
             provider_nanos=cost.provider_nanos,
             charged_nanos=cost.charged_nanos,
             created_at=now,
             ref=ref[:100] if isinstance(ref, str) else None,
             priced=priced,
+            review=review,
         )
 
     def mirrored_close(self, code: int, reason: str) -> tuple[int, str]:
@@ -237,3 +261,47 @@ def _transcription_model(session: dict[str, Any]) -> str | None:
     if isinstance(tr, dict) and isinstance(tr.get("model"), str):
         return str(tr["model"])
     return None
+
+
+def _tolerant_loads(data: str) -> Any:
+    """What orjson refused, parsed by the standard library (it accepts lone surrogate escapes,
+    which RFC 8259 8.2 allows), or None when that refuses too. Only frames orjson refused come
+    here, so the hot path keeps orjson's speed.
+
+    A lone surrogate cannot be encoded as UTF-8, so no database column or spill line could hold
+    one: in object keys and values it becomes ``?``."""
+    try:
+        return json.loads(data, object_pairs_hook=_storable_object)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _storable_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {_storable(k): _storable(v) if isinstance(v, str) else v for k, v in pairs}
+
+
+def _storable(text: str) -> str:
+    return text if text.isascii() else text.encode("utf-8", "replace").decode()
+
+
+# A JSON string, or one cut off by the end of the text (a truncated frame).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?$)', re.DOTALL)
+_KEY_AFTER = re.compile(r"\s*:")
+_NUMBER_LIKE = re.compile(r'"[-+ ]?[0-9][0-9.eE+ -]{0,23}"')
+_EXCERPT_CHARS = 200
+
+
+def review_excerpt(data: str) -> str:
+    """A short excerpt of a frame whose usage wants review, fit for a log line: from its
+    ``"usage"`` key (else its start), every string value masked but number-like ones, so no
+    transcript, instruction or metadata value can reach a log; keys and numbers stay."""
+    start = data.find('"usage"')
+    text = data[max(start, 0) :]
+
+    def mask(m: re.Match[str]) -> str:
+        s = m.group()
+        if _NUMBER_LIKE.fullmatch(s) or _KEY_AFTER.match(text, m.end()):
+            return s
+        return '"…"'
+
+    return _STRING.sub(mask, text)[:_EXCERPT_CHARS]

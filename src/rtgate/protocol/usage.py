@@ -57,61 +57,138 @@ TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name !=
 MAX_TOKENS = 10**12
 
 
-def _int(obj: Any, key: str) -> int:
-    if not isinstance(obj, dict):
-        return 0
-    v = obj.get(key)
-    return min(v, MAX_TOKENS) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+@dataclass(frozen=True, slots=True)
+class UsageReading:
+    """Usage as read from an event, and whether all of it read as the protocol defines it."""
+
+    usage: Usage
+    #: False when usage was missing, or a count held something other than a count (a fraction,
+    #: a negative number, null, an object, a word): the counts that did read are in ``usage``,
+    #: the rest is unknown and the event wants review.
+    complete: bool = True
 
 
-def usage_from_response(usage: Any) -> Usage:
-    """``response.done.response.usage`` (GA or beta shape) -> ``Usage``; missing parts count 0."""
+def count(value: Any) -> int | None:
+    """A token count, or None when ``value`` is no count. The protocol sends non-negative
+    integers; an integer-valued float (``12.0``) and a string of digits (``"12"``) mean the same
+    and read as such. Anything past ``MAX_TOKENS`` is corrupt, not a count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, float):
+        if not value.is_integer():  # also NaN and the infinities
+            return None
+        n = int(value)
+    elif isinstance(value, str):
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        n = int(digits)
+    else:
+        return None
+    return n if 0 <= n <= MAX_TOKENS else None
+
+
+def _seconds(value: Any) -> float | None:
+    """A transcription's billed duration (``usage.seconds``): a non-negative number, also as a
+    numeric string; None otherwise."""
+    if isinstance(value, str) and value.strip().isascii():
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < MAX_TOKENS else None  # NaN compares False
+
+
+class _Reader:
+    """Reads counts out of usage objects, noting anything that is not one (``complete``)."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = True
+
+    def part(self, obj: dict[str, Any], key: str) -> dict[str, Any]:
+        """A nested object; absent reads as empty (a provider may report only totals)."""
+        if key not in obj:
+            return {}
+        v = obj[key]
+        if isinstance(v, dict):
+            return v
+        self.complete = False
+        return {}
+
+    def tokens(self, obj: dict[str, Any], key: str) -> int:
+        """A count; absent reads as 0."""
+        if key not in obj:
+            return 0
+        n = count(obj[key])
+        if n is None:
+            self.complete = False
+            return 0
+        return n
+
+
+def read_response_usage(usage: Any) -> UsageReading:
+    """``response.done.response.usage`` (GA or beta shape) -> ``Usage``; missing parts count 0.
+
+    The server always fills usage on ``response.done`` (protocol.md 4.1), so a missing one reads
+    as incomplete."""
     if not isinstance(usage, dict):
-        return Usage()
-    ind = usage.get("input_token_details") or {}
-    cached = ind.get("cached_tokens_details") or {} if isinstance(ind, dict) else {}
-    outd = usage.get("output_token_details") or {}
+        return UsageReading(Usage(), complete=False)
+    r = _Reader()
+    ind = r.part(usage, "input_token_details")
+    cached = r.part(ind, "cached_tokens_details")
+    outd = r.part(usage, "output_token_details")
     text_in, audio_in, image_in = (
-        _int(ind, "text_tokens"),
-        _int(ind, "audio_tokens"),
-        _int(ind, "image_tokens"),
+        r.tokens(ind, "text_tokens"),
+        r.tokens(ind, "audio_tokens"),
+        r.tokens(ind, "image_tokens"),
     )
     if not (text_in or audio_in or image_in):
         # A provider that reports only the totals: bill them as text, the cheapest honest reading.
-        text_in = _int(usage, "input_tokens")
-    text_out, audio_out = _int(outd, "text_tokens"), _int(outd, "audio_tokens")
+        text_in = r.tokens(usage, "input_tokens")
+    text_out, audio_out = r.tokens(outd, "text_tokens"), r.tokens(outd, "audio_tokens")
     if not (text_out or audio_out):
-        text_out = _int(usage, "output_tokens")
-    return Usage(
+        text_out = r.tokens(usage, "output_tokens")
+    u = Usage(
         kind="response",
         text_in=text_in,
-        text_in_cached=min(_int(cached, "text_tokens"), text_in),
+        text_in_cached=min(r.tokens(cached, "text_tokens"), text_in),
         audio_in=audio_in,
-        audio_in_cached=min(_int(cached, "audio_tokens"), audio_in),
+        audio_in_cached=min(r.tokens(cached, "audio_tokens"), audio_in),
         image_in=image_in,
-        image_in_cached=min(_int(cached, "image_tokens"), image_in),
+        image_in_cached=min(r.tokens(cached, "image_tokens"), image_in),
         text_out=text_out,
         audio_out=audio_out,
     )
+    return UsageReading(u, r.complete)
 
 
-def usage_from_transcription(usage: Any) -> Usage:
-    """``...input_audio_transcription.completed.usage``: tokens or duration (protocol 4.2)."""
+def read_transcription_usage(usage: Any) -> UsageReading:
+    """``...input_audio_transcription.completed.usage``: tokens or duration (protocol 4.2).
+
+    Usage is required on this event; a missing one, or a ``type`` other than ``tokens`` or
+    ``duration``, reads as incomplete."""
     if not isinstance(usage, dict):
-        return Usage(kind="transcription")
-    if usage.get("type") == "duration":
-        secs = usage.get("seconds")
-        ms = 0
-        if isinstance(secs, int | float) and 0 < secs < MAX_TOKENS:
-            ms = round(float(secs) * 1000)
-        return Usage(kind="transcription", audio_ms=ms)
-    ind = usage.get("input_token_details") or {}
-    text_in, audio_in = _int(ind, "text_tokens"), _int(ind, "audio_tokens")
+        return UsageReading(Usage(kind="transcription"), complete=False)
+    utype = usage.get("type", "tokens")
+    if utype == "duration":
+        secs = _seconds(usage.get("seconds"))
+        ms = round(secs * 1000) if secs is not None else 0
+        return UsageReading(Usage(kind="transcription", audio_ms=ms), secs is not None)
+    r = _Reader()
+    ind = r.part(usage, "input_token_details")
+    text_in, audio_in = r.tokens(ind, "text_tokens"), r.tokens(ind, "audio_tokens")
     if not (text_in or audio_in):
-        audio_in = _int(usage, "input_tokens")
-    return Usage(
+        audio_in = r.tokens(usage, "input_tokens")
+    u = Usage(
         kind="transcription",
         text_in=text_in,
         audio_in=audio_in,
-        text_out=_int(usage, "output_tokens"),
+        text_out=r.tokens(usage, "output_tokens"),
     )
+    return UsageReading(u, r.complete and utype == "tokens")

@@ -1,6 +1,9 @@
 """Admitting a metered session, a relayed socket or a call's sideband, the same way for both:
 the key's budgets and live-session limits first, then the ``RelaySession`` that meters it, its
-row in the ledger, and its budget checks while it lives."""
+row in the ledger, and its budget checks while it lives.
+
+A client's socket attached to one of its calls (``?call_id=``) is not a new session: the call
+holds its live-session slot, so only the budgets are checked (``check_budget``)."""
 
 from __future__ import annotations
 
@@ -18,14 +21,19 @@ from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
 log = logging.getLogger("rtgate.relay")
 
 
-async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
-    """Refuse a key over a budget (``insufficient_quota``), else take one of its live-session
-    slots (``rate_limit_exceeded``); the caller releases the slot when the session ends. A
-    budgeted key this process never read while the store does not answer: ``StoreError``."""
+async def check_budget(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
+    """Refuse a key over a budget (``insufficient_quota``). A budgeted key this process never
+    read while the store does not answer: ``StoreError``."""
     if policy.has_budget:
         exceeded = over_budget(policy, await gw.spend.spend(key.id))
         if exceeded is not None:
             raise exceeded
+
+
+async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
+    """Refuse a key over a budget (``insufficient_quota``), else take one of its live-session
+    slots (``rate_limit_exceeded``); the caller releases the slot when the session ends."""
+    await check_budget(gw, key, policy)
     await gw.limiter.acquire(
         key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
     )
@@ -39,8 +47,10 @@ def metered_session(
     *,
     intent: str | None,
     secret_id: str | None,
+    metered: bool = True,
 ) -> RelaySession:
-    """The metering state of a session admitted now, capped by the key and the gateway."""
+    """The metering state of a session admitted now, capped by the key and the gateway
+    (``metered`` False: its usage is recorded elsewhere, see ``RelaySession``)."""
     return RelaySession(
         session_id=new_id("rs", 20),
         key_id=key.id,
@@ -51,6 +61,7 @@ def metered_session(
         max_seconds=session_seconds(policy, gw.settings.max_session_seconds),
         intent=intent,
         secret_id=secret_id,
+        metered=metered,
     )
 
 

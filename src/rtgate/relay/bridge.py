@@ -19,9 +19,10 @@ store, or the local spill past the commit deadline), so frames after it in the s
 wait with it, by at most that deadline. Nothing else waits on the ledger or the store: audio,
 every other frame and the client's frames pass by, and transcripts are handed over unawaited.
 
-Heartbeat (``heartbeat``): the bridge pings a leg that went quiet and drops one that stays
-quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with aiohttp's
-heartbeat and autoping off: aiohttp's heartbeat costs a scheduled callback per frame per leg.
+Heartbeat (``client_beat``, ``upstream_beat``): the bridge pings a leg that went quiet and drops
+one that stays quiet (``keepalive.py``), from its watchdog tick, so the sockets are opened with
+aiohttp's heartbeat and autoping off: aiohttp's heartbeat costs a scheduled callback per frame
+per leg.
 The pumps therefore answer pings themselves, and count pongs as signs of life.
 
 Hot path: an audio frame (``FORWARD_PREFIXES``) from a GA upstream, with no transcript kept,
@@ -55,9 +56,9 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession
+from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession, review_excerpt
 from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.keepalive import Beat, Keepalive
+from rtgate.relay.keepalive import Beat, Cadence, Keepalive
 
 log = logging.getLogger("rtgate.relay")
 
@@ -108,6 +109,48 @@ def sever(ws: Any) -> None:
         dup.shutdown(socket.SHUT_RDWR)
 
 
+async def commit_usage(
+    ledger: Ledger, metrics: Metrics | None, rec: UsageRecord, frame: str
+) -> bool:
+    """Make ``rec`` durable before ``frame``, the event it meters, moves on: stored, or spilled
+    locally past the commit deadline (``Ledger.record``), so the frame waits at most that long.
+    False when it could be neither, and the caller must end the session (``LedgerUnavailable``)
+    without forwarding the frame.
+
+    A record flagged for review (its usage could not be read in full) is reported first: an
+    error line with a masked excerpt of the frame, and ``rtgate_usage_review``."""
+    if rec.review is not None:
+        log.error(
+            "usage of %r not read in full (%s); recorded for review: %s",
+            rec.model,
+            rec.review,
+            review_excerpt(frame),
+            extra={"session_id": rec.session_id, "key_id": rec.key_id},
+        )
+    try:
+        await ledger.record(rec)
+    except LedgerError:
+        # The ledger logged why (once for the outage, not once per record) and counted it.
+        return False
+    if metrics is not None:
+        metrics.usage(rec)
+    return True
+
+
+async def keep_alive(alive: Keepalive, ws: Any, heard: bool, now: float) -> bool:
+    """One keepalive tick for the leg ``ws`` (``heard``: whether anything came from it since the
+    last tick): pinged if it went quiet; False if it is dead and must be dropped."""
+    if not heard and alive.awaiting_pong:
+        # Mid-way through a large frame, a live peer sends no pong until it is done.
+        quiet = quiet_seconds(ws)
+        heard = quiet is not None and quiet < alive.cadence.pong_within
+    beat = alive.tick(heard, now)
+    if beat is Beat.PING:
+        with contextlib.suppress(Exception):
+            await ws.ping()
+    return beat is not Beat.DEAD
+
+
 def expiry_message(seconds: float) -> str:
     minutes = seconds / 60
     span = f"{minutes:g} minutes" if minutes >= 1 else f"{seconds:g} seconds"
@@ -129,7 +172,8 @@ class Bridge:
         metrics: Metrics | None = None,
         recorder: TranscriptRecorder | None = None,
         beta: BetaTranslator | None = None,
-        heartbeat: float | None = None,
+        client_beat: Cadence | None = None,
+        upstream_beat: Cadence | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -148,12 +192,14 @@ class Bridge:
         self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
         #: Pings and pongs received since the last watchdog tick (signs of life, not relayed).
         self._control_up = self._control_down = 0
-        #: Liveness of the client and upstream legs; None when the heartbeat is off (no
-        #: liveness check at all; pings are still answered).
-        self._keepalive: tuple[Keepalive, Keepalive] | None = None
-        if heartbeat is not None:
-            now = clock.monotonic()
-            self._keepalive = (Keepalive(heartbeat, now), Keepalive(heartbeat, now))
+        #: Liveness of the client and upstream legs; a leg without a cadence is not watched
+        #: (its pings are still answered).
+        now = clock.monotonic()
+        self._keepalive: list[tuple[Keepalive, Any, bool]] = [
+            (Keepalive(beat, now), ws, ws is client)
+            for beat, ws in ((client_beat, client), (upstream_beat, upstream))
+            if beat is not None
+        ]
 
     async def run(self) -> None:
         tasks = [
@@ -201,23 +247,17 @@ class Bridge:
         with contextlib.suppress(Exception):
             await self.upstream.close(code=sendable(code), message=msg)
 
-    async def _commit(self, rec: UsageRecord) -> bool:
-        """Make ``rec`` durable before its frame moves on; False ends the session."""
-        if not rec.priced and rec.model not in self._warned_unpriced:
+    async def _commit(self, rec: UsageRecord, frame: str) -> bool:
+        """Make ``rec`` durable before ``frame`` moves on; False ends the session."""
+        # A record for review has its own error line, which names the model.
+        if not rec.priced and rec.review is None and rec.model not in self._warned_unpriced:
             self._warned_unpriced.add(rec.model)
             log.warning(
                 "no price for model %r: its usage is recorded at cost 0",
                 rec.model,
                 extra={"session_id": rec.session_id, "key_id": rec.key_id},
             )
-        try:
-            await self._ledger.record(rec)
-        except LedgerError:
-            # The ledger logged why (once for the outage), and counted the record.
-            return False
-        if self._metrics is not None:
-            self._metrics.usage(rec)
-        return True
+        return await commit_usage(self._ledger, self._metrics, rec, frame)
 
     async def _upstream_to_client(self) -> None:
         up, client, session, clock = self.upstream, self.client, self.session, self._clock
@@ -254,7 +294,7 @@ class Bridge:
                             latency.observe(perf_counter() - t0)
                     elif isinstance(rec, str):
                         await send_str(rec)
-                    elif not await self._commit(rec):
+                    elif not await self._commit(rec, data):
                         # Unbillable usage must not flow on: stop before forwarding it.
                         await self._end(
                             LedgerUnavailable(
@@ -302,8 +342,8 @@ class Bridge:
         # The upstream vanished without a close frame (TCP reset, crash, timeout).
         await self._upstream_lost()
 
-    async def _upstream_lost(self) -> None:
-        err = UpstreamError("The upstream connection was lost.")
+    async def _upstream_lost(self, message: str = "The upstream connection was lost.") -> None:
+        err = UpstreamError(message)
         if self.session.close(err.close_code, err.close_reason, "upstream"):
             with contextlib.suppress(Exception):
                 await self.client.send_str(error_event_for(err))
@@ -381,32 +421,21 @@ class Bridge:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(remaining, self._check_interval))
-            if self._keepalive is not None and not await self._heartbeat(clock.monotonic()):
+            if self._keepalive and not await self._heartbeat(clock.monotonic()):
                 return
             self.flush_counts()
         await self._end(SessionExpired(expiry_message(session.max_seconds)))
 
     async def _heartbeat(self, now: float) -> bool:
-        """One keepalive tick for both legs (before the counts are flushed); False once a
-        leg is dead and the session has been ended for it."""
-        assert self._keepalive is not None
-        client_alive, upstream_alive = self._keepalive
-        legs = (
-            (client_alive, self.client, self.frames_up + self._control_up),
-            (upstream_alive, self.upstream, self.frames_down + self._control_down),
-        )
+        """One keepalive tick for the watched legs (before the counts are flushed); False once
+        a leg is dead and the session has been ended for it."""
+        heard_up = self.frames_up + self._control_up
+        heard_down = self.frames_down + self._control_down
         self._control_up = self._control_down = 0
-        for alive, ws, heard in legs:
-            if not heard and alive.awaiting_pong:
-                # Mid-way through a large frame, a live peer sends no pong until it is done.
-                quiet = quiet_seconds(ws)
-                heard = quiet is not None and quiet < alive.interval / 2
-            beat = alive.tick(bool(heard), now)
-            if beat is Beat.PING:
-                with contextlib.suppress(Exception):
-                    await ws.ping()
-            elif beat is Beat.DEAD:
-                await self._leg_dead(client=ws is self.client)
+        for alive, ws, is_client in self._keepalive:
+            heard = heard_up if is_client else heard_down
+            if not await keep_alive(alive, ws, heard > 0, now):
+                await self._leg_dead(client=is_client)
                 return False
         return True
 
@@ -421,4 +450,4 @@ class Bridge:
                     await self.upstream.close(code=1001, message=b"client disconnected")
         else:
             sever(self.upstream)
-            await self._upstream_lost()
+            await self._upstream_lost("The upstream stopped responding.")

@@ -13,8 +13,8 @@ owned by a ``CallRegistry`` (one per app), which ends the calls still live at sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,18 +26,18 @@ from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
-from rtgate.gateway import Gateway
-from rtgate.metering.ledger import LedgerError, LedgerUnavailable
+from rtgate.gateway import Gateway, shutting_down
+from rtgate.metering.ledger import LedgerUnavailable
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import budget_crossed, metered_session, record_end, record_start
-from rtgate.relay.bridge import expiry_message, sendable
-from rtgate.relay.endpoint import ShuttingDown, shutting_down
+from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
+from rtgate.relay.call_owners import CALL_ID
+from rtgate.relay.keepalive import Keepalive, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo
 
 log = logging.getLogger("rtgate.calls")
 
-CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ACTIONS = ("accept", "reject", "refer", "hangup")
 INTENT = "webrtc"
 
@@ -47,12 +47,6 @@ SOCKET_CLOSE_TIMEOUT_S = 2.0
 #: How long ``Sideband.close`` waits for the sideband's task to record its end.
 END_WAIT_S = 10.0
 SHUTDOWN_WAIT_S = 15.0
-
-
-class CallNotFound(GatewayError):
-    http_status = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
 
 
 class CallsUnsupported(GatewayError):
@@ -231,42 +225,59 @@ class Sideband:
         if pending:
             log.error("call sideband %s did not end in time", self.call_id)
 
+    async def _upstream_dead(self) -> None:
+        """The upstream stopped answering pings: the call is ended as if its socket had gone."""
+        log.warning("call %s sideband: the upstream stopped responding", self.call_id)
+        sever(self.ws)
+        err = UpstreamError("The upstream stopped responding.")
+        await self.end_call(err.close_code, err.close_reason, "upstream")
+
     async def run(self) -> None:
         """Meter the call until it ends: the upstream closes, a budget or the cap is crossed,
         usage cannot be recorded, or someone ends it from outside (the socket closes)."""
         gw, session, clock, ws, policy = self.gw, self.session, self.gw.clock, self.ws, self.policy
         metered_budget = policy.has_budget
+        beat = upstream_cadence(gw.settings)
+        alive = Keepalive(beat, clock.monotonic()) if beat is not None else None
         while True:
             remaining = session.deadline - clock.monotonic()
             if remaining <= 0:
                 err: GatewayError = SessionExpired(expiry_message(session.max_seconds))
                 await self.end_call(err.close_code, err.close_reason, "gateway")
                 return
-            try:
+            msg: aiohttp.WSMessage | None = None
+            with contextlib.suppress(TimeoutError):
                 # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
                 # cancelled task stuck in the wait (so shutdown never hung the call up).
                 msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
-            except TimeoutError:
+            if alive is not None and not await keep_alive(
+                alive, ws, msg is not None, clock.monotonic()
+            ):
+                await self._upstream_dead()
+                return
+            if msg is None:
                 continue
             if msg.type is aiohttp.WSMsgType.TEXT:
                 rec = session.on_upstream_text(msg.data, clock.now())
                 if rec is None or isinstance(rec, str):
                     continue
-                try:
-                    await gw.ledger.record(rec)
-                except LedgerError:
+                if not await commit_usage(gw.ledger, gw.metrics, rec, msg.data):
                     # The ledger logged why (once for the outage): an unmetered call must end.
+                    log.error("hanging up call %s: its usage could not be recorded", self.call_id)
                     err = LedgerUnavailable("Usage could not be recorded, so the call was ended.")
                     await self.end_call(err.close_code, err.close_reason, "gateway")
                     return
-                gw.metrics.usage(rec)
                 if metered_budget:
                     refusal = await budget_crossed(gw, self.key.id, policy)
                     if refusal is not None:
                         gw.metrics.refused(refusal.code)
                         await self.end_call(refusal.close_code, refusal.close_reason, "gateway")
                         return
-            elif msg.type is aiohttp.WSMsgType.BINARY:
+            elif msg.type is aiohttp.WSMsgType.PING:
+                # autoping is off, so that pongs reach the keepalive: answer pings here.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PONG):
                 continue
             else:
                 # The upstream ended the call, or the socket was closed from here (then the
@@ -302,8 +313,8 @@ class CallRegistry:
         acquired is released when it ends; if this raises, the slot and the call (to hang up)
         are still the caller's."""
         if self.closing or gw.closing:
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
-        url = upstream_url(route.upstream, route.upstream.base_url, "", [("call_id", call_id)])
+            raise shutting_down()
+        url = upstream_url(route.upstream.base_url, call_id=call_id)
         try:
             async with asyncio.timeout(route.upstream.connect_timeout_s):
                 ws = await gw.http.ws_connect(
@@ -311,7 +322,9 @@ class CallRegistry:
                     headers=upstream_headers(route.upstream, {}, provider_key(route)),
                     max_msg_size=0,
                     compress=0,
-                    heartbeat=gw.settings.heartbeat_seconds,
+                    # ``Sideband.run`` pings a quiet upstream and answers its pings itself.
+                    autoping=False,
+                    heartbeat=None,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -325,14 +338,15 @@ class CallRegistry:
             raise
         if self.closing or gw.closing:
             # Shutdown began while this call was placed: its sweep has passed this call by.
-            session.close(1001, shutting_down().close_reason, "gateway")
+            err = shutting_down()
+            session.close(err.close_code, err.close_reason, "gateway")
             await sb.close_socket()
             await self._record_end(gw, sb)
-            raise ShuttingDown("The gateway is shutting down; try again shortly.")
+            raise err
         self.calls[call_id] = sb
         # Live from here on, before any await: an operator's close or a revocation that comes
         # after this line finds the call; one that came before is caught by ``_run``'s check.
-        gw.live[session.session_id] = sb
+        gw.live.add(session.session_id, sb)
         gw.metrics.live.inc()
         gw.metrics.started.labels(route.model).inc()
         sb.task = asyncio.create_task(self._run(gw, sb), name=f"sideband-{call_id}")
@@ -356,7 +370,8 @@ class CallRegistry:
             await sb.run()
         except asyncio.CancelledError:
             # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
-            s.close(1001, shutting_down().close_reason, "gateway")
+            stop = shutting_down()
+            s.close(stop.close_code, stop.close_reason, "gateway")
             await sb.hangup()
             raise
         except Exception:
@@ -368,7 +383,7 @@ class CallRegistry:
                 del self.calls[sb.call_id]
             await sb.close_socket()
             await gw.limiter.release(sb.key.id)
-            gw.live.pop(s.session_id, None)
+            gw.live.discard(s.session_id)
             gw.metrics.live.dec()
             gw.metrics.ended.labels(str(s.close_code), s.closed_by or "gateway").inc()
             gw.metrics.duration.observe(gw.clock.now() - s.opened_at)

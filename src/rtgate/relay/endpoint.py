@@ -4,6 +4,15 @@ Authentication and routing happen after the upgrade, as OpenAI does (protocol.md
 gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
 ``model_not_found`` and close 4004. Neither dials the upstream. Once the upstream is dialled,
 every exit path closes it.
+
+``?call_id=`` attaches a sideband to a WebRTC or SIP call (protocol.md 3.1, 3.2): only for the
+call's owner (``call_owners.py``), on the call's upstream. The call holds the key's live-session
+slot and the gateway's own sideband bills its usage (``calls.py``), so this socket takes no slot
+and records no usage; it relays under the key's budgets and blocked events, and sends none of
+the key's or a secret's session defaults (the call has them since it was placed).
+
+Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
+checked ``call_id``; anything else a client adds is dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import ws_ext_parse
 
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
     ClientSecret,
     connection_intent,
@@ -33,36 +44,31 @@ from rtgate.auth.policy import (
     initial_session_update,
 )
 from rtgate.catalog import Route
+from rtgate.config import Settings
 from rtgate.errors import GatewayError, UpstreamError
-from rtgate.gateway import Gateway
+from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.admission import (
     admit,
     budget_crossed,
+    check_budget,
     metered_session,
     record_end,
     record_start,
 )
 from rtgate.relay.bridge import Bridge
+from rtgate.relay.call_owners import call_route, owned_call
+from rtgate.relay.keepalive import client_cadence, upstream_cadence
 from rtgate.relay.upstream import upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo
+from rtgate.store.port import KeyInfo, StoredCall
 
 log = logging.getLogger("rtgate.relay")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
-
-
-class ShuttingDown(GatewayError):
-    http_status = 503
-    close_code = 1001
-    code = "server_shutting_down"
-
-
-def shutting_down() -> ShuttingDown:
-    """What a session still live at shutdown hears (error event, then close 1001)."""
-    return ShuttingDown("The gateway is shutting down; reconnect shortly.")
+#: The intent of a client's socket attached to one of its calls (``?call_id=``).
+SIDEBAND = "sideband"
 
 
 async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
@@ -73,7 +79,7 @@ async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocket
 
 
 async def _dial(
-    gw: Gateway, route: Route, request: web.Request, intent: str | None
+    gw: Gateway, route: Route, request: web.Request, intent: str | None, call: StoredCall | None
 ) -> aiohttp.ClientWebSocketResponse:
     up = route.upstream
     api_key: str | None
@@ -82,10 +88,11 @@ async def _dial(
     else:
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
-    query = [(k, v) for k, v in request.query.items() if k != "intent"]
-    if intent is not None:
-        query.append(("intent", intent))
-    url = upstream_url(up, base_url, route.upstream_model, query)
+    if call is not None:
+        # A sideband names its call alone; the call has its model (protocol.md 1.1, URLs).
+        url = upstream_url(base_url, call_id=call.call_id)
+    else:
+        url = upstream_url(base_url, model=route.upstream_model, intent=intent)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(up.connect_timeout_s):
@@ -121,6 +128,22 @@ async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, objec
         return False
 
 
+def message_limit(request: web.Request, settings: Settings) -> int:
+    """aiohttp's ``max_msg_size`` for a largest message of ``max_message_bytes``, accepted.
+
+    aiohttp (3.14, both readers) closes a plain message of exactly ``max_msg_size`` bytes with
+    1009 but a compressed one only past it, so the limit is passed one higher unless this
+    connection is compressed: the negotiation aiohttp itself runs (RFC 7692 section 5), which
+    never raises on the server side.
+    """
+    limit = settings.max_message_bytes
+    if settings.permessage_deflate:
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS)
+        if ws_ext_parse(offered, isserver=True)[0]:
+            return limit
+    return limit + 1
+
+
 def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
     """``realtime`` whenever offered; a beta client offering only the beta one gets it back."""
     offered = offered_subprotocols(headers)
@@ -136,7 +159,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
-        max_msg_size=s.max_message_bytes,
+        max_msg_size=message_limit(request, s),
         # The bridge pings and answers pings itself (bridge.py, Heartbeat).
         autoping=False,
         autoclose=True,
@@ -147,26 +170,39 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     query = request.query
     intent = query.get("intent")
     model = query.get("model")
+    call_id = query.get("call_id")
+    call: StoredCall | None = None
     try:
-        if gw.closing:
-            raise ShuttingDown("The gateway is shutting down; reconnect shortly.")
-        key, policy, grant = await gw.keyring.authenticate_session(cred.secret)
-        if grant is not None:
-            model = connection_model(grant, model)
-            intent = connection_intent(grant, intent)
-            check_session_template(policy, grant.session)
-        elif model is None and intent != "transcription" and "call_id" not in query:
-            model = s.default_model
-        route = gw.catalog.resolve(model)
-        check_model(policy, route.model)
-        await admit(gw, key, policy)
+        gw.check_accepting()
+        key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
+        if call_id is not None:
+            # Ownership first: another key's call is answered as an unknown one, before
+            # anything that depends on the call could tell them apart.
+            call = await owned_call(gw, call_id, key)
+            route = call_route(gw, call)
+            intent = None
+            if grant is not None:
+                connection_model(grant, route.model)
+            check_model(policy, route.model)
+            await check_budget(gw, key, policy)
+        else:
+            if grant is not None:
+                model = connection_model(grant, model)
+                intent = connection_intent(grant, intent)
+                check_session_template(policy, grant.session)
+            elif model is None and intent != "transcription":
+                model = s.default_model
+            route = gw.catalog.resolve(model)
+            check_model(policy, route.model)
+            await admit(gw, key, policy)
     except GatewayError as err:
-        log.info("session refused: %s", err.code, extra={"refusal": err.code})
-        gw.metrics.refused(err.code)
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("session refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
         return await _refuse(ws, err)
     try:
         try:
-            upstream = await _dial(gw, route, request, intent)
+            upstream = await _dial(gw, route, request, intent, call)
         except GatewayError as err:
             gw.metrics.refused(err.code)
             return await _refuse(ws, err)
@@ -177,13 +213,14 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 if cred.beta and not route.upstream.beta
                 else None
             )
-            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta)
+            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta, call=call)
         finally:
             if not upstream.closed:
                 with contextlib.suppress(Exception):
                     await upstream.close(code=1001, message=b"gateway closing")
     finally:
-        await gw.limiter.release(key.id)
+        if call is None:
+            await gw.limiter.release(key.id)
     return ws
 
 
@@ -198,9 +235,17 @@ async def _relay(
     grant: ClientSecret | None = None,
     *,
     beta: BetaTranslator | None = None,
+    call: StoredCall | None = None,
 ) -> None:
+    attached = call is not None
     session = metered_session(
-        gw, key, policy, route, intent=intent, secret_id=grant.id if grant is not None else None
+        gw,
+        key,
+        policy,
+        route,
+        intent=SIDEBAND if attached else intent,
+        secret_id=grant.id if grant is not None else None,
+        metered=not attached,
     )
     now = session.opened_at
     extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
@@ -224,30 +269,33 @@ async def _relay(
         gw.clock,
         check_interval=gw.expiry_check_interval,
         guard=guard if guard.active else None,
-        after_usage=budget_left if policy.has_budget else None,
+        # An attached sideband records no usage; the call's own sideband checks the budgets.
+        after_usage=budget_left if policy.has_budget and not attached else None,
         metrics=gw.metrics,
         recorder=TranscriptRecorder(session.session_id, key.id)
-        if policy.keep_transcripts
+        if policy.keep_transcripts and not attached
         else None,
         beta=beta,
-        heartbeat=gw.settings.heartbeat_seconds,
+        client_beat=client_cadence(gw.settings),
+        upstream_beat=upstream_cadence(gw.settings),
     )
-    transcription = intent == "transcription"
-    initial = initial_session_update(policy, transcription=transcription)
-    if initial is not None:
-        # The key's defaults go first, so anything the client sends later overrides them.
-        await upstream.send_str(initial)
-    template = template_update(grant) if grant is not None else None
-    if template is not None:
-        # A client secret's template next: its minter chose it for this very session.
-        await upstream.send_str(template)
-    gw.live[session.session_id] = bridge
+    if not attached:
+        transcription = intent == "transcription"
+        initial = initial_session_update(policy, transcription=transcription)
+        if initial is not None:
+            # The key's defaults go first, so anything the client sends later overrides them.
+            await upstream.send_str(initial)
+        template = template_update(grant) if grant is not None else None
+        if template is not None:
+            # A client secret's template next: its minter chose it for this very session.
+            await upstream.send_str(template)
+    gw.live.add(session.session_id, bridge)
     gw.metrics.live.inc()
     gw.metrics.started.labels(route.model or "").inc()
     log.info("session opened", extra=extra)
     try:
         if gw.closing:
-            # Shutdown began while this session dialled: it would miss the 1001 sweep.
+            # Live sessions were being ended while this one dialled: the sweep missed it.
             await bridge.terminate(shutting_down(), "gateway")
         elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
             # Its secret was revoked while it dialled: the revocation's sweep missed it.
@@ -255,7 +303,7 @@ async def _relay(
         else:
             await bridge.run()
     finally:
-        gw.live.pop(session.session_id, None)
+        gw.live.discard(session.session_id)
         gw.metrics.live.dec()
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - now)

@@ -2,19 +2,51 @@
 
 aiohttp's own heartbeat re-arms its timer on every chunk a socket reads: one scheduled callback
 per frame on each leg, about a tenth of the relay's CPU at 111 frames/s per session. The bridge
-counts the frames it relays anyway, so it asks this object once per watchdog tick instead:
+counts the frames it relays anyway, so it asks this object once per watchdog tick instead (and a
+call's sideband once per read or read timeout):
 
-* a leg that sent nothing for ``interval`` seconds gets a ping;
-* a leg still silent ``interval / 2`` after that ping is dead (aiohttp's rule: its pong timeout
-  is half the heartbeat), and the bridge drops it as if its socket had gone;
+* a leg that sent nothing for ``ping_after`` seconds gets a ping: a leg that talks is never
+  pinged, a quiet one about once per ``ping_after``;
+* a leg still silent ``pong_within`` after that ping is dead, and is dropped as if its socket had
+  gone;
 * anything received is a sign of life: a data frame, a ping, a pong.
 
-Being ticked, it decides up to one tick late, which a 30 s heartbeat does not notice.
+Being ticked, it decides up to one tick late. The client leg keeps aiohttp's rule (pong within
+half the interval, 30 s by default). The upstream leg is watched more closely
+(``upstream_cadence``: a ping after 4 s of silence, 3 s to answer): a provider that stops
+answering (a hung host keeps its TCP connection up) leaves a caller in dead air until noticed,
+which by default is within 4 + 3 s and one 1 s tick (8 s) of its last frame.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+
+from rtgate.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """How long a leg may be silent before it is pinged, and then before it is dead."""
+
+    ping_after: float
+    pong_within: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Cadence:
+        """aiohttp's heartbeat rule: a ping after ``seconds``, half as long to answer."""
+        return cls(seconds, seconds / 2)
+
+
+def client_cadence(settings: Settings) -> Cadence | None:
+    return None if settings.heartbeat_seconds is None else Cadence.after(settings.heartbeat_seconds)
+
+
+def upstream_cadence(settings: Settings) -> Cadence | None:
+    if settings.upstream_ping_after_seconds is None:
+        return None
+    return Cadence(settings.upstream_ping_after_seconds, settings.upstream_pong_timeout_seconds)
 
 
 class Beat(enum.Enum):
@@ -28,14 +60,14 @@ class Beat(enum.Enum):
 class Keepalive:
     """Liveness of one leg: ``HEARD`` (last heard at ``heard_at``) or ``PINGED`` (at ``ping_at``).
 
-    | state  | heard on this tick | silent on this tick                                 |
-    | ------ | ------------------ | --------------------------------------------------- |
-    | HEARD  | HEARD (now)        | ``interval`` since heard_at: PING, go PINGED (now)  |
-    | PINGED | HEARD (now)        | ``interval / 2`` since ping_at: DEAD                |
+    | state  | heard on this tick | silent on this tick                                   |
+    | ------ | ------------------ | ----------------------------------------------------- |
+    | HEARD  | HEARD (now)        | ``ping_after`` since heard_at: PING, go PINGED (now)  |
+    | PINGED | HEARD (now)        | ``pong_within`` since ping_at: DEAD                   |
     """
 
-    def __init__(self, interval: float, now: float) -> None:
-        self.interval = interval
+    def __init__(self, cadence: Cadence, now: float) -> None:
+        self.cadence = cadence
         self.heard_at = now
         #: When the unanswered ping went out; None while the leg is heard.
         self.ping_at: float | None = None
@@ -50,10 +82,10 @@ class Keepalive:
             self.heard_at, self.ping_at = now, None
             return Beat.NOTHING
         if self.ping_at is None:
-            if now - self.heard_at >= self.interval:
+            if now - self.heard_at >= self.cadence.ping_after:
                 self.ping_at = now
                 return Beat.PING
             return Beat.NOTHING
-        if now - self.ping_at >= self.interval / 2:
+        if now - self.ping_at >= self.cadence.pong_within:
             return Beat.DEAD
         return Beat.NOTHING

@@ -5,7 +5,7 @@ Pure functions; the bridge does the dialling.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from rtgate.config import UpstreamSettings
@@ -48,13 +48,14 @@ def ws_scheme(url: str) -> str:
 
 
 def upstream_url(
-    up: UpstreamSettings, base_url: str, upstream_model: str, query: Iterable[tuple[str, str]]
+    base_url: str, *, model: str = "", intent: str | None = None, call_id: str | None = None
 ) -> str:
-    """``{base}/realtime?model=...&<client query less model>``; Azure GA uses the same form."""
-    params: list[tuple[str, str]] = []
-    if upstream_model:
-        params.append(("model", upstream_model))
-    params.extend((k, v) for k, v in query if k != "model")
+    """``{base}/realtime`` with the query the protocol defines (protocol.md 0, fact 2), and
+    nothing else: ``model`` (the upstream's id of the routed model), ``intent``, ``call_id`` (the
+    caller has checked it). A client's own parameters (the SDKs' ``extra_query``) are never
+    forwarded: they would reach the provider under the provider's key. Azure's GA endpoint
+    (``/openai/v1``) takes the same query, the deployment as ``model``, and no ``api-version``."""
+    params = [(k, v) for k, v in (("model", model), ("intent", intent), ("call_id", call_id)) if v]
     qs = urlencode(params)
     return f"{ws_scheme(base_url)}/realtime" + (f"?{qs}" if qs else "")
 

@@ -19,6 +19,7 @@ from rtgate.store.port import (
     KeyInfo,
     SessionSummary,
     Store,
+    StoredCall,
     StoredClientSecret,
     StoreError,
     UsageSummary,
@@ -137,6 +138,18 @@ class FaultyStore:
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         await self._gate("revoke_client_secret")
         return await self.inner.revoke_client_secret(hash_prefix, now)
+
+    async def claim_call(self, call: StoredCall) -> StoredCall:
+        await self._gate("claim_call")
+        return await self.inner.claim_call(call)
+
+    async def call_owner(self, call_id: str) -> StoredCall | None:
+        await self._gate("call_owner")
+        return await self.inner.call_owner(call_id)
+
+    async def release_call(self, call_id: str, key_id: str) -> None:
+        await self._gate("release_call")
+        await self.inner.release_call(call_id, key_id)
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         await self._gate("spend")

@@ -42,6 +42,8 @@ class UsageSummary:
     records: int
     provider_nanos: int
     charged_nanos: int
+    #: Records whose usage could not be read in full (``UsageRecord.review``).
+    needs_review: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,19 @@ class StoredClientSecret:
     revoked_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A call and its owner: the key that placed or accepted it (and the client secret, if one
+    placed it), the model it was placed for and the upstream that carries it."""
+
+    call_id: str
+    key_id: str
+    secret_id: str | None
+    model: str
+    upstream: str
+    created_at: float
+
+
 class Store(Protocol):
     async def init(self) -> None:
         """Create or migrate the schema; idempotent."""
@@ -161,6 +176,17 @@ class Store(Protocol):
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         """Revoke the one secret whose hash starts with ``hash_prefix`` (a secret's id); an
         already revoked one keeps its first ``revoked_at``. None if no secret matches."""
+        ...
+
+    async def claim_call(self, call: StoredCall) -> StoredCall:
+        """Record ``call`` unless its call id has an owner already; the owner either way. Atomic
+        across instances: of two claims at once, exactly one is stored and both see it."""
+        ...
+
+    async def call_owner(self, call_id: str) -> StoredCall | None: ...
+
+    async def release_call(self, call_id: str, key_id: str) -> None:
+        """Forget the call's owner if it is ``key_id`` (its accept was refused upstream)."""
         ...
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:

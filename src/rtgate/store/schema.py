@@ -73,6 +73,9 @@ usage_records = Table(
     #: ``UsageRecord.record_id``: a replayed record (a drained spill) is not counted twice. NULL
     #: on rows written before records had ids.
     Column("record_id", String(40), nullable=True),
+    #: Why the event's usage wants an operator's review (``rtgate.metering.record.Review``);
+    #: NULL when it was read in full.
+    Column("review", String(40), nullable=True),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
     Index("ux_usage_record_id", "record_id", unique=True),
@@ -112,4 +115,20 @@ client_secrets = Table(
     Column("revoked_at", Float, nullable=True),
     Index("ix_client_secrets_expires_at", "expires_at"),
     Index("ix_client_secrets_key_id", "key_id"),
+)
+
+#: Who each call belongs to (``rtgate.relay.calls``): the key that placed it through
+#: ``POST /v1/realtime/calls`` or accepted it (SIP). Only that key, or a secret it minted, may
+#: attach a sideband to the call or act on it, on any instance sharing this database.
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_id", String(128), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    #: The id (``cs_…``) of the client secret that placed it, if one did.
+    Column("secret_id", String(40), nullable=True),
+    #: The client-facing model and the upstream's name, to reach the call again.
+    Column("model", String(200), nullable=False),
+    Column("upstream", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
 )

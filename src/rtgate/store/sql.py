@@ -36,12 +36,14 @@ from rtgate.store.port import (
     SessionClose,
     SessionOpen,
     SessionSummary,
+    StoredCall,
     StoredClientSecret,
     StoreError,
     UsageSummary,
 )
 from rtgate.store.schema import (
     api_keys,
+    calls,
     client_secrets,
     metadata,
     sessions,
@@ -127,7 +129,7 @@ def _key(row: Row[Any]) -> KeyInfo:
 
 def _migrate(conn: Connection) -> None:
     """Columns and indexes added after a table first shipped (create_all does not alter
-    tables)."""
+    tables; it does create the tables added since, such as ``calls``)."""
     have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
     if "policy" not in have:
         conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
@@ -137,6 +139,8 @@ def _migrate(conn: Connection) -> None:
     have = {c["name"] for c in inspect(conn).get_columns("usage_records")}
     if "record_id" not in have:
         conn.execute(text("ALTER TABLE usage_records ADD COLUMN record_id VARCHAR(40)"))
+    if "review" not in have:
+        conn.execute(text("ALTER TABLE usage_records ADD COLUMN review VARCHAR(40)"))
     # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
     conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
     # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
@@ -166,6 +170,17 @@ async def _one_by_prefix(conn: AsyncConnection, hash_prefix: str) -> StoredClien
     match = c.secret_hash.startswith(hash_prefix, autoescape=True)
     rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
     return _client_secret(rows[0]._mapping) if len(rows) == 1 else None
+
+
+def _call(row: Row[Any]) -> StoredCall:
+    return StoredCall(
+        call_id=row.call_id,
+        key_id=row.key_id,
+        secret_id=row.secret_id,
+        model=row.model,
+        upstream=row.upstream,
+        created_at=row.created_at,
+    )
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
@@ -203,6 +218,7 @@ def _usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
             "provider_nanos": r.provider_nanos,
             "charged_nanos": r.charged_nanos,
             "record_id": r.record_id,
+            "review": r.review,
             **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
         }
         for r in records
@@ -441,6 +457,39 @@ class SqlStore:
                 )
         return row
 
+    # -- calls ----------------------------------------------------------------------------------
+    @_bounded("write")
+    async def claim_call(self, call: StoredCall) -> StoredCall:
+        # INSERT .. ON CONFLICT DO NOTHING: a concurrent claim waits for this one's commit
+        # (PostgreSQL) or the file lock (SQLite), then stores nothing; the read after it sees
+        # whichever claim was stored (READ COMMITTED reads each statement afresh). A claim that
+        # committed after its caller stopped waiting is seen by the key's retry as its own.
+        claim = self._insert_once(calls, "call_id").values(
+            call_id=call.call_id,
+            key_id=call.key_id,
+            secret_id=call.secret_id,
+            model=call.model,
+            upstream=call.upstream,
+            created_at=call.created_at,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(claim)
+            row = (await conn.execute(select(calls).where(calls.c.call_id == call.call_id))).one()
+        return _call(row)
+
+    @_bounded("read")
+    async def call_owner(self, call_id: str) -> StoredCall | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.call_id == call_id))).first()
+        return _call(row) if row else None
+
+    @_bounded("write")
+    async def release_call(self, call_id: str, key_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                calls.delete().where(calls.c.call_id == call_id, calls.c.key_id == key_id)
+            )
+
     @_bounded("read")
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         u = usage_records.c
@@ -515,6 +564,7 @@ class SqlStore:
                 u.model,
                 u.day,
                 func.count().label("records"),
+                func.count(u.review).label("needs_review"),
                 func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
                 func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
                 *_SUMS,
@@ -537,6 +587,7 @@ class SqlStore:
                 day=r.day,
                 usage=_usage_from_row(r),
                 records=int(r.records),
+                needs_review=int(r.needs_review),
                 provider_nanos=int(r.provider_nanos),
                 charged_nanos=int(r.charged_nanos),
             )

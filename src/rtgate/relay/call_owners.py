@@ -1,0 +1,68 @@
+"""Who a call belongs to: the key that placed it (``POST /v1/realtime/calls``) or accepted it
+(SIP, ``/accept``), kept in the store so that every instance sharing the database agrees.
+
+Only the owner, or a client secret it minted, may attach a sideband socket to a call
+(``GET /v1/realtime?call_id=``) or act on it (``accept``, ``reject``, ``refer``, ``hangup``).
+Anyone else is answered exactly as for a call id nobody placed (``call_not_found``: 404 over
+HTTP, an ``error`` event and close 4004 on a socket), so a call id's existence is no oracle, and
+the provider is never asked.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rtgate.catalog import Route
+from rtgate.errors import GatewayError
+from rtgate.gateway import Gateway
+from rtgate.store.port import KeyInfo, StoredCall
+
+CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class CallNotFound(GatewayError):
+    http_status = 404
+    # 4xxx mirrors the HTTP status, as OpenAI's 4004 model_not_found does (protocol.md 5.4).
+    close_code = 4004
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+def call_not_found(call_id: str) -> CallNotFound:
+    """The one answer for a call id that is unknown, malformed, or another key's."""
+    return CallNotFound(f"No call found with id '{call_id}'.", param="call_id")
+
+
+async def call_of(gw: Gateway, call_id: str, key: KeyInfo) -> StoredCall | None:
+    """The call's owner row if it has one; ``call_not_found`` if ``call_id`` is malformed or
+    the call is another key's. None: no key owns it (a SIP call nobody accepted yet)."""
+    if not CALL_ID.match(call_id):
+        raise call_not_found(call_id)
+    call = await gw.store.call_owner(call_id)
+    if call is not None and call.key_id != key.id:
+        raise call_not_found(call_id)
+    return call
+
+
+async def owned_call(gw: Gateway, call_id: str, key: KeyInfo) -> StoredCall:
+    """The call, which ``key`` owns; ``call_not_found`` for any other call id."""
+    call = await call_of(gw, call_id, key)
+    if call is None:
+        raise call_not_found(call_id)
+    return call
+
+
+async def claim_call(
+    gw: Gateway, call_id: str, key: KeyInfo, route: Route, secret_id: str | None = None
+) -> bool:
+    """Make ``key`` the call's owner unless another key owns it already (atomically, on every
+    instance); whether ``key`` owns it now."""
+    owner = await gw.store.claim_call(
+        StoredCall(call_id, key.id, secret_id, route.model, route.upstream_name, gw.clock.now())
+    )
+    return owner.key_id == key.id
+
+
+def call_route(gw: Gateway, call: StoredCall) -> Route:
+    """The route the call was placed on: its upstream and the model it is priced as."""
+    return gw.catalog.resolve(call.model)
