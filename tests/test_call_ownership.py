@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.port import StoredCall, StoreError
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider, emit_response_done
 from tests.test_calls import OFFER, REALTIME, eventually, response_done, sideband_open
@@ -296,3 +297,31 @@ async def test_the_store_keeps_who_placed_a_call(
     assert (owner.key_id, owner.model, owner.upstream) == (key_id, "gpt-realtime", "openai")
     assert owner.secret_id is not None and owner.secret_id.startswith("cs_")
     assert await gateway.store.call_owner(UNKNOWN) is None
+
+
+async def test_an_accept_whose_claim_went_unanswered_leaves_the_call_to_a_retry(
+    gateway: RunningGateway, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_id, key = await key_with(gateway, "owner")
+    store = gateway.app[GATEWAY].store
+    claim = store.claim_call
+
+    async def answer_lost(call: StoredCall) -> StoredCall:
+        # The claim commits, but its answer misses the store's deadline.
+        await claim(call)
+        raise StoreError("cannot write: no answer within 3 s")
+
+    monkeypatch.setattr(store, "claim_call", answer_lost)
+    with pytest.raises(openai.InternalServerError) as refused:
+        await act(gateway, key, "rtc_sip3", "accept")
+    assert refused.value.code == "store_unavailable"
+    # The provider never heard of the accept, and the call is no key's, as before it.
+    assert provider.call_actions == []
+    assert await store.call_owner("rtc_sip3") is None
+
+    # So the retry accepts it as a new call: claimed, and metered by its own sideband.
+    monkeypatch.setattr(store, "claim_call", claim)
+    assert await act(gateway, key, "rtc_sip3", "accept") == (200, None)
+    await sideband_open(provider, "rtc_sip3")
+    owner = await store.call_owner("rtc_sip3")
+    assert owner is not None and owner.key_id == key_id

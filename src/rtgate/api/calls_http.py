@@ -49,6 +49,7 @@ from rtgate.relay.calls import (
     upstream_post,
 )
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.port import StoreError
 
 log = logging.getLogger("rtgate.api")
 
@@ -189,7 +190,14 @@ async def call_action(request: web.Request) -> web.StreamResponse:
                 # hears of it; of two keys accepting at once, the other is answered 404.
                 await admit(gw, key, policy)
                 admitted = True
-                claimed = await claim_call(gw, call_id, key, route)
+                try:
+                    claimed = await claim_call(gw, call_id, key, route)
+                except StoreError:
+                    # No answer in time is not no claim: it may have committed. Released
+                    # below (only ever this key's), so a retry finds the call unowned and
+                    # accepts it with a sideband, never as one accepted already.
+                    claimed = True
+                    raise
                 if not claimed:
                     raise call_not_found(call_id)
         else:
