@@ -4,6 +4,7 @@ late (``rtgate.store.faults.FaultyStore`` around a real SQLite store)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import sqlite3
 import time
@@ -211,6 +212,35 @@ async def test_ledgers_sharing_a_spill_directory_write_each_entry_once(
     assert len(await refs(sql)) == 12
     assert segments(tmp_path / "spill") == []
     await third.close()
+
+
+def test_a_drainer_never_takes_a_segment_its_writer_has_not_locked_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another worker's drainer looks at the directory between a new segment's creation and
+    # its writer's lock (seen under load: the append failed, and its session was ended).
+    spill = tmp_path / "spill"
+    writer = SpillWriter(spill)
+    taken: list[Claim] = []
+    lock = fcntl.flock
+
+    def drainer_first(fd: int, op: int) -> None:
+        # The drainer's own Claim.take locks through the real flock.
+        monkeypatch.setattr(fcntl, "flock", lock)
+        taken.extend(c for seg in segments(spill) if (c := Claim.take(seg)) is not None)
+        lock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", drainer_first)
+    line = to_line(usage(1))
+    path = writer.append([line])
+    assert taken == []
+    assert segments(spill) == [path] and path.read_bytes() == line
+    # Still the writer's until sealed, then anyone's.
+    assert Claim.take(path) is None
+    writer.seal()
+    claim = Claim.take(path)
+    assert claim is not None and claim.lines() == [line.strip()]
+    claim.release()
 
 
 async def test_a_drain_never_passes_a_segment_its_owner_still_holds(

@@ -98,15 +98,20 @@ class SpillWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         path = self.directory / f"seg-{self._owner}-{self._seq:06d}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        # Created and locked under a name no drainer looks for, then renamed (the lock goes
+        # with the file): a drainer in between would take the new segment and fail its append.
+        new = path.with_name(path.name + ".new")
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             # Held until sealed: no drainer takes a segment that may still grow.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            new.rename(path)
             _fsync_dir(self.directory)
         except OSError:
             os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            for left in (new, path):
+                with contextlib.suppress(OSError):
+                    left.unlink()
             raise
         return fd, path
 
