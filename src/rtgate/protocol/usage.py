@@ -1,4 +1,4 @@
-"""Token usage as the protocol reports it (protocol.md section 4), flattened for the ledger.
+"""Token usage as the protocol reports it (docs/protocol.md section 4), flattened for the ledger.
 
 The provider's numbers are taken as given; only the billing split is derived here:
 cached tokens are a subset of input tokens, so uncached = input - cached per modality.
@@ -96,7 +96,8 @@ def usage_from_response(usage: Any) -> Usage:
 
 
 def usage_from_transcription(usage: Any) -> Usage:
-    """``...input_audio_transcription.completed.usage``: tokens or duration (protocol 4.2)."""
+    """``...input_audio_transcription.completed.usage``: tokens or duration
+    (docs/protocol.md 4.2)."""
     if not isinstance(usage, dict):
         return Usage(kind="transcription")
     if usage.get("type") == "duration":

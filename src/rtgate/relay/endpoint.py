@@ -1,7 +1,7 @@
 """``GET /v1/realtime``: authenticate, route, dial, bridge, account.
 
-Authentication and routing happen after the upgrade, as OpenAI does (protocol.md 5.3): a bad key
-gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
+Authentication and routing happen after the upgrade, as OpenAI does (docs/protocol.md 5.3): a bad
+key gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
 ``model_not_found`` and close 4004. Neither dials the upstream. Once the upstream is dialled,
 every exit path closes it.
 """

@@ -1,4 +1,5 @@
-"""How to dial an upstream: its URL and the headers that replace the client's (protocol 8.2).
+"""How to dial an upstream: its URL and the headers that replace the client's
+(docs/protocol.md 8.2).
 
 Pure functions; the bridge does the dialling.
 """
