@@ -2,7 +2,7 @@
 
 Each session sends a 20 ms audio append every 20 ms and receives an audio delta every 20 ms, a
 transcript delta every 100 ms and a ``response.done`` every 2 s (111 frames/s per session), as in
-``perf-baseline.md``. The load generator (fake upstream + all clients in one picows process,
+``docs/performance.md``. The load generator (fake upstream + all clients in one picows process,
 ``../shared/perf/loadgen.py``) is pinned to CPU 0 and the relay under test to CPU 1. Added latency
 is the relay run minus the direct run at the same N, per percentile, in the worse direction.
 

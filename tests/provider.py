@@ -153,7 +153,7 @@ class FakeProvider:
         return web.Response(status=200)
 
     async def mint_secret(self, request: web.Request) -> web.StreamResponse:
-        """OpenAI's GA minting route (protocol.md 3): the session with its defaults filled in,
+        """OpenAI's GA minting route (docs/protocol.md 3): the session with its defaults filled in,
         and an ``ek_`` secret of its own."""
         if not self._authorized(request):
             return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)

@@ -1,4 +1,4 @@
-"""The beta translator against the installed openai SDK's own unions (protocol.md 2.2-2.4).
+"""The beta translator against the installed openai SDK's own unions (docs/protocol.md 2.2-2.4).
 
 Every GA server event type the SDK knows goes through ``to_client`` and must come out as a valid
 beta server event, or be dropped (and then be one of the documented GA-only types, or carry an

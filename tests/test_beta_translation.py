@@ -1,4 +1,5 @@
-"""The beta <-> GA translator (protocol.md 2.4) with plain strings: no sockets, no event loop."""
+"""The beta <-> GA translator (docs/protocol.md 2.4) with plain strings: no sockets, no event
+loop."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""WebRTC calls through the gateway (protocol.md 3.1, 3.2), with the official SDK: the SDP offer
-relayed upstream with the provider's key, the answer and a rewritten ``Location`` back, the
+"""WebRTC calls through the gateway (docs/protocol.md 3.1, 3.2), with the official SDK: the SDP
+offer relayed upstream with the provider's key, the answer and a rewritten ``Location`` back, the
 call's sideband metered and billed to the key that placed it, budgets ending calls upstream, and
 the SIP actions relayed. A call's sideband is a live session: the key's live-session, rate,
 budget and blocked-field policy applies before the upstream sees an offer, the duration cap hangs

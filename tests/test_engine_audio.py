@@ -35,7 +35,7 @@ def samples(pcm: bytes) -> NDArray[np.int32]:
 
 
 def test_bytes_per_ms_match_the_protocol_table() -> None:
-    # protocol.md 5.6: a 20 ms frame is 960 B of PCM16 at 24 kHz, 160 B of G.711.
+    # docs/protocol.md 5.6: a 20 ms frame is 960 B of PCM16 at 24 kHz, 160 B of G.711.
     assert bytes_per_ms(AudioFormat.PCM) * 20 == 960
     assert bytes_per_ms(AudioFormat.PCMU) * 20 == 160
     assert bytes_per_ms(AudioFormat.PCMA) * 20 == 160

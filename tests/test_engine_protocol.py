@@ -1,7 +1,7 @@
 """``EngineSession``, the engine's sans-I/O protocol core, driven with plain dicts.
 
 Client events go in as the SDK would send them; every server event that comes out is checked
-against the official SDK's pydantic union, then against protocol.md sections 2, 5 and 8.3.
+against the official SDK's pydantic union, then against docs/protocol.md sections 2, 5 and 8.3.
 """
 
 from __future__ import annotations
@@ -596,7 +596,7 @@ def test_g711_input_is_decoded_with_its_own_clock(fmt: AudioFormat) -> None:
     (got,) = send(s, "conversation.item.retrieve", item_id=committed["item_id"])
     back = base64.b64decode(got["item"]["content"][0]["audio"])
     assert abs(len(back) - 600 * 8) <= 8
-    # 600 ms of user audio: 10 tokens a second (protocol.md 4.1), plus one.
+    # 600 ms of user audio: 10 tokens a second (docs/protocol.md 4.1), plus one.
     plan = s.plan_response({})
     assert s.input_usage(plan)[1] == 7
 

@@ -3,7 +3,7 @@ and the voice that locks with the first audio.
 
 A ``Responder`` is driven against an ``EngineSession`` with an in-memory ``send``; every event is
 checked against the SDK's GA server event union, and each response against the skeleton of
-protocol.md section 6.
+docs/protocol.md section 6.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ _SKELETON = re.compile(rf"response\.created ({_PART})*response\.done rate_limits
 
 
 def check_skeleton(events: list[Event]) -> None:
-    """protocol.md 6, steps 10-22: every part opened is closed, then response.done."""
+    """docs/protocol.md 6, steps 10-22: every part opened is closed, then response.done."""
     line = " ".join(e["type"] for e in events) + " "
     assert _SKELETON.fullmatch(line), line
 

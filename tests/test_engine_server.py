@@ -1,10 +1,10 @@
-"""The local engine over real loopback sockets, event by event against protocol.md section 6.
+"""The local engine over real loopback sockets, event by event against docs/protocol.md section 6.
 
 Two ways in: a plain ``websockets`` client against ``FakeProvider`` (the engine with an echo
 brain, a tone voice and a fake recognizer behind OpenAI's front door), and the official SDK
 through the gateway to an embedded engine built for the test (scripted and OpenAI-compatible
 brains, Silero VAD). Every server event received is validated against the SDK's own types, and
-every ``response.done`` against the usage invariants of protocol.md 4.1.
+every ``response.done`` against the usage invariants of docs/protocol.md 4.1.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ TONE_MS_PER_CHAR = 60
 
 
 def check_usage(response: dict[str, Any]) -> None:
-    """protocol.md 4.1, for every ``response.done``."""
+    """docs/protocol.md 4.1, for every ``response.done``."""
     u = response["usage"]
     itd, otd = u["input_token_details"], u["output_token_details"]
     assert u["total_tokens"] == u["input_tokens"] + u["output_tokens"], u
@@ -108,7 +108,7 @@ class Wire:
             if e["type"] == "response.done" and rid in (None, e["response"]["id"]):
                 response: dict[str, Any] = e["response"]
                 break
-        # rate_limits.updated closes every response (protocol.md 5.5; GA: a tokens entry only).
+        # rate_limits.updated closes every response (docs/protocol.md 5.5; GA: a tokens entry only).
         limits = await self.until("rate_limits.updated")
         assert not [x for x in limits if x["type"].startswith("response.")], limits
         assert [r["name"] for r in limits[-1]["rate_limits"]] == ["tokens"]
@@ -147,7 +147,7 @@ class Trace:
         )
 
 
-# protocol.md section 6, steps 10-22 and the text and function call variants, per output item.
+# docs/protocol.md section 6, steps 10-22 and the text and function call variants, per output item.
 _AUDIO = (
     r"response\.output_item\.added (?P<c1>conversation\.item\.added )?"
     r"response\.content_part\.added "
@@ -172,7 +172,7 @@ _RESPONSE = re.compile(
 
 
 def trace(events: list[Event], rid: str) -> Trace:
-    """Pick response ``rid`` out of ``events`` and check its shape against protocol.md 6."""
+    """Pick response ``rid`` out of ``events`` and check its shape against docs/protocol.md 6."""
     mine: list[Event] = []
     items: list[str] = []
     response: dict[str, Any] | None = None
@@ -209,7 +209,7 @@ def trace(events: list[Event], rid: str) -> Trace:
             if "content_index" in e:
                 assert e["content_index"] == 0, e
         conv = [e for e in of_item if e["type"].startswith("conversation.item.")]
-        # Out-of-band responses add nothing to the conversation (protocol.md 5.9).
+        # Out-of-band responses add nothing to the conversation (docs/protocol.md 5.9).
         assert len(conv) == (2 if in_conversation else 0), [e["type"] for e in of_item]
         if index and in_conversation:
             assert conv[0]["previous_item_id"] == items[index - 1]
@@ -230,7 +230,8 @@ def trace(events: list[Event], rid: str) -> Trace:
 
 
 def check_audio_tokens(tr: Trace, bytes_per_ms: int = 48) -> float:
-    """Output audio is billed at 20 tokens a second of the audio actually sent (protocol.md 4.1)."""
+    """Output audio is billed at 20 tokens a second of the audio actually sent
+    (docs/protocol.md 4.1)."""
     ms = len(tr.audio()) / bytes_per_ms
     tokens = tr.response["usage"]["output_token_details"]["audio_tokens"]
     assert math.floor(ms / 50) <= tokens <= math.ceil(ms / 50), (ms, tokens)
@@ -835,7 +836,7 @@ async def test_a_function_call_and_its_output_round_trip_with_the_scripted_brain
     await conn.response.create()
     first = await wire.done()
     tr = trace(wire.events, first["id"])
-    # protocol.md 6, "Function call", event for event.
+    # docs/protocol.md 6, "Function call", event for event.
     assert tr.types == [
         "response.created",
         "response.output_item.added",

@@ -1,7 +1,7 @@
 """Turn-taking in ``EngineSession`` (``engine.turns``), driven with plain dicts and tones.
 
 The energy detector is deterministic on tones and silence, so every turn edge is asserted to the
-millisecond of the session's audio clock (protocol.md 5.7): ``semantic_vad`` eagerness, the
+millisecond of the session's audio clock (docs/protocol.md 5.7): ``semantic_vad`` eagerness, the
 ``idle_timeout_ms`` of ``server_vad`` and a commit or clear in the middle of a turn.
 """
 

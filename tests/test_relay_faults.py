@@ -49,7 +49,7 @@ async def test_non_text_frames_and_odd_json_pass_byte_for_byte(
         assert await ws.recv() == odd
 
 
-# Usage the gateway cannot read as the protocol defines it (protocol.md 4.1): each frame is
+# Usage the gateway cannot read as the protocol defines it (docs/protocol.md 4.1): each frame is
 # relayed byte for byte, and only once its ledger row is committed, metered or flagged for review.
 _PRIVATE = "private words of the user"
 _UNREADABLE = {

@@ -111,7 +111,7 @@ def test_speech_edges_land_near_the_true_edges(model: SileroModel, utterance: Ut
 def test_chunk_size_does_not_move_the_edges(
     model: SileroModel, utterance: Utterance, chunk: int
 ) -> None:
-    # Exact 512-sample windows whatever the chunking (local-engine.md pitfall 5); odd chunks
+    # Exact 512-sample windows whatever the chunking (docs/local-engine.md pitfall 5); odd chunks
     # split samples between appends.
     pcm = mix(silence(LEAD_MS), utterance.samples, silence(TAIL_MS))
     reference = [e for e, _, _ in run(SileroVad(model, silence_duration_ms=500), pcm)]

@@ -107,7 +107,7 @@ def _d(s: str) -> Decimal:
     return Decimal(s)
 
 
-# The seed's prices for the two headline models; the rest from protocol.md section 4.3.
+# The seed's prices for the two headline models; the rest from docs/protocol.md section 4.3.
 # Cached-input rates default to 10% of the input rate when a row leaves them out.
 DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-realtime": PriceSettings(

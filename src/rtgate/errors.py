@@ -136,5 +136,6 @@ class SessionExpired(GatewayError):
 
     @property
     def close_reason(self) -> str:
-        # OpenAI closes an expired session with the human message as the reason (protocol 5.1).
+        # OpenAI closes an expired session with the human message as the reason
+        # (docs/protocol.md 5.1).
         return self.message

@@ -1,4 +1,4 @@
-"""``/v1/realtime/calls`` routes (protocol.md 3, 3.1, 3.2): WebRTC calls and SIP call control.
+"""``/v1/realtime/calls`` routes (docs/protocol.md 3, 3.1, 3.2): WebRTC calls and SIP call control.
 
 - ``POST /v1/realtime/calls``: ``application/sdp`` (an SDP offer; a minted ``ek_`` secret, whose
   template is the call's session) or ``multipart/form-data`` with ``sdp`` and ``session`` (a
@@ -254,10 +254,11 @@ class BetaWebRtcRemoved(GatewayError):
 
 
 async def beta_webrtc_offer(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/realtime?model=`` with an SDP offer was the beta WebRTC route (protocol.md 2.4,
-    3). OpenAI removed it with the beta shapes, and it cannot be translated: a WebRTC session's
-    events flow over the data channel between browser and provider, never through the gateway,
-    so a beta app's events would reach a GA session as they are. Say where to go instead."""
+    """``POST /v1/realtime?model=`` with an SDP offer was the beta WebRTC route
+    (docs/protocol.md 2.4, 3). OpenAI removed it with the beta shapes, and it cannot be
+    translated: a WebRTC session's events flow over the data channel between browser and
+    provider, never through the gateway, so a beta app's events would reach a GA session as they
+    are. Say where to go instead."""
     raise BetaWebRtcRemoved(
         "The beta WebRTC route (POST /v1/realtime with an SDP offer) has been removed. Send the "
         "offer to POST /v1/realtime/calls; the data channel then speaks the GA events.",

@@ -1,4 +1,4 @@
-"""The Realtime HTTP routes that mint ephemeral client secrets (protocol.md 3):
+"""The Realtime HTTP routes that mint ephemeral client secrets (docs/protocol.md 3):
 
 - ``POST /v1/realtime/client_secrets`` (GA): ``{expires_after?, session?}`` ->
   ``{value, expires_at, session}``;

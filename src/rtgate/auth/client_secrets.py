@@ -1,4 +1,4 @@
-"""Ephemeral client secrets (``ek_…``) that rtgate mints itself (protocol.md 3, 8.2).
+"""Ephemeral client secrets (``ek_…``) that rtgate mints itself (docs/protocol.md 3, 8.2).
 
 A gateway key holder asks for a secret over HTTP and hands it to a browser. The secret reads
 ``ek_`` + 32 hex characters (128 random bits); only its SHA-256 is stored, with the minting key's
@@ -177,7 +177,7 @@ def with_transcription_model(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def beta_template(body: Mapping[str, Any], kind: SessionKind) -> dict[str, Any]:
     """A flat beta session (``/v1/realtime/sessions`` or ``transcription_sessions``) as a GA
-    session object (protocol.md 2.4); fields GA dropped (``temperature``) are left out, fields
+    session object (docs/protocol.md 2.4); fields GA dropped (``temperature``) are left out, fields
     the beta session never had are refused."""
     if kind == "realtime":
         refuse_unknown(body, session_fields.BETA_REALTIME)
@@ -285,7 +285,7 @@ def shown_template(value: Any) -> Any:
 
 
 def template_update(secret: ClientSecret) -> str | None:
-    """The ``session.update`` that applies the secret's template upstream (protocol.md 8.2);
+    """The ``session.update`` that applies the secret's template upstream (docs/protocol.md 8.2);
     None when the template sets nothing but its type."""
     if not set(secret.session) - {"type"}:
         return None

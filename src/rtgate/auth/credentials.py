@@ -1,4 +1,4 @@
-"""Where a client's credential comes from on the WebSocket upgrade (protocol.md 1.7, 3.3).
+"""Where a client's credential comes from on the WebSocket upgrade (docs/protocol.md 1.7, 3.3).
 
 Order: ``Authorization: Bearer``, then Azure-style ``api-key``, then the browser subprotocol
 ``openai-insecure-api-key.<key>``. The subprotocol that carries the key is never echoed back;

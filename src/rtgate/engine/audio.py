@@ -1,6 +1,6 @@
 """The Realtime protocol's audio formats, and conversion to and from the engine's 24 kHz PCM16.
 
-protocol.md 5.6: a session's input and output audio is one of
+docs/protocol.md 5.6: a session's input and output audio is one of
 
     audio/pcm   16-bit signed little-endian mono, 24 kHz    48 bytes per ms
     audio/pcmu  G.711 mu-law, 8 kHz                          8 bytes per ms
@@ -36,7 +36,7 @@ class AudioFormat(StrEnum):
     PCMA = "audio/pcma"
 
 
-# The beta API's names for the same formats (protocol.md 2.4).
+# The beta API's names for the same formats (docs/protocol.md 2.4).
 _BETA_NAMES = {
     "pcm16": AudioFormat.PCM,
     "g711_ulaw": AudioFormat.PCMU,

@@ -70,7 +70,7 @@ def last_user_text(items: Sequence[dict[str, Any]]) -> str:
 def words(text: str) -> list[str]:
     """Stream-sized pieces of a reply: words, each after its space, as model tokens come.
 
-    Joined, the pieces are the reply itself, as the ``.done`` text must be (protocol.md 6).
+    Joined, the pieces are the reply itself, as the ``.done`` text must be (docs/protocol.md 6).
     """
     return [w if i == 0 else " " + w for i, w in enumerate(text.split())]
 

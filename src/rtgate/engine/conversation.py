@@ -1,6 +1,6 @@
 """The local engine's default conversation: its items in order, and what clients do to them.
 
-Contract (protocol.md 2.1, 2.6, 5.3):
+Contract (docs/protocol.md 2.1, 2.6, 5.3):
 * An item is a dict as the GA API shows it, plus private fields named ``_...`` that
   ``public_item`` drops (with any audio bytes) whenever an event shows the item; ``_audio`` is
   the item's audio as 24 kHz PCM16, ``PCM_BYTES_PER_MS`` bytes a millisecond.

@@ -1,6 +1,6 @@
 """Model files that ship inside packages: where they are, and proof they are the ones we pinned.
 
-Model packages are third-party repacks (local-engine.md, pitfall 1), so each file's SHA-256 is
+Model packages are third-party repacks (docs/local-engine.md, pitfall 1), so each file's SHA-256 is
 checked once per process before it is loaded; a mismatch stops the engine with a clear error
 instead of running an unknown model.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rtgate.errors import ConfigError
 
-# local-engine.md, section 5.
+# docs/local-engine.md, section 5.
 WHISPER_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 PIPER_JOE_SHA256 = "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
 

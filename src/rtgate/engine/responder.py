@@ -1,4 +1,4 @@
-"""Producing responses: protocol.md section 6, steps 10-22, for the local engine.
+"""Producing responses: docs/protocol.md section 6, steps 10-22, for the local engine.
 
 The brain's output becomes output items: text and audio messages (synthesised sentence by
 sentence as the text streams in) and function calls. A response can be stopped at any point
@@ -56,7 +56,7 @@ class Responder:
         """Provided by the connection: wait for pending recognition of user turns."""
 
     async def respond(self, plan: ResponsePlan, prior: asyncio.Task[None] | None = None) -> None:
-        """Run one response: the skeleton of protocol.md section 6, steps 10-22.
+        """Run one response: the skeleton of docs/protocol.md section 6, steps 10-22.
 
         ``prior``: the conversation's previous response, which must have ended first.
         """
@@ -108,7 +108,7 @@ class Responder:
             log.warning("brain failed: %s", exc)
             failure = str(exc)
         except Exception as exc:
-            # Whatever broke, the client still gets its response.done (protocol 5.9).
+            # Whatever broke, the client still gets its response.done (docs/protocol.md 5.9).
             log.exception("response failed")
             failure = f"internal error: {type(exc).__name__}"
         finally:
@@ -251,7 +251,8 @@ class Responder:
                 ]
             )
             await asyncio.sleep(0)
-        # What was sent, as 24 kHz PCM16: conversation.item.retrieve returns it (protocol.md 2.1).
+        # What was sent, as 24 kHz PCM16: conversation.item.retrieve returns it
+        # (docs/protocol.md 2.1).
         keep = sent * PCM_BYTES_PER_MS // per_ms
         msg.pcm += pcm[: keep - keep % 2]
 

@@ -5,7 +5,7 @@ object, modalities, instructions, voice, input, tools, ``max_output_tokens``). W
 ``response.cancel`` and barge-in set ``cancelled`` with the reason its ``response.done``
 reports (``client_cancelled``, ``turn_detected``); ``engine.responder``
 counts its output and sets ``incomplete`` when ``max_output_tokens`` is reached. Once it is
-``stopped``, nothing more of it is produced (protocol.md 5.9).
+``stopped``, nothing more of it is produced (docs/protocol.md 5.9).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The local engine's protocol state, with no I/O: client events in, GA server events out.
 
-Rules (protocol.md 2, 5.7, 5.9, 8.3):
+Rules (docs/protocol.md 2, 5.7, 5.9, 8.3):
 * ``session.created`` first; then client events strictly in order.
 * One active response per conversation; ``response.cancel`` ends it with status ``cancelled``.
 * Audio is appended to a buffer whose clock is its byte count (48 bytes/ms for 24 kHz PCM16).
@@ -165,7 +165,7 @@ class EngineSession:
         """Apply one client event; return the events to send and a response to start, if any.
 
         A handler may return a ``Refusal`` instead: it is sent as an ``error`` event that
-        echoes the client's ``event_id`` (protocol.md 5.3), unless it is unattributed."""
+        echoes the client's ``event_id`` (docs/protocol.md 5.3), unless it is unattributed."""
         eid = event.get("event_id") if isinstance(event, dict) else None
         eid = eid if isinstance(eid, str) else None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -229,7 +229,7 @@ class EngineSession:
         return self.hear(self.last_pcm)
 
     def hear(self, pcm: bytes) -> tuple[list[Event], ResponsePlan | None]:
-        """Turn detection over appended audio (protocol.md 5.7): speech started and stopped,
+        """Turn detection over appended audio (docs/protocol.md 5.7): speech started and stopped,
         the idle timeout; the commits they make, barge-in, and the response a turn asks for."""
         td = self.turn_detection
         out: list[Event] = []

@@ -1,17 +1,17 @@
 """The local engine's GA session object: its defaults, and what a ``session.update`` may change.
 
 Pure functions over plain dicts. A refused update is a ``Refusal``, which ``EngineSession`` sends
-as an ``error`` event with the client's ``event_id`` (protocol.md 5.3, 8.3); nothing of a
+as an ``error`` event with the client's ``event_id`` (docs/protocol.md 5.3, 8.3); nothing of a
 refused update is applied. Checked in this order:
 
 1. ``session`` and ``session.type`` present (``missing_required_parameter``), the type this
    session has (``invalid_value``), no key its type does not know (``unknown_parameter``);
 2. ``audio``, ``audio.input``, ``audio.output`` are objects, a turn detector an object or null
    (``invalid_type``); audio formats: ``audio/pcm`` at 24 kHz, ``audio/pcmu``, ``audio/pcma``
-   (protocol.md 5.6);
-3. ``max_output_tokens``: an integer 1-4096 or ``"inf"`` (protocol.md 2.1, 5.2);
+   (docs/protocol.md 5.6);
+3. ``max_output_tokens``: an integer 1-4096 or ``"inf"`` (docs/protocol.md 2.1, 5.2);
 4. ``semantic_vad`` eagerness: ``low``, ``medium``, ``high`` or ``auto``;
-5. the voice: it cannot change once the session has produced audio (protocol.md 2.5, 5.9).
+5. the voice: it cannot change once the session has produced audio (docs/protocol.md 2.5, 5.9).
 The model is fixed for the session: a different one is ignored, as OpenAI does.
 """
 
@@ -46,7 +46,7 @@ def default_turn_detection() -> dict[str, Any]:
 
 
 def default_session(model: str, transcription: bool, expires_at: int) -> dict[str, Any]:
-    """The session ``session.created`` shows (protocol.md 2.5, the GA wire defaults)."""
+    """The session ``session.created`` shows (docs/protocol.md 2.5, the GA wire defaults)."""
     fmt = {"type": "audio/pcm", "rate": 24000}
     if transcription:
         return {
@@ -92,7 +92,7 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
 
 
 def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Apply an update: omitted fields are left alone (protocol.md 2.5)."""
+    """Apply an update: omitted fields are left alone (docs/protocol.md 2.5)."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in _WHOLE:
             merge(dst[k], v)

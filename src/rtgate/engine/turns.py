@@ -1,11 +1,11 @@
 """Turn-taking, with no I/O: when a user turn starts and ends, and when the user stays silent.
 
 Fed the 24 kHz PCM16 the client appends, on the session's audio clock (milliseconds of audio
-appended since the session began, protocol.md 5.7), ``TurnTaker`` says what happened;
+appended since the session began, docs/protocol.md 5.7), ``TurnTaker`` says what happened;
 ``EngineSession`` turns that into events, commits and responses.
 
 * ``server_vad``: ``threshold``, ``prefix_padding_ms`` and ``silence_duration_ms`` drive the
-  detector as they are (defaults 0.5, 300 ms, 200 ms on the wire, protocol.md 2.5).
+  detector as they are (defaults 0.5, 300 ms, 200 ms on the wire, docs/protocol.md 2.5).
 * ``semantic_vad``: OpenAI ends the turn with a model that hears whether the user sounds finished,
   and waits at most 8 s (``low``), 4 s (``medium``, ``auto``) or 2 s (``high``) when they do not
   (the SDK's ``eagerness`` docstring). This engine has no such model, so eagerness picks the

@@ -2,7 +2,7 @@
 
 Fed 24 kHz PCM16 in any chunk size, it looks at 20 ms windows. ``threshold`` (0..1) maps to an
 RMS level; ``prefix_padding_ms`` moves ``audio_start_ms`` back; ``silence_duration_ms`` of quiet
-ends the turn, and ``audio_end_ms`` includes that silence (protocol.md 5.7). Times are offsets
+ends the turn, and ``audio_end_ms`` includes that silence (docs/protocol.md 5.7). Times are offsets
 from the first audio appended in the session.
 """
 

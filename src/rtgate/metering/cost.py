@@ -1,7 +1,7 @@
 """Cost arithmetic in integer nano-dollars (1e-9 USD): exact for any price with up to three
 decimals per 1M tokens, never a float. ``usd()`` turns nanos into a ``Decimal`` for display.
 
-Formula (protocol.md 4.3): uncached input at the input rate, cached input at the cached rate
+Formula (docs/protocol.md 4.3): uncached input at the input rate, cached input at the cached rate
 (10% of the input rate when a price row leaves it out), output at the output rate, and
 duration-billed transcription at ``per_minute``.
 """

@@ -1,8 +1,10 @@
-"""Serve legacy beta clients (``OpenAI-Beta: realtime=v1``) from a GA upstream (protocol.md 2.4).
+"""Serve legacy beta clients (``OpenAI-Beta: realtime=v1``) from a GA upstream
+(docs/protocol.md 2.4).
 
-OpenAI removed the beta event shapes in 2026-05 (protocol.md 0, fact 1), but old SDKs still send
-the header. The gateway translates instead of refusing them: beta client events become GA ones on
-the way up, GA server events become beta ones on the way down. Pure: strings in, strings out.
+OpenAI removed the beta event shapes in 2026-05 (docs/protocol.md 0, fact 1), but old SDKs still
+send the header. The gateway translates instead of refusing them: beta client events become GA
+ones on the way up, GA server events become beta ones on the way down. Pure: strings in, strings
+out.
 
 Rules:
 
@@ -14,8 +16,8 @@ Rules:
   string surgery, a GA-only event is dropped, and any other name the tables do not hold is
   returned untouched, all without a parse. Any other frame is scanned for the quoted names the
   tables hold. Only a frame that matches is parsed, and its parsed ``type`` decides.
-* A beta client's SDK types are the beta union (protocol.md 2.3), so it receives only events that
-  union can spell. These GA events have no beta counterpart and are dropped
+* A beta client's SDK types are the beta union (docs/protocol.md 2.3), so it receives only events
+  that union can spell. These GA events have no beta counterpart and are dropped
   (``GA_ONLY_SERVER_EVENTS``):
 
   - ``conversation.item.done``: beta's single ``conversation.item.created`` is GA's

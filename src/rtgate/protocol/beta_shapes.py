@@ -1,5 +1,5 @@
 """Beta <-> GA value shapes: audio formats, modalities, items, tool choice, voices, sessions,
-responses and usage (protocol.md 2.3, 2.4). Pure functions over parsed JSON values; the event
+responses and usage (docs/protocol.md 2.3, 2.4). Pure functions over parsed JSON values; the event
 tables and the hot-path recognition that call them are in ``rtgate.protocol.beta``, whose
 docstring gives the rules these follow.
 """
@@ -133,7 +133,7 @@ _AUDIO_KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "speed": ("output", "speed", lambda v: v),
 }
 _DROPPED_UP = frozenset({"temperature", "client_secret"})
-# A GA transcription session has only ``audio.input`` and ``include`` (protocol.md 2.5).
+# A GA transcription session has only ``audio.input`` and ``include`` (docs/protocol.md 2.5).
 _TRANSCRIPTION_KEEPS = frozenset({"include"})
 
 
@@ -257,7 +257,7 @@ def session_to_beta(session: Any) -> Any:
 
 
 def usage_to_beta(usage: Any) -> Any:
-    """Beta usage has no ``image_tokens`` (protocol.md 2.3); the rest is the same."""
+    """Beta usage has no ``image_tokens`` (docs/protocol.md 2.3); the rest is the same."""
     if not isinstance(usage, dict):
         return usage
     details = usage.get("input_token_details")

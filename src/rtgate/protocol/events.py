@@ -16,7 +16,7 @@ def error_event(
     param: str | None = None,
     client_event_id: str | None = None,
 ) -> str:
-    """An OpenAI ``error`` server event (protocol.md 5.3), as the text frame to send."""
+    """An OpenAI ``error`` server event (docs/protocol.md 5.3), as the text frame to send."""
     return orjson.dumps(
         {
             "type": "error",

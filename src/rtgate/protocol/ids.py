@@ -1,4 +1,4 @@
-"""Identifiers shaped like OpenAI's (protocol.md 8.1): ``<prefix>_`` + 21 base62 characters."""
+"""Identifiers shaped like OpenAI's (docs/protocol.md 8.1): ``<prefix>_`` + 21 base62 characters."""
 
 from __future__ import annotations
 

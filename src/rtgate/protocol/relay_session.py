@@ -1,7 +1,7 @@
 """The relay's decisions for one WebSocket session, with no I/O (sans-I/O, like h11).
 
 The bridge feeds every text frame in; this object tells it what to meter and when the session
-must end. It keeps the hot path cheap (protocol.md 8.2, perf-baseline.md):
+must end. It keeps the hot path cheap (docs/protocol.md 8.2, docs/performance.md):
 
 * Audio frames are recognised by their prefix and skipped without a scan.
 * Other frames are scanned for a handful of quoted event names. Base64 cannot contain ``"``, and

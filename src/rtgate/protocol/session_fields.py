@@ -1,8 +1,8 @@
 """The top-level fields of the session objects rtgate takes, for the places that refuse the ones
 they do not know (OpenAI's ``unknown_parameter``).
 
-GA (protocol.md 2.5): ``RealtimeSessionCreateRequest`` and
-``RealtimeTranscriptionSessionCreateRequest``. Beta (protocol.md 3, the 3.57 SDK's
+GA (docs/protocol.md 2.5): ``RealtimeSessionCreateRequest`` and
+``RealtimeTranscriptionSessionCreateRequest``. Beta (docs/protocol.md 3, the 3.57 SDK's
 ``beta/realtime/session_create_params.py`` and ``transcription_session_create_params.py``): the
 flat sessions of ``POST /v1/realtime/sessions`` and ``/transcription_sessions``.
 """

@@ -1,4 +1,4 @@
-"""Token usage as the protocol reports it (protocol.md section 4), flattened for the ledger.
+"""Token usage as the protocol reports it (docs/protocol.md section 4), flattened for the ledger.
 
 The provider's numbers are taken as given; only the billing split is derived here:
 cached tokens are a subset of input tokens, so uncached = input - cached per modality.
@@ -135,8 +135,8 @@ class _Reader:
 def read_response_usage(usage: Any) -> UsageReading:
     """``response.done.response.usage`` (GA or beta shape) -> ``Usage``; missing parts count 0.
 
-    The server always fills usage on ``response.done`` (protocol.md 4.1), so a missing one reads
-    as incomplete."""
+    The server always fills usage on ``response.done`` (docs/protocol.md 4.1), so a missing one
+    reads as incomplete."""
     if not isinstance(usage, dict):
         return UsageReading(Usage(), complete=False)
     r = _Reader()
@@ -169,7 +169,7 @@ def read_response_usage(usage: Any) -> UsageReading:
 
 
 def read_transcription_usage(usage: Any) -> UsageReading:
-    """``...input_audio_transcription.completed.usage``: tokens or duration (protocol 4.2).
+    """``...input_audio_transcription.completed.usage``: tokens or duration (docs/protocol.md 4.2).
 
     Usage is required on this event; a missing one, or a ``type`` other than ``tokens`` or
     ``duration``, reads as incomplete."""

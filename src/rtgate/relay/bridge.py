@@ -8,8 +8,8 @@ Backpressure: a pump awaits each send, and a send waits for the destination's wr
 drain. While it waits it does not read, so aiohttp's bounded reader queue fills and the source
 socket is paused: a slow client slows its own upstream read, never the process.
 
-Closing (protocol.md 5.4): a close frame from either side is mirrored to the other with the same
-code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
+Closing (docs/protocol.md 5.4): a close frame from either side is mirrored to the other with the
+same code and reason. A side that vanishes without a close frame gets the other side an OpenAI-style
 ``error`` event (when that side is the client's) and a 1011 close. Whenever the gateway itself
 ends a session, whatever the cause (a bug in a pump included), the client gets the ``error``
 event first and a close with its ``"<type>.<code>"`` reason: never a bare 1011.
@@ -29,7 +29,7 @@ Hot path: an audio frame (``FORWARD_PREFIXES``) from a GA upstream, with no tran
 is forwarded without consulting the relay session or the clock; one frame in 64 still takes
 the full path, timed for the latency histogram.
 
-Beta clients (``beta``, protocol.md 2.4): their frames become GA before anything else looks at
+Beta clients (``beta``, docs/protocol.md 2.4): their frames become GA before anything else looks at
 them, and GA frames become beta only after the relay session has metered them, so the guard,
 the transcript and metering only ever see GA. A GA client pays one ``is None`` test per frame.
 """

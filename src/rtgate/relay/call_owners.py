@@ -22,7 +22,7 @@ CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 class CallNotFound(GatewayError):
     http_status = 404
-    # 4xxx mirrors the HTTP status, as OpenAI's 4004 model_not_found does (protocol.md 5.4).
+    # 4xxx mirrors the HTTP status, as OpenAI's 4004 model_not_found does (docs/protocol.md 5.4).
     close_code = 4004
     error_type = "invalid_request_error"
     code = "not_found"

@@ -1,4 +1,4 @@
-"""WebRTC and SIP calls relayed upstream (protocol.md 3, 3.1, 3.2), and their sidebands.
+"""WebRTC and SIP calls relayed upstream (docs/protocol.md 3, 3.1, 3.2), and their sidebands.
 
 A call's media flows between the client and the provider, never through the gateway; what the
 gateway keeps is the call's *sideband*: its own WebSocket to ``{base}/realtime?call_id=...``

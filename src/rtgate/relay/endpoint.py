@@ -1,11 +1,11 @@
 """``GET /v1/realtime``: authenticate, route, dial, bridge, account.
 
-Authentication and routing happen after the upgrade, as OpenAI does (protocol.md 5.3): a bad key
-gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
+Authentication and routing happen after the upgrade, as OpenAI does (docs/protocol.md 5.3): a bad
+key gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
 ``model_not_found`` and close 4004. Neither dials the upstream. Once the upstream is dialled,
 every exit path closes it.
 
-``?call_id=`` attaches a sideband to a WebRTC or SIP call (protocol.md 3.1, 3.2): only for the
+``?call_id=`` attaches a sideband to a WebRTC or SIP call (docs/protocol.md 3.1, 3.2): only for the
 call's owner (``call_owners.py``), on the call's upstream. The call holds the key's live-session
 slot and the gateway's own sideband bills its usage (``calls.py``), so this socket takes no slot
 and records no usage; it relays under the key's budgets and blocked events, and sends none of
@@ -89,7 +89,7 @@ async def _dial(
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
     if call is not None:
-        # A sideband names its call alone; the call has its model (protocol.md 1.1, URLs).
+        # A sideband names its call alone; the call has its model (docs/protocol.md 1.1, URLs).
         url = upstream_url(base_url, call_id=call.call_id)
     else:
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)

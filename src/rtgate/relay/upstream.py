@@ -1,4 +1,5 @@
-"""How to dial an upstream: its URL and the headers that replace the client's (protocol 8.2).
+"""How to dial an upstream: its URL and the headers that replace the client's
+(docs/protocol.md 8.2).
 
 Pure functions; the bridge does the dialling.
 """
@@ -50,7 +51,7 @@ def ws_scheme(url: str) -> str:
 def upstream_url(
     base_url: str, *, model: str = "", intent: str | None = None, call_id: str | None = None
 ) -> str:
-    """``{base}/realtime`` with the query the protocol defines (protocol.md 0, fact 2), and
+    """``{base}/realtime`` with the query the protocol defines (docs/protocol.md 0, fact 2), and
     nothing else: ``model`` (the upstream's id of the routed model), ``intent``, ``call_id`` (the
     caller has checked it). A client's own parameters (the SDKs' ``extra_query``) are never
     forwarded: they would reach the provider under the provider's key. Azure's GA endpoint
