@@ -26,7 +26,7 @@ def test_credential_sources_in_order() -> None:
     assert client_credential({"Sec-WebSocket-Protocol": "realtime, openai-beta.realtime-v1"}).beta
 
 
-def test_upstream_headers_swap_credentials_and_strip_hop_by_hop() -> None:
+def test_upstream_headers_swap_credentials_and_forward_only_the_clients_identity() -> None:
     client = {
         "Authorization": "Bearer rtg_client",
         "api-key": "x",
@@ -41,6 +41,9 @@ def test_upstream_headers_swap_credentials_and_strip_hop_by_hop() -> None:
         "User-Agent": "AsyncOpenAI/Python 3.57.0",
         "X-Stainless-Lang": "python",
         "OpenAI-Project": "client-proj",
+        "X-Tenant-Secret": "t1",
+        "Traceparent": "00-abc-def-01",
+        "Origin": "https://app.example",
     }
     up = UpstreamSettings(organization="org-1", project="proj-1")
     h = upstream_headers(up, client, "sk-provider")

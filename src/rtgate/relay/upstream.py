@@ -11,33 +11,13 @@ from urllib.parse import urlencode
 
 from rtgate.config import UpstreamSettings
 
-# Never forwarded: the client's credentials, hop-by-hop headers (RFC 9110 7.6.1), the WebSocket
-# handshake's own headers (the upstream leg negotiates its own), and the client's beta opt-in.
-_DROP = frozenset(
-    h.lower()
-    for h in (
-        "Authorization",
-        "api-key",
-        "Cookie",
-        "Host",
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authorization",
-        "Proxy-Authenticate",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Content-Length",
-        "Origin",
-        "OpenAI-Beta",
-        "OpenAI-Organization",
-        "OpenAI-Project",
-        "X-Forwarded-For",
-        "Forwarded",
-    )
-)
+#: The client headers an upstream gets: what identifies the client library, as OpenAI's own SDKs
+#: send it (``User-Agent``, the ``X-Stainless-*`` family). Nothing else a client sends is
+#: forwarded: not its credentials, cookies or origin, not hop-by-hop or handshake headers (the
+#: upstream leg negotiates its own), not its beta opt-in, organization or project, and no header
+#: of its own invention, which would reach the provider under the provider's key.
+_FORWARDED = "user-agent"
+_FORWARDED_PREFIX = "x-stainless-"
 
 
 def ws_scheme(url: str) -> str:
@@ -67,7 +47,7 @@ def upstream_headers(
     headers = {
         k: v
         for k, v in client_headers.items()
-        if k.lower() not in _DROP and not k.lower().startswith("sec-websocket-")
+        if (low := k.lower()) == _FORWARDED or low.startswith(_FORWARDED_PREFIX)
     }
     if api_key:
         if up.kind == "azure":
