@@ -61,9 +61,9 @@ lint: $(VENV)/.dev-installed
 chromium:
 	@scripts/chromium >/dev/null
 
-# Tests marked redis need a Redis server: `make test-redis` runs them.
+# Tests marked redis or postgres need those servers: `make test-redis` and `make test-postgres`.
 test: chromium lint
-	RTGATE_TEST_CHROMIUM="$$(scripts/chromium)" $(BIN)/python -m pytest -m "not redis"
+	RTGATE_TEST_CHROMIUM="$$(scripts/chromium)" $(BIN)/python -m pytest -m "not redis and not postgres"
 
 # The integration suites again, against PostgreSQL (CI runs this too).
 test-postgres: $(VENV)/.dev-installed

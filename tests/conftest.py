@@ -47,26 +47,22 @@ class RunningGateway:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test that needs Redis fails, never skips, without one: ``make test`` leaves the
-    ``redis`` tests out on purpose (``-m "not redis"``); ``make test-redis`` runs them."""
+    """A test that needs Redis or PostgreSQL itself fails, never skips, without it: ``make
+    test`` leaves the ``redis`` and ``postgres`` tests out on purpose (``-m "not redis and not
+    postgres"``); ``make test-redis`` and ``make test-postgres`` run them."""
     if item.get_closest_marker("redis") and not os.environ.get("RTGATE_TEST_REDIS_URL"):
         pytest.fail(
             "needs Redis: set RTGATE_TEST_REDIS_URL, e.g. redis://127.0.0.1:6379/0"
             " (make test-redis does)",
             pytrace=False,
         )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``postgres`` put PostgreSQL itself under test (behind a proxy that cuts it):
-    without the PostgreSQL suite's database (``make test-postgres`` sets
-    ``RTGATE_TEST_DATABASE_URL``) they are deselected, and the summary counts them."""
-    if os.environ.get("RTGATE_TEST_DATABASE_URL", "").startswith("postgresql"):
-        return
-    keep = [item for item in items if not item.get_closest_marker("postgres")]
-    if len(keep) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-        items[:] = keep
+    database = os.environ.get("RTGATE_TEST_DATABASE_URL", "")
+    if item.get_closest_marker("postgres") and not database.startswith("postgresql"):
+        pytest.fail(
+            "needs PostgreSQL: set RTGATE_TEST_DATABASE_URL, e.g. "
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/test (make test-postgres does)",
+            pytrace=False,
+        )
 
 
 async def events_until(ws: Any, etype: str) -> list[dict[str, Any]]:
