@@ -373,9 +373,11 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
         "key_name",
         "model",
         "day",
+        "unit",
         "records",
         "needs_review",
         *TOKEN_FIELDS,
+        "audio_seconds",
         "cost_usd",
         "provider_cost_usd",
     ]

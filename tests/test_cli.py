@@ -96,6 +96,7 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
             "key_name": "carol",
             "model": "gpt-realtime",
             "day": "2027-01-15",
+            "unit": "token",
             "records": 2,
             "needs_review": 1,
             "tokens": {
@@ -107,8 +108,8 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
                 "image_in_cached": 0,
                 "text_out": 0,
                 "audio_out": 1000,
-                "audio_ms": 0,
             },
+            "audio_seconds": 0.0,
             "cost_usd": "0.100000000",
             "provider_cost_usd": "0.080000000",
         }

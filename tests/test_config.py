@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ('[models.x]\nupstream = "nowhere"\n', {}, "models.x.upstream"),
         ("bogus_setting = 1\n", {}, "bogus_setting"),
         ("port = \n", {}, "not valid TOML"),
+        ('[prices.x]\nrate = "0.01"\n', {}, "prices.x"),
+        ('[prices.x]\nunit = "hour"\nrate = "0.6"\n', {}, "prices.x.unit"),
+        # The old spelling of a per-minute row says what replaced it.
+        ('[prices.whisper-1]\nper_minute = "0.006"\n', {}, 'unit = "minute"'),
     ],
 )
 def test_bad_config_names_the_setting(
@@ -121,3 +126,84 @@ def test_a_model_the_local_engine_serves_is_free_unless_the_operator_prices_it(
     assert cat.resolve("gpt-realtime-mini").price_key == "gpt-realtime-mini"  # still OpenAI's
     local = Catalog(load_settings(None, {}))
     assert [local.resolve(m).price_key for m in ("gpt-realtime", "local", None)] == ["local"] * 3
+
+
+def test_duration_models_have_rows_at_their_list_prices() -> None:
+    prices = load_settings(None, {}).prices
+    rows = {
+        name: (prices[name].unit, prices[name].rate)
+        for name in (
+            "gpt-realtime-whisper",
+            "gpt-live-transcribe",
+            "gpt-transcribe",
+            "whisper-1",
+            "gpt-realtime-translate",
+            "gpt-live-1",
+            "gpt-live-1.1",
+        )
+    }
+    assert rows == {
+        "gpt-realtime-whisper": ("minute", Decimal("0.017")),
+        "gpt-live-transcribe": ("minute", Decimal("0.017")),
+        "gpt-transcribe": ("minute", Decimal("0.0045")),
+        "whisper-1": ("minute", Decimal("0.006")),
+        "gpt-realtime-translate": ("minute", Decimal("0.034")),
+        "gpt-live-1": ("minute", Decimal("0.05")),
+        "gpt-live-1.1": ("minute", Decimal("0.05")),
+    }
+    assert (prices["gpt-realtime"].unit, prices["gpt-4o-transcribe"].unit) == ("token", "token")
+
+
+def test_price_rows_are_overridden_in_their_unit_or_replaced_in_another(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        # The default's unit kept: only what the file names changes.
+        '[prices.gpt-live-transcribe]\nmarkup_percent = "20"\n'
+        '[prices.whisper-1]\nrate = "0.007"\n'
+        # Another unit: the default row is replaced, its token rates gone.
+        '[prices.gpt-4o-transcribe]\nunit = "second"\nrate = "0.0001"\n'
+        '[prices.gpt-live-1]\nunit = "second"\nrate = "0.001"\n'
+        # A row of the operator's own, per second.
+        '[prices.my-asr]\nunit = "second"\nrate = "0.0002"\n'
+        # Token rates on a duration row: it prices both.
+        '[prices.gpt-realtime-whisper]\naudio_in = "3"\n'
+    )
+    p = load_settings(cfg, {}).prices
+    live_tr = p["gpt-live-transcribe"]
+    assert (live_tr.unit, live_tr.rate, live_tr.markup_percent) == ("minute", Decimal("0.017"), 20)
+    assert (p["whisper-1"].unit, p["whisper-1"].rate) == ("minute", Decimal("0.007"))
+    gpt4o = p["gpt-4o-transcribe"]
+    assert (gpt4o.unit, gpt4o.rate, gpt4o.text_in, gpt4o.audio_in) == (
+        "second",
+        Decimal("0.0001"),
+        0,
+        0,
+    )
+    assert (p["gpt-live-1"].unit, p["gpt-live-1"].rate) == ("second", Decimal("0.001"))
+    assert (p["my-asr"].unit, p["my-asr"].rate) == ("second", Decimal("0.0002"))
+    whisper_rt = p["gpt-realtime-whisper"]
+    assert (whisper_rt.unit, whisper_rt.rate, whisper_rt.audio_in) == (
+        "minute",
+        Decimal("0.017"),
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "row", "unit"),
+    [
+        ("gpt-realtime-2025-08-28", "gpt-realtime", "token"),
+        ("gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-mini-transcribe", "token"),
+        ("gpt-live-transcribe-2026-10-01", "gpt-live-transcribe", "minute"),
+        ("gpt-realtime-whisper-2026-09-30", "gpt-realtime-whisper", "minute"),
+        ("gpt-live-1.1-2026-11-20", "gpt-live-1.1", "minute"),
+        ("my-asr-2026-01-01", "my-asr", "second"),
+    ],
+)
+def test_a_dated_snapshot_prices_as_its_family_in_any_unit(
+    tmp_path: Path, asked: str, row: str, unit: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[prices.my-asr]\nunit = "second"\nrate = "0.0002"\n')
+    key, prices = Catalog(load_settings(cfg, {"OPENAI_API_KEY": "k"})).price_row(asked)
+    assert prices is not None and (key, prices.unit) == (row, unit)

@@ -177,7 +177,7 @@ async def test_everything_the_local_engine_serves_costs_what_prices_local_says(
     cfg = tmp_path / "rtgate.toml"
     cfg.write_text(
         '[prices.local]\ntext_in = "1"\ntext_cached = "1"\naudio_in = "2"\naudio_cached = "2"\n'
-        'text_out = "3"\naudio_out = "4"\nper_minute = "0.06"\nmarkup_percent = "50"\n'
+        'text_out = "3"\naudio_out = "4"\nunit = "minute"\nrate = "0.06"\nmarkup_percent = "50"\n'
         if priced
         else ""
     )

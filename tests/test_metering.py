@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from rtgate.config import DEFAULT_PRICES, PriceSettings
-from rtgate.metering.cost import cost_of, usd, usd_str
+from rtgate.metering.cost import billed_unit, cost_of, prices_usage, usd, usd_str
 from rtgate.protocol.usage import (
     Usage,
     count,
@@ -131,6 +131,67 @@ def test_cached_rate_defaults_to_a_tenth() -> None:
 def test_whisper_is_billed_per_minute() -> None:
     c = cost_of(Usage(kind="transcription", audio_ms=60_000), DEFAULT_PRICES["whisper-1"])
     assert usd(c.charged_nanos) == Decimal("0.006")
+
+
+def seconds(ms: int) -> Usage:
+    return Usage(kind="transcription", audio_ms=ms)
+
+
+def test_a_per_minute_row_bills_the_exact_duration_never_a_whole_minute() -> None:
+    # gpt-live-transcribe, $0.017 a minute: 3.4 s is $0.000963333..., 963333.33 nano-dollars.
+    c = cost_of(seconds(3400), DEFAULT_PRICES["gpt-live-transcribe"])
+    assert (c.provider_nanos, c.charged_nanos) == (963_333, 963_333)
+    assert cost_of(seconds(1), DEFAULT_PRICES["gpt-live-transcribe"]).provider_nanos == 283
+
+
+def test_a_per_second_row_bills_by_the_second() -> None:
+    per_second = PriceSettings(unit="second", rate=Decimal("0.0001"))
+    assert cost_of(seconds(2500), per_second).provider_nanos == 250_000
+    # The same price per minute costs the same, to the nano-dollar, for any duration.
+    per_minute = PriceSettings(unit="minute", rate=Decimal("0.006"))
+    for ms in (1, 7, 999, 1001, 59_999, 3_600_000):
+        assert cost_of(seconds(ms), per_second) == cost_of(seconds(ms), per_minute)
+
+
+def test_markup_applies_to_duration_before_rounding() -> None:
+    # 963333.33... nanos at 20 % markup is 1156000 exactly: the markup is applied to the exact
+    # cost, and only the result is rounded.
+    row = DEFAULT_PRICES["gpt-live-transcribe"].model_copy(update={"markup_percent": Decimal(20)})
+    c = cost_of(seconds(3400), row)
+    assert (c.provider_nanos, c.charged_nanos) == (963_333, 1_156_000)
+
+
+@pytest.mark.parametrize(("ms", "nanos"), [(1, 2), (3, 4), (5, 8), (2, 3)])
+def test_a_duration_rounds_half_to_even_at_the_nano_dollar(ms: int, nanos: int) -> None:
+    # $0.0000015 a second is 1.5 nano-dollars a millisecond: 1 ms is 1.5 (to 2), 3 ms 4.5 (to
+    # 4), 5 ms 7.5 (to 8), 2 ms exactly 3.
+    row = PriceSettings(unit="second", rate=Decimal("0.0000015"))
+    assert cost_of(seconds(ms), row).provider_nanos == nanos
+
+
+def test_gpt_live_is_billed_by_the_millisecond_at_its_price_per_minute() -> None:
+    # $0.05 a minute is 833.33... nano-dollars a millisecond; a minute is exactly $0.05.
+    live = DEFAULT_PRICES["gpt-live-1"]
+    assert [cost_of(seconds(ms), live).provider_nanos for ms in (1, 2, 3)] == [833, 1667, 2500]
+    assert usd(cost_of(seconds(90_000), live).provider_nanos) == Decimal("0.075")
+
+
+def test_each_unit_prices_only_its_own_usage() -> None:
+    tokens = Usage(kind="transcription", audio_in=10, text_out=5)
+    per_token, per_minute = DEFAULT_PRICES["gpt-4o-transcribe"], DEFAULT_PRICES["whisper-1"]
+    assert prices_usage(per_token, tokens) and prices_usage(per_minute, seconds(1000))
+    assert not prices_usage(per_token, seconds(1000))
+    assert not prices_usage(per_minute, tokens)
+    # A duration row that sets token rates prices both (the local row can).
+    both = per_minute.model_copy(update={"audio_in": Decimal(3)})
+    assert prices_usage(both, tokens) and prices_usage(both, seconds(1000))
+    assert cost_of(tokens, both).provider_nanos == 30_000
+    assert cost_of(seconds(60_000), both).provider_nanos == 6_000_000
+    assert [billed_unit(u, p) for u, p in [(tokens, per_minute), (seconds(5), per_minute)]] == [
+        "token",
+        "minute",
+    ]
+    assert billed_unit(seconds(5), per_token) == billed_unit(seconds(5), None) == "second"
 
 
 def test_unpriced_costs_nothing() -> None:

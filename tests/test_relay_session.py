@@ -14,7 +14,11 @@ from rtgate.protocol.relay_session import RelaySession, review_excerpt
 
 
 def make(
-    model: str = "gpt-realtime", *, route: Route | None = None, catalog: Catalog | None = None
+    model: str | None = "gpt-realtime",
+    *,
+    route: Route | None = None,
+    catalog: Catalog | None = None,
+    intent: str | None = None,
 ) -> RelaySession:
     catalog = catalog or Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
     return RelaySession(
@@ -25,6 +29,7 @@ def make(
         opened_at=0.0,
         opened_mono=100.0,
         max_seconds=60,
+        intent=intent,
     )
 
 
@@ -370,14 +375,96 @@ def session_updated(transcription_model: str) -> str:
     return orjson.dumps({"type": "session.updated", "session": session}).decode()
 
 
-def transcribed(usage: dict[str, object]) -> str:
+def transcribed(usage: dict[str, object], item_id: str = "item_1") -> str:
     return orjson.dumps(
         {
             "type": "conversation.item.input_audio_transcription.completed",
-            "item_id": "item_1",
+            "item_id": item_id,
+            "content_index": 0,
+            "transcript": "hello there",
             "usage": usage,
         }
     ).decode()
+
+
+# A realtime session, a transcription session (an intent, no model) and the gateway's own
+# sideband of a WebRTC call: transcription usage is billed the same way on each.
+INTENTS = [("gpt-realtime", None), (None, "transcription"), ("gpt-realtime-mini", "webrtc")]
+
+
+@pytest.mark.parametrize(("model", "intent"), INTENTS)
+def test_duration_usage_is_billed_per_minute_on_sessions_of_every_intent(
+    model: str | None, intent: str | None
+) -> None:
+    s = make(model, intent=intent)
+    s.on_upstream_text(session_updated("gpt-live-transcribe"), 1.0)
+    rec = s.on_upstream_text(transcribed({"type": "duration", "seconds": 3.4}), 2.0)
+    assert isinstance(rec, UsageRecord)
+    # $0.017 a minute: 3.4 s is 963333.33 nano-dollars.
+    assert (rec.model, rec.price_key, rec.unit, rec.priced) == (
+        "gpt-live-transcribe",
+        "gpt-live-transcribe",
+        "minute",
+        True,
+    )
+    assert (rec.usage.audio_ms, rec.provider_nanos, rec.charged_nanos) == (3400, 963_333, 963_333)
+    assert (rec.ref, rec.usage.kind, rec.review) == ("item_1", "transcription", None)
+
+
+def test_each_completed_event_is_billed_and_summed_even_for_the_same_item() -> None:
+    # Duration usage is an increment per event, never a running total: every report counts.
+    s = make()
+    s.on_upstream_text(session_updated("whisper-1"), 1.0)
+    seconds = [1.5, 2.25, 0.75]
+    items = ["item_1", "item_2", "item_2"]
+    recs = [
+        s.on_upstream_text(transcribed({"type": "duration", "seconds": sec}, item), 2.0 + i)
+        for i, (sec, item) in enumerate(zip(seconds, items, strict=True))
+    ]
+    assert all(isinstance(r, UsageRecord) for r in recs)
+    assert [r.ref for r in recs] == items  # type: ignore[union-attr]
+    # whisper-1, $0.006 a minute: 100 nano-dollars a millisecond.
+    assert [r.provider_nanos for r in recs] == [150_000, 225_000, 75_000]  # type: ignore[union-attr]
+    assert (s.totals.audio_ms, s.provider_nanos, s.records) == (4500, 450_000, 3)
+
+
+def test_a_dated_transcription_model_is_billed_as_its_family() -> None:
+    s = make()
+    s.on_upstream_text(session_updated("gpt-realtime-whisper-2026-09-30"), 1.0)
+    rec = s.on_upstream_text(transcribed({"type": "duration", "seconds": 60}), 2.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.model, rec.price_key, rec.unit) == (
+        "gpt-realtime-whisper-2026-09-30",
+        "gpt-realtime-whisper",
+        "minute",
+    )
+    assert rec.charged_nanos == 17_000_000
+
+
+def test_usage_in_a_unit_its_row_does_not_price_is_recorded_unpriced() -> None:
+    # gpt-live-transcribe's row is per minute: tokens from it are not billed as zero-cost
+    # tokens but recorded unpriced (the bridge logs it); a duration from a per-token model too.
+    s = make()
+    s.on_upstream_text(session_updated("gpt-live-transcribe"), 1.0)
+    tokens = {"type": "tokens", "input_tokens": 10, "output_tokens": 4}
+    by_tokens = s.on_upstream_text(transcribed(tokens), 2.0)
+    s.on_upstream_text(session_updated("gpt-4o-transcribe"), 3.0)
+    by_time = s.on_upstream_text(transcribed({"type": "duration", "seconds": 2}), 4.0)
+    assert isinstance(by_tokens, UsageRecord) and isinstance(by_time, UsageRecord)
+    assert [(r.model, r.priced, r.unit, r.charged_nanos) for r in (by_tokens, by_time)] == [
+        ("gpt-live-transcribe", False, "token", 0),
+        ("gpt-4o-transcribe", False, "second", 0),
+    ]
+    assert (by_tokens.usage.total_tokens, by_time.usage.audio_ms) == (14, 2000)
+    assert s.unpriced == {"gpt-live-transcribe", "gpt-4o-transcribe"}
+
+
+def test_duration_usage_of_a_session_that_named_no_transcription_model_is_unpriced() -> None:
+    # No model is guessed for it: the record is kept, at cost 0, for the operator to see.
+    s = make(None, intent="transcription")
+    rec = s.on_upstream_text(transcribed({"type": "duration", "seconds": 2}), 1.0)
+    assert isinstance(rec, UsageRecord)
+    assert (rec.model, rec.priced, rec.usage.audio_ms, rec.charged_nanos) == ("", False, 2000, 0)
 
 
 def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
@@ -387,7 +474,9 @@ def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
     # price of the engine's own Whisper: the route's upstream decides, for a realtime session
     # and a transcription session alike, and `[prices.local]` is what an operator sets.
     cfg = tmp_path / "rtgate.toml"
-    cfg.write_text('[prices.local]\naudio_in = "2"\ntext_out = "3"\nper_minute = "0.06"\n')
+    cfg.write_text(
+        '[prices.local]\naudio_in = "2"\ntext_out = "3"\nunit = "minute"\nrate = "0.06"\n'
+    )
     for priced in (False, True):
         settings = load_settings(cfg if priced else None, {})
         catalog = Catalog(settings)
@@ -403,6 +492,8 @@ def test_every_usage_kind_the_local_engine_serves_is_priced_by_the_local_row(
             records = [by_tokens, by_minute, realtime]
             assert all(isinstance(r, UsageRecord) for r in records)
             costs = [(r.model, r.price_key, r.charged_nanos) for r in records]  # type: ignore[union-attr]
+            # Whatever the local row's unit, none of it is unpriced: the row is the operator's.
+            assert all(r.priced for r in records)  # type: ignore[union-attr]
             assert costs == [
                 ("gpt-4o-transcribe", "local", 10 * 2000 + 4 * 3000 if priced else 0),
                 ("whisper-1", "local", 1500 * 1000 if priced else 0),

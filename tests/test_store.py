@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -154,6 +155,68 @@ async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None
     (row,) = await store.usage_summary()
     await store.close()
     assert (row.records, row.needs_review, row.usage.text_in) == (2, 1, 6)
+
+
+async def test_usage_is_reported_by_the_unit_it_was_priced_in(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    minutes = [
+        UsageRecord(
+            "rs_1",
+            "key_a",
+            "gpt-live-transcribe",
+            "gpt-live-transcribe",
+            Usage(kind="transcription", audio_ms=ms),
+            nanos,
+            nanos,
+            DAY1 + ms,
+            unit="minute",
+        )
+        for ms, nanos in ((3400, 963_333), (1600, 453_333))
+    ]
+    tokens = replace(rec("key_a", "gpt-live-transcribe", DAY1, 7), unit="token")
+    await store.write([*minutes, tokens])
+    rows = {r.unit: r for r in await store.usage_summary()}
+    assert set(rows) == {"minute", "token"}
+    assert (rows["minute"].records, rows["minute"].usage.audio_ms) == (2, 5000)
+    assert (rows["minute"].usage.total_tokens, rows["minute"].charged_nanos) == (0, 1_416_666)
+    assert (rows["token"].usage.audio_ms, rows["token"].usage.text_in) == (0, 7)
+    (session,) = await store.recent_sessions()
+    assert (session.usage.audio_ms, session.usage.text_in) == (5000, 7)
+    # The spill keeps the unit; a line spilled before records had one gets the old rule's.
+    assert from_line(to_line(minutes[0])) == minutes[0]
+    legacy = {**minutes[0].to_json(), "entry": "usage"}
+    del legacy["unit"]
+    assert from_line(orjson.dumps(legacy)).unit == "minute"  # type: ignore[union-attr]
+
+
+async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
+    store = SqlStore(db_url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    async with store.engine.begin() as conn:
+        # As a database made before prices had units: a token row and a whisper-1 minute.
+        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN unit")
+        for model, kind, text_in, audio_ms in (
+            ("gpt-realtime", "response", 5, 0),
+            ("whisper-1", "transcription", 0, 60_000),
+        ):
+            await conn.exec_driver_sql(
+                "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
+                " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
+                " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
+                f" VALUES ('rs_1', 'key_a', '{model}', '{model}', '{kind}', '2027-01-15',"
+                f" {DAY1}, {text_in}, 0, 0, 0, 0, 0, 0, 0, {audio_ms}, 6000000, 6000000)"
+            )
+    await store.close()
+
+    store = SqlStore(db_url)
+    await store.init()
+    await store.write([replace(rec("key_a", "gpt-realtime", DAY1, 1), unit="token")])
+    rows = {(r.model, r.unit): r.records for r in await store.usage_summary()}
+    await store.close()
+    assert rows == {("gpt-realtime", "token"): 2, ("whisper-1", "minute"): 1}
 
 
 async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:

@@ -1,13 +1,15 @@
 """The model catalog: which upstream serves a model name, under which id, at which prices.
 
 Dated snapshots (``gpt-realtime-2025-08-28``) resolve to their family (``gpt-realtime``) for both
-routing and pricing unless the catalog names the snapshot itself.
+routing and pricing unless the catalog names the snapshot itself; a transcription model's
+(``gpt-live-transcribe-2026-10-01``) prices as its family's row, in that row's unit.
 
 Prices follow the route's upstream. On a provider, the session's model prices by its row and a
 transcription model (or a call's session model) by its own. Everything the embedded local engine
-serves, whatever its kind (realtime tokens, transcription tokens or minutes), prices by the
-route's one row: ``local`` (all zero unless the operator sets ``[prices.local]``), or the row a
-catalog entry names with ``prices``, the operator's deliberate choice.
+serves, whatever its kind (realtime tokens, transcription tokens or minutes) and whatever the
+row's unit, prices by the route's one row: ``local`` (all zero unless the operator sets
+``[prices.local]``), or the row a catalog entry names with ``prices``, the operator's deliberate
+choice.
 """
 
 from __future__ import annotations

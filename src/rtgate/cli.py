@@ -362,8 +362,9 @@ def usage(
     since: Annotated[str | None, typer.Option(help="From this UTC day (YYYY-MM-DD).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Usage and cost by key, model and UTC day; "review" counts records whose usage could not
-    be read in full (what they did count is in the totals; see the log for each)."""
+    """Usage and cost by key, model, UTC day and unit: tokens, or the seconds of audio a row
+    priced per second or minute billed; "review" counts records whose usage could not be read in
+    full (what they did count is in the totals; see the log for each)."""
     rows = _with_store(lambda st: st.usage_summary(key, since))
     if as_json:
         _print_json(dump([usage_row(r) for r in rows]))
@@ -372,9 +373,11 @@ def usage(
         "day",
         "key",
         "model",
+        "unit",
         "text in/out",
         "audio in/out",
         "cached in",
+        "audio s",
         "cost $",
         "provider $",
         "review",
@@ -385,9 +388,11 @@ def usage(
             r.day,
             r.key_name,
             r.model,
+            r.unit,
             f"{u.text_in}/{u.text_out}",
             f"{u.audio_in}/{u.audio_out}",
             str(u.text_in_cached + u.audio_in_cached),
+            f"{u.audio_seconds:.3f}",
             usd_str(r.charged_nanos),
             usd_str(r.provider_nanos),
             str(r.needs_review),
@@ -401,12 +406,13 @@ def sessions(
     key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recent sessions: key, model, start, duration, close, tokens and cost."""
+    """Recent sessions: key, model, start, duration, close, tokens, audio seconds billed by
+    duration, and cost."""
     rows = _with_store(lambda st: st.recent_sessions(limit, key))
     if as_json:
         _print_json(dump([session_row(r) for r in rows]))
         return
-    table = Table("started", "key", "model", "duration", "close", "tokens", "cost $")
+    table = Table("started", "key", "model", "duration", "close", "tokens", "audio s", "cost $")
     for r in rows:
         dur = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "live"
         close = f"{r.close_code} {r.close_reason or ''}".strip() if r.close_code else "-"
@@ -417,6 +423,7 @@ def sessions(
             dur,
             close,
             str(r.usage.total_tokens),
+            f"{r.usage.audio_seconds:.3f}",
             usd_str(r.charged_nanos),
         )
     _console().print(table)

@@ -16,7 +16,15 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rtgate.errors import ConfigError
 
@@ -54,12 +62,28 @@ class UpstreamSettings(_Frozen):
         return v.rstrip("/")
 
 
-class PriceSettings(_Frozen):
-    """Provider prices in USD per 1M tokens (``per_minute`` for duration-billed transcription).
+#: What a price row's rates are per: ``token`` (per 1M tokens, by kind), or a ``second`` or
+#: ``minute`` of audio (for usage the provider reports as a duration, ``usage.seconds``).
+PriceUnit = Literal["token", "second", "minute"]
 
-    ``markup_percent`` turns the provider's cost into the price charged to a key.
+#: Seconds in one unit of a duration-priced row.
+UNIT_SECONDS: dict[PriceUnit, int] = {"second": 1, "minute": 60}
+
+
+class PriceSettings(_Frozen):
+    """One row of the price table: the provider's prices for a model, and the markup charged on
+    them (``markup_percent`` turns the provider's cost into the price charged to a key).
+
+    ``unit`` says what the row prices. ``token`` (the default): the token rates, in USD per 1M
+    tokens. ``second`` or ``minute``: ``rate``, in USD per second or minute of audio, for usage
+    reported as a duration; such a row may also set token rates, and then prices tokens too
+    (the ``local`` row does, for everything the engine serves). Which usage a row leaves
+    unpriced is decided in ``rtgate.metering.cost.prices_usage``.
     """
 
+    unit: PriceUnit = "token"
+    #: USD per ``unit`` of audio; only on a ``second`` or ``minute`` row.
+    rate: Decimal = Decimal(0)
     text_in: Decimal = Decimal(0)
     text_cached: Decimal | None = None
     text_out: Decimal = Decimal(0)
@@ -68,8 +92,39 @@ class PriceSettings(_Frozen):
     audio_out: Decimal = Decimal(0)
     image_in: Decimal = Decimal(0)
     image_cached: Decimal | None = None
-    per_minute: Decimal = Decimal(0)
     markup_percent: Decimal = Decimal(0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_per_minute(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "per_minute" in data:
+            raise ValueError('per_minute is now unit = "minute" with rate = the price per minute')
+        return data
+
+    @model_validator(mode="after")
+    def _rate_has_a_unit(self) -> PriceSettings:
+        if self.unit == "token" and self.rate:
+            raise ValueError(
+                'rate is per second or minute of audio: set unit = "second" or "minute"'
+            )
+        return self
+
+    @property
+    def sets_token_rates(self) -> bool:
+        """Whether any token rate is set (not 0): a duration row prices tokens only then."""
+        return any(
+            getattr(self, f)
+            for f in (
+                "text_in",
+                "text_cached",
+                "text_out",
+                "audio_in",
+                "audio_cached",
+                "audio_out",
+                "image_in",
+                "image_cached",
+            )
+        )
 
 
 class ModelSettings(_Frozen):
@@ -175,7 +230,18 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
         text_in=_d("2.50"), audio_in=_d("6"), text_out=_d("10")
     ),
     "gpt-4o-mini-transcribe": PriceSettings(text_in=_d("1.25"), audio_in=_d("3"), text_out=_d("5")),
-    "whisper-1": PriceSettings(per_minute=_d("0.006")),
+    # Billed by the duration of the audio: OpenAI's list prices per minute (docs/protocol.md
+    # 4.3). Live's voice is billed by the second at its per-minute price, which a per-second
+    # rate could only round ($0.05 / 60 has no finite decimal): durations are kept to the
+    # millisecond, so a per-minute rate bills every second exactly.
+    "whisper-1": PriceSettings(unit="minute", rate=_d("0.006")),
+    "gpt-transcribe": PriceSettings(unit="minute", rate=_d("0.0045")),
+    "gpt-live-transcribe": PriceSettings(unit="minute", rate=_d("0.017")),
+    "gpt-realtime-whisper": PriceSettings(unit="minute", rate=_d("0.017")),
+    "gpt-realtime-translate": PriceSettings(unit="minute", rate=_d("0.034")),
+    "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
+    # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
+    "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
     # What the embedded local engine serves costs the operator nothing (catalog.py prices it
     # all by this row; `[prices.local]` in the config changes it).
     "local": PriceSettings(),
@@ -402,7 +468,12 @@ def load_settings(
 
     prices = {k: v.model_dump() for k, v in DEFAULT_PRICES.items()}
     for name, row in dict(raw.pop("prices", {})).items():
-        prices[name] = {**prices.get(name, {}), **dict(row)}
+        base = prices.get(name, {})
+        # A row that keeps its unit overrides the default's rates one by one; a row in another
+        # unit replaces it (a per-minute rate means nothing to a per-token row).
+        if "unit" in row and row["unit"] != base.get("unit"):
+            base = {}
+        prices[name] = {**base, **dict(row)}
     raw["prices"] = prices
 
     models: dict[str, Any] = {

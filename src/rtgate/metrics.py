@@ -49,6 +49,12 @@ class Metrics:
         self.frames = Counter("rtgate_frames", "Frames relayed.", ["direction"], registry=r)
         self.bytes = Counter("rtgate_bytes", "Payload bytes relayed.", ["direction"], registry=r)
         self.tokens = Counter("rtgate_tokens", "Tokens metered.", ["model", "kind"], registry=r)
+        self.audio_seconds = Counter(
+            "rtgate_audio_seconds",
+            "Audio metered by duration (usage reported in seconds), by the unit of its price.",
+            ["model", "unit"],
+            registry=r,
+        )
         self.cost = Counter(
             "rtgate_cost_usd", "Charged cost metered.", ["key", "model"], registry=r
         )
@@ -91,6 +97,8 @@ class Metrics:
             n = getattr(rec.usage, kind)
             if n:
                 self.tokens.labels(rec.model, kind).inc(n)
+        if rec.usage.audio_ms:
+            self.audio_seconds.labels(rec.model, rec.unit).inc(rec.usage.audio_seconds)
         if rec.charged_nanos:
             self.cost.labels(rec.key_id, rec.model).inc(rec.charged_nanos / NANOS_PER_USD)
         if rec.review is not None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rtgate.auth.client_secrets import secret_id, shown_template
 from rtgate.auth.policy import KeyPolicy, policy_view
 from rtgate.clock import rfc3339
+from rtgate.config import PriceUnit
 from rtgate.metering.cost import usd_str
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import TOKEN_FIELDS, Usage
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Day = Annotated[str, Field(json_schema_extra={"format": "date"})]
 _USD = r"^-?\d+\.\d{9}$"
+
+
+#: Audio billed by duration (``usage.seconds``), in seconds to the millisecond.
+AudioSeconds = Annotated[float, Field(ge=0)]
 
 
 class View(BaseModel):
@@ -51,8 +56,6 @@ class Tokens(View):
     image_in_cached: int
     text_out: int
     audio_out: int
-    #: Duration-billed transcription (``whisper-1``).
-    audio_ms: int
 
     @classmethod
     def of(cls, u: Usage) -> Tokens:
@@ -94,17 +97,21 @@ class NewKeyView(KeyView):
 
 
 class UsageRow(View):
-    """Usage of one key, model and UTC day."""
+    """Usage of one key, model, UTC day and unit."""
 
     key_id: str
     key_name: str
     model: str
     day: Day
+    #: What the usage counts in, as priced: ``token`` (``tokens``), or the ``second`` or
+    #: ``minute`` of a row priced by duration (``audio_seconds``).
+    unit: PriceUnit
     records: int
     #: Of ``records``, those whose usage could not be read in full: what they did count is in
     #: ``tokens`` and the cost; the rest wants an operator's review (README, Metering).
     needs_review: int
     tokens: Tokens
+    audio_seconds: AudioSeconds
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
 
@@ -125,6 +132,7 @@ class SessionRow(View):
     close_reason: str | None
     closed_by: str | None
     tokens: Tokens
+    audio_seconds: AudioSeconds
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
 
@@ -145,6 +153,7 @@ class LiveSession(View):
     #: The gateway instance relaying it (``inst_`` and 12 hex digits, random per process).
     instance: str
     tokens: Tokens
+    audio_seconds: AudioSeconds
     cost_usd: str = Field(pattern=_USD)
     provider_cost_usd: str = Field(pattern=_USD)
 
@@ -247,9 +256,11 @@ def usage_row(r: UsageSummary) -> UsageRow:
         key_name=r.key_name,
         model=r.model,
         day=r.day,
+        unit=r.unit,
         records=r.records,
         needs_review=r.needs_review,
         tokens=Tokens.of(r.usage),
+        audio_seconds=r.usage.audio_seconds,
         cost_usd=usd_str(r.charged_nanos),
         provider_cost_usd=usd_str(r.provider_nanos),
     )
@@ -270,6 +281,7 @@ def session_row(r: SessionSummary) -> SessionRow:
         close_reason=r.close_reason,
         closed_by=r.closed_by,
         tokens=Tokens.of(r.usage),
+        audio_seconds=r.usage.audio_seconds,
         cost_usd=usd_str(r.charged_nanos),
         provider_cost_usd=usd_str(r.provider_nanos),
     )
@@ -286,6 +298,7 @@ def live_session(s: RelaySession, instance: str) -> LiveSession:
         started_at=timestamp(s.opened_at),
         instance=instance,
         tokens=Tokens.of(s.totals),
+        audio_seconds=s.totals.audio_seconds,
         cost_usd=usd_str(s.charged_nanos),
         provider_cost_usd=usd_str(s.provider_nanos),
     )

@@ -10,6 +10,13 @@ from rtgate.engine.ports import Brain, Synthesizer, Transcriber
 from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad, VoiceActivityDetector
 
+#: Transcription models OpenAI bills by the minute: the engine reports their usage as a duration
+#: (``{"type": "duration", "seconds": …}``, docs/protocol.md 4.2), the others' as tokens. Which
+#: variant the newer ones send on Realtime is unconfirmed; duration is what their price implies.
+DURATION_MODELS = frozenset(
+    {"whisper-1", "gpt-transcribe", "gpt-live-transcribe", "gpt-realtime-whisper"}
+)
+
 
 @dataclass
 class EngineOptions:

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from rtgate.catalog import model_family
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
-from rtgate.engine.options import EngineOptions
+from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
 from rtgate.engine.response_plan import ResponsePlan
 from rtgate.engine.session import (
@@ -177,7 +178,7 @@ class EngineConnection(Responder):
                     )
                 ]
             )
-        if model == "whisper-1":
+        if model_family(model) in DURATION_MODELS:
             usage: dict[str, Any] = {"type": "duration", "seconds": round(result.seconds, 3)}
         else:
             audio_tokens = int(len(audio) / PCM_BYTES_PER_MS // 100) + 1

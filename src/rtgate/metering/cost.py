@@ -1,9 +1,12 @@
-"""Cost arithmetic in integer nano-dollars (1e-9 USD): exact for any price with up to three
-decimals per 1M tokens, never a float. ``usd()`` turns nanos into a ``Decimal`` for display.
+"""Cost arithmetic in integer nano-dollars (1e-9 USD), never a float. ``usd()`` turns nanos into
+a ``Decimal`` for display.
 
-Formula (docs/protocol.md 4.3): uncached input at the input rate, cached input at the cached rate
-(10% of the input rate when a price row leaves it out), output at the output rate, and
-duration-billed transcription at ``per_minute``.
+A price row has a unit (``config.PriceSettings``). Tokens cost their rates per 1M tokens
+(docs/protocol.md 4.3): uncached input at the input rate, cached input at the cached rate (10% of
+the input rate when a row leaves it out), output at the output rate. Audio reported as a duration
+costs the row's ``rate`` per second or minute, on the exact duration (kept to the millisecond,
+never rounded up to the unit). The sum is exact (``Decimal``); only the total of one record is
+rounded to the nano-dollar, half to even, after the markup.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from rtgate.config import PriceSettings
+from rtgate.config import UNIT_SECONDS, PriceSettings, PriceUnit
 from rtgate.protocol.usage import Usage
 
 NANOS_PER_USD = 10**9
@@ -31,6 +34,24 @@ def _cached(rate: Decimal, cached: Decimal | None) -> Decimal:
     return cached if cached is not None else rate * _TENTH
 
 
+def prices_usage(p: PriceSettings, usage: Usage) -> bool:
+    """Whether row ``p`` has a price for every unit ``usage`` counts in. A duration is priced by
+    a ``second`` or ``minute`` row only; tokens by a ``token`` row, or by a duration row that
+    sets token rates. What a row has no price for is recorded at cost 0, unpriced, so a model
+    that reports tokens where its row expects minutes (or the reverse) is seen, not billed 0."""
+    if usage.audio_ms and p.unit == "token":
+        return False
+    return not (usage.total_tokens and p.unit != "token" and not p.sets_token_rates)
+
+
+def billed_unit(usage: Usage, p: PriceSettings | None) -> PriceUnit:
+    """The unit a record of ``usage`` counts in, for reports: ``token``; for a duration, its
+    row's unit, or ``second`` (as the provider reports it) when no duration row prices it."""
+    if not usage.audio_ms:
+        return "token"
+    return p.unit if p is not None and p.unit != "token" else "second"
+
+
 def provider_cost_exact(usage: Usage, p: PriceSettings) -> Decimal:
     """Provider cost in nano-dollars, before rounding."""
     per_token = (
@@ -43,8 +64,11 @@ def provider_cost_exact(usage: Usage, p: PriceSettings) -> Decimal:
         + usage.text_out * p.text_out
         + usage.audio_out * p.audio_out
     )
-    duration = Decimal(usage.audio_ms) * p.per_minute * NANOS_PER_USD / Decimal(60_000)
-    return per_token * _PER_TOKEN + duration
+    cost = per_token * _PER_TOKEN
+    if p.unit != "token" and usage.audio_ms:
+        # One division, last: a cost that ends in a tie (x.5 nanos) stays exact for rounding.
+        cost += usage.audio_ms * p.rate * NANOS_PER_USD / (1000 * UNIT_SECONDS[p.unit])
+    return cost
 
 
 def _round(x: Decimal) -> int:

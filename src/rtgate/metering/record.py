@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from rtgate.config import PriceUnit
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.usage import Usage
 
@@ -48,6 +49,9 @@ class UsageRecord:
     review: Review | None = None
     #: Unique per record: the store writes a record once however often it is replayed.
     record_id: str = field(default_factory=new_record_id)
+    #: What the usage counts in, as priced (``rtgate.metering.cost.billed_unit``): ``token``, or
+    #: the ``second`` or ``minute`` of its duration row.
+    unit: PriceUnit = "token"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,4 +62,12 @@ class UsageRecord:
             # Spilled before records had ids: an id from the content keeps a replay idempotent.
             digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
             raw = {**raw, "record_id": "ur_" + digest[:21]}
+        if "unit" not in raw:
+            raw = {**raw, "unit": legacy_unit(raw["usage"].get("audio_ms", 0))}
         return cls(**{**raw, "usage": Usage(**raw["usage"])})
+
+
+def legacy_unit(audio_ms: int) -> PriceUnit:
+    """The unit of a record kept before records had one: then only ``whisper-1`` was priced by
+    duration, per minute (the store's migration fills its column by the same rule)."""
+    return "minute" if audio_ms else "token"

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from rtgate.catalog import Catalog, Route
-from rtgate.metering.cost import cost_of
+from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import Review, UsageRecord
 from rtgate.protocol.events import error_event
 from rtgate.protocol.usage import (
@@ -54,8 +54,6 @@ _TRANSCRIBED = 'input_audio_transcription.completed"'
 _SESSION_CREATED = '"session.created"'
 _SESSION_UPDATED = '"session.updated"'
 _INVALID_KEY = '"invalid_api_key"'
-
-_DURATION_DEFAULT_MODEL = "whisper-1"
 
 
 class SessionState(enum.Enum):
@@ -196,10 +194,9 @@ class RelaySession:
             return None
         other: str | None  # the usage's own model, when it is not the route's
         if usage.kind == "transcription":
-            other = self.transcription_model
-            if other is None and usage.audio_ms:
-                other = _DURATION_DEFAULT_MODEL
-            other = other or ""
+            # Billed by the transcription model's row, in its unit, whatever the session's
+            # intent (docs/protocol.md 4.2); one the session never named is unpriced.
+            other = self.transcription_model or ""
         elif self.route.model:
             other = None
         else:
@@ -207,8 +204,11 @@ class RelaySession:
             other = self.upstream_session_model or ""
         price_key, prices = self._catalog.usage_price(self.route, other)
         model = self.route.model if other is None else other
-        cost = cost_of(usage, prices)
-        priced = prices is not None
+        # What the local engine serves is priced by its row whatever the unit (catalog.py).
+        priced = prices is not None and (
+            self.route.upstream.kind == "local" or prices_usage(prices, usage)
+        )
+        cost = cost_of(usage, prices) if priced else Cost(0, 0)
         if not priced:
             self.unpriced.add(model)
         self.totals = self.totals + usage
@@ -227,6 +227,7 @@ class RelaySession:
             ref=ref[:100] if isinstance(ref, str) else None,
             priced=priced,
             review=review,
+            unit=billed_unit(usage, prices),
         )
 
     def mirrored_close(self, code: int, reason: str) -> tuple[int, str]:

@@ -25,8 +25,14 @@ class Usage:
     image_in_cached: int = 0
     text_out: int = 0
     audio_out: int = 0
-    #: Duration-billed transcription (``whisper-1``), in milliseconds.
+    #: Audio the provider reports as a duration (``usage.seconds`` of a transcription billed
+    #: by the minute), in milliseconds: fractional seconds kept, never rounded up.
     audio_ms: int = 0
+
+    @property
+    def audio_seconds(self) -> float:
+        """``audio_ms`` in seconds, for display."""
+        return self.audio_ms / 1000
 
     @property
     def input_tokens(self) -> int:
@@ -49,7 +55,9 @@ class Usage:
         return Usage(kind=self.kind, **vals)
 
 
-TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "kind")
+#: Every count a usage holds (the ledger's columns); ``TOKEN_FIELDS``, those that count tokens.
+USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "kind")
+TOKEN_FIELDS: tuple[str, ...] = tuple(f for f in USAGE_FIELDS if f != "audio_ms")
 
 
 # No real event carries more; the cap keeps a corrupt number from overflowing a BIGINT column

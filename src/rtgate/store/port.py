@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from rtgate.config import PriceUnit
 from rtgate.errors import GatewayError
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
@@ -32,12 +33,14 @@ class KeyInfo:
 
 @dataclass(frozen=True, slots=True)
 class UsageSummary:
-    """Usage of one key, model and UTC day."""
+    """Usage of one key, model, UTC day and unit."""
 
     key_id: str
     key_name: str
     model: str
     day: str
+    #: What it counts in, as priced: ``token``, ``second`` or ``minute`` (``UsageRecord.unit``).
+    unit: PriceUnit
     usage: Usage
     records: int
     provider_nanos: int

@@ -76,6 +76,9 @@ usage_records = Table(
     #: Why the event's usage wants an operator's review (``rtgate.metering.record.Review``);
     #: NULL when it was read in full.
     Column("review", String(40), nullable=True),
+    #: What the usage counts in, as priced (``UsageRecord.unit``): ``token``, ``second`` or
+    #: ``minute``.
+    Column("unit", String(10), nullable=False, server_default="token"),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
     Index("ux_usage_record_id", "record_id", unique=True),

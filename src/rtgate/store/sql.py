@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from rtgate.deadline import Deadlines
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
-from rtgate.protocol.usage import TOKEN_FIELDS, Usage
+from rtgate.protocol.usage import USAGE_FIELDS, Usage
 from rtgate.store.port import (
     Entry,
     KeyInfo,
@@ -141,6 +141,12 @@ def _migrate(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE usage_records ADD COLUMN record_id VARCHAR(40)"))
     if "review" not in have:
         conn.execute(text("ALTER TABLE usage_records ADD COLUMN review VARCHAR(40)"))
+    if "unit" not in have:
+        conn.execute(
+            text("ALTER TABLE usage_records ADD COLUMN unit VARCHAR(10) NOT NULL DEFAULT 'token'")
+        )
+        # Before prices had units, a duration was priced per minute (record.legacy_unit).
+        conn.execute(text("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0"))
     # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
     conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
     # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
@@ -184,10 +190,10 @@ def _call(row: Row[Any]) -> StoredCall:
 
 
 def _usage_from_row(row: Row[Any]) -> Usage:
-    return Usage("response", *(int(getattr(row, f) or 0) for f in TOKEN_FIELDS))
+    return Usage("response", *(int(getattr(row, f) or 0) for f in USAGE_FIELDS))
 
 
-_SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in TOKEN_FIELDS]
+_SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in USAGE_FIELDS]
 
 
 def _open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
@@ -219,7 +225,8 @@ def _usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
             "charged_nanos": r.charged_nanos,
             "record_id": r.record_id,
             "review": r.review,
-            **{f: getattr(r.usage, f) for f in TOKEN_FIELDS},
+            "unit": r.unit,
+            **{f: getattr(r.usage, f) for f in USAGE_FIELDS},
         }
         for r in records
     ]
@@ -563,6 +570,7 @@ class SqlStore:
                 api_keys.c.name.label("key_name"),
                 u.model,
                 u.day,
+                u.unit,
                 func.count().label("records"),
                 func.count(u.review).label("needs_review"),
                 func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
@@ -570,8 +578,8 @@ class SqlStore:
                 *_SUMS,
             )
             .select_from(usage_records.join(api_keys, api_keys.c.id == u.key_id))
-            .group_by(u.key_id, api_keys.c.name, u.model, u.day)
-            .order_by(u.day, api_keys.c.name, u.model)
+            .group_by(u.key_id, api_keys.c.name, u.model, u.day, u.unit)
+            .order_by(u.day, api_keys.c.name, u.model, u.unit)
         )
         if key_id:
             q = q.where(u.key_id == key_id)
@@ -585,6 +593,7 @@ class SqlStore:
                 key_name=r.key_name,
                 model=r.model,
                 day=r.day,
+                unit=r.unit,
                 usage=_usage_from_row(r),
                 records=int(r.records),
                 needs_review=int(r.needs_review),
@@ -642,7 +651,7 @@ class SqlStore:
                     close_code=m[s.close_code],
                     close_reason=m[s.close_reason],
                     closed_by=m[s.closed_by],
-                    usage=Usage("response", *(int(m[totals.c[f]] or 0) for f in TOKEN_FIELDS)),
+                    usage=Usage("response", *(int(m[totals.c[f]] or 0) for f in USAGE_FIELDS)),
                     provider_nanos=int(m[totals.c.provider_nanos] or 0),
                     charged_nanos=int(m[totals.c.charged_nanos] or 0),
                 )
