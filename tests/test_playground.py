@@ -20,6 +20,9 @@ from tests.conftest import TOKEN, RunningGateway
 from tests.speech import speak
 from tests.test_engine_e2e import SENTENCE, word_errors
 
+APPENDS = (
+    "document.querySelectorAll(\"#pg-events li.client[data-type='input_audio_buffer.append']\")"
+)
 PRICES = '[prices.local]\naudio_in = "40"\naudio_out = "80"\ntext_in = "4"\ntext_out = "16"\n'
 
 
@@ -129,3 +132,44 @@ async def test_the_playground_says_what_to_do_about_a_bad_key(
         await expect(alert).to_contain_text("did not accept this key")
         await expect(alert).to_have_attribute("data-code", "invalid_api_key")
         await expect(page.locator("#pg-status")).to_have_text("Not connected.")
+
+
+async def test_push_to_talk_then_an_interruption(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    gw = await local_gateway(make_settings, start_gateway, tmp_path)
+    key = await gw.new_key("ptt")
+    wav = speech_wav(tmp_path / "speech.wav")
+    async with chromium(*fake_microphone(wav)) as browser:
+        page = await browser.new_page()
+        await page.goto(f"{gw.http}/ui/playground")
+        await page.get_by_label("Gateway key").fill(key)
+        await page.get_by_label("Push to talk").check()
+        await page.get_by_role("button", name="Connect and start the microphone").click()
+        ptt = page.get_by_role("button", name="Hold to talk")
+        await expect(ptt).to_be_enabled()
+        # Nothing is sent while the button is up; held (Space, from the keyboard), the
+        # microphone streams until the sentence is over (4.6 s: 115 chunks of 40 ms).
+        appends = page.locator("#pg-events li.client[data-type='input_audio_buffer.append']")
+        await expect(appends).to_have_count(0)
+        await ptt.focus()
+        await page.keyboard.down(" ")
+        await page.wait_for_function(f"() => {APPENDS}.length >= 115", timeout=30_000)
+        await page.keyboard.up(" ")
+        for sent in ("input_audio_buffer.commit", "response.create"):
+            await expect(page.locator(f"#pg-events li.client[data-type='{sent}']")).to_have_count(1)
+        said = page.locator("#pg-transcript li.assistant").first
+        await expect(said).to_have_text(re.compile(r"Paris", re.I), timeout=60_000)
+        await expect(
+            page.locator("#pg-turns tr[data-ref^='resp_'] [data-cell=latency]")
+        ).to_have_attribute("data-ms", re.compile(r"^\d+$"))
+
+        await page.wait_for_function("() => pg.play.sources.size === 0", timeout=30_000)
+        # A typed message, interrupted as soon as its reply is heard: the reply is cancelled
+        # (if still running) and cut where it was heard.
+        await page.get_by_label("Message").fill("tell me a long story about the sea")
+        await page.get_by_role("button", name="Send").click()
+        await page.wait_for_function("() => pg.play.sources.size > 0", timeout=30_000)
+        await page.get_by_role("button", name="Interrupt").click()
+        truncate = page.locator("#pg-events li.client[data-type='conversation.item.truncate']")
+        await expect(truncate).to_have_count(1)
