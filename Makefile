@@ -25,7 +25,7 @@ LOCKED_INSTALL := $(BIN)/python -m pip install --require-hashes --only-binary :a
 # pyproject.toml fails here by name instead of fetching the missing package.
 PROJECT_INSTALL := $(BIN)/python -m pip --isolated install -q --no-index --no-build-isolation -e
 
-.PHONY: run test lint chromium test-postgres test-redis bench lock clean
+.PHONY: run test lint chromium test-postgres test-redis bench lock clean screenshots
 
 $(VENV)/.bootstrapped: $(BOOTSTRAP_LOCK)
 	@test -n "$(PYTHON)" || { echo "rtgate needs Python 3.11 or newer on PATH (python3.11, python3.12 or python3.13)" >&2; exit 1; }
@@ -77,6 +77,10 @@ test-postgres: $(VENV)/.dev-installed
 # Session limits shared by two limiters and two gateways through Redis (CI runs this too).
 test-redis: $(VENV)/.dev-installed
 	RTGATE_TEST_REDIS_URL=$(REDIS_URL) $(BIN)/python -m pytest -m redis
+
+# The console's pages and the playground, rendered in headless Chromium into docs/img/.
+screenshots: $(VENV)/.dev-installed chromium
+	RTGATE_TEST_CHROMIUM="$$(scripts/chromium)" $(BIN)/python scripts/screenshots.py docs/img
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/relay_bench.py

@@ -154,3 +154,16 @@ async def gateway(
 ) -> RunningGateway:
     gw: RunningGateway = await start_gateway(make_settings())
     return gw
+
+
+#: The admin token of the ``admin`` gateway.
+TOKEN = "adm_" + "T0ken" * 8
+
+
+@pytest.fixture
+async def admin(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> RunningGateway:
+    """A gateway with the admin API (and the console) on: ``RTGATE_ADMIN_TOKEN=TOKEN``."""
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN))
+    return gw

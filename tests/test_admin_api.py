@@ -8,7 +8,6 @@ import csv
 import io
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -24,13 +23,11 @@ from websockets.asyncio.client import connect
 from rtgate.api.admin import OPERATIONS, PREFIX
 from rtgate.api.views import USAGE_CSV_COLUMNS
 from rtgate.cli import app as cli_app
-from rtgate.config import Settings, load_settings
+from rtgate.config import load_settings
 from rtgate.errors import ConfigError
 from rtgate.protocol.usage import TOKEN_FIELDS
 from rtgate.store.port import StoreError
-from tests.conftest import RunningGateway, events_until
-
-TOKEN = "adm_" + "T0ken" * 8
+from tests.conftest import TOKEN, RunningGateway, events_until
 
 
 @dataclass
@@ -123,14 +120,6 @@ async def until_no_live_sessions(gw: RunningGateway) -> None:
 
 def concrete(path: str) -> str:
     return re.sub(r"\{\w+\}", "key_nope", path)
-
-
-@pytest.fixture
-async def admin(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
-) -> RunningGateway:
-    gw: RunningGateway = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN))
-    return gw
 
 
 # -- the token ------------------------------------------------------------------------------------
@@ -470,7 +459,7 @@ async def test_failures_behind_the_api_answer_500_in_openai_shape(
     async def store_down(*_: Any) -> Any:
         raise StoreError("cannot read: OperationalError")
 
-    async def bug(*_: Any) -> Any:
+    async def bug(*_: Any, **__: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(admin.store, "usage_summary", store_down)
@@ -578,6 +567,7 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
     assert documented == {
         ("POST", "/admin/v1/keys"),
         ("GET", "/admin/v1/keys"),
+        ("GET", "/admin/v1/spend"),
         ("GET", "/admin/v1/keys/{key_id}"),
         ("PATCH", "/admin/v1/keys/{key_id}"),
         ("POST", "/admin/v1/keys/{key_id}/revoke"),
@@ -586,6 +576,10 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/usage"),
         ("GET", "/admin/v1/sessions"),
         ("GET", "/admin/v1/sessions/live"),
+        ("GET", "/admin/v1/sessions/{session_id}"),
+        ("GET", "/admin/v1/overview"),
+        ("GET", "/admin/v1/models"),
+        ("GET", "/admin/v1/upstreams"),
         ("POST", "/admin/v1/sessions/{session_id}/close"),
         ("GET", "/admin/v1/sessions/{session_id}/transcript"),
         ("POST", "/admin/v1/drain"),

@@ -30,6 +30,8 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     assert "no OPENAI_API_KEY" in text
     assert ".venv/bin/rtgate keys create --name me" in text
     assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
+    assert "console" not in text.replace("(and the console)", "")
+    assert "playground http://127.0.0.1:8080/ui/playground" in text
 
 
 def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: Path) -> None:
@@ -40,6 +42,7 @@ def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: 
     assert "local -> the embedded local engine" in text
     assert "no OPENAI_API_KEY" not in text
     assert "http://127.0.0.1:8080/admin/v1/" in text
+    assert "console    http://127.0.0.1:8080/ui/ (sign in with RTGATE_ADMIN_TOKEN)" in text
     assert "sk-the-provider" not in text and "admin-token-value" not in text
 
 
@@ -57,6 +60,17 @@ async def test_home_page_says_how_to_connect_from_the_address_used(
     assert "127.0.0.1:" + str(gateway.port) in page
     assert gateway.settings.upstreams["openai"].base_url not in page  # no upstream URL
     assert "off until <code>RTGATE_ADMIN_TOKEN</code>" in page
+    assert 'href="/ui/playground"' in page
+
+
+async def test_home_leads_to_the_console_when_an_admin_token_is_set(
+    admin: RunningGateway,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(admin.http + "/", allow_redirects=False) as resp,
+    ):
+        assert resp.status == 303 and resp.headers["Location"] == "/ui/"
 
 
 async def test_rtgate_serve_on_a_terminal_ends_start_up_with_readable_lines(

@@ -23,6 +23,7 @@ from rtgate.metering.spend import SpendBook
 from rtgate.metrics import Metrics
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.store.port import Store
+from rtgate.upstream_health import UpstreamHealth
 
 
 class LiveSession(Protocol):
@@ -124,6 +125,8 @@ class Gateway:
     live: LiveSessions = field(default_factory=LiveSessions)
     #: This instance and the others sharing its Redis (``redis_fleet.RedisFleet``), or alone.
     fleet: Fleet = field(default_factory=LoneInstance)
+    #: How the upstreams answered this process's dials (the console's upstream health).
+    upstream_health: UpstreamHealth = field(default_factory=UpstreamHealth)
 
     @property
     def accepting(self) -> bool:

@@ -62,9 +62,11 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
         lines.append("             (no OPENAI_API_KEY: set it to relay to OpenAI instead)")
     lines.append(f"  a key      {program} keys create --name me   (the secret is shown once)")
     if settings.admin_token is None:
-        lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on")
+        lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")
     else:
         lines.append(f"  admin API  {base_url}/admin/v1/ (Bearer RTGATE_ADMIN_TOKEN)")
+        lines.append(f"  console    {base_url}/ui/ (sign in with RTGATE_ADMIN_TOKEN)")
+    lines.append(f"  playground {base_url}/ui/playground (talk with a gateway key)")
     lines.append(
         "  stop       Ctrl-C (live sessions are closed with 1001); SIGTERM drains them first"
     )

@@ -26,10 +26,19 @@ from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from rtgate.api.bodies import InvalidRequest
+from rtgate.api.catalog_views import ModelView, UpstreamView, list_models, list_upstreams
 from rtgate.api.live import close_here, live_everywhere, revoke_elsewhere, revoke_here
 from rtgate.api.openai_errors import openai_error, server_error
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, Operation, Reply
+from rtgate.api.reports import (
+    KeyActivityView,
+    OverviewView,
+    SessionDetail,
+    key_activity,
+    overview,
+    session_detail,
+)
 from rtgate.api.views import (
     ClientSecretView,
     ClosedSession,
@@ -178,6 +187,11 @@ class SessionsQuery(BaseModel):
 
     limit: int = Field(default=20, ge=1, le=1000, description="How many, newest first.")
     key_id: str | None = Field(default=None, description="Only this key's sessions.")
+    before: str | None = Field(
+        default=None,
+        description="A session id (the last of the previous page): the sessions after it, "
+        "in the same order. An unknown id gives an empty page.",
+    )
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -276,7 +290,8 @@ async def usage(call: Call[UsageQuery, None]) -> Reply:
 
 async def recent_sessions(call: Call[SessionsQuery, None]) -> Reply:
     q = call.query
-    return [session_row(r) for r in await call.gw.store.recent_sessions(q.limit, q.key_id)]
+    rows = await call.gw.store.recent_sessions(q.limit, q.key_id, before=q.before)
+    return [session_row(r) for r in rows]
 
 
 async def session_transcript(call: Call[None, None]) -> Reply:
@@ -342,6 +357,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         body=CreateKey,
     ),
     Operation("GET", "/keys", list_keys, "List keys", status=200, response=KeyView, many=True),
+    Operation(
+        "GET",
+        "/spend",
+        key_activity,
+        "Keys' charged spend this UTC day, this month and ever, and their last session "
+        "(keys never used are left out)",
+        status=200,
+        response=KeyActivityView,
+        many=True,
+    ),
     Operation(
         "GET",
         "/keys/{key_id}",
@@ -420,6 +445,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         many=True,
     ),
     Operation(
+        "GET",
+        "/sessions/{session_id}",
+        session_detail,
+        "One recorded session with its turns: usage and cost per metered event, and the "
+        "transcript lines of keys that keep them",
+        status=200,
+        response=SessionDetail,
+        not_found="No session with this id.",
+    ),
+    Operation(
         "POST",
         "/sessions/{session_id}/close",
         close_session,
@@ -439,6 +474,33 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         response=TranscriptEntryView,
         many=True,
         not_found="No session with this id.",
+    ),
+    Operation(
+        "GET",
+        "/overview",
+        overview,
+        "Live sessions now, sessions and spend today and this UTC month, spend and sessions per "
+        "day for 30 days, and how sessions ended (by close code)",
+        status=200,
+        response=OverviewView,
+    ),
+    Operation(
+        "GET",
+        "/models",
+        list_models,
+        "The catalog: each model's upstream and its prices per million tokens",
+        status=200,
+        response=ModelView,
+        many=True,
+    ),
+    Operation(
+        "GET",
+        "/upstreams",
+        list_upstreams,
+        "Upstreams, the models each serves, and how they answered this process's dials",
+        status=200,
+        response=UpstreamView,
+        many=True,
     ),
     Operation(
         "POST",

@@ -50,6 +50,8 @@ from rtgate.redis_fleet import RedisFleet
 from rtgate.relay.endpoint import GATEWAY, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
+from rtgate.web.console import PREFIX as CONSOLE_PATH
+from rtgate.web.console import create_console_app
 
 log = logging.getLogger("rtgate")
 
@@ -225,6 +227,7 @@ def create_app(
     app.router.add_get("/v1/models", models)
     add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))
+    app.add_subapp(CONSOLE_PATH, create_console_app())
     return app
 
 

@@ -1,4 +1,4 @@
-"""``GET /``: a short page that says what this gateway is and how to use it."""
+"""``GET /``: the console, or a short page that says what this gateway is and how to use it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ def templates() -> jinja2.Environment:
 
 
 async def home(request: web.Request) -> web.Response:
+    """With an admin token set, a person is led to the console (``/ui/``); without one, this
+    page says how to connect a client and how to turn the console on."""
     settings = request.app[GATEWAY].settings
+    if settings.admin_token is not None:
+        return web.Response(status=303, headers={"Location": "/ui/"})
     # The address the visitor used, so the examples work as pasted.
     http_base = f"{request.scheme}://{request.host}"
     page = (

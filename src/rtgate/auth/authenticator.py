@@ -55,20 +55,20 @@ class Authenticator:
     async def key(self, headers: Mapping[str, str], peer: str | None) -> tuple[KeyInfo, KeyPolicy]:
         """A gateway key: a client secret cannot mint another, nor act on calls."""
         secret = client_credential(headers).secret
-        return await self._checked(headers, peer, lambda: self._keyring.authenticate(secret))
+        return await self.checked(headers, peer, lambda: self._keyring.authenticate(secret))
 
     async def key_or_secret(
         self, headers: Mapping[str, str], peer: str | None
     ) -> tuple[KeyInfo, KeyPolicy, ClientSecret | None]:
         """A gateway key, or a client secret minted by one (``KeyRing.authenticate_session``)."""
         secret = client_credential(headers).secret
-        return await self._checked(
-            headers, peer, lambda: self._keyring.authenticate_session(secret)
-        )
+        return await self.checked(headers, peer, lambda: self._keyring.authenticate_session(secret))
 
-    async def _checked(
+    async def checked(
         self, headers: Mapping[str, str], peer: str | None, check: Callable[[], Awaitable[T]]
     ) -> T:
+        """``check()`` unless the caller's address is throttled; an ``AuthError`` it raises
+        counts as a failure of that address (the console's sign-in is checked this way too)."""
         throttle = self._throttle
         if throttle is None:
             return await check()

@@ -30,7 +30,8 @@ class Cost:
     charged_nanos: int
 
 
-def _cached(rate: Decimal, cached: Decimal | None) -> Decimal:
+def cached_rate(rate: Decimal, cached: Decimal | None) -> Decimal:
+    """The rate of cached input: the row's own, else a tenth of the input rate."""
     return cached if cached is not None else rate * _TENTH
 
 
@@ -56,11 +57,11 @@ def provider_cost_exact(usage: Usage, p: PriceSettings) -> Decimal:
     """Provider cost in nano-dollars, before rounding."""
     per_token = (
         (usage.text_in - usage.text_in_cached) * p.text_in
-        + usage.text_in_cached * _cached(p.text_in, p.text_cached)
+        + usage.text_in_cached * cached_rate(p.text_in, p.text_cached)
         + (usage.audio_in - usage.audio_in_cached) * p.audio_in
-        + usage.audio_in_cached * _cached(p.audio_in, p.audio_cached)
+        + usage.audio_in_cached * cached_rate(p.audio_in, p.audio_cached)
         + (usage.image_in - usage.image_in_cached) * p.image_in
-        + usage.image_in_cached * _cached(p.image_in, p.image_cached)
+        + usage.image_in_cached * cached_rate(p.image_in, p.image_cached)
         + usage.text_out * p.text_out
         + usage.audio_out * p.audio_out
     )

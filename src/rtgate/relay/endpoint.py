@@ -107,13 +107,17 @@ async def _dial(
                 heartbeat=None,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             )
-        gw.metrics.connect.labels(route.upstream_name).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        gw.metrics.connect.labels(route.upstream_name).observe(took)
+        gw.upstream_health.connected(route.upstream_name, took, gw.clock.now())
         return upstream
     except aiohttp.WSServerHandshakeError as exc:
         log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)
+        gw.upstream_health.failed(route.upstream_name, f"HTTP {exc.status}", gw.clock.now())
         raise UpstreamError(f"The upstream refused the connection (HTTP {exc.status}).") from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
+        gw.upstream_health.failed(route.upstream_name, type(exc).__name__, gw.clock.now())
         raise UpstreamError("The upstream could not be reached.") from exc
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.store.port import (
     Entry,
+    KeyActivity,
     KeyInfo,
+    Overview,
     SessionSummary,
     Store,
     StoredCall,
@@ -166,10 +169,38 @@ class FaultyStore:
         return await self.inner.usage_summary(key_id, since_day)
 
     async def recent_sessions(
-        self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
+        self,
+        limit: int = 50,
+        key_id: str | None = None,
+        session_id: str | None = None,
+        before: str | None = None,
     ) -> list[SessionSummary]:
         await self._gate("recent_sessions")
-        return await self.inner.recent_sessions(limit, key_id, session_id)
+        return await self.inner.recent_sessions(limit, key_id, session_id, before)
+
+    async def session_usage(self, session_id: str) -> list[UsageRecord]:
+        await self._gate("session_usage")
+        return await self.inner.session_usage(session_id)
+
+    async def overview(self, since_day: str, since: float) -> Overview:
+        await self._gate("overview")
+        return await self.inner.overview(since_day, since)
+
+    async def key_activity(self, day: str, month_start: str) -> list[KeyActivity]:
+        await self._gate("key_activity")
+        return await self.inner.key_activity(day, month_start)
+
+    async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
+        await self._gate("add_console_session")
+        await self.inner.add_console_session(value_hash, now, expires_at)
+
+    async def console_session(self, value_hash: str, now: float) -> bool:
+        await self._gate("console_session")
+        return await self.inner.console_session(value_hash, now)
+
+    async def end_console_session(self, value_hash: str) -> None:
+        await self._gate("end_console_session")
+        await self.inner.end_console_session(value_hash)
 
 
 def _conforms(store: FaultyStore) -> Store:

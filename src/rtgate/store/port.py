@@ -68,6 +68,44 @@ class SessionSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class DayTotals:
+    """Sessions started and usage metered on one UTC day."""
+
+    day: str
+    sessions: int
+    provider_nanos: int
+    charged_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTally:
+    """How many sessions of a window ended with one close code and reason."""
+
+    code: int | None
+    reason: str | None
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The store's side of the console's overview: per UTC day from ``since_day`` on (days
+    without sessions or usage are left out), and how the window's sessions ended."""
+
+    days: tuple[DayTotals, ...]
+    closes: tuple[CloseTally, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """A key's charged spend (this UTC day, this UTC month, ever) and its last session."""
+
+    key_id: str
+    spend: tuple[int, int, int]
+    sessions: int
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionOpen:
     id: str
     key_id: str
@@ -210,5 +248,37 @@ class Store(Protocol):
     ) -> list[UsageSummary]: ...
 
     async def recent_sessions(
-        self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
-    ) -> list[SessionSummary]: ...
+        self,
+        limit: int = 50,
+        key_id: str | None = None,
+        session_id: str | None = None,
+        before: str | None = None,
+    ) -> list[SessionSummary]:
+        """Newest first; ``before`` (a session id) starts the page after that session, in the
+        same order (keyset pagination: a page costs the same however deep it is)."""
+        ...
+
+    async def session_usage(self, session_id: str) -> list[UsageRecord]:
+        """The session's usage records in the order they were metered."""
+        ...
+
+    async def overview(self, since_day: str, since: float) -> Overview:
+        """Totals per UTC day of sessions started and usage metered from ``since_day`` on, and
+        the close codes of the sessions started since ``since`` (unix seconds, that day's
+        start)."""
+        ...
+
+    async def key_activity(self, day: str, month_start: str) -> list[KeyActivity]:
+        """Every key with any session or usage: spend as ``spend`` sums it, and its last
+        session's start."""
+        ...
+
+    async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
+        """A signed-in console session (only its hash); expired ones may be dropped."""
+        ...
+
+    async def console_session(self, value_hash: str, now: float) -> bool:
+        """Whether the console session is signed in and not expired at ``now``."""
+        ...
+
+    async def end_console_session(self, value_hash: str) -> None: ...

@@ -45,6 +45,8 @@ sessions = Table(
     Column("closed_by", String(20), nullable=True),
     Index("ix_sessions_started_at", "started_at"),
     Index("ix_sessions_key_id", "key_id"),
+    #: A key's sessions newest first, and its last session, without reading the others.
+    Index("ix_sessions_key_started", "key_id", "started_at"),
 )
 
 usage_records = Table(
@@ -81,6 +83,8 @@ usage_records = Table(
     Column("unit", String(10), nullable=False, server_default="token"),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
+    #: Spend per day across keys (the console's overview) reads a range of days only.
+    Index("ix_usage_day", "day"),
     Index("ux_usage_record_id", "record_id", unique=True),
 )
 
@@ -134,4 +138,16 @@ calls = Table(
     Column("model", String(200), nullable=False),
     Column("upstream", String(100), nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+#: Signed-in sessions of the operator console (``rtgate.web.signin``): the SHA-256 of the cookie's
+#: value, never the value, so the table cannot be replayed into a browser. Shared by every
+#: process, so a sign-in holds on any worker and a sign-out ends it on all.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("value_hash", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_console_sessions_expires_at", "expires_at"),
 )

@@ -20,7 +20,21 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Table, bindparam, case, event, func, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
@@ -31,8 +45,12 @@ from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
 from rtgate.store.port import (
+    CloseTally,
+    DayTotals,
     Entry,
+    KeyActivity,
     KeyInfo,
+    Overview,
     SessionClose,
     SessionOpen,
     SessionSummary,
@@ -45,6 +63,7 @@ from rtgate.store.schema import (
     api_keys,
     calls,
     client_secrets,
+    console_sessions,
     metadata,
     sessions,
     transcript_entries,
@@ -53,6 +72,9 @@ from rtgate.store.schema import (
 
 #: The default deadline of a store call the relay waits on (a key lookup, spend, a write).
 STORE_TIMEOUT_S = 3.0
+SECONDS_PER_DAY = 86400
+#: The overview lists this many (close code, reason) pairs, the commonest first.
+MAX_CLOSE_TALLIES = 20
 #: The deadline of a report (usage, sessions, transcripts, listings): it may scan a large table.
 REPORT_TIMEOUT_S = 60.0
 
@@ -605,28 +627,19 @@ class SqlStore:
 
     @_bounded("read", report=True)
     async def recent_sessions(
-        self, limit: int = 50, key_id: str | None = None, session_id: str | None = None
+        self,
+        limit: int = 50,
+        key_id: str | None = None,
+        session_id: str | None = None,
+        before: str | None = None,
     ) -> list[SessionSummary]:
-        u = usage_records.c
-        totals = (
-            select(
-                u.session_id,
-                func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
-                func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
-                *_SUMS,
-            )
-            .group_by(u.session_id)
-            .subquery()
-        )
         s = sessions.c
+        # The page first, along the started_at index (or key_id, started_at); then the usage of
+        # its sessions only: a page's cost does not grow with the table.
         q = (
-            select(sessions, api_keys.c.name.label("key_name"), totals)
-            .select_from(
-                sessions.join(api_keys, api_keys.c.id == s.key_id).outerjoin(
-                    totals, totals.c.session_id == s.id
-                )
-            )
-            .order_by(s.started_at.desc())
+            select(sessions, api_keys.c.name.label("key_name"))
+            .select_from(sessions.join(api_keys, api_keys.c.id == s.key_id))
+            .order_by(s.started_at.desc(), s.id.desc())
             .limit(limit)
         )
         if key_id:
@@ -634,26 +647,174 @@ class SqlStore:
         if session_id:
             q = q.where(s.id == session_id)
         async with self.engine.connect() as conn:
+            if before:
+                anchor = (
+                    await conn.execute(select(s.started_at).where(s.id == before))
+                ).scalar_one_or_none()
+                if anchor is None:
+                    return []
+                q = q.where(or_(s.started_at < anchor, and_(s.started_at == anchor, s.id < before)))
             rows = (await conn.execute(q)).all()
+            totals = await _session_totals(conn, [r.id for r in rows])
         out = []
         for r in rows:
-            m = r._mapping
+            usage, provider, charged = totals.get(r.id, (Usage(), 0, 0))
             out.append(
                 SessionSummary(
-                    id=m[s.id],
-                    key_id=m[s.key_id],
-                    key_name=m["key_name"],
-                    model=m[s.model],
-                    upstream=m[s.upstream],
-                    intent=m[s.intent],
-                    started_at=m[s.started_at],
-                    ended_at=m[s.ended_at],
-                    close_code=m[s.close_code],
-                    close_reason=m[s.close_reason],
-                    closed_by=m[s.closed_by],
-                    usage=Usage("response", *(int(m[totals.c[f]] or 0) for f in USAGE_FIELDS)),
-                    provider_nanos=int(m[totals.c.provider_nanos] or 0),
-                    charged_nanos=int(m[totals.c.charged_nanos] or 0),
+                    id=r.id,
+                    key_id=r.key_id,
+                    key_name=r.key_name,
+                    model=r.model,
+                    upstream=r.upstream,
+                    intent=r.intent,
+                    started_at=r.started_at,
+                    ended_at=r.ended_at,
+                    close_code=r.close_code,
+                    close_reason=r.close_reason,
+                    closed_by=r.closed_by,
+                    usage=usage,
+                    provider_nanos=provider,
+                    charged_nanos=charged,
                 )
             )
         return out
+
+    @_bounded("read", report=True)
+    async def session_usage(self, session_id: str) -> list[UsageRecord]:
+        u = usage_records.c
+        q = select(usage_records).where(u.session_id == session_id).order_by(u.created_at, u.id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            UsageRecord(
+                session_id=r.session_id,
+                key_id=r.key_id,
+                model=r.model,
+                price_key=r.price_key,
+                usage=Usage(r.kind, *(int(getattr(r, f)) for f in USAGE_FIELDS)),
+                provider_nanos=int(r.provider_nanos),
+                charged_nanos=int(r.charged_nanos),
+                created_at=r.created_at,
+                ref=r.ref,
+                review=r.review,
+                record_id=r.record_id or f"ur_row{r.id}",
+                unit=r.unit,
+            )
+            for r in rows
+        ]
+
+    def _day_number(self, seconds: Any) -> Any:
+        """The UTC day number (days since 1970-01-01) of a unix time column."""
+        if self.engine.dialect.name == "postgresql":
+            return func.floor(seconds / SECONDS_PER_DAY)
+        # SQLite: the integer cast truncates, which is the floor for times after 1970.
+        return cast(seconds / SECONDS_PER_DAY, Integer)
+
+    @_bounded("read", report=True)
+    async def overview(self, since_day: str, since: float) -> Overview:
+        u, s = usage_records.c, sessions.c
+        spend = (
+            select(
+                u.day,
+                func.coalesce(func.sum(u.provider_nanos), 0),
+                func.coalesce(func.sum(u.charged_nanos), 0),
+            )
+            .where(u.day >= since_day)
+            .group_by(u.day)
+        )
+        day = self._day_number(s.started_at).label("day")
+        started = select(day, func.count()).where(s.started_at >= since).group_by(day)
+        n = func.count().label("n")
+        closes = (
+            select(s.close_code, s.close_reason, n)
+            .where(s.started_at >= since)
+            .group_by(s.close_code, s.close_reason)
+            .order_by(n.desc(), s.close_code)
+            .limit(MAX_CLOSE_TALLIES)
+        )
+        async with self.engine.connect() as conn:
+            money = {r[0]: (int(r[1]), int(r[2])) for r in (await conn.execute(spend)).all()}
+            counts = {
+                utc_day(int(r[0]) * SECONDS_PER_DAY): int(r[1])
+                for r in (await conn.execute(started)).all()
+            }
+            tallies = (await conn.execute(closes)).all()
+        days = tuple(
+            DayTotals(d, counts.get(d, 0), *money.get(d, (0, 0)))
+            for d in sorted(set(money) | set(counts))
+            if d >= since_day
+        )
+        return Overview(
+            days, tuple(CloseTally(r.close_code, r.close_reason, int(r.n)) for r in tallies)
+        )
+
+    @_bounded("read", report=True)
+    async def key_activity(self, day: str, month_start: str) -> list[KeyActivity]:
+        u, s = usage_records.c, sessions.c
+        spend = select(
+            u.key_id,
+            func.coalesce(func.sum(case((u.day == day, u.charged_nanos), else_=0)), 0),
+            func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
+            func.coalesce(func.sum(u.charged_nanos), 0),
+        ).group_by(u.key_id)
+        used = select(s.key_id, func.count(), func.max(s.started_at)).group_by(s.key_id)
+        async with self.engine.connect() as conn:
+            spent = {
+                r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in (await conn.execute(spend)).all()
+            }
+            last = {r[0]: (int(r[1]), r[2]) for r in (await conn.execute(used)).all()}
+        return [
+            KeyActivity(k, spent.get(k, (0, 0, 0)), *last.get(k, (0, None)))
+            for k in sorted(set(spent) | set(last))
+        ]
+
+    # -- console sign-ins -----------------------------------------------------------------------
+    @_bounded("write")
+    async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
+        c = console_sessions.c
+        async with self.engine.begin() as conn:
+            await conn.execute(console_sessions.delete().where(c.expires_at <= now))
+            await conn.execute(
+                console_sessions.insert().values(
+                    value_hash=value_hash, created_at=now, expires_at=expires_at
+                )
+            )
+
+    @_bounded("read")
+    async def console_session(self, value_hash: str, now: float) -> bool:
+        c = console_sessions.c
+        q = select(c.expires_at).where(c.value_hash == value_hash)
+        async with self.engine.connect() as conn:
+            expires = (await conn.execute(q)).scalar_one_or_none()
+        return expires is not None and now < expires
+
+    @_bounded("write")
+    async def end_console_session(self, value_hash: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                console_sessions.delete().where(console_sessions.c.value_hash == value_hash)
+            )
+
+
+async def _session_totals(
+    conn: AsyncConnection, session_ids: Sequence[str]
+) -> dict[str, tuple[Usage, int, int]]:
+    """Usage, provider and charged nano-dollars of these sessions (along ix_usage_session)."""
+    if not session_ids:
+        return {}
+    u = usage_records.c
+    q = (
+        select(
+            u.session_id,
+            func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
+            func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
+            *_SUMS,
+        )
+        .where(u.session_id.in_(session_ids))
+        .group_by(u.session_id)
+    )
+    rows = (await conn.execute(q)).all()
+    return {
+        r.session_id: (_usage_from_row(r), int(r.provider_nanos), int(r.charged_nanos))
+        for r in rows
+    }

@@ -1,0 +1,267 @@
+"""The operator console in headless Chromium and over plain HTTP: signing in and out, keys
+created, listed, edited and revoked through the pages, CSRF refusals, and accessibility basics
+(labels, keyboard use, contrast)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from playwright.async_api import Page, expect
+
+from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
+from tests.browser import chromium
+from tests.conftest import TOKEN, RunningGateway
+
+PAGES = (
+    "/ui/",
+    "/ui/keys",
+    "/ui/keys/new",
+    "/ui/usage",
+    "/ui/sessions",
+    "/ui/models",
+    "/ui/playground",
+)
+
+#: The checks of ``page_checks.js``: each a function of no arguments that returns offenders.
+_CHECKS = (Path(__file__).parent / "page_checks.js").read_text()
+UNLABELLED = f"() => {{ {_CHECKS}; return unlabelled(); }}"
+LOW_CONTRAST = f"() => {{ {_CHECKS}; return lowContrast(); }}"
+
+
+async def sign_in(page: Page, gw: RunningGateway, token: str = TOKEN) -> None:
+    await page.goto(f"{gw.http}/ui/")
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def test_sign_in_create_a_key_see_it_listed_edit_and_revoke_it(admin: RunningGateway) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        # GET / leads to the console, which asks for the token first.
+        await page.goto(f"{admin.http}/")
+        await expect(page).to_have_url(re.compile(r"/ui/signin\?next="))
+        await sign_in(page, admin, "not-the-token")
+        await expect(page.get_by_role("alert")).to_have_text("That is not the admin token.")
+        await page.get_by_label("Admin token").fill(TOKEN)
+        await page.get_by_label("Admin token").press("Enter")
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        cookie = next(c for c in await page.context.cookies() if c["name"] == SESSION_COOKIE)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+        assert TOKEN not in cookie["value"]
+
+        await page.get_by_role("link", name="Keys", exact=True).click()
+        await page.get_by_role("link", name="Create a key").click()
+        await page.get_by_label("Name").fill("alice")
+        await page.get_by_label("gpt-realtime", exact=True).check()
+        await page.get_by_label("Sessions at once").fill("3")
+        await page.get_by_label("Per UTC day").fill("2.5")
+        await page.get_by_label("Keep transcripts").check()
+        await page.get_by_role("button", name="Create the key").click()
+        await expect(page.get_by_role("heading", name="Key alice created")).to_be_visible()
+        secret = await page.get_by_label("Secret of alice").input_value()
+        assert secret.startswith("rtg_")
+        (key,) = await admin.store.list_keys()
+        assert key.name == "alice" and secret.startswith(key.display_prefix)
+
+        # Listed with its policy; the secret was shown once and is nowhere else.
+        await page.get_by_role("link", name="Back to the keys").click()
+        row = page.locator(f"#keys tr[data-key-id='{key.id}']")
+        await expect(row).to_contain_text("alice")
+        await expect(row).to_contain_text("gpt-realtime")
+        await expect(row).to_contain_text("3 at once")
+        await expect(row).to_contain_text("of $2.50")
+        assert secret not in await page.content()
+
+        # An invalid edit says why and changes nothing; a valid one clears and sets.
+        await page.goto(f"{admin.http}/ui/keys")
+        await row.get_by_role("link", name="Edit").click()
+        await page.get_by_label("Longest session").fill("forever")
+        await page.get_by_role("button", name="Save the policy").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not a duration")
+        await page.get_by_label("Longest session").fill("30m")
+        await page.get_by_label("Sessions at once").fill("")
+        await page.get_by_role("button", name="Save the policy").click()
+        await expect(page.get_by_role("status")).to_contain_text("updated")
+        await expect(row).to_contain_text("30 min 00 s max")
+        await expect(row).not_to_contain_text("at once")
+
+        # Revoking asks first; Cancel leaves it be.
+        await row.get_by_role("link", name="Revoke").click()
+        await expect(page.get_by_role("heading", name="Revoke the key alice?")).to_be_visible()
+        await page.get_by_role("link", name="Cancel").click()
+        assert (await admin.store.get_key(key.id)).active
+        await row.get_by_role("link", name="Revoke").click()
+        await page.get_by_role("button", name="Revoke the key").click()
+        await expect(page.get_by_role("status")).to_contain_text("revoked")
+        await expect(row).to_contain_text("revoked")
+        assert not (await admin.store.get_key(key.id)).active
+
+        # Signing out ends the session on the server, not only in this browser.
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_role("status").or_(page.locator(".notice"))).to_contain_text(
+            "signed out"
+        )
+        await page.goto(f"{admin.http}/ui/keys")
+        await expect(page).to_have_url(re.compile(r"/ui/signin"))
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        aiohttp.ClientSession(cookie_jar=jar, cookies={SESSION_COOKIE: cookie["value"]}) as http,
+        http.get(f"{admin.http}/ui/keys", allow_redirects=False) as r,
+    ):
+        assert r.status == 303 and r.headers["Location"].startswith("/ui/signin")
+
+
+async def test_every_page_is_labelled_keyboard_usable_and_readable(admin: RunningGateway) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await sign_in(page, admin)
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        for path in PAGES:
+            response = await page.goto(admin.http + path)
+            assert response is not None and response.status == 200, path
+            assert await page.evaluate(UNLABELLED) == [], path
+            assert await page.evaluate(LOW_CONTRAST) == [], path
+            assert await page.locator("h1").count() == 1, path
+        # The keyboard alone: skip link first, then the navigation, then a key is created.
+        await page.goto(f"{admin.http}/ui/keys")
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        await page.get_by_role("link", name="Create a key").focus()
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_label("Name")).to_be_focused()  # autofocus
+        await page.keyboard.type("bob")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("heading", name="Key bob created")).to_be_visible()
+
+
+async def console_cookies(gw: RunningGateway) -> tuple[aiohttp.ClientSession, str]:
+    """An HTTP client signed in to the console, and its CSRF token (from a page's form)."""
+    # unsafe: the jar keeps cookies of an IP address (the loopback gateway's).
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with http.get(f"{gw.http}/ui/signin") as r:
+        form_token = re.search(r'name="form_token" value="([^"]+)"', await r.text())[1]  # type: ignore[index]
+    async with http.post(
+        f"{gw.http}/ui/signin", data={"token": TOKEN, "form_token": form_token, "next": "/ui/keys"}
+    ) as r:
+        assert r.status == 200 and str(r.url).endswith("/ui/keys")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())[1]  # type: ignore[index]
+    return http, csrf
+
+
+async def test_a_post_without_the_right_csrf_token_changes_nothing(admin: RunningGateway) -> None:
+    http, csrf = await console_cookies(admin)
+    async with http:
+        for data, headers in (
+            ({"name": "eve"}, {}),
+            ({"name": "eve", "csrf": "0" * 64}, {}),
+            ({"name": "eve", "csrf": csrf}, {"Origin": "http://evil.example"}),
+        ):
+            async with http.post(f"{admin.http}/ui/keys", data=data, headers=headers) as r:
+                assert r.status == 403, data
+                assert "nothing was changed" in await r.text()
+        assert await admin.store.list_keys() == []
+        async with http.post(f"{admin.http}/ui/keys", data={"name": "ok", "csrf": csrf}) as r:
+            assert r.status == 200 and "Key ok created" in await r.text()
+        # The sign-in form has its own: a forged sign-in is refused before the token is read.
+        async with (
+            aiohttp.ClientSession() as stranger,
+            stranger.post(f"{admin.http}/ui/signin", data={"token": TOKEN, "form_token": "x"}) as r,
+        ):
+            assert r.status == 403 and SESSION_COOKIE not in r.cookies
+
+
+async def test_a_form_posted_from_another_site_carries_no_console_session(
+    admin: RunningGateway,
+) -> None:
+    """SameSite=Strict: a signed-in browser that visits another site's page, which posts a
+    form to the console, sends no session with it."""
+    forged = (
+        f'<form id="f" method="post" action="{admin.http}/ui/keys">'
+        '<input name="name" value="planted"><input name="csrf" value="guess"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+
+    async def evil(_: web.Request) -> web.Response:
+        return web.Response(text=forged, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", evil)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "localhost", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await sign_in(page, admin)
+            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            await page.goto(f"http://localhost:{port}/")
+            await page.wait_for_url(re.compile(r"/ui/keys"))
+            await expect(page.locator("h1")).to_have_text(re.compile("Sign in|Form refused"))
+    finally:
+        await runner.cleanup()
+    assert await admin.store.list_keys() == []
+
+
+async def test_a_wrong_token_takes_as_long_as_the_right_one(admin: RunningGateway) -> None:
+    async def attempt(token: str) -> tuple[float, int]:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(f"{admin.http}/ui/signin") as r:
+                form_token = re.search(r'name="form_token" value="([^"]+)"', await r.text())[1]  # type: ignore[index]
+            started = time.perf_counter()
+            async with http.post(
+                f"{admin.http}/ui/signin",
+                data={"token": token, "form_token": form_token},
+                allow_redirects=False,
+            ) as r:
+                return time.perf_counter() - started, r.status
+
+    right, wrong = [], []
+    for _ in range(4):
+        took, status = await attempt(TOKEN)
+        assert status == 303
+        right.append(took)
+        took, status = await attempt(TOKEN[:-1] + "x")
+        assert status == 401
+        wrong.append(took)
+    assert min(right + wrong) >= SIGNIN_FLOOR_S
+    assert abs(statistics.median(right) - statistics.median(wrong)) < 0.1, (right, wrong)
+
+
+@pytest.mark.parametrize("path", ["/ui/", "/ui/keys", "/ui/signin", "/ui/sessions/rs_x"])
+async def test_without_an_admin_token_the_console_only_says_how_to_set_one(
+    gateway: RunningGateway, path: str
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(gateway.http + path) as r:
+        assert r.status == 200
+        page = await r.text()
+    assert "RTGATE_ADMIN_TOKEN" in page and "Turn the console on" in page
+    assert 'href="/ui/keys"' not in page and "Sign in" not in page
+
+
+async def test_console_pages_carry_no_store_and_a_strict_content_policy(
+    admin: RunningGateway,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{admin.http}/ui/signin") as r:
+        assert r.headers["Cache-Control"] == "no-store"
+        csp = r.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+
+
+async def test_the_page_checks_find_what_they_look_for() -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.set_content(
+            '<p style="color:#bbbbbb">faint</p><input id="x"><label>ok <input></label>'
+        )
+        assert [u for u in await page.evaluate(UNLABELLED)] == ['<input id="x">']
+        (faint,) = await page.evaluate(LOW_CONTRAST)
+        assert faint.startswith("P 1.9")
