@@ -236,6 +236,33 @@ async def test_client_close_code_is_mirrored_upstream(
     assert provider.closes[-1][0] == 4100
 
 
+async def test_a_client_close_without_a_status_code_is_recorded_as_1005(
+    gateway: RunningGateway, provider: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A browser's ws.close() sends an empty close frame: RFC 6455 7.1.5 calls that 1005.
+    caplog.set_level(logging.INFO, logger="rtgate.relay")
+    key = await gateway.new_key()
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        await first_events(ws, 1)
+        await ws.close(code=None)  # type: ignore[arg-type]
+    for _ in range(200):
+        (sess,) = await gateway.store.recent_sessions()
+        if sess.ended_at is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert (sess.close_code, sess.closed_by) == (1005, "client")
+    assert "session closed by client: 1005" in caplog.text
+    # 1005 must never be sent (RFC 6455 7.4.1): the provider is told 1000.
+    for _ in range(100):
+        if provider.closes:
+            break
+        await asyncio.sleep(0.01)
+    assert provider.closes[-1][0] == 1000
+
+
 async def test_upstream_that_vanishes_mid_session_gives_error_and_1011(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

@@ -27,7 +27,7 @@ from rtgate.auth.policy import KeyPolicy, over_budget
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway, shutting_down
-from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.relay_session import RelaySession, received_close_code
 from rtgate.relay.admission import metered_session
 from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
 from rtgate.relay.call_owners import CALL_ID
@@ -280,7 +280,10 @@ class Sideband:
             else:
                 # The upstream ended the call, or the socket was closed from here (then the
                 # session is closed already and this changes nothing).
-                code = ws.close_code if ws.close_code is not None else 1006
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    code = received_close_code(msg.data)
+                else:
+                    code = ws.close_code if ws.close_code is not None else 1006
                 session.close(code, str(msg.extra or ""), "upstream")
                 return
 
