@@ -885,7 +885,9 @@ async def test_a_function_call_and_its_output_round_trip_with_the_scripted_brain
 class ChatServer:
     """A fake ``/v1/chat/completions`` that streams scripted SSE replies, one per request."""
 
-    replies: list[list[dict[str, Any]] | int]
+    #: A reply is its chunks' deltas (an ``asyncio.Event`` among them: wait for it to be set
+    #: before going on), or an HTTP status to fail with.
+    replies: list[list[dict[str, Any] | asyncio.Event] | int]
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
@@ -897,6 +899,9 @@ class ChatServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for delta in reply:
+            if isinstance(delta, asyncio.Event):
+                await delta.wait()
+                continue
             chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             await asyncio.sleep(0.01)
@@ -909,7 +914,7 @@ class ChatServer:
 async def chat_server() -> AsyncIterator[Callable[..., Awaitable[ChatServer]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(replies: list[list[dict[str, Any]] | int]) -> ChatServer:
+    async def start(replies: list[list[dict[str, Any] | asyncio.Event] | int]) -> ChatServer:
         chat = ChatServer(replies)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat.handle)
@@ -984,6 +989,14 @@ async def test_the_openai_compatible_brain_streams_text_and_tool_calls(
         call["arguments"],
         call2["arguments"],
     ]
+    # One delta per fragment the brain received, in order (protocol.md 6, "Function call").
+    for c, args in ((call, '{"city": "Oslo"}'), (call2, '{"city": "Bergen"}')):
+        deltas = [
+            e["delta"]
+            for e in tr.of("response.function_call_arguments.delta")
+            if e["item_id"] == c["id"]
+        ]
+        assert deltas == [args[: len(args) // 2], args[len(args) // 2 :]]
     body = chat.requests[0]
     assert body["model"] == "local-llm" and body["stream"] is True
     assert body["messages"] == [
@@ -1034,6 +1047,38 @@ async def test_the_openai_compatible_brain_streams_text_and_tool_calls(
     assert failed["status_details"]["type"] == "failed"
     assert failed["status_details"]["error"]["type"] == "server_error"
     assert failed["output"] == []
+
+
+async def test_tool_call_arguments_reach_the_client_while_the_brain_still_streams_them(
+    engine_sdk: Callable[..., Awaitable[SdkSession]],
+    chat_server: Callable[..., Awaitable[ChatServer]],
+) -> None:
+    arguments = '{"city": "Tromso", "days": 3}'
+    opening, first, rest = tool_call_chunks("call_tromso0001", "get_weather", arguments)
+    held = asyncio.Event()
+    chat = await chat_server([[opening, first, held, rest]])
+    sdk = await engine_sdk(brain=OpenAICompatibleBrain(chat.url, "local-llm"))
+    conn, wire = sdk.conn, sdk.wire
+    await conn.session.update(session={**MANUAL, "tools": [WEATHER_TOOL]})
+    await conn.conversation.item.create(item=user_text("Weather in Tromso?"))
+    await conn.response.create()
+    added = (await wire.until("response.output_item.added"))[-1]["item"]
+    assert (added["name"], added["call_id"], added["arguments"]) == (
+        "get_weather",
+        "call_tromso0001",
+        "",
+    )
+    # The brain server holds the rest back: what it sent so far is already on the wire.
+    delta = (await wire.until("response.function_call_arguments.delta"))[-1]
+    assert delta["delta"] == arguments[: len(arguments) // 2]
+    held.set()
+    response = await wire.done()
+    tr = trace(wire.events, response["id"])
+    assert [d["delta"] for d in tr.of("response.function_call_arguments.delta")] == [
+        arguments[: len(arguments) // 2],
+        arguments[len(arguments) // 2 :],
+    ]
+    assert response["output"][0]["arguments"] == arguments
 
 
 async def test_speech_during_a_response_cancels_it_and_starts_the_next_turn(
