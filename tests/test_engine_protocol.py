@@ -102,6 +102,12 @@ def test_a_transcription_session_is_created_as_one() -> None:
     assert created["session"]["type"] == "transcription"
     assert created["session"]["object"] == "realtime.transcription_session"
     assert "output" not in created["session"]["audio"]
+    # With no model chosen it transcribes anyway, and says with which (docs/engine-fidelity.md).
+    transcription = created["session"]["audio"]["input"]["transcription"]
+    assert transcription["model"] == "gpt-4o-mini-transcribe"
+    # A realtime session transcribes its input only when asked to.
+    (realtime,) = EngineSession(model="gpt-realtime").created()
+    assert realtime["session"]["audio"]["input"]["transcription"] is None
 
 
 def test_session_update_without_a_type_is_refused_with_the_event_id_echoed() -> None:

@@ -673,6 +673,21 @@ async def test_a_transcription_session_transcribes_and_never_responds(
     assert usage["output_tokens"] == count_tokens("hello from the test")
 
 
+async def test_a_transcription_session_with_no_model_chosen_transcribes_with_the_default(
+    engine_ws: Callable[..., Awaitable[Wire]],
+) -> None:
+    # The product page's URL, audio appended, no session.update at all.
+    wire = await engine_ws(intent="transcription")
+    created = wire.events[-1]["session"]
+    assert created["audio"]["input"]["transcription"]["model"] == "gpt-4o-mini-transcribe"
+    speech = tone(600) + bytes(48 * 400)
+    for off in range(0, len(speech), 960):
+        await wire.send("input_audio_buffer.append", audio=b64(speech[off : off + 960]))
+    events = await wire.until("conversation.item.input_audio_transcription.completed")
+    assert events[-1]["transcript"] == "hello from the test"
+    assert events[-1]["usage"]["type"] == "tokens"
+
+
 # -- the official SDK through the gateway to an engine built for the test -------------------
 
 

@@ -15,6 +15,7 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 
+from rtgate.auth.policy import KeyPolicy
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
@@ -25,7 +26,7 @@ from tests.test_client_secrets import key_with
 
 
 async def first_events(ws: Any, n: int) -> list[dict[str, Any]]:
-    return [orjson.loads(await ws.recv()) for _ in range(n)]
+    return [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(n)]
 
 
 async def refused(
@@ -199,6 +200,47 @@ async def test_transcription_intent_is_passed_upstream_and_metered(
     assert row.charged_nanos == 150_000  # 1.5 s at $0.006 / minute
     (sess,) = await gateway.store.recent_sessions()
     assert sess.intent == "transcription"
+
+
+async def test_a_relayed_transcription_session_with_no_model_gets_the_default_one(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        created, updated = await first_events(ws, 2)
+    # The provider's session.created, then rtgate's default applied before any client frame.
+    assert created["type"] == "session.created"
+    assert updated["type"] == "session.updated"
+    transcription = updated["session"]["audio"]["input"]["transcription"]
+    assert transcription["model"] == "gpt-4o-mini-transcribe"
+
+    # A key whose defaults choose one: that one, and nothing else sent.
+    policy = KeyPolicy(
+        session_defaults={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    )
+    _, chosen = await gw.app[GATEWAY].keyring.create("chooser", policy)
+    async with connect(
+        f"{gw.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {chosen}"},
+    ) as ws:
+        created, updated = await first_events(ws, 2)
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        (after,) = await first_events(ws, 1)
+    assert updated["session"]["audio"]["input"]["transcription"]["model"] == "whisper-1"
+    assert after["type"] == "input_audio_buffer.cleared"
+    # A realtime session is left as its provider makes it.
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        (created,) = await first_events(ws, 1)
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        (after,) = await first_events(ws, 1)
+    assert after["type"] == "input_audio_buffer.cleared"
 
 
 async def test_upstream_close_code_and_reason_are_mirrored(

@@ -2,9 +2,9 @@
 
 The brain's output becomes output items: text and audio messages (synthesised sentence by
 sentence as the text streams in) and function calls, whose arguments go out a
-``response.function_call_arguments.delta`` per fragment the brain produces. A response can be stopped at any point
-(cancel or barge-in); it always ends with ``response.done`` and its usage, then
-``rate_limits.updated``.
+``response.function_call_arguments.delta`` per fragment the brain produces. A response can be
+stopped at any point (cancel or barge-in); it always ends with ``response.done`` and its usage,
+then ``rate_limits.updated``.
 
 ``max_output_tokens`` bounds the output tokens the usage reports (text, transcripts and
 function call arguments with the o200k tokenizer, audio at 20 tokens a second). Output is

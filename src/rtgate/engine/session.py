@@ -41,12 +41,12 @@ from rtgate.engine.session_config import (
     check_update,
     default_session,
     format_type,
-    merge,
 )
 from rtgate.engine.tokens import count_tokens
 from rtgate.engine.turns import IdleTimeout, TurnEnded, TurnStarted, TurnTaker, with_defaults
 from rtgate.engine.vad import VoiceActivityDetector
 from rtgate.protocol.ids import new_id
+from rtgate.protocol.session_fields import merge
 
 Event = dict[str, Any]
 

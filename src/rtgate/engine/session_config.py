@@ -17,7 +17,6 @@ The model is fixed for the session: a different one is ignored, as OpenAI does.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +26,6 @@ from rtgate.protocol.ids import new_id
 
 DEFAULT_INSTRUCTIONS = "You are a helpful, witty, and friendly AI running locally inside rtgate."
 MAX_OUTPUT_TOKENS = 4096
-
-#: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
-_WHOLE = frozenset({"turn_detection", "format"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +55,8 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
                 "input": {
                     "format": fmt,
                     "noise_reduction": None,
-                    "transcription": None,
+                    # The product page's URL alone must transcribe (protocol.md 2.5).
+                    "transcription": {"model": session_fields.DEFAULT_TRANSCRIPTION_MODEL},
                     "turn_detection": default_turn_detection(),
                 }
             },
@@ -89,15 +86,6 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
             "output": {"format": dict(fmt), "voice": "alloy", "speed": 1.0},
         },
     }
-
-
-def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Apply an update: omitted fields are left alone (protocol.md 2.5)."""
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in _WHOLE:
-            merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
 
 
 def check_update(

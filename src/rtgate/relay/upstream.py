@@ -39,6 +39,13 @@ _DROP = frozenset(
 )
 
 
+#: On a dial of rtgate's own engine: how many of the first frames are the gateway's setup
+#: ``session.update``, to apply before ``session.created`` (engine/server.py). Headers of the
+#: ``Rtgate-`` family are the gateway's own: a client's are never forwarded.
+SETUP_FRAMES_HEADER = "Rtgate-Setup-Frames"
+_OWN_PREFIX = "rtgate-"
+
+
 def ws_scheme(url: str) -> str:
     if url.startswith("https://"):
         return "wss://" + url[len("https://") :]
@@ -66,7 +73,7 @@ def upstream_headers(
     headers = {
         k: v
         for k, v in client_headers.items()
-        if k.lower() not in _DROP and not k.lower().startswith("sec-websocket-")
+        if k.lower() not in _DROP and not k.lower().startswith(("sec-websocket-", _OWN_PREFIX))
     }
     if api_key:
         if up.kind == "azure":
