@@ -108,6 +108,8 @@ async def _dial(
             upstream = await gw.http.ws_connect(
                 url,
                 headers=headers,
+                # rtgate's own engine on a TLS listener: its certificate, pinned.
+                ssl=gw.local_tls if up.kind == "local" and gw.local_tls is not None else True,
                 max_msg_size=0,
                 compress=0,
                 # The bridge pings and answers pings itself (bridge.py, Heartbeat).
