@@ -138,15 +138,19 @@ def test_session_update_with_an_unknown_parameter_names_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("side", "fmt"),
+    ("side", "fmt", "code", "field"),
     [
-        ("input", {"type": "audio/pcm", "rate": 16000}),
-        ("input", {"type": "audio/mp3"}),
-        ("output", {"type": "g711_ulaw"}),
-        ("output", "audio/pcmu"),
+        ("input", {"type": "audio/pcm", "rate": 16000}, "invalid_value", ".rate"),
+        ("input", {"type": "audio/mp3"}, "invalid_value", ".type"),
+        ("output", {"type": "g711_ulaw"}, "invalid_value", ".type"),
+        # The beta spelling: "Invalid type for 'session.audio.input.format': expected an
+        # object, but got a string instead." as OpenAI answers it.
+        ("output", "audio/pcmu", "invalid_type", ""),
     ],
 )
-def test_session_update_with_a_bad_audio_format_is_refused(side: str, fmt: Any) -> None:
+def test_session_update_with_a_bad_audio_format_is_refused(
+    side: str, fmt: Any, code: str, field: str
+) -> None:
     s = EngineSession(model="gpt-realtime")
     err = only_error(
         send(
@@ -156,9 +160,14 @@ def test_session_update_with_a_bad_audio_format_is_refused(side: str, fmt: Any) 
             session={"type": "realtime", "audio": {side: {"format": fmt}}},
         )
     )
-    assert err["code"] == "invalid_value"
-    assert err["param"] == f"session.audio.{side}.format"
+    assert err["code"] == code
+    assert err["param"] == f"session.audio.{side}.format{field}"
     assert err["event_id"] == "ev_fmt"
+    if code == "invalid_type":
+        assert err["message"] == (
+            f"Invalid type for 'session.audio.{side}.format': expected an object, "
+            "but got a string instead."
+        )
     assert s.session["audio"][side]["format"] == {"type": "audio/pcm", "rate": 24000}
 
 
@@ -445,7 +454,11 @@ def test_truncate_beyond_the_audio_or_of_a_user_item_is_refused() -> None:
 def test_truncate_names_the_audio_part_by_its_content_index() -> None:
     s = EngineSession(model="gpt-realtime")
     item_id = assistant_audio_item(s, "hello there", 500)
-    for index in (1, -1, "0"):
+    for index, code in (
+        (1, "invalid_value"),
+        (-1, "integer_below_min_value"),
+        ("0", "invalid_type"),
+    ):
         err = only_error(
             send(
                 s,
@@ -456,11 +469,7 @@ def test_truncate_names_the_audio_part_by_its_content_index() -> None:
                 audio_end_ms=100,
             )
         )
-        assert (err["code"], err["param"], err["event_id"]) == (
-            "invalid_value",
-            "content_index",
-            "ci",
-        )
+        assert (err["code"], err["param"], err["event_id"]) == (code, "content_index", "ci")
     err = only_error(send(s, "conversation.item.truncate", item_id=item_id, audio_end_ms=100))
     assert (err["code"], err["param"]) == ("missing_required_parameter", "content_index")
     err = only_error(send(s, "conversation.item.truncate", item_id=item_id, content_index=0))

@@ -254,7 +254,7 @@ async def test_with_no_room_left_the_call_is_not_started() -> None:
     [
         (0, "integer_below_min_value"),
         (4097, "integer_above_max_value"),
-        ("lots", "invalid_type"),
+        ("lots", "invalid_value"),  # a string, but not "inf"
         (2.5, "invalid_type"),
         (True, "invalid_type"),
     ],

@@ -298,7 +298,7 @@ async def test_bad_client_events_get_errors_with_their_event_id_and_the_session_
     assert [(e["code"], e["param"], e["event_id"]) for e in errors] == [
         ("missing_required_parameter", "session.type", "ev_a"),
         ("unknown_parameter", "session.voice", "ev_b"),
-        ("invalid_value", "session.audio.output.format", "ev_c"),
+        ("invalid_value", "session.audio.output.format.type", "ev_c"),
         ("invalid_value", "type", "ev_d"),
         ("response_cancel_not_active", None, "ev_e"),
         ("input_audio_buffer_commit_empty", None, "ev_f"),
