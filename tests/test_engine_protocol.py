@@ -891,3 +891,159 @@ def test_a_session_update_of_the_wrong_shape_is_refused_not_fatal(
     events, _ = s.handle({"type": "session.update", "session": {"type": "realtime"}})
     assert [e["type"] for e in events] == ["session.updated"]
     assert events[0]["session"]["audio"]["output"]["voice"] == "alloy"
+
+
+# -- every client event checked as OpenAI's GA interface checks it (protocol.md 5.3) --------------
+
+ASSISTANT_TEXT = {
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "text", "text": "x"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "param", "message"),
+    [
+        (
+            {"type": "response.create", "response": {"modalities": ["text"]}},
+            "unknown_parameter",
+            "response.modalities",
+            "Unknown parameter: 'response.modalities'.",
+        ),
+        (
+            {"type": "conversation.item.create", "item": ASSISTANT_TEXT},
+            "invalid_value",
+            "item.content[0].type",
+            "Invalid value: 'text'. Value must be 'output_text'.",
+        ),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {**ASSISTANT_TEXT, "role": "user"},
+            },
+            "invalid_value",
+            "item.content[0].type",
+            "Invalid value: 'text'. Supported values are: 'input_text', 'input_audio', and "
+            "'input_image'.",
+        ),
+        (
+            {"type": "input_audio_buffer.commit", "foo": 1},
+            "unknown_parameter",
+            "foo",
+            "Unknown parameter: 'foo'.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"speed": 2.0}}},
+            },
+            "decimal_above_max_value",
+            "session.audio.output.speed",
+            "Invalid 'session.audio.output.speed': decimal above maximum value. Expected a value "
+            "<= 1.5, but got 2.0 instead.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}},
+                },
+            },
+            "decimal_above_max_value",
+            "session.audio.input.turn_detection.threshold",
+            None,
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "bob"}}},
+            },
+            "invalid_value",
+            "session.audio.output.voice",
+            "Invalid value: 'bob'. Supported values are: 'alloy', 'ash', 'ballad', 'coral', "
+            "'echo', 'sage', 'shimmer', 'verse', 'marin', and 'cedar'.",
+        ),
+        (
+            {"type": "session.update", "session": {"type": "realtime", "instructions": 7}},
+            "invalid_type",
+            "session.instructions",
+            "Invalid type for 'session.instructions': expected a string, but got an integer "
+            "instead.",
+        ),
+        (
+            {
+                "type": "response.create",
+                "response": {"metadata": {f"k{i}": "v" for i in range(17)}},
+            },
+            "object_above_max_properties",
+            "response.metadata",
+            "Invalid 'response.metadata': too many properties. Expected an object with at most "
+            "16 properties, but got an object with 17 properties instead.",
+        ),
+        (
+            {"type": "response.create", "response": {"metadata": {"k": "v" * 513}}},
+            "string_above_max_length",
+            "response.metadata.k",
+            None,
+        ),
+        (
+            {"type": "input_audio_buffer.clear", "event_id": "e" * 513},
+            "string_above_max_length",
+            "event_id",
+            "Invalid 'event_id': string too long. Expected a string with maximum length 512, "
+            "but got a string with length 513 instead.",
+        ),
+        (
+            {"type": "conversation.item.create", "item": {"type": "message", "content": []}},
+            "missing_required_parameter",
+            "item.role",
+            "Missing required parameter: 'item.role'.",
+        ),
+        (
+            {"type": "response.create", "response": {"output_modalities": ["video"]}},
+            "invalid_value",
+            "response.output_modalities[0]",
+            "Invalid value: 'video'. Supported values are: 'text' and 'audio'.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tools": [{"type": "function", "strict": True}]},
+            },
+            "unknown_parameter",
+            "session.tools[0].strict",
+            "Unknown parameter: 'session.tools[0].strict'.",
+        ),
+        (
+            {"type": "response.create", "response": {"tool_choice": "sometimes"}},
+            "invalid_value",
+            "response.tool_choice",
+            "Invalid value: 'sometimes'. Supported values are: 'none', 'auto', and 'required'.",
+        ),
+    ],
+)
+def test_client_events_are_checked_as_the_ga_interface_checks_them(
+    event: dict[str, Any], code: str, param: str, message: str | None
+) -> None:
+    s = EngineSession(model="gpt-realtime")
+    before = (s.session, list(s.items))
+    events, plan = s.handle({**event, "event_id": event.get("event_id", "ev_bad")})
+    assert plan is None
+    err = only_error(events)
+    validate_server_event(events[0])
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
+    if message is not None:
+        assert err["message"] == message
+    assert err["event_id"] == event.get("event_id", "ev_bad")
+    # Nothing of a refused event applies.
+    assert (s.session, list(s.items)) == before
+
+
+def test_an_unknown_event_type_lists_the_supported_ones_as_openai_does() -> None:
+    s = EngineSession(model="gpt-realtime")
+    err = only_error(send(s, "response.frobnicate"))
+    assert (err["code"], err["param"]) == ("invalid_value", "type")
+    assert err["message"].startswith("Invalid value: 'response.frobnicate'. Supported values are: ")
+    assert err["message"].endswith(", and 'response.cancel'.")

@@ -332,7 +332,11 @@ MESSAGE = Tagged(
         # The SDK's type allows output_audio too; OpenAI refuses it: "Value must be
         # 'output_text'" (a client cannot create assistant audio, protocol.md 2.1).
         "assistant": _message(
-            "assistant", ("output_text",), text=_opt(STRING), transcript=_opt(STRING)
+            "assistant",
+            ("output_text",),
+            audio=_opt(STRING),
+            text=_opt(STRING),
+            transcript=_opt(STRING),
         ),
     },
 )
