@@ -19,7 +19,7 @@ lists each, and what is not known.
   'output_text'." or "... Supported values are: 'a', 'b', and 'c'.";
 * out of range: ``integer_below_min_value``, ``integer_above_max_value``,
   ``decimal_below_min_value``, ``decimal_above_max_value``, ``string_above_max_length``,
-  ``array_above_max_length``, ``object_above_max_properties``.
+  ``object_above_max_properties``, ``property_name_above_max_length``.
 
 Pure: plain values in, a ``Problem`` or None out.
 """
@@ -81,7 +81,6 @@ class Free:
 @dataclass(frozen=True)
 class Arr:
     items: Spec
-    max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -550,13 +549,6 @@ def _check(spec: Spec, value: Any, path: str) -> Problem | None:
     if isinstance(spec, Arr):
         if not isinstance(value, list):
             return _wrong_type(spec, value, path)
-        if spec.max_length is not None and len(value) > spec.max_length:
-            return Problem(
-                "array_above_max_length",
-                f"Invalid '{path}': array too long. Expected an array with maximum length "
-                f"{spec.max_length}, but got an array with length {len(value)} instead.",
-                path,
-            )
         for i, item in enumerate(value):
             found = _check(spec.items, item, f"{path}[{i}]")
             if found is not None:
