@@ -1047,3 +1047,13 @@ def test_an_unknown_event_type_lists_the_supported_ones_as_openai_does() -> None
     assert (err["code"], err["param"]) == ("invalid_value", "type")
     assert err["message"].startswith("Invalid value: 'response.frobnicate'. Supported values are: ")
     assert err["message"].endswith(", and 'response.cancel'.")
+
+
+def test_a_custom_voice_id_is_taken_and_shown_as_given() -> None:
+    s = EngineSession(model="gpt-realtime")
+    voice = {"id": "voice_custom123"}
+    send(s, "session.update", session={"type": "realtime", "audio": {"output": {"voice": voice}}})
+    events, plan = handle(s, "response.create")
+    assert events == [] and plan is not None
+    assert plan.response["audio"]["output"]["voice"] == voice
+    assert plan.voice == "voice_custom123"

@@ -442,11 +442,12 @@ class EngineSession:
     def plan_response(self, params: dict[str, Any], conversation: bool = True) -> ResponsePlan:
         modalities = list(params.get("output_modalities") or self.session["output_modalities"])
         out_cfg = self.session["audio"]["output"]
-        voice = str(
-            ((params.get("audio") or {}).get("output") or {}).get("voice")
-            or out_cfg.get("voice")
-            or "alloy"
+        # A voice is a name or a custom voice's {"id": ...}; the response shows it as given.
+        shown = ((params.get("audio") or {}).get("output") or {}).get("voice") or out_cfg.get(
+            "voice"
         )
+        shown = shown or "alloy"
+        voice = shown["id"] if isinstance(shown, dict) else str(shown)
         response = {
             "object": "realtime.response",
             "id": new_id("resp"),
@@ -456,7 +457,7 @@ class EngineSession:
             "conversation_id": self.conversation.id if conversation else None,
             "output_modalities": modalities,
             "max_output_tokens": params.get("max_output_tokens", self.session["max_output_tokens"]),
-            "audio": {"output": {"format": dict(out_cfg["format"]), "voice": voice}},
+            "audio": {"output": {"format": dict(out_cfg["format"]), "voice": shown}},
             "usage": None,
             "metadata": params.get("metadata"),
         }
