@@ -1,8 +1,9 @@
-"""The GA client event table (``protocol/client_schema.py``) against the installed SDK's own GA
-parameter types (``openai/types/realtime/*_param.py``): the same events, fields, required
-fields, nullable fields and closed sets of values, at every depth. A new SDK release that adds
-a field or a value fails here until the table has it. The few places where the table is
-narrower or wider on purpose are listed in ``DELIBERATE`` (docs/engine-fidelity.md says why).
+"""The GA client event table (``protocol/client_schema.py``, written in the kinds of
+``protocol/schema.py``) against the installed SDK's own GA parameter types
+(``openai/types/realtime/*_param.py``): the same events, fields, required fields, nullable
+fields and closed sets of values, at every depth. A new SDK release that adds a field or a
+value fails here until the table has it. The few places where the table is narrower or wider
+on purpose are listed in ``DELIBERATE`` (docs/engine-fidelity.md says why).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing_extensions import get_type_hints, is_typeddict
 
 from rtgate.engine.turns import SEMANTIC_SILENCE_MS
 from rtgate.protocol import client_schema as cs
+from rtgate.protocol import schema as sk
 
 #: Where the table differs from the SDK's types on purpose: path -> what the table has.
 DELIBERATE = {
@@ -71,7 +73,7 @@ def _required(td: Any, name: str) -> bool:
     return bool(td.__total__)
 
 
-def compare(spec: cs.Spec, tp: Any, path: str, nullable: bool | None = None) -> list[str]:
+def compare(spec: sk.Spec, tp: Any, path: str, nullable: bool | None = None) -> list[str]:
     """Where ``spec`` and the SDK type ``tp`` disagree (empty: they agree)."""
     members = _members(tp)
     found: list[str] = []
@@ -83,59 +85,59 @@ def compare(spec: cs.Spec, tp: Any, path: str, nullable: bool | None = None) -> 
     dicts = [m for m in members if is_typeddict(m)]
     lits = _literals(members)
     plain = [m for m in members if not is_typeddict(m) and get_origin(m) is not Literal]
-    if isinstance(spec, cs.Obj):
+    if isinstance(spec, sk.Obj):
         assert len(dicts) == 1 and not lits and not plain, (path, members)
         return found + compare_obj(spec, dicts[0], path)
-    if isinstance(spec, cs.Tagged):
+    if isinstance(spec, sk.Tagged):
         return found + compare_tagged(spec, dicts, path)
-    if isinstance(spec, cs.OneOf):
+    if isinstance(spec, sk.OneOf):
         for choice in spec.choices:
-            if isinstance(choice, cs.Str):
+            if isinstance(choice, sk.Str):
                 strings = tuple(m for m in members if not is_typeddict(m))
                 found += compare(choice, Union[strings], path)  # noqa: UP007
-            elif isinstance(choice, cs.Int):
+            elif isinstance(choice, sk.Int):
                 found += compare(choice, int, path)
-            elif isinstance(choice, cs.Arr):
+            elif isinstance(choice, sk.Arr):
                 found += compare(choice, next(m for m in plain if get_origin(m) is not None), path)
             else:
                 found += compare(choice, Union[tuple(dicts)], path)  # noqa: UP007
         return found
-    if isinstance(spec, cs.Str):
+    if isinstance(spec, sk.Str):
         if str in plain:  # an open string (with or without suggested values)
             if spec.values and path not in DELIBERATE:
                 found.append(f"{path}: the SDK takes any string")
         elif sorted(spec.values) != sorted(lits) and DELIBERATE.get(path) != "values":
             found.append(f"{path}: values {sorted(spec.values)} != SDK {sorted(lits)}")
         return found
-    if isinstance(spec, cs.Int):
+    if isinstance(spec, sk.Int):
         if lits:
             assert sorted(spec.values) == sorted(lits), (path, spec, lits)
         else:
             assert plain == [int], (path, plain)
         return found
-    if isinstance(spec, cs.Num):
+    if isinstance(spec, sk.Num):
         assert plain == [float], (path, plain)
         return found
-    if isinstance(spec, cs.Bool):
+    if isinstance(spec, sk.Bool):
         assert plain == [bool], (path, plain)
         return found
-    if isinstance(spec, cs.Free):
+    if isinstance(spec, sk.Free):
         assert plain in ([object], [dict[str, object]]) or all(
             get_origin(p) is dict for p in plain
         ), (path, plain)
         return found
     (seq,) = plain
     origin = get_origin(seq)
-    if isinstance(spec, cs.Arr):
+    if isinstance(spec, sk.Arr):
         assert origin in (list, Iterable, SequenceNotStr, Sequence) or (
             origin is not None and issubclass(origin, Iterable)
         ), (path, seq)
         return found + compare(spec.items, get_args(seq)[0], f"{path}[]")
-    assert isinstance(spec, cs.Map) and origin is dict, (path, seq)
+    assert isinstance(spec, sk.Map) and origin is dict, (path, seq)
     return found + compare(spec.values, get_args(seq)[1], f"{path}.*")
 
 
-def compare_obj(spec: cs.Obj, td: Any, path: str) -> list[str]:
+def compare_obj(spec: sk.Obj, td: Any, path: str) -> list[str]:
     hints = _fields(td)
     found = []
     if set(spec.fields) != set(hints):
@@ -149,7 +151,7 @@ def compare_obj(spec: cs.Obj, td: Any, path: str) -> list[str]:
     return found
 
 
-def compare_tagged(spec: cs.Tagged, dicts: list[Any], path: str) -> list[str]:
+def compare_tagged(spec: sk.Tagged, dicts: list[Any], path: str) -> list[str]:
     """Union members told apart by ``spec.key`` (a message's three roles share one type)."""
     by_tag: dict[str, list[Any]] = {}
     for td in dicts:
@@ -161,11 +163,11 @@ def compare_tagged(spec: cs.Tagged, dicts: list[Any], path: str) -> list[str]:
         found.append(f"{path}.{spec.key}: variants {sorted(spec.variants)} != SDK {sorted(by_tag)}")
     for tag in set(by_tag) & set(spec.variants):
         variant, tds = spec.variants[tag], by_tag[tag]
-        if isinstance(variant, cs.Tagged):
+        if isinstance(variant, sk.Tagged):
             found += compare_tagged(variant, tds, path)
             continue
         (td,) = tds
-        assert isinstance(variant, cs.Obj)
+        assert isinstance(variant, sk.Obj)
         role = _literals(_members(_fields(td).get("role", _NONE)))
         found += [
             f.replace(f"{path}.content[].type:", f"{path}.content[].type@{role[0]}:") if role else f
@@ -174,7 +176,7 @@ def compare_tagged(spec: cs.Tagged, dicts: list[Any], path: str) -> list[str]:
     return found
 
 
-def _compare_variant(variant: cs.Obj, td: Any, path: str, role: str | None) -> list[str]:
+def _compare_variant(variant: sk.Obj, td: Any, path: str, role: str | None) -> list[str]:
     if role is None:
         return compare_obj(variant, td, path)
     # A message's part types are checked per role (DELIBERATE names them with @role).
@@ -210,7 +212,7 @@ def test_every_event_agrees_with_the_sdks_ga_parameter_types() -> None:
             # The SDK's response.create parameter omits item references; its
             # ``...WithReferences`` twin has them, as the server takes them (protocol.md 2.1).
             found += compare_obj(
-                cs.Obj({k: f for k, f in spec.fields.items() if k != "response"}),
+                sk.Obj({k: f for k, f in spec.fields.items() if k != "response"}),
                 _without(ResponseCreateEventParam, "response"),
                 "",
             )
@@ -226,14 +228,14 @@ def test_every_event_agrees_with_the_sdks_ga_parameter_types() -> None:
 
 def test_the_eagerness_values_are_the_turn_takers() -> None:
     semantic = cs.TURN_DETECTION.variants["semantic_vad"]
-    assert isinstance(semantic, cs.Obj)
+    assert isinstance(semantic, sk.Obj)
     eagerness = semantic.fields["eagerness"].spec
-    assert isinstance(eagerness, cs.Str)
+    assert isinstance(eagerness, sk.Str)
     assert set(eagerness.values) == set(SEMANTIC_SILENCE_MS)
 
 
-def _as_obj(spec: cs.Spec) -> cs.Obj:
-    assert isinstance(spec, cs.Obj)
+def _as_obj(spec: sk.Spec) -> sk.Obj:
+    assert isinstance(spec, sk.Obj)
     return spec
 
 

@@ -386,8 +386,8 @@ def engine_codes() -> set[str]:
 
 
 def schema_codes() -> set[str]:
-    """Every code the GA event table's check gives (``protocol/client_schema.py``)."""
-    src = (ENGINE.parent / "protocol" / "client_schema.py").read_text()
+    """Every code the GA event table's check gives (``protocol/schema.py``)."""
+    src = (ENGINE.parent / "protocol" / "schema.py").read_text()
     codes = set(re.findall(r'Problem\(\s*"([a-z_]+)"', src))
     return codes | {
         f"{k}_{e}" for k in ("integer", "decimal") for e in ("below_min_value", "above_max_value")
