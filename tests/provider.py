@@ -22,7 +22,8 @@ from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Transcript
 from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
-from rtgate.engine.session_config import default_session, merge
+from rtgate.engine.session_config import default_session
+from rtgate.protocol.session_fields import merge
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
 

@@ -23,31 +23,13 @@ from openai.types.realtime import RealtimeClientEvent as GaClientUnion
 from openai.types.realtime import RealtimeResponseCreateParams, ResponseCreateEvent
 from openai.types.realtime import RealtimeServerEvent as GaServerUnion
 from openai.types.realtime.response_item_reference import ResponseItemReference
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel
 
 from rtgate.protocol.beta import GA_ONLY_SERVER_EVENTS, BetaTranslator
+from tests.sdk_events import BETA_ITEM_TYPES, beta_server_errors, discriminated, members
 
 
 # -- the SDK's unions -----------------------------------------------------------------------------
-def members(union: Any) -> dict[str, type[BaseModel]]:
-    """The event models of an SDK union (``Annotated[Union[...], PropertyInfo]``) by ``type``."""
-    if get_origin(union) is Annotated:
-        union = get_args(union)[0]
-    out: dict[str, type[BaseModel]] = {}
-    for model in get_args(union):
-        (etype,) = get_args(model.model_fields["type"].annotation)
-        assert etype not in out, etype
-        out[etype] = model
-    return out
-
-
-def discriminated(models: dict[str, type[BaseModel]]) -> TypeAdapter[Any]:
-    """A validator that picks the member by ``type`` alone: an unknown type fails outright
-    instead of being tried against every member. (The SDK marks its unions with its own
-    ``PropertyInfo``, which pydantic does not read.)"""
-    return TypeAdapter(Annotated[Union[tuple(models.values())], Field(discriminator="type")])  # noqa: UP007
-
-
 class _ResponseParamsWithReferences(RealtimeResponseCreateParams):
     input: list[GaItem | ResponseItemReference] | None = None
 
@@ -67,8 +49,6 @@ _GA_SERVER = discriminated(GA_SERVER)
 _BETA_SERVER = discriminated(BETA_SERVER)
 _BETA_CLIENT = discriminated(BETA_CLIENT)
 _GA_CLIENT = discriminated(GA_CLIENT)
-# The item types a beta client can receive.
-BETA_ITEM_TYPES = frozenset(get_args(get_args(BetaItem.model_fields["type"].annotation)[0]))
 
 
 # -- sample payloads from the models' fields ------------------------------------------------------
@@ -152,40 +132,6 @@ def frames(event: dict[str, Any]) -> Iterator[str]:
     translator must find by scanning) and with ``type`` first (read in place)."""
     yield orjson.dumps(event).decode()
     yield orjson.dumps({"type": event["type"], **event}).decode()
-
-
-# -- what the SDK's types do not say --------------------------------------------------------------
-def _sdk_gap(tag: str, error: Any) -> bool:
-    """A validation error that is the beta SDK's types lagging the wire, not a translation
-    defect:
-
-    * ``model`` literals stop at ``gpt-realtime-2025-08-28`` and at the three transcription
-      models of 2025; a newer model's name is relayed as it is.
-    * ``TranscriptionSession.client_secret`` is typed required, yet documented "Only present
-      when the session is created on the server via REST API".
-    """
-    loc, kind = tuple(error["loc"][1:]), error["type"]
-    if kind == "literal_error":
-        return loc in {("session", "model"), ("session", "input_audio_transcription", "model")}
-    return (
-        tag.startswith("transcription_session.")
-        and loc == ("session", "client_secret")
-        and kind == "missing"
-    )
-
-
-def beta_server_errors(event: dict[str, Any]) -> list[Any]:
-    """The beta SDK union's objections to ``event``, less the gaps in its types."""
-    tag = event["type"]
-    if tag == "transcription_session.created":
-        # In the beta spec, not in the SDK's union; the same payload as ``.updated``.
-        event = {**event, "type": "transcription_session.updated"}
-    try:
-        parsed = _BETA_SERVER.validate_python(event)
-    except ValidationError as e:
-        return [err for err in e.errors() if not _sdk_gap(tag, err)]
-    assert parsed.type == event["type"]
-    return []
 
 
 # What the beta API took in a message's content, by role (the beta ConversationItem docstring).

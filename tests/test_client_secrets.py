@@ -31,9 +31,8 @@ from rtgate.auth.client_secrets import (
     connection_model,
     expiry,
     ga_template,
-    template_update,
 )
-from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, initial_session_update
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.errors import ModelNotAllowed
@@ -138,7 +137,7 @@ def test_a_secret_pins_its_model_and_never_outlives_its_key() -> None:
     assert connection_model(grant, "gpt-realtime") == "gpt-realtime"
     with pytest.raises(ModelNotAllowed):
         connection_model(grant, "gpt-realtime-mini")
-    assert template_update(grant) is None  # nothing to apply
+    assert initial_session_update(KeyPolicy(), False, grant.session) is None  # nothing to apply
     assert expiry(100.5, 600, None) == 700.0
     assert expiry(100.0, 600, 300.0) == 300.0
 
@@ -187,7 +186,7 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
         events = []
         async for event in conn:
             events.append(event.model_dump(exclude_unset=True))
-            if [e["type"] for e in events].count("session.updated") == 2:
+            if event.type == "session.updated":
                 break
         await conn.conversation.item.create(
             item={
@@ -200,10 +199,10 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
         async for event in conn:
             if event.type == "response.done":
                 break
-    assert [e["type"] for e in events] == ["session.created", *["session.updated"] * 2]
-    # The key's defaults went first; the secret's template after them wins.
-    assert events[1]["session"]["instructions"] == "Key default."
-    updated = events[2]["session"]
+    # A provider's session.created shows its defaults; the key's defaults and the secret's
+    # template over them follow as one session.update, so as one session.updated.
+    assert [e["type"] for e in events] == ["session.created", "session.updated"]
+    updated = events[1]["session"]
     assert updated["instructions"] == "Speak like a pirate."
     assert updated["audio"]["output"]["voice"] == "marin"
     up = provider.upgrades[-1]
@@ -211,8 +210,8 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
     assert secret not in str(up.headers)
 
     # The same secret opens a second session; naming no model means the secret's.
-    again, code = await first_events(gateway, secret, query="", n=3)
-    assert code is None and again[2]["session"]["instructions"] == "Speak like a pirate."
+    again, code = await first_events(gateway, secret, query="", n=2)
+    assert code is None and again[1]["session"]["instructions"] == "Speak like a pirate."
     assert provider.upgrades[-1].query["model"] == "gpt-realtime"
 
     (usage,) = await gateway.store.usage_summary()
@@ -221,6 +220,88 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
     assert len(sessions) == 2 and {s.key_id for s in sessions} == {key_id}
     assert secret not in caplog.text
     assert secret[8:] not in caplog.text
+
+
+def local_engine(make_settings: Callable[..., Settings]) -> Settings:
+    """No provider key: the embedded engine answers (no recognizer or voice needed here)."""
+    return make_settings(
+        OPENAI_API_KEY="",
+        RTGATE_ENGINE_VAD="energy",
+        RTGATE_ENGINE_STT="none",
+        RTGATE_ENGINE_TTS="tone",
+    )
+
+
+async def created_then_next(gw: RunningGateway, secret: str, query: str) -> list[dict[str, Any]]:
+    """``session.created``, and what follows it once the client sends its first event (an
+    ``input_audio_buffer.clear``): nothing may come between."""
+    async with (
+        asyncio.timeout(20),
+        connect(
+            f"{gw.ws}/v1/realtime?{query}", additional_headers={"Authorization": f"Bearer {secret}"}
+        ) as ws,
+    ):
+        created = orjson.loads(await ws.recv())
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        return [created, orjson.loads(await ws.recv())]
+
+
+async def test_on_the_local_engine_a_secrets_template_is_the_session_it_creates(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    client_for: ClientFor,
+) -> None:
+    gw: RunningGateway = await start_gateway(local_engine(make_settings))
+    _, key = await key_with(gw, instructions="Key default.", voice="alloy")
+    minted = await client_for(gw, key).realtime.client_secrets.create(
+        session={
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Speak like a pirate.",
+            "audio": {"output": {"voice": "marin"}},
+        }
+    )
+    created, after = await created_then_next(gw, minted.value, "model=gpt-realtime")
+    assert created["type"] == "session.created"
+    assert created["session"]["instructions"] == "Speak like a pirate."
+    assert created["session"]["audio"]["output"]["voice"] == "marin"
+    assert after["type"] == "input_audio_buffer.cleared"  # no unrequested session.updated
+
+    # The key's own defaults too, with a key and no secret.
+    created, after = await created_then_next(gw, key, "model=gpt-realtime")
+    assert created["session"]["instructions"] == "Key default."
+    assert after["type"] == "input_audio_buffer.cleared"
+
+    # And a transcription secret's transcription model.
+    tr = await client_for(gw, key).realtime.client_secrets.create(
+        session={
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "whisper-1", "language": "en"}}},
+        }
+    )
+    created, after = await created_then_next(gw, tr.value, "intent=transcription")
+    transcription = created["session"]["audio"]["input"]["transcription"]
+    assert (transcription["model"], transcription["language"]) == ("whisper-1", "en")
+    assert after["type"] == "input_audio_buffer.cleared"
+
+
+async def test_a_client_cannot_ask_the_engine_to_treat_its_frames_as_the_gateways_setup(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    # The engine applies the gateway's setup before session.created; a client's own header
+    # of that name is dropped, so its first frame is answered like any other.
+    gw: RunningGateway = await start_gateway(local_engine(make_settings))
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}", "Rtgate-Setup-Frames": "1"},
+    ) as ws:
+        update = {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
+        await ws.send(orjson.dumps(update).decode())
+        created = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        updated = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert created["type"] == "session.created" and created["session"]["instructions"] != "x"
+    assert updated["type"] == "session.updated" and updated["session"]["instructions"] == "x"
 
 
 async def test_beta_sessions_and_transcription_sessions_mint_one_minute_secrets(

@@ -201,3 +201,38 @@ async def test_everything_the_local_engine_serves_costs_what_prices_local_says(
             expected,
             expected * 3 // 2,
         )
+
+
+@pytest.mark.parametrize(
+    "query", ["intent=transcription", "model=gpt-realtime&intent=transcription"]
+)
+async def test_the_product_pages_transcription_url_transcribes_with_no_setup(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], query: str
+) -> None:
+    # wss://HOST/v1/realtime?intent=transcription, speech appended, no session.update.
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    key = await gw.new_key()
+    speech = bytes(48 * 300) + speak(SENTENCE) + bytes(48 * 1200)
+    async with connect(
+        f"{gw.ws}/v1/realtime?{query}", additional_headers={"Authorization": f"Bearer {key}"}
+    ) as ws:
+        created = orjson.loads(await ws.recv())
+        validate_server_event(created)
+        assert created["type"] == "session.created"
+        session = created["session"]
+        assert session["type"] == "transcription"
+        assert session["audio"]["input"]["transcription"]["model"] == "gpt-4o-mini-transcribe"
+        for off in range(0, len(speech), 960):
+            chunk = base64.b64encode(speech[off : off + 960]).decode()
+            await ws.send(
+                orjson.dumps({"type": "input_audio_buffer.append", "audio": chunk}).decode()
+            )
+        while True:
+            event = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+            validate_server_event(event)
+            assert not event["type"].startswith("response."), event
+            if event["type"] == "conversation.item.input_audio_transcription.completed":
+                break
+    assert word_errors(SENTENCE, event["transcript"]) <= 1, event["transcript"]
+    (row,) = await gw.store.usage_summary()
+    assert row.model == "gpt-4o-mini-transcribe" and row.usage.audio_in > 0

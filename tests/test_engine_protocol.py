@@ -70,7 +70,7 @@ def ids(s: EngineSession) -> list[str]:
     return [i["id"] for i in s.items]
 
 
-# -- session ----------------------------------------------------------------------------------
+# -- session ---------------------------------------------------------------------------------------
 
 
 def test_session_created_carries_the_ga_defaults() -> None:
@@ -102,6 +102,12 @@ def test_a_transcription_session_is_created_as_one() -> None:
     assert created["session"]["type"] == "transcription"
     assert created["session"]["object"] == "realtime.transcription_session"
     assert "output" not in created["session"]["audio"]
+    # With no model chosen it transcribes anyway, and says with which (docs/engine-fidelity.md).
+    transcription = created["session"]["audio"]["input"]["transcription"]
+    assert transcription["model"] == "gpt-4o-mini-transcribe"
+    # A realtime session transcribes its input only when asked to.
+    (realtime,) = EngineSession(model="gpt-realtime").created()
+    assert realtime["session"]["audio"]["input"]["transcription"] is None
 
 
 def test_session_update_without_a_type_is_refused_with_the_event_id_echoed() -> None:
@@ -132,15 +138,19 @@ def test_session_update_with_an_unknown_parameter_names_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("side", "fmt"),
+    ("side", "fmt", "code", "field"),
     [
-        ("input", {"type": "audio/pcm", "rate": 16000}),
-        ("input", {"type": "audio/mp3"}),
-        ("output", {"type": "g711_ulaw"}),
-        ("output", "audio/pcmu"),
+        ("input", {"type": "audio/pcm", "rate": 16000}, "invalid_value", ".rate"),
+        ("input", {"type": "audio/mp3"}, "invalid_value", ".type"),
+        ("output", {"type": "g711_ulaw"}, "invalid_value", ".type"),
+        # The beta spelling: "Invalid type for 'session.audio.input.format': expected an
+        # object, but got a string instead." as OpenAI answers it.
+        ("output", "audio/pcmu", "invalid_type", ""),
     ],
 )
-def test_session_update_with_a_bad_audio_format_is_refused(side: str, fmt: Any) -> None:
+def test_session_update_with_a_bad_audio_format_is_refused(
+    side: str, fmt: Any, code: str, field: str
+) -> None:
     s = EngineSession(model="gpt-realtime")
     err = only_error(
         send(
@@ -150,9 +160,14 @@ def test_session_update_with_a_bad_audio_format_is_refused(side: str, fmt: Any) 
             session={"type": "realtime", "audio": {side: {"format": fmt}}},
         )
     )
-    assert err["code"] == "invalid_value"
-    assert err["param"] == f"session.audio.{side}.format"
+    assert err["code"] == code
+    assert err["param"] == f"session.audio.{side}.format{field}"
     assert err["event_id"] == "ev_fmt"
+    if code == "invalid_type":
+        assert err["message"] == (
+            f"Invalid type for 'session.audio.{side}.format': expected an object, "
+            "but got a string instead."
+        )
     assert s.session["audio"][side]["format"] == {"type": "audio/pcm", "rate": 24000}
 
 
@@ -245,7 +260,7 @@ def test_unknown_and_malformed_events_are_named() -> None:
     assert only_error(events)["code"] == "invalid_event" and plan is None
 
 
-# -- conversation items -----------------------------------------------------------------------
+# -- conversation items ----------------------------------------------------------------------------
 
 
 def test_item_create_appends_then_inserts_at_root_and_after_an_id() -> None:
@@ -439,7 +454,11 @@ def test_truncate_beyond_the_audio_or_of_a_user_item_is_refused() -> None:
 def test_truncate_names_the_audio_part_by_its_content_index() -> None:
     s = EngineSession(model="gpt-realtime")
     item_id = assistant_audio_item(s, "hello there", 500)
-    for index in (1, -1, "0"):
+    for index, code in (
+        (1, "invalid_value"),
+        (-1, "integer_below_min_value"),
+        ("0", "invalid_type"),
+    ):
         err = only_error(
             send(
                 s,
@@ -450,11 +469,7 @@ def test_truncate_names_the_audio_part_by_its_content_index() -> None:
                 audio_end_ms=100,
             )
         )
-        assert (err["code"], err["param"], err["event_id"]) == (
-            "invalid_value",
-            "content_index",
-            "ci",
-        )
+        assert (err["code"], err["param"], err["event_id"]) == (code, "content_index", "ci")
     err = only_error(send(s, "conversation.item.truncate", item_id=item_id, audio_end_ms=100))
     assert (err["code"], err["param"]) == ("missing_required_parameter", "content_index")
     err = only_error(send(s, "conversation.item.truncate", item_id=item_id, content_index=0))
@@ -517,7 +532,7 @@ def test_only_model_output_audio_with_audio_can_be_truncated() -> None:
         }
 
 
-# -- input audio buffer -----------------------------------------------------------------------
+# -- input audio buffer ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ms", [0, 20, 99])
@@ -651,7 +666,7 @@ def test_an_audio_item_with_bad_base64_is_refused() -> None:
     assert s.items == []
 
 
-# -- responses --------------------------------------------------------------------------------
+# -- responses -------------------------------------------------------------------------------------
 
 
 def test_response_create_plans_one_response_and_refuses_a_second() -> None:
@@ -876,3 +891,169 @@ def test_a_session_update_of_the_wrong_shape_is_refused_not_fatal(
     events, _ = s.handle({"type": "session.update", "session": {"type": "realtime"}})
     assert [e["type"] for e in events] == ["session.updated"]
     assert events[0]["session"]["audio"]["output"]["voice"] == "alloy"
+
+
+# -- every client event checked as OpenAI's GA interface checks it (docs/protocol.md 5.3) ----------
+
+ASSISTANT_TEXT = {
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "text", "text": "x"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "param", "message"),
+    [
+        (
+            {"type": "response.create", "response": {"modalities": ["text"]}},
+            "unknown_parameter",
+            "response.modalities",
+            "Unknown parameter: 'response.modalities'.",
+        ),
+        (
+            {"type": "conversation.item.create", "item": ASSISTANT_TEXT},
+            "invalid_value",
+            "item.content[0].type",
+            "Invalid value: 'text'. Value must be 'output_text'.",
+        ),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {**ASSISTANT_TEXT, "role": "user"},
+            },
+            "invalid_value",
+            "item.content[0].type",
+            "Invalid value: 'text'. Supported values are: 'input_text', 'input_audio', and "
+            "'input_image'.",
+        ),
+        (
+            {"type": "input_audio_buffer.commit", "foo": 1},
+            "unknown_parameter",
+            "foo",
+            "Unknown parameter: 'foo'.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"speed": 2.0}}},
+            },
+            "decimal_above_max_value",
+            "session.audio.output.speed",
+            "Invalid 'session.audio.output.speed': decimal above maximum value. Expected a value "
+            "<= 1.5, but got 2.0 instead.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}},
+                },
+            },
+            "decimal_above_max_value",
+            "session.audio.input.turn_detection.threshold",
+            None,
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "bob"}}},
+            },
+            "invalid_value",
+            "session.audio.output.voice",
+            "Invalid value: 'bob'. Supported values are: 'alloy', 'ash', 'ballad', 'coral', "
+            "'echo', 'sage', 'shimmer', 'verse', 'marin', and 'cedar'.",
+        ),
+        (
+            {"type": "session.update", "session": {"type": "realtime", "instructions": 7}},
+            "invalid_type",
+            "session.instructions",
+            "Invalid type for 'session.instructions': expected a string, but got an integer "
+            "instead.",
+        ),
+        (
+            {
+                "type": "response.create",
+                "response": {"metadata": {f"k{i}": "v" for i in range(17)}},
+            },
+            "object_above_max_properties",
+            "response.metadata",
+            "Invalid 'response.metadata': too many properties. Expected an object with at most "
+            "16 properties, but got an object with 17 properties instead.",
+        ),
+        (
+            {"type": "response.create", "response": {"metadata": {"k": "v" * 513}}},
+            "string_above_max_length",
+            "response.metadata.k",
+            None,
+        ),
+        (
+            {"type": "input_audio_buffer.clear", "event_id": "e" * 513},
+            "string_above_max_length",
+            "event_id",
+            "Invalid 'event_id': string too long. Expected a string with maximum length 512, "
+            "but got a string with length 513 instead.",
+        ),
+        (
+            {"type": "conversation.item.create", "item": {"type": "message", "content": []}},
+            "missing_required_parameter",
+            "item.role",
+            "Missing required parameter: 'item.role'.",
+        ),
+        (
+            {"type": "response.create", "response": {"output_modalities": ["video"]}},
+            "invalid_value",
+            "response.output_modalities[0]",
+            "Invalid value: 'video'. Supported values are: 'text' and 'audio'.",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tools": [{"type": "function", "strict": True}]},
+            },
+            "unknown_parameter",
+            "session.tools[0].strict",
+            "Unknown parameter: 'session.tools[0].strict'.",
+        ),
+        (
+            {"type": "response.create", "response": {"tool_choice": "sometimes"}},
+            "invalid_value",
+            "response.tool_choice",
+            "Invalid value: 'sometimes'. Supported values are: 'none', 'auto', and 'required'.",
+        ),
+    ],
+)
+def test_client_events_are_checked_as_the_ga_interface_checks_them(
+    event: dict[str, Any], code: str, param: str, message: str | None
+) -> None:
+    s = EngineSession(model="gpt-realtime")
+    before = (s.session, list(s.items))
+    events, plan = s.handle({**event, "event_id": event.get("event_id", "ev_bad")})
+    assert plan is None
+    err = only_error(events)
+    validate_server_event(events[0])
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
+    if message is not None:
+        assert err["message"] == message
+    assert err["event_id"] == event.get("event_id", "ev_bad")
+    # Nothing of a refused event applies.
+    assert (s.session, list(s.items)) == before
+
+
+def test_an_unknown_event_type_lists_the_supported_ones_as_openai_does() -> None:
+    s = EngineSession(model="gpt-realtime")
+    err = only_error(send(s, "response.frobnicate"))
+    assert (err["code"], err["param"]) == ("invalid_value", "type")
+    assert err["message"].startswith("Invalid value: 'response.frobnicate'. Supported values are: ")
+    assert err["message"].endswith(", and 'response.cancel'.")
+
+
+def test_a_custom_voice_id_is_taken_and_shown_as_given() -> None:
+    s = EngineSession(model="gpt-realtime")
+    voice = {"id": "voice_custom123"}
+    send(s, "session.update", session={"type": "realtime", "audio": {"output": {"voice": voice}}})
+    events, plan = handle(s, "response.create")
+    assert events == [] and plan is not None
+    assert plan.response["audio"]["output"]["voice"] == voice
+    assert plan.voice == "voice_custom123"

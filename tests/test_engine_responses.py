@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from rtgate.engine.brain import BrainOutput, BrainRequest, EchoBrain, FunctionCall, TextDelta
+from rtgate.engine.brain import (
+    ArgumentsDelta,
+    BrainOutput,
+    BrainRequest,
+    EchoBrain,
+    FunctionCall,
+    TextDelta,
+)
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.responder import Responder
 from rtgate.engine.response_plan import ResponsePlan
@@ -198,6 +205,40 @@ async def test_a_function_call_cut_by_the_limit_is_closed_incomplete() -> None:
     assert usage_out(response)[0] == limit
 
 
+class StreamingCallBrain:
+    """Calls a tool whose arguments come in fragments, as a streaming model sends them."""
+
+    def __init__(self, fragments: list[str]) -> None:
+        self.fragments = fragments
+
+    async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
+        yield FunctionCall("get_weather", "", call_id="call_0123456789abcdef")
+        for f in self.fragments:
+            yield ArgumentsDelta(f)
+
+
+async def test_streamed_arguments_go_out_a_delta_per_fragment_until_the_limit() -> None:
+    fragments = ['{"city": ', '"paris", ', '"unit": "celsius", ', '"days": 3}']
+    engine = Engine(StreamingCallBrain(fragments))
+    whole = await engine.ask("weather?", output_modalities=["text"])
+    assert [d["delta"] for d in engine.of("response.function_call_arguments.delta")] == fragments
+    assert whole["output"][0]["arguments"] == "".join(fragments)
+
+    # Cut inside the third fragment: the deltas are what fits, and nothing after it.
+    fits = count_tokens("".join(fragments[:2])) + 2
+    limit = count_tokens("get_weather") + fits
+    engine = Engine(StreamingCallBrain(fragments))
+    cut = await engine.ask("weather?", output_modalities=["text"], max_output_tokens=limit)
+    assert cut["status_details"] == INCOMPLETE
+    deltas = [d["delta"] for d in engine.of("response.function_call_arguments.delta")]
+    assert deltas[:2] == fragments[:2] and len(deltas) == 3
+    assert fragments[2].startswith(deltas[2]) and deltas[2] != fragments[2]
+    (call,) = cut["output"]
+    assert call["status"] == "incomplete" and call["arguments"] == "".join(deltas)
+    assert usage_out(cut)[0] == count_tokens("get_weather") + count_tokens(call["arguments"])
+    assert count_tokens(call["arguments"]) <= fits
+
+
 async def test_with_no_room_left_the_call_is_not_started() -> None:
     engine = Engine(CallingBrain("{}"))
     response = await engine.ask(
@@ -213,7 +254,7 @@ async def test_with_no_room_left_the_call_is_not_started() -> None:
     [
         (0, "integer_below_min_value"),
         (4097, "integer_above_max_value"),
-        ("lots", "invalid_type"),
+        ("lots", "invalid_value"),  # a string, but not "inf"
         (2.5, "invalid_type"),
         (True, "invalid_type"),
     ],

@@ -299,7 +299,7 @@ async def test_bad_client_events_get_errors_with_their_event_id_and_the_session_
     assert [(e["code"], e["param"], e["event_id"]) for e in errors] == [
         ("missing_required_parameter", "session.type", "ev_a"),
         ("unknown_parameter", "session.voice", "ev_b"),
-        ("invalid_value", "session.audio.output.format", "ev_c"),
+        ("invalid_value", "session.audio.output.format.type", "ev_c"),
         ("invalid_value", "type", "ev_d"),
         ("response_cancel_not_active", None, "ev_e"),
         ("input_audio_buffer_commit_empty", None, "ev_f"),
@@ -674,6 +674,21 @@ async def test_a_transcription_session_transcribes_and_never_responds(
     assert usage["output_tokens"] == count_tokens("hello from the test")
 
 
+async def test_a_transcription_session_with_no_model_chosen_transcribes_with_the_default(
+    engine_ws: Callable[..., Awaitable[Wire]],
+) -> None:
+    # The product page's URL, audio appended, no session.update at all.
+    wire = await engine_ws(intent="transcription")
+    created = wire.events[-1]["session"]
+    assert created["audio"]["input"]["transcription"]["model"] == "gpt-4o-mini-transcribe"
+    speech = tone(600) + bytes(48 * 400)
+    for off in range(0, len(speech), 960):
+        await wire.send("input_audio_buffer.append", audio=b64(speech[off : off + 960]))
+    events = await wire.until("conversation.item.input_audio_transcription.completed")
+    assert events[-1]["transcript"] == "hello from the test"
+    assert events[-1]["usage"]["type"] == "tokens"
+
+
 # -- the official SDK through the gateway to an engine built for the test -------------------
 
 
@@ -886,7 +901,9 @@ async def test_a_function_call_and_its_output_round_trip_with_the_scripted_brain
 class ChatServer:
     """A fake ``/v1/chat/completions`` that streams scripted SSE replies, one per request."""
 
-    replies: list[list[dict[str, Any]] | int]
+    #: A reply is its chunks' deltas (an ``asyncio.Event`` among them: wait for it to be set
+    #: before going on), or an HTTP status to fail with.
+    replies: list[list[dict[str, Any] | asyncio.Event] | int]
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
@@ -898,6 +915,9 @@ class ChatServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for delta in reply:
+            if isinstance(delta, asyncio.Event):
+                await delta.wait()
+                continue
             chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             await asyncio.sleep(0.01)
@@ -910,7 +930,7 @@ class ChatServer:
 async def chat_server() -> AsyncIterator[Callable[..., Awaitable[ChatServer]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(replies: list[list[dict[str, Any]] | int]) -> ChatServer:
+    async def start(replies: list[list[dict[str, Any] | asyncio.Event] | int]) -> ChatServer:
         chat = ChatServer(replies)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat.handle)
@@ -985,6 +1005,14 @@ async def test_the_openai_compatible_brain_streams_text_and_tool_calls(
         call["arguments"],
         call2["arguments"],
     ]
+    # One delta per fragment the brain received, in order (docs/protocol.md 6, "Function call").
+    for c, args in ((call, '{"city": "Oslo"}'), (call2, '{"city": "Bergen"}')):
+        deltas = [
+            e["delta"]
+            for e in tr.of("response.function_call_arguments.delta")
+            if e["item_id"] == c["id"]
+        ]
+        assert deltas == [args[: len(args) // 2], args[len(args) // 2 :]]
     body = chat.requests[0]
     assert body["model"] == "local-llm" and body["stream"] is True
     assert body["messages"] == [
@@ -1035,6 +1063,38 @@ async def test_the_openai_compatible_brain_streams_text_and_tool_calls(
     assert failed["status_details"]["type"] == "failed"
     assert failed["status_details"]["error"]["type"] == "server_error"
     assert failed["output"] == []
+
+
+async def test_tool_call_arguments_reach_the_client_while_the_brain_still_streams_them(
+    engine_sdk: Callable[..., Awaitable[SdkSession]],
+    chat_server: Callable[..., Awaitable[ChatServer]],
+) -> None:
+    arguments = '{"city": "Tromso", "days": 3}'
+    opening, first, rest = tool_call_chunks("call_tromso0001", "get_weather", arguments)
+    held = asyncio.Event()
+    chat = await chat_server([[opening, first, held, rest]])
+    sdk = await engine_sdk(brain=OpenAICompatibleBrain(chat.url, "local-llm"))
+    conn, wire = sdk.conn, sdk.wire
+    await conn.session.update(session={**MANUAL, "tools": [WEATHER_TOOL]})
+    await conn.conversation.item.create(item=user_text("Weather in Tromso?"))
+    await conn.response.create()
+    added = (await wire.until("response.output_item.added"))[-1]["item"]
+    assert (added["name"], added["call_id"], added["arguments"]) == (
+        "get_weather",
+        "call_tromso0001",
+        "",
+    )
+    # The brain server holds the rest back: what it sent so far is already on the wire.
+    delta = (await wire.until("response.function_call_arguments.delta"))[-1]
+    assert delta["delta"] == arguments[: len(arguments) // 2]
+    held.set()
+    response = await wire.done()
+    tr = trace(wire.events, response["id"])
+    assert [d["delta"] for d in tr.of("response.function_call_arguments.delta")] == [
+        arguments[: len(arguments) // 2],
+        arguments[len(arguments) // 2 :],
+    ]
+    assert response["output"][0]["arguments"] == arguments
 
 
 async def test_speech_during_a_response_cancels_it_and_starts_the_next_turn(

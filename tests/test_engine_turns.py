@@ -232,7 +232,21 @@ def test_speech_before_the_idle_timeout_is_a_turn_not_a_timeout() -> None:
 def test_the_idle_timeout_waits_for_a_first_response_and_is_server_vad_only() -> None:
     s = listening({"type": "server_vad", "idle_timeout_ms": 500})
     assert stream(s, silence(2000)) == ([], [])  # nothing was said yet to be idle after
-    s = listening({"type": "semantic_vad", "idle_timeout_ms": 500})
+    # semantic_vad has no idle timeout: the field is refused, as the GA types have none.
+    s = EngineSession(model="gpt-realtime")
+    (err,) = send(
+        s,
+        "session.update",
+        session={
+            "type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "semantic_vad", "idle_timeout_ms": 5}}},
+        },
+    )
+    assert (err["error"]["code"], err["error"]["param"]) == (
+        "unknown_parameter",
+        "session.audio.input.turn_detection.idle_timeout_ms",
+    )
+    s = listening({"type": "semantic_vad"})
     answered(s, audio_ms=0)
     assert stream(s, silence(2000)) == ([], [])
 

@@ -15,6 +15,7 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 
+from rtgate.auth.policy import KeyPolicy
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
@@ -25,7 +26,7 @@ from tests.test_client_secrets import key_with
 
 
 async def first_events(ws: Any, n: int) -> list[dict[str, Any]]:
-    return [orjson.loads(await ws.recv()) for _ in range(n)]
+    return [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(n)]
 
 
 async def refused(
@@ -201,6 +202,47 @@ async def test_transcription_intent_is_passed_upstream_and_metered(
     assert sess.intent == "transcription"
 
 
+async def test_a_relayed_transcription_session_with_no_model_gets_the_default_one(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        created, updated = await first_events(ws, 2)
+    # The provider's session.created, then rtgate's default applied before any client frame.
+    assert created["type"] == "session.created"
+    assert updated["type"] == "session.updated"
+    transcription = updated["session"]["audio"]["input"]["transcription"]
+    assert transcription["model"] == "gpt-4o-mini-transcribe"
+
+    # A key whose defaults choose one: that one, and nothing else sent.
+    policy = KeyPolicy(
+        session_defaults={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    )
+    _, chosen = await gw.app[GATEWAY].keyring.create("chooser", policy)
+    async with connect(
+        f"{gw.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {chosen}"},
+    ) as ws:
+        created, updated = await first_events(ws, 2)
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        (after,) = await first_events(ws, 1)
+    assert updated["session"]["audio"]["input"]["transcription"]["model"] == "whisper-1"
+    assert after["type"] == "input_audio_buffer.cleared"
+    # A realtime session is left as its provider makes it.
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        (created,) = await first_events(ws, 1)
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        (after,) = await first_events(ws, 1)
+    assert after["type"] == "input_audio_buffer.cleared"
+
+
 async def test_upstream_close_code_and_reason_are_mirrored(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
@@ -234,6 +276,33 @@ async def test_client_close_code_is_mirrored_upstream(
             break
         await asyncio.sleep(0.01)
     assert provider.closes[-1][0] == 4100
+
+
+async def test_a_client_close_without_a_status_code_is_recorded_as_1005(
+    gateway: RunningGateway, provider: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A browser's ws.close() sends an empty close frame: RFC 6455 7.1.5 calls that 1005.
+    caplog.set_level(logging.INFO, logger="rtgate.relay")
+    key = await gateway.new_key()
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        await first_events(ws, 1)
+        await ws.close(code=None)  # type: ignore[arg-type]
+    for _ in range(200):
+        (sess,) = await gateway.store.recent_sessions()
+        if sess.ended_at is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert (sess.close_code, sess.closed_by) == (1005, "client")
+    assert "session closed by client: 1005" in caplog.text
+    # 1005 must never be sent (RFC 6455 7.4.1): the provider is told 1000.
+    for _ in range(100):
+        if provider.closes:
+            break
+        await asyncio.sleep(0.01)
+    assert provider.closes[-1][0] == 1000
 
 
 async def test_upstream_that_vanishes_mid_session_gives_error_and_1011(

@@ -118,6 +118,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes sharing the port.")] = None,
+    certfile: Annotated[
+        Path | None, typer.Option(help="Serve TLS with this PEM certificate (chain).")
+    ] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="The certificate's PEM private key.")] = None,
     log_format: Annotated[
         LogFormatChoice | None,
         typer.Option(help="auto: readable on a terminal, JSON lines otherwise."),
@@ -131,6 +135,8 @@ def serve(
         "host": host,
         "port": port,
         "workers": workers,
+        "tls_certfile": certfile,
+        "tls_keyfile": keyfile,
         "log_format": log_format.value if log_format else None,
     }
     overrides = {k: v for k, v in chosen.items() if v is not None}

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rtgate.errors import ConfigError
+from rtgate.tls import server_context
 
 UpstreamKind = Literal["openai", "azure", "local"]
 
@@ -326,6 +327,9 @@ class Settings(_Frozen):
     #: Bearer token ``GET /metrics`` requires (it shows key ids and spend); unset, the page is
     #: open. Read from ``RTGATE_METRICS_TOKEN`` only; excluded from every dump.
     metrics_token: SecretStr | None = Field(default=None, exclude=True)
+    #: TLS on the listener (``rtgate serve --certfile --keyfile``): PEM files, both or none.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     #: Redis holding live-session and rate counters shared by every instance (``redis://``,
     #: ``rediss://`` or ``unix://``). Unset, each process counts its own sessions.
     redis_url: str | None = None
@@ -364,6 +368,8 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_HOME": "home",
     "RTGATE_DATABASE_URL": "database_url",
     "RTGATE_HOST": "host",
+    "RTGATE_TLS_CERTFILE": "tls_certfile",
+    "RTGATE_TLS_KEYFILE": "tls_keyfile",
     "RTGATE_PORT": "port",
     "RTGATE_WORKERS": "workers",
     "RTGATE_LOG_LEVEL": "log_level",
@@ -501,4 +507,6 @@ def load_settings(
         raise ConfigError("engine.brain_url: the openai-compatible brain needs a server URL")
     if settings.default_upstream not in settings.upstreams:
         raise ConfigError(f"default_upstream: no upstream named {settings.default_upstream!r}")
+    # A certificate that cannot be used stops start-up here, naming the setting.
+    server_context(settings.tls_certfile, settings.tls_keyfile)
     return settings

@@ -35,6 +35,7 @@ from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
 from rtgate.logs import configure_logging
+from rtgate.tls import server_context
 from rtgate.welcome import summary_lines
 
 log = logging.getLogger("rtgate")
@@ -84,19 +85,26 @@ async def serve_async(
     wait = max(60.0, settings.drain_seconds)
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
+    tls = server_context(settings.tls_certfile, settings.tls_keyfile)
     if sock is not None:
-        site: web.BaseSite = web.SockSite(runner, sock)
+        site: web.BaseSite = web.SockSite(runner, sock, ssl_context=tls)
         host, port = sock.getsockname()[:2]
     else:
         site = web.TCPSite(
-            runner, settings.host, settings.port, reuse_port=settings.workers > 1, backlog=4096
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=settings.workers > 1,
+            backlog=4096,
+            ssl_context=tls,
         )
         host, port = settings.host, settings.port
     await site.start()
-    set_local_base_url(app, str(host), int(port))
+    set_local_base_url(app, str(host), int(port), settings.tls_certfile if tls else None)
     freeze_startup_heap()
     shown = f"[{host}]" if ":" in str(host) else host
-    for line in summary_lines(settings, f"http://{shown}:{port}", _program()):
+    scheme = "https" if tls is not None else "http"
+    for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
         log.info(line)
     drain = app[DRAIN]
     now = asyncio.Event()
@@ -186,6 +194,8 @@ def open_metrics_warning(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings) -> None:
+    # A certificate the command line named is checked before anything starts.
+    server_context(settings.tls_certfile, settings.tls_keyfile)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
         if warning is not None:

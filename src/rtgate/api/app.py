@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -50,6 +51,7 @@ from rtgate.redis_fleet import RedisFleet
 from rtgate.relay.endpoint import GATEWAY, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
+from rtgate.tls import pinned_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
 
@@ -231,9 +233,15 @@ def create_app(
     return app
 
 
-def set_local_base_url(app: web.Application, host: str, port: int) -> None:
-    """Point the ``local`` upstream at this process's own engine route (known once bound)."""
+def set_local_base_url(
+    app: web.Application, host: str, port: int, tls_certfile: Path | None = None
+) -> None:
+    """Point the ``local`` upstream at this process's own engine route (known once bound);
+    on a TLS listener, over TLS that trusts the listener's own certificate (``rtgate.tls``)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    app[GATEWAY].local_base_url = f"ws://{host}:{port}{ENGINE_PATH}"
+    gw = app[GATEWAY]
+    scheme = "ws" if tls_certfile is None else "wss"
+    gw.local_base_url = f"{scheme}://{host}:{port}{ENGINE_PATH}"
+    gw.local_tls = None if tls_certfile is None else pinned_context(tls_certfile)

@@ -13,7 +13,8 @@ Rules a secret enforces when it opens a session:
   and usage is billed to it;
 - until ``expires_at`` it may open several sessions (a session may outlive its secret);
 - the connection may only use the secret's model; naming none means the secret's model;
-- its template goes upstream as an initial ``session.update`` after the key's own defaults;
+- its template goes upstream in the initial ``session.update``, over the key's own defaults
+  (``policy.initial_session_update``);
 - its session type decides the connection's: a transcription secret opens a transcription
   session (``intent=transcription`` goes upstream even if the client left it out), and a
   realtime secret cannot be used for one;
@@ -33,8 +34,6 @@ import secrets
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import orjson
 
 from rtgate.auth.keys import hash_key
 from rtgate.errors import GatewayError, ModelNotAllowed, PolicyError
@@ -282,11 +281,3 @@ def shown_template(value: Any) -> Any:
     if isinstance(value, list):
         return [shown_template(v) for v in value]
     return value
-
-
-def template_update(secret: ClientSecret) -> str | None:
-    """The ``session.update`` that applies the secret's template upstream (docs/protocol.md 8.2);
-    None when the template sets nothing but its type."""
-    if not set(secret.session) - {"type"}:
-        return None
-    return orjson.dumps({"type": "session.update", "session": dict(secret.session)}).decode()

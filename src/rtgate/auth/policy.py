@@ -22,6 +22,12 @@ from rtgate.catalog import model_family
 from rtgate.clock import rfc3339
 from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
 from rtgate.metering.cost import NANOS_PER_USD, usd_str
+from rtgate.protocol.session_fields import (
+    DEFAULT_TRANSCRIPTION_MODEL,
+    applicable,
+    chooses_transcription,
+    merge,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,14 +207,22 @@ def _with_event(err: GatewayError, event_id: str | None) -> GatewayError:
     return err
 
 
-def initial_session_update(policy: KeyPolicy, transcription: bool) -> str | None:
-    """The ``session.update`` that applies the key's defaults, or None."""
-    if not policy.session_defaults:
+def initial_session_update(
+    policy: KeyPolicy, transcription: bool, template: Mapping[str, Any] | None = None
+) -> str | None:
+    """The one ``session.update`` a session opens with, or None: the key's defaults (those a
+    session of this type has), a client secret's template over them (its minter chose it for
+    this very session), and for a transcription session that chose no transcription model,
+    the default one (docs/protocol.md 8.2: a session template goes up as an initial update)."""
+    session: dict[str, Any] = {"type": "transcription" if transcription else "realtime"}
+    merge(session, applicable(policy.session_defaults or {}, transcription))
+    merge(session, template or {})
+    if transcription and not chooses_transcription(session):
+        merge(
+            session, {"audio": {"input": {"transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}}}}
+        )
+    if set(session) == {"type"}:
         return None
-    session = {
-        "type": "transcription" if transcription else "realtime",
-        **dict(policy.session_defaults),
-    }
     return orjson.dumps({"type": "session.update", "session": session}).decode()
 
 

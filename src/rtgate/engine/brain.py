@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections.abc import AsyncIterator, Sequence
@@ -31,12 +30,22 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class FunctionCall:
+    """A function call starts, with the start of its ``arguments`` (a scripted brain gives them
+    whole); any ``ArgumentsDelta`` that follows continues them."""
+
     name: str
     arguments: str
     call_id: str = field(default_factory=lambda: new_id("call", 16))
 
 
-BrainOutput = TextDelta | FunctionCall
+@dataclass(frozen=True, slots=True)
+class ArgumentsDelta:
+    """More of the arguments of the function call started last, as the model produced them."""
+
+    text: str
+
+
+BrainOutput = TextDelta | FunctionCall | ArgumentsDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +257,7 @@ class OpenAICompatibleBrain:
             if isinstance(request.tool_choice, str):
                 body["tool_choice"] = request.tool_choice
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        calls: dict[int, dict[str, str]] = {}
+        calls = _ToolCalls()
         async with (
             aiohttp.ClientSession(timeout=self.timeout) as http,
             http.post(self.url, json=body, headers=headers) as resp,
@@ -269,20 +278,60 @@ class OpenAICompatibleBrain:
                     if delta.get("content"):
                         yield TextDelta(delta["content"])
                     for tc in delta.get("tool_calls") or []:
-                        slot = calls.setdefault(
-                            int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""}
-                        )
-                        slot["id"] = tc.get("id") or slot["id"]
-                        fn = tc.get("function") or {}
-                        slot["name"] += fn.get("name") or ""
-                        slot["arguments"] += fn.get("arguments") or ""
-        for _, c in sorted(calls.items()):
-            args = c["arguments"] or "{}"
-            try:
-                json.loads(args)
-            except ValueError:
-                args = json.dumps({"raw": args})
-            yield FunctionCall(c["name"], args, c["id"] or new_id("call", 16))
+                        for out in calls.fragment(tc):
+                            yield out
+        for out in calls.end():
+            yield out
+
+
+class _ToolCalls:
+    """Streamed Chat Completions tool calls as brain outputs, each fragment as it arrives.
+
+    A call starts once its name is known (OpenAI-compatible servers send the id and name in
+    its first chunk); its argument fragments follow as ``ArgumentsDelta``. Servers stream
+    parallel calls one after another; a fragment of a call already left behind cannot be
+    placed and fails the reply. A call that got no arguments at all gets ``{}``, as OpenAI's
+    own calls of a function without parameters do.
+    """
+
+    def __init__(self) -> None:
+        self.index: int | None = None
+        self.call_id = self.name = self.pending = ""
+        self.started = self.has_arguments = False
+        self.done: set[int] = set()
+
+    def fragment(self, tc: dict[str, Any]) -> list[BrainOutput]:
+        index = int(tc.get("index", 0))
+        fn = tc.get("function") or {}
+        out: list[BrainOutput] = []
+        if index != self.index:
+            if index in self.done:
+                raise BrainError(f"brain server interleaved tool call {index} with another")
+            out.extend(self.end())
+            self.index = index
+        self.call_id = tc.get("id") or self.call_id
+        self.name += fn.get("name") or ""
+        self.pending += fn.get("arguments") or ""
+        if not self.started and self.name:
+            self.started = True
+            out.append(FunctionCall(self.name, "", self.call_id or new_id("call", 16)))
+        if self.started and self.pending:
+            out.append(ArgumentsDelta(self.pending))
+            self.has_arguments = True
+            self.pending = ""
+        return out
+
+    def end(self) -> list[BrainOutput]:
+        """The current call is over: what it still owes."""
+        out: list[BrainOutput] = []
+        if self.started and not self.has_arguments:
+            out.append(ArgumentsDelta("{}"))
+        if self.index is not None:
+            self.done.add(self.index)
+        self.index = None
+        self.call_id = self.name = self.pending = ""
+        self.started = self.has_arguments = False
+        return out
 
 
 class BrainError(Exception):

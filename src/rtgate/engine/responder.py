@@ -1,9 +1,10 @@
 """Producing responses: docs/protocol.md section 6, steps 10-22, for the local engine.
 
 The brain's output becomes output items: text and audio messages (synthesised sentence by
-sentence as the text streams in) and function calls. A response can be stopped at any point
-(cancel or barge-in); it always ends with ``response.done`` and its usage, then
-``rate_limits.updated``.
+sentence as the text streams in) and function calls, whose arguments go out a
+``response.function_call_arguments.delta`` per fragment the brain produces. A response can be
+stopped at any point (cancel or barge-in); it always ends with ``response.done`` and its usage,
+then ``rate_limits.updated``.
 
 ``max_output_tokens`` bounds the output tokens the usage reports (text, transcripts and
 function call arguments with the o200k tokenizer, audio at 20 tokens a second). Output is
@@ -25,7 +26,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtgate.engine.brain import BrainError, BrainOutput, BrainRequest, FunctionCall, TextDelta
+from rtgate.engine.brain import (
+    ArgumentsDelta,
+    BrainError,
+    BrainOutput,
+    BrainRequest,
+    FunctionCall,
+    TextDelta,
+)
 from rtgate.engine.conversation import PCM_BYTES_PER_MS, public_item
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.response_plan import ResponsePlan
@@ -74,6 +82,7 @@ class Responder:
         )
         outputs: list[dict[str, Any]] = []
         message: _MessageOut | None = None
+        call: _CallOut | None = None
         failure: str | None = None
         try:
             await self.send([ev("response.created", response=dict(resp, output=[]))])
@@ -84,6 +93,13 @@ class Responder:
                 async for out in brain_outputs:
                     if plan.stopped:
                         break
+                    if isinstance(out, ArgumentsDelta):
+                        if call is not None:
+                            await self._arguments(plan, call, out.text)
+                        continue
+                    if call is not None:
+                        await self._close_call(plan, call)
+                        call = None
                     if isinstance(out, TextDelta):
                         if message is None:
                             if out.text and self._room(plan) == 0:
@@ -92,16 +108,18 @@ class Responder:
                             message = await self._open_message(plan, len(outputs))
                             outputs.append(message.item)
                         await self._speak(plan, message, out.text, final=False)
-                    else:
-                        if message is not None:
-                            await self._speak(plan, message, "", final=True)
-                            await self._close_message(plan, message)
-                            message = None
-                        room = self._room(plan)
-                        if room is not None and room < count_tokens(out.name):
-                            plan.incomplete = True  # no room left for the call
-                            break
-                        outputs.append(await self._function_call(plan, out, len(outputs)))
+                        continue
+                    if message is not None:
+                        await self._speak(plan, message, "", final=True)
+                        await self._close_message(plan, message)
+                        message = None
+                    room = self._room(plan)
+                    if room is not None and room < count_tokens(out.name):
+                        plan.incomplete = True  # no room left for the call
+                        break
+                    call = await self._open_call(plan, out, len(outputs))
+                    outputs.append(call.item)
+                    await self._arguments(plan, call, out.arguments)
             if message is not None and not plan.stopped:
                 await self._speak(plan, message, "", final=True)
         except BrainError as exc:
@@ -113,9 +131,11 @@ class Responder:
             failure = f"internal error: {type(exc).__name__}"
         finally:
             self._stops.pop(resp["id"], None)
-            if message is not None:
-                with contextlib.suppress(ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                if message is not None:
                     await self._close_message(plan, message)
+                if call is not None:
+                    await self._close_call(plan, call)
             await self._finish(plan, outputs, text_in, audio_in, failure)
 
     async def _open_message(self, plan: ResponsePlan, index: int) -> _MessageOut:
@@ -161,13 +181,18 @@ class Responder:
         self.s.items.append(item)
         return prev
 
-    def _room(self, plan: ResponsePlan, msg: _MessageOut | None = None) -> int | None:
-        """Output tokens ``plan`` may still produce (``None``: no limit), ``msg`` being open."""
+    def _room(
+        self, plan: ResponsePlan, msg: _MessageOut | None = None, call: _CallOut | None = None
+    ) -> int | None:
+        """Output tokens ``plan`` may still produce (``None``: no limit), ``msg`` or ``call``
+        being open."""
         if plan.max_output_tokens is None:
             return None
         used = plan.text_out + (plan.audio_out_ms + (msg.audio_ms if msg else 0)) // 50
         if msg is not None:
             used += count_tokens(msg.text)
+        if call is not None:
+            used += count_tokens(call.item["name"]) + count_tokens(call.arguments)
         return max(0, plan.max_output_tokens - used)
 
     async def _speak(self, plan: ResponsePlan, msg: _MessageOut, text: str, *, final: bool) -> None:
@@ -316,9 +341,7 @@ class Responder:
         pos = ids.index(item_id) if item_id in ids else 0
         return ids[pos - 1] if pos > 0 else None
 
-    async def _function_call(
-        self, plan: ResponsePlan, call: FunctionCall, index: int
-    ) -> dict[str, Any]:
+    async def _open_call(self, plan: ResponsePlan, call: FunctionCall, index: int) -> _CallOut:
         item: dict[str, Any] = {
             "id": new_id("item"),
             "object": "realtime.item",
@@ -329,18 +352,11 @@ class Responder:
             "arguments": "",
         }
         prev = self._add_item(plan, item)
-        rid = plan.response["id"]
-        arguments, room = call.arguments, self._room(plan)
-        if room is not None:
-            arguments = _fit(arguments, room - count_tokens(call.name))
-        cut = arguments != call.arguments
-        if cut:
-            plan.incomplete = True
         await self.send(
             [
                 ev(
                     "response.output_item.added",
-                    response_id=rid,
+                    response_id=plan.response["id"],
                     output_index=index,
                     item=public_item(item),
                 ),
@@ -349,42 +365,51 @@ class Responder:
                     if plan.conversation
                     else []
                 ),
-                *(
-                    [
-                        ev(
-                            "response.function_call_arguments.delta",
-                            response_id=rid,
-                            item_id=item["id"],
-                            output_index=index,
-                            call_id=call.call_id,
-                            delta=arguments,
-                        )
-                    ]
-                    if arguments
-                    else []
-                ),
             ]
         )
-        item["arguments"] = arguments
-        item["status"] = "incomplete" if cut else "completed"
-        plan.text_out += count_tokens(call.name) + count_tokens(arguments)
+        return _CallOut(item=item, index=index)
+
+    async def _arguments(self, plan: ResponsePlan, call: _CallOut, text: str) -> None:
+        """Stream a fragment of ``call``'s arguments: one delta per fragment, cut to fit."""
+        room = self._room(plan, call=call)
+        if room is not None:
+            fitted = _fit(text, room, before=call.arguments)
+            if fitted != text:
+                plan.incomplete = True
+                text = fitted
+        if not text:
+            return
+        call.arguments += text
+        await self.send(
+            [
+                ev(
+                    "response.function_call_arguments.delta",
+                    delta=text,
+                    call_id=call.item["call_id"],
+                    **call.indices(plan),
+                )
+            ]
+        )
+
+    async def _close_call(self, plan: ResponsePlan, call: _CallOut) -> None:
+        item = call.item
+        item["arguments"] = call.arguments
+        item["status"] = "incomplete" if plan.stopped else "completed"
+        plan.text_out += count_tokens(item["name"]) + count_tokens(call.arguments)
         await self._close_item(
             plan,
             item,
-            index,
+            call.index,
             [
                 ev(
                     "response.function_call_arguments.done",
-                    response_id=rid,
-                    item_id=item["id"],
-                    output_index=index,
-                    call_id=call.call_id,
-                    name=call.name,
-                    arguments=arguments,
+                    call_id=item["call_id"],
+                    name=item["name"],
+                    arguments=call.arguments,
+                    **call.indices(plan),
                 ),
             ],
         )
-        return item
 
     async def _finish(
         self,
@@ -503,6 +528,22 @@ def _fit(text: str, tokens: int, before: str = "") -> str:
 def _sentence_end(text: str) -> int | None:
     m = _SENTENCE.search(text)
     return m.end() if m else None
+
+
+@dataclass
+class _CallOut:
+    """A function call being produced: its arguments so far."""
+
+    item: dict[str, Any]
+    index: int
+    arguments: str = ""
+
+    def indices(self, plan: ResponsePlan) -> dict[str, Any]:
+        return {
+            "response_id": plan.response["id"],
+            "item_id": self.item["id"],
+            "output_index": self.index,
+        }
 
 
 @dataclass

@@ -3,6 +3,11 @@
 Served by the gateway itself under an internal path, guarded by a per-process token, and dialled
 by the relay like any other upstream, so local sessions are authenticated, metered and capped by
 exactly the same code as provider sessions.
+
+One difference from a provider, on purpose: the gateway announces its setup ``session.update``
+(the key's defaults, a client secret's template) with ``Rtgate-Setup-Frames``, and the engine
+applies it before ``session.created``, so that event carries the session the minter chose, as
+OpenAI's does for a minted secret.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -27,8 +33,14 @@ from rtgate.engine.session import (
     obfuscation,
 )
 from rtgate.engine.tokens import count_tokens
+from rtgate.relay.upstream import SETUP_FRAMES_HEADER
 
 log = logging.getLogger("rtgate.engine")
+
+#: The gateway sends its setup frames right after dialling; a gateway that does not is gone.
+SETUP_TIMEOUT_S = 10.0
+#: At most this many setup frames (the gateway sends one).
+MAX_SETUP_FRAMES = 4
 
 
 def _dump(event: Event) -> str:
@@ -81,8 +93,12 @@ class EngineConnection(Responder):
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("engine task failed: %r", exc, exc_info=exc)
 
-    async def run(self) -> None:
+    async def run(self, setup_frames: int = 0) -> None:
+        """Serve the session; its first ``setup_frames`` text frames are the gateway's setup
+        ``session.update``, applied before ``session.created`` (a refusal of it follows that)."""
+        refusals = await self.set_up(setup_frames)
         await self.send(self.s.created())
+        await self.send(refusals)
         try:
             async for msg in self.ws:
                 if msg.type is WSMsgType.TEXT:
@@ -99,6 +115,21 @@ class EngineConnection(Responder):
             for t in list(self.tasks):
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def set_up(self, frames: int) -> list[Event]:
+        """Apply the gateway's setup frames silently; the errors they met, if any."""
+        refusals: list[Event] = []
+        while frames > 0:
+            msg = await self.ws.receive(timeout=SETUP_TIMEOUT_S)
+            if msg.type is not WSMsgType.TEXT:
+                break
+            frames -= 1
+            try:
+                events, _ = self.s.handle(orjson.loads(msg.data))
+            except orjson.JSONDecodeError:
+                continue
+            refusals.extend(e for e in events if e["type"] == "error")
+        return refusals
 
     async def on_text(self, data: str) -> None:
         try:
@@ -233,8 +264,14 @@ async def engine_realtime(request: web.Request) -> web.StreamResponse:
     session = EngineSession(
         model=model, transcription=transcription, max_seconds=opts.max_session_seconds
     )
-    await EngineConnection(ws, opts, session).run()
+    await EngineConnection(ws, opts, session).run(setup_frames(request.headers))
     return ws
+
+
+def setup_frames(headers: Mapping[str, str]) -> int:
+    """How many setup frames the gateway announced (``SETUP_FRAMES_HEADER``)."""
+    raw = headers.get(SETUP_FRAMES_HEADER, "0")
+    return min(int(raw), MAX_SETUP_FRAMES) if raw.isdigit() else 0
 
 
 def add_engine_routes(

@@ -8,7 +8,10 @@ Rules (docs/protocol.md 2, 5.7, 5.9, 8.3):
   activity detector (``engine.turns``: speech started and stopped, the idle timeout); with
   ``turn_detection: null`` only ``input_audio_buffer.commit`` does. A commit or clear in the
   middle of a turn ends that turn.
-* A ``session.update`` is checked whole before anything of it applies (``session_config``).
+* Every client event is checked against the GA event table (``protocol.client_schema``):
+  unknown and beta-only fields, wrong types, values outside their sets and ranges are refused
+  as OpenAI refuses them, and nothing of a refused event applies. A ``session.update`` then
+  meets the session's own rules (``session_config``).
 * A response stops at ``max_output_tokens`` (session or response; an integer 1-4096 or
   ``"inf"``) with status ``incomplete``, reason ``max_output_tokens``.
 * The voice is fixed once the session has produced audio (``cannot_update_voice``).
@@ -37,34 +40,20 @@ from rtgate.engine.conversation import (
 from rtgate.engine.response_plan import ResponsePlan
 from rtgate.engine.session_config import (
     Refusal,
-    check_max_output_tokens,
     check_update,
     default_session,
     format_type,
-    merge,
 )
 from rtgate.engine.tokens import count_tokens
 from rtgate.engine.turns import IdleTimeout, TurnEnded, TurnStarted, TurnTaker, with_defaults
 from rtgate.engine.vad import VoiceActivityDetector
+from rtgate.protocol import client_schema
 from rtgate.protocol.ids import new_id
+from rtgate.protocol.session_fields import merge
 
 Event = dict[str, Any]
 
 MIN_COMMIT_MS = 100
-
-_CLIENT_TYPES = (
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.clear",
-    "output_audio_buffer.clear",
-    "conversation.item.create",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "conversation.item.delete",
-    "response.create",
-    "response.cancel",
-)
 
 
 def ev(etype: str, **fields: Any) -> Event:
@@ -171,17 +160,14 @@ class EngineSession:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [self.error("invalid_event", "The 'type' field is missing.", "type", eid)], None
         etype = event["type"]
-        if etype not in _CLIENT_TYPES:
-            return [
-                self.error(
-                    "invalid_value",
-                    f"Invalid value: '{etype}'. Supported values are: "
-                    + ", ".join(f"'{t}'" for t in _CLIENT_TYPES)
-                    + ".",
-                    "type",
-                    eid,
-                )
-            ], None
+        refused: client_schema.Problem | None
+        if etype not in client_schema.CLIENT_EVENTS:
+            refused = client_schema.invalid_value(etype, list(client_schema.CLIENT_EVENTS), "type")
+        else:
+            # Every field of every event, as OpenAI's GA interface checks it (docs/protocol.md 5.3).
+            refused = client_schema.problem(event)
+        if refused is not None:
+            return [self.error(refused.code, refused.message, refused.param, eid)], None
         handler = getattr(self, "_on_" + etype.replace(".", "_"))
         result: tuple[list[Event], ResponsePlan | None] | Refusal = handler(event)
         if isinstance(result, Refusal):
@@ -190,7 +176,7 @@ class EngineSession:
 
     def _on_session_update(self, e: Event) -> tuple[list[Event], None] | Refusal:
         update = check_update(
-            e.get("session"),
+            e["session"],
             self.session,
             transcription=self.transcription,
             audio_produced=self.audio_produced,
@@ -215,13 +201,8 @@ class EngineSession:
     def _on_input_audio_buffer_append(
         self, e: Event
     ) -> tuple[list[Event], ResponsePlan | None] | Refusal:
-        audio = e.get("audio")
-        if not isinstance(audio, str):
-            return Refusal(
-                "missing_required_parameter", "Missing required parameter: 'audio'.", "audio"
-            )
         try:
-            pcm = base64.b64decode(audio, validate=True)
+            pcm = base64.b64decode(e["audio"], validate=True)
         except ValueError:
             return Refusal("invalid_value", "Invalid 'audio': not valid base64.", "audio")
         self.last_pcm = self.decode_input(pcm)
@@ -379,13 +360,7 @@ class EngineSession:
         )
 
     def _on_conversation_item_create(self, e: Event) -> tuple[list[Event], None] | Refusal:
-        item = e.get("item")
-        if not isinstance(item, dict) or "type" not in item:
-            return Refusal(
-                "missing_required_parameter",
-                "Missing required parameter: 'item.type'.",
-                "item.type",
-            )
+        item = e["item"]
         audio: bytes | None = None
         if item["type"] == "message":
             for c in item.get("content") or []:
@@ -428,11 +403,6 @@ class EngineSession:
         return [ev("conversation.item.deleted", item_id=item["id"])], None
 
     def _on_conversation_item_truncate(self, e: Event) -> tuple[list[Event], None] | Refusal:
-        for name in ("item_id", "content_index", "audio_end_ms"):
-            if e.get(name) is None:
-                return Refusal(
-                    "missing_required_parameter", f"Missing required parameter: '{name}'.", name
-                )
         item_id, index, end = str(e["item_id"]), e["content_index"], e["audio_end_ms"]
         refused = self.conversation.truncate(item_id, index, end)
         if refused is not None:
@@ -453,14 +423,7 @@ class EngineSession:
                 "response.create is not supported in transcription sessions.",
                 "type",
             )
-        params = e.get("response") if isinstance(e.get("response"), dict) else {}
-        assert isinstance(params, dict)
-        if "max_output_tokens" in params:
-            refused = check_max_output_tokens(
-                params["max_output_tokens"], "response.max_output_tokens"
-            )
-            if refused is not None:
-                return refused
+        params: dict[str, Any] = e.get("response") or {}
         conversation = params.get("conversation", "auto") != "none"
         # A cancelled response is over for the client (its response.done is on the way, and
         # engine.server sends it before the next response starts).
@@ -479,11 +442,12 @@ class EngineSession:
     def plan_response(self, params: dict[str, Any], conversation: bool = True) -> ResponsePlan:
         modalities = list(params.get("output_modalities") or self.session["output_modalities"])
         out_cfg = self.session["audio"]["output"]
-        voice = str(
-            ((params.get("audio") or {}).get("output") or {}).get("voice")
-            or out_cfg.get("voice")
-            or "alloy"
+        # A voice is a name or a custom voice's {"id": ...}; the response shows it as given.
+        shown = ((params.get("audio") or {}).get("output") or {}).get("voice") or out_cfg.get(
+            "voice"
         )
+        shown = shown or "alloy"
+        voice = shown["id"] if isinstance(shown, dict) else str(shown)
         response = {
             "object": "realtime.response",
             "id": new_id("resp"),
@@ -493,7 +457,7 @@ class EngineSession:
             "conversation_id": self.conversation.id if conversation else None,
             "output_modalities": modalities,
             "max_output_tokens": params.get("max_output_tokens", self.session["max_output_tokens"]),
-            "audio": {"output": {"format": dict(out_cfg["format"]), "voice": voice}},
+            "audio": {"output": {"format": dict(out_cfg["format"]), "voice": shown}},
             "usage": None,
             "metadata": params.get("metadata"),
         }

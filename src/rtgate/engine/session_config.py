@@ -1,35 +1,26 @@
 """The local engine's GA session object: its defaults, and what a ``session.update`` may change.
 
-Pure functions over plain dicts. A refused update is a ``Refusal``, which ``EngineSession`` sends
-as an ``error`` event with the client's ``event_id`` (docs/protocol.md 5.3, 8.3); nothing of a
-refused update is applied. Checked in this order:
+Pure functions over plain dicts. Every field of an update has been checked against the GA event
+table (``protocol.client_schema``: unknown fields, types, formats, ``max_output_tokens``,
+eagerness...) before it gets here; what is left are the rules of this session, each a
+``Refusal`` that ``EngineSession`` sends as an ``error`` event with the client's ``event_id``
+(docs/protocol.md 5.3, 8.3), nothing of the update applied:
 
-1. ``session`` and ``session.type`` present (``missing_required_parameter``), the type this
-   session has (``invalid_value``), no key its type does not know (``unknown_parameter``);
-2. ``audio``, ``audio.input``, ``audio.output`` are objects, a turn detector an object or null
-   (``invalid_type``); audio formats: ``audio/pcm`` at 24 kHz, ``audio/pcmu``, ``audio/pcma``
-   (docs/protocol.md 5.6);
-3. ``max_output_tokens``: an integer 1-4096 or ``"inf"`` (docs/protocol.md 2.1, 5.2);
-4. ``semantic_vad`` eagerness: ``low``, ``medium``, ``high`` or ``auto``;
-5. the voice: it cannot change once the session has produced audio (docs/protocol.md 2.5, 5.9).
+1. ``session.type`` is this session's type (``invalid_value``, in the words OpenAI uses);
+2. the voice cannot change once the session has produced audio (docs/protocol.md 2.5, 5.9).
 The model is fixed for the session: a different one is ignored, as OpenAI does.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
-from rtgate.engine.turns import EAGERNESS, default_server_vad
+from rtgate.engine.turns import default_server_vad
 from rtgate.protocol import session_fields
 from rtgate.protocol.ids import new_id
 
 DEFAULT_INSTRUCTIONS = "You are a helpful, witty, and friendly AI running locally inside rtgate."
-MAX_OUTPUT_TOKENS = 4096
-
-#: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
-_WHOLE = frozenset({"turn_detection", "format"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +50,8 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
                 "input": {
                     "format": fmt,
                     "noise_reduction": None,
-                    "transcription": None,
+                    # The product page's URL alone must transcribe (docs/protocol.md 2.5).
+                    "transcription": {"model": session_fields.DEFAULT_TRANSCRIPTION_MODEL},
                     "turn_detection": default_turn_detection(),
                 }
             },
@@ -91,72 +83,20 @@ def default_session(model: str, transcription: bool, expires_at: int) -> dict[st
     }
 
 
-def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Apply an update: omitted fields are left alone (docs/protocol.md 2.5)."""
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k not in _WHOLE:
-            merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
-
-
 def check_update(
-    sess: Any, current: dict[str, Any], *, transcription: bool, audio_produced: bool
+    sess: dict[str, Any], current: dict[str, Any], *, transcription: bool, audio_produced: bool
 ) -> dict[str, Any] | Refusal:
-    """The part of ``session.update``'s ``session`` to merge into ``current``, or a refusal."""
-    if not isinstance(sess, dict):
-        return Refusal(
-            "missing_required_parameter", "Missing required parameter: 'session'.", "session"
-        )
-    stype = sess.get("type")
-    if stype is None:
-        return Refusal(
-            "missing_required_parameter",
-            "Missing required parameter: 'session.type'.",
-            "session.type",
-        )
+    """The part of a well-formed ``session.update``'s ``session`` to merge into ``current``
+    (its fields were checked against the GA event table already), or a refusal."""
+    stype = sess["type"]
     want = "transcription" if transcription else "realtime"
     if stype != want:
         return Refusal(
             "invalid_value",
-            f"Invalid value: '{stype}'. This session is a '{want}' session.",
+            f"Passing a {stype} session update event to a {want} session is not allowed.",
             "session.type",
         )
-    allowed = session_fields.TRANSCRIPTION if transcription else session_fields.REALTIME
-    for k in sess:
-        if k not in allowed:
-            return Refusal(
-                "unknown_parameter", f"Unknown parameter: 'session.{k}'.", f"session.{k}"
-            )
-    shape = _shape_refusal(sess)
-    if shape is not None:
-        return shape
-    audio = _object(sess.get("audio"))
-    inp, out = _object(audio.get("input")), _object(audio.get("output"))
-    for side, part in (("input", inp), ("output", out)):
-        fmt = part.get("format")
-        if fmt is not None and not valid_format(fmt):
-            return Refusal(
-                "invalid_value",
-                f"Invalid value for 'session.audio.{side}.format': {fmt!r}. "
-                "Supported: audio/pcm (24000 Hz), audio/pcmu, audio/pcma.",
-                f"session.audio.{side}.format",
-            )
-    if "max_output_tokens" in sess:
-        refused = check_max_output_tokens(sess["max_output_tokens"], "session.max_output_tokens")
-        if refused is not None:
-            return refused
-    td = inp.get("turn_detection")
-    if isinstance(td, dict) and td.get("type") == "semantic_vad":
-        eagerness = td.get("eagerness")
-        if eagerness is not None and eagerness not in EAGERNESS:
-            return Refusal(
-                "invalid_value",
-                f"Invalid value: '{eagerness}'. Supported values are: "
-                + ", ".join(f"'{v}'" for v in EAGERNESS)
-                + ".",
-                "session.audio.input.turn_detection.eagerness",
-            )
+    out = _object(_object(sess.get("audio")).get("output"))
     voice = out.get("voice")
     if (
         voice is not None
@@ -171,62 +111,6 @@ def check_update(
     return {k: v for k, v in sess.items() if k != "type" and k != "model"}
 
 
-def _shape_refusal(sess: dict[str, Any]) -> Refusal | None:
-    """A refusal if ``audio``, its ``input`` or ``output``, or a turn detector (which may be
-    null: none) is not an object; merged, it would break every later event."""
-    checks: list[tuple[str, Any, bool]] = []
-    if "audio" in sess:
-        audio = sess["audio"]
-        checks.append(("session.audio", audio, False))
-        if isinstance(audio, dict):
-            for side in ("input", "output"):
-                if side in audio:
-                    checks.append((f"session.audio.{side}", audio[side], False))
-            inp = audio.get("input")
-            if isinstance(inp, dict) and "turn_detection" in inp:
-                td = inp["turn_detection"]
-                checks.append(("session.audio.input.turn_detection", td, True))
-    for param, value, nullable in checks:
-        if isinstance(value, dict) or (nullable and value is None):
-            continue
-        return Refusal(
-            "invalid_type",
-            f"Invalid type for '{param}': expected an object, but got "
-            f"{type(value).__name__} instead.",
-            param,
-        )
-    return None
-
-
-def check_max_output_tokens(value: Any, param: str) -> Refusal | None:
-    """A refusal if ``value`` is not an integer 1-4096 or ``"inf"``, in the wording OpenAI
-    uses to validate parameters."""
-    if value == "inf":
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        return Refusal(
-            "invalid_type",
-            f"Invalid type for '{param}': expected an integer or 'inf', "
-            f"but got {type(value).__name__} instead.",
-            param,
-        )
-    if value < 1:
-        return Refusal(
-            "integer_below_min_value",
-            f"Invalid '{param}': integer below minimum value. Expected a value >= 1, "
-            f"but got {value} instead.",
-            param,
-        )
-    if value > MAX_OUTPUT_TOKENS:
-        return Refusal(
-            "integer_above_max_value",
-            f"Invalid '{param}': integer above maximum value. Expected a value <= "
-            f"{MAX_OUTPUT_TOKENS}, but got {value} instead.",
-            param,
-        )
-    return None
-
-
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -235,13 +119,3 @@ def format_type(fmt: Any) -> str:
     if isinstance(fmt, dict):
         return str(fmt.get("type") or "audio/pcm")
     return str(fmt or "audio/pcm")
-
-
-def valid_format(fmt: Any) -> bool:
-    # GA formats are objects (``{"type": "audio/pcmu"}``); a bare string is the beta shape.
-    if not isinstance(fmt, dict):
-        return False
-    t, rate = fmt.get("type"), fmt.get("rate", 24000)
-    if t == "audio/pcm":
-        return rate in (None, 24000)
-    return t in ("audio/pcmu", "audio/pcma")

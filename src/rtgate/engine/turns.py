@@ -34,7 +34,6 @@ from rtgate.protocol.ids import new_id
 
 #: End-of-turn silence per ``semantic_vad`` eagerness (see the module docstring for why).
 SEMANTIC_SILENCE_MS = {"low": 2000, "medium": 1000, "auto": 1000, "high": 500}
-EAGERNESS = tuple(SEMANTIC_SILENCE_MS)
 VAD_TYPES = ("server_vad", "semantic_vad")
 
 

@@ -55,6 +55,15 @@ _SESSION_CREATED = '"session.created"'
 _SESSION_UPDATED = '"session.updated"'
 _INVALID_KEY = '"invalid_api_key"'
 
+#: RFC 6455 7.1.5: the close code of a close frame that carried none. Never sent (7.4.1).
+NO_STATUS_RECEIVED = 1005
+
+
+def received_close_code(code: int | None) -> int:
+    """The code a received close frame reports: 1005 when it carried none (aiohttp reads an
+    empty close frame as code 0)."""
+    return code or NO_STATUS_RECEIVED
+
 
 class SessionState(enum.Enum):
     """OPEN until the first close from either side or the gateway; then CLOSED for good."""

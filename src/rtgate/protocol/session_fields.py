@@ -1,5 +1,6 @@
-"""The top-level fields of the session objects rtgate takes, for the places that refuse the ones
-they do not know (OpenAI's ``unknown_parameter``).
+"""The session objects rtgate takes: their top-level fields, for the places that refuse the ones
+they do not know (OpenAI's ``unknown_parameter``), how an update applies (``merge``), and the
+transcription model a transcription session that names none transcribes with.
 
 GA (docs/protocol.md 2.5): ``RealtimeSessionCreateRequest`` and
 ``RealtimeTranscriptionSessionCreateRequest``. Beta (docs/protocol.md 3, the 3.57 SDK's
@@ -8,6 +9,18 @@ flat sessions of ``POST /v1/realtime/sessions`` and ``/transcription_sessions``.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+#: A transcription session that names no model transcribes with this one, on the local engine
+#: and (sent by rtgate as the session opens) on a provider. OpenAI's realtime transcription
+#: guide names it; it is the cheapest of OpenAI's transcription models (docs/engine-fidelity.md).
+DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+
+#: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
+_WHOLE = frozenset({"turn_detection", "format"})
 
 REALTIME = frozenset(
     {
@@ -55,3 +68,31 @@ BETA_REALTIME = _BETA_COMMON | {
 #: ``model`` too: the product page's ``{"model": "gpt-4o-mini-transcribe"}`` names the
 #: transcription model (``client_secrets.with_transcription_model``).
 BETA_TRANSCRIPTION = _BETA_COMMON | {"model"}
+
+
+def merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    """Apply a session update to ``dst``: omitted fields are left alone (docs/protocol.md 2.5)."""
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict) and k not in _WHOLE:
+            merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+def chooses_transcription(session: Mapping[str, Any]) -> bool:
+    """Whether a GA session (or update) says how its input is transcribed, null included."""
+    audio = session.get("audio")
+    inp = audio.get("input") if isinstance(audio, Mapping) else None
+    return isinstance(inp, Mapping) and "transcription" in inp
+
+
+def applicable(defaults: Mapping[str, Any], transcription: bool) -> dict[str, Any]:
+    """A key's session defaults (fields of either session type) as far as a session of this
+    type has them: a transcription session has only ``include`` and ``audio.input``."""
+    if not transcription:
+        return dict(defaults)
+    out: dict[str, Any] = {k: v for k, v in defaults.items() if k == "include"}
+    audio = defaults.get("audio")
+    if isinstance(audio, Mapping) and "input" in audio:
+        out["audio"] = {"input": audio["input"]}
+    return out

@@ -56,7 +56,12 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.relay_session import FORWARD_PREFIXES, RelaySession, review_excerpt
+from rtgate.protocol.relay_session import (
+    FORWARD_PREFIXES,
+    RelaySession,
+    received_close_code,
+    review_excerpt,
+)
 from rtgate.protocol.transcript import TranscriptRecorder
 from rtgate.relay.keepalive import Beat, Cadence, Keepalive
 
@@ -325,7 +330,7 @@ class Bridge:
                 elif t is _PONG:
                     self._control_down += 1
                 elif t is _CLOSE:
-                    code, reason = session.mirrored_close(data, extra or "")
+                    code, reason = session.mirrored_close(received_close_code(data), extra or "")
                     if session.close(code, reason, "upstream"):
                         with contextlib.suppress(Exception):
                             await client.close(code=sendable(code), message=reason.encode()[:123])
@@ -383,7 +388,7 @@ class Bridge:
                 elif t is _PONG:
                     self._control_up += 1
                 elif t is _CLOSE:
-                    code, reason = data, extra or ""
+                    code, reason = received_close_code(data), extra or ""
                     if session.close(code, reason, "client"):
                         with contextlib.suppress(Exception):
                             await up.close(code=sendable(code), message=reason.encode()[:123])

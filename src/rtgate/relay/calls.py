@@ -28,7 +28,7 @@ from rtgate.catalog import Route
 from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.metering.ledger import LedgerUnavailable
-from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.relay_session import RelaySession, received_close_code
 from rtgate.relay.admission import budget_crossed, metered_session, record_end, record_start
 from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
 from rtgate.relay.call_owners import CALL_ID
@@ -282,7 +282,10 @@ class Sideband:
             else:
                 # The upstream ended the call, or the socket was closed from here (then the
                 # session is closed already and this changes nothing).
-                code = ws.close_code if ws.close_code is not None else 1006
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    code = received_close_code(msg.data)
+                else:
+                    code = ws.close_code if ws.close_code is not None else 1006
                 session.close(code, str(msg.extra or ""), "upstream")
                 return
 

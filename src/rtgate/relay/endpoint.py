@@ -13,6 +13,12 @@ the key's or a secret's session defaults (the call has them since it was placed)
 
 Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
 checked ``call_id``; anything else a client adds is dropped.
+
+A session opens with at most one ``session.update`` of rtgate's own, sent before any client
+frame (``policy.initial_session_update``: the key's defaults, a client secret's template, a
+transcription session's default model). rtgate's own engine applies it before its
+``session.created``; a provider answers it with a ``session.updated`` after its own
+``session.created``, and no frame is held back to hide that.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from rtgate.auth.client_secrets import (
     connection_intent,
     connection_model,
     revoked_secret_error,
-    template_update,
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
@@ -61,7 +66,7 @@ from rtgate.relay.admission import (
 from rtgate.relay.bridge import Bridge
 from rtgate.relay.call_owners import call_route, owned_call
 from rtgate.relay.keepalive import client_cadence, upstream_cadence
-from rtgate.relay.upstream import upstream_headers, upstream_url
+from rtgate.relay.upstream import SETUP_FRAMES_HEADER, upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo, StoredCall
 
 log = logging.getLogger("rtgate.relay")
@@ -79,7 +84,12 @@ async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocket
 
 
 async def _dial(
-    gw: Gateway, route: Route, request: web.Request, intent: str | None, call: StoredCall | None
+    gw: Gateway,
+    route: Route,
+    request: web.Request,
+    intent: str | None,
+    call: StoredCall | None,
+    setup: str | None,
 ) -> aiohttp.ClientWebSocketResponse:
     up = route.upstream
     api_key: str | None
@@ -88,6 +98,11 @@ async def _dial(
     else:
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
+    headers = upstream_headers(up, request.headers, api_key)
+    if up.kind == "local":
+        # rtgate's own engine applies the setup update before its session.created, so the
+        # session it creates is the one the key and the secret chose (engine/server.py).
+        headers[SETUP_FRAMES_HEADER] = "1" if setup is not None else "0"
     if call is not None:
         # A sideband names its call alone; the call has its model (docs/protocol.md 1.1, URLs).
         url = upstream_url(base_url, call_id=call.call_id)
@@ -98,7 +113,9 @@ async def _dial(
         async with asyncio.timeout(up.connect_timeout_s):
             upstream = await gw.http.ws_connect(
                 url,
-                headers=upstream_headers(up, request.headers, api_key),
+                headers=headers,
+                # rtgate's own engine on a TLS listener: its certificate, pinned.
+                ssl=gw.local_tls if up.kind == "local" and gw.local_tls is not None else True,
                 max_msg_size=0,
                 compress=0,
                 # The bridge pings and answers pings itself (bridge.py, Heartbeat).
@@ -204,9 +221,17 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             log.info("session refused: %s", err.code, extra={"refusal": err.code})
             gw.metrics.refused(err.code)
         return await _refuse(ws, err)
+    # What the session opens with (none for an attached sideband: the call has it already).
+    setup = (
+        None
+        if call is not None
+        else initial_session_update(
+            policy, intent == "transcription", grant.session if grant is not None else None
+        )
+    )
     try:
         try:
-            upstream = await _dial(gw, route, request, intent, call)
+            upstream = await _dial(gw, route, request, intent, call, setup)
         except GatewayError as err:
             gw.metrics.refused(err.code)
             return await _refuse(ws, err)
@@ -217,7 +242,9 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 if cred.beta and not route.upstream.beta
                 else None
             )
-            await _relay(gw, ws, upstream, key, policy, route, intent, grant, beta=beta, call=call)
+            await _relay(
+                gw, ws, upstream, key, policy, route, intent, grant, setup, beta=beta, call=call
+            )
         finally:
             if not upstream.closed:
                 with contextlib.suppress(Exception):
@@ -237,6 +264,7 @@ async def _relay(
     route: Route,
     intent: str | None,
     grant: ClientSecret | None = None,
+    setup: str | None = None,
     *,
     beta: BetaTranslator | None = None,
     call: StoredCall | None = None,
@@ -283,16 +311,11 @@ async def _relay(
         client_beat=client_cadence(gw.settings),
         upstream_beat=upstream_cadence(gw.settings),
     )
-    if not attached:
-        transcription = intent == "transcription"
-        initial = initial_session_update(policy, transcription=transcription)
-        if initial is not None:
-            # The key's defaults go first, so anything the client sends later overrides them.
-            await upstream.send_str(initial)
-        template = template_update(grant) if grant is not None else None
-        if template is not None:
-            # A client secret's template next: its minter chose it for this very session.
-            await upstream.send_str(template)
+    if setup is not None:
+        # Before any client frame, so anything the client sends overrides it. A provider
+        # answers it with a session.updated after its own session.created; rtgate does not
+        # hold frames back to hide that.
+        await upstream.send_str(setup)
     gw.live.add(session.session_id, bridge)
     gw.metrics.live.inc()
     gw.metrics.started.labels(route.model or "").inc()

@@ -20,6 +20,13 @@ _FORWARDED = "user-agent"
 _FORWARDED_PREFIX = "x-stainless-"
 
 
+#: On a dial of rtgate's own engine: how many of the first frames are the gateway's setup
+#: ``session.update``, to apply before ``session.created`` (engine/server.py). Headers of the
+#: ``Rtgate-`` family are the gateway's own: a client's are never forwarded.
+SETUP_FRAMES_HEADER = "Rtgate-Setup-Frames"
+_OWN_PREFIX = "rtgate-"
+
+
 def ws_scheme(url: str) -> str:
     if url.startswith("https://"):
         return "wss://" + url[len("https://") :]

@@ -1,0 +1,53 @@
+"""TLS on the gateway's one listener (``tls_certfile``, ``tls_keyfile``): the HTTP routes, the
+WebSocket and the engine's own route, for clients that only speak ``wss://`` (the npm ``openai``
+package; the Python SDK's beta path without ``websocket_base_url``, docs/protocol.md 0, fact 3).
+
+The gateway dials its embedded engine on that same listener, so that dial is TLS too, and it
+trusts exactly the certificate it serves (pinned: any hostname, no CA needed), which works as
+well for a self-signed development certificate as for one a CA issued.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from rtgate.errors import ConfigError
+
+
+def server_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
+    """The listener's TLS context (settings ``tls_certfile``, ``tls_keyfile``), or None without
+    TLS. Raises ``ConfigError`` naming the setting whose file cannot be used."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        missing = "tls_keyfile" if keyfile is None else "tls_certfile"
+        raise ConfigError(f"{missing}: TLS needs both tls_certfile and tls_keyfile")
+    for name, path in (("tls_certfile", certfile), ("tls_keyfile", keyfile)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{name}: no such file: {path}")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        name = "tls_keyfile" if _has_cert(certfile) else "tls_certfile"
+        raise ConfigError(f"{name}: cannot use {certfile} and {keyfile} for TLS: {exc}") from exc
+    return ctx
+
+
+def pinned_context(certfile: Path) -> ssl.SSLContext:
+    """A client context that trusts only the certificate this gateway serves (its own engine
+    route): verified, whatever name it was issued for."""
+    ctx = ssl.create_default_context(cafile=str(certfile))
+    ctx.check_hostname = False
+    # The leaf itself is the trust anchor, even when a CA issued it.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
+def _has_cert(certfile: Path) -> bool:
+    try:
+        ssl.create_default_context(cafile=str(certfile))
+    except (ssl.SSLError, OSError):
+        return False
+    return True

@@ -1,0 +1,113 @@
+"""``rtgate serve --certfile --keyfile``: TLS on the one listener, for clients that insist on
+``wss://`` (the npm ``openai`` package; the Python SDK's beta path without a
+``websocket_base_url``), with the development certificate the README documents."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from openai import AsyncOpenAI
+
+from rtgate.config import load_settings
+from rtgate.errors import ConfigError
+from tests.process import create_key, free_port, gateway_env, kill_tree, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dev_cert(where: Path) -> tuple[Path, Path]:
+    """The README's one command: ``scripts/dev-cert DIR``."""
+    subprocess.run(
+        [str(ROOT / "scripts" / "dev-cert"), str(where)], check=True, capture_output=True
+    )
+    return where / "cert.pem", where / "key.pem"
+
+
+async def test_the_sdks_beta_path_reaches_a_gateway_serving_tls(tmp_path: Path) -> None:
+    cert, keyfile = dev_cert(tmp_path / "tls")
+    port = free_port()
+    # The embedded engine answers (no provider key): its own route is on the TLS listener too.
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        OPENAI_API_KEY="",
+        RTGATE_ENGINE_VAD="energy",
+        RTGATE_ENGINE_STT="none",
+        RTGATE_ENGINE_TTS="tone",
+    )
+    key = create_key(env, "tls")
+    log_file = (tmp_path / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rtgate",
+            "serve",
+            "--certfile",
+            str(cert),
+            "--keyfile",
+            str(keyfile),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+    )
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        await wait_ready(port, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://localhost:{port}/healthz", ssl=trust) as r:
+                assert r.status == 200 and (await r.json())["status"] == "ok"
+            # Plain HTTP on the TLS port gets nowhere.
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    await r.read()
+        # No websocket_base_url: the beta path swaps https for wss (docs/protocol.md 0, fact 3).
+        client = AsyncOpenAI(api_key=key, base_url=f"https://localhost:{port}/v1", max_retries=0)
+        async with client.beta.realtime.connect(
+            model="gpt-realtime",
+            websocket_connection_options={"ssl": trust},  # type: ignore[typeddict-unknown-key]
+        ) as conn:
+            created = await asyncio.wait_for(conn.recv(), 10)
+            assert created.type == "session.created"
+            await conn.session.update(session={"modalities": ["text"], "turn_detection": None})
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "over tls"}],
+                }
+            )
+            await conn.response.create()
+            async with asyncio.timeout(20):
+                async for event in conn:
+                    if event.type == "response.done":
+                        break
+            assert event.response.status == "completed"
+        await client.close()
+    finally:
+        kill_tree(proc)
+        log_file.close()
+    logs = (tmp_path / "gateway.log").read_text()
+    # The start-up lines name the addresses as clients must use them.
+    assert f"is ready at https://127.0.0.1:{port}" in logs
+    assert f"wss://127.0.0.1:{port}/v1/realtime?model=gpt-realtime" in logs
+
+
+def test_tls_needs_both_files_and_names_the_setting(tmp_path: Path) -> None:
+    cert, keyfile = dev_cert(tmp_path / "tls")
+    env = {"RTGATE_HOME": str(tmp_path), "RTGATE_TLS_CERTFILE": str(cert)}
+    with pytest.raises(ConfigError, match="tls_keyfile"):
+        load_settings(None, env)
+    settings = load_settings(None, {**env, "RTGATE_TLS_KEYFILE": str(keyfile)})
+    assert (settings.tls_certfile, settings.tls_keyfile) == (cert, keyfile)
+    with pytest.raises(ConfigError, match="tls_certfile"):
+        load_settings(
+            None, {**env, "RTGATE_TLS_CERTFILE": str(keyfile), "RTGATE_TLS_KEYFILE": str(keyfile)}
+        )
