@@ -52,6 +52,10 @@ class Leg(Protocol):
     #: True once a close frame was sent or received, or the connection is gone.
     closed: bool
 
+    def start(self, events: LegEvents) -> None:
+        """Report to ``events`` from now on: frames that arrived before (a client's, while its
+        session was admitted and dialled) are reported first, in order. Called once."""
+
     def send_text(self, data: str) -> None:
         """Queue a text frame; never blocks (buffers past the high-water mark)."""
 
@@ -73,6 +77,11 @@ class Leg(Protocol):
     def write_backed_up(self) -> bool:
         """Whether the write buffer is above the high-water mark."""
         ...
+
+    def quiet_seconds(self) -> float | None:
+        """Seconds since the kernel last received bytes on this connection (Linux TCP_INFO
+        ``tcpi_last_data_recv``), None where not known. A peer in the middle of one large frame
+        sends no pong; this tells it from a dead one."""
 
     async def wait_closed(self) -> None:
         """Return once the connection is fully gone."""
