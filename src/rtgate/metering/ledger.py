@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtgate.deadline import Deadlines
-from rtgate.errors import GatewayError
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.metering.spill import Claim, SpillWriter, owner, segments, set_aside
@@ -55,13 +54,6 @@ _DRAIN_DEADLINE_FACTOR = 5
 
 class LedgerError(Exception):
     """An entry could be neither committed nor spilled."""
-
-
-class LedgerUnavailable(GatewayError):
-    """What a client hears when its usage can be neither stored nor spilled."""
-
-    close_code = 1011
-    code = "usage_unavailable"
 
 
 @dataclass

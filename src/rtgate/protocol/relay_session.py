@@ -54,6 +54,8 @@ _TRANSCRIBED = 'input_audio_transcription.completed"'
 _SESSION_CREATED = '"session.created"'
 _SESSION_UPDATED = '"session.updated"'
 _INVALID_KEY = '"invalid_api_key"'
+#: What an upstream frame must contain to matter to metering (one substring scan each).
+METER_MARKS = (_RESPONSE_DONE, _TRANSCRIBED, _SESSION_CREATED, _SESSION_UPDATED, _INVALID_KEY)
 
 #: RFC 6455 7.1.5: the close code of a close frame that carried none. Never sent (7.4.1).
 NO_STATUS_RECEIVED = 1005
@@ -126,20 +128,14 @@ class RelaySession:
         Returns a usage record when the frame carries usage, a replacement frame when the
         frame must not reach the client as it is, else None (forward it untouched).
         """
-        if data.startswith(FORWARD_PREFIXES):
+        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in METER_MARKS):
             return None
-        if not (
-            _RESPONSE_DONE in data
-            or _TRANSCRIBED in data
-            or _SESSION_CREATED in data
-            or _SESSION_UPDATED in data
-            or _INVALID_KEY in data
-        ):
-            return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            event = _tolerant_loads(data)
+        return self.on_upstream_event(parse_event(data), data, now)
+
+    def on_upstream_event(self, event: Any, data: str, now: float) -> UsageRecord | str | None:
+        """``on_upstream_text`` for a frame parsed already (``parse_event``; anything but a dict
+        is a frame no parser could read as an event), so a frame is parsed once however many
+        collaborators read it (``protocol/relay.py``)."""
         if not isinstance(event, dict):
             return self._unparseable(data, now)
         etype = event.get("type")
@@ -271,6 +267,15 @@ def _transcription_model(session: dict[str, Any]) -> str | None:
     if isinstance(tr, dict) and isinstance(tr.get("model"), str):
         return str(tr["model"])
     return None
+
+
+def parse_event(data: str) -> Any:
+    """One frame parsed (orjson, with the tolerant fallback below), or None if no parser reads
+    it. The result is shared by everything that reads the frame, and never changed by them."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _tolerant_loads(data)
 
 
 def _tolerant_loads(data: str) -> Any:

@@ -50,8 +50,14 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from rtgate.auth.policy import ClientEventGuard
 from rtgate.clock import Clock
-from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
-from rtgate.metering.ledger import Ledger, LedgerError, LedgerUnavailable
+from rtgate.errors import (
+    GatewayError,
+    LedgerUnavailable,
+    RelayFailed,
+    SessionExpired,
+    UpstreamError,
+)
+from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator

@@ -25,9 +25,14 @@ import orjson
 from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
+from rtgate.errors import (
+    GatewayError,
+    LedgerUnavailable,
+    RelayFailed,
+    SessionExpired,
+    UpstreamError,
+)
 from rtgate.gateway import Gateway, shutting_down
-from rtgate.metering.ledger import LedgerUnavailable
 from rtgate.protocol.relay_session import RelaySession, received_close_code
 from rtgate.relay.admission import budget_crossed, metered_session, record_end, record_start
 from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
