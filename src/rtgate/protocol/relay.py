@@ -289,6 +289,20 @@ class RelayCore:
         alive = self._alive.get(side)
         return alive is not None and alive.awaiting_pong
 
+    def kernel_heard(self, side: Side, quiet: float | None) -> None:
+        """The kernel received bytes on ``side`` ``quiet`` seconds ago (None: unknown): a peer
+        still sending one large frame, within the pong deadline, is alive."""
+        alive = self._alive.get(side)
+        if alive is not None and quiet is not None and quiet < alive.cadence.pong_within:
+            if side is Side.CLIENT:
+                self._heard_client = True
+            else:
+                self._heard_upstream = True
+
+    def next_tick(self, now_mono: float, every: float) -> float:
+        """Seconds until the next ``tick``: ``every``, or sooner at the session's deadline."""
+        return max(0.0, min(every, self.session.deadline - now_mono))
+
     def start(self) -> Actions:
         """What the session opens with: the setup frame, before any client frame."""
         return (SendUpstream(self._setup),) if self._setup is not None else _NOTHING
