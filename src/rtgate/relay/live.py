@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import ClientEventGuard, KeyPolicy
 from rtgate.errors import GatewayError
-from rtgate.gateway import Gateway, shutting_down
+from rtgate.gateway import Gateway, LiveSession, shutting_down
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
@@ -148,11 +148,12 @@ def relay_pump(
     )
 
 
-def go_live(gw: Gateway, pump: Pump, extra: Mapping[str, object]) -> None:
+def go_live(gw: Gateway, live: LiveSession, extra: Mapping[str, object]) -> None:
     """In ``Gateway.live`` (the admin API lists it, closes it, shutdown ends it) from here on,
-    before any await, so no close that comes after this misses it."""
-    session = pump.session
-    gw.live.add(session.session_id, pump)
+    before any await, so no close that comes after this misses it: a socket's pump, or a call's
+    ``Sideband``."""
+    session = live.session
+    gw.live.add(session.session_id, live)
     gw.metrics.live.inc()
     gw.metrics.started.labels(session.route.model or "").inc()
     log.info("session opened", extra=dict(extra))
