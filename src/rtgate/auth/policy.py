@@ -1,6 +1,6 @@
 """Per-key policy: which models, how many sessions, how much money, how long, which events.
 
-Pure decisions over plain values; the endpoint and the bridge ask, and act on the answer.
+Pure decisions over plain values; the endpoint and the relay core ask, and act on the answer.
 A policy is checked when a session opens and again during it: the model named by every
 ``session.update``, the events a client may send, and the key's spend after every metered event.
 """

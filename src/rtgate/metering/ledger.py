@@ -4,7 +4,7 @@ not take them in time.
 
 Durable means committed to the store, or appended to a spill segment and fsynced
 (``spill.py``). ``record``, ``open_session`` and ``close_session`` return once their entry is
-durable, and the bridge forwards a metered frame (``response.done``, transcription
+durable, and the relay forwards a metered frame (``response.done``, transcription
 ``completed``) only after that, so a gateway killed at any instant loses no record whose frame a
 client has seen. Transcript entries are queued without waiting: the relay never waits for them.
 

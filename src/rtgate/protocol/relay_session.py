@@ -1,6 +1,7 @@
 """The relay's decisions for one WebSocket session, with no I/O (sans-I/O, like h11).
 
-The bridge feeds every text frame in; this object tells it what to meter and when the session
+The relay core (``protocol/relay.py``) feeds it every upstream frame that can matter; it tells
+the core what to meter and when the session
 must end. It keeps the hot path cheap (docs/protocol.md 8.2, docs/performance.md):
 
 * Audio frames are recognised by their prefix and skipped without a scan.
@@ -39,7 +40,7 @@ from rtgate.protocol.usage import (
 
 #: Frames that dominate traffic and never matter to metering: ``on_upstream_text`` returns None
 #: for a frame starting with one of these, so a caller may forward such a frame without asking
-#: (the bridge does, to spare a call per audio frame). A tuple keeps it one C call.
+#: (the relay core does, to spare a call per audio frame). A tuple keeps it one C call.
 FORWARD_PREFIXES = (
     '{"type":"response.output_audio.delta"',
     '{"type":"input_audio_buffer.append"',
@@ -116,7 +117,7 @@ class RelaySession:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.closed_by: str | None = None
-        #: Models whose usage had no price row (reported once by the bridge).
+        #: Models whose usage had no price row (reported once, by ``relay/live.py``).
         self.unpriced: set[str] = set()
         #: The provider refused our own key (its error was rewritten; so is its close reason).
         self.upstream_auth_failed = False

@@ -1,9 +1,9 @@
 """When to ping a relayed leg, and when to give it up (RFC 6455 5.5.2-5.5.3). No I/O.
 
 aiohttp's own heartbeat re-arms its timer on every chunk a socket reads: one scheduled callback
-per frame on each leg, about a tenth of the relay's CPU at 111 frames/s per session. The bridge
-counts the frames it relays anyway, so it asks this object once per watchdog tick instead (and a
-call's sideband once per read or read timeout):
+per frame on each leg, about a tenth of the relay's CPU at 111 frames/s per session. The relay
+core (``protocol/relay.py``) notes a frame's arrival anyway, so it asks this object once per
+tick of its pump instead, for a relayed socket and a call's sideband alike:
 
 * a leg that sent nothing for ``ping_after`` seconds gets a ping: a leg that talks is never
   pinged, a quiet one about once per ``ping_after``;
@@ -50,7 +50,7 @@ def upstream_cadence(settings: Settings) -> Cadence | None:
 
 
 class Beat(enum.Enum):
-    """What the bridge does for a leg on this tick."""
+    """What the relay does for a leg on this tick."""
 
     NOTHING = "nothing"
     PING = "ping"
