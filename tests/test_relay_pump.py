@@ -273,7 +273,7 @@ async def test_the_timer_expires_the_session() -> None:
 
 
 async def test_terminate_ends_a_running_session_and_waits_for_its_teardown() -> None:
-    pump, client, up, _, _ = rig()
+    pump, client, _up, _, _ = rig()
     task = await started(pump)
     await pump.terminate(ShuttingDown("Bye."), "gateway")
     assert task.done()
@@ -292,7 +292,7 @@ async def test_a_session_terminated_before_it_runs_tears_down_at_once() -> None:
 async def test_a_bug_in_the_relay_still_ends_the_session_with_an_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pump, client, up, _, _ = rig()
+    pump, client, _up, _, _ = rig()
     task = await started(pump)
 
     def broken(data: str) -> None:
