@@ -40,8 +40,6 @@ from rtgate.auth.client_secrets import (
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
-    check_model,
-    check_session_template,
     initial_session_update,
 )
 from rtgate.catalog import Route
@@ -50,7 +48,7 @@ from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.relay.admission import admit, check_budget, metered_session, record_start
+from rtgate.relay.admission import admit, metered_session, record_start, route_for
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
 from rtgate.relay.live import go_live, relay_pump, run_live
@@ -177,21 +175,19 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             # Ownership first: another key's call is answered as an unknown one, before
             # anything that depends on the call could tell them apart.
             call = await owned_call(gw, call_id, key)
-            route = call_route(gw, call)
             intent = None
             if grant is not None:
-                connection_model(grant, route.model)
-            check_model(policy, route.model)
-            await check_budget(gw, key, policy)
+                connection_model(grant, call_route(gw, call).model)
+            # The call holds the live-session slot; its session was set when it was placed.
+            route = route_for(gw, policy, call.model)
+            await admit(gw, key, policy, slot=False)
         else:
             if grant is not None:
                 model = connection_model(grant, model)
                 intent = connection_intent(grant, intent)
-                check_session_template(policy, grant.session)
             elif model is None and intent != "transcription":
                 model = s.default_model
-            route = gw.catalog.resolve(model)
-            check_model(policy, route.model)
+            route = route_for(gw, policy, model, grant.session if grant is not None else None)
             await admit(gw, key, policy)
     except GatewayError as err:
         if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
