@@ -13,6 +13,7 @@ from rtgate.catalog import Catalog
 from rtgate.config import load_settings
 from rtgate.errors import QuotaExceeded, ShuttingDown
 from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.keepalive import Cadence
 from rtgate.protocol.relay import (
     HOLD_LIMIT,
     Action,
@@ -35,7 +36,6 @@ from rtgate.protocol.relay import (
 )
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.keepalive import Cadence
 
 AUDIO_DOWN = '{"type":"response.output_audio.delta","delta":"AAAA"}'
 AUDIO_UP = '{"type":"input_audio_buffer.append","audio":"AAAA"}'

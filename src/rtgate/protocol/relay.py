@@ -61,6 +61,7 @@ from rtgate.errors import GatewayError, LedgerUnavailable, SessionExpired, Upstr
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
 from rtgate.protocol.events import error_event_for
+from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
 from rtgate.protocol.relay_session import (
     FORWARD_PREFIXES,
     METER_MARKS,
@@ -74,7 +75,6 @@ from rtgate.protocol.transcript import (
     TranscriptEntry,
     TranscriptRecorder,
 )
-from rtgate.relay.keepalive import Beat, Cadence, Keepalive
 
 #: Upstream frames held behind an outstanding commit before the core asks to pause reading
 #: upstream (the socket's own buffers bound what arrives after that).

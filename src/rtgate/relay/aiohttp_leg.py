@@ -14,7 +14,7 @@ compressor must see frames in order, so they go through a queue and one writer t
 
 The socket is opened with aiohttp's autoping and heartbeat off (its heartbeat re-arms a timer
 per frame): pings are answered here and reported as signs of life, and the core decides when to
-ping (``relay/keepalive.py``).
+ping (``protocol/keepalive.py``).
 """
 
 from __future__ import annotations
@@ -98,9 +98,7 @@ class AiohttpLeg:
         self._resumed: asyncio.Future[None] | None = None
         self._paused = False
         #: A compressed connection's frames, in order, for its one writer task.
-        self._queue: deque[tuple[str | bytes, WSMsgType]] | None = (
-            deque() if writer.compress else None
-        )
+        self._queue: deque[str | bytes] | None = deque() if writer.compress else None
         self._sender: asyncio.Task[None] | None = None
 
     # -- reading --------------------------------------------------------------------------------
@@ -164,7 +162,7 @@ class AiohttpLeg:
         if self._queue is None:
             self._write(data.encode(), WSMsgType.TEXT)
         else:
-            self._enqueue(data, WSMsgType.TEXT)
+            self._enqueue(data)
 
     def send_bytes(self, data: bytes) -> None:
         if self.closed:
@@ -172,7 +170,7 @@ class AiohttpLeg:
         if self._queue is None:
             self._write(data, WSMsgType.BINARY)
         else:
-            self._enqueue(data, WSMsgType.BINARY)
+            self._enqueue(data)
 
     def ping(self) -> None:
         if not self.closed:
@@ -180,22 +178,24 @@ class AiohttpLeg:
 
     def _write(self, payload: bytes, opcode: WSMsgType) -> None:
         # Control frames are never compressed (RFC 7692 6.1), so they take this path too.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            # A transport already closing raises; the reader reports the loss.
+        try:
             self._writer._write_websocket_frame(payload, opcode, 0)
+        except (ConnectionError, RuntimeError):
+            # A transport already closing raises; the reader reports the loss.
+            return
 
-    def _enqueue(self, data: str | bytes, opcode: WSMsgType) -> None:
+    def _enqueue(self, data: str | bytes) -> None:
         queue = self._queue
         assert queue is not None
-        queue.append((data, opcode))
+        queue.append(data)
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_queued(queue))
 
-    async def _send_queued(self, queue: deque[tuple[str | bytes, WSMsgType]]) -> None:
+    async def _send_queued(self, queue: deque[str | bytes]) -> None:
         ws = self.ws
         try:
             while queue:
-                data, _opcode = queue.popleft()
+                data = queue.popleft()
                 if isinstance(data, str):
                     await ws.send_str(data)
                 else:

@@ -15,17 +15,18 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import ClientEventGuard, KeyPolicy
+from rtgate.config import Settings
 from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway, LiveSession, shutting_down
 from rtgate.metering.ledger import Ledger, LedgerError
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.keepalive import Cadence
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession, review_excerpt
 from rtgate.protocol.transcript import TranscriptEntry, TranscriptRecorder
 from rtgate.relay.admission import budget_crossed, record_end
-from rtgate.relay.keepalive import client_cadence, upstream_cadence
 from rtgate.relay.legs import Leg
 from rtgate.relay.pump import Pump
 
@@ -104,6 +105,16 @@ class GatewayEffects:
     async def hangup(self) -> None:
         if self._hangup is not None:
             await self._hangup()
+
+
+def client_cadence(settings: Settings) -> Cadence | None:
+    return None if settings.heartbeat_seconds is None else Cadence.after(settings.heartbeat_seconds)
+
+
+def upstream_cadence(settings: Settings) -> Cadence | None:
+    if settings.upstream_ping_after_seconds is None:
+        return None
+    return Cadence(settings.upstream_ping_after_seconds, settings.upstream_pong_timeout_seconds)
 
 
 def relay_pump(

@@ -12,8 +12,8 @@ tick of its pump instead, for a relayed socket and a call's sideband alike:
 * anything received is a sign of life: a data frame, a ping, a pong.
 
 Being ticked, it decides up to one tick late. The client leg keeps aiohttp's rule (pong within
-half the interval, 30 s by default). The upstream leg is watched more closely
-(``upstream_cadence``: a ping after 4 s of silence, 3 s to answer): a provider that stops
+half the interval, 30 s by default). The upstream leg is watched more closely (``upstream_cadence``
+in ``relay/live.py``: a ping after 4 s of silence, 3 s to answer): a provider that stops
 answering (a hung host keeps its TCP connection up) leaves a caller in dead air until noticed,
 which by default is within 4 + 3 s and one 1 s tick (8 s) of its last frame.
 """
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-
-from rtgate.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +35,6 @@ class Cadence:
     def after(cls, seconds: float) -> Cadence:
         """aiohttp's heartbeat rule: a ping after ``seconds``, half as long to answer."""
         return cls(seconds, seconds / 2)
-
-
-def client_cadence(settings: Settings) -> Cadence | None:
-    return None if settings.heartbeat_seconds is None else Cadence.after(settings.heartbeat_seconds)
-
-
-def upstream_cadence(settings: Settings) -> Cadence | None:
-    if settings.upstream_ping_after_seconds is None:
-        return None
-    return Cadence(settings.upstream_ping_after_seconds, settings.upstream_pong_timeout_seconds)
 
 
 class Beat(enum.Enum):
