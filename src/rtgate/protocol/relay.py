@@ -330,7 +330,8 @@ class RelayCore:
     def _down(self, data: str) -> Actions | None:
         """One upstream text frame, read once: metered, transcribed, translated, forwarded."""
         session = self.session
-        if not any(m in data for m in self._down_marks):
+        # An audio or text delta matters to no collaborator but beta's rename: never scanned.
+        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in self._down_marks):
             if self._beta is None:
                 return None
             return self._to_client(data, None, None)
