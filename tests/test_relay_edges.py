@@ -546,6 +546,10 @@ async def test_a_slow_client_slows_only_its_own_upstream(
         stalled = provider.flooded
         # Bounded buffers: the provider is held back long before the flood is through.
         assert stalled < count // 2
+        # And the gateway holds no more than a frame or two above its write buffer's mark.
+        (pump,) = gateway.app[GATEWAY].live.values()
+        transport = pump.client._writer.transport  # type: ignore[attr-defined]
+        assert transport.get_write_buffer_size() < 4 * size
         # Meanwhile another session is served normally.
         async with connect(url, additional_headers=auth) as other:
             await first_events(other, 1)

@@ -1,4 +1,4 @@
-"""``GET /v1/realtime``: authenticate, route, dial, bridge, account.
+"""``GET /v1/realtime``: authenticate, route, dial, relay (``relay/live.py``), account.
 
 Authentication and routing happen after the upgrade, as OpenAI does (docs/protocol.md 5.3): a bad
 key gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
@@ -35,39 +35,25 @@ from aiohttp.http import ws_ext_parse
 
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
-    ClientSecret,
     connection_intent,
     connection_model,
-    revoked_secret_error,
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
-    ClientEventGuard,
-    KeyPolicy,
-    check_model,
-    check_session_template,
     initial_session_update,
 )
 from rtgate.catalog import Route
 from rtgate.config import Settings
 from rtgate.errors import GatewayError, UpstreamError
-from rtgate.gateway import Gateway, shutting_down
+from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.admission import (
-    admit,
-    budget_crossed,
-    check_budget,
-    metered_session,
-    record_end,
-    record_start,
-)
-from rtgate.relay.bridge import Bridge
+from rtgate.relay.admission import admit, metered_session, record_start, route_for
+from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
-from rtgate.relay.keepalive import client_cadence, upstream_cadence
+from rtgate.relay.live import go_live, relay_pump, run_live
 from rtgate.relay.upstream import SETUP_FRAMES_HEADER, upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo, StoredCall
+from rtgate.store.port import StoredCall
 
 log = logging.getLogger("rtgate.relay")
 
@@ -118,7 +104,7 @@ async def _dial(
                 ssl=gw.local_tls if up.kind == "local" and gw.local_tls is not None else True,
                 max_msg_size=0,
                 compress=0,
-                # The bridge pings and answers pings itself (bridge.py, Heartbeat).
+                # The relay pings and answers pings itself (aiohttp_leg.py, protocol/relay.py).
                 autoping=False,
                 autoclose=True,
                 heartbeat=None,
@@ -136,17 +122,6 @@ async def _dial(
         log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
         gw.upstream_health.failed(route.upstream_name, type(exc).__name__, gw.clock.now())
         raise UpstreamError("The upstream could not be reached.") from exc
-
-
-async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, object]) -> bool:
-    """Whether the secret that opened a session was revoked while it dialled. The session was
-    admitted with the secret valid, so a store that cannot answer does not end it (as a call's
-    sideband, ``calls.py``); it is logged."""
-    try:
-        return await gw.keyring.secret_revoked(secret_id)
-    except GatewayError as err:
-        log.error("client secret %s not re-checked: %s", secret_id, err.message, extra=dict(extra))
-        return False
 
 
 def message_limit(request: web.Request, settings: Settings) -> int:
@@ -181,7 +156,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
         max_msg_size=message_limit(request, s),
-        # The bridge pings and answers pings itself (bridge.py, Heartbeat).
+        # The relay pings and answers pings itself (aiohttp_leg.py, protocol/relay.py).
         autoping=False,
         autoclose=True,
         heartbeat=None,
@@ -200,21 +175,19 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             # Ownership first: another key's call is answered as an unknown one, before
             # anything that depends on the call could tell them apart.
             call = await owned_call(gw, call_id, key)
-            route = call_route(gw, call)
             intent = None
             if grant is not None:
-                connection_model(grant, route.model)
-            check_model(policy, route.model)
-            await check_budget(gw, key, policy)
+                connection_model(grant, call_route(gw, call).model)
+            # The call holds the live-session slot; its session was set when it was placed.
+            route = route_for(gw, policy, call.model)
+            await admit(gw, key, policy, slot=False)
         else:
             if grant is not None:
                 model = connection_model(grant, model)
                 intent = connection_intent(grant, intent)
-                check_session_template(policy, grant.session)
             elif model is None and intent != "transcription":
                 model = s.default_model
-            route = gw.catalog.resolve(model)
-            check_model(policy, route.model)
+            route = route_for(gw, policy, model, grant.session if grant is not None else None)
             await admit(gw, key, policy)
     except GatewayError as err:
         if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
@@ -229,116 +202,47 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             policy, intent == "transcription", grant.session if grant is not None else None
         )
     )
+    release = key.id if call is None else None
     try:
-        try:
-            upstream = await _dial(gw, route, request, intent, call, setup)
-        except GatewayError as err:
-            gw.metrics.refused(err.code)
-            return await _refuse(ws, err)
-        try:
-            # A beta client is translated to GA, unless its upstream still speaks beta itself.
-            beta = (
-                BetaTranslator(transcription=intent == "transcription")
-                if cred.beta and not route.upstream.beta
-                else None
-            )
-            await _relay(
-                gw, ws, upstream, key, policy, route, intent, grant, setup, beta=beta, call=call
-            )
-        finally:
-            if not upstream.closed:
-                with contextlib.suppress(Exception):
-                    await upstream.close(code=1001, message=b"gateway closing")
-    finally:
-        if call is None:
-            await gw.limiter.release(key.id)
-    return ws
-
-
-async def _relay(
-    gw: Gateway,
-    ws: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    key: KeyInfo,
-    policy: KeyPolicy,
-    route: Route,
-    intent: str | None,
-    grant: ClientSecret | None = None,
-    setup: str | None = None,
-    *,
-    beta: BetaTranslator | None = None,
-    call: StoredCall | None = None,
-) -> None:
-    attached = call is not None
-    session = metered_session(
-        gw,
-        key,
-        policy,
-        route,
-        intent=SIDEBAND if attached else intent,
-        secret_id=grant.id if grant is not None else None,
-        metered=not attached,
-    )
-    now = session.opened_at
-    extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
-    try:
-        await record_start(gw, session)
+        upstream = await _dial(gw, route, request, intent, call, setup)
     except GatewayError as err:
-        log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
         gw.metrics.refused(err.code)
-        await _refuse(ws, err)
-        return
-
-    async def budget_left() -> GatewayError | None:
-        return await budget_crossed(gw, key.id, policy)
-
-    guard = ClientEventGuard(policy)
-    bridge = Bridge(
-        ws,
-        upstream,
-        session,
-        gw.ledger,
-        gw.clock,
-        check_interval=gw.expiry_check_interval,
-        guard=guard if guard.active else None,
-        # An attached sideband records no usage; the call's own sideband checks the budgets.
-        after_usage=budget_left if policy.has_budget and not attached else None,
-        metrics=gw.metrics,
-        recorder=TranscriptRecorder(session.session_id, key.id)
-        if policy.keep_transcripts and not attached
-        else None,
-        beta=beta,
-        client_beat=client_cadence(gw.settings),
-        upstream_beat=upstream_cadence(gw.settings),
-    )
-    if setup is not None:
-        # Before any client frame, so anything the client sends overrides it. A provider
-        # answers it with a session.updated after its own session.created; rtgate does not
-        # hold frames back to hide that.
-        await upstream.send_str(setup)
-    gw.live.add(session.session_id, bridge)
-    gw.metrics.live.inc()
-    gw.metrics.started.labels(route.model or "").inc()
-    log.info("session opened", extra=extra)
+        if release is not None:
+            await gw.limiter.release(release)
+        return await _refuse(ws, err)
     try:
-        if gw.closing:
-            # Live sessions were being ended while this one dialled: the sweep missed it.
-            await bridge.terminate(shutting_down(), "gateway")
-        elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
-            # Its secret was revoked while it dialled: the revocation's sweep missed it.
-            await bridge.terminate(revoked_secret_error())
-        else:
-            await bridge.run()
-    finally:
-        gw.live.discard(session.session_id)
-        gw.metrics.live.dec()
-        gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
-        gw.metrics.duration.observe(gw.clock.now() - now)
-        await record_end(gw, session)
-        log.info(
-            "session closed by %s: %s %s",
-            session.closed_by,
-            session.close_code,
-            session.close_reason,
-            extra=extra,
+        # A beta client is translated to GA, unless its upstream still speaks beta itself.
+        beta = (
+            BetaTranslator(transcription=intent == "transcription")
+            if cred.beta and not route.upstream.beta
+            else None
         )
+        attached = call is not None
+        session = metered_session(
+            gw,
+            key,
+            policy,
+            route,
+            intent=SIDEBAND if attached else intent,
+            secret_id=grant.id if grant is not None else None,
+            metered=not attached,
+        )
+        extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
+        try:
+            await record_start(gw, session)
+        except GatewayError as err:
+            log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
+            gw.metrics.refused(err.code)
+            if release is not None:
+                await gw.limiter.release(release)
+            return await _refuse(ws, err)
+        pump = relay_pump(
+            gw, session, policy, AiohttpLeg(ws), AiohttpLeg(upstream), setup=setup, beta=beta
+        )
+        go_live(gw, pump, extra)
+        await run_live(gw, pump, extra, release=release)
+    finally:
+        if not upstream.closed:
+            with contextlib.suppress(Exception):
+                await upstream.close(code=1001, message=b"gateway closing")
+    return ws
