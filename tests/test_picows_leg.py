@@ -16,7 +16,7 @@ from picows import ws_create_server
 from rtgate.errors import UpstreamError
 from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
 from rtgate.tls import pinned_context, server_context
-from tests.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient
+from tests.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient, frame
 from tests.test_tls import dev_cert
 
 MAX = 4096
@@ -298,6 +298,29 @@ async def test_reading_pauses_and_resumes(served: Served) -> None:
     pump.leg.resume_reading()
     await asyncio.wait_for(pump.got.wait(), 5)
     assert pump.messages == ["held"]
+
+
+async def test_frames_of_a_read_already_made_wait_while_reading_is_paused(
+    served: Served,
+) -> None:
+    client = await served.open()
+    pump = await served.pump()
+    pump.echo = False
+    paused_after: list[int] = []
+
+    def on_text(data: str) -> None:  # the pump pauses reading on the first message
+        pump.messages.append(data)
+        if len(pump.messages) == 1:
+            pump.leg.pause_reading()
+            paused_after.append(len(pump.messages))
+
+    pump.on_text = on_text  # type: ignore[method-assign]
+    client.writer.write(b"".join(frame(TEXT, b"m%d" % i) for i in range(5)))  # one read
+    await asyncio.sleep(0.2)
+    assert pump.messages == ["m0"]
+    pump.leg.resume_reading()
+    assert pump.messages == ["m0", "m1", "m2", "m3", "m4"]  # in order, at once
+    assert paused_after == [1]
 
 
 async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(

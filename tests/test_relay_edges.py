@@ -19,6 +19,7 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.relay.picows_leg import PicowsLeg
 from rtgate.store.port import StoreError
 from tests.conftest import RunningGateway
 from tests.provider import PROVIDER_KEY, FakeProvider
@@ -548,7 +549,10 @@ async def test_a_slow_client_slows_only_its_own_upstream(
         assert stalled < count // 2
         # And the gateway holds no more than a frame or two above its write buffer's mark.
         (pump,) = gateway.app[GATEWAY].live.values()
-        transport = pump.client._writer.transport  # type: ignore[attr-defined]
+        client = pump.client  # type: ignore[attr-defined]
+        assert isinstance(client, PicowsLeg)  # picows writes straight to the transport
+        assert client.transport is not None
+        transport = client.transport.underlying_transport
         assert transport.get_write_buffer_size() < 4 * size
         # Meanwhile another session is served normally.
         async with connect(url, additional_headers=auth) as other:

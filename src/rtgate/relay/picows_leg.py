@@ -22,8 +22,10 @@ keeps it:
   reported as ``on_close`` with the code picows sent, once the connection is gone.
 
 Everything a leg reports before its pump is bound (``start``) waits in order, and the leg stops
-reading once that backlog passes ``backlog_bytes``: a client that talks while its session is
-admitted and its upstream dialled is held by TCP, not by memory.
+reading once that backlog passes ``BACKLOG_BYTES``: a client that talks while its session is
+admitted and its upstream dialled is held by TCP, not by memory. While the pump has reading
+paused, the frames of a read picows already made (it delivers them all) wait the same way,
+at most one read's worth, and follow in order on ``resume_reading``.
 
 Backpressure: the transport calls ``pause_writing`` past its high-water mark and
 ``resume_writing`` below the low one; the leg exposes that as ``write_backed_up`` and
@@ -37,6 +39,7 @@ import contextlib
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from picows import (
@@ -72,20 +75,23 @@ def close_reason(reason: str) -> bytes:
     return raw[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()
 
 
-class _Backlog:
-    """The events a leg reports before its pump is bound, kept in order (``Leg.start``)."""
+class _Held:
+    """Events a leg holds back, in order: before its pump is bound (``Leg.start``), or while
+    the pump has its reading paused (picows delivers every frame of a read it already made:
+    those wait here, at most one read's worth). Signs of life and drains are not held."""
 
-    __slots__ = ("entries", "leg", "size")
+    __slots__ = ("entries", "leg", "size", "through")
 
-    def __init__(self, leg: PicowsLeg) -> None:
+    def __init__(self, leg: PicowsLeg, through: LegEvents | None) -> None:
         self.leg = leg
-        self.entries: list[Callable[[LegEvents], None]] = []
+        self.through = through
+        self.entries: deque[Callable[[LegEvents], None]] = deque()
         self.size = 0
 
     def _keep(self, entry: Callable[[LegEvents], None], size: int = 0) -> None:
         self.entries.append(entry)
         self.size += size
-        if self.size > BACKLOG_BYTES:
+        if self.through is None and self.size > BACKLOG_BYTES:
             self.leg._hold_reading(True)
 
     def on_text(self, data: str) -> None:
@@ -95,7 +101,8 @@ class _Backlog:
         self._keep(lambda events: events.on_binary(data), len(data))
 
     def on_heard(self) -> None:
-        pass
+        if self.through is not None:
+            self.through.on_heard()
 
     def on_close(self, code: int, reason: str) -> None:
         self._keep(lambda events: events.on_close(code, reason))
@@ -104,12 +111,18 @@ class _Backlog:
         self._keep(lambda events: events.on_lost())
 
     def on_drain(self) -> None:
-        pass
+        if self.through is not None:
+            self.through.on_drain()
 
-    def replay(self, events: LegEvents) -> None:
-        for entry in self.entries:
-            entry(events)
-        self.entries.clear()
+    def replay(self, events: LegEvents) -> bool:
+        """Report what was held to ``events``; False if the pump paused reading again on the
+        way (the rest stays held)."""
+        entries = self.entries
+        while entries:
+            if self.leg._paused_by_pump:
+                return False
+            entries.popleft()(events)
+        return True
 
 
 class PicowsLeg(WSListener):
@@ -129,8 +142,10 @@ class PicowsLeg(WSListener):
         self._max_message = max_message
         self._on_open = on_open
         self._close_timeout = close_timeout
-        self._backlog: _Backlog | None = _Backlog(self)
-        self._events: LegEvents = self._backlog
+        #: The pump's events once bound; ``_events`` is a holder (``_Held``) until then, and
+        #: again while the pump has reading paused.
+        self._pump: LegEvents | None = None
+        self._events: LegEvents = _Held(self, None)
         #: True while no fragmented message is being assembled and nothing ended the leg: the
         #: one test the hot path makes.
         self._plain = True
@@ -297,11 +312,21 @@ class PicowsLeg(WSListener):
     # -- the Leg protocol -------------------------------------------------------------------
 
     def start(self, events: LegEvents) -> None:
-        backlog, self._backlog = self._backlog, None
-        if backlog is None:
+        if self._pump is not None:
             raise RuntimeError("PicowsLeg.start called twice")
-        self._events = events
-        backlog.replay(events)
+        self._pump = events
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Replay what was held to the pump and report to it directly again, unless it pauses
+        reading on the way."""
+        held, pump = self._events, self._pump
+        if pump is None or not isinstance(held, _Held):
+            return
+        if not held.replay(pump):
+            held.through = pump
+            return
+        self._events = pump
         self._hold_reading(False)
 
     def send_text(self, data: str) -> None:
@@ -331,10 +356,13 @@ class PicowsLeg(WSListener):
 
     def pause_reading(self) -> None:
         self._paused_by_pump = True
+        if self._events is self._pump and self._pump is not None:
+            self._events = _Held(self, self._pump)
         self._apply_reading()
 
     def resume_reading(self) -> None:
         self._paused_by_pump = False
+        self._release_held()
         self._apply_reading()
 
     def write_backed_up(self) -> bool:
