@@ -45,7 +45,7 @@ from picows import (
 from picows import picows as _picows_ext
 from yarl import URL
 
-from rtgate.relay.picows_leg import PicowsLeg
+from rtgate.relay.picows_leg import READ_BUFFER_BYTES, PicowsLeg, picows_logger
 
 log = logging.getLogger("rtgate.relay")
 
@@ -217,7 +217,7 @@ class FrontDoor(asyncio.Protocol):
             ws_path=None,
             is_client_side=False,
             ws_listener_factory=upgrade,
-            logger=logging.getLogger("picows.server"),
+            logger=picows_logger("server"),
             disconnect_on_exception=True,
             websocket_handshake_timeout=None,  # the head is here already
             enable_auto_ping=False,  # the relay's keepalive pings (relay/keepalive.py)
@@ -227,7 +227,7 @@ class FrontDoor(asyncio.Protocol):
             enable_auto_pong=False,  # PicowsLeg answers pings and reports them
             max_frame_size=relay.max_message,
             extra_headers=None,
-            read_buffer_init_size=16 * 1024,
+            read_buffer_init_size=READ_BUFFER_BYTES,
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

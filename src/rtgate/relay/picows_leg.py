@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import logging
 import ssl
-import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -54,6 +53,7 @@ from picows import (
 )
 
 from rtgate.errors import UpstreamError
+from rtgate.relay.aiohttp_leg import quiet_seconds
 from rtgate.relay.legs import LegEvents
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
@@ -65,6 +65,15 @@ MAX_REASON_BYTES = 123
 CLOSE_TIMEOUT = 5.0
 #: What a leg holds for its pump before ``start`` until it stops reading (see the module doc).
 BACKLOG_BYTES = 1 << 20
+#: picows' first read buffer per connection (it doubles as frames need): an idle session holds
+#: two. Audio frames of 20 ms are ~1.4 KB.
+READ_BUFFER_BYTES = 4096
+
+
+def picows_logger(side: str) -> logging.LoggerAdapter[logging.Logger]:
+    """The logger picows gets: an adapter, because given a ``Logger`` picows builds a child
+    logger per connection, which stays in memory as long as the connection."""
+    return logging.LoggerAdapter(logging.getLogger(f"picows.{side}"), {})
 
 
 def close_reason(reason: str) -> bytes:
@@ -371,7 +380,7 @@ class PicowsLeg(WSListener):
     def quiet_seconds(self) -> float | None:
         if self.transport is None:
             return None
-        return _last_received(self.transport.underlying_transport.get_extra_info("socket"))
+        return quiet_seconds(self.transport.underlying_transport)
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._gone)
@@ -415,21 +424,6 @@ class PicowsLeg(WSListener):
             self._events.on_close(code, reason)
 
 
-def _last_received(sock: socket.socket | None) -> float | None:
-    """Seconds since the kernel last received bytes on ``sock`` (Linux TCP_INFO
-    ``tcpi_last_data_recv``), or None where that is not known."""
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if tcp_info is None or sock is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
-    except (OSError, TypeError):
-        return None
-    if len(info) < 56:
-        return None
-    return float(struct.unpack_from("I", info, 52)[0]) / 1000
-
-
 async def connect(
     url: str,
     headers: Mapping[str, str],
@@ -454,6 +448,8 @@ async def connect(
                 max_frame_size=max_message,
                 enable_auto_pong=False,
                 max_redirects=0,
+                logger_name=picows_logger("client"),
+                read_buffer_init_size=READ_BUFFER_BYTES,
             )
     except WSHandshakeError as exc:
         status = exc.response.status if exc.response is not None else None
