@@ -74,8 +74,9 @@ async def _refuse(client: Leg, err: GatewayError) -> None:
     await client.wait_closed()
 
 
-#: The largest message an upstream may send: the provider is trusted, as it always was (the
-#: client's own bound is ``max_message_bytes``); picows needs a number.
+#: The largest message an upstream may send: unbounded in practice (docs/protocol.md 5.8, server
+#: frames carry whole audio items), and the provider is trusted, as it always was; the client's
+#: own bound is ``max_message_bytes``. picows needs a number.
 UPSTREAM_MAX_MESSAGE = 1 << 31
 
 

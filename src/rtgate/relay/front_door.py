@@ -7,17 +7,19 @@ for a ``GET`` of the relay path, the rest of the head. Then it hands the connect
 
 * a WebSocket upgrade of the relay path goes to picows' server protocol, whose listener is a
   ``PicowsLeg``: picows answers the handshake (101, and the subprotocol ``subprotocol`` picks,
-  docs/protocol.md 5.3), and ``on_relay`` gets the leg and the request once the 101 is out.
-  Authentication and routing run after it, as OpenAI's own server does;
+  docs/protocol.md 1.7), and ``on_relay`` gets the leg and the request once the 101 is out.
+  Authentication and routing run after it, as OpenAI's own server does (5.3);
 * everything else goes to aiohttp (``runner.server`` builds its protocol), as it arrived: any
   other request at once, after its request line; an upgrade that offers permessage-deflate when
   ``deflate`` is on (RFC 7692: picows does not negotiate it, aiohttp does), and the relay path
   without an upgrade, after the head. aiohttp answers what it cannot parse (400).
 
-Bounds (slowloris, docs/protocol.md 8.3): the head must end within ``head_timeout`` seconds of
-the connection opening, else the connection is dropped (as aiohttp's own keep-alive timer does
-to a request whose head is late); a relay head longer than ``MAX_HEAD`` bytes (picows' own
-limit) is answered 431 and closed, as is a request line longer than it.
+Bounds (slowloris, as ``api/request_timeouts.py`` bounds aiohttp's requests): the head must end
+within ``head_timeout`` seconds (``request_timeout_seconds``) of the connection opening, else the
+connection is dropped, as aiohttp's keep-alive timer drops a request whose head is late; a relay
+head longer than ``MAX_HEAD`` bytes (picows' own limit) is answered 431 and closed, as is a
+request line longer than it. A request handed to aiohttp after its request line gets aiohttp's
+own timer from then on.
 
 The same protocol serves plain TCP and TLS (``set_protocol`` on an SSL transport swaps the
 application protocol behind it), asyncio's loop and uvloop, one process or ``--workers N``
