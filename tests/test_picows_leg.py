@@ -300,27 +300,32 @@ async def test_reading_pauses_and_resumes(served: Served) -> None:
     assert pump.messages == ["held"]
 
 
+class PausingPump(Pump):
+    """Pauses reading on the first message, as a pump whose other leg backed up."""
+
+    def on_text(self, data: str) -> None:
+        self.messages.append(data)
+        if len(self.messages) == 1:
+            self.leg.pause_reading()
+
+
 async def test_frames_of_a_read_already_made_wait_while_reading_is_paused(
     served: Served,
 ) -> None:
+    served.start_at_once = False
     client = await served.open()
-    pump = await served.pump()
-    pump.echo = False
-    paused_after: list[int] = []
-
-    def on_text(data: str) -> None:  # the pump pauses reading on the first message
-        pump.messages.append(data)
-        if len(pump.messages) == 1:
-            pump.leg.pause_reading()
-            paused_after.append(len(pump.messages))
-
-    pump.on_text = on_text  # type: ignore[method-assign]
+    leg = await asyncio.wait_for(served.arrivals.get(), 5)
+    assert isinstance(leg, PicowsLeg)
+    pump = PausingPump(leg, echo=False)
+    leg.start(pump)
     client.writer.write(b"".join(frame(TEXT, b"m%d" % i) for i in range(5)))  # one read
     await asyncio.sleep(0.2)
     assert pump.messages == ["m0"]
-    pump.leg.resume_reading()
+    leg.resume_reading()
     assert pump.messages == ["m0", "m1", "m2", "m3", "m4"]  # in order, at once
-    assert paused_after == [1]
+    client.send(TEXT, b"later")
+    await asyncio.sleep(0.2)
+    assert pump.messages[-1] == "later"  # reading goes on after the resume
 
 
 async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(
