@@ -533,6 +533,29 @@ async def test_deflate_is_negotiated_when_enabled(
         assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_a_bad_key_is_refused_after_the_upgrade_on_either_server(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    compression: str | None,
+) -> None:
+    """With deflate on, an upgrade that offers it is aiohttp's, one that does not is picows':
+    both refuse the same way (docs/protocol.md 5.3)."""
+    gw = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE="true"))
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        compression=compression,
+        additional_headers={"Authorization": "Bearer rtg_not_a_key"},
+    ) as ws:
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert event["error"]["code"] == "invalid_api_key"
+    assert ws.close_code == 3000
+    assert provider.upgrades == []
+
+
 async def test_a_slow_client_slows_only_its_own_upstream(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
