@@ -471,6 +471,9 @@ class RelayCore:
             ga = self._beta.event_to_upstream(event)
             if ga is not event:
                 event, data = ga, orjson.dumps(ga).decode()
+                # The guard judges the GA event (a beta transcription_session.update is a
+                # session.update now).
+                reads = guard is not None and guard.reads(data)
         if self._recorder is not None:
             self._recorder.on_client_event(event, self._now())
             if self._recorder.pending:
