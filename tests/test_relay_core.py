@@ -12,10 +12,7 @@ from rtgate.auth.policy import ClientEventGuard, KeyPolicy
 from rtgate.catalog import Catalog
 from rtgate.config import load_settings
 from rtgate.errors import QuotaExceeded, ShuttingDown
-from rtgate.protocol.beta import BetaTranslator
-from rtgate.protocol.keepalive import Cadence
-from rtgate.protocol.relay import (
-    HOLD_LIMIT,
+from rtgate.protocol.actions import (
     Action,
     CheckBudget,
     CloseClient,
@@ -27,12 +24,17 @@ from rtgate.protocol.relay import (
     PauseUpstream,
     Ping,
     Refused,
-    RelayCore,
     ResumeUpstream,
     SendClient,
     SendUpstream,
     Sever,
     Side,
+)
+from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.keepalive import Cadence
+from rtgate.protocol.relay import (
+    HOLD_LIMIT,
+    RelayCore,
 )
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder

@@ -12,7 +12,10 @@ import pytest
 
 from rtgate.errors import GatewayError, QuotaExceeded, ShuttingDown
 from rtgate.metering.record import UsageRecord
-from rtgate.protocol.relay import HOLD_LIMIT, RelayCore
+from rtgate.protocol.relay import (
+    HOLD_LIMIT,
+    RelayCore,
+)
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.relay.legs import Leg, LegEvents
 from rtgate.relay.pump import Pump

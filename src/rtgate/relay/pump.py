@@ -32,7 +32,7 @@ from typing import Protocol
 from rtgate.errors import GatewayError, RelayFailed
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
-from rtgate.protocol.relay import (
+from rtgate.protocol.actions import (
     Action,
     CheckBudget,
     CloseClient,
@@ -44,12 +44,14 @@ from rtgate.protocol.relay import (
     PauseUpstream,
     Ping,
     Refused,
-    RelayCore,
     ResumeUpstream,
     SendClient,
     SendUpstream,
     Sever,
     Side,
+)
+from rtgate.protocol.relay import (
+    RelayCore,
     sendable,
 )
 from rtgate.protocol.relay_session import RelaySession
