@@ -12,10 +12,7 @@ from rtgate.auth.policy import ClientEventGuard, KeyPolicy
 from rtgate.catalog import Catalog
 from rtgate.config import load_settings
 from rtgate.errors import QuotaExceeded, ShuttingDown
-from rtgate.protocol.beta import BetaTranslator
-from rtgate.protocol.keepalive import Cadence
-from rtgate.protocol.relay import (
-    HOLD_LIMIT,
+from rtgate.protocol.actions import (
     Action,
     CheckBudget,
     CloseClient,
@@ -27,12 +24,17 @@ from rtgate.protocol.relay import (
     PauseUpstream,
     Ping,
     Refused,
-    RelayCore,
     ResumeUpstream,
     SendClient,
     SendUpstream,
     Sever,
     Side,
+)
+from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.keepalive import Cadence
+from rtgate.protocol.relay import (
+    HOLD_LIMIT,
+    RelayCore,
 )
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
@@ -486,3 +488,30 @@ def test_nothing_is_forwarded_after_the_end(frame: str) -> None:
     c = core()
     c.client_lost()
     assert c.upstream_text(frame) == ()
+
+
+def test_a_usage_frame_no_parser_reads_is_committed_for_review_before_it_is_forwarded() -> None:
+    c = core()
+    frame = '{"type":"response.done","response":{"usage":{"input_tokens":5'
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    commit = acts[0]
+    assert isinstance(commit, Commit) and commit.record.review == "unparseable_frame"
+    assert sent(c.committed(True)) == [frame]
+
+
+def test_a_lone_surrogate_escape_is_metered_like_any_frame() -> None:
+    c = core()
+    frame = done().replace('"resp_1"', '"resp_\\ud800"')
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    commit = acts[0]
+    assert isinstance(commit, Commit) and commit.record.review is None
+    assert commit.record.ref == "resp_?"
+
+
+def test_a_client_frame_that_is_no_json_goes_up_untouched() -> None:
+    guard = ClientEventGuard(KeyPolicy(blocked_events=("response.create",)))
+    c = core(guard=guard, beta=BetaTranslator())
+    assert c.client_text('{"type":"session.update",') is None
+    assert c.client_text("[1, 2]") is None

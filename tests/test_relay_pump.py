@@ -12,7 +12,10 @@ import pytest
 
 from rtgate.errors import GatewayError, QuotaExceeded, ShuttingDown
 from rtgate.metering.record import UsageRecord
-from rtgate.protocol.relay import HOLD_LIMIT, RelayCore
+from rtgate.protocol.relay import (
+    HOLD_LIMIT,
+    RelayCore,
+)
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.relay.legs import Leg, LegEvents
 from rtgate.relay.pump import Pump
@@ -292,15 +295,15 @@ async def test_a_session_terminated_before_it_runs_tears_down_at_once() -> None:
 async def test_a_bug_in_the_relay_still_ends_the_session_with_an_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pump, client, _up, _, _ = rig()
-    task = await started(pump)
-
-    def broken(data: str) -> None:
+    def broken(self: RelayCore, data: str) -> None:
         raise ValueError("bug")
 
-    monkeypatch.setattr(pump.core, "client_text", broken)
+    monkeypatch.setattr(RelayCore, "client_text", broken)
+    pump, client, _up, _, _ = rig()
+    task = await started(pump)
     events(client).on_text('{"type":"response.create"}')
-    await task
+    async with asyncio.timeout(5):
+        await task
     assert orjson.loads(client.sent[-1])["error"]["code"] == "server_error"
     assert client.closes == [(1011, "server_error.server_error")]
 

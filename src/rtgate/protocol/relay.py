@@ -3,7 +3,8 @@
 One ``RelayCore`` per session: a client's socket relayed upstream, a client's sideband attached
 to one of its calls, or the gateway's own sideband of a call (``client=False``: no client leg).
 The pump (``relay/pump.py``) feeds it what the two legs report, the clock's ticks and the outcome
-of the effects it asked for; it answers with actions, which the pump performs in order.
+of the effects it asked for; it answers with actions (``protocol/actions.py``), which the pump
+performs in order.
 
 Inputs and what they decide:
 
@@ -48,9 +49,8 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,25 @@ import orjson
 
 from rtgate.auth.policy import ClientEventGuard
 from rtgate.errors import GatewayError, LedgerUnavailable, SessionExpired, UpstreamError
-from rtgate.metering.record import UsageRecord
+from rtgate.protocol.actions import (
+    Action,
+    Actions,
+    CheckBudget,
+    CloseClient,
+    CloseUpstream,
+    Commit,
+    Ended,
+    Hangup,
+    KeepTranscript,
+    PauseUpstream,
+    Ping,
+    Refused,
+    ResumeUpstream,
+    SendClient,
+    SendUpstream,
+    Sever,
+    Side,
+)
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
@@ -72,7 +90,6 @@ from rtgate.protocol.relay_session import (
 from rtgate.protocol.transcript import (
     CLIENT_MARK,
     UPSTREAM_MARKS,
-    TranscriptEntry,
     TranscriptRecorder,
 )
 
@@ -98,112 +115,6 @@ def expiry_message(seconds: float) -> str:
     span = f"{minutes:g} minutes" if minutes >= 1 else f"{seconds:g} seconds"
     return f"Your session hit the maximum duration of {span}."
 
-
-class Side(enum.Enum):
-    CLIENT = "client"
-    UPSTREAM = "upstream"
-
-
-# -- actions: what the pump does, in the order given --------------------------------------------
-@dataclass(frozen=True, slots=True)
-class SendClient:
-    data: str | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    data: str | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Make ``record`` durable (the ledger), then feed ``committed(ok)``; ``frame`` is the event
-    it meters (for the review log line of a record flagged for review)."""
-
-    record: UsageRecord
-    frame: str
-
-
-@dataclass(frozen=True, slots=True)
-class CheckBudget:
-    """Ask whether the key crossed a budget, then feed ``budget_checked(refusal)``."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeepTranscript:
-    """Queue these entries to the ledger, unawaited (it writes them in order)."""
-
-    entries: list[TranscriptEntry]
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    side: Side
-
-
-@dataclass(frozen=True, slots=True)
-class Sever:
-    """Drop a dead leg's connection now (no close handshake)."""
-
-    side: Side
-
-
-@dataclass(frozen=True, slots=True)
-class CloseClient:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PauseUpstream:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeUpstream:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A policy refusal to count (``rtgate_refusals``): a blocked event, a crossed budget."""
-
-    code: str
-
-
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    """A call sideband only: hang the call up upstream (at most once per call)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """The session is over (emitted once): the pump closes what is still open and tears down."""
-
-
-Action = (
-    SendClient
-    | SendUpstream
-    | Commit
-    | CheckBudget
-    | KeepTranscript
-    | Ping
-    | Sever
-    | CloseClient
-    | CloseUpstream
-    | PauseUpstream
-    | ResumeUpstream
-    | Refused
-    | Hangup
-    | Ended
-)
-Actions = Sequence[Action]
 
 _NOTHING: Actions = ()
 _ENDED = Ended()
@@ -471,6 +382,9 @@ class RelayCore:
             ga = self._beta.event_to_upstream(event)
             if ga is not event:
                 event, data = ga, orjson.dumps(ga).decode()
+                # The guard judges the GA event (a beta transcription_session.update is a
+                # session.update now).
+                reads = guard is not None and guard.reads(data)
         if self._recorder is not None:
             self._recorder.on_client_event(event, self._now())
             if self._recorder.pending:

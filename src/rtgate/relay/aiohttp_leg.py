@@ -37,6 +37,7 @@ log = logging.getLogger("rtgate.relay")
 
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _PING, _PONG, _CLOSING, _ERROR = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSING, WSMsgType.ERROR
+_TEXT_OPCODE = int(WSMsgType.TEXT)
 
 #: Close codes aiohttp's reader closes a connection with for a protocol error of the peer's
 #: (RFC 6455 7.4.1); reported with ``on_close``, anything else without a close frame is lost.
@@ -90,6 +91,7 @@ class AiohttpLeg:
         writer = ws._writer
         assert writer is not None, "the WebSocket must be prepared or connected"
         self._writer = writer
+        self._frame = writer._write_websocket_frame
         self._protocol = writer.protocol
         self._events: LegEvents | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -159,10 +161,14 @@ class AiohttpLeg:
     def send_text(self, data: str) -> None:
         if self.closed:
             return
-        if self._queue is None:
-            self._write(data.encode(), WSMsgType.TEXT)
-        else:
+        if self._queue is not None:
             self._enqueue(data)
+            return
+        # The hot path, inlined: one frame straight to the transport.
+        try:
+            self._frame(data.encode(), _TEXT_OPCODE, 0)
+        except (ConnectionError, RuntimeError):
+            return
 
     def send_bytes(self, data: bytes) -> None:
         if self.closed:
@@ -179,7 +185,7 @@ class AiohttpLeg:
     def _write(self, payload: bytes, opcode: WSMsgType) -> None:
         # Control frames are never compressed (RFC 7692 6.1), so they take this path too.
         try:
-            self._writer._write_websocket_frame(payload, opcode, 0)
+            self._frame(payload, opcode, 0)
         except (ConnectionError, RuntimeError):
             # A transport already closing raises; the reader reports the loss.
             return

@@ -32,7 +32,7 @@ from typing import Protocol
 from rtgate.errors import GatewayError, RelayFailed
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
-from rtgate.protocol.relay import (
+from rtgate.protocol.actions import (
     Action,
     CheckBudget,
     CloseClient,
@@ -44,12 +44,14 @@ from rtgate.protocol.relay import (
     PauseUpstream,
     Ping,
     Refused,
-    RelayCore,
     ResumeUpstream,
     SendClient,
     SendUpstream,
     Sever,
     Side,
+)
+from rtgate.protocol.relay import (
+    RelayCore,
     sendable,
 )
 from rtgate.protocol.relay_session import RelaySession
@@ -124,15 +126,27 @@ class Pump:
         self._monotonic = monotonic
         self._tick_every = tick_every
         self._metrics = metrics
-        #: Frames and bytes relayed since the last flush (plain ints: no lock per frame).
-        self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._ended: asyncio.Future[None] | None = None
         self._finished: asyncio.Event | None = None
         self._hangup = False
-        #: Why upstream reading is paused: the core's held frames, a backed-up client.
-        self._hold_paused = self._client_backed_up = self._upstream_backed_up = False
+        self._client_events = _Events(self, Side.CLIENT)
+        self._upstream_events = _Events(self, Side.UPSTREAM)
+        #: Legs whose reading is paused because the other leg's writes backed up.
+        self._paused_for_backlog: set[Side] = set()
+        #: Whether the core holds the upstream's reading (frames held behind a commit).
+        self._hold_paused = False
+
+    @property
+    def frames_up(self) -> int:
+        """Client frames read since the last flush to the metrics."""
+        return self._client_events.frames
+
+    @property
+    def frames_down(self) -> int:
+        """Upstream frames read since the last flush to the metrics."""
+        return self._upstream_events.frames
 
     # -- the session's life ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -144,9 +158,9 @@ class Pump:
                 self._ended = loop.create_future()
             if self.core.open:
                 self.perform(self.core.start())
-                self.upstream.start(_UpstreamEvents(self))
+                self.upstream.start(self._upstream_events)
                 if self.core.has_client:
-                    self.client.start(_ClientEvents(self))
+                    self.client.start(self._client_events)
                 delay = self.core.next_tick(self._monotonic(), self._tick_every)
                 self._timer = loop.call_later(delay, self._tick)
                 await self._ended
@@ -203,8 +217,10 @@ class Pump:
 
     def flush_counts(self) -> None:
         if self._metrics is not None:
-            self._metrics.relayed(self.frames_up, self.frames_down, self.bytes_up, self.bytes_down)
-        self.frames_up = self.frames_down = self.bytes_up = self.bytes_down = 0
+            up, down = self._client_events, self._upstream_events
+            self._metrics.relayed(up.frames, down.frames, up.bytes, down.bytes)
+        for events in (self._client_events, self._upstream_events):
+            events.frames = events.bytes = 0
 
     # -- performing the core's actions ---------------------------------------------------------
     def perform(self, actions: Sequence[Action]) -> None:
@@ -213,13 +229,11 @@ class Pump:
                 case SendClient(data):
                     self._send(self.client, data)
                     if self.client.write_backed_up():
-                        self._client_backed_up = True
-                        self.upstream.pause_reading()
+                        self.backed_up(Side.UPSTREAM)
                 case SendUpstream(data):
                     self._send(self.upstream, data)
                     if self.upstream.write_backed_up():
-                        self._upstream_backed_up = True
-                        self.client.pause_reading()
+                        self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
                     self._spawn(self._commit(record, frame))
                 case CheckBudget():
@@ -243,7 +257,8 @@ class Pump:
                     self.upstream.pause_reading()
                 case ResumeUpstream():
                     self._hold_paused = False
-                    self._resume_upstream()
+                    if Side.UPSTREAM not in self._paused_for_backlog:
+                        self.upstream.resume_reading()
                 case Hangup():
                     self._hangup = True
                 case Ended():
@@ -262,9 +277,19 @@ class Pump:
     def _leg(self, side: Side) -> Leg:
         return self.client if side is Side.CLIENT else self.upstream
 
-    def _resume_upstream(self) -> None:
-        if not (self._hold_paused or self._client_backed_up):
-            self.upstream.resume_reading()
+    def backed_up(self, source: Side) -> None:
+        """The leg ``source`` feeds is above its high-water mark: stop reading ``source`` until
+        that leg drains (``drained``)."""
+        if source not in self._paused_for_backlog:
+            self._paused_for_backlog.add(source)
+            self._leg(source).pause_reading()
+
+    def drained(self, source: Side) -> None:
+        """The leg ``source`` feeds drained: read ``source`` again, unless the core holds it."""
+        if source in self._paused_for_backlog:
+            self._paused_for_backlog.discard(source)
+            if not (source is Side.UPSTREAM and self._hold_paused):
+                self._leg(source).resume_reading()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -326,124 +351,93 @@ class Pump:
             self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
 
-class _UpstreamEvents:
-    """What the upstream leg reports; the hot path is ``on_text``."""
+class _Events:
+    """What one leg reports (``LegEvents``), handed to the core; the hot path is ``on_text``:
+    a frame the core passes is written to the other leg, counted, and nothing else. Everything
+    a frame needs is bound once, here, so a frame costs no attribute lookups."""
 
-    __slots__ = ("_client", "_core", "_latency", "_pump")
+    __slots__ = (
+        "_backed_up",
+        "_binary",
+        "_closed",
+        "_heard",
+        "_latency",
+        "_lost",
+        "_pump",
+        "_send_bytes",
+        "_send_text",
+        "_side",
+        "_text",
+        "bytes",
+        "frames",
+    )
 
-    def __init__(self, pump: Pump) -> None:
+    def __init__(self, pump: Pump, side: Side) -> None:
+        core = pump.core
+        other = pump.upstream if side is Side.CLIENT else pump.client
         self._pump = pump
-        self._core = pump.core
-        self._client = pump.client
+        self._side = side
+        upstream = side is Side.UPSTREAM
+        self._text = core.upstream_text if upstream else core.client_text
+        self._binary = core.upstream_binary if upstream else core.client_binary
+        self._heard = core.heard_upstream if upstream else core.heard_client
+        self._closed = core.upstream_closed if upstream else core.client_closed
+        self._lost = core.upstream_lost if upstream else core.client_lost
+        self._send_text = other.send_text
+        self._send_bytes = other.send_bytes
+        self._backed_up = other.write_backed_up
         metrics = pump._metrics
-        self._latency = metrics.latency.labels("down") if metrics is not None else None
+        # The latency histogram samples the upstream -> client direction (one frame in 64).
+        self._latency = metrics.latency.labels("down") if metrics is not None and upstream else None
+        #: Frames and bytes read since the last flush (plain ints: no lock per frame).
+        self.frames = self.bytes = 0
 
     def on_text(self, data: str) -> None:
-        pump = self._pump
-        pump.frames_down += 1
-        pump.bytes_down += len(data)
+        self.frames += 1
+        self.bytes += len(data)
         try:
-            if pump.frames_down & 63:
-                acts = self._core.upstream_text(data)
+            if self.frames & 63 or self._latency is None:
+                acts = self._text(data)
                 if acts is None:
-                    self._client.send_text(data)
+                    self._send_text(data)
                 else:
-                    pump.perform(acts)
+                    self._pump.perform(acts)
             else:
-                # One frame in 64 is timed through the gateway, for the latency histogram.
                 t0 = perf_counter()
-                acts = self._core.upstream_text(data)
+                acts = self._text(data)
                 if acts is None:
-                    self._client.send_text(data)
+                    self._send_text(data)
                 else:
-                    pump.perform(acts)
-                if self._latency is not None:
-                    self._latency.observe(perf_counter() - t0)
-            if self._client.write_backed_up():
-                pump._client_backed_up = True
-                pump.upstream.pause_reading()
+                    self._pump.perform(acts)
+                self._latency.observe(perf_counter() - t0)
+            if self._backed_up():
+                self._pump.backed_up(self._side)
         except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            pump.failed(exc)
+            self._pump.failed(exc)
 
     def on_binary(self, data: bytes) -> None:
-        pump = self._pump
-        pump.frames_down += 1
-        pump.bytes_down += len(data)
+        self.frames += 1
+        self.bytes += len(data)
         try:
-            acts = self._core.upstream_binary(data)
+            acts = self._binary(data)
             if acts is None:
-                self._client.send_bytes(data)
+                self._send_bytes(data)
             else:
-                pump.perform(acts)
+                self._pump.perform(acts)
+            if self._backed_up():
+                self._pump.backed_up(self._side)
         except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            pump.failed(exc)
+            self._pump.failed(exc)
 
     def on_heard(self) -> None:
-        self._core.heard_upstream()
+        self._heard()
 
     def on_close(self, code: int, reason: str) -> None:
-        self._pump._guarded(lambda: self._core.upstream_closed(code, reason))
+        self._pump._guarded(lambda: self._closed(code, reason))
 
     def on_lost(self) -> None:
-        self._pump._guarded(lambda: self._core.upstream_lost())
+        self._pump._guarded(self._lost)
 
     def on_drain(self) -> None:
-        pump = self._pump
-        if pump._upstream_backed_up:
-            pump._upstream_backed_up = False
-            pump.client.resume_reading()
-
-
-class _ClientEvents:
-    """What the client leg reports; the hot path is ``on_text``."""
-
-    __slots__ = ("_core", "_pump", "_upstream")
-
-    def __init__(self, pump: Pump) -> None:
-        self._pump = pump
-        self._core = pump.core
-        self._upstream = pump.upstream
-
-    def on_text(self, data: str) -> None:
-        pump = self._pump
-        pump.frames_up += 1
-        pump.bytes_up += len(data)
-        try:
-            acts = self._core.client_text(data)
-            if acts is None:
-                self._upstream.send_text(data)
-            else:
-                pump.perform(acts)
-            if self._upstream.write_backed_up():
-                pump._upstream_backed_up = True
-                pump.client.pause_reading()
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            pump.failed(exc)
-
-    def on_binary(self, data: bytes) -> None:
-        pump = self._pump
-        pump.frames_up += 1
-        pump.bytes_up += len(data)
-        try:
-            acts = self._core.client_binary(data)
-            if acts is None:
-                self._upstream.send_bytes(data)
-            else:
-                pump.perform(acts)
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            pump.failed(exc)
-
-    def on_heard(self) -> None:
-        self._core.heard_client()
-
-    def on_close(self, code: int, reason: str) -> None:
-        self._pump._guarded(lambda: self._core.client_closed(code, reason))
-
-    def on_lost(self) -> None:
-        self._pump._guarded(lambda: self._core.client_lost())
-
-    def on_drain(self) -> None:
-        pump = self._pump
-        if pump._client_backed_up:
-            pump._client_backed_up = False
-            pump._resume_upstream()
+        # This leg's writes drained: the other leg, which feeds it, may be read again.
+        self._pump.drained(Side.UPSTREAM if self._side is Side.CLIENT else Side.CLIENT)
