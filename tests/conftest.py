@@ -16,7 +16,8 @@ from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.clock import Clock
 from rtgate.config import Settings, load_settings
-from rtgate.relay.endpoint import GATEWAY
+from rtgate.relay.endpoint import GATEWAY, relay_door
+from rtgate.relay.front_door import FrontDoorSite
 from rtgate.store.port import Store
 from rtgate.store.schema import metadata
 from tests.provider import PROVIDER_KEY, FakeProvider
@@ -133,11 +134,15 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
         )
         runner = app_runner(app, settings)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        # As ``rtgate serve`` listens: the relay on picows, the rest on aiohttp, one port.
+        site = FrontDoorSite(
+            runner,
+            relay_door(app),
+            head_timeout=settings.request_timeout_seconds,
+            host="127.0.0.1",
+        )
         await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        port = site.port
         set_local_base_url(app, "127.0.0.1", port)
         runners.append(runner)
         return RunningGateway(app, runner, port, settings)

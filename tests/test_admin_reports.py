@@ -223,4 +223,4 @@ async def test_a_failed_dial_shows_the_upstream_failing(
         assert orjson.loads(await ws.recv())["error"]["code"] == "upstream_unavailable"
     (up,) = [u for u in (await call(gw, "GET", "/upstreams")).json() if u["name"] == "openai"]
     assert up["health"]["state"] == "failing" and up["health"]["failures"] == 1
-    assert up["health"]["last_error"] == "ClientConnectorError"
+    assert up["health"]["last_error"] == "ConnectionRefusedError"

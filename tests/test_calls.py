@@ -23,6 +23,7 @@ from rtgate.auth.client_secrets import secret_id_of
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
+from rtgate.metering.ledger import LedgerError
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 from tests.provider import FAKE_SDP_ANSWER, PROVIDER_KEY, FakeProvider, emit_response_done
@@ -757,3 +758,33 @@ async def test_a_sideband_whose_upstream_stops_answering_pings_ends_the_call(
     assert row.closed_by == "upstream"
     assert provider.hangups(call_id) == 1
     assert not gw.app[GATEWAY].live
+
+
+async def test_usage_that_cannot_be_recorded_ends_the_call_with_usage_unavailable(
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    client_for: ClientFor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same end as a relayed socket's (test_relay_faults): the call is hung up, once.
+    _, key = await key_with(gateway)
+    call_id = await place(client_for(gateway, key), REALTIME)
+    await sideband_open(provider, call_id)
+
+    async def unrecordable(rec: Any) -> None:
+        raise LedgerError("disk full")
+
+    monkeypatch.setattr(gateway.app[GATEWAY].ledger, "record", unrecordable)
+    await provider.emit_on_call(call_id, response_done("resp_lost", 100))
+
+    async def hung_up() -> bool:
+        return provider.hangups(call_id) == 1
+
+    await eventually(hung_up)
+    row = await ended_row(gateway)
+    assert (row.close_code, row.close_reason, row.closed_by) == (
+        1011,
+        "server_error.usage_unavailable",
+        "gateway",
+    )
+    assert provider.hangups(call_id) == 1

@@ -19,6 +19,7 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.relay.picows_leg import PicowsLeg
 from rtgate.store.port import StoreError
 from tests.conftest import RunningGateway
 from tests.provider import PROVIDER_KEY, FakeProvider
@@ -532,6 +533,29 @@ async def test_deflate_is_negotiated_when_enabled(
         assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_a_bad_key_is_refused_after_the_upgrade_on_either_server(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    compression: str | None,
+) -> None:
+    """With deflate on, an upgrade that offers it is aiohttp's, one that does not is picows':
+    both refuse the same way (docs/protocol.md 5.3)."""
+    gw = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE="true"))
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        compression=compression,
+        additional_headers={"Authorization": "Bearer rtg_not_a_key"},
+    ) as ws:
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert event["error"]["code"] == "invalid_api_key"
+    assert ws.close_code == 3000
+    assert provider.upgrades == []
+
+
 async def test_a_slow_client_slows_only_its_own_upstream(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
@@ -546,6 +570,13 @@ async def test_a_slow_client_slows_only_its_own_upstream(
         stalled = provider.flooded
         # Bounded buffers: the provider is held back long before the flood is through.
         assert stalled < count // 2
+        # And the gateway holds no more than a frame or two above its write buffer's mark.
+        (pump,) = gateway.app[GATEWAY].live.values()
+        client = pump.client  # type: ignore[attr-defined]
+        assert isinstance(client, PicowsLeg)  # picows writes straight to the transport
+        assert client.transport is not None
+        transport = client.transport.underlying_transport
+        assert transport.get_write_buffer_size() < 4 * size
         # Meanwhile another session is served normally.
         async with connect(url, additional_headers=auth) as other:
             await first_events(other, 1)

@@ -1,4 +1,4 @@
-"""The bridge's own heartbeat: quiet legs are pinged, dead ones dropped, pings answered."""
+"""The relay's own heartbeat: quiet legs are pinged, dead ones dropped, pings answered."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, load_settings
-from rtgate.relay.bridge import quiet_seconds
-from rtgate.relay.keepalive import Beat, Cadence, Keepalive, upstream_cadence
+from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
+from rtgate.relay.aiohttp_leg import quiet_seconds
+from rtgate.relay.live import upstream_cadence
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider
 

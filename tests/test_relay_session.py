@@ -443,7 +443,7 @@ def test_a_dated_transcription_model_is_billed_as_its_family() -> None:
 
 def test_usage_in_a_unit_its_row_does_not_price_is_recorded_unpriced() -> None:
     # gpt-live-transcribe's row is per minute: tokens from it are not billed as zero-cost
-    # tokens but recorded unpriced (the bridge logs it); a duration from a per-token model too.
+    # tokens but recorded unpriced (the relay logs it); a duration from a per-token model too.
     s = make()
     s.on_upstream_text(session_updated("gpt-live-transcribe"), 1.0)
     tokens = {"type": "tokens", "input_tokens": 10, "output_tokens": 4}

@@ -15,7 +15,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     +-- UpstreamError            upstream_unavailable       502 / close 1011
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
     +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
-    +-- LedgerUnavailable        usage_unavailable          500 / close 1011  (metering/ledger.py)
+    +-- LedgerUnavailable        usage_unavailable          500 / close 1011
     +-- RelayFailed              server_error               500 / close 1011
     +-- ShuttingDown             server_shutting_down       503 / close 1001
     +-- SessionExpired           session_expired            --  / close 1001
@@ -111,6 +111,14 @@ class LimiterUnavailable(GatewayError):
     close_code = 1011
     error_type = "server_error"
     code = "limiter_unavailable"
+
+
+class LedgerUnavailable(GatewayError):
+    """What a client hears when its usage can be neither stored nor spilled (the ledger,
+    ``metering/ledger.py``, raises it; the relay core ends a session with it)."""
+
+    close_code = 1011
+    code = "usage_unavailable"
 
 
 class RelayFailed(GatewayError):

@@ -28,7 +28,7 @@ from rtgate.upstream_health import UpstreamHealth
 
 
 class LiveSession(Protocol):
-    """A metered session running now: a relayed WebSocket (``Bridge``) or a call's sideband.
+    """A metered session running now: a relayed WebSocket (its ``Pump``) or a call's sideband.
     The admin API lists them and closes them, shutdown ends them, all through this."""
 
     session: RelaySession

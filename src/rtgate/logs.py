@@ -135,3 +135,13 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # picows (the relay's legs) logs each connection at INFO, and a peer's protocol error (a
+    # frame past max_message_bytes) at ERROR: the relay logs the session's close code instead.
+    logging.getLogger("picows").setLevel(logging.WARNING)
+    handler.addFilter(_not_a_peer_protocol_error)
+
+
+def _not_a_peer_protocol_error(record: logging.LogRecord) -> bool:
+    """False for picows' report of a frame it refused (its per-connection loggers are children
+    of ``picows``, so only the handler sees them all)."""
+    return not (record.name.startswith("picows.") and str(record.msg).startswith("WS parser"))

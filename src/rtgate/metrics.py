@@ -1,7 +1,7 @@
 """Prometheus metrics, one registry per application (no process-global state).
 
 The relay's hot path never touches a metric: pumps count frames and bytes in plain ints, and the
-bridge flushes them here once a second and at the end of the session.
+relay's pump flushes them here once a second and at the end of the session.
 """
 
 from __future__ import annotations

@@ -28,13 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from aiohttp import web
-
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
 from rtgate.logs import configure_logging
+from rtgate.relay.endpoint import relay_door
+from rtgate.relay.front_door import FrontDoorSite
 from rtgate.tls import server_context
 from rtgate.welcome import summary_lines
 
@@ -86,20 +86,23 @@ async def serve_async(
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
     tls = server_context(settings.tls_certfile, settings.tls_keyfile)
+    # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
+    site = FrontDoorSite(
+        runner,
+        relay_door(app),
+        head_timeout=settings.request_timeout_seconds,
+        host=settings.host,
+        port=settings.port,
+        sock=sock,
+        reuse_port=settings.workers > 1,
+        backlog=4096,
+        ssl_context=tls,
+    )
+    await site.start()
     if sock is not None:
-        site: web.BaseSite = web.SockSite(runner, sock, ssl_context=tls)
         host, port = sock.getsockname()[:2]
     else:
-        site = web.TCPSite(
-            runner,
-            settings.host,
-            settings.port,
-            reuse_port=settings.workers > 1,
-            backlog=4096,
-            ssl_context=tls,
-        )
         host, port = settings.host, settings.port
-    await site.start()
     set_local_base_url(app, str(host), int(port), settings.tls_certfile if tls else None)
     freeze_startup_heap()
     shown = f"[{host}]" if ":" in str(host) else host

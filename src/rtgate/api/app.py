@@ -48,7 +48,7 @@ from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
 from rtgate.redis_fleet import RedisFleet
-from rtgate.relay.endpoint import GATEWAY, realtime
+from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
 from rtgate.tls import pinned_context
@@ -216,7 +216,11 @@ def create_app(
         # away) as OpenAI's SDK expects, not after a timeout.
         await app[DRAIN].cancel()
         await app[GATEWAY].end_live_sessions(shutting_down())
+        # The front door's sessions (relay_door) are no aiohttp handlers: awaited here, as
+        # aiohttp awaits its own next, before the ledger drains.
+        await app[RELAY_SOCKETS].wait(within=max(60.0, settings.drain_seconds))
 
+    app[RELAY_SOCKETS] = RelaySockets()
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)

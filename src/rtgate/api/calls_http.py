@@ -35,11 +35,11 @@ from rtgate.api.bodies import (
 from rtgate.api.openai_errors import openai_errors
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import connection_model, ga_template
-from rtgate.auth.policy import KeyPolicy, check_model, check_session_template
+from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
-from rtgate.relay.admission import admit
+from rtgate.relay.admission import admit, route_for
 from rtgate.relay.call_owners import call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import (
     CallRegistry,
@@ -121,9 +121,7 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
             model = gw.settings.default_model
     if template.get("type") != "realtime":
         raise _bad("A call takes a realtime session.", "session.type")
-    route = gw.catalog.resolve(model)
-    check_model(policy, route.model)
-    check_session_template(policy, template)
+    route = route_for(gw, policy, model, template)
     await admit(gw, key, policy)
     secret_id = grant.id if grant is not None else None
     try:
@@ -181,9 +179,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
                 model = gw.settings.default_model
             if template.get("type") != "realtime":
                 raise _bad("A call takes a realtime session.", "type")
-            route = gw.catalog.resolve(model)
-            check_model(policy, route.model)
-            check_session_template(policy, template)
+            route = route_for(gw, policy, model, template)
             body = _upstream_session(policy, route, template)
             if call is None:
                 # A SIP call no key owns yet: claimed now, atomically, before the provider

@@ -38,9 +38,10 @@ from rtgate.auth.client_secrets import (
     refuse_unknown,
     with_transcription_model,
 )
-from rtgate.auth.policy import check_model, check_session_template
+from rtgate.auth.policy import check_session_template
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
+from rtgate.relay.admission import route_for
 
 log = logging.getLogger("rtgate.api")
 
@@ -101,8 +102,10 @@ async def _mint(
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
     if model is not None:
-        check_model(policy, gw.catalog.resolve(model).model)
-    check_session_template(policy, template)
+        route_for(gw, policy, model, template)
+    else:
+        # A transcription secret names no model until its session does.
+        check_session_template(policy, template)
     if policy.secrets_per_minute is not None:
         await gw.limiter.mint(key.id, policy.secrets_per_minute, gw.clock.now())
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)

@@ -1,6 +1,6 @@
 """Per-key policy: which models, how many sessions, how much money, how long, which events.
 
-Pure decisions over plain values; the endpoint and the bridge ask, and act on the answer.
+Pure decisions over plain values; the endpoint and the relay core ask, and act on the answer.
 A policy is checked when a session opens and again during it: the model named by every
 ``session.update``, the events a client may send, and the key's spend after every metered event.
 """
@@ -158,9 +158,7 @@ class ClientEventGuard:
         return bool(self.policy.models or self._types or self._fields)
 
     def check(self, data: str) -> GatewayError | None:
-        if data.startswith('{"type":"input_audio_buffer.append"'):
-            return None
-        if not (self._types or self._fields or '"session.update"' in data):
+        if data.startswith('{"type":"input_audio_buffer.append"') or not self.reads(data):
             return None
         try:
             event = orjson.loads(data)
@@ -168,6 +166,15 @@ class ClientEventGuard:
             return None
         if not isinstance(event, dict):
             return None
+        return self.check_event(event)
+
+    def reads(self, data: str) -> bool:
+        """Whether a frame (not an audio append) can be refused: every frame when the policy
+        blocks events or fields, else a ``session.update`` (its model)."""
+        return bool(self._types or self._fields) or '"session.update"' in data
+
+    def check_event(self, event: dict[str, Any]) -> GatewayError | None:
+        """``check`` for a frame parsed already (by the relay core, once)."""
         etype = event.get("type")
         eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if etype in self._types:

@@ -4,7 +4,7 @@ not take them in time.
 
 Durable means committed to the store, or appended to a spill segment and fsynced
 (``spill.py``). ``record``, ``open_session`` and ``close_session`` return once their entry is
-durable, and the bridge forwards a metered frame (``response.done``, transcription
+durable, and the relay forwards a metered frame (``response.done``, transcription
 ``completed``) only after that, so a gateway killed at any instant loses no record whose frame a
 client has seen. Transcript entries are queued without waiting: the relay never waits for them.
 
@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtgate.deadline import Deadlines
-from rtgate.errors import GatewayError
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.metering.spill import Claim, SpillWriter, owner, segments, set_aside
@@ -55,13 +54,6 @@ _DRAIN_DEADLINE_FACTOR = 5
 
 class LedgerError(Exception):
     """An entry could be neither committed nor spilled."""
-
-
-class LedgerUnavailable(GatewayError):
-    """What a client hears when its usage can be neither stored nor spilled."""
-
-    close_code = 1011
-    code = "usage_unavailable"
 
 
 @dataclass

@@ -198,7 +198,7 @@ def _item_create(event: Event) -> Event:
     return {**event, "item": item_to_ga(event.get("item"))}
 
 
-_UP_MARKS = (
+UP_MARKS = (
     '"session.update"',
     '"transcription_session.update"',
     '"response.create"',
@@ -217,11 +217,18 @@ class BetaTranslator:
 
     def to_upstream(self, data: str) -> str:
         """A beta client frame -> the GA frame to send (``data`` itself when nothing differs)."""
-        if data.startswith(_UP_SKIP) or not any(m in data for m in _UP_MARKS):
+        if data.startswith(_UP_SKIP) or not any(m in data for m in UP_MARKS):
             return data
         event = _loads(data)
         if event is None:
             return data
+        out = self.event_to_upstream(event)
+        # A user's input_text message, say, is already GA: keep its bytes.
+        return data if out is event else orjson.dumps(out).decode()
+
+    def event_to_upstream(self, event: Event) -> Event:
+        """``to_upstream`` for a frame parsed already: the GA event, ``event`` itself when
+        nothing differs (so the caller keeps the frame's bytes)."""
         etype = event.get("type")
         if etype == "session.update":
             session = session_to_ga(event.get("session"), transcription=self.transcription)
@@ -237,13 +244,13 @@ class BetaTranslator:
         elif etype == "conversation.item.create":
             out = _item_create(event)
         else:
-            return data
-        # A user's input_text message, say, is already GA: keep its bytes.
-        return data if out == event else orjson.dumps(out).decode()
+            return event
+        return event if out == event else out
 
-    def to_client(self, data: str) -> str | None:
+    def to_client(self, data: str, parsed: Event | None = None) -> str | None:
         """A GA server frame -> the beta frame to send (``data`` itself when nothing differs),
-        or None when the event has no beta counterpart."""
+        or None when the event has no beta counterpart. ``parsed``: the frame, parsed already
+        by the caller (the relay core), which spares a second parse."""
         for ga, beta in _DOWN_PREFIXES:
             if data.startswith(ga):
                 return beta + data[len(ga) :]
@@ -260,7 +267,7 @@ class BetaTranslator:
                 return data
         elif not any(m in data for m in _DOWN_MARKS):
             return data
-        event = _loads(data)
+        event = parsed if parsed is not None else _loads(data)
         if event is None:
             return data
         etype = event.get("type")

@@ -1,6 +1,7 @@
 """The relay's decisions for one WebSocket session, with no I/O (sans-I/O, like h11).
 
-The bridge feeds every text frame in; this object tells it what to meter and when the session
+The relay core (``protocol/relay.py``) feeds it every upstream frame that can matter; it tells
+the core what to meter and when the session
 must end. It keeps the hot path cheap (docs/protocol.md 8.2, docs/performance.md):
 
 * Audio frames are recognised by their prefix and skipped without a scan.
@@ -39,7 +40,7 @@ from rtgate.protocol.usage import (
 
 #: Frames that dominate traffic and never matter to metering: ``on_upstream_text`` returns None
 #: for a frame starting with one of these, so a caller may forward such a frame without asking
-#: (the bridge does, to spare a call per audio frame). A tuple keeps it one C call.
+#: (the relay core does, to spare a call per audio frame). A tuple keeps it one C call.
 FORWARD_PREFIXES = (
     '{"type":"response.output_audio.delta"',
     '{"type":"input_audio_buffer.append"',
@@ -54,6 +55,8 @@ _TRANSCRIBED = 'input_audio_transcription.completed"'
 _SESSION_CREATED = '"session.created"'
 _SESSION_UPDATED = '"session.updated"'
 _INVALID_KEY = '"invalid_api_key"'
+#: What an upstream frame must contain to matter to metering (one substring scan each).
+METER_MARKS = (_RESPONSE_DONE, _TRANSCRIBED, _SESSION_CREATED, _SESSION_UPDATED, _INVALID_KEY)
 
 #: RFC 6455 7.1.5: the close code of a close frame that carried none. Never sent (7.4.1).
 NO_STATUS_RECEIVED = 1005
@@ -114,7 +117,7 @@ class RelaySession:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.closed_by: str | None = None
-        #: Models whose usage had no price row (reported once by the bridge).
+        #: Models whose usage had no price row (reported once, by ``relay/live.py``).
         self.unpriced: set[str] = set()
         #: The provider refused our own key (its error was rewritten; so is its close reason).
         self.upstream_auth_failed = False
@@ -126,20 +129,14 @@ class RelaySession:
         Returns a usage record when the frame carries usage, a replacement frame when the
         frame must not reach the client as it is, else None (forward it untouched).
         """
-        if data.startswith(FORWARD_PREFIXES):
+        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in METER_MARKS):
             return None
-        if not (
-            _RESPONSE_DONE in data
-            or _TRANSCRIBED in data
-            or _SESSION_CREATED in data
-            or _SESSION_UPDATED in data
-            or _INVALID_KEY in data
-        ):
-            return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            event = _tolerant_loads(data)
+        return self.on_upstream_event(parse_event(data), data, now)
+
+    def on_upstream_event(self, event: Any, data: str, now: float) -> UsageRecord | str | None:
+        """``on_upstream_text`` for a frame parsed already (``parse_event``; anything but a dict
+        is a frame no parser could read as an event), so a frame is parsed once however many
+        collaborators read it (``protocol/relay.py``)."""
         if not isinstance(event, dict):
             return self._unparseable(data, now)
         etype = event.get("type")
@@ -271,6 +268,15 @@ def _transcription_model(session: dict[str, Any]) -> str | None:
     if isinstance(tr, dict) and isinstance(tr.get("model"), str):
         return str(tr["model"])
     return None
+
+
+def parse_event(data: str) -> Any:
+    """One frame parsed (orjson, with the tolerant fallback below), or None if no parser reads
+    it. The result is shared by everything that reads the frame, and never changed by them."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _tolerant_loads(data)
 
 
 def _tolerant_loads(data: str) -> Any:

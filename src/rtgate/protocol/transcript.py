@@ -19,14 +19,14 @@ from typing import Any
 
 import orjson
 
-_UPSTREAM = (
+UPSTREAM_MARKS = (
     '"conversation.item.input_audio_transcription.completed"',
     '"response.output_audio_transcript.done"',
     '"response.output_text.done"',
     '"response.function_call_arguments.done"',
     '"response.done"',
 )
-_CLIENT = '"conversation.item.create"'
+CLIENT_MARK = '"conversation.item.create"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +74,14 @@ class TranscriptRecorder:
     def on_upstream(self, data: str, now: float) -> None:
         if data.startswith('{"type":"response.output_audio.delta"'):
             return
-        if not any(m in data for m in _UPSTREAM):
+        if not any(m in data for m in UPSTREAM_MARKS):
             return
         event = _parse(data)
-        if event is None:
-            return
+        if event is not None:
+            self.on_upstream_event(event, now)
+
+    def on_upstream_event(self, event: dict[str, Any], now: float) -> None:
+        """``on_upstream`` for a frame parsed already (by the relay core, once)."""
         t = event.get("type")
         if t == "conversation.item.input_audio_transcription.completed":
             self._add(
@@ -117,10 +120,15 @@ class TranscriptRecorder:
                 )
 
     def on_client(self, data: str, now: float) -> None:
-        if _CLIENT not in data:
+        if CLIENT_MARK not in data:
             return
         event = _parse(data)
-        if event is None or event.get("type") != "conversation.item.create":
+        if event is not None:
+            self.on_client_event(event, now)
+
+    def on_client_event(self, event: dict[str, Any], now: float) -> None:
+        """``on_client`` for a frame parsed already (by the relay core, once)."""
+        if event.get("type") != "conversation.item.create":
             return
         item = event.get("item")
         if not isinstance(item, dict):

@@ -1,15 +1,25 @@
-"""Admitting a metered session, a relayed socket or a call's sideband, the same way for both:
-the key's budgets and live-session limits first, then the ``RelaySession`` that meters it, its
-row in the ledger, and its budget checks while it lives.
+"""Admitting a session, the one way for every route that opens one (a relayed socket, a call
+placed or accepted, a client secret minted for later): ``route_for`` resolves the model, checks
+the key may use it and may set the session template, then ``admit`` checks the key's budgets and
+takes one of its live-session slots. Then the ``RelaySession`` that meters it, its row in the
+ledger, its end, and its budget checks while it lives.
 
 A client's socket attached to one of its calls (``?call_id=``) is not a new session: the call
-holds its live-session slot, so only the budgets are checked (``check_budget``)."""
+holds its live-session slot, so it is admitted without one (``admit(..., slot=False)``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
-from rtgate.auth.policy import KeyPolicy, over_budget, session_seconds
+from rtgate.auth.policy import (
+    KeyPolicy,
+    check_model,
+    check_session_template,
+    over_budget,
+    session_seconds,
+)
 from rtgate.catalog import Route
 from rtgate.errors import QuotaExceeded
 from rtgate.gateway import Gateway
@@ -21,22 +31,32 @@ from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
 log = logging.getLogger("rtgate.relay")
 
 
-async def check_budget(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
-    """Refuse a key over a budget (``insufficient_quota``). A budgeted key this process never
-    read while the store does not answer: ``StoreError``."""
+def route_for(
+    gw: Gateway, policy: KeyPolicy, model: str | None, template: Mapping[str, Any] | None = None
+) -> Route:
+    """The route of ``model`` (None: a transcription session's default upstream), refused
+    unless the key may use the model (``model_not_allowed``) and set what ``template`` sets
+    (``event_not_allowed``, as its ``session.update`` would be)."""
+    route = gw.catalog.resolve(model)
+    check_model(policy, route.model)
+    if template is not None:
+        check_session_template(policy, template)
+    return route
+
+
+async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy, *, slot: bool = True) -> None:
+    """Refuse a key over a budget (``insufficient_quota``; a budgeted key this process never
+    read while the store does not answer: ``StoreError``), else take one of its live-session
+    slots (``rate_limit_exceeded``) unless ``slot`` is False; the caller releases the slot when
+    the session ends."""
     if policy.has_budget:
         exceeded = over_budget(policy, await gw.spend.spend(key.id))
         if exceeded is not None:
             raise exceeded
-
-
-async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy) -> None:
-    """Refuse a key over a budget (``insufficient_quota``), else take one of its live-session
-    slots (``rate_limit_exceeded``); the caller releases the slot when the session ends."""
-    await check_budget(gw, key, policy)
-    await gw.limiter.acquire(
-        key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
-    )
+    if slot:
+        await gw.limiter.acquire(
+            key.id, policy.max_sessions, policy.sessions_per_minute, gw.clock.now()
+        )
 
 
 def metered_session(

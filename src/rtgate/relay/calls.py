@@ -13,7 +13,6 @@ owned by a ``CallRegistry`` (one per app), which ends the calls still live at sh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,17 +21,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from rtgate.auth.client_secrets import revoked_secret_error
 from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, RelayFailed, SessionExpired, UpstreamError
+from rtgate.errors import (
+    GatewayError,
+    UpstreamError,
+)
 from rtgate.gateway import Gateway, shutting_down
-from rtgate.metering.ledger import LedgerUnavailable
-from rtgate.protocol.relay_session import RelaySession, received_close_code
-from rtgate.relay.admission import budget_crossed, metered_session, record_end, record_start
-from rtgate.relay.bridge import commit_usage, expiry_message, keep_alive, sendable, sever
+from rtgate.protocol.relay import sendable
+from rtgate.protocol.relay_session import RelaySession
+from rtgate.relay.admission import metered_session, record_end, record_start
+from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import CALL_ID
-from rtgate.relay.keepalive import Keepalive, upstream_cadence
+from rtgate.relay.live import go_live, relay_pump, run_live
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo
 
@@ -138,7 +139,8 @@ async def hangup_upstream(gw: Gateway, route: Route, call_id: str) -> int:
 class Sideband:
     """One call's sideband, a live session (``rtgate.gateway.LiveSession``) like a relayed socket.
 
-    It reads the call's events upstream and meters them; nothing is relayed anywhere. Ending it,
+    It reads the call's events upstream and meters them, through the same core and pump as a
+    relayed socket with no client leg (``relay/live.py``); nothing is relayed anywhere. Ending it,
     for whatever reason the gateway or its operator has, ends the call: the session is marked
     closed (the first close wins), the call is hung up upstream (at most once, whichever path
     ends it), and the socket is closed. The task that runs it (``CallRegistry``) then records
@@ -165,31 +167,20 @@ class Sideband:
         self.task: asyncio.Task[None] | None = None
         #: Set before the one hangup request goes out, so no other path sends a second.
         self.hung_up = False
-
-    async def close(self, code: int, reason: str, by: str) -> None:
-        """End the call from outside (shutdown, admin) with ``code`` and wait, bounded, until
-        its end is recorded; a call already ending is left to finish, and waited for."""
-        await self.end_call(code, reason, by)
-        await self._finished()
+        self.pump = relay_pump(gw, session, policy, None, AiohttpLeg(ws), hangup=self.hangup)
 
     async def terminate(self, err: GatewayError, by: str = "operator") -> None:
-        """End the call from outside with ``err``'s close code and reason (an operator's forced
-        close, a revoked client secret)."""
-        await self.close(err.close_code, err.close_reason, by)
+        """End the call from outside with ``err`` (shutdown, an operator's forced close, a
+        revoked client secret) and wait, bounded, until its end is recorded; a call already
+        ending is left to finish, and waited for."""
+        self.pump.perform(self.pump.core.terminate(err, by))
+        await self._finished()
 
     async def hung_up_by_client(self) -> None:
         """The client hung the call up through the gateway: end the sideband, no second hangup."""
         self.hung_up = True
-        await self.close(1000, "call hung up", "client")
-
-    async def end_call(self, code: int, reason: str, by: str) -> bool:
-        """Close the session with ``code``, hang the call up, close the socket; False (and
-        nothing done) if the session was closed already."""
-        if not self.session.close(code, reason, by):
-            return False
-        await self.hangup()
-        await self.close_socket()
-        return True
+        self.pump.perform(self.pump.core.hung_up())
+        await self._finished()
 
     async def hangup(self) -> None:
         """Hang the call up upstream, once; bounded, so a silent upstream holds nothing up."""
@@ -224,70 +215,6 @@ class Sideband:
         _, pending = await asyncio.wait({task}, timeout=END_WAIT_S)
         if pending:
             log.error("call sideband %s did not end in time", self.call_id)
-
-    async def _upstream_dead(self) -> None:
-        """The upstream stopped answering pings: the call is ended as if its socket had gone."""
-        log.warning("call %s sideband: the upstream stopped responding", self.call_id)
-        sever(self.ws)
-        err = UpstreamError("The upstream stopped responding.")
-        await self.end_call(err.close_code, err.close_reason, "upstream")
-
-    async def run(self) -> None:
-        """Meter the call until it ends: the upstream closes, a budget or the cap is crossed,
-        usage cannot be recorded, or someone ends it from outside (the socket closes)."""
-        gw, session, clock, ws, policy = self.gw, self.session, self.gw.clock, self.ws, self.policy
-        metered_budget = policy.has_budget
-        beat = upstream_cadence(gw.settings)
-        alive = Keepalive(beat, clock.monotonic()) if beat is not None else None
-        while True:
-            remaining = session.deadline - clock.monotonic()
-            if remaining <= 0:
-                err: GatewayError = SessionExpired(expiry_message(session.max_seconds))
-                await self.end_call(err.close_code, err.close_reason, "gateway")
-                return
-            msg: aiohttp.WSMessage | None = None
-            with contextlib.suppress(TimeoutError):
-                # aiohttp's own receive timeout: wrapping receive() in asyncio.wait_for left a
-                # cancelled task stuck in the wait (so shutdown never hung the call up).
-                msg = await ws.receive(timeout=min(remaining, gw.expiry_check_interval))
-            if alive is not None and not await keep_alive(
-                alive, ws, msg is not None, clock.monotonic()
-            ):
-                await self._upstream_dead()
-                return
-            if msg is None:
-                continue
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                rec = session.on_upstream_text(msg.data, clock.now())
-                if rec is None or isinstance(rec, str):
-                    continue
-                if not await commit_usage(gw.ledger, gw.metrics, rec, msg.data):
-                    # The ledger logged why (once for the outage): an unmetered call must end.
-                    log.error("hanging up call %s: its usage could not be recorded", self.call_id)
-                    err = LedgerUnavailable("Usage could not be recorded, so the call was ended.")
-                    await self.end_call(err.close_code, err.close_reason, "gateway")
-                    return
-                if metered_budget:
-                    refusal = await budget_crossed(gw, self.key.id, policy)
-                    if refusal is not None:
-                        gw.metrics.refused(refusal.code)
-                        await self.end_call(refusal.close_code, refusal.close_reason, "gateway")
-                        return
-            elif msg.type is aiohttp.WSMsgType.PING:
-                # autoping is off, so that pongs reach the keepalive: answer pings here.
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.pong(msg.data)
-            elif msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PONG):
-                continue
-            else:
-                # The upstream ended the call, or the socket was closed from here (then the
-                # session is closed already and this changes nothing).
-                if msg.type is aiohttp.WSMsgType.CLOSE:
-                    code = received_close_code(msg.data)
-                else:
-                    code = ws.close_code if ws.close_code is not None else 1006
-                session.close(code, str(msg.extra or ""), "upstream")
-                return
 
 
 @dataclass
@@ -325,7 +252,7 @@ class CallRegistry:
                     headers=upstream_headers(route.upstream, {}, provider_key(route)),
                     max_msg_size=0,
                     compress=0,
-                    # ``Sideband.run`` pings a quiet upstream and answers its pings itself.
+                    # The relay pings a quiet upstream and answers its pings itself.
                     autoping=False,
                     heartbeat=None,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
@@ -344,73 +271,34 @@ class CallRegistry:
             err = shutting_down()
             session.close(err.close_code, err.close_reason, "gateway")
             await sb.close_socket()
-            await self._record_end(gw, sb)
+            await record_end(gw, sb.session)
             raise err
         self.calls[call_id] = sb
         # Live from here on, before any await: an operator's close or a revocation that comes
-        # after this line finds the call; one that came before is caught by ``_run``'s check.
-        gw.live.add(session.session_id, sb)
-        gw.metrics.live.inc()
-        gw.metrics.started.labels(route.model).inc()
+        # after this line finds the call; one that came before is caught by ``run_live``.
+        go_live(gw, sb, {"session_id": session.session_id, "key_id": key.id, "call_id": call_id})
         sb.task = asyncio.create_task(self._run(gw, sb), name=f"sideband-{call_id}")
         self.tasks.add(sb.task)
         sb.task.add_done_callback(self.tasks.discard)
-        log.info(
-            "call sideband opened",
-            extra={"session_id": session.session_id, "key_id": key.id, "call_id": call_id},
-        )
         return sb
 
     async def _run(self, gw: Gateway, sb: Sideband) -> None:
         s = sb.session
+        extra = {"session_id": s.session_id, "key_id": sb.key.id, "call_id": sb.call_id}
+
+        async def unregister() -> None:
+            if self.calls.get(sb.call_id) is sb:
+                del self.calls[sb.call_id]
+            await sb.close_socket()
+
         try:
-            if s.secret_id is not None and await self._secret_revoked(gw, s.secret_id):
-                # Revoked while the call was placed: the revocation's sweep of ``Gateway.live``
-                # ran before this call was in it, so it ends here.
-                err = revoked_secret_error()
-                await sb.end_call(err.close_code, err.close_reason, "operator")
-                return
-            await sb.run()
+            await run_live(gw, sb.pump, extra, release=sb.key.id, before_end=unregister)
         except asyncio.CancelledError:
             # Only shutdown's last guard cancels: an unmetered call must not outlive its gateway.
             stop = shutting_down()
             s.close(stop.close_code, stop.close_reason, "gateway")
             await sb.hangup()
             raise
-        except Exception:
-            log.exception("call sideband failed", extra={"call_id": sb.call_id})
-            failed = RelayFailed("The gateway failed while metering this call.")
-            await sb.end_call(failed.close_code, failed.close_reason, "gateway")
-        finally:
-            if self.calls.get(sb.call_id) is sb:
-                del self.calls[sb.call_id]
-            await sb.close_socket()
-            await gw.limiter.release(sb.key.id)
-            gw.live.discard(s.session_id)
-            gw.metrics.live.dec()
-            gw.metrics.ended.labels(str(s.close_code), s.closed_by or "gateway").inc()
-            gw.metrics.duration.observe(gw.clock.now() - s.opened_at)
-            await self._record_end(gw, sb)
-            log.info(
-                "call sideband closed by %s: %s %s",
-                s.closed_by,
-                s.close_code,
-                s.close_reason,
-                extra={"session_id": s.session_id, "key_id": sb.key.id, "call_id": sb.call_id},
-            )
-
-    @staticmethod
-    async def _secret_revoked(gw: Gateway, secret_id: str) -> bool:
-        try:
-            return await gw.keyring.secret_revoked(secret_id)
-        except GatewayError as err:
-            # The call was admitted with the secret valid; a store hiccup does not end it.
-            log.error("client secret %s not re-checked: %s", secret_id, err.message)
-            return False
-
-    @staticmethod
-    async def _record_end(gw: Gateway, sb: Sideband) -> None:
-        await record_end(gw, sb.session)
 
     async def shutdown(self) -> None:
         """End the live calls (each hung up once, with 1001) and wait for every sideband task

@@ -1,4 +1,9 @@
-"""``GET /v1/realtime``: authenticate, route, dial, bridge, account.
+"""``GET /v1/realtime``: authenticate, route, dial, relay (``relay/live.py``), account.
+
+The client's socket is a picows one, handed over by the front door (``relay_door``,
+``front_door.py``), or an aiohttp one (``realtime``: permessage-deflate offered and on, or no
+front door); the upstream is always dialled with picows (``picows_leg.connect``). Both run the
+same ``relay_socket``.
 
 Authentication and routing happen after the upgrade, as OpenAI does (docs/protocol.md 5.3): a bad
 key gets the 101, then an ``invalid_api_key`` error event and close 3000; an unknown model gets
@@ -24,50 +29,37 @@ transcription session's default model). rtgate's own engine applies it before it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
-import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.http import ws_ext_parse
 
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
-    ClientSecret,
     connection_intent,
     connection_model,
-    revoked_secret_error,
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
-    ClientEventGuard,
-    KeyPolicy,
-    check_model,
-    check_session_template,
     initial_session_update,
 )
 from rtgate.catalog import Route
 from rtgate.config import Settings
 from rtgate.errors import GatewayError, UpstreamError
-from rtgate.gateway import Gateway, shutting_down
+from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
-from rtgate.protocol.transcript import TranscriptRecorder
-from rtgate.relay.admission import (
-    admit,
-    budget_crossed,
-    check_budget,
-    metered_session,
-    record_end,
-    record_start,
-)
-from rtgate.relay.bridge import Bridge
+from rtgate.relay.admission import admit, metered_session, record_start, route_for
+from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
-from rtgate.relay.keepalive import client_cadence, upstream_cadence
+from rtgate.relay.front_door import RelayDoor, RelayUpgrade
+from rtgate.relay.legs import Leg
+from rtgate.relay.live import go_live, relay_pump, run_live
+from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
 from rtgate.relay.upstream import SETUP_FRAMES_HEADER, upstream_headers, upstream_url
-from rtgate.store.port import KeyInfo, StoredCall
+from rtgate.store.port import StoredCall
 
 log = logging.getLogger("rtgate.relay")
 
@@ -76,21 +68,26 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 SIDEBAND = "sideband"
 
 
-async def _refuse(ws: web.WebSocketResponse, err: GatewayError) -> web.WebSocketResponse:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_str(error_event_for(err))
-        await ws.close(code=err.close_code, message=err.close_reason.encode()[:123])
-    return ws
+async def _refuse(client: Leg, err: GatewayError) -> None:
+    client.send_text(error_event_for(err))
+    client.close(err.close_code, err.close_reason)
+    await client.wait_closed()
+
+
+#: The largest message an upstream may send: unbounded in practice (docs/protocol.md 5.8, server
+#: frames carry whole audio items), and the provider is trusted, as it always was; the client's
+#: own bound is ``max_message_bytes``. picows needs a number.
+UPSTREAM_MAX_MESSAGE = 1 << 31
 
 
 async def _dial(
     gw: Gateway,
     route: Route,
-    request: web.Request,
+    client_headers: Mapping[str, str],
     intent: str | None,
     call: StoredCall | None,
     setup: str | None,
-) -> aiohttp.ClientWebSocketResponse:
+) -> PicowsLeg:
     up = route.upstream
     api_key: str | None
     if up.kind == "local":
@@ -98,7 +95,7 @@ async def _dial(
     else:
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
-    headers = upstream_headers(up, request.headers, api_key)
+    headers = upstream_headers(up, client_headers, api_key)
     if up.kind == "local":
         # rtgate's own engine applies the setup update before its session.created, so the
         # session it creates is the one the key and the secret chose (engine/server.py).
@@ -110,43 +107,27 @@ async def _dial(
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(up.connect_timeout_s):
-            upstream = await gw.http.ws_connect(
-                url,
-                headers=headers,
-                # rtgate's own engine on a TLS listener: its certificate, pinned.
-                ssl=gw.local_tls if up.kind == "local" and gw.local_tls is not None else True,
-                max_msg_size=0,
-                compress=0,
-                # The bridge pings and answers pings itself (bridge.py, Heartbeat).
-                autoping=False,
-                autoclose=True,
-                heartbeat=None,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            )
-        took = time.perf_counter() - started
-        gw.metrics.connect.labels(route.upstream_name).observe(took)
-        gw.upstream_health.connected(route.upstream_name, took, gw.clock.now())
-        return upstream
-    except aiohttp.WSServerHandshakeError as exc:
+        upstream = await connect(
+            url,
+            headers,
+            max_message=UPSTREAM_MAX_MESSAGE,
+            connect_timeout=up.connect_timeout_s,
+            # rtgate's own engine on a TLS listener: its certificate, pinned.
+            ssl_context=gw.local_tls if up.kind == "local" else None,
+        )
+    except UpstreamRefused as exc:
         log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)
         gw.upstream_health.failed(route.upstream_name, f"HTTP {exc.status}", gw.clock.now())
-        raise UpstreamError(f"The upstream refused the connection (HTTP {exc.status}).") from exc
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
-        gw.upstream_health.failed(route.upstream_name, type(exc).__name__, gw.clock.now())
-        raise UpstreamError("The upstream could not be reached.") from exc
-
-
-async def _secret_revoked(gw: Gateway, secret_id: str, extra: Mapping[str, object]) -> bool:
-    """Whether the secret that opened a session was revoked while it dialled. The session was
-    admitted with the secret valid, so a store that cannot answer does not end it (as a call's
-    sideband, ``calls.py``); it is logged."""
-    try:
-        return await gw.keyring.secret_revoked(secret_id)
-    except GatewayError as err:
-        log.error("client secret %s not re-checked: %s", secret_id, err.message, extra=dict(extra))
-        return False
+        raise
+    except UpstreamError as exc:
+        why = type(exc.__cause__ or exc).__name__
+        log.warning("upstream %s unreachable: %s", route.upstream_name, why)
+        gw.upstream_health.failed(route.upstream_name, why, gw.clock.now())
+        raise
+    took = time.perf_counter() - started
+    gw.metrics.connect.labels(route.upstream_name).observe(took)
+    gw.upstream_health.connected(route.upstream_name, took, gw.clock.now())
+    return upstream
 
 
 def message_limit(request: web.Request, settings: Settings) -> int:
@@ -173,54 +154,129 @@ def _answered_protocols(headers: Mapping[str, str]) -> tuple[str, ...]:
     return (BETA_PROTOCOL,)
 
 
+def answered_protocol(headers: Mapping[str, str]) -> str | None:
+    """The subprotocol the handshake answers: the one ``_answered_protocols`` names, when the
+    client offered it (as aiohttp answers ``protocols``), else none."""
+    answered = _answered_protocols(headers)[0]
+    return answered if answered in offered_subprotocols(headers) else None
+
+
 async def realtime(request: web.Request) -> web.StreamResponse:
+    """The relay on aiohttp: an upgrade the front door passed on (permessage-deflate offered
+    and on), or any upgrade where no front door serves (``relay_door``)."""
     gw = request.app[GATEWAY]
     s = gw.settings
-    cred = client_credential(request.headers)
     ws = web.WebSocketResponse(
         protocols=_answered_protocols(request.headers),
         compress=s.permessage_deflate,
         max_msg_size=message_limit(request, s),
-        # The bridge pings and answers pings itself (bridge.py, Heartbeat).
+        # The relay pings and answers pings itself (aiohttp_leg.py, protocol/relay.py).
         autoping=False,
         autoclose=True,
         heartbeat=None,
     )
     await ws.prepare(request)
+    await relay_socket(gw, AiohttpLeg(ws), request.headers, request.query, request.remote)
+    return ws
 
-    query = request.query
+
+class RelaySockets:
+    """The owner of the sessions the front door hands over (``relay_door``): one task each,
+    awaited at shutdown, after the live ones were ended (``api/app.py``)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, session: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(session)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self, within: float) -> None:
+        """Until every session has torn down; one still running after ``within`` seconds (a
+        bug) is cancelled."""
+        if not self._tasks:
+            return
+        _done, late = await asyncio.wait(set(self._tasks), timeout=within)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+
+RELAY_SOCKETS: web.AppKey[RelaySockets] = web.AppKey("relay_sockets", RelaySockets)
+
+
+def relay_door(app: web.Application) -> RelayDoor:
+    """What the front door needs to serve the relay path on picows for ``app``'s gateway."""
+    gw = app[GATEWAY]
+    sockets = app[RELAY_SOCKETS]
+
+    def on_relay(upgrade: RelayUpgrade) -> None:
+        sockets.spawn(_serve_upgrade(gw, upgrade))
+
+    return RelayDoor(
+        on_relay,
+        answered_protocol,
+        gw.settings.max_message_bytes,
+        deflate=gw.settings.permessage_deflate,
+    )
+
+
+async def _serve_upgrade(gw: Gateway, upgrade: RelayUpgrade) -> None:
+    leg = upgrade.leg
+    try:
+        await relay_socket(gw, leg, upgrade.headers, upgrade.query, upgrade.remote)
+    except Exception:
+        # A bug before the session's pump ran (the pump ends its own the gateway's way).
+        log.exception("relay socket failed")
+    finally:
+        if not leg.closed:
+            leg.close(1011, "server_error")
+        await leg.wait_closed()
+
+
+async def relay_socket(
+    gw: Gateway,
+    client: Leg,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    remote: str | None,
+) -> None:
+    """One client socket, upgraded (the 101 is out), from admission to its end."""
+    s = gw.settings
+    cred = client_credential(headers)
     intent = query.get("intent")
     model = query.get("model")
     call_id = query.get("call_id")
     call: StoredCall | None = None
     try:
         gw.check_accepting()
-        key, policy, grant = await gw.authenticator.key_or_secret(request.headers, request.remote)
+        key, policy, grant = await gw.authenticator.key_or_secret(headers, remote)
         if call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
             # anything that depends on the call could tell them apart.
             call = await owned_call(gw, call_id, key)
-            route = call_route(gw, call)
             intent = None
             if grant is not None:
-                connection_model(grant, route.model)
-            check_model(policy, route.model)
-            await check_budget(gw, key, policy)
+                connection_model(grant, call_route(gw, call).model)
+            # The call holds the live-session slot; its session was set when it was placed.
+            route = route_for(gw, policy, call.model)
+            await admit(gw, key, policy, slot=False)
         else:
             if grant is not None:
                 model = connection_model(grant, model)
                 intent = connection_intent(grant, intent)
-                check_session_template(policy, grant.session)
             elif model is None and intent != "transcription":
                 model = s.default_model
-            route = gw.catalog.resolve(model)
-            check_model(policy, route.model)
+            route = route_for(gw, policy, model, grant.session if grant is not None else None)
             await admit(gw, key, policy)
     except GatewayError as err:
         if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
             log.info("session refused: %s", err.code, extra={"refusal": err.code})
             gw.metrics.refused(err.code)
-        return await _refuse(ws, err)
+        await _refuse(client, err)
+        return
     # What the session opens with (none for an attached sideband: the call has it already).
     setup = (
         None
@@ -229,116 +285,46 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             policy, intent == "transcription", grant.session if grant is not None else None
         )
     )
+    release = key.id if call is None else None
     try:
-        try:
-            upstream = await _dial(gw, route, request, intent, call, setup)
-        except GatewayError as err:
-            gw.metrics.refused(err.code)
-            return await _refuse(ws, err)
-        try:
-            # A beta client is translated to GA, unless its upstream still speaks beta itself.
-            beta = (
-                BetaTranslator(transcription=intent == "transcription")
-                if cred.beta and not route.upstream.beta
-                else None
-            )
-            await _relay(
-                gw, ws, upstream, key, policy, route, intent, grant, setup, beta=beta, call=call
-            )
-        finally:
-            if not upstream.closed:
-                with contextlib.suppress(Exception):
-                    await upstream.close(code=1001, message=b"gateway closing")
-    finally:
-        if call is None:
-            await gw.limiter.release(key.id)
-    return ws
-
-
-async def _relay(
-    gw: Gateway,
-    ws: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    key: KeyInfo,
-    policy: KeyPolicy,
-    route: Route,
-    intent: str | None,
-    grant: ClientSecret | None = None,
-    setup: str | None = None,
-    *,
-    beta: BetaTranslator | None = None,
-    call: StoredCall | None = None,
-) -> None:
-    attached = call is not None
-    session = metered_session(
-        gw,
-        key,
-        policy,
-        route,
-        intent=SIDEBAND if attached else intent,
-        secret_id=grant.id if grant is not None else None,
-        metered=not attached,
-    )
-    now = session.opened_at
-    extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
-    try:
-        await record_start(gw, session)
+        upstream = await _dial(gw, route, headers, intent, call, setup)
     except GatewayError as err:
-        log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
         gw.metrics.refused(err.code)
-        await _refuse(ws, err)
+        if release is not None:
+            await gw.limiter.release(release)
+        await _refuse(client, err)
         return
-
-    async def budget_left() -> GatewayError | None:
-        return await budget_crossed(gw, key.id, policy)
-
-    guard = ClientEventGuard(policy)
-    bridge = Bridge(
-        ws,
-        upstream,
-        session,
-        gw.ledger,
-        gw.clock,
-        check_interval=gw.expiry_check_interval,
-        guard=guard if guard.active else None,
-        # An attached sideband records no usage; the call's own sideband checks the budgets.
-        after_usage=budget_left if policy.has_budget and not attached else None,
-        metrics=gw.metrics,
-        recorder=TranscriptRecorder(session.session_id, key.id)
-        if policy.keep_transcripts and not attached
-        else None,
-        beta=beta,
-        client_beat=client_cadence(gw.settings),
-        upstream_beat=upstream_cadence(gw.settings),
-    )
-    if setup is not None:
-        # Before any client frame, so anything the client sends overrides it. A provider
-        # answers it with a session.updated after its own session.created; rtgate does not
-        # hold frames back to hide that.
-        await upstream.send_str(setup)
-    gw.live.add(session.session_id, bridge)
-    gw.metrics.live.inc()
-    gw.metrics.started.labels(route.model or "").inc()
-    log.info("session opened", extra=extra)
     try:
-        if gw.closing:
-            # Live sessions were being ended while this one dialled: the sweep missed it.
-            await bridge.terminate(shutting_down(), "gateway")
-        elif grant is not None and grant.id and await _secret_revoked(gw, grant.id, extra):
-            # Its secret was revoked while it dialled: the revocation's sweep missed it.
-            await bridge.terminate(revoked_secret_error())
-        else:
-            await bridge.run()
-    finally:
-        gw.live.discard(session.session_id)
-        gw.metrics.live.dec()
-        gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
-        gw.metrics.duration.observe(gw.clock.now() - now)
-        await record_end(gw, session)
-        log.info(
-            "session closed by %s: %s %s",
-            session.closed_by,
-            session.close_code,
-            session.close_reason,
-            extra=extra,
+        # A beta client is translated to GA, unless its upstream still speaks beta itself.
+        beta = (
+            BetaTranslator(transcription=intent == "transcription")
+            if cred.beta and not route.upstream.beta
+            else None
         )
+        attached = call is not None
+        session = metered_session(
+            gw,
+            key,
+            policy,
+            route,
+            intent=SIDEBAND if attached else intent,
+            secret_id=grant.id if grant is not None else None,
+            metered=not attached,
+        )
+        extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
+        try:
+            await record_start(gw, session)
+        except GatewayError as err:
+            log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
+            gw.metrics.refused(err.code)
+            if release is not None:
+                await gw.limiter.release(release)
+            await _refuse(client, err)
+            return
+        pump = relay_pump(gw, session, policy, client, upstream, setup=setup, beta=beta)
+        go_live(gw, pump, extra)
+        await run_live(gw, pump, extra, release=release)
+    finally:
+        if not upstream.closed:
+            upstream.close(1001, "gateway closing")
+            await upstream.wait_closed()

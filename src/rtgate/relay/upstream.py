@@ -1,7 +1,7 @@
 """How to dial an upstream: its URL and the headers that replace the client's
 (docs/protocol.md 8.2).
 
-Pure functions; the bridge does the dialling.
+Pure functions; the endpoint and the call sidebands dial.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """When to ping a relayed leg, and when to give it up (RFC 6455 5.5.2-5.5.3). No I/O.
 
 aiohttp's own heartbeat re-arms its timer on every chunk a socket reads: one scheduled callback
-per frame on each leg, about a tenth of the relay's CPU at 111 frames/s per session. The bridge
-counts the frames it relays anyway, so it asks this object once per watchdog tick instead (and a
-call's sideband once per read or read timeout):
+per frame on each leg, about a tenth of the relay's CPU at 111 frames/s per session. The relay
+core (``protocol/relay.py``) notes a frame's arrival anyway, so it asks this object once per
+tick of its pump instead, for a relayed socket and a call's sideband alike:
 
 * a leg that sent nothing for ``ping_after`` seconds gets a ping: a leg that talks is never
   pinged, a quiet one about once per ``ping_after``;
@@ -12,8 +12,8 @@ call's sideband once per read or read timeout):
 * anything received is a sign of life: a data frame, a ping, a pong.
 
 Being ticked, it decides up to one tick late. The client leg keeps aiohttp's rule (pong within
-half the interval, 30 s by default). The upstream leg is watched more closely
-(``upstream_cadence``: a ping after 4 s of silence, 3 s to answer): a provider that stops
+half the interval, 30 s by default). The upstream leg is watched more closely (``upstream_cadence``
+in ``relay/live.py``: a ping after 4 s of silence, 3 s to answer): a provider that stops
 answering (a hung host keeps its TCP connection up) leaves a caller in dead air until noticed,
 which by default is within 4 + 3 s and one 1 s tick (8 s) of its last frame.
 """
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-
-from rtgate.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +37,8 @@ class Cadence:
         return cls(seconds, seconds / 2)
 
 
-def client_cadence(settings: Settings) -> Cadence | None:
-    return None if settings.heartbeat_seconds is None else Cadence.after(settings.heartbeat_seconds)
-
-
-def upstream_cadence(settings: Settings) -> Cadence | None:
-    if settings.upstream_ping_after_seconds is None:
-        return None
-    return Cadence(settings.upstream_ping_after_seconds, settings.upstream_pong_timeout_seconds)
-
-
 class Beat(enum.Enum):
-    """What the bridge does for a leg on this tick."""
+    """What the relay does for a leg on this tick."""
 
     NOTHING = "nothing"
     PING = "ping"

@@ -1,0 +1,539 @@
+"""Every decision of one relayed session, with no I/O (sans-I/O, as h11 and websockets' protocol).
+
+One ``RelayCore`` per session: a client's socket relayed upstream, a client's sideband attached
+to one of its calls, or the gateway's own sideband of a call (``client=False``: no client leg).
+The pump (``relay/pump.py``) feeds it what the two legs report, the clock's ticks and the outcome
+of the effects it asked for; it answers with actions (``protocol/actions.py``), which the pump
+performs in order.
+
+Inputs and what they decide:
+
+=====================================  ==========================================================
+``upstream_text`` / ``client_text``    None: forward the frame untouched to the other leg (the
+                                       hot path: an audio frame costs one prefix test, no
+                                       allocation); else the actions for it
+``*_binary``                           forwarded, never inspected
+``upstream_closed`` / ``client_closed``  the close mirrored to the other leg (docs/protocol.md
+                                       5.4; 1005 is recorded, 1000 sent, RFC 6455 7.4.1)
+``upstream_lost`` / ``client_lost``    upstream gone: ``upstream_unavailable`` and 1011 to the
+                                       client; client gone: 1006 recorded, 1001 upstream
+``heard_*``                            a ping or pong: a sign of life (``keepalive.py``)
+``tick``                               expiry (``session_expired``, 1001) and the keepalive:
+                                       ping a quiet leg, sever a dead one
+``committed`` / ``budget_checked``     the outcome of ``Commit`` / ``CheckBudget``
+``terminate`` / ``hung_up``            an end from outside (operator, shutdown, revocation; a
+                                       call hung up through the gateway)
+=====================================  ==========================================================
+
+Rules it keeps:
+
+* **The first close wins** (``RelaySession.close``): the session's close code, reason and who
+  closed it are recorded once; ``Ended`` is emitted once, after which every input is ignored.
+* **An error event before every close the gateway makes**: whatever ends a session on the
+  gateway's side (expiry, a budget, the ledger, an operator, shutdown, a dead upstream), the
+  client gets an OpenAI-style ``error`` event and then a close with its ``"<type>.<code>"``
+  reason, never a bare 1011.
+* **Commit before forward** (docs/performance.md): a frame that carries usage reaches the client
+  only after its ``UsageRecord`` is durable. From ``Commit`` until ``committed`` (and, for a key
+  with a budget, until ``budget_checked``), later upstream frames are held, in order, and asked
+  to pause upstream reading past ``HOLD_LIMIT``; client frames are never held. A failed commit
+  ends the session with ``usage_unavailable`` (sockets and call sidebands alike), the frame
+  unforwarded.
+* **Each frame is inspected once**: one prefix test, one scan for the marks any collaborator
+  needs, at most one parse, and the parsed event goes to each: metering (``RelaySession``), the
+  transcript (``TranscriptRecorder``), beta translation (``BetaTranslator``, docs/protocol.md
+  2.4: client frames become GA before anything reads them, upstream frames become beta after
+  metering read them) and the per-event policy (``ClientEventGuard``, a refused event is
+  answered with an error and dropped; the session goes on).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from rtgate.auth.policy import ClientEventGuard
+from rtgate.errors import GatewayError, LedgerUnavailable, SessionExpired, UpstreamError
+from rtgate.protocol.actions import (
+    Action,
+    Actions,
+    CheckBudget,
+    CloseClient,
+    CloseUpstream,
+    Commit,
+    Ended,
+    Hangup,
+    KeepTranscript,
+    PauseUpstream,
+    Ping,
+    Refused,
+    ResumeUpstream,
+    SendClient,
+    SendUpstream,
+    Sever,
+    Side,
+)
+from rtgate.protocol.beta import UP_MARKS, BetaTranslator
+from rtgate.protocol.events import error_event_for
+from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
+from rtgate.protocol.relay_session import (
+    FORWARD_PREFIXES,
+    METER_MARKS,
+    RelaySession,
+    SessionState,
+    parse_event,
+)
+from rtgate.protocol.transcript import (
+    CLIENT_MARK,
+    UPSTREAM_MARKS,
+    TranscriptRecorder,
+)
+
+#: Upstream frames held behind an outstanding commit before the core asks to pause reading
+#: upstream (the socket's own buffers bound what arrives after that).
+HOLD_LIMIT = 64
+
+_APPEND = '{"type":"input_audio_buffer.append"'
+
+# RFC 6455 7.4: codes that must never be sent in a close frame.
+_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+def sendable(code: int | None) -> int:
+    """The code to send for a close recorded as ``code`` (1000 for one that cannot be sent)."""
+    if code is None or code in _UNSENDABLE or not (1000 <= code <= 4999):
+        return 1000
+    return code
+
+
+def expiry_message(seconds: float) -> str:
+    minutes = seconds / 60
+    span = f"{minutes:g} minutes" if minutes >= 1 else f"{seconds:g} seconds"
+    return f"Your session hit the maximum duration of {span}."
+
+
+_NOTHING: Actions = ()
+_ENDED = Ended()
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamEnd:
+    """An upstream close (``code`` set) or loss, held in its place behind a commit."""
+
+    code: int | None
+    reason: str
+
+
+class RelayCore:
+    """The decisions of one relayed session; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        session: RelaySession,
+        now: Callable[[], float],
+        *,
+        client: bool = True,
+        setup: str | None = None,
+        guard: ClientEventGuard | None = None,
+        recorder: TranscriptRecorder | None = None,
+        beta: BetaTranslator | None = None,
+        budget: bool = False,
+        client_beat: Cadence | None = None,
+        upstream_beat: Cadence | None = None,
+        opened_mono: float = 0.0,
+    ) -> None:
+        """``now``: the wall clock, read only for a frame that is metered or transcribed.
+        ``client``: False for the gateway's own call sideband (no client leg: nothing is sent
+        to a client; ending it from this side hangs the call up). ``setup``: the session's
+        initial ``session.update``, sent before any client frame. ``budget``: whether the key
+        has a budget to check after each metered event."""
+        self.session = session
+        self._now = now
+        self._client = client
+        self._setup = setup
+        self._guard = guard
+        self._recorder = recorder
+        self._beta = beta
+        self._budget = budget
+        self._alive = {
+            side: Keepalive(beat, opened_mono)
+            for side, beat in ((Side.CLIENT, client_beat), (Side.UPSTREAM, upstream_beat))
+            if beat is not None and (client or side is Side.UPSTREAM)
+        }
+        #: Whether anything came from each leg since the last tick (set per frame: one store).
+        self._heard_client = self._heard_upstream = False
+        # The marks an upstream / client frame must contain to be parsed at all.
+        down = METER_MARKS + (UPSTREAM_MARKS if recorder is not None else ())
+        self._down_marks = tuple(dict.fromkeys(down))
+        up: tuple[str, ...] = UP_MARKS if beta is not None else ()
+        if recorder is not None:
+            up += (CLIENT_MARK,)
+        self._up_marks = tuple(dict.fromkeys(up))
+        #: Whether an upstream audio frame may skip everything (no beta rename, no transcript
+        #: and nothing held); recomputed when any of those changes.
+        self._plain = beta is None and recorder is None
+        self._fast_down = self._plain
+        self._fast_up = True
+        #: Upstream frames waiting behind an outstanding commit or budget check (None: none).
+        self._held: deque[str | bytes | _UpstreamEnd] | None = None
+        #: The metered frame whose record is being committed.
+        self._committing: str | None = None
+        self._paused = False
+        self._hangup_sent = False
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        return self.session.state is SessionState.OPEN
+
+    @property
+    def has_client(self) -> bool:
+        return self._client
+
+    def awaiting_pong(self, side: Side) -> bool:
+        """Whether a ping to ``side`` is unanswered (the pump may then ask the kernel whether
+        the leg is mid-way through a large frame, and report ``heard_*``)."""
+        alive = self._alive.get(side)
+        return alive is not None and alive.awaiting_pong
+
+    def kernel_heard(self, side: Side, quiet: float | None) -> None:
+        """The kernel received bytes on ``side`` ``quiet`` seconds ago (None: unknown): a peer
+        still sending one large frame, within the pong deadline, is alive."""
+        alive = self._alive.get(side)
+        if alive is not None and quiet is not None and quiet < alive.cadence.pong_within:
+            if side is Side.CLIENT:
+                self._heard_client = True
+            else:
+                self._heard_upstream = True
+
+    def next_tick(self, now_mono: float, every: float) -> float:
+        """Seconds until the next ``tick``: ``every``, or sooner at the session's deadline."""
+        return max(0.0, min(every, self.session.deadline - now_mono))
+
+    def start(self) -> Actions:
+        """What the session opens with: the setup frame, before any client frame."""
+        return (SendUpstream(self._setup),) if self._setup is not None else _NOTHING
+
+    # -- upstream -> client -------------------------------------------------------------------
+    def upstream_text(self, data: str) -> Actions | None:
+        self._heard_upstream = True
+        if self._fast_down and data.startswith(FORWARD_PREFIXES):
+            return None
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        if self._held is not None:
+            return self._hold(data)
+        return self._down(data)
+
+    def upstream_binary(self, data: bytes) -> Actions | None:
+        self._heard_upstream = True
+        # Binary frames carry no event; they keep their place behind a held metered frame.
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        if self._held is not None:
+            return self._hold(data)
+        return None
+
+    def _down(self, data: str) -> Actions | None:
+        """One upstream text frame, read once: metered, transcribed, translated, forwarded."""
+        session = self.session
+        # An audio or text delta matters to no collaborator but beta's rename: never scanned.
+        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in self._down_marks):
+            if self._beta is None:
+                return None
+            return self._to_client(data, None, None)
+        event = parse_event(data)
+        now = self._now()
+        rec = session.on_upstream_event(event, data, now)
+        out: list[Action] = []
+        if self._recorder is not None and isinstance(event, dict):
+            self._recorder.on_upstream_event(event, now)
+            if self._recorder.pending:
+                out.append(KeepTranscript(self._recorder.drain()))
+        parsed = event if isinstance(event, dict) else None
+        if rec is None:
+            return self._to_client(data, parsed, out)
+        if isinstance(rec, str):
+            # A replacement (the provider quoting our key back): sent as it is.
+            out.append(SendClient(rec))
+            return out
+        out.append(Commit(rec, data))
+        self._committing = data
+        self._held = deque()
+        self._fast_down = False
+        return out
+
+    def _to_client(
+        self, data: str, parsed: dict[str, Any] | None, out: list[Action] | None
+    ) -> Actions | None:
+        beta = self._beta
+        if beta is None:
+            if not out:
+                return None
+            out.append(SendClient(data))
+            return out
+        sent = beta.to_client(data, parsed)
+        if out is None:
+            out = []
+        if sent is not None:
+            out.append(SendClient(sent))
+        return out
+
+    def _hold(self, data: str | bytes | _UpstreamEnd) -> Actions:
+        held = self._held
+        assert held is not None
+        held.append(data)
+        if len(held) > HOLD_LIMIT and not self._paused:
+            self._paused = True
+            return (PauseUpstream(),)
+        return _NOTHING
+
+    def committed(self, ok: bool) -> Actions:
+        """The outcome of the last ``Commit``: the frame goes on (then the budget check, or the
+        frames held behind it), or the session ends with ``usage_unavailable``."""
+        frame, self._committing = self._committing, None
+        if frame is None or self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        if not ok:
+            # Unbillable usage must not flow on: the frame stops here.
+            self._held = None
+            return self._end(
+                LedgerUnavailable(
+                    "Usage could not be recorded, so the session was ended."
+                    if self._client
+                    else "Usage could not be recorded, so the call was ended."
+                ),
+                "gateway",
+            )
+        out: list[Action] = []
+        if self._client:
+            sent = frame if self._beta is None else self._beta.to_client(frame)
+            if sent is not None:
+                out.append(SendClient(sent))
+        if self._budget:
+            # Billed and delivered; has the key crossed a budget? Frames wait for the answer.
+            out.append(CheckBudget())
+            return out
+        self._release(out)
+        return out
+
+    def budget_checked(self, refusal: GatewayError | None) -> Actions:
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        if refusal is not None:
+            self._held = None
+            out: list[Action] = [Refused(refusal.code)]
+            out.extend(self._end(refusal, "gateway"))
+            return out
+        out = []
+        self._release(out)
+        return out
+
+    def _release(self, out: list[Action]) -> None:
+        """Forward the frames held behind a commit, in order, until one needs a commit itself
+        (it holds the rest again)."""
+        held, self._held = self._held, None
+        self._fast_down = self._plain
+        while held:
+            data = held.popleft()
+            if isinstance(data, _UpstreamEnd):
+                # The upstream's end, in its place after the frames it sent before it.
+                if data.code is None:
+                    out.extend(self.upstream_lost(data.reason))
+                else:
+                    out.extend(self.upstream_closed(data.code, data.reason))
+                return
+            acts = self._down(data) if isinstance(data, str) else None
+            if acts is None:
+                out.append(SendClient(data))
+            else:
+                out.extend(acts)
+            if self._held is not None:
+                # That frame is being committed: the rest stay held behind it.
+                self._held = held
+                return
+        if self._paused:
+            self._paused = False
+            out.append(ResumeUpstream())
+
+    # -- client -> upstream -------------------------------------------------------------------
+    def client_text(self, data: str) -> Actions | None:
+        self._heard_client = True
+        if self._fast_up and data.startswith(_APPEND):
+            return None
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        guard = self._guard
+        reads = guard is not None and guard.reads(data)
+        if not reads and not any(m in data for m in self._up_marks):
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        out: list[Action] = []
+        if self._beta is not None:
+            ga = self._beta.event_to_upstream(event)
+            if ga is not event:
+                event, data = ga, orjson.dumps(ga).decode()
+                # The guard judges the GA event (a beta transcription_session.update is a
+                # session.update now).
+                reads = guard is not None and guard.reads(data)
+        if self._recorder is not None:
+            self._recorder.on_client_event(event, self._now())
+            if self._recorder.pending:
+                out.append(KeepTranscript(self._recorder.drain()))
+        if reads and guard is not None and (refusal := guard.check_event(event)) is not None:
+            # Refusals of single events are not fatal: answer, drop, go on.
+            out.append(SendClient(error_event_for(refusal)))
+            out.append(Refused(refusal.code))
+            return out
+        out.append(SendUpstream(data))
+        return out
+
+    def client_binary(self, data: bytes) -> Actions | None:
+        self._heard_client = True
+        return None if self.session.state is SessionState.OPEN else _NOTHING
+
+    # -- closes ---------------------------------------------------------------------------------
+    def upstream_closed(self, code: int, reason: str) -> Actions:
+        """The upstream sent a close frame: mirrored to the client (our key's rejection
+        reworded); a call the provider ended needs no hangup. Behind a held metered frame it
+        waits its turn, so the frames before it are delivered first."""
+        if self._held is not None and self.session.state is SessionState.OPEN:
+            return self._hold(_UpstreamEnd(code, reason))
+        code, reason = self.session.mirrored_close(code, reason)
+        if not self.session.close(code, reason, "upstream"):
+            return _NOTHING
+        self._stop()
+        if not self._client:
+            return (_ENDED,)
+        return (CloseClient(sendable(code), reason), _ENDED)
+
+    def upstream_lost(self, message: str = "The upstream connection was lost.") -> Actions:
+        """The upstream is gone without a close frame: the client hears why, then 1011. A call
+        sideband records the drop as the upstream's own end (no hangup: the call's media path
+        is not this socket)."""
+        if self._held is not None and self.session.state is SessionState.OPEN:
+            return self._hold(_UpstreamEnd(None, message))
+        if not self._client:
+            if not self.session.close(1006, "", "upstream"):
+                return _NOTHING
+            self._stop()
+            return (_ENDED,)
+        err = UpstreamError(message)
+        if not self.session.close(err.close_code, err.close_reason, "upstream"):
+            return _NOTHING
+        self._stop()
+        return (
+            SendClient(error_event_for(err)),
+            CloseClient(err.close_code, err.close_reason),
+            _ENDED,
+        )
+
+    def client_closed(self, code: int, reason: str) -> Actions:
+        """A close frame from the client (1005 when it had none), or a protocol error its leg
+        closed for (1009, 1007): mirrored upstream."""
+        if not self.session.close(code, reason, "client"):
+            return _NOTHING
+        self._stop()
+        return (CloseUpstream(sendable(code), reason), _ENDED)
+
+    def client_lost(self) -> Actions:
+        if not self.session.close(1006, "client disconnected", "client"):
+            return _NOTHING
+        self._stop()
+        return (CloseUpstream(1001, "client disconnected"), _ENDED)
+
+    def heard_client(self) -> None:
+        self._heard_client = True
+
+    def heard_upstream(self) -> None:
+        self._heard_upstream = True
+
+    # -- time -----------------------------------------------------------------------------------
+    def tick(self, now_mono: float) -> Actions:
+        """The pump's timer: expiry first, then one keepalive beat per watched leg."""
+        session = self.session
+        if session.state is not SessionState.OPEN:
+            return _NOTHING
+        if session.expired(now_mono):
+            return self._end(SessionExpired(expiry_message(session.max_seconds)), "gateway")
+        out: list[Action] = []
+        for side, alive in self._alive.items():
+            if side is Side.CLIENT:
+                heard, self._heard_client = self._heard_client, False
+            else:
+                heard, self._heard_upstream = self._heard_upstream, False
+            beat = alive.tick(heard, now_mono)
+            if beat is Beat.PING:
+                out.append(Ping(side))
+            elif beat is Beat.DEAD:
+                out.extend(self._dead(side))
+                return out
+        return out
+
+    def _dead(self, side: Side) -> Actions:
+        """A leg stopped answering pings: ended as if its connection had dropped (client: 1006
+        and the upstream gets 1001; upstream: ``upstream_unavailable`` and 1011 to the client,
+        and a call is hung up)."""
+        if side is Side.CLIENT:
+            if not self.session.close(1006, "client disconnected", "client"):
+                return _NOTHING
+            self._stop()
+            return (Sever(Side.CLIENT), CloseUpstream(1001, "client disconnected"), _ENDED)
+        out: list[Action] = [Sever(Side.UPSTREAM)]
+        if not self._client:
+            err = UpstreamError("The upstream stopped responding.")
+            out.extend(self._end(err, "upstream"))
+            return out
+        out.extend(self.upstream_lost("The upstream stopped responding."))
+        return out
+
+    # -- ends from outside ------------------------------------------------------------------------
+    def terminate(self, err: GatewayError, by: str = "operator") -> Actions:
+        """End the session with ``err`` (an operator's forced close, shutdown, a revoked
+        secret); a session already ending is left alone."""
+        return self._end(err, by)
+
+    def hung_up(self) -> Actions:
+        """A call sideband: the client hung the call up through the gateway (no second
+        hangup)."""
+        self._hangup_sent = True
+        if not self.session.close(1000, "call hung up", "client"):
+            return _NOTHING
+        self._stop()
+        return (CloseUpstream(1000, "call hung up"), _ENDED)
+
+    def _end(self, err: GatewayError, by: str) -> Actions:
+        """The gateway ends the session: the client hears why, then both legs close with its
+        code; a call sideband hangs its call up first."""
+        if not self.session.close(err.close_code, err.close_reason, by):
+            return _NOTHING
+        self._stop()
+        code, reason = err.close_code, err.close_reason
+        if not self._client:
+            out: list[Action] = []
+            if not self._hangup_sent:
+                self._hangup_sent = True
+                out.append(Hangup())
+            out += [CloseUpstream(sendable(code), reason), _ENDED]
+            return out
+        return (
+            SendClient(error_event_for(err)),
+            CloseClient(sendable(code), reason),
+            CloseUpstream(sendable(code), reason),
+            _ENDED,
+        )
+
+    def _stop(self) -> None:
+        """After the first close nothing is forwarded: not even an audio frame."""
+        self._fast_down = self._fast_up = False
+        self._held = None
+        self._committing = None

@@ -1,0 +1,443 @@
+"""The pump: the I/O around one ``RelayCore`` (``protocol/relay.py``), between two legs.
+
+Each leg (``legs.py``) reports what it reads through callbacks; the pump hands each report to the
+core and performs the actions it answers with, in order. Nothing is awaited per frame: a frame the
+core passes (it answers None) is written to the other leg at once. What takes time runs as a task
+the pump owns, whose outcome goes back to the core: a usage record's commit, a budget check, a
+call's hangup. A timer ticks the core every ``tick_every`` seconds (expiry and the keepalive) and
+flushes the frame counts to the metrics.
+
+Backpressure: after writing to a leg, the pump asks whether its buffer is above the high-water
+mark; if so it pauses reading the *other* leg until the first one drains (``on_drain``). The core
+may pause the upstream too (frames held behind a commit); reading resumes when neither holds it.
+So a peer that stops reading stops its own source, and no buffer grows without bound.
+
+A call's sideband is the same pump with no client leg (the core has ``client=False``).
+
+Once the core says ``Ended``, the pump tears down: the hangup, if the core asked for one, first;
+then any leg still open is closed with the session's close code; then it waits, bounded, for the
+legs and its tasks to finish. A failure of the pump's own (a bug) still ends the session the
+gateway's way: an ``error`` event and a close, never a bare drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
+from typing import Protocol
+
+from rtgate.errors import GatewayError, RelayFailed
+from rtgate.metering.record import UsageRecord
+from rtgate.metrics import Metrics
+from rtgate.protocol.actions import (
+    Action,
+    CheckBudget,
+    CloseClient,
+    CloseUpstream,
+    Commit,
+    Ended,
+    Hangup,
+    KeepTranscript,
+    PauseUpstream,
+    Ping,
+    Refused,
+    ResumeUpstream,
+    SendClient,
+    SendUpstream,
+    Sever,
+    Side,
+)
+from rtgate.protocol.relay import (
+    RelayCore,
+    sendable,
+)
+from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.transcript import TranscriptEntry
+from rtgate.relay.legs import Leg, LegEvents
+
+log = logging.getLogger("rtgate.relay")
+
+#: How long the teardown waits for the legs' close handshakes and the pump's tasks.
+TEARDOWN_WAIT_S = 15.0
+
+
+class Effects(Protocol):
+    """What the pump asks of the gateway for the core (bound to it by ``relay/live.py``)."""
+
+    async def commit(self, record: UsageRecord, frame: str) -> bool:
+        """Make ``record`` durable; False if it could be neither stored nor spilled."""
+
+    async def budget_refusal(self) -> GatewayError | None:
+        """The budget the key has crossed, if any; never raises."""
+
+    def keep_transcript(self, entries: list[TranscriptEntry]) -> None: ...
+
+    def refused(self, code: str) -> None: ...
+
+    async def hangup(self) -> None:
+        """Hang the call up upstream (a call sideband only; bounded, never raises)."""
+
+
+class _NoLeg:
+    """The client leg of a call's sideband: there is none, so whatever is sent is dropped."""
+
+    closed = True
+
+    def start(self, events: LegEvents) -> None: ...
+    def send_text(self, data: str) -> None: ...
+    def send_bytes(self, data: bytes) -> None: ...
+    def ping(self) -> None: ...
+    def close(self, code: int, reason: str) -> None: ...
+    def sever(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def write_backed_up(self) -> bool:
+        return False
+
+    def quiet_seconds(self) -> float | None:
+        return None
+
+    async def wait_closed(self) -> None: ...
+
+
+class Pump:
+    """Runs one session's core between its legs; a live session (``Gateway.live``)."""
+
+    def __init__(
+        self,
+        core: RelayCore,
+        client: Leg | None,
+        upstream: Leg,
+        effects: Effects,
+        *,
+        monotonic: Callable[[], float],
+        tick_every: float = 1.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.core = core
+        self.session: RelaySession = core.session
+        self.client: Leg = client if client is not None else _NoLeg()
+        self.upstream = upstream
+        self._effects = effects
+        self._monotonic = monotonic
+        self._tick_every = tick_every
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._finished: asyncio.Event | None = None
+        self._hangup = False
+        self._client_events = _Events(self, Side.CLIENT)
+        self._upstream_events = _Events(self, Side.UPSTREAM)
+        #: Legs whose reading is paused because the other leg's writes backed up.
+        self._paused_for_backlog: set[Side] = set()
+        #: Whether the core holds the upstream's reading (frames held behind a commit).
+        self._hold_paused = False
+
+    @property
+    def frames_up(self) -> int:
+        """Client frames read since the last flush to the metrics."""
+        return self._client_events.frames
+
+    @property
+    def frames_down(self) -> int:
+        """Upstream frames read since the last flush to the metrics."""
+        return self._upstream_events.frames
+
+    # -- the session's life ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Relay until the session ends, then tear down; returns once everything is closed."""
+        loop = asyncio.get_running_loop()
+        self._finished = asyncio.Event()
+        try:
+            if self._ended is None:
+                self._ended = loop.create_future()
+            if self.core.open:
+                self.perform(self.core.start())
+                self.upstream.start(self._upstream_events)
+                if self.core.has_client:
+                    self.client.start(self._client_events)
+                delay = self.core.next_tick(self._monotonic(), self._tick_every)
+                self._timer = loop.call_later(delay, self._tick)
+                await self._ended
+        finally:
+            try:
+                await self._teardown()
+            finally:
+                self._finished.set()
+
+    async def terminate(self, err: GatewayError, by: str = "operator") -> None:
+        """End the session from outside with ``err`` (``Gateway.live``: an operator's forced
+        close, shutdown, a revoked secret) and wait, bounded, until it has torn down."""
+        self.perform(self.core.terminate(err, by))
+        await self.wait_finished()
+
+    async def wait_finished(self) -> None:
+        finished = self._finished
+        if finished is None:
+            # Not running (yet): its run sees the end and tears down at once.
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TEARDOWN_WAIT_S):
+                await finished.wait()
+
+    async def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.core.open:
+            # Cancelled, or a path that left the session open: it still ends the gateway's way.
+            self.perform(
+                self.core.terminate(
+                    RelayFailed("The gateway failed while relaying this session."), "gateway"
+                )
+            )
+        if self._hangup:
+            # The call is hung up before its socket closes.
+            await self._effects.hangup()
+        session = self.session
+        code, reason = sendable(session.close_code or 1011), session.close_reason
+        for leg in (self.client, self.upstream):
+            if not leg.closed:
+                leg.close(code, reason)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TEARDOWN_WAIT_S):
+                await asyncio.gather(
+                    self.client.wait_closed(),
+                    self.upstream.wait_closed(),
+                    *self._tasks,
+                    return_exceptions=True,
+                )
+        for task in self._tasks:
+            task.cancel()
+        self.flush_counts()
+
+    def flush_counts(self) -> None:
+        if self._metrics is not None:
+            up, down = self._client_events, self._upstream_events
+            self._metrics.relayed(up.frames, down.frames, up.bytes, down.bytes)
+        for events in (self._client_events, self._upstream_events):
+            events.frames = events.bytes = 0
+
+    # -- performing the core's actions ---------------------------------------------------------
+    def perform(self, actions: Sequence[Action]) -> None:
+        for act in actions:
+            match act:
+                case SendClient(data):
+                    self._send(self.client, data)
+                    if self.client.write_backed_up():
+                        self.backed_up(Side.UPSTREAM)
+                case SendUpstream(data):
+                    self._send(self.upstream, data)
+                    if self.upstream.write_backed_up():
+                        self.backed_up(Side.CLIENT)
+                case Commit(record, frame):
+                    self._spawn(self._commit(record, frame))
+                case CheckBudget():
+                    self._spawn(self._check_budget())
+                case KeepTranscript(entries):
+                    self._effects.keep_transcript(entries)
+                case Refused(code):
+                    self._effects.refused(code)
+                case Ping(side):
+                    self._leg(side).ping()
+                case Sever(side):
+                    self._leg(side).sever()
+                case CloseClient(code, reason):
+                    self.client.close(code, reason)
+                case CloseUpstream(code, reason):
+                    # A call hung up by the gateway closes its socket after the hangup.
+                    if not self._hangup:
+                        self.upstream.close(code, reason)
+                case PauseUpstream():
+                    self._hold_paused = True
+                    self.upstream.pause_reading()
+                case ResumeUpstream():
+                    self._hold_paused = False
+                    if Side.UPSTREAM not in self._paused_for_backlog:
+                        self.upstream.resume_reading()
+                case Hangup():
+                    self._hangup = True
+                case Ended():
+                    if self._ended is None:
+                        self._ended = asyncio.get_running_loop().create_future()
+                    if not self._ended.done():
+                        self._ended.set_result(None)
+
+    @staticmethod
+    def _send(leg: Leg, data: str | bytes) -> None:
+        if isinstance(data, str):
+            leg.send_text(data)
+        else:
+            leg.send_bytes(data)
+
+    def _leg(self, side: Side) -> Leg:
+        return self.client if side is Side.CLIENT else self.upstream
+
+    def backed_up(self, source: Side) -> None:
+        """The leg ``source`` feeds is above its high-water mark: stop reading ``source`` until
+        that leg drains (``drained``)."""
+        if source not in self._paused_for_backlog:
+            self._paused_for_backlog.add(source)
+            self._leg(source).pause_reading()
+
+    def drained(self, source: Side) -> None:
+        """The leg ``source`` feeds drained: read ``source`` again, unless the core holds it."""
+        if source in self._paused_for_backlog:
+            self._paused_for_backlog.discard(source)
+            if not (source is Side.UPSTREAM and self._hold_paused):
+                self._leg(source).resume_reading()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, record: UsageRecord, frame: str) -> None:
+        try:
+            ok = await self._effects.commit(record, frame)
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+            return
+        self._guarded(lambda: self.core.committed(ok))
+
+    async def _check_budget(self) -> None:
+        try:
+            refusal = await self._effects.budget_refusal()
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+            return
+        self._guarded(lambda: self.core.budget_checked(refusal))
+
+    def _guarded(self, step: Callable[[], Sequence[Action]]) -> None:
+        """Perform what ``step`` (a call into the core) answers; a failure ends the session."""
+        try:
+            self.perform(step())
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+
+    def failed(self, exc: BaseException) -> None:
+        """A failure of the relay's own (a bug): logged, and the session ended with an error."""
+        log.error(
+            "relay failed: %r", exc, exc_info=exc, extra={"session_id": self.session.session_id}
+        )
+        with contextlib.suppress(Exception):
+            self.perform(
+                self.core.terminate(
+                    RelayFailed("The gateway failed while relaying this session."), "gateway"
+                )
+            )
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    # -- the timer ------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._timer = None
+        core = self.core
+        try:
+            for side in (Side.CLIENT, Side.UPSTREAM):
+                if core.awaiting_pong(side):
+                    # Mid-way through a large frame, a live peer sends no pong until done.
+                    core.kernel_heard(side, self._leg(side).quiet_seconds())
+            self.perform(core.tick(self._monotonic()))
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+        self.flush_counts()
+        if core.open:
+            delay = core.next_tick(self._monotonic(), self._tick_every)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
+
+
+class _Events:
+    """What one leg reports (``LegEvents``), handed to the core; the hot path is ``on_text``:
+    a frame the core passes is written to the other leg, counted, and nothing else. Everything
+    a frame needs is bound once, here, so a frame costs no attribute lookups."""
+
+    __slots__ = (
+        "_backed_up",
+        "_binary",
+        "_closed",
+        "_heard",
+        "_latency",
+        "_lost",
+        "_pump",
+        "_send_bytes",
+        "_send_text",
+        "_side",
+        "_text",
+        "bytes",
+        "frames",
+    )
+
+    def __init__(self, pump: Pump, side: Side) -> None:
+        core = pump.core
+        other = pump.upstream if side is Side.CLIENT else pump.client
+        self._pump = pump
+        self._side = side
+        upstream = side is Side.UPSTREAM
+        self._text = core.upstream_text if upstream else core.client_text
+        self._binary = core.upstream_binary if upstream else core.client_binary
+        self._heard = core.heard_upstream if upstream else core.heard_client
+        self._closed = core.upstream_closed if upstream else core.client_closed
+        self._lost = core.upstream_lost if upstream else core.client_lost
+        self._send_text = other.send_text
+        self._send_bytes = other.send_bytes
+        self._backed_up = other.write_backed_up
+        metrics = pump._metrics
+        # The latency histogram samples the upstream -> client direction (one frame in 64).
+        self._latency = metrics.latency.labels("down") if metrics is not None and upstream else None
+        #: Frames and bytes read since the last flush (plain ints: no lock per frame).
+        self.frames = self.bytes = 0
+
+    def on_text(self, data: str) -> None:
+        self.frames += 1
+        self.bytes += len(data)
+        try:
+            if self.frames & 63 or self._latency is None:
+                acts = self._text(data)
+                if acts is None:
+                    self._send_text(data)
+                else:
+                    self._pump.perform(acts)
+            else:
+                t0 = perf_counter()
+                acts = self._text(data)
+                if acts is None:
+                    self._send_text(data)
+                else:
+                    self._pump.perform(acts)
+                self._latency.observe(perf_counter() - t0)
+            if self._backed_up():
+                self._pump.backed_up(self._side)
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self._pump.failed(exc)
+
+    def on_binary(self, data: bytes) -> None:
+        self.frames += 1
+        self.bytes += len(data)
+        try:
+            acts = self._binary(data)
+            if acts is None:
+                self._send_bytes(data)
+            else:
+                self._pump.perform(acts)
+            if self._backed_up():
+                self._pump.backed_up(self._side)
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self._pump.failed(exc)
+
+    def on_heard(self) -> None:
+        self._heard()
+
+    def on_close(self, code: int, reason: str) -> None:
+        self._pump._guarded(lambda: self._closed(code, reason))
+
+    def on_lost(self) -> None:
+        self._pump._guarded(self._lost)
+
+    def on_drain(self) -> None:
+        # This leg's writes drained: the other leg, which feeds it, may be read again.
+        self._pump.drained(Side.UPSTREAM if self._side is Side.CLIENT else Side.CLIENT)

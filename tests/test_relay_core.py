@@ -1,0 +1,517 @@
+"""The relay core, fed plain strings: every close path, expiry, keepalive, the commit ordering,
+budgets, beta, the guard, transcripts and a call sideband; no socket, no event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from rtgate.auth.policy import ClientEventGuard, KeyPolicy
+from rtgate.catalog import Catalog
+from rtgate.config import load_settings
+from rtgate.errors import QuotaExceeded, ShuttingDown
+from rtgate.protocol.actions import (
+    Action,
+    CheckBudget,
+    CloseClient,
+    CloseUpstream,
+    Commit,
+    Ended,
+    Hangup,
+    KeepTranscript,
+    PauseUpstream,
+    Ping,
+    Refused,
+    ResumeUpstream,
+    SendClient,
+    SendUpstream,
+    Sever,
+    Side,
+)
+from rtgate.protocol.beta import BetaTranslator
+from rtgate.protocol.keepalive import Cadence
+from rtgate.protocol.relay import (
+    HOLD_LIMIT,
+    RelayCore,
+)
+from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.transcript import TranscriptRecorder
+
+AUDIO_DOWN = '{"type":"response.output_audio.delta","delta":"AAAA"}'
+AUDIO_UP = '{"type":"input_audio_buffer.append","audio":"AAAA"}'
+TEXT_DELTA = '{"type":"response.output_text.delta","delta":"hi"}'
+CREATED = '{"type":"session.created","session":{"model":"gpt-realtime"}}'
+
+
+def done(rid: str = "resp_1", tokens: int = 5) -> str:
+    usage = {
+        "input_tokens": tokens,
+        "output_tokens": 1,
+        "total_tokens": tokens + 1,
+        "input_token_details": {"text_tokens": tokens},
+        "output_token_details": {"text_tokens": 1},
+    }
+    return orjson.dumps({"type": "response.done", "response": {"id": rid, "usage": usage}}).decode()
+
+
+def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
+    catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
+    return RelaySession(
+        session_id="rs_1",
+        key_id="key_1",
+        route=catalog.resolve("gpt-realtime"),
+        catalog=catalog,
+        opened_at=0.0,
+        opened_mono=100.0,
+        max_seconds=max_seconds,
+        metered=metered,
+    )
+
+
+def core(**kw: Any) -> RelayCore:
+    max_seconds = kw.pop("max_seconds", 60)
+    return RelayCore(session(max_seconds=max_seconds), lambda: 1234.0, opened_mono=100.0, **kw)
+
+
+def kinds(actions: Any) -> list[type[Action]]:
+    return [type(a) for a in actions]
+
+
+def sent(actions: Any) -> list[str | bytes]:
+    return [a.data for a in actions if isinstance(a, SendClient)]
+
+
+def error_code(frame: str | bytes) -> str:
+    event = orjson.loads(frame)
+    assert event["type"] == "error"
+    return str(event["error"]["code"])
+
+
+# -- the hot path ---------------------------------------------------------------------------------
+def test_audio_frames_are_forwarded_untouched_both_ways() -> None:
+    c = core()
+    assert c.upstream_text(AUDIO_DOWN) is None
+    assert c.client_text(AUDIO_UP) is None
+    assert c.upstream_binary(b"\x00") is None
+    assert c.client_binary(b"\x00") is None
+    assert c.session.records == 0
+
+
+def test_frames_no_collaborator_reads_are_forwarded_untouched() -> None:
+    c = core()
+    assert c.upstream_text(TEXT_DELTA) is None
+    assert c.upstream_text('{"type":"rate_limits.updated"}') is None
+    assert c.client_text('{"type":"response.create"}') is None
+
+
+def test_setup_frame_goes_first() -> None:
+    assert core().start() == ()
+    setup = '{"type":"session.update","session":{"type":"realtime"}}'
+    assert core(setup=setup).start() == (SendUpstream(setup),)
+
+
+# -- commit before forward ------------------------------------------------------------------------
+def test_a_metered_frame_waits_for_its_commit_and_holds_the_frames_behind_it() -> None:
+    c = core()
+    frame = done()
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    commit = acts[0]
+    assert isinstance(commit, Commit) and commit.frame == frame
+    assert commit.record.ref == "resp_1" and commit.record.created_at == 1234.0
+    # Audio, text and binary behind it wait, in order; the client's frames pass.
+    assert c.upstream_text(AUDIO_DOWN) == ()
+    assert c.upstream_binary(b"\x01") == ()
+    assert c.upstream_text(TEXT_DELTA) == ()
+    assert c.client_text(AUDIO_UP) is None
+    assert c.client_text('{"type":"response.create"}') is None
+    released = c.committed(True)
+    assert sent(released) == [frame, AUDIO_DOWN, b"\x01", TEXT_DELTA]
+    # Released: the hot path is back.
+    assert c.upstream_text(AUDIO_DOWN) is None
+
+
+def test_a_failed_commit_ends_the_session_with_usage_unavailable_and_drops_the_frame() -> None:
+    c = core()
+    frame = done()
+    c.upstream_text(frame)
+    c.upstream_text(AUDIO_DOWN)
+    acts = c.committed(False)
+    assert kinds(acts) == [SendClient, CloseClient, CloseUpstream, Ended]
+    assert error_code(sent(acts)[0]) == "usage_unavailable"
+    assert frame not in sent(acts) and AUDIO_DOWN not in sent(acts)
+    assert acts[1] == CloseClient(1011, "server_error.usage_unavailable")
+    s = c.session
+    assert (s.close_code, s.close_reason, s.closed_by) == (
+        1011,
+        "server_error.usage_unavailable",
+        "gateway",
+    )
+    # Nothing flows after the end, not even audio.
+    assert c.upstream_text(AUDIO_DOWN) == ()
+    assert c.client_text(AUDIO_UP) == ()
+
+
+def test_a_second_metered_frame_behind_the_first_is_committed_in_turn() -> None:
+    c = core()
+    first, second = done("resp_1"), done("resp_2")
+    c.upstream_text(first)
+    c.upstream_text(second)
+    c.upstream_text(AUDIO_DOWN)
+    acts = c.committed(True)
+    assert kinds(acts) == [SendClient, Commit]
+    assert sent(acts) == [first]
+    acts = c.committed(True)
+    assert sent(acts) == [second, AUDIO_DOWN]
+    assert c.session.records == 2
+
+
+def test_too_many_held_frames_pause_the_upstream_until_released() -> None:
+    c = core()
+    c.upstream_text(done())
+    outs = [c.upstream_text(AUDIO_DOWN) for _ in range(HOLD_LIMIT + 3)]
+    assert outs[:HOLD_LIMIT] == [()] * HOLD_LIMIT
+    assert outs[HOLD_LIMIT] == (PauseUpstream(),)
+    assert outs[HOLD_LIMIT + 1 :] == [(), ()]
+    acts = c.committed(True)
+    assert len(sent(acts)) == HOLD_LIMIT + 4
+    assert acts[-1] == ResumeUpstream()
+
+
+def test_an_upstream_close_behind_a_commit_waits_its_turn() -> None:
+    c = core()
+    frame = done()
+    c.upstream_text(frame)
+    c.upstream_text(TEXT_DELTA)
+    assert c.upstream_closed(1000, "bye") == ()
+    assert c.open
+    acts = c.committed(True)
+    assert sent(acts) == [frame, TEXT_DELTA]
+    assert acts[-2:] == [CloseClient(1000, "bye"), Ended()]
+    assert (c.session.close_code, c.session.closed_by) == (1000, "upstream")
+
+
+def test_an_upstream_loss_behind_a_commit_waits_its_turn() -> None:
+    c = core()
+    frame = done()
+    c.upstream_text(frame)
+    assert c.upstream_lost() == ()
+    acts = c.committed(True)
+    assert sent(acts)[0] == frame
+    assert error_code(sent(acts)[1]) == "upstream_unavailable"
+    assert acts[-2:] == [CloseClient(1011, "server_error.upstream_unavailable"), Ended()]
+
+
+def test_zero_usage_is_not_committed() -> None:
+    c = core()
+    empty = orjson.dumps({"type": "response.done", "response": {"id": "r", "usage": {}}}).decode()
+    assert c.upstream_text(empty) is None
+
+
+def test_an_unmetered_session_forwards_usage_without_a_commit() -> None:
+    c = RelayCore(session(metered=False), lambda: 0.0)
+    assert c.upstream_text(done()) is None
+
+
+# -- budgets --------------------------------------------------------------------------------------
+def test_after_a_metered_frame_is_delivered_the_budget_is_checked_with_frames_held() -> None:
+    c = core(budget=True)
+    frame = done()
+    c.upstream_text(frame)
+    acts = c.committed(True)
+    assert kinds(acts) == [SendClient, CheckBudget]
+    assert c.upstream_text(AUDIO_DOWN) == ()
+    acts = c.budget_checked(None)
+    assert sent(acts) == [AUDIO_DOWN]
+
+
+def test_a_crossed_budget_ends_the_session_with_insufficient_quota() -> None:
+    c = core(budget=True)
+    c.upstream_text(done())
+    c.committed(True)
+    c.upstream_text(AUDIO_DOWN)
+    acts = c.budget_checked(QuotaExceeded("Over budget."))
+    assert kinds(acts) == [Refused, SendClient, CloseClient, CloseUpstream, Ended]
+    assert acts[0] == Refused("insufficient_quota")
+    assert error_code(sent(acts)[0]) == "insufficient_quota"
+    assert AUDIO_DOWN not in sent(acts)
+    assert c.session.close_code == 3000
+
+
+# -- closes ---------------------------------------------------------------------------------------
+def test_an_upstream_close_is_mirrored_to_the_client() -> None:
+    c = core()
+    assert c.upstream_closed(4000, "custom") == (CloseClient(4000, "custom"), Ended())
+    assert (c.session.close_code, c.session.close_reason, c.session.closed_by) == (
+        4000,
+        "custom",
+        "upstream",
+    )
+    # The first close wins: the client's echo changes nothing.
+    assert c.client_closed(4000, "custom") == ()
+    assert c.session.closed_by == "upstream"
+
+
+def test_a_close_without_a_code_is_recorded_as_1005_and_sent_as_1000() -> None:
+    c = core()
+    assert c.client_closed(1005, "") == (CloseUpstream(1000, ""), Ended())
+    assert c.session.close_code == 1005
+    c = core()
+    assert c.upstream_closed(1005, "") == (CloseClient(1000, ""), Ended())
+    assert c.session.close_code == 1005
+
+
+def test_a_client_close_is_mirrored_upstream() -> None:
+    c = core()
+    assert c.client_closed(1000, "done") == (CloseUpstream(1000, "done"), Ended())
+    assert c.session.closed_by == "client"
+
+
+def test_a_client_closed_for_a_too_big_message_closes_upstream_with_1009() -> None:
+    c = core()
+    assert c.client_closed(1009, "message too big") == (
+        CloseUpstream(1009, "message too big"),
+        Ended(),
+    )
+
+
+def test_a_lost_client_records_1006_and_closes_upstream_with_1001() -> None:
+    c = core()
+    assert c.client_lost() == (CloseUpstream(1001, "client disconnected"), Ended())
+    assert (c.session.close_code, c.session.closed_by) == (1006, "client")
+
+
+def test_a_lost_upstream_tells_the_client_why() -> None:
+    c = core()
+    acts = c.upstream_lost()
+    assert kinds(acts) == [SendClient, CloseClient, Ended]
+    assert error_code(sent(acts)[0]) == "upstream_unavailable"
+    assert (c.session.close_code, c.session.closed_by) == (1011, "upstream")
+
+
+def test_our_rejected_key_is_reworded_in_the_error_and_the_close() -> None:
+    c = core()
+    err = orjson.dumps(
+        {"type": "error", "error": {"code": "invalid_api_key", "message": "sk-abc..."}}
+    ).decode()
+    acts = c.upstream_text(err)
+    assert acts is not None and error_code(sent(acts)[0]) == "upstream_auth_failed"
+    assert "sk-abc" not in str(sent(acts)[0])
+    acts = c.upstream_closed(3000, "invalid_request_error.invalid_api_key")
+    assert acts[0] == CloseClient(3000, "invalid_request_error.upstream_auth_failed")
+
+
+def test_a_forced_close_sends_the_error_first_then_closes_both() -> None:
+    c = core()
+    err = ShuttingDown("Bye.")
+    acts = c.terminate(err, "gateway")
+    assert kinds(acts) == [SendClient, CloseClient, CloseUpstream, Ended]
+    assert error_code(sent(acts)[0]) == "server_shutting_down"
+    assert acts[1] == CloseClient(1001, "server_error.server_shutting_down")
+    assert c.session.closed_by == "gateway"
+    assert c.terminate(err) == ()
+
+
+# -- time -----------------------------------------------------------------------------------------
+def test_the_session_expires_at_its_deadline() -> None:
+    c = core(max_seconds=30)
+    assert c.tick(129.9) == []
+    acts = c.tick(130.0)
+    assert kinds(acts) == [SendClient, CloseClient, CloseUpstream, Ended]
+    assert error_code(sent(acts)[0]) == "session_expired"
+    reason = "Your session hit the maximum duration of 30 seconds."
+    assert acts[1] == CloseClient(1001, reason)
+    assert (c.session.close_code, c.session.closed_by) == (1001, "gateway")
+    assert c.tick(131.0) == ()
+
+
+def test_a_quiet_leg_is_pinged_and_a_dead_client_severed() -> None:
+    c = core(client_beat=Cadence(10, 5), upstream_beat=Cadence(4, 3))
+    assert c.tick(103) == []
+    # The upstream talks; the client is silent.
+    c.upstream_text(AUDIO_DOWN)
+    assert c.tick(104) == []
+    assert c.tick(108) == [Ping(Side.UPSTREAM)]
+    c.heard_upstream()
+    assert c.tick(110) == [Ping(Side.CLIENT)]
+    c.upstream_text(AUDIO_DOWN)
+    acts = c.tick(115)
+    assert acts == [Sever(Side.CLIENT), CloseUpstream(1001, "client disconnected"), Ended()]
+    assert (c.session.close_code, c.session.closed_by) == (1006, "client")
+
+
+def test_a_pong_keeps_a_leg_alive() -> None:
+    c = core(client_beat=Cadence(10, 5))
+    assert c.tick(110) == [Ping(Side.CLIENT)]
+    assert c.awaiting_pong(Side.CLIENT)
+    c.heard_client()
+    assert c.tick(115) == []
+    assert not c.awaiting_pong(Side.CLIENT)
+
+
+def test_a_dead_upstream_is_severed_and_the_client_told() -> None:
+    c = core(upstream_beat=Cadence(4, 3))
+    assert c.tick(104) == [Ping(Side.UPSTREAM)]
+    acts = c.tick(107)
+    assert kinds(acts) == [Sever, SendClient, CloseClient, Ended]
+    assert error_code(sent(acts)[0]) == "upstream_unavailable"
+    assert c.session.close_reason == "server_error.upstream_unavailable"
+
+
+# -- the client's frames --------------------------------------------------------------------------
+def test_a_blocked_event_is_answered_and_dropped_and_the_session_goes_on() -> None:
+    guard = ClientEventGuard(KeyPolicy(blocked_events=("conversation.item.create",)))
+    c = core(guard=guard)
+    frame = '{"type":"conversation.item.create","event_id":"ev_1","item":{}}'
+    acts = c.client_text(frame)
+    assert acts is not None and kinds(acts) == [SendClient, Refused]
+    event = orjson.loads(sent(acts)[0])
+    assert event["error"]["code"] == "event_not_allowed" and event["error"]["event_id"] == "ev_1"
+    assert acts[1] == Refused("event_not_allowed")
+    assert c.open
+    assert c.client_text('{"type":"response.create"}') == [
+        SendUpstream('{"type":"response.create"}')
+    ]
+    assert c.client_text(AUDIO_UP) is None
+
+
+def test_a_session_update_to_a_model_the_key_may_not_use_is_refused() -> None:
+    c = core(guard=ClientEventGuard(KeyPolicy(models=("gpt-realtime",))))
+    acts = c.client_text('{"type":"session.update","session":{"model":"gpt-4o-realtime"}}')
+    assert acts is not None and acts[1] == Refused("model_not_allowed")
+    assert c.client_text('{"type":"session.update","session":{"model":"gpt-realtime"}}') == [
+        SendUpstream('{"type":"session.update","session":{"model":"gpt-realtime"}}')
+    ]
+
+
+def test_transcripts_are_kept_from_both_sides() -> None:
+    c = core(recorder=TranscriptRecorder("rs_1", "key_1"))
+    item = (
+        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        '"content":[{"type":"input_text","text":"hello"}]}}'
+    )
+    acts = c.client_text(item)
+    assert acts is not None and kinds(acts) == [KeepTranscript, SendUpstream]
+    keep = acts[0]
+    assert isinstance(keep, KeepTranscript) and keep.entries[0].text == "hello"
+    said = '{"type":"response.output_audio_transcript.done","item_id":"i","transcript":"hi"}'
+    acts = c.upstream_text(said)
+    assert acts is not None and kinds(acts) == [KeepTranscript, SendClient]
+    assert sent(acts) == [said]
+    # Audio still passes, but through the core (a transcript session is not the hot path).
+    assert c.upstream_text(AUDIO_DOWN) is None
+    acts = c.upstream_text(done())
+    assert acts is not None and kinds(acts) == [KeepTranscript, Commit]
+
+
+def test_a_beta_client_is_translated_both_ways_after_metering() -> None:
+    c = core(beta=BetaTranslator())
+    acts = c.upstream_text(AUDIO_DOWN)
+    assert acts is not None
+    assert sent(acts) == ['{"type":"response.audio.delta","delta":"AAAA"}']
+    frame = done()
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    assert sent(c.committed(True)) == [frame]
+    update = '{"type":"session.update","session":{"voice":"alloy","modalities":["text"]}}'
+    acts = c.client_text(update)
+    assert acts is not None and kinds(acts) == [SendUpstream]
+    ga = orjson.loads(acts[0].data)  # type: ignore[union-attr]
+    assert ga["session"]["output_modalities"] == ["text"]
+    # A GA event with no beta counterpart is dropped.
+    assert c.upstream_text('{"type":"conversation.item.done","item":{}}') == []
+
+
+def test_a_beta_client_frame_is_checked_by_the_guard_as_ga() -> None:
+    guard = ClientEventGuard(KeyPolicy(blocked_events=("session.update:output_modalities",)))
+    c = core(beta=BetaTranslator(), guard=guard)
+    acts = c.client_text('{"type":"session.update","session":{"modalities":["text"]}}')
+    assert acts is not None and acts[1] == Refused("event_not_allowed")
+
+
+# -- a call's sideband: no client leg -------------------------------------------------------------
+def sideband(**kw: Any) -> RelayCore:
+    return RelayCore(session(max_seconds=30), lambda: 5.0, client=False, opened_mono=100.0, **kw)
+
+
+def test_a_sideband_meters_and_ends_with_a_hangup_when_its_ledger_fails() -> None:
+    c = sideband()
+    acts = c.upstream_text(done())
+    assert acts is not None and kinds(acts) == [Commit]
+    acts = c.committed(False)
+    assert kinds(acts) == [Hangup, CloseUpstream, Ended]
+    assert acts[1] == CloseUpstream(1011, "server_error.usage_unavailable")
+    assert c.session.close_reason == "server_error.usage_unavailable"
+
+
+def test_a_sideband_sends_nothing_to_a_client() -> None:
+    c = sideband(budget=True)
+    c.upstream_text(done())
+    assert kinds(c.committed(True)) == [CheckBudget]
+    acts = c.budget_checked(QuotaExceeded("Over."))
+    assert kinds(acts) == [Refused, Hangup, CloseUpstream, Ended]
+
+
+def test_a_sideband_expiry_and_a_forced_close_hang_up_once() -> None:
+    c = sideband()
+    acts = c.tick(130)
+    assert kinds(acts) == [Hangup, CloseUpstream, Ended]
+    assert c.terminate(ShuttingDown("x")) == ()
+
+
+def test_a_call_the_provider_ends_is_not_hung_up() -> None:
+    c = sideband()
+    assert c.upstream_closed(1000, "") == (Ended(),)
+    c = sideband()
+    assert c.upstream_lost() == (Ended(),)
+    assert (c.session.close_code, c.session.closed_by) == (1006, "upstream")
+
+
+def test_a_call_hung_up_by_the_client_is_not_hung_up_again() -> None:
+    c = sideband()
+    assert c.hung_up() == (CloseUpstream(1000, "call hung up"), Ended())
+    assert (c.session.close_code, c.session.closed_by) == (1000, "client")
+
+
+def test_a_dead_sideband_upstream_is_severed_and_the_call_hung_up() -> None:
+    c = sideband(upstream_beat=Cadence(4, 3))
+    assert c.tick(104) == [Ping(Side.UPSTREAM)]
+    acts = c.tick(107)
+    assert kinds(acts) == [Sever, Hangup, CloseUpstream, Ended]
+    assert (c.session.close_code, c.session.closed_by) == (1011, "upstream")
+
+
+@pytest.mark.parametrize("frame", [AUDIO_DOWN, TEXT_DELTA, CREATED])
+def test_nothing_is_forwarded_after_the_end(frame: str) -> None:
+    c = core()
+    c.client_lost()
+    assert c.upstream_text(frame) == ()
+
+
+def test_a_usage_frame_no_parser_reads_is_committed_for_review_before_it_is_forwarded() -> None:
+    c = core()
+    frame = '{"type":"response.done","response":{"usage":{"input_tokens":5'
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    commit = acts[0]
+    assert isinstance(commit, Commit) and commit.record.review == "unparseable_frame"
+    assert sent(c.committed(True)) == [frame]
+
+
+def test_a_lone_surrogate_escape_is_metered_like_any_frame() -> None:
+    c = core()
+    frame = done().replace('"resp_1"', '"resp_\\ud800"')
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    commit = acts[0]
+    assert isinstance(commit, Commit) and commit.record.review is None
+    assert commit.record.ref == "resp_?"
+
+
+def test_a_client_frame_that_is_no_json_goes_up_untouched() -> None:
+    guard = ClientEventGuard(KeyPolicy(blocked_events=("response.create",)))
+    c = core(guard=guard, beta=BetaTranslator())
+    assert c.client_text('{"type":"session.update",') is None
+    assert c.client_text("[1, 2]") is None
