@@ -10,15 +10,16 @@ back at the same N, ``--runs`` times; "added" is a relay's latency minus the dir
 in the same run, per direction and percentile; µs/frame is the relay's CPU (user + sys) per
 frame relayed, both directions, and "x picows" its ratio to the picows relay's in the same run.
 
-``--rtgate-src DIR`` (repeatable) runs the rtgate of another checkout beside this one, so one run
-compares two commits: its ``.venv`` if it has one, else this interpreter, with ``DIR/src`` first
-on ``PYTHONPATH``. ``--rtgate-venv DIR`` runs the rtgate installed in a venv.
+``--rtgate-src [LABEL=]DIR`` (repeatable) runs the rtgate of a checkout, so one run compares two
+commits (``before=../main --rtgate-src after=../branch``): its ``.venv`` if it has one, else this
+interpreter, with ``DIR/src`` first on ``PYTHONPATH``. ``--rtgate-venv [LABEL=]VENV`` runs the
+rtgate installed in a venv. Neither: this checkout, as ``rtgate``.
 
 ``--idle``: N silent sessions per relay; reports the relay's fixed footprint (RSS before any
 session), RSS per open idle session, and RSS after they all close (does memory go back down?).
 
     python bench/relay_bench.py --ns 500 [--frame-ms 100] [--idle] [--workers 2] [--runs 2]
-        [--rtgate-src ../other-checkout] [--anchors] [--out bench/results/x.jsonl]
+        [--rtgate-src before=DIR --rtgate-src after=DIR] [--anchors] [--out bench/results/x.jsonl]
 """
 
 from __future__ import annotations
@@ -124,17 +125,21 @@ class RtgateBuild:
     src: Path | None
 
     @classmethod
-    def from_src(cls, src: Path) -> RtgateBuild:
-        src = src.resolve()
+    def from_src(cls, arg: str) -> RtgateBuild:
+        """``[LABEL=]DIR``: the checkout's ``.venv`` if it has one, else this interpreter."""
+        label, _, path = arg.rpartition("=")
+        src = Path(path).resolve()
         venv_python = src / ".venv" / "bin" / "python"
         python = venv_python if venv_python.exists() else Path(sys.executable)
-        return cls(f"rtgate@{src.name}", python, src)
+        return cls(f"rtgate:{label or src.name}", python, src)
 
     @classmethod
-    def from_venv(cls, venv: Path) -> RtgateBuild:
-        venv = venv.resolve()
-        label = venv.parent.name if venv.name == ".venv" else venv.name
-        return cls(f"rtgate@{label}:venv", venv / "bin" / "python", None)
+    def from_venv(cls, arg: str) -> RtgateBuild:
+        """``[LABEL=]VENV``: the rtgate installed in that venv."""
+        label, _, path = arg.rpartition("=")
+        venv = Path(path).resolve()
+        label = label or (venv.parent.name if venv.name == ".venv" else venv.name)
+        return cls(f"rtgate:{label}", venv / "bin" / "python", None)
 
     def describe(self) -> str:
         where = self.src if self.src is not None else self.python.parent.parent
@@ -399,7 +404,8 @@ def load_table(rows: list[dict[str, Any]]) -> str:
     direct = {key(r): r.get("load") or {} for r in rows if r["config"] == "direct"}
     picows = {key(r): us_per_frame(r) for r in rows if r["config"] == "picows"}
     for r in rows:
-        head = f"| {r['run']} | {r['config']} | {r['n']} | {r['frame_ms']:g} ms"
+        workers = f" x{r['workers']} workers" if r.get("workers", 1) > 1 else ""
+        head = f"| {r['run']} | {r['config']}{workers} | {r['n']} | {r['frame_ms']:g} ms"
         if "error" in r:
             lines.append(f"{head} | {r['error']} |||||||||")
             continue
@@ -468,10 +474,13 @@ def main() -> None:
     ap.add_argument("--idle", action="store_true", help="memory of N silent sessions (see above)")
     ap.add_argument("--settle", type=float, default=2.0, help="idle: seconds before each sample")
     ap.add_argument(
-        "--rtgate-src", type=Path, action="append", default=[], help="a checkout to run rtgate from"
+        "--rtgate-src",
+        action="append",
+        default=[],
+        help="[LABEL=]DIR: an rtgate checkout",
     )
     ap.add_argument(
-        "--rtgate-venv", type=Path, action="append", default=[], help="a venv with rtgate installed"
+        "--rtgate-venv", action="append", default=[], help="[LABEL=]VENV: a venv with rtgate in it"
     )
     ap.add_argument(
         "--anchors",

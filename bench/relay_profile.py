@@ -128,7 +128,7 @@ def summarise(path: Path, top: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--relay", default="rtgate", choices=["rtgate", "picows", "aiohttp"])
-    ap.add_argument("--rtgate-src", type=Path, default=None, help="a checkout to run rtgate from")
+    ap.add_argument("--rtgate-src", default=None, help="[LABEL=]DIR: a checkout to run rtgate from")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--frame-ms", type=int, choices=[20, 100], default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -156,7 +156,7 @@ def main() -> None:
         name = build.name
         builds[name] = build
         print(f"{name}: {build.describe()}", flush=True)
-    out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace('@', '-')}-{a.n}.txt"
+    out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     relay = Relay.start(name, a, builds)
     try:
