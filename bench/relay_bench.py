@@ -97,10 +97,11 @@ def rss_mb(procs: list[psutil.Process]) -> float:
 
 
 def git_describe(src: Path) -> str:
-    """``<short commit>[+dirty]`` of a checkout, so a result names the code it measured."""
+    """The last commit that changed ``src/`` in a checkout (``+dirty`` if it has changed since),
+    so a result names the code it measured."""
     try:
         head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(src), "log", "-1", "--format=%h", "--", "src"],
             capture_output=True,
             text=True,
             check=True,
