@@ -302,11 +302,19 @@ def measure_load(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
             res["error"] = "load generator never reached its window"
             return res
         procs = relay.procs()
-        (u0, s0), t0 = cpu_seconds(procs), time.monotonic()
+        gen = [psutil.Process(lg.pid)]
+        psutil.cpu_percent(percpu=True)  # starts the machine-wide count
+        (u0, s0), (g0, h0), t0 = cpu_seconds(procs), cpu_seconds(gen), time.monotonic()
         peak = 0.0
         while not marks["WINDOW_END"].wait(0.5) and time.monotonic() - t0 < a.duration + 30:
             peak = max(peak, rss_mb(procs))
         dt = time.monotonic() - t0
+        # What else ran on the machine meanwhile (other jobs share these two cores): the
+        # machine's busy CPU minus the relay's and the generator's, in % of one core.
+        res["percore_pct"] = psutil.cpu_percent(percpu=True)
+        g1, h1 = cpu_seconds(gen)
+        res["loadgen_cpu_pct"] = 100.0 * (g1 + h1 - g0 - h0) / dt
+        res["others_cpu_pct"] = sum(res["percore_pct"]) - res["loadgen_cpu_pct"]
         if procs:
             procs = relay.procs()
             u1, s1 = cpu_seconds(procs)
@@ -316,6 +324,7 @@ def measure_load(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
             res["relay_rss_mb"] = rss_mb(procs)
             res["relay_rss_peak_mb"] = max(peak, res["relay_rss_mb"])
             res["relay_procs"] = len(procs)
+            res["others_cpu_pct"] -= res["relay_cpu_pct"]
         res["load"] = finish(lg, limit)
     return res
 
@@ -399,8 +408,8 @@ def key(r: dict[str, Any]) -> tuple[int, int, int]:
 def load_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | relay | N | frame | added up p50 / p99 | added down p50 / p99 | CPU % "
-        "| µs/frame | x picows | RSS MB | lost | metered |",
-        "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|",
+        "| µs/frame | x picows | RSS MB | lost | metered | generator / others CPU % |",
+        "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     direct = {key(r): r.get("load") or {} for r in rows if r["config"] == "direct"}
     picows = {key(r): us_per_frame(r) for r in rows if r["config"] == "picows"}
@@ -408,7 +417,7 @@ def load_table(rows: list[dict[str, Any]]) -> str:
         workers = f" x{r['workers']} workers" if r.get("workers", 1) > 1 else ""
         head = f"| {r['run']} | {r['config']}{workers} | {r['n']} | {r['frame_ms']:g} ms"
         if "error" in r:
-            lines.append(f"{head} | {r['error']} |||||||||")
+            lines.append(f"{head} | {r['error']} ||||||||||")
             continue
         L, base = r.get("load") or {}, direct.get(key(r))
         added = []
@@ -430,7 +439,8 @@ def load_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{head} | {added[0]} | {added[1]} | {f'{cpu:.0f}' if cpu else '-'} "
             f"| {f'{us:.1f}' if us else '-'} | {ratio} | {r.get('relay_rss_mb', 0):.0f} "
-            f"| {lost(r)} | {meter} |"
+            f"| {lost(r)} | {meter} | {r.get('loadgen_cpu_pct', 0):.0f} / "
+            f"{max(0.0, r.get('others_cpu_pct', 0)):.0f} |"
         )
     return "\n".join(lines)
 
@@ -491,6 +501,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="run only these configurations (comma-separated)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
     a = ap.parse_args()
+    # A stopped benchmark still stops the relay it started (the finally clauses run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     found = [RtgateBuild.from_src(s) for s in a.rtgate_src]
     found += [RtgateBuild.from_venv(v) for v in a.rtgate_venv]
     if not found:

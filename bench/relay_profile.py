@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="the raw profile (collapsed stacks)")
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw profile")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
     if a.summarise is not None:
         print(summarise(a.summarise, a.top))
         return
