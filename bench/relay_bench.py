@@ -354,10 +354,25 @@ def measure_idle(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def wait_quiet(limit_pct: float, timeout: float) -> tuple[float, float]:
+    """Wait until the machine's busy CPU stays under ``limit_pct`` of one core for 2 s (other
+    jobs share it), up to ``timeout`` s; returns the seconds waited and the last busy figure."""
+    t0 = time.monotonic()
+    calm = 0
+    while True:
+        busy = sum(psutil.cpu_percent(interval=1.0, percpu=True))
+        calm = calm + 1 if busy < limit_pct else 0
+        if calm >= 2 or time.monotonic() - t0 > timeout:
+            return time.monotonic() - t0, busy
+
+
 def run_one(
     name: str, n: int, run: int, a: argparse.Namespace, builds: dict[str, RtgateBuild]
 ) -> dict[str, Any]:
+    waited, busy = wait_quiet(a.quiet_pct, a.quiet_wait)
     res: dict[str, Any] = {
+        "quiet_wait_s": round(waited, 1),
+        "busy_before_pct": busy,
         "config": name,
         "n": n,
         "run": run,
@@ -498,6 +513,14 @@ def main() -> None:
         action="store_true",
         help="also the minimal aiohttp relay and the aiohttp + picows hybrids (harness/)",
     )
+    ap.add_argument(
+        "--quiet-pct",
+        type=float,
+        default=20.0,
+        help="before each configuration, wait until the machine's busy CPU is under this "
+        "(%% of one core) for 2 s ...",
+    )
+    ap.add_argument("--quiet-wait", type=float, default=600.0, help="... for at most this (s)")
     ap.add_argument("--only", default="", help="run only these configurations (comma-separated)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
     a = ap.parse_args()

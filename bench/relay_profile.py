@@ -31,6 +31,7 @@ from relay_bench import (
     RtgateBuild,
     load_generator,
     ramp_limit,
+    wait_quiet,
 )
 
 IDLE = re.compile(r"^(epoll_wait|epoll_pwait|__GI_epoll_wait|select|poll) \(")
@@ -160,6 +161,7 @@ def main() -> None:
         print(f"{name}: {build.describe()}", flush=True)
     out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    wait_quiet(20.0, 600.0)
     relay = Relay.start(name, a, builds)
     try:
         if not relay.ready() or relay.proc is None:
