@@ -30,6 +30,7 @@ from relay_bench import (
     Relay,
     RtgateBuild,
     load_generator,
+    pinned,
     ramp_limit,
     wait_quiet,
 )
@@ -171,7 +172,7 @@ def main() -> None:
                 sys.exit("load generator never reached its window")
             time.sleep(2)
             # py-spy runs beside the load generator, not on the core of the relay it samples.
-            spy = [*("taskset", "-c", LOADGEN_CPU, a.py_spy, "record", "--rate", str(a.rate))]
+            spy = [*pinned(LOADGEN_CPU), a.py_spy, "record", "--rate", str(a.rate)]
             spy += ["-d", str(int(a.seconds)), "--format", "raw", "-o", str(out)]
             spy += ["-p", str(relay.proc.pid), *(["--native"] if a.native else [])]
             subprocess.run(spy, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
