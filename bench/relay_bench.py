@@ -443,6 +443,7 @@ def load_table(rows: list[dict[str, Any]]) -> str:
     picows = {key(r): us_per_frame(r) for r in rows if r["config"] == "picows"}
     for r in rows:
         workers = f" x{r['workers']} workers" if r.get("workers", 1) > 1 else ""
+        workers += " (noisy)" if r.get("noisy") else ""
         head = f"| {r['run']} | {r['config']}{workers} | {r['n']} | {r['frame_ms']:g} ms"
         if "error" in r:
             lines.append(f"{head} | {r['error']} ||||||||||")
@@ -534,6 +535,14 @@ def main() -> None:
         "(%% of one core) for 2 s ...",
     )
     ap.add_argument("--quiet-wait", type=float, default=600.0, help="... for at most this (s)")
+    ap.add_argument(
+        "--noisy-pct",
+        type=float,
+        default=30.0,
+        help="a run is noisy when other jobs used more than this (%% of one core) during its "
+        "window; it is then run again, up to --retries times (every attempt is kept in --out)",
+    )
+    ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--only", default="", help="run only these configurations (comma-separated)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
     a = ap.parse_args()
@@ -554,17 +563,22 @@ def main() -> None:
     for b in found:
         print(f"{b.name}: {b.describe()}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in (int(x) for x in a.ns.split(",")):
         for run in range(1, a.runs + 1):
             for name in configs:
-                r = run_one(name, n, run, a, builds)
-                r["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                for attempt in range(a.retries + 1):
+                    r = run_one(name, n, run, a, builds)
+                    r["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                    r["attempt"] = attempt
+                    r["noisy"] = r.get("others_cpu_pct", 0.0) > a.noisy_pct
+                    with a.out.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(report([*rows, r]).splitlines()[-1], flush=True)
+                    time.sleep(1.0)
+                    if not r["noisy"]:
+                        break
                 rows.append(r)
-                with a.out.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
-                print(report(rows).splitlines()[-1], flush=True)
-                time.sleep(1.0)
     print()
     print(report(rows))
 
