@@ -316,6 +316,7 @@ def measure_load(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
         procs = relay.procs()
         gen = [psutil.Process(lg.pid)]
         psutil.cpu_percent(percpu=True)  # starts the machine-wide count
+        steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
         (u0, s0), (g0, h0), t0 = cpu_seconds(procs), cpu_seconds(gen), time.monotonic()
         peak = 0.0
         while not marks["WINDOW_END"].wait(0.5) and time.monotonic() - t0 < a.duration + 30:
@@ -324,6 +325,8 @@ def measure_load(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
         # What else ran on the machine meanwhile (other jobs share these two cores): the
         # machine's busy CPU minus the relay's and the generator's, in % of one core.
         res["percore_pct"] = psutil.cpu_percent(percpu=True)
+        # CPU time the hypervisor gave to other guests (a VM's vCPUs share host cores).
+        res["steal_pct"] = 100.0 * (getattr(psutil.cpu_times(), "steal", 0.0) - steal0) / dt
         g1, h1 = cpu_seconds(gen)
         res["loadgen_cpu_pct"] = 100.0 * (g1 + h1 - g0 - h0) / dt
         res["others_cpu_pct"] = sum(res["percore_pct"]) - res["loadgen_cpu_pct"]
