@@ -194,12 +194,23 @@ class Rtgate:
             *("--port", str(RTGATE_PORT), "--workers", str(self.workers)),
         ]
 
-    def records(self) -> int:
+    def records(self) -> tuple[int, int]:
+        """Usage records that are durable: distinct record ids in ``usage_records`` and in the
+        spill segments (where the ledger puts what the database did not take in time; a segment
+        being drained may hold rows the database has too). Returns (all, spilled only)."""
         db = sqlite3.connect(self.home / "rtgate.db")
         try:
-            return int(db.execute("SELECT count(*) FROM usage_records").fetchone()[0])
+            stored = {str(r[0]) for r in db.execute("SELECT record_id FROM usage_records")}
         finally:
             db.close()
+        spilled: set[str] = set()
+        for seg in sorted((self.home / "usage-spill").glob("seg-*.jsonl")):
+            for line in seg.read_bytes().splitlines():
+                with contextlib.suppress(ValueError):  # a line torn at the relay's exit
+                    entry = json.loads(line)
+                    if isinstance(entry, dict) and entry.get("entry", "usage") == "usage":
+                        spilled.add(str(entry.get("record_id")))
+        return len(stored | spilled), len(spilled - stored)
 
 
 @dataclass
@@ -408,7 +419,8 @@ def run_one(
         time.sleep(0.5)
         relay.stop()
     if relay.rtgate is not None:
-        res["ledger_records"] = relay.rtgate.records()
+        res["rtgate_home"] = str(relay.rtgate.home)
+        res["ledger_records"], res["ledger_spilled_only"] = relay.rtgate.records()
     return res
 
 
@@ -467,6 +479,8 @@ def load_table(rows: list[dict[str, Any]]) -> str:
         meter = "-"
         if "ledger_records" in r:
             meter = f"{r['ledger_records']} / {L.get('dones_rx_total')}"
+            if r.get("ledger_spilled_only"):
+                meter += f" ({r['ledger_spilled_only']} spilled)"
         cpu = r.get("relay_cpu_pct")
         lines.append(
             f"{head} | {added[0]} | {added[1]} | {f'{cpu:.0f}' if cpu else '-'} "
