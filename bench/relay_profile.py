@@ -37,15 +37,17 @@ from relay_bench import (
 
 IDLE = re.compile(r"^(epoll_wait|epoll_pwait|__GI_epoll_wait|select|poll) \(")
 GC = re.compile(
-    r"^(gc_collect_main|gc_collect_with_callback|collect_with_callback|collect|"
-    r"gc_collect_generations|collect_generations|PyGC_Collect|gc_collect_impl) "
-    r"\((gcmodule|gc)\.c"
+    r"^(gc_collect_main|gc_collect_with_callback|collect_with_callback|gc_collect_generations|"
+    r"collect_generations|gc_collect_impl|PyGC_Collect|collect) \((gcmodule\.c|gc\.c|libpython)"
 )
 SYSCALL = re.compile(
     r"^(__)?(libc_)?(write|writev|send|sendto|sendmsg|recv|recvfrom|recvmsg|read|readv|"
     r"epoll_ctl|close|shutdown|accept4?|connect|getsockopt|setsockopt|ioctl|futex|getrandom|"
     r"syscall|clock_gettime|fstat|fcntl|pwrite64|pread64|fsync|fdatasync)(64)? \(",
 )
+OWN = re.compile(r"\(rtgate/|/src/rtgate/")
+#: rtgate's composition roots: every loop callback runs under them, so they say nothing.
+ROOTS = re.compile(r"rtgate/(server|cli|__main__)\.py")
 #: Packages named in a Python frame's path, in the order they are tested.
 PACKAGES = [
     ("rtgate's own code", re.compile(r"\(rtgate/|/src/rtgate/")),
@@ -66,7 +68,7 @@ def group_of(frames: list[str]) -> str:
     if SYSCALL.search(leaf) or (leaf.startswith("0x") and "(libc" in leaf):
         return "system calls (libc)"
     if "(libc" in leaf or "(ld-linux" in leaf or "(linux-vdso" in leaf:
-        return "libc (malloc, memcpy, ...)"
+        return "libc, other (malloc, memcpy, unresolved addresses)"
     if "(libssl" in leaf or "(libcrypto" in leaf:
         return "TLS"
     # Native frames of the interpreter are charged to the Python code running them.
@@ -103,7 +105,7 @@ def summarise(path: Path, top: int) -> str:
         busy += cnt
         groups[group_of(frames)] += cnt
         leaf[short(frames[-1])] += cnt
-        mine = [f for f in frames if "(rtgate/" in f or "/src/rtgate/" in f]
+        mine = [f for f in frames if OWN.search(f) and not ROOTS.search(f)]
         if mine:
             own[short(mine[-1])] += cnt
     if not busy:
@@ -122,7 +124,7 @@ def summarise(path: Path, top: int) -> str:
         f"top {top} functions (self time):",
         *(f"{pct(c)}  {name}" for name, c in leaf.most_common(top)),
         "",
-        "rtgate's innermost function on the stack (inclusive of what it calls):",
+        "rtgate's innermost function on the stack, below serve() (inclusive of what it calls):",
         *(f"{pct(c)}  {name}" for name, c in own.most_common(10)),
     ]
     return "\n".join(out)
