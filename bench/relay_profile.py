@@ -14,6 +14,7 @@ out of the shares.
 from __future__ import annotations
 
 import argparse
+import gzip
 import re
 import shutil
 import signal
@@ -90,7 +91,8 @@ def summarise(path: Path, top: int) -> str:
     leaf: Counter[str] = Counter()
     own: Counter[str] = Counter()
     busy = idle = threads = 0
-    for line in path.read_text().splitlines():
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in raw.decode().splitlines():
         stack, _, cnt_s = line.rpartition(" ")
         if not stack:
             continue
