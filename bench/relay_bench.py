@@ -134,7 +134,7 @@ def git_describe(src: Path) -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + ("+dirty" if dirty else "")
+    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,14 @@ class RtgateBuild:
         return cls(f"rtgate:{label}", venv / "bin" / "python", None)
 
     def describe(self) -> str:
-        where = self.src if self.src is not None else self.python.parent.parent
+        where = self.src
+        if where is None:  # where the venv's rtgate comes from (an editable install: a checkout)
+            out = subprocess.run(
+                [str(self.python), "-c", "import rtgate; print(rtgate.__file__)"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            where = Path(out).parent.parent.parent if out else self.python.parent.parent
         return f"{where} ({git_describe(where)}) via {self.python}"
 
 
