@@ -1,17 +1,20 @@
-"""Where a relay spends its CPU per frame: py-spy samples a relay under the benchmark's load.
+"""Where a relay spends its CPU: py-spy samples it under the benchmark's load, grouped.
 
-The relay (rtgate, or one of the harness's minimal relays) runs pinned to CPU 1 and the load
-generator to CPU 0, as in ``relay_bench.py``; py-spy records the relay for ``--seconds`` in the
-middle of the measured window and this script prints the hottest functions (self time) and a
-few inclusive buckets, as a share of busy samples.
+The relay (rtgate, from this checkout or ``--rtgate-src DIR``, or a minimal anchor) and the load
+generator run as in ``relay_bench.py``; in the middle of the measured window py-spy records the
+relay (``--native``: C frames too; needs ptrace, so root or ``ptrace_scope`` 0) and this script
+prints each busy sample's group (system calls, garbage collection, aiohttp, the event loop,
+rtgate's own code, ...) and the hottest functions. Samples waiting in ``epoll`` are idle and left
+out of the shares.
 
-    python bench/relay_profile.py --relay rtgate --n 200 [--native] [--py-spy PATH]
+    python bench/relay_profile.py --n 300 [--frame-ms 20] [--native] [--relay picows]
+        [--rtgate-src DIR] [--seconds 10] [--out bench/results/prof.txt]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import gzip
 import re
 import shutil
 import signal
@@ -23,165 +26,165 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay_bench import (
-    DEFAULT_HARNESS,
     LOADGEN_CPU,
-    RELAY_CPU,
     ROOT,
-    UP_PORT,
-    Rtgate,
-    wait_port,
+    Relay,
+    RtgateBuild,
+    load_generator,
+    pinned,
+    ramp_limit,
+    wait_quiet,
 )
 
-#: Inclusive buckets: a sample counts once per bucket whose pattern matches any of its frames.
-BUCKETS = {
-    "Bridge pumps (incl. everything below)": r"_upstream_to_client|_client_to_upstream",
-    "aiohttp receive()": r"^receive \(aiohttp",
-    "aiohttp send_str/send_frame": r"send_str \(aiohttp|send_frame \(aiohttp",
-    "aiohttp reader feed_data (parse)": r"feed_data \(aiohttp|_feed_data",
-    "heartbeat reset": r"_flush_heartbeat_reset|_reset_heartbeat|_on_data_received",
-    "RelaySession.on_upstream_text": r"on_upstream_text",
-    "guard.check": r"^check \(rtgate",
-    "clock.now": r"^now \(rtgate",
-    "ledger / store": r"rtgate/(metering|store)/",
-    "metrics": r"rtgate/metrics|prometheus",
-    "asyncio task step / loop": r"_run_once|run_forever|Task\.__step|__step",
-}
+IDLE = re.compile(r"^(epoll_wait|epoll_pwait|__GI_epoll_wait|select|poll) \(")
+GC = re.compile(
+    r"^(gc_collect_main|gc_collect_with_callback|collect_with_callback|gc_collect_generations|"
+    r"collect_generations|gc_collect_impl|PyGC_Collect|collect) \((gcmodule\.c|gc\.c|libpython)"
+)
+SYSCALL = re.compile(
+    r"^(__)?(libc_)?(write|writev|send|sendto|sendmsg|recv|recvfrom|recvmsg|read|readv|"
+    r"epoll_ctl|close|shutdown|accept4?|connect|getsockopt|setsockopt|ioctl|futex|getrandom|"
+    r"syscall|clock_gettime|fstat|fcntl|pwrite64|pread64|fsync|fdatasync)(64)? \(",
+)
+OWN = re.compile(r"\(rtgate/|/src/rtgate/")
+#: rtgate's composition roots: every loop callback runs under them, so they say nothing.
+ROOTS = re.compile(r"rtgate/(server|cli|__main__)\.py")
+#: Packages named in a Python frame's path, in the order they are tested.
+PACKAGES = [
+    ("rtgate's own code", re.compile(r"\(rtgate/|/src/rtgate/")),
+    ("aiohttp", re.compile(r"\(aiohttp/|_websocket/|_http_parser|_http_writer")),
+    ("event loop (uvloop / asyncio)", re.compile(r"\(uvloop/|\(asyncio/|\(loop\.c|_asynciomodule")),
+    ("metering store (sqlalchemy, aiosqlite, sqlite)", re.compile(r"sqlalchemy|aiosqlite|sqlite")),
+    ("json (orjson / json)", re.compile(r"orjson|\(json/")),
+    ("logging / metrics", re.compile(r"structlog|prometheus|\(logging/")),
+    ("picows", re.compile(r"picows")),
+]
+
+
+def group_of(frames: list[str]) -> str:
+    """The group a busy sample is charged to, by its leaf and its innermost Python frame."""
+    leaf = frames[-1]
+    if any(GC.search(f) for f in frames):
+        return "garbage collection"
+    if SYSCALL.search(leaf) or (leaf.startswith("0x") and "(libc" in leaf):
+        return "system calls (libc)"
+    if "(libc" in leaf or "(ld-linux" in leaf or "(linux-vdso" in leaf:
+        return "libc, other (malloc, memcpy, unresolved addresses)"
+    if "(libssl" in leaf or "(libcrypto" in leaf:
+        return "TLS"
+    # Native frames of the interpreter are charged to the Python code running them.
+    for f in reversed(frames):
+        if ".py:" in f or re.search(r"\(loop\.c|_asynciomodule|_websocket/|picows", f):
+            for name, rx in PACKAGES:
+                if rx.search(f):
+                    return name
+            return "other Python (stdlib, other packages)"
+    return "interpreter (no Python frame)"
+
+
+def short(frame: str) -> str:
+    return re.sub(r":\d+\)", ")", frame)[:110]
 
 
 def summarise(path: Path, top: int) -> str:
+    groups: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = threads = 0
-    compiled = {k: re.compile(v) for k, v in BUCKETS.items()}
-    for line in path.read_text().splitlines():
+    own: Counter[str] = Counter()
+    busy = idle = threads = 0
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in raw.decode().splitlines():
         stack, _, cnt_s = line.rpartition(" ")
         if not stack:
             continue
         cnt = int(cnt_s)
         frames = stack.split(";")
-        if any(f.startswith("Thread._bootstrap") for f in frames[:4]):
-            # Worker threads (aiosqlite's waits on a queue; py-spy counts that as busy).
-            threads += cnt
+        if any(f.startswith("Thread._bootstrap") for f in frames[:6]):
+            threads += cnt  # worker threads (aiosqlite's, waiting on a queue)
             continue
-        total += cnt
-        leaf[re.sub(r":\d+\)", ")", frames[-1])[:120]] += cnt
-        for name, rx in compiled.items():
-            if any(rx.search(f) for f in frames):
-                incl[name] += cnt
-    out = [f"event-loop thread samples: {total} (other threads, left out: {threads})"]
-    out += ["", "self time (leaf):"]
-    out += [f"{100 * c / total:5.1f}%  {name}" for name, c in leaf.most_common(top)]
-    out += ["", "inclusive:"]
-    out += [f"{100 * incl[k] / total:5.1f}%  {k}" for k in BUCKETS]
+        if IDLE.search(frames[-1]):
+            idle += cnt
+            continue
+        busy += cnt
+        groups[group_of(frames)] += cnt
+        leaf[short(frames[-1])] += cnt
+        mine = [f for f in frames if OWN.search(f) and not ROOTS.search(f)]
+        if mine:
+            own[short(mine[-1])] += cnt
+    if not busy:
+        return f"no busy samples in {path}"
+
+    def pct(c: int) -> str:
+        return f"{100 * c / busy:5.1f} %"
+
+    out = [
+        f"busy samples of the event-loop thread: {busy} (idle in epoll: {idle}; "
+        f"other threads, left out: {threads})",
+        "",
+        "by group (leaf function, charged to the innermost Python frame when in the interpreter):",
+        *(f"{pct(c)}  {name}" for name, c in groups.most_common()),
+        "",
+        f"top {top} functions (self time):",
+        *(f"{pct(c)}  {name}" for name, c in leaf.most_common(top)),
+        "",
+        "rtgate's innermost function on the stack, below serve() (inclusive of what it calls):",
+        *(f"{pct(c)}  {name}" for name, c in own.most_common(10)),
+    ]
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--relay", default="rtgate", choices=["rtgate", "aiohttp", "picows"])
-    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--relay", default="rtgate", choices=["rtgate", "picows", "aiohttp"])
+    ap.add_argument("--rtgate-src", default=None, help="[LABEL=]DIR: a checkout to run rtgate from")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--frame-ms", type=int, choices=[20, 100], default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rate", type=int, default=250)
+    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
-    ap.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     ap.add_argument(
-        "--perf",
-        action="store_true",
-        help="sample with Linux perf instead (C and kernel symbols; Python frames are opaque)",
+        "--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     )
-    ap.add_argument("--harness", type=Path, default=DEFAULT_HARNESS)
-    ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=None, help="the raw profile (collapsed stacks)")
+    ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw profile")
     a = ap.parse_args()
-    env = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
+    if a.summarise is not None:
+        print(summarise(a.summarise, a.top))
+        return
+    a.workers, a.warmup, a.duration = 1, 3.0, a.seconds + 8
+    builds: dict[str, RtgateBuild] = {}
+    name = a.relay
     if a.relay == "rtgate":
-        port = 8090
-        rt = Rtgate(port, 1)
-        env = rt.env
-        cmd = rt.command()
-        headers = [f"Authorization: Bearer {rt.key}"]
-    else:
-        port = {"aiohttp": 8002, "picows": 8004}[a.relay]
-        cmd = [
-            "taskset",
-            "-c",
-            RELAY_CPU,
-            sys.executable,
-            str(a.harness / f"relay_{a.relay}.py"),
-            "--port",
-            str(port),
-            "--upstream",
-            f"ws://127.0.0.1:{UP_PORT}",
-            "--loop",
-            "uvloop",
-        ]
-        headers = []
-    relay = subprocess.Popen(cmd, env=env, start_new_session=True)
-    out = a.out or ROOT / "bench" / "results" / f"prof-{a.relay}-{a.n}.txt"
+        build = (
+            RtgateBuild.from_src(a.rtgate_src)
+            if a.rtgate_src is not None
+            else RtgateBuild("rtgate", Path(sys.executable), ROOT)
+        )
+        name = build.name
+        builds[name] = build
+        print(f"{name}: {build.describe()}", flush=True)
+    out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    wait_quiet(20.0, 600.0)
+    relay = Relay.start(name, a, builds)
     try:
-        if not wait_port(port, 30):
+        if not relay.ready() or relay.proc is None:
             sys.exit("relay did not start")
-        lg_cmd = [
-            "taskset",
-            "-c",
-            LOADGEN_CPU,
-            sys.executable,
-            str(a.harness / "loadgen.py"),
-            "--url",
-            f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
-            "--up-port",
-            str(UP_PORT),
-            "--n",
-            str(a.n),
-            "--warmup",
-            "3",
-            "--duration",
-            str(a.seconds + 6),
-        ]
-        for h in headers:
-            lg_cmd += ["--header", h]
-        lg = subprocess.Popen(lg_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3 + a.n / 200 + 4)
-        # The py-spy process is pinned with the load generator, not with the relay it samples.
-        spy = [
-            "taskset",
-            "-c",
-            LOADGEN_CPU,
-            a.py_spy,
-            "record",
-            "--rate",
-            str(a.rate),
-            "-d",
-            str(int(a.seconds)),
-            "--format",
-            "raw",
-            "-o",
-            str(out),
-            "-p",
-            str(relay.pid),
-        ]
-        if a.native:
-            spy.append("--native")
-        if a.perf:
-            out = out.with_suffix(".perf.data")
-            spy = ["taskset", "-c", LOADGEN_CPU, "perf", "record", "-q", "-F", "999", "-g"]
-            spy += ["-o", str(out), "-p", str(relay.pid), "--", "sleep", str(a.seconds)]
-        subprocess.run(spy, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lg.wait(120)
+        with load_generator(relay, a.n, a, idle=False) as (lg, marks):
+            if not marks["WINDOW_START"].wait(ramp_limit(a.n) + a.warmup):
+                sys.exit("load generator never reached its window")
+            time.sleep(2)
+            # py-spy runs beside the load generator, not on the core of the relay it samples.
+            spy = [*pinned(LOADGEN_CPU), a.py_spy, "record", "--rate", str(a.rate)]
+            spy += ["-d", str(int(a.seconds)), "--format", "raw", "-o", str(out)]
+            spy += ["-p", str(relay.proc.pid), *(["--native"] if a.native else [])]
+            subprocess.run(spy, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            lg.communicate(timeout=a.duration + 60)
     finally:
-        os.killpg(relay.pid, signal.SIGTERM)
-        try:
-            relay.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(relay.pid, signal.SIGKILL)
-            relay.wait()
-    if a.perf:
-        report = ["perf", "report", "-i", str(out), "--no-children", "--stdio", "-g", "none"]
-        report += ["--sort", "dso,sym", "--percent-limit", "0.4"]
-        print(subprocess.run(report, capture_output=True, text=True).stdout)
-    else:
-        print(summarise(out, a.top))
+        relay.stop()
+    print(f"raw profile: {out}")
+    print(summarise(out, a.top))
 
 
 if __name__ == "__main__":

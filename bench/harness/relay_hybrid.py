@@ -7,7 +7,7 @@ aiohttp pump, which awaits ``send_str`` (the client leg stays async, so metering
 commit before forwarding, as rtgate's does). Backpressure: the deque past its high-water mark
 pauses reading the upstream; the upstream's write buffer past its mark pauses the uplink pump.
 
-Run by ``relay_bench.py --anchors`` as ``hybrid``; it takes the harness's relay arguments.
+Run by ``relay_bench.py --anchors`` as ``hybrid``; it takes ``anchor.py``'s arguments.
 """
 
 from __future__ import annotations
@@ -22,17 +22,8 @@ import aiohttp
 from aiohttp import web
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
-HARNESS = Path(__file__).resolve().parent.parent.parent / "shared" / "perf"
-sys.path.insert(0, str(HARNESS))
-from relay_common import (  # type: ignore[import-not-found]  # noqa: E402
-    Meter,
-    install_loop,
-    make_inspector,
-    meter_dumper,
-    parse_args,
-    upstream_headers,
-    upstream_ssl,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.anchor import Meter, meter_dumper, parse_args, run, upstream_headers, upstream_ssl
 
 DOWN_DIRECT = "--down-direct" in sys.argv
 if DOWN_DIRECT:
@@ -41,14 +32,13 @@ if DOWN_DIRECT:
     # metering wait. Not a design rtgate could ship as is.
     sys.argv.remove("--down-direct")
 args = parse_args(8006)
-meter = Meter()
-server_event, client_event = make_inspector(meter, args.parse, args.json_impl, as_bytes=False)
+meter = None if args.no_meter else Meter()
 MAX = 16 * 1024 * 1024
 SSL = upstream_ssl(args)
 HIGH, LOW = 64, 16
 
 
-class Upstream(WSListener):  # type: ignore[misc]
+class Upstream(WSListener):
     """The picows side: frames land on ``inbox`` and wake the downlink pump."""
 
     def __init__(self) -> None:
@@ -76,8 +66,8 @@ class Upstream(WSListener):  # type: ignore[misc]
         mt = frame.msg_type
         if self.client is not None and mt == WSMsgType.TEXT:
             payload = frame.get_payload_as_bytes()
-            if server_event is not None:
-                server_event(payload.decode())
+            if meter is not None:
+                meter.sniff(payload)
             n = len(payload)
             if n < 126:
                 head = bytes((0x81, n))
@@ -122,8 +112,9 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX)
     await ws.prepare(request)
     hdrs = upstream_headers(request.headers.get)
-    up_t, up = await ws_connect(
-        Upstream,
+    up = Upstream()
+    up_t, _ = await ws_connect(
+        lambda: up,
         args.upstream + request.path_qs,
         extra_headers=hdrs,
         max_frame_size=MAX,
@@ -131,13 +122,11 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
     )
     send = up_t.send
     if DOWN_DIRECT:
-        up.client = request.transport  # type: ignore[assignment]
+        up.client = request.transport
 
     async def c2u() -> None:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
-                if client_event is not None:
-                    client_event(msg.data)
                 if not up.writable.is_set():
                     await up.writable.wait()
                 send(WSMsgType.TEXT, msg.data.encode())
@@ -150,8 +139,8 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
         while True:
             kind, data = await up.next()
             if kind == 1:
-                if server_event is not None:
-                    server_event(data)
+                if meter is not None:
+                    meter.sniff(data)
                 await ws.send_str(data)
             elif kind == 2:
                 await ws.send_bytes(data)
@@ -168,14 +157,23 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def on_startup(app: web.Application) -> None:
-    app["dumper"] = asyncio.ensure_future(meter_dumper(meter, args.meter_file))
+async def serve() -> None:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096).start()
+    dumper = None
+    if meter is not None and args.meter_file:
+        dumper = asyncio.ensure_future(meter_dumper(meter, args.meter_file))
+    print(f"relay hybrid on {args.port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if dumper is not None:
+            dumper.cancel()
+        await runner.cleanup()
 
 
 if __name__ == "__main__":
-    install_loop(args.loop)
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    app.on_startup.append(on_startup)
-    print(f"relay hybrid on {args.port}", flush=True)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=4096)
+    run(serve, args.loop)
