@@ -255,6 +255,8 @@ DEFAULT_OPENAI_MODELS = (
     "gpt-realtime-2",
     "gpt-realtime-2.1",
     "gpt-realtime-2.1-mini",
+    # Served on /v1/realtime/translations only (relay/endpoint.py).
+    "gpt-realtime-translate",
 )
 
 
@@ -288,6 +290,10 @@ class Settings(_Frozen):
     #: dead air. A session that talks is never pinged. None: never.
     upstream_ping_after_seconds: float | None = Field(default=4.0, gt=0)
     upstream_pong_timeout_seconds: float = Field(default=3.0, gt=0)
+    #: A translation session's input audio (which the provider does not report, so the gateway
+    #: counts it) is recorded every this many seconds of audio, and at the session's end: a
+    #: crash loses at most this much audio per session unbilled.
+    translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)

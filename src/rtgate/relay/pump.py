@@ -43,6 +43,7 @@ from rtgate.protocol.actions import (
     KeepTranscript,
     PauseUpstream,
     Ping,
+    Record,
     Refused,
     ResumeUpstream,
     SendClient,
@@ -195,6 +196,8 @@ class Pump:
                     RelayFailed("The gateway failed while relaying this session."), "gateway"
                 )
             )
+        # Usage counted since the last record (a translation's audio), waited for below.
+        self._guarded(self.core.finish)
         if self._hangup:
             # The call is hung up before its socket closes.
             await self._effects.hangup()
@@ -236,6 +239,8 @@ class Pump:
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
                     self._spawn(self._commit(record, frame))
+                case Record(record):
+                    self._spawn(self._record(record))
                 case CheckBudget():
                     self._spawn(self._check_budget())
                 case KeepTranscript(entries):
@@ -303,6 +308,14 @@ class Pump:
             self.failed(exc)
             return
         self._guarded(lambda: self.core.committed(ok))
+
+    async def _record(self, record: UsageRecord) -> None:
+        try:
+            ok = await self._effects.commit(record, "")
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+            return
+        self._guarded(lambda: self.core.recorded(ok))
 
     async def _check_budget(self) -> None:
         try:
