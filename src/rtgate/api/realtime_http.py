@@ -48,7 +48,6 @@ from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
 from rtgate.relay.admission import route_for
 
-
 log = logging.getLogger("rtgate.api")
 
 PREFIX = "/v1/realtime"
