@@ -312,8 +312,9 @@ async def relay_socket(
             await admit(gw, key, policy)
         else:
             if grant is not None:
-                model = connection_model(grant, model)
+                # The kind first: a translation secret is told where it belongs.
                 intent = connection_intent(grant, intent)
+                model = connection_model(grant, model)
             elif model is None and intent != "transcription":
                 model = s.default_model
             route = route_for(gw, policy, model, grant.session if grant is not None else None)
