@@ -282,3 +282,56 @@ async def test_the_local_engine_does_not_translate(
         assert ws.close_code == 1008
     assert provider.upgrades == []
     assert len(gw.app[GATEWAY].live) == 0
+
+
+async def test_each_chunk_is_durable_while_the_session_still_runs(
+    settings_every_second: Settings,
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(settings_every_second)
+    key = await gw.new_key()
+    url = f"{gw.ws}/v1/realtime/translations?model=gpt-realtime-translate"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        await events_until(ws, "session.created")
+        for audio in chunks(PCM[: 48_000 + 9600]):  # 1.2 s: one chunk, 0.2 s pending
+            await ws.send(
+                orjson.dumps({"type": "session.input_audio_buffer.append", "audio": audio}).decode()
+            )
+        await events_until(ws, "session.output_audio.delta")
+        async with asyncio.timeout(5):
+            while True:
+                async with gw.store.engine.connect() as conn:
+                    rows = (await conn.execute(select(usage_records))).all()
+                if rows:
+                    break
+                await asyncio.sleep(0.02)
+        # A crash now would lose the 0.2 s not yet recorded, no more.
+        assert [(r.audio_ms, r.metered_by) for r in rows] == [(1000, "gateway")]
+        assert len(gw.app[GATEWAY].live) == 1
+    await until_no_live_sessions(gw)
+    async with gw.store.engine.connect() as conn:
+        rows = (await conn.execute(select(usage_records))).all()
+    assert sorted(r.audio_ms for r in rows) == [200, 1000]
+
+
+async def test_translations_with_permessage_deflate_go_through_aiohttp_alike(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE="true"))
+    key = await gw.new_key()
+    url = f"{gw.ws}/v1/realtime/translations?model=gpt-realtime-translate"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        assert ws.protocol.extensions  # deflate negotiated: aiohttp serves this socket
+        await events_until(ws, "session.created")
+        frame = {"type": "session.input_audio_buffer.append", "audio": chunks(PCM)[0]}
+        await ws.send(orjson.dumps(frame).decode())
+        await ws.send('{"type":"session.close"}')
+        await events_until(ws, "session.closed")
+    await until_no_live_sessions(gw)
+    async with gw.store.engine.connect() as conn:
+        (row,) = (await conn.execute(select(usage_records))).all()
+    assert (row.kind, row.audio_ms, row.metered_by) == ("translation", 200, "gateway")
+    assert provider.upgrades[0].path == "/v1/realtime/translations"

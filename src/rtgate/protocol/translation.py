@@ -31,12 +31,15 @@ _PREFIXES = (
 _NAMED = f'"{APPEND_TYPE}"'
 
 
-def decoded_length(b64: str) -> int:
-    """The byte length ``b64`` decodes to, without decoding it: 3 bytes per 4 characters, less
-    one per ``=`` of padding (RFC 4648 4); a truncated last group counts what it holds."""
-    n = len(b64)
-    pad = 2 if b64.endswith("==") else 1 if b64.endswith("=") else 0
-    n -= pad
+def decoded_length(b64: str, start: int = 0, end: int | None = None) -> int:
+    """The byte length ``b64[start:end]`` decodes to, without decoding it or copying it: 3 bytes
+    per 4 characters, less one per ``=`` of padding (RFC 4648 4); a truncated last group counts
+    what it holds."""
+    if end is None:
+        end = len(b64)
+    n = end - start
+    if n > 0 and b64[end - 1] == "=":
+        n -= 2 if n > 1 and b64[end - 2] == "=" else 1
     return n // 4 * 3 + max(0, n % 4 - 1)
 
 
@@ -47,9 +50,8 @@ def appended_bytes(data: str) -> int | None:
         if data.startswith(prefix):
             start = len(prefix)
             end = data.find('"', start)
-            segment = data[start:end] if end >= 0 else ""
-            if "\\" not in segment:
-                return decoded_length(segment)
+            if end >= 0 and data.find("\\", start, end) < 0:
+                return decoded_length(data, start, end)
             break
     else:
         if _NAMED not in data:
