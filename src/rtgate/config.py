@@ -390,6 +390,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
     "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
+    "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",
