@@ -49,6 +49,14 @@ def test_appends_are_counted_in_every_spelling_and_nothing_else_is() -> None:
     escaped = orjson.dumps({"type": APPEND, "audio": "//8="}).decode().replace("/", "\\/")
     assert appended_bytes(escaped) == 2
     assert appended_bytes('{"type":"session.update","session":{}}') is None
+    # The name escaped, or the audio repeated: the provider's parser reads the real one.
+    hidden = orjson.dumps({"type": APPEND, "audio": "AAAA"}).decode().replace("_", "\\u005f")
+    assert appended_bytes(hidden) == 3
+    twice = '{"type":"session.input_audio_buffer.append","audio":"AAAA","audio":"AAAAAAAA"}'
+    assert appended_bytes(twice) == 6
+    assert appended_bytes("not json") is None
+    surrogate = '{"event_id":"\\ud800","type":"session.input_audio_buffer.append","audio":"AAAA"}'
+    assert appended_bytes(surrogate) == 3
     # The name quoted inside a string value is not the event.
     assert appended_bytes('{"type":"x","note":"\\"session.input_audio_buffer.append\\""}') is None
 

@@ -8,9 +8,8 @@ route takes.
 
 The audio is never decoded: its decoded length follows from the base64 text's length and its
 ``=`` padding (RFC 4648 4). A frame is recognised by its prefix (as the SDKs and the reference's
-examples serialise it); any other spelling that names the event (members reordered, escapes in
-the audio: a JSON encoder may write ``/`` as ``\\/``) is parsed, so a nested ``"audio"`` member
-cannot stand in for the real one.
+examples serialise it, the audio unescaped and not repeated); every other client frame of the
+session is parsed (``appended_bytes``), so no spelling carries audio past the count.
 
 What the gateway counts is billed in chunks (``AudioMeter.appended`` answers a chunk's
 milliseconds once ``chunk_ms`` have gathered) and the remainder at the session's end
@@ -19,7 +18,7 @@ milliseconds once ``chunk_ms`` have gathered) and the remainder at the session's
 
 from __future__ import annotations
 
-import orjson
+from rtgate.protocol.relay_session import parse_event
 
 #: Bytes of 24 kHz PCM16 mono audio per millisecond (24 samples x 2 bytes).
 BYTES_PER_MS = 48
@@ -28,7 +27,6 @@ _PREFIXES = (
     '{"type":"session.input_audio_buffer.append","audio":"',
     '{"type": "session.input_audio_buffer.append", "audio": "',
 )
-_NAMED = f'"{APPEND_TYPE}"'
 
 
 def decoded_length(b64: str, start: int = 0, end: int | None = None) -> int:
@@ -45,21 +43,22 @@ def decoded_length(b64: str, start: int = 0, end: int | None = None) -> int:
 
 def appended_bytes(data: str) -> int | None:
     """The decoded audio bytes of a client frame, or None when it is no
-    ``session.input_audio_buffer.append`` (then it is relayed as any frame)."""
+    ``session.input_audio_buffer.append`` (then it is relayed as any frame).
+
+    Counted in place only when the frame starts as the SDKs write it and its audio holds no
+    escape and is its only ``"audio"`` member (the provider's parser would read a repeated one,
+    the last); any other frame is parsed, so no spelling (an escaped name, members reordered or
+    repeated) carries audio past the count. Other client events on this route are few."""
     for prefix in _PREFIXES:
         if data.startswith(prefix):
             start = len(prefix)
             end = data.find('"', start)
-            if end >= 0 and data.find("\\", start, end) < 0:
+            if end >= 0 and data.find("\\", start, end) < 0 and data.find('"audio"', end) < 0:
                 return decoded_length(data, start, end)
             break
-    else:
-        if _NAMED not in data:
-            return None
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
+    # Tolerant, as for metered upstream frames: what orjson refuses but JSON allows (a lone
+    # surrogate escape) still counts.
+    event = parse_event(data)
     if not isinstance(event, dict) or event.get("type") != APPEND_TYPE:
         return None
     audio = event.get("audio")

@@ -14,7 +14,9 @@ So a peer that stops reading stops its own source, and no buffer grows without b
 
 A call's sideband is the same pump with no client leg (the core has ``client=False``).
 
-Once the core says ``Ended``, the pump tears down: the hangup, if the core asked for one, first;
+Once the core says ``Ended``, the pump tears down: what the core still owes the ledger
+(``finish``: a translation's audio since its last record), then the hangup, if the core asked
+for one;
 then any leg still open is closed with the session's close code; then it waits, bounded, for the
 legs and its tasks to finish. A failure of the pump's own (a bug) still ends the session the
 gateway's way: an ``error`` event and a close, never a bare drop.
