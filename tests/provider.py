@@ -24,6 +24,7 @@ from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
 from rtgate.engine.session_config import default_session
 from rtgate.protocol.session_fields import merge
+from tests.translator import TranslationSession, serve_translation
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
 
@@ -83,6 +84,8 @@ class FakeProvider:
     while_placing: Callable[[], Awaitable[None]] | None = None
     #: ``POST /v1/realtime/client_secrets`` bodies received (rtgate mints its own: none expected).
     secret_requests: list[dict[str, Any]] = field(default_factory=list)
+    #: Sessions on ``/v1/realtime/translations`` (``tests/translator.py``).
+    translations: list[TranslationSession] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
     @property
@@ -92,6 +95,7 @@ class FakeProvider:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handle)
+        app.router.add_get("/v1/realtime/translations", self.translate)
         app.router.add_post("/v1/realtime/calls", self.place_call)
         app.router.add_post("/v1/realtime/client_secrets", self.mint_secret)
         app.router.add_post("/v1/realtime/calls/{call_id}/{action}", self.call_action)
@@ -111,6 +115,10 @@ class FakeProvider:
         return request.headers.get("Authorization") == f"Bearer {self.key}" or (
             request.headers.get("api-key") == self.key
         )
+
+    async def translate(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
+        return await serve_translation(request, self.key, self.translations)
 
     async def place_call(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

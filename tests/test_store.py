@@ -219,6 +219,52 @@ async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
     assert rows == {("gpt-realtime", "token"): 2, ("whisper-1", "minute"): 1}
 
 
+async def test_who_metered_a_record_is_kept_and_old_rows_were_the_provider(db_url: str) -> None:
+    store = SqlStore(db_url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
+    async with store.engine.begin() as conn:
+        # As a database made before records said who metered them.
+        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN metered_by")
+        await conn.exec_driver_sql(
+            "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
+            " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
+            " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos,"
+            " unit) VALUES ('rs_1', 'key_a', 'gpt-realtime', 'gpt-realtime', 'response',"
+            f" '2027-01-15', {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 20000, 20000, 'token')"
+        )
+    await store.close()
+
+    store = SqlStore(db_url)
+    await store.init()
+    counted = UsageRecord(
+        "rs_1",
+        "key_a",
+        "gpt-realtime-translate",
+        "gpt-realtime-translate",
+        Usage(kind="translation", audio_ms=10_000),
+        5_666_667,
+        5_666_667,
+        DAY1 + 1,
+        unit="minute",
+        metered_by="gateway",
+    )
+    await store.write([counted])
+    got = await store.session_usage("rs_1")
+    await store.close()
+    assert [(r.usage.kind, r.metered_by) for r in got] == [
+        ("response", "provider"),
+        ("translation", "gateway"),
+    ]
+    assert got[1] == counted
+    # A spilled line keeps it; one spilled before the field was the provider's.
+    assert from_line(to_line(counted)) == counted
+    legacy = orjson.loads(to_line(counted))
+    del legacy["metered_by"]
+    assert from_line(orjson.dumps(legacy)).metered_by == "provider"  # type: ignore[union-attr]
+
+
 async def test_ledger_group_commits_concurrent_records(store: SqlStore) -> None:
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])

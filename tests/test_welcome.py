@@ -38,7 +38,9 @@ def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: 
     env = {"RTGATE_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-the-provider-key-123456"}
     env["RTGATE_ADMIN_TOKEN"] = "admin-token-value"
     text = "\n".join(summary_lines(load_settings(None, env), "http://127.0.0.1:8080"))
-    assert "gpt-realtime-mini -> OpenAI wss://api.openai.com/v1" in text
+    (models,) = [line for line in text.splitlines() if "-> OpenAI" in line]
+    assert "gpt-realtime-mini" in models and "gpt-realtime-translate" in models
+    assert models.endswith(" -> OpenAI wss://api.openai.com/v1")
     assert "local -> the embedded local engine" in text
     assert "no OPENAI_API_KEY" not in text
     assert "http://127.0.0.1:8080/admin/v1/" in text

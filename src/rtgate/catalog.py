@@ -22,6 +22,9 @@ from rtgate.errors import ModelNotFound
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
+#: The model of a translation session or secret that names none (the route's one model).
+DEFAULT_TRANSLATION_MODEL = "gpt-realtime-translate"
+
 #: The price row of what the local engine serves, unless a catalog entry names another.
 LOCAL_PRICES = "local"
 

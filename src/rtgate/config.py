@@ -255,6 +255,8 @@ DEFAULT_OPENAI_MODELS = (
     "gpt-realtime-2",
     "gpt-realtime-2.1",
     "gpt-realtime-2.1-mini",
+    # Served on /v1/realtime/translations only (relay/endpoint.py).
+    "gpt-realtime-translate",
 )
 
 
@@ -288,6 +290,10 @@ class Settings(_Frozen):
     #: dead air. A session that talks is never pinged. None: never.
     upstream_ping_after_seconds: float | None = Field(default=4.0, gt=0)
     upstream_pong_timeout_seconds: float = Field(default=3.0, gt=0)
+    #: A translation session's input audio (which the provider does not report, so the gateway
+    #: counts it) is recorded every this many seconds of audio, and at the session's end: a
+    #: crash loses at most this much audio per session unbilled.
+    translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -384,6 +390,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS": "upstream_pong_timeout_seconds",
     "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
+    "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",

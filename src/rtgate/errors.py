@@ -13,6 +13,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- QuotaExceeded        insufficient_quota         429 / close 3000
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
+    +-- UnsupportedUpstream      unsupported_upstream       400 / close 1008
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
     +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
     +-- LedgerUnavailable        usage_unavailable          500 / close 1011
@@ -101,6 +102,17 @@ class UpstreamError(GatewayError):
     close_code = 1011
     error_type = "server_error"
     code = "upstream_unavailable"
+
+
+class UnsupportedUpstream(GatewayError):
+    """The model's upstream does not serve what was asked (the local engine takes no calls and
+    does not translate). 1008 (policy) rather than 1011: retrying cannot help, and the SDKs
+    reconnect after 1011 (voice-apis.md 1.9)."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "unsupported_upstream"
 
 
 class LimiterUnavailable(GatewayError):

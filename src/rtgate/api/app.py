@@ -224,6 +224,7 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
+    app.router.add_get("/v1/realtime/translations", realtime)
     add_realtime_http_routes(app)
     add_call_routes(app)
     app.router.add_get("/", home)

@@ -2,6 +2,9 @@
 
 - ``POST /v1/realtime/client_secrets`` (GA): ``{expires_after?, session?}`` ->
   ``{value, expires_at, session}``;
+- ``POST /v1/realtime/translations/client_secrets``: ``{expires_after?, session{model, audio?}}``
+  -> ``{value, expires_at, session}`` with a translation session (voice-apis.md 2.4); its secret
+  opens ``/v1/realtime/translations`` only;
 - ``POST /v1/realtime/sessions`` and ``POST /v1/realtime/transcription_sessions`` (beta): a flat
   session -> that session plus ``client_secret{value, expires_at}``; one minute by default.
 
@@ -36,9 +39,11 @@ from rtgate.auth.client_secrets import (
     beta_template,
     ga_template,
     refuse_unknown,
+    translation_template,
     with_transcription_model,
 )
 from rtgate.auth.policy import check_session_template
+from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
 from rtgate.relay.admission import route_for
@@ -113,6 +118,19 @@ async def _mint(
     return secret, minted
 
 
+def _translation_view(minted: ClientSecret) -> dict[str, Any]:
+    """The effective translation session as the SDK's ``RealtimeTranslationSession`` has it:
+    ``id``, ``type``, ``model``, ``expires_at`` and ``audio`` (empty unless the template set
+    it)."""
+    return {
+        "id": new_id("sess", 21),
+        "type": "translation",
+        "model": minted.model,
+        "expires_at": int(minted.expires_at),
+        "audio": minted.session.get("audio") or {},
+    }
+
+
 def _session_view(minted: ClientSecret) -> dict[str, Any]:
     """The effective session as OpenAI echoes it: the template, plus id, object and model."""
     kind = minted.kind
@@ -135,6 +153,22 @@ async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
     if minted.kind == "realtime":
         session["expires_at"] = 0
     return _json({"value": secret, "expires_at": int(minted.expires_at), "session": session})
+
+
+async def create_translation_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
+    refuse_unknown(call.body.model_extra or {}, ())
+    model, template = translation_template(call.body.session)
+    if model is None:
+        # The SDK's request requires it; a gateway can name the route's one model.
+        model = DEFAULT_TRANSLATION_MODEL
+    secret, minted = await _mint(call, model, template, call.body.expires_after.seconds)
+    return _json(
+        {
+            "value": secret,
+            "expires_at": int(minted.expires_at),
+            "session": _translation_view(minted),
+        }
+    )
 
 
 async def _beta(call: Call[None, BetaSessionRequest], kind: SessionKind) -> Reply:
@@ -171,6 +205,15 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         "/client_secrets",
         create_client_secret,
         "Mint an ephemeral client secret for a realtime or transcription session",
+        status=200,
+        response=None,
+        body=ClientSecretRequest,
+    ),
+    Operation(
+        "POST",
+        "/translations/client_secrets",
+        create_translation_client_secret,
+        "Mint an ephemeral client secret for a translation session",
         status=200,
         response=None,
         body=ClientSecretRequest,

@@ -94,7 +94,7 @@ class TurnView(View):
 
     #: ``resp_...`` (a response) or the transcribed ``item_...``.
     ref: str | None
-    #: ``response`` or ``transcription``.
+    #: ``response``, ``transcription`` or ``translation``.
     kind: str
     model: str
     at: Timestamp
@@ -103,6 +103,9 @@ class TurnView(View):
     provider_cost_usd: str = Field(pattern=_USD)
     #: Why its usage wants review, or null when it was read in full.
     review: str | None
+    #: ``provider`` (read from its event) or ``gateway`` (counted by rtgate where the provider
+    #: reports no usage: a translation's input audio).
+    metered_by: str = "provider"
     #: Seconds from the user's last words reaching the gateway (their transcript or text) to
     #: this response's end; null without a kept transcript, and for transcriptions.
     reply_s: float | None
@@ -203,6 +206,7 @@ def turns(
                 cost_usd=usd_str(r.charged_nanos),
                 provider_cost_usd=usd_str(r.provider_nanos),
                 review=r.review,
+                metered_by=r.metered_by,
                 reply_s=reply_s,
                 lines=lines,
             )

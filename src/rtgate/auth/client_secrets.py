@@ -52,7 +52,9 @@ DEFAULT_TTL_S = 600
 #: The beta routes: "Currently, all tokens expire after one minute".
 BETA_DEFAULT_TTL_S = 60
 
-SessionKind = Literal["realtime", "transcription"]
+#: ``translation``: minted by ``POST /v1/realtime/translations/client_secrets``; it opens
+#: ``/v1/realtime/translations`` only, and the other kinds open ``/v1/realtime`` only.
+SessionKind = Literal["realtime", "transcription", "translation"]
 
 
 class InvalidSession(PolicyError):
@@ -119,7 +121,8 @@ class ClientSecret:
 
     @property
     def kind(self) -> SessionKind:
-        return "transcription" if self.session.get("type") == "transcription" else "realtime"
+        kind = self.session.get("type")
+        return kind if kind in ("transcription", "translation") else "realtime"
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
@@ -149,6 +152,24 @@ def ga_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str
         body.pop(generated, None)
     known = session_fields.REALTIME if kind == "realtime" else session_fields.TRANSCRIPTION
     refuse_unknown(body, known, "session.")
+    return model, body
+
+
+def translation_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+    """The model and the template (``type`` ``translation``, without ``model``) of a translation
+    session object (voice-apis.md 2.4: ``{"model", "audio": {"output": {"language"}}}``)."""
+    body = dict(session or {})
+    if body.get("type", "translation") != "translation":
+        raise InvalidSession(
+            "Invalid value for 'session.type': expected 'translation'.", param="session.type"
+        )
+    body["type"] = "translation"
+    model = body.pop("model", None)
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidSession("Invalid value for 'session.model'.", param="session.model")
+    for generated in ("id", "object", "expires_at", "client_secret"):
+        body.pop(generated, None)
+    refuse_unknown(body, session_fields.TRANSLATION, "session.")
     return model, body
 
 
@@ -247,7 +268,14 @@ def revoked_secret_error() -> ClientSecretRevoked:
 
 
 def connection_intent(secret: ClientSecret, requested: str | None) -> str | None:
-    """The ``intent`` a session opened with ``secret`` has: the secret's session type decides."""
+    """The ``intent`` a session opened with ``secret`` on ``/v1/realtime`` has: the secret's
+    session type decides (a translation secret opens ``/v1/realtime/translations`` only)."""
+    if secret.kind == "translation":
+        raise IntentNotAllowed(
+            "This client secret was minted for a translation session; connect to"
+            " /v1/realtime/translations.",
+            param="intent",
+        )
     if secret.kind == "transcription":
         if requested not in (None, "transcription"):
             raise IntentNotAllowed(
@@ -263,6 +291,16 @@ def connection_intent(secret: ClientSecret, requested: str | None) -> str | None
             param="intent",
         )
     return requested
+
+
+def check_translation_secret(secret: ClientSecret) -> None:
+    """A session on ``/v1/realtime/translations`` opens with a translation secret only."""
+    if secret.kind != "translation":
+        raise IntentNotAllowed(
+            f"This client secret was minted for a {secret.kind} session; mint one with"
+            " POST /v1/realtime/translations/client_secrets to translate.",
+            param="model",
+        )
 
 
 #: Template fields that carry someone's credentials (an MCP tool's ``authorization`` and

@@ -233,6 +233,16 @@ def initial_session_update(
     return orjson.dumps({"type": "session.update", "session": session}).decode()
 
 
+def translation_session_update(template: Mapping[str, Any] | None) -> str | None:
+    """The ``session.update`` a translation session opens with: a client secret's template
+    (its ``audio``), or None. The key's session defaults are a realtime session's and a
+    translation session takes none of them (voice-apis.md 2.4)."""
+    session = {k: v for k, v in (template or {}).items() if k != "type"}
+    if not session:
+        return None
+    return orjson.dumps({"type": "session.update", "session": session}).decode()
+
+
 # -- parsing the CLI's and the API's human forms ------------------------------------------------
 
 MAX_DURATION_S = 24 * 3600

@@ -18,6 +18,11 @@ from rtgate.protocol.usage import Usage
 #: so only the counts that did read were metered.
 Review = Literal["unparseable_frame", "unreadable_usage"]
 
+#: Who counted a record's usage (``UsageRecord.metered_by``): ``provider``, read from its event;
+#: ``gateway``, counted by rtgate where the provider reports none (a translation session's input
+#: audio, ``protocol/translation.py``), to reconcile against the provider's invoice.
+MeteredBy = Literal["provider", "gateway"]
+
 
 def new_record_id() -> str:
     return new_id("ur")
@@ -52,6 +57,8 @@ class UsageRecord:
     #: What the usage counts in, as priced (``rtgate.metering.cost.billed_unit``): ``token``, or
     #: the ``second`` or ``minute`` of its duration row.
     unit: PriceUnit = "token"
+    #: Who counted the usage (see ``MeteredBy``).
+    metered_by: MeteredBy = "provider"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,14 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """Make ``record`` durable, holding no frame (usage the gateway counted itself, a
+    translation's input audio), then feed ``recorded(ok)``."""
+
+    record: UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
 class CheckBudget:
     """Ask whether the key crossed a budget, then feed ``budget_checked(refusal)``."""
 
@@ -102,6 +110,7 @@ Action = (
     SendClient
     | SendUpstream
     | Commit
+    | Record
     | CheckBudget
     | KeepTranscript
     | Ping

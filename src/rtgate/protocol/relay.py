@@ -21,6 +21,8 @@ Inputs and what they decide:
 ``tick``                               expiry (``session_expired``, 1001) and the keepalive:
                                        ping a quiet leg, sever a dead one
 ``committed`` / ``budget_checked``     the outcome of ``Commit`` / ``CheckBudget``
+``recorded``                           the outcome of ``Record`` (gateway-counted usage)
+``finish``                             at the end: what the session still owes the ledger
 ``terminate`` / ``hung_up``            an end from outside (operator, shutdown, revocation; a
                                        call hung up through the gateway)
 =====================================  ==========================================================
@@ -41,7 +43,10 @@ Rules it keeps:
   unforwarded.
 * **Each frame is inspected once**: one prefix test, one scan for the marks any collaborator
   needs, at most one parse, and the parsed event goes to each: metering (``RelaySession``), the
-  transcript (``TranscriptRecorder``), beta translation (``BetaTranslator``, docs/protocol.md
+  transcript (``TranscriptRecorder``), the input audio of a translation session
+  (``AudioMeter``: its appends are counted, as the provider reports no usage there, and billed
+  in chunks with ``Record``, which holds no frame; the rest at the end, ``finish``), beta
+  translation (``BetaTranslator``, docs/protocol.md
   2.4: client frames become GA before anything reads them, upstream frames become beta after
   metering read them) and the per-event policy (``ClientEventGuard``, a refused event is
   answered with an error and dropped; the session goes on).
@@ -70,6 +75,7 @@ from rtgate.protocol.actions import (
     KeepTranscript,
     PauseUpstream,
     Ping,
+    Record,
     Refused,
     ResumeUpstream,
     SendClient,
@@ -92,6 +98,7 @@ from rtgate.protocol.transcript import (
     UPSTREAM_MARKS,
     TranscriptRecorder,
 )
+from rtgate.protocol.translation import AudioMeter
 
 #: Upstream frames held behind an outstanding commit before the core asks to pause reading
 #: upstream (the socket's own buffers bound what arrives after that).
@@ -145,12 +152,14 @@ class RelayCore:
         client_beat: Cadence | None = None,
         upstream_beat: Cadence | None = None,
         opened_mono: float = 0.0,
+        audio_meter: AudioMeter | None = None,
     ) -> None:
         """``now``: the wall clock, read only for a frame that is metered or transcribed.
         ``client``: False for the gateway's own call sideband (no client leg: nothing is sent
         to a client; ending it from this side hangs the call up). ``setup``: the session's
         initial ``session.update``, sent before any client frame. ``budget``: whether the key
-        has a budget to check after each metered event."""
+        has a budget to check after each metered event. ``audio_meter``: a translation
+        session's input audio counter (the gateway meters what the provider does not)."""
         self.session = session
         self._now = now
         self._client = client
@@ -159,6 +168,7 @@ class RelayCore:
         self._recorder = recorder
         self._beta = beta
         self._budget = budget
+        self._audio_meter = audio_meter
         self._alive = {
             side: Keepalive(beat, opened_mono)
             for side, beat in ((Side.CLIENT, client_beat), (Side.UPSTREAM, upstream_beat))
@@ -330,8 +340,40 @@ class RelayCore:
             out.extend(self._end(refusal, "gateway"))
             return out
         out = []
-        self._release(out)
+        if self._committing is None:
+            # (A check after a ``Record`` must not release frames held behind a ``Commit``.)
+            self._release(out)
         return out
+
+    # -- usage the gateway counts (a translation's input audio) ---------------------------------
+    def _record_audio(self, ms: int, data: str) -> Actions:
+        out: list[Action] = [SendUpstream(data)]
+        rec = self.session.meter_input_audio(ms, self._now())
+        if rec is not None:
+            out.append(Record(rec))
+        return out
+
+    def recorded(self, ok: bool) -> Actions:
+        """The outcome of a ``Record``: the session goes on (the key's budget checked, if it
+        has one), or ends with ``usage_unavailable``: audio that cannot be billed must stop."""
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        if not ok:
+            self._held = None
+            return self._end(
+                LedgerUnavailable("Usage could not be recorded, so the session was ended."),
+                "gateway",
+            )
+        return (CheckBudget(),) if self._budget else _NOTHING
+
+    def finish(self) -> Actions:
+        """Once the session has ended: the record of the audio counted since the last chunk
+        (the pump performs it before it tears down); nothing for any other session."""
+        meter = self._audio_meter
+        if meter is None or self.open:
+            return _NOTHING
+        rec = self.session.meter_input_audio(meter.rest(), self._now())
+        return (Record(rec),) if rec is not None else _NOTHING
 
     def _release(self, out: list[Action]) -> None:
         """Forward the frames held behind a commit, in order, until one needs a commit itself
@@ -367,6 +409,12 @@ class RelayCore:
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
+        meter = self._audio_meter
+        if meter is not None:
+            ms = meter.appended(data)
+            if ms is not None:
+                # Forwarded at once; a chunk's record holds no frame (voice-apis.md 2.4).
+                return self._record_audio(ms, data) if ms else None
         guard = self._guard
         reads = guard is not None and guard.reads(data)
         if not reads and not any(m in data for m in self._up_marks):

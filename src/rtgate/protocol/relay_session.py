@@ -28,7 +28,7 @@ import orjson
 
 from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
-from rtgate.metering.record import Review, UsageRecord
+from rtgate.metering.record import MeteredBy, Review, UsageRecord
 from rtgate.protocol.events import error_event
 from rtgate.protocol.usage import (
     Usage,
@@ -95,8 +95,9 @@ class RelaySession:
         self.session_id = session_id
         self.key_id = key_id
         self.route = route
-        #: ``transcription``, ``webrtc`` (the gateway's own sideband of a call), ``sideband`` (a
-        #: client's socket attached to one of its calls) or None (a realtime session).
+        #: ``transcription``, ``translation`` (``/v1/realtime/translations``), ``webrtc`` (the
+        #: gateway's own sideband of a call), ``sideband`` (a client's socket attached to one of
+        #: its calls) or None (a realtime session).
         self.intent = intent
         #: False for a client's sideband: every sideband of a call sees the call's usage, and
         #: the gateway's own records it, so this one records none (a call is billed once).
@@ -187,8 +188,23 @@ class RelaySession:
             UsageReading(Usage(kind=kind), complete=False), None, now, "unparseable_frame"
         )
 
+    def meter_input_audio(self, audio_ms: int, now: float) -> UsageRecord | None:
+        """The record of ``audio_ms`` of a translation session's input audio, which the gateway
+        counted (``protocol/translation.py``): priced by the route's row (per minute for
+        ``gpt-realtime-translate``) and marked ``metered_by="gateway"``. None for no audio."""
+        if audio_ms <= 0:
+            return None
+        reading = UsageReading(Usage(kind="translation", audio_ms=audio_ms))
+        return self._meter(reading, None, now, metered_by="gateway")
+
     def _meter(
-        self, reading: UsageReading, ref: Any, now: float, review: Review | None = None
+        self,
+        reading: UsageReading,
+        ref: Any,
+        now: float,
+        review: Review | None = None,
+        *,
+        metered_by: MeteredBy = "provider",
     ) -> UsageRecord | None:
         """The record for one usage event: None when it read in full and counts nothing."""
         if not self.metered:
@@ -234,6 +250,7 @@ class RelaySession:
             priced=priced,
             review=review,
             unit=billed_unit(usage, prices),
+            metered_by=metered_by,
         )
 
     def mirrored_close(self, code: int, reason: str) -> tuple[int, str]:

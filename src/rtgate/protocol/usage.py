@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-UsageKind = Literal["response", "transcription"]
+#: ``translation``: input audio of a translation session, counted by the gateway
+#: (``protocol/translation.py``).
+UsageKind = Literal["response", "transcription", "translation"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import (
     GatewayError,
+    UnsupportedUpstream,
     UpstreamError,
 )
 from rtgate.gateway import Gateway, shutting_down
@@ -50,10 +51,8 @@ END_WAIT_S = 10.0
 SHUTDOWN_WAIT_S = 15.0
 
 
-class CallsUnsupported(GatewayError):
-    http_status = 400
-    error_type = "invalid_request_error"
-    code = "unsupported_upstream"
+class CallsUnsupported(UnsupportedUpstream):
+    pass
 
 
 def http_base(base_url: str) -> str:

@@ -16,6 +16,15 @@ slot and the gateway's own sideband bills its usage (``calls.py``), so this sock
 and records no usage; it relays under the key's budgets and blocked events, and sends none of
 the key's or a secret's session defaults (the call has them since it was placed).
 
+``GET /v1/realtime/translations?model=gpt-realtime-translate`` (voice-apis.md 2.4) is relayed the
+same way, with the same admission, slot, cap, live view and drain, to the upstream's
+``{base}/realtime/translations?model=``. A session there opens with a translation client secret
+only (``/v1/realtime/translations/client_secrets``; the other kinds open ``/v1/realtime`` only),
+sends no ``intent``, and gets no setup frame but a secret's template. The provider reports no
+usage on that route, so its input audio is counted by the gateway (intent ``translation``,
+``relay/live.py``). The local engine does not translate: ``unsupported_upstream`` and 1008, no
+dial.
+
 Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
 checked ``call_id``; anything else a client adds is dropped.
 
@@ -38,25 +47,27 @@ from aiohttp.http import ws_ext_parse
 
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
+    check_translation_secret,
     connection_intent,
     connection_model,
 )
 from rtgate.auth.credentials import BETA_PROTOCOL, client_credential, offered_subprotocols
 from rtgate.auth.policy import (
     initial_session_update,
+    translation_session_update,
 )
-from rtgate.catalog import Route
+from rtgate.catalog import DEFAULT_TRANSLATION_MODEL, Route
 from rtgate.config import Settings
-from rtgate.errors import GatewayError, UpstreamError
+from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
 from rtgate.relay.admission import admit, metered_session, record_start, route_for
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
-from rtgate.relay.front_door import RelayDoor, RelayUpgrade
+from rtgate.relay.front_door import TRANSLATIONS_PATH, RelayDoor, RelayUpgrade
 from rtgate.relay.legs import Leg
-from rtgate.relay.live import go_live, relay_pump, run_live
+from rtgate.relay.live import TRANSLATION, go_live, relay_pump, run_live
 from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
 from rtgate.relay.upstream import SETUP_FRAMES_HEADER, upstream_headers, upstream_url
 from rtgate.store.port import StoredCall
@@ -103,6 +114,9 @@ async def _dial(
     if call is not None:
         # A sideband names its call alone; the call has its model (docs/protocol.md 1.1, URLs).
         url = upstream_url(base_url, call_id=call.call_id)
+    elif intent == TRANSLATION:
+        # voice-apis.md 2.4: the model is required in the query; there is no intent.
+        url = upstream_url(base_url, model=route.upstream_model, route="realtime/translations")
     else:
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)
     started = time.perf_counter()
@@ -176,7 +190,14 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         heartbeat=None,
     )
     await ws.prepare(request)
-    await relay_socket(gw, AiohttpLeg(ws), request.headers, request.query, request.remote)
+    await relay_socket(
+        gw,
+        AiohttpLeg(ws),
+        request.headers,
+        request.query,
+        request.remote,
+        translation=request.path == TRANSLATIONS_PATH,
+    )
     return ws
 
 
@@ -226,7 +247,14 @@ def relay_door(app: web.Application) -> RelayDoor:
 async def _serve_upgrade(gw: Gateway, upgrade: RelayUpgrade) -> None:
     leg = upgrade.leg
     try:
-        await relay_socket(gw, leg, upgrade.headers, upgrade.query, upgrade.remote)
+        await relay_socket(
+            gw,
+            leg,
+            upgrade.headers,
+            upgrade.query,
+            upgrade.remote,
+            translation=upgrade.path == TRANSLATIONS_PATH,
+        )
     except Exception:
         # A bug before the session's pump ran (the pump ends its own the gateway's way).
         log.exception("relay socket failed")
@@ -242,13 +270,16 @@ async def relay_socket(
     headers: Mapping[str, str],
     query: Mapping[str, str],
     remote: str | None,
+    *,
+    translation: bool = False,
 ) -> None:
-    """One client socket, upgraded (the 101 is out), from admission to its end."""
+    """One client socket, upgraded (the 101 is out), from admission to its end;
+    ``translation``: on ``/v1/realtime/translations``."""
     s = gw.settings
     cred = client_credential(headers)
-    intent = query.get("intent")
+    intent = TRANSLATION if translation else query.get("intent")
     model = query.get("model")
-    call_id = query.get("call_id")
+    call_id = None if translation else query.get("call_id")
     call: StoredCall | None = None
     try:
         gw.check_accepting()
@@ -263,10 +294,27 @@ async def relay_socket(
             # The call holds the live-session slot; its session was set when it was placed.
             route = route_for(gw, policy, call.model)
             await admit(gw, key, policy, slot=False)
+        elif translation:
+            if grant is not None:
+                check_translation_secret(grant)
+                model = connection_model(grant, model)
+            route = route_for(
+                gw,
+                policy,
+                model or DEFAULT_TRANSLATION_MODEL,
+                grant.session if grant is not None else None,
+            )
+            if route.upstream.kind == "local":
+                raise UnsupportedUpstream(
+                    f"The model `{route.model}` is served by the gateway's local engine, which"
+                    " does not translate; route it to a provider."
+                )
+            await admit(gw, key, policy)
         else:
             if grant is not None:
-                model = connection_model(grant, model)
+                # The kind first: a translation secret is told where it belongs.
                 intent = connection_intent(grant, intent)
+                model = connection_model(grant, model)
             elif model is None and intent != "transcription":
                 model = s.default_model
             route = route_for(gw, policy, model, grant.session if grant is not None else None)
@@ -278,13 +326,13 @@ async def relay_socket(
         await _refuse(client, err)
         return
     # What the session opens with (none for an attached sideband: the call has it already).
-    setup = (
-        None
-        if call is not None
-        else initial_session_update(
-            policy, intent == "transcription", grant.session if grant is not None else None
-        )
-    )
+    template = grant.session if grant is not None else None
+    if call is not None:
+        setup = None
+    elif translation:
+        setup = translation_session_update(template)
+    else:
+        setup = initial_session_update(policy, intent == "transcription", template)
     release = key.id if call is None else None
     try:
         upstream = await _dial(gw, route, headers, intent, call, setup)
@@ -298,7 +346,7 @@ async def relay_socket(
         # A beta client is translated to GA, unless its upstream still speaks beta itself.
         beta = (
             BetaTranslator(transcription=intent == "transcription")
-            if cred.beta and not route.upstream.beta
+            if cred.beta and not route.upstream.beta and not translation
             else None
         )
         attached = call is not None

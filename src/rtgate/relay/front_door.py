@@ -1,5 +1,6 @@
 """The front door: one listening socket for aiohttp (every HTTP route, the engine's own route)
-and picows (the relay's WebSocket upgrades, ``GET /v1/realtime``).
+and picows (the relay's WebSocket upgrades, ``GET /v1/realtime`` and
+``GET /v1/realtime/translations``).
 
 Each connection starts with ``FrontDoor``, an asyncio protocol that reads the request line and,
 for a ``GET`` of the relay path, the rest of the head. Then it hands the connection over with
@@ -58,6 +59,9 @@ _WSProtocol: Any = _picows_ext.WSProtocol  # type: ignore[attr-defined]
 #: The longest request head the front door reads: picows' own limit for the head it parses.
 MAX_HEAD = 16 * 1024
 RELAY_PATH = "/v1/realtime"
+#: The translation route (voice-apis.md 2.4), relayed as ``RELAY_PATH`` is.
+TRANSLATIONS_PATH = "/v1/realtime/translations"
+_RELAY_PATHS = frozenset({RELAY_PATH.encode(), TRANSLATIONS_PATH.encode()})
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -75,6 +79,8 @@ class RelayUpgrade:
     query: MultiDictProxy[str]
     #: The peer's address, as aiohttp's ``request.remote`` gives it.
     remote: str | None
+    #: ``RELAY_PATH`` or ``TRANSLATIONS_PATH``.
+    path: str = RELAY_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +171,7 @@ class FrontDoor(asyncio.Protocol):
             return False
         target = parts[1]
         path = target.split(b"?", 1)[0]
-        return path == RELAY_PATH.encode()
+        return path in _RELAY_PATHS
 
     def _route_relay_head(self, head: bytes) -> None:
         headers = _parse_headers(head)
@@ -200,10 +206,12 @@ class FrontDoor(asyncio.Protocol):
 
         def upgrade(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
             headers = CIMultiDictProxy(request.headers)
-            query = MultiDictProxy(MultiDict(URL(request.path.decode("latin-1")).query))
+            url = URL(request.path.decode("latin-1"))
+            query = MultiDictProxy(MultiDict(url.query))
+            path = url.path
 
             def opened(leg: PicowsLeg) -> None:
-                relay.on_relay(RelayUpgrade(leg, headers, query, remote))
+                relay.on_relay(RelayUpgrade(leg, headers, query, remote, path))
 
             extra: dict[str, str] = {}
             answered = relay.subprotocol(headers)

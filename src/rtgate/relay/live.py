@@ -26,11 +26,15 @@ from rtgate.protocol.keepalive import Cadence
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession, review_excerpt
 from rtgate.protocol.transcript import TranscriptEntry, TranscriptRecorder
+from rtgate.protocol.translation import AudioMeter
 from rtgate.relay.admission import budget_crossed, record_end
 from rtgate.relay.legs import Leg
 from rtgate.relay.pump import Pump
 
 log = logging.getLogger("rtgate.relay")
+
+#: The intent of a session on ``/v1/realtime/translations`` (``relay/endpoint.py``).
+TRANSLATION = "translation"
 
 
 async def commit_usage(
@@ -130,7 +134,8 @@ def relay_pump(
 ) -> Pump:
     """The pump and core of one session: ``client`` None for a call's own sideband (it hangs
     its call up with ``hangup``). A session that records no usage (a client's sideband attached
-    to a call) keeps no transcript and checks no budget: the call's own sideband does both."""
+    to a call) keeps no transcript and checks no budget: the call's own sideband does both. A
+    translation session (intent ``translation``) counts its input audio (``AudioMeter``)."""
     guard = ClientEventGuard(policy)
     metered = session.metered
     core = RelayCore(
@@ -147,6 +152,9 @@ def relay_pump(
         client_beat=client_cadence(gw.settings),
         upstream_beat=upstream_cadence(gw.settings),
         opened_mono=gw.clock.monotonic(),
+        audio_meter=AudioMeter(round(gw.settings.translation_record_seconds * 1000))
+        if session.intent == TRANSLATION and metered
+        else None,
     )
     return Pump(
         core,

@@ -14,7 +14,9 @@ So a peer that stops reading stops its own source, and no buffer grows without b
 
 A call's sideband is the same pump with no client leg (the core has ``client=False``).
 
-Once the core says ``Ended``, the pump tears down: the hangup, if the core asked for one, first;
+Once the core says ``Ended``, the pump tears down: what the core still owes the ledger
+(``finish``: a translation's audio since its last record), then the hangup, if the core asked
+for one;
 then any leg still open is closed with the session's close code; then it waits, bounded, for the
 legs and its tasks to finish. A failure of the pump's own (a bug) still ends the session the
 gateway's way: an ``error`` event and a close, never a bare drop.
@@ -43,6 +45,7 @@ from rtgate.protocol.actions import (
     KeepTranscript,
     PauseUpstream,
     Ping,
+    Record,
     Refused,
     ResumeUpstream,
     SendClient,
@@ -195,6 +198,8 @@ class Pump:
                     RelayFailed("The gateway failed while relaying this session."), "gateway"
                 )
             )
+        # Usage counted since the last record (a translation's audio), waited for below.
+        self._guarded(self.core.finish)
         if self._hangup:
             # The call is hung up before its socket closes.
             await self._effects.hangup()
@@ -236,6 +241,8 @@ class Pump:
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
                     self._spawn(self._commit(record, frame))
+                case Record(record):
+                    self._spawn(self._record(record))
                 case CheckBudget():
                     self._spawn(self._check_budget())
                 case KeepTranscript(entries):
@@ -303,6 +310,14 @@ class Pump:
             self.failed(exc)
             return
         self._guarded(lambda: self.core.committed(ok))
+
+    async def _record(self, record: UsageRecord) -> None:
+        try:
+            ok = await self._effects.commit(record, "")
+        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+            self.failed(exc)
+            return
+        self._guarded(lambda: self.core.recorded(ok))
 
     async def _check_budget(self) -> None:
         try:

@@ -36,16 +36,23 @@ def ws_scheme(url: str) -> str:
 
 
 def upstream_url(
-    base_url: str, *, model: str = "", intent: str | None = None, call_id: str | None = None
+    base_url: str,
+    *,
+    model: str = "",
+    intent: str | None = None,
+    call_id: str | None = None,
+    route: str = "realtime",
 ) -> str:
     """``{base}/realtime`` with the query the protocol defines (docs/protocol.md 0, fact 2), and
     nothing else: ``model`` (the upstream's id of the routed model), ``intent``, ``call_id`` (the
     caller has checked it). A client's own parameters (the SDKs' ``extra_query``) are never
     forwarded: they would reach the provider under the provider's key. Azure's GA endpoint
-    (``/openai/v1``) takes the same query, the deployment as ``model``, and no ``api-version``."""
+    (``/openai/v1``) takes the same query, the deployment as ``model``, and no ``api-version``.
+    ``route``: ``realtime``, or ``realtime/translations`` (voice-apis.md 2.4; Azure has it under
+    the same base)."""
     params = [(k, v) for k, v in (("model", model), ("intent", intent), ("call_id", call_id)) if v]
     qs = urlencode(params)
-    return f"{ws_scheme(base_url)}/realtime" + (f"?{qs}" if qs else "")
+    return f"{ws_scheme(base_url)}/{route}" + (f"?{qs}" if qs else "")
 
 
 def upstream_headers(

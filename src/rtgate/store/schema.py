@@ -81,6 +81,9 @@ usage_records = Table(
     #: What the usage counts in, as priced (``UsageRecord.unit``): ``token``, ``second`` or
     #: ``minute``.
     Column("unit", String(10), nullable=False, server_default="token"),
+    #: Who counted the usage (``UsageRecord.metered_by``): ``provider``, or ``gateway`` where
+    #: the provider reports none (a translation's input audio).
+    Column("metered_by", String(10), nullable=False, server_default="provider"),
     Index("ix_usage_session", "session_id"),
     Index("ix_usage_key_day", "key_id", "day"),
     #: Spend per day across keys (the console's overview) reads a range of days only.

@@ -169,6 +169,13 @@ def _migrate(conn: Connection) -> None:
         )
         # Before prices had units, a duration was priced per minute (record.legacy_unit).
         conn.execute(text("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0"))
+    if "metered_by" not in have:
+        conn.execute(
+            text(
+                "ALTER TABLE usage_records ADD COLUMN metered_by VARCHAR(10) NOT NULL"
+                " DEFAULT 'provider'"
+            )
+        )
     # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
     conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
     # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
@@ -248,6 +255,7 @@ def _usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
             "record_id": r.record_id,
             "review": r.review,
             "unit": r.unit,
+            "metered_by": r.metered_by,
             **{f: getattr(r.usage, f) for f in USAGE_FIELDS},
         }
         for r in records
@@ -699,6 +707,7 @@ class SqlStore:
                 review=r.review,
                 record_id=r.record_id or f"ur_row{r.id}",
                 unit=r.unit,
+                metered_by=r.metered_by,
             )
             for r in rows
         ]
