@@ -43,6 +43,7 @@ from rtgate.engine.stack import build_engine
 from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
+from rtgate.heap import trim_after_bursts
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -210,6 +211,15 @@ def create_app(
                 await ledger.close()
 
             stack.push_async_callback(stop_ledger)
+            # A burst's memory goes back to the OS once its sessions have closed (rtgate.heap).
+            trimmer = asyncio.create_task(trim_after_bursts(lambda: len(gw.live)), name="heap")
+
+            async def stop_trimmer() -> None:
+                trimmer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimmer
+
+            stack.push_async_callback(stop_trimmer)
             app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
             stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:
