@@ -20,8 +20,15 @@ def samples(policy: BurstTrim, counts: list[int]) -> list[int]:
 
 def test_a_fall_trims_at_the_next_sample_once_teardown_has_freed() -> None:
     policy = BurstTrim(drop=64)
-    # 1,000 live; 100 close (the fall is seen at 900); the trim comes one sample later.
-    assert samples(policy, [500, 1000, 900, 900, 900]) == [900]
+    # 1,000 live; 600 close (the fall is seen at 400); the trim comes one sample later.
+    assert samples(policy, [500, 1000, 400, 400, 400]) == [400]
+
+
+def test_a_fall_that_leaves_more_than_half_live_does_not_trim() -> None:
+    # The collection would walk more live sessions than the fall freed.
+    policy = BurstTrim(drop=64)
+    assert samples(policy, [1000, 900, 800, 600, 600]) == []
+    assert samples(policy, [500, 500]) == [500]
 
 
 def test_steady_churn_never_trims() -> None:
@@ -36,14 +43,14 @@ def test_a_small_burst_trims_once_every_session_has_closed() -> None:
 
 def test_after_a_trim_only_another_fall_trims_again() -> None:
     policy = BurstTrim(drop=64)
-    # Falls of 100 each, sampled twice: a trim after each, none while the count holds.
-    got = samples(policy, [1000, 900, 900, 900, 800, 800, 800, 800])
-    assert got == [900, 800]
+    # Falls to half, sampled twice: a trim after each, none while the count holds.
+    got = samples(policy, [1000, 500, 500, 500, 200, 200, 200, 200])
+    assert got == [500, 200]
 
 
 def test_a_rise_after_a_fall_is_the_new_peak() -> None:
     policy = BurstTrim(drop=64)
-    assert samples(policy, [1000, 900, 1000, 1200, 1100, 1100]) == [1000, 1100]
+    assert samples(policy, [1000, 400, 1000, 1200, 500, 500]) == [1000, 500]
 
 
 # Freed blocks under a live one at the heap's top: free() alone keeps them in the process.
