@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +32,6 @@ from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
-from rtgate.auth.redis_limits import RedisSessionLimiter
 from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
@@ -43,17 +43,20 @@ from rtgate.engine.stack import build_engine
 from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
+from rtgate.heap import trim_after_bursts
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
-from rtgate.redis_fleet import RedisFleet
 from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
 from rtgate.tls import pinned_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
+
+if TYPE_CHECKING:
+    from rtgate.auth.redis_limits import RedisSessionLimiter
 
 log = logging.getLogger("rtgate")
 
@@ -146,6 +149,11 @@ def create_app(
             shared: RedisSessionLimiter | None = None
             fleet: Fleet = LoneInstance()
             if settings.redis_url:
+                # Imported here: the Redis client (~7 MB of modules) stays out of a gateway
+                # that has no redis_url (docs/performance.md, fixed footprint).
+                from rtgate.auth.redis_limits import RedisSessionLimiter
+                from rtgate.redis_fleet import RedisFleet
+
                 shared = await RedisSessionLimiter.connect(
                     settings.redis_url, clock, prefix=settings.redis_prefix
                 )
@@ -203,6 +211,15 @@ def create_app(
                 await ledger.close()
 
             stack.push_async_callback(stop_ledger)
+            # A burst's memory goes back to the OS once its sessions have closed (rtgate.heap).
+            trimmer = asyncio.create_task(trim_after_bursts(lambda: len(gw.live)), name="heap")
+
+            async def stop_trimmer() -> None:
+                trimmer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimmer
+
+            stack.push_async_callback(stop_trimmer)
             app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
             stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:

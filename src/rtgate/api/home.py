@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
-import jinja2
 from aiohttp import web
 
 from rtgate import __version__
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.welcome import served_models
 
+if TYPE_CHECKING:
+    import jinja2
+
 
 @cache
 def templates() -> jinja2.Environment:
+    # Imported at the first page: a relay that serves no page keeps Jinja2 out of memory.
+    import jinja2
+
     """The package's templates, escaped by default (the page shows configured names)."""
     return jinja2.Environment(
         loader=jinja2.PackageLoader("rtgate", "api/templates"),

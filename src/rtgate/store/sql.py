@@ -35,7 +35,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -542,8 +541,15 @@ class SqlStore:
     # -- sessions and usage -----------------------------------------------------------------------
     def _insert_once(self, table: Table, *unique: str) -> Any:
         """INSERT that skips a row whose ``unique`` columns are already there (a replay)."""
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique))
+        # The engine's own dialect, imported with it: a gateway on SQLite never loads
+        # PostgreSQL's (~2 MB of modules).
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(unique))
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(unique))
 
     @_bounded("write")
     async def write(self, entries: Sequence[Entry]) -> None:

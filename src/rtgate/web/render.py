@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from aiohttp import web
 
 from rtgate import __version__
+
+if TYPE_CHECKING:
+    import jinja2
 
 #: Pages and their scripts come from this origin only; the playground's socket may go to any
 #: ws(s) origin (the gateway's own, named by the page). No inline script or style anywhere.
@@ -102,6 +104,9 @@ def bar_chart(
 
 @cache
 def templates() -> jinja2.Environment:
+    # Imported at the first page: a relay that serves no page keeps Jinja2 out of memory.
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("rtgate", "web/templates"),
         autoescape=jinja2.select_autoescape(default=True),
