@@ -48,6 +48,8 @@ class Metrics:
         )
         self.frames = Counter("rtgate_frames", "Frames relayed.", ["direction"], registry=r)
         self.bytes = Counter("rtgate_bytes", "Payload bytes relayed.", ["direction"], registry=r)
+        self._frames_up, self._frames_down = self.frames.labels("up"), self.frames.labels("down")
+        self._bytes_up, self._bytes_down = self.bytes.labels("up"), self.bytes.labels("down")
         self.tokens = Counter("rtgate_tokens", "Tokens metered.", ["model", "kind"], registry=r)
         self.audio_seconds = Counter(
             "rtgate_audio_seconds",
@@ -105,12 +107,14 @@ class Metrics:
             self.review.labels(rec.review).inc()
 
     def relayed(self, frames_up: int, frames_down: int, bytes_up: int, bytes_down: int) -> None:
+        """Called by every session's pump each tick: the labelled counters are looked up once
+        (``labels()`` takes a lock and builds a key each time, ~2 µs)."""
         if frames_up:
-            self.frames.labels("up").inc(frames_up)
-            self.bytes.labels("up").inc(bytes_up)
+            self._frames_up.inc(frames_up)
+            self._bytes_up.inc(bytes_up)
         if frames_down:
-            self.frames.labels("down").inc(frames_down)
-            self.bytes.labels("down").inc(bytes_down)
+            self._frames_down.inc(frames_down)
+            self._bytes_down.inc(bytes_down)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
