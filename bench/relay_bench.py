@@ -174,6 +174,20 @@ class RtgateBuild:
         return f"{where} ({git_describe(where)}) via {self.python}"
 
 
+def one_relay_build(relay: str, rtgate_src: str | None) -> tuple[str, dict[str, RtgateBuild]]:
+    """The name and builds of the one relay a probe or a profile runs: an anchor by its name,
+    or rtgate from ``--rtgate-src`` (else this checkout), announced on stdout."""
+    if relay != "rtgate":
+        return relay, {}
+    build = (
+        RtgateBuild.from_src(rtgate_src)
+        if rtgate_src is not None
+        else RtgateBuild("rtgate", Path(sys.executable), ROOT)
+    )
+    print(f"{build.name}: {build.describe()}", flush=True)
+    return build.name, {build.name: build}
+
+
 class Rtgate:
     """rtgate started as an operator starts it, with a fresh key and data directory (SQLite)."""
 

@@ -25,11 +25,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay_bench import (
     LOADGEN_CPU,
-    ROOT,
     Relay,
-    RtgateBuild,
     cpu_seconds,
     load_generator,
+    one_relay_build,
     pinned,
     ramp_limit,
     wait_quiet,
@@ -50,17 +49,7 @@ def main() -> None:
         sys.exit("give the tool's command after --")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
     a.workers, a.warmup, a.duration = 1, 3.0, a.seconds + 8
-    builds: dict[str, RtgateBuild] = {}
-    name = a.relay
-    if a.relay == "rtgate":
-        build = (
-            RtgateBuild.from_src(a.rtgate_src)
-            if a.rtgate_src is not None
-            else RtgateBuild("rtgate", Path(sys.executable), ROOT)
-        )
-        name = build.name
-        builds[name] = build
-        print(f"{name}: {build.describe()}", flush=True)
+    name, builds = one_relay_build(a.relay, a.rtgate_src)
     wait_quiet(20.0, 300.0)
     relay = Relay.start(name, a, builds)
     try:

@@ -29,8 +29,8 @@ from relay_bench import (
     LOADGEN_CPU,
     ROOT,
     Relay,
-    RtgateBuild,
     load_generator,
+    one_relay_build,
     pinned,
     ramp_limit,
     wait_quiet,
@@ -153,17 +153,7 @@ def main() -> None:
         print(summarise(a.summarise, a.top))
         return
     a.workers, a.warmup, a.duration = 1, 3.0, a.seconds + 8
-    builds: dict[str, RtgateBuild] = {}
-    name = a.relay
-    if a.relay == "rtgate":
-        build = (
-            RtgateBuild.from_src(a.rtgate_src)
-            if a.rtgate_src is not None
-            else RtgateBuild("rtgate", Path(sys.executable), ROOT)
-        )
-        name = build.name
-        builds[name] = build
-        print(f"{name}: {build.describe()}", flush=True)
+    name, builds = one_relay_build(a.relay, a.rtgate_src)
     out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     wait_quiet(20.0, 600.0)

@@ -49,16 +49,16 @@ class EchoPump:
         self.leg.send_bytes(data)
 
     def on_heard(self) -> None:
-        pass
+        """The echo has nothing to do for it."""
 
     def on_close(self, code: int, reason: str) -> None:
-        pass
+        """The echo has nothing to do for it."""
 
     def on_lost(self) -> None:
-        pass
+        """The echo has nothing to do for it."""
 
     def on_drain(self) -> None:
-        pass
+        """The echo has nothing to do for it."""
 
 
 @dataclass

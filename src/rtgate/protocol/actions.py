@@ -81,12 +81,12 @@ class CloseUpstream:
 
 @dataclass(frozen=True, slots=True)
 class PauseUpstream:
-    pass
+    """Stop reading the upstream: frames are held behind a commit past ``HOLD_LIMIT``."""
 
 
 @dataclass(frozen=True, slots=True)
 class ResumeUpstream:
-    pass
+    """Read the upstream again: the held frames went out."""
 
 
 @dataclass(frozen=True, slots=True)
