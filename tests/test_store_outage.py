@@ -162,6 +162,13 @@ async def warm_up(gw: RunningGateway, *keys: str) -> None:
                 break
             assert first["error"]["code"] == "store_unavailable", first
             await asyncio.sleep(0.2)
+    # A commit of the warm-up's may itself have missed the 0.3 s deadline and spilled; the
+    # scenario's outage starts only once the ledger has drained that and says it is healthy.
+    while True:
+        async with aiohttp.ClientSession() as http, http.get(f"{gw.http}/metrics") as r:
+            if "rtgate_ledger_spilling 0.0" in await r.text():
+                break
+        await asyncio.sleep(0.1)
 
 
 async def usage_refs(db_url: str) -> list[str]:
@@ -194,13 +201,19 @@ async def until(check: Callable[[], Coroutine[Any, Any, bool]], seconds: float =
 
 
 async def outage_under_calls(
-    gw: RunningGateway, db_url: str, cut: Callable[[], None], heal: Callable[[], None]
+    gw: RunningGateway,
+    db_url: str,
+    cut: Callable[[], None],
+    heal: Callable[[], None],
+    caplog: pytest.LogCaptureFixture,
 ) -> list[Call]:
     """Six calls (three on a key with a daily budget) through 0.5 s of health, 2 s of outage and
-    0.5 s of health again; returns them hung up, after every response came back."""
+    0.5 s of health again; returns them hung up, after every response came back. The log is
+    cleared once the warm-up is over, so ``told_once`` hears only the scenario's outage."""
     plain = await new_key(gw, "plain")
     budgeted = await new_key(gw, "budgeted", budget_usd_day=Decimal(100))
     await warm_up(gw, plain, budgeted)
+    caplog.clear()
     calls = [await open_call(gw, plain if i % 2 else budgeted, f"c{i}") for i in range(6)]
     runs = [asyncio.create_task(c.run()) for c in calls]
     await asyncio.sleep(0.5)
@@ -230,10 +243,13 @@ async def outage_under_calls(
 
 
 def told_once(caplog: pytest.LogCaptureFixture) -> None:
-    """The operator heard of the outage once as it began and once as it ended."""
+    """The operator heard of the outage once as it began and once as it ended, not once per
+    record. On a loaded machine a commit after the heal can miss the 0.3 s deadline too: that is
+    a second outage, told the same way, so the lines alternate, each outage one pair."""
     said = [r.getMessage() for r in caplog.records if r.name == "rtgate.ledger"]
-    assert len(said) == 2, said
-    assert "unavailable" in said[0] and "answers again" in said[1]
+    assert said and len(said) % 2 == 0, said
+    for began, ended in zip(said[::2], said[1::2], strict=True):
+        assert "unavailable" in began and "answers again" in ended, said
 
 
 async def test_calls_keep_flowing_through_a_database_stall_and_nothing_is_lost(
@@ -246,7 +262,7 @@ async def test_calls_keep_flowing_through_a_database_stall_and_nothing_is_lost(
     caplog.set_level(logging.INFO, logger="rtgate")
 
     async def scenario() -> None:
-        calls = await outage_under_calls(outage_gateway, db_url, proxy.stall, proxy.heal)
+        calls = await outage_under_calls(outage_gateway, db_url, proxy.stall, proxy.heal, caplog)
         seen = sorted(ref for c in calls for ref in c.done)
 
         async def all_there() -> bool:
@@ -278,7 +294,7 @@ async def test_calls_survive_a_database_that_refuses_and_resets(
         proxy.reset()
 
     async def scenario() -> None:
-        calls = await outage_under_calls(outage_gateway, db_url, cut, proxy.heal)
+        calls = await outage_under_calls(outage_gateway, db_url, cut, proxy.heal, caplog)
         seen = sorted(ref for c in calls for ref in c.done)
 
         async def all_there() -> bool:
