@@ -240,6 +240,7 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-live-transcribe": PriceSettings(unit="minute", rate=_d("0.017")),
     "gpt-realtime-whisper": PriceSettings(unit="minute", rate=_d("0.017")),
     "gpt-realtime-translate": PriceSettings(unit="minute", rate=_d("0.034")),
+    # GPT-Live's voice; its backend's tokens price by the backend model's own row.
     "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
     # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
     "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
@@ -257,6 +258,9 @@ DEFAULT_OPENAI_MODELS = (
     "gpt-realtime-2.1-mini",
     # Served on /v1/realtime/translations only (relay/endpoint.py).
     "gpt-realtime-translate",
+    # GPT-Live, on /v1/live/sessions only (relay/endpoint.py, voice-apis.md 1.3).
+    "gpt-live-1",
+    "gpt-live-1.1",
 )
 
 
@@ -294,6 +298,14 @@ class Settings(_Frozen):
     #: counts it) is recorded every this many seconds of audio, and at the session's end: a
     #: crash loses at most this much audio per session unbilled.
     translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: GPT-Live (``/v1/live/sessions``): how long a client may take to send its first message,
+    #: ``session.start``, which names the model; past it: ``invalid_session_start``, no dial.
+    live_start_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: GPT-Live: how long the upstream may take to answer ``session.close`` with
+    #: ``session.closed`` (the final total) when the client or the gateway ends a session;
+    #: past it the upstream is closed and the record flagged unconfirmed (voice-apis.md 1.7:
+    #: how long finalisation takes is not documented).
+    live_close_seconds: float = Field(default=5.0, gt=0, le=120)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -391,6 +403,8 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
     "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
+    "RTGATE_LIVE_START_SECONDS": "live_start_seconds",
+    "RTGATE_LIVE_CLOSE_SECONDS": "live_close_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",

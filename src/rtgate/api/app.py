@@ -242,6 +242,7 @@ def create_app(
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
     app.router.add_get("/v1/realtime/translations", realtime)
+    app.router.add_get("/v1/live/sessions", realtime)
     add_realtime_http_routes(app)
     add_call_routes(app)
     app.router.add_get("/", home)
