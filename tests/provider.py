@@ -24,6 +24,7 @@ from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
 from rtgate.engine.session_config import default_session
 from rtgate.protocol.session_fields import merge
+from tests.live_fake import FakeLive
 from tests.translator import TranslationSession, serve_translation
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
@@ -86,6 +87,8 @@ class FakeProvider:
     secret_requests: list[dict[str, Any]] = field(default_factory=list)
     #: Sessions on ``/v1/realtime/translations`` (``tests/translator.py``).
     translations: list[TranslationSession] = field(default_factory=list)
+    #: GPT-Live's WebSocket route (``tests/live_fake.py``).
+    live: FakeLive = field(default_factory=FakeLive)
     _runner: web.AppRunner | None = None
 
     @property
@@ -96,6 +99,7 @@ class FakeProvider:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handle)
         app.router.add_get("/v1/realtime/translations", self.translate)
+        app.router.add_get("/v1/live/sessions", self.serve_live)
         app.router.add_post("/v1/realtime/calls", self.place_call)
         app.router.add_post("/v1/realtime/client_secrets", self.mint_secret)
         app.router.add_post("/v1/realtime/calls/{call_id}/{action}", self.call_action)
@@ -119,6 +123,10 @@ class FakeProvider:
     async def translate(self, request: web.Request) -> web.StreamResponse:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
         return await serve_translation(request, self.key, self.translations)
+
+    async def serve_live(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
+        return await self.live.serve(request, self.key)
 
     async def place_call(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
