@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import websockets
@@ -19,10 +21,12 @@ from openai import AsyncOpenAI
 from openai.types.live import ServerEvent
 from pydantic import TypeAdapter
 from sqlalchemy import select
+from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
 from rtgate.api.live import SessionClosedByOperator
 from rtgate.auth.policy import KeyPolicy
+from rtgate.cli import app as cli_app
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.schema import sessions, usage_records
@@ -429,3 +433,53 @@ async def test_live_with_permessage_deflate_goes_through_aiohttp_alike(
     await until_no_live_sessions(gw)
     rows = await usage_rows(gw)
     assert [(r.audio_ms, r.review) for r in rows] == [(1500, None)]
+
+
+async def test_live_sessions_in_the_admin_api_the_cli_and_the_metrics(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    token = "adm_" + "L1ve" * 8
+    gw = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=token))
+    key = await gw.new_key("lena")
+    admin = {"Authorization": f"Bearer {token}"}
+    async with connect(live_url(gw), additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        await ws.send(orjson.dumps({"type": "session.start", "session": START}).decode())
+        await ws_events_until(ws, "session.started")
+        await ws.send('{"type":"test.usage","seconds":30}')
+        await ws_events_until(ws, "session.usage.updated")
+        async with aiohttp.ClientSession(headers=admin) as http:
+            async with http.get(f"{gw.http}/admin/v1/sessions/live") as r:
+                (view,) = await r.json()
+            assert (view["model"], view["intent"], view["audio_seconds"]) == (
+                "gpt-live-1",
+                "live",
+                30.0,
+            )
+            assert Decimal(view["cost_usd"]) == Decimal("0.025")  # 30 s at $0.05 a minute
+            async with http.post(f"{gw.http}/admin/v1/sessions/{view['id']}/close") as r:
+                assert r.status == 200
+                assert (await r.json())["closed_by"] == "operator"
+        (err,) = await ws_events_until(ws, "error")
+        assert err["error"]["code"] == "session_closed_by_operator"
+    await until_no_live_sessions(gw)
+    env = {
+        "RTGATE_HOME": str(gw.settings.home),
+        "RTGATE_DATABASE_URL": gw.settings.resolved_database_url,
+        "RTGATE_CONFIG": "",
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["sessions", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    (row,) = orjson.loads(result.output)
+    assert (row["model"], row["intent"], row["audio_seconds"], row["cost_usd"]) == (
+        "gpt-live-1",
+        "live",
+        30.0,
+        "0.025000000",
+    )
+    assert (row["close_code"], row["closed_by"]) == (1008, "operator")
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.http}/metrics") as r:
+        text = await r.text()
+    assert 'rtgate_audio_seconds_total{model="gpt-live-1",unit="minute"} 30.0' in text
+    assert 'rtgate_sessions_started_total{model="gpt-live-1"} 1.0' in text

@@ -258,7 +258,7 @@ DEFAULT_OPENAI_MODELS = (
     "gpt-realtime-2.1-mini",
     # Served on /v1/realtime/translations only (relay/endpoint.py).
     "gpt-realtime-translate",
-    # GPT-Live, on /v1/live/sessions only (relay/endpoint.py, voice-apis.md 1.3).
+    # GPT-Live, on /v1/live/sessions only (relay/endpoint.py, docs/protocol-live.md 1).
     "gpt-live-1",
     "gpt-live-1.1",
 )
@@ -303,7 +303,7 @@ class Settings(_Frozen):
     live_start_seconds: float = Field(default=10.0, gt=0, le=300)
     #: GPT-Live: how long the upstream may take to answer ``session.close`` with
     #: ``session.closed`` (the final total) when the client or the gateway ends a session;
-    #: past it the upstream is closed and the record flagged unconfirmed (voice-apis.md 1.7:
+    #: past it the upstream is closed and the record flagged unconfirmed (docs/protocol-live.md 7:
     #: how long finalisation takes is not documented).
     live_close_seconds: float = Field(default=5.0, gt=0, le=120)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)

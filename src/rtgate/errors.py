@@ -121,7 +121,7 @@ class InvalidSessionStart(GatewayError):
     """A GPT-Live socket whose first message is no ``session.start`` naming a model (none before
     the deadline, another event, no ``session.model``): the gateway cannot route it, so it never
     dials. 1008, terminal for the SDKs, as the reference suggests after an admission error
-    (voice-apis.md 1.9; Live's own codes are unverified)."""
+    (docs/protocol-live.md 6; Live's own codes are unverified)."""
 
     http_status = 400
     close_code = 1008

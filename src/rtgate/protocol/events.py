@@ -50,8 +50,9 @@ def live_error_event(
     param: str | None = None,
     client_event_id: str | None = None,
 ) -> str:
-    """A GPT-Live ``error`` server event (voice-apis.md 1.9, ``openai.types.live.ErrorEvent``):
-    the Realtime envelope but for ``error.client_event_id`` in place of ``error.event_id``."""
+    """A GPT-Live ``error`` server event (docs/protocol-live.md 6, the SDK's
+    ``openai.types.live.ErrorEvent``): the Realtime envelope but for ``error.client_event_id`` in
+    place of ``error.event_id``."""
     return orjson.dumps(
         {
             "type": "error",

@@ -1,23 +1,23 @@
-"""GPT-Live over WebSocket (``/v1/live/sessions``, voice-apis.md 1), the parts rtgate acts on, with
-no I/O: the client's first event, the error envelope, and the session's voice seconds.
+"""GPT-Live over WebSocket (``/v1/live/sessions``, docs/protocol-live.md), the parts rtgate acts
+on, with no I/O: the client's first event and the session's voice seconds.
 
 * **The first event.** The model is never in the URL: the client's first message must be
-  ``session.start`` with ``session.model`` (voice-apis.md 1.2, 1.4). The gateway reads it before
+  ``session.start`` with ``session.model`` (docs/protocol-live.md 2). The gateway reads it before
   it dials (``read_session_start``), routes and checks the model, and sends it upstream as the
   session's first frame, untouched unless the route names another upstream id for the model
   (an alias, an Azure deployment): then only ``session.model`` differs.
-* **Errors.** Live's envelope (1.9) carries ``error.client_event_id`` where the Realtime API's
+* **Errors.** Live's envelope (6) carries ``error.client_event_id`` where the Realtime API's
   carries ``error.event_id`` (``protocol/events.py``, ``live_error_event_for``).
 * **Voice seconds.** ``usage.seconds`` on ``session.usage.updated`` and ``session.closed`` is the
-  session's cumulative total (1.7: "do not sum this value across usage events"), so
+  session's cumulative total (4: "do not sum this value across usage events"), so
   ``LiveMeter`` bills the delta from what it billed before; ``session.closed`` carries the final
   total and confirms it. A session whose upstream ended without ``session.closed`` is billed to
-  its last snapshot and flagged unconfirmed (rtgate's rule, 1.7).
-* **Ending.** A relay must not close the upstream before ``session.closed`` (1.7): the relay core
+  its last snapshot and flagged unconfirmed (rtgate's rule, 4).
+* **Ending.** A relay must not close the upstream before ``session.closed`` (4): the relay core
   sends ``SESSION_CLOSE`` and waits, bounded, for it (``protocol/relay.py``).
 
 Backend tokens (a Responses model the session delegates to) arrive in nested
-``response.event`` -> ``response.completed`` events (1.7) and are metered at the backend model's
+``response.event`` -> ``response.completed`` events (5) and are metered at the backend model's
 token prices (``protocol/relay_session.py``).
 """
 
@@ -34,7 +34,7 @@ from rtgate.protocol.relay_session import parse_event
 #: The intent of a session on ``/v1/live/sessions`` (its rows, its live view).
 LIVE = "live"
 
-#: What the gateway sends upstream to end a Live session gracefully (voice-apis.md 1.5).
+#: What the gateway sends upstream to end a Live session gracefully (docs/protocol-live.md 4).
 SESSION_CLOSE = '{"type":"session.close"}'
 
 #: Client frames relayed without a look: the appended audio, as written by hand and by the SDKs
@@ -85,7 +85,7 @@ class SessionStart:
 
 
 def read_session_start(frame: str | bytes | None) -> SessionStart:
-    """The client's first message as a ``session.start`` (voice-apis.md 1.2: it must be), else
+    """The client's first message as a ``session.start`` (docs/protocol-live.md 2: it must be), else
     ``InvalidSessionStart``: no message before the deadline (None), a binary one, another event,
     no ``session`` object or no ``session.model`` string."""
     if frame is None:

@@ -52,10 +52,10 @@ Rules it keeps:
   2.4: client frames become GA before anything reads them, upstream frames become beta after
   metering read them) and the per-event policy (``ClientEventGuard``, a refused event is
   answered with an error and dropped; the session goes on).
-* **A GPT-Live session** (``RelaySession.live``, voice-apis.md 1) is the same core with three
+* **A GPT-Live session** (``RelaySession.live``, docs/protocol-live.md) is the same core with three
   differences: its errors use Live's envelope; a second ``session.start`` is refused (the first,
   whose model the gateway checked, is the ``setup`` frame); and its upstream is never closed
-  before ``session.closed`` (1.7): whatever ends the session on the client's or the gateway's
+  before ``session.closed`` (4): whatever ends the session on the client's or the gateway's
   side sends ``session.close`` upstream and the session is *closing*, nothing more reaching the
   client, until ``session.closed`` (its final total is recorded with ``Record``), the upstream's
   end, or ``close_grace`` seconds of ticks; then the upstream is closed and ``Ended`` follows.
@@ -653,7 +653,7 @@ class RelayCore:
             *self._close_upstream(sendable(code), reason),
         )
 
-    # -- a Live session's end (voice-apis.md 1.7) --------------------------------------------------
+    # -- a Live session's end (docs/protocol-live.md 4) -----------------------------------------
     def _close_upstream(self, code: int, reason: str) -> Actions:
         """Close the upstream and end; a Live session whose total the provider has not
         confirmed asks for it first (``session.close``) and closes once it came

@@ -55,7 +55,7 @@ FORWARD_PREFIXES = (
     '{"type":"response.audio.delta"',
     '{"type":"response.audio_transcript.delta"',
     '{"type":"response.text.delta"',
-    # GPT-Live's audio (voice-apis.md 1.6); the translation route's, spelled the same.
+    # GPT-Live's audio (docs/protocol-live.md 3); the translation route's, spelled the same.
     '{"type":"session.output_audio.delta"',
 )
 _RESPONSE_DONE = '"response.done"'
@@ -182,7 +182,7 @@ class RelaySession:
     def _on_live_event(
         self, live: LiveMeter, etype: Any, event: dict[str, Any], now: float
     ) -> UsageRecord | None:
-        """A GPT-Live upstream event (voice-apis.md 1.6-1.7): the voice seconds a usage
+        """A GPT-Live upstream event (docs/protocol-live.md 3-5): the voice seconds a usage
         snapshot or the final total adds, backend tokens, what the session says of itself."""
         if etype in ("session.usage.updated", "session.closed"):
             closed = etype == "session.closed"
@@ -217,7 +217,7 @@ class RelaySession:
         """At the end of a Live session the provider ran but never confirmed
         (``session.closed`` did not arrive): a record of no usage flagged
         ``unconfirmed_usage``, so the session's total (billed to its last snapshot) is reviewed
-        against the provider's invoice (voice-apis.md 1.7). None for any other session."""
+        against the provider's invoice (docs/protocol-live.md 4). None for any other session."""
         live = self.live
         if live is None or not live.unconfirmed or not self.metered:
             return None

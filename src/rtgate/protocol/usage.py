@@ -207,7 +207,7 @@ def read_transcription_usage(usage: Any) -> UsageReading:
 
 
 def read_live_seconds(usage: Any) -> UsageReading:
-    """``usage`` of ``session.usage.updated`` / ``session.closed`` (voice-apis.md 1.7): the
+    """``usage`` of ``session.usage.updated`` / ``session.closed`` (docs/protocol-live.md 4): the
     session's cumulative ``seconds``, in milliseconds (fractions kept). Usage is required on
     both events; a missing or non-numeric ``seconds`` reads as incomplete, with 0."""
     secs = _seconds(usage.get("seconds")) if isinstance(usage, dict) else None
@@ -216,7 +216,7 @@ def read_live_seconds(usage: Any) -> UsageReading:
 
 
 #: Nested Responses events whose ``response.usage`` a Live session's backend is billed by: the
-#: terminal events of a response, each of which carries its usage (voice-apis.md 1.7).
+#: terminal events of a response, each of which carries its usage (docs/protocol-live.md 5).
 BACKEND_USAGE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 

@@ -25,14 +25,14 @@ usage on that route, so its input audio is counted by the gateway (intent ``tran
 ``relay/live.py``). The local engine does not translate: ``unsupported_upstream`` and 1008, no
 dial.
 
-``GET /v1/live/sessions`` (GPT-Live, voice-apis.md 1) is relayed the same way too, to the
+``GET /v1/live/sessions`` (GPT-Live, docs/protocol-live.md) is relayed the same way too, to the
 upstream's ``{base}/live/sessions`` with no query. Its model is in the client's first message,
-``session.start`` (1.2), so the gateway reads that message after authenticating and before it
+``session.start`` (2), so the gateway reads that message after authenticating and before it
 dials (``first_message.py``): the model is routed and checked against the key like any other,
 and the message goes upstream as the session's first frame (``protocol/live.py``). No first
 message within ``live_start_seconds``, another event first, or no ``session.model``: an
-``error`` in Live's envelope (1.9) with ``invalid_session_start`` and close 1008, no dial. Live
-has no client secrets (1.2), so a secret opens no Live session; the local engine does not serve
+``error`` in Live's envelope (6) with ``invalid_session_start`` and close 1008, no dial. Live
+has no client secrets (1), so a secret opens no Live session; the local engine does not serve
 Live (``unsupported_upstream``, 1008). Key defaults and templates are Realtime session fields
 and do not apply. Metering: ``protocol/live.py``, ``protocol/relay.py``.
 
@@ -132,7 +132,7 @@ async def _dial(
         # voice-apis.md 2.4: the model is required in the query; there is no intent.
         url = upstream_url(base_url, model=route.upstream_model, route="realtime/translations")
     elif intent == LIVE:
-        # voice-apis.md 1.2: no query at all; the model is in session.start (the setup frame).
+        # docs/protocol-live.md 1: no query at all; the model is in session.start (the setup frame).
         url = upstream_url(base_url, route="live/sessions")
     else:
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)

@@ -1,5 +1,5 @@
 """A client's first message, read before its session is dialled (GPT-Live: the model is in the
-client's ``session.start``, never in the URL; voice-apis.md 1.2).
+client's ``session.start``, never in the URL; docs/protocol-live.md 2).
 
 ``FirstMessage`` starts the client's leg itself and answers its first message; what the client
 sends after it is held, in order, until the session's pump binds (``Leg.start`` on the

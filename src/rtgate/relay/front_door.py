@@ -61,8 +61,8 @@ MAX_HEAD = 16 * 1024
 RELAY_PATH = "/v1/realtime"
 #: The translation route (voice-apis.md 2.4), relayed as ``RELAY_PATH`` is.
 TRANSLATIONS_PATH = "/v1/realtime/translations"
-#: GPT-Live's WebSocket (voice-apis.md 1.2), relayed as ``RELAY_PATH`` is; its ``POST`` (WebRTC)
-#: is an HTTP request like any other.
+#: GPT-Live's WebSocket (docs/protocol-live.md 1), relayed as ``RELAY_PATH`` is; its ``POST``
+#: (WebRTC) is an HTTP request like any other.
 LIVE_PATH = "/v1/live/sessions"
 _RELAY_PATHS = frozenset({RELAY_PATH.encode(), TRANSLATIONS_PATH.encode(), LIVE_PATH.encode()})
 
