@@ -10,6 +10,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import orjson
 from openai.types.beta.realtime import ConversationItem as BetaItem
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerUnion
+from openai.types.live import ServerEvent as LiveServerUnion
 from openai.types.realtime import RealtimeServerEvent as GaServerUnion
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -37,6 +38,7 @@ def discriminated(models: dict[str, type[BaseModel]]) -> TypeAdapter[Any]:
 
 _GA_SERVER = discriminated(members(GaServerUnion))
 _BETA_SERVER = discriminated(members(BetaServerUnion))
+_LIVE_SERVER = discriminated(members(LiveServerUnion))
 #: The item types a beta client can receive.
 BETA_ITEM_TYPES = frozenset(get_args(get_args(BetaItem.model_fields["type"].annotation)[0]))
 
@@ -88,3 +90,13 @@ def validate_server_event(event: dict[str, Any]) -> None:
     else:
         translated = orjson.loads(beta)
         assert beta_server_errors(translated) == [], (event, translated)
+
+
+def validate_live_event(event: dict[str, Any]) -> None:
+    """Raise if ``event`` is not a valid GPT-Live server event of its declared type, as the
+    SDK's ``openai.types.live.ServerEvent`` union types it (extra fields are refused too: the
+    Live schema is strict, voice-apis.md 1.4)."""
+    parsed = _LIVE_SERVER.validate_python(event)
+    assert parsed.type == event["type"], (parsed.type, event["type"])
+    extra = set(event) - set(type(parsed).model_fields)
+    assert not extra, (event["type"], extra)

@@ -157,6 +157,9 @@ class EngineSettings(_Frozen):
     audio_chunk_ms: int = Field(default=100, ge=10, le=2000)
     #: Piper without sampling noise: the same text always gives the same audio.
     deterministic_voice: bool = False
+    #: How often a GPT-Live session on the engine reports its cumulative usage
+    #: (``session.usage.updated``); OpenAI's does about once a minute.
+    live_usage_seconds: float = Field(default=60.0, gt=0, le=3600)
 
 
 def _d(s: str) -> Decimal:

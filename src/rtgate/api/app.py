@@ -250,7 +250,7 @@ def create_app(
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics_page(settings.metrics_token))
     app.router.add_get("/v1/models", models)
-    add_engine_routes(app, engine, ENGINE_PATH + "/realtime")
+    add_engine_routes(app, engine, ENGINE_PATH)
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))
     app.add_subapp(CONSOLE_PATH, create_console_app())
     return app

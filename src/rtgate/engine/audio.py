@@ -235,8 +235,9 @@ class InputConverter(_StreamConverter):
     stream, G.711 input gives exactly three output samples per input byte.
     """
 
-    def __init__(self, fmt: AudioFormat, quality: Quality = "HQ") -> None:
-        super().__init__(fmt, sample_rate(fmt), PCM_RATE, quality)
+    def __init__(self, fmt: AudioFormat, quality: Quality = "HQ", rate: int | None = None) -> None:
+        # ``rate``: PCM at another rate than 24 kHz (a GPT-Live session may send 16 kHz).
+        super().__init__(fmt, rate or sample_rate(fmt), PCM_RATE, quality)
 
     def feed(self, data: bytes) -> bytes:
         if self.format is AudioFormat.PCM:
@@ -258,8 +259,8 @@ class OutputConverter(_StreamConverter):
     Call ``flush`` at the end of the response (or on cancel) to get the held-back tail.
     """
 
-    def __init__(self, fmt: AudioFormat, quality: Quality = "HQ") -> None:
-        super().__init__(fmt, PCM_RATE, sample_rate(fmt), quality)
+    def __init__(self, fmt: AudioFormat, quality: Quality = "HQ", rate: int | None = None) -> None:
+        super().__init__(fmt, PCM_RATE, rate or sample_rate(fmt), quality)
 
     def feed(self, pcm: bytes) -> bytes:
         return _encode(self._resample(pcm16_samples(self._even(pcm)), last=False), self.format)

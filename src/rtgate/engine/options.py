@@ -29,3 +29,6 @@ class EngineOptions:
     #: Size of each ``response.output_audio.delta``; audio is sent faster than real time.
     audio_chunk_ms: int = 100
     max_session_seconds: int = 3600
+    #: How often a Live session reports its cumulative usage (``session.usage.updated``);
+    #: OpenAI's does about once a minute.
+    live_usage_seconds: float = 60.0

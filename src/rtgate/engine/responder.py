@@ -226,7 +226,7 @@ class Responder:
         if not msg.audio or plan.stopped:
             return
         while True:
-            cut = _sentence_end(msg.pending)
+            cut = sentence_end(msg.pending)
             if cut is None:
                 if not final or not msg.pending.strip():
                     return
@@ -525,7 +525,8 @@ def _fit(text: str, tokens: int, before: str = "") -> str:
     return text[:lo]
 
 
-def _sentence_end(text: str) -> int | None:
+def sentence_end(text: str) -> int | None:
+    """Where the first sentence of ``text`` ends, once a space follows its punctuation."""
     m = _SENTENCE.search(text)
     return m.end() if m else None
 

@@ -13,7 +13,6 @@ OpenAI's does for a minted secret.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,9 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from rtgate.catalog import model_family
+from rtgate.engine.access import ENGINE_OPTIONS, authorized
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
+from rtgate.engine.live_server import engine_live
 from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
 from rtgate.engine.response_plan import ResponsePlan
@@ -234,15 +235,11 @@ class EngineConnection(Responder):
         )
 
 
-ENGINE_OPTIONS: web.AppKey[EngineOptions] = web.AppKey("engine_options", EngineOptions)
-
-
 async def engine_realtime(request: web.Request) -> web.StreamResponse:
     opts = request.app[ENGINE_OPTIONS]
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
     await ws.prepare(request)
-    auth = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(auth.encode(), f"Bearer {opts.token}".encode()):
+    if not authorized(request, opts):
         await ws.send_str(
             _dump(
                 ev(
@@ -274,8 +271,9 @@ def setup_frames(headers: Mapping[str, str]) -> int:
     return min(int(raw), MAX_SETUP_FRAMES) if raw.isdigit() else 0
 
 
-def add_engine_routes(
-    app: web.Application, opts: EngineOptions, path: str = "/_engine/v1/realtime"
-) -> None:
+def add_engine_routes(app: web.Application, opts: EngineOptions, base: str = "/_engine/v1") -> None:
+    """The engine's two protocols under ``base``, where the relay's local upstream points:
+    ``/realtime`` (the Realtime API) and ``/live/sessions`` (GPT-Live)."""
     app[ENGINE_OPTIONS] = opts
-    app.router.add_get(path, engine_realtime)
+    app.router.add_get(base + "/realtime", engine_realtime)
+    app.router.add_get(base + "/live/sessions", engine_live)

@@ -112,4 +112,5 @@ def build_engine(
         vad_factory=vad,
         audio_chunk_ms=s.audio_chunk_ms,
         max_session_seconds=max_session_seconds,
+        live_usage_seconds=s.live_usage_seconds,
     )

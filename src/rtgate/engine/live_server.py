@@ -1,0 +1,315 @@
+"""The local engine's GPT-Live WebSocket: pumps ``LiveEngineSession`` and speaks its answers.
+
+Served beside the Realtime route under the engine's internal path and dialled by the relay
+like a provider's ``/v1/live/sessions``, so a Live session on the local engine is admitted,
+metered and capped by the same code as one at OpenAI. Underneath it is turn-based: each turn
+the session's detector cuts from the caller's audio is transcribed
+(``session.input_transcript.delta``), answered by the brain, and spoken sentence by sentence
+(``session.output_transcript.delta`` before the sentence's ``session.output_audio.delta``s).
+The caller speaking again stops the answer (a barge-in). ``session.usage.updated`` goes out
+every ``live_usage_seconds``; ``session.close``, or the session's expiry, ends with
+``session.closed`` and close 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from rtgate.engine.access import ENGINE_OPTIONS, authorized
+from rtgate.engine.audio import AudioFormat, OutputConverter
+from rtgate.engine.brain import BrainError, BrainRequest, TextDelta
+from rtgate.engine.live_session import (
+    EXPIRED,
+    Answer,
+    BargeIn,
+    Close,
+    LiveAction,
+    LiveEngineSession,
+    Say,
+    live_error,
+    live_event,
+)
+from rtgate.engine.options import EngineOptions
+from rtgate.engine.responder import sentence_end
+from rtgate.engine.session import Event
+
+log = logging.getLogger("rtgate.engine")
+
+#: The client's ``session.start`` must come within this (the SDK sends it on connect).
+START_TIMEOUT_S = 10.0
+#: How far output audio may run ahead of real time (``_Pace``).
+LEAD_MS = 300.0
+
+
+def _dump(event: Event) -> str:
+    return orjson.dumps(event).decode()
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    """A history line in the message shape the brain reads (``brain.item_text``)."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+class LiveConnection:
+    def __init__(self, ws: web.WebSocketResponse, opts: EngineOptions) -> None:
+        self.ws = ws
+        self.opts = opts
+        self.s = LiveEngineSession(opts.vad_factory(), max_seconds=opts.max_session_seconds)
+        #: The answer being spoken; a barge-in or a newer turn stops it.
+        self._speaking: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()
+        #: Usage snapshots sent so far (one per ``live_usage_seconds`` of the session).
+        self._reported = 0
+
+    async def send(self, events: list[Event]) -> None:
+        for e in events:
+            if not self.ws.closed:
+                await self.ws.send_str(_dump(e))
+
+    async def run(self) -> None:
+        if not await self._start():
+            return
+        ticker = asyncio.create_task(self._tick())
+        try:
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self.on_text(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await self.send(
+                        [live_error("invalid_event", "Binary frames are not supported; send JSON.")]
+                    )
+                if self._ended.is_set():
+                    break
+        finally:
+            ticker.cancel()
+            await self._stop_speaking()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _start(self) -> bool:
+        """Wait for ``session.start``; anything else first is refused and the session ends
+        (1008), as a startup error prevents ``session.started`` (voice-apis.md 1.9)."""
+        while not self.s.started:
+            try:
+                msg = await self.ws.receive(timeout=START_TIMEOUT_S)
+            except TimeoutError:
+                await self._refuse("session.start did not arrive in time.")
+                return False
+            if msg.type is not WSMsgType.TEXT:
+                return False
+            events, _ = self.s.handle(self._parse(msg.data))
+            await self.send(events)
+            if not self.s.started:
+                await self.ws.close(code=1008, message=b"invalid_request_error.session_start")
+                return False
+        return True
+
+    async def _refuse(self, message: str) -> None:
+        await self.send([live_error("session_not_started", message, "type")])
+        await self.ws.close(code=1008, message=b"invalid_request_error.session_start")
+
+    @staticmethod
+    def _parse(data: str) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+
+    async def on_text(self, data: str) -> None:
+        event = self._parse(data)
+        if event is None:
+            await self.send([live_error("invalid_event", "The event is not valid JSON.")])
+            return
+        events, actions = self.s.handle(event)
+        await self.send(events)
+        for action in actions:
+            await self._act(action)
+
+    async def _act(self, action: LiveAction) -> None:
+        if isinstance(action, BargeIn):
+            await self._stop_speaking()
+        elif isinstance(action, Answer):
+            await self._stop_speaking()
+            self._speaking = asyncio.create_task(self._answer(action))
+        elif isinstance(action, Say):
+            prior = self._speaking
+            self._speaking = asyncio.create_task(self._say(action.text, prior))
+        elif isinstance(action, Close):
+            await self._close(action.reason, action.client_event_id)
+
+    async def _close(self, reason: str, client_event_id: str | None = None) -> None:
+        await self._stop_speaking()
+        await self.send([self.s.closed(reason, client_event_id)])
+        await self.ws.close(code=1000)
+        self._ended.set()
+
+    async def _stop_speaking(self) -> None:
+        task, self._speaking = self._speaking, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _tick(self) -> None:
+        """Usage snapshots on a schedule, and the session's expiry."""
+        every = self.opts.live_usage_seconds
+        while True:
+            await asyncio.sleep(min(every, 1.0))
+            if self.s.expired():
+                await self._close(EXPIRED)
+                return
+            due = int(self.s.timeline_ms() // (every * 1000))
+            if due > self._reported:
+                self._reported = due
+                await self.send([self.s.usage_updated()])
+
+    # -- answering ---------------------------------------------------------------------------
+    async def _answer(self, turn: Answer) -> None:
+        try:
+            text = await self._hear(turn)
+            self.s.history.append(("user", text))
+            await self._speak(self._think())
+        except asyncio.CancelledError:
+            raise
+        except BrainError as exc:
+            log.warning("live answer failed: %s", exc)
+            await self.send([live_error("server_error", "The engine could not answer.")])
+
+    async def _hear(self, turn: Answer) -> str:
+        if self.opts.transcriber is None:
+            return ""
+        result = await self.opts.transcriber.transcribe(turn.pcm, "gpt-live-transcribe", None)
+        if result.text:
+            await self.send(
+                [
+                    live_event(
+                        "session.input_transcript.delta",
+                        delta=result.text,
+                        start_ms=turn.start_ms,
+                        end_ms=turn.end_ms,
+                    )
+                ]
+            )
+        return result.text
+
+    async def _think(self) -> AsyncGenerator[str, None]:
+        """The brain's reply, a sentence at a time."""
+        request = BrainRequest(
+            instructions=self.s.instructions,
+            items=[_message(role, text) for role, text in self.s.history],
+        )
+        pending = ""
+        async for out in self.opts.brain.reply(request):
+            if isinstance(out, TextDelta):
+                pending += out.text
+                while (end := sentence_end(pending)) is not None:
+                    yield pending[:end]
+                    pending = pending[end:]
+            # The engine delegates to nobody: a function call of the brain is not spoken.
+        if pending.strip():
+            yield pending
+
+    async def _say(self, text: str, prior: asyncio.Task[None] | None) -> None:
+        if prior is not None and not prior.done():
+            await asyncio.wait({prior})
+
+        async def once() -> AsyncGenerator[str, None]:
+            yield text
+
+        await self._speak(once())
+
+    async def _speak(self, sentences: AsyncGenerator[str, None]) -> None:
+        """Each sentence's transcript, then its audio in the session's format; what was said
+        joins the history even when a barge-in cuts it short."""
+        fmt = self.s.audio_format
+        encoder = OutputConverter(AudioFormat(fmt["type"]), rate=fmt["rate"])
+        per_ms = 2 * fmt["rate"] // 1000 if fmt["type"] == "audio/pcm" else fmt["rate"] // 1000
+        chunk = self.opts.audio_chunk_ms * per_ms
+        pace = _Pace()
+        said: list[str] = []
+        try:
+            async for sentence in sentences:
+                words = sentence.strip()
+                if not words:
+                    continue
+                pcm = await self.opts.synthesizer.synthesize(words, self.s.voice)
+                start = self.s.timeline_ms()
+                end = start + len(pcm) // 48
+                said.append(words)
+                await self.send(
+                    [
+                        live_event(
+                            "session.output_transcript.delta",
+                            delta=sentence,
+                            start_ms=start,
+                            end_ms=end,
+                        )
+                    ]
+                )
+                audio = encoder.feed(pcm)
+                for off in range(0, len(audio), chunk):
+                    await pace.wait()
+                    data = audio[off : off + chunk]
+                    await self.send(
+                        [
+                            live_event(
+                                "session.output_audio.delta", delta=base64.b64encode(data).decode()
+                            )
+                        ]
+                    )
+                    pace.sent(len(data) // per_ms)
+            if tail := encoder.flush():
+                await self.send(
+                    [
+                        live_event(
+                            "session.output_audio.delta", delta=base64.b64encode(tail).decode()
+                        )
+                    ]
+                )
+        finally:
+            if said:
+                self.s.history.append(("assistant", " ".join(said)))
+
+
+class _Pace:
+    """Output audio at the pace it plays, at most ``LEAD_MS`` ahead: Live has no truncate
+    (unlike Realtime's ``conversation.item.truncate``), so what a barge-in stops must not have
+    been sent yet, as with the provider's own stream."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._sent_ms = 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        ahead = self._sent_ms - (now - self._t0) * 1000
+        await asyncio.sleep(max(0.0, ahead - LEAD_MS) / 1000)
+
+    def sent(self, ms: float) -> None:
+        self._sent_ms += ms
+
+
+async def engine_live(request: web.Request) -> web.StreamResponse:
+    """``GET /_engine/v1/live/sessions``: the gateway's per-process token, then a Live session."""
+    opts = request.app[ENGINE_OPTIONS]
+    ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
+    await ws.prepare(request)
+    if not authorized(request, opts):
+        error = live_error("invalid_api_key", "Incorrect API key provided.")
+        await ws.send_str(_dump(error))
+        await ws.close(code=1008, message=b"invalid_request_error.invalid_api_key")
+        return ws
+    await LiveConnection(ws, opts).run()
+    return ws
