@@ -483,3 +483,35 @@ async def test_live_sessions_in_the_admin_api_the_cli_and_the_metrics(
         text = await r.text()
     assert 'rtgate_audio_seconds_total{model="gpt-live-1",unit="minute"} 30.0' in text
     assert 'rtgate_sessions_started_total{model="gpt-live-1"} 1.0' in text
+
+
+async def test_the_local_engine_answers_live_through_the_same_relay(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "engine.toml"
+    cfg.write_text('[engine]\nvad = "energy"\nstt = "none"\ntts = "tone"\nlive_usage_seconds = 1\n')
+    gw = await start_gateway(make_settings(OPENAI_API_KEY="", RTGATE_CONFIG=str(cfg)))
+    key = await gw.new_key()
+    async with client_for(gw, key).live.connect() as conn:
+        await conn.session.start(session={"model": "gpt-live-1"})
+        started = SERVER_EVENT.validate_json(await conn.recv_bytes())
+        assert (started.type, started.session.model) == ("session.started", "gpt-live-1")
+        snapshot = SERVER_EVENT.validate_json(await conn.recv_bytes())
+        assert (snapshot.type, snapshot.usage.seconds) == ("session.usage.updated", 1)
+        await conn.session.close()
+        closed = SERVER_EVENT.validate_json(await conn.recv_bytes())
+        assert closed.type == "session.closed"
+    await until_no_live_sessions(gw)
+    assert provider.upgrades == []  # the engine, not a provider
+    rows = await usage_rows(gw)
+    # Metered as any Live session, priced by the engine's row (0 unless the operator sets it).
+    assert rows and {(r.kind, r.model, r.price_key, r.charged_nanos) for r in rows} == {
+        ("live", "gpt-live-1", "local", 0)
+    }
+    assert sum(r.audio_ms for r in rows) == round(closed.usage.seconds * 1000)
+    async with gw.store.engine.connect() as c:
+        (srow,) = (await c.execute(select(sessions))).all()
+    assert (srow.upstream, srow.intent) == ("local", "live")

@@ -32,9 +32,10 @@ dials (``first_message.py``): the model is routed and checked against the key li
 and the message goes upstream as the session's first frame (``protocol/live.py``). No first
 message within ``live_start_seconds``, another event first, or no ``session.model``: an
 ``error`` in Live's envelope (6) with ``invalid_session_start`` and close 1008, no dial. Live
-has no client secrets (1), so a secret opens no Live session; the local engine does not serve
-Live (``unsupported_upstream``, 1008). Key defaults and templates are Realtime session fields
-and do not apply. Metering: ``protocol/live.py``, ``protocol/relay.py``.
+has no client secrets (1), so a secret opens no Live session. A model routed to the local engine
+is dialled at the engine's own ``/live/sessions`` route (``engine/live_server.py``) like a
+provider's. Key defaults and templates are Realtime session fields and do not apply. Metering:
+``protocol/live.py``, ``protocol/relay.py``.
 
 Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
 checked ``call_id``; anything else a client adds is dropped.
@@ -317,11 +318,6 @@ async def relay_socket(
                 return  # closed before it said anything: nothing to answer
             start = read_session_start(message)
             route = route_for(gw, policy, start.model)
-            if route.upstream.kind == "local":
-                raise UnsupportedUpstream(
-                    f"The model `{route.model}` is served by the gateway's local engine, which"
-                    " does not serve GPT-Live; route it to a provider."
-                )
             await admit(gw, key, policy)
         elif call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
