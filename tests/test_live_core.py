@@ -365,3 +365,15 @@ def test_a_missing_or_foreign_first_event_is_refused(
         read_session_start(frame)
     assert exc.value.param == param
     assert exc.value.close_code == 1008
+
+
+def test_a_client_that_asked_to_close_is_not_asked_for_again() -> None:
+    c = started(core())
+    assert c.client_text('{"type":"session.close","event_id":"evt_c"}') == [
+        SendUpstream('{"type":"session.close","event_id":"evt_c"}')
+    ]
+    # It closed its socket before session.closed came: the wait goes on, nothing sent twice.
+    assert c.client_closed(1000, "") == ()
+    assert c.open
+    acts = list(c.upstream_text(closed(4.0)) or ())
+    assert [type(a) for a in acts] == [Record, CloseUpstream, Ended]

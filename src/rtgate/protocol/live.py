@@ -58,6 +58,9 @@ LIVE_MARKS = (
 #: The client event that starts a session; a second one is refused (the model was checked).
 START_MARK = '"session.start"'
 START_TYPE = "session.start"
+#: The client event that ends a session: once a client sent it, the gateway does not again.
+CLOSE_MARK = '"session.close"'
+CLOSE_TYPE = "session.close"
 
 
 @dataclass(frozen=True, slots=True)

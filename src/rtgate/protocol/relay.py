@@ -103,6 +103,8 @@ from rtgate.protocol.beta import UP_MARKS, BetaTranslator
 from rtgate.protocol.events import error_event_for, live_error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
 from rtgate.protocol.live import (
+    CLOSE_MARK,
+    CLOSE_TYPE,
     LIVE_APPEND_PREFIXES,
     LIVE_MARKS,
     SESSION_CLOSE,
@@ -209,6 +211,8 @@ class RelayCore:
         self._close_grace = close_grace
         #: A Live session ending, waiting for the upstream's ``session.closed``.
         self._closing: _Closing | None = None
+        #: A Live client sent ``session.close`` itself (the gateway need not send it again).
+        self._close_asked = False
         self._error_event = live_error_event_for if self._live else error_event_for
         self._alive = {
             side: Keepalive(beat, opened_mono)
@@ -226,7 +230,7 @@ class RelayCore:
         if recorder is not None:
             up += (CLIENT_MARK,)
         if self._live:
-            up += (START_MARK,)
+            up += (START_MARK, CLOSE_MARK)
         self._up_marks = tuple(dict.fromkeys(up))
         #: Whether an upstream audio frame may skip everything (no beta rename, no transcript
         #: and nothing held); recomputed when any of those changes.
@@ -512,6 +516,8 @@ class RelayCore:
             out.append(SendClient(self._error_event(again)))
             out.append(Refused(again.code))
             return out
+        if self._live and event.get("type") == CLOSE_TYPE:
+            self._close_asked = True
         out.append(SendUpstream(data))
         return out
 
@@ -662,7 +668,7 @@ class RelayCore:
         if live is None or live.confirmed:
             return (CloseUpstream(code, reason), _ENDED)
         self._closing = _Closing(code, reason)
-        return (SendUpstream(SESSION_CLOSE),)
+        return (SendUpstream(SESSION_CLOSE),) if not self._close_asked else _NOTHING
 
     def _closing_text(self, data: str) -> Actions:
         """An upstream frame of a closing Live session: its usage recorded (the frame goes
