@@ -306,3 +306,76 @@ class FakeLive:
             for frame in out:
                 await ws.send_str(frame)
                 await asyncio.sleep(0)
+
+
+#: The SDP the fake answers every offer with.
+FAKE_LIVE_SDP_ANSWER = "v=0\r\no=- 4343 2 IN IP4 127.0.0.1\r\ns=fake-live-answer\r\nt=0 0\r\n"
+
+
+@dataclass
+class FakeLiveCalls:
+    """The provider's GPT-Live WebRTC/SIP side (voice-apis.md 1.2): ``POST /v1/live/sessions``
+    (JSON with ``transport.sdp``) answered ``{session: {id}, transport: {type, sdp}}``; the
+    sideband ``GET /v1/live/sessions/{id}/attach`` (no ``session.start``); ``accept``,
+    ``reject``, ``refer``, ``hangup``, answered with no body. A hangup, or ``session.close`` on
+    the sideband, ends with ``session.closed`` (the total the test set) and close 1000."""
+
+    sessions: dict[str, LiveSession] = field(default_factory=dict)
+    sidebands: dict[str, web.WebSocketResponse] = field(default_factory=dict)
+    #: ``POST /v1/live/sessions`` bodies as received.
+    created: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
+
+    async def create(self, request: web.Request, key: str) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)
+        body = orjson.loads(await request.read())
+        self.created.append(body)
+        config = body.get("session") or {}
+        if config.get("model") not in LIVE_MODELS:
+            return web.json_response({"error": {"code": "invalid_model"}}, status=400)
+        sid = "rtc_" + secrets.token_hex(8)
+        resource = {**config, "id": sid, "expires_at": int(time.time()) + 3600, "status": "active"}
+        self.sessions[sid] = LiveSession(resource, 1000)
+        return web.json_response(
+            {"session": {"id": sid}, "transport": {"type": "webrtc", "sdp": FAKE_LIVE_SDP_ANSWER}}
+        )
+
+    async def attach(self, request: web.Request, key: str) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        sid = request.match_info["session_id"]
+        if request.headers.get("Authorization") != f"Bearer {key}" or sid not in self.sessions:
+            await ws.send_str(live_error("invalid_api_key", "No."))
+            await ws.close(code=1008)
+            return ws
+        self.sidebands[sid] = ws
+        state = self.sessions[sid]
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                state.received.append(msg.data)
+                if orjson.loads(msg.data).get("type") == "session.close":
+                    await self.finish(sid)
+        return ws
+
+    async def finish(self, sid: str) -> None:
+        ws = self.sidebands.get(sid)
+        if ws is not None and not ws.closed:
+            await ws.send_str(self.sessions[sid].closed({}))
+            await ws.close(code=1000)
+
+    async def action(self, request: web.Request, key: str) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": {"code": "invalid_api_key"}}, status=401)
+        sid, action = request.match_info["session_id"], request.match_info["action"]
+        raw = await request.read()
+        self.actions.append((sid, action, orjson.loads(raw) if raw else None))
+        if sid not in self.sessions and action != "accept":
+            return web.json_response({"error": {"code": "not_found"}}, status=404)
+        if action == "accept":
+            config = (orjson.loads(raw) if raw else {}).get("session") or {}
+            resource = {**config, "id": sid, "expires_at": 1, "status": "active"}
+            self.sessions.setdefault(sid, LiveSession(resource, 1000))
+        if action in ("hangup", "reject"):
+            await self.finish(sid)
+        return web.Response(status=200)

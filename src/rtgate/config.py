@@ -309,6 +309,10 @@ class Settings(_Frozen):
     #: past it the upstream is closed and the record flagged unconfirmed (docs/protocol-live.md 7:
     #: how long finalisation takes is not documented).
     live_close_seconds: float = Field(default=5.0, gt=0, le=120)
+    #: GPT-Live over WebRTC or SIP: the voice the provider bills as a session starts, credited
+    #: against its duration (docs/protocol-live.md 9: 15 s); recorded as the call's sideband
+    #: opens. 0: not recorded (whether the wire's totals include it is unverified).
+    live_startup_seconds: float = Field(default=15.0, ge=0, le=600)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -408,6 +412,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
     "RTGATE_LIVE_START_SECONDS": "live_start_seconds",
     "RTGATE_LIVE_CLOSE_SECONDS": "live_close_seconds",
+    "RTGATE_LIVE_STARTUP_SECONDS": "live_startup_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",

@@ -634,10 +634,12 @@ class RelayCore:
         """A call sideband: the client hung the call up through the gateway (no second
         hangup)."""
         self._hangup_sent = True
+        # A Live call's provider answers the hangup with session.closed (no session.close).
+        self._close_asked = True
         if not self.session.close(1000, "call hung up", "client"):
             return _NOTHING
         self._stop()
-        return (CloseUpstream(1000, "call hung up"), _ENDED)
+        return self._close_upstream(1000, "call hung up")
 
     def _end(self, err: GatewayError, by: str) -> Actions:
         """The gateway ends the session: the client hears why, then both legs close with its
@@ -651,7 +653,8 @@ class RelayCore:
             if not self._hangup_sent:
                 self._hangup_sent = True
                 out.append(Hangup())
-            out += [CloseUpstream(sendable(code), reason), _ENDED]
+            # (A Live call's sideband asks for the final total first; the hangup follows.)
+            out += self._close_upstream(sendable(code), reason)
             return out
         return (
             SendClient(self._error_event(err)),

@@ -57,6 +57,8 @@ FORWARD_PREFIXES = (
     '{"type":"response.text.delta"',
     # GPT-Live's audio (docs/protocol-live.md 3); the translation route's, spelled the same.
     '{"type":"session.output_audio.delta"',
+    # The caller's audio a Live call's sideband reflects.
+    '{"type":"session.input_audio.append"',
 )
 _RESPONSE_DONE = '"response.done"'
 _TRANSCRIBED = 'input_audio_transcription.completed"'
@@ -212,6 +214,18 @@ class RelaySession:
         if etype in ("session.started", "session.updated"):
             live.track(event.get("session"), started=etype == "session.started")
         return None
+
+    def prepay_live(self, ms: int, now: float) -> UsageRecord | None:
+        """A Live call's start-up charge: ``ms`` billed now as the session's first voice (the
+        provider credits it against the duration, so snapshots bill only what exceeds it);
+        docs/protocol-live.md 9."""
+        live = self.live
+        if live is None or ms <= 0:
+            return None
+        live.billed_ms = max(live.billed_ms, ms)
+        live.started = True  # the provider runs (and bills) it from its creation
+        reading = UsageReading(Usage(kind="live", audio_ms=ms))
+        return self._meter(reading, None, now)
 
     def unconfirmed_live(self, now: float) -> UsageRecord | None:
         """At the end of a Live session the provider ran but never confirmed
