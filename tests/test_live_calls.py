@@ -157,7 +157,7 @@ async def test_a_sip_call_is_accepted_by_one_key_and_metered(
     start_gateway: Callable[..., Any],
     provider: FakeProvider,
 ) -> None:
-    gw = await start_gateway(make_settings(RTGATE_LIVE_STARTUP_SECONDS="0"))
+    gw = await start_gateway(make_settings())  # a start-up charge for created sessions only
     key = await gw.new_key("sip")
     late = await gw.new_key("late")
     sid = "rtc_incoming0123"

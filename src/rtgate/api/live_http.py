@@ -94,7 +94,7 @@ async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web
             # Its owner is on record before anyone hears of the session (the answer, a sideband).
             owned = await claim_call(gw, session_id, key, route)
             if owned:
-                await calls.start(gw, session_id, key, policy, route, live=True)
+                await calls.start(gw, session_id, key, policy, route, live=True, startup=True)
         except GatewayError:
             await hang_up_unmetered(gw, route, session_id, live=True)
             raise

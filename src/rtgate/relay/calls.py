@@ -11,9 +11,9 @@ owned by a ``CallRegistry`` (one per app), which ends the calls still live at sh
 
 A GPT-Live WebRTC or SIP session (``live``, docs/protocol-live.md 9) is a call too: created at
 ``{base}/live/sessions``, controlled at ``{base}/live/sessions/{id}/{action}``, its sideband
-``{base}/live/sessions/{id}/attach``, metered by its voice seconds (``protocol/live.py``). Its
-provider bills ``live_startup_seconds`` as the session starts, credited against its duration:
-recorded as the sideband opens, the snapshots then bill only what exceeds it.
+``{base}/live/sessions/{id}/attach``, metered by its voice seconds (``protocol/live.py``). The
+provider bills ``live_startup_seconds`` as a created (WebRTC) session starts, credited against its
+duration: recorded as the sideband opens, the snapshots then bill only what exceeds it.
 """
 
 from __future__ import annotations
@@ -252,10 +252,12 @@ class CallRegistry:
         secret_id: str | None = None,
         *,
         live: bool = False,
+        startup: bool = False,
     ) -> Sideband:
         """Dial the call's sideband and run it as a metered session (``live``: a GPT-Live
-        session's). The limiter slot the caller acquired is released when it ends; if this
-        raises, the slot and the call (to hang up) are still the caller's."""
+        session's; ``startup``: one the gateway created, which owes the start-up charge). The
+        limiter slot the caller acquired is released when it ends; if this raises, the slot and
+        the call (to hang up) are still the caller's."""
         if self.closing or gw.closing:
             raise shutting_down()
         if live:
@@ -282,7 +284,7 @@ class CallRegistry:
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
             await record_start(gw, session)
-            if live:
+            if startup:
                 await self._prepay(gw, session)
         except GatewayError:
             await sb.close_socket()
