@@ -236,7 +236,7 @@ async def test_an_upstream_that_never_answers_session_close_is_closed_after_the_
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     await until_no_live_sessions(gw)
-    assert 0.8 < loop.time() - t0 < 3  # live_close_seconds = 1
+    assert 0.8 < loop.time() - t0 < 6  # live_close_seconds = 1 (plus a tick, a loaded machine)
     rows = await usage_rows(gw)
     assert [(r.audio_ms, r.review) for r in rows] == [(2000, None), (0, "unconfirmed_usage")]
 
