@@ -462,9 +462,10 @@ async def connect(
     *,
     max_message: int,
     connect_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> PicowsLeg:
-    """Dial an upstream at ``url`` (``ws://`` or ``wss://``, certificates verified) with
-    ``headers`` (relay/
+    """Dial an upstream at ``url`` (``ws://`` or ``wss://``, certificates verified, against
+    ``ssl_context``'s trust when given, else the system's) with ``headers`` (relay/
     upstream.py ``upstream_headers``), within ``connect_timeout`` seconds, handshake included.
 
     Raises ``UpstreamError``: refused (HTTP status in the message) or unreachable."""
@@ -473,6 +474,7 @@ async def connect(
             _transport, leg = await ws_connect(
                 lambda: PicowsLeg(max_message),
                 url,
+                ssl_context=ssl_context,
                 extra_headers=dict(headers),
                 websocket_handshake_timeout=connect_timeout,
                 max_frame_size=max_message,
