@@ -37,7 +37,7 @@ from rtgate.engine.brain import (
     words,
 )
 from rtgate.engine.options import EngineOptions
-from rtgate.engine.server import add_engine_routes
+from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.tts import ToneSynthesizer
 from tests.provider import FakeTranscriber
 from tests.sdk_events import validate_server_event

@@ -26,7 +26,7 @@ from rtgate.engine.live_session import (
     Say,
 )
 from rtgate.engine.options import EngineOptions
-from rtgate.engine.server import add_engine_routes
+from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad
 from tests.provider import FakeTranscriber

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from rtgate.relay.front_door import MAX_HEAD, FrontDoorSite, RelayDoor, RelayUpgrade
 from rtgate.relay.picows_leg import PicowsLeg
-from rtgate.tls import pinned_context, server_context
+from rtgate.tls import server_context
 from tests.raw_ws import BINARY, TEXT, RawClient, frame, upgrade_request
-from tests.test_tls import dev_cert
+from tests.test_tls import dev_cert, pinned_context
 
 MAX = 8192
 _TIMEOUT = aiohttp.ClientTimeout(total=10)

@@ -15,9 +15,9 @@ from picows import ws_create_server
 
 from rtgate.errors import UpstreamError
 from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
-from rtgate.tls import pinned_context, server_context
+from rtgate.tls import server_context
 from tests.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient, frame
-from tests.test_tls import dev_cert
+from tests.test_tls import dev_cert, pinned_context
 
 MAX = 4096
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,8 +120,6 @@ class Gateway:
     #: Where the embedded local engine listens, and the token that guards it (set at start-up).
     local_base_url: str = ""
     local_token: str = ""
-    #: On a TLS listener, how the gateway trusts its own engine route (``rtgate.tls``).
-    local_tls: ssl.SSLContext | None = None
     expiry_check_interval: float = 1.0
     lifecycle: Lifecycle = Lifecycle.SERVING
     live: LiveSessions = field(default_factory=LiveSessions)

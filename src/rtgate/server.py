@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from aiohttp import web
+
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
@@ -79,9 +81,7 @@ async def serve_async(
     drain_requested: Callable[[], bool] | None = None,
 ) -> None:
     app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
-    # At exit aiohttp waits this long for handlers still running. With --workers, a sibling's
-    # relayed session may be served by this worker's local engine route (SO_REUSEPORT), so a
-    # worker whose own sessions have drained waits for those too, up to a drain's length.
+    # At exit aiohttp waits this long for handlers still running (a drain's length at least).
     wait = max(60.0, settings.drain_seconds)
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
@@ -99,11 +99,17 @@ async def serve_async(
         ssl_context=tls,
     )
     await site.start()
+    # The relay dials this process's own engine on a loopback port of its own: on the shared
+    # port (SO_REUSEPORT, --workers) the kernel may hand the engine's connection to a sibling,
+    # which then ends it when it drains or stops before this worker's session does. The engine
+    # routes need this process's per-process token, and the port is loopback only, so no TLS.
+    engine_site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await engine_site.start()
+    set_local_base_url(app, "127.0.0.1", engine_site.port)
     if sock is not None:
         host, port = sock.getsockname()[:2]
     else:
         host, port = settings.host, settings.port
-    set_local_base_url(app, str(host), int(port), settings.tls_certfile if tls else None)
     freeze_startup_heap()
     shown = f"[{host}]" if ":" in str(host) else host
     scheme = "https" if tls is not None else "http"

@@ -2,9 +2,9 @@
 WebSocket and the engine's own route, for clients that only speak ``wss://`` (the npm ``openai``
 package; the Python SDK's beta path without ``websocket_base_url``, docs/protocol.md 0, fact 3).
 
-The gateway dials its embedded engine on that same listener, so that dial is TLS too, and it
-trusts exactly the certificate it serves (pinned: any hostname, no CA needed), which works as
-well for a self-signed development certificate as for one a CA issued.
+The gateway dials its embedded engine on a loopback port of its own, in plain ``ws://``
+(``server.py``): that dial never leaves the machine, and the engine's route wants the process's
+own token.
 """
 
 from __future__ import annotations
@@ -32,16 +32,6 @@ def server_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContex
     except (ssl.SSLError, OSError) as exc:
         name = "tls_keyfile" if _has_cert(certfile) else "tls_certfile"
         raise ConfigError(f"{name}: cannot use {certfile} and {keyfile} for TLS: {exc}") from exc
-    return ctx
-
-
-def pinned_context(certfile: Path) -> ssl.SSLContext:
-    """A client context that trusts only the certificate this gateway serves (its own engine
-    route): verified, whatever name it was issued for."""
-    ctx = ssl.create_default_context(cafile=str(certfile))
-    ctx.check_hostname = False
-    # The leaf itself is the trust anchor, even when a CA issued it.
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -39,7 +38,7 @@ from rtgate.clock import Clock, SystemClock
 from rtgate.config import Settings
 from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
-from rtgate.engine.server import add_engine_routes
+from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.stack import build_engine
 from rtgate.errors import AuthError
 from rtgate.fleet import Fleet, LoneInstance
@@ -52,7 +51,6 @@ from rtgate.metrics import Metrics
 from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
-from rtgate.tls import pinned_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
 
@@ -258,15 +256,9 @@ def create_app(
     return app
 
 
-def set_local_base_url(
-    app: web.Application, host: str, port: int, tls_certfile: Path | None = None
-) -> None:
-    """Point the ``local`` upstream at this process's own engine route (known once bound);
-    on a TLS listener, over TLS that trusts the listener's own certificate (``rtgate.tls``)."""
+def set_local_base_url(app: web.Application, host: str, port: int) -> None:
+    """Point the ``local`` upstream at this process's own engine route (known once bound)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    gw = app[GATEWAY]
-    scheme = "ws" if tls_certfile is None else "wss"
-    gw.local_base_url = f"{scheme}://{host}:{port}{ENGINE_PATH}"
-    gw.local_tls = None if tls_certfile is None else pinned_context(tls_certfile)
+    app[GATEWAY].local_base_url = f"ws://{host}:{port}{ENGINE_PATH}"

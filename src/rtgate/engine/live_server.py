@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.engine.access import ENGINE_OPTIONS, authorized
 from rtgate.engine.audio import AudioFormat, OutputConverter
 from rtgate.engine.brain import BrainError, BrainRequest, TextDelta
 from rtgate.engine.live_session import (
@@ -40,6 +39,7 @@ from rtgate.engine.live_session import (
 )
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.responder import sentence_end
+from rtgate.engine.routes import ENGINE_OPTIONS, authorized
 from rtgate.engine.session import Event
 
 log = logging.getLogger("rtgate.engine")

@@ -21,12 +21,11 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from rtgate.catalog import model_family
-from rtgate.engine.access import ENGINE_OPTIONS, authorized
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
-from rtgate.engine.live_server import engine_live
 from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
 from rtgate.engine.response_plan import ResponsePlan
+from rtgate.engine.routes import ENGINE_OPTIONS, authorized
 from rtgate.engine.session import (
     EngineSession,
     Event,
@@ -269,11 +268,3 @@ def setup_frames(headers: Mapping[str, str]) -> int:
     """How many setup frames the gateway announced (``SETUP_FRAMES_HEADER``)."""
     raw = headers.get(SETUP_FRAMES_HEADER, "0")
     return min(int(raw), MAX_SETUP_FRAMES) if raw.isdigit() else 0
-
-
-def add_engine_routes(app: web.Application, opts: EngineOptions, base: str = "/_engine/v1") -> None:
-    """The engine's two protocols under ``base``, where the relay's local upstream points:
-    ``/realtime`` (the Realtime API) and ``/live/sessions`` (GPT-Live)."""
-    app[ENGINE_OPTIONS] = opts
-    app.router.add_get(base + "/realtime", engine_realtime)
-    app.router.add_get(base + "/live/sessions", engine_live)

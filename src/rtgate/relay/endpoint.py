@@ -144,8 +144,6 @@ async def _dial(
             headers,
             max_message=UPSTREAM_MAX_MESSAGE,
             connect_timeout=up.connect_timeout_s,
-            # rtgate's own engine on a TLS listener: its certificate, pinned.
-            ssl_context=gw.local_tls if up.kind == "local" else None,
         )
     except UpstreamRefused as exc:
         log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)

@@ -464,8 +464,8 @@ async def connect(
     connect_timeout: float,
     ssl_context: ssl.SSLContext | None = None,
 ) -> PicowsLeg:
-    """Dial an upstream at ``url`` (``ws://`` or ``wss://``, certificates verified unless
-    ``ssl_context`` says otherwise: the local engine's pinned one) with ``headers`` (relay/
+    """Dial an upstream at ``url`` (``ws://`` or ``wss://``, certificates verified, against
+    ``ssl_context``'s trust when given, else the system's) with ``headers`` (relay/
     upstream.py ``upstream_headers``), within ``connect_timeout`` seconds, handshake included.
 
     Raises ``UpstreamError``: refused (HTTP status in the message) or unreachable."""
