@@ -79,6 +79,18 @@ def live_url(gw: RunningGateway) -> str:
     return f"{gw.ws}/v1/live/sessions"
 
 
+async def ended_session(gw: RunningGateway) -> Any:
+    """The one session's row once its end is recorded (the ledger writes it just after the
+    session leaves the live list)."""
+    async with asyncio.timeout(10):
+        while True:
+            async with gw.store.engine.connect() as c:
+                (row,) = (await c.execute(select(sessions))).all()
+            if row.ended_at is not None:
+                return row
+            await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
     cfg = tmp_path / "rtgate.toml"
@@ -161,8 +173,7 @@ async def test_the_sdk_holds_a_live_session_through_rtgate_billed_to_the_nano_do
     )
     assert (backend.text_in, backend.text_in_cached, backend.text_out) == (1000, 200, 100)
     assert backend.provider_nanos == 2_500_000
-    async with gw.store.engine.connect() as c:
-        (srow,) = (await c.execute(select(sessions))).all()
+    srow = await ended_session(gw)
     # The client's session.close was answered and the upstream closed, 1000, mirrored.
     assert (srow.model, srow.intent, srow.close_code, srow.closed_by) == (
         "gpt-live-1",
@@ -264,8 +275,7 @@ async def test_a_budget_crossed_mid_session_ends_it_with_insufficient_quota(
     rows = await usage_rows(gw)
     assert [(r.audio_ms, r.review) for r in rows] == [(60_000, None)]
     assert rows[0].charged_nanos == 60_000_000
-    async with gw.store.engine.connect() as c:
-        (srow,) = (await c.execute(select(sessions))).all()
+    srow = await ended_session(gw)
     assert (srow.close_code, srow.close_reason) == (3000, "insufficient_quota.insufficient_quota")
     # And the key is refused before any dial from now on.
     async with connect(live_url(gw), additional_headers={"Authorization": f"Bearer {key}"}) as ws:
@@ -469,6 +479,7 @@ async def test_live_sessions_in_the_admin_api_the_cli_and_the_metrics(
         "RTGATE_DATABASE_URL": gw.settings.resolved_database_url,
         "RTGATE_CONFIG": "",
     }
+    await ended_session(gw)
     result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["sessions", "--json"], env=env)
     assert result.exit_code == 0, result.output
     (row,) = orjson.loads(result.output)
@@ -512,6 +523,5 @@ async def test_the_local_engine_answers_live_through_the_same_relay(
         ("live", "gpt-live-1", "local", 0)
     }
     assert sum(r.audio_ms for r in rows) == round(closed.usage.seconds * 1000)
-    async with gw.store.engine.connect() as c:
-        (srow,) = (await c.execute(select(sessions))).all()
+    srow = await ended_session(gw)
     assert (srow.upstream, srow.intent) == ("local", "live")

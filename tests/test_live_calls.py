@@ -58,6 +58,18 @@ async def act(gw: RunningGateway, key: str, action: str, sid: str, **body: Any) 
         await getattr(client.live.sessions, action)(sid, **body)
 
 
+async def ended_session(gw: RunningGateway) -> Any:
+    """The one session's row once its end is recorded (the ledger writes it just after the
+    session leaves the live list)."""
+    async with asyncio.timeout(10):
+        while True:
+            async with gw.store.engine.connect() as c:
+                (row,) = (await c.execute(select(sessions))).all()
+            if row.ended_at is not None:
+                return row
+            await asyncio.sleep(0.02)
+
+
 async def test_a_webrtc_session_is_created_metered_on_its_sideband_and_hung_up(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
@@ -97,8 +109,7 @@ async def test_a_webrtc_session_is_created_metered_on_its_sideband_and_hung_up(
     assert sum(r.provider_nanos for r in rows) == sum(
         round(ms * NANOS_PER_MS) for ms in (15_000, 6_500, 8_500)
     )
-    async with gw.store.engine.connect() as c:
-        (srow,) = (await c.execute(select(sessions))).all()
+    srow = await ended_session(gw)
     assert (srow.model, srow.intent, srow.closed_by) == ("gpt-live-1", "webrtc", "client")
 
 
@@ -122,8 +133,7 @@ async def test_a_budget_crossed_on_the_sideband_ends_the_session_with_its_final_
     assert (sid, "hangup", None) in provider.live_calls.actions
     rows = await rows_of(gw)
     assert [(r.audio_ms, r.review) for r in rows] == [(60_000, None)]
-    async with gw.store.engine.connect() as c:
-        (srow,) = (await c.execute(select(sessions))).all()
+    srow = await ended_session(gw)
     assert srow.close_reason == "insufficient_quota.insufficient_quota"
 
 
