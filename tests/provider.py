@@ -24,6 +24,7 @@ from rtgate.engine.server import EngineConnection
 from rtgate.engine.session import EngineSession
 from rtgate.engine.session_config import default_session
 from rtgate.protocol.session_fields import merge
+from tests.live_fake import FakeLive, FakeLiveCalls
 from tests.translator import TranslationSession, serve_translation
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
@@ -86,6 +87,10 @@ class FakeProvider:
     secret_requests: list[dict[str, Any]] = field(default_factory=list)
     #: Sessions on ``/v1/realtime/translations`` (``tests/translator.py``).
     translations: list[TranslationSession] = field(default_factory=list)
+    #: GPT-Live's WebSocket route (``tests/live_fake.py``).
+    live: FakeLive = field(default_factory=FakeLive)
+    #: GPT-Live's WebRTC/SIP routes and sidebands.
+    live_calls: FakeLiveCalls = field(default_factory=FakeLiveCalls)
     _runner: web.AppRunner | None = None
 
     @property
@@ -96,6 +101,12 @@ class FakeProvider:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handle)
         app.router.add_get("/v1/realtime/translations", self.translate)
+        app.router.add_get("/v1/live/sessions", self.serve_live)
+        app.router.add_post("/v1/live/sessions", self.create_live)
+        app.router.add_get("/v1/live/sessions/{session_id}/attach", self.attach_live)
+        app.router.add_post(
+            "/v1/live/sessions/{session_id}/{action:accept|reject|refer|hangup}", self.live_action
+        )
         app.router.add_post("/v1/realtime/calls", self.place_call)
         app.router.add_post("/v1/realtime/client_secrets", self.mint_secret)
         app.router.add_post("/v1/realtime/calls/{call_id}/{action}", self.call_action)
@@ -119,6 +130,20 @@ class FakeProvider:
     async def translate(self, request: web.Request) -> web.StreamResponse:
         self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
         return await serve_translation(request, self.key, self.translations)
+
+    async def serve_live(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
+        return await self.live.serve(request, self.key)
+
+    async def create_live(self, request: web.Request) -> web.StreamResponse:
+        return await self.live_calls.create(request, self.key)
+
+    async def attach_live(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades.append(Upgrade(request.path, dict(request.query), dict(request.headers)))
+        return await self.live_calls.attach(request, self.key)
+
+    async def live_action(self, request: web.Request) -> web.StreamResponse:
+        return await self.live_calls.action(request, self.key)
 
     async def place_call(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

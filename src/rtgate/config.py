@@ -243,6 +243,7 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-live-transcribe": PriceSettings(unit="minute", rate=_d("0.017")),
     "gpt-realtime-whisper": PriceSettings(unit="minute", rate=_d("0.017")),
     "gpt-realtime-translate": PriceSettings(unit="minute", rate=_d("0.034")),
+    # GPT-Live's voice; its backend's tokens price by the backend model's own row.
     "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
     # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
     "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
@@ -260,6 +261,9 @@ DEFAULT_OPENAI_MODELS = (
     "gpt-realtime-2.1-mini",
     # Served on /v1/realtime/translations only (relay/endpoint.py).
     "gpt-realtime-translate",
+    # GPT-Live, on /v1/live/sessions only (relay/endpoint.py, docs/protocol-live.md 1).
+    "gpt-live-1",
+    "gpt-live-1.1",
 )
 
 
@@ -297,6 +301,18 @@ class Settings(_Frozen):
     #: counts it) is recorded every this many seconds of audio, and at the session's end: a
     #: crash loses at most this much audio per session unbilled.
     translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: GPT-Live (``/v1/live/sessions``): how long a client may take to send its first message,
+    #: ``session.start``, which names the model; past it: ``invalid_session_start``, no dial.
+    live_start_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: GPT-Live: how long the upstream may take to answer ``session.close`` with
+    #: ``session.closed`` (the final total) when the client or the gateway ends a session;
+    #: past it the upstream is closed and the record flagged unconfirmed (docs/protocol-live.md 7:
+    #: how long finalisation takes is not documented).
+    live_close_seconds: float = Field(default=5.0, gt=0, le=120)
+    #: GPT-Live over WebRTC or SIP: the voice the provider bills as a session starts, credited
+    #: against its duration (docs/protocol-live.md 9: 15 s); recorded as the call's sideband
+    #: opens. 0: not recorded (whether the wire's totals include it is unverified).
+    live_startup_seconds: float = Field(default=15.0, ge=0, le=600)
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
     commit_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -394,6 +410,9 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
     "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
+    "RTGATE_LIVE_START_SECONDS": "live_start_seconds",
+    "RTGATE_LIVE_CLOSE_SECONDS": "live_close_seconds",
+    "RTGATE_LIVE_STARTUP_SECONDS": "live_startup_seconds",
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",

@@ -14,6 +14,8 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
     +-- UnsupportedUpstream      unsupported_upstream       400 / close 1008
+    +-- InvalidSessionStart      invalid_session_start      400 / close 1008
+    +-- SessionStartedAlready    session_already_started    400 / (the event is dropped)
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
     +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
     +-- LedgerUnavailable        usage_unavailable          500 / close 1011
@@ -113,6 +115,28 @@ class UnsupportedUpstream(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "unsupported_upstream"
+
+
+class InvalidSessionStart(GatewayError):
+    """A GPT-Live socket whose first message is no ``session.start`` naming a model (none before
+    the deadline, another event, no ``session.model``): the gateway cannot route it, so it never
+    dials. 1008, terminal for the SDKs, as the reference suggests after an admission error
+    (docs/protocol-live.md 6; Live's own codes are unverified)."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "invalid_session_start"
+
+
+class SessionStartedAlready(GatewayError):
+    """A second ``session.start`` on a GPT-Live socket: refused and dropped, the session goes
+    on (the first one's model was the one the gateway checked)."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "session_already_started"
 
 
 class LimiterUnavailable(GatewayError):

@@ -24,6 +24,7 @@ from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions
+from rtgate.api.live_http import add_live_routes
 from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.api.request_timeouts import body_deadline
@@ -240,8 +241,10 @@ def create_app(
     app.on_shutdown.append(close_live_sessions)
     app.router.add_get("/v1/realtime", realtime)
     app.router.add_get("/v1/realtime/translations", realtime)
+    app.router.add_get("/v1/live/sessions", realtime)
     add_realtime_http_routes(app)
     add_call_routes(app)
+    add_live_routes(app)
     app.router.add_get("/", home)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)

@@ -134,7 +134,7 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
             if owned:
                 await calls.start(gw, call_id, key, policy, route, secret_id)
         except GatewayError:
-            await _hang_up_unmetered(gw, route, call_id)
+            await hang_up_unmetered(gw, route, call_id)
             raise
         if not owned:
             # A provider's call ids are unique, so this is never seen; the call is not ours.
@@ -150,10 +150,10 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     )
 
 
-async def _hang_up_unmetered(gw: Gateway, route: Route, call_id: str) -> None:
-    """A call the gateway cannot meter must not go on."""
+async def hang_up_unmetered(gw: Gateway, route: Route, call_id: str, *, live: bool = False) -> None:
+    """A call (``live``: a GPT-Live session) the gateway cannot meter must not go on."""
     try:
-        await hangup_upstream(gw, route, call_id)
+        await hangup_upstream(gw, route, call_id, live=live)
     except GatewayError:
         log.warning("call %s could not be hung up", call_id)
 
@@ -208,12 +208,12 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             raise call_not_found(call_id)
         if not 200 <= status < 300:
             log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
-            raise _upstream_refused(action, status)
+            raise upstream_refused(action, status)
         if admitted:
             try:
                 await calls.start(gw, call_id, key, policy, route)
             except GatewayError:
-                await _hang_up_unmetered(gw, route, call_id)
+                await hang_up_unmetered(gw, route, call_id)
                 raise
             # The sideband holds the slot now, and the call is the key's.
             admitted = claimed = False
@@ -222,7 +222,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             await gw.limiter.release(key.id)
         if claimed:
             # Not accepted: the call is left as this found it, no key's.
-            await _release_claim(gw, call_id, key.id)
+            await release_claim(gw, call_id, key.id)
     if action == "hangup" and sb is not None:
         # Hung up through the gateway: the sideband ends now, so the key's live-session slot
         # is free by the time the client hears back. (One on another instance ends when the
@@ -232,14 +232,14 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     return web.Response(status=status)
 
 
-async def _release_claim(gw: Gateway, call_id: str, key_id: str) -> None:
+async def release_claim(gw: Gateway, call_id: str, key_id: str) -> None:
     try:
         await gw.store.release_call(call_id, key_id)
     except GatewayError as err:
         log.error("call %s claim not released: %s", call_id, err.message)
 
 
-def _upstream_refused(action: str, status: int) -> GatewayError:
+def upstream_refused(action: str, status: int) -> GatewayError:
     return UpstreamError(f"The upstream refused the call's {action} (HTTP {status}).")
 
 

@@ -15,8 +15,10 @@ from rtgate.protocol.usage import Usage
 #: Why a record wants an operator's review (``UsageRecord.review``):
 #: ``unparseable_frame``: the frame named a usage event but was no JSON object, so nothing in it
 #: was metered; ``unreadable_usage``: its usage was missing or held values that are no counts,
-#: so only the counts that did read were metered.
-Review = Literal["unparseable_frame", "unreadable_usage"]
+#: so only the counts that did read were metered; ``unconfirmed_usage``: a GPT-Live session
+#: ended without the provider's final total (``session.closed``), so it was billed to its last
+#: usage snapshot (the record itself counts nothing).
+Review = Literal["unparseable_frame", "unreadable_usage", "unconfirmed_usage"]
 
 #: Who counted a record's usage (``UsageRecord.metered_by``): ``provider``, read from its event;
 #: ``gateway``, counted by rtgate where the provider reports none (a translation session's input

@@ -40,3 +40,39 @@ def error_event_for(err: GatewayError, client_event_id: str | None = None) -> st
         param=err.param,
         client_event_id=client_event_id or err.client_event_id,
     )
+
+
+def live_error_event(
+    error_type: str,
+    code: str | None,
+    message: str,
+    *,
+    param: str | None = None,
+    client_event_id: str | None = None,
+) -> str:
+    """A GPT-Live ``error`` server event (docs/protocol-live.md 6, the SDK's
+    ``openai.types.live.ErrorEvent``): the Realtime envelope but for ``error.client_event_id`` in
+    place of ``error.event_id``."""
+    return orjson.dumps(
+        {
+            "type": "error",
+            "event_id": new_id("event"),
+            "error": {
+                "type": error_type,
+                "code": code,
+                "message": message,
+                "param": param,
+                "client_event_id": client_event_id,
+            },
+        }
+    ).decode()
+
+
+def live_error_event_for(err: GatewayError, client_event_id: str | None = None) -> str:
+    return live_error_event(
+        err.error_type,
+        err.code,
+        err.message,
+        param=err.param,
+        client_event_id=client_event_id or err.client_event_id,
+    )

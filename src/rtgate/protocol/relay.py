@@ -22,7 +22,9 @@ Inputs and what they decide:
                                        ping a quiet leg, sever a dead one
 ``committed`` / ``budget_checked``     the outcome of ``Commit`` / ``CheckBudget``
 ``recorded``                           the outcome of ``Record`` (gateway-counted usage)
-``finish``                             at the end: what the session still owes the ledger
+``finish``                             at the end: what the session still owes the ledger (a
+                                       translation's last audio, a Live session's unconfirmed
+                                       total)
 ``terminate`` / ``hung_up``            an end from outside (operator, shutdown, revocation; a
                                        call hung up through the gateway)
 =====================================  ==========================================================
@@ -50,6 +52,14 @@ Rules it keeps:
   2.4: client frames become GA before anything reads them, upstream frames become beta after
   metering read them) and the per-event policy (``ClientEventGuard``, a refused event is
   answered with an error and dropped; the session goes on).
+* **A GPT-Live session** (``RelaySession.live``, docs/protocol-live.md) is the same core with three
+  differences: its errors use Live's envelope; a second ``session.start`` is refused (the first,
+  whose model the gateway checked, is the ``setup`` frame); and its upstream is never closed
+  before ``session.closed`` (4): whatever ends the session on the client's or the gateway's
+  side sends ``session.close`` upstream and the session is *closing*, nothing more reaching the
+  client, until ``session.closed`` (its final total is recorded with ``Record``), the upstream's
+  end, or ``close_grace`` seconds of ticks; then the upstream is closed and ``Ended`` follows.
+  A Live session that ends unconfirmed gets its flagged record from ``finish``.
 """
 
 from __future__ import annotations
@@ -62,7 +72,13 @@ from typing import Any
 import orjson
 
 from rtgate.auth.policy import ClientEventGuard
-from rtgate.errors import GatewayError, LedgerUnavailable, SessionExpired, UpstreamError
+from rtgate.errors import (
+    GatewayError,
+    LedgerUnavailable,
+    SessionExpired,
+    SessionStartedAlready,
+    UpstreamError,
+)
 from rtgate.protocol.actions import (
     Action,
     Actions,
@@ -84,8 +100,17 @@ from rtgate.protocol.actions import (
     Side,
 )
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
-from rtgate.protocol.events import error_event_for
+from rtgate.protocol.events import error_event_for, live_error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
+from rtgate.protocol.live import (
+    CLOSE_MARK,
+    CLOSE_TYPE,
+    LIVE_APPEND_PREFIXES,
+    LIVE_MARKS,
+    SESSION_CLOSE,
+    START_MARK,
+    START_TYPE,
+)
 from rtgate.protocol.relay_session import (
     FORWARD_PREFIXES,
     METER_MARKS,
@@ -127,6 +152,16 @@ _NOTHING: Actions = ()
 _ENDED = Ended()
 
 
+@dataclass(slots=True)
+class _Closing:
+    """A Live session waiting for ``session.closed`` before its upstream is closed with
+    ``code`` and ``reason``; ``deadline`` is set at the first tick."""
+
+    code: int
+    reason: str
+    deadline: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _UpstreamEnd:
     """An upstream close (``code`` set) or loss, held in its place behind a commit."""
@@ -153,13 +188,16 @@ class RelayCore:
         upstream_beat: Cadence | None = None,
         opened_mono: float = 0.0,
         audio_meter: AudioMeter | None = None,
+        close_grace: float = 5.0,
     ) -> None:
         """``now``: the wall clock, read only for a frame that is metered or transcribed.
         ``client``: False for the gateway's own call sideband (no client leg: nothing is sent
         to a client; ending it from this side hangs the call up). ``setup``: the session's
         initial ``session.update``, sent before any client frame. ``budget``: whether the key
         has a budget to check after each metered event. ``audio_meter``: a translation
-        session's input audio counter (the gateway meters what the provider does not)."""
+        session's input audio counter (the gateway meters what the provider does not).
+        ``close_grace``: on a Live session, how long the upstream may take to answer
+        ``session.close`` with ``session.closed``."""
         self.session = session
         self._now = now
         self._client = client
@@ -169,6 +207,13 @@ class RelayCore:
         self._beta = beta
         self._budget = budget
         self._audio_meter = audio_meter
+        self._live = session.live is not None
+        self._close_grace = close_grace
+        #: A Live session ending, waiting for the upstream's ``session.closed``.
+        self._closing: _Closing | None = None
+        #: A Live client sent ``session.close`` itself (the gateway need not send it again).
+        self._close_asked = False
+        self._error_event = live_error_event_for if self._live else error_event_for
         self._alive = {
             side: Keepalive(beat, opened_mono)
             for side, beat in ((Side.CLIENT, client_beat), (Side.UPSTREAM, upstream_beat))
@@ -178,10 +223,14 @@ class RelayCore:
         self._heard_client = self._heard_upstream = False
         # The marks an upstream / client frame must contain to be parsed at all.
         down = METER_MARKS + (UPSTREAM_MARKS if recorder is not None else ())
+        if self._live:
+            down += LIVE_MARKS
         self._down_marks = tuple(dict.fromkeys(down))
         up: tuple[str, ...] = UP_MARKS if beta is not None else ()
         if recorder is not None:
             up += (CLIENT_MARK,)
+        if self._live:
+            up += (START_MARK, CLOSE_MARK)
         self._up_marks = tuple(dict.fromkeys(up))
         #: Whether an upstream audio frame may skip everything (no beta rename, no transcript
         #: and nothing held); recomputed when any of those changes.
@@ -198,7 +247,8 @@ class RelayCore:
     # -- state --------------------------------------------------------------------------------
     @property
     def open(self) -> bool:
-        return self.session.state is SessionState.OPEN
+        """Until ``Ended``: a Live session still waiting for ``session.closed`` is open too."""
+        return self.session.state is SessionState.OPEN or self._closing is not None
 
     @property
     def has_client(self) -> bool:
@@ -221,7 +271,12 @@ class RelayCore:
                 self._heard_upstream = True
 
     def next_tick(self, now_mono: float, every: float) -> float:
-        """Seconds until the next ``tick``: ``every``, or sooner at the session's deadline."""
+        """Seconds until the next ``tick``: ``every``, or sooner at the session's deadline (a
+        closing Live session's, once set)."""
+        closing = self._closing
+        if closing is not None:
+            deadline = closing.deadline
+            return every if deadline is None else max(0.0, min(every, deadline - now_mono))
         return max(0.0, min(every, self.session.deadline - now_mono))
 
     def start(self) -> Actions:
@@ -234,7 +289,7 @@ class RelayCore:
         if self._fast_down and data.startswith(FORWARD_PREFIXES):
             return None
         if self.session.state is not SessionState.OPEN:
-            return _NOTHING
+            return _NOTHING if self._closing is None else self._closing_text(data)
         if self._held is not None:
             return self._hold(data)
         return self._down(data)
@@ -368,9 +423,15 @@ class RelayCore:
 
     def finish(self) -> Actions:
         """Once the session has ended: the record of the audio counted since the last chunk
-        (the pump performs it before it tears down); nothing for any other session."""
+        (the pump performs it before it tears down); a Live session's flagged record when the
+        provider never confirmed its total; nothing for any other session."""
+        if self.session.state is SessionState.OPEN:
+            return _NOTHING
+        if self._live:
+            rec = self.session.unconfirmed_live(self._now())
+            return (Record(rec),) if rec is not None else _NOTHING
         meter = self._audio_meter
-        if meter is None or self.open:
+        if meter is None:
             return _NOTHING
         rec = self.session.meter_input_audio(meter.rest(), self._now())
         return (Record(rec),) if rec is not None else _NOTHING
@@ -409,6 +470,8 @@ class RelayCore:
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
+        if self._live and data.startswith(LIVE_APPEND_PREFIXES):
+            return None
         meter = self._audio_meter
         if meter is not None:
             ms = meter.appended(data)
@@ -439,9 +502,22 @@ class RelayCore:
                 out.append(KeepTranscript(self._recorder.drain()))
         if reads and guard is not None and (refusal := guard.check_event(event)) is not None:
             # Refusals of single events are not fatal: answer, drop, go on.
-            out.append(SendClient(error_event_for(refusal)))
+            out.append(SendClient(self._error_event(refusal)))
             out.append(Refused(refusal.code))
             return out
+        if self._live and event.get("type") == START_TYPE:
+            # The session started with the client's first event, whose model was checked.
+            eid = event.get("event_id")
+            again = SessionStartedAlready(
+                "This Live session has started already.",
+                param="type",
+                client_event_id=eid if isinstance(eid, str) else None,
+            )
+            out.append(SendClient(self._error_event(again)))
+            out.append(Refused(again.code))
+            return out
+        if self._live and event.get("type") == CLOSE_TYPE:
+            self._close_asked = True
         out.append(SendUpstream(data))
         return out
 
@@ -454,6 +530,8 @@ class RelayCore:
         """The upstream sent a close frame: mirrored to the client (our key's rejection
         reworded); a call the provider ended needs no hangup. Behind a held metered frame it
         waits its turn, so the frames before it are delivered first."""
+        if self._closing is not None:
+            return self._closed_upstream()
         if self._held is not None and self.session.state is SessionState.OPEN:
             return self._hold(_UpstreamEnd(code, reason))
         code, reason = self.session.mirrored_close(code, reason)
@@ -468,6 +546,8 @@ class RelayCore:
         """The upstream is gone without a close frame: the client hears why, then 1011. A call
         sideband records the drop as the upstream's own end (no hangup: the call's media path
         is not this socket)."""
+        if self._closing is not None:
+            return self._closed_upstream()
         if self._held is not None and self.session.state is SessionState.OPEN:
             return self._hold(_UpstreamEnd(None, message))
         if not self._client:
@@ -480,7 +560,7 @@ class RelayCore:
             return _NOTHING
         self._stop()
         return (
-            SendClient(error_event_for(err)),
+            SendClient(self._error_event(err)),
             CloseClient(err.close_code, err.close_reason),
             _ENDED,
         )
@@ -491,13 +571,13 @@ class RelayCore:
         if not self.session.close(code, reason, "client"):
             return _NOTHING
         self._stop()
-        return (CloseUpstream(sendable(code), reason), _ENDED)
+        return self._close_upstream(sendable(code), reason)
 
     def client_lost(self) -> Actions:
         if not self.session.close(1006, "client disconnected", "client"):
             return _NOTHING
         self._stop()
-        return (CloseUpstream(1001, "client disconnected"), _ENDED)
+        return self._close_upstream(1001, "client disconnected")
 
     def heard_client(self) -> None:
         self._heard_client = True
@@ -510,7 +590,7 @@ class RelayCore:
         """The pump's timer: expiry first, then one keepalive beat per watched leg."""
         session = self.session
         if session.state is not SessionState.OPEN:
-            return _NOTHING
+            return _NOTHING if self._closing is None else self._closing_tick(now_mono)
         if session.expired(now_mono):
             return self._end(SessionExpired(expiry_message(session.max_seconds)), "gateway")
         out: list[Action] = []
@@ -535,7 +615,7 @@ class RelayCore:
             if not self.session.close(1006, "client disconnected", "client"):
                 return _NOTHING
             self._stop()
-            return (Sever(Side.CLIENT), CloseUpstream(1001, "client disconnected"), _ENDED)
+            return (Sever(Side.CLIENT), *self._close_upstream(1001, "client disconnected"))
         out: list[Action] = [Sever(Side.UPSTREAM)]
         if not self._client:
             err = UpstreamError("The upstream stopped responding.")
@@ -554,10 +634,12 @@ class RelayCore:
         """A call sideband: the client hung the call up through the gateway (no second
         hangup)."""
         self._hangup_sent = True
+        # A Live call's provider answers the hangup with session.closed (no session.close).
+        self._close_asked = True
         if not self.session.close(1000, "call hung up", "client"):
             return _NOTHING
         self._stop()
-        return (CloseUpstream(1000, "call hung up"), _ENDED)
+        return self._close_upstream(1000, "call hung up")
 
     def _end(self, err: GatewayError, by: str) -> Actions:
         """The gateway ends the session: the client hears why, then both legs close with its
@@ -571,14 +653,58 @@ class RelayCore:
             if not self._hangup_sent:
                 self._hangup_sent = True
                 out.append(Hangup())
-            out += [CloseUpstream(sendable(code), reason), _ENDED]
+            # (A Live call's sideband asks for the final total first; the hangup follows.)
+            out += self._close_upstream(sendable(code), reason)
             return out
         return (
-            SendClient(error_event_for(err)),
+            SendClient(self._error_event(err)),
             CloseClient(sendable(code), reason),
-            CloseUpstream(sendable(code), reason),
-            _ENDED,
+            *self._close_upstream(sendable(code), reason),
         )
+
+    # -- a Live session's end (docs/protocol-live.md 4) -----------------------------------------
+    def _close_upstream(self, code: int, reason: str) -> Actions:
+        """Close the upstream and end; a Live session whose total the provider has not
+        confirmed asks for it first (``session.close``) and closes once it came
+        (``_closing_text``), the upstream ended, or ``close_grace`` passed (``_closing_tick``)."""
+        live = self.session.live
+        if live is None or live.confirmed:
+            return (CloseUpstream(code, reason), _ENDED)
+        self._closing = _Closing(code, reason)
+        return (SendUpstream(SESSION_CLOSE),) if not self._close_asked else _NOTHING
+
+    def _closing_text(self, data: str) -> Actions:
+        """An upstream frame of a closing Live session: its usage recorded (the frame goes
+        nowhere: the client has gone or was told why), ``session.closed`` ends the wait."""
+        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in self._down_marks):
+            return _NOTHING
+        rec = self.session.on_upstream_event(parse_event(data), data, self._now())
+        out: list[Action] = []
+        if rec is not None and not isinstance(rec, str):
+            out.append(Record(rec))
+        live = self.session.live
+        if live is not None and live.confirmed:
+            out.extend(self._closed_upstream(close=True))
+        return out
+
+    def _closing_tick(self, now_mono: float) -> Actions:
+        closing = self._closing
+        assert closing is not None
+        if closing.deadline is None:
+            closing.deadline = now_mono + self._close_grace
+        if now_mono < closing.deadline:
+            return _NOTHING
+        return self._closed_upstream(close=True)
+
+    def _closed_upstream(self, *, close: bool = False) -> Actions:
+        """The closing Live session ends: its upstream closed with the session's code, unless
+        it ended itself."""
+        closing, self._closing = self._closing, None
+        if closing is None:
+            return _NOTHING
+        if not close:
+            return (_ENDED,)
+        return (CloseUpstream(closing.code, closing.reason), _ENDED)
 
     def _stop(self) -> None:
         """After the first close nothing is forwarded: not even an audio frame."""

@@ -22,21 +22,27 @@ from __future__ import annotations
 import enum
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import MeteredBy, Review, UsageRecord
-from rtgate.protocol.events import error_event
+from rtgate.protocol.events import error_event, live_error_event
 from rtgate.protocol.usage import (
+    BACKEND_USAGE_EVENTS,
     Usage,
     UsageKind,
     UsageReading,
+    read_live_seconds,
     read_response_usage,
+    read_responses_usage,
     read_transcription_usage,
 )
+
+if TYPE_CHECKING:
+    from rtgate.protocol.live import LiveMeter
 
 #: Frames that dominate traffic and never matter to metering: ``on_upstream_text`` returns None
 #: for a frame starting with one of these, so a caller may forward such a frame without asking
@@ -49,6 +55,10 @@ FORWARD_PREFIXES = (
     '{"type":"response.audio.delta"',
     '{"type":"response.audio_transcript.delta"',
     '{"type":"response.text.delta"',
+    # GPT-Live's audio (docs/protocol-live.md 3); the translation route's, spelled the same.
+    '{"type":"session.output_audio.delta"',
+    # The caller's audio a Live call's sideband reflects.
+    '{"type":"session.input_audio.append"',
 )
 _RESPONSE_DONE = '"response.done"'
 _TRANSCRIBED = 'input_audio_transcription.completed"'
@@ -91,6 +101,7 @@ class RelaySession:
         intent: str | None = None,
         secret_id: str | None = None,
         metered: bool = True,
+        live: LiveMeter | None = None,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
@@ -104,6 +115,9 @@ class RelaySession:
         self.metered = metered
         #: The client secret that opened it, if one did (its id, never the secret).
         self.secret_id = secret_id
+        #: A GPT-Live session's voice seconds (``/v1/live/sessions``, ``protocol/live.py``);
+        #: None on every other route.
+        self.live = live
         self._catalog = catalog
         self.opened_at = opened_at
         self.deadline = opened_mono + max_seconds
@@ -141,6 +155,8 @@ class RelaySession:
         if not isinstance(event, dict):
             return self._unparseable(data, now)
         etype = event.get("type")
+        if self.live is not None and etype != "error":
+            return self._on_live_event(self.live, etype, event, now)
         if etype == "response.done":
             resp = event.get("response")
             if not isinstance(resp, dict):
@@ -154,7 +170,7 @@ class RelaySession:
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
                 # The provider quotes part of *our* key back; the client must not see it.
                 self.upstream_auth_failed = True
-                return error_event(
+                return (error_event if self.live is None else live_error_event)(
                     "invalid_request_error",
                     "upstream_auth_failed",
                     "The gateway's credentials were rejected by its upstream provider. "
@@ -164,6 +180,64 @@ class RelaySession:
         if etype in ("session.created", "session.updated"):
             self._track_session(event.get("session"))
         return None
+
+    def _on_live_event(
+        self, live: LiveMeter, etype: Any, event: dict[str, Any], now: float
+    ) -> UsageRecord | None:
+        """A GPT-Live upstream event (docs/protocol-live.md 3-5): the voice seconds a usage
+        snapshot or the final total adds, backend tokens, what the session says of itself."""
+        if etype in ("session.usage.updated", "session.closed"):
+            closed = etype == "session.closed"
+            if closed:
+                live.confirmed = True
+            reading = read_live_seconds(event.get("usage"))
+            if not reading.complete:
+                return self._meter(reading, live.session_id, now)
+            delta = live.delta_ms(reading.usage.audio_ms)
+            return self._meter(
+                UsageReading(Usage(kind="live", audio_ms=delta)), live.session_id, now
+            )
+        if etype == "response.event":
+            inner = event.get("event")
+            if not isinstance(inner, dict) or inner.get("type") not in BACKEND_USAGE_EVENTS:
+                return None
+            resp = inner.get("response")
+            if not isinstance(resp, dict):
+                resp = {}
+            if resp.get("usage") is None and inner.get("type") != "response.completed":
+                return None  # a response that failed or stopped before it used anything
+            model = resp.get("model")
+            if not isinstance(model, str) or not model:
+                model = live.backend_model or ""
+            reading = read_responses_usage(resp.get("usage"))
+            return self._meter(reading, resp.get("id"), now, model=model)
+        if etype in ("session.started", "session.updated"):
+            live.track(event.get("session"), started=etype == "session.started")
+        return None
+
+    def prepay_live(self, ms: int, now: float) -> UsageRecord | None:
+        """A Live call's start-up charge: ``ms`` billed now as the session's first voice (the
+        provider credits it against the duration, so snapshots bill only what exceeds it);
+        docs/protocol-live.md 9."""
+        live = self.live
+        if live is None or ms <= 0:
+            return None
+        live.billed_ms = max(live.billed_ms, ms)
+        live.started = True  # the provider runs (and bills) it from its creation
+        reading = UsageReading(Usage(kind="live", audio_ms=ms))
+        return self._meter(reading, None, now)
+
+    def unconfirmed_live(self, now: float) -> UsageRecord | None:
+        """At the end of a Live session the provider ran but never confirmed
+        (``session.closed`` did not arrive): a record of no usage flagged
+        ``unconfirmed_usage``, so the session's total (billed to its last snapshot) is reviewed
+        against the provider's invoice (docs/protocol-live.md 4). None for any other session."""
+        live = self.live
+        if live is None or not live.unconfirmed or not self.metered:
+            return None
+        live.confirmed = True  # once
+        reading = UsageReading(Usage(kind="live"))
+        return self._meter(reading, live.session_id, now, "unconfirmed_usage")
 
     def _track_session(self, session: Any) -> None:
         if not isinstance(session, dict):
@@ -205,8 +279,10 @@ class RelaySession:
         review: Review | None = None,
         *,
         metered_by: MeteredBy = "provider",
+        model: str | None = None,
     ) -> UsageRecord | None:
-        """The record for one usage event: None when it read in full and counts nothing."""
+        """The record for one usage event: None when it read in full and counts nothing.
+        ``model``: the usage's own model (a Live session's backend), priced by its row."""
         if not self.metered:
             return None
         usage = reading.usage
@@ -215,7 +291,9 @@ class RelaySession:
         if review is None and usage.total_tokens == 0 and usage.audio_ms == 0:
             return None
         other: str | None  # the usage's own model, when it is not the route's
-        if usage.kind == "transcription":
+        if model is not None:
+            other = model
+        elif usage.kind == "transcription":
             # Billed by the transcription model's row, in its unit, whatever the session's
             # intent (docs/protocol.md 4.2); one the session never named is unpriced.
             other = self.transcription_model or ""

@@ -10,8 +10,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 #: ``translation``: input audio of a translation session, counted by the gateway
-#: (``protocol/translation.py``).
-UsageKind = Literal["response", "transcription", "translation"]
+#: (``protocol/translation.py``). ``live``: a GPT-Live session's voice seconds (a delta of its
+#: cumulative ``usage.seconds``); ``backend``: the tokens of a Responses model a Live session
+#: delegated to (``protocol/live.py``).
+UsageKind = Literal["response", "transcription", "translation", "live", "backend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,3 +204,37 @@ def read_transcription_usage(usage: Any) -> UsageReading:
         text_out=r.tokens(usage, "output_tokens"),
     )
     return UsageReading(u, r.complete and utype == "tokens")
+
+
+def read_live_seconds(usage: Any) -> UsageReading:
+    """``usage`` of ``session.usage.updated`` / ``session.closed`` (docs/protocol-live.md 4): the
+    session's cumulative ``seconds``, in milliseconds (fractions kept). Usage is required on
+    both events; a missing or non-numeric ``seconds`` reads as incomplete, with 0."""
+    secs = _seconds(usage.get("seconds")) if isinstance(usage, dict) else None
+    ms = round(secs * 1000) if secs is not None else 0
+    return UsageReading(Usage(kind="live", audio_ms=ms), secs is not None)
+
+
+#: Nested Responses events whose ``response.usage`` a Live session's backend is billed by: the
+#: terminal events of a response, each of which carries its usage (docs/protocol-live.md 5).
+BACKEND_USAGE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def read_responses_usage(usage: Any) -> UsageReading:
+    """A Responses API ``response.usage`` (``input_tokens`` with ``input_tokens_details.
+    cached_tokens`` among them, ``output_tokens`` with any reasoning among them) as text tokens
+    of kind ``backend``: the Responses API bills them at the model's text rates. A missing usage
+    reads as incomplete."""
+    if not isinstance(usage, dict):
+        return UsageReading(Usage(kind="backend"), complete=False)
+    r = _Reader()
+    text_in = r.tokens(usage, "input_tokens")
+    details = r.part(usage, "input_tokens_details") if usage.get("input_tokens_details") else {}
+    cached = r.tokens(details, "cached_tokens")
+    u = Usage(
+        kind="backend",
+        text_in=text_in,
+        text_in_cached=min(cached, text_in),
+        text_out=r.tokens(usage, "output_tokens"),
+    )
+    return UsageReading(u, r.complete)

@@ -25,6 +25,7 @@ from rtgate.errors import QuotaExceeded
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
+from rtgate.protocol.live import LiveMeter
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
 
@@ -68,9 +69,11 @@ def metered_session(
     intent: str | None,
     secret_id: str | None,
     metered: bool = True,
+    live: bool = False,
 ) -> RelaySession:
     """The metering state of a session admitted now, capped by the key and the gateway
-    (``metered`` False: its usage is recorded elsewhere, see ``RelaySession``)."""
+    (``metered`` False: its usage is recorded elsewhere, see ``RelaySession``; ``live``: a
+    GPT-Live session, metered by its voice seconds, ``protocol/live.py``)."""
     return RelaySession(
         session_id=new_id("rs", 20),
         key_id=key.id,
@@ -82,6 +85,7 @@ def metered_session(
         intent=intent,
         secret_id=secret_id,
         metered=metered,
+        live=LiveMeter() if live else None,
     )
 
 

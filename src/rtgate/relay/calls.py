@@ -8,6 +8,12 @@ the key's budget is crossed or the session's cap is reached, the call is hung up
 A sideband is a live session like a relayed socket (``Gateway.live``): the admin API lists it
 and closes it, and shutdown ends it, and ending it hangs its call up. Every sideband task is
 owned by a ``CallRegistry`` (one per app), which ends the calls still live at shutdown.
+
+A GPT-Live WebRTC or SIP session (``live``, docs/protocol-live.md 9) is a call too: created at
+``{base}/live/sessions``, controlled at ``{base}/live/sessions/{id}/{action}``, its sideband
+``{base}/live/sessions/{id}/attach``, metered by its voice seconds (``protocol/live.py``). The
+provider bills ``live_startup_seconds`` as a created (WebRTC) session starts, credited against its
+duration: recorded as the sideband opens, the snapshots then bill only what exceeds it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import (
     GatewayError,
+    LedgerUnavailable,
     UnsupportedUpstream,
     UpstreamError,
 )
@@ -34,7 +41,7 @@ from rtgate.protocol.relay_session import RelaySession
 from rtgate.relay.admission import metered_session, record_end, record_start
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import CALL_ID
-from rtgate.relay.live import go_live, relay_pump, run_live
+from rtgate.relay.live import commit_usage, go_live, relay_pump, run_live
 from rtgate.relay.upstream import upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo
 
@@ -69,11 +76,13 @@ def provider_key(route: Route) -> str | None:
     return up.api_key.get_secret_value() if up.api_key else None
 
 
-def call_base(route: Route) -> str:
-    """``{http base}/realtime/calls`` of a route's upstream; the local engine has no calls."""
+def call_base(route: Route, *, live: bool = False) -> str:
+    """``{http base}/realtime/calls`` (``live``: ``/live/sessions``) of a route's upstream; the
+    local engine has no calls."""
     if route.upstream.kind == "local":
         raise CallsUnsupported("The local engine does not take WebRTC or SIP calls.")
-    return http_base(route.upstream.base_url).rstrip("/") + "/realtime/calls"
+    path = "/live/sessions" if live else "/realtime/calls"
+    return http_base(route.upstream.base_url).rstrip("/") + path
 
 
 def call_id_from(location: str | None) -> str:
@@ -99,6 +108,7 @@ async def upstream_post(
     *,
     data: Any = None,
     json_body: bytes | None = None,
+    live: bool = False,
 ) -> tuple[int, bytes, Mapping[str, str]]:
     """POST to ``{calls base}{path}`` with the provider's credentials."""
     headers = upstream_headers(route.upstream, {}, provider_key(route))
@@ -107,7 +117,8 @@ async def upstream_post(
         data = json_body
     try:
         async with asyncio.timeout(route.upstream.connect_timeout_s + 10):
-            async with gw.http.post(call_base(route) + path, data=data, headers=headers) as resp:
+            url = call_base(route, live=live) + path
+            async with gw.http.post(url, data=data, headers=headers) as resp:
                 return resp.status, await resp.read(), dict(resp.headers)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("upstream %s unreachable: %s", route.upstream_name, type(exc).__name__)
@@ -130,8 +141,8 @@ async def create_upstream_call(
     return call_id_from(headers.get("Location")), body.decode("utf-8", "replace")
 
 
-async def hangup_upstream(gw: Gateway, route: Route, call_id: str) -> int:
-    status, _, _ = await upstream_post(gw, route, f"/{call_id}/hangup")
+async def hangup_upstream(gw: Gateway, route: Route, call_id: str, *, live: bool = False) -> int:
+    status, _, _ = await upstream_post(gw, route, f"/{call_id}/hangup", live=live)
     return status
 
 
@@ -157,6 +168,8 @@ class Sideband:
         ws: aiohttp.ClientWebSocketResponse,
     ) -> None:
         self.gw = gw
+        #: A GPT-Live session's sideband (its hangup is Live's).
+        self.live = session.live is not None
         self.call_id = call_id
         self.key = key
         self.policy = policy
@@ -188,7 +201,7 @@ class Sideband:
         self.hung_up = True
         try:
             async with asyncio.timeout(HANGUP_TIMEOUT_S):
-                status = await hangup_upstream(self.gw, self.route, self.call_id)
+                status = await hangup_upstream(self.gw, self.route, self.call_id, live=self.live)
         except (GatewayError, TimeoutError) as exc:
             log.warning("call %s could not be hung up: %s", self.call_id, type(exc).__name__)
             return
@@ -237,13 +250,20 @@ class CallRegistry:
         policy: KeyPolicy,
         route: Route,
         secret_id: str | None = None,
+        *,
+        live: bool = False,
+        startup: bool = False,
     ) -> Sideband:
-        """Dial the call's sideband and run it as a metered session. The limiter slot the caller
-        acquired is released when it ends; if this raises, the slot and the call (to hang up)
-        are still the caller's."""
+        """Dial the call's sideband and run it as a metered session (``live``: a GPT-Live
+        session's; ``startup``: one the gateway created, which owes the start-up charge). The
+        limiter slot the caller acquired is released when it ends; if this raises, the slot and
+        the call (to hang up) are still the caller's."""
         if self.closing or gw.closing:
             raise shutting_down()
-        url = upstream_url(route.upstream.base_url, call_id=call_id)
+        if live:
+            url = upstream_url(route.upstream.base_url, route=f"live/sessions/{call_id}/attach")
+        else:
+            url = upstream_url(route.upstream.base_url, call_id=call_id)
         try:
             async with asyncio.timeout(route.upstream.connect_timeout_s):
                 ws = await gw.http.ws_connect(
@@ -258,10 +278,14 @@ class CallRegistry:
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise UpstreamError("The call's sideband could not be opened upstream.") from exc
-        session = metered_session(gw, key, policy, route, intent=INTENT, secret_id=secret_id)
+        session = metered_session(
+            gw, key, policy, route, intent=INTENT, secret_id=secret_id, live=live
+        )
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
             await record_start(gw, session)
+            if startup:
+                await self._prepay(gw, session)
         except GatewayError:
             await sb.close_socket()
             raise
@@ -280,6 +304,15 @@ class CallRegistry:
         self.tasks.add(sb.task)
         sb.task.add_done_callback(self.tasks.discard)
         return sb
+
+    @staticmethod
+    async def _prepay(gw: Gateway, session: RelaySession) -> None:
+        """A Live call's start-up charge (docs/protocol-live.md 9), durable before the call's
+        answer goes back; ``LedgerUnavailable`` if it can be kept nowhere."""
+        ms = round(gw.settings.live_startup_seconds * 1000)
+        rec = session.prepay_live(ms, gw.clock.now())
+        if rec is not None and not await commit_usage(gw.ledger, gw.metrics, rec, ""):
+            raise LedgerUnavailable("Usage could not be recorded, so the call was not placed.")
 
     async def _run(self, gw: Gateway, sb: Sideband) -> None:
         s = sb.session

@@ -25,6 +25,18 @@ usage on that route, so its input audio is counted by the gateway (intent ``tran
 ``relay/live.py``). The local engine does not translate: ``unsupported_upstream`` and 1008, no
 dial.
 
+``GET /v1/live/sessions`` (GPT-Live, docs/protocol-live.md) is relayed the same way too, to the
+upstream's ``{base}/live/sessions`` with no query. Its model is in the client's first message,
+``session.start`` (2), so the gateway reads that message after authenticating and before it
+dials (``first_message.py``): the model is routed and checked against the key like any other,
+and the message goes upstream as the session's first frame (``protocol/live.py``). No first
+message within ``live_start_seconds``, another event first, or no ``session.model``: an
+``error`` in Live's envelope (6) with ``invalid_session_start`` and close 1008, no dial. Live
+has no client secrets (1), so a secret opens no Live session. A model routed to the local engine
+is dialled at the engine's own ``/live/sessions`` route (``engine/live_server.py``) like a
+provider's. Key defaults and templates are Realtime session fields and do not apply. Metering:
+``protocol/live.py``, ``protocol/relay.py``.
+
 Upstream, the query carries only what the protocol defines: the routed model, ``intent`` and a
 checked ``call_id``; anything else a client adds is dropped.
 
@@ -47,6 +59,7 @@ from aiohttp.http import ws_ext_parse
 
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
+    IntentNotAllowed,
     check_translation_secret,
     connection_intent,
     connection_model,
@@ -61,11 +74,13 @@ from rtgate.config import Settings
 from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
-from rtgate.protocol.events import error_event_for
+from rtgate.protocol.events import error_event_for, live_error_event_for
+from rtgate.protocol.live import LIVE, SessionStart, read_session_start
 from rtgate.relay.admission import admit, metered_session, record_start, route_for
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
-from rtgate.relay.front_door import TRANSLATIONS_PATH, RelayDoor, RelayUpgrade
+from rtgate.relay.first_message import FirstMessage, FirstMessageLeg
+from rtgate.relay.front_door import LIVE_PATH, TRANSLATIONS_PATH, RelayDoor, RelayUpgrade
 from rtgate.relay.legs import Leg
 from rtgate.relay.live import TRANSLATION, go_live, relay_pump, run_live
 from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
@@ -79,8 +94,8 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 SIDEBAND = "sideband"
 
 
-async def _refuse(client: Leg, err: GatewayError) -> None:
-    client.send_text(error_event_for(err))
+async def _refuse(client: Leg, err: GatewayError, *, live: bool = False) -> None:
+    client.send_text((live_error_event_for if live else error_event_for)(err))
     client.close(err.close_code, err.close_reason)
     await client.wait_closed()
 
@@ -117,6 +132,9 @@ async def _dial(
     elif intent == TRANSLATION:
         # voice-apis.md 2.4: the model is required in the query; there is no intent.
         url = upstream_url(base_url, model=route.upstream_model, route="realtime/translations")
+    elif intent == LIVE:
+        # docs/protocol-live.md 1: no query at all; the model is in session.start (the setup frame).
+        url = upstream_url(base_url, route="live/sessions")
     else:
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)
     started = time.perf_counter()
@@ -195,6 +213,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         request.query,
         request.remote,
         translation=request.path == TRANSLATIONS_PATH,
+        live=request.path == LIVE_PATH,
     )
     return ws
 
@@ -252,6 +271,7 @@ async def _serve_upgrade(gw: Gateway, upgrade: RelayUpgrade) -> None:
             upgrade.query,
             upgrade.remote,
             translation=upgrade.path == TRANSLATIONS_PATH,
+            live=upgrade.path == LIVE_PATH,
         )
     except Exception:
         # A bug before the session's pump ran (the pump ends its own the gateway's way).
@@ -270,19 +290,34 @@ async def relay_socket(
     remote: str | None,
     *,
     translation: bool = False,
+    live: bool = False,
 ) -> None:
     """One client socket, upgraded (the 101 is out), from admission to its end;
-    ``translation``: on ``/v1/realtime/translations``."""
+    ``translation``: on ``/v1/realtime/translations``; ``live``: on ``/v1/live/sessions``."""
     s = gw.settings
     cred = client_credential(headers)
-    intent = TRANSLATION if translation else query.get("intent")
-    model = query.get("model")
-    call_id = None if translation else query.get("call_id")
+    intent = LIVE if live else TRANSLATION if translation else query.get("intent")
+    model = None if live else query.get("model")
+    call_id = None if translation or live else query.get("call_id")
     call: StoredCall | None = None
+    first: FirstMessage | None = None
+    start: SessionStart | None = None
     try:
         gw.check_accepting()
         key, policy, grant = await gw.authenticator.key_or_secret(headers, remote)
-        if call_id is not None:
+        if live:
+            if grant is not None:
+                raise IntentNotAllowed(
+                    "GPT-Live has no client secrets; connect with a gateway key.", param="model"
+                )
+            first = FirstMessage(client)
+            message = await first.read(s.live_start_seconds)
+            if first.gone:
+                return  # closed before it said anything: nothing to answer
+            start = read_session_start(message)
+            route = route_for(gw, policy, start.model)
+            await admit(gw, key, policy)
+        elif call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
             # anything that depends on the call could tell them apart.
             call = await owned_call(gw, call_id, key)
@@ -318,15 +353,20 @@ async def relay_socket(
             route = route_for(gw, policy, model, grant.session if grant is not None else None)
             await admit(gw, key, policy)
     except GatewayError as err:
+        if start is not None and err.client_event_id is None:
+            err.client_event_id = start.event_id  # Live: the session.start it answers
         if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
             log.info("session refused: %s", err.code, extra={"refusal": err.code})
             gw.metrics.refused(err.code)
-        await _refuse(client, err)
+        await _refuse(client, err, live=live)
         return
     # What the session opens with (none for an attached sideband: the call has it already).
     template = grant.session if grant is not None else None
     if call is not None:
         setup = None
+    elif start is not None:
+        # The client's own session.start, the only change the model's upstream id.
+        setup = start.frame_for(route.upstream_model)
     elif translation:
         setup = translation_session_update(template)
     else:
@@ -338,13 +378,13 @@ async def relay_socket(
         gw.metrics.refused(err.code)
         if release is not None:
             await gw.limiter.release(release)
-        await _refuse(client, err)
+        await _refuse(client, err, live=live)
         return
     try:
         # A beta client is translated to GA, unless its upstream still speaks beta itself.
         beta = (
             BetaTranslator(transcription=intent == "transcription")
-            if cred.beta and not route.upstream.beta and not translation
+            if cred.beta and not route.upstream.beta and not translation and not live
             else None
         )
         attached = call is not None
@@ -356,6 +396,7 @@ async def relay_socket(
             intent=SIDEBAND if attached else intent,
             secret_id=grant.id if grant is not None else None,
             metered=not attached,
+            live=live,
         )
         extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
         try:
@@ -365,8 +406,10 @@ async def relay_socket(
             gw.metrics.refused(err.code)
             if release is not None:
                 await gw.limiter.release(release)
-            await _refuse(client, err)
+            await _refuse(client, err, live=live)
             return
+        if first is not None:
+            client = FirstMessageLeg(client, first)
         pump = relay_pump(gw, session, policy, client, upstream, setup=setup, beta=beta)
         go_live(gw, pump, extra)
         await run_live(gw, pump, extra, release=release)

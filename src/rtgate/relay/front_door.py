@@ -1,6 +1,6 @@
 """The front door: one listening socket for aiohttp (every HTTP route, the engine's own route)
-and picows (the relay's WebSocket upgrades, ``GET /v1/realtime`` and
-``GET /v1/realtime/translations``).
+and picows (the relay's WebSocket upgrades, ``GET /v1/realtime``,
+``GET /v1/realtime/translations`` and ``GET /v1/live/sessions``).
 
 Each connection starts with ``FrontDoor``, an asyncio protocol that reads the request line and,
 for a ``GET`` of the relay path, the rest of the head. Then it hands the connection over with
@@ -61,7 +61,10 @@ MAX_HEAD = 16 * 1024
 RELAY_PATH = "/v1/realtime"
 #: The translation route (voice-apis.md 2.4), relayed as ``RELAY_PATH`` is.
 TRANSLATIONS_PATH = "/v1/realtime/translations"
-_RELAY_PATHS = frozenset({RELAY_PATH.encode(), TRANSLATIONS_PATH.encode()})
+#: GPT-Live's WebSocket (docs/protocol-live.md 1), relayed as ``RELAY_PATH`` is; its ``POST``
+#: (WebRTC) is an HTTP request like any other.
+LIVE_PATH = "/v1/live/sessions"
+_RELAY_PATHS = frozenset({RELAY_PATH.encode(), TRANSLATIONS_PATH.encode(), LIVE_PATH.encode()})
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -79,7 +82,7 @@ class RelayUpgrade:
     query: MultiDictProxy[str]
     #: The peer's address, as aiohttp's ``request.remote`` gives it.
     remote: str | None
-    #: ``RELAY_PATH`` or ``TRANSLATIONS_PATH``.
+    #: ``RELAY_PATH``, ``TRANSLATIONS_PATH`` or ``LIVE_PATH``.
     path: str = RELAY_PATH
 
 

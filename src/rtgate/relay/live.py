@@ -135,7 +135,9 @@ def relay_pump(
     """The pump and core of one session: ``client`` None for a call's own sideband (it hangs
     its call up with ``hangup``). A session that records no usage (a client's sideband attached
     to a call) keeps no transcript and checks no budget: the call's own sideband does both. A
-    translation session (intent ``translation``) counts its input audio (``AudioMeter``)."""
+    translation session (intent ``translation``) counts its input audio (``AudioMeter``). A
+    GPT-Live session keeps no transcript (the recorder reads Realtime events) and waits up to
+    ``live_close_seconds`` for its final total as it ends."""
     guard = ClientEventGuard(policy)
     metered = session.metered
     core = RelayCore(
@@ -145,7 +147,7 @@ def relay_pump(
         setup=setup,
         guard=guard if guard.active and client is not None else None,
         recorder=TranscriptRecorder(session.session_id, session.key_id)
-        if policy.keep_transcripts and metered and client is not None
+        if policy.keep_transcripts and metered and client is not None and session.live is None
         else None,
         beta=beta,
         budget=policy.has_budget and metered,
@@ -155,6 +157,7 @@ def relay_pump(
         audio_meter=AudioMeter(round(gw.settings.translation_record_seconds * 1000))
         if session.intent == TRANSLATION and metered
         else None,
+        close_grace=gw.settings.live_close_seconds,
     )
     return Pump(
         core,

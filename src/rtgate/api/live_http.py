@@ -1,0 +1,193 @@
+"""GPT-Live over WebRTC and SIP (docs/protocol-live.md 9): ``POST /v1/live/sessions`` and the
+session controls, relayed like ``/v1/realtime/calls`` (``api/calls_http.py``).
+
+- ``POST /v1/live/sessions``: JSON ``{session: {model, …}, transport: {type: "webrtc", sdp}}``
+  with a gateway key (Live has no client secrets: a browser posts its offer with a key its
+  server trusts it with, or through its server). The key's policy applies as on the WebSocket;
+  the body goes upstream with the provider's key (``session.model`` as the route's upstream id)
+  and the provider's answer (``{session: {id}, transport: {type, sdp}}``) comes back as sent.
+  The session is then the key's (``relay/call_owners.py``, before the answer goes back) and the
+  gateway attaches its sideband and meters it (``relay/calls.py``, ``live``).
+- ``POST /v1/live/sessions/{id}/accept|reject|refer|hangup``: relayed for the key that owns the
+  session; another key's is answered 404, as an unknown one. ``accept`` (a SIP call, body
+  ``{session: {model, …}}``) claims a session no key owns yet before the provider hears of it,
+  and opens a metered sideband; ``hangup`` ends the sideband before it answers.
+
+A session whose sideband cannot be opened is hung up: the gateway never leaves one unmetered.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from rtgate.api.bodies import InvalidRequest, json_object, read_body
+from rtgate.api.calls_http import CALLS, hang_up_unmetered, release_claim, upstream_refused
+from rtgate.api.openai_errors import openai_errors
+from rtgate.auth.authenticator import AuthThrottled
+from rtgate.catalog import Route
+from rtgate.errors import GatewayError, UpstreamError
+from rtgate.gateway import Gateway
+from rtgate.relay.admission import admit, route_for
+from rtgate.relay.call_owners import CALL_ID, call_not_found, call_of, call_route, claim_call
+from rtgate.relay.calls import CallRegistry, upstream_post
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.port import StoreError
+
+log = logging.getLogger("rtgate.api")
+
+PREFIX = "/v1/live/sessions"
+
+
+def _session_model(body: dict[str, Any], param: str = "session") -> tuple[dict[str, Any], str]:
+    session = body.get("session")
+    if not isinstance(session, dict):
+        raise InvalidRequest("Missing required parameter: 'session'.", param=param)
+    model = session.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'session.model'.", param=param + ".model")
+    return session, model
+
+
+def _upstream_body(body: dict[str, Any], session: dict[str, Any], route: Route) -> bytes:
+    """The body as the client sent it, but for the model's upstream id."""
+    if session["model"] == route.upstream_model:
+        return orjson.dumps(body)
+    return orjson.dumps({**body, "session": {**session, "model": route.upstream_model}})
+
+
+async def create_session(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    try:
+        return await _create(gw, request.app[CALLS], request)
+    except GatewayError as err:
+        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
+            log.info("live session refused: %s", err.code, extra={"refusal": err.code})
+            gw.metrics.refused(err.code)
+        raise
+
+
+async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web.Response:
+    """Policy first (the provider sees no offer the key may not place), then the offer goes
+    upstream and the session's sideband is opened; one that cannot be metered is hung up."""
+    gw.check_accepting()
+    key, policy = await gw.authenticator.key(request.headers, request.remote)
+    body = json_object(await read_body(request))
+    session, model = _session_model(body)
+    transport = body.get("transport")
+    if not isinstance(transport, dict) or not isinstance(transport.get("sdp"), str):
+        raise InvalidRequest("Missing required parameter: 'transport.sdp'.", param="transport")
+    route = route_for(gw, policy, model)
+    await admit(gw, key, policy)
+    try:
+        status, raw, _ = await upstream_post(
+            gw, route, "", json_body=_upstream_body(body, session, route), live=True
+        )
+        if not 200 <= status < 300:
+            log.warning("upstream %s refused a live session: HTTP %s", route.upstream_name, status)
+            raise UpstreamError(f"The upstream refused the session (HTTP {status}).")
+        session_id = _created_id(raw)
+        try:
+            # Its owner is on record before anyone hears of the session (the answer, a sideband).
+            owned = await claim_call(gw, session_id, key, route)
+            if owned:
+                await calls.start(gw, session_id, key, policy, route, live=True, startup=True)
+        except GatewayError:
+            await hang_up_unmetered(gw, route, session_id, live=True)
+            raise
+        if not owned:
+            raise UpstreamError("The upstream answered with the id of a session already placed.")
+    except BaseException:
+        await gw.limiter.release(key.id)
+        raise
+    log.info(
+        "live session created",
+        extra={"key_id": key.id, "model": route.model, "call_id": session_id},
+    )
+    return web.Response(status=status, body=raw, content_type="application/json")
+
+
+def _created_id(raw: bytes) -> str:
+    """``session.id`` of the provider's answer (docs/protocol-live.md 9)."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    session = answer.get("session") if isinstance(answer, dict) else None
+    sid = session.get("id") if isinstance(session, dict) else None
+    if not isinstance(sid, str) or not CALL_ID.match(sid):
+        raise UpstreamError("The upstream answered the session without a valid id.")
+    return sid
+
+
+async def session_action(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    calls = request.app[CALLS]
+    action = request.match_info["action"]
+    session_id = request.match_info["session_id"]
+    key, policy = await gw.authenticator.key(request.headers, request.remote)
+    # Another key's session answers as if it did not exist; None: no key owns it.
+    owned = await call_of(gw, session_id, key)
+    raw = await read_body(request)
+    body = json_object(raw) if raw.strip() else None
+    sb = calls.get(session_id)
+    admitted = claimed = False
+    try:
+        if action == "accept":
+            gw.check_accepting()
+            session, model = _session_model(body or {})
+            route = route_for(gw, policy, model)
+            assert body is not None
+            upstream_body: bytes | None = _upstream_body(body, session, route)
+            if owned is None:
+                # A SIP call no key owns yet: claimed now, before the provider hears of it.
+                await admit(gw, key, policy)
+                admitted = True
+                try:
+                    claimed = await claim_call(gw, session_id, key, route)
+                except StoreError:
+                    claimed = True  # it may have committed: released below, only this key's
+                    raise
+                if not claimed:
+                    raise call_not_found(session_id)
+        else:
+            if owned is None:
+                raise call_not_found(session_id)
+            route = call_route(gw, owned)
+            upstream_body = orjson.dumps(body) if body is not None else None
+        status, _, _ = await upstream_post(
+            gw, route, f"/{session_id}/{action}", json_body=upstream_body, live=True
+        )
+        if status == 404:
+            raise call_not_found(session_id)
+        if not 200 <= status < 300:
+            log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
+            raise upstream_refused(action, status)
+        if admitted:
+            try:
+                await calls.start(gw, session_id, key, policy, route, live=True)
+            except GatewayError:
+                await hang_up_unmetered(gw, route, session_id, live=True)
+                raise
+            admitted = claimed = False
+    finally:
+        if admitted:
+            await gw.limiter.release(key.id)
+        if claimed:
+            await release_claim(gw, session_id, key.id)
+    if action == "hangup" and sb is not None:
+        await sb.hung_up_by_client()
+    log.info("live session %s relayed", action, extra={"key_id": key.id, "call_id": session_id})
+    return web.Response(status=status)
+
+
+def add_live_routes(app: web.Application) -> None:
+    """After ``add_call_routes`` (the sidebands' registry is the calls')."""
+    app.router.add_post(PREFIX, openai_errors(create_session))
+    app.router.add_post(
+        PREFIX + "/{session_id}/{action:accept|reject|refer|hangup}",
+        openai_errors(session_action),
+    )

@@ -1,0 +1,188 @@
+"""GPT-Live over WebRTC and SIP through rtgate: the official SDK's ``client.live.create`` and
+``client.live.sessions.*`` pointed at rtgate, against a fake of the provider's routes
+(``tests/live_fake.py``); the gateway's own sideband metering the session (the start-up charge,
+then what the snapshots exceed it by), a budget crossed on the sideband, the key's policy, and
+the controls for the owning key only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from openai import AsyncOpenAI
+from openai.types.live import LiveCreateResponse
+from sqlalchemy import select
+
+from rtgate.auth.policy import KeyPolicy
+from rtgate.config import Settings
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.schema import sessions, usage_records
+from tests.conftest import RunningGateway
+from tests.live_fake import FAKE_LIVE_SDP_ANSWER
+from tests.provider import FakeProvider
+
+OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\nt=0 0\r\n"
+NANOS_PER_MS = 50_000_000 / 60_000
+
+
+def client_for(gw: RunningGateway, key: str) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0)
+
+
+async def until(check: Callable[[], Any]) -> None:
+    async with asyncio.timeout(5):
+        while not check():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def rows_of(gw: RunningGateway) -> list[Any]:
+    async with gw.store.engine.connect() as c:
+        return list((await c.execute(select(usage_records).order_by(usage_records.c.id))).all())
+
+
+async def create(gw: RunningGateway, key: str) -> LiveCreateResponse:
+    async with client_for(gw, key) as client:
+        return await client.live.create(
+            session={"model": "gpt-live-1", "instructions": "Be brief."},
+            transport={"type": "webrtc", "sdp": OFFER},
+        )
+
+
+async def act(gw: RunningGateway, key: str, action: str, sid: str, **body: Any) -> None:
+    """``client.live.sessions.<action>(sid, ...)`` with ``key``."""
+    async with client_for(gw, key) as client:
+        await getattr(client.live.sessions, action)(sid, **body)
+
+
+async def ended_session(gw: RunningGateway) -> Any:
+    """The one session's row once its end is recorded (the ledger writes it just after the
+    session leaves the live list)."""
+    async with asyncio.timeout(10):
+        while True:
+            async with gw.store.engine.connect() as c:
+                (row,) = (await c.execute(select(sessions))).all()
+            if row.ended_at is not None:
+                return row
+            await asyncio.sleep(0.02)
+
+
+async def test_a_webrtc_session_is_created_metered_on_its_sideband_and_hung_up(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+    created = await create(gw, key)
+    sid = created.session.id
+    assert (created.transport.type, created.transport.sdp) == ("webrtc", FAKE_LIVE_SDP_ANSWER)
+    (body,) = provider.live_calls.created
+    assert body == {
+        "session": {"model": "gpt-live-1", "instructions": "Be brief."},
+        "transport": {"type": "webrtc", "sdp": OFFER},
+    }
+    # The gateway's own sideband, with the provider's key.
+    await until(lambda: sid in provider.live_calls.sidebands)
+    (up,) = provider.upgrades
+    assert (up.path, up.query) == (f"/v1/live/sessions/{sid}/attach", {})
+    (live,) = gw.app[GATEWAY].live.values()
+    assert (live.session.intent, live.session.route.model) == ("webrtc", "gpt-live-1")
+    # The 15 s start-up charge is on record already; a snapshot bills only what exceeds it.
+    fake = provider.live_calls.sessions[sid]
+    await provider.live_calls.sidebands[sid].send_str(fake.usage(10.0))
+    await provider.live_calls.sidebands[sid].send_str(fake.usage(21.5))
+    await until(lambda: live.session.totals.audio_ms == 21_500)
+    fake.audio_ms = 30_000
+    await act(gw, key, "hangup", sid)
+    assert provider.live_calls.actions == [(sid, "hangup", None)]
+    await until(lambda: not len(gw.app[GATEWAY].live))
+    rows = await rows_of(gw)
+    assert [(r.kind, r.audio_ms, r.review) for r in rows] == [
+        ("live", 15_000, None),
+        ("live", 6_500, None),
+        ("live", 8_500, None),
+    ]
+    assert sum(r.provider_nanos for r in rows) == sum(
+        round(ms * NANOS_PER_MS) for ms in (15_000, 6_500, 8_500)
+    )
+    srow = await ended_session(gw)
+    assert (srow.model, srow.intent, srow.closed_by) == ("gpt-live-1", "webrtc", "client")
+
+
+async def test_a_budget_crossed_on_the_sideband_ends_the_session_with_its_final_total(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings(RTGATE_LIVE_STARTUP_SECONDS="0"))
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "capped", KeyPolicy(budget_total_nanos=10_000_000)
+    )
+    created = await create(gw, key)
+    sid = created.session.id
+    await until(lambda: sid in provider.live_calls.sidebands)
+    fake = provider.live_calls.sessions[sid]
+    await provider.live_calls.sidebands[sid].send_str(fake.usage(60))  # $0.05 > $0.01
+    await until(lambda: not len(gw.app[GATEWAY].live))
+    # Asked for the final total on the sideband, then hung up.
+    assert orjson.loads(fake.received[-1]) == {"type": "session.close"}
+    assert (sid, "hangup", None) in provider.live_calls.actions
+    rows = await rows_of(gw)
+    assert [(r.audio_ms, r.review) for r in rows] == [(60_000, None)]
+    srow = await ended_session(gw)
+    assert srow.close_reason == "insufficient_quota.insufficient_quota"
+
+
+async def test_the_keys_policy_and_ownership_apply(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings())
+    keyring = gw.app[GATEWAY].keyring
+    _, narrow = await keyring.create("narrow", KeyPolicy(models=("gpt-realtime",)))
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await create(gw, narrow)
+    assert denied.value.code == "model_not_allowed"
+    assert provider.live_calls.created == []
+
+    owner = await gw.new_key("owner")
+    other = await gw.new_key("other")
+    sid = (await create(gw, owner)).session.id
+    with pytest.raises(openai.NotFoundError):
+        await act(gw, other, "hangup", sid)
+    assert provider.live_calls.actions == []
+    await act(gw, owner, "refer", sid, target_uri="tel:+14155550123")
+    assert provider.live_calls.actions == [(sid, "refer", {"target_uri": "tel:+14155550123"})]
+    await act(gw, owner, "hangup", sid)
+    await until(lambda: not len(gw.app[GATEWAY].live))
+
+
+async def test_a_sip_call_is_accepted_by_one_key_and_metered(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    gw = await start_gateway(make_settings())  # a start-up charge for created sessions only
+    key = await gw.new_key("sip")
+    late = await gw.new_key("late")
+    sid = "rtc_incoming0123"
+    await act(gw, key, "accept", sid, session={"model": "gpt-live-1.1"})
+    assert provider.live_calls.actions[0][:2] == (sid, "accept")
+    await until(lambda: sid in provider.live_calls.sidebands)
+    (live,) = gw.app[GATEWAY].live.values()
+    assert live.session.route.model == "gpt-live-1.1"
+    # Another key's accept of the same call is answered as for an unknown one.
+    with pytest.raises(openai.NotFoundError):
+        await act(gw, late, "accept", sid, session={"model": "gpt-live-1.1"})
+    fake = provider.live_calls.sessions[sid]
+    await provider.live_calls.sidebands[sid].send_str(fake.usage(4))
+    await until(lambda: live.session.totals.audio_ms == 4000)
+    await act(gw, key, "hangup", sid)
+    await until(lambda: not len(gw.app[GATEWAY].live))
+    rows = await rows_of(gw)
+    assert [(r.model, r.audio_ms, r.review) for r in rows] == [("gpt-live-1.1", 4000, None)]

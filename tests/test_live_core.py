@@ -1,0 +1,379 @@
+"""GPT-Live in the relay core, fed plain strings (voice-apis.md 1): the first event read, voice
+seconds billed as deltas of cumulative snapshots to the nano-dollar, the final total reconciled,
+the graceful end (``session.close`` -> ``session.closed``) from every side, an upstream that dies
+first (last snapshot billed, flagged unconfirmed), backend tokens, Live's error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from openai.types.live import ErrorEvent
+
+from rtgate.catalog import Catalog
+from rtgate.config import load_settings
+from rtgate.errors import InvalidSessionStart, QuotaExceeded, ShuttingDown
+from rtgate.metering.record import UsageRecord
+from rtgate.protocol.actions import (
+    CheckBudget,
+    CloseClient,
+    CloseUpstream,
+    Commit,
+    Ended,
+    Record,
+    Refused,
+    SendClient,
+    SendUpstream,
+)
+from rtgate.protocol.live import SESSION_CLOSE, LiveMeter, read_session_start
+from rtgate.protocol.relay import RelayCore
+from rtgate.protocol.relay_session import RelaySession
+
+START = (
+    '{"type":"session.start","event_id":"evt_start_1","session":{"model":"gpt-live-1",'
+    '"delegation":{"type":"responses","responses":{"model":"gpt-backend"}}}}'
+)
+STARTED = orjson.dumps(
+    {
+        "type": "session.started",
+        "event_id": "evt_1",
+        "session": {
+            "id": "live_123",
+            "expires_at": 1782518400,
+            "model": "gpt-live-1",
+            "status": "active",
+            "delegation": {"type": "responses", "responses": {"model": "gpt-backend"}},
+        },
+    }
+).decode()
+AUDIO_DOWN = '{"type":"session.output_audio.delta","delta":"AAAA"}'
+AUDIO_UP = '{"type": "session.input_audio.append", "audio": "AAAA"}'
+#: $0.05 a minute: 50,000,000 nanos / 60,000 ms.
+NANOS_PER_MS = 50_000_000 / 60_000
+
+
+def usage(seconds: Any) -> str:
+    return orjson.dumps(
+        {"type": "session.usage.updated", "event_id": "evt_u", "usage": {"seconds": seconds}}
+    ).decode()
+
+
+def closed(seconds: float, reason: str = "close_requested") -> str:
+    return orjson.dumps(
+        {
+            "type": "session.closed",
+            "event_id": "evt_c",
+            "reason": reason,
+            "session": {
+                "id": "live_123",
+                "expires_at": 1,
+                "model": "gpt-live-1",
+                "status": "active",
+            },
+            "usage": {"seconds": seconds},
+        }
+    ).decode()
+
+
+def settings_env(**extra: str) -> dict[str, str]:
+    return {"OPENAI_API_KEY": "sk-x", **extra}
+
+
+def live_session(catalog: Catalog | None = None) -> RelaySession:
+    catalog = catalog or Catalog(load_settings(None, settings_env()))
+    return RelaySession(
+        session_id="rs_1",
+        key_id="key_1",
+        route=catalog.resolve("gpt-live-1"),
+        catalog=catalog,
+        opened_at=0.0,
+        opened_mono=100.0,
+        max_seconds=3600,
+        intent="live",
+        live=LiveMeter(),
+    )
+
+
+def core(**kw: Any) -> RelayCore:
+    catalog = kw.pop("catalog", None)
+    return RelayCore(live_session(catalog), lambda: 1234.0, opened_mono=100.0, setup=START, **kw)
+
+
+def started(c: RelayCore) -> RelayCore:
+    assert c.start() == (SendUpstream(START),)
+    assert c.upstream_text(STARTED) is None
+    return c
+
+
+def committed_record(c: RelayCore, frame: str) -> UsageRecord:
+    acts = c.upstream_text(frame)
+    assert acts is not None
+    (commit,) = acts
+    assert isinstance(commit, Commit) and commit.frame == frame
+    # Durable before forwarded (the same Commit as response.done).
+    assert c.committed(True) == [SendClient(frame)]
+    return commit.record
+
+
+def test_snapshots_are_cumulative_and_billed_as_deltas_to_the_nano_dollar() -> None:
+    c = started(core())
+    first = committed_record(c, usage(61.2))
+    second = committed_record(c, usage(90.001))
+    assert (first.usage.kind, first.usage.audio_ms, first.ref) == ("live", 61_200, "live_123")
+    assert (first.model, first.price_key, first.unit) == ("gpt-live-1", "gpt-live-1", "minute")
+    assert first.provider_nanos == 51_000_000  # 61.2 / 60 x $0.05
+    assert second.usage.audio_ms == 28_801
+    assert second.provider_nanos == round(28_801 * NANOS_PER_MS) == 24_000_833
+    # The same total again adds nothing: no record, the frame passes untouched.
+    assert c.upstream_text(usage(90.001)) is None
+    final = committed_record(c, closed(128.4))
+    assert final.usage.audio_ms == 128_400 - 90_001
+    session = c.session
+    assert session.totals.audio_ms == 128_400
+    assert session.provider_nanos == round(128_400 * NANOS_PER_MS)
+    assert session.live is not None and session.live.confirmed
+
+
+def test_a_total_that_goes_down_is_never_refunded_and_unreadable_usage_is_flagged() -> None:
+    c = started(core())
+    committed_record(c, usage(30))
+    assert c.upstream_text(usage(20)) is None
+    flagged = committed_record(c, usage("lots"))
+    assert (flagged.review, flagged.usage.audio_ms, flagged.provider_nanos) == (
+        "unreadable_usage",
+        0,
+        0,
+    )
+    assert c.session.live is not None and c.session.live.billed_ms == 30_000
+
+
+def test_a_client_close_asks_the_upstream_to_close_and_waits_for_the_final_total() -> None:
+    c = started(core())
+    committed_record(c, usage(10))
+    assert c.client_closed(1000, "bye") == (SendUpstream(SESSION_CLOSE),)
+    assert c.open  # waiting for session.closed
+    # Nothing reaches the client any more; the audio still flowing is dropped.
+    assert c.upstream_text(AUDIO_DOWN) == ()
+    acts = list(c.upstream_text(closed(12.5)) or ())
+    assert [type(a) for a in acts] == [Record, CloseUpstream, Ended]
+    rec = acts[0]
+    assert isinstance(rec, Record) and rec.record.usage.audio_ms == 2_500
+    assert acts[1] == CloseUpstream(1000, "bye")
+    assert not c.open
+    assert (c.session.close_code, c.session.closed_by) == (1000, "client")
+    assert c.finish() == ()  # confirmed: nothing flagged
+
+
+def test_no_answer_within_the_grace_closes_the_upstream_and_flags_the_record() -> None:
+    c = started(core(close_grace=5.0))
+    committed_record(c, usage(10))
+    assert c.client_lost() == (SendUpstream(SESSION_CLOSE),)
+    assert c.tick(200.0) == ()  # the grace starts at the first tick
+    assert c.next_tick(200.0, 1.0) == 1.0
+    assert c.next_tick(204.5, 1.0) == 0.5
+    assert c.tick(204.9) == ()
+    assert c.tick(205.0) == (CloseUpstream(1001, "client disconnected"), Ended())
+    (rec,) = c.finish()
+    assert isinstance(rec, Record)
+    r = rec.record
+    assert (r.review, r.usage.kind, r.usage.audio_ms, r.provider_nanos, r.ref) == (
+        "unconfirmed_usage",
+        "live",
+        0,
+        0,
+        "live_123",
+    )
+    # Billed to the last snapshot.
+    assert c.session.totals.audio_ms == 10_000
+    assert c.finish() == ()  # once
+
+
+def test_an_upstream_that_dies_first_bills_its_last_snapshot_flagged_unconfirmed() -> None:
+    c = started(core())
+    committed_record(c, usage(42))
+    acts = c.upstream_lost()
+    assert [type(a) for a in acts] == [SendClient, CloseClient, Ended]
+    assert orjson.loads(acts[0].data)["error"]["code"] == "upstream_unavailable"  # type: ignore[union-attr]
+    (rec,) = c.finish()
+    assert isinstance(rec, Record) and rec.record.review == "unconfirmed_usage"
+    assert c.session.totals.audio_ms == 42_000
+
+
+def test_an_upstream_that_dies_while_closing_ends_it_unconfirmed() -> None:
+    c = started(core())
+    committed_record(c, usage(5))
+    assert c.client_closed(1000, "") == (SendUpstream(SESSION_CLOSE),)
+    assert c.upstream_lost() == (Ended(),)
+    (rec,) = c.finish()
+    assert isinstance(rec, Record) and rec.record.review == "unconfirmed_usage"
+
+
+def test_a_session_the_provider_never_started_owes_nothing() -> None:
+    c = core()
+    c.start()
+    assert [type(a) for a in c.upstream_closed(1008, "invalid_request_error.x")] == [
+        CloseClient,
+        Ended,
+    ]
+    assert c.finish() == ()
+
+
+def test_a_closed_session_upstream_is_closed_at_once() -> None:
+    c = started(core())
+    committed_record(c, closed(3.0, "expired"))
+    assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
+    assert c.finish() == ()
+
+
+def test_a_budget_crossed_at_a_snapshot_ends_with_insufficient_quota_and_the_final_total() -> None:
+    c = started(core(budget=True))
+    frame = usage(60)
+    acts = c.upstream_text(frame)
+    assert acts is not None and [type(a) for a in acts] == [Commit]
+    assert c.committed(True) == [SendClient(frame), CheckBudget()]
+    # Frames behind the check wait for it.
+    assert c.upstream_text(AUDIO_DOWN) == ()
+    out = list(c.budget_checked(QuotaExceeded("Budget exceeded.")))
+    assert [type(a) for a in out] == [Refused, SendClient, CloseClient, SendUpstream]
+    err = ErrorEvent.model_validate_json(out[1].data)  # type: ignore[union-attr]
+    assert (err.error.type, err.error.code) == ("insufficient_quota", "insufficient_quota")
+    assert out[2] == CloseClient(3000, "insufficient_quota.insufficient_quota")
+    assert out[3] == SendUpstream(SESSION_CLOSE)
+    acts2 = list(c.upstream_text(closed(61.5)) or ())
+    assert [type(a) for a in acts2] == [Record, CloseUpstream, Ended]
+    assert acts2[0].record.usage.audio_ms == 1_500  # type: ignore[union-attr]
+
+
+def test_an_operator_close_and_a_shutdown_end_gracefully_too() -> None:
+    c = started(core())
+    out = c.terminate(ShuttingDown("The gateway is shutting down."), "gateway")
+    assert [type(a) for a in out] == [SendClient, CloseClient, SendUpstream]
+    assert c.terminate(ShuttingDown("again")) == ()  # already ending
+
+
+def test_expiry_sends_session_close_and_no_tick_storm_follows() -> None:
+    catalog = Catalog(load_settings(None, settings_env()))
+    session = live_session(catalog)
+    session.deadline = 110.0
+    c = RelayCore(session, lambda: 0.0, opened_mono=100.0, setup=START)
+    started(c)
+    out = c.tick(110.0)
+    assert [type(a) for a in out] == [SendClient, CloseClient, SendUpstream]
+    assert orjson.loads(out[0].data)["error"]["code"] == "session_expired"  # type: ignore[union-attr]
+    # The session's own deadline is past; the next tick is the closing one's.
+    assert c.next_tick(110.0, 1.0) == 1.0
+
+
+def test_backend_tokens_of_a_model_with_no_row_are_recorded_unpriced() -> None:
+    c = started(core())
+    event = {
+        "type": "response.event",
+        "event_id": "evt_9",
+        "delegation_id": "item_delegation_123",
+        "event": {
+            "type": "response.completed",
+            "response": {
+                "id": "resp_1",
+                "usage": {
+                    "input_tokens": 812,
+                    "input_tokens_details": {"cached_tokens": 12},
+                    "output_tokens": 64,
+                    "total_tokens": 876,
+                },
+            },
+        },
+    }
+    rec = committed_record(c, orjson.dumps(event).decode())
+    u = rec.usage
+    assert (u.kind, u.text_in, u.text_in_cached, u.text_out) == ("backend", 812, 12, 64)
+    # The snapshot names no model: the session's delegation does. No row for it: unpriced.
+    assert (rec.model, rec.priced, rec.ref) == ("gpt-backend", False, "resp_1")
+    # Nested events that carry no usage pass untouched.
+    delta = {"type": "response.event", "event": {"type": "response.output_text.delta"}}
+    assert c.upstream_text(orjson.dumps(delta).decode()) is None
+
+
+def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text('[prices.gpt-backend]\ntext_in = "2"\ntext_out = "8"\n')
+    catalog = Catalog(load_settings(None, settings_env(RTGATE_CONFIG=str(cfg))))
+    c = started(core(catalog=catalog))
+    event = {
+        "type": "response.event",
+        "event": {
+            "type": "response.completed",
+            "response": {
+                "id": "resp_2",
+                "model": "gpt-backend-2026-01-01",
+                "usage": {"input_tokens": 1000, "output_tokens": 100},
+            },
+        },
+    }
+    rec = committed_record(c, orjson.dumps(event).decode())
+    # 1,000 x $2 / 1M + 100 x $8 / 1M = $0.0028
+    assert (rec.model, rec.price_key, rec.provider_nanos) == (
+        "gpt-backend-2026-01-01",
+        "gpt-backend",
+        2_800_000,
+    )
+
+
+def test_a_second_session_start_is_refused_in_lives_envelope_and_dropped() -> None:
+    c = started(core())
+    again = '{"type":"session.start","event_id":"evt_2","session":{"model":"gpt-live-1.1"}}'
+    acts = c.client_text(again)
+    assert acts is not None
+    assert [type(a) for a in acts] == [SendClient, Refused]
+    err = ErrorEvent.model_validate_json(acts[0].data)  # type: ignore[union-attr]
+    assert (err.error.code, err.error.client_event_id) == ("session_already_started", "evt_2")
+    # Audio and other events pass untouched.
+    assert c.client_text(AUDIO_UP) is None
+    assert c.client_text('{"type":"session.input_audio.mute"}') is None
+    assert c.upstream_text(AUDIO_DOWN) is None
+
+
+def test_the_first_event_names_the_model() -> None:
+    start = read_session_start(START)
+    assert (start.model, start.event_id) == ("gpt-live-1", "evt_start_1")
+    assert start.frame_for("gpt-live-1") is START  # byte for byte
+    moved = orjson.loads(start.frame_for("my-deployment"))
+    assert moved["session"]["model"] == "my-deployment"
+    assert moved["session"]["delegation"] == {
+        "type": "responses",
+        "responses": {"model": "gpt-backend"},
+    }
+    assert moved["event_id"] == "evt_start_1"
+
+
+@pytest.mark.parametrize(
+    ("frame", "param"),
+    [
+        (None, None),
+        (b"\x00", None),
+        ("not json", "type"),
+        ('{"type":"session.update","session":{}}', "type"),
+        ('{"type":"session.start"}', "session"),
+        ('{"type":"session.start","session":{"model":7}}', "session.model"),
+        ('{"type":"session.start","session":{}}', "session.model"),
+    ],
+)
+def test_a_missing_or_foreign_first_event_is_refused(
+    frame: str | bytes | None, param: str | None
+) -> None:
+    with pytest.raises(InvalidSessionStart) as exc:
+        read_session_start(frame)
+    assert exc.value.param == param
+    assert exc.value.close_code == 1008
+
+
+def test_a_client_that_asked_to_close_is_not_asked_for_again() -> None:
+    c = started(core())
+    assert c.client_text('{"type":"session.close","event_id":"evt_c"}') == [
+        SendUpstream('{"type":"session.close","event_id":"evt_c"}')
+    ]
+    # It closed its socket before session.closed came: the wait goes on, nothing sent twice.
+    assert c.client_closed(1000, "") == ()
+    assert c.open
+    acts = list(c.upstream_text(closed(4.0)) or ())
+    assert [type(a) for a in acts] == [Record, CloseUpstream, Ended]
