@@ -33,13 +33,12 @@ from rtgate.api.bodies import (
     utf8_text,
 )
 from rtgate.api.openai_errors import openai_errors
-from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import connection_model, ga_template
 from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
-from rtgate.relay.admission import admit, route_for
+from rtgate.relay.admission import admit, note_refusal, route_for
 from rtgate.relay.call_owners import call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import (
     CallRegistry,
@@ -93,9 +92,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     try:
         return await _place_call(gw, request.app[CALLS], request)
     except GatewayError as err:
-        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
-            log.info("call refused: %s", err.code, extra={"refusal": err.code})
-            gw.metrics.refused(err.code)
+        note_refusal(gw, err, "call")
         raise
 
 

@@ -27,11 +27,10 @@ from aiohttp import web
 from rtgate.api.bodies import InvalidRequest, json_object, read_body
 from rtgate.api.calls_http import CALLS, hang_up_unmetered, release_claim, upstream_refused
 from rtgate.api.openai_errors import openai_errors
-from rtgate.auth.authenticator import AuthThrottled
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
-from rtgate.relay.admission import admit, route_for
+from rtgate.relay.admission import admit, note_refusal, route_for
 from rtgate.relay.call_owners import CALL_ID, call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import CallRegistry, upstream_post
 from rtgate.relay.endpoint import GATEWAY
@@ -64,9 +63,7 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     try:
         return await _create(gw, request.app[CALLS], request)
     except GatewayError as err:
-        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
-            log.info("live session refused: %s", err.code, extra={"refusal": err.code})
-            gw.metrics.refused(err.code)
+        note_refusal(gw, err, "live session")
         raise
 
 

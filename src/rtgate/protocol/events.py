@@ -15,8 +15,11 @@ def error_event(
     *,
     param: str | None = None,
     client_event_id: str | None = None,
+    live: bool = False,
 ) -> str:
-    """An OpenAI ``error`` server event (docs/protocol.md 5.3), as the text frame to send."""
+    """An OpenAI ``error`` server event (docs/protocol.md 5.3), as the text frame to send. On
+    GPT-Live (``live``) the envelope is the same but for ``error.client_event_id`` in place of
+    ``error.event_id`` (docs/protocol-live.md 6, the SDK's ``openai.types.live.ErrorEvent``)."""
     return orjson.dumps(
         {
             "type": "error",
@@ -26,53 +29,20 @@ def error_event(
                 "code": code,
                 "message": message,
                 "param": param,
-                "event_id": client_event_id,
+                "client_event_id" if live else "event_id": client_event_id,
             },
         }
     ).decode()
 
 
-def error_event_for(err: GatewayError, client_event_id: str | None = None) -> str:
+def error_event_for(
+    err: GatewayError, client_event_id: str | None = None, *, live: bool = False
+) -> str:
     return error_event(
         err.error_type,
         err.code,
         err.message,
         param=err.param,
         client_event_id=client_event_id or err.client_event_id,
-    )
-
-
-def live_error_event(
-    error_type: str,
-    code: str | None,
-    message: str,
-    *,
-    param: str | None = None,
-    client_event_id: str | None = None,
-) -> str:
-    """A GPT-Live ``error`` server event (docs/protocol-live.md 6, the SDK's
-    ``openai.types.live.ErrorEvent``): the Realtime envelope but for ``error.client_event_id`` in
-    place of ``error.event_id``."""
-    return orjson.dumps(
-        {
-            "type": "error",
-            "event_id": new_id("event"),
-            "error": {
-                "type": error_type,
-                "code": code,
-                "message": message,
-                "param": param,
-                "client_event_id": client_event_id,
-            },
-        }
-    ).decode()
-
-
-def live_error_event_for(err: GatewayError, client_event_id: str | None = None) -> str:
-    return live_error_event(
-        err.error_type,
-        err.code,
-        err.message,
-        param=err.param,
-        client_event_id=client_event_id or err.client_event_id,
+        live=live,
     )

@@ -7,7 +7,7 @@ on, with no I/O: the client's first event and the session's voice seconds.
   session's first frame, untouched unless the route names another upstream id for the model
   (an alias, an Azure deployment): then only ``session.model`` differs.
 * **Errors.** Live's envelope (6) carries ``error.client_event_id`` where the Realtime API's
-  carries ``error.event_id`` (``protocol/events.py``, ``live_error_event_for``).
+  carries ``error.event_id`` (``protocol/events.py``, ``error_event_for(live=True)``).
 * **Voice seconds.** ``usage.seconds`` on ``session.usage.updated`` and ``session.closed`` is the
   session's cumulative total (4: "do not sum this value across usage events"), so
   ``LiveMeter`` bills the delta from what it billed before; ``session.closed`` carries the final

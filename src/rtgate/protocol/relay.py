@@ -64,6 +64,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ from rtgate.protocol.actions import (
     Side,
 )
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
-from rtgate.protocol.events import error_event_for, live_error_event_for
+from rtgate.protocol.events import error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
 from rtgate.protocol.live import (
     CLOSE_MARK,
@@ -213,7 +214,7 @@ class RelayCore:
         self._closing: _Closing | None = None
         #: A Live client sent ``session.close`` itself (the gateway need not send it again).
         self._close_asked = False
-        self._error_event = live_error_event_for if self._live else error_event_for
+        self._error_event = functools.partial(error_event_for, live=self._live)
         self._alive = {
             side: Keepalive(beat, opened_mono)
             for side, beat in ((Side.CLIENT, client_beat), (Side.UPSTREAM, upstream_beat))

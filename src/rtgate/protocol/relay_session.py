@@ -29,7 +29,7 @@ import orjson
 from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import MeteredBy, Review, UsageRecord
-from rtgate.protocol.events import error_event, live_error_event
+from rtgate.protocol.events import error_event
 from rtgate.protocol.usage import (
     BACKEND_USAGE_EVENTS,
     Usage,
@@ -170,11 +170,12 @@ class RelaySession:
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
                 # The provider quotes part of *our* key back; the client must not see it.
                 self.upstream_auth_failed = True
-                return (error_event if self.live is None else live_error_event)(
+                return error_event(
                     "invalid_request_error",
                     "upstream_auth_failed",
                     "The gateway's credentials were rejected by its upstream provider. "
                     "Contact the gateway operator.",
+                    live=self.live is not None,
                 )
             return None
         if etype in ("session.created", "session.updated"):

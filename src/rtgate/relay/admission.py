@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.policy import (
     KeyPolicy,
     check_model,
@@ -21,7 +22,7 @@ from rtgate.auth.policy import (
     session_seconds,
 )
 from rtgate.catalog import Route
-from rtgate.errors import QuotaExceeded
+from rtgate.errors import GatewayError, QuotaExceeded
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
@@ -30,6 +31,16 @@ from rtgate.protocol.relay_session import RelaySession
 from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
 
 log = logging.getLogger("rtgate.relay")
+
+
+def note_refusal(
+    gw: Gateway, err: GatewayError, what: str, extra: Mapping[str, object] | None = None
+) -> None:
+    """A refused session, call or Live session, logged and counted (``rtgate_refused_total``);
+    a throttled authentication was both already, once, by the authenticator."""
+    if not isinstance(err, AuthThrottled):
+        log.info("%s refused: %s", what, err.code, extra={**(extra or {}), "refusal": err.code})
+        gw.metrics.refused(err.code)
 
 
 def route_for(

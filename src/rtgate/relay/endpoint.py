@@ -57,7 +57,6 @@ from collections.abc import Awaitable, Mapping
 from aiohttp import hdrs, web
 from aiohttp.http import ws_ext_parse
 
-from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.client_secrets import (
     IntentNotAllowed,
     check_translation_secret,
@@ -74,9 +73,15 @@ from rtgate.config import Settings
 from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
-from rtgate.protocol.events import error_event_for, live_error_event_for
+from rtgate.protocol.events import error_event_for
 from rtgate.protocol.live import LIVE, SessionStart, read_session_start
-from rtgate.relay.admission import admit, metered_session, record_start, route_for
+from rtgate.relay.admission import (
+    admit,
+    metered_session,
+    note_refusal,
+    record_start,
+    route_for,
+)
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import call_route, owned_call
 from rtgate.relay.first_message import FirstMessage, FirstMessageLeg
@@ -95,7 +100,7 @@ SIDEBAND = "sideband"
 
 
 async def _refuse(client: Leg, err: GatewayError, *, live: bool = False) -> None:
-    client.send_text((live_error_event_for if live else error_event_for)(err))
+    client.send_text(error_event_for(err, live=live))
     client.close(err.close_code, err.close_reason)
     await client.wait_closed()
 
@@ -355,9 +360,7 @@ async def relay_socket(
     except GatewayError as err:
         if start is not None and err.client_event_id is None:
             err.client_event_id = start.event_id  # Live: the session.start it answers
-        if not isinstance(err, AuthThrottled):  # counted, and logged once, by the authenticator
-            log.info("session refused: %s", err.code, extra={"refusal": err.code})
-            gw.metrics.refused(err.code)
+        note_refusal(gw, err, "session")
         await _refuse(client, err, live=live)
         return
     # What the session opens with (none for an attached sideband: the call has it already).
@@ -402,8 +405,7 @@ async def relay_socket(
         try:
             await record_start(gw, session)
         except GatewayError as err:
-            log.info("session refused: %s", err.code, extra={**extra, "refusal": err.code})
-            gw.metrics.refused(err.code)
+            note_refusal(gw, err, "session", extra)
             if release is not None:
                 await gw.limiter.release(release)
             await _refuse(client, err, live=live)
