@@ -1,0 +1,1028 @@
+"""Gemini Live behind the OpenAI Realtime protocol: the translator, with no I/O.
+
+One ``GeminiTranslator`` per session sits between the relay core and the Gemini connection
+(``relay/gemini_leg.py`` feeds it). The core speaks OpenAI Realtime both ways, as to any
+upstream, so keys, policy, budgets, the duration cap, transcripts and metering apply unchanged:
+the core meters the ``response.done`` this module writes. Fed frames as strings, it answers
+outputs: ``ToGemini`` (a message for the Gemini connection), ``ToClient`` (an OpenAI server
+event, handed to the core as if the upstream had sent it), ``Resume`` (dial a new connection
+and send it ``resume_setup()``), ``Switch`` (that connection is ready: make it current, close
+the old one) and ``Closed`` (the upstream's end, as the code and reason the client gets).
+
+The rules it keeps (voice-apis.md 3.3-3.10; the event shapes are the GA ones the ``openai``
+SDK types, docs/protocol.md):
+
+* **Session.** ``session.created`` is written at connect, as OpenAI sends it, from OpenAI's
+  defaults. Every ``session.update`` before the first turn is merged and acknowledged with
+  ``session.updated``. The first event that needs the model (audio, an item, ``response.create``)
+  sends Gemini's one ``setup`` (``gemini_setup.py``); what follows waits for ``setupComplete``.
+  A later update that would change ``setup`` is refused with an ``error`` event
+  (``session_update_not_supported``) and the session goes on, instead of Gemini's 1007 close;
+  one that leaves ``setup`` as it is (audio formats, which the gateway converts) is applied.
+* **Audio in.** ``input_audio_buffer.append`` (24 kHz PCM16, or G.711) is resampled to 16 kHz
+  PCM16 (``realtimeInput.audio``, 3.5). ``commit`` flushes the resampler and ends the stream
+  (``audioStreamEnd``; with ``turn_detection: null``, ``activityEnd``, after an
+  ``activityStart`` before the turn's first audio).
+* **Turns.** ``conversation.item.create`` text is ``clientContent`` without ``turnComplete``;
+  ``response.create`` is ``clientContent.turnComplete`` (Gemini's "start generating"), except
+  right after a tool output, which Gemini answers on its own (a ``turnComplete`` there would
+  interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the call's name.
+* **Responses.** The first output of a Gemini turn opens a response (``response.created``,
+  the message item, its content part); audio and transcript deltas follow; ``turnComplete``
+  closes it (``response.done`` ``completed``); ``interrupted`` is a barge-in:
+  ``input_audio_buffer.speech_started`` at once, the rest of the turn dropped, and
+  ``response.done`` ``cancelled`` (``turn_detected``) when Gemini ends the turn (3.10 gap 2).
+  ``response.cancel`` is the same with ``client_cancelled``: Gemini cannot stop a generation,
+  so the gateway stops relaying it. ``toolCall`` adds a function-call item per call and ends
+  the response.
+* **Usage.** The last ``usageMetadata`` before a response ends goes into its ``response.done``
+  (``gemini_usage.py``); one that arrives with no response to carry it (a bare ``turnComplete``)
+  gets a response of its own, empty, so nothing Gemini bills goes unmetered.
+* **goAway.** Client messages sent since setup are kept until Gemini reports them consumed
+  (``sessionResumptionUpdate.lastConsumedClientMessageIndex``). On ``goAway`` the session is
+  resumed on a new connection with the last resumable handle, once no response is in flight,
+  and the unconsumed messages are replayed; the client sees nothing of it (3.10 gap 1).
+* **Errors.** Gemini has no error message: its close codes become an OpenAI ``error`` event and
+  a close (``gemini_close``, 3.7). A message the translator cannot read gets an ``error`` event
+  (``upstream_protocol_error``) and the session goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from rtgate.protocol import gemini_setup as gs
+from rtgate.protocol.gemini_usage import realtime_usage
+from rtgate.protocol.ids import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class ToGemini:
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Dial a new Gemini connection and send it ``resume_setup()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """The resumed connection answered its setup: it is current; close the old one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The upstream ended: the close the client gets (after any ``ToClient`` before it)."""
+
+    code: int
+    reason: str
+
+
+Out = ToGemini | ToClient | Resume | Switch | Closed
+
+
+class AudioConverter(Protocol):
+    """A stream resampler/codec (``engine/audio.py``'s converters)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+#: Client messages kept for a replay after ``goAway`` while Gemini has not reported them
+#: consumed; past this the oldest go (about a minute of 20 ms audio appends).
+REPLAY_LIMIT = 3000
+
+_KEY_SHAPED = re.compile(r"AIza[0-9A-Za-z_\-]{10,}")
+_AUTH_WORDS = ("api key", "api_key", "permission", "unauthenticated", "leaked", "credential")
+
+
+class _Phase(enum.Enum):
+    """IDLE: no setup sent; SETTING_UP: setup sent, ``setupComplete`` awaited; READY: messages
+    flow; RESUMING: a new connection is being set up after ``goAway``, messages wait."""
+
+    IDLE = "idle"
+    SETTING_UP = "setting_up"
+    READY = "ready"
+    RESUMING = "resuming"
+
+
+@dataclass
+class _Response:
+    """The OpenAI response a Gemini turn is being written as."""
+
+    id: str
+    output: list[dict[str, Any]] = field(default_factory=list)
+    #: The open assistant message item and its content part's kind (``audio`` or ``text``).
+    item_id: str | None = None
+    part: str | None = None
+    text: list[str] = field(default_factory=list)
+    #: Why the rest of the turn is dropped: ``turn_detected`` or ``client_cancelled``.
+    cancelled: str | None = None
+
+
+def _event(etype: str, **fields: Any) -> str:
+    return orjson.dumps({"type": etype, "event_id": new_id("event"), **fields}).decode()
+
+
+def _error(
+    code: str, message: str, *, etype: str = "invalid_request_error", client_event_id: Any = None
+) -> str:
+    return _event(
+        "error",
+        error={
+            "type": etype,
+            "code": code,
+            "message": message,
+            "param": None,
+            "event_id": client_event_id if isinstance(client_event_id, str) else None,
+        },
+    )
+
+
+def scrub(reason: str) -> str:
+    """A close reason of Google's, fit for a client: no key-shaped text, at most 200 chars."""
+    return _KEY_SHAPED.sub("[redacted]", reason)[:200]
+
+
+def gemini_close(code: int, reason: str) -> tuple[str, str, int]:
+    """A Gemini close (3.7) as OpenAI sees an error: ``(type, code, close code)``. A refusal
+    of the gateway's own key is ``invalid_api_key``, which the relay session rewords as
+    ``upstream_auth_failed`` (the client's key is not the one refused)."""
+    low = reason.lower()
+    if code == 1008 and any(w in low for w in _AUTH_WORDS):
+        return "invalid_request_error", "invalid_api_key", 1008
+    if code == 1008 and "not found" in low and ("model" in low or "models/" in low):
+        return "invalid_request_error", "model_not_found", 1008
+    if code in (1007, 1008):
+        return "invalid_request_error", "upstream_refused", code
+    return "server_error", "upstream_error", 1011
+
+
+class GeminiTranslator:
+    """One session's translation; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        model: str,
+        upstream_model: str,
+        *,
+        input_converter: Callable[[str, int], AudioConverter],
+        output_converter: Callable[[str], AudioConverter],
+    ) -> None:
+        """``model``: the name the client asked for (shown in the session); ``upstream_model``:
+        Gemini's id (``models/`` added when missing). ``input_converter(format, rate)``: a
+        stream from the session's input format to PCM16 at ``rate``; ``output_converter
+        (format)``: from 24 kHz PCM16 to the session's output format (``engine/audio.py``'s,
+        injected so this module stays free of numpy)."""
+        self._upstream_model = upstream_model
+        self._new_input = input_converter
+        self._new_output = output_converter
+        self.session = gs.default_session(model, new_id("sess"))
+        self._setup: dict[str, Any] | None = None
+        self._phase = _Phase.IDLE
+        self._input: AudioConverter | None = None
+        self._output: AudioConverter | None = None
+        self._output_format = "audio/pcm"
+        #: Client messages since setup, by index, until Gemini reports them consumed.
+        self._log: deque[tuple[int, str]] = deque()
+        self._next_index = 0
+        self._consumed = -1
+        #: The index of the last message sent on the current connection.
+        self._sent = -1
+        self._handle: str | None = None
+        self._resumable = False
+        self._going_away = False
+        self._resp: _Response | None = None
+        self._usage: dict[str, Any] | None = None
+        #: Whether a turn of the client's (audio or text) is waiting for a response.
+        self._audio_ms = 0
+        self._in_activity = False
+        self._user_item: str | None = None
+        self._user_text: list[str] = []
+        self._last_item: str | None = None
+        self._tool_pending = False
+        self._calls: dict[str, str] = {}
+        self._cancelled_calls: set[str] = set()
+
+    # -- the session ------------------------------------------------------------------------
+    def opened(self) -> list[Out]:
+        """What the client hears at connect: ``session.created`` (OpenAI sends it unasked)."""
+        return [ToClient(_event("session.created", session=self.session))]
+
+    @property
+    def resuming(self) -> bool:
+        return self._phase is _Phase.RESUMING
+
+    def resume_setup(self) -> str:
+        """The setup for the new connection of a resumption: the session's own, resumed from
+        the last handle."""
+        assert self._setup is not None
+        assert self._handle is not None
+        return orjson.dumps({"setup": gs.with_handle(self._setup, self._handle)}).decode()
+
+    def resume_failed(self) -> list[Out]:
+        """The new connection could not be dialled: the old one goes on while it lasts."""
+        if self._phase is _Phase.RESUMING:
+            self._phase = _Phase.READY
+            self._going_away = False
+            return self._replay(self._sent)
+        return []
+
+    # -- client -> Gemini -------------------------------------------------------------------
+    def client_frame(self, data: str) -> list[Out]:
+        """One OpenAI client event (from the relay core, already checked against the key's
+        policy)."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return [ToClient(_error("invalid_json", "The event is not valid JSON."))]
+        if not isinstance(event, dict):
+            return [ToClient(_error("invalid_event", "The event must be a JSON object."))]
+        etype = event.get("type")
+        eid = event.get("event_id")
+        match etype:
+            case "session.update":
+                return self._session_update(event, eid)
+            case "input_audio_buffer.append":
+                return self._append(event, eid)
+            case "input_audio_buffer.commit":
+                return self._commit()
+            case "input_audio_buffer.clear":
+                if self._input is not None:
+                    self._input.flush()
+                return [ToClient(_event("input_audio_buffer.cleared"))]
+            case "conversation.item.create":
+                return self._item_create(event, eid)
+            case "response.create":
+                return self._response_create(eid)
+            case "response.cancel":
+                return self._response_cancel(eid)
+            case "conversation.item.truncate":
+                # Gemini drops the unplayed rest of an interrupted turn itself; acknowledged.
+                return [
+                    ToClient(
+                        _event(
+                            "conversation.item.truncated",
+                            item_id=str(event.get("item_id", "")),
+                            content_index=_int(event.get("content_index")),
+                            audio_end_ms=_int(event.get("audio_end_ms")),
+                        )
+                    )
+                ]
+            case "output_audio_buffer.clear":
+                return []
+        return [
+            ToClient(
+                _error(
+                    "unsupported_event",
+                    f"The event type `{etype}` is not supported on a Gemini Live model.",
+                    client_event_id=eid,
+                )
+            )
+        ]
+
+    def _session_update(self, event: dict[str, Any], eid: Any) -> list[Out]:
+        upd = event.get("session")
+        if not isinstance(upd, dict):
+            return [
+                ToClient(
+                    _error("invalid_value", "`session` must be an object.", client_event_id=eid)
+                )
+            ]
+        if upd.get("type") == "transcription":
+            return [
+                ToClient(
+                    _error(
+                        "session_update_not_supported",
+                        "Transcription sessions are not supported on a Gemini Live model.",
+                        client_event_id=eid,
+                    )
+                )
+            ]
+        new = gs.updated(self.session, upd)
+        if self._setup is not None and gs.setup_message(new, self._upstream_model) != self._setup:
+            return [
+                ToClient(
+                    _error(
+                        "session_update_not_supported",
+                        "A Gemini Live session's instructions, voice, tools, modalities and turn "
+                        "detection are fixed once its first turn starts; this update was not "
+                        "applied. Send them before the first audio, item or response.",
+                        client_event_id=eid,
+                    )
+                )
+            ]
+        old_in = _format(self.session, "input")
+        self.session = new
+        if _format(new, "input") != old_in:
+            self._input = None
+        self._output_format = _format(new, "output")
+        self._output = None
+        return [ToClient(_event("session.updated", session=self.session))]
+
+    def _send(self, message: dict[str, Any]) -> list[Out]:
+        """A client message for Gemini: setup first if none went; kept for a replay; sent now
+        unless the connection is not ready for it."""
+        out: list[Out] = []
+        if self._phase is _Phase.IDLE:
+            self._setup = gs.setup_message(self.session, self._upstream_model)
+            self._phase = _Phase.SETTING_UP
+            out.append(ToGemini(orjson.dumps({"setup": self._setup}).decode()))
+        frame = orjson.dumps(message).decode()
+        self._log.append((self._next_index, frame))
+        self._next_index += 1
+        if len(self._log) > REPLAY_LIMIT:
+            self._log.popleft()
+        if self._phase is _Phase.READY:
+            self._sent = self._next_index - 1
+            out.append(ToGemini(frame))
+        return out
+
+    def _append(self, event: dict[str, Any], eid: Any) -> list[Out]:
+        audio = event.get("audio")
+        try:
+            raw = base64.b64decode(audio, validate=True) if isinstance(audio, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            return [
+                ToClient(_error("invalid_value", "`audio` must be base64.", client_event_id=eid))
+            ]
+        fmt = _format(self.session, "input")
+        self._audio_ms += len(raw) // _bytes_per_ms(fmt)
+        if self._input is None:
+            self._input = self._new_input(fmt, gs.GEMINI_INPUT_RATE)
+        pcm = self._input.feed(raw)
+        out: list[Out] = []
+        if gs.manual_turns(self.session) and not self._in_activity:
+            self._in_activity = True
+            out += self._send({"realtimeInput": {"activityStart": {}}})
+        if pcm:
+            out += self._send(_audio_message(pcm))
+        return out
+
+    def _commit(self) -> list[Out]:
+        out: list[Out] = []
+        if self._input is not None:
+            tail = self._input.flush()
+            if tail:
+                out += self._send(_audio_message(tail))
+        if gs.manual_turns(self.session):
+            if self._in_activity:
+                self._in_activity = False
+                out += self._send({"realtimeInput": {"activityEnd": {}}})
+        else:
+            out += self._send({"realtimeInput": {"audioStreamEnd": True}})
+        item = self._user_item or new_id("item")
+        self._user_item = item
+        out.append(
+            ToClient(
+                _event(
+                    "input_audio_buffer.committed", item_id=item, previous_item_id=self._last_item
+                )
+            )
+        )
+        return out
+
+    def _item_create(self, event: dict[str, Any], eid: Any) -> list[Out]:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            return [
+                ToClient(_error("invalid_value", "`item` must be an object.", client_event_id=eid))
+            ]
+        itype = item.get("type")
+        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        out: list[Out]
+        if itype == "message":
+            role = item.get("role")
+            texts = [
+                p["text"]
+                for p in item.get("content") or []
+                if isinstance(p, dict)
+                and p.get("type") in ("input_text", "output_text", "text")
+                and isinstance(p.get("text"), str)
+            ]
+            if role not in ("user", "assistant") or not texts:
+                return [
+                    ToClient(
+                        _error(
+                            "unsupported_item",
+                            "A Gemini Live model takes user and assistant messages of text "
+                            "only; send instructions with session.update.",
+                            client_event_id=eid,
+                        )
+                    )
+                ]
+            turn = {
+                "role": "user" if role == "user" else "model",
+                "parts": [{"text": " ".join(texts)}],
+            }
+            out = self._send({"clientContent": {"turns": [turn], "turnComplete": False}})
+            self._tool_pending = False
+        elif itype == "function_call_output":
+            call_id = item.get("call_id")
+            output = item.get("output")
+            if not isinstance(call_id, str) or not isinstance(output, str):
+                return [
+                    ToClient(
+                        _error(
+                            "invalid_value",
+                            "`call_id` and `output` must be strings.",
+                            client_event_id=eid,
+                        )
+                    )
+                ]
+            out = []
+            if call_id not in self._cancelled_calls:
+                out = self._send(
+                    {
+                        "toolResponse": {
+                            "functionResponses": [
+                                {
+                                    "id": call_id,
+                                    "name": self._calls.get(call_id, ""),
+                                    "response": _tool_result(output),
+                                }
+                            ]
+                        }
+                    }
+                )
+                self._tool_pending = True
+        else:
+            return [
+                ToClient(
+                    _error(
+                        "unsupported_item",
+                        f"Items of type `{itype}` are not supported on a Gemini Live model.",
+                        client_event_id=eid,
+                    )
+                )
+            ]
+        shown = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
+        prev, self._last_item = self._last_item, item_id
+        out.append(ToClient(_event("conversation.item.added", previous_item_id=prev, item=shown)))
+        out.append(ToClient(_event("conversation.item.done", previous_item_id=prev, item=shown)))
+        return out
+
+    def _response_create(self, eid: Any) -> list[Out]:
+        if self._resp is not None and self._resp.cancelled is None:
+            return [
+                ToClient(
+                    _error(
+                        "conversation_already_has_active_response",
+                        "Conversation already has an active response in progress.",
+                        client_event_id=eid,
+                    )
+                )
+            ]
+        if self._tool_pending:
+            # Gemini continues after a tool's output on its own (3.3).
+            self._tool_pending = False
+            return []
+        return self._send({"clientContent": {"turnComplete": True}})
+
+    def _response_cancel(self, eid: Any) -> list[Out]:
+        resp = self._resp
+        if resp is None or resp.cancelled is not None:
+            return [
+                ToClient(
+                    _error(
+                        "response_cancel_not_active",
+                        "Cancellation failed: no active response found.",
+                        client_event_id=eid,
+                    )
+                )
+            ]
+        resp.cancelled = "client_cancelled"
+        return []
+
+    # -- Gemini -> client -------------------------------------------------------------------
+    def gemini_frame(self, data: str | bytes) -> list[Out]:
+        """One Gemini server message (Google sends them as text or binary frames)."""
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return [self._protocol_error("a frame that is not JSON")]
+        if not isinstance(msg, dict):
+            return [self._protocol_error("a frame that is not a JSON object")]
+        out: list[Out] = []
+        known = False
+        if "setupComplete" in msg:
+            known = True
+            out += self._setup_complete()
+        if "sessionResumptionUpdate" in msg:
+            known = True
+            self._resumption_update(msg["sessionResumptionUpdate"])
+        if "usageMetadata" in msg:
+            known = True
+            if isinstance(msg["usageMetadata"], dict):
+                self._usage = realtime_usage(msg["usageMetadata"])
+            else:
+                out.append(self._protocol_error("a usageMetadata that is not an object"))
+        if "serverContent" in msg:
+            known = True
+            content = msg["serverContent"]
+            if isinstance(content, dict):
+                out += self._server_content(content)
+            else:
+                out.append(self._protocol_error("a serverContent that is not an object"))
+        if "toolCall" in msg:
+            known = True
+            out += self._tool_call(msg["toolCall"])
+        if "toolCallCancellation" in msg:
+            known = True
+            ids = msg["toolCallCancellation"]
+            ids = ids.get("ids") if isinstance(ids, dict) else None
+            # The calls were abandoned (a barge-in): their outputs, if any come, are dropped.
+            self._cancelled_calls.update(i for i in ids or [] if isinstance(i, str))
+        if "goAway" in msg:
+            known = True
+            self._going_away = True
+        for key in ("voiceActivityDetectionSignal", "voiceActivity"):
+            known = known or key in msg
+        if not known:
+            out.append(self._protocol_error(f"a message with no key it knows ({sorted(msg)[:4]})"))
+        out += self._maybe_resume()
+        return out
+
+    def _protocol_error(self, what: str) -> ToClient:
+        return ToClient(
+            _error(
+                "upstream_protocol_error",
+                f"The Gemini upstream sent {what}; it was ignored.",
+                etype="server_error",
+            )
+        )
+
+    def _setup_complete(self) -> list[Out]:
+        if self._phase is _Phase.RESUMING:
+            self._phase = _Phase.READY
+            self._going_away = False
+            return [Switch(), *self._replay(self._consumed)]
+        if self._phase is not _Phase.SETTING_UP:
+            return [self._protocol_error("a second setupComplete")]
+        self._phase = _Phase.READY
+        return self._replay(self._consumed)
+
+    def _replay(self, after: int) -> list[Out]:
+        """The kept messages past index ``after``, sent on the current connection."""
+        frames = [frame for i, frame in self._log if i > after]
+        self._sent = self._next_index - 1
+        return [ToGemini(frame) for frame in frames]
+
+    def _resumption_update(self, upd: Any) -> None:
+        if not isinstance(upd, dict):
+            return
+        handle = upd.get("newHandle")
+        self._resumable = bool(upd.get("resumable")) and isinstance(handle, str) and bool(handle)
+        if self._resumable:
+            self._handle = handle
+        idx = upd.get("lastConsumedClientMessageIndex")
+        consumed = int(idx) if isinstance(idx, str | int) and str(idx).isdigit() else None
+        if consumed is not None and self._resumable:
+            self._consumed = max(self._consumed, consumed)
+            while self._log and self._log[0][0] <= self._consumed:
+                self._log.popleft()
+
+    def _maybe_resume(self) -> list[Out]:
+        if (
+            self._going_away
+            and self._phase is _Phase.READY
+            and self._handle is not None
+            and self._resumable
+            and self._resp is None
+        ):
+            self._phase = _Phase.RESUMING
+            return [Resume()]
+        return []
+
+    def gemini_closed(self, code: int, reason: str) -> list[Out]:
+        """The Gemini connection closed. After a ``goAway`` with a handle known, the session
+        is resumed rather than ended (what was in flight may be lost); otherwise the client
+        gets an ``error`` event and the close it maps to."""
+        if self._going_away and self._handle is not None and self._phase is not _Phase.RESUMING:
+            self._phase = _Phase.RESUMING
+            self._resp_dropped()
+            return [Resume()]
+        out: list[Out] = self.flush_usage()
+        if code == 1000:
+            return [*out, Closed(1000, reason)]
+        etype, ecode, close = gemini_close(code, reason)
+        message = f"The Gemini upstream closed the session ({code}): {scrub(reason)}"
+        out.append(ToClient(_error(ecode, message, etype=etype)))
+        out.append(Closed(close, f"{etype}.{ecode}"))
+        return out
+
+    def flush_usage(self) -> list[Out]:
+        """Usage Gemini reported that no ``response.done`` carried yet: a response of its own,
+        so it is metered before the session ends."""
+        if self._resp is not None:
+            return self._finish("incomplete", "interruption" if self._resp.cancelled else None)
+        if self._usage is not None:
+            return self._usage_only()
+        return []
+
+    def _resp_dropped(self) -> None:
+        if self._resp is not None and self._resp.cancelled is None:
+            self._resp.cancelled = "turn_detected"
+
+    def _server_content(self, content: dict[str, Any]) -> list[Out]:
+        out: list[Out] = []
+        itr = content.get("inputTranscription")
+        if isinstance(itr, dict) and isinstance(itr.get("text"), str) and itr["text"]:
+            if self._user_item is None:
+                self._user_item = new_id("item")
+            self._user_text.append(itr["text"])
+            out.append(
+                ToClient(
+                    _event(
+                        "conversation.item.input_audio_transcription.delta",
+                        item_id=self._user_item,
+                        content_index=0,
+                        delta=itr["text"],
+                    )
+                )
+            )
+        if content.get("interrupted") is True:
+            out += self._interrupted()
+        turn = content.get("modelTurn")
+        if isinstance(turn, dict):
+            for part in turn.get("parts") or []:
+                if isinstance(part, dict) and not part.get("thought"):
+                    out += self._model_part(part)
+        otr = content.get("outputTranscription")
+        if isinstance(otr, dict) and isinstance(otr.get("text"), str) and otr["text"]:
+            out += self._output_transcript(otr["text"])
+        if content.get("generationComplete") is True and self._resp is not None:
+            out += self._close_message()
+        if content.get("turnComplete") is True:
+            barge_in = self._resp is not None and self._resp.cancelled == "turn_detected"
+            if not barge_in:
+                # After a barge-in the user is still speaking: the transcript goes on.
+                out += self._user_done()
+            if self._resp is not None:
+                cancelled = self._resp.cancelled
+                out += self._finish("cancelled" if cancelled else "completed", cancelled)
+            elif self._usage is not None:
+                out += self._usage_only()
+        return out
+
+    def _user_done(self) -> list[Out]:
+        """The user's spoken turn is over (a response starts, or the turn ends): its
+        transcript, complete. Gemini bills transcription inside the turn's usage, so the event
+        reports none of its own."""
+        if self._user_item is None or not self._user_text:
+            return []
+        item, text = self._user_item, "".join(self._user_text)
+        self._user_item, self._user_text = None, []
+        self._last_item = item
+        return [
+            ToClient(
+                _event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item,
+                    content_index=0,
+                    transcript=text,
+                    usage={
+                        "type": "tokens",
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                        "total_tokens": 0,
+                    },
+                )
+            )
+        ]
+
+    def _interrupted(self) -> list[Out]:
+        """Barge-in (3.10 gap 2): the client stops playing now; the response ends
+        ``cancelled`` with the turn, carrying the turn's usage."""
+        item = self._user_item or new_id("item")
+        self._user_item = item
+        out: list[Out] = [
+            ToClient(
+                _event(
+                    "input_audio_buffer.speech_started", audio_start_ms=self._audio_ms, item_id=item
+                )
+            )
+        ]
+        self._resp_dropped()
+        return out
+
+    def _open(self, kind: str) -> list[Out]:
+        """The response and its message item with one content part of ``kind``, as needed."""
+        out: list[Out] = []
+        if self._resp is None:
+            out += self._user_done()
+            self._tool_pending = False
+            self._resp = _Response(new_id("resp"))
+            out.append(ToClient(_event("response.created", response=self._response("in_progress"))))
+        resp = self._resp
+        if resp.item_id is None:
+            resp.item_id, resp.part, resp.text = new_id("item"), kind, []
+            item = {
+                "id": resp.item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            }
+            out.append(
+                ToClient(
+                    _event(
+                        "response.output_item.added",
+                        response_id=resp.id,
+                        output_index=len(resp.output),
+                        item=item,
+                    )
+                )
+            )
+            prev, self._last_item = self._last_item, resp.item_id
+            out.append(
+                ToClient(_event("conversation.item.added", previous_item_id=prev, item=item))
+            )
+            part = (
+                {"type": "audio", "transcript": ""}
+                if kind == "audio"
+                else {"type": "text", "text": ""}
+            )
+            out.append(ToClient(_event("response.content_part.added", **self._where(), part=part)))
+        return out
+
+    def _where(self) -> dict[str, Any]:
+        resp = self._resp
+        assert resp is not None
+        return {
+            "response_id": resp.id,
+            "item_id": resp.item_id,
+            "output_index": len(resp.output),
+            "content_index": 0,
+        }
+
+    def _model_part(self, part: dict[str, Any]) -> list[Out]:
+        if self._resp is not None and self._resp.cancelled:
+            return []
+        blob = part.get("inlineData")
+        if isinstance(blob, dict) and isinstance(blob.get("data"), str):
+            out = self._open("audio")
+            delta = blob["data"]
+            if self._output_format != "audio/pcm":
+                if self._output is None:
+                    self._output = self._new_output(self._output_format)
+                try:
+                    raw = base64.b64decode(delta, validate=True)
+                except (binascii.Error, ValueError):
+                    return [*out, self._protocol_error("audio that is not base64")]
+                delta = base64.b64encode(self._output.feed(raw)).decode()
+            out.append(
+                ToClient(_event("response.output_audio.delta", **self._where(), delta=delta))
+            )
+            return out
+        if isinstance(part.get("text"), str):
+            out = self._open("text")
+            resp = self._resp
+            assert resp is not None
+            resp.text.append(part["text"])
+            out.append(
+                ToClient(_event("response.output_text.delta", **self._where(), delta=part["text"]))
+            )
+            return out
+        return []
+
+    def _output_transcript(self, text: str) -> list[Out]:
+        if self._resp is not None and self._resp.cancelled:
+            return []
+        out = self._open("audio")
+        resp = self._resp
+        assert resp is not None
+        if resp.part != "audio":
+            return out
+        resp.text.append(text)
+        out.append(
+            ToClient(_event("response.output_audio_transcript.delta", **self._where(), delta=text))
+        )
+        return out
+
+    def _close_message(self) -> list[Out]:
+        """The open message item's content part and item, done (``incomplete`` if cut)."""
+        resp = self._resp
+        if resp is None or resp.item_id is None:
+            return []
+        where = self._where()
+        text = "".join(resp.text)
+        out: list[Out] = []
+        if resp.part == "audio":
+            if self._output is not None:
+                tail = self._output.flush()
+                if tail and not resp.cancelled:
+                    out.append(
+                        ToClient(
+                            _event(
+                                "response.output_audio.delta",
+                                **where,
+                                delta=base64.b64encode(tail).decode(),
+                            )
+                        )
+                    )
+            out.append(ToClient(_event("response.output_audio.done", **where)))
+            out.append(
+                ToClient(_event("response.output_audio_transcript.done", **where, transcript=text))
+            )
+            part: dict[str, Any] = {"type": "audio", "transcript": text}
+            content = {"type": "output_audio", "transcript": text}
+        else:
+            out.append(ToClient(_event("response.output_text.done", **where, text=text)))
+            part = {"type": "text", "text": text}
+            content = {"type": "output_text", "text": text}
+        out.append(ToClient(_event("response.content_part.done", **where, part=part)))
+        item = {
+            "id": resp.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "incomplete" if resp.cancelled else "completed",
+            "content": [content],
+        }
+        out.append(
+            ToClient(
+                _event(
+                    "response.output_item.done",
+                    response_id=resp.id,
+                    output_index=len(resp.output),
+                    item=item,
+                )
+            )
+        )
+        out.append(ToClient(_event("conversation.item.done", item=item)))
+        resp.output.append(item)
+        resp.item_id = resp.part = None
+        resp.text = []
+        return out
+
+    def _tool_call(self, call: Any) -> list[Out]:
+        calls = call.get("functionCalls") if isinstance(call, dict) else None
+        if not isinstance(calls, list):
+            return [self._protocol_error("a toolCall without functionCalls")]
+        out: list[Out] = []
+        if self._resp is None:
+            out += self._user_done()
+            self._resp = _Response(new_id("resp"))
+            out.append(ToClient(_event("response.created", response=self._response("in_progress"))))
+        out += self._close_message()
+        resp = self._resp
+        assert resp is not None
+        for fc in calls:
+            if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
+                out.append(self._protocol_error("a function call without a name"))
+                continue
+            call_id = fc["id"] if isinstance(fc.get("id"), str) and fc["id"] else new_id("call", 16)
+            self._calls[call_id] = fc["name"]
+            args = orjson.dumps(fc.get("args") if isinstance(fc.get("args"), dict) else {}).decode()
+            item_id = new_id("item")
+            item = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": call_id,
+                "name": fc["name"],
+                "arguments": "",
+            }
+            where = {"response_id": resp.id, "item_id": item_id, "output_index": len(resp.output)}
+            prev, self._last_item = self._last_item, item_id
+            out.append(
+                ToClient(
+                    _event(
+                        "response.output_item.added",
+                        response_id=resp.id,
+                        output_index=len(resp.output),
+                        item=item,
+                    )
+                )
+            )
+            out.append(
+                ToClient(_event("conversation.item.added", previous_item_id=prev, item=item))
+            )
+            out.append(
+                ToClient(
+                    _event(
+                        "response.function_call_arguments.delta",
+                        **where,
+                        call_id=call_id,
+                        delta=args,
+                    )
+                )
+            )
+            out.append(
+                ToClient(
+                    _event(
+                        "response.function_call_arguments.done",
+                        **where,
+                        call_id=call_id,
+                        name=fc["name"],
+                        arguments=args,
+                    )
+                )
+            )
+            done = {**item, "status": "completed", "arguments": args}
+            out.append(
+                ToClient(
+                    _event(
+                        "response.output_item.done",
+                        response_id=resp.id,
+                        output_index=len(resp.output),
+                        item=done,
+                    )
+                )
+            )
+            out.append(ToClient(_event("conversation.item.done", item=done)))
+            resp.output.append(done)
+        out += self._finish("completed", None)
+        return out
+
+    def _response(self, status: str, reason: str | None = None) -> dict[str, Any]:
+        resp = self._resp
+        assert resp is not None
+        modality = gs.output_modality(self.session)
+        body: dict[str, Any] = {
+            "id": resp.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": None,
+            "output": resp.output if status != "in_progress" else [],
+            "conversation_id": None,
+            "output_modalities": [modality],
+            "usage": None,
+            "metadata": None,
+        }
+        if status == "cancelled":
+            body["status_details"] = {"type": "cancelled", "reason": reason}
+        elif status == "incomplete":
+            body["status_details"] = {"type": "incomplete", "reason": reason or "interruption"}
+        return body
+
+    def _finish(self, status: str, reason: str | None) -> list[Out]:
+        """``response.done`` for the open response, with the usage Gemini reported last."""
+        out = self._close_message()
+        body = self._response(status, reason)
+        body["usage"] = self._usage or realtime_usage({})
+        self._usage = None
+        out.append(ToClient(_event("response.done", response=body)))
+        self._resp = None
+        return out
+
+    def _usage_only(self) -> list[Out]:
+        self._resp = _Response(new_id("resp"))
+        created = ToClient(_event("response.created", response=self._response("in_progress")))
+        return [created, *self._finish("completed", None)]
+
+
+def _format(session: dict[str, Any], side: str) -> str:
+    audio = session.get("audio")
+    sect = audio.get(side) if isinstance(audio, dict) else None
+    fmt = sect.get("format") if isinstance(sect, dict) else None
+    ftype = fmt.get("type") if isinstance(fmt, dict) else fmt
+    return ftype if ftype in ("audio/pcmu", "audio/pcma") else "audio/pcm"
+
+
+def _bytes_per_ms(fmt: str) -> int:
+    """docs/protocol.md 5.6: PCM16 at 24 kHz is 48 bytes a millisecond, G.711 8."""
+    return 48 if fmt == "audio/pcm" else 8
+
+
+def _audio_message(pcm16k: bytes) -> dict[str, Any]:
+    return {
+        "realtimeInput": {
+            "audio": {"mimeType": gs.GEMINI_INPUT_MIME, "data": base64.b64encode(pcm16k).decode()}
+        }
+    }
+
+
+def _tool_result(output: str) -> dict[str, Any]:
+    """A tool's output as Gemini's ``response``, which must be an object (3.3): a JSON object
+    as it is, anything else as ``{"result": ...}``."""
+    try:
+        value = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return {"result": output}
+    return value if isinstance(value, dict) else {"result": value}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
