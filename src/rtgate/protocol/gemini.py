@@ -789,7 +789,11 @@ class GeminiTranslator:
                     raw = base64.b64decode(delta, validate=True)
                 except (binascii.Error, ValueError):
                     return [*out, self._protocol_error("audio that is not base64")]
-                delta = base64.b64encode(self._output.feed(raw)).decode()
+                converted = self._output.feed(raw)
+                if not converted:
+                    # The converter holds the start of its window back.
+                    return out
+                delta = base64.b64encode(converted).decode()
             out.append(
                 ToClient(_event("response.output_audio.delta", **self._where(), delta=delta))
             )
