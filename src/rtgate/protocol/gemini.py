@@ -615,8 +615,11 @@ class GeminiTranslator:
     def gemini_closed(self, code: int, reason: str) -> list[Out]:
         """The Gemini connection closed. After a ``goAway`` with a handle known, the session
         is resumed rather than ended (what was in flight may be lost); otherwise the client
-        gets an ``error`` event and the close it maps to."""
-        if self._going_away and self._handle is not None and self._phase is not _Phase.RESUMING:
+        gets an ``error`` event and the close it maps to. While a resumption is under way the
+        old connection's close is expected: nothing."""
+        if self._phase is _Phase.RESUMING:
+            return []
+        if self._going_away and self._handle is not None:
             self._phase = _Phase.RESUMING
             self._resp_dropped()
             return [Resume()]

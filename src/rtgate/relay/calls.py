@@ -73,6 +73,8 @@ def call_base(route: Route) -> str:
     """``{http base}/realtime/calls`` of a route's upstream; the local engine has no calls."""
     if route.upstream.kind == "local":
         raise CallsUnsupported("The local engine does not take WebRTC or SIP calls.")
+    if route.upstream.kind == "gemini":
+        raise CallsUnsupported("Gemini Live models do not take WebRTC or SIP calls.")
     return http_base(route.upstream.base_url).rstrip("/") + "/realtime/calls"
 
 
