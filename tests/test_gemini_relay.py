@@ -57,10 +57,10 @@ def sdk(gw: RunningGateway, key: str) -> AsyncOpenAI:
     return AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", websocket_base_url=f"{gw.ws}/v1")
 
 
-async def until(conn: Any, last: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def until(conn: Any, last: str) -> list[dict[str, Any]]:
     """The events up to and including the first ``last``, each validated with the SDK's types."""
     events: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(10):
         async for event in conn:
             raw = event.model_dump(exclude_unset=True)
             validate_server_event(raw)
