@@ -155,6 +155,15 @@ def _error(
     )
 
 
+def protocol_error(what: str) -> str:
+    """The ``error`` event for a Gemini message the gateway could not use."""
+    return _error(
+        "upstream_protocol_error",
+        f"The Gemini upstream sent {what}; it was ignored.",
+        etype="server_error",
+    )
+
+
 def scrub(reason: str) -> str:
     """A close reason of Google's, fit for a client: no key-shaped text, at most 200 chars."""
     return _KEY_SHAPED.sub("[redacted]", reason)[:200]
@@ -562,13 +571,7 @@ class GeminiTranslator:
         return out
 
     def _protocol_error(self, what: str) -> ToClient:
-        return ToClient(
-            _error(
-                "upstream_protocol_error",
-                f"The Gemini upstream sent {what}; it was ignored.",
-                etype="server_error",
-            )
-        )
+        return ToClient(protocol_error(what))
 
     def _setup_complete(self) -> list[Out]:
         if self._phase is _Phase.RESUMING:

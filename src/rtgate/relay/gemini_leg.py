@@ -31,6 +31,7 @@ from rtgate.protocol.gemini import (
     Switch,
     ToClient,
     ToGemini,
+    protocol_error,
 )
 from rtgate.relay.legs import Leg, LegEvents
 
@@ -171,7 +172,12 @@ class GeminiLeg:
     def gemini_frame(self, conn: _Connection, data: str | bytes) -> None:
         if conn is not self.current and conn is not self._next:
             return  # a connection replaced after a resumption
-        self._perform(self.translator.gemini_frame(data))
+        try:
+            outs = self.translator.gemini_frame(data)
+        except Exception:  # a bug of ours: the client hears of it, the session goes on
+            log.exception("Gemini message not translated", extra={"session_id": self._session_id})
+            outs = [ToClient(protocol_error("a message the gateway failed to translate"))]
+        self._perform(outs)
 
     def gemini_closed(self, conn: _Connection, code: int, reason: str) -> None:
         if conn is self._next:
@@ -254,6 +260,10 @@ class GeminiLeg:
                 err.message,
                 extra={"session_id": self._session_id},
             )
+            self._resume_failed()
+            return
+        except Exception:  # a bug of ours: as a failed dial, logged
+            log.exception("Gemini session not resumed", extra={"session_id": self._session_id})
             self._resume_failed()
             return
         if self.closed:
