@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from openai import AsyncOpenAI
 
+from rtgate.api.live import SessionClosedByOperator
+from rtgate.auth.policy import KeyPolicy
 from rtgate.config import DEFAULT_PRICES, Settings
 from rtgate.metering.cost import NANOS_PER_USD
-from tests.conftest import RunningGateway
+from rtgate.relay.endpoint import GATEWAY
+from tests.conftest import RunningGateway, events_until
 from tests.gemini_fake import GEMINI_KEY, FakeGemini, inject, speech24k
 from tests.sdk_events import validate_server_event
 
@@ -295,3 +299,48 @@ async def test_a_later_session_update_is_refused_and_the_session_goes_on(
         assert (await until(conn, "response.done"))[-1]["response"]["status"] == "completed"
     assert sum("setup" in m for m in fake.received) == 1
     assert fake.closes == []
+
+
+async def test_policy_transcripts_and_a_forced_close_apply_unchanged(
+    gw: RunningGateway, fake: FakeGemini
+) -> None:
+    g = gw.app[GATEWAY]
+    _, key = await g.keyring.create("scribe", KeyPolicy(keep_transcripts=True))
+    async with sdk(gw, key).realtime.connect(model="gemini-live") as conn:
+        await conn.session.update(
+            session={"type": "realtime", "audio": {"input": {"transcription": {"model": "x"}}}}
+        )
+        await say(conn, "note this")
+        await until(conn, "response.done")
+        (live,) = g.live.values()
+        session_id = live.session.session_id
+        await live.terminate(SessionClosedByOperator("Closed by the operator."))
+        err = (await until(conn, "error"))[-1]["error"]
+        assert err["code"] == SessionClosedByOperator.code
+    await g.live.none_left()
+    entries = await gw.store.session_transcript(session_id)
+    said = [(e.role, e.text) for e in entries if e.role in ("user", "assistant")]
+    assert said == [("user", "note this"), ("assistant", fake.answer)]
+    # A key that may not use the model is refused the existing way, before any dial.
+    _, other = await g.keyring.create("other", KeyPolicy(models=("gpt-realtime",)))
+    dialled = len(fake.connections)
+    async with sdk(gw, other).realtime.connect(model="gemini-live") as conn:
+        refused = await until(conn, "error")
+    assert refused[-1]["error"]["code"] == "model_not_allowed"
+    assert len(fake.connections) == dialled
+
+
+async def test_sessions_gemini_cannot_serve_are_refused_before_dialling(
+    gw: RunningGateway, fake: FakeGemini
+) -> None:
+    key = await gw.new_key()
+    async with websockets.connect(
+        f"{gw.ws}/v1/realtime?model=gemini-live&intent=transcription",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        (event,) = await events_until(ws, "error")
+        assert event["error"]["code"] == "unsupported_upstream"
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 1008
+    assert fake.connections == []
