@@ -90,6 +90,7 @@ class FakeGemini:
     port: int = 0
     connections: list[dict[str, Any]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
     audio_rates: set[str] = field(default_factory=set)
     usage_sent: list[dict[str, Any]] = field(default_factory=list)
     closes: list[tuple[int, str]] = field(default_factory=list)
@@ -159,6 +160,7 @@ class _Conn:
     async def send(self, msg: dict[str, Any]) -> None:
         if self.ws.closed:
             return
+        self.fake.sent.append(msg)
         data = orjson.dumps(msg)
         if self.fake.binary:
             await self.ws.send_bytes(data)

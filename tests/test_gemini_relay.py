@@ -21,7 +21,7 @@ from rtgate.metering.cost import NANOS_PER_USD
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway, events_until
 from tests.gemini_fake import GEMINI_KEY, FakeGemini, inject, speech24k
-from tests.sdk_events import validate_server_event
+from tests.sdk_events import beta_server_errors, validate_server_event
 
 CONFIG = """
 [upstreams.gemini]
@@ -344,3 +344,51 @@ async def test_sessions_gemini_cannot_serve_are_refused_before_dialling(
             await ws.recv()
         assert ws.close_code == 1008
     assert fake.connections == []
+
+
+async def test_a_beta_client_talks_to_gemini_through_both_translations(
+    gw: RunningGateway, fake: FakeGemini
+) -> None:
+    key = await gw.new_key()
+    async with sdk(gw, key).beta.realtime.connect(model="gemini-live") as conn:
+        await conn.session.update(
+            session={
+                "instructions": "Be brief.",
+                "voice": "ash",
+                "output_audio_format": "g711_ulaw",
+            }
+        )
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hi"}],
+            }
+        )
+        await conn.response.create()
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            async for event in conn:
+                raw = event.model_dump(exclude_unset=True)
+                assert beta_server_errors(raw) == []
+                events.append(raw)
+                if raw["type"] == "response.done":
+                    break
+    types = [e["type"] for e in events]
+    assert "error" not in types
+    assert "response.audio.delta" in types  # the beta name
+    assert events[-1]["response"]["status"] == "completed"
+    setup = fake.received[0]["setup"]
+    assert setup["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"] == {
+        "voiceName": "Charon"
+    }
+    # G.711 mu-law at 8 kHz: 8 bytes a millisecond of the 24 kHz PCM Gemini sent.
+    ulaw = sum(
+        len(base64.b64decode(e["delta"])) for e in events if e["type"] == "response.audio.delta"
+    )
+    pcm = sum(
+        len(base64.b64decode(p["inlineData"]["data"]))
+        for m in fake.sent
+        for p in m.get("serverContent", {}).get("modelTurn", {}).get("parts", [])
+    )
+    assert abs(ulaw - pcm // 6) <= 16
