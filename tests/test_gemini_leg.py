@@ -145,9 +145,21 @@ async def test_a_refused_resumption_leaves_the_old_connection_to_end_the_session
     await settle()
     second.ends(1007, "Request contains an invalid argument")
     assert pump.closed is None
-    first.ends(1011, "Deadline expired")
-    assert pump.types()[-1] == "error"
-    assert pump.closed == (1011, "server_error.upstream_error")
+    first.ends(1000, "")
+    assert pump.closed == (1000, "")
+
+
+async def test_a_server_fault_is_resumed_and_a_failed_resumption_loses_the_session() -> None:
+    third = ScriptedLeg()
+    leg, first, pump = await live([third, UpstreamError("unreachable")])
+    first.ends(1011, "Internal error occurred")
+    await settle()
+    third.says({"setupComplete": {}})
+    assert leg.resumptions == 1
+    assert pump.closed is None and not pump.lost
+    third.ends(1011, "Deadline expired before operation could complete")
+    await settle()
+    assert pump.lost  # upstream_unavailable from the core
 
 
 async def test_a_failed_dial_after_the_old_connection_closed_loses_the_session() -> None:

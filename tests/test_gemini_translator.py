@@ -463,7 +463,16 @@ def test_a_close_after_go_away_resumes_instead_of_ending() -> None:
     gemini(tr, {"sessionResumptionUpdate": {"newHandle": "h_1", "resumable": True}})
     gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "x"}]}}})
     gemini(tr, {"goAway": {"timeLeft": "1s"}})
-    assert tr.gemini_closed(1000, "") == [Resume()]
+    outs = tr.gemini_closed(1000, "")
+    assert outs[-1] == Resume()
+    # The response in flight cannot end on a connection that is gone: failed, not left open.
+    assert to_client(outs)[-1]["response"]["status"] == "failed"
+    outs = gemini(tr, {"setupComplete": {}})
+    assert isinstance(outs[0], Switch)
+    # The next turn is relayed, not dropped as the rest of the lost one.
+    assert "response.created" in types(
+        gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "y"}]}}})
+    )
 
 
 def test_close_codes_become_error_events_and_closes() -> None:
@@ -558,3 +567,50 @@ def test_the_replay_log_is_bounded() -> None:
     for _ in range(REPLAY_LIMIT + 200):
         client(tr, type="input_audio_buffer.append", audio=chunk)
     assert len(tr._log) == REPLAY_LIMIT
+
+
+def test_a_server_fault_with_a_handle_is_resumed_a_bounded_number_of_times() -> None:
+    tr = translator()
+    ready(tr)
+    gemini(tr, {"sessionResumptionUpdate": {"newHandle": "h_1", "resumable": True}})
+    gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "x"}]}}, "usageMetadata": USAGE})
+    outs = tr.gemini_closed(1011, "Deadline expired before operation could complete")
+    assert outs[-1] == Resume()
+    # The response in flight ends failed, with the usage Gemini reported for it.
+    (*_, done) = to_client(outs)
+    assert done["response"]["status"] == "failed"
+    assert done["response"]["status_details"]["error"]["code"] == "upstream_connection_lost"
+    assert done["response"]["usage"]["input_tokens"] == 522
+    gemini(tr, {"setupComplete": {}})
+    assert tr.gemini_closed(1011, "Internal error occurred") == [Resume()]
+    gemini(tr, {"setupComplete": {}})
+    # A third fault in a row, no turn completed between: the session ends.
+    outs = tr.gemini_closed(1011, "Internal error occurred")
+    assert isinstance(outs[-1], Closed)
+    assert outs[-1].code == 1011
+
+
+@pytest.mark.parametrize(
+    ("why", "status", "detail"),
+    [
+        ("RESPONSE_REJECTED", "incomplete", {"type": "incomplete", "reason": "content_filter"}),
+        (
+            "PROHIBITED_INPUT_CONTENT",
+            "incomplete",
+            {"type": "incomplete", "reason": "content_filter"},
+        ),
+        ("MALFORMED_FUNCTION_CALL", "failed", None),
+        ("NEED_MORE_INPUT", "completed", None),
+    ],
+)
+def test_turn_complete_reasons(why: str, status: str, detail: dict[str, str] | None) -> None:
+    tr = translator()
+    ready(tr)
+    gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "x"}]}}})
+    outs = gemini(tr, {"serverContent": {"turnComplete": True, "turnCompleteReason": why}})
+    done = to_client(outs)[-1]["response"]
+    assert done["status"] == status
+    if detail is not None:
+        assert done["status_details"] == detail
+    if status == "failed":
+        assert done["status_details"]["error"]["code"] == "malformed_function_call"

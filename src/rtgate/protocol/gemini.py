@@ -41,7 +41,9 @@ SDK types, docs/protocol.md):
 * **goAway.** Client messages sent since setup are kept until Gemini reports them consumed
   (``sessionResumptionUpdate.lastConsumedClientMessageIndex``). On ``goAway`` the session is
   resumed on a new connection with the last resumable handle, once no response is in flight,
-  and the unconsumed messages are replayed; the client sees nothing of it (3.10 gap 1).
+  and the unconsumed messages are replayed; the client sees nothing of it (3.10 gap 1). A 1011
+  close with a handle known is resumed the same way (``RESUME_ON_FAULT``); a response that was
+  in flight on a lost connection ends ``failed``, carrying its usage.
 * **Errors.** Gemini has no error message: its close codes become an OpenAI ``error`` event and
   a close (``gemini_close``, 3.7). A message the translator cannot read gets an ``error`` event
   (``upstream_protocol_error``) and the session goes on.
@@ -103,6 +105,14 @@ class AudioConverter(Protocol):
 
     def flush(self) -> bytes: ...
 
+
+#: A connection Gemini closed with 1011 ("Internal error", or "Deadline expired" at about 58
+#: minutes, 3.6, 3.7) is resumed from the last handle, at most this many times between two
+#: completed turns; past that, or without a handle, the session ends with the mapped error.
+RESUME_ON_FAULT = 2
+
+#: ``turnCompleteReason`` values of a rejected turn (3.4), reported as OpenAI's content filter.
+_FILTERED = frozenset({"RESPONSE_REJECTED", "PROHIBITED_INPUT_CONTENT"})
 
 #: Client messages kept for a replay after ``goAway`` while Gemini has not reported them
 #: consumed; past this the oldest go (about a minute of 20 ms audio appends).
@@ -217,6 +227,7 @@ class GeminiTranslator:
         self._handle: str | None = None
         self._resumable = False
         self._going_away = False
+        self._fault_resumes = 0
         self._resp: _Response | None = None
         self._usage: dict[str, Any] | None = None
         #: Whether a turn of the client's (audio or text) is waiting for a response.
@@ -622,10 +633,13 @@ class GeminiTranslator:
         old connection's close is expected: nothing."""
         if self._phase is _Phase.RESUMING:
             return []
-        if self._going_away and self._handle is not None:
+        fault = code == 1011 and self._fault_resumes < RESUME_ON_FAULT
+        if self._handle is not None and (self._going_away or fault):
+            if not self._going_away:
+                self._fault_resumes += 1
             self._phase = _Phase.RESUMING
-            self._resp_dropped()
-            return [Resume()]
+            # What was in flight on the lost connection will not end there: failed, billed.
+            return [*self._lost_response(), Resume()]
         out: list[Out] = self.flush_usage()
         if code == 1000:
             return [*out, Closed(1000, reason)]
@@ -639,10 +653,17 @@ class GeminiTranslator:
         """Usage Gemini reported that no ``response.done`` carried yet: a response of its own,
         so it is metered before the session ends."""
         if self._resp is not None:
-            return self._finish("incomplete", "interruption" if self._resp.cancelled else None)
+            return self._lost_response()
         if self._usage is not None:
             return self._usage_only()
         return []
+
+    def _lost_response(self) -> list[Out]:
+        """The open response, ended ``failed``: its connection is gone."""
+        if self._resp is None:
+            return []
+        error = {"type": "server_error", "code": "upstream_connection_lost"}
+        return self._finish("failed", None, error)
 
     def _resp_dropped(self) -> None:
         if self._resp is not None and self._resp.cancelled is None:
@@ -682,12 +703,26 @@ class GeminiTranslator:
             if not barge_in:
                 # After a barge-in the user is still speaking: the transcript goes on.
                 out += self._user_done()
+            self._fault_resumes = 0
             if self._resp is not None:
-                cancelled = self._resp.cancelled
-                out += self._finish("cancelled" if cancelled else "completed", cancelled)
+                out += self._turn_done(self._resp.cancelled, content.get("turnCompleteReason"))
             elif self._usage is not None:
                 out += self._usage_only()
         return out
+
+    def _turn_done(self, cancelled: str | None, why: Any) -> list[Out]:
+        """``response.done`` for a turn Gemini completed: ``cancelled`` if it was cut,
+        ``incomplete`` (``content_filter``) if Gemini rejected it, ``failed`` for a malformed
+        function call (3.4 ``turnCompleteReason``), else ``completed``."""
+        if cancelled:
+            return self._finish("cancelled", cancelled)
+        if why in _FILTERED:
+            return self._finish("incomplete", "content_filter")
+        if why == "MALFORMED_FUNCTION_CALL":
+            return self._finish(
+                "failed", None, {"type": "server_error", "code": "malformed_function_call"}
+            )
+        return self._finish("completed", None)
 
     def _user_done(self) -> list[Out]:
         """The user's spoken turn is over (a response starts, or the turn ends): its
@@ -966,7 +1001,9 @@ class GeminiTranslator:
         out += self._finish("completed", None)
         return out
 
-    def _response(self, status: str, reason: str | None = None) -> dict[str, Any]:
+    def _response(
+        self, status: str, reason: str | None = None, error: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         resp = self._resp
         assert resp is not None
         modality = gs.output_modality(self.session)
@@ -981,16 +1018,18 @@ class GeminiTranslator:
             "usage": None,
             "metadata": None,
         }
-        if status == "cancelled":
-            body["status_details"] = {"type": "cancelled", "reason": reason}
-        elif status == "incomplete":
-            body["status_details"] = {"type": "incomplete", "reason": reason or "interruption"}
+        if status in ("cancelled", "incomplete"):
+            body["status_details"] = {"type": status, "reason": reason}
+        elif status == "failed":
+            body["status_details"] = {"type": "failed", "error": error}
         return body
 
-    def _finish(self, status: str, reason: str | None) -> list[Out]:
+    def _finish(
+        self, status: str, reason: str | None, error: dict[str, str] | None = None
+    ) -> list[Out]:
         """``response.done`` for the open response, with the usage Gemini reported last."""
         out = self._close_message()
-        body = self._response(status, reason)
+        body = self._response(status, reason, error)
         body["usage"] = self._usage or realtime_usage({})
         self._usage = None
         out.append(ToClient(_event("response.done", response=body)))
