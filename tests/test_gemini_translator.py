@@ -240,6 +240,24 @@ def test_manual_turns_wrap_audio_in_activity_start_and_end() -> None:
     assert to_gemini(outs)[0] == {"realtimeInput": {"activityStart": {}}}
     msgs = to_gemini(client(tr, type="input_audio_buffer.commit"))
     assert msgs[-1] == {"realtimeInput": {"activityEnd": {}}}
+    # Gemini answers the turn on its own: the client's response.create sends nothing, even
+    # once the answer has started (a turnComplete would interrupt it).
+    gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "x"}]}}})
+    assert client(tr, type="response.create") == []
+    # The next one, after a text item, asks for a turn.
+    gemini(tr, {"serverContent": {"turnComplete": True}})
+    client(
+        tr,
+        type="conversation.item.create",
+        item={
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "and?"}],
+        },
+    )
+    assert to_gemini(client(tr, type="response.create")) == [
+        {"clientContent": {"turnComplete": True}}
+    ]
 
 
 def test_a_spoken_turn_becomes_transcripts_audio_and_a_completed_response_with_usage() -> None:

@@ -25,8 +25,8 @@ SDK types, docs/protocol.md):
   ``activityStart`` before the turn's first audio).
 * **Turns.** ``conversation.item.create`` text is ``clientContent`` without ``turnComplete``;
   ``response.create`` is ``clientContent.turnComplete`` (Gemini's "start generating"), except
-  right after a tool output, which Gemini answers on its own (a ``turnComplete`` there would
-  interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the call's name.
+  after a tool output or an audio commit, which Gemini answers on its own (a ``turnComplete``
+  there would interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the call's name.
 * **Responses.** The first output of a Gemini turn opens a response (``response.created``,
   the message item, its content part); audio and transcript deltas follow; ``turnComplete``
   closes it (``response.done`` ``completed``); ``interrupted`` is a barge-in:
@@ -230,13 +230,17 @@ class GeminiTranslator:
         self._fault_resumes = 0
         self._resp: _Response | None = None
         self._usage: dict[str, Any] | None = None
-        #: Whether a turn of the client's (audio or text) is waiting for a response.
+        #: Input audio appended so far, in ms (``speech_started.audio_start_ms``).
         self._audio_ms = 0
+        #: Inside an ``activityStart`` (manual turns).
         self._in_activity = False
+        #: The user's spoken item being transcribed, and its transcript so far.
         self._user_item: str | None = None
         self._user_text: list[str] = []
         self._last_item: str | None = None
-        self._tool_pending = False
+        #: Gemini will answer without a ``turnComplete`` (after a tool's output or the end of
+        #: the client's audio): the client's ``response.create`` for it sends nothing.
+        self._answer_coming = False
         self._calls: dict[str, str] = {}
         self._cancelled_calls: set[str] = set()
 
@@ -352,8 +356,9 @@ class GeminiTranslator:
         self.session = new
         if _format(new, "input") != old_in:
             self._input = None
-        self._output_format = _format(new, "output")
-        self._output = None
+        if _format(new, "output") != self._output_format:
+            self._output_format = _format(new, "output")
+            self._output = None
         return [ToClient(_event("session.updated", session=self.session))]
 
     def _send(self, message: dict[str, Any]) -> list[Out]:
@@ -409,6 +414,7 @@ class GeminiTranslator:
                 out += self._send({"realtimeInput": {"activityEnd": {}}})
         else:
             out += self._send({"realtimeInput": {"audioStreamEnd": True}})
+        self._answer_coming = True
         item = self._user_item or new_id("item")
         self._user_item = item
         out.append(
@@ -454,7 +460,7 @@ class GeminiTranslator:
                 "parts": [{"text": " ".join(texts)}],
             }
             out = self._send({"clientContent": {"turns": [turn], "turnComplete": False}})
-            self._tool_pending = False
+            self._answer_coming = False
         elif itype == "function_call_output":
             call_id = item.get("call_id")
             output = item.get("output")
@@ -483,7 +489,7 @@ class GeminiTranslator:
                         }
                     }
                 )
-                self._tool_pending = True
+                self._answer_coming = True
         else:
             return [
                 ToClient(
@@ -501,6 +507,11 @@ class GeminiTranslator:
         return out
 
     def _response_create(self, eid: Any) -> list[Out]:
+        if self._answer_coming:
+            # Gemini answers a tool's output and the end of the client's audio on its own; a
+            # turnComplete now would interrupt that answer (3.3), however far it got.
+            self._answer_coming = False
+            return []
         if self._resp is not None and self._resp.cancelled is None:
             return [
                 ToClient(
@@ -511,10 +522,6 @@ class GeminiTranslator:
                     )
                 )
             ]
-        if self._tool_pending:
-            # Gemini continues after a tool's output on its own (3.3).
-            self._tool_pending = False
-            return []
         return self._send({"clientContent": {"turnComplete": True}})
 
     def _response_cancel(self, eid: Any) -> list[Out]:
@@ -770,7 +777,6 @@ class GeminiTranslator:
         out: list[Out] = []
         if self._resp is None:
             out += self._user_done()
-            self._tool_pending = False
             self._resp = _Response(new_id("resp"))
             out.append(ToClient(_event("response.created", response=self._response("in_progress"))))
         resp = self._resp
