@@ -13,16 +13,8 @@ import orjson
 import pytest
 
 from rtgate.engine.audio import AudioFormat, InputConverter, OutputConverter
-from rtgate.protocol.gemini import (
-    REPLAY_LIMIT,
-    Closed,
-    GeminiTranslator,
-    Out,
-    Resume,
-    Switch,
-    ToClient,
-    ToGemini,
-)
+from rtgate.protocol.gemini import REPLAY_LIMIT, GeminiTranslator
+from rtgate.protocol.gemini_events import Closed, Out, Resume, Switch, ToClient, ToGemini
 from rtgate.protocol.gemini_setup import gemini_schema, model_path
 from rtgate.protocol.gemini_usage import realtime_usage
 from rtgate.protocol.usage import read_response_usage

@@ -1,7 +1,9 @@
 """Gemini Live behind the OpenAI Realtime protocol: the translator, with no I/O.
 
 One ``GeminiTranslator`` per session sits between the relay core and the Gemini connection
-(``relay/gemini_leg.py`` feeds it). The core speaks OpenAI Realtime both ways, as to any
+(``relay/gemini_leg.py`` feeds it). It handles the client's side and the connection's life
+(setup, resumption) here; Gemini's messages become OpenAI events in ``gemini_response.py``,
+and the outputs and error shapes are in ``gemini_events.py``. The core speaks OpenAI Realtime both ways, as to any
 upstream, so keys, policy, budgets, the duration cap, transcripts and metering apply unchanged:
 the core meters the ``response.done`` this module writes. Fed frames as strings, it answers
 outputs: ``ToGemini`` (a message for the Gemini connection), ``ToClient`` (an OpenAI server
@@ -26,7 +28,8 @@ SDK types, docs/protocol.md):
 * **Turns.** ``conversation.item.create`` text is ``clientContent`` without ``turnComplete``;
   ``response.create`` is ``clientContent.turnComplete`` (Gemini's "start generating"), except
   after a tool output or an audio commit, which Gemini answers on its own (a ``turnComplete``
-  there would interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the call's name.
+  there would interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the
+  call's name.
 * **Responses.** The first output of a Gemini turn opens a response (``response.created``,
   the message item, its content part); audio and transcript deltas follow; ``turnComplete``
   closes it (``response.done`` ``completed``); ``interrupted`` is a barge-in:
@@ -54,56 +57,31 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from rtgate.protocol import gemini_setup as gs
-from rtgate.protocol.gemini_usage import realtime_usage
+from rtgate.protocol.gemini_events import (
+    AudioConverter,
+    Closed,
+    Out,
+    Resume,
+    Switch,
+    ToClient,
+    ToGemini,
+    error_event,
+    gemini_close,
+    protocol_error,
+    scrub,
+    server_event,
+)
+from rtgate.protocol.gemini_response import ResponseWriter
 from rtgate.protocol.ids import new_id
 
-
-@dataclass(frozen=True, slots=True)
-class ToGemini:
-    frame: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToClient:
-    frame: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """Dial a new Gemini connection and send it ``resume_setup()``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Switch:
-    """The resumed connection answered its setup: it is current; close the old one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The upstream ended: the close the client gets (after any ``ToClient`` before it)."""
-
-    code: int
-    reason: str
-
-
-Out = ToGemini | ToClient | Resume | Switch | Closed
-
-
-class AudioConverter(Protocol):
-    """A stream resampler/codec (``engine/audio.py``'s converters)."""
-
-    def feed(self, data: bytes) -> bytes: ...
-
-    def flush(self) -> bytes: ...
+__all__ = ["REPLAY_LIMIT", "RESUME_ON_FAULT", "GeminiTranslator"]
 
 
 #: A connection Gemini closed with 1011 ("Internal error", or "Deadline expired" at about 58
@@ -111,15 +89,9 @@ class AudioConverter(Protocol):
 #: completed turns; past that, or without a handle, the session ends with the mapped error.
 RESUME_ON_FAULT = 2
 
-#: ``turnCompleteReason`` values of a rejected turn (3.4), reported as OpenAI's content filter.
-_FILTERED = frozenset({"RESPONSE_REJECTED", "PROHIBITED_INPUT_CONTENT"})
-
 #: Client messages kept for a replay after ``goAway`` while Gemini has not reported them
 #: consumed; past this the oldest go (about a minute of 20 ms audio appends).
 REPLAY_LIMIT = 3000
-
-_KEY_SHAPED = re.compile(r"AIza[0-9A-Za-z_\-]{10,}")
-_AUTH_WORDS = ("api key", "api_key", "permission", "unauthenticated", "leaked", "credential")
 
 
 class _Phase(enum.Enum):
@@ -130,67 +102,6 @@ class _Phase(enum.Enum):
     SETTING_UP = "setting_up"
     READY = "ready"
     RESUMING = "resuming"
-
-
-@dataclass
-class _Response:
-    """The OpenAI response a Gemini turn is being written as."""
-
-    id: str
-    output: list[dict[str, Any]] = field(default_factory=list)
-    #: The open assistant message item and its content part's kind (``audio`` or ``text``).
-    item_id: str | None = None
-    part: str | None = None
-    text: list[str] = field(default_factory=list)
-    #: Why the rest of the turn is dropped: ``turn_detected`` or ``client_cancelled``.
-    cancelled: str | None = None
-
-
-def _event(etype: str, **fields: Any) -> str:
-    return orjson.dumps({"type": etype, "event_id": new_id("event"), **fields}).decode()
-
-
-def _error(
-    code: str, message: str, *, etype: str = "invalid_request_error", client_event_id: Any = None
-) -> str:
-    return _event(
-        "error",
-        error={
-            "type": etype,
-            "code": code,
-            "message": message,
-            "param": None,
-            "event_id": client_event_id if isinstance(client_event_id, str) else None,
-        },
-    )
-
-
-def protocol_error(what: str) -> str:
-    """The ``error`` event for a Gemini message the gateway could not use."""
-    return _error(
-        "upstream_protocol_error",
-        f"The Gemini upstream sent {what}; it was ignored.",
-        etype="server_error",
-    )
-
-
-def scrub(reason: str) -> str:
-    """A close reason of Google's, fit for a client: no key-shaped text, at most 200 chars."""
-    return _KEY_SHAPED.sub("[redacted]", reason)[:200]
-
-
-def gemini_close(code: int, reason: str) -> tuple[str, str, int]:
-    """A Gemini close (3.7) as OpenAI sees an error: ``(type, code, close code)``. A refusal
-    of the gateway's own key is ``invalid_api_key``, which the relay session rewords as
-    ``upstream_auth_failed`` (the client's key is not the one refused)."""
-    low = reason.lower()
-    if code == 1008 and any(w in low for w in _AUTH_WORDS):
-        return "invalid_request_error", "invalid_api_key", 1008
-    if code == 1008 and "not found" in low and ("model" in low or "models/" in low):
-        return "invalid_request_error", "model_not_found", 1008
-    if code in (1007, 1008):
-        return "invalid_request_error", "upstream_refused", code
-    return "server_error", "upstream_error", 1011
 
 
 class GeminiTranslator:
@@ -211,13 +122,12 @@ class GeminiTranslator:
         injected so this module stays free of numpy)."""
         self._upstream_model = upstream_model
         self._new_input = input_converter
-        self._new_output = output_converter
         self.session = gs.default_session(model, new_id("sess"))
+        #: The server side: Gemini's messages as OpenAI events (``gemini_response.py``).
+        self._w = ResponseWriter(self.session, output_converter)
         self._setup: dict[str, Any] | None = None
         self._phase = _Phase.IDLE
         self._input: AudioConverter | None = None
-        self._output: AudioConverter | None = None
-        self._output_format = "audio/pcm"
         #: Client messages since setup, by index, until Gemini reports them consumed.
         self._log: deque[tuple[int, str]] = deque()
         self._next_index = 0
@@ -228,26 +138,17 @@ class GeminiTranslator:
         self._resumable = False
         self._going_away = False
         self._fault_resumes = 0
-        self._resp: _Response | None = None
-        self._usage: dict[str, Any] | None = None
-        #: Input audio appended so far, in ms (``speech_started.audio_start_ms``).
-        self._audio_ms = 0
         #: Inside an ``activityStart`` (manual turns).
         self._in_activity = False
-        #: The user's spoken item being transcribed, and its transcript so far.
-        self._user_item: str | None = None
-        self._user_text: list[str] = []
-        self._last_item: str | None = None
         #: Gemini will answer without a ``turnComplete`` (after a tool's output or the end of
         #: the client's audio): the client's ``response.create`` for it sends nothing.
         self._answer_coming = False
-        self._calls: dict[str, str] = {}
         self._cancelled_calls: set[str] = set()
 
     # -- the session ------------------------------------------------------------------------
     def opened(self) -> list[Out]:
         """What the client hears at connect: ``session.created`` (OpenAI sends it unasked)."""
-        return [ToClient(_event("session.created", session=self.session))]
+        return [ToClient(server_event("session.created", session=self.session))]
 
     @property
     def resuming(self) -> bool:
@@ -275,9 +176,9 @@ class GeminiTranslator:
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return [ToClient(_error("invalid_json", "The event is not valid JSON."))]
+            return [ToClient(error_event("invalid_json", "The event is not valid JSON."))]
         if not isinstance(event, dict):
-            return [ToClient(_error("invalid_event", "The event must be a JSON object."))]
+            return [ToClient(error_event("invalid_event", "The event must be a JSON object."))]
         etype = event.get("type")
         eid = event.get("event_id")
         match etype:
@@ -290,7 +191,7 @@ class GeminiTranslator:
             case "input_audio_buffer.clear":
                 if self._input is not None:
                     self._input.flush()
-                return [ToClient(_event("input_audio_buffer.cleared"))]
+                return [ToClient(server_event("input_audio_buffer.cleared"))]
             case "conversation.item.create":
                 return self._item_create(event, eid)
             case "response.create":
@@ -301,7 +202,7 @@ class GeminiTranslator:
                 # Gemini drops the unplayed rest of an interrupted turn itself; acknowledged.
                 return [
                     ToClient(
-                        _event(
+                        server_event(
                             "conversation.item.truncated",
                             item_id=str(event.get("item_id", "")),
                             content_index=_int(event.get("content_index")),
@@ -313,7 +214,7 @@ class GeminiTranslator:
                 return []
         return [
             ToClient(
-                _error(
+                error_event(
                     "unsupported_event",
                     f"The event type `{etype}` is not supported on a Gemini Live model.",
                     client_event_id=eid,
@@ -326,13 +227,15 @@ class GeminiTranslator:
         if not isinstance(upd, dict):
             return [
                 ToClient(
-                    _error("invalid_value", "`session` must be an object.", client_event_id=eid)
+                    error_event(
+                        "invalid_value", "`session` must be an object.", client_event_id=eid
+                    )
                 )
             ]
         if upd.get("type") == "transcription":
             return [
                 ToClient(
-                    _error(
+                    error_event(
                         "session_update_not_supported",
                         "Transcription sessions are not supported on a Gemini Live model.",
                         client_event_id=eid,
@@ -343,7 +246,7 @@ class GeminiTranslator:
         if self._setup is not None and gs.setup_message(new, self._upstream_model) != self._setup:
             return [
                 ToClient(
-                    _error(
+                    error_event(
                         "session_update_not_supported",
                         "A Gemini Live session's instructions, voice, tools, modalities and turn "
                         "detection are fixed once its first turn starts; this update was not "
@@ -353,13 +256,11 @@ class GeminiTranslator:
                 )
             ]
         old_in = _format(self.session, "input")
-        self.session = new
+        self.session = self._w.session = new
         if _format(new, "input") != old_in:
             self._input = None
-        if _format(new, "output") != self._output_format:
-            self._output_format = _format(new, "output")
-            self._output = None
-        return [ToClient(_event("session.updated", session=self.session))]
+        self._w.set_output_format(_format(new, "output"))
+        return [ToClient(server_event("session.updated", session=self.session))]
 
     def _send(self, message: dict[str, Any]) -> list[Out]:
         """A client message for Gemini: setup first if none went; kept for a replay; sent now
@@ -387,10 +288,12 @@ class GeminiTranslator:
             raw = None
         if raw is None:
             return [
-                ToClient(_error("invalid_value", "`audio` must be base64.", client_event_id=eid))
+                ToClient(
+                    error_event("invalid_value", "`audio` must be base64.", client_event_id=eid)
+                )
             ]
         fmt = _format(self.session, "input")
-        self._audio_ms += len(raw) // _bytes_per_ms(fmt)
+        self._w.audio_ms += len(raw) // _bytes_per_ms(fmt)
         if self._input is None:
             self._input = self._new_input(fmt, gs.GEMINI_INPUT_RATE)
         pcm = self._input.feed(raw)
@@ -415,12 +318,12 @@ class GeminiTranslator:
         else:
             out += self._send({"realtimeInput": {"audioStreamEnd": True}})
         self._answer_coming = True
-        item = self._user_item or new_id("item")
-        self._user_item = item
+        item = self._w.user_item or new_id("item")
+        self._w.user_item = item
         out.append(
             ToClient(
-                _event(
-                    "input_audio_buffer.committed", item_id=item, previous_item_id=self._last_item
+                server_event(
+                    "input_audio_buffer.committed", item_id=item, previous_item_id=self._w.last_item
                 )
             )
         )
@@ -430,7 +333,9 @@ class GeminiTranslator:
         item = event.get("item")
         if not isinstance(item, dict):
             return [
-                ToClient(_error("invalid_value", "`item` must be an object.", client_event_id=eid))
+                ToClient(
+                    error_event("invalid_value", "`item` must be an object.", client_event_id=eid)
+                )
             ]
         itype = item.get("type")
         item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
@@ -447,7 +352,7 @@ class GeminiTranslator:
             if role not in ("user", "assistant") or not texts:
                 return [
                     ToClient(
-                        _error(
+                        error_event(
                             "unsupported_item",
                             "A Gemini Live model takes user and assistant messages of text "
                             "only; send instructions with session.update.",
@@ -467,7 +372,7 @@ class GeminiTranslator:
             if not isinstance(call_id, str) or not isinstance(output, str):
                 return [
                     ToClient(
-                        _error(
+                        error_event(
                             "invalid_value",
                             "`call_id` and `output` must be strings.",
                             client_event_id=eid,
@@ -482,7 +387,7 @@ class GeminiTranslator:
                             "functionResponses": [
                                 {
                                     "id": call_id,
-                                    "name": self._calls.get(call_id, ""),
+                                    "name": self._w.calls.get(call_id, ""),
                                     "response": _tool_result(output),
                                 }
                             ]
@@ -493,7 +398,7 @@ class GeminiTranslator:
         else:
             return [
                 ToClient(
-                    _error(
+                    error_event(
                         "unsupported_item",
                         f"Items of type `{itype}` are not supported on a Gemini Live model.",
                         client_event_id=eid,
@@ -501,9 +406,13 @@ class GeminiTranslator:
                 )
             ]
         shown = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
-        prev, self._last_item = self._last_item, item_id
-        out.append(ToClient(_event("conversation.item.added", previous_item_id=prev, item=shown)))
-        out.append(ToClient(_event("conversation.item.done", previous_item_id=prev, item=shown)))
+        prev, self._w.last_item = self._w.last_item, item_id
+        out.append(
+            ToClient(server_event("conversation.item.added", previous_item_id=prev, item=shown))
+        )
+        out.append(
+            ToClient(server_event("conversation.item.done", previous_item_id=prev, item=shown))
+        )
         return out
 
     def _response_create(self, eid: Any) -> list[Out]:
@@ -512,10 +421,10 @@ class GeminiTranslator:
             # turnComplete now would interrupt that answer (3.3), however far it got.
             self._answer_coming = False
             return []
-        if self._resp is not None and self._resp.cancelled is None:
+        if self._w.resp is not None and self._w.resp.cancelled is None:
             return [
                 ToClient(
-                    _error(
+                    error_event(
                         "conversation_already_has_active_response",
                         "Conversation already has an active response in progress.",
                         client_event_id=eid,
@@ -525,11 +434,11 @@ class GeminiTranslator:
         return self._send({"clientContent": {"turnComplete": True}})
 
     def _response_cancel(self, eid: Any) -> list[Out]:
-        resp = self._resp
+        resp = self._w.resp
         if resp is None or resp.cancelled is not None:
             return [
                 ToClient(
-                    _error(
+                    error_event(
                         "response_cancel_not_active",
                         "Cancellation failed: no active response found.",
                         client_event_id=eid,
@@ -559,19 +468,21 @@ class GeminiTranslator:
         if "usageMetadata" in msg:
             known = True
             if isinstance(msg["usageMetadata"], dict):
-                self._usage = realtime_usage(msg["usageMetadata"])
+                self._w.metadata(msg["usageMetadata"])
             else:
                 out.append(self._protocol_error("a usageMetadata that is not an object"))
         if "serverContent" in msg:
             known = True
             content = msg["serverContent"]
             if isinstance(content, dict):
-                out += self._server_content(content)
+                if content.get("turnComplete") is True:
+                    self._fault_resumes = 0
+                out += self._w.server_content(content)
             else:
                 out.append(self._protocol_error("a serverContent that is not an object"))
         if "toolCall" in msg:
             known = True
-            out += self._tool_call(msg["toolCall"])
+            out += self._w.tool_call(msg["toolCall"])
         if "toolCallCancellation" in msg:
             known = True
             ids = msg["toolCallCancellation"]
@@ -627,7 +538,7 @@ class GeminiTranslator:
             and self._phase is _Phase.READY
             and self._handle is not None
             and self._resumable
-            and self._resp is None
+            and self._w.resp is None
         ):
             self._phase = _Phase.RESUMING
             return [Resume()]
@@ -646,406 +557,20 @@ class GeminiTranslator:
                 self._fault_resumes += 1
             self._phase = _Phase.RESUMING
             # What was in flight on the lost connection will not end there: failed, billed.
-            return [*self._lost_response(), Resume()]
+            return [*self._w.lost_response(), Resume()]
         out: list[Out] = self.flush_usage()
         if code == 1000:
             return [*out, Closed(1000, reason)]
         etype, ecode, close = gemini_close(code, reason)
         message = f"The Gemini upstream closed the session ({code}): {scrub(reason)}"
-        out.append(ToClient(_error(ecode, message, etype=etype)))
+        out.append(ToClient(error_event(ecode, message, etype=etype)))
         out.append(Closed(close, f"{etype}.{ecode}"))
         return out
 
     def flush_usage(self) -> list[Out]:
-        """Usage Gemini reported that no ``response.done`` carried yet: a response of its own,
-        so it is metered before the session ends."""
-        if self._resp is not None:
-            return self._lost_response()
-        if self._usage is not None:
-            return self._usage_only()
-        return []
-
-    def _lost_response(self) -> list[Out]:
-        """The open response, ended ``failed``: its connection is gone."""
-        if self._resp is None:
-            return []
-        error = {"type": "server_error", "code": "upstream_connection_lost"}
-        return self._finish("failed", None, error)
-
-    def _resp_dropped(self) -> None:
-        if self._resp is not None and self._resp.cancelled is None:
-            self._resp.cancelled = "turn_detected"
-
-    def _server_content(self, content: dict[str, Any]) -> list[Out]:
-        out: list[Out] = []
-        itr = content.get("inputTranscription")
-        if isinstance(itr, dict) and isinstance(itr.get("text"), str) and itr["text"]:
-            if self._user_item is None:
-                self._user_item = new_id("item")
-            self._user_text.append(itr["text"])
-            out.append(
-                ToClient(
-                    _event(
-                        "conversation.item.input_audio_transcription.delta",
-                        item_id=self._user_item,
-                        content_index=0,
-                        delta=itr["text"],
-                    )
-                )
-            )
-        if content.get("interrupted") is True:
-            out += self._interrupted()
-        turn = content.get("modelTurn")
-        if isinstance(turn, dict):
-            for part in turn.get("parts") or []:
-                if isinstance(part, dict) and not part.get("thought"):
-                    out += self._model_part(part)
-        otr = content.get("outputTranscription")
-        if isinstance(otr, dict) and isinstance(otr.get("text"), str) and otr["text"]:
-            out += self._output_transcript(otr["text"])
-        if content.get("generationComplete") is True and self._resp is not None:
-            out += self._close_message()
-        if content.get("turnComplete") is True:
-            barge_in = self._resp is not None and self._resp.cancelled == "turn_detected"
-            if not barge_in:
-                # After a barge-in the user is still speaking: the transcript goes on.
-                out += self._user_done()
-            self._fault_resumes = 0
-            if self._resp is not None:
-                out += self._turn_done(self._resp.cancelled, content.get("turnCompleteReason"))
-            elif self._usage is not None:
-                out += self._usage_only()
-        return out
-
-    def _turn_done(self, cancelled: str | None, why: Any) -> list[Out]:
-        """``response.done`` for a turn Gemini completed: ``cancelled`` if it was cut,
-        ``incomplete`` (``content_filter``) if Gemini rejected it, ``failed`` for a malformed
-        function call (3.4 ``turnCompleteReason``), else ``completed``."""
-        if cancelled:
-            return self._finish("cancelled", cancelled)
-        if why in _FILTERED:
-            return self._finish("incomplete", "content_filter")
-        if why == "MALFORMED_FUNCTION_CALL":
-            return self._finish(
-                "failed", None, {"type": "server_error", "code": "malformed_function_call"}
-            )
-        return self._finish("completed", None)
-
-    def _user_done(self) -> list[Out]:
-        """The user's spoken turn is over (a response starts, or the turn ends): its
-        transcript, complete. Gemini bills transcription inside the turn's usage, so the event
-        reports none of its own."""
-        if self._user_item is None or not self._user_text:
-            return []
-        item, text = self._user_item, "".join(self._user_text)
-        self._user_item, self._user_text = None, []
-        self._last_item = item
-        return [
-            ToClient(
-                _event(
-                    "conversation.item.input_audio_transcription.completed",
-                    item_id=item,
-                    content_index=0,
-                    transcript=text,
-                    usage={
-                        "type": "tokens",
-                        "input_tokens": 0,
-                        "output_tokens": 0,
-                        "total_tokens": 0,
-                    },
-                )
-            )
-        ]
-
-    def _interrupted(self) -> list[Out]:
-        """Barge-in (3.10 gap 2): the client stops playing now; the response ends
-        ``cancelled`` with the turn, carrying the turn's usage."""
-        item = self._user_item or new_id("item")
-        self._user_item = item
-        out: list[Out] = [
-            ToClient(
-                _event(
-                    "input_audio_buffer.speech_started", audio_start_ms=self._audio_ms, item_id=item
-                )
-            )
-        ]
-        self._resp_dropped()
-        return out
-
-    def _open(self, kind: str) -> list[Out]:
-        """The response and its message item with one content part of ``kind``, as needed."""
-        out: list[Out] = []
-        if self._resp is None:
-            out += self._user_done()
-            self._resp = _Response(new_id("resp"))
-            out.append(ToClient(_event("response.created", response=self._response("in_progress"))))
-        resp = self._resp
-        if resp.item_id is None:
-            resp.item_id, resp.part, resp.text = new_id("item"), kind, []
-            item = {
-                "id": resp.item_id,
-                "object": "realtime.item",
-                "type": "message",
-                "role": "assistant",
-                "status": "in_progress",
-                "content": [],
-            }
-            out.append(
-                ToClient(
-                    _event(
-                        "response.output_item.added",
-                        response_id=resp.id,
-                        output_index=len(resp.output),
-                        item=item,
-                    )
-                )
-            )
-            prev, self._last_item = self._last_item, resp.item_id
-            out.append(
-                ToClient(_event("conversation.item.added", previous_item_id=prev, item=item))
-            )
-            part = (
-                {"type": "audio", "transcript": ""}
-                if kind == "audio"
-                else {"type": "text", "text": ""}
-            )
-            out.append(ToClient(_event("response.content_part.added", **self._where(), part=part)))
-        return out
-
-    def _where(self) -> dict[str, Any]:
-        resp = self._resp
-        assert resp is not None
-        return {
-            "response_id": resp.id,
-            "item_id": resp.item_id,
-            "output_index": len(resp.output),
-            "content_index": 0,
-        }
-
-    def _model_part(self, part: dict[str, Any]) -> list[Out]:
-        if self._resp is not None and self._resp.cancelled:
-            return []
-        blob = part.get("inlineData")
-        if isinstance(blob, dict) and isinstance(blob.get("data"), str):
-            out = self._open("audio")
-            delta = blob["data"]
-            if self._output_format != "audio/pcm":
-                if self._output is None:
-                    self._output = self._new_output(self._output_format)
-                try:
-                    raw = base64.b64decode(delta, validate=True)
-                except (binascii.Error, ValueError):
-                    return [*out, self._protocol_error("audio that is not base64")]
-                converted = self._output.feed(raw)
-                if not converted:
-                    # The converter holds the start of its window back.
-                    return out
-                delta = base64.b64encode(converted).decode()
-            out.append(
-                ToClient(_event("response.output_audio.delta", **self._where(), delta=delta))
-            )
-            return out
-        if isinstance(part.get("text"), str):
-            out = self._open("text")
-            resp = self._resp
-            assert resp is not None
-            resp.text.append(part["text"])
-            out.append(
-                ToClient(_event("response.output_text.delta", **self._where(), delta=part["text"]))
-            )
-            return out
-        return []
-
-    def _output_transcript(self, text: str) -> list[Out]:
-        if self._resp is not None and self._resp.cancelled:
-            return []
-        out = self._open("audio")
-        resp = self._resp
-        assert resp is not None
-        if resp.part != "audio":
-            return out
-        resp.text.append(text)
-        out.append(
-            ToClient(_event("response.output_audio_transcript.delta", **self._where(), delta=text))
-        )
-        return out
-
-    def _close_message(self) -> list[Out]:
-        """The open message item's content part and item, done (``incomplete`` if cut)."""
-        resp = self._resp
-        if resp is None or resp.item_id is None:
-            return []
-        where = self._where()
-        text = "".join(resp.text)
-        out: list[Out] = []
-        if resp.part == "audio":
-            if self._output is not None:
-                tail = self._output.flush()
-                if tail and not resp.cancelled:
-                    out.append(
-                        ToClient(
-                            _event(
-                                "response.output_audio.delta",
-                                **where,
-                                delta=base64.b64encode(tail).decode(),
-                            )
-                        )
-                    )
-            out.append(ToClient(_event("response.output_audio.done", **where)))
-            out.append(
-                ToClient(_event("response.output_audio_transcript.done", **where, transcript=text))
-            )
-            part: dict[str, Any] = {"type": "audio", "transcript": text}
-            content = {"type": "output_audio", "transcript": text}
-        else:
-            out.append(ToClient(_event("response.output_text.done", **where, text=text)))
-            part = {"type": "text", "text": text}
-            content = {"type": "output_text", "text": text}
-        out.append(ToClient(_event("response.content_part.done", **where, part=part)))
-        item = {
-            "id": resp.item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "incomplete" if resp.cancelled else "completed",
-            "content": [content],
-        }
-        out.append(
-            ToClient(
-                _event(
-                    "response.output_item.done",
-                    response_id=resp.id,
-                    output_index=len(resp.output),
-                    item=item,
-                )
-            )
-        )
-        out.append(ToClient(_event("conversation.item.done", item=item)))
-        resp.output.append(item)
-        resp.item_id = resp.part = None
-        resp.text = []
-        return out
-
-    def _tool_call(self, call: Any) -> list[Out]:
-        calls = call.get("functionCalls") if isinstance(call, dict) else None
-        if not isinstance(calls, list):
-            return [self._protocol_error("a toolCall without functionCalls")]
-        out: list[Out] = []
-        if self._resp is None:
-            out += self._user_done()
-            self._resp = _Response(new_id("resp"))
-            out.append(ToClient(_event("response.created", response=self._response("in_progress"))))
-        out += self._close_message()
-        resp = self._resp
-        assert resp is not None
-        for fc in calls:
-            if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
-                out.append(self._protocol_error("a function call without a name"))
-                continue
-            call_id = fc["id"] if isinstance(fc.get("id"), str) and fc["id"] else new_id("call", 16)
-            self._calls[call_id] = fc["name"]
-            args = orjson.dumps(fc.get("args") if isinstance(fc.get("args"), dict) else {}).decode()
-            item_id = new_id("item")
-            item = {
-                "id": item_id,
-                "object": "realtime.item",
-                "type": "function_call",
-                "status": "in_progress",
-                "call_id": call_id,
-                "name": fc["name"],
-                "arguments": "",
-            }
-            where = {"response_id": resp.id, "item_id": item_id, "output_index": len(resp.output)}
-            prev, self._last_item = self._last_item, item_id
-            out.append(
-                ToClient(
-                    _event(
-                        "response.output_item.added",
-                        response_id=resp.id,
-                        output_index=len(resp.output),
-                        item=item,
-                    )
-                )
-            )
-            out.append(
-                ToClient(_event("conversation.item.added", previous_item_id=prev, item=item))
-            )
-            out.append(
-                ToClient(
-                    _event(
-                        "response.function_call_arguments.delta",
-                        **where,
-                        call_id=call_id,
-                        delta=args,
-                    )
-                )
-            )
-            out.append(
-                ToClient(
-                    _event(
-                        "response.function_call_arguments.done",
-                        **where,
-                        call_id=call_id,
-                        name=fc["name"],
-                        arguments=args,
-                    )
-                )
-            )
-            done = {**item, "status": "completed", "arguments": args}
-            out.append(
-                ToClient(
-                    _event(
-                        "response.output_item.done",
-                        response_id=resp.id,
-                        output_index=len(resp.output),
-                        item=done,
-                    )
-                )
-            )
-            out.append(ToClient(_event("conversation.item.done", item=done)))
-            resp.output.append(done)
-        out += self._finish("completed", None)
-        return out
-
-    def _response(
-        self, status: str, reason: str | None = None, error: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        resp = self._resp
-        assert resp is not None
-        modality = gs.output_modality(self.session)
-        body: dict[str, Any] = {
-            "id": resp.id,
-            "object": "realtime.response",
-            "status": status,
-            "status_details": None,
-            "output": resp.output if status != "in_progress" else [],
-            "conversation_id": None,
-            "output_modalities": [modality],
-            "usage": None,
-            "metadata": None,
-        }
-        if status in ("cancelled", "incomplete"):
-            body["status_details"] = {"type": status, "reason": reason}
-        elif status == "failed":
-            body["status_details"] = {"type": "failed", "error": error}
-        return body
-
-    def _finish(
-        self, status: str, reason: str | None, error: dict[str, str] | None = None
-    ) -> list[Out]:
-        """``response.done`` for the open response, with the usage Gemini reported last."""
-        out = self._close_message()
-        body = self._response(status, reason, error)
-        body["usage"] = self._usage or realtime_usage({})
-        self._usage = None
-        out.append(ToClient(_event("response.done", response=body)))
-        self._resp = None
-        return out
-
-    def _usage_only(self) -> list[Out]:
-        self._resp = _Response(new_id("resp"))
-        created = ToClient(_event("response.created", response=self._response("in_progress")))
-        return [created, *self._finish("completed", None)]
+        """Usage Gemini reported that no ``response.done`` carried yet, as a response of its
+        own, so it is metered before the session ends."""
+        return self._w.flush_usage()
 
 
 def _format(session: dict[str, Any], side: str) -> str:

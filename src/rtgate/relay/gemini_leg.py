@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 
 from rtgate.engine.audio import AudioFormat, InputConverter, OutputConverter
 from rtgate.errors import GatewayError
-from rtgate.protocol.gemini import (
+from rtgate.protocol.gemini import GeminiTranslator
+from rtgate.protocol.gemini_events import (
     AudioConverter,
     Closed,
-    GeminiTranslator,
     Out,
     Resume,
     Switch,
