@@ -99,11 +99,14 @@ class ResponseWriter:
         error = {"type": "server_error", "code": "upstream_connection_lost"}
         return self._finish("failed", None, error)
 
-    def resp_dropped(self) -> None:
+    def _drop_rest(self) -> None:
+        """Barge-in: the open response's rest is not relayed; it ends ``cancelled``."""
         if self.resp is not None and self.resp.cancelled is None:
             self.resp.cancelled = "turn_detected"
 
     def server_content(self, content: dict[str, Any]) -> list[Out]:
+        """One ``serverContent`` (3.4): its fields in the order a client needs them (input
+        transcript, barge-in, model output, output transcript, generation and turn ends)."""
         out: list[Out] = []
         itr = content.get("inputTranscription")
         if isinstance(itr, dict) and isinstance(itr.get("text"), str) and itr["text"]:
@@ -195,7 +198,7 @@ class ResponseWriter:
                 )
             )
         ]
-        self.resp_dropped()
+        self._drop_rest()
         return out
 
     def _open(self, kind: str) -> list[Out]:
