@@ -3,10 +3,11 @@
 One ``GeminiTranslator`` per session sits between the relay core and the Gemini connection
 (``relay/gemini_leg.py`` feeds it). It handles the client's side and the connection's life
 (setup, resumption) here; Gemini's messages become OpenAI events in ``gemini_response.py``,
-and the outputs and error shapes are in ``gemini_events.py``. The core speaks OpenAI Realtime both ways, as to any
-upstream, so keys, policy, budgets, the duration cap, transcripts and metering apply unchanged:
-the core meters the ``response.done`` this module writes. Fed frames as strings, it answers
-outputs: ``ToGemini`` (a message for the Gemini connection), ``ToClient`` (an OpenAI server
+and the outputs and error shapes are in ``gemini_events.py``.
+
+The core speaks OpenAI Realtime both ways, as to any upstream, so keys, policy, budgets, the
+duration cap, transcripts and metering apply unchanged: the core meters the ``response.done``
+this module writes. Fed frames as strings, it answers outputs: ``ToGemini`` (a message for the Gemini connection), ``ToClient`` (an OpenAI server
 event, handed to the core as if the upstream had sent it), ``Resume`` (dial a new connection
 and send it ``resume_setup()``), ``Switch`` (that connection is ready: make it current, close
 the old one) and ``Closed`` (the upstream's end, as the code and reason the client gets).
