@@ -7,10 +7,11 @@ and the outputs and error shapes are in ``gemini_events.py``.
 
 The core speaks OpenAI Realtime both ways, as to any upstream, so keys, policy, budgets, the
 duration cap, transcripts and metering apply unchanged: the core meters the ``response.done``
-this module writes. Fed frames as strings, it answers outputs: ``ToGemini`` (a message for the Gemini connection), ``ToClient`` (an OpenAI server
-event, handed to the core as if the upstream had sent it), ``Resume`` (dial a new connection
-and send it ``resume_setup()``), ``Switch`` (that connection is ready: make it current, close
-the old one) and ``Closed`` (the upstream's end, as the code and reason the client gets).
+this module writes. Fed frames as strings, it answers outputs: ``ToGemini`` (a message for the
+Gemini connection), ``ToClient`` (an OpenAI server event, handed to the core as if the upstream
+had sent it), ``Resume`` (dial a new connection and send it ``resume_setup()``), ``Switch``
+(that connection is ready: make it current, close the old one) and ``Closed`` (the upstream's
+end, as the code and reason the client gets).
 
 The rules it keeps (voice-apis.md 3.3-3.10; the event shapes are the GA ones the ``openai``
 SDK types, docs/protocol.md):
