@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import websockets
 from openai import AsyncOpenAI
@@ -22,6 +23,7 @@ from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway, events_until
 from tests.gemini_fake import GEMINI_KEY, FakeGemini, inject, speech24k
 from tests.sdk_events import beta_server_errors, validate_server_event
+from tests.test_calls import OFFER, openai_error
 
 CONFIG = """
 [upstreams.gemini]
@@ -392,3 +394,15 @@ async def test_a_beta_client_talks_to_gemini_through_both_translations(
         for p in m.get("serverContent", {}).get("modelTurn", {}).get("parts", [])
     )
     assert abs(ulaw - pcm // 6) <= 16
+
+
+async def test_a_call_to_a_gemini_model_is_refused(gw: RunningGateway, fake: FakeGemini) -> None:
+    key = await gw.new_key()
+    async with sdk(gw, key) as client:
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.realtime.calls.create(
+                sdp=OFFER, session={"type": "realtime", "model": "gemini-live"}
+            )
+    assert refused.value.status_code == 400
+    assert openai_error(refused.value)["code"] == "unsupported_upstream"
+    assert fake.connections == []
