@@ -25,7 +25,7 @@ def translator() -> GeminiTranslator:
     return GeminiTranslator(
         "gemini-live",
         "gemini-3.8-live",
-        input_converter=lambda fmt, rate: InputConverter(AudioFormat(fmt), "MQ", rate),
+        input_converter=lambda fmt, rate: InputConverter(AudioFormat(fmt), "MQ", out_rate=rate),
         output_converter=lambda fmt: OutputConverter(AudioFormat(fmt)),
     )
 

@@ -41,7 +41,7 @@ log = logging.getLogger("rtgate.relay")
 def input_converter(fmt: str, rate: int) -> AudioConverter:
     """The session's input audio to PCM16 at ``rate``. "MQ": soxr's band-limited filter at
     about half HQ's delay (engine/audio.py), for a relay where every millisecond is heard."""
-    return InputConverter(AudioFormat(fmt), "MQ", rate)
+    return InputConverter(AudioFormat(fmt), "MQ", out_rate=rate)
 
 
 def output_converter(fmt: str) -> AudioConverter:
