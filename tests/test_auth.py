@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
-from rtgate.config import UpstreamSettings
-from rtgate.relay.upstream import upstream_headers, upstream_url
+from rtgate.config import GEMINI_LIVE_URL, UpstreamSettings
+from rtgate.relay.upstream import gemini_url, upstream_headers, upstream_url
 
 
 def test_keys_are_random_prefixed_and_hashed() -> None:
@@ -58,6 +60,19 @@ def test_upstream_headers_swap_credentials_and_forward_only_the_clients_identity
     assert beta["OpenAI-Beta"] == "realtime=v1"
     azure = upstream_headers(UpstreamSettings(kind="azure"), client, "az-key")
     assert azure["api-key"] == "az-key" and "Authorization" not in azure
+    # Google's protocol: its key header alone, nothing of the OpenAI client's.
+    gemini = upstream_headers(UpstreamSettings(kind="gemini"), client, "AIza-key")
+    assert gemini == {"x-goog-api-key": "AIza-key"}
+
+
+def test_a_gemini_url_is_the_full_endpoint_or_a_host_given_googles_path() -> None:
+    assert gemini_url("ws://127.0.0.1:9") == "ws://127.0.0.1:9" + urlsplit(GEMINI_LIVE_URL).path
+    assert gemini_url("https://proxy.example/") == (
+        "wss://proxy.example" + urlsplit(GEMINI_LIVE_URL).path
+    )
+    assert gemini_url(GEMINI_LIVE_URL) == GEMINI_LIVE_URL
+    vertex = "wss://us-central1-aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"
+    assert gemini_url(vertex) == vertex
 
 
 def test_upstream_url_carries_only_the_protocols_query() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rtgate.catalog import Catalog, model_family
-from rtgate.config import load_settings
+from rtgate.config import GEMINI_LIVE_URL, load_settings
 from rtgate.errors import ConfigError, ModelNotFound
 
 
@@ -207,3 +207,46 @@ def test_a_dated_snapshot_prices_as_its_family_in_any_unit(
     cfg.write_text('[prices.my-asr]\nunit = "second"\nrate = "0.0002"\n')
     key, prices = Catalog(load_settings(cfg, {"OPENAI_API_KEY": "k"})).price_row(asked)
     assert prices is not None and (key, prices.unit) == (row, unit)
+
+
+def test_a_gemini_upstream_defaults_to_googles_endpoint_and_key_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[upstreams.g]\nkind = "gemini"\n\n'
+        '[models.gemini-live]\nupstream = "g"\nupstream_model = "gemini-3.8-live"\n'
+    )
+    s = load_settings(cfg, {"GEMINI_API_KEY": "AIza-gemini", "OPENAI_API_KEY": "sk-openai"})
+    up = s.upstreams["g"]
+    assert up.base_url == GEMINI_LIVE_URL
+    assert up.api_key_env == "GEMINI_API_KEY"
+    assert up.api_key is not None and up.api_key.get_secret_value() == "AIza-gemini"
+    # Priced by the model it runs, per modality.
+    route = Catalog(s).resolve("gemini-live")
+    assert route.price_key == "gemini-3.8-live"
+    assert route.prices is not None
+    assert (route.prices.text_in, route.prices.audio_in) == (Decimal("0.75"), Decimal("3.00"))
+    assert (route.prices.text_out, route.prices.audio_out) == (Decimal("4.50"), Decimal("12.00"))
+    # No gemini upstream unless one is configured or its URL is overridden.
+    assert "gemini" not in load_settings(None, {}).upstreams
+
+
+def test_rtgate_gemini_base_url_overrides_or_creates_the_gemini_upstream(tmp_path: Path) -> None:
+    s = load_settings(None, {"RTGATE_GEMINI_BASE_URL": "ws://127.0.0.1:9"})
+    up = s.upstreams["gemini"]
+    assert (up.kind, up.base_url, up.api_key_env) == (
+        "gemini",
+        "ws://127.0.0.1:9",
+        "GEMINI_API_KEY",
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[upstreams.gemini]\nkind = "gemini"\napi_key_env = "MY_GEMINI"\n')
+    s = load_settings(cfg, {"RTGATE_GEMINI_BASE_URL": "wss://proxy.example", "MY_GEMINI": "k"})
+    assert s.upstreams["gemini"].base_url == "wss://proxy.example"
+    assert s.upstreams["gemini"].api_key is not None
+
+
+def test_a_gemini_key_is_never_read_from_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[upstreams.gemini]\nkind = "gemini"\napi_key = "AIza-in-file"\n')
+    with pytest.raises(ConfigError, match="api_key_env"):
+        load_settings(cfg, {})

@@ -29,7 +29,14 @@ from pydantic import (
 from rtgate.errors import ConfigError
 from rtgate.tls import server_context
 
-UpstreamKind = Literal["openai", "azure", "local"]
+UpstreamKind = Literal["openai", "azure", "local", "gemini"]
+
+#: Google's Gemini Live endpoint (voice-apis.md 3.1): the default ``base_url`` of a ``gemini``
+#: upstream. A ``base_url`` that names a host only gets this path (``relay/upstream.py``).
+GEMINI_LIVE_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+)
 
 
 class _Frozen(BaseModel):
@@ -40,11 +47,13 @@ class UpstreamSettings(_Frozen):
     """One provider endpoint the gateway can dial."""
 
     kind: UpstreamKind = "openai"
-    #: WebSocket base, e.g. ``wss://api.openai.com/v1`` or ``wss://RES.openai.azure.com/openai/v1``.
+    #: WebSocket base, e.g. ``wss://api.openai.com/v1`` or ``wss://RES.openai.azure.com/openai/v1``;
+    #: for ``gemini``, Google's Live endpoint (``GEMINI_LIVE_URL``, or a host alone).
     base_url: str = "wss://api.openai.com/v1"
     #: Environment variable holding the provider key (never the key itself). Only the built-in
-    #: ``openai`` upstream defaults to ``OPENAI_API_KEY``: another upstream must name its own, so
-    #: the OpenAI key never reaches a host it was not meant for.
+    #: ``openai`` upstream defaults to ``OPENAI_API_KEY``, and a ``gemini`` one to
+    #: ``GEMINI_API_KEY`` (Google's own name for it): another upstream must name its own, so
+    #: a provider's key never reaches a host it was not meant for.
     api_key_env: str | None = None
     organization: str | None = None
     project: str | None = None
@@ -54,6 +63,13 @@ class UpstreamSettings(_Frozen):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     #: Resolved at load time from ``api_key_env``; excluded from every dump.
     api_key: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gemini_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "gemini":
+            data = {"base_url": GEMINI_LIVE_URL, **data}
+        return data
 
     @field_validator("base_url")
     @classmethod
@@ -247,6 +263,18 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
     # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
     "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
+    # Gemini Live, per 1M tokens by modality (voice-apis.md 3.2: text from Google's page, the
+    # audio rates from third-party tables citing it). Google publishes no cached rate for Live:
+    # a tenth of the input rate, like every row that leaves it out. Image and video input as
+    # text. Models whose rates are not known (3.8 extended thinking's audio, the previews) get
+    # no default row: their usage is recorded unpriced and logged, never billed at a guess.
+    "gemini-3.8-live": PriceSettings(
+        text_in=_d("0.75"),
+        text_out=_d("4.50"),
+        audio_in=_d("3.00"),
+        audio_out=_d("12.00"),
+        image_in=_d("0.75"),
+    ),
     # What the embedded local engine serves costs the operator nothing (catalog.py prices it
     # all by this row; `[prices.local]` in the config changes it).
     "local": PriceSettings(),
@@ -432,6 +460,8 @@ _ENV_ENGINE: dict[str, str] = {
     "RTGATE_ENGINE_BRAIN_URL": "brain_url",
     "RTGATE_ENGINE_BRAIN_MODEL": "brain_model",
 }
+#: Overrides of the upstream named ``gemini`` (created, of kind ``gemini``, when absent).
+_ENV_GEMINI: dict[str, str] = {"RTGATE_GEMINI_BASE_URL": "base_url"}
 _ENV_OPENAI: dict[str, str] = {
     "RTGATE_OPENAI_BASE_URL": "base_url",
     "RTGATE_OPENAI_ORGANIZATION": "organization",
@@ -478,7 +508,12 @@ def load_settings(
             openai[field] = env[var]
     openai.setdefault("api_key_env", "OPENAI_API_KEY")
     upstreams.setdefault("local", {"kind": "local", "base_url": "ws://127.0.0.1"})
+    for var, field in _ENV_GEMINI.items():
+        if env.get(var):
+            upstreams.setdefault("gemini", {"kind": "gemini"})[field] = env[var]
     for up in upstreams.values():
+        if up.get("kind") == "gemini":
+            up.setdefault("api_key_env", "GEMINI_API_KEY")
         key_env = up.get("api_key_env")
         if "api_key" in up:
             raise ConfigError(

@@ -228,16 +228,23 @@ class _StreamConverter:
 
 
 class InputConverter(_StreamConverter):
-    """Decodes one session's appended audio, chunk by chunk, to 24 kHz PCM16.
+    """Decodes one session's appended audio, chunk by chunk, to PCM16 at ``out_rate`` (24 kHz
+    for the engine; 16 kHz for a Gemini upstream, ``protocol/gemini.py``).
 
     Call ``flush`` when the input buffer is committed, so the turn's last few tens of ms are not
     left inside the resampler; it also starts a fresh stream for the next turn. Over a whole
-    stream, G.711 input gives exactly three output samples per input byte.
+    stream, G.711 input gives exactly three output samples per input byte at 24 kHz.
     """
 
-    def __init__(self, fmt: AudioFormat, quality: Quality = "HQ", rate: int | None = None) -> None:
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        quality: Quality = "HQ",
+        rate: int | None = None,
+        out_rate: int = PCM_RATE,
+    ) -> None:
         # ``rate``: PCM at another rate than 24 kHz (a GPT-Live session may send 16 kHz).
-        super().__init__(fmt, rate or sample_rate(fmt), PCM_RATE, quality)
+        super().__init__(fmt, rate or sample_rate(fmt), out_rate, quality)
 
     def feed(self, data: bytes) -> bytes:
         if self.format is AudioFormat.PCM:

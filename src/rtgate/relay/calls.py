@@ -81,6 +81,8 @@ def call_base(route: Route, *, live: bool = False) -> str:
     local engine has no calls."""
     if route.upstream.kind == "local":
         raise CallsUnsupported("The local engine does not take WebRTC or SIP calls.")
+    if route.upstream.kind == "gemini":
+        raise CallsUnsupported("Gemini Live models do not take WebRTC or SIP calls.")
     path = "/live/sessions" if live else "/realtime/calls"
     return http_base(route.upstream.base_url).rstrip("/") + path
 

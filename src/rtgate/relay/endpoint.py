@@ -88,8 +88,8 @@ from rtgate.relay.first_message import FirstMessage, FirstMessageLeg
 from rtgate.relay.front_door import LIVE_PATH, TRANSLATIONS_PATH, RelayDoor, RelayUpgrade
 from rtgate.relay.legs import Leg
 from rtgate.relay.live import TRANSLATION, go_live, relay_pump, run_live
-from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
-from rtgate.relay.upstream import SETUP_FRAMES_HEADER, upstream_headers, upstream_url
+from rtgate.relay.picows_leg import UpstreamRefused, connect
+from rtgate.relay.upstream import SETUP_FRAMES_HEADER, gemini_url, upstream_headers, upstream_url
 from rtgate.store.port import StoredCall
 
 log = logging.getLogger("rtgate.relay")
@@ -118,7 +118,7 @@ async def _dial(
     intent: str | None,
     call: StoredCall | None,
     setup: str | None,
-) -> PicowsLeg:
+) -> Leg:
     up = route.upstream
     api_key: str | None
     if up.kind == "local":
@@ -127,6 +127,8 @@ async def _dial(
         base_url = up.base_url
         api_key = up.api_key.get_secret_value() if up.api_key else None
     headers = upstream_headers(up, client_headers, api_key)
+    if up.kind == "gemini":
+        return await _dial_gemini(gw, route, headers, intent, call)
     if up.kind == "local":
         # rtgate's own engine applies the setup update before its session.created, so the
         # session it creates is the one the key and the secret chose (engine/server.py).
@@ -142,6 +144,38 @@ async def _dial(
         url = upstream_url(base_url, route="live/sessions")
     else:
         url = upstream_url(base_url, model=route.upstream_model, intent=intent)
+    return await _connect(gw, route, url, headers)
+
+
+async def _dial_gemini(
+    gw: Gateway,
+    route: Route,
+    headers: Mapping[str, str],
+    intent: str | None,
+    call: StoredCall | None,
+) -> Leg:
+    """A Gemini Live connection behind the OpenAI protocol (``relay/gemini_leg.py``); it dials
+    again itself to resume the session after a ``goAway``. Gemini has realtime sessions only:
+    no calls, transcription or translation sessions."""
+    if call is not None or intent in (TRANSLATION, "transcription"):
+        raise UnsupportedUpstream(
+            f"The model `{route.model}` is served by Gemini Live, which takes realtime"
+            " sessions only (no calls, transcription or translation sessions)."
+        )
+    # The numpy/soxr resampler is needed only here (the engine extra, installed by default).
+    from rtgate.relay.gemini_leg import GeminiLeg, translator_for
+
+    url = gemini_url(route.upstream.base_url)
+    leg = await _connect(gw, route, url, headers)
+    return GeminiLeg(
+        leg,
+        translator_for(route.model or route.upstream_model, route.upstream_model),
+        lambda: _connect(gw, route, url, headers),
+    )
+
+
+async def _connect(gw: Gateway, route: Route, url: str, headers: Mapping[str, str]) -> Leg:
+    up = route.upstream
     started = time.perf_counter()
     try:
         upstream = await connect(

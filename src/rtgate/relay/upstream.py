@@ -7,9 +7,9 @@ Pure functions; the endpoint and the call sidebands dial.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from rtgate.config import UpstreamSettings
+from rtgate.config import GEMINI_LIVE_URL, UpstreamSettings
 
 #: The client headers an upstream gets: what identifies the client library, as OpenAI's own SDKs
 #: send it (``User-Agent``, the ``X-Stainless-*`` family). Nothing else a client sends is
@@ -55,9 +55,23 @@ def upstream_url(
     return f"{ws_scheme(base_url)}/{route}" + (f"?{qs}" if qs else "")
 
 
+def gemini_url(base_url: str) -> str:
+    """A ``gemini`` upstream's endpoint: ``base_url`` as it is when it names a path (the full
+    ``BidiGenerateContent`` URL, or Vertex's), else that host with Google's Live path
+    (voice-apis.md 3.1). The model goes in ``setup``, never in the URL; the key in a header."""
+    url = ws_scheme(base_url)
+    if urlsplit(url).path.strip("/"):
+        return url
+    return url.rstrip("/") + urlsplit(GEMINI_LIVE_URL).path
+
+
 def upstream_headers(
     up: UpstreamSettings, client_headers: Mapping[str, str], api_key: str | None
 ) -> dict[str, str]:
+    if up.kind == "gemini":
+        # Google's own protocol: nothing of the OpenAI client's (its SDK's headers included)
+        # belongs there; the key goes as the Python SDK sends it (voice-apis.md 3.1).
+        return {"x-goog-api-key": api_key} if api_key else {}
     headers = {
         k: v
         for k, v in client_headers.items()
