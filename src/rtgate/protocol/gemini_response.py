@@ -349,18 +349,7 @@ class ResponseWriter:
             "status": "incomplete" if resp.cancelled else "completed",
             "content": [content],
         }
-        out.append(
-            ToClient(
-                server_event(
-                    "response.output_item.done",
-                    response_id=resp.id,
-                    output_index=len(resp.output),
-                    item=item,
-                )
-            )
-        )
-        out.append(ToClient(server_event("conversation.item.done", item=item)))
-        resp.output.append(item)
+        out += self._item_done(resp, item)
         resp.item_id = resp.part = None
         resp.text = []
         return out
@@ -432,19 +421,7 @@ class ResponseWriter:
                     )
                 )
             )
-            done = {**item, "status": "completed", "arguments": args}
-            out.append(
-                ToClient(
-                    server_event(
-                        "response.output_item.done",
-                        response_id=resp.id,
-                        output_index=len(resp.output),
-                        item=done,
-                    )
-                )
-            )
-            out.append(ToClient(server_event("conversation.item.done", item=done)))
-            resp.output.append(done)
+            out += self._item_done(resp, {**item, "status": "completed", "arguments": args})
         out += self._finish("completed", None)
         return out
 
@@ -470,6 +447,24 @@ class ResponseWriter:
         elif status == "failed":
             body["status_details"] = {"type": "failed", "error": error}
         return body
+
+    @staticmethod
+    def _item_done(resp: _Response, item: dict[str, Any]) -> list[Out]:
+        """An output item ends: ``response.output_item.done`` at its index, then
+        ``conversation.item.done``; the response's output holds it from then on."""
+        out: list[Out] = [
+            ToClient(
+                server_event(
+                    "response.output_item.done",
+                    response_id=resp.id,
+                    output_index=len(resp.output),
+                    item=item,
+                )
+            ),
+            ToClient(server_event("conversation.item.done", item=item)),
+        ]
+        resp.output.append(item)
+        return out
 
     def _finish(
         self, status: str, reason: str | None, error: dict[str, str] | None = None
