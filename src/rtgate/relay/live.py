@@ -162,7 +162,7 @@ def relay_pump(
         upstream,
         GatewayEffects(gw, session.key_id, policy, hangup),
         monotonic=gw.clock.monotonic,
-        tick_every=gw.expiry_check_interval,
+        ticker=gw.ticker,
         metrics=gw.metrics,
     )
 
