@@ -147,8 +147,10 @@ def rtgate(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Any, .
 
 
 class _NoEffects:
-    async def commit(self, record: Any, frame: str) -> bool:
-        return True
+    def commit(self, record: Any, frame: str) -> asyncio.Future[bool]:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
 
     async def budget_refusal(self) -> None:
         return None

@@ -87,10 +87,10 @@ class FakeEffects:
         self.hangups = 0
         self.log = log if log is not None else []
 
-    async def commit(self, record: UsageRecord, frame: str) -> bool:
+    def commit(self, record: UsageRecord, frame: str) -> asyncio.Future[bool]:
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.commits.append((record, outcome))
-        return await outcome
+        return outcome
 
     async def budget_refusal(self) -> GatewayError | None:
         return self.refusal

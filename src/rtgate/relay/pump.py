@@ -2,9 +2,10 @@
 
 Each leg (``legs.py``) reports what it reads through callbacks; the pump hands each report to the
 core and performs the actions it answers with, in order. Nothing is awaited per frame: a frame the
-core passes (it answers None) is written to the other leg at once. What takes time runs as a task
-the pump owns, whose outcome goes back to the core: a usage record's commit, a budget check, a
-call's hangup. The gateway's one ``Ticker`` (``ticker.py``) ticks the core (expiry and the
+core passes (it answers None) is written to the other leg at once. What takes time is a future
+the pump owns, whose outcome goes back to the core from its done callback: a usage record's
+commit (the ledger's own future, so no task per record), a budget check (a task: it may ask the
+store), a call's hangup. The gateway's one ``Ticker`` (``ticker.py``) ticks the core (expiry and the
 keepalive) and takes the frame counts for the metrics; one timer of the pump's own fires at the
 session's deadline.
 
@@ -30,13 +31,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from rtgate.errors import GatewayError, RelayFailed
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.actions import (
     Action,
+    Actions,
     CheckBudget,
     CloseClient,
     CloseUpstream,
@@ -72,8 +74,9 @@ TEARDOWN_WAIT_S = 15.0
 class Effects(Protocol):
     """What the pump asks of the gateway for the core (bound to it by ``relay/live.py``)."""
 
-    async def commit(self, record: UsageRecord, frame: str) -> bool:
-        """Make ``record`` durable; False if it could be neither stored nor spilled."""
+    def commit(self, record: UsageRecord, frame: str) -> asyncio.Future[bool]:
+        """Make ``record`` durable: True once it is, False if it could be neither stored nor
+        spilled."""
 
     async def budget_refusal(self) -> GatewayError | None:
         """The budget the key has crossed, if any; never raises."""
@@ -131,7 +134,8 @@ class Pump:
         self._monotonic = monotonic
         self._ticker = ticker
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The commits and checks under way (waited for, bounded, at the teardown).
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._ended: asyncio.Future[None] | None = None
         self._finished: asyncio.Event | None = None
@@ -251,9 +255,9 @@ class Pump:
                     if self.upstream.write_backed_up():
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
-                    self._spawn(self._commit(record, frame))
+                    self._settle(self._effects.commit(record, frame), self.core.committed)
                 case Record(record):
-                    self._spawn(self._record(record))
+                    self._settle(self._effects.commit(record, ""), self.core.recorded)
                 case CheckBudget():
                     self._spawn(self._check_budget())
                 case KeepTranscript(entries):
@@ -314,21 +318,22 @@ class Pump:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _commit(self, record: UsageRecord, frame: str) -> None:
-        try:
-            ok = await self._effects.commit(record, frame)
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            self.failed(exc)
-            return
-        self._guarded(lambda: self.core.committed(ok))
+    def _settle(self, outcome: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+        """When ``outcome`` is done, hand it to the core (``step``) and perform its answer."""
+        self._tasks.add(outcome)
+        outcome.add_done_callback(lambda done: self._settled(done, step))
 
-    async def _record(self, record: UsageRecord) -> None:
-        try:
-            ok = await self._effects.commit(record, "")
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+    def _settled(self, done: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+        self._tasks.discard(done)
+        if done.cancelled():
+            # The teardown gave up on it: the session is over.
+            return
+        exc = done.exception()
+        if exc is not None:
             self.failed(exc)
             return
-        self._guarded(lambda: self.core.recorded(ok))
+        ok = done.result()
+        self._guarded(lambda: step(ok))
 
     async def _check_budget(self) -> None:
         try:
