@@ -333,10 +333,8 @@ class SqlStore:
         if self.engine.dialect.name == "sqlite":
             busy_ms = int(timeout * 1000)
             event.listen(self.engine.sync_engine, "connect", pragmas(busy_ms))
-            path = self.engine.url.database
-            if not path or path == ":memory:" or path.startswith("file:"):
-                raise ValueError("rtgate's SQLite database must be a file path")
-            self._sqlite = SqliteWriter(path, busy_ms)
+            # A file's path: an in-memory database cannot be pooled with these arguments.
+            self._sqlite = SqliteWriter(str(self.engine.url.database), busy_ms)
         #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
         self._writes = (
             self._insert_once(sessions, "id"),
