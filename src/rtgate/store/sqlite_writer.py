@@ -1,7 +1,7 @@
 """The ledger's batches to a SQLite database, each in one hop to a writer thread of its own.
 
 Why not through SQLAlchemy and aiosqlite, like every other call: a batch there costs the event
-loop ~400 µs of CPU (docs/performance.md 9), for the pool's checkout, the transaction, the
+loop ~400 µs of CPU (docs/performance.md 9.1), for the pool's checkout, the transaction, the
 statement's execution context and aiosqlite's round trip to its thread per step (cursor,
 execute, commit, the pool's rollback on return), while the relay's frames wait. Here the batch
 goes to one thread as rows, in one call; the thread runs the same statements (compiled once
