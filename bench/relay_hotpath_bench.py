@@ -45,6 +45,7 @@ from rtgate.protocol.relay import RelayCore  # noqa: E402
 from rtgate.protocol.relay_session import RelaySession  # noqa: E402
 from rtgate.relay.picows_leg import PicowsLeg  # noqa: E402
 from rtgate.relay.pump import Pump  # noqa: E402
+from rtgate.relay.ticker import Ticker  # noqa: E402
 
 
 class _Sink:
@@ -132,7 +133,13 @@ def rtgate(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Any, .
     client_leg.on_ws_connected(client_tr)
     upstream_leg.on_ws_connected(up_tr)
     pump = Pump(
-        core, client_leg, upstream_leg, _NoEffects(), monotonic=time.monotonic, metrics=Metrics()
+        core,
+        client_leg,
+        upstream_leg,
+        _NoEffects(),
+        monotonic=time.monotonic,
+        ticker=Ticker(1.0),
+        metrics=Metrics(),
     )
     upstream_leg.start(pump._upstream_events)
     client_leg.start(pump._client_events)
@@ -140,8 +147,10 @@ def rtgate(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Any, .
 
 
 class _NoEffects:
-    async def commit(self, record: Any, frame: str) -> bool:
-        return True
+    def commit(self, record: Any, frame: str) -> asyncio.Future[bool]:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
 
     async def budget_refusal(self) -> None:
         return None

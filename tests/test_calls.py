@@ -771,10 +771,12 @@ async def test_usage_that_cannot_be_recorded_ends_the_call_with_usage_unavailabl
     call_id = await place(client_for(gateway, key), REALTIME)
     await sideband_open(provider, call_id)
 
-    async def unrecordable(rec: Any) -> None:
-        raise LedgerError("disk full")
+    def unrecordable(rec: Any) -> asyncio.Future[None]:
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        refused.set_exception(LedgerError("disk full"))
+        return refused
 
-    monkeypatch.setattr(gateway.app[GATEWAY].ledger, "record", unrecordable)
+    monkeypatch.setattr(gateway.app[GATEWAY].ledger, "submit", unrecordable)
     await provider.emit_on_call(call_id, response_done("resp_lost", 100))
 
     async def hung_up() -> bool:

@@ -312,6 +312,35 @@ async def test_entries_that_can_be_kept_nowhere_fail_their_callers(
     assert len(errors) == 1 and "neither stored" in errors[0].getMessage()
 
 
+async def test_a_submitted_record_is_a_future_done_once_durable_with_no_task_of_its_own(
+    sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(sql, tmp_path / "spill"))
+    await asyncio.sleep(0)
+    tasks = len(asyncio.all_tasks())
+    durable = [ledger.submit(usage(n)) for n in range(3)]
+    # The relay's path per record: queued with a future, no task started for it.
+    assert len(asyncio.all_tasks()) == tasks
+    assert not any(f.done() for f in durable)
+    await asyncio.gather(*durable)
+    assert await refs(sql) == ["r0", "r1", "r2"]
+    # After the drain (shutdown) a record is written at once, and its future says so too.
+    await ledger.drain()
+    await ledger.submit(usage(3))
+    assert await refs(sql) == ["r0", "r1", "r2", "r3"]
+
+
+async def test_a_submitted_record_that_can_be_kept_nowhere_fails_its_future(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    blocker = tmp_path / "full"
+    blocker.write_text("a file where the spill directory would go")
+    ledger = running(ledger_for(faulty, blocker))
+    faulty.fail(only=WRITES)
+    with pytest.raises(LedgerError):
+        await ledger.submit(usage(1))
+
+
 async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
     sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
 ) -> None:

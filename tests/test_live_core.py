@@ -170,8 +170,9 @@ def test_no_answer_within_the_grace_closes_the_upstream_and_flags_the_record() -
     committed_record(c, usage(10))
     assert c.client_lost() == (SendUpstream(SESSION_CLOSE),)
     assert c.tick(200.0) == ()  # the grace starts at the first tick
-    assert c.next_tick(200.0, 1.0) == 1.0
-    assert c.next_tick(204.5, 1.0) == 0.5
+    # The pump's timer is armed for the grace's end, not for a tick every second.
+    assert c.expires_in(200.0) == 5.0
+    assert c.expires_in(204.5) == 0.5
     assert c.tick(204.9) == ()
     assert c.tick(205.0) == (CloseUpstream(1001, "client disconnected"), Ended())
     (rec,) = c.finish()
@@ -261,8 +262,9 @@ def test_expiry_sends_session_close_and_no_tick_storm_follows() -> None:
     out = c.tick(110.0)
     assert [type(a) for a in out] == [SendClient, CloseClient, SendUpstream]
     assert orjson.loads(out[0].data)["error"]["code"] == "session_expired"  # type: ignore[union-attr]
-    # The session's own deadline is past; the next tick is the closing one's.
-    assert c.next_tick(110.0, 1.0) == 1.0
+    # The session's own deadline is past; the timer's next moment is the grace's end, not now
+    # again and again.
+    assert c.expires_in(110.0) == 5.0  # RelayCore's default close_grace
 
 
 def test_backend_tokens_of_a_model_with_no_row_are_recorded_unpriced() -> None:

@@ -8,7 +8,9 @@ import pytest
 
 from rtgate.config import DEFAULT_PRICES, PriceSettings
 from rtgate.metering.cost import billed_unit, cost_of, prices_usage, usd, usd_str
+from rtgate.metering.record import utc_day
 from rtgate.protocol.usage import (
+    USAGE_FIELDS,
     Usage,
     count,
     read_response_usage,
@@ -211,3 +213,30 @@ def test_usd_prints_plain_decimals() -> None:
     assert usd_str(12_345_000_000) == "12.345000000"
     assert usd_str(-5) == "-0.000000005"
     assert usd(12_345_000_000) == Decimal("12.345")
+
+
+def test_usages_add_count_by_count_whatever_the_fields() -> None:
+    # Every count different, so a count left out of ``__add__`` or added in another's place
+    # shows; the fields come from the dataclass, so a new one is covered as it is added.
+    a = Usage("response", *range(1, 1 + len(USAGE_FIELDS)))
+    b = Usage("transcription", *range(100, 100 * (1 + len(USAGE_FIELDS)), 100))
+    total = a + b
+    assert total.kind == "response"
+    for name in USAGE_FIELDS:
+        assert getattr(total, name) == getattr(a, name) + getattr(b, name), name
+
+
+@pytest.mark.parametrize(
+    ("ts", "day"),
+    [
+        (0.0, "1970-01-01"),
+        (86_399.999, "1970-01-01"),
+        (86_400.0, "1970-01-02"),
+        (-0.5, "1969-12-31"),
+        (1_800_000_000.0, "2027-01-15"),
+        (1_800_057_599.9, "2027-01-15"),
+        (1_800_057_600.0, "2027-01-16"),
+    ],
+)
+def test_a_record_is_filed_under_its_utc_day(ts: float, day: str) -> None:
+    assert utc_day(ts) == day

@@ -19,6 +19,7 @@ from rtgate.protocol.relay import (
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.relay.legs import Leg, LegEvents
 from rtgate.relay.pump import Pump
+from rtgate.relay.ticker import Ticker
 from tests.test_relay_core import AUDIO_DOWN, AUDIO_UP, TEXT_DELTA, done, session
 
 
@@ -86,10 +87,10 @@ class FakeEffects:
         self.hangups = 0
         self.log = log if log is not None else []
 
-    async def commit(self, record: UsageRecord, frame: str) -> bool:
+    def commit(self, record: UsageRecord, frame: str) -> asyncio.Future[bool]:
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.commits.append((record, outcome))
-        return await outcome
+        return outcome
 
     async def budget_refusal(self) -> GatewayError | None:
         return self.refusal
@@ -114,7 +115,12 @@ class Clock:
 
 
 def rig(
-    *, client: bool = True, budget: bool = False, max_seconds: float = 60, **core_kw: Any
+    *,
+    client: bool = True,
+    budget: bool = False,
+    max_seconds: float = 60,
+    tick_every: float = 0.01,
+    **core_kw: Any,
 ) -> tuple[Pump, FakeLeg, FakeLeg, FakeEffects, Clock]:
     clock = Clock()
     up = FakeLeg()
@@ -128,7 +134,7 @@ def rig(
         **core_kw,
     )
     cl = FakeLeg() if client else None
-    pump = Pump(core, cl, up, effects, monotonic=clock.monotonic, tick_every=0.01)
+    pump = Pump(core, cl, up, effects, monotonic=clock.monotonic, ticker=Ticker(tick_every))
     return pump, cl or FakeLeg(), up, effects, clock
 
 
@@ -273,6 +279,29 @@ async def test_the_timer_expires_the_session() -> None:
         await task
     assert orjson.loads(client.sent[0])["error"]["code"] == "session_expired"
     assert client.closes[0][0] == 1001 and up.closes[0][0] == 1001
+
+
+async def test_the_session_ends_at_its_deadline_not_at_the_next_beat() -> None:
+    # The ticker beats once a minute here: only the pump's own timer at the deadline (0.05 s
+    # after the start, by the fake clock's reading then) can end the session in time.
+    pump, client, _up, _, clock = rig(max_seconds=0.05, tick_every=60)
+    task = await started(pump)
+    clock.mono = 100.05
+    async with asyncio.timeout(1):
+        await task
+    assert orjson.loads(client.sent[0])["error"]["code"] == "session_expired"
+
+
+async def test_a_deadline_timer_that_fires_early_is_armed_again() -> None:
+    pump, client, _up, _, clock = rig(max_seconds=0.05, tick_every=60)
+    task = await started(pump)
+    await asyncio.sleep(0.08)
+    # The fake clock still reads the start: nothing expired, and the timer waits again.
+    assert not task.done() and pump.core.open
+    clock.mono = 100.05
+    async with asyncio.timeout(1):
+        await task
+    assert orjson.loads(client.sent[0])["error"]["code"] == "session_expired"
 
 
 async def test_terminate_ends_a_running_session_and_waits_for_its_teardown() -> None:

@@ -17,7 +17,13 @@ from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
-from rtgate.store.port import SessionClose, SessionOpen, StoredCall, StoredClientSecret
+from rtgate.store.port import (
+    SessionClose,
+    SessionOpen,
+    StoredCall,
+    StoredClientSecret,
+    StoreError,
+)
 from rtgate.store.sql import SqlStore
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -299,6 +305,22 @@ async def test_ledger_reports_a_failed_commit_to_every_waiter(store: SqlStore) -
     )
     writer.cancel()
     assert all(isinstance(r, Exception) for r in results)
+
+
+async def test_a_batch_refused_for_its_data_is_written_not_at_all_and_the_next_one_is(
+    store: SqlStore,
+) -> None:
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    opened = SessionOpen("rs_2", "key_a", "m", "openai", None, DAY1)
+    orphan = rec("key_a", "m", DAY1, 1, session="rs_none")
+    with pytest.raises(StoreError) as refused:
+        # The session's start and a record of a session that does not exist, in one batch.
+        await store.write([opened, orphan])
+    assert refused.value.bad_data
+    assert await store.recent_sessions() == []
+    await store.write([opened, rec("key_a", "m", DAY1, 2, session="rs_2")])
+    (session,) = await store.recent_sessions()
+    assert session.id == "rs_2" and session.usage.text_in == 2
 
 
 async def test_spend_by_day_month_and_total(store: SqlStore) -> None:

@@ -22,6 +22,7 @@ from rtgate.metering.ledger import Ledger
 from rtgate.metering.spend import SpendBook
 from rtgate.metrics import Metrics
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.relay.ticker import Ticker
 from rtgate.store.port import Store
 from rtgate.upstream_health import UpstreamHealth
 
@@ -127,6 +128,11 @@ class Gateway:
     fleet: Fleet = field(default_factory=LoneInstance)
     #: How the upstreams answered this process's dials (the console's upstream health).
     upstream_health: UpstreamHealth = field(default_factory=UpstreamHealth)
+    #: The one timer of every live session's keepalive and frame counts (``relay/ticker.py``).
+    ticker: Ticker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ticker = Ticker(self.expiry_check_interval, self.metrics)
 
     @property
     def accepting(self) -> bool:

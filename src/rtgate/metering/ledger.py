@@ -108,11 +108,13 @@ class Ledger:
         self._outage_logged = False
         self._drained = 0
         self._unrecordable_logged = False
+        #: Entries written after ``drain`` by ``submit``, each in a task of its own.
+        self._alone: set[asyncio.Task[None]] = set()
 
     # -- what callers see ---------------------------------------------------------------------
     async def record(self, rec: UsageRecord) -> None:
         """Queue ``rec`` and wait until it is durable; ``LedgerError`` if it cannot be."""
-        await self._durable(rec)
+        await self.submit(rec)
 
     async def open_session(self, s: SessionOpen) -> None:
         """Queue a session's start and wait until it is durable (its usage refers to it)."""
@@ -150,15 +152,37 @@ class Ledger:
                 out[day] = out.get(day, 0) + nanos
         return out
 
+    def submit(self, rec: UsageRecord) -> asyncio.Future[None]:
+        """``record`` without a coroutine: queue ``rec``; the future is done once it is durable
+        (its exception ``LedgerError`` if it cannot be). The relay adds a callback to it
+        instead of running a task per record."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            # After ``drain`` (shutdown): written at once, by a task the ledger owns.
+            task = asyncio.ensure_future(self._write_alone(rec, fut))
+            self._alone.add(task)
+            task.add_done_callback(self._alone.discard)
+        else:
+            self._pending.append((rec, fut))
+            self._wake.set()
+        return fut
+
     async def _durable(self, entry: Entry) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
-            async with self._writing:
-                await self._write([(entry, fut)])
+            await self._write_alone(entry, fut)
         else:
             self._pending.append((entry, fut))
             self._wake.set()
         await fut
+
+    async def _write_alone(self, entry: Entry, fut: asyncio.Future[None]) -> None:
+        async with self._writing:
+            try:
+                await self._write([(entry, fut)])
+            except Exception:  # a bug must not leave a caller waiting forever
+                log.exception("the ledger failed writing an entry")
+                _fail([(entry, fut)], LedgerError("the ledger failed writing the entry"))
 
     # -- the writer ---------------------------------------------------------------------------
     async def run(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,7 +34,17 @@ def new_record_id() -> str:
 
 def utc_day(ts: float) -> str:
     """The UTC day of unix time ``ts``, as the ledger groups usage: ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    # A UTC day has 86,400 s (POSIX time has no leap seconds): its number names it, and the
+    # name is formatted once per day, not twice per record (the ledger's and the store's).
+    return _day_name(math.floor(ts / SECONDS_PER_DAY))
+
+
+SECONDS_PER_DAY = 86400
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    return datetime.fromtimestamp(day * SECONDS_PER_DAY, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True, slots=True)

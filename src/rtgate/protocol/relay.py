@@ -19,7 +19,9 @@ Inputs and what they decide:
                                        client; client gone: 1006 recorded, 1001 upstream
 ``heard_*``                            a ping or pong: a sign of life (``keepalive.py``)
 ``tick``                               expiry (``session_expired``, 1001) and the keepalive:
-                                       ping a quiet leg, sever a dead one
+                                       ping a quiet leg, sever a dead one (the gateway's one
+                                       ``Ticker`` beats every session; the deadline has its own
+                                       timer, ``expires_in``)
 ``committed`` / ``budget_checked``     the outcome of ``Commit`` / ``CheckBudget``
 ``recorded``                           the outcome of ``Record`` (gateway-counted usage)
 ``finish``                             at the end: what the session still owes the ledger (a
@@ -271,14 +273,17 @@ class RelayCore:
             else:
                 self._heard_upstream = True
 
-    def next_tick(self, now_mono: float, every: float) -> float:
-        """Seconds until the next ``tick``: ``every``, or sooner at the session's deadline (a
-        closing Live session's, once set)."""
+    def expires_in(self, now_mono: float) -> float:
+        """Seconds until the core must be ticked at the latest (0 once past): the session's
+        deadline, or a closing Live session's wait for ``session.closed`` (its grace starts
+        at the first tick or query after the close, as in ``_closing_tick``). The pump arms
+        its one timer with it and the ticker's beats do the rest."""
         closing = self._closing
         if closing is not None:
-            deadline = closing.deadline
-            return every if deadline is None else max(0.0, min(every, deadline - now_mono))
-        return max(0.0, min(every, self.session.deadline - now_mono))
+            if closing.deadline is None:
+                closing.deadline = now_mono + self._close_grace
+            return max(0.0, closing.deadline - now_mono)
+        return max(0.0, self.session.deadline - now_mono)
 
     def start(self) -> Actions:
         """What the session opens with: the setup frame, before any client frame."""

@@ -10,6 +10,7 @@ ended at once, the gateway's way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -37,13 +38,14 @@ log = logging.getLogger("rtgate.relay")
 TRANSLATION = "translation"
 
 
-async def commit_usage(
+def commit_usage(
     ledger: Ledger, metrics: Metrics | None, rec: UsageRecord, frame: str
-) -> bool:
+) -> asyncio.Future[bool]:
     """Make ``rec`` durable before ``frame``, the event it meters, moves on: stored, or spilled
-    locally past the commit deadline (``Ledger.record``), so the frame waits at most that long.
-    False when it could be neither, and the session must end (``LedgerUnavailable``) without
-    forwarding the frame.
+    locally past the commit deadline (``Ledger.submit``), so the frame waits at most that long.
+    The future is True then; False when it could be neither, and the session must end
+    (``LedgerUnavailable``) without forwarding the frame. Callbacks, not a task: one record
+    costs the loop two futures.
 
     A record flagged for review (its usage could not be read in full) is reported first: an
     error line with a masked excerpt of the frame, and ``rtgate_usage_review``."""
@@ -55,14 +57,27 @@ async def commit_usage(
             review_excerpt(frame),
             extra={"session_id": rec.session_id, "key_id": rec.key_id},
         )
-    try:
-        await ledger.record(rec)
-    except LedgerError:
-        # The ledger logged why (once for the outage, not once per record) and counted it.
-        return False
-    if metrics is not None:
-        metrics.usage(rec)
-    return True
+    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(durable: asyncio.Future[None]) -> None:
+        if outcome.done():
+            return
+        if durable.cancelled():
+            outcome.cancel()
+            return
+        exc = durable.exception()
+        if exc is None:
+            if metrics is not None:
+                metrics.usage(rec)
+            outcome.set_result(True)
+        elif isinstance(exc, LedgerError):
+            # The ledger logged why (once for the outage, not once per record) and counted it.
+            outcome.set_result(False)
+        else:
+            outcome.set_exception(exc)
+
+    ledger.submit(rec).add_done_callback(settle)
+    return outcome
 
 
 class GatewayEffects:
@@ -81,7 +96,7 @@ class GatewayEffects:
         self._hangup = hangup
         self._warned_unpriced: set[str] = set()
 
-    async def commit(self, record: UsageRecord, frame: str) -> bool:
+    def commit(self, record: UsageRecord, frame: str) -> asyncio.Future[bool]:
         # A record for review has its own error line, which names the model.
         if (
             not record.priced
@@ -94,7 +109,7 @@ class GatewayEffects:
                 record.model,
                 extra={"session_id": record.session_id, "key_id": record.key_id},
             )
-        return await commit_usage(self._gw.ledger, self._gw.metrics, record, frame)
+        return commit_usage(self._gw.ledger, self._gw.metrics, record, frame)
 
     async def budget_refusal(self) -> GatewayError | None:
         return await budget_crossed(self._gw, self._key_id, self._policy)
@@ -165,7 +180,7 @@ def relay_pump(
         upstream,
         GatewayEffects(gw, session.key_id, policy, hangup),
         monotonic=gw.clock.monotonic,
-        tick_every=gw.expiry_check_interval,
+        ticker=gw.ticker,
         metrics=gw.metrics,
     )
 
@@ -206,11 +221,13 @@ async def run_live(
             await before_end()
         if release is not None:
             await gw.limiter.release(release)
+        # Recorded before it leaves ``Gateway.live``: a drain ends once none is live, and by
+        # then every session's end is stored (or spilled), not still on its way.
+        await record_end(gw, session)
         gw.live.discard(session.session_id)
         gw.metrics.live.dec()
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - session.opened_at)
-        await record_end(gw, session)
         log.info(
             "session closed by %s: %s %s",
             session.closed_by,

@@ -2,10 +2,12 @@
 
 Each leg (``legs.py``) reports what it reads through callbacks; the pump hands each report to the
 core and performs the actions it answers with, in order. Nothing is awaited per frame: a frame the
-core passes (it answers None) is written to the other leg at once. What takes time runs as a task
-the pump owns, whose outcome goes back to the core: a usage record's commit, a budget check, a
-call's hangup. A timer ticks the core every ``tick_every`` seconds (expiry and the keepalive) and
-flushes the frame counts to the metrics.
+core passes (it answers None) is written to the other leg at once. What takes time is a future
+the pump owns, whose outcome goes back to the core from its done callback: a usage record's
+commit (the ledger's own future, so no task per record), a budget check (a task: it may ask the
+store), a call's hangup. The gateway's one ``Ticker`` (``ticker.py``) ticks the core (expiry and the
+keepalive) and takes the frame counts for the metrics; one timer of the pump's own fires at the
+session's deadline.
 
 Backpressure: after writing to a leg, the pump asks whether its buffer is above the high-water
 mark; if so it pauses reading the *other* leg until the first one drains (``on_drain``). The core
@@ -29,13 +31,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from rtgate.errors import GatewayError, RelayFailed
 from rtgate.metering.record import UsageRecord
 from rtgate.metrics import Metrics
 from rtgate.protocol.actions import (
     Action,
+    Actions,
     CheckBudget,
     CloseClient,
     CloseUpstream,
@@ -60,6 +63,7 @@ from rtgate.protocol.relay import (
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.relay.legs import Leg, LegEvents
+from rtgate.relay.ticker import Ticker
 
 log = logging.getLogger("rtgate.relay")
 
@@ -70,8 +74,9 @@ TEARDOWN_WAIT_S = 15.0
 class Effects(Protocol):
     """What the pump asks of the gateway for the core (bound to it by ``relay/live.py``)."""
 
-    async def commit(self, record: UsageRecord, frame: str) -> bool:
-        """Make ``record`` durable; False if it could be neither stored nor spilled."""
+    def commit(self, record: UsageRecord, frame: str) -> asyncio.Future[bool]:
+        """Make ``record`` durable: True once it is, False if it could be neither stored nor
+        spilled."""
 
     async def budget_refusal(self) -> GatewayError | None:
         """The budget the key has crossed, if any; never raises."""
@@ -118,7 +123,7 @@ class Pump:
         effects: Effects,
         *,
         monotonic: Callable[[], float],
-        tick_every: float = 1.0,
+        ticker: Ticker,
         metrics: Metrics | None = None,
     ) -> None:
         self.core = core
@@ -127,9 +132,10 @@ class Pump:
         self.upstream = upstream
         self._effects = effects
         self._monotonic = monotonic
-        self._tick_every = tick_every
+        self._ticker = ticker
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The commits and checks under way (waited for, bounded, at the teardown).
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._ended: asyncio.Future[None] | None = None
         self._finished: asyncio.Event | None = None
@@ -164,8 +170,9 @@ class Pump:
                 self.upstream.start(self._upstream_events)
                 if self.core.has_client:
                     self.client.start(self._client_events)
-                delay = self.core.next_tick(self._monotonic(), self._tick_every)
-                self._timer = loop.call_later(delay, self._tick)
+                self._ticker.add(self)
+                # The deadline is kept to the moment, not to the ticker's next beat.
+                self._timer = loop.call_later(self.core.expires_in(self._monotonic()), self._due)
                 await self._ended
         finally:
             try:
@@ -189,6 +196,7 @@ class Pump:
                 await finished.wait()
 
     async def _teardown(self) -> None:
+        self._ticker.discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.core.open:
@@ -221,11 +229,18 @@ class Pump:
         self.flush_counts()
 
     def flush_counts(self) -> None:
+        """The counts not taken by the ticker yet, to the metrics (at the session's end)."""
+        counts = self.take_counts()
         if self._metrics is not None:
-            up, down = self._client_events, self._upstream_events
-            self._metrics.relayed(up.frames, down.frames, up.bytes, down.bytes)
-        for events in (self._client_events, self._upstream_events):
-            events.frames = events.bytes = 0
+            self._metrics.relayed(*counts)
+
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """Frames up, frames down, bytes up, bytes down since the last call (the ticker sums
+        every session's into one flush)."""
+        up, down = self._client_events, self._upstream_events
+        counts = (up.frames, down.frames, up.bytes, down.bytes)
+        up.frames = up.bytes = down.frames = down.bytes = 0
+        return counts
 
     # -- performing the core's actions ---------------------------------------------------------
     def perform(self, actions: Sequence[Action]) -> None:
@@ -240,9 +255,9 @@ class Pump:
                     if self.upstream.write_backed_up():
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
-                    self._spawn(self._commit(record, frame))
+                    self._settle(self._effects.commit(record, frame), self.core.committed)
                 case Record(record):
-                    self._spawn(self._record(record))
+                    self._settle(self._effects.commit(record, ""), self.core.recorded)
                 case CheckBudget():
                     self._spawn(self._check_budget())
                 case KeepTranscript(entries):
@@ -303,21 +318,22 @@ class Pump:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _commit(self, record: UsageRecord, frame: str) -> None:
-        try:
-            ok = await self._effects.commit(record, frame)
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            self.failed(exc)
-            return
-        self._guarded(lambda: self.core.committed(ok))
+    def _settle(self, outcome: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+        """When ``outcome`` is done, hand it to the core (``step``) and perform its answer."""
+        self._tasks.add(outcome)
+        outcome.add_done_callback(lambda done: self._settled(done, step))
 
-    async def _record(self, record: UsageRecord) -> None:
-        try:
-            ok = await self._effects.commit(record, "")
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
+    def _settled(self, done: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+        self._tasks.discard(done)
+        if done.cancelled():
+            # The teardown gave up on it: the session is over.
+            return
+        exc = done.exception()
+        if exc is not None:
             self.failed(exc)
             return
-        self._guarded(lambda: self.core.recorded(ok))
+        ok = done.result()
+        self._guarded(lambda: step(ok))
 
     async def _check_budget(self) -> None:
         try:
@@ -348,10 +364,21 @@ class Pump:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 
-    # -- the timer ------------------------------------------------------------------------------
-    def _tick(self) -> None:
+    # -- time ---------------------------------------------------------------------------------
+    def _due(self) -> None:
+        """The session's deadline: ticked at once (a timer that fired a hair early is armed
+        again for the rest)."""
         self._timer = None
+        self.tick()
+        if self.core.open:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.core.expires_in(self._monotonic()), self._due)
+
+    def tick(self) -> None:
+        """The core's tick: from the ticker's beat, and once at the session's deadline."""
         core = self.core
+        if not core.open:
+            return
         try:
             for side in (Side.CLIENT, Side.UPSTREAM):
                 if core.awaiting_pong(side):
@@ -360,10 +387,6 @@ class Pump:
             self.perform(core.tick(self._monotonic()))
         except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
             self.failed(exc)
-        self.flush_counts()
-        if core.open:
-            delay = core.next_tick(self._monotonic(), self._tick_every)
-            self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
 
 class _Events:

@@ -16,6 +16,7 @@ slot for longer than that close takes (2 s for asyncpg, then a hard close).
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -68,6 +69,7 @@ from rtgate.store.schema import (
     transcript_entries,
     usage_records,
 )
+from rtgate.store.sqlite_writer import SqliteWriter, pragmas
 
 #: The default deadline of a store call the relay waits on (a key lookup, spend, a write).
 STORE_TIMEOUT_S = 3.0
@@ -79,9 +81,18 @@ REPORT_TIMEOUT_S = 60.0
 
 # What a database call can raise: the driver's errors (wrapped by SQLAlchemy), the OS, and
 # values the driver cannot bind (an int past BIGINT raises OverflowError in sqlite3).
-_DB_ERRORS = (SQLAlchemyError, OSError, OverflowError, ValueError, TypeError)
+# ``sqlite3``'s own come from the ledger's writer thread (``sqlite_writer.py``).
+_DB_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError, OverflowError, ValueError, TypeError)
 # Of those, the ones that say the data was refused, not that the database is unavailable.
-_BAD_DATA = (IntegrityError, DataError, OverflowError, ValueError, TypeError)
+_BAD_DATA = (
+    IntegrityError,
+    DataError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 
 
 def _refused_data(exc: BaseException) -> bool:
@@ -123,18 +134,6 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
         return bounded
 
     return wrap
-
-
-def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cur.close()
-
-    return on_connect
 
 
 def _key(row: Row[Any]) -> KeyInfo:
@@ -329,8 +328,20 @@ class SqlStore:
                 pool_size=1, max_overflow=0, pool_timeout=60, connect_args={"timeout": timeout}
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        #: SQLite's ledger batches go through a writer thread of their own (sqlite_writer.py).
+        self._sqlite: SqliteWriter | None = None
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(int(timeout * 1000)))
+            busy_ms = int(timeout * 1000)
+            event.listen(self.engine.sync_engine, "connect", pragmas(busy_ms))
+            # A file's path: an in-memory database cannot be pooled with these arguments.
+            self._sqlite = SqliteWriter(str(self.engine.url.database), busy_ms)
+        #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
+        self._writes = (
+            self._insert_once(sessions, "id"),
+            self._insert_once(usage_records, "record_id"),
+            self._insert_once(transcript_entries, "session_id", "seq"),
+            _CLOSE,
+        )
 
     @_bounded("open the database", report=True)
     async def init(self) -> None:
@@ -341,6 +352,8 @@ class SqlStore:
     async def close(self) -> None:
         # Calls cancelled at their deadline close their connections first (bounded).
         await self.deadlines.close()
+        if self._sqlite is not None:
+            await self._sqlite.close()
         await self.engine.dispose()
 
     # -- keys -----------------------------------------------------------------------------------
@@ -559,20 +572,20 @@ class SqlStore:
         closes = [e for e in entries if isinstance(e, SessionClose)]
         # Opens first and closes last: whatever the batch's order, a session's row exists
         # before its usage and transcript refer to it, and its end is written after its start.
+        open_, use, said, close = self._writes
+        steps = [
+            (open_, _open_rows(opens)),
+            (use, _usage_rows(usage)),
+            (said, _transcript_rows(transcript)),
+            (close, _close_rows(closes)),
+        ]
+        if self._sqlite is not None:
+            await self._sqlite.write(steps)
+            return
         async with self.engine.begin() as conn:
-            if opens:
-                await conn.execute(self._insert_once(sessions, "id"), _open_rows(opens))
-            if usage:
-                await conn.execute(
-                    self._insert_once(usage_records, "record_id"), _usage_rows(usage)
-                )
-            if transcript:
-                await conn.execute(
-                    self._insert_once(transcript_entries, "session_id", "seq"),
-                    _transcript_rows(transcript),
-                )
-            if closes:
-                await conn.execute(_CLOSE, _close_rows(closes))
+            for stmt, rows in steps:
+                if rows:
+                    await conn.execute(stmt, rows)
 
     @_bounded("read", report=True)
     async def session_transcript(self, session_id: str) -> list[TranscriptEntry]:

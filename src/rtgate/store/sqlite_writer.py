@@ -1,0 +1,114 @@
+"""The ledger's batches to a SQLite database, each in one hop to a writer thread of its own.
+
+Why not through SQLAlchemy and aiosqlite, like every other call: a batch there costs the event
+loop ~400 µs of CPU (docs/performance.md 9.1), for the pool's checkout, the transaction, the
+statement's execution context and aiosqlite's round trip to its thread per step (cursor,
+execute, commit, the pool's rollback on return), while the relay's frames wait. Here the batch
+goes to one thread as rows, in one call; the thread runs the same statements (compiled once
+from ``schema.py``'s tables by SQLAlchemy's SQLite dialect, so the SQL has one source) with the
+standard library's ``executemany``, in one transaction. What the event loop pays is one future.
+
+It is the same database file, through a second connection with the pragmas of the pool's
+(``sql.py``): WAL, ``synchronous=NORMAL``, foreign keys, and the store's timeout as SQLite's
+busy timeout, so a write waits for the pool's rare writes (keys, secrets, calls) the way two
+processes sharing the file do. Entries keep their order: one thread, batches in turn.
+A write the caller stopped waiting for (``rtgate.deadline``) still runs to its end in the
+thread, like a late commit; ``Store.write`` is idempotent, so nothing lands twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql import ClauseElement
+
+#: One statement and its rows, in the order they must run.
+Step = tuple[ClauseElement, list[dict[str, Any]]]
+
+_DIALECT = sqlite.dialect(paramstyle="named")
+
+
+class SqliteWriter:
+    """Writes batches of rows to the SQLite file at ``path`` from one thread of its own."""
+
+    def __init__(self, path: str, busy_ms: int) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtgate-sqlite-writer")
+        #: Opened in the writer thread, on its first batch (sqlite3 connections stay in the
+        #: thread that made them).
+        self._conn: sqlite3.Connection | None = None
+        #: Each statement compiled once, for the row keys it was given (the caller keeps its
+        #: statements for the writer's life, so an ``id`` names one statement).
+        self._sql: dict[tuple[int, tuple[str, ...]], str] = {}
+
+    async def write(self, steps: Sequence[Step]) -> None:
+        """Run ``steps`` in one transaction in the writer thread (sqlite3's errors raised)."""
+        work = [(self._compiled(stmt, rows), rows) for stmt, rows in steps if rows]
+        if work:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._run, work)
+
+    def _compiled(self, stmt: ClauseElement, rows: list[dict[str, Any]]) -> str:
+        keys = tuple(rows[0])
+        sql = self._sql.get((id(stmt), keys))
+        if sql is None:
+            sql = str(stmt.compile(dialect=_DIALECT, column_keys=list(keys)))
+            self._sql[(id(stmt), keys)] = sql
+        return sql
+
+    def _run(self, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in work:
+                conn.executemany(sql, rows)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level None: the transaction is the explicit BEGIN IMMEDIATE above, which
+        # takes the write lock first (waiting up to the busy timeout), never half-way through.
+        conn = sqlite3.connect(
+            self._path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=True
+        )
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        return conn
+
+    async def close(self) -> None:
+        """Close the connection in its thread once the batches queued before it are done."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+#: The pool's connection pragmas (``sql._sqlite_pragmas``) but the busy timeout.
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
+
+
+def pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    """SQLAlchemy's ``connect`` listener for the pool's connections: the writer's pragmas."""
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        for pragma in _PRAGMAS:
+            cur.execute(pragma)
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.close()
+
+    return on_connect
