@@ -26,6 +26,7 @@ from rtgate.engine.live_session import (
     Say,
 )
 from rtgate.engine.options import EngineOptions
+from rtgate.engine.ports import Transcript
 from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad
@@ -250,11 +251,11 @@ async def live_engine() -> AsyncIterator[Callable[..., Awaitable[AsyncOpenAI]]]:
 
     async def start(**opts: Any) -> AsyncOpenAI:
         app = web.Application()
+        opts.setdefault("transcriber", FakeTranscriber("what is the weather like"))
         options = EngineOptions(
             token=TOKEN,
             brain=EchoBrain(),
             synthesizer=ToneSynthesizer(),
-            transcriber=FakeTranscriber("what is the weather like"),
             audio_chunk_ms=100,
             **opts,
         )
@@ -309,6 +310,42 @@ async def test_a_spoken_live_session_through_the_sdk(
             pass
         assert event["reason"] == "close_requested" and event["client_event_id"] == "bye"
         assert event["usage"]["seconds"] >= 0 and event["session"]["model"] == "gpt-live-1"
+
+
+class SlowTranscriber:
+    """Takes a while, like Whisper, and hears each turn as the next of ``texts``."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+
+    async def transcribe(self, pcm24k: bytes, model: str, language: str | None) -> Transcript:
+        text = self.texts.pop(0)
+        await asyncio.sleep(0.4)
+        return Transcript(text, len(pcm24k) / 48000)
+
+
+async def test_a_turn_followed_at_once_by_another_is_still_heard(
+    live_engine: Callable[..., Awaitable[AsyncOpenAI]],
+) -> None:
+    """The caller pauses just long enough to end a turn, then goes on: the first turn's answer
+    is dropped for the second's, but its words are transcribed and in the conversation."""
+    client = await live_engine(transcriber=SlowTranscriber("hello there", "what is the time"))
+    async with client.live.connect() as conn:
+        await conn.session.start(session={"model": "gpt-live-1"})
+        assert (await _raw(conn))["type"] == "session.started"
+        speech = tone(500) + bytes(48 * 700) + tone(500) + bytes(48 * 900)
+        for off in range(0, len(speech), 960):
+            await conn.session.input_audio.append(audio=b64(speech[off : off + 960]))
+        heard: list[str] = []
+        while (event := await _raw(conn))["type"] != "session.output_transcript.delta":
+            if event["type"] == "session.input_transcript.delta":
+                heard.append(event["delta"])
+        assert heard == ["hello there", "what is the time"]
+        # The echo brain answers the last turn, with both in its conversation.
+        assert event["delta"].strip().startswith("what is the time")
+        await conn.session.close()
+        while (await _raw(conn))["type"] != "session.closed":
+            pass
 
 
 async def test_the_engine_refuses_a_first_event_other_than_session_start(

@@ -67,6 +67,9 @@ class LiveConnection:
         self.s = LiveEngineSession(opts.vad_factory(), max_seconds=opts.max_session_seconds)
         #: The answer being spoken; a barge-in or a newer turn stops it.
         self._speaking: asyncio.Task[None] | None = None
+        #: The last turn's transcription (each waits for the one before it), and all running.
+        self._heard: asyncio.Task[None] | None = None
+        self._hearing: set[asyncio.Task[None]] = set()
         self._ended = asyncio.Event()
         #: Usage snapshots sent so far (one per ``live_usage_seconds`` of the session).
         self._reported = 0
@@ -93,6 +96,9 @@ class LiveConnection:
         finally:
             ticker.cancel()
             await self._stop_speaking()
+            for task in list(self._hearing):
+                task.cancel()
+            await asyncio.gather(*self._hearing, return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
 
@@ -139,8 +145,13 @@ class LiveConnection:
         if isinstance(action, BargeIn):
             await self._stop_speaking()
         elif isinstance(action, Answer):
+            # Heard whatever comes next: a turn the caller follows with another is transcribed
+            # and joins the conversation, though its own answer is dropped for the newer one.
+            self._heard = asyncio.create_task(self._hear(action, self._heard))
+            self._hearing.add(self._heard)
+            self._heard.add_done_callback(self._heard_done)
             await self._stop_speaking()
-            self._speaking = asyncio.create_task(self._answer(action))
+            self._speaking = asyncio.create_task(self._answer(self._heard))
         elif isinstance(action, Say):
             prior = self._speaking
             self._speaking = asyncio.create_task(self._say(action.text, prior))
@@ -174,10 +185,9 @@ class LiveConnection:
                 await self.send([self.s.usage_updated()])
 
     # -- answering ---------------------------------------------------------------------------
-    async def _answer(self, turn: Answer) -> None:
+    async def _answer(self, heard: asyncio.Task[None]) -> None:
         try:
-            text = await self._hear(turn)
-            self.s.history.append(("user", text))
+            await asyncio.wait({heard})  # a barge-in stops the answer, not the hearing
             await self._speak(self._think())
         except asyncio.CancelledError:
             raise
@@ -185,22 +195,32 @@ class LiveConnection:
             log.warning("live answer failed: %s", exc)
             await self.send([live_error("server_error", "The engine could not answer.")])
 
-    async def _hear(self, turn: Answer) -> str:
-        if self.opts.transcriber is None:
-            return ""
-        result = await self.opts.transcriber.transcribe(turn.pcm, "gpt-live-transcribe", None)
-        if result.text:
+    def _heard_done(self, task: asyncio.Task[None]) -> None:
+        self._hearing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("live transcription failed: %r", exc, exc_info=exc)
+
+    async def _hear(self, turn: Answer, before: asyncio.Task[None] | None) -> None:
+        """Transcribe ``turn`` (``session.input_transcript.delta``) and add it to the
+        conversation, after the turn ``before`` it (the turns' order, whatever each takes)."""
+        text = ""
+        if self.opts.transcriber is not None:
+            heard = await self.opts.transcriber.transcribe(turn.pcm, "gpt-live-transcribe", None)
+            text = heard.text
+        if before is not None:
+            await asyncio.wait({before})
+        if text:
             await self.send(
                 [
                     live_event(
                         "session.input_transcript.delta",
-                        delta=result.text,
+                        delta=text,
                         start_ms=turn.start_ms,
                         end_ms=turn.end_ms,
                     )
                 ]
             )
-        return result.text
+        self.s.history.append(("user", text))
 
     async def _think(self) -> AsyncGenerator[str, None]:
         """The brain's reply, a sentence at a time."""
