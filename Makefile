@@ -25,7 +25,7 @@ LOCKED_INSTALL := $(BIN)/python -m pip install --require-hashes --only-binary :a
 # pyproject.toml fails here by name instead of fetching the missing package.
 PROJECT_INSTALL := $(BIN)/python -m pip --isolated install -q --no-index --no-build-isolation -e
 
-.PHONY: run test lint chromium test-postgres test-redis bench lock clean screenshots
+.PHONY: run dev test lint chromium test-postgres test-redis bench lock clean screenshots
 
 $(VENV)/.bootstrapped: $(BOOTSTRAP_LOCK)
 	@test -n "$(PYTHON)" || { echo "rtgate needs Python 3.11 or newer on PATH (python3.11, python3.12 or python3.13)" >&2; exit 1; }
@@ -50,6 +50,9 @@ $(VENV)/.dev-installed: pyproject.toml $(DEV_LOCK) $(VENV)/.bootstrapped
 
 run: $(VENV)/.installed
 	$(BIN)/rtgate serve
+
+# The test and benchmark tools, and the client SDKs the README's examples use (openai), in .venv.
+dev: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench

@@ -26,6 +26,7 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     text = "\n".join(lines)
     assert lines[0].startswith("rtgate ") and "http://127.0.0.1:8080" in lines[0]
     assert "ws://127.0.0.1:8080/v1/realtime?model=gpt-realtime" in text
+    assert "ws://127.0.0.1:8080/v1/live/sessions" in text
     assert re.search(r"gpt-realtime, .*local -> the embedded local engine", text)
     assert "no OPENAI_API_KEY" in text
     assert ".venv/bin/rtgate keys create --name me" in text
@@ -57,6 +58,7 @@ async def test_home_page_says_how_to_connect_from_the_address_used(
         page = await resp.text()
     assert f'base_url="{gateway.http}/v1"' in page
     assert f"{gateway.ws}/v1/realtime?model=gpt-realtime" in page
+    assert "GET /v1/live/sessions" in page and "GET /v1/realtime/translations" in page
     # The test gateway relays to a (fake) OpenAI: models are listed by upstream kind only.
     assert "gpt-realtime-mini" in page and "OpenAI" in page
     assert "127.0.0.1:" + str(gateway.port) in page

@@ -54,6 +54,7 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
     lines = [
         f"rtgate {__version__} is ready at {base_url} (open it in a browser for a quick start)",
         f"  realtime   {ws}/v1/realtime?model={settings.default_model}",
+        f"  live       {ws}/v1/live/sessions (GPT-Live: the model in session.start)",
     ]
     for served in served_models(settings):
         where = served.label if served.kind == "local" else f"{served.label} {served.base_url}"
