@@ -24,7 +24,12 @@ from rtgate.protocol.actions import (
 )
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession
-from rtgate.protocol.translation import AudioMeter, appended_bytes, decoded_length
+from rtgate.protocol.translation import (
+    AudioMeter,
+    appended_bytes,
+    decoded_length,
+    delivered_bytes,
+)
 
 
 def append(pcm: bytes, *, spaced: bool = False) -> str:
@@ -167,3 +172,46 @@ def test_a_realtime_session_counts_no_translation_audio() -> None:
     assert core.client_text(append(b"\x00" * 96_000)) is None
     core.client_closed(1000, "")
     assert core.finish() == ()
+
+
+def delta(pcm: bytes, **fields: object) -> str:
+    """A translated audio delta as the provider's docs show it (voice-apis.md 2.4)."""
+    return orjson.dumps(
+        {"type": "session.output_audio.delta", "delta": base64.b64encode(pcm).decode(), **fields}
+    ).decode()
+
+
+def test_output_deltas_are_counted_at_their_own_rate() -> None:
+    assert delivered_bytes(delta(b"\x00" * 9600)) == 9600
+    # 200 ms at 16 kHz is 6,400 bytes: counted as the 9,600 of 200 ms at 24 kHz.
+    assert delivered_bytes(delta(b"\x00" * 6400, sample_rate=16000)) == 9600
+    assert delivered_bytes('{"type":"session.output_transcript.delta","delta":"hola"}') is None
+    # The type named only inside a string is not the event.
+    assert delivered_bytes('{"type":"x","note":"session.output_audio.delta"}') is None
+
+
+def test_an_output_basis_bills_the_translated_audio_and_not_the_appends() -> None:
+    core = RelayCore(
+        translation_session(),
+        lambda: 1234.0,
+        opened_mono=100.0,
+        audio_meter=AudioMeter(400, "output"),
+    )
+    # The client's audio goes up untouched and uncounted.
+    assert core.client_text(append(b"\x00" * 96000)) is None
+    out = delta(b"\x00" * 9600)
+    assert core.upstream_text(out) is None  # 200 ms: forwarded untouched, nothing yet
+    acts = core.upstream_text(out)
+    assert acts is not None and acts[0] == SendClient(out)
+    rec = acts[1]
+    assert isinstance(rec, Record)
+    assert (rec.record.usage.audio_ms, rec.record.metered_by) == (400, "gateway")
+    assert core.recorded(True) == ()
+    # Other upstream frames are not counted.
+    assert core.upstream_text('{"type":"session.output_transcript.delta","delta":"x"}') is None
+    # The rest at the end: 100 ms more.
+    core.upstream_text(delta(b"\x00" * 4800))
+    assert Ended() in core.client_closed(1000, "")
+    (end,) = core.finish()
+    assert isinstance(end, Record)
+    assert end.record.usage.audio_ms == 100

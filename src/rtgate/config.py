@@ -329,6 +329,10 @@ class Settings(_Frozen):
     #: counts it) is recorded every this many seconds of audio, and at the session's end: a
     #: crash loses at most this much audio per session unbilled.
     translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: Which audio a translation session is billed by: the client's ``input`` (the default, as
+    #: the reference advises) or the translated ``output``. The provider's basis is not
+    #: documented (voice-apis.md 2.4); reconcile against its invoice and set this to match.
+    translation_billed_audio: Literal["input", "output"] = "input"
     #: GPT-Live (``/v1/live/sessions``): how long a client may take to send its first message,
     #: ``session.start``, which names the model; past it: ``invalid_session_start``, no dial.
     live_start_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -438,6 +442,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_MAX_HTTP_BODY_BYTES": "max_http_body_bytes",
     "RTGATE_COMMIT_TIMEOUT_SECONDS": "commit_timeout_seconds",
     "RTGATE_TRANSLATION_RECORD_SECONDS": "translation_record_seconds",
+    "RTGATE_TRANSLATION_BILLED_AUDIO": "translation_billed_audio",
     "RTGATE_LIVE_START_SECONDS": "live_start_seconds",
     "RTGATE_LIVE_CLOSE_SECONDS": "live_close_seconds",
     "RTGATE_LIVE_STARTUP_SECONDS": "live_startup_seconds",

@@ -238,6 +238,8 @@ class RelayCore:
         #: Whether an upstream audio frame may skip everything (no beta rename, no transcript
         #: and nothing held); recomputed when any of those changes.
         self._plain = beta is None and recorder is None
+        if audio_meter is not None and audio_meter.basis == "output":
+            self._plain = False  # every translated audio delta is counted (upstream_text)
         self._fast_down = self._plain
         self._fast_up = True
         #: Upstream frames waiting behind an outstanding commit or budget check (None: none).
@@ -296,6 +298,14 @@ class RelayCore:
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING if self._closing is None else self._closing_text(data)
+        meter = self._audio_meter
+        if meter is not None and meter.basis == "output" and (ms := meter.delivered(data)):
+            # A translation billed by its output: the chunk's record beside the frame, which
+            # goes on as any other (voice-apis.md 2.4).
+            rec = self.session.meter_translation_audio(ms, self._now())
+            out = self._hold(data) if self._held is not None else self._down(data)
+            forwarded = (SendClient(data),) if out is None else out
+            return forwarded if rec is None else (*forwarded, Record(rec))
         if self._held is not None:
             return self._hold(data)
         return self._down(data)
@@ -409,7 +419,7 @@ class RelayCore:
     # -- usage the gateway counts (a translation's input audio) ---------------------------------
     def _record_audio(self, ms: int, data: str) -> Actions:
         out: list[Action] = [SendUpstream(data)]
-        rec = self.session.meter_input_audio(ms, self._now())
+        rec = self.session.meter_translation_audio(ms, self._now())
         if rec is not None:
             out.append(Record(rec))
         return out
@@ -439,7 +449,7 @@ class RelayCore:
         meter = self._audio_meter
         if meter is None:
             return _NOTHING
-        rec = self.session.meter_input_audio(meter.rest(), self._now())
+        rec = self.session.meter_translation_audio(meter.rest(), self._now())
         return (Record(rec),) if rec is not None else _NOTHING
 
     def _release(self, out: list[Action]) -> None:

@@ -263,8 +263,8 @@ class RelaySession:
             UsageReading(Usage(kind=kind), complete=False), None, now, "unparseable_frame"
         )
 
-    def meter_input_audio(self, audio_ms: int, now: float) -> UsageRecord | None:
-        """The record of ``audio_ms`` of a translation session's input audio, which the gateway
+    def meter_translation_audio(self, audio_ms: int, now: float) -> UsageRecord | None:
+        """The record of ``audio_ms`` of a translation session's audio, which the gateway
         counted (``protocol/translation.py``): priced by the route's row (per minute for
         ``gpt-realtime-translate``) and marked ``metered_by="gateway"``. None for no audio."""
         if audio_ms <= 0:

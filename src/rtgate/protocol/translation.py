@@ -1,10 +1,14 @@
-"""Input audio of a translation session, counted by the gateway (no I/O).
+"""The audio of a translation session, counted by the gateway (no I/O).
 
 ``/v1/realtime/translations`` reports no usage on any event (voice-apis.md 2.4: ``session.closed``
-is only ``event_id`` and ``type``), yet it is billed by audio duration. So rtgate counts the audio
-the client appends, ``session.input_audio_buffer.append{audio}``, as its duration at the session's
-format: 24 kHz PCM16 mono, 48,000 bytes a second (48 a millisecond), the only input format the
-route takes.
+is only ``event_id`` and ``type``), yet it is billed by audio duration, and which audio is not
+documented. So rtgate counts it itself, by the basis ``translation_billed_audio`` names:
+
+* ``input`` (the default, as the reference advises): the audio the client appends,
+  ``session.input_audio_buffer.append{audio}``, as its duration at the session's format: 24 kHz
+  PCM16 mono, 48,000 bytes a second (48 a millisecond), the only input format the route takes;
+* ``output``: the translated audio the provider sends, ``session.output_audio.delta{delta}``,
+  PCM16 mono at its ``sample_rate`` (24 kHz when it names none).
 
 The audio is never decoded: its decoded length follows from the base64 text's length and its
 ``=`` padding (RFC 4648 4). A frame is recognised by its prefix (as the SDKs and the reference's
@@ -18,7 +22,12 @@ milliseconds once ``chunk_ms`` have gathered) and the remainder at the session's
 
 from __future__ import annotations
 
+from typing import Literal
+
 from rtgate.protocol.relay_session import parse_event
+
+#: Which audio a translation session is billed by (``Settings.translation_billed_audio``).
+Basis = Literal["input", "output"]
 
 #: Bytes of 24 kHz PCM16 mono audio per millisecond (24 samples x 2 bytes).
 BYTES_PER_MS = 48
@@ -65,20 +74,52 @@ def appended_bytes(data: str) -> int | None:
     return decoded_length(audio) if isinstance(audio, str) else 0
 
 
-class AudioMeter:
-    """Input audio counted for one translation session, released in chunks of ``chunk_ms``."""
+OUTPUT_TYPE = "session.output_audio.delta"
+#: Rates a delta's ``sample_rate`` may name; anything else counts at 24 kHz.
+_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
-    def __init__(self, chunk_ms: int) -> None:
+
+def delivered_bytes(data: str) -> int | None:
+    """The translated audio of an upstream frame, as bytes of 24 kHz PCM16 (a delta at another
+    ``sample_rate`` scaled to it), or None when it is no ``session.output_audio.delta``. The
+    provider's member order is not documented, so a frame naming the type is parsed; the
+    route sends about five a second."""
+    if OUTPUT_TYPE not in data:
+        return None
+    event = parse_event(data)
+    if not isinstance(event, dict) or event.get("type") != OUTPUT_TYPE:
+        return None
+    delta = event.get("delta")
+    n = decoded_length(delta) if isinstance(delta, str) else 0
+    rate = event.get("sample_rate")
+    if rate in _RATES and rate != 24000:
+        n = n * 24000 // rate
+    return n
+
+
+class AudioMeter:
+    """The audio of one translation session counted on ``basis``, released in chunks of
+    ``chunk_ms``."""
+
+    def __init__(self, chunk_ms: int, basis: Basis = "input") -> None:
         self.chunk_ms = max(1, chunk_ms)
+        self.basis = basis
         #: Bytes counted and not yet billed (a part of a millisecond stays until the end).
         self._pending = 0
         #: Every byte counted in the session.
         self.total_bytes = 0
 
     def appended(self, data: str) -> int | None:
-        """None when ``data`` is no append; else the milliseconds to bill now (0 until a chunk
-        has gathered)."""
-        n = appended_bytes(data)
+        """A client frame: None when it is no append or the basis is the output; else the
+        milliseconds to bill now (0 until a chunk has gathered)."""
+        return self._count(appended_bytes(data)) if self.basis == "input" else None
+
+    def delivered(self, data: str) -> int | None:
+        """An upstream frame: None when it is no output audio or the basis is the input; else
+        the milliseconds to bill now (0 until a chunk has gathered)."""
+        return self._count(delivered_bytes(data)) if self.basis == "output" else None
+
+    def _count(self, n: int | None) -> int | None:
         if n is None:
             return None
         self.total_bytes += n

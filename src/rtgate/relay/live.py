@@ -169,7 +169,10 @@ def relay_pump(
         client_beat=client_cadence(gw.settings),
         upstream_beat=upstream_cadence(gw.settings),
         opened_mono=gw.clock.monotonic(),
-        audio_meter=AudioMeter(round(gw.settings.translation_record_seconds * 1000))
+        audio_meter=AudioMeter(
+            round(gw.settings.translation_record_seconds * 1000),
+            gw.settings.translation_billed_audio,
+        )
         if session.intent == TRANSLATION and metered
         else None,
         close_grace=gw.settings.live_close_seconds,
