@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import websockets
@@ -406,3 +407,36 @@ async def test_a_call_to_a_gemini_model_is_refused(gw: RunningGateway, fake: Fak
     assert refused.value.status_code == 400
     assert openai_error(refused.value)["code"] == "unsupported_upstream"
     assert fake.connections == []
+
+
+async def test_a_budget_the_cap_and_the_metrics_apply_to_a_gemini_session(
+    gw: RunningGateway, fake: FakeGemini
+) -> None:
+    """Everything else applies unchanged: a budget crossed by a Gemini turn's usage ends the
+    session with ``insufficient_quota``, a key's ``max_duration`` ends another with
+    ``session_expired``, and /metrics counts both under the catalog's model name."""
+    g = gw.app[GATEWAY]
+    _, capped = await g.keyring.create("capped", KeyPolicy(budget_total_nanos=1))
+    async with sdk(gw, capped).realtime.connect(model="gemini-live") as conn:
+        await say(conn, "hello")
+        events = await until(conn, "error")
+        done = [e for e in events if e["type"] == "response.done"]
+        assert done and done[0]["response"]["usage"]["total_tokens"] > 0  # billed, then sent
+        assert events[-1]["error"]["code"] == "insufficient_quota"
+        with pytest.raises(websockets.ConnectionClosed):
+            await conn.recv()
+    _, brief = await g.keyring.create("brief", KeyPolicy(max_duration_s=1))
+    async with sdk(gw, brief).realtime.connect(model="gemini-live") as conn:
+        await until(conn, "session.created")
+        err = (await until(conn, "error"))[-1]["error"]
+        assert err["code"] == "session_expired"
+    await g.live.none_left()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{gw.http}/metrics") as r,
+    ):
+        metrics = await r.text()
+    assert 'rtgate_sessions_started_total{model="gemini-live"} 2.0' in metrics
+    assert 'rtgate_tokens_total{kind="text_out",model="gemini-live"}' in metrics
+    assert 'rtgate_sessions_ended_total{by="gateway",code="3000"} 1.0' in metrics  # the budget
+    assert 'rtgate_sessions_ended_total{by="gateway",code="1001"} 1.0' in metrics  # the cap
