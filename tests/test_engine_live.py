@@ -283,6 +283,14 @@ async def _raw(conn: Any) -> dict[str, Any]:
     return event
 
 
+async def _until(conn: Any, etype: str) -> tuple[dict[str, Any], list[str]]:
+    """The first event of ``etype``, and the types of those before it (each validated)."""
+    before: list[str] = []
+    while (event := await _raw(conn))["type"] != etype:
+        before.append(event["type"])
+    return event, before
+
+
 async def test_a_spoken_live_session_through_the_sdk(
     live_engine: Callable[..., Awaitable[AsyncOpenAI]],
 ) -> None:
@@ -303,13 +311,13 @@ async def test_a_spoken_live_session_through_the_sdk(
         said = [e for e in seen if e["type"] == "session.output_transcript.delta"]
         assert said and "what is the weather like".startswith(said[0]["delta"].strip()[:4])
         # The usage snapshots are cumulative and come on their schedule.
-        while (event := await _raw(conn))["type"] != "session.usage.updated":
-            pass
+        snapshot, _ = await _until(conn, "session.usage.updated")
         await conn.session.close(event_id="bye")
-        while (event := await _raw(conn))["type"] != "session.closed":
-            pass
+        event, _ = await _until(conn, "session.closed")
         assert event["reason"] == "close_requested" and event["client_event_id"] == "bye"
-        assert event["usage"]["seconds"] >= 0 and event["session"]["model"] == "gpt-live-1"
+        # Cumulative: the final total is never below a snapshot sent before it.
+        assert event["usage"]["seconds"] >= snapshot["usage"]["seconds"] >= 0
+        assert event["session"]["model"] == "gpt-live-1"
 
 
 class SlowTranscriber:
@@ -344,8 +352,8 @@ async def test_a_turn_followed_at_once_by_another_is_still_heard(
         # The echo brain answers the last turn, with both in its conversation.
         assert event["delta"].strip().startswith("what is the time")
         await conn.session.close()
-        while (await _raw(conn))["type"] != "session.closed":
-            pass
+        closed, _ = await _until(conn, "session.closed")
+        assert closed["reason"] == "close_requested"
 
 
 async def test_the_engine_refuses_a_first_event_other_than_session_start(
@@ -372,8 +380,8 @@ async def test_a_barge_in_stops_the_answer(
             content="This is a long commentary that takes several seconds of tone to speak out.",
             delegation_id=None,
         )
-        while (await _raw(conn))["type"] != "session.output_audio.delta":
-            pass
+        _, before = await _until(conn, "session.output_audio.delta")
+        assert "session.output_transcript.delta" in before  # the words, then their audio
         # The caller speaks: what is left of the answer is not sent.
         speech = tone(400)
         for off in range(0, len(speech), 960):
@@ -386,8 +394,8 @@ async def test_a_barge_in_stops_the_answer(
         # it a few hundred ms in, and nothing came for the 1.5 s after.
         assert 0 < len(rest) < 15 and set(rest) == {"session.output_audio.delta"}, rest
         await conn.session.close()
-        while (await _raw(conn))["type"] != "session.closed":
-            pass
+        _, after = await _until(conn, "session.closed")
+        assert "session.output_audio.delta" not in after  # nothing more of the cut answer
 
 
 async def test_a_wrong_engine_token_is_refused(

@@ -48,7 +48,7 @@ from rtgate.relay.calls import (
     upstream_post,
 )
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.port import StoreError
+from rtgate.store.port import KeyInfo, StoreError
 
 log = logging.getLogger("rtgate.api")
 
@@ -157,7 +157,6 @@ async def hang_up_unmetered(gw: Gateway, route: Route, call_id: str, *, live: bo
 
 async def call_action(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    calls = request.app[CALLS]
     action = request.match_info["action"]
     call_id = request.match_info["call_id"]
     key, policy = await gw.authenticator.key(request.headers, request.remote)
@@ -165,41 +164,67 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     call = await call_of(gw, call_id, key)
     raw = await read_body(request)
     body = json_object(raw) if raw.strip() else None
+    if action == "accept":
+        gw.check_accepting()
+        model, template = ga_template(body)
+        if model is None:
+            model = gw.settings.default_model
+        if template.get("type") != "realtime":
+            raise _bad("A call takes a realtime session.", "type")
+        route = route_for(gw, policy, model, template)
+        body = _upstream_session(policy, route, template)
+    else:
+        route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
+    upstream_body = orjson.dumps(body) if body is not None else None
+    return await act_on_call(
+        gw,
+        request.app[CALLS],
+        (key, policy),
+        call_id,
+        action,
+        route,
+        upstream_body,
+        claim=action == "accept" and call is None,
+    )
+
+
+async def act_on_call(
+    gw: Gateway,
+    calls: CallRegistry,
+    owner: tuple[KeyInfo, KeyPolicy],
+    call_id: str,
+    action: str,
+    route: Route,
+    body: bytes | None,
+    *,
+    claim: bool,
+    live: bool = False,
+) -> web.Response:
+    """``accept|reject|refer|hangup`` relayed for a Realtime call or (``live``) a GPT-Live
+    session, the one way for both. ``claim``: an accept of a SIP call no key owns yet, which
+    makes the key its owner (atomically, before the provider hears of it) and opens its
+    metered sideband once the provider has accepted."""
+    key, policy = owner
     sb = calls.get(call_id)  # its sideband, if this instance runs it
     admitted = False  # a live-session slot is held for the sideband this accept opens
     claimed = False  # this accept made the key the call's owner
     try:
-        if action == "accept":
-            gw.check_accepting()
-            model, template = ga_template(body)
-            if model is None:
-                model = gw.settings.default_model
-            if template.get("type") != "realtime":
-                raise _bad("A call takes a realtime session.", "type")
-            route = route_for(gw, policy, model, template)
-            body = _upstream_session(policy, route, template)
-            if call is None:
-                # A SIP call no key owns yet: claimed now, atomically, before the provider
-                # hears of it; of two keys accepting at once, the other is answered 404.
-                await admit(gw, key, policy)
-                admitted = True
-                try:
-                    claimed = await claim_call(gw, call_id, key, route)
-                except StoreError:
-                    # No answer in time is not no claim: it may have committed. Released
-                    # below (only ever this key's), so a retry finds the call unowned and
-                    # accepts it with a sideband, never as one accepted already.
-                    claimed = True
-                    raise
-                if not claimed:
-                    raise call_not_found(call_id)
-        else:
-            route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
+        if claim:
+            # Of two keys accepting at once, the other is answered 404.
+            await admit(gw, key, policy)
+            admitted = True
+            try:
+                claimed = await claim_call(gw, call_id, key, route)
+            except StoreError:
+                # No answer in time is not no claim: it may have committed. Released
+                # below (only ever this key's), so a retry finds the call unowned and
+                # accepts it with a sideband, never as one accepted already.
+                claimed = True
+                raise
+            if not claimed:
+                raise call_not_found(call_id)
         status, _, _ = await upstream_post(
-            gw,
-            route,
-            f"/{call_id}/{action}",
-            json_body=orjson.dumps(body) if body is not None else None,
+            gw, route, f"/{call_id}/{action}", json_body=body, live=live
         )
         if status == 404:
             raise call_not_found(call_id)
@@ -208,9 +233,9 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             raise upstream_refused(action, status)
         if admitted:
             try:
-                await calls.start(gw, call_id, key, policy, route)
+                await calls.start(gw, call_id, key, policy, route, live=live)
             except GatewayError:
-                await hang_up_unmetered(gw, route, call_id)
+                await hang_up_unmetered(gw, route, call_id, live=live)
                 raise
             # The sideband holds the slot now, and the call is the key's.
             admitted = claimed = False
@@ -225,7 +250,8 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         # is free by the time the client hears back. (One on another instance ends when the
         # provider closes it.)
         await sb.hung_up_by_client()
-    log.info("call %s relayed", action, extra={"key_id": key.id, "call_id": call_id})
+    what = "live session" if live else "call"
+    log.info("%s %s relayed", what, action, extra={"key_id": key.id, "call_id": call_id})
     return web.Response(status=status)
 
 

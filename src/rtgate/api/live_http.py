@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from rtgate.api.bodies import InvalidRequest, json_object, read_body
-from rtgate.api.calls_http import CALLS, hang_up_unmetered, release_claim, upstream_refused
+from rtgate.api.calls_http import CALLS, act_on_call, hang_up_unmetered
 from rtgate.api.openai_errors import openai_errors
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
@@ -34,7 +34,6 @@ from rtgate.relay.admission import admit, note_refusal, route_for
 from rtgate.relay.call_owners import CALL_ID, call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import CallRegistry, upstream_post
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.port import StoreError
 
 log = logging.getLogger("rtgate.api")
 
@@ -122,7 +121,6 @@ def _created_id(raw: bytes) -> str:
 
 async def session_action(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    calls = request.app[CALLS]
     action = request.match_info["action"]
     session_id = request.match_info["session_id"]
     key, policy = await gw.authenticator.key(request.headers, request.remote)
@@ -130,55 +128,27 @@ async def session_action(request: web.Request) -> web.StreamResponse:
     owned = await call_of(gw, session_id, key)
     raw = await read_body(request)
     body = json_object(raw) if raw.strip() else None
-    sb = calls.get(session_id)
-    admitted = claimed = False
-    try:
-        if action == "accept":
-            gw.check_accepting()
-            session, model = _session_model(body or {})
-            route = route_for(gw, policy, model)
-            assert body is not None
-            upstream_body: bytes | None = _upstream_body(body, session, route)
-            if owned is None:
-                # A SIP call no key owns yet: claimed now, before the provider hears of it.
-                await admit(gw, key, policy)
-                admitted = True
-                try:
-                    claimed = await claim_call(gw, session_id, key, route)
-                except StoreError:
-                    claimed = True  # it may have committed: released below, only this key's
-                    raise
-                if not claimed:
-                    raise call_not_found(session_id)
-        else:
-            if owned is None:
-                raise call_not_found(session_id)
-            route = call_route(gw, owned)
-            upstream_body = orjson.dumps(body) if body is not None else None
-        status, _, _ = await upstream_post(
-            gw, route, f"/{session_id}/{action}", json_body=upstream_body, live=True
-        )
-        if status == 404:
+    if action == "accept":
+        gw.check_accepting()
+        session, model = _session_model(body or {})
+        route = route_for(gw, policy, model)
+        upstream_body: bytes | None = _upstream_body(body or {}, session, route)
+    else:
+        if owned is None:
             raise call_not_found(session_id)
-        if not 200 <= status < 300:
-            log.warning("upstream %s refused %s: HTTP %s", route.upstream_name, action, status)
-            raise upstream_refused(action, status)
-        if admitted:
-            try:
-                await calls.start(gw, session_id, key, policy, route, live=True)
-            except GatewayError:
-                await hang_up_unmetered(gw, route, session_id, live=True)
-                raise
-            admitted = claimed = False
-    finally:
-        if admitted:
-            await gw.limiter.release(key.id)
-        if claimed:
-            await release_claim(gw, session_id, key.id)
-    if action == "hangup" and sb is not None:
-        await sb.hung_up_by_client()
-    log.info("live session %s relayed", action, extra={"key_id": key.id, "call_id": session_id})
-    return web.Response(status=status)
+        route = call_route(gw, owned)
+        upstream_body = orjson.dumps(body) if body is not None else None
+    return await act_on_call(
+        gw,
+        request.app[CALLS],
+        (key, policy),
+        session_id,
+        action,
+        route,
+        upstream_body,
+        claim=action == "accept" and owned is None,
+        live=True,
+    )
 
 
 def add_live_routes(app: web.Application) -> None:

@@ -58,10 +58,6 @@ END_WAIT_S = 10.0
 SHUTDOWN_WAIT_S = 15.0
 
 
-class CallsUnsupported(UnsupportedUpstream):
-    pass
-
-
 def http_base(base_url: str) -> str:
     """The upstream's HTTP base: its ws(s) base with http(s)."""
     if base_url.startswith("wss://"):
@@ -80,9 +76,9 @@ def call_base(route: Route, *, live: bool = False) -> str:
     """``{http base}/realtime/calls`` (``live``: ``/live/sessions``) of a route's upstream; the
     local engine has no calls."""
     if route.upstream.kind == "local":
-        raise CallsUnsupported("The local engine does not take WebRTC or SIP calls.")
+        raise UnsupportedUpstream("The local engine does not take WebRTC or SIP calls.")
     if route.upstream.kind == "gemini":
-        raise CallsUnsupported("Gemini Live models do not take WebRTC or SIP calls.")
+        raise UnsupportedUpstream("Gemini Live models do not take WebRTC or SIP calls.")
     path = "/live/sessions" if live else "/realtime/calls"
     return http_base(route.upstream.base_url).rstrip("/") + path
 
