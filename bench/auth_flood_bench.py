@@ -59,7 +59,7 @@ async def serve_gateway(burst: str) -> None:
     home = Path(tempfile.mkdtemp(prefix="rtgate-flood-bench-"))
     env = {
         "RTGATE_HOME": str(home),
-        "RTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'rtgate.db'}",
+        "RTGATE_DATABASE_URL": f"sqlite:///{home / 'rtgate.db'}",
         "RTGATE_OPENAI_BASE_URL": provider.base_url,
         "OPENAI_API_KEY": PROVIDER_KEY,
         "RTGATE_AUTH_FAILURES_BURST": burst,

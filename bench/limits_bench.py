@@ -246,7 +246,7 @@ async def serve_gateway(mode: str, redis_url: str, prefix: str) -> None:
     home = Path(tempfile.mkdtemp(prefix="rtgate-limits-bench-"))
     env = {
         "RTGATE_HOME": str(home),
-        "RTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'rtgate.db'}",
+        "RTGATE_DATABASE_URL": f"sqlite:///{home / 'rtgate.db'}",
         "RTGATE_OPENAI_BASE_URL": provider.base_url,
         "OPENAI_API_KEY": PROVIDER_KEY,
     }

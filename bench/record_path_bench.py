@@ -94,7 +94,7 @@ async def _measure(sessions: int, records: int) -> None:
         async def hangup(self) -> None: ...
 
     home = Path(tempfile.mkdtemp(prefix="rtgate-record-bench-"))
-    store = SqlStore(f"sqlite+aiosqlite:///{home / 'rtgate.db'}")
+    store = SqlStore(f"sqlite:///{home / 'rtgate.db'}")
     await store.init()
     await store.create_key("key_bench", "bench", "p", "0" * 64, time.time())
     metrics = Metrics()

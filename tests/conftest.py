@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
@@ -18,6 +17,7 @@ from rtgate.clock import Clock
 from rtgate.config import Settings, load_settings
 from rtgate.relay.endpoint import GATEWAY, relay_door
 from rtgate.relay.front_door import FrontDoorSite
+from rtgate.store.connections import connect
 from rtgate.store.port import Store
 from rtgate.store.schema import metadata
 from tests.provider import PROVIDER_KEY, FakeProvider
@@ -87,16 +87,15 @@ async def database_url(tmp_path: Path) -> str:
     (the PostgreSQL suite), emptied before each test."""
     url = os.environ.get("RTGATE_TEST_DATABASE_URL")
     if not url:
-        return f"sqlite+aiosqlite:///{tmp_path / 'rtgate.db'}"
+        return f"sqlite:///{tmp_path / 'rtgate.db'}"
     await _reset(url)
     return url
 
 
 async def _reset(url: str) -> None:
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
-    await engine.dispose()
+    db = connect(url, timeout=10.0, command_timeout=10.0)
+    await db.run(metadata.drop_all, write=True)
+    await db.close()
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 
 import aiohttp
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from rtgate.metering.record import utc_day
 from rtgate.store.schema import api_keys, sessions, usage_records
@@ -26,8 +27,9 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
     """``n`` closed sessions of ``keys`` keys over the 60 days before ``now``; the session ids."""
     rng = random.Random(20260101)
     key_ids = [f"key_load{k:04d}" for k in range(keys)]
-    async with store.engine.begin() as conn:
-        await conn.execute(
+
+    def add_keys(conn: Connection) -> None:
+        conn.execute(
             insert(api_keys),
             [
                 {
@@ -40,6 +42,8 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
                 for i, k in enumerate(key_ids)
             ],
         )
+
+    await store.db.run(add_keys, write=True)
     ids = [f"rs_load{i:07d}" for i in range(n)]
     for start in range(0, n, 20_000):
         batch = range(start, min(start + 20_000, n))
@@ -78,10 +82,15 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
                     "record_id": f"ur_load{i:07d}",
                 }
             )
-        async with store.engine.begin() as conn:
-            await conn.execute(insert(sessions), rows)
-            await conn.execute(insert(usage_records), usage)
+        await store.db.run(partial(_add_batch, rows=rows, usage=usage), write=True)
     return ids
+
+
+def _add_batch(
+    conn: Connection, rows: list[dict[str, object]], usage: list[dict[str, object]]
+) -> None:
+    conn.execute(insert(sessions), rows)
+    conn.execute(insert(usage_records), usage)
 
 
 async def timed(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[float, int]:

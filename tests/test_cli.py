@@ -88,7 +88,7 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
     import asyncio
 
     created = orjson.loads(cli("keys", "create", "--name", "carol", "--json"))
-    asyncio.run(_seed(f"sqlite+aiosqlite:///{tmp_path / 'home' / 'rtgate.db'}", created["id"]))
+    asyncio.run(_seed(f"sqlite:///{tmp_path / 'home' / 'rtgate.db'}", created["id"]))
     rows = orjson.loads(cli("usage", "--json"))
     assert rows == [
         {

@@ -207,7 +207,7 @@ async def test_a_database_from_before_secret_revocation_is_migrated(tmp_path: Pa
     import sqlite3
 
     path = tmp_path / "old.db"
-    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    store = SqlStore(f"sqlite:///{path}")
     await store.init()
     await store.close()
     db = sqlite3.connect(path)
@@ -219,7 +219,7 @@ async def test_a_database_from_before_secret_revocation_is_migrated(tmp_path: Pa
     )
     db.commit()
     db.close()
-    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    store = SqlStore(f"sqlite:///{path}")
     await store.init()
     (old,) = await store.list_client_secrets(None, 2.0)
     assert old.revoked_at is None

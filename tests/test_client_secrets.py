@@ -176,8 +176,7 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
     assert minted.session.instructions == "Speak like a pirate."
 
     # Only the hash is stored, with the minting key.
-    async with gateway.store.engine.connect() as conn:
-        (row,) = (await conn.execute(select(client_secrets))).all()
+    (row,) = await gateway.store.db.run(lambda conn: conn.execute(select(client_secrets)).all())
     assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert row.key_id == key_id and row.model == "gpt-realtime"
     assert secret not in str(tuple(row))

@@ -16,7 +16,7 @@ def test_defaults_without_a_provider_key_use_the_local_engine() -> None:
     assert s.models["gpt-realtime"].upstream == "local"
     assert Catalog(s).resolve("gpt-realtime").price_key == "local"
     assert (s.host, s.port, s.home) == ("127.0.0.1", 8080, Path(".rtgate"))
-    assert s.resolved_database_url.startswith("sqlite+aiosqlite:///")
+    assert s.resolved_database_url.startswith("sqlite:///")
 
 
 def test_provider_key_switches_catalog_models_to_openai() -> None:

@@ -68,8 +68,7 @@ async def test_a_transcription_billed_per_minute_is_in_the_ledger_to_the_nano_do
 
     # $0.017 a minute: 3.4 s is 963333.33 nano-dollars to the provider, 1156000 charged at 20 %.
     # The record was durable before the client saw the event.
-    async with gw.store.engine.connect() as conn:
-        (row,) = (await conn.execute(select(usage_records))).all()
+    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
     assert (row.model, row.price_key, row.kind, row.unit, row.ref) == (
         "gpt-live-transcribe",
         "gpt-live-transcribe",

@@ -36,7 +36,7 @@ DEADLINE = 0.3
 
 @pytest.fixture
 async def sql(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", timeout=0.5)
+    store = SqlStore(f"sqlite:///{tmp_path / 'ledger.db'}", timeout=0.5)
     await store.init()
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
@@ -87,9 +87,10 @@ def usage(n: int, charged: int = 10, t: float = DAY1) -> UsageRecord:
 
 async def refs(store: SqlStore) -> list[str]:
     """The refs of every usage row, in the order they were inserted."""
-    async with store.engine.connect() as conn:
-        rows = await conn.exec_driver_sql("SELECT ref FROM usage_records ORDER BY id")
-        return [r[0] for r in rows]
+    rows = await store.db.run(
+        lambda conn: conn.exec_driver_sql("SELECT ref FROM usage_records ORDER BY id").all()
+    )
+    return [r[0] for r in rows]
 
 
 async def until(check: Callable[[], Awaitable[bool] | bool], seconds: float = 5.0) -> None:
@@ -436,7 +437,7 @@ async def test_a_store_call_answers_within_its_deadline_when_the_database_is_loc
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "locked.db"
-    store = SqlStore(f"sqlite+aiosqlite:///{path}", timeout=0.3)
+    store = SqlStore(f"sqlite:///{path}", timeout=0.3)
     await store.init()
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     other = sqlite3.connect(path)

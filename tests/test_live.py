@@ -61,8 +61,8 @@ async def until_no_live_sessions(gw: RunningGateway) -> None:
 
 
 async def usage_rows(gw: RunningGateway) -> list[Any]:
-    async with gw.store.engine.connect() as conn:
-        return list((await conn.execute(select(usage_records).order_by(usage_records.c.id))).all())
+    q = select(usage_records).order_by(usage_records.c.id)
+    return list(await gw.store.db.run(lambda conn: conn.execute(q).all()))
 
 
 async def ws_events_until(ws: Any, etype: str) -> list[dict[str, Any]]:
@@ -84,8 +84,7 @@ async def ended_session(gw: RunningGateway) -> Any:
     session leaves the live list)."""
     async with asyncio.timeout(10):
         while True:
-            async with gw.store.engine.connect() as c:
-                (row,) = (await c.execute(select(sessions))).all()
+            (row,) = await gw.store.db.run(lambda c: c.execute(select(sessions)).all())
             if row.ended_at is not None:
                 return row
             await asyncio.sleep(0.02)

@@ -40,8 +40,8 @@ async def until(check: Callable[[], Any]) -> None:
 
 
 async def rows_of(gw: RunningGateway) -> list[Any]:
-    async with gw.store.engine.connect() as c:
-        return list((await c.execute(select(usage_records).order_by(usage_records.c.id))).all())
+    q = select(usage_records).order_by(usage_records.c.id)
+    return list(await gw.store.db.run(lambda c: c.execute(q).all()))
 
 
 async def create(gw: RunningGateway, key: str) -> LiveCreateResponse:
@@ -63,8 +63,7 @@ async def ended_session(gw: RunningGateway) -> Any:
     session leaves the live list)."""
     async with asyncio.timeout(10):
         while True:
-            async with gw.store.engine.connect() as c:
-                (row,) = (await c.execute(select(sessions))).all()
+            (row,) = await gw.store.db.run(lambda c: c.execute(select(sessions)).all())
             if row.ended_at is not None:
                 return row
             await asyncio.sleep(0.02)

@@ -122,10 +122,8 @@ MALFORMED: dict[str, tuple[str, str, bytes, str | None]] = {
 
 
 async def stored_secrets(gw: RunningGateway) -> int:
-    async with gw.store.engine.connect() as conn:
-        return int(
-            (await conn.execute(select(func.count()).select_from(client_secrets))).scalar_one()
-        )
+    q = select(func.count()).select_from(client_secrets)
+    return int(await gw.store.db.run(lambda conn: conn.execute(q).scalar_one()))
 
 
 async def post(

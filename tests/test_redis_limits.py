@@ -505,7 +505,7 @@ async def test_a_start_up_that_fails_after_redis_leaves_no_redis_connection(
             RTGATE_REDIS_URL=REDIS_URL,
             RTGATE_REDIS_PREFIX=namespace,
             # The database cannot open: its directory is a file.
-            RTGATE_DATABASE_URL=f"sqlite+aiosqlite:///{blocker}/rtgate.db",
+            RTGATE_DATABASE_URL=f"sqlite:///{blocker}/rtgate.db",
         )
         with pytest.raises(Exception, match="database"):
             await start_gateway(settings)

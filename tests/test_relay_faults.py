@@ -96,9 +96,8 @@ async def test_usage_the_gateway_cannot_read_is_in_the_ledger_before_the_client_
         assert await ws.recv() == frame
         # The session is still open: the row was committed before the frame was forwarded.
         u = usage_records.c
-        async with gateway.store.engine.connect() as conn:
-            q = select(u.review, u.text_in, u.session_id, u.key_id)
-            (row,) = (await conn.execute(q)).all()
+        q = select(u.review, u.text_in, u.session_id, u.key_id)
+        (row,) = await gateway.store.db.run(lambda conn: conn.execute(q).all())
     assert (row.review, row.text_in) == (review, text_in)
     (summary,) = await gateway.store.usage_summary()
     assert (summary.records, summary.needs_review) == (1, 0 if review is None else 1)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import inspect
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, create_engine, inspect
 
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.ledger import Ledger
@@ -143,16 +142,19 @@ async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None
     await store.init()
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before usage could be flagged for review, with a row in it.
-        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN review")
-        await conn.exec_driver_sql(
+        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN review")
+        conn.exec_driver_sql(
             "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
             " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
             " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
             " VALUES ('rs_1', 'key_a', 'gpt-realtime', 'gpt-realtime', 'response', '2027-01-15',"
             f" {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 50, 60)"
         )
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -201,20 +203,23 @@ async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
     await store.init()
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before prices had units: a token row and a whisper-1 minute.
-        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN unit")
+        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN unit")
         for model, kind, text_in, audio_ms in (
             ("gpt-realtime", "response", 5, 0),
             ("whisper-1", "transcription", 0, 60_000),
         ):
-            await conn.exec_driver_sql(
+            conn.exec_driver_sql(
                 "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
                 " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
                 " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
                 f" VALUES ('rs_1', 'key_a', '{model}', '{model}', '{kind}', '2027-01-15',"
                 f" {DAY1}, {text_in}, 0, 0, 0, 0, 0, 0, 0, {audio_ms}, 6000000, 6000000)"
             )
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -230,16 +235,19 @@ async def test_who_metered_a_record_is_kept_and_old_rows_were_the_provider(db_ur
     await store.init()
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before records said who metered them.
-        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN metered_by")
-        await conn.exec_driver_sql(
+        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN metered_by")
+        conn.exec_driver_sql(
             "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
             " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
             " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos,"
             " unit) VALUES ('rs_1', 'key_a', 'gpt-realtime', 'gpt-realtime', 'response',"
             f" '2027-01-15', {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 20000, 20000, 'token')"
         )
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -354,6 +362,8 @@ async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -
     db.execute("INSERT INTO api_keys VALUES ('key_old', 'old', 'rtg_x', 'h', 1.0, NULL)")
     db.commit()
     db.close()
+    # The URL the default database had before SQLite ran in a thread of the store's own: a
+    # config that names it still opens the same file.
     s = SqlStore(f"sqlite+aiosqlite:///{path}")
     await s.init()
     old = await s.get_key("key_old")
@@ -383,47 +393,48 @@ async def test_parallel_revocations_of_one_client_secret_keep_the_first_time(
 
 
 async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    url = f"sqlite:///{tmp_path / 'old.db'}"
     store = SqlStore(url)
     await store.init()
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before client secrets could be listed by key.
-        await conn.exec_driver_sql("DROP INDEX ix_client_secrets_key_id")
+        conn.exec_driver_sql("DROP INDEX ix_client_secrets_key_id")
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(url)
     await store.init()
-    async with store.engine.connect() as conn:
-        names = await conn.run_sync(
-            lambda c: {i["name"] for i in inspect(c).get_indexes("client_secrets")}
-        )
+    names = await store.db.run(
+        lambda c: {i["name"] for i in inspect(c).get_indexes("client_secrets")}
+    )
     await store.close()
     assert "ix_client_secrets_key_id" in names
 
 
 async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
             "CREATE TABLE client_secrets (secret_hash VARCHAR(64) PRIMARY KEY, key_id VARCHAR(32)"
             " NOT NULL, model VARCHAR(100), session TEXT NOT NULL, created_at FLOAT NOT NULL,"
             " expires_at FLOAT NOT NULL)"
         )
-        await conn.exec_driver_sql(
+        conn.exec_driver_sql(
             "CREATE INDEX ix_client_secrets_expires_at ON client_secrets (expires_at)"
         )
-    await engine.dispose()
+    engine.dispose()
 
     store = SqlStore(url)
     await store.init()
-    async with store.engine.connect() as conn:
-        columns, indexes = await conn.run_sync(
-            lambda c: (
-                {col["name"] for col in inspect(c).get_columns("client_secrets")},
-                {i["name"] for i in inspect(c).get_indexes("client_secrets")},
-            )
+    columns, indexes = await store.db.run(
+        lambda c: (
+            {col["name"] for col in inspect(c).get_columns("client_secrets")},
+            {i["name"] for i in inspect(c).get_indexes("client_secrets")},
         )
+    )
     assert "revoked_at" in columns
     assert "ix_client_secrets_key_id" in indexes
     assert await store.list_client_secrets(None, 0.0) == []
@@ -455,28 +466,30 @@ async def test_writes_are_idempotent_so_a_replay_counts_nothing_twice(store: Sql
 
 
 async def test_a_database_from_before_record_ids_is_migrated(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    url = f"sqlite:///{tmp_path / 'old.db'}"
     store = SqlStore(url)
     await store.init()
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before usage records had ids and transcripts a unique index.
-        await conn.exec_driver_sql("DROP INDEX ux_usage_record_id")
-        await conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN record_id")
-        await conn.exec_driver_sql("DROP INDEX ux_transcript_session_seq")
-        await conn.exec_driver_sql(
+        conn.exec_driver_sql("DROP INDEX ux_usage_record_id")
+        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN record_id")
+        conn.exec_driver_sql("DROP INDEX ux_transcript_session_seq")
+        conn.exec_driver_sql(
             "CREATE INDEX ix_transcript_session ON transcript_entries (session_id, seq)"
         )
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(url)
     await store.init()
-    async with store.engine.connect() as conn:
-        columns, indexes = await conn.run_sync(
-            lambda c: (
-                {col["name"] for col in inspect(c).get_columns("usage_records")},
-                {i["name"] for i in inspect(c).get_indexes("transcript_entries")},
-            )
+    columns, indexes = await store.db.run(
+        lambda c: (
+            {col["name"] for col in inspect(c).get_columns("usage_records")},
+            {i["name"] for i in inspect(c).get_indexes("transcript_entries")},
         )
+    )
     assert "record_id" in columns
     assert indexes == {"ux_transcript_session_seq"}
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
@@ -505,12 +518,15 @@ async def test_a_call_is_claimed_once_whoever_claims_it_at_the_same_time(store: 
 
 
 async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    url = f"sqlite:///{tmp_path / 'old.db'}"
     store = SqlStore(url)
     await store.init()
-    async with store.engine.begin() as conn:
+
+    def as_before(conn: Connection) -> None:
         # As a database made before calls had owners.
-        await conn.exec_driver_sql("DROP TABLE calls")
+        conn.exec_driver_sql("DROP TABLE calls")
+
+    await store.db.run(as_before, write=True)
     await store.close()
 
     store = SqlStore(url)

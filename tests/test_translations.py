@@ -104,9 +104,12 @@ async def test_the_sdk_translates_through_rtgate_and_the_audio_is_billed_to_the_
     # Recorded every second of audio and the rest at the end: 1 s, 1 s, 0.5 s. $0.034 a
     # minute: a second is 566,666.67 nanos (566,667) to the provider, 680,000 charged at 20 %.
     await until_no_live_sessions(gw)
-    async with gw.store.engine.connect() as conn:
-        rows = (await conn.execute(select(usage_records).order_by(usage_records.c.id))).all()
-        (srow,) = (await conn.execute(select(sessions))).all()
+    rows, (srow,) = await gw.store.db.run(
+        lambda conn: (
+            conn.execute(select(usage_records).order_by(usage_records.c.id)).all(),
+            conn.execute(select(sessions)).all(),
+        )
+    )
     model = "gpt-realtime-translate"
     assert [(r.model, r.price_key, r.kind, r.unit, r.metered_by, r.ref) for r in rows] == [
         (model, model, "translation", "minute", "gateway", None)
@@ -225,8 +228,7 @@ async def test_the_keys_policy_and_the_session_cap_apply(
         assert first.close_code == 1001
     await until_no_live_sessions(gw)
     # The audio it sent before the cap was recorded at its end.
-    async with gw.store.engine.connect() as conn:
-        (row,) = (await conn.execute(select(usage_records))).all()
+    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
     assert (row.kind, row.audio_ms, row.metered_by) == ("translation", 200, "gateway")
 
 
@@ -301,8 +303,7 @@ async def test_each_chunk_is_durable_while_the_session_still_runs(
         await events_until(ws, "session.output_audio.delta")
         async with asyncio.timeout(5):
             while True:
-                async with gw.store.engine.connect() as conn:
-                    rows = (await conn.execute(select(usage_records))).all()
+                rows = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
                 if rows:
                     break
                 await asyncio.sleep(0.02)
@@ -310,8 +311,7 @@ async def test_each_chunk_is_durable_while_the_session_still_runs(
         assert [(r.audio_ms, r.metered_by) for r in rows] == [(1000, "gateway")]
         assert len(gw.app[GATEWAY].live) == 1
     await until_no_live_sessions(gw)
-    async with gw.store.engine.connect() as conn:
-        rows = (await conn.execute(select(usage_records))).all()
+    rows = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
     assert sorted(r.audio_ms for r in rows) == [200, 1000]
 
 
@@ -331,7 +331,6 @@ async def test_translations_with_permessage_deflate_go_through_aiohttp_alike(
         await ws.send('{"type":"session.close"}')
         await events_until(ws, "session.closed")
     await until_no_live_sessions(gw)
-    async with gw.store.engine.connect() as conn:
-        (row,) = (await conn.execute(select(usage_records))).all()
+    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
     assert (row.kind, row.audio_ms, row.metered_by) == ("translation", 200, "gateway")
     assert provider.upgrades[0].path == "/v1/realtime/translations"

@@ -418,7 +418,7 @@ class Settings(_Frozen):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.home / 'rtgate.db').resolve()}"
+        return f"sqlite:///{(self.home / 'rtgate.db').resolve()}"
 
 
 _ENV_SCALARS: dict[str, str] = {

@@ -1,4 +1,6 @@
-"""The SQL adapter of the ``Store`` port, on SQLAlchemy Core (async).
+"""The SQL adapter of the ``Store`` port, on SQLAlchemy Core: each call builds its statements
+here, once for both databases, and runs them as one function of a connection on SQLite's thread
+or PostgreSQL's async engine (``connections.py``).
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is in the WAL file
 before the commit returns, so it survives the gateway being killed (``tests/test_durability.py``);
@@ -9,8 +11,9 @@ Deadlines: every call answers within ``timeout`` seconds (reports within ``REPOR
 or raises ``StoreError``; ``rtgate.deadline`` says why the caller stops waiting rather than
 waiting for the cancelled call. The drivers bound their own waits too: asyncpg's connect
 ``timeout`` and ``command_timeout``, SQLite's busy ``timeout``, and the pool's checkout wait;
-a cancelled call's connection is closed by SQLAlchemy, so a stalled one does not hold its pool
-slot for longer than that close takes (2 s for asyncpg, then a hard close).
+a cancelled PostgreSQL call's connection is closed by SQLAlchemy, so a stalled one does not hold
+its pool slot for longer than that close takes (2 s for asyncpg, then a hard close); a SQLite
+call the caller gave up on runs on in the store's thread, within the busy timeout.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    event,
     func,
     inspect,
     or_,
@@ -38,12 +40,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
 
 from rtgate.deadline import Deadlines
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
+from rtgate.store.connections import Database, SqliteThread, connect
 from rtgate.store.port import (
     CloseTally,
     DayTotals,
@@ -69,7 +72,7 @@ from rtgate.store.schema import (
     transcript_entries,
     usage_records,
 )
-from rtgate.store.sqlite_writer import SqliteWriter, pragmas
+from rtgate.store.sqlite_writer import SqliteWriter
 
 #: The default deadline of a store call the relay waits on (a key lookup, spend, a write).
 STORE_TIMEOUT_S = 3.0
@@ -195,13 +198,13 @@ def _client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
     )
 
 
-async def _one_by_prefix(conn: AsyncConnection, hash_prefix: str) -> StoredClientSecret | None:
+def _one_by_prefix(conn: Connection, hash_prefix: str) -> StoredClientSecret | None:
     """The one client secret whose hash starts with ``hash_prefix`` (a secret's id); None if no
     secret, or more than one, matches."""
     c = client_secrets.c
     # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
     match = c.secret_hash.startswith(hash_prefix, autoescape=True)
-    rows = (await conn.execute(select(client_secrets).where(match).limit(2))).all()
+    rows = conn.execute(select(client_secrets).where(match).limit(2)).all()
     return _client_secret(rows[0]._mapping) if len(rows) == 1 else None
 
 
@@ -309,32 +312,14 @@ class SqlStore:
         #: The deadline of every call but reports (``REPORT_TIMEOUT_S``) and ``init``.
         self.timeout = timeout
         self.deadlines = Deadlines()
-        kwargs: dict[str, Any] = {"echo": echo}
-        if url.startswith("postgresql"):
-            kwargs.update(
-                pool_size=10,
-                max_overflow=20,
-                pool_pre_ping=True,
-                pool_timeout=timeout,
-                # asyncpg's own bounds: the connection handshake, and any one statement (a
-                # report may take that long; the relay's calls stop waiting much sooner).
-                connect_args={"timeout": timeout, "command_timeout": REPORT_TIMEOUT_S},
-            )
-        elif url.startswith("sqlite"):
-            # SQLite has one writer. Several pooled connections would queue on its file lock
-            # (and give up after busy_timeout under a burst of connects); one connection
-            # queues the same work in the event loop instead, in order and without failing.
-            kwargs.update(
-                pool_size=1, max_overflow=0, pool_timeout=60, connect_args={"timeout": timeout}
-            )
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        #: Where queries run: SQLite's thread, or PostgreSQL's async engine (connections.py).
+        self.db: Database = connect(
+            url, timeout=timeout, command_timeout=REPORT_TIMEOUT_S, echo=echo
+        )
         #: SQLite's ledger batches go through a writer thread of their own (sqlite_writer.py).
         self._sqlite: SqliteWriter | None = None
-        if self.engine.dialect.name == "sqlite":
-            busy_ms = int(timeout * 1000)
-            event.listen(self.engine.sync_engine, "connect", pragmas(busy_ms))
-            # A file's path: an in-memory database cannot be pooled with these arguments.
-            self._sqlite = SqliteWriter(str(self.engine.url.database), busy_ms)
+        if isinstance(self.db, SqliteThread):
+            self._sqlite = SqliteWriter(self.db.path, int(timeout * 1000))
         #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
         self._writes = (
             self._insert_once(sessions, "id"),
@@ -343,18 +328,26 @@ class SqlStore:
             _CLOSE,
         )
 
+    async def _all(self, q: Executable) -> Sequence[Row[Any]]:
+        return await self.db.run(lambda conn: conn.execute(q).all())
+
+    async def _first(self, q: Executable) -> Row[Any] | None:
+        return await self.db.run(lambda conn: conn.execute(q).first())
+
     @_bounded("open the database", report=True)
     async def init(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_migrate)
+        def create(conn: Connection) -> None:
+            metadata.create_all(conn)
+            _migrate(conn)
+
+        await self.db.run(create, write=True)
 
     async def close(self) -> None:
         # Calls cancelled at their deadline close their connections first (bounded).
         await self.deadlines.close()
         if self._sqlite is not None:
             await self._sqlite.close()
-        await self.engine.dispose()
+        await self.db.close()
 
     # -- keys -----------------------------------------------------------------------------------
     @_bounded("write")
@@ -367,18 +360,16 @@ class SqlStore:
         now: float,
         policy_json: str | None = None,
     ) -> KeyInfo:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                api_keys.insert().values(
-                    id=key_id,
-                    name=name,
-                    display_prefix=display_prefix,
-                    key_hash=key_hash,
-                    created_at=now,
-                    revoked_at=None,
-                    policy=policy_json,
-                )
-            )
+        q = api_keys.insert().values(
+            id=key_id,
+            name=name,
+            display_prefix=display_prefix,
+            key_hash=key_hash,
+            created_at=now,
+            revoked_at=None,
+            policy=policy_json,
+        )
+        await self.db.run(lambda conn: conn.execute(q), write=True)
         return KeyInfo(key_id, name, display_prefix, now, None, policy_json)
 
     @_bounded("read", report=True)
@@ -386,61 +377,62 @@ class SqlStore:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
-        async with self.engine.connect() as conn:
-            return [_key(r) for r in (await conn.execute(q)).all()]
+        return [_key(r) for r in await self._all(q)]
 
     @_bounded("read")
     async def get_key(self, key_id: str) -> KeyInfo | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        row = await self._first(select(api_keys).where(api_keys.c.id == key_id))
         return _key(row) if row else None
 
     @_bounded("read")
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
-            ).first()
+        row = await self._first(select(api_keys).where(api_keys.c.key_hash == key_hash))
         return (_key(row), row.key_hash) if row else None
+
+    async def _update_key(self, key_id: str, update: Executable) -> KeyInfo | None:
+        """Run ``update`` on the key, and read the key back in the same transaction."""
+
+        def run(conn: Connection) -> Row[Any] | None:
+            conn.execute(update)
+            return conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+
+        row = await self.db.run(run, write=True)
+        return _key(row) if row else None
 
     @_bounded("write")
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        return _key(row) if row else None
+        return await self._update_key(
+            key_id,
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now),
+        )
 
     @_bounded("write")
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                api_keys.update().where(api_keys.c.id == key_id).values(policy=policy_json)
-            )
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        return _key(row) if row else None
+        return await self._update_key(
+            key_id, api_keys.update().where(api_keys.c.id == key_id).values(policy=policy_json)
+        )
 
     # -- client secrets ---------------------------------------------------------------------------
     @_bounded("write")
     async def add_client_secret(self, row: StoredClientSecret) -> None:
-        async with self.engine.begin() as conn:
-            # Expired secrets can open nothing; drop them as new ones arrive.
-            await conn.execute(
-                client_secrets.delete().where(client_secrets.c.expires_at <= row.created_at)
-            )
-            await conn.execute(
-                client_secrets.insert().values(
-                    secret_hash=row.secret_hash,
-                    key_id=row.key_id,
-                    model=row.model,
-                    session=row.session_json,
-                    created_at=row.created_at,
-                    expires_at=row.expires_at,
-                )
-            )
+        # Expired secrets can open nothing; drop them as new ones arrive.
+        expired = client_secrets.delete().where(client_secrets.c.expires_at <= row.created_at)
+        add = client_secrets.insert().values(
+            secret_hash=row.secret_hash,
+            key_id=row.key_id,
+            model=row.model,
+            session=row.session_json,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+        )
+
+        def run(conn: Connection) -> None:
+            conn.execute(expired)
+            conn.execute(add)
+
+        await self.db.run(run, write=True)
 
     @_bounded("read")
     async def client_secret_by_hash(
@@ -452,8 +444,7 @@ class SqlStore:
             .select_from(client_secrets.join(api_keys, api_keys.c.id == c.key_id))
             .where(c.secret_hash == secret_hash)
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).first()
+        row = await self._first(q)
         if row is None:
             return None
         m = row._mapping
@@ -476,35 +467,31 @@ class SqlStore:
         if key_id is not None:
             q = q.where(c.key_id == key_id)
         q = q.order_by(c.created_at.desc(), c.secret_hash)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        return [_client_secret(r._mapping) for r in rows]
+        return [_client_secret(r._mapping) for r in await self._all(q)]
 
     @_bounded("read")
     async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
-        async with self.engine.connect() as conn:
-            return await _one_by_prefix(conn, hash_prefix)
+        return await self.db.run(lambda conn: _one_by_prefix(conn, hash_prefix))
 
     @_bounded("write")
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
         c = client_secrets.c
-        async with self.engine.begin() as conn:
-            row = await _one_by_prefix(conn, hash_prefix)
-            if row is None:
-                return None
-            if row.revoked_at is None:
-                # Only a secret not revoked yet: a concurrent revocation keeps its first time.
-                done = await conn.execute(
-                    client_secrets.update()
-                    .where(c.secret_hash == row.secret_hash, c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                )
-                row = (
-                    replace(row, revoked_at=now)
-                    if done.rowcount
-                    else await _one_by_prefix(conn, hash_prefix)
-                )
-        return row
+
+        def run(conn: Connection) -> StoredClientSecret | None:
+            row = _one_by_prefix(conn, hash_prefix)
+            if row is None or row.revoked_at is not None:
+                return row
+            # Only a secret not revoked yet: a concurrent revocation keeps its first time.
+            done = conn.execute(
+                client_secrets.update()
+                .where(c.secret_hash == row.secret_hash, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return (
+                replace(row, revoked_at=now) if done.rowcount else _one_by_prefix(conn, hash_prefix)
+            )
+
+        return await self.db.run(run, write=True)
 
     # -- calls ----------------------------------------------------------------------------------
     @_bounded("write")
@@ -521,23 +508,22 @@ class SqlStore:
             upstream=call.upstream,
             created_at=call.created_at,
         )
-        async with self.engine.begin() as conn:
-            await conn.execute(claim)
-            row = (await conn.execute(select(calls).where(calls.c.call_id == call.call_id))).one()
-        return _call(row)
+
+        def run(conn: Connection) -> Row[Any]:
+            conn.execute(claim)
+            return conn.execute(select(calls).where(calls.c.call_id == call.call_id)).one()
+
+        return _call(await self.db.run(run, write=True))
 
     @_bounded("read")
     async def call_owner(self, call_id: str) -> StoredCall | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(calls).where(calls.c.call_id == call_id))).first()
+        row = await self._first(select(calls).where(calls.c.call_id == call_id))
         return _call(row) if row else None
 
     @_bounded("write")
     async def release_call(self, call_id: str, key_id: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                calls.delete().where(calls.c.call_id == call_id, calls.c.key_id == key_id)
-            )
+        q = calls.delete().where(calls.c.call_id == call_id, calls.c.key_id == key_id)
+        await self.db.run(lambda conn: conn.execute(q), write=True)
 
     @_bounded("read")
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
@@ -547,16 +533,15 @@ class SqlStore:
             func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
             func.coalesce(func.sum(u.charged_nanos), 0),
         ).where(u.key_id == key_id)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).one()
+        row = await self.db.run(lambda conn: conn.execute(q).one())
         return int(row[0]), int(row[1]), int(row[2])
 
     # -- sessions and usage -----------------------------------------------------------------------
     def _insert_once(self, table: Table, *unique: str) -> Any:
         """INSERT that skips a row whose ``unique`` columns are already there (a replay)."""
-        # The engine's own dialect, imported with it: a gateway on SQLite never loads
+        # The database's own dialect, imported with it: a gateway on SQLite never loads
         # PostgreSQL's (~2 MB of modules).
-        if self.engine.dialect.name == "postgresql":
+        if self.db.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
 
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(unique))
@@ -582,17 +567,18 @@ class SqlStore:
         if self._sqlite is not None:
             await self._sqlite.write(steps)
             return
-        async with self.engine.begin() as conn:
+
+        def run(conn: Connection) -> None:
             for stmt, rows in steps:
                 if rows:
-                    await conn.execute(stmt, rows)
+                    conn.execute(stmt, rows)
+
+        await self.db.run(run, write=True)
 
     @_bounded("read", report=True)
     async def session_transcript(self, session_id: str) -> list[TranscriptEntry]:
         t = transcript_entries.c
         q = select(transcript_entries).where(t.session_id == session_id).order_by(t.seq)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
         return [
             TranscriptEntry(
                 r.session_id,
@@ -605,7 +591,7 @@ class SqlStore:
                 r.item_id,
                 r.data,
             )
-            for r in rows
+            for r in await self._all(q)
         ]
 
     @_bounded("read", report=True)
@@ -634,8 +620,6 @@ class SqlStore:
             q = q.where(u.key_id == key_id)
         if since_day:
             q = q.where(u.day >= since_day)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
         return [
             UsageSummary(
                 key_id=r.key_id,
@@ -649,7 +633,7 @@ class SqlStore:
                 provider_nanos=int(r.provider_nanos),
                 charged_nanos=int(r.charged_nanos),
             )
-            for r in rows
+            for r in await self._all(q)
         ]
 
     @_bounded("read", report=True)
@@ -673,16 +657,24 @@ class SqlStore:
             q = q.where(s.key_id == key_id)
         if session_id:
             q = q.where(s.id == session_id)
-        async with self.engine.connect() as conn:
+
+        def run(
+            conn: Connection,
+        ) -> tuple[Sequence[Row[Any]], dict[str, tuple[Usage, int, int]]]:
+            page = q
             if before:
-                anchor = (
-                    await conn.execute(select(s.started_at).where(s.id == before))
+                anchor = conn.execute(
+                    select(s.started_at).where(s.id == before)
                 ).scalar_one_or_none()
                 if anchor is None:
-                    return []
-                q = q.where(or_(s.started_at < anchor, and_(s.started_at == anchor, s.id < before)))
-            rows = (await conn.execute(q)).all()
-            totals = await _session_totals(conn, [r.id for r in rows])
+                    return [], {}
+                page = q.where(
+                    or_(s.started_at < anchor, and_(s.started_at == anchor, s.id < before))
+                )
+            rows = conn.execute(page).all()
+            return rows, _session_totals(conn, [r.id for r in rows])
+
+        rows, totals = await self.db.run(run)
         out = []
         for r in rows:
             usage, provider, charged = totals.get(r.id, (Usage(), 0, 0))
@@ -710,8 +702,6 @@ class SqlStore:
     async def session_usage(self, session_id: str) -> list[UsageRecord]:
         u = usage_records.c
         q = select(usage_records).where(u.session_id == session_id).order_by(u.created_at, u.id)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
         return [
             UsageRecord(
                 session_id=r.session_id,
@@ -728,12 +718,12 @@ class SqlStore:
                 unit=r.unit,
                 metered_by=r.metered_by,
             )
-            for r in rows
+            for r in await self._all(q)
         ]
 
     def _day_number(self, seconds: Any) -> Any:
         """The UTC day number (days since 1970-01-01) of a unix time column."""
-        if self.engine.dialect.name == "postgresql":
+        if self.db.dialect == "postgresql":
             return func.floor(seconds / SECONDS_PER_DAY)
         # SQLite: the integer cast truncates, which is the floor for times after 1970.
         return cast(seconds / SECONDS_PER_DAY, Integer)
@@ -760,13 +750,11 @@ class SqlStore:
             .order_by(n.desc(), s.close_code)
             .limit(MAX_CLOSE_TALLIES)
         )
-        async with self.engine.connect() as conn:
-            money = {r[0]: (int(r[1]), int(r[2])) for r in (await conn.execute(spend)).all()}
-            counts = {
-                utc_day(int(r[0]) * SECONDS_PER_DAY): int(r[1])
-                for r in (await conn.execute(started)).all()
-            }
-            tallies = (await conn.execute(closes)).all()
+        spent, counted, tallies = await self.db.run(
+            lambda conn: [conn.execute(q).all() for q in (spend, started, closes)]
+        )
+        money = {r[0]: (int(r[1]), int(r[2])) for r in spent}
+        counts = {utc_day(int(r[0]) * SECONDS_PER_DAY): int(r[1]) for r in counted}
         days = tuple(
             DayTotals(d, counts.get(d, 0), *money.get(d, (0, 0)))
             for d in sorted(set(money) | set(counts))
@@ -786,11 +774,11 @@ class SqlStore:
             func.coalesce(func.sum(u.charged_nanos), 0),
         ).group_by(u.key_id)
         used = select(s.key_id, func.count(), func.max(s.started_at)).group_by(s.key_id)
-        async with self.engine.connect() as conn:
-            spent = {
-                r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in (await conn.execute(spend)).all()
-            }
-            last = {r[0]: (int(r[1]), r[2]) for r in (await conn.execute(used)).all()}
+        spent_rows, used_rows = await self.db.run(
+            lambda conn: (conn.execute(spend).all(), conn.execute(used).all())
+        )
+        spent = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in spent_rows}
+        last = {r[0]: (int(r[1]), r[2]) for r in used_rows}
         return [
             KeyActivity(k, spent.get(k, (0, 0, 0)), *last.get(k, (0, None)))
             for k in sorted(set(spent) | set(last))
@@ -800,32 +788,32 @@ class SqlStore:
     @_bounded("write")
     async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
         c = console_sessions.c
-        async with self.engine.begin() as conn:
-            await conn.execute(console_sessions.delete().where(c.expires_at <= now))
-            await conn.execute(
-                console_sessions.insert().values(
-                    value_hash=value_hash, created_at=now, expires_at=expires_at
-                )
-            )
+        expired = console_sessions.delete().where(c.expires_at <= now)
+        add = console_sessions.insert().values(
+            value_hash=value_hash, created_at=now, expires_at=expires_at
+        )
+
+        def run(conn: Connection) -> None:
+            conn.execute(expired)
+            conn.execute(add)
+
+        await self.db.run(run, write=True)
 
     @_bounded("read")
     async def console_session(self, value_hash: str, now: float) -> bool:
         c = console_sessions.c
         q = select(c.expires_at).where(c.value_hash == value_hash)
-        async with self.engine.connect() as conn:
-            expires = (await conn.execute(q)).scalar_one_or_none()
+        expires = await self.db.run(lambda conn: conn.execute(q).scalar_one_or_none())
         return expires is not None and now < expires
 
     @_bounded("write")
     async def end_console_session(self, value_hash: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                console_sessions.delete().where(console_sessions.c.value_hash == value_hash)
-            )
+        q = console_sessions.delete().where(console_sessions.c.value_hash == value_hash)
+        await self.db.run(lambda conn: conn.execute(q), write=True)
 
 
-async def _session_totals(
-    conn: AsyncConnection, session_ids: Sequence[str]
+def _session_totals(
+    conn: Connection, session_ids: Sequence[str]
 ) -> dict[str, tuple[Usage, int, int]]:
     """Usage, provider and charged nano-dollars of these sessions (along ix_usage_session)."""
     if not session_ids:
@@ -841,8 +829,7 @@ async def _session_totals(
         .where(u.session_id.in_(session_ids))
         .group_by(u.session_id)
     )
-    rows = (await conn.execute(q)).all()
     return {
         r.session_id: (_usage_from_row(r), int(r.provider_nanos), int(r.charged_nanos))
-        for r in rows
+        for r in conn.execute(q).all()
     }
