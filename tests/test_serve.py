@@ -88,6 +88,56 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
     assert "2 workers without redis_url" in logs
 
 
+#: What a serving process has no use for (docs/performance.md "Memory"): the CLI's tables and
+#: the tracebacks structlog would render with them; SQLAlchemy's ORM, asyncio extension and
+#: greenlet, and aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver.
+NOT_SERVING = (
+    "rich",
+    "pygments",
+    "sqlalchemy.orm",
+    "sqlalchemy.ext.asyncio",
+    "greenlet",
+    "aiosqlite",
+    "asyncpg",
+)
+
+
+async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY=PROVIDER_KEY,
+    )
+    key = create_key(env, "m")
+    imports = tmp_path / "modules.txt"
+    # ``rtgate serve`` as ``python -m rtgate serve`` runs it, listing its modules as it exits.
+    listing = (
+        "import atexit, runpy, sys; out = sys.argv[1]; sys.argv[1:] = ['serve']; "
+        "atexit.register(lambda: open(out, 'w').write(chr(10).join(sys.modules))); "
+        "runpy.run_module('rtgate', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", listing, str(imports)], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        await wait_ready(port, proc)
+        # A session opened and closed: the store has looked its key up and written its rows.
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+        async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        kill_tree(proc)
+    loaded = set(imports.read_text().splitlines())
+    assert {"rtgate.server", "sqlalchemy", "structlog"} <= loaded
+    assert sorted(loaded & set(NOT_SERVING)) == []
+
+
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:
     def settings(**env: str) -> Settings:
         return load_settings(None, {"RTGATE_HOME": str(tmp_path), **env})

@@ -11,13 +11,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from rtgate.api.views import (
     client_secret_view,
@@ -37,6 +35,10 @@ from rtgate.errors import GatewayError
 from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="rtgate: realtime voice AI gateway"
@@ -65,7 +67,7 @@ def _settings() -> Settings:
     try:
         return load_settings(_state.get("config"))
     except GatewayError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
         raise typer.Exit(2) from err
 
 
@@ -84,15 +86,29 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except GatewayError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
         raise typer.Exit(1) from err
+
+
+def _rich_console(**kwargs: Any) -> Console:
+    """rich's console, imported by the commands that print with it: ``rtgate serve`` never
+    loads rich (docs/performance.md "Memory")."""
+    from rich.console import Console
+
+    return Console(**kwargs)
+
+
+def _table(*columns: str, **kwargs: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*columns, **kwargs)
 
 
 def _console() -> Console:
     # Reports are read in terminals and in CI logs alike; never squeeze the columns below this.
-    console = Console()
+    console = _rich_console()
     if console.width < 140:
-        console = Console(width=140)
+        console = _rich_console(width=140)
     return console
 
 
@@ -104,7 +120,7 @@ def _checked(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except GatewayError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
         raise typer.Exit(2) from err
 
 
@@ -211,7 +227,7 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        Console(stderr=True).print(f"[red]error:[/red] {problems}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] {problems}")
         raise typer.Exit(2) from exc
 
 
@@ -280,7 +296,7 @@ def keys_update(
 
     info = _with_store(run)
     if info is None:
-        Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
         _print_json(dump(key_view(info)))
@@ -295,7 +311,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(dump([key_view(k) for k in keys]))
         return
-    table = Table("id", "name", "prefix", "created", "status")
+    table = _table("id", "name", "prefix", "created", "status")
     for k in keys:
         table.add_row(
             k.id,
@@ -312,7 +328,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a key; sessions it opens from now on are refused."""
     info = _with_store(lambda st: KeyRing(st, SystemClock()).revoke(key_id))
     if info is None:
-        Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
         _print_json(dump(key_view(info)))
@@ -332,7 +348,7 @@ def secrets_list(
     if as_json:
         _print_json(dump(views))
         return
-    table = Table("id", "key", "type", "model", "created", "expires", "status")
+    table = _table("id", "key", "type", "model", "created", "expires", "status")
     for v in views:
         status = "active" if v.active else f"revoked {v.revoked_at}"
         table.add_row(v.id, v.key_id, v.type, v.model or "-", v.created_at, v.expires_at, status)
@@ -353,7 +369,7 @@ def secrets_revoke(
         # Only an id's shape is echoed: anything else may be a secret pasted by mistake (and
         # is no markup for rich either).
         named = f"with id {sid}" if id_hash_prefix(sid) else "of that shape (cs_... or ek_...)"
-        Console(stderr=True).print(f"[red]error:[/red] no client secret {named}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] no client secret {named}")
         raise typer.Exit(1)
     view = client_secret_view(row, clock.now())
     if as_json:
@@ -375,7 +391,7 @@ def usage(
     if as_json:
         _print_json(dump([usage_row(r) for r in rows]))
         return
-    table = Table(
+    table = _table(
         "day",
         "key",
         "model",
@@ -418,7 +434,7 @@ def sessions(
     if as_json:
         _print_json(dump([session_row(r) for r in rows]))
         return
-    table = Table("started", "key", "model", "duration", "close", "tokens", "audio s", "cost $")
+    table = _table("started", "key", "model", "duration", "close", "tokens", "audio s", "cost $")
     for r in rows:
         dur = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "live"
         close = f"{r.close_code} {r.close_reason or ''}".strip() if r.close_code else "-"
@@ -453,9 +469,9 @@ def talk(
     from rtgate.talk import talk as run_talk
 
     if (text is None) == (wav is None):
-        Console(stderr=True).print("[red]error:[/red] give exactly one of --text, --wav")
+        _rich_console(stderr=True).print("[red]error:[/red] give exactly one of --text, --wav")
         raise typer.Exit(2)
-    console = Console()
+    console = _rich_console()
 
     def show(event: dict[str, Any]) -> None:
         t = event.get("type", "?")
@@ -474,7 +490,7 @@ def talk(
             )
         )
     except (GatewayError, OSError) as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}")
+        _rich_console(stderr=True).print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from err
     if result.user_transcript:
         console.print(f"you said:  {result.user_transcript}")

@@ -19,11 +19,12 @@ import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -73,10 +74,40 @@ def _uses_terminal(stream: TextIO, fmt: LogFormat) -> bool:
     return bool(isatty and isatty())
 
 
+def _import_structlog() -> None:
+    """Import structlog as if rich and greenlet were not installed (those not imported yet).
+
+    ``import structlog`` imports ``structlog.dev`` and ``structlog.tracebacks``, which import
+    rich when it is there (typer depends on it), and rich's traceback imports pygments: ~2.7 MB
+    of every gateway process (docs/performance.md "Memory"), for tracebacks rtgate never renders
+    with them (``plain_traceback``, no locals); its deprecated ``threadlocal`` imports greenlet
+    (there for PostgreSQL's engine). Each guards the import with ``except ImportError``; a
+    ``None`` in ``sys.modules`` makes it raise that, for this one import only. A command that
+    prints a table imports rich itself, when it runs.
+    """
+    if "structlog" in sys.modules:
+        return
+    hidden = [m for m in _NOT_FOR_STRUCTLOG if m not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+
+
+#: What structlog imports when installed and rtgate's logs never use.
+_NOT_FOR_STRUCTLOG = ("rich", "greenlet")
+
+
 def formatter(
     secrets: Iterable[str] = (), fmt: LogFormat = "json", colors: bool = False
 ) -> logging.Formatter:
     """The formatter for one handler: ``console`` lines or ``json`` objects, redacted."""
+    _import_structlog()
+    import structlog
+
     terminal = fmt == "console"
     pre: list[Processor] = [
         structlog.stdlib.add_log_level,
