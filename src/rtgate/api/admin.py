@@ -16,6 +16,7 @@ instance sharing its Redis, listed and ended through ``Gateway.fleet``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import date
 from typing import Any, Literal
@@ -160,7 +161,8 @@ class CreateKey(PolicyUpdate):
 
 
 class UsageQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # The admin API's queries are built on first use, as its views (``View``).
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     key_id: str | None = Field(default=None, description="Only this key's usage.")
     since: Day | None = Field(
@@ -177,13 +179,13 @@ class UsageQuery(BaseModel):
 
 
 class SecretsQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     key_id: str | None = Field(default=None, description="Only the secrets this key minted.")
 
 
 class SessionsQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     limit: int = Field(default=20, ge=1, le=1000, description="How many, newest first.")
     key_id: str | None = Field(default=None, description="Only this key's sessions.")
@@ -343,7 +345,7 @@ async def drain(call: Call[None, None]) -> Reply:
 
 
 async def openapi(call: Call[None, None]) -> Reply:
-    return web.Response(body=call.request.app[OPENAPI], content_type="application/json")
+    return web.Response(body=openapi_json(), content_type="application/json")
 
 
 OPERATIONS: tuple[Operation[Any, Any], ...] = (
@@ -515,7 +517,13 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
     Operation("GET", "/openapi.json", openapi, "This document", status=200, response=None),
 )
 
-OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+
+@functools.cache
+def openapi_json() -> bytes:
+    """The admin API's OpenAPI document, built on its first request: building it builds every
+    model it names (their ``defer_build``) and their schemas, which a gateway that is never
+    asked for it need not hold (docs/performance.md "Memory")."""
+    return orjson.dumps(openapi_document(OPERATIONS, PREFIX))
 
 
 def create_admin_app(settings: Settings) -> web.Application:
@@ -523,5 +531,4 @@ def create_admin_app(settings: Settings) -> web.Application:
     admin = web.Application(middlewares=[_guard(settings.admin_token)])
     for op in OPERATIONS:
         admin.router.add_route(op.method, op.path, op.serve(), name=op.operation_id)
-    admin[OPENAPI] = orjson.dumps(openapi_document(OPERATIONS, PREFIX))
     return admin

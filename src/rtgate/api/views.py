@@ -42,7 +42,9 @@ AudioSeconds = Annotated[float, Field(ge=0)]
 
 class View(BaseModel):
     # ``forbid``: a field added to a row or a policy fails loudly here instead of going missing.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # ``defer_build``: each view is built when first rendered (an admin or console request),
+    # not at start-up by every gateway process (docs/performance.md "Memory").
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Tokens(View):

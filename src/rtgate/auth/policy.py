@@ -327,7 +327,8 @@ CLEARABLE = (
 class PolicyUpdate(BaseModel):
     """A change to a key's policy in human units; fields left out are left as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use (the admin API, the CLI): a gateway that only relays never needs it.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     models: list[str] | None = None
     max_sessions: int | None = PydField(default=None, ge=1, le=1_000_000)

@@ -38,7 +38,8 @@ TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
 
 class CostRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built on the playground's first request (docs/performance.md "Memory").
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     model: str = Field(max_length=200)
     #: The server event that carries the usage: ``response.done`` or
