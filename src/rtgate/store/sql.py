@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -29,14 +29,11 @@ from sqlalchemy import (
     Integer,
     Table,
     and_,
-    bindparam,
     case,
     cast,
     func,
-    inspect,
     or_,
     select,
-    text,
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
@@ -47,6 +44,7 @@ from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
 from rtgate.store.connections import Database, SqliteThread, connect
+from rtgate.store.migrate import create_or_migrate
 from rtgate.store.port import (
     CloseTally,
     DayTotals,
@@ -62,12 +60,22 @@ from rtgate.store.port import (
     StoreError,
     UsageSummary,
 )
+from rtgate.store.rows import (
+    CLOSE_SESSION,
+    client_secret,
+    close_rows,
+    key_info,
+    open_rows,
+    stored_call,
+    transcript_rows,
+    usage_of,
+    usage_rows,
+)
 from rtgate.store.schema import (
     api_keys,
     calls,
     client_secrets,
     console_sessions,
-    metadata,
     sessions,
     transcript_entries,
     usage_records,
@@ -139,65 +147,6 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
     return wrap
 
 
-def _key(row: Row[Any]) -> KeyInfo:
-    return KeyInfo(
-        id=row.id,
-        name=row.name,
-        display_prefix=row.display_prefix,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        policy_json=row.policy,
-    )
-
-
-def _migrate(conn: Connection) -> None:
-    """Columns and indexes added after a table first shipped (create_all does not alter
-    tables; it does create the tables added since, such as ``calls``)."""
-    have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
-    if "policy" not in have:
-        conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
-    have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
-    if "revoked_at" not in have:
-        conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
-    have = {c["name"] for c in inspect(conn).get_columns("usage_records")}
-    if "record_id" not in have:
-        conn.execute(text("ALTER TABLE usage_records ADD COLUMN record_id VARCHAR(40)"))
-    if "review" not in have:
-        conn.execute(text("ALTER TABLE usage_records ADD COLUMN review VARCHAR(40)"))
-    if "unit" not in have:
-        conn.execute(
-            text("ALTER TABLE usage_records ADD COLUMN unit VARCHAR(10) NOT NULL DEFAULT 'token'")
-        )
-        # Before prices had units, a duration was priced per minute (record.legacy_unit).
-        conn.execute(text("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0"))
-    if "metered_by" not in have:
-        conn.execute(
-            text(
-                "ALTER TABLE usage_records ADD COLUMN metered_by VARCHAR(10) NOT NULL"
-                " DEFAULT 'provider'"
-            )
-        )
-    # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
-    conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
-    # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
-    for table in metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
-
-
-def _client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
-    c = client_secrets.c
-    return StoredClientSecret(
-        secret_hash=m[c.secret_hash],
-        key_id=m[c.key_id],
-        model=m[c.model],
-        session_json=m[c.session],
-        created_at=m[c.created_at],
-        expires_at=m[c.expires_at],
-        revoked_at=m[c.revoked_at],
-    )
-
-
 def _one_by_prefix(conn: Connection, hash_prefix: str) -> StoredClientSecret | None:
     """The one client secret whose hash starts with ``hash_prefix`` (a secret's id); None if no
     secret, or more than one, matches."""
@@ -205,105 +154,10 @@ def _one_by_prefix(conn: Connection, hash_prefix: str) -> StoredClientSecret | N
     # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
     match = c.secret_hash.startswith(hash_prefix, autoescape=True)
     rows = conn.execute(select(client_secrets).where(match).limit(2)).all()
-    return _client_secret(rows[0]._mapping) if len(rows) == 1 else None
-
-
-def _call(row: Row[Any]) -> StoredCall:
-    return StoredCall(
-        call_id=row.call_id,
-        key_id=row.key_id,
-        secret_id=row.secret_id,
-        model=row.model,
-        upstream=row.upstream,
-        created_at=row.created_at,
-    )
-
-
-def _usage_from_row(row: Row[Any]) -> Usage:
-    return Usage("response", *(int(getattr(row, f) or 0) for f in USAGE_FIELDS))
+    return client_secret(rows[0]._mapping) if len(rows) == 1 else None
 
 
 _SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in USAGE_FIELDS]
-
-
-def _open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": s.id,
-            "key_id": s.key_id,
-            "model": s.model,
-            "upstream": s.upstream,
-            "intent": s.intent,
-            "started_at": s.started_at,
-        }
-        for s in opens
-    ]
-
-
-def _usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
-    return [
-        {
-            "session_id": r.session_id,
-            "key_id": r.key_id,
-            "model": r.model,
-            "price_key": r.price_key,
-            "kind": r.usage.kind,
-            "day": utc_day(r.created_at),
-            "created_at": r.created_at,
-            "ref": r.ref,
-            "provider_nanos": r.provider_nanos,
-            "charged_nanos": r.charged_nanos,
-            "record_id": r.record_id,
-            "review": r.review,
-            "unit": r.unit,
-            "metered_by": r.metered_by,
-            **{f: getattr(r.usage, f) for f in USAGE_FIELDS},
-        }
-        for r in records
-    ]
-
-
-def _transcript_rows(entries: Sequence[TranscriptEntry]) -> list[dict[str, Any]]:
-    return [
-        {
-            "session_id": e.session_id,
-            "key_id": e.key_id,
-            "seq": e.seq,
-            "created_at": e.created_at,
-            "role": e.role,
-            "kind": e.kind,
-            "item_id": (e.item_id or "")[:100] or None,
-            "text": e.text,
-            "data": e.data,
-        }
-        for e in entries
-    ]
-
-
-# Writing a session's end again writes the same values: a replay changes nothing.
-_CLOSE = (
-    sessions.update()
-    .where(sessions.c.id == bindparam("b_id"))
-    .values(
-        ended_at=bindparam("b_ended_at"),
-        close_code=bindparam("b_code"),
-        close_reason=bindparam("b_reason"),
-        closed_by=bindparam("b_by"),
-    )
-)
-
-
-def _close_rows(closes: Sequence[SessionClose]) -> list[dict[str, Any]]:
-    return [
-        {
-            "b_id": c.id,
-            "b_ended_at": c.ended_at,
-            "b_code": c.code,
-            "b_reason": c.reason[:300],
-            "b_by": c.closed_by,
-        }
-        for c in closes
-    ]
 
 
 class SqlStore:
@@ -325,7 +179,7 @@ class SqlStore:
             self._insert_once(sessions, "id"),
             self._insert_once(usage_records, "record_id"),
             self._insert_once(transcript_entries, "session_id", "seq"),
-            _CLOSE,
+            CLOSE_SESSION,
         )
 
     async def _all(self, q: Executable) -> Sequence[Row[Any]]:
@@ -336,11 +190,7 @@ class SqlStore:
 
     @_bounded("open the database", report=True)
     async def init(self) -> None:
-        def create(conn: Connection) -> None:
-            metadata.create_all(conn)
-            _migrate(conn)
-
-        await self.db.run(create, write=True)
+        await self.db.run(create_or_migrate, write=True)
 
     async def close(self) -> None:
         # Calls cancelled at their deadline close their connections first (bounded).
@@ -377,17 +227,17 @@ class SqlStore:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
-        return [_key(r) for r in await self._all(q)]
+        return [key_info(r) for r in await self._all(q)]
 
     @_bounded("read")
     async def get_key(self, key_id: str) -> KeyInfo | None:
         row = await self._first(select(api_keys).where(api_keys.c.id == key_id))
-        return _key(row) if row else None
+        return key_info(row) if row else None
 
     @_bounded("read")
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
         row = await self._first(select(api_keys).where(api_keys.c.key_hash == key_hash))
-        return (_key(row), row.key_hash) if row else None
+        return (key_info(row), row.key_hash) if row else None
 
     async def _update_key(self, key_id: str, update: Executable) -> KeyInfo | None:
         """Run ``update`` on the key, and read the key back in the same transaction."""
@@ -397,7 +247,7 @@ class SqlStore:
             return conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
 
         row = await self.db.run(run, write=True)
-        return _key(row) if row else None
+        return key_info(row) if row else None
 
     @_bounded("write")
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
@@ -448,7 +298,7 @@ class SqlStore:
         if row is None:
             return None
         m = row._mapping
-        secret = _client_secret(m)
+        secret = client_secret(m)
         k = api_keys.c
         key = KeyInfo(
             id=m[k.id],
@@ -467,7 +317,7 @@ class SqlStore:
         if key_id is not None:
             q = q.where(c.key_id == key_id)
         q = q.order_by(c.created_at.desc(), c.secret_hash)
-        return [_client_secret(r._mapping) for r in await self._all(q)]
+        return [client_secret(r._mapping) for r in await self._all(q)]
 
     @_bounded("read")
     async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
@@ -513,12 +363,12 @@ class SqlStore:
             conn.execute(claim)
             return conn.execute(select(calls).where(calls.c.call_id == call.call_id)).one()
 
-        return _call(await self.db.run(run, write=True))
+        return stored_call(await self.db.run(run, write=True))
 
     @_bounded("read")
     async def call_owner(self, call_id: str) -> StoredCall | None:
         row = await self._first(select(calls).where(calls.c.call_id == call_id))
-        return _call(row) if row else None
+        return stored_call(row) if row else None
 
     @_bounded("write")
     async def release_call(self, call_id: str, key_id: str) -> None:
@@ -559,10 +409,10 @@ class SqlStore:
         # before its usage and transcript refer to it, and its end is written after its start.
         open_, use, said, close = self._writes
         steps = [
-            (open_, _open_rows(opens)),
-            (use, _usage_rows(usage)),
-            (said, _transcript_rows(transcript)),
-            (close, _close_rows(closes)),
+            (open_, open_rows(opens)),
+            (use, usage_rows(usage)),
+            (said, transcript_rows(transcript)),
+            (close, close_rows(closes)),
         ]
         if self._sqlite is not None:
             await self._sqlite.write(steps)
@@ -627,7 +477,7 @@ class SqlStore:
                 model=r.model,
                 day=r.day,
                 unit=r.unit,
-                usage=_usage_from_row(r),
+                usage=usage_of(r),
                 records=int(r.records),
                 needs_review=int(r.needs_review),
                 provider_nanos=int(r.provider_nanos),
@@ -830,6 +680,6 @@ def _session_totals(
         .group_by(u.session_id)
     )
     return {
-        r.session_id: (_usage_from_row(r), int(r.provider_nanos), int(r.charged_nanos))
+        r.session_id: (usage_of(r), int(r.provider_nanos), int(r.charged_nanos))
         for r in conn.execute(q).all()
     }

@@ -1,15 +1,17 @@
 """The ledger's batches to a SQLite database, each in one hop to a writer thread of its own.
 
-Why not through SQLAlchemy and aiosqlite, like every other call: a batch there costs the event
-loop ~400 µs of CPU (docs/performance.md 9.1), for the pool's checkout, the transaction, the
-statement's execution context and aiosqlite's round trip to its thread per step (cursor,
-execute, commit, the pool's rollback on return), while the relay's frames wait. Here the batch
-goes to one thread as rows, in one call; the thread runs the same statements (compiled once
-from ``schema.py``'s tables by SQLAlchemy's SQLite dialect, so the SQL has one source) with the
-standard library's ``executemany``, in one transaction. What the event loop pays is one future.
+Why not through SQLAlchemy, like every other call: a batch there cost the event loop ~400 µs of
+CPU when it went through SQLAlchemy's asyncio extension and aiosqlite (docs/performance.md 9.1),
+for the pool's checkout, the transaction, the statement's execution context and a round trip
+to aiosqlite's thread per step, while the relay's frames waited; in the store's own thread
+(``connections.SqliteThread``) the loop would pay one future, but SQLAlchemy's execution work
+would still hold the GIL the relay needs. Here the batch goes to one thread as rows, in one
+call; the thread runs the same statements (compiled once from ``schema.py``'s tables by
+SQLAlchemy's SQLite dialect, so the SQL has one source) with the standard library's
+``executemany``, in one transaction. What the event loop pays is one future.
 
-It is the same database file, through a second connection with the pragmas of the pool's
-(``sql.py``): WAL, ``synchronous=NORMAL``, foreign keys, and the store's timeout as SQLite's
+It is the same database file, through a second connection with the pragmas of the store's
+(``connections.py``): WAL, ``synchronous=NORMAL``, foreign keys, and the store's timeout as SQLite's
 busy timeout, so a write waits for the pool's rare writes (keys, secrets, calls) the way two
 processes sharing the file do. Entries keep their order: one thread, batches in turn.
 A write the caller stopped waiting for (``rtgate.deadline``) still runs to its end in the
@@ -97,12 +99,12 @@ class SqliteWriter:
             self._conn = None
 
 
-#: The pool's connection pragmas (``sql._sqlite_pragmas``) but the busy timeout.
+#: The store's connection pragmas (``pragmas``) but the busy timeout.
 _PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 
 
 def pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
-    """SQLAlchemy's ``connect`` listener for the pool's connections: the writer's pragmas."""
+    """SQLAlchemy's ``connect`` listener for the store's connection: the writer's pragmas."""
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
