@@ -20,17 +20,20 @@ from rtgate.store.port import (
     StoredCall,
     StoredClientSecret,
 )
-from rtgate.store.schema import client_secrets, sessions
+from rtgate.store.schema import api_keys, client_secrets, sessions
 
 
-def key_info(row: Row[Any]) -> KeyInfo:
+def key_info(m: Mapping[Any, Any]) -> KeyInfo:
+    """The key in a row's mapping, by column: the row may join another table whose columns
+    share its names (``created_at``, ``revoked_at``)."""
+    k = api_keys.c
     return KeyInfo(
-        id=row.id,
-        name=row.name,
-        display_prefix=row.display_prefix,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        policy_json=row.policy,
+        id=m[k.id],
+        name=m[k.name],
+        display_prefix=m[k.display_prefix],
+        created_at=m[k.created_at],
+        revoked_at=m[k.revoked_at],
+        policy_json=m[k.policy],
     )
 
 

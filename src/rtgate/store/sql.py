@@ -227,17 +227,17 @@ class SqlStore:
         q = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_at.is_(None))
-        return [key_info(r) for r in await self._all(q)]
+        return [key_info(r._mapping) for r in await self._all(q)]
 
     @_bounded("read")
     async def get_key(self, key_id: str) -> KeyInfo | None:
         row = await self._first(select(api_keys).where(api_keys.c.id == key_id))
-        return key_info(row) if row else None
+        return key_info(row._mapping) if row else None
 
     @_bounded("read")
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
         row = await self._first(select(api_keys).where(api_keys.c.key_hash == key_hash))
-        return (key_info(row), row.key_hash) if row else None
+        return (key_info(row._mapping), row.key_hash) if row else None
 
     async def _update_key(self, key_id: str, update: Executable) -> KeyInfo | None:
         """Run ``update`` on the key, and read the key back in the same transaction."""
@@ -247,7 +247,7 @@ class SqlStore:
             return conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
 
         row = await self.db.run(run, write=True)
-        return key_info(row) if row else None
+        return key_info(row._mapping) if row else None
 
     @_bounded("write")
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
@@ -297,18 +297,7 @@ class SqlStore:
         row = await self._first(q)
         if row is None:
             return None
-        m = row._mapping
-        secret = client_secret(m)
-        k = api_keys.c
-        key = KeyInfo(
-            id=m[k.id],
-            name=m[k.name],
-            display_prefix=m[k.display_prefix],
-            created_at=m[k.created_at],
-            revoked_at=m[k.revoked_at],
-            policy_json=m[k.policy],
-        )
-        return secret, key
+        return client_secret(row._mapping), key_info(row._mapping)
 
     @_bounded("read", report=True)
     async def list_client_secrets(self, key_id: str | None, now: float) -> list[StoredClientSecret]:
