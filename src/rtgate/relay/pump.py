@@ -95,7 +95,7 @@ class _NoLeg:
     closed = True
 
     def start(self, events: LegEvents) -> None: ...
-    def send_text(self, data: str) -> None: ...
+    def send_text(self, data: bytes) -> None: ...
     def send_bytes(self, data: bytes) -> None: ...
     def ping(self) -> None: ...
     def close(self, code: int, reason: str) -> None: ...
@@ -246,12 +246,12 @@ class Pump:
     def perform(self, actions: Sequence[Action]) -> None:
         for act in actions:
             match act:
-                case SendClient(data):
-                    self._send(self.client, data)
+                case SendClient(data, binary):
+                    self._send(self.client, data, binary)
                     if self.client.write_backed_up():
                         self.backed_up(Side.UPSTREAM)
-                case SendUpstream(data):
-                    self._send(self.upstream, data)
+                case SendUpstream(data, binary):
+                    self._send(self.upstream, data, binary)
                     if self.upstream.write_backed_up():
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
@@ -290,11 +290,11 @@ class Pump:
                         self._ended.set_result(None)
 
     @staticmethod
-    def _send(leg: Leg, data: str | bytes) -> None:
-        if isinstance(data, str):
-            leg.send_text(data)
-        else:
+    def _send(leg: Leg, data: bytes, binary: bool) -> None:
+        if binary:
             leg.send_bytes(data)
+        else:
+            leg.send_text(data)
 
     def _leg(self, side: Side) -> Leg:
         return self.client if side is Side.CLIENT else self.upstream
@@ -430,7 +430,7 @@ class _Events:
         #: Frames and bytes read since the last flush (plain ints: no lock per frame).
         self.frames = self.bytes = 0
 
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         self.frames += 1
         self.bytes += len(data)
         try:
