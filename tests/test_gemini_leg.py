@@ -18,6 +18,7 @@ class ScriptedLeg:
 
     def __init__(self) -> None:
         self.closed = False
+        self.backed_up = False
         self.sent: list[dict[str, Any]] = []
         self.closes: list[tuple[int, str]] = []
         self.events: LegEvents | None = None
@@ -40,9 +41,6 @@ class ScriptedLeg:
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-    def write_backed_up(self) -> bool:
-        return False
 
     def quiet_seconds(self) -> float | None:
         return None

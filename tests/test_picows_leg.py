@@ -336,7 +336,7 @@ async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(
     pump = await served.pump()
     sent = 0
     chunk = b"z" * MAX
-    while not pump.leg.write_backed_up():
+    while not pump.leg.backed_up:
         pump.leg.send_bytes(chunk)
         sent += 1
         assert sent < 10_000, "never backed up"
@@ -346,7 +346,7 @@ async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(
     for _ in range(sent):
         assert await client.recv() == (BINARY, chunk)
     await asyncio.wait_for(pump.drained.wait(), 5)
-    assert not pump.leg.write_backed_up()
+    assert not pump.leg.backed_up
     assert pump.drains == 1
 
 

@@ -72,9 +72,6 @@ class FakeLeg:
     def resume_reading(self) -> None:
         self.paused = False
 
-    def write_backed_up(self) -> bool:
-        return self.backed_up
-
     def quiet_seconds(self) -> float | None:
         return None
 

@@ -10,7 +10,7 @@ bounded reader queue fills and it stops reading the socket.
 
 Writing: a frame goes straight to the transport through aiohttp's frame writer, without a
 coroutine or a future, when the connection is not compressed (aiohttp's ``send_frame`` does the
-same, then awaits a drain only past its buffer limit: the pump watches ``write_backed_up``
+same, then awaits a drain only past its buffer limit: the pump watches ``backed_up``
 instead). A compressed connection (permessage-deflate, RFC 7692) keeps aiohttp's own path: its
 compressor must see frames in order, so they go through a queue and one writer task.
 
@@ -210,7 +210,9 @@ class AiohttpLeg:
             self._sender = None
             self._maybe_drained()
 
-    def write_backed_up(self) -> bool:
+    @property
+    def backed_up(self) -> bool:
+        """(Reading it while backed up starts the task that reports the drain.)"""
         backed = self._protocol._paused or (
             self._queue is not None and len(self._queue) > _QUEUE_HIGH
         )

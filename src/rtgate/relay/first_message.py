@@ -151,8 +151,9 @@ class FirstMessageLeg:
         self._first.pump_paused = False
         self._leg.resume_reading()
 
-    def write_backed_up(self) -> bool:
-        return self._leg.write_backed_up()
+    @property
+    def backed_up(self) -> bool:
+        return self._leg.backed_up
 
     def quiet_seconds(self) -> float | None:
         return self._leg.quiet_seconds()

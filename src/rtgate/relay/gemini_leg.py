@@ -153,8 +153,9 @@ class GeminiLeg:
         self._paused = False
         self.current.leg.resume_reading()
 
-    def write_backed_up(self) -> bool:
-        return self.current.leg.write_backed_up()
+    @property
+    def backed_up(self) -> bool:
+        return self.current.leg.backed_up
 
     def quiet_seconds(self) -> float | None:
         return self.current.leg.quiet_seconds()

@@ -16,7 +16,7 @@ Rules every leg keeps:
   UTF-8), with that code; ``on_lost`` a connection gone without a close frame. After either the
   leg reports nothing more;
 * ``send_*`` after ``closed`` is a no-op;
-* ``write_backed_up`` is True above the leg's high-water mark; ``on_drain`` fires once its
+* ``backed_up`` is True above the leg's high-water mark; ``on_drain`` fires once its
   buffer falls below the low-water mark again. The pump pauses reading the *other* leg meanwhile,
   so a peer that stops reading cannot grow memory without bound.
 
@@ -47,7 +47,7 @@ class LegEvents(Protocol):
         """The connection is gone without a close frame."""
 
     def on_drain(self) -> None:
-        """The write buffer fell below the low-water mark after ``write_backed_up``."""
+        """The write buffer fell below the low-water mark after ``backed_up``."""
 
 
 class Leg(Protocol):
@@ -79,8 +79,11 @@ class Leg(Protocol):
 
     def resume_reading(self) -> None: ...
 
-    def write_backed_up(self) -> bool:
-        """Whether the write buffer is above the high-water mark."""
+    @property
+    def backed_up(self) -> bool:
+        """Whether the write buffer is above the high-water mark. The pump reads it after every
+        frame it writes, so a leg keeps it as a plain attribute where it can (picows' leg does:
+        a method call per frame cost more than the read)."""
         ...
 
     def quiet_seconds(self) -> float | None:

@@ -30,7 +30,7 @@ paused, the frames of a read picows already made (it delivers them all) wait the
 at most one read's worth, and follow in order on ``resume_reading``.
 
 Backpressure: the transport calls ``pause_writing`` past its high-water mark and
-``resume_writing`` below the low one; the leg exposes that as ``write_backed_up`` and
+``resume_writing`` below the low one; the leg exposes that as ``backed_up`` and
 ``on_drain``, and the pump pauses the other leg's reading meanwhile.
 """
 
@@ -152,7 +152,6 @@ class PicowsLeg(WSListener):
     # Slots: attributes of a subclass of picows' extension type are read ~3x faster than from
     # an instance dict, and the hot path reads several per frame.
     __slots__ = (
-        "_backed_up",
         "_close_timeout",
         "_closing",
         "_drop_timer",
@@ -171,6 +170,7 @@ class PicowsLeg(WSListener):
         "_plain",
         "_pump",
         "_reaper",
+        "backed_up",
         "closed",
         "transport",
     )
@@ -203,7 +203,7 @@ class PicowsLeg(WSListener):
         self._ended = False
         #: A close frame of ours is out; the peer's answer ends the connection.
         self._closing = False
-        self._backed_up = False
+        self.backed_up = False
         self._paused_by_pump = False
         self._paused_for_backlog = False
         self._drop_timer: asyncio.TimerHandle | None = None
@@ -350,10 +350,10 @@ class PicowsLeg(WSListener):
             self._gone.set_result(None)
 
     def pause_writing(self) -> None:
-        self._backed_up = True
+        self.backed_up = True
 
     def resume_writing(self) -> None:
-        self._backed_up = False
+        self.backed_up = False
         if not self._ended:
             self._events.on_drain()
 
@@ -412,9 +412,6 @@ class PicowsLeg(WSListener):
         self._paused_by_pump = False
         self._release_held()
         self._apply_reading()
-
-    def write_backed_up(self) -> bool:
-        return self._backed_up
 
     def quiet_seconds(self) -> float | None:
         if self.transport is None:
