@@ -5,9 +5,11 @@ transport its listening socket gave it; the upstream's dial and picows' own serv
 aiofastnet's. This measures what that choice costs per frame with nothing else in the process:
 a picows echo server (pinned to CPU 1) on each transport in turn, N clients in this process
 (CPU 0) sending a 1.4 KB text frame (a 20 ms audio append) every ``1/--fps`` s each; the
-server's user and system CPU over ``--seconds`` per frame it read or wrote.
+server's user and system CPU over ``--seconds`` per frame it read or wrote. ``--idle``: the
+server's resident memory per open, silent connection instead (RSS with ``--n`` connections
+open, less RSS before them).
 
-    python bench/transport_echo_bench.py [--n 300] [--fps 50] [--seconds 12] [--runs 2]
+    python bench/transport_echo_bench.py [--n 300] [--fps 50] [--seconds 12] [--runs 2] [--idle]
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ class _Client(WSListener):
         _Client.received += 1
 
 
+async def _idle(pid: int, port: int, a: argparse.Namespace) -> float:
+    """The server's RSS per open connection, in KB."""
+    proc = psutil.Process(pid)
+    await asyncio.sleep(1)
+    before = proc.memory_info().rss
+    clients = [(await ws_connect(_Client, f"ws://127.0.0.1:{port}/"))[0] for _ in range(a.n)]
+    await asyncio.sleep(2)
+    after = proc.memory_info().rss
+    for t in clients:
+        t.disconnect()
+    return (after - before) / a.n / 1024
+
+
 async def _measure(pid: int, port: int, a: argparse.Namespace) -> tuple[float, float, float]:
     clients = [(await ws_connect(_Client, f"ws://127.0.0.1:{port}/"))[0] for _ in range(a.n)]
 
@@ -78,6 +93,7 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=50)
     ap.add_argument("--seconds", type=float, default=12)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--idle", action="store_true", help="RSS per idle connection instead")
     a = ap.parse_args()
     os.sched_setaffinity(0, {0})
     port = 9180
@@ -89,6 +105,10 @@ def main() -> None:
             server.start()
             ready.get(timeout=30)
             try:
+                if a.idle:
+                    kb = uvloop.run(_idle(server.pid or 0, port, a))
+                    print(f"run {run} {name:10s} N={a.n} {kb:6.1f} KB per idle connection")
+                    continue
                 rate, user, system = uvloop.run(_measure(server.pid or 0, port, a))
             finally:
                 server.kill()
