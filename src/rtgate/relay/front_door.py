@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
-import aiofastnet
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from picows import (
@@ -290,33 +288,6 @@ def _parse_headers(head: bytes) -> CIMultiDictProxy[str] | None:
     return CIMultiDictProxy(headers)
 
 
-def _send_files_through_aiofastnet(loop: asyncio.AbstractEventLoop) -> None:
-    """aiohttp sends a static file with ``loop.sendfile``, which takes asyncio's own transports
-    only (it fails on any other); the front door's are aiofastnet's, whose ``sendfile`` sends
-    them the file natively (over TLS it declines, and aiohttp writes the file in chunks). So
-    the loop's ``sendfile`` hands aiofastnet's transports to it and any other to the loop's own
-    (installed once per loop)."""
-    own = loop.sendfile
-    if getattr(own, "aiofastnet_first", False):
-        return
-
-    async def sendfile(
-        transport: asyncio.WriteTransport,
-        file: BinaryIO,
-        offset: int = 0,
-        count: int | None = None,
-        *,
-        fallback: bool = True,
-    ) -> int:
-        if isinstance(transport, aiofastnet.Transport):
-            await aiofastnet.sendfile(loop, transport, file, offset, count)
-            return count if count is not None else os.fstat(file.fileno()).st_size - offset
-        return await own(transport, file, offset, count, fallback=fallback)
-
-    sendfile.aiofastnet_first = True  # type: ignore[attr-defined]
-    loop.sendfile = sendfile  # type: ignore[method-assign,assignment]
-
-
 class FrontDoorSite(web.BaseSite):
     """An aiohttp site whose connections go through the front door: the runner stops it and
     serves its HTTP as with ``TCPSite`` / ``SockSite``."""
@@ -366,11 +337,7 @@ class FrontDoorSite(web.BaseSite):
         assert http is not None
         relay, head_timeout = self._relay, self._head_timeout
         loop = asyncio.get_running_loop()
-        # aiofastnet's transports, as picows gives the upstream's dial and its own servers: a
-        # relayed frame costs the kernel less than on uvloop's (docs/performance.md 9.3).
-        _send_files_through_aiofastnet(loop)
-        self._server = self._listening = await aiofastnet.create_server(
-            loop,
+        self._server = self._listening = await loop.create_server(
             lambda: FrontDoor(http, relay, head_timeout),
             ssl=self._ssl_context,
             backlog=self._backlog,
