@@ -39,7 +39,7 @@ class _Leg:
     def start(self, events: Any) -> None:
         self.events = events
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: str | bytes) -> None:
         self.sent += 1
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -52,6 +52,9 @@ class _Leg:
 
     def close(self, code: int, reason: str) -> None:
         self.closed = True
+
+    #: The pump reads ``backed_up`` (checkouts before it call ``write_backed_up``).
+    backed_up = False
 
     def write_backed_up(self) -> bool:
         return False
@@ -130,7 +133,9 @@ async def _measure(sessions: int, records: int) -> None:
         legs.append(client)
         ups.append(up)
     await asyncio.sleep(0)
-    frame = orjson.dumps(DONE).decode().replace("%TS%", "1")
+    frame: str | bytes = orjson.dumps(DONE).decode().replace("%TS%", "1")
+    if RelayCore.upstream_text.__annotations__.get("data") == "bytes":
+        frame = frame.encode()  # a checkout whose legs hand text frames over as bytes
     loop = asyncio.get_running_loop()
     for together in (1, 10):
         rounds = records // together

@@ -20,9 +20,9 @@ class Recorder:
         self.leg = leg
         self.pause_on = pause_on
 
-    def on_text(self, data: str) -> None:
-        self.got.append(data)
-        if self.leg is not None and data == self.pause_on:
+    def on_text(self, data: bytes) -> None:
+        self.got.append(data.decode())
+        if self.leg is not None and data.decode() == self.pause_on:
             self.leg.pause_reading()
 
     def on_binary(self, data: bytes) -> None:
@@ -45,8 +45,8 @@ async def test_the_first_message_is_answered_and_the_rest_replayed_in_order() ->
     leg = FakeLeg()
     first = FirstMessage(leg)
     assert leg.events is first
-    leg.events.on_text("start")
-    leg.events.on_text("a")
+    leg.events.on_text(b"start")
+    leg.events.on_text(b"a")
     leg.events.on_binary(b"b")
     assert await first.read(1.0) == "start"
     assert not first.gone
@@ -54,14 +54,14 @@ async def test_the_first_message_is_answered_and_the_rest_replayed_in_order() ->
     pump = Recorder()
     wrapped.start(pump)
     assert pump.got == ["a", b"b"]
-    leg.events.on_text("c")
+    leg.events.on_text(b"c")
     leg.events.on_heard()
     leg.events.on_close(1000, "bye")
     assert pump.got == ["a", b"b", "c", "heard", ("close", 1000, "bye")]
     # Everything else is the leg's own.
-    wrapped.send_text("x")
+    wrapped.send_text(b"x")
     wrapped.close(1000, "")
-    assert (leg.sent, leg.closes, wrapped.closed) == (["x"], [(1000, "")], True)
+    assert (leg.sent, leg.closes, wrapped.closed) == ([b"x"], [(1000, "")], True)
 
 
 async def test_a_client_gone_before_it_said_anything() -> None:
@@ -86,11 +86,11 @@ async def test_reading_pauses_past_the_bound_and_the_pumps_own_pause_holds(
     leg = FakeLeg()
     first = FirstMessage(leg)
     assert leg.events is not None
-    leg.events.on_text("start")
+    leg.events.on_text(b"start")
     assert await first.read(1.0) == "start"
-    leg.events.on_text("0123456789")
+    leg.events.on_text(b"0123456789")
     assert not leg.paused
-    leg.events.on_text("more")
+    leg.events.on_text(b"more")
     assert leg.paused
     wrapped = FirstMessageLeg(leg, first)
     # The pump pauses reading as it takes a held frame: the hold's resume must not undo it.
@@ -102,7 +102,7 @@ async def test_reading_pauses_past_the_bound_and_the_pumps_own_pause_holds(
     leg2 = FakeLeg()
     first2 = FirstMessage(leg2)
     assert leg2.events is not None
-    for frame in ("start", "0123456789", "more"):
+    for frame in (b"start", b"0123456789", b"more"):
         leg2.events.on_text(frame)
     assert leg2.paused
     FirstMessageLeg(leg2, first2).start(Recorder())

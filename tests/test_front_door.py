@@ -24,6 +24,8 @@ from tests.raw_ws import BINARY, TEXT, RawClient, frame, upgrade_request
 from tests.test_tls import dev_cert, pinned_context
 
 MAX = 8192
+#: A file aiohttp sends with the loop's sendfile (over TLS: in chunks).
+STATIC_FILE = bytes(range(256)) * 1024
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -42,7 +44,7 @@ class EchoPump:
     def __init__(self, leg: PicowsLeg) -> None:
         self.leg = leg
 
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         self.leg.send_text(data)
 
     def on_binary(self, data: bytes) -> None:
@@ -101,6 +103,10 @@ async def _open_door(
         return ws
 
     app = web.Application()
+    static = tmp_path / "static"
+    static.mkdir(exist_ok=True)
+    (static / "big.bin").write_bytes(STATIC_FILE)
+    app.router.add_static("/static", static)
     app.router.add_get("/healthz", health)
     app.router.add_post("/echo", echo)
     app.router.add_get("/v1/realtime", realtime)
@@ -115,7 +121,7 @@ async def _open_door(
     def on_relay(upgrade: RelayUpgrade) -> None:
         upgrades.append(upgrade)
         upgrade.leg.start(EchoPump(upgrade.leg))
-        upgrade.leg.send_text("picows")
+        upgrade.leg.send_text(b"picows")
 
     relay = RelayDoor(on_relay, _subprotocol, MAX, deflate=deflate)
     site = FrontDoorSite(
@@ -167,6 +173,8 @@ def test_http_routes_and_the_relay_share_one_port(run: Run, tmp_path: Path, tls:
                 assert await r.read() == b"x" * 100_000
             async with http.get(door.url("/nowhere"), ssl=verify) as r:
                 assert r.status == 404
+            async with http.get(door.url("/static/big.bin"), ssl=verify) as r:
+                assert (r.status, await r.read()) == (200, STATIC_FILE)
             assert await _first_message(door) == "picows"
             assert len(door.upgrades) == 1
 

@@ -46,20 +46,20 @@ STARTED = orjson.dumps(
             "delegation": {"type": "responses", "responses": {"model": "gpt-backend"}},
         },
     }
-).decode()
-AUDIO_DOWN = '{"type":"session.output_audio.delta","delta":"AAAA"}'
-AUDIO_UP = '{"type": "session.input_audio.append", "audio": "AAAA"}'
+)
+AUDIO_DOWN = b'{"type":"session.output_audio.delta","delta":"AAAA"}'
+AUDIO_UP = b'{"type": "session.input_audio.append", "audio": "AAAA"}'
 #: $0.05 a minute: 50,000,000 nanos / 60,000 ms.
 NANOS_PER_MS = 50_000_000 / 60_000
 
 
-def usage(seconds: Any) -> str:
+def usage(seconds: Any) -> bytes:
     return orjson.dumps(
         {"type": "session.usage.updated", "event_id": "evt_u", "usage": {"seconds": seconds}}
-    ).decode()
+    )
 
 
-def closed(seconds: float, reason: str = "close_requested") -> str:
+def closed(seconds: float, reason: str = "close_requested") -> bytes:
     return orjson.dumps(
         {
             "type": "session.closed",
@@ -73,7 +73,7 @@ def closed(seconds: float, reason: str = "close_requested") -> str:
             },
             "usage": {"seconds": seconds},
         }
-    ).decode()
+    )
 
 
 def settings_env(**extra: str) -> dict[str, str]:
@@ -101,16 +101,16 @@ def core(**kw: Any) -> RelayCore:
 
 
 def started(c: RelayCore) -> RelayCore:
-    assert c.start() == (SendUpstream(START),)
+    assert c.start() == (SendUpstream(START.encode()),)
     assert c.upstream_text(STARTED) is None
     return c
 
 
-def committed_record(c: RelayCore, frame: str) -> UsageRecord:
+def committed_record(c: RelayCore, frame: bytes) -> UsageRecord:
     acts = c.upstream_text(frame)
     assert acts is not None
     (commit,) = acts
-    assert isinstance(commit, Commit) and commit.frame == frame
+    assert isinstance(commit, Commit) and commit.frame == frame.decode()
     # Durable before forwarded (the same Commit as response.done).
     assert c.committed(True) == [SendClient(frame)]
     return commit.record
@@ -151,7 +151,7 @@ def test_a_total_that_goes_down_is_never_refunded_and_unreadable_usage_is_flagge
 def test_a_client_close_asks_the_upstream_to_close_and_waits_for_the_final_total() -> None:
     c = started(core())
     committed_record(c, usage(10))
-    assert c.client_closed(1000, "bye") == (SendUpstream(SESSION_CLOSE),)
+    assert c.client_closed(1000, "bye") == (SendUpstream(SESSION_CLOSE.encode()),)
     assert c.open  # waiting for session.closed
     # Nothing reaches the client any more; the audio still flowing is dropped.
     assert c.upstream_text(AUDIO_DOWN) == ()
@@ -168,7 +168,7 @@ def test_a_client_close_asks_the_upstream_to_close_and_waits_for_the_final_total
 def test_no_answer_within_the_grace_closes_the_upstream_and_flags_the_record() -> None:
     c = started(core(close_grace=5.0))
     committed_record(c, usage(10))
-    assert c.client_lost() == (SendUpstream(SESSION_CLOSE),)
+    assert c.client_lost() == (SendUpstream(SESSION_CLOSE.encode()),)
     assert c.tick(200.0) == ()  # the grace starts at the first tick
     # The pump's timer is armed for the grace's end, not for a tick every second.
     assert c.expires_in(200.0) == 5.0
@@ -204,7 +204,7 @@ def test_an_upstream_that_dies_first_bills_its_last_snapshot_flagged_unconfirmed
 def test_an_upstream_that_dies_while_closing_ends_it_unconfirmed() -> None:
     c = started(core())
     committed_record(c, usage(5))
-    assert c.client_closed(1000, "") == (SendUpstream(SESSION_CLOSE),)
+    assert c.client_closed(1000, "") == (SendUpstream(SESSION_CLOSE.encode()),)
     assert c.upstream_lost() == (Ended(),)
     (rec,) = c.finish()
     assert isinstance(rec, Record) and rec.record.review == "unconfirmed_usage"
@@ -240,7 +240,7 @@ def test_a_budget_crossed_at_a_snapshot_ends_with_insufficient_quota_and_the_fin
     err = ErrorEvent.model_validate_json(out[1].data)  # type: ignore[union-attr]
     assert (err.error.type, err.error.code) == ("insufficient_quota", "insufficient_quota")
     assert out[2] == CloseClient(3000, "insufficient_quota.insufficient_quota")
-    assert out[3] == SendUpstream(SESSION_CLOSE)
+    assert out[3] == SendUpstream(SESSION_CLOSE.encode())
     acts2 = list(c.upstream_text(closed(61.5)) or ())
     assert [type(a) for a in acts2] == [Record, CloseUpstream, Ended]
     assert acts2[0].record.usage.audio_ms == 1_500  # type: ignore[union-attr]
@@ -286,14 +286,14 @@ def test_backend_tokens_of_a_model_with_no_row_are_recorded_unpriced() -> None:
             },
         },
     }
-    rec = committed_record(c, orjson.dumps(event).decode())
+    rec = committed_record(c, orjson.dumps(event))
     u = rec.usage
     assert (u.kind, u.text_in, u.text_in_cached, u.text_out) == ("backend", 812, 12, 64)
     # The snapshot names no model: the session's delegation does. No row for it: unpriced.
     assert (rec.model, rec.priced, rec.ref) == ("gpt-backend", False, "resp_1")
     # Nested events that carry no usage pass untouched.
     delta = {"type": "response.event", "event": {"type": "response.output_text.delta"}}
-    assert c.upstream_text(orjson.dumps(delta).decode()) is None
+    assert c.upstream_text(orjson.dumps(delta)) is None
 
 
 def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
@@ -312,7 +312,7 @@ def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
             },
         },
     }
-    rec = committed_record(c, orjson.dumps(event).decode())
+    rec = committed_record(c, orjson.dumps(event))
     # 1,000 x $2 / 1M + 100 x $8 / 1M = $0.0028
     assert (rec.model, rec.price_key, rec.provider_nanos) == (
         "gpt-backend-2026-01-01",
@@ -323,7 +323,7 @@ def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
 
 def test_a_second_session_start_is_refused_in_lives_envelope_and_dropped() -> None:
     c = started(core())
-    again = '{"type":"session.start","event_id":"evt_2","session":{"model":"gpt-live-1.1"}}'
+    again = b'{"type":"session.start","event_id":"evt_2","session":{"model":"gpt-live-1.1"}}'
     acts = c.client_text(again)
     assert acts is not None
     assert [type(a) for a in acts] == [SendClient, Refused]
@@ -331,7 +331,7 @@ def test_a_second_session_start_is_refused_in_lives_envelope_and_dropped() -> No
     assert (err.error.code, err.error.client_event_id) == ("session_already_started", "evt_2")
     # Audio and other events pass untouched.
     assert c.client_text(AUDIO_UP) is None
-    assert c.client_text('{"type":"session.input_audio.mute"}') is None
+    assert c.client_text(b'{"type":"session.input_audio.mute"}') is None
     assert c.upstream_text(AUDIO_DOWN) is None
 
 
@@ -371,8 +371,8 @@ def test_a_missing_or_foreign_first_event_is_refused(
 
 def test_a_client_that_asked_to_close_is_not_asked_for_again() -> None:
     c = started(core())
-    assert c.client_text('{"type":"session.close","event_id":"evt_c"}') == [
-        SendUpstream('{"type":"session.close","event_id":"evt_c"}')
+    assert c.client_text(b'{"type":"session.close","event_id":"evt_c"}') == [
+        SendUpstream(b'{"type":"session.close","event_id":"evt_c"}')
     ]
     # It closed its socket before session.closed came: the wait goes on, nothing sent twice.
     assert c.client_closed(1000, "") == ()

@@ -37,8 +37,9 @@ class Pump:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     got: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def on_text(self, data: str) -> None:
-        self.messages.append(data)
+    def on_text(self, data: bytes) -> None:
+        assert isinstance(data, bytes)  # the UTF-8 payload, recorded as text here
+        self.messages.append(data.decode())
         self.got.set()
         if self.echo:
             self.leg.send_text(data)
@@ -242,7 +243,7 @@ async def test_the_pump_closes_with_a_code_and_a_reason_cut_to_123_bytes(served:
     code, reason = await client.recv_close()
     assert code == 4004
     assert reason == "é" * 61  # 122 bytes: the 123rd would split a character
-    pump.leg.send_text("after the close")  # a no-op once closed
+    pump.leg.send_text(b"after the close")  # a no-op once closed
     client.close(4004)
     assert await client.eof()
     await asyncio.wait_for(pump.leg.wait_closed(), 5)
@@ -303,8 +304,8 @@ async def test_reading_pauses_and_resumes(served: Served) -> None:
 class PausingPump(Pump):
     """Pauses reading on the first message, as a pump whose other leg backed up."""
 
-    def on_text(self, data: str) -> None:
-        self.messages.append(data)
+    def on_text(self, data: bytes) -> None:
+        self.messages.append(data.decode())
         if len(self.messages) == 1:
             self.leg.pause_reading()
 
@@ -335,7 +336,7 @@ async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(
     pump = await served.pump()
     sent = 0
     chunk = b"z" * MAX
-    while not pump.leg.write_backed_up():
+    while not pump.leg.backed_up:
         pump.leg.send_bytes(chunk)
         sent += 1
         assert sent < 10_000, "never backed up"
@@ -345,7 +346,7 @@ async def test_a_peer_that_stops_reading_backs_the_leg_up_until_it_reads_again(
     for _ in range(sent):
         assert await client.recv() == (BINARY, chunk)
     await asyncio.wait_for(pump.drained.wait(), 5)
-    assert not pump.leg.write_backed_up()
+    assert not pump.leg.backed_up
     assert pump.drains == 1
 
 
@@ -415,7 +416,7 @@ async def test_the_dial_sends_the_headers_and_relays_both_ways(upstream: StartUp
     leg = await connect(up.url, headers, max_message=MAX, connect_timeout=5)
     pump = Pump(leg, echo=False)
     leg.start(pump)
-    leg.send_text("from client")
+    leg.send_text(b"from client")
     await asyncio.wait_for(pump.ended.wait(), 5)
     assert up.seen_headers["Authorization"] == "Bearer sk-up"
     assert pump.messages == ["hello from upstream", b"from client"]
@@ -436,7 +437,7 @@ async def test_the_dial_answers_pings_and_bounds_messages(upstream: StartUpstrea
     leg = await connect(up.url, {}, max_message=MAX, connect_timeout=5)
     pump = Pump(leg, echo=False)
     leg.start(pump)
-    leg.send_text("ready")
+    leg.send_text(b"ready")
     await asyncio.wait_for(pump.ended.wait(), 5)
     assert pump.heard == 1
     # picows goes on parsing past a frame it refused, until it drops the connection: the leg

@@ -39,13 +39,13 @@ from rtgate.protocol.relay import (
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
 
-AUDIO_DOWN = '{"type":"response.output_audio.delta","delta":"AAAA"}'
-AUDIO_UP = '{"type":"input_audio_buffer.append","audio":"AAAA"}'
-TEXT_DELTA = '{"type":"response.output_text.delta","delta":"hi"}'
-CREATED = '{"type":"session.created","session":{"model":"gpt-realtime"}}'
+AUDIO_DOWN = b'{"type":"response.output_audio.delta","delta":"AAAA"}'
+AUDIO_UP = b'{"type":"input_audio_buffer.append","audio":"AAAA"}'
+TEXT_DELTA = b'{"type":"response.output_text.delta","delta":"hi"}'
+CREATED = b'{"type":"session.created","session":{"model":"gpt-realtime"}}'
 
 
-def done(rid: str = "resp_1", tokens: int = 5) -> str:
+def done(rid: str = "resp_1", tokens: int = 5) -> bytes:
     usage = {
         "input_tokens": tokens,
         "output_tokens": 1,
@@ -53,7 +53,7 @@ def done(rid: str = "resp_1", tokens: int = 5) -> str:
         "input_token_details": {"text_tokens": tokens},
         "output_token_details": {"text_tokens": 1},
     }
-    return orjson.dumps({"type": "response.done", "response": {"id": rid, "usage": usage}}).decode()
+    return orjson.dumps({"type": "response.done", "response": {"id": rid, "usage": usage}})
 
 
 def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
@@ -79,7 +79,7 @@ def kinds(actions: Any) -> list[type[Action]]:
     return [type(a) for a in actions]
 
 
-def sent(actions: Any) -> list[str | bytes]:
+def sent(actions: Any) -> list[bytes]:
     return [a.data for a in actions if isinstance(a, SendClient)]
 
 
@@ -102,14 +102,14 @@ def test_audio_frames_are_forwarded_untouched_both_ways() -> None:
 def test_frames_no_collaborator_reads_are_forwarded_untouched() -> None:
     c = core()
     assert c.upstream_text(TEXT_DELTA) is None
-    assert c.upstream_text('{"type":"rate_limits.updated"}') is None
-    assert c.client_text('{"type":"response.create"}') is None
+    assert c.upstream_text(b'{"type":"rate_limits.updated"}') is None
+    assert c.client_text(b'{"type":"response.create"}') is None
 
 
 def test_setup_frame_goes_first() -> None:
     assert core().start() == ()
     setup = '{"type":"session.update","session":{"type":"realtime"}}'
-    assert core(setup=setup).start() == (SendUpstream(setup),)
+    assert core(setup=setup).start() == (SendUpstream(setup.encode()),)
 
 
 # -- commit before forward ------------------------------------------------------------------------
@@ -119,14 +119,14 @@ def test_a_metered_frame_waits_for_its_commit_and_holds_the_frames_behind_it() -
     acts = c.upstream_text(frame)
     assert acts is not None and kinds(acts) == [Commit]
     commit = acts[0]
-    assert isinstance(commit, Commit) and commit.frame == frame
+    assert isinstance(commit, Commit) and commit.frame == frame.decode()
     assert commit.record.ref == "resp_1" and commit.record.created_at == 1234.0
     # Audio, text and binary behind it wait, in order; the client's frames pass.
     assert c.upstream_text(AUDIO_DOWN) == ()
     assert c.upstream_binary(b"\x01") == ()
     assert c.upstream_text(TEXT_DELTA) == ()
     assert c.client_text(AUDIO_UP) is None
-    assert c.client_text('{"type":"response.create"}') is None
+    assert c.client_text(b'{"type":"response.create"}') is None
     released = c.committed(True)
     assert sent(released) == [frame, AUDIO_DOWN, b"\x01", TEXT_DELTA]
     # Released: the hot path is back.
@@ -206,7 +206,7 @@ def test_an_upstream_loss_behind_a_commit_waits_its_turn() -> None:
 
 def test_zero_usage_is_not_committed() -> None:
     c = core()
-    empty = orjson.dumps({"type": "response.done", "response": {"id": "r", "usage": {}}}).decode()
+    empty = orjson.dumps({"type": "response.done", "response": {"id": "r", "usage": {}}})
     assert c.upstream_text(empty) is None
 
 
@@ -295,7 +295,7 @@ def test_our_rejected_key_is_reworded_in_the_error_and_the_close() -> None:
     c = core()
     err = orjson.dumps(
         {"type": "error", "error": {"code": "invalid_api_key", "message": "sk-abc..."}}
-    ).decode()
+    )
     acts = c.upstream_text(err)
     assert acts is not None and error_code(sent(acts)[0]) == "upstream_auth_failed"
     assert "sk-abc" not in str(sent(acts)[0])
@@ -364,39 +364,39 @@ def test_a_dead_upstream_is_severed_and_the_client_told() -> None:
 def test_a_blocked_event_is_answered_and_dropped_and_the_session_goes_on() -> None:
     guard = ClientEventGuard(KeyPolicy(blocked_events=("conversation.item.create",)))
     c = core(guard=guard)
-    frame = '{"type":"conversation.item.create","event_id":"ev_1","item":{}}'
+    frame = b'{"type":"conversation.item.create","event_id":"ev_1","item":{}}'
     acts = c.client_text(frame)
     assert acts is not None and kinds(acts) == [SendClient, Refused]
     event = orjson.loads(sent(acts)[0])
     assert event["error"]["code"] == "event_not_allowed" and event["error"]["event_id"] == "ev_1"
     assert acts[1] == Refused("event_not_allowed")
     assert c.open
-    assert c.client_text('{"type":"response.create"}') == [
-        SendUpstream('{"type":"response.create"}')
+    assert c.client_text(b'{"type":"response.create"}') == [
+        SendUpstream(b'{"type":"response.create"}')
     ]
     assert c.client_text(AUDIO_UP) is None
 
 
 def test_a_session_update_to_a_model_the_key_may_not_use_is_refused() -> None:
     c = core(guard=ClientEventGuard(KeyPolicy(models=("gpt-realtime",))))
-    acts = c.client_text('{"type":"session.update","session":{"model":"gpt-4o-realtime"}}')
+    acts = c.client_text(b'{"type":"session.update","session":{"model":"gpt-4o-realtime"}}')
     assert acts is not None and acts[1] == Refused("model_not_allowed")
-    assert c.client_text('{"type":"session.update","session":{"model":"gpt-realtime"}}') == [
-        SendUpstream('{"type":"session.update","session":{"model":"gpt-realtime"}}')
+    assert c.client_text(b'{"type":"session.update","session":{"model":"gpt-realtime"}}') == [
+        SendUpstream(b'{"type":"session.update","session":{"model":"gpt-realtime"}}')
     ]
 
 
 def test_transcripts_are_kept_from_both_sides() -> None:
     c = core(recorder=TranscriptRecorder("rs_1", "key_1"))
     item = (
-        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
-        '"content":[{"type":"input_text","text":"hello"}]}}'
+        b'{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        b'"content":[{"type":"input_text","text":"hello"}]}}'
     )
     acts = c.client_text(item)
     assert acts is not None and kinds(acts) == [KeepTranscript, SendUpstream]
     keep = acts[0]
     assert isinstance(keep, KeepTranscript) and keep.entries[0].text == "hello"
-    said = '{"type":"response.output_audio_transcript.done","item_id":"i","transcript":"hi"}'
+    said = b'{"type":"response.output_audio_transcript.done","item_id":"i","transcript":"hi"}'
     acts = c.upstream_text(said)
     assert acts is not None and kinds(acts) == [KeepTranscript, SendClient]
     assert sent(acts) == [said]
@@ -410,24 +410,24 @@ def test_a_beta_client_is_translated_both_ways_after_metering() -> None:
     c = core(beta=BetaTranslator())
     acts = c.upstream_text(AUDIO_DOWN)
     assert acts is not None
-    assert sent(acts) == ['{"type":"response.audio.delta","delta":"AAAA"}']
+    assert sent(acts) == [b'{"type":"response.audio.delta","delta":"AAAA"}']
     frame = done()
     acts = c.upstream_text(frame)
     assert acts is not None and kinds(acts) == [Commit]
     assert sent(c.committed(True)) == [frame]
-    update = '{"type":"session.update","session":{"voice":"alloy","modalities":["text"]}}'
+    update = b'{"type":"session.update","session":{"voice":"alloy","modalities":["text"]}}'
     acts = c.client_text(update)
     assert acts is not None and kinds(acts) == [SendUpstream]
     ga = orjson.loads(acts[0].data)  # type: ignore[union-attr]
     assert ga["session"]["output_modalities"] == ["text"]
     # A GA event with no beta counterpart is dropped.
-    assert c.upstream_text('{"type":"conversation.item.done","item":{}}') == []
+    assert c.upstream_text(b'{"type":"conversation.item.done","item":{}}') == []
 
 
 def test_a_beta_client_frame_is_checked_by_the_guard_as_ga() -> None:
     guard = ClientEventGuard(KeyPolicy(blocked_events=("session.update:output_modalities",)))
     c = core(beta=BetaTranslator(), guard=guard)
-    acts = c.client_text('{"type":"session.update","session":{"modalities":["text"]}}')
+    acts = c.client_text(b'{"type":"session.update","session":{"modalities":["text"]}}')
     assert acts is not None and acts[1] == Refused("event_not_allowed")
 
 
@@ -492,7 +492,7 @@ def test_nothing_is_forwarded_after_the_end(frame: str) -> None:
 
 def test_a_usage_frame_no_parser_reads_is_committed_for_review_before_it_is_forwarded() -> None:
     c = core()
-    frame = '{"type":"response.done","response":{"usage":{"input_tokens":5'
+    frame = b'{"type":"response.done","response":{"usage":{"input_tokens":5'
     acts = c.upstream_text(frame)
     assert acts is not None and kinds(acts) == [Commit]
     commit = acts[0]
@@ -502,7 +502,7 @@ def test_a_usage_frame_no_parser_reads_is_committed_for_review_before_it_is_forw
 
 def test_a_lone_surrogate_escape_is_metered_like_any_frame() -> None:
     c = core()
-    frame = done().replace('"resp_1"', '"resp_\\ud800"')
+    frame = done().replace(b'"resp_1"', b'"resp_\\ud800"')
     acts = c.upstream_text(frame)
     assert acts is not None and kinds(acts) == [Commit]
     commit = acts[0]
@@ -513,5 +513,5 @@ def test_a_lone_surrogate_escape_is_metered_like_any_frame() -> None:
 def test_a_client_frame_that_is_no_json_goes_up_untouched() -> None:
     guard = ClientEventGuard(KeyPolicy(blocked_events=("response.create",)))
     c = core(guard=guard, beta=BetaTranslator())
-    assert c.client_text('{"type":"session.update",') is None
-    assert c.client_text("[1, 2]") is None
+    assert c.client_text(b'{"type":"session.update",') is None
+    assert c.client_text(b"[1, 2]") is None

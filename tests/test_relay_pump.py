@@ -29,7 +29,9 @@ class FakeLeg:
     def __init__(self) -> None:
         self.closed = False
         self.events: LegEvents | None = None
-        self.sent: list[str | bytes] = []
+        self.sent: list[bytes] = []
+        #: Each sent frame's kind, in order: "text" or "binary".
+        self.kinds: list[str] = []
         self.closes: list[tuple[int, str]] = []
         self.pings = self.severed = 0
         self.paused = False
@@ -40,13 +42,15 @@ class FakeLeg:
     def start(self, events: LegEvents) -> None:
         self.events = events
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
         if not self.closed:
             self.sent.append(data)
+            self.kinds.append("text")
 
     def send_bytes(self, data: bytes) -> None:
         if not self.closed:
             self.sent.append(data)
+            self.kinds.append("binary")
 
     def ping(self) -> None:
         self.pings += 1
@@ -67,9 +71,6 @@ class FakeLeg:
 
     def resume_reading(self) -> None:
         self.paused = False
-
-    def write_backed_up(self) -> bool:
-        return self.backed_up
 
     def quiet_seconds(self) -> float | None:
         return None
@@ -161,6 +162,7 @@ async def test_frames_pass_both_ways_at_once_and_are_counted() -> None:
     events(up).on_binary(b"\x01\x02")
     events(client).on_text(AUDIO_UP)
     assert client.sent == [AUDIO_DOWN, b"\x01\x02"]
+    assert client.kinds == ["text", "binary"]
     assert up.sent == [AUDIO_UP]
     assert (pump.frames_down, pump.frames_up) == (2, 1)
     events(client).on_close(1000, "bye")
@@ -176,7 +178,7 @@ async def test_the_setup_frame_goes_up_before_any_client_frame() -> None:
     pump, client, up, _, _ = rig(setup=setup)
     task = await started(pump)
     events(client).on_text(AUDIO_UP)
-    assert up.sent == [setup, AUDIO_UP]
+    assert up.sent == [setup.encode(), AUDIO_UP]
     events(up).on_close(1000, "")
     await task
 
@@ -330,7 +332,7 @@ async def test_a_bug_in_the_relay_still_ends_the_session_with_an_error(
     monkeypatch.setattr(RelayCore, "client_text", broken)
     pump, client, _up, _, _ = rig()
     task = await started(pump)
-    events(client).on_text('{"type":"response.create"}')
+    events(client).on_text(b'{"type":"response.create"}')
     async with asyncio.timeout(5):
         await task
     assert orjson.loads(client.sent[-1])["error"]["code"] == "server_error"

@@ -106,7 +106,7 @@ def translation_core(*, budget: bool = False, chunk_ms: int = 400) -> RelayCore:
 
 def test_a_chunk_of_audio_is_forwarded_then_recorded_as_gateway_metered_minutes() -> None:
     core = translation_core()
-    frame = append(b"\x00" * 9600)
+    frame = append(b"\x00" * 9600).encode()
     assert core.client_text(frame) is None  # 200 ms: forwarded untouched, nothing yet
     acts = core.client_text(frame)
     assert acts is not None
@@ -129,14 +129,14 @@ def test_a_chunk_of_audio_is_forwarded_then_recorded_as_gateway_metered_minutes(
     )
     assert core.recorded(True) == ()
     # Other client frames go on as before; upstream frames are never held for the audio.
-    assert core.client_text('{"type":"session.update","session":{}}') is None
-    assert core.upstream_text('{"type":"session.output_transcript.delta","delta":"hola"}') is None
+    assert core.client_text(b'{"type":"session.update","session":{}}') is None
+    assert core.upstream_text(b'{"type":"session.output_transcript.delta","delta":"hola"}') is None
 
 
 def test_the_rest_is_recorded_once_the_session_has_ended() -> None:
     core = translation_core()
     assert core.finish() == ()  # still open: nothing owed yet
-    core.client_text(append(b"\x00" * 4800))  # 100 ms
+    core.client_text(append(b"\x00" * 4800).encode())  # 100 ms
     acts = core.client_closed(1000, "")
     assert Ended() in acts
     (rec,) = core.finish()
@@ -148,7 +148,7 @@ def test_the_rest_is_recorded_once_the_session_has_ended() -> None:
 
 def test_a_record_that_cannot_be_kept_ends_the_session() -> None:
     core = translation_core(chunk_ms=1)
-    core.client_text(append(b"\x00" * 480))
+    core.client_text(append(b"\x00" * 480).encode())
     acts = core.recorded(False)
     sent = [a for a in acts if isinstance(a, SendClient)]
     assert sent and b"usage_unavailable" in orjson.dumps(orjson.loads(sent[0].data))
@@ -159,7 +159,7 @@ def test_a_record_that_cannot_be_kept_ends_the_session() -> None:
 
 def test_a_budget_is_checked_after_each_chunk_and_a_crossed_one_ends_the_session() -> None:
     core = translation_core(budget=True, chunk_ms=1)
-    core.client_text(append(b"\x00" * 480))
+    core.client_text(append(b"\x00" * 480).encode())
     assert core.recorded(True) == (CheckBudget(),)
     assert core.budget_checked(None) == []
     acts = core.budget_checked(QuotaExceeded("over"))
@@ -169,7 +169,7 @@ def test_a_budget_is_checked_after_each_chunk_and_a_crossed_one_ends_the_session
 
 def test_a_realtime_session_counts_no_translation_audio() -> None:
     core = RelayCore(translation_session(), lambda: 0.0, opened_mono=100.0)
-    assert core.client_text(append(b"\x00" * 96_000)) is None
+    assert core.client_text(append(b"\x00" * 96_000).encode()) is None
     core.client_closed(1000, "")
     assert core.finish() == ()
 
@@ -198,8 +198,8 @@ def test_an_output_basis_bills_the_translated_audio_and_not_the_appends() -> Non
         audio_meter=AudioMeter(400, "output"),
     )
     # The client's audio goes up untouched and uncounted.
-    assert core.client_text(append(b"\x00" * 96000)) is None
-    out = delta(b"\x00" * 9600)
+    assert core.client_text(append(b"\x00" * 96000).encode()) is None
+    out = delta(b"\x00" * 9600).encode()
     assert core.upstream_text(out) is None  # 200 ms: forwarded untouched, nothing yet
     acts = core.upstream_text(out)
     assert acts is not None and acts[0] == SendClient(out)
@@ -208,9 +208,9 @@ def test_an_output_basis_bills_the_translated_audio_and_not_the_appends() -> Non
     assert (rec.record.usage.audio_ms, rec.record.metered_by) == (400, "gateway")
     assert core.recorded(True) == ()
     # Other upstream frames are not counted.
-    assert core.upstream_text('{"type":"session.output_transcript.delta","delta":"x"}') is None
+    assert core.upstream_text(b'{"type":"session.output_transcript.delta","delta":"x"}') is None
     # The rest at the end: 100 ms more.
-    core.upstream_text(delta(b"\x00" * 4800))
+    core.upstream_text(delta(b"\x00" * 4800).encode())
     assert Ended() in core.client_closed(1000, "")
     (end,) = core.finish()
     assert isinstance(end, Record)

@@ -18,12 +18,19 @@ class Side(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SendClient:
-    data: str | bytes
+    """A frame for the client: a text frame whose payload is ``data`` (UTF-8), or with
+    ``binary`` a binary frame relayed as it came."""
+
+    data: bytes
+    binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SendUpstream:
-    data: str | bytes
+    """A frame for the upstream, as ``SendClient``."""
+
+    data: bytes
+    binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)

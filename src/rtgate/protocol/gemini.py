@@ -172,7 +172,7 @@ class GeminiTranslator:
         return []
 
     # -- client -> Gemini -------------------------------------------------------------------
-    def client_frame(self, data: str) -> list[Out]:
+    def client_frame(self, data: str | bytes) -> list[Out]:
         """One OpenAI client event (from the relay core, already checked against the key's
         policy)."""
         try:

@@ -9,9 +9,11 @@ performs in order.
 Inputs and what they decide:
 
 =====================================  ==========================================================
-``upstream_text`` / ``client_text``    None: forward the frame untouched to the other leg (the
-                                       hot path: an audio frame costs one prefix test, no
-                                       allocation); else the actions for it
+``upstream_text`` / ``client_text``    a text frame's payload, its UTF-8 bytes as the leg read
+                                       them. None: forward those bytes untouched to the other
+                                       leg (the hot path: an audio frame costs one prefix test
+                                       on bytes, no decode and no allocation); else the actions
+                                       for it
 ``*_binary``                           forwarded, never inspected
 ``upstream_closed`` / ``client_closed``  the close mirrored to the other leg (docs/protocol.md
                                        5.4; 1005 is recorded, 1000 sent, RFC 6455 7.4.1)
@@ -46,11 +48,11 @@ Rules it keeps:
   ends the session with ``usage_unavailable`` (sockets and call sidebands alike), the frame
   unforwarded.
 * **Each frame is inspected once**: one prefix test, one scan for the marks any collaborator
-  needs, at most one parse, and the parsed event goes to each: metering (``RelaySession``), the
-  transcript (``TranscriptRecorder``), the input audio of a translation session
-  (``AudioMeter``: its appends are counted, as the provider reports no usage there, and billed
-  in chunks with ``Record``, which holds no frame; the rest at the end, ``finish``), beta
-  translation (``BetaTranslator``, docs/protocol.md
+  needs (both on the frame's bytes), at most one decode and one parse, and the parsed event
+  goes to each: metering (``RelaySession``), the transcript (``TranscriptRecorder``), the
+  input audio of a translation session (``AudioMeter``: its appends are counted, as the
+  provider reports no usage there, and billed in chunks with ``Record``, which holds no frame;
+  the rest at the end, ``finish``), beta translation (``BetaTranslator``, docs/protocol.md
   2.4: client frames become GA before anything reads them, upstream frames become beta after
   metering read them) and the per-event policy (``ClientEventGuard``, a refused event is
   answered with an error and dropped; the session goes on).
@@ -68,7 +70,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +134,17 @@ from rtgate.protocol.translation import AudioMeter
 #: upstream (the socket's own buffers bound what arrives after that).
 HOLD_LIMIT = 64
 
-_APPEND = '{"type":"input_audio_buffer.append"'
+
+def _encoded(marks: Iterable[str]) -> tuple[bytes, ...]:
+    """Prefixes and marks as they read in a frame's UTF-8 payload: a frame is tested as the
+    bytes its leg read, and decoded only when a collaborator must read it."""
+    return tuple(m.encode() for m in dict.fromkeys(marks))
+
+
+_FORWARD = _encoded(FORWARD_PREFIXES)
+_APPEND = b'{"type":"input_audio_buffer.append"'
+_LIVE_APPENDS = _encoded(LIVE_APPEND_PREFIXES)
+_SESSION_CLOSE = SESSION_CLOSE.encode()
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
@@ -204,7 +216,7 @@ class RelayCore:
         self.session = session
         self._now = now
         self._client = client
-        self._setup = setup
+        self._setup = setup.encode() if setup is not None else None
         self._guard = guard
         self._recorder = recorder
         self._beta = beta
@@ -216,7 +228,7 @@ class RelayCore:
         self._closing: _Closing | None = None
         #: A Live client sent ``session.close`` itself (the gateway need not send it again).
         self._close_asked = False
-        self._error_event = functools.partial(error_event_for, live=self._live)
+        self._error_text = functools.partial(error_event_for, live=self._live)
         self._alive = {
             side: Keepalive(beat, opened_mono)
             for side, beat in ((Side.CLIENT, client_beat), (Side.UPSTREAM, upstream_beat))
@@ -228,7 +240,7 @@ class RelayCore:
         down = METER_MARKS + (UPSTREAM_MARKS if recorder is not None else ())
         if self._live:
             down += LIVE_MARKS
-        self._down_marks = tuple(dict.fromkeys(down))
+        self._down_marks = _encoded(down)
         up: tuple[str, ...] = UP_MARKS if beta is not None else ()
         if recorder is not None:
             up += (CLIENT_MARK,)
@@ -243,9 +255,10 @@ class RelayCore:
         self._fast_down = self._plain
         self._fast_up = True
         #: Upstream frames waiting behind an outstanding commit or budget check (None: none).
-        self._held: deque[str | bytes | _UpstreamEnd] | None = None
+        #: (A binary frame waits as the ``SendClient`` it becomes.)
+        self._held: deque[bytes | SendClient | _UpstreamEnd] | None = None
         #: The metered frame whose record is being committed.
-        self._committing: str | None = None
+        self._committing: bytes | None = None
         self._paused = False
         self._hangup_sent = False
 
@@ -292,14 +305,18 @@ class RelayCore:
         return (SendUpstream(self._setup),) if self._setup is not None else _NOTHING
 
     # -- upstream -> client -------------------------------------------------------------------
-    def upstream_text(self, data: str) -> Actions | None:
+    def _error_event(self, err: GatewayError) -> bytes:
+        """The ``error`` event the client gets for ``err`` (Live's envelope on a Live session)."""
+        return self._error_text(err).encode()
+
+    def upstream_text(self, data: bytes) -> Actions | None:
         self._heard_upstream = True
-        if self._fast_down and data.startswith(FORWARD_PREFIXES):
+        if self._fast_down and data.startswith(_FORWARD):
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING if self._closing is None else self._closing_text(data)
         meter = self._audio_meter
-        if meter is not None and meter.basis == "output" and (ms := meter.delivered(data)):
+        if meter is not None and meter.basis == "output" and (ms := meter.delivered(data.decode())):
             # A translation billed by its output: the chunk's record beside the frame, which
             # goes on as any other (voice-apis.md 2.4).
             rec = self.session.meter_translation_audio(ms, self._now())
@@ -316,20 +333,21 @@ class RelayCore:
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
         if self._held is not None:
-            return self._hold(data)
+            return self._hold(SendClient(data, binary=True))
         return None
 
-    def _down(self, data: str) -> Actions | None:
+    def _down(self, data: bytes) -> Actions | None:
         """One upstream text frame, read once: metered, transcribed, translated, forwarded."""
         session = self.session
         # An audio or text delta matters to no collaborator but beta's rename: never scanned.
-        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in self._down_marks):
+        if data.startswith(_FORWARD) or not any(m in data for m in self._down_marks):
             if self._beta is None:
                 return None
             return self._to_client(data, None, None)
-        event = parse_event(data)
+        text = data.decode()
+        event = parse_event(text)
         now = self._now()
-        rec = session.on_upstream_event(event, data, now)
+        rec = session.on_upstream_event(event, text, now)
         out: list[Action] = []
         if self._recorder is not None and isinstance(event, dict):
             self._recorder.on_upstream_event(event, now)
@@ -340,31 +358,40 @@ class RelayCore:
             return self._to_client(data, parsed, out)
         if isinstance(rec, str):
             # A replacement (the provider quoting our key back): sent as it is.
-            out.append(SendClient(rec))
+            out.append(SendClient(rec.encode()))
             return out
-        out.append(Commit(rec, data))
+        out.append(Commit(rec, text))
         self._committing = data
         self._held = deque()
         self._fast_down = False
         return out
 
     def _to_client(
-        self, data: str, parsed: dict[str, Any] | None, out: list[Action] | None
+        self, data: bytes, parsed: dict[str, Any] | None, out: list[Action] | None
     ) -> Actions | None:
-        beta = self._beta
-        if beta is None:
+        if self._beta is None:
             if not out:
                 return None
             out.append(SendClient(data))
             return out
-        sent = beta.to_client(data, parsed)
+        sent = self._as_beta(data, parsed)
         if out is None:
             out = []
         if sent is not None:
             out.append(SendClient(sent))
         return out
 
-    def _hold(self, data: str | bytes | _UpstreamEnd) -> Actions:
+    def _as_beta(self, data: bytes, parsed: dict[str, Any] | None = None) -> bytes | None:
+        """An upstream frame as a beta client reads it (None: dropped); the same bytes when
+        the translator leaves it as it is."""
+        assert self._beta is not None
+        text = data.decode()
+        sent = self._beta.to_client(text, parsed)
+        if sent is None:
+            return None
+        return data if sent is text else sent.encode()
+
+    def _hold(self, data: bytes | SendClient | _UpstreamEnd) -> Actions:
         held = self._held
         assert held is not None
         held.append(data)
@@ -392,7 +419,7 @@ class RelayCore:
             )
         out: list[Action] = []
         if self._client:
-            sent = frame if self._beta is None else self._beta.to_client(frame)
+            sent = frame if self._beta is None else self._as_beta(frame)
             if sent is not None:
                 out.append(SendClient(sent))
         if self._budget:
@@ -417,7 +444,7 @@ class RelayCore:
         return out
 
     # -- usage the gateway counts (a translation's input audio) ---------------------------------
-    def _record_audio(self, ms: int, data: str) -> Actions:
+    def _record_audio(self, ms: int, data: bytes) -> Actions:
         out: list[Action] = [SendUpstream(data)]
         rec = self.session.meter_translation_audio(ms, self._now())
         if rec is not None:
@@ -466,8 +493,9 @@ class RelayCore:
                 else:
                     out.extend(self.upstream_closed(data.code, data.reason))
                 return
-            acts = self._down(data) if isinstance(data, str) else None
-            if acts is None:
+            if isinstance(data, SendClient):
+                out.append(data)  # a binary frame
+            elif (acts := self._down(data)) is None:
                 out.append(SendClient(data))
             else:
                 out.extend(acts)
@@ -480,23 +508,26 @@ class RelayCore:
             out.append(ResumeUpstream())
 
     # -- client -> upstream -------------------------------------------------------------------
-    def client_text(self, data: str) -> Actions | None:
+    def client_text(self, data: bytes) -> Actions | None:
         self._heard_client = True
         if self._fast_up and data.startswith(_APPEND):
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
-        if self._live and data.startswith(LIVE_APPEND_PREFIXES):
+        if self._live and data.startswith(_LIVE_APPENDS):
             return None
+        # Any other client frame is read as text (few: a session's events, a translation's
+        # appends).
+        text = data.decode()
         meter = self._audio_meter
         if meter is not None:
-            ms = meter.appended(data)
+            ms = meter.appended(text)
             if ms is not None:
                 # Forwarded at once; a chunk's record holds no frame (voice-apis.md 2.4).
                 return self._record_audio(ms, data) if ms else None
         guard = self._guard
-        reads = guard is not None and guard.reads(data)
-        if not reads and not any(m in data for m in self._up_marks):
+        reads = guard is not None and guard.reads(text)
+        if not reads and not any(m in text for m in self._up_marks):
             return None
         try:
             event = orjson.loads(data)
@@ -508,10 +539,10 @@ class RelayCore:
         if self._beta is not None:
             ga = self._beta.event_to_upstream(event)
             if ga is not event:
-                event, data = ga, orjson.dumps(ga).decode()
+                event, data = ga, orjson.dumps(ga)
                 # The guard judges the GA event (a beta transcription_session.update is a
                 # session.update now).
-                reads = guard is not None and guard.reads(data)
+                reads = guard is not None and guard.reads(data.decode())
         if self._recorder is not None:
             self._recorder.on_client_event(event, self._now())
             if self._recorder.pending:
@@ -687,14 +718,15 @@ class RelayCore:
         if live is None or live.confirmed:
             return (CloseUpstream(code, reason), _ENDED)
         self._closing = _Closing(code, reason)
-        return (SendUpstream(SESSION_CLOSE),) if not self._close_asked else _NOTHING
+        return (SendUpstream(_SESSION_CLOSE),) if not self._close_asked else _NOTHING
 
-    def _closing_text(self, data: str) -> Actions:
+    def _closing_text(self, data: bytes) -> Actions:
         """An upstream frame of a closing Live session: its usage recorded (the frame goes
         nowhere: the client has gone or was told why), ``session.closed`` ends the wait."""
-        if data.startswith(FORWARD_PREFIXES) or not any(m in data for m in self._down_marks):
+        if data.startswith(_FORWARD) or not any(m in data for m in self._down_marks):
             return _NOTHING
-        rec = self.session.on_upstream_event(parse_event(data), data, self._now())
+        text = data.decode()
+        rec = self.session.on_upstream_event(parse_event(text), text, self._now())
         out: list[Action] = []
         if rec is not None and not isinstance(rec, str):
             out.append(Record(rec))

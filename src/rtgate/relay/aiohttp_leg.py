@@ -1,14 +1,16 @@
 """``AiohttpLeg``: an aiohttp WebSocket (the client's ``web.WebSocketResponse`` or an upstream
 ``ClientWebSocketResponse``) as a callback-driven ``Leg`` (``legs.py``).
 
-Reading: one task per leg awaits ``receive()`` and reports each message to the pump. aiohttp
-offers no callback for a frame, so this is the one coroutine step per frame left on this leg;
-while the pump has reading paused the task stops calling ``receive()``, aiohttp's bounded reader
-queue fills and it stops reading the socket.
+Reading: one task per leg awaits ``receive()`` and reports each message to the pump (a text
+message as its UTF-8 bytes, ``legs.py``: aiohttp hands over text it decoded and checked, which
+is encoded again here; this leg serves permessage-deflate clients, where inflating costs more).
+aiohttp offers no callback for a frame, so this is the one coroutine step per frame left on
+this leg; while the pump has reading paused the task stops calling ``receive()``, aiohttp's
+bounded reader queue fills and it stops reading the socket.
 
 Writing: a frame goes straight to the transport through aiohttp's frame writer, without a
 coroutine or a future, when the connection is not compressed (aiohttp's ``send_frame`` does the
-same, then awaits a drain only past its buffer limit: the pump watches ``write_backed_up``
+same, then awaits a drain only past its buffer limit: the pump watches ``backed_up``
 instead). A compressed connection (permessage-deflate, RFC 7692) keeps aiohttp's own path: its
 compressor must see frames in order, so they go through a queue and one writer task.
 
@@ -99,8 +101,8 @@ class AiohttpLeg:
         self._drainer: asyncio.Task[None] | None = None
         self._resumed: asyncio.Future[None] | None = None
         self._paused = False
-        #: A compressed connection's frames, in order, for its one writer task.
-        self._queue: deque[str | bytes] | None = deque() if writer.compress else None
+        #: A compressed connection's frames and their opcodes, in order, for its one writer task.
+        self._queue: deque[tuple[bytes, WSMsgType]] | None = deque() if writer.compress else None
         self._sender: asyncio.Task[None] | None = None
 
     # -- reading --------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ class AiohttpLeg:
             except (ConnectionError, RuntimeError):
                 t, data, extra = WSMsgType.CLOSED, None, None
             if t is _TEXT:
-                on_text(data)
+                on_text(data.encode())
             elif t is _BINARY:
                 on_binary(data)
             elif t is _PING:
@@ -158,15 +160,15 @@ class AiohttpLeg:
             resumed.set_result(None)
 
     # -- writing --------------------------------------------------------------------------------
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
         if self.closed:
             return
         if self._queue is not None:
-            self._enqueue(data)
+            self._enqueue(data, _TEXT)
             return
         # The hot path, inlined: one frame straight to the transport.
         try:
-            self._frame(data.encode(), _TEXT_OPCODE, 0)
+            self._frame(data, _TEXT_OPCODE, 0)
         except (ConnectionError, RuntimeError):
             return
 
@@ -174,9 +176,9 @@ class AiohttpLeg:
         if self.closed:
             return
         if self._queue is None:
-            self._write(data, WSMsgType.BINARY)
+            self._write(data, _BINARY)
         else:
-            self._enqueue(data)
+            self._enqueue(data, _BINARY)
 
     def ping(self) -> None:
         if not self.closed:
@@ -190,29 +192,27 @@ class AiohttpLeg:
             # A transport already closing raises; the reader reports the loss.
             return
 
-    def _enqueue(self, data: str | bytes) -> None:
+    def _enqueue(self, data: bytes, opcode: WSMsgType) -> None:
         queue = self._queue
         assert queue is not None
-        queue.append(data)
+        queue.append((data, opcode))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_queued(queue))
 
-    async def _send_queued(self, queue: deque[str | bytes]) -> None:
+    async def _send_queued(self, queue: deque[tuple[bytes, WSMsgType]]) -> None:
         ws = self.ws
         try:
             while queue:
-                data = queue.popleft()
-                if isinstance(data, str):
-                    await ws.send_str(data)
-                else:
-                    await ws.send_bytes(data)
+                await ws.send_frame(*queue.popleft())
         except (ConnectionError, RuntimeError):
             queue.clear()
         finally:
             self._sender = None
             self._maybe_drained()
 
-    def write_backed_up(self) -> bool:
+    @property
+    def backed_up(self) -> bool:
+        """(Reading it while backed up starts the task that reports the drain.)"""
         backed = self._protocol._paused or (
             self._queue is not None and len(self._queue) > _QUEUE_HIGH
         )

@@ -100,7 +100,7 @@ SIDEBAND = "sideband"
 
 
 async def _refuse(client: Leg, err: GatewayError, *, live: bool = False) -> None:
-    client.send_text(error_event_for(err, live=live))
+    client.send_text(error_event_for(err, live=live).encode())
     client.close(err.close_code, err.close_reason)
     await client.wait_closed()
 

@@ -38,8 +38,8 @@ class FirstMessage:
         leg.start(self)
 
     async def read(self, within: float) -> str | bytes | None:
-        """The first message, or None: none within ``within`` seconds, or the client is gone
-        (``gone``)."""
+        """The first message (a text message as ``str``, a binary one as ``bytes``), or None:
+        none within ``within`` seconds, or the client is gone (``gone``)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 return await asyncio.shield(self._first)
@@ -64,29 +64,26 @@ class FirstMessage:
             self._paused = True
             self._leg.pause_reading()
 
-    def _message(self, data: str | bytes) -> bool:
-        """Whether ``data`` is the first message (answered, not relayed)."""
-        if self._first.done():
-            return False
-        self._first.set_result(data)
-        return True
-
     def _ended(self) -> None:
         if not self._first.done():
             self.gone = True
             self._first.set_result(None)
 
     # -- LegEvents ------------------------------------------------------------------------------
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         if self._events is not None:
             self._events.on_text(data)
-        elif not self._message(data):
+        elif not self._first.done():
+            self._first.set_result(data.decode())  # the first message: answered, not relayed
+        else:
             self._hold(lambda events: events.on_text(data), len(data))
 
     def on_binary(self, data: bytes) -> None:
         if self._events is not None:
             self._events.on_binary(data)
-        elif not self._message(data):
+        elif not self._first.done():
+            self._first.set_result(data)
+        else:
             self._hold(lambda events: events.on_binary(data), len(data))
 
     def on_heard(self) -> None:
@@ -131,7 +128,7 @@ class FirstMessageLeg:
     def start(self, events: LegEvents) -> None:
         self._first.bind(events)
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
         self._leg.send_text(data)
 
     def send_bytes(self, data: bytes) -> None:
@@ -154,8 +151,9 @@ class FirstMessageLeg:
         self._first.pump_paused = False
         self._leg.resume_reading()
 
-    def write_backed_up(self) -> bool:
-        return self._leg.write_backed_up()
+    @property
+    def backed_up(self) -> bool:
+        return self._leg.backed_up
 
     def quiet_seconds(self) -> float | None:
         return self._leg.quiet_seconds()

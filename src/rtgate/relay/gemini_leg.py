@@ -66,7 +66,7 @@ class _Connection:
         self._gl = gl
         self.leg = leg
 
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         self._gl.gemini_frame(self, data)
 
     def on_binary(self, data: bytes) -> None:
@@ -106,7 +106,7 @@ class GeminiLeg:
         self._session_id = session_id
         self._events: LegEvents | None = None
         #: Frames for the pump before it started this leg (the setup update's answer).
-        self._early: list[str] = []
+        self._early: list[bytes] = []
         self._next: _Connection | None = None
         self._old: list[Leg] = []
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +123,7 @@ class GeminiLeg:
             events.on_text(frame)
         self.current.leg.start(self.current)
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
         if not self.closed:
             self._perform(self.translator.client_frame(data))
 
@@ -153,8 +153,9 @@ class GeminiLeg:
         self._paused = False
         self.current.leg.resume_reading()
 
-    def write_backed_up(self) -> bool:
-        return self.current.leg.write_backed_up()
+    @property
+    def backed_up(self) -> bool:
+        return self.current.leg.backed_up
 
     def quiet_seconds(self) -> float | None:
         return self.current.leg.quiet_seconds()
@@ -169,7 +170,7 @@ class GeminiLeg:
         await asyncio.gather(*(leg.wait_closed() for leg in legs))
 
     # -- what the connections report --------------------------------------------------------------
-    def gemini_frame(self, conn: _Connection, data: str | bytes) -> None:
+    def gemini_frame(self, conn: _Connection, data: bytes) -> None:
         if conn is not self.current and conn is not self._next:
             return  # a connection replaced after a resumption
         try:
@@ -231,12 +232,12 @@ class GeminiLeg:
             match out:
                 case ToGemini(frame):
                     target = self._next if self._next is not None else self.current
-                    target.leg.send_text(frame)
+                    target.leg.send_text(frame.encode())
                 case ToClient(frame):
                     if self._events is None:
-                        self._early.append(frame)
+                        self._early.append(frame.encode())
                     else:
-                        self._events.on_text(frame)
+                        self._events.on_text(frame.encode())
                 case Resume():
                     self._start_resume()
                 case Switch():
@@ -272,7 +273,7 @@ class GeminiLeg:
             return
         self._next = _Connection(self, leg)
         leg.start(self._next)
-        leg.send_text(self.translator.resume_setup())
+        leg.send_text(self.translator.resume_setup().encode())
 
     def _switch(self) -> None:
         new = self._next

@@ -6,6 +6,9 @@ pump never awaits a frame, so the hot path costs no coroutine per frame on a leg
 
 Rules every leg keeps:
 
+* a text message is reported, and sent, as its UTF-8 payload (``bytes``): the leg checks that
+  what it reads is UTF-8 (RFC 6455 8.1: else it closes with 1007) and hands over the bytes it
+  read, so a frame the relay only forwards is never decoded and encoded again;
 * a ping from the peer is answered by the leg itself and reported with ``on_heard`` (RFC 6455
   5.5.2-5.5.3), as is a pong;
 * ``on_close`` reports a close frame received (1005 when it carried no code, RFC 6455 7.1.5), or
@@ -13,7 +16,7 @@ Rules every leg keeps:
   UTF-8), with that code; ``on_lost`` a connection gone without a close frame. After either the
   leg reports nothing more;
 * ``send_*`` after ``closed`` is a no-op;
-* ``write_backed_up`` is True above the leg's high-water mark; ``on_drain`` fires once its
+* ``backed_up`` is True above the leg's high-water mark; ``on_drain`` fires once its
   buffer falls below the low-water mark again. The pump pauses reading the *other* leg meanwhile,
   so a peer that stops reading cannot grow memory without bound.
 
@@ -28,7 +31,8 @@ from typing import Protocol
 class LegEvents(Protocol):
     """What a leg reports; implemented by the pump, once per leg."""
 
-    def on_text(self, data: str) -> None: ...
+    def on_text(self, data: bytes) -> None:
+        """A text message: its payload, valid UTF-8."""
 
     def on_binary(self, data: bytes) -> None: ...
 
@@ -43,7 +47,7 @@ class LegEvents(Protocol):
         """The connection is gone without a close frame."""
 
     def on_drain(self) -> None:
-        """The write buffer fell below the low-water mark after ``write_backed_up``."""
+        """The write buffer fell below the low-water mark after ``backed_up``."""
 
 
 class Leg(Protocol):
@@ -56,8 +60,9 @@ class Leg(Protocol):
         """Report to ``events`` from now on: frames that arrived before (a client's, while its
         session was admitted and dialled) are reported first, in order. Called once."""
 
-    def send_text(self, data: str) -> None:
-        """Queue a text frame; never blocks (buffers past the high-water mark)."""
+    def send_text(self, data: bytes) -> None:
+        """Queue a text frame whose payload is ``data`` (UTF-8); never blocks (buffers past the
+        high-water mark)."""
 
     def send_bytes(self, data: bytes) -> None: ...
 
@@ -74,8 +79,11 @@ class Leg(Protocol):
 
     def resume_reading(self) -> None: ...
 
-    def write_backed_up(self) -> bool:
-        """Whether the write buffer is above the high-water mark."""
+    @property
+    def backed_up(self) -> bool:
+        """Whether the write buffer is above the high-water mark. The pump reads it after every
+        frame it writes, so a leg keeps it as a plain attribute where it can (picows' leg does:
+        a method call per frame cost more than the read)."""
         ...
 
     def quiet_seconds(self) -> float | None:

@@ -12,7 +12,9 @@ keeps it:
   that many pass), one more closes the connection with 1009. picows checks each frame against
   ``max_frame_size`` (set to the same bound: a single frame over it is refused by picows with
   1009 before it is read); this leg checks the sum of a fragmented message's frames;
-* text must be UTF-8 (RFC 6455 8.1): invalid text closes with 1007; reserved bits with no
+* text must be UTF-8 (RFC 6455 8.1): invalid text closes with 1007. A text message is reported
+  as the bytes read (``LegEvents.on_text``); checking them costs one ``isascii`` (what base64
+  audio in JSON is), and a decode only for a message with other characters; reserved bits with no
   extension negotiated, and continuation frames out of order, close with 1002 (5.2, 5.4);
 * a ping is answered with a pong carrying its payload (5.5.2) and, like a pong, reported as
   ``on_heard``; picows' own auto-pong is off, because it would swallow the ping unreported;
@@ -28,7 +30,7 @@ paused, the frames of a read picows already made (it delivers them all) wait the
 at most one read's worth, and follow in order on ``resume_reading``.
 
 Backpressure: the transport calls ``pause_writing`` past its high-water mark and
-``resume_writing`` below the low one; the leg exposes that as ``write_backed_up`` and
+``resume_writing`` below the low one; the leg exposes that as ``backed_up`` and
 ``on_drain``, and the pump pauses the other leg's reading meanwhile.
 """
 
@@ -84,6 +86,15 @@ def close_reason(reason: str) -> bytes:
     return raw[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()
 
 
+def _utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8 (RFC 6455 8.1; the decoded text is not kept)."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class _Held:
     """Events a leg holds back, in order: before its pump is bound (``Leg.start``), or while
     the pump has its reading paused (picows delivers every frame of a read it already made:
@@ -103,7 +114,7 @@ class _Held:
         if self.through is None and self.size > BACKLOG_BYTES:
             self.leg._hold_reading(True)
 
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         self._keep(lambda events: events.on_text(data), len(data))
 
     def on_binary(self, data: bytes) -> None:
@@ -141,7 +152,6 @@ class PicowsLeg(WSListener):
     # Slots: attributes of a subclass of picows' extension type are read ~3x faster than from
     # an instance dict, and the hot path reads several per frame.
     __slots__ = (
-        "_backed_up",
         "_close_timeout",
         "_closing",
         "_drop_timer",
@@ -160,6 +170,7 @@ class PicowsLeg(WSListener):
         "_plain",
         "_pump",
         "_reaper",
+        "backed_up",
         "closed",
         "transport",
     )
@@ -192,7 +203,7 @@ class PicowsLeg(WSListener):
         self._ended = False
         #: A close frame of ours is out; the peer's answer ends the connection.
         self._closing = False
-        self._backed_up = False
+        self.backed_up = False
         self._paused_by_pump = False
         self._paused_for_backlog = False
         self._drop_timer: asyncio.TimerHandle | None = None
@@ -222,12 +233,11 @@ class PicowsLeg(WSListener):
             and frame.payload_size <= self._max_message
         ):
             if mt is _TEXT:
-                try:
-                    text = frame.get_payload_as_utf8_text()
-                except UnicodeDecodeError:
+                data = frame.get_payload_as_bytes()
+                if data.isascii() or _utf8(data):
+                    self._on_text(data)
+                else:
                     self._fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text message")
-                    return
-                self._on_text(text)
                 return
             if mt is _BINARY:
                 self._on_binary(frame.get_payload_as_bytes())
@@ -289,13 +299,10 @@ class PicowsLeg(WSListener):
         self._plain = True
         if self._pieces_type is _BINARY:
             self._events.on_binary(data)
-            return
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
+        elif _utf8(data):
+            self._events.on_text(data)
+        else:
             self._fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text message")
-            return
-        self._events.on_text(text)
 
     def _close_received(self, transport: WSTransport, frame: WSFrame) -> None:
         self.closed = True
@@ -343,10 +350,10 @@ class PicowsLeg(WSListener):
             self._gone.set_result(None)
 
     def pause_writing(self) -> None:
-        self._backed_up = True
+        self.backed_up = True
 
     def resume_writing(self) -> None:
-        self._backed_up = False
+        self.backed_up = False
         if not self._ended:
             self._events.on_drain()
 
@@ -370,7 +377,7 @@ class PicowsLeg(WSListener):
         self._report_to(pump)
         self._hold_reading(False)
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.send(_TEXT, data)
 
@@ -405,9 +412,6 @@ class PicowsLeg(WSListener):
         self._paused_by_pump = False
         self._release_held()
         self._apply_reading()
-
-    def write_backed_up(self) -> bool:
-        return self._backed_up
 
     def quiet_seconds(self) -> float | None:
         if self.transport is None:

@@ -93,18 +93,16 @@ class _NoLeg:
     """The client leg of a call's sideband: there is none, so whatever is sent is dropped."""
 
     closed = True
+    backed_up = False
 
     def start(self, events: LegEvents) -> None: ...
-    def send_text(self, data: str) -> None: ...
+    def send_text(self, data: bytes) -> None: ...
     def send_bytes(self, data: bytes) -> None: ...
     def ping(self) -> None: ...
     def close(self, code: int, reason: str) -> None: ...
     def sever(self) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-    def write_backed_up(self) -> bool:
-        return False
 
     def quiet_seconds(self) -> float | None:
         return None
@@ -246,13 +244,13 @@ class Pump:
     def perform(self, actions: Sequence[Action]) -> None:
         for act in actions:
             match act:
-                case SendClient(data):
-                    self._send(self.client, data)
-                    if self.client.write_backed_up():
+                case SendClient(data, binary):
+                    self._send(self.client, data, binary)
+                    if self.client.backed_up:
                         self.backed_up(Side.UPSTREAM)
-                case SendUpstream(data):
-                    self._send(self.upstream, data)
-                    if self.upstream.write_backed_up():
+                case SendUpstream(data, binary):
+                    self._send(self.upstream, data, binary)
+                    if self.upstream.backed_up:
                         self.backed_up(Side.CLIENT)
                 case Commit(record, frame):
                     self._settle(self._effects.commit(record, frame), self.core.committed)
@@ -290,11 +288,11 @@ class Pump:
                         self._ended.set_result(None)
 
     @staticmethod
-    def _send(leg: Leg, data: str | bytes) -> None:
-        if isinstance(data, str):
-            leg.send_text(data)
-        else:
+    def _send(leg: Leg, data: bytes, binary: bool) -> None:
+        if binary:
             leg.send_bytes(data)
+        else:
+            leg.send_text(data)
 
     def _leg(self, side: Side) -> Leg:
         return self.client if side is Side.CLIENT else self.upstream
@@ -395,12 +393,12 @@ class _Events:
     a frame needs is bound once, here, so a frame costs no attribute lookups."""
 
     __slots__ = (
-        "_backed_up",
         "_binary",
         "_closed",
         "_heard",
         "_latency",
         "_lost",
+        "_other",
         "_pump",
         "_send_bytes",
         "_send_text",
@@ -421,16 +419,16 @@ class _Events:
         self._heard = core.heard_upstream if upstream else core.heard_client
         self._closed = core.upstream_closed if upstream else core.client_closed
         self._lost = core.upstream_lost if upstream else core.client_lost
+        self._other = other
         self._send_text = other.send_text
         self._send_bytes = other.send_bytes
-        self._backed_up = other.write_backed_up
         metrics = pump._metrics
         # The latency histogram samples the upstream -> client direction (one frame in 64).
         self._latency = metrics.latency.labels("down") if metrics is not None and upstream else None
         #: Frames and bytes read since the last flush (plain ints: no lock per frame).
         self.frames = self.bytes = 0
 
-    def on_text(self, data: str) -> None:
+    def on_text(self, data: bytes) -> None:
         self.frames += 1
         self.bytes += len(data)
         try:
@@ -448,7 +446,7 @@ class _Events:
                 else:
                     self._pump.perform(acts)
                 self._latency.observe(perf_counter() - t0)
-            if self._backed_up():
+            if self._other.backed_up:
                 self._pump.backed_up(self._side)
         except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
             self._pump.failed(exc)
@@ -462,7 +460,7 @@ class _Events:
                 self._send_bytes(data)
             else:
                 self._pump.perform(acts)
-            if self._backed_up():
+            if self._other.backed_up:
                 self._pump.backed_up(self._side)
         except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
             self._pump.failed(exc)
