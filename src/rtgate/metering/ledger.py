@@ -110,6 +110,9 @@ class Ledger:
         self._unrecordable_logged = False
         #: Entries written after ``drain`` by ``submit``, each in a task of its own.
         self._alone: set[asyncio.Task[None]] = set()
+        #: The loop of the last entry: ``asyncio.get_running_loop`` costs a system call per
+        #: call on Python 3.11 (``getpid``), and a record is queued once per metered event.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- what callers see ---------------------------------------------------------------------
     async def record(self, rec: UsageRecord) -> None:
@@ -156,7 +159,7 @@ class Ledger:
         """``record`` without a coroutine: queue ``rec``; the future is done once it is durable
         (its exception ``LedgerError`` if it cannot be). The relay adds a callback to it
         instead of running a task per record."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut = self._future()
         if self._closed:
             # After ``drain`` (shutdown): written at once, by a task the ledger owns.
             task = asyncio.ensure_future(self._write_alone(rec, fut))
@@ -167,8 +170,14 @@ class Ledger:
             self._wake.set()
         return fut
 
+    def _future(self) -> asyncio.Future[None]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.create_future()
+
     async def _durable(self, entry: Entry) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut = self._future()
         if self._closed:
             await self._write_alone(entry, fut)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -128,12 +128,25 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
                 # The deadline, or the driver's own timeout (a TimeoutError is an OSError).
                 raise StoreError(f"cannot {what}: no answer within {seconds:g} s") from exc
             except _DB_ERRORS as exc:
-                bad = _refused_data(exc)
-                raise StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=bad) from exc
+                raise _store_error(what, exc) from exc
 
         return bounded
 
     return wrap
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    return StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=_refused_data(exc))
+
+
+def _write_failed(exc: Exception) -> Exception:
+    """What the SQLite writer's thread raises, as ``_bounded`` maps it (a bug's own error
+    passes unchanged)."""
+    if not isinstance(exc, _DB_ERRORS):
+        return exc
+    err = _store_error("write", exc)
+    err.__cause__ = exc
+    return err
 
 
 def _key(row: Row[Any]) -> KeyInfo:
@@ -334,7 +347,7 @@ class SqlStore:
             busy_ms = int(timeout * 1000)
             event.listen(self.engine.sync_engine, "connect", pragmas(busy_ms))
             # A file's path: an in-memory database cannot be pooled with these arguments.
-            self._sqlite = SqliteWriter(str(self.engine.url.database), busy_ms)
+            self._sqlite = SqliteWriter(str(self.engine.url.database), busy_ms, _write_failed)
         #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
         self._writes = (
             self._insert_once(sessions, "id"),
@@ -564,8 +577,10 @@ class SqlStore:
 
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(unique))
 
-    @_bounded("write")
-    async def write(self, entries: Sequence[Entry]) -> None:
+    def write(self, entries: Sequence[Entry]) -> Awaitable[None]:
+        """SQLite: the writer thread's future, bounded by its caller's deadline (the ledger's)
+        and by SQLite's busy timeout (the store's). Otherwise, a coroutine within the store's
+        deadline."""
         opens = [e for e in entries if isinstance(e, SessionOpen)]
         usage = [e for e in entries if isinstance(e, UsageRecord)]
         transcript = [e for e in entries if isinstance(e, TranscriptEntry)]
@@ -580,8 +595,11 @@ class SqlStore:
             (close, _close_rows(closes)),
         ]
         if self._sqlite is not None:
-            await self._sqlite.write(steps)
-            return
+            return self._sqlite.write(steps)
+        return self._write_pooled(steps)
+
+    @_bounded("write")
+    async def _write_pooled(self, steps: list[tuple[Any, list[dict[str, Any]]]]) -> None:
         async with self.engine.begin() as conn:
             for stmt, rows in steps:
                 if rows:
