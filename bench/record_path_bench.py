@@ -86,8 +86,11 @@ async def _measure(sessions: int, records: int) -> None:
         def commit(self, record: Any, frame: str) -> Any:
             return commit_usage(self.ledger, self.metrics, record, frame)
 
-        async def budget_refusal(self) -> None:
-            return None
+        # Never asked (the bench's key has no budget); a future, which older checkouts await.
+        def budget_refusal(self) -> asyncio.Future[None]:
+            answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            answer.set_result(None)
+            return answer
 
         def keep_transcript(self, entries: Any) -> None: ...
         def refused(self, code: str) -> None: ...

@@ -353,6 +353,34 @@ async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
     assert not ledger.spilling
 
 
+# -- budget checks -----------------------------------------------------------------------------
+
+
+async def test_budget_checks_of_one_key_share_the_read_that_begins_after_the_one_under_way(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    book = SpendBook(faulty, ledger, ManualClock(start=DAY1), timeout=5.0)
+    await ledger.record(usage(1, charged=100))
+    faulty.stall(only=frozenset({"spend"}))
+    first = book.check("key_a")
+    await until(lambda: faulty.calls.get("spend") == 1)  # its read is under way
+    await ledger.record(usage(2, charged=20))
+    second, third = book.check("key_a"), book.check("key_a")
+    other = book.check("key_b")  # another key's checks do not wait for key_a's
+    assert second is third and second is not first
+    faulty.heal()
+    assert await first == Spend(120, 120, 120)
+    assert await second == await third == Spend(120, 120, 120)
+    assert await other == Spend(0, 0, 0)
+    # One read each for key_a's first check and for the two that came while it ran.
+    assert faulty.calls["spend"] == 3
+    later = book.check("key_a")  # nothing under way: a read of its own
+    assert later is not first and later is not second
+    assert await later == Spend(120, 120, 120)
+    assert faulty.calls["spend"] == 4
+
+
 # -- budgets while the store is away ----------------------------------------------------------
 
 

@@ -111,8 +111,8 @@ class GatewayEffects:
             )
         return commit_usage(self._gw.ledger, self._gw.metrics, record, frame)
 
-    async def budget_refusal(self) -> GatewayError | None:
-        return await budget_crossed(self._gw, self._key_id, self._policy)
+    def budget_refusal(self) -> asyncio.Future[GatewayError | None]:
+        return budget_crossed(self._gw, self._key_id, self._policy)
 
     def keep_transcript(self, entries: list[TranscriptEntry]) -> None:
         # Queued, not awaited: the ledger writes it in order, after the session's start.
