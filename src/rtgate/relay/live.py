@@ -57,7 +57,9 @@ def commit_usage(
             review_excerpt(frame),
             extra={"session_id": rec.session_id, "key_id": rec.key_id},
         )
-    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    durable = ledger.submit(rec)
+    # The ledger's loop, without ``get_running_loop`` (a ``getpid`` per call on Python 3.11).
+    outcome: asyncio.Future[bool] = durable.get_loop().create_future()
 
     def settle(durable: asyncio.Future[None]) -> None:
         if outcome.done():
@@ -76,7 +78,7 @@ def commit_usage(
         else:
             outcome.set_exception(exc)
 
-    ledger.submit(rec).add_done_callback(settle)
+    durable.add_done_callback(settle)
     return outcome
 
 
