@@ -77,6 +77,8 @@ async def _measure(sessions: int, records: int) -> None:
     from rtgate.store.port import SessionOpen
     from rtgate.store.sql import SqlStore
 
+    legacy_commit = "metrics" in inspect.signature(commit_usage).parameters
+
     class Effects:
         def __init__(self, ledger: Ledger, metrics: Metrics) -> None:
             self.ledger, self.metrics = ledger, metrics
@@ -84,7 +86,9 @@ async def _measure(sessions: int, records: int) -> None:
         # Not async: an older checkout awaits what this returns (a coroutine there), a newer
         # one adds callbacks to it (a future).
         def commit(self, record: Any, frame: str) -> Any:
-            return commit_usage(self.ledger, self.metrics, record, frame)
+            if legacy_commit:  # the metrics were counted by commit_usage, now by the ledger
+                return commit_usage(self.ledger, self.metrics, record, frame)
+            return commit_usage(self.ledger, record, frame)
 
         # Never asked (the bench's key has no budget); a future, which older checkouts await.
         def budget_refusal(self) -> asyncio.Future[None]:

@@ -322,23 +322,24 @@ async def test_a_submitted_record_is_a_future_done_once_durable_with_no_task_of_
     # The relay's path per record: queued with a future, no task started for it.
     assert len(asyncio.all_tasks()) == tasks
     assert not any(f.done() for f in durable)
-    await asyncio.gather(*durable)
+    assert await asyncio.gather(*durable) == [True, True, True]
     assert await refs(sql) == ["r0", "r1", "r2"]
     # After the drain (shutdown) a record is written at once, and its future says so too.
     await ledger.drain()
-    await ledger.submit(usage(3))
+    assert await ledger.submit(usage(3)) is True
     assert await refs(sql) == ["r0", "r1", "r2", "r3"]
 
 
-async def test_a_submitted_record_that_can_be_kept_nowhere_fails_its_future(
+async def test_a_submitted_record_that_can_be_kept_nowhere_says_so_in_its_future(
     faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
 ) -> None:
     blocker = tmp_path / "full"
     blocker.write_text("a file where the spill directory would go")
     ledger = running(ledger_for(faulty, blocker))
     faulty.fail(only=WRITES)
+    assert await ledger.submit(usage(1)) is False
     with pytest.raises(LedgerError):
-        await ledger.submit(usage(1))
+        await ledger.record(usage(2))
 
 
 async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
