@@ -53,8 +53,8 @@ class SpendBook:
 
     def check(self, key_id: str) -> asyncio.Future[Spend]:
         """``spend`` for the budget check after a metered event: a future shared with the
-        other checks of ``key_id`` waiting for the same read. Cancelling it is not allowed (a
-        caller that stops waiting drops it); it is done within the read deadline."""
+        other checks of ``key_id`` waiting for the same read, so a caller never cancels it (it
+        drops it). Done within two read deadlines: the read under way, then its own."""
         under_way = self._checks.get(key_id)
         if under_way is None:
             return self._read(key_id, None)
