@@ -9,6 +9,14 @@ the event loop's thread alone. Each checkout runs in a process of its own, one a
 other, so compare the lines of one run.
 
     python bench/record_path_bench.py --src before=DIR --src after=. [--records 2000]
+
+``--latency``: how long a record's commit waits instead, ``commit_usage`` to its future's
+callback (where the pump forwards the metered frame), one record at a time, with the loop idle
+and then busy: ``SPINNERS`` Python callbacks of ``SPIN_S`` always ready, as in a relay near
+saturation, so each loop iteration the commit spans costs ~0.8 ms. Pin it to one core
+(``taskset -c 1``) as the relay bench pins the relay.
+
+    taskset -c 1 python bench/record_path_bench.py --latency --records 300 --src ...
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: ``--latency``: the Python work of one ready callback of the busy loop, and how many are ready.
+SPIN_S = 0.0002
+SPINNERS = 4
 
 
 class _Leg:
@@ -65,6 +76,21 @@ class _Leg:
     async def wait_closed(self) -> None: ...
 
 
+async def _ledger() -> tuple[Any, Any, Any, asyncio.Task[None]]:
+    """A SQLite store with the bench's key in a fresh directory, and a running ledger."""
+    from rtgate.metering.ledger import Ledger
+    from rtgate.metrics import Metrics
+    from rtgate.store.sql import SqlStore
+
+    home = Path(tempfile.mkdtemp(prefix="rtgate-record-bench-"))
+    store = SqlStore(f"sqlite+aiosqlite:///{home / 'rtgate.db'}")
+    await store.init()
+    await store.create_key("key_bench", "bench", "p", "0" * 64, time.time())
+    metrics = Metrics()
+    ledger = Ledger(store, spill_dir=home / "usage-spill", metrics=metrics)
+    return store, metrics, ledger, asyncio.create_task(ledger.run())
+
+
 async def _measure(sessions: int, records: int) -> None:
     import orjson
 
@@ -78,7 +104,8 @@ async def _measure(sessions: int, records: int) -> None:
     from rtgate.relay.live import commit_usage
     from rtgate.relay.pump import Pump
     from rtgate.store.port import SessionOpen
-    from rtgate.store.sql import SqlStore
+
+    legacy_commit = "metrics" in inspect.signature(commit_usage).parameters
 
     class Effects:
         def __init__(self, ledger: Ledger, metrics: Metrics) -> None:
@@ -87,22 +114,21 @@ async def _measure(sessions: int, records: int) -> None:
         # Not async: an older checkout awaits what this returns (a coroutine there), a newer
         # one adds callbacks to it (a future).
         def commit(self, record: Any, frame: str) -> Any:
-            return commit_usage(self.ledger, self.metrics, record, frame)
+            if legacy_commit:  # the metrics were counted by commit_usage, now by the ledger
+                return commit_usage(self.ledger, self.metrics, record, frame)
+            return commit_usage(self.ledger, record, frame)
 
-        async def budget_refusal(self) -> None:
-            return None
+        # Never asked (the bench's key has no budget); a future, which older checkouts await.
+        def budget_refusal(self) -> asyncio.Future[None]:
+            answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            answer.set_result(None)
+            return answer
 
         def keep_transcript(self, entries: Any) -> None: ...
         def refused(self, code: str) -> None: ...
         async def hangup(self) -> None: ...
 
-    home = Path(tempfile.mkdtemp(prefix="rtgate-record-bench-"))
-    store = SqlStore(f"sqlite:///{home / 'rtgate.db'}")
-    await store.init()
-    await store.create_key("key_bench", "bench", "p", "0" * 64, time.time())
-    metrics = Metrics()
-    ledger = Ledger(store, spill_dir=home / "usage-spill", metrics=metrics)
-    writer = asyncio.create_task(ledger.run())
+    store, metrics, ledger, writer = await _ledger()
     catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-bench"}))
     # The pump's timer: one per session (tick_every) before the gateway's Ticker.
     params = inspect.signature(Pump).parameters
@@ -163,24 +189,77 @@ async def _measure(sessions: int, records: int) -> None:
     await store.close()
 
 
+async def _latency(busy: bool, records: int) -> None:
+    """A record's commit wait, one at a time, with the loop idle or busy (``SPINNERS``)."""
+    from rtgate.metering.record import UsageRecord
+    from rtgate.protocol.usage import Usage
+    from rtgate.relay.live import commit_usage
+    from rtgate.store.port import SessionOpen
+
+    store, metrics, ledger, writer = await _ledger()
+    await ledger.open_session(SessionOpen("rs_1", "key_bench", "m", "openai", None, time.time()))
+    # An older checkout's commit_usage counted the metrics itself.
+    legacy = "metrics" in inspect.signature(commit_usage).parameters
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    def spin() -> None:
+        until = time.perf_counter() + SPIN_S
+        while time.perf_counter() < until:
+            pass
+        if not stop:
+            loop.call_soon(spin)
+
+    if busy:
+        for _ in range(SPINNERS):
+            loop.call_soon(spin)
+    waits = []
+    for i in range(records):
+        rec = UsageRecord("rs_1", "key_bench", "m", "m", Usage(text_in=i + 1), 1, 1, time.time())
+        done: asyncio.Future[float] = loop.create_future()
+        started = time.perf_counter()
+        args = (ledger, metrics, rec, "") if legacy else (ledger, rec, "")
+        fut = commit_usage(*args)
+        fut.add_done_callback(lambda _, done=done: done.set_result(time.perf_counter()))
+        waits.append((await done - started) * 1e3)
+        await asyncio.sleep(0.002)
+    stop = True
+    waits.sort()
+    n = len(waits)
+    print(
+        f"  loop {'busy' if busy else 'idle'}: commit p50 {waits[n // 2]:.2f} ms, "
+        f"p90 {waits[n * 9 // 10]:.2f}, p99 {waits[n * 99 // 100]:.2f}",
+        flush=True,
+    )
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    await store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--src", action="append", default=[], help="LABEL=DIR, a checkout")
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--records", type=int, default=2000)
+    ap.add_argument("--latency", action="store_true", help="the commit's wait instead (above)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
         sys.path[:0] = [str(Path(a.child) / "src"), str(ROOT / "bench")]
         import uvloop
 
-        uvloop.run(_measure(a.sessions, a.records))
+        if a.latency:
+            uvloop.run(_latency(False, a.records))
+            uvloop.run(_latency(True, a.records))
+        else:
+            uvloop.run(_measure(a.sessions, a.records))
         return
     for spec in a.src or [f"this={ROOT}"]:
         label, _, src = spec.rpartition("=")
         print(f"{label or src}: {src}", flush=True)
         cmd = [sys.executable, __file__, "--child", src]
         cmd += ["--sessions", str(a.sessions), "--records", str(a.records)]
+        cmd += ["--latency"] if a.latency else []
         subprocess.run(cmd, check=True)
 
 

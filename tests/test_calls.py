@@ -23,7 +23,6 @@ from rtgate.auth.client_secrets import secret_id_of
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
-from rtgate.metering.ledger import LedgerError
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 from tests.provider import FAKE_SDP_ANSWER, PROVIDER_KEY, FakeProvider, emit_response_done
@@ -771,9 +770,9 @@ async def test_usage_that_cannot_be_recorded_ends_the_call_with_usage_unavailabl
     call_id = await place(client_for(gateway, key), REALTIME)
     await sideband_open(provider, call_id)
 
-    def unrecordable(rec: Any) -> asyncio.Future[None]:
-        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        refused.set_exception(LedgerError("disk full"))
+    def unrecordable(rec: Any) -> asyncio.Future[bool]:
+        refused: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        refused.set_result(False)  # neither stored nor spilled (a full disk)
         return refused
 
     monkeypatch.setattr(gateway.app[GATEWAY].ledger, "submit", unrecordable)

@@ -323,23 +323,24 @@ async def test_a_submitted_record_is_a_future_done_once_durable_with_no_task_of_
     # The relay's path per record: queued with a future, no task started for it.
     assert len(asyncio.all_tasks()) == tasks
     assert not any(f.done() for f in durable)
-    await asyncio.gather(*durable)
+    assert await asyncio.gather(*durable) == [True, True, True]
     assert await refs(sql) == ["r0", "r1", "r2"]
     # After the drain (shutdown) a record is written at once, and its future says so too.
     await ledger.drain()
-    await ledger.submit(usage(3))
+    assert await ledger.submit(usage(3)) is True
     assert await refs(sql) == ["r0", "r1", "r2", "r3"]
 
 
-async def test_a_submitted_record_that_can_be_kept_nowhere_fails_its_future(
+async def test_a_submitted_record_that_can_be_kept_nowhere_says_so_in_its_future(
     faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
 ) -> None:
     blocker = tmp_path / "full"
     blocker.write_text("a file where the spill directory would go")
     ledger = running(ledger_for(faulty, blocker))
     faulty.fail(only=WRITES)
+    assert await ledger.submit(usage(1)) is False
     with pytest.raises(LedgerError):
-        await ledger.submit(usage(1))
+        await ledger.record(usage(2))
 
 
 async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
@@ -352,6 +353,34 @@ async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
     (line,) = (tmp_path / "spill" / REJECTED).read_bytes().splitlines()
     assert orjson.loads(line)["ref"] == "bad"
     assert not ledger.spilling
+
+
+# -- budget checks -----------------------------------------------------------------------------
+
+
+async def test_budget_checks_of_one_key_share_the_read_that_begins_after_the_one_under_way(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    book = SpendBook(faulty, ledger, ManualClock(start=DAY1), timeout=5.0)
+    await ledger.record(usage(1, charged=100))
+    faulty.stall(only=frozenset({"spend"}))
+    first = book.check("key_a")
+    await until(lambda: faulty.calls.get("spend") == 1)  # its read is under way
+    await ledger.record(usage(2, charged=20))
+    second, third = book.check("key_a"), book.check("key_a")
+    other = book.check("key_b")  # another key's checks do not wait for key_a's
+    assert second is third and second is not first
+    faulty.heal()
+    assert await first == Spend(120, 120, 120)
+    assert await second == await third == Spend(120, 120, 120)
+    assert await other == Spend(0, 0, 0)
+    # One read each for key_a's first check and for the two that came while it ran.
+    assert faulty.calls["spend"] == 3
+    later = book.check("key_a")  # nothing under way: a read of its own
+    assert later is not first and later is not second
+    assert await later == Spend(120, 120, 120)
+    assert faulty.calls["spend"] == 4
 
 
 # -- budgets while the store is away ----------------------------------------------------------

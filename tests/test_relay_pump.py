@@ -93,8 +93,10 @@ class FakeEffects:
         self.commits.append((record, outcome))
         return outcome
 
-    async def budget_refusal(self) -> GatewayError | None:
-        return self.refusal
+    def budget_refusal(self) -> asyncio.Future[GatewayError | None]:
+        answer: asyncio.Future[GatewayError | None] = asyncio.get_running_loop().create_future()
+        answer.set_result(self.refusal)
+        return answer
 
     def keep_transcript(self, entries: list[TranscriptEntry]) -> None:
         self.transcripts.extend(entries)

@@ -21,8 +21,9 @@ runs go into the next, so many sessions share one transaction (group commit). It
 A batch the store refuses for its data (a constraint, a value out of range) is retried entry by
 entry; an entry refused alone is set aside in the spill directory's rejected file (logged) and
 counts as durable. Only an entry that can be neither stored nor spilled (the disk is full) fails
-its caller with ``LedgerError``. The operator hears of an outage once as it starts, once as it
-ends, and once if entries cannot be kept at all: never once per record.
+its caller with ``LedgerError`` (``submit``'s future: False). The operator hears of an outage
+once as it starts, once as it ends, and once if entries cannot be kept at all: never once per
+record.
 
 A write that missed its deadline may still commit later, with its entries spilled as well: the
 store writes each entry once (``Store.write`` is idempotent), so draining adds nothing twice. For
@@ -65,7 +66,8 @@ class _Backlog:
     charged: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-_Queued = tuple[Entry, asyncio.Future[None] | None]
+#: An entry and its future: True once durable, False if it can be neither stored nor spilled.
+_Queued = tuple[Entry, asyncio.Future[bool] | None]
 
 
 class Ledger:
@@ -110,11 +112,15 @@ class Ledger:
         self._unrecordable_logged = False
         #: Entries written after ``drain`` by ``submit``, each in a task of its own.
         self._alone: set[asyncio.Task[None]] = set()
+        #: The loop of the last entry: ``asyncio.get_running_loop`` costs a system call per
+        #: call on Python 3.11 (``getpid``), and a record is queued once per metered event.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- what callers see ---------------------------------------------------------------------
     async def record(self, rec: UsageRecord) -> None:
         """Queue ``rec`` and wait until it is durable; ``LedgerError`` if it cannot be."""
-        await self.submit(rec)
+        if not await self.submit(rec):
+            raise LedgerError("the record could be neither stored nor spilled")
 
     async def open_session(self, s: SessionOpen) -> None:
         """Queue a session's start and wait until it is durable (its usage refers to it)."""
@@ -152,11 +158,12 @@ class Ledger:
                 out[day] = out.get(day, 0) + nanos
         return out
 
-    def submit(self, rec: UsageRecord) -> asyncio.Future[None]:
-        """``record`` without a coroutine: queue ``rec``; the future is done once it is durable
-        (its exception ``LedgerError`` if it cannot be). The relay adds a callback to it
-        instead of running a task per record."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def submit(self, rec: UsageRecord) -> asyncio.Future[bool]:
+        """``record`` without a coroutine: queue ``rec``; the future is True once it is durable
+        (and counted in the metrics), False if it can be neither stored nor spilled (the ledger
+        logged why and counted it). The relay adds a callback to it instead of running a task
+        per record, and hands it to the core as it is (no second future, no second hop)."""
+        fut = self._future()
         if self._closed:
             # After ``drain`` (shutdown): written at once, by a task the ledger owns.
             task = asyncio.ensure_future(self._write_alone(rec, fut))
@@ -167,22 +174,29 @@ class Ledger:
             self._wake.set()
         return fut
 
+    def _future(self) -> asyncio.Future[bool]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.create_future()
+
     async def _durable(self, entry: Entry) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut = self._future()
         if self._closed:
             await self._write_alone(entry, fut)
         else:
             self._pending.append((entry, fut))
             self._wake.set()
-        await fut
+        if not await fut:
+            raise LedgerError("the entry could be neither stored nor spilled")
 
-    async def _write_alone(self, entry: Entry, fut: asyncio.Future[None]) -> None:
+    async def _write_alone(self, entry: Entry, fut: asyncio.Future[bool]) -> None:
         async with self._writing:
             try:
                 await self._write([(entry, fut)])
             except Exception:  # a bug must not leave a caller waiting forever
                 log.exception("the ledger failed writing an entry")
-                _fail([(entry, fut)], LedgerError("the ledger failed writing the entry"))
+                _fail([(entry, fut)])
 
     # -- the writer ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -207,7 +221,7 @@ class Ledger:
                     await self._write(batch)
                 except Exception:  # a bug must not leave a caller waiting forever
                     log.exception("the ledger failed writing %d entries", len(batch))
-                    _fail(batch, LedgerError("the ledger failed writing the entry"))
+                    _fail(batch)
 
     async def _write(self, batch: Sequence[_Queued]) -> None:
         if not self._spilling:
@@ -261,7 +275,7 @@ class Ledger:
         entries = [e for e, _ in batch]
         if self._dir is None:
             log.error("the store refused %d entries for their data: %r", len(entries), entries)
-            _fail(batch, LedgerError("the store refused the entry for its data"))
+            _fail(batch)
             return False
         try:
             path = await asyncio.to_thread(set_aside, self._dir, [to_line(e) for e in entries])
@@ -307,11 +321,14 @@ class Ledger:
         if self._unrecordable_logged:
             self._unrecordable_logged = False
             log.warning("usage is recorded again")
+        metrics = self._metrics
         for entry, fut in batch:
             if isinstance(entry, UsageRecord):
                 _add(self._metered, entry)
+                if metrics is not None:
+                    metrics.usage(entry)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     def _unrecordable(self, batch: Sequence[_Queued], why: str) -> None:
         records = sum(isinstance(e, UsageRecord) for e, _ in batch)
@@ -325,7 +342,7 @@ class Ledger:
             )
         if self._metrics is not None and records:
             self._metrics.ledger_unrecorded.inc(records)
-        _fail(batch, LedgerError(f"the entry could be neither stored nor spilled: {why}"))
+        _fail(batch)
 
     # -- outages ------------------------------------------------------------------------------
     def _start_spilling(self) -> None:
@@ -493,7 +510,8 @@ def _add(ledger: dict[str, dict[str, int]], rec: UsageRecord) -> None:
     days[day] = days.get(day, 0) + rec.charged_nanos
 
 
-def _fail(batch: Sequence[_Queued], err: LedgerError) -> None:
+def _fail(batch: Sequence[_Queued]) -> None:
+    """The entries of ``batch`` are not durable (the caller logged why): their futures say so."""
     for _, fut in batch:
         if fut is not None and not fut.done():
-            fut.set_exception(err)
+            fut.set_result(False)

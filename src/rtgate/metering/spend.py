@@ -10,10 +10,16 @@ all: a stalled database would otherwise hold the session's next frames at every 
 Only a key never read by this process, asked while the store does not answer, has no answer
 (``StoreError``). Other instances' spend during an outage is not known here until the store
 answers again (README, Metering).
+
+The check after each metered event (``check``) reads a key once at a time: checks that come
+while a read of their key runs share the next one, which starts when it ends. Every answer comes
+from a read that began after its check was asked (after its record was durable), so it counts
+that record; a key's many sessions cost one read at a time, not a task and a read per event.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +47,43 @@ class SpendBook:
         self._timeout = timeout
         self._deadlines = Deadlines()
         self._reads: dict[str, _Read] = {}
+        #: Per key with a check under way: its read, and the future of the checks that came
+        #: while it ran (None if none came).
+        self._checks: dict[str, tuple[asyncio.Task[Spend], asyncio.Future[Spend] | None]] = {}
+
+    def check(self, key_id: str) -> asyncio.Future[Spend]:
+        """``spend`` for the budget check after a metered event: a future shared with the
+        other checks of ``key_id`` waiting for the same read, so a caller never cancels it (it
+        drops it). Done within two read deadlines: the read under way, then its own."""
+        under_way = self._checks.get(key_id)
+        if under_way is None:
+            return self._read(key_id, None)
+        task, after = under_way
+        if after is None:
+            after = task.get_loop().create_future()
+            self._checks[key_id] = (task, after)
+        return after
+
+    def _read(self, key_id: str, answer: asyncio.Future[Spend] | None) -> asyncio.Future[Spend]:
+        task = asyncio.ensure_future(self.spend(key_id))
+        self._checks[key_id] = (task, None)
+        task.add_done_callback(lambda done: self._read_done(key_id, done, answer))
+        return task if answer is None else answer
+
+    def _read_done(
+        self, key_id: str, done: asyncio.Task[Spend], answer: asyncio.Future[Spend] | None
+    ) -> None:
+        after = self._checks.pop(key_id)[1]
+        if answer is not None and not answer.done():
+            if done.cancelled():  # the loop is shutting down
+                answer.cancel()
+            elif (exc := done.exception()) is not None:
+                answer.set_exception(exc)
+            else:
+                answer.set_result(done.result())
+        if after is not None:
+            # The checks that came while this read ran: a read of their own, begun now.
+            self._read(key_id, after)
 
     async def spend(self, key_id: str) -> Spend:
         """What ``key_id`` has been charged this UTC day, this UTC month, and ever."""

@@ -9,6 +9,7 @@ holds its live-session slot, so it is admitted without one (``admit(..., slot=Fa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 from rtgate.auth.authenticator import AuthThrottled
 from rtgate.auth.policy import (
     KeyPolicy,
+    Spend,
     check_model,
     check_session_template,
     over_budget,
     session_seconds,
 )
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, QuotaExceeded
+from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
@@ -136,12 +138,29 @@ async def record_end(gw: Gateway, session: RelaySession) -> None:
         log.info("session end not recorded", extra={"session_id": session.session_id})
 
 
-async def budget_crossed(gw: Gateway, key_id: str, policy: KeyPolicy) -> QuotaExceeded | None:
-    """After each metered event of a live session: the budget its key has crossed, if any.
-    Never raises: a session admitted is not ended because the store cannot answer (the spend
-    book answers from its last read and what this process metered since)."""
-    try:
-        return over_budget(policy, await gw.spend.spend(key_id))
-    except StoreError as err:
-        log.warning("budget of key %s not checked: %s", key_id, err.message)
-        return None
+def budget_crossed(
+    gw: Gateway, key_id: str, policy: KeyPolicy
+) -> asyncio.Future[GatewayError | None]:
+    """After each metered event of a live session: the budget its key has crossed, if any, from
+    the spend book's shared read (``SpendBook.check``); a future of this session's own, which
+    it may cancel. Never fails for the store: a session admitted is not ended because the store
+    cannot answer (the spend book answers from its last read and what this process metered
+    since)."""
+    read = gw.spend.check(key_id)
+    crossed: asyncio.Future[GatewayError | None] = read.get_loop().create_future()
+
+    def answer(done: asyncio.Future[Spend]) -> None:
+        if crossed.done():  # the session stopped waiting
+            return
+        if done.cancelled():
+            crossed.cancel()
+        elif isinstance(exc := done.exception(), StoreError):
+            log.warning("budget of key %s not checked: %s", key_id, exc.message)
+            crossed.set_result(None)
+        elif exc is not None:
+            crossed.set_exception(exc)
+        else:
+            crossed.set_result(over_budget(policy, done.result()))
+
+    read.add_done_callback(answer)
+    return crossed

@@ -309,7 +309,7 @@ class CallRegistry:
         answer goes back; ``LedgerUnavailable`` if it can be kept nowhere."""
         ms = round(gw.settings.live_startup_seconds * 1000)
         rec = session.prepay_live(ms, gw.clock.now())
-        if rec is not None and not await commit_usage(gw.ledger, gw.metrics, rec, ""):
+        if rec is not None and not await commit_usage(gw.ledger, rec, ""):
             raise LedgerUnavailable("Usage could not be recorded, so the call was not placed.")
 
     async def _run(self, gw: Gateway, sb: Sideband) -> None:

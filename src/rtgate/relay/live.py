@@ -19,9 +19,8 @@ from rtgate.auth.policy import ClientEventGuard, KeyPolicy
 from rtgate.config import Settings
 from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway, LiveSession, shutting_down
-from rtgate.metering.ledger import Ledger, LedgerError
+from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord
-from rtgate.metrics import Metrics
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.keepalive import Cadence
 from rtgate.protocol.relay import RelayCore
@@ -38,14 +37,12 @@ log = logging.getLogger("rtgate.relay")
 TRANSLATION = "translation"
 
 
-def commit_usage(
-    ledger: Ledger, metrics: Metrics | None, rec: UsageRecord, frame: str
-) -> asyncio.Future[bool]:
+def commit_usage(ledger: Ledger, rec: UsageRecord, frame: str) -> asyncio.Future[bool]:
     """Make ``rec`` durable before ``frame``, the event it meters, moves on: stored, or spilled
     locally past the commit deadline (``Ledger.submit``), so the frame waits at most that long.
-    The future is True then; False when it could be neither, and the session must end
-    (``LedgerUnavailable``) without forwarding the frame. Callbacks, not a task: one record
-    costs the loop two futures.
+    The future is True then (the record counted in the metrics); False when it could be
+    neither, and the session must end (``LedgerUnavailable``) without forwarding the frame. The
+    ledger's own future: no task, and no second future or loop iteration per record.
 
     A record flagged for review (its usage could not be read in full) is reported first: an
     error line with a masked excerpt of the frame, and ``rtgate_usage_review``."""
@@ -57,27 +54,7 @@ def commit_usage(
             review_excerpt(frame),
             extra={"session_id": rec.session_id, "key_id": rec.key_id},
         )
-    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def settle(durable: asyncio.Future[None]) -> None:
-        if outcome.done():
-            return
-        if durable.cancelled():
-            outcome.cancel()
-            return
-        exc = durable.exception()
-        if exc is None:
-            if metrics is not None:
-                metrics.usage(rec)
-            outcome.set_result(True)
-        elif isinstance(exc, LedgerError):
-            # The ledger logged why (once for the outage, not once per record) and counted it.
-            outcome.set_result(False)
-        else:
-            outcome.set_exception(exc)
-
-    ledger.submit(rec).add_done_callback(settle)
-    return outcome
+    return ledger.submit(rec)
 
 
 class GatewayEffects:
@@ -109,10 +86,10 @@ class GatewayEffects:
                 record.model,
                 extra={"session_id": record.session_id, "key_id": record.key_id},
             )
-        return commit_usage(self._gw.ledger, self._gw.metrics, record, frame)
+        return commit_usage(self._gw.ledger, record, frame)
 
-    async def budget_refusal(self) -> GatewayError | None:
-        return await budget_crossed(self._gw, self._key_id, self._policy)
+    def budget_refusal(self) -> asyncio.Future[GatewayError | None]:
+        return budget_crossed(self._gw, self._key_id, self._policy)
 
     def keep_transcript(self, entries: list[TranscriptEntry]) -> None:
         # Queued, not awaited: the ledger writes it in order, after the session's start.

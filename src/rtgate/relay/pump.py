@@ -4,8 +4,9 @@ Each leg (``legs.py``) reports what it reads through callbacks; the pump hands e
 core and performs the actions it answers with, in order. Nothing is awaited per frame: a frame the
 core passes (it answers None) is written to the other leg at once. What takes time is a future
 the pump owns, whose outcome goes back to the core from its done callback: a usage record's
-commit (the ledger's own future, so no task per record), a budget check (a task: it may ask the
-store), a call's hangup. The gateway's one ``Ticker`` (``ticker.py``) ticks the core (expiry and the
+commit (the ledger's own future, so no task per record), a budget check (the spend book's
+read of the key, shared by the checks of its sessions that wait for the same one), a call's
+hangup. The gateway's one ``Ticker`` (``ticker.py``) ticks the core (expiry and the
 keepalive) and takes the frame counts for the metrics; one timer of the pump's own fires at the
 session's deadline.
 
@@ -29,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rtgate.errors import GatewayError, RelayFailed
 from rtgate.metering.record import UsageRecord
@@ -67,6 +68,8 @@ from rtgate.relay.ticker import Ticker
 
 log = logging.getLogger("rtgate.relay")
 
+T = TypeVar("T")
+
 #: How long the teardown waits for the legs' close handshakes and the pump's tasks.
 TEARDOWN_WAIT_S = 15.0
 
@@ -78,8 +81,9 @@ class Effects(Protocol):
         """Make ``record`` durable: True once it is, False if it could be neither stored nor
         spilled."""
 
-    async def budget_refusal(self) -> GatewayError | None:
-        """The budget the key has crossed, if any; never raises."""
+    def budget_refusal(self) -> asyncio.Future[GatewayError | None]:
+        """The budget the key has crossed, if any (a future of the pump's own, which the
+        teardown may cancel); never fails for the store."""
 
     def keep_transcript(self, entries: list[TranscriptEntry]) -> None: ...
 
@@ -257,7 +261,7 @@ class Pump:
                 case Record(record):
                     self._settle(self._effects.commit(record, ""), self.core.recorded)
                 case CheckBudget():
-                    self._spawn(self._check_budget())
+                    self._settle(self._effects.budget_refusal(), self.core.budget_checked)
                 case KeepTranscript(entries):
                     self._effects.keep_transcript(entries)
                 case Refused(code):
@@ -311,17 +315,12 @@ class Pump:
             if not (source is Side.UPSTREAM and self._hold_paused):
                 self._leg(source).resume_reading()
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _settle(self, outcome: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+    def _settle(self, outcome: asyncio.Future[T], step: Callable[[T], Actions]) -> None:
         """When ``outcome`` is done, hand it to the core (``step``) and perform its answer."""
         self._tasks.add(outcome)
         outcome.add_done_callback(lambda done: self._settled(done, step))
 
-    def _settled(self, done: asyncio.Future[bool], step: Callable[[bool], Actions]) -> None:
+    def _settled(self, done: asyncio.Future[T], step: Callable[[T], Actions]) -> None:
         self._tasks.discard(done)
         if done.cancelled():
             # The teardown gave up on it: the session is over.
@@ -330,16 +329,8 @@ class Pump:
         if exc is not None:
             self.failed(exc)
             return
-        ok = done.result()
-        self._guarded(lambda: step(ok))
-
-    async def _check_budget(self) -> None:
-        try:
-            refusal = await self._effects.budget_refusal()
-        except Exception as exc:  # noqa: BLE001 -- a bug ends the session with an error
-            self.failed(exc)
-            return
-        self._guarded(lambda: self.core.budget_checked(refusal))
+        result = done.result()
+        self._guarded(lambda: step(result))
 
     def _guarded(self, step: Callable[[], Sequence[Action]]) -> None:
         """Perform what ``step`` (a call into the core) answers; a failure ends the session."""

@@ -6,7 +6,7 @@ clients wait, so a database that stalls must cost them seconds, never the sessio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -234,9 +234,11 @@ class Store(Protocol):
         """Charged nano-dollars of ``key_id``: on ``day``, since ``month_start``, ever."""
         ...
 
-    async def write(self, entries: Sequence[Entry]) -> None:
-        """Write ``entries`` in one transaction, durable when this returns. Idempotent: an
-        entry already written (a session open, a usage record or transcript entry by its id, a
+    def write(self, entries: Sequence[Entry]) -> Awaitable[None]:
+        """Write ``entries`` in one transaction, durable when the awaitable is done: a
+        coroutine, or a future whose work goes on without its waiter (no task per batch; the
+        ledger waits on it with its deadline, ``rtgate.deadline``). Idempotent: an entry
+        already written (a session open, a usage record or transcript entry by its id, a
         session close) is written again as a no-op, so a batch may be replayed after a failure
         or a timeout that in fact committed."""
         ...

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -139,12 +139,25 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
                 # The deadline, or the driver's own timeout (a TimeoutError is an OSError).
                 raise StoreError(f"cannot {what}: no answer within {seconds:g} s") from exc
             except _DB_ERRORS as exc:
-                bad = _refused_data(exc)
-                raise StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=bad) from exc
+                raise _store_error(what, exc) from exc
 
         return bounded
 
     return wrap
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    return StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=_refused_data(exc))
+
+
+def _write_failed(exc: Exception) -> Exception:
+    """What the SQLite writer's thread raises, as ``_bounded`` maps it (a bug's own error
+    passes unchanged)."""
+    if not isinstance(exc, _DB_ERRORS):
+        return exc
+    err = _store_error("write", exc)
+    err.__cause__ = exc
+    return err
 
 
 def _one_by_prefix(conn: Connection, hash_prefix: str) -> StoredClientSecret | None:
@@ -173,7 +186,7 @@ class SqlStore:
         #: SQLite's ledger batches go through a writer thread of their own (sqlite_writer.py).
         self._sqlite: SqliteWriter | None = None
         if isinstance(self.db, SqliteThread):
-            self._sqlite = SqliteWriter(self.db.path, int(timeout * 1000))
+            self._sqlite = SqliteWriter(self.db.path, int(timeout * 1000), _write_failed)
         #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
         self._writes = (
             self._insert_once(sessions, "id"),
@@ -388,8 +401,10 @@ class SqlStore:
 
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(unique))
 
-    @_bounded("write")
-    async def write(self, entries: Sequence[Entry]) -> None:
+    def write(self, entries: Sequence[Entry]) -> Awaitable[None]:
+        """SQLite: the writer thread's future, bounded by its caller's deadline (the ledger's)
+        and by SQLite's busy timeout (the store's). Otherwise, a coroutine within the store's
+        deadline."""
         opens = [e for e in entries if isinstance(e, SessionOpen)]
         usage = [e for e in entries if isinstance(e, UsageRecord)]
         transcript = [e for e in entries if isinstance(e, TranscriptEntry)]
@@ -404,9 +419,11 @@ class SqlStore:
             (close, close_rows(closes)),
         ]
         if self._sqlite is not None:
-            await self._sqlite.write(steps)
-            return
+            return self._sqlite.write(steps)
+        return self._write_pooled(steps)
 
+    @_bounded("write")
+    async def _write_pooled(self, steps: list[tuple[Any, list[dict[str, Any]]]]) -> None:
         def run(conn: Connection) -> None:
             for stmt, rows in steps:
                 if rows:

@@ -21,9 +21,11 @@ thread, like a late commit; ``Store.write`` is idempotent, so nothing lands twic
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.dialects import sqlite
@@ -31,17 +33,28 @@ from sqlalchemy.sql import ClauseElement
 
 #: One statement and its rows, in the order they must run.
 Step = tuple[ClauseElement, list[dict[str, Any]]]
+#: Compiled statements and their rows: what the thread runs, in one transaction.
+_Work = list[tuple[str, list[dict[str, Any]]]]
 
 _DIALECT = sqlite.dialect(paramstyle="named")
 
 
 class SqliteWriter:
-    """Writes batches of rows to the SQLite file at ``path`` from one thread of its own."""
+    """Writes batches of rows to the SQLite file at ``path`` from one thread of its own;
+    ``failure`` maps what ``sqlite3`` (or a value it cannot bind) raises to the caller's error."""
 
-    def __init__(self, path: str, busy_ms: int) -> None:
+    def __init__(self, path: str, busy_ms: int, failure: Callable[[Exception], Exception]) -> None:
         self._path = path
         self._busy_ms = busy_ms
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtgate-sqlite-writer")
+        self._failure = failure
+        #: Batches for the thread, each with its future and that future's loop; None stops it.
+        self._queue: queue.SimpleQueue[
+            tuple[_Work, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        #: The loop of the last batch (``asyncio.get_running_loop`` costs a system call per
+        #: call on Python 3.11; a future knows its loop for free).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Opened in the writer thread, on its first batch (sqlite3 connections stay in the
         #: thread that made them).
         self._conn: sqlite3.Connection | None = None
@@ -49,11 +62,26 @@ class SqliteWriter:
         #: statements for the writer's life, so an ``id`` names one statement).
         self._sql: dict[tuple[int, tuple[str, ...]], str] = {}
 
-    async def write(self, steps: Sequence[Step]) -> None:
-        """Run ``steps`` in one transaction in the writer thread (sqlite3's errors raised)."""
+    def write(self, steps: Sequence[Step]) -> asyncio.Future[None]:
+        """Run ``steps`` in one transaction in the writer thread: a future, done once they are
+        committed (its exception ``failure``'s, if not). Not a coroutine: the caller waits on
+        the future with its deadline, and no task runs per batch. Cancelling the future stops
+        the wait, not the write."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         work = [(self._compiled(stmt, rows), rows) for stmt, rows in steps if rows]
-        if work:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._run, work)
+        if not work:
+            fut.set_result(None)
+            return fut
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name="rtgate-sqlite-writer", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((work, fut, loop))
+        return fut
 
     def _compiled(self, stmt: ClauseElement, rows: list[dict[str, Any]]) -> str:
         keys = tuple(rows[0])
@@ -63,7 +91,23 @@ class SqliteWriter:
             self._sql[(id(stmt), keys)] = sql
         return sql
 
-    def _run(self, work: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    # -- the writer thread ----------------------------------------------------------------------
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            work, fut, loop = item
+            err: Exception | None = None
+            try:
+                self._run(work)
+            except Exception as exc:  # noqa: BLE001 -- the caller's to handle, mapped
+                err = self._failure(exc)
+            # A closed loop raises RuntimeError: nobody waits for this batch any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, fut, err)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self, work: _Work) -> None:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._connect()
@@ -89,14 +133,20 @@ class SqliteWriter:
 
     async def close(self) -> None:
         """Close the connection in its thread once the batches queued before it are done."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._close)
-        self._pool.shutdown(wait=False)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+
+def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:
+    # A future cancelled at its caller's deadline takes no outcome: its write went on anyway.
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(err)
 
 
 #: The store's connection pragmas (``pragmas``) but the busy timeout.
