@@ -86,17 +86,11 @@ def trim() -> bool:
     if any were released. A closed session's objects are in reference cycles (tasks, legs and
     the pump hold each other), freed only by a full collection, which after a burst may not
     come for a long while (the threshold counts allocations, and an idle gateway makes few)."""
-    if not trimmable():
+    fn = _malloc_trim()
+    if fn is None:
         return False
     gc.collect()
-    return release()
-
-
-def release() -> bool:
-    """Release the allocator's free pages to the kernel (``malloc_trim(0)``), without a
-    collection first; True if any were released."""
-    fn = _malloc_trim()
-    return fn is not None and bool(fn(0))
+    return bool(fn(0))
 
 
 async def trim_after_bursts(

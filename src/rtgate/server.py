@@ -34,7 +34,6 @@ from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
-from rtgate.heap import release
 from rtgate.logs import configure_logging
 from rtgate.relay.endpoint import relay_door
 from rtgate.relay.front_door import FrontDoorSite
@@ -69,11 +68,8 @@ def freeze_startup_heap() -> None:
     """Move everything built at startup (the app, settings, SQLAlchemy, the catalog, ~120k
     objects) out of the cyclic collector's reach: it lives as long as the process, and a full
     collection that walks it stalls every session (measured ~37 ms, a p99 spike under load).
-    Sessions' own objects are still collected as usual. The garbage of start-up (imports,
-    the migration's reflection) is collected first and its pages returned to the kernel
-    (``heap.release``: ~0.6 MB of the idle footprint, docs/performance.md "Memory")."""
+    Sessions' own objects are still collected as usual."""
     gc.collect()
-    release()
     gc.freeze()
 
 
