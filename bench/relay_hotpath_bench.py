@@ -152,8 +152,11 @@ class _NoEffects:
         done.set_result(True)
         return done
 
-    async def budget_refusal(self) -> None:
-        return None
+    def budget_refusal(self) -> asyncio.Future[None]:
+        # As the pump's Effects has it: a future (no budget crossed); never called here.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def keep_transcript(self, entries: Any) -> None: ...
 
