@@ -67,13 +67,18 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 async def readiness_settles(port: int, status: int, in_a_row: int = 12) -> None:
     """Wait until ``in_a_row`` fresh connections in a row answer ``/readyz`` with ``status``:
-    with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``)."""
+    with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``). A
+    connection the kernel queued on a worker that is exiting (drained) is reset when its
+    listener closes; that is no answer, so the streak starts again."""
     streak = 0
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(500):
-            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                streak = streak + 1 if r.status == status else 0
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    streak = streak + 1 if r.status == status else 0
+            except (aiohttp.ClientConnectionError, ConnectionResetError):
+                streak = 0
             if streak == in_a_row:
                 return
             if not streak:
