@@ -94,6 +94,7 @@ async def _ledger() -> tuple[Any, Any, Any, asyncio.Task[None]]:
 async def _measure(sessions: int, records: int) -> None:
     import orjson
 
+    from harness.effects import NoEffects
     from harness.loadgen import DONE
     from rtgate.catalog import Catalog
     from rtgate.config import load_settings
@@ -107,26 +108,19 @@ async def _measure(sessions: int, records: int) -> None:
 
     legacy_commit = "metrics" in inspect.signature(commit_usage).parameters
 
-    class Effects:
+    class Effects(NoEffects):
+        """Commits through the ledger into SQLite; the rest answered at once (the bench's key
+        has no budget)."""
+
         def __init__(self, ledger: Ledger, metrics: Metrics) -> None:
             self.ledger, self.metrics = ledger, metrics
 
         # Not async: an older checkout awaits what this returns (a coroutine there), a newer
         # one adds callbacks to it (a future).
-        def commit(self, record: Any, frame: str) -> Any:
+        def commit(self, record: Any, frame: Any) -> Any:
             if legacy_commit:  # the metrics were counted by commit_usage, now by the ledger
                 return commit_usage(self.ledger, self.metrics, record, frame)
             return commit_usage(self.ledger, record, frame)
-
-        # Never asked (the bench's key has no budget); a future, which older checkouts await.
-        def budget_refusal(self) -> asyncio.Future[None]:
-            answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            answer.set_result(None)
-            return answer
-
-        def keep_transcript(self, entries: Any) -> None: ...
-        def refused(self, code: str) -> None: ...
-        async def hangup(self) -> None: ...
 
     store, metrics, ledger, writer = await _ledger()
     catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-bench"}))
@@ -205,8 +199,8 @@ async def _latency(busy: bool, records: int) -> None:
 
     def spin() -> None:
         until = time.perf_counter() + SPIN_S
-        while time.perf_counter() < until:
-            pass
+        while time.perf_counter() < until:  # CPU a busy relay's callbacks would take
+            continue
         if not stop:
             loop.call_soon(spin)
 

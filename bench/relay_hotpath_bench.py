@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from harness.anchor import Meter  # noqa: E402
+from harness.effects import NoEffects  # noqa: E402
 from harness.frames import audio_b64  # noqa: E402
 from harness.relay_picows import ClientSide, UpstreamSide  # noqa: E402
 from rtgate.catalog import Catalog  # noqa: E402
@@ -136,7 +137,7 @@ def rtgate(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Any, .
         core,
         client_leg,
         upstream_leg,
-        _NoEffects(),
+        NoEffects(),
         monotonic=time.monotonic,
         ticker=Ticker(1.0),
         metrics=Metrics(),
@@ -144,25 +145,6 @@ def rtgate(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Any, .
     upstream_leg.start(pump._upstream_events)
     client_leg.start(pump._client_events)
     return upstream_leg, up_tr, client_leg, client_tr
-
-
-class _NoEffects:
-    def commit(self, record: Any, frame: str) -> asyncio.Future[bool]:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        done.set_result(True)
-        return done
-
-    def budget_refusal(self) -> asyncio.Future[None]:
-        # As the pump's Effects has it: a future (no budget crossed); never called here.
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    def keep_transcript(self, entries: Any) -> None: ...
-
-    def refused(self, code: str) -> None: ...
-
-    async def hangup(self) -> None: ...
 
 
 async def main() -> None:
