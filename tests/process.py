@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -67,18 +68,14 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 async def readiness_settles(port: int, status: int, in_a_row: int = 12) -> None:
     """Wait until ``in_a_row`` fresh connections in a row answer ``/readyz`` with ``status``:
-    with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``). A
-    connection the kernel queued on a worker that is exiting (drained) is reset when its
-    listener closes; that is no answer, so the streak starts again."""
+    with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``). A reset
+    fails the wait: while any worker serves, every worker keeps its listener (server.py)."""
     streak = 0
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(500):
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    streak = streak + 1 if r.status == status else 0
-            except (aiohttp.ClientConnectionError, ConnectionResetError):
-                streak = 0
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                streak = streak + 1 if r.status == status else 0
             if streak == in_a_row:
                 return
             if not streak:
@@ -96,6 +93,7 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     except psutil.NoSuchProcess:
         workers = []
     for w in workers:
-        w.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # it exited meanwhile
+            w.kill()
     proc.kill()
     proc.wait()

@@ -249,6 +249,102 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
     assert sum(r["records"] for r in cli_json(env, "usage")) == 8
 
 
+async def knock(port: int, key: str, upgrade: bool) -> str:
+    """One fresh connection's answer: for ``/readyz`` its status and the answering worker's live
+    sessions (``"503 1"``); for a session's upgrade ``"session.created"``, or the close code and
+    the error it heard (``"1001 server_shutting_down"``); else the error that ended it without
+    an answer (a reset, an end of stream)."""
+    try:
+        if not upgrade:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            if not answer:
+                return "end of stream"
+            status, body = answer.split(b" ", 2)[1], answer.split(b"\r\n\r\n", 1)[1]
+            return f"{status.decode()} {orjson.loads(body)['live_sessions']}"
+        async with connect(
+            f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {key}"},
+            open_timeout=10,
+        ) as ws:
+            event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            if event["type"] == "session.created":
+                return "session.created"
+            with pytest.raises(websockets.ConnectionClosedOK):
+                await asyncio.wait_for(ws.recv(), 10)
+        return f"{ws.close_code} {event['error']['code']}"
+    except (OSError, EOFError, websockets.WebSocketException, TimeoutError) as e:
+        return repr(e)
+
+
+async def test_no_connection_is_reset_while_a_sibling_worker_still_holds_a_session(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """A worker with nothing left to drain keeps its listener, answering the drain's refusal,
+    until every worker has drained: with ``SO_REUSEPORT`` each worker's listener has an accept
+    queue of its own, and closing it resets the connections the kernel queued there."""
+    port = free_port()
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        RTGATE_OPENAI_BASE_URL=provider.base_url,
+        OPENAI_API_KEY=PROVIDER_KEY,
+        RTGATE_DRAIN_SECONDS="120",
+    )
+    key = create_key(env, "d")
+    log = tmp_path / "gateway.log"
+    proc = start_serving(env, log)
+    try:
+        await wait_ready(port, proc)
+        await readiness_settles(port, 200)
+        # One session: one worker holds it, the other holds none and drains at once.
+        (held,) = await open_sessions(port, key, 1)
+        answers: list[str] = []
+        hammering = signalled = False
+
+        async def hammer(n: int) -> None:
+            while hammering:
+                n += 1
+                # Sessions only once the drain is asked for: before it, one would hold the
+                # idle worker too.
+                answers.append(await knock(port, key, upgrade=signalled and n % 8 == 0))
+
+        hammering = True
+        async with asyncio.TaskGroup() as tg:
+            for n in range(24):
+                tg.create_task(hammer(n))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            signalled = True
+            drained = b"drained: no live session is left"
+            async with asyncio.timeout(30):
+                while drained not in log.read_bytes():  # noqa: ASYNC110 -- another process's log
+                    await asyncio.sleep(0.01)
+            # The idle worker has drained (its sibling still holds the session): before the fix
+            # it closed its listener and exited within a few milliseconds.
+            await asyncio.sleep(1.0)
+            late = len(answers)
+            await asyncio.sleep(1.0)
+            hammering = False
+        # Serving (200, a session), then refused cleanly (503, 1001): never anything else.
+        clean = {"200 0", "200 1", "session.created", "503 0", "503 1", "1001 server_shutting_down"}
+        assert not [a for a in answers if a not in clean], sorted(set(answers))
+        assert "1001 server_shutting_down" in answers
+        # Both workers still answer (the idle one 0 live sessions, the other 1).
+        assert {"503 0", "503 1"} <= set(answers[late:]), sorted(set(answers[late:]))
+        assert proc.poll() is None
+        await metered(held, "resp_held")
+        await held.close(1000, "done")
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        kill_tree(proc)
+    rows = cli_json(env, "sessions", "--limit", "1000")
+    assert {(r["close_code"], r["closed_by"]) for r in rows} == {(1000, "client")}
+    assert sum(r["records"] for r in cli_json(env, "usage")) == 1
+
+
 async def test_an_admin_drain_ends_what_is_left_at_the_deadline_with_1001(
     tmp_path: Path, provider: FakeProvider
 ) -> None:

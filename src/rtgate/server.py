@@ -9,6 +9,14 @@ end or ``drain_seconds`` pass), and the process exits when the drain is over; a 
 or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
 how a worker that the admin API asked to drain has the parent tell every worker. The parent of
 ``--workers N`` forwards each of these signals to every worker, and each drains on its own.
+
+Workers of a drain close together. Each worker's ``SO_REUSEPORT`` listener has an accept queue
+of its own, and the kernel resets the connections still queued on a listener that closes; so a
+worker that closed as soon as its own sessions were over would reset clients while a sibling
+still serves. Instead a drained worker tells the parent (``DrainBarrier``) and keeps listening,
+refusing new sessions as the drain does, until the parent has heard it from every worker (or
+seen it exit: ``close_together``); then they all close. A second SIGTERM, or SIGINT, waits for
+no one.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -73,12 +82,60 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+class DrainBarrier:
+    """A worker's side of closing together (module docstring): it tells the parent it has
+    drained, then waits for the parent's word that every worker has (or for the parent's end:
+    a closed pipe reads as that word too)."""
+
+    def __init__(self, parent: Connection) -> None:
+        self._parent = parent
+
+    async def wait(self) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: nobody left to wait for
+            self._parent.send_bytes(b"drained")
+        loop = asyncio.get_running_loop()
+        told: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not told.done():
+                told.set_result(None)
+
+        fd = self._parent.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            await told
+        finally:
+            loop.remove_reader(fd)
+
+
+def close_together(workers: list[Connection]) -> None:
+    """The parent's side: once every worker has said it drained, or exited (its pipe then reads
+    end of file), tell each to close. Returns when they are told."""
+    waiting = list(workers)
+    while waiting:
+        for ready in wait(waiting):
+            waiting.remove(ready)  # type: ignore[arg-type]
+    for conn in workers:
+        with contextlib.suppress(OSError):  # exited already
+            conn.send_bytes(b"close")
+
+
+async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    tasks = [asyncio.create_task(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 async def serve_async(
     settings: Settings,
     engine_token: str,
     sock: socket.socket | None = None,
     propagate_drain: Callable[[], None] | None = None,
     drain_requested: Callable[[], bool] | None = None,
+    siblings: DrainBarrier | None = None,
 ) -> None:
     app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
     # At exit aiohttp waits this long for handlers still running (a drain's length at least).
@@ -133,12 +190,10 @@ async def serve_async(
         # A worker that came up after the parent fanned a drain out ignored that signal
         # (_worker); the parent marks the request before it signals, so it is seen here.
         drain.begin()
-    waits = [asyncio.create_task(e.wait()) for e in (now, drain.finished)]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
+    await _first_of(now.wait(), drain.finished.wait())
+    if siblings is not None and not now.is_set():
+        log.info("drained: listening on, refusing new sessions, until every worker has drained")
+        await _first_of(now.wait(), siblings.wait())
     log.info("shutting down")
     # Stops listening, ends what is still live (1001), waits for the handlers, drains the ledger.
     await runner.cleanup()
@@ -155,7 +210,9 @@ def _tell_parent_to_drain() -> None:
     os.kill(os.getppid(), signal.SIGUSR1)
 
 
-def _worker(settings: Settings, engine_token: str, drain_requested: EventLike) -> None:
+def _worker(
+    settings: Settings, engine_token: str, drain_requested: EventLike, parent: Connection
+) -> None:
     # A sibling's drain request may come before this worker serves: ignored, not fatal.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
@@ -166,6 +223,7 @@ def _worker(settings: Settings, engine_token: str, drain_requested: EventLike) -
             engine_token,
             propagate_drain=_tell_parent_to_drain,
             drain_requested=drain_requested.is_set,
+            siblings=DrainBarrier(parent),
         )
     )
 
@@ -220,13 +278,14 @@ def serve(settings: Settings) -> None:
     # Set before a drain is fanned out: a worker still starting then, deaf to the signal, sees
     # it once it serves (serve_async), so no worker outlives a drain.
     drain_requested = ctx.Event()
+    pipes = [ctx.Pipe() for _ in range(settings.workers)]
     procs = [
         ctx.Process(
             target=_worker,
-            args=(settings, engine_token, drain_requested),
+            args=(settings, engine_token, drain_requested, theirs),
             name=f"rtgate-worker-{i}",
         )
-        for i in range(settings.workers)
+        for i, (_, theirs) in enumerate(pipes)
     ]
 
     def forward(signum: int, _frame: object) -> None:
@@ -242,7 +301,9 @@ def serve(settings: Settings) -> None:
     # (spawned workers start with the default handlers, whatever the parent installs).
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
-    for p in procs:
+    for p, (_, theirs) in zip(procs, pipes, strict=True):
         p.start()
+        theirs.close()  # the worker's end is the worker's alone: its exit then reads as EOF
+    close_together([ours for ours, _ in pipes])
     for p in procs:
         p.join()
