@@ -213,8 +213,11 @@ def _tell_parent_to_drain() -> None:
 def _worker(
     settings: Settings, engine_token: str, drain_requested: EventLike, parent: Connection
 ) -> None:
-    # A sibling's drain request may come before this worker serves: ignored, not fatal.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # A drain may come before this worker serves (a sibling's request, or SIGTERM): ignored,
+    # not fatal, and seen once it serves (``drain_requested``). Killed by SIGTERM's default
+    # action once listening, it would reset the connections queued on its listener.
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     configure_logging(settings.log_level, _provider_secrets(settings), settings.log_format)
     install_uvloop()
     asyncio.run(
