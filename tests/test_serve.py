@@ -4,6 +4,7 @@ API) that cuts no live session before its deadline, and a second signal that end
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, load_settings
-from rtgate.server import unshared_workers_warning
+from rtgate.server import DrainBarrier, close_together, unshared_workers_warning
 from tests.process import (
     cli_json,
     create_key,
@@ -248,6 +249,23 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
     rows = cli_json(env, "sessions", "--limit", "50")
     assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1000, "client")] * 8
     assert sum(r["records"] for r in cli_json(env, "usage")) == 8
+
+
+async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited() -> None:
+    pipes = [multiprocessing.Pipe() for _ in range(3)]
+    async with asyncio.TaskGroup() as tg:
+        parent = tg.create_task(asyncio.to_thread(close_together, [ours for ours, _ in pipes]))
+        # Two workers drain; the third has not yet: nobody is told to close.
+        drained = [tg.create_task(DrainBarrier(theirs).wait()) for _, theirs in pipes[:2]]
+        done, _ = await asyncio.wait([parent, *drained], timeout=0.3)
+        assert not done
+        # The third exits (its end of the pipe closes): every worker is told.
+        pipes[2][1].close()
+        await asyncio.wait_for(asyncio.gather(parent, *drained), 5)
+    # A worker whose parent is gone stops waiting too.
+    ours, theirs = multiprocessing.Pipe()
+    ours.close()
+    await asyncio.wait_for(DrainBarrier(theirs).wait(), 5)
 
 
 async def knock(port: int, key: str, upgrade: bool) -> str:
