@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -101,10 +102,13 @@ NOT_SERVING = (
     "greenlet",
     "aiosqlite",
     "asyncpg",
+    "typer",
+    "click",
+    "rtgate.cli",
 )
 
 
-async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
+async def test_a_gateway_on_sqlite_serves_without_the_cli_its_tables_or_the_orm(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     port = free_port()
@@ -116,14 +120,18 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
     )
     key = create_key(env, "m")
     imports = tmp_path / "modules.txt"
-    # ``rtgate serve`` as ``python -m rtgate serve`` runs it, listing its modules as it exits.
-    listing = (
-        "import atexit, runpy, sys; out = sys.argv[1]; sys.argv[1:] = ['serve']; "
-        "atexit.register(lambda: open(out, 'w').write(chr(10).join(sys.modules))); "
-        "runpy.run_module('rtgate', run_name='__main__')"
+    # The serving process lists its modules as it exits: ``rtgate serve`` re-executes itself
+    # (``cli.serve``), so the listing comes from a ``sitecustomize`` on its path: the CLI's
+    # process image is replaced before its exit handlers could run, the server's write it.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(imports)!r}, 'w').write('\\n'.join(sys.modules)))\n"
     )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(probe), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-c", listing, str(imports)], env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "rtgate", "serve"], env=env, stdout=subprocess.DEVNULL
     )
     try:
         await wait_ready(port, proc)
@@ -136,7 +144,7 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
     finally:
         kill_tree(proc)
     loaded = set(imports.read_text().splitlines())
-    assert {"rtgate.server", "sqlalchemy", "structlog"} <= loaded
+    assert {"rtgate.relay.pump", "sqlalchemy", "structlog"} <= loaded
     assert sorted(loaded & set(NOT_SERVING)) == []
 
 

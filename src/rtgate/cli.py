@@ -7,6 +7,8 @@ takes ``--json``; a new key's secret is printed once, alone on the last line.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -144,22 +146,32 @@ def serve(
     ] = None,
 ) -> None:
     """Run the gateway."""
-    from rtgate.server import serve as run_server
-
-    settings = _settings()
+    env = dict(os.environ)
+    if _state.get("config") is not None:
+        env["RTGATE_CONFIG"] = str(_state["config"])
     chosen = {
-        "host": host,
-        "port": port,
-        "workers": workers,
-        "tls_certfile": certfile,
-        "tls_keyfile": keyfile,
-        "log_format": log_format.value if log_format else None,
+        "RTGATE_HOST": host,
+        "RTGATE_PORT": port,
+        "RTGATE_WORKERS": workers,
+        "RTGATE_TLS_CERTFILE": certfile,
+        "RTGATE_TLS_KEYFILE": keyfile,
+        "RTGATE_LOG_FORMAT": log_format.value if log_format else None,
     }
-    overrides = {k: v for k, v in chosen.items() if v is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
-    # A start-up failure (database, Redis) is one line naming the setting, not a traceback.
-    _checked(lambda: run_server(settings))
+    env.update({var: str(v) for var, v in chosen.items() if v is not None})
+    # The settings as the server will read them, so a bad option or file is reported here, in
+    # the CLI's words, before anything starts.
+    _checked(lambda: load_settings(None, env))
+    # The gateway runs in this process, re-executed without the CLI: typer, click and the
+    # commands' modules would stay in a serving process's memory for nothing (~2 MB,
+    # docs/performance.md 9.3). The options travel as the RTGATE_* variables they override.
+    os.execve(sys.executable, serving_argv(), env)  # noqa: S606 (no shell: argv as given)
+
+
+def serving_argv() -> list[str]:
+    """``python -m rtgate.server ARGV0`` with this interpreter's flags (``-X dev``, ``-O``):
+    ARGV0, how the person ran rtgate, is for the lines that tell them what to type next."""
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return [sys.executable, *flags, "-m", "rtgate.server", sys.argv[0]]
 
 
 ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]

@@ -41,8 +41,9 @@ from aiohttp import web
 
 from rtgate.api.app import create_app, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
-from rtgate.config import Settings
+from rtgate.config import Settings, load_settings
 from rtgate.drain import DRAIN
+from rtgate.errors import GatewayError
 from rtgate.logs import configure_logging
 from rtgate.relay.endpoint import relay_door
 from rtgate.relay.front_door import FrontDoorSite
@@ -61,8 +62,10 @@ def _provider_secrets(settings: Settings) -> list[str]:
 
 def _program() -> str:
     """How the person ran rtgate (``.venv/bin/rtgate`` under make run), for the lines that
-    tell them what to type next."""
-    argv0 = Path(sys.argv[0])
+    tell them what to type next: the CLI's ``argv[0]``, which ``cli.serve`` passes on as this
+    process's first argument (``python -m rtgate.server PROGRAM``; spawned workers get the
+    parent's ``argv``)."""
+    argv0 = Path(sys.argv[1] if len(sys.argv) > 1 else "rtgate")
     return str(argv0) if argv0.name == "rtgate" else "rtgate"
 
 
@@ -310,3 +313,20 @@ def serve(settings: Settings) -> None:
     close_together([ours for ours, _ in pipes])
     for p in procs:
         p.join()
+
+
+def main() -> int:
+    """``rtgate serve``'s process once the CLI has checked its options and re-executed itself
+    here (``cli.serve``): the settings from the file and ``RTGATE_*`` variables, as the CLI read
+    them. A start-up failure (database, Redis, a file changed since) is one line naming the
+    setting, not a traceback, and exit status 2, as the CLI reports it."""
+    try:
+        serve(load_settings())
+    except GatewayError as err:
+        sys.stderr.write(f"error: {err.message}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
