@@ -178,7 +178,7 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
     (row,) = await table_rows(gateway.store, "SELECT * FROM client_secrets")
     assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert row.key_id == key_id and row.model == "gpt-realtime"
-    assert secret not in str(tuple(row))
+    assert secret not in str(vars(row))
 
     async with client_for(gateway, secret).realtime.connect(model="gpt-realtime") as conn:
         events = []
