@@ -101,9 +101,12 @@ NOT_SERVING = (
 )
 
 
-async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
-    tmp_path: Path, provider: FakeProvider
-) -> None:
+async def modules_of_a_serving_gateway(
+    tmp_path: Path, provider: FakeProvider, database_url: str | None = None
+) -> set[str]:
+    """The modules ``rtgate serve`` (as ``python -m rtgate serve`` runs it) had loaded when it
+    exited, after one session opened and closed: the store looked its key up and wrote its
+    rows."""
     port = free_port()
     env = gateway_env(
         tmp_path / "home",
@@ -111,9 +114,10 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
         RTGATE_OPENAI_BASE_URL=provider.base_url,
         OPENAI_API_KEY=PROVIDER_KEY,
     )
+    if database_url is not None:
+        env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")
     imports = tmp_path / "modules.txt"
-    # ``rtgate serve`` as ``python -m rtgate serve`` runs it, listing its modules as it exits.
     listing = (
         "import atexit, runpy, sys; out = sys.argv[1]; sys.argv[1:] = ['serve']; "
         "atexit.register(lambda: open(out, 'w').write(chr(10).join(sys.modules))); "
@@ -124,7 +128,6 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
     )
     try:
         await wait_ready(port, proc)
-        # A session opened and closed: the store has looked its key up and written its rows.
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
@@ -132,9 +135,24 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
         assert proc.wait(15) == 0
     finally:
         kill_tree(proc)
-    loaded = set(imports.read_text().splitlines())
+    return set(imports.read_text().splitlines())
+
+
+async def test_a_gateway_on_sqlite_serves_without_the_cli_tables_or_the_orm(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    loaded = await modules_of_a_serving_gateway(tmp_path, provider)
     assert {"rtgate.server", "rtgate.store.sql", "sqlite3", "structlog"} <= loaded
     assert sorted(loaded & set(NOT_SERVING)) == []
+
+
+@pytest.mark.postgres
+async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
+    tmp_path: Path, provider: FakeProvider, db_url: str
+) -> None:
+    loaded = await modules_of_a_serving_gateway(tmp_path, provider, db_url)
+    assert {"rtgate.server", "rtgate.store.sql", "asyncpg"} <= loaded
+    assert sorted(loaded & set(NOT_SERVING) - {"asyncpg"}) == []
 
 
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:
