@@ -13,7 +13,7 @@ import pytest
 
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.ledger import Ledger
-from rtgate.metering.record import UsageRecord
+from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
 from rtgate.store.connections import Query, Statement, fetch
@@ -534,6 +534,24 @@ async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None
     call = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", DAY1)
     assert await store.claim_call(call) == call
     await store.close()
+
+
+async def test_the_overview_counts_a_session_on_the_utc_day_it_started(store: SqlStore) -> None:
+    # Either side of a UTC midnight by less than half a second: PostgreSQL's integer cast
+    # rounds where SQLite's truncates, and the day must be the floor in both.
+    midnight = DAY2 - DAY2 % 86_400
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write(
+        [
+            SessionOpen(f"rs_{i}", "key_a", "m", "openai", None, midnight + offset)
+            for i, offset in enumerate((-0.7, -0.3, 0.0, 0.3))
+        ]
+    )
+    overview = await store.overview("2000-01-01", 0.0)
+    assert {d.day: d.sessions for d in overview.days} == {
+        utc_day(midnight - 1): 2,
+        utc_day(midnight): 2,
+    }
 
 
 #: A database the store made while it was built on SQLAlchemy Core (a row in every table).
