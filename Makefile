@@ -76,7 +76,9 @@ test-postgres: $(VENV)/.dev-installed
 		tests/test_client_secrets.py tests/test_client_secret_control.py \
 		tests/test_beta_clients.py tests/test_calls.py tests/test_call_ownership.py \
 		tests/test_drain.py tests/test_auth_throttle.py tests/test_store_outage.py \
-		tests/test_translations.py tests/test_live.py tests/test_live_calls.py
+		tests/test_translations.py tests/test_live.py tests/test_live_calls.py \
+		tests/test_store_connections.py \
+		tests/test_serve.py::test_a_gateway_on_postgresql_serves_on_asyncpg_alone
 
 # Session limits shared by two limiters and two gateways through Redis (CI runs this too).
 test-redis: $(VENV)/.dev-installed

@@ -18,8 +18,8 @@ from rtgate.config import Settings, load_settings
 from rtgate.relay.endpoint import GATEWAY, relay_door
 from rtgate.relay.front_door import FrontDoorSite
 from rtgate.store.connections import connect
+from rtgate.store.migrate import drop_all
 from rtgate.store.port import Store
-from rtgate.store.schema import metadata
 from tests.provider import PROVIDER_KEY, FakeProvider
 
 
@@ -94,7 +94,7 @@ async def database_url(tmp_path: Path) -> str:
 
 async def _reset(url: str) -> None:
     db = connect(url, timeout=10.0, command_timeout=10.0)
-    await db.run(metadata.drop_all, write=True)
+    await db.run(drop_all(), write=True)
     await db.close()
 
 

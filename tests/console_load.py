@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import random
 import time
-from functools import partial
 
 import aiohttp
-from sqlalchemy import Connection, insert
 
 from rtgate.metering.record import utc_day
-from rtgate.store.schema import api_keys, sessions, usage_records
+from rtgate.protocol.usage import USAGE_FIELDS
+from rtgate.store.connections import Query, Statement
+from rtgate.store.rows import ADD_USAGE
 from rtgate.store.sql import SqlStore
 
 CLOSES = (
@@ -28,10 +28,11 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
     rng = random.Random(20260101)
     key_ids = [f"key_load{k:04d}" for k in range(keys)]
 
-    def add_keys(conn: Connection) -> None:
-        conn.execute(
-            insert(api_keys),
-            [
+    def add_keys() -> Query[None]:
+        yield Statement(
+            "INSERT INTO api_keys (id, name, display_prefix, key_hash, created_at)"
+            " VALUES (:id, :name, :display_prefix, :key_hash, :created_at)",
+            many=[
                 {
                     "id": k,
                     "name": f"load {i}",
@@ -43,7 +44,7 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
             ],
         )
 
-    await store.db.run(add_keys, write=True)
+    await store.db.run(add_keys(), write=True)
     ids = [f"rs_load{i:07d}" for i in range(n)]
     for start in range(0, n, 20_000):
         batch = range(start, min(start + 20_000, n))
@@ -75,22 +76,29 @@ async def seed(store: SqlStore, n: int, now: float, keys: int = 20) -> list[str]
                     "day": utc_day(t + 20),
                     "created_at": t + 20,
                     "ref": f"resp_{i}",
+                    **dict.fromkeys(USAGE_FIELDS, 0),
                     "text_in": 100,
                     "audio_out": 50,
                     "provider_nanos": 3_600_000,
                     "charged_nanos": 4_000_000,
                     "record_id": f"ur_load{i:07d}",
+                    "review": None,
+                    "unit": "token",
+                    "metered_by": "provider",
                 }
             )
-        await store.db.run(partial(_add_batch, rows=rows, usage=usage), write=True)
+        await store.db.run(_add_batch(rows, usage), write=True)
     return ids
 
 
-def _add_batch(
-    conn: Connection, rows: list[dict[str, object]], usage: list[dict[str, object]]
-) -> None:
-    conn.execute(insert(sessions), rows)
-    conn.execute(insert(usage_records), usage)
+def _add_batch(rows: list[dict[str, object]], usage: list[dict[str, object]]) -> Query[None]:
+    yield Statement(
+        "INSERT INTO sessions (id, key_id, model, upstream, started_at, ended_at, close_code,"
+        " close_reason, closed_by) VALUES (:id, :key_id, :model, :upstream, :started_at,"
+        " :ended_at, :close_code, :close_reason, :closed_by)",
+        many=rows,
+    )
+    yield Statement(ADD_USAGE, many=usage)
 
 
 async def timed(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[float, int]:

@@ -22,7 +22,6 @@ import pytest
 import websockets
 from aiohttp import web
 from openai import AsyncOpenAI
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from rtgate.auth.client_secrets import (
@@ -38,9 +37,9 @@ from rtgate.config import Settings
 from rtgate.errors import ModelNotAllowed
 from rtgate.logs import Redactor
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.schema import client_secrets
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 
 EK = re.compile(r"^ek_[0-9a-f]{32}$")
 # make test finds (or installs) one with scripts/chromium and passes its path on.
@@ -176,10 +175,10 @@ async def test_a_ga_secret_opens_sessions_with_its_template_billed_to_its_key(
     assert minted.session.instructions == "Speak like a pirate."
 
     # Only the hash is stored, with the minting key.
-    (row,) = await gateway.store.db.run(lambda conn: conn.execute(select(client_secrets)).all())
+    (row,) = await table_rows(gateway.store, "SELECT * FROM client_secrets")
     assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert row.key_id == key_id and row.model == "gpt-realtime"
-    assert secret not in str(tuple(row))
+    assert secret not in str(vars(row))
 
     async with client_for(gateway, secret).realtime.connect(model="gpt-realtime") as conn:
         events = []

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
 from rtgate.cli import app
 from rtgate.config import Settings
-from rtgate.store.schema import usage_records
 from tests.conftest import events_until
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 from tests.test_metrics import scrape
 
 SECONDS = 3.4
@@ -68,7 +67,7 @@ async def test_a_transcription_billed_per_minute_is_in_the_ledger_to_the_nano_do
 
     # $0.017 a minute: 3.4 s is 963333.33 nano-dollars to the provider, 1156000 charged at 20 %.
     # The record was durable before the client saw the event.
-    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
+    (row,) = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
     assert (row.model, row.price_key, row.kind, row.unit, row.ref) == (
         "gpt-live-transcribe",
         "gpt-live-transcribe",

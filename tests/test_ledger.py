@@ -25,6 +25,7 @@ from rtgate.metering.spend import SpendBook
 from rtgate.metering.spill import REJECTED, Claim, SpillWriter, segments
 from rtgate.metrics import Metrics
 from rtgate.protocol.usage import Usage
+from rtgate.store.connections import fetch
 from rtgate.store.faults import WRITES, FaultyStore
 from rtgate.store.port import SessionClose, SessionOpen, StoreError
 from rtgate.store.sql import SqlStore
@@ -87,9 +88,7 @@ def usage(n: int, charged: int = 10, t: float = DAY1) -> UsageRecord:
 
 async def refs(store: SqlStore) -> list[str]:
     """The refs of every usage row, in the order they were inserted."""
-    rows = await store.db.run(
-        lambda conn: conn.exec_driver_sql("SELECT ref FROM usage_records ORDER BY id").all()
-    )
+    rows = await store.db.run(fetch("SELECT ref FROM usage_records ORDER BY id"))
     return [r[0] for r in rows]
 
 

@@ -20,7 +20,6 @@ import websockets
 from openai import AsyncOpenAI
 from openai.types.live import ServerEvent
 from pydantic import TypeAdapter
-from sqlalchemy import select
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
@@ -29,9 +28,9 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.cli import app as cli_app
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.schema import sessions, usage_records
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 #: $0.05 a minute, in nano-dollars a millisecond.
@@ -61,8 +60,7 @@ async def until_no_live_sessions(gw: RunningGateway) -> None:
 
 
 async def usage_rows(gw: RunningGateway) -> list[Any]:
-    q = select(usage_records).order_by(usage_records.c.id)
-    return list(await gw.store.db.run(lambda conn: conn.execute(q).all()))
+    return await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
 
 
 async def ws_events_until(ws: Any, etype: str) -> list[dict[str, Any]]:
@@ -84,7 +82,7 @@ async def ended_session(gw: RunningGateway) -> Any:
     session leaves the live list)."""
     async with asyncio.timeout(10):
         while True:
-            (row,) = await gw.store.db.run(lambda c: c.execute(select(sessions)).all())
+            (row,) = await table_rows(gw.store, "SELECT * FROM sessions")
             if row.ended_at is not None:
                 return row
             await asyncio.sleep(0.02)

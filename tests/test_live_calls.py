@@ -15,15 +15,14 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 from openai.types.live import LiveCreateResponse
-from sqlalchemy import select
 
 from rtgate.auth.policy import KeyPolicy
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.schema import sessions, usage_records
 from tests.conftest import RunningGateway
 from tests.live_fake import FAKE_LIVE_SDP_ANSWER
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\nt=0 0\r\n"
 NANOS_PER_MS = 50_000_000 / 60_000
@@ -40,8 +39,7 @@ async def until(check: Callable[[], Any]) -> None:
 
 
 async def rows_of(gw: RunningGateway) -> list[Any]:
-    q = select(usage_records).order_by(usage_records.c.id)
-    return list(await gw.store.db.run(lambda c: c.execute(q).all()))
+    return await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
 
 
 async def create(gw: RunningGateway, key: str) -> LiveCreateResponse:
@@ -63,7 +61,7 @@ async def ended_session(gw: RunningGateway) -> Any:
     session leaves the live list)."""
     async with asyncio.timeout(10):
         while True:
-            (row,) = await gw.store.db.run(lambda c: c.execute(select(sessions)).all())
+            (row,) = await table_rows(gw.store, "SELECT * FROM sessions")
             if row.ended_at is not None:
                 return row
             await asyncio.sleep(0.02)

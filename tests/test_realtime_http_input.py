@@ -13,15 +13,14 @@ import aiohttp
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
-from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.schema import client_secrets
 from tests.conftest import RunningGateway, events_until
 from tests.http_fuzz import Fuzzed, requests
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 BOUNDARY = "rtgate-test-boundary"
@@ -122,8 +121,8 @@ MALFORMED: dict[str, tuple[str, str, bytes, str | None]] = {
 
 
 async def stored_secrets(gw: RunningGateway) -> int:
-    q = select(func.count()).select_from(client_secrets)
-    return int(await gw.store.db.run(lambda conn: conn.execute(q).scalar_one()))
+    (row,) = await table_rows(gw.store, "SELECT COUNT(*) AS n FROM client_secrets")
+    return int(row.n)
 
 
 async def post(

@@ -13,7 +13,6 @@ import aiohttp
 import orjson
 import pytest
 import websockets
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, Spend, apply_update
@@ -23,9 +22,9 @@ from rtgate.metering.record import UsageRecord
 from rtgate.metering.spill import segments
 from rtgate.protocol.usage import Usage
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.connections import fetch
 from rtgate.store.faults import WRITES, FaultyStore
 from rtgate.store.port import SessionOpen, StoreError
-from rtgate.store.schema import usage_records
 from rtgate.store.sql import SqlStore
 from tests.conftest import RunningGateway, events_until
 from tests.provider import FakeProvider, emit_response_done
@@ -95,10 +94,10 @@ async def test_usage_the_gateway_cannot_read_is_in_the_ledger_before_the_client_
         await ws.send(orjson.dumps({"type": "test.raw", "frame": frame}).decode())
         assert await ws.recv() == frame
         # The session is still open: the row was committed before the frame was forwarded.
-        u = usage_records.c
-        q = select(u.review, u.text_in, u.session_id, u.key_id)
-        (row,) = await gateway.store.db.run(lambda conn: conn.execute(q).all())
-    assert (row.review, row.text_in) == (review, text_in)
+        (row,) = await gateway.store.db.run(
+            fetch("SELECT review, text_in, session_id, key_id FROM usage_records")
+        )
+    assert (row["review"], row["text_in"]) == (review, text_in)
     (summary,) = await gateway.store.usage_summary()
     assert (summary.records, summary.needs_review) == (1, 0 if review is None else 1)
     flagged = [r for r in caplog.records if "recorded for review" in r.getMessage()]
@@ -110,7 +109,7 @@ async def test_usage_the_gateway_cannot_read_is_in_the_ledger_before_the_client_
     (line,) = flagged
     message = line.getMessage()
     assert line.levelname == "ERROR" and review in message and '"input_tokens"' in message
-    assert (line.session_id, line.key_id) == (row.session_id, row.key_id)  # type: ignore[attr-defined]
+    assert (line.session_id, line.key_id) == (row["session_id"], row["key_id"])  # type: ignore[attr-defined]
     assert _PRIVATE not in message
     assert await review_metric(gateway, review) == 1
 

@@ -91,14 +91,14 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
     assert "2 workers without redis_url" in logs
 
 
-#: What a serving process has no use for (docs/performance.md "Memory"): the CLI's tables and
-#: the tracebacks structlog would render with them; SQLAlchemy's ORM, asyncio extension and
-#: greenlet, and aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver.
+#: What a serving process has no use for (docs/performance.md "Memory"): the CLI itself
+#: (``rtgate serve`` re-executes itself without it), its tables and the tracebacks structlog
+#: would render with them; SQLAlchemy (the store's queries are SQL text, 9.8), greenlet and
+#: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver.
 NOT_SERVING = (
     "rich",
     "pygments",
-    "sqlalchemy.orm",
-    "sqlalchemy.ext.asyncio",
+    "sqlalchemy",
     "greenlet",
     "aiosqlite",
     "asyncpg",
@@ -108,9 +108,11 @@ NOT_SERVING = (
 )
 
 
-async def test_a_gateway_on_sqlite_serves_without_the_cli_its_tables_or_the_orm(
-    tmp_path: Path, provider: FakeProvider
-) -> None:
+async def modules_of_a_serving_gateway(
+    tmp_path: Path, provider: FakeProvider, database_url: str | None = None
+) -> set[str]:
+    """The modules ``rtgate serve`` had loaded when it exited, after one session opened and
+    closed: the store looked its key up and wrote its rows."""
     port = free_port()
     env = gateway_env(
         tmp_path / "home",
@@ -118,11 +120,13 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_its_tables_or_the_orm(
         RTGATE_OPENAI_BASE_URL=provider.base_url,
         OPENAI_API_KEY=PROVIDER_KEY,
     )
+    if database_url is not None:
+        env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")
     imports = tmp_path / "modules.txt"
-    # The serving process lists its modules as it exits: ``rtgate serve`` re-executes itself
-    # (``cli.serve``), so the listing comes from a ``sitecustomize`` on its path: the CLI's
-    # process image is replaced before its exit handlers could run, the server's write it.
+    # ``rtgate serve`` re-executes itself (``cli.serve``), so the listing comes from a
+    # ``sitecustomize`` on its path: the CLI's process image is replaced before its exit
+    # handlers could run, the server's write it.
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(
@@ -135,7 +139,6 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_its_tables_or_the_orm(
     )
     try:
         await wait_ready(port, proc)
-        # A session opened and closed: the store has looked its key up and written its rows.
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
@@ -143,9 +146,24 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_its_tables_or_the_orm(
         assert proc.wait(15) == 0
     finally:
         kill_tree(proc)
-    loaded = set(imports.read_text().splitlines())
-    assert {"rtgate.relay.pump", "sqlalchemy", "structlog"} <= loaded
+    return set(imports.read_text().splitlines())
+
+
+async def test_a_gateway_on_sqlite_serves_without_the_cli_or_sqlalchemy(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    loaded = await modules_of_a_serving_gateway(tmp_path, provider)
+    assert {"rtgate.relay.pump", "rtgate.store.sql", "sqlite3", "structlog"} <= loaded
     assert sorted(loaded & set(NOT_SERVING)) == []
+
+
+@pytest.mark.postgres
+async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
+    tmp_path: Path, provider: FakeProvider, db_url: str
+) -> None:
+    loaded = await modules_of_a_serving_gateway(tmp_path, provider, db_url)
+    assert {"rtgate.relay.pump", "rtgate.store.sql", "asyncpg"} <= loaded
+    assert sorted(loaded & set(NOT_SERVING) - {"asyncpg"}) == []
 
 
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:

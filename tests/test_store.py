@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import Connection, create_engine, inspect
 
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.ledger import Ledger
-from rtgate.metering.record import UsageRecord
+from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import Usage
+from rtgate.store.connections import Query, Statement, fetch
+from rtgate.store.migrate import columns
 from rtgate.store.port import (
     SessionClose,
     SessionOpen,
@@ -36,6 +38,18 @@ async def store(db_url: str) -> AsyncIterator[SqlStore]:
     await s.init()  # idempotent
     yield s
     await s.close()
+
+
+async def sqlite_indexes(store: SqlStore, table: str) -> set[str]:
+    """The indexes ``table`` has, by name (SQLite's own for UNIQUE constraints left out)."""
+    rows = await store.db.run(
+        fetch(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :table"
+            " AND name NOT LIKE 'sqlite_autoindex%'",
+            table=table,
+        )
+    )
+    return {r[0] for r in rows}
 
 
 def rec(key: str, model: str, t: float, n: int, session: str = "rs_1") -> UsageRecord:
@@ -143,10 +157,10 @@ async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before usage could be flagged for review, with a row in it.
-        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN review")
-        conn.exec_driver_sql(
+        yield Statement("ALTER TABLE usage_records DROP COLUMN review")
+        yield Statement(
             "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
             " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
             " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
@@ -154,7 +168,7 @@ async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None
             f" {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 50, 60)"
         )
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -204,14 +218,14 @@ async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before prices had units: a token row and a whisper-1 minute.
-        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN unit")
+        yield Statement("ALTER TABLE usage_records DROP COLUMN unit")
         for model, kind, text_in, audio_ms in (
             ("gpt-realtime", "response", 5, 0),
             ("whisper-1", "transcription", 0, 60_000),
         ):
-            conn.exec_driver_sql(
+            yield Statement(
                 "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
                 " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
                 " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos)"
@@ -219,7 +233,7 @@ async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
                 f" {DAY1}, {text_in}, 0, 0, 0, 0, 0, 0, 0, {audio_ms}, 6000000, 6000000)"
             )
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -236,10 +250,10 @@ async def test_who_metered_a_record_is_kept_and_old_rows_were_the_provider(db_ur
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     await store.write([SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1)])
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before records said who metered them.
-        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN metered_by")
-        conn.exec_driver_sql(
+        yield Statement("ALTER TABLE usage_records DROP COLUMN metered_by")
+        yield Statement(
             "INSERT INTO usage_records (session_id, key_id, model, price_key, kind, day,"
             " created_at, text_in, text_in_cached, audio_in, audio_in_cached, image_in,"
             " image_in_cached, text_out, audio_out, audio_ms, provider_nanos, charged_nanos,"
@@ -247,7 +261,7 @@ async def test_who_metered_a_record_is_kept_and_old_rows_were_the_provider(db_ur
             f" '2027-01-15', {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 20000, 20000, 'token')"
         )
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(db_url)
@@ -350,8 +364,6 @@ async def test_spend_by_day_month_and_total(store: SqlStore) -> None:
 
 
 async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -> None:
-    import sqlite3
-
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.execute(
@@ -397,45 +409,36 @@ async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: 
     store = SqlStore(url)
     await store.init()
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before client secrets could be listed by key.
-        conn.exec_driver_sql("DROP INDEX ix_client_secrets_key_id")
+        yield Statement("DROP INDEX ix_client_secrets_key_id")
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(url)
     await store.init()
-    names = await store.db.run(
-        lambda c: {i["name"] for i in inspect(c).get_indexes("client_secrets")}
-    )
+    names = await sqlite_indexes(store, "client_secrets")
     await store.close()
     assert "ix_client_secrets_key_id" in names
 
 
 async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.execute(
             "CREATE TABLE client_secrets (secret_hash VARCHAR(64) PRIMARY KEY, key_id VARCHAR(32)"
             " NOT NULL, model VARCHAR(100), session TEXT NOT NULL, created_at FLOAT NOT NULL,"
             " expires_at FLOAT NOT NULL)"
         )
-        conn.exec_driver_sql(
-            "CREATE INDEX ix_client_secrets_expires_at ON client_secrets (expires_at)"
-        )
-    engine.dispose()
+        db.execute("CREATE INDEX ix_client_secrets_expires_at ON client_secrets (expires_at)")
+    db.close()
 
     store = SqlStore(url)
     await store.init()
-    columns, indexes = await store.db.run(
-        lambda c: (
-            {col["name"] for col in inspect(c).get_columns("client_secrets")},
-            {i["name"] for i in inspect(c).get_indexes("client_secrets")},
-        )
-    )
-    assert "revoked_at" in columns
+    have = await store.db.run(columns("sqlite", "client_secrets"))
+    indexes = await sqlite_indexes(store, "client_secrets")
+    assert "revoked_at" in have
     assert "ix_client_secrets_key_id" in indexes
     assert await store.list_client_secrets(None, 0.0) == []
     await store.close()
@@ -470,27 +473,23 @@ async def test_a_database_from_before_record_ids_is_migrated(tmp_path: Path) -> 
     store = SqlStore(url)
     await store.init()
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before usage records had ids and transcripts a unique index.
-        conn.exec_driver_sql("DROP INDEX ux_usage_record_id")
-        conn.exec_driver_sql("ALTER TABLE usage_records DROP COLUMN record_id")
-        conn.exec_driver_sql("DROP INDEX ux_transcript_session_seq")
-        conn.exec_driver_sql(
+        yield Statement("DROP INDEX ux_usage_record_id")
+        yield Statement("ALTER TABLE usage_records DROP COLUMN record_id")
+        yield Statement("DROP INDEX ux_transcript_session_seq")
+        yield Statement(
             "CREATE INDEX ix_transcript_session ON transcript_entries (session_id, seq)"
         )
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(url)
     await store.init()
-    columns, indexes = await store.db.run(
-        lambda c: (
-            {col["name"] for col in inspect(c).get_columns("usage_records")},
-            {i["name"] for i in inspect(c).get_indexes("transcript_entries")},
-        )
-    )
-    assert "record_id" in columns
+    have = await store.db.run(columns("sqlite", "usage_records"))
+    indexes = await sqlite_indexes(store, "transcript_entries")
+    assert "record_id" in have
     assert indexes == {"ux_transcript_session_seq"}
     await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
     entries = [SessionOpen("rs_1", "key_a", "m", "openai", None, DAY1), rec("key_a", "m", DAY1, 1)]
@@ -522,11 +521,11 @@ async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None
     store = SqlStore(url)
     await store.init()
 
-    def as_before(conn: Connection) -> None:
+    def as_before() -> Query[None]:
         # As a database made before calls had owners.
-        conn.exec_driver_sql("DROP TABLE calls")
+        yield Statement("DROP TABLE calls")
 
-    await store.db.run(as_before, write=True)
+    await store.db.run(as_before(), write=True)
     await store.close()
 
     store = SqlStore(url)
@@ -535,3 +534,79 @@ async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None
     call = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", DAY1)
     assert await store.claim_call(call) == call
     await store.close()
+
+
+async def test_the_overview_counts_a_session_on_the_utc_day_it_started(store: SqlStore) -> None:
+    # Either side of a UTC midnight by less than half a second: PostgreSQL's integer cast
+    # rounds where SQLite's truncates, and the day must be the floor in both.
+    midnight = DAY2 - DAY2 % 86_400
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.write(
+        [
+            SessionOpen(f"rs_{i}", "key_a", "m", "openai", None, midnight + offset)
+            for i, offset in enumerate((-0.7, -0.3, 0.0, 0.3))
+        ]
+    )
+    overview = await store.overview("2000-01-01", 0.0)
+    assert {d.day: d.sessions for d in overview.days} == {
+        utc_day(midnight - 1): 2,
+        utc_day(midnight): 2,
+    }
+
+
+#: A database the store made while it was built on SQLAlchemy Core (a row in every table).
+BEFORE_NOSA = Path(__file__).with_name("store_before_nosa.sql")
+
+
+def sqlite_schema(path: Path) -> dict[str, object]:
+    """What a SQLite file's tables are: columns (name, type, not null, default, primary key),
+    indexes (name, unique, columns) and foreign keys, by table."""
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        schema: dict[str, object] = {}
+        for t in tables:
+            indexes = {
+                (name, unique, tuple(c[2] for c in db.execute(f"PRAGMA index_info('{name}')")))
+                for _, name, unique, *_ in db.execute(f"PRAGMA index_list('{t}')")
+            }
+            schema[t] = (
+                [r[1:] for r in db.execute(f"PRAGMA table_info('{t}')")],
+                indexes,
+                {r[2:5] for r in db.execute(f"PRAGMA foreign_key_list('{t}')")},
+            )
+    db.close()
+    return schema
+
+
+async def test_a_database_made_on_sqlalchemy_opens_as_it_was_and_as_a_new_one_is(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:
+        db.executescript(BEFORE_NOSA.read_text())
+    db.close()
+    store = SqlStore(f"sqlite:///{old}")
+    await store.init()
+    key = await store.get_key("key_a")
+    assert key is not None and key.policy_json == '{"max_sessions": 2}'
+    (session,) = await store.recent_sessions()
+    assert (session.usage.text_in, session.usage.audio_out, session.charged_nanos) == (5, 7, 60)
+    assert (session.close_code, session.ended_at) == (1000, DAY1 + 30)
+    (said,) = await store.session_transcript("rs_1")
+    assert said.text == "hello"
+    found = await store.client_secret_by_hash("b" * 64)
+    assert found is not None and found[1] == key
+    owner = await store.call_owner("rtc_1")
+    assert owner is not None and owner.key_id == "key_a"
+    assert await store.console_session("c" * 64, DAY1 + 1)
+    # The old row's id still keeps a replay of its record out; new rows number on from it.
+    (old_record,) = await store.session_usage("rs_1")
+    await store.write([old_record, rec("key_a", "gpt-realtime", DAY1 + 2, 3)])
+    assert [r.usage.text_in for r in await store.session_usage("rs_1")] == [5, 3]
+    await store.close()
+
+    new = tmp_path / "new.db"
+    store = SqlStore(f"sqlite:///{new}")
+    await store.init()
+    await store.close()
+    assert sqlite_schema(old) == sqlite_schema(new)

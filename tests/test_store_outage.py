@@ -16,20 +16,20 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import openai
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.connections import postgres_dsn
 from tests.conftest import RunningGateway
 from tests.provider import FakeProvider, emit_response_done
 from tests.tcp_proxy import TcpProxy
@@ -49,8 +49,8 @@ TEST_BOUND_S = 30.0
 
 @pytest.fixture
 async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
-    url = make_url(db_url)
-    p = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    url = urlsplit(db_url)
+    p = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     await p.start()
     yield p
     await p.stop()
@@ -63,10 +63,12 @@ async def outage_gateway(
     proxy: TcpProxy,
     db_url: str,
 ) -> RunningGateway:
-    proxied = make_url(db_url).set(host="127.0.0.1", port=proxy.port)
-    settings = make_settings(
-        RTGATE_DATABASE_URL=proxied.render_as_string(hide_password=False), **FAST
+    url = urlsplit(db_url)
+    user = url.netloc.rpartition("@")[0]
+    proxied = url._replace(
+        netloc=f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
     )
+    settings = make_settings(RTGATE_DATABASE_URL=proxied.geturl(), **FAST)
     gw: RunningGateway = await start_gateway(settings)
     return gw
 
@@ -173,23 +175,19 @@ async def warm_up(gw: RunningGateway, *keys: str) -> None:
 
 async def usage_refs(db_url: str) -> list[str]:
     """Every usage record's ref, read straight from PostgreSQL (not through the proxy)."""
-    engine = create_async_engine(db_url)
+    conn = await asyncpg.connect(postgres_dsn(db_url))
     try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(text("SELECT ref FROM usage_records"))
-            return [r[0] for r in rows]
+        return [r[0] for r in await conn.fetch("SELECT ref FROM usage_records")]
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 async def open_session_rows(db_url: str) -> int:
-    engine = create_async_engine(db_url)
+    conn = await asyncpg.connect(postgres_dsn(db_url))
     try:
-        async with engine.connect() as conn:
-            row = await conn.execute(text("SELECT count(*) FROM sessions WHERE ended_at IS NULL"))
-            return int(row.scalar_one())
+        return int(await conn.fetchval("SELECT count(*) FROM sessions WHERE ended_at IS NULL"))
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 async def until(check: Callable[[], Coroutine[Any, Any, bool]], seconds: float = 10.0) -> None:

@@ -18,7 +18,6 @@ import websockets
 from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeTranslationServerEvent
 from pydantic import TypeAdapter
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from rtgate.api.live import SessionClosedByOperator
@@ -26,9 +25,9 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.config import Settings
 from rtgate.errors import GatewayError
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.schema import sessions, usage_records
 from tests.conftest import RunningGateway, events_until
 from tests.provider import FakeProvider
+from tests.table_rows import table_rows
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeTranslationServerEvent)
 SECONDS = 2.5
@@ -104,12 +103,8 @@ async def test_the_sdk_translates_through_rtgate_and_the_audio_is_billed_to_the_
     # Recorded every second of audio and the rest at the end: 1 s, 1 s, 0.5 s. $0.034 a
     # minute: a second is 566,666.67 nanos (566,667) to the provider, 680,000 charged at 20 %.
     await until_no_live_sessions(gw)
-    rows, (srow,) = await gw.store.db.run(
-        lambda conn: (
-            conn.execute(select(usage_records).order_by(usage_records.c.id)).all(),
-            conn.execute(select(sessions)).all(),
-        )
-    )
+    rows = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
+    (srow,) = await table_rows(gw.store, "SELECT * FROM sessions")
     model = "gpt-realtime-translate"
     assert [(r.model, r.price_key, r.kind, r.unit, r.metered_by, r.ref) for r in rows] == [
         (model, model, "translation", "minute", "gateway", None)
@@ -228,7 +223,7 @@ async def test_the_keys_policy_and_the_session_cap_apply(
         assert first.close_code == 1001
     await until_no_live_sessions(gw)
     # The audio it sent before the cap was recorded at its end.
-    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
+    (row,) = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
     assert (row.kind, row.audio_ms, row.metered_by) == ("translation", 200, "gateway")
 
 
@@ -303,7 +298,7 @@ async def test_each_chunk_is_durable_while_the_session_still_runs(
         await events_until(ws, "session.output_audio.delta")
         async with asyncio.timeout(5):
             while True:
-                rows = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
+                rows = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
                 if rows:
                     break
                 await asyncio.sleep(0.02)
@@ -311,7 +306,7 @@ async def test_each_chunk_is_durable_while_the_session_still_runs(
         assert [(r.audio_ms, r.metered_by) for r in rows] == [(1000, "gateway")]
         assert len(gw.app[GATEWAY].live) == 1
     await until_no_live_sessions(gw)
-    rows = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
+    rows = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
     assert sorted(r.audio_ms for r in rows) == [200, 1000]
 
 
@@ -331,6 +326,6 @@ async def test_translations_with_permessage_deflate_go_through_aiohttp_alike(
         await ws.send('{"type":"session.close"}')
         await events_until(ws, "session.closed")
     await until_no_live_sessions(gw)
-    (row,) = await gw.store.db.run(lambda conn: conn.execute(select(usage_records)).all())
+    (row,) = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
     assert (row.kind, row.audio_ms, row.metered_by) == ("translation", 200, "gateway")
     assert provider.upgrades[0].path == "/v1/realtime/translations"

@@ -1,9 +1,10 @@
 """Waiting for a database call with a hard deadline, without waiting for its driver to give up.
 
-Cancelling a SQLAlchemy call does not return at once: on the way out SQLAlchemy closes the
-connection it was using (for asyncpg a graceful close of up to 2 s, then a hard one) and only
-then lets the cancellation through; over a stalled network none of that is answered. So the
-caller stops waiting at the deadline, and the call, cancelled, winds down in a task of its own.
+Cancelling a database call need not return at once: its code may still run on the way out
+(PostgreSQL's runner terminates the connection, ``store/connections.py``; a driver that closes
+gracefully, as SQLAlchemy's asyncpg pool did, waits up to 2 s for an answer that a stalled
+network never sends). So the caller stops waiting at the deadline, and the call, cancelled,
+winds down in a task of its own.
 ``Deadlines`` owns those tasks until they end; ``close`` waits for them, bounded.
 
 A call that is a future already (the SQLite ledger writer's batch, ``store/sqlite_writer.py``)

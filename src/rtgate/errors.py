@@ -23,7 +23,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     +-- ShuttingDown             server_shutting_down       503 / close 1001
     +-- SessionExpired           session_expired            --  / close 1001
 
-Foreign exceptions (aiohttp, SQLAlchemy, OSError) are mapped to these at the boundary that
+Foreign exceptions (aiohttp, sqlite3, asyncpg, OSError) are mapped to these at the boundary that
 catches them; nothing above the boundary sees a library exception.
 """
 

@@ -77,7 +77,7 @@ def install_uvloop() -> None:
 
 
 def freeze_startup_heap() -> None:
-    """Move everything built at startup (the app, settings, SQLAlchemy, the catalog, ~120k
+    """Move everything built at startup (the app, settings, the catalog, ~120k
     objects) out of the cyclic collector's reach: it lives as long as the process, and a full
     collection that walks it stalls every session (measured ~37 ms, a p99 spike under load).
     Sessions' own objects are still collected as usual."""

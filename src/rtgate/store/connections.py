@@ -1,60 +1,130 @@
-"""How the SQL store reaches its database: a query is a plain function of a SQLAlchemy Core
-``Connection``, and one of two runners gives it one.
+"""How the SQL store reaches its database without a query builder: a query is written once, as
+SQL text both databases accept, inside a generator (``Query``) that yields its statements and
+is sent each one's rows; one of two runners drives it.
 
-* ``SqliteThread``: the standard library's ``sqlite3`` under SQLAlchemy's synchronous engine, in
-  a thread of the store's own. Why not SQLAlchemy's asyncio extension over aiosqlite, as before:
-  the extension imports the ORM and greenlet, which an idle gateway carried for nothing (~8 MB of
-  its fixed footprint, docs/performance.md "Memory"), and aiosqlite itself runs every call in a
-  thread anyway. One thread, one pooled connection: SQLite has one writer, and several
-  connections would only queue on its file lock; calls run in the order they were made.
-* ``AsyncpgEngine``: PostgreSQL through asyncpg on SQLAlchemy's async engine, the query run
-  with ``AsyncConnection.run_sync`` (the same function, a connection in a greenlet).
+* ``SqliteThread``: the standard library's ``sqlite3``, in a thread of the store's own. One
+  thread, one connection: SQLite has one writer, and several connections would only queue on
+  its file lock; calls run in the order they were made.
+* ``AsyncpgPool``: PostgreSQL through asyncpg and its pool, the generator driven on the event
+  loop.
 
-Either way the query-building has one copy (``sql.py``), and ``write=True`` runs it in one
-transaction, committed when the function returns and rolled back if it raises. A call the store
-stops waiting for (``rtgate.deadline``) runs on to its end in SQLite's thread, bounded by the
-busy timeout, like a late commit.
+Why a generator and not a function of a connection: SQLite's calls run in a thread and
+asyncpg's on the loop, so a function of a connection would be written twice (one blocking, one
+awaiting); a generator is the query's logic without its I/O (the sans-I/O shape of the rest of
+rtgate), and each runner only performs what it yields. Why not SQLAlchemy Core, as before: it
+cost a serving process ~10 MB of its fixed footprint (docs/performance.md 9.8) to build strings
+that can be written once by hand in the subset both databases share (``ON CONFLICT``,
+``RETURNING``, ``CAST``, ``CASE``, ``COALESCE``).
+
+Statements name their parameters ``:name`` (``sqlite3``'s named style); for asyncpg each
+statement is translated once to ``$n`` (``positional``). ``write=True`` runs the query in one
+transaction, committed when it returns and rolled back if it raises. A call the store stops
+waiting for (``rtgate.deadline``) runs on to its end in SQLite's thread, bounded by the busy
+timeout, like a late commit; on PostgreSQL its connection is closed, not returned to the pool,
+so a stalled database does not hold pool slots.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+import re
+import sqlite3
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote
 
-from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import URL, make_url
-
-from rtgate.store.sqlite_writer import pragmas
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+from rtgate.store.sqlite_writer import open_sqlite
 
 T = TypeVar("T")
 
-#: A query: what it returns, given a connection (``sql.py`` builds them).
-Query = Callable[[Connection], T]
+
+class Row(Protocol):
+    """A row as both drivers return it (``sqlite3.Row``, ``asyncpg.Record``): by column name
+    or position."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement, its parameters named ``:name``; ``many`` runs it once per mapping
+    (``executemany``) and answers no rows."""
+
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    many: Sequence[Mapping[str, Any]] | None = None
+
+
+#: A query: yields its statements, is sent each one's rows, returns its result.
+Query = Generator[Statement, list[Row], T]
+
+
+def fetch(sql: str, **params: Any) -> Query[list[Row]]:
+    """One statement's rows."""
+    return (yield Statement(sql, params))
+
+
+def first(sql: str, **params: Any) -> Query[Row | None]:
+    """One statement's first row, None if it has none."""
+    rows = yield Statement(sql, params)
+    return rows[0] if rows else None
 
 
 class Database(Protocol):
-    #: SQLAlchemy's name for the dialect: ``sqlite`` or ``postgresql``.
+    #: ``sqlite`` or ``postgresql``: the one thing the DDL differs in (``schema.py``).
     dialect: str
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
-        """``query``'s result on a connection; with ``write``, in one committed transaction."""
+        """``query``'s result; with ``write``, in one committed transaction."""
         ...
 
     async def close(self) -> None: ...
 
 
-def sqlite_url(url: str) -> URL | None:
-    """The standard library driver's URL for a SQLite URL (``sqlite+aiosqlite://`` included, the
-    default before it had a thread of its own); None for another database."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+class DatabaseError(Exception):
+    """What the PostgreSQL driver raised (its error is the ``__cause__``, with its SQLSTATE):
+    the store maps it as it maps ``sqlite3.Error``, without importing asyncpg on SQLite."""
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a SQLite URL names (``sqlite:///path``, or ``sqlite+aiosqlite:///path``, the
+    default before SQLite had a thread of its own); None for another database."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] != "sqlite":
         return None
-    return parsed.set(drivername="sqlite")
+    if rest and not rest.startswith("/"):
+        raise ValueError("a SQLite URL names a file: sqlite:///relative or sqlite:////absolute")
+    path = unquote(rest[1:].partition("?")[0])
+    return path or ":memory:"
+
+
+def postgres_dsn(url: str) -> str:
+    """asyncpg's DSN for a PostgreSQL URL: ``postgresql+asyncpg://`` (SQLAlchemy's form, still
+    accepted) loses its driver name."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError("database_url: expected sqlite:///... or postgresql://...")
+    return f"postgresql://{rest}"
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=512)
+def positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with its ``:name`` parameters as asyncpg's ``$1, $2, ...`` (a name used twice is
+    one parameter), and the names in that order."""
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m[1] not in names:
+            names.append(m[1])
+        return f"${names.index(m[1]) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
 
 
 class SqliteThread:
@@ -62,20 +132,12 @@ class SqliteThread:
 
     dialect = "sqlite"
 
-    def __init__(self, url: URL, *, timeout: float, echo: bool = False) -> None:
-        busy_ms = int(timeout * 1000)
+    def __init__(self, path: str, *, timeout: float) -> None:
         #: The file's path (an in-memory database cannot be shared with the ledger's writer).
-        self.path = str(url.database)
-        self.engine = create_engine(
-            url,
-            echo=echo,
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=60,
-            # Opened, used and closed in the one thread below, never in the event loop's.
-            connect_args={"timeout": timeout},
-        )
-        event.listen(self.engine, "connect", pragmas(busy_ms))
+        self.path = path
+        self._busy_ms = int(timeout * 1000)
+        #: Opened, used and closed in the one thread below, never in the event loop's.
+        self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtgate-sqlite")
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
@@ -83,54 +145,149 @@ class SqliteThread:
         return await loop.run_in_executor(self._pool, self._call, query, write)
 
     def _call(self, query: Query[T], write: bool) -> T:
-        with self.engine.begin() if write else self.engine.connect() as conn:
-            return query(conn)
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = open_sqlite(self.path, self._busy_ms)
+            conn.row_factory = sqlite3.Row
+        if not write:
+            return _drive_sqlite(conn, query)
+        # IMMEDIATE: the write lock first (within the busy timeout), never half-way through.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = _drive_sqlite(conn, query)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return result
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def close(self) -> None:
         """Close the connection in its thread once the calls queued before it are done."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.dispose)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
         self._pool.shutdown(wait=False)
 
 
-class AsyncpgEngine:
-    """PostgreSQL through asyncpg, on SQLAlchemy's async engine and its pool."""
+def _drive_sqlite(conn: sqlite3.Connection, query: Query[T]) -> T:
+    rows: list[Any] | None = None
+    while True:
+        try:
+            stmt = next(query) if rows is None else query.send(rows)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if stmt.many is not None:
+            conn.executemany(stmt.sql, stmt.many)
+            rows = []
+        else:
+            rows = conn.execute(stmt.sql, stmt.params).fetchall()
+
+
+class AsyncpgPool:
+    """PostgreSQL through asyncpg's pool, opened on the first call (asyncpg is imported then: a
+    gateway on SQLite never loads it)."""
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, timeout: float, command_timeout: float, echo: bool) -> None:
-        # Imported here: a gateway on SQLite never loads the asyncio extension, the ORM it
-        # imports, greenlet or asyncpg.
-        from sqlalchemy.ext.asyncio import create_async_engine
+    #: Connections kept and opened at most (as SQLAlchemy's pool had: 10 kept, 20 more).
+    MAX_SIZE = 30
 
-        self.engine: AsyncEngine = create_async_engine(
-            url,
-            echo=echo,
-            pool_size=10,
-            max_overflow=20,
-            pool_pre_ping=True,
-            pool_timeout=timeout,
-            # asyncpg's own bounds: the connection handshake, and any one statement (a report
-            # may take that long; the relay's calls stop waiting much sooner).
-            connect_args={"timeout": timeout, "command_timeout": command_timeout},
-        )
+    def __init__(self, url: str, *, timeout: float, command_timeout: float) -> None:
+        self._dsn = postgres_dsn(url)
+        self._timeout = timeout
+        self._command_timeout = command_timeout
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                import asyncpg
+
+                # asyncpg's own bounds: ``timeout`` the connection handshake, and
+                # ``command_timeout`` any one statement (a report may take that long; the
+                # relay's calls stop waiting much sooner). min_size 0: nothing is connected
+                # before the first call. ``reset``: a connection comes back with its
+                # transaction ended and no session state (the store sets none), so the reset
+                # query asyncpg would send on every release is skipped.
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=0,
+                    max_size=self.MAX_SIZE,
+                    timeout=self._timeout,
+                    command_timeout=self._command_timeout,
+                    reset=_nothing_to_reset,
+                )
+        return self._pool
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
-        # A cancelled call's connection is closed by SQLAlchemy on the way out (up to 2 s for
-        # asyncpg, then a hard close): a stalled one does not keep its pool slot.
-        async with self.engine.begin() if write else self.engine.connect() as conn:
-            return await conn.run_sync(query)
+        pool = self._pool or await self._open()
+        # The pool's checkout wait is the store's timeout too.
+        conn = await pool.acquire(timeout=self._timeout)
+        try:
+            return await self._run(conn, query, write)
+        finally:
+            # A terminated connection is dropped here at once, its slot freed for a new one.
+            await pool.release(conn)
+
+    async def _run(self, conn: Any, query: Query[T], write: bool) -> T:
+        import asyncpg
+
+        try:
+            if write:
+                await conn.execute("BEGIN")
+            result = await _drive_asyncpg(conn, query)
+            if write:
+                await conn.execute("COMMIT")
+            return result
+        except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+            # The server (or asyncpg, encoding an argument) refused: the connection is sound.
+            if write:
+                await conn.execute("ROLLBACK")
+            raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            # Cancelled at a deadline, timed out or cut off: closed, not returned, so a stalled
+            # database holds no pool slot (a graceful close would wait on it too).
+            conn.terminate()
+            if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+                raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
 
 
-def connect(url: str, *, timeout: float, command_timeout: float, echo: bool = False) -> Database:
-    """The runner for ``url``: SQLite's thread, or PostgreSQL's async engine."""
-    sqlite = sqlite_url(url)
-    if sqlite is not None:
-        return SqliteThread(sqlite, timeout=timeout, echo=echo)
-    return AsyncpgEngine(url, timeout=timeout, command_timeout=command_timeout, echo=echo)
+async def _drive_asyncpg(conn: Any, query: Query[T]) -> T:
+    rows: list[Any] | None = None
+    while True:
+        try:
+            stmt = next(query) if rows is None else query.send(rows)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        sql, names = positional(stmt.sql)
+        if stmt.many is not None:
+            await conn.executemany(sql, [[row[n] for n in names] for row in stmt.many])
+            rows = []
+        else:
+            rows = await conn.fetch(sql, *(stmt.params[n] for n in names))
 
 
-def _conforms(a: SqliteThread, b: AsyncpgEngine) -> tuple[Database, Database]:
+async def _nothing_to_reset(conn: Any) -> None:
+    return None
+
+
+def connect(url: str, *, timeout: float, command_timeout: float) -> Database:
+    """The runner for ``url``: SQLite's thread, or PostgreSQL's pool."""
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteThread(path, timeout=timeout)
+    return AsyncpgPool(url, timeout=timeout, command_timeout=command_timeout)
+
+
+def _conforms(a: SqliteThread, b: AsyncpgPool) -> tuple[Database, Database]:
     return a, b  # mypy checks that both keep to the protocol

@@ -3,47 +3,60 @@ are created, and the columns and indexes added to tables that already exist."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, inspect, text
+from rtgate.store.connections import Query, Statement, fetch
+from rtgate.store.schema import INDEXES, TABLES, create_table
 
-from rtgate.store.schema import metadata
-
-
-def create_or_migrate(conn: Connection) -> None:
-    """Every table, and every column and index added after its table first shipped."""
-    metadata.create_all(conn)
-    _migrate(conn)
-
-
-def _migrate(conn: Connection) -> None:
-    """Columns and indexes added after a table first shipped (create_all does not alter
-    tables; it does create the tables added since, such as ``calls``)."""
-    have = {c["name"] for c in inspect(conn).get_columns("api_keys")}
-    if "policy" not in have:
-        conn.execute(text("ALTER TABLE api_keys ADD COLUMN policy TEXT"))
-    have = {c["name"] for c in inspect(conn).get_columns("client_secrets")}
-    if "revoked_at" not in have:
-        conn.execute(text("ALTER TABLE client_secrets ADD COLUMN revoked_at FLOAT"))
-    have = {c["name"] for c in inspect(conn).get_columns("usage_records")}
-    if "record_id" not in have:
-        conn.execute(text("ALTER TABLE usage_records ADD COLUMN record_id VARCHAR(40)"))
-    if "review" not in have:
-        conn.execute(text("ALTER TABLE usage_records ADD COLUMN review VARCHAR(40)"))
-    if "unit" not in have:
-        conn.execute(
-            text("ALTER TABLE usage_records ADD COLUMN unit VARCHAR(10) NOT NULL DEFAULT 'token'")
-        )
+#: Columns added after their table first shipped, in the order they came, each with the
+#: statements that fill it in on the rows already there.
+ADDED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("api_keys", "policy", "TEXT", ()),
+    ("client_secrets", "revoked_at", "FLOAT", ()),
+    ("usage_records", "record_id", "VARCHAR(40)", ()),
+    ("usage_records", "review", "VARCHAR(40)", ()),
+    (
+        "usage_records",
+        "unit",
+        "VARCHAR(10) NOT NULL DEFAULT 'token'",
         # Before prices had units, a duration was priced per minute (record.legacy_unit).
-        conn.execute(text("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0"))
-    if "metered_by" not in have:
-        conn.execute(
-            text(
-                "ALTER TABLE usage_records ADD COLUMN metered_by VARCHAR(10) NOT NULL"
-                " DEFAULT 'provider'"
-            )
-        )
+        ("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0",),
+    ),
+    ("usage_records", "metered_by", "VARCHAR(10) NOT NULL DEFAULT 'provider'", ()),
+)
+
+#: A table's column names, from each database's own catalog (the one query that differs).
+_COLUMNS = {
+    "sqlite": "SELECT name FROM pragma_table_info(:table)",
+    "postgresql": (
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = :table"
+    ),
+}
+
+
+def columns(dialect: str, table: str) -> Query[set[str]]:
+    """The names of ``table``'s columns."""
+    return {r[0] for r in (yield from fetch(_COLUMNS[dialect], table=table))}
+
+
+def create_or_migrate(dialect: str) -> Query[None]:
+    """Every table, and every column and index added after its table first shipped."""
+    for table in TABLES:
+        yield Statement(create_table(table, dialect))
+    have: dict[str, set[str]] = {}
+    for table, column, ddl, fill in ADDED:
+        if table not in have:
+            have[table] = yield from columns(dialect, table)
+        if column not in have[table]:
+            yield Statement(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            for sql in fill:
+                yield Statement(sql)
     # The transcript's (session_id, seq) index became unique (ux_transcript_session_seq).
-    conn.execute(text("DROP INDEX IF EXISTS ix_transcript_session"))
-    # Nor does it add an index to a table that exists (ix_client_secrets_key_id came later).
-    for table in metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
+    yield Statement("DROP INDEX IF EXISTS ix_transcript_session")
+    for index in INDEXES:
+        yield Statement(index.ddl)
+
+
+def drop_all() -> Query[None]:
+    """Every table, dependents first (the PostgreSQL suite empties its database with it)."""
+    for table in reversed(TABLES):
+        yield Statement(f"DROP TABLE IF EXISTS {table}")

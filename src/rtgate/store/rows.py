@@ -1,18 +1,17 @@
 """What a stored record is as a row, both ways: the port's records from the rows a query
-returns, and the rows ``Store.write`` inserts from a batch of entries (their keys are the
-statements' parameters: the tables' columns, and ``CLOSE_SESSION``'s)."""
+returns (by column name), and the rows ``Store.write`` inserts from a batch of entries with the
+statements it runs (their keys are the statements' parameters: the tables' columns, and
+``CLOSE_SESSION``'s)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-from sqlalchemy import bindparam
-from sqlalchemy.engine import Row
 
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
+from rtgate.store.connections import Row
 from rtgate.store.port import (
     KeyInfo,
     SessionClose,
@@ -20,49 +19,60 @@ from rtgate.store.port import (
     StoredCall,
     StoredClientSecret,
 )
-from rtgate.store.schema import api_keys, client_secrets, sessions
+
+#: A key's columns, named as ``key_info`` reads them (a join renames its own columns apart).
+KEY_COLUMNS = "id, name, display_prefix, created_at, revoked_at, policy"
+#: A client secret's columns, as ``client_secret`` reads them (a minted secret's row).
+MINTED_COLUMNS = "secret_hash, key_id, model, session, created_at, expires_at, revoked_at"
 
 
-def key_info(m: Mapping[Any, Any]) -> KeyInfo:
-    """The key in a row's mapping, by column: the row may join another table whose columns
-    share its names (``created_at``, ``revoked_at``)."""
-    k = api_keys.c
+def key_info(row: Row, prefix: str = "") -> KeyInfo:
+    """The key in a row, its columns named with ``prefix`` (a join renames them apart from
+    another table's ``created_at`` and ``revoked_at``)."""
     return KeyInfo(
-        id=m[k.id],
-        name=m[k.name],
-        display_prefix=m[k.display_prefix],
-        created_at=m[k.created_at],
-        revoked_at=m[k.revoked_at],
-        policy_json=m[k.policy],
+        id=row[f"{prefix}id"],
+        name=row[f"{prefix}name"],
+        display_prefix=row[f"{prefix}display_prefix"],
+        created_at=row[f"{prefix}created_at"],
+        revoked_at=row[f"{prefix}revoked_at"],
+        policy_json=row[f"{prefix}policy"],
     )
 
 
-def client_secret(m: Mapping[Any, Any]) -> StoredClientSecret:
-    c = client_secrets.c
+def client_secret(row: Row) -> StoredClientSecret:
     return StoredClientSecret(
-        secret_hash=m[c.secret_hash],
-        key_id=m[c.key_id],
-        model=m[c.model],
-        session_json=m[c.session],
-        created_at=m[c.created_at],
-        expires_at=m[c.expires_at],
-        revoked_at=m[c.revoked_at],
+        secret_hash=row["secret_hash"],
+        key_id=row["key_id"],
+        model=row["model"],
+        session_json=row["session"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
     )
 
 
-def stored_call(row: Row[Any]) -> StoredCall:
+def stored_call(row: Row) -> StoredCall:
     return StoredCall(
-        call_id=row.call_id,
-        key_id=row.key_id,
-        secret_id=row.secret_id,
-        model=row.model,
-        upstream=row.upstream,
-        created_at=row.created_at,
+        call_id=row["call_id"],
+        key_id=row["key_id"],
+        secret_id=row["secret_id"],
+        model=row["model"],
+        upstream=row["upstream"],
+        created_at=row["created_at"],
     )
 
 
-def usage_of(row: Row[Any]) -> Usage:
-    return Usage("response", *(int(getattr(row, f) or 0) for f in USAGE_FIELDS))
+def usage_of(row: Row) -> Usage:
+    """The usage columns (or their sums, named as the columns) of a row."""
+    return Usage("response", *(int(row[f] or 0) for f in USAGE_FIELDS))
+
+
+def insert_once(table: str, columns: Sequence[str], unique: str) -> str:
+    """An INSERT of ``columns`` (parameters named as them) that skips a row whose ``unique``
+    columns are already there: a replay stores nothing twice."""
+    names = ", ".join(columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({unique}) DO NOTHING"
 
 
 def open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
@@ -77,6 +87,11 @@ def open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
         }
         for s in opens
     ]
+
+
+OPEN_SESSION = insert_once(
+    "sessions", ("id", "key_id", "model", "upstream", "intent", "started_at"), "id"
+)
 
 
 def usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
@@ -102,6 +117,29 @@ def usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
     ]
 
 
+ADD_USAGE = insert_once(
+    "usage_records",
+    (
+        "session_id",
+        "key_id",
+        "model",
+        "price_key",
+        "kind",
+        "day",
+        "created_at",
+        "ref",
+        "provider_nanos",
+        "charged_nanos",
+        "record_id",
+        "review",
+        "unit",
+        "metered_by",
+        *USAGE_FIELDS,
+    ),
+    "record_id",
+)
+
+
 def transcript_rows(entries: Sequence[TranscriptEntry]) -> list[dict[str, Any]]:
     return [
         {
@@ -119,16 +157,16 @@ def transcript_rows(entries: Sequence[TranscriptEntry]) -> list[dict[str, Any]]:
     ]
 
 
+ADD_TRANSCRIPT = insert_once(
+    "transcript_entries",
+    ("session_id", "key_id", "seq", "created_at", "role", "kind", "item_id", "text", "data"),
+    "session_id, seq",
+)
+
 # Writing a session's end again writes the same values: a replay changes nothing.
 CLOSE_SESSION = (
-    sessions.update()
-    .where(sessions.c.id == bindparam("b_id"))
-    .values(
-        ended_at=bindparam("b_ended_at"),
-        close_code=bindparam("b_code"),
-        close_reason=bindparam("b_reason"),
-        closed_by=bindparam("b_by"),
-    )
+    "UPDATE sessions SET ended_at = :b_ended_at, close_code = :b_code,"
+    " close_reason = :b_reason, closed_by = :b_by WHERE id = :b_id"
 )
 
 

@@ -1,6 +1,6 @@
-"""The SQL adapter of the ``Store`` port, on SQLAlchemy Core: each call builds its statements
-here, once for both databases, and runs them as one function of a connection on SQLite's thread
-or PostgreSQL's async engine (``connections.py``).
+"""The SQL adapter of the ``Store`` port: each call's statements are written here once, as SQL
+text both databases accept, in a query (a generator, ``connections.Query``) run on SQLite's
+thread or PostgreSQL's asyncpg pool (``connections.py``).
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is in the WAL file
 before the commit returns, so it survives the gateway being killed (``tests/test_durability.py``);
@@ -11,9 +11,9 @@ Deadlines: every call answers within ``timeout`` seconds (reports within ``REPOR
 or raises ``StoreError``; ``rtgate.deadline`` says why the caller stops waiting rather than
 waiting for the cancelled call. The drivers bound their own waits too: asyncpg's connect
 ``timeout`` and ``command_timeout``, SQLite's busy ``timeout``, and the pool's checkout wait;
-a cancelled PostgreSQL call's connection is closed by SQLAlchemy, so a stalled one does not hold
-its pool slot for longer than that close takes (2 s for asyncpg, then a hard close); a SQLite
-call the caller gave up on runs on in the store's thread, within the busy timeout.
+a cancelled PostgreSQL call's connection is closed at once (terminated, not returned), so a
+stalled one does not hold its pool slot; a SQLite call the caller gave up on runs on in the
+store's thread, within the busy timeout.
 """
 
 from __future__ import annotations
@@ -24,26 +24,21 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    Integer,
-    Table,
-    and_,
-    case,
-    cast,
-    func,
-    or_,
-    select,
-)
-from sqlalchemy.engine import Row
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-from sqlalchemy.sql import Executable
-
 from rtgate.deadline import Deadlines
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
-from rtgate.store.connections import Database, SqliteThread, connect
+from rtgate.store.connections import (
+    Database,
+    DatabaseError,
+    Query,
+    Row,
+    SqliteThread,
+    Statement,
+    connect,
+    fetch,
+    first,
+)
 from rtgate.store.migrate import create_or_migrate
 from rtgate.store.port import (
     CloseTally,
@@ -61,24 +56,21 @@ from rtgate.store.port import (
     UsageSummary,
 )
 from rtgate.store.rows import (
+    ADD_TRANSCRIPT,
+    ADD_USAGE,
     CLOSE_SESSION,
+    KEY_COLUMNS,
+    MINTED_COLUMNS,
+    OPEN_SESSION,
     client_secret,
     close_rows,
+    insert_once,
     key_info,
     open_rows,
     stored_call,
     transcript_rows,
     usage_of,
     usage_rows,
-)
-from rtgate.store.schema import (
-    api_keys,
-    calls,
-    client_secrets,
-    console_sessions,
-    sessions,
-    transcript_entries,
-    usage_records,
 )
 from rtgate.store.sqlite_writer import SqliteWriter
 
@@ -90,14 +82,12 @@ MAX_CLOSE_TALLIES = 20
 #: The deadline of a report (usage, sessions, transcripts, listings): it may scan a large table.
 REPORT_TIMEOUT_S = 60.0
 
-# What a database call can raise: the driver's errors (wrapped by SQLAlchemy), the OS, and
-# values the driver cannot bind (an int past BIGINT raises OverflowError in sqlite3).
-# ``sqlite3``'s own come from the ledger's writer thread (``sqlite_writer.py``).
-_DB_ERRORS = (SQLAlchemyError, sqlite3.Error, OSError, OverflowError, ValueError, TypeError)
+# What a database call can raise: the drivers' errors (asyncpg's wrapped in ``DatabaseError``
+# by its runner), the OS, and values the driver cannot bind (an int past BIGINT raises
+# OverflowError in sqlite3).
+_DB_ERRORS = (DatabaseError, sqlite3.Error, OSError, OverflowError, ValueError, TypeError)
 # Of those, the ones that say the data was refused, not that the database is unavailable.
 _BAD_DATA = (
-    IntegrityError,
-    DataError,
     sqlite3.IntegrityError,
     sqlite3.DataError,
     OverflowError,
@@ -107,17 +97,17 @@ _BAD_DATA = (
 
 
 def _refused_data(exc: BaseException) -> bool:
-    """Whether the database refused the data itself, along the chain of causes: SQLAlchemy's
-    own ``IntegrityError``/``DataError``, a value the driver cannot bind, or a PostgreSQL error
-    of SQLSTATE class 22 (data exception) or 23 (integrity constraint violation) that SQLAlchemy
-    passed on as a generic ``DBAPIError`` (asyncpg refusing to encode an argument does)."""
+    """Whether the database refused the data itself, along the chain of causes: ``sqlite3``'s
+    ``IntegrityError``/``DataError``, a value a driver cannot bind (asyncpg's ``DataError`` is a
+    ``ValueError``), or a PostgreSQL error of SQLSTATE class 22 (data exception) or 23
+    (integrity constraint violation)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return False
         if isinstance(seen, _BAD_DATA) or str(getattr(seen, "sqlstate", ""))[:2] in ("22", "23"):
             return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
+        seen = seen.__cause__
     return False
 
 
@@ -147,7 +137,9 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
 
 
 def _store_error(what: str, exc: BaseException) -> StoreError:
-    return StoreError(f"cannot {what}: {type(exc).__name__}", bad_data=_refused_data(exc))
+    # asyncpg's error by its own name (``UniqueViolationError``), not its wrapper's.
+    driver = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ else exc
+    return StoreError(f"cannot {what}: {type(driver).__name__}", bad_data=_refused_data(exc))
 
 
 def _write_failed(exc: Exception) -> Exception:
@@ -160,50 +152,88 @@ def _write_failed(exc: Exception) -> Exception:
     return err
 
 
-def _one_by_prefix(conn: Connection, hash_prefix: str) -> StoredClientSecret | None:
+# -- the queries' text, written once for both databases ------------------------------------------
+_KEY = f"SELECT {KEY_COLUMNS}, key_hash FROM api_keys"
+_SECRET = f"SELECT {MINTED_COLUMNS} FROM client_secrets"
+#: A secret and its key, the key's columns renamed apart (both have created_at, revoked_at).
+_SECRET_AND_KEY = (
+    f"SELECT {', '.join(f'c.{c}' for c in MINTED_COLUMNS.split(', '))}, "
+    + ", ".join(f"k.{c} AS k_{c}" for c in KEY_COLUMNS.split(", "))
+    + " FROM client_secrets c JOIN api_keys k ON k.id = c.key_id WHERE c.secret_hash = :hash"
+)
+_CALL = "SELECT call_id, key_id, secret_id, model, upstream, created_at FROM calls"
+_CLAIM_CALL = insert_once(
+    "calls", ("call_id", "key_id", "secret_id", "model", "upstream", "created_at"), "call_id"
+)
+#: Each usage column's sum, named as the column (``rows.usage_of`` reads them).
+_SUMS = ", ".join(f"COALESCE(SUM(u.{f}), 0) AS {f}" for f in USAGE_FIELDS)
+_MONEY = (
+    "COALESCE(SUM(u.provider_nanos), 0) AS provider_nanos,"
+    " COALESCE(SUM(u.charged_nanos), 0) AS charged_nanos"
+)
+#: Spend today, this month and ever, from a key's usage rows.
+_SPEND = (
+    "COALESCE(SUM(CASE WHEN u.day = :day THEN u.charged_nanos ELSE 0 END), 0),"
+    " COALESCE(SUM(CASE WHEN u.day >= :month_start THEN u.charged_nanos ELSE 0 END), 0),"
+    " COALESCE(SUM(u.charged_nanos), 0)"
+)
+#: The UTC day number (days since 1970-01-01) of a session's start: the floor of the seconds
+#: over 86400. A cast to an integer truncates in SQLite and rounds in PostgreSQL; taking one
+#: off where it came out above the value is the floor in both (the times are after 1970).
+_START_DAY = (
+    "(CAST(s.started_at AS BIGINT)"
+    " - CASE WHEN CAST(s.started_at AS BIGINT) > s.started_at THEN 1 ELSE 0 END)"
+    f" / {SECONDS_PER_DAY}"
+)
+_SESSION_PAGE = (
+    "SELECT s.id, s.key_id, k.name AS key_name, s.model, s.upstream, s.intent, s.started_at,"
+    " s.ended_at, s.close_code, s.close_reason, s.closed_by"
+    " FROM sessions s JOIN api_keys k ON k.id = s.key_id"
+)
+
+
+def _where(conditions: Sequence[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern for values starting with ``prefix`` (``ESCAPE '/'``)."""
+    escaped = prefix.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return escaped + "%"
+
+
+def _one_by_prefix(hash_prefix: str) -> Query[StoredClientSecret | None]:
     """The one client secret whose hash starts with ``hash_prefix`` (a secret's id); None if no
     secret, or more than one, matches."""
-    c = client_secrets.c
-    # A hex prefix: no LIKE wildcards can hide in it (the caller checked its shape).
-    match = c.secret_hash.startswith(hash_prefix, autoescape=True)
-    rows = conn.execute(select(client_secrets).where(match).limit(2)).all()
-    return client_secret(rows[0]._mapping) if len(rows) == 1 else None
-
-
-_SUMS = [func.coalesce(func.sum(getattr(usage_records.c, f)), 0).label(f) for f in USAGE_FIELDS]
+    rows = yield from fetch(
+        f"{_SECRET} WHERE secret_hash LIKE :pattern ESCAPE '/' LIMIT 2",
+        pattern=_like_prefix(hash_prefix),
+    )
+    return client_secret(rows[0]) if len(rows) == 1 else None
 
 
 class SqlStore:
-    def __init__(self, url: str, *, timeout: float = STORE_TIMEOUT_S, echo: bool = False) -> None:
+    def __init__(self, url: str, *, timeout: float = STORE_TIMEOUT_S) -> None:
         self.url = url
         #: The deadline of every call but reports (``REPORT_TIMEOUT_S``) and ``init``.
         self.timeout = timeout
         self.deadlines = Deadlines()
-        #: Where queries run: SQLite's thread, or PostgreSQL's async engine (connections.py).
-        self.db: Database = connect(
-            url, timeout=timeout, command_timeout=REPORT_TIMEOUT_S, echo=echo
-        )
+        #: Where queries run: SQLite's thread, or PostgreSQL's pool (connections.py).
+        self.db: Database = connect(url, timeout=timeout, command_timeout=REPORT_TIMEOUT_S)
         #: SQLite's ledger batches go through a writer thread of their own (sqlite_writer.py).
         self._sqlite: SqliteWriter | None = None
         if isinstance(self.db, SqliteThread):
             self._sqlite = SqliteWriter(self.db.path, int(timeout * 1000), _write_failed)
-        #: ``write``'s statements, built once (the SQLite writer compiles each once, too).
-        self._writes = (
-            self._insert_once(sessions, "id"),
-            self._insert_once(usage_records, "record_id"),
-            self._insert_once(transcript_entries, "session_id", "seq"),
-            CLOSE_SESSION,
-        )
 
-    async def _all(self, q: Executable) -> Sequence[Row[Any]]:
-        return await self.db.run(lambda conn: conn.execute(q).all())
+    async def _all(self, sql: str, **params: Any) -> list[Row]:
+        return await self.db.run(fetch(sql, **params))
 
-    async def _first(self, q: Executable) -> Row[Any] | None:
-        return await self.db.run(lambda conn: conn.execute(q).first())
+    async def _first(self, sql: str, **params: Any) -> Row | None:
+        return await self.db.run(first(sql, **params))
 
     @_bounded("open the database", report=True)
     async def init(self) -> None:
-        await self.db.run(create_or_migrate, write=True)
+        await self.db.run(create_or_migrate(self.db.dialect), write=True)
 
     async def close(self) -> None:
         # Calls cancelled at their deadline close their connections first (bounded).
@@ -223,127 +253,125 @@ class SqlStore:
         now: float,
         policy_json: str | None = None,
     ) -> KeyInfo:
-        q = api_keys.insert().values(
-            id=key_id,
-            name=name,
-            display_prefix=display_prefix,
-            key_hash=key_hash,
-            created_at=now,
-            revoked_at=None,
-            policy=policy_json,
+        await self.db.run(
+            fetch(
+                "INSERT INTO api_keys (id, name, display_prefix, key_hash, created_at, policy)"
+                " VALUES (:id, :name, :display_prefix, :key_hash, :now, :policy)",
+                id=key_id,
+                name=name,
+                display_prefix=display_prefix,
+                key_hash=key_hash,
+                now=now,
+                policy=policy_json,
+            ),
+            write=True,
         )
-        await self.db.run(lambda conn: conn.execute(q), write=True)
         return KeyInfo(key_id, name, display_prefix, now, None, policy_json)
 
     @_bounded("read", report=True)
     async def list_keys(self, include_revoked: bool = True) -> list[KeyInfo]:
-        q = select(api_keys).order_by(api_keys.c.created_at)
-        if not include_revoked:
-            q = q.where(api_keys.c.revoked_at.is_(None))
-        return [key_info(r._mapping) for r in await self._all(q)]
+        active = "" if include_revoked else " WHERE revoked_at IS NULL"
+        return [key_info(r) for r in await self._all(f"{_KEY}{active} ORDER BY created_at")]
 
     @_bounded("read")
     async def get_key(self, key_id: str) -> KeyInfo | None:
-        row = await self._first(select(api_keys).where(api_keys.c.id == key_id))
-        return key_info(row._mapping) if row else None
+        row = await self._first(f"{_KEY} WHERE id = :id", id=key_id)
+        return key_info(row) if row else None
 
     @_bounded("read")
     async def key_by_hash(self, key_hash: str) -> tuple[KeyInfo, str] | None:
-        row = await self._first(select(api_keys).where(api_keys.c.key_hash == key_hash))
-        return (key_info(row._mapping), row.key_hash) if row else None
+        row = await self._first(f"{_KEY} WHERE key_hash = :hash", hash=key_hash)
+        return (key_info(row), row["key_hash"]) if row else None
 
-    async def _update_key(self, key_id: str, update: Executable) -> KeyInfo | None:
-        """Run ``update`` on the key, and read the key back in the same transaction."""
+    async def _update_key(self, key_id: str, update: str, **params: Any) -> KeyInfo | None:
+        """Run ``update`` on the key (``:id``), and read the key back in the same transaction."""
 
-        def run(conn: Connection) -> Row[Any] | None:
-            conn.execute(update)
-            return conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        def run() -> Query[Row | None]:
+            yield Statement(update, {"id": key_id, **params})
+            return (yield from first(f"{_KEY} WHERE id = :id", id=key_id))
 
-        row = await self.db.run(run, write=True)
-        return key_info(row._mapping) if row else None
+        row = await self.db.run(run(), write=True)
+        return key_info(row) if row else None
 
     @_bounded("write")
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
         return await self._update_key(
             key_id,
-            api_keys.update()
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=now),
+            "UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
+            now=now,
         )
 
     @_bounded("write")
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
         return await self._update_key(
-            key_id, api_keys.update().where(api_keys.c.id == key_id).values(policy=policy_json)
+            key_id, "UPDATE api_keys SET policy = :policy WHERE id = :id", policy=policy_json
         )
 
     # -- client secrets ---------------------------------------------------------------------------
     @_bounded("write")
     async def add_client_secret(self, row: StoredClientSecret) -> None:
-        # Expired secrets can open nothing; drop them as new ones arrive.
-        expired = client_secrets.delete().where(client_secrets.c.expires_at <= row.created_at)
-        add = client_secrets.insert().values(
-            secret_hash=row.secret_hash,
-            key_id=row.key_id,
-            model=row.model,
-            session=row.session_json,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-        )
+        def run() -> Query[None]:
+            # Expired secrets can open nothing; drop them as new ones arrive.
+            yield Statement(
+                "DELETE FROM client_secrets WHERE expires_at <= :now", {"now": row.created_at}
+            )
+            yield Statement(
+                "INSERT INTO client_secrets"
+                " (secret_hash, key_id, model, session, created_at, expires_at) VALUES"
+                " (:secret_hash, :key_id, :model, :session, :created_at, :expires_at)",
+                {
+                    "secret_hash": row.secret_hash,
+                    "key_id": row.key_id,
+                    "model": row.model,
+                    "session": row.session_json,
+                    "created_at": row.created_at,
+                    "expires_at": row.expires_at,
+                },
+            )
 
-        def run(conn: Connection) -> None:
-            conn.execute(expired)
-            conn.execute(add)
-
-        await self.db.run(run, write=True)
+        await self.db.run(run(), write=True)
 
     @_bounded("read")
     async def client_secret_by_hash(
         self, secret_hash: str
     ) -> tuple[StoredClientSecret, KeyInfo] | None:
-        c = client_secrets.c
-        q = (
-            select(client_secrets, api_keys)
-            .select_from(client_secrets.join(api_keys, api_keys.c.id == c.key_id))
-            .where(c.secret_hash == secret_hash)
-        )
-        row = await self._first(q)
+        row = await self._first(_SECRET_AND_KEY, hash=secret_hash)
         if row is None:
             return None
-        return client_secret(row._mapping), key_info(row._mapping)
+        return client_secret(row), key_info(row, prefix="k_")
 
     @_bounded("read", report=True)
     async def list_client_secrets(self, key_id: str | None, now: float) -> list[StoredClientSecret]:
-        c = client_secrets.c
-        q = select(client_secrets).where(c.expires_at > now)
-        if key_id is not None:
-            q = q.where(c.key_id == key_id)
-        q = q.order_by(c.created_at.desc(), c.secret_hash)
-        return [client_secret(r._mapping) for r in await self._all(q)]
+        mine = " AND key_id = :key_id" if key_id is not None else ""
+        rows = await self._all(
+            f"{_SECRET} WHERE expires_at > :now{mine} ORDER BY created_at DESC, secret_hash",
+            now=now,
+            key_id=key_id,
+        )
+        return [client_secret(r) for r in rows]
 
     @_bounded("read")
     async def client_secret_by_id(self, hash_prefix: str) -> StoredClientSecret | None:
-        return await self.db.run(lambda conn: _one_by_prefix(conn, hash_prefix))
+        return await self.db.run(_one_by_prefix(hash_prefix))
 
     @_bounded("write")
     async def revoke_client_secret(self, hash_prefix: str, now: float) -> StoredClientSecret | None:
-        c = client_secrets.c
-
-        def run(conn: Connection) -> StoredClientSecret | None:
-            row = _one_by_prefix(conn, hash_prefix)
+        def run() -> Query[StoredClientSecret | None]:
+            row = yield from _one_by_prefix(hash_prefix)
             if row is None or row.revoked_at is not None:
                 return row
             # Only a secret not revoked yet: a concurrent revocation keeps its first time.
-            done = conn.execute(
-                client_secrets.update()
-                .where(c.secret_hash == row.secret_hash, c.revoked_at.is_(None))
-                .values(revoked_at=now)
+            done = yield from fetch(
+                "UPDATE client_secrets SET revoked_at = :now"
+                " WHERE secret_hash = :hash AND revoked_at IS NULL RETURNING secret_hash",
+                now=now,
+                hash=row.secret_hash,
             )
-            return (
-                replace(row, revoked_at=now) if done.rowcount else _one_by_prefix(conn, hash_prefix)
-            )
+            if done:
+                return replace(row, revoked_at=now)
+            return (yield from _one_by_prefix(hash_prefix))
 
-        return await self.db.run(run, write=True)
+        return await self.db.run(run(), write=True)
 
     # -- calls ----------------------------------------------------------------------------------
     @_bounded("write")
@@ -352,55 +380,50 @@ class SqlStore:
         # (PostgreSQL) or the file lock (SQLite), then stores nothing; the read after it sees
         # whichever claim was stored (READ COMMITTED reads each statement afresh). A claim that
         # committed after its caller stopped waiting is seen by the key's retry as its own.
-        claim = self._insert_once(calls, "call_id").values(
-            call_id=call.call_id,
-            key_id=call.key_id,
-            secret_id=call.secret_id,
-            model=call.model,
-            upstream=call.upstream,
-            created_at=call.created_at,
-        )
+        def run() -> Query[Row | None]:
+            yield Statement(
+                _CLAIM_CALL,
+                {
+                    "call_id": call.call_id,
+                    "key_id": call.key_id,
+                    "secret_id": call.secret_id,
+                    "model": call.model,
+                    "upstream": call.upstream,
+                    "created_at": call.created_at,
+                },
+            )
+            return (yield from first(f"{_CALL} WHERE call_id = :id", id=call.call_id))
 
-        def run(conn: Connection) -> Row[Any]:
-            conn.execute(claim)
-            return conn.execute(select(calls).where(calls.c.call_id == call.call_id)).one()
-
-        return stored_call(await self.db.run(run, write=True))
+        row = await self.db.run(run(), write=True)
+        assert row is not None  # inserted, or there already, in this transaction
+        return stored_call(row)
 
     @_bounded("read")
     async def call_owner(self, call_id: str) -> StoredCall | None:
-        row = await self._first(select(calls).where(calls.c.call_id == call_id))
+        row = await self._first(f"{_CALL} WHERE call_id = :id", id=call_id)
         return stored_call(row) if row else None
 
     @_bounded("write")
     async def release_call(self, call_id: str, key_id: str) -> None:
-        q = calls.delete().where(calls.c.call_id == call_id, calls.c.key_id == key_id)
-        await self.db.run(lambda conn: conn.execute(q), write=True)
+        await self.db.run(
+            fetch(
+                "DELETE FROM calls WHERE call_id = :id AND key_id = :key", id=call_id, key=key_id
+            ),
+            write=True,
+        )
 
     @_bounded("read")
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
-        u = usage_records.c
-        q = select(
-            func.coalesce(func.sum(case((u.day == day, u.charged_nanos), else_=0)), 0),
-            func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
-            func.coalesce(func.sum(u.charged_nanos), 0),
-        ).where(u.key_id == key_id)
-        row = await self.db.run(lambda conn: conn.execute(q).one())
+        row = await self._first(
+            f"SELECT {_SPEND} FROM usage_records u WHERE u.key_id = :key_id",
+            key_id=key_id,
+            day=day,
+            month_start=month_start,
+        )
+        assert row is not None  # an aggregate without GROUP BY: one row
         return int(row[0]), int(row[1]), int(row[2])
 
     # -- sessions and usage -----------------------------------------------------------------------
-    def _insert_once(self, table: Table, *unique: str) -> Any:
-        """INSERT that skips a row whose ``unique`` columns are already there (a replay)."""
-        # The database's own dialect, imported with it: a gateway on SQLite never loads
-        # PostgreSQL's (~2 MB of modules).
-        if self.db.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(unique))
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(unique))
-
     def write(self, entries: Sequence[Entry]) -> Awaitable[None]:
         """SQLite: the writer thread's future, bounded by its caller's deadline (the ledger's)
         and by SQLite's busy timeout (the store's). Otherwise, a coroutine within the store's
@@ -411,85 +434,79 @@ class SqlStore:
         closes = [e for e in entries if isinstance(e, SessionClose)]
         # Opens first and closes last: whatever the batch's order, a session's row exists
         # before its usage and transcript refer to it, and its end is written after its start.
-        open_, use, said, close = self._writes
         steps = [
-            (open_, open_rows(opens)),
-            (use, usage_rows(usage)),
-            (said, transcript_rows(transcript)),
-            (close, close_rows(closes)),
+            (OPEN_SESSION, open_rows(opens)),
+            (ADD_USAGE, usage_rows(usage)),
+            (ADD_TRANSCRIPT, transcript_rows(transcript)),
+            (CLOSE_SESSION, close_rows(closes)),
         ]
         if self._sqlite is not None:
             return self._sqlite.write(steps)
         return self._write_pooled(steps)
 
     @_bounded("write")
-    async def _write_pooled(self, steps: list[tuple[Any, list[dict[str, Any]]]]) -> None:
-        def run(conn: Connection) -> None:
-            for stmt, rows in steps:
+    async def _write_pooled(self, steps: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        def run() -> Query[None]:
+            for sql, rows in steps:
                 if rows:
-                    conn.execute(stmt, rows)
+                    yield Statement(sql, many=rows)
 
-        await self.db.run(run, write=True)
+        await self.db.run(run(), write=True)
 
     @_bounded("read", report=True)
     async def session_transcript(self, session_id: str) -> list[TranscriptEntry]:
-        t = transcript_entries.c
-        q = select(transcript_entries).where(t.session_id == session_id).order_by(t.seq)
+        rows = await self._all(
+            "SELECT session_id, key_id, seq, created_at, role, kind, text, item_id, data"
+            " FROM transcript_entries WHERE session_id = :id ORDER BY seq",
+            id=session_id,
+        )
         return [
             TranscriptEntry(
-                r.session_id,
-                r.key_id,
-                r.seq,
-                r.created_at,
-                r.role,
-                r.kind,
-                r.text,
-                r.item_id,
-                r.data,
+                r["session_id"],
+                r["key_id"],
+                r["seq"],
+                r["created_at"],
+                r["role"],
+                r["kind"],
+                r["text"],
+                r["item_id"],
+                r["data"],
             )
-            for r in await self._all(q)
+            for r in rows
         ]
 
     @_bounded("read", report=True)
     async def usage_summary(
         self, key_id: str | None = None, since_day: str | None = None
     ) -> list[UsageSummary]:
-        u = usage_records.c
-        q = (
-            select(
-                u.key_id,
-                api_keys.c.name.label("key_name"),
-                u.model,
-                u.day,
-                u.unit,
-                func.count().label("records"),
-                func.count(u.review).label("needs_review"),
-                func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
-                func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
-                *_SUMS,
-            )
-            .select_from(usage_records.join(api_keys, api_keys.c.id == u.key_id))
-            .group_by(u.key_id, api_keys.c.name, u.model, u.day, u.unit)
-            .order_by(u.day, api_keys.c.name, u.model, u.unit)
+        where = [
+            *(["u.key_id = :key_id"] if key_id else []),
+            *(["u.day >= :since_day"] if since_day else []),
+        ]
+        rows = await self._all(
+            "SELECT u.key_id, k.name AS key_name, u.model, u.day, u.unit,"
+            f" COUNT(*) AS records, COUNT(u.review) AS needs_review, {_MONEY}, {_SUMS}"
+            " FROM usage_records u JOIN api_keys k ON k.id = u.key_id"
+            f"{_where(where)}"
+            " GROUP BY u.key_id, k.name, u.model, u.day, u.unit"
+            " ORDER BY u.day, k.name, u.model, u.unit",
+            key_id=key_id,
+            since_day=since_day,
         )
-        if key_id:
-            q = q.where(u.key_id == key_id)
-        if since_day:
-            q = q.where(u.day >= since_day)
         return [
             UsageSummary(
-                key_id=r.key_id,
-                key_name=r.key_name,
-                model=r.model,
-                day=r.day,
-                unit=r.unit,
+                key_id=r["key_id"],
+                key_name=r["key_name"],
+                model=r["model"],
+                day=r["day"],
+                unit=r["unit"],
                 usage=usage_of(r),
-                records=int(r.records),
-                needs_review=int(r.needs_review),
-                provider_nanos=int(r.provider_nanos),
-                charged_nanos=int(r.charged_nanos),
+                records=int(r["records"]),
+                needs_review=int(r["needs_review"]),
+                provider_nanos=int(r["provider_nanos"]),
+                charged_nanos=int(r["charged_nanos"]),
             )
-            for r in await self._all(q)
+            for r in rows
         ]
 
     @_bounded("read", report=True)
@@ -500,53 +517,50 @@ class SqlStore:
         session_id: str | None = None,
         before: str | None = None,
     ) -> list[SessionSummary]:
-        s = sessions.c
         # The page first, along the started_at index (or key_id, started_at); then the usage of
         # its sessions only: a page's cost does not grow with the table.
-        q = (
-            select(sessions, api_keys.c.name.label("key_name"))
-            .select_from(sessions.join(api_keys, api_keys.c.id == s.key_id))
-            .order_by(s.started_at.desc(), s.id.desc())
-            .limit(limit)
-        )
-        if key_id:
-            q = q.where(s.key_id == key_id)
-        if session_id:
-            q = q.where(s.id == session_id)
-
-        def run(
-            conn: Connection,
-        ) -> tuple[Sequence[Row[Any]], dict[str, tuple[Usage, int, int]]]:
-            page = q
+        def run() -> Query[tuple[list[Row], dict[str, tuple[Usage, int, int]]]]:
+            where = [
+                *(["s.key_id = :key_id"] if key_id else []),
+                *(["s.id = :session_id"] if session_id else []),
+            ]
+            anchor = None
             if before:
-                anchor = conn.execute(
-                    select(s.started_at).where(s.id == before)
-                ).scalar_one_or_none()
-                if anchor is None:
+                row = yield from first("SELECT started_at FROM sessions WHERE id = :id", id=before)
+                if row is None:
                     return [], {}
-                page = q.where(
-                    or_(s.started_at < anchor, and_(s.started_at == anchor, s.id < before))
+                anchor = row[0]
+                where.append(
+                    "(s.started_at < :anchor OR (s.started_at = :anchor AND s.id < :before))"
                 )
-            rows = conn.execute(page).all()
-            return rows, _session_totals(conn, [r.id for r in rows])
+            rows = yield from fetch(
+                f"{_SESSION_PAGE}{_where(where)}"
+                " ORDER BY s.started_at DESC, s.id DESC LIMIT :limit",
+                key_id=key_id,
+                session_id=session_id,
+                anchor=anchor,
+                before=before,
+                limit=limit,
+            )
+            return rows, (yield from _session_totals([r["id"] for r in rows]))
 
-        rows, totals = await self.db.run(run)
+        rows, totals = await self.db.run(run())
         out = []
         for r in rows:
-            usage, provider, charged = totals.get(r.id, (Usage(), 0, 0))
+            usage, provider, charged = totals.get(r["id"], (Usage(), 0, 0))
             out.append(
                 SessionSummary(
-                    id=r.id,
-                    key_id=r.key_id,
-                    key_name=r.key_name,
-                    model=r.model,
-                    upstream=r.upstream,
-                    intent=r.intent,
-                    started_at=r.started_at,
-                    ended_at=r.ended_at,
-                    close_code=r.close_code,
-                    close_reason=r.close_reason,
-                    closed_by=r.closed_by,
+                    id=r["id"],
+                    key_id=r["key_id"],
+                    key_name=r["key_name"],
+                    model=r["model"],
+                    upstream=r["upstream"],
+                    intent=r["intent"],
+                    started_at=r["started_at"],
+                    ended_at=r["ended_at"],
+                    close_code=r["close_code"],
+                    close_reason=r["close_reason"],
+                    closed_by=r["closed_by"],
                     usage=usage,
                     provider_nanos=provider,
                     charged_nanos=charged,
@@ -556,59 +570,53 @@ class SqlStore:
 
     @_bounded("read", report=True)
     async def session_usage(self, session_id: str) -> list[UsageRecord]:
-        u = usage_records.c
-        q = select(usage_records).where(u.session_id == session_id).order_by(u.created_at, u.id)
+        rows = await self._all(
+            "SELECT * FROM usage_records WHERE session_id = :id ORDER BY created_at, id",
+            id=session_id,
+        )
         return [
             UsageRecord(
-                session_id=r.session_id,
-                key_id=r.key_id,
-                model=r.model,
-                price_key=r.price_key,
-                usage=Usage(r.kind, *(int(getattr(r, f)) for f in USAGE_FIELDS)),
-                provider_nanos=int(r.provider_nanos),
-                charged_nanos=int(r.charged_nanos),
-                created_at=r.created_at,
-                ref=r.ref,
-                review=r.review,
-                record_id=r.record_id or f"ur_row{r.id}",
-                unit=r.unit,
-                metered_by=r.metered_by,
+                session_id=r["session_id"],
+                key_id=r["key_id"],
+                model=r["model"],
+                price_key=r["price_key"],
+                usage=Usage(r["kind"], *(int(r[f]) for f in USAGE_FIELDS)),
+                provider_nanos=int(r["provider_nanos"]),
+                charged_nanos=int(r["charged_nanos"]),
+                created_at=r["created_at"],
+                ref=r["ref"],
+                review=r["review"],
+                record_id=r["record_id"] or f"ur_row{r['id']}",
+                unit=r["unit"],
+                metered_by=r["metered_by"],
             )
-            for r in await self._all(q)
+            for r in rows
         ]
-
-    def _day_number(self, seconds: Any) -> Any:
-        """The UTC day number (days since 1970-01-01) of a unix time column."""
-        if self.db.dialect == "postgresql":
-            return func.floor(seconds / SECONDS_PER_DAY)
-        # SQLite: the integer cast truncates, which is the floor for times after 1970.
-        return cast(seconds / SECONDS_PER_DAY, Integer)
 
     @_bounded("read", report=True)
     async def overview(self, since_day: str, since: float) -> Overview:
-        u, s = usage_records.c, sessions.c
-        spend = (
-            select(
-                u.day,
-                func.coalesce(func.sum(u.provider_nanos), 0),
-                func.coalesce(func.sum(u.charged_nanos), 0),
+        def run() -> Query[tuple[list[Row], list[Row], list[Row]]]:
+            spent = yield from fetch(
+                "SELECT u.day, COALESCE(SUM(u.provider_nanos), 0),"
+                " COALESCE(SUM(u.charged_nanos), 0)"
+                " FROM usage_records u WHERE u.day >= :since_day GROUP BY u.day",
+                since_day=since_day,
             )
-            .where(u.day >= since_day)
-            .group_by(u.day)
-        )
-        day = self._day_number(s.started_at).label("day")
-        started = select(day, func.count()).where(s.started_at >= since).group_by(day)
-        n = func.count().label("n")
-        closes = (
-            select(s.close_code, s.close_reason, n)
-            .where(s.started_at >= since)
-            .group_by(s.close_code, s.close_reason)
-            .order_by(n.desc(), s.close_code)
-            .limit(MAX_CLOSE_TALLIES)
-        )
-        spent, counted, tallies = await self.db.run(
-            lambda conn: [conn.execute(q).all() for q in (spend, started, closes)]
-        )
+            counted = yield from fetch(
+                f"SELECT {_START_DAY} AS day_number, COUNT(*) FROM sessions s"
+                " WHERE s.started_at >= :since GROUP BY 1",
+                since=since,
+            )
+            tallies = yield from fetch(
+                "SELECT close_code, close_reason, COUNT(*) AS n FROM sessions"
+                " WHERE started_at >= :since GROUP BY close_code, close_reason"
+                " ORDER BY n DESC, close_code LIMIT :limit",
+                since=since,
+                limit=MAX_CLOSE_TALLIES,
+            )
+            return spent, counted, tallies
+
+        spent, counted, tallies = await self.db.run(run())
         money = {r[0]: (int(r[1]), int(r[2])) for r in spent}
         counts = {utc_day(int(r[0]) * SECONDS_PER_DAY): int(r[1]) for r in counted}
         days = tuple(
@@ -617,22 +625,24 @@ class SqlStore:
             if d >= since_day
         )
         return Overview(
-            days, tuple(CloseTally(r.close_code, r.close_reason, int(r.n)) for r in tallies)
+            days,
+            tuple(CloseTally(r["close_code"], r["close_reason"], int(r["n"])) for r in tallies),
         )
 
     @_bounded("read", report=True)
     async def key_activity(self, day: str, month_start: str) -> list[KeyActivity]:
-        u, s = usage_records.c, sessions.c
-        spend = select(
-            u.key_id,
-            func.coalesce(func.sum(case((u.day == day, u.charged_nanos), else_=0)), 0),
-            func.coalesce(func.sum(case((u.day >= month_start, u.charged_nanos), else_=0)), 0),
-            func.coalesce(func.sum(u.charged_nanos), 0),
-        ).group_by(u.key_id)
-        used = select(s.key_id, func.count(), func.max(s.started_at)).group_by(s.key_id)
-        spent_rows, used_rows = await self.db.run(
-            lambda conn: (conn.execute(spend).all(), conn.execute(used).all())
-        )
+        def run() -> Query[tuple[list[Row], list[Row]]]:
+            spent = yield from fetch(
+                f"SELECT u.key_id, {_SPEND} FROM usage_records u GROUP BY u.key_id",
+                day=day,
+                month_start=month_start,
+            )
+            used = yield from fetch(
+                "SELECT key_id, COUNT(*), MAX(started_at) FROM sessions GROUP BY key_id"
+            )
+            return spent, used
+
+        spent_rows, used_rows = await self.db.run(run())
         spent = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in spent_rows}
         last = {r[0]: (int(r[1]), r[2]) for r in used_rows}
         return [
@@ -643,49 +653,42 @@ class SqlStore:
     # -- console sign-ins -----------------------------------------------------------------------
     @_bounded("write")
     async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
-        c = console_sessions.c
-        expired = console_sessions.delete().where(c.expires_at <= now)
-        add = console_sessions.insert().values(
-            value_hash=value_hash, created_at=now, expires_at=expires_at
-        )
+        def run() -> Query[None]:
+            yield Statement("DELETE FROM console_sessions WHERE expires_at <= :now", {"now": now})
+            yield Statement(
+                "INSERT INTO console_sessions (value_hash, created_at, expires_at)"
+                " VALUES (:hash, :now, :expires_at)",
+                {"hash": value_hash, "now": now, "expires_at": expires_at},
+            )
 
-        def run(conn: Connection) -> None:
-            conn.execute(expired)
-            conn.execute(add)
-
-        await self.db.run(run, write=True)
+        await self.db.run(run(), write=True)
 
     @_bounded("read")
     async def console_session(self, value_hash: str, now: float) -> bool:
-        c = console_sessions.c
-        q = select(c.expires_at).where(c.value_hash == value_hash)
-        expires = await self.db.run(lambda conn: conn.execute(q).scalar_one_or_none())
-        return expires is not None and now < expires
+        row = await self._first(
+            "SELECT expires_at FROM console_sessions WHERE value_hash = :hash", hash=value_hash
+        )
+        return row is not None and now < row[0]
 
     @_bounded("write")
     async def end_console_session(self, value_hash: str) -> None:
-        q = console_sessions.delete().where(console_sessions.c.value_hash == value_hash)
-        await self.db.run(lambda conn: conn.execute(q), write=True)
+        await self.db.run(
+            fetch("DELETE FROM console_sessions WHERE value_hash = :hash", hash=value_hash),
+            write=True,
+        )
 
 
-def _session_totals(
-    conn: Connection, session_ids: Sequence[str]
-) -> dict[str, tuple[Usage, int, int]]:
+def _session_totals(session_ids: Sequence[str]) -> Query[dict[str, tuple[Usage, int, int]]]:
     """Usage, provider and charged nano-dollars of these sessions (along ix_usage_session)."""
     if not session_ids:
         return {}
-    u = usage_records.c
-    q = (
-        select(
-            u.session_id,
-            func.coalesce(func.sum(u.provider_nanos), 0).label("provider_nanos"),
-            func.coalesce(func.sum(u.charged_nanos), 0).label("charged_nanos"),
-            *_SUMS,
-        )
-        .where(u.session_id.in_(session_ids))
-        .group_by(u.session_id)
+    names = {f"s{i}": sid for i, sid in enumerate(session_ids)}
+    rows = yield from fetch(
+        f"SELECT u.session_id, {_MONEY}, {_SUMS} FROM usage_records u"
+        f" WHERE u.session_id IN ({', '.join(f':{n}' for n in names)}) GROUP BY u.session_id",
+        **names,
     )
     return {
-        r.session_id: (usage_of(r), int(r.provider_nanos), int(r.charged_nanos))
-        for r in conn.execute(q).all()
+        r["session_id"]: (usage_of(r), int(r["provider_nanos"]), int(r["charged_nanos"]))
+        for r in rows
     }

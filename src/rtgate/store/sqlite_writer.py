@@ -1,18 +1,15 @@
 """The ledger's batches to a SQLite database, each in one hop to a writer thread of its own.
 
-Why not through SQLAlchemy, like every other call: a batch there cost the event loop ~400 µs of
-CPU when it went through SQLAlchemy's asyncio extension and aiosqlite (docs/performance.md 9.1),
-for the pool's checkout, the transaction, the statement's execution context and a round trip
-to aiosqlite's thread per step, while the relay's frames waited; in the store's own thread
-(``connections.SqliteThread``) the loop would pay one future, but SQLAlchemy's execution work
-would still hold the GIL the relay needs. Here the batch goes to one thread as rows, in one
-call; the thread runs the same statements (compiled once from ``schema.py``'s tables by
-SQLAlchemy's SQLite dialect, so the SQL has one source) with the standard library's
-``executemany``, in one transaction. What the event loop pays is one future.
+Why not through the store's own thread (``connections.SqliteThread``) like every other call: a
+batch there is a query driven step by step, while here it goes to the thread as rows, in one
+call, and the thread runs the statements (``rows.py``: the same text PostgreSQL runs) with the
+standard library's ``executemany``, in one transaction. What the event loop pays is one future
+(docs/performance.md 9.1: through SQLAlchemy's asyncio extension and aiosqlite a batch cost it
+~400 µs of CPU while the relay's frames waited).
 
 It is the same database file, through a second connection with the pragmas of the store's
-(``connections.py``): WAL, ``synchronous=NORMAL``, foreign keys, and the store's timeout as SQLite's
-busy timeout, so a write waits for the pool's rare writes (keys, secrets, calls) the way two
+(``open_sqlite``): WAL, ``synchronous=NORMAL``, foreign keys, and the store's timeout as SQLite's
+busy timeout, so a write waits for the store's rare writes (keys, secrets, calls) the way two
 processes sharing the file do. Entries keep their order: one thread, batches in turn.
 A write the caller stopped waiting for (``rtgate.deadline``) still runs to its end in the
 thread, like a late commit; ``Store.write`` is idempotent, so nothing lands twice.
@@ -28,15 +25,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql import ClauseElement
-
-#: One statement and its rows, in the order they must run.
-Step = tuple[ClauseElement, list[dict[str, Any]]]
-#: Compiled statements and their rows: what the thread runs, in one transaction.
-_Work = list[tuple[str, list[dict[str, Any]]]]
-
-_DIALECT = sqlite.dialect(paramstyle="named")
+#: One statement (parameters named ``:name``) and its rows, in the order they must run.
+Step = tuple[str, list[dict[str, Any]]]
 
 
 class SqliteWriter:
@@ -49,7 +39,7 @@ class SqliteWriter:
         self._failure = failure
         #: Batches for the thread, each with its future and that future's loop; None stops it.
         self._queue: queue.SimpleQueue[
-            tuple[_Work, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+            tuple[list[Step], asyncio.Future[None], asyncio.AbstractEventLoop] | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         #: The loop of the last batch (``asyncio.get_running_loop`` costs a system call per
@@ -58,9 +48,6 @@ class SqliteWriter:
         #: Opened in the writer thread, on its first batch (sqlite3 connections stay in the
         #: thread that made them).
         self._conn: sqlite3.Connection | None = None
-        #: Each statement compiled once, for the row keys it was given (the caller keeps its
-        #: statements for the writer's life, so an ``id`` names one statement).
-        self._sql: dict[tuple[int, tuple[str, ...]], str] = {}
 
     def write(self, steps: Sequence[Step]) -> asyncio.Future[None]:
         """Run ``steps`` in one transaction in the writer thread: a future, done once they are
@@ -71,7 +58,7 @@ class SqliteWriter:
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        work = [(self._compiled(stmt, rows), rows) for stmt, rows in steps if rows]
+        work = [(sql, rows) for sql, rows in steps if rows]
         if not work:
             fut.set_result(None)
             return fut
@@ -82,14 +69,6 @@ class SqliteWriter:
             self._thread.start()
         self._queue.put((work, fut, loop))
         return fut
-
-    def _compiled(self, stmt: ClauseElement, rows: list[dict[str, Any]]) -> str:
-        keys = tuple(rows[0])
-        sql = self._sql.get((id(stmt), keys))
-        if sql is None:
-            sql = str(stmt.compile(dialect=_DIALECT, column_keys=list(keys)))
-            self._sql[(id(stmt), keys)] = sql
-        return sql
 
     # -- the writer thread ----------------------------------------------------------------------
     def _serve(self) -> None:
@@ -107,10 +86,10 @@ class SqliteWriter:
             self._conn.close()
             self._conn = None
 
-    def _run(self, work: _Work) -> None:
+    def _run(self, work: list[Step]) -> None:
         conn = self._conn
         if conn is None:
-            conn = self._conn = self._connect()
+            conn = self._conn = open_sqlite(self._path, self._busy_ms)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in work:
@@ -119,17 +98,6 @@ class SqliteWriter:
             conn.rollback()
             raise
         conn.commit()
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level None: the transaction is the explicit BEGIN IMMEDIATE above, which
-        # takes the write lock first (waiting up to the busy timeout), never half-way through.
-        conn = sqlite3.connect(
-            self._path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=True
-        )
-        for pragma in _PRAGMAS:
-            conn.execute(pragma)
-        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-        return conn
 
     async def close(self) -> None:
         """Close the connection in its thread once the batches queued before it are done."""
@@ -149,18 +117,15 @@ def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:
         fut.set_exception(err)
 
 
-#: The store's connection pragmas (``pragmas``) but the busy timeout.
-_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
-
-
-def pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
-    """SQLAlchemy's ``connect`` listener for the store's connection: the writer's pragmas."""
-
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        for pragma in _PRAGMAS:
-            cur.execute(pragma)
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cur.close()
-
-    return on_connect
+def open_sqlite(path: str, busy_ms: int) -> sqlite3.Connection:
+    """A connection to the file at ``path`` as the store and the writer open it: WAL,
+    ``synchronous=NORMAL`` (a commit is in the WAL when it returns), foreign keys, and
+    ``busy_ms`` as the busy timeout. ``isolation_level=None``: transactions are the callers'
+    explicit ``BEGIN IMMEDIATE``, which takes the write lock first (waiting up to the busy
+    timeout), never half-way through; a read outside one sees the last commit."""
+    conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+    return conn

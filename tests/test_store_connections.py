@@ -1,0 +1,71 @@
+"""The store's runners and what they parse: database URLs in every form a config may hold,
+``:name`` parameters as asyncpg numbers them, and PostgreSQL's pool when a call is abandoned."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from rtgate.store.connections import (
+    AsyncpgPool,
+    connect,
+    fetch,
+    positional,
+    postgres_dsn,
+    sqlite_path,
+)
+
+
+def test_sqlite_urls_name_a_file_in_each_form_a_config_may_hold() -> None:
+    assert sqlite_path("sqlite:///rtgate.db") == "rtgate.db"
+    assert sqlite_path("sqlite:////var/lib/rtgate/rtgate.db") == "/var/lib/rtgate/rtgate.db"
+    # The default before SQLite ran in a thread of the store's own.
+    assert sqlite_path("sqlite+aiosqlite:////tmp/a%20b.db") == "/tmp/a b.db"
+    assert sqlite_path("sqlite://") == ":memory:"
+    assert sqlite_path("postgresql+asyncpg://u@h/db") is None
+    with pytest.raises(ValueError, match="names a file"):
+        sqlite_path("sqlite://host/rtgate.db")
+
+
+def test_postgresql_urls_lose_only_their_driver_name() -> None:
+    assert postgres_dsn("postgresql+asyncpg://u:p@h:5433/db?ssl=require") == (
+        "postgresql://u:p@h:5433/db?ssl=require"
+    )
+    assert postgres_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert postgres_dsn("postgres://u@h/db") == "postgresql://u@h/db"
+    with pytest.raises(ValueError, match="database_url"):
+        postgres_dsn("mysql://u@h/db")
+
+
+def test_named_parameters_are_numbered_once_each_for_asyncpg() -> None:
+    sql, names = positional(
+        "SELECT CAST(a AS BIGINT) FROM t WHERE b = :day OR (c < :anchor AND d = :day) LIMIT :n"
+    )
+    assert sql == "SELECT CAST(a AS BIGINT) FROM t WHERE b = $1 OR (c < $2 AND d = $1) LIMIT $3"
+    assert names == ("day", "anchor", "n")
+    assert positional("SELECT 1") == ("SELECT 1", ())
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_call_abandoned_mid_statement_gives_its_pool_slot_back_at_once() -> None:
+    db = connect(os.environ["RTGATE_TEST_DATABASE_URL"], timeout=5.0, command_timeout=30.0)
+    assert isinstance(db, AsyncpgPool)
+    try:
+        assert [tuple(r) for r in await db.run(fetch("SELECT 1"))] == [(1,)]
+        pool = db._pool
+        assert (pool.get_size(), pool.get_idle_size()) == (1, 1)
+        stalled = asyncio.ensure_future(db.run(fetch("SELECT pg_sleep(20)"), write=True))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        stalled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stalled
+        # Closed, not rolled back over the wire nor returned: no wait on the database.
+        assert time.monotonic() - started < 0.5
+        assert pool.get_size() == 0
+        assert [tuple(r) for r in await db.run(fetch("SELECT 2"))] == [(2,)]
+    finally:
+        await db.close()
