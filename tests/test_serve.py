@@ -99,6 +99,9 @@ NOT_SERVING = (
     "greenlet",
     "aiosqlite",
     "asyncpg",
+    # Settings, bodies and views are msgspec structs: pydantic is the dev tools' (the openai SDK's).
+    "pydantic",
+    "pydantic_core",
 )
 
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import msgspec
 import openai
 import orjson
 import pytest
@@ -77,7 +78,7 @@ async def bounded(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def new_key(gw: RunningGateway, name: str, **update: Any) -> str:
-    policy = apply_update(KeyPolicy(), PolicyUpdate(**update)) if update else None
+    policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate)) if update else None
     _, secret = await gw.app[GATEWAY].keyring.create(name, policy)
     return secret
 
