@@ -42,8 +42,8 @@ Positive = Annotated[float, Meta(gt=0)]
 
 
 class Secret:
-    """A key or token read from the environment, as ``pydantic.SecretStr`` was: its value only
-    through ``get_secret_value``, never in a ``repr``, a ``str`` or a dump (``**********``)."""
+    """A key or token read from the environment: its value only through ``get_secret_value``,
+    never in a ``repr``, a ``str`` or a dump (``**********``); compared in constant time."""
 
     __slots__ = ("_value",)
 
