@@ -493,12 +493,9 @@ _ENV_OPENAI: dict[str, str] = {
 
 #: The words an environment variable may use for a boolean setting, beyond msgspec's own
 #: ``true``/``false``/``1``/``0`` (any case): the ones rtgate has always taken.
-_BOOL_WORDS = {"yes": "true", "on": "true", "t": "true", "y": "true"} | {
-    "no": "false",
-    "off": "false",
-    "f": "false",
-    "n": "false",
-}
+_BOOL_WORDS = dict.fromkeys(("yes", "on", "t", "y"), "true") | dict.fromkeys(
+    ("no", "off", "f", "n"), "false"
+)
 
 T = TypeVar("T")
 
@@ -519,8 +516,8 @@ def _valid(raw: Any, kind: type[T], where: str) -> T:
         return msgspec.convert(raw, kind, strict=False, dec_hook=_from_text)
     except msgspec.ValidationError as exc:
         path, message = problem(exc, where)
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"invalid configuration: {where}{message}") from exc
+        at = f"{path}: " if path else ""
+        raise ConfigError(f"invalid configuration: {at}{message}") from exc
 
 
 def load_settings(
