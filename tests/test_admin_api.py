@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import pytest
 import websockets
@@ -129,7 +130,9 @@ def test_the_admin_token_comes_from_the_environment_only(tmp_path: Path) -> None
     settings = load_settings(None, {"RTGATE_HOME": str(tmp_path), "RTGATE_ADMIN_TOKEN": TOKEN})
     assert settings.admin_token is not None
     assert settings.admin_token.get_secret_value() == TOKEN
-    assert TOKEN not in settings.model_dump_json() and TOKEN not in repr(settings)
+    assert TOKEN not in msgspec.json.encode(settings, enc_hook=str).decode() and TOKEN not in repr(
+        settings
+    )
     assert load_settings(None, {"RTGATE_HOME": str(tmp_path)}).admin_token is None
     config = tmp_path / "rtgate.toml"
     config.write_text(f'admin_token = "{TOKEN}"\n')
@@ -622,7 +625,7 @@ async def test_expiry_is_a_date_or_a_timestamp_in_requests_and_a_timestamp_in_an
     for view in ("PolicyView", "ClientSecretView", "RevokedClientSecret"):
         assert schemas[view]["properties"]["expires_at"]["anyOf"] == [moment, {"type": "null"}]
     assert schemas["KeyView"]["properties"]["created_at"]["anyOf"] == [moment, {"type": "null"}]
-    assert schemas["UsageRow"]["properties"]["day"] == {**day, "title": "Day"}
+    assert schemas["UsageRow"]["properties"]["day"] == day
     # What an answer says is what a request takes: the same moment, sent back.
     key = (await call(admin, "POST", "/keys", body={"name": "x", "expires": "2030-06-30"})).json()
     expires_at = key["policy"]["expires_at"]

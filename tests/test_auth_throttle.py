@@ -83,7 +83,7 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy() -> None:
 
 def test_trusted_proxies_come_from_the_file_or_the_environment() -> None:
     s = load_settings(None, {"RTGATE_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
-    assert s.trusted_proxies == (
+    assert s.proxy_networks == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("192.0.2.1/32"),
     )

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import openai
 import orjson
 import pytest
@@ -44,7 +45,7 @@ def sdk(gw: RunningGateway, credential: str) -> AsyncOpenAI:
 
 
 async def key_with(gw: RunningGateway, name: str, **update: Any) -> tuple[str, str]:
-    policy = apply_update(KeyPolicy(), PolicyUpdate(**update))
+    policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
     info, secret = await gw.app[GATEWAY].keyring.create(name, policy)
     return info.id, secret
 

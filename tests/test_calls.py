@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import msgspec
 import openai
 import orjson
 import pytest
@@ -46,7 +47,7 @@ async def client_for() -> AsyncIterator[ClientFor]:
 
 
 async def key_with(gw: RunningGateway, **update: Any) -> tuple[str, str]:
-    policy = apply_update(KeyPolicy(), PolicyUpdate(**update))
+    policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
     info, secret = await gw.app[GATEWAY].keyring.create("caller", policy)
     return info.id, secret
 

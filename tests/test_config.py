@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pickle
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from rtgate.catalog import Catalog, model_family
@@ -23,7 +25,7 @@ def test_provider_key_switches_catalog_models_to_openai() -> None:
     s = load_settings(None, {"OPENAI_API_KEY": "sk-abc"})
     assert s.default_upstream == "openai"
     assert s.upstreams["openai"].api_key is not None
-    assert "sk-abc" not in s.model_dump_json()
+    assert "sk-abc" not in msgspec.json.encode(s, enc_hook=str).decode()
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -250,3 +252,41 @@ def test_a_gemini_key_is_never_read_from_the_file(tmp_path: Path) -> None:
     cfg.write_text('[upstreams.gemini]\nkind = "gemini"\napi_key = "AIza-in-file"\n')
     with pytest.raises(ConfigError, match="api_key_env"):
         load_settings(cfg, {})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("on", True), ("Yes", True), ("0", False), ("off", False)],
+)
+def test_environment_strings_become_numbers_and_booleans(value: str, expected: bool) -> None:
+    s = load_settings(
+        None,
+        {"RTGATE_PORT": "9001", "RTGATE_DRAIN_SECONDS": "2.5", "RTGATE_PERMESSAGE_DEFLATE": value},
+    )
+    assert (s.port, s.drain_seconds, s.permessage_deflate) == (9001, 2.5, expected)
+    with pytest.raises(ConfigError, match="permessage_deflate"):
+        load_settings(None, {"RTGATE_PERMESSAGE_DEFLATE": "maybe"})
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(None, {"RTGATE_PORT": "80.5"})
+
+
+def test_settings_survive_pickling_for_spawned_workers_and_never_show_a_secret() -> None:
+    env = {
+        "OPENAI_API_KEY": "sk-pickled",
+        "RTGATE_ADMIN_TOKEN": "adm-pickled",
+        "RTGATE_TRUSTED_PROXIES": "10.0.0.0/8",
+    }
+    s = load_settings(None, env)
+    again = pickle.loads(pickle.dumps(s))
+    assert again == s and again.proxy_networks == s.proxy_networks
+    assert again.upstreams["openai"].api_key is not None
+    assert again.upstreams["openai"].api_key.get_secret_value() == "sk-pickled"
+    assert again.admin_token is not None and again.admin_token.get_secret_value() == "adm-pickled"
+    for shown in (repr(again), str(again.admin_token), msgspec.json.encode(again, enc_hook=str)):
+        assert "pickled" not in str(shown)
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(None, {})
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]

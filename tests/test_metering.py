@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from rtgate.config import DEFAULT_PRICES, PriceSettings
@@ -158,7 +159,7 @@ def test_a_per_second_row_bills_by_the_second() -> None:
 def test_markup_applies_to_duration_before_rounding() -> None:
     # 963333.33... nanos at 20 % markup is 1156000 exactly: the markup is applied to the exact
     # cost, and only the result is rounded.
-    row = DEFAULT_PRICES["gpt-live-transcribe"].model_copy(update={"markup_percent": Decimal(20)})
+    row = msgspec.structs.replace(DEFAULT_PRICES["gpt-live-transcribe"], markup_percent=Decimal(20))
     c = cost_of(seconds(3400), row)
     assert (c.provider_nanos, c.charged_nanos) == (963_333, 1_156_000)
 
@@ -185,7 +186,7 @@ def test_each_unit_prices_only_its_own_usage() -> None:
     assert not prices_usage(per_token, seconds(1000))
     assert not prices_usage(per_minute, tokens)
     # A duration row that sets token rates prices both (the local row can).
-    both = per_minute.model_copy(update={"audio_in": Decimal(3)})
+    both = msgspec.structs.replace(per_minute, audio_in=Decimal(3))
     assert prices_usage(both, tokens) and prices_usage(both, seconds(1000))
     assert cost_of(tokens, both).provider_nanos == 30_000
     assert cost_of(seconds(60_000), both).provider_nanos == 6_000_000

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import websockets
@@ -104,7 +105,7 @@ def test_guard_passes_appends_and_blocks_named_fields() -> None:
 
 
 async def key_with(gw: RunningGateway, **update: Any) -> str:
-    policy = apply_update(KeyPolicy(), PolicyUpdate(**update))
+    policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
     _, secret = await gw.app[GATEWAY].keyring.create("policy-test", policy)
     return secret
 
@@ -350,7 +351,5 @@ async def test_a_key_that_keeps_transcripts_keeps_text_tool_calls_and_usage(
     ],
 )
 def test_implausible_limits_are_refused(update: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
-    with pytest.raises((ValidationError, PolicyError)):
-        apply_update(KeyPolicy(), PolicyUpdate(**update))
+    with pytest.raises((msgspec.ValidationError, PolicyError)):
+        apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))

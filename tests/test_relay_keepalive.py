@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
@@ -80,11 +81,12 @@ def test_anything_heard_after_a_ping_counts_as_the_pong() -> None:
 @pytest.fixture
 def fast_heartbeat(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
     def make(**env: str) -> Settings:
-        return make_settings(
+        settings = make_settings(
             RTGATE_UPSTREAM_PING_AFTER_SECONDS=str(HEARTBEAT),
             RTGATE_UPSTREAM_PONG_TIMEOUT_SECONDS=str(HEARTBEAT / 2),
             **env,
-        ).model_copy(update={"heartbeat_seconds": HEARTBEAT})
+        )
+        return msgspec.structs.replace(settings, heartbeat_seconds=HEARTBEAT)
 
     return make
 

@@ -105,6 +105,9 @@ NOT_SERVING = (
     "typer",
     "click",
     "rtgate.cli",
+    # Settings, bodies and views are msgspec structs: pydantic is the dev tools' (the openai SDK's).
+    "pydantic",
+    "pydantic_core",
 )
 
 

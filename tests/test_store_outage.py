@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import msgspec
 import openai
 import orjson
 import pytest
@@ -79,7 +80,7 @@ async def bounded(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def new_key(gw: RunningGateway, name: str, **update: Any) -> str:
-    policy = apply_update(KeyPolicy(), PolicyUpdate(**update)) if update else None
+    policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate)) if update else None
     _, secret = await gw.app[GATEWAY].keyring.create(name, policy)
     return secret
 

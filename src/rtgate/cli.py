@@ -15,9 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import msgspec
 import orjson
 import typer
-from pydantic import ValidationError
 
 from rtgate.api.views import (
     client_secret_view,
@@ -37,6 +37,7 @@ from rtgate.errors import GatewayError
 from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
+from rtgate.validation import problem
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -234,12 +235,11 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
     if "block_event" in raw:
         raw["blocked_events"] = raw.pop("block_event")
     try:
-        return PolicyUpdate.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        _rich_console(stderr=True).print(f"[red]error:[/red] {problems}")
+        return msgspec.convert(raw, PolicyUpdate, strict=False)
+    except msgspec.ValidationError as exc:
+        where, message = problem(exc)
+        shown = f"{where}: {message}" if where else message
+        _rich_console(stderr=True).print(f"[red]error:[/red] {shown}")
         raise typer.Exit(2) from exc
 
 

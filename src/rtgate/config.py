@@ -8,26 +8,22 @@ the admin API's token (``RTGATE_ADMIN_TOKEN``) and ``/metrics``' (``RTGATE_METRI
 
 from __future__ import annotations
 
+import hmac
 import os
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta
+from msgspec.structs import force_setattr
 
 from rtgate.errors import ConfigError
 from rtgate.tls import server_context
+from rtgate.validation import problem
 
 UpstreamKind = Literal["openai", "azure", "local", "gemini"]
 
@@ -39,17 +35,55 @@ GEMINI_LIVE_URL = (
 )
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: OpenAI's Realtime base: the ``base_url`` of an upstream that names none (but ``gemini``).
+OPENAI_URL = "wss://api.openai.com/v1"
+
+Positive = Annotated[float, Meta(gt=0)]
 
 
-class UpstreamSettings(_Frozen):
+class Secret:
+    """A key or token read from the environment: its value only through ``get_secret_value``,
+    never in a ``repr``, a ``str`` or a dump (``**********``); compared in constant time."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Settings travel to spawned workers pickled (server.py).
+        return Secret, (self._value,)
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Settings parts: immutable, and a key the type does not name is refused, not ignored."""
+
+
+class UpstreamSettings(_Frozen, frozen=True, kw_only=True):
     """One provider endpoint the gateway can dial."""
 
     kind: UpstreamKind = "openai"
     #: WebSocket base, e.g. ``wss://api.openai.com/v1`` or ``wss://RES.openai.azure.com/openai/v1``;
-    #: for ``gemini``, Google's Live endpoint (``GEMINI_LIVE_URL``, or a host alone).
-    base_url: str = "wss://api.openai.com/v1"
+    #: for ``gemini``, Google's Live endpoint (``GEMINI_LIVE_URL``, or a host alone). Left empty:
+    #: the kind's own (``GEMINI_LIVE_URL`` for ``gemini``, ``OPENAI_URL`` for the others).
+    base_url: str = ""
     #: Environment variable holding the provider key (never the key itself). Only the built-in
     #: ``openai`` upstream defaults to ``OPENAI_API_KEY``, and a ``gemini`` one to
     #: ``GEMINI_API_KEY`` (Google's own name for it): another upstream must name its own, so
@@ -60,23 +94,15 @@ class UpstreamSettings(_Frozen):
     #: Send ``OpenAI-Beta: realtime=v1``. Only for upstreams that still speak the beta shape:
     #: OpenAI itself closes such sessions with 4000 since 2026.
     beta: bool = False
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    #: Resolved at load time from ``api_key_env``; excluded from every dump.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
+    connect_timeout_s: Positive = 10.0
+    #: Resolved at load time from ``api_key_env``; never shown (``Secret``).
+    api_key: Secret | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _gemini_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind") == "gemini":
-            data = {"base_url": GEMINI_LIVE_URL, **data}
-        return data
-
-    @field_validator("base_url")
-    @classmethod
-    def _ws_scheme(cls, v: str) -> str:
-        if not v.startswith(("ws://", "wss://", "http://", "https://")):
-            raise ValueError("must start with ws://, wss://, http:// or https://")
-        return v.rstrip("/")
+    def __post_init__(self) -> None:
+        url = self.base_url or (GEMINI_LIVE_URL if self.kind == "gemini" else OPENAI_URL)
+        if not url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("base_url: must start with ws://, wss://, http:// or https://")
+        force_setattr(self, "base_url", url.rstrip("/"))
 
 
 #: What a price row's rates are per: ``token`` (per 1M tokens, by kind), or a ``second`` or
@@ -87,7 +113,7 @@ PriceUnit = Literal["token", "second", "minute"]
 UNIT_SECONDS: dict[PriceUnit, int] = {"second": 1, "minute": 60}
 
 
-class PriceSettings(_Frozen):
+class PriceSettings(_Frozen, frozen=True, kw_only=True):
     """One row of the price table: the provider's prices for a model, and the markup charged on
     them (``markup_percent`` turns the provider's cost into the price charged to a key).
 
@@ -111,20 +137,11 @@ class PriceSettings(_Frozen):
     image_cached: Decimal | None = None
     markup_percent: Decimal = Decimal(0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_per_minute(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "per_minute" in data:
-            raise ValueError('per_minute is now unit = "minute" with rate = the price per minute')
-        return data
-
-    @model_validator(mode="after")
-    def _rate_has_a_unit(self) -> PriceSettings:
+    def __post_init__(self) -> None:
         if self.unit == "token" and self.rate:
             raise ValueError(
-                'rate is per second or minute of audio: set unit = "second" or "minute"'
+                'rate: is per second or minute of audio: set unit = "second" or "minute"'
             )
-        return self
 
     @property
     def sets_token_rates(self) -> bool:
@@ -144,7 +161,7 @@ class PriceSettings(_Frozen):
         )
 
 
-class ModelSettings(_Frozen):
+class ModelSettings(_Frozen, frozen=True, kw_only=True):
     """A model name clients may ask for, and where it goes."""
 
     upstream: str
@@ -154,7 +171,7 @@ class ModelSettings(_Frozen):
     prices: str | None = None
 
 
-class EngineSettings(_Frozen):
+class EngineSettings(_Frozen, frozen=True, kw_only=True):
     """The embedded local engine's stages. ``auto`` picks the best one installed."""
 
     vad: Literal["auto", "silero", "energy"] = "auto"
@@ -168,14 +185,14 @@ class EngineSettings(_Frozen):
     brain_model: str = "llama3.2"
     #: Environment variable holding the brain server's key, if it wants one.
     brain_api_key_env: str | None = None
-    brain_api_key: SecretStr | None = Field(default=None, exclude=True)
+    brain_api_key: Secret | None = None
     #: Size of each ``response.output_audio.delta``.
-    audio_chunk_ms: int = Field(default=100, ge=10, le=2000)
+    audio_chunk_ms: Annotated[int, Meta(ge=10, le=2000)] = 100
     #: Piper without sampling noise: the same text always gives the same audio.
     deterministic_voice: bool = False
     #: How often a GPT-Live session on the engine reports its cumulative usage
     #: (``session.usage.updated``); OpenAI's does about once a minute.
-    live_usage_seconds: float = Field(default=60.0, gt=0, le=3600)
+    live_usage_seconds: Annotated[float, Meta(gt=0, le=3600)] = 60.0
 
 
 def _d(s: str) -> Decimal:
@@ -295,95 +312,96 @@ DEFAULT_OPENAI_MODELS = (
 )
 
 
-class Settings(_Frozen):
+class Settings(_Frozen, frozen=True, kw_only=True):
     home: Path = Path(".rtgate")
     database_url: str | None = None
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=256)
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``auto``: readable lines on a terminal, JSON lines otherwise (a file, a pipe, a collector).
     log_format: Literal["auto", "console", "json"] = "auto"
     #: The hard cap on one connection, as OpenAI's 60 minutes.
-    max_session_seconds: float = Field(default=3600.0, gt=0)
+    max_session_seconds: Positive = 3600.0
     #: How long a drain (SIGTERM, ``POST /admin/v1/drain``) lets live sessions run before it
     #: ends them with 1001; calls last minutes, so a deploy should not cut them.
-    drain_seconds: float = Field(default=300.0, ge=0)
+    drain_seconds: Annotated[float, Meta(ge=0)] = 300.0
     #: A request's headers must arrive this long after its connection opened (or after the
     #: previous response: idle keep-alive connections close as late), and its body this long
     #: after its headers (slowloris).
-    request_timeout_seconds: float = Field(default=15.0, gt=0)
+    request_timeout_seconds: Positive = 15.0
     #: Accept permessage-deflate when a client offers it (off: declined, RFC 7692 section 5).
     permessage_deflate: bool = False
     #: Ping the client after this much silence and drop it when still silent half as long
     #: after: a peer gone without a FIN is not held to the cap. None: never.
-    heartbeat_seconds: float | None = Field(default=30.0, gt=0)
+    heartbeat_seconds: Positive | None = 30.0
     #: Ping the upstream (a relayed session's or a call's sideband) after this much silence, and
     #: end the session with ``upstream_unavailable`` when nothing arrives within
     #: ``upstream_pong_timeout_seconds`` of the ping: a stopped provider is noticed within
     #: their sum and a watchdog tick (8 s) of its last frame instead of leaving the caller in
     #: dead air. A session that talks is never pinged. None: never.
-    upstream_ping_after_seconds: float | None = Field(default=4.0, gt=0)
-    upstream_pong_timeout_seconds: float = Field(default=3.0, gt=0)
+    upstream_ping_after_seconds: Positive | None = 4.0
+    upstream_pong_timeout_seconds: Positive = 3.0
     #: A translation session's input audio (which the provider does not report, so the gateway
     #: counts it) is recorded every this many seconds of audio, and at the session's end: a
     #: crash loses at most this much audio per session unbilled.
-    translation_record_seconds: float = Field(default=10.0, gt=0, le=600)
+    translation_record_seconds: Annotated[float, Meta(gt=0, le=600)] = 10.0
     #: Which audio a translation session is billed by: the client's ``input`` (the default, as
     #: the reference advises) or the translated ``output``. The provider's basis is not
     #: documented (voice-apis.md 2.4); reconcile against its invoice and set this to match.
     translation_billed_audio: Literal["input", "output"] = "input"
     #: GPT-Live (``/v1/live/sessions``): how long a client may take to send its first message,
     #: ``session.start``, which names the model; past it: ``invalid_session_start``, no dial.
-    live_start_seconds: float = Field(default=10.0, gt=0, le=300)
+    live_start_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
     #: GPT-Live: how long the upstream may take to answer ``session.close`` with
     #: ``session.closed`` (the final total) when the client or the gateway ends a session;
     #: past it the upstream is closed and the record flagged unconfirmed (docs/protocol-live.md 7:
     #: how long finalisation takes is not documented).
-    live_close_seconds: float = Field(default=5.0, gt=0, le=120)
+    live_close_seconds: Annotated[float, Meta(gt=0, le=120)] = 5.0
     #: GPT-Live over WebRTC or SIP: the voice the provider bills as a session starts, credited
     #: against its duration (docs/protocol-live.md 9: 15 s); recorded as the call's sideband
     #: opens. 0: not recorded (whether the wire's totals include it is unverified).
-    live_startup_seconds: float = Field(default=15.0, ge=0, le=600)
+    live_startup_seconds: Annotated[float, Meta(ge=0, le=600)] = 15.0
     #: How long a usage commit may take; past it the records go to the local spill (fsynced)
     #: and the frame goes on, and the spill is written to the store once it answers.
-    commit_timeout_seconds: float = Field(default=1.0, gt=0)
+    commit_timeout_seconds: Positive = 1.0
     #: How long any other store call a client waits on may take (a key lookup, a budget read,
     #: minting a secret, claiming a call); past it the call fails (``store_unavailable``) or
     #: falls back.
-    store_timeout_seconds: float = Field(default=3.0, gt=0)
+    store_timeout_seconds: Positive = 3.0
     #: How often the spill is offered to the store again while it does not take it.
-    spill_retry_seconds: float = Field(default=1.0, gt=0)
+    spill_retry_seconds: Positive = 1.0
     #: A key that authenticated within this long is admitted from memory while the store does
     #: not answer (0: never).
-    key_cache_seconds: float = Field(default=300.0, ge=0)
+    key_cache_seconds: Annotated[float, Meta(ge=0)] = 300.0
     #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
     #: closed with 1009. A 15 MiB append plus its JSON must fit.
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_message_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
     #: Largest HTTP request body (a session, an SDP offer: a few KiB); larger is 413.
-    max_http_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_http_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     #: Upstream used when a model's route does not name one, and for ``intent=transcription``.
     default_upstream: str | None = None
     #: The model a connection without ``?model=`` gets.
     default_model: str = "gpt-realtime"
-    engine: EngineSettings = Field(default_factory=EngineSettings)
-    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
-    prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    upstreams: dict[str, UpstreamSettings] = {}
+    models: dict[str, ModelSettings] = {}
+    prices: dict[str, PriceSettings] = {}
     #: Failed authentications one address may make at once; past them its attempts are refused
     #: unchecked (``rate_limit_exceeded``) until its allowance refills. 0: no throttle.
-    auth_failures_burst: int = Field(default=20, ge=0)
+    auth_failures_burst: Annotated[int, Meta(ge=0)] = 20
     #: How fast an address's allowance of failures refills.
-    auth_failures_per_minute: float = Field(default=10.0, gt=0)
+    auth_failures_per_minute: Positive = 10.0
     #: Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the caller; the
     #: peer address is used otherwise. ``RTGATE_TRUSTED_PROXIES`` takes them comma-separated.
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: As written; ``proxy_networks`` are the networks they name.
+    trusted_proxies: tuple[str, ...] = ()
     #: Bearer token of the admin API (``/admin/v1/``); unset, the admin API is disabled. Read
-    #: from ``RTGATE_ADMIN_TOKEN`` only; excluded from every dump.
-    admin_token: SecretStr | None = Field(default=None, exclude=True)
+    #: from ``RTGATE_ADMIN_TOKEN`` only; never shown (``Secret``).
+    admin_token: Secret | None = None
     #: Bearer token ``GET /metrics`` requires (it shows key ids and spend); unset, the page is
-    #: open. Read from ``RTGATE_METRICS_TOKEN`` only; excluded from every dump.
-    metrics_token: SecretStr | None = Field(default=None, exclude=True)
+    #: open. Read from ``RTGATE_METRICS_TOKEN`` only; never shown (``Secret``).
+    metrics_token: Secret | None = None
     #: TLS on the listener (``rtgate serve --certfile --keyfile``): PEM files, both or none.
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
@@ -391,28 +409,27 @@ class Settings(_Frozen):
     #: ``rediss://`` or ``unix://``). Unset, each process counts its own sessions.
     redis_url: str | None = None
     #: Prefix of every key rtgate writes in that Redis, so deployments can share one server.
-    redis_prefix: str = Field(default="rtgate:", min_length=1, max_length=100)
+    redis_prefix: Annotated[str, Meta(min_length=1, max_length=100)] = "rtgate:"
 
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _comma_separated(cls, v: Any) -> Any:
-        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+    def __post_init__(self) -> None:
+        if not self.redis_url:
+            force_setattr(self, "redis_url", None)
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise ValueError(
+                "redis_prefix: must not contain { or } (rtgate uses the key id as the hash tag)"
+            )
+        for proxy in self.trusted_proxies:
+            try:
+                ip_network(proxy)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from exc
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
-
-    @field_validator("redis_prefix")
-    @classmethod
-    def _no_hash_tag(cls, v: str) -> str:
-        if "{" in v or "}" in v:
-            raise ValueError("must not contain { or } (rtgate uses the key id as the hash tag)")
-        return v
+    @property
+    def proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The networks ``trusted_proxies`` name (an address alone is its /32 or /128)."""
+        return tuple(ip_network(p) for p in self.trusted_proxies)
 
     @property
     def resolved_database_url(self) -> str:
@@ -474,6 +491,35 @@ _ENV_OPENAI: dict[str, str] = {
 }
 
 
+#: The words an environment variable may use for a boolean setting, beyond msgspec's own
+#: ``true``/``false``/``1``/``0`` (any case): the ones rtgate has always taken.
+_BOOL_WORDS = dict.fromkeys(("yes", "on", "t", "y"), "true") | dict.fromkeys(
+    ("no", "off", "f", "n"), "false"
+)
+
+T = TypeVar("T")
+
+
+def _from_text(kind: type[Any], value: Any) -> Any:
+    """msgspec's ``dec_hook``: the types it does not read itself, from their TOML or env text."""
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError(f"{kind.__name__} from {type(value).__name__}")
+
+
+def _valid(raw: Any, kind: type[T], where: str) -> T:
+    """``raw`` as ``kind`` (strings from the environment converted to numbers and booleans), or
+    the ``ConfigError`` that names the setting."""
+    try:
+        return msgspec.convert(raw, kind, strict=False, dec_hook=_from_text)
+    except msgspec.ValidationError as exc:
+        path, message = problem(exc, where)
+        at = f"{path}: " if path else ""
+        raise ConfigError(f"invalid configuration: {at}{message}") from exc
+
+
 def load_settings(
     config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -492,9 +538,13 @@ def load_settings(
             raise ConfigError(f"config file not found: {p}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    bools = {f.name for f in msgspec.structs.fields(Settings) if f.type is bool}
     for var, field in _ENV_SCALARS.items():
         if env.get(var):
-            raw[field] = env[var]
+            value = env[var]
+            raw[field] = _BOOL_WORDS.get(value.lower(), value) if field in bools else value
+    if isinstance(raw.get("trusted_proxies"), str):
+        raw["trusted_proxies"] = [p.strip() for p in raw["trusted_proxies"].split(",") if p.strip()]
 
     engine = dict(raw.get("engine", {}))
     for var, field in _ENV_ENGINE.items():
@@ -527,7 +577,9 @@ def load_settings(
             )
         if key_env and env.get(key_env):
             up["api_key"] = env[key_env]
-    raw["upstreams"] = upstreams
+    raw["upstreams"] = {
+        name: _valid(up, UpstreamSettings, f"upstreams.{name}") for name, up in upstreams.items()
+    }
 
     for token, var in (
         ("admin_token", "RTGATE_ADMIN_TOKEN"),
@@ -541,30 +593,30 @@ def load_settings(
     if "default_upstream" not in raw:
         raw["default_upstream"] = "openai" if "api_key" in openai else "local"
 
-    prices = {k: v.model_dump() for k, v in DEFAULT_PRICES.items()}
+    prices = {k: msgspec.structs.asdict(v) for k, v in DEFAULT_PRICES.items()}
     for name, row in dict(raw.pop("prices", {})).items():
+        if isinstance(row, dict) and "per_minute" in row:
+            raise ConfigError(
+                f'prices.{name}.per_minute: is now unit = "minute" with rate = the price per minute'
+            )
         base = prices.get(name, {})
         # A row that keeps its unit overrides the default's rates one by one; a row in another
         # unit replaces it (a per-minute rate means nothing to a per-token row).
         if "unit" in row and row["unit"] != base.get("unit"):
             base = {}
         prices[name] = {**base, **dict(row)}
-    raw["prices"] = prices
+    raw["prices"] = {
+        name: _valid(row, PriceSettings, f"prices.{name}") for name, row in prices.items()
+    }
 
     models: dict[str, Any] = {
         name: {"upstream": raw["default_upstream"] if name != "local" else "local"}
         for name in (*DEFAULT_OPENAI_MODELS, "local")
     }
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
-    raw["models"] = models
-
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from exc
+    raw["models"] = {name: _valid(m, ModelSettings, f"models.{name}") for name, m in models.items()}
+    # Each table's rows are read above, where msgspec's error can be told which row it is in.
+    settings = _valid(raw, Settings, "")
 
     for name, model in settings.models.items():
         if model.upstream not in settings.upstreams:

@@ -8,7 +8,7 @@ the error's ``http_status``; nothing the caller sent is echoed back but an id.
 
 Every route is declared once, in ``OPERATIONS`` (``rtgate.api.operation``): aiohttp is wired from
 that table, and the OpenAPI document (``rtgate.api.openapi``) is generated from it and from the
-pydantic models it names, which are the same models that parse requests and render responses.
+msgspec structs it names, which are the same models that parse requests and render responses.
 
 Live sessions (``rtgate.api.live``) are this instance's and, with ``redis_url``, those of every
 instance sharing its Redis, listed and ended through ``Gateway.fleet``.
@@ -19,12 +19,13 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from msgspec import Meta
 
 from rtgate.api.bodies import InvalidRequest
 from rtgate.api.catalog_views import ModelView, UpstreamView, list_models, list_upstreams
@@ -64,7 +65,7 @@ from rtgate.api.views import (
 from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
-from rtgate.config import Settings
+from rtgate.config import Secret, Settings
 from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
 from rtgate.fleet import FleetUnavailable
@@ -110,7 +111,7 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 # -- the token ------------------------------------------------------------------------------------
 
 
-def _guard(token: SecretStr | None) -> Middleware:
+def _guard(token: Secret | None) -> Middleware:
     expected = None if token is None else OperatorToken(token.get_secret_value())
 
     async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -152,48 +153,44 @@ def _guard(token: SecretStr | None) -> Middleware:
 _DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
-class CreateKey(PolicyUpdate):
+class CreateKey(PolicyUpdate, kw_only=True):
     """A new key: a name for its owner, and any policy fields."""
 
     # Names are printed in terminals and stored in a 200-character column: no control characters
     # (escape sequences, NUL).
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-class UsageQuery(BaseModel):
-    # The admin API's queries are built on first use, as its views (``View``).
-    model_config = ConfigDict(frozen=True, defer_build=True)
+class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: Annotated[str | None, Meta(description="Only this key's usage.")] = None
+    since: Annotated[
+        Annotated[Day, Meta(pattern=_DAY)] | None,
+        Meta(description="From this UTC day on (YYYY-MM-DD)."),
+    ] = None
+    format: Annotated[Literal["json", "csv"], Meta(description="JSON rows or CSV.")] = "json"
 
-    key_id: str | None = Field(default=None, description="Only this key's usage.")
-    since: Day | None = Field(
-        default=None, pattern=_DAY, description="From this UTC day on (YYYY-MM-DD)."
-    )
-    format: Literal["json", "csv"] = Field(default="json", description="JSON rows or CSV.")
-
-    @field_validator("since")
-    @classmethod
-    def _a_real_day(cls, v: str | None) -> str | None:
-        if v is not None:
-            date.fromisoformat(v)
-        return v
+    def __post_init__(self) -> None:
+        if self.since is not None:
+            try:
+                date.fromisoformat(self.since)
+            except ValueError as exc:
+                raise ValueError(f"since: {exc}") from exc
 
 
-class SecretsQuery(BaseModel):
-    model_config = ConfigDict(frozen=True, defer_build=True)
-
-    key_id: str | None = Field(default=None, description="Only the secrets this key minted.")
+class SecretsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: Annotated[str | None, Meta(description="Only the secrets this key minted.")] = None
 
 
-class SessionsQuery(BaseModel):
-    model_config = ConfigDict(frozen=True, defer_build=True)
-
-    limit: int = Field(default=20, ge=1, le=1000, description="How many, newest first.")
-    key_id: str | None = Field(default=None, description="Only this key's sessions.")
-    before: str | None = Field(
-        default=None,
-        description="A session id (the last of the previous page): the sessions after it, "
-        "in the same order. An unknown id gives an empty page.",
-    )
+class SessionsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    limit: Annotated[int, Meta(ge=1, le=1000, description="How many, newest first.")] = 20
+    key_id: Annotated[str | None, Meta(description="Only this key's sessions.")] = None
+    before: Annotated[
+        str | None,
+        Meta(
+            description="A session id (the last of the previous page): the sessions after it, "
+            "in the same order. An unknown id gives an empty page."
+        ),
+    ] = None
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -279,7 +276,7 @@ async def revoke_client_secret(call: Call[None, None]) -> Reply:
     closed = [c.id for c in await revoke_here(gw, view.id)]
     closed = list(dict.fromkeys(closed + await revoke_elsewhere(gw, view.id)))
     log.info("client secret %s revoked; %d live sessions closed", view.id, len(closed))
-    return RevokedClientSecret(**dict(view), closed_sessions=closed)
+    return RevokedClientSecret(**msgspec.structs.asdict(view), closed_sessions=closed)
 
 
 async def usage(call: Call[UsageQuery, None]) -> Reply:
@@ -321,7 +318,7 @@ async def close_session(call: Call[None, None]) -> Reply:
             log.warning("a forced close could not reach the other instances: %s", err.message)
             raise
         if answers.closed:
-            return ClosedSession.model_validate_json(answers.closed[0])
+            return msgspec.json.decode(answers.closed[0], type=ClosedSession)
         if answers.silent:
             missing = (
                 f"No instance that answered holds a live session with id {_quoted(session_id)} "
@@ -520,9 +517,8 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
 
 @functools.cache
 def openapi_json() -> bytes:
-    """The admin API's OpenAPI document, built on its first request: building it builds every
-    model it names (their ``defer_build``) and their schemas, which a gateway that is never
-    asked for it need not hold (docs/performance.md "Memory")."""
+    """The admin API's OpenAPI document, built on its first request: its schemas are held only
+    by a gateway that is asked for it (docs/performance.md "Memory")."""
     return orjson.dumps(openapi_document(OPERATIONS, PREFIX))
 
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import SecretStr
 
 from rtgate import __version__
 from rtgate.api.admin import PREFIX as ADMIN_PATH
@@ -35,7 +34,7 @@ from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
-from rtgate.config import Settings
+from rtgate.config import Secret, Settings
 from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes
@@ -80,7 +79,7 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "draining", "live_sessions": len(gw.live)}, status=503)
 
 
-def metrics_page(token: SecretStr | None) -> Handler:
+def metrics_page(token: Secret | None) -> Handler:
     """``GET /metrics``, behind ``metrics_token`` (a Bearer token) when one is set."""
     expected = None if token is None else OperatorToken(token.get_secret_value())
 
@@ -186,7 +185,7 @@ def create_app(
                 clock=clock,
                 keyring=keyring,
                 authenticator=Authenticator(
-                    keyring, clock, metrics, throttle, settings.trusted_proxies
+                    keyring, clock, metrics, throttle, settings.proxy_networks
                 ),
                 catalog=Catalog(settings),
                 ledger=ledger,

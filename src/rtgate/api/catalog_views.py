@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rtgate.api.operation import Call, Reply
 
 
-class PriceView(View):
+class PriceView(View, frozen=True, kw_only=True):
     """The row's token rates in USD per 1M tokens and, on a ``second`` or ``minute`` row, its
     ``rate`` in USD per that unit of audio, as the provider charges; ``markup_percent`` is added
     for the price charged to keys. Cached rates are the ones applied: a row that leaves one out
@@ -35,7 +35,7 @@ class PriceView(View):
     markup_percent: str
 
 
-class ModelView(View):
+class ModelView(View, frozen=True, kw_only=True):
     model: str
     upstream: str
     #: ``openai``, ``azure`` or ``local`` (the embedded engine).
@@ -48,7 +48,7 @@ class ModelView(View):
     prices: PriceView | None
 
 
-class UpstreamHealthView(View):
+class UpstreamHealthView(View, frozen=True, kw_only=True):
     """How this upstream answered the dials of the process that answered (nothing is probed):
     ``ok`` when its latest dial connected, ``failing`` when it failed, ``unknown`` before any."""
 
@@ -62,7 +62,7 @@ class UpstreamHealthView(View):
     connect_ms_avg: float | None
 
 
-class UpstreamView(View):
+class UpstreamView(View, frozen=True, kw_only=True):
     name: str
     kind: str
     #: Where it is dialled; ``(this process)`` for the embedded engine.

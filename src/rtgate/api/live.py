@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import orjson
-from pydantic import ValidationError
 
 from rtgate.api.views import ClosedSession, LiveSession, dump, live_session
 from rtgate.auth.client_secrets import revoked_secret_error
@@ -52,8 +52,8 @@ async def live_everywhere(gw: Gateway) -> list[LiveSession]:
     listed = {v.id: v for v in here}
     for raw in elsewhere:
         try:
-            view = LiveSession.model_validate_json(raw)
-        except ValidationError:
+            view = msgspec.json.decode(raw, type=LiveSession)
+        except msgspec.DecodeError:
             # Another version's view during a rolling upgrade: listed by its own instance.
             log.warning("a live session published by another instance is not readable")
             continue
@@ -68,7 +68,10 @@ async def _end(gw: Gateway, relayed: Relayed, err: GatewayError) -> ClosedSessio
     await relayed.terminate(err)
     s = relayed.session
     return ClosedSession(
-        **dict(before), close_code=s.close_code, close_reason=s.close_reason, closed_by=s.closed_by
+        **msgspec.structs.asdict(before),
+        close_code=s.close_code,
+        close_reason=s.close_reason,
+        closed_by=s.closed_by,
     )
 
 

@@ -1,9 +1,11 @@
-"""The admin API's OpenAPI 3.1 document, generated from its route table and pydantic models.
+"""The admin API's OpenAPI 3.1 document, generated from its route table and msgspec structs.
 
-OpenAPI 3.1 schemas are JSON Schema 2020-12, which is what pydantic emits, so every schema here is
-pydantic's own output: request models in validation mode (what is accepted), views in
-serialization mode (what is sent). Only the envelope is assembled by hand: paths, parameters,
-statuses and the security scheme, each read off an ``Operation``.
+OpenAPI 3.1 schemas are JSON Schema 2020-12, which is what msgspec emits
+(``msgspec.json.schema_components``), so every schema here is msgspec's own output for the very
+types that parse requests and render responses, with one correction: msgspec documents a
+``Decimal`` as a string but reads a JSON number into it too, and the document says both
+(``_decimals``). Only the envelope is assembled by hand: paths, parameters, statuses and the
+security scheme, each read off an ``Operation``.
 """
 
 from __future__ import annotations
@@ -12,28 +14,26 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
+import msgspec
 
 from rtgate import __version__
 from rtgate.api.operation import Operation
 from rtgate.api.views import ErrorResponse
 
-REF = "#/components/schemas/{model}"
+REF = "#/components/schemas/{name}"
 SECURITY_SCHEME = "adminToken"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 
 
 def openapi_document(operations: Sequence[Operation[Any, Any]], prefix: str) -> dict[str, Any]:
-    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    wanted: list[type[msgspec.Struct]] = [ErrorResponse]
     for op in operations:
-        if op.body is not None:
-            wanted.append((op.body, "validation"))
-        if op.response is not None:
-            wanted.append((op.response, "serialization"))
-    refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
-    schemas: dict[str, Any] = dict(top.get("$defs", {}))
-    error = refs[(ErrorResponse, "serialization")]
+        wanted += [t for t in (op.body, op.response) if t is not None]
+    types = list(dict.fromkeys(wanted))
+    found, components = msgspec.json.schema_components(types, ref_template=REF)
+    refs: dict[Any, dict[str, Any]] = dict(zip(types, found, strict=True))
+    schemas: dict[str, Any] = _decimals(components)
+    error = refs[ErrorResponse]
 
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -47,7 +47,7 @@ def openapi_document(operations: Sequence[Operation[Any, Any]], prefix: str) -> 
         if op.body is not None:
             entry["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+                "content": {"application/json": {"schema": refs[op.body]}},
             }
         if not entry["parameters"]:
             del entry["parameters"]
@@ -84,11 +84,12 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     ]
 
 
-def _query_parameters(model: type[BaseModel] | None, schemas: dict[str, Any]) -> list[Any]:
+def _query_parameters(model: type[msgspec.Struct] | None, schemas: dict[str, Any]) -> list[Any]:
     if model is None:
         return []
-    schema = model.model_json_schema(ref_template=REF)
-    schemas.update(schema.get("$defs", {}))
+    (ref,), components = msgspec.json.schema_components([model], ref_template=REF)
+    schema = components.pop(ref["$ref"].rpartition("/")[2])
+    schemas.update(_decimals(components))
     required = set(schema.get("required", ()))
     out = []
     for name, prop in schema["properties"].items():
@@ -103,7 +104,7 @@ def _query_parameters(model: type[BaseModel] | None, schemas: dict[str, Any]) ->
 
 
 def _absent_not_null(prop: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter cannot be null, only absent: drop pydantic's ``null`` branch of an
+    """A query parameter cannot be null, only absent: drop the schema's ``null`` branch of an
     optional field, and its ``None`` default."""
     prop = dict(prop)
     branches = [b for b in prop.pop("anyOf", ()) if b != {"type": "null"}]
@@ -131,7 +132,7 @@ def _responses(
 ) -> dict[str, Any]:
     ok: dict[str, Any] = {"type": "object"}
     if op.response is not None:
-        ok = refs[(op.response, "serialization")]
+        ok = refs[op.response]
     if op.many:
         ok = {"type": "array", "items": ok}
     content: dict[str, Any] = {"application/json": {"schema": ok}}
@@ -158,3 +159,32 @@ def _responses(
         "WWW-Authenticate": {"required": True, "schema": {"type": "string"}},
     }
     return out
+
+
+def _decimals(node: Any) -> Any:
+    """``node`` with each ``Decimal`` documented as what msgspec reads into it: a JSON number
+    (within the bounds its field sets) or a decimal string."""
+    if isinstance(node, list):
+        return [_decimals(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _decimals(v) for k, v in node.items()}
+    if node.get("format") == "decimal":
+        number = {"type": "number", **{k: node.pop(k) for k in ("minimum", "maximum") if k in node}}
+        del node["type"], node["format"]
+        node["anyOf"] = [number, {"type": "string"}]
+    if "anyOf" in node:
+        # A nullable decimal (or expiry): one flat list of its branches.
+        node["anyOf"] = [b for a in node["anyOf"] for b in _branches(a)]
+    return node
+
+
+def _branches(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    """``choice``'s own branches when it is nothing but a choice among them (a ``type`` beside
+    them says what each of them says already); else ``choice`` itself."""
+    inner = choice.get("anyOf")
+    if inner is None or set(choice) - {"anyOf", "type"}:
+        return [choice]
+    if "type" in choice and any(b.get("type") != choice["type"] for b in inner):
+        return [choice]
+    return list(inner)

@@ -7,22 +7,24 @@ and renders what the handler returns, so what is documented is what is enforced.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+import msgspec
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import BaseModel, ValidationError
 
-from rtgate.api.bodies import InvalidRequest, MalformedBody, check_json, read_body
+from rtgate.api.bodies import InvalidRequest, MalformedBody, check_json, json_object, read_body
 from rtgate.api.views import View, dump
 from rtgate.gateway import Gateway
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.validation import problem
 
-Q = TypeVar("Q", bound=BaseModel | None)
-B = TypeVar("B", bound=BaseModel | None)
+Q = TypeVar("Q", bound=msgspec.Struct | None)
+B = TypeVar("B", bound=msgspec.Struct | None)
 Reply = View | Sequence[View] | web.Response
 
 
@@ -37,6 +39,11 @@ class Call(Generic[Q, B]):
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
+
+    async def sent(self) -> dict[str, Any]:
+        """The body's fields as sent, those its model does not name included (a route that
+        keeps or refuses them reads them here); the body was read and validated already."""
+        return json_object(await self.request.read())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +76,9 @@ class Operation(Generic[Q, B]):
             query: Any = None
             body: Any = None
             if self.query is not None:
-                query = _valid(cast("type[BaseModel]", self.query), dict(request.query))
+                query = _valid(cast("type[msgspec.Struct]", self.query), dict(request.query))
             if self.body is not None:
-                body = _valid(cast("type[BaseModel]", self.body), await read_body(request))
+                body = _valid(cast("type[msgspec.Struct]", self.body), await read_body(request))
             reply = await self.handler(Call(request, request.config_dict[GATEWAY], query, body))
             if isinstance(reply, web.Response):
                 return reply
@@ -82,25 +89,46 @@ class Operation(Generic[Q, B]):
         return handle
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=msgspec.Struct)
 
 
-def _valid(model: type[M], data: Mapping[str, str] | bytes) -> M:
-    """A query (its strings converted) or a JSON body (strictly: ``0`` is not ``false``) that
-    ``check_json`` takes."""
+def _valid(model: type[M], data: Mapping[str, Any] | bytes) -> M:
+    """A query (its strings converted) or a JSON body (strictly: ``0`` is not
+    ``false``) that ``check_json`` takes."""
+    if not isinstance(data, bytes):
+        return _converted(model, data)
     try:
-        if not isinstance(data, bytes):
-            return model.model_validate(data)
-        valid = model.model_validate_json(data, strict=True)
-    except ValidationError as exc:
-        problems = exc.errors(include_url=False, include_input=False)
-        if problems[0]["type"] == "json_invalid":
-            raise MalformedBody("The request body is not valid JSON.") from exc
-        where = ".".join(str(p) for p in problems[0]["loc"]) or None
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in problems
-        )
-        raise InvalidRequest(message, param=where) from exc
-    # Free-form fields (a session, a beta session's extra fields) are kept or echoed as sent.
-    check_json(valid.model_dump())
-    return valid
+        parsed = msgspec.json.decode(data, type=model)
+        # All of it, the fields the model does not name included (which msgspec skipped unread).
+        sent = msgspec.json.decode(data)
+    except msgspec.ValidationError as exc:
+        where, message = problem(exc)
+        if "[...]" in where:
+            # Inside a free-form object, whose keys msgspec does not name (a number past a
+            # double's range): the stdlib reads it (as infinity), and check_json names the place.
+            check_json(_stdlib_json(data))
+            where = where.partition("[...]")[0]
+        raise InvalidRequest(f"{where or 'body'}: {message}", param=where or None) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedBody("The request body is not valid JSON.") from exc
+    except RecursionError as exc:
+        raise MalformedBody("The request body nests too deeply to be read.") from exc
+    # Free-form fields (a session, a beta session's fields its model does not name) are kept or
+    # echoed as sent: all of the body must be writable back.
+    check_json(sent)
+    return parsed
+
+
+def _converted(model: type[M], data: Mapping[str, Any]) -> M:
+    try:
+        return msgspec.convert(data, model, strict=False)
+    except msgspec.ValidationError as exc:
+        where, message = problem(exc)
+        raise InvalidRequest(f"{where or 'query'}: {message}", param=where or None) from exc
+
+
+def _stdlib_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None

@@ -21,11 +21,12 @@ authenticate too often).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
 from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import Call, Operation, Reply
@@ -56,42 +57,37 @@ PREFIX = "/v1/realtime"
 # -- requests -------------------------------------------------------------------------------------
 
 
-class ExpiresAfter(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Ttl = Annotated[int, Meta(ge=MIN_TTL_S, le=MAX_TTL_S)]
 
+
+class ExpiresAfter(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     anchor: Literal["created_at"] = "created_at"
-    seconds: int = Field(default=DEFAULT_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S)
+    seconds: Ttl = DEFAULT_TTL_S
 
 
-class BetaExpiresAfter(ExpiresAfter):
-    seconds: int = Field(default=BETA_DEFAULT_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S)
+class BetaExpiresAfter(ExpiresAfter, frozen=True, kw_only=True):
+    seconds: Ttl = BETA_DEFAULT_TTL_S
 
 
-class ClientSecretRequest(BaseModel):
+class ClientSecretRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Other fields are refused by the handler, as OpenAI does (``unknown_parameter``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    expires_after: ExpiresAfter = Field(default_factory=ExpiresAfter)
+    expires_after: ExpiresAfter = msgspec.field(default_factory=ExpiresAfter)
     #: A GA realtime or transcription session: its top-level fields are checked against the
     #: protocol's (``ga_template``), their values are the upstream's to validate.
     session: dict[str, Any] | None = None
 
 
-class BetaClientSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    expires_after: BetaExpiresAfter = Field(default_factory=BetaExpiresAfter)
+class BetaClientSecret(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    expires_after: BetaExpiresAfter = msgspec.field(default_factory=BetaExpiresAfter)
 
 
-class BetaSessionRequest(BaseModel):
+class BetaSessionRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A flat beta session: the other fields are the beta session's (``beta_template`` refuses
-    any it never had and carries the rest into the template)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
+    any it never had and carries the rest into the template, read with ``Call.sent``)."""
 
     model: str | None = None
-    client_secret: BetaClientSecret = Field(default_factory=BetaClientSecret)
+    client_secret: BetaClientSecret = msgspec.field(default_factory=BetaClientSecret)
 
 
 # -- minting --------------------------------------------------------------------------------------
@@ -146,7 +142,7 @@ def _json(body: Any) -> web.Response:
 
 
 async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
-    refuse_unknown(call.body.model_extra or {}, ())
+    refuse_unknown(await call.sent(), ClientSecretRequest.__struct_fields__)
     model, template = ga_template(call.body.session)
     secret, minted = await _mint(call, model, template, call.body.expires_after.seconds)
     session = _session_view(minted)
@@ -156,7 +152,7 @@ async def create_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
 
 
 async def create_translation_client_secret(call: Call[None, ClientSecretRequest]) -> Reply:
-    refuse_unknown(call.body.model_extra or {}, ())
+    refuse_unknown(await call.sent(), ClientSecretRequest.__struct_fields__)
     model, template = translation_template(call.body.session)
     if model is None:
         # The SDK's request requires it; a gateway can name the route's one model.
@@ -172,7 +168,7 @@ async def create_translation_client_secret(call: Call[None, ClientSecretRequest]
 
 
 async def _beta(call: Call[None, BetaSessionRequest], kind: SessionKind) -> Reply:
-    flat = call.body.model_dump(mode="json", exclude={"client_secret"}, exclude_unset=True)
+    flat = {k: v for k, v in (await call.sent()).items() if k != "client_secret"}
     model = call.body.model if kind == "realtime" else None
     if kind == "transcription":
         flat = with_transcription_model(flat)

@@ -12,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+import msgspec
 
 from rtgate.api.live import live_everywhere
 from rtgate.api.views import (
-    _USD,
     Day,
     SessionRow,
     Timestamp,
     Tokens,
     TranscriptEntryView,
+    Usd,
     View,
     session_row,
     timestamp,
@@ -46,16 +46,16 @@ class NoSuchSession(GatewayError):
     code = "not_found"
 
 
-class DayView(View):
+class DayView(View, frozen=True, kw_only=True):
     """Sessions started and spend metered on one UTC day (or a longer period, from ``day``)."""
 
     day: Day
     sessions: int
-    cost_usd: str = Field(pattern=_USD)
-    provider_cost_usd: str = Field(pattern=_USD)
+    cost_usd: Usd
+    provider_cost_usd: Usd
 
 
-class CloseView(View):
+class CloseView(View, frozen=True, kw_only=True):
     """Sessions that ended with this close code and reason; both null: still open (or lost
     with their instance)."""
 
@@ -64,7 +64,7 @@ class CloseView(View):
     sessions: int
 
 
-class OverviewView(View):
+class OverviewView(View, frozen=True, kw_only=True):
     #: Sessions relayed now, by every instance sharing this one's Redis (this one's alone
     #: without ``redis_url``).
     live_sessions: int
@@ -78,18 +78,18 @@ class OverviewView(View):
     closes: list[CloseView]
 
 
-class KeyActivityView(View):
+class KeyActivityView(View, frozen=True, kw_only=True):
     """A key's charged spend against its budgets, and when it was last used."""
 
     key_id: str
-    spend_usd_day: str = Field(pattern=_USD)
-    spend_usd_month: str = Field(pattern=_USD)
-    spend_usd_total: str = Field(pattern=_USD)
+    spend_usd_day: Usd
+    spend_usd_month: Usd
+    spend_usd_total: Usd
     sessions: int
     last_used_at: Timestamp | None
 
 
-class TurnView(View):
+class TurnView(View, frozen=True, kw_only=True):
     """One metered event of a session and the kept transcript lines that led to it."""
 
     #: ``resp_...`` (a response) or the transcribed ``item_...``.
@@ -99,8 +99,8 @@ class TurnView(View):
     model: str
     at: Timestamp
     tokens: Tokens
-    cost_usd: str = Field(pattern=_USD)
-    provider_cost_usd: str = Field(pattern=_USD)
+    cost_usd: Usd
+    provider_cost_usd: Usd
     #: Why its usage wants review, or null when it was read in full.
     review: str | None
     #: ``provider`` (read from its event) or ``gateway`` (counted by rtgate where the provider
@@ -112,7 +112,7 @@ class TurnView(View):
     lines: list[TranscriptEntryView]
 
 
-class SessionDetail(SessionRow):
+class SessionDetail(SessionRow, frozen=True, kw_only=True):
     turns: list[TurnView]
     #: Kept lines after the last metered event (a reply cut short, a session still live).
     after: list[TranscriptEntryView]
@@ -222,4 +222,6 @@ async def session_detail(call: Call[None, None]) -> Reply:
     records = await store.session_usage(session_id)
     entries = await store.session_transcript(session_id)
     metered, after = turns(records, entries)
-    return SessionDetail(**dict(session_row(found[0])), turns=metered, after=after)
+    return SessionDetail(
+        **msgspec.structs.asdict(session_row(found[0])), turns=metered, after=after
+    )

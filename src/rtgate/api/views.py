@@ -1,7 +1,7 @@
 """How keys, client secrets, usage and sessions look to the outside: ``--json`` on the CLI
 and the admin API.
 
-Each view is a pydantic model, so both surfaces render one row type the same way, and the admin
+Each view is a msgspec struct, so both surfaces render one row type the same way, and the admin
 API's OpenAPI document is generated from the very classes that produce its responses. Times are
 UTC ISO 8601 (``2026-01-31T12:00:00Z``); money is a USD decimal string with nine places, never a
 float.
@@ -14,8 +14,9 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
+import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
 from rtgate.auth.client_secrets import secret_id, shown_template
 from rtgate.auth.policy import KeyPolicy, policy_view
@@ -31,23 +32,23 @@ if TYPE_CHECKING:
 
 #: RFC 3339 strings; the format sits on the string type, so an optional field's schema reads
 #: ``anyOf: [{type: string, format}, {type: null}]``, where tools and validators look for it.
-Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
-Day = Annotated[str, Field(json_schema_extra={"format": "date"})]
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+Day = Annotated[str, Meta(extra_json_schema={"format": "date"})]
 _USD = r"^-?\d+\.\d{9}$"
+#: Money: a USD decimal string with nine places.
+Usd = Annotated[str, Meta(pattern=_USD)]
 
 
 #: Audio billed by duration (``usage.seconds``), in seconds to the millisecond.
-AudioSeconds = Annotated[float, Field(ge=0)]
+AudioSeconds = Annotated[float, Meta(ge=0)]
 
 
-class View(BaseModel):
-    # ``forbid``: a field added to a row or a policy fails loudly here instead of going missing.
-    # ``defer_build``: each view is built when first rendered (an admin or console request),
-    # not at start-up by every gateway process (docs/performance.md "Memory").
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+class View(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A row as shown outside; read back (another instance's live session), a field this
+    version does not know is refused instead of going missing."""
 
 
-class Tokens(View):
+class Tokens(View, frozen=True, kw_only=True):
     """Tokens by kind; input counts include their cached subsets."""
 
     text_in: int
@@ -61,19 +62,19 @@ class Tokens(View):
 
     @classmethod
     def of(cls, u: Usage) -> Tokens:
-        return cls.model_validate({f: getattr(u, f) for f in TOKEN_FIELDS})
+        return cls(**{f: getattr(u, f) for f in TOKEN_FIELDS})
 
 
-class PolicyView(View):
+class PolicyView(View, frozen=True, kw_only=True):
     """A key's policy in human units; ``null`` or empty means no limit."""
 
     models: list[str]
     max_sessions: int | None
     sessions_per_minute: int | None
     secrets_per_minute: int | None
-    budget_usd_day: str | None = Field(pattern=_USD)
-    budget_usd_month: str | None = Field(pattern=_USD)
-    budget_usd_total: str | None = Field(pattern=_USD)
+    budget_usd_day: Usd | None
+    budget_usd_month: Usd | None
+    budget_usd_total: Usd | None
     max_duration_s: float | None
     expires_at: Timestamp | None
     session_defaults: dict[str, Any] | None
@@ -81,7 +82,7 @@ class PolicyView(View):
     keep_transcripts: bool
 
 
-class KeyView(View):
+class KeyView(View, frozen=True, kw_only=True):
     id: str
     name: str
     #: The first characters of the secret, enough to tell keys apart.
@@ -92,13 +93,13 @@ class KeyView(View):
     policy: PolicyView
 
 
-class NewKeyView(KeyView):
+class NewKeyView(KeyView, frozen=True, kw_only=True):
     """A key just created, with its secret: shown this once, never stored."""
 
     secret: str
 
 
-class UsageRow(View):
+class UsageRow(View, frozen=True, kw_only=True):
     """Usage of one key, model, UTC day and unit."""
 
     key_id: str
@@ -114,11 +115,11 @@ class UsageRow(View):
     needs_review: int
     tokens: Tokens
     audio_seconds: AudioSeconds
-    cost_usd: str = Field(pattern=_USD)
-    provider_cost_usd: str = Field(pattern=_USD)
+    cost_usd: Usd
+    provider_cost_usd: Usd
 
 
-class SessionRow(View):
+class SessionRow(View, frozen=True, kw_only=True):
     """A recorded session; ``ended_at`` is null while it is live."""
 
     id: str
@@ -135,11 +136,11 @@ class SessionRow(View):
     closed_by: str | None
     tokens: Tokens
     audio_seconds: AudioSeconds
-    cost_usd: str = Field(pattern=_USD)
-    provider_cost_usd: str = Field(pattern=_USD)
+    cost_usd: Usd
+    provider_cost_usd: Usd
 
 
-class LiveSession(View):
+class LiveSession(View, frozen=True, kw_only=True):
     """A session relayed right now, with what it has used so far. Another instance's session
     (with ``redis_url``) is shown as that instance last published it, at most ~1 s ago."""
 
@@ -156,11 +157,11 @@ class LiveSession(View):
     instance: str
     tokens: Tokens
     audio_seconds: AudioSeconds
-    cost_usd: str = Field(pattern=_USD)
-    provider_cost_usd: str = Field(pattern=_USD)
+    cost_usd: Usd
+    provider_cost_usd: Usd
 
 
-class ClosedSession(LiveSession):
+class ClosedSession(LiveSession, frozen=True, kw_only=True):
     """A live session the operator closed, as it stood, and how it ended."""
 
     close_code: int | None
@@ -168,7 +169,7 @@ class ClosedSession(LiveSession):
     closed_by: str | None
 
 
-class DrainView(View):
+class DrainView(View, frozen=True, kw_only=True):
     """The drain of the instance that answered (all its worker processes): new sessions are
     refused, live ones run until they end or until ``deadline_at``, then the process exits."""
 
@@ -182,7 +183,7 @@ class DrainView(View):
     live_sessions: int
 
 
-class ClientSecretView(View):
+class ClientSecretView(View, frozen=True, kw_only=True):
     """A minted client secret, by its id: never its value."""
 
     id: str
@@ -200,13 +201,13 @@ class ClientSecretView(View):
     session: dict[str, Any]
 
 
-class RevokedClientSecret(ClientSecretView):
+class RevokedClientSecret(ClientSecretView, frozen=True, kw_only=True):
     """A secret just revoked, and the live sessions it had opened, which were closed."""
 
     closed_sessions: list[str]
 
 
-class TranscriptEntryView(View):
+class TranscriptEntryView(View, frozen=True, kw_only=True):
     """One line of a kept transcript: text only, never audio."""
 
     seq: int
@@ -219,14 +220,14 @@ class TranscriptEntryView(View):
     data: dict[str, Any] | None
 
 
-class ErrorDetail(View):
+class ErrorDetail(View, frozen=True, kw_only=True):
     message: str
     type: str
     code: str | None
     param: str | None
 
 
-class ErrorResponse(View):
+class ErrorResponse(View, frozen=True, kw_only=True):
     """OpenAI's error body."""
 
     error: ErrorDetail
@@ -244,12 +245,12 @@ def key_view(k: KeyInfo) -> KeyView:
         created_at=timestamp(k.created_at),
         revoked_at=timestamp(k.revoked_at),
         active=k.active,
-        policy=PolicyView.model_validate(policy_view(KeyPolicy.from_json(k.policy_json))),
+        policy=PolicyView(**policy_view(KeyPolicy.from_json(k.policy_json))),
     )
 
 
 def new_key_view(k: KeyInfo, secret: str) -> NewKeyView:
-    return NewKeyView(**dict(key_view(k)), secret=secret)
+    return NewKeyView(**msgspec.structs.asdict(key_view(k)), secret=secret)
 
 
 def usage_row(r: UsageSummary) -> UsageRow:
@@ -335,16 +336,14 @@ def transcript_entry(e: TranscriptEntry) -> TranscriptEntryView:
 
 def dump(views: View | Sequence[View]) -> Any:
     """Plain JSON values, in field order."""
-    if isinstance(views, View):
-        return views.model_dump(mode="json")
-    return [v.model_dump(mode="json") for v in views]
+    return msgspec.to_builtins(views)
 
 
 #: The usage CSV's columns: the row's scalars with ``tokens`` spread in place.
 USAGE_CSV_COLUMNS: tuple[str, ...] = tuple(
     col
-    for name in UsageRow.model_fields
-    for col in (tuple(Tokens.model_fields) if name == "tokens" else (name,))
+    for name in UsageRow.__struct_fields__
+    for col in (Tokens.__struct_fields__ if name == "tokens" else (name,))
 )
 
 
@@ -354,6 +353,6 @@ def usage_csv(rows: Sequence[UsageRow]) -> str:
     writer = csv.writer(out)
     writer.writerow(USAGE_CSV_COLUMNS)
     for r in rows:
-        flat = {**r.model_dump(mode="json", exclude={"tokens"}), **r.tokens.model_dump()}
+        flat = {**dump(r), **dump(r.tokens)}
         writer.writerow([flat[c] for c in USAGE_CSV_COLUMNS])
     return out.getvalue()

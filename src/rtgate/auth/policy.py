@@ -14,9 +14,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
-from pydantic import Field as PydField
+from msgspec import Meta
 
 from rtgate.catalog import model_family
 from rtgate.clock import rfc3339
@@ -271,8 +271,8 @@ _FAR = datetime(9001, 1, 1, tzinfo=UTC)
 #: What ``expires`` takes (``parse_expiry``), as the admin API's OpenAPI document says it.
 Expiry = Annotated[
     str,
-    WithJsonSchema(
-        {
+    Meta(
+        extra_json_schema={
             "anyOf": [
                 {"type": "string", "format": "date"},
                 {"type": "string", "format": "date-time"},
@@ -324,33 +324,44 @@ CLEARABLE = (
 )
 
 
-class PolicyUpdate(BaseModel):
+#: A budget's bound, so that in nano-dollars it always fits a BIGINT.
+MAX_BUDGET_USD = 1_000_000_000
+#: A budget in USD: a JSON number or a decimal string (msgspec reads both; ``__post_init__``
+#: bounds it, as msgspec has no numeric constraints on ``Decimal``).
+Usd = Annotated[Decimal, Meta(extra_json_schema={"minimum": 0, "maximum": MAX_BUDGET_USD})]
+Count = Annotated[int, Meta(ge=1, le=1_000_000)]
+_BUDGETS = ("budget_usd_day", "budget_usd_month", "budget_usd_total")
+
+
+class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A change to a key's policy in human units; fields left out are left as they are."""
 
-    # Built on first use (the admin API, the CLI): a gateway that only relays never needs it.
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
     models: list[str] | None = None
-    max_sessions: int | None = PydField(default=None, ge=1, le=1_000_000)
-    sessions_per_minute: int | None = PydField(default=None, ge=1, le=1_000_000)
-    secrets_per_minute: int | None = PydField(default=None, ge=1, le=1_000_000)
-    # Bounded so a budget in nano-dollars always fits a BIGINT.
-    budget_usd_day: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
-    budget_usd_month: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
-    budget_usd_total: Decimal | None = PydField(default=None, ge=0, le=1_000_000_000)
+    max_sessions: Count | None = None
+    sessions_per_minute: Count | None = None
+    secrets_per_minute: Count | None = None
+    budget_usd_day: Usd | None = None
+    budget_usd_month: Usd | None = None
+    budget_usd_total: Usd | None = None
     #: ``90s``, ``30m``, ``1h``, or seconds.
     max_duration: str | None = None
-    expires: Expiry | None = PydField(
-        default=None,
-        description="YYYY-MM-DD (valid through that UTC day) or an RFC 3339 timestamp.",
-    )
+    expires: Annotated[
+        Expiry | None,
+        Meta(description="YYYY-MM-DD (valid through that UTC day) or an RFC 3339 timestamp."),
+    ] = None
     instructions: str | None = None
     voice: str | None = None
     turn_detection: dict[str, Any] | None = None
     blocked_events: list[str] | None = None
     keep_transcripts: bool | None = None
     #: Limits to remove.
-    clear: list[Literal[CLEARABLE]] = PydField(default_factory=list)  # type: ignore[valid-type]
+    clear: list[Literal[CLEARABLE]] = []  # type: ignore[valid-type]
+
+    def __post_init__(self) -> None:
+        for name in _BUDGETS:
+            usd: Decimal | None = getattr(self, name)
+            if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
+                raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
 
 
 def _nanos(v: Decimal | None) -> int | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import msgspec
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import BaseModel, ValidationError
 
 from rtgate.api import admin, catalog_views, reports
 from rtgate.api.bodies import InvalidRequest
@@ -27,6 +27,7 @@ from rtgate.api.views import KeyView, LiveSession, UsageRow, View, dump
 from rtgate.auth.policy import CLEARABLE, PolicyUpdate
 from rtgate.errors import AuthError, GatewayError
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.validation import problem
 from rtgate.web import playground
 from rtgate.web.render import SECURITY_HEADERS, bar_chart, page, since, usd
 from rtgate.web.signin import (
@@ -288,18 +289,16 @@ def _form_policy(form: Any, current: KeyView | None) -> dict[str, Any]:
     return body
 
 
-def _problem(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )
+M = TypeVar("M", bound=msgspec.Struct)
 
 
-def _valid(model: type[BaseModel], body: dict[str, Any]) -> Any:
+def _valid(model: type[M], body: dict[str, Any]) -> M:
+    """A form's fields as ``model`` (its strings converted), or the refusal naming the field."""
     try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidRequest(_problem(exc)) from exc
+        return msgspec.convert(body, model, strict=False)
+    except msgspec.ValidationError as exc:
+        where, message = problem(exc)
+        raise InvalidRequest(f"{where or 'form'}: {message}") from exc
 
 
 def _key_form(
@@ -399,7 +398,7 @@ def _usage_query(request: web.Request) -> admin.UsageQuery:
         "key_id": request.query.get("key_id") or None,
         "format": request.query.get("format", "json"),
     }
-    return _valid(admin.UsageQuery, fields)  # type: ignore[no-any-return]
+    return _valid(admin.UsageQuery, fields)
 
 
 async def usage_page(request: web.Request) -> web.StreamResponse:
@@ -465,7 +464,7 @@ async def _key_names(request: web.Request) -> dict[str, str]:
 def _live_rows(live: list[LiveSession], names: dict[str, str], now: float) -> list[dict[str, Any]]:
     return [
         {
-            **v.model_dump(mode="json"),
+            **dump(v),
             "key_name": names.get(v.key_id, v.key_id),
             "running_s": since(v.started_at, now),
         }

@@ -15,11 +15,12 @@ takes the gateway key (Bearer), like the minting route, and answers errors in Op
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
 from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import Call, Operation, Reply
@@ -37,15 +38,12 @@ VOICES = ("marin", "cedar", "alloy", "ash", "ballad", "coral", "echo", "sage", "
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
 
-class CostRequest(BaseModel):
-    # Built on the playground's first request (docs/performance.md "Memory").
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
-    model: str = Field(max_length=200)
+class CostRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    model: Annotated[str, Meta(max_length=200)]
     #: The server event that carries the usage: ``response.done`` or
     #: ``conversation.item.input_audio_transcription.completed``, as the page received it.
     event: dict[str, Any]
-    transcription_model: str | None = Field(default=None, max_length=200)
+    transcription_model: Annotated[str, Meta(max_length=200)] | None = None
 
 
 def price(catalog: Catalog, key_id: str, body: CostRequest, now: float) -> UsageRecord | None:
@@ -74,7 +72,7 @@ async def cost(call: Call[None, CostRequest]) -> Reply:
     out = {
         "cost_usd": usd_str(record.charged_nanos if record else 0),
         "price_row": record.price_key if record else None,
-        "tokens": Tokens.of(record.usage).model_dump() if record else None,
+        "tokens": msgspec.to_builtins(Tokens.of(record.usage)) if record else None,
     }
     return web.Response(body=orjson.dumps(out), content_type="application/json")
 

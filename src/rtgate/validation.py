@@ -1,0 +1,42 @@
+"""msgspec's validation errors as rtgate reports them: where (a dotted path) and what.
+
+msgspec says ``Expected `int` >= 1 - at `$.clear[0]```; rtgate names the place as the
+configuration file and the APIs always have, ``clear.0``. A check msgspec cannot express as a
+type or a constraint lives in a struct's ``__post_init__``, which msgspec reports at the struct
+itself: such a check names its field first (``"expires: not a date"``), and that name joins the
+path here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_INDEX = re.compile(r"\[(\d+)\]")
+_NAMED = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<message>.+)$", re.DOTALL)
+#: msgspec's messages about a field that is there but should not be, or is not but should: they
+#: belong to the field, as every other problem does.
+_OF_FIELD = re.compile(
+    r"^Object (?P<message>contains unknown|missing required) field `(?P<field>[^`]+)`$"
+)
+
+
+def problem(exc: msgspec.ValidationError, where: str = "") -> tuple[str, str]:
+    """``(path, message)`` of ``exc``, its path under ``where``; the path is ``""`` at the top."""
+    text = str(exc)
+    path = ""
+    at = _AT.search(text)
+    if at:
+        text = text[: at.start()]
+        path = _INDEX.sub(r".\1", at.group("path")).lstrip(".")
+    named = _NAMED.match(text) or _OF_FIELD.match(text)
+    if named:
+        text = (
+            f"{named.group('message')} field" if named.re is _OF_FIELD else named.group("message")
+        )
+        path = f"{path}.{named.group('field')}" if path else named.group("field")
+    if where:
+        path = f"{where}.{path}" if path else where
+    return path, text
