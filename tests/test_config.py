@@ -62,6 +62,9 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ('[upstreams.openai]\napi_key = "sk-in-file"\n', {}, "api_key_env"),
         ('[models.x]\nupstream = "nowhere"\n', {}, "models.x.upstream"),
         ("bogus_setting = 1\n", {}, "bogus_setting"),
+        # A path given as another TOML type: refused at the setting, not a traceback.
+        ("home = 5\n", {}, "home: Expected `str`, got `int`"),
+        ("tls_certfile = 5\n", {}, "tls_certfile"),
         ("port = \n", {}, "not valid TOML"),
         ('[prices.x]\nrate = "0.01"\n', {}, "prices.x"),
         ('[prices.x]\nunit = "hour"\nrate = "0.6"\n', {}, "prices.x.unit"),

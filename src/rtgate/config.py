@@ -501,12 +501,12 @@ T = TypeVar("T")
 
 
 def _from_text(kind: type[Any], value: Any) -> Any:
-    """msgspec's ``dec_hook``: the types it does not read itself, from their TOML or env text."""
-    if kind is Path and isinstance(value, str):
-        return Path(value)
-    if kind is Secret and isinstance(value, str):
-        return Secret(value)
-    raise NotImplementedError(f"{kind.__name__} from {type(value).__name__}")
+    """msgspec's ``dec_hook``: the types it does not read itself, from their TOML or env text.
+    Anything else is refused with a ``TypeError``, which msgspec reports as a ``ValidationError``
+    at the field (``_valid`` turns it into the ``ConfigError`` naming the setting)."""
+    if kind in (Path, Secret) and isinstance(value, str):
+        return kind(value)
+    raise TypeError(f"Expected `str`, got `{type(value).__name__}`")
 
 
 def _valid(raw: Any, kind: type[T], where: str) -> T:
