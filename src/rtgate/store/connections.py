@@ -172,13 +172,21 @@ class SqliteThread:
         self._pool.shutdown(wait=False)
 
 
+def _step(query: Query[T], rows: list[Any] | None) -> tuple[Statement | None, T | None]:
+    """One step of ``query`` for either runner: its next statement, given the last one's rows
+    (None before the first), or (None, its result) once it has returned."""
+    try:
+        return (next(query) if rows is None else query.send(rows)), None
+    except StopIteration as done:
+        return None, done.value
+
+
 def _drive_sqlite(conn: sqlite3.Connection, query: Query[T]) -> T:
     rows: list[Any] | None = None
     while True:
-        try:
-            stmt = next(query) if rows is None else query.send(rows)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        stmt, result = _step(query, rows)
+        if stmt is None:
+            return result  # type: ignore[return-value]
         if stmt.many is not None:
             conn.executemany(stmt.sql, stmt.many)
             rows = []
@@ -265,10 +273,9 @@ class AsyncpgPool:
 async def _drive_asyncpg(conn: Any, query: Query[T]) -> T:
     rows: list[Any] | None = None
     while True:
-        try:
-            stmt = next(query) if rows is None else query.send(rows)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        stmt, result = _step(query, rows)
+        if stmt is None:
+            return result  # type: ignore[return-value]
         sql, names = positional(stmt.sql)
         if stmt.many is not None:
             await conn.executemany(sql, [[row[n] for n in names] for row in stmt.many])
