@@ -16,7 +16,13 @@ interpreter, with ``DIR/src`` first on ``PYTHONPATH``. ``--rtgate-venv [LABEL=]V
 rtgate installed in a venv. Neither: this checkout, as ``rtgate``.
 
 ``--idle``: N silent sessions per relay; reports the relay's fixed footprint (RSS before any
-session), RSS per open idle session, and RSS after they all close (does memory go back down?).
+session), RSS per open idle session, the relay's CPU per session opened, and RSS after they all
+close (does memory go back down?).
+
+``--upstream-tls`` (with ``--idle``): the load generator serves the upstream over TLS with a
+dev certificate (``scripts/dev-cert``), and every relay trusts the system's CA bundle plus that
+certificate, as a relay dialling a provider over ``wss://`` trusts the system's: the picows relay
+through its ``cafile``, rtgate through ``SSL_CERT_FILE``. What a TLS upstream costs per session.
 
     python bench/relay_bench.py --ns 500 [--frame-ms 100] [--idle] [--workers 2] [--runs 2]
         [--rtgate-src before=DIR --rtgate-src after=DIR] [--anchors] [--out bench/results/x.jsonl]
@@ -31,6 +37,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -191,14 +198,16 @@ def one_relay_build(relay: str, rtgate_src: str | None) -> tuple[str, dict[str, 
 class Rtgate:
     """rtgate started as an operator starts it, with a fresh key and data directory (SQLite)."""
 
-    def __init__(self, build: RtgateBuild, workers: int) -> None:
+    def __init__(
+        self, build: RtgateBuild, workers: int, upstream: str, tls: UpstreamTls | None
+    ) -> None:
         self.build = build
         self.workers = workers
         self.home = Path(tempfile.mkdtemp(prefix="rtgate-bench-"))
         env = {
             **os.environ,
             "RTGATE_HOME": str(self.home),
-            "RTGATE_OPENAI_BASE_URL": f"ws://127.0.0.1:{UP_PORT}/v1",
+            "RTGATE_OPENAI_BASE_URL": f"{upstream}/v1",
             "OPENAI_API_KEY": "sk-bench-provider-key",
             "RTGATE_LOG_LEVEL": "warning",
         }
@@ -206,6 +215,8 @@ class Rtgate:
             env.pop(var, None)
         if build.src is not None:
             env["PYTHONPATH"] = str(build.src / "src")
+        if tls is not None:
+            env["SSL_CERT_FILE"] = str(tls.bundle)
         self.env = env
         out = subprocess.run(
             [str(build.python), "-m", "rtgate", "keys", "create", "--name", "bench"],
@@ -243,6 +254,32 @@ class Rtgate:
         return len(stored | spilled), len(spilled - stored)
 
 
+@dataclass(frozen=True)
+class UpstreamTls:
+    """The dev certificate the load generator's upstream serves, and the bundle relays trust:
+    the system's CAs and that certificate."""
+
+    cert: Path
+    key: Path
+    bundle: Path
+
+    @classmethod
+    def make(cls) -> UpstreamTls:
+        where = Path(tempfile.mkdtemp(prefix="rtgate-bench-tls-"))
+        subprocess.run(
+            [str(ROOT / "scripts" / "dev-cert"), str(where)], check=True, capture_output=True
+        )
+        bundle = where / "bundle.pem"
+        system = Path(ssl.get_default_verify_paths().openssl_cafile)
+        bundle.write_bytes(system.read_bytes() + (where / "cert.pem").read_bytes())
+        return cls(where / "cert.pem", where / "key.pem", bundle)
+
+
+def upstream_base(a: argparse.Namespace) -> str:
+    """The upstream's address as a relay dials it."""
+    return f"{'wss' if a.tls else 'ws'}://127.0.0.1:{UP_PORT}"
+
+
 @dataclass
 class Relay:
     """One relay under test, started fresh for one measurement."""
@@ -258,13 +295,15 @@ class Relay:
         if name == "direct":
             return cls(name, UP_PORT)
         if name in builds:
-            rt = Rtgate(builds[name], a.workers)
+            rt = Rtgate(builds[name], a.workers, upstream_base(a), a.tls)
             proc = subprocess.Popen(rt.command(), env=rt.env, start_new_session=True)
             boost(proc.pid)
             return cls(name, RTGATE_PORT, proc, rt, [f"Authorization: Bearer {rt.key}"])
         script, port = ANCHORS[name]
         cmd = [*pinned(RELAY_CPU), sys.executable, str(HARNESS / script)]
-        cmd += ["--port", str(port), "--upstream", f"ws://127.0.0.1:{UP_PORT}", "--loop", "uvloop"]
+        cmd += ["--port", str(port), "--upstream", upstream_base(a), "--loop", "uvloop"]
+        if a.tls is not None:
+            cmd += ["--upstream-cafile", str(a.tls.bundle)]
         if name == "hybrid-direct":
             cmd.append("--down-direct")
         proc = subprocess.Popen(
@@ -312,6 +351,8 @@ def load_generator(
     cmd += ["--warmup", str(a.warmup), "--duration", str(a.duration)]
     if idle:
         cmd.append("--idle")
+    if a.tls is not None:
+        cmd += ["--up-tls-cert", str(a.tls.cert), "--up-tls-key", str(a.tls.key)]
     for h in relay.headers:
         cmd += ["--header", h]
     lg = subprocess.Popen(
@@ -395,10 +436,13 @@ def measure_load(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
 
 def measure_idle(relay: Relay, n: int, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"relay_rss_fixed_mb": rss_mb(relay.procs())}
+    u0, s0 = cpu_seconds(relay.procs())
     with load_generator(relay, n, a, idle=True) as (lg, marks):
         if not marks["IDLE_OPEN"].wait(ramp_limit(n)):
             res["error"] = "the sessions never all opened"
             return res
+        u1, s1 = cpu_seconds(relay.procs())
+        res["relay_cpu_ms_per_open"] = 1e3 * (u1 + s1 - u0 - s0) / n
         time.sleep(a.settle)
         res["relay_rss_open_mb"] = rss_mb(relay.procs())
         assert lg.stdin is not None
@@ -443,6 +487,7 @@ def run_one(
         "run": run,
         "frame_ms": a.frame_ms,
         "mode": "idle" if a.idle else "load",
+        "upstream_tls": a.tls is not None,
         "workers": a.workers if name in builds else 1,
     }
     if name in builds:
@@ -532,14 +577,14 @@ def load_table(rows: list[dict[str, Any]]) -> str:
 def idle_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | relay | N idle | fixed MB | fixed vs picows | RSS open MB | KB per session "
-        "| RSS after close MB (+2 s / +4 s) | returned | lost |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| CPU ms per open | RSS after close MB (+2 s / +4 s) | returned | lost |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     fixed = {key(r): r.get("relay_rss_fixed_mb") for r in rows if r["config"] == "picows"}
     for r in rows:
         head = f"| {r['run']} | {r['config']} | {r['n']}"
         if "error" in r or "relay_rss_open_mb" not in r:
-            lines.append(f"{head} | {r.get('error', 'no figures')} |||||||")
+            lines.append(f"{head} | {r.get('error', 'no figures')} ||||||||")
             continue
         f0, opened = r["relay_rss_fixed_mb"], r["relay_rss_open_mb"]
         late = r["relay_rss_closed_late_mb"]
@@ -549,6 +594,7 @@ def idle_table(rows: list[dict[str, Any]]) -> str:
         back = f"{100 * (opened - late) / grew:.0f} %" if grew > 0 else "-"
         lines.append(
             f"{head} | {f0:.0f} | {vs} | {opened:.0f} | {r['kb_per_idle_session']:.1f} "
+            f"| {r.get('relay_cpu_ms_per_open', float('nan')):.2f} "
             f"| {r['relay_rss_closed_mb']:.0f} / {late:.0f} | {back} | {lost(r)} |"
         )
     return "\n".join(lines)
@@ -567,6 +613,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="repeat every configuration this often")
     ap.add_argument("--workers", type=int, default=1, help="rtgate serve --workers")
     ap.add_argument("--idle", action="store_true", help="memory of N silent sessions (see above)")
+    ap.add_argument("--upstream-tls", action="store_true", help="idle: a wss:// upstream (above)")
     ap.add_argument("--settle", type=float, default=2.0, help="idle: seconds before each sample")
     ap.add_argument(
         "--rtgate-src",
@@ -601,6 +648,9 @@ def main() -> None:
     ap.add_argument("--only", default="", help="run only these configurations (comma-separated)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
     a = ap.parse_args()
+    if a.upstream_tls and not a.idle:
+        sys.exit("--upstream-tls: with --idle only (the direct connection dials in plain ws://)")
+    a.tls = UpstreamTls.make() if a.upstream_tls else None
     # A stopped benchmark still stops the relay it started (the finally clauses run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     found = [RtgateBuild.from_src(s) for s in a.rtgate_src]

@@ -5,7 +5,7 @@ client that sends exactly the frames RFC 6455 allows and some it does not, and t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from picows import ws_create_server
 
 from rtgate.errors import UpstreamError
 from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
-from rtgate.tls import server_context
+from rtgate.tls import server_context, upstream_context
 from tests.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient, frame
 from tests.test_tls import dev_cert, pinned_context
 
@@ -463,6 +463,40 @@ async def test_the_dial_verifies_tls_and_trusts_a_pinned_certificate(
     await asyncio.wait_for(pump.ended.wait(), 5)
     assert pump.messages == ["secure"]
     assert pump.closes == [(1000, "")]
+
+
+@pytest.fixture
+def fresh_upstream_context() -> Iterator[None]:
+    """``upstream_context`` built anew from this test's environment, and forgotten after it."""
+    upstream_context.cache_clear()
+    yield
+    upstream_context.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_upstream_context")
+async def test_tls_dials_share_one_trust_store(
+    upstream: StartUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each dial without a context of its own verifies against the one ``upstream_context``,
+    which follows the system's trust (``SSL_CERT_FILE`` here). The event loop's default would
+    parse the CA bundle again for every connection and keep it for the connection's life."""
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        await ws.send_str("secure")
+        await ws.close()
+
+    up = await upstream(script, tls=True)
+    monkeypatch.setenv("SSL_CERT_FILE", up.seen_headers["cert"])
+    legs = [await connect(up.url, {}, max_message=MAX, connect_timeout=5) for _ in range(2)]
+    contexts = [
+        leg.transport.underlying_transport.get_extra_info("ssl_object").context for leg in legs
+    ]
+    assert contexts[0] is contexts[1] is upstream_context()
+    for leg in legs:
+        pump = Pump(leg, echo=False)
+        leg.start(pump)
+        await asyncio.wait_for(pump.ended.wait(), 5)
+        assert pump.messages == ["secure"]
 
 
 async def test_a_refused_or_unreachable_dial_is_an_upstream_error(

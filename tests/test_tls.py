@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 
 from rtgate.config import load_settings
 from rtgate.errors import ConfigError
+from rtgate.tls import upstream_context, warm_upstream_context
 from tests.process import create_key, free_port, gateway_env, kill_tree, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +122,14 @@ def test_tls_needs_both_files_and_names_the_setting(tmp_path: Path) -> None:
         load_settings(
             None, {**env, "RTGATE_TLS_CERTFILE": str(keyfile), "RTGATE_TLS_KEYFILE": str(keyfile)}
         )
+
+
+def test_the_upstream_trust_store_is_built_at_start_only_for_a_tls_upstream() -> None:
+    upstream_context.cache_clear()
+    try:
+        warm_upstream_context(["ws://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"])
+        assert upstream_context.cache_info().currsize == 0
+        warm_upstream_context(["ws://127.0.0.1:9/v1", "https://api.openai.com/v1"])
+        assert upstream_context.cache_info().currsize == 1
+    finally:
+        upstream_context.cache_clear()

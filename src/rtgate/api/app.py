@@ -50,6 +50,7 @@ from rtgate.metrics import Metrics
 from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
+from rtgate.tls import warm_upstream_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
 
@@ -163,6 +164,8 @@ def create_app(
             settings.home.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(store.close)
             await store.init()
+            # A TLS upstream's trust store is parsed here, once, not on the first session's dial.
+            warm_upstream_context(u.base_url for u in settings.upstreams.values())
             http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             stack.push_async_callback(http.close)
             ledger = Ledger(

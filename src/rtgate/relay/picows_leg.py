@@ -57,6 +57,7 @@ from picows import (
 from rtgate.errors import UpstreamError
 from rtgate.relay.aiohttp_leg import quiet_seconds
 from rtgate.relay.legs import LegEvents
+from rtgate.tls import upstream_context
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
@@ -473,6 +474,8 @@ async def connect(
     upstream.py ``upstream_headers``), within ``connect_timeout`` seconds, handshake included.
 
     Raises ``UpstreamError``: refused (HTTP status in the message) or unreachable."""
+    if ssl_context is None and url.startswith("wss://"):
+        ssl_context = upstream_context()  # not picows' default: a new CA store per dial
     try:
         async with asyncio.timeout(connect_timeout):
             _transport, leg = await ws_connect(
