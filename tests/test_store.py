@@ -363,6 +363,50 @@ async def test_spend_by_day_month_and_total(store: SqlStore) -> None:
     assert updated is not None and updated.policy_json is None
 
 
+async def test_spend_is_kept_per_day_counts_a_replay_once_and_is_filled_in_on_upgrade(
+    store: SqlStore,
+) -> None:
+    """A key's spend is read from ``spend_days`` (a row per day the key was used), which the
+    database keeps as usage rows are inserted; a database made before it gets it filled in from
+    the rows already there."""
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    first = [
+        SessionOpen("rs_1", "key_a", "gpt-realtime", "openai", None, DAY1),
+        *(rec("key_a", "m", DAY1 + i, 1) for i in range(5)),  # 12 each
+        rec("key_a", "m", DAY1 - 86_400, 2),
+    ]
+    await store.write(first)
+    await store.write(first)  # a replay (a drained spill): nothing is added twice
+    assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (60, 84, 84)
+
+    def spend_days() -> Query[list[tuple[str, int, int]]]:
+        rows = yield from fetch(
+            "SELECT day, provider_nanos, charged_nanos FROM spend_days"
+            " WHERE key_id = :key ORDER BY day",
+            key="key_a",
+        )
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    assert await store.db.run(spend_days()) == [("2027-01-14", 20, 24), ("2027-01-15", 50, 60)]
+
+    # A database from before spend_days: no table, no trigger, and rows written meanwhile.
+    on = " ON usage_records" if store.db.dialect == "postgresql" else ""
+
+    def downgrade() -> Query[None]:
+        yield Statement(f"DROP TRIGGER IF EXISTS usage_adds_spend{on}")
+        yield Statement("DROP TABLE spend_days")
+
+    await store.db.run(downgrade(), write=True)
+    meanwhile = rec("key_a", "m", DAY1 + 60, 3)
+    await store.write([meanwhile])
+    await store.init()
+    assert await store.db.run(spend_days()) == [("2027-01-14", 20, 24), ("2027-01-15", 80, 96)]
+    await store.write([rec("key_a", "m", DAY1 + 61, 4), meanwhile])
+    assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (144, 168, 168)
+    await store.init()  # opening it again adds nothing
+    assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (144, 168, 168)
+
+
 async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
@@ -601,8 +645,10 @@ async def test_a_database_made_on_sqlalchemy_opens_as_it_was_and_as_a_new_one_is
     assert await store.console_session("c" * 64, DAY1 + 1)
     # The old row's id still keeps a replay of its record out; new rows number on from it.
     (old_record,) = await store.session_usage("rs_1")
+    assert (await store.spend("key_a", "2027-01-15", "2027-01-01"))[2] == 60  # filled in
     await store.write([old_record, rec("key_a", "gpt-realtime", DAY1 + 2, 3)])
     assert [r.usage.text_in for r in await store.session_usage("rs_1")] == [5, 3]
+    assert (await store.spend("key_a", "2027-01-15", "2027-01-01"))[2] == 60 + 36
     await store.close()
 
     new = tmp_path / "new.db"

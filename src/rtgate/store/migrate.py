@@ -4,7 +4,7 @@ are created, and the columns and indexes added to tables that already exist."""
 from __future__ import annotations
 
 from rtgate.store.connections import Query, Statement, fetch
-from rtgate.store.schema import INDEXES, TABLES, create_table
+from rtgate.store.schema import FILL_SPEND_DAYS, INDEXES, SPEND_TRIGGER, TABLES, create_table
 
 #: Columns added after their table first shipped, in the order they came, each with the
 #: statements that fill it in on the rows already there.
@@ -39,9 +39,18 @@ def columns(dialect: str, table: str) -> Query[set[str]]:
 
 
 def create_or_migrate(dialect: str) -> Query[None]:
-    """Every table, and every column and index added after its table first shipped."""
+    """Every table, and every column and index added after its table first shipped; and, where
+    ``spend_days`` is new, its trigger and its sums of the usage rows already there. One
+    transaction (the store runs it as a write): on PostgreSQL, creating the trigger locks
+    ``usage_records`` against other instances' inserts until the sums are in, so no row is
+    counted twice or missed."""
+    new_spend_days = not (yield from columns(dialect, "spend_days"))
     for table in TABLES:
         yield Statement(create_table(table, dialect))
+    if new_spend_days:
+        for sql in SPEND_TRIGGER[dialect]:
+            yield Statement(sql)
+        yield Statement(FILL_SPEND_DAYS)
     have: dict[str, set[str]] = {}
     for table, column, ddl, fill in ADDED:
         if table not in have:

@@ -69,6 +69,15 @@ TABLES: dict[str, str] = {
         -- Who counted the usage (UsageRecord.metered_by): provider, or gateway where the
         -- provider reports none (a translation's input audio).
         metered_by VARCHAR(10) NOT NULL DEFAULT 'provider'""",
+    # A key's charged and provider spend per UTC day: the sums of its usage_records, kept by
+    # SPEND_TRIGGER as each row is inserted, so a budget check reads one row per day the key
+    # was used instead of every record it ever made (docs/performance.md 9.12).
+    "spend_days": """
+        key_id VARCHAR(40) NOT NULL,
+        day VARCHAR(10) NOT NULL,
+        provider_nanos BIGINT NOT NULL,
+        charged_nanos BIGINT NOT NULL,
+        PRIMARY KEY (key_id, day)""",
     "transcript_entries": """
         id {serial},
         session_id VARCHAR(40) NOT NULL REFERENCES sessions (id),
@@ -113,6 +122,39 @@ TABLES: dict[str, str] = {
         created_at FLOAT NOT NULL,
         expires_at FLOAT NOT NULL""",
 }
+
+
+#: What adds a usage row's money to its key's day in ``spend_days``, as the row is inserted:
+#: an insert skipped by ``ON CONFLICT DO NOTHING`` (a replayed record) fires nothing, so a
+#: record counts once, and the sums commit with the rows. SQLite's trigger holds the statement;
+#: PostgreSQL's calls a function.
+_ADD_SPEND = (
+    "INSERT INTO spend_days (key_id, day, provider_nanos, charged_nanos)"
+    " VALUES (NEW.key_id, NEW.day, NEW.provider_nanos, NEW.charged_nanos)"
+    " ON CONFLICT (key_id, day) DO UPDATE SET"
+    " provider_nanos = spend_days.provider_nanos + excluded.provider_nanos,"
+    " charged_nanos = spend_days.charged_nanos + excluded.charged_nanos"
+)
+SPEND_TRIGGER: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER IF NOT EXISTS usage_adds_spend AFTER INSERT ON usage_records"
+        f" BEGIN {_ADD_SPEND}; END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION rtgate_usage_adds_spend() RETURNS trigger"
+        f" LANGUAGE plpgsql AS $$ BEGIN {_ADD_SPEND}; RETURN NULL; END $$",
+        "DROP TRIGGER IF EXISTS usage_adds_spend ON usage_records",
+        "CREATE TRIGGER usage_adds_spend AFTER INSERT ON usage_records"
+        " FOR EACH ROW EXECUTE FUNCTION rtgate_usage_adds_spend()",
+    ),
+}
+#: ``spend_days`` filled in from the usage rows already there, in the transaction that adds
+#: it and its trigger to a database made before them.
+FILL_SPEND_DAYS = (
+    "INSERT INTO spend_days (key_id, day, provider_nanos, charged_nanos)"
+    " SELECT key_id, day, SUM(provider_nanos), SUM(charged_nanos) FROM usage_records"
+    " GROUP BY key_id, day"
+)
 
 
 @dataclass(frozen=True, slots=True)

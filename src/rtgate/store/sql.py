@@ -171,11 +171,11 @@ _MONEY = (
     "COALESCE(SUM(u.provider_nanos), 0) AS provider_nanos,"
     " COALESCE(SUM(u.charged_nanos), 0) AS charged_nanos"
 )
-#: Spend today, this month and ever, from a key's usage rows.
+#: Spend today, this month and ever, from a key's ``spend_days`` (a row per day, not per record).
 _SPEND = (
-    "COALESCE(SUM(CASE WHEN u.day = :day THEN u.charged_nanos ELSE 0 END), 0),"
-    " COALESCE(SUM(CASE WHEN u.day >= :month_start THEN u.charged_nanos ELSE 0 END), 0),"
-    " COALESCE(SUM(u.charged_nanos), 0)"
+    "COALESCE(SUM(CASE WHEN d.day = :day THEN d.charged_nanos ELSE 0 END), 0),"
+    " COALESCE(SUM(CASE WHEN d.day >= :month_start THEN d.charged_nanos ELSE 0 END), 0),"
+    " COALESCE(SUM(d.charged_nanos), 0)"
 )
 #: The UTC day number (days since 1970-01-01) of a session's start: the floor of the seconds
 #: over 86400. A cast to an integer truncates in SQLite and rounds in PostgreSQL; taking one
@@ -415,7 +415,7 @@ class SqlStore:
     @_bounded("read")
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         row = await self._first(
-            f"SELECT {_SPEND} FROM usage_records u WHERE u.key_id = :key_id",
+            f"SELECT {_SPEND} FROM spend_days d WHERE d.key_id = :key_id",
             key_id=key_id,
             day=day,
             month_start=month_start,
@@ -597,9 +597,9 @@ class SqlStore:
     async def overview(self, since_day: str, since: float) -> Overview:
         def run() -> Query[tuple[list[Row], list[Row], list[Row]]]:
             spent = yield from fetch(
-                "SELECT u.day, COALESCE(SUM(u.provider_nanos), 0),"
-                " COALESCE(SUM(u.charged_nanos), 0)"
-                " FROM usage_records u WHERE u.day >= :since_day GROUP BY u.day",
+                "SELECT d.day, COALESCE(SUM(d.provider_nanos), 0),"
+                " COALESCE(SUM(d.charged_nanos), 0)"
+                " FROM spend_days d WHERE d.day >= :since_day GROUP BY d.day",
                 since_day=since_day,
             )
             counted = yield from fetch(
@@ -633,7 +633,7 @@ class SqlStore:
     async def key_activity(self, day: str, month_start: str) -> list[KeyActivity]:
         def run() -> Query[tuple[list[Row], list[Row]]]:
             spent = yield from fetch(
-                f"SELECT u.key_id, {_SPEND} FROM usage_records u GROUP BY u.key_id",
+                f"SELECT d.key_id, {_SPEND} FROM spend_days d GROUP BY d.key_id",
                 day=day,
                 month_start=month_start,
             )
