@@ -19,6 +19,11 @@ rtgate installed in a venv. Neither: this checkout, as ``rtgate``.
 session), RSS per open idle session, the relay's CPU per session opened, and RSS after they all
 close (does memory go back down?).
 
+``--budget-for LABEL[,LABEL]``: those rtgate builds' keys have a daily budget they never
+reach, so every metered event is followed by a budget check (the spend read,
+``metering/spend.py``), as for a tenant's key. Give one checkout twice under two labels
+(``--rtgate-src plain=. --rtgate-src budget=. --budget-for budget``) to compare in one run.
+
 ``--upstream-tls`` (with ``--idle``): the load generator serves the upstream over TLS with a
 dev certificate (``scripts/dev-cert``), and every relay trusts the system's CA bundle plus that
 certificate, as a relay dialling a provider over ``wss://`` trusts the system's: the picows relay
@@ -199,7 +204,12 @@ class Rtgate:
     """rtgate started as an operator starts it, with a fresh key and data directory (SQLite)."""
 
     def __init__(
-        self, build: RtgateBuild, workers: int, upstream: str, tls: UpstreamTls | None
+        self,
+        build: RtgateBuild,
+        workers: int,
+        upstream: str,
+        tls: UpstreamTls | None,
+        key_options: list[str],
     ) -> None:
         self.build = build
         self.workers = workers
@@ -219,7 +229,7 @@ class Rtgate:
             env["SSL_CERT_FILE"] = str(tls.bundle)
         self.env = env
         out = subprocess.run(
-            [str(build.python), "-m", "rtgate", "keys", "create", "--name", "bench"],
+            [str(build.python), "-m", "rtgate", "keys", "create", "--name", "bench", *key_options],
             env=self.env,
             capture_output=True,
             text=True,
@@ -295,7 +305,8 @@ class Relay:
         if name == "direct":
             return cls(name, UP_PORT)
         if name in builds:
-            rt = Rtgate(builds[name], a.workers, upstream_base(a), a.tls)
+            budget = ["--budget-usd-day", "1000000"] if name in a.budget_for else []
+            rt = Rtgate(builds[name], a.workers, upstream_base(a), a.tls, budget)
             proc = subprocess.Popen(rt.command(), env=rt.env, start_new_session=True)
             boost(proc.pid)
             return cls(name, RTGATE_PORT, proc, rt, [f"Authorization: Bearer {rt.key}"])
@@ -488,6 +499,7 @@ def run_one(
         "frame_ms": a.frame_ms,
         "mode": "idle" if a.idle else "load",
         "upstream_tls": a.tls is not None,
+        "budget": name in a.budget_for,
         "workers": a.workers if name in builds else 1,
     }
     if name in builds:
@@ -614,6 +626,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="rtgate serve --workers")
     ap.add_argument("--idle", action="store_true", help="memory of N silent sessions (see above)")
     ap.add_argument("--upstream-tls", action="store_true", help="idle: a wss:// upstream (above)")
+    ap.add_argument(
+        "--budget-for",
+        default="",
+        help="rtgate builds (labels, comma-separated) whose key has a budget (see above)",
+    )
     ap.add_argument("--settle", type=float, default=2.0, help="idle: seconds before each sample")
     ap.add_argument(
         "--rtgate-src",
@@ -651,6 +668,7 @@ def main() -> None:
     if a.upstream_tls and not a.idle:
         sys.exit("--upstream-tls: with --idle only (the direct connection dials in plain ws://)")
     a.tls = UpstreamTls.make() if a.upstream_tls else None
+    a.budget_for = {f"rtgate:{x}" for x in a.budget_for.split(",") if x}
     # A stopped benchmark still stops the relay it started (the finally clauses run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     found = [RtgateBuild.from_src(s) for s in a.rtgate_src]

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="how long the tool may take")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the tool, with {pid}")
     a = ap.parse_args()
-    a.tls = None  # relay_bench.Relay.start and load_generator read it: the upstream in plain ws://
+    a.tls, a.budget_for = None, set()  # relay_bench.Relay.start, load_generator: ws://, no budget
     tool = [x for x in a.command if x != "--"]
     if not tool:
         sys.exit("give the tool's command after --")

@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="the raw profile (collapsed stacks)")
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw profile")
     a = ap.parse_args()
-    a.tls = None  # relay_bench.Relay.start reads it: the upstream in plain ws://
+    a.tls, a.budget_for = None, set()  # relay_bench.Relay.start reads them: ws://, no budget
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
     if a.summarise is not None:
         print(summarise(a.summarise, a.top))
