@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote
 
+from rtgate.gil import Lender
 from rtgate.store.sqlite_writer import open_sqlite
 
 T = TypeVar("T")
@@ -139,12 +140,24 @@ class SqliteThread:
         #: Opened, used and closed in the one thread below, never in the event loop's.
         self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtgate-sqlite")
+        #: A busy loop starves this thread of the GIL; it lends it (``rtgate/gil.py``).
+        self._lender = Lender()
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, query, write)
+        self._lender.queued(loop)
+        try:
+            return await loop.run_in_executor(self._pool, self._call, query, write)
+        finally:
+            self._lender.settled()
 
     def _call(self, query: Query[T], write: bool) -> T:
+        try:
+            return self._call_in_thread(query, write)
+        finally:
+            self._lender.finished()
+
+    def _call_in_thread(self, query: Query[T], write: bool) -> T:
         conn = self._conn
         if conn is None:
             conn = self._conn = open_sqlite(self.path, self._busy_ms)

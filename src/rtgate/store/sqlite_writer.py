@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rtgate.gil import Lender
+
 #: One statement (parameters named ``:name``) and its rows, in the order they must run.
 Step = tuple[str, list[dict[str, Any]]]
 
@@ -48,6 +50,8 @@ class SqliteWriter:
         #: Opened in the writer thread, on its first batch (sqlite3 connections stay in the
         #: thread that made them).
         self._conn: sqlite3.Connection | None = None
+        #: A busy loop starves this thread of the GIL; it lends it (``rtgate/gil.py``).
+        self._lender = Lender()
 
     def write(self, steps: Sequence[Step]) -> asyncio.Future[None]:
         """Run ``steps`` in one transaction in the writer thread: a future, done once they are
@@ -68,7 +72,12 @@ class SqliteWriter:
             )
             self._thread.start()
         self._queue.put((work, fut, loop))
+        self._lender.queued(loop)
+        fut.add_done_callback(self._settled)
         return fut
+
+    def _settled(self, _: asyncio.Future[None]) -> None:
+        self._lender.settled()
 
     # -- the writer thread ----------------------------------------------------------------------
     def _serve(self) -> None:
@@ -79,6 +88,7 @@ class SqliteWriter:
                 self._run(work)
             except Exception as exc:  # noqa: BLE001 -- the caller's to handle, mapped
                 err = self._failure(exc)
+            self._lender.finished()
             # A closed loop raises RuntimeError: nobody waits for this batch any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, fut, err)
