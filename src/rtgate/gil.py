@@ -8,58 +8,82 @@ interval after which CPython would make the loop hand it over (the convoy of bpo
 the process is not pinned to one core, such a thread waited seconds for a commit that a usage
 record was held for (docs/performance.md 9.5 and 9.13).
 
-``Lender`` watches one worker thread while it has calls outstanding. If the thread finished
-nothing in ``LEND_AFTER_S``, the loop blocks until it finishes a call, at most ``LEND_FOR_S``:
-that releases the GIL to the thread for as long as the call needs it. If the thread finished
-nothing even then, the GIL was not what held it (a lock another writer has, a stalled disk):
-the next loan waits ``BACK_OFF_S``, so a stalled database costs the loop at most one
-``LEND_FOR_S`` block per ``BACK_OFF_S``, not a block per call. A loop with idle moments lets
-its threads run then; their calls end before any loan.
+``Lender`` watches one worker thread while it has calls outstanding, every ``LOOK_S``. It lends
+only when the thread finished no call since the last look and the loop's thread was busy for
+most of that time (``BUSY``, its own CPU time against the clock's): an idle loop sleeps in its
+poll without the GIL, so a slow call there is slow for its own reasons and is left alone. A loan
+blocks the loop until the thread finishes a call, at most ``LEND_FOR_S``, which releases the
+GIL to the thread for as long as the call needs it. If the thread finished nothing even then,
+the GIL was not what held it (another writer's lock, a stalled disk): the next look is
+``BACK_OFF_S`` later, so a stalled database costs a busy loop one ``LEND_FOR_S`` block per
+``BACK_OFF_S``, not a block per look.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any
 
-#: A thread with calls outstanding that finished none for this long is lent the GIL.
-LEND_AFTER_S = 0.002
+#: How often a thread with calls outstanding is looked at.
+LOOK_S = 0.002
+#: The share of a look's interval the loop's thread must have been running for a loan.
+BUSY = 0.8
 #: The longest the loop blocks for one loan.
 LEND_FOR_S = 0.005
-#: After a loan the thread did not use, the wait before the next.
+#: After a loan the thread did not use, the wait before the next look.
 BACK_OFF_S = 0.1
 
 
 class Lender:
-    """The loans to one worker thread: ``queued`` and ``settled`` from the loop around each
-    call it is given, ``finished`` from the thread as each call ends."""
+    """The loans to one worker thread: ``track`` each call's future from the loop, and
+    ``finished`` from the thread as each call ends."""
 
     def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0
         #: Set by the thread at the end of each call; cleared by the loop at each look.
         self._progress = threading.Event()
         self._watching = False
+        #: The loop thread's CPU time and the clock at the last look.
+        self._cpu = self._wall = 0.0
+        #: Loans made so far.
+        self.loans = 0
 
-    def queued(self, loop: asyncio.AbstractEventLoop) -> None:
+    def track(self, loop: asyncio.AbstractEventLoop, call: asyncio.Future[Any]) -> None:
+        """Watch the thread while ``call`` (its outcome in ``loop``) is outstanding."""
+        if loop is not self._loop:
+            # A new loop (the old one closed with calls it will never settle): start afresh.
+            self._loop, self._outstanding, self._watching = loop, 0, False
         self._outstanding += 1
+        call.add_done_callback(self._settled)
         if not self._watching:
             self._watching = True
             self._progress.clear()
-            loop.call_later(LEND_AFTER_S, self._look, loop)
-
-    def settled(self) -> None:
-        self._outstanding -= 1
+            self._cpu, self._wall = time.thread_time(), time.monotonic()
+            loop.call_later(LOOK_S, self._look, loop)
 
     def finished(self) -> None:
         """In the worker thread, as a call ends (before its outcome is handed to the loop)."""
         self._progress.set()
 
+    def _settled(self, _: asyncio.Future[Any]) -> None:
+        self._outstanding -= 1
+
     def _look(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return
         if self._outstanding <= 0:
             self._watching = False
             return
-        after = LEND_AFTER_S
-        if not self._progress.is_set() and not self._progress.wait(LEND_FOR_S):
-            after = BACK_OFF_S
+        cpu, wall = time.thread_time(), time.monotonic()
+        busy = cpu - self._cpu >= BUSY * (wall - self._wall)
+        after = LOOK_S
+        if busy and not self._progress.is_set():
+            self.loans += 1
+            if not self._progress.wait(LEND_FOR_S):
+                after = BACK_OFF_S
         self._progress.clear()
+        self._cpu, self._wall = time.thread_time(), time.monotonic()
         loop.call_later(after, self._look, loop)

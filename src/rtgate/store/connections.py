@@ -145,11 +145,9 @@ class SqliteThread:
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        self._lender.queued(loop)
-        try:
-            return await loop.run_in_executor(self._pool, self._call, query, write)
-        finally:
-            self._lender.settled()
+        call = loop.run_in_executor(self._pool, self._call, query, write)
+        self._lender.track(loop, call)
+        return await call
 
     def _call(self, query: Query[T], write: bool) -> T:
         try:

@@ -72,12 +72,8 @@ class SqliteWriter:
             )
             self._thread.start()
         self._queue.put((work, fut, loop))
-        self._lender.queued(loop)
-        fut.add_done_callback(self._settled)
+        self._lender.track(loop, fut)
         return fut
-
-    def _settled(self, _: asyncio.Future[None]) -> None:
-        self._lender.settled()
 
     # -- the writer thread ----------------------------------------------------------------------
     def _serve(self) -> None:
