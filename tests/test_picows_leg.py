@@ -5,7 +5,7 @@ client that sends exactly the frames RFC 6455 allows and some it does not, and t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -465,21 +465,12 @@ async def test_the_dial_verifies_tls_and_trusts_a_pinned_certificate(
     assert pump.closes == [(1000, "")]
 
 
-@pytest.fixture
-def fresh_upstream_context() -> Iterator[None]:
-    """``upstream_context`` built anew from this test's environment, and forgotten after it."""
-    upstream_context.cache_clear()
-    yield
-    upstream_context.cache_clear()
-
-
-@pytest.mark.usefixtures("fresh_upstream_context")
-async def test_tls_dials_share_one_trust_store(
+async def test_tls_dials_use_the_context_they_are_given(
     upstream: StartUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each dial without a context of its own verifies against the one ``upstream_context``,
-    which follows the system's trust (``SSL_CERT_FILE`` here). The event loop's default would
-    parse the CA bundle again for every connection and keep it for the connection's life."""
+    """The gateway's one ``upstream_context`` (the system's trust: ``SSL_CERT_FILE`` here) is
+    what each dial verifies against, not a context of its own (the loop's default parses the
+    CA bundle again for every connection and keeps it for the connection's life)."""
 
     async def script(ws: web.WebSocketResponse) -> None:
         await ws.send_str("secure")
@@ -487,11 +478,16 @@ async def test_tls_dials_share_one_trust_store(
 
     up = await upstream(script, tls=True)
     monkeypatch.setenv("SSL_CERT_FILE", up.seen_headers["cert"])
-    legs = [await connect(up.url, {}, max_message=MAX, connect_timeout=5) for _ in range(2)]
+    shared = upstream_context([up.url])
+    assert shared is not None
+    legs = [
+        await connect(up.url, {}, max_message=MAX, connect_timeout=5, ssl_context=shared)
+        for _ in range(2)
+    ]
     contexts = [
         leg.transport.underlying_transport.get_extra_info("ssl_object").context for leg in legs
     ]
-    assert contexts[0] is contexts[1] is upstream_context()
+    assert contexts[0] is contexts[1] is shared
     for leg in legs:
         pump = Pump(leg, echo=False)
         leg.start(pump)

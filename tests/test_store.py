@@ -363,8 +363,31 @@ async def test_spend_by_day_month_and_total(store: SqlStore) -> None:
     assert updated is not None and updated.policy_json is None
 
 
+async def test_batches_of_opposite_key_orders_written_at_once_do_not_deadlock(db_url: str) -> None:
+    """Each usage row adds to its key's day in ``spend_days``, locking that row until the batch
+    commits (PostgreSQL; SQLite has one writer). Two instances' batches holding the same keys
+    in opposite orders would each wait for the other's row: the rows are written in key order,
+    so they queue instead."""
+    stores = [SqlStore(db_url), SqlStore(db_url)]
+    await stores[0].init()
+    await stores[1].init()
+    keys = [f"key_{i}" for i in range(8)]
+    for k in keys:
+        await stores[0].create_key(k, k, "p", k.ljust(64, "x"), DAY1)
+    await stores[0].write([SessionOpen(f"rs_{k}", k, "m", "openai", None, DAY1) for k in keys])
+    for round_ in range(15):
+        batches = [
+            [rec(k, "m", DAY1 + round_, 1, session=f"rs_{k}") for k in order for _ in range(5)]
+            for order in (keys, keys[::-1])
+        ]
+        await asyncio.gather(*(s.write(b) for s, b in zip(stores, batches, strict=True)))
+    assert await stores[0].spend("key_0", "2027-01-15", "2027-01-01") == (1800, 1800, 1800)
+    for s in stores:
+        await s.close()
+
+
 async def test_spend_is_kept_per_day_counts_a_replay_once_and_is_filled_in_on_upgrade(
-    store: SqlStore,
+    store: SqlStore, db_url: str
 ) -> None:
     """A key's spend is read from ``spend_days`` (a row per day the key was used), which the
     database keeps as usage rows are inserted; a database made before it gets it filled in from
@@ -405,6 +428,14 @@ async def test_spend_is_kept_per_day_counts_a_replay_once_and_is_filled_in_on_up
     assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (144, 168, 168)
     await store.init()  # opening it again adds nothing
     assert await store.spend("key_a", "2027-01-15", "2027-01-01") == (144, 168, 168)
+
+    # Two instances opening it at once, before spend_days: both open, each row counted once.
+    await store.db.run(downgrade(), write=True)
+    others = [SqlStore(db_url), SqlStore(db_url)]
+    await asyncio.gather(*(other.init() for other in others))
+    for other in others:
+        assert await other.spend("key_a", "2027-01-15", "2027-01-01") == (144, 168, 168)
+        await other.close()
 
 
 async def test_a_database_from_before_key_policies_is_migrated(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """``rtgate serve --certfile --keyfile``: TLS on the one listener, for clients that insist on
 ``wss://`` (the npm ``openai`` package; the Python SDK's beta path without a
-``websocket_base_url``), with the development certificate the README documents."""
+``websocket_base_url``), with the development certificate the README documents; and the one
+client context of the gateway's ``wss://`` upstream dials."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import asyncio
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import websockets
 from openai import AsyncOpenAI
 
-from rtgate.config import load_settings
-from rtgate.errors import ConfigError
-from rtgate.tls import upstream_context, warm_upstream_context
+from rtgate.config import Settings, load_settings
+from rtgate.errors import ConfigError, UpstreamError
+from rtgate.relay import endpoint
+from rtgate.relay.endpoint import GATEWAY
+from rtgate.tls import upstream_context
 from tests.process import create_key, free_port, gateway_env, kill_tree, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,12 +131,32 @@ def test_tls_needs_both_files_and_names_the_setting(tmp_path: Path) -> None:
         )
 
 
-def test_the_upstream_trust_store_is_built_at_start_only_for_a_tls_upstream() -> None:
-    upstream_context.cache_clear()
-    try:
-        warm_upstream_context(["ws://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"])
-        assert upstream_context.cache_info().currsize == 0
-        warm_upstream_context(["ws://127.0.0.1:9/v1", "https://api.openai.com/v1"])
-        assert upstream_context.cache_info().currsize == 1
-    finally:
-        upstream_context.cache_clear()
+def test_the_upstream_trust_store_is_built_only_for_a_tls_upstream() -> None:
+    assert upstream_context(["ws://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"]) is None
+    ctx = upstream_context(["ws://127.0.0.1:9/v1", "https://api.openai.com/v1"])
+    assert ctx is not None and ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+async def test_every_session_dials_its_tls_upstream_with_the_gateways_one_context(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dials: list[ssl.SSLContext | None] = []
+
+    async def refuse(*_: object, ssl_context: ssl.SSLContext | None = None, **__: object) -> None:
+        dials.append(ssl_context)
+        raise UpstreamError("not dialled in this test")
+
+    monkeypatch.setattr(endpoint, "connect", refuse)
+    gw = await start_gateway(make_settings(RTGATE_OPENAI_BASE_URL="wss://127.0.0.1:9/v1"))
+    key = await gw.new_key()
+    for _ in range(2):
+        async with websockets.connect(
+            f"{gw.ws}/v1/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            event = orjson.loads(await ws.recv())
+            assert event["error"]["code"] == "upstream_unavailable"
+    shared = gw.app[GATEWAY].upstream_tls
+    assert shared is not None and dials == [shared, shared]

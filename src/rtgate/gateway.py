@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -126,6 +127,9 @@ class Gateway:
     live: LiveSessions = field(default_factory=LiveSessions)
     #: This instance and the others sharing its Redis (``redis_fleet.RedisFleet``), or alone.
     fleet: Fleet = field(default_factory=LoneInstance)
+    #: The one client TLS context of every ``wss://`` upstream dial (``tls.upstream_context``),
+    #: None when no upstream is dialled over TLS.
+    upstream_tls: ssl.SSLContext | None = None
     #: How the upstreams answered this process's dials (the console's upstream health).
     upstream_health: UpstreamHealth = field(default_factory=UpstreamHealth)
     #: The one timer of every live session's keepalive and frame counts (``relay/ticker.py``).

@@ -2,7 +2,8 @@
 WebSocket and the engine's own route, for clients that only speak ``wss://`` (the npm ``openai``
 package; the Python SDK's beta path without ``websocket_base_url``, docs/protocol.md 0, fact 3).
 
-Upstream dials (``wss://``) share one client context, ``upstream_context``.
+Upstream dials (``wss://``) share one client context, ``upstream_context``, which the gateway
+builds once at start-up (``Gateway.upstream_tls``).
 
 The gateway dials its embedded engine on a loopback port of its own, in plain ``ws://``
 (``server.py``): that dial never leaves the machine, and the engine's route wants the process's
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable
-from functools import cache
 from pathlib import Path
 
 from rtgate.errors import ConfigError
@@ -47,23 +47,18 @@ def _has_cert(certfile: Path) -> bool:
     return True
 
 
-@cache
-def upstream_context() -> ssl.SSLContext:
-    """The one client context every ``wss://`` upstream dial verifies against: the system's
-    trust (OpenSSL's default paths, so ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` apply).
+def upstream_context(base_urls: Iterable[str]) -> ssl.SSLContext | None:
+    """The client context every ``wss://`` upstream dial verifies against, the system's trust
+    (OpenSSL's default paths, so ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` apply); None when no
+    upstream in ``base_urls`` is dialled over TLS (the local engine, a loopback test upstream),
+    which then never loads the CA bundle.
 
-    One for the process, because a dial given no context gets a new default one from the event
-    loop (uvloop and asyncio both do for ``ssl=True``), which parses the whole CA bundle again
-    and keeps it for the connection's life: measured ~24 ms of the loop's CPU and ~830 KB per
-    upstream connection with Debian's 144 CAs (docs/performance.md 9.11), where a shared
-    context costs that once. OpenSSL contexts are safe to share between connections once
-    configured, and nothing configures this one after it is built."""
+    One for the gateway, built at start-up: a dial given no context gets a new default one from
+    the event loop (uvloop and asyncio both do for ``ssl=True``), which parses the whole CA
+    bundle again, on the loop, and keeps it for the connection's life: ~24 ms of the loop's CPU
+    and ~830 KB per upstream connection with Debian's 144 CAs (docs/performance.md 9.11).
+    OpenSSL contexts are safe to share between connections once configured, and nothing
+    configures this one after it is built."""
+    if not any(url.startswith(("wss://", "https://")) for url in base_urls):
+        return None
     return ssl.create_default_context()
-
-
-def warm_upstream_context(base_urls: Iterable[str]) -> None:
-    """Build ``upstream_context`` at start-up when an upstream is dialled over TLS, so the first
-    session does not pay the CA bundle's parse on the event loop; a gateway whose upstreams are
-    all plain (the local engine, a loopback test upstream) never loads it."""
-    if any(url.startswith(("wss://", "https://")) for url in base_urls):
-        upstream_context()

@@ -50,7 +50,7 @@ from rtgate.metrics import Metrics
 from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
 from rtgate.store.port import Store
 from rtgate.store.sql import SqlStore
-from rtgate.tls import warm_upstream_context
+from rtgate.tls import upstream_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
 
@@ -164,9 +164,12 @@ def create_app(
             settings.home.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(store.close)
             await store.init()
-            # A TLS upstream's trust store is parsed here, once, not on the first session's dial.
-            warm_upstream_context(u.base_url for u in settings.upstreams.values())
-            http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            # The TLS upstreams' trust, parsed here once, not at every session's dial; the HTTP
+            # calls to the upstreams (a call's sideband, minting) verify against it too.
+            upstream_tls = upstream_context(u.base_url for u in settings.upstreams.values())
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=upstream_tls or True)
+            )
             stack.push_async_callback(http.close)
             ledger = Ledger(
                 store,
@@ -199,6 +202,7 @@ def create_app(
                 local_token=engine.token,
                 expiry_check_interval=expiry_check_interval,
                 fleet=fleet,
+                upstream_tls=upstream_tls,
             )
             app[GATEWAY] = gw
             writer = asyncio.create_task(ledger.run(), name="ledger")

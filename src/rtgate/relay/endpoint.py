@@ -183,6 +183,7 @@ async def _connect(gw: Gateway, route: Route, url: str, headers: Mapping[str, st
             headers,
             max_message=UPSTREAM_MAX_MESSAGE,
             connect_timeout=up.connect_timeout_s,
+            ssl_context=gw.upstream_tls,
         )
     except UpstreamRefused as exc:
         log.warning("upstream %s refused the handshake: HTTP %s", route.upstream_name, exc.status)

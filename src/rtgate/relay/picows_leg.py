@@ -57,7 +57,6 @@ from picows import (
 from rtgate.errors import UpstreamError
 from rtgate.relay.aiohttp_leg import quiet_seconds
 from rtgate.relay.legs import LegEvents
-from rtgate.tls import upstream_context
 
 _TEXT, _BINARY, _CONTINUATION = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
@@ -470,12 +469,12 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
 ) -> PicowsLeg:
     """Dial an upstream at ``url`` (``ws://`` or ``wss://``, certificates verified, against
-    ``ssl_context``'s trust when given, else the system's) with ``headers`` (relay/
-    upstream.py ``upstream_headers``), within ``connect_timeout`` seconds, handshake included.
+    ``ssl_context``'s trust: the gateway's one ``Gateway.upstream_tls``; without it the event
+    loop builds a default context for this connection alone, parsing the CA bundle again) with
+    ``headers`` (relay/upstream.py ``upstream_headers``), within ``connect_timeout`` seconds,
+    handshake included.
 
     Raises ``UpstreamError``: refused (HTTP status in the message) or unreachable."""
-    if ssl_context is None and url.startswith("wss://"):
-        ssl_context = upstream_context()  # not picows' default: a new CA store per dial
     try:
         async with asyncio.timeout(connect_timeout):
             _transport, leg = await ws_connect(

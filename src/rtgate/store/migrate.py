@@ -23,6 +23,10 @@ ADDED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("usage_records", "metered_by", "VARCHAR(10) NOT NULL DEFAULT 'provider'", ()),
 )
 
+#: The PostgreSQL advisory lock key migrations hold (any constant other software on the
+#: database does not use: "rtgt" in ASCII).
+MIGRATION_LOCK = 0x72746774
+
 #: A table's column names, from each database's own catalog (the one query that differs).
 _COLUMNS = {
     "sqlite": "SELECT name FROM pragma_table_info(:table)",
@@ -43,7 +47,13 @@ def create_or_migrate(dialect: str) -> Query[None]:
     ``spend_days`` is new, its trigger and its sums of the usage rows already there. One
     transaction (the store runs it as a write): on PostgreSQL, creating the trigger locks
     ``usage_records`` against other instances' inserts until the sums are in, so no row is
-    counted twice or missed."""
+    counted twice or missed.
+
+    On PostgreSQL instances starting together migrate one at a time (a transaction-scoped
+    advisory lock, taken first): each looks at the schema only once the one before committed,
+    so a table, column or trigger is added once (two at once failed on the same new table)."""
+    if dialect == "postgresql":
+        yield Statement(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     new_spend_days = not (yield from columns(dialect, "spend_days"))
     for table in TABLES:
         yield Statement(create_table(table, dialect))

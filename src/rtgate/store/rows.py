@@ -95,7 +95,11 @@ OPEN_SESSION = insert_once(
 
 
 def usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
-    return [
+    """The records' rows in key and day order (a key's rows in the order given): each row adds
+    to its key's day in ``spend_days`` (``schema.SPEND_TRIGGER``), which locks that row until
+    the batch commits, so every batch takes those locks in one order and two instances'
+    batches queue on PostgreSQL instead of deadlocking."""
+    rows = [
         {
             "session_id": r.session_id,
             "key_id": r.key_id,
@@ -115,6 +119,12 @@ def usage_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
         }
         for r in records
     ]
+    rows.sort(key=_key_day)
+    return rows
+
+
+def _key_day(row: dict[str, Any]) -> tuple[str, str]:
+    return row["key_id"], row["day"]
 
 
 ADD_USAGE = insert_once(
