@@ -36,9 +36,11 @@ through its ``cafile``, rtgate through ``SSL_CERT_FILE``. What a TLS upstream co
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -276,12 +278,16 @@ class UpstreamTls:
     @classmethod
     def make(cls) -> UpstreamTls:
         where = Path(tempfile.mkdtemp(prefix="rtgate-bench-tls-"))
+        atexit.register(shutil.rmtree, where, ignore_errors=True)  # a private key: not left
         subprocess.run(
             [str(ROOT / "scripts" / "dev-cert"), str(where)], check=True, capture_output=True
         )
         bundle = where / "bundle.pem"
-        system = Path(ssl.get_default_verify_paths().openssl_cafile)
-        bundle.write_bytes(system.read_bytes() + (where / "cert.pem").read_bytes())
+        paths = ssl.get_default_verify_paths()
+        found = [Path(p) for p in (paths.cafile, paths.openssl_cafile) if p and Path(p).is_file()]
+        if not found:
+            sys.exit("--upstream-tls: no system CA bundle to trust beside the dev certificate")
+        bundle.write_bytes(found[0].read_bytes() + (where / "cert.pem").read_bytes())
         return cls(where / "cert.pem", where / "key.pem", bundle)
 
 
