@@ -481,3 +481,30 @@ async def test_a_store_call_answers_within_its_deadline_when_the_database_is_loc
         other.close()
     await store.write([SessionOpen("rs_9", "key_a", "m", "openai", None, DAY1)])
     await store.close()
+
+
+async def test_a_busy_loop_does_not_starve_the_spills_appends(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    """While the store is away each record is appended to the spill in a thread; a loop that
+    never goes idle lends it the GIL (``rtgate/gil.py``), as it does the store's threads."""
+    from tests.test_gil import busy_loop
+
+    ledger = running(ledger_for(faulty, tmp_path / "spill"))
+    faulty.fail(only=WRITES)
+    await ledger.record(usage(0))  # the deadline passes once; then straight to the spill
+    assert ledger.spilling
+    took = []
+    with busy_loop():
+        await asyncio.sleep(0.05)
+        for n in range(1, 21):
+            started = time.perf_counter()
+            await asyncio.wait_for(ledger.record(usage(n)), 2.0)
+            took.append(time.perf_counter() - started)
+    # The appends were lent the GIL (each took 50-80 ms here without loans, ~10 with them:
+    # too close to a disk's fsync to assert on).
+    assert ledger._spill_lender.loans > 0
+    assert max(took) < 1.0, took
+    faulty.heal()
+    await until(lambda: not ledger.spilling)
+    assert sorted(await refs(faulty.inner)) == sorted(f"r{n}" for n in range(21))

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtgate.deadline import Deadlines
+from rtgate.gil import Lender
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.metering.spill import Claim, SpillWriter, owner, segments, set_aside
@@ -96,6 +97,8 @@ class Ledger:
         #: Appends and seals of the open segment, and the drainer's look at it.
         self._spill_lock = asyncio.Lock()
         self._writer = SpillWriter(spill_dir) if spill_dir is not None else None
+        #: The spill's appends run in a thread that a busy loop starves of the GIL (``gil.py``).
+        self._spill_lender = Lender()
         self._closed = False
         self._spilling = False
         #: Segments this ledger wrote that are not drained yet.
@@ -294,7 +297,10 @@ class Ledger:
         lines = [to_line(e) for e, _ in batch]
         try:
             async with self._spill_lock:
-                path = await asyncio.to_thread(self._writer.append, lines)
+                loop = asyncio.get_running_loop()
+                append = loop.run_in_executor(None, self._append_spill, lines)
+                self._spill_lender.track(loop, append)
+                path = await append
                 # The drainer may have found the spill empty while this append waited: spilled
                 # entries are drained before anything goes to the store again.
                 self._start_spilling()
@@ -316,6 +322,14 @@ class Ledger:
                 _add(backlog.charged, entry)
         self._made_durable(batch)
         self._gauge()
+
+    def _append_spill(self, lines: list[bytes]) -> Path:
+        """In a thread: the append and its fsync (a busy loop lends the thread the GIL)."""
+        assert self._writer is not None
+        try:
+            return self._writer.append(lines)
+        finally:
+            self._spill_lender.finished()
 
     def _made_durable(self, batch: Sequence[_Queued]) -> None:
         if self._unrecordable_logged:
