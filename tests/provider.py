@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from rtgate.engine.session import EngineSession
 from rtgate.engine.session_config import default_session
 from rtgate.protocol.session_fields import merge
 from tests.live_fake import FakeLive, FakeLiveCalls
+from tests.process import gateway_env
 from tests.translator import TranslationSession, serve_translation
 
 PROVIDER_KEY = "sk-test-Pr0viderSecretKey0123456789abcdef"
@@ -96,6 +98,15 @@ class FakeProvider:
     @property
     def base_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1"
+
+    def gateway_env(self, home: Path, port: int, **env: str) -> dict[str, str]:
+        """The environment of a gateway process of its own (``tests/process.py``) whose OpenAI
+        upstream is this provider, with its key; ``env`` adds settings or overrides those."""
+        return gateway_env(
+            home,
+            port,
+            **{"RTGATE_OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": self.key, **env},
+        )
 
     async def start(self) -> None:
         app = web.Application()

@@ -13,20 +13,15 @@ import orjson
 from websockets.asyncio.client import connect
 
 from rtgate.metering.spill import segments
-from tests.process import create_key, free_port, gateway_env, wait_ready
-from tests.provider import PROVIDER_KEY, FakeProvider, emit_response_done
+from tests.process import create_key, free_port, wait_ready
+from tests.provider import FakeProvider, emit_response_done
 
 
 async def test_records_survive_sigkill_right_after_delivery(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     port = free_port()
-    env = gateway_env(
-        tmp_path / "home",
-        port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
-        OPENAI_API_KEY=PROVIDER_KEY,
-    )
+    env = provider.gateway_env(tmp_path / "home", port)
     key = create_key(env, "crash")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtgate", "serve"],

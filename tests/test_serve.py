@@ -27,7 +27,6 @@ from tests.process import (
     cli_json,
     create_key,
     free_port,
-    gateway_env,
     kill_tree,
     readiness_settles,
     wait_ready,
@@ -43,10 +42,9 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
     tmp_path: Path, provider: FakeProvider, upstream: str, second: signal.Signals
 ) -> None:
     port = free_port()
-    env = gateway_env(
+    env = provider.gateway_env(
         tmp_path / "home",
         port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
         OPENAI_API_KEY=PROVIDER_KEY if upstream == "provider" else "",
     )
     key = create_key(env, "w")
@@ -117,12 +115,7 @@ async def modules_of_a_serving_gateway(
     """The modules ``rtgate serve`` had loaded when it exited, after one session opened and
     closed: the store looked its key up and wrote its rows."""
     port = free_port()
-    env = gateway_env(
-        tmp_path / "home",
-        port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
-        OPENAI_API_KEY=PROVIDER_KEY,
-    )
+    env = provider.gateway_env(tmp_path / "home", port)
     if database_url is not None:
         env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")
@@ -244,10 +237,9 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
 ) -> None:
     port = free_port()
     local = upstream == "local-engine"
-    env = gateway_env(
+    env = provider.gateway_env(
         tmp_path / "home",
         port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
         OPENAI_API_KEY="" if local else PROVIDER_KEY,
         RTGATE_DRAIN_SECONDS="120",
         # A text turn answered in text: no speech stack to load in each worker.
@@ -334,11 +326,9 @@ async def test_no_connection_is_reset_while_a_sibling_worker_still_holds_a_sessi
     until every worker has drained: with ``SO_REUSEPORT`` each worker's listener has an accept
     queue of its own, and closing it resets the connections the kernel queued there."""
     port = free_port()
-    env = gateway_env(
+    env = provider.gateway_env(
         tmp_path / "home",
         port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
-        OPENAI_API_KEY=PROVIDER_KEY,
         RTGATE_DRAIN_SECONDS="120",
     )
     key = create_key(env, "d")
@@ -404,11 +394,9 @@ async def test_an_admin_drain_ends_what_is_left_at_the_deadline_with_1001(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     port = free_port()
-    env = gateway_env(
+    env = provider.gateway_env(
         tmp_path / "home",
         port,
-        RTGATE_OPENAI_BASE_URL=provider.base_url,
-        OPENAI_API_KEY=PROVIDER_KEY,
         RTGATE_ADMIN_TOKEN=ADMIN_TOKEN,
         RTGATE_DRAIN_SECONDS="3",
     )
