@@ -291,6 +291,12 @@ class UpstreamTls:
         return cls(where / "cert.pem", where / "key.pem", bundle)
 
 
+def plain_upstream(a: argparse.Namespace) -> None:
+    """For scripts that start relays with ``Relay.start`` and ``load_generator`` but offer
+    neither ``--upstream-tls`` nor ``--budget-for``: a plain ``ws://`` upstream, no budget."""
+    a.tls, a.budget_for = None, set()
+
+
 def upstream_base(a: argparse.Namespace) -> str:
     """The upstream's address as a relay dials it."""
     return f"{'wss' if a.tls else 'ws'}://127.0.0.1:{UP_PORT}"

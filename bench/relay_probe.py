@@ -30,6 +30,7 @@ from relay_bench import (
     load_generator,
     one_relay_build,
     pinned,
+    plain_upstream,
     ramp_limit,
     wait_quiet,
 )
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="how long the tool may take")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the tool, with {pid}")
     a = ap.parse_args()
-    a.tls, a.budget_for = None, set()  # relay_bench.Relay.start, load_generator: ws://, no budget
+    plain_upstream(a)
     tool = [x for x in a.command if x != "--"]
     if not tool:
         sys.exit("give the tool's command after --")

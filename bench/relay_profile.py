@@ -32,6 +32,7 @@ from relay_bench import (
     load_generator,
     one_relay_build,
     pinned,
+    plain_upstream,
     ramp_limit,
     wait_quiet,
 )
@@ -148,7 +149,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="the raw profile (collapsed stacks)")
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw profile")
     a = ap.parse_args()
-    a.tls, a.budget_for = None, set()  # relay_bench.Relay.start reads them: ws://, no budget
+    plain_upstream(a)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
     if a.summarise is not None:
         print(summarise(a.summarise, a.top))
