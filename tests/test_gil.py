@@ -96,18 +96,8 @@ async def test_a_busy_loop_does_not_starve_the_ledger_writer_or_the_store_thread
 
 
 async def run_in_thread(lender: Lender, work: Callable[[], None]) -> None:
-    """``work`` in a thread of its own, tracked by ``lender`` as the store's threads are."""
-    loop = asyncio.get_running_loop()
-    call: asyncio.Future[None] = loop.create_future()
-
-    def thread() -> None:
-        work()
-        lender.finished()
-        loop.call_soon_threadsafe(call.set_result, None)
-
-    threading.Thread(target=thread, daemon=True).start()
-    lender.track(loop, call)
-    await asyncio.wait_for(call, 5.0)
+    """``work`` in a thread of the loop's executor, watched by ``lender``."""
+    await asyncio.wait_for(lender.run(asyncio.get_running_loop(), None, work), 5.0)
 
 
 async def test_a_slow_call_under_an_idle_loop_is_lent_nothing() -> None:

@@ -22,9 +22,13 @@ the GIL was not what held it (another writer's lock, a stalled disk): the next l
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: How often a thread with calls outstanding is looked at.
 LOOK_S = 0.002
@@ -38,7 +42,8 @@ BACK_OFF_S = 0.1
 
 class Lender:
     """The loans to one worker thread: ``track`` each call's future from the loop, and
-    ``finished`` from the thread as each call ends."""
+    ``finished`` from the thread as each call ends (``run`` does both for an executor's
+    call)."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,6 +68,25 @@ class Lender:
             self._progress.clear()
             self._cpu, self._wall = time.thread_time(), time.monotonic()
             loop.call_later(LOOK_S, self._look, loop)
+
+    def run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: concurrent.futures.Executor | None,
+        fn: Callable[..., T],
+        *args: Any,
+    ) -> asyncio.Future[T]:
+        """``fn(*args)`` in ``executor``'s thread (the loop's default: None), watched."""
+
+        def call() -> T:
+            try:
+                return fn(*args)
+            finally:
+                self.finished()
+
+        future = loop.run_in_executor(executor, call)
+        self.track(loop, future)
+        return future
 
     def finished(self) -> None:
         """In the worker thread, as a call ends (before its outcome is handed to the loop)."""

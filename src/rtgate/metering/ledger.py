@@ -297,10 +297,10 @@ class Ledger:
         lines = [to_line(e) for e, _ in batch]
         try:
             async with self._spill_lock:
-                loop = asyncio.get_running_loop()
-                append = loop.run_in_executor(None, self._append_spill, lines)
-                self._spill_lender.track(loop, append)
-                path = await append
+                # In a thread: the append and its fsync (a busy loop lends it the GIL).
+                path = await self._spill_lender.run(
+                    asyncio.get_running_loop(), None, self._writer.append, lines
+                )
                 # The drainer may have found the spill empty while this append waited: spilled
                 # entries are drained before anything goes to the store again.
                 self._start_spilling()
@@ -322,14 +322,6 @@ class Ledger:
                 _add(backlog.charged, entry)
         self._made_durable(batch)
         self._gauge()
-
-    def _append_spill(self, lines: list[bytes]) -> Path:
-        """In a thread: the append and its fsync (a busy loop lends the thread the GIL)."""
-        assert self._writer is not None
-        try:
-            return self._writer.append(lines)
-        finally:
-            self._spill_lender.finished()
 
     def _made_durable(self, batch: Sequence[_Queued]) -> None:
         if self._unrecordable_logged:

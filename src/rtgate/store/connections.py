@@ -144,18 +144,11 @@ class SqliteThread:
         self._lender = Lender()
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._pool, self._call, query, write)
-        self._lender.track(loop, call)
-        return await call
+        return await self._lender.run(
+            asyncio.get_running_loop(), self._pool, self._call, query, write
+        )
 
     def _call(self, query: Query[T], write: bool) -> T:
-        try:
-            return self._call_in_thread(query, write)
-        finally:
-            self._lender.finished()
-
-    def _call_in_thread(self, query: Query[T], write: bool) -> T:
         conn = self._conn
         if conn is None:
             conn = self._conn = open_sqlite(self.path, self._busy_ms)
