@@ -143,3 +143,25 @@ def test_a_lender_carries_on_in_a_new_loop_after_its_old_one_closed() -> None:
 
     asyncio.run(main())
     assert lender.loans >= 1
+
+
+async def test_a_call_the_thread_finished_is_lent_nothing_while_its_future_waits() -> None:
+    """A busy loop settles a call's future only when it reaches the callback the thread
+    scheduled, so the call stays outstanding after the thread is done with it; a loan then
+    would block the loop for the whole ``LEND_FOR_S``, waiting for a thread with nothing to do
+    (a 5 ms stall of the relay, docs/performance.md 9.15)."""
+    lender = Lender()
+    loop = asyncio.get_running_loop()
+    with busy_loop() as gaps:
+        await asyncio.sleep(0.05)
+        for _ in range(5):
+            call: asyncio.Future[None] = loop.create_future()
+            lender.track(loop, call)
+            done = threading.Thread(target=lender.finished)
+            done.start()
+            done.join()
+            # The outcome reaches the loop well after the thread finished: several looks.
+            loop.call_later(0.03, call.set_result, None)
+            await call
+    assert lender.loans == 0, lender.loans
+    assert sum(g for g in gaps if g > 0.001) < 0.01

@@ -9,14 +9,21 @@ the process is not pinned to one core, such a thread waited seconds for a commit
 record was held for (docs/performance.md 9.5 and 9.13).
 
 ``Lender`` watches one worker thread while it has calls outstanding, every ``LOOK_S``. It lends
-only when the thread finished no call since the last look and the loop's thread was busy for
-most of that time (``BUSY``, its own CPU time against the clock's): an idle loop sleeps in its
-poll without the GIL, so a slow call there is slow for its own reasons and is left alone. A loan
-blocks the loop until the thread finishes a call, at most ``LEND_FOR_S``, which releases the
-GIL to the thread for as long as the call needs it. If the thread finished nothing even then,
-the GIL was not what held it (another writer's lock, a stalled disk): the next look is
-``BACK_OFF_S`` later, so a stalled database costs a busy loop one ``LEND_FOR_S`` block per
-``BACK_OFF_S``, not a block per look.
+only when the thread has a call it has not finished, finished none since the last look, and the
+loop's thread was busy for most of that time (``BUSY``, its own CPU time against the clock's):
+an idle loop sleeps in its poll without the GIL, so a slow call there is slow for its own
+reasons and is left alone. A loan blocks the loop until the thread finishes a call, at most
+``LEND_FOR_S``, which releases the GIL to the thread for as long as the call needs it. If the
+thread finished nothing even then, the GIL was not what held it (another writer's lock, a
+stalled disk): the next look is ``BACK_OFF_S`` later, so a stalled database costs a busy loop
+one ``LEND_FOR_S`` block per ``BACK_OFF_S``, not a block per look.
+
+"Outstanding" is the loop's view and lags the thread's: a call's future is settled, and counted
+done, only when the busy loop gets to the callback the thread scheduled. Lending for a call the
+thread has already finished waits the whole ``LEND_FOR_S`` for nothing; at 500 sessions that
+was every loan made, a 5 ms stall of the relay each time (docs/performance.md 9.15). So the
+thread counts the calls it finished, and a look lends only while that count is behind the
+calls tracked.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class Lender:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0
+        #: Calls tracked (counted by the loop) and calls the thread finished (by the thread):
+        #: the thread is at work while the second is behind the first.
+        self._calls = self._finished = 0
         #: Set by the thread at the end of each call; cleared by the loop at each look.
         self._progress = threading.Event()
         self._watching = False
@@ -61,7 +71,9 @@ class Lender:
         if loop is not self._loop:
             # A new loop (the old one closed with calls it will never settle): start afresh.
             self._loop, self._outstanding, self._watching = loop, 0, False
+            self._calls = self._finished
         self._outstanding += 1
+        self._calls += 1
         call.add_done_callback(self._settled)
         if not self._watching:
             self._watching = True
@@ -90,6 +102,7 @@ class Lender:
 
     def finished(self) -> None:
         """In the worker thread, as a call ends (before its outcome is handed to the loop)."""
+        self._finished += 1
         self._progress.set()
 
     def _settled(self, _: asyncio.Future[Any]) -> None:
@@ -104,7 +117,8 @@ class Lender:
         cpu, wall = time.thread_time(), time.monotonic()
         busy = cpu - self._cpu >= BUSY * (wall - self._wall)
         after = LOOK_S
-        if busy and not self._progress.is_set():
+        at_work = self._finished < self._calls
+        if busy and at_work and not self._progress.is_set():
             self.loans += 1
             if not self._progress.wait(LEND_FOR_S):
                 after = BACK_OFF_S
