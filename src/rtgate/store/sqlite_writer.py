@@ -13,12 +13,20 @@ busy timeout, so a write waits for the store's rare writes (keys, secrets, calls
 processes sharing the file do. Entries keep their order: one thread, batches in turn.
 A write the caller stopped waiting for (``rtgate.deadline``) still runs to its end in the
 thread, like a late commit; ``Store.write`` is idempotent, so nothing lands twice.
+
+The writer's commits never checkpoint the WAL: ``Checkpointer`` does, in a thread and on a
+connection of its own, every ``CHECKPOINT_EVERY`` batches. SQLite's automatic checkpoint runs
+inside the commit that fills the WAL past 1,000 pages: that batch took 4-6 ms instead of ~0.3
+(copying pages back, two fsyncs), the batches queued behind it waited with it, and a busy loop
+lent the writer the GIL for the whole of it, blocked (``gil.py``), every ~0.5 s at 500 sessions
+(docs/performance.md 9.15). A passive checkpoint beside the writer holds neither.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -27,8 +35,15 @@ from typing import Any
 
 from rtgate.gil import Lender
 
+log = logging.getLogger("rtgate.store")
+
 #: One statement (parameters named ``:name``) and its rows, in the order they must run.
 Step = tuple[str, list[dict[str, Any]]]
+
+#: The writer's batches between two checkpoints: a batch is ~5-15 WAL frames (a usage row is
+#: the table's page and its indexes' and its key's day in ``spend_days``), so about SQLite's own
+#: 1,000 pages.
+CHECKPOINT_EVERY = 100
 
 
 class SqliteWriter:
@@ -52,6 +67,9 @@ class SqliteWriter:
         self._conn: sqlite3.Connection | None = None
         #: A busy loop starves this thread of the GIL; it lends it (``rtgate/gil.py``).
         self._lender = Lender()
+        self._checkpointer = Checkpointer(path, busy_ms)
+        #: Batches since the last checkpoint was asked for (the writer thread's count).
+        self._batches = 0
 
     def write(self, steps: Sequence[Step]) -> asyncio.Future[None]:
         """Run ``steps`` in one transaction in the writer thread: a future, done once they are
@@ -88,6 +106,10 @@ class SqliteWriter:
             # A closed loop raises RuntimeError: nobody waits for this batch any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, fut, err)
+            self._batches += 1
+            if self._batches >= CHECKPOINT_EVERY:
+                self._batches = 0
+                self._checkpointer.request()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -96,6 +118,8 @@ class SqliteWriter:
         conn = self._conn
         if conn is None:
             conn = self._conn = open_sqlite(self._path, self._busy_ms)
+            # Checkpoints are the Checkpointer's, never inside one of this thread's commits.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in work:
@@ -111,6 +135,63 @@ class SqliteWriter:
         if thread is not None:
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(self._checkpointer.close)
+
+
+class Checkpointer:
+    """Checkpoints the WAL of the file at ``path`` when asked, from a thread and a connection
+    of its own: ``PRAGMA wal_checkpoint(PASSIVE)`` copies what no reader still needs back into
+    the database without taking the write lock, so the writer commits on meanwhile. Nobody
+    waits for it; one that fails (the file is locked for longer than ``busy_ms``) is logged and
+    the next request tries again. Requests that come while one runs make one more, not many."""
+
+    def __init__(self, path: str, busy_ms: int) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._asked = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Checkpoints done so far.
+        self.runs = 0
+
+    def request(self) -> None:
+        """Ask for a checkpoint (any thread)."""
+        with self._lock:
+            if self._stopping:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="rtgate-sqlite-checkpoint", daemon=True
+                )
+                self._thread.start()
+        self._asked.set()
+
+    def _serve(self) -> None:
+        conn = open_sqlite(self._path, self._busy_ms)
+        try:
+            while True:
+                self._asked.wait()
+                self._asked.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("checkpointing the SQLite WAL failed (retried later): %s", exc)
+                else:
+                    self.runs += 1
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop the thread (blocking: the caller's thread, not the loop's)."""
+        with self._lock:
+            self._stopping = True
+            thread, self._thread = self._thread, None
+        self._asked.set()
+        if thread is not None:
+            thread.join()
 
 
 def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:

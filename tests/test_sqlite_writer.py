@@ -1,0 +1,75 @@
+"""The ledger's SQLite writer leaves checkpoints to its ``Checkpointer`` (``sqlite_writer.py``).
+
+SQLite's automatic checkpoint ran inside the commit that filled the WAL past 1,000 pages: that
+batch took several milliseconds of copying and fsyncs, and everything queued behind it waited
+(docs/performance.md 9.15). The writer's own connection must never checkpoint, and the
+checkpointer must keep the WAL from growing without bound.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rtgate.store import sqlite_writer
+from rtgate.store.sqlite_writer import SqliteWriter, open_sqlite
+
+#: A row of a page's size, so each batch adds pages to the WAL at a known rate.
+ROW = "x" * 4000
+ROWS_PER_BATCH = 4
+#: Enough batches for ~2,000 pages: twice SQLite's automatic checkpoint threshold.
+BATCHES = 500
+
+
+def wal_pages(db: Path) -> float:
+    wal = Path(f"{db}-wal")
+    return os.path.getsize(wal) / 4096 if wal.exists() else 0.0
+
+
+async def write_batches(db: Path) -> SqliteWriter:
+    conn = open_sqlite(str(db), 1000)
+    conn.execute("CREATE TABLE t (x TEXT)")
+    conn.close()
+    writer = SqliteWriter(str(db), 1000, lambda exc: exc)
+    for _ in range(BATCHES):
+        await writer.write([("INSERT INTO t (x) VALUES (:x)", [{"x": ROW}] * ROWS_PER_BATCH)])
+    return writer
+
+
+async def test_the_writer_never_checkpoints_in_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 10**9)
+    db = tmp_path / "w.db"
+    writer = await write_batches(db)
+    # With SQLite's automatic checkpoint the WAL would start over near 1,000 pages.
+    assert wal_pages(db) > 1500, wal_pages(db)
+    await writer.close()
+    conn = open_sqlite(str(db), 1000)
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == BATCHES * ROWS_PER_BATCH
+    conn.close()
+
+
+async def test_the_checkpointer_keeps_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
+    db = tmp_path / "w.db"
+    writer = await write_batches(db)
+    checkpoints = writer._checkpointer.runs
+    await writer.close()
+    assert checkpoints >= 1
+    # ~20 batches of 4 pages between checkpoints; a few more while one runs.
+    assert wal_pages(db) < 1000, wal_pages(db)
+
+
+async def test_close_stops_the_writer_and_checkpointer_threads(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    writer = await write_batches(db)
+    writer._checkpointer.request()
+    threads = [writer._thread, writer._checkpointer._thread]
+    assert all(t is not None and t.is_alive() for t in threads)
+    await writer.close()
+    assert not any(t is not None and t.is_alive() for t in threads)
