@@ -212,6 +212,7 @@ class Rtgate:
         upstream: str,
         tls: UpstreamTls | None,
         key_options: list[str],
+        probe: Path | None = None,
     ) -> None:
         self.build = build
         self.workers = workers
@@ -227,6 +228,10 @@ class Rtgate:
             env.pop(var, None)
         if build.src is not None:
             env["PYTHONPATH"] = str(build.src / "src")
+        if probe is not None:  # a sitecustomize for the server process (bench/loop_lag)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(probe.resolve()), *filter(None, [env.get("PYTHONPATH")])]
+            )
         if tls is not None:
             env["SSL_CERT_FILE"] = str(tls.bundle)
         self.env = env
@@ -318,7 +323,7 @@ class Relay:
             return cls(name, UP_PORT)
         if name in builds:
             budget = ["--budget-usd-day", "1000000"] if name in a.budget_for else []
-            rt = Rtgate(builds[name], a.workers, upstream_base(a), a.tls, budget)
+            rt = Rtgate(builds[name], a.workers, upstream_base(a), a.tls, budget, a.probe)
             proc = subprocess.Popen(rt.command(), env=rt.env, start_new_session=True)
             boost(proc.pid)
             return cls(name, RTGATE_PORT, proc, rt, [f"Authorization: Bearer {rt.key}"])
@@ -675,6 +680,13 @@ def main() -> None:
     )
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--only", default="", help="run only these configurations (comma-separated)")
+    ap.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        help="a directory put first on rtgate's PYTHONPATH: a sitecustomize probe "
+        "(bench/loop_lag, bench/import_rss)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.jsonl")
     a = ap.parse_args()
     if a.upstream_tls and not a.idle:
