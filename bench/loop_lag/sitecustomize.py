@@ -59,16 +59,18 @@ def _tick_on(loop: Any) -> None:
 
 
 def _hook_uvloop() -> None:
-    """``rtgate.server`` installs uvloop's policy: every loop it makes gets the timer."""
+    """Every loop uvloop makes gets the timer: ``rtgate.server`` installs uvloop's policy, whose
+    loops come from the module's ``new_event_loop``."""
     import uvloop
 
-    class Policy(uvloop.EventLoopPolicy):  # type: ignore[misc,name-defined]
-        def new_event_loop(self) -> Any:
-            loop = super().new_event_loop()
-            _tick_on(loop)
-            return loop
+    make = uvloop.new_event_loop
 
-    uvloop.EventLoopPolicy = Policy  # type: ignore[misc]
+    def new_event_loop() -> Any:
+        loop = make()
+        _tick_on(loop)
+        return loop
+
+    uvloop.new_event_loop = new_event_loop
 
 
 def _when_imported(name: str) -> Any:
