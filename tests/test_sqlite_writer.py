@@ -8,6 +8,7 @@ checkpointer must keep the WAL from growing without bound.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -73,3 +74,41 @@ async def test_close_stops_the_writer_and_checkpointer_threads(tmp_path: Path) -
     assert all(t is not None and t.is_alive() for t in threads)
     await writer.close()
     assert not any(t is not None and t.is_alive() for t in threads)
+
+
+async def test_a_checkpointer_that_cannot_open_the_file_tries_again(tmp_path: Path) -> None:
+    """A failed open must not leave a dead thread standing in for a live one: the WAL would
+    then grow for as long as the gateway runs."""
+    db = tmp_path / "later" / "w.db"
+    checkpointer = sqlite_writer.Checkpointer(str(db), 1000)
+    checkpointer.request()  # the directory does not exist yet: the open fails
+    first = checkpointer._thread
+    if first is not None:
+        first.join(5)
+    db.parent.mkdir()
+    open_sqlite(str(db), 1000).close()
+    checkpointer.request()
+    for _ in range(200):
+        if checkpointer.runs:
+            break
+        await asyncio.sleep(0.01)
+    checkpointer.close()
+    assert checkpointer.runs == 1
+
+
+async def test_a_closed_writer_writes_and_checkpoints_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
+    db = tmp_path / "w.db"
+    writer = await write_batches(db)
+    await writer.close()
+    runs = writer._checkpointer.runs
+    for _ in range(100):
+        await writer.write([("INSERT INTO t (x) VALUES (:x)", [{"x": ROW}])])
+    for _ in range(200):
+        if writer._checkpointer.runs > runs:
+            break
+        await asyncio.sleep(0.01)
+    await writer.close()
+    assert writer._checkpointer.runs > runs

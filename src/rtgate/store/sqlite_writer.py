@@ -142,8 +142,8 @@ class Checkpointer:
     """Checkpoints the WAL of the file at ``path`` when asked, from a thread and a connection
     of its own: ``PRAGMA wal_checkpoint(PASSIVE)`` copies what no reader still needs back into
     the database without taking the write lock, so the writer commits on meanwhile. Nobody
-    waits for it; one that fails (the file is locked for longer than ``busy_ms``) is logged and
-    the next request tries again. Requests that come while one runs make one more, not many."""
+    waits for it; one that fails, or a connection that cannot be opened, is logged and the next
+    request tries again. Requests that come while one runs make one more, not many."""
 
     def __init__(self, path: str, busy_ms: int) -> None:
         self._path = path
@@ -168,7 +168,13 @@ class Checkpointer:
         self._asked.set()
 
     def _serve(self) -> None:
-        conn = open_sqlite(self._path, self._busy_ms)
+        try:
+            conn = open_sqlite(self._path, self._busy_ms)
+        except sqlite3.Error as exc:
+            log.warning("cannot open the SQLite file to checkpoint it (retried later): %s", exc)
+            with self._lock:
+                self._thread = None
+            return
         try:
             while True:
                 self._asked.wait()
@@ -185,13 +191,17 @@ class Checkpointer:
             conn.close()
 
     def close(self) -> None:
-        """Stop the thread (blocking: the caller's thread, not the loop's)."""
+        """Stop the thread (blocking: the caller's thread, not the loop's). A request after
+        this starts a new one, as a write after ``SqliteWriter.close`` starts a new writer."""
         with self._lock:
             self._stopping = True
             thread, self._thread = self._thread, None
         self._asked.set()
         if thread is not None:
             thread.join()
+        with self._lock:
+            self._stopping = False
+            self._asked.clear()
 
 
 def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:
