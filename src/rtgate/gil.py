@@ -23,7 +23,10 @@ done, only when the busy loop gets to the callback the thread scheduled. Lending
 thread has already finished waits the whole ``LEND_FOR_S`` for nothing; at 500 sessions that
 was every loan made, a 5 ms stall of the relay each time (docs/performance.md 9.15). So the
 thread counts the calls it finished, and a look lends only while that count is behind the
-calls tracked.
+calls tracked. A call is counted as it is handed over (a thread starved of the GIL cannot count
+its own start), and uncounted if it is cancelled before it ran, so the counts meet again
+whatever the caller's deadlines do. One thread per lender: ``run`` without an executor uses a
+thread of the lender's own, never a pool whose threads would count over each other.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ class Lender:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0
-        #: Calls tracked (counted by the loop) and calls the thread finished (by the thread):
-        #: the thread is at work while the second is behind the first.
+        #: Calls handed to the thread (counted by the loop) and calls the thread finished
+        #: (counted by the thread): it is at work while the second is behind the first.
         self._calls = self._finished = 0
+        #: ``run``'s thread when it is given no executor.
+        self._own: concurrent.futures.ThreadPoolExecutor | None = None
         #: Set by the thread at the end of each call; cleared by the loop at each look.
         self._progress = threading.Event()
         self._watching = False
@@ -69,9 +74,9 @@ class Lender:
     def track(self, loop: asyncio.AbstractEventLoop, call: asyncio.Future[Any]) -> None:
         """Watch the thread while ``call`` (its outcome in ``loop``) is outstanding."""
         if loop is not self._loop:
-            # A new loop (the old one closed with calls it will never settle): start afresh.
+            # A new loop (the old one closed with calls it will never settle): its futures are
+            # forgotten; the thread's counts go on (it finishes the old loop's calls too).
             self._loop, self._outstanding, self._watching = loop, 0, False
-            self._calls = self._finished
         self._outstanding += 1
         self._calls += 1
         call.add_done_callback(self._settled)
@@ -88,7 +93,7 @@ class Lender:
         fn: Callable[..., T],
         *args: Any,
     ) -> asyncio.Future[T]:
-        """``fn(*args)`` in ``executor``'s thread (the loop's default: None), watched."""
+        """``fn(*args)`` in ``executor``'s one thread (None: the lender's own), watched."""
 
         def call() -> T:
             try:
@@ -96,9 +101,23 @@ class Lender:
             finally:
                 self.finished()
 
-        future = loop.run_in_executor(executor, call)
+        if executor is None:
+            if self._own is None:
+                self._own = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="rtgate-lent"
+                )
+            executor = self._own
+        handed = executor.submit(call)
+        future = asyncio.wrap_future(handed, loop=loop)
         self.track(loop, future)
+        # Cancelled before it ran (the caller's deadline, a queue behind a slow call): the
+        # thread will never finish it. The callback runs in the cancelling (loop's) thread.
+        handed.add_done_callback(self._dropped)
         return future
+
+    def _dropped(self, handed: concurrent.futures.Future[Any]) -> None:
+        if handed.cancelled():
+            self._calls -= 1
 
     def finished(self) -> None:
         """In the worker thread, as a call ends (before its outcome is handed to the loop)."""
