@@ -2,8 +2,8 @@
 
 SQLite's automatic checkpoint ran inside the commit that filled the WAL past 1,000 pages: that
 batch took several milliseconds of copying and fsyncs, and everything queued behind it waited
-(docs/performance.md 9.15). The writer's own connection must never checkpoint, and the
-checkpointer must keep the WAL from growing without bound.
+(docs/performance.md 9.15). The writer's own connection checkpoints only as a safety net, far
+past that; the checkpointer copies the WAL back, and the WAL stays bounded either way.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ async def write_batches(db: Path) -> SqliteWriter:
     return writer
 
 
-async def test_the_writer_never_checkpoints_in_a_commit(
+async def test_the_writer_does_not_checkpoint_at_sqlites_threshold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 10**9)
     db = tmp_path / "w.db"
     writer = await write_batches(db)
-    # With SQLite's automatic checkpoint the WAL would start over near 1,000 pages.
+    # With SQLite's own threshold the WAL would start over near 1,000 pages.
     assert wal_pages(db) > 1500, wal_pages(db)
     await writer.close()
     conn = open_sqlite(str(db), 1000)
@@ -53,17 +53,34 @@ async def test_the_writer_never_checkpoints_in_a_commit(
     conn.close()
 
 
-async def test_the_checkpointer_keeps_the_wal_bounded(
+async def test_the_writers_safety_net_bounds_the_wal_without_the_checkpointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passive checkpoints beside a writer that never pauses may never let the WAL start
+    over; the writer's own checkpoint, at ``SAFETY_CHECKPOINT_PAGES``, still does."""
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 10**9)
+    monkeypatch.setattr(sqlite_writer, "SAFETY_CHECKPOINT_PAGES", 300)
+    db = tmp_path / "w.db"
+    writer = await write_batches(db)
+    pages = wal_pages(db)  # before close: closing the last connection removes the WAL
+    await writer.close()
+    assert pages < 600, pages
+
+
+async def test_the_checkpointer_copies_the_wal_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
     db = tmp_path / "w.db"
     writer = await write_batches(db)
-    checkpoints = writer._checkpointer.runs
+    checkpointer = writer._checkpointer
+    for _ in range(200):  # the last request may still be running
+        if checkpointer.runs:
+            break
+        await asyncio.sleep(0.01)
     await writer.close()
-    assert checkpoints >= 1
-    # ~20 batches of 4 pages between checkpoints; a few more while one runs.
-    assert wal_pages(db) < 1000, wal_pages(db)
+    assert checkpointer.runs >= 1
+    assert checkpointer.copied > 0
 
 
 async def test_close_stops_the_writer_and_checkpointer_threads(tmp_path: Path) -> None:
@@ -93,7 +110,7 @@ async def test_a_checkpointer_that_cannot_open_the_file_tries_again(tmp_path: Pa
             break
         await asyncio.sleep(0.01)
     checkpointer.close()
-    assert checkpointer.runs == 1
+    assert checkpointer.runs >= 1
 
 
 async def test_a_closed_writer_writes_and_checkpoints_again(

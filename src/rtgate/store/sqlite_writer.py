@@ -14,12 +14,15 @@ processes sharing the file do. Entries keep their order: one thread, batches in 
 A write the caller stopped waiting for (``rtgate.deadline``) still runs to its end in the
 thread, like a late commit; ``Store.write`` is idempotent, so nothing lands twice.
 
-The writer's commits never checkpoint the WAL: ``Checkpointer`` does, in a thread and on a
-connection of its own, every ``CHECKPOINT_EVERY`` batches. SQLite's automatic checkpoint runs
-inside the commit that fills the WAL past 1,000 pages: that batch took 4-6 ms instead of ~0.3
-(copying pages back, two fsyncs), the batches queued behind it waited with it, and a busy loop
-lent the writer the GIL for the whole of it, blocked (``gil.py``), every ~0.5 s at 500 sessions
-(docs/performance.md 9.15). A passive checkpoint beside the writer holds neither.
+Checkpoints are ``Checkpointer``'s, in a thread and on a connection of its own, every
+``CHECKPOINT_EVERY`` batches. SQLite's automatic checkpoint runs inside the commit that fills
+the WAL past 1,000 pages: that batch took 4-6 ms instead of ~0.3 (copying pages back, two
+fsyncs), the batches queued behind it waited with it, and a busy loop lent the writer the GIL
+for the whole of it, blocked (``gil.py``), every ~0.5 s at 500 sessions (docs/performance.md
+9.15). A passive checkpoint beside the writer holds neither. But the WAL starts over only when
+a write begins with every frame copied back, which commits landing during each checkpoint can
+prevent for good under load; so the writer keeps SQLite's own checkpoint as a safety net, at
+``SAFETY_CHECKPOINT_PAGES``, when nearly everything is copied back already.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ Step = tuple[str, list[dict[str, Any]]]
 #: the table's page and its indexes' and its key's day in ``spend_days``), so about SQLite's own
 #: 1,000 pages.
 CHECKPOINT_EVERY = 100
+#: The writer's own automatic checkpoint (``wal_autocheckpoint``), ten times SQLite's default:
+#: reached only if the checkpointer's never let the WAL start over.
+SAFETY_CHECKPOINT_PAGES = 10_000
+#: The WAL file is cut back to this once it starts over (``journal_size_limit``).
+WAL_KEEP_BYTES = 8 * 1024 * 1024
 
 
 class SqliteWriter:
@@ -89,8 +97,9 @@ class SqliteWriter:
                 target=self._serve, name="rtgate-sqlite-writer", daemon=True
             )
             self._thread.start()
-        self._queue.put((work, fut, loop))
+        # Counted before the thread can finish it.
         self._lender.track(loop, fut)
+        self._queue.put((work, fut, loop))
         return fut
 
     # -- the writer thread ----------------------------------------------------------------------
@@ -118,8 +127,9 @@ class SqliteWriter:
         conn = self._conn
         if conn is None:
             conn = self._conn = open_sqlite(self._path, self._busy_ms)
-            # Checkpoints are the Checkpointer's, never inside one of this thread's commits.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            # Checkpoints are the Checkpointer's; this thread's commits only as a safety net.
+            conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in work:
@@ -152,15 +162,16 @@ class Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: Checkpoints done so far.
+        #: Checkpoints done so far, and the WAL frames the last one had copied back.
         self.runs = 0
+        self.copied = 0
 
     def request(self) -> None:
         """Ask for a checkpoint (any thread)."""
         with self._lock:
             if self._stopping:
                 return
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._serve, name="rtgate-sqlite-checkpoint", daemon=True
                 )
@@ -182,11 +193,14 @@ class Checkpointer:
                 if self._stopping:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    busy, _, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
                     log.warning("checkpointing the SQLite WAL failed (retried later): %s", exc)
-                else:
+                    continue
+                # busy: another connection (a worker process's checkpointer) was at it.
+                if not busy:
                     self.runs += 1
+                    self.copied = copied
         finally:
             conn.close()
 
