@@ -73,15 +73,15 @@ def _hook_uvloop() -> None:
     uvloop.new_event_loop = new_event_loop
 
 
-def _when_imported(name: str) -> Any:
-    while name not in sys.modules or not hasattr(sys.modules[name], "__file__"):
+def _when_imported(name: str, attr: str) -> Any:
+    """The module once its body has defined ``attr``."""
+    while name not in sys.modules or not hasattr(sys.modules[name], attr):
         time.sleep(0.01)
-    time.sleep(0.05)  # the module's body has run
     return sys.modules[name]
 
 
 def _hook_writer() -> None:
-    mod = _when_imported("rtgate.store.sqlite_writer")
+    mod = _when_imported("rtgate.store.sqlite_writer", "SqliteWriter")
     run = mod.SqliteWriter._run
 
     def timed(self: Any, work: list[Any]) -> None:
@@ -99,7 +99,7 @@ def _hook_writer() -> None:
 
 
 def _hook_lender() -> None:
-    mod = _when_imported("rtgate.gil")
+    mod = _when_imported("rtgate.gil", "Lender")
     look = mod.Lender._look
 
     def timed(self: Any, loop: Any) -> None:
