@@ -50,8 +50,6 @@ CHECKPOINT_EVERY = 100
 #: The writer's own automatic checkpoint (``wal_autocheckpoint``), ten times SQLite's default:
 #: reached only if the checkpointer's never let the WAL start over.
 SAFETY_CHECKPOINT_PAGES = 10_000
-#: The WAL file is cut back to this once it starts over (``journal_size_limit``).
-WAL_KEEP_BYTES = 8 * 1024 * 1024
 
 
 class SqliteWriter:
@@ -128,8 +126,9 @@ class SqliteWriter:
         if conn is None:
             conn = self._conn = open_sqlite(self._path, self._busy_ms)
             # Checkpoints are the Checkpointer's; this thread's commits only as a safety net.
+            # No journal_size_limit: cutting the WAL file back as it starts over cost the
+            # batch doing it 3-5 ms of CPU (docs/performance.md 9.15); it stays at its largest.
             conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in work:
