@@ -179,3 +179,17 @@ async def test_a_call_cancelled_before_it_ran_does_not_count_as_work() -> None:
     await slow
     await asyncio.sleep(0.01)
     assert lender._calls == lender._finished == 1
+
+
+async def test_a_lenders_own_thread_ends_at_close_and_a_later_call_starts_another() -> None:
+    lender = Lender()
+    loop = asyncio.get_running_loop()
+    assert await lender.run(loop, None, threading.current_thread) is not threading.main_thread()
+    first = lender._own
+    lender.close()
+    assert first is not None
+    with pytest.raises(RuntimeError):  # shut down: it takes no more work
+        first.submit(int)
+    assert await lender.run(loop, None, lambda: 7) == 7
+    assert lender._own is not None and lender._own is not first
+    lender.close()

@@ -115,6 +115,13 @@ class Lender:
         handed.add_done_callback(self._dropped)
         return future
 
+    def close(self) -> None:
+        """Let the lender's own thread (``run`` without an executor) end once it is idle; a
+        later ``run`` starts another."""
+        own, self._own = self._own, None
+        if own is not None:
+            own.shutdown(wait=False)
+
     def _dropped(self, handed: concurrent.futures.Future[Any]) -> None:
         if handed.cancelled():
             self._calls -= 1

@@ -504,6 +504,7 @@ class Ledger:
         if self._writer is not None:
             async with self._spill_lock:
                 self._writer.seal()
+        self._spill_lender.close()
 
 
 #: ``Ledger._store_batch``'s answer when the store refused the data itself.
