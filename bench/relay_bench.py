@@ -9,6 +9,8 @@ relay under test to CPU 1 (``--workers N`` > 1: rtgate on both). Every configura
 back at the same N, ``--runs`` times; "added" is a relay's latency minus the direct connection's
 in the same run, per direction and percentile; µs/frame is the relay's CPU (user + sys) per
 frame relayed, both directions, and "x picows" its ratio to the picows relay's in the same run.
+A row marked "(slow host)" ran while a fixed Python loop on the relay's core, timed before and
+after it, took 15 % longer than the fastest of its run: compare it with nothing.
 
 ``--rtgate-src [LABEL=]DIR`` (repeatable) runs the rtgate of a checkout, so one run compares two
 commits (``before=../main --rtgate-src after=../branch``): its ``.venv`` if it has one, else this
@@ -502,6 +504,28 @@ def wait_quiet(limit_pct: float, timeout: float) -> tuple[float, float]:
             return time.monotonic() - t0, busy
 
 
+#: A fixed piece of Python, timed on the relay's core before and after each row: the host's
+#: speed in that minute. A quiet machine can still run slow for minutes at a time (the
+#: hypervisor's neighbours; docs/performance.md 9.15), which the busy-CPU check cannot see.
+SPEED_LOOP = (
+    "import time\nt=time.perf_counter()\ns=0\nfor i in range(3_000_000): s+=i\n"
+    "print(time.perf_counter()-t)"
+)
+#: A row whose host loop took this much longer than the fastest of its run is marked slow.
+SLOW_HOST = 1.15
+
+
+def host_loop_s() -> float:
+    """Seconds the host takes for ``SPEED_LOOP`` on the relay's core, now."""
+    out = subprocess.run(
+        [*pinned(RELAY_CPU), sys.executable, "-c", SPEED_LOOP],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
 def run_one(
     name: str, n: int, run: int, a: argparse.Namespace, builds: dict[str, RtgateBuild]
 ) -> dict[str, Any]:
@@ -509,6 +533,7 @@ def run_one(
     res: dict[str, Any] = {
         "quiet_wait_s": round(waited, 1),
         "busy_before_pct": busy,
+        "host_loop_s": [round(host_loop_s(), 3)],
         "nice": NICE,
         "config": name,
         "n": n,
@@ -530,6 +555,7 @@ def run_one(
     finally:
         time.sleep(0.5)
         relay.stop()
+    res["host_loop_s"].append(round(host_loop_s(), 3))
     if relay.rtgate is not None:
         res["rtgate_home"] = str(relay.rtgate.home)
         res["ledger_records"], res["ledger_spilled_only"] = relay.rtgate.records()
@@ -560,6 +586,14 @@ def key(r: dict[str, Any]) -> tuple[int, int, int]:
     return int(r["run"]), int(r["n"]), int(r["frame_ms"])
 
 
+def slow_host(r: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    """Whether ``r`` ran while the host was slow: its slower host loop, before or after the
+    window, ``SLOW_HOST`` times the fastest of any row of its run or more."""
+    mine: list[float] = r.get("host_loop_s") or []
+    run = [t for x in rows if key(x) == key(r) for t in x.get("host_loop_s") or []]
+    return bool(mine) and max(mine) >= SLOW_HOST * min(run)
+
+
 def load_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | relay | N | frame | added up p50 / p99 | added down p50 / p99 | CPU % "
@@ -571,6 +605,7 @@ def load_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         workers = f" x{r['workers']} workers" if r.get("workers", 1) > 1 else ""
         workers += " (noisy)" if r.get("noisy") else ""
+        workers += " (slow host)" if slow_host(r, rows) else ""
         head = f"| {r['run']} | {r['config']}{workers} | {r['n']} | {r['frame_ms']:g} ms"
         if "error" in r:
             lines.append(f"{head} | {r['error']} ||||||||||")
