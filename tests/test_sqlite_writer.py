@@ -29,6 +29,16 @@ def wal_pages(db: Path) -> float:
     return os.path.getsize(wal) / 4096 if wal.exists() else 0.0
 
 
+async def checkpoints_after(checkpointer: sqlite_writer.Checkpointer, runs: int) -> int:
+    """The checkpointer's count once it passes ``runs`` (a request may still be running), or
+    as it is after ~2 s."""
+    for _ in range(200):
+        if checkpointer.runs > runs:
+            break
+        await asyncio.sleep(0.01)
+    return checkpointer.runs
+
+
 async def write_batches(db: Path) -> SqliteWriter:
     conn = open_sqlite(str(db), 1000)
     conn.execute("CREATE TABLE t (x TEXT)")
@@ -74,12 +84,8 @@ async def test_the_checkpointer_copies_the_wal_back(
     db = tmp_path / "w.db"
     writer = await write_batches(db)
     checkpointer = writer._checkpointer
-    for _ in range(200):  # the last request may still be running
-        if checkpointer.runs:
-            break
-        await asyncio.sleep(0.01)
+    assert await checkpoints_after(checkpointer, 0) >= 1
     await writer.close()
-    assert checkpointer.runs >= 1
     assert checkpointer.copied > 0
 
 
@@ -105,12 +111,8 @@ async def test_a_checkpointer_that_cannot_open_the_file_tries_again(tmp_path: Pa
     db.parent.mkdir()
     open_sqlite(str(db), 1000).close()
     checkpointer.request()
-    for _ in range(200):
-        if checkpointer.runs:
-            break
-        await asyncio.sleep(0.01)
+    assert await checkpoints_after(checkpointer, 0) >= 1
     checkpointer.close()
-    assert checkpointer.runs >= 1
 
 
 async def test_a_closed_writer_writes_and_checkpoints_again(
@@ -123,9 +125,5 @@ async def test_a_closed_writer_writes_and_checkpoints_again(
     runs = writer._checkpointer.runs
     for _ in range(100):
         await writer.write([("INSERT INTO t (x) VALUES (:x)", [{"x": ROW}])])
-    for _ in range(200):
-        if writer._checkpointer.runs > runs:
-            break
-        await asyncio.sleep(0.01)
+    assert await checkpoints_after(writer._checkpointer, runs) > runs
     await writer.close()
-    assert writer._checkpointer.runs > runs
