@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,11 @@ BATCHES = 500
 def wal_pages(db: Path) -> float:
     wal = Path(f"{db}-wal")
     return os.path.getsize(wal) / 4096 if wal.exists() else 0.0
+
+
+@pytest.fixture
+def frequent_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
 
 
 async def checkpoints_after(checkpointer: sqlite_writer.Checkpointer, runs: int) -> int:
@@ -77,10 +83,8 @@ async def test_the_writers_safety_net_bounds_the_wal_without_the_checkpointer(
     assert pages < 600, pages
 
 
-async def test_the_checkpointer_copies_the_wal_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
+@pytest.mark.usefixtures("frequent_checkpoints")
+async def test_the_checkpointer_copies_the_wal_back(tmp_path: Path) -> None:
     db = tmp_path / "w.db"
     writer = await write_batches(db)
     checkpointer = writer._checkpointer
@@ -91,23 +95,25 @@ async def test_the_checkpointer_copies_the_wal_back(
 
 async def test_close_stops_the_writer_and_checkpointer_threads(tmp_path: Path) -> None:
     db = tmp_path / "w.db"
+    before = set(threading.enumerate())
     writer = await write_batches(db)
     writer._checkpointer.request()
-    threads = [writer._thread, writer._checkpointer._thread]
-    assert all(t is not None and t.is_alive() for t in threads)
+    started = [t for t in threading.enumerate() if t not in before]
+    names = sorted(t.name.split("_")[0] for t in started)
+    assert names == ["rtgate-sqlite-checkpoint", "rtgate-sqlite-writer"], names
     await writer.close()
-    assert not any(t is not None and t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in started)
 
 
 async def test_a_checkpointer_that_cannot_open_the_file_tries_again(tmp_path: Path) -> None:
-    """A failed open must not leave a dead thread standing in for a live one: the WAL would
-    then grow for as long as the gateway runs."""
+    """A failed open must not stop later checkpoints: the WAL would then grow for as long as
+    the gateway runs."""
     db = tmp_path / "later" / "w.db"
     checkpointer = sqlite_writer.Checkpointer(str(db), 1000)
     checkpointer.request()  # the directory does not exist yet: the open fails
-    first = checkpointer._thread
-    if first is not None:
-        first.join(5)
+    assert checkpointer._queued is not None
+    checkpointer._queued.result(5)
+    assert checkpointer.runs == 0
     db.parent.mkdir()
     open_sqlite(str(db), 1000).close()
     checkpointer.request()
@@ -115,10 +121,8 @@ async def test_a_checkpointer_that_cannot_open_the_file_tries_again(tmp_path: Pa
     checkpointer.close()
 
 
-async def test_a_closed_writer_writes_and_checkpoints_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 20)
+@pytest.mark.usefixtures("frequent_checkpoints")
+async def test_a_closed_writer_writes_and_checkpoints_again(tmp_path: Path) -> None:
     db = tmp_path / "w.db"
     writer = await write_batches(db)
     await writer.close()

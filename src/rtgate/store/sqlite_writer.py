@@ -34,6 +34,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from rtgate.gil import Lender
@@ -148,19 +149,21 @@ class SqliteWriter:
 
 
 class Checkpointer:
-    """Checkpoints the WAL of the file at ``path`` when asked, from a thread and a connection
-    of its own: ``PRAGMA wal_checkpoint(PASSIVE)`` copies what no reader still needs back into
-    the database without taking the write lock, so the writer commits on meanwhile. Nobody
-    waits for it; one that fails, or a connection that cannot be opened, is logged and the next
-    request tries again. Requests that come while one runs make one more, not many."""
+    """Checkpoints the WAL of the file at ``path`` when asked, on a thread and a connection of
+    its own: ``PRAGMA wal_checkpoint(PASSIVE)`` copies what no reader still needs back into the
+    database without taking the write lock, so the writer commits on meanwhile. Nobody waits for
+    it; one that fails, or a connection that cannot be opened, is logged and the next request
+    tries again. A request while one is queued adds nothing; while one runs, one more."""
 
     def __init__(self, path: str, busy_ms: int) -> None:
         self._path = path
         self._busy_ms = busy_ms
-        self._asked = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Made on the first request, shut down by ``close`` (a later request makes another).
+        self._pool: ThreadPoolExecutor | None = None
+        self._queued: Future[None] | None = None
+        #: Opened, used and closed in the pool's one thread.
+        self._conn: sqlite3.Connection | None = None
         #: Checkpoints done so far, and the WAL frames the last one had copied back.
         self.runs = 0
         self.copied = 0
@@ -168,53 +171,39 @@ class Checkpointer:
     def request(self) -> None:
         """Ask for a checkpoint (any thread)."""
         with self._lock:
-            if self._stopping:
+            queued = self._queued
+            if queued is not None and not (queued.running() or queued.done()):
                 return
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._serve, name="rtgate-sqlite-checkpoint", daemon=True
-                )
-                self._thread.start()
-        self._asked.set()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtgate-sqlite-checkpoint")
+            self._queued = self._pool.submit(self._checkpoint)
 
-    def _serve(self) -> None:
+    def _checkpoint(self) -> None:
         try:
-            conn = open_sqlite(self._path, self._busy_ms)
+            if self._conn is None:
+                self._conn = open_sqlite(self._path, self._busy_ms)
+            busy, _, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            log.warning("cannot open the SQLite file to checkpoint it (retried later): %s", exc)
-            with self._lock:
-                self._thread = None
+            log.warning("checkpointing the SQLite WAL failed (retried later): %s", exc)
             return
-        try:
-            while True:
-                self._asked.wait()
-                self._asked.clear()
-                if self._stopping:
-                    return
-                try:
-                    busy, _, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    log.warning("checkpointing the SQLite WAL failed (retried later): %s", exc)
-                    continue
-                # busy: another connection (a worker process's checkpointer) was at it.
-                if not busy:
-                    self.runs += 1
-                    self.copied = copied
-        finally:
+        # busy: another connection (a worker process's checkpointer) was at it.
+        if not busy:
+            self.runs += 1
+            self.copied = copied
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             conn.close()
 
     def close(self) -> None:
-        """Stop the thread (blocking: the caller's thread, not the loop's). A request after
-        this starts a new one, as a write after ``SqliteWriter.close`` starts a new writer."""
+        """Close the connection in its thread and end the thread (blocking: the caller's
+        thread, not the loop's)."""
         with self._lock:
-            self._stopping = True
-            thread, self._thread = self._thread, None
-        self._asked.set()
-        if thread is not None:
-            thread.join()
-        with self._lock:
-            self._stopping = False
-            self._asked.clear()
+            pool, self._pool, self._queued = self._pool, None, None
+        if pool is not None:
+            pool.submit(self._close_conn)
+            pool.shutdown(wait=True)
 
 
 def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:
