@@ -22,7 +22,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, load_settings
-from rtgate.server import DrainBarrier, close_together, unshared_workers_warning
+from rtgate.server import unshared_workers_warning
+from rtgate.workers import DrainBarrier, close_together
 from tests.process import (
     cli_json,
     create_key,
@@ -92,7 +93,8 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
 #: What a serving process has no use for (docs/performance.md "Memory"): the CLI itself
 #: (``rtgate serve`` re-executes itself without it), its tables and the tracebacks structlog
 #: would render with them; SQLAlchemy (the store's queries are SQL text, 9.8), greenlet and
-#: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver.
+#: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver; multiprocessing, which
+#: only ``--workers N`` needs (``rtgate.workers``).
 NOT_SERVING = (
     "rich",
     "pygments",
@@ -106,6 +108,7 @@ NOT_SERVING = (
     # Settings, bodies and views are msgspec structs: pydantic is the dev tools' (the openai SDK's).
     "pydantic",
     "pydantic_core",
+    "multiprocessing",
 )
 
 
