@@ -302,8 +302,9 @@ class UpstreamTls:
 
 def plain_upstream(a: argparse.Namespace) -> None:
     """For scripts that start relays with ``Relay.start`` and ``load_generator`` but offer
-    neither ``--upstream-tls`` nor ``--budget-for``: a plain ``ws://`` upstream, no budget."""
-    a.tls, a.budget_for = None, set()
+    none of ``--upstream-tls``, ``--budget-for`` and ``--probe``: a plain ``ws://`` upstream,
+    no budget, no probe."""
+    a.tls, a.budget_for, a.probe = None, set(), None
 
 
 def upstream_base(a: argparse.Namespace) -> str:
