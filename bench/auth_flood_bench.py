@@ -41,7 +41,7 @@ from rtgate.api.request_timeouts import app_runner  # noqa: E402
 from rtgate.config import load_settings  # noqa: E402
 from rtgate.logs import configure_logging  # noqa: E402
 from rtgate.relay.endpoint import GATEWAY  # noqa: E402
-from rtgate.server import freeze_startup_heap  # noqa: E402
+from rtgate.serving import freeze_startup_heap  # noqa: E402
 
 BAD_KEY = "rtg_nope0000_" + "x" * 32
 

@@ -72,7 +72,7 @@ from rtgate.protocol.relay_session import RelaySession  # noqa: E402
 from rtgate.protocol.usage import Usage  # noqa: E402
 from rtgate.redis_fleet import RedisFleet  # noqa: E402
 from rtgate.relay.endpoint import GATEWAY  # noqa: E402
-from rtgate.server import freeze_startup_heap  # noqa: E402
+from rtgate.serving import freeze_startup_heap  # noqa: E402
 
 #: Limits no run reaches: the bench measures the admitted path, the one every session takes.
 LIMITED = KeyPolicy(max_sessions=1_000_000, sessions_per_minute=1_000_000)

@@ -69,7 +69,7 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 async def readiness_settles(port: int, status: int, in_a_row: int = 12) -> None:
     """Wait until ``in_a_row`` fresh connections in a row answer ``/readyz`` with ``status``:
     with ``--workers`` the kernel spreads them over every worker (``SO_REUSEPORT``). A reset
-    fails the wait: while any worker serves, every worker keeps its listener (server.py)."""
+    fails the wait: while any worker serves, every worker keeps its listener (workers.py)."""
     streak = 0
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:

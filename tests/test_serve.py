@@ -112,6 +112,25 @@ NOT_SERVING = (
 )
 
 
+def list_modules_at_exit(env: dict[str, str], where: Path) -> None:
+    """Have every Python process started with ``env`` write the modules it had loaded to
+    ``where/modules-PID.txt`` as it exits. ``rtgate serve`` re-executes itself (``cli.serve``),
+    so the listing comes from a ``sitecustomize`` on its path: the CLI's process image is
+    replaced before its exit handlers could run, the server's (and its workers') write it."""
+    probe = where / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        f"out = os.path.join({str(where)!r}, f'modules-{{os.getpid()}}.txt')\n"
+        "atexit.register(lambda: open(out, 'w').write('\\n'.join(sys.modules)))\n"
+    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(probe), env.get("PYTHONPATH")) if p)
+
+
+def modules_of(where: Path, pid: int) -> set[str]:
+    return set((where / f"modules-{pid}.txt").read_text().splitlines())
+
+
 async def modules_of_a_serving_gateway(
     tmp_path: Path, provider: FakeProvider, database_url: str | None = None
 ) -> set[str]:
@@ -122,17 +141,7 @@ async def modules_of_a_serving_gateway(
     if database_url is not None:
         env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")
-    imports = tmp_path / "modules.txt"
-    # ``rtgate serve`` re-executes itself (``cli.serve``), so the listing comes from a
-    # ``sitecustomize`` on its path: the CLI's process image is replaced before its exit
-    # handlers could run, the server's write it.
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    (probe / "sitecustomize.py").write_text(
-        "import atexit, sys\n"
-        f"atexit.register(lambda: open({str(imports)!r}, 'w').write('\\n'.join(sys.modules)))\n"
-    )
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(probe), env.get("PYTHONPATH")) if p)
+    list_modules_at_exit(env, tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtgate", "serve"], env=env, stdout=subprocess.DEVNULL
     )
@@ -145,7 +154,7 @@ async def modules_of_a_serving_gateway(
         assert proc.wait(15) == 0
     finally:
         kill_tree(proc)
-    return set(imports.read_text().splitlines())
+    return modules_of(tmp_path, proc.pid)
 
 
 async def test_a_gateway_on_sqlite_serves_without_the_cli_or_sqlalchemy(
@@ -163,6 +172,36 @@ async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
     loaded = await modules_of_a_serving_gateway(tmp_path, provider, db_url)
     assert {"rtgate.relay.pump", "rtgate.store.sql", "asyncpg"} <= loaded
     assert sorted(loaded & set(NOT_SERVING) - {"asyncpg"}) == []
+
+
+async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The parent of ``--workers N`` forwards signals and closes its workers together; the app,
+    aiohttp and the relay are its workers' alone (~30 MB it held before, docs/performance.md
+    9.16)."""
+    port = free_port()
+    env = provider.gateway_env(tmp_path / "home", port, RTGATE_WORKERS="2")
+    list_modules_at_exit(env, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtgate", "serve"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        await wait_ready(port, proc)
+        workers = [p.pid for p in psutil.Process(proc.pid).children() if p.pid != proc.pid]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        kill_tree(proc)
+    serving = {"aiohttp", "rtgate.serving", "rtgate.api.app", "rtgate.relay.pump", "picows"}
+    parent = modules_of(tmp_path, proc.pid)
+    assert {"rtgate.workers", "multiprocessing"} <= parent
+    assert sorted(parent & serving) == []
+    # The workers (not the resource tracker multiprocessing also starts) serve.
+    served = [
+        modules_of(tmp_path, pid) for pid in workers if (tmp_path / f"modules-{pid}.txt").exists()
+    ]
+    assert len([m for m in served if serving <= m]) == 2
 
 
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:

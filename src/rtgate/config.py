@@ -68,7 +68,7 @@ class Secret:
         return hash(Secret)
 
     def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        # Settings travel to spawned workers pickled (server.py).
+        # Settings travel to spawned workers pickled (workers.py).
         return Secret, (self._value,)
 
 

@@ -5,7 +5,7 @@ A drain (SIGTERM, or ``POST /admin/v1/drain``) moves the gateway from SERVING to
 elsewhere, and new sessions (sockets, client secrets, calls) are refused with
 ``server_shutting_down``, a reconnect error. The live sessions, relayed sockets and call
 sidebands alike, run on until they end or ``drain_seconds`` pass; those still live then get an
-``error`` event and 1001. ``finished`` is set either way, and the process exits (``server.py``);
+``error`` event and 1001. ``finished`` is set either way, and the process exits (``serving.py``);
 the ledger drains at the application's cleanup, as on every exit, so every usage record of the
 drain is written first.
 

@@ -6,7 +6,7 @@ Upstream dials (``wss://``) share one client context, ``upstream_context``, whic
 builds once at start-up (``Gateway.upstream_tls``).
 
 The gateway dials its embedded engine on a loopback port of its own, in plain ``ws://``
-(``server.py``): that dial never leaves the machine, and the engine's route wants the process's
+(``serving.py``): that dial never leaves the machine, and the engine's route wants the process's
 own token.
 """
 

@@ -1,14 +1,14 @@
 """``--workers N``: N processes sharing the port, started and told to drain by a parent.
 
-Imported only when ``workers`` is over 1 (``server.serve``): ``multiprocessing`` and ``pickle``
-are ~0.9 MB of a single process's fixed footprint that it has no use for (docs/performance.md
-9.16).
+Imported only when ``workers`` is over 1 (``server.serve``): a single process has no use for
+``multiprocessing``. The parent imports no more than this module does; each worker imports the
+serving process (``rtgate.serving``) once it starts (docs/performance.md 9.16).
 
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
 they share the database, and with ``redis_url`` the session limits and the admin API's view of
 live sessions; without it each worker counts and sees only its own (a warning says so). The
 parent forwards SIGTERM, SIGINT and SIGUSR1 to every worker, and each drains on its own
-(``rtgate.server``'s docstring says what each signal means).
+(``rtgate.serving``'s docstring says what each signal means).
 
 Workers of a drain close together. Each worker's ``SO_REUSEPORT`` listener has an accept queue
 of its own, and the kernel resets the connections still queued on a listener that closes; so a
@@ -31,7 +31,7 @@ from typing import Protocol
 
 from rtgate.config import Settings
 from rtgate.logs import configure_logging
-from rtgate.server import install_uvloop, provider_secrets, serve_async
+from rtgate.server import provider_secrets
 
 
 class DrainBarrier:
@@ -92,15 +92,15 @@ def _worker(
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     configure_logging(settings.log_level, provider_secrets(settings), settings.log_format)
-    install_uvloop()
-    asyncio.run(
-        serve_async(
-            settings,
-            engine_token,
-            propagate_drain=_tell_parent_to_drain,
-            drain_requested=drain_requested.is_set,
-            siblings=DrainBarrier(parent),
-        )
+    # Here, not at the top: the parent imports this module and serves nothing.
+    from rtgate.serving import serve_one
+
+    serve_one(
+        settings,
+        engine_token,
+        propagate_drain=_tell_parent_to_drain,
+        drain_requested=drain_requested.is_set,
+        siblings=DrainBarrier(parent),
     )
 
 

@@ -122,7 +122,7 @@ def create_app(
     propagate_drain: Callable[[], None] | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application. ``propagate_drain`` tells sibling worker
-    processes when the admin API asks this one to drain (``server.py``; ``rtgate.drain``)."""
+    processes when the admin API asks this one to drain (``workers.py``; ``rtgate.drain``)."""
     clock = clock or SystemClock()
     store = store or SqlStore(
         settings.resolved_database_url, timeout=settings.store_timeout_seconds

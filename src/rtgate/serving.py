@@ -1,0 +1,165 @@
+"""One serving process: the app on the front door's port, the engine's loopback site, the
+signals and the drain. ``rtgate.server`` runs it in its own process, ``rtgate.workers`` in each
+worker; the parent of ``--workers N`` serves nothing and imports none of this (aiohttp, the app,
+the relay: ~30 MB of a process that only forwards signals; docs/performance.md 9.16).
+
+Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run on until they
+end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
+or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
+how a worker that the admin API asked to drain has the parent tell every worker. The parent of
+``--workers N`` forwards each of these signals to every worker, and each drains on its own; a
+worker that has drained waits for its siblings before it closes (``workers.DrainBarrier``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.request_timeouts import app_runner
+from rtgate.config import Settings
+from rtgate.drain import DRAIN
+from rtgate.relay.endpoint import relay_door
+from rtgate.relay.front_door import FrontDoorSite
+from rtgate.tls import server_context
+from rtgate.welcome import summary_lines
+
+if TYPE_CHECKING:
+    from rtgate.workers import DrainBarrier
+
+log = logging.getLogger("rtgate")
+
+
+def _program() -> str:
+    """How the person ran rtgate (``.venv/bin/rtgate`` under make run), for the lines that
+    tell them what to type next: the CLI's ``argv[0]``, which ``cli.serve`` passes on as this
+    process's first argument (``python -m rtgate.server PROGRAM``; spawned workers get the
+    parent's ``argv``)."""
+    argv0 = Path(sys.argv[1] if len(sys.argv) > 1 else "rtgate")
+    return str(argv0) if argv0.name == "rtgate" else "rtgate"
+
+
+def install_uvloop() -> None:
+    if sys.platform != "win32":
+        import uvloop
+
+        uvloop.install()
+
+
+def freeze_startup_heap() -> None:
+    """Move everything built at startup (the app, settings, the catalog, ~120k
+    objects) out of the cyclic collector's reach: it lives as long as the process, and a full
+    collection that walks it stalls every session (measured ~37 ms, a p99 spike under load).
+    Sessions' own objects are still collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    tasks = [asyncio.create_task(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def serve_async(
+    settings: Settings,
+    engine_token: str,
+    sock: socket.socket | None = None,
+    propagate_drain: Callable[[], None] | None = None,
+    drain_requested: Callable[[], bool] | None = None,
+    siblings: DrainBarrier | None = None,
+) -> None:
+    app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
+    # At exit aiohttp waits this long for handlers still running (a drain's length at least).
+    wait = max(60.0, settings.drain_seconds)
+    runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
+    await runner.setup()
+    tls = server_context(settings.tls_certfile, settings.tls_keyfile)
+    # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
+    site = FrontDoorSite(
+        runner,
+        relay_door(app),
+        head_timeout=settings.request_timeout_seconds,
+        host=settings.host,
+        port=settings.port,
+        sock=sock,
+        reuse_port=settings.workers > 1,
+        backlog=4096,
+        ssl_context=tls,
+    )
+    await site.start()
+    # The relay dials this process's own engine on a loopback port of its own: on the shared
+    # port (SO_REUSEPORT, --workers) the kernel may hand the engine's connection to a sibling,
+    # which then ends it when it drains or stops before this worker's session does. The engine
+    # routes need this process's per-process token, and the port is loopback only, so no TLS.
+    engine_site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await engine_site.start()
+    set_local_base_url(app, "127.0.0.1", engine_site.port)
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
+    else:
+        host, port = settings.host, settings.port
+    freeze_startup_heap()
+    shown = f"[{host}]" if ":" in str(host) else host
+    scheme = "https" if tls is not None else "http"
+    for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
+        log.info(line)
+    drain = app[DRAIN]
+    now = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if drain.started:
+            log.info("second SIGTERM: ending the live sessions now")
+            now.set()
+        else:
+            drain.begin()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, now.set)
+    loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    if drain_requested is not None and drain_requested():
+        # A worker that came up after the parent fanned a drain out ignored that signal
+        # (_worker); the parent marks the request before it signals, so it is seen here.
+        drain.begin()
+    await _first_of(now.wait(), drain.finished.wait())
+    if siblings is not None and not now.is_set():
+        log.info("drained: listening on, refusing new sessions, until every worker has drained")
+        await _first_of(now.wait(), siblings.wait())
+    log.info("shutting down")
+    # Stops listening, ends what is still live (1001), waits for the handlers, drains the ledger.
+    await runner.cleanup()
+
+
+def serve_one(
+    settings: Settings,
+    engine_token: str,
+    *,
+    drain_requested: Callable[[], bool] | None = None,
+    propagate_drain: Callable[[], None] | None = None,
+    siblings: DrainBarrier | None = None,
+) -> None:
+    """Serve in this process until its drain or stop is over, on uvloop."""
+    install_uvloop()
+    asyncio.run(
+        serve_async(
+            settings,
+            engine_token,
+            propagate_drain=propagate_drain,
+            drain_requested=drain_requested,
+            siblings=siblings,
+        )
+    )
