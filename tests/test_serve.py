@@ -28,6 +28,7 @@ from tests.process import (
     cli_json,
     create_key,
     free_port,
+    gateway_env,
     kill_tree,
     readiness_settles,
     wait_ready,
@@ -174,11 +175,32 @@ async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
     assert sorted(loaded & set(NOT_SERVING) - {"asyncpg"}) == []
 
 
+#: All of rtgate the parent of ``--workers N`` imports: the settings and what reads them, the
+#: logs, and the workers' own module (``rtgate.server`` itself runs as ``__main__``).
+PARENT_OF_WORKERS = {
+    "rtgate",
+    "rtgate.workers",
+    "rtgate.config",
+    "rtgate.errors",
+    "rtgate.logs",
+    "rtgate.tls",
+    "rtgate.validation",
+}
+
+
+def spawned_workers(parent: int) -> list[int]:
+    """The pids of ``--workers N``'s workers (not the resource tracker multiprocessing starts
+    beside them)."""
+    return [
+        p.pid for p in psutil.Process(parent).children() if "--multiprocessing-fork" in p.cmdline()
+    ]
+
+
 async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     """The parent of ``--workers N`` forwards signals and closes its workers together; the app,
-    aiohttp and the relay are its workers' alone (~30 MB it held before, docs/performance.md
+    aiohttp and the relay are its workers' alone (~24 MB it held before, docs/performance.md
     9.16)."""
     port = free_port()
     env = provider.gateway_env(tmp_path / "home", port, RTGATE_WORKERS="2")
@@ -188,20 +210,41 @@ async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
     )
     try:
         await wait_ready(port, proc)
-        workers = [p.pid for p in psutil.Process(proc.pid).children() if p.pid != proc.pid]
+        # Both serving, each past the point where it ignores SIGTERM until its drain.
+        await readiness_settles(port, 200)
+        workers = spawned_workers(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
         kill_tree(proc)
-    serving = {"aiohttp", "rtgate.serving", "rtgate.api.app", "rtgate.relay.pump", "picows"}
     parent = modules_of(tmp_path, proc.pid)
-    assert {"rtgate.workers", "multiprocessing"} <= parent
-    assert sorted(parent & serving) == []
-    # The workers (not the resource tracker multiprocessing also starts) serve.
-    served = [
-        modules_of(tmp_path, pid) for pid in workers if (tmp_path / f"modules-{pid}.txt").exists()
-    ]
-    assert len([m for m in served if serving <= m]) == 2
+    assert {"multiprocessing", "rtgate.workers"} <= parent
+    assert sorted(m for m in parent if m.startswith("rtgate")) == sorted(PARENT_OF_WORKERS)
+    assert sorted(parent & {"aiohttp", "picows", "uvloop", "yarl"}) == []
+    assert len(workers) == 2
+    for pid in workers:
+        assert {"aiohttp", "rtgate.serving", "rtgate.api.app", "rtgate.relay.pump"} <= (
+            modules_of(tmp_path, pid)
+        )
+
+
+def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
+    tmp_path: Path,
+) -> None:
+    env = gateway_env(tmp_path / "home", free_port(), RTGATE_WORKERS="2")
+    # Nothing listens on port 1: each worker's store fails to open as it starts.
+    env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtgate", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("error: cannot open the database: ConnectionRefusedError") == 2
+    assert "Traceback" not in proc.stderr
 
 
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:

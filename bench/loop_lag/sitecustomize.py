@@ -59,7 +59,7 @@ def _tick_on(loop: Any) -> None:
 
 
 def _hook_uvloop() -> None:
-    """Every loop uvloop makes gets the timer: ``rtgate.server`` installs uvloop's policy, whose
+    """Every loop uvloop makes gets the timer: ``rtgate.serving`` installs uvloop's policy, whose
     loops come from the module's ``new_event_loop``."""
     import uvloop
 

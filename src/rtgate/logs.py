@@ -26,6 +26,8 @@ import orjson
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
 
+    from rtgate.config import Settings
+
 LogFormat = Literal["auto", "console", "json"]
 
 #: The ``extra`` fields a log call may carry, in the order a terminal line shows them.
@@ -170,6 +172,16 @@ def configure_logging(
     # frame past max_message_bytes) at ERROR: the relay logs the session's close code instead.
     logging.getLogger("picows").setLevel(logging.WARNING)
     handler.addFilter(_not_a_peer_protocol_error)
+
+
+def configure_serving_logs(settings: Settings) -> None:
+    """``configure_logging`` as ``settings`` ask, for ``rtgate serve``'s process and each of its
+    workers: every secret the settings hold (the providers' keys, the admin, metrics and brain
+    tokens) is stripped from whatever a log line would show."""
+    held = [u.api_key for u in settings.upstreams.values()]
+    held += [settings.admin_token, settings.metrics_token, settings.engine.brain_api_key]
+    secrets = [s.get_secret_value() for s in held if s is not None]
+    configure_logging(settings.log_level, secrets, settings.log_format)
 
 
 def _not_a_peer_protocol_error(record: logging.LogRecord) -> bool:

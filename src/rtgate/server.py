@@ -1,7 +1,8 @@
 """``rtgate serve``'s process (``python -m rtgate.server``, re-executed by ``cli.serve``): the
 settings, the warnings an operator must see, then one serving process (``rtgate.serving``) or
-``--workers N`` of them (``rtgate.workers``). Each is imported only when chosen, so the parent
-of N workers holds the settings and ``multiprocessing``, not the app it never serves."""
+``--workers N`` of them (``rtgate.workers``). The entry point, not the serving: each of those is
+imported only when chosen, so the parent of N workers holds the settings and
+``multiprocessing``, not the app it never serves."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ import sys
 
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
-from rtgate.logs import configure_logging
+from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
 
 log = logging.getLogger("rtgate")
-
-
-def provider_secrets(settings: Settings) -> list[str]:
-    """Every secret the process holds, for the log filter to strip."""
-    held = [u.api_key for u in settings.upstreams.values()]
-    held += [settings.admin_token, settings.metrics_token, settings.engine.brain_api_key]
-    return [s.get_secret_value() for s in held if s is not None]
 
 
 def unshared_workers_warning(settings: Settings) -> str | None:
@@ -57,10 +51,11 @@ def open_metrics_warning(settings: Settings) -> str | None:
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """Serve until the drain or stop is over; the exit status (``serve_workers``')."""
     # A certificate the command line named is checked before anything starts.
     server_context(settings.tls_certfile, settings.tls_keyfile)
-    configure_logging(settings.log_level, provider_secrets(settings), settings.log_format)
+    configure_serving_logs(settings)
     for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
         if warning is not None:
             log.warning(warning)
@@ -71,10 +66,10 @@ def serve(settings: Settings) -> None:
         from rtgate.serving import serve_one
 
         serve_one(settings, engine_token)
-    else:
-        from rtgate.workers import serve_workers
+        return 0
+    from rtgate.workers import serve_workers
 
-        serve_workers(settings, engine_token)
+    return serve_workers(settings, engine_token)
 
 
 def main() -> int:
@@ -83,11 +78,10 @@ def main() -> int:
     them. A start-up failure (database, Redis, a file changed since) is one line naming the
     setting, not a traceback, and exit status 2, as the CLI reports it."""
     try:
-        serve(load_settings())
+        return serve(load_settings())
     except GatewayError as err:
         sys.stderr.write(f"error: {err.message}\n")
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def _program() -> str:
 
 
 def install_uvloop() -> None:
+    """uvloop where it runs: its loop does the relay's socket work in C (docs/performance.md)."""
     if sys.platform != "win32":
         import uvloop
 
@@ -133,7 +134,7 @@ async def serve_async(
     loop.add_signal_handler(signal.SIGUSR1, drain.begin)
     if drain_requested is not None and drain_requested():
         # A worker that came up after the parent fanned a drain out ignored that signal
-        # (_worker); the parent marks the request before it signals, so it is seen here.
+        # (``workers._worker``); the parent marks the request before it signals, so it is seen here.
         drain.begin()
     await _first_of(now.wait(), drain.finished.wait())
     if siblings is not None and not now.is_set():
@@ -152,7 +153,9 @@ def serve_one(
     propagate_drain: Callable[[], None] | None = None,
     siblings: DrainBarrier | None = None,
 ) -> None:
-    """Serve in this process until its drain or stop is over, on uvloop."""
+    """Serve in this process until its drain or stop is over. The keywords are a worker's
+    (``workers._worker``): how it asks its siblings to drain, whether the parent already has,
+    and its wait for them to drain before it closes."""
     install_uvloop()
     asyncio.run(
         serve_async(

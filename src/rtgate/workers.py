@@ -7,8 +7,7 @@ serving process (``rtgate.serving``) once it starts (docs/performance.md 9.16).
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
 they share the database, and with ``redis_url`` the session limits and the admin API's view of
 live sessions; without it each worker counts and sees only its own (a warning says so). The
-parent forwards SIGTERM, SIGINT and SIGUSR1 to every worker, and each drains on its own
-(``rtgate.serving``'s docstring says what each signal means).
+parent forwards the signals (``rtgate.serving`` says what each means) and serves nothing.
 
 Workers of a drain close together. Each worker's ``SO_REUSEPORT`` listener has an accept queue
 of its own, and the kernel resets the connections still queued on a listener that closes; so a
@@ -23,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
+import sys
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
 from rtgate.config import Settings
-from rtgate.logs import configure_logging
-from rtgate.server import provider_secrets
+from rtgate.errors import GatewayError
+from rtgate.logs import configure_serving_logs
+
+log = logging.getLogger("rtgate")
 
 
 class DrainBarrier:
@@ -91,25 +94,31 @@ def _worker(
     # action once listening, it would reset the connections queued on its listener.
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    configure_logging(settings.log_level, provider_secrets(settings), settings.log_format)
+    configure_serving_logs(settings)
     # Here, not at the top: the parent imports this module and serves nothing.
     from rtgate.serving import serve_one
 
-    serve_one(
-        settings,
-        engine_token,
-        propagate_drain=_tell_parent_to_drain,
-        drain_requested=drain_requested.is_set,
-        siblings=DrainBarrier(parent),
-    )
+    try:
+        serve_one(
+            settings,
+            engine_token,
+            propagate_drain=_tell_parent_to_drain,
+            drain_requested=drain_requested.is_set,
+            siblings=DrainBarrier(parent),
+        )
+    except GatewayError as err:
+        # A start-up failure (database, Redis): one line and status 2, as ``server.main``.
+        sys.stderr.write(f"error: {err.message}\n")
+        sys.exit(2)
 
 
-def serve_workers(settings: Settings, engine_token: str) -> None:
+def serve_workers(settings: Settings, engine_token: str) -> int:
     """Start ``settings.workers`` spawned workers, forward the signals to them, close them
-    together, and return once every one has exited."""
+    together, and return once every one has exited: the exit status, 2 if a worker failed to
+    start (as one process would), 1 if one ended otherwise in failure, else 0."""
     ctx = multiprocessing.get_context("spawn")
     # Set before a drain is fanned out: a worker still starting then, deaf to the signal, sees
-    # it once it serves (serve_async), so no worker outlives a drain.
+    # it once it serves (``serving.serve_async``), so no worker outlives a drain.
     drain_requested = ctx.Event()
     pipes = [ctx.Pipe() for _ in range(settings.workers)]
     procs = [
@@ -140,3 +149,8 @@ def serve_workers(settings: Settings, engine_token: str) -> None:
     close_together([ours for ours, _ in pipes])
     for p in procs:
         p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    for p in procs:
+        if p.exitcode:
+            log.error("%s exited with status %s", p.name, p.exitcode)
+    return 2 if 2 in failed else 1 if failed else 0
