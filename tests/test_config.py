@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from rtgate.catalog import Catalog, model_family
-from rtgate.config import GEMINI_LIVE_URL, load_settings
+from rtgate.config import GEMINI_LIVE_URL, load_settings, loopback_url
 from rtgate.errors import ConfigError, ModelNotFound
 
 
@@ -293,3 +293,10 @@ def test_settings_are_frozen() -> None:
     s = load_settings(None, {})
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_a_listener_on_every_interface_is_dialled_on_loopback() -> None:
+    assert loopback_url("ws", "0.0.0.0", 8080, "/v1") == "ws://127.0.0.1:8080/v1"
+    assert loopback_url("ws", "::", 9, "/e") == "ws://127.0.0.1:9/e"
+    assert loopback_url("wss", "::1", 443, "/v1") == "wss://[::1]:443/v1"
+    assert loopback_url("ws", "10.0.0.5", 80, "") == "ws://10.0.0.5:80"

@@ -68,3 +68,22 @@ async def test_talk_reports_a_refused_key(local_gateway: Any, tmp_path: Path) ->
     result = await asyncio.to_thread(CliRunner().invoke, app, args)
     assert result.exit_code == 1
     assert "invalid_api_key" in result.output
+
+
+async def test_talk_finds_the_gateway_on_the_port_the_settings_name(
+    local_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``--url``: the address comes from the same settings ``rtgate serve`` reads, so a
+    gateway started with ``RTGATE_PORT`` is talked to there (not at the default 8080)."""
+    import asyncio
+
+    key = await local_gateway.new_key()
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "cli-home"))
+    # Listening on every interface: dialled through 127.0.0.1.
+    monkeypatch.setenv("RTGATE_HOST", "0.0.0.0")
+    monkeypatch.setenv("RTGATE_PORT", local_gateway.ws.rsplit(":", 1)[1])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = ["talk", "--key", key, "--text", "hello there", "--out", str(tmp_path / "r.wav")]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert "response.done" in result.output

@@ -469,9 +469,13 @@ def talk(
     text: Annotated[str | None, typer.Option(help="Say this (a typed line).")] = None,
     wav: Annotated[Path | None, typer.Option(help="Say this WAV file (16-bit).")] = None,
     out: Annotated[Path, typer.Option(help="Where to save the spoken reply.")] = Path("reply.wav"),
-    url: Annotated[str, typer.Option(help="The gateway's WebSocket base.")] = (
-        "ws://127.0.0.1:8080/v1"
-    ),
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="The gateway's WebSocket base [default: this machine's gateway, at the host, "
+            "port and TLS the settings name: ws://127.0.0.1:8080/v1 unless changed]."
+        ),
+    ] = None,
     model: Annotated[str, typer.Option(help="Model to talk to.")] = "gpt-realtime",
     instructions: Annotated[str | None, typer.Option(help="Session instructions.")] = None,
     quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
@@ -496,6 +500,9 @@ def talk(
 
     try:
         pcm = read_wav_24k(wav) if wav is not None else None
+        # The settings' port (RTGATE_PORT, the config file), not a fixed 8080: ``make run``
+        # on another port is talked to as it is told to listen.
+        url = url or _settings().local_url("/v1")
         result = asyncio.run(
             run_talk(
                 url, key, model=model, text=text, pcm=pcm, instructions=instructions, on_event=show

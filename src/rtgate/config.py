@@ -437,6 +437,21 @@ class Settings(_Frozen, frozen=True, kw_only=True):
             return self.database_url
         return f"sqlite:///{(self.home / 'rtgate.db').resolve()}"
 
+    def local_url(self, path: str) -> str:
+        """Where a client on this machine reaches ``path`` of the gateway these settings serve
+        (``rtgate talk``'s default): their port, ``wss`` when they name a certificate."""
+        return loopback_url("wss" if self.tls_certfile else "ws", self.host, self.port, path)
+
+
+def loopback_url(scheme: str, host: str, port: int, path: str) -> str:
+    """The URL a process on this machine dials for a listener bound to ``host``: one bound to
+    every interface (``0.0.0.0``, ``::``, empty) through 127.0.0.1, an IPv6 address in brackets
+    (RFC 3986 3.2.2)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}{path}"
+
 
 _ENV_SCALARS: dict[str, str] = {
     "RTGATE_HOME": "home",

@@ -34,7 +34,7 @@ from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
-from rtgate.config import Secret, Settings
+from rtgate.config import Secret, Settings, loopback_url
 from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes
@@ -264,7 +264,4 @@ def create_app(
 
 def set_local_base_url(app: web.Application, host: str, port: int) -> None:
     """Point the ``local`` upstream at this process's own engine route (known once bound)."""
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    app[GATEWAY].local_base_url = f"ws://{host}:{port}{ENGINE_PATH}"
+    app[GATEWAY].local_base_url = loopback_url("ws", host, port, ENGINE_PATH)
