@@ -243,7 +243,8 @@ def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
         timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.count("error: cannot open the database: ConnectionRefusedError") == 2
+    refused = "error: cannot open the database: ConnectionRefusedError"
+    assert proc.stderr.count(f"{refused} (postgresql://127.0.0.1:1/test)") == 2
     assert "Traceback" not in proc.stderr
 
 

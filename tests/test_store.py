@@ -25,7 +25,7 @@ from rtgate.store.port import (
     StoredClientSecret,
     StoreError,
 )
-from rtgate.store.sql import SqlStore
+from rtgate.store.sql import SqlStore, database_place
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 DAY2 = DAY1 + 86_400
@@ -687,3 +687,21 @@ async def test_a_database_made_on_sqlalchemy_opens_as_it_was_and_as_a_new_one_is
     await store.init()
     await store.close()
     assert sqlite_schema(old) == sqlite_schema(new)
+
+
+def test_a_database_is_named_by_its_place_never_its_credentials() -> None:
+    url = "postgresql+asyncpg://rtgate:s3cret-pw@db.internal:5433/gateway"
+    assert database_place(url) == "postgresql+asyncpg://db.internal:5433/gateway"
+    assert database_place("sqlite:////var/lib/rtgate/rtgate.db") == "/var/lib/rtgate/rtgate.db"
+    assert database_place("sqlite:///rtgate.db") == "rtgate.db"
+
+
+async def test_a_database_that_cannot_be_opened_is_named_in_the_error(tmp_path: Path) -> None:
+    # A file inside a file: SQLite cannot create it.
+    (tmp_path / "plain").write_text("")
+    store = SqlStore(f"sqlite:///{tmp_path / 'plain' / 'rtgate.db'}")
+    with pytest.raises(StoreError) as raised:
+        await store.init()
+    assert raised.value.message.startswith("cannot open the database: ")
+    assert raised.value.message.endswith(f"({tmp_path / 'plain' / 'rtgate.db'})")
+    await store.close()

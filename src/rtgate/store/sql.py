@@ -23,6 +23,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 from rtgate.deadline import Deadlines
 from rtgate.metering.record import UsageRecord, utc_day
@@ -136,6 +137,16 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
     return wrap
 
 
+def database_place(url: str) -> str:
+    """Where ``url`` points, without its user and password: the SQLite file, or the server's
+    ``scheme://host:port/name``."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return parts.path.removeprefix("/") or ":memory:"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or 'localhost'}{port}{parts.path}"
+
+
 def _store_error(what: str, exc: BaseException) -> StoreError:
     # asyncpg's error by its own name (``UniqueViolationError``), not its wrapper's.
     driver = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ else exc
@@ -231,8 +242,17 @@ class SqlStore:
     async def _first(self, sql: str, **params: Any) -> Row | None:
         return await self.db.run(first(sql, **params))
 
-    @_bounded("open the database", report=True)
     async def init(self) -> None:
+        """Create or migrate the schema. A failure names the database it tried (its address,
+        never its credentials): it is what an operator reads when a start fails."""
+        try:
+            await self._create_or_migrate()
+        except StoreError as err:
+            where = database_place(self.url)
+            raise StoreError(f"{err.message} ({where})", bad_data=err.bad_data) from err
+
+    @_bounded("open the database", report=True)
+    async def _create_or_migrate(self) -> None:
         await self.db.run(create_or_migrate(self.db.dialect), write=True)
 
     async def close(self) -> None:
