@@ -49,14 +49,6 @@ def _program() -> str:
     return str(argv0) if argv0.name == "rtgate" else "rtgate"
 
 
-def install_uvloop() -> None:
-    """uvloop where it runs: its loop does the relay's socket work in C (docs/performance.md)."""
-    if sys.platform != "win32":
-        import uvloop
-
-        uvloop.install()
-
-
 def freeze_startup_heap() -> None:
     """Move everything built at startup (the app, settings, the catalog, ~120k
     objects) out of the cyclic collector's reach: it lives as long as the process, and a full
@@ -156,7 +148,11 @@ def serve_one(
     """Serve in this process until its drain or stop is over. The keywords are a worker's
     (``workers._worker``): how it asks its siblings to drain, whether the parent already has,
     and its wait for them to drain before it closes."""
-    install_uvloop()
+    if sys.platform != "win32":
+        # Its loop does the relay's socket work in C (docs/performance.md).
+        import uvloop
+
+        uvloop.install()
     asyncio.run(
         serve_async(
             settings,
