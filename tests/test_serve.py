@@ -95,7 +95,8 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
 #: (``rtgate serve`` re-executes itself without it), its tables and the tracebacks structlog
 #: would render with them; SQLAlchemy (the store's queries are SQL text, 9.8), greenlet and
 #: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver; multiprocessing, which
-#: only ``--workers N`` needs (``rtgate.workers``).
+#: only ``--workers N`` needs (``rtgate.workers``); the TOML parser, when no file is read;
+#: frozenlist's C++ extension, which maps libstdc++ (``rtgate.server`` picks its pure class).
 NOT_SERVING = (
     "rich",
     "pygments",
@@ -110,6 +111,8 @@ NOT_SERVING = (
     "pydantic",
     "pydantic_core",
     "multiprocessing",
+    "tomllib",
+    "frozenlist._frozenlist",
 )
 
 
@@ -162,7 +165,7 @@ async def test_a_gateway_on_sqlite_serves_without_the_cli_or_sqlalchemy(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     loaded = await modules_of_a_serving_gateway(tmp_path, provider)
-    assert {"rtgate.relay.pump", "rtgate.store.sql", "sqlite3", "structlog"} <= loaded
+    assert {"rtgate.relay.pump", "rtgate.store.sql", "sqlite3", "structlog", "frozenlist"} <= loaded
     assert sorted(loaded & set(NOT_SERVING)) == []
 
 

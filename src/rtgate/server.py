@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 import sys
 
@@ -17,6 +18,13 @@ from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
 
 log = logging.getLogger("rtgate")
+
+# frozenlist (aiohttp's signal and middleware lists) is compiled as C++: its extension maps
+# libstdc++ into a process that has no other use for it, ~1 MB resident, to speed up lists
+# read a few times per HTTP request and never per relayed frame. Its documented switch picks its
+# pure-Python class, before anything imports it; the workers inherit it (docs/performance.md
+# 9.17). An operator's own setting stands.
+os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
 
 
 def unshared_workers_warning(settings: Settings) -> str | None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +122,8 @@ class ScriptedBrain:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ScriptedBrain:
+        import tomllib  # only with a script: as config.load_settings imports it
+
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
