@@ -67,9 +67,12 @@ MAX_REASON_BYTES = 123
 CLOSE_TIMEOUT = 5.0
 #: What a leg holds for its pump before ``start`` until it stops reading (see the module doc).
 BACKLOG_BYTES = 1 << 20
-#: picows' first read buffer per connection (it doubles as frames need): an idle session holds
-#: two. Audio frames of 20 ms are ~1.4 KB.
-READ_BUFFER_BYTES = 4096
+#: picows' first read buffer per connection, its smallest (an idle session holds two). picows
+#: keeps 256 bytes of it for its parser and doubles it after a read that fills 90 % of the
+#: rest: a 20 ms audio frame (~1.4 KB) or a fresh ``session.created`` (~1.3 KB) leaves it as it
+#: is, and the first frames that arrive together, or a 100 ms frame, grow it once for the
+#: session's life (docs/performance.md 9.17).
+READ_BUFFER_BYTES = 2048
 
 
 def picows_logger(side: str) -> logging.LoggerAdapter[logging.Logger]:
