@@ -9,6 +9,12 @@ out of the shares.
 
     python bench/relay_profile.py --n 300 [--frame-ms 20] [--native] [--relay picows]
         [--rtgate-src DIR] [--seconds 10] [--out bench/results/prof.txt]
+
+``--perf``: Linux ``perf`` samples the relay instead (``--call-graph dwarf``, so the stacks go
+through the kernel, uvloop, picows and the interpreter, which py-spy separates less well), and
+each sample is classed by what its stack holds: a frame's send, the rest of a frame's handling,
+reading the sockets, ``call_soon`` callbacks and timers, other threads. ``--out`` is then
+perf's data file (``perf report -i`` reads it too).
 """
 
 from __future__ import annotations
@@ -133,6 +139,45 @@ def summarise(path: Path, top: int) -> str:
     return "\n".join(out)
 
 
+#: ``--perf``: a sample's class, by the first of these its stack contains (its thread first).
+PERF_CLASSES = [
+    ("a frame's send (the kernel's TCP send)", ("WSListener_on_ws_frame", "__libc_send")),
+    ("a frame's handling without its send", ("WSListener_on_ws_frame",)),
+    ("callbacks from call_soon (futures, tasks)", ("uv__run_idle",)),
+    ("timers", ("uv__run_timers",)),
+    ("reading the sockets before a frame, epoll", ("uv__io_poll",)),
+]
+
+
+def perf_summary(data: Path) -> str:
+    """The samples of ``perf record`` data by class (``PERF_CLASSES``)."""
+    raw = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "pid,tid,ip,sym"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    classes: Counter[str] = Counter()
+    for sample in raw.split("\n\n"):
+        lines = sample.strip().splitlines()
+        if not lines:
+            continue
+        pid, _, tid = lines[0].split()[0].partition("/")
+        stack = " ".join(lines[1:])
+        if tid and tid != pid:
+            classes["other threads (the SQLite store's)"] += 1
+            continue
+        for name, needles in PERF_CLASSES:
+            if all(n in stack for n in needles):
+                classes[name] += 1
+                break
+        else:
+            classes["the loop, other"] += 1
+    total = sum(classes.values())
+    rows = [f"{c:7d}  {100 * c / total:5.1f} %  {name}" for name, c in classes.most_common()]
+    return "\n".join([f"perf samples: {total}", *rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--relay", default="rtgate", choices=["rtgate", "picows", "aiohttp"])
@@ -145,6 +190,7 @@ def main() -> None:
     ap.add_argument(
         "--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     )
+    ap.add_argument("--perf", action="store_true", help="sample with Linux perf (see above)")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", type=Path, default=None, help="the raw profile (collapsed stacks)")
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw profile")
@@ -152,7 +198,7 @@ def main() -> None:
     plain_upstream(a)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally clause stops the relay
     if a.summarise is not None:
-        print(summarise(a.summarise, a.top))
+        print(perf_summary(a.summarise) if a.perf else summarise(a.summarise, a.top))
         return
     a.workers, a.warmup, a.duration = 1, 3.0, a.seconds + 8
     name, builds = one_relay_build(a.relay, a.rtgate_src)
@@ -167,16 +213,21 @@ def main() -> None:
             if not marks["WINDOW_START"].wait(ramp_limit(a.n) + a.warmup):
                 sys.exit("load generator never reached its window")
             time.sleep(2)
-            # py-spy runs beside the load generator, not on the core of the relay it samples.
-            spy = [*pinned(LOADGEN_CPU), a.py_spy, "record", "--rate", str(a.rate)]
-            spy += ["-d", str(int(a.seconds)), "--format", "raw", "-o", str(out)]
-            spy += ["-p", str(relay.proc.pid), *(["--native"] if a.native else [])]
+            # The sampler runs beside the load generator, not on the core of the relay it samples.
+            if a.perf:
+                spy = [*pinned(LOADGEN_CPU), "perf", "record", "-F", str(a.rate)]
+                spy += ["--call-graph", "dwarf,16384", "-o", str(out), "-p", str(relay.proc.pid)]
+                spy += ["--", "sleep", str(int(a.seconds))]
+            else:
+                spy = [*pinned(LOADGEN_CPU), a.py_spy, "record", "--rate", str(a.rate)]
+                spy += ["-d", str(int(a.seconds)), "--format", "raw", "-o", str(out)]
+                spy += ["-p", str(relay.proc.pid), *(["--native"] if a.native else [])]
             subprocess.run(spy, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lg.communicate(timeout=a.duration + 60)
     finally:
         relay.stop()
     print(f"raw profile: {out}")
-    print(summarise(out, a.top))
+    print(perf_summary(out) if a.perf else summarise(out, a.top))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ as the RSS it adds to one fresh interpreter (docs/performance.md 9.17).
     .venv/bin/python bench/import_rss/layers.py
 
 rtgate's own modules and what they build at start-up are the rest of ``rtgate serve``'s idle
-RSS (the relay bench's fixed footprint). rich and greenlet are hidden as ``rtgate.logs`` hides
-them from structlog.
+RSS (the relay bench's fixed footprint). As in ``rtgate serve``'s process, rich and greenlet are
+hidden from structlog (``rtgate.logs``) and frozenlist uses its pure-Python class
+(``rtgate.server``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def rss_mb() -> float:
 
 
 def main() -> None:
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
     for name in ("rich", "greenlet"):
         sys.modules[name] = None  # type: ignore[assignment]
     before = rss_mb()
