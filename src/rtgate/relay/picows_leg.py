@@ -162,9 +162,7 @@ class PicowsLeg(WSListener):
         "_events",
         "_gone",
         "_max_message",
-        "_on_binary",
         "_on_open",
-        "_on_text",
         "_paused_by_pump",
         "_paused_for_backlog",
         "_pieces",
@@ -214,10 +212,10 @@ class PicowsLeg(WSListener):
         self._reaper: asyncio.Future[None] | None = None
 
     def _report_to(self, events: LegEvents) -> None:
+        # Called through the object on the hot path, not through a bound method kept in a slot:
+        # a bound method is one more object per frame to fetch from memory, and reaching it
+        # through a slot takes the interpreter's generic lookup (docs/performance.md 9.17).
         self._events = events
-        # Bound once: the hot path calls them per frame.
-        self._on_text = events.on_text
-        self._on_binary = events.on_binary
 
     # -- picows' callbacks ------------------------------------------------------------------
 
@@ -238,12 +236,12 @@ class PicowsLeg(WSListener):
             if mt is _TEXT:
                 data = frame.get_payload_as_bytes()
                 if data.isascii() or _utf8(data):
-                    self._on_text(data)
+                    self._events.on_text(data)
                 else:
                     self._fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text message")
                 return
             if mt is _BINARY:
-                self._on_binary(frame.get_payload_as_bytes())
+                self._events.on_binary(frame.get_payload_as_bytes())
                 return
         self._other_frame(transport, frame, mt)
 

@@ -382,21 +382,22 @@ class Pump:
 
 class _Events:
     """What one leg reports (``LegEvents``), handed to the core; the hot path is ``on_text``:
-    a frame the core passes is written to the other leg, counted, and nothing else. Everything
-    a frame needs is bound once, here, so a frame costs no attribute lookups."""
+    a frame the core passes is written to the other leg, counted, and nothing else. A frame's
+    calls go through the objects (the core, the other leg), not through bound methods kept in
+    slots: with hundreds of sessions, each bound method is one more object a frame fetches
+    from memory, and a call through a slot takes the interpreter's generic lookup, ~4 % of
+    the relay's CPU at N=500 (docs/performance.md 9.17). The rare events keep bound methods."""
 
     __slots__ = (
-        "_binary",
         "_closed",
+        "_core",
         "_heard",
         "_latency",
         "_lost",
         "_other",
         "_pump",
-        "_send_bytes",
-        "_send_text",
         "_side",
-        "_text",
+        "_upstream",
         "bytes",
         "frames",
     )
@@ -406,15 +407,12 @@ class _Events:
         other = pump.upstream if side is Side.CLIENT else pump.client
         self._pump = pump
         self._side = side
-        upstream = side is Side.UPSTREAM
-        self._text = core.upstream_text if upstream else core.client_text
-        self._binary = core.upstream_binary if upstream else core.client_binary
+        upstream = self._upstream = side is Side.UPSTREAM
+        self._core = core
         self._heard = core.heard_upstream if upstream else core.heard_client
         self._closed = core.upstream_closed if upstream else core.client_closed
         self._lost = core.upstream_lost if upstream else core.client_lost
         self._other = other
-        self._send_text = other.send_text
-        self._send_bytes = other.send_bytes
         metrics = pump._metrics
         # The latency histogram samples the upstream -> client direction (one frame in 64).
         self._latency = metrics.latency.labels("down") if metrics is not None and upstream else None
@@ -425,17 +423,18 @@ class _Events:
         self.frames += 1
         self.bytes += len(data)
         try:
+            core = self._core
             if self.frames & 63 or self._latency is None:
-                acts = self._text(data)
+                acts = core.upstream_text(data) if self._upstream else core.client_text(data)
                 if acts is None:
-                    self._send_text(data)
+                    self._other.send_text(data)
                 else:
                     self._pump.perform(acts)
             else:
                 t0 = perf_counter()
-                acts = self._text(data)
+                acts = core.upstream_text(data) if self._upstream else core.client_text(data)
                 if acts is None:
-                    self._send_text(data)
+                    self._other.send_text(data)
                 else:
                     self._pump.perform(acts)
                 self._latency.observe(perf_counter() - t0)
@@ -448,9 +447,10 @@ class _Events:
         self.frames += 1
         self.bytes += len(data)
         try:
-            acts = self._binary(data)
+            core = self._core
+            acts = core.upstream_binary(data) if self._upstream else core.client_binary(data)
             if acts is None:
-                self._send_bytes(data)
+                self._other.send_bytes(data)
             else:
                 self._pump.perform(acts)
             if self._other.backed_up:
