@@ -142,6 +142,8 @@ async def modules_of_a_serving_gateway(
     closed: the store looked its key up and wrote its rows."""
     port = free_port()
     env = provider.gateway_env(tmp_path / "home", port)
+    # What the server sets for itself must not arrive from this process's environment.
+    env.pop("FROZENLIST_NO_EXTENSIONS", None)
     if database_url is not None:
         env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")

@@ -19,13 +19,6 @@ from rtgate.tls import server_context
 
 log = logging.getLogger("rtgate")
 
-# frozenlist (aiohttp's signal and middleware lists) is compiled as C++: its extension maps
-# libstdc++ into a process that has no other use for it, ~1 MB resident, to speed up lists
-# read a few times per HTTP request and never per relayed frame. Its documented switch picks its
-# pure-Python class, before anything imports it; the workers inherit it (docs/performance.md
-# 9.17). An operator's own setting stands.
-os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
-
 
 def unshared_workers_warning(settings: Settings) -> str | None:
     """What an operator must know when workers share no Redis, or None."""
@@ -70,6 +63,13 @@ def serve(settings: Settings) -> int:
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route
     # may be accepted by a sibling, which must accept it too.
     engine_token = secrets.token_urlsafe(32)
+    # frozenlist (aiohttp's signal and middleware lists) is compiled as C++: its extension maps
+    # libstdc++ into a process that has no other use for it, ~1 MB resident, to speed up lists
+    # read a few times per HTTP request and never per relayed frame. Its documented switch,
+    # set before aiohttp is imported (below, or in each worker, which inherits it), picks its
+    # pure-Python class (docs/performance.md 9.17). An operator's own setting stands: any
+    # non-empty value keeps the pure class, an empty one the extension.
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
     if settings.workers == 1:
         from rtgate.serving import serve_one
 
