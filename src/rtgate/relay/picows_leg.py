@@ -68,10 +68,11 @@ CLOSE_TIMEOUT = 5.0
 #: What a leg holds for its pump before ``start`` until it stops reading (see the module doc).
 BACKLOG_BYTES = 1 << 20
 #: picows' first read buffer per connection, its smallest (an idle session holds two). picows
-#: keeps 256 bytes of it for its parser and doubles it after a read that fills 90 % of the
-#: rest: a 20 ms audio frame (~1.4 KB) or a fresh ``session.created`` (~1.3 KB) leaves it as it
-#: is, and the first frames that arrive together, or a 100 ms frame, grow it once for the
-#: session's life (docs/performance.md 9.17).
+#: keeps 256 bytes of it for its parser and doubles it once 1,536 bytes wait in it (90 % of
+#: the rest, or 256 bytes of room left): a 20 ms audio frame (~1.4 KB) alone leaves it as it
+#: is; frames that arrive together, a long request head, or an upstream's 101 read with its
+#: ``session.created`` grow it, and a 100 ms frame (~6.6 KB) takes it through 4 and 8 to 16 KB
+#: (docs/performance.md 9.17). It never shrinks.
 READ_BUFFER_BYTES = 2048
 
 

@@ -141,8 +141,8 @@ class Pump:
         self._timer: asyncio.TimerHandle | None = None
         self._ended: asyncio.Future[None] | None = None
         #: Done once torn down. A future, not an ``asyncio.Event``: an event holds a deque for
-        #: its waiters from the start (~0.7 KB of every idle session), and only a forced close
-        #: ever waits on this.
+        #: its waiters from the start (~0.7 KB of every idle session), and only ``terminate``
+        #: (a forced close, the shutdown, a revoked secret) ever waits on this.
         self._finished: asyncio.Future[None] | None = None
         self._hangup = False
         self._client_events = _Events(self, Side.CLIENT)
