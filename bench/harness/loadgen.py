@@ -37,6 +37,8 @@ from picows import (
     WSListener,
     WSMsgType,
     WSTransport,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
     ws_connect,
     ws_create_server,
 )
@@ -85,7 +87,7 @@ DONE = {
         "metadata": None,
     },
 }
-#: A fresh GA session as OpenAI announces it, defaults and built-in instructions included (~1.3 KB,
+#: A fresh GA session as OpenAI announces it, defaults and built-in instructions included (~1.2 KB,
 #: docs/protocol.md 2.5): a relay reads it into the same buffer its first frames will use.
 SESSION_CREATED = (
     b'{"type":"session.created","event_id":"evt_%016d","session":{"type":"realtime",'
@@ -104,6 +106,28 @@ SESSION_CREATED = (
     b'{"format":{"type":"audio/pcm","rate":24000},"voice":"alloy","speed":1.0}},"include":null,'
     b'"truncation":"auto"}}'
 )
+
+
+#: The headers the upstream's 101 carries beside the handshake's own: what an API behind
+#: Cloudflare answers (request id, organization, cookies, ray id), ~0.8 KB. Not a capture (none
+#: of OpenAI's 101 is in the references); its size is what matters, since a relay reads it into
+#: the buffer its first frames use, often with ``session.created`` in the same read.
+UPGRADE_HEADERS = {
+    "openai-organization": "org-bench0000000000000000000",
+    "openai-processing-ms": "112",
+    "openai-version": "2020-10-01",
+    "x-request-id": "req_0f3c6a1b2d4e5f60718293a4b5c6d7e8",
+    "strict-transport-security": "max-age=31536000; includeSubDomains; preload",
+    "cf-cache-status": "DYNAMIC",
+    "set-cookie": "__cf_bm=Xk2s9Qm1Zb7Vt4Lp0Wc3Rr8Yn5Jd6Hf1Gg2Aa3Ss4Dd5Ff6-1767225600-1.0.1.1-"
+    "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIj"
+    "KlMnOpQrStUv; path=/; expires=Thu, 01-Jan-26 00:30:00 GMT; domain=.api.openai.com; "
+    "HttpOnly; Secure; SameSite=None",
+    "x-content-type-options": "nosniff",
+    "server": "cloudflare",
+    "cf-ray": "8f1e2d3c4b5a6978-SJC",
+    "alt-svc": 'h3=":443"; ma=86400',
+}
 
 
 class Frames:
@@ -345,7 +369,10 @@ class Generator:
             ctx.load_cert_chain(a.up_tls_cert, a.up_tls_key)
             tls = {"ssl": ctx}
         server = await ws_create_server(
-            lambda _req: UpSession(L),
+            lambda _req: WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_101_response(extra_headers=UPGRADE_HEADERS),
+                UpSession(L),
+            ),
             "127.0.0.1",
             a.up_port,
             backlog=4096,
