@@ -181,13 +181,17 @@ class RtgateBuild:
         return cls(f"rtgate:{label}", venv / "bin" / "python", None)
 
     def package(self) -> Path | None:
-        """The ``rtgate`` package directory this build imports."""
+        """The ``rtgate`` package directory this build imports (None: it imports none), found
+        as ``Rtgate`` starts it: without this process's ``PYTHONPATH``, not from here."""
         if self.src is not None:
             return self.src / "src" / "rtgate"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         out = subprocess.run(
             [str(self.python), "-c", "import rtgate; print(rtgate.__file__)"],
             capture_output=True,
             text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
         ).stdout.strip()
         return Path(out).parent if out else None
 
@@ -200,16 +204,18 @@ class RtgateBuild:
     def precompile(self) -> None:
         """Compile the build's modules to bytecode before it starts (``precompile``)."""
         package = self.package()
-        if package is not None:
-            precompile(self.python, package)
+        if package is None:
+            sys.exit(f"{self.name}: {self.python} imports no rtgate")
+        precompile(self.python, package)
 
 
 def precompile(python: Path, where: Path) -> None:
     """Write the bytecode of the modules under ``where``, as an installed package has it (pip
-    compiles at install; a checkout's first run writes it). A process that compiles its
-    modules from source at start-up holds ~1.2 MB more for good (docs/performance.md 9.17), and
-    a host that sets ``PYTHONDONTWRITEBYTECODE`` (this one does) never writes it: every relay
-    measured here, rtgate and the anchors alike, starts from bytecode."""
+    compiles at install; a checkout's first run writes it). An rtgate that compiles its modules
+    at start-up holds 0.5-1.3 MB more idle, part of which its first sessions take up
+    (docs/performance.md 9.17), and a host that sets ``PYTHONDONTWRITEBYTECODE`` (this one
+    does) never writes it. The anchors' scripts run from source, as a script does; what they
+    import starts from bytecode too."""
     subprocess.run([str(python), "-m", "compileall", "-q", str(where)], check=True)
 
 

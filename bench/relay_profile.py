@@ -165,7 +165,7 @@ def perf_summary(data: Path) -> str:
         pid, _, tid = lines[0].split()[0].partition("/")
         stack = " ".join(lines[1:])
         if tid and tid != pid:
-            classes["other threads (the SQLite store's)"] += 1
+            classes["other threads (the store's SQLite thread, the loop's helpers)"] += 1
             continue
         for name, needles in PERF_CLASSES:
             if all(n in stack for n in needles):
@@ -174,6 +174,8 @@ def perf_summary(data: Path) -> str:
         else:
             classes["the loop, other"] += 1
     total = sum(classes.values())
+    if not total:
+        return f"no samples in {data}"
     rows = [f"{c:7d}  {100 * c / total:5.1f} %  {name}" for name, c in classes.most_common()]
     return "\n".join([f"perf samples: {total}", *rows])
 
@@ -201,8 +203,11 @@ def main() -> None:
         print(perf_summary(a.summarise) if a.perf else summarise(a.summarise, a.top))
         return
     a.workers, a.warmup, a.duration = 1, 3.0, a.seconds + 8
+    if a.perf and a.native:
+        sys.exit("--native is py-spy's: perf's stacks have the native frames already")
     name, builds = one_relay_build(a.relay, a.rtgate_src)
-    out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.txt"
+    suffix = "perf.data" if a.perf else "txt"
+    out = a.out or ROOT / "bench" / "results" / f"prof-{name.replace(':', '-')}-{a.n}.{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
     wait_quiet(20.0, 600.0)
     relay = Relay.start(name, a, builds)
@@ -213,7 +218,8 @@ def main() -> None:
             if not marks["WINDOW_START"].wait(ramp_limit(a.n) + a.warmup):
                 sys.exit("load generator never reached its window")
             time.sleep(2)
-            # The sampler runs beside the load generator, not on the core of the relay it samples.
+            # The sampler runs beside the load generator, not on the core of the relay it samples
+            # (perf's copies of each sample's stack are made in the relay's context, though).
             if a.perf:
                 spy = [*pinned(LOADGEN_CPU), "perf", "record", "-F", str(a.rate)]
                 spy += ["--call-graph", "dwarf,16384", "-o", str(out), "-p", str(relay.proc.pid)]

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import tracemalloc
+
+#: Where rtgate's own modules live: a checkout's ``src`` or an installed package.
+OURS = re.compile(r"/(?:src|site-packages)/rtgate/")
 
 
 def site(frames: list[tracemalloc.Frame]) -> str:
-    ours = [f for f in frames if "/rtgate/" in f.filename]
+    ours = [f for f in frames if OURS.search(f.filename)]
     f = ours[-1] if ours else frames[-1]
-    short = f.filename.split("/rtgate/")[-1] if ours else f.filename.rsplit("/", 1)[-1]
+    short = OURS.split(f.filename)[-1] if ours else f.filename.rsplit("/", 1)[-1]
     return f"{short}:{f.lineno}" if ours else f"(libraries) {short}:{f.lineno}"
 
 
