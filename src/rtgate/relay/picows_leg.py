@@ -71,7 +71,7 @@ BACKLOG_BYTES = 1 << 20
 #: keeps 256 bytes of it for its parser and doubles it once 1,536 bytes wait in it (90 % of
 #: the rest, or 256 bytes of room left): a 20 ms audio frame (~1.4 KB) alone leaves it as it
 #: is; frames that arrive together, a long request head, or an upstream's 101 read with its
-#: ``session.created`` grow it, and a 100 ms frame (~6.6 KB) takes it through 4 and 8 to 16 KB
+#: ``session.created`` grow it, and a 100 ms frame (~6.6 KB) takes it through 4 and 7 to ~15 KB
 #: (docs/performance.md 9.17). It never shrinks.
 READ_BUFFER_BYTES = 2048
 
