@@ -29,6 +29,7 @@ catches them; nothing above the boundary sees a library exception.
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 
@@ -183,3 +184,15 @@ class SessionExpired(GatewayError):
         # OpenAI closes an expired session with the human message as the reason
         # (docs/protocol.md 5.1).
         return self.message
+
+
+#: The exit status of a ``rtgate serve`` process (or worker) whose start failed on a
+#: ``GatewayError``: the database or Redis unreachable, a file changed since the CLI read it.
+START_FAILED = 2
+
+
+def report_failed_start(err: GatewayError) -> int:
+    """One line naming what failed, not a traceback, as the CLI reports a bad option; returns
+    the status to exit with."""
+    sys.stderr.write(f"error: {err.message}\n")
+    return START_FAILED

@@ -13,7 +13,7 @@ import secrets
 import sys
 
 from rtgate.config import Settings, load_settings
-from rtgate.errors import GatewayError
+from rtgate.errors import GatewayError, report_failed_start
 from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
 
@@ -88,8 +88,7 @@ def main() -> int:
     try:
         return serve(load_settings())
     except GatewayError as err:
-        sys.stderr.write(f"error: {err.message}\n")
-        return 2
+        return report_failed_start(err)
 
 
 if __name__ == "__main__":

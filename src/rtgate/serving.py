@@ -17,7 +17,6 @@ import asyncio
 import gc
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -70,7 +69,6 @@ async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
 async def serve_async(
     settings: Settings,
     engine_token: str,
-    sock: socket.socket | None = None,
     propagate_drain: Callable[[], None] | None = None,
     drain_requested: Callable[[], bool] | None = None,
     siblings: DrainBarrier | None = None,
@@ -88,7 +86,6 @@ async def serve_async(
         head_timeout=settings.request_timeout_seconds,
         host=settings.host,
         port=settings.port,
-        sock=sock,
         reuse_port=settings.workers > 1,
         backlog=4096,
         ssl_context=tls,
@@ -101,12 +98,9 @@ async def serve_async(
     engine_site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await engine_site.start()
     set_local_base_url(app, "127.0.0.1", engine_site.port)
-    if sock is not None:
-        host, port = sock.getsockname()[:2]
-    else:
-        host, port = settings.host, settings.port
+    host, port = settings.host, settings.port
     freeze_startup_heap()
-    shown = f"[{host}]" if ":" in str(host) else host
+    shown = f"[{host}]" if ":" in host else host
     scheme = "https" if tls is not None else "http"
     for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
         log.info(line)

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
 from rtgate.config import Settings
-from rtgate.errors import GatewayError
+from rtgate.errors import START_FAILED, GatewayError, report_failed_start
 from rtgate.logs import configure_serving_logs
 
 log = logging.getLogger("rtgate")
@@ -107,15 +107,14 @@ def _worker(
             siblings=DrainBarrier(parent),
         )
     except GatewayError as err:
-        # A start-up failure (database, Redis): one line and status 2, as ``server.main``.
-        sys.stderr.write(f"error: {err.message}\n")
-        sys.exit(2)
+        # A start-up failure (database, Redis): reported as ``server.main`` reports it.
+        sys.exit(report_failed_start(err))
 
 
 def serve_workers(settings: Settings, engine_token: str) -> int:
     """Start ``settings.workers`` spawned workers, forward the signals to them, close them
     together, and return once every one has exited: the exit status, 2 if a worker failed to
-    start (as one process would), 1 if one ended otherwise in failure, else 0."""
+    start (``START_FAILED``, as one process would), 1 if one ended otherwise in failure, else 0."""
     ctx = multiprocessing.get_context("spawn")
     # Set before a drain is fanned out: a worker still starting then, deaf to the signal, sees
     # it once it serves (``serving.serve_async``), so no worker outlives a drain.
@@ -153,4 +152,4 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     for p in procs:
         if p.exitcode:
             log.error("%s exited with status %s", p.name, p.exitcode)
-    return 2 if 2 in failed else 1 if failed else 0
+    return START_FAILED if START_FAILED in failed else 1 if failed else 0
