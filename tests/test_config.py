@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pickle
 from decimal import Decimal
 from pathlib import Path
 
@@ -273,20 +272,18 @@ def test_environment_strings_become_numbers_and_booleans(value: str, expected: b
         load_settings(None, {"RTGATE_PORT": "80.5"})
 
 
-def test_settings_survive_pickling_for_spawned_workers_and_never_show_a_secret() -> None:
+def test_settings_never_show_a_secret() -> None:
     env = {
-        "OPENAI_API_KEY": "sk-pickled",
-        "RTGATE_ADMIN_TOKEN": "adm-pickled",
+        "OPENAI_API_KEY": "sk-hidden",
+        "RTGATE_ADMIN_TOKEN": "adm-hidden",
         "RTGATE_TRUSTED_PROXIES": "10.0.0.0/8",
     }
     s = load_settings(None, env)
-    again = pickle.loads(pickle.dumps(s))
-    assert again == s and again.proxy_networks == s.proxy_networks
-    assert again.upstreams["openai"].api_key is not None
-    assert again.upstreams["openai"].api_key.get_secret_value() == "sk-pickled"
-    assert again.admin_token is not None and again.admin_token.get_secret_value() == "adm-pickled"
-    for shown in (repr(again), str(again.admin_token), msgspec.json.encode(again, enc_hook=str)):
-        assert "pickled" not in str(shown)
+    assert s.upstreams["openai"].api_key is not None
+    assert s.upstreams["openai"].api_key.get_secret_value() == "sk-hidden"
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "adm-hidden"
+    for shown in (repr(s), str(s.admin_token), msgspec.json.encode(s, enc_hook=str)):
+        assert "hidden" not in str(shown)
 
 
 def test_settings_are_frozen() -> None:

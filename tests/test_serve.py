@@ -4,13 +4,13 @@ API) that cuts no live session before its deadline, and a second signal that end
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, load_settings
 from rtgate.server import unshared_workers_warning
-from rtgate.workers import DrainBarrier, close_together
+from rtgate.worker import CLOSE, DRAINED, DrainBarrier
+from rtgate.workers import ask_to_drain, close_together
 from tests.process import (
     cli_json,
     create_key,
@@ -94,8 +95,9 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
 #: What a serving process has no use for (docs/performance.md "Memory"): the CLI itself
 #: (``rtgate serve`` re-executes itself without it), its tables and the tracebacks structlog
 #: would render with them; SQLAlchemy (the store's queries are SQL text, 9.8), greenlet and
-#: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver; multiprocessing, which
-#: only ``--workers N`` needs (``rtgate.workers``); the TOML parser, when no file is read;
+#: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver; multiprocessing (a worker
+#: of ``--workers N`` is a process of its own, ``rtgate.worker``); the TOML parser, when no file
+#: is read;
 #: frozenlist's C++ extension, which maps libstdc++ (``rtgate.server`` picks its pure class).
 NOT_SERVING = (
     "rich",
@@ -181,9 +183,11 @@ async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
 
 
 #: All of rtgate the parent of ``--workers N`` imports: the settings and what reads them, the
-#: logs, and the workers' own module (``rtgate.server`` itself runs as ``__main__``).
+#: logs, and the workers' modules, the parent's and the link's words (``rtgate.server`` itself
+#: runs as ``__main__``).
 PARENT_OF_WORKERS = {
     "rtgate",
+    "rtgate.worker",
     "rtgate.workers",
     "rtgate.config",
     "rtgate.errors",
@@ -194,11 +198,8 @@ PARENT_OF_WORKERS = {
 
 
 def spawned_workers(parent: int) -> list[int]:
-    """The pids of ``--workers N``'s workers (not the resource tracker multiprocessing starts
-    beside them)."""
-    return [
-        p.pid for p in psutil.Process(parent).children() if "--multiprocessing-fork" in p.cmdline()
-    ]
+    """The pids of ``--workers N``'s workers."""
+    return [p.pid for p in psutil.Process(parent).children() if "rtgate.worker" in p.cmdline()]
 
 
 async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
@@ -218,19 +219,22 @@ async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
         # Both serving, each past the point where it ignores SIGTERM until its drain.
         await readiness_settles(port, 200)
         workers = spawned_workers(proc.pid)
+        # Its children are the workers alone: no multiprocessing resource tracker (~12 MB).
+        children = psutil.Process(proc.pid).children()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
         kill_tree(proc)
     parent = modules_of(tmp_path, proc.pid)
-    assert {"multiprocessing", "rtgate.workers"} <= parent
+    assert "rtgate.workers" in parent
     assert sorted(m for m in parent if m.startswith("rtgate")) == sorted(PARENT_OF_WORKERS)
-    assert sorted(parent & {"aiohttp", "picows", "uvloop", "yarl"}) == []
+    assert sorted(parent & {"aiohttp", "picows", "uvloop", "yarl", "multiprocessing"}) == []
     assert len(workers) == 2
+    assert sorted(c.pid for c in children) == sorted(workers)
     for pid in workers:
-        assert {"aiohttp", "rtgate.serving", "rtgate.api.app", "rtgate.relay.pump"} <= (
-            modules_of(tmp_path, pid)
-        )
+        loaded = modules_of(tmp_path, pid)
+        assert {"aiohttp", "rtgate.serving", "rtgate.api.app", "rtgate.relay.pump"} <= loaded
+        assert sorted(loaded & set(NOT_SERVING)) == []
 
 
 def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
@@ -363,21 +367,78 @@ async def test_sigterm_drains_every_worker_and_exits_when_the_last_session_ends(
     assert sum(r["records"] for r in cli_json(env, "usage")) == 8
 
 
-async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited() -> None:
-    pipes = [multiprocessing.Pipe() for _ in range(3)]
+@pytest.fixture
+def link() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
+    """Links as the parent of ``--workers N`` makes them (a socket pair: its end, the worker's),
+    each closed at the test's end."""
+    made: list[socket.socket] = []
+
+    def make() -> tuple[socket.socket, socket.socket]:
+        ours, theirs = socket.socketpair()
+        made.extend((ours, theirs))
+        return ours, theirs
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited(
+    link: Callable[[], tuple[socket.socket, socket.socket]],
+) -> None:
+    links = [link() for _ in range(3)]
     async with asyncio.TaskGroup() as tg:
-        parent = tg.create_task(asyncio.to_thread(close_together, [ours for ours, _ in pipes]))
+        parent = tg.create_task(asyncio.to_thread(close_together, [ours for ours, _ in links]))
         # Two workers drain; the third has not yet: nobody is told to close.
-        drained = [tg.create_task(DrainBarrier(theirs).wait()) for _, theirs in pipes[:2]]
+        drained = [tg.create_task(DrainBarrier(theirs).wait()) for _, theirs in links[:2]]
         done, _ = await asyncio.wait([parent, *drained], timeout=0.3)
         assert not done
-        # The third exits (its end of the pipe closes): every worker is told.
-        pipes[2][1].close()
+        # The third exits (its end of the link closes): every worker is told.
+        links[2][1].close()
         await asyncio.wait_for(asyncio.gather(parent, *drained), 5)
     # A worker whose parent is gone stops waiting too.
-    ours, theirs = multiprocessing.Pipe()
+    ours, theirs = link()
     ours.close()
     await asyncio.wait_for(DrainBarrier(theirs).wait(), 5)
+
+
+async def test_a_drain_asked_before_a_worker_serves_is_read_once_it_does(
+    link: Callable[[], tuple[socket.socket, socket.socket]],
+) -> None:
+    """A worker still starting when the parent fans a drain out ignores the signal; the
+    request it finds on its link once it serves, even one that came with the engine token. The
+    drain's word is not the close's: a drained worker waits on, through a second request, for
+    the word that all have drained."""
+    ours, theirs = link()
+    barrier = DrainBarrier(theirs)
+    ours.sendall(b"token-1\n")
+    assert barrier.engine_token() == "token-1"
+    assert not barrier.drain_requested()
+    ask_to_drain([ours])
+    assert barrier.drain_requested()
+    ours, theirs = link()
+    barrier = DrainBarrier(theirs)
+    ours.sendall(b"token-2\n")
+    ask_to_drain([ours])
+    assert barrier.engine_token() == "token-2"
+    assert barrier.drain_requested()
+    assert barrier.drain_requested()  # read once, remembered
+    waiting = asyncio.ensure_future(barrier.wait())
+    await asyncio.sleep(0.2)
+    ask_to_drain([ours])  # a second SIGTERM's request, while the worker waits
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    assert ours.recv(64) == DRAINED
+    ours.send(CLOSE)
+    await asyncio.wait_for(waiting, 5)
+    # A parent that exited without a word: asking finds nothing to ask, and the worker stops
+    # waiting.
+    ours, theirs = link()
+    barrier = DrainBarrier(theirs)
+    ours.close()
+    ask_to_drain([ours])
+    assert not barrier.drain_requested()
+    await asyncio.wait_for(barrier.wait(), 5)
 
 
 async def knock(port: int, key: str, upgrade: bool) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -38,6 +37,7 @@ from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
 from rtgate.validation import problem
+from rtgate.workers import python_m
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -171,8 +171,7 @@ def serve(
 def serving_argv() -> list[str]:
     """``python -m rtgate.server ARGV0`` with this interpreter's flags (``-X dev``, ``-O``):
     ARGV0, how the person ran rtgate, is for the lines that tell them what to type next."""
-    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return [sys.executable, *flags, "-m", "rtgate.server", sys.argv[0]]
+    return python_m("rtgate.server", sys.argv[0])
 
 
 ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]

@@ -66,10 +66,6 @@ class Secret:
     def __hash__(self) -> int:
         return hash(Secret)
 
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        # Settings travel to spawned workers pickled (workers.py).
-        return Secret, (self._value,)
-
 
 class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Settings parts: immutable, and a key the type does not name is refused, not ignored."""

@@ -1,5 +1,5 @@
 """One serving process: the app on the front door's port, the engine's loopback site, the
-signals and the drain. ``rtgate.server`` runs it in its own process, ``rtgate.workers`` in each
+signals and the drain. ``rtgate.server`` runs it in its own process, ``rtgate.worker`` in each
 worker; the parent of ``--workers N`` serves nothing and imports none of this (aiohttp, the app,
 the relay: ~24 MB of a process that only forwards signals; docs/performance.md 9.16).
 
@@ -8,7 +8,7 @@ end or ``drain_seconds`` pass), and the process exits when the drain is over; a 
 or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
 how a worker that the admin API asked to drain has the parent tell every worker. The parent of
 ``--workers N`` forwards each of these signals to every worker, and each drains on its own; a
-worker that has drained waits for its siblings before it closes (``workers.DrainBarrier``).
+worker that has drained waits for its siblings before it closes (``worker.DrainBarrier``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from rtgate.tls import server_context
 from rtgate.welcome import summary_lines
 
 if TYPE_CHECKING:
-    from rtgate.workers import DrainBarrier
+    from rtgate.worker import DrainBarrier
 
 log = logging.getLogger("rtgate")
 
@@ -42,8 +42,8 @@ log = logging.getLogger("rtgate")
 def _program() -> str:
     """How the person ran rtgate (``.venv/bin/rtgate`` under make run), for the lines that
     tell them what to type next: the CLI's ``argv[0]``, which ``cli.serve`` passes on as this
-    process's first argument (``python -m rtgate.server PROGRAM``; spawned workers get the
-    parent's ``argv``)."""
+    process's first argument (``python -m rtgate.server PROGRAM``, and each worker's:
+    ``python -m rtgate.worker PROGRAM FD``)."""
     argv0 = Path(sys.argv[1] if len(sys.argv) > 1 else "rtgate")
     return str(argv0) if argv0.name == "rtgate" else "rtgate"
 
@@ -120,7 +120,7 @@ async def serve_async(
     loop.add_signal_handler(signal.SIGUSR1, drain.begin)
     if drain_requested is not None and drain_requested():
         # A worker that came up after the parent fanned a drain out ignored that signal
-        # (``workers._worker``); the parent marks the request before it signals, so it is seen here.
+        # (``worker.main``); the parent writes the request before it signals, so it is seen here.
         drain.begin()
     await _first_of(now.wait(), drain.finished.wait())
     if siblings is not None and not now.is_set():
@@ -140,7 +140,7 @@ def serve_one(
     siblings: DrainBarrier | None = None,
 ) -> None:
     """Serve in this process until its drain or stop is over. The keywords are a worker's
-    (``workers._worker``): how it asks its siblings to drain, whether the parent already has,
+    (``worker.main``): how it asks its siblings to drain, whether the parent already has,
     and its wait for them to drain before it closes."""
     if sys.platform != "win32":
         # Its loop does the relay's socket work in C (docs/performance.md).
