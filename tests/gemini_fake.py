@@ -1,32 +1,32 @@
-"""A fake Gemini Live upstream built from the reference (``voice-apis.md`` §3), for tests.
+"""A fake Gemini Live upstream built from the reference (``docs/protocol-gemini.md``), for tests.
 
 What it keeps of the real service:
 
-* the endpoint path (3.1) and the key in ``x-goog-api-key``; a wrong key is accepted, then
-  closed with 1008 and Google's words (3.7);
+* the endpoint path (protocol-gemini.md 1) and the key in ``x-goog-api-key``; a wrong key is
+  accepted, then closed with 1008 and Google's words (protocol-gemini.md 7);
 * ``setup`` first and once: anything else first, a second ``setup``, a model it does not serve
-  or a message without exactly one of the four keys close the socket (1007 / 1008, 3.3, 3.7);
-  ``setupComplete`` answers the setup;
+  or a message without exactly one of the four keys close the socket (1007 / 1008,
+  protocol-gemini.md 3, 7); ``setupComplete`` answers the setup;
 * its messages as binary frames by default, as Google sends them (``binary``), or text;
 * input audio is read as the ``mimeType`` declares it (``audio_rates`` records each rate);
   automatic activity detection by energy over 16 kHz PCM16, or ``activityStart``/``End``;
 * a turn: ``inputTranscription`` (when asked for), ``modelTurn`` audio at 24 kHz paced in real
   time with ``outputTranscription``, ``generationComplete``, then ``turnComplete`` with
   ``usageMetadata``; speech during a turn interrupts it (``interrupted``, then
-  ``turnComplete``, no ``generationComplete``, 3.4);
+  ``turnComplete``, no ``generationComplete``, protocol-gemini.md 4);
 * a user text naming "weather in CITY" with tools declared: a ``toolCall`` (with its usage), then
   the answer once the ``toolResponse`` comes;
-* usage re-bills the whole context every turn (3.2), in the AI Studio or Vertex dialect
-  (``dialect``), with details that under-sum the prompt count by ``GAP`` tokens and thinking
-  tokens beside the response count (3.4 quirks); every ``usageMetadata`` sent is kept in
-  ``usage_sent`` so a test can price it on its own;
+* usage re-bills the whole context every turn (protocol-gemini.md 2), in the AI Studio or Vertex
+  dialect (``dialect``), with details that under-sum the prompt count by ``GAP`` tokens and thinking
+  tokens beside the response count (protocol-gemini.md 4 quirks); every ``usageMetadata`` sent is
+  kept in ``usage_sent`` so a test can price it on its own;
 * ``sessionResumptionUpdate`` with a new handle and ``lastConsumedClientMessageIndex`` after
   each turn and every few messages while idle; a ``setup`` with a known handle resumes the
   session (its context and message count), an unknown one is closed 1007; ``go_away`` sends
   ``goAway`` and ends the connection after ``timeLeft``.
 
 The message index counts a session's client messages after its setup from 0, across
-resumptions (the reference does not say where it starts: ❓, voice-apis.md 3.10).
+resumptions (the reference does not say where it starts: ❓, docs/protocol-gemini.md 10).
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ from aiohttp import WSMsgType, web
 GEMINI_KEY = "AIzaFakeGeminiKey0123456789abcdefghijklm"
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 MODELS = ("models/gemini-3.8-live",)
-#: Tokens a second of audio counts for (25 or 32 is unverified, 3.2; the fake picks 25).
+#: Tokens a second of audio counts for (25 or 32 is unverified, protocol-gemini.md 2; the fake picks
+#: 25).
 AUDIO_TOKENS_PER_S = 25
-#: How far the modality details under-sum the prompt count (seen on the wire, 3.4).
+#: How far the modality details under-sum the prompt count (seen on the wire, protocol-gemini.md 4).
 GAP = 7
 THOUGHTS = 11
 #: Output audio: 100 ms a chunk, sent every ``pace`` seconds.
@@ -328,7 +329,7 @@ class _Conn:
             for part in turn.get("parts", []):
                 self.pending_text.append(part.get("text", ""))
         if value.get("turnComplete"):
-            # 3.8 Live: turnComplete interrupts a generation unconditionally (3.3).
+            # 3.8 Live: turnComplete interrupts a generation unconditionally (protocol-gemini.md 3).
             await self.barge_in()
             text = " ".join(self.pending_text)
             self.pending_text = []
@@ -392,7 +393,7 @@ class _Conn:
         await self.resumption_update()
 
     def usage(self, response_audio_s: float) -> dict[str, Any]:
-        """The whole context, re-billed (3.2); the response this turn's."""
+        """The whole context, re-billed (protocol-gemini.md 2); the response this turn's."""
         s = self.session
         assert s is not None
         text, audio = s.text_tokens + 3, int(s.audio_in_s * AUDIO_TOKENS_PER_S)

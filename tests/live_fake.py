@@ -1,4 +1,4 @@
-"""A fake of OpenAI's GPT-Live WebSocket, ``GET /v1/live/sessions`` (voice-apis.md 1), for
+"""A fake of OpenAI's GPT-Live WebSocket, ``GET /v1/live/sessions`` (docs/protocol-live.md), for
 ``FakeProvider``: built from the reference and the SDK's ``openai.types.live`` types, which every
 event it sends validates against (``tests/test_live.py`` checks them on the client's side).
 
@@ -314,7 +314,7 @@ FAKE_LIVE_SDP_ANSWER = "v=0\r\no=- 4343 2 IN IP4 127.0.0.1\r\ns=fake-live-answer
 
 @dataclass
 class FakeLiveCalls:
-    """The provider's GPT-Live WebRTC/SIP side (voice-apis.md 1.2): ``POST /v1/live/sessions``
+    """The provider's GPT-Live WebRTC/SIP side (docs/protocol-live.md 9): ``POST /v1/live/sessions``
     (JSON with ``transport.sdp``) answered ``{session: {id}, transport: {type, sdp}}``; the
     sideband ``GET /v1/live/sessions/{id}/attach`` (no ``session.start``); ``accept``,
     ``reject``, ``refer``, ``hangup``, answered with no body. A hangup, or ``session.close`` on

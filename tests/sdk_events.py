@@ -95,7 +95,7 @@ def validate_server_event(event: dict[str, Any]) -> None:
 def validate_live_event(event: dict[str, Any]) -> None:
     """Raise if ``event`` is not a valid GPT-Live server event of its declared type, as the
     SDK's ``openai.types.live.ServerEvent`` union types it (extra fields are refused too: the
-    Live schema is strict, voice-apis.md 1.4)."""
+    Live schema is strict, docs/protocol-live.md 2)."""
     parsed = _LIVE_SERVER.validate_python(event)
     assert parsed.type == event["type"], (parsed.type, event["type"])
     extra = set(event) - set(type(parsed).model_fields)

@@ -592,7 +592,7 @@ async def test_the_product_pages_minting_examples_work_as_written(
     start_gateway: Callable[..., Any],
     provider: FakeProvider,
 ) -> None:
-    """The two curl bodies of ../shared/seed/realtime-api.txt, byte for byte."""
+    """The two curl bodies of OpenAI's Realtime API product page, byte for byte."""
     gw: RunningGateway = await start_gateway(make_settings())
     _, key = await key_with(gw)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

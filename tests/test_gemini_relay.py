@@ -207,7 +207,7 @@ async def test_a_tool_call_round_trip(gw: RunningGateway, fake: FakeGemini) -> N
     assert resp["functionResponses"] == [
         {"id": call["call_id"], "name": "get_weather", "response": {"sky": "18C cloudy"}}
     ]
-    # Both turns billed, each re-billing the whole context, summed (voice-apis.md 3.2).
+    # Both turns billed, each re-billing the whole context, summed (docs/protocol-gemini.md 2).
     (row,) = await gw.store.usage_summary()
     assert row.records == 2 == len(fake.usage_sent)
     assert row.charged_nanos == sum(priced_nanos(m) for m in fake.usage_sent)

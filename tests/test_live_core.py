@@ -1,7 +1,8 @@
-"""GPT-Live in the relay core, fed plain strings (voice-apis.md 1): the first event read, voice
-seconds billed as deltas of cumulative snapshots to the nano-dollar, the final total reconciled,
-the graceful end (``session.close`` -> ``session.closed``) from every side, an upstream that dies
-first (last snapshot billed, flagged unconfirmed), backend tokens, Live's error envelope."""
+"""GPT-Live in the relay core, fed plain strings (docs/protocol-live.md): the first event read,
+voice seconds billed as deltas of cumulative snapshots to the nano-dollar, the final total
+reconciled, the graceful end (``session.close`` -> ``session.closed``) from every side, an upstream
+that dies first (last snapshot billed, flagged unconfirmed), backend tokens, Live's error
+envelope."""
 
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ async def test_dated_snapshot_routes_and_prices_as_its_family(
 
 @pytest.mark.parametrize(
     "query",
-    # The second is the product page's own example (../shared/seed/realtime-api.txt).
+    # The second is the example on OpenAI's Realtime API product page.
     [{"intent": "transcription"}, {"model": "gpt-realtime", "intent": "transcription"}],
 )
 async def test_transcription_intent_is_passed_upstream_and_metered(

@@ -1,6 +1,6 @@
 """A translation session's input audio, counted by the gateway: the base64 arithmetic, the
 recognised spellings of ``session.input_audio_buffer.append``, and the relay core's chunks,
-budget checks and final record, fed plain strings (voice-apis.md 2.4)."""
+budget checks and final record, fed plain strings (docs/protocol.md 10)."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_a_realtime_session_counts_no_translation_audio() -> None:
 
 
 def delta(pcm: bytes, **fields: object) -> str:
-    """A translated audio delta as the provider's docs show it (voice-apis.md 2.4)."""
+    """A translated audio delta as the provider's docs show it (docs/protocol.md 10)."""
     return orjson.dumps(
         {"type": "session.output_audio.delta", "delta": base64.b64encode(pcm).decode(), **fields}
     ).decode()

@@ -1,4 +1,4 @@
-"""A fake of OpenAI's translation route, ``/v1/realtime/translations`` (voice-apis.md 2.4), for
+"""A fake of OpenAI's translation route, ``/v1/realtime/translations`` (docs/protocol.md 10), for
 ``FakeProvider``: built from the reference and the SDK's ``RealtimeTranslation*`` types.
 
 * ``session.created`` first, with ``session{id, type: "translation", model, expires_at, audio}``;

@@ -26,8 +26,9 @@ from rtgate.validation import problem
 
 UpstreamKind = Literal["openai", "azure", "local", "gemini"]
 
-#: Google's Gemini Live endpoint (voice-apis.md 3.1): the default ``base_url`` of a ``gemini``
-#: upstream. A ``base_url`` that names a host only gets this path (``relay/upstream.py``).
+#: Google's Gemini Live endpoint (docs/protocol-gemini.md 1): the default ``base_url`` of a
+#: ``gemini`` upstream. A ``base_url`` that names a host only gets this path
+#: (``relay/upstream.py``).
 GEMINI_LIVE_URL = (
     "wss://generativelanguage.googleapis.com/ws/"
     "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -275,11 +276,11 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
     # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
     "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
-    # Gemini Live, per 1M tokens by modality (voice-apis.md 3.2: text from Google's page, the
-    # audio rates from third-party tables citing it). Google publishes no cached rate for Live:
-    # a tenth of the input rate, like every row that leaves it out. Image and video input as
-    # text. Models whose rates are not known (3.8 extended thinking's audio, the previews) get
-    # no default row: their usage is recorded unpriced and logged, never billed at a guess.
+    # Gemini Live, per 1M tokens by modality (docs/protocol-gemini.md 2: text from Google's page,
+    # the audio rates from third-party tables citing it). Google publishes no cached rate for Live:
+    # a tenth of the input rate, like every row that leaves it out. Image and video input as text.
+    # Models whose rates are not known (3.8 extended thinking's audio, the previews) get no default
+    # row: their usage is recorded unpriced and logged, never billed at a guess.
     "gemini-3.8-live": PriceSettings(
         text_in=_d("0.75"),
         text_out=_d("4.50"),
@@ -343,7 +344,7 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     translation_record_seconds: Annotated[float, Meta(gt=0, le=600)] = 10.0
     #: Which audio a translation session is billed by: the client's ``input`` (the default, as
     #: the reference advises) or the translated ``output``. The provider's basis is not
-    #: documented (voice-apis.md 2.4); reconcile against its invoice and set this to match.
+    #: documented (docs/protocol.md 10); reconcile against its invoice and set this to match.
     translation_billed_audio: Literal["input", "output"] = "input"
     #: GPT-Live (``/v1/live/sessions``): how long a client may take to send its first message,
     #: ``session.start``, which names the model; past it: ``invalid_session_start``, no dial.

@@ -3,7 +3,7 @@
 - ``POST /v1/realtime/client_secrets`` (GA): ``{expires_after?, session?}`` ->
   ``{value, expires_at, session}``;
 - ``POST /v1/realtime/translations/client_secrets``: ``{expires_after?, session{model, audio?}}``
-  -> ``{value, expires_at, session}`` with a translation session (voice-apis.md 2.4); its secret
+  -> ``{value, expires_at, session}`` with a translation session (docs/protocol.md 10); its secret
   opens ``/v1/realtime/translations`` only;
 - ``POST /v1/realtime/sessions`` and ``POST /v1/realtime/transcription_sessions`` (beta): a flat
   session -> that session plus ``client_secret{value, expires_at}``; one minute by default.

@@ -157,7 +157,7 @@ def ga_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str
 
 def translation_template(session: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
     """The model and the template (``type`` ``translation``, without ``model``) of a translation
-    session object (voice-apis.md 2.4: ``{"model", "audio": {"output": {"language"}}}``)."""
+    session object (docs/protocol.md 10: ``{"model", "audio": {"output": {"language"}}}``)."""
     body = dict(session or {})
     if body.get("type", "translation") != "translation":
         raise InvalidSession(

@@ -236,7 +236,7 @@ def initial_session_update(
 def translation_session_update(template: Mapping[str, Any] | None) -> str | None:
     """The ``session.update`` a translation session opens with: a client secret's template
     (its ``audio``), or None. The key's session defaults are a realtime session's and a
-    translation session takes none of them (voice-apis.md 2.4)."""
+    translation session takes none of them (docs/protocol.md 10)."""
     session = {k: v for k, v in (template or {}).items() if k != "type"}
     if not session:
         return None

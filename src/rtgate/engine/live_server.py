@@ -104,7 +104,7 @@ class LiveConnection:
 
     async def _start(self) -> bool:
         """Wait for ``session.start``; anything else first is refused and the session ends
-        (1008), as a startup error prevents ``session.started`` (voice-apis.md 1.9)."""
+        (1008), as a startup error prevents ``session.started`` (docs/protocol-live.md 6)."""
         while not self.s.started:
             try:
                 msg = await self.ws.receive(timeout=START_TIMEOUT_S)

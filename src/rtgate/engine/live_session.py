@@ -48,7 +48,7 @@ SESSION_FIELDS = frozenset(
         "triggers",
     }
 )
-#: Live's built-in default voice (voice-apis.md 1.4).
+#: Live's built-in default voice (docs/protocol-live.md 2).
 DEFAULT_VOICE = "marin"
 #: The formats a Live WebSocket accepts, by ``audio.format.type``: the rates allowed.
 RATES = {"audio/pcm": (16000, 24000), "audio/pcmu": (8000,), "audio/pcma": (8000,)}
@@ -78,7 +78,7 @@ def live_event(etype: str, client_event_id: str | None = None, **fields: Any) ->
 def live_error(
     code: str, message: str, param: str | None = None, client_event_id: str | None = None
 ) -> Event:
-    """The one Live error envelope (voice-apis.md 1.9)."""
+    """The one Live error envelope (docs/protocol-live.md 6)."""
     error: dict[str, Any] = {"type": "invalid_request_error", "code": code, "message": message}
     if param is not None:
         error["param"] = param
@@ -204,7 +204,7 @@ def resolve_config(config: Any) -> dict[str, Any]:
 
 
 def _history_text(item: Any) -> tuple[str, str] | None:
-    """An initial history message's role and text (one text part, voice-apis.md 1.4)."""
+    """An initial history message's role and text (one text part, docs/protocol-live.md 2)."""
     if not isinstance(item, dict) or item.get("role") not in ("developer", "user", "assistant"):
         return None
     parts = item.get("content")

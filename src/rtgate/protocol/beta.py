@@ -10,7 +10,7 @@ Rules:
 
 * Only frames whose shape differs are rewritten; every other frame (including a parsed one whose
   translation came out equal) is returned as the very same string, so it reaches the other side
-  byte for byte (STYLE.md habit 1).
+  byte for byte: what the relay does not act on, it forwards as it came.
 * Frames are recognised cheaply. A server frame that opens with its ``type`` (as OpenAI's and the
   local engine's do) is looked up by that name: a pure rename (the deltas among them) is done by
   string surgery, a GA-only event is dropped, and any other name the tables do not hold is

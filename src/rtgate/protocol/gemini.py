@@ -13,7 +13,7 @@ had sent it), ``Resume`` (dial a new connection and send it ``resume_setup()``),
 (that connection is ready: make it current, close the old one) and ``Closed`` (the upstream's
 end, as the code and reason the client gets).
 
-The rules it keeps (voice-apis.md 3.3-3.10; the event shapes are the GA ones the ``openai``
+The rules it keeps (docs/protocol-gemini.md 3-10; the event shapes are the GA ones the ``openai``
 SDK types, docs/protocol.md):
 
 * **Session.** ``session.created`` is written at connect, as OpenAI sends it, from OpenAI's
@@ -24,34 +24,34 @@ SDK types, docs/protocol.md):
   (``session_update_not_supported``) and the session goes on, instead of Gemini's 1007 close;
   one that leaves ``setup`` as it is (audio formats, which the gateway converts) is applied.
 * **Audio in.** ``input_audio_buffer.append`` (24 kHz PCM16, or G.711) is resampled to 16 kHz
-  PCM16 (``realtimeInput.audio``, 3.5). ``commit`` flushes the resampler and ends the stream
-  (``audioStreamEnd``; with ``turn_detection: null``, ``activityEnd``, after an
+  PCM16 (``realtimeInput.audio``, protocol-gemini.md 5). ``commit`` flushes the resampler and ends
+  the stream (``audioStreamEnd``; with ``turn_detection: null``, ``activityEnd``, after an
   ``activityStart`` before the turn's first audio).
 * **Turns.** ``conversation.item.create`` text is ``clientContent`` without ``turnComplete``;
   ``response.create`` is ``clientContent.turnComplete`` (Gemini's "start generating"), except
   after a tool output or an audio commit, which Gemini answers on its own (a ``turnComplete``
-  there would interrupt it, 3.3). A ``function_call_output`` is a ``toolResponse`` under the
-  call's name.
+  there would interrupt it, protocol-gemini.md 3). A ``function_call_output`` is a ``toolResponse``
+  under the call's name.
 * **Responses.** The first output of a Gemini turn opens a response (``response.created``,
   the message item, its content part); audio and transcript deltas follow; ``turnComplete``
   closes it (``response.done`` ``completed``); ``interrupted`` is a barge-in:
   ``input_audio_buffer.speech_started`` at once, the rest of the turn dropped, and
-  ``response.done`` ``cancelled`` (``turn_detected``) when Gemini ends the turn (3.10 gap 2).
-  ``response.cancel`` is the same with ``client_cancelled``: Gemini cannot stop a generation,
-  so the gateway stops relaying it. ``toolCall`` adds a function-call item per call and ends
-  the response.
+  ``response.done`` ``cancelled`` (``turn_detected``) when Gemini ends the turn (protocol-gemini.md
+  10 gap 2). ``response.cancel`` is the same with ``client_cancelled``: Gemini cannot stop a
+  generation, so the gateway stops relaying it. ``toolCall`` adds a function-call item per call and
+  ends the response.
 * **Usage.** The last ``usageMetadata`` before a response ends goes into its ``response.done``
   (``gemini_usage.py``); one that arrives with no response to carry it (a bare ``turnComplete``)
   gets a response of its own, empty, so nothing Gemini bills goes unmetered.
 * **goAway.** Client messages sent since setup are kept until Gemini reports them consumed
   (``sessionResumptionUpdate.lastConsumedClientMessageIndex``). On ``goAway`` the session is
   resumed on a new connection with the last resumable handle, once no response is in flight,
-  and the unconsumed messages are replayed; the client sees nothing of it (3.10 gap 1). A 1011
-  close with a handle known is resumed the same way (``RESUME_ON_FAULT``); a response that was
-  in flight on a lost connection ends ``failed``, carrying its usage.
+  and the unconsumed messages are replayed; the client sees nothing of it (protocol-gemini.md 10 gap
+  1). A 1011 close with a handle known is resumed the same way (``RESUME_ON_FAULT``); a response
+  that was in flight on a lost connection ends ``failed``, carrying its usage.
 * **Errors.** Gemini has no error message: its close codes become an OpenAI ``error`` event and
-  a close (``gemini_close``, 3.7). A message the translator cannot read gets an ``error`` event
-  (``upstream_protocol_error``) and the session goes on.
+  a close (``gemini_close``, protocol-gemini.md 7). A message the translator cannot read gets an
+  ``error`` event (``upstream_protocol_error``) and the session goes on.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ __all__ = ["REPLAY_LIMIT", "RESUME_ON_FAULT", "GeminiTranslator"]
 
 
 #: A connection Gemini closed with 1011 ("Internal error", or "Deadline expired" at about 58
-#: minutes, 3.6, 3.7) is resumed from the last handle, at most this many times between two
-#: completed turns; past that, or without a handle, the session ends with the mapped error.
+#: minutes, protocol-gemini.md 6, 7) is resumed from the last handle, at most this many times
+#: between two completed turns; past that, or without a handle, the session ends with the mapped
+#: error.
 RESUME_ON_FAULT = 2
 
 #: Client messages kept for a replay after ``goAway`` while Gemini has not reported them
@@ -420,7 +421,8 @@ class GeminiTranslator:
     def _response_create(self, eid: Any) -> list[Out]:
         if self._answer_coming:
             # Gemini answers a tool's output and the end of the client's audio on its own; a
-            # turnComplete now would interrupt that answer (3.3), however far it got.
+            # turnComplete now would interrupt that answer (protocol-gemini.md 3), however far it
+            # got.
             self._answer_coming = False
             return []
         if self._w.resp is not None and self._w.resp.cancelled is None:
@@ -597,8 +599,8 @@ def _audio_message(pcm16k: bytes) -> dict[str, Any]:
 
 
 def _tool_result(output: str) -> dict[str, Any]:
-    """A tool's output as Gemini's ``response``, which must be an object (3.3): a JSON object
-    as it is, anything else as ``{"result": ...}``."""
+    """A tool's output as Gemini's ``response``, which must be an object (protocol-gemini.md 3): a
+    JSON object as it is, anything else as ``{"result": ...}``."""
     try:
         value = orjson.loads(output)
     except orjson.JSONDecodeError:

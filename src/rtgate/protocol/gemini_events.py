@@ -1,6 +1,6 @@
 """What the Gemini translator (``protocol/gemini.py``) answers, and the OpenAI events and
 close codes it writes for the client: outputs, ``error`` events, Gemini's closes mapped
-(voice-apis.md 3.7)."""
+(docs/protocol-gemini.md 7)."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def scrub(reason: str) -> str:
 
 
 def gemini_close(code: int, reason: str) -> tuple[str, str, int]:
-    """A Gemini close (3.7) as OpenAI sees an error: ``(type, code, close code)``. A refusal
-    of the gateway's own key is ``invalid_api_key``, which the relay session rewords as
+    """A Gemini close (protocol-gemini.md 7) as OpenAI sees an error: ``(type, code, close code)``.
+    A refusal of the gateway's own key is ``invalid_api_key``, which the relay session rewords as
     ``upstream_auth_failed`` (the client's key is not the one refused)."""
     low = reason.lower()
     if code == 1008 and any(w in low for w in _AUTH_WORDS):

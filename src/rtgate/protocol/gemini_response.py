@@ -1,4 +1,4 @@
-"""The OpenAI responses a Gemini turn is written as (voice-apis.md 3.4, 3.8-3.10), with no I/O:
+"""The OpenAI responses a Gemini turn is written as (docs/protocol-gemini.md 4, 8-10), with no I/O:
 the server-side half of the Gemini translator (``protocol/gemini.py``).
 
 A ``ResponseWriter`` keeps the conversation as the client sees it: the open response and its
@@ -28,7 +28,8 @@ from rtgate.protocol.gemini_events import (
 from rtgate.protocol.gemini_usage import realtime_usage
 from rtgate.protocol.ids import new_id
 
-#: ``turnCompleteReason`` values of a rejected turn (3.4), reported as OpenAI's content filter.
+#: ``turnCompleteReason`` values of a rejected turn (protocol-gemini.md 4), reported as OpenAI's
+#: content filter.
 _FILTERED = frozenset({"RESPONSE_REJECTED", "PROHIBITED_INPUT_CONTENT"})
 
 
@@ -80,7 +81,7 @@ class ResponseWriter:
             self._output = None
 
     def metadata(self, meta: dict[str, Any]) -> None:
-        """A ``usageMetadata``: the latest one is the turn's (3.9)."""
+        """A ``usageMetadata``: the latest one is the turn's (protocol-gemini.md 9)."""
         self.usage = realtime_usage(meta)
 
     def flush_usage(self) -> list[Out]:
@@ -105,8 +106,8 @@ class ResponseWriter:
             self.resp.cancelled = "turn_detected"
 
     def server_content(self, content: dict[str, Any]) -> list[Out]:
-        """One ``serverContent`` (3.4): its fields in the order a client needs them (input
-        transcript, barge-in, model output, output transcript, generation and turn ends)."""
+        """One ``serverContent`` (protocol-gemini.md 4): its fields in the order a client needs them
+        (input transcript, barge-in, model output, output transcript, generation and turn ends)."""
         out: list[Out] = []
         itr = content.get("inputTranscription")
         if isinstance(itr, dict) and isinstance(itr.get("text"), str) and itr["text"]:
@@ -149,7 +150,7 @@ class ResponseWriter:
     def _turn_done(self, cancelled: str | None, why: Any) -> list[Out]:
         """``response.done`` for a turn Gemini completed: ``cancelled`` if it was cut,
         ``incomplete`` (``content_filter``) if Gemini rejected it, ``failed`` for a malformed
-        function call (3.4 ``turnCompleteReason``), else ``completed``."""
+        function call (protocol-gemini.md 4 ``turnCompleteReason``), else ``completed``."""
         if cancelled:
             return self._finish("cancelled", cancelled)
         if why in _FILTERED:
@@ -187,7 +188,7 @@ class ResponseWriter:
         ]
 
     def _interrupted(self) -> list[Out]:
-        """Barge-in (3.10 gap 2): the client stops playing now; the response ends
+        """Barge-in (protocol-gemini.md 10 gap 2): the client stops playing now; the response ends
         ``cancelled`` with the turn, carrying the turn's usage."""
         item = self.user_item or new_id("item")
         self.user_item = item

@@ -1,9 +1,10 @@
 """An OpenAI Realtime session (GA shape) as Gemini Live's one ``setup`` message.
 
 Gemini fixes a connection's configuration in its first message, ``setup``, and closes a second
-one with 1007 (voice-apis.md 3.3). The translator (``protocol/gemini.py``) therefore keeps the
-client's session as OpenAI describes it (``session.created`` / ``session.updated`` show it), and
-builds ``setup`` from it once, when the first turn needs the model. What maps (voice-apis.md 3.8):
+one with 1007 (docs/protocol-gemini.md 3). The translator (``protocol/gemini.py``) therefore keeps
+the client's session as OpenAI describes it (``session.created`` / ``session.updated`` show it), and
+builds ``setup`` from it once, when the first turn needs the model. What maps
+(docs/protocol-gemini.md 8):
 
 ==========================================  ================================================
 OpenAI session field                        Gemini ``setup`` field
@@ -22,9 +23,9 @@ audio output                                ``outputAudioTranscription: {}`` (Op
 ``audio.input.turn_detection``              ``realtimeInputConfig.automaticActivityDetection``
                                             (null: ``disabled``, manual turns)
 (always)                                    ``sessionResumption: {transparent: true}`` (for
-                                            ``goAway``, 3.10 gap 1) and
+                                            ``goAway``, protocol-gemini.md 10 gap 1) and
                                             ``contextWindowCompression.slidingWindow`` (audio
-                                            sessions end at 15 min without it, 3.6)
+                                            sessions end at 15 min without it, protocol-gemini.md 6)
 ==========================================  ================================================
 
 Not translated (no Gemini equivalent): ``tool_choice``, ``audio.input.noise_reduction``,
@@ -42,11 +43,11 @@ from typing import Any
 
 from rtgate.protocol.session_fields import merge
 
-#: Gemini's native input rate (voice-apis.md 3.5); its output is 24 kHz like OpenAI's.
+#: Gemini's native input rate (docs/protocol-gemini.md 5); its output is 24 kHz like OpenAI's.
 GEMINI_INPUT_RATE = 16000
 GEMINI_INPUT_MIME = f"audio/pcm;rate={GEMINI_INPUT_RATE}"
 
-#: OpenAI's voices to Gemini's prebuilt ones, as LiteLLM maps them (voice-apis.md 3.8). A
+#: OpenAI's voices to Gemini's prebuilt ones, as LiteLLM maps them (docs/protocol-gemini.md 8). A
 #: voice not named here is sent as it is: a Gemini voice name (``Kore``) works directly.
 VOICES = {
     "alloy": "Zephyr",
@@ -66,8 +67,8 @@ _SCHEMA_DROPPED = frozenset({"$schema", "additionalProperties", "strict"})
 
 
 def model_path(model: str) -> str:
-    """The model as Gemini names it in ``setup.model`` (``models/NAME``, 3.1); a name that
-    has a path already (``models/...``, Vertex's ``projects/...``) is kept."""
+    """The model as Gemini names it in ``setup.model`` (``models/NAME``, protocol-gemini.md 1); a
+    name that has a path already (``models/...``, Vertex's ``projects/...``) is kept."""
     return model if "/" in model else f"models/{model}"
 
 
@@ -121,7 +122,7 @@ def _section(session: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
 
 def manual_turns(session: Mapping[str, Any]) -> bool:
     """Whether the client ends its own turns (``turn_detection: null``): Gemini then wants
-    ``activityStart``/``activityEnd`` around speech (voice-apis.md 3.3)."""
+    ``activityStart``/``activityEnd`` around speech (docs/protocol-gemini.md 3)."""
     inp = _section(session, "audio", "input")
     return "turn_detection" in inp and inp["turn_detection"] is None
 
@@ -216,7 +217,8 @@ def setup_message(session: Mapping[str, Any], upstream_model: str) -> dict[str, 
 
 
 def with_handle(setup: Mapping[str, Any], handle: str) -> dict[str, Any]:
-    """``setup`` resuming the session a ``sessionResumptionUpdate.newHandle`` names (3.10)."""
+    """``setup`` resuming the session a ``sessionResumptionUpdate.newHandle`` names
+    (protocol-gemini.md 10)."""
     out = dict(setup)
     out["sessionResumption"] = {"handle": handle, "transparent": True}
     return out

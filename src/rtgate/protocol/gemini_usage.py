@@ -1,4 +1,4 @@
-"""Gemini's ``usageMetadata`` as OpenAI's ``response.done.response.usage`` (voice-apis.md 3.9).
+"""Gemini's ``usageMetadata`` as OpenAI's ``response.usage`` (docs/protocol-gemini.md 9).
 
 The gateway meters the translated ``response.done`` like any other (``protocol/usage.py`` reads
 the Realtime names), so this is where Gemini's counts become billable tokens by modality:
@@ -6,8 +6,8 @@ the Realtime names), so this is where Gemini's counts become billable tokens by 
 * input: ``promptTokensDetails`` by modality (TEXT, DOCUMENT -> text; AUDIO -> audio; IMAGE,
   VIDEO -> image), plus ``toolUsePromptTokenCount`` (outside ``promptTokenCount``: Google's
   total is prompt + response + tool use + thoughts). Details that under-sum their count (seen
-  on the wire, 3.4) leave a gap, counted as text: the provider bills those tokens too, and
-  text is the cheapest honest reading of tokens of unknown modality.
+  on the wire, protocol-gemini.md 4) leave a gap, counted as text: the provider bills those tokens
+  too, and text is the cheapest honest reading of tokens of unknown modality.
 * cached: ``cacheTokensDetails`` by modality, else ``cachedContentTokenCount`` as text; a
   subset of the input, as in OpenAI's usage.
 * output: ``responseTokensDetails`` (AI Studio) or ``candidatesTokensDetails`` (Vertex) by
@@ -15,7 +15,7 @@ the Realtime names), so this is where Gemini's counts become billable tokens by 
   the response count and is billed at the output rate).
 
 Google re-bills the whole context on every turn, so each turn's ``usageMetadata`` is billed as
-it is and the turns are summed (3.2): no delta against the previous turn.
+it is and the turns are summed (protocol-gemini.md 2): no delta against the previous turn.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ class RelayCore:
         meter = self._audio_meter
         if meter is not None and meter.basis == "output" and (ms := meter.delivered(data.decode())):
             # A translation billed by its output: the chunk's record beside the frame, which
-            # goes on as any other (voice-apis.md 2.4).
+            # goes on as any other (docs/protocol.md 10).
             rec = self.session.meter_translation_audio(ms, self._now())
             out = self._hold(data) if self._held is not None else self._down(data)
             forwarded = (SendClient(data),) if out is None else out
@@ -523,7 +523,7 @@ class RelayCore:
         if meter is not None:
             ms = meter.appended(text)
             if ms is not None:
-                # Forwarded at once; a chunk's record holds no frame (voice-apis.md 2.4).
+                # Forwarded at once; a chunk's record holds no frame (docs/protocol.md 10).
                 return self._record_audio(ms, data) if ms else None
         guard = self._guard
         reads = guard is not None and guard.reads(text)

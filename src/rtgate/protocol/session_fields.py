@@ -41,7 +41,7 @@ REALTIME = frozenset(
     }
 )
 TRANSCRIPTION = frozenset({"type", "audio", "include"})
-#: A translation session (voice-apis.md 2.4): its model and its audio (``output.language``,
+#: A translation session (docs/protocol.md 10): its model and its audio (``output.language``,
 #: ``input.transcription``, ``input.noise_reduction``); no instructions, tools or responses.
 TRANSLATION = frozenset({"type", "audio", "model"})
 

@@ -1,6 +1,6 @@
 """The audio of a translation session, counted by the gateway (no I/O).
 
-``/v1/realtime/translations`` reports no usage on any event (voice-apis.md 2.4: ``session.closed``
+``/v1/realtime/translations`` reports no usage on any event (docs/protocol.md 10: ``session.closed``
 is only ``event_id`` and ``type``), yet it is billed by audio duration, and which audio is not
 documented. So rtgate counts it itself, by the basis ``translation_billed_audio`` names:
 

@@ -16,7 +16,7 @@ slot and the gateway's own sideband bills its usage (``calls.py``), so this sock
 and records no usage; it relays under the key's budgets and blocked events, and sends none of
 the key's or a secret's session defaults (the call has them since it was placed).
 
-``GET /v1/realtime/translations?model=gpt-realtime-translate`` (voice-apis.md 2.4) is relayed the
+``GET /v1/realtime/translations?model=gpt-realtime-translate`` (docs/protocol.md 10) is relayed the
 same way, with the same admission, slot, cap, live view and drain, to the upstream's
 ``{base}/realtime/translations?model=``. A session there opens with a translation client secret
 only (``/v1/realtime/translations/client_secrets``; the other kinds open ``/v1/realtime`` only),
@@ -137,7 +137,7 @@ async def _dial(
         # A sideband names its call alone; the call has its model (docs/protocol.md 1.1, URLs).
         url = upstream_url(base_url, call_id=call.call_id)
     elif intent == TRANSLATION:
-        # voice-apis.md 2.4: the model is required in the query; there is no intent.
+        # docs/protocol.md 10: the model is required in the query; there is no intent.
         url = upstream_url(base_url, model=route.upstream_model, route="realtime/translations")
     elif intent == LIVE:
         # docs/protocol-live.md 1: no query at all; the model is in session.start (the setup frame).

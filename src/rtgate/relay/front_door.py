@@ -59,7 +59,7 @@ _WSProtocol: Any = _picows_ext.WSProtocol  # type: ignore[attr-defined]
 #: The longest request head the front door reads: picows' own limit for the head it parses.
 MAX_HEAD = 16 * 1024
 RELAY_PATH = "/v1/realtime"
-#: The translation route (voice-apis.md 2.4), relayed as ``RELAY_PATH`` is.
+#: The translation route (docs/protocol.md 10), relayed as ``RELAY_PATH`` is.
 TRANSLATIONS_PATH = "/v1/realtime/translations"
 #: GPT-Live's WebSocket (docs/protocol-live.md 1), relayed as ``RELAY_PATH`` is; its ``POST``
 #: (WebRTC) is an HTTP request like any other.

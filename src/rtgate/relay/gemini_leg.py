@@ -70,7 +70,7 @@ class _Connection:
         self._gl.gemini_frame(self, data)
 
     def on_binary(self, data: bytes) -> None:
-        # Google sends its JSON messages as binary frames too (voice-apis.md 3.4).
+        # Google sends its JSON messages as binary frames too (docs/protocol-gemini.md 4).
         self._gl.gemini_frame(self, data)
 
     def on_heard(self) -> None:

@@ -48,7 +48,7 @@ def upstream_url(
     caller has checked it). A client's own parameters (the SDKs' ``extra_query``) are never
     forwarded: they would reach the provider under the provider's key. Azure's GA endpoint
     (``/openai/v1``) takes the same query, the deployment as ``model``, and no ``api-version``.
-    ``route``: ``realtime``, or ``realtime/translations`` (voice-apis.md 2.4; Azure has it under
+    ``route``: ``realtime``, or ``realtime/translations`` (docs/protocol.md 10; Azure has it under
     the same base)."""
     params = [(k, v) for k, v in (("model", model), ("intent", intent), ("call_id", call_id)) if v]
     qs = urlencode(params)
@@ -58,7 +58,8 @@ def upstream_url(
 def gemini_url(base_url: str) -> str:
     """A ``gemini`` upstream's endpoint: ``base_url`` as it is when it names a path (the full
     ``BidiGenerateContent`` URL, or Vertex's), else that host with Google's Live path
-    (voice-apis.md 3.1). The model goes in ``setup``, never in the URL; the key in a header."""
+    (docs/protocol-gemini.md 1). The model goes in ``setup``, never in the URL; the key in a
+    header."""
     url = ws_scheme(base_url)
     if urlsplit(url).path.strip("/"):
         return url
@@ -70,7 +71,7 @@ def upstream_headers(
 ) -> dict[str, str]:
     if up.kind == "gemini":
         # Google's own protocol: nothing of the OpenAI client's (its SDK's headers included)
-        # belongs there; the key goes as the Python SDK sends it (voice-apis.md 3.1).
+        # belongs there; the key goes as the Python SDK sends it (docs/protocol-gemini.md 1).
         return {"x-goog-api-key": api_key} if api_key else {}
     headers = {
         k: v
