@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from rtgate.api.app import create_app, set_local_base_url
+from rtgate.api.app import create_app, end_live, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN
@@ -127,7 +127,10 @@ async def serve_async(
         log.info("drained: listening on, refusing new sessions, until every worker has drained")
         await _first_of(now.wait(), siblings.wait())
     log.info("shutting down")
-    # Stops listening, ends what is still live (1001), waits for the handlers, drains the ledger.
+    # What is still live ends (1001) while aiohttp still reads its connections (app.py
+    # ``end_live``); then its clean-up stops listening, waits for the handlers and
+    # drains the ledger.
+    await end_live(app)
     await runner.cleanup()
 
 

@@ -111,6 +111,23 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+async def end_live(app: web.Application) -> None:
+    """A stop's one teardown of what is still live (none after a drain that finished): each
+    session ends now with an error event and 1001 (going away), as OpenAI's SDK expects, and
+    the front door's sessions (``relay_door``), which are no aiohttp handlers, are awaited, so
+    every end is recorded before the ledger drains.
+
+    ``serving.serve_async`` runs it before aiohttp's clean-up, which first stops reading every
+    connection it serves (``Server.pre_shutdown``), WebSockets included: the local engine's
+    upstream end and a client's permessage-deflate socket would then never read the close the
+    session sends them, and each leg would wait out its close timeout (5 s). It is also the
+    app's first shutdown hook, for an app aiohttp stops alone (a test's runner); run twice, the
+    second finds nothing live."""
+    await app[DRAIN].cancel()
+    await app[GATEWAY].end_live_sessions(shutting_down())
+    await app[RELAY_SOCKETS].wait()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -232,19 +249,9 @@ def create_app(
             await fleet.start(HeldSessions(gw))
             yield
 
-    async def close_live_sessions(app: web.Application) -> None:
-        # on_shutdown runs before aiohttp waits for handlers to finish, so the sessions still
-        # live (none after a drain that finished) end now, with an error event and 1001 (going
-        # away) as OpenAI's SDK expects, not after a timeout.
-        await app[DRAIN].cancel()
-        await app[GATEWAY].end_live_sessions(shutting_down())
-        # The front door's sessions (relay_door) are no aiohttp handlers: awaited here, as
-        # aiohttp awaits its own next, before the ledger drains.
-        await app[RELAY_SOCKETS].wait(within=max(60.0, settings.drain_seconds))
-
-    app[RELAY_SOCKETS] = RelaySockets()
+    app[RELAY_SOCKETS] = RelaySockets(within=max(60.0, settings.drain_seconds))
     app.cleanup_ctx.append(lifecycle)
-    app.on_shutdown.append(close_live_sessions)
+    app.on_shutdown.append(end_live)
     app.router.add_get("/v1/realtime", realtime)
     app.router.add_get("/v1/realtime/translations", realtime)
     app.router.add_get("/v1/live/sessions", realtime)

@@ -260,22 +260,24 @@ async def realtime(request: web.Request) -> web.StreamResponse:
 
 class RelaySockets:
     """The owner of the sessions the front door hands over (``relay_door``): one task each,
-    awaited at shutdown, after the live ones were ended (``api/app.py``)."""
+    awaited at shutdown, after the live ones were ended (``api/app.py``), for ``within``
+    seconds at most."""
 
-    def __init__(self) -> None:
+    def __init__(self, within: float) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self.within = within
 
     def spawn(self, session: Awaitable[None]) -> None:
         task = asyncio.ensure_future(session)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def wait(self, within: float) -> None:
+    async def wait(self) -> None:
         """Until every session has torn down; one still running after ``within`` seconds (a
         bug) is cancelled."""
         if not self._tasks:
             return
-        _done, late = await asyncio.wait(set(self._tasks), timeout=within)
+        _done, late = await asyncio.wait(set(self._tasks), timeout=self.within)
         for task in late:
             task.cancel()
         if late:
