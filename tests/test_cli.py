@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -228,3 +229,21 @@ def test_secrets_revoke_names_an_unknown_id(
     result = CliRunner().invoke(app, ["secrets", "revoke", sid])
     assert result.exit_code == 1
     assert f"no client secret with id {sid}" in result.output
+
+
+def test_every_option_help_is_shown_whole() -> None:
+    """Typer renders help as rich markup, where ``[...]`` is a tag that vanishes: no option's
+    help may hold one (``talk --url`` lost its default that way)."""
+    import typer.main
+
+    def helps(command: Any, path: str) -> Iterator[tuple[str, str]]:
+        for param in command.params:
+            yield f"{path} --{param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from helps(sub, f"{path} {name}")
+
+    seen = dict(helps(typer.main.get_command(app), "rtgate"))
+    assert "rtgate talk --url" in seen
+    assert [(where, text) for where, text in seen.items() if "[" in text] == []
+    result = CliRunner().invoke(app, ["talk", "--help"], terminal_width=200)
+    assert "this machine's gateway" in result.output

@@ -87,3 +87,17 @@ async def test_talk_finds_the_gateway_on_the_port_the_settings_name(
     result = await asyncio.to_thread(CliRunner().invoke, app, args)
     assert result.exit_code == 0, result.output
     assert "response.done" in result.output
+
+
+def test_talk_with_no_gateway_says_where_it_dialled_and_how_to_point_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.process import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.setenv("RTGATE_PORT", str(port))
+    result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--text", "hi"])
+    assert result.exit_code == 1
+    assert f"no gateway answers at ws://127.0.0.1:{port}/v1" in result.output
+    assert "RTGATE_PORT" in result.output and "--url" in result.output

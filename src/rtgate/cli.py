@@ -471,8 +471,9 @@ def talk(
     url: Annotated[
         str | None,
         typer.Option(
-            help="The gateway's WebSocket base [default: this machine's gateway, at the host, "
-            "port and TLS the settings name: ws://127.0.0.1:8080/v1 unless changed]."
+            # Parentheses, not brackets: the help is rich markup, where [...] is a tag.
+            help="The gateway's WebSocket base (default: this machine's gateway, at the host, "
+            "port and TLS the settings name: ws://127.0.0.1:8080/v1 unless changed)."
         ),
     ] = None,
     model: Annotated[str, typer.Option(help="Model to talk to.")] = "gpt-realtime",
@@ -480,6 +481,8 @@ def talk(
     quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
 ) -> None:
     """Talk to a realtime model through the gateway: one turn, then the reply and its cost."""
+    from aiohttp import ClientConnectorError
+
     from rtgate.talk import list_price, read_wav_24k, write_wav_24k
     from rtgate.talk import talk as run_talk
 
@@ -508,7 +511,14 @@ def talk(
             )
         )
     except (GatewayError, OSError) as err:
-        _rich_console(stderr=True).print(f"[red]error:[/red] {err}")
+        stderr = _rich_console(stderr=True)
+        stderr.print(f"[red]error:[/red] {err}", highlight=False)
+        if isinstance(err, ClientConnectorError):
+            stderr.print(
+                f"no gateway answers at {url}: start one (rtgate serve), or give talk the port "
+                "it listens on (RTGATE_PORT, as rtgate serve reads it) or its --url",
+                highlight=False,
+            )
         raise typer.Exit(1) from err
     if result.user_transcript:
         console.print(f"you said:  {result.user_transcript}")

@@ -72,6 +72,7 @@ async def serve_async(
     propagate_drain: Callable[[], None] | None = None,
     drain_requested: Callable[[], bool] | None = None,
     siblings: DrainBarrier | None = None,
+    announce: bool = True,
 ) -> None:
     app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
     # At exit aiohttp waits this long for handlers still running (a drain's length at least).
@@ -102,8 +103,9 @@ async def serve_async(
     freeze_startup_heap()
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if tls is not None else "http"
-    for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
-        log.info(line)
+    if announce:  # of N workers, the first says where they serve (worker.main)
+        for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
+            log.info(line)
     drain = app[DRAIN]
     now = asyncio.Event()
 
@@ -141,10 +143,12 @@ def serve_one(
     drain_requested: Callable[[], bool] | None = None,
     propagate_drain: Callable[[], None] | None = None,
     siblings: DrainBarrier | None = None,
+    announce: bool = True,
 ) -> None:
     """Serve in this process until its drain or stop is over. The keywords are a worker's
     (``worker.main``): how it asks its siblings to drain, whether the parent already has,
-    and its wait for them to drain before it closes."""
+    its wait for them to drain before it closes, and whether it prints where the gateway
+    serves (the first worker does)."""
     if sys.platform != "win32":
         # Its loop does the relay's socket work in C (docs/performance.md).
         import uvloop
@@ -157,5 +161,6 @@ def serve_one(
             propagate_drain=propagate_drain,
             drain_requested=drain_requested,
             siblings=siblings,
+            announce=announce,
         )
     )

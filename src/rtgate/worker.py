@@ -1,6 +1,7 @@
-"""One of ``--workers N``'s processes: ``python -m rtgate.worker PROGRAM FD``, started by the
-parent (``rtgate.workers``) with one end of a socket pair as file descriptor ``FD``, its only
-link to the parent (``PROGRAM``: how the person ran rtgate, as ``rtgate.server`` has it).
+"""One of ``--workers N``'s processes: ``python -m rtgate.worker PROGRAM FD INDEX``, started by
+the parent (``rtgate.workers``) with one end of a socket pair as file descriptor ``FD``, its only
+link to the parent (``PROGRAM``: how the person ran rtgate, as ``rtgate.server`` has it; INDEX:
+0 for the first worker, which alone prints where the gateway serves).
 
 The link carries single bytes, so it needs no framing, after one line from the parent (the
 engine token every worker shares, never put in an argument or the environment, where ``ps`` and
@@ -103,7 +104,7 @@ def _tell_parent_to_drain() -> None:
     os.kill(os.getppid(), signal.SIGUSR1)
 
 
-def main(fd: int) -> int:
+def main(fd: int, index: int) -> int:
     """Serve as one of the parent's workers; the exit status (``START_FAILED`` for a start-up
     failure, which the parent passes on)."""
     # A drain may come before this worker serves (a sibling's request, or SIGTERM): ignored,
@@ -127,6 +128,7 @@ def main(fd: int) -> int:
             propagate_drain=_tell_parent_to_drain,
             drain_requested=link.drain_requested,
             siblings=link,
+            announce=index == 0,
         )
     except GatewayError as err:
         # A start-up failure (database, Redis): reported as ``server.main`` reports it.
@@ -135,4 +137,4 @@ def main(fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[2])))
+    sys.exit(main(int(sys.argv[2]), int(sys.argv[3])))

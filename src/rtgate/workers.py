@@ -89,11 +89,11 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     # Before the workers start, so a worker's first drain request finds the parent listening.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
-    for link, theirs in links:
+    for i, (link, theirs) in enumerate(links):
         fd = theirs.fileno()
         # The worker's end is the worker's alone (no sibling inherits it), so its exit reads as
         # end of file here. The workers inherit this process's environment: the same settings.
-        argv = python_m("rtgate.worker", program, str(fd))
+        argv = python_m("rtgate.worker", program, str(fd), str(i))
         procs.append(subprocess.Popen(argv, pass_fds=(fd,)))  # noqa: S603 (this interpreter)
         theirs.close()
         with contextlib.suppress(OSError):  # exited already: its status says why
@@ -103,6 +103,7 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
         p.wait()
     failed = [p.returncode for p in procs if p.returncode]
     for i, p in enumerate(procs):
-        if p.returncode:
+        # A worker that could not start said why in its one line (``report_failed_start``).
+        if p.returncode and p.returncode != START_FAILED:
             log.error("rtgate-worker-%d exited with status %s", i, p.returncode)
     return START_FAILED if START_FAILED in failed else 1 if failed else 0
