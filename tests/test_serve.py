@@ -24,8 +24,8 @@ from websockets.asyncio.client import connect
 from rtgate.config import Settings, load_settings
 from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
-from rtgate.worker import CLOSE, DRAINED, DrainBarrier
-from rtgate.workers import ask_to_drain, close_together
+from rtgate.worker import CLOSE, DRAIN, DRAINED, STOP, ParentLink
+from rtgate.workers import Workers
 from tests.process import (
     cli_json,
     create_key,
@@ -193,6 +193,7 @@ async def test_a_gateway_on_postgresql_serves_on_asyncpg_alone(
 #: runs as ``__main__``).
 PARENT_OF_WORKERS = {
     "rtgate",
+    "rtgate.interpreter",
     "rtgate.worker",
     "rtgate.workers",
     "rtgate.config",
@@ -285,6 +286,48 @@ def start_serving(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=out,
         )
+
+
+async def test_a_sigterm_while_the_workers_start_drains_them_once_they_serve(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The parent's word reaches a worker still starting: it drains once it serves, and the
+    gateway exits 0. (A word that came before the engine token's line once left a worker deaf
+    to it and the gateway serving on.)"""
+    env = provider.gateway_env(tmp_path / "home", free_port())
+    proc = start_serving(env, tmp_path / "gateway.log")
+    try:
+        async with asyncio.timeout(30):
+            while not spawned_workers(proc.pid):  # noqa: ASYNC110 -- another process's
+                await asyncio.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    finally:
+        kill_tree(proc)
+    assert (tmp_path / "gateway.log").read_text().count("draining:") == 2
+
+
+async def test_workers_whose_parent_is_killed_drain_and_exit(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = provider.gateway_env(tmp_path / "home", port)
+    proc = start_serving(env, tmp_path / "gateway.log")
+    try:
+        await wait_ready(port, proc)
+        await readiness_settles(port, 200)
+        workers = [psutil.Process(pid) for pid in spawned_workers(proc.pid)]
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait(5)
+        _gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 20)
+        assert alive == []
+    finally:
+        kill_tree(proc)
+        for w in psutil.Process().children(recursive=True):
+            if "rtgate.worker" in " ".join(w.cmdline()):
+                w.kill()
+    assert "the parent of this worker is gone" in (tmp_path / "gateway.log").read_text()
 
 
 async def open_sessions(port: int, key: str, n: int) -> list[Any]:
@@ -390,62 +433,101 @@ def link() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
         sock.close()
 
 
+async def settles(check: Callable[[], bool]) -> None:
+    """Until ``check()``: what the link's reader or the parent's thread did in the meantime."""
+    async with asyncio.timeout(5):
+        while not check():  # noqa: ASYNC110 -- state another thread or callback sets
+            await asyncio.sleep(0.01)
+
+
 async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited(
     link: Callable[[], tuple[socket.socket, socket.socket]],
 ) -> None:
-    links = [link() for _ in range(3)]
-    async with asyncio.TaskGroup() as tg:
-        parent = tg.create_task(asyncio.to_thread(close_together, [ours for ours, _ in links]))
-        # Two workers drain; the third has not yet: nobody is told to close.
-        drained = [tg.create_task(DrainBarrier(theirs).wait()) for _, theirs in links[:2]]
-        done, _ = await asyncio.wait([parent, *drained], timeout=0.3)
-        assert not done
-        # The third exits (its end of the link closes): every worker is told.
-        links[2][1].close()
-        await asyncio.wait_for(asyncio.gather(parent, *drained), 5)
-    # A worker whose parent is gone stops waiting too.
-    ours, theirs = link()
-    ours.close()
-    await asyncio.wait_for(DrainBarrier(theirs).wait(), 5)
+    pairs = [link() for _ in range(3)]
+    parent = Workers([ours for ours, _ in pairs])
+    serving = asyncio.ensure_future(asyncio.to_thread(parent.serve))
+    children = [ParentLink(theirs) for _, theirs in pairs]
+    drained: list[int] = []
+    for i, child in enumerate(children):
+        child.watch(drain=lambda i=i: drained.append(i), stop=lambda: None)
+    # The admin API asked one worker: the parent has every worker drain.
+    children[0].ask_drain()
+    await settles(lambda: sorted(drained) == [0, 1, 2])
+    # Two workers drain; the third has not yet: nobody is told to close.
+    waits = [asyncio.ensure_future(child.wait()) for child in children[:2]]
+    done, _ = await asyncio.wait(waits, timeout=0.3)
+    assert not done and not parent.closed
+    # The third exits (its end of the link closes): every worker is told.
+    children[2].unwatch()
+    pairs[2][1].close()
+    await asyncio.wait_for(asyncio.gather(*waits), 5)
+    assert parent.closed
+    # The parent reads on until every worker has exited.
+    assert not serving.done()
+    for child, (_, theirs) in zip(children[:2], pairs[:2], strict=True):
+        child.unwatch()
+        theirs.close()
+    await asyncio.wait_for(serving, 5)
 
 
-async def test_a_drain_asked_before_a_worker_serves_is_read_once_it_does(
+async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     link: Callable[[], tuple[socket.socket, socket.socket]],
 ) -> None:
-    """A worker still starting when the parent fans a drain out ignores the signal; the
-    request it finds on its link once it serves, even one that came with the engine token. The
-    drain's word is not the close's: a drained worker waits on, through a second request, for
-    the word that all have drained."""
+    """A worker still starting when the parent turns a signal into a word reads it once it
+    serves, even in the same read as the engine token; a drain's word is not the close's; a
+    parent that is gone reads as a drain and a close."""
     ours, theirs = link()
-    barrier = DrainBarrier(theirs)
-    ours.sendall(b"token-1\n")
-    assert barrier.engine_token() == "token-1"
-    assert not barrier.drain_requested()
-    ask_to_drain([ours])
-    assert barrier.drain_requested()
-    ours, theirs = link()
-    barrier = DrainBarrier(theirs)
-    ours.sendall(b"token-2\n")
-    ask_to_drain([ours])
-    assert barrier.engine_token() == "token-2"
-    assert barrier.drain_requested()
-    assert barrier.drain_requested()  # read once, remembered
-    waiting = asyncio.ensure_future(barrier.wait())
-    await asyncio.sleep(0.2)
-    ask_to_drain([ours])  # a second SIGTERM's request, while the worker waits
+    ours.sendall(b"token-1\n" + DRAIN)
+    child = ParentLink(theirs)
+    assert child.engine_token() == "token-1"
+    heard: list[str] = []
+    child.watch(drain=lambda: heard.append("drain"), stop=lambda: heard.append("stop"))
+    assert heard == ["drain"]
+    ours.send(STOP)
+    await settles(lambda: heard == ["drain", "stop"])
+    waiting = asyncio.ensure_future(child.wait())
+    ours.send(DRAIN)  # a SIGUSR1 after the SIGTERM: not the close either
     await asyncio.sleep(0.2)
     assert not waiting.done()
     assert ours.recv(64) == DRAINED
     ours.send(CLOSE)
     await asyncio.wait_for(waiting, 5)
-    # A parent that exited without a word: asking finds nothing to ask, and the worker stops
-    # waiting.
+    child.unwatch()
+    # The parent exits, the worker serving: it drains, and its wait for the close is over.
     ours, theirs = link()
-    barrier = DrainBarrier(theirs)
+    ours.sendall(b"token-2\n")
+    child = ParentLink(theirs)
+    assert child.engine_token() == "token-2"
+    heard = []
+    child.watch(drain=lambda: heard.append("drain"), stop=lambda: heard.append("stop"))
     ours.close()
-    ask_to_drain([ours])
-    assert not barrier.drain_requested()
-    await asyncio.wait_for(barrier.wait(), 5)
+    await settles(lambda: heard == ["drain"])
+    await asyncio.wait_for(child.wait(), 5)
+
+
+def test_the_parent_turns_its_signals_into_words(
+    link: Callable[[], tuple[socket.socket, socket.socket]],
+) -> None:
+    """SIGTERM drains, a second one stops, SIGINT stops, SIGUSR1 drains and never escalates;
+    a worker that exited is passed over."""
+    pairs = [link() for _ in range(2)]
+    gone_ours, gone_theirs = link()
+    gone_theirs.close()
+    parent = Workers([ours for ours, _ in pairs] + [gone_ours])
+
+    def said() -> list[bytes]:
+        return [theirs.recv(64) for _, theirs in pairs]
+
+    parent.on_signal(signal.SIGUSR1, None)
+    parent.on_signal(signal.SIGUSR1, None)
+    assert said() == [DRAIN, DRAIN]  # once: a drain under way is left as it is
+    parent.on_signal(signal.SIGTERM, None)
+    assert said() == [STOP, STOP]
+    fresh = Workers([ours for ours, _ in pairs])
+    fresh.on_signal(signal.SIGINT, None)
+    assert said() == [STOP, STOP]
+    fresh.on_signal(signal.SIGTERM, None)
+    assert said() == [DRAIN, DRAIN]
 
 
 async def knock(port: int, key: str, upgrade: bool) -> str:

@@ -33,11 +33,11 @@ from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
+from rtgate.interpreter import python_m
 from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
 from rtgate.validation import problem
-from rtgate.workers import python_m
 
 if TYPE_CHECKING:
     from rich.console import Console

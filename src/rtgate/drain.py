@@ -9,8 +9,9 @@ sidebands alike, run on until they end or ``drain_seconds`` pass; those still li
 the ledger drains at the application's cleanup, as on every exit, so every usage record of the
 drain is written first.
 
-A process with ``--workers N`` drains all its workers: the parent forwards its signals to each,
-and a worker that gets the admin API's request has the parent tell every worker (``propagate``).
+A process with ``--workers N`` drains all its workers: the parent turns its signals into words
+on each worker's link (``worker.py``), and a worker that gets the admin API's request asks the
+parent to tell every worker (``propagate``).
 """
 
 from __future__ import annotations

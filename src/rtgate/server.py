@@ -1,8 +1,8 @@
 """``rtgate serve``'s process (``python -m rtgate.server``, re-executed by ``cli.serve``): the
 settings, the warnings an operator must see, then one serving process (``rtgate.serving``) or
 ``--workers N`` of them (``rtgate.workers``). The entry point, not the serving: each of those is
-imported only when chosen, so the parent of N workers holds the settings and
-``multiprocessing``, not the app it never serves."""
+imported only when chosen, so the parent of N workers holds the settings and its workers'
+links, not the app it never serves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import secrets
 import sys
 
 from rtgate.config import Settings, load_settings
-from rtgate.errors import GatewayError, report_failed_start
+from rtgate.errors import ConfigError, GatewayError, report_failed_start
 from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
 
@@ -75,6 +75,10 @@ def serve(settings: Settings) -> int:
 
         serve_one(settings, engine_token)
         return 0
+    if sys.platform == "win32":
+        # Workers share the port with SO_REUSEPORT and reach the parent over an inherited
+        # socket (pass_fds): neither exists there.
+        raise ConfigError("workers: more than 1 is not supported on Windows")
     from rtgate.workers import serve_workers
 
     return serve_workers(settings, engine_token)

@@ -5,10 +5,11 @@ the relay: ~24 MB of a process that only forwards signals; docs/performance.md 9
 
 Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run on until they
 end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
-or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates: it is
-how a worker that the admin API asked to drain has the parent tell every worker. The parent of
-``--workers N`` forwards each of these signals to every worker, and each drains on its own; a
-worker that has drained waits for its siblings before it closes (``worker.DrainBarrier``).
+or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates. The
+parent of ``--workers N`` turns each of these signals into a word on every worker's link, and
+each worker drains or stops on its parent's word, not on signals of its own (SIGINT aside, which
+a terminal sends every process of its group); a worker that has drained waits for its siblings
+before it closes (``worker.ParentLink``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from rtgate.tls import server_context
 from rtgate.welcome import summary_lines
 
 if TYPE_CHECKING:
-    from rtgate.worker import DrainBarrier
+    from rtgate.worker import ParentLink
 
 log = logging.getLogger("rtgate")
 
@@ -69,12 +70,11 @@ async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
 async def serve_async(
     settings: Settings,
     engine_token: str,
-    propagate_drain: Callable[[], None] | None = None,
-    drain_requested: Callable[[], bool] | None = None,
-    siblings: DrainBarrier | None = None,
+    link: ParentLink | None = None,
     announce: bool = True,
 ) -> None:
-    app = create_app(settings, engine_token=engine_token, propagate_drain=propagate_drain)
+    propagate = link.ask_drain if link is not None else None
+    app = create_app(settings, engine_token=engine_token, propagate_drain=propagate)
     # At exit aiohttp waits this long for handlers still running (a drain's length at least).
     wait = max(60.0, settings.drain_seconds)
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
@@ -117,50 +117,43 @@ async def serve_async(
             drain.begin()
 
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # Ctrl-C reaches every process of the terminal's group, a worker too: it stops at once,
+    # as the parent's word for it would have it.
     loop.add_signal_handler(signal.SIGINT, now.set)
-    loop.add_signal_handler(signal.SIGUSR1, drain.begin)
-    if drain_requested is not None and drain_requested():
-        # A worker that came up after the parent fanned a drain out ignored that signal
-        # (``worker.main``); the parent writes the request before it signals, so it is seen here.
-        drain.begin()
+    if link is None:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    else:
+        # A worker takes its drain and stop from the parent's words (worker.py), those sent
+        # while it started included.
+        link.watch(drain=drain.begin, stop=now.set)
     await _first_of(now.wait(), drain.finished.wait())
-    if siblings is not None and not now.is_set():
+    if link is not None and not now.is_set():
         log.info("drained: listening on, refusing new sessions, until every worker has drained")
-        await _first_of(now.wait(), siblings.wait())
+        await _first_of(now.wait(), link.wait())
     log.info("shutting down")
     # What is still live ends (1001) while aiohttp still reads its connections (app.py
     # ``end_live``); then its clean-up stops listening, waits for the handlers and
     # drains the ledger.
     await end_live(app)
     await runner.cleanup()
+    if link is not None:
+        link.unwatch()
 
 
 def serve_one(
     settings: Settings,
     engine_token: str,
     *,
-    drain_requested: Callable[[], bool] | None = None,
-    propagate_drain: Callable[[], None] | None = None,
-    siblings: DrainBarrier | None = None,
+    link: ParentLink | None = None,
     announce: bool = True,
 ) -> None:
-    """Serve in this process until its drain or stop is over. The keywords are a worker's
-    (``worker.main``): how it asks its siblings to drain, whether the parent already has,
-    its wait for them to drain before it closes, and whether it prints where the gateway
-    serves (the first worker does)."""
+    """Serve in this process until its drain or stop is over. A worker of ``--workers N`` has
+    its ``link`` to the parent (``worker.py``), and only the first worker ``announce``s where
+    the gateway serves."""
     if sys.platform != "win32":
         # Its loop does the relay's socket work in C (docs/performance.md).
         import uvloop
 
         uvloop.install()
-    asyncio.run(
-        serve_async(
-            settings,
-            engine_token,
-            propagate_drain=propagate_drain,
-            drain_requested=drain_requested,
-            siblings=siblings,
-            announce=announce,
-        )
-    )
+    asyncio.run(serve_async(settings, engine_token, link=link, announce=announce))

@@ -3,133 +3,153 @@ the parent (``rtgate.workers``) with one end of a socket pair as file descriptor
 link to the parent (``PROGRAM``: how the person ran rtgate, as ``rtgate.server`` has it; INDEX:
 0 for the first worker, which alone prints where the gateway serves).
 
-The link carries single bytes, so it needs no framing, after one line from the parent (the
-engine token every worker shares, never put in an argument or the environment, where ``ps`` and
-``/proc`` show it):
+A worker takes its orders over the link, not from signals: the parent turns its own signals
+into words, so a worker still starting (not yet reading them) finds them waiting, in order, and
+a worker's signal handlers never race the parent's word for the same signal. The link carries
+one line from the parent first, the engine token every worker shares (never an argument or a
+variable, which ``ps`` and ``/proc`` show), then single bytes, which need no framing:
 
-* ``DRAIN``, parent to worker, written before the parent signals a drain: a worker not yet
-  listening then ignores the signal, and reads the request once it serves;
+* ``DRAIN``, parent to worker: drain (a SIGTERM, SIGUSR1 or a sibling's request);
+* ``STOP``, parent to worker: end the live sessions now (a second SIGTERM, or SIGINT);
+* ``CLOSE``, parent to worker: every worker has drained or exited; close (``workers.py``);
 * ``DRAINED``, worker to parent: this worker's sessions are over; it listens on, refusing new
-  sessions, until
-* ``CLOSE``, parent to worker: every worker has drained (or exited); all close together.
+  ones, until ``CLOSE``, so no worker's closing listener resets a connection queued for it
+  while a sibling still serves;
+* ``ASK_DRAIN``, worker to parent: the admin API asked this worker to drain; the parent has
+  every worker drain.
 
-Either side's end of file (its process exited) reads as the last word: a worker whose parent is
-gone closes; a parent counts an exited worker as drained.
-
-A process of its own, not ``multiprocessing``'s: each worker reads the settings itself, as
-``rtgate.server`` does, so nothing is pickled across, and no resource tracker is started (a
-spawned process needs one, ~12 MB for the gateway's life; docs/performance.md 9.18).
+The parent's end of file (it exited) reads as ``DRAIN`` and then ``CLOSE``: an orphaned worker
+drains and exits rather than serve on. Not ``multiprocessing``: a spawned process needs its
+resource tracker, a process of ~12 MB for the gateway's life (docs/performance.md 9.18), and
+each worker reads the settings itself, as ``rtgate.server`` does, so nothing is pickled across.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import logging
 import signal
 import socket
 import sys
-
-from rtgate.config import load_settings
-from rtgate.errors import ConfigError, GatewayError, report_failed_start
-from rtgate.logs import configure_serving_logs
+from collections.abc import Callable
 
 DRAIN = b"d"
-DRAINED = b"D"
+STOP = b"s"
 CLOSE = b"c"
+DRAINED = b"D"
+ASK_DRAIN = b"r"
+
+log = logging.getLogger("rtgate")
 
 
-class DrainBarrier:
+class ParentLink:
     """A worker's end of its link to the parent (module docstring)."""
 
     def __init__(self, parent: socket.socket) -> None:
-        self._parent = parent
-        self._drain = self._close = False
+        self._sock = parent
+        self._on_drain: Callable[[], None] = _nothing
+        self._on_stop: Callable[[], None] = _nothing
+        self._closed = False
+        self._told: asyncio.Future[None] | None = None
+        self._watched = False
 
     def engine_token(self) -> str:
         """The first line the parent writes: read before anything else, blocking."""
         line = bytearray()
         while not line.endswith(b"\n"):
-            # One byte at a time: what follows the line is the link's, not the token's.
-            got = self._parent.recv(1)
+            # One byte at a time: what follows the line is the words', not the token's.
+            got = self._sock.recv(1)
             if not got:
-                raise ConfigError("the parent of this worker exited before it started")
+                raise EOFError("the parent exited before this worker started")
             line += got
         return line[:-1].decode()
 
-    def _read(self) -> None:
-        """Read what the parent has written since; its end of file reads as ``CLOSE``."""
-        self._parent.setblocking(False)
-        try:
-            while not self._close:
-                said = self._parent.recv(64)
-                if not said:
-                    self._close = True
-                self._drain |= DRAIN in said
-                self._close |= CLOSE in said
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._close = True
-
-    def drain_requested(self) -> bool:
-        """Whether the parent has asked every worker to drain."""
+    def watch(self, drain: Callable[[], None], stop: Callable[[], None]) -> None:
+        """Read the parent's words for the rest of the worker's life, those already waiting
+        first: ``drain`` at ``DRAIN``, ``stop`` at ``STOP``."""
+        self._on_drain, self._on_stop = drain, stop
+        self._sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._read)
+        self._watched = True
         self._read()
-        return self._drain
+
+    def unwatch(self) -> None:
+        if self._watched:
+            self._watched = False
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+
+    def _read(self) -> None:
+        while self._watched:
+            try:
+                said = self._sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                said = b""
+            if not said:
+                log.warning("the parent of this worker is gone: draining, then closing")
+                self.unwatch()
+                self._on_drain()
+                self._close()
+                return
+            for word in said:
+                if word == DRAIN[0]:
+                    self._on_drain()
+                elif word == STOP[0]:
+                    self._on_stop()
+                elif word == CLOSE[0]:
+                    self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._told is not None and not self._told.done():
+            self._told.set_result(None)
+
+    def ask_drain(self) -> None:
+        """The admin API asked this worker to drain: the parent has every worker drain."""
+        self._say(ASK_DRAIN)
 
     async def wait(self) -> None:
-        """Tell the parent this worker has drained, then wait for the word that every worker
-        has (or for the parent's end)."""
-        with contextlib.suppress(OSError):  # the parent is gone: nobody left to wait for
-            self._parent.send(DRAINED)
-        loop = asyncio.get_running_loop()
-        told: asyncio.Future[None] = loop.create_future()
+        """Tell the parent this worker has drained, then wait for ``CLOSE`` (or the parent's
+        end)."""
+        self._say(DRAINED)
+        if not self._closed:
+            self._told = asyncio.get_running_loop().create_future()
+            await self._told
 
-        def readable() -> None:
-            self._read()
-            if self._close and not told.done():
-                told.set_result(None)
-
-        fd = self._parent.fileno()
-        loop.add_reader(fd, readable)
-        try:
-            readable()  # the word may be here already
-            await told
-        finally:
-            loop.remove_reader(fd)
+    def _say(self, word: bytes) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: its end of file says so too
+            self._sock.send(word)
 
 
-def _tell_parent_to_drain() -> None:
-    """A worker asked to drain (the admin API) has the parent drain every worker."""
-    os.kill(os.getppid(), signal.SIGUSR1)
+def _nothing() -> None:
+    return None
 
 
 def main(fd: int, index: int) -> int:
     """Serve as one of the parent's workers; the exit status (``START_FAILED`` for a start-up
     failure, which the parent passes on)."""
-    # A drain may come before this worker serves (a sibling's request, or SIGTERM): ignored,
-    # not fatal, and read from the link once it serves (``DrainBarrier.drain_requested``).
-    # Killed by SIGTERM's default action once listening, it would reset the connections queued
-    # on its listener.
+    # The parent speaks for SIGTERM and SIGUSR1 (a supervisor that signals every process of
+    # the group reaches the parent too): ignored from the first moment, before the imports.
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    link = DrainBarrier(socket.socket(fileno=fd))
+    from rtgate.config import load_settings
+    from rtgate.errors import GatewayError, report_failed_start
+    from rtgate.logs import configure_serving_logs
+
+    link = ParentLink(socket.socket(fileno=fd))
     try:
         engine_token = link.engine_token()
+    except (EOFError, OSError):
+        return 1  # nobody left to serve for
+    try:
         # As the parent read them (``rtgate.server``): the file and the same environment.
         settings = load_settings()
         configure_serving_logs(settings)
-        # Here, not at the top: the parent imports this module for the link's words.
         from rtgate.serving import serve_one
 
-        serve_one(
-            settings,
-            engine_token,
-            propagate_drain=_tell_parent_to_drain,
-            drain_requested=link.drain_requested,
-            siblings=link,
-            announce=index == 0,
-        )
+        serve_one(settings, engine_token, link=link, announce=index == 0)
     except GatewayError as err:
         # A start-up failure (database, Redis): reported as ``server.main`` reports it.
         return report_failed_start(err)

@@ -1,29 +1,29 @@
 """``--workers N``: N processes sharing the port, started and told to drain by a parent.
 
 Imported only when ``workers`` is over 1 (``server.serve``). The parent imports no more than
-this module does; each worker is ``python -m rtgate.worker`` (``rtgate.worker``), which reads the
+this module does; each worker is ``python -m rtgate.worker`` (``worker.py``), which reads the
 settings and imports the serving process (``rtgate.serving``) once it starts (docs/performance.md
 9.16, 9.18).
 
 Workers bind the same port with ``SO_REUSEPORT`` and the kernel spreads connections over them;
 they share the database, and with ``redis_url`` the session limits and the admin API's view of
 live sessions; without it each worker counts and sees only its own (a warning says so). The
-parent forwards the signals (``rtgate.serving`` says what each means) and serves nothing.
+parent serves nothing: it turns its signals into words on each worker's link (``worker.py``:
+SIGTERM drains, a second one or SIGINT stops at once, SIGUSR1 drains and never escalates) and
+waits for its workers.
 
 Workers of a drain close together. Each worker's ``SO_REUSEPORT`` listener has an accept queue
 of its own, and the kernel resets the connections still queued on a listener that closes; so a
 worker that closed as soon as its own sessions were over would reset clients while a sibling
-still serves. Instead a drained worker tells the parent (``worker.DrainBarrier``) and keeps
-listening, refusing new sessions as the drain does, until the parent has heard it from every
-worker (or seen it exit: ``close_together``); then they all close. A second SIGTERM, or SIGINT,
-waits for no one.
+still serves. Instead a drained worker tells the parent and keeps listening, refusing new
+sessions as the drain does, until the parent has heard it from every worker (or seen it exit);
+then they all close (``Workers.serve``). A stop waits for no one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import signal
 import socket
@@ -32,73 +32,101 @@ import sys
 
 from rtgate.config import Settings
 from rtgate.errors import START_FAILED
-from rtgate.worker import CLOSE, DRAIN
+from rtgate.interpreter import python_m
+from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, STOP
 
 log = logging.getLogger("rtgate")
 
 
-def python_m(module: str, *args: str) -> list[str]:
-    """``python -m MODULE ARGS`` with this interpreter and its flags (``-X dev``, ``-O``,
-    ``-B``), as ``multiprocessing`` starts its processes."""
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return [sys.executable, *flags, "-m", module, *args]
+class Workers:
+    """The parent's ends of its workers' links, and what it has told them and heard."""
 
+    def __init__(self, links: list[socket.socket]) -> None:
+        self.links = links
+        self.draining = False
+        self.stopping = False
+        self.closed = False
+        self._drained: set[int] = set()
+        self._gone: set[int] = set()
 
-def ask_to_drain(workers: list[socket.socket]) -> None:
-    """The parent's request to drain, written to each worker before the signal that carries
-    it: a worker not yet listening then reads it once it serves."""
-    for link in workers:
-        with contextlib.suppress(OSError):  # exited already
-            link.send(DRAIN)
+    def drain(self) -> None:
+        """Every worker drains (once: a drain under way is left as it is)."""
+        if not self.draining:
+            self.draining = True
+            self._say(DRAIN)
 
+    def stop(self) -> None:
+        """Every worker ends its live sessions now."""
+        self.stopping = True
+        self._say(STOP)
 
-def close_together(workers: list[socket.socket]) -> None:
-    """The parent's side: once every worker has said it drained, or exited (its end of the link
-    then reads end of file), tell each to close. Returns when they are told."""
-    with selectors.DefaultSelector() as waiting:
-        for link in workers:
-            waiting.register(link, selectors.EVENT_READ)
-        while waiting.get_map():
-            for key, _ in waiting.select():
-                waiting.unregister(key.fileobj)
-    for link in workers:
-        with contextlib.suppress(OSError):  # exited already
-            link.send(CLOSE)
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT or (signum == signal.SIGTERM and self.draining):
+            log.info("%s: ending the live sessions now", signal.Signals(signum).name)
+            self.stop()
+        else:
+            self.drain()
+
+    def _say(self, word: bytes) -> None:
+        for link in self.links:
+            with contextlib.suppress(OSError):  # exited already: its end of file says so
+                link.send(word)
+
+    def serve(self) -> None:
+        """Read every link until each worker has exited: a worker's request to drain has all
+        drain; once each has drained (or exited), all are told to close."""
+        with selectors.DefaultSelector() as reading:
+            for i, link in enumerate(self.links):
+                reading.register(link, selectors.EVENT_READ, i)
+            while reading.get_map():
+                for key, _ in reading.select():
+                    try:
+                        heard = key.fileobj.recv(64)  # type: ignore[union-attr]
+                    except OSError:
+                        heard = b""
+                    if not heard:
+                        reading.unregister(key.fileobj)
+                        self._gone.add(key.data)
+                        continue
+                    if ASK_DRAIN in heard:
+                        self.drain()
+                    if DRAINED in heard:
+                        self._drained.add(key.data)
+                self._close_when_all_drained()
+
+    def _close_when_all_drained(self) -> None:
+        if self.draining and not self.closed and len(self._drained | self._gone) == len(self.links):
+            self.closed = True
+            self._say(CLOSE)
 
 
 def serve_workers(settings: Settings, engine_token: str) -> int:
-    """Start ``settings.workers`` workers, forward the signals to them, close them together,
-    and return once every one has exited: the exit status, 2 if a worker failed to start
-    (``START_FAILED``, as one process would), 1 if one ended otherwise in failure, else 0."""
+    """Start ``settings.workers`` workers, turn the signals into their orders, close them
+    together, and return once every one has exited: the exit status, 2 if a worker failed to
+    start (``START_FAILED``, as one process would), 1 if one ended otherwise in failure, else 0."""
     program = sys.argv[1] if len(sys.argv) > 1 else "rtgate"
-    links = [socket.socketpair() for _ in range(settings.workers)]
-    ours = [link for link, _ in links]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGUSR1):
-            # Written before the signal: a worker still starting, deaf to it, reads it once it
-            # serves (``serving.serve_async``), so no worker outlives a drain.
-            ask_to_drain(ours)
-        # Each worker decides what the signal means for it (a drain, or an end at once).
-        for p in procs:
-            if p.returncode is None:  # not yet reaped: its pid is still its own
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signum)
-
-    # Before the workers start, so a worker's first drain request finds the parent listening.
+    pairs = [socket.socketpair() for _ in range(settings.workers)]
+    workers = Workers([ours for ours, _ in pairs])
+    for ours, _ in pairs:
+        # First on each link, before any word a signal writes there.
+        ours.sendall(engine_token.encode() + b"\n")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, forward)
-    for i, (link, theirs) in enumerate(links):
-        fd = theirs.fileno()
-        # The worker's end is the worker's alone (no sibling inherits it), so its exit reads as
-        # end of file here. The workers inherit this process's environment: the same settings.
-        argv = python_m("rtgate.worker", program, str(fd), str(i))
-        procs.append(subprocess.Popen(argv, pass_fds=(fd,)))  # noqa: S603 (this interpreter)
-        theirs.close()
-        with contextlib.suppress(OSError):  # exited already: its status says why
-            link.sendall(engine_token.encode() + b"\n")
-    close_together(ours)
+        signal.signal(sig, workers.on_signal)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, (_, theirs) in enumerate(pairs):
+            fd = theirs.fileno()
+            # The worker's end is the worker's alone (no sibling inherits it), so its exit reads
+            # as end of file here. Workers inherit this process's environment: the same settings.
+            argv = python_m("rtgate.worker", program, str(fd), str(i))
+            procs.append(subprocess.Popen(argv, pass_fds=(fd,)))  # noqa: S603 (this interpreter)
+            theirs.close()
+    except OSError as err:
+        log.error("a worker could not be started: %s", err)
+        workers.stop()  # those started end; the links of those not started read as exited
+        for _, theirs in pairs:
+            theirs.close()
+    workers.serve()
     for p in procs:
         p.wait()
     failed = [p.returncode for p in procs if p.returncode]
@@ -106,4 +134,6 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
         # A worker that could not start said why in its one line (``report_failed_start``).
         if p.returncode and p.returncode != START_FAILED:
             log.error("rtgate-worker-%d exited with status %s", i, p.returncode)
+    if len(procs) < len(pairs):
+        return 1
     return START_FAILED if START_FAILED in failed else 1 if failed else 0
