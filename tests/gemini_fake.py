@@ -18,7 +18,7 @@ What it keeps of the real service:
   the answer once the ``toolResponse`` comes;
 * usage re-bills the whole context every turn (protocol-gemini.md 2), in the AI Studio or Vertex
   dialect (``dialect``), with details that under-sum the prompt count by ``GAP`` tokens and thinking
-  tokens beside the response count (protocol-gemini.md 4 quirks); every ``usageMetadata`` sent is
+  tokens beside the response count (protocol-gemini.md 9 quirks); every ``usageMetadata`` sent is
   kept in ``usage_sent`` so a test can price it on its own;
 * ``sessionResumptionUpdate`` with a new handle and ``lastConsumedClientMessageIndex`` after
   each turn and every few messages while idle; a ``setup`` with a known handle resumes the
@@ -26,7 +26,7 @@ What it keeps of the real service:
   ``goAway`` and ends the connection after ``timeLeft``.
 
 The message index counts a session's client messages after its setup from 0, across
-resumptions (the reference does not say where it starts: ❓, docs/protocol-gemini.md 10).
+resumptions (the reference does not say where it starts: ❓, docs/protocol-gemini.md 4).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ MODELS = ("models/gemini-3.8-live",)
 #: Tokens a second of audio counts for (25 or 32 is unverified, protocol-gemini.md 2; the fake picks
 #: 25).
 AUDIO_TOKENS_PER_S = 25
-#: How far the modality details under-sum the prompt count (seen on the wire, protocol-gemini.md 4).
+#: How far the modality details under-sum the prompt count (seen on the wire, protocol-gemini.md 9).
 GAP = 7
 THOUGHTS = 11
 #: Output audio: 100 ms a chunk, sent every ``pace`` seconds.

@@ -98,7 +98,7 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
     assert "2 workers without redis_url" in logs
 
 
-#: What a serving process has no use for (docs/performance.md "Memory"): the CLI itself
+#: What a serving process has no use for (docs/performance.md 9.3): the CLI itself
 #: (``rtgate serve`` re-executes itself without it), its tables and the tracebacks structlog
 #: would render with them; SQLAlchemy (the store's queries are SQL text, 9.8), greenlet and
 #: aiosqlite (SQLite runs in the store's thread); PostgreSQL's driver; multiprocessing (a worker

@@ -95,7 +95,7 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
 
 def _rich_console(**kwargs: Any) -> Console:
     """rich's console, imported by the commands that print with it: ``rtgate serve`` never
-    loads rich (docs/performance.md "Memory")."""
+    loads rich (docs/performance.md 9.3)."""
     from rich.console import Console
 
     return Console(**kwargs)

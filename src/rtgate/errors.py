@@ -110,7 +110,7 @@ class UpstreamError(GatewayError):
 class UnsupportedUpstream(GatewayError):
     """The model's upstream does not serve what was asked (the local engine takes no calls and
     does not translate). 1008 (policy) rather than 1011: retrying cannot help, and the SDKs
-    reconnect after 1011 (docs/protocol-live.md 6)."""
+    reconnect after 1011 (docs/protocol.md 1.1, docs/protocol-live.md 6)."""
 
     http_status = 400
     close_code = 1008

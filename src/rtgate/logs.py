@@ -81,7 +81,7 @@ def _import_structlog() -> None:
 
     ``import structlog`` imports ``structlog.dev`` and ``structlog.tracebacks``, which import
     rich when it is there (typer depends on it), and rich's traceback imports pygments: ~2.7 MB
-    of every gateway process (docs/performance.md "Memory"), for tracebacks rtgate never renders
+    of every gateway process (docs/performance.md 9.3), for tracebacks rtgate never renders
     with them (``plain_traceback``, no locals); its deprecated ``threadlocal`` imports greenlet
     (there for PostgreSQL's engine). Each guards the import with ``except ImportError``; a
     ``None`` in ``sys.modules`` makes it raise that, for this one import only. A command that

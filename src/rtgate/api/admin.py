@@ -518,7 +518,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
 @functools.cache
 def openapi_json() -> bytes:
     """The admin API's OpenAPI document, built on its first request: its schemas are held only
-    by a gateway that is asked for it (docs/performance.md "Memory")."""
+    by a gateway that is asked for it (docs/performance.md 9.3)."""
     return orjson.dumps(openapi_document(OPERATIONS, PREFIX))
 
 

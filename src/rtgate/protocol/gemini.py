@@ -37,7 +37,7 @@ SDK types, docs/protocol.md):
   closes it (``response.done`` ``completed``); ``interrupted`` is a barge-in:
   ``input_audio_buffer.speech_started`` at once, the rest of the turn dropped, and
   ``response.done`` ``cancelled`` (``turn_detected``) when Gemini ends the turn (protocol-gemini.md
-  10 gap 2). ``response.cancel`` is the same with ``client_cancelled``: Gemini cannot stop a
+  10, item 2). ``response.cancel`` is the same with ``client_cancelled``: Gemini cannot stop a
   generation, so the gateway stops relaying it. ``toolCall`` adds a function-call item per call and
   ends the response.
 * **Usage.** The last ``usageMetadata`` before a response ends goes into its ``response.done``

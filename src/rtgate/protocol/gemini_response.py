@@ -188,7 +188,7 @@ class ResponseWriter:
         ]
 
     def _interrupted(self) -> list[Out]:
-        """Barge-in (protocol-gemini.md 10 gap 2): the client stops playing now; the response ends
+        """Barge-in (protocol-gemini.md 10, item 2): the client stops playing now; the response ends
         ``cancelled`` with the turn, carrying the turn's usage."""
         item = self.user_item or new_id("item")
         self.user_item = item

@@ -3,8 +3,8 @@
 Gemini fixes a connection's configuration in its first message, ``setup``, and closes a second
 one with 1007 (docs/protocol-gemini.md 3). The translator (``protocol/gemini.py``) therefore keeps
 the client's session as OpenAI describes it (``session.created`` / ``session.updated`` show it), and
-builds ``setup`` from it once, when the first turn needs the model. What maps
-(docs/protocol-gemini.md 8):
+builds ``setup`` from it once, when the first turn needs the model. What maps (the fields:
+docs/protocol-gemini.md 3; the voices: 8):
 
 ==========================================  ================================================
 OpenAI session field                        Gemini ``setup`` field
@@ -23,7 +23,7 @@ audio output                                ``outputAudioTranscription: {}`` (Op
 ``audio.input.turn_detection``              ``realtimeInputConfig.automaticActivityDetection``
                                             (null: ``disabled``, manual turns)
 (always)                                    ``sessionResumption: {transparent: true}`` (for
-                                            ``goAway``, protocol-gemini.md 10 gap 1) and
+                                            ``goAway``, protocol-gemini.md 10, item 1) and
                                             ``contextWindowCompression.slidingWindow`` (audio
                                             sessions end at 15 min without it, protocol-gemini.md 6)
 ==========================================  ================================================

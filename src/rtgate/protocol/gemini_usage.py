@@ -6,7 +6,7 @@ the Realtime names), so this is where Gemini's counts become billable tokens by 
 * input: ``promptTokensDetails`` by modality (TEXT, DOCUMENT -> text; AUDIO -> audio; IMAGE,
   VIDEO -> image), plus ``toolUsePromptTokenCount`` (outside ``promptTokenCount``: Google's
   total is prompt + response + tool use + thoughts). Details that under-sum their count (seen
-  on the wire, protocol-gemini.md 4) leave a gap, counted as text: the provider bills those tokens
+  on the wire, protocol-gemini.md 9) leave a gap, counted as text: the provider bills those tokens
   too, and text is the cheapest honest reading of tokens of unknown modality.
 * cached: ``cacheTokensDetails`` by modality, else ``cachedContentTokenCount`` as text; a
   subset of the input, as in OpenAI's usage.
