@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,33 @@ async def test_a_closed_writer_writes_and_checkpoints_again(tmp_path: Path) -> N
         await writer.write([("INSERT INTO t (x) VALUES (:x)", [{"x": ROW}])])
     assert await checkpoints_after(writer._checkpointer, runs) > runs
     await writer.close()
+
+
+def test_processes_opening_a_new_file_at_once_all_open_it_in_wal(tmp_path: Path) -> None:
+    """``--workers N`` on a fresh home: every worker opens the new file at the same moment,
+    and one switching it to WAL had the others' switch answer "database is locked" at once,
+    failing their start."""
+    script = (
+        "import sys, time\n"
+        "from rtgate.store.sqlite_writer import open_sqlite\n"
+        "while time.time() < float(sys.argv[2]):\n"
+        "    pass\n"
+        "conn = open_sqlite(sys.argv[1], 5000)\n"
+        "print(conn.execute('PRAGMA journal_mode').fetchone()[0])\n"
+    )
+    for attempt in range(4):
+        path = str(tmp_path / f"rtgate-{attempt}.db")
+        start = time.time() + 1.0  # after every interpreter below has started
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, path, str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        said = [p.communicate(timeout=30) for p in procs]
+        assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, said, strict=True)] == [
+            (0, "wal")
+        ] * 4, [err for _, err in said]

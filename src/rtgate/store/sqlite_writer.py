@@ -33,6 +33,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -216,6 +217,23 @@ def _settle(fut: asyncio.Future[None], err: Exception | None) -> None:
         fut.set_exception(err)
 
 
+def _wal(conn: sqlite3.Connection, busy_ms: int) -> None:
+    """Put the file in WAL mode. A new file that another process is switching at the same
+    moment (``--workers N`` on a fresh home) answers "database is locked" at once: SQLite does
+    not wait its busy timeout for a change of journal mode. So the switch is tried again, every
+    10 ms within that timeout; once one process has switched, the mode is the file's, and the
+    others find it set."""
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 def open_sqlite(path: str, busy_ms: int) -> sqlite3.Connection:
     """A connection to the file at ``path`` as the store and the writer open it: WAL,
     ``synchronous=NORMAL`` (a commit is in the WAL when it returns), foreign keys, and
@@ -223,7 +241,7 @@ def open_sqlite(path: str, busy_ms: int) -> sqlite3.Connection:
     explicit ``BEGIN IMMEDIATE``, which takes the write lock first (waiting up to the busy
     timeout), never half-way through; a read outside one sees the last commit."""
     conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn, busy_ms)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={busy_ms}")
