@@ -4,6 +4,7 @@ API) that cuts no live session before its deadline, and a second signal that end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -313,6 +314,7 @@ async def test_workers_whose_parent_is_killed_drain_and_exit(
     port = free_port()
     env = provider.gateway_env(tmp_path / "home", port)
     proc = start_serving(env, tmp_path / "gateway.log")
+    workers: list[psutil.Process] = []
     try:
         await wait_ready(port, proc)
         await readiness_settles(port, 200)
@@ -324,10 +326,70 @@ async def test_workers_whose_parent_is_killed_drain_and_exit(
         assert alive == []
     finally:
         kill_tree(proc)
-        for w in psutil.Process().children(recursive=True):
-            if "rtgate.worker" in " ".join(w.cmdline()):
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 w.kill()
-    assert "the parent of this worker is gone" in (tmp_path / "gateway.log").read_text()
+    said = (tmp_path / "gateway.log").read_text()
+    assert said.count("the parent of this worker is gone") == 2
+
+
+async def test_a_worker_that_dies_has_the_others_drain_and_the_gateway_exit_1(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    port = free_port()
+    env = provider.gateway_env(tmp_path / "home", port)
+    key = create_key(env, "d")
+    proc = start_serving(env, tmp_path / "gateway.log")
+    try:
+        await wait_ready(port, proc)
+        await readiness_settles(port, 200)
+        conns = await open_sessions(port, key, 4)
+        dead = psutil.Process(spawned_workers(proc.pid)[0])
+        dead.kill()
+        # The other worker drains: its sessions run on, and end as their clients close them.
+        await readiness_settles(port, 503)
+        for ws in conns:
+            await ws.close()
+        assert await asyncio.to_thread(proc.wait, 30) == 1
+    finally:
+        kill_tree(proc)
+    said = (tmp_path / "gateway.log").read_text()
+    assert "ended: draining the others" in said and "exited with status -9" in said
+
+
+async def test_a_signal_to_the_whole_group_drains_once(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """A supervisor's SIGTERM reaches every process of the group: the workers leave it to the
+    parent, whose word drains them (not a second signal each: the sessions run on); SIGUSR1
+    after it drains again, which does not escalate."""
+    port = free_port()
+    env = provider.gateway_env(tmp_path / "home", port)
+    key = create_key(env, "g")
+    with (tmp_path / "gateway.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtgate", "serve", "--workers", "2"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        await wait_ready(port, proc)
+        await readiness_settles(port, 200)
+        conns = await open_sessions(port, key, 4)
+        os.killpg(proc.pid, signal.SIGTERM)
+        await readiness_settles(port, 503)
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(0.5)
+        for i, ws in enumerate(conns):
+            await metered(ws, f"resp_{i}")  # still relayed, still metered
+            await ws.close(1000, "done")
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    finally:
+        kill_tree(proc)
+    rows = cli_json(env, "sessions", "--limit", "50")
+    assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1000, "client")] * 4
 
 
 async def open_sessions(port: int, key: str, n: int) -> list[Any]:
@@ -508,25 +570,38 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
 def test_the_parent_turns_its_signals_into_words(
     link: Callable[[], tuple[socket.socket, socket.socket]],
 ) -> None:
-    """SIGTERM drains, a second one stops, SIGINT stops, SIGUSR1 drains and never escalates;
-    a worker that exited is passed over."""
+    """SIGTERM drains, a second one stops, and a third kills (no word: a worker still starting
+    reads none); SIGINT stops; SIGUSR1 drains and never escalates; a worker that exited is passed
+    over."""
     pairs = [link() for _ in range(2)]
     gone_ours, gone_theirs = link()
     gone_theirs.close()
-    parent = Workers([ours for ours, _ in pairs] + [gone_ours])
+    for _, theirs in pairs:
+        theirs.settimeout(5)  # a word not said fails the test, not hangs it
 
     def said() -> list[bytes]:
         return [theirs.recv(64) for _, theirs in pairs]
 
+    def silent() -> bool:
+        for _, theirs in pairs:
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(64)
+            theirs.settimeout(5)
+        return True
+
+    parent = Workers([ours for ours, _ in pairs] + [gone_ours])
     parent.on_signal(signal.SIGUSR1, None)
     parent.on_signal(signal.SIGUSR1, None)
-    assert said() == [DRAIN, DRAIN]  # once: a drain under way is left as it is
+    assert said() == [DRAIN, DRAIN] and silent()  # once: a drain under way is left as it is
     parent.on_signal(signal.SIGTERM, None)
     assert said() == [STOP, STOP]
-    fresh = Workers([ours for ours, _ in pairs])
-    fresh.on_signal(signal.SIGINT, None)
+    parent.on_signal(signal.SIGUSR1, None)
+    parent.on_signal(signal.SIGTERM, None)  # the third: the workers are killed, no word
+    assert silent()
+    Workers([ours for ours, _ in pairs]).on_signal(signal.SIGINT, None)
     assert said() == [STOP, STOP]
-    fresh.on_signal(signal.SIGTERM, None)
+    Workers([ours for ours, _ in pairs]).on_signal(signal.SIGTERM, None)
     assert said() == [DRAIN, DRAIN]
 
 

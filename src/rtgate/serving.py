@@ -7,9 +7,8 @@ Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run 
 end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
 or SIGINT, ends the live sessions at once (1001). SIGUSR1 drains too and never escalates. The
 parent of ``--workers N`` turns each of these signals into a word on every worker's link, and
-each worker drains or stops on its parent's word, not on signals of its own (SIGINT aside, which
-a terminal sends every process of its group); a worker that has drained waits for its siblings
-before it closes (``worker.ParentLink``).
+each worker drains or stops on its parent's word, not on signals of its own; a worker that has
+drained waits for its siblings before it closes (``worker.ParentLink``).
 """
 
 from __future__ import annotations
@@ -117,15 +116,13 @@ async def serve_async(
             drain.begin()
 
     loop = asyncio.get_running_loop()
-    # Ctrl-C reaches every process of the terminal's group, a worker too: it stops at once,
-    # as the parent's word for it would have it.
-    loop.add_signal_handler(signal.SIGINT, now.set)
     if link is None:
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, now.set)
         loop.add_signal_handler(signal.SIGUSR1, drain.begin)
     else:
         # A worker takes its drain and stop from the parent's words (worker.py), those sent
-        # while it started included.
+        # while it started included; the signals are the parent's.
         link.watch(drain=drain.begin, stop=now.set)
     await _first_of(now.wait(), drain.finished.wait())
     if link is not None and not now.is_set():

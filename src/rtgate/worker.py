@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -127,13 +128,27 @@ def _nothing() -> None:
     return None
 
 
+#: What the parent speaks for: a supervisor that signals every process of the group, or a
+#: terminal's Ctrl-C, reaches the parent too, which passes it on as a word. The parent starts
+#: each worker with them blocked (``workers.serve_workers``); caught here by a handler that
+#: does nothing, then unblocked: one sent in the meantime is let through to it, and dropped.
+#: A handler, not SIG_IGN, which the worker's own children (the engine's TTS) would inherit.
+SPOKEN_FOR = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    return None
+
+
 def main(fd: int, index: int) -> int:
     """Serve as one of the parent's workers; the exit status (``START_FAILED`` for a start-up
     failure, which the parent passes on)."""
-    # The parent speaks for SIGTERM and SIGUSR1 (a supervisor that signals every process of
-    # the group reaches the parent too): ignored from the first moment, before the imports.
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    for sig in SPOKEN_FOR:
+        signal.signal(sig, _ignore)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SPOKEN_FOR)
+    # The link is this process's alone: a child it starts (the engine's TTS) must not hold it
+    # open, or the parent would see this worker's end only at that child's.
+    os.set_inheritable(fd, False)
     from rtgate.config import load_settings
     from rtgate.errors import GatewayError, report_failed_start
     from rtgate.logs import configure_serving_logs

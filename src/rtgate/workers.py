@@ -33,7 +33,7 @@ import sys
 from rtgate.config import Settings
 from rtgate.errors import START_FAILED
 from rtgate.interpreter import python_m
-from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, STOP
+from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, SPOKEN_FOR, STOP
 
 log = logging.getLogger("rtgate")
 
@@ -43,6 +43,7 @@ class Workers:
 
     def __init__(self, links: list[socket.socket]) -> None:
         self.links = links
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.draining = False
         self.stopping = False
         self.closed = False
@@ -61,11 +62,23 @@ class Workers:
         self._say(STOP)
 
     def on_signal(self, signum: int, _frame: object) -> None:
-        if signum == signal.SIGINT or (signum == signal.SIGTERM and self.draining):
-            log.info("%s: ending the live sessions now", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if signum != signal.SIGUSR1 and self.stopping:
+            # A worker that is not serving yet reads no word (a store that takes its time to
+            # open, say): a third signal does not wait for it.
+            log.warning("%s again: killing the workers still running", name)
+            self.kill()
+        elif signum == signal.SIGINT or (signum == signal.SIGTERM and self.draining):
+            log.info("%s: ending the live sessions now", name)
             self.stop()
         else:
             self.drain()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.returncode is None:  # not reaped: its pid is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
 
     def _say(self, word: bytes) -> None:
         for link in self.links:
@@ -87,6 +100,11 @@ class Workers:
                     if not heard:
                         reading.unregister(key.fileobj)
                         self._gone.add(key.data)
+                        if not (self.draining or self.stopping):
+                            # It failed to start, or died serving: the gateway does not run on
+                            # short of a worker; the rest drain, and a supervisor restarts it.
+                            log.error("rtgate-worker-%d ended: draining the others", key.data)
+                            self.drain()
                         continue
                     if ASK_DRAIN in heard:
                         self.drain()
@@ -110,9 +128,13 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     for ours, _ in pairs:
         # First on each link, before any word a signal writes there.
         ours.sendall(engine_token.encode() + b"\n")
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in SPOKEN_FOR:
         signal.signal(sig, workers.on_signal)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs = workers.procs
+    # Blocked while the workers start, so each starts with them blocked until it can catch
+    # them (``worker.main``): a supervisor's signal to the whole group in a worker's first
+    # moments must not kill it. This process's own are delivered once unblocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SPOKEN_FOR)
     try:
         for i, (_, theirs) in enumerate(pairs):
             fd = theirs.fileno()
@@ -126,6 +148,8 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
         workers.stop()  # those started end; the links of those not started read as exited
         for _, theirs in pairs:
             theirs.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SPOKEN_FOR)
     workers.serve()
     for p in procs:
         p.wait()
