@@ -266,6 +266,28 @@ def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
     assert "Traceback" not in proc.stderr and "exited with status" not in proc.stderr
 
 
+def test_a_start_that_fails_on_the_database_loads_no_speech_model(tmp_path: Path) -> None:
+    """The local engine (no provider key) loads its models once the store has opened: a
+    database that cannot be opened is reported without seconds of model loading first."""
+    env = gateway_env(tmp_path / "home", free_port(), OPENAI_API_KEY="")
+    env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
+    list_modules_at_exit(env, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtgate", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot open the database" in proc.stderr
+    (listing,) = tmp_path.glob("modules-*.txt")
+    loaded = set(listing.read_text().splitlines())
+    assert sorted(loaded & {"onnxruntime", "faster_whisper", "piper", "ctranslate2"}) == []
+    assert "rtgate.engine.stack" in loaded  # the engine was built: its models were not loaded
+
+
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:
     def settings(**env: str) -> Settings:
         return load_settings(None, {"RTGATE_HOME": str(tmp_path), **env})

@@ -144,12 +144,8 @@ def create_app(
     store = store or SqlStore(
         settings.resolved_database_url, timeout=settings.store_timeout_seconds
     )
-    engine = engine or build_engine(
-        settings.engine,
-        engine_token or secrets.token_urlsafe(32),
-        int(settings.max_session_seconds),
-        preload=settings.default_upstream == "local",
-    )
+    token = engine_token or secrets.token_urlsafe(32)
+    engine = engine or build_engine(settings.engine, token, int(settings.max_session_seconds))
     # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
     app = web.Application(
         client_max_size=settings.max_http_body_bytes,
@@ -181,6 +177,10 @@ def create_app(
             settings.home.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(store.close)
             await store.init()
+            if settings.default_upstream == "local":
+                # The models load now, once the store has opened (a start that fails on the
+                # database says so first), so the engine's first caller does not wait for them.
+                await asyncio.to_thread(engine.preload)
             # The TLS upstreams' trust, parsed here once, not at every session's dial; the HTTP
             # calls to the upstreams (a call's sideband, minting) verify against it too.
             upstream_tls = upstream_context(u.base_url for u in settings.upstreams.values())

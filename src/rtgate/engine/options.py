@@ -18,6 +18,10 @@ DURATION_MODELS = frozenset(
 )
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class EngineOptions:
     token: str
@@ -32,3 +36,5 @@ class EngineOptions:
     #: How often a Live session reports its cumulative usage (``session.usage.updated``);
     #: OpenAI's does about once a minute.
     live_usage_seconds: float = 60.0
+    #: Load the models now rather than at the first session (``stack.build_engine``).
+    preload: Callable[[], None] = _nothing

