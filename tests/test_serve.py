@@ -245,13 +245,10 @@ async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
         assert sorted(loaded & set(NOT_SERVING)) == []
 
 
-def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
-    tmp_path: Path,
-) -> None:
-    env = gateway_env(tmp_path / "home", free_port(), RTGATE_WORKERS="2")
-    # Nothing listens on port 1: each worker's store fails to open as it starts.
+def serve_with_no_database(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``rtgate serve`` with its database where nothing listens (port 1), to its exit."""
     env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "rtgate", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -259,6 +256,13 @@ def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
         text=True,
         timeout=60,
     )
+
+
+def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
+    tmp_path: Path,
+) -> None:
+    env = gateway_env(tmp_path / "home", free_port(), RTGATE_WORKERS="2")
+    proc = serve_with_no_database(env)  # each worker's store fails to open as it starts
     assert proc.returncode == 2
     refused = "error: cannot open the database: ConnectionRefusedError"
     assert proc.stderr.count(f"{refused} (postgresql://127.0.0.1:1/test)") == 2
@@ -270,16 +274,8 @@ def test_a_start_that_fails_on_the_database_loads_no_speech_model(tmp_path: Path
     """The local engine (no provider key) loads its models once the store has opened: a
     database that cannot be opened is reported without seconds of model loading first."""
     env = gateway_env(tmp_path / "home", free_port(), OPENAI_API_KEY="")
-    env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
     list_modules_at_exit(env, tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "rtgate", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-    )
+    proc = serve_with_no_database(env)
     assert proc.returncode == 2, proc.stderr
     assert "cannot open the database" in proc.stderr
     (listing,) = tmp_path.glob("modules-*.txt")
