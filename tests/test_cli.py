@@ -247,3 +247,10 @@ def test_every_option_help_is_shown_whole() -> None:
     assert [(where, text) for where, text in seen.items() if "[" in text] == []
     result = CliRunner().invoke(app, ["talk", "--help"], terminal_width=200)
     assert "this machine's gateway" in result.output
+
+
+def test_an_error_quoting_brackets_is_printed_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtgate.cli import _error
+
+    _error("bad value [default: 1] in [prices.local]")
+    assert "error: bad value [default: 1] in [prices.local]" in capsys.readouterr().err

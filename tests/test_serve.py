@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -270,18 +271,55 @@ def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
     assert "Traceback" not in proc.stderr and "exited with status" not in proc.stderr
 
 
+#: The speech models' packages the local engine's stages load (when installed, as ``make dev``
+#: installs them): silero's runtime, whisper's, piper's.
+SPEECH_MODELS = {"onnxruntime", "faster_whisper", "ctranslate2", "piper"}
+
+
+def modules_at_exit(where: Path) -> set[str]:
+    """The one listing ``list_modules_at_exit`` had the server write (no workers here)."""
+    (listing,) = where.glob("modules-*.txt")
+    return set(listing.read_text().splitlines())
+
+
+def local_engine_env(tmp_path: Path) -> dict[str, str]:
+    """A gateway whose default upstream is the local engine, with its stages as detected."""
+    env = gateway_env(tmp_path / "home", free_port(), OPENAI_API_KEY="")
+    for name in list(env):
+        if name == "RTGATE_DEFAULT_UPSTREAM" or name.startswith("RTGATE_ENGINE_"):
+            del env[name]
+    list_modules_at_exit(env, tmp_path)
+    return env
+
+
 def test_a_start_that_fails_on_the_database_loads_no_speech_model(tmp_path: Path) -> None:
     """The local engine (no provider key) loads its models once the store has opened: a
     database that cannot be opened is reported without seconds of model loading first."""
-    env = gateway_env(tmp_path / "home", free_port(), OPENAI_API_KEY="")
-    list_modules_at_exit(env, tmp_path)
-    proc = serve_with_no_database(env)
+    proc = serve_with_no_database(local_engine_env(tmp_path))
     assert proc.returncode == 2, proc.stderr
     assert "cannot open the database" in proc.stderr
-    (listing,) = tmp_path.glob("modules-*.txt")
-    loaded = set(listing.read_text().splitlines())
-    assert sorted(loaded & {"onnxruntime", "faster_whisper", "piper", "ctranslate2"}) == []
+    loaded = modules_at_exit(tmp_path)
+    assert sorted(loaded & SPEECH_MODELS) == []
     assert "rtgate.engine.stack" in loaded  # the engine was built: its models were not loaded
+
+
+async def test_a_gateway_whose_default_is_the_local_engine_loads_its_models_before_serving(
+    tmp_path: Path,
+) -> None:
+    """So the first session does not wait seconds for them."""
+    env = local_engine_env(tmp_path)
+    installed = {m for m in SPEECH_MODELS if importlib.util.find_spec(m) is not None}
+    assert installed, "the dev install has the local engine's speech models"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtgate", "serve"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        await wait_ready(int(env["RTGATE_PORT"]), proc)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        kill_tree(proc)
+    assert sorted(installed - modules_at_exit(tmp_path)) == []
 
 
 def test_workers_sharing_redis_or_a_single_process_need_no_warning(tmp_path: Path) -> None:

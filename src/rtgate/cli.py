@@ -70,7 +70,7 @@ def _settings() -> Settings:
     try:
         return load_settings(_state.get("config"))
     except GatewayError as err:
-        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _error(err.message)
         raise typer.Exit(2) from err
 
 
@@ -89,7 +89,7 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except GatewayError as err:
-        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _error(err.message)
         raise typer.Exit(1) from err
 
 
@@ -99,6 +99,17 @@ def _rich_console(**kwargs: Any) -> Console:
     from rich.console import Console
 
     return Console(**kwargs)
+
+
+def _error(message: str) -> None:
+    """``error: MESSAGE`` on stderr, the message printed as it is: not read as rich markup,
+    where ``[...]`` (a TOML table, a default) would be taken for a tag and vanish."""
+    from rich.markup import escape
+
+    # soft_wrap: one line however narrow the terminal, as a log or a test reads it whole.
+    _rich_console(stderr=True).print(
+        f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def _table(*columns: str, **kwargs: Any) -> Table:
@@ -123,7 +134,7 @@ def _checked(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except GatewayError as err:
-        _rich_console(stderr=True).print(f"[red]error:[/red] {err.message}")
+        _error(err.message)
         raise typer.Exit(2) from err
 
 
@@ -238,7 +249,7 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
     except msgspec.ValidationError as exc:
         where, message = problem(exc)
         shown = f"{where}: {message}" if where else message
-        _rich_console(stderr=True).print(f"[red]error:[/red] {shown}")
+        _error(shown)
         raise typer.Exit(2) from exc
 
 
@@ -307,7 +318,7 @@ def keys_update(
 
     info = _with_store(run)
     if info is None:
-        _rich_console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        _error(f"no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
         _print_json(dump(key_view(info)))
@@ -339,7 +350,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a key; sessions it opens from now on are refused."""
     info = _with_store(lambda st: KeyRing(st, SystemClock()).revoke(key_id))
     if info is None:
-        _rich_console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
+        _error(f"no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
         _print_json(dump(key_view(info)))
@@ -380,7 +391,7 @@ def secrets_revoke(
         # Only an id's shape is echoed: anything else may be a secret pasted by mistake (and
         # is no markup for rich either).
         named = f"with id {sid}" if id_hash_prefix(sid) else "of that shape (cs_... or ek_...)"
-        _rich_console(stderr=True).print(f"[red]error:[/red] no client secret {named}")
+        _error(f"no client secret {named}")
         raise typer.Exit(1)
     view = client_secret_view(row, clock.now())
     if as_json:
@@ -481,13 +492,13 @@ def talk(
     quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
 ) -> None:
     """Talk to a realtime model through the gateway: one turn, then the reply and its cost."""
-    from aiohttp import ClientConnectorError
+    from aiohttp import ClientConnectorError, ClientSSLError
 
     from rtgate.talk import list_price, read_wav_24k, write_wav_24k
     from rtgate.talk import talk as run_talk
 
     if (text is None) == (wav is None):
-        _rich_console(stderr=True).print("[red]error:[/red] give exactly one of --text, --wav")
+        _error("give exactly one of --text, --wav")
         raise typer.Exit(2)
     console = _rich_console()
 
@@ -500,6 +511,7 @@ def talk(
             detail = f"{event['error'].get('code')}: {event['error'].get('message')}"
         console.print(f"[dim]{t}[/dim] {detail}".rstrip(), highlight=False)
 
+    given_url = url is not None
     try:
         pcm = read_wav_24k(wav) if wav is not None else None
         # The settings' port (RTGATE_PORT, the config file), not a fixed 8080: ``make run``
@@ -511,13 +523,14 @@ def talk(
             )
         )
     except (GatewayError, OSError) as err:
-        stderr = _rich_console(stderr=True)
-        stderr.print(f"[red]error:[/red] {err}", highlight=False)
-        if isinstance(err, ClientConnectorError):
-            stderr.print(
-                f"no gateway answers at {url}: start one (rtgate serve), or give talk the port "
-                "it listens on (RTGATE_PORT, as rtgate serve reads it) or its --url",
+        _error(str(err))
+        if isinstance(err, ClientConnectorError) and not isinstance(err, ClientSSLError):
+            where = "its --url" if given_url else "its port (RTGATE_PORT) or its --url"
+            _rich_console(stderr=True).print(
+                f"no gateway answers at {url}: start one (rtgate serve), or give talk {where}",
+                markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
         raise typer.Exit(1) from err
     if result.user_transcript:

@@ -43,7 +43,7 @@ def _program() -> str:
     """How the person ran rtgate (``.venv/bin/rtgate`` under make run), for the lines that
     tell them what to type next: the CLI's ``argv[0]``, which ``cli.serve`` passes on as this
     process's first argument (``python -m rtgate.server PROGRAM``, and each worker's:
-    ``python -m rtgate.worker PROGRAM FD``)."""
+    ``python -m rtgate.worker PROGRAM FD INDEX``)."""
     argv0 = Path(sys.argv[1] if len(sys.argv) > 1 else "rtgate")
     return str(argv0) if argv0.name == "rtgate" else "rtgate"
 
@@ -78,6 +78,27 @@ async def serve_async(
     wait = max(60.0, settings.drain_seconds)
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
+    # Before the port opens: a SIGTERM that finds it open drains (the default action would
+    # kill the process, and any session it had just accepted).
+    drain = app[DRAIN]
+    now = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if drain.started:
+            log.info("second SIGTERM: ending the live sessions now")
+            now.set()
+        else:
+            drain.begin()
+
+    loop = asyncio.get_running_loop()
+    if link is None:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, now.set)
+        loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+    else:
+        # A worker takes its drain and stop from the parent's words (worker.py), those sent
+        # while it started included; the signals are the parent's.
+        link.watch(drain=drain.begin, stop=now.set)
     tls = server_context(settings.tls_certfile, settings.tls_keyfile)
     # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
     site = FrontDoorSite(
@@ -105,25 +126,6 @@ async def serve_async(
     if announce:  # of N workers, the first says where they serve (worker.main)
         for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
             log.info(line)
-    drain = app[DRAIN]
-    now = asyncio.Event()
-
-    def on_sigterm() -> None:
-        if drain.started:
-            log.info("second SIGTERM: ending the live sessions now")
-            now.set()
-        else:
-            drain.begin()
-
-    loop = asyncio.get_running_loop()
-    if link is None:
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        loop.add_signal_handler(signal.SIGINT, now.set)
-        loop.add_signal_handler(signal.SIGUSR1, drain.begin)
-    else:
-        # A worker takes its drain and stop from the parent's words (worker.py), those sent
-        # while it started included; the signals are the parent's.
-        link.watch(drain=drain.begin, stop=now.set)
     await _first_of(now.wait(), drain.finished.wait())
     if link is not None and not now.is_set():
         log.info("drained: listening on, refusing new sessions, until every worker has drained")

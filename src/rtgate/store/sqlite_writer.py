@@ -229,7 +229,7 @@ def _wal(conn: sqlite3.Connection, busy_ms: int) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() >= deadline:
+            if err.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 raise
         time.sleep(0.01)
 
@@ -241,7 +241,11 @@ def open_sqlite(path: str, busy_ms: int) -> sqlite3.Connection:
     explicit ``BEGIN IMMEDIATE``, which takes the write lock first (waiting up to the busy
     timeout), never half-way through; a read outside one sees the last commit."""
     conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None)
-    _wal(conn, busy_ms)
+    try:
+        _wal(conn, busy_ms)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={busy_ms}")
