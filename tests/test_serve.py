@@ -364,11 +364,15 @@ async def test_a_sigterm_while_the_workers_start_drains_them_once_they_serve(
     assert (tmp_path / "gateway.log").read_text().count("draining:") == 2
 
 
-async def test_workers_whose_parent_is_killed_drain_and_exit(
+async def test_workers_whose_parent_is_killed_stop_listening_drain_and_exit(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
+    """On their own, workers leave the port at once (a restarted gateway must get every new
+    connection, not a third of them refused by a worker draining), drain their sessions, take
+    their signals again (a SIGTERM now is a drain's second: the sessions end) and exit."""
     port = free_port()
     env = provider.gateway_env(tmp_path / "home", port)
+    key = create_key(env, "o")
     proc = start_serving(env, tmp_path / "gateway.log")
     workers: list[psutil.Process] = []
     try:
@@ -376,8 +380,24 @@ async def test_workers_whose_parent_is_killed_drain_and_exit(
         await readiness_settles(port, 200)
         workers = [psutil.Process(pid) for pid in spawned_workers(proc.pid)]
         assert len(workers) == 2
+        (ws,) = await open_sessions(port, key, 1)
         proc.kill()
         proc.wait(5)
+        # Nobody listens on the port any more; the session runs on, metered.
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                except ConnectionRefusedError:
+                    break
+                w.close()
+                await asyncio.sleep(0.05)
+        await metered(ws, "resp_orphan")
+        for w in workers:  # the idle one may be gone already
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.send_signal(signal.SIGTERM)
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert event["error"]["code"] == "server_shutting_down"
         _gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 20)
         assert alive == []
     finally:
@@ -386,7 +406,7 @@ async def test_workers_whose_parent_is_killed_drain_and_exit(
             with contextlib.suppress(psutil.NoSuchProcess):
                 w.kill()
     said = (tmp_path / "gateway.log").read_text()
-    assert said.count("the parent of this worker is gone") == 2
+    assert said.count("the parent of this worker is gone: no longer listening") == 2
 
 
 async def test_a_worker_that_dies_has_the_others_drain_and_the_gateway_exit_1(
@@ -567,7 +587,7 @@ async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited(
     children = [ParentLink(theirs) for _, theirs in pairs]
     drained: list[int] = []
     for i, child in enumerate(children):
-        child.watch(drain=lambda i=i: drained.append(i), stop=lambda: None)
+        child.watch(drain=lambda i=i: drained.append(i), stop=lambda: None, orphaned=lambda: None)
     # The admin API asked one worker: the parent has every worker drain.
     children[0].ask_drain()
     await settles(lambda: sorted(drained) == [0, 1, 2])
@@ -599,7 +619,15 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     child = ParentLink(theirs)
     assert child.engine_token() == "token-1"
     heard: list[str] = []
-    child.watch(drain=lambda: heard.append("drain"), stop=lambda: heard.append("stop"))
+
+    def words(child: ParentLink) -> None:
+        child.watch(
+            drain=lambda: heard.append("drain"),
+            stop=lambda: heard.append("stop"),
+            orphaned=lambda: heard.append("orphaned"),
+        )
+
+    words(child)
     assert heard == ["drain"]
     ours.send(STOP)
     await settles(lambda: heard == ["drain", "stop"])
@@ -611,15 +639,16 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     ours.send(CLOSE)
     await asyncio.wait_for(waiting, 5)
     child.unwatch()
-    # The parent exits, the worker serving: it drains, and its wait for the close is over.
+    # The parent exits, the worker serving: it is on its own, and its wait for the close is
+    # over.
     ours, theirs = link()
     ours.sendall(b"token-2\n")
     child = ParentLink(theirs)
     assert child.engine_token() == "token-2"
-    heard = []
-    child.watch(drain=lambda: heard.append("drain"), stop=lambda: heard.append("stop"))
+    heard.clear()
+    words(child)
     ours.close()
-    await settles(lambda: heard == ["drain"])
+    await settles(lambda: heard == ["orphaned"])
     await asyncio.wait_for(child.wait(), 5)
 
 

@@ -56,9 +56,11 @@ class Drain:
         gw.stop_accepting()
         self.started_at = gw.clock.now()
         self.deadline_at = self.started_at + self.seconds
+        live = len(gw.live)
         log.info(
-            "draining: %d live sessions, new ones refused; those left in %g s end with 1001",
-            len(gw.live),
+            "draining: %d live session%s, new ones refused; those left in %g s end with 1001",
+            live,
+            "" if live == 1 else "s",
             self.seconds,
         )
         self._task = asyncio.create_task(self._run(), name="drain")

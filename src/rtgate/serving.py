@@ -91,17 +91,37 @@ async def serve_async(
             drain.begin()
 
     loop = asyncio.get_running_loop()
-    if link is None:
+
+    def take_signals() -> None:
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         loop.add_signal_handler(signal.SIGINT, now.set)
         loop.add_signal_handler(signal.SIGUSR1, drain.begin)
+
+    site: FrontDoorSite | None = None
+    alone = False
+    unlistening: list[asyncio.Task[None]] = []
+
+    def orphaned() -> None:
+        # The parent is gone (worker.py): this worker stops listening now, so a restarted
+        # gateway sharing the port gets every new connection, takes its signals again, drains
+        # its sessions and exits.
+        nonlocal alone
+        alone = True
+        log.warning("the parent of this worker is gone: no longer listening, draining")
+        take_signals()
+        drain.begin()
+        if site is not None:
+            unlistening.append(loop.create_task(site.stop()))
+
+    if link is None:
+        take_signals()
     else:
         # A worker takes its drain and stop from the parent's words (worker.py), those sent
         # while it started included; the signals are the parent's.
-        link.watch(drain=drain.begin, stop=now.set)
+        link.watch(drain=drain.begin, stop=now.set, orphaned=orphaned)
     tls = server_context(settings.tls_certfile, settings.tls_keyfile)
     # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
-    site = FrontDoorSite(
+    front_door = FrontDoorSite(
         runner,
         relay_door(app),
         head_timeout=settings.request_timeout_seconds,
@@ -111,7 +131,11 @@ async def serve_async(
         backlog=4096,
         ssl_context=tls,
     )
-    await site.start()
+    await front_door.start()
+    if alone:
+        await front_door.stop()
+    else:
+        site = front_door
     # The relay dials this process's own engine on a loopback port of its own: on the shared
     # port (SO_REUSEPORT, --workers) the kernel may hand the engine's connection to a sibling,
     # which then ends it when it drains or stops before this worker's session does. The engine
@@ -127,7 +151,7 @@ async def serve_async(
         for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
             log.info(line)
     await _first_of(now.wait(), drain.finished.wait())
-    if link is not None and not now.is_set():
+    if link is not None and not now.is_set() and not alone:
         log.info("drained: listening on, refusing new sessions, until every worker has drained")
         await _first_of(now.wait(), link.wait())
     log.info("shutting down")

@@ -18,8 +18,10 @@ variable, which ``ps`` and ``/proc`` show), then single bytes, which need no fra
 * ``ASK_DRAIN``, worker to parent: the admin API asked this worker to drain; the parent has
   every worker drain.
 
-The parent's end of file (it exited) reads as ``DRAIN`` and then ``CLOSE``: an orphaned worker
-drains and exits rather than serve on. Not ``multiprocessing``: a spawned process needs its
+The parent's end of file (it exited, killed, say) makes the worker its own master: it stops
+listening at once (the port is its siblings' now, or a restarted gateway's, which must not
+have its connections refused by a worker on its way out), takes its signals again, drains its
+sessions and exits. Not ``multiprocessing``: a spawned process needs its
 resource tracker, a process of ~12 MB for the gateway's life (docs/performance.md 9.18), and
 each worker reads the settings itself, as ``rtgate.server`` does, so nothing is pickled across.
 """
@@ -51,6 +53,7 @@ class ParentLink:
         self._sock = parent
         self._on_drain: Callable[[], None] = _nothing
         self._on_stop: Callable[[], None] = _nothing
+        self._on_orphaned: Callable[[], None] = _nothing
         self._closed = False
         self._told: asyncio.Future[None] | None = None
         self._watched = False
@@ -66,10 +69,12 @@ class ParentLink:
             line += got
         return line[:-1].decode()
 
-    def watch(self, drain: Callable[[], None], stop: Callable[[], None]) -> None:
+    def watch(
+        self, drain: Callable[[], None], stop: Callable[[], None], orphaned: Callable[[], None]
+    ) -> None:
         """Read the parent's words for the rest of the worker's life, those already waiting
-        first: ``drain`` at ``DRAIN``, ``stop`` at ``STOP``."""
-        self._on_drain, self._on_stop = drain, stop
+        first: ``drain`` at ``DRAIN``, ``stop`` at ``STOP``, ``orphaned`` at its end of file."""
+        self._on_drain, self._on_stop, self._on_orphaned = drain, stop, orphaned
         self._sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._read)
         self._watched = True
@@ -89,10 +94,9 @@ class ParentLink:
             except OSError:
                 said = b""
             if not said:
-                log.warning("the parent of this worker is gone: draining, then closing")
                 self.unwatch()
-                self._on_drain()
                 self._close()
+                self._on_orphaned()
                 return
             for word in said:
                 if word == DRAIN[0]:
