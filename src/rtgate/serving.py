@@ -27,7 +27,7 @@ from aiohttp import web
 from rtgate.api.app import create_app, end_live, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
-from rtgate.drain import DRAIN
+from rtgate.drain import DRAIN, Drain
 from rtgate.relay.endpoint import relay_door
 from rtgate.relay.front_door import FrontDoorSite
 from rtgate.tls import server_context
@@ -66,6 +66,70 @@ async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
             t.cancel()
 
 
+class Lifetime:
+    """When this serving process drains and stops: on its own signals (one process alone, or a
+    worker whose parent is gone) or on its parent's words (a worker, ``worker.py``). Set up
+    before the port opens: a SIGTERM that finds it open drains (the signal's default action
+    would kill the process, with any session it had just accepted)."""
+
+    def __init__(self, drain: Drain, link: ParentLink | None) -> None:
+        self.drain = drain
+        self.link = link
+        self.now = asyncio.Event()
+        #: The parent is gone: this worker listens no more and answers its own signals.
+        self.alone = False
+        self._site: FrontDoorSite | None = None
+        self._unlistening: list[asyncio.Task[None]] = []
+        if link is None:
+            self._take_signals()
+        else:
+            # The signals are the parent's; its words, those sent while this one started
+            # included, drain and stop it.
+            link.watch(drain=drain.begin, stop=self.now.set, orphaned=self._orphaned)
+
+    def _take_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self.now.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.drain.begin)
+
+    def _on_sigterm(self) -> None:
+        if self.drain.started:
+            log.info("second SIGTERM: ending the live sessions now")
+            self.now.set()
+        else:
+            self.drain.begin()
+
+    def _orphaned(self) -> None:
+        # The port is its siblings' now, or a restarted gateway's, which must get every new
+        # connection: none refused by a worker on its way out.
+        self.alone = True
+        log.warning("the parent of this worker is gone: no longer listening, draining")
+        self._take_signals()
+        self.drain.begin()
+        if self._site is not None:
+            self._unlistening.append(asyncio.get_running_loop().create_task(self._site.stop()))
+
+    async def listen(self, site: FrontDoorSite) -> None:
+        await site.start()
+        if self.alone:
+            await site.stop()
+        else:
+            self._site = site
+
+    async def over(self) -> None:
+        """Until the drain is over (or a stop); a worker then waits for its siblings to have
+        drained too before it closes (``worker.ParentLink.wait``)."""
+        await _first_of(self.now.wait(), self.drain.finished.wait())
+        if self.link is not None and not self.now.is_set() and not self.alone:
+            log.info("drained: listening on, refusing new sessions, until every worker has drained")
+            await _first_of(self.now.wait(), self.link.wait())
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.unwatch()
+
+
 async def serve_async(
     settings: Settings,
     engine_token: str,
@@ -78,64 +142,21 @@ async def serve_async(
     wait = max(60.0, settings.drain_seconds)
     runner = app_runner(app, settings, handle_signals=False, access_log=None, shutdown_timeout=wait)
     await runner.setup()
-    # Before the port opens: a SIGTERM that finds it open drains (the default action would
-    # kill the process, and any session it had just accepted).
-    drain = app[DRAIN]
-    now = asyncio.Event()
-
-    def on_sigterm() -> None:
-        if drain.started:
-            log.info("second SIGTERM: ending the live sessions now")
-            now.set()
-        else:
-            drain.begin()
-
-    loop = asyncio.get_running_loop()
-
-    def take_signals() -> None:
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        loop.add_signal_handler(signal.SIGINT, now.set)
-        loop.add_signal_handler(signal.SIGUSR1, drain.begin)
-
-    site: FrontDoorSite | None = None
-    alone = False
-    unlistening: list[asyncio.Task[None]] = []
-
-    def orphaned() -> None:
-        # The parent is gone (worker.py): this worker stops listening now, so a restarted
-        # gateway sharing the port gets every new connection, takes its signals again, drains
-        # its sessions and exits.
-        nonlocal alone
-        alone = True
-        log.warning("the parent of this worker is gone: no longer listening, draining")
-        take_signals()
-        drain.begin()
-        if site is not None:
-            unlistening.append(loop.create_task(site.stop()))
-
-    if link is None:
-        take_signals()
-    else:
-        # A worker takes its drain and stop from the parent's words (worker.py), those sent
-        # while it started included; the signals are the parent's.
-        link.watch(drain=drain.begin, stop=now.set, orphaned=orphaned)
+    lifetime = Lifetime(app[DRAIN], link)
     tls = server_context(settings.tls_certfile, settings.tls_keyfile)
     # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
-    front_door = FrontDoorSite(
-        runner,
-        relay_door(app),
-        head_timeout=settings.request_timeout_seconds,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.workers > 1,
-        backlog=4096,
-        ssl_context=tls,
+    await lifetime.listen(
+        FrontDoorSite(
+            runner,
+            relay_door(app),
+            head_timeout=settings.request_timeout_seconds,
+            host=settings.host,
+            port=settings.port,
+            reuse_port=settings.workers > 1,
+            backlog=4096,
+            ssl_context=tls,
+        )
     )
-    await front_door.start()
-    if alone:
-        await front_door.stop()
-    else:
-        site = front_door
     # The relay dials this process's own engine on a loopback port of its own: on the shared
     # port (SO_REUSEPORT, --workers) the kernel may hand the engine's connection to a sibling,
     # which then ends it when it drains or stops before this worker's session does. The engine
@@ -150,18 +171,14 @@ async def serve_async(
     if announce:  # of N workers, the first says where they serve (worker.main)
         for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
             log.info(line)
-    await _first_of(now.wait(), drain.finished.wait())
-    if link is not None and not now.is_set() and not alone:
-        log.info("drained: listening on, refusing new sessions, until every worker has drained")
-        await _first_of(now.wait(), link.wait())
+    await lifetime.over()
     log.info("shutting down")
     # What is still live ends (1001) while aiohttp still reads its connections (app.py
     # ``end_live``); then its clean-up stops listening, waits for the handlers and
     # drains the ledger.
     await end_live(app)
     await runner.cleanup()
-    if link is not None:
-        link.unwatch()
+    lifetime.close()
 
 
 def serve_one(
