@@ -23,7 +23,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from rtgate.config import Settings, load_settings
+from rtgate.config import Settings, fingerprint, load_settings
 from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
 from rtgate.worker import CLOSE, DRAIN, DRAINED, STOP, ParentLink
@@ -615,9 +615,9 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     serves, even in the same read as the engine token; a drain's word is not the close's; a
     parent that is gone reads as a drain and a close."""
     ours, theirs = link()
-    ours.sendall(b"token-1\n" + DRAIN)
+    ours.sendall(b"token-1 fp\n" + DRAIN)
     child = ParentLink(theirs)
-    assert child.engine_token() == "token-1"
+    assert child.first_line() == ("token-1", "fp")
     heard: list[str] = []
 
     def words(child: ParentLink) -> None:
@@ -642,14 +642,38 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     # The parent exits, the worker serving: it is on its own, and its wait for the close is
     # over.
     ours, theirs = link()
-    ours.sendall(b"token-2\n")
+    ours.sendall(b"token-2 fp\n")
     child = ParentLink(theirs)
-    assert child.engine_token() == "token-2"
+    assert child.first_line() == ("token-2", "fp")
     heard.clear()
     words(child)
     ours.close()
     await settles(lambda: heard == ["orphaned"])
     await asyncio.wait_for(child.wait(), 5)
+
+
+def test_a_worker_refuses_settings_that_are_not_its_parents(
+    tmp_path: Path, link: Callable[[], tuple[socket.socket, socket.socket]]
+) -> None:
+    """Each worker reads the settings itself: read after the file or the environment changed,
+    they would not be the ones the parent started with, and the worker says so instead of
+    serving on another port, say."""
+    ours, theirs = link()
+    parents = fingerprint(load_settings(None, {"RTGATE_PORT": "18001"}))
+    ours.sendall(f"token {parents}\n".encode())
+    env = gateway_env(tmp_path / "home", 18002)  # not the parent's port
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtgate.worker", "rtgate", str(theirs.fileno()), "0"],
+        env=env,
+        pass_fds=(theirs.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "error: the settings changed while the workers started" in proc.stderr
+    assert fingerprint(load_settings(None, {"RTGATE_PORT": "18001"})) == parents
 
 
 def test_the_parent_turns_its_signals_into_words(

@@ -8,6 +8,7 @@ the admin API's token (``RTGATE_ADMIN_TOKEN``) and ``/metrics``' (``RTGATE_METRI
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -437,6 +438,18 @@ class Settings(_Frozen, frozen=True, kw_only=True):
         """Where a client on this machine reaches ``path`` of the gateway these settings serve
         (``rtgate talk``'s default): their port, ``wss`` when they name a certificate."""
         return loopback_url("wss" if self.tls_certfile else "ws", self.host, self.port, path)
+
+
+def fingerprint(settings: Settings) -> str:
+    """A digest of every value ``settings`` hold, secrets included: the parent of ``--workers
+    N`` sends its own to each worker, which reads the settings itself and refuses to start on
+    others (the config file or the environment changed in between)."""
+
+    def shown(value: Any) -> Any:
+        return value.get_secret_value() if isinstance(value, Secret) else str(value)
+
+    encoded = msgspec.json.encode(settings, enc_hook=shown, order="sorted")
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def loopback_url(scheme: str, host: str, port: int, path: str) -> str:

@@ -6,8 +6,10 @@ link to the parent (``PROGRAM``: how the person ran rtgate, as ``rtgate.server``
 A worker takes its orders over the link, not from signals: the parent turns its own signals
 into words, so a worker still starting (not yet reading them) finds them waiting, in order, and
 a worker's signal handlers never race the parent's word for the same signal. The link carries
-one line from the parent first, the engine token every worker shares (never an argument or a
-variable, which ``ps`` and ``/proc`` show), then single bytes, which need no framing:
+one line from the parent first: the engine token every worker shares (never an argument or a
+variable, which ``ps`` and ``/proc`` show) and the fingerprint of the parent's settings, which
+the worker, reading them itself, must find the same (``config.fingerprint``); then single
+bytes, which need no framing:
 
 * ``DRAIN``, parent to worker: drain (a SIGTERM, SIGUSR1 or a sibling's request);
 * ``STOP``, parent to worker: end the live sessions now (a second SIGTERM, or SIGINT);
@@ -58,8 +60,9 @@ class ParentLink:
         self._told: asyncio.Future[None] | None = None
         self._watched = False
 
-    def engine_token(self) -> str:
-        """The first line the parent writes: read before anything else, blocking."""
+    def first_line(self) -> tuple[str, str]:
+        """The first line the parent writes, read before anything else, blocking: the engine
+        token and the fingerprint of the parent's settings."""
         line = bytearray()
         while not line.endswith(b"\n"):
             # One byte at a time: what follows the line is the words', not the token's.
@@ -67,7 +70,8 @@ class ParentLink:
             if not got:
                 raise EOFError("the parent exited before this worker started")
             line += got
-        return line[:-1].decode()
+        token, _, settings = line[:-1].decode().partition(" ")
+        return token, settings
 
     def watch(
         self, drain: Callable[[], None], stop: Callable[[], None], orphaned: Callable[[], None]
@@ -153,18 +157,23 @@ def main(fd: int, index: int) -> int:
     # The link is this process's alone: a child it starts (the engine's TTS) must not hold it
     # open, or the parent would see this worker's end only at that child's.
     os.set_inheritable(fd, False)
-    from rtgate.config import load_settings
-    from rtgate.errors import GatewayError, report_failed_start
+    from rtgate.config import fingerprint, load_settings
+    from rtgate.errors import ConfigError, GatewayError, report_failed_start
     from rtgate.logs import configure_serving_logs
 
     link = ParentLink(socket.socket(fileno=fd))
     try:
-        engine_token = link.engine_token()
+        engine_token, parents = link.first_line()
     except (EOFError, OSError):
         return 1  # nobody left to serve for
     try:
         # As the parent read them (``rtgate.server``): the file and the same environment.
         settings = load_settings()
+        if fingerprint(settings) != parents:
+            raise ConfigError(
+                "the settings changed while the workers started (the config file or the "
+                "environment): start the gateway again"
+            )
         configure_serving_logs(settings)
         from rtgate.serving import serve_one
 

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 
-from rtgate.config import Settings
+from rtgate.config import Settings, fingerprint
 from rtgate.errors import START_FAILED
 from rtgate.interpreter import python_m
 from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, SPOKEN_FOR, STOP
@@ -125,9 +125,10 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     program = sys.argv[1] if len(sys.argv) > 1 else "rtgate"
     pairs = [socket.socketpair() for _ in range(settings.workers)]
     workers = Workers([ours for ours, _ in pairs])
+    first = f"{engine_token} {fingerprint(settings)}\n".encode()
     for ours, _ in pairs:
         # First on each link, before any word a signal writes there.
-        ours.sendall(engine_token.encode() + b"\n")
+        ours.sendall(first)
     for sig in SPOKEN_FOR:
         signal.signal(sig, workers.on_signal)
     procs = workers.procs
