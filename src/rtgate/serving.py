@@ -1,7 +1,7 @@
 """One serving process: the app on the front door's port, the engine's loopback site, the
 signals and the drain. ``rtgate.server`` runs it in its own process, ``rtgate.worker`` in each
 worker; the parent of ``--workers N`` serves nothing and imports none of this (aiohttp, the app,
-the relay: ~24 MB of a process that only forwards signals; docs/performance.md 9.16).
+the relay: ~24 MB of a process that only passes its signals on; docs/performance.md 9.16).
 
 Signals (``rtgate.drain``): SIGTERM drains (new sessions refused, live ones run on until they
 end or ``drain_seconds`` pass), and the process exits when the drain is over; a second SIGTERM,
