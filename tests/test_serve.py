@@ -206,6 +206,13 @@ PARENT_OF_WORKERS = {
 }
 
 
+def closed_on_exec(pid: int, fd: int) -> bool:
+    """Whether process ``pid``'s descriptor ``fd`` has O_CLOEXEC (Linux: /proc's fdinfo)."""
+    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    flags = info.split("flags:")[1].split()[0]
+    return bool(int(flags, 8) & os.O_CLOEXEC)
+
+
 def spawned_workers(parent: int) -> list[int]:
     """The pids of ``--workers N``'s workers."""
     return [p.pid for p in psutil.Process(parent).children() if "rtgate.worker" in p.cmdline()]
@@ -230,6 +237,10 @@ async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
         workers = spawned_workers(proc.pid)
         # Its children are the workers alone: no multiprocessing resource tracker (~12 MB).
         children = psutil.Process(proc.pid).children()
+        # Each worker's link is its own: closed on exec, so no child of the worker (the
+        # engine's TTS) holds it open past the worker's end (/proc's fdinfo, O_CLOEXEC).
+        for pid in workers:
+            assert closed_on_exec(pid, int(psutil.Process(pid).cmdline()[-2]))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
