@@ -8,7 +8,7 @@ the call up, and the admin API and shutdown end it by hanging it up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from rtgate.clock import ManualClock
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
+from tests.polling import until
 from tests.provider import FAKE_SDP_ANSWER, PROVIDER_KEY, FakeProvider, emit_response_done
 
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
@@ -50,12 +51,6 @@ async def key_with(gw: RunningGateway, **update: Any) -> tuple[str, str]:
     policy = apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
     info, secret = await gw.app[GATEWAY].keyring.create("caller", policy)
     return info.id, secret
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def response_done(rid: str, text_in: int) -> dict[str, Any]:
@@ -111,7 +106,7 @@ async def test_a_minted_secret_places_a_call_metered_on_its_sideband(
     async def billed() -> bool:
         return bool(await gateway.store.usage_summary())
 
-    await eventually(billed)
+    await until(billed)
     (usage,) = await gateway.store.usage_summary()
     assert usage.key_id == key_id and usage.model == "gpt-realtime"
     assert usage.charged_nanos == 6_000_000  # 1500 text tokens at $4 / 1M
@@ -127,7 +122,7 @@ async def test_a_minted_secret_places_a_call_metered_on_its_sideband(
         (s,) = await gateway.store.recent_sessions()
         return s.ended_at is not None
 
-    await eventually(ended)
+    await until(ended)
     assert not gateway.app[GATEWAY].live
 
 
@@ -148,7 +143,7 @@ async def test_a_sideband_meters_what_it_can_read_and_flags_the_rest_for_review(
         rows = await gateway.store.usage_summary()
         return bool(rows) and rows[0].records == 2
 
-    await eventually(both_recorded)
+    await until(both_recorded)
     (usage,) = await gateway.store.usage_summary()
     assert (usage.needs_review, usage.usage.text_in) == (1, 1500)
     assert usage.charged_nanos == 6_000_000  # 1500 text tokens at $4 / 1M
@@ -208,13 +203,13 @@ async def test_a_crossed_budget_hangs_the_call_up_upstream(
     async def hung_up() -> bool:
         return (call_id, "hangup", None) in provider.call_actions
 
-    await eventually(hung_up)
+    await until(hung_up)
 
     async def ended() -> bool:
         (s,) = await gateway.store.recent_sessions()
         return s.ended_at is not None
 
-    await eventually(ended)
+    await until(ended)
     (session,) = await gateway.store.recent_sessions()
     assert session.key_id == key_id
     (usage,) = await gateway.store.usage_summary()
@@ -314,7 +309,7 @@ async def sideband_open(provider: FakeProvider, call_id: str) -> None:
     async def opened() -> bool:
         return call_id in provider.sidebands
 
-    await eventually(opened)
+    await until(opened)
 
 
 async def ended_row(gw: RunningGateway, session_id: str | None = None) -> Any:
@@ -326,7 +321,7 @@ async def ended_row(gw: RunningGateway, session_id: str | None = None) -> Any:
         found[:] = rows
         return len(rows) == 1 and rows[0].ended_at is not None
 
-    await eventually(ended)
+    await until(ended)
     return found[0]
 
 
@@ -366,7 +361,7 @@ async def test_the_duration_cap_hangs_the_call_up_upstream(
     async def hung_up() -> bool:
         return provider.hangups(call_id) == 1
 
-    await eventually(hung_up)
+    await until(hung_up)
     row = await ended_row(gw)
     assert row.intent == "webrtc"
     assert row.close_code == 1001
@@ -545,7 +540,7 @@ async def test_the_admin_api_lists_a_live_call_and_closes_it_by_hanging_up(
     async def billed() -> bool:
         return bool(await gw.store.usage_summary())
 
-    await eventually(billed)
+    await until(billed)
     status, live = await admin_call(gw, "GET", "/sessions/live")
     assert status == 200
     (session,) = live
@@ -709,7 +704,7 @@ async def test_a_call_whose_secret_is_revoked_while_it_is_placed_is_hung_up(
     async def hung_up() -> bool:
         return provider.hangups(call_id) == 1 and not gw.app[GATEWAY].live
 
-    await eventually(hung_up)
+    await until(hung_up)
     (row,) = await gw.store.recent_sessions()
     assert (row.close_code, row.closed_by) == (1008, "operator")
     assert row.close_reason == "invalid_request_error.client_secret_revoked"
@@ -782,7 +777,7 @@ async def test_usage_that_cannot_be_recorded_ends_the_call_with_usage_unavailabl
     async def hung_up() -> bool:
         return provider.hangups(call_id) == 1
 
-    await eventually(hung_up)
+    await until(hung_up)
     row = await ended_row(gateway)
     assert (row.close_code, row.close_reason, row.closed_by) == (
         1011,

@@ -8,7 +8,7 @@ import fcntl
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -29,6 +29,7 @@ from rtgate.store.connections import fetch
 from rtgate.store.faults import WRITES, FaultyStore
 from rtgate.store.port import SessionClose, SessionOpen, StoreError
 from rtgate.store.sql import SqlStore
+from tests.polling import until
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 #: The commit deadline of these tests: long enough for SQLite on a loaded machine.
@@ -90,16 +91,6 @@ async def refs(store: SqlStore) -> list[str]:
     """The refs of every usage row, in the order they were inserted."""
     rows = await store.db.run(fetch("SELECT ref FROM usage_records ORDER BY id"))
     return [r[0] for r in rows]
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], seconds: float = 5.0) -> None:
-    """Poll ``check``: the store's return has no event to await."""
-    async with asyncio.timeout(seconds):
-        while True:
-            got = check()
-            if await got if isinstance(got, Awaitable) else got:
-                return
-            await asyncio.sleep(0.01)
 
 
 # -- deadlines and the spill ----------------------------------------------------------------

@@ -21,6 +21,7 @@ from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 from tests.live_fake import FAKE_LIVE_SDP_ANSWER
+from tests.polling import until
 from tests.provider import FakeProvider
 from tests.table_rows import table_rows
 
@@ -30,12 +31,6 @@ NANOS_PER_MS = 50_000_000 / 60_000
 
 def client_for(gw: RunningGateway, key: str) -> AsyncOpenAI:
     return AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0)
-
-
-async def until(check: Callable[[], Any]) -> None:
-    async with asyncio.timeout(5):
-        while not check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def rows_of(gw: RunningGateway) -> list[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rtgate.store.faults import WRITES, FaultyStore
 from rtgate.store.port import SessionOpen, StoreError
 from rtgate.store.sql import SqlStore
 from tests.conftest import RunningGateway, events_until
+from tests.polling import until
 from tests.provider import FakeProvider, emit_response_done
 
 
@@ -133,13 +134,6 @@ FAST = {
     "RTGATE_STORE_TIMEOUT_SECONDS": "0.5",
     "RTGATE_SPILL_RETRY_SECONDS": "0.05",
 }
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    """Poll ``check`` until it holds: the store's return has no event to await."""
-    async with asyncio.timeout(seconds):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def test_a_store_that_cannot_commit_spills_delivers_and_catches_up_while_running(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from rtgate.metrics import Metrics
 from rtgate.relay.ticker import Ticker
+from tests.polling import until
 
 
 class Session:
@@ -72,24 +73,22 @@ async def test_the_wheel_ticks_a_slot_per_beat_and_each_session_once_per_period(
     sessions = [Session() for _ in range(4)]
     for s in sessions:
         ticker.add(s)
-    await until(lambda: sum(s.ticks for s in sessions) >= 2)
+    await beats_until(lambda: sum(s.ticks for s in sessions) >= 2)
     assert sorted(s.ticks for s in sessions) == [0, 0, 1, 1]
-    await until(lambda: all(s.ticks for s in sessions))
+    await beats_until(lambda: all(s.ticks for s in sessions))
     assert [s.ticks for s in sessions] == [1, 1, 1, 1]
     # One leaves; the next comes into the emptier slot (the one it left), so each beat still
     # ticks two: the newcomer's first with the one session left in that slot.
     ticker.discard(sessions[0])
     newcomer = Session()
     ticker.add(newcomer)
-    await until(lambda: newcomer.ticks == 1)
+    await beats_until(lambda: newcomer.ticks == 1)
     assert sorted(s.ticks for s in sessions[1:]) == [1, 1, 2]
     for s in [*sessions[1:], newcomer]:
         ticker.discard(s)
     assert ticker._timer is None
 
 
-async def until(check: Callable[[], bool]) -> None:
+async def beats_until(check: Callable[[], bool]) -> None:
     """Wait beat by beat (a beat is a timer callback: one loop iteration sees its effect)."""
-    async with asyncio.timeout(5):
-        while not check():  # noqa: ASYNC110 -- the ticker's beats set no event to await
-            await asyncio.sleep(0.001)
+    await until(check, every=0.001)

@@ -28,6 +28,7 @@ from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
 from rtgate.worker import CLOSE, DRAIN, DRAINED, STOP, ParentLink
 from rtgate.workers import Workers
+from tests.polling import until
 from tests.process import (
     cli_json,
     create_key,
@@ -583,13 +584,6 @@ def link() -> Iterator[Callable[[], tuple[socket.socket, socket.socket]]]:
         sock.close()
 
 
-async def settles(check: Callable[[], bool]) -> None:
-    """Until ``check()``: what the link's reader or the parent's thread did in the meantime."""
-    async with asyncio.timeout(5):
-        while not check():  # noqa: ASYNC110 -- state another thread or callback sets
-            await asyncio.sleep(0.01)
-
-
 async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited(
     link: Callable[[], tuple[socket.socket, socket.socket]],
 ) -> None:
@@ -602,7 +596,7 @@ async def test_no_worker_is_told_to_close_before_each_has_drained_or_exited(
         child.watch(drain=lambda i=i: drained.append(i), stop=lambda: None, orphaned=lambda: None)
     # The admin API asked one worker: the parent has every worker drain.
     children[0].ask_drain()
-    await settles(lambda: sorted(drained) == [0, 1, 2])
+    await until(lambda: sorted(drained) == [0, 1, 2])
     # Two workers drain; the third has not yet: nobody is told to close.
     waits = [asyncio.ensure_future(child.wait()) for child in children[:2]]
     done, _ = await asyncio.wait(waits, timeout=0.3)
@@ -642,7 +636,7 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     words(child)
     assert heard == ["drain"]
     ours.send(STOP)
-    await settles(lambda: heard == ["drain", "stop"])
+    await until(lambda: heard == ["drain", "stop"])
     waiting = asyncio.ensure_future(child.wait())
     ours.send(DRAIN)  # a SIGUSR1 after the SIGTERM: not the close either
     await asyncio.sleep(0.2)
@@ -660,7 +654,7 @@ async def test_a_worker_reads_its_orders_those_sent_while_it_started_first(
     heard.clear()
     words(child)
     ours.close()
-    await settles(lambda: heard == ["orphaned"])
+    await until(lambda: heard == ["orphaned"])
     await asyncio.wait_for(child.wait(), 5)
 
 
@@ -790,22 +784,18 @@ async def test_no_connection_is_reset_while_a_sibling_worker_still_holds_a_sessi
                     return  # the test has failed; a refused connect would not even yield
                 await asyncio.sleep(0)
 
-        async def until(done: Callable[[], bool]) -> None:
-            async with asyncio.timeout(30):
-                while not done():  # noqa: ASYNC110 -- the hammer's answers, another process's log
-                    await asyncio.sleep(0.05)
-
         async with asyncio.TaskGroup() as tg:
             try:
                 for n in range(24):
                     tg.create_task(hammer(n))
                 # Both workers serve: one answers with the held session, the other with none.
-                await until(lambda: {"200 0", "200 1"} <= set(answers))
+                await until(lambda: {"200 0", "200 1"} <= set(answers), seconds=30)
                 proc.send_signal(signal.SIGTERM)
                 signalled = True
                 # The idle worker has drained (its sibling still holds the session): before the
                 # fix it closed its listener and exited within a few milliseconds.
-                await until(lambda: b"drained: no live session is left" in log.read_bytes())
+                drained = b"drained: no live session is left"
+                await until(lambda: drained in log.read_bytes(), seconds=30)
                 await asyncio.sleep(1.0)
                 late = len(answers)
                 await asyncio.sleep(1.0)
