@@ -28,8 +28,9 @@ from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.port import StoredCall, StoreError
 from tests.conftest import RunningGateway
+from tests.polling import until
 from tests.provider import FakeProvider, emit_response_done
-from tests.test_calls import OFFER, REALTIME, eventually, response_done, sideband_open
+from tests.test_calls import OFFER, REALTIME, response_done, sideband_open
 
 UNKNOWN = "rtc_" + "0" * 32
 ACTIONS = ("accept", "reject", "refer", "hangup")
@@ -154,7 +155,7 @@ async def test_an_attached_sideband_is_billed_once_and_holds_no_second_slot(
             rows = await gateway.store.recent_sessions()
             return any(r.intent == "webrtc" and r.charged_nanos for r in rows)
 
-        await eventually(billed)
+        await until(billed)
         (usage,) = await gateway.store.usage_summary()
         assert usage.key_id == key_id
         assert (usage.records, usage.charged_nanos) == (1, 6_000_000)
@@ -262,7 +263,7 @@ async def test_another_instances_call_is_unknown_to_other_keys(
     async def ended() -> bool:
         return not here.app[GATEWAY].live
 
-    await eventually(ended)
+    await until(ended)
 
 
 async def test_accepting_a_sip_call_claims_it_for_the_key_on_every_instance(
