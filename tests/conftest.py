@@ -48,13 +48,23 @@ class RunningGateway:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test that needs Redis or PostgreSQL itself fails, never skips, without it: ``make
-    test`` leaves the ``redis`` and ``postgres`` tests out on purpose (``-m "not redis and not
-    postgres"``); ``make test-redis`` and ``make test-postgres`` run them."""
+    """A test that needs Redis, PostgreSQL or the voice frameworks fails, never skips, without
+    them: ``make test`` leaves the ``redis``, ``postgres`` and ``frameworks`` tests out on
+    purpose; ``make test-redis``, ``make test-postgres`` and ``make test-frameworks`` run
+    them."""
     if item.get_closest_marker("redis") and not os.environ.get("RTGATE_TEST_REDIS_URL"):
         pytest.fail(
             "needs Redis: set RTGATE_TEST_REDIS_URL, e.g. redis://127.0.0.1:6379/0"
             " (make test-redis does)",
+            pytrace=False,
+        )
+    if item.get_closest_marker("frameworks") and not os.environ.get(
+        "RTGATE_TEST_FRAMEWORKS_PYTHON"
+    ):
+        pytest.fail(
+            "needs pipecat and LiveKit Agents: set RTGATE_TEST_FRAMEWORKS_PYTHON to the Python of"
+            " an environment installed from requirements/frameworks.txt (make test-frameworks"
+            " builds .venv-frameworks)",
             pytrace=False,
         )
     database = os.environ.get("RTGATE_TEST_DATABASE_URL", "")

@@ -1,0 +1,105 @@
+"""pipecat and LiveKit Agents, pointed at rtgate by base URL only, hold a spoken turn on the
+local engine, and rtgate bills what they were told they used.
+
+Each framework runs as its apps run it, in an environment of its own (``make test-frameworks``
+builds ``.venv-frameworks`` from ``requirements/frameworks.txt``; it pins packages rtgate's own
+lock pins otherwise), one script per framework in ``tests/frameworks/`` printing what the
+framework saw. Both parse every server event with their own types (pipecat's pydantic models,
+the openai SDK's in LiveKit's plugin) and log what they cannot use: a warning fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from rtgate.config import Settings
+from tests.speech import speak
+from tests.test_engine_e2e import SENTENCE, word_errors
+
+pytestmark = pytest.mark.frameworks
+
+SCRIPTS = Path(__file__).parent / "frameworks"
+
+
+async def one_turn(script: str, url: str, key: str, speech: Path) -> dict[str, Any]:
+    """Run ``script`` with the frameworks' Python: its summary, or its output on a failure."""
+    proc = await asyncio.create_subprocess_exec(
+        os.environ["RTGATE_TEST_FRAMEWORKS_PYTHON"],
+        str(SCRIPTS / script),
+        url,
+        key,
+        "gpt-realtime",
+        str(speech),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-4000:]
+    summary: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return summary
+
+
+@pytest.fixture
+def speech(tmp_path: Path) -> Path:
+    """The sentence spoken, between 600 ms of silence before and 1.5 s after (24 kHz PCM16)."""
+    path = tmp_path / "speech.pcm"
+    path.write_bytes(bytes(48 * 600) + speak(SENTENCE) + bytes(48 * 1500))
+    return path
+
+
+def heard_and_answered(summary: dict[str, Any]) -> None:
+    assert summary["errors"] == [] and summary["warnings"] == [], summary
+    assert word_errors(SENTENCE, summary["heard"]) <= 1, summary["heard"]
+    # The echo brain repeats what it heard, aloud: more than a second of it.
+    assert word_errors(SENTENCE, summary["said"]) <= 1, summary["said"]
+    assert summary["audio_bytes"] > 48 * 1000, summary["audio_bytes"]
+
+
+async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], speech: Path
+) -> None:
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    key = await gw.new_key("pipecat")
+    # OpenAIRealtimeLLMService(base_url=...): the WebSocket URL, its model added as a query.
+    summary = await one_turn("pipecat_turn.py", f"{gw.ws}/v1/realtime", key, speech)
+    heard_and_answered(summary)
+    frames = summary["frames"]
+    assert frames.index("TranscriptionFrame") < frames.index("LLMFullResponseEndFrame")
+    assert frames.index("TTSStartedFrame") < frames.index("TTSStoppedFrame")
+    told = summary["usage"]
+    rows = {r.model: r.usage for r in await gw.store.usage_summary()}
+    billed = rows["gpt-realtime"]
+    assert (billed.input_tokens, billed.output_tokens) == (
+        told["prompt_tokens"],
+        told["completion_tokens"],
+    )
+    assert (billed.audio_in, billed.audio_out) == (
+        told["input_audio_tokens"],
+        told["output_audio_tokens"],
+    )
+    assert rows["gpt-4o-mini-transcribe"].audio_in > 0
+
+
+async def test_livekit_agents_holds_a_spoken_turn_and_is_billed_what_it_was_told(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], speech: Path
+) -> None:
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    key = await gw.new_key("livekit")
+    # openai.realtime.RealtimeModel(base_url=...): the HTTP base, as for the REST API.
+    summary = await one_turn("livekit_turn.py", f"{gw.http}/v1", key, speech)
+    heard_and_answered(summary)
+    told = summary["usage"]
+    rows = {r.model: r.usage for r in await gw.store.usage_summary()}
+    billed = rows["gpt-realtime"]
+    assert (billed.input_tokens, billed.output_tokens) == (
+        told["input_tokens"],
+        told["output_tokens"],
+    )
+    assert rows["gpt-4o-mini-transcribe"].audio_in > 0
