@@ -35,6 +35,9 @@ DELIBERATE = {
     # Null turns input transcription off, as session.created shows it.
     "session.audio.input.transcription": "nullable",
     "session.include": "nullable",
+    # LiveKit Agents sends null here on every reply it asks for without instructions (the SDK's
+    # pydantic model is Optional): a client in wide use against OpenAI.
+    "response.instructions": "nullable",
 }
 _NONE = type(None)
 

@@ -768,6 +768,18 @@ def test_response_parameters_override_the_session() -> None:
     assert plan.response["max_output_tokens"] == 50
 
 
+def test_null_response_instructions_are_the_sessions_and_another_type_is_refused() -> None:
+    """LiveKit Agents sends ``"instructions": null`` in every ``response.create`` it makes
+    without instructions (docs/engine-fidelity.md); a number is still the wrong type."""
+    s = EngineSession(model="gpt-realtime")
+    send(s, "session.update", session={"type": "realtime", "instructions": "session"})
+    _, plan = handle(s, "response.create", response={"instructions": None, "metadata": {"a": "b"}})
+    assert plan is not None and plan.instructions == "session"
+    s = EngineSession(model="gpt-realtime")
+    error = only_error(send(s, "response.create", response={"instructions": 5}))
+    assert (error["code"], error["param"]) == ("invalid_type", "response.instructions")
+
+
 def test_input_usage_rereads_the_whole_conversation() -> None:
     s = EngineSession(model="gpt-realtime")
     send(s, "session.update", session={"type": "realtime", "instructions": "Be kind."})

@@ -333,7 +333,9 @@ RESPONSE = _obj(
     audio=_opt(_obj(output=_opt(_obj(format=_opt(AUDIO_FORMAT), voice=_opt(VOICE))))),
     conversation=_opt(STRING),
     input=_opt(Arr(INPUT_ITEM)),
-    instructions=_opt(STRING),
+    # Null is the session's instructions: LiveKit Agents sends it on every reply it asks for
+    # without instructions (docs/engine-fidelity.md).
+    instructions=_null(STRING),
     max_output_tokens=_opt(MAX_OUTPUT_TOKENS),
     # docs/protocol.md 5.8: 16 pairs, keys up to 64 characters, values up to 512.
     metadata=_null(Map(Str(max_length=512), max_properties=16, max_key_length=64)),
