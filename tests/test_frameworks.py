@@ -1,5 +1,7 @@
-"""pipecat and LiveKit Agents, pointed at rtgate by base URL only, hold a spoken turn on the
-local engine, and rtgate bills what they were told they used.
+"""pipecat and LiveKit Agents, pointed at rtgate by base URL only: a spoken turn on the local
+engine, billed what the framework was told it used; and an agent's turn with a tool (the
+engine's scripted brain asks for the tool, the framework runs it and sends its output back, the
+brain speaks it), as each framework's own agent loop runs it.
 
 Each framework runs as its apps run it, in an environment of its own (``make test-frameworks``
 builds ``.venv-frameworks`` from ``requirements/frameworks.txt``; it pins packages rtgate's own
@@ -28,15 +30,29 @@ pytestmark = pytest.mark.frameworks
 SCRIPTS = Path(__file__).parent / "frameworks"
 
 
-async def one_turn(script: str, url: str, key: str, speech: Path) -> dict[str, Any]:
-    """Run ``script`` with the frameworks' Python: its summary, or its output on a failure."""
+RULES = """
+[[rules]]
+match = "weather in (?P<city>[a-z]+)"
+call = { name = "get_weather", arguments = '{{"city": "{city}"}}' }
+
+[[rules]]
+on_tool_output = "get_weather"
+say = "The forecast says {output}."
+"""
+QUESTION = "What is the weather in Paris?"
+FORECAST = "sunny and twenty degrees in Paris"
+
+
+async def one_turn(script: str, url: str, key: str, said: str) -> dict[str, Any]:
+    """Run ``script`` with the frameworks' Python (``said``: a file of speech, or a typed
+    line): its summary, or its output on a failure."""
     proc = await asyncio.create_subprocess_exec(
         os.environ["RTGATE_TEST_FRAMEWORKS_PYTHON"],
         str(SCRIPTS / script),
         url,
         key,
         "gpt-realtime",
-        str(speech),
+        said,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -68,7 +84,7 @@ async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
     key = await gw.new_key("pipecat")
     # OpenAIRealtimeLLMService(base_url=...): the WebSocket URL, its model added as a query.
-    summary = await one_turn("pipecat_turn.py", f"{gw.ws}/v1/realtime", key, speech)
+    summary = await one_turn("pipecat_turn.py", f"{gw.ws}/v1/realtime", key, str(speech))
     heard_and_answered(summary)
     frames = summary["frames"]
     assert frames.index("TranscriptionFrame") < frames.index("LLMFullResponseEndFrame")
@@ -93,7 +109,7 @@ async def test_livekit_agents_holds_a_spoken_turn_and_is_billed_what_it_was_told
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
     key = await gw.new_key("livekit")
     # openai.realtime.RealtimeModel(base_url=...): the HTTP base, as for the REST API.
-    summary = await one_turn("livekit_turn.py", f"{gw.http}/v1", key, speech)
+    summary = await one_turn("livekit_turn.py", f"{gw.http}/v1", key, str(speech))
     heard_and_answered(summary)
     told = summary["usage"]
     rows = {r.model: r.usage for r in await gw.store.usage_summary()}
@@ -103,3 +119,57 @@ async def test_livekit_agents_holds_a_spoken_turn_and_is_billed_what_it_was_told
         told["output_tokens"],
     )
     assert rows["gpt-4o-mini-transcribe"].audio_in > 0
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, make_settings: Callable[..., Settings]) -> Settings:
+    """The local engine with the scripted brain: asked about the weather, it calls the tool."""
+    script = tmp_path / "rules.toml"
+    script.write_text(RULES, encoding="utf-8")
+    return make_settings(
+        OPENAI_API_KEY="", RTGATE_ENGINE_BRAIN="scripted", RTGATE_ENGINE_SCRIPT=str(script)
+    )
+
+
+async def billed_two_responses(gw: Any) -> None:
+    """The function call's response and the spoken reply's, both metered."""
+    (row,) = [r for r in await gw.store.usage_summary() if r.model == "gpt-realtime"]
+    assert row.records == 2, row
+    assert row.usage.input_tokens > 0 and row.usage.audio_out > 0, row
+
+
+async def test_a_pipecat_bot_runs_its_tool_and_speaks_the_result(
+    scripted: Settings, start_gateway: Callable[..., Any]
+) -> None:
+    gw = await start_gateway(scripted)
+    key = await gw.new_key("pipecat")
+    summary = await one_turn("pipecat_agent.py", f"{gw.ws}/v1/realtime", key, QUESTION)
+    assert summary["errors"] == [] and summary["warnings"] == [], summary
+    assert summary["calls"] == ["Paris"], summary
+    # The context as pipecat kept it: the question, the call, the tool's result, the answer
+    # (pipecat sends a function's result as JSON, so the brain says it quoted).
+    roles = [m["role"] for m in summary["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"], summary["messages"]
+    (call,) = summary["messages"][1]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert summary["messages"][2]["tool_call_id"] == call["id"]
+    assert summary["said"] == [f'The forecast says "{FORECAST}".'], summary["said"]
+    await billed_two_responses(gw)
+
+
+async def test_a_livekit_agent_runs_its_tool_and_speaks_the_result(
+    scripted: Settings, start_gateway: Callable[..., Any]
+) -> None:
+    gw = await start_gateway(scripted)
+    key = await gw.new_key("livekit")
+    summary = await one_turn("livekit_agent.py", f"{gw.http}/v1", key, QUESTION)
+    assert summary["warnings"] == [], summary
+    assert summary["calls"] == ["Paris"], summary
+    # The run's events, as AgentSession.run reports them (LiveKit's own agent tests read these).
+    assert summary["events"] == [
+        {"type": "function_call", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "output": FORECAST},
+        {"type": "message", "role": "assistant", "text": f"The forecast says {FORECAST}."},
+    ], summary["events"]
+    await billed_two_responses(gw)
