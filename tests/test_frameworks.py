@@ -23,7 +23,7 @@ import pytest
 
 from rtgate.config import Settings
 from tests.speech import speak
-from tests.test_engine_e2e import SENTENCE, word_errors
+from tests.test_engine_e2e import SENTENCE, normalise, word_errors
 
 pytestmark = pytest.mark.frameworks
 
@@ -43,7 +43,9 @@ QUESTION = "What is the weather in Paris?"
 FORECAST = "sunny and twenty degrees in Paris"
 
 
-async def one_turn(script: str, url: str, key: str, said: str) -> dict[str, Any]:
+async def one_turn(
+    script: str, url: str, key: str, said: str, model: str = "gpt-realtime"
+) -> dict[str, Any]:
     """Run ``script`` with the frameworks' Python (``said``: a file of speech, or a typed
     line): its summary, or its output on a failure."""
     proc = await asyncio.create_subprocess_exec(
@@ -51,7 +53,7 @@ async def one_turn(script: str, url: str, key: str, said: str) -> dict[str, Any]
         str(SCRIPTS / script),
         url,
         key,
-        "gpt-realtime",
+        model,
         said,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -173,3 +175,21 @@ async def test_a_livekit_agent_runs_its_tool_and_speaks_the_result(
         {"type": "message", "role": "assistant", "text": f"The forecast says {FORECAST}."},
     ], summary["events"]
     await billed_two_responses(gw)
+
+
+async def test_a_livekit_agent_on_gpt_live_is_answered_and_billed_by_the_second(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """LiveKit's ``GPTLiveModel`` (the second voice API, ``/v1/live/sessions``) through rtgate
+    to the local engine: the session starts with the user's words as history, LiveKit's ask
+    (a ``session.commentary.append``) is answered, and the close is finalised and billed."""
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    key = await gw.new_key("livekit")
+    summary = await one_turn("livekit_live.py", f"{gw.http}/v1", key, SENTENCE, "gpt-live-1")
+    assert summary["warnings"] == [], summary
+    (reply,) = summary["events"]
+    assert reply["type"] == "message" and reply["role"] == "assistant", reply
+    # The echo brain repeats what it was given: LiveKit's ask, with the typed words in it.
+    assert normalise(SENTENCE) in normalise(reply["text"]), reply
+    (row,) = [r for r in await gw.store.usage_summary() if r.model == "gpt-live-1"]
+    assert row.records >= 1 and row.usage.audio_ms > 0, row
