@@ -504,11 +504,11 @@ def talk(
 
     def show(event: dict[str, Any]) -> None:
         t = event.get("type", "?")
-        if quiet or t in ("response.output_audio.delta", "input_audio_buffer.append"):
+        # An error is said once, at the end: as the refusal that ended the talk, or below the
+        # reply it did not stop.
+        if quiet or t in ("response.output_audio.delta", "input_audio_buffer.append", "error"):
             return
         detail = event.get("delta") if isinstance(event.get("delta"), str) else ""
-        if t == "error":
-            detail = f"{event['error'].get('code')}: {event['error'].get('message')}"
         console.print(f"[dim]{t}[/dim] {detail}".rstrip(), highlight=False)
 
     given_url = url is not None
@@ -533,6 +533,8 @@ def talk(
                 soft_wrap=True,
             )
         raise typer.Exit(1) from err
+    if result.error is not None:
+        _error(f"{result.error.get('code')}: {result.error.get('message')}")
     if result.user_transcript:
         console.print(f"you said:  {result.user_transcript}")
     console.print(f"assistant: {(result.transcript or result.text).strip()}")
