@@ -44,10 +44,11 @@ FORECAST = "sunny and twenty degrees in Paris"
 
 
 async def one_turn(
-    script: str, url: str, key: str, said: str, model: str = "gpt-realtime"
+    script: str, url: str, key: str, said: str, model: str = "gpt-realtime", *more: str
 ) -> dict[str, Any]:
     """Run ``script`` with the frameworks' Python (``said``: a file of speech, or a typed
-    line): its summary, or its output on a failure."""
+    line; ``more``: the script's further arguments): its summary, or its output on a
+    failure."""
     proc = await asyncio.create_subprocess_exec(
         os.environ["RTGATE_TEST_FRAMEWORKS_PYTHON"],
         str(SCRIPTS / script),
@@ -55,6 +56,7 @@ async def one_turn(
         key,
         model,
         said,
+        *more,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -72,25 +74,42 @@ def speech(tmp_path: Path) -> Path:
     return path
 
 
-def heard_and_answered(summary: dict[str, Any]) -> None:
+def heard_and_answered(summary: dict[str, Any], modality: str) -> None:
     assert summary["errors"] == [] and summary["warnings"] == [], summary
     assert word_errors(SENTENCE, summary["heard"]) <= 1, summary["heard"]
-    # The echo brain repeats what it heard, aloud: more than a second of it.
+    # The echo brain repeats what it heard: aloud, more than a second of it; or as text only,
+    # for the app's own speech synthesis.
     assert word_errors(SENTENCE, summary["said"]) <= 1, summary["said"]
-    assert summary["audio_bytes"] > 48 * 1000, summary["audio_bytes"]
+    if modality == "audio":
+        assert summary["audio_bytes"] > 48 * 1000, summary["audio_bytes"]
+    else:
+        assert summary["audio_bytes"] == 0, summary["audio_bytes"]
 
 
+#: The session's output: speech, or text for an app that speaks with a TTS of its own.
+MODALITIES = pytest.mark.parametrize("modality", ["audio", "text"])
+
+
+@MODALITIES
 async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], speech: Path
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    speech: Path,
+    modality: str,
 ) -> None:
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
     key = await gw.new_key("pipecat")
     # OpenAIRealtimeLLMService(base_url=...): the WebSocket URL, its model added as a query.
-    summary = await one_turn("pipecat_turn.py", f"{gw.ws}/v1/realtime", key, str(speech))
-    heard_and_answered(summary)
+    summary = await one_turn(
+        "pipecat_turn.py", f"{gw.ws}/v1/realtime", key, str(speech), "gpt-realtime", modality
+    )
+    heard_and_answered(summary, modality)
     frames = summary["frames"]
     assert frames.index("TranscriptionFrame") < frames.index("LLMFullResponseEndFrame")
-    assert frames.index("TTSStartedFrame") < frames.index("TTSStoppedFrame")
+    if modality == "audio":
+        assert frames.index("TTSStartedFrame") < frames.index("TTSStoppedFrame")
+    else:
+        assert "TTSStartedFrame" not in frames, frames
     told = summary["usage"]
     rows = {r.model: r.usage for r in await gw.store.usage_summary()}
     billed = rows["gpt-realtime"]
@@ -105,14 +124,20 @@ async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
     assert rows["gpt-4o-mini-transcribe"].audio_in > 0
 
 
+@MODALITIES
 async def test_livekit_agents_holds_a_spoken_turn_and_is_billed_what_it_was_told(
-    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], speech: Path
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    speech: Path,
+    modality: str,
 ) -> None:
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
     key = await gw.new_key("livekit")
     # openai.realtime.RealtimeModel(base_url=...): the HTTP base, as for the REST API.
-    summary = await one_turn("livekit_turn.py", f"{gw.http}/v1", key, str(speech))
-    heard_and_answered(summary)
+    summary = await one_turn(
+        "livekit_turn.py", f"{gw.http}/v1", key, str(speech), "gpt-realtime", modality
+    )
+    heard_and_answered(summary, modality)
     told = summary["usage"]
     rows = {r.model: r.usage for r in await gw.store.usage_summary()}
     billed = rows["gpt-realtime"]

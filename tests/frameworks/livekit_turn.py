@@ -6,7 +6,9 @@ frames pushed in, server turn detection, a generation's text and audio streams r
 no LiveKit room. Prints one JSON object: what it heard and said, the audio it got, its
 metrics' token counts and every error it emitted.
 
-    python livekit_turn.py BASE_URL KEY MODEL SPEECH.pcm   (24 kHz PCM16 mono)
+    python livekit_turn.py BASE_URL KEY MODEL SPEECH.pcm [audio|text]   (24 kHz PCM16 mono)
+
+The last argument is the model's modality: ``text`` as an agent with its own TTS asks for it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Warnings(logging.Handler):
         self.seen.append(f"{record.name}: {record.getMessage()}")
 
 
-async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, Any]:
+async def main(base_url: str, key: str, model: str, speech: bytes, modality: str) -> dict[str, Any]:
     warnings = Warnings()
     logging.getLogger("livekit").addHandler(warnings)
     heard: list[str] = []
@@ -51,6 +53,7 @@ async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, 
             api_key=key,
             base_url=base_url,
             http_session=http,
+            modalities=[modality],
             input_audio_transcription=AudioTranscription(model="gpt-4o-mini-transcribe"),
             turn_detection=ServerVad(type="server_vad", silence_duration_ms=500),
         )
@@ -118,6 +121,7 @@ async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, 
 
 if __name__ == "__main__":
     base_url, key, model, path = sys.argv[1:5]
+    modality = sys.argv[5] if len(sys.argv) > 5 else "audio"
     with open(path, "rb") as f:
-        summary = asyncio.run(main(base_url, key, model, f.read()))
+        summary = asyncio.run(main(base_url, key, model, f.read(), modality))
     print(json.dumps(summary))

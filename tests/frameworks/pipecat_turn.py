@@ -5,7 +5,10 @@ pipecat is used as a pipecat app uses it, a pipeline with ``OpenAIRealtimeLLMSer
 fed the user's speech as input audio frames. Prints one JSON object: the frames the service
 pushed down the pipeline, what it heard and said, its usage metrics and every error it raised.
 
-    python pipecat_turn.py URL KEY MODEL SPEECH.pcm   (24 kHz PCM16 mono)
+    python pipecat_turn.py URL KEY MODEL SPEECH.pcm [audio|text]   (24 kHz PCM16 mono)
+
+The last argument is the session's output modality: ``text`` as a pipecat app with its own TTS
+service after the realtime one asks for it.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     LLMFullResponseEndFrame,
+    LLMTextFrame,
     MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
-    TTSTextFrame,
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData
 from pipecat.pipeline.pipeline import Pipeline
@@ -73,7 +76,7 @@ class Tap(FrameProcessor):
             s.frames.append(name)
         if isinstance(frame, TranscriptionFrame):
             s.heard.append(frame.text)
-        elif isinstance(frame, TTSTextFrame):
+        elif isinstance(frame, LLMTextFrame):
             s.said.append(frame.text)
         elif isinstance(frame, TTSAudioRawFrame):
             s.audio += len(frame.audio)
@@ -83,12 +86,12 @@ class Tap(FrameProcessor):
                     s.usage = m.value.model_dump()
         elif isinstance(frame, ErrorFrame):
             s.errors.append(frame.error)
-        elif isinstance(frame, LLMFullResponseEndFrame) and s.audio:
+        elif isinstance(frame, LLMFullResponseEndFrame) and s.said:
             s.done.set()
         await self.push_frame(frame, direction)
 
 
-async def main(url: str, key: str, model: str, speech: bytes) -> dict[str, object]:
+async def main(url: str, key: str, model: str, speech: bytes, modality: str) -> dict[str, object]:
     llm = OpenAIRealtimeLLMService(
         api_key=key,
         base_url=url,
@@ -96,12 +99,13 @@ async def main(url: str, key: str, model: str, speech: bytes) -> dict[str, objec
             model=model,
             system_instruction="You are a helpful assistant.",
             session_properties=SessionProperties(
+                output_modalities=[modality],
                 audio=AudioConfiguration(
                     input=AudioInput(
                         transcription=InputAudioTranscription(model="gpt-4o-mini-transcribe"),
                         turn_detection=TurnDetection(silence_duration_ms=500),
                     )
-                )
+                ),
             ),
         ),
     )
@@ -151,6 +155,7 @@ async def main(url: str, key: str, model: str, speech: bytes) -> dict[str, objec
 
 if __name__ == "__main__":
     url, key, model, path = sys.argv[1:5]
+    modality = sys.argv[5] if len(sys.argv) > 5 else "audio"
     with open(path, "rb") as f:
-        summary = asyncio.run(main(url, key, model, f.read()))
+        summary = asyncio.run(main(url, key, model, f.read(), modality))
     print(json.dumps(summary))
