@@ -12,6 +12,7 @@ from openai.types.beta.realtime import ConversationItem as BetaItem
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerUnion
 from openai.types.live import ServerEvent as LiveServerUnion
 from openai.types.realtime import RealtimeServerEvent as GaServerUnion
+from openai.types.responses import ResponseStreamEvent as ResponsesStreamUnion
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from rtgate.protocol.beta import GA_ONLY_SERVER_EVENTS, BetaTranslator
@@ -39,6 +40,7 @@ def discriminated(models: dict[str, type[BaseModel]]) -> TypeAdapter[Any]:
 _GA_SERVER = discriminated(members(GaServerUnion))
 _BETA_SERVER = discriminated(members(BetaServerUnion))
 _LIVE_SERVER = discriminated(members(LiveServerUnion))
+_RESPONSES_STREAM = discriminated(members(ResponsesStreamUnion))
 #: The item types a beta client can receive.
 BETA_ITEM_TYPES = frozenset(get_args(get_args(BetaItem.model_fields["type"].annotation)[0]))
 
@@ -97,6 +99,15 @@ def validate_live_event(event: dict[str, Any]) -> None:
     SDK's ``openai.types.live.ServerEvent`` union types it (extra fields are refused too: the
     Live schema is strict, docs/protocol-live.md 2)."""
     parsed = _LIVE_SERVER.validate_python(event)
+    assert parsed.type == event["type"], (parsed.type, event["type"])
+    extra = set(event) - set(type(parsed).model_fields)
+    assert not extra, (event["type"], extra)
+
+
+def validate_responses_event(event: dict[str, Any]) -> None:
+    """Raise if ``event`` (nested in a GPT-Live ``response.event``) is not a valid Responses
+    streaming event of its declared type, as the SDK's ``ResponseStreamEvent`` union types it."""
+    parsed = _RESPONSES_STREAM.validate_python(event)
     assert parsed.type == event["type"], (parsed.type, event["type"])
     extra = set(event) - set(type(parsed).model_fields)
     assert not extra, (event["type"], extra)

@@ -17,13 +17,15 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
-from rtgate.engine.brain import EchoBrain
+from rtgate.engine.brain import EchoBrain, ScriptedBrain
 from rtgate.engine.live_session import (
     Answer,
+    Backend,
     BargeIn,
     Close,
     LiveEngineSession,
     Say,
+    message,
 )
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.ports import Transcript
@@ -31,7 +33,7 @@ from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad
 from tests.provider import FakeTranscriber
-from tests.sdk_events import validate_live_event
+from tests.sdk_events import validate_live_event, validate_responses_event
 
 TOKEN = "engine-token-for-tests"
 START = {"type": "session.start", "event_id": "evt_start", "session": {"model": "gpt-live-1"}}
@@ -98,6 +100,11 @@ def test_session_start_resolves_the_defaults_and_echoes_the_client_event_id() ->
         ),
         (
             {"model": "gpt-live-1", "delegation": {"type": "responses", "responses": {}}},
+            "missing_required_parameter",
+            "session.delegation.responses.model",
+        ),
+        (
+            {"model": "gpt-live-1", "delegation": {"type": "decisions"}},
             "unsupported_delegation",
             "session.delegation.type",
         ),
@@ -186,7 +193,7 @@ def test_appends_are_acknowledged_commentary_is_spoken_and_close_ends() -> None:
         {"type": "session.instructions.append", "content": "VIP caller", "delegation_id": None}
     )
     validate_live_event(ack)
-    assert s.history[-1] == ("developer", "VIP caller")
+    assert s.history[-1] == message("developer", "VIP caller")
     (error,), _ = s.handle({"type": "session.thinking.append", "content": "hmm"})
     assert error["error"]["code"] == "missing_required_parameter"
     (ack,), actions = s.handle(
@@ -229,7 +236,7 @@ def test_malformed_and_unsupported_commands_get_an_error_and_the_session_goes_on
     assert ack["type"] == "session.input_audio.unmuted"
 
 
-def test_backend_delegation_commands_are_refused_with_the_live_envelope() -> None:
+def test_backend_commands_need_responses_delegation() -> None:
     s, _ = started()
     (error,), _ = s.handle({"type": "response.create", "event_id": "r1"})
     validate_live_event(error)
@@ -242,6 +249,93 @@ def test_backend_delegation_commands_are_refused_with_the_live_envelope() -> Non
     }
 
 
+#: Responses delegation as LiveKit's GPTLiveModel asks for it by default: a backend model and
+#: the agent's tools.
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the weather forecast for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+RESPONSES = {"type": "responses", "responses": {"model": "gpt-5.6-luna", "tools": [WEATHER_TOOL]}}
+
+
+def nested(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Responses events inside ``response.event``s, each checked against the SDK's types."""
+    inner = []
+    for e in events:
+        validate_live_event(e)
+        if e["type"] == "response.event":
+            validate_responses_event(e["event"])
+            inner.append(e["event"])
+    return inner
+
+
+def test_a_delegated_call_waits_for_its_output_then_the_backend_goes_on() -> None:
+    s, clock = started(delegation=RESPONSES)
+    s.history.append(message("user", "What is the weather in Paris?"))
+    clock.t += 2.5
+    events = s.delegate([("get_weather", '{"city": "Paris"}')], None)
+    created = events[0]
+    assert created["type"] == "session.delegation.created" and created["offset_ms"] == 2500
+    delegation = created["delegation"]
+    assert delegation["target"] == "responses" and delegation["type"] == "delegation"
+    assert {e["delegation_id"] for e in events[1:]} == {delegation["id"]}
+    inner = nested(events)
+    assert [e["sequence_number"] for e in inner] == list(range(len(inner)))
+    assert [e["type"] for e in inner] == [
+        "response.created",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    call = inner[4]["item"]
+    assert (call["name"], call["arguments"], call["status"]) == (
+        "get_weather",
+        '{"city": "Paris"}',
+        "completed",
+    )
+    done = inner[-1]["response"]
+    assert done["id"] == delegation["response_id"] and done["model"] == "gpt-5.6-luna"
+    assert done["usage"]["input_tokens"] > 0 and done["usage"]["output_tokens"] > 0
+    # Not yet: the call has no output. Then a wrong call id, then the output, then on.
+    (error,), _ = s.handle({"type": "response.create", "event_id": "r0"})
+    assert error["error"]["code"] == "invalid_request" and error["error"]["client_event_id"] == "r0"
+    wrong = {"type": "function_call_output", "call_id": "call_nope", "output": "x"}
+    (error,), _ = s.handle({"type": "response.item.create", "item": wrong})
+    assert (error["error"]["code"], error["error"]["param"]) == ("invalid_value", "item.call_id")
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+    assert s.handle({"type": "response.item.create", "item": output}) == ([], [])
+    assert s.history[-2:] == [
+        {
+            "type": "function_call",
+            "call_id": call["call_id"],
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+        output,
+    ]
+    assert s.handle({"type": "response.create"}) == ([], [Backend(delegation["id"])])
+    # The backend's answer in words, under the same delegation.
+    inner = nested(reply := s.backend_reply("The forecast says sunny.", delegation["id"]))
+    assert {e["delegation_id"] for e in reply} == {delegation["id"]}
+    (item,) = [e["item"] for e in inner if e["type"] == "response.output_item.done"]
+    assert item["content"] == [
+        {"type": "output_text", "text": "The forecast says sunny.", "annotations": []}
+    ]
+    assert inner[-1]["type"] == "response.completed"
+
+
+def test_the_engine_takes_responses_delegation_and_names_its_backend_model() -> None:
+    s, _ = started(delegation=RESPONSES)
+    assert s.backend_model == "gpt-5.6-luna"
+    assert s.resource()["delegation"] == RESPONSES
+    (error,), _ = s.handle({"type": "response.item.create", "item": {"type": "reasoning"}})
+    assert (error["error"]["code"], error["error"]["param"]) == ("invalid_value", "item.type")
+
+
 # -- the engine's route, with the official SDK ----------------------------------------------------
 
 
@@ -252,9 +346,9 @@ async def live_engine() -> AsyncIterator[Callable[..., Awaitable[AsyncOpenAI]]]:
     async def start(**opts: Any) -> AsyncOpenAI:
         app = web.Application()
         opts.setdefault("transcriber", FakeTranscriber("what is the weather like"))
+        opts.setdefault("brain", EchoBrain())
         options = EngineOptions(
             token=TOKEN,
-            brain=EchoBrain(),
             synthesizer=ToneSynthesizer(),
             audio_chunk_ms=100,
             **opts,
@@ -318,6 +412,64 @@ async def test_a_spoken_live_session_through_the_sdk(
         # Cumulative: the final total is never below a snapshot sent before it.
         assert event["usage"]["seconds"] >= snapshot["usage"]["seconds"] >= 0
         assert event["session"]["model"] == "gpt-live-1"
+
+
+async def test_a_delegated_tool_call_through_the_sdk_is_answered_and_spoken(
+    live_engine: Callable[..., Awaitable[AsyncOpenAI]], tmp_path: Any
+) -> None:
+    """Responses delegation over the engine's socket, as LiveKit's GPTLiveModel runs an
+    agent's tools: the caller asks, the backend calls the tool, the client answers it and asks
+    the backend to go on, the backend answers in words and the voice speaks them."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nmatch = "weather in (?P<city>[a-z]+)"\n'
+        'call = { name = "get_weather", arguments = \'{{"city": "{city}"}}\' }\n'
+        '[[rules]]\non_tool_output = "get_weather"\nsay = "The forecast says {output}."\n'
+    )
+    client = await live_engine(
+        brain=ScriptedBrain.from_file(rules),
+        transcriber=FakeTranscriber("what is the weather in paris"),
+    )
+    async with client.live.connect() as conn:
+        await conn.session.start(session={"model": "gpt-live-1", "delegation": RESPONSES})
+        started_event = await _raw(conn)
+        assert started_event["session"]["delegation"] == RESPONSES
+        speech = bytes(48 * 200) + tone(700) + bytes(48 * 700)
+        for off in range(0, len(speech), 960):
+            await conn.session.input_audio.append(audio=b64(speech[off : off + 960]))
+        created, before = await _until(conn, "session.delegation.created")
+        assert "session.input_transcript.delta" in before
+        assert "session.output_transcript.delta" not in before  # a call is not spoken
+        delegation = created["delegation"]["id"]
+        backend: list[dict[str, Any]] = []
+        while not backend or backend[-1]["event"]["type"] != "response.completed":
+            backend.append(await _raw(conn))
+        assert {e["type"] for e in backend} == {"response.event"}
+        assert {e["delegation_id"] for e in backend} == {delegation}
+        (call,) = [e["item"] for e in nested(backend) if e["type"] == "response.output_item.done"]
+        assert (call["name"], call["arguments"]) == ("get_weather", '{"city": "paris"}')
+        await conn.send(
+            {
+                "type": "response.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": call["call_id"],
+                    "output": "sunny",
+                },
+            }
+        )
+        await conn.send({"type": "response.create"})
+        # The backend's answer in words first, under the same delegation, then the voice.
+        answer: list[dict[str, Any]] = []
+        while (event := await _raw(conn))["type"] == "response.event":
+            answer.append(event)
+        assert event["type"] == "session.output_transcript.delta", event
+        assert event["delta"] == "The forecast says sunny."
+        assert {e["delegation_id"] for e in answer} == {delegation}
+        (reply,) = [e["item"] for e in nested(answer) if e["type"] == "response.output_item.done"]
+        assert reply["content"][0]["text"] == "The forecast says sunny."
+        audio, _ = await _until(conn, "session.output_audio.delta")
+        assert audio["delta"]
 
 
 class SlowTranscriber:

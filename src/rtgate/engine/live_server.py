@@ -25,10 +25,11 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from rtgate.engine.audio import AudioFormat, OutputConverter
-from rtgate.engine.brain import BrainError, BrainRequest, TextDelta
+from rtgate.engine.brain import ArgumentsDelta, BrainError, BrainRequest, FunctionCall, TextDelta
 from rtgate.engine.live_session import (
     EXPIRED,
     Answer,
+    Backend,
     BargeIn,
     Close,
     LiveAction,
@@ -36,6 +37,7 @@ from rtgate.engine.live_session import (
     Say,
     live_error,
     live_event,
+    message,
 )
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.responder import sentence_end
@@ -52,12 +54,6 @@ LEAD_MS = 300.0
 
 def _dump(event: Event) -> str:
     return orjson.dumps(event).decode()
-
-
-def _message(role: str, text: str) -> dict[str, Any]:
-    """A history line in the message shape the brain reads (``brain.item_text``)."""
-    kind = "output_text" if role == "assistant" else "input_text"
-    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
 
 
 class LiveConnection:
@@ -155,6 +151,9 @@ class LiveConnection:
         elif isinstance(action, Say):
             prior = self._speaking
             self._speaking = asyncio.create_task(self._say(action.text, prior))
+        elif isinstance(action, Backend):
+            prior = self._speaking
+            self._speaking = asyncio.create_task(self._go_on(action.delegation_id, prior))
         elif isinstance(action, Close):
             await self._close(action.reason, action.client_event_id)
 
@@ -188,11 +187,38 @@ class LiveConnection:
     async def _answer(self, heard: asyncio.Task[None]) -> None:
         try:
             await asyncio.wait({heard})  # a barge-in stops the answer, not the hearing
-            await self._speak(self._think())
+            calls: list[tuple[str, str]] = []
+            await self._speak(self._think(calls))
+            # A turn the brain answers with a function call is delegated, under Responses
+            # delegation; with no backend, the engine delegates to nobody and says nothing of it.
+            if calls and self.s.backend_model is not None:
+                await self.send(self.s.delegate(calls, None))
         except asyncio.CancelledError:
             raise
         except BrainError as exc:
             log.warning("live answer failed: %s", exc)
+            await self.send([live_error("server_error", "The engine could not answer.")])
+
+    async def _go_on(self, delegation_id: str | None, prior: asyncio.Task[None] | None) -> None:
+        """The backend, given its calls' outputs: more calls, or words the voice then speaks
+        (the backend's whole answer first, as its ``response.event``s, then the speech)."""
+        if prior is not None and not prior.done():
+            await asyncio.wait({prior})
+        try:
+            calls: list[tuple[str, str]] = []
+            sentences = [sentence async for sentence in self._think(calls)]
+            if calls:
+                await self.send(self.s.delegate(calls, delegation_id))
+                return
+            await self.send(self.s.backend_reply("".join(sentences).strip(), delegation_id))
+
+            async def spoken() -> AsyncGenerator[str, None]:
+                for sentence in sentences:
+                    yield sentence
+
+            await self._speak(spoken())
+        except BrainError as exc:
+            log.warning("live backend failed: %s", exc)
             await self.send([live_error("server_error", "The engine could not answer.")])
 
     def _heard_done(self, task: asyncio.Task[None]) -> None:
@@ -220,13 +246,16 @@ class LiveConnection:
                     )
                 ]
             )
-        self.s.history.append(("user", text))
+        self.s.history.append(message("user", text))
 
-    async def _think(self) -> AsyncGenerator[str, None]:
-        """The brain's reply, a sentence at a time."""
+    async def _think(self, calls: list[tuple[str, str]]) -> AsyncGenerator[str, None]:
+        """The brain's reply, a sentence at a time; its function calls (name, arguments) go
+        to ``calls``, never spoken. Under Responses delegation the brain sees the backend's
+        tools, as the backend model would."""
+        delegation = self.s.config.get("delegation") or {}
+        tools = (delegation.get("responses") or {}).get("tools") or ()
         request = BrainRequest(
-            instructions=self.s.instructions,
-            items=[_message(role, text) for role, text in self.s.history],
+            instructions=self.s.instructions, items=list(self.s.history), tools=tools
         )
         pending = ""
         async for out in self.opts.brain.reply(request):
@@ -235,7 +264,10 @@ class LiveConnection:
                 while (end := sentence_end(pending)) is not None:
                     yield pending[:end]
                     pending = pending[end:]
-            # The engine delegates to nobody: a function call of the brain is not spoken.
+            elif isinstance(out, FunctionCall):
+                calls.append((out.name, out.arguments))
+            elif isinstance(out, ArgumentsDelta) and calls:
+                calls[-1] = (calls[-1][0], calls[-1][1] + out.text)
         if pending.strip():
             yield pending
 
@@ -298,7 +330,7 @@ class LiveConnection:
                 )
         finally:
             if said:
-                self.s.history.append(("assistant", " ".join(said)))
+                self.s.history.append(message("assistant", " ".join(said)))
 
 
 class _Pace:

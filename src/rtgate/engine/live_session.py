@@ -13,8 +13,10 @@ spoken by the same stack as a Realtime response (``engine.live_server``). What t
 * ``session.input_audio.append`` carries base64 audio in the start's format (PCM16 at 16 or
   24 kHz, G.711 at 8 kHz); PCM needs an even byte count (``invalid_audio``). While muted the
   audio reaches no one.
-* The engine delegates to nobody: ``delegation`` may be null or ``client`` (the brain answers
-  itself), and the Responses or Decisions backends, which it does not have, are refused.
+* ``delegation`` may be null or ``client`` (the brain answers itself), or ``responses``: the
+  brain then plays the Responses backend too (``live_backend.py``), a turn it answers with a
+  function call is delegated, and ``response.item.create`` (the call's output) and
+  ``response.create`` (go on) are taken. A Decisions backend is refused.
 * Usage is the session's wall-clock time since ``session.started`` in whole seconds, cumulative
   (``session.usage.updated``, ``session.closed``), as the provider bills Live voice.
 """
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtgate.engine.audio import AudioFormat, InputConverter
+from rtgate.engine.brain import item_text
+from rtgate.engine.live_backend import BackendResponse, Call, usage
 from rtgate.engine.session import Event
 from rtgate.engine.turns import TurnEnded, TurnStarted, TurnTaker, default_server_vad
 from rtgate.engine.vad import VoiceActivityDetector
@@ -116,6 +120,14 @@ class Say:
 
 
 @dataclass(frozen=True, slots=True)
+class Backend:
+    """The client answered the backend's calls and asked it to go on (``response.create``):
+    run the brain as the backend of ``delegation_id``."""
+
+    delegation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """End the session: ``session.closed`` with ``reason``, then the socket."""
 
@@ -123,7 +135,7 @@ class Close:
     client_event_id: str | None = None
 
 
-LiveAction = Answer | BargeIn | Say | Close
+LiveAction = Answer | BargeIn | Say | Backend | Close
 
 
 def _format(audio: Any) -> dict[str, Any]:
@@ -159,11 +171,27 @@ def _delegation(value: Any) -> dict[str, Any] | None:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "client":
         return {"type": "client"}
-    if kind in ("responses", "decisions"):
+    if kind == "responses":
+        responses = value.get("responses")
+        if not isinstance(responses, dict):
+            raise Refused(
+                "invalid_type",
+                "delegation.responses must be an object.",
+                "session.delegation.responses",
+            )
+        model = responses.get("model")
+        if not isinstance(model, str) or not model:
+            raise Refused(
+                "missing_required_parameter",
+                "delegation.responses.model is required.",
+                "session.delegation.responses.model",
+            )
+        return {"type": "responses", "responses": dict(responses)}
+    if kind == "decisions":
         raise Refused(
             "unsupported_delegation",
-            f"The local engine answers by itself and has no '{kind}' backend; use "
-            "delegation null or {'type': 'client'}.",
+            "The local engine has no 'decisions' backend; use delegation null, "
+            "{'type': 'client'} or {'type': 'responses', ...}.",
             "session.delegation.type",
         )
     raise Refused(
@@ -203,6 +231,12 @@ def resolve_config(config: Any) -> dict[str, Any]:
     return resolved
 
 
+def message(role: str, text: str) -> dict[str, Any]:
+    """A conversation line in the message shape the brain reads (``brain.item_text``)."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
 def _history_text(item: Any) -> tuple[str, str] | None:
     """An initial history message's role and text (one text part, docs/protocol-live.md 2)."""
     if not isinstance(item, dict) or item.get("role") not in ("developer", "user", "assistant"):
@@ -231,8 +265,13 @@ class LiveEngineSession:
     expires_at: int = 0
     muted: bool = False
     closing: bool = False
-    #: The conversation so far, as the brain reads it: role and text.
-    history: list[tuple[str, str]] = field(default_factory=list)
+    #: The conversation so far, as the brain reads it: messages (``message``) and, under
+    #: Responses delegation, the backend's function calls and the client's outputs for them.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: The backend's calls still waiting for the client's output, by call id: their delegation.
+    open_calls: dict[str, str | None] = field(default_factory=dict)
+    #: The delegation last created: a ``response.create`` goes on with it.
+    delegation_id: str | None = None
     #: Milliseconds of caller audio heard (24 kHz), the clock of the turn detector.
     heard_ms: float = 0.0
     #: The caller audio since the current turn's start was first possible (24 kHz PCM16).
@@ -262,6 +301,64 @@ class LiveEngineSession:
     @property
     def instructions(self) -> str:
         return str(self.config.get("instructions") or "")
+
+    @property
+    def backend_model(self) -> str | None:
+        """The Responses backend's model, under Responses delegation; else None."""
+        delegation = self.config.get("delegation") or {}
+        if delegation.get("type") != "responses":
+            return None
+        return str(delegation["responses"]["model"])
+
+    def _conversation_text(self) -> str:
+        said = [self.instructions]
+        for item in self.history:
+            said.append(item_text(item) or str(item.get("arguments") or item.get("output") or ""))
+        return "\n".join(s for s in said if s)
+
+    def delegate(self, calls: list[tuple[str, str]], delegation_id: str | None) -> list[Event]:
+        """The brain answered with function calls under Responses delegation: a new delegation
+        (``session.delegation.created``) unless the backend goes on with ``delegation_id``,
+        then a backend response whose output is the calls, each waiting for its output."""
+        model = self.backend_model
+        assert model is not None
+        events: list[Event] = []
+        response = BackendResponse(model, delegation_id, int(self.wall()))
+        if delegation_id is None:
+            delegation_id = response.delegation_id = new_id("dlg")
+            events.append(
+                live_event(
+                    "session.delegation.created",
+                    delegation={
+                        "id": delegation_id,
+                        "type": "delegation",
+                        "target": "responses",
+                        "response_id": response.id,
+                    },
+                    offset_ms=self.timeline_ms(),
+                )
+            )
+        self.delegation_id = delegation_id
+        made = [Call.new(name, arguments) for name, arguments in calls]
+        used = usage(self._conversation_text(), "".join(c.arguments for c in made))
+        for call in made:
+            self.history.append(
+                {
+                    "type": "function_call",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                }
+            )
+            self.open_calls[call.call_id] = delegation_id
+        return events + response.calls(made, used)
+
+    def backend_reply(self, text: str, delegation_id: str | None) -> list[Event]:
+        """The backend's answer in words (the voice speaks it next)."""
+        model = self.backend_model
+        assert model is not None
+        response = BackendResponse(model, delegation_id, int(self.wall()))
+        return response.message(text, usage(self._conversation_text(), text))
 
     def timeline_ms(self) -> int:
         """Now, in milliseconds from the start of the session."""
@@ -331,13 +428,63 @@ class LiveEngineSession:
             self.closing = True
             return [], [Close(CLOSE_REQUESTED, eid)]
         if etype in ("response.create", "response.item.create"):
+            if self.backend_model is None:
+                raise Refused(
+                    "delegation_required",
+                    f"{etype} needs delegation of type 'responses'.",
+                    "type",
+                )
+            if etype == "response.item.create":
+                self._backend_item(e.get("item"))
+                return [], []
+            return [], [self._go_on()]
+        raise Refused("unsupported_event", f"The local engine does not support '{etype}'.", "type")
+
+    def _backend_item(self, item: Any) -> None:
+        """An input item for the backend: a function call's output, or a message."""
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or call_id not in self.open_calls:
+                raise Refused(
+                    "invalid_value",
+                    f"No function call with call_id '{call_id}' is waiting for its output.",
+                    "item.call_id",
+                )
+            output = item.get("output")
+            if not isinstance(output, str):
+                raise Refused("invalid_type", "item.output must be a string.", "item.output")
+            del self.open_calls[call_id]
+            self.history.append(
+                {"type": "function_call_output", "call_id": call_id, "output": output}
+            )
+        elif kind == "message":
+            said = _history_text(item)
+            if said is None:
+                raise Refused(
+                    "invalid_value",
+                    "item.role must be 'user', 'assistant' or 'developer'.",
+                    "item.role",
+                )
+            self.history.append(message(*said))
+        else:
             raise Refused(
-                "delegation_required",
-                f"{etype} needs delegation of type 'responses', which the local engine does "
-                "not have.",
+                "invalid_value",
+                "The local engine's backend takes item.type 'function_call_output' or 'message'.",
+                "item.type",
+            )
+
+    def _go_on(self) -> Backend:
+        """``response.create``: the backend goes on, once every call it made has its output
+        (a partial batch is refused, as the SDK's clients expect)."""
+        if self.open_calls:
+            waiting = ", ".join(sorted(self.open_calls))
+            raise Refused(
+                "invalid_request",
+                f"Function calls are still waiting for their output: {waiting}.",
                 "type",
             )
-        raise Refused("unsupported_event", f"The local engine does not support '{etype}'.", "type")
+        return Backend(self.delegation_id)
 
     def _start(self, e: dict[str, Any], eid: str | None) -> list[Event]:
         if self.started:
@@ -348,7 +495,7 @@ class LiveEngineSession:
         for item in self.config.get("input") or []:
             said = _history_text(item)
             if said is not None:
-                self.history.append(said)
+                self.history.append(message(*said))
         self.started_at = self.now()
         self.expires_at = int(self.wall()) + self.max_seconds
         return [live_event("session.started", eid, session=self.resource())]
@@ -406,7 +553,7 @@ class LiveEngineSession:
             )
         actions: list[LiveAction] = []
         if etype == "session.instructions.append":
-            self.history.append(("developer", content))
+            self.history.append(message("developer", content))
         elif etype == "session.commentary.append":
             actions.append(Say(content))
         # Appended context takes no time on the session's timeline: start and end are now.
