@@ -218,3 +218,28 @@ async def test_a_livekit_agent_on_gpt_live_is_answered_and_billed_by_the_second(
     assert normalise(SENTENCE) in normalise(reply["text"]), reply
     (row,) = [r for r in await gw.store.usage_summary() if r.model == "gpt-live-1"]
     assert row.records >= 1 and row.usage.audio_ms > 0, row
+
+
+async def test_a_livekit_agent_on_gpt_live_runs_its_tool_through_the_responses_backend(
+    scripted: Settings, start_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    """LiveKit's ``GPTLiveModel`` as it comes (Responses delegation): the caller's spoken
+    question is delegated, the backend calls the agent's tool, LiveKit runs it and sends the
+    output back, and the voice speaks the backend's answer; voice billed by the second, the
+    backend's two responses as tokens of its model."""
+    gw = await start_gateway(scripted)
+    key = await gw.new_key("livekit")
+    question = tmp_path / "question.pcm"
+    question.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
+    summary = await one_turn(
+        "livekit_live_agent.py", f"{gw.http}/v1", key, str(question), "gpt-live-1"
+    )
+    assert summary["warnings"] == [], summary
+    assert summary["calls"] == ["Paris"], summary
+    said = {i["role"]: i["text"] for i in summary["items"]}
+    assert word_errors(QUESTION, said["user"]) <= 1, summary["items"]
+    assert said["assistant"] == f"The forecast says {FORECAST}.", summary["items"]
+    rows = {r.model: r for r in await gw.store.usage_summary()}
+    assert rows["gpt-live-1"].usage.audio_ms > 0, rows
+    backend = rows["gpt-5.6-luna"]  # LiveKit's default backend model
+    assert backend.records == 2 and backend.usage.input_tokens > 0, backend
