@@ -38,6 +38,7 @@ from rtgate.engine.brain import (
     OpenAICompatibleBrain,
     ScriptedBrain,
     TextDelta,
+    chat_messages,
     last_user_text,
 )
 from rtgate.engine.options import EngineOptions
@@ -964,6 +965,21 @@ def tool_call_chunks(
         {"tool_calls": [{"index": index, "function": {"arguments": arguments[:half]}}]},
         {"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]},
     ]
+
+
+def test_a_call_still_waiting_for_its_output_is_left_out_of_the_chat_messages() -> None:
+    """The caller spoke while a call waited (a GPT-Live backend's, a Realtime client's): the
+    chat model gets no assistant tool call without its tool message right after it."""
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Oslo?"}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "snow"},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "{}"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And?"}]},
+    ]
+    msgs = chat_messages(BrainRequest(instructions="", items=items))
+    assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "user"]
+    assert [c["id"] for c in msgs[1]["tool_calls"]] == ["c1"]
 
 
 async def test_the_openai_compatible_brain_streams_text_and_tool_calls(

@@ -191,8 +191,13 @@ def chat_messages(request: BrainRequest) -> list[dict[str, Any]]:
     msgs: list[dict[str, Any]] = []
     if request.instructions:
         msgs.append({"role": "system", "content": request.instructions})
+    # A call still waiting for its output is left out: Chat Completions refuses an assistant
+    # message whose tool calls are not each answered by the tool messages right after it.
+    answered = {i.get("call_id") for i in request.items if i.get("type") == "function_call_output"}
     for item in request.items:
         t = item.get("type")
+        if t == "function_call" and item.get("call_id") not in answered:
+            continue
         if t == "message":
             role = item.get("role", "user")
             text = item_text(item)

@@ -88,7 +88,12 @@ class BackendResponse:
             "event": inner,
         }
 
-    def snapshot(self, status: str, used: dict[str, Any] | None = None) -> dict[str, Any]:
+    def snapshot(
+        self,
+        status: str,
+        used: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """A lifecycle snapshot: instructions, tools and output cleared, no input."""
         return {
             "id": self.id,
@@ -101,7 +106,7 @@ class BackendResponse:
             "tools": [],
             "tool_choice": "auto",
             "parallel_tool_calls": True,
-            "error": None,
+            "error": error,
             "incomplete_details": None,
             "usage": used,
         }
@@ -158,4 +163,12 @@ class BackendResponse:
                 "response.output_item.done", output_index=0, item=item("completed", [part])
             ),
             self._event("response.completed", response=self.snapshot("completed", used)),
+        ]
+
+    def failed(self, message: str) -> list[Event]:
+        """A response that could not be made: created, then failed (``server_error``)."""
+        error = {"code": "server_error", "message": message}
+        return [
+            self._event("response.created", response=self.snapshot("in_progress")),
+            self._event("response.failed", response=self.snapshot("failed", error=error)),
         ]

@@ -18,7 +18,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 import orjson
@@ -61,8 +61,13 @@ class LiveConnection:
         self.ws = ws
         self.opts = opts
         self.s = LiveEngineSession(opts.vad_factory(), max_seconds=opts.max_session_seconds)
-        #: The answer being spoken; a barge-in or a newer turn stops it.
+        #: The answer being spoken, the newest of a chain (each waits for the one before it):
+        #: a barge-in or a newer turn stops them all.
         self._speaking: asyncio.Task[None] | None = None
+        self._voices: set[asyncio.Task[None]] = set()
+        #: The Responses backend at work (``response.create``): a barge-in stops what it says,
+        #: never the response the client asked for.
+        self._backend: asyncio.Task[None] | None = None
         #: The last turn's transcription (each waits for the one before it), and all running.
         self._heard: asyncio.Task[None] | None = None
         self._hearing: set[asyncio.Task[None]] = set()
@@ -91,6 +96,9 @@ class LiveConnection:
                     break
         finally:
             ticker.cancel()
+            if self._backend is not None:
+                self._backend.cancel()
+                await asyncio.gather(self._backend, return_exceptions=True)
             await self._stop_speaking()
             for task in list(self._hearing):
                 task.cancel()
@@ -147,13 +155,12 @@ class LiveConnection:
             self._hearing.add(self._heard)
             self._heard.add_done_callback(self._heard_done)
             await self._stop_speaking()
-            self._speaking = asyncio.create_task(self._answer(self._heard))
+            self._voice(self._answer(self._heard, action.end_ms))
         elif isinstance(action, Say):
             prior = self._speaking
-            self._speaking = asyncio.create_task(self._say(action.text, prior))
+            self._voice(self._say(action.text, prior))
         elif isinstance(action, Backend):
-            prior = self._speaking
-            self._speaking = asyncio.create_task(self._go_on(action.delegation_id, prior))
+            self._backend = asyncio.create_task(self._go_on(action))
         elif isinstance(action, Close):
             await self._close(action.reason, action.client_event_id)
 
@@ -163,10 +170,19 @@ class LiveConnection:
         await self.ws.close(code=1000)
         self._ended.set()
 
+    def _voice(self, speech: Coroutine[Any, Any, None]) -> None:
+        """``speech`` becomes the newest of the chain of things to say."""
+        task = asyncio.create_task(speech)
+        self._speaking = task
+        self._voices.add(task)
+        task.add_done_callback(self._voices.discard)
+
     async def _stop_speaking(self) -> None:
-        task, self._speaking = self._speaking, None
-        if task is not None and not task.done():
+        self._speaking = None
+        voices = [t for t in self._voices if not t.done()]
+        for task in voices:
             task.cancel()
+        for task in voices:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -184,42 +200,48 @@ class LiveConnection:
                 await self.send([self.s.usage_updated()])
 
     # -- answering ---------------------------------------------------------------------------
-    async def _answer(self, heard: asyncio.Task[None]) -> None:
+    async def _answer(self, heard: asyncio.Task[None], turn_end_ms: int) -> None:
         try:
             await asyncio.wait({heard})  # a barge-in stops the answer, not the hearing
             calls: list[tuple[str, str]] = []
             await self._speak(self._think(calls))
             # A turn the brain answers with a function call is delegated, under Responses
             # delegation; with no backend, the engine delegates to nobody and says nothing of it.
-            if calls and self.s.backend_model is not None:
-                await self.send(self.s.delegate(calls, None))
+            if calls:
+                # Shielded: the calls wait for their outputs once made, so the client must
+                # get them whole even if a barge-in comes now.
+                await asyncio.shield(self.send(self.s.delegate(calls, None, turn_end_ms)))
         except asyncio.CancelledError:
             raise
         except BrainError as exc:
             log.warning("live answer failed: %s", exc)
             await self.send([live_error("server_error", "The engine could not answer.")])
 
-    async def _go_on(self, delegation_id: str | None, prior: asyncio.Task[None] | None) -> None:
-        """The backend, given its calls' outputs: more calls, or words the voice then speaks
-        (the backend's whole answer first, as its ``response.event``s, then the speech)."""
-        if prior is not None and not prior.done():
-            await asyncio.wait({prior})
+    async def _go_on(self, go_on: Backend) -> None:
+        """The backend, given its calls' outputs: more calls, or words (its whole answer
+        first, as its ``response.event``s, then said by the voice, which a barge-in may stop).
+        A failure is the response's (``response.failed``) and the ``response.create``'s."""
         try:
             calls: list[tuple[str, str]] = []
             sentences = [sentence async for sentence in self._think(calls)]
+            text = "" if calls else "".join(sentences).strip()
             if calls:
-                await self.send(self.s.delegate(calls, delegation_id))
-                return
-            await self.send(self.s.backend_reply("".join(sentences).strip(), delegation_id))
-
-            async def spoken() -> AsyncGenerator[str, None]:
-                for sentence in sentences:
-                    yield sentence
-
-            await self._speak(spoken())
+                events = self.s.delegate(calls, go_on.delegation_id)
+            else:
+                events = self.s.backend_reply(text, go_on.delegation_id)
+            await asyncio.shield(self.send(events))
+            if text:
+                self._voice(self._say_all(sentences, self._speaking))
+        except asyncio.CancelledError:
+            raise
         except BrainError as exc:
             log.warning("live backend failed: %s", exc)
-            await self.send([live_error("server_error", "The engine could not answer.")])
+            await self.send(self.s.backend_failed(go_on, "The engine could not answer."))
+        except Exception:  # the client's response.create is answered, whatever failed
+            log.exception("live backend failed")
+            await self.send(self.s.backend_failed(go_on, "The engine could not answer."))
+        finally:
+            self.s.backend_running = False
 
     def _heard_done(self, task: asyncio.Task[None]) -> None:
         self._hearing.discard(task)
@@ -272,13 +294,18 @@ class LiveConnection:
             yield pending
 
     async def _say(self, text: str, prior: asyncio.Task[None] | None) -> None:
+        await self._say_all([text], prior)
+
+    async def _say_all(self, sentences: list[str], prior: asyncio.Task[None] | None) -> None:
+        """Speak ``sentences`` once ``prior`` (what was being said) is over."""
         if prior is not None and not prior.done():
             await asyncio.wait({prior})
 
-        async def once() -> AsyncGenerator[str, None]:
-            yield text
+        async def given() -> AsyncGenerator[str, None]:
+            for sentence in sentences:
+                yield sentence
 
-        await self._speak(once())
+        await self._speak(given())
 
     async def _speak(self, sentences: AsyncGenerator[str, None]) -> None:
         """Each sentence's transcript, then its audio in the session's format; what was said

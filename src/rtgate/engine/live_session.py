@@ -121,10 +121,12 @@ class Say:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """The client answered the backend's calls and asked it to go on (``response.create``):
-    run the brain as the backend of ``delegation_id``."""
+    """The client answered the backend's calls and asked it to go on (``response.create``,
+    ``client_event_id``): run the brain as the backend of ``delegation_id`` (None: a response
+    the application asked for outside any delegation)."""
 
     delegation_id: str | None
+    client_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,28 +167,53 @@ def _voice(audio: Any) -> Any:
     return voice if voice is not None else DEFAULT_VOICE
 
 
-def _delegation(value: Any) -> dict[str, Any] | None:
+def _delegation(value: Any, current: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A start's delegation, or an update's over ``current``: sparse, the settings it omits
+    keep their values, and its type cannot change [SDK ``SessionUpdateConfig.delegation``]."""
     if value is None:
-        return None
+        return current
     kind = value.get("type") if isinstance(value, dict) else None
+    if current is not None and kind != current["type"]:
+        raise Refused(
+            "invalid_value",
+            f"The delegation type cannot change: this session's is '{current['type']}'.",
+            "session.delegation.type",
+        )
+    resolved: dict[str, Any] = dict(current or {"type": kind})
+    delay = value.get("acknowledgement_delay_ms") if isinstance(value, dict) else None
+    if delay is not None:
+        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
+            raise Refused(
+                "invalid_type",
+                "delegation.acknowledgement_delay_ms must be an integer of at least 0.",
+                "session.delegation.acknowledgement_delay_ms",
+            )
+        resolved["acknowledgement_delay_ms"] = delay
     if kind == "client":
-        return {"type": "client"}
+        return resolved
     if kind == "responses":
         responses = value.get("responses")
+        if responses is None and current is not None:
+            return resolved
         if not isinstance(responses, dict):
             raise Refused(
                 "invalid_type",
                 "delegation.responses must be an object.",
                 "session.delegation.responses",
             )
-        model = responses.get("model")
+        merged = {
+            **resolved.get("responses", {}),
+            **{k: v for k, v in responses.items() if v is not None},
+        }
+        model = merged.get("model")
         if not isinstance(model, str) or not model:
             raise Refused(
                 "missing_required_parameter",
                 "delegation.responses.model is required.",
                 "session.delegation.responses.model",
             )
-        return {"type": "responses", "responses": dict(responses)}
+        resolved["responses"] = merged
+        return resolved
     if kind == "decisions":
         raise Refused(
             "unsupported_delegation",
@@ -268,10 +295,13 @@ class LiveEngineSession:
     #: The conversation so far, as the brain reads it: messages (``message``) and, under
     #: Responses delegation, the backend's function calls and the client's outputs for them.
     history: list[dict[str, Any]] = field(default_factory=list)
-    #: The backend's calls still waiting for the client's output, by call id: their delegation.
-    open_calls: dict[str, str | None] = field(default_factory=dict)
-    #: The delegation last created: a ``response.create`` goes on with it.
+    #: The backend's calls still waiting for the client's output, by call id.
+    open_calls: set[str] = field(default_factory=set)
+    #: The delegation whose backend waits to go on (its calls made): a ``response.create``
+    #: goes on with it; None once the backend has answered in words.
     delegation_id: str | None = None
+    #: A backend response is being made (from a ``response.create`` until it is sent).
+    backend_running: bool = False
     #: Milliseconds of caller audio heard (24 kHz), the clock of the turn detector.
     heard_ms: float = 0.0
     #: The caller audio since the current turn's start was first possible (24 kHz PCM16).
@@ -316,12 +346,20 @@ class LiveEngineSession:
             said.append(item_text(item) or str(item.get("arguments") or item.get("output") or ""))
         return "\n".join(s for s in said if s)
 
-    def delegate(self, calls: list[tuple[str, str]], delegation_id: str | None) -> list[Event]:
+    def delegate(
+        self,
+        calls: list[tuple[str, str]],
+        delegation_id: str | None,
+        offset_ms: int | None = None,
+    ) -> list[Event]:
         """The brain answered with function calls under Responses delegation: a new delegation
-        (``session.delegation.created``) unless the backend goes on with ``delegation_id``,
-        then a backend response whose output is the calls, each waiting for its output."""
+        (``session.delegation.created`` at ``offset_ms``, the turn's end) unless the backend
+        goes on with ``delegation_id``, then a backend response whose output is the calls,
+        each waiting for its output. The caller sends the events before anything else can
+        happen: the calls wait from here."""
         model = self.backend_model
-        assert model is not None
+        if model is None:
+            return []
         events: list[Event] = []
         response = BackendResponse(model, delegation_id, int(self.wall()))
         if delegation_id is None:
@@ -335,7 +373,7 @@ class LiveEngineSession:
                         "target": "responses",
                         "response_id": response.id,
                     },
-                    offset_ms=self.timeline_ms(),
+                    offset_ms=self.timeline_ms() if offset_ms is None else offset_ms,
                 )
             )
         self.delegation_id = delegation_id
@@ -350,15 +388,28 @@ class LiveEngineSession:
                     "arguments": call.arguments,
                 }
             )
-            self.open_calls[call.call_id] = delegation_id
+            self.open_calls.add(call.call_id)
         return events + response.calls(made, used)
 
     def backend_reply(self, text: str, delegation_id: str | None) -> list[Event]:
-        """The backend's answer in words (the voice speaks it next)."""
+        """The backend's answer in words (the voice speaks it next): its delegation is done."""
         model = self.backend_model
-        assert model is not None
+        if model is None:
+            return []
+        if delegation_id == self.delegation_id:
+            self.delegation_id = None
         response = BackendResponse(model, delegation_id, int(self.wall()))
         return response.message(text, usage(self._conversation_text(), text))
+
+    def backend_failed(self, go_on: Backend, message: str) -> list[Event]:
+        """The backend could not answer: ``response.failed`` in the delegation's stream, then
+        the Live error for the ``response.create``; the delegation is over."""
+        model = self.backend_model or ""
+        if go_on.delegation_id == self.delegation_id:
+            self.delegation_id = None
+        response = BackendResponse(model, go_on.delegation_id, int(self.wall()))
+        error = live_error("server_error", message, None, go_on.client_event_id)
+        return [*response.failed(message), error]
 
     def timeline_ms(self) -> int:
         """Now, in milliseconds from the start of the session."""
@@ -437,7 +488,7 @@ class LiveEngineSession:
             if etype == "response.item.create":
                 self._backend_item(e.get("item"))
                 return [], []
-            return [], [self._go_on()]
+            return [], [self._go_on(eid)]
         raise Refused("unsupported_event", f"The local engine does not support '{etype}'.", "type")
 
     def _backend_item(self, item: Any) -> None:
@@ -452,11 +503,25 @@ class LiveEngineSession:
                     "item.call_id",
                 )
             output = item.get("output")
+            if isinstance(output, list):  # content parts: their text
+                output = "".join(str(p.get("text") or "") for p in output if isinstance(p, dict))
             if not isinstance(output, str):
                 raise Refused("invalid_type", "item.output must be a string.", "item.output")
-            del self.open_calls[call_id]
-            self.history.append(
-                {"type": "function_call_output", "call_id": call_id, "output": output}
+            self.open_calls.remove(call_id)
+            # Right after the call's other outputs, before what was said since: a chat model
+            # takes a call's results only next to it.
+            at = next(
+                i + 1
+                for i, h in enumerate(self.history)
+                if h.get("type") == "function_call" and h.get("call_id") == call_id
+            )
+            while at < len(self.history) and self.history[at].get("type") in (
+                "function_call",
+                "function_call_output",
+            ):
+                at += 1
+            self.history.insert(
+                at, {"type": "function_call_output", "call_id": call_id, "output": output}
             )
         elif kind == "message":
             said = _history_text(item)
@@ -474,9 +539,10 @@ class LiveEngineSession:
                 "item.type",
             )
 
-    def _go_on(self) -> Backend:
+    def _go_on(self, eid: str | None) -> Backend:
         """``response.create``: the backend goes on, once every call it made has its output
-        (a partial batch is refused, as the SDK's clients expect)."""
+        (a partial batch is refused, as the SDK's clients expect) and no response of its is
+        being made."""
         if self.open_calls:
             waiting = ", ".join(sorted(self.open_calls))
             raise Refused(
@@ -484,7 +550,14 @@ class LiveEngineSession:
                 f"Function calls are still waiting for their output: {waiting}.",
                 "type",
             )
-        return Backend(self.delegation_id)
+        if self.backend_running:
+            raise Refused(
+                "conversation_already_has_active_response",
+                "The backend is already making a response.",
+                "type",
+            )
+        self.backend_running = True
+        return Backend(self.delegation_id, eid)
 
     def _start(self, e: dict[str, Any], eid: str | None) -> list[Event]:
         if self.started:
@@ -551,6 +624,12 @@ class LiveEngineSession:
                 "delegation_id is required (null for general session context).",
                 "delegation_id",
             )
+        if e["delegation_id"] is not None and self.backend_model is not None:
+            raise Refused(
+                "invalid_value",
+                "delegation_id must be null with Responses delegation.",
+                "delegation_id",
+            )
         actions: list[LiveAction] = []
         if etype == "session.instructions.append":
             self.history.append(message("developer", content))
@@ -573,5 +652,6 @@ class LiveEngineSession:
                     f"session.{name}",
                 )
         if "delegation" in session:
-            self.config["delegation"] = _delegation(session["delegation"])
+            current = self.config.get("delegation")
+            self.config["delegation"] = _delegation(session["delegation"], current)
         return [live_event("session.updated", eid, session=self.resource())]
