@@ -568,8 +568,10 @@ class SlowBackend:
 
     def __init__(self, inner: Any, delay: float | None) -> None:
         self.inner, self.delay = inner, delay
+        self.requests: list[BrainRequest] = []
 
     async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
+        self.requests.append(request)
         if request.items and request.items[-1].get("type") == "function_call_output":
             if self.delay is None:
                 raise BrainError("the backend is down")
@@ -586,19 +588,24 @@ WEATHER_RULES = (
 
 
 async def delegated(
-    live_engine: Callable[..., Awaitable[AsyncOpenAI]], tmp_path: Path, delay: float | None
+    live_engine: Callable[..., Awaitable[AsyncOpenAI]],
+    tmp_path: Path,
+    delay: float | None,
+    brain: SlowBackend | None = None,
+    **session: Any,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """A Live session that asked about the weather: its backend's call, waiting for its
     output (the connection still open: close it)."""
     rules = tmp_path / "rules.toml"
     rules.write_text(WEATHER_RULES)
     client = await live_engine(
-        brain=SlowBackend(ScriptedBrain.from_file(rules), delay),
+        brain=brain or SlowBackend(ScriptedBrain.from_file(rules), delay),
         transcriber=FakeTranscriber("what is the weather in paris"),
     )
     manager = client.live.connect()
     conn = await manager.__aenter__()
-    await conn.session.start(session={"model": "gpt-live-1", "delegation": RESPONSES})
+    start = {"model": "gpt-live-1", "delegation": RESPONSES, **session}
+    await conn.session.start(session=start)
     await _raw(conn)
     speech = bytes(48 * 200) + tone(700) + bytes(48 * 700)
     for off in range(0, len(speech), 960):
@@ -635,6 +642,36 @@ async def test_a_barge_in_while_the_backend_works_loses_no_response(
         assert seen[-1]["delta"] == "The forecast says sunny."
     finally:
         await manager.__aexit__(None, None, None)
+
+
+async def test_the_backend_takes_its_own_instructions_and_tool_choice(
+    live_engine: Callable[..., Awaitable[AsyncOpenAI]], tmp_path: Path
+) -> None:
+    rules = tmp_path / "backend.toml"
+    rules.write_text(WEATHER_RULES)
+    brain = SlowBackend(ScriptedBrain.from_file(rules), 0)
+    backend = {
+        **RESPONSES["responses"],
+        "instructions": "Be a careful backend.",
+        "tool_choice": "required",
+    }
+    manager, conn, _ = await delegated(
+        live_engine,
+        tmp_path,
+        0,
+        brain,
+        instructions="Be a friendly voice.",
+        delegation={"type": "responses", "responses": backend},
+    )
+    try:
+        await conn.send({"type": "response.create"})
+        await _until(conn, "session.output_transcript.delta")
+    finally:
+        await manager.__aexit__(None, None, None)
+    voice, answer = brain.requests
+    assert (voice.instructions, voice.tool_choice) == ("Be a friendly voice.", "auto")
+    assert (answer.instructions, answer.tool_choice) == ("Be a careful backend.", "required")
+    assert [t["name"] for t in answer.tools] == ["get_weather"]
 
 
 async def test_a_backend_that_fails_answers_the_response_create_with_a_failed_response(

@@ -223,7 +223,7 @@ class LiveConnection:
         A failure is the response's (``response.failed``) and the ``response.create``'s."""
         try:
             calls: list[tuple[str, str]] = []
-            sentences = [sentence async for sentence in self._think(calls)]
+            sentences = [sentence async for sentence in self._think(calls, backend=True)]
             text = "" if calls else "".join(sentences).strip()
             if calls:
                 events = self.s.delegate(calls, go_on.delegation_id)
@@ -270,14 +270,23 @@ class LiveConnection:
             )
         self.s.history.append(message("user", text))
 
-    async def _think(self, calls: list[tuple[str, str]]) -> AsyncGenerator[str, None]:
+    async def _think(
+        self, calls: list[tuple[str, str]], backend: bool = False
+    ) -> AsyncGenerator[str, None]:
         """The brain's reply, a sentence at a time; its function calls (name, arguments) go
         to ``calls``, never spoken. Under Responses delegation the brain sees the backend's
-        tools, as the backend model would."""
+        tools (the voice delegates what needs one); as the ``backend``, the backend's own
+        instructions and tool choice too, where the delegation gives them."""
         delegation = self.s.config.get("delegation") or {}
-        tools = (delegation.get("responses") or {}).get("tools") or ()
+        responses = delegation.get("responses") or {}
+        instructions = self.s.instructions
+        if backend and isinstance(responses.get("instructions"), str):
+            instructions = responses["instructions"]
         request = BrainRequest(
-            instructions=self.s.instructions, items=list(self.s.history), tools=tools
+            instructions=instructions,
+            items=list(self.s.history),
+            tools=responses.get("tools") or (),
+            tool_choice=(responses.get("tool_choice") or "auto") if backend else "auto",
         )
         pending = ""
         async for out in self.opts.brain.reply(request):
