@@ -109,6 +109,19 @@ def test_session_start_resolves_the_defaults_and_echoes_the_client_event_id() ->
             "unsupported_delegation",
             "session.delegation.type",
         ),
+        (
+            {"model": "gpt-live-1", "delegation": {"type": "responses", "responses": {"model": 5}}},
+            "invalid_type",
+            "session.delegation.responses.model",
+        ),
+        (
+            {
+                "model": "gpt-live-1",
+                "delegation": {"type": "responses", "responses": {"model": "m", "tools": "nope"}},
+            },
+            "invalid_type",
+            "session.delegation.responses.tools",
+        ),
     ],
 )
 def test_a_refused_start_sends_no_session_started(
@@ -276,9 +289,10 @@ def test_a_delegated_call_waits_for_its_output_then_the_backend_goes_on() -> Non
     s, clock = started(delegation=RESPONSES)
     s.history.append(message("user", "What is the weather in Paris?"))
     clock.t += 2.5
-    events = s.delegate([("get_weather", '{"city": "Paris"}')], None)
+    # From the turn that ended at 2.4 s.
+    events = s.delegate([("get_weather", '{"city": "Paris"}')], None, 2400)
     created = events[0]
-    assert created["type"] == "session.delegation.created" and created["offset_ms"] == 2500
+    assert created["type"] == "session.delegation.created" and created["offset_ms"] == 2400
     delegation = created["delegation"]
     assert delegation["target"] == "responses" and delegation["type"] == "delegation"
     assert {e["delegation_id"] for e in events[1:]} == {delegation["id"]}
@@ -341,8 +355,10 @@ def test_two_calls_are_one_batch_and_a_continuation_may_call_again() -> None:
     s, _ = started(delegation=RESPONSES)
     s.history.append(message("user", "Weather in Oslo and Bergen?"))
     events = s.delegate(
-        [("get_weather", '{"city":"Oslo"}'), ("get_weather", '{"city":"Bergen"}')], None
+        [("get_weather", '{"city":"Oslo"}'), ("get_weather", '{"city":"Bergen"}')], None, 0
     )
+    # One delegation open at a time: another turn answered with a call is not delegated.
+    assert s.delegate([("get_weather", "{}")], None, 10) == []
     delegation = events[0]["delegation"]["id"]
     calls = [e["item"] for e in nested(events) if e["type"] == "response.output_item.done"]
     assert [
@@ -380,6 +396,8 @@ def test_two_calls_are_one_batch_and_a_continuation_may_call_again() -> None:
     s.backend_running = False  # the connection's part, once the response is sent
     assert s.delegation_id == delegation
     s.backend_reply("Snow, then rain.", delegation)
+    # In the conversation as soon as the client has it, whether or not the voice says it all.
+    assert s.history[-1] == message("assistant", "Snow, then rain.")
     # Answered in words: the delegation is over; the app's own response.create has none.
     (call,) = [e["item"] for e in nested(more) if e["type"] == "response.output_item.done"]
     s.handle(
@@ -389,6 +407,9 @@ def test_two_calls_are_one_batch_and_a_continuation_may_call_again() -> None:
         }
     )
     assert s.handle({"type": "response.create"}) == ([], [Backend(None)])
+    # A call the backend makes then is under no delegation: none is created for it.
+    unasked = s.delegate([("get_weather", "{}")], None)
+    assert {(e["type"], e["delegation_id"]) for e in unasked} == {("response.event", None)}
 
 
 def test_a_delegation_update_is_sparse_and_keeps_its_type() -> None:
@@ -419,6 +440,10 @@ def test_a_delegation_update_is_sparse_and_keeps_its_type() -> None:
         "session.delegation.type",
     )
     assert s.backend_model == "gpt-5.6-luna"
+    # A session started without one delegates to the client: it cannot take a backend later.
+    plain, _ = started()
+    (error,), _ = plain.handle({"type": "session.update", "session": {"delegation": RESPONSES}})
+    assert error["error"]["param"] == "session.delegation.type"
     # Context for a delegation is the client's to give: with a Responses backend, none.
     (error,), _ = s.handle(
         {"type": "session.commentary.append", "content": "Done.", "delegation_id": "dlg_x"}
@@ -688,6 +713,7 @@ async def test_a_backend_that_fails_answers_the_response_create_with_a_failed_re
         assert [e["type"] for e in inner] == ["response.created", "response.failed"]
         assert inner[-1]["response"]["error"]["code"] == "server_error"
         assert failed[-1]["error"]["client_event_id"] == "go"
+        assert failed[-1]["error"]["type"] == "server_error"
         # The session goes on: the delegation is over, a new response.create may come.
         await conn.send({"type": "response.create", "event_id": "again"})
         retried, _ = await _until(conn, "response.event")

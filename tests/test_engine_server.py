@@ -967,6 +967,35 @@ def tool_call_chunks(
     ]
 
 
+async def test_the_scripted_brain_answers_a_tool_output_the_caller_spoke_after(
+    tmp_path: Path,
+) -> None:
+    """The caller said something while the tool ran (a Live turn heard meanwhile): that
+    output is still the one to answer, until the assistant has spoken to it."""
+    script = tmp_path / "rules.toml"
+    script.write_text(
+        '[[rules]]\nmatch = "weather in (?P<city>[a-z]+)"\n'
+        "call = { name = \"get_weather\", arguments = '{{}}' }\n"
+        '[[rules]]\non_tool_output = "get_weather"\nsay = "It is {output}."\n'
+    )
+    brain = ScriptedBrain.from_file(script)
+
+    async def said(items: list[dict[str, Any]]) -> str:
+        request = BrainRequest(instructions="", items=items)
+        return "".join([o.text async for o in brain.reply(request) if isinstance(o, TextDelta)])
+
+    def msg(role: str, text: str) -> dict[str, Any]:
+        return {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+
+    call = {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "sunny"}
+    items = [msg("user", "What is the weather in Paris?"), call, output, msg("user", "mm-hm")]
+    assert await said(items) == "It is sunny."
+    # Once the assistant has spoken to it, the caller's next words are answered instead.
+    items += [msg("assistant", "It is sunny."), msg("user", "Thanks.")]
+    assert await said(items) == "Thanks."  # no rule: the echo
+
+
 def test_a_call_still_waiting_for_its_output_is_left_out_of_the_chat_messages() -> None:
     """The caller spoke while a call waited (a GPT-Live backend's, a Realtime client's): the
     chat model gets no assistant tool call without its tool message right after it."""

@@ -149,27 +149,27 @@ class ScriptedBrain:
 
     async def reply(self, request: BrainRequest) -> AsyncIterator[BrainOutput]:
         items = request.items
-        last = items[-1] if items else {}
+        pending = _unanswered_output(items)
         text = last_user_text(items)
         for rule in self.rules:
             values: dict[str, str] = {"text": text, "output": ""}
             if rule.on_tool_output is not None:
-                if last.get("type") != "function_call_output":
+                if pending is None:
                     continue
                 call = next(
                     (
                         i
                         for i in items
                         if i.get("type") == "function_call"
-                        and i.get("call_id") == last.get("call_id")
+                        and i.get("call_id") == pending.get("call_id")
                     ),
                     None,
                 )
                 if call is None or call.get("name") != rule.on_tool_output:
                     continue
-                values["output"] = str(last.get("output") or "")
+                values["output"] = str(pending.get("output") or "")
             if rule.match is not None:
-                if last.get("type") == "function_call_output" and rule.on_tool_output is None:
+                if pending is not None and rule.on_tool_output is None:
                     continue
                 m = rule.match.search(text)
                 if m is None:
@@ -184,6 +184,18 @@ class ScriptedBrain:
             return
         async for out in EchoBrain().reply(request):
             yield out
+
+
+def _unanswered_output(items: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest tool output the assistant has not spoken to yet: the last item, or one the
+    caller's words followed while the tool ran (no assistant message after it)."""
+    for item in reversed(items):
+        if item.get("type") == "function_call_output":
+            found: dict[str, Any] = item
+            return found
+        if item.get("type") == "message" and item.get("role") == "assistant":
+            return None
+    return None
 
 
 def chat_messages(request: BrainRequest) -> list[dict[str, Any]]:

@@ -68,6 +68,7 @@ class LiveConnection:
         #: The Responses backend at work (``response.create``): a barge-in stops what it says,
         #: never the response the client asked for.
         self._backend: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         #: The last turn's transcription (each waits for the one before it), and all running.
         self._heard: asyncio.Task[None] | None = None
         self._hearing: set[asyncio.Task[None]] = set()
@@ -96,9 +97,7 @@ class LiveConnection:
                     break
         finally:
             ticker.cancel()
-            if self._backend is not None:
-                self._backend.cancel()
-                await asyncio.gather(self._backend, return_exceptions=True)
+            await self._stop_backend()
             await self._stop_speaking()
             for task in list(self._hearing):
                 task.cancel()
@@ -165,6 +164,7 @@ class LiveConnection:
             await self._close(action.reason, action.client_event_id)
 
     async def _close(self, reason: str, client_event_id: str | None = None) -> None:
+        await self._stop_backend()
         await self._stop_speaking()
         await self.send([self.s.closed(reason, client_event_id)])
         await self.ws.close(code=1000)
@@ -178,13 +178,30 @@ class LiveConnection:
         task.add_done_callback(self._voices.discard)
 
     async def _stop_speaking(self) -> None:
+        # Until none is left: the backend may queue its words while these end.
+        while voices := [t for t in self._voices if not t.done()]:
+            self._speaking = None
+            for task in voices:
+                task.cancel()
+            for task in voices:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._speaking = None
-        voices = [t for t in self._voices if not t.done()]
-        for task in voices:
-            task.cancel()
-        for task in voices:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    async def _stop_backend(self) -> None:
+        """The backend's work ends with the session (its sends in flight too)."""
+        if self._backend is not None:
+            self._backend.cancel()
+            await asyncio.gather(self._backend, return_exceptions=True)
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _send_whole(self, events: list[Event]) -> None:
+        """Send ``events`` even if the task sending them is cancelled meanwhile: the calls in
+        them wait for outputs from the moment they are made (``LiveEngineSession.delegate``)."""
+        task = asyncio.create_task(self.send(events))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        await asyncio.shield(task)
 
     async def _tick(self) -> None:
         """Usage snapshots on a schedule, and the session's expiry."""
@@ -208,14 +225,13 @@ class LiveConnection:
             # A turn the brain answers with a function call is delegated, under Responses
             # delegation; with no backend, the engine delegates to nobody and says nothing of it.
             if calls:
-                # Shielded: the calls wait for their outputs once made, so the client must
-                # get them whole even if a barge-in comes now.
-                await asyncio.shield(self.send(self.s.delegate(calls, None, turn_end_ms)))
+                await self._send_whole(self.s.delegate(calls, None, turn_end_ms))
         except asyncio.CancelledError:
             raise
         except BrainError as exc:
             log.warning("live answer failed: %s", exc)
-            await self.send([live_error("server_error", "The engine could not answer.")])
+            error = live_error("server_error", "The engine could not answer.", kind="server_error")
+            await self.send([error])
 
     async def _go_on(self, go_on: Backend) -> None:
         """The backend, given its calls' outputs: more calls, or words (its whole answer
@@ -229,9 +245,9 @@ class LiveConnection:
                 events = self.s.delegate(calls, go_on.delegation_id)
             else:
                 events = self.s.backend_reply(text, go_on.delegation_id)
-            await asyncio.shield(self.send(events))
-            if text:
-                self._voice(self._say_all(sentences, self._speaking))
+            await self._send_whole(events)
+            if text:  # already in the conversation (backend_reply): said, not recorded again
+                self._voice(self._say_all(sentences, self._speaking, record=False))
         except asyncio.CancelledError:
             raise
         except BrainError as exc:
@@ -305,7 +321,9 @@ class LiveConnection:
     async def _say(self, text: str, prior: asyncio.Task[None] | None) -> None:
         await self._say_all([text], prior)
 
-    async def _say_all(self, sentences: list[str], prior: asyncio.Task[None] | None) -> None:
+    async def _say_all(
+        self, sentences: list[str], prior: asyncio.Task[None] | None, record: bool = True
+    ) -> None:
         """Speak ``sentences`` once ``prior`` (what was being said) is over."""
         if prior is not None and not prior.done():
             await asyncio.wait({prior})
@@ -314,11 +332,11 @@ class LiveConnection:
             for sentence in sentences:
                 yield sentence
 
-        await self._speak(given())
+        await self._speak(given(), record)
 
-    async def _speak(self, sentences: AsyncGenerator[str, None]) -> None:
+    async def _speak(self, sentences: AsyncGenerator[str, None], record: bool = True) -> None:
         """Each sentence's transcript, then its audio in the session's format; what was said
-        joins the history even when a barge-in cuts it short."""
+        joins the history (``record``) even when a barge-in cuts it short."""
         fmt = self.s.audio_format
         encoder = OutputConverter(AudioFormat(fmt["type"]), rate=fmt["rate"])
         per_ms = 2 * fmt["rate"] // 1000 if fmt["type"] == "audio/pcm" else fmt["rate"] // 1000
@@ -365,7 +383,7 @@ class LiveConnection:
                     ]
                 )
         finally:
-            if said:
+            if said and record:
                 self.s.history.append(message("assistant", " ".join(said)))
 
 

@@ -80,10 +80,14 @@ def live_event(etype: str, client_event_id: str | None = None, **fields: Any) ->
 
 
 def live_error(
-    code: str, message: str, param: str | None = None, client_event_id: str | None = None
+    code: str,
+    message: str,
+    param: str | None = None,
+    client_event_id: str | None = None,
+    kind: str = "invalid_request_error",
 ) -> Event:
-    """The one Live error envelope (docs/protocol-live.md 6)."""
-    error: dict[str, Any] = {"type": "invalid_request_error", "code": code, "message": message}
+    """The one Live error envelope (docs/protocol-live.md 6); ``kind`` is ``error.type``."""
+    error: dict[str, Any] = {"type": kind, "code": code, "message": message}
     if param is not None:
         error["param"] = param
     if client_event_id is not None:
@@ -167,16 +171,20 @@ def _voice(audio: Any) -> Any:
     return voice if voice is not None else DEFAULT_VOICE
 
 
-def _delegation(value: Any, current: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def _delegation(
+    value: Any, current: dict[str, Any] | None = None, updating: bool = False
+) -> dict[str, Any] | None:
     """A start's delegation, or an update's over ``current``: sparse, the settings it omits
     keep their values, and its type cannot change [SDK ``SessionUpdateConfig.delegation``]."""
     if value is None:
         return current
     kind = value.get("type") if isinstance(value, dict) else None
-    if current is not None and kind != current["type"]:
+    # An update's type must match; a session started with none delegates to the client.
+    if updating and kind != (current or {"type": "client"})["type"]:
         raise Refused(
             "invalid_value",
-            f"The delegation type cannot change: this session's is '{current['type']}'.",
+            "The delegation type cannot change: this session's is "
+            f"'{(current or {'type': 'client'})['type']}'.",
             "session.delegation.type",
         )
     resolved: dict[str, Any] = dict(current or {"type": kind})
@@ -201,12 +209,10 @@ def _delegation(value: Any, current: dict[str, Any] | None = None) -> dict[str, 
                 "delegation.responses must be an object.",
                 "session.delegation.responses",
             )
-        merged = {
-            **resolved.get("responses", {}),
-            **{k: v for k, v in responses.items() if v is not None},
-        }
-        model = merged.get("model")
-        if not isinstance(model, str) or not model:
+        given = {k: v for k, v in responses.items() if v is not None}
+        _check_backend(given)
+        merged = {**resolved.get("responses", {}), **given}
+        if "model" not in merged:
             raise Refused(
                 "missing_required_parameter",
                 "delegation.responses.model is required.",
@@ -226,6 +232,43 @@ def _delegation(value: Any, current: dict[str, Any] | None = None) -> dict[str, 
         "delegation.type must be 'client', 'responses' or 'decisions'.",
         "session.delegation.type",
     )
+
+
+def _check_backend(responses: dict[str, Any]) -> None:
+    """The kinds of the backend settings the engine reads (the SDK's
+    ``ResponsesDelegationConfig``); the rest are kept as given."""
+    path = "session.delegation.responses"
+    model = responses.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise Refused(
+            "invalid_type", "delegation.responses.model must be a string.", f"{path}.model"
+        )
+    if "instructions" in responses and not isinstance(responses["instructions"], str):
+        raise Refused(
+            "invalid_type",
+            "delegation.responses.instructions must be a string.",
+            f"{path}.instructions",
+        )
+    choice = responses.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise Refused(
+            "invalid_type",
+            "delegation.responses.tool_choice must be a string or an object.",
+            f"{path}.tool_choice",
+        )
+    tools = responses.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise Refused(
+                "invalid_type", "delegation.responses.tools must be an array.", f"{path}.tools"
+            )
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise Refused(
+                    "invalid_type",
+                    "Each delegation.responses.tools entry must be an object with a type.",
+                    f"{path}.tools[{i}]",
+                )
 
 
 def resolve_config(config: Any) -> dict[str, Any]:
@@ -352,17 +395,22 @@ class LiveEngineSession:
         delegation_id: str | None,
         offset_ms: int | None = None,
     ) -> list[Event]:
-        """The brain answered with function calls under Responses delegation: a new delegation
-        (``session.delegation.created`` at ``offset_ms``, the turn's end) unless the backend
-        goes on with ``delegation_id``, then a backend response whose output is the calls,
-        each waiting for its output. The caller sends the events before anything else can
-        happen: the calls wait from here."""
+        """The brain answered with function calls under Responses delegation. From a turn
+        (``offset_ms``: its end), the voice delegates: ``session.delegation.created``, one
+        delegation open at a time (a turn answered with a call while another is open is not
+        delegated). From the backend going on, the same ``delegation_id`` (None: a response
+        the application asked for). Then a backend response whose output is the calls, each
+        waiting for its output. The caller sends the events before anything else can happen:
+        the calls wait from here."""
         model = self.backend_model
         if model is None:
             return []
+        from_turn = offset_ms is not None
+        if from_turn and (self.delegation_id is not None or self.open_calls):
+            return []
         events: list[Event] = []
         response = BackendResponse(model, delegation_id, int(self.wall()))
-        if delegation_id is None:
+        if from_turn:
             delegation_id = response.delegation_id = new_id("dlg")
             events.append(
                 live_event(
@@ -373,7 +421,7 @@ class LiveEngineSession:
                         "target": "responses",
                         "response_id": response.id,
                     },
-                    offset_ms=self.timeline_ms() if offset_ms is None else offset_ms,
+                    offset_ms=offset_ms,
                 )
             )
         self.delegation_id = delegation_id
@@ -399,7 +447,11 @@ class LiveEngineSession:
         if delegation_id == self.delegation_id:
             self.delegation_id = None
         response = BackendResponse(model, delegation_id, int(self.wall()))
-        return response.message(text, usage(self._conversation_text(), text))
+        events = response.message(text, usage(self._conversation_text(), text))
+        # The client has it as the response's output, whether or not the voice gets to say it.
+        if text:
+            self.history.append(message("assistant", text))
+        return events
 
     def backend_failed(self, go_on: Backend, message: str) -> list[Event]:
         """The backend could not answer: ``response.failed`` in the delegation's stream, then
@@ -408,7 +460,7 @@ class LiveEngineSession:
         if go_on.delegation_id == self.delegation_id:
             self.delegation_id = None
         response = BackendResponse(model, go_on.delegation_id, int(self.wall()))
-        error = live_error("server_error", message, None, go_on.client_event_id)
+        error = live_error("server_error", message, None, go_on.client_event_id, "server_error")
         return [*response.failed(message), error]
 
     def timeline_ms(self) -> int:
@@ -653,5 +705,5 @@ class LiveEngineSession:
                 )
         if "delegation" in session:
             current = self.config.get("delegation")
-            self.config["delegation"] = _delegation(session["delegation"], current)
+            self.config["delegation"] = _delegation(session["delegation"], current, updating=True)
         return [live_event("session.updated", eid, session=self.resource())]
