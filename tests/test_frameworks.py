@@ -23,6 +23,7 @@ import pytest
 
 from rtgate.config import Settings
 from tests.speech import speak
+from tests.test_agents_realtime import FORECAST, RULES
 from tests.test_engine_e2e import SENTENCE, normalise, word_errors
 
 pytestmark = pytest.mark.frameworks
@@ -30,17 +31,7 @@ pytestmark = pytest.mark.frameworks
 SCRIPTS = Path(__file__).parent / "frameworks"
 
 
-RULES = """
-[[rules]]
-match = "weather in (?P<city>[a-z]+)"
-call = { name = "get_weather", arguments = '{{"city": "{city}"}}' }
-
-[[rules]]
-on_tool_output = "get_weather"
-say = "The forecast says {output}."
-"""
 QUESTION = "What is the weather in Paris?"
-FORECAST = "sunny and twenty degrees in Paris"
 
 
 async def one_turn(
@@ -90,6 +81,22 @@ def heard_and_answered(summary: dict[str, Any], modality: str) -> None:
 MODALITIES = pytest.mark.parametrize("modality", ["audio", "text"])
 
 
+async def spoken_turn(
+    gw: Any, framework: str, speech: Path, modality: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One spoken turn of ``framework`` on ``gw``'s local engine: what the framework saw (heard
+    and answered, checked), and what rtgate billed, by model."""
+    key = await gw.new_key(framework)
+    # pipecat's OpenAIRealtimeLLMService takes the WebSocket URL (it adds ?model=); LiveKit's
+    # RealtimeModel the HTTP base, as for the REST API.
+    url = f"{gw.ws}/v1/realtime" if framework == "pipecat" else f"{gw.http}/v1"
+    summary = await one_turn(
+        f"{framework}_turn.py", url, key, str(speech), "gpt-realtime", modality
+    )
+    heard_and_answered(summary, modality)
+    return summary, {r.model: r.usage for r in await gw.store.usage_summary()}
+
+
 @MODALITIES
 async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
     make_settings: Callable[..., Settings],
@@ -98,12 +105,7 @@ async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
     modality: str,
 ) -> None:
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
-    key = await gw.new_key("pipecat")
-    # OpenAIRealtimeLLMService(base_url=...): the WebSocket URL, its model added as a query.
-    summary = await one_turn(
-        "pipecat_turn.py", f"{gw.ws}/v1/realtime", key, str(speech), "gpt-realtime", modality
-    )
-    heard_and_answered(summary, modality)
+    summary, rows = await spoken_turn(gw, "pipecat", speech, modality)
     frames = summary["frames"]
     assert frames.index("TranscriptionFrame") < frames.index("LLMFullResponseEndFrame")
     if modality == "audio":
@@ -111,7 +113,6 @@ async def test_pipecat_holds_a_spoken_turn_and_is_billed_what_it_was_told(
     else:
         assert "TTSStartedFrame" not in frames, frames
     told = summary["usage"]
-    rows = {r.model: r.usage for r in await gw.store.usage_summary()}
     billed = rows["gpt-realtime"]
     assert (billed.input_tokens, billed.output_tokens) == (
         told["prompt_tokens"],
@@ -132,14 +133,8 @@ async def test_livekit_agents_holds_a_spoken_turn_and_is_billed_what_it_was_told
     modality: str,
 ) -> None:
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
-    key = await gw.new_key("livekit")
-    # openai.realtime.RealtimeModel(base_url=...): the HTTP base, as for the REST API.
-    summary = await one_turn(
-        "livekit_turn.py", f"{gw.http}/v1", key, str(speech), "gpt-realtime", modality
-    )
-    heard_and_answered(summary, modality)
+    summary, rows = await spoken_turn(gw, "livekit", speech, modality)
     told = summary["usage"]
-    rows = {r.model: r.usage for r in await gw.store.usage_summary()}
     billed = rows["gpt-realtime"]
     assert (billed.input_tokens, billed.output_tokens) == (
         told["input_tokens"],

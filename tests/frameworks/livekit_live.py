@@ -14,29 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from typing import Any
 
 import aiohttp
 from livekit.agents import Agent, AgentSession
 from livekit.plugins import openai
-
-
-class Warnings(logging.Handler):
-    """Every warning or error LiveKit logs: a faithful gateway gives it none."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(f"{record.name}: {record.getMessage()}")
+from livekit_warnings import watch
 
 
 async def main(base_url: str, key: str, model: str, text: str) -> dict[str, Any]:
-    warnings = Warnings()
-    logging.getLogger("livekit").addHandler(warnings)
+    warnings = watch()
     events: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
         # Client delegation: the agent has no tools, so nothing goes to a backend model.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from typing import Any
 
@@ -23,17 +22,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, function_tool
 from livekit.agents.voice import io
 from livekit.plugins import openai
-
-
-class Warnings(logging.Handler):
-    """Every warning or error LiveKit logs: a faithful gateway gives it none."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(f"{record.name}: {record.getMessage()}")
+from livekit_warnings import watch
 
 
 class Microphone(io.AudioInput):
@@ -54,8 +43,7 @@ class Microphone(io.AudioInput):
 
 
 async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, Any]:
-    warnings = Warnings()
-    logging.getLogger("livekit").addHandler(warnings)
+    warnings = watch()
     calls: list[str] = []
     items: list[dict[str, Any]] = []
 

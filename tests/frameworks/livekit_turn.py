@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from typing import Any
 
@@ -24,25 +23,13 @@ from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.metrics import RealtimeModelMetrics
 from livekit.plugins import openai
+from livekit_warnings import watch
 from openai.types.realtime import AudioTranscription
 from openai.types.realtime.realtime_audio_input_turn_detection import ServerVad
 
 
-class Warnings(logging.Handler):
-    """Every warning or error the plugin logs (an event it could not parse or handle, a
-    generation it discarded): a faithful gateway gives it none."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(f"{record.name}: {record.getMessage()}")
-
-
 async def main(base_url: str, key: str, model: str, speech: bytes, modality: str) -> dict[str, Any]:
-    warnings = Warnings()
-    logging.getLogger("livekit").addHandler(warnings)
+    warnings = watch()
     heard: list[str] = []
     errors: list[str] = []
     tokens: dict[str, int] = {}
