@@ -227,7 +227,7 @@ async def test_a_livekit_agent_on_gpt_live_runs_its_tool_through_the_responses_b
     question = tmp_path / "question.pcm"
     question.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
     summary = await one_turn(
-        "livekit_live_agent.py", f"{gw.http}/v1", key, str(question), "gpt-live-1"
+        "livekit_spoken_agent.py", f"{gw.http}/v1", key, str(question), "gpt-live-1"
     )
     assert summary["warnings"] == [], summary
     assert summary["calls"] == ["Paris"], summary
@@ -238,3 +238,24 @@ async def test_a_livekit_agent_on_gpt_live_runs_its_tool_through_the_responses_b
     assert rows["gpt-live-1"].usage.audio_ms > 0, rows
     backend = rows["gpt-5.6-luna"]  # LiveKit's default backend model
     assert backend.records == 2 and backend.usage.input_tokens > 0, backend
+
+
+async def test_a_livekit_voice_agent_runs_its_tool_from_a_spoken_question(
+    scripted: Settings, start_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The LiveKit agent most apps are: ``AgentSession`` over ``RealtimeModel``, server turn
+    detection as LiveKit sets it (semantic VAD), the caller's question spoken, the tool run by
+    the session, its result spoken."""
+    gw = await start_gateway(scripted)
+    key = await gw.new_key("livekit")
+    question = tmp_path / "question.pcm"
+    question.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
+    summary = await one_turn(
+        "livekit_spoken_agent.py", f"{gw.http}/v1", key, str(question), "gpt-realtime"
+    )
+    assert summary["warnings"] == [], summary
+    assert summary["calls"] == ["Paris"], summary
+    said = {i["role"]: i["text"] for i in summary["items"]}
+    assert word_errors(QUESTION, said["user"]) <= 1, summary["items"]
+    assert said["assistant"] == f"The forecast says {FORECAST}.", summary["items"]
+    await billed_two_responses(gw)

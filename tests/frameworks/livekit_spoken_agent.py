@@ -1,13 +1,16 @@
-"""A LiveKit agent with a tool on GPT-Live (``GPTLiveModel`` as it comes: Responses delegation),
-through a gateway: the caller's question spoken into ``AgentSession``'s audio input, no room.
+"""A LiveKit voice agent with a tool, through a gateway: the caller's question spoken into
+``AgentSession``'s audio input (no room), on the Realtime API (``RealtimeModel``) or on GPT-Live
+(``GPTLiveModel`` as it comes, for a ``gpt-live-*`` MODEL).
 
-Runs in the frameworks' own environment (``tests/frameworks/requirements.txt``). GPT-Live runs
-an agent's tools through its Responses backend: the backend calls the tool, LiveKit's session
-runs it and sends its output back (``response.item.create``, ``response.create``), and the
-voice speaks the backend's answer. Prints one JSON object: the tool's calls, the conversation
-items the session added, and every warning or error LiveKit logged.
+Runs in the frameworks' own environment (``tests/frameworks/requirements.txt``). On the
+Realtime API the model calls the tool and the session answers it with a
+``function_call_output`` item and a new response; GPT-Live runs an agent's tools through its
+Responses backend: the backend calls the tool, LiveKit's session runs it and sends its output
+back (``response.item.create``, ``response.create``), and the voice speaks the backend's answer.
+Prints one JSON object: the tool's calls, the conversation items the session added, and every
+warning or error LiveKit logged.
 
-    python livekit_live_agent.py BASE_URL KEY MODEL SPEECH.pcm   (24 kHz PCM16 mono)
+    python livekit_spoken_agent.py BASE_URL KEY MODEL SPEECH.pcm   (24 kHz PCM16 mono)
 """
 
 from __future__ import annotations
@@ -57,10 +60,13 @@ async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, 
         return any(i["role"] == "assistant" and "forecast" in (i["text"] or "") for i in items)
 
     async with aiohttp.ClientSession() as http:
-        live = openai.realtime.GPTLiveModel(
-            model=model, api_key=key, base_url=base_url, http_session=http
+        kind = (
+            openai.realtime.GPTLiveModel
+            if model.startswith("gpt-live")
+            else openai.realtime.RealtimeModel
         )
-        async with AgentSession(llm=live) as session:
+        llm = kind(model=model, api_key=key, base_url=base_url, http_session=http)
+        async with AgentSession(llm=llm) as session:
             session.on(
                 "conversation_item_added",
                 lambda ev: (
@@ -80,7 +86,7 @@ async def main(base_url: str, key: str, model: str, speech: bytes) -> dict[str, 
                 if answered():
                     break
                 await asyncio.sleep(0.1)
-        await live.aclose()
+        await llm.aclose()
     return {"calls": calls, "items": items, "warnings": warnings.seen}
 
 
