@@ -250,11 +250,11 @@ class LiveConnection:
                 self._voice(self._say_all(sentences, self._speaking, record=False))
         except asyncio.CancelledError:
             raise
-        except BrainError as exc:
-            log.warning("live backend failed: %s", exc)
-            await self.send(self.s.backend_failed(go_on, "The engine could not answer."))
-        except Exception:  # the client's response.create is answered, whatever failed
-            log.exception("live backend failed")
+        except Exception as exc:  # the client's response.create is answered, whatever failed
+            if isinstance(exc, BrainError):
+                log.warning("live backend failed: %s", exc)
+            else:
+                log.exception("live backend failed")
             await self.send(self.s.backend_failed(go_on, "The engine could not answer."))
         finally:
             self.s.backend_running = False

@@ -453,15 +453,15 @@ class LiveEngineSession:
             self.history.append(message("assistant", text))
         return events
 
-    def backend_failed(self, go_on: Backend, message: str) -> list[Event]:
+    def backend_failed(self, go_on: Backend, why: str) -> list[Event]:
         """The backend could not answer: ``response.failed`` in the delegation's stream, then
         the Live error for the ``response.create``; the delegation is over."""
         model = self.backend_model or ""
         if go_on.delegation_id == self.delegation_id:
             self.delegation_id = None
         response = BackendResponse(model, go_on.delegation_id, int(self.wall()))
-        error = live_error("server_error", message, None, go_on.client_event_id, "server_error")
-        return [*response.failed(message), error]
+        error = live_error("server_error", why, None, go_on.client_event_id, "server_error")
+        return [*response.failed(why), error]
 
     def timeline_ms(self) -> int:
         """Now, in milliseconds from the start of the session."""
