@@ -23,6 +23,7 @@ from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import Usage
 from rtgate.store.port import SessionOpen
 from rtgate.store.sql import SqlStore
+from tests.polling import until
 
 T0 = 1_800_000_000.0
 #: Python work each spinning callback does, as a busy relay's callbacks do; always ready again.
@@ -175,6 +176,11 @@ async def test_a_call_cancelled_before_it_ran_does_not_count_as_work() -> None:
     slow = lender.run(loop, None, release.wait, 5.0)
     queued = lender.run(loop, None, time.sleep, 0)
     queued.cancel()
+    # The cancel reaches the thread pool's future on the loop's next turn (asyncio chains
+    # them with a callback): only then is the queued call dropped, while the slow one still
+    # runs, as a deadline finds it. Releasing the slow call before that let the thread take
+    # the queued one first (a flake under load).
+    await until(lambda: lender._calls == 1)
     release.set()
     await slow
     await asyncio.sleep(0.01)
