@@ -35,6 +35,7 @@ from rtgate.engine.tts import ToneSynthesizer
 from rtgate.engine.vad import EnergyVad
 from tests.provider import FakeTranscriber
 from tests.sdk_events import validate_live_event, validate_responses_event
+from tests.test_agents_realtime import RULES
 
 TOKEN = "engine-token-for-tests"
 START = {"type": "session.start", "event_id": "evt_start", "session": {"model": "gpt-live-1"}}
@@ -536,11 +537,7 @@ async def test_a_delegated_tool_call_through_the_sdk_is_answered_and_spoken(
     agent's tools: the caller asks, the backend calls the tool, the client answers it and asks
     the backend to go on, the backend answers in words and the voice speaks them."""
     rules = tmp_path / "rules.toml"
-    rules.write_text(
-        '[[rules]]\nmatch = "weather in (?P<city>[a-z]+)"\n'
-        'call = { name = "get_weather", arguments = \'{{"city": "{city}"}}\' }\n'
-        '[[rules]]\non_tool_output = "get_weather"\nsay = "The forecast says {output}."\n'
-    )
+    rules.write_text(RULES)
     client = await live_engine(
         brain=ScriptedBrain.from_file(rules),
         transcriber=FakeTranscriber("what is the weather in paris"),
@@ -606,13 +603,6 @@ class SlowBackend:
             yield out
 
 
-WEATHER_RULES = (
-    '[[rules]]\nmatch = "weather in (?P<city>[a-z]+)"\n'
-    'call = { name = "get_weather", arguments = \'{{"city": "{city}"}}\' }\n'
-    '[[rules]]\non_tool_output = "get_weather"\nsay = "The forecast says {output}."\n'
-)
-
-
 async def delegated(
     live_engine: Callable[..., Awaitable[AsyncOpenAI]],
     tmp_path: Path,
@@ -623,7 +613,7 @@ async def delegated(
     """A Live session that asked about the weather: its backend's call, waiting for its
     output (the connection still open: close it)."""
     rules = tmp_path / "rules.toml"
-    rules.write_text(WEATHER_RULES)
+    rules.write_text(RULES)
     client = await live_engine(
         brain=brain or SlowBackend(ScriptedBrain.from_file(rules), delay),
         transcriber=FakeTranscriber("what is the weather in paris"),
@@ -674,7 +664,7 @@ async def test_the_backend_takes_its_own_instructions_and_tool_choice(
     live_engine: Callable[..., Awaitable[AsyncOpenAI]], tmp_path: Path
 ) -> None:
     rules = tmp_path / "backend.toml"
-    rules.write_text(WEATHER_RULES)
+    rules.write_text(RULES)
     brain = SlowBackend(ScriptedBrain.from_file(rules), 0)
     backend = {
         **RESPONSES["responses"],

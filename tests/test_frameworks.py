@@ -215,25 +215,35 @@ async def test_a_livekit_agent_on_gpt_live_is_answered_and_billed_by_the_second(
     assert row.records >= 1 and row.usage.audio_ms > 0, row
 
 
+@pytest.fixture
+def question(tmp_path: Path) -> Path:
+    """The weather question spoken, between 600 ms of silence before and 1.5 s after."""
+    path = tmp_path / "question.pcm"
+    path.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
+    return path
+
+
+async def spoken_agent_answers(gw: Any, question: Path, model: str) -> None:
+    """A LiveKit voice agent on ``model`` hears ``question``, runs its tool (once, for Paris),
+    and speaks the tool's result; LiveKit logs no warning."""
+    key = await gw.new_key("livekit")
+    summary = await one_turn("livekit_spoken_agent.py", f"{gw.http}/v1", key, str(question), model)
+    assert summary["warnings"] == [], summary
+    assert summary["calls"] == ["Paris"], summary
+    said = {i["role"]: i["text"] for i in summary["items"]}
+    assert word_errors(QUESTION, said["user"]) <= 1, summary["items"]
+    assert said["assistant"] == f"The forecast says {FORECAST}.", summary["items"]
+
+
 async def test_a_livekit_agent_on_gpt_live_runs_its_tool_through_the_responses_backend(
-    scripted: Settings, start_gateway: Callable[..., Any], tmp_path: Path
+    scripted: Settings, start_gateway: Callable[..., Any], question: Path
 ) -> None:
     """LiveKit's ``GPTLiveModel`` as it comes (Responses delegation): the caller's spoken
     question is delegated, the backend calls the agent's tool, LiveKit runs it and sends the
     output back, and the voice speaks the backend's answer; voice billed by the second, the
     backend's two responses as tokens of its model."""
     gw = await start_gateway(scripted)
-    key = await gw.new_key("livekit")
-    question = tmp_path / "question.pcm"
-    question.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
-    summary = await one_turn(
-        "livekit_spoken_agent.py", f"{gw.http}/v1", key, str(question), "gpt-live-1"
-    )
-    assert summary["warnings"] == [], summary
-    assert summary["calls"] == ["Paris"], summary
-    said = {i["role"]: i["text"] for i in summary["items"]}
-    assert word_errors(QUESTION, said["user"]) <= 1, summary["items"]
-    assert said["assistant"] == f"The forecast says {FORECAST}.", summary["items"]
+    await spoken_agent_answers(gw, question, "gpt-live-1")
     rows = {r.model: r for r in await gw.store.usage_summary()}
     assert rows["gpt-live-1"].usage.audio_ms > 0, rows
     backend = rows["gpt-5.6-luna"]  # LiveKit's default backend model
@@ -241,21 +251,11 @@ async def test_a_livekit_agent_on_gpt_live_runs_its_tool_through_the_responses_b
 
 
 async def test_a_livekit_voice_agent_runs_its_tool_from_a_spoken_question(
-    scripted: Settings, start_gateway: Callable[..., Any], tmp_path: Path
+    scripted: Settings, start_gateway: Callable[..., Any], question: Path
 ) -> None:
     """The LiveKit agent most apps are: ``AgentSession`` over ``RealtimeModel``, server turn
     detection as LiveKit sets it (semantic VAD), the caller's question spoken, the tool run by
     the session, its result spoken."""
     gw = await start_gateway(scripted)
-    key = await gw.new_key("livekit")
-    question = tmp_path / "question.pcm"
-    question.write_bytes(bytes(48 * 600) + speak(QUESTION) + bytes(48 * 1500))
-    summary = await one_turn(
-        "livekit_spoken_agent.py", f"{gw.http}/v1", key, str(question), "gpt-realtime"
-    )
-    assert summary["warnings"] == [], summary
-    assert summary["calls"] == ["Paris"], summary
-    said = {i["role"]: i["text"] for i in summary["items"]}
-    assert word_errors(QUESTION, said["user"]) <= 1, summary["items"]
-    assert said["assistant"] == f"The forecast says {FORECAST}.", summary["items"]
+    await spoken_agent_answers(gw, question, "gpt-realtime")
     await billed_two_responses(gw)
