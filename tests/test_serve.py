@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import psutil
 import pytest
@@ -24,8 +25,10 @@ import websockets
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, fingerprint, load_settings
+from rtgate.errors import ConfigError
 from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
+from rtgate.serving import serve_async
 from rtgate.worker import CLOSE, DRAIN, DRAINED, STOP, ParentLink
 from rtgate.workers import Workers
 from tests.polling import until
@@ -313,6 +316,58 @@ def test_a_start_that_fails_on_the_database_loads_no_speech_model(tmp_path: Path
     loaded = modules_at_exit(tmp_path)
     assert sorted(loaded & SPEECH_MODELS) == []
     assert "rtgate.engine.stack" in loaded  # the engine was built: its models were not loaded
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port another server listens on, sharing it (``SO_REUSEPORT``) as a gateway's
+    workers do: a gateway that set it too would be let in beside it."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def busy(port: int) -> str:
+    return (
+        f"error: port: cannot listen on 127.0.0.1:{port}: the address is already in use "
+        "(another gateway or server is listening there)\n"
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_port_is_one_line_and_exit_2_before_anything_loads(
+    tmp_path: Path, workers: str
+) -> None:
+    """Not a traceback after the engine's models have loaded; and ``--workers``, which sets
+    ``SO_REUSEPORT``, does not join another server's port and split its connections."""
+    env = local_engine_env(tmp_path)
+    with taken_port() as port:
+        env.update(RTGATE_HOST="127.0.0.1", RTGATE_PORT=str(port), RTGATE_WORKERS=workers)
+        proc = subprocess.run(
+            [sys.executable, "-m", "rtgate", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert (proc.returncode, proc.stderr) == (2, busy(port))
+    loaded = modules_at_exit(tmp_path)
+    assert "rtgate.serving" not in loaded and "rtgate.workers" not in loaded
+
+
+async def test_a_port_taken_after_the_check_is_the_same_one_line(tmp_path: Path) -> None:
+    """The bind itself (the port may be taken between the check and the bind): the same error,
+    once the app it started has been cleaned up (the store closed, so the test's home can go)."""
+    env = {"RTGATE_HOME": str(tmp_path), "RTGATE_HOST": "127.0.0.1", "OPENAI_API_KEY": "sk-t"}
+    settings = load_settings(None, env)  # a provider upstream: no engine models to load
+    with taken_port() as port:
+        settings = msgspec.structs.replace(settings, port=port)
+        with pytest.raises(ConfigError) as refused:
+            await serve_async(settings, "engine-token", announce=False)
+    assert f"error: {refused.value.message}\n" == busy(port)
 
 
 async def test_a_gateway_whose_default_is_the_local_engine_loads_its_models_before_serving(

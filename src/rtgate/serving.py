@@ -28,6 +28,7 @@ from rtgate.api.app import create_app, end_live, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN, Drain
+from rtgate.listen import listen_failed
 from rtgate.relay.endpoint import relay_door
 from rtgate.relay.front_door import FrontDoorSite
 from rtgate.tls import server_context
@@ -145,18 +146,21 @@ async def serve_async(
     lifetime = Lifetime(app[DRAIN], link)
     tls = server_context(settings.tls_certfile, settings.tls_keyfile)
     # One port: the relay's upgrades on picows, everything else on aiohttp (front_door.py).
-    await lifetime.listen(
-        FrontDoorSite(
-            runner,
-            relay_door(app),
-            head_timeout=settings.request_timeout_seconds,
-            host=settings.host,
-            port=settings.port,
-            reuse_port=settings.workers > 1,
-            backlog=4096,
-            ssl_context=tls,
-        )
+    site = FrontDoorSite(
+        runner,
+        relay_door(app),
+        head_timeout=settings.request_timeout_seconds,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=settings.workers > 1,
+        backlog=4096,
+        ssl_context=tls,
     )
+    try:
+        await lifetime.listen(site)
+    except OSError as err:  # taken since server.py checked it
+        await runner.cleanup()
+        raise listen_failed(settings.host, settings.port, err) from None
     # The relay dials this process's own engine on a loopback port of its own: on the shared
     # port (SO_REUSEPORT, --workers) the kernel may hand the engine's connection to a sibling,
     # which then ends it when it drains or stops before this worker's session does. The engine
