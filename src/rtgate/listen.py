@@ -25,7 +25,8 @@ def listen_failed(host: str, port: int, err: OSError) -> ConfigError:
         why = "permission denied (ports below 1024 need privileges)"
     else:
         why = err.strerror or str(err)
-    return ConfigError(f"port: cannot listen on {host}:{port}: {why}")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ConfigError(f"port: cannot listen on {where}: {why}")
 
 
 def check_port(host: str, port: int) -> None:
@@ -34,7 +35,12 @@ def check_port(host: str, port: int) -> None:
     if port == 0:
         return
     try:
-        probe = socket.create_server((host, port))  # SO_REUSEADDR, as asyncio's listener
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ConfigError(f"host: cannot listen on {host}: {err.strerror}") from None
+    family = found[0][0]
+    try:
+        probe = socket.create_server((host, port), family=family)  # SO_REUSEADDR, as asyncio's
     except OSError as err:
         raise listen_failed(host, port, err) from None
     probe.close()
