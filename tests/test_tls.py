@@ -118,6 +118,56 @@ async def test_the_sdks_beta_path_reaches_a_gateway_serving_tls(tmp_path: Path) 
     assert f"wss://127.0.0.1:{port}/v1/realtime?model=gpt-realtime" in logs
 
 
+async def test_talk_dials_a_tls_gateway_with_its_certificate_or_says_what_to_fix(
+    tmp_path: Path,
+) -> None:
+    """``rtgate talk`` against the README's TLS gateway (its certificate on ``serve``'s command
+    line): one line and a hint, no traceback, until the settings name the certificate; then
+    ``wss://``, the dev certificate trusted as this machine's own gateway's."""
+    cert, keyfile = dev_cert(tmp_path / "tls")
+    port = free_port()
+    env = gateway_env(
+        tmp_path / "home",
+        port,
+        OPENAI_API_KEY="",
+        RTGATE_ENGINE_VAD="energy",
+        RTGATE_ENGINE_STT="none",
+        RTGATE_ENGINE_TTS="tone",
+    )
+    env.pop("SSL_CERT_FILE", None)
+    key = create_key(env, "talk")
+    serve = [sys.executable, "-m", "rtgate", "serve", "--certfile", str(cert)]
+    proc = subprocess.Popen([*serve, "--keyfile", str(keyfile)], env=env, stdout=subprocess.DEVNULL)
+
+    turn = ["--key", key, "--text", "over tls", "--out", str(tmp_path / "reply.wav"), "--quiet"]
+
+    def talk(*args: str, **more: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "rtgate", "talk", *turn, *args],
+            env={**env, "COLUMNS": "500", **more},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    try:
+        await wait_ready(port, proc)
+        code, said = await asyncio.to_thread(talk)  # the settings know no certificate: ws://
+        assert code == 1 and "Traceback" not in said, said
+        assert f"ws://127.0.0.1:{port}/v1 ended the connection unanswered" in said
+        assert "wss://" in said and "RTGATE_TLS_CERTFILE" in said
+        code, said = await asyncio.to_thread(talk, "--url", f"wss://localhost:{port}/v1")
+        assert code == 1 and "Traceback" not in said, said
+        assert "does not trust" in said and "SSL_CERT_FILE" in said
+        named = {"RTGATE_TLS_CERTFILE": str(cert), "RTGATE_TLS_KEYFILE": str(keyfile)}
+        code, said = await asyncio.to_thread(talk, **named)
+        assert code == 0, said
+        assert "usage: " in said and (tmp_path / "reply.wav").stat().st_size > 44
+    finally:
+        kill_tree(proc)
+
+
 def test_tls_needs_both_files_and_names_the_setting(tmp_path: Path) -> None:
     cert, keyfile = dev_cert(tmp_path / "tls")
     env = {"RTGATE_HOME": str(tmp_path), "RTGATE_TLS_CERTFILE": str(cert)}

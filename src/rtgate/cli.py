@@ -492,9 +492,9 @@ def talk(
     quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
 ) -> None:
     """Talk to a realtime model through the gateway: one turn, then the reply and its cost."""
-    from aiohttp import ClientConnectorError, ClientSSLError
+    from aiohttp import ClientConnectorError, ClientError, ClientSSLError
 
-    from rtgate.talk import list_price, read_wav_24k, write_wav_24k
+    from rtgate.talk import list_price, read_wav_24k, trusting, write_wav_24k
     from rtgate.talk import talk as run_talk
 
     if (text is None) == (wav is None):
@@ -514,24 +514,42 @@ def talk(
     given_url = url is not None
     try:
         pcm = read_wav_24k(wav) if wav is not None else None
+        settings = _settings()
         # The settings' port (RTGATE_PORT, the config file), not a fixed 8080: ``make run``
         # on another port is talked to as it is told to listen.
-        url = url or _settings().local_url("/v1")
+        url = url or settings.local_url("/v1")
         result = asyncio.run(
             run_talk(
-                url, key, model=model, text=text, pcm=pcm, instructions=instructions, on_event=show
+                url,
+                key,
+                model=model,
+                text=text,
+                pcm=pcm,
+                instructions=instructions,
+                on_event=show,
+                tls=trusting(settings.tls_certfile) if url.startswith("wss:") else None,
             )
         )
-    except (GatewayError, OSError) as err:
-        _error(str(err))
-        if isinstance(err, ClientConnectorError) and not isinstance(err, ClientSSLError):
-            where = "its --url" if given_url else "its port (RTGATE_PORT) or its --url"
-            _rich_console(stderr=True).print(
-                f"no gateway answers at {url}: start one (rtgate serve), or give talk {where}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
+    except (GatewayError, OSError, ClientError) as err:
+        _error(str(err) or type(err).__name__)
+        hint = None
+        if isinstance(err, ClientSSLError):
+            hint = (
+                f"{url} serves a certificate this machine does not trust: for a self-signed "
+                "one (scripts/dev-cert), name it in the settings (RTGATE_TLS_CERTFILE, "
+                "RTGATE_TLS_KEYFILE) or set SSL_CERT_FILE to it"
             )
+        elif isinstance(err, ClientConnectorError):
+            where = "its --url" if given_url else "its port (RTGATE_PORT) or its --url"
+            hint = f"no gateway answers at {url}: start one (rtgate serve), or give talk {where}"
+        elif isinstance(err, ClientError) and (url or "").startswith("ws:"):
+            hint = (
+                f"{url} ended the connection unanswered: a gateway serving TLS "
+                "(rtgate serve --certfile) is dialled with wss://, given as --url or by "
+                "naming its certificate in the settings (RTGATE_TLS_CERTFILE, RTGATE_TLS_KEYFILE)"
+            )
+        if hint is not None:
+            _rich_console(stderr=True).print(hint, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from err
     if result.error is not None:
         _error(f"{result.error.get('code')}: {result.error.get('message')}")

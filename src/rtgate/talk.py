@@ -8,6 +8,7 @@ Manual turns (``turn_detection: null``), so a whole file is one user turn.
 from __future__ import annotations
 
 import base64
+import ssl
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,8 +83,10 @@ async def talk(
     instructions: str | None = None,
     on_event: Callable[[dict[str, Any]], None] = lambda e: None,
     timeout_s: float = 120.0,
+    tls: ssl.SSLContext | None = None,
 ) -> TalkResult:
-    """One user turn (text or audio) and the assistant's whole reply."""
+    """One user turn (text or audio) and the assistant's whole reply. ``tls``: the context a
+    ``wss://`` dial verifies with (None: the system's trust)."""
     result = TalkResult()
     sep = "&" if "?" in url else "?"
     ws_url = f"{url.rstrip('/')}/realtime{sep}model={model}"
@@ -91,7 +94,11 @@ async def talk(
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(
-            ws_url, headers={"Authorization": f"Bearer {key}"}, max_msg_size=0, timeout=timeout
+            ws_url,
+            headers={"Authorization": f"Bearer {key}"},
+            max_msg_size=0,
+            timeout=timeout,
+            ssl=tls if tls is not None else True,
         ) as ws,
     ):
         session: dict[str, Any] = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
@@ -140,6 +147,17 @@ async def talk(
     if result.usage is None and result.error is not None:
         raise TalkError(f"{result.error.get('code')}: {result.error.get('message')}")
     return result
+
+
+def trusting(certfile: Path | None) -> ssl.SSLContext | None:
+    """The system's trust and the certificate the settings serve with (``tls_certfile``): the
+    gateway on this machine is dialled over ``wss://`` with its own certificate, a
+    self-signed one from ``scripts/dev-cert`` included. None without one."""
+    if certfile is None:
+        return None
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(certfile))
+    return ctx
 
 
 def list_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> str | None:
