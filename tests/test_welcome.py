@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from rtgate.config import load_settings
+from rtgate.logs import Redactor
 from rtgate.welcome import summary_lines
 from tests.conftest import RunningGateway
 from tests.process import free_port, gateway_env
@@ -44,9 +45,12 @@ def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: 
     assert models.endswith(" -> OpenAI wss://api.openai.com/v1")
     assert "local -> the embedded local engine" in text
     assert "no OPENAI_API_KEY" not in text
-    assert "http://127.0.0.1:8080/admin/v1/" in text
+    assert "admin API  http://127.0.0.1:8080/admin/v1/ (authorised by RTGATE_ADMIN_TOKEN)" in text
     assert "console    http://127.0.0.1:8080/ui/ (sign in with RTGATE_ADMIN_TOKEN)" in text
     assert "sk-the-provider" not in text and "admin-token-value" not in text
+    # As the log shows them: the redactor, which cuts what looks like a secret, leaves the
+    # lines whole (it once cut the admin API's hint after "Bearer").
+    assert Redactor().redact(text) == text
 
 
 async def test_home_page_says_how_to_connect_from_the_address_used(

@@ -65,7 +65,8 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
     if settings.admin_token is None:
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")
     else:
-        lines.append(f"  admin API  {base_url}/admin/v1/ (Bearer RTGATE_ADMIN_TOKEN)")
+        # Not "Bearer <name>": the log redactor cuts whatever follows that word.
+        lines.append(f"  admin API  {base_url}/admin/v1/ (authorised by RTGATE_ADMIN_TOKEN)")
         lines.append(f"  console    {base_url}/ui/ (sign in with RTGATE_ADMIN_TOKEN)")
     lines.append(f"  playground {base_url}/ui/playground (talk with a gateway key)")
     lines.append(
