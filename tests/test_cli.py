@@ -200,7 +200,14 @@ def test_keys_create_and_update_carry_the_policy(cli: Callable[..., str]) -> Non
     assert updated["policy"]["budget_usd_day"] is None
     assert updated["policy"]["budget_usd_total"] == "100.000000000"
     cli("keys", "update", created["id"], "--max-duration", "forever", code=2)
-    cli("keys", "update", created["id"], "--clear", "nonsense", code=2)
+    # Named as the options are: one default cleared leaves the others.
+    args = ("--clear", "budget-usd-total", "--clear", "voice", "--clear", "block-event")
+    updated = orjson.loads(cli("keys", "update", created["id"], *args, "--json"))["policy"]
+    assert updated["budget_usd_total"] is None and updated["blocked_events"] == []
+    assert updated["session_defaults"] == {"instructions": "Be kind."}
+    refused = cli("keys", "update", created["id"], "--clear", "nonsense", code=2)
+    assert "--clear nonsense: nothing of that name to clear; one of: models," in refused
+    assert "budget-usd-day" in refused and "block-event" in refused and "voice" in refused
     cli("keys", "update", "key_missing", "--max-sessions", "1", code=1)
 
 

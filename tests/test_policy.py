@@ -61,6 +61,33 @@ def test_policy_round_trips_through_json() -> None:
     assert cleared.max_sessions == 2
 
 
+def test_each_session_default_clears_alone() -> None:
+    vad = {"type": "server_vad"}
+    p = apply_update(
+        KeyPolicy(), PolicyUpdate(instructions="Be brief.", voice="marin", turn_detection=vad)
+    )
+    assert p.session_defaults == {
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "marin"}, "input": {"turn_detection": vad}},
+    }
+    no_voice = apply_update(p, PolicyUpdate(clear=["voice"]))
+    assert no_voice.session_defaults == {
+        "instructions": "Be brief.",
+        "audio": {"input": {"turn_detection": vad}},
+    }
+    assert apply_update(no_voice, PolicyUpdate(clear=["turn_detection"])).session_defaults == {
+        "instructions": "Be brief."
+    }
+    assert apply_update(p, PolicyUpdate(clear=["session_defaults"])).session_defaults is None
+    gone = apply_update(p, PolicyUpdate(clear=["instructions", "voice", "turn_detection"]))
+    assert gone.session_defaults is None
+    # Cleared and set in one update: the new value stands, as for every other field.
+    again = apply_update(p, PolicyUpdate(clear=["voice"], voice="cedar"))
+    assert again.session_defaults is not None
+    assert again.session_defaults["audio"]["output"] == {"voice": "cedar"}
+    assert apply_update(KeyPolicy(), PolicyUpdate(clear=["voice"])) == KeyPolicy()
+
+
 @pytest.mark.parametrize(
     ("used", "limit", "refused"), [(999, 1000, False), (1000, 1000, True), (1001, 1000, True)]
 )

@@ -29,7 +29,7 @@ from rtgate.api.views import (
 )
 from rtgate.auth.client_secrets import id_hash_prefix, looks_minted, secret_id_of
 from rtgate.auth.keyring import KeyRing
-from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.auth.policy import CLEARABLE, KeyPolicy, PolicyUpdate, apply_update
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError
@@ -213,7 +213,14 @@ KeepOpt = Annotated[
         "--keep-transcripts/--no-keep-transcripts", help="Keep session transcripts (text only)."
     ),
 ]
-ClearOpt = Annotated[list[str] | None, typer.Option("--clear", help="Remove a limit. Repeatable.")]
+ClearOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--clear",
+        help="Remove a limit or a default, named as its option is (budget-usd-day, voice, "
+        "block-event, ...; session-defaults: every default). Repeatable.",
+    ),
+]
 
 
 #: The policy options ``keys create`` and ``keys update`` share (typer needs each in both
@@ -244,6 +251,8 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
         raw["models"] = [m for m in raw["models"].split(",") if m.strip()]
     if "block_event" in raw:
         raw["blocked_events"] = raw.pop("block_event")
+    if "clear" in raw:
+        raw["clear"] = [_clearable(name) for name in raw["clear"]]
     try:
         return msgspec.convert(raw, PolicyUpdate, strict=False)
     except msgspec.ValidationError as exc:
@@ -251,6 +260,20 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
         shown = f"{where}: {message}" if where else message
         _error(shown)
         raise typer.Exit(2) from exc
+
+
+def _clearable(name: str) -> str:
+    """What ``--clear NAME`` removes, NAME spelt as its option is (``budget-usd-day``,
+    ``block-event``) or as the admin API's field (``budget_usd_day``, ``blocked_events``)."""
+    field = name.strip().removeprefix("--").replace("-", "_")
+    field = {"block_event": "blocked_events"}.get(field, field)
+    if field not in CLEARABLE:
+        shown = ", ".join(
+            "block-event" if c == "blocked_events" else c.replace("_", "-") for c in CLEARABLE
+        )
+        _error(f"--clear {name}: nothing of that name to clear; one of: {shown}")
+        raise typer.Exit(2)
+    return field
 
 
 @keys_app.command("create")

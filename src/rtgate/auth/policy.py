@@ -320,8 +320,19 @@ CLEARABLE = (
     "max_duration",
     "expires",
     "session_defaults",
+    "instructions",
+    "voice",
+    "turn_detection",
     "blocked_events",
 )
+
+#: Where ``session_defaults`` keeps what ``instructions``, ``voice`` and ``turn_detection`` set:
+#: clearing one removes it alone.
+_DEFAULT_PATHS = {
+    "instructions": ("instructions",),
+    "voice": ("audio", "output", "voice"),
+    "turn_detection": ("audio", "input", "turn_detection"),
+}
 
 
 #: A budget's bound, so that in nano-dollars it always fits a BIGINT.
@@ -371,6 +382,8 @@ def _nanos(v: Decimal | None) -> int | None:
 def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     changes: dict[str, Any] = {}
     for name in u.clear:
+        if name in _DEFAULT_PATHS:
+            continue  # in the session defaults, below
         target = {
             "budget_usd_day": "budget_day_nanos",
             "budget_usd_month": "budget_month_nanos",
@@ -396,6 +409,9 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     if u.expires is not None:
         changes["expires_at"] = parse_expiry(u.expires)
     defaults = dict(policy.session_defaults or {}) if "session_defaults" not in u.clear else {}
+    for name in u.clear:
+        if name in _DEFAULT_PATHS:
+            defaults = _without(defaults, _DEFAULT_PATHS[name])
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
@@ -411,6 +427,24 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     if u.keep_transcripts is not None:
         changes["keep_transcripts"] = u.keep_transcripts
     return policy.replace(**changes)
+
+
+def _without(tree: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """``tree`` less the value at ``path``, and less the objects that leaves empty; copies
+    only what it changes."""
+    head, rest = path[0], path[1:]
+    if head not in tree:
+        return tree
+    out = dict(tree)
+    if rest and isinstance(tree[head], dict):
+        inner = _without(tree[head], rest)
+        if inner:
+            out[head] = inner
+            return out
+    elif rest:
+        return tree
+    del out[head]
+    return out
 
 
 def policy_view(policy: KeyPolicy) -> dict[str, Any]:
