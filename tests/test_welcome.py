@@ -8,11 +8,13 @@ import pty
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from rtgate.config import load_settings
+from rtgate.config import Settings, load_settings
 from rtgate.logs import Redactor
 from rtgate.welcome import summary_lines
 from tests.conftest import RunningGateway
@@ -32,6 +34,11 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     assert "no OPENAI_API_KEY" in text
     assert ".venv/bin/rtgate keys create --name me" in text
     assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
+    # The translation model is the provider's: the engine refuses it, so it is not listed as
+    # the engine's, and the summary says what it needs.
+    (models,) = [line for line in lines if "-> the embedded local engine" in line]
+    assert "gpt-realtime-translate" not in models and "gpt-live-1" in models
+    assert "(gpt-realtime-translate needs a provider: the local engine does not" in text
     assert "console" not in text.replace("(and the console)", "")
     assert "playground http://127.0.0.1:8080/ui/playground" in text
 
@@ -44,7 +51,7 @@ def test_summary_with_a_provider_key_names_the_upstream_never_the_key(tmp_path: 
     assert "gpt-realtime-mini" in models and "gpt-realtime-translate" in models
     assert models.endswith(" -> OpenAI wss://api.openai.com/v1")
     assert "local -> the embedded local engine" in text
-    assert "no OPENAI_API_KEY" not in text
+    assert "no OPENAI_API_KEY" not in text and "needs a provider" not in text
     assert "admin API  http://127.0.0.1:8080/admin/v1/ (authorised by RTGATE_ADMIN_TOKEN)" in text
     assert "console    http://127.0.0.1:8080/ui/ (sign in with RTGATE_ADMIN_TOKEN)" in text
     assert "sk-the-provider" not in text and "admin-token-value" not in text
@@ -113,3 +120,23 @@ async def test_rtgate_serve_on_a_terminal_ends_start_up_with_readable_lines(
     assert re.search(r"\d\d:\d\d:\d\d \[info\s*\] rtgate \S+ is ready at http://127.0.0.1", plain)
     assert "local -> the embedded local engine" in plain
     assert "keys create --name me" in plain
+
+
+async def test_v1_models_lists_what_the_routes_serve(
+    gateway: RunningGateway,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+) -> None:
+    """With a provider the translation model is listed; on the local engine alone, which
+    refuses it, it is not."""
+    local = await start_gateway(make_settings(OPENAI_API_KEY=""))
+
+    async def listed(gw: RunningGateway) -> dict[str, str]:
+        async with aiohttp.ClientSession() as http, http.get(gw.http + "/v1/models") as resp:
+            assert resp.status == 200
+            return {m["id"]: m["owned_by"] for m in (await resp.json())["data"]}
+
+    assert (await listed(gateway))["gpt-realtime-translate"] == "openai"
+    offline = await listed(local)
+    assert "gpt-realtime-translate" not in offline
+    assert offline["gpt-realtime"] == "local" and offline["gpt-live-1"] == "local"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtgate import __version__
+from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
 from rtgate.config import Settings
 
 _KINDS = {
@@ -34,11 +35,23 @@ class Served:
         return _KINDS.get(self.kind, self.kind)
 
 
+def unserved(settings: Settings) -> list[str]:
+    """Catalog models routed to the local engine that it refuses: the translation model (the
+    engine does not translate, ``relay/endpoint.py``), there by default when no provider key
+    is set."""
+    model = settings.models.get(DEFAULT_TRANSLATION_MODEL)
+    if model is None or settings.upstreams[model.upstream].kind != "local":
+        return []
+    return [DEFAULT_TRANSLATION_MODEL]
+
+
 def served_models(settings: Settings) -> list[Served]:
-    """Catalog models grouped by upstream, the default upstream first."""
+    """Catalog models grouped by upstream, the default upstream first; not those ``unserved``."""
     by_upstream: dict[str, list[str]] = {}
+    refused = unserved(settings)
     for name, model in sorted(settings.models.items()):
-        by_upstream.setdefault(model.upstream, []).append(name)
+        if name not in refused:
+            by_upstream.setdefault(model.upstream, []).append(name)
     order = sorted(by_upstream, key=lambda n: (n != settings.default_upstream, n))
     out = []
     for name in order:
@@ -61,6 +74,8 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
         lines.append(f"  models     {', '.join(served.models)} -> {where}")
     if settings.default_upstream == "local":
         lines.append("             (no OPENAI_API_KEY: set it to relay to OpenAI instead)")
+    for name in unserved(settings):
+        lines.append(f"             ({name} needs a provider: the local engine does not translate)")
     lines.append(f"  a key      {program} keys create --name me   (the secret is shown once)")
     if settings.admin_token is None:
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")

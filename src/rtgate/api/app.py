@@ -53,6 +53,7 @@ from rtgate.store.sql import SqlStore
 from rtgate.tls import upstream_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
 from rtgate.web.console import create_console_app
+from rtgate.welcome import unserved
 
 if TYPE_CHECKING:
     from rtgate.auth.redis_limits import RedisSessionLimiter
@@ -103,10 +104,13 @@ def metrics_page(token: Secret | None) -> Handler:
 
 
 async def models(request: web.Request) -> web.Response:
+    """The catalog's models, less those its upstream refuses (``welcome.unserved``)."""
     gw = request.app[GATEWAY]
+    refused = unserved(gw.settings)
     data = [
         {"id": name, "object": "model", "owned_by": m.upstream}
         for name, m in sorted(gw.settings.models.items())
+        if name not in refused
     ]
     return web.json_response({"object": "list", "data": data})
 
