@@ -261,3 +261,17 @@ def test_an_error_quoting_brackets_is_printed_whole(capsys: pytest.CaptureFixtur
 
     _error("bad value [default: 1] in [prices.local]")
     assert "error: bad value [default: 1] in [prices.local]" in capsys.readouterr().err
+
+
+def test_tables_piped_are_laid_out_whole(
+    cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into a pipe or a file (no terminal, no ``COLUMNS``) a table is as wide as its cells:
+    at rich's default 80 columns the names and ids were cut to ``gpt-realtim…``."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "the-support-team-of-the-european-offices-night-shift-" * 2  # 106 characters
+    created = orjson.loads(cli("keys", "create", "--name", name, "--json"))
+    listed = cli("keys", "list")
+    assert name in listed and created["id"] in listed and "…" not in listed
+    monkeypatch.setenv("COLUMNS", "150")  # asked for: kept to it
+    assert name not in cli("keys", "list")

@@ -93,11 +93,19 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
         raise typer.Exit(1) from err
 
 
+#: The width tables are laid out in when the output is no terminal (a pipe, a file) and
+#: ``COLUMNS`` says none: rich's 80 would cut model names and ids to fit.
+PIPED_WIDTH = 200
+
+
 def _rich_console(**kwargs: Any) -> Console:
     """rich's console, imported by the commands that print with it: ``rtgate serve`` never
     loads rich (docs/performance.md 9.3)."""
     from rich.console import Console
 
+    stream = sys.stderr if kwargs.get("stderr") else sys.stdout
+    if "width" not in kwargs and "COLUMNS" not in os.environ and not stream.isatty():
+        kwargs["width"] = PIPED_WIDTH
     return Console(**kwargs)
 
 
