@@ -204,6 +204,7 @@ PARENT_OF_WORKERS = {
     "rtgate.workers",
     "rtgate.config",
     "rtgate.errors",
+    "rtgate.listen",
     "rtgate.logs",
     "rtgate.tls",
     "rtgate.validation",
