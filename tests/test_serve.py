@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, fingerprint, load_settings
 from rtgate.errors import ConfigError
+from rtgate.listen import check_port
 from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
 from rtgate.serving import serve_async
@@ -357,6 +358,21 @@ def test_a_busy_port_is_one_line_and_exit_2_before_anything_loads(
     assert (proc.returncode, proc.stderr) == (2, busy(port))
     loaded = modules_at_exit(tmp_path)
     assert "rtgate.serving" not in loaded and "rtgate.workers" not in loaded
+
+
+def test_the_port_check_binds_every_address_the_listener_will() -> None:
+    """An empty host is every interface, as asyncio reads it; a name is resolved; a host this
+    machine does not have is the host's fault, not the port's."""
+    with taken_port() as port:
+        check_port("127.0.0.1", free_port())
+        check_port("", free_port())
+        for host in ("", "0.0.0.0", "127.0.0.1"):
+            with pytest.raises(ConfigError, match=r"^port: cannot listen on .*already in use"):
+                check_port(host, port)
+    with pytest.raises(ConfigError, match=r"^host: cannot listen on nonexistent\.invalid:"):
+        check_port("nonexistent.invalid", free_port())
+    with pytest.raises(ConfigError, match=r"^host: cannot listen on 192\.0\.2\.1:"):
+        check_port("192.0.2.1", free_port())  # TEST-NET-1 (RFC 5737): no machine's address
 
 
 async def test_a_port_taken_after_the_check_is_the_same_one_line(tmp_path: Path) -> None:

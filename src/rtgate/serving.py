@@ -28,7 +28,7 @@ from rtgate.api.app import create_app, end_live, set_local_base_url
 from rtgate.api.request_timeouts import app_runner
 from rtgate.config import Settings
 from rtgate.drain import DRAIN, Drain
-from rtgate.listen import listen_failed
+from rtgate.listen import listen_failed, shown
 from rtgate.relay.endpoint import relay_door
 from rtgate.relay.front_door import FrontDoorSite
 from rtgate.tls import server_context
@@ -170,10 +170,9 @@ async def serve_async(
     set_local_base_url(app, "127.0.0.1", engine_site.port)
     host, port = settings.host, settings.port
     freeze_startup_heap()
-    shown = f"[{host}]" if ":" in host else host
     scheme = "https" if tls is not None else "http"
     if announce:  # of N workers, the first says where they serve (worker.main)
-        for line in summary_lines(settings, f"{scheme}://{shown}:{port}", _program()):
+        for line in summary_lines(settings, f"{scheme}://{shown(host, port)}", _program()):
             log.info(line)
     await lifetime.over()
     log.info("shutting down")
