@@ -22,6 +22,7 @@ from rtgate.protocol.actions import (
     SendClient,
     SendUpstream,
 )
+from rtgate.protocol.client_frames import DuplicateMember
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.translation import (
@@ -57,8 +58,15 @@ def test_appends_are_counted_in_every_spelling_and_nothing_else_is() -> None:
     # The name escaped, or the audio repeated: the provider's parser reads the real one.
     hidden = orjson.dumps({"type": APPEND, "audio": "AAAA"}).decode().replace("_", "\\u005f")
     assert appended_bytes(hidden) == 3
-    twice = '{"type":"session.input_audio_buffer.append","audio":"AAAA","audio":"AAAAAAAA"}'
-    assert appended_bytes(twice) == 6
+    # A name repeated: which value a parser keeps is its choice, so the frame is refused (the
+    # relay core answers it with an error and drops it: nothing reaches the provider).
+    for twice in (
+        '{"type":"session.input_audio_buffer.append","audio":"AAAA","audio":"AAAAAAAA"}',
+        '{"type":"session.input_audio_buffer.append","audio":"AAAA","type":"session.update"}',
+        '{"type":"input_audio_buffer.append","type":"session.input_audio_buffer.append","audio":"A"}',
+    ):
+        with pytest.raises(DuplicateMember):
+            appended_bytes(twice)
     assert appended_bytes("not json") is None
     surrogate = '{"event_id":"\\ud800","type":"session.input_audio_buffer.append","audio":"AAAA"}'
     assert appended_bytes(surrogate) == 3
@@ -102,6 +110,23 @@ def translation_core(*, budget: bool = False, chunk_ms: int = 400) -> RelayCore:
         budget=budget,
         audio_meter=AudioMeter(chunk_ms),
     )
+
+
+def test_audio_behind_another_appends_prefix_is_counted_or_refused() -> None:
+    """The realtime append's prefix skips a frame unread only when nothing else in it can be
+    read as another type: an audit sent a translation's audio behind it, unbilled."""
+    core = translation_core(chunk_ms=1)
+    audio = base64.b64encode(b"\x00" * 9600).decode()  # 200 ms
+    twice = f'{{"type":"input_audio_buffer.append","type":"{APPEND}","audio":"{audio}"}}'
+    acts = core.client_text(twice.encode())
+    assert acts is not None and acts[-1] == Refused("duplicate_member")
+    escaped = f'{{"type":"input_audio_buffer.append","\\u0074ype":"{APPEND}","audio":"{audio}"}}'
+    acts = core.client_text(escaped.encode())
+    assert acts is not None and acts[-1] == Refused("duplicate_member")
+    # Its own append's prefix with a second type behind the audio: read, refused.
+    behind = f'{{"type":"{APPEND}","audio":"{audio}","type":"session.update"}}'
+    acts = core.client_text(behind.encode())
+    assert acts is not None and acts[-1] == Refused("duplicate_member")
 
 
 def test_a_chunk_of_audio_is_forwarded_then_recorded_as_gateway_metered_minutes() -> None:

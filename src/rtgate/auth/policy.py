@@ -158,7 +158,9 @@ class ClientEventGuard:
         return bool(self.policy.models or self._types or self._fields)
 
     def check(self, data: str) -> GatewayError | None:
-        if data.startswith('{"type":"input_audio_buffer.append"') or not self.reads(data):
+        """A whole frame judged (the setup's update; the relay core reads its frames itself,
+        ``protocol/client_frames.py``)."""
+        if not self.reads(data):
             return None
         try:
             event = orjson.loads(data)

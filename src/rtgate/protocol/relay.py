@@ -105,6 +105,7 @@ from rtgate.protocol.actions import (
     Side,
 )
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
+from rtgate.protocol.client_frames import DuplicateMember, plain_append, read_client
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
 from rtgate.protocol.live import (
@@ -510,15 +511,23 @@ class RelayCore:
     # -- client -> upstream -------------------------------------------------------------------
     def client_text(self, data: bytes) -> Actions | None:
         self._heard_client = True
-        if self._fast_up and data.startswith(_APPEND):
+        # An append as the SDKs write it is skipped unread; any other spelling is read
+        # (client_frames.py: a repeated or escaped "type" makes it another event upstream).
+        if self._fast_up and data.startswith(_APPEND) and plain_append(data):
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
-        if self._live and data.startswith(_LIVE_APPENDS):
+        if self._live and data.startswith(_LIVE_APPENDS) and plain_append(data):
             return None
         # Any other client frame is read as text (few: a session's events, a translation's
         # appends).
         text = data.decode()
+        try:
+            return self._client_event(data, text)
+        except DuplicateMember as refused:
+            return (SendClient(self._error_event(refused)), Refused(refused.code))
+
+    def _client_event(self, data: bytes, text: str) -> Actions | None:
         meter = self._audio_meter
         if meter is not None:
             ms = meter.appended(text)
@@ -528,11 +537,12 @@ class RelayCore:
         guard = self._guard
         reads = guard is not None and guard.reads(text)
         if not reads and not any(m in text for m in self._up_marks):
-            return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
+            # An escaped name ("session\u002eupdate") is the event it names, unspelt: a frame
+            # with an escape is read whenever anything reads frames.
+            if "\\" not in text or (guard is None and not self._up_marks):
+                return None
+            reads = guard is not None
+        event = read_client(text)
         if not isinstance(event, dict):
             return None
         out: list[Action] = []

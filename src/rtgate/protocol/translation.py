@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from rtgate.protocol.client_frames import read_client
 from rtgate.protocol.relay_session import parse_event
 
 #: Which audio a translation session is billed by (``Settings.translation_billed_audio``).
@@ -54,20 +55,26 @@ def appended_bytes(data: str) -> int | None:
     """The decoded audio bytes of a client frame, or None when it is no
     ``session.input_audio_buffer.append`` (then it is relayed as any frame).
 
-    Counted in place only when the frame starts as the SDKs write it and its audio holds no
-    escape and is its only ``"audio"`` member (the provider's parser would read a repeated one,
-    the last); any other frame is parsed, so no spelling (an escaped name, members reordered or
-    repeated) carries audio past the count. Other client events on this route are few."""
+    Counted in place only when the frame starts as the SDKs write it, holds no escape, and its
+    audio is its only ``"audio"`` member and its type its only ``"type"`` (a parser reads a
+    repeated one, the last: client_frames.py); any other frame is parsed, so no spelling (an
+    escaped name, members reordered or repeated) carries audio past the count. Other client
+    events on this route are few. Raises ``DuplicateMember`` for a frame that repeats a name."""
     for prefix in _PREFIXES:
         if data.startswith(prefix):
             start = len(prefix)
             end = data.find('"', start)
-            if end >= 0 and data.find("\\", start, end) < 0 and data.find('"audio"', end) < 0:
+            if (
+                end >= 0
+                and data.find("\\", start) < 0
+                and data.find('"audio"', end) < 0
+                and data.find('"type"', end) < 0
+            ):
                 return decoded_length(data, start, end)
             break
     # Tolerant, as for metered upstream frames: what orjson refuses but JSON allows (a lone
     # surrogate escape) still counts.
-    event = parse_event(data)
+    event = read_client(data, tolerant=True)
     if not isinstance(event, dict) or event.get("type") != APPEND_TYPE:
         return None
     audio = event.get("audio")
