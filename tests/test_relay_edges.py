@@ -618,6 +618,21 @@ async def test_only_the_query_the_protocol_defines_reaches_the_provider(
             assert created["type"] == "session.created"
         assert provider.upgrades[-1].query == forwarded
     assert len(provider.upgrades) == 3
+    # An intent the protocol does not define is refused before the dial: it would reach the
+    # provider under the gateway's key, and be stored with the session (an audit found one
+    # 41 characters long refused by PostgreSQL's column, the session's usage set aside
+    # unbilled).
+    for intent in ("x" * 41, "translation", "live", "quicksilver"):
+        async with connect(
+            f"{gateway.ws}/v1/realtime?model=gpt-realtime&intent={intent}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            (refused,) = await first_events(ws, 1)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        assert refused["error"]["code"] == "invalid_intent", intent
+        assert refused["error"]["param"] == "intent"
+    assert len(provider.upgrades) == 3
 
 
 async def test_an_azure_upstream_gets_its_own_key_in_the_api_key_header(

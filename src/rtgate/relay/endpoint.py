@@ -324,6 +324,11 @@ async def _serve_upgrade(gw: Gateway, upgrade: RelayUpgrade) -> None:
         await leg.wait_closed()
 
 
+#: What a client's ``?intent=`` on ``/v1/realtime`` may be (docs/protocol.md 1.7); the other
+#: routes' intents are the gateway's own.
+CLIENT_INTENTS = frozenset({None, "transcription"})
+
+
 async def relay_socket(
     gw: Gateway,
     client: Leg,
@@ -347,6 +352,13 @@ async def relay_socket(
     try:
         gw.check_accepting()
         key, policy, grant = await gw.authenticator.key_or_secret(headers, remote)
+        if not (live or translation) and intent not in CLIENT_INTENTS:
+            # Forwarded upstream and stored with the session: only what the protocol defines.
+            raise IntentNotAllowed(
+                f"Unknown intent `{str(intent)[:40]}`: the Realtime API takes"
+                " `intent=transcription`, or none.",
+                param="intent",
+            )
         if live:
             if grant is not None:
                 raise IntentNotAllowed(
