@@ -8,6 +8,8 @@ import csv
 import io
 import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -21,10 +23,11 @@ import websockets
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
+from rtgate.api import live as live_api
 from rtgate.api.admin import OPERATIONS, PREFIX
 from rtgate.api.views import USAGE_CSV_COLUMNS
 from rtgate.cli import app as cli_app
-from rtgate.config import load_settings
+from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError
 from rtgate.protocol.usage import TOKEN_FIELDS
 from rtgate.store.port import StoreError
@@ -699,3 +702,49 @@ async def test_schemathesis_finds_no_fault_in_the_documented_api(
     assert re.search(rf"Operations:\s+{n} selected / {n} total", report), report
     assert re.search(rf"Tested:\s+{n}\b", report), report
     assert TOKEN not in report
+
+
+async def ended_by_revocation(ws: Any) -> dict[str, Any]:
+    """The error a session hears as its key's revocation ends it, once its socket has closed
+    with 1008."""
+    event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 10)
+    assert (ws.close_code, ws.close_reason) == (1008, "invalid_request_error.api_key_revoked")
+    error: dict[str, Any] = event["error"]
+    return error
+
+
+async def test_revoking_a_key_ends_its_live_sessions_and_no_others(admin: RunningGateway) -> None:
+    """A leaked key's sessions must not run on, metered, to their cap (a security audit found
+    them untouched): the admin API's revocation ends them at once on its instance."""
+    leaked = (await call(admin, "POST", "/keys", body={"name": "leaked"})).json()
+    other = (await call(admin, "POST", "/keys", body={"name": "other"})).json()
+    gone = await open_session(admin, leaked["secret"])
+    kept = await open_session(admin, other["secret"])
+    await metered(gone, "resp_before", text_in=10)
+    revoked = await call(admin, "POST", f"/keys/{leaked['id']}/revoke")
+    assert revoked.status == 200 and revoked.json()["active"] is False
+    assert (await ended_by_revocation(gone))["code"] == "api_key_revoked"
+    await metered(kept, "resp_other", text_in=10)  # another key's session goes on
+    live = (await call(admin, "GET", "/sessions/live")).json()
+    assert [s["key_id"] for s in live] == [other["id"]]
+    await kept.close()
+
+
+async def test_a_key_revoked_anywhere_ends_its_sessions_within_the_check(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Revoked by ``rtgate keys revoke`` or another instance (straight in the store, no word to
+    this process): the instance's check of its sessions' keys ends them."""
+    monkeypatch.setattr(live_api, "REVOKED_KEY_CHECK_SECONDS", 0.2)
+    gw = await start_gateway(make_settings())
+    secret = await gw.new_key("leaked")
+    ws = await open_session(gw, secret)
+    (key,) = await gw.store.list_keys()
+    asked = time.monotonic()
+    await gw.store.revoke_key(key.id, time.time())
+    assert (await ended_by_revocation(ws))["message"] == "The API key of this session was revoked."
+    assert time.monotonic() - asked < 5

@@ -78,6 +78,11 @@ async def test_keys_round_trip(store: SqlStore) -> None:
     assert again is not None and again.revoked_at == DAY2
     assert await store.list_keys(include_revoked=False) == []
     assert await store.revoke_key("key_missing", DAY2) is None
+    await store.create_key("key_b", "bob", "rtg_efgh5678", "b" * 64, DAY1)
+    # Which keys of live sessions are revoked (api/live.py asks now and then).
+    assert await store.revoked_keys({"key_a", "key_b", "key_missing"}) == {"key_a"}
+    assert await store.revoked_keys(["key_b"]) == set()
+    assert await store.revoked_keys(()) == set()
 
 
 async def test_usage_groups_by_key_model_and_utc_day(store: SqlStore) -> None:

@@ -29,7 +29,13 @@ from msgspec import Meta
 
 from rtgate.api.bodies import InvalidRequest
 from rtgate.api.catalog_views import ModelView, UpstreamView, list_models, list_upstreams
-from rtgate.api.live import close_here, live_everywhere, revoke_elsewhere, revoke_here
+from rtgate.api.live import (
+    close_here,
+    end_revoked_keys,
+    live_everywhere,
+    revoke_elsewhere,
+    revoke_here,
+)
 from rtgate.api.openai_errors import openai_error, server_error
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, Operation, Reply
@@ -253,6 +259,9 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     key = await call.gw.keyring.revoke(key_id)
     if key is None:
         raise _no_key(key_id)
+    # Its live sessions here end now; the other instances' within REVOKED_KEY_CHECK_SECONDS.
+    closed = await end_revoked_keys(call.gw)
+    log.info("key %s revoked; %d live sessions here closed", key.id, len(closed))
     return key_view(key)
 
 

@@ -22,7 +22,7 @@ from rtgate.api.admin import PREFIX as ADMIN_PATH
 from rtgate.api.admin import create_admin_app
 from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
-from rtgate.api.live import HeldSessions
+from rtgate.api.live import HeldSessions, watch_revoked_keys
 from rtgate.api.live_http import add_live_routes
 from rtgate.api.openai_errors import error_response
 from rtgate.api.realtime_http import add_realtime_http_routes
@@ -246,6 +246,15 @@ def create_app(
                     await trimmer
 
             stack.push_async_callback(stop_trimmer)
+            # A revoked key's live sessions end within seconds, whoever revoked it (api/live.py).
+            watcher = asyncio.create_task(watch_revoked_keys(gw), name="revoked-keys")
+
+            async def stop_watcher() -> None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+            stack.push_async_callback(stop_watcher)
             app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
             stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:

@@ -2,6 +2,11 @@
 other instances', through ``Gateway.fleet`` (``rtgate.fleet``); and ending them, a forced close or
 a revoked client secret, on whichever instance relays them. The admin API's routes sit on this.
 
+A revoked gateway key ends its live sessions too: each instance asks the store, every
+``REVOKED_KEY_CHECK_SECONDS``, which keys of its live sessions are revoked (``watch_revoked_keys``:
+one read of the keys in use, whoever revoked them, the CLI, the console or the admin API on any
+instance), and the admin API's revocation asks at once on the instance that served it.
+
 This instance's part never waits on Redis: its sessions are listed and ended first, the others'
 after, and an unreachable Redis is logged, never raised, except where only another instance could
 act (a forced close of a session not relayed here).
@@ -9,6 +14,7 @@ act (a forced close of a session not relayed here).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
@@ -33,6 +39,51 @@ class SessionClosedByOperator(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "session_closed_by_operator"
+
+
+class KeyRevoked(GatewayError):
+    """Sent to a client whose session's gateway key was revoked (a leaked key's sessions must
+    not run on to their cap); 1008, as for a revoked client secret."""
+
+    http_status = 401
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "api_key_revoked"
+
+
+#: How often an instance checks the keys of its live sessions for revocation.
+REVOKED_KEY_CHECK_SECONDS = 5.0
+
+
+async def end_revoked_keys(gw: Gateway) -> list[ClosedSession]:
+    """End the open sessions relayed here whose gateway key is revoked (one store read, of the
+    keys in use). Raises the store's ``GatewayError`` when it cannot answer."""
+    in_use = {r.session.key_id for r in gw.live.values() if _open(r)}
+    if not in_use:
+        return []
+    revoked = await gw.store.revoked_keys(in_use)
+    ending = [r for r in list(gw.live.values()) if r.session.key_id in revoked and _open(r)]
+    err = KeyRevoked("The API key of this session was revoked.")
+    return [await _end(gw, r, err) for r in ending]
+
+
+async def watch_revoked_keys(gw: Gateway) -> None:
+    """``end_revoked_keys`` every ``REVOKED_KEY_CHECK_SECONDS``, for the process's life. A
+    store that does not answer is asked again next time: the sessions were admitted with the
+    key valid."""
+    while True:
+        await asyncio.sleep(REVOKED_KEY_CHECK_SECONDS)
+        try:
+            closed = await end_revoked_keys(gw)
+        except GatewayError as err:
+            log.warning("revoked keys not checked: %s", err.message)
+            continue
+        if closed:
+            log.info("%d live sessions of revoked keys closed", len(closed))
+
+
+def _open(relayed: Relayed) -> bool:
+    return relayed.session.state is SessionState.OPEN
 
 
 def live_here(gw: Gateway) -> list[LiveSession]:

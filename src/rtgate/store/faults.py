@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.transcript import TranscriptEntry
@@ -115,6 +115,10 @@ class FaultyStore:
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None:
         await self._gate("revoke_key")
         return await self.inner.revoke_key(key_id, now)
+
+    async def revoked_keys(self, key_ids: Collection[str]) -> set[str]:
+        await self._gate("revoked_keys")
+        return await self.inner.revoked_keys(key_ids)
 
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
         await self._gate("set_key_policy")

@@ -6,7 +6,7 @@ clients wait, so a database that stalls must cost them seconds, never the sessio
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -192,6 +192,11 @@ class Store(Protocol):
         ...
 
     async def revoke_key(self, key_id: str, now: float) -> KeyInfo | None: ...
+
+    async def revoked_keys(self, key_ids: Collection[str]) -> set[str]:
+        """Which of ``key_ids`` are revoked (the keys of live sessions, checked now and then:
+        ``api/live.py``)."""
+        ...
 
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None: ...
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -320,6 +320,19 @@ class SqlStore:
             "UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
             now=now,
         )
+
+    @_bounded("read")
+    async def revoked_keys(self, key_ids: Collection[str]) -> set[str]:
+        ids = sorted(key_ids)
+        if not ids:
+            return set()
+        named = {f"k{i}": key_id for i, key_id in enumerate(ids)}
+        rows = await self._all(
+            "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL"
+            f" AND id IN ({', '.join(':' + n for n in named)})",
+            **named,
+        )
+        return {str(r["id"]) for r in rows}
 
     @_bounded("write")
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
