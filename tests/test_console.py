@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
@@ -62,6 +63,8 @@ async def test_sign_in_create_a_key_see_it_listed_edit_and_revoke_it(admin: Runn
         await page.get_by_label("Sessions at once").fill("3")
         await page.get_by_label("Per UTC day").fill("2.5")
         await page.get_by_label("Keep transcripts").check()
+        await page.get_by_label("Default instructions").fill("Be brief.")
+        await page.get_by_label("Default voice").fill("marin")
         await page.get_by_role("button", name="Create the key").click()
         await expect(page.get_by_role("heading", name="Key alice created")).to_be_visible()
         secret = await page.get_by_label("Secret of alice").input_value()
@@ -86,10 +89,13 @@ async def test_sign_in_create_a_key_see_it_listed_edit_and_revoke_it(admin: Runn
         await expect(page.get_by_role("alert")).to_contain_text("not a duration")
         await page.get_by_label("Longest session").fill("30m")
         await page.get_by_label("Sessions at once").fill("")
+        await page.get_by_label("Default voice").fill("")  # that default alone goes
         await page.get_by_role("button", name="Save the policy").click()
         await expect(page.get_by_role("status")).to_contain_text("updated")
         await expect(row).to_contain_text("30 min 00 s max")
         await expect(row).not_to_contain_text("at once")
+        edited = await admin.store.get_key(key.id)
+        assert orjson.loads(edited.policy_json)["session_defaults"] == {"instructions": "Be brief."}
 
         # Revoking asks first; Cancel leaves it be.
         await row.get_by_role("link", name="Revoke").click()

@@ -86,6 +86,9 @@ def test_each_session_default_clears_alone() -> None:
     assert again.session_defaults is not None
     assert again.session_defaults["audio"]["output"] == {"voice": "cedar"}
     assert apply_update(KeyPolicy(), PolicyUpdate(clear=["voice"])) == KeyPolicy()
+    # The policy updated is left as it was (a review found the setters writing into it).
+    assert p.session_defaults["audio"]["output"] == {"voice": "marin"}
+    assert apply_update(p, PolicyUpdate(voice="marin")) == p
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,16 @@ def test_talk_with_no_gateway_says_where_it_dialled_and_how_to_point_it(
     result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--text", "hi", "--url", url])
     assert result.exit_code == 1
     assert "give talk its --url" in result.output and "RTGATE_PORT" not in result.output
+
+
+async def test_talk_to_a_path_that_is_no_websocket_says_what_answered(local_gateway: Any) -> None:
+    """Not a hint about TLS (the connection was answered: with a 404)."""
+    import asyncio
+
+    url = f"{local_gateway.ws}/v2"
+    args = ["talk", "--key", "rtg_x", "--text", "hi", "--url", url]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert f"error: {url} refused the WebSocket: HTTP 404" in said
+    assert "wss://" not in said and "Traceback" not in said

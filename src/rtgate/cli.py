@@ -104,7 +104,8 @@ def _rich_console(**kwargs: Any) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if kwargs.get("stderr") else sys.stdout
-    if "width" not in kwargs and "COLUMNS" not in os.environ and not stream.isatty():
+    asked = os.environ.get("COLUMNS", "").isdigit()  # as rich reads it
+    if "width" not in kwargs and not asked and not stream.isatty():
         kwargs["width"] = PIPED_WIDTH
     return Console(**kwargs)
 
@@ -523,7 +524,14 @@ def talk(
     quiet: Annotated[bool, typer.Option(help="Do not print every event.")] = False,
 ) -> None:
     """Talk to a realtime model through the gateway: one turn, then the reply and its cost."""
-    from aiohttp import ClientConnectorError, ClientError, ClientSSLError
+    from aiohttp import (
+        ClientConnectorCertificateError,
+        ClientConnectorError,
+        ClientError,
+        ClientSSLError,
+        ServerDisconnectedError,
+        WSServerHandshakeError,
+    )
 
     from rtgate.talk import list_price, read_wav_24k, trusting, write_wav_24k
     from rtgate.talk import talk as run_talk
@@ -562,18 +570,23 @@ def talk(
             )
         )
     except (GatewayError, OSError, ClientError) as err:
-        _error(str(err) or type(err).__name__)
+        if isinstance(err, WSServerHandshakeError):
+            _error(f"{url} refused the WebSocket: HTTP {err.status} {err.message}")
+        else:
+            _error(str(err) or type(err).__name__)
         hint = None
-        if isinstance(err, ClientSSLError):
+        if isinstance(err, ClientConnectorCertificateError):
             hint = (
-                f"{url} serves a certificate this machine does not trust: for a self-signed "
-                "one (scripts/dev-cert), name it in the settings (RTGATE_TLS_CERTFILE, "
-                "RTGATE_TLS_KEYFILE) or set SSL_CERT_FILE to it"
+                f"{url} serves a certificate this machine does not trust, or not for that "
+                "name: for a self-signed one (scripts/dev-cert), set SSL_CERT_FILE to it, or "
+                "name it in the settings with its key (RTGATE_TLS_CERTFILE, RTGATE_TLS_KEYFILE)"
             )
+        elif isinstance(err, ClientSSLError):
+            hint = f"no TLS at {url}? a gateway started without a certificate is dialled ws://"
         elif isinstance(err, ClientConnectorError):
             where = "its --url" if given_url else "its port (RTGATE_PORT) or its --url"
             hint = f"no gateway answers at {url}: start one (rtgate serve), or give talk {where}"
-        elif isinstance(err, ClientError) and (url or "").startswith("ws:"):
+        elif isinstance(err, ServerDisconnectedError) and (url or "").startswith("ws:"):
             hint = (
                 f"{url} ended the connection unanswered: a gateway serving TLS "
                 "(rtgate serve --certfile) is dialled with wss://, given as --url or by "
@@ -591,7 +604,7 @@ def talk(
         write_wav_24k(out, bytes(result.audio))
         console.print(f"reply audio: {out} ({len(result.audio) / 48000:.2f} s)")
     u = result.usage or {}
-    price = list_price(_settings(), model, result.usage)
+    price = list_price(settings, model, result.usage)
     console.print(
         f"usage: {u.get('input_tokens', 0)} in / {u.get('output_tokens', 0)} out tokens; "
         + (f"${price} at list price" if price is not None else "no list price for this model")

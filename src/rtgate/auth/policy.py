@@ -7,6 +7,7 @@ A policy is checked when a session opens and again during it: the model named by
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -367,8 +368,14 @@ class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     turn_detection: dict[str, Any] | None = None
     blocked_events: list[str] | None = None
     keep_transcripts: bool | None = None
-    #: Limits to remove.
-    clear: list[Literal[CLEARABLE]] = []  # type: ignore[valid-type]
+    clear: Annotated[
+        list[Literal[CLEARABLE]],  # type: ignore[valid-type]
+        Meta(
+            description="Limits and defaults to remove, by field name: instructions, voice and "
+            "turn_detection each leave the other session defaults; session_defaults removes "
+            "them all."
+        ),
+    ] = []
 
     def __post_init__(self) -> None:
         for name in _BUDGETS:
@@ -410,7 +417,13 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
         changes["max_duration_s"] = parse_duration(u.max_duration)
     if u.expires is not None:
         changes["expires_at"] = parse_expiry(u.expires)
-    defaults = dict(policy.session_defaults or {}) if "session_defaults" not in u.clear else {}
+    # A copy all the way down: the setters below write into nested objects, and the policy
+    # they came from is read again (the comparison below; the caller's own).
+    defaults = (
+        copy.deepcopy(dict(policy.session_defaults or {}))
+        if "session_defaults" not in u.clear
+        else {}
+    )
     for name in u.clear:
         if name in _DEFAULT_PATHS:
             defaults = _without(defaults, _DEFAULT_PATHS[name])

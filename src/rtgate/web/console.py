@@ -281,6 +281,8 @@ def _form_policy(form: Any, current: KeyView | None) -> dict[str, Any]:
         value = str(form.get(name, "")).strip()
         if value:
             body[name] = value
+        elif current is not None:
+            clear.append(name)  # emptied: that default alone goes (the form shows each)
     blocked = [b.strip() for b in str(form.get("blocked_events", "")).split(",") if b.strip()]
     body["blocked_events"] = blocked
     body["keep_transcripts"] = form.get("keep_transcripts") == "on"
