@@ -69,3 +69,25 @@ def test_quoted_names_inside_strings_do_not_record() -> None:
     r = TranscriptRecorder("rs_1", "key_1")
     r.on_upstream(frame(type="response.output_text.delta", delta='say "response.done" please'), 1.0)
     assert r.pending == []
+
+
+def test_an_item_id_too_long_for_its_column_is_left_out_and_the_text_kept() -> None:
+    """A client names its own items (``conversation.item.create``): one longer than the
+    store's column would have PostgreSQL refuse the transcript line (a security audit)."""
+    r = TranscriptRecorder("rs_1", "key_1")
+    for item_id in ("i" * 100, "i" * 101):
+        r.on_client(
+            frame(
+                type="conversation.item.create",
+                item={
+                    "id": item_id,
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hello"}],
+                },
+            ),
+            1.0,
+        )
+    kept, long = r.drain()
+    assert (kept.item_id, kept.text) == ("i" * 100, "hello")
+    assert (long.item_id, long.text) == (None, "hello")

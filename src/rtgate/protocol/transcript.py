@@ -29,6 +29,10 @@ UPSTREAM_MARKS = (
 CLIENT_MARK = '"conversation.item.create"'
 
 
+#: The longest item id a transcript line keeps (the column's width, store/schema.py).
+ITEM_ID_MAX = 100
+
+
 @dataclass(frozen=True, slots=True)
 class TranscriptEntry:
     session_id: str
@@ -66,7 +70,9 @@ class TranscriptRecorder:
                 role,
                 kind,
                 text,
-                item_id if isinstance(item_id, str) else None,
+                # A client names its own items: one longer than the column (VARCHAR(100),
+                # store/schema.py) would have PostgreSQL refuse the line; the text is kept.
+                item_id if isinstance(item_id, str) and len(item_id) <= ITEM_ID_MAX else None,
                 orjson.dumps(data).decode() if data is not None else None,
             )
         )
