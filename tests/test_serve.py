@@ -263,9 +263,8 @@ async def test_the_parent_of_workers_loads_only_what_it_needs_to_supervise_them(
         assert sorted(loaded & set(NOT_SERVING)) == []
 
 
-def serve_with_no_database(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``rtgate serve`` with its database where nothing listens (port 1), to its exit."""
-    env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
+def serve_to_its_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``rtgate serve`` that fails to start, run to its exit (its stderr kept)."""
     return subprocess.run(
         [sys.executable, "-m", "rtgate", "serve"],
         env=env,
@@ -274,6 +273,12 @@ def serve_with_no_database(env: dict[str, str]) -> subprocess.CompletedProcess[s
         text=True,
         timeout=60,
     )
+
+
+def serve_with_no_database(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``rtgate serve`` with its database where nothing listens (port 1), to its exit."""
+    env["RTGATE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/test"
+    return serve_to_its_exit(env)
 
 
 def test_workers_that_cannot_start_say_why_in_a_line_and_the_parent_exits_2(
@@ -347,14 +352,7 @@ def test_a_busy_port_is_one_line_and_exit_2_before_anything_loads(
     env = local_engine_env(tmp_path)
     with taken_port() as port:
         env.update(RTGATE_HOST="127.0.0.1", RTGATE_PORT=str(port), RTGATE_WORKERS=workers)
-        proc = subprocess.run(
-            [sys.executable, "-m", "rtgate", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
+        proc = serve_to_its_exit(env)
     assert (proc.returncode, proc.stderr) == (2, busy(port))
     loaded = modules_at_exit(tmp_path)
     assert "rtgate.serving" not in loaded and "rtgate.workers" not in loaded

@@ -47,11 +47,10 @@ def pinned_context(certfile: Path) -> ssl.SSLContext:
     return ctx
 
 
-async def test_the_sdks_beta_path_reaches_a_gateway_serving_tls(tmp_path: Path) -> None:
-    cert, keyfile = dev_cert(tmp_path / "tls")
-    port = free_port()
-    # The embedded engine answers (no provider key), dialled on its own loopback port.
-    env = gateway_env(
+def engine_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """A gateway process whose embedded engine answers (no provider key), with its light
+    stages; the engine is dialled on its own loopback port, in plain ws://."""
+    return gateway_env(
         tmp_path / "home",
         port,
         OPENAI_API_KEY="",
@@ -59,6 +58,12 @@ async def test_the_sdks_beta_path_reaches_a_gateway_serving_tls(tmp_path: Path) 
         RTGATE_ENGINE_STT="none",
         RTGATE_ENGINE_TTS="tone",
     )
+
+
+async def test_the_sdks_beta_path_reaches_a_gateway_serving_tls(tmp_path: Path) -> None:
+    cert, keyfile = dev_cert(tmp_path / "tls")
+    port = free_port()
+    env = engine_env(tmp_path, port)
     key = create_key(env, "tls")
     log_file = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen(
@@ -126,14 +131,7 @@ async def test_talk_dials_a_tls_gateway_with_its_certificate_or_says_what_to_fix
     ``wss://``, the dev certificate trusted as this machine's own gateway's."""
     cert, keyfile = dev_cert(tmp_path / "tls")
     port = free_port()
-    env = gateway_env(
-        tmp_path / "home",
-        port,
-        OPENAI_API_KEY="",
-        RTGATE_ENGINE_VAD="energy",
-        RTGATE_ENGINE_STT="none",
-        RTGATE_ENGINE_TTS="tone",
-    )
+    env = engine_env(tmp_path, port)
     env.pop("SSL_CERT_FILE", None)
     key = create_key(env, "talk")
     serve = [sys.executable, "-m", "rtgate", "serve", "--certfile", str(cert)]
