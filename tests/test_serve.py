@@ -380,9 +380,14 @@ async def test_a_port_taken_after_the_check_is_the_same_one_line(tmp_path: Path)
     settings = load_settings(None, env)  # a provider upstream: no engine models to load
     with taken_port() as port:
         settings = msgspec.structs.replace(settings, port=port)
+        before = asyncio.all_tasks()
         with pytest.raises(ConfigError) as refused:
             await serve_async(settings, "engine-token", announce=False)
     assert f"error: {refused.value.message}\n" == busy(port)
+    # Cleaned up: the app's tasks (the ledger's writer, the heap trimmer, the revoked-key
+    # watch) stopped with it.
+    await asyncio.sleep(0)
+    assert sorted(t.get_name() for t in asyncio.all_tasks() - before) == []
 
 
 async def test_a_gateway_whose_default_is_the_local_engine_loads_its_models_before_serving(
