@@ -15,6 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from rtgate.api import live as live_api
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, Spend, apply_update
 from rtgate.config import Settings
 from rtgate.metering.ledger import Ledger, LedgerError
@@ -378,3 +379,30 @@ async def test_sessions_opening_during_shutdown_are_refused_with_1001(
     assert event["error"]["code"] == "server_shutting_down"
     assert ws.close_code == 1001
     assert provider.upgrades == []
+
+
+async def test_the_revoked_key_check_says_once_that_the_store_is_away_and_goes_on(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    faulty: FaultyStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sessions admitted with a valid key are not ended for a store that cannot say whether
+    it was revoked since; the outage is logged once, and the check resumes when it is over."""
+    monkeypatch.setattr(live_api, "REVOKED_KEY_CHECK_SECONDS", 0.05)
+    gw = await start_gateway(make_settings(**FAST), store=faulty)
+    key = await gw.new_key()
+    async with await open_ws(gw, key) as ws:
+        faulty.fail(only=frozenset({"revoked_keys"}))
+        with caplog.at_level(logging.WARNING, logger="rtgate.admin"):
+            await until(lambda: faulty.calls.get("revoked_keys", 0) >= 5)
+        said = [r for r in caplog.records if "revoked keys not checked" in r.getMessage()]
+        assert len(said) == 1
+        await ws.send(emit_response_done("resp_during", 10))
+        assert orjson.loads(await ws.recv())["type"] == "response.done"  # still open
+        faulty.heal()
+        (info,) = await gw.store.list_keys()
+        await gw.store.revoke_key(info.id, 1.0)
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert event["error"]["code"] == "api_key_revoked"

@@ -71,13 +71,17 @@ async def watch_revoked_keys(gw: Gateway) -> None:
     """``end_revoked_keys`` every ``REVOKED_KEY_CHECK_SECONDS``, for the process's life. A
     store that does not answer is asked again next time: the sessions were admitted with the
     key valid."""
+    failing = False
     while True:
         await asyncio.sleep(REVOKED_KEY_CHECK_SECONDS)
         try:
             closed = await end_revoked_keys(gw)
         except GatewayError as err:
-            log.warning("revoked keys not checked: %s", err.message)
+            if not failing:  # once an outage, not every few seconds of it
+                log.warning("revoked keys not checked until the store answers: %s", err.message)
+            failing = True
             continue
+        failing = False
         if closed:
             log.info("%d live sessions of revoked keys closed", len(closed))
 
