@@ -37,11 +37,37 @@ class DuplicateMember(GatewayError):
     code = "duplicate_member"
 
 
-def plain_append(data: bytes) -> bool:
-    """Whether a frame that starts with an audio append's type (the caller checked the prefix)
-    holds no second ``"type"`` member and no escape, so it is that append to every parser.
-    Every uplink audio frame asks: ~0.8 us for 20 ms of audio (two scans of its 1.3 KB; an
-    order-aware shortcut measured no faster)."""
+_EVENT_ID_NEXT = b',"event_id":"'
+_AUDIO_NEXT = b',"audio":"'
+
+
+def plain_append(data: bytes, start: int) -> bool:
+    """Whether a frame that starts with an audio append's type (``start``: the prefix's
+    length, which the caller matched) holds no second ``"type"`` member and no escape in a
+    name, so it is that append to every parser.
+
+    Every uplink audio frame asks, so the SDKs' own spelling is proved without scanning the
+    audio for names: after the type, an ``event_id`` with no escape (its first ``"`` closes
+    it), then the audio as the last member (base64 has no ``"``, so the first one after it
+    closes it, right before the ``}``); an escape inside the audio changes only the audio. Any
+    other spelling is scanned whole (~0.8 us for 20 ms of audio, against ~0.2)."""
+    at = start
+    if data.startswith(_EVENT_ID_NEXT, at):
+        value = at + len(_EVENT_ID_NEXT)
+        closing = data.find(b'"', value, value + 256)
+        if closing < 0 or data.find(b"\\", value, closing) >= 0:
+            return _scanned(data)
+        at = closing + 1
+    if (
+        data.startswith(_AUDIO_NEXT, at)
+        and data.find(b'"', at + len(_AUDIO_NEXT)) == len(data) - 2
+        and data[-1:] == b"}"
+    ):
+        return True
+    return _scanned(data)
+
+
+def _scanned(data: bytes) -> bool:
     return data.find(b'"type"', 2) < 0 and b"\\" not in data
 
 

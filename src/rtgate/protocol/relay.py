@@ -513,12 +513,16 @@ class RelayCore:
         self._heard_client = True
         # An append as the SDKs write it is skipped unread; any other spelling is read
         # (client_frames.py: a repeated or escaped "type" makes it another event upstream).
-        if self._fast_up and data.startswith(_APPEND) and plain_append(data):
+        if self._fast_up and data.startswith(_APPEND) and plain_append(data, len(_APPEND)):
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
-        if self._live and data.startswith(_LIVE_APPENDS) and plain_append(data):
-            return None
+        if self._live:
+            for prefix in _LIVE_APPENDS:
+                if data.startswith(prefix):
+                    if plain_append(data, len(prefix)):
+                        return None
+                    break
         # Any other client frame is read as text (few: a session's events, a translation's
         # appends).
         text = data.decode()
