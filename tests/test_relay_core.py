@@ -407,8 +407,14 @@ def test_no_spelling_carries_a_blocked_event_past_the_guard() -> None:
     repeated = orjson.loads(sent(c.client_text(smuggled[0]) or [])[0])["error"]
     assert (repeated["code"], repeated["param"]) == ("duplicate_member", "type")
     assert c.open
-    # Appends as the SDKs write them still pass unread, and other events as they came.
+    # Appends as the SDKs write them still pass unread (the Python SDK's json.dumps spaces
+    # them, its event_id after the audio), and other events as they came.
     assert c.client_text(AUDIO_UP) is None
+    spaced = b'{"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "e1"}'
+    assert c.client_text(spaced) is None
+    hidden = b'{"type": "input_audio_buffer.append", "audio": "AAAA", "type": "response.create"}'
+    acts = c.client_text(hidden)
+    assert acts is not None and acts[-1] == Refused("duplicate_member")
     fine = b'{"type":"conversation.item.create","item":{"type":"message"}}'
     assert c.client_text(fine) == [SendUpstream(fine)]
 

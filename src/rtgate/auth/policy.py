@@ -426,7 +426,7 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     )
     for name in u.clear:
         if name in _DEFAULT_PATHS:
-            defaults = _without(defaults, _DEFAULT_PATHS[name])
+            _without(defaults, _DEFAULT_PATHS[name])
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
@@ -444,22 +444,17 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     return policy.replace(**changes)
 
 
-def _without(tree: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    """``tree`` less the value at ``path``, and less the objects that leaves empty; copies
-    only what it changes."""
+def _without(tree: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the value at ``path`` from ``tree`` (a copy of the caller's), and the objects
+    that leaves empty."""
     head, rest = path[0], path[1:]
-    if head not in tree:
-        return tree
-    out = dict(tree)
-    if rest and isinstance(tree[head], dict):
-        inner = _without(tree[head], rest)
+    inner = tree.get(head)
+    if rest and isinstance(inner, dict):
+        _without(inner, rest)
         if inner:
-            out[head] = inner
-            return out
-    elif rest:
-        return tree
-    del out[head]
-    return out
+            return
+    if head in tree and (not rest or isinstance(inner, dict)):
+        del tree[head]
 
 
 def policy_view(policy: KeyPolicy) -> dict[str, Any]:

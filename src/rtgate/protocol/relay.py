@@ -143,8 +143,20 @@ def _encoded(marks: Iterable[str]) -> tuple[bytes, ...]:
 
 
 _FORWARD = _encoded(FORWARD_PREFIXES)
-_APPEND = b'{"type":"input_audio_buffer.append"'
+#: A Realtime audio append as the SDKs begin it, compact (npm) or spaced (Python's json.dumps).
+_APPENDS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"')
 _LIVE_APPENDS = _encoded(LIVE_APPEND_PREFIXES)
+
+
+def _skipped(data: bytes, prefixes: tuple[bytes, ...]) -> bool:
+    """Whether ``data`` is an audio append, spelled as the SDKs spell it, that every parser
+    reads as one (client_frames.py): forwarded unread."""
+    for prefix in prefixes:
+        if data.startswith(prefix):
+            return plain_append(data, len(prefix))
+    return False
+
+
 _SESSION_CLOSE = SESSION_CLOSE.encode()
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
@@ -513,16 +525,12 @@ class RelayCore:
         self._heard_client = True
         # An append as the SDKs write it is skipped unread; any other spelling is read
         # (client_frames.py: a repeated or escaped "type" makes it another event upstream).
-        if self._fast_up and data.startswith(_APPEND) and plain_append(data, len(_APPEND)):
+        if self._fast_up and _skipped(data, _APPENDS):
             return None
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
-        if self._live:
-            for prefix in _LIVE_APPENDS:
-                if data.startswith(prefix):
-                    if plain_append(data, len(prefix)):
-                        return None
-                    break
+        if self._live and _skipped(data, _LIVE_APPENDS):
+            return None
         # Any other client frame is read as text (few: a session's events, a translation's
         # appends).
         text = data.decode()
