@@ -259,6 +259,39 @@ async def test_sip_actions_are_relayed_with_the_provider_key(
     assert any(u.query.get("call_id") == "rtc_sip1" for u in provider.upgrades)
 
 
+async def test_a_control_takes_only_the_members_it_defines(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    """``reject {status_code?}``, ``refer {target_uri}``, ``hangup``: any other member, or a
+    value of the wrong kind, is refused before the provider hears of it."""
+    _, key = await key_with(gateway)
+    client = client_for(gateway, key)
+    for action, kwargs, code, param in (
+        (
+            "reject",
+            {"status_code": 486, "extra_body": {"reason": "x"}},
+            "unknown_parameter",
+            "reason",
+        ),
+        ("reject", {"extra_body": {"status_code": True}}, "invalid_type", "status_code"),
+        (
+            "refer",
+            {"target_uri": "tel:+1", "extra_body": {"headers": {}}},
+            "unknown_parameter",
+            "headers",
+        ),
+        ("refer", {"target_uri": 5}, "invalid_type", "target_uri"),
+        ("hangup", {"extra_body": {"reason": "done"}}, "unknown_parameter", "reason"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await getattr(client.realtime.calls, action)("rtc_sip2", **kwargs)
+        error = openai_error(refused.value)
+        assert (error["code"], error["param"]) == (code, param), action
+    assert provider.call_actions == []
+    await client.realtime.calls.reject("rtc_sip2", status_code=486)
+    assert provider.call_actions == [("rtc_sip2", "reject", {"status_code": 486})]
+
+
 async def test_shutdown_hangs_up_live_calls_and_ends(
     gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
 ) -> None:

@@ -309,6 +309,78 @@ async def test_a_model_the_key_may_not_use_is_refused_before_any_dial(
     assert provider.upgrades == []
 
 
+async def refused_start(gw: RunningGateway, key: str, start: dict[str, Any]) -> dict[str, Any]:
+    """The error a ``session.start`` is refused with, and the close code after it
+    (``close_code``)."""
+    async with (
+        asyncio.timeout(5),
+        connect(live_url(gw), additional_headers={"Authorization": f"Bearer {key}"}) as ws,
+    ):
+        await ws.send(orjson.dumps(start).decode())
+        (err,) = await ws_events_until(ws, "error")
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        return {**err["error"], "close_code": ws.close_code}
+
+
+async def test_a_start_is_judged_by_the_keys_blocked_fields_before_any_dial(
+    settings: Settings, start_gateway: Callable[..., Any], provider: FakeProvider
+) -> None:
+    """Live fixes its instructions at start, so a key that may not change them with a
+    ``session.update`` may not set them in ``session.start`` either; the rest of the start
+    is the client's."""
+    gw = await start_gateway(settings)
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "locked", KeyPolicy(blocked_events=("session.update:instructions",))
+    )
+    err = await refused_start(
+        gw, key, {"type": "session.start", "event_id": "e1", "session": START}
+    )
+    assert (err["code"], err["param"], err["client_event_id"], err["close_code"]) == (
+        "event_not_allowed",
+        "session.instructions",
+        "e1",
+        3000,
+    )
+    assert provider.upgrades == []
+    allowed = {k: v for k, v in START.items() if k != "instructions"}
+    async with client_for(gw, key).live.connect() as conn:
+        await conn.session.start(session=allowed)  # type: ignore[arg-type]
+        started = SERVER_EVENT.validate_json(await conn.recv_bytes())
+        assert started.type == "session.started"
+    (up,) = provider.upgrades
+    assert up.path == "/v1/live/sessions"
+
+
+@pytest.mark.parametrize(
+    ("start", "param"),
+    [
+        (
+            {"type": "session.start", "session": {**START, "temperature": 0.2}},
+            "session.temperature",
+        ),
+        ({"type": "session.start", "session": START, "metadata": {"a": 1}}, "metadata"),
+    ],
+)
+async def test_a_member_live_does_not_define_is_refused_and_never_sent_upstream(
+    settings: Settings,
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    start: dict[str, Any],
+    param: str,
+) -> None:
+    gw = await start_gateway(settings)
+    err = await refused_start(gw, await gw.new_key(), start)
+    assert (err["type"], err["code"], err["param"], err["close_code"]) == (
+        "invalid_request_error",
+        "unknown_parameter",
+        param,
+        1008,
+    )
+    assert err["message"] == f"Unknown parameter: '{param}'."
+    assert provider.upgrades == []
+
+
 @pytest.mark.parametrize(
     "first",
     [

@@ -178,3 +178,88 @@ async def test_a_sip_call_is_accepted_by_one_key_and_metered(
     await until(lambda: not len(gw.app[GATEWAY].live))
     rows = await rows_of(gw)
     assert [(r.model, r.audio_ms, r.review) for r in rows] == [("gpt-live-1.1", 4000, None)]
+
+
+async def test_only_what_live_defines_goes_upstream(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """A member Live's strict objects do not have is refused as the provider refuses it, before
+    the provider hears of it: in a session's body, its transport, its session, an accept and the
+    controls."""
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+    start = {"model": "gpt-live-1"}
+    async with client_for(gw, key) as client:
+        for kwargs, param in (
+            ({"session": {**start, "temperature": 1}}, "session.temperature"),
+            ({"session": start, "extra_body": {"metadata": {}}}, "metadata"),
+            (
+                {"session": start, "transport": {"type": "webrtc", "sdp": OFFER, "ice": []}},
+                "transport.ice",
+            ),
+        ):
+            call = {"transport": {"type": "webrtc", "sdp": OFFER}, **kwargs}
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.live.create(**call)  # type: ignore[arg-type]
+            assert (refused.value.code, refused.value.param) == ("unknown_parameter", param)
+        assert provider.live_calls.created == []
+
+        sid = (await create(gw, key)).session.id
+        for action, kwargs, code, param in (
+            (
+                "refer",
+                {"target_uri": "tel:+1", "extra_body": {"headers": {}}},
+                "unknown_parameter",
+                "headers",
+            ),
+            (
+                "reject",
+                {"status_code": 486, "extra_body": {"status_code": "486"}},
+                "invalid_type",
+                "status_code",
+            ),
+            ("hangup", {"extra_body": {"reason": "done"}}, "unknown_parameter", "reason"),
+        ):
+            with pytest.raises(openai.BadRequestError) as bad:
+                await getattr(client.live.sessions, action)(sid, **kwargs)
+            assert (bad.value.code, bad.value.param) == (code, param)
+        with pytest.raises(openai.BadRequestError) as accept:
+            await client.live.sessions.accept(
+                "rtc_incoming0123", session=start, extra_body={"transport": {}}
+            )
+        assert (accept.value.code, accept.value.param) == ("unknown_parameter", "transport")
+        assert provider.live_calls.actions == []
+        await act(gw, key, "hangup", sid)
+    assert provider.live_calls.actions == [(sid, "hangup", None)]
+
+
+async def test_a_sessions_settings_are_judged_by_the_keys_blocked_fields(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """Live fixes its instructions when the session is created or accepted, so a key that may not
+    change them with a ``session.update`` may not set them there either."""
+    gw = await start_gateway(make_settings())
+    _, key = await gw.app[GATEWAY].keyring.create(
+        "locked", KeyPolicy(blocked_events=("session.update:instructions",))
+    )
+    with pytest.raises(openai.PermissionDeniedError) as created:
+        await create(gw, key)  # with instructions
+    with pytest.raises(openai.PermissionDeniedError) as accepted:
+        await act(
+            gw,
+            key,
+            "accept",
+            "rtc_incoming0123",
+            session={"model": "gpt-live-1", "instructions": "x"},
+        )
+    for refused in (created.value, accepted.value):
+        assert (refused.code, refused.param) == ("event_not_allowed", "session.instructions")
+    assert provider.live_calls.created == [] and provider.live_calls.actions == []
+    await act(gw, key, "accept", "rtc_incoming0123", session={"model": "gpt-live-1"})
+    assert provider.live_calls.actions[0][:2] == ("rtc_incoming0123", "accept")
+    await act(gw, key, "hangup", "rtc_incoming0123")
+    await until(lambda: not len(gw.app[GATEWAY].live))

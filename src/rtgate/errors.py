@@ -15,6 +15,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     +-- UpstreamError            upstream_unavailable       502 / close 1011
     +-- UnsupportedUpstream      unsupported_upstream       400 / close 1008
     +-- InvalidSessionStart      invalid_session_start      400 / close 1008
+    |   +-- UnknownLiveParameter unknown_parameter          400 / close 1008
     +-- SessionStartedAlready    session_already_started    400 / (the event is dropped)
     +-- LimiterUnavailable       limiter_unavailable        503 / close 1011
     +-- StoreError               store_unavailable          500 / close 1011  (store/port.py)
@@ -128,6 +129,14 @@ class InvalidSessionStart(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "invalid_session_start"
+
+
+class UnknownLiveParameter(InvalidSessionStart):
+    """A member GPT-Live does not define, in a ``session.start`` or a session's ``POST``: Live's
+    objects are strict (docs/protocol-live.md 2), and the gateway forwards upstream only what
+    the protocol defines, so it refuses it as the provider would, before the provider hears."""
+
+    code = "unknown_parameter"
 
 
 class SessionStartedAlready(GatewayError):

@@ -60,6 +60,13 @@ class InvalidRequest(GatewayError):
     code = "invalid_request"
 
 
+class InvalidType(InvalidRequest):
+    """A body member of the wrong kind, refused as OpenAI refuses it (``invalid_type``)."""
+
+    http_status = 400
+    code = "invalid_type"
+
+
 class BodyTooLarge(GatewayError):
     http_status = 413
     error_type = "invalid_request_error"

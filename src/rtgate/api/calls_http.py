@@ -26,6 +26,7 @@ from aiohttp import hdrs, web
 
 from rtgate.api.bodies import (
     InvalidRequest,
+    InvalidType,
     UnreadableBody,
     form_parts,
     json_object,
@@ -33,7 +34,7 @@ from rtgate.api.bodies import (
     utf8_text,
 )
 from rtgate.api.openai_errors import openai_errors
-from rtgate.auth.client_secrets import connection_model, ga_template
+from rtgate.auth.client_secrets import connection_model, ga_template, refuse_unknown
 from rtgate.auth.policy import KeyPolicy
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
@@ -173,9 +174,10 @@ async def call_action(request: web.Request) -> web.StreamResponse:
             raise _bad("A call takes a realtime session.", "type")
         route = route_for(gw, policy, model, template)
         body = _upstream_session(policy, route, template)
+        upstream_body: bytes | None = orjson.dumps(body)
     else:
         route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
-    upstream_body = orjson.dumps(body) if body is not None else None
+        upstream_body = control_body(action, body)
     return await act_on_call(
         gw,
         request.app[CALLS],
@@ -186,6 +188,32 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         upstream_body,
         claim=action == "accept" and call is None,
     )
+
+
+#: What the body of each control other than ``accept`` may hold, and the kind of each value
+#: (docs/protocol.md 7, docs/protocol-live.md 9: ``reject {status_code?}``, ``refer
+#: {target_uri}``, ``hangup`` none): only these go upstream.
+_CONTROLS: dict[str, dict[str, type]] = {
+    "reject": {"status_code": int},
+    "refer": {"target_uri": str},
+    "hangup": {},
+}
+
+
+def control_body(action: str, body: dict[str, Any] | None) -> bytes | None:
+    """The body of a ``reject``, ``refer`` or ``hangup`` of a call or a Live session, as it goes
+    upstream; a member the control does not take (``unknown_parameter``) or a value of the
+    wrong kind (``invalid_type``) is refused before the provider hears of it."""
+    if body is None:
+        return None
+    members = _CONTROLS[action]
+    refuse_unknown(body, members)
+    for name, kind in members.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            expected = "an integer" if kind is int else "a string"
+            raise InvalidType(f"Invalid type for '{name}': expected {expected}.", param=name)
+    return orjson.dumps(body)
 
 
 async def act_on_call(

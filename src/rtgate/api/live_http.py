@@ -25,11 +25,14 @@ import orjson
 from aiohttp import web
 
 from rtgate.api.bodies import InvalidRequest, json_object, read_body
-from rtgate.api.calls_http import CALLS, act_on_call, hang_up_unmetered
+from rtgate.api.calls_http import CALLS, act_on_call, control_body, hang_up_unmetered
 from rtgate.api.openai_errors import openai_errors
+from rtgate.auth.client_secrets import refuse_unknown
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, UpstreamError
+from rtgate.errors import GatewayError, UnknownLiveParameter, UpstreamError
 from rtgate.gateway import Gateway
+from rtgate.protocol import session_fields
+from rtgate.protocol.live import live_settings
 from rtgate.relay.admission import admit, note_refusal, route_for
 from rtgate.relay.call_owners import CALL_ID, call_not_found, call_of, call_route, claim_call
 from rtgate.relay.calls import CallRegistry, upstream_post
@@ -40,13 +43,23 @@ log = logging.getLogger("rtgate.api")
 PREFIX = "/v1/live/sessions"
 
 
-def _session_model(body: dict[str, Any], param: str = "session") -> tuple[dict[str, Any], str]:
+#: The members of each body a Live route takes (docs/protocol-live.md 9); the gateway forwards
+#: upstream only these, and refuses any other as the provider's strict objects would.
+_CREATE = frozenset({"session", "transport"})
+_TRANSPORT = frozenset({"type", "sdp"})
+_ACCEPT = frozenset({"session"})
+
+
+def _session_model(body: dict[str, Any], members: frozenset[str]) -> tuple[dict[str, Any], str]:
+    """The body's session and model, every member of both known to Live."""
+    refuse_unknown(body, members, error=UnknownLiveParameter)
     session = body.get("session")
     if not isinstance(session, dict):
-        raise InvalidRequest("Missing required parameter: 'session'.", param=param)
+        raise InvalidRequest("Missing required parameter: 'session'.", param="session")
     model = session.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'session.model'.", param=param + ".model")
+        raise InvalidRequest("Missing required parameter: 'session.model'.", param="session.model")
+    refuse_unknown(session, session_fields.LIVE, "session.", error=UnknownLiveParameter)
     return session, model
 
 
@@ -72,11 +85,12 @@ async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web
     gw.check_accepting()
     key, policy = await gw.authenticator.key(request.headers, request.remote)
     body = json_object(await read_body(request))
-    session, model = _session_model(body)
+    session, model = _session_model(body, _CREATE)
     transport = body.get("transport")
     if not isinstance(transport, dict) or not isinstance(transport.get("sdp"), str):
         raise InvalidRequest("Missing required parameter: 'transport.sdp'.", param="transport")
-    route = route_for(gw, policy, model)
+    refuse_unknown(transport, _TRANSPORT, "transport.", error=UnknownLiveParameter)
+    route = route_for(gw, policy, model, live_settings(session))
     await admit(gw, key, policy)
     try:
         status, raw, _ = await upstream_post(
@@ -130,14 +144,14 @@ async def session_action(request: web.Request) -> web.StreamResponse:
     body = json_object(raw) if raw.strip() else None
     if action == "accept":
         gw.check_accepting()
-        session, model = _session_model(body or {})
-        route = route_for(gw, policy, model)
+        session, model = _session_model(body or {}, _ACCEPT)
+        route = route_for(gw, policy, model, live_settings(session))
         upstream_body: bytes | None = _upstream_body(body or {}, session, route)
     else:
         if owned is None:
             raise call_not_found(session_id)
         route = call_route(gw, owned)
-        upstream_body = orjson.dumps(body) if body is not None else None
+        upstream_body = control_body(action, body)
     return await act_on_call(
         gw,
         request.app[CALLS],

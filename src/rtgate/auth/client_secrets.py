@@ -70,11 +70,23 @@ class UnknownParameter(InvalidSession):
     code = "unknown_parameter"
 
 
-def refuse_unknown(fields: Iterable[str], known: Collection[str], prefix: str = "") -> None:
-    """OpenAI's refusal of the first of ``fields`` not in ``known`` (``param`` names it)."""
+def refuse_unknown(
+    fields: Iterable[str],
+    known: Collection[str],
+    prefix: str = "",
+    *,
+    error: type[GatewayError] = UnknownParameter,
+    event_id: str | None = None,
+) -> None:
+    """OpenAI's refusal of the first of ``fields`` not in ``known`` (``param`` names it;
+    ``error``: the refusal's class, by where it is answered)."""
     for name in fields:
         if name not in known:
-            raise UnknownParameter(f"Unknown parameter: '{prefix}{name}'.", param=prefix + name)
+            raise error(
+                f"Unknown parameter: '{prefix}{name}'.",
+                param=prefix + name,
+                client_event_id=event_id,
+            )
 
 
 def new_secret() -> str:

@@ -37,21 +37,8 @@ from rtgate.engine.session import Event
 from rtgate.engine.turns import TurnEnded, TurnStarted, TurnTaker, default_server_vad
 from rtgate.engine.vad import VoiceActivityDetector
 from rtgate.protocol.ids import new_id
+from rtgate.protocol.session_fields import LIVE as SESSION_FIELDS
 
-#: Fields ``session.start.session`` may carry (openai.types.live.SessionConfig).
-SESSION_FIELDS = frozenset(
-    {
-        "model",
-        "audio",
-        "client",
-        "delegation",
-        "input",
-        "instructions",
-        "safety_identifier",
-        "store",
-        "triggers",
-    }
-)
 #: Live's built-in default voice (docs/protocol-live.md 2).
 DEFAULT_VOICE = "marin"
 #: The formats a Live WebSocket accepts, by ``audio.format.type``: the rates allowed.

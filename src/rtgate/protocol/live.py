@@ -23,12 +23,15 @@ token prices (``protocol/relay_session.py``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from rtgate.errors import InvalidSessionStart
+from rtgate.auth.client_secrets import refuse_unknown
+from rtgate.errors import InvalidSessionStart, UnknownLiveParameter
+from rtgate.protocol import session_fields
 from rtgate.protocol.relay_session import parse_event
 
 #: The intent of a session on ``/v1/live/sessions`` (its rows, its live view).
@@ -78,6 +81,11 @@ class SessionStart:
         eid = self.event.get("event_id")
         return eid if isinstance(eid, str) else None
 
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """What the session sets besides its model (``live_settings``)."""
+        return live_settings(self.event["session"])
+
     def frame_for(self, upstream_model: str) -> str:
         """The frame to send upstream: the client's own, or, when the route sends the model
         under another id, the same event with ``session.model`` replaced (the only change)."""
@@ -114,7 +122,19 @@ def read_session_start(frame: str | bytes | None) -> SessionStart:
         raise InvalidSessionStart(
             "session.start needs session.model.", param="session.model", client_event_id=eid
         )
+    unknown = UnknownLiveParameter
+    refuse_unknown(event, session_fields.LIVE_START, "", error=unknown, event_id=eid)
+    refuse_unknown(session, session_fields.LIVE, "session.", error=unknown, event_id=eid)
     return SessionStart(model, frame, event)
+
+
+def live_settings(session: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a Live session object sets besides its model, or None: judged against the key's
+    policy as a ``session.update`` setting it would be (``route_for``'s template), so a key
+    that may not change ``instructions`` cannot set them when it starts a Live session either
+    (Live fixes them at start, docs/protocol-live.md 2)."""
+    settings = {k: v for k, v in session.items() if k != "model"}
+    return settings or None
 
 
 class LiveMeter:

@@ -5,7 +5,8 @@ transcription model a transcription session that names none transcribes with.
 GA (docs/protocol.md 2.5): ``RealtimeSessionCreateRequest`` and
 ``RealtimeTranscriptionSessionCreateRequest``. Beta (docs/protocol.md 3, the 3.57 SDK's
 ``beta/realtime/session_create_params.py`` and ``transcription_session_create_params.py``): the
-flat sessions of ``POST /v1/realtime/sessions`` and ``/transcription_sessions``.
+flat sessions of ``POST /v1/realtime/sessions`` and ``/transcription_sessions``. GPT-Live
+(docs/protocol-live.md 2): ``SessionConfig``, a strict object.
 """
 
 from __future__ import annotations
@@ -18,6 +19,24 @@ from typing import Any
 #: and (sent by rtgate as the session opens) on a provider. OpenAI's realtime transcription
 #: guide names it; it is the cheapest of OpenAI's transcription models (docs/engine-fidelity.md).
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+
+#: A GPT-Live session object (``openai.types.live.SessionConfig``): in ``session.start``, in a
+#: session's ``POST`` and in a SIP call's ``accept``.
+LIVE = frozenset(
+    {
+        "model",
+        "audio",
+        "client",
+        "delegation",
+        "input",
+        "instructions",
+        "safety_identifier",
+        "store",
+        "triggers",
+    }
+)
+#: The members of a GPT-Live ``session.start`` (``openai.types.live.SessionStartEvent``).
+LIVE_START = frozenset({"type", "event_id", "session"})
 
 #: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
 _WHOLE = frozenset({"turn_detection", "format"})

@@ -369,7 +369,7 @@ async def relay_socket(
             if first.gone:
                 return  # closed before it said anything: nothing to answer
             start = read_session_start(message)
-            route = route_for(gw, policy, start.model)
+            route = route_for(gw, policy, start.model, start.settings)
             await admit(gw, key, policy)
         elif call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
