@@ -17,7 +17,7 @@ import aiohttp
 from rtgate.config import Settings, load_settings
 from rtgate.logs import Redactor
 from rtgate.welcome import summary_lines
-from tests.conftest import RunningGateway
+from tests.conftest import TOKEN, RunningGateway
 from tests.process import free_port, gateway_env
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -123,20 +123,35 @@ async def test_rtgate_serve_on_a_terminal_ends_start_up_with_readable_lines(
 
 
 async def test_v1_models_lists_what_the_routes_serve(
-    gateway: RunningGateway,
+    admin: RunningGateway,
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
 ) -> None:
     """With a provider the translation model is listed; on the local engine alone, which
     refuses it, it is not."""
-    local = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    local = await start_gateway(make_settings(OPENAI_API_KEY="", RTGATE_ADMIN_TOKEN=TOKEN))
 
     async def listed(gw: RunningGateway) -> dict[str, str]:
         async with aiohttp.ClientSession() as http, http.get(gw.http + "/v1/models") as resp:
             assert resp.status == 200
             return {m["id"]: m["owned_by"] for m in (await resp.json())["data"]}
 
-    assert (await listed(gateway))["gpt-realtime-translate"] == "openai"
+    assert (await listed(admin))["gpt-realtime-translate"] == "openai"
     offline = await listed(local)
     assert "gpt-realtime-translate" not in offline
     assert offline["gpt-realtime"] == "local" and offline["gpt-live-1"] == "local"
+
+    # The operator's catalog lists every model, and says which its upstream refuses.
+    async def catalog(gw: RunningGateway) -> dict[str, tuple[str, bool]]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(gw.http + "/admin/v1/models", headers=headers) as resp,
+        ):
+            assert resp.status == 200
+            return {m["model"]: (m["upstream_kind"], m["served"]) for m in await resp.json()}
+
+    assert (await catalog(admin))["gpt-realtime-translate"] == ("openai", True)
+    offline_catalog = await catalog(local)
+    assert offline_catalog["gpt-realtime-translate"] == ("local", False)
+    assert offline_catalog["gpt-realtime"] == ("local", True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from rtgate.api.views import Timestamp, View, timestamp
 from rtgate.config import PriceSettings
 from rtgate.metering.cost import cached_rate
-from rtgate.welcome import served_models
+from rtgate.welcome import served_models, unserved
 
 if TYPE_CHECKING:
     from rtgate.api.operation import Call, Reply
@@ -46,6 +46,9 @@ class ModelView(View, frozen=True, kw_only=True):
     price_row: str
     #: Null: no row matches, so its usage is kept but costs 0.
     prices: PriceView | None
+    #: False: its upstream refuses it (the translation model routed to the local engine, which
+    #: does not translate): not in ``/v1/models``; route it to a provider to serve it.
+    served: bool
 
 
 class UpstreamHealthView(View, frozen=True, kw_only=True):
@@ -89,6 +92,7 @@ def price_view(p: PriceSettings) -> PriceView:
 
 async def list_models(call: Call[None, None]) -> Reply:
     gw = call.gw
+    refused = unserved(gw.settings)
     out = []
     for name in sorted(gw.settings.models):
         route = gw.catalog.resolve(name)
@@ -100,6 +104,7 @@ async def list_models(call: Call[None, None]) -> Reply:
                 upstream_model=route.upstream_model,
                 price_row=route.price_key,
                 prices=price_view(route.prices) if route.prices is not None else None,
+                served=name not in refused,
             )
         )
     return out
