@@ -26,7 +26,7 @@ from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, fingerprint, load_settings
 from rtgate.errors import ConfigError
-from rtgate.listen import check_port
+from rtgate.listen import check_port, claim_port
 from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
 from rtgate.serving import serve_async
@@ -71,6 +71,9 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
         await asyncio.sleep(0.5)
         workers = psutil.Process(proc.pid).children()
         assert len(workers) >= 2
+        # The parent holds the port's claim while its workers serve.
+        with pytest.raises(ConfigError, match="another rtgate gateway"):
+            claim_port(port)
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         conns = [
             await connect(url, additional_headers={"Authorization": f"Bearer {key}"})
@@ -356,6 +359,31 @@ def test_a_busy_port_is_one_line_and_exit_2_before_anything_loads(
     assert (proc.returncode, proc.stderr) == (2, busy(port))
     loaded = modules_at_exit(tmp_path)
     assert "rtgate.serving" not in loaded and "rtgate.workers" not in loaded
+
+
+def test_a_gateway_starting_on_a_claimed_port_is_told_before_it_binds(tmp_path: Path) -> None:
+    """Two gateways started in the same instant both find the port free, and with ``--workers``
+    (``SO_REUSEPORT``) would both serve it, splitting its connections: the one that claims the
+    port second is told, here with the port not yet listened on at all."""
+    claim = claim_port(free_port())
+    assert claim is not None  # Linux: the suite's platform
+    port = int(claim.getsockname()[len("\0rtgate-port-") :])
+    with claim:
+        with pytest.raises(ConfigError, match="another rtgate gateway on this machine"):
+            claim_port(port)
+        env = local_engine_env(tmp_path)
+        env.update(RTGATE_HOST="127.0.0.1", RTGATE_PORT=str(port), RTGATE_WORKERS="2")
+        proc = serve_to_its_exit(env)
+        assert (proc.returncode, proc.stderr) == (
+            2,
+            f"error: port: cannot listen on port {port}: another rtgate gateway on this machine"
+            " is starting or serving on it\n",
+        )
+    assert "rtgate.workers" not in modules_at_exit(tmp_path)
+    # Released with its holder: the next gateway may claim the port.
+    again = claim_port(port)
+    assert again is not None
+    again.close()
 
 
 def test_the_port_check_binds_every_address_the_listener_will() -> None:

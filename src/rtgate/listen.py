@@ -7,8 +7,11 @@ will (``host`` resolved as asyncio's ``create_server`` resolves it: empty means 
 interface), without ``SO_REUSEPORT``: ``--workers N`` binds the port N times with it
 (``serving.py``), and Linux lets any process of the same user that sets it share the port, so a
 gateway started beside another (or beside a server that shares its port) would split its
-connections with it without a word. The check closes its sockets before the listener binds:
-two gateways started in the same instant can both pass it. The real bind may still fail;
+connections with it without a word. The check closes its sockets before the listener binds,
+so two gateways started in the same instant could both pass it and, both with ``--workers N``,
+share the port; ``claim_port`` closes that window between two rtgate gateways on Linux: each
+holds a name for its port (an abstract Unix socket, released by the kernel when the process
+ends) for its whole life, and the second to ask is told. The real bind may still fail;
 ``listen_failed`` says that the same way.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 
 from rtgate.errors import ConfigError
 
@@ -64,3 +68,25 @@ def check_port(host: str, port: int) -> None:
     finally:
         for probe in probes:
             probe.close()
+
+
+def claim_port(port: int) -> socket.socket | None:
+    """This machine's claim on ``port`` for this gateway, to hold until it exits (None where
+    Linux's abstract socket names do not exist, or for port 0); ``ConfigError`` if another
+    rtgate gateway holds it, starting or serving. By port, not address: two gateways on one
+    port number of different addresses would each bind it, and one on every interface beside
+    one on an address shares it with ``SO_REUSEPORT``, so only one gateway a port."""
+    if port == 0 or not sys.platform.startswith("linux"):
+        return None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0rtgate-port-{port}")
+    except OSError as err:
+        claim.close()
+        if err.errno != errno.EADDRINUSE:
+            raise listen_failed("", port, err) from None
+        raise ConfigError(
+            f"port: cannot listen on port {port}: another rtgate gateway on this machine is"
+            " starting or serving on it"
+        ) from None
+    return claim

@@ -14,7 +14,7 @@ import sys
 
 from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError, GatewayError, report_failed_start
-from rtgate.listen import check_port
+from rtgate.listen import check_port, claim_port
 from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
 
@@ -57,8 +57,18 @@ def serve(settings: Settings) -> int:
     """Serve until the drain or stop is over; the exit status (``serve_workers``')."""
     # A certificate the command line named is checked before anything starts.
     server_context(settings.tls_certfile, settings.tls_keyfile)
-    # And the port, before the store opens and the engine's models load.
-    check_port(settings.host, settings.port)
+    # This gateway's claim on its port, held until it exits (two started at once cannot both
+    # serve it), and the port itself, before the store opens and the engine's models load.
+    claim = claim_port(settings.port)
+    try:
+        check_port(settings.host, settings.port)
+        return _serve_checked(settings)
+    finally:
+        if claim is not None:
+            claim.close()
+
+
+def _serve_checked(settings: Settings) -> int:
     configure_serving_logs(settings)
     for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
         if warning is not None:
