@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -15,6 +17,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
 
+from rtgate.config import Settings
 from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
 from tests.browser import chromium
 from tests.conftest import TOKEN, RunningGateway
@@ -158,6 +161,20 @@ async def console_cookies(gw: RunningGateway) -> tuple[aiohttp.ClientSession, st
         assert r.status == 200 and str(r.url).endswith("/ui/keys")
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())[1]  # type: ignore[index]
     return http, csrf
+
+
+async def test_the_catalog_says_which_model_its_upstream_refuses(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """On the local engine alone the translation model is listed as refused, the others not."""
+    local = await start_gateway(make_settings(OPENAI_API_KEY="", RTGATE_ADMIN_TOKEN=TOKEN))
+    http, _ = await console_cookies(local)
+    async with http, http.get(f"{local.http}/ui/models") as r:
+        assert r.status == 200
+        page = await r.text()
+    rows = {m[1]: m[2] for m in re.finditer(r"<tr><td>([\w.-]+)(.*?)</tr>", page, re.S)}
+    assert "refuses it: route it to a provider" in rows["gpt-realtime-translate"]
+    assert "refuses it" not in rows["gpt-realtime"]
 
 
 async def test_a_post_without_the_right_csrf_token_changes_nothing(admin: RunningGateway) -> None:

@@ -163,14 +163,14 @@ async def test_a_sip_call_is_accepted_by_one_key_and_metered(
     key = await gw.new_key("sip")
     late = await gw.new_key("late")
     sid = "rtc_incoming0123"
-    await act(gw, key, "accept", sid, session={"model": "gpt-live-1.1"})
+    await act(gw, key, "accept", sid, session={"type": "live", "model": "gpt-live-1.1"})
     assert provider.live_calls.actions[0][:2] == (sid, "accept")
     await until(lambda: sid in provider.live_calls.sidebands)
     (live,) = gw.app[GATEWAY].live.values()
     assert live.session.route.model == "gpt-live-1.1"
     # Another key's accept of the same call is answered as for an unknown one.
     with pytest.raises(openai.NotFoundError):
-        await act(gw, late, "accept", sid, session={"model": "gpt-live-1.1"})
+        await act(gw, late, "accept", sid, session={"type": "live", "model": "gpt-live-1.1"})
     fake = provider.live_calls.sessions[sid]
     await provider.live_calls.sidebands[sid].send_str(fake.usage(4))
     await until(lambda: live.session.totals.audio_ms == 4000)
@@ -192,6 +192,17 @@ async def test_only_what_live_defines_goes_upstream(
     key = await gw.new_key()
     start = {"model": "gpt-live-1"}
     async with client_for(gw, key) as client:
+        # What the SDK's types hold goes through as sent: a WebRTC session's wake policy and
+        # idle timeout (MediaSessionConfigParam), an accept's type (session_accept_params).
+        media = {**start, "wake_policy": {"type": "speech"}, "idle_timeout_s": 30}
+        typed = await client.live.create(
+            session=media,  # type: ignore[arg-type]
+            transport={"type": "webrtc", "sdp": OFFER},
+        )
+        assert provider.live_calls.created[-1]["session"] == media
+        await act(gw, key, "hangup", typed.session.id)
+        provider.live_calls.created.clear()
+        provider.live_calls.actions.clear()
         for kwargs, param in (
             ({"session": {**start, "temperature": 1}}, "session.temperature"),
             ({"session": start, "extra_body": {"metadata": {}}}, "metadata"),
@@ -225,11 +236,15 @@ async def test_only_what_live_defines_goes_upstream(
             with pytest.raises(openai.BadRequestError) as bad:
                 await getattr(client.live.sessions, action)(sid, **kwargs)
             assert (bad.value.code, bad.value.param) == (code, param)
-        with pytest.raises(openai.BadRequestError) as accept:
-            await client.live.sessions.accept(
-                "rtc_incoming0123", session=start, extra_body={"transport": {}}
-            )
-        assert (accept.value.code, accept.value.param) == ("unknown_parameter", "transport")
+        sip = {"type": "live", **start}
+        for kwargs, code, param in (
+            ({"session": sip, "extra_body": {"transport": {}}}, "unknown_parameter", "transport"),
+            ({"session": {**sip, "client": {}}}, "unknown_parameter", "session.client"),
+            ({"session": {**sip, "type": "realtime"}}, "invalid_value", "session.type"),
+        ):
+            with pytest.raises(openai.BadRequestError) as accept:
+                await client.live.sessions.accept("rtc_incoming0123", **kwargs)
+            assert (accept.value.code, accept.value.param) == (code, param)
         assert provider.live_calls.actions == []
         await act(gw, key, "hangup", sid)
     assert provider.live_calls.actions == [(sid, "hangup", None)]
@@ -254,12 +269,14 @@ async def test_a_sessions_settings_are_judged_by_the_keys_blocked_fields(
             key,
             "accept",
             "rtc_incoming0123",
-            session={"model": "gpt-live-1", "instructions": "x"},
+            session={"type": "live", "model": "gpt-live-1", "instructions": "x"},
         )
     for refused in (created.value, accepted.value):
         assert (refused.code, refused.param) == ("event_not_allowed", "session.instructions")
     assert provider.live_calls.created == [] and provider.live_calls.actions == []
-    await act(gw, key, "accept", "rtc_incoming0123", session={"model": "gpt-live-1"})
+    await act(
+        gw, key, "accept", "rtc_incoming0123", session={"type": "live", "model": "gpt-live-1"}
+    )
     assert provider.live_calls.actions[0][:2] == ("rtc_incoming0123", "accept")
     await act(gw, key, "hangup", "rtc_incoming0123")
     await until(lambda: not len(gw.app[GATEWAY].live))

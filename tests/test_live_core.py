@@ -6,16 +6,30 @@ envelope."""
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
 import pytest
-from openai.types.live import ErrorEvent
+from openai.types.live import (
+    ErrorEvent,
+    LiveCreateParams,
+    MediaSessionConfigParam,
+    SessionConfigParam,
+    SessionReferParams,
+    SessionRejectParams,
+    SessionStartEventParam,
+    live_create_params,
+    session_accept_params,
+)
+from openai.types.realtime import CallReferParams, CallRejectParams
 
+from rtgate.api.calls_http import CONTROLS
 from rtgate.catalog import Catalog
 from rtgate.config import load_settings
 from rtgate.errors import InvalidSessionStart, QuotaExceeded, ShuttingDown
 from rtgate.metering.record import UsageRecord
+from rtgate.protocol import session_fields as f
 from rtgate.protocol.actions import (
     CheckBudget,
     CloseClient,
@@ -380,3 +394,24 @@ def test_a_client_that_asked_to_close_is_not_asked_for_again() -> None:
     assert c.open
     acts = list(c.upstream_text(closed(4.0)) or ())
     assert [type(a) for a in acts] == [Record, CloseUpstream, Ended]
+
+
+def test_the_member_sets_are_the_sdks() -> None:
+    """What the gateway forwards of each Live object is what the official SDK types it with, so
+    an SDK that gains a field fails here before a client is refused it."""
+
+    def members(t: Any) -> set[str]:
+        return set(typing.get_type_hints(t))
+
+    assert members(SessionConfigParam) == f.LIVE
+    assert members(SessionStartEventParam) == f.LIVE_START
+    assert members(MediaSessionConfigParam) == f.LIVE_MEDIA
+    assert members(LiveCreateParams) == f.LIVE_CREATE
+    assert members(live_create_params.Transport) == f.LIVE_TRANSPORT
+    assert members(session_accept_params.Session) == f.LIVE_ACCEPT
+    assert members(session_accept_params.SessionAcceptParams) == f.LIVE_ACCEPT_BODY
+    # The controls a Live session and a Realtime call share.
+    for reject in (SessionRejectParams, CallRejectParams):
+        assert set(CONTROLS["reject"]) == members(reject)
+    for refer in (SessionReferParams, CallReferParams):
+        assert set(CONTROLS["refer"]) == members(refer)

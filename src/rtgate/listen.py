@@ -9,9 +9,10 @@ interface), without ``SO_REUSEPORT``: ``--workers N`` binds the port N times wit
 gateway started beside another (or beside a server that shares its port) would split its
 connections with it without a word. The check closes its sockets before the listener binds,
 so two gateways started in the same instant could both pass it and, both with ``--workers N``,
-share the port; ``claim_port`` closes that window between two rtgate gateways on Linux: each
-holds a name for its port (an abstract Unix socket, released by the kernel when the process
-ends) for its whole life, and the second to ask is told. The real bind may still fail;
+share the port (one process binds without ``SO_REUSEPORT``: of two, the second bind fails, and
+says so). ``claim_port`` closes that window between two rtgate gateways with workers on Linux:
+each holds a name for its port (an abstract Unix socket, released by the kernel when the
+process ends) for its whole life, and the second to ask is told. The real bind may still fail;
 ``listen_failed`` says that the same way.
 """
 
@@ -71,20 +72,24 @@ def check_port(host: str, port: int) -> None:
 
 
 def claim_port(port: int) -> socket.socket | None:
-    """This machine's claim on ``port`` for this gateway, to hold until it exits (None where
-    Linux's abstract socket names do not exist, or for port 0); ``ConfigError`` if another
-    rtgate gateway holds it, starting or serving. By port, not address: two gateways on one
-    port number of different addresses would each bind it, and one on every interface beside
-    one on an address shares it with ``SO_REUSEPORT``, so only one gateway a port."""
+    """This machine's claim on ``port`` for this gateway, to hold until it exits; ``ConfigError``
+    if another rtgate gateway holds it, starting or serving. None where it cannot be taken (no
+    Linux abstract socket names, Unix sockets forbidden to the process, port 0): a guard, not a
+    condition of serving. By port, not address: one gateway on every interface beside another
+    on one address would share the port with ``SO_REUSEPORT``. "This machine" is its network
+    namespace, as for the port itself."""
     if port == 0 or not sys.platform.startswith("linux"):
         return None
-    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None
     try:
         claim.bind(f"\0rtgate-port-{port}")
     except OSError as err:
         claim.close()
         if err.errno != errno.EADDRINUSE:
-            raise listen_failed("", port, err) from None
+            return None
         raise ConfigError(
             f"port: cannot listen on port {port}: another rtgate gateway on this machine is"
             " starting or serving on it"

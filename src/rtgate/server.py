@@ -57,9 +57,10 @@ def serve(settings: Settings) -> int:
     """Serve until the drain or stop is over; the exit status (``serve_workers``')."""
     # A certificate the command line named is checked before anything starts.
     server_context(settings.tls_certfile, settings.tls_keyfile)
-    # This gateway's claim on its port, held until it exits (two started at once cannot both
-    # serve it), and the port itself, before the store opens and the engine's models load.
-    claim = claim_port(settings.port)
+    # With workers (SO_REUSEPORT), this gateway's claim on its port, held until it exits: two
+    # started at once cannot both serve it. Then the port itself, before the store opens and
+    # the engine's models load.
+    claim = claim_port(settings.port) if settings.workers > 1 else None
     try:
         check_port(settings.host, settings.port)
         return _serve_checked(settings)

@@ -67,6 +67,20 @@ class InvalidType(InvalidRequest):
     code = "invalid_type"
 
 
+class InvalidValue(InvalidRequest):
+    """A body member whose value the route does not take (``invalid_value``)."""
+
+    http_status = 400
+    code = "invalid_value"
+
+
+class MissingParameter(InvalidRequest):
+    """A required body member left out, refused as OpenAI refuses it."""
+
+    http_status = 400
+    code = "missing_required_parameter"
+
+
 class BodyTooLarge(GatewayError):
     http_status = 413
     error_type = "invalid_request_error"

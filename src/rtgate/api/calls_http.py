@@ -191,9 +191,9 @@ async def call_action(request: web.Request) -> web.StreamResponse:
 
 
 #: What the body of each control other than ``accept`` may hold, and the kind of each value
-#: (docs/protocol.md 7, docs/protocol-live.md 9: ``reject {status_code?}``, ``refer
+#: (docs/protocol.md 3, docs/protocol-live.md 9: ``reject {status_code?}``, ``refer
 #: {target_uri}``, ``hangup`` none): only these go upstream.
-_CONTROLS: dict[str, dict[str, type]] = {
+CONTROLS: dict[str, dict[str, type]] = {
     "reject": {"status_code": int},
     "refer": {"target_uri": str},
     "hangup": {},
@@ -206,7 +206,7 @@ def control_body(action: str, body: dict[str, Any] | None) -> bytes | None:
     wrong kind (``invalid_type``) is refused before the provider hears of it."""
     if body is None:
         return None
-    members = _CONTROLS[action]
+    members = CONTROLS[action]
     refuse_unknown(body, members)
     for name, kind in members.items():
         value = body.get(name)

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from rtgate.api.bodies import InvalidRequest, json_object, read_body
+from rtgate.api.bodies import InvalidValue, MissingParameter, json_object, read_body
 from rtgate.api.calls_http import CALLS, act_on_call, control_body, hang_up_unmetered
 from rtgate.api.openai_errors import openai_errors
 from rtgate.auth.client_secrets import refuse_unknown
@@ -43,23 +43,22 @@ log = logging.getLogger("rtgate.api")
 PREFIX = "/v1/live/sessions"
 
 
-#: The members of each body a Live route takes (docs/protocol-live.md 9); the gateway forwards
-#: upstream only these, and refuses any other as the provider's strict objects would.
-_CREATE = frozenset({"session", "transport"})
-_TRANSPORT = frozenset({"type", "sdp"})
-_ACCEPT = frozenset({"session"})
-
-
-def _session_model(body: dict[str, Any], members: frozenset[str]) -> tuple[dict[str, Any], str]:
-    """The body's session and model, every member of both known to Live."""
+def _session_model(
+    body: dict[str, Any], members: frozenset[str], fields: frozenset[str]
+) -> tuple[dict[str, Any], str]:
+    """The body's session and model, every member of the body (``members``) and of its session
+    (``fields``) one Live defines for this route (``protocol/session_fields.py``): only those go
+    upstream, anything else refused as the provider's strict objects would refuse it."""
     refuse_unknown(body, members, error=UnknownLiveParameter)
     session = body.get("session")
     if not isinstance(session, dict):
-        raise InvalidRequest("Missing required parameter: 'session'.", param="session")
+        raise MissingParameter("Missing required parameter: 'session'.", param="session")
     model = session.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'session.model'.", param="session.model")
-    refuse_unknown(session, session_fields.LIVE, "session.", error=UnknownLiveParameter)
+        raise MissingParameter(
+            "Missing required parameter: 'session.model'.", param="session.model"
+        )
+    refuse_unknown(session, fields, "session.", error=UnknownLiveParameter)
     return session, model
 
 
@@ -85,11 +84,13 @@ async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web
     gw.check_accepting()
     key, policy = await gw.authenticator.key(request.headers, request.remote)
     body = json_object(await read_body(request))
-    session, model = _session_model(body, _CREATE)
+    session, model = _session_model(body, session_fields.LIVE_CREATE, session_fields.LIVE_MEDIA)
     transport = body.get("transport")
     if not isinstance(transport, dict) or not isinstance(transport.get("sdp"), str):
-        raise InvalidRequest("Missing required parameter: 'transport.sdp'.", param="transport")
-    refuse_unknown(transport, _TRANSPORT, "transport.", error=UnknownLiveParameter)
+        raise MissingParameter("Missing required parameter: 'transport.sdp'.", param="transport")
+    refuse_unknown(
+        transport, session_fields.LIVE_TRANSPORT, "transport.", error=UnknownLiveParameter
+    )
     route = route_for(gw, policy, model, live_settings(session))
     await admit(gw, key, policy)
     try:
@@ -144,7 +145,13 @@ async def session_action(request: web.Request) -> web.StreamResponse:
     body = json_object(raw) if raw.strip() else None
     if action == "accept":
         gw.check_accepting()
-        session, model = _session_model(body or {}, _ACCEPT)
+        session, model = _session_model(
+            body or {}, session_fields.LIVE_ACCEPT_BODY, session_fields.LIVE_ACCEPT
+        )
+        if session.get("type", "live") != "live":
+            raise InvalidValue(
+                "Invalid value for 'session.type': expected 'live'.", param="session.type"
+            )
         route = route_for(gw, policy, model, live_settings(session))
         upstream_body: bytes | None = _upstream_body(body or {}, session, route)
     else:

@@ -129,12 +129,17 @@ def read_session_start(frame: str | bytes | None) -> SessionStart:
 
 
 def live_settings(session: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What a Live session object sets besides its model, or None: judged against the key's
-    policy as a ``session.update`` setting it would be (``route_for``'s template), so a key
-    that may not change ``instructions`` cannot set them when it starts a Live session either
-    (Live fixes them at start, docs/protocol-live.md 2)."""
-    settings = {k: v for k, v in session.items() if k != "model"}
+    """What a Live session object sets besides its model (and an accept's ``type``), or None:
+    judged against the key's policy as a ``session.update`` setting it would be
+    (``route_for``'s template), so a key that may not change ``instructions`` cannot set them
+    when it starts a Live session either (Live fixes them at start, docs/protocol-live.md 2)."""
+    settings = {k: v for k, v in session.items() if k not in _NOT_SETTINGS}
     return settings or None
+
+
+#: What a session object names rather than sets: its model (routed and checked on its own)
+#: and an accept's ``type`` (always ``"live"``).
+_NOT_SETTINGS = frozenset({"model", "type"})
 
 
 class LiveMeter:

@@ -20,8 +20,8 @@ from typing import Any
 #: guide names it; it is the cheapest of OpenAI's transcription models (docs/engine-fidelity.md).
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
-#: A GPT-Live session object (``openai.types.live.SessionConfig``): in ``session.start``, in a
-#: session's ``POST`` and in a SIP call's ``accept``.
+#: GPT-Live's session objects, each strict (docs/protocol-live.md 2, 9), as the SDK types them
+#: (``tests/test_live_core.py`` walks those types): ``session.start``'s (``SessionConfig``).
 LIVE = frozenset(
     {
         "model",
@@ -35,8 +35,18 @@ LIVE = frozenset(
         "triggers",
     }
 )
-#: The members of a GPT-Live ``session.start`` (``openai.types.live.SessionStartEvent``).
+#: A WebRTC session's ``POST`` (``MediaSessionConfigParam``): no media format (WebRTC
+#: negotiates it), a wake policy and an idle timeout.
+LIVE_MEDIA = LIVE | {"idle_timeout_s", "wake_policy"}
+#: A SIP call's ``accept`` (``session_accept_params.Session``): ``type`` (``"live"``), no
+#: ``client``.
+LIVE_ACCEPT = (LIVE - {"client"}) | {"type"}
+#: The members of ``session.start`` itself (``SessionStartEventParam``).
 LIVE_START = frozenset({"type", "event_id", "session"})
+#: Of a session's ``POST`` (``LiveCreateParams``) and its ``transport``; of an ``accept``.
+LIVE_CREATE = frozenset({"session", "transport"})
+LIVE_TRANSPORT = frozenset({"type", "sdp"})
+LIVE_ACCEPT_BODY = frozenset({"session"})
 
 #: A turn detector or an audio format is replaced whole: a new format keeps no old rate.
 _WHOLE = frozenset({"turn_detection", "format"})
