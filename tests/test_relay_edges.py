@@ -420,9 +420,11 @@ async def test_malformed_json_is_relayed_and_the_session_continues(
         assert orjson.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
 
 
-async def test_binary_frames_pass_both_ways(
+async def test_the_upstreams_binary_frames_pass_and_a_clients_are_refused(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:
+    """A client's binary frame is no event of the protocol's, and none of the gateway reads it:
+    an ``error``, and the session goes on (the fake provider would have echoed it)."""
     key = await gateway.new_key()
     async with connect(
         f"{gateway.ws}/v1/realtime?model=gpt-realtime",
@@ -430,7 +432,8 @@ async def test_binary_frames_pass_both_ways(
     ) as ws:
         await first_events(ws, 1)
         await ws.send(b"\x00\x01\xff")
-        assert await ws.recv() == b"echo:\x00\x01\xff"
+        refused = orjson.loads(await ws.recv())
+        assert (refused["type"], refused["error"]["code"]) == ("error", "invalid_event")
         await ws.send('{"type":"test.binary"}')
         assert await ws.recv() == bytes(range(256))
 
@@ -474,10 +477,17 @@ async def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_is_closed
         await first_events(ws, 1)
         # Compressed or not (permessage-deflate, RFC 7692), the limit is the message's size.
         assert ("permessage-deflate" in str(ws.response.headers)) is (deflate == "true")
-        await ws.send(bytes(limit))
-        assert await ws.recv() == b"echo:" + bytes(limit)
+
+        def padded(size: int) -> str:
+            head = '{"type":"test.raw","frame":"{\\"type\\":\\"heard\\"}","pad":"'
+            return head + "A" * (size - len(head) - 2) + '"}'
+
+        # The provider hears it (and answers with the frame it names).
+        assert len(padded(limit)) == limit
+        await ws.send(padded(limit))
+        assert orjson.loads(await ws.recv()) == {"type": "heard"}
         with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
-            await ws.send(bytes(limit + 1))
+            await ws.send(padded(limit + 1))
             await ws.recv()
     assert ws.close_code == 1009
 

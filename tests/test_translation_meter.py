@@ -22,7 +22,7 @@ from rtgate.protocol.actions import (
     SendClient,
     SendUpstream,
 )
-from rtgate.protocol.client_frames import DuplicateMember
+from rtgate.protocol.client_frames import DuplicateMember, UnreadableEvent
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.translation import (
@@ -67,7 +67,10 @@ def test_appends_are_counted_in_every_spelling_and_nothing_else_is() -> None:
     ):
         with pytest.raises(DuplicateMember):
             appended_bytes(twice)
-    assert appended_bytes("not json") is None
+    # What no parser of the gateway's reads is refused, not forwarded uncounted.
+    for unread in ("not json", '["session.input_audio_buffer.append"]'):
+        with pytest.raises(UnreadableEvent):
+            appended_bytes(unread)
     surrogate = '{"event_id":"\\ud800","type":"session.input_audio_buffer.append","audio":"AAAA"}'
     assert appended_bytes(surrogate) == 3
     # The name quoted inside a string value is not the event.

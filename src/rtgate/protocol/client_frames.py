@@ -15,28 +15,47 @@ upstream's:
   upstream act on another (I-JSON, RFC 7493 2.3, forbids repeated names). No SDK writes one.
 * **A frame with an escape is read** wherever anything reads frames: ``"session\\u002eupdate"``
   is a ``session.update`` though the text never spells it (the relay core).
+* **A frame the gateway must read but cannot is refused** (``UnreadableEvent``), not forwarded
+  unread: JSON that no parser of the gateway's reads, or that is no object, or that nests too
+  deep to check for repeated names, might still be an event to the upstream's parser, one the
+  key's policy would refuse. What orjson alone refuses (a lone surrogate escape, a number
+  past a double's range) is read by the standard library first (``tolerant``). So is a binary
+  frame: the protocol's events are text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
-
-import orjson
 
 from rtgate.errors import GatewayError
 from rtgate.protocol.relay_session import parse_event
 
 
-class DuplicateMember(GatewayError):
-    """A client frame names a member twice in one object: refused and dropped, the session
-    goes on (``param`` the name)."""
+class RefusedFrame(GatewayError):
+    """A client frame the gateway will not forward: answered with an ``error`` event and
+    dropped, the session goes on."""
 
     http_status = 400
     close_code = 1008
     error_type = "invalid_request_error"
+
+
+class DuplicateMember(RefusedFrame):
+    """A client frame names a member twice in one object (``param`` the name)."""
+
     code = "duplicate_member"
+
+
+class UnreadableEvent(RefusedFrame):
+    """A client frame the gateway must read and cannot (as the local engine answers a frame
+    that is not JSON: ``invalid_event``)."""
+
+    code = "invalid_event"
+
+
+#: The refusal of a client's binary frame.
+BINARY_FRAME = "Binary frames are not supported; send JSON text."
 
 
 #: The members an SDK writes after an append's type, compact (npm ``openai``) or spaced (the
@@ -77,23 +96,22 @@ def _scanned(data: bytes) -> bool:
     return data.find(b'"type"', 2) < 0 and b"\\" not in data
 
 
-def read_client(text: str, *, tolerant: bool = False) -> Any:
-    """A client frame parsed, or None when it is no JSON (forwarded unread: the upstream
-    answers it). ``tolerant``: what orjson refuses but the standard library reads (a lone
-    surrogate escape, RFC 8259 8.2) is read too, as the provider's parser may
-    (``relay_session.parse_event``). Raises ``DuplicateMember`` for a frame that repeats a
-    name in any object."""
+def read_client(text: str) -> dict[str, Any]:
+    """A client frame the gateway must read, parsed: by orjson, else by the standard library
+    (a lone surrogate escape, RFC 8259 8.2; a number past a double's range), as the provider's
+    parser may (``relay_session.parse_event``). Raises ``UnreadableEvent`` for a frame neither
+    reads as an object, and ``DuplicateMember`` for one that repeats a name in any object."""
+    event = parse_event(text)
+    if not isinstance(event, dict):
+        raise UnreadableEvent("The event is not a JSON object the gateway can read.")
+    # orjson keeps the last of a repeated name without a word; the standard library's parser
+    # hands each object's members over as written.
     try:
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        if not tolerant:
-            return None
-        event = parse_event(text)
-    if event is not None:
-        # orjson keeps the last of a repeated name without a word; the standard library's
-        # parser hands each object's members over as written.
-        with contextlib.suppress(ValueError, RecursionError):
-            json.loads(text, object_pairs_hook=_unique)
+        json.loads(text, object_pairs_hook=_unique)
+    except RecursionError:
+        raise UnreadableEvent("The event nests too deep to be read.") from None
+    except ValueError:
+        pass  # what orjson alone reads: its reading is the one judged
     return event
 
 

@@ -14,7 +14,8 @@ Inputs and what they decide:
                                        leg (the hot path: an audio frame costs one prefix test
                                        on bytes, no decode and no allocation); else the actions
                                        for it
-``*_binary``                           forwarded, never inspected
+``upstream_binary``                    forwarded, never inspected
+``client_binary``                      refused (``invalid_event``): the events are text
 ``upstream_closed`` / ``client_closed``  the close mirrored to the other leg (docs/protocol.md
                                        5.4; 1005 is recorded, 1000 sent, RFC 6455 7.4.1)
 ``upstream_lost`` / ``client_lost``    upstream gone: ``upstream_unavailable`` and 1011 to the
@@ -105,7 +106,13 @@ from rtgate.protocol.actions import (
     Side,
 )
 from rtgate.protocol.beta import UP_MARKS, BetaTranslator
-from rtgate.protocol.client_frames import DuplicateMember, plain_append, read_client
+from rtgate.protocol.client_frames import (
+    BINARY_FRAME,
+    RefusedFrame,
+    UnreadableEvent,
+    plain_append,
+    read_client,
+)
 from rtgate.protocol.events import error_event_for
 from rtgate.protocol.keepalive import Beat, Cadence, Keepalive
 from rtgate.protocol.live import (
@@ -536,7 +543,7 @@ class RelayCore:
         text = data.decode()
         try:
             return self._client_event(data, text)
-        except DuplicateMember as refused:
+        except RefusedFrame as refused:
             return (SendClient(self._error_event(refused)), Refused(refused.code))
 
     def _client_event(self, data: bytes, text: str) -> Actions | None:
@@ -554,9 +561,9 @@ class RelayCore:
             if "\\" not in text or (guard is None and not self._up_marks):
                 return None
             reads = guard is not None
+        # Read, or refused: a frame the gateway cannot read might be an event to the
+        # upstream's parser, one the policy would refuse (client_frames.py).
         event = read_client(text)
-        if not isinstance(event, dict):
-            return None
         out: list[Action] = []
         if self._beta is not None:
             ga = self._beta.event_to_upstream(event)
@@ -591,8 +598,13 @@ class RelayCore:
         return out
 
     def client_binary(self, data: bytes) -> Actions | None:
+        """Refused: the protocol's events are text, and a binary frame no part of the gateway
+        reads could carry one to an upstream that parses it (client_frames.py)."""
         self._heard_client = True
-        return None if self.session.state is SessionState.OPEN else _NOTHING
+        if self.session.state is not SessionState.OPEN:
+            return _NOTHING
+        refused = UnreadableEvent(BINARY_FRAME)
+        return (SendClient(self._error_event(refused)), Refused(refused.code))
 
     # -- closes ---------------------------------------------------------------------------------
     def upstream_closed(self, code: int, reason: str) -> Actions:

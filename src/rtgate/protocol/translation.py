@@ -59,7 +59,8 @@ def appended_bytes(data: str) -> int | None:
     audio is its only ``"audio"`` member and its type its only ``"type"`` (a parser reads a
     repeated one, the last: client_frames.py); any other frame is parsed, so no spelling (an
     escaped name, members reordered or repeated) carries audio past the count. Other client
-    events on this route are few. Raises ``DuplicateMember`` for a frame that repeats a name."""
+    events on this route are few. Raises ``DuplicateMember`` for a frame that repeats a name,
+    ``UnreadableEvent`` for one that is no JSON object (``client_frames.py``)."""
     for prefix in _PREFIXES:
         if data.startswith(prefix):
             start = len(prefix)
@@ -73,9 +74,9 @@ def appended_bytes(data: str) -> int | None:
                 return decoded_length(data, start, end)
             break
     # Tolerant, as for metered upstream frames: what orjson refuses but JSON allows (a lone
-    # surrogate escape) still counts.
-    event = read_client(data, tolerant=True)
-    if not isinstance(event, dict) or event.get("type") != APPEND_TYPE:
+    # surrogate escape) still counts; what no parser of ours reads is refused, not forwarded.
+    event = read_client(data)
+    if event.get("type") != APPEND_TYPE:
         return None
     audio = event.get("audio")
     return decoded_length(audio) if isinstance(audio, str) else 0
