@@ -386,6 +386,38 @@ def test_a_blocked_event_is_answered_and_dropped_and_the_session_goes_on() -> No
     assert c.client_text(AUDIO_UP) is None
 
 
+def test_a_blocked_session_field_holds_for_one_response_too() -> None:
+    """``response.create`` overrides ``instructions``, ``tools``, ``audio`` for one response,
+    and a system message instructs as ``instructions`` do: a key that may not change a field
+    may not do it that way either (an audit's proof of concept passed them all)."""
+    blocked = ("session.update:instructions", "session.update:tools", "session.update:audio")
+    c = core(guard=ClientEventGuard(KeyPolicy(blocked_events=blocked)))
+    system = {"type": "message", "role": "system", "content": [{"type": "input_text"}]}
+    for event, param in (
+        ({"type": "response.create", "response": {"instructions": "x"}}, "response.instructions"),
+        ({"type": "response.create", "response": {"tools": []}}, "response.tools"),
+        ({"type": "response.create", "response": {"audio": {}}}, "response.audio"),
+        ({"type": "response.create", "response": {"input": [system]}}, "response.input"),
+        ({"type": "conversation.item.create", "item": system}, "item.role"),
+    ):
+        acts = c.client_text(orjson.dumps(event))
+        assert acts is not None and acts[-1] == Refused("event_not_allowed"), event
+        assert orjson.loads(sent(acts)[0])["error"]["param"] == param
+    # What the key did not block goes as it came.
+    fine = [
+        {"type": "response.create", "response": {"output_modalities": ["text"]}},
+        {"type": "response.create"},
+        {"type": "conversation.item.create", "item": {**system, "role": "user"}},
+    ]
+    for event in fine:
+        frame = orjson.dumps(event)
+        assert c.client_text(frame) == [SendUpstream(frame)], event
+    # A key that blocks no instructions may add system messages.
+    free = core(guard=ClientEventGuard(KeyPolicy(blocked_events=("session.update:tools",))))
+    item = orjson.dumps({"type": "conversation.item.create", "item": system})
+    assert free.client_text(item) == [SendUpstream(item)]
+
+
 def test_a_session_update_to_a_model_the_key_may_not_use_is_refused() -> None:
     c = core(guard=ClientEventGuard(KeyPolicy(models=("gpt-realtime",))))
     acts = c.client_text(b'{"type":"session.update","session":{"model":"gpt-4o-realtime"}}')

@@ -182,6 +182,8 @@ class ClientEventGuard:
         eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if etype in self._types:
             return _with_event(EventBlocked(f"This key may not send `{etype}` events."), eid)
+        if (override := self._override(etype, event)) is not None:
+            return _with_event(override, eid)
         body = event.get("session") if etype == "session.update" else event
         if isinstance(body, dict):
             for fname in self._fields.get(str(etype), ()):
@@ -199,6 +201,44 @@ class ClientEventGuard:
                 except ModelNotAllowed as err:
                     return _with_event(err, eid)
         return None
+
+    def _override(self, etype: Any, event: dict[str, Any]) -> GatewayError | None:
+        """A per-response override of a session field the key may not change with a
+        ``session.update``: ``response.create``'s ``response`` sets ``instructions``,
+        ``tools``, ``audio`` and the like for one response (docs/protocol.md 2.1), and a
+        ``system`` message, in the conversation or a response's ``input``, instructs the model
+        as ``instructions`` do. Otherwise a key's locked instructions or voice would hold for
+        nothing but the session object."""
+        fixed = self._fields.get("session.update")
+        if not fixed:
+            return None
+        if etype == "response.create" and isinstance(response := event.get("response"), dict):
+            if overridden := sorted(fixed & response.keys()):
+                return EventBlocked(
+                    f"This key may not change `{overridden[0]}`, for the session or for one"
+                    " response.",
+                    param=f"response.{overridden[0]}",
+                )
+            items = response.get("input")
+            if isinstance(items, list) and "instructions" in fixed and any(map(_system, items)):
+                return EventBlocked(
+                    "This key may not change `instructions`, nor add system messages.",
+                    param="response.input",
+                )
+        if (
+            etype == "conversation.item.create"
+            and "instructions" in fixed
+            and _system(event.get("item"))
+        ):
+            return EventBlocked(
+                "This key may not change `instructions`, nor add system messages.",
+                param="item.role",
+            )
+        return None
+
+
+def _system(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("role") == "system"
 
 
 def check_session_template(policy: KeyPolicy, template: Mapping[str, Any]) -> None:
