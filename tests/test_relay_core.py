@@ -23,6 +23,7 @@ from rtgate.protocol.actions import (
     KeepTranscript,
     PauseUpstream,
     Ping,
+    Record,
     Refused,
     ResumeUpstream,
     SendClient,
@@ -290,6 +291,52 @@ def test_a_lost_client_records_1006_and_closes_upstream_with_1001() -> None:
     c = core()
     assert c.client_lost() == (CloseUpstream(1001, "client disconnected"), Ended())
     assert (c.session.close_code, c.session.closed_by) == (1006, "client")
+
+
+def running(c: RelayCore, rid: str = "resp_1") -> None:
+    """The upstream started response ``rid``: its usage is owed from now on."""
+    created = orjson.dumps({"type": "response.created", "response": {"id": rid}})
+    assert c.upstream_text(created) in (None, [SendClient(created)])
+
+
+def test_a_client_that_leaves_mid_response_still_pays_for_it() -> None:
+    """The provider bills the response it ran: the upstream is asked to cancel it and kept
+    open for its ``response.done``, recorded though no client reads it (an audit's proof of
+    concept had a key's budget never move)."""
+    c = core()
+    running(c)
+    acts = c.client_closed(1000, "bye")
+    assert acts == (SendUpstream(b'{"type":"response.cancel"}'),)
+    assert c.open and c.session.closed_by == "client"
+    assert c.upstream_text(AUDIO_DOWN) == ()  # nothing more reaches the client
+    acts = c.upstream_text(done("resp_1", 100_000))
+    assert kinds(acts) == [Record, CloseUpstream, Ended]
+    assert isinstance(acts[0], Record) and acts[0].record.ref == "resp_1"
+    assert acts[1] == CloseUpstream(1000, "bye")
+    assert not c.open
+
+
+def test_a_response_done_already_owes_nothing_and_the_wait_is_bounded() -> None:
+    c = core()
+    running(c)
+    c.upstream_text(done("resp_1"))
+    c.committed(True)
+    assert c.client_lost() == (CloseUpstream(1001, "client disconnected"), Ended())
+    # Two running, one done: the upstream is waited for within the grace, then closed.
+    c = core(close_grace=5.0)
+    running(c, "resp_a")
+    running(c, "resp_b")
+    assert c.client_lost() == (SendUpstream(b'{"type":"response.cancel"}'),)
+    assert kinds(c.upstream_text(done("resp_a"))) == [Record]
+    assert c.tick(200.0) == ()  # the grace starts at the first tick
+    assert c.tick(204.9) == ()
+    assert c.tick(205.1) == (CloseUpstream(1001, "client disconnected"), Ended())
+    # The gateway's own end (a forced close) waits for the usage too.
+    c = core()
+    running(c)
+    acts = c.terminate(ShuttingDown("The server is shutting down."))
+    assert kinds(acts) == [SendClient, CloseClient, SendUpstream]
+    assert kinds(c.upstream_closed(1000, "")) == [Ended]
 
 
 def test_a_lost_upstream_tells_the_client_why() -> None:

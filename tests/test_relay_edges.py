@@ -22,7 +22,8 @@ from rtgate.relay.endpoint import GATEWAY
 from rtgate.relay.picows_leg import PicowsLeg
 from rtgate.store.port import StoreError
 from tests.conftest import RunningGateway
-from tests.provider import PROVIDER_KEY, FakeProvider
+from tests.polling import until
+from tests.provider import PROVIDER_KEY, FakeProvider, emit_response_done
 from tests.test_client_secrets import key_with
 
 
@@ -711,3 +712,34 @@ async def test_a_store_hiccup_while_a_secrets_session_starts_does_not_crash_it(
             break
         await asyncio.sleep(0.02)
     assert (row.close_code, row.closed_by) == (1000, "client")
+
+
+async def test_a_client_that_leaves_mid_response_is_billed_for_it(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    """The provider bills the response it ran whether or not the client stays to read its
+    ``response.done``: the gateway cancels it, waits for that usage, records it, and the key's
+    budget counts it (an audit's proof of concept: a $0.001 budget never moved)."""
+    _, key = await gateway.app[GATEWAY].keyring.create(
+        "leaver", KeyPolicy(budget_total_nanos=1_000_000)
+    )
+    url = f"{gateway.ws}/v1/realtime?model=gpt-realtime"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        await first_events(ws, 1)
+        created = {"type": "response.created", "response": {"id": "resp_x"}}
+        await ws.send(orjson.dumps({"type": "test.emit", "event": created}).decode())
+        await ws.send('{"type":"test.sleep","seconds":0.3}')
+        await ws.send(emit_response_done("resp_x", 100_000))
+        assert orjson.loads(await ws.recv())["type"] == "response.created"
+
+    # Gone before the response.done: it is recorded all the same, then the upstream closed.
+    async def recorded() -> bool:
+        rows = await gateway.store.usage_summary()
+        return bool(rows) and rows[0].records == 1
+
+    await until(recorded)
+    await until(lambda: not len(gateway.app[GATEWAY].live))
+    # $0.40 of input against a $0.001 budget: the key's next session is refused.
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        refused = orjson.loads(await ws.recv())
+        assert refused["error"]["code"] == "insufficient_quota"

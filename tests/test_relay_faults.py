@@ -243,9 +243,10 @@ async def test_frames_never_wait_on_a_stalled_store_in_either_direction(
                 '"role":"user","content":[{"type":"input_text","text":"hi there"}]}}'
             )
             await events_until(ws, "conversation.item.done")
-            # Audio both ways.
-            await ws.send(b"audio")
-            assert await ws.recv() == b"echo:audio"
+            # Audio both ways: an append up, a binary frame down.
+            await ws.send('{"type":"input_audio_buffer.append","audio":"AAAA"}')
+            await ws.send('{"type":"test.binary"}')
+            assert await ws.recv() == bytes(range(256))
             transcript = {"type": "response.output_audio_transcript.done", "transcript": "hi"}
             await ws.send(orjson.dumps({"type": "test.emit", "event": transcript}).decode())
             assert orjson.loads(await ws.recv())["type"] == transcript["type"]

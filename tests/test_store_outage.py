@@ -105,7 +105,8 @@ class Call:
         try:
             while not self.stop.is_set():
                 await self.ws.send(emit_response_done(f"resp_{self.name}_{self.sent}", 10))
-                await self.ws.send(b"audio")
+                await self.ws.send('{"type":"input_audio_buffer.append","audio":"AAAA"}')
+                await self.ws.send('{"type":"test.binary"}')  # a binary frame down
                 self.sent += 1
                 with_period = asyncio.create_task(self.stop.wait())
                 await asyncio.wait({with_period, reader}, timeout=period)

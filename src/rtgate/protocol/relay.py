@@ -165,6 +165,11 @@ def _skipped(data: bytes, prefixes: tuple[bytes, ...]) -> bool:
 
 
 _SESSION_CLOSE = SESSION_CLOSE.encode()
+#: What a Realtime session whose client has gone asks of responses still running: stop
+#: (docs/protocol.md 2.1), so their ``response.done`` comes, with their usage, at once.
+_RESPONSE_CANCEL = b'{"type":"response.cancel"}'
+#: The upstream event a Realtime response starts with: from then on its usage is owed.
+_RESPONSE_CREATED = '"response.created"'
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
@@ -189,8 +194,10 @@ _ENDED = Ended()
 
 @dataclass(slots=True)
 class _Closing:
-    """A Live session waiting for ``session.closed`` before its upstream is closed with
-    ``code`` and ``reason``; ``deadline`` is set at the first tick."""
+    """A session ended whose upstream still owes usage: a Live session waiting for
+    ``session.closed``, a Realtime session for the ``response.done`` of the responses it had
+    running (cancelled). Its upstream is then closed with ``code`` and ``reason``;
+    ``deadline`` is set at the first tick."""
 
     code: int
     reason: str
@@ -260,6 +267,15 @@ class RelayCore:
         down = METER_MARKS + (UPSTREAM_MARKS if recorder is not None else ())
         if self._live:
             down += LIVE_MARKS
+        #: The Realtime responses the upstream runs (``response.created`` without its
+        #: ``response.done`` yet): if the session ends meanwhile, the upstream is asked to
+        #: cancel them and kept open, within ``close_grace``, for their usage. Not for a
+        #: translation (metered by its audio, no responses) nor a call's sideband (the call
+        #: runs on the provider's side whatever the sideband does).
+        self._responding: set[str] | None = None
+        if not self._live and audio_meter is None and client:
+            self._responding = set()
+            down += (_RESPONSE_CREATED,)
         self._down_marks = _encoded(down)
         up: tuple[str, ...] = UP_MARKS if beta is not None else ()
         if recorder is not None:
@@ -368,6 +384,8 @@ class RelayCore:
         event = parse_event(text)
         now = self._now()
         rec = session.on_upstream_event(event, text, now)
+        if self._responding is not None:
+            self._track_response(event)
         out: list[Action] = []
         if self._recorder is not None and isinstance(event, dict):
             self._recorder.on_upstream_event(event, now)
@@ -743,29 +761,59 @@ class RelayCore:
             *self._close_upstream(sendable(code), reason),
         )
 
-    # -- a Live session's end (docs/protocol-live.md 4) -----------------------------------------
-    def _close_upstream(self, code: int, reason: str) -> Actions:
-        """Close the upstream and end; a Live session whose total the provider has not
-        confirmed asks for it first (``session.close``) and closes once it came
-        (``_closing_text``), the upstream ended, or ``close_grace`` passed (``_closing_tick``)."""
+    # -- an end that waits for the usage the upstream still owes (docs/protocol-live.md 4) ------
+    def _track_response(self, event: Any) -> None:
+        """``response.created`` opens a response the session owes usage for; its
+        ``response.done`` settles it."""
+        responding = self._responding
+        if responding is None or not isinstance(event, dict):
+            return
+        etype = event.get("type")
+        if etype != "response.created" and etype != "response.done":
+            return
+        response = event.get("response")
+        rid = response.get("id") if isinstance(response, dict) else None
+        if not isinstance(rid, str):
+            return
+        if etype == "response.created":
+            responding.add(rid)
+        else:
+            responding.discard(rid)
+
+    def _owed(self) -> bool:
+        """Whether the upstream still owes usage: a Live total not confirmed, or a Realtime
+        response without its ``response.done``."""
         live = self.session.live
-        if live is None or live.confirmed:
+        if live is not None:
+            return not live.confirmed
+        return bool(self._responding)
+
+    def _close_upstream(self, code: int, reason: str) -> Actions:
+        """Close the upstream and end, unless it still owes usage: a Live session asks for its
+        final total (``session.close``), a Realtime session cancels the responses it runs (the
+        provider bills what they used, and the key pays it), and the upstream is closed once
+        that usage came (``_closing_text``), the upstream ended, or ``close_grace`` passed
+        (``_closing_tick``). Nothing more reaches the client meanwhile."""
+        if not self._owed():
             return (CloseUpstream(code, reason), _ENDED)
         self._closing = _Closing(code, reason)
+        if self.session.live is None:
+            return (SendUpstream(_RESPONSE_CANCEL),)
         return (SendUpstream(_SESSION_CLOSE),) if not self._close_asked else _NOTHING
 
     def _closing_text(self, data: bytes) -> Actions:
-        """An upstream frame of a closing Live session: its usage recorded (the frame goes
-        nowhere: the client has gone or was told why), ``session.closed`` ends the wait."""
+        """An upstream frame of a closing session: its usage recorded (the frame goes nowhere:
+        the client has gone or was told why); the last usage owed ends the wait."""
         if data.startswith(_FORWARD) or not any(m in data for m in self._down_marks):
             return _NOTHING
         text = data.decode()
-        rec = self.session.on_upstream_event(parse_event(text), text, self._now())
+        event = parse_event(text)
+        rec = self.session.on_upstream_event(event, text, self._now())
+        self._track_response(event)
         out: list[Action] = []
         if rec is not None and not isinstance(rec, str):
             out.append(Record(rec))
-        live = self.session.live
-        if live is not None and live.confirmed:
+        if not self._owed():
             out.extend(self._closed_upstream(close=True))
         return out
 
