@@ -12,10 +12,12 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 import websockets
 from openai import AsyncOpenAI
 
+import tests.gemini_fake
 from rtgate.api.live import SessionClosedByOperator
 from rtgate.auth.policy import KeyPolicy
 from rtgate.config import DEFAULT_PRICES, Settings
@@ -23,6 +25,7 @@ from rtgate.metering.cost import NANOS_PER_USD
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway, events_until
 from tests.gemini_fake import GEMINI_KEY, FakeGemini, inject, speech24k
+from tests.polling import until as polled
 from tests.sdk_events import beta_server_errors, validate_server_event
 from tests.test_calls import OFFER, openai_error
 
@@ -440,3 +443,33 @@ async def test_a_budget_the_cap_and_the_metrics_apply_to_a_gemini_session(
     assert 'rtgate_tokens_total{kind="text_out",model="gemini-live"}' in metrics
     assert 'rtgate_sessions_ended_total{by="gateway",code="3000"} 1.0' in metrics  # the budget
     assert 'rtgate_sessions_ended_total{by="gateway",code="1001"} 1.0' in metrics  # the cap
+
+
+async def test_a_client_that_leaves_before_the_turn_completes_is_billed_for_it(
+    gw: RunningGateway, fake: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemini's ``turnComplete``, with the turn's usage, trails the answer; a client that has
+    the whole answer and leaves still pays for the turn Gemini ran (an audit's proof of
+    concept: nothing was recorded, and a key's budget never moved)."""
+    finish = tests.gemini_fake._Conn.finish_turn
+
+    async def trailing(self: Any, interrupted: bool) -> None:
+        await asyncio.sleep(0.4)
+        await finish(self, interrupted)
+
+    monkeypatch.setattr(tests.gemini_fake._Conn, "finish_turn", trailing)
+    _, key = await gw.app[GATEWAY].keyring.create("leaver", KeyPolicy(budget_total_nanos=1))
+    url = f"{gw.ws}/v1/realtime?model=gemini-live"
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        await ws.send(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        await ws.send('{"type":"response.create"}')
+        await events_until(ws, "response.output_audio_transcript.done")
+
+    async def recorded() -> bool:
+        rows = await gw.store.usage_summary()
+        return bool(rows) and rows[0].records == 1
+
+    await polled(recorded)
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        assert orjson.loads(await ws.recv())["error"]["code"] == "insufficient_quota"
