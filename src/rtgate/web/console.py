@@ -61,10 +61,10 @@ CLOSE_CODES = {
     1001: "going away: the session's time cap, or the gateway stopping",
     1005: "no code given",
     1006: "dropped without a close",
-    1008: "policy: an operator's close, a revoked secret, a spent budget",
+    1008: "policy: an operator's close, a revoked key or secret, an unusable first message",
     1009: "message too big",
     1011: "server error: upstream or store unavailable",
-    3000: "authentication refused",
+    3000: "refused by the key's policy: its key, a budget, a limit, a model or event",
     4000: "bad request",
     4004: "not found: model or call",
 }
