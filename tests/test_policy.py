@@ -36,6 +36,27 @@ from tests.provider import FakeProvider, emit_response_done
 # -- pure --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("entry", "use"),
+    [
+        ("session.update:voice", "session.update:audio"),  # a beta name, under audio in GA
+        ("session.update:audio.output.voice", "session.update:audio"),
+        ("response.create:response.instructions", "response.create:response"),
+        ("session.update:nonsense", None),
+    ],
+)
+def test_a_blocked_field_that_would_block_nothing_is_refused(entry: str, use: str | None) -> None:
+    """The guard compares top-level members, so these could never match: the key would look
+    locked and be open (an audit's proof of concept)."""
+    with pytest.raises(PolicyError, match="would block nothing") as refused:
+        apply_update(KeyPolicy(), PolicyUpdate(blocked_events=[entry]))
+    assert (f"(use {use})" in refused.value.message) is (use is not None)
+    fine = ["session.update:audio", "session.update:delegation", "response.create", "x.y:item"]
+    assert apply_update(KeyPolicy(), PolicyUpdate(blocked_events=fine)).blocked_events == tuple(
+        fine
+    )
+
+
 def test_policy_round_trips_through_json() -> None:
     p = apply_update(
         KeyPolicy(),

@@ -25,6 +25,8 @@ from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError,
 from rtgate.metering.cost import NANOS_PER_USD, usd_str
 from rtgate.protocol.session_fields import (
     DEFAULT_TRANSCRIPTION_MODEL,
+    REALTIME,
+    TRANSCRIPTION,
     applicable,
     chooses_transcription,
     merge,
@@ -478,10 +480,38 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     if defaults != dict(policy.session_defaults or {}):
         changes["session_defaults"] = defaults or None
     if u.blocked_events is not None:
-        changes["blocked_events"] = tuple(u.blocked_events)
+        changes["blocked_events"] = tuple(map(_blockable, u.blocked_events))
     if u.keep_transcripts is not None:
         changes["keep_transcripts"] = u.keep_transcripts
     return policy.replace(**changes)
+
+
+#: What ``session.update:FIELD`` may name: a top-level field of a session object (GA realtime
+#: or transcription, and GPT-Live's one changeable ``delegation``), the names the guard
+#: compares (``ClientEventGuard.check_event``).
+_SESSION_FIELDS = REALTIME | TRANSCRIPTION | {"delegation"}
+#: Where a voice, a turn detector, a format or a transcription model lives in the GA session.
+_UNDER_AUDIO = ("voice", "turn_detection", "format", "transcription", "noise_reduction", "speed")
+
+
+def _blockable(entry: str) -> str:
+    """A blocked event or field as the guard can match it, else a ``PolicyError`` that says
+    what to write: a field is a top-level member (``session.update:audio``, not
+    ``session.update:audio.output.voice`` nor the beta ``voice``), or it would block nothing."""
+    etype, _, fname = entry.partition(":")
+    if not etype or (":" in entry and not fname):
+        raise PolicyError(f"not an event or TYPE:FIELD: {entry!r}", param="blocked_events")
+    top = fname.split(".", 1)[0]
+    hint = "audio" if top in _UNDER_AUDIO else top
+    if "." in fname or (etype == "session.update" and fname and fname not in _SESSION_FIELDS):
+        known = hint in _SESSION_FIELDS if etype == "session.update" else True
+        suggestion = f" (use {etype}:{hint})" if known else ""
+        raise PolicyError(
+            f"{entry!r} would block nothing: a blocked field is a top-level member of the event"
+            f" or, for session.update, of its session{suggestion}",
+            param="blocked_events",
+        )
+    return entry
 
 
 def _without(tree: dict[str, Any], path: tuple[str, ...]) -> None:
