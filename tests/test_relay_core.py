@@ -331,6 +331,11 @@ def test_a_response_done_already_owes_nothing_and_the_wait_is_bounded() -> None:
     assert c.tick(200.0) == ()  # the grace starts at the first tick
     assert c.tick(204.9) == ()
     assert c.tick(205.1) == (CloseUpstream(1001, "client disconnected"), Ended())
+    # A client's own sideband of a call: the call runs on (its response too), and the
+    # gateway's sideband meters it: closed at once, nothing cancelled.
+    attached = RelayCore(session(metered=False), lambda: 1234.0, opened_mono=100.0)
+    running(attached)
+    assert attached.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
     # The gateway's own end (a forced close) waits for the usage too.
     c = core()
     running(c)

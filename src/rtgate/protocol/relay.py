@@ -270,10 +270,10 @@ class RelayCore:
         #: The Realtime responses the upstream runs (``response.created`` without its
         #: ``response.done`` yet): if the session ends meanwhile, the upstream is asked to
         #: cancel them and kept open, within ``close_grace``, for their usage. Not for a
-        #: translation (metered by its audio, no responses) nor a call's sideband (the call
-        #: runs on the provider's side whatever the sideband does).
+        #: translation (metered by its audio, no responses) nor a call's sideband, the
+        #: gateway's or a client's (the call runs on, and its own sideband meters it).
         self._responding: set[str] | None = None
-        if not self._live and audio_meter is None and client:
+        if not self._live and audio_meter is None and client and session.metered:
             self._responding = set()
             down += (_RESPONSE_CREATED,)
         self._down_marks = _encoded(down)
