@@ -47,6 +47,19 @@ def test_keys_create_prints_the_secret_alone_on_the_last_line(
     assert secret not in cli("keys", "list")
 
 
+def test_an_expired_key_is_listed_as_expired_not_active(cli: Callable[..., str]) -> None:
+    """It authenticates nothing (``invalid_api_key``, "expired"), though it is not revoked: it
+    may be given a later expiry (a newcomer's run saw "active")."""
+    created = orjson.loads(cli("keys", "create", "--name", "old", "--json"))
+    assert created["expired"] is False
+    cli("keys", "update", created["id"], "--expires", "2020-01-01")
+    (listed,) = orjson.loads(cli("keys", "list", "--json"))
+    assert (listed["active"], listed["expired"]) == (True, True)
+    assert "expired 2020-01-02T00:00:00Z" in cli("keys", "list")
+    cli("keys", "update", created["id"], "--clear", "expires")
+    assert "active" in cli("keys", "list")
+
+
 def test_keys_revoke(cli: Callable[..., str]) -> None:
     created = orjson.loads(cli("keys", "create", "--name", "bob", "--json"))
     assert created["secret"].startswith("rtg_")

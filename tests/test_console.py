@@ -17,7 +17,9 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
 
+from rtgate.auth.policy import KeyPolicy
 from rtgate.config import Settings
+from rtgate.relay.endpoint import GATEWAY
 from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
 from tests.browser import chromium
 from tests.conftest import TOKEN, RunningGateway
@@ -175,6 +177,14 @@ async def test_the_catalog_says_which_model_its_upstream_refuses(
     rows = {m[1]: m[2] for m in re.finditer(r"<tr><td>([\w.-]+)(.*?)</tr>", page, re.S)}
     assert "refuses it: route it to a provider" in rows["gpt-realtime-translate"]
     assert "refuses it" not in rows["gpt-realtime"]
+
+
+async def test_an_expired_key_is_marked_expired(admin: RunningGateway) -> None:
+    await admin.app[GATEWAY].keyring.create("old", KeyPolicy(expires_at=1.0))
+    http, _ = await console_cookies(admin)
+    async with http, http.get(f"{admin.http}/ui/keys") as r:
+        page = await r.text()
+    assert re.search(r"old <span class=\"badge\">expired</span>", page), page
 
 
 async def test_a_post_without_the_right_csrf_token_changes_nothing(admin: RunningGateway) -> None:

@@ -308,7 +308,7 @@ def keys_create(
     policy = _checked(lambda: apply_update(KeyPolicy(), update))
     info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
     if as_json:
-        _print_json(dump(new_key_view(info, secret)))
+        _print_json(dump(new_key_view(info, secret, SystemClock().now())))
         return
     typer.echo(f"Created key {info.id} ({info.name}, {info.display_prefix}).")
     typer.echo("Store this secret now; it is not kept and cannot be shown again:")
@@ -353,7 +353,7 @@ def keys_update(
         _error(f"no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
-        _print_json(dump(key_view(info)))
+        _print_json(dump(key_view(info, SystemClock().now())))
     else:
         typer.echo(f"Updated {info.id} ({info.name}).")
 
@@ -362,18 +362,19 @@ def keys_update(
 def keys_list(as_json: JsonOpt = False) -> None:
     """List keys (secrets are never shown: only their prefix)."""
     keys = _with_store(lambda st: KeyRing(st, SystemClock()).list())
+    views = [key_view(k, SystemClock().now()) for k in keys]
     if as_json:
-        _print_json(dump([key_view(k) for k in keys]))
+        _print_json(dump(views))
         return
     table = _table("id", "name", "prefix", "created", "status")
-    for k in keys:
-        table.add_row(
-            k.id,
-            k.name,
-            k.display_prefix,
-            timestamp(k.created_at),
-            "active" if k.active else f"revoked {timestamp(k.revoked_at)}",
-        )
+    for v in views:
+        if not v.active:
+            status = f"revoked {v.revoked_at}"
+        elif v.expired:
+            status = f"expired {v.policy.expires_at}"
+        else:
+            status = "active"
+        table.add_row(v.id, v.name, v.prefix, v.created_at, status)
     _console().print(table)
 
 
@@ -385,7 +386,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
         _error(f"no key with id {key_id}")
         raise typer.Exit(1)
     if as_json:
-        _print_json(dump(key_view(info)))
+        _print_json(dump(key_view(info, SystemClock().now())))
     else:
         typer.echo(f"Revoked {info.id} ({info.name}).")
 
@@ -404,7 +405,7 @@ def secrets_list(
         return
     table = _table("id", "key", "type", "model", "created", "expires", "status")
     for v in views:
-        status = "active" if v.active else f"revoked {v.revoked_at}"
+        status = "active" if v.active else f"revoked {v.revoked_at}" if v.revoked_at else "expired"
         table.add_row(v.id, v.key_id, v.type, v.model or "-", v.created_at, v.expires_at, status)
     _console().print(table)
 

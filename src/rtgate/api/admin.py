@@ -226,11 +226,12 @@ def _no_key(key_id: str) -> NotFound:
 async def create_key(call: Call[None, CreateKey]) -> Reply:
     policy = _storable(KeyPolicy(), call.body)
     info, secret = await call.gw.keyring.create(call.body.name, policy)
-    return new_key_view(info, secret)
+    return new_key_view(info, secret, call.gw.clock.now())
 
 
 async def list_keys(call: Call[None, None]) -> Reply:
-    return [key_view(k) for k in await call.gw.keyring.list()]
+    now = call.gw.clock.now()
+    return [key_view(k, now) for k in await call.gw.keyring.list()]
 
 
 async def get_key(call: Call[None, None]) -> Reply:
@@ -238,7 +239,7 @@ async def get_key(call: Call[None, None]) -> Reply:
     key = await call.gw.keyring.get(key_id)
     if key is None:
         raise _no_key(key_id)
-    return key_view(key)
+    return key_view(key, call.gw.clock.now())
 
 
 async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
@@ -251,7 +252,7 @@ async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
     )
     if updated is None:
         raise _no_key(key_id)
-    return key_view(updated)
+    return key_view(updated, call.gw.clock.now())
 
 
 async def revoke_key(call: Call[None, None]) -> Reply:
@@ -262,7 +263,7 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     # Its live sessions here end now; the other instances' within REVOKED_KEY_CHECK_SECONDS.
     closed = await end_revoked_keys(call.gw)
     log.info("key %s revoked; %d live sessions here closed", key.id, len(closed))
-    return key_view(key)
+    return key_view(key, call.gw.clock.now())
 
 
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:

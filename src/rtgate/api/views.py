@@ -89,7 +89,10 @@ class KeyView(View, frozen=True, kw_only=True):
     prefix: str
     created_at: Timestamp | None
     revoked_at: Timestamp | None
+    #: Not revoked (an expired key is still active: it may be given a later expiry).
     active: bool
+    #: Its policy's expiry has passed: it authenticates nothing until given a later one.
+    expired: bool
     policy: PolicyView
 
 
@@ -237,7 +240,8 @@ def timestamp(t: float | None) -> str | None:
     return rfc3339(t) if t else None
 
 
-def key_view(k: KeyInfo) -> KeyView:
+def key_view(k: KeyInfo, now: float) -> KeyView:
+    policy = KeyPolicy.from_json(k.policy_json)
     return KeyView(
         id=k.id,
         name=k.name,
@@ -245,12 +249,13 @@ def key_view(k: KeyInfo) -> KeyView:
         created_at=timestamp(k.created_at),
         revoked_at=timestamp(k.revoked_at),
         active=k.active,
-        policy=PolicyView(**policy_view(KeyPolicy.from_json(k.policy_json))),
+        expired=policy.expires_at is not None and now >= policy.expires_at,
+        policy=PolicyView(**policy_view(policy)),
     )
 
 
-def new_key_view(k: KeyInfo, secret: str) -> NewKeyView:
-    return NewKeyView(**msgspec.structs.asdict(key_view(k)), secret=secret)
+def new_key_view(k: KeyInfo, secret: str, now: float) -> NewKeyView:
+    return NewKeyView(**msgspec.structs.asdict(key_view(k, now)), secret=secret)
 
 
 def usage_row(r: UsageSummary) -> UsageRow:
