@@ -362,7 +362,8 @@ def keys_update(
 def keys_list(as_json: JsonOpt = False) -> None:
     """List keys (secrets are never shown: only their prefix)."""
     keys = _with_store(lambda st: KeyRing(st, SystemClock()).list())
-    views = [key_view(k, SystemClock().now()) for k in keys]
+    now = SystemClock().now()
+    views = [key_view(k, now) for k in keys]
     if as_json:
         _print_json(dump(views))
         return

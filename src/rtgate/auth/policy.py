@@ -498,20 +498,20 @@ def _blockable(entry: str) -> str:
     """A blocked event or field as the guard can match it, else a ``PolicyError`` that says
     what to write: a field is a top-level member (``session.update:audio``, not
     ``session.update:audio.output.voice`` nor the beta ``voice``), or it would block nothing."""
-    etype, _, fname = entry.partition(":")
-    if not etype or (":" in entry and not fname):
+    etype, colon, fname = entry.partition(":")
+    if not etype or (colon and not fname):
         raise PolicyError(f"not an event or TYPE:FIELD: {entry!r}", param="blocked_events")
+    session = etype == "session.update"
+    if "." not in fname and (not session or not fname or fname in _SESSION_FIELDS):
+        return entry
     top = fname.split(".", 1)[0]
-    hint = "audio" if top in _UNDER_AUDIO else top
-    if "." in fname or (etype == "session.update" and fname and fname not in _SESSION_FIELDS):
-        known = hint in _SESSION_FIELDS if etype == "session.update" else True
-        suggestion = f" (use {etype}:{hint})" if known else ""
-        raise PolicyError(
-            f"{entry!r} would block nothing: a blocked field is a top-level member of the event"
-            f" or, for session.update, of its session{suggestion}",
-            param="blocked_events",
-        )
-    return entry
+    use = "audio" if top in _UNDER_AUDIO else top
+    suggestion = f" (use {etype}:{use})" if not session or use in _SESSION_FIELDS else ""
+    raise PolicyError(
+        f"{entry!r} would block nothing: a blocked field is a top-level member of the event"
+        f" or, for session.update, of its session{suggestion}",
+        param="blocked_events",
+    )
 
 
 def _without(tree: dict[str, Any], path: tuple[str, ...]) -> None:
