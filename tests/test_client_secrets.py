@@ -445,6 +445,39 @@ async def test_minting_applies_the_key_policy_with_openai_errors(
     assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
 
 
+async def test_a_transcription_secret_is_minted_only_for_a_model_the_key_may_use(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    """A transcription secret's model is its transcription model, checked at minting (the
+    GA route and the beta one) and again when its session opens."""
+    _, realtime_only = await key_with(gateway, models=["gpt-realtime"])
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client_for(gateway, realtime_only).realtime.client_secrets.create(
+            session={"type": "transcription"}
+        )
+    assert denied.value.code == "model_not_allowed"
+
+    _, key = await key_with(gateway, models=["gpt-realtime", "gpt-4o-mini-transcribe"])
+    client = client_for(gateway, key)
+    whisper = {"input": {"transcription": {"model": "whisper-1"}}}
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client.realtime.client_secrets.create(
+            session={"type": "transcription", "audio": whisper}
+        )
+    assert denied.value.code == "model_not_allowed"
+    assert denied.value.param == "session.audio.input.transcription.model"
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.beta.realtime.transcription_sessions.create(
+            input_audio_transcription={"model": "whisper-1"}
+        )
+    ok = await client.realtime.client_secrets.create(session={"type": "transcription"})
+    events, code = await first_events(gateway, ok.value, n=2, query="intent=transcription")
+    assert code is None and events[1]["type"] == "session.updated"
+    assert events[1]["session"]["audio"]["input"]["transcription"]["model"] == (
+        "gpt-4o-mini-transcribe"
+    )
+
+
 @pytest.mark.parametrize(
     ("route", "body", "param"),
     [

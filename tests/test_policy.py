@@ -21,6 +21,7 @@ from rtgate.auth.policy import (
     PolicyUpdate,
     Spend,
     apply_update,
+    check_transcription,
     over_budget,
     parse_duration,
     parse_expiry,
@@ -28,7 +29,7 @@ from rtgate.auth.policy import (
 )
 from rtgate.clock import ManualClock
 from rtgate.config import Settings
-from rtgate.errors import PolicyError
+from rtgate.errors import ModelNotAllowed, PolicyError
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway, events_until
 from tests.provider import FakeProvider, emit_response_done
@@ -152,6 +153,40 @@ def test_guard_passes_appends_and_blocks_named_fields() -> None:
     assert g.check('{"type":"conversation.item.delete","item_id":"x"}') is not None
 
 
+def test_a_transcription_session_names_its_model_in_its_transcription() -> None:
+    """A transcription session's model is the one it transcribes with: the key must allow it,
+    as the session opens and in each update; a realtime session's input transcription rides
+    on the realtime model the key allows (the agents SDK sets its own)."""
+    policy = KeyPolicy(models=("gpt-realtime", "gpt-4o-mini-transcribe"))
+    whisper = (
+        '{"type":"session.update","event_id":"w","session":{"type":"transcription",'
+        '"audio":{"input":{"transcription":{"model":"whisper-1"}}}}}'
+    )
+    err = ClientEventGuard(policy, transcription=True).check(whisper)
+    assert err is not None and err.code == "model_not_allowed" and err.client_event_id == "w"
+    assert err.param == "session.audio.input.transcription.model"
+    allowed = whisper.replace("whisper-1", "gpt-4o-mini-transcribe-2025-12-15")  # its family
+    assert ClientEventGuard(policy, transcription=True).check(allowed) is None
+    assert ClientEventGuard(policy).check(whisper) is None  # a realtime session's
+    beta = '{"type":"session.update","session":{"input_audio_transcription":{"model":"x"}}}'
+    assert ClientEventGuard(policy, transcription=True).check(beta) is not None
+
+    check_transcription(policy, None)  # the default model, allowed
+    with pytest.raises(ModelNotAllowed, match="`whisper-1`"):
+        check_transcription(policy, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    only_realtime = KeyPolicy(models=("gpt-realtime",))
+    with pytest.raises(ModelNotAllowed, match="`gpt-4o-mini-transcribe`"):
+        check_transcription(only_realtime, None)
+    # The key's own default transcription model is what the session opens with.
+    whisper_default = policy.replace(
+        session_defaults={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    )
+    with pytest.raises(ModelNotAllowed):
+        check_transcription(whisper_default, None)
+    check_transcription(KeyPolicy(), {"audio": {"input": {"transcription": {"model": "x"}}}})
+    check_transcription(policy, {"audio": {"input": {"transcription": None}}})  # none at all
+
+
 # -- over sockets ------------------------------------------------------------------------------
 
 
@@ -209,6 +244,57 @@ async def test_models_are_checked_at_connect_and_in_session_updates(
         await ws.send('{"type":"input_audio_buffer.clear"}')  # still open
         assert orjson.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
     assert len(provider.upgrades) == 1
+
+
+async def test_a_transcription_session_is_refused_a_model_the_key_may_not_use(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    """An audit's hole: ``?intent=transcription`` named no model, so a key limited to realtime
+    models transcribed with any model it liked, at that model's prices."""
+    realtime_only = await key_with(gateway, models=["gpt-realtime"])
+    event, code = await refusal(gateway, realtime_only, "intent=transcription")
+    assert (event["error"]["code"], code) == ("model_not_allowed", 3000)
+    assert "`gpt-4o-mini-transcribe`" in event["error"]["message"]
+    event, code = await refusal(gateway, realtime_only, "model=gpt-realtime&intent=transcription")
+    assert (event["error"]["code"], code) == ("model_not_allowed", 3000)
+    # Its realtime sessions transcribe their input as the client asks (the agents SDK's way).
+    async with await opened(gateway, realtime_only) as ws:
+        await ws.send(
+            '{"type":"session.update","session":{"type":"realtime",'
+            '"audio":{"input":{"transcription":{"model":"whisper-1"}}}}}'
+        )
+        assert orjson.loads(await ws.recv())["type"] == "session.updated"
+
+    key = await key_with(gateway, models=["gpt-realtime", "gpt-4o-mini-transcribe"])
+    async with await opened(gateway, key, "intent=transcription") as ws:
+        updated = orjson.loads(await ws.recv())
+        assert updated["type"] == "session.updated"  # the default model, allowed
+        await ws.send(
+            '{"type":"session.update","event_id":"u1","session":{"type":"transcription",'
+            '"audio":{"input":{"transcription":{"model":"whisper-1"}}}}}'
+        )
+        err = orjson.loads(await ws.recv())
+        assert (err["error"]["code"], err["error"]["event_id"]) == ("model_not_allowed", "u1")
+        assert err["error"]["param"] == "session.audio.input.transcription.model"
+        # Still open, and still transcribing with the allowed model: nothing went upstream.
+        await ws.send('{"type":"session.update","session":{"type":"transcription"}}')
+        after = orjson.loads(await ws.recv())
+        assert after["type"] == "session.updated"
+        transcription = after["session"]["audio"]["input"]["transcription"]
+        assert transcription["model"] == "gpt-4o-mini-transcribe"
+    # A beta client's update is judged as the GA one it becomes.
+    async with connect(
+        f"{gateway.ws}/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {key}", "OpenAI-Beta": "realtime=v1"},
+    ) as beta:
+        assert orjson.loads(await beta.recv())["type"] == "transcription_session.created"
+        assert orjson.loads(await beta.recv())["type"] == "transcription_session.updated"
+        await beta.send(
+            '{"type":"transcription_session.update","event_id":"b1",'
+            '"session":{"input_audio_transcription":{"model":"whisper-1"}}}'
+        )
+        err = orjson.loads(await beta.recv())
+        assert (err["error"]["code"], err["error"]["event_id"]) == ("model_not_allowed", "b1")
 
 
 async def test_live_session_limit_one_under_at_and_over(

@@ -194,7 +194,13 @@ def serving_argv() -> list[str]:
     return python_m("rtgate.server", sys.argv[0])
 
 
-ModelsOpt = Annotated[str | None, typer.Option(help="Allowed models or families, comma-separated.")]
+ModelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Allowed models or families, comma-separated (a transcription session's model is"
+        " its transcription model)."
+    ),
+]
 MaxSessionsOpt = Annotated[int | None, typer.Option(help="Live sessions at once.", min=1)]
 RateOpt = Annotated[int | None, typer.Option(help="New sessions per minute.", min=1)]
 MintRateOpt = Annotated[int | None, typer.Option(help="Client secrets minted per minute.", min=1)]

@@ -43,7 +43,6 @@ from rtgate.auth.client_secrets import (
     translation_template,
     with_transcription_model,
 )
-from rtgate.auth.policy import check_session_template
 from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
@@ -102,11 +101,7 @@ async def _mint(
     key, policy = await gw.authenticator.key(call.request.headers, call.request.remote)
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
-    if model is not None:
-        route_for(gw, policy, model, template)
-    else:
-        # A transcription secret names no model until its session does.
-        check_session_template(policy, template)
+    route_for(gw, policy, model, template, transcription=template["type"] == "transcription")
     if policy.secrets_per_minute is not None:
         await gw.limiter.mint(key.id, policy.secrets_per_minute, gw.clock.now())
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)

@@ -30,6 +30,7 @@ from rtgate.protocol.session_fields import (
     applicable,
     chooses_transcription,
     merge,
+    transcription_model,
 )
 
 
@@ -94,12 +95,28 @@ def allows_model(policy: KeyPolicy, model: str) -> bool:
     return not policy.models or model in policy.models or model_family(model) in policy.models
 
 
-def check_model(policy: KeyPolicy, model: str) -> None:
+def check_model(policy: KeyPolicy, model: str, param: str = "model") -> None:
     if model and not allows_model(policy, model):
         raise ModelNotAllowed(
             f"This key may not use the model `{model}`. Allowed: {', '.join(policy.models)}.",
-            param="model",
+            param=param,
         )
+
+
+#: Where a transcription session names its model (``docs/protocol.md`` 2.5).
+TRANSCRIPTION_MODEL_PARAM = "session.audio.input.transcription.model"
+
+
+def check_transcription(policy: KeyPolicy, template: Mapping[str, Any] | None) -> None:
+    """Refuse a transcription session whose model the key may not use, as it would open: the
+    key's defaults, a client secret's template over them, or the default model. A
+    transcription session's model is its transcription model (it is what the session is
+    billed by); a realtime session's input transcription is not checked, since its model is
+    the realtime one the key allows (and the SDKs' agents set a transcription model of their
+    own, ``docs/protocol.md`` 1.6)."""
+    model = transcription_model(opening_session(policy, True, template))
+    if model is not None:
+        check_model(policy, model, TRANSCRIPTION_MODEL_PARAM)
 
 
 def check_expiry(policy: KeyPolicy, now: float) -> None:
@@ -142,6 +159,9 @@ class ClientEventGuard:
     """
 
     policy: KeyPolicy
+    #: A transcription session: its ``session.update`` names the model the key must allow in
+    #: ``audio.input.transcription`` (``check_transcription``).
+    transcription: bool = False
     _types: frozenset[str] = field(init=False)
     _fields: dict[str, frozenset[str]] = field(init=False)
 
@@ -197,9 +217,12 @@ class ClientEventGuard:
                         ),
                         eid,
                     )
-            if etype == "session.update" and isinstance(body.get("model"), str):
+            if etype == "session.update":
                 try:
-                    check_model(self.policy, body["model"])
+                    if isinstance(body.get("model"), str):
+                        check_model(self.policy, body["model"])
+                    if self.transcription and (tm := transcription_model(body)) is not None:
+                        check_model(self.policy, tm, TRANSCRIPTION_MODEL_PARAM)
                 except ModelNotAllowed as err:
                     return _with_event(err, eid)
         return None
@@ -248,7 +271,8 @@ def check_session_template(policy: KeyPolicy, template: Mapping[str, Any]) -> No
     change with a ``session.update``; checked at use as well as at minting, since the key's
     policy may have changed in between."""
     update = orjson.dumps({"type": "session.update", "session": dict(template)}).decode()
-    blocked = ClientEventGuard(policy).check(update)
+    transcription = template.get("type") == "transcription"
+    blocked = ClientEventGuard(policy, transcription).check(update)
     if blocked is not None:
         blocked.client_event_id = None
         raise blocked
@@ -266,6 +290,16 @@ def initial_session_update(
     session of this type has), a client secret's template over them (its minter chose it for
     this very session), and for a transcription session that chose no transcription model,
     the default one (docs/protocol.md 8.2: a session template goes up as an initial update)."""
+    session = opening_session(policy, transcription, template)
+    if set(session) == {"type"}:
+        return None
+    return orjson.dumps({"type": "session.update", "session": session}).decode()
+
+
+def opening_session(
+    policy: KeyPolicy, transcription: bool, template: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The session ``initial_session_update`` sets (only ``type`` when it sets nothing)."""
     session: dict[str, Any] = {"type": "transcription" if transcription else "realtime"}
     merge(session, applicable(policy.session_defaults or {}, transcription))
     merge(session, template or {})
@@ -273,9 +307,7 @@ def initial_session_update(
         merge(
             session, {"audio": {"input": {"transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}}}}
         )
-    if set(session) == {"type"}:
-        return None
-    return orjson.dumps({"type": "session.update", "session": session}).decode()
+    return session
 
 
 def translation_session_update(template: Mapping[str, Any] | None) -> str | None:

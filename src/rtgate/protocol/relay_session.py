@@ -30,6 +30,7 @@ from rtgate.catalog import Catalog, Route
 from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import MeteredBy, Review, UsageRecord
 from rtgate.protocol.events import error_event
+from rtgate.protocol.session_fields import transcription_model
 from rtgate.protocol.usage import (
     BACKEND_USAGE_EVENTS,
     Usage,
@@ -246,7 +247,7 @@ class RelaySession:
         model = session.get("model")
         if isinstance(model, str):
             self.upstream_session_model = model
-        tmodel = _transcription_model(session)
+        tmodel = transcription_model(session)
         if tmodel is not None:
             self.transcription_model = tmodel
 
@@ -349,21 +350,6 @@ class RelaySession:
         self.state = SessionState.CLOSED
         self.close_code, self.close_reason, self.closed_by = code, reason, by
         return True
-
-
-def _transcription_model(session: dict[str, Any]) -> str | None:
-    """GA ``audio.input.transcription.model`` or beta ``input_audio_transcription.model``."""
-    audio = session.get("audio")
-    if isinstance(audio, dict):
-        inp = audio.get("input")
-        if isinstance(inp, dict):
-            tr = inp.get("transcription")
-            if isinstance(tr, dict) and isinstance(tr.get("model"), str):
-                return str(tr["model"])
-    tr = session.get("input_audio_transcription")
-    if isinstance(tr, dict) and isinstance(tr.get("model"), str):
-        return str(tr["model"])
-    return None
 
 
 def parse_event(data: str) -> Any:

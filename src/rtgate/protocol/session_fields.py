@@ -118,6 +118,21 @@ def chooses_transcription(session: Mapping[str, Any]) -> bool:
     return isinstance(inp, Mapping) and "transcription" in inp
 
 
+def transcription_model(session: Mapping[str, Any]) -> str | None:
+    """The transcription model a session (or an update) names: GA
+    ``audio.input.transcription.model``, or beta ``input_audio_transcription.model``."""
+    audio = session.get("audio")
+    inp = audio.get("input") if isinstance(audio, Mapping) else None
+    for tr in (
+        inp.get("transcription") if isinstance(inp, Mapping) else None,
+        session.get("input_audio_transcription"),
+    ):
+        model = tr.get("model") if isinstance(tr, Mapping) else None
+        if isinstance(model, str):
+            return model
+    return None
+
+
 def applicable(defaults: Mapping[str, Any], transcription: bool) -> dict[str, Any]:
     """A key's session defaults (fields of either session type) as far as a session of this
     type has them: a transcription session has only ``include`` and ``audio.input``."""

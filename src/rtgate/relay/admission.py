@@ -20,6 +20,7 @@ from rtgate.auth.policy import (
     Spend,
     check_model,
     check_session_template,
+    check_transcription,
     over_budget,
     session_seconds,
 )
@@ -46,13 +47,21 @@ def note_refusal(
 
 
 def route_for(
-    gw: Gateway, policy: KeyPolicy, model: str | None, template: Mapping[str, Any] | None = None
+    gw: Gateway,
+    policy: KeyPolicy,
+    model: str | None,
+    template: Mapping[str, Any] | None = None,
+    *,
+    transcription: bool = False,
 ) -> Route:
     """The route of ``model`` (None: a transcription session's default upstream), refused
-    unless the key may use the model (``model_not_allowed``) and set what ``template`` sets
+    unless the key may use the model (``model_not_allowed``; for a transcription session, the
+    transcription model it opens with too) and set what ``template`` sets
     (``event_not_allowed``, as its ``session.update`` would be)."""
     route = gw.catalog.resolve(model)
     check_model(policy, route.model)
+    if transcription or model is None:
+        check_transcription(policy, template)
     if template is not None:
         check_session_template(policy, template)
     return route

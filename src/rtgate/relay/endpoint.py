@@ -404,7 +404,13 @@ async def relay_socket(
                 model = connection_model(grant, model)
             elif model is None and intent != "transcription":
                 model = s.default_model
-            route = route_for(gw, policy, model, grant.session if grant is not None else None)
+            route = route_for(
+                gw,
+                policy,
+                model,
+                grant.session if grant is not None else None,
+                transcription=intent == "transcription",
+            )
             await admit(gw, key, policy)
     except GatewayError as err:
         if start is not None and err.client_event_id is None:

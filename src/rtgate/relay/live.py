@@ -130,7 +130,7 @@ def relay_pump(
     translation session (intent ``translation``) counts its input audio (``AudioMeter``). A
     GPT-Live session keeps no transcript (the recorder reads Realtime events) and waits up to
     ``live_close_seconds`` for its final total as it ends."""
-    guard = ClientEventGuard(policy)
+    guard = ClientEventGuard(policy, transcription=session.intent == "transcription")
     metered = session.metered
     core = RelayCore(
         session,
