@@ -4,6 +4,7 @@ defaults and blocked events, over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,10 +53,66 @@ def test_a_blocked_field_that_would_block_nothing_is_refused(entry: str, use: st
     with pytest.raises(PolicyError, match="would block nothing") as refused:
         apply_update(KeyPolicy(), PolicyUpdate(blocked_events=[entry]))
     assert (f"(use {use})" in refused.value.message) is (use is not None)
-    fine = ["session.update:audio", "session.update:delegation", "response.create", "x.y:item"]
+    fine = [
+        "session.update:audio",
+        "session.update:delegation",  # GPT-Live's
+        "response.create",
+        "conversation.item.create:item",
+        "decision.item.delete:item_id",  # GPT-Live's
+        "session.input_audio_buffer.append",  # a translation session's
+        "transcription_session.update",  # beta's
+    ]
     assert apply_update(KeyPolicy(), PolicyUpdate(blocked_events=fine)).blocked_events == tuple(
         fine
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("respons.create", "not a client event (did you mean response.create?)"),
+        ("conversation.item.created", "(did you mean conversation.item.create?)"),
+        ("x.y:item", "not a client event"),
+        ("response.create:respnse", "response.create has no member 'respnse'"),
+        ("input_audio_buffer.append:item", "has no member 'item'"),
+    ],
+)
+def test_a_blocked_event_no_protocol_defines_is_refused(entry: str, says: str) -> None:
+    """A typo in a blocked event left the key looking locked while it blocked nothing."""
+    with pytest.raises(PolicyError, match="would block nothing") as refused:
+        apply_update(KeyPolicy(), PolicyUpdate(blocked_events=[entry]))
+    assert says in refused.value.message
+
+
+def _sdk_members(union: Any) -> dict[str, frozenset[str]]:
+    """Each event of one of the SDK's client-event unions: its ``type``, and its members."""
+    if typing.get_origin(union) is typing.Annotated:
+        union = typing.get_args(union)[0]
+    return {
+        typing.get_args(t.model_fields["type"].annotation)[0]: frozenset(t.model_fields)
+        for t in typing.get_args(union)
+    }
+
+
+def test_the_client_events_a_key_may_block_are_the_sdks() -> None:
+    """The tables ``_blockable`` reads, against the installed SDK's own unions."""
+    from openai.types.beta.realtime.realtime_client_event import (
+        RealtimeClientEvent as BetaClientEvent,
+    )
+    from openai.types.live.client_event import ClientEvent as LiveClientEvent
+    from openai.types.realtime.realtime_client_event import RealtimeClientEvent
+    from openai.types.realtime.realtime_translation_client_event import (
+        RealtimeTranslationClientEvent,
+    )
+
+    from rtgate.protocol import beta, client_schema, live, translation
+
+    ga = _sdk_members(RealtimeClientEvent)
+    assert {t: frozenset(o.fields) for t, o in client_schema.CLIENT_EVENTS.items()} == ga
+    assert live.CLIENT_MEMBERS == _sdk_members(LiveClientEvent)
+    assert translation.CLIENT_MEMBERS == _sdk_members(RealtimeTranslationClientEvent)
+    only_beta = {t: m for t, m in _sdk_members(BetaClientEvent).items() if t not in ga}
+    assert beta.BETA_ONLY_CLIENT_MEMBERS == only_beta
 
 
 def test_policy_round_trips_through_json() -> None:

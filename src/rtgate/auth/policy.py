@@ -8,11 +8,13 @@ A policy is checked when a session opens and again during it: the model named by
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -526,13 +528,48 @@ _SESSION_FIELDS = REALTIME | TRANSCRIPTION | {"delegation"}
 _UNDER_AUDIO = ("voice", "turn_detection", "format", "transcription", "noise_reduction", "speed")
 
 
+@cache
+def _client_members() -> dict[str, frozenset[str]]:
+    """Every client event type a session rtgate relays may carry (GA Realtime, beta, GPT-Live,
+    translation), with the top-level members any of them gives it. Imported here, when a
+    policy is set, not by every process that judges one."""
+    from rtgate.protocol import beta, client_schema, live, translation
+
+    out: dict[str, frozenset[str]] = {}
+    for table in (
+        {t: frozenset(spec.fields) for t, spec in client_schema.CLIENT_EVENTS.items()},
+        beta.BETA_ONLY_CLIENT_MEMBERS,
+        live.CLIENT_MEMBERS,
+        translation.CLIENT_MEMBERS,
+    ):
+        for etype, members in table.items():
+            out[etype] = out.get(etype, frozenset()) | members
+    return out
+
+
 def _blockable(entry: str) -> str:
     """A blocked event or field as the guard can match it, else a ``PolicyError`` that says
-    what to write: a field is a top-level member (``session.update:audio``, not
-    ``session.update:audio.output.voice`` nor the beta ``voice``), or it would block nothing."""
+    what to write: a client event some protocol defines (a typo would block nothing), and a
+    field that is a top-level member of that event (``response.create:response``), or of its
+    session for ``session.update`` (``session.update:audio``, not
+    ``session.update:audio.output.voice`` nor the beta ``voice``)."""
     etype, colon, fname = entry.partition(":")
     if not etype or (colon and not fname):
         raise PolicyError(f"not an event or TYPE:FIELD: {entry!r}", param="blocked_events")
+    members = _client_members()
+    if etype not in members:
+        close = difflib.get_close_matches(etype, members, n=1)
+        raise PolicyError(
+            f"{entry!r} would block nothing: {etype!r} is not a client event"
+            + (f" (did you mean {close[0]}?)" if close else ""),
+            param="blocked_events",
+        )
+    if fname and "." not in fname and etype != "session.update" and fname not in members[etype]:
+        raise PolicyError(
+            f"{entry!r} would block nothing: {etype} has no member {fname!r}"
+            f" (it has {', '.join(sorted(members[etype]))})",
+            param="blocked_events",
+        )
     session = etype == "session.update"
     if "." not in fname and (not session or not fname or fname in _SESSION_FIELDS):
         return entry

@@ -64,6 +64,28 @@ START_TYPE = "session.start"
 #: The client event that ends a session: once a client sent it, the gateway does not again.
 CLOSE_MARK = '"session.close"'
 CLOSE_TYPE = "session.close"
+#: Every client event a Live session defines, with its members (the SDK's
+#: ``openai.types.live.ClientEvent``): what a key's blocked events may name for it.
+CLIENT_MEMBERS: dict[str, frozenset[str]] = {
+    t: frozenset({"type", "event_id", *members})
+    for t, members in (
+        (START_TYPE, ("session",)),
+        ("session.update", ("session",)),
+        (CLOSE_TYPE, ()),
+        ("session.input_audio.append", ("audio",)),
+        ("session.input_audio.mute", ()),
+        ("session.input_audio.unmute", ()),
+        ("session.instructions.append", ("content", "delegation_id")),
+        ("session.thinking.append", ("content", "delegation_id")),
+        ("session.commentary.append", ("content", "delegation_id")),
+        ("session.output_audio.fixture.play", ("audio",)),
+        ("response.create", ()),
+        ("response.item.create", ("item",)),
+        ("decision.create", ()),
+        ("decision.item.create", ("item",)),
+        ("decision.item.delete", ("item_id",)),
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)

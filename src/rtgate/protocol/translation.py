@@ -33,6 +33,13 @@ Basis = Literal["input", "output"]
 #: Bytes of 24 kHz PCM16 mono audio per millisecond (24 samples x 2 bytes).
 BYTES_PER_MS = 48
 APPEND_TYPE = "session.input_audio_buffer.append"
+#: Every client event a translation session defines, with its members (the SDK's
+#: ``RealtimeTranslationClientEvent``): what a key's blocked events may name for it.
+CLIENT_MEMBERS = {
+    "session.update": frozenset({"type", "event_id", "session"}),
+    APPEND_TYPE: frozenset({"type", "event_id", "audio"}),
+    "session.close": frozenset({"type", "event_id"}),
+}
 _PREFIXES = (
     '{"type":"session.input_audio_buffer.append","audio":"',
     '{"type": "session.input_audio_buffer.append", "audio": "',
