@@ -109,10 +109,10 @@ def test_the_client_events_a_key_may_block_are_the_sdks() -> None:
 
     ga = _sdk_members(RealtimeClientEvent)
     assert {t: frozenset(o.fields) for t, o in client_schema.CLIENT_EVENTS.items()} == ga
-    assert live.CLIENT_MEMBERS == _sdk_members(LiveClientEvent)
-    assert translation.CLIENT_MEMBERS == _sdk_members(RealtimeTranslationClientEvent)
+    assert _sdk_members(LiveClientEvent) == live.CLIENT_MEMBERS
+    assert _sdk_members(RealtimeTranslationClientEvent) == translation.CLIENT_MEMBERS
     only_beta = {t: m for t, m in _sdk_members(BetaClientEvent).items() if t not in ga}
-    assert beta.BETA_ONLY_CLIENT_MEMBERS == only_beta
+    assert only_beta == beta.BETA_ONLY_CLIENT_MEMBERS
 
 
 def test_policy_round_trips_through_json() -> None:
