@@ -236,3 +236,40 @@ async def test_the_product_pages_transcription_url_transcribes_with_no_setup(
     assert word_errors(SENTENCE, event["transcript"]) <= 1, event["transcript"]
     (row,) = await gw.store.usage_summary()
     assert row.model == "gpt-4o-mini-transcribe" and row.usage.audio_in > 0
+
+
+async def test_a_model_on_the_other_protocols_route_is_refused_as_the_provider_does(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """A newcomer's find: offline, ``gpt-realtime`` on ``/v1/live/sessions`` was served (and
+    ``gpt-live-1`` on ``/v1/realtime``), where OpenAI refuses both, so a client tested against
+    the engine passed and then failed on the provider."""
+    gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
+    key = await gw.new_key()
+    client = AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0)
+    async with client.live.connect() as live:
+        await live.session.start(session={"model": "gpt-realtime"}, event_id="s1")
+        error = orjson.loads(await asyncio.wait_for(live.recv_bytes(), 10))
+        assert error["type"] == "error", error
+        assert (error["error"]["code"], error["error"]["param"]) == (
+            "model_not_found",
+            "session.model",
+        )
+        assert error["error"]["client_event_id"] == "s1"
+        with pytest.raises(Exception, match="1008"):
+            await asyncio.wait_for(live.recv_bytes(), 10)
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-live-1",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        error = orjson.loads(await ws.recv())
+        validate_server_event(error)
+        assert error["error"]["code"] == "model_not_found"
+        assert "gpt-live-1" in error["error"]["message"]
+        await ws.wait_closed()
+    assert ws.close_code == 4004
+    # The engine's own name is served on both.
+    async with client.live.connect() as live:
+        await live.session.start(session={"model": "local"})
+        started = orjson.loads(await asyncio.wait_for(live.recv_bytes(), 10))
+        assert started["type"] == "session.started"

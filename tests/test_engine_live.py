@@ -123,6 +123,9 @@ def test_session_start_resolves_the_defaults_and_echoes_the_client_event_id() ->
             "invalid_type",
             "session.delegation.responses.tools",
         ),
+        # A Realtime model on Live's route, as the provider refuses it (its dated snapshots too).
+        ({"model": "gpt-realtime"}, "model_not_found", "session.model"),
+        ({"model": "gpt-realtime-mini-2025-12-15"}, "model_not_found", "session.model"),
     ],
 )
 def test_a_refused_start_sends_no_session_started(
@@ -801,3 +804,27 @@ async def test_a_wrong_engine_token_is_refused(
     async with client.live.connect(max_retries=0) as conn:
         error = await _raw(conn)
         assert error["error"]["code"] == "invalid_api_key"
+
+
+def test_the_models_each_route_refuses_are_the_sdks_literals() -> None:
+    """``catalog.LIVE_MODELS`` and ``REALTIME_MODELS``, the families of the model literals the
+    installed SDK types each session with."""
+    import typing
+
+    from openai.types.live.session_config import SessionConfig
+    from openai.types.realtime.realtime_session_create_request import (
+        RealtimeSessionCreateRequest,
+    )
+
+    from rtgate.catalog import LIVE_MODELS, REALTIME_MODELS, model_family
+
+    def families(annotation: Any) -> set[str]:
+        out: set[str] = set()
+        for arg in typing.get_args(annotation):
+            if typing.get_origin(arg) is typing.Literal:
+                out |= {model_family(name) for name in typing.get_args(arg)}
+        return out
+
+    assert families(SessionConfig.model_fields["model"].annotation) == LIVE_MODELS
+    realtime = RealtimeSessionCreateRequest.model_fields["model"].annotation
+    assert families(realtime) == REALTIME_MODELS

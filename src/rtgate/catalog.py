@@ -28,6 +28,31 @@ DEFAULT_TRANSLATION_MODEL = "gpt-realtime-translate"
 #: The price row of what the local engine serves, unless a catalog entry names another.
 LOCAL_PRICES = "local"
 
+#: The model families each protocol's SDK types name (``SessionConfig.model`` for GPT-Live,
+#: ``RealtimeSessionCreateRequest.model`` for Realtime): the provider refuses a model of one
+#: on the other's route (docs/protocol-live.md 1), and so does the local engine. A name in
+#: neither (``local``, an operator's own) is served on both.
+LIVE_MODELS = frozenset({"gpt-live-1", "gpt-live-1.1"})
+REALTIME_MODELS = frozenset(
+    {
+        "gpt-realtime",
+        "gpt-realtime-1.5",
+        "gpt-realtime-2",
+        "gpt-realtime-2.1",
+        "gpt-realtime-2.1-mini",
+        "gpt-realtime-mini",
+        "gpt-4o-realtime-preview",
+        "gpt-4o-mini-realtime-preview",
+        "gpt-audio-1.5",
+        "gpt-audio-mini",
+    }
+)
+
+
+def wrong_route(model: str, path: str) -> str:
+    """The refusal of a model on the other protocol's route (``LIVE_MODELS``)."""
+    return f"The model `{model}` cannot be used on {path}."
+
 
 def model_family(name: str) -> str:
     """``gpt-realtime-mini-2025-10-06`` -> ``gpt-realtime-mini``."""

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.catalog import model_family
+from rtgate.catalog import LIVE_MODELS, model_family, wrong_route
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
 from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
@@ -239,28 +239,33 @@ async def engine_realtime(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
     await ws.prepare(request)
     if not authorized(request, opts):
-        await ws.send_str(
-            _dump(
-                ev(
-                    "error",
-                    error={
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                        "message": "Incorrect API key provided.",
-                        "param": None,
-                        "event_id": None,
-                    },
-                )
-            )
-        )
-        await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
-        return ws
+        return await _refuse(ws, 3000, "invalid_api_key", "Incorrect API key provided.")
     transcription = request.query.get("intent") == "transcription"
     model = request.query.get("model") or "local"
+    if model_family(model) in LIVE_MODELS:
+        # As OpenAI's Realtime route refuses a model it does not serve (docs/protocol.md 5.4).
+        return await _refuse(ws, 4004, "model_not_found", wrong_route(model, "/v1/realtime"))
     session = EngineSession(
         model=model, transcription=transcription, max_seconds=opts.max_session_seconds
     )
     await EngineConnection(ws, opts, session).run(setup_frames(request.headers))
+    return ws
+
+
+async def _refuse(
+    ws: web.WebSocketResponse, close_code: int, code: str, message: str
+) -> web.WebSocketResponse:
+    """A session refused before it starts: OpenAI's ``error`` event, then the close whose
+    reason is ``<type>.<code>`` (docs/protocol.md 0, fact 11)."""
+    error = {
+        "type": "invalid_request_error",
+        "code": code,
+        "message": message,
+        "param": None,
+        "event_id": None,
+    }
+    await ws.send_str(_dump(ev("error", error=error)))
+    await ws.close(code=close_code, message=f"invalid_request_error.{code}".encode())
     return ws
 
 
