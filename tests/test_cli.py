@@ -137,6 +137,22 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
     assert header.split()[-2:] == ["review", "┃"] and row.split()[-2:] == ["1", "│"]
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("usage", "--since", "2026-13-01"), "since: month must be in 1..12"),
+        (("usage", "--since", "yesterday"), "since"),
+        (("sessions", "--limit", "-1"), "limit: Expected `int` >= 1"),
+        (("sessions", "--limit", "1001"), "limit: Expected `int` <= 1000"),
+    ],
+)
+def test_a_day_or_limit_the_admin_api_refuses_is_refused_alike(
+    cli: Callable[..., str], args: tuple[str, ...], says: str
+) -> None:
+    """A newcomer's find: these were taken silently (an empty table, or every session)."""
+    assert says in cli(*args, code=2)
+
+
 def test_bad_config_stops_with_the_settings_name(
     cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

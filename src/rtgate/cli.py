@@ -18,6 +18,7 @@ import msgspec
 import orjson
 import typer
 
+from rtgate.api.queries import SessionsQuery, UsageQuery
 from rtgate.api.views import (
     client_secret_view,
     dump,
@@ -54,6 +55,7 @@ secrets_app = typer.Typer(
 app.add_typer(secrets_app, name="secrets")
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -268,8 +270,14 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
         raw["blocked_events"] = raw.pop("block_event")
     if "clear" in raw:
         raw["clear"] = [_clearable(name) for name in raw["clear"]]
+    return _read_as(raw, PolicyUpdate)
+
+
+def _read_as(raw: dict[str, Any], kind: type[S]) -> S:
+    """Options read as the admin API reads its body or query (``kind``): refused with its
+    words, exit 2."""
     try:
-        return msgspec.convert(raw, PolicyUpdate, strict=False)
+        return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         where, message = problem(exc)
         shown = f"{where}: {message}" if where else message
@@ -449,7 +457,8 @@ def usage(
     """Usage and cost by key, model, UTC day and unit: tokens, or the seconds of audio a row
     priced per second or minute billed; "review" counts records whose usage could not be read in
     full (what they did count is in the totals; see the log for each)."""
-    rows = _with_store(lambda st: st.usage_summary(key, since))
+    q = _read_as({"key_id": key, "since": since}, UsageQuery)
+    rows = _with_store(lambda st: st.usage_summary(q.key_id, q.since))
     if as_json:
         _print_json(dump([usage_row(r) for r in rows]))
         return
@@ -492,7 +501,8 @@ def sessions(
 ) -> None:
     """Recent sessions: key, model, start, duration, close, tokens, audio seconds billed by
     duration, and cost."""
-    rows = _with_store(lambda st: st.recent_sessions(limit, key))
+    q = _read_as({"limit": limit, "key_id": key}, SessionsQuery)
+    rows = _with_store(lambda st: st.recent_sessions(q.limit, q.key_id))
     if as_json:
         _print_json(dump([session_row(r) for r in rows]))
         return

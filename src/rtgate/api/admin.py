@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -39,6 +38,7 @@ from rtgate.api.live import (
 from rtgate.api.openai_errors import openai_error, server_error
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, Operation, Reply
+from rtgate.api.queries import SecretsQuery, SessionsQuery, UsageQuery
 from rtgate.api.reports import (
     KeyActivityView,
     OverviewView,
@@ -50,7 +50,6 @@ from rtgate.api.reports import (
 from rtgate.api.views import (
     ClientSecretView,
     ClosedSession,
-    Day,
     DrainView,
     KeyView,
     LiveSession,
@@ -156,8 +155,6 @@ def _guard(token: Secret | None) -> Middleware:
 
 # -- requests -------------------------------------------------------------------------------------
 
-_DAY = r"^\d{4}-\d{2}-\d{2}$"
-
 
 class CreateKey(PolicyUpdate, kw_only=True):
     """A new key: a name for its owner, and any policy fields."""
@@ -165,38 +162,6 @@ class CreateKey(PolicyUpdate, kw_only=True):
     # Names are printed in terminals and stored in a 200-character column: no control characters
     # (escape sequences, NUL).
     name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-
-
-class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
-    key_id: Annotated[str | None, Meta(description="Only this key's usage.")] = None
-    since: Annotated[
-        Annotated[Day, Meta(pattern=_DAY)] | None,
-        Meta(description="From this UTC day on (YYYY-MM-DD)."),
-    ] = None
-    format: Annotated[Literal["json", "csv"], Meta(description="JSON rows or CSV.")] = "json"
-
-    def __post_init__(self) -> None:
-        if self.since is not None:
-            try:
-                date.fromisoformat(self.since)
-            except ValueError as exc:
-                raise ValueError(f"since: {exc}") from exc
-
-
-class SecretsQuery(msgspec.Struct, frozen=True, kw_only=True):
-    key_id: Annotated[str | None, Meta(description="Only the secrets this key minted.")] = None
-
-
-class SessionsQuery(msgspec.Struct, frozen=True, kw_only=True):
-    limit: Annotated[int, Meta(ge=1, le=1000, description="How many, newest first.")] = 20
-    key_id: Annotated[str | None, Meta(description="Only this key's sessions.")] = None
-    before: Annotated[
-        str | None,
-        Meta(
-            description="A session id (the last of the previous page): the sessions after it, "
-            "in the same order. An unknown id gives an empty page."
-        ),
-    ] = None
 
 
 # -- handlers -------------------------------------------------------------------------------------

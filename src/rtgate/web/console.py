@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from rtgate.api import admin, catalog_views, reports
 from rtgate.api.bodies import InvalidRequest
 from rtgate.api.operation import Call
+from rtgate.api.queries import SessionsQuery, UsageQuery
 from rtgate.api.views import KeyView, LiveSession, UsageRow, View, dump
 from rtgate.auth.policy import CLEARABLE, PolicyUpdate
 from rtgate.errors import AuthError, GatewayError
@@ -393,14 +394,14 @@ async def key_revoke(request: web.Request) -> web.StreamResponse:
 # -- usage ----------------------------------------------------------------------------------------
 
 
-def _usage_query(request: web.Request) -> admin.UsageQuery:
+def _usage_query(request: web.Request) -> UsageQuery:
     default = (datetime.now(UTC) - timedelta(days=29)).date().isoformat()
     fields = {
         "since": request.query.get("since") or default,
         "key_id": request.query.get("key_id") or None,
         "format": request.query.get("format", "json"),
     }
-    return _valid(admin.UsageQuery, fields)
+    return _valid(UsageQuery, fields)
 
 
 async def usage_page(request: web.Request) -> web.StreamResponse:
@@ -478,7 +479,7 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
     gw = request.config_dict[GATEWAY]
     key_id = request.query.get("key_id") or None
     before = request.query.get("before") or None
-    query = _valid(admin.SessionsQuery, {"limit": PAGE_SIZE, "key_id": key_id, "before": before})
+    query = _valid(SessionsQuery, {"limit": PAGE_SIZE, "key_id": key_id, "before": before})
     recent = await admin.recent_sessions(_call(request, query=query))
     live = await admin.live_sessions(_call(request))
     names = await _key_names(request)
