@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from rtgate.cli import app
 from rtgate.config import Settings
+from rtgate.relay.endpoint import GATEWAY
 from tests.speech import speak
 
 
@@ -69,6 +70,25 @@ async def test_talk_reports_a_refused_key(local_gateway: Any, tmp_path: Path) ->
     assert result.exit_code == 1
     # Once: the refusal ends the talk, and is not printed as an event first.
     assert result.output.count("invalid_api_key") == 1, result.output
+
+
+async def test_talk_whose_instructions_are_refused_shows_the_reply_and_fails(
+    local_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's find: a key that blocks instructions answered without them, and talk
+    said so but exited 0, so a script took the reply for the one it asked for."""
+    import asyncio
+
+    from rtgate.auth.policy import KeyPolicy
+
+    policy = KeyPolicy(blocked_events=("session.update:instructions",))
+    _, key = await local_gateway.app[GATEWAY].keyring.create("locked", policy)
+    monkeypatch.setenv("RTGATE_HOME", str(tmp_path / "cli-home"))
+    args = ["talk", "--key", key, "--text", "hello", "--instructions", "Be a pirate."]
+    args += ["--url", f"{local_gateway.ws}/v1", "--out", str(tmp_path / "r.wav")]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 1, result.output
+    assert "event_not_allowed" in result.output and "assistant:" in result.output
 
 
 async def test_talk_finds_the_gateway_on_the_port_the_settings_name(

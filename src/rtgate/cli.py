@@ -627,6 +627,9 @@ def talk(
         f"usage: {u.get('input_tokens', 0)} in / {u.get('output_tokens', 0)} out tokens; "
         + (f"${price} at list price" if price is not None else "no list price for this model")
     )
+    if result.error is not None:
+        # The reply came, but not as asked (a refused --instructions): not a success.
+        raise typer.Exit(1)
 
 
 def main() -> None:
