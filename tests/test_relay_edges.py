@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import openai
 import orjson
 import pytest
 import websockets
@@ -743,3 +744,41 @@ async def test_a_client_that_leaves_mid_response_is_billed_for_it(
     async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
         refused = orjson.loads(await ws.recv())
         assert refused["error"]["code"] == "insufficient_quota"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "says"),
+    [
+        ("GET", "/v1/realtime?model=gpt-realtime", 400, "takes a WebSocket"),
+        ("GET", "/v1/live/sessions", 400, "live.connect()"),
+        ("GET", "/v1/realtime/translations", 400, "realtime.connect()"),
+        ("GET", "/v1/nope", 404, "Invalid URL (GET /v1/nope)"),
+        ("DELETE", "/v1/realtime/client_secrets", 405, "Invalid URL (DELETE "),
+    ],
+)
+async def test_a_v1_request_no_route_serves_is_answered_in_openais_shape(
+    gateway: RunningGateway, method: str, path: str, status: int, says: str
+) -> None:
+    """A newcomer's find: these were aiohttp's plain text ("No WebSocket UPGRADE hdr"), which
+    the SDKs cannot read as an error."""
+    key = await gateway.new_key()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, f"{gateway.http}{path}", headers={"Authorization": f"Bearer {key}"}
+        ) as r,
+    ):
+        body = await r.json()
+        assert r.status == status and r.content_type == "application/json"
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] is None
+    assert says in body["error"]["message"]
+
+
+async def test_the_sdk_reads_an_unknown_v1_route_as_not_found(gateway: RunningGateway) -> None:
+    async with AsyncOpenAI(
+        api_key=await gateway.new_key(), base_url=f"{gateway.http}/v1", max_retries=0
+    ) as client:
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.get("/nope", cast_to=object)
+    assert missing.value.message.endswith("Invalid URL (GET /v1/nope)")
+    assert missing.value.code is None and missing.value.type == "invalid_request_error"

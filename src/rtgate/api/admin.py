@@ -35,7 +35,7 @@ from rtgate.api.live import (
     revoke_elsewhere,
     revoke_here,
 )
-from rtgate.api.openai_errors import openai_error, server_error
+from rtgate.api.openai_errors import http_error, openai_error, server_error
 from rtgate.api.openapi import openapi_document
 from rtgate.api.operation import Call, Operation, Reply
 from rtgate.api.queries import SecretsQuery, SessionsQuery, UsageQuery
@@ -95,22 +95,10 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
-# aiohttp's own refusals (no such route, wrong method, body too large) in the same shape.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-
-
 def _gateway_error(err: GatewayError) -> web.Response:
     # RFC 6750 section 3: a 401 names the scheme the client should use.
     headers = {"WWW-Authenticate": 'Bearer realm="rtgate-admin"'} if err.http_status == 401 else {}
     return openai_error(err.http_status, err.error_type, err.code, err.message, err.param, headers)
-
-
-def _http_error(exc: web.HTTPException) -> web.Response:
-    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
-    code = _HTTP_CODES.get(exc.status, "invalid_request")
-    return openai_error(
-        exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers
-    )
 
 
 # -- the token ------------------------------------------------------------------------------------
@@ -137,7 +125,7 @@ def _guard(token: Secret | None) -> Middleware:
         except GatewayError as err:
             return _gateway_error(err)
         except web.HTTPException as exc:
-            return _http_error(exc)
+            return http_error(exc)
         except Exception:
             # The boundary: a bug still answers in the documented shape.
             log.exception("admin request failed: %s %s", request.method, request.path)

@@ -24,7 +24,7 @@ from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions, watch_revoked_keys
 from rtgate.api.live_http import add_live_routes
-from rtgate.api.openai_errors import error_response
+from rtgate.api.openai_errors import error_response, v1_http_errors
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.api.request_timeouts import body_deadline
 from rtgate.auth.authenticator import Authenticator
@@ -153,7 +153,7 @@ def create_app(
     # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
     app = web.Application(
         client_max_size=settings.max_http_body_bytes,
-        middlewares=[body_deadline(settings.request_timeout_seconds)],
+        middlewares=[v1_http_errors, body_deadline(settings.request_timeout_seconds)],
     )
     metrics = Metrics()
 

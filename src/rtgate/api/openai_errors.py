@@ -25,7 +25,7 @@ log = logging.getLogger("rtgate.api")
 def openai_error(
     status: int,
     error_type: str,
-    code: str,
+    code: str | None,
     message: str,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
@@ -67,3 +67,43 @@ def openai_errors(handler: Handler) -> Handler:
         return response
 
     return answer
+
+
+# aiohttp's own refusals (no such route, wrong method, body too large), in the admin API's shape.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """One of aiohttp's refusals as the admin API answers it."""
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+    code = _HTTP_CODES.get(exc.status, "invalid_request")
+    return openai_error(
+        exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers
+    )
+
+
+def not_a_websocket(request: web.Request) -> web.Response:
+    """A plain request on a route that takes only a WebSocket (``/v1/realtime``,
+    ``/v1/live/sessions``, ...): said in OpenAI's shape, with what to do instead."""
+    sdk = "live.connect()" if request.path.startswith("/v1/live/") else "realtime.connect()"
+    message = (
+        f"{request.method} {request.path} takes a WebSocket: connect with Upgrade: websocket"
+        f" (the SDK's {sdk})."
+    )
+    return openai_error(400, "invalid_request_error", None, message)
+
+
+@web.middleware
+async def v1_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's refusals under ``/v1/`` in OpenAI's words: a route that does not exist is
+    ``Invalid URL (GET /v1/...)``, 404, ``code: null``, as OpenAI answers it (a wrong method:
+    the same words, with its 405 and ``Allow``); elsewhere (the console, the admin API, which
+    answer in their own shapes) they pass."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/v1/") or exc.status not in (404, 405):
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        message = f"Invalid URL ({request.method} {request.path})"
+        return openai_error(exc.status, "invalid_request_error", None, message, headers=headers)

@@ -57,6 +57,7 @@ from collections.abc import Awaitable, Mapping
 from aiohttp import hdrs, web
 from aiohttp.http import ws_ext_parse
 
+from rtgate.api.openai_errors import not_a_websocket
 from rtgate.auth.client_secrets import (
     IntentNotAllowed,
     check_translation_secret,
@@ -245,6 +246,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         autoclose=True,
         heartbeat=None,
     )
+    if not ws.can_prepare(request).ok:
+        return not_a_websocket(request)
     await ws.prepare(request)
     await relay_socket(
         gw,
