@@ -481,6 +481,20 @@ async def test_failures_behind_the_api_answer_500_in_openai_shape(
 # -- live sessions --------------------------------------------------------------------------------
 
 
+async def test_a_forced_close_that_may_have_reached_the_wrong_worker_says_so(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """A newcomer's find: with --workers 2 and no Redis, a close that reached the other worker
+    answered a bare 404, as if the session did not exist."""
+    lone = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN))
+    reply = await call(lone, "POST", "/sessions/rs_elsewhere/close")
+    assert reply.error["message"] == "No live session with id 'rs_elsewhere'."
+    two = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN, RTGATE_WORKERS="2"))
+    reply = await call(two, "POST", "/sessions/rs_elsewhere/close")
+    assert reply.status == 404 and reply.error["code"] == "not_found"
+    assert "runs 2 workers without redis_url" in reply.error["message"]
+
+
 async def test_live_sessions_and_a_forced_close(admin: RunningGateway) -> None:
     key = (await call(admin, "POST", "/keys", body={"name": "carol"})).json()
     assert (await call(admin, "GET", "/sessions/live")).json() == []

@@ -73,7 +73,7 @@ from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Secret, Settings
 from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
-from rtgate.fleet import FleetUnavailable
+from rtgate.fleet import FleetUnavailable, LoneInstance
 
 PREFIX = "/admin/v1"
 
@@ -286,6 +286,12 @@ async def close_session(call: Call[None, None]) -> Reply:
             missing = (
                 f"No instance that answered holds a live session with id {_quoted(session_id)} "
                 f"({answers.silent} of {answers.reached} did not answer in time)."
+            )
+        elif isinstance(gw.fleet, LoneInstance) and gw.settings.workers > 1:
+            missing += (
+                f" This gateway runs {gw.settings.workers} workers without redis_url: the one"
+                " that answered lists and closes only its own sessions; set redis_url for the"
+                " admin API to reach every worker's."
             )
     raise NotFound(missing, param="session_id")
 
