@@ -36,7 +36,7 @@ from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 
 REDIS_URL = os.environ.get("RTGATE_TEST_REDIS_URL", "")
-ONE_LIVE = "This key already has 1 live sessions, its limit is 1."
+ONE_LIVE = "This key already has 1 live session, its limit is 1."
 TWO_LIVE = "This key already has 2 live sessions, its limit is 2."
 #: Nothing listens here: connections are refused at once.
 DEAD_REDIS = "redis://127.0.0.1:1/0"

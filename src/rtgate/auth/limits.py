@@ -34,7 +34,8 @@ class SessionLimiter(Protocol):
 
 
 def live_limit_reached(live: int, max_sessions: int) -> RateLimited:
-    return RateLimited(f"This key already has {live} live sessions, its limit is {max_sessions}.")
+    sessions = "live session" if live == 1 else "live sessions"
+    return RateLimited(f"This key already has {live} {sessions}, its limit is {max_sessions}.")
 
 
 def mint_rate_reached(per_minute: int, oldest_mint: float, now: float) -> RateLimited:
