@@ -7,6 +7,7 @@ envelope."""
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -415,3 +416,24 @@ def test_the_member_sets_are_the_sdks() -> None:
         assert set(CONTROLS["reject"]) == members(reject)
     for refer in (SessionReferParams, CallReferParams):
         assert set(CONTROLS["refer"]) == members(refer)
+
+
+@pytest.mark.parametrize(
+    ("row", "priced", "nanos"),
+    [
+        ("", True, 0),  # no [prices.local]: everything the engine serves is free, and priced
+        ('unit = "minute"\nrate = "0.06"\n', True, 61_200_000),  # $0.06 a minute, 61.2 s
+        # A row that prices tokens only: a Live session's seconds are unpriced, and logged,
+        # not billed $0 in silence (a newcomer's find).
+        ('text_in = "1"\naudio_in = "2"\n', False, 0),
+    ],
+)
+def test_a_live_session_on_the_engine_is_priced_by_the_local_rows_units(
+    tmp_path: Path, row: str, priced: bool, nanos: int
+) -> None:
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text(f"[prices.local]\n{row}" if row else "")
+    catalog = Catalog(load_settings(cfg, {}))  # no provider key: the local engine
+    assert catalog.resolve("gpt-live-1").upstream.kind == "local"
+    rec = committed_record(started(core(catalog=catalog)), usage(61.2))
+    assert (rec.priced, rec.price_key, rec.charged_nanos) == (priced, "local", nanos)

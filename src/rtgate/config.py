@@ -141,6 +141,11 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
             )
 
     @property
+    def charges_anything(self) -> bool:
+        """Whether any rate is set (not 0): a row that sets none prices every unit at 0."""
+        return bool(self.rate) or self.sets_token_rates
+
+    @property
     def sets_token_rates(self) -> bool:
         """Whether any token rate is set (not 0): a duration row prices tokens only then."""
         return any(

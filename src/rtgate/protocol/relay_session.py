@@ -306,9 +306,12 @@ class RelaySession:
             other = self.upstream_session_model or ""
         price_key, prices = self._catalog.usage_price(self.route, other)
         model = self.route.model if other is None else other
-        # What the local engine serves is priced by its row whatever the unit (catalog.py).
+        # What the local engine serves is priced by its one row (catalog.py): in the units
+        # that row prices, or at 0 when it prices nothing at all (the default, ``local``). A
+        # row that prices tokens only leaves a Live session's seconds unpriced, and logged.
         priced = prices is not None and (
-            self.route.upstream.kind == "local" or prices_usage(prices, usage)
+            prices_usage(prices, usage)
+            or (self.route.upstream.kind == "local" and not prices.charges_anything)
         )
         cost = cost_of(usage, prices) if priced else Cost(0, 0)
         if not priced:
