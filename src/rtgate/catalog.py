@@ -6,10 +6,10 @@ routing and pricing unless the catalog names the snapshot itself; a transcriptio
 
 Prices follow the route's upstream. On a provider, the session's model prices by its row and a
 transcription model (or a call's session model) by its own. Everything the embedded local engine
-serves, whatever its kind (realtime tokens, transcription tokens or minutes) and whatever the
-row's unit, prices by the route's one row: ``local`` (all zero unless the operator sets
-``[prices.local]``), or the row a catalog entry names with ``prices``, the operator's deliberate
-choice.
+serves, whatever its kind (realtime tokens, transcription tokens or minutes, Live seconds),
+prices by the route's one row: ``local`` (all zero unless the operator sets ``[prices.local]``),
+or the row a catalog entry names with ``prices``, the operator's deliberate choice; in the units
+that row prices, like any row (a row that sets no rate at all prices every unit at 0).
 """
 
 from __future__ import annotations
