@@ -285,6 +285,24 @@ def test_every_option_help_is_shown_whole() -> None:
     assert "this machine's gateway" in result.output
 
 
+@pytest.mark.parametrize("command", [["keys", "create"], ["keys", "update"], ["talk"]])
+def test_help_in_80_columns_shows_every_option_whole(command: list[str]) -> None:
+    """A newcomer's find: typer's panels cut option names at 80 columns
+    ("--sessions-per-…")."""
+    import typer.main
+
+    click_command = typer.main.get_command(app)
+    for name in command:
+        click_command = click_command.commands[name]  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    assert "…" not in result.output
+    for param in click_command.params:
+        for opt in param.opts:
+            assert opt in result.output, opt
+    assert max(map(len, result.output.splitlines())) <= 80
+
+
 def test_an_error_quoting_brackets_is_printed_whole(capsys: pytest.CaptureFixture[str]) -> None:
     from rtgate.cli import _error
 

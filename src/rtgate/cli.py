@@ -44,13 +44,26 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+#: Help as click lays it out, wrapped to the terminal: typer's rich panels share the width
+#: among empty columns and cut option names at 80 columns ("--sessions-per-…").
+PLAIN_HELP = None
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="rtgate: realtime voice AI gateway"
+    no_args_is_help=True,
+    add_completion=False,
+    help="rtgate: realtime voice AI gateway",
+    rich_markup_mode=PLAIN_HELP,
 )
-keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke gateway keys.")
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Create, list and revoke gateway keys.",
+    rich_markup_mode=PLAIN_HELP,
+)
 app.add_typer(keys_app, name="keys")
 secrets_app = typer.Typer(
-    no_args_is_help=True, help="List and revoke the client secrets keys have minted."
+    no_args_is_help=True,
+    help="List and revoke the client secrets keys have minted.",
+    rich_markup_mode=PLAIN_HELP,
 )
 app.add_typer(secrets_app, name="secrets")
 
