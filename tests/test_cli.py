@@ -91,6 +91,8 @@ async def _seed(db_url: str, key_id: str) -> None:
                 for i in range(2)
             ),
             SessionClose("rs_1", 1_800_000_090.0, 1000, "", "client"),
+            SessionOpen("rs_2", key_id, "gpt-live-1", "openai", "live", 1_800_000_100.0),
+            SessionOpen("rs_3", key_id, "", "openai", "transcription", 1_800_000_200.0),
         ]
     )
     await store.close()
@@ -129,10 +131,13 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
         }
     ]
     assert Decimal(rows[0]["cost_usd"]) == Decimal("0.1")
-    (sess,) = orjson.loads(cli("sessions", "--json"))
+    *_, sess = orjson.loads(cli("sessions", "--json"))
     assert sess["duration_s"] == 90.0 and sess["close_code"] == 1000
     assert sess["tokens"]["audio_out"] == 1000 and sess["cost_usd"] == "0.100000000"
-    assert "carol" in cli("sessions")
+    # Each session's intent beside its model (a newcomer's find: a Live or transcription
+    # session looked like a realtime one).
+    table = [ln.split("│")[3].strip() for ln in cli("sessions").splitlines() if "carol" in ln]
+    assert table == ["(transcription)", "gpt-live-1 (live)", "gpt-realtime"]
     header, row = [ln for ln in cli("usage").splitlines() if "carol" in ln or "review" in ln]
     assert header.split()[-2:] == ["review", "┃"] and row.split()[-2:] == ["1", "│"]
 

@@ -526,7 +526,9 @@ def sessions(
         table.add_row(
             timestamp(r.started_at),
             r.key_name,
-            r.model or "(transcription)",
+            # The intent beside the model: a transcription, translation, Live, WebRTC or
+            # call-sideband session is told apart from a realtime one, as in the console.
+            " ".join(filter(None, (r.model, f"({r.intent})" if r.intent else None))) or "-",
             dur,
             close,
             str(r.usage.total_tokens),
