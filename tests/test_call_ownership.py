@@ -1,10 +1,11 @@
 """A call belongs to the key that placed or accepted it, on every instance sharing the database.
 
-Only that key, or a client secret it minted, may attach a sideband socket to the call
-(``GET /v1/realtime?call_id=``) or act on it (``/v1/realtime/calls/{id}/accept|reject|refer|
-hangup``). Anyone else is answered exactly as for a call id that does not exist, and the
-provider never hears of it. An attached sideband relays under the key's policy, but the call's
-usage is billed once (by the gateway's own sideband) and the call's live-session slot covers it.
+Only that key, or a client secret it minted (for a call the key placed, or that secret did),
+may attach a sideband socket to the call (``GET /v1/realtime?call_id=``) or act on it
+(``/v1/realtime/calls/{id}/accept|reject|refer|hangup``). Anyone else is answered exactly as
+for a call id that does not exist, and the provider never hears of it. An attached sideband
+relays under the key's policy, but the call's usage is billed once (by the gateway's own
+sideband) and the call's live-session slot covers it.
 """
 
 from __future__ import annotations
@@ -286,6 +287,25 @@ async def test_accepting_a_sip_call_claims_it_for_the_key_on_every_instance(
     )
     assert sorted(status for status, _ in results) == [200, 404]
     assert [a for c, a, _ in provider.call_actions if c == "rtc_sip2"] == ["accept"]
+
+
+async def test_a_secret_reaches_only_its_own_call_or_one_its_key_placed(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    """A key's secrets go to different end users: the one who placed a call with hers, and
+    the key itself, may attach; another user's secret of the same key is told there is no
+    such call, as for an unknown id."""
+    _, key = await key_with(gateway, "owner")
+    alice, bob = await mint(gateway, key), await mint(gateway, key)
+    alices_call = await place(gateway, alice)
+    keys_call = await place(gateway, key)
+    for call_id in (alices_call, keys_call):
+        await sideband_open(provider, call_id)
+    unknown = await refusal(gateway, bob, UNKNOWN)
+    assert await refusal(gateway, bob, alices_call) == unknown
+    for credential, call_id in ((alice, alices_call), (key, alices_call), (bob, keys_call)):
+        async with attached(gateway, credential, call_id) as conn:
+            await next_of(conn, "session.created")
 
 
 async def test_the_store_keeps_who_placed_a_call(

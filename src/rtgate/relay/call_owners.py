@@ -1,8 +1,9 @@
 """Who a call belongs to: the key that placed it (``POST /v1/realtime/calls``) or accepted it
 (SIP, ``/accept``), kept in the store so that every instance sharing the database agrees.
 
-Only the owner, or a client secret it minted, may attach a sideband socket to a call
-(``GET /v1/realtime?call_id=``) or act on it (``accept``, ``reject``, ``refer``, ``hangup``).
+Only the owner, or a client secret it minted (for a call the key placed, or that secret did),
+may attach a sideband socket to a call (``GET /v1/realtime?call_id=``) or act on it
+(``accept``, ``reject``, ``refer``, ``hangup``).
 Anyone else is answered exactly as for a call id nobody placed (``call_not_found``: 404 over
 HTTP, an ``error`` event and close 4004 on a socket), so a call id's existence is no oracle, and
 the provider is never asked.
@@ -44,10 +45,15 @@ async def call_of(gw: Gateway, call_id: str, key: KeyInfo) -> StoredCall | None:
     return call
 
 
-async def owned_call(gw: Gateway, call_id: str, key: KeyInfo) -> StoredCall:
-    """The call, which ``key`` owns; ``call_not_found`` for any other call id."""
+async def owned_call(
+    gw: Gateway, call_id: str, key: KeyInfo, secret_id: str | None = None
+) -> StoredCall:
+    """The call, which ``key`` owns; ``call_not_found`` for any other call id. A client
+    secret (``secret_id``) reaches only a call the key placed itself or that secret placed:
+    the key's secrets are handed to different end users, and one of them must not reach
+    another's call by its id."""
     call = await call_of(gw, call_id, key)
-    if call is None:
+    if call is None or (secret_id is not None and call.secret_id not in (None, secret_id)):
         raise call_not_found(call_id)
     return call
 

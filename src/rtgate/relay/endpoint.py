@@ -377,7 +377,7 @@ async def relay_socket(
         elif call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
             # anything that depends on the call could tell them apart.
-            call = await owned_call(gw, call_id, key)
+            call = await owned_call(gw, call_id, key, grant.id if grant is not None else None)
             intent = None
             if grant is not None:
                 connection_model(grant, call_route(gw, call).model)
