@@ -173,3 +173,14 @@ async def test_push_to_talk_then_an_interruption(
         await page.get_by_role("button", name="Interrupt").click()
         truncate = page.locator("#pg-events li.client[data-type='conversation.item.truncate']")
         await expect(truncate).to_have_count(1)
+
+
+def test_the_playground_offers_only_models_its_route_serves() -> None:
+    """A review's find: GPT-Live's models were listed, and the engine now refuses them on
+    /v1/realtime as the provider does."""
+    from rtgate.config import DEFAULT_OPENAI_MODELS
+    from rtgate.web.playground import playground_models
+
+    offered = playground_models([*DEFAULT_OPENAI_MODELS, "local", "gpt-live-1-2026-10-01"])
+    assert "gpt-realtime" in offered and "local" in offered
+    assert not [m for m in offered if m.startswith("gpt-live") or m.endswith("translate")]

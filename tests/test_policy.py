@@ -23,6 +23,7 @@ from rtgate.auth.policy import (
     Spend,
     apply_update,
     check_transcription,
+    opening_session,
     over_budget,
     parse_duration,
     parse_expiry,
@@ -59,8 +60,7 @@ def test_a_blocked_field_that_would_block_nothing_is_refused(entry: str, use: st
         "response.create",
         "conversation.item.create:item",
         "decision.item.delete:item_id",  # GPT-Live's
-        "session.input_audio_buffer.append",  # a translation session's
-        "transcription_session.update",  # beta's
+        "session.close",  # a translation session's, and GPT-Live's
     ]
     assert apply_update(KeyPolicy(), PolicyUpdate(blocked_events=fine)).blocked_events == tuple(
         fine
@@ -74,7 +74,12 @@ def test_a_blocked_field_that_would_block_nothing_is_refused(entry: str, use: st
         ("conversation.item.created", "(did you mean conversation.item.create?)"),
         ("x.y:item", "not a client event"),
         ("response.create:respnse", "response.create has no member 'respnse'"),
-        ("input_audio_buffer.append:item", "has no member 'item'"),
+        ("conversation.item.delete:item", "has no member 'item'"),
+        # Events that exist, but that no name of theirs can block:
+        ("input_audio_buffer.append", "relayed unread"),
+        ("session.input_audio_buffer.append", "relayed unread"),
+        ("session.input_audio.append", "relayed unread"),
+        ("transcription_session.update", "(use session.update)"),
     ],
 )
 def test_a_blocked_event_no_protocol_defines_is_refused(entry: str, says: str) -> None:
@@ -82,6 +87,19 @@ def test_a_blocked_event_no_protocol_defines_is_refused(entry: str, says: str) -
     with pytest.raises(PolicyError, match="would block nothing") as refused:
         apply_update(KeyPolicy(), PolicyUpdate(blocked_events=[entry]))
     assert says in refused.value.message
+
+
+def test_a_name_the_key_held_before_it_was_checked_stays_and_the_key_stays_editable() -> None:
+    """A review's find: the console resubmits a key's blocked events with every edit, so one
+    stored before names were checked made the key uneditable."""
+    held = KeyPolicy(blocked_events=("conversation.item.created",))
+    edited = apply_update(
+        held,
+        PolicyUpdate(blocked_events=["conversation.item.created", "response.create"]),
+    )
+    assert edited.blocked_events == ("conversation.item.created", "response.create")
+    with pytest.raises(PolicyError, match="not a client event"):
+        apply_update(held, PolicyUpdate(blocked_events=["conversation.item.deleted"]))
 
 
 def _sdk_members(union: Any) -> dict[str, frozenset[str]]:
@@ -242,6 +260,34 @@ def test_a_transcription_session_names_its_model_in_its_transcription() -> None:
         check_transcription(whisper_default, None)
     check_transcription(KeyPolicy(), {"audio": {"input": {"transcription": {"model": "x"}}}})
     check_transcription(policy, {"audio": {"input": {"transcription": None}}})  # none at all
+    # One that names no model opens with the default, which is what is checked (a review's
+    # find: {"language": "en"} passed for a key that may not use the default).
+    language = {"audio": {"input": {"transcription": {"language": "en"}}}}
+    with pytest.raises(ModelNotAllowed, match="`gpt-4o-mini-transcribe`"):
+        check_transcription(only_realtime, language)
+    opened = opening_session(policy, True, language)
+    assert opened["audio"]["input"]["transcription"] == {
+        "language": "en",
+        "model": "gpt-4o-mini-transcribe",
+    }
+    # A beta upstream hears a beta client's own event: judged as the session.update it is.
+    beta_update = (
+        '{"type":"transcription_session.update","event_id":"b",'
+        '"session":{"input_audio_transcription":{"model":"whisper-1"}}}'
+    )
+    err = ClientEventGuard(policy, transcription=True).check(beta_update)
+    assert err is not None and err.code == "model_not_allowed"
+    both = (
+        '{"type":"session.update","session":{"audio":{"input":{"transcription":'
+        '{"model":"gpt-4o-mini-transcribe"}}},"input_audio_transcription":{"model":"whisper-1"}}}'
+    )
+    assert ClientEventGuard(policy, transcription=True).check(both) is not None
+    # What the upstream says it transcribes with (session.updated), as the relay core asks.
+    guard = ClientEventGuard(policy, transcription=True)
+    said = guard.upstream_session({"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    assert said is not None and "transcribes with `whisper-1`" in said.message
+    assert guard.upstream_session(opened) is None
+    assert ClientEventGuard(policy).upstream_session(language) is None
 
 
 # -- over sockets ------------------------------------------------------------------------------

@@ -562,6 +562,26 @@ def test_a_model_named_through_an_escaped_event_name_is_still_checked() -> None:
     assert c.client_text(quoted) == [SendUpstream(quoted)]
 
 
+def test_a_transcription_session_the_upstream_says_uses_a_model_not_allowed_is_ended() -> None:
+    """What the provider says it transcribes with is what is billed: a key that may not use
+    it ends the session (a review's find: an update naming no model left the choice to the
+    provider's default), at the session.updated that says so; other sessions are not judged."""
+    policy = KeyPolicy(models=("gpt-4o-mini-transcribe",))
+    updated = (
+        b'{"type":"session.updated","session":{"type":"transcription",'
+        b'"audio":{"input":{"transcription":{"model":"whisper-1","language":"en"}}}}}'
+    )
+    c = core(guard=ClientEventGuard(policy, transcription=True))
+    allowed = updated.replace(b"whisper-1", b"gpt-4o-mini-transcribe")
+    assert c.upstream_text(allowed) is None
+    acts = c.upstream_text(updated)
+    assert acts is not None and acts[0] == Refused("model_not_allowed")
+    assert error_code(sent(acts)[0]) == "model_not_allowed"
+    assert CloseClient(3000, "invalid_request_error.model_not_allowed") in acts
+    # A realtime session's own input transcription is the client's to choose.
+    assert core(guard=ClientEventGuard(policy)).upstream_text(updated) is None
+
+
 def test_transcripts_are_kept_from_both_sides() -> None:
     c = core(recorder=TranscriptRecorder("rs_1", "key_1"))
     item = (

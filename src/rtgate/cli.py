@@ -38,7 +38,7 @@ from rtgate.interpreter import python_m
 from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
-from rtgate.validation import problem
+from rtgate.validation import Unreadable, read_as
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -290,11 +290,9 @@ def _read_as(raw: dict[str, Any], kind: type[S]) -> S:
     """Options read as the admin API reads its body or query (``kind``): refused with its
     words, exit 2."""
     try:
-        return msgspec.convert(raw, kind, strict=False)
-    except msgspec.ValidationError as exc:
-        where, message = problem(exc)
-        shown = f"{where}: {message}" if where else message
-        _error(shown)
+        return read_as(raw, kind)
+    except Unreadable as exc:
+        _error(str(exc))
         raise typer.Exit(2) from exc
 
 
@@ -547,7 +545,6 @@ def talk(
     url: Annotated[
         str | None,
         typer.Option(
-            # Parentheses, not brackets: the help is rich markup, where [...] is a tag.
             help="The gateway's WebSocket base (default: this machine's gateway, at the host, "
             "port and TLS the settings name: ws://127.0.0.1:8080/v1 unless changed)."
         ),

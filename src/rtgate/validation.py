@@ -10,6 +10,8 @@ path here.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -40,3 +42,22 @@ def problem(exc: msgspec.ValidationError, where: str = "") -> tuple[str, str]:
     if where:
         path = f"{where}.{path}" if path else where
     return path, text
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Unreadable(ValueError):
+    """A value ``read_as`` refused: its message names the field and what is wrong."""
+
+
+def read_as(raw: Mapping[str, Any], kind: type[S], whole: str = "") -> S:
+    """``raw`` (strings read as the values they spell, as from a form or a command line) as
+    ``kind``, or ``Unreadable`` saying ``field: problem`` (``whole`` where no field is to
+    blame), as the admin API says it of a body."""
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        where, message = problem(exc)
+        where = where or whole
+        raise Unreadable(f"{where}: {message}" if where else message) from exc

@@ -73,19 +73,26 @@ def openai_errors(handler: Handler) -> Handler:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    """A 405's ``Allow`` (RFC 9110 15.5.6), kept on the answer that replaces it."""
+    return {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+
+
 def http_error(exc: web.HTTPException) -> web.Response:
     """One of aiohttp's refusals as the admin API answers it."""
-    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
     code = _HTTP_CODES.get(exc.status, "invalid_request")
     return openai_error(
-        exc.status, "invalid_request_error", code, exc.reason + ".", headers=headers
+        exc.status, "invalid_request_error", code, exc.reason + ".", headers=_allow(exc)
     )
 
 
 def not_a_websocket(request: web.Request) -> web.Response:
     """A plain request on a route that takes only a WebSocket (``/v1/realtime``,
     ``/v1/live/sessions``, ...): said in OpenAI's shape, with what to do instead."""
-    sdk = "live.connect()" if request.path.startswith("/v1/live/") else "realtime.connect()"
+    sdk = {
+        "/v1/live/sessions": "live.connect()",
+        "/v1/realtime/translations": "realtime.translations.connect()",
+    }.get(request.path, "realtime.connect()")
     message = (
         f"{request.method} {request.path} takes a WebSocket: connect with Upgrade: websocket"
         f" (the SDK's {sdk})."
@@ -104,6 +111,5 @@ async def v1_http_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if not request.path.startswith("/v1/") or exc.status not in (404, 405):
             raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         message = f"Invalid URL ({request.method} {request.path})"
-        return openai_error(exc.status, "invalid_request_error", None, message, headers=headers)
+        return openai_error(exc.status, "invalid_request_error", None, message, headers=_allow(exc))

@@ -33,6 +33,7 @@ from rtgate.protocol.session_fields import (
     chooses_transcription,
     merge,
     transcription_model,
+    transcription_models,
 )
 
 
@@ -197,12 +198,21 @@ class ClientEventGuard:
 
     def reads(self, data: str) -> bool:
         """Whether a frame (not an audio append) can be refused: every frame when the policy
-        blocks events or fields, else a ``session.update`` (its model)."""
-        return bool(self._types or self._fields) or '"session.update"' in data
+        blocks events or fields, else a ``session.update`` (its model), or its beta
+        transcription form on an upstream that still speaks beta."""
+        return (
+            bool(self._types or self._fields)
+            or '"session.update"' in data
+            or '"transcription_session.update"' in data
+        )
 
     def check_event(self, event: dict[str, Any]) -> GatewayError | None:
-        """``check`` for a frame parsed already (by the relay core, once)."""
+        """``check`` for a frame parsed already (by the relay core, once). A beta
+        ``transcription_session.update`` (relayed as it is to a beta upstream) is judged as
+        the ``session.update`` it is, under that name (``_blockable`` takes no other)."""
         etype = event.get("type")
+        if etype == "transcription_session.update":
+            etype = "session.update"
         eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if etype in self._types:
             return _with_event(EventBlocked(f"This key may not send `{etype}` events."), eid)
@@ -223,10 +233,25 @@ class ClientEventGuard:
                 try:
                     if isinstance(body.get("model"), str):
                         check_model(self.policy, body["model"])
-                    if self.transcription and (tm := transcription_model(body)) is not None:
+                    for tm in transcription_models(body) if self.transcription else ():
                         check_model(self.policy, tm, TRANSCRIPTION_MODEL_PARAM)
                 except ModelNotAllowed as err:
                     return _with_event(err, eid)
+        return None
+
+    def upstream_session(self, session: Any) -> GatewayError | None:
+        """The refusal of a transcription session whose upstream says (``session.updated``) it
+        transcribes with a model the key may not use, however the client got there (an update
+        naming none, whose default the provider chose); None otherwise."""
+        if not self.transcription or not self.policy.models or not isinstance(session, dict):
+            return None
+        for tm in transcription_models(session):
+            if not allows_model(self.policy, tm):
+                return ModelNotAllowed(
+                    f"This session transcribes with `{tm}`, a model this key may not use."
+                    f" Allowed: {', '.join(self.policy.models)}.",
+                    param=TRANSCRIPTION_MODEL_PARAM,
+                )
         return None
 
     def _override(self, etype: Any, event: dict[str, Any]) -> GatewayError | None:
@@ -273,8 +298,7 @@ def check_session_template(policy: KeyPolicy, template: Mapping[str, Any]) -> No
     change with a ``session.update``; checked at use as well as at minting, since the key's
     policy may have changed in between."""
     update = orjson.dumps({"type": "session.update", "session": dict(template)}).decode()
-    transcription = template.get("type") == "transcription"
-    blocked = ClientEventGuard(policy, transcription).check(update)
+    blocked = ClientEventGuard(policy).check(update)
     if blocked is not None:
         blocked.client_event_id = None
         raise blocked
@@ -305,10 +329,19 @@ def opening_session(
     session: dict[str, Any] = {"type": "transcription" if transcription else "realtime"}
     merge(session, applicable(policy.session_defaults or {}, transcription))
     merge(session, template or {})
-    if transcription and not chooses_transcription(session):
-        merge(
-            session, {"audio": {"input": {"transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}}}}
-        )
+    if transcription:
+        audio = session.get("audio")
+        inp = audio.get("input") if isinstance(audio, dict) else None
+        chosen = inp.get("transcription") if isinstance(inp, dict) else None
+        if not chooses_transcription(session) or (
+            isinstance(chosen, dict) and not isinstance(chosen.get("model"), str)
+        ):
+            # None chosen, or one that names no model: the default, so that the model the key
+            # is checked against is the one sent (``check_transcription``).
+            merge(
+                session,
+                {"audio": {"input": {"transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}}}},
+            )
     return session
 
 
@@ -514,7 +547,11 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
     if defaults != dict(policy.session_defaults or {}):
         changes["session_defaults"] = defaults or None
     if u.blocked_events is not None:
-        changes["blocked_events"] = tuple(map(_blockable, u.blocked_events))
+        # Only what the update adds is judged: an entry the key held before names of this
+        # check went in stays (it still blocks what it matches), so the key stays editable.
+        changes["blocked_events"] = tuple(
+            b if b in policy.blocked_events else _blockable(b) for b in u.blocked_events
+        )
     if u.keep_transcripts is not None:
         changes["keep_transcripts"] = u.keep_transcripts
     return policy.replace(**changes)
@@ -529,22 +566,32 @@ _UNDER_AUDIO = ("voice", "turn_detection", "format", "transcription", "noise_red
 
 
 @cache
-def _client_members() -> dict[str, frozenset[str]]:
+def _client_events() -> tuple[dict[str, frozenset[str]], dict[str, str]]:
     """Every client event type a session rtgate relays may carry (GA Realtime, beta, GPT-Live,
-    translation), with the top-level members any of them gives it. Imported here, when a
-    policy is set, not by every process that judges one."""
+    translation), with the top-level members any of them gives it; and those the guard never
+    judges by their own name, with why. Imported here, when a policy is set, not by every
+    process that judges one."""
     from rtgate.protocol import beta, client_schema, live, translation
 
-    out: dict[str, frozenset[str]] = {}
+    members: dict[str, frozenset[str]] = {}
     for table in (
         {t: frozenset(spec.fields) for t, spec in client_schema.CLIENT_EVENTS.items()},
         beta.BETA_ONLY_CLIENT_MEMBERS,
         live.CLIENT_MEMBERS,
         translation.CLIENT_MEMBERS,
     ):
-        for etype, members in table.items():
-            out[etype] = out.get(etype, frozenset()) | members
-    return out
+        for etype, names in table.items():
+            members[etype] = members.get(etype, frozenset()) | names
+    appends = ("input_audio_buffer.append", "session.input_audio.append", translation.APPEND_TYPE)
+    never = {
+        **dict.fromkeys(
+            appends,
+            "audio appends are relayed unread (the hot path) and cannot be blocked",
+        ),
+        "transcription_session.update": "a beta client's transcription_session.update is"
+        " judged as the session.update it is (use session.update)",
+    }
+    return members, never
 
 
 def _blockable(entry: str) -> str:
@@ -556,7 +603,9 @@ def _blockable(entry: str) -> str:
     etype, colon, fname = entry.partition(":")
     if not etype or (colon and not fname):
         raise PolicyError(f"not an event or TYPE:FIELD: {entry!r}", param="blocked_events")
-    members = _client_members()
+    members, never = _client_events()
+    if etype in never:
+        raise PolicyError(f"{entry!r} would block nothing: {never[etype]}", param="blocked_events")
     if etype not in members:
         close = difflib.get_close_matches(etype, members, n=1)
         raise PolicyError(

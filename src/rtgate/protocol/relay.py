@@ -386,6 +386,17 @@ class RelayCore:
         rec = session.on_upstream_event(event, text, now)
         if self._responding is not None:
             self._track_response(event)
+        guard = self._guard
+        if guard is not None and guard.transcription and isinstance(event, dict):
+            # What the provider says it transcribes with is what is billed: a model the key
+            # may not use ends the session, whichever update led there.
+            refusal = (
+                guard.upstream_session(event.get("session"))
+                if event.get("type") == "session.updated"
+                else None
+            )
+            if refusal is not None:
+                return (Refused(refusal.code), *self._end(refusal, "gateway"))
         out: list[Action] = []
         if self._recorder is not None and isinstance(event, dict):
             self._recorder.on_upstream_event(event, now)

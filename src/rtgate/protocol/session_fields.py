@@ -118,19 +118,26 @@ def chooses_transcription(session: Mapping[str, Any]) -> bool:
     return isinstance(inp, Mapping) and "transcription" in inp
 
 
-def transcription_model(session: Mapping[str, Any]) -> str | None:
-    """The transcription model a session (or an update) names: GA
-    ``audio.input.transcription.model``, or beta ``input_audio_transcription.model``."""
+def transcription_models(session: Mapping[str, Any]) -> list[str]:
+    """The transcription models a session (or an update) names: GA
+    ``audio.input.transcription.model``, then beta ``input_audio_transcription.model`` (a
+    client may send both; each must pass a key's check)."""
     audio = session.get("audio")
     inp = audio.get("input") if isinstance(audio, Mapping) else None
+    found = []
     for tr in (
         inp.get("transcription") if isinstance(inp, Mapping) else None,
         session.get("input_audio_transcription"),
     ):
         model = tr.get("model") if isinstance(tr, Mapping) else None
         if isinstance(model, str):
-            return model
-    return None
+            found.append(model)
+    return found
+
+
+def transcription_model(session: Mapping[str, Any]) -> str | None:
+    """The transcription model a session names (``transcription_models``' first)."""
+    return next(iter(transcription_models(session)), None)
 
 
 def applicable(defaults: Mapping[str, Any], transcription: bool) -> dict[str, Any]:

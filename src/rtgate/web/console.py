@@ -28,7 +28,7 @@ from rtgate.api.views import KeyView, LiveSession, UsageRow, View, dump
 from rtgate.auth.policy import CLEARABLE, PolicyUpdate
 from rtgate.errors import AuthError, GatewayError
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.validation import problem
+from rtgate.validation import Unreadable, read_as
 from rtgate.web import playground
 from rtgate.web.render import SECURITY_HEADERS, bar_chart, page, since, usd
 from rtgate.web.signin import (
@@ -298,10 +298,9 @@ M = TypeVar("M", bound=msgspec.Struct)
 def _valid(model: type[M], body: dict[str, Any]) -> M:
     """A form's fields as ``model`` (its strings converted), or the refusal naming the field."""
     try:
-        return msgspec.convert(body, model, strict=False)
-    except msgspec.ValidationError as exc:
-        where, message = problem(exc)
-        raise InvalidRequest(f"{where or 'form'}: {message}") from exc
+        return read_as(body, model, "form")
+    except Unreadable as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 def _key_form(
