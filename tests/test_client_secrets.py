@@ -422,6 +422,12 @@ async def test_minting_applies_the_key_policy_with_openai_errors(
     with pytest.raises(openai.NotFoundError) as missing:
         await client.beta.realtime.sessions.create(model="gpt-nonexistent")
     assert missing.value.code == "model_not_found"
+    # A GPT-Live model has no Realtime session to mint a secret for.
+    with pytest.raises(openai.NotFoundError) as live:
+        await client.realtime.client_secrets.create(
+            session={"type": "realtime", "model": "gpt-live-1"}
+        )
+    assert live.value.code == "model_not_found"
     with pytest.raises(openai.PermissionDeniedError) as blocked:
         await client.realtime.client_secrets.create(
             session={"type": "realtime", "model": "gpt-realtime-mini", "instructions": "x"}

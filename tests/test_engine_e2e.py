@@ -242,8 +242,9 @@ async def test_a_model_on_the_other_protocols_route_is_refused_as_the_provider_d
     make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
 ) -> None:
     """A newcomer's find: offline, ``gpt-realtime`` on ``/v1/live/sessions`` was served (and
-    ``gpt-live-1`` on ``/v1/realtime``), where OpenAI refuses both, so a client tested against
-    the engine passed and then failed on the provider."""
+    ``gpt-live-1`` on ``/v1/realtime``, the translation model too), where OpenAI refuses them,
+    so a client tested against the engine passed and then failed on the provider. Refused
+    before any dial, so no session is recorded."""
     gw = await start_gateway(make_settings(OPENAI_API_KEY=""))
     key = await gw.new_key()
     client = AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0)
@@ -256,18 +257,20 @@ async def test_a_model_on_the_other_protocols_route_is_refused_as_the_provider_d
             "session.model",
         )
         assert error["error"]["client_event_id"] == "s1"
-        with pytest.raises(Exception, match="1008"):
+        with pytest.raises(Exception, match="4004"):
             await asyncio.wait_for(live.recv_bytes(), 10)
-    async with connect(
-        f"{gw.ws}/v1/realtime?model=gpt-live-1",
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
-        error = orjson.loads(await ws.recv())
-        validate_server_event(error)
-        assert error["error"]["code"] == "model_not_found"
-        assert "gpt-live-1" in error["error"]["message"]
-        await ws.wait_closed()
-    assert ws.close_code == 4004
+    for model in ("gpt-live-1", "gpt-realtime-translate"):
+        async with connect(
+            f"{gw.ws}/v1/realtime?model={model}",
+            additional_headers={"Authorization": f"Bearer {key}"},
+        ) as ws:
+            error = orjson.loads(await ws.recv())
+            validate_server_event(error)
+            assert error["error"]["code"] == "model_not_found"
+            assert f"`{model}` cannot be used on /v1/realtime" in error["error"]["message"]
+            await ws.wait_closed()
+        assert ws.close_code == 4004
+    assert await gw.store.recent_sessions() == []
     # The engine's own name is served on both.
     async with client.live.connect() as live:
         await live.session.start(session={"model": "local"})

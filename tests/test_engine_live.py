@@ -828,3 +828,26 @@ def test_the_models_each_route_refuses_are_the_sdks_literals() -> None:
     assert families(SessionConfig.model_fields["model"].annotation) == LIVE_MODELS
     realtime = RealtimeSessionCreateRequest.model_fields["model"].annotation
     assert families(realtime) == REALTIME_MODELS
+
+
+def test_a_model_is_served_only_on_its_protocols_route() -> None:
+    from rtgate.catalog import Catalog, check_served
+    from rtgate.config import load_settings
+    from rtgate.errors import ModelNotFound
+
+    catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
+    served = {
+        ("gpt-realtime-mini-2025-12-15", "realtime"),
+        ("gpt-live-1", "live"),
+        ("gpt-realtime-translate", "translation"),
+        ("local", "realtime"),
+        ("local", "live"),
+    }
+    for model in ("gpt-realtime-mini-2025-12-15", "gpt-live-1", "gpt-realtime-translate", "local"):
+        for protocol in ("realtime", "live", "translation"):
+            route = catalog.resolve(model)
+            if (model, protocol) in served or (model == "local" and protocol == "translation"):
+                check_served(route, protocol)  # type: ignore[arg-type]
+                continue
+            with pytest.raises(ModelNotFound, match=f"`{model}` cannot be used on /v1/"):
+                check_served(route, protocol, "session.model")  # type: ignore[arg-type]

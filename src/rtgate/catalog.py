@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from rtgate.config import PriceSettings, Settings, UpstreamSettings
 from rtgate.errors import ModelNotFound
@@ -52,6 +53,32 @@ REALTIME_MODELS = frozenset(
 def wrong_route(model: str, path: str) -> str:
     """The refusal of a model on the other protocol's route (``LIVE_MODELS``)."""
     return f"The model `{model}` cannot be used on {path}."
+
+
+#: The routes that open a session, by the protocol each speaks.
+Protocol = Literal["realtime", "live", "translation"]
+ROUTE_PATHS: dict[Protocol, str] = {
+    "realtime": "/v1/realtime",
+    "live": "/v1/live/sessions",
+    "translation": "/v1/realtime/translations",
+}
+
+
+def check_served(route: Route, protocol: Protocol, param: str = "model") -> None:
+    """Refuse (``model_not_found``, before any dial) a model the SDK types for another
+    protocol: a Live model on ``/v1/realtime``, a Realtime or translation model on
+    ``/v1/live/sessions``, and so on, as the provider refuses them (docs/protocol-live.md
+    1). A name the SDK does not type (``local``, an alias to an Azure deployment) passes;
+    an alias is judged by the model it runs, too."""
+    kinds = {
+        "live": LIVE_MODELS,
+        "translation": frozenset({DEFAULT_TRANSLATION_MODEL}),
+        "realtime": REALTIME_MODELS,
+    }
+    families = {model_family(route.model), model_family(route.upstream_model)} - {""}
+    for other, names in kinds.items():
+        if other != protocol and families & names:
+            raise ModelNotFound(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
 
 
 def model_family(name: str) -> str:

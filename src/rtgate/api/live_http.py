@@ -91,7 +91,7 @@ async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web
     refuse_unknown(
         transport, session_fields.LIVE_TRANSPORT, "transport.", error=UnknownLiveParameter
     )
-    route = route_for(gw, policy, model, live_settings(session))
+    route = route_for(gw, policy, model, live_settings(session), protocol="live")
     await admit(gw, key, policy)
     try:
         status, raw, _ = await upstream_post(
@@ -152,7 +152,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
             raise InvalidValue(
                 "Invalid value for 'session.type': expected 'live'.", param="session.type"
             )
-        route = route_for(gw, policy, model, live_settings(session))
+        route = route_for(gw, policy, model, live_settings(session), protocol="live")
         upstream_body: bytes | None = _upstream_body(body or {}, session, route)
     else:
         if owned is None:

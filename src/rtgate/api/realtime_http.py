@@ -101,7 +101,15 @@ async def _mint(
     key, policy = await gw.authenticator.key(call.request.headers, call.request.remote)
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
-    route_for(gw, policy, model, template, transcription=template["type"] == "transcription")
+    kind = template["type"]
+    route_for(
+        gw,
+        policy,
+        model,
+        template,
+        transcription=kind == "transcription",
+        protocol="translation" if kind == "translation" else "realtime",
+    )
     if policy.secrets_per_minute is not None:
         await gw.limiter.mint(key.id, policy.secrets_per_minute, gw.clock.now())
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)

@@ -24,8 +24,8 @@ from rtgate.auth.policy import (
     over_budget,
     session_seconds,
 )
-from rtgate.catalog import Route
-from rtgate.errors import GatewayError
+from rtgate.catalog import Protocol, Route, check_served
+from rtgate.errors import GatewayError, ModelNotFound
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
@@ -53,13 +53,21 @@ def route_for(
     template: Mapping[str, Any] | None = None,
     *,
     transcription: bool = False,
+    protocol: Protocol = "realtime",
 ) -> Route:
-    """The route of ``model`` (None: a transcription session's default upstream), refused
-    unless the key may use the model (``model_not_allowed``; for a transcription session, the
-    transcription model it opens with too) and set what ``template`` sets
+    """The route of ``model`` (None: a transcription session's default upstream) for a
+    session of ``protocol``, refused unless the model is one that protocol serves
+    (``model_not_found``), the key may use it (``model_not_allowed``; for a transcription
+    session, the transcription model it opens with too) and may set what ``template`` sets
     (``event_not_allowed``, as its ``session.update`` would be)."""
-    route = gw.catalog.resolve(model)
-    check_model(policy, route.model)
+    param = "session.model" if protocol == "live" else "model"
+    try:
+        route = gw.catalog.resolve(model)
+    except ModelNotFound as err:
+        err.param = param
+        raise
+    check_served(route, protocol, param)
+    check_model(policy, route.model, param)
     if transcription or model is None:
         check_transcription(policy, template)
     if template is not None:

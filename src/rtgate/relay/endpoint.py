@@ -372,7 +372,7 @@ async def relay_socket(
             if first.gone:
                 return  # closed before it said anything: nothing to answer
             start = read_session_start(message)
-            route = route_for(gw, policy, start.model, start.settings)
+            route = route_for(gw, policy, start.model, start.settings, protocol="live")
             await admit(gw, key, policy)
         elif call_id is not None:
             # Ownership first: another key's call is answered as an unknown one, before
@@ -393,6 +393,7 @@ async def relay_socket(
                 policy,
                 model or DEFAULT_TRANSLATION_MODEL,
                 grant.session if grant is not None else None,
+                protocol="translation",
             )
             if route.upstream.kind == "local":
                 raise UnsupportedUpstream(
