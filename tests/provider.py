@@ -83,6 +83,9 @@ class FakeProvider:
     hangup_closes_sideband: bool = True
     #: False: pings on its sockets go unanswered (a provider that has stopped).
     answer_pings: bool = True
+    #: Seconds a session's socket waits, open, before its ``session.created`` (a provider
+    #: that takes its time: the client's first frames arrive before it).
+    created_after: float = 0.0
     #: Awaited after a call is placed and before the provider answers it.
     while_placing: Callable[[], Awaitable[None]] | None = None
     #: ``POST /v1/realtime/client_secrets`` bodies received (rtgate mints its own: none expected).
@@ -282,6 +285,7 @@ class FakeProvider:
         )
         if call_id:
             self.sidebands.setdefault(call_id, []).append(ws)
+        await asyncio.sleep(self.created_after)
         try:
             await conn.run()
         finally:

@@ -400,6 +400,24 @@ async def test_a_transcription_session_is_refused_a_model_the_key_may_not_use(
         assert (err["error"]["code"], err["error"]["event_id"]) == ("model_not_allowed", "b1")
 
 
+async def test_session_created_comes_first_even_when_the_client_is_refused_at_once(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    """A newcomer's find: events sent the moment the socket opened were refused before the
+    provider's ``session.created`` reached the client; OpenAI always sends it first."""
+    key = await key_with(gateway, blocked_events=["conversation.item.delete"])
+    provider.created_after = 0.3
+    async with connect(
+        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        for i in range(3):
+            await ws.send(f'{{"type":"conversation.item.delete","event_id":"d{i}","item_id":"x"}}')
+        first = [orjson.loads(await ws.recv()) for _ in range(4)]
+    assert first[0]["type"] == "session.created"
+    assert [e["error"]["event_id"] for e in first[1:]] == ["d0", "d1", "d2"]
+
+
 async def test_live_session_limit_one_under_at_and_over(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

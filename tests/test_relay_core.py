@@ -71,9 +71,19 @@ def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
     )
 
 
-def core(**kw: Any) -> RelayCore:
+#: The upstream's first event: the gateway's answers to client events refused before it wait
+#: for it (``test_refusals_before_session_created_follow_it``).
+CREATED = b'{"type":"session.created","event_id":"evt_0","session":{"type":"realtime"}}'
+
+
+def core(*, fresh: bool = False, **kw: Any) -> RelayCore:
+    """A core of a session under way (the upstream's ``session.created`` passed), or
+    ``fresh``: just opened."""
     max_seconds = kw.pop("max_seconds", 60)
-    return RelayCore(session(max_seconds=max_seconds), lambda: 1234.0, opened_mono=100.0, **kw)
+    c = RelayCore(session(max_seconds=max_seconds), lambda: 1234.0, opened_mono=100.0, **kw)
+    if not fresh:
+        c.upstream_text(CREATED)
+    return c
 
 
 def kinds(actions: Any) -> list[type[Action]]:
@@ -412,8 +422,33 @@ def test_a_pong_keeps_a_leg_alive() -> None:
     assert not c.awaiting_pong(Side.CLIENT)
 
 
+def test_refusals_before_session_created_follow_it() -> None:
+    """A newcomer's find: a client that sends at once (as SDK code does) got the gateway's
+    refusals before ``session.created``, which OpenAI always sends first; they now follow
+    it, in order, and events that pass go upstream at once."""
+    guard = ClientEventGuard(KeyPolicy(blocked_events=("conversation.item.delete",)))
+    c = core(fresh=True, guard=guard)
+    delete = b'{"type":"conversation.item.delete","event_id":"d1","item_id":"x"}'
+    assert list(c.client_text(delete) or ()) == [Refused("event_not_allowed")]
+    assert list(c.client_binary(b"\x00") or ()) == [Refused("invalid_event")]
+    assert c.client_text(b'{"type":"response.create"}') == [
+        SendUpstream(b'{"type":"response.create"}')
+    ]
+    acts = c.upstream_text(CREATED)
+    assert acts is not None and sent(acts)[0] == CREATED
+    assert [error_code(f) for f in sent(acts)[1:]] == ["event_not_allowed", "invalid_event"]
+    # From then on, at once; and nothing is held for a later frame.
+    assert kinds(c.client_text(delete)) == [SendClient, Refused]
+    assert c.upstream_text(CREATED) is None
+    # A session the gateway ends first still answers them, before its own error.
+    ended = core(fresh=True, guard=guard)
+    ended.client_text(delete)
+    acts = ended.tick(100 + 61)
+    assert [error_code(f) for f in sent(acts)] == ["event_not_allowed", "session_expired"]
+
+
 def test_a_dead_upstream_is_severed_and_the_client_told() -> None:
-    c = core(upstream_beat=Cadence(4, 3))
+    c = core(fresh=True, upstream_beat=Cadence(4, 3))
     assert c.tick(104) == [Ping(Side.UPSTREAM)]
     acts = c.tick(107)
     assert kinds(acts) == [Sever, SendClient, CloseClient, Ended]

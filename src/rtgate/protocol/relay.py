@@ -255,6 +255,10 @@ class RelayCore:
         self._closing: _Closing | None = None
         #: A Live client sent ``session.close`` itself (the gateway need not send it again).
         self._close_asked = False
+        #: The gateway's answers to client events refused before the upstream's first event
+        #: (its ``session.created``, Live's ``session.started``): they follow it, as the
+        #: provider's own answers would; None once it came (docs/protocol.md 2.2).
+        self._early: list[bytes] | None = [] if client else None
         self._error_text = functools.partial(error_event_for, live=self._live)
         self._alive = {
             side: Keepalive(beat, opened_mono)
@@ -345,10 +349,21 @@ class RelayCore:
         """The ``error`` event the client gets for ``err`` (Live's envelope on a Live session)."""
         return self._error_text(err).encode()
 
+    def _answer(self, err: GatewayError) -> tuple[Action, ...]:
+        """The client's answer to a client event refused (the session goes on): held while
+        the upstream has said nothing (``_early``)."""
+        frame = self._error_event(err)
+        if self._early is not None:
+            self._early.append(frame)
+            return (Refused(err.code),)
+        return (SendClient(frame), Refused(err.code))
+
     def upstream_text(self, data: bytes) -> Actions | None:
         self._heard_upstream = True
         if self._fast_down and data.startswith(_FORWARD):
             return None
+        if self._early is not None:
+            return self._first_upstream_text(data)
         if self.session.state is not SessionState.OPEN:
             return _NOTHING if self._closing is None else self._closing_text(data)
         meter = self._audio_meter
@@ -362,6 +377,14 @@ class RelayCore:
         if self._held is not None:
             return self._hold(data)
         return self._down(data)
+
+    def _first_upstream_text(self, data: bytes) -> Actions | None:
+        """The upstream's first event: the answers held for it (``_early``) follow it."""
+        early, self._early = self._early or [], None
+        acts = self.upstream_text(data)
+        if not early or self.session.state is not SessionState.OPEN:
+            return acts
+        return (*(acts if acts is not None else (SendClient(data),)), *map(SendClient, early))
 
     def upstream_binary(self, data: bytes) -> Actions | None:
         self._heard_upstream = True
@@ -573,7 +596,7 @@ class RelayCore:
         try:
             return self._client_event(data, text)
         except RefusedFrame as refused:
-            return (SendClient(self._error_event(refused)), Refused(refused.code))
+            return self._answer(refused)
 
     def _client_event(self, data: bytes, text: str) -> Actions | None:
         meter = self._audio_meter
@@ -607,8 +630,7 @@ class RelayCore:
                 out.append(KeepTranscript(self._recorder.drain()))
         if reads and guard is not None and (refusal := guard.check_event(event)) is not None:
             # Refusals of single events are not fatal: answer, drop, go on.
-            out.append(SendClient(self._error_event(refusal)))
-            out.append(Refused(refusal.code))
+            out.extend(self._answer(refusal))
             return out
         if self._live and event.get("type") == START_TYPE:
             # The session started with the client's first event, whose model was checked.
@@ -618,8 +640,7 @@ class RelayCore:
                 param="type",
                 client_event_id=eid if isinstance(eid, str) else None,
             )
-            out.append(SendClient(self._error_event(again)))
-            out.append(Refused(again.code))
+            out.extend(self._answer(again))
             return out
         if self._live and event.get("type") == CLOSE_TYPE:
             self._close_asked = True
@@ -632,8 +653,7 @@ class RelayCore:
         self._heard_client = True
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
-        refused = UnreadableEvent(BINARY_FRAME)
-        return (SendClient(self._error_event(refused)), Refused(refused.code))
+        return self._answer(UnreadableEvent(BINARY_FRAME))
 
     # -- closes ---------------------------------------------------------------------------------
     def upstream_closed(self, code: int, reason: str) -> Actions:
@@ -766,7 +786,9 @@ class RelayCore:
             # (A Live call's sideband asks for the final total first; the hangup follows.)
             out += self._close_upstream(sendable(code), reason)
             return out
+        early, self._early = self._early or [], None
         return (
+            *map(SendClient, early),
             SendClient(self._error_event(err)),
             CloseClient(sendable(code), reason),
             *self._close_upstream(sendable(code), reason),
