@@ -87,3 +87,12 @@ def test_upstream_url_carries_only_the_protocols_query() -> None:
     assert upstream_url("wss://res.openai.azure.com/openai/v1", model="my-deployment") == (
         "wss://res.openai.azure.com/openai/v1/realtime?model=my-deployment"
     )
+
+
+def test_a_wrong_key_is_quoted_as_far_as_a_log_may_show_it() -> None:
+    """A newcomer's find: a short wrong key read "Incorrect API key provided: …."."""
+    from rtgate.auth.keyring import incorrect_key
+
+    assert incorrect_key("rtg_bad").message == "Incorrect API key provided."
+    long = incorrect_key("rtg_0123456789abcdef").message
+    assert long == "Incorrect API key provided: rtg_0123…."

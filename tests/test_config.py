@@ -69,6 +69,10 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ('[prices.x]\nunit = "hour"\nrate = "0.6"\n', {}, "prices.x.unit"),
         # The old spelling of a per-minute row says what replaced it.
         ('[prices.whisper-1]\nper_minute = "0.006"\n', {}, 'unit = "minute"'),
+        # A newcomer's finds: taken, then a traceback or a negative bill.
+        ('[prices.local]\ntext_in = "-1"\n', {}, "prices.local.text_in: a price is"),
+        ('[prices.local]\nmarkup_percent = "-101"\n', {}, "prices.local.markup_percent"),
+        ("", {"RTGATE_DATABASE_URL": "mysql://x/y"}, "database_url: expected sqlite"),
     ],
 )
 def test_bad_config_names_the_setting(

@@ -140,3 +140,14 @@ async def test_talk_to_a_path_that_is_no_websocket_says_what_answered(local_gate
     said = " ".join(result.output.split())
     assert f"error: {url} refused the WebSocket: HTTP 404" in said
     assert "wss://" not in said and "Traceback" not in said
+
+
+def test_talk_given_a_file_that_is_no_wav_says_so_in_one_line(tmp_path: Path) -> None:
+    """A newcomer's find: a 40-line traceback ending in wave's "file does not start with RIFF
+    id"."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio")
+    result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--wav", str(text)])
+    assert result.exit_code == 1
+    assert f"error: {text}: not a WAV file" in result.output
+    assert "Traceback" not in result.output

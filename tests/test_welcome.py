@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
+import pytest
+from openai import AsyncOpenAI
 
 from rtgate.config import Settings, load_settings
 from rtgate.logs import Redactor
@@ -140,6 +143,13 @@ async def test_v1_models_lists_what_the_routes_serve(
     offline = await listed(local)
     assert "gpt-realtime-translate" not in offline
     assert offline["gpt-realtime"] == "local" and offline["gpt-live-1"] == "local"
+    # One of them, as the SDK's models.retrieve asks (a newcomer's find: 404 Invalid URL).
+    async with AsyncOpenAI(api_key="rtg_x", base_url=f"{local.http}/v1") as client:
+        one = await client.models.retrieve("gpt-realtime")
+        assert (one.id, one.owned_by) == ("gpt-realtime", "local")
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.models.retrieve("gpt-realtime-translate")  # refused here
+        assert missing.value.code == "model_not_found"
 
     # The operator's catalog lists every model, and says which its upstream refuses.
     async def catalog(gw: RunningGateway) -> dict[str, tuple[str, bool]]:

@@ -110,6 +110,19 @@ PriceUnit = Literal["token", "second", "minute"]
 UNIT_SECONDS: dict[PriceUnit, int] = {"second": 1, "minute": 60}
 
 
+#: A price row's rates per 1M tokens, by kind.
+TOKEN_RATES = (
+    "text_in",
+    "text_cached",
+    "text_out",
+    "audio_in",
+    "audio_cached",
+    "audio_out",
+    "image_in",
+    "image_cached",
+)
+
+
 class PriceSettings(_Frozen, frozen=True, kw_only=True):
     """One row of the price table: the provider's prices for a model, and the markup charged on
     them (``markup_percent`` turns the provider's cost into the price charged to a key).
@@ -135,6 +148,12 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
     markup_percent: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
+        for name in ("rate", *TOKEN_RATES):
+            value = getattr(self, name)
+            if value is not None and (not value.is_finite() or value < 0):
+                raise ValueError(f"{name}: a price is a number of USD, 0 or more")
+        if not self.markup_percent.is_finite() or self.markup_percent < -100:
+            raise ValueError("markup_percent: at least -100 (a discount of all of it)")
         if self.unit == "token" and self.rate:
             raise ValueError(
                 'rate: is per second or minute of audio: set unit = "second" or "minute"'
@@ -148,19 +167,7 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
     @property
     def sets_token_rates(self) -> bool:
         """Whether any token rate is set (not 0): a duration row prices tokens only then."""
-        return any(
-            getattr(self, f)
-            for f in (
-                "text_in",
-                "text_cached",
-                "text_out",
-                "audio_in",
-                "audio_cached",
-                "audio_out",
-                "image_in",
-                "image_cached",
-            )
-        )
+        return any(getattr(self, f) for f in TOKEN_RATES)
 
 
 class ModelSettings(_Frozen, frozen=True, kw_only=True):
@@ -414,6 +421,10 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     redis_prefix: Annotated[str, Meta(min_length=1, max_length=100)] = "rtgate:"
 
     def __post_init__(self) -> None:
+        if self.database_url is not None:
+            scheme = self.database_url.partition("://")[0].split("+", 1)[0]
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ValueError("database_url: expected sqlite:///... or postgresql://...")
         if not self.redis_url:
             force_setattr(self, "redis_url", None)
         elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

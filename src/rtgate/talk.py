@@ -33,11 +33,14 @@ class TalkError(GatewayError):
 
 def read_wav_24k(path: Path) -> bytes:
     """A 16-bit WAV file as 24 kHz mono PCM16."""
-    with wave.open(str(path)) as w:
-        if w.getsampwidth() != 2:
-            raise TalkError(f"{path}: only 16-bit PCM WAV files are supported")
-        channels, rate = w.getnchannels(), w.getframerate()
-        pcm = w.readframes(w.getnframes())
+    try:
+        with wave.open(str(path)) as w:
+            if w.getsampwidth() != 2:
+                raise TalkError(f"{path}: only 16-bit PCM WAV files are supported")
+            channels, rate = w.getnchannels(), w.getframerate()
+            pcm = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise TalkError(f"{path}: not a WAV file ({exc})") from exc
     if channels > 1:
         import numpy as np
 

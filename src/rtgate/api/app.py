@@ -24,7 +24,7 @@ from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions, watch_revoked_keys
 from rtgate.api.live_http import add_live_routes
-from rtgate.api.openai_errors import error_response, v1_http_errors
+from rtgate.api.openai_errors import error_response, openai_error, v1_http_errors
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.api.request_timeouts import body_deadline
 from rtgate.auth.authenticator import Authenticator
@@ -113,6 +113,22 @@ async def models(request: web.Request) -> web.Response:
         if name not in refused
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def model(request: web.Request) -> web.Response:
+    """One of ``models`` (the SDK's ``models.retrieve``), or OpenAI's 404."""
+    gw = request.app[GATEWAY]
+    name = request.match_info["model"]
+    entry = gw.settings.models.get(name)
+    if entry is None or name in unserved(gw.settings):
+        return openai_error(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            f"The model '{name}' does not exist",
+            param="model",
+        )
+    return web.json_response({"id": name, "object": "model", "owned_by": entry.upstream})
 
 
 async def end_live(app: web.Application) -> None:
@@ -276,6 +292,7 @@ def create_app(
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics_page(settings.metrics_token))
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", model)
     add_engine_routes(app, engine, ENGINE_PATH)
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))
     app.add_subapp(CONSOLE_PATH, create_console_app())

@@ -38,6 +38,15 @@ from rtgate.store.port import KeyInfo, Store, StoredClientSecret, StoreError
 KEY_CACHE_S = 300.0
 
 
+def incorrect_key(secret: str) -> AuthError:
+    """OpenAI's refusal of a key it does not know, quoting as much of it as a log may show
+    (``redact``): nothing of one too short to show any."""
+    shown = redact(secret)
+    return AuthError(
+        f"Incorrect API key provided: {shown}." if shown != "…" else "Incorrect API key provided."
+    )
+
+
 class KeyRing:
     def __init__(self, store: Store, clock: Clock, *, cache_seconds: float = KEY_CACHE_S) -> None:
         self._store = store
@@ -80,7 +89,7 @@ class KeyRing:
         wanted = hash_key(secret)
         found = await self._key_by_hash(wanted)
         if found is None or not hashes_match(found[1], wanted) or not found[0].active:
-            raise AuthError(f"Incorrect API key provided: {redact(secret)}.")
+            raise incorrect_key(secret)
         key = found[0]
         policy = KeyPolicy.from_json(key.policy_json)
         check_expiry(policy, self._clock.now())
@@ -143,7 +152,7 @@ class KeyRing:
         if not secret or not looks_minted(secret):
             key, policy = await self.authenticate(secret)
             return key, policy, None
-        refused = AuthError(f"Incorrect API key provided: {redact(secret)}.")
+        refused = incorrect_key(secret)
         if not well_formed(secret):
             raise refused
         wanted = hash_key(secret)

@@ -122,7 +122,10 @@ def read_session_start(frame: str | bytes | None) -> SessionStart:
     ``InvalidSessionStart``: no message before the deadline (None), a binary one, another event,
     no ``session`` object or no ``session.model`` string."""
     if frame is None:
-        raise InvalidSessionStart("The first message on a Live session must be session.start.")
+        raise InvalidSessionStart(
+            "No session.start arrived in time: a Live session's first message must be"
+            " session.start, sent as the session opens (live_start_seconds)."
+        )
     if not isinstance(frame, str):
         raise InvalidSessionStart(
             "The first message on a Live session must be a session.start text frame."
