@@ -320,9 +320,17 @@ async def test_a_body_over_the_http_cap_is_refused_with_413(admin: RunningGatewa
 
 async def test_an_invalid_update_leaves_the_key_as_it_was(admin: RunningGateway) -> None:
     key = (await call(admin, "POST", "/keys", body={"name": "bob", "max_sessions": 3})).json()
-    for body in ({"max_sessions": 0}, {"name": "renamed"}, {"max_duration": "1 week"}):
+    for body in (
+        {"max_sessions": 0},
+        {"name": "renamed"},
+        {"max_duration": "1 week"},
+        {"models": ["gpt-5"]},  # no model of this gateway's
+    ):
         reply = await call(admin, "PATCH", f"/keys/{key['id']}", body=body)
         assert reply.status == 422, body
+    for body in ({"name": "x", "models": ["gpt-5"]}, {"name": "x", "expires": "2020-01-01"}):
+        refused = await call(admin, "POST", "/keys", body=body)
+        assert refused.status == 422 and refused.error["param"] in ("models", "expires"), body
     bad_json = await call(admin, "PATCH", f"/keys/{key['id']}", raw=b"max_sessions=4")
     assert bad_json.status == 400
     now = (await call(admin, "GET", f"/keys/{key['id']}")).json()

@@ -11,7 +11,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from rtgate.auth.keyring import KeyRing
+from rtgate.auth.policy import KeyPolicy
 from rtgate.cli import app
+from rtgate.clock import SystemClock
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import Usage
 from rtgate.store.port import SessionClose, SessionOpen
@@ -156,6 +159,43 @@ def test_a_day_or_limit_the_admin_api_refuses_is_refused_alike(
 ) -> None:
     """A newcomer's find: these were taken silently (an empty table, or every session)."""
     assert says in cli(*args, code=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--models", "gpt-5"), "models: 'gpt-5' is not a model this gateway knows"),
+        (("--models", "gpt-realtim"), "did you mean gpt-realtime?"),
+        (("--expires", "2020-01-01"), "expires: already past"),
+    ],
+)
+def test_a_key_that_could_never_work_is_not_created(
+    cli: Callable[..., str], args: tuple[str, ...], says: str
+) -> None:
+    """A newcomer's find: these were created, and every session of the key was refused."""
+    assert says in cli("keys", "create", "--name", "t", *args, code=2)
+    assert "t" not in [k["name"] for k in orjson.loads(cli("keys", "list", "--json"))]
+    # Transcription models and dated snapshots are models the gateway knows.
+    cli("keys", "create", "--name", "ok", "--models", "gpt-realtime-2025-08-28,whisper-1")
+
+
+def test_a_model_a_key_held_before_stays_through_an_update(
+    cli: Callable[..., str], tmp_path: Path
+) -> None:
+    import asyncio
+
+    created = orjson.loads(cli("keys", "create", "--name", "old", "--json"))
+
+    async def hold_an_unknown_model() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path / 'home' / 'rtgate.db'}")
+        await store.init()
+        ring = KeyRing(store, SystemClock())
+        await ring.set_policy(created["id"], KeyPolicy(models=("gpt-retired",)))
+        await store.close()
+
+    asyncio.run(hold_an_unknown_model())
+    cli("keys", "update", created["id"], "--models", "gpt-retired,gpt-realtime")
+    assert "gpt-nope" in cli("keys", "update", created["id"], "--models", "gpt-nope", code=2)
 
 
 def test_bad_config_stops_with_the_settings_name(

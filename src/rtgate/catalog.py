@@ -102,6 +102,16 @@ class Catalog:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` (or its family) is a model this gateway routes, or a priced one
+        (a transcription model): what a key's allowed models may name."""
+        s = self._settings
+        return any(n in s.models or n in s.prices for n in (name, model_family(name)))
+
+    def names(self) -> list[str]:
+        """Every name ``knows``, for suggestions."""
+        return sorted({*self._settings.models, *self._settings.prices})
+
     def price_row(self, name: str) -> tuple[str, PriceSettings | None]:
         """Prices for a model or transcription-model name (family fallback); None if unpriced."""
         prices = self._settings.prices

@@ -30,10 +30,11 @@ from rtgate.api.views import (
 )
 from rtgate.auth.client_secrets import id_hash_prefix, looks_minted, secret_id_of
 from rtgate.auth.keyring import KeyRing
-from rtgate.auth.policy import CLEARABLE, KeyPolicy, PolicyUpdate, apply_update
+from rtgate.auth.policy import CLEARABLE, KeyPolicy, PolicyUpdate, apply_update, new_policy
+from rtgate.catalog import Catalog
 from rtgate.clock import SystemClock
 from rtgate.config import Settings, load_settings
-from rtgate.errors import GatewayError
+from rtgate.errors import GatewayError, PolicyError
 from rtgate.interpreter import python_m
 from rtgate.metering.cost import usd_str
 from rtgate.store.port import KeyInfo
@@ -330,7 +331,8 @@ def keys_create(
 ) -> None:
     """Create a key; its secret is printed once, alone on the last line."""
     update = _policy_update({k: v for k, v in locals().items() if k in _POLICY_OPTIONS})
-    policy = _checked(lambda: apply_update(KeyPolicy(), update))
+    catalog = Catalog(_settings())
+    policy = _checked(lambda: new_policy(update, catalog, SystemClock().now()))
     info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
     if as_json:
         _print_json(dump(new_key_view(info, secret, SystemClock().now())))
@@ -363,17 +365,23 @@ def keys_update(
     their next metered event (budgets) or connection (the rest)."""
     update = _policy_update({k: v for k, v in locals().items() if k in _POLICY_OPTIONS})
     _checked(lambda: apply_update(KeyPolicy(), update))  # bad values fail before the store
+    catalog = Catalog(_settings())
 
-    async def run(store: SqlStore) -> KeyInfo | None:
+    async def run(store: SqlStore) -> KeyInfo | PolicyError | None:
         ring = KeyRing(store, SystemClock())
         key = await ring.get(key_id)
         if key is None:
             return None
-        return await ring.set_policy(
-            key_id, apply_update(KeyPolicy.from_json(key.policy_json), update)
-        )
+        try:
+            policy = apply_update(KeyPolicy.from_json(key.policy_json), update, catalog)
+        except PolicyError as err:
+            return err  # a bad value, as the check above: exit 2
+        return await ring.set_policy(key_id, policy)
 
     info = _with_store(run)
+    if isinstance(info, PolicyError):
+        _error(info.message)
+        raise typer.Exit(2)
     if info is None:
         _error(f"no key with id {key_id}")
         raise typer.Exit(1)

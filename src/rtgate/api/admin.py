@@ -69,11 +69,12 @@ from rtgate.api.views import (
 )
 from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.operator_token import OperatorToken, bearer
-from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, new_policy
 from rtgate.config import Secret, Settings
 from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
 from rtgate.fleet import FleetUnavailable, LoneInstance
+from rtgate.gateway import Gateway
 
 PREFIX = "/admin/v1"
 
@@ -159,12 +160,16 @@ def _quoted(value: str) -> str:
     return repr(value[:64])
 
 
-def _storable(base: KeyPolicy, update: PolicyUpdate) -> KeyPolicy:
-    """``update`` applied to ``base``, refused unless it reads back from the store unchanged.
-    (The body's values already fit: ``check_json`` refused integers past 64 bits, and
-    ``parse_expiry`` dates outside 1970-9000.)"""
+def _storable(gw: Gateway, base: KeyPolicy | None, update: PolicyUpdate) -> KeyPolicy:
+    """``update`` applied to ``base`` (None: a new key's), refused unless it reads back from
+    the store unchanged. (The body's values already fit: ``check_json`` refused integers past
+    64 bits, and ``parse_expiry`` dates outside 1970-9000.)"""
     try:
-        policy = apply_update(base, update)
+        policy = (
+            new_policy(update, gw.catalog, gw.clock.now())
+            if base is None
+            else apply_update(base, update, gw.catalog)
+        )
     except PolicyError as err:
         raise InvalidRequest(err.message, param=err.param) from err
     if KeyPolicy.from_json(policy.to_json()) != policy:
@@ -177,7 +182,7 @@ def _no_key(key_id: str) -> NotFound:
 
 
 async def create_key(call: Call[None, CreateKey]) -> Reply:
-    policy = _storable(KeyPolicy(), call.body)
+    policy = _storable(call.gw, None, call.body)
     info, secret = await call.gw.keyring.create(call.body.name, policy)
     return new_key_view(info, secret, call.gw.clock.now())
 
@@ -201,7 +206,7 @@ async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
     if key is None:
         raise _no_key(key_id)
     updated = await ring.set_policy(
-        key_id, _storable(KeyPolicy.from_json(key.policy_json), call.body)
+        key_id, _storable(call.gw, KeyPolicy.from_json(key.policy_json), call.body)
     )
     if updated is None:
         raise _no_key(key_id)

@@ -21,7 +21,7 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from rtgate.catalog import model_family
+from rtgate.catalog import Catalog, model_family
 from rtgate.clock import rfc3339
 from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
 from rtgate.metering.cost import NANOS_PER_USD, usd_str
@@ -497,7 +497,19 @@ def _nanos(v: Decimal | None) -> int | None:
     return None if v is None else int(v * NANOS_PER_USD)
 
 
-def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
+def new_policy(u: PolicyUpdate, catalog: Catalog, now: float) -> KeyPolicy:
+    """A new key's policy (the CLI's ``keys create``, the admin API's ``POST /keys``): as
+    ``apply_update`` makes it, and refused if it has expired already."""
+    policy = apply_update(KeyPolicy(), u, catalog)
+    if policy.expires_at is not None and policy.expires_at <= now:
+        raise PolicyError("expires: already past: the key would never work", param="expires")
+    return policy
+
+
+def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = None) -> KeyPolicy:
+    """``u`` applied to ``policy``. With the gateway's ``catalog``, an allowed model it does
+    not know is refused (a typo would lock the key out of every model); a name the key held
+    before stays, as a blocked event does."""
     changes: dict[str, Any] = {}
     for name in u.clear:
         if name in _DEFAULT_PATHS:
@@ -512,6 +524,14 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate) -> KeyPolicy:
         changes[target] = () if target in ("models", "blocked_events") else None
     if u.models is not None:
         changes["models"] = tuple(m.strip() for m in u.models if m.strip())
+        for m in changes["models"]:
+            if catalog is not None and m not in policy.models and not catalog.knows(m):
+                close = difflib.get_close_matches(m, catalog.names(), n=1)
+                raise PolicyError(
+                    f"models: {m!r} is not a model this gateway knows (GET /v1/models)"
+                    + (f"; did you mean {close[0]}?" if close else ""),
+                    param="models",
+                )
     for name in ("max_sessions", "sessions_per_minute", "secrets_per_minute"):
         if getattr(u, name) is not None:
             changes[name] = getattr(u, name)
