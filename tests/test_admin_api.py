@@ -318,6 +318,14 @@ async def test_a_body_over_the_http_cap_is_refused_with_413(admin: RunningGatewa
     assert await admin.store.list_keys() == []
 
 
+@pytest.mark.parametrize("listing", ["/usage", "/sessions", "/client_secrets"])
+async def test_a_listing_filtered_by_no_key_is_404(admin: RunningGateway, listing: str) -> None:
+    reply = await call(admin, "GET", f"{listing}?key_id=alice")
+    assert reply.status == 404 and reply.error["param"] == "key_id"
+    key = (await call(admin, "POST", "/keys", body={"name": "alice"})).json()
+    assert (await call(admin, "GET", f"{listing}?key_id={key['id']}")).status == 200
+
+
 async def test_an_invalid_update_leaves_the_key_as_it_was(admin: RunningGateway) -> None:
     key = (await call(admin, "POST", "/keys", body={"name": "bob", "max_sessions": 3})).json()
     for body in (
@@ -400,7 +408,7 @@ async def test_usage_as_json_and_as_csv(admin: RunningGateway) -> None:
     assert len((await call(admin, "GET", "/usage", params={"since": day})).json()) == 2
     later = await call(admin, "GET", "/usage", params={"since": "2999-01-01", "format": "csv"})
     assert list(csv.reader(io.StringIO(later.text))) == [list(USAGE_CSV_COLUMNS)]
-    assert (await call(admin, "GET", "/usage", params={"key_id": "key_nope"})).json() == []
+    assert (await call(admin, "GET", "/usage", params={"key_id": "key_nope"})).status == 404
 
 
 @pytest.mark.parametrize(

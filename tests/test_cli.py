@@ -198,6 +198,16 @@ def test_a_model_a_key_held_before_stays_through_an_update(
     assert "gpt-nope" in cli("keys", "update", created["id"], "--models", "gpt-nope", code=2)
 
 
+@pytest.mark.parametrize("command", ["usage", "sessions", "secrets list"])
+def test_a_key_filter_naming_no_key_says_so(cli: Callable[..., str], command: str) -> None:
+    """A newcomer's find: ``--key alice`` (a name, not an id) listed nothing, exit 0."""
+    cli("keys", "create", "--name", "alice")
+    said = cli(*command.split(), "--key", "alice", code=1)
+    assert "no key with id alice" in said
+    key_id = orjson.loads(cli("keys", "list", "--json"))[0]["id"]
+    cli(*command.split(), "--key", key_id)
+
+
 def test_bad_config_stops_with_the_settings_name(
     cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,6 +90,22 @@ def _settings() -> Settings:
         raise typer.Exit(2) from err
 
 
+def _of_key(key_id: str | None, fn: Callable[[SqlStore], Awaitable[T]]) -> T:
+    """``fn``'s rows, filtered by ``key_id`` (``--key``): an id no key has exits 1, as the
+    admin API answers 404, not with an empty table (a name or a typo given for the id)."""
+
+    async def run(store: SqlStore) -> T | None:
+        if key_id is not None and await store.get_key(key_id) is None:
+            return None
+        return await fn(store)
+
+    rows = _with_store(run)
+    if rows is None:
+        _error(f"no key with id {key_id} (--key takes a key's id: rtgate keys list)")
+        raise typer.Exit(1)
+    return rows
+
+
 def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     settings = _settings()
 
@@ -432,7 +448,7 @@ def secrets_list(
 ) -> None:
     """Client secrets not yet expired (revoked ones too), newest first; never their values."""
     clock = SystemClock()
-    rows = _with_store(lambda st: KeyRing(st, clock).list_secrets(key))
+    rows = _of_key(key, lambda st: KeyRing(st, clock).list_secrets(key))
     views = [client_secret_view(c, clock.now()) for c in rows]
     if as_json:
         _print_json(dump(views))
@@ -477,7 +493,7 @@ def usage(
     priced per second or minute billed; "review" counts records whose usage could not be read in
     full (what they did count is in the totals; see the log for each)."""
     q = _read_as({"key_id": key, "since": since}, UsageQuery)
-    rows = _with_store(lambda st: st.usage_summary(q.key_id, q.since))
+    rows = _of_key(q.key_id, lambda st: st.usage_summary(q.key_id, q.since))
     if as_json:
         _print_json(dump([usage_row(r) for r in rows]))
         return
@@ -521,7 +537,7 @@ def sessions(
     """Recent sessions: key, model, start, duration, close, tokens, audio seconds billed by
     duration, and cost."""
     q = _read_as({"limit": limit, "key_id": key}, SessionsQuery)
-    rows = _with_store(lambda st: st.recent_sessions(q.limit, q.key_id))
+    rows = _of_key(q.key_id, lambda st: st.recent_sessions(q.limit, q.key_id))
     if as_json:
         _print_json(dump([session_row(r) for r in rows]))
         return

@@ -181,6 +181,13 @@ def _no_key(key_id: str) -> NotFound:
     return NotFound(f"No key with id {_quoted(key_id)}.", param="key_id")
 
 
+async def _filter_key(gw: Gateway, key_id: str | None) -> None:
+    """A listing's ``key_id`` names a key, else 404: an empty list would say the key exists
+    and has nothing (a name or a typo given for the id)."""
+    if key_id is not None and await gw.keyring.get(key_id) is None:
+        raise _no_key(key_id)
+
+
 async def create_key(call: Call[None, CreateKey]) -> Reply:
     policy = _storable(call.gw, None, call.body)
     info, secret = await call.gw.keyring.create(call.body.name, policy)
@@ -225,6 +232,7 @@ async def revoke_key(call: Call[None, None]) -> Reply:
 
 
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:
+    await _filter_key(call.gw, call.query.key_id)
     now = call.gw.clock.now()
     return [
         client_secret_view(c, now) for c in await call.gw.keyring.list_secrets(call.query.key_id)
@@ -249,6 +257,7 @@ async def revoke_client_secret(call: Call[None, None]) -> Reply:
 
 async def usage(call: Call[UsageQuery, None]) -> Reply:
     q = call.query
+    await _filter_key(call.gw, q.key_id)
     rows = [usage_row(r) for r in await call.gw.store.usage_summary(q.key_id, q.since)]
     if q.format == "csv":
         return web.Response(text=usage_csv(rows), content_type="text/csv", charset="utf-8")
@@ -257,6 +266,7 @@ async def usage(call: Call[UsageQuery, None]) -> Reply:
 
 async def recent_sessions(call: Call[SessionsQuery, None]) -> Reply:
     q = call.query
+    await _filter_key(call.gw, q.key_id)
     rows = await call.gw.store.recent_sessions(q.limit, q.key_id, before=q.before)
     return [session_row(r) for r in rows]
 
