@@ -187,6 +187,38 @@ async def test_an_expired_key_is_marked_expired(admin: RunningGateway) -> None:
     assert re.search(r"old <span class=\"badge\">expired</span>", page), page
 
 
+async def test_usage_billed_by_the_second_shows_its_seconds(admin: RunningGateway) -> None:
+    """A newcomer's find: a GPT-Live row showed "0 (0)" tokens and nothing else."""
+    from rtgate.metering.record import UsageRecord
+    from rtgate.protocol.usage import Usage
+    from rtgate.store.port import SessionOpen
+
+    info, _ = await admin.app[GATEWAY].keyring.create("voice", KeyPolicy())
+    now = admin.app[GATEWAY].clock.now()
+    await admin.store.write(
+        [
+            SessionOpen("rs_live", info.id, "gpt-live-1", "openai", "live", now),
+            UsageRecord(
+                "rs_live",
+                info.id,
+                "gpt-live-1",
+                "gpt-live-1",
+                Usage(kind="live", audio_ms=8_000),
+                0,
+                0,
+                now,
+                "live_1",
+                unit="second",
+            ),
+        ]
+    )
+    http, _ = await console_cookies(admin)
+    async with http, http.get(f"{admin.http}/ui/usage") as r:
+        page = await r.text()
+    row = re.search(r"<tr><td>[^<]*</td><td>voice</td>.*?</tr>", page, re.S)
+    assert row is not None and ">8.000<" in row[0], page
+
+
 async def test_a_post_without_the_right_csrf_token_changes_nothing(admin: RunningGateway) -> None:
     http, csrf = await console_cookies(admin)
     async with http:

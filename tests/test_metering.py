@@ -241,3 +241,19 @@ def test_usages_add_count_by_count_whatever_the_fields() -> None:
 )
 def test_a_record_is_filed_under_its_utc_day(ts: float, day: str) -> None:
     assert utc_day(ts) == day
+
+
+def test_a_message_says_dollars_without_the_zeros_past_the_cents() -> None:
+    """A newcomer's find: "daily budget of $0.010000000"."""
+    from rtgate.auth.policy import KeyPolicy, Spend, over_budget
+    from rtgate.metering.cost import usd_words
+
+    assert [usd_words(n) for n in (10_000_000, 12_345_678, 5 * 10**9, 0)] == [
+        "0.01",
+        "0.012345678",
+        "5.00",
+        "0.00",
+    ]
+    refused = over_budget(KeyPolicy(budget_day_nanos=10_000_000), Spend(day=12_000_000))
+    assert refused is not None
+    assert refused.message == "You exceeded your daily budget of $0.01 (spent $0.012)."

@@ -753,6 +753,7 @@ async def test_a_client_that_leaves_mid_response_is_billed_for_it(
         ("GET", "/v1/live/sessions", 400, "live.connect()"),
         ("GET", "/v1/realtime/translations", 400, "realtime.translations.connect()"),
         ("GET", "/v1/nope", 404, "Invalid URL (GET /v1/nope)"),
+        ("GET", "/v1", 404, "Invalid URL (GET /v1)"),
         ("DELETE", "/v1/realtime/client_secrets", 405, "Invalid URL (DELETE "),
     ],
 )

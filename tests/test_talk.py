@@ -151,3 +151,10 @@ def test_talk_given_a_file_that_is_no_wav_says_so_in_one_line(tmp_path: Path) ->
     assert result.exit_code == 1
     assert f"error: {text}: not a WAV file" in result.output
     assert "Traceback" not in result.output
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+    result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--wav", str(empty)])
+    assert result.exit_code == 1 and f"error: {empty}: holds no audio" in result.output

@@ -41,6 +41,8 @@ def read_wav_24k(path: Path) -> bytes:
             pcm = w.readframes(w.getnframes())
     except (wave.Error, EOFError) as exc:
         raise TalkError(f"{path}: not a WAV file ({exc})") from exc
+    if not pcm:
+        raise TalkError(f"{path}: holds no audio")
     if channels > 1:
         import numpy as np
 

@@ -109,7 +109,8 @@ async def v1_http_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if not request.path.startswith("/v1/") or exc.status not in (404, 405):
+        v1 = request.path == "/v1" or request.path.startswith("/v1/")
+        if not v1 or exc.status not in (404, 405):
             raise
         message = f"Invalid URL ({request.method} {request.path})"
         return openai_error(exc.status, "invalid_request_error", None, message, headers=_allow(exc))

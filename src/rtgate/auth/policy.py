@@ -24,7 +24,7 @@ from msgspec import Meta
 from rtgate.catalog import Catalog, model_family
 from rtgate.clock import rfc3339
 from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
-from rtgate.metering.cost import NANOS_PER_USD, usd_str
+from rtgate.metering.cost import NANOS_PER_USD, usd_str, usd_words
 from rtgate.protocol.session_fields import (
     DEFAULT_TRANSCRIPTION_MODEL,
     REALTIME,
@@ -136,7 +136,8 @@ def over_budget(policy: KeyPolicy, spend: Spend) -> QuotaExceeded | None:
     ):
         if limit is not None and used >= limit:
             return QuotaExceeded(
-                f"You exceeded your {label} budget of ${usd_str(limit)} (spent ${usd_str(used)})."
+                f"You exceeded your {label} budget of ${usd_words(limit)}"
+                f" (spent ${usd_words(used)})."
             )
     return None
 

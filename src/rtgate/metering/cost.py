@@ -90,6 +90,13 @@ def usd(nanos: int) -> Decimal:
     return Decimal(usd_str(nanos))
 
 
+def usd_words(nanos: int) -> str:
+    """Nano-dollars as a message says them: ``usd_str`` without the zeros past the cents
+    (``0.01``, ``0.012345``), where nine places would hide the figure."""
+    whole, _, frac = usd_str(nanos).partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
 def usd_str(nanos: int) -> str:
     """Nano-dollars as a plain decimal string (``"0.000000000"``, never ``"0E-9"``)."""
     sign = "-" if nanos < 0 else ""
