@@ -208,6 +208,24 @@ def test_a_key_filter_naming_no_key_says_so(cli: Callable[..., str], command: st
     cli(*command.split(), "--key", key_id)
 
 
+def test_keys_show_and_update_print_the_whole_policy(cli: Callable[..., str]) -> None:
+    """A newcomer's find: no view of a key's policy but ``keys list --json``."""
+    created = orjson.loads(
+        cli("keys", "create", "--name", "p", "--models", "gpt-realtime", "--json")
+    )
+    shown = cli("keys", "show", created["id"])
+    assert f"{created['id']} (p, " in shown and "active" in shown
+    assert "  models: gpt-realtime" in shown
+    updated = cli("keys", "update", created["id"], "--budget-usd-day", "5")
+    assert "  budget_usd_day: 5.000000000" in updated and "  models: gpt-realtime" in updated
+    assert orjson.loads(cli("keys", "show", created["id"], "--json"))["policy"]["models"] == [
+        "gpt-realtime"
+    ]
+    assert "no key with id key_nope" in cli("keys", "show", "key_nope", code=1)
+    bare = orjson.loads(cli("keys", "create", "--name", "bare", "--json"))
+    assert "no limits or defaults" in cli("keys", "show", bare["id"])
+
+
 def test_bad_config_stops_with_the_settings_name(
     cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import typer
 
 from rtgate.api.queries import SessionsQuery, UsageQuery
 from rtgate.api.views import (
+    KeyView,
     client_secret_view,
     dump,
     key_view,
@@ -405,6 +406,35 @@ def keys_update(
         _print_json(dump(key_view(info, SystemClock().now())))
     else:
         typer.echo(f"Updated {info.id} ({info.name}).")
+        _print_policy(key_view(info, SystemClock().now()))
+
+
+@keys_app.command("show")
+def keys_show(key_id: str, as_json: JsonOpt = False) -> None:
+    """One key and its whole policy (what keys list leaves out)."""
+    info = _with_store(lambda st: KeyRing(st, SystemClock()).get(key_id))
+    if info is None:
+        _error(f"no key with id {key_id}")
+        raise typer.Exit(1)
+    view = key_view(info, SystemClock().now())
+    if as_json:
+        _print_json(dump(view))
+        return
+    status = "revoked" if not view.active else "expired" if view.expired else "active"
+    typer.echo(f"{view.id} ({view.name}, {view.prefix}), created {view.created_at}, {status}")
+    _print_policy(view)
+
+
+def _print_policy(view: KeyView) -> None:
+    """The limits and defaults a key has, one per line (none: that it has none)."""
+    policy = {k: v for k, v in dump(view.policy).items() if v not in (None, [], {}, False)}
+    if not policy:
+        typer.echo("  no limits or defaults")
+    for name, value in policy.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(shown, dict):
+            shown = orjson.dumps(shown).decode()
+        typer.echo(f"  {name}: {shown}")
 
 
 @keys_app.command("list")
