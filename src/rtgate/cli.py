@@ -682,7 +682,7 @@ def talk(
     if result.error is not None:
         _error(f"{result.error.get('code')}: {result.error.get('message')}")
     if result.user_transcript:
-        console.print(f"you said:  {result.user_transcript}")
+        console.print(f"you said:  {result.user_transcript.strip()}")
     console.print(f"assistant: {(result.transcript or result.text).strip()}")
     if result.audio:
         write_wav_24k(out, bytes(result.audio))
