@@ -412,17 +412,22 @@ def keys_update(
 @keys_app.command("show")
 def keys_show(key_id: str, as_json: JsonOpt = False) -> None:
     """One key and its whole policy (what keys list leaves out)."""
-    info = _with_store(lambda st: KeyRing(st, SystemClock()).get(key_id))
-    if info is None:
-        _error(f"no key with id {key_id}")
-        raise typer.Exit(1)
-    view = key_view(info, SystemClock().now())
+    view = key_view(_one_key(key_id, lambda ring: ring.get(key_id)), SystemClock().now())
     if as_json:
         _print_json(dump(view))
         return
     status = "revoked" if not view.active else "expired" if view.expired else "active"
     typer.echo(f"{view.id} ({view.name}, {view.prefix}), created {view.created_at}, {status}")
     _print_policy(view)
+
+
+def _one_key(key_id: str, op: Callable[[KeyRing], Awaitable[KeyInfo | None]]) -> KeyInfo:
+    """``op``'s key, or ``no key with id``, exit 1."""
+    info = _with_store(lambda st: op(KeyRing(st, SystemClock())))
+    if info is None:
+        _error(f"no key with id {key_id}")
+        raise typer.Exit(1)
+    return info
 
 
 def _print_policy(view: KeyView) -> None:
@@ -461,10 +466,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a key; sessions it opens from now on are refused."""
-    info = _with_store(lambda st: KeyRing(st, SystemClock()).revoke(key_id))
-    if info is None:
-        _error(f"no key with id {key_id}")
-        raise typer.Exit(1)
+    info = _one_key(key_id, lambda ring: ring.revoke(key_id))
     if as_json:
         _print_json(dump(key_view(info, SystemClock().now())))
     else:
