@@ -69,6 +69,11 @@ def test_keys_revoke(cli: Callable[..., str]) -> None:
     revoked = orjson.loads(cli("keys", "revoke", created["id"], "--json"))
     assert revoked["active"] is False and revoked["revoked_at"]
     cli("keys", "revoke", "key_missing", code=1)
+    # Again: said to be revoked already, not revoked anew (a newcomer's find).
+    again = cli("keys", "revoke", created["id"])
+    assert f"{created['id']} (bob) was revoked already, at {revoked['revoked_at']}" in again
+    fresh = orjson.loads(cli("keys", "create", "--name", "carl", "--json"))
+    assert cli("keys", "revoke", fresh["id"]).startswith(f"Revoked {fresh['id']} (carl).")
 
 
 async def _seed(db_url: str, key_id: str) -> None:

@@ -466,9 +466,12 @@ def keys_list(as_json: JsonOpt = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a key; sessions it opens from now on are refused."""
+    asked = SystemClock().now()
     info = _one_key(key_id, lambda ring: ring.revoke(key_id))
     if as_json:
         _print_json(dump(key_view(info, SystemClock().now())))
+    elif info.revoked_at is not None and info.revoked_at < asked:
+        typer.echo(f"{info.id} ({info.name}) was revoked already, at {timestamp(info.revoked_at)}.")
     else:
         typer.echo(f"Revoked {info.id} ({info.name}).")
 
