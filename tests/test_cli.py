@@ -208,7 +208,7 @@ def test_a_key_filter_naming_no_key_says_so(cli: Callable[..., str], command: st
     """A newcomer's find: ``--key alice`` (a name, not an id) listed nothing, exit 0."""
     cli("keys", "create", "--name", "alice")
     said = cli(*command.split(), "--key", "alice", code=1)
-    assert "no key with id alice" in said
+    assert "No key with id 'alice'." in said
     key_id = orjson.loads(cli("keys", "list", "--json"))[0]["id"]
     cli(*command.split(), "--key", key_id)
 

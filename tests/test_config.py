@@ -85,6 +85,14 @@ def test_bad_config_names_the_setting(
     assert names in err.value.message
 
 
+def test_an_empty_database_url_is_the_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('database_url = ""\n')
+    settings = load_settings(cfg, {})
+    assert settings.database_url is None
+    assert settings.resolved_database_url.startswith("sqlite:///")
+
+
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings("/nonexistent/rtgate.toml", {})

@@ -830,24 +830,43 @@ def test_the_models_each_route_refuses_are_the_sdks_literals() -> None:
     assert families(realtime) == REALTIME_MODELS
 
 
-def test_a_model_is_served_only_on_its_protocols_route() -> None:
-    from rtgate.catalog import Catalog, check_served
+def test_a_model_is_served_only_on_its_protocols_route(tmp_path: Path) -> None:
+    """``check_served``: a model of another protocol is ``model_not_found``; an upstream that
+    cannot serve the route (the engine translating, Gemini on Live or translations) is
+    ``unsupported_upstream``."""
+    from rtgate.catalog import Catalog, WrongProtocol, check_served
     from rtgate.config import load_settings
-    from rtgate.errors import ModelNotFound
+    from rtgate.errors import UnsupportedUpstream
 
-    catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
-    served = {
-        ("gpt-realtime-mini-2025-12-15", "realtime"),
-        ("gpt-live-1", "live"),
-        ("gpt-realtime-translate", "translation"),
-        ("local", "realtime"),
-        ("local", "live"),
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[upstreams.gemini]\nkind = "gemini"\n[models.gemini-live]\nupstream = "gemini"\n'
+    )
+    catalog = Catalog(load_settings(cfg, {"OPENAI_API_KEY": "sk-x"}))
+    local = Catalog(load_settings(None, {}))
+    refused: dict[tuple[str, str], type[Exception]] = {
+        ("gpt-realtime-mini-2025-12-15", "live"): WrongProtocol,
+        ("gpt-realtime-mini-2025-12-15", "translation"): WrongProtocol,
+        ("gpt-live-1", "realtime"): WrongProtocol,
+        ("gpt-live-1", "translation"): WrongProtocol,
+        ("gpt-realtime-translate", "realtime"): WrongProtocol,
+        ("gpt-realtime-translate", "live"): WrongProtocol,
+        ("gemini-live", "live"): UnsupportedUpstream,
+        ("gemini-live", "translation"): UnsupportedUpstream,
+        ("local", "translation"): UnsupportedUpstream,
     }
-    for model in ("gpt-realtime-mini-2025-12-15", "gpt-live-1", "gpt-realtime-translate", "local"):
+    for model in (
+        "gpt-realtime-mini-2025-12-15",
+        "gpt-live-1",
+        "gpt-realtime-translate",
+        "gemini-live",
+        "local",
+    ):
+        route = (local if model == "local" else catalog).resolve(model)
         for protocol in ("realtime", "live", "translation"):
-            route = catalog.resolve(model)
-            if (model, protocol) in served or (model == "local" and protocol == "translation"):
+            error = refused.get((model, protocol))
+            if error is None:
                 check_served(route, protocol)  # type: ignore[arg-type]
                 continue
-            with pytest.raises(ModelNotFound, match=f"`{model}` cannot be used on /v1/"):
-                check_served(route, protocol, "session.model")  # type: ignore[arg-type]
+            with pytest.raises(error):
+                check_served(route, protocol)  # type: ignore[arg-type]

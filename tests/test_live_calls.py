@@ -280,3 +280,23 @@ async def test_a_sessions_settings_are_judged_by_the_keys_blocked_fields(
     assert provider.live_calls.actions[0][:2] == ("rtc_incoming0123", "accept")
     await act(gw, key, "hangup", "rtc_incoming0123")
     await until(lambda: not len(gw.app[GATEWAY].live))
+
+
+async def test_a_live_session_is_no_call_a_realtime_sideband_attaches_to(
+    gateway: RunningGateway, provider: FakeProvider
+) -> None:
+    """A review's find: ``/v1/realtime?call_id=`` naming a GPT-Live session was refused as if
+    the client had asked for a model on the wrong route; it says what the id is."""
+    from websockets.asyncio.client import connect
+
+    key = await gateway.new_key()
+    session_id = (await create(gateway, key)).session.id
+    async with connect(
+        f"{gateway.ws}/v1/realtime?call_id={session_id}",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        await ws.wait_closed()
+    assert (error["error"]["code"], error["error"]["param"]) == ("model_not_found", "call_id")
+    assert "is a session of another protocol" in error["error"]["message"]
+    assert ws.close_code == 4004

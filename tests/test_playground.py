@@ -175,12 +175,15 @@ async def test_push_to_talk_then_an_interruption(
         await expect(truncate).to_have_count(1)
 
 
-def test_the_playground_offers_only_models_its_route_serves() -> None:
+def test_the_playground_offers_only_models_its_route_serves(tmp_path: Path) -> None:
     """A review's find: GPT-Live's models were listed, and the engine now refuses them on
-    /v1/realtime as the provider does."""
-    from rtgate.config import DEFAULT_OPENAI_MODELS
+    /v1/realtime as the provider does; an alias to one too."""
+    from rtgate.catalog import Catalog
+    from rtgate.config import load_settings
     from rtgate.web.playground import playground_models
 
-    offered = playground_models([*DEFAULT_OPENAI_MODELS, "local", "gpt-live-1-2026-10-01"])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[models.my-live]\nupstream = "local"\nupstream_model = "gpt-live-1"\n')
+    offered = playground_models(Catalog(load_settings(cfg, {})))
     assert "gpt-realtime" in offered and "local" in offered
-    assert not [m for m in offered if m.startswith("gpt-live") or m.endswith("translate")]
+    assert not [m for m in offered if "live" in m or m.endswith("translate")]

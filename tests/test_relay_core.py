@@ -71,11 +71,6 @@ def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
     )
 
 
-#: The upstream's first event: the gateway's answers to client events refused before it wait
-#: for it (``test_refusals_before_session_created_follow_it``).
-CREATED = b'{"type":"session.created","event_id":"evt_0","session":{"type":"realtime"}}'
-
-
 def core(*, fresh: bool = False, **kw: Any) -> RelayCore:
     """A core of a session under way (the upstream's ``session.created`` passed), or
     ``fresh``: just opened."""
@@ -440,11 +435,41 @@ def test_refusals_before_session_created_follow_it() -> None:
     # From then on, at once; and nothing is held for a later frame.
     assert kinds(c.client_text(delete)) == [SendClient, Refused]
     assert c.upstream_text(CREATED) is None
-    # A session the gateway ends first still answers them, before its own error.
+    # A session the gateway ends first still answers them, before its own error; so does one
+    # the upstream closes or drops before it said anything (a review's find).
     ended = core(fresh=True, guard=guard)
     ended.client_text(delete)
     acts = ended.tick(100 + 61)
     assert [error_code(f) for f in sent(acts)] == ["event_not_allowed", "session_expired"]
+    closed = core(fresh=True, guard=guard)
+    closed.client_text(delete)
+    acts = closed.upstream_closed(1000, "bye")
+    assert [error_code(f) for f in sent(acts)] == ["event_not_allowed"]
+    assert CloseClient(1000, "bye") in acts
+    lost = core(fresh=True, guard=guard)
+    lost.client_text(delete)
+    assert [error_code(f) for f in sent(lost.upstream_lost())] == [
+        "event_not_allowed",
+        "upstream_unavailable",
+    ]
+    # A first frame that is held for its commit keeps them behind it.
+    metered = core(fresh=True, guard=guard)
+    metered.client_text(delete)
+    acts = metered.upstream_text(done())
+    assert acts is not None and kinds(acts) == [Commit]
+    released = metered.committed(True)
+    assert sent(released)[0] == done() and error_code(sent(released)[1]) == "event_not_allowed"
+    # A binary first frame releases them too; and no more than HOLD_LIMIT are ever held.
+    binary = core(fresh=True, guard=guard)
+    binary.client_text(delete)
+    acts = binary.upstream_binary(b"\x01")
+    assert acts is not None and [a.binary for a in acts if isinstance(a, SendClient)] == [
+        True,
+        False,
+    ]
+    flood = core(fresh=True, guard=guard)
+    answers = [flood.client_text(delete) or () for _ in range(HOLD_LIMIT + 3)]
+    assert [len(sent(a)) for a in answers] == [0] * HOLD_LIMIT + [1] * 3
 
 
 def test_a_dead_upstream_is_severed_and_the_client_told() -> None:

@@ -147,6 +147,8 @@ async def test_v1_models_lists_what_the_routes_serve(
     async with AsyncOpenAI(api_key="rtg_x", base_url=f"{local.http}/v1") as client:
         one = await client.models.retrieve("gpt-realtime")
         assert (one.id, one.owned_by) == ("gpt-realtime", "local")
+        dated = await client.models.retrieve("gpt-realtime-2025-08-28")  # as sessions route it
+        assert (dated.id, dated.owned_by) == ("gpt-realtime-2025-08-28", "local")
         with pytest.raises(openai.NotFoundError) as missing:
             await client.models.retrieve("gpt-realtime-translate")  # refused here
         assert missing.value.code == "model_not_found"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rtgate.config import PriceSettings, Settings, UpstreamSettings
-from rtgate.errors import ModelNotFound
+from rtgate.errors import ModelNotFound, UnsupportedUpstream
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
@@ -55,6 +55,10 @@ def wrong_route(model: str, path: str) -> str:
     return f"The model `{model}` cannot be used on {path}."
 
 
+class WrongProtocol(ModelNotFound):
+    """A model the SDK types for another protocol than the route's (``check_served``)."""
+
+
 #: The routes that open a session, by the protocol each speaks.
 Protocol = Literal["realtime", "live", "translation"]
 ROUTE_PATHS: dict[Protocol, str] = {
@@ -65,11 +69,27 @@ ROUTE_PATHS: dict[Protocol, str] = {
 
 
 def check_served(route: Route, protocol: Protocol, param: str = "model") -> None:
-    """Refuse (``model_not_found``, before any dial) a model the SDK types for another
-    protocol: a Live model on ``/v1/realtime``, a Realtime or translation model on
-    ``/v1/live/sessions``, and so on, as the provider refuses them (docs/protocol-live.md
-    1). A name the SDK does not type (``local``, an alias to an Azure deployment) passes;
-    an alias is judged by the model it runs, too."""
+    """Whether ``route`` serves a session of ``protocol``, decided here, before any dial.
+
+    Refused with ``unsupported_upstream`` when its upstream cannot: the local engine does not
+    translate, and Gemini Live speaks the Realtime protocol only (docs/gemini.md; its calls and
+    transcription sessions are refused as it is dialled, ``relay/endpoint.py``). Refused with
+    ``model_not_found`` when the SDK types the model for another protocol: a Live model on
+    ``/v1/realtime``, a Realtime or translation model on ``/v1/live/sessions``, and so on, as
+    the provider refuses them (docs/protocol-live.md 1). A name the SDK does not type
+    (``local``, an alias to an Azure deployment) passes; an alias is judged by the model it
+    runs, too."""
+    kind = route.upstream.kind
+    if kind == "local" and protocol == "translation":
+        raise UnsupportedUpstream(
+            f"The model `{route.model}` is served by the gateway's local engine, which"
+            " does not translate; route it to a provider."
+        )
+    if kind == "gemini" and protocol != "realtime":
+        raise UnsupportedUpstream(
+            f"The model `{route.model}` is served by Gemini Live, which speaks the Realtime"
+            f" protocol only: connect to /v1/realtime, not {ROUTE_PATHS[protocol]}."
+        )
     kinds = {
         "live": LIVE_MODELS,
         "translation": frozenset({DEFAULT_TRANSLATION_MODEL}),
@@ -78,7 +98,7 @@ def check_served(route: Route, protocol: Protocol, param: str = "model") -> None
     families = {model_family(route.model), model_family(route.upstream_model)} - {""}
     for other, names in kinds.items():
         if other != protocol and families & names:
-            raise ModelNotFound(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
+            raise WrongProtocol(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
 
 
 def model_family(name: str) -> str:
@@ -108,9 +128,10 @@ class Catalog:
         s = self._settings
         return any(n in s.models or n in s.prices for n in (name, model_family(name)))
 
-    def names(self) -> list[str]:
-        """Every name ``knows``, for suggestions."""
-        return sorted({*self._settings.models, *self._settings.prices})
+    def names(self, *, routed_only: bool = False) -> list[str]:
+        """Every name ``knows`` (for suggestions), or the models it routes only."""
+        s = self._settings
+        return sorted(s.models if routed_only else {*s.models, *s.prices})
 
     def price_row(self, name: str) -> tuple[str, PriceSettings | None]:
         """Prices for a model or transcription-model name (family fallback); None if unpriced."""

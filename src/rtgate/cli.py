@@ -93,18 +93,13 @@ def _settings() -> Settings:
 
 def _of_key(key_id: str | None, fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     """``fn``'s rows, filtered by ``key_id`` (``--key``): an id no key has exits 1, as the
-    admin API answers 404, not with an empty table (a name or a typo given for the id)."""
+    admin API answers 404 (``KeyRing.require``), not with an empty table."""
 
-    async def run(store: SqlStore) -> T | None:
-        if key_id is not None and await store.get_key(key_id) is None:
-            return None
+    async def run(store: SqlStore) -> T:
+        await KeyRing(store, SystemClock()).require(key_id)
         return await fn(store)
 
-    rows = _with_store(run)
-    if rows is None:
-        _error(f"no key with id {key_id} (--key takes a key's id: rtgate keys list)")
-        raise typer.Exit(1)
-    return rows
+    return _with_store(run)
 
 
 def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:

@@ -421,10 +421,18 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     redis_prefix: Annotated[str, Meta(min_length=1, max_length=100)] = "rtgate:"
 
     def __post_init__(self) -> None:
-        if self.database_url is not None:
-            scheme = self.database_url.partition("://")[0].split("+", 1)[0]
-            if scheme not in ("sqlite", "postgresql", "postgres"):
-                raise ValueError("database_url: expected sqlite:///... or postgresql://...")
+        if not self.database_url:
+            force_setattr(self, "database_url", None)  # unset: SQLite in ``home``
+        else:
+            # Read as the store will read it, so a URL it cannot open stops start-up here.
+            from rtgate.store.connections import postgres_dsn, sqlite_path
+
+            try:
+                if sqlite_path(self.database_url) is None:
+                    postgres_dsn(self.database_url)
+            except ValueError as exc:
+                message = str(exc).removeprefix("database_url: ")
+                raise ValueError(f"database_url: {message}") from exc
         if not self.redis_url:
             force_setattr(self, "redis_url", None)
         elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -40,7 +40,10 @@ def read_wav_24k(path: Path) -> bytes:
             channels, rate = w.getnchannels(), w.getframerate()
             pcm = w.readframes(w.getnframes())
     except (wave.Error, EOFError) as exc:
-        raise TalkError(f"{path}: not a WAV file ({exc})") from exc
+        why = str(exc)
+        if "65534" in why:  # WAVE_FORMAT_EXTENSIBLE, which the standard library cannot read
+            why = "an extensible WAV: save it as plain 16-bit PCM"
+        raise TalkError(f"{path}: not a WAV file" + (f" ({why})" if why else "")) from exc
     if not pcm:
         raise TalkError(f"{path}: holds no audio")
     if channels > 1:

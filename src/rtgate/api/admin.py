@@ -68,6 +68,7 @@ from rtgate.api.views import (
     usage_row,
 )
 from rtgate.auth.client_secrets import id_hash_prefix
+from rtgate.auth.keyring import no_such_key
 from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, new_policy
 from rtgate.config import Secret, Settings
@@ -177,17 +178,6 @@ def _storable(gw: Gateway, base: KeyPolicy | None, update: PolicyUpdate) -> KeyP
     return policy
 
 
-def _no_key(key_id: str) -> NotFound:
-    return NotFound(f"No key with id {_quoted(key_id)}.", param="key_id")
-
-
-async def _filter_key(gw: Gateway, key_id: str | None) -> None:
-    """A listing's ``key_id`` names a key, else 404: an empty list would say the key exists
-    and has nothing (a name or a typo given for the id)."""
-    if key_id is not None and await gw.keyring.get(key_id) is None:
-        raise _no_key(key_id)
-
-
 async def create_key(call: Call[None, CreateKey]) -> Reply:
     policy = _storable(call.gw, None, call.body)
     info, secret = await call.gw.keyring.create(call.body.name, policy)
@@ -203,7 +193,7 @@ async def get_key(call: Call[None, None]) -> Reply:
     key_id = call.path("key_id")
     key = await call.gw.keyring.get(key_id)
     if key is None:
-        raise _no_key(key_id)
+        raise no_such_key(key_id)
     return key_view(key, call.gw.clock.now())
 
 
@@ -211,12 +201,12 @@ async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
     key_id, ring = call.path("key_id"), call.gw.keyring
     key = await ring.get(key_id)
     if key is None:
-        raise _no_key(key_id)
+        raise no_such_key(key_id)
     updated = await ring.set_policy(
         key_id, _storable(call.gw, KeyPolicy.from_json(key.policy_json), call.body)
     )
     if updated is None:
-        raise _no_key(key_id)
+        raise no_such_key(key_id)
     return key_view(updated, call.gw.clock.now())
 
 
@@ -224,7 +214,7 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     key_id = call.path("key_id")
     key = await call.gw.keyring.revoke(key_id)
     if key is None:
-        raise _no_key(key_id)
+        raise no_such_key(key_id)
     # Its live sessions here end now; the other instances' within REVOKED_KEY_CHECK_SECONDS.
     closed = await end_revoked_keys(call.gw)
     log.info("key %s revoked; %d live sessions here closed", key.id, len(closed))
@@ -232,7 +222,7 @@ async def revoke_key(call: Call[None, None]) -> Reply:
 
 
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:
-    await _filter_key(call.gw, call.query.key_id)
+    await call.gw.keyring.require(call.query.key_id)
     now = call.gw.clock.now()
     return [
         client_secret_view(c, now) for c in await call.gw.keyring.list_secrets(call.query.key_id)
@@ -257,7 +247,7 @@ async def revoke_client_secret(call: Call[None, None]) -> Reply:
 
 async def usage(call: Call[UsageQuery, None]) -> Reply:
     q = call.query
-    await _filter_key(call.gw, q.key_id)
+    await call.gw.keyring.require(q.key_id)
     rows = [usage_row(r) for r in await call.gw.store.usage_summary(q.key_id, q.since)]
     if q.format == "csv":
         return web.Response(text=usage_csv(rows), content_type="text/csv", charset="utf-8")
@@ -266,7 +256,7 @@ async def usage(call: Call[UsageQuery, None]) -> Reply:
 
 async def recent_sessions(call: Call[SessionsQuery, None]) -> Reply:
     q = call.query
-    await _filter_key(call.gw, q.key_id)
+    await call.gw.keyring.require(q.key_id)
     rows = await call.gw.store.recent_sessions(q.limit, q.key_id, before=q.before)
     return [session_row(r) for r in rows]
 

@@ -32,7 +32,7 @@ from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.throttle import FailureThrottle
-from rtgate.catalog import Catalog
+from rtgate.catalog import Catalog, model_family
 from rtgate.clock import Clock, SystemClock
 from rtgate.config import Secret, Settings, loopback_url
 from rtgate.drain import DRAIN, Drain
@@ -103,24 +103,30 @@ def metrics_page(token: Secret | None) -> Handler:
     return page
 
 
-async def models(request: web.Request) -> web.Response:
-    """The catalog's models, less those its upstream refuses (``welcome.unserved``)."""
-    gw = request.app[GATEWAY]
+def _models(gw: Gateway) -> dict[str, dict[str, str]]:
+    """The catalog's models as ``/v1/models`` lists them, less those its upstream refuses
+    (``welcome.unserved``), by name."""
     refused = unserved(gw.settings)
-    data = [
-        {"id": name, "object": "model", "owned_by": m.upstream}
+    return {
+        name: {"id": name, "object": "model", "owned_by": m.upstream}
         for name, m in sorted(gw.settings.models.items())
         if name not in refused
-    ]
-    return web.json_response({"object": "list", "data": data})
+    }
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"object": "list", "data": list(_models(request.app[GATEWAY]).values())}
+    )
 
 
 async def model(request: web.Request) -> web.Response:
-    """One of ``models`` (the SDK's ``models.retrieve``), or OpenAI's 404."""
-    gw = request.app[GATEWAY]
+    """One of ``models`` (the SDK's ``models.retrieve``), a dated snapshot as its family (as
+    sessions route it), or OpenAI's 404."""
     name = request.match_info["model"]
-    entry = gw.settings.models.get(name)
-    if entry is None or name in unserved(gw.settings):
+    listed = _models(request.app[GATEWAY])
+    entry = listed.get(name) or listed.get(model_family(name))
+    if entry is None:
         return openai_error(
             404,
             "invalid_request_error",
@@ -128,7 +134,7 @@ async def model(request: web.Request) -> web.Response:
             f"The model '{name}' does not exist",
             param="model",
         )
-    return web.json_response({"id": name, "object": "model", "owned_by": entry.upstream})
+    return web.json_response({**entry, "id": name})
 
 
 async def end_live(app: web.Application) -> None:

@@ -30,12 +30,23 @@ from rtgate.auth.client_secrets import (
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
 from rtgate.auth.policy import KeyPolicy, check_expiry
 from rtgate.clock import Clock
-from rtgate.errors import AuthError
+from rtgate.errors import AuthError, GatewayError
 from rtgate.protocol.ids import new_id
 from rtgate.store.port import KeyInfo, Store, StoredClientSecret, StoreError
 
 #: How long a key that authenticated is admitted from memory while the store does not answer.
 KEY_CACHE_S = 300.0
+
+
+class NoSuchKey(GatewayError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+def no_such_key(key_id: str) -> NoSuchKey:
+    """The one answer for a key id no key has (its first 64 characters quoted)."""
+    return NoSuchKey(f"No key with id {key_id[:64]!r}.", param="key_id")
 
 
 def incorrect_key(secret: str) -> AuthError:
@@ -73,6 +84,12 @@ class KeyRing:
 
     async def get(self, key_id: str) -> KeyInfo | None:
         return await self._store.get_key(key_id)
+
+    async def require(self, key_id: str | None) -> None:
+        """A filter's ``key_id`` names a key (None: no filter), else ``NoSuchKey``: a listing
+        filtered by a name or a typo must not read as a key with nothing to list."""
+        if key_id is not None and await self._store.get_key(key_id) is None:
+            raise no_such_key(key_id)
 
     async def set_policy(self, key_id: str, policy: KeyPolicy) -> KeyInfo | None:
         return await self._store.set_key_policy(key_id, policy.to_json())

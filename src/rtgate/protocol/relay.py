@@ -351,12 +351,20 @@ class RelayCore:
 
     def _answer(self, err: GatewayError) -> tuple[Action, ...]:
         """The client's answer to a client event refused (the session goes on): held while
-        the upstream has said nothing (``_early``)."""
+        the upstream has said nothing (``_early``), up to ``HOLD_LIMIT`` answers; a client
+        that sends more refused events than that before the session exists gets them at
+        once, so what is held stays bounded."""
         frame = self._error_event(err)
-        if self._early is not None:
-            self._early.append(frame)
+        early = self._early
+        if early is not None and len(early) < HOLD_LIMIT:
+            early.append(frame)
             return (Refused(err.code),)
         return (SendClient(frame), Refused(err.code))
+
+    def _take_early(self) -> tuple[SendClient, ...]:
+        """The answers held for the upstream's first event, to send now (once)."""
+        early, self._early = self._early or (), None
+        return tuple(map(SendClient, early))
 
     def upstream_text(self, data: bytes) -> Actions | None:
         self._heard_upstream = True
@@ -379,12 +387,16 @@ class RelayCore:
         return self._down(data)
 
     def _first_upstream_text(self, data: bytes) -> Actions | None:
-        """The upstream's first event: the answers held for it (``_early``) follow it."""
-        early, self._early = self._early or [], None
+        """The upstream's first event: the answers held for it (``_early``) follow it; behind
+        it, if it is held itself (a metered frame waiting for its commit)."""
+        early = self._take_early()
         acts = self.upstream_text(data)
         if not early or self.session.state is not SessionState.OPEN:
             return acts
-        return (*(acts if acts is not None else (SendClient(data),)), *map(SendClient, early))
+        if self._held is not None:
+            self._held.extend(early)
+            return acts
+        return (*(acts if acts is not None else (SendClient(data),)), *early)
 
     def upstream_binary(self, data: bytes) -> Actions | None:
         self._heard_upstream = True
@@ -393,6 +405,9 @@ class RelayCore:
             return _NOTHING
         if self._held is not None:
             return self._hold(SendClient(data, binary=True))
+        if self._early is not None:
+            # The upstream spoke, if not in an event: what was held waits no longer.
+            return (SendClient(data, binary=True), *self._take_early())
         return None
 
     def _down(self, data: bytes) -> Actions | None:
@@ -670,7 +685,7 @@ class RelayCore:
         self._stop()
         if not self._client:
             return (_ENDED,)
-        return (CloseClient(sendable(code), reason), _ENDED)
+        return (*self._take_early(), CloseClient(sendable(code), reason), _ENDED)
 
     def upstream_lost(self, message: str = "The upstream connection was lost.") -> Actions:
         """The upstream is gone without a close frame: the client hears why, then 1011. A call
@@ -690,6 +705,7 @@ class RelayCore:
             return _NOTHING
         self._stop()
         return (
+            *self._take_early(),
             SendClient(self._error_event(err)),
             CloseClient(err.close_code, err.close_reason),
             _ENDED,
@@ -786,9 +802,8 @@ class RelayCore:
             # (A Live call's sideband asks for the final total first; the hangup follows.)
             out += self._close_upstream(sendable(code), reason)
             return out
-        early, self._early = self._early or [], None
         return (
-            *map(SendClient, early),
+            *self._take_early(),
             SendClient(self._error_event(err)),
             CloseClient(sendable(code), reason),
             *self._close_upstream(sendable(code), reason),

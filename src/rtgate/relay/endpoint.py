@@ -69,7 +69,7 @@ from rtgate.auth.policy import (
     initial_session_update,
     translation_session_update,
 )
-from rtgate.catalog import DEFAULT_TRANSLATION_MODEL, Route
+from rtgate.catalog import DEFAULT_TRANSLATION_MODEL, Route, WrongProtocol
 from rtgate.config import Settings
 from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError
 from rtgate.gateway import Gateway
@@ -157,11 +157,12 @@ async def _dial_gemini(
 ) -> Leg:
     """A Gemini Live connection behind the OpenAI protocol (``relay/gemini_leg.py``); it dials
     again itself to resume the session after a ``goAway``. Gemini has realtime sessions only:
-    no calls, transcription or translation sessions."""
-    if call is not None or intent in (TRANSLATION, "transcription"):
+    no calls or transcription sessions (nor translation or Live ones: ``catalog.check_served``
+    refused those)."""
+    if call is not None or intent == "transcription":
         raise UnsupportedUpstream(
             f"The model `{route.model}` is served by Gemini Live, which takes realtime"
-            " sessions only (no calls, transcription or translation sessions)."
+            " sessions only (no calls or transcription sessions)."
         )
     # The numpy/soxr resampler is needed only here (the engine extra, installed by default).
     from rtgate.relay.gemini_leg import GeminiLeg, translator_for
@@ -382,7 +383,14 @@ async def relay_socket(
             if grant is not None:
                 connection_model(grant, call_route(gw, call).model)
             # The call holds the live-session slot; its session was set when it was placed.
-            route = route_for(gw, policy, call.model)
+            try:
+                route = route_for(gw, policy, call.model)
+            except WrongProtocol as err:
+                raise WrongProtocol(
+                    f"The call '{call_id}' is a session of another protocol (its model is"
+                    f" `{call.model}`), which takes no sideband on /v1/realtime.",
+                    param="call_id",
+                ) from err
             await admit(gw, key, policy, slot=False)
         elif translation:
             if grant is not None:
@@ -395,11 +403,6 @@ async def relay_socket(
                 grant.session if grant is not None else None,
                 protocol="translation",
             )
-            if route.upstream.kind == "local":
-                raise UnsupportedUpstream(
-                    f"The model `{route.model}` is served by the gateway's local engine, which"
-                    " does not translate; route it to a provider."
-                )
             await admit(gw, key, policy)
         else:
             if grant is not None:

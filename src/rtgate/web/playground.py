@@ -14,7 +14,6 @@ takes the gateway key (Bearer), like the minting route, and answers errors in Op
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +25,8 @@ from msgspec import Meta
 from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import Call, Operation, Reply
 from rtgate.api.views import Tokens
-from rtgate.catalog import DEFAULT_TRANSLATION_MODEL, LIVE_MODELS, Catalog, model_family
+from rtgate.catalog import Catalog, check_served
+from rtgate.errors import GatewayError
 from rtgate.metering.cost import usd_str
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.relay_session import RelaySession
@@ -89,15 +89,17 @@ COST = Operation(
 )
 
 
-def playground_models(catalog: Iterable[str]) -> list[str]:
-    """The catalog's models the playground can talk to on ``/v1/realtime``: not GPT-Live's
-    (``/v1/live/sessions``), nor the translation model (``/v1/realtime/translations``), which
-    that route refuses."""
-    return sorted(
-        m
-        for m in catalog
-        if model_family(m) not in LIVE_MODELS and model_family(m) != DEFAULT_TRANSLATION_MODEL
-    )
+def playground_models(catalog: Catalog) -> list[str]:
+    """The catalog's models the playground can talk to on ``/v1/realtime`` (``check_served``:
+    not GPT-Live's, nor the translation model, nor an alias to one of them)."""
+    served = []
+    for name in catalog.names(routed_only=True):
+        try:
+            check_served(catalog.resolve(name), "realtime")
+        except GatewayError:
+            continue
+        served.append(name)
+    return served
 
 
 async def playground_page(request: web.Request) -> web.StreamResponse:
@@ -107,7 +109,7 @@ async def playground_page(request: web.Request) -> web.StreamResponse:
         csrf=None,
         nav=(),
         section="playground",
-        models=playground_models(gw.settings.models),
+        models=playground_models(gw.catalog),
         default_model=gw.settings.default_model,
         voices=VOICES,
         transcription_model=TRANSCRIPTION_MODEL,
