@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rtgate.config import PriceSettings, Settings, UpstreamSettings
-from rtgate.errors import ModelNotFound, UnsupportedUpstream
+from rtgate.errors import GatewayError, ModelNotFound, UnsupportedUpstream
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
@@ -90,15 +90,35 @@ def check_served(route: Route, protocol: Protocol, param: str = "model") -> None
             f"The model `{route.model}` is served by Gemini Live, which speaks the Realtime"
             f" protocol only: connect to /v1/realtime, not {ROUTE_PATHS[protocol]}."
         )
-    kinds = {
-        "live": LIVE_MODELS,
-        "translation": frozenset({DEFAULT_TRANSLATION_MODEL}),
-        "realtime": REALTIME_MODELS,
-    }
+    typed = _typed_for(route)
+    if typed is not None and typed != protocol:
+        raise WrongProtocol(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
+
+
+def _typed_for(route: Route) -> Protocol | None:
+    """The protocol the SDK types ``route``'s model for (by its name or the model it runs),
+    or None for a name it does not type."""
     families = {model_family(route.model), model_family(route.upstream_model)} - {""}
-    for other, names in kinds.items():
-        if other != protocol and families & names:
-            raise WrongProtocol(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
+    typed: tuple[tuple[Protocol, frozenset[str]], ...] = (
+        ("live", LIVE_MODELS),
+        ("translation", frozenset({DEFAULT_TRANSLATION_MODEL})),
+        ("realtime", REALTIME_MODELS),
+    )
+    for protocol, names in typed:
+        if families & names:
+            return protocol
+    return None
+
+
+def served_somewhere(route: Route) -> bool:
+    """Whether the route serves its model on the one route the model is for (``check_served``
+    on it; a name the SDK does not type, on ``/v1/realtime``): False for the translation model
+    on the local engine, which ``/v1/models`` then leaves out."""
+    try:
+        check_served(route, _typed_for(route) or "realtime")
+    except GatewayError:
+        return False
+    return True
 
 
 def model_family(name: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtgate import __version__
-from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
+from rtgate.catalog import Catalog, served_somewhere
 from rtgate.config import Settings
 
 _KINDS = {
@@ -36,13 +36,11 @@ class Served:
 
 
 def unserved(settings: Settings) -> list[str]:
-    """Catalog models routed to the local engine that it refuses: the translation model (the
-    engine does not translate, ``relay/endpoint.py``), there by default when no provider key
-    is set."""
-    model = settings.models.get(DEFAULT_TRANSLATION_MODEL)
-    if model is None or settings.upstreams[model.upstream].kind != "local":
-        return []
-    return [DEFAULT_TRANSLATION_MODEL]
+    """Catalog models whose upstream refuses the one route they are for
+    (``catalog.served_somewhere``): the translation model on the local engine (which does not
+    translate), there by default when no provider key is set."""
+    catalog = Catalog(settings)
+    return [name for name in settings.models if not served_somewhere(catalog.resolve(name))]
 
 
 def served_models(settings: Settings) -> list[Served]:
