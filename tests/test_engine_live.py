@@ -870,3 +870,25 @@ def test_a_model_is_served_only_on_its_protocols_route(tmp_path: Path) -> None:
                 continue
             with pytest.raises(error):
                 check_served(route, protocol)  # type: ignore[arg-type]
+
+
+async def test_outputs_follow_one_another_on_the_timeline(
+    live_engine: Callable[..., Awaitable[AsyncOpenAI]],
+) -> None:
+    """A newcomer's find: audio goes out up to 300 ms ahead of playing, and each sentence was
+    placed at "now", so the next one's transcript overlapped the one still playing."""
+    client = await live_engine()
+    async with client.live.connect() as conn:
+        await conn.session.start(session={"model": "gpt-live-1"})
+        assert (await _raw(conn))["type"] == "session.started"
+        await conn.session.commentary.append(content="One moment please.", delegation_id=None)
+        await conn.session.commentary.append(content="Still here.", delegation_id=None)
+        placed: list[dict[str, Any]] = []
+        while len(placed) < 2:
+            event = await _raw(conn)
+            if event["type"] == "session.output_transcript.delta":
+                placed.append(event)
+        await conn.session.close()
+        await _until(conn, "session.closed")
+    first, second = placed
+    assert first["start_ms"] < first["end_ms"] <= second["start_ms"] < second["end_ms"]

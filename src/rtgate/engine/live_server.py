@@ -65,6 +65,10 @@ class LiveConnection:
         #: a barge-in or a newer turn stops them all.
         self._speaking: asyncio.Task[None] | None = None
         self._voices: set[asyncio.Task[None]] = set()
+        #: Where on the session's timeline the output placed so far ends: audio goes out up to
+        #: ``LEAD_MS`` ahead of playing, so the next sentence starts there, not "now" (its
+        #: transcript would overlap the one still playing).
+        self._output_end_ms = 0
         #: The Responses backend at work (``response.create``): a barge-in stops what it says,
         #: never the response the client asked for.
         self._backend: asyncio.Task[None] | None = None
@@ -187,6 +191,8 @@ class LiveConnection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._speaking = None
+        # What was cut is not played: the next output starts now.
+        self._output_end_ms = min(self._output_end_ms, self.s.timeline_ms())
 
     async def _stop_backend(self) -> None:
         """The backend's work ends with the session (its sends in flight too)."""
@@ -349,8 +355,8 @@ class LiveConnection:
                 if not words:
                     continue
                 pcm = await self.opts.synthesizer.synthesize(words, self.s.voice)
-                start = self.s.timeline_ms()
-                end = start + len(pcm) // 48
+                start = max(self.s.timeline_ms(), self._output_end_ms)
+                end = self._output_end_ms = start + len(pcm) // 48
                 said.append(words)
                 await self.send(
                     [
