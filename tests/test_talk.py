@@ -122,6 +122,9 @@ def test_talk_with_no_gateway_says_where_it_dialled_and_how_to_point_it(
     assert result.exit_code == 1
     assert f"no gateway answers at ws://127.0.0.1:{port}/v1" in result.output
     assert "RTGATE_PORT" in result.output and "--url" in result.output
+    # The reason in a line, without aiohttp's "ssl:default [Connect call failed ...]".
+    assert f"error: cannot connect to ws://127.0.0.1:{port}/v1: " in result.output
+    assert "ssl:default" not in result.output
     # A URL given on the command line is the one to fix: the settings' port plays no part.
     url = f"ws://127.0.0.1:{port}/v1"
     result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--text", "hi", "--url", url])

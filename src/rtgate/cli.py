@@ -656,6 +656,9 @@ def talk(
     except (GatewayError, OSError, ClientError) as err:
         if isinstance(err, WSServerHandshakeError):
             _error(f"{url} refused the WebSocket: HTTP {err.status} {err.message}")
+        elif isinstance(err, ClientConnectorError) and not isinstance(err, ClientSSLError):
+            # aiohttp's text names "ssl:default" and the call that failed; the reason is enough.
+            _error(f"cannot connect to {url}: {err.os_error.strerror or err.os_error}")
         else:
             _error(str(err) or type(err).__name__)
         hint = None
