@@ -126,6 +126,7 @@ def test_session_start_resolves_the_defaults_and_echoes_the_client_event_id() ->
         # A Realtime model on Live's route, as the provider refuses it (its dated snapshots too).
         ({"model": "gpt-realtime"}, "model_not_found", "session.model"),
         ({"model": "gpt-realtime-mini-2025-12-15"}, "model_not_found", "session.model"),
+        ({"model": "gpt-realtime-translate"}, "model_not_found", "session.model"),
     ],
 )
 def test_a_refused_start_sends_no_session_started(

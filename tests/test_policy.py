@@ -287,7 +287,8 @@ def test_a_transcription_session_names_its_model_in_its_transcription() -> None:
     said = guard.upstream_session({"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
     assert said is not None and "transcribes with `whisper-1`" in said.message
     assert guard.upstream_session(opened) is None
-    assert ClientEventGuard(policy).upstream_session(language) is None
+    whisper = {"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    assert ClientEventGuard(KeyPolicy(), transcription=True).upstream_session(whisper) is None
 
 
 # -- over sockets ------------------------------------------------------------------------------

@@ -90,15 +90,16 @@ def check_served(route: Route, protocol: Protocol, param: str = "model") -> None
             f"The model `{route.model}` is served by Gemini Live, which speaks the Realtime"
             f" protocol only: connect to /v1/realtime, not {ROUTE_PATHS[protocol]}."
         )
-    typed = _typed_for(route)
+    typed = typed_for(route.model, route.upstream_model)
     if typed is not None and typed != protocol:
         raise WrongProtocol(wrong_route(route.model, ROUTE_PATHS[protocol]), param=param)
 
 
-def _typed_for(route: Route) -> Protocol | None:
-    """The protocol the SDK types ``route``'s model for (by its name or the model it runs),
-    or None for a name it does not type."""
-    families = {model_family(route.model), model_family(route.upstream_model)} - {""}
+def typed_for(*models: str) -> Protocol | None:
+    """The protocol the SDK types these names for (a route's model and the model it runs, or
+    the one a client named), or None for names it does not type: the one reading of
+    ``LIVE_MODELS`` and ``REALTIME_MODELS``, for the gateway and its engine alike."""
+    families = {model_family(m) for m in models if m}
     typed: tuple[tuple[Protocol, frozenset[str]], ...] = (
         ("live", LIVE_MODELS),
         ("translation", frozenset({DEFAULT_TRANSLATION_MODEL})),
@@ -115,7 +116,7 @@ def served_somewhere(route: Route) -> bool:
     on it; a name the SDK does not type, on ``/v1/realtime``): False for the translation model
     on the local engine, which ``/v1/models`` then leaves out."""
     try:
-        check_served(route, _typed_for(route) or "realtime")
+        check_served(route, typed_for(route.model, route.upstream_model) or "realtime")
     except GatewayError:
         return False
     return True

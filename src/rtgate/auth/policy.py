@@ -243,8 +243,9 @@ class ClientEventGuard:
     def upstream_session(self, session: Any) -> GatewayError | None:
         """The refusal of a transcription session whose upstream says (``session.updated``) it
         transcribes with a model the key may not use, however the client got there (an update
-        naming none, whose default the provider chose); None otherwise."""
-        if not self.transcription or not self.policy.models or not isinstance(session, dict):
+        naming none, whose default the provider chose); None otherwise. Asked by the relay
+        core of a transcription session only."""
+        if not isinstance(session, dict):
             return None
         for tm in transcription_models(session):
             if not allows_model(self.policy, tm):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtgate.catalog import REALTIME_MODELS, model_family, wrong_route
+from rtgate.catalog import typed_for, wrong_route
 from rtgate.engine.audio import AudioFormat, InputConverter
 from rtgate.engine.brain import item_text
 from rtgate.engine.live_backend import BackendResponse, Call, usage
@@ -270,7 +270,7 @@ def resolve_config(config: Any) -> dict[str, Any]:
     model = config.get("model")
     if not isinstance(model, str) or not model:
         raise Refused("missing_required_parameter", "session.model is required.", "session.model")
-    if model_family(model) in REALTIME_MODELS:
+    if typed_for(model) not in (None, "live"):
         raise Refused("model_not_found", wrong_route(model, "/v1/live/sessions"), "session.model")
     instructions = config.get("instructions")
     if instructions is not None and not isinstance(instructions, str):

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.catalog import LIVE_MODELS, model_family, wrong_route
+from rtgate.catalog import model_family, typed_for, wrong_route
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
 from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
@@ -242,7 +242,7 @@ async def engine_realtime(request: web.Request) -> web.StreamResponse:
         return await _refuse(ws, 3000, "invalid_api_key", "Incorrect API key provided.")
     transcription = request.query.get("intent") == "transcription"
     model = request.query.get("model") or "local"
-    if model_family(model) in LIVE_MODELS:
+    if typed_for(model) not in (None, "realtime"):
         # As OpenAI's Realtime route refuses a model it does not serve (docs/protocol.md 5.4).
         return await _refuse(ws, 4004, "model_not_found", wrong_route(model, "/v1/realtime"))
     session = EngineSession(

@@ -245,6 +245,11 @@ class RelayCore:
         self._client = client
         self._setup = setup.encode() if setup is not None else None
         self._guard = guard
+        #: The guard of a transcription session whose key limits models: it judges what the
+        #: upstream says the session transcribes with (``ClientEventGuard.upstream_session``).
+        self._transcribing = (
+            guard if guard is not None and guard.transcription and guard.policy.models else None
+        )
         self._recorder = recorder
         self._beta = beta
         self._budget = budget
@@ -424,15 +429,11 @@ class RelayCore:
         rec = session.on_upstream_event(event, text, now)
         if self._responding is not None:
             self._track_response(event)
-        guard = self._guard
-        if guard is not None and guard.transcription and isinstance(event, dict):
+        watch = self._transcribing
+        if watch is not None and isinstance(event, dict) and event.get("type") == "session.updated":
             # What the provider says it transcribes with is what is billed: a model the key
             # may not use ends the session, whichever update led there.
-            refusal = (
-                guard.upstream_session(event.get("session"))
-                if event.get("type") == "session.updated"
-                else None
-            )
+            refusal = watch.upstream_session(event.get("session"))
             if refusal is not None:
                 return (Refused(refusal.code), *self._end(refusal, "gateway"))
         out: list[Action] = []
