@@ -198,6 +198,28 @@ def test_budget_edge(used: int, limit: int, refused: bool) -> None:
         assert err.code == "insufficient_quota"
 
 
+@pytest.mark.parametrize("field", ["budget_usd_day", "budget_usd_month", "budget_usd_total"])
+def test_a_budget_of_zero_is_a_budget_that_refuses_everything(field: str) -> None:
+    # A newcomer's find: 0 compared equal to False, so it was dropped as it was stored, and
+    # `keys update --budget-usd-day 0` (an operator cutting a key off) left it unlimited.
+    p = apply_update(KeyPolicy(), msgspec.convert({field: "0"}, PolicyUpdate))
+    assert KeyPolicy.from_json(p.to_json()) == p
+    assert p.has_budget
+    assert policy_view(p)[field] == "0.000000000"
+    err = over_budget(p, Spend())
+    assert err is not None and err.code == "insufficient_quota"
+    assert "budget is $0" in err.message
+    assert not KeyPolicy().has_budget and over_budget(KeyPolicy(), Spend(1, 1, 1)) is None
+
+
+def test_a_budget_finer_than_a_nano_dollar_is_refused() -> None:
+    # It would be rounded down, and one under a nano-dollar would read as $0.
+    with pytest.raises(msgspec.ValidationError, match="9 decimal places"):
+        msgspec.convert({"budget_usd_month": "0.0000000001"}, PolicyUpdate)
+    ok = msgspec.convert({"budget_usd_month": "0.000000001"}, PolicyUpdate)
+    assert apply_update(KeyPolicy(), ok).budget_month_nanos == 1
+
+
 def test_parsers() -> None:
     assert parse_duration("90") == 90 and parse_duration("30m") == 1800
     assert parse_duration("1.5h") == 5400

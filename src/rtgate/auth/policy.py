@@ -64,11 +64,16 @@ class KeyPolicy:
     @property
     def has_budget(self) -> bool:
         """Whether spend must be summed: at connect, and after every metered event."""
-        return bool(self.budget_day_nanos or self.budget_month_nanos or self.budget_total_nanos)
+        # A budget of 0 is one: it refuses every session (``over_budget``).
+        budgets = (self.budget_day_nanos, self.budget_month_nanos, self.budget_total_nanos)
+        return any(b is not None for b in budgets)
 
     def to_json(self) -> str:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return orjson.dumps({k: v for k, v in out.items() if v not in (None, (), False)}).decode()
+        # What is left out reads back as its default; a 0 (a budget of $0) is kept, so the
+        # test is by identity, not ``in (None, (), False)``, which 0 equals.
+        kept = {k: v for k, v in out.items() if not (v is None or v is False or v == ())}
+        return orjson.dumps(kept).decode()
 
     @classmethod
     def from_json(cls, raw: str | None) -> KeyPolicy:
@@ -134,6 +139,8 @@ def over_budget(policy: KeyPolicy, spend: Spend) -> QuotaExceeded | None:
         ("monthly", policy.budget_month_nanos, spend.month),
         ("total", policy.budget_total_nanos, spend.total),
     ):
+        if limit == 0:
+            return QuotaExceeded(f"This key's {label} budget is $0: it may not spend anything.")
         if limit is not None and used >= limit:
             return QuotaExceeded(
                 f"You exceeded your {label} budget of ${usd_words(limit)}"
@@ -456,6 +463,7 @@ MAX_BUDGET_USD = 1_000_000_000
 Usd = Annotated[Decimal, Meta(extra_json_schema={"minimum": 0, "maximum": MAX_BUDGET_USD})]
 Count = Annotated[int, Meta(ge=1, le=1_000_000)]
 _BUDGETS = ("budget_usd_day", "budget_usd_month", "budget_usd_total")
+_NANO_USD = Decimal("1e-9")
 
 
 class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -493,6 +501,10 @@ class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             usd: Decimal | None = getattr(self, name)
             if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
                 raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
+            if usd is not None and usd != usd.quantize(_NANO_USD):
+                # Spend is kept in nano-dollars: a finer budget would be rounded, and one under
+                # a nano-dollar would read as $0 (no spend at all) without saying so.
+                raise ValueError(f"{name}: at most 9 decimal places (a nano-dollar)")
 
 
 def _nanos(v: Decimal | None) -> int | None:
