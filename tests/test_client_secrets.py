@@ -451,6 +451,20 @@ async def test_minting_applies_the_key_policy_with_openai_errors(
     assert (events[0]["error"]["code"], code) == ("invalid_api_key", 3000)
 
 
+async def test_a_key_over_its_budget_mints_no_secret(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    # A newcomer's find: the secret was minted, and only the session it opened was refused.
+    _, key = await key_with(gateway, budget_usd_day="0")
+    with pytest.raises(openai.RateLimitError) as over:
+        await client_for(gateway, key).realtime.client_secrets.create()
+    assert over.value.code == "insufficient_quota"
+    assert "budget is $0" in over.value.message
+    assert await table_rows(gateway.store, "SELECT * FROM client_secrets") == []
+    _, fine = await key_with(gateway, budget_usd_day="1")
+    assert (await client_for(gateway, fine).realtime.client_secrets.create()).value
+
+
 async def test_a_transcription_secret_is_minted_only_for_a_model_the_key_may_use(
     gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
 ) -> None:

@@ -46,7 +46,7 @@ from rtgate.auth.client_secrets import (
 from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
 from rtgate.gateway import Gateway
 from rtgate.protocol.ids import new_id
-from rtgate.relay.admission import route_for
+from rtgate.relay.admission import admit, route_for
 
 log = logging.getLogger("rtgate.api")
 
@@ -110,6 +110,9 @@ async def _mint(
         transcription=kind == "transcription",
         protocol="translation" if kind == "translation" else "realtime",
     )
+    # A key over a budget gets no secret: the session it opens would be refused at connect,
+    # after the browser was handed something that looked usable (a newcomer's find).
+    await admit(gw, key, policy, slot=False)
     if policy.secrets_per_minute is not None:
         await gw.limiter.mint(key.id, policy.secrets_per_minute, gw.clock.now())
     secret, minted = await gw.keyring.mint(key, policy, model, template, seconds)
