@@ -309,3 +309,16 @@ def test_a_listener_on_every_interface_is_dialled_on_loopback() -> None:
     assert loopback_url("ws", "::", 9, "/e") == "ws://127.0.0.1:9/e"
     assert loopback_url("wss", "::1", 443, "/v1") == "wss://[::1]:443/v1"
     assert loopback_url("ws", "10.0.0.5", 80, "") == "ws://10.0.0.5:80"
+
+
+def test_a_key_may_be_granted_routed_and_priced_models_not_the_engines_price_row() -> None:
+    s = load_settings(None, {"OPENAI_API_KEY": "k"})
+    cat = Catalog(s)
+    assert cat.knows("whisper-1") and cat.knows("gpt-realtime-mini-2025-12-15")
+    assert cat.knows("local")  # routed to the engine by default
+    unrouted = Catalog(
+        msgspec.structs.replace(s, models={k: v for k, v in s.models.items() if k != "local"})
+    )
+    # ``[prices.local]`` prices what the engine serves; it names no model a key could use.
+    assert not unrouted.knows("local") and "local" not in unrouted.names()
+    assert "whisper-1" in unrouted.names()

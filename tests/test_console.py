@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
 
-from rtgate.auth.policy import KeyPolicy
+from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
@@ -44,6 +44,47 @@ async def sign_in(page: Page, gw: RunningGateway, token: str = TOKEN) -> None:
     await page.goto(f"{gw.http}/ui/")
     await page.get_by_label("Admin token").fill(token)
     await page.get_by_role("button", name="Sign in").click()
+
+
+async def test_saving_a_key_unchanged_keeps_its_expiry_and_its_transcription_models(
+    admin: RunningGateway,
+) -> None:
+    # A newcomer's finds: the date field showed the day after the last valid one, so each save
+    # pushed the expiry a day later; and the models offered were the routed ones only, so a
+    # key granted a transcription model could not be given one here, and lost it on a save.
+    ring = admin.app[GATEWAY].keyring
+    by_day = apply_update(
+        KeyPolicy(),
+        PolicyUpdate(expires="2099-12-31", models=["gpt-realtime", "gpt-4o-mini-transcribe"]),
+    )
+    by_moment = apply_update(KeyPolicy(), PolicyUpdate(expires="2099-06-30T18:00:00Z"))
+    day_key, _ = await ring.create("by-day", by_day)
+    moment_key, _ = await ring.create("by-moment", by_moment)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await sign_in(page, admin)
+        for key, shown in ((day_key, "2099-12-31"), (moment_key, "2099-06-30")):
+            await page.goto(f"{admin.http}/ui/keys/{key.id}/edit")
+            await expect(page.get_by_label("Expires after")).to_have_value(shown)
+            await page.get_by_role("button", name="Save the policy").click()
+            await expect(page.get_by_role("status")).to_contain_text("updated")
+            saved = KeyPolicy.from_json((await admin.store.get_key(key.id)).policy_json)
+            assert saved.expires_at == KeyPolicy.from_json(key.policy_json).expires_at
+        assert saved.expires_at == by_moment.expires_at
+        saved = KeyPolicy.from_json((await admin.store.get_key(day_key.id)).policy_json)
+        assert sorted(saved.models) == ["gpt-4o-mini-transcribe", "gpt-realtime"]
+        # A transcription model can be granted here.
+        await page.goto(f"{admin.http}/ui/keys/{moment_key.id}/edit")
+        await page.get_by_label("whisper-1", exact=True).check()
+        await page.get_by_label("Expires after").fill("2099-07-01")
+        await page.get_by_role("button", name="Save the policy").click()
+        await expect(page.get_by_role("status")).to_contain_text("updated")
+        saved = KeyPolicy.from_json((await admin.store.get_key(moment_key.id)).policy_json)
+        assert saved.models == ("whisper-1",)
+        assert (
+            saved.expires_at
+            == apply_update(KeyPolicy(), PolicyUpdate(expires="2099-07-01")).expires_at
+        )
 
 
 async def test_sign_in_create_a_key_see_it_listed_edit_and_revoke_it(admin: RunningGateway) -> None:

@@ -146,13 +146,18 @@ class Catalog:
     def knows(self, name: str) -> bool:
         """Whether ``name`` (or its family) is a model this gateway routes, or a priced one
         (a transcription model): what a key's allowed models may name."""
-        s = self._settings
-        return any(n in s.models or n in s.prices for n in (name, model_family(name)))
+        known = self._known()
+        return name in known or model_family(name) in known
 
     def names(self, *, routed_only: bool = False) -> list[str]:
-        """Every name ``knows`` (for suggestions), or the models it routes only."""
+        """Every name ``knows`` (for suggestions, the console's choice of models), or the
+        models it routes only."""
+        return sorted(self._settings.models if routed_only else self._known())
+
+    def _known(self) -> set[str]:
+        # ``local`` prices what the engine serves: a row, not a model a key is granted.
         s = self._settings
-        return sorted(s.models if routed_only else {*s.models, *s.prices})
+        return {*s.models, *(p for p in s.prices if p != LOCAL_PRICES or p in s.models)}
 
     def price_row(self, name: str) -> tuple[str, PriceSettings | None]:
         """Prices for a model or transcription-model name (family fallback); None if unpriced."""

@@ -261,6 +261,17 @@ _POLICY_FIELDS = (
 )
 
 
+def expires_day(key: KeyView) -> str:
+    """The last UTC day a key is valid on, as the form's date field shows it: a key set to
+    expire after ``2026-12-31`` stores the moment that day ends (2027-01-01T00:00:00Z), and
+    the field showed that moment's day, so every save pushed the expiry a day later (a
+    newcomer's find). A timestamp within a day shows that day."""
+    if key.policy.expires_at is None:
+        return ""
+    moment = datetime.fromisoformat(key.policy.expires_at)
+    return (moment - timedelta(microseconds=1)).date().isoformat()
+
+
 def _form_policy(form: Any, current: KeyView | None) -> dict[str, Any]:
     """The admin API's body (``CreateKey`` / ``PolicyUpdate``) from the key form: a blank field
     sets nothing on a new key and clears the limit of an existing one."""
@@ -274,6 +285,8 @@ def _form_policy(form: Any, current: KeyView | None) -> dict[str, Any]:
         clear.append("models")
     for name in _POLICY_FIELDS:
         value = str(form.get(name, "")).strip()
+        if name == "expires" and current is not None and value == expires_day(current):
+            continue  # as the form showed it: left as it is (a timestamp stays one)
         if value:
             body[name] = value
         elif current is not None and name in CLEARABLE:
@@ -313,7 +326,10 @@ def _key_form(
         "keys",
         status,
         key=key,
-        catalog=sorted(gw.settings.models),
+        # Every model a key may be granted (transcription models too), and any the key holds
+        # that the catalog no longer has, so that saving the form does not drop it.
+        catalog=sorted({*gw.catalog.names(), *(key.policy.models if key else ())}),
+        expires_day=expires_day(key) if key else "",
         form=ctx.pop("form", None),
         error=ctx.pop("error", None),
         **ctx,
