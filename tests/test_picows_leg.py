@@ -13,8 +13,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from picows import ws_create_server
 
-from rtgate.errors import UpstreamError
-from rtgate.relay.picows_leg import PicowsLeg, UpstreamRefused, connect
+from rtgate.errors import UpstreamError, UpstreamRefused
+from rtgate.relay.picows_leg import PicowsLeg, connect
 from rtgate.tls import server_context, upstream_context
 from tests.raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient, frame
 from tests.test_tls import dev_cert, pinned_context

@@ -325,27 +325,40 @@ async def test_upstream_that_vanishes_mid_session_gives_error_and_1011(
     assert ws.close_code == 1011
 
 
-@pytest.mark.parametrize("mode", ["down", "refused"])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("down", ("upstream_unavailable", 1011)),
+        (503, ("upstream_unavailable", 1011)),
+        # Azure refuses a wrong key at the handshake, before any event (a newcomer's find:
+        # this was upstream_unavailable, 1011, which a client retries).
+        (401, ("upstream_auth_failed", 3000)),
+        (403, ("upstream_auth_failed", 3000)),
+    ],
+)
 async def test_upstream_that_cannot_be_reached_gives_error_not_hang(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],
     provider: FakeProvider,
-    mode: str,
+    mode: str | int,
+    expected: tuple[str, int],
 ) -> None:
     if mode == "down":
         settings = make_settings(RTGATE_OPENAI_BASE_URL="ws://127.0.0.1:9/v1")
     else:
-        provider.refuse_status = 503
+        provider.refuse_status = int(mode)
         settings = make_settings()
     gw = await start_gateway(settings)
     key = await gw.new_key()
-    event, code, _ = await asyncio.wait_for(
+    event, code, reason = await asyncio.wait_for(
         refused(f"{gw.ws}/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {key}"}), 10
     )
-    assert event["error"]["code"] == "upstream_unavailable"
-    assert code == 1011
-    if mode == "refused":
+    assert (event["error"]["code"], code) == expected
+    assert reason == f"{event['error']['type']}.{event['error']['code']}"
+    if mode == 503:
         assert "503" in event["error"]["message"]
+    elif mode != "down":
+        assert "rejected by its upstream provider" in event["error"]["message"]
 
 
 async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(

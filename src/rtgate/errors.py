@@ -108,6 +108,41 @@ class UpstreamError(GatewayError):
     code = "upstream_unavailable"
 
 
+class UpstreamRefused(UpstreamError):
+    """The upstream answered the handshake with an HTTP status other than 101."""
+
+    def __init__(self, status: int | None, message: str | None = None) -> None:
+        super().__init__(message or f"The upstream refused the connection (HTTP {status}).")
+        self.status = status
+
+
+#: What a client is told when the provider refuses the gateway's own key: never the
+#: provider's text, which quotes part of that key.
+UPSTREAM_AUTH_MESSAGE = (
+    "The gateway's credentials were rejected by its upstream provider. "
+    "Contact the gateway operator."
+)
+
+
+class UpstreamAuthFailed(UpstreamRefused):
+    """The provider refused the gateway's credentials at the handshake (Azure answers a wrong
+    key with HTTP 401 before any event; OpenAI upgrades and sends ``invalid_api_key``, which
+    the relay session rewords the same way). Not worth a client's retry: close 3000."""
+
+    close_code = 3000
+    error_type = "invalid_request_error"
+    code = "upstream_auth_failed"
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(status, UPSTREAM_AUTH_MESSAGE)
+
+
+def upstream_refused(status: int | None) -> UpstreamRefused:
+    """The refusal of a handshake the upstream answered with ``status``: 401 and 403 are the
+    provider refusing the gateway's key."""
+    return UpstreamAuthFailed(status) if status in (401, 403) else UpstreamRefused(status)
+
+
 class UnsupportedUpstream(GatewayError):
     """The model's upstream does not serve what was asked (the local engine takes no calls and
     does not translate). 1008 (policy) rather than 1011: retrying cannot help, and the SDKs

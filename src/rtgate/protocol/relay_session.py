@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from rtgate.catalog import Catalog, Route
+from rtgate.errors import UPSTREAM_AUTH_MESSAGE
 from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import MeteredBy, Review, UsageRecord
 from rtgate.protocol.events import error_event
@@ -174,8 +175,7 @@ class RelaySession:
                 return error_event(
                     "invalid_request_error",
                     "upstream_auth_failed",
-                    "The gateway's credentials were rejected by its upstream provider. "
-                    "Contact the gateway operator.",
+                    UPSTREAM_AUTH_MESSAGE,
                     live=self.live is not None,
                 )
             return None

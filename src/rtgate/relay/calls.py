@@ -34,6 +34,7 @@ from rtgate.errors import (
     LedgerUnavailable,
     UnsupportedUpstream,
     UpstreamError,
+    upstream_refused,
 )
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.protocol.relay import sendable
@@ -274,6 +275,8 @@ class CallRegistry:
                     heartbeat=None,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise upstream_refused(exc.status) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise UpstreamError("The call's sideband could not be opened upstream.") from exc
         session = metered_session(

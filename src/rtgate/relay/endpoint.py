@@ -71,7 +71,7 @@ from rtgate.auth.policy import (
 )
 from rtgate.catalog import DEFAULT_TRANSLATION_MODEL, Route, WrongProtocol
 from rtgate.config import Settings
-from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError
+from rtgate.errors import GatewayError, UnsupportedUpstream, UpstreamError, UpstreamRefused
 from rtgate.gateway import Gateway
 from rtgate.protocol.beta import BetaTranslator
 from rtgate.protocol.events import error_event_for
@@ -89,7 +89,7 @@ from rtgate.relay.first_message import FirstMessage, FirstMessageLeg
 from rtgate.relay.front_door import LIVE_PATH, TRANSLATIONS_PATH, RelayDoor, RelayUpgrade
 from rtgate.relay.legs import Leg
 from rtgate.relay.live import TRANSLATION, go_live, relay_pump, run_live
-from rtgate.relay.picows_leg import UpstreamRefused, connect
+from rtgate.relay.picows_leg import connect
 from rtgate.relay.upstream import SETUP_FRAMES_HEADER, gemini_url, upstream_headers, upstream_url
 from rtgate.store.port import StoredCall
 

@@ -54,7 +54,7 @@ from picows import (
     ws_connect,
 )
 
-from rtgate.errors import UpstreamError
+from rtgate.errors import UpstreamError, upstream_refused
 from rtgate.relay.aiohttp_leg import quiet_seconds
 from rtgate.relay.legs import LegEvents
 
@@ -493,7 +493,7 @@ async def connect(
             )
     except WSHandshakeError as exc:
         status = exc.response.status if exc.response is not None else None
-        raise UpstreamRefused(status) from exc
+        raise upstream_refused(status) from exc
     except WSError as exc:  # an answer that is not a WebSocket handshake at all
         raise UpstreamError("The upstream could not be reached.") from exc
     except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -501,11 +501,3 @@ async def connect(
     if not isinstance(leg, PicowsLeg):  # ws_connect returns what the factory built
         raise TypeError(type(leg).__name__)
     return leg
-
-
-class UpstreamRefused(UpstreamError):
-    """The upstream answered the handshake with an HTTP status other than 101."""
-
-    def __init__(self, status: int | None) -> None:
-        super().__init__(f"The upstream refused the connection (HTTP {status}).")
-        self.status = status
