@@ -155,6 +155,17 @@ async def test_an_operator_lists_secrets_and_revokes_one_ending_its_sessions(
     assert orjson.loads(await bystander.recv())["type"] == "input_audio_buffer.cleared"
     await bystander.close()
 
+    # A revoked key's secrets open nothing, and are not listed as active (a newcomer's find:
+    # they were, during what would be a leak's response).
+    assert {s["id"]: s["active"] for s in (await call(gw, "GET", "/client_secrets")).json()}[
+        secret_id_of(theirs.value)
+    ]
+    assert (await call(gw, "POST", f"/keys/{other_id}/revoke")).status == 200
+    (theirs_now,) = (await call(gw, "GET", "/client_secrets", params={"key_id": other_id})).json()
+    assert theirs_now["active"] is False and theirs_now["revoked_at"] is None
+    events, code = await first_events(gw, theirs.value)
+    assert code == 3000
+
     # Revoking again answers the same revocation; unknown ids are 404 in OpenAI's shape.
     again = (await call(gw, "POST", f"/client_secrets/{body['id']}/revoke")).json()
     assert again["revoked_at"] == body["revoked_at"] and again["closed_sessions"] == []
@@ -191,6 +202,18 @@ async def test_the_cli_lists_and_revokes_a_secret_by_id_or_value(
     assert {s["id"] for s in listed} == {secret_id_of(one), secret_id_of(two)}
     table = await asyncio.to_thread(run_cli, "secrets", "list", "--key", key_id)
     assert secret_id_of(one) in table and one not in table
+
+    # A key revoked (or expired) leaves its secrets listed, as opening nothing.
+    other_id, other = await key_with(gw)
+    async with sdk(gw, other) as client:
+        await client.realtime.client_secrets.create()
+    await asyncio.to_thread(run_cli, "keys", "revoke", other_id)
+    table = await asyncio.to_thread(run_cli, "secrets", "list", "--key", other_id)
+    assert "key revoked or expired" in table and "active" not in table
+    (theirs,) = orjson.loads(
+        await asyncio.to_thread(run_cli, "secrets", "list", "--key", other_id, "--json")
+    )
+    assert theirs["active"] is False
 
     by_value = orjson.loads(await asyncio.to_thread(run_cli, "secrets", "revoke", one, "--json"))
     assert by_value["id"] == secret_id_of(one) and by_value["active"] is False
@@ -324,7 +347,8 @@ async def test_an_operator_never_sees_the_credentials_in_a_template(
     # The session itself still gets the tool as minted: its template reaches the upstream.
     events, code = await first_events(gw, minted.value)
     assert code is None and events[1]["type"] == "session.updated"
-    (kept,) = await gw.app[GATEWAY].keyring.list_secrets()
+    ((kept, key_opens),) = await gw.app[GATEWAY].keyring.list_secrets()
+    assert key_opens
     assert orjson.loads(kept.session_json)["tools"] == [tool]
 
 

@@ -224,9 +224,8 @@ async def revoke_key(call: Call[None, None]) -> Reply:
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:
     await call.gw.keyring.require(call.query.key_id)
     now = call.gw.clock.now()
-    return [
-        client_secret_view(c, now) for c in await call.gw.keyring.list_secrets(call.query.key_id)
-    ]
+    listed = await call.gw.keyring.list_secrets(call.query.key_id)
+    return [client_secret_view(c, now, key_opens) for c, key_opens in listed]
 
 
 async def revoke_client_secret(call: Call[None, None]) -> Reply:

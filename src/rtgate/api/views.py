@@ -197,7 +197,7 @@ class ClientSecretView(View, frozen=True, kw_only=True):
     created_at: Timestamp | None
     expires_at: Timestamp | None
     revoked_at: Timestamp | None
-    #: Whether it still opens sessions (neither expired nor revoked; its key may be revoked).
+    #: Whether it still opens sessions: neither it nor its key is expired or revoked.
     active: bool
     #: The session template applied to every session it opens (a GA session object); tool
     #: credentials (``authorization``, ``headers``) read ``[redacted]``.
@@ -312,7 +312,9 @@ def live_session(s: RelaySession, instance: str) -> LiveSession:
     )
 
 
-def client_secret_view(c: StoredClientSecret, now: float) -> ClientSecretView:
+def client_secret_view(
+    c: StoredClientSecret, now: float, key_opens: bool = True
+) -> ClientSecretView:
     session = orjson.loads(c.session_json)
     return ClientSecretView(
         id=secret_id(c.secret_hash),
@@ -322,7 +324,7 @@ def client_secret_view(c: StoredClientSecret, now: float) -> ClientSecretView:
         created_at=timestamp(c.created_at),
         expires_at=timestamp(c.expires_at),
         revoked_at=timestamp(c.revoked_at),
-        active=c.revoked_at is None and now < c.expires_at,
+        active=key_opens and c.revoked_at is None and now < c.expires_at,
         session=shown_template(session),
     )
 

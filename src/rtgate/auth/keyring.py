@@ -194,9 +194,24 @@ class KeyRing:
         )
         return key, policy, grant
 
-    async def list_secrets(self, key_id: str | None = None) -> builtins.list[StoredClientSecret]:
-        """Client secrets that have not expired yet, revoked ones included, newest first."""
-        return await self._store.list_client_secrets(key_id, self._clock.now())
+    async def list_secrets(
+        self, key_id: str | None = None
+    ) -> builtins.list[tuple[StoredClientSecret, bool]]:
+        """Client secrets that have not expired yet, revoked ones included, newest first, each
+        with whether its key still opens sessions (neither revoked nor expired): a secret
+        opens nothing once its key does not, and a listing that said "active" misled an
+        operator answering a leak (a newcomer's find)."""
+        now = self._clock.now()
+        found = await self._store.list_client_secrets(key_id, now)
+        keys = {k.id: k for k in await self._store.list_keys(True)} if found else {}
+
+        def opens(k: KeyInfo | None) -> bool:
+            if k is None or not k.active:
+                return False
+            expires = KeyPolicy.from_json(k.policy_json).expires_at
+            return expires is None or now < expires
+
+        return [(c, opens(keys.get(c.key_id))) for c in found]
 
     async def revoke_secret(self, sid: str) -> StoredClientSecret | None:
         """Revoke one client secret by its id; None if there is no such secret."""
