@@ -8,6 +8,7 @@ import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,14 +24,16 @@ from rtgate.auth.policy import (
     Spend,
     apply_update,
     check_transcription,
+    new_policy,
     opening_session,
     over_budget,
     parse_duration,
     parse_expiry,
     policy_view,
 )
+from rtgate.catalog import Catalog
 from rtgate.clock import ManualClock
-from rtgate.config import Settings
+from rtgate.config import Settings, load_settings
 from rtgate.errors import ModelNotAllowed, PolicyError
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway, events_until
@@ -634,3 +637,25 @@ async def test_a_key_that_keeps_transcripts_keeps_text_tool_calls_and_usage(
 def test_implausible_limits_are_refused(update: dict[str, Any]) -> None:
     with pytest.raises((msgspec.ValidationError, PolicyError)):
         apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
+
+
+def test_a_default_voice_must_be_one_a_session_can_use(tmp_path: Path) -> None:
+    # A newcomer's find: `keys create --voice nobody` was taken, and every session of the key
+    # then opened with an error its client never caused.
+    catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "k"}))
+    assert not catalog.takes_any_voice()
+    with pytest.raises(PolicyError, match="did you mean marin") as refused:
+        apply_update(KeyPolicy(), PolicyUpdate(voice="Marin"), catalog)
+    assert refused.value.param == "voice"
+    with pytest.raises(PolicyError, match="is not a voice: alloy, ash"):
+        new_policy(PolicyUpdate(voice="nobody"), catalog, 0.0)
+    assert apply_update(KeyPolicy(), PolicyUpdate(voice="cedar"), catalog).session_defaults
+    # A voice the key held before stays (the console sends it back with every save).
+    held = KeyPolicy(session_defaults={"audio": {"output": {"voice": "nobody"}}})
+    assert apply_update(held, PolicyUpdate(voice="nobody", max_sessions=2), catalog).max_sessions
+    # With a model on Gemini Live, a name is Gemini's own prebuilt voice.
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[upstreams.g]\nkind = "gemini"\n\n[models.gemini-live]\nupstream = "g"\n')
+    gemini = Catalog(load_settings(cfg, {"GEMINI_API_KEY": "AIza-x", "OPENAI_API_KEY": "k"}))
+    assert gemini.takes_any_voice()
+    assert apply_update(KeyPolicy(), PolicyUpdate(voice="Kore"), gemini).session_defaults

@@ -159,6 +159,13 @@ class Catalog:
         s = self._settings
         return {*s.models, *(p for p in s.prices if p != LOCAL_PRICES or p in s.models)}
 
+    def takes_any_voice(self) -> bool:
+        """Whether some model is served by Gemini Live, which takes a voice name OpenAI does
+        not have as its own prebuilt voice (``protocol/gemini_setup.py``): then a key's
+        default voice may be any name."""
+        s = self._settings
+        return any(s.upstreams[m.upstream].kind == "gemini" for m in s.models.values())
+
     def price_row(self, name: str) -> tuple[str, PriceSettings | None]:
         """Prices for a model or transcription-model name (family fallback); None if unpriced."""
         prices = self._settings.prices

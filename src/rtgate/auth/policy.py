@@ -573,6 +573,8 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
+        if catalog is not None and u.voice != _default_voice(policy):
+            _check_voice(u.voice, catalog)
         defaults.setdefault("audio", {}).setdefault("output", {})["voice"] = u.voice
     if u.turn_detection is not None:
         defaults.setdefault("audio", {}).setdefault("input", {})["turn_detection"] = (
@@ -589,6 +591,29 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     if u.keep_transcripts is not None:
         changes["keep_transcripts"] = u.keep_transcripts
     return policy.replace(**changes)
+
+
+def _default_voice(policy: KeyPolicy) -> Any:
+    audio = (policy.session_defaults or {}).get("audio")
+    output = audio.get("output") if isinstance(audio, dict) else None
+    return output.get("voice") if isinstance(output, dict) else None
+
+
+def _check_voice(voice: str, catalog: Catalog) -> None:
+    """Refuse a default voice no session could use: every session of the key would open with
+    an error its client never caused (a newcomer's find). OpenAI's voices, or any name when a
+    model goes to Gemini Live, which takes its own voices by name. A voice the key held before
+    stays, as a model does."""
+    from rtgate.protocol.client_schema import VOICES
+
+    if voice in VOICES or catalog.takes_any_voice():
+        return
+    close = difflib.get_close_matches(voice.lower(), VOICES, n=1)
+    raise PolicyError(
+        f"voice: {voice!r} is not a voice: {', '.join(VOICES)}"
+        + (f"; did you mean {close[0]}?" if close else ""),
+        param="voice",
+    )
 
 
 #: What ``session.update:FIELD`` may name: a top-level field of a session object (GA realtime
