@@ -23,6 +23,7 @@ from typing_extensions import get_type_hints, is_typeddict
 from rtgate.engine.turns import SEMANTIC_SILENCE_MS
 from rtgate.protocol import client_schema as cs
 from rtgate.protocol import schema as sk
+from rtgate.protocol.session_fields import TRANSCRIPTION_MODELS
 
 #: Where the table differs from the SDK's types on purpose: path -> what the table has.
 DELIBERATE = {
@@ -32,6 +33,8 @@ DELIBERATE = {
     # Voices: the ten OpenAI lists when it refuses another name (the SDK takes any string).
     "session.audio.output.voice": "values",
     "response.audio.output.voice": "values",
+    # Transcription models: the SDK's current options (pinned below); it takes any string.
+    "session.audio.input.transcription.model": "values",
     # Null turns input transcription off, as session.created shows it.
     "session.audio.input.transcription": "nullable",
     "session.include": "nullable",
@@ -249,3 +252,14 @@ def _without(td: Any, name: str) -> Any:
     required = {k for k in hints if _required(td, k)}
     fields = {k: (Required[v] if k in required else NotRequired[v]) for k, v in hints.items()}
     return TypedDict(f"{td.__name__}Without", fields)  # type: ignore[operator]
+
+
+def test_the_transcription_models_are_the_sdks_current_options() -> None:
+    # A new SDK release naming another model fails here until the table (and the engine,
+    # which refuses any other name) has it.
+    from openai.types.realtime.audio_transcription_param import AudioTranscriptionParam
+
+    hint = get_type_hints(AudioTranscriptionParam)["model"]
+    assert sorted(_literals(list(get_args(_strip(hint))))) == sorted(TRANSCRIPTION_MODELS)
+    spec = cs.TRANSCRIPTION.fields["model"].spec
+    assert isinstance(spec, sk.Str) and spec.values == TRANSCRIPTION_MODELS

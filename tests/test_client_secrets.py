@@ -498,6 +498,45 @@ async def test_a_transcription_secret_is_minted_only_for_a_model_the_key_may_use
     )
 
 
+async def test_a_transcription_model_the_gateway_cannot_price_is_refused_in_openais_words(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    client_for: ClientFor,
+    tmp_path: Path,
+) -> None:
+    # A newcomer's find: a typo was minted (200), then transcribed by the engine and booked
+    # under the typo. An operator's own price row makes a name usable.
+    config = tmp_path / "rtgate.toml"
+    config.write_text('[prices.my-transcriber]\nunit = "minute"\nrate = "0.01"\n')
+    gw: RunningGateway = await start_gateway(make_settings(RTGATE_CONFIG=str(config)))
+    _, key = await key_with(gw)
+    client = client_for(gw, key)
+    typo = {"input": {"transcription": {"model": "gpt-4o-mini-transcrib"}}}
+    for session in ({"type": "transcription", "audio": typo}, {"type": "realtime", "audio": typo}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.realtime.client_secrets.create(session=session)  # type: ignore[arg-type]
+        assert refused.value.code == "invalid_value"
+        assert refused.value.param == "session.audio.input.transcription.model"
+        assert (
+            "Invalid value: 'gpt-4o-mini-transcrib'. Supported values are: 'whisper-1', "
+            in refused.value.message
+        )
+        assert refused.value.message.endswith(", 'gpt-realtime-whisper', and 'my-transcriber'.")
+    with pytest.raises(openai.BadRequestError):
+        await client.beta.realtime.transcription_sessions.create(
+            input_audio_transcription={"model": "gpt-4o-mini-transcrib"}  # type: ignore[typeddict-item]
+        )
+    assert await table_rows(gw.store, "SELECT * FROM client_secrets") == []
+    for name in ("my-transcriber", "gpt-4o-mini-transcribe-2025-12-15", "whisper-1"):
+        mine = {"input": {"transcription": {"model": name}}}
+        assert (
+            await client.realtime.client_secrets.create(
+                session={"type": "transcription", "audio": mine}  # type: ignore[typeddict-item]
+            )
+        ).value
+
+
 @pytest.mark.parametrize(
     ("route", "body", "param"),
     [

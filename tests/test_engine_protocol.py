@@ -978,6 +978,22 @@ ASSISTANT_TEXT = {
             "'echo', 'sage', 'shimmer', 'verse', 'marin', and 'cedar'.",
         ),
         (
+            # A typo was transcribed, and its usage booked under it (a newcomer's find).
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcrib"}}},
+                },
+            },
+            "invalid_value",
+            "session.audio.input.transcription.model",
+            "Invalid value: 'gpt-4o-mini-transcrib'. Supported values are: 'whisper-1', "
+            "'gpt-transcribe', 'gpt-live-transcribe', 'gpt-4o-mini-transcribe', "
+            "'gpt-4o-mini-transcribe-2025-12-15', 'gpt-4o-transcribe', "
+            "'gpt-4o-transcribe-diarize', and 'gpt-realtime-whisper'.",
+        ),
+        (
             {"type": "session.update", "session": {"type": "realtime", "instructions": 7}},
             "invalid_type",
             "session.instructions",

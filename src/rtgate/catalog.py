@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from rtgate.config import PriceSettings, Settings, UpstreamSettings
+from rtgate.config import DEFAULT_PRICES, PriceSettings, Settings, UpstreamSettings
 from rtgate.errors import GatewayError, ModelNotFound, UnsupportedUpstream
+from rtgate.protocol.session_fields import TRANSCRIPTION_MODELS
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
@@ -158,6 +159,23 @@ class Catalog:
         # ``local`` prices what the engine serves: a row, not a model a key is granted.
         s = self._settings
         return {*s.models, *(p for p in s.prices if p != LOCAL_PRICES or p in s.models)}
+
+    def transcribes(self, name: str) -> bool:
+        """Whether a session may transcribe with ``name`` (or its family): one of OpenAI's
+        transcription models, or one the operator priced (a row of its own that no model
+        routes). Any other name is refused before anything is minted or relayed: a typo the
+        provider would refuse anyway, or a new model that would be billed as unpriced (a
+        newcomer's find: the engine transcribed a typo and its usage was booked under it)."""
+        names = self.transcription_names()
+        return name in names or model_family(name) in names
+
+    def transcription_names(self) -> list[str]:
+        """The names ``transcribes`` takes, for a refusal's list: OpenAI's, then the
+        operator's (the default rows no model routes, Gemini's, are not transcription
+        models)."""
+        s = self._settings
+        own = (n for n in s.prices if n not in DEFAULT_PRICES and n not in s.models)
+        return list(dict.fromkeys([*TRANSCRIPTION_MODELS, *own]))
 
     def takes_any_voice(self) -> bool:
         """Whether some model is served by Gemini Live, which takes a voice name OpenAI does

@@ -154,6 +154,16 @@ class UnsupportedUpstream(GatewayError):
     code = "unsupported_upstream"
 
 
+class InvalidValue(GatewayError):
+    """A value outside the set OpenAI takes, refused in its words (``invalid_value``: "Invalid
+    value: 'x'. Supported values are: ..."), over HTTP or as a socket's error event."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+
 class InvalidSessionStart(GatewayError):
     """A GPT-Live socket whose first message is no ``session.start`` naming a model (none before
     the deadline, another event, no ``session.model``): the gateway cannot route it, so it never

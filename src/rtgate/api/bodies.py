@@ -67,13 +67,6 @@ class InvalidType(InvalidRequest):
     code = "invalid_type"
 
 
-class InvalidValue(InvalidRequest):
-    """A body member whose value the route does not take (``invalid_value``)."""
-
-    http_status = 400
-    code = "invalid_value"
-
-
 class MissingParameter(InvalidRequest):
     """A required body member left out, refused as OpenAI refuses it."""
 

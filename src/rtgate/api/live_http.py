@@ -24,12 +24,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from rtgate.api.bodies import InvalidValue, MissingParameter, json_object, read_body
+from rtgate.api.bodies import MissingParameter, json_object, read_body
 from rtgate.api.calls_http import CALLS, act_on_call, control_body, hang_up_unmetered
 from rtgate.api.openai_errors import openai_errors
 from rtgate.auth.client_secrets import refuse_unknown
 from rtgate.catalog import Route
-from rtgate.errors import GatewayError, UnknownLiveParameter, UpstreamError
+from rtgate.errors import GatewayError, InvalidValue, UnknownLiveParameter, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.protocol import session_fields
 from rtgate.protocol.live import live_settings

@@ -23,8 +23,16 @@ from msgspec import Meta
 
 from rtgate.catalog import Catalog, model_family
 from rtgate.clock import rfc3339
-from rtgate.errors import AuthError, GatewayError, ModelNotAllowed, PolicyError, QuotaExceeded
+from rtgate.errors import (
+    AuthError,
+    GatewayError,
+    InvalidValue,
+    ModelNotAllowed,
+    PolicyError,
+    QuotaExceeded,
+)
 from rtgate.metering.cost import NANOS_PER_USD, usd_str, usd_words
+from rtgate.protocol.schema import supported
 from rtgate.protocol.session_fields import (
     DEFAULT_TRANSCRIPTION_MODEL,
     REALTIME,
@@ -125,6 +133,18 @@ def check_transcription(policy: KeyPolicy, template: Mapping[str, Any] | None) -
     model = transcription_model(opening_session(policy, True, template))
     if model is not None:
         check_model(policy, model, TRANSCRIPTION_MODEL_PARAM)
+
+
+def check_transcribes(catalog: Catalog, session: Mapping[str, Any]) -> None:
+    """Refuse a session, as it would open, that names a transcription model the catalog does
+    not take (``Catalog.transcribes``), in OpenAI's words for a value outside a closed set."""
+    for tm in transcription_models(session):
+        if not catalog.transcribes(tm):
+            names = supported(catalog.transcription_names())
+            raise InvalidValue(
+                f"Invalid value: '{tm}'. Supported values are: {names}.",
+                param=TRANSCRIPTION_MODEL_PARAM,
+            )
 
 
 def check_expiry(policy: KeyPolicy, now: float) -> None:

@@ -32,6 +32,7 @@ from rtgate.protocol.schema import (
     check,
     invalid_value,
 )
+from rtgate.protocol.session_fields import TRANSCRIPTION_MODELS
 
 __all__ = ["CLIENT_EVENTS", "Problem", "invalid_value", "problem"]
 
@@ -95,7 +96,7 @@ TRANSCRIPTION = _obj(
     keywords=_opt(Arr(STRING)),
     language=_opt(STRING),
     languages=_opt(Arr(STRING)),
-    model=_opt(STRING),
+    model=_opt(Str(TRANSCRIPTION_MODELS)),
     prompt=_opt(STRING),
 )
 NOISE_REDUCTION = _obj(strength=_opt(Num()), type=_opt(Str(("near_field", "far_field"))))

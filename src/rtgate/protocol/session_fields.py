@@ -20,6 +20,21 @@ from typing import Any
 #: guide names it; it is the cheapest of OpenAI's transcription models (docs/engine-fidelity.md).
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
+#: The transcription models a session may name (docs/protocol.md 2.5): the SDK's "current
+#: options" (``AudioTranscriptionParam.model``, pinned by ``tests/test_client_schema.py``). The
+#: SDK also takes any other string; the engine refuses one, as OpenAI refuses a value outside
+#: a closed set, and the gateway takes one only when its catalog prices it (``Catalog``).
+TRANSCRIPTION_MODELS = (
+    "whisper-1",
+    "gpt-transcribe",
+    "gpt-live-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-4o-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+)
+
 #: GPT-Live's session objects, each strict (docs/protocol-live.md 2, 9), as the SDK types them
 #: (``tests/test_live_core.py`` walks those types): ``session.start``'s (``SessionConfig``).
 LIVE = frozenset(

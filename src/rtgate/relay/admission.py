@@ -20,7 +20,9 @@ from rtgate.auth.policy import (
     Spend,
     check_model,
     check_session_template,
+    check_transcribes,
     check_transcription,
+    opening_session,
     over_budget,
     session_seconds,
 )
@@ -70,6 +72,7 @@ def route_for(
     check_model(policy, route.model, param)
     if transcription or model is None:
         check_transcription(policy, template)
+    check_transcribes(gw.catalog, opening_session(policy, transcription or model is None, template))
     if template is not None:
         check_session_template(policy, template)
     return route
