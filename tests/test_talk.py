@@ -161,3 +161,44 @@ def test_talk_given_a_file_that_is_no_wav_says_so_in_one_line(tmp_path: Path) ->
         w.setframerate(24000)
     result = CliRunner().invoke(app, ["talk", "--key", "rtg_x", "--wav", str(empty)])
     assert result.exit_code == 1 and f"error: {empty}: holds no audio" in result.output
+
+
+def test_talk_refuses_what_it_cannot_use_before_it_dials(tmp_path: Path) -> None:
+    """Newcomer's finds: an empty --text was sent, a URL with no scheme failed with the URL
+    alone as its message, and an --out in no directory failed with a traceback after the turn
+    was billed. None dials now (nothing listens on port 9)."""
+    runner = CliRunner()
+    base = ["talk", "--key", "rtg_x", "--url", "ws://127.0.0.1:9/v1"]
+    said = runner.invoke(app, [*base, "--text", "  "])
+    assert said.exit_code == 2 and "--text: give something to say" in said.output
+    bare = runner.invoke(app, ["talk", "--key", "rtg_x", "--text", "hi", "--url", "127.0.0.1:9"])
+    assert bare.exit_code == 2 and "is not a ws:// or wss:// URL" in bare.output
+    out = runner.invoke(app, [*base, "--text", "hi", "--out", str(tmp_path / "no" / "r.wav")])
+    assert out.exit_code == 2 and "--out: no directory" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_a_reply_that_did_not_complete_is_a_failure_that_says_why() -> None:
+    from rtgate.talk import TalkResult, realtime_url
+
+    failed = TalkResult(
+        status="failed",
+        status_details={"type": "failed", "error": {"code": "brain_error", "message": "down"}},
+    )
+    assert failed.failure() == "the response failed: down"
+    cut = TalkResult(status="incomplete", status_details={"reason": "max_output_tokens"})
+    assert cut.failure() == "the response is incomplete: max_output_tokens"
+    assert TalkResult(status="completed").failure() is None
+    # The banner's URL (…/v1/realtime) and the base (…/v1) dial the same session.
+    for given in ("ws://h:1/v1", "ws://h:1/v1/", "ws://h:1/v1/realtime"):
+        assert realtime_url(given, "gpt-realtime") == "ws://h:1/v1/realtime?model=gpt-realtime"
+
+
+async def test_talk_to_the_banners_realtime_url(local_gateway: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    key = await local_gateway.new_key()
+    args = ["talk", "--key", key, "--text", "hello", "--url", f"{local_gateway.ws}/v1/realtime"]
+    args += ["--out", str(tmp_path / "r.wav")]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output

@@ -631,6 +631,16 @@ def talk(
     if (text is None) == (wav is None):
         _error("give exactly one of --text, --wav")
         raise typer.Exit(2)
+    if text is not None and not text.strip():
+        _error("--text: give something to say")
+        raise typer.Exit(2)
+    if url is not None and not url.startswith(("ws://", "wss://")):
+        _error(f"--url: {url!r} is not a ws:// or wss:// URL (ws://127.0.0.1:8080/v1)")
+        raise typer.Exit(2)
+    # Where the reply goes is checked before the turn is paid for.
+    if not out.parent.is_dir():
+        _error(f"--out: no directory {str(out.parent)!r} to save the reply in")
+        raise typer.Exit(2)
     console = _rich_console()
 
     def show(event: dict[str, Any]) -> None:
@@ -695,17 +705,27 @@ def talk(
     if result.user_transcript:
         console.print(f"you said:  {result.user_transcript.strip()}")
     console.print(f"assistant: {(result.transcript or result.text).strip()}")
+    unsaved = False
     if result.audio:
-        write_wav_24k(out, bytes(result.audio))
-        console.print(f"reply audio: {out} ({len(result.audio) / 48000:.2f} s)")
+        try:
+            write_wav_24k(out, bytes(result.audio))
+        except OSError as err:
+            _error(f"--out: cannot save the reply to {str(out)!r}: {err.strerror or err}")
+            unsaved = True
+        else:
+            console.print(f"reply audio: {out} ({len(result.audio) / 48000:.2f} s)")
     u = result.usage or {}
     price = list_price(settings, model, result.usage)
     console.print(
         f"usage: {u.get('input_tokens', 0)} in / {u.get('output_tokens', 0)} out tokens; "
         + (f"${price} at list price" if price is not None else "no list price for this model")
     )
-    if result.error is not None:
-        # The reply came, but not as asked (a refused --instructions): not a success.
+    failed = result.failure()
+    if failed is not None:
+        _error(failed)
+    if result.error is not None or failed is not None or unsaved:
+        # The reply came, but not as asked (a refused --instructions, a brain that failed):
+        # not a success.
         raise typer.Exit(1)
 
 

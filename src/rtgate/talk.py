@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from rtgate.catalog import Catalog
 from rtgate.config import Settings
@@ -79,6 +80,32 @@ class TalkResult:
     audio: bytearray = field(default_factory=bytearray)
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: ``response.done``'s ``status`` (``completed``, ``failed``, ``incomplete``, ``cancelled``)
+    #: and, when not completed, why (its ``status_details``).
+    status: str | None = None
+    status_details: dict[str, Any] | None = None
+
+    def failure(self) -> str | None:
+        """Why the reply did not complete, in a line; None when it did."""
+        if self.status in (None, "completed"):
+            return None
+        details = self.status_details or {}
+        err = details.get("error")
+        if not isinstance(err, dict):
+            err = {}
+        why = err.get("message") or err.get("code") or details.get("reason")
+        said = {"incomplete": "is incomplete", "cancelled": "was cancelled"}
+        return f"the response {said.get(self.status, self.status)}" + (f": {why}" if why else "")
+
+
+def realtime_url(base: str, model: str) -> str:
+    """``base`` (the gateway's ``.../v1``, or its ``.../v1/realtime``, as the start-up banner
+    prints it) as the URL of a realtime session with ``model``."""
+    url = URL(base)
+    path = url.path.rstrip("/")
+    if not path.endswith("/realtime"):
+        path += "/realtime"
+    return str(url.with_path(path).update_query(model=model))
 
 
 async def talk(
@@ -96,8 +123,7 @@ async def talk(
     """One user turn (text or audio) and the assistant's whole reply. ``tls``: the context a
     ``wss://`` dial verifies with (None: the system's trust)."""
     result = TalkResult()
-    sep = "&" if "?" in url else "?"
-    ws_url = f"{url.rstrip('/')}/realtime{sep}model={model}"
+    ws_url = realtime_url(url, model)
     timeout = aiohttp.ClientWSTimeout(ws_receive=timeout_s, ws_close=5.0)
     async with (
         aiohttp.ClientSession() as http,
@@ -150,7 +176,10 @@ async def talk(
                 if ws.closed:
                     break
             elif t == "response.done":
-                result.usage = (event.get("response") or {}).get("usage")
+                response = event.get("response") or {}
+                result.usage = response.get("usage")
+                result.status = response.get("status")
+                result.status_details = response.get("status_details")
                 break
     if result.usage is None and result.error is not None:
         raise TalkError(f"{result.error.get('code')}: {result.error.get('message')}")
