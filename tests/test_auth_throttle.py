@@ -178,6 +178,7 @@ async def test_the_http_routes_that_authenticate_share_the_throttle(
                         assert resp.status == 429, path
                         error = (await resp.json())["error"]
                         assert error["code"] == "rate_limit_exceeded"
+                        assert int(resp.headers["Retry-After"]) >= 1
                     else:
                         assert resp.status in (200, 201), (path, await resp.text())
     assert len(looked_up) == BURST + len(requests)  # the neighbour's, all checked

@@ -406,6 +406,8 @@ async def test_a_keys_minting_rate_is_limited_per_minute(
             assert refused.value.status_code == 429
             assert refused.value.code == "rate_limit_exceeded"
             assert "2 client secrets per minute; try again in 40 s" in str(refused.value)
+            # What the SDKs wait out before a retry (a newcomer's find: it was missing).
+            assert refused.value.response.headers["retry-after"] == "40"
         # Another key's window is its own; what was minted still opens sessions.
         assert (await other_client.realtime.client_secrets.create()).value
         events, code = await first_events(gw, first, n=1)

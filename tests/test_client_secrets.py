@@ -460,6 +460,8 @@ async def test_a_key_over_its_budget_mints_no_secret(
         await client_for(gateway, key).realtime.client_secrets.create()
     assert over.value.code == "insufficient_quota"
     assert "budget is $0" in over.value.message
+    # Not worth the SDK's retries: a spent budget stays spent.
+    assert over.value.response.headers["x-should-retry"] == "false"
     assert await table_rows(gateway.store, "SELECT * FROM client_secrets") == []
     _, fine = await key_with(gateway, budget_usd_day="1")
     assert (await client_for(gateway, fine).realtime.client_secrets.create()).value

@@ -43,13 +43,21 @@ class GatewayError(Exception):
     code: ClassVar[str] = "server_error"
 
     def __init__(
-        self, message: str, *, param: str | None = None, client_event_id: str | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        client_event_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         #: The client event this answers, echoed in ``error.event_id``.
         self.client_event_id = client_event_id
+        #: Seconds until a retry can succeed (a rate limit's window), sent over HTTP as
+        #: ``Retry-After`` (RFC 9110 section 10.2.3), which the SDKs wait out before retrying.
+        self.retry_after = retry_after
 
     @property
     def close_reason(self) -> str:

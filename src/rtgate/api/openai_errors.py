@@ -9,6 +9,7 @@ answer there, error or not, is ``Cache-Control: no-store``: these routes hand ou
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -17,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from rtgate.api.bodies import InvalidRequest, MalformedBody
 from rtgate.api.views import ErrorDetail, ErrorResponse, dump
-from rtgate.errors import GatewayError
+from rtgate.errors import GatewayError, QuotaExceeded
 
 log = logging.getLogger("rtgate.api")
 
@@ -49,7 +50,15 @@ def server_error() -> web.Response:
 
 def error_response(err: GatewayError) -> web.Response:
     status = 400 if isinstance(err, InvalidRequest | MalformedBody) else err.http_status
-    return openai_error(status, err.error_type, err.code, err.message, err.param)
+    headers: dict[str, str] = {}
+    if err.retry_after is not None:
+        # Whole seconds (RFC 9110 section 10.2.3), rounded up: a retry then finds room.
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    if isinstance(err, QuotaExceeded):
+        # A spent budget does not come back on a retry; the SDKs retry a 429 unless told not
+        # to by this header (openai-python's ``_should_retry``).
+        headers["x-should-retry"] = "false"
+    return openai_error(status, err.error_type, err.code, err.message, err.param, headers)
 
 
 def openai_errors(handler: Handler) -> Handler:

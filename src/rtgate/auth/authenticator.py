@@ -79,7 +79,8 @@ class Authenticator:
             self._metrics.auth_throttled.inc()
             raise AuthThrottled(
                 "Too many failed authentications from your address; "
-                f"try again in {math.ceil(wait)} s."
+                f"try again in {math.ceil(wait)} s.",
+                retry_after=wait,
             )
         try:
             return await check()

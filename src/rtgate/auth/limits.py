@@ -8,6 +8,7 @@ connects cannot slip past the limit. Many instances share ``RedisSessionLimiter`
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Protocol
 
@@ -39,16 +40,20 @@ def live_limit_reached(live: int, max_sessions: int) -> RateLimited:
 
 
 def mint_rate_reached(per_minute: int, oldest_mint: float, now: float) -> RateLimited:
+    wait = oldest_mint + WINDOW_S - now
+    secrets = "client secret" if per_minute == 1 else "client secrets"
     return RateLimited(
-        f"This key may mint {per_minute} client secrets per minute; try again in "
-        f"{oldest_mint + WINDOW_S - now:.0f} s."
+        f"This key may mint {per_minute} {secrets} per minute; try again in {math.ceil(wait)} s.",
+        retry_after=wait,
     )
 
 
 def start_rate_reached(per_minute: int, oldest_start: float, now: float) -> RateLimited:
+    wait = oldest_start + WINDOW_S - now
+    sessions = "session" if per_minute == 1 else "sessions"
     return RateLimited(
-        f"This key may open {per_minute} sessions per minute; try again in "
-        f"{oldest_start + WINDOW_S - now:.0f} s."
+        f"This key may open {per_minute} {sessions} per minute; try again in {math.ceil(wait)} s.",
+        retry_after=wait,
     )
 
 
