@@ -25,6 +25,7 @@ from tests.test_admin_api import (
     open_session,
     until_no_live_sessions,
 )
+from tests.test_metrics import scrape
 
 
 async def seed_sessions(gw: RunningGateway, key_id: str, n: int, start: float) -> list[str]:
@@ -224,3 +225,28 @@ async def test_a_failed_dial_shows_the_upstream_failing(
     (up,) = [u for u in (await call(gw, "GET", "/upstreams")).json() if u["name"] == "openai"]
     assert up["health"]["state"] == "failing" and up["health"]["failures"] == 1
     assert up["health"]["last_error"] == "ConnectionRefusedError"
+
+
+async def test_a_transcription_session_is_listed_under_its_transcription_model(
+    admin: RunningGateway,
+) -> None:
+    # A newcomer's find: it was listed under its route's model (none, or the realtime model
+    # of its URL), and counted in rtgate_sessions_started_total{model=""}.
+    secret = await admin.new_key()
+    for query in ("intent=transcription", "model=gpt-realtime&intent=transcription"):
+        async with websockets.connect(
+            f"{admin.ws}/v1/realtime?{query}",
+            additional_headers={"Authorization": f"Bearer {secret}"},
+        ) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+            (live,) = (await call(admin, "GET", "/sessions/live")).json()
+            assert (live["model"], live["intent"]) == ("gpt-4o-mini-transcribe", "transcription")
+        await until_no_live_sessions(admin)
+    rows = (await call(admin, "GET", "/sessions")).json()
+    assert [r["model"] for r in rows] == ["gpt-4o-mini-transcribe"] * 2
+    started = {
+        labels: value
+        for (name, labels), value in (await scrape(admin)).items()
+        if name == "rtgate_sessions_started_total"
+    }
+    assert started == {(("model", "gpt-4o-mini-transcribe"),): 2.0}

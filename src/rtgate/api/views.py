@@ -299,7 +299,7 @@ def live_session(s: RelaySession, instance: str) -> LiveSession:
     return LiveSession(
         id=s.session_id,
         key_id=s.key_id,
-        model=s.route.model,
+        model=s.shown_model,
         upstream=s.route.upstream_name,
         intent=s.intent,
         client_secret_id=s.secret_id,

@@ -104,6 +104,7 @@ class RelaySession:
         secret_id: str | None = None,
         metered: bool = True,
         live: LiveMeter | None = None,
+        transcription_model: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.key_id = key_id
@@ -126,7 +127,9 @@ class RelaySession:
         self.max_seconds = max_seconds
         self.state = SessionState.OPEN
         self.upstream_session_model: str | None = None
-        self.transcription_model: str | None = None
+        #: The input transcription model: the one the session opens with, then what the
+        #: upstream's ``session.updated`` says.
+        self.transcription_model = transcription_model
         self.totals = Usage()
         self.provider_nanos = 0
         self.charged_nanos = 0
@@ -240,6 +243,15 @@ class RelaySession:
         live.confirmed = True  # once
         reading = UsageReading(Usage(kind="live"))
         return self._meter(reading, live.session_id, now, "unconfirmed_usage")
+
+    @property
+    def shown_model(self) -> str:
+        """The model a listing shows for the session: a transcription session's is the model
+        it opened transcribing with (its route names none, or the realtime model of its URL);
+        the rest, their route's."""
+        if self.intent == "transcription" and self.transcription_model:
+            return self.transcription_model
+        return self.route.model or ""
 
     def _track_session(self, session: Any) -> None:
         if not isinstance(session, dict):

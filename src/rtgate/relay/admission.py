@@ -33,6 +33,7 @@ from rtgate.metering.ledger import LedgerError
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.live import LiveMeter
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.session_fields import transcription_model
 from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
 
 log = logging.getLogger("rtgate.relay")
@@ -103,6 +104,7 @@ def metered_session(
     secret_id: str | None,
     metered: bool = True,
     live: bool = False,
+    template: Mapping[str, Any] | None = None,
 ) -> RelaySession:
     """The metering state of a session admitted now, capped by the key and the gateway
     (``metered`` False: its usage is recorded elsewhere, see ``RelaySession``; ``live``: a
@@ -119,6 +121,10 @@ def metered_session(
         secret_id=secret_id,
         metered=metered,
         live=LiveMeter() if live else None,
+        # What a transcription session opens transcribing with (its initial update names it).
+        transcription_model=transcription_model(opening_session(policy, True, template))
+        if intent == "transcription"
+        else None,
     )
 
 
@@ -131,7 +137,7 @@ async def record_start(gw: Gateway, session: RelaySession) -> None:
             SessionOpen(
                 session.session_id,
                 session.key_id,
-                route.model or "",
+                session.shown_model,
                 route.upstream_name,
                 session.intent,
                 session.opened_at,

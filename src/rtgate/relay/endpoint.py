@@ -462,6 +462,7 @@ async def relay_socket(
             secret_id=grant.id if grant is not None else None,
             metered=not attached,
             live=live,
+            template=template,
         )
         extra = {"session_id": session.session_id, "key_id": key.id, "model": route.model}
         try:

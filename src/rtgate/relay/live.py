@@ -172,7 +172,7 @@ def go_live(gw: Gateway, live: LiveSession, extra: Mapping[str, object]) -> None
     session = live.session
     gw.live.add(session.session_id, live)
     gw.metrics.live.inc()
-    gw.metrics.started.labels(session.route.model or "").inc()
+    gw.metrics.started.labels(session.shown_model).inc()
     log.info("session opened", extra=dict(extra))
 
 
