@@ -72,7 +72,11 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         # A newcomer's finds: taken, then a traceback or a negative bill.
         ('[prices.local]\ntext_in = "-1"\n', {}, "prices.local.text_in: a price is"),
         ('[prices.local]\nmarkup_percent = "-101"\n', {}, "prices.local.markup_percent"),
-        ("", {"RTGATE_DATABASE_URL": "mysql://x/y"}, "database_url: expected sqlite"),
+        (
+            "",
+            {"RTGATE_DATABASE_URL": "mysql://x/y"},
+            "database_url (RTGATE_DATABASE_URL): expected sqlite",
+        ),
     ],
 )
 def test_bad_config_names_the_setting(
@@ -322,3 +326,14 @@ def test_a_key_may_be_granted_routed_and_priced_models_not_the_engines_price_row
     # ``[prices.local]`` prices what the engine serves; it names no model a key could use.
     assert not unrouted.knows("local") and "local" not in unrouted.names()
     assert "whisper-1" in unrouted.names()
+
+
+def test_a_bad_setting_from_the_environment_names_its_variable(tmp_path: Path) -> None:
+    # A newcomer's find: "port: Expected `int`, got `str`" sent them through a config file.
+    with pytest.raises(ConfigError, match=r"port \(RTGATE_PORT\): Expected `int`, got `str`"):
+        load_settings(None, {"RTGATE_PORT": "abc"})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('port = "abc"\n')
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(cfg, {})
+    assert "invalid configuration: port: " in from_file.value.message

@@ -557,14 +557,17 @@ def _from_text(kind: type[Any], value: Any) -> Any:
     raise TypeError(f"Expected `str`, got `{type(value).__name__}`")
 
 
-def _valid(raw: Any, kind: type[T], where: str) -> T:
+def _valid(raw: Any, kind: type[T], where: str, from_env: Mapping[str, str] | None = None) -> T:
     """``raw`` as ``kind`` (strings from the environment converted to numbers and booleans), or
-    the ``ConfigError`` that names the setting."""
+    the ``ConfigError`` that names the setting, and the variable it was read from when it came
+    from ``from_env`` (setting -> variable): ``port`` alone sent an operator who had set
+    ``RTGATE_PORT`` looking through a config file (a newcomer's find)."""
     try:
         return msgspec.convert(raw, kind, strict=False, dec_hook=_from_text)
     except msgspec.ValidationError as exc:
         path, message = problem(exc, where)
-        at = f"{path}: " if path else ""
+        var = (from_env or {}).get(path or "")
+        at = f"{path} ({var}): " if var else f"{path}: " if path else ""
         raise ConfigError(f"invalid configuration: {at}{message}") from exc
 
 
@@ -591,8 +594,10 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
     bools = {f.name for f in msgspec.structs.fields(Settings) if f.type is bool}
+    from_env: dict[str, str] = {}
     for var, field in _ENV_SCALARS.items():
         if env.get(var):
+            from_env[field] = var
             value = env[var]
             raw[field] = _BOOL_WORDS.get(value.lower(), value) if field in bools else value
     if isinstance(raw.get("trusted_proxies"), str):
@@ -668,7 +673,7 @@ def load_settings(
     models.update({k: dict(v) for k, v in dict(raw.pop("models", {})).items()})
     raw["models"] = {name: _valid(m, ModelSettings, f"models.{name}") for name, m in models.items()}
     # Each table's rows are read above, where msgspec's error can be told which row it is in.
-    settings = _valid(raw, Settings, "")
+    settings = _valid(raw, Settings, "", from_env)
 
     for name, model in settings.models.items():
         if model.upstream not in settings.upstreams:

@@ -209,10 +209,10 @@ async def run_live(
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - session.opened_at)
         log.info(
-            "session closed by %s: %s %s",
+            "session closed by %s: %s%s",
             session.closed_by,
             session.close_code,
-            session.close_reason,
+            f" {session.close_reason}" if session.close_reason else "",
             extra=dict(extra),
         )
 
