@@ -172,6 +172,9 @@ def test_a_day_or_limit_the_admin_api_refuses_is_refused_alike(
         (("--models", "gpt-5"), "models: 'gpt-5' is not a model this gateway knows"),
         (("--models", "gpt-realtim"), "did you mean gpt-realtime?"),
         (("--expires", "2020-01-01"), "expires: already past"),
+        (("--models", " , "), "--models: no model named; to allow every model, use --clear"),
+        (("--voice", "nobody"), "voice: 'nobody' is not a voice"),
+        (("--budget-usd-day", "0.0000000001"), "at most 9 decimal places"),
     ],
 )
 def test_a_key_that_could_never_work_is_not_created(

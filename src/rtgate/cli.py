@@ -292,6 +292,11 @@ def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
     raw = {k: v for k, v in opts.items() if v is not None}
     if "models" in raw:
         raw["models"] = [m for m in raw["models"].split(",") if m.strip()]
+        if not raw["models"]:
+            # An empty list allows every model: that is --clear models, said on purpose, not
+            # an empty variable expanded into --models "" (a newcomer's find).
+            _error("--models: no model named; to allow every model, use --clear models")
+            raise typer.Exit(2)
     if "block_event" in raw:
         raw["blocked_events"] = raw.pop("block_event")
     if "clear" in raw:
