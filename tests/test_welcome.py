@@ -16,9 +16,12 @@ import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types import Model
 
+from rtgate.auth.policy import KeyPolicy
 from rtgate.config import Settings, load_settings
 from rtgate.logs import Redactor
+from rtgate.relay.endpoint import GATEWAY
 from rtgate.welcome import summary_lines
 from tests.conftest import TOKEN, RunningGateway
 from tests.process import free_port, gateway_env
@@ -134,17 +137,33 @@ async def test_v1_models_lists_what_the_routes_serve(
     refuses it, it is not."""
     local = await start_gateway(make_settings(OPENAI_API_KEY="", RTGATE_ADMIN_TOKEN=TOKEN))
 
-    async def listed(gw: RunningGateway) -> dict[str, str]:
-        async with aiohttp.ClientSession() as http, http.get(gw.http + "/v1/models") as resp:
-            assert resp.status == 200
-            return {m["id"]: m["owned_by"] for m in (await resp.json())["data"]}
+    async def listed(gw: RunningGateway, key: str) -> dict[str, str]:
+        async with AsyncOpenAI(api_key=key, base_url=f"{gw.http}/v1", max_retries=0) as client:
+            # Each is the SDK's Model, every field it requires present (``created`` was not).
+            page = await client.models.list()
+            for m in page.data:
+                Model.model_validate(m.model_dump())
+            return {m.id: m.owned_by for m in page.data}
 
-    assert (await listed(admin))["gpt-realtime-translate"] == "openai"
-    offline = await listed(local)
+    assert (await listed(admin, await admin.new_key()))["gpt-realtime-translate"] == "openai"
+    local_key = await local.new_key()
+    offline = await listed(local, local_key)
     assert "gpt-realtime-translate" not in offline
     assert offline["gpt-realtime"] == "local" and offline["gpt-live-1"] == "local"
+    # As OpenAI's, the list is a key's: the models it may use, and nothing without one (a
+    # newcomer's find: anyone could read the catalog and its upstreams' names).
+    policy = KeyPolicy(models=("gpt-realtime-mini",))
+    _, narrow = await local.app[GATEWAY].keyring.create("narrow", policy)
+    assert list(await listed(local, narrow)) == ["gpt-realtime-mini"]
+    async with aiohttp.ClientSession() as http:
+        for path in ("/v1/models", "/v1/models/gpt-realtime"):
+            async with http.get(local.http + path) as resp:
+                assert resp.status == 401, path
+                assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.AuthenticationError):
+        await listed(local, "rtg_wrong")
     # One of them, as the SDK's models.retrieve asks (a newcomer's find: 404 Invalid URL).
-    async with AsyncOpenAI(api_key="rtg_x", base_url=f"{local.http}/v1") as client:
+    async with AsyncOpenAI(api_key=local_key, base_url=f"{local.http}/v1") as client:
         one = await client.models.retrieve("gpt-realtime")
         assert (one.id, one.owned_by) == ("gpt-realtime", "local")
         dated = await client.models.retrieve("gpt-realtime-2025-08-28")  # as sessions route it

@@ -135,8 +135,12 @@ class Gateway:
     #: The one timer of every live session's keepalive and frame counts (``relay/ticker.py``).
     ticker: Ticker = field(init=False)
 
+    #: When this gateway started (Unix seconds): ``/v1/models``' ``created``.
+    started_at: float = field(init=False)
+
     def __post_init__(self) -> None:
         self.ticker = Ticker(self.expiry_check_interval, self.metrics)
+        self.started_at = self.clock.now()
 
     @property
     def accepting(self) -> bool:

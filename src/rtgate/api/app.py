@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +31,7 @@ from rtgate.auth.authenticator import Authenticator
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
+from rtgate.auth.policy import KeyPolicy, allows_model
 from rtgate.auth.throttle import FailureThrottle
 from rtgate.catalog import Catalog, model_family
 from rtgate.clock import Clock, SystemClock
@@ -39,7 +40,7 @@ from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.stack import build_engine
-from rtgate.errors import AuthError
+from rtgate.errors import AuthError, GatewayError
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.heap import trim_after_bursts
@@ -103,28 +104,44 @@ def metrics_page(token: Secret | None) -> Handler:
     return page
 
 
-def _models(gw: Gateway) -> dict[str, dict[str, str]]:
-    """The catalog's models as ``/v1/models`` lists them, less those its upstream refuses
-    (``welcome.unserved``), by name."""
+def _models(gw: Gateway, policy: KeyPolicy) -> dict[str, dict[str, Any]]:
+    """The catalog's models as ``/v1/models`` lists them to a key: those it may use, less
+    those their upstream refuses (``welcome.unserved``), by name. ``created`` is when this
+    gateway started listing them (the SDK's ``Model`` requires one; a provider's dates are not
+    known here)."""
     refused = unserved(gw.settings)
+    created = int(gw.started_at)
     return {
-        name: {"id": name, "object": "model", "owned_by": m.upstream}
+        name: {"id": name, "object": "model", "created": created, "owned_by": m.upstream}
         for name, m in sorted(gw.settings.models.items())
-        if name not in refused
+        if name not in refused and allows_model(policy, name)
     }
 
 
+async def _listed(request: web.Request) -> dict[str, dict[str, Any]]:
+    """What ``_models`` lists to the gateway key the request carries; as OpenAI's, the list
+    is for a key only (anyone else learnt the catalog and its upstreams' names)."""
+    gw = request.app[GATEWAY]
+    _, policy = await gw.authenticator.key(request.headers, request.remote)
+    return _models(gw, policy)
+
+
 async def models(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"object": "list", "data": list(_models(request.app[GATEWAY]).values())}
-    )
+    try:
+        listed = await _listed(request)
+    except GatewayError as err:
+        return error_response(err)
+    return web.json_response({"object": "list", "data": list(listed.values())})
 
 
 async def model(request: web.Request) -> web.Response:
     """One of ``models`` (the SDK's ``models.retrieve``), a dated snapshot as its family (as
     sessions route it), or OpenAI's 404."""
     name = request.match_info["model"]
-    listed = _models(request.app[GATEWAY])
+    try:
+        listed = await _listed(request)
+    except GatewayError as err:
+        return error_response(err)
     entry = listed.get(name) or listed.get(model_family(name))
     if entry is None:
         return openai_error(
