@@ -409,3 +409,45 @@ def test_tables_piped_are_laid_out_whole(
     assert name in listed and created["id"] in listed and "…" not in listed
     monkeypatch.setenv("COLUMNS", "150")  # asked for: kept to it
     assert name not in cli("keys", "list")
+
+
+def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path) -> None:
+    """A newcomer's find: run from another directory (or without the gateway's --config),
+    keys create made a database of its own, said nothing, and the key was refused."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RTGATE_HOME": str(tmp_path / "elsewhere")}
+    env.pop("RTGATE_DATABASE_URL", None)
+    env.pop("RTGATE_CONFIG", None)
+
+    def run(*args: str) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.run(
+            [sys.executable, "-m", "rtgate", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        os.close(follower)
+        said = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not chunk:
+                break
+            said += chunk
+        os.close(leader)
+        return said.decode() + proc.stdout.decode()
+
+    first = run("keys", "list")
+    assert "note: no database was at" in first and str(tmp_path / "elsewhere") in first
+    assert "same home (RTGATE_HOME" in first.replace("\r\n", " ").replace("\n", " ")
+    assert "note:" not in run("keys", "list")  # once: it is there now

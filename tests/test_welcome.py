@@ -39,6 +39,10 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     assert re.search(r"gpt-realtime, .*local -> the embedded local engine", text)
     assert "no OPENAI_API_KEY" in text
     assert ".venv/bin/rtgate keys create --name me" in text
+    # A gateway started with --config says so in the key's command (a newcomer's find: the
+    # key went to another home's database, and was refused).
+    configured = "\n".join(summary_lines(settings, "http://h:1", "rtgate", "/etc/rt.toml"))
+    assert "rtgate --config /etc/rt.toml keys create --name me" in configured
     assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
     # The translation model is the provider's: the engine refuses it, so it is not listed as
     # the engine's, and the summary says what it needs.

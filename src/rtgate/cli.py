@@ -38,6 +38,7 @@ from rtgate.config import Settings, load_settings
 from rtgate.errors import GatewayError, PolicyError
 from rtgate.interpreter import python_m
 from rtgate.metering.cost import usd_str
+from rtgate.store.connections import sqlite_path
 from rtgate.store.port import KeyInfo
 from rtgate.store.sql import SqlStore
 from rtgate.validation import Unreadable, read_as
@@ -104,10 +105,13 @@ def _of_key(key_id: str | None, fn: Callable[[SqlStore], Awaitable[T]]) -> T:
 
 def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     settings = _settings()
+    url = settings.resolved_database_url
+    path = sqlite_path(url)
+    fresh = path not in (None, ":memory:") and not Path(str(path)).exists()
 
     async def run() -> T:
         settings.home.mkdir(parents=True, exist_ok=True)
-        store = SqlStore(settings.resolved_database_url, timeout=settings.store_timeout_seconds)
+        store = SqlStore(url, timeout=settings.store_timeout_seconds)
         try:
             await store.init()
             return await fn(store)
@@ -115,10 +119,23 @@ def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
             await store.close()
 
     try:
-        return asyncio.run(run())
+        done = asyncio.run(run())
     except GatewayError as err:
         _error(err.message)
         raise typer.Exit(1) from err
+    if fresh and sys.stderr.isatty():
+        # Said to a person only (a script's output stays its own): run from another directory,
+        # or without the gateway's --config, a command starts a database of its own, and a key
+        # made there is refused by the gateway (a newcomer's find).
+        _rich_console(stderr=True).print(
+            f"note: no database was at {path}: this command started a new one. A gateway "
+            "reads its keys only if it runs with the same home (RTGATE_HOME, or --config "
+            "naming it).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return done
 
 
 #: The width tables are laid out in when the output is no terminal (a pipe, a file) and

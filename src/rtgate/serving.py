@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -172,7 +173,8 @@ async def serve_async(
     freeze_startup_heap()
     scheme = "https" if tls is not None else "http"
     if announce:  # of N workers, the first says where they serve (worker.main)
-        for line in summary_lines(settings, f"{scheme}://{shown(host, port)}", _program()):
+        base = f"{scheme}://{shown(host, port)}"
+        for line in summary_lines(settings, base, _program(), os.environ.get("RTGATE_CONFIG")):
             log.info(line)
     await lifetime.over()
     log.info("shutting down")

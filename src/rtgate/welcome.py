@@ -59,8 +59,12 @@ def served_models(settings: Settings) -> list[Served]:
     return out
 
 
-def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") -> list[str]:
-    """The few lines that end start-up, for a person at the terminal."""
+def summary_lines(
+    settings: Settings, base_url: str, program: str = "rtgate", config: str | None = None
+) -> list[str]:
+    """The few lines that end start-up, for a person at the terminal. ``config``: the file
+    the gateway read, which the key's command must read too, or its key lands in another
+    home's database and is refused (a newcomer's find)."""
     ws = base_url.replace("http", "ws", 1)
     lines = [
         f"rtgate {__version__} is ready at {base_url} (open it in a browser for a quick start)",
@@ -74,7 +78,8 @@ def summary_lines(settings: Settings, base_url: str, program: str = "rtgate") ->
         lines.append("             (no OPENAI_API_KEY: set it to relay to OpenAI instead)")
     for name in unserved(settings):
         lines.append(f"             ({name} needs a provider: the local engine does not translate)")
-    lines.append(f"  a key      {program} keys create --name me   (the secret is shown once)")
+    command = f"{program} --config {config}" if config else program
+    lines.append(f"  a key      {command} keys create --name me   (the secret is shown once)")
     if settings.admin_token is None:
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")
     else:
