@@ -250,6 +250,59 @@ async def test_key_lifecycle_create_list_get_update_revoke(admin: RunningGateway
         assert orjson.loads(await refused.recv())["error"]["code"] == "invalid_api_key"
 
 
+async def test_a_policy_as_get_shows_it_can_be_put_back_edited(admin: RunningGateway) -> None:
+    # A newcomer's find: GET shows max_duration_s, expires_at and session_defaults, which
+    # PATCH refused as unknown, and a null there means "as it is", not "no limit".
+    created = await call(
+        admin,
+        "POST",
+        "/keys",
+        body={
+            "name": "round",
+            "models": ["gpt-realtime", "whisper-1"],
+            "max_sessions": 3,
+            "budget_usd_month": "0",
+            "max_duration": "30m",
+            "expires": "2099-12-31T18:00:00Z",
+            "instructions": "Be brief.",
+            "voice": "marin",
+            "turn_detection": {"type": "semantic_vad"},
+            "blocked_events": ["session.update:instructions"],
+            "keep_transcripts": True,
+        },
+    )
+    key = created.json()
+    path = f"/keys/{key['id']}/policy"
+    same = await call(admin, "PUT", path, body=key["policy"])
+    assert same.status == 200 and same.json()["policy"] == key["policy"]
+
+    edited = {**key["policy"], "max_sessions": None, "max_duration_s": 60.0}
+    edited["session_defaults"] = {"instructions": "Be kind."}
+    put = await call(admin, "PUT", path, body=edited)
+    assert put.status == 200
+    policy = put.json()["policy"]
+    assert policy["max_sessions"] is None and policy["max_duration_s"] == 60.0
+    assert policy["session_defaults"] == {"instructions": "Be kind."}
+    assert policy["budget_usd_month"] == "0.000000000"  # a $0 budget is kept as one
+    assert policy["expires_at"] == "2099-12-31T18:00:00Z"
+    # Left out: no limit at all.
+    assert (await call(admin, "PUT", path, body={})).json()["policy"] == {
+        **{k: None for k in policy},
+        "models": [],
+        "blocked_events": [],
+        "keep_transcripts": False,
+    }
+    for body, param in (
+        ({"session_defaults": {"tools": []}}, "session_defaults"),
+        ({"max_duration_s": 0}, "max_duration_s"),
+        ({"models": ["gpt-realtim"]}, "models"),
+        ({"max_duration": "30m"}, "max_duration"),  # PATCH's name, not the view's
+    ):
+        refused = await call(admin, "PUT", path, body=body)
+        assert refused.status == 422 and refused.error["param"] == param, refused.text
+    assert (await call(admin, "PUT", "/keys/key_nope/policy", body={})).status == 404
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
@@ -606,6 +659,7 @@ async def test_the_openapi_document_describes_every_route(admin: RunningGateway)
         ("GET", "/admin/v1/spend"),
         ("GET", "/admin/v1/keys/{key_id}"),
         ("PATCH", "/admin/v1/keys/{key_id}"),
+        ("PUT", "/admin/v1/keys/{key_id}/policy"),
         ("POST", "/admin/v1/keys/{key_id}/revoke"),
         ("GET", "/admin/v1/client_secrets"),
         ("POST", "/admin/v1/client_secrets/{secret_id}/revoke"),

@@ -186,6 +186,18 @@ def test_each_session_default_clears_alone() -> None:
     assert again.session_defaults is not None
     assert again.session_defaults["audio"]["output"] == {"voice": "cedar"}
     assert apply_update(KeyPolicy(), PolicyUpdate(clear=["voice"])) == KeyPolicy()
+    # All of them cleared and the same set again: kept (they were lost).
+    same = PolicyUpdate(clear=["session_defaults"], instructions="Be brief.", voice="marin")
+    assert apply_update(no_voice, same).session_defaults == {
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "marin"}},
+    }
+    assert apply_update(p, same).session_defaults == {
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "marin"}},
+    }
+    kept = apply_update(p, same)
+    assert apply_update(kept, same) == kept
     # The policy updated is left as it was (a review found the setters writing into it).
     assert p.session_defaults["audio"]["output"] == {"voice": "marin"}
     assert apply_update(p, PolicyUpdate(voice="marin")) == p

@@ -70,7 +70,7 @@ from rtgate.api.views import (
 from rtgate.auth.client_secrets import id_hash_prefix
 from rtgate.auth.keyring import no_such_key
 from rtgate.auth.operator_token import OperatorToken, bearer
-from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update, new_policy
+from rtgate.auth.policy import KeyPolicy, PolicyDocument, PolicyUpdate, apply_update, new_policy
 from rtgate.config import Secret, Settings
 from rtgate.drain import DRAIN
 from rtgate.errors import AuthError, GatewayError, PolicyError
@@ -198,16 +198,30 @@ async def get_key(call: Call[None, None]) -> Reply:
 
 
 async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
-    key_id, ring = call.path("key_id"), call.gw.keyring
-    key = await ring.get(key_id)
+    return await _updated(call.gw, call.path("key_id"), call.body)
+
+
+async def _updated(gw: Gateway, key_id: str, update: PolicyUpdate) -> KeyView:
+    key = await gw.keyring.get(key_id)
     if key is None:
         raise no_such_key(key_id)
-    updated = await ring.set_policy(
-        key_id, _storable(call.gw, KeyPolicy.from_json(key.policy_json), call.body)
+    updated = await gw.keyring.set_policy(
+        key_id, _storable(gw, KeyPolicy.from_json(key.policy_json), update)
     )
     if updated is None:
         raise no_such_key(key_id)
-    return key_view(updated, call.gw.clock.now())
+    return key_view(updated, gw.clock.now())
+
+
+async def replace_policy(call: Call[None, PolicyDocument]) -> Reply:
+    """A key's policy replaced by the one given, in the shape ``GET /keys/{key_id}`` shows
+    it: what ``PATCH`` cannot take back as it came (``max_duration_s``, ``expires_at``,
+    ``session_defaults``), and where null means no limit, not "as it is"."""
+    try:
+        update = call.body.as_update()
+    except PolicyError as err:
+        raise InvalidRequest(err.message, param=err.param) from err
+    return await _updated(call.gw, call.path("key_id"), update)
 
 
 async def revoke_key(call: Call[None, None]) -> Reply:
@@ -356,6 +370,16 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         status=200,
         response=KeyView,
         body=PolicyUpdate,
+        not_found="No such key.",
+    ),
+    Operation(
+        "PUT",
+        "/keys/{key_id}/policy",
+        replace_policy,
+        "Replace a key's policy with one in the shape GET shows it (null or left out: no limit)",
+        status=200,
+        response=KeyView,
+        body=PolicyDocument,
         not_found="No such key.",
     ),
     Operation(

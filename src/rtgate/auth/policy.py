@@ -517,14 +517,86 @@ class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = []
 
     def __post_init__(self) -> None:
-        for name in _BUDGETS:
-            usd: Decimal | None = getattr(self, name)
-            if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
-                raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
-            if usd is not None and usd != usd.quantize(_NANO_USD):
-                # Spend is kept in nano-dollars: a finer budget would be rounded, and one under
-                # a nano-dollar would read as $0 (no spend at all) without saying so.
-                raise ValueError(f"{name}: at most 9 decimal places (a nano-dollar)")
+        _check_budgets(self)
+
+
+def _check_budgets(body: PolicyUpdate | PolicyDocument) -> None:
+    """A body's budgets bounded as msgspec cannot bound a ``Decimal``: refused as it is read
+    (msgspec reports the ``ValueError`` with the field's path)."""
+    for name in _BUDGETS:
+        usd: Decimal | None = getattr(body, name)
+        if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
+            raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
+        if usd is not None and usd != usd.quantize(_NANO_USD):
+            # Spend is kept in nano-dollars: a finer budget would be rounded, and one under a
+            # nano-dollar would read as $0 (no spend at all) without saying so.
+            raise ValueError(f"{name}: at most 9 decimal places (a nano-dollar)")
+
+
+class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A key's whole policy, in the shape the admin API shows it (``policy`` of a key), to be
+    put back edited: a field left out, null or empty has no limit. The round trip ``GET`` then
+    ``PATCH`` failed on the names only the view has (a newcomer's find), and a null there
+    leaves a limit as it is."""
+
+    models: list[str] = []
+    max_sessions: Count | None = None
+    sessions_per_minute: Count | None = None
+    secrets_per_minute: Count | None = None
+    budget_usd_day: Usd | None = None
+    budget_usd_month: Usd | None = None
+    budget_usd_total: Usd | None = None
+    max_duration_s: Annotated[float, Meta(ge=1, le=MAX_DURATION_S)] | None = None
+    expires_at: Annotated[
+        Expiry | None, Meta(description="An RFC 3339 timestamp, or YYYY-MM-DD (through it).")
+    ] = None
+    #: What ``instructions``, ``voice`` and ``turn_detection`` set, as the view shows them.
+    session_defaults: dict[str, Any] | None = None
+    blocked_events: list[str] = []
+    keep_transcripts: bool = False
+
+    def __post_init__(self) -> None:
+        _check_budgets(self)
+
+    def as_update(self) -> PolicyUpdate:
+        """The update that makes a policy this one: everything cleared, then set."""
+        defaults = copy.deepcopy(dict(self.session_defaults or {}))
+        found: dict[str, Any] = {}
+        for name, path in _DEFAULT_PATHS.items():
+            value = _pick(defaults, path)
+            if value is not None:
+                found[name] = value
+                _without(defaults, path)
+        if defaults:
+            raise PolicyError(
+                "session_defaults: holds only instructions, audio.output.voice and "
+                "audio.input.turn_detection",
+                param="session_defaults",
+            )
+        duration = self.max_duration_s
+        return PolicyUpdate(
+            clear=list(CLEARABLE),
+            models=self.models,
+            max_sessions=self.max_sessions,
+            sessions_per_minute=self.sessions_per_minute,
+            secrets_per_minute=self.secrets_per_minute,
+            budget_usd_day=self.budget_usd_day,
+            budget_usd_month=self.budget_usd_month,
+            budget_usd_total=self.budget_usd_total,
+            max_duration=None if duration is None else f"{duration}s",
+            expires=self.expires_at,
+            blocked_events=self.blocked_events,
+            keep_transcripts=self.keep_transcripts,
+            **found,
+        )
+
+
+def _pick(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for name in path:
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(name)  # type: ignore[assignment]
+    return tree
 
 
 def _nanos(v: Decimal | None) -> int | None:
@@ -546,8 +618,10 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     before stays, as a blocked event does."""
     changes: dict[str, Any] = {}
     for name in u.clear:
-        if name in _DEFAULT_PATHS:
-            continue  # in the session defaults, below
+        if name in _DEFAULT_PATHS or name == "session_defaults":
+            # In the session defaults, below: cleared and set again in one update, the same
+            # defaults are kept (they were lost when this loop cleared them too).
+            continue
         target = {
             "budget_usd_day": "budget_day_nanos",
             "budget_usd_month": "budget_month_nanos",
