@@ -216,3 +216,24 @@ async def test_forwarded_for_names_the_caller_behind_a_trusted_proxy(
         ]
         served = await via_proxy(gw, good, "203.0.113.8") == "session.created"
         assert served is neighbour_served
+
+
+async def test_requests_with_no_key_are_refused_but_do_not_throttle_the_address(
+    throttled_gateway: tuple[RunningGateway, list[str]], provider: FakeProvider
+) -> None:
+    """A review's find: a probe polling /v1/models with no key (it needs one now, as OpenAI's)
+    throttled its address, and then a real key's connect from there was refused."""
+    gw, looked_up = throttled_gateway
+    good = await gw.new_key()
+    connector = aiohttp.TCPConnector(local_addr=(FLOODER, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(BURST * 3):
+            async with http.get(gw.http + "/v1/models") as resp:
+                assert resp.status == 401
+        assert looked_up == []  # none of them cost a lookup
+        async with http.get(
+            gw.http + "/v1/models", headers={"Authorization": f"Bearer {good}"}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Cache-Control"] == "no-store"
+    assert (await refusal(gw, good))[0] == "session.created"

@@ -78,6 +78,11 @@ class AuthError(GatewayError):
     code = "invalid_api_key"
 
 
+class MissingKey(AuthError):
+    """No credential at all: refused without a lookup, so not a failure the throttle counts
+    (a probe polling ``/v1/models`` without a key must not lock its address's real keys out)."""
+
+
 class ModelNotFound(GatewayError):
     http_status = 404
     close_code = 4004

@@ -118,6 +118,10 @@ def _models(gw: Gateway, policy: KeyPolicy) -> dict[str, dict[str, Any]]:
     }
 
 
+#: What a key may use is its own: no cache keeps it for another.
+_PER_KEY = {"Cache-Control": "no-store"}
+
+
 async def _listed(request: web.Request) -> dict[str, dict[str, Any]]:
     """What ``_models`` lists to the gateway key the request carries; as OpenAI's, the list
     is for a key only (anyone else learnt the catalog and its upstreams' names)."""
@@ -131,7 +135,7 @@ async def models(request: web.Request) -> web.Response:
         listed = await _listed(request)
     except GatewayError as err:
         return error_response(err)
-    return web.json_response({"object": "list", "data": list(listed.values())})
+    return web.json_response({"object": "list", "data": list(listed.values())}, headers=_PER_KEY)
 
 
 async def model(request: web.Request) -> web.Response:
@@ -151,7 +155,7 @@ async def model(request: web.Request) -> web.Response:
             f"The model '{name}' does not exist",
             param="model",
         )
-    return web.json_response({**entry, "id": name})
+    return web.json_response({**entry, "id": name}, headers=_PER_KEY)
 
 
 async def end_live(app: web.Application) -> None:

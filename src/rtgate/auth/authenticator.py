@@ -24,7 +24,7 @@ from rtgate.auth.keyring import KeyRing
 from rtgate.auth.policy import KeyPolicy
 from rtgate.auth.throttle import FailureThrottle, IPNetwork, client_address, source_of
 from rtgate.clock import Clock
-from rtgate.errors import AuthError, RateLimited
+from rtgate.errors import AuthError, MissingKey, RateLimited
 from rtgate.metrics import Metrics
 from rtgate.store.port import KeyInfo
 
@@ -84,6 +84,8 @@ class Authenticator:
             )
         try:
             return await check()
+        except MissingKey:
+            raise
         except AuthError:
             if throttle.failed(source, self._clock.monotonic()):
                 log.warning(

@@ -30,7 +30,7 @@ from rtgate.auth.client_secrets import (
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
 from rtgate.auth.policy import KeyPolicy, check_expiry
 from rtgate.clock import Clock
-from rtgate.errors import AuthError, GatewayError
+from rtgate.errors import AuthError, GatewayError, MissingKey
 from rtgate.protocol.ids import new_id
 from rtgate.store.port import KeyInfo, Store, StoredClientSecret, StoreError
 
@@ -99,7 +99,7 @@ class KeyRing:
 
     async def authenticate(self, secret: str | None) -> tuple[KeyInfo, KeyPolicy]:
         if not secret:
-            raise AuthError(
+            raise MissingKey(
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
