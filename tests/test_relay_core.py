@@ -640,6 +640,13 @@ def test_a_transcription_session_the_upstream_says_uses_a_model_not_allowed_is_e
     assert CloseClient(3000, "invalid_request_error.model_not_allowed") in acts
     # A realtime session's own input transcription is the client's to choose.
     assert core(guard=ClientEventGuard(policy)).upstream_text(updated) is None
+    # A beta upstream says it in its transcription session's own event (a review's find).
+    beta = (
+        b'{"type":"transcription_session.updated","session":'
+        b'{"input_audio_transcription":{"model":"whisper-1"}}}'
+    )
+    acts = core(guard=ClientEventGuard(policy, transcription=True)).upstream_text(beta)
+    assert acts is not None and acts[0] == Refused("model_not_allowed")
 
 
 def test_transcripts_are_kept_from_both_sides() -> None:

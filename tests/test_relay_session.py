@@ -117,6 +117,13 @@ def test_beta_transcription_config_is_understood() -> None:
     ).decode()
     s.on_upstream_text(frame, 1.0)
     assert s.transcription_model == "whisper-1"
+    # A beta upstream's transcription session says so in events of its own (a review's find:
+    # once a session opens with a model, a switch read nowhere was billed at the first one).
+    for etype in ("transcription_session.created", "transcription_session.updated"):
+        model = "gpt-4o-transcribe" if etype.endswith("created") else "gpt-4o-mini-transcribe"
+        event = {"type": etype, "session": {"input_audio_transcription": {"model": model}}}
+        s.on_upstream_text(orjson.dumps(event).decode(), 2.0)
+        assert s.transcription_model == model
 
 
 def test_upstream_invalid_key_error_is_rewritten() -> None:

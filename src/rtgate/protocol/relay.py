@@ -127,6 +127,7 @@ from rtgate.protocol.live import (
 from rtgate.protocol.relay_session import (
     FORWARD_PREFIXES,
     METER_MARKS,
+    SESSION_UPDATES,
     RelaySession,
     SessionState,
     parse_event,
@@ -430,7 +431,7 @@ class RelayCore:
         if self._responding is not None:
             self._track_response(event)
         watch = self._transcribing
-        if watch is not None and isinstance(event, dict) and event.get("type") == "session.updated":
+        if watch is not None and isinstance(event, dict) and event.get("type") in SESSION_UPDATES:
             # What the provider says it transcribes with is what is billed: a model the key
             # may not use ends the session, whichever update led there.
             refusal = watch.upstream_session(event.get("session"))

@@ -64,8 +64,23 @@ FORWARD_PREFIXES = (
 )
 _RESPONSE_DONE = '"response.done"'
 _TRANSCRIBED = 'input_audio_transcription.completed"'
-_SESSION_CREATED = '"session.created"'
-_SESSION_UPDATED = '"session.updated"'
+# Unquoted at the front: the beta transcription session's ``transcription_session.created``
+# and ``.updated`` (an upstream that speaks beta) match too.
+_SESSION_CREATED = 'session.created"'
+_SESSION_UPDATED = 'session.updated"'
+#: The events in which an upstream says what its session is: the GA ones, and a beta
+#: upstream's transcription session's (its ``input_audio_transcription.model`` is what its
+#: transcriptions are billed by, ``_track_session``).
+SESSION_EVENTS = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "transcription_session.created",
+        "transcription_session.updated",
+    }
+)
+#: Those that follow a change of the session.
+SESSION_UPDATES = frozenset({"session.updated", "transcription_session.updated"})
 _INVALID_KEY = '"invalid_api_key"'
 #: What an upstream frame must contain to matter to metering (one substring scan each).
 METER_MARKS = (_RESPONSE_DONE, _TRANSCRIBED, _SESSION_CREATED, _SESSION_UPDATED, _INVALID_KEY)
@@ -182,7 +197,7 @@ class RelaySession:
                     live=self.live is not None,
                 )
             return None
-        if etype in ("session.created", "session.updated"):
+        if etype in SESSION_EVENTS:
             self._track_session(event.get("session"))
         return None
 
