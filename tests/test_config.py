@@ -326,6 +326,12 @@ def test_a_key_may_be_granted_routed_and_priced_models_not_the_engines_price_row
     # ``[prices.local]`` prices what the engine serves; it names no model a key could use.
     assert not unrouted.knows("local") and "local" not in unrouted.names()
     assert "whisper-1" in unrouted.names()
+    # A default price row no model routes (Gemini's) is no model a key could use (a review's
+    # find: the console offered it); transcription models are taken by their exact names, as
+    # the engine takes them.
+    assert not cat.knows("gemini-3.8-live") and "gemini-3.8-live" not in cat.names()
+    assert cat.transcribes("gpt-4o-mini-transcribe-2025-12-15")
+    assert not cat.transcribes("gpt-4o-transcribe-2025-03-20")
 
 
 def test_a_bad_setting_from_the_environment_names_its_variable(tmp_path: Path) -> None:

@@ -192,6 +192,8 @@ def test_a_reply_that_did_not_complete_is_a_failure_that_says_why() -> None:
     # The banner's URL (…/v1/realtime) and the base (…/v1) dial the same session.
     for given in ("ws://h:1/v1", "ws://h:1/v1/", "ws://h:1/v1/realtime"):
         assert realtime_url(given, "gpt-realtime") == "ws://h:1/v1/realtime?model=gpt-realtime"
+    # A query the URL carries is kept (a review's find: it was dropped).
+    assert realtime_url("ws://h:1/v1?x=1", "m") == "ws://h:1/v1/realtime?x=1&model=m"
 
 
 async def test_talk_to_the_banners_realtime_url(local_gateway: Any, tmp_path: Path) -> None:

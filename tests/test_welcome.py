@@ -43,6 +43,9 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     # key went to another home's database, and was refused).
     configured = "\n".join(summary_lines(settings, "http://h:1", "rtgate", "/etc/rt.toml"))
     assert "rtgate --config /etc/rt.toml keys create --name me" in configured
+    # As a shell takes it, from any directory.
+    spaced = "\n".join(summary_lines(settings, "http://h:1", "rtgate", "my conf/rt.toml"))
+    assert f"rtgate --config '{Path('my conf/rt.toml').resolve()}' keys create" in spaced
     assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
     # The translation model is the provider's: the engine refuses it, so it is not listed as
     # the engine's, and the summary says what it needs.

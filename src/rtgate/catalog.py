@@ -145,29 +145,25 @@ class Catalog:
         self._settings = settings
 
     def knows(self, name: str) -> bool:
-        """Whether ``name`` (or its family) is a model this gateway routes, or a priced one
-        (a transcription model): what a key's allowed models may name."""
-        known = self._known()
-        return name in known or model_family(name) in known
+        """Whether ``name`` is what a key's allowed models may name: a model this gateway
+        routes (or one of its dated snapshots), or a transcription model (``transcribes``)."""
+        models = self._settings.models
+        return name in models or model_family(name) in models or self.transcribes(name)
 
     def names(self, *, routed_only: bool = False) -> list[str]:
         """Every name ``knows`` (for suggestions, the console's choice of models), or the
         models it routes only."""
-        return sorted(self._settings.models if routed_only else self._known())
-
-    def _known(self) -> set[str]:
-        # ``local`` prices what the engine serves: a row, not a model a key is granted.
-        s = self._settings
-        return {*s.models, *(p for p in s.prices if p != LOCAL_PRICES or p in s.models)}
+        models = self._settings.models
+        return sorted(models if routed_only else {*models, *self.transcription_names()})
 
     def transcribes(self, name: str) -> bool:
-        """Whether a session may transcribe with ``name`` (or its family): one of OpenAI's
-        transcription models, or one the operator priced (a row of its own that no model
-        routes). Any other name is refused before anything is minted or relayed: a typo the
-        provider would refuse anyway, or a new model that would be billed as unpriced (a
-        newcomer's find: the engine transcribed a typo and its usage was booked under it)."""
-        names = self.transcription_names()
-        return name in names or model_family(name) in names
+        """Whether a session may transcribe with ``name``: one of OpenAI's transcription
+        models, or one the operator priced (a row of its own that no model routes), by its
+        exact name, as the engine takes them. Any other name is refused before anything is
+        minted or relayed: a typo the provider would refuse anyway, or a new model that would
+        be billed as unpriced (a newcomer's find: the engine transcribed a typo and its usage
+        was booked under it)."""
+        return name in self.transcription_names()
 
     def transcription_names(self) -> list[str]:
         """The names ``transcribes`` takes, for a refusal's list: OpenAI's, then the

@@ -536,7 +536,7 @@ def secrets_revoke(
         named = f"with id {sid}" if id_hash_prefix(sid) else "of that shape (cs_... or ek_...)"
         _error(f"no client secret {named}")
         raise typer.Exit(1)
-    view = client_secret_view(row, clock.now())
+    view = client_secret_view(row, clock.now(), key_opens=False)  # revoked
     if as_json:
         _print_json(dump(view))
     else:
@@ -656,7 +656,7 @@ def talk(
     if text is not None and not text.strip():
         _error("--text: give something to say")
         raise typer.Exit(2)
-    if url is not None and not url.startswith(("ws://", "wss://")):
+    if url is not None and not url.startswith(("ws://", "wss://", "http://", "https://")):
         _error(f"--url: {url!r} is not a ws:// or wss:// URL (ws://127.0.0.1:8080/v1)")
         raise typer.Exit(2)
     # Where the reply goes is checked before the turn is paid for.

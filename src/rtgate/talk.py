@@ -105,7 +105,8 @@ def realtime_url(base: str, model: str) -> str:
     path = url.path.rstrip("/")
     if not path.endswith("/realtime"):
         path += "/realtime"
-    return str(url.with_path(path).update_query(model=model))
+    # ``with_path`` drops the query: what the URL carried is kept, the model set.
+    return str(url.with_path(path).with_query(url.query).update_query(model=model))
 
 
 async def talk(

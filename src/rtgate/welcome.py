@@ -8,7 +8,9 @@ kind, as ``/v1/models`` already does.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from rtgate import __version__
 from rtgate.catalog import Catalog, served_somewhere
@@ -78,7 +80,10 @@ def summary_lines(
         lines.append("             (no OPENAI_API_KEY: set it to relay to OpenAI instead)")
     for name in unserved(settings):
         lines.append(f"             ({name} needs a provider: the local engine does not translate)")
-    command = f"{program} --config {config}" if config else program
+    # The file as a shell takes it from any directory: the command may run from another.
+    command = (
+        f"{program} --config {shlex.quote(str(Path(config).resolve()))}" if config else program
+    )
     lines.append(f"  a key      {command} keys create --name me   (the secret is shown once)")
     if settings.admin_token is None:
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")

@@ -249,7 +249,7 @@ async def revoke_client_secret(call: Call[None, None]) -> Reply:
         # Only an id's shape is echoed: what else arrives here may be a secret's very value.
         named = _quoted(sid) if id_hash_prefix(sid) else "of that shape (ids read cs_ + 20 hex)"
         raise NotFound(f"No client secret with id {named}.", param="secret_id")
-    view = client_secret_view(revoked, gw.clock.now())
+    view = client_secret_view(revoked, gw.clock.now(), key_opens=False)  # revoked
     # What it opened ends now, on every instance: a leaked secret's sessions must not run on
     # until their cap. Here first, without Redis; then the others, best effort.
     closed = [c.id for c in await revoke_here(gw, view.id)]

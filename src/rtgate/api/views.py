@@ -19,7 +19,7 @@ import orjson
 from msgspec import Meta
 
 from rtgate.auth.client_secrets import secret_id, shown_template
-from rtgate.auth.policy import KeyPolicy, policy_view
+from rtgate.auth.policy import KeyPolicy, expired, policy_view
 from rtgate.clock import rfc3339
 from rtgate.config import PriceUnit
 from rtgate.metering.cost import usd_str
@@ -249,7 +249,7 @@ def key_view(k: KeyInfo, now: float) -> KeyView:
         created_at=timestamp(k.created_at),
         revoked_at=timestamp(k.revoked_at),
         active=k.active,
-        expired=policy.expires_at is not None and now >= policy.expires_at,
+        expired=expired(policy, now),
         policy=PolicyView(**policy_view(policy)),
     )
 
@@ -312,9 +312,7 @@ def live_session(s: RelaySession, instance: str) -> LiveSession:
     )
 
 
-def client_secret_view(
-    c: StoredClientSecret, now: float, key_opens: bool = True
-) -> ClientSecretView:
+def client_secret_view(c: StoredClientSecret, now: float, key_opens: bool) -> ClientSecretView:
     session = orjson.loads(c.session_json)
     return ClientSecretView(
         id=secret_id(c.secret_hash),

@@ -28,7 +28,7 @@ from rtgate.auth.client_secrets import (
     well_formed,
 )
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
-from rtgate.auth.policy import KeyPolicy, check_expiry
+from rtgate.auth.policy import KeyPolicy, check_expiry, expired
 from rtgate.clock import Clock
 from rtgate.errors import AuthError, GatewayError, MissingKey
 from rtgate.protocol.ids import new_id
@@ -203,13 +203,18 @@ class KeyRing:
         operator answering a leak (a newcomer's find)."""
         now = self._clock.now()
         found = await self._store.list_client_secrets(key_id, now)
-        keys = {k.id: k for k in await self._store.list_keys(True)} if found else {}
+        if not found:
+            keys = {}
+        elif key_id is not None:
+            one = await self._store.get_key(key_id)
+            keys = {one.id: one} if one is not None else {}
+        else:
+            keys = {k.id: k for k in await self._store.list_keys(True)}
 
         def opens(k: KeyInfo | None) -> bool:
-            if k is None or not k.active:
-                return False
-            expires = KeyPolicy.from_json(k.policy_json).expires_at
-            return expires is None or now < expires
+            return (
+                k is not None and k.active and not expired(KeyPolicy.from_json(k.policy_json), now)
+            )
 
         return [(c, opens(keys.get(c.key_id))) for c in found]
 

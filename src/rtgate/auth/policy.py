@@ -32,7 +32,7 @@ from rtgate.errors import (
     QuotaExceeded,
 )
 from rtgate.metering.cost import NANOS_PER_USD, usd_str, usd_words
-from rtgate.protocol.schema import supported
+from rtgate.protocol.schema import invalid_value
 from rtgate.protocol.session_fields import (
     DEFAULT_TRANSCRIPTION_MODEL,
     REALTIME,
@@ -140,15 +140,17 @@ def check_transcribes(catalog: Catalog, session: Mapping[str, Any]) -> None:
     not take (``Catalog.transcribes``), in OpenAI's words for a value outside a closed set."""
     for tm in transcription_models(session):
         if not catalog.transcribes(tm):
-            names = supported(catalog.transcription_names())
-            raise InvalidValue(
-                f"Invalid value: '{tm}'. Supported values are: {names}.",
-                param=TRANSCRIPTION_MODEL_PARAM,
-            )
+            said = invalid_value(tm, catalog.transcription_names(), TRANSCRIPTION_MODEL_PARAM)
+            raise InvalidValue(said.message, param=said.param)
+
+
+def expired(policy: KeyPolicy, now: float) -> bool:
+    """Whether the key has expired: it authenticates nothing until given a later expiry."""
+    return policy.expires_at is not None and now >= policy.expires_at
 
 
 def check_expiry(policy: KeyPolicy, now: float) -> None:
-    if policy.expires_at is not None and now >= policy.expires_at:
+    if expired(policy, now):
         raise AuthError("This API key has expired.")
 
 
