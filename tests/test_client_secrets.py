@@ -530,13 +530,22 @@ async def test_a_transcription_model_the_gateway_cannot_price_is_refused_in_open
             input_audio_transcription={"model": "gpt-4o-mini-transcrib"}  # type: ignore[typeddict-item]
         )
     assert await table_rows(gw.store, "SELECT * FROM client_secrets") == []
+    minted = {}
     for name in ("my-transcriber", "gpt-4o-mini-transcribe-2025-12-15", "whisper-1"):
         mine = {"input": {"transcription": {"model": name}}}
-        assert (
+        minted[name] = (
             await client.realtime.client_secrets.create(
                 session={"type": "transcription", "audio": mine}  # type: ignore[typeddict-item]
             )
         ).value
+    # Checked again at connect: a gateway that no longer prices a model refuses the sessions
+    # of secrets minted for it.
+    unpriced: RunningGateway = await start_gateway(make_settings())
+    events, code = await first_events(unpriced, minted["my-transcriber"], "intent=transcription")
+    assert (events[0]["error"]["code"], code) == ("invalid_value", 1008)
+    assert events[0]["error"]["param"] == "session.audio.input.transcription.model"
+    events, code = await first_events(unpriced, minted["whisper-1"], "intent=transcription")
+    assert code is None and events[0]["type"] == "session.created"
 
 
 @pytest.mark.parametrize(
