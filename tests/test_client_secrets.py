@@ -549,6 +549,52 @@ async def test_a_transcription_model_the_gateway_cannot_price_is_refused_in_open
 
 
 @pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (
+            {"expires_after": {"seconds": 5}},
+            "integer_below_min_value",
+            "Invalid 'expires_after.seconds': integer below minimum value. Expected a value "
+            ">= 10, but got 5 instead.",
+        ),
+        (
+            {"expires_after": {"seconds": 7201}},
+            "integer_above_max_value",
+            "Invalid 'expires_after.seconds': integer above maximum value. Expected a value "
+            "<= 7200, but got 7201 instead.",
+        ),
+        (
+            {"expires_after": {"seconds": "60"}},
+            "invalid_type",
+            "Invalid type for 'expires_after.seconds': expected an integer, but got a string "
+            "instead.",
+        ),
+    ],
+)
+async def test_a_body_member_out_of_range_is_refused_in_openais_words(
+    gateway: RunningGateway, body: dict[str, Any], code: str, message: str
+) -> None:
+    # A newcomer's find: msgspec's "Expected `int` >= 10" with code invalid_request.
+    _, key = await key_with(gateway)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gateway.http}/v1/realtime/client_secrets",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp,
+    ):
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error == {
+        "type": "invalid_request_error",
+        "code": code,
+        "message": message,
+        "param": "expires_after.seconds",
+    }
+
+
+@pytest.mark.parametrize(
     ("route", "body", "param"),
     [
         ("sessions", {"model": "gpt-realtime", "voice": "verse", "foo": 1}, "foo"),

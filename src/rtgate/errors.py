@@ -7,13 +7,16 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     GatewayError
     +-- ConfigError              bad settings at start-up (never reaches a client)
     +-- AuthError                invalid_api_key            401 / close 3000
+    |   +-- MissingKey           (no credential: not counted by the failure throttle)
     +-- ModelNotFound            model_not_found            404 / close 4004
     +-- PolicyError              rate/quota/permission refusals (per-key policy)
     |   +-- RateLimited          rate_limit_exceeded        429 / close 3000
     |   +-- QuotaExceeded        insufficient_quota         429 / close 3000
     |   +-- ModelNotAllowed      model_not_allowed          403 / close 3000
     +-- UpstreamError            upstream_unavailable       502 / close 1011
+    |   +-- UpstreamAuthFailed   upstream_auth_failed       502 / close 3000
     +-- UnsupportedUpstream      unsupported_upstream       400 / close 1008
+    +-- InvalidValue             invalid_value              400 / close 1008
     +-- InvalidSessionStart      invalid_session_start      400 / close 1008
     |   +-- UnknownLiveParameter unknown_parameter          400 / close 1008
     +-- SessionStartedAlready    session_already_started    400 / (the event is dropped)

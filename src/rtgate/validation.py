@@ -61,3 +61,61 @@ def read_as(raw: Mapping[str, Any], kind: type[S], whole: str = "") -> S:
         where, message = problem(exc)
         where = where or whole
         raise Unreadable(f"{where}: {message}" if where else message) from exc
+
+
+_BOUND = re.compile(r"^Expected `(?P<kind>int|float)` (?P<op>>=|<=|>|<) (?P<limit>\S+)$")
+_TYPE = re.compile(r"^Expected `(?P<want>[^`]+)`, got `[^`]+`$")
+_WANTED = {
+    "int": "an integer",
+    "float": "a decimal",
+    "str": "a string",
+    "bool": "a boolean",
+    "object": "an object",
+    "array": "an array",
+}
+_MISSING = object()
+
+
+def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> tuple[str, str, str | None]:
+    """``(code, message, param)``: ``exc`` about ``sent`` (the body as parsed JSON) in the
+    words OpenAI's APIs refuse a body with ("Invalid 'expires_after.seconds': integer below
+    minimum value. Expected a value >= 10, but got 5 instead.", ``integer_below_min_value``),
+    for the routes that answer as OpenAI's; msgspec's own words for anything else."""
+    path, text = problem(exc)
+    value = _at(sent, path)
+    if (bound := _BOUND.match(text)) and value is not _MISSING:
+        kind = "integer" if bound["kind"] == "int" else "decimal"
+        below = bound["op"] in (">=", ">")
+        side = "below minimum" if below else "above maximum"
+        return (
+            f"{kind}_{'below_min' if below else 'above_max'}_value",
+            f"Invalid '{path}': {kind} {side} value. Expected a value {bound['op']} "
+            f"{bound['limit']}, but got {value} instead.",
+            path,
+        )
+    if (wrong := _TYPE.match(text)) and value is not _MISSING and wrong["want"] in _WANTED:
+        from rtgate.protocol.schema import json_kind
+
+        return (
+            "invalid_type",
+            f"Invalid type for '{path}': expected {_WANTED[wrong['want']]}, but got "
+            f"{json_kind(value)} instead.",
+            path,
+        )
+    if text == "missing required field":
+        return "missing_required_parameter", f"Missing required parameter: '{path}'.", path
+    if text == "contains unknown field":
+        return "unknown_parameter", f"Unknown parameter: '{path}'.", path
+    return "invalid_request", f"{path or 'body'}: {text}", path or None
+
+
+def _at(tree: Any, path: str) -> Any:
+    """The value at a dotted ``path`` (``problem``'s) of parsed JSON, or ``_MISSING``."""
+    for part in path.split(".") if path else ():
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return _MISSING
+    return tree

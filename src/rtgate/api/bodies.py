@@ -74,6 +74,46 @@ class MissingParameter(InvalidRequest):
     code = "missing_required_parameter"
 
 
+class UnknownBodyParameter(InvalidRequest):
+    http_status = 400
+    code = "unknown_parameter"
+
+
+class IntegerBelowMin(InvalidRequest):
+    http_status = 400
+    code = "integer_below_min_value"
+
+
+class IntegerAboveMax(InvalidRequest):
+    http_status = 400
+    code = "integer_above_max_value"
+
+
+class DecimalBelowMin(InvalidRequest):
+    http_status = 400
+    code = "decimal_below_min_value"
+
+
+class DecimalAboveMax(InvalidRequest):
+    http_status = 400
+    code = "decimal_above_max_value"
+
+
+#: The refusal of a body member, by OpenAI's code (``validation.openai_refusal``).
+REFUSALS: dict[str, type[InvalidRequest]] = {
+    c.code: c
+    for c in (
+        InvalidType,
+        MissingParameter,
+        UnknownBodyParameter,
+        IntegerBelowMin,
+        IntegerAboveMax,
+        DecimalBelowMin,
+        DecimalAboveMax,
+    )
+}
+
+
 class BodyTooLarge(GatewayError):
     http_status = 413
     error_type = "invalid_request_error"

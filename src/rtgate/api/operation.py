@@ -17,11 +17,18 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from rtgate.api.bodies import InvalidRequest, MalformedBody, check_json, json_object, read_body
+from rtgate.api.bodies import (
+    REFUSALS,
+    InvalidRequest,
+    MalformedBody,
+    check_json,
+    json_object,
+    read_body,
+)
 from rtgate.api.views import View, dump
 from rtgate.gateway import Gateway
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.validation import problem
+from rtgate.validation import openai_refusal, problem
 
 Q = TypeVar("Q", bound=msgspec.Struct | None)
 B = TypeVar("B", bound=msgspec.Struct | None)
@@ -71,14 +78,18 @@ class Operation(Generic[Q, B]):
     def operation_id(self) -> str:
         return self.handler.__name__
 
-    def serve(self) -> Handler:
+    def serve(self, *, openai: bool = False) -> Handler:
+        """The route's handler; ``openai``: a body refused in OpenAI's words and codes (the
+        ``/v1`` routes; the admin API keeps its own, ``field: problem``)."""
+
         async def handle(request: web.Request) -> web.StreamResponse:
             query: Any = None
             body: Any = None
             if self.query is not None:
                 query = _valid(cast("type[msgspec.Struct]", self.query), dict(request.query))
             if self.body is not None:
-                body = _valid(cast("type[msgspec.Struct]", self.body), await read_body(request))
+                model = cast("type[msgspec.Struct]", self.body)
+                body = _valid(model, await read_body(request), openai=openai)
             reply = await self.handler(Call(request, request.config_dict[GATEWAY], query, body))
             if isinstance(reply, web.Response):
                 return reply
@@ -92,7 +103,7 @@ class Operation(Generic[Q, B]):
 M = TypeVar("M", bound=msgspec.Struct)
 
 
-def _valid(model: type[M], data: Mapping[str, Any] | bytes) -> M:
+def _valid(model: type[M], data: Mapping[str, Any] | bytes, *, openai: bool = False) -> M:
     """A query (its strings converted) or a JSON body (strictly: ``0`` is not
     ``false``) that ``check_json`` takes."""
     if not isinstance(data, bytes):
@@ -108,6 +119,10 @@ def _valid(model: type[M], data: Mapping[str, Any] | bytes) -> M:
             # double's range): the stdlib reads it (as infinity), and check_json names the place.
             check_json(_stdlib_json(data))
             where = where.partition("[...]")[0]
+        elif openai:
+            code, said, param = openai_refusal(exc, _stdlib_json(data))
+            refusal = REFUSALS.get(code, InvalidRequest)
+            raise refusal(said, param=param) from exc
         raise InvalidRequest(f"{where or 'body'}: {message}", param=where or None) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody("The request body is not valid JSON.") from exc

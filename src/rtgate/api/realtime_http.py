@@ -243,4 +243,4 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
 
 def add_realtime_http_routes(app: web.Application) -> None:
     for op in OPERATIONS:
-        app.router.add_route(op.method, PREFIX + op.path, openai_errors(op.serve()))
+        app.router.add_route(op.method, PREFIX + op.path, openai_errors(op.serve(openai=True)))

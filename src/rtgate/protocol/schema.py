@@ -300,7 +300,8 @@ def _expected(spec: Spec) -> str:
     return "an object"
 
 
-def _got(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """A JSON value's kind as OpenAI's refusals name it ("an integer", "a string")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -319,6 +320,7 @@ def _got(value: Any) -> str:
 def _wrong_type(spec: Spec, value: Any, path: str) -> Problem:
     return Problem(
         "invalid_type",
-        f"Invalid type for '{path}': expected {_expected(spec)}, but got {_got(value)} instead.",
+        f"Invalid type for '{path}': expected {_expected(spec)}, but got {json_kind(value)}"
+        " instead.",
         path,
     )
