@@ -97,6 +97,21 @@ async def first_events(
     return events, None
 
 
+async def refused_400(
+    gw: RunningGateway, key: str, route: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``error`` of a 400 that ``POST /v1/realtime/{route}`` answers ``body`` with."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.http}/v1/realtime/{route}", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as resp,
+    ):
+        assert resp.status == 400
+        error: dict[str, Any] = (await resp.json())["error"]
+        return error
+
+
 # -- pure ---------------------------------------------------------------------------------------
 
 
@@ -576,16 +591,7 @@ async def test_a_body_member_out_of_range_is_refused_in_openais_words(
 ) -> None:
     # A newcomer's find: msgspec's "Expected `int` >= 10" with code invalid_request.
     _, key = await key_with(gateway)
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{gateway.http}/v1/realtime/client_secrets",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-        ) as resp,
-    ):
-        assert resp.status == 400
-        error = (await resp.json())["error"]
+    error = await refused_400(gateway, key, "client_secrets", body)
     assert error == {
         "type": "invalid_request_error",
         "code": code,
@@ -609,16 +615,7 @@ async def test_unknown_fields_are_refused_as_openai_does_and_never_stored(
     gateway: RunningGateway, route: str, body: dict[str, Any], param: str
 ) -> None:
     _, key = await key_with(gateway)
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{gateway.http}/v1/realtime/{route}",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-        ) as resp,
-    ):
-        assert resp.status == 400
-        error = (await resp.json())["error"]
+    error = await refused_400(gateway, key, route, body)
     assert error == {
         "message": f"Unknown parameter: '{param}'.",
         "type": "invalid_request_error",
