@@ -6,8 +6,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from rtgate.catalog import Catalog, model_family
-from rtgate.config import GEMINI_LIVE_URL, load_settings, loopback_url
+from rtgate.catalog import Catalog
+from rtgate.config import GEMINI_LIVE_URL, load_settings, loopback_url, model_family
 from rtgate.errors import ConfigError, ModelNotFound
 
 
@@ -60,6 +60,12 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ('[upstreams.openai]\nbase_url = "ftp://x"\n', {}, "upstreams.openai.base_url"),
         ('[upstreams.openai]\napi_key = "sk-in-file"\n', {}, "api_key_env"),
         ('[models.x]\nupstream = "nowhere"\n', {}, "models.x.upstream"),
+        # A row named and missing made the model free, silently (a newcomer's find).
+        (
+            '[models.x]\nupstream = "openai"\nprices = "nosuchrow"\n',
+            {},
+            "models.x.prices: no price row named 'nosuchrow'",
+        ),
         ("bogus_setting = 1\n", {}, "bogus_setting"),
         # A path given as another TOML type: refused at the setting, not a traceback.
         ("home = 5\n", {}, "home: Expected `str`, got `int`"),

@@ -817,7 +817,8 @@ def test_the_models_each_route_refuses_are_the_sdks_literals() -> None:
         RealtimeSessionCreateRequest,
     )
 
-    from rtgate.catalog import LIVE_MODELS, REALTIME_MODELS, model_family
+    from rtgate.catalog import LIVE_MODELS, REALTIME_MODELS
+    from rtgate.config import model_family
 
     def families(annotation: Any) -> set[str]:
         out: set[str] = set()

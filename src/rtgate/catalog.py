@@ -14,15 +14,18 @@ that row prices, like any row (a row that sets no rate at all prices every unit 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-from rtgate.config import DEFAULT_PRICES, PriceSettings, Settings, UpstreamSettings
+from rtgate.config import (
+    DEFAULT_PRICES,
+    PriceSettings,
+    Settings,
+    UpstreamSettings,
+    model_family,
+)
 from rtgate.errors import GatewayError, ModelNotFound, UnsupportedUpstream
 from rtgate.protocol.session_fields import TRANSCRIPTION_MODELS
-
-_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 #: The model of a translation session or secret that names none (the route's one model).
 DEFAULT_TRANSLATION_MODEL = "gpt-realtime-translate"
@@ -121,11 +124,6 @@ def served_somewhere(route: Route) -> bool:
     except GatewayError:
         return False
     return True
-
-
-def model_family(name: str) -> str:
-    """``gpt-realtime-mini-2025-10-06`` -> ``gpt-realtime-mini``."""
-    return _DATE_SUFFIX.sub("", name)
 
 
 @dataclass(frozen=True, slots=True)

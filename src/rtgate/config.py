@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -168,6 +169,14 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
     def sets_token_rates(self) -> bool:
         """Whether any token rate is set (not 0): a duration row prices tokens only then."""
         return any(getattr(self, f) for f in TOKEN_RATES)
+
+
+_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+def model_family(name: str) -> str:
+    """``gpt-realtime-mini-2025-10-06`` -> ``gpt-realtime-mini``."""
+    return _DATE_SUFFIX.sub("", name)
 
 
 class ModelSettings(_Frozen, frozen=True, kw_only=True):
@@ -678,6 +687,11 @@ def load_settings(
     for name, model in settings.models.items():
         if model.upstream not in settings.upstreams:
             raise ConfigError(f"models.{name}.upstream: no upstream named {model.upstream!r}")
+        # A row named and missing would leave the model unpriced: free, silently (a
+        # newcomer's find).
+        row = model.prices
+        if row is not None and not {row, model_family(row)} & settings.prices.keys():
+            raise ConfigError(f"models.{name}.prices: no price row named {row!r}")
     eng = settings.engine
     if eng.brain == "scripted" and eng.script is None:
         raise ConfigError("engine.script: the scripted brain needs a rules file")

@@ -33,9 +33,9 @@ from rtgate.auth.limits import LocalSessionLimiter, SessionLimiter
 from rtgate.auth.operator_token import OperatorToken, bearer
 from rtgate.auth.policy import KeyPolicy, allows_model
 from rtgate.auth.throttle import FailureThrottle
-from rtgate.catalog import Catalog, model_family
+from rtgate.catalog import Catalog
 from rtgate.clock import Clock, SystemClock
-from rtgate.config import Secret, Settings, loopback_url
+from rtgate.config import Secret, Settings, loopback_url, model_family
 from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes

@@ -21,8 +21,9 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from rtgate.catalog import Catalog, model_family
+from rtgate.catalog import Catalog
 from rtgate.clock import rfc3339
+from rtgate.config import model_family
 from rtgate.errors import (
     AuthError,
     GatewayError,
@@ -536,10 +537,12 @@ def _check_budgets(body: PolicyUpdate | PolicyDocument) -> None:
 
 
 class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A key's whole policy, in the shape the admin API shows it (``policy`` of a key), to be
-    put back edited: a field left out, null or empty has no limit. The round trip ``GET`` then
-    ``PATCH`` failed on the names only the view has (a newcomer's find), and a null there
-    leaves a limit as it is."""
+    """A key's whole policy, in the shape GET /admin/v1/keys/{key_id} shows it (its
+    ``policy``), to be put back edited: a field left out, null or empty has no limit."""
+
+    # (For PATCH's body, PolicyUpdate, a null leaves a limit as it is, and the view's
+    # max_duration_s, expires_at and session_defaults are not its names: a round trip through
+    # it failed, a newcomer's find.)
 
     models: list[str] = []
     max_sessions: Count | None = None

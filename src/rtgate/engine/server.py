@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from rtgate.catalog import model_family, typed_for, wrong_route
+from rtgate.catalog import typed_for, wrong_route
+from rtgate.config import model_family
 from rtgate.engine.conversation import PCM_BYTES_PER_MS
 from rtgate.engine.options import DURATION_MODELS, EngineOptions
 from rtgate.engine.responder import Responder
