@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import pytest
 
@@ -17,6 +19,8 @@ from rtgate.store.connections import (
     postgres_dsn,
     sqlite_path,
 )
+from rtgate.store.port import StoreError
+from rtgate.store.sql import SqlStore
 
 
 def test_sqlite_urls_name_a_file_in_each_form_a_config_may_hold() -> None:
@@ -69,3 +73,28 @@ async def test_a_postgresql_call_abandoned_mid_statement_gives_its_pool_slot_bac
         assert [tuple(r) for r in await db.run(fetch("SELECT 2"))] == [(2,)]
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        (lambda u: u._replace(path="/rtgate_no_such_db"), "InvalidCatalogNameError"),
+        (
+            lambda u: u._replace(netloc=u.netloc.replace(u.username or "", "rtgate_no_such_role")),
+            "InvalidAuthorizationSpecificationError",
+        ),
+    ],
+)
+async def test_a_database_or_role_that_does_not_exist_is_one_line_not_a_traceback(
+    change: Callable[[SplitResult], SplitResult], refused: str
+) -> None:
+    """A newcomer's find: asyncpg's error as it connects escaped as a traceback, where an
+    unreachable server was one line; now both are the store's error, naming the place."""
+    url = urlunsplit(change(urlsplit(os.environ["RTGATE_TEST_DATABASE_URL"])))
+    store = SqlStore(url, timeout=5.0)
+    try:
+        with pytest.raises(StoreError, match=f"cannot open the database: {refused}"):
+            await store.init()
+    finally:
+        await store.close()

@@ -236,9 +236,16 @@ class AsyncpgPool:
         return self._pool
 
     async def run(self, query: Query[T], *, write: bool = False) -> T:
-        pool = self._pool or await self._open()
-        # The pool's checkout wait is the store's timeout too.
-        conn = await pool.acquire(timeout=self._timeout)
+        import asyncpg
+
+        try:
+            pool = self._pool or await self._open()
+            # The pool's checkout wait is the store's timeout too.
+            conn = await pool.acquire(timeout=self._timeout)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Refused as it connects: no such database or role, a wrong password (a
+            # newcomer's find: a traceback, where an unreachable server gets one line).
+            raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
         try:
             return await self._run(conn, query, write)
         finally:
