@@ -134,6 +134,33 @@ async def test_the_playground_says_what_to_do_about_a_bad_key(
         await expect(page.locator("#pg-status")).to_have_text("Not connected.")
 
 
+async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A newcomer's find: the playground always sent instructions (an empty string too), so
+    a key blocking them (the README's support-bot) could not connect, and was told nothing
+    it could act on."""
+    from rtgate.auth.policy import KeyPolicy
+    from rtgate.relay.endpoint import GATEWAY
+
+    gw = await local_gateway(make_settings, start_gateway, tmp_path)
+    policy = KeyPolicy(blocked_events=("session.update:instructions",))
+    _, key = await gw.app[GATEWAY].keyring.create("support-bot", policy)
+    wav = speech_wav(tmp_path / "speech.wav")
+    async with chromium(*fake_microphone(wav)) as browser:
+        page = await browser.new_page()
+        await page.goto(f"{gw.http}/ui/playground")
+        await page.get_by_label("Gateway key").fill(key)
+        await page.get_by_label("Push to talk").check()
+        await page.get_by_role("button", name="Connect and start the microphone").click()
+        alert = page.get_by_role("alert")
+        await expect(alert).to_have_attribute("data-code", "event_not_allowed")
+        await expect(alert).to_contain_text("leave the Instructions box empty")
+        await page.get_by_label("Instructions").fill("  ")
+        await page.get_by_role("button", name="Connect and start the microphone").click()
+        await expect(page.locator("#pg-status")).to_contain_text("Connected")
+
+
 async def test_push_to_talk_then_an_interruption(
     make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ const ADVICE = {
   rate_limit_exceeded: "Too many attempts from here or with this key: wait a moment, then try again.",
   model_not_allowed: "This key may not use that model: pick another one.",
   model_not_found: "The gateway does not serve that model: pick another one.",
+  event_not_allowed: "This key may not set what the playground asked for: leave the Instructions box empty (the key's own are used), or use a key that allows it.",
   upstream_unavailable: "The gateway could not reach the model's provider. Try again shortly.",
   server_shutting_down: "The gateway is restarting: connect again.",
   session_closed_by_operator: "An operator closed this session.",
@@ -368,10 +369,12 @@ async function connect(e) {
   pg.model = $("pg-model").value;
   pg.mode = document.querySelector('input[name="pg-mode"]:checked').value;
   pg.transcriptionModel = $("pg-setup").dataset.transcriptionModel;
+  const instructions = $("pg-instructions").value.trim();
   const session = {
     type: "realtime",
     model: pg.model,
-    instructions: $("pg-instructions").value,
+    // Left out when empty: a key that blocks instructions still connects (its own apply).
+    ...(instructions ? { instructions } : {}),
     audio: {
       input: {
         transcription: { model: pg.transcriptionModel },
