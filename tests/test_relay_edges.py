@@ -388,6 +388,11 @@ async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(
         await asyncio.sleep(0.01)
     assert "session closed" in gateway_logs
     assert PROVIDER_KEY not in gateway_logs and key not in gateway_logs
+    # The upstream is failing (a newcomer's find: it showed "ok" to the console and the admin
+    # API), and the operator is warned.
+    health = gw.app[GATEWAY].upstream_health.of("openai")
+    assert (health.state, health.last_error) == ("failing", "invalid_api_key")
+    assert "upstream openai refused the gateway's key" in gateway_logs
 
 
 async def test_session_expires_at_the_cap_with_1001(

@@ -968,3 +968,19 @@ async def test_an_admin_drain_ends_what_is_left_at_the_deadline_with_1001(
     rows = cli_json(env, "sessions", "--limit", "50")
     assert [(r["close_code"], r["closed_by"]) for r in rows] == [(1001, "gateway")] * 6
     assert sum(r["records"] for r in cli_json(env, "usage")) == 6
+
+
+def test_a_provider_upstream_with_no_key_is_a_warning_at_start(tmp_path: Path) -> None:
+    """A newcomer's find: a Gemini upstream with no GEMINI_API_KEY was dialled with no key,
+    every session refused by the provider, and nothing said at start-up."""
+    from rtgate.server import missing_key_warnings
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[upstreams.g]\nkind = "gemini"\n\n[models.gemini-live]\nupstream = "g"\n')
+    env = {"RTGATE_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-x"}
+    assert missing_key_warnings(load_settings(cfg, env)) == [
+        "upstream g (gemini) has no key: set GEMINI_API_KEY (its models: gemini-live)"
+    ]
+    assert missing_key_warnings(load_settings(cfg, {**env, "GEMINI_API_KEY": "AIza-x"})) == []
+    # Without OpenAI's key its models go to the local engine (the summary says so).
+    assert missing_key_warnings(load_settings(None, {"RTGATE_HOME": str(tmp_path)})) == []

@@ -33,6 +33,22 @@ def unshared_workers_warning(settings: Settings) -> str | None:
     )
 
 
+def missing_key_warnings(settings: Settings) -> list[str]:
+    """A provider upstream some model goes to, with no key in its variable: every session
+    there would be refused by the provider (a newcomer's find: a Gemini upstream was dialled
+    with no key, and said nothing at start-up). OpenAI's own is the default upstream only
+    when its key is set (the local engine otherwise), and says so in the summary."""
+    on: dict[str, list[str]] = {}
+    for model, m in sorted(settings.models.items()):
+        on.setdefault(m.upstream, []).append(model)
+    return [
+        f"upstream {name} ({up.kind}) has no key: set {up.api_key_env} "
+        f"(its models: {', '.join(on[name])})"
+        for name, up in sorted(settings.upstreams.items())
+        if name in on and up.kind != "local" and up.api_key is None and up.api_key_env
+    ]
+
+
 def loopback(host: str) -> bool:
     """Whether ``host`` (the listening address) is reachable from this machine only."""
     if host == "localhost":
@@ -71,7 +87,8 @@ def serve(settings: Settings) -> int:
 
 def _serve_checked(settings: Settings) -> int:
     configure_serving_logs(settings)
-    for warning in (unshared_workers_warning(settings), open_metrics_warning(settings)):
+    warnings = [unshared_workers_warning(settings), open_metrics_warning(settings)]
+    for warning in (*warnings, *missing_key_warnings(settings)):
         if warning is not None:
             log.warning(warning)
     # One token for every worker: with SO_REUSEPORT a worker's dial to its own engine route

@@ -208,6 +208,13 @@ async def run_live(
         gw.metrics.live.dec()
         gw.metrics.ended.labels(str(session.close_code), session.closed_by or "gateway").inc()
         gw.metrics.duration.observe(gw.clock.now() - session.opened_at)
+        if session.upstream_auth_failed:
+            # The provider took the dial and then refused the gateway's key (invalid_api_key):
+            # the upstream is failing, as when it refuses the handshake (a newcomer's find: it
+            # showed "ok" while every session ended upstream_auth_failed).
+            upstream = session.route.upstream_name
+            gw.upstream_health.failed(upstream, "invalid_api_key", gw.clock.now())
+            log.warning("upstream %s refused the gateway's key (invalid_api_key)", upstream)
         log.info(
             "session closed by %s: %s%s",
             session.closed_by,
