@@ -22,6 +22,7 @@ import orjson
 import psutil
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from rtgate.config import Settings, fingerprint, load_settings
@@ -81,6 +82,20 @@ async def test_workers_share_the_port_and_a_second_signal_shuts_down_at_once(
         ]
         for ws in conns:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
+        # Whichever worker answers a scrape, it counts every worker's sessions (a newcomer's
+        # find: each answered for itself, and Prometheus read a change of worker as a reset).
+        async with aiohttp.ClientSession() as http:
+            for _ in range(6):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    scraped = {
+                        (s.name, tuple(sorted(s.labels.items()))): s.value
+                        for fam in text_string_to_metric_families(await resp.text())
+                        for s in fam.samples
+                    }
+                assert scraped[("rtgate_live_sessions", ())] == 16
+                assert (
+                    scraped[("rtgate_sessions_started_total", (("model", "gpt-realtime"),))] == 16
+                )
         # The first SIGTERM drains (every worker stops taking sessions, the live ones go on);
         # a second one, or SIGINT, ends them now: an error event, then 1001.
         proc.send_signal(signal.SIGTERM)

@@ -6,12 +6,15 @@ relay's pump flushes them here once a second and at the end of the session.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from rtgate.metering.cost import NANOS_PER_USD
 from rtgate.metering.record import UsageRecord
 from rtgate.protocol.usage import TOKEN_FIELDS
+from rtgate.worker import METRICS_DIR
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -22,7 +25,15 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.live = Gauge("rtgate_live_sessions", "Sessions being relayed now.", registry=r)
+        #: The workers' shared directory (``--workers N``): each value is kept in a file there,
+        #: and a scrape sums every worker's; a gauge of the processes alive only.
+        self.shared_dir = os.environ.get(METRICS_DIR)
+        self.live = Gauge(
+            "rtgate_live_sessions",
+            "Sessions being relayed now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.started = Counter("rtgate_sessions_started", "Sessions opened.", ["model"], registry=r)
         self.ended = Counter(
             "rtgate_sessions_ended", "Sessions ended, by close code.", ["code", "by"], registry=r
@@ -75,12 +86,16 @@ class Metrics:
         # records go to the local spill; how many spilled records the store does not have yet;
         # records that could be kept nowhere (their sessions were ended).
         self.ledger_spilling = Gauge(
-            "rtgate_ledger_spilling", "1 while usage is spilled locally.", registry=r
+            "rtgate_ledger_spilling",
+            "1 while usage is spilled locally.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.ledger_waiting = Gauge(
             "rtgate_ledger_spilled_records",
             "Usage records in the local spill, not in the store yet.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.ledger_unrecorded = Counter(
             "rtgate_usage_unrecorded",
@@ -132,4 +147,11 @@ class Metrics:
             self._bytes_down.inc(bytes_down)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        # Every worker's files, summed (counters, histograms) or as each gauge's mode says.
+        every = CollectorRegistry()
+        MultiProcessCollector(every, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(every)

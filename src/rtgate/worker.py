@@ -43,6 +43,11 @@ DRAIN = b"d"
 STOP = b"s"
 CLOSE = b"c"
 DRAINED = b"D"
+
+#: Where every worker of one gateway keeps its metrics (prometheus_client's multiprocess
+#: mode reads this variable as it is imported): a directory of the parent's own, for its run.
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
 ASK_DRAIN = b"r"
 
 log = logging.getLogger("rtgate")

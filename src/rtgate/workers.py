@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import selectors
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 from rtgate.config import Settings, fingerprint
 from rtgate.errors import START_FAILED
 from rtgate.interpreter import python_m
-from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, SPOKEN_FOR, STOP
+from rtgate.worker import ASK_DRAIN, CLOSE, DRAIN, DRAINED, METRICS_DIR, SPOKEN_FOR, STOP
 
 log = logging.getLogger("rtgate")
 
@@ -123,6 +125,15 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     together, and return once every one has exited: the exit status, 2 if a worker failed to
     start (``START_FAILED``, as one process would), 1 if one ended otherwise in failure, else 0."""
     program = sys.argv[1] if len(sys.argv) > 1 else "rtgate"
+    # The workers' metrics, in files of this run's own (prometheus_client's multiprocess
+    # mode): each scrape, whichever worker takes it, sums them all (a newcomer's find: it
+    # answered for one worker, and Prometheus read each change of worker as a reset).
+    with tempfile.TemporaryDirectory(prefix="rtgate-metrics-") as metrics_dir:
+        os.environ[METRICS_DIR] = metrics_dir
+        return _serve_workers(settings, engine_token, program)
+
+
+def _serve_workers(settings: Settings, engine_token: str, program: str) -> int:
     pairs = [socket.socketpair() for _ in range(settings.workers)]
     workers = Workers([ours for ours, _ in pairs])
     first = f"{engine_token} {fingerprint(settings)}\n".encode()
