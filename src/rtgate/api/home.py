@@ -46,6 +46,7 @@ async def home(request: web.Request) -> web.Response:
             default_model=settings.default_model,
             served_models=served_models(settings),
             admin_enabled=settings.admin_token is not None,
+            metrics_token=settings.metrics_token is not None,
         )
     )
     return web.Response(text=page, content_type="text/html")
