@@ -564,6 +564,27 @@ async def test_a_transcription_model_the_gateway_cannot_price_is_refused_in_open
 
 
 @pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/realtime/client_secrets", {"expires_after": {"seconds": 5}, "foo": 1}),
+        ("/v1/realtime/sessions", {"model": 7}),
+        ("/v1/realtime/transcription_sessions", {"client_secret": []}),
+        ("/ui/playground/cost", {}),
+    ],
+)
+async def test_a_wrong_key_is_refused_before_its_body_is_read(
+    gateway: RunningGateway, route: str, body: dict[str, Any]
+) -> None:
+    """As OpenAI answers: 401, whatever the body (a newcomer's find: the body's 400 came
+    first, telling a caller with no valid key what the route takes)."""
+    async with aiohttp.ClientSession() as http:
+        for headers in ({"Authorization": "Bearer rtg_wrong"}, {}):
+            async with http.post(gateway.http + route, json=body, headers=headers) as resp:
+                assert resp.status == 401, (route, headers, await resp.text())
+                assert (await resp.json())["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
     ("body", "code", "message"),
     [
         (

@@ -26,8 +26,10 @@ from rtgate.api.bodies import (
     read_body,
 )
 from rtgate.api.views import View, dump
+from rtgate.auth.policy import KeyPolicy
 from rtgate.gateway import Gateway
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.store.port import KeyInfo
 from rtgate.validation import openai_refusal, problem
 
 Q = TypeVar("Q", bound=msgspec.Struct | None)
@@ -43,6 +45,15 @@ class Call(Generic[Q, B]):
     gw: Gateway
     query: Q
     body: B
+    #: The gateway key the request carries, for an operation that takes one (``keyed``).
+    auth: tuple[KeyInfo, KeyPolicy] | None = None
+
+    @property
+    def key(self) -> tuple[KeyInfo, KeyPolicy]:
+        """The caller's key and its policy (a ``keyed`` operation's only)."""
+        if self.auth is None:
+            raise TypeError("this operation is not keyed")
+        return self.auth
 
     def path(self, name: str) -> str:
         return self.request.match_info[name]
@@ -73,6 +84,10 @@ class Operation(Generic[Q, B]):
     not_found: str | None = None
     #: What a 500 means here besides the store failing.
     server_error: str | None = None
+    #: Called with a gateway key, checked before its query or body is read: a wrong key is
+    #: 401 whatever the body, as OpenAI answers (a body refused first told a caller with no
+    #: valid key what the route takes).
+    keyed: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -85,12 +100,16 @@ class Operation(Generic[Q, B]):
         async def handle(request: web.Request) -> web.StreamResponse:
             query: Any = None
             body: Any = None
+            gw = request.config_dict[GATEWAY]
+            auth = None
+            if self.keyed:
+                auth = await gw.authenticator.key(request.headers, request.remote)
             if self.query is not None:
                 query = _valid(cast("type[msgspec.Struct]", self.query), dict(request.query))
             if self.body is not None:
                 model = cast("type[msgspec.Struct]", self.body)
                 body = _valid(model, await read_body(request), openai=openai)
-            reply = await self.handler(Call(request, request.config_dict[GATEWAY], query, body))
+            reply = await self.handler(Call(request, gw, query, body, auth))
             if isinstance(reply, web.Response):
                 return reply
             return web.Response(

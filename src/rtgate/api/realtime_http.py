@@ -98,7 +98,7 @@ async def _mint(
     gw: Gateway = call.gw
     # A secret opens a session later: a draining gateway must not hand one out.
     gw.check_accepting()
-    key, policy = await gw.authenticator.key(call.request.headers, call.request.remote)
+    key, policy = call.key
     if model is None and template["type"] == "realtime":
         model = gw.settings.default_model
     kind = template["type"]
@@ -208,6 +208,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         create_client_secret,
         "Mint an ephemeral client secret for a realtime or transcription session",
         status=200,
+        keyed=True,
         response=None,
         body=ClientSecretRequest,
     ),
@@ -217,6 +218,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         create_translation_client_secret,
         "Mint an ephemeral client secret for a translation session",
         status=200,
+        keyed=True,
         response=None,
         body=ClientSecretRequest,
     ),
@@ -226,6 +228,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         create_session,
         "Beta: a realtime session with an ephemeral client secret",
         status=200,
+        keyed=True,
         response=None,
         body=BetaSessionRequest,
     ),
@@ -235,6 +238,7 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         create_transcription_session,
         "Beta: a transcription session with an ephemeral client secret",
         status=200,
+        keyed=True,
         response=None,
         body=BetaSessionRequest,
     ),

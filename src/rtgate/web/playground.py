@@ -68,7 +68,7 @@ def price(catalog: Catalog, key_id: str, body: CostRequest, now: float) -> Usage
 
 async def cost(call: Call[None, CostRequest]) -> Reply:
     gw = call.gw
-    key, _ = await gw.authenticator.key(call.request.headers, call.request.remote)
+    key, _ = call.key
     record = price(gw.catalog, key.id, call.body, gw.clock.now())
     out = {
         "cost_usd": usd_str(record.charged_nanos if record else 0),
@@ -86,6 +86,7 @@ COST = Operation(
     status=200,
     response=None,
     body=CostRequest,
+    keyed=True,
 )
 
 
