@@ -285,6 +285,23 @@ async def test_a_policy_as_get_shows_it_can_be_put_back_edited(admin: RunningGat
     assert policy["session_defaults"] == {"instructions": "Be kind."}
     assert policy["budget_usd_month"] == "0.000000000"  # a $0 budget is kept as one
     assert policy["expires_at"] == "2099-12-31T18:00:00Z"
+    # Durations as GET shows them, whatever their digits (a review's find: 1.1h read back as
+    # 3960.0000000000005 s, which PUT refused).
+    await call(admin, "PATCH", f"/keys/{key['id']}", body={"max_duration": "1.1h"})
+    shown = (await call(admin, "GET", f"/keys/{key['id']}")).json()["policy"]
+    assert shown["max_duration_s"] == 3960.0
+    for seconds in (shown["max_duration_s"], 1234.567891234567):
+        again = await call(admin, "PUT", path, body={**shown, "max_duration_s": seconds})
+        assert again.status == 200, again.text
+        assert again.json()["policy"]["max_duration_s"] == round(seconds, 6)
+    # Null where GET shows a list or a flag: none, as for every other field.
+    nulls = {"models": None, "blocked_events": None, "keep_transcripts": None}
+    cleared = (await call(admin, "PUT", path, body=nulls)).json()["policy"]
+    assert (cleared["models"], cleared["blocked_events"], cleared["keep_transcripts"]) == (
+        [],
+        [],
+        False,
+    )
     # Left out: no limit at all.
     assert (await call(admin, "PUT", path, body={})).json()["policy"] == {
         **{k: None for k in policy},

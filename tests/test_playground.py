@@ -155,7 +155,7 @@ async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
         await page.get_by_role("button", name="Connect and start the microphone").click()
         alert = page.get_by_role("alert")
         await expect(alert).to_have_attribute("data-code", "event_not_allowed")
-        await expect(alert).to_contain_text("leave the Instructions box empty")
+        await expect(alert).to_contain_text("if it is the instructions, leave that box empty")
         await page.get_by_label("Instructions").fill("  ")
         await page.get_by_role("button", name="Connect and start the microphone").click()
         await expect(page.locator("#pg-status")).to_contain_text("Connected")

@@ -392,6 +392,7 @@ async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(
     # API), and the operator is warned.
     health = gw.app[GATEWAY].upstream_health.of("openai")
     assert (health.state, health.last_error) == ("failing", "invalid_api_key")
+    assert (health.dials, health.failures) == (1, 1)  # the one dial, refused after
     assert "upstream openai refused the gateway's key" in gateway_logs
 
 

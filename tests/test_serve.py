@@ -177,6 +177,11 @@ async def modules_of_a_serving_gateway(
     env = provider.gateway_env(tmp_path / "home", port)
     # What the server sets for itself must not arrive from this process's environment.
     env.pop("FROZENLIST_NO_EXTENSIONS", None)
+    # One process keeps its metrics in memory, even where the environment names a directory
+    # for prometheus-client's multiprocess files (another program's: never summed into ours).
+    elsewhere = tmp_path / "someone-elses-metrics"
+    elsewhere.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(elsewhere)
     if database_url is not None:
         env["RTGATE_DATABASE_URL"] = database_url
     key = create_key(env, "m")
@@ -189,6 +194,7 @@ async def modules_of_a_serving_gateway(
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
             assert orjson.loads(await ws.recv())["type"] == "session.created"
+        assert list(elsewhere.iterdir()) == []
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
@@ -999,3 +1005,38 @@ def test_a_provider_upstream_with_no_key_is_a_warning_at_start(tmp_path: Path) -
     assert missing_key_warnings(load_settings(cfg, {**env, "GEMINI_API_KEY": "AIza-x"})) == []
     # Without OpenAI's key its models go to the local engine (the summary says so).
     assert missing_key_warnings(load_settings(None, {"RTGATE_HOME": str(tmp_path)})) == []
+    # Azure always takes a key, named or not; an OpenAI-kind upstream with no variable may be
+    # a server that asks none.
+    cfg.write_text(
+        '[upstreams.az]\nkind = "azure"\nbase_url = "wss://r.example/openai/v1"\n'
+        '[upstreams.lab]\nbase_url = "ws://10.0.0.1/v1"\n'
+        '[models.m1]\nupstream = "az"\n[models.m2]\nupstream = "lab"\n'
+    )
+    assert missing_key_warnings(load_settings(cfg, env)) == [
+        "upstream az (azure) has no key: set api_key_env to the variable that holds it"
+        " (its models: m1)"
+    ]
+
+
+def test_a_gone_workers_live_gauges_stop_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review's find: a worker killed with sessions open went on counting them in every
+    scrape's rtgate_live_sessions (prometheus-client keeps a process's files until told it is
+    dead), through the others' drain. Its counters stay: totals do not forget."""
+    from types import SimpleNamespace
+
+    from rtgate.worker import METRICS_DIR
+    from rtgate.workers import Workers
+
+    for name in ("gauge_livesum_4242.db", "gauge_livemax_4242.db", "counter_4242.db"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "gauge_livesum_7.db").write_bytes(b"x")  # a sibling's, still running
+    monkeypatch.setenv(METRICS_DIR, str(tmp_path))
+    ours, theirs = socket.socketpair()
+    workers = Workers([ours])
+    workers.procs.append(SimpleNamespace(pid=4242))  # type: ignore[arg-type]
+    theirs.close()  # the worker's end: gone
+    workers.serve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db", "gauge_livesum_7.db"]
+    ours.close()

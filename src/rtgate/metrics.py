@@ -1,4 +1,5 @@
-"""Prometheus metrics, one registry per application (no process-global state).
+"""Prometheus metrics, one registry per application; with ``--workers N``, every worker's
+values in files of the run's directory (``METRICS_DIR``), which any worker's scrape sums.
 
 The relay's hot path never touches a metric: pumps count frames and bytes in plain ints, and the
 relay's pump flushes them here once a second and at the end of the session.
@@ -26,7 +27,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         #: The workers' shared directory (``--workers N``): each value is kept in a file there,
-        #: and a scrape sums every worker's; a gauge of the processes alive only.
+        #: and a scrape sums every worker's; a live gauge counts the workers running (the
+        #: parent removes a gone worker's, ``workers.Workers``).
         self.shared_dir = os.environ.get(METRICS_DIR)
         self.live = Gauge(
             "rtgate_live_sessions",

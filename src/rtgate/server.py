@@ -17,6 +17,7 @@ from rtgate.errors import ConfigError, GatewayError, report_failed_start
 from rtgate.listen import check_port, claim_port
 from rtgate.logs import configure_serving_logs
 from rtgate.tls import server_context
+from rtgate.worker import METRICS_DIR
 
 log = logging.getLogger("rtgate")
 
@@ -42,10 +43,15 @@ def missing_key_warnings(settings: Settings) -> list[str]:
     for model, m in sorted(settings.models.items()):
         on.setdefault(m.upstream, []).append(model)
     return [
-        f"upstream {name} ({up.kind}) has no key: set {up.api_key_env} "
+        f"upstream {name} ({up.kind}) has no key: set "
+        f"{up.api_key_env or 'api_key_env to the variable that holds it'} "
         f"(its models: {', '.join(on[name])})"
         for name, up in sorted(settings.upstreams.items())
-        if name in on and up.kind != "local" and up.api_key is None and up.api_key_env
+        if name in on
+        and up.api_key is None
+        # Azure and Gemini always take one; an OpenAI-kind upstream without a variable may be
+        # a server that asks none (a self-hosted one, a test upstream).
+        and (up.kind in ("azure", "gemini") or (up.kind == "openai" and up.api_key_env))
     ]
 
 
@@ -102,6 +108,9 @@ def _serve_checked(settings: Settings) -> int:
     # non-empty value keeps the pure class, an empty one the extension.
     os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
     if settings.workers == 1:
+        # One process keeps its metrics in memory, whatever the environment says: a directory
+        # an operator set for other programs would be summed into its scrapes, old runs' too.
+        os.environ.pop(METRICS_DIR, None)
         from rtgate.serving import serve_one
 
         serve_one(settings, engine_token)

@@ -37,6 +37,8 @@ class UpstreamDials:
 
     @property
     def connect_ms_avg(self) -> float | None:
+        # A dial refused after it connected is a failure too, so this is a floor: the average
+        # over the dials that connected and were not refused after.
         connected = self.dials - self.failures
         return round(self.connect_seconds / connected * 1000, 1) if connected else None
 
@@ -57,6 +59,13 @@ class UpstreamHealth:
     def failed(self, name: str, error: str, now: float) -> None:
         d = self._of(name)
         d.dials += 1
+        d.failures += 1
+        d.last_failure_at, d.last_error = now, error
+
+    def refused_after(self, name: str, error: str, now: float) -> None:
+        """A dial that connected (counted already) whose session the upstream then refused:
+        a failure, not a second dial."""
+        d = self._of(name)
         d.failures += 1
         d.last_failure_at, d.last_error = now, error
 

@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from rtgate.config import Settings, fingerprint
 from rtgate.errors import START_FAILED
@@ -102,6 +103,7 @@ class Workers:
                     if not heard:
                         reading.unregister(key.fileobj)
                         self._gone.add(key.data)
+                        self._forget_live(key.data)
                         if not (self.draining or self.stopping):
                             # It failed to start, or died serving: the gateway does not run on
                             # short of a worker; the rest drain, and a supervisor restarts it.
@@ -113,6 +115,16 @@ class Workers:
                     if DRAINED in heard:
                         self._drained.add(key.data)
                 self._close_when_all_drained()
+
+    def _forget_live(self, index: int) -> None:
+        """A worker gone: its live gauges no longer count (what prometheus-client's
+        ``mark_process_dead`` does, without the library in this process). Its counters stay,
+        as totals do."""
+        metrics_dir = os.environ.get(METRICS_DIR)
+        if metrics_dir is None or index >= len(self.procs):
+            return
+        for f in Path(metrics_dir).glob(f"gauge_live*_{self.procs[index].pid}.db"):
+            f.unlink(missing_ok=True)
 
     def _close_when_all_drained(self) -> None:
         if self.draining and not self.closed and len(self._drained | self._gone) == len(self.links):
@@ -128,7 +140,8 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     # The workers' metrics, in files of this run's own (prometheus_client's multiprocess
     # mode): each scrape, whichever worker takes it, sums them all (a newcomer's find: it
     # answered for one worker, and Prometheus read each change of worker as a reset).
-    with tempfile.TemporaryDirectory(prefix="rtgate-metrics-") as metrics_dir:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="metrics-", dir=settings.home) as metrics_dir:
         os.environ[METRICS_DIR] = metrics_dir
         return _serve_workers(settings, engine_token, program)
 

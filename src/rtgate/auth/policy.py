@@ -398,7 +398,8 @@ def parse_duration(text: str) -> float:
     m = _DURATION.match(text)
     if not m or len(m.group(1)) > 12:
         raise PolicyError(f"not a duration: {text!r} (use 90s, 30m or 1h)", param="max_duration")
-    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    # In decimal, so that 1.1h is 3960 s, not 3960.0000000000005 (which PUT could not take back).
+    seconds = float(Decimal(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)])
     if not 1 <= seconds <= MAX_DURATION_S:
         raise PolicyError("max_duration: between 1 second and 24 hours", param="max_duration")
     return seconds
@@ -544,7 +545,7 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # max_duration_s, expires_at and session_defaults are not its names: a round trip through
     # it failed, a newcomer's find.)
 
-    models: list[str] = []
+    models: list[str] | None = None
     max_sessions: Count | None = None
     sessions_per_minute: Count | None = None
     secrets_per_minute: Count | None = None
@@ -557,8 +558,8 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
     #: What ``instructions``, ``voice`` and ``turn_detection`` set, as the view shows them.
     session_defaults: dict[str, Any] | None = None
-    blocked_events: list[str] = []
-    keep_transcripts: bool = False
+    blocked_events: list[str] | None = None
+    keep_transcripts: bool | None = None
 
     def __post_init__(self) -> None:
         _check_budgets(self)
@@ -581,17 +582,18 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         duration = self.max_duration_s
         return PolicyUpdate(
             clear=list(CLEARABLE),
-            models=self.models,
+            models=self.models or [],
             max_sessions=self.max_sessions,
             sessions_per_minute=self.sessions_per_minute,
             secrets_per_minute=self.secrets_per_minute,
             budget_usd_day=self.budget_usd_day,
             budget_usd_month=self.budget_usd_month,
             budget_usd_total=self.budget_usd_total,
-            max_duration=None if duration is None else f"{duration}s",
+            # To the microsecond: the text form takes at most 12 digits.
+            max_duration=None if duration is None else f"{duration:.6f}s",
             expires=self.expires_at,
-            blocked_events=self.blocked_events,
-            keep_transcripts=self.keep_transcripts,
+            blocked_events=self.blocked_events or [],
+            keep_transcripts=bool(self.keep_transcripts),
             **found,
         )
 

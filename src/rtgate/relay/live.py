@@ -213,7 +213,7 @@ async def run_live(
             # the upstream is failing, as when it refuses the handshake (a newcomer's find: it
             # showed "ok" while every session ended upstream_auth_failed).
             upstream = session.route.upstream_name
-            gw.upstream_health.failed(upstream, "invalid_api_key", gw.clock.now())
+            gw.upstream_health.refused_after(upstream, "invalid_api_key", gw.clock.now())
             log.warning("upstream %s refused the gateway's key (invalid_api_key)", upstream)
         log.info(
             "session closed by %s: %s%s",

@@ -14,7 +14,7 @@ const ADVICE = {
   rate_limit_exceeded: "Too many attempts from here or with this key: wait a moment, then try again.",
   model_not_allowed: "This key may not use that model: pick another one.",
   model_not_found: "The gateway does not serve that model: pick another one.",
-  event_not_allowed: "This key may not set what the playground asked for: leave the Instructions box empty (the key's own are used), or use a key that allows it.",
+  event_not_allowed: "This key may not set something the playground asks for (instructions, voice, turn detection): if it is the instructions, leave that box empty (the key's own are used); otherwise use a key that allows it.",
   upstream_unavailable: "The gateway could not reach the model's provider. Try again shortly.",
   server_shutting_down: "The gateway is restarting: connect again.",
   session_closed_by_operator: "An operator closed this session.",
