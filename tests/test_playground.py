@@ -134,6 +134,14 @@ async def test_the_playground_says_what_to_do_about_a_bad_key(
         await expect(page.locator("#pg-status")).to_have_text("Not connected.")
 
 
+async def connect_push_to_talk(page: Page, gw: RunningGateway, key: str) -> None:
+    """The playground opened, given ``key``, in push-to-talk mode, and Connect pressed."""
+    await page.goto(f"{gw.http}/ui/playground")
+    await page.get_by_label("Gateway key").fill(key)
+    await page.get_by_label("Push to talk").check()
+    await page.get_by_role("button", name="Connect and start the microphone").click()
+
+
 async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
     make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -149,10 +157,7 @@ async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
     wav = speech_wav(tmp_path / "speech.wav")
     async with chromium(*fake_microphone(wav)) as browser:
         page = await browser.new_page()
-        await page.goto(f"{gw.http}/ui/playground")
-        await page.get_by_label("Gateway key").fill(key)
-        await page.get_by_label("Push to talk").check()
-        await page.get_by_role("button", name="Connect and start the microphone").click()
+        await connect_push_to_talk(page, gw, key)
         alert = page.get_by_role("alert")
         await expect(alert).to_have_attribute("data-code", "event_not_allowed")
         await expect(alert).to_contain_text("if it is the instructions, leave that box empty")
@@ -169,10 +174,7 @@ async def test_push_to_talk_then_an_interruption(
     wav = speech_wav(tmp_path / "speech.wav")
     async with chromium(*fake_microphone(wav)) as browser:
         page = await browser.new_page()
-        await page.goto(f"{gw.http}/ui/playground")
-        await page.get_by_label("Gateway key").fill(key)
-        await page.get_by_label("Push to talk").check()
-        await page.get_by_role("button", name="Connect and start the microphone").click()
+        await connect_push_to_talk(page, gw, key)
         ptt = page.get_by_role("button", name="Hold to talk")
         await expect(ptt).to_be_enabled()
         # Nothing is sent while the button is up; held (Space, from the keyboard), the

@@ -23,7 +23,7 @@ from rtgate.auth.policy import (
     PolicyUpdate,
     Spend,
     apply_update,
-    check_transcription,
+    check_opening,
     new_policy,
     opening_session,
     over_budget,
@@ -283,25 +283,27 @@ def test_a_transcription_session_names_its_model_in_its_transcription() -> None:
     beta = '{"type":"session.update","session":{"input_audio_transcription":{"model":"x"}}}'
     assert ClientEventGuard(policy, transcription=True).check(beta) is not None
 
-    check_transcription(policy, None)  # the default model, allowed
+    check_opening(policy, None, transcription=True)  # the default model, allowed
+    whisper = {"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
     with pytest.raises(ModelNotAllowed, match="`whisper-1`"):
-        check_transcription(policy, {"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+        check_opening(policy, whisper, transcription=True)
     only_realtime = KeyPolicy(models=("gpt-realtime",))
     with pytest.raises(ModelNotAllowed, match="`gpt-4o-mini-transcribe`"):
-        check_transcription(only_realtime, None)
+        check_opening(only_realtime, None, transcription=True)
     # The key's own default transcription model is what the session opens with.
     whisper_default = policy.replace(
         session_defaults={"audio": {"input": {"transcription": {"model": "whisper-1"}}}}
     )
     with pytest.raises(ModelNotAllowed):
-        check_transcription(whisper_default, None)
-    check_transcription(KeyPolicy(), {"audio": {"input": {"transcription": {"model": "x"}}}})
-    check_transcription(policy, {"audio": {"input": {"transcription": None}}})  # none at all
+        check_opening(whisper_default, None, transcription=True)
+    named_x = {"audio": {"input": {"transcription": {"model": "x"}}}}
+    check_opening(KeyPolicy(), named_x, transcription=True)
+    check_opening(policy, {"audio": {"input": {"transcription": None}}}, transcription=True)
     # One that names no model opens with the default, which is what is checked (a review's
     # find: {"language": "en"} passed for a key that may not use the default).
     language = {"audio": {"input": {"transcription": {"language": "en"}}}}
     with pytest.raises(ModelNotAllowed, match="`gpt-4o-mini-transcribe`"):
-        check_transcription(only_realtime, language)
+        check_opening(only_realtime, language, transcription=True)
     opened = opening_session(policy, True, language)
     assert opened["audio"]["input"]["transcription"] == {
         "language": "en",

@@ -141,6 +141,10 @@ class Route:
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        # OpenAI's transcription models, then the operator's (the default rows no model
+        # routes, Gemini's, are not transcription models): read once, the settings are frozen.
+        own = (n for n in settings.prices if n not in DEFAULT_PRICES and n not in settings.models)
+        self._transcription = tuple(dict.fromkeys([*TRANSCRIPTION_MODELS, *own]))
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is what a key's allowed models may name: a model this gateway
@@ -161,15 +165,12 @@ class Catalog:
         minted or relayed: a typo the provider would refuse anyway, or a new model that would
         be billed as unpriced (a newcomer's find: the engine transcribed a typo and its usage
         was booked under it)."""
-        return name in self.transcription_names()
+        return name in self._transcription
 
-    def transcription_names(self) -> list[str]:
+    def transcription_names(self) -> tuple[str, ...]:
         """The names ``transcribes`` takes, for a refusal's list: OpenAI's, then the
-        operator's (the default rows no model routes, Gemini's, are not transcription
-        models)."""
-        s = self._settings
-        own = (n for n in s.prices if n not in DEFAULT_PRICES and n not in s.models)
-        return list(dict.fromkeys([*TRANSCRIPTION_MODELS, *own]))
+        operator's."""
+        return self._transcription
 
     def takes_any_voice(self) -> bool:
         """Whether some model is served by Gemini Live, which takes a voice name OpenAI does

@@ -501,20 +501,19 @@ def secrets_list(
     """Client secrets not yet expired (revoked ones too), newest first; never their values."""
     clock = SystemClock()
     rows = _of_key(key, lambda st: KeyRing(st, clock).list_secrets(key))
-    views = [(client_secret_view(c, clock.now(), opens), opens) for c, opens in rows]
+    views = [client_secret_view(c, clock.now(), opens) for c, opens in rows]
     if as_json:
-        _print_json(dump([v for v, _ in views]))
+        _print_json(dump(views))
         return
     table = _table("id", "key", "type", "model", "created", "expires", "status")
-    for v, key_opens in views:
+    for v in views:
+        # Listed: not expired itself. Inactive, then: revoked, or its key is.
         status = (
             "active"
             if v.active
             else f"revoked {v.revoked_at}"
             if v.revoked_at
             else "key revoked or expired"
-            if not key_opens
-            else "expired"
         )
         table.add_row(v.id, v.key_id, v.type, v.model or "-", v.created_at, v.expires_at, status)
     _console().print(table)

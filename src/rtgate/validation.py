@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from rtgate.protocol.schema import Problem
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -76,37 +79,26 @@ _WANTED = {
 _MISSING = object()
 
 
-def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> tuple[str, str, str | None]:
-    """``(code, message, param)``: ``exc`` about ``sent`` (the body as parsed JSON) in the
-    words OpenAI's APIs refuse a body with ("Invalid 'expires_after.seconds': integer below
-    minimum value. Expected a value >= 10, but got 5 instead.", ``integer_below_min_value``),
-    for the routes that answer as OpenAI's; msgspec's own words for anything else."""
+def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> Problem:
+    """``exc`` about ``sent`` (the body as parsed JSON) in the words OpenAI's APIs refuse a
+    body with, as the engine refuses an event (``protocol.schema``: "Invalid
+    'expires_after.seconds': integer below minimum value. Expected a value >= 10, but got 5
+    instead.", ``integer_below_min_value``); msgspec's own words, code ``invalid_request``,
+    for anything else."""
+    from rtgate.protocol import schema
+
     path, text = problem(exc)
     value = _at(sent, path)
     if (bound := _BOUND.match(text)) and value is not _MISSING:
         kind = "integer" if bound["kind"] == "int" else "decimal"
-        below = bound["op"] in (">=", ">")
-        side = "below minimum" if below else "above maximum"
-        return (
-            f"{kind}_{'below_min' if below else 'above_max'}_value",
-            f"Invalid '{path}': {kind} {side} value. Expected a value {bound['op']} "
-            f"{bound['limit']}, but got {value} instead.",
-            path,
-        )
+        return schema.out_of_range(kind, bound["op"], bound["limit"], value, path)
     if (wrong := _TYPE.match(text)) and value is not _MISSING and wrong["want"] in _WANTED:
-        from rtgate.protocol.schema import json_kind
-
-        return (
-            "invalid_type",
-            f"Invalid type for '{path}': expected {_WANTED[wrong['want']]}, but got "
-            f"{json_kind(value)} instead.",
-            path,
-        )
+        return schema.wrong_type(_WANTED[wrong["want"]], value, path)
     if text == "missing required field":
-        return "missing_required_parameter", f"Missing required parameter: '{path}'.", path
+        return schema.missing_parameter(path)
     if text == "contains unknown field":
-        return "unknown_parameter", f"Unknown parameter: '{path}'.", path
-    return "invalid_request", f"{path or 'body'}: {text}", path or None
+        return schema.unknown_parameter(path)
+    return schema.Problem("invalid_request", f"{path or 'body'}: {text}", path)
 
 
 def _at(tree: Any, path: str) -> Any:

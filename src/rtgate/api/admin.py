@@ -161,11 +161,16 @@ def _quoted(value: str) -> str:
     return repr(value[:64])
 
 
-def _storable(gw: Gateway, base: KeyPolicy | None, update: PolicyUpdate) -> KeyPolicy:
-    """``update`` applied to ``base`` (None: a new key's), refused unless it reads back from
-    the store unchanged. (The body's values already fit: ``check_json`` refused integers past
-    64 bits, and ``parse_expiry`` dates outside 1970-9000.)"""
+def _storable(
+    gw: Gateway, base: KeyPolicy | None, update: PolicyUpdate | PolicyDocument
+) -> KeyPolicy:
+    """``update`` applied to ``base`` (None: a new key's; a whole policy, ``PUT``'s, replaces
+    it), refused unless it reads back from the store unchanged. (The body's values already
+    fit: ``check_json`` refused integers past 64 bits, and ``parse_expiry`` dates outside
+    1970-9000.)"""
     try:
+        if isinstance(update, PolicyDocument):
+            update = update.as_update()
         policy = (
             new_policy(update, gw.catalog, gw.clock.now())
             if base is None
@@ -201,7 +206,7 @@ async def update_key(call: Call[None, PolicyUpdate]) -> Reply:
     return await _updated(call.gw, call.path("key_id"), call.body)
 
 
-async def _updated(gw: Gateway, key_id: str, update: PolicyUpdate) -> KeyView:
+async def _updated(gw: Gateway, key_id: str, update: PolicyUpdate | PolicyDocument) -> KeyView:
     key = await gw.keyring.get(key_id)
     if key is None:
         raise no_such_key(key_id)
@@ -217,11 +222,7 @@ async def replace_policy(call: Call[None, PolicyDocument]) -> Reply:
     """A key's policy replaced by the one given, in the shape ``GET /keys/{key_id}`` shows
     it: what ``PATCH`` cannot take back as it came (``max_duration_s``, ``expires_at``,
     ``session_defaults``), and where null means no limit, not "as it is"."""
-    try:
-        update = call.body.as_update()
-    except PolicyError as err:
-        raise InvalidRequest(err.message, param=err.param) from err
-    return await _updated(call.gw, call.path("key_id"), update)
+    return await _updated(call.gw, call.path("key_id"), call.body)
 
 
 async def revoke_key(call: Call[None, None]) -> Reply:

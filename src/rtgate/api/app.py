@@ -24,7 +24,7 @@ from rtgate.api.calls_http import add_call_routes
 from rtgate.api.home import home
 from rtgate.api.live import HeldSessions, watch_revoked_keys
 from rtgate.api.live_http import add_live_routes
-from rtgate.api.openai_errors import error_response, openai_error, v1_http_errors
+from rtgate.api.openai_errors import error_response, openai_errors, v1_http_errors
 from rtgate.api.realtime_http import add_realtime_http_routes
 from rtgate.api.request_timeouts import body_deadline
 from rtgate.auth.authenticator import Authenticator
@@ -40,7 +40,7 @@ from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.stack import build_engine
-from rtgate.errors import AuthError, GatewayError
+from rtgate.errors import AuthError, ModelNotFound
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.heap import trim_after_bursts
@@ -118,10 +118,6 @@ def _models(gw: Gateway, policy: KeyPolicy) -> dict[str, dict[str, Any]]:
     }
 
 
-#: What a key may use is its own: no cache keeps it for another.
-_PER_KEY = {"Cache-Control": "no-store"}
-
-
 async def _listed(request: web.Request) -> dict[str, dict[str, Any]]:
     """What ``_models`` lists to the gateway key the request carries; as OpenAI's, the list
     is for a key only (anyone else learnt the catalog and its upstreams' names)."""
@@ -131,31 +127,18 @@ async def _listed(request: web.Request) -> dict[str, dict[str, Any]]:
 
 
 async def models(request: web.Request) -> web.Response:
-    try:
-        listed = await _listed(request)
-    except GatewayError as err:
-        return error_response(err)
-    return web.json_response({"object": "list", "data": list(listed.values())}, headers=_PER_KEY)
+    return web.json_response({"object": "list", "data": list((await _listed(request)).values())})
 
 
 async def model(request: web.Request) -> web.Response:
     """One of ``models`` (the SDK's ``models.retrieve``), a dated snapshot as its family (as
     sessions route it), or OpenAI's 404."""
     name = request.match_info["model"]
-    try:
-        listed = await _listed(request)
-    except GatewayError as err:
-        return error_response(err)
+    listed = await _listed(request)
     entry = listed.get(name) or listed.get(model_family(name))
     if entry is None:
-        return openai_error(
-            404,
-            "invalid_request_error",
-            "model_not_found",
-            f"The model '{name}' does not exist",
-            param="model",
-        )
-    return web.json_response({**entry, "id": name}, headers=_PER_KEY)
+        raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+    return web.json_response({**entry, "id": name})
 
 
 async def end_live(app: web.Application) -> None:
@@ -318,8 +301,9 @@ def create_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics_page(settings.metrics_token))
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model}", model)
+    # Errors in OpenAI's shape, and no answer cached: what a key may use is its own.
+    app.router.add_get("/v1/models", openai_errors(models))
+    app.router.add_get("/v1/models/{model}", openai_errors(model))
     add_engine_routes(app, engine, ENGINE_PATH)
     app.add_subapp(ADMIN_PATH, create_admin_app(settings))
     app.add_subapp(CONSOLE_PATH, create_console_app())

@@ -139,9 +139,9 @@ def _valid(model: type[M], data: Mapping[str, Any] | bytes, *, openai: bool = Fa
             check_json(_stdlib_json(data))
             where = where.partition("[...]")[0]
         elif openai:
-            code, said, param = openai_refusal(exc, _stdlib_json(data))
-            refusal = REFUSALS.get(code, InvalidRequest)
-            raise refusal(said, param=param) from exc
+            said = openai_refusal(exc, _stdlib_json(data))
+            refusal = REFUSALS.get(said.code, InvalidRequest)
+            raise refusal(said.message, param=said.param or None) from exc
         raise InvalidRequest(f"{where or 'body'}: {message}", param=where or None) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody("The request body is not valid JSON.") from exc

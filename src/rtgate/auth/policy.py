@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -124,22 +124,29 @@ def check_model(policy: KeyPolicy, model: str, param: str = "model") -> None:
 TRANSCRIPTION_MODEL_PARAM = "session.audio.input.transcription.model"
 
 
-def check_transcription(policy: KeyPolicy, template: Mapping[str, Any] | None) -> None:
-    """Refuse a transcription session whose model the key may not use, as it would open: the
-    key's defaults, a client secret's template over them, or the default model. A
-    transcription session's model is its transcription model (it is what the session is
-    billed by); a realtime session's input transcription is not checked, since its model is
-    the realtime one the key allows (and the SDKs' agents set a transcription model of their
-    own, ``docs/protocol.md`` 1.6)."""
-    model = transcription_model(opening_session(policy, True, template))
-    if model is not None:
-        check_model(policy, model, TRANSCRIPTION_MODEL_PARAM)
-
-
-def check_transcribes(catalog: Catalog, session: Mapping[str, Any]) -> None:
-    """Refuse a session, as it would open, that names a transcription model the catalog does
-    not take (``Catalog.transcribes``), in OpenAI's words for a value outside a closed set."""
-    for tm in transcription_models(session):
+def check_opening(
+    policy: KeyPolicy,
+    template: Mapping[str, Any] | None,
+    *,
+    transcription: bool,
+    catalog: Catalog | None = None,
+) -> None:
+    """Refuse a session as it would open (the key's defaults, a client secret's template over
+    them, and for a transcription session the default model when none is named), read once:
+    - a transcription session whose model the key may not use: its model is its
+      transcription model (what it is billed by). A realtime session's input transcription is
+      not checked, since its model is the realtime one the key allows (and the SDKs' agents
+      set a transcription model of their own, ``docs/protocol.md`` 1.6);
+    - with the gateway's ``catalog``, a transcription model it does not take
+      (``Catalog.transcribes``), in OpenAI's words for a value outside a closed set."""
+    opening = opening_session(policy, transcription, template)
+    if transcription:
+        model = transcription_model(opening)
+        if model is not None:
+            check_model(policy, model, TRANSCRIPTION_MODEL_PARAM)
+    if catalog is None:
+        return
+    for tm in transcription_models(opening):
         if not catalog.transcribes(tm):
             said = invalid_value(tm, catalog.transcription_names(), TRANSCRIPTION_MODEL_PARAM)
             raise InvalidValue(said.message, param=said.param)
@@ -194,7 +201,7 @@ class ClientEventGuard:
 
     policy: KeyPolicy
     #: A transcription session: its ``session.update`` names the model the key must allow in
-    #: ``audio.input.transcription`` (``check_transcription``).
+    #: ``audio.input.transcription`` (``check_opening``).
     transcription: bool = False
     _types: frozenset[str] = field(init=False)
     _fields: dict[str, frozenset[str]] = field(init=False)
@@ -369,7 +376,7 @@ def opening_session(
             isinstance(chosen, dict) and not isinstance(chosen.get("model"), str)
         ):
             # None chosen, or one that names no model: the default, so that the model the key
-            # is checked against is the one sent (``check_transcription``).
+            # is checked against is the one sent (``check_opening``).
             merge(
                 session,
                 {"audio": {"input": {"transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}}}},
@@ -599,6 +606,7 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _pick(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in a session's defaults, or None."""
     for name in path:
         if not isinstance(tree, Mapping):
             return None
@@ -641,10 +649,9 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
         changes["models"] = tuple(m.strip() for m in u.models if m.strip())
         for m in changes["models"]:
             if catalog is not None and m not in policy.models and not catalog.knows(m):
-                close = difflib.get_close_matches(m, catalog.names(), n=1)
                 raise PolicyError(
                     f"models: {m!r} is not a model this gateway knows (GET /v1/models)"
-                    + (f"; did you mean {close[0]}?" if close else ""),
+                    + _did_you_mean(m, catalog.names(), "; "),
                     param="models",
                 )
     for name in ("max_sessions", "sessions_per_minute", "secrets_per_minute"):
@@ -674,7 +681,8 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
-        if catalog is not None and u.voice != _default_voice(policy):
+        held = _pick(policy.session_defaults or {}, _DEFAULT_PATHS["voice"])
+        if catalog is not None and u.voice != held:
             _check_voice(u.voice, catalog)
         defaults.setdefault("audio", {}).setdefault("output", {})["voice"] = u.voice
     if u.turn_detection is not None:
@@ -694,12 +702,6 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     return policy.replace(**changes)
 
 
-def _default_voice(policy: KeyPolicy) -> Any:
-    audio = (policy.session_defaults or {}).get("audio")
-    output = audio.get("output") if isinstance(audio, dict) else None
-    return output.get("voice") if isinstance(output, dict) else None
-
-
 def _check_voice(voice: str, catalog: Catalog) -> None:
     """Refuse a default voice no session could use: every session of the key would open with
     an error its client never caused (a newcomer's find). OpenAI's voices, or any name when a
@@ -709,12 +711,18 @@ def _check_voice(voice: str, catalog: Catalog) -> None:
 
     if voice in VOICES or catalog.takes_any_voice():
         return
-    close = difflib.get_close_matches(voice.lower(), VOICES, n=1)
     raise PolicyError(
         f"voice: {voice!r} is not a voice: {', '.join(VOICES)}"
-        + (f"; did you mean {close[0]}?" if close else ""),
+        + _did_you_mean(voice.lower(), VOICES, "; "),
         param="voice",
     )
+
+
+def _did_you_mean(word: str, names: Iterable[str], lead: str, tail: str = "") -> str:
+    """ "did you mean NAME?" for the nearest of ``names``, between ``lead`` and ``tail``; or
+    nothing when none is near."""
+    close = difflib.get_close_matches(word, list(names), n=1)
+    return f"{lead}did you mean {close[0]}?{tail}" if close else ""
 
 
 #: What ``session.update:FIELD`` may name: a top-level field of a session object (GA realtime
@@ -767,10 +775,9 @@ def _blockable(entry: str) -> str:
     if etype in never:
         raise PolicyError(f"{entry!r} would block nothing: {never[etype]}", param="blocked_events")
     if etype not in members:
-        close = difflib.get_close_matches(etype, members, n=1)
         raise PolicyError(
             f"{entry!r} would block nothing: {etype!r} is not a client event"
-            + (f" (did you mean {close[0]}?)" if close else ""),
+            + _did_you_mean(etype, members, " (", ")"),
             param="blocked_events",
         )
     if fname and "." not in fname and etype != "session.update" and fname not in members[etype]:

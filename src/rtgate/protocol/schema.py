@@ -130,6 +130,36 @@ def supported(values: Sequence[str]) -> str:
     return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
 
 
+def unknown_parameter(path: str) -> Problem:
+    return Problem("unknown_parameter", f"Unknown parameter: '{path}'.", path)
+
+
+def missing_parameter(path: str) -> Problem:
+    return Problem("missing_required_parameter", f"Missing required parameter: '{path}'.", path)
+
+
+def out_of_range(kind: str, op: str, limit: Any, value: Any, path: str) -> Problem:
+    """A number past a bound: ``kind`` "integer" or "decimal", ``op`` the bound's (``>=``
+    for a minimum, ``<=`` for a maximum)."""
+    side = "below_min" if op.startswith(">") else "above_max"
+    words = "below minimum" if op.startswith(">") else "above maximum"
+    return Problem(
+        f"{kind}_{side}_value",
+        f"Invalid '{path}': {kind} {words} value. Expected a value {op} {limit}, but got "
+        f"{value} instead.",
+        path,
+    )
+
+
+def wrong_type(expected: str, value: Any, path: str) -> Problem:
+    """A value of another JSON type than ``expected`` ("an integer")."""
+    return Problem(
+        "invalid_type",
+        f"Invalid type for '{path}': expected {expected}, but got {json_kind(value)} instead.",
+        path,
+    )
+
+
 def invalid_value(value: Any, values: Sequence[str], path: str) -> Problem:
     if len(values) == 1:
         return Problem(
@@ -153,20 +183,12 @@ def check(spec: Spec, value: Any, path: str = "") -> Problem | None:
             return _wrong_type(spec, value, path)
         for name in value:
             if name not in spec.fields:
-                return Problem(
-                    "unknown_parameter",
-                    f"Unknown parameter: '{_join(path, name)}'.",
-                    _join(path, name),
-                )
+                return unknown_parameter(_join(path, name))
         for name, f in spec.fields.items():
             where = _join(path, name)
             if name not in value:
                 if f.required:
-                    return Problem(
-                        "missing_required_parameter",
-                        f"Missing required parameter: '{where}'.",
-                        where,
-                    )
+                    return missing_parameter(where)
                 continue
             if value[name] is None and f.nullable:
                 continue
@@ -180,9 +202,7 @@ def check(spec: Spec, value: Any, path: str = "") -> Problem | None:
         tag = value.get(spec.key, spec.default)
         where = _join(path, spec.key)
         if tag is None:
-            return Problem(
-                "missing_required_parameter", f"Missing required parameter: '{where}'.", where
-            )
+            return missing_parameter(where)
         if not isinstance(tag, str):
             return _wrong_type(Str(), tag, where)
         if tag not in spec.variants:
@@ -247,19 +267,9 @@ def _scalar(spec: Str | Int | Num | Bool | Free, value: Any, path: str) -> Probl
     elif isinstance(spec, Int | Num):
         kind = "integer" if isinstance(spec, Int) else "decimal"
         if spec.minimum is not None and value < spec.minimum:
-            return Problem(
-                f"{kind}_below_min_value",
-                f"Invalid '{path}': {kind} below minimum value. Expected a value >= "
-                f"{spec.minimum}, but got {value} instead.",
-                path,
-            )
+            return out_of_range(kind, ">=", spec.minimum, value, path)
         if spec.maximum is not None and value > spec.maximum:
-            return Problem(
-                f"{kind}_above_max_value",
-                f"Invalid '{path}': {kind} above maximum value. Expected a value <= "
-                f"{spec.maximum}, but got {value} instead.",
-                path,
-            )
+            return out_of_range(kind, "<=", spec.maximum, value, path)
     return None
 
 
@@ -318,9 +328,4 @@ def json_kind(value: Any) -> str:
 
 
 def _wrong_type(spec: Spec, value: Any, path: str) -> Problem:
-    return Problem(
-        "invalid_type",
-        f"Invalid type for '{path}': expected {_expected(spec)}, but got {json_kind(value)}"
-        " instead.",
-        path,
-    )
+    return wrong_type(_expected(spec), value, path)

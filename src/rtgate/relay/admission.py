@@ -19,9 +19,8 @@ from rtgate.auth.policy import (
     KeyPolicy,
     Spend,
     check_model,
+    check_opening,
     check_session_template,
-    check_transcribes,
-    check_transcription,
     opening_session,
     over_budget,
     session_seconds,
@@ -71,9 +70,9 @@ def route_for(
         raise
     check_served(route, protocol, param)
     check_model(policy, route.model, param)
-    if transcription or model is None:
-        check_transcription(policy, template)
-    check_transcribes(gw.catalog, opening_session(policy, transcription or model is None, template))
+    check_opening(
+        policy, template, transcription=transcription or model is None, catalog=gw.catalog
+    )
     if template is not None:
         check_session_template(policy, template)
     return route
