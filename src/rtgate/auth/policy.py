@@ -497,8 +497,9 @@ _BUDGETS = ("budget_usd_day", "budget_usd_month", "budget_usd_total")
 _NANO_USD = Decimal("1e-9")
 
 
-class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A change to a key's policy in human units; fields left out are left as they are."""
+class _Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The fields a change to a policy (``PolicyUpdate``) and a whole one (``PolicyDocument``)
+    spell alike, with the budgets' bounds."""
 
     models: list[str] | None = None
     max_sessions: Count | None = None
@@ -507,6 +508,23 @@ class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     budget_usd_day: Usd | None = None
     budget_usd_month: Usd | None = None
     budget_usd_total: Usd | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec cannot bound a ``Decimal``: refused here as the body is read (msgspec
+        # reports the ``ValueError`` with the field's path).
+        for name in _BUDGETS:
+            usd: Decimal | None = getattr(self, name)
+            if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
+                raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
+            if usd is not None and usd != usd.quantize(_NANO_USD):
+                # Spend is kept in nano-dollars: a finer budget would be rounded, and one
+                # under a nano-dollar would read as $0 (no spend at all) without saying so.
+                raise ValueError(f"{name}: at most 9 decimal places (a nano-dollar)")
+
+
+class PolicyUpdate(_Limits, kw_only=True):
+    """A change to a key's policy in human units; fields left out are left as they are."""
+
     #: ``90s``, ``30m``, ``1h``, or seconds.
     max_duration: str | None = None
     expires: Annotated[
@@ -527,24 +545,8 @@ class PolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = []
 
-    def __post_init__(self) -> None:
-        _check_budgets(self)
 
-
-def _check_budgets(body: PolicyUpdate | PolicyDocument) -> None:
-    """A body's budgets bounded as msgspec cannot bound a ``Decimal``: refused as it is read
-    (msgspec reports the ``ValueError`` with the field's path)."""
-    for name in _BUDGETS:
-        usd: Decimal | None = getattr(body, name)
-        if usd is not None and not (usd.is_finite() and 0 <= usd <= MAX_BUDGET_USD):
-            raise ValueError(f"{name}: must be between 0 and {MAX_BUDGET_USD}")
-        if usd is not None and usd != usd.quantize(_NANO_USD):
-            # Spend is kept in nano-dollars: a finer budget would be rounded, and one under a
-            # nano-dollar would read as $0 (no spend at all) without saying so.
-            raise ValueError(f"{name}: at most 9 decimal places (a nano-dollar)")
-
-
-class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class PolicyDocument(_Limits, kw_only=True):
     """A key's whole policy, in the shape GET /admin/v1/keys/{key_id} shows it (its
     ``policy``), to be put back edited: a field left out, null or empty has no limit."""
 
@@ -552,13 +554,6 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # max_duration_s, expires_at and session_defaults are not its names: a round trip through
     # it failed, a newcomer's find.)
 
-    models: list[str] | None = None
-    max_sessions: Count | None = None
-    sessions_per_minute: Count | None = None
-    secrets_per_minute: Count | None = None
-    budget_usd_day: Usd | None = None
-    budget_usd_month: Usd | None = None
-    budget_usd_total: Usd | None = None
     max_duration_s: Annotated[float, Meta(ge=1, le=MAX_DURATION_S)] | None = None
     expires_at: Annotated[
         Expiry | None, Meta(description="An RFC 3339 timestamp, or YYYY-MM-DD (through it).")
@@ -567,9 +562,6 @@ class PolicyDocument(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session_defaults: dict[str, Any] | None = None
     blocked_events: list[str] | None = None
     keep_transcripts: bool | None = None
-
-    def __post_init__(self) -> None:
-        _check_budgets(self)
 
     def as_update(self) -> PolicyUpdate:
         """The update that makes a policy this one: everything cleared, then set."""
