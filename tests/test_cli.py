@@ -451,3 +451,15 @@ def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path
     assert "note: no database was at" in first and str(tmp_path / "elsewhere") in first
     assert "same home (RTGATE_HOME" in first.replace("\r\n", " ").replace("\n", " ")
     assert "note:" not in run("keys", "list")  # once: it is there now
+
+
+def test_a_bad_serve_option_is_named_as_typed(
+    cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve``'s options travel to the server as variables; a bad one is reported as the
+    option the operator typed (a newcomer's find: ``--workers 0`` said ``RTGATE_WORKERS``)."""
+    out = cli("serve", "--workers", "0", code=2)
+    assert "workers (--workers): Expected `int` >= 1" in out and "RTGATE_WORKERS" not in out
+    assert "port (--port): Expected `int` <= 65535" in cli("serve", "--port", "70000", code=2)
+    monkeypatch.setenv("RTGATE_WORKERS", "0")
+    assert "workers (RTGATE_WORKERS): " in cli("serve", code=2)

@@ -216,17 +216,19 @@ def serve(
     if _state.get("config") is not None:
         env["RTGATE_CONFIG"] = str(_state["config"])
     chosen = {
-        "RTGATE_HOST": host,
-        "RTGATE_PORT": port,
-        "RTGATE_WORKERS": workers,
-        "RTGATE_TLS_CERTFILE": certfile,
-        "RTGATE_TLS_KEYFILE": keyfile,
-        "RTGATE_LOG_FORMAT": log_format.value if log_format else None,
+        ("RTGATE_HOST", "--host"): host,
+        ("RTGATE_PORT", "--port"): port,
+        ("RTGATE_WORKERS", "--workers"): workers,
+        ("RTGATE_TLS_CERTFILE", "--certfile"): certfile,
+        ("RTGATE_TLS_KEYFILE", "--keyfile"): keyfile,
+        ("RTGATE_LOG_FORMAT", "--log-format"): log_format.value if log_format else None,
     }
-    env.update({var: str(v) for var, v in chosen.items() if v is not None})
+    given = {var: str(v) for (var, _), v in chosen.items() if v is not None}
+    env.update(given)
     # The settings as the server will read them, so a bad option or file is reported here, in
-    # the CLI's words, before anything starts.
-    _checked(lambda: load_settings(None, env))
+    # the CLI's words (the option, not the variable it travels as), before anything starts.
+    options = {var: option for (var, option) in chosen if var in given}
+    _checked(lambda: load_settings(None, env, given_as=options))
     # The gateway runs in this process, re-executed without the CLI: typer, click and the
     # commands' modules would stay in a serving process's memory for nothing (~2 MB,
     # docs/performance.md 9.3). The options travel as the RTGATE_* variables they override.

@@ -392,6 +392,9 @@ class Settings(_Frozen, frozen=True, kw_only=True):
     #: A key that authenticated within this long is admitted from memory while the store does
     #: not answer (0: never).
     key_cache_seconds: Annotated[float, Meta(ge=0)] = 300.0
+    #: How often each serving process tells the database it is alive; the open sessions of
+    #: one not heard from for four beats are ended there as lost (``rtgate.lost_sessions``).
+    instance_beat_seconds: Annotated[float, Meta(ge=0.1, le=3600)] = 20.0
     #: Largest inbound WebSocket message, compressed or not: this many bytes pass, one more is
     #: closed with 1009. A 15 MiB append plus its JSON must fit.
     max_message_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
@@ -523,6 +526,7 @@ _ENV_SCALARS: dict[str, str] = {
     "RTGATE_STORE_TIMEOUT_SECONDS": "store_timeout_seconds",
     "RTGATE_SPILL_RETRY_SECONDS": "spill_retry_seconds",
     "RTGATE_KEY_CACHE_SECONDS": "key_cache_seconds",
+    "RTGATE_INSTANCE_BEAT_SECONDS": "instance_beat_seconds",
     "RTGATE_DEFAULT_UPSTREAM": "default_upstream",
     "RTGATE_REDIS_URL": "redis_url",
     "RTGATE_AUTH_FAILURES_BURST": "auth_failures_burst",
@@ -581,11 +585,16 @@ def _valid(raw: Any, kind: type[T], where: str, from_env: Mapping[str, str] | No
 
 
 def load_settings(
-    config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    given_as: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read the TOML file (``config_path`` or ``RTGATE_CONFIG``), apply env overrides, validate.
 
-    Raises ``ConfigError`` naming the offending setting; the CLI prints it and exits non-zero.
+    Raises ``ConfigError`` naming the offending setting and where its value came from: the
+    variable, or what ``given_as`` says the operator typed for it (``rtgate serve --workers 0``
+    travels as ``RTGATE_WORKERS``; variable -> option). The CLI prints it and exits non-zero.
     """
     env = os.environ if environ is None else environ
     path = config_path or env.get("RTGATE_CONFIG")
@@ -606,7 +615,7 @@ def load_settings(
     from_env: dict[str, str] = {}
     for var, field in _ENV_SCALARS.items():
         if env.get(var):
-            from_env[field] = var
+            from_env[field] = (given_as or {}).get(var, var)
             value = env[var]
             raw[field] = _BOOL_WORDS.get(value.lower(), value) if field in bools else value
     if isinstance(raw.get("trusted_proxies"), str):
