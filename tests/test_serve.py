@@ -1043,3 +1043,47 @@ def test_a_gone_workers_live_gauges_stop_counting(
     workers.serve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db", "gauge_livesum_7.db"]
     ours.close()
+
+
+async def test_a_killed_gateways_open_session_ends_as_lost_once_another_has_beaten(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """A gateway killed with a session open never writes its end; the next one on the same
+    database ends it as lost once the dead one has been silent for four beats, instead of
+    listing it live forever (rtgate.lost_sessions)."""
+    port = free_port()
+    env = provider.gateway_env(tmp_path / "home", port, RTGATE_INSTANCE_BEAT_SECONDS="0.2")
+    key = create_key(env, "k")
+    first = subprocess.Popen([sys.executable, "-m", "rtgate", "serve"], env=env)
+    try:
+        await wait_ready(port, first)
+        (ws,) = await open_sessions(port, key, 1)
+        await metered(ws, "resp_before_the_kill")
+        first.kill()
+        first.wait(5)
+        await ws.close()
+    finally:
+        kill_tree(first)
+    (row,) = cli_json(env, "sessions")
+    assert row["ended_at"] is None  # live, as far as the database knows
+    second = subprocess.Popen([sys.executable, "-m", "rtgate", "serve"], env=env)
+    try:
+        await wait_ready(port, second)
+        rows: list[dict[str, Any]] = []
+
+        def ended() -> bool:
+            rows[:] = cli_json(env, "sessions")
+            return rows[0]["ended_at"] is not None
+
+        await until(ended, 30, every=0.2)
+        (row,) = rows
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    assert (row["close_code"], row["close_reason"], row["closed_by"]) == (
+        1006,
+        "gateway_instance_lost",
+        "gateway",
+    )
+    # Its end: the last moment it is known to have been relayed (its usage, a beat after).
+    assert row["duration_s"] > 0 and sum(row["tokens"].values()) > 0

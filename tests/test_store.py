@@ -11,6 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from rtgate.clock import ManualClock
+from rtgate.lost_sessions import sweep
 from rtgate.metering.journal import from_line, to_line
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.record import UsageRecord, utc_day
@@ -25,6 +27,7 @@ from rtgate.store.port import (
     StoredClientSecret,
     StoreError,
 )
+from rtgate.store.rows import LOST_REASON
 from rtgate.store.sql import SqlStore, database_place
 
 DAY1 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -710,3 +713,117 @@ async def test_a_database_that_cannot_be_opened_is_named_in_the_error(tmp_path: 
     assert raised.value.message.startswith("cannot open the database: ")
     assert raised.value.message.endswith(f"({tmp_path / 'plain' / 'rtgate.db'})")
     await store.close()
+
+
+def opened(sid: str, t: float, instance: str | None) -> SessionOpen:
+    return SessionOpen(sid, "key_a", "gpt-realtime", "openai", None, t, instance)
+
+
+async def test_the_open_sessions_of_an_instance_gone_silent_end_as_lost(store: SqlStore) -> None:
+    """An instance killed with sessions open never writes their ends: once it has not beaten
+    for four beats, another's sweep ends them (1006, gateway_instance_lost) at the last moment
+    each is known to have been relayed, and forgets the instance (rtgate.lost_sessions)."""
+    clock = ManualClock(DAY1)
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+    await store.beat("inst_dead", DAY1)
+    await store.beat("inst_alive", DAY1)
+    await store.write(
+        [
+            opened("rs_used", DAY1 - 50, "inst_dead"),
+            rec("key_a", "gpt-realtime", DAY1 + 7, 5, session="rs_used"),  # after its last beat
+            opened("rs_quiet", DAY1 - 50, "inst_dead"),
+            opened("rs_after_beat", DAY1 + 3, "inst_dead"),
+            opened("rs_closed", DAY1 - 40, "inst_dead"),
+            SessionClose("rs_closed", DAY1 - 20, 1000, "", "client"),
+            opened("rs_alive", DAY1 - 30, "inst_alive"),
+            opened("rs_unknown", DAY1 - 10, "inst_never_beat"),
+            opened("rs_legacy_old", DAY1 - 4000, None),
+            opened("rs_legacy_young", DAY1 - 100, None),
+        ]
+    )
+    clock.advance(3 * 20)  # three beats missed: not yet gone
+    await store.beat("inst_alive", clock.now())
+    assert await sweep(store, clock, every=20, longest=3600) == 2  # unknown, legacy_old
+    clock.advance(2 * 20 + 1)
+    await store.beat("inst_alive", clock.now())
+    assert await sweep(store, clock, every=20, longest=3600) == 3
+    assert await sweep(store, clock, every=20, longest=3600) == 0
+
+    by_id = {s.id: s for s in await store.recent_sessions()}
+    lost = {
+        sid: s.ended_at
+        for sid, s in by_id.items()
+        if (s.close_code, s.close_reason, s.closed_by) == (1006, LOST_REASON, "gateway")
+    }
+    assert lost == {
+        "rs_used": DAY1 + 7,  # its last usage record
+        "rs_quiet": DAY1,  # its instance's last beat
+        "rs_after_beat": DAY1 + 3,  # opened after that beat: its start
+        "rs_unknown": DAY1 - 10,
+        "rs_legacy_old": DAY1 - 4000,
+    }
+    assert by_id["rs_closed"].close_code == 1000 and by_id["rs_closed"].ended_at == DAY1 - 20
+    assert by_id["rs_alive"].ended_at is None and by_id["rs_legacy_young"].ended_at is None
+    # The dead instance is forgotten; the live one is not.
+    rows = await store.db.run(fetch("SELECT id FROM instances"))
+    assert [r[0] for r in rows] == ["inst_alive"]
+
+    # The sweep was wrong about a session still relayed (its instance cut off from the
+    # database that long): its real end, when it comes, replaces the sweep's.
+    await store.write([SessionClose("rs_quiet", DAY1 + 500, 1000, "", "client")])
+    (quiet,) = await store.recent_sessions(session_id="rs_quiet")
+    assert (quiet.ended_at, quiet.close_code, quiet.closed_by) == (DAY1 + 500, 1000, "client")
+
+
+async def test_an_instance_that_left_is_forgotten_and_beats_again_if_it_serves_on(
+    store: SqlStore,
+) -> None:
+    await store.beat("inst_a", DAY1)
+    await store.beat("inst_a", DAY1 + 20)
+    rows = await store.db.run(fetch("SELECT id, started_at, seen_at FROM instances"))
+    assert [tuple(r) for r in rows] == [("inst_a", DAY1, DAY1 + 20)]
+    await store.leave("inst_a")
+    assert await store.db.run(fetch("SELECT id FROM instances")) == []
+    await store.beat("inst_a", DAY1 + 40)  # swept while cut off, then heard again
+    assert len(await store.db.run(fetch("SELECT id FROM instances"))) == 1
+
+
+async def test_a_spilled_open_from_before_instances_were_named_is_read(store: SqlStore) -> None:
+    line = b'{"entry":"open","id":"rs_1","key_id":"key_a","model":"m","upstream":"openai",'
+    line += b'"intent":null,"started_at":1800000000.0}'
+    assert from_line(line) == SessionOpen("rs_1", "key_a", "m", "openai", None, DAY1)
+    assert from_line(to_line(opened("rs_2", DAY1, "inst_a"))) == opened("rs_2", DAY1, "inst_a")
+
+
+async def test_a_sessions_table_from_before_instances_is_migrated(db_url: str) -> None:
+    """A database made before sessions named their instance: its open sessions are legacy
+    rows (no instance), ended once older than the longest session, and new ones name theirs."""
+    store = SqlStore(db_url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+
+    def as_before() -> Query[None]:
+        yield Statement("DROP INDEX ix_sessions_open_instance")
+        yield Statement("ALTER TABLE sessions DROP COLUMN instance")
+        yield Statement("DROP TABLE instances")
+        yield Statement(
+            "INSERT INTO sessions (id, key_id, model, upstream, started_at)"
+            f" VALUES ('rs_old', 'key_a', 'gpt-realtime', 'openai', {DAY1 - 7200})"
+        )
+
+    await store.db.run(as_before(), write=True)
+    await store.close()
+
+    store = SqlStore(db_url)
+    await store.init()
+    try:
+        assert "instance" in await store.db.run(columns(store.db.dialect, "sessions"))
+        await store.beat("inst_a", DAY1)
+        await store.write([opened("rs_new", DAY1, "inst_a")])
+        assert await sweep(store, ManualClock(DAY1), every=20, longest=3600) == 1
+        (old,) = await store.recent_sessions(session_id="rs_old")
+        (new,) = await store.recent_sessions(session_id="rs_new")
+    finally:
+        await store.close()
+    assert (old.ended_at, old.close_reason) == (DAY1 - 7200, LOST_REASON)
+    assert new.ended_at is None

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -44,12 +44,13 @@ from rtgate.errors import AuthError, ModelNotFound
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.heap import trim_after_bursts
+from rtgate.lost_sessions import keep_beating
 from rtgate.metering.ledger import Ledger
 from rtgate.metering.spend import SpendBook
 from rtgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rtgate.metrics import Metrics
 from rtgate.relay.endpoint import GATEWAY, RELAY_SOCKETS, RelaySockets, realtime
-from rtgate.store.port import Store
+from rtgate.store.port import Store, StoreError
 from rtgate.store.sql import SqlStore
 from rtgate.tls import upstream_context
 from rtgate.web.console import PREFIX as CONSOLE_PATH
@@ -158,6 +159,27 @@ async def end_live(app: web.Application) -> None:
     await app[RELAY_SOCKETS].wait()
 
 
+def background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``work`` as a task for the app's life: cancelled, and awaited, as the app stops."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+async def leave(store: Store, instance: str) -> None:
+    """This instance has stopped; if the store cannot take that now, the others' sweep will
+    find its row stale, with no session of it open (rtgate.lost_sessions)."""
+    with contextlib.suppress(StoreError):
+        await store.leave(instance)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -207,6 +229,10 @@ def create_app(
             settings.home.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(store.close)
             await store.init()
+            # This process serves from now on (rtgate.lost_sessions); it is forgotten once its
+            # sessions' ends are written (the ledger drains before this runs).
+            await store.beat(fleet.instance, clock.now())
+            stack.push_async_callback(leave, store, fleet.instance)
             if settings.default_upstream == "local":
                 # The models load now, once the store has opened (a start that fails on the
                 # database says so first), so the engine's first caller does not wait for them.
@@ -264,23 +290,18 @@ def create_app(
 
             stack.push_async_callback(stop_ledger)
             # A burst's memory goes back to the OS once its sessions have closed (rtgate.heap).
-            trimmer = asyncio.create_task(trim_after_bursts(lambda: len(gw.live)), name="heap")
-
-            async def stop_trimmer() -> None:
-                trimmer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await trimmer
-
-            stack.push_async_callback(stop_trimmer)
+            background(stack, trim_after_bursts(lambda: len(gw.live)), "heap")
             # A revoked key's live sessions end within seconds, whoever revoked it (api/live.py).
-            watcher = asyncio.create_task(watch_revoked_keys(gw), name="revoked-keys")
-
-            async def stop_watcher() -> None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-
-            stack.push_async_callback(stop_watcher)
+            background(stack, watch_revoked_keys(gw), "revoked-keys")
+            # The sessions a dead instance left open end in the database (rtgate.lost_sessions).
+            beats = keep_beating(
+                store,
+                clock,
+                fleet.instance,
+                settings.instance_beat_seconds,
+                settings.max_session_seconds,
+            )
+            background(stack, beats, "instance-beat")
             app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
             stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:

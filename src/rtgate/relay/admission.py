@@ -140,6 +140,7 @@ async def record_start(gw: Gateway, session: RelaySession) -> None:
                 route.upstream_name,
                 session.intent,
                 session.opened_at,
+                gw.fleet.instance,
             )
         )
     except LedgerError as exc:

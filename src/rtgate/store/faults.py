@@ -194,6 +194,18 @@ class FaultyStore:
         await self._gate("key_activity")
         return await self.inner.key_activity(day, month_start)
 
+    async def beat(self, instance: str, now: float) -> None:
+        await self._gate("beat")
+        await self.inner.beat(instance, now)
+
+    async def end_lost_sessions(self, seen_since: float, opened_before: float) -> int:
+        await self._gate("end_lost_sessions")
+        return await self.inner.end_lost_sessions(seen_since, opened_before)
+
+    async def leave(self, instance: str) -> None:
+        await self._gate("leave")
+        await self.inner.leave(instance)
+
     async def add_console_session(self, value_hash: str, now: float, expires_at: float) -> None:
         await self._gate("add_console_session")
         await self.inner.add_console_session(value_hash, now, expires_at)

@@ -21,6 +21,7 @@ ADDED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         ("UPDATE usage_records SET unit = 'minute' WHERE audio_ms > 0",),
     ),
     ("usage_records", "metered_by", "VARCHAR(10) NOT NULL DEFAULT 'provider'", ()),
+    ("sessions", "instance", "VARCHAR(40)", ()),
 )
 
 #: The PostgreSQL advisory lock key migrations hold (any constant other software on the

@@ -113,6 +113,9 @@ class SessionOpen:
     upstream: str
     intent: str | None
     started_at: float
+    #: The serving process relaying it (``Fleet.instance``); None in a journal line written
+    #: before sessions named theirs.
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +292,19 @@ class Store(Protocol):
         ...
 
     async def end_console_session(self, value_hash: str) -> None: ...
+
+    async def beat(self, instance: str, now: float) -> None:
+        """``instance`` serves at ``now`` (its row made on its first beat)."""
+        ...
+
+    async def end_lost_sessions(self, seen_since: float, opened_before: float) -> int:
+        """End as lost (1006, ``gateway_instance_lost``) every open session whose instance
+        was not seen since ``seen_since`` or has no row, and every open session that names no
+        instance (written before sessions named theirs) opened before ``opened_before``; forget
+        those instances. Each ends at the last moment it is known to have been relayed (its
+        instance's last beat, its last usage record, its start). Returns how many ended."""
+        ...
+
+    async def leave(self, instance: str) -> None:
+        """``instance`` has stopped, every session of it closed: forget it."""
+        ...

@@ -84,13 +84,14 @@ def open_rows(opens: Sequence[SessionOpen]) -> list[dict[str, Any]]:
             "upstream": s.upstream,
             "intent": s.intent,
             "started_at": s.started_at,
+            "instance": s.instance,
         }
         for s in opens
     ]
 
 
 OPEN_SESSION = insert_once(
-    "sessions", ("id", "key_id", "model", "upstream", "intent", "started_at"), "id"
+    "sessions", ("id", "key_id", "model", "upstream", "intent", "started_at", "instance"), "id"
 )
 
 
@@ -191,3 +192,38 @@ def close_rows(closes: Sequence[SessionClose]) -> list[dict[str, Any]]:
         }
         for c in closes
     ]
+
+
+# -- instances (rtgate.lost_sessions) -----------------------------------------------------------
+BEAT = (
+    "INSERT INTO instances (id, started_at, seen_at) VALUES (:id, :now, :now)"
+    " ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
+)
+
+#: Open sessions no serving process relays: their instance was last seen before
+#: ``:seen_since`` or is unknown (gone, and forgotten by an earlier sweep), or they name none
+#: and opened before ``:before``. With what each is known to have lived until.
+LOST_SESSIONS = (
+    "SELECT s.id, s.started_at, i.seen_at,"
+    " (SELECT MAX(u.created_at) FROM usage_records u WHERE u.session_id = s.id) AS last_use"
+    " FROM sessions s LEFT JOIN instances i ON i.id = s.instance"
+    " WHERE s.ended_at IS NULL AND ("
+    " (s.instance IS NOT NULL AND (i.id IS NULL OR i.seen_at < :seen_since))"
+    " OR (s.instance IS NULL AND s.started_at < :before))"
+)
+
+#: The close a session's own would have written (1006: it ended with no close frame, RFC 6455
+#: 7.4.1); a close that lands meanwhile, or later from a spill, is the one kept.
+LOST_REASON = "gateway_instance_lost"
+END_LOST = (
+    "UPDATE sessions SET ended_at = :b_ended_at, close_code = 1006,"
+    f" close_reason = '{LOST_REASON}', closed_by = 'gateway'"
+    " WHERE id = :b_id AND ended_at IS NULL"
+)
+
+FORGET_INSTANCES = "DELETE FROM instances WHERE seen_at < :seen_since"
+
+
+def lost_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Each lost session's end: the latest moment it is known to have been relayed."""
+    return [{"b_id": r[0], "b_ended_at": max(r[1], r[2] or r[1], r[3] or r[1])} for r in rows]

@@ -36,7 +36,9 @@ TABLES: dict[str, str] = {
         ended_at FLOAT,
         close_code INTEGER,
         close_reason VARCHAR(300),
-        closed_by VARCHAR(20)""",
+        closed_by VARCHAR(20),
+        -- The serving process that relays it (instances.id); NULL before rtgate recorded it.
+        instance VARCHAR(40)""",
     "usage_records": """
         id {serial},
         session_id VARCHAR(40) NOT NULL REFERENCES sessions (id),
@@ -117,6 +119,13 @@ TABLES: dict[str, str] = {
     # Signed-in sessions of the operator console (rtgate.web.signin): the SHA-256 of the
     # cookie's value, never the value, so the table cannot be replayed into a browser. Shared
     # by every process, so a sign-in holds on any worker and a sign-out ends it on all.
+    # Each serving process, while it serves: its id (fleet.new_instance_id) and when it last
+    # said it was alive (rtgate.lost_sessions). Its sessions still open once it stops being
+    # seen are ended as lost.
+    "instances": """
+        id VARCHAR(40) NOT NULL PRIMARY KEY,
+        started_at FLOAT NOT NULL,
+        seen_at FLOAT NOT NULL""",
     "console_sessions": """
         value_hash VARCHAR(64) NOT NULL PRIMARY KEY,
         created_at FLOAT NOT NULL,
@@ -163,11 +172,17 @@ class Index:
     table: str
     columns: str
     unique: bool = False
+    #: A partial index's condition (both databases have them): only the rows it holds.
+    where: str = ""
 
     @property
     def ddl(self) -> str:
         unique = "UNIQUE " if self.unique else ""
-        return f"CREATE {unique}INDEX IF NOT EXISTS {self.name} ON {self.table} ({self.columns})"
+        where = f" WHERE {self.where}" if self.where else ""
+        return (
+            f"CREATE {unique}INDEX IF NOT EXISTS {self.name} ON {self.table} ({self.columns})"
+            + where
+        )
 
 
 INDEXES = (
@@ -175,6 +190,8 @@ INDEXES = (
     Index("ix_sessions_key_id", "sessions", "key_id"),
     # A key's sessions newest first, and its last session, without reading the others.
     Index("ix_sessions_key_started", "sessions", "key_id, started_at"),
+    # The open sessions by instance, for the sweep of lost ones: a few rows, not the history.
+    Index("ix_sessions_open_instance", "sessions", "instance", where="ended_at IS NULL"),
     Index("ix_usage_session", "usage_records", "session_id"),
     Index("ix_usage_key_day", "usage_records", "key_id, day"),
     # Spend per day across keys (the console's overview) reads a range of days only.

@@ -59,14 +59,19 @@ from rtgate.store.port import (
 from rtgate.store.rows import (
     ADD_TRANSCRIPT,
     ADD_USAGE,
+    BEAT,
     CLOSE_SESSION,
+    END_LOST,
+    FORGET_INSTANCES,
     KEY_COLUMNS,
+    LOST_SESSIONS,
     MINTED_COLUMNS,
     OPEN_SESSION,
     client_secret,
     close_rows,
     insert_once,
     key_info,
+    lost_rows,
     open_rows,
     stored_call,
     transcript_rows,
@@ -709,6 +714,28 @@ class SqlStore:
             fetch("DELETE FROM console_sessions WHERE value_hash = :hash", hash=value_hash),
             write=True,
         )
+
+    # -- instances and their lost sessions (rtgate.lost_sessions) -------------------------------
+    @_bounded("write")
+    async def beat(self, instance: str, now: float) -> None:
+        await self.db.run(fetch(BEAT, id=instance, now=now), write=True)
+
+    @_bounded("write")
+    async def end_lost_sessions(self, seen_since: float, opened_before: float) -> int:
+        def run() -> Query[int]:
+            rows = yield from fetch(LOST_SESSIONS, seen_since=seen_since, before=opened_before)
+            # In id order: two instances sweeping at once lock the rows in one order.
+            ends = sorted(lost_rows(rows), key=lambda r: r["b_id"])
+            if ends:
+                yield Statement(END_LOST, many=ends)
+            yield Statement(FORGET_INSTANCES, {"seen_since": seen_since})
+            return len(ends)
+
+        return await self.db.run(run(), write=True)
+
+    @_bounded("write")
+    async def leave(self, instance: str) -> None:
+        await self.db.run(fetch("DELETE FROM instances WHERE id = :id", id=instance), write=True)
 
 
 def _session_totals(session_ids: Sequence[str]) -> Query[dict[str, tuple[Usage, int, int]]]:

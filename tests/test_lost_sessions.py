@@ -1,0 +1,41 @@
+"""The beat of a serving process (rtgate.lost_sessions): it goes on through a store outage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from rtgate.clock import ManualClock
+from rtgate.lost_sessions import keep_beating
+from rtgate.store.connections import fetch
+from rtgate.store.faults import FaultyStore
+from rtgate.store.sql import SqlStore
+from tests.polling import until
+
+
+async def test_a_beat_the_store_refuses_is_tried_again_at_the_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inner = SqlStore(f"sqlite:///{tmp_path / 'rtgate.db'}")
+    await inner.init()
+    store = FaultyStore(inner)
+    store.fail(only=frozenset({"beat"}))
+    clock = ManualClock()
+    task = asyncio.create_task(keep_beating(store, clock, "inst_a", every=0.01, longest=3600))
+    try:
+        await until(lambda: store.calls.get("beat", 0) >= 3)
+        assert not task.done()
+        assert "instance beat failed, trying again in 0.01 s" in caplog.text
+        assert await inner.db.run(fetch("SELECT id FROM instances")) == []
+        store.heal()
+
+        async def seen() -> bool:
+            return bool(await inner.db.run(fetch("SELECT id FROM instances")))
+
+        await until(seen)
+        await until(lambda: store.calls.get("end_lost_sessions", 0) >= 1)
+    finally:
+        task.cancel()
+        await inner.close()
