@@ -85,12 +85,11 @@ def trim() -> bool:
     """Collect the cyclic garbage, then release the allocator's free pages to the kernel; True
     if any were released. A closed session's objects are in reference cycles (tasks, legs and
     the pump hold each other), freed only by a full collection, which after a burst may not
-    come for a long while (the threshold counts allocations, and an idle gateway makes few)."""
-    fn = _malloc_trim()
-    if fn is None:
-        return False
+    come for a long while (the threshold counts allocations, and an idle gateway makes few).
+    The collection happens without glibc too (start-up's freeze relies on it)."""
     gc.collect()
-    return bool(fn(0))
+    fn = _malloc_trim()
+    return fn is not None and bool(fn(0))
 
 
 async def trim_after_bursts(

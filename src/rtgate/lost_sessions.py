@@ -22,7 +22,7 @@ import asyncio
 import logging
 
 from rtgate.clock import Clock
-from rtgate.store.port import Store, StoreError
+from rtgate.store.port import Store
 
 log = logging.getLogger("rtgate")
 
@@ -46,15 +46,43 @@ async def sweep(store: Store, clock: Clock, every: float, longest: float) -> int
     return ended
 
 
+class Witness:
+    """Whether this process may judge the others' silence: only after ``LOST_AFTER_BEATS``
+    beats in a row reached the database. Its own failed beats mean it could not hear them
+    either: after an outage they all beat again, and the first back must not take the others
+    for dead before they had as long to be heard (a review's find: the first instance to
+    reach the database after 80 s of failover ended every other instance's live sessions).
+    At start-up the same wait holds, since nothing is known of the others' last beats."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+
+    def beat(self, ok: bool) -> bool:
+        """Record a beat; True when this one may sweep."""
+        self.heard = self.heard + 1 if ok else 0
+        return self.heard >= LOST_AFTER_BEATS
+
+
 async def keep_beating(
     store: Store, clock: Clock, instance: str, every: float, longest: float
 ) -> None:
-    """Beat and sweep every ``every`` seconds until cancelled; a store that fails is tried
-    again at the next beat (the relay does not depend on it)."""
+    """Beat every ``every`` seconds until cancelled, and sweep once ``Witness`` allows. A beat
+    that fails is tried again at the next, logged once for the outage: the relay does not
+    depend on it, and nothing but cancellation ends the loop (an instance that stopped
+    beating would have its sessions taken for lost by the others)."""
+    witness, failing = Witness(), False
     while True:
         await asyncio.sleep(every)
         try:
             await store.beat(instance, clock.now())
-            await sweep(store, clock, every, longest)
-        except StoreError as exc:
-            log.warning("instance beat failed, trying again in %g s: %s", every, exc)
+            if witness.beat(True):
+                await sweep(store, clock, every, longest)
+        except Exception as exc:  # noqa: BLE001 -- a beat that stopped would lose the sessions
+            witness.beat(False)
+            if not failing:
+                log.warning("instance beat failed, trying again every %g s: %s", every, exc)
+            failing = True
+            continue
+        if failing:
+            log.info("instance beat works again")
+        failing = False

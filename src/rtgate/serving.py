@@ -57,9 +57,11 @@ def freeze_startup_heap() -> None:
     collection that walks it stalls every session (measured ~37 ms, a p99 spike under load).
     Sessions' own objects are still collected as usual.
 
-    The collection's garbage and the imports' scratch (each module's source read, compiled
-    and dropped) leave whole free pages in the C heap that glibc keeps; ``heap.trim`` gives
-    them back once, ~1 MB of the idle process (docs/performance.md 9.23)."""
+    The collection's garbage and the imports' scratch leave whole free pages in the C heap
+    that glibc keeps; ``heap.trim`` collects, then gives them back: ~1.1 MB of the idle
+    process where its modules were compiled at this start (no ``.pyc`` could be written: a
+    read-only install, ``PYTHONDONTWRITEBYTECODE``), 0-0.2 MB otherwise (docs/performance.md
+    9.23)."""
     heap.trim()
     gc.freeze()
 

@@ -173,11 +173,12 @@ def background(
     stack.push_async_callback(stop)
 
 
-async def leave(store: Store, instance: str) -> None:
+async def leave(store: Store, instance: str, within: float) -> None:
     """This instance has stopped; if the store cannot take that now, the others' sweep will
     find its row stale, with no session of it open (rtgate.lost_sessions)."""
-    with contextlib.suppress(StoreError):
-        await store.leave(instance)
+    with contextlib.suppress(StoreError, TimeoutError):
+        async with asyncio.timeout(within):
+            await store.leave(instance)
 
 
 def create_app(
@@ -232,7 +233,17 @@ def create_app(
             # This process serves from now on (rtgate.lost_sessions); it is forgotten once its
             # sessions' ends are written (the ledger drains before this runs).
             await store.beat(fleet.instance, clock.now())
-            stack.push_async_callback(leave, store, fleet.instance)
+            stack.push_async_callback(leave, store, fleet.instance, settings.store_timeout_seconds)
+            # And goes on beating from now on, through the engine's and the spill's loading:
+            # a start longer than four beats must not have its siblings forget it.
+            beats = keep_beating(
+                store,
+                clock,
+                fleet.instance,
+                settings.instance_beat_seconds,
+                settings.max_session_seconds,
+            )
+            background(stack, beats, "instance-beat")
             if settings.default_upstream == "local":
                 # The models load now, once the store has opened (a start that fails on the
                 # database says so first), so the engine's first caller does not wait for them.
@@ -293,15 +304,6 @@ def create_app(
             background(stack, trim_after_bursts(lambda: len(gw.live)), "heap")
             # A revoked key's live sessions end within seconds, whoever revoked it (api/live.py).
             background(stack, watch_revoked_keys(gw), "revoked-keys")
-            # The sessions a dead instance left open end in the database (rtgate.lost_sessions).
-            beats = keep_beating(
-                store,
-                clock,
-                fleet.instance,
-                settings.instance_beat_seconds,
-                settings.max_session_seconds,
-            )
-            background(stack, beats, "instance-beat")
             app[DRAIN] = Drain(gw, settings.drain_seconds, propagate=propagate_drain)
             stack.push_async_callback(app[DRAIN].cancel)
             if shared is not None:

@@ -8,7 +8,7 @@ size: a value the database refuses must reach it as it was, to be refused and se
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import orjson
@@ -35,6 +35,13 @@ def to_line(entry: Entry) -> bytes:
         return json.dumps(raw, separators=(",", ":")).encode() + b"\n"
 
 
+def _known(kind: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The members ``kind`` has: a line a later rtgate spilled (a member added since, as
+    ``SessionOpen.instance`` was) is still replayed by this one, not set aside."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
 def from_line(line: bytes) -> Entry:
     """The entry on ``line``; ``ValueError`` if it is not one (a line torn by a crash)."""
     try:
@@ -46,11 +53,11 @@ def from_line(line: bytes) -> Entry:
         if kind == "usage":
             return UsageRecord.from_json(raw)
         if kind == "open":
-            return SessionOpen(**raw)
+            return SessionOpen(**_known(SessionOpen, raw))
         if kind == "transcript":
-            return TranscriptEntry(**raw)
+            return TranscriptEntry(**_known(TranscriptEntry, raw))
         if kind == "close":
-            return SessionClose(**raw)
+            return SessionClose(**_known(SessionClose, raw))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
         raise ValueError(f"unreadable spilled line: {exc}") from exc
     raise ValueError(f"unknown spilled entry {kind!r}")

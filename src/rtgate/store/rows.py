@@ -182,7 +182,9 @@ CLOSE_SESSION = (
 
 
 def close_rows(closes: Sequence[SessionClose]) -> list[dict[str, Any]]:
-    return [
+    """In id order, as the sweep of lost sessions updates them (``END_LOST``): two
+    transactions ending the same sessions on PostgreSQL queue instead of deadlocking."""
+    rows = [
         {
             "b_id": c.id,
             "b_ended_at": c.ended_at,
@@ -192,6 +194,12 @@ def close_rows(closes: Sequence[SessionClose]) -> list[dict[str, Any]]:
         }
         for c in closes
     ]
+    rows.sort(key=_id)
+    return rows
+
+
+def _id(row: dict[str, Any]) -> str:
+    return str(row["b_id"])
 
 
 # -- instances (rtgate.lost_sessions) -----------------------------------------------------------
@@ -199,6 +207,8 @@ BEAT = (
     "INSERT INTO instances (id, started_at, seen_at) VALUES (:id, :now, :now)"
     " ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at"
 )
+
+LOST_BATCH = 500
 
 #: Open sessions no serving process relays: their instance was last seen before
 #: ``:seen_since`` or is unknown (gone, and forgotten by an earlier sweep), or they name none
@@ -208,8 +218,11 @@ LOST_SESSIONS = (
     " (SELECT MAX(u.created_at) FROM usage_records u WHERE u.session_id = s.id) AS last_use"
     " FROM sessions s LEFT JOIN instances i ON i.id = s.instance"
     " WHERE s.ended_at IS NULL AND ("
-    " (s.instance IS NOT NULL AND (i.id IS NULL OR i.seen_at < :seen_since))"
+    " (s.instance IS NOT NULL AND s.started_at < :seen_since"
+    "  AND (i.id IS NULL OR i.seen_at < :seen_since))"
     " OR (s.instance IS NULL AND s.started_at < :before))"
+    # A sweep is one transaction within the store's deadline: a backlog goes a batch a beat.
+    f" LIMIT {LOST_BATCH}"
 )
 
 #: The close a session's own would have written (1006: it ended with no close frame, RFC 6455

@@ -116,9 +116,6 @@ TABLES: dict[str, str] = {
         model VARCHAR(200) NOT NULL,
         upstream VARCHAR(100) NOT NULL,
         created_at FLOAT NOT NULL""",
-    # Signed-in sessions of the operator console (rtgate.web.signin): the SHA-256 of the
-    # cookie's value, never the value, so the table cannot be replayed into a browser. Shared
-    # by every process, so a sign-in holds on any worker and a sign-out ends it on all.
     # Each serving process, while it serves: its id (fleet.new_instance_id) and when it last
     # said it was alive (rtgate.lost_sessions). Its sessions still open once it stops being
     # seen are ended as lost.
@@ -126,6 +123,9 @@ TABLES: dict[str, str] = {
         id VARCHAR(40) NOT NULL PRIMARY KEY,
         started_at FLOAT NOT NULL,
         seen_at FLOAT NOT NULL""",
+    # Signed-in sessions of the operator console (rtgate.web.signin): the SHA-256 of the
+    # cookie's value, never the value, so the table cannot be replayed into a browser. Shared
+    # by every process, so a sign-in holds on any worker and a sign-out ends it on all.
     "console_sessions": """
         value_hash VARCHAR(64) NOT NULL PRIMARY KEY,
         created_at FLOAT NOT NULL,
