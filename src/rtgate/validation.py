@@ -10,7 +10,7 @@ path here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -88,7 +88,7 @@ def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> Problem:
     from rtgate.protocol import schema
 
     path, text = problem(exc)
-    value = _at(sent, path)
+    value = value_at(sent, path.split(".") if path else (), _MISSING)
     if (bound := _BOUND.match(text)) and value is not _MISSING:
         kind = "integer" if bound["kind"] == "int" else "decimal"
         return schema.out_of_range(kind, bound["op"], bound["limit"], value, path)
@@ -101,13 +101,14 @@ def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> Problem:
     return schema.Problem("invalid_request", f"{path or 'body'}: {text}", path)
 
 
-def _at(tree: Any, path: str) -> Any:
-    """The value at a dotted ``path`` (``problem``'s) of parsed JSON, or ``_MISSING``."""
-    for part in path.split(".") if path else ():
-        if isinstance(tree, dict) and part in tree:
+def value_at(tree: Any, path: Iterable[str], missing: Any = None) -> Any:
+    """The value of parsed JSON at ``path`` (members' names, and list indexes as digits), or
+    ``missing`` where there is none."""
+    for part in path:
+        if isinstance(tree, Mapping) and part in tree:
             tree = tree[part]
         elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
             tree = tree[int(part)]
         else:
-            return _MISSING
+            return missing
     return tree

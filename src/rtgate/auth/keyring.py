@@ -203,20 +203,16 @@ class KeyRing:
         operator answering a leak (a newcomer's find)."""
         now = self._clock.now()
         found = await self._store.list_client_secrets(key_id, now)
-        if not found:
-            keys = {}
-        elif key_id is not None:
-            one = await self._store.get_key(key_id)
-            keys = {one.id: one} if one is not None else {}
-        else:
-            keys = {k.id: k for k in await self._store.list_keys(True)}
-
-        def opens(k: KeyInfo | None) -> bool:
-            return (
-                k is not None and k.active and not expired(KeyPolicy.from_json(k.policy_json), now)
-            )
-
-        return [(c, opens(keys.get(c.key_id))) for c in found]
+        keys: list[KeyInfo] = []
+        if found and key_id is not None:
+            keys = [k for k in [await self._store.get_key(key_id)] if k is not None]
+        elif found:
+            keys = await self._store.list_keys(True)
+        # Each key's policy read once, however many secrets it minted.
+        opens = {
+            k.id: k.active and not expired(KeyPolicy.from_json(k.policy_json), now) for k in keys
+        }
+        return [(c, opens.get(c.key_id, False)) for c in found]
 
     async def revoke_secret(self, sid: str) -> StoredClientSecret | None:
         """Revoke one client secret by its id; None if there is no such secret."""

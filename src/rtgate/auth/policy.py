@@ -44,6 +44,7 @@ from rtgate.protocol.session_fields import (
     transcription_model,
     transcription_models,
 )
+from rtgate.validation import value_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,7 +569,7 @@ class PolicyDocument(_Limits, kw_only=True):
         defaults = copy.deepcopy(dict(self.session_defaults or {}))
         found: dict[str, Any] = {}
         for name, path in _DEFAULT_PATHS.items():
-            value = _pick(defaults, path)
+            value = value_at(defaults, path)
             if value is not None:
                 found[name] = value
                 _without(defaults, path)
@@ -579,15 +580,11 @@ class PolicyDocument(_Limits, kw_only=True):
                 param="session_defaults",
             )
         duration = self.max_duration_s
+        # The fields both spell alike, as they are (a new limit needs no line here).
+        limits = {name: getattr(self, name) for name in _Limits.__struct_fields__}
         return PolicyUpdate(
             clear=list(CLEARABLE),
-            models=self.models or [],
-            max_sessions=self.max_sessions,
-            sessions_per_minute=self.sessions_per_minute,
-            secrets_per_minute=self.secrets_per_minute,
-            budget_usd_day=self.budget_usd_day,
-            budget_usd_month=self.budget_usd_month,
-            budget_usd_total=self.budget_usd_total,
+            **{**limits, "models": self.models or []},
             # To the microsecond: the text form takes at most 12 digits.
             max_duration=None if duration is None else f"{duration:.6f}s",
             expires=self.expires_at,
@@ -595,15 +592,6 @@ class PolicyDocument(_Limits, kw_only=True):
             keep_transcripts=bool(self.keep_transcripts),
             **found,
         )
-
-
-def _pick(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at ``path`` in a session's defaults, or None."""
-    for name in path:
-        if not isinstance(tree, Mapping):
-            return None
-        tree = tree.get(name)  # type: ignore[assignment]
-    return tree
 
 
 def _nanos(v: Decimal | None) -> int | None:
@@ -673,7 +661,7 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
-        held = _pick(policy.session_defaults or {}, _DEFAULT_PATHS["voice"])
+        held = value_at(policy.session_defaults, _DEFAULT_PATHS["voice"])
         if catalog is not None and u.voice != held:
             _check_voice(u.voice, catalog)
         defaults.setdefault("audio", {}).setdefault("output", {})["voice"] = u.voice
