@@ -43,6 +43,16 @@ async def store(db_url: str) -> AsyncIterator[SqlStore]:
     await s.close()
 
 
+async def reopened(store: SqlStore, as_before: Query[None], url: str) -> SqlStore:
+    """``store``'s database made as an earlier rtgate left it (``as_before``), then opened
+    again, as a newer rtgate starting on it would: migrated."""
+    await store.db.run(as_before, write=True)
+    await store.close()
+    again = SqlStore(url)
+    await again.init()
+    return again
+
+
 async def sqlite_indexes(store: SqlStore, table: str) -> set[str]:
     """The indexes ``table`` has, by name (SQLite's own for UNIQUE constraints left out)."""
     rows = await store.db.run(
@@ -176,11 +186,7 @@ async def test_a_usage_table_from_before_review_is_migrated(db_url: str) -> None
             f" {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 50, 60)"
         )
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(db_url)
-    await store.init()
+    store = await reopened(store, as_before(), db_url)
     await store.write([replace(rec("key_a", "gpt-realtime", DAY1, 1), review="unreadable_usage")])
     (row,) = await store.usage_summary()
     await store.close()
@@ -241,11 +247,7 @@ async def test_a_usage_table_from_before_units_is_migrated(db_url: str) -> None:
                 f" {DAY1}, {text_in}, 0, 0, 0, 0, 0, 0, 0, {audio_ms}, 6000000, 6000000)"
             )
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(db_url)
-    await store.init()
+    store = await reopened(store, as_before(), db_url)
     await store.write([replace(rec("key_a", "gpt-realtime", DAY1, 1), unit="token")])
     rows = {(r.model, r.unit): r.records for r in await store.usage_summary()}
     await store.close()
@@ -269,11 +271,7 @@ async def test_who_metered_a_record_is_kept_and_old_rows_were_the_provider(db_ur
             f" '2027-01-15', {DAY1}, 5, 0, 0, 0, 0, 0, 0, 0, 0, 20000, 20000, 'token')"
         )
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(db_url)
-    await store.init()
+    store = await reopened(store, as_before(), db_url)
     counted = UsageRecord(
         "rs_1",
         "key_a",
@@ -496,11 +494,7 @@ async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: 
         # As a database made before client secrets could be listed by key.
         yield Statement("DROP INDEX ix_client_secrets_key_id")
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(url)
-    await store.init()
+    store = await reopened(store, as_before(), url)
     names = await sqlite_indexes(store, "client_secrets")
     await store.close()
     assert "ix_client_secrets_key_id" in names
@@ -565,11 +559,7 @@ async def test_a_database_from_before_record_ids_is_migrated(tmp_path: Path) -> 
             "CREATE INDEX ix_transcript_session ON transcript_entries (session_id, seq)"
         )
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(url)
-    await store.init()
+    store = await reopened(store, as_before(), url)
     have = await store.db.run(columns("sqlite", "usage_records"))
     indexes = await sqlite_indexes(store, "transcript_entries")
     assert "record_id" in have
@@ -608,11 +598,7 @@ async def test_an_existing_database_gets_the_calls_table(tmp_path: Path) -> None
         # As a database made before calls had owners.
         yield Statement("DROP TABLE calls")
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(url)
-    await store.init()
+    store = await reopened(store, as_before(), url)
     await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
     call = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", DAY1)
     assert await store.claim_call(call) == call
@@ -823,11 +809,7 @@ async def test_a_sessions_table_from_before_instances_is_migrated(db_url: str) -
             f" VALUES ('rs_old', 'key_a', 'gpt-realtime', 'openai', {DAY1 - 7200})"
         )
 
-    await store.db.run(as_before(), write=True)
-    await store.close()
-
-    store = SqlStore(db_url)
-    await store.init()
+    store = await reopened(store, as_before(), db_url)
     try:
         assert "instance" in await store.db.run(columns(store.db.dialect, "sessions"))
         await store.beat("inst_a", DAY1)

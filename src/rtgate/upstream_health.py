@@ -57,10 +57,8 @@ class UpstreamHealth:
         d.last_ok_at = now
 
     def failed(self, name: str, error: str, now: float) -> None:
-        d = self._of(name)
-        d.dials += 1
-        d.failures += 1
-        d.last_failure_at, d.last_error = now, error
+        self._of(name).dials += 1
+        self.refused_after(name, error, now)
 
     def refused_after(self, name: str, error: str, now: float) -> None:
         """A dial that connected (counted already) whose session the upstream then refused:
