@@ -110,6 +110,10 @@ async def test_a_spoken_turn_in_the_playground_then_a_forced_close_from_the_cons
         await sign_in(console, gw)
         live_row = console.locator(f"#live tr[data-session-id='{sessions[0].id}']")
         await expect(live_row).to_be_visible()
+        # Refreshed in place, and said when in UTC, as the pages' own times are.
+        await expect(console.locator("#live-updated")).to_have_text(
+            re.compile(r"^\(updated \d\d:\d\d:\d\d UTC\)$"), timeout=10_000
+        )
         await live_row.get_by_role("link", name="Close").click()
         await console.get_by_role("button", name="Close the session").click()
         await expect(console.get_by_role("status")).to_contain_text("closed")

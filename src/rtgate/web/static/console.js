@@ -68,7 +68,8 @@ function refreshLive(table) {
         const again = body.querySelector(`tr[data-session-id="${CSS.escape(keep)}"] a`);
         if (again) again.focus();
       }
-      if (status) status.textContent = "(updated " + new Date().toLocaleTimeString() + ")";
+      // In UTC, 24-hour, as every time the console's pages render (web/render.py, ``when``).
+      if (status) status.textContent = "(updated " + new Date().toISOString().slice(11, 19) + " UTC)";
     })
     .catch((err) => { if (status) status.textContent = "(not updated: " + err.message + ")"; });
 }
