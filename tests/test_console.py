@@ -20,6 +20,7 @@ from playwright.async_api import Page, expect
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
+from rtgate.web.render import rate
 from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
 from tests.browser import chromium
 from tests.conftest import TOKEN, RunningGateway
@@ -218,6 +219,24 @@ async def test_the_catalog_says_which_model_its_upstream_refuses(
     rows = {m[1]: m[2] for m in re.finditer(r"<tr><td>([\w.-]+)(.*?)</tr>", page, re.S)}
     assert "refuses it: route it to a provider" in rows["gpt-realtime-translate"]
     assert "refuses it" not in rows["gpt-realtime"]
+
+
+async def test_the_catalog_lines_its_rates_up(admin: RunningGateway) -> None:
+    """Rates to cents at least, exact below them; a minute row without token rates says its
+    rate alone (the page showed ``0 / 0.0 / 0`` for its tokens, and ``4 / 0.40 / 16`` above)."""
+    http, _ = await console_cookies(admin)
+    async with http, http.get(f"{admin.http}/ui/models") as r:
+        page = await r.text()
+    rows = {m[1]: m[2] for m in re.finditer(r"<tr><td>([\w.-]+)(.*?)</tr>", page, re.S)}
+    cells = {m: re.findall(r'<td class="num">(.*?)</td>', row) for m, row in rows.items()}
+    assert cells["gpt-realtime"] == ["4.00 / 0.40 / 16.00", "32.00 / 0.40 / 64.00", "0.00 %"]
+    assert cells["gpt-realtime-2.1-mini"][0] == "0.60 / 0.06 / 2.40"
+    assert cells["gpt-realtime-translate"] == ["—", "0.034 per minute", "0.00 %"]
+
+
+def test_rates_line_up_to_cents_and_stay_exact() -> None:
+    shown = [rate(v) for v in ("4", "0.250", "0.0045", "0.0", "1E+1", "1500", "-5", "0.125")]
+    assert shown == ["4.00", "0.25", "0.0045", "0.00", "10.00", "1,500.00", "-5.00", "0.125"]
 
 
 async def test_an_expired_key_is_marked_expired(admin: RunningGateway) -> None:

@@ -33,6 +33,9 @@ class PriceView(View, frozen=True, kw_only=True):
     image_in: str
     image_cached: str
     markup_percent: str
+    #: Whether the row prices tokens: a ``token`` row, or a duration row that sets a token rate
+    #: (``PriceSettings.sets_token_rates``); a duration row that sets none records tokens at 0.
+    prices_tokens: bool
 
 
 class ModelView(View, frozen=True, kw_only=True):
@@ -87,6 +90,7 @@ def price_view(p: PriceSettings) -> PriceView:
         image_in=str(p.image_in),
         image_cached=str(cached_rate(p.image_in, p.image_cached)),
         markup_percent=str(p.markup_percent),
+        prices_tokens=p.unit == "token" or p.sets_token_rates,
     )
 
 

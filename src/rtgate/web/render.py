@@ -44,6 +44,15 @@ def usd(value: str | None, places: int = 4) -> str:
     return f"${d:,.{places}f}"
 
 
+def rate(value: str) -> str:
+    """A price row's rate, exact and with at least cents: ``"4"`` -> ``4.00``, ``"0.250"`` ->
+    ``0.25``, ``"0.0045"`` -> ``0.0045``. The catalog keeps the decimals as configured (``0``,
+    ``0.40``, ``12.00``); a page lines them up."""
+    d = Decimal(value).normalize()
+    places = max(2, -int(d.as_tuple().exponent))
+    return f"{d:,.{places}f}"
+
+
 def when(value: str | None) -> str:
     """An RFC 3339 UTC time as ``2026-01-31 12:00 UTC``."""
     if not value:
@@ -114,7 +123,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(usd=usd, when=when, duration=duration)
+    env.filters.update(usd=usd, rate=rate, when=when, duration=duration)
     env.globals["version"] = __version__
     return env
 
