@@ -237,3 +237,27 @@ async def test_requests_with_no_key_are_refused_but_do_not_throttle_the_address(
             assert resp.status == 200
             assert resp.headers["Cache-Control"] == "no-store"
     assert (await refusal(gw, good))[0] == "session.created"
+
+
+async def test_a_throttled_address_asking_with_no_key_is_told_it_sent_none(
+    throttled_gateway: tuple[RunningGateway, list[str]], provider: FakeProvider
+) -> None:
+    """A newcomer's find: once an address was throttled, a request of it with no key at all was
+    answered 429 (wait) where the README says 401 (send a key): it costs no lookup either way."""
+    gw, looked_up = throttled_gateway
+    for _ in range(BURST + 1):
+        await refusal(gw, BAD)
+    assert (await refusal(gw, BAD))[0] == "rate_limit_exceeded"
+    connector = aiohttp.TCPConnector(local_addr=(FLOODER, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(gw.http + "/v1/models") as resp:
+            assert resp.status == 401
+            assert "didn't provide an API key" in (await resp.json())["error"]["message"]
+        async with http.post(gw.http + "/v1/realtime/client_secrets", json={}) as resp:
+            assert resp.status == 401
+    assert len(looked_up) == BURST
+    async with connect(f"{gw.ws}/v1/realtime?model=gpt-realtime", local_addr=(FLOODER, 0)) as ws:
+        event = orjson.loads(await ws.recv())
+        assert event["type"] == "error" and "didn't provide an API key" in event["error"]["message"]
+    # And the throttle still holds for a key: nothing was reset.
+    assert (await refusal(gw, BAD))[0] == "rate_limit_exceeded"

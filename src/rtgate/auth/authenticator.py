@@ -55,22 +55,34 @@ class Authenticator:
     async def key(self, headers: Mapping[str, str], peer: str | None) -> tuple[KeyInfo, KeyPolicy]:
         """A gateway key: a client secret cannot mint another, nor act on calls."""
         secret = client_credential(headers).secret
-        return await self.checked(headers, peer, lambda: self._keyring.authenticate(secret))
+        return await self.checked(
+            headers, peer, lambda: self._keyring.authenticate(secret), offered=bool(secret)
+        )
 
     async def key_or_secret(
         self, headers: Mapping[str, str], peer: str | None
     ) -> tuple[KeyInfo, KeyPolicy, ClientSecret | None]:
         """A gateway key, or a client secret minted by one (``KeyRing.authenticate_session``)."""
         secret = client_credential(headers).secret
-        return await self.checked(headers, peer, lambda: self._keyring.authenticate_session(secret))
+        return await self.checked(
+            headers, peer, lambda: self._keyring.authenticate_session(secret), offered=bool(secret)
+        )
 
     async def checked(
-        self, headers: Mapping[str, str], peer: str | None, check: Callable[[], Awaitable[T]]
+        self,
+        headers: Mapping[str, str],
+        peer: str | None,
+        check: Callable[[], Awaitable[T]],
+        *,
+        offered: bool = True,
     ) -> T:
         """``check()`` unless the caller's address is throttled; an ``AuthError`` it raises
-        counts as a failure of that address (the console's sign-in is checked this way too)."""
+        counts as a failure of that address (the console's sign-in is checked this way too).
+        A request that ``offered`` no credential at all is checked, and refused as missing
+        (401), whatever its address: it costs no lookup, so a throttle would spare nothing,
+        and it must tell a client with no key what is wrong, not to wait."""
         throttle = self._throttle
-        if throttle is None:
+        if throttle is None or not offered:
             return await check()
         address = client_address(peer, headers.get("X-Forwarded-For"), self._trusted)
         source = source_of(address)
