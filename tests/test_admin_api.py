@@ -286,10 +286,11 @@ async def test_a_policy_as_get_shows_it_can_be_put_back_edited(admin: RunningGat
     assert policy["budget_usd_month"] == "0.000000000"  # a $0 budget is kept as one
     assert policy["expires_at"] == "2099-12-31T18:00:00Z"
     # Durations as GET shows them, whatever their digits (a review's find: 1.1h read back as
-    # 3960.0000000000005 s, which PUT refused).
-    await call(admin, "PATCH", f"/keys/{key['id']}", body={"max_duration": "1.1h"})
+    # 3960.0000000000005 s, which PUT refused; 0.55h is 1980.0000000000002 s in binary).
+    patched = await call(admin, "PATCH", f"/keys/{key['id']}", body={"max_duration": "0.55h"})
+    assert patched.status == 200, patched.text
     shown = (await call(admin, "GET", f"/keys/{key['id']}")).json()["policy"]
-    assert shown["max_duration_s"] == 3960.0
+    assert shown["max_duration_s"] == 1980.0
     for seconds in (shown["max_duration_s"], 1234.567891234567):
         again = await call(admin, "PUT", path, body={**shown, "max_duration_s": seconds})
         assert again.status == 200, again.text
@@ -402,6 +403,7 @@ async def test_an_invalid_update_leaves_the_key_as_it_was(admin: RunningGateway)
         {"max_sessions": 0},
         {"name": "renamed"},
         {"max_duration": "1 week"},
+        {"max_duration": "2h"},  # longer than the gateway's own cap (an hour)
         {"models": ["gpt-5"]},  # no model of this gateway's
     ):
         reply = await call(admin, "PATCH", f"/keys/{key['id']}", body=body)

@@ -653,6 +653,28 @@ def test_implausible_limits_are_refused(update: dict[str, Any]) -> None:
         apply_update(KeyPolicy(), msgspec.convert(update, PolicyUpdate))
 
 
+def test_a_key_may_shorten_sessions_not_promise_longer_ones_than_the_gateway_relays() -> None:
+    """A newcomer's find: ``--max-duration 2h`` was taken where the gateway ends every session
+    at its ``max_session_seconds`` (an hour by default), which the README says it is at most."""
+    catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "k"}))
+    assert catalog.session_cap_s == 3600
+    update = PolicyUpdate(max_duration="2h")
+    with pytest.raises(PolicyError, match=r"at most the gateway's max_session_seconds \(3600 s\)"):
+        apply_update(KeyPolicy(), update, catalog)
+    assert (
+        apply_update(KeyPolicy(), PolicyUpdate(max_duration="1h"), catalog).max_duration_s == 3600
+    )
+    # A value the key held before stays (the cap may have been lowered since), and without the
+    # gateway's catalog (the CLI's check of a value's shape) only the 24 hours bound applies.
+    held = KeyPolicy(max_duration_s=7200.0)
+    assert apply_update(held, update, catalog).max_duration_s == 7200
+    assert apply_update(KeyPolicy(), update).max_duration_s == 7200
+    longer = Catalog(
+        load_settings(None, {"OPENAI_API_KEY": "k", "RTGATE_MAX_SESSION_SECONDS": "9000"})
+    )
+    assert apply_update(KeyPolicy(), update, longer).max_duration_s == 7200
+
+
 def test_a_default_voice_must_be_one_a_session_can_use(tmp_path: Path) -> None:
     # A newcomer's find: `keys create --voice nobody` was taken, and every session of the key
     # then opened with an error its client never caused.

@@ -172,6 +172,12 @@ class Catalog:
         operator's."""
         return self._transcription
 
+    @property
+    def session_cap_s(self) -> float:
+        """The longest session this gateway relays (``max_session_seconds``): a key's own
+        ``max_duration`` can only shorten it."""
+        return self._settings.max_session_seconds
+
     def takes_any_voice(self) -> bool:
         """Whether some model is served by Gemini Live, which takes a voice name OpenAI does
         not have as its own prebuilt voice (``protocol/gemini_setup.py``): then a key's

@@ -645,7 +645,16 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
         if getattr(u, src) is not None:
             changes[dst] = _nanos(getattr(u, src))
     if u.max_duration is not None:
-        changes["max_duration_s"] = parse_duration(u.max_duration)
+        duration = changes["max_duration_s"] = parse_duration(u.max_duration)
+        cap = None if catalog is None else catalog.session_cap_s
+        if cap is not None and duration > cap and duration != policy.max_duration_s:
+            # Accepted, it would read as a promise the gateway's cap breaks (a newcomer's
+            # find); a value the key held before stays, as after the cap is lowered.
+            raise PolicyError(
+                f"max_duration: at most the gateway's max_session_seconds ({cap:g} s), "
+                "which every session ends at anyway",
+                param="max_duration",
+            )
     if u.expires is not None:
         changes["expires_at"] = parse_expiry(u.expires)
     # A copy all the way down: the setters below write into nested objects, and the policy
