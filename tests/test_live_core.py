@@ -312,6 +312,26 @@ def test_backend_tokens_of_a_model_with_no_row_are_recorded_unpriced() -> None:
     assert c.upstream_text(orjson.dumps(delta)) is None
 
 
+def test_backend_usage_held_behind_a_snapshots_commit_is_recorded_when_the_client_leaves() -> None:
+    """An audit's find: a backend response's tokens, held behind a snapshot's commit, were
+    dropped unrecorded when the client left meanwhile."""
+    c = started(core())
+    backend = {
+        "type": "response.event",
+        "event": {
+            "type": "response.completed",
+            "response": {"id": "resp_b", "usage": {"input_tokens": 50_000, "output_tokens": 2}},
+        },
+    }
+    acts = c.upstream_text(usage(30))
+    assert acts is not None and [type(a) for a in acts] == [Commit]
+    assert c.upstream_text(orjson.dumps(backend)) == ()  # held behind it
+    acts = c.client_closed(1000, "bye")
+    records = [a.record for a in acts if isinstance(a, Record)]
+    assert [(r.usage.kind, r.ref) for r in records] == [("backend", "resp_b")]
+    assert acts[-1] == SendUpstream(SESSION_CLOSE.encode())  # and the final total is asked for
+
+
 def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
     cfg = tmp_path / "rtgate.toml"
     cfg.write_text('[prices.gpt-backend]\ntext_in = "2"\ntext_out = "8"\n')

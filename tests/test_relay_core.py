@@ -255,6 +255,79 @@ def test_a_crossed_budget_ends_the_session_with_insufficient_quota() -> None:
     assert c.session.close_code == 3000
 
 
+# -- usage held behind a commit when the session ends ---------------------------------------------
+def transcribed(item: str = "item_1") -> bytes:
+    """A transcription's usage, as OpenAI sends it right behind a turn's ``response.done``."""
+    return orjson.dumps(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item,
+            "transcript": "hi",
+            "usage": {
+                "type": "tokens",
+                "input_tokens": 50,
+                "output_tokens": 5,
+                "input_token_details": {"audio_tokens": 50},
+            },
+        }
+    )
+
+
+def recorded(actions: Any) -> list[str]:
+    """The refs of the records ``actions`` commit or record."""
+    return [a.record.ref for a in actions or () if isinstance(a, (Commit, Record))]
+
+
+def test_usage_held_behind_a_commit_is_recorded_when_the_client_leaves() -> None:
+    """The provider sent it, so it bills it: an audit found a ``response.done`` held behind a
+    transcription's commit dropped unrecorded when the client left meanwhile."""
+    c = core()
+    refs = recorded(c.upstream_text(transcribed()))
+    assert c.upstream_text(response_created("resp_1")) == ()  # held too
+    assert c.upstream_text(done("resp_1", 100_000)) == ()
+    acts = c.client_closed(1000, "bye")
+    refs += recorded(acts)
+    assert refs == ["item_1", "resp_1"]
+    assert kinds(acts) == [Record, CloseUpstream, Ended]  # settled: nothing owed, nothing sent
+    assert c.committed(True) == ()
+
+
+def test_a_response_held_behind_a_commit_is_waited_for_when_the_session_ends() -> None:
+    c = core()
+    c.upstream_text(transcribed())
+    assert c.upstream_text(response_created("resp_2")) == ()  # held
+    acts = c.client_lost()
+    assert acts == (SendUpstream(b'{"type":"response.cancel"}'),)
+    assert c.open
+    acts = c.upstream_text(done("resp_2"))
+    assert recorded(acts) == ["resp_2"] and kinds(acts)[-2:] == [CloseUpstream, Ended]
+
+
+def test_usage_held_behind_a_budget_check_is_recorded_when_the_budget_ends_the_session() -> None:
+    c = core(budget=True)
+    c.upstream_text(done("resp_1"))
+    c.upstream_text(transcribed("item_2"))
+    assert kinds(c.committed(True)) == [SendClient, CheckBudget]
+    acts = c.budget_checked(QuotaExceeded("Over budget."))
+    assert recorded(acts) == ["item_2"]
+    assert kinds(acts) == [Refused, Record, SendClient, CloseClient, CloseUpstream, Ended]
+    assert transcribed("item_2") not in sent(acts)  # billed, never delivered
+
+
+def test_usage_held_behind_a_commit_is_recorded_at_expiry_and_after_a_failed_commit() -> None:
+    c = core(max_seconds=60)
+    c.upstream_text(transcribed())
+    c.upstream_text(done("resp_9", 1000))
+    assert recorded(c.tick(161.0)) == ["resp_9"]
+    assert c.committed(True) == ()
+    # The ledger refused the first: the one behind it is tried all the same.
+    c = core()
+    c.upstream_text(transcribed())
+    c.upstream_text(done("resp_9", 1000))
+    acts = c.committed(False)
+    assert recorded(acts) == ["resp_9"] and error_code(sent(acts)[0]) == "usage_unavailable"
+
+
 # -- closes ---------------------------------------------------------------------------------------
 def test_an_upstream_close_is_mirrored_to_the_client() -> None:
     c = core()
@@ -298,9 +371,13 @@ def test_a_lost_client_records_1006_and_closes_upstream_with_1001() -> None:
     assert (c.session.close_code, c.session.closed_by) == (1006, "client")
 
 
+def response_created(rid: str) -> bytes:
+    return orjson.dumps({"type": "response.created", "response": {"id": rid}})
+
+
 def running(c: RelayCore, rid: str = "resp_1") -> None:
     """The upstream started response ``rid``: its usage is owed from now on."""
-    created = orjson.dumps({"type": "response.created", "response": {"id": rid}})
+    created = response_created(rid)
     assert c.upstream_text(created) in (None, [SendClient(created)])
 
 
@@ -727,9 +804,15 @@ def test_a_sideband_expiry_and_a_forced_close_hang_up_once() -> None:
 def test_a_call_the_provider_ends_is_not_hung_up() -> None:
     c = sideband()
     assert c.upstream_closed(1000, "") == (Ended(),)
+
+
+def test_a_dropped_sideband_hangs_its_call_up() -> None:
+    """No close frame: the call may run on at the provider, and nothing would meter it (an
+    audit's find), so it is hung up, as a sideband that stops answering is."""
     c = sideband()
-    assert c.upstream_lost() == (Ended(),)
+    assert c.upstream_lost() == [Hangup(), Ended()]
     assert (c.session.close_code, c.session.closed_by) == (1006, "upstream")
+    assert c.terminate(ShuttingDown("x")) == ()  # once
 
 
 def test_a_call_hung_up_by_the_client_is_not_hung_up_again() -> None:

@@ -233,6 +233,46 @@ async def test_a_crossed_budget_ends_the_session_after_delivering_the_frame() ->
     assert client.closes == [(3000, "insufficient_quota.insufficient_quota")]
 
 
+TRANSCRIBED = orjson.dumps(
+    {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "item_id": "item_2",
+        "transcript": "hi",
+        "usage": {"type": "tokens", "input_tokens": 50, "output_tokens": 5},
+    }
+)
+
+
+async def test_usage_held_behind_a_budget_check_reaches_the_ledger_when_the_budget_ends_it() -> (
+    None
+):
+    """An audit's find, through the pump: the turn's transcription, right behind its
+    ``response.done``, never reached the ledger when the budget check ended the session."""
+    pump, client, up, effects, _ = rig(budget=True)
+    effects.refusal = QuotaExceeded("Over budget.")
+    task = await started(pump)
+    events(up).on_text(done("resp_1"))
+    events(up).on_text(TRANSCRIBED)
+    await asyncio.sleep(0)
+    effects.commits[0][1].set_result(True)
+    await task
+    assert [r.ref for r, _ in effects.commits] == ["resp_1", "item_2"]
+    assert TRANSCRIBED not in client.sent  # billed, not delivered after the refusal
+
+
+async def test_usage_held_behind_a_commit_reaches_the_ledger_when_the_client_leaves() -> None:
+    pump, client, up, effects, _ = rig()
+    task = await started(pump)
+    events(up).on_text(TRANSCRIBED)
+    events(up).on_text(done("resp_9", 100_000))
+    events(client).on_close(1000, "bye")
+    await asyncio.sleep(0)
+    effects.commits[0][1].set_result(True)
+    await task
+    assert [r.ref for r, _ in effects.commits] == ["item_2", "resp_9"]
+    assert up.closes == [(1000, "bye")]
+
+
 async def test_a_client_that_stops_reading_pauses_the_upstream_until_it_drains() -> None:
     pump, client, up, _, _ = rig()
     task = await started(pump)
@@ -350,6 +390,14 @@ async def test_a_sideband_hangs_its_call_up_before_closing_its_socket() -> None:
     assert effects.hangups == 1
     assert up.log == ["hangup", "close"]
     assert up.closes == [(1001, "server_error.server_shutting_down")]
+
+
+async def test_a_sideband_that_drops_hangs_its_call_up() -> None:
+    pump, _, up, effects, _ = rig(client=False)
+    task = await started(pump)
+    events(up).on_lost()
+    await task
+    assert effects.hangups == 1
 
 
 async def test_a_call_the_provider_ended_is_not_hung_up() -> None:

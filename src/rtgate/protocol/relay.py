@@ -496,8 +496,8 @@ class RelayCore:
         if frame is None or self.session.state is not SessionState.OPEN:
             return _NOTHING
         if not ok:
-            # Unbillable usage must not flow on: the frame stops here.
-            self._held = None
+            # Unbillable usage must not flow on: the frame stops here (the frames held behind
+            # it are metered as the session ends, ``_stop``, and forwarded nowhere).
             return self._end(
                 LedgerUnavailable(
                     "Usage could not be recorded, so the session was ended."
@@ -522,7 +522,6 @@ class RelayCore:
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
         if refusal is not None:
-            self._held = None
             out: list[Action] = [Refused(refusal.code)]
             out.extend(self._end(refusal, "gateway"))
             return out
@@ -546,7 +545,6 @@ class RelayCore:
         if self.session.state is not SessionState.OPEN:
             return _NOTHING
         if not ok:
-            self._held = None
             return self._end(
                 LedgerUnavailable("Usage could not be recorded, so the session was ended."),
                 "gateway",
@@ -684,15 +682,17 @@ class RelayCore:
         code, reason = self.session.mirrored_close(code, reason)
         if not self.session.close(code, reason, "upstream"):
             return _NOTHING
-        self._stop()
+        stopped = self._stop()
         if not self._client:
-            return (_ENDED,)
-        return (*self._take_early(), CloseClient(sendable(code), reason), _ENDED)
+            return (*stopped, _ENDED)
+        return (*stopped, *self._take_early(), CloseClient(sendable(code), reason), _ENDED)
 
     def upstream_lost(self, message: str = "The upstream connection was lost.") -> Actions:
         """The upstream is gone without a close frame: the client hears why, then 1011. A call
-        sideband records the drop as the upstream's own end (no hangup: the call's media path
-        is not this socket)."""
+        sideband's drop hangs its call up, as a sideband that stops answering does (``_dead``):
+        the call's media path is not this socket, and the call would run on at the provider
+        with nothing metering it (an audit's find; the provider closes a sideband whose call
+        ended, with a close frame, ``upstream_closed``)."""
         if self._closing is not None:
             return self._closed_upstream()
         if self._held is not None and self.session.state is SessionState.OPEN:
@@ -700,13 +700,17 @@ class RelayCore:
         if not self._client:
             if not self.session.close(1006, "", "upstream"):
                 return _NOTHING
-            self._stop()
-            return (_ENDED,)
+            out: list[Action] = [*self._stop()]
+            if not self._hangup_sent:
+                self._hangup_sent = True
+                out.append(Hangup())
+            out.append(_ENDED)
+            return out
         err = UpstreamError(message)
         if not self.session.close(err.close_code, err.close_reason, "upstream"):
             return _NOTHING
-        self._stop()
         return (
+            *self._stop(),
             *self._take_early(),
             SendClient(self._error_event(err)),
             CloseClient(err.close_code, err.close_reason),
@@ -718,14 +722,14 @@ class RelayCore:
         closed for (1009, 1007): mirrored upstream."""
         if not self.session.close(code, reason, "client"):
             return _NOTHING
-        self._stop()
-        return self._close_upstream(sendable(code), reason)
+        stopped = self._stop()
+        return (*stopped, *self._close_upstream(sendable(code), reason))
 
     def client_lost(self) -> Actions:
         if not self.session.close(1006, "client disconnected", "client"):
             return _NOTHING
-        self._stop()
-        return self._close_upstream(1001, "client disconnected")
+        stopped = self._stop()
+        return (*stopped, *self._close_upstream(1001, "client disconnected"))
 
     def heard_client(self) -> None:
         self._heard_client = True
@@ -762,8 +766,12 @@ class RelayCore:
         if side is Side.CLIENT:
             if not self.session.close(1006, "client disconnected", "client"):
                 return _NOTHING
-            self._stop()
-            return (Sever(Side.CLIENT), *self._close_upstream(1001, "client disconnected"))
+            stopped = self._stop()
+            return (
+                Sever(Side.CLIENT),
+                *stopped,
+                *self._close_upstream(1001, "client disconnected"),
+            )
         out: list[Action] = [Sever(Side.UPSTREAM)]
         if not self._client:
             err = UpstreamError("The upstream stopped responding.")
@@ -786,18 +794,18 @@ class RelayCore:
         self._close_asked = True
         if not self.session.close(1000, "call hung up", "client"):
             return _NOTHING
-        self._stop()
-        return self._close_upstream(1000, "call hung up")
+        stopped = self._stop()
+        return (*stopped, *self._close_upstream(1000, "call hung up"))
 
     def _end(self, err: GatewayError, by: str) -> Actions:
         """The gateway ends the session: the client hears why, then both legs close with its
         code; a call sideband hangs its call up first."""
         if not self.session.close(err.close_code, err.close_reason, by):
             return _NOTHING
-        self._stop()
+        stopped = self._stop()
         code, reason = err.close_code, err.close_reason
         if not self._client:
-            out: list[Action] = []
+            out: list[Action] = [*stopped]
             if not self._hangup_sent:
                 self._hangup_sent = True
                 out.append(Hangup())
@@ -805,6 +813,7 @@ class RelayCore:
             out += self._close_upstream(sendable(code), reason)
             return out
         return (
+            *stopped,
             *self._take_early(),
             SendClient(self._error_event(err)),
             CloseClient(sendable(code), reason),
@@ -854,18 +863,21 @@ class RelayCore:
     def _closing_text(self, data: bytes) -> Actions:
         """An upstream frame of a closing session: its usage recorded (the frame goes nowhere:
         the client has gone or was told why); the last usage owed ends the wait."""
+        out = self._meter_unsent(data)
+        if not self._owed():
+            out.extend(self._closed_upstream(close=True))
+        return out or _NOTHING
+
+    def _meter_unsent(self, data: bytes) -> list[Action]:
+        """An upstream frame of a session that has ended, which reaches nobody: its usage
+        recorded, and the response it opens or settles tracked."""
         if data.startswith(_FORWARD) or not any(m in data for m in self._down_marks):
-            return _NOTHING
+            return []
         text = data.decode()
         event = parse_event(text)
         rec = self.session.on_upstream_event(event, text, self._now())
         self._track_response(event)
-        out: list[Action] = []
-        if rec is not None and not isinstance(rec, str):
-            out.append(Record(rec))
-        if not self._owed():
-            out.extend(self._closed_upstream(close=True))
-        return out
+        return [Record(rec)] if rec is not None and not isinstance(rec, str) else []
 
     def _closing_tick(self, now_mono: float) -> Actions:
         closing = self._closing
@@ -886,8 +898,20 @@ class RelayCore:
             return (_ENDED,)
         return (CloseUpstream(closing.code, closing.reason), _ENDED)
 
-    def _stop(self) -> None:
-        """After the first close nothing is forwarded: not even an audio frame."""
+    def _stop(self) -> Actions:
+        """After the first close nothing is forwarded: not even an audio frame. The upstream
+        frames held behind a commit or a budget check are metered all the same, as a closing
+        session's are (``_meter_unsent``): the provider sent them, so it bills them (an audit
+        found a ``response.done`` or a transcription held there dropped unrecorded when the
+        session ended meanwhile, and a ``response.created`` among them never waited for)."""
+        held = self._held
         self._fast_down = self._fast_up = False
         self._held = None
         self._committing = None
+        if not held:
+            return _NOTHING
+        out: list[Action] = []
+        for data in held:
+            if isinstance(data, bytes):
+                out.extend(self._meter_unsent(data))
+        return out
