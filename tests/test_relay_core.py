@@ -57,7 +57,9 @@ def done(rid: str = "resp_1", tokens: int = 5) -> bytes:
     return orjson.dumps({"type": "response.done", "response": {"id": rid, "usage": usage}})
 
 
-def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
+def session(
+    *, max_seconds: float = 60, metered: bool = True, intent: str | None = None
+) -> RelaySession:
     catalog = Catalog(load_settings(None, {"OPENAI_API_KEY": "sk-x"}))
     return RelaySession(
         session_id="rs_1",
@@ -68,14 +70,16 @@ def session(*, max_seconds: float = 60, metered: bool = True) -> RelaySession:
         opened_mono=100.0,
         max_seconds=max_seconds,
         metered=metered,
+        intent=intent,
     )
 
 
-def core(*, fresh: bool = False, **kw: Any) -> RelayCore:
+def core(*, fresh: bool = False, intent: str | None = None, **kw: Any) -> RelayCore:
     """A core of a session under way (the upstream's ``session.created`` passed), or
     ``fresh``: just opened."""
     max_seconds = kw.pop("max_seconds", 60)
-    c = RelayCore(session(max_seconds=max_seconds), lambda: 1234.0, opened_mono=100.0, **kw)
+    s = session(max_seconds=max_seconds, intent=intent)
+    c = RelayCore(s, lambda: 1234.0, opened_mono=100.0, **kw)
     if not fresh:
         c.upstream_text(CREATED)
     return c
@@ -326,6 +330,46 @@ def test_usage_held_behind_a_commit_is_recorded_at_expiry_and_after_a_failed_com
     c.upstream_text(done("resp_9", 1000))
     acts = c.committed(False)
     assert recorded(acts) == ["resp_9"] and error_code(sent(acts)[0]) == "usage_unavailable"
+
+
+def committed(item: str) -> bytes:
+    return orjson.dumps({"type": "input_audio_buffer.committed", "item_id": item})
+
+
+def test_a_transcription_session_waits_for_the_transcription_of_audio_it_committed() -> None:
+    """An audit's find: a transcription session closed right after its audio was committed
+    closed the upstream at once, and the transcription the provider bills was never recorded."""
+    c = core(intent="transcription", close_grace=5.0)
+    assert kinds(c.upstream_text(committed("item_1")) or ()) in ([], [SendClient])
+    acts = c.client_closed(1000, "bye")
+    assert acts == ()  # nothing to cancel: waited for
+    assert c.open
+    acts = c.upstream_text(transcribed("item_1"))
+    assert recorded(acts) == ["item_1"]
+    assert kinds(acts) == [Record, CloseUpstream, Ended]
+    # A failed one settles it, unbilled; and the wait is bounded.
+    c = core(intent="transcription", close_grace=5.0)
+    c.upstream_text(committed("item_2"))
+    c.upstream_text(committed("item_3"))
+    c.client_lost()
+    failed = {
+        "type": "conversation.item.input_audio_transcription.failed",
+        "item_id": "item_2",
+        "error": {"message": "x"},
+    }
+    assert c.upstream_text(orjson.dumps(failed)) == ()
+    assert c.tick(200.0) == () and c.tick(204.9) == ()
+    assert c.tick(205.1) == (CloseUpstream(1001, "client disconnected"), Ended())
+    # A transcription already come owes nothing; a conversation's commits owe nothing either
+    # (whether it transcribes is the session's configuration: not waited for).
+    c = core(intent="transcription")
+    c.upstream_text(committed("item_4"))
+    c.upstream_text(transcribed("item_4"))
+    c.committed(True)
+    assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
+    c = core()
+    c.upstream_text(committed("item_5"))
+    assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
 
 
 # -- closes ---------------------------------------------------------------------------------------

@@ -171,6 +171,16 @@ _SESSION_CLOSE = SESSION_CLOSE.encode()
 _RESPONSE_CANCEL = b'{"type":"response.cancel"}'
 #: The upstream event a Realtime response starts with: from then on its usage is owed.
 _RESPONSE_CREATED = '"response.created"'
+#: A transcription session's audio turned into an item, whose transcription it owes, and the
+#: failure that settles it without usage (``...transcription.completed`` is a meter mark).
+_COMMITTED = '"input_audio_buffer.committed"'
+_TRANSCRIPTION_FAILED = 'input_audio_transcription.failed"'
+_TRANSCRIPTION_SETTLED = frozenset(
+    {
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.input_audio_transcription.failed",
+    }
+)
 
 # RFC 6455 7.4: codes that must never be sent in a close frame.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
@@ -283,9 +293,15 @@ class RelayCore:
         #: translation (metered by its audio, no responses) nor a call's sideband, the
         #: gateway's or a client's (the call runs on, and its own sideband meters it).
         self._responding: set[str] | None = None
+        #: A transcription session's committed audio (item ids) whose transcription has not
+        #: come yet: owed as a running response is, and waited for the same way (no cancel).
+        self._transcriptions: set[str] | None = None
         if not self._live and audio_meter is None and client and session.metered:
             self._responding = set()
             down += (_RESPONSE_CREATED,)
+            if session.intent == "transcription":
+                self._transcriptions = set()
+                down += (_COMMITTED, _TRANSCRIPTION_FAILED)
         self._down_marks = _encoded(down)
         up: tuple[str, ...] = UP_MARKS if beta is not None else ()
         if recorder is not None:
@@ -823,11 +839,21 @@ class RelayCore:
     # -- an end that waits for the usage the upstream still owes (docs/protocol-live.md 4) ------
     def _track_response(self, event: Any) -> None:
         """``response.created`` opens a response the session owes usage for; its
-        ``response.done`` settles it."""
+        ``response.done`` settles it. On a transcription session, ``input_audio_buffer.
+        committed`` opens a transcription, its item's ``...transcription.completed`` (or
+        ``.failed``) settles it."""
         responding = self._responding
         if responding is None or not isinstance(event, dict):
             return
         etype = event.get("type")
+        transcriptions = self._transcriptions
+        if transcriptions is not None:
+            item = event.get("item_id")
+            if isinstance(item, str):
+                if etype == "input_audio_buffer.committed":
+                    transcriptions.add(item)
+                elif etype in _TRANSCRIPTION_SETTLED:
+                    transcriptions.discard(item)
         if etype != "response.created" and etype != "response.done":
             return
         response = event.get("response")
@@ -840,12 +866,12 @@ class RelayCore:
             responding.discard(rid)
 
     def _owed(self) -> bool:
-        """Whether the upstream still owes usage: a Live total not confirmed, or a Realtime
-        response without its ``response.done``."""
+        """Whether the upstream still owes usage: a Live total not confirmed, a Realtime
+        response without its ``response.done``, or a transcription not come yet."""
         live = self.session.live
         if live is not None:
             return not live.confirmed
-        return bool(self._responding)
+        return bool(self._responding) or bool(self._transcriptions)
 
     def _close_upstream(self, code: int, reason: str) -> Actions:
         """Close the upstream and end, unless it still owes usage: a Live session asks for its
@@ -857,7 +883,8 @@ class RelayCore:
             return (CloseUpstream(code, reason), _ENDED)
         self._closing = _Closing(code, reason)
         if self.session.live is None:
-            return (SendUpstream(_RESPONSE_CANCEL),)
+            # A transcription is not cancelled: it is waited for.
+            return (SendUpstream(_RESPONSE_CANCEL),) if self._responding else _NOTHING
         return (SendUpstream(_SESSION_CLOSE),) if not self._close_asked else _NOTHING
 
     def _closing_text(self, data: bytes) -> Actions:
