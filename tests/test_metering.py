@@ -85,8 +85,35 @@ def test_what_reads_as_a_count(value: object, expected: int | None) -> None:
 
 
 def test_totals_only_usage_is_billed_as_text() -> None:
-    u = read_response_usage({"input_tokens": 10, "output_tokens": 7}).usage
-    assert (u.text_in, u.text_out) == (10, 7)
+    reading = read_response_usage({"input_tokens": 10, "output_tokens": 7})
+    assert (reading.usage.text_in, reading.usage.text_out) == (10, 7) and reading.complete
+
+
+def test_details_short_of_their_totals_bill_the_rest_as_text_and_are_kept_for_review() -> None:
+    """An audit's find: details naming 200 of 1,200 input tokens billed 200."""
+    reading = read_response_usage(
+        {
+            "input_tokens": 1200,
+            "output_tokens": 500,
+            "input_token_details": {"text_tokens": 200},
+            "output_token_details": {"text_tokens": 20, "audio_tokens": 30},
+        }
+    )
+    u = reading.usage
+    assert (u.text_in, u.audio_in, u.text_out, u.audio_out) == (1200, 0, 470, 30)
+    assert not reading.complete
+    # Totals below their details add nothing (the details are the more precise), and a
+    # consistent report is complete.
+    over = read_response_usage({"input_tokens": 5, "input_token_details": {"audio_tokens": 9}})
+    assert (over.usage.audio_in, over.usage.text_in, over.complete) == (9, 0, True)
+    assert read_response_usage(GA_USAGE).complete
+    # A transcription's: what no detail names is the audio it transcribed.
+    t = read_transcription_usage(
+        {"type": "tokens", "input_tokens": 40, "input_token_details": {"text_tokens": 4}}
+    )
+    assert (t.usage.text_in, t.usage.audio_in, t.complete) == (4, 36, False)
+    t = read_transcription_usage({"type": "tokens", "input_tokens": 40})
+    assert (t.usage.text_in, t.usage.audio_in, t.complete) == (0, 40, True)
 
 
 def test_transcription_usage_tokens_and_duration() -> None:

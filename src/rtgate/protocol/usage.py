@@ -154,6 +154,17 @@ class _Reader:
             return 0
         return n
 
+    def rest(self, obj: dict[str, Any], key: str, detailed: int) -> int:
+        """What the total ``key`` counts beyond the ``detailed`` tokens its details name; a
+        shortfall of details that name some is not complete. A total below its details adds
+        nothing: the details are the more precise."""
+        rest = self.tokens(obj, key) - detailed
+        if rest <= 0:
+            return 0
+        if detailed:
+            self.complete = False
+        return rest
+
 
 def read_response_usage(usage: Any) -> UsageReading:
     """``response.done.response.usage`` (GA or beta shape) -> ``Usage``; missing parts count 0.
@@ -171,12 +182,12 @@ def read_response_usage(usage: Any) -> UsageReading:
         r.tokens(ind, "audio_tokens"),
         r.tokens(ind, "image_tokens"),
     )
-    if not (text_in or audio_in or image_in):
-        # A provider that reports only the totals: bill them as text, the cheapest honest reading.
-        text_in = r.tokens(usage, "input_tokens")
+    # A provider that reports only the totals, or details that account for less than them:
+    # what no detail names is billed as text, the cheapest honest reading; details short of
+    # their total are kept for review too (an audit's find: they billed the details alone).
+    text_in += r.rest(usage, "input_tokens", text_in + audio_in + image_in)
     text_out, audio_out = r.tokens(outd, "text_tokens"), r.tokens(outd, "audio_tokens")
-    if not (text_out or audio_out):
-        text_out = r.tokens(usage, "output_tokens")
+    text_out += r.rest(usage, "output_tokens", text_out + audio_out)
     u = Usage(
         kind="response",
         text_in=text_in,
@@ -206,8 +217,9 @@ def read_transcription_usage(usage: Any) -> UsageReading:
     r = _Reader()
     ind = r.part(usage, "input_token_details")
     text_in, audio_in = r.tokens(ind, "text_tokens"), r.tokens(ind, "audio_tokens")
-    if not (text_in or audio_in):
-        audio_in = r.tokens(usage, "input_tokens")
+    # What no detail names is the audio transcribed (the totals-only reading), kept for review
+    # when some detail named less than the total.
+    audio_in += r.rest(usage, "input_tokens", text_in + audio_in)
     u = Usage(
         kind="transcription",
         text_in=text_in,
