@@ -563,6 +563,44 @@ async def test_a_transcription_model_the_gateway_cannot_price_is_refused_in_open
     assert code is None and events[0]["type"] == "session.created"
 
 
+async def test_a_template_no_session_could_take_is_refused_when_minted(
+    gateway: RunningGateway, client_for: ClientFor
+) -> None:
+    """A newcomer's find: the voice ``nobody`` was minted (200), and every session the secret
+    opened started with an ``error`` its client never sent, then went on with the default."""
+    _, key = await key_with(gateway)
+    client = client_for(gateway, key)
+    bad: list[tuple[dict[str, Any], str, str]] = [
+        (
+            {"type": "realtime", "audio": {"output": {"voice": "nobody"}}},
+            "invalid_value",
+            "session.audio.output.voice",
+        ),
+        (
+            {"type": "realtime", "max_output_tokens": 99999},
+            "integer_above_max_value",
+            "session.max_output_tokens",
+        ),
+        (
+            {"type": "realtime", "audio": {"input": {"format": {"type": "audio/mp3"}}}},
+            "invalid_value",
+            "session.audio.input.format.type",
+        ),
+    ]
+    for session, code, param in bad:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.realtime.client_secrets.create(session=session)  # type: ignore[arg-type]
+        assert (refused.value.code, refused.value.param) == (code, param), refused.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.beta.realtime.sessions.create(model="gpt-realtime", voice="nobody")
+    assert refused.value.code == "invalid_value"
+    assert "Invalid value: 'nobody'. Supported values are: 'alloy'" in refused.value.message
+    assert await table_rows(gateway.store, "SELECT * FROM client_secrets") == []
+    # What a session takes is minted as ever.
+    fine = {"type": "realtime", "audio": {"output": {"voice": "marin"}}, "max_output_tokens": 9}
+    assert (await client.realtime.client_secrets.create(session=fine)).value  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("route", "body"),
     [

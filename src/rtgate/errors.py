@@ -17,6 +17,7 @@ event, and a WebSocket close code with the ``"<type>.<code>"`` reason OpenAI use
     |   +-- UpstreamAuthFailed   upstream_auth_failed       502 / close 3000
     +-- UnsupportedUpstream      unsupported_upstream       400 / close 1008
     +-- InvalidValue             invalid_value              400 / close 1008
+    +-- SessionValueRefused      (the session's own check's) 400 / close 1008
     +-- InvalidSessionStart      invalid_session_start      400 / close 1008
     |   +-- UnknownLiveParameter unknown_parameter          400 / close 1008
     +-- SessionStartedAlready    session_already_started    400 / (the event is dropped)
@@ -43,7 +44,8 @@ class GatewayError(Exception):
     http_status: ClassVar[int] = 500
     close_code: ClassVar[int] = 1011
     error_type: ClassVar[str] = "server_error"
-    code: ClassVar[str] = "server_error"
+    #: A class's code; an instance may say its own (``SessionValueRefused``).
+    code: str = "server_error"
 
     def __init__(
         self,
@@ -178,6 +180,22 @@ class InvalidValue(GatewayError):
     close_code = 1008
     error_type = "invalid_request_error"
     code = "invalid_value"
+
+
+class SessionValueRefused(GatewayError):
+    """A session template (a client secret's, a call's) holding a value no session could take,
+    refused when it is handed in, in the words the session's own check uses: the GA table's
+    code, message and param (``protocol/client_schema.py``; ``invalid_value`` for a voice that
+    is none, ``integer_above_max_value``, ``unknown_parameter``, ...)."""
+
+    http_status = 400
+    close_code = 1008
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.code = code
 
 
 class InvalidSessionStart(GatewayError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rtgate.auth.authenticator import AuthThrottled
@@ -26,9 +26,10 @@ from rtgate.auth.policy import (
     session_seconds,
 )
 from rtgate.catalog import Protocol, Route, check_served
-from rtgate.errors import GatewayError, ModelNotFound
+from rtgate.errors import GatewayError, ModelNotFound, SessionValueRefused
 from rtgate.gateway import Gateway
 from rtgate.metering.ledger import LedgerError
+from rtgate.protocol.client_schema import problem
 from rtgate.protocol.ids import new_id
 from rtgate.protocol.live import LiveMeter
 from rtgate.protocol.relay_session import RelaySession
@@ -75,7 +76,47 @@ def route_for(
     )
     if template is not None:
         check_session_template(policy, template)
+        if protocol == "realtime":
+            check_session_values(route, template)
     return route
+
+
+def check_session_values(route: Route, template: Mapping[str, Any]) -> None:
+    """Refuse a realtime or transcription session template holding a value its session could
+    not take, as the session's own ``session.update`` would be (the GA table, as the engine
+    checks every event): handed out, every session the secret opens would start with an error
+    its client never caused, and go on without what was asked (a newcomer's find: the voice
+    ``nobody``). The transcription model is the catalog's to judge (``check_opening``: an
+    operator's priced name is one), and a Gemini route takes any voice by name
+    (``Catalog.takes_any_voice``)."""
+    if template.get("type") not in ("realtime", "transcription"):
+        return
+    judged: list[tuple[str, ...]] = [("input", "transcription", "model")]
+    if route.upstream.kind == "gemini":
+        judged.append(("output", "voice"))
+    session = {**template, "audio": _without(template.get("audio"), judged)}
+    if session["audio"] is None:
+        del session["audio"]
+    found = problem({"type": "session.update", "session": session})
+    if found is not None:
+        raise SessionValueRefused(found.code, found.message, param=found.param)
+
+
+def _without(tree: Any, paths: Sequence[tuple[str, ...]]) -> Any:
+    """A copy of ``tree`` (parsed JSON) without the members at ``paths``, copied only along
+    them; what is not an object is left as it is (for the check to refuse)."""
+    if not isinstance(tree, dict):
+        return tree
+    out = dict(tree)
+    for path in paths:
+        head, rest = path[0], path[1:]
+        if head not in out:
+            continue
+        if rest:
+            out[head] = _without(out[head], [rest])
+        else:
+            del out[head]
+    return out
 
 
 async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy, *, slot: bool = True) -> None:
