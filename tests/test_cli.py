@@ -232,6 +232,22 @@ def test_keys_show_and_update_print_the_whole_policy(cli: Callable[..., str]) ->
     assert "no key with id key_nope" in cli("keys", "show", "key_nope", code=1)
     bare = orjson.loads(cli("keys", "create", "--name", "bare", "--json"))
     assert "no limits or defaults" in cli("keys", "show", bare["id"])
+    # --models repeated adds up, as --block-event does (a newcomer's find: the last one won).
+    both = cli(
+        "keys",
+        "create",
+        "--name",
+        "m",
+        "--models",
+        "gpt-realtime",
+        "--models",
+        "gpt-realtime-mini,gpt-realtime-2",
+        "--keep-transcripts",
+    )
+    key_id = next(w for w in both.split() if w.startswith("key_"))
+    shown = cli("keys", "show", key_id)
+    assert "  models: gpt-realtime, gpt-realtime-mini, gpt-realtime-2" in shown
+    assert "  keep_transcripts: true" in shown
 
 
 def test_bad_config_stops_with_the_settings_name(

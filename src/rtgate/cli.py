@@ -242,10 +242,10 @@ def serving_argv() -> list[str]:
 
 
 ModelsOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
-        help="Allowed models or families, comma-separated (a transcription session's model is"
-        " its transcription model)."
+        help="Allowed models or families, comma-separated or repeated (a transcription"
+        " session's model is its transcription model)."
     ),
 ]
 MaxSessionsOpt = Annotated[int | None, typer.Option(help="Live sessions at once.", min=1)]
@@ -310,7 +310,9 @@ _POLICY_OPTIONS = frozenset(
 def _policy_update(opts: dict[str, Any]) -> PolicyUpdate:
     raw = {k: v for k, v in opts.items() if v is not None}
     if "models" in raw:
-        raw["models"] = [m for m in raw["models"].split(",") if m.strip()]
+        # Repeated and comma-separated alike (a newcomer's find: a second --models replaced
+        # the first without a word).
+        raw["models"] = [m for given in raw["models"] for m in given.split(",") if m.strip()]
         if not raw["models"]:
             # An empty list allows every model: that is --clear models, said on purpose, not
             # an empty variable expanded into --models "" (a newcomer's find).
@@ -456,7 +458,8 @@ def _print_policy(view: KeyView) -> None:
         typer.echo("  no limits or defaults")
     for name, value in policy.items():
         shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-        if isinstance(shown, dict):
+        if isinstance(shown, dict | bool):
+            # As JSON, as the admin API and --json say it (true, not Python's True).
             shown = orjson.dumps(shown).decode()
         typer.echo(f"  {name}: {shown}")
 
