@@ -6,6 +6,7 @@ import asyncio
 import os
 import pty
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,6 +47,13 @@ def test_summary_names_the_local_engine_and_what_to_type_next(tmp_path: Path) ->
     # As a shell takes it, from any directory.
     spaced = "\n".join(summary_lines(settings, "http://h:1", "rtgate", "my conf/rt.toml"))
     assert f"rtgate --config '{Path('my conf/rt.toml').resolve()}' keys create" in spaced
+    # And its environment's home and database (a second newcomer's find), the database's URL
+    # named, never shown: it may hold a password.
+    env = {"RTGATE_HOME": "/srv/rt home", "RTGATE_DATABASE_URL": "postgresql://u:pw@db/rt"}
+    homed = "\n".join(summary_lines(settings, "http://h:1", "rtgate", None, env))
+    assert f"RTGATE_HOME={shlex.quote(str(settings.home.resolve()))} rtgate keys create" in homed
+    assert "(with this RTGATE_DATABASE_URL; the secret is shown once)" in homed
+    assert "pw@db" not in homed
     assert "admin API  off: set RTGATE_ADMIN_TOKEN" in text
     # The translation model is the provider's: the engine refuses it, so it is not listed as
     # the engine's, and the summary says what it needs.

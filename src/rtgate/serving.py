@@ -181,7 +181,8 @@ async def serve_async(
     scheme = "https" if tls is not None else "http"
     if announce:  # of N workers, the first says where they serve (worker.main)
         base = f"{scheme}://{shown(host, port)}"
-        for line in summary_lines(settings, base, _program(), os.environ.get("RTGATE_CONFIG")):
+        config = os.environ.get("RTGATE_CONFIG")
+        for line in summary_lines(settings, base, _program(), config, os.environ):
             log.info(line)
     await lifetime.over()
     log.info("shutting down")

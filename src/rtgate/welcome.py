@@ -9,6 +9,7 @@ kind, as ``/v1/models`` already does.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,17 @@ def served_models(settings: Settings) -> list[Served]:
 
 
 def summary_lines(
-    settings: Settings, base_url: str, program: str = "rtgate", config: str | None = None
+    settings: Settings,
+    base_url: str,
+    program: str = "rtgate",
+    config: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The few lines that end start-up, for a person at the terminal. ``config``: the file
     the gateway read, which the key's command must read too, or its key lands in another
-    home's database and is refused (a newcomer's find)."""
+    home's database and is refused (a newcomer's find); ``env``: the gateway's environment,
+    whose ``RTGATE_HOME`` or ``RTGATE_DATABASE_URL`` the command needs as much (a second
+    newcomer's find)."""
     ws = base_url.replace("http", "ws", 1)
     lines = [
         f"rtgate {__version__} is ready at {base_url} (open it in a browser for a quick start)",
@@ -84,7 +91,14 @@ def summary_lines(
     command = (
         f"{program} --config {shlex.quote(str(Path(config).resolve()))}" if config else program
     )
-    lines.append(f"  a key      {command} keys create --name me   (the secret is shown once)")
+    env = env or {}
+    if env.get("RTGATE_HOME"):
+        command = f"RTGATE_HOME={shlex.quote(str(settings.home.resolve()))} {command}"
+    said = "   (the secret is shown once)"
+    if env.get("RTGATE_DATABASE_URL"):
+        # Its value may hold a password: named, not shown.
+        said = "   (with this RTGATE_DATABASE_URL; the secret is shown once)"
+    lines.append(f"  a key      {command} keys create --name me{said}")
     if settings.admin_token is None:
         lines.append("  admin API  off: set RTGATE_ADMIN_TOKEN to turn it on (and the console)")
     else:
