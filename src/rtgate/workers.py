@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,9 +143,31 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     # mode): each scrape, whichever worker takes it, sums them all (a newcomer's find: it
     # answered for one worker, and Prometheus read each change of worker as a reset).
     settings.home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="metrics-", dir=settings.home) as metrics_dir:
+    forget_dead_runs(settings.home)
+    prefix = f"metrics-{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=settings.home) as metrics_dir:
         os.environ[METRICS_DIR] = metrics_dir
         return _serve_workers(settings, engine_token, program)
+
+
+_RUN_DIR = re.compile(r"metrics-(\d+)-")
+
+
+def forget_dead_runs(home: Path) -> None:
+    """Remove the metrics directories of runs whose parent is gone without removing its own
+    (killed, SIGKILL): each is named for its parent's pid, and a directory whose process no
+    longer exists is nobody's (a newcomer's find: they piled up in the home). A live one,
+    another gateway's on this home, is left alone."""
+    for run in home.glob("metrics-*"):
+        m = _RUN_DIR.match(run.name)
+        if m is None or not run.is_dir():
+            continue
+        try:
+            os.kill(int(m[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(run, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 def _serve_workers(settings: Settings, engine_token: str, program: str) -> int:
