@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.keys import generate_key, hash_key, hashes_match, redact
 from rtgate.config import GEMINI_LIVE_URL, UpstreamSettings
+from rtgate.errors import AuthError
 from rtgate.relay.upstream import gemini_url, upstream_headers, upstream_url
 
 
@@ -95,4 +99,20 @@ def test_a_wrong_key_is_quoted_as_far_as_a_log_may_show_it() -> None:
 
     assert incorrect_key("rtg_bad").message == "Incorrect API key provided."
     long = incorrect_key("rtg_0123456789abcdef").message
-    assert long == "Incorrect API key provided: rtg_0123…."
+    assert long == "Incorrect API key provided: rtg_0123…"  # not "…." (a second newcomer's find)
+
+
+async def test_a_client_secret_where_a_gateway_key_is_needed_is_told_so(tmp_path: Path) -> None:
+    """A newcomer's find: a valid ek_ secret on /v1/models was told it was an incorrect key."""
+    from rtgate.auth.client_secrets import new_secret
+    from rtgate.auth.keyring import KeyRing
+    from rtgate.clock import ManualClock
+    from rtgate.store.sql import SqlStore
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'k.db'}")
+    await store.init()
+    try:
+        with pytest.raises(AuthError, match=r"^Client secrets \(ek_...\) open Realtime sessions"):
+            await KeyRing(store, ManualClock()).authenticate(new_secret())
+    finally:
+        await store.close()

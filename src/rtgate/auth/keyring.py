@@ -53,9 +53,10 @@ def incorrect_key(secret: str) -> AuthError:
     """OpenAI's refusal of a key it does not know, quoting as much of it as a log may show
     (``redact``): nothing of one too short to show any."""
     shown = redact(secret)
-    return AuthError(
-        f"Incorrect API key provided: {shown}." if shown != "…" else "Incorrect API key provided."
-    )
+    if shown == "…":
+        return AuthError("Incorrect API key provided.")
+    # OpenAI's sentence ends after the key; a key cut short ends with its ellipsis alone.
+    return AuthError(f"Incorrect API key provided: {shown}" + ("" if shown.endswith("…") else "."))
 
 
 class KeyRing:
@@ -102,6 +103,13 @@ class KeyRing:
             raise MissingKey(
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        if looks_minted(secret):
+            # Valid or not, it is not for this route (a newcomer's find: a valid secret was
+            # told it was an incorrect key). Said of its shape only: nothing is looked up.
+            raise AuthError(
+                "Client secrets (ek_...) open Realtime sessions only; this request needs a "
+                "gateway key (Authorization: Bearer rtg_...)."
             )
         wanted = hash_key(secret)
         found = await self._key_by_hash(wanted)
