@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import math
 import re
 import struct
@@ -1392,3 +1393,15 @@ async def test_speech_does_not_interrupt_when_interrupt_response_is_off(
     await conn.response.cancel()
     done = await wire.done(rid)
     assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+
+
+def test_the_engine_says_which_stages_it_runs_and_why(caplog: pytest.LogCaptureFixture) -> None:
+    """A newcomer's find: tts=tone, chosen with piper installed, was logged as the fallback of
+    a machine with no speech synthesizer."""
+    from rtgate.config import EngineSettings
+    from rtgate.engine.stack import build_engine
+
+    with caplog.at_level(logging.INFO, logger="rtgate"):
+        build_engine(EngineSettings(tts="tone", stt="none", vad="energy"), "t", 60)
+    assert "vad=energy stt=none brain=echo tts=tone" in caplog.text
+    assert "no speech synthesizer" not in caplog.text

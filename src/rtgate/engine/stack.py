@@ -67,6 +67,8 @@ def _synthesizer(kind: str, deterministic: bool) -> tuple[str, Synthesizer]:
         return "piper (joe, GPL-3.0)", PiperSynthesizer(deterministic=deterministic)
     if kind == "espeak" or (kind == "auto" and shutil.which("espeak-ng")):
         return "espeak-ng", EspeakSynthesizer()
+    if kind == "tone":
+        return "tone", ToneSynthesizer()  # chosen (a newcomer's find: said to be the fallback)
     return "tone (no speech synthesizer installed)", ToneSynthesizer()
 
 
