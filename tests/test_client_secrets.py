@@ -97,9 +97,7 @@ async def first_events(
     return events, None
 
 
-async def refused_400(
-    gw: RunningGateway, key: str, route: str, body: dict[str, Any]
-) -> dict[str, Any]:
+async def refused_400(gw: RunningGateway, key: str, route: str, body: Any) -> dict[str, Any]:
     """The ``error`` of a 400 that ``POST /v1/realtime/{route}`` answers ``body`` with."""
     async with (
         aiohttp.ClientSession() as http,
@@ -657,6 +655,19 @@ async def test_a_body_member_out_of_range_is_refused_in_openais_words(
         "message": message,
         "param": "expires_after.seconds",
     }
+
+
+async def test_a_body_that_is_no_object_is_told_so(gateway: RunningGateway) -> None:
+    """A newcomer's find: a JSON array was "Invalid type for '': ...", with an empty param."""
+    _, key = await key_with(gateway)
+    for route in ("client_secrets", "sessions", "transcription_sessions"):
+        error = await refused_400(gateway, key, route, [{"session": {}}])
+        assert error == {
+            "type": "invalid_request_error",
+            "code": "invalid_type",
+            "message": "The request body must be a JSON object, but got an array.",
+            "param": None,
+        }, route
 
 
 @pytest.mark.parametrize(

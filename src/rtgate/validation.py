@@ -93,6 +93,10 @@ def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> Problem:
         kind = "integer" if bound["kind"] == "int" else "decimal"
         return schema.out_of_range(kind, bound["op"], bound["limit"], value, path)
     if (wrong := _TYPE.match(text)) and value is not _MISSING and wrong["want"] in _WANTED:
+        if not path:
+            # The body itself (a newcomer's find: "Invalid type for '': ...", naming nothing).
+            said = f"The request body must be a JSON object, but got {schema.json_kind(value)}."
+            return schema.Problem("invalid_type", said, "")
         return schema.wrong_type(_WANTED[wrong["want"]], value, path)
     if text == "missing required field":
         return schema.missing_parameter(path)
