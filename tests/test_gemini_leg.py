@@ -168,3 +168,20 @@ async def test_a_failed_dial_after_the_old_connection_closed_loses_the_session()
     await settle()
     assert pump.lost
     assert leg.closed
+
+
+async def test_usage_gemini_reported_is_flushed_when_the_gateway_closes_the_leg() -> None:
+    """An audit's find: usage Gemini reported after its turn's end, with no response open,
+    was lost when the gateway ended the session; now the close meters it first, once."""
+    leg, first, pump = await live([])
+    first.says({"serverContent": {"turnComplete": True}})
+    turn = [f for f in pump.frames if f["type"] == "response.done"]
+    meta = {"promptTokenCount": 30, "responseTokenCount": 7, "totalTokenCount": 37}
+    first.says({"usageMetadata": meta})
+    before = len(pump.frames)
+    leg.close(1000, "bye")
+    late = [f for f in pump.frames[before:] if f["type"] == "response.done"]
+    assert len(late) == 1 and late[0]["response"]["usage"]["total_tokens"] == 37, (turn, late)
+    assert first.closes == [(1000, "bye")]
+    leg.close(1000, "bye")  # a second close flushes nothing more
+    assert len([f for f in pump.frames if f["type"] == "response.done"]) == len(turn) + 1

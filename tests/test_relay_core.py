@@ -880,6 +880,16 @@ def test_nothing_is_forwarded_after_the_end(frame: str) -> None:
     assert c.upstream_text(frame) == ()
 
 
+def test_usage_the_upstream_sends_after_the_end_is_recorded_not_forwarded() -> None:
+    """Until its socket closes, what the upstream sends it bills (a Gemini leg flushes its
+    last usage as it closes): recorded, though it reaches no one."""
+    c = core()
+    assert c.client_closed(1000, "bye") == (CloseUpstream(1000, "bye"), Ended())
+    acts = c.upstream_text(done("resp_late"))
+    assert kinds(acts) == [Record] and recorded(acts) == ["resp_late"]
+    assert recorded(c.upstream_text(transcribed("item_late"))) == ["item_late"]
+
+
 def test_a_usage_frame_no_parser_reads_is_committed_for_review_before_it_is_forwarded() -> None:
     c = core()
     frame = b'{"type":"response.done","response":{"usage":{"input_tokens":5'

@@ -395,7 +395,12 @@ class RelayCore:
         if self._early is not None:
             return self._first_upstream_text(data)
         if self.session.state is not SessionState.OPEN:
-            return _NOTHING if self._closing is None else self._closing_text(data)
+            if self._closing is not None:
+                return self._closing_text(data)
+            # Nothing reaches the client after the end, but what the upstream sends until its
+            # socket closes, it bills: recorded (a Gemini leg's last usage, flushed as it
+            # closes, was dropped here).
+            return self._meter_unsent(data) or _NOTHING
         meter = self._audio_meter
         if meter is not None and meter.basis == "output" and (ms := meter.delivered(data.decode())):
             # A translation billed by its output: the chunk's record beside the frame, which

@@ -134,6 +134,11 @@ class GeminiLeg:
         self.current.leg.ping()
 
     def close(self, code: int, reason: str) -> None:
+        """Close Gemini's connections; usage Gemini reported that no event carried yet is
+        metered first (an audit's find: the gateway's own end dropped it unbilled), as when
+        the connection is lost (``_lost``)."""
+        if not self.closed:
+            self._perform(self.translator.flush_usage())
         self.closed = True
         if self._task is not None:
             self._task.cancel()
