@@ -239,6 +239,31 @@ def test_rates_line_up_to_cents_and_stay_exact() -> None:
     assert shown == ["4.00", "0.25", "0.0045", "0.00", "10.00", "1,500.00", "-5.00", "0.125"]
 
 
+async def test_a_create_form_sent_again_makes_no_second_key(admin: RunningGateway) -> None:
+    """A newcomer's find: reloading the answer that shows a new key's secret posted the form
+    again, and made a second key."""
+    http, csrf = await console_cookies(admin)
+    async with http:
+        async with http.get(f"{admin.http}/ui/keys/new") as r:
+            form_id = re.search(r'name="form_id" value="([^"]+)"', await r.text())[1]  # type: ignore[index]
+        data = {"name": "once", "csrf": csrf, "form_id": form_id}
+        async with http.post(f"{admin.http}/ui/keys", data=data) as r:
+            first = await r.text()
+        async with http.post(f"{admin.http}/ui/keys", data=data) as r:
+            again = await r.text()
+            assert r.status == 200
+        # A form that failed made nothing: sent again, corrected, it makes its key.
+        bad = {"name": "twice", "csrf": csrf, "form_id": "f2", "max_sessions": "0"}
+        async with http.post(f"{admin.http}/ui/keys", data=bad) as r:
+            assert r.status == 422
+        async with http.post(f"{admin.http}/ui/keys", data={**bad, "max_sessions": "2"}) as r:
+            assert "Key twice created" in await r.text()
+    assert "Key once created" in first and 'id="secret"' in first
+    assert "Key once was created already" in again and 'id="secret"' not in again
+    names = [k.name for k in await admin.app[GATEWAY].keyring.list()]
+    assert sorted(names) == ["once", "twice"]
+
+
 async def test_an_expired_key_is_marked_expired(admin: RunningGateway) -> None:
     await admin.app[GATEWAY].keyring.create("old", KeyPolicy(expires_at=1.0))
     http, _ = await console_cookies(admin)

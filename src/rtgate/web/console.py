@@ -10,6 +10,8 @@ are POST forms behind a confirmation page, so they work from the keyboard and wi
 from __future__ import annotations
 
 import logging
+import secrets
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -350,18 +352,64 @@ async def keys_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+class CreatedForms:
+    """Which key each "create a key" form made, by the form's one-time id (``form_id``): the
+    answer shows the secret, so reloading it posts the form again, which must show that key
+    again, without its secret, not make a second (a newcomer's find). Kept by the process that
+    answered, the last ``KEEP`` forms: a browser's reload goes over the connection that
+    brought the answer, to the same worker."""
+
+    KEEP = 256
+
+    def __init__(self) -> None:
+        #: A form's key (id, name); None while it is being made (a double click's second post).
+        self._made: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+
+    def seen(self, form_id: str) -> bool:
+        return form_id in self._made
+
+    def key(self, form_id: str) -> tuple[str, str] | None:
+        return self._made.get(form_id)
+
+    def making(self, form_id: str) -> None:
+        self._made[form_id] = None
+        while len(self._made) > self.KEEP:
+            self._made.popitem(last=False)
+
+    def made(self, form_id: str, key: tuple[str, str] | None) -> None:
+        """``key`` made by the form, or None: none was (the form may be posted again)."""
+        if key is None:
+            self._made.pop(form_id, None)
+        elif form_id in self._made:
+            self._made[form_id] = key
+
+
+CREATED_FORMS: web.AppKey[CreatedForms] = web.AppKey("created_forms", CreatedForms)
+
+
 async def key_new_page(request: web.Request) -> web.StreamResponse:
-    return _key_form(request, None)
+    return _key_form(request, None, form_id=secrets.token_urlsafe(16))
 
 
 async def key_create(request: web.Request) -> web.StreamResponse:
     form = await request.post()
+    forms = request.app[CREATED_FORMS]
+    form_id = str(form.get("form_id", ""))[:64]
+    if form_id and forms.seen(form_id):
+        return _render(request, "key_created.html", "keys", key=None, again=forms.key(form_id))
     body = {"name": str(form.get("name", "")).strip(), **_form_policy(form, None)}
+    if form_id:
+        forms.making(form_id)
+    created = None
     try:
         created = await admin.create_key(_call(request, body=_valid(admin.CreateKey, body)))
     except InvalidRequest as err:
-        return _key_form(request, None, 422, error=err.message, form=form)
-    return _render(request, "key_created.html", "keys", key=created)
+        return _key_form(request, None, 422, error=err.message, form=form, form_id=form_id)
+    finally:
+        if form_id:
+            made = (created.id, created.name) if isinstance(created, KeyView) else None
+            forms.made(form_id, made)
+    return _render(request, "key_created.html", "keys", key=created, again=None)
 
 
 async def _key(request: web.Request) -> KeyView:
@@ -572,6 +620,7 @@ async def to_console(_: web.Request) -> web.StreamResponse:
 def create_console_app() -> web.Application:
     """The console and the playground, to be mounted at ``PREFIX``."""
     app = web.Application(middlewares=[guard])
+    app[CREATED_FORMS] = CreatedForms()
     r = app.router
     r.add_get("", to_console)
     r.add_get("/", overview_page)
