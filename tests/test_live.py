@@ -153,11 +153,14 @@ async def test_the_sdk_holds_a_live_session_through_rtgate_billed_to_the_nano_do
     live_rows = [r for r in rows if r.kind == "live"]
     # Deltas of the cumulative totals 1.0, 2.0 and the final 2.4, each billed once.
     assert [r.audio_ms for r in live_rows] == [1000, 1000, 400]
+    # Costed as their running total: they sum to 2.4 s's cost, $0.002 exactly (a newcomer's
+    # find: each rounded alone, four one-second parts came to a nano-dollar less than 4 s).
     assert [(r.provider_nanos, r.charged_nanos) for r in live_rows] == [
         (833_333, 1_000_000),
-        (833_333, 1_000_000),
+        (833_334, 1_000_000),
         (333_333, 400_000),
     ]
+    assert sum(r.provider_nanos for r in live_rows) == 2_000_000
     assert {(r.model, r.price_key, r.unit, r.ref, r.review) for r in live_rows} == {
         ("gpt-live-1", "gpt-live-1", "minute", fake.session["id"], None)
     }

@@ -284,3 +284,17 @@ def test_a_message_says_dollars_without_the_zeros_past_the_cents() -> None:
     refused = over_budget(KeyPolicy(budget_day_nanos=10_000_000), Spend(day=12_000_000))
     assert refused is not None
     assert refused.message == "You exceeded your daily budget of $0.01 (spent $0.012)."
+
+
+def test_parts_of_one_duration_sum_to_the_cost_of_the_whole() -> None:
+    """A newcomer's find: four one-second Live records at $0.05 a minute came to 3,333,332
+    nanos, each rounded alone, where four seconds cost 3,333,333."""
+    from rtgate.metering.cost import RunningCost
+
+    row = msgspec.structs.replace(DEFAULT_PRICES["gpt-live-1"], markup_percent=Decimal(7))
+    running = RunningCost()
+    parts = [running.add(Usage(kind="live", audio_ms=1000), row) for _ in range(4)]
+    whole = cost_of(Usage(kind="live", audio_ms=4000), row)
+    assert sum(p.provider_nanos for p in parts) == whole.provider_nanos == 3_333_333
+    assert sum(p.charged_nanos for p in parts) == whole.charged_nanos
+    assert [p.provider_nanos for p in parts] == [833_333, 833_334, 833_333, 833_333]

@@ -101,7 +101,9 @@ async def test_the_sdk_translates_through_rtgate_and_the_audio_is_billed_to_the_
     assert provider.translations[0].received == len(PCM)
 
     # Recorded every second of audio and the rest at the end: 1 s, 1 s, 0.5 s. $0.034 a
-    # minute: a second is 566,666.67 nanos (566,667) to the provider, 680,000 charged at 20 %.
+    # minute: a second is 566,666.67 nanos to the provider, 680,000 charged at 20 %; the parts
+    # are costed as their running total, so they sum to the 2.5 s's 1,416,667 (not 1,416,667
+    # + 1 of each part rounded alone).
     await until_no_live_sessions(gw)
     rows = await table_rows(gw.store, "SELECT * FROM usage_records ORDER BY id")
     (srow,) = await table_rows(gw.store, "SELECT * FROM sessions")
@@ -111,9 +113,10 @@ async def test_the_sdk_translates_through_rtgate_and_the_audio_is_billed_to_the_
     ] * 3
     assert [(r.audio_ms, r.provider_nanos, r.charged_nanos) for r in rows] == [
         (1000, 566_667, 680_000),
-        (1000, 566_667, 680_000),
-        (500, 283_333, 340_000),
+        (1000, 566_666, 680_000),
+        (500, 283_334, 340_000),
     ]
+    assert sum(r.provider_nanos for r in rows) == 1_416_667  # 2.5 s at $0.034 a minute
     assert sum(r.audio_ms for r in rows) * 48 == provider.translations[0].received
     assert (srow.model, srow.intent, srow.close_code) == (
         "gpt-realtime-translate",

@@ -6,7 +6,8 @@ A price row has a unit (``config.PriceSettings``). Tokens cost their rates per 1
 the input rate when a row leaves it out), output at the output rate. Audio reported as a duration
 costs the row's ``rate`` per second or minute, on the exact duration (kept to the millisecond,
 never rounded up to the unit). The sum is exact (``Decimal``); only the total of one record is
-rounded to the nano-dollar, half to even, after the markup.
+rounded to the nano-dollar, half to even, after the markup; records that bill parts of one
+duration are rounded as their running total (``RunningCost``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,33 @@ def provider_cost_exact(usage: Usage, p: PriceSettings) -> Decimal:
 
 def _round(x: Decimal) -> int:
     return int(x.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+@dataclass(slots=True)
+class RunningCost:
+    """The cost of records that bill parts of one quantity the provider bills whole: a Live
+    session's voice seconds (each snapshot's delta), a translation's audio (a record every
+    ``translation_record_seconds``). Each part is charged what the exact total so far, rounded,
+    adds to what the parts before it were charged, so the parts sum to the whole's cost (a
+    newcomer's find: four one-second records at $0.05 a minute came to 3,333,332 nanos, not
+    the 3,333,333 of four seconds)."""
+
+    exact_provider: Decimal = Decimal(0)
+    exact_charged: Decimal = Decimal(0)
+    provider_nanos: int = 0
+    charged_nanos: int = 0
+
+    def add(self, usage: Usage, prices: PriceSettings) -> Cost:
+        exact = provider_cost_exact(usage, prices)
+        self.exact_provider += exact
+        self.exact_charged += exact * (1 + prices.markup_percent / 100)
+        part = Cost(
+            _round(self.exact_provider) - self.provider_nanos,
+            _round(self.exact_charged) - self.charged_nanos,
+        )
+        self.provider_nanos += part.provider_nanos
+        self.charged_nanos += part.charged_nanos
+        return part
 
 
 def cost_of(usage: Usage, prices: PriceSettings | None) -> Cost:

@@ -28,7 +28,7 @@ import orjson
 
 from rtgate.catalog import Catalog, Route
 from rtgate.errors import UPSTREAM_AUTH_MESSAGE
-from rtgate.metering.cost import Cost, billed_unit, cost_of, prices_usage
+from rtgate.metering.cost import Cost, RunningCost, billed_unit, cost_of, prices_usage
 from rtgate.metering.record import MeteredBy, Review, UsageRecord
 from rtgate.protocol.events import error_event
 from rtgate.protocol.session_fields import transcription_model
@@ -84,6 +84,9 @@ SESSION_UPDATES = frozenset({"session.updated", "transcription_session.updated"}
 _INVALID_KEY = '"invalid_api_key"'
 #: What an upstream frame must contain to matter to metering (one substring scan each).
 METER_MARKS = (_RESPONSE_DONE, _TRANSCRIBED, _SESSION_CREATED, _SESSION_UPDATED, _INVALID_KEY)
+#: Usage kinds whose records bill parts of one duration the provider bills whole (a Live
+#: session's voice seconds, a translation's audio): costed as a running total (``RunningCost``).
+_PARTS_OF_A_WHOLE = frozenset({"live", "translation"})
 
 #: RFC 6455 7.1.5: the close code of a close frame that carried none. Never sent (7.4.1).
 NO_STATUS_RECEIVED = 1005
@@ -154,6 +157,8 @@ class RelaySession:
         self.closed_by: str | None = None
         #: Models whose usage had no price row (reported once, by ``relay/live.py``).
         self.unpriced: set[str] = set()
+        #: The running cost of each price row's records that bill parts of one duration.
+        self._running: dict[str, RunningCost] = {}
         #: The provider refused our own key (its error was rewritten; so is its close reason).
         self.upstream_auth_failed = False
 
@@ -340,7 +345,12 @@ class RelaySession:
             prices_usage(prices, usage)
             or (self.route.upstream.kind == "local" and not prices.charges_anything)
         )
-        cost = cost_of(usage, prices) if priced else Cost(0, 0)
+        if not priced or prices is None:
+            cost = Cost(0, 0)
+        elif usage.kind in _PARTS_OF_A_WHOLE:
+            cost = self._running.setdefault(price_key, RunningCost()).add(usage, prices)
+        else:
+            cost = cost_of(usage, prices)
         if not priced:
             self.unpriced.add(model)
         self.totals = self.totals + usage
