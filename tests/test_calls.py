@@ -165,6 +165,36 @@ async def test_a_gateway_key_places_a_call_with_a_multipart_session(
     assert placed.sdp == OFFER and placed.session["instructions"] == "Hi."
 
 
+async def test_a_raw_offer_is_placed_on_the_model_its_query_names(
+    gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
+) -> None:
+    """A newcomer's find: ``POST /v1/realtime/calls?model=gpt-realtime-mini`` with a raw SDP
+    offer and a gateway key was placed, and billed, as the default model."""
+    _, key = await key_with(gateway)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{gateway.http}/v1/realtime/calls?model=gpt-realtime-mini", headers=headers, data=OFFER
+        ) as r:
+            assert r.status == 201, await r.text()
+            call_id = r.headers["Location"].removeprefix("/v1/realtime/calls/")
+        assert provider.calls[call_id].session["model"] == "gpt-realtime-mini"
+        live = [s.session for s in gateway.app[GATEWAY].live.values()]
+        assert [(s.intent, s.route.model) for s in live] == [("webrtc", "gpt-realtime-mini")]
+        # A secret keeps its own model: another in the query is refused, as on the socket.
+        secret = (
+            await client_for(gateway, key).realtime.client_secrets.create(
+                session={"type": "realtime", "model": "gpt-realtime"}
+            )
+        ).value
+        headers["Authorization"] = f"Bearer {secret}"
+        async with http.post(
+            f"{gateway.http}/v1/realtime/calls?model=gpt-realtime-mini", headers=headers, data=OFFER
+        ) as r:
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "model_not_allowed"
+
+
 async def test_refusals_follow_the_key_policy_and_upstream_failures_are_502(
     gateway: RunningGateway, provider: FakeProvider, client_for: ClientFor
 ) -> None:

@@ -105,18 +105,22 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
     sdp, session = await _offer(request)
     if not sdp.strip():
         raise _bad("Missing required parameter: 'sdp'.", "sdp")
+    # A raw offer's model, as the beta WebRTC route took it (?model=); the session's, when it
+    # names one, comes first (a newcomer's find: ?model= was ignored, and the call placed on
+    # the default model).
+    asked = session.get("model") if session else None
+    if not isinstance(asked, str):
+        asked = request.query.get("model") or None
     if grant is not None:
         if grant.kind != "realtime":
             raise _bad("A transcription client secret cannot place a call.")
-        asked = session.get("model") if session else None
-        model = connection_model(grant, asked if isinstance(asked, str) else None)
+        model = connection_model(grant, asked)
         template = dict(grant.session)
         if session:
             template = deep_merge(template, ga_template(session)[1])
     else:
-        model, template = ga_template(session)
-        if model is None:
-            model = gw.settings.default_model
+        named, template = ga_template(session)
+        model = named or asked or gw.settings.default_model
     if template.get("type") != "realtime":
         raise _bad("A call takes a realtime session.", "session.type")
     route = route_for(gw, policy, model, template)
