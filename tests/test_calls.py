@@ -311,6 +311,8 @@ async def test_a_control_takes_only_the_members_it_defines(
             "headers",
         ),
         ("refer", {"target_uri": 5}, "invalid_type", "target_uri"),
+        # Required by the SDK: a refer with no target is not sent (a newcomer's find).
+        ("refer", {"target_uri": None}, "missing_required_parameter", "target_uri"),
         ("hangup", {"extra_body": {"reason": "done"}}, "unknown_parameter", "reason"),
     ):
         with pytest.raises(openai.BadRequestError) as refused:

@@ -232,6 +232,9 @@ async def test_only_what_live_defines_goes_upstream(
                 "status_code",
             ),
             ("hangup", {"extra_body": {"reason": "done"}}, "unknown_parameter", "reason"),
+            # The SDK's required members, not sent without (a newcomer's find).
+            ("refer", {"target_uri": None}, "missing_required_parameter", "target_uri"),
+            ("reject", {"status_code": None}, "missing_required_parameter", "status_code"),
         ):
             with pytest.raises(openai.BadRequestError) as bad:
                 await getattr(client.live.sessions, action)(sid, **kwargs)

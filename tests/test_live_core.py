@@ -25,7 +25,7 @@ from openai.types.live import (
 )
 from openai.types.realtime import CallReferParams, CallRejectParams
 
-from rtgate.api.calls_http import CONTROLS
+from rtgate.api.calls_http import CONTROLS, LIVE_REQUIRED, REQUIRED
 from rtgate.catalog import Catalog
 from rtgate.config import load_settings
 from rtgate.errors import InvalidSessionStart, QuotaExceeded, ShuttingDown
@@ -424,6 +424,10 @@ def test_the_member_sets_are_the_sdks() -> None:
     def members(t: Any) -> set[str]:
         return set(typing.get_type_hints(t))
 
+    def required(t: Any) -> set[str]:
+        hints = typing.get_type_hints(t, include_extras=True)
+        return {k for k, v in hints.items() if typing.get_origin(v) is typing.Required}
+
     assert members(SessionConfigParam) == f.LIVE
     assert members(SessionStartEventParam) == f.LIVE_START
     assert members(MediaSessionConfigParam) == f.LIVE_MEDIA
@@ -436,6 +440,13 @@ def test_the_member_sets_are_the_sdks() -> None:
         assert set(CONTROLS["reject"]) == members(reject)
     for refer in (SessionReferParams, CallReferParams):
         assert set(CONTROLS["refer"]) == members(refer)
+    for params, names in (
+        (CallReferParams, REQUIRED["refer"]),
+        (SessionReferParams, LIVE_REQUIRED["refer"]),
+        (CallRejectParams, REQUIRED.get("reject", ())),
+        (SessionRejectParams, LIVE_REQUIRED["reject"]),
+    ):
+        assert required(params) == set(names), params
 
 
 @pytest.mark.parametrize(

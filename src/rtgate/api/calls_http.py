@@ -27,6 +27,7 @@ from aiohttp import hdrs, web
 from rtgate.api.bodies import (
     InvalidRequest,
     InvalidType,
+    MissingParameter,
     UnreadableBody,
     form_parts,
     json_object,
@@ -202,12 +203,20 @@ CONTROLS: dict[str, dict[str, type]] = {
     "refer": {"target_uri": str},
     "hangup": {},
 }
+#: The members a control must hold (the SDK's ``Required``), a Realtime call's and a GPT-Live
+#: session's: a ``refer`` without its target is refused here, not sent for the provider to
+#: refuse (a newcomer's find); Live's ``reject`` names its status code too.
+REQUIRED: dict[str, tuple[str, ...]] = {"refer": ("target_uri",)}
+LIVE_REQUIRED: dict[str, tuple[str, ...]] = {**REQUIRED, "reject": ("status_code",)}
 
 
-def control_body(action: str, body: dict[str, Any] | None) -> bytes | None:
+def control_body(action: str, body: dict[str, Any] | None, *, live: bool = False) -> bytes | None:
     """The body of a ``reject``, ``refer`` or ``hangup`` of a call or a Live session, as it goes
     upstream; a member the control does not take (``unknown_parameter``) or a value of the
     wrong kind (``invalid_type``) is refused before the provider hears of it."""
+    for name in (LIVE_REQUIRED if live else REQUIRED).get(action, ()):
+        if body is None or body.get(name) is None:
+            raise MissingParameter(f"Missing required parameter: '{name}'.", param=name)
     if body is None:
         return None
     members = CONTROLS[action]

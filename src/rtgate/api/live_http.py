@@ -158,7 +158,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         if owned is None:
             raise call_not_found(session_id)
         route = call_route(gw, owned)
-        upstream_body = control_body(action, body)
+        upstream_body = control_body(action, body, live=True)
     return await act_on_call(
         gw,
         request.app[CALLS],
