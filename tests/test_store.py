@@ -821,3 +821,30 @@ async def test_a_sessions_table_from_before_instances_is_migrated(db_url: str) -
         await store.close()
     assert (old.ended_at, old.close_reason) == (DAY1 - 7200, LOST_REASON)
     assert new.ended_at is None
+
+
+async def test_a_timeout_says_which_wait_ran_out(tmp_path: Path) -> None:
+    """A newcomer's find: a report the driver gave up on in 3 s (no connection within the
+    store's timeout) said "no answer within 60 s", its own deadline."""
+    import asyncio
+
+    from rtgate.store.sql import _bounded
+
+    class Stalled(SqlStore):
+        @_bounded("connect", report=True)
+        async def refused_at_connect(self) -> None:
+            raise TimeoutError  # as asyncpg's connect timeout raises it
+
+        @_bounded("wait")
+        async def never_answers(self) -> None:
+            await asyncio.sleep(10)
+
+    s = Stalled(f"sqlite:///{tmp_path / 'x.db'}", timeout=0.2)
+    await s.init()
+    try:
+        with pytest.raises(StoreError, match=r"^cannot connect: no connection to the database "):
+            await s.refused_at_connect()
+        with pytest.raises(StoreError, match=r"^cannot wait: no answer within 0\.2 s$"):
+            await s.never_answers()
+    finally:
+        await s.close()

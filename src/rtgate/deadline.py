@@ -22,13 +22,18 @@ from typing import Any, TypeVar, cast
 T = TypeVar("T")
 
 
+class DeadlinePassed(TimeoutError):
+    """The deadline passed with the call unanswered; a ``TimeoutError`` the call raised itself
+    (a driver's connect timeout) is not this one."""
+
+
 class Deadlines:
     def __init__(self) -> None:
         #: Calls past their deadline, cancelled and still winding down.
         self._late: set[asyncio.Task[Any]] = set()
 
     async def run(self, call: Awaitable[T], seconds: float) -> T:
-        """``call``'s result or exception; ``TimeoutError`` once ``seconds`` have passed."""
+        """``call``'s result or exception; ``DeadlinePassed`` once ``seconds`` have passed."""
         if isinstance(call, asyncio.Future):
             return cast(T, await _future_within(call, seconds))
         task = asyncio.ensure_future(cast(Coroutine[Any, Any, T], call))
@@ -52,7 +57,7 @@ class Deadlines:
             task.remove_done_callback(wake)
         if not task.done():
             self._abandon(task)
-            raise TimeoutError
+            raise DeadlinePassed
         return task.result()
 
     @property
@@ -77,7 +82,7 @@ _DEADLINE = "rtgate.deadline"
 
 
 async def _future_within(fut: asyncio.Future[Any], seconds: float) -> Any:
-    """``fut``'s outcome, or ``TimeoutError`` (``fut`` cancelled) once ``seconds`` have passed.
+    """``fut``'s outcome, or ``DeadlinePassed`` (``fut`` cancelled) once ``seconds`` have passed.
     Nothing winds down on this loop, so cancelling ``fut`` ends the wait at once. One timer,
     ~1 µs: ``asyncio.timeout`` costs ~10 µs a use (its context, ``current_task``)."""
     timer = fut.get_loop().call_later(seconds, fut.cancel, _DEADLINE)
@@ -89,7 +94,7 @@ async def _future_within(fut: asyncio.Future[Any], seconds: float) -> Any:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise  # the caller was cancelled as the deadline passed: the cancel wins
-        raise TimeoutError from None
+        raise DeadlinePassed from None
     finally:
         timer.cancel()
 

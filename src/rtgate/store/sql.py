@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from rtgate.deadline import Deadlines
+from rtgate.deadline import DeadlinePassed, Deadlines
 from rtgate.metering.record import UsageRecord, utc_day
 from rtgate.protocol.transcript import TranscriptEntry
 from rtgate.protocol.usage import USAGE_FIELDS, Usage
@@ -131,9 +131,14 @@ def _bounded(what: str, *, report: bool = False) -> Callable[[_Method[P, T]], _M
             seconds = REPORT_TIMEOUT_S if report else store.timeout
             try:
                 return await store.deadlines.run(method(store, *args, **kwargs), seconds)
-            except TimeoutError as exc:
-                # The deadline, or the driver's own timeout (a TimeoutError is an OSError).
+            except DeadlinePassed as exc:
                 raise StoreError(f"cannot {what}: no answer within {seconds:g} s") from exc
+            except TimeoutError as exc:
+                # The driver's own (a TimeoutError is an OSError): no connection within the
+                # store's timeout, whatever the call's deadline (a newcomer's find: a report
+                # refused in 3 s said 60).
+                said = f"no connection to the database within {store.timeout:g} s"
+                raise StoreError(f"cannot {what}: {said}") from exc
             except _DB_ERRORS as exc:
                 raise _store_error(what, exc) from exc
 
