@@ -449,6 +449,37 @@ async def test_a_key_seen_recently_is_admitted_from_memory_while_the_store_is_aw
         await ring.authenticate(secret)  # and a revoked key is not remembered
 
 
+async def test_after_a_failed_lookup_a_key_seen_lately_is_not_kept_waiting_again(
+    faulty: FaultyStore,
+) -> None:
+    """A newcomer's find: in an outage, every new session of a key seen lately waited out the
+    store's deadline (3 s) before it was admitted from memory. The store is asked again once
+    ``STORE_QUIET_S`` have passed, and at once for a key it was not asked about."""
+    from rtgate.auth.keyring import STORE_QUIET_S
+
+    clock = ManualClock(start=DAY1)
+    ring = KeyRing(faulty, clock, cache_seconds=60)
+    _, secret = await ring.create("bob")
+    _, unseen = await ring.create("carol")
+    await ring.authenticate(secret)
+    faulty.fail()
+    asked = faulty.calls["key_by_hash"]
+    await ring.authenticate(secret)  # asked, failed: from memory
+    await ring.authenticate(secret)  # not asked again
+    assert faulty.calls["key_by_hash"] == asked + 1
+    with pytest.raises(StoreError):
+        await ring.authenticate(unseen)  # nothing to answer from: asked
+    assert faulty.calls["key_by_hash"] == asked + 2
+    clock.advance(STORE_QUIET_S + 0.1)
+    await ring.authenticate(secret)  # asked again
+    assert faulty.calls["key_by_hash"] == asked + 3
+    faulty.heal()
+    clock.advance(STORE_QUIET_S + 0.1)
+    await ring.authenticate(secret)
+    await ring.authenticate(secret)  # the store answers: asked each time, as ever
+    assert faulty.calls["key_by_hash"] == asked + 5
+
+
 # -- the store's own deadline -----------------------------------------------------------------
 
 

@@ -36,6 +36,10 @@ from rtgate.store.port import KeyInfo, Store, StoredClientSecret, StoreError
 
 #: How long a key that authenticated is admitted from memory while the store does not answer.
 KEY_CACHE_S = 300.0
+#: Once the store failed a key lookup, how long a key seen lately is admitted from memory
+#: without asking it again: each new session of an outage waited out the store's deadline
+#: before ``session.created`` (a newcomer's find: 3 s, every session). Then it is asked again.
+STORE_QUIET_S = 5.0
 
 
 class NoSuchKey(GatewayError):
@@ -66,6 +70,9 @@ class KeyRing:
         self._cache_seconds = cache_seconds
         #: Key hash -> the key as the store last returned it, and when (monotonic).
         self._known: dict[str, tuple[tuple[KeyInfo, str], float]] = {}
+        #: Until when (monotonic) a key in ``_known`` is answered without asking the store,
+        #: which failed a lookup (``STORE_QUIET_S``).
+        self._quiet_until = 0.0
 
     async def create(self, name: str, policy: KeyPolicy | None = None) -> tuple[KeyInfo, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again."""
@@ -124,13 +131,19 @@ class KeyRing:
         """The store's answer; if it has none to give, the key as it was within the cache's
         window (else the ``StoreError``)."""
         now = self._clock.monotonic()
+        known = self._known.get(key_hash)
+        if known is not None and now - known[1] > self._cache_seconds:
+            known = None
+        if known is not None and now < self._quiet_until:
+            return known[0]  # the store failed just now: not waited for again
         try:
             found = await self._store.key_by_hash(key_hash)
         except StoreError:
-            known = self._known.get(key_hash)
-            if known is None or now - known[1] > self._cache_seconds:
+            self._quiet_until = self._clock.monotonic() + STORE_QUIET_S
+            if known is None:
                 raise
             return known[0]
+        self._quiet_until = 0.0
         if found is not None and found[0].active:
             self._known[key_hash] = (found, now)
         else:
