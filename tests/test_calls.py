@@ -314,11 +314,20 @@ async def test_a_control_takes_only_the_members_it_defines(
         # Required by the SDK: a refer with no target is not sent (a newcomer's find).
         ("refer", {"target_uri": None}, "missing_required_parameter", "target_uri"),
         ("hangup", {"extra_body": {"reason": "done"}}, "unknown_parameter", "reason"),
+        # An accept's body is the session itself: named from its top (a newcomer's find).
+        ("accept", {"type": "realtime", "extra_body": {"foo": 1}}, "unknown_parameter", "foo"),
+        (
+            "accept",
+            {"type": "realtime", "audio": {"output": {"voice": "nobody"}}},
+            "invalid_value",
+            "audio.output.voice",
+        ),
     ):
         with pytest.raises(openai.BadRequestError) as refused:
             await getattr(client.realtime.calls, action)("rtc_sip2", **kwargs)
         error = openai_error(refused.value)
         assert (error["code"], error["param"]) == (code, param), action
+        assert "'session." not in error["message"]
     assert provider.call_actions == []
     await client.realtime.calls.reject("rtc_sip2", status_code=486)
     assert provider.call_actions == [("rtc_sip2", "reject", {"status_code": 486})]

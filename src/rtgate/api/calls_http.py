@@ -172,12 +172,13 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     body = json_object(raw) if raw.strip() else None
     if action == "accept":
         gw.check_accepting()
-        model, template = ga_template(body)
-        if model is None:
-            model = gw.settings.default_model
+        try:
+            model, template = ga_template(body)
+            route = route_for(gw, policy, model or gw.settings.default_model, template)
+        except GatewayError as err:
+            raise _at_top_level(err) from None
         if template.get("type") != "realtime":
             raise _bad("A call takes a realtime session.", "type")
-        route = route_for(gw, policy, model, template)
         body = _upstream_session(policy, route, template)
         upstream_body: bytes | None = orjson.dumps(body)
     else:
@@ -193,6 +194,16 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         upstream_body,
         claim=action == "accept" and call is None,
     )
+
+
+def _at_top_level(err: GatewayError) -> GatewayError:
+    """``err`` about an ``accept``'s body, which is the session itself (the SDK's
+    ``calls.accept(call_id, type=..., model=...)``): its param named from the top, as the
+    client sent it (a newcomer's find: ``foo`` was refused as ``session.foo``)."""
+    if err.param is not None and err.param.startswith("session."):
+        err.param = err.param.removeprefix("session.")
+        err.message = err.message.replace("'session.", "'")
+    return err
 
 
 #: What the body of each control other than ``accept`` may hold, and the kind of each value
