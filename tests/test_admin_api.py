@@ -413,6 +413,11 @@ async def test_an_invalid_update_leaves_the_key_as_it_was(admin: RunningGateway)
         assert refused.status == 422 and refused.error["param"] in ("models", "expires"), body
     bad_json = await call(admin, "PATCH", f"/keys/{key['id']}", raw=b"max_sessions=4")
     assert bad_json.status == 400
+    # A body that is no object is told so as the /v1 routes tell it (a newcomer's find).
+    listed = await call(admin, "PATCH", f"/keys/{key['id']}", raw=b'[{"max_sessions": 4}]')
+    assert listed.status == 422
+    assert listed.error["message"] == "The request body must be a JSON object, but got an array."
+    assert listed.error["param"] is None
     now = (await call(admin, "GET", f"/keys/{key['id']}")).json()
     assert now["policy"] == key["policy"] and now["policy"]["max_sessions"] == 3
 

@@ -95,14 +95,20 @@ def openai_refusal(exc: msgspec.ValidationError, sent: Any) -> Problem:
     if (wrong := _TYPE.match(text)) and value is not _MISSING and wrong["want"] in _WANTED:
         if not path:
             # The body itself (a newcomer's find: "Invalid type for '': ...", naming nothing).
-            said = f"The request body must be a JSON object, but got {schema.json_kind(value)}."
-            return schema.Problem("invalid_type", said, "")
+            return schema.Problem("invalid_type", not_an_object(value), "")
         return schema.wrong_type(_WANTED[wrong["want"]], value, path)
     if text == "missing required field":
         return schema.missing_parameter(path)
     if text == "contains unknown field":
         return schema.unknown_parameter(path)
     return schema.Problem("invalid_request", f"{path or 'body'}: {text}", path)
+
+
+def not_an_object(body: Any) -> str:
+    """What a request whose JSON body is no object is told, on every route."""
+    from rtgate.protocol.schema import json_kind
+
+    return f"The request body must be a JSON object, but got {json_kind(body)}."
 
 
 def value_at(tree: Any, path: Iterable[str], missing: Any = None) -> Any:

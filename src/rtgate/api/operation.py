@@ -30,7 +30,7 @@ from rtgate.auth.policy import KeyPolicy
 from rtgate.gateway import Gateway
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.port import KeyInfo
-from rtgate.validation import openai_refusal, problem
+from rtgate.validation import not_an_object, openai_refusal, problem
 
 Q = TypeVar("Q", bound=msgspec.Struct | None)
 B = TypeVar("B", bound=msgspec.Struct | None)
@@ -142,6 +142,8 @@ def _valid(model: type[M], data: Mapping[str, Any] | bytes, *, openai: bool = Fa
             said = openai_refusal(exc, _stdlib_json(data))
             refusal = REFUSALS.get(said.code, InvalidRequest)
             raise refusal(said.message, param=said.param or None) from exc
+        if not where and not isinstance(sent := _stdlib_json(data), dict):
+            raise InvalidRequest(not_an_object(sent)) from exc
         raise InvalidRequest(f"{where or 'body'}: {message}", param=where or None) from exc
     except msgspec.DecodeError as exc:
         raise MalformedBody("The request body is not valid JSON.") from exc
