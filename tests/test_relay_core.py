@@ -372,6 +372,45 @@ def test_a_transcription_session_waits_for_the_transcription_of_audio_it_committ
     assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
 
 
+def test_a_released_frame_that_ends_the_session_leaves_the_rest_metered_not_released() -> None:
+    """A review's find: a frame released after a commit ended the session (a transcription
+    model the key may not use), and the frames behind it were released after the end, or left
+    unmetered."""
+    guard = ClientEventGuard(
+        KeyPolicy(models=("gpt-realtime", "gpt-4o-mini-transcribe")), transcription=True
+    )
+    c = core(intent="transcription", guard=guard)
+    assert kinds(c.upstream_text(transcribed("item_1")) or ()) == [Commit]
+    update = orjson.dumps(
+        {
+            "type": "session.updated",
+            "session": {
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            },
+        }
+    )
+    delta = b'{"type":"conversation.item.input_audio_transcription.delta","delta":"x"}'
+    for frame in (update, delta, transcribed("item_2"), transcribed("item_3")):
+        assert c.upstream_text(frame) == ()
+    acts = c.committed(True)
+    assert not c.open
+    assert recorded(acts) == ["item_2", "item_3"]
+    ended = kinds(acts).index(Ended)
+    assert ended == len(acts) - 1  # the records come before the end, nothing after it
+    assert delta not in sent(acts)
+
+
+def test_an_upstream_end_held_behind_a_commit_owes_nothing_more() -> None:
+    """A review's find: the client leaving after the upstream's end was held sent a cancel to
+    a gone upstream and waited out the grace for usage that could not come."""
+    c = core(close_grace=5.0)
+    c.upstream_text(transcribed("item_1"))
+    assert c.upstream_text(response_created("resp_x")) == ()
+    assert c.upstream_lost() == ()  # held behind the commit
+    assert c.client_lost() == (CloseUpstream(1001, "client disconnected"), Ended())
+
+
 # -- closes ---------------------------------------------------------------------------------------
 def test_an_upstream_close_is_mirrored_to_the_client() -> None:
     c = core()

@@ -37,7 +37,8 @@ Inputs and what they decide:
 Rules it keeps:
 
 * **The first close wins** (``RelaySession.close``): the session's close code, reason and who
-  closed it are recorded once; ``Ended`` is emitted once, after which every input is ignored.
+  closed it are recorded once; ``Ended`` is emitted once, after which nothing is forwarded:
+  only usage the upstream still sends until its socket closes is recorded (``_meter_unsent``).
 * **An error event before every close the gateway makes**: whatever ends a session on the
   gateway's side (expiry, a budget, the ledger, an operator, shutdown, a dead upstream), the
   client gets an OpenAI-style ``error`` event and then a close with its ``"<type>.<code>"``
@@ -293,6 +294,9 @@ class RelayCore:
         #: translation (metered by its audio, no responses) nor a call's sideband, the
         #: gateway's or a client's (the call runs on, and its own sideband meters it).
         self._responding: set[str] | None = None
+        #: The upstream's end was among the frames held when the session ended: nothing it
+        #: owed can come any more, so the end waits for none (``_owed``).
+        self._upstream_gone = False
         #: A transcription session's committed audio (item ids) whose transcription has not
         #: come yet: owed as a running response is, and waited for the same way (no cancel).
         self._transcriptions: set[str] | None = None
@@ -593,6 +597,14 @@ class RelayCore:
         held, self._held = self._held, None
         self._fast_down = self._plain
         while held:
+            if self.session.state is not SessionState.OPEN:
+                # A released frame ended the session (a model refused): the rest is metered
+                # as any frame held at an end is, not released (a review's find).
+                self._held = held
+                stopped = self._stop()
+                at = next((i for i, a in enumerate(out) if isinstance(a, Ended)), len(out))
+                out[at:at] = stopped  # recorded before the end, as on every other path
+                return
             data = held.popleft()
             if isinstance(data, _UpstreamEnd):
                 # The upstream's end, in its place after the frames it sent before it.
@@ -873,6 +885,8 @@ class RelayCore:
     def _owed(self) -> bool:
         """Whether the upstream still owes usage: a Live total not confirmed, a Realtime
         response without its ``response.done``, or a transcription not come yet."""
+        if self._upstream_gone:
+            return False
         live = self.session.live
         if live is not None:
             return not live.confirmed
@@ -943,7 +957,12 @@ class RelayCore:
         if not held:
             return _NOTHING
         out: list[Action] = []
-        for data in held:
+        while held:
+            data = held.popleft()
+            if isinstance(data, _UpstreamEnd):
+                # Nothing the upstream sent after its end: what it owed will never come.
+                self._upstream_gone = True
+                break
             if isinstance(data, bytes):
                 out.extend(self._meter_unsent(data))
         return out
