@@ -478,6 +478,14 @@ async def test_after_a_failed_lookup_a_key_seen_lately_is_not_kept_waiting_again
     await ring.authenticate(secret)
     await ring.authenticate(secret)  # the store answers: asked each time, as ever
     assert faulty.calls["key_by_hash"] == asked + 5
+    # A key changed here is not answered from memory in the quiet after a failure (a
+    # review's find: revoked, it was admitted for 5 s).
+    key, _ = await ring.authenticate(secret)
+    faulty.fail(only=frozenset({"key_by_hash"}))
+    await ring.authenticate(secret)  # failed: the quiet begins
+    await ring.revoke(key.id)
+    with pytest.raises(StoreError):
+        await ring.authenticate(secret)  # nothing remembered of it: asked, and no answer
 
 
 # -- the store's own deadline -----------------------------------------------------------------

@@ -100,10 +100,20 @@ class KeyRing:
             raise no_such_key(key_id)
 
     async def set_policy(self, key_id: str, policy: KeyPolicy) -> KeyInfo | None:
+        self._forget(key_id)
         return await self._store.set_key_policy(key_id, policy.to_json())
 
     async def revoke(self, key_id: str) -> KeyInfo | None:
+        self._forget(key_id)
         return await self._store.revoke_key(key_id, self._clock.now())
+
+    def _forget(self, key_id: str) -> None:
+        """Drop what is remembered of a key about to change: admitted from memory in an outage
+        (or the quiet after a failed lookup), it would be admitted as it was (a review's find:
+        a key revoked here was admitted for 5 s after one failed lookup)."""
+        for key_hash, ((info, _), _) in list(self._known.items()):
+            if info.id == key_id:
+                del self._known[key_hash]
 
     async def authenticate(self, secret: str | None) -> tuple[KeyInfo, KeyPolicy]:
         if not secret:
