@@ -32,7 +32,7 @@ from rtgate.relay.picows_leg import CLOSE_TIMEOUT
 from rtgate.server import unshared_workers_warning
 from rtgate.serving import serve_async
 from rtgate.worker import CLOSE, DRAIN, DRAINED, STOP, ParentLink
-from rtgate.workers import Workers, forget_dead_runs
+from rtgate.workers import ALIVE, Workers, forget_dead_runs, held_while_alive
 from tests.polling import until
 from tests.process import (
     cli_json,
@@ -1047,16 +1047,19 @@ def test_a_gone_workers_live_gauges_stop_counting(
 
 def test_a_killed_parents_metrics_directory_is_removed_at_the_next_start(tmp_path: Path) -> None:
     """A newcomer's find: after a SIGKILL of the --workers parent, its metrics directory stayed
-    in the home, one more for every such run. The next start removes those whose parent is
-    gone; a running gateway's (another on this home) stays."""
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    gone, alive = tmp_path / f"metrics-{dead.pid}-ab12", tmp_path / f"metrics-{os.getpid()}-cd"
-    for run in (gone, alive, tmp_path / "metrics-old"):
+    in the home, one more for every such run. The next start removes those whose parent's lock
+    is free; a running gateway's (another on this home, in another container too) stays, and
+    so does a directory from before the lock."""
+    gone, alive, old = (tmp_path / f"metrics-{n}" for n in ("gone1234", "alive567", "old89ab"))
+    for run in (gone, alive, old):
         run.mkdir()
         (run / "counter_1.db").write_bytes(b"x")
+    (gone / ALIVE).touch()  # its parent died holding the lock: the kernel let it go
+    with held_while_alive(alive):
+        forget_dead_runs(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, old.name]
     forget_dead_runs(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "metrics-old"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
 
 
 async def test_a_killed_gateways_open_session_ends_as_lost_once_another_has_beaten(

@@ -23,9 +23,9 @@ then they all close (``Workers.serve``). A stop waits for no one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
-import re
 import selectors
 import shutil
 import signal
@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from rtgate.config import Settings, fingerprint
@@ -144,30 +145,46 @@ def serve_workers(settings: Settings, engine_token: str) -> int:
     # answered for one worker, and Prometheus read each change of worker as a reset).
     settings.home.mkdir(parents=True, exist_ok=True)
     forget_dead_runs(settings.home)
-    prefix = f"metrics-{os.getpid()}-"
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=settings.home) as metrics_dir:
+    with tempfile.TemporaryDirectory(prefix="metrics-", dir=settings.home) as metrics_dir:
         os.environ[METRICS_DIR] = metrics_dir
-        return _serve_workers(settings, engine_token, program)
+        with held_while_alive(Path(metrics_dir)):
+            return _serve_workers(settings, engine_token, program)
 
 
-_RUN_DIR = re.compile(r"metrics-(\d+)-")
+#: In each run's metrics directory: locked by its parent for the run's life.
+ALIVE = ".alive"
+
+
+@contextlib.contextmanager
+def held_while_alive(run: Path) -> Iterator[None]:
+    """Lock ``run``'s ``ALIVE`` file for as long as this parent runs: the kernel lets the lock
+    go when the process dies, however it dies (the lock is not inherited by the workers)."""
+    fd = os.open(run / ALIVE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def forget_dead_runs(home: Path) -> None:
     """Remove the metrics directories of runs whose parent is gone without removing its own
-    (killed, SIGKILL): each is named for its parent's pid, and a directory whose process no
-    longer exists is nobody's (a newcomer's find: they piled up in the home). A live one,
-    another gateway's on this home, is left alone."""
+    (killed, SIGKILL: a newcomer's find, they piled up in the home): one whose ``ALIVE`` lock
+    can be taken is nobody's. A live one, another gateway's on this home (in another container
+    too: a lock, not a pid), is left alone; so is one from before the lock, which cannot tell."""
     for run in home.glob("metrics-*"):
-        m = _RUN_DIR.match(run.name)
-        if m is None or not run.is_dir():
-            continue
         try:
-            os.kill(int(m[1]), 0)
-        except ProcessLookupError:
+            fd = os.open(run / ALIVE, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a run's directory, or one without the lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its parent runs
+        else:
             shutil.rmtree(run, ignore_errors=True)
-        except PermissionError:
-            continue  # alive, another user's
+        finally:
+            os.close(fd)
 
 
 def _serve_workers(settings: Settings, engine_token: str, program: str) -> int:
