@@ -185,3 +185,15 @@ async def test_usage_gemini_reported_is_flushed_when_the_gateway_closes_the_leg(
     assert first.closes == [(1000, "bye")]
     leg.close(1000, "bye")  # a second close flushes nothing more
     assert len([f for f in pump.frames if f["type"] == "response.done"]) == len(turn) + 1
+
+
+async def test_usage_gemini_reported_is_flushed_when_the_leg_is_severed() -> None:
+    """Gemini stopped answering pings: the cut leg meters what it reported first."""
+    leg, first, pump = await live([])
+    first.says({"serverContent": {"turnComplete": True}})
+    before = len(pump.frames)
+    first.says({"usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}})
+    leg.sever()
+    late = [f for f in pump.frames[before:] if f["type"] == "response.done"]
+    assert [f["response"]["usage"]["total_tokens"] for f in late] == [3]
+    assert first.closed

@@ -147,6 +147,10 @@ class GeminiLeg:
                 conn.leg.close(code, reason)
 
     def sever(self) -> None:
+        """Gemini stopped answering: its connection is cut, after the usage it reported and no
+        event carried yet is metered, as on a close (a review's find)."""
+        if not self.closed:
+            self._perform(self.translator.flush_usage())
         self.closed = True
         self.current.leg.sever()
 
