@@ -87,8 +87,8 @@ def check_session_values(route: Route, template: Mapping[str, Any]) -> None:
     checks every event): handed out, every session the secret opens would start with an error
     its client never caused, and go on without what was asked (a newcomer's find: the voice
     ``nobody``). The transcription model is the catalog's to judge (``check_opening``: an
-    operator's priced name is one), and a Gemini route takes any voice by name
-    (``Catalog.takes_any_voice``)."""
+    operator's priced name is one), and a route to Gemini Live takes any voice by name (its
+    own prebuilt voices, ``protocol/gemini_setup.py``)."""
     if template.get("type") not in ("realtime", "transcription"):
         return
     judged: list[tuple[str, ...]] = [("input", "transcription", "model")]

@@ -356,8 +356,8 @@ class CreatedForms:
     """Which key each "create a key" form made, by the form's one-time id (``form_id``): the
     answer shows the secret, so reloading it posts the form again, which must show that key
     again, without its secret, not make a second (a newcomer's find). Kept by the process that
-    answered, the last ``KEEP`` forms: a browser's reload goes over the connection that
-    brought the answer, to the same worker."""
+    answered, the last ``KEEP`` forms: with ``--workers N``, a reload that reaches another
+    worker (its connection closed meanwhile) makes a second key, which the list shows."""
 
     KEEP = 256
 
