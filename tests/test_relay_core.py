@@ -372,6 +372,30 @@ def test_a_transcription_session_waits_for_the_transcription_of_audio_it_committ
     assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
 
 
+def transcribing(on: bool) -> bytes:
+    """A conversation's ``session.updated``, its input transcribed or not."""
+    transcription = {"model": "gpt-4o-mini-transcribe"} if on else None
+    session = {"type": "realtime", "audio": {"input": {"transcription": transcription}}}
+    return orjson.dumps({"type": "session.updated", "session": session})
+
+
+def test_a_conversation_that_transcribes_its_input_waits_for_the_transcriptions_too() -> None:
+    """What the upstream says it transcribes it bills by the transcription model: a client
+    that leaves right after speaking still pays for the transcription of its last words."""
+    c = core(close_grace=5.0)
+    c.upstream_text(transcribing(True))
+    c.upstream_text(committed("item_1"))
+    assert c.client_closed(1000, "bye") == ()  # no response to cancel: waited for
+    acts = c.upstream_text(transcribed("item_1"))
+    assert recorded(acts) == ["item_1"] and kinds(acts)[-2:] == [CloseUpstream, Ended]
+    # Turned off again, it owes none.
+    c = core()
+    c.upstream_text(transcribing(True))
+    c.upstream_text(transcribing(False))
+    c.upstream_text(committed("item_2"))
+    assert c.client_closed(1000, "") == (CloseUpstream(1000, ""), Ended())
+
+
 def test_a_released_frame_that_ends_the_session_leaves_the_rest_metered_not_released() -> None:
     """A review's find: a frame released after a commit ended the session (a transcription
     model the key may not use), and the frames behind it were released after the end, or left

@@ -139,6 +139,7 @@ from rtgate.protocol.transcript import (
     TranscriptRecorder,
 )
 from rtgate.protocol.translation import AudioMeter
+from rtgate.validation import value_at
 
 #: Upstream frames held behind an outstanding commit before the core asks to pause reading
 #: upstream (the socket's own buffers bound what arrives after that).
@@ -176,6 +177,8 @@ _RESPONSE_CREATED = '"response.created"'
 #: failure that settles it without usage (``...transcription.completed`` is a meter mark).
 _COMMITTED = '"input_audio_buffer.committed"'
 _TRANSCRIPTION_FAILED = 'input_audio_transcription.failed"'
+#: The events that say what a Realtime session is: its input transcription among it.
+_STATES = frozenset({"session.created", "session.updated"})
 _TRANSCRIPTION_SETTLED = frozenset(
     {
         "conversation.item.input_audio_transcription.completed",
@@ -297,15 +300,21 @@ class RelayCore:
         #: The upstream's end was among the frames held when the session ended: nothing it
         #: owed can come any more, so the end waits for none (``_owed``).
         self._upstream_gone = False
-        #: A transcription session's committed audio (item ids) whose transcription has not
-        #: come yet: owed as a running response is, and waited for the same way (no cancel).
+        #: Committed audio (item ids) whose transcription has not come yet: owed as a running
+        #: response is, and waited for the same way (no cancel). A transcription session's
+        #: always; a conversation's while the upstream says it transcribes its input
+        #: (``_follow_input_transcription``); else None.
         self._transcriptions: set[str] | None = None
+        #: Whether a conversation's input transcription is followed (a metered client session).
+        self._follows_input = False
         if not self._live and audio_meter is None and client and session.metered:
             self._responding = set()
             down += (_RESPONSE_CREATED,)
             if session.intent == "transcription":
                 self._transcriptions = set()
                 down += (_COMMITTED, _TRANSCRIPTION_FAILED)
+            else:
+                self._follows_input = True
         self._down_marks = _encoded(down)
         up: tuple[str, ...] = UP_MARKS if beta is not None else ()
         if recorder is not None:
@@ -455,6 +464,8 @@ class RelayCore:
         rec = session.on_upstream_event(event, text, now)
         if self._responding is not None:
             self._track_response(event)
+        if self._follows_input and isinstance(event, dict) and event.get("type") in _STATES:
+            self._follow_input_transcription(event.get("session"))
         watch = self._transcribing
         if watch is not None and isinstance(event, dict) and event.get("type") in SESSION_UPDATES:
             # What the provider says it transcribes with is what is billed: a model the key
@@ -881,6 +892,20 @@ class RelayCore:
             responding.add(rid)
         else:
             responding.discard(rid)
+
+    def _follow_input_transcription(self, session: Any) -> None:
+        """A conversation whose upstream says it transcribes the input audio
+        (``session.audio.input.transcription``, docs/protocol.md 4.2) owes each committed
+        item's transcription, billed by its model: waited for at the end as a transcription
+        session's are (their marks read from then on); one that stops transcribing owes none."""
+        on = isinstance(value_at(session, ("audio", "input", "transcription")), dict)
+        if on and self._transcriptions is None:
+            self._transcriptions = set()
+            self._down_marks = (*self._down_marks, *_encoded((_COMMITTED, _TRANSCRIPTION_FAILED)))
+        elif not on and isinstance(session, dict) and self._transcriptions is not None:
+            self._transcriptions = None
+            gone = set(_encoded((_COMMITTED, _TRANSCRIPTION_FAILED)))
+            self._down_marks = tuple(m for m in self._down_marks if m not in gone)
 
     def _owed(self) -> bool:
         """Whether the upstream still owes usage: a Live total not confirmed, a Realtime
