@@ -111,6 +111,19 @@ def not_an_object(body: Any) -> str:
     return f"The request body must be a JSON object, but got {json_kind(body)}."
 
 
+def remove_at(tree: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the value at ``path`` from ``tree`` (parsed JSON, the caller's own copy), and the
+    objects that leaves empty; a path through something that is no object is left as it is."""
+    head, rest = path[0], path[1:]
+    inner = tree.get(head)
+    if rest and isinstance(inner, dict):
+        remove_at(inner, rest)
+        if inner:
+            return
+    if head in tree and (not rest or isinstance(inner, dict)):
+        del tree[head]
+
+
 def value_at(tree: Any, path: Iterable[str], missing: Any = None) -> Any:
     """The value of parsed JSON at ``path`` (members' names, and list indexes as digits), or
     ``missing`` where there is none."""

@@ -44,7 +44,7 @@ from rtgate.protocol.session_fields import (
     transcription_model,
     transcription_models,
 )
-from rtgate.validation import value_at
+from rtgate.validation import remove_at, value_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,7 +572,7 @@ class PolicyDocument(_Limits, kw_only=True):
             value = value_at(defaults, path)
             if value is not None:
                 found[name] = value
-                _without(defaults, path)
+                remove_at(defaults, path)
         if defaults:
             raise PolicyError(
                 "session_defaults: holds only instructions, audio.output.voice and "
@@ -666,7 +666,7 @@ def apply_update(policy: KeyPolicy, u: PolicyUpdate, catalog: Catalog | None = N
     )
     for name in u.clear:
         if name in _DEFAULT_PATHS:
-            _without(defaults, _DEFAULT_PATHS[name])
+            remove_at(defaults, _DEFAULT_PATHS[name])
     if u.instructions is not None:
         defaults["instructions"] = u.instructions
     if u.voice is not None:
@@ -786,19 +786,6 @@ def _blockable(entry: str) -> str:
         f" or, for session.update, of its session{suggestion}",
         param="blocked_events",
     )
-
-
-def _without(tree: dict[str, Any], path: tuple[str, ...]) -> None:
-    """Remove the value at ``path`` from ``tree`` (a copy of the caller's), and the objects
-    that leaves empty."""
-    head, rest = path[0], path[1:]
-    inner = tree.get(head)
-    if rest and isinstance(inner, dict):
-        _without(inner, rest)
-        if inner:
-            return
-    if head in tree and (not rest or isinstance(inner, dict)):
-        del tree[head]
 
 
 def policy_view(policy: KeyPolicy) -> dict[str, Any]:

@@ -175,8 +175,8 @@ _RESPONSE_CANCEL = b'{"type":"response.cancel"}'
 _RESPONSE_CREATED = '"response.created"'
 #: A transcription session's audio turned into an item, whose transcription it owes, and the
 #: failure that settles it without usage (``...transcription.completed`` is a meter mark).
-_COMMITTED = '"input_audio_buffer.committed"'
-_TRANSCRIPTION_FAILED = 'input_audio_transcription.failed"'
+_TRANSCRIPTION_MARKS = ('"input_audio_buffer.committed"', 'input_audio_transcription.failed"')
+_TRANSCRIPTION_BYTES = _encoded(_TRANSCRIPTION_MARKS)
 #: The events that say what a Realtime session is: its input transcription among it.
 _STATES = frozenset({"session.created", "session.updated"})
 _TRANSCRIPTION_SETTLED = frozenset(
@@ -312,7 +312,7 @@ class RelayCore:
             down += (_RESPONSE_CREATED,)
             if session.intent == "transcription":
                 self._transcriptions = set()
-                down += (_COMMITTED, _TRANSCRIPTION_FAILED)
+                down += _TRANSCRIPTION_MARKS
             else:
                 self._follows_input = True
         self._down_marks = _encoded(down)
@@ -463,7 +463,7 @@ class RelayCore:
         now = self._now()
         rec = session.on_upstream_event(event, text, now)
         if self._responding is not None:
-            self._track_response(event)
+            self._track_owed(event)
         if self._follows_input and isinstance(event, dict) and event.get("type") in _STATES:
             self._follow_input_transcription(event.get("session"))
         watch = self._transcribing
@@ -865,11 +865,11 @@ class RelayCore:
         )
 
     # -- an end that waits for the usage the upstream still owes (docs/protocol-live.md 4) ------
-    def _track_response(self, event: Any) -> None:
+    def _track_owed(self, event: Any) -> None:
         """``response.created`` opens a response the session owes usage for; its
-        ``response.done`` settles it. On a transcription session, ``input_audio_buffer.
-        committed`` opens a transcription, its item's ``...transcription.completed`` (or
-        ``.failed``) settles it."""
+        ``response.done`` settles it. While transcriptions are followed, ``input_audio_buffer.
+        committed`` opens one, its item's ``...transcription.completed`` (or ``.failed``)
+        settles it."""
         responding = self._responding
         if responding is None or not isinstance(event, dict):
             return
@@ -901,11 +901,10 @@ class RelayCore:
         on = isinstance(value_at(session, ("audio", "input", "transcription")), dict)
         if on and self._transcriptions is None:
             self._transcriptions = set()
-            self._down_marks = (*self._down_marks, *_encoded((_COMMITTED, _TRANSCRIPTION_FAILED)))
+            self._down_marks = (*self._down_marks, *_TRANSCRIPTION_BYTES)
         elif not on and isinstance(session, dict) and self._transcriptions is not None:
             self._transcriptions = None
-            gone = set(_encoded((_COMMITTED, _TRANSCRIPTION_FAILED)))
-            self._down_marks = tuple(m for m in self._down_marks if m not in gone)
+            self._down_marks = tuple(m for m in self._down_marks if m not in _TRANSCRIPTION_BYTES)
 
     def _owed(self) -> bool:
         """Whether the upstream still owes usage: a Live total not confirmed, a Realtime
@@ -947,7 +946,7 @@ class RelayCore:
         text = data.decode()
         event = parse_event(text)
         rec = self.session.on_upstream_event(event, text, self._now())
-        self._track_response(event)
+        self._track_owed(event)
         return [Record(rec)] if rec is not None and not isinstance(rec, str) else []
 
     def _closing_tick(self, now_mono: float) -> Actions:

@@ -10,8 +10,9 @@ holds its live-session slot, so it is admitted without one (``admit(..., slot=Fa
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from rtgate.auth.authenticator import AuthThrottled
@@ -35,6 +36,7 @@ from rtgate.protocol.live import LiveMeter
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.session_fields import transcription_model
 from rtgate.store.port import KeyInfo, SessionClose, SessionOpen, StoreError
+from rtgate.validation import remove_at
 
 log = logging.getLogger("rtgate.relay")
 
@@ -91,32 +93,13 @@ def check_session_values(route: Route, template: Mapping[str, Any]) -> None:
     own prebuilt voices, ``protocol/gemini_setup.py``)."""
     if template.get("type") not in ("realtime", "transcription"):
         return
-    judged: list[tuple[str, ...]] = [("input", "transcription", "model")]
+    session = copy.deepcopy(dict(template))
+    remove_at(session, ("audio", "input", "transcription", "model"))
     if route.upstream.kind == "gemini":
-        judged.append(("output", "voice"))
-    session = {**template, "audio": _without(template.get("audio"), judged)}
-    if session["audio"] is None:
-        del session["audio"]
+        remove_at(session, ("audio", "output", "voice"))
     found = problem({"type": "session.update", "session": session})
     if found is not None:
         raise SessionValueRefused(found.code, found.message, param=found.param)
-
-
-def _without(tree: Any, paths: Sequence[tuple[str, ...]]) -> Any:
-    """A copy of ``tree`` (parsed JSON) without the members at ``paths``, copied only along
-    them; what is not an object is left as it is (for the check to refuse)."""
-    if not isinstance(tree, dict):
-        return tree
-    out = dict(tree)
-    for path in paths:
-        head, rest = path[0], path[1:]
-        if head not in out:
-            continue
-        if rest:
-            out[head] = _without(out[head], [rest])
-        else:
-            del out[head]
-    return out
 
 
 async def admit(gw: Gateway, key: KeyInfo, policy: KeyPolicy, *, slot: bool = True) -> None:
