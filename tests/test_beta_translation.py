@@ -563,3 +563,50 @@ def test_parsed_frames_that_translate_to_themselves_keep_their_bytes() -> None:
     assert t.to_upstream(user) is user
     call = '{"type":"response.output_item.done","item":{"type":"function_call","name":"f"}}'
     assert t.to_client(call) is call
+
+
+@pytest.mark.parametrize(
+    ("ga", "beta"),
+    [
+        ("session.audio.output.voice", "session.voice"),
+        ("session.audio.output.speed", "session.speed"),
+        ("session.audio.input.format.type", "session.input_audio_format"),
+        ("session.audio.output.format.rate", "session.output_audio_format"),
+        ("session.audio.input.turn_detection.type", "session.turn_detection.type"),
+        (
+            "session.audio.input.transcription.model",
+            "session.input_audio_transcription.model",
+        ),
+        ("session.audio.input.noise_reduction", "session.input_audio_noise_reduction"),
+        ("session.output_modalities", "session.modalities"),
+        ("session.max_output_tokens", "session.max_response_output_tokens"),
+        ("response.audio.output.voice", "response.voice"),
+        ("response.max_output_tokens", "response.max_response_output_tokens"),
+        ("session.instructions", "session.instructions"),
+        ("session.tools[0].name", "session.tools[0].name"),
+    ],
+)
+def test_an_error_names_the_beta_member_the_client_sent(ga: str, beta: str) -> None:
+    """A beta client's ``session.update`` is sent upstream GA-shaped, so the upstream's error
+    names the GA member; the client is told about the field it sent."""
+    error = {"type": "invalid_request_error", "code": "invalid_value", "message": "m", "param": ga}
+    out = down({"type": "error", "event_id": "e1", "error": error})
+    assert out == {"type": "error", "event_id": "e1", "error": {**error, "param": beta}}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"error","event_id":"e1","error":{"type":"invalid_request_error","param":null}}',
+        '{"type":"error","error":{"type":"invalid_request_error","param":"item_id"}}',
+        '{"error":{"param":"event_id","type":"invalid_request_error"},"type":"error"}',
+    ],
+)
+def test_an_error_naming_no_session_member_keeps_its_bytes(frame: str) -> None:
+    assert BetaTranslator().to_client(frame) is frame
+
+
+def test_an_error_led_by_another_member_is_translated_too() -> None:
+    frame = '{"error":{"param":"session.audio.output.voice","type":"x"},"type":"error"}'
+    out = BetaTranslator().to_client(frame)
+    assert out is not None and orjson.loads(out)["error"]["param"] == "session.voice"

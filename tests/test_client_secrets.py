@@ -591,8 +591,16 @@ async def test_a_template_no_session_could_take_is_refused_when_minted(
         assert (refused.value.code, refused.value.param) == (code, param), refused.value.message
     with pytest.raises(openai.BadRequestError) as refused:
         await client.beta.realtime.sessions.create(model="gpt-realtime", voice="nobody")
-    assert refused.value.code == "invalid_value"
+    assert (refused.value.code, refused.value.param) == ("invalid_value", "voice")
     assert "Invalid value: 'nobody'. Supported values are: 'alloy'" in refused.value.message
+    # The beta body is flat: the member it names is the one sent, not the GA template's.
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.beta.realtime.sessions.create(
+            model="gpt-realtime",
+            max_response_output_tokens=99999,
+            input_audio_transcription={"model": "whisper-1"},
+        )
+    assert refused.value.param == "max_response_output_tokens", refused.value.message
     assert await table_rows(gateway.store, "SELECT * FROM client_secrets") == []
     # What a session takes is minted as ever.
     fine = {"type": "realtime", "audio": {"output": {"voice": "marin"}}, "max_output_tokens": 9}

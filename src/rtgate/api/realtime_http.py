@@ -44,7 +44,9 @@ from rtgate.auth.client_secrets import (
     with_transcription_model,
 )
 from rtgate.catalog import DEFAULT_TRANSLATION_MODEL
+from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
+from rtgate.protocol.beta_shapes import param_to_beta
 from rtgate.protocol.ids import new_id
 from rtgate.relay.admission import admit, route_for
 
@@ -178,9 +180,15 @@ async def _beta(call: Call[None, BetaSessionRequest], kind: SessionKind) -> Repl
     model = call.body.model if kind == "realtime" else None
     if kind == "transcription":
         flat = with_transcription_model(flat)
-    secret, minted = await _mint(
-        call, model, beta_template(flat, kind), call.body.client_secret.expires_after.seconds
-    )
+    try:
+        secret, minted = await _mint(
+            call, model, beta_template(flat, kind), call.body.client_secret.expires_after.seconds
+        )
+    except GatewayError as err:
+        # The template is GA-shaped; the client sent the flat beta body.
+        if err.param is not None and err.param.startswith("session."):
+            err.param = param_to_beta(err.param.removeprefix("session."))
+        raise
     session = _session_view(minted)
     return _json(
         {

@@ -47,6 +47,8 @@ Rules:
   ``transcription_session.created`` / ``.updated``, the beta names (the first is in the beta
   spec though not in the SDK's union). Model names newer than the beta SDK's literals are
   relayed as they are.
+* An ``error`` that names a GA session or response member in its ``param``
+  (``session.audio.output.voice``) names the beta one (``session.voice``).
 * Not translated: a beta ``item_reference`` *content part* inside a message (GA references whole
   items only); the GA server answers it with an ``error``.
 """
@@ -62,6 +64,7 @@ from rtgate.protocol.beta_shapes import (
     is_beta_item,
     item_to_beta,
     item_to_ga,
+    param_to_beta,
     part_to_beta,
     response_to_beta,
     response_to_ga,
@@ -108,6 +111,23 @@ def _drop(event: Event) -> None:
     return None
 
 
+#: The roots of the paths an ``error``'s ``param`` names that beta spells its own way.
+_PARAM_ROOTS = ("session.", "response.")
+
+
+def _error(event: Event) -> Event:
+    """An ``error`` naming a GA session or response member (``session.audio.output.voice``)
+    names the beta one the client sent (``session.voice``)."""
+    error = event.get("error")
+    if not isinstance(error, dict):
+        return event
+    param = error.get("param")
+    if not isinstance(param, str) or not param.startswith(_PARAM_ROOTS):
+        return event
+    root, _, path = param.partition(".")
+    return {**event, "error": {**error, "param": f"{root}.{param_to_beta(path)}"}}
+
+
 # GA server events that differ from beta in their name alone.
 _RENAMED = {
     "response.output_audio.delta": "response.audio.delta",
@@ -138,6 +158,7 @@ _DOWN: dict[str, Callable[[Event], Event | None]] = {
     "response.done": _response,
     "session.created": _session("created"),
     "session.updated": _session("updated"),
+    "error": _error,
     # No beta counterpart (see the module docstring).
     **dict.fromkeys(
         (
@@ -191,6 +212,7 @@ _DOWN_MARKS = (
     '"mcp_list_tools.',
     '"session.created"',
     '"session.updated"',
+    '"error"',
 )
 
 

@@ -232,6 +232,24 @@ def _flatten_audio(audio: Any, out: Event) -> None:
                     out[name] = converted
 
 
+def param_to_beta(path: str) -> str:
+    """A GA session's (or response's) member path as an error's ``param`` names it, after its
+    root (``audio.output.voice``) -> the beta flat one's (``voice``), so a beta client is told
+    about the field it sent; any other path as it is. A format is a plain string in beta
+    (``pcm16``), so what GA nests under it names the format itself."""
+    parts = path.split(".")
+    if parts[0] == "audio" and len(parts) >= 3:
+        names = {"input": _INPUT_TO_BETA, "output": _OUTPUT_TO_BETA}.get(parts[1], {})
+        if parts[2] in names:
+            name = names[parts[2]][0]
+            return name if parts[2] == "format" else ".".join([name, *parts[3:]])
+    elif parts[0] == "output_modalities":
+        parts[0] = "modalities"
+    elif parts[0] == "max_output_tokens":
+        parts[0] = "max_response_output_tokens"
+    return ".".join(parts)
+
+
 def session_to_beta(session: Any) -> Any:
     """A GA session object -> the beta flat one (``type`` dropped, ``audio`` flattened, only
     function tools)."""
