@@ -155,6 +155,10 @@ async def engine() -> AsyncIterator[Callable[..., Awaitable[Conn]]]:
             f"ws://127.0.0.1:{port}/_engine/v1/realtime?{query}",
             additional_headers={"Authorization": f"Bearer {token}"},
             max_size=None,
+            # Read on however far a test gets: a full queue stops websockets reading, and a
+            # socket closed mid-response then waits out close_timeout (10 s) for the engine's
+            # close frame behind the audio it never read.
+            max_queue=None,
         )
         sockets.append(ws)
         return Conn(ws, seen)

@@ -429,7 +429,7 @@ async def test_a_bad_key_and_a_client_secret_open_no_live_session(
         subprotocols=["realtime", f"openai-insecure-api-key.{secret.value}"],  # type: ignore[list-item]
     ) as ws:
         (err,) = await ws_events_until(ws, "error")
-        assert err["error"]["code"] == "invalid_intent"
+        assert (err["error"]["code"], err["error"]["param"]) == ("invalid_intent", None)
     assert provider.upgrades == []
 
 

@@ -365,8 +365,9 @@ async def relay_socket(
             )
         if live:
             if grant is not None:
+                # The credential is wrong, not a parameter: no model was named yet.
                 raise IntentNotAllowed(
-                    "GPT-Live has no client secrets; connect with a gateway key.", param="model"
+                    "GPT-Live has no client secrets; connect with a gateway key."
                 )
             first = FirstMessage(client)
             message = await first.read(s.live_start_seconds)
