@@ -981,3 +981,12 @@ def test_a_client_frame_that_is_no_json_is_refused_where_frames_are_read() -> No
         assert acts is not None and acts[-1] == Refused("invalid_event"), frame
     # Where nothing reads frames, it goes up as it came, and the upstream answers it.
     assert core(beta=BetaTranslator()).client_text(b"[1, 2]") is None
+
+
+def test_a_sessions_core_and_totals_hold_no_instance_dict() -> None:
+    """One of each per live session: an instance dict would cost each session ~1.3 KB once a
+    class passes CPython's 30 shared dict keys (the idle-session target, docs/performance.md
+    9.25), so a new attribute must be declared in ``__slots__``."""
+    c = core()
+    for held in (c, c.session):
+        assert not hasattr(held, "__dict__"), type(held).__name__

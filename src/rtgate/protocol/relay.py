@@ -230,6 +230,44 @@ class _UpstreamEnd:
 class RelayCore:
     """The decisions of one relayed session; see the module docstring for the rules."""
 
+    # One per live session: slots, not an instance dict (CPython shares a class's dict keys
+    # among its instances up to 30 attributes only; past that each session held a dict of its
+    # own, ~1.3 KB more, docs/performance.md 9.25).
+    __slots__ = (
+        "_alive",
+        "_audio_meter",
+        "_beta",
+        "_budget",
+        "_client",
+        "_close_asked",
+        "_close_grace",
+        "_closing",
+        "_committing",
+        "_down_marks",
+        "_early",
+        "_error_text",
+        "_fast_down",
+        "_fast_up",
+        "_follows_input",
+        "_guard",
+        "_hangup_sent",
+        "_heard_client",
+        "_heard_upstream",
+        "_held",
+        "_live",
+        "_now",
+        "_paused",
+        "_plain",
+        "_recorder",
+        "_responding",
+        "_setup",
+        "_transcribing",
+        "_transcriptions",
+        "_up_marks",
+        "_upstream_gone",
+        "session",
+    )
+
     def __init__(
         self,
         session: RelaySession,
