@@ -117,6 +117,27 @@ class _NoLeg:
 class Pump:
     """Runs one session's core between its legs; a live session (``Gateway.live``)."""
 
+    # One per live session, as its core (protocol/relay.py): no instance dict.
+    __slots__ = (
+        "_client_events",
+        "_effects",
+        "_ended",
+        "_finished",
+        "_hangup",
+        "_hold_paused",
+        "_metrics",
+        "_monotonic",
+        "_paused_for_backlog",
+        "_tasks",
+        "_ticker",
+        "_timer",
+        "_upstream_events",
+        "client",
+        "core",
+        "session",
+        "upstream",
+    )
+
     def __init__(
         self,
         core: RelayCore,
