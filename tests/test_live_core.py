@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from openai.types.live import (
+    DecisionEvent,
     ErrorEvent,
     LiveCreateParams,
     MediaSessionConfigParam,
@@ -355,6 +356,55 @@ def test_backend_tokens_priced_by_the_models_own_row(tmp_path: Any) -> None:
         "gpt-backend",
         2_800_000,
     )
+
+
+def decision(usage: Any, *, model: str = "gpt-decider", event_id: str = "evt_d1") -> bytes:
+    """A delegation's Decision API result (the SDK's ``openai.types.live.DecisionEvent``)."""
+    return orjson.dumps(
+        {
+            "type": "decision.event",
+            "event_id": event_id,
+            "delegation_id": "dlg_1",
+            "event": {
+                "type": "decision.completed",
+                "decision": {"answers": [], "model": model, "usage": usage},
+            },
+        }
+    )
+
+
+def test_a_decisions_tokens_are_billed_by_its_models_row(tmp_path: Any) -> None:
+    """An audit's find: a delegation's or transcript trigger's Decision API call
+    (``decision.event``) was relayed unread, its tokens never billed."""
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text('[prices.gpt-decider]\ntext_in = "2"\ntext_cached = "0.5"\ntext_out = "8"\n')
+    catalog = Catalog(load_settings(None, settings_env(RTGATE_CONFIG=str(cfg))))
+    c = started(core(catalog=catalog))
+    usage = {
+        "input_tokens": 1000,
+        "input_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 0},
+        "output_tokens": 100,
+        "output_tokens_details": {"reasoning_tokens": 40},
+        "total_tokens": 1100,
+    }
+    DecisionEvent.model_validate_json(decision(usage))  # the sample is the SDK's
+    rec = committed_record(c, decision(usage))
+    u = rec.usage
+    assert (u.kind, u.text_in, u.text_in_cached, u.text_out) == ("backend", 1000, 200, 100)
+    # 800 x $2 + 200 x $0.5 + 100 x $8, per 1M = $0.0025
+    assert (rec.model, rec.price_key, rec.ref, rec.provider_nanos) == (
+        "gpt-decider",
+        "gpt-decider",
+        "evt_d1",
+        2_500_000,
+    )
+    # Another model's decision with no row is recorded, unpriced; one with no usage is
+    # recorded for review; other decision events are relayed unread.
+    rec = committed_record(c, decision({"input_tokens": 5, "output_tokens": 1}, model="x"))
+    assert (rec.model, rec.priced, rec.usage.text_in) == ("x", False, 5)
+    assert committed_record(c, decision(None)).review == "unreadable_usage"
+    other = b'{"type":"decision.event","event_id":"e","event":{"type":"decision.failed"}}'
+    assert c.upstream_text(other) is None
 
 
 def test_a_second_session_start_is_refused_in_lives_envelope_and_dropped() -> None:

@@ -47,14 +47,15 @@ LIVE_APPEND_PREFIXES = (
     '{"type": "session.input_audio.append"',
 )
 #: The names an upstream frame of a Live session must contain to be parsed: usage snapshots and
-#: the final total, backend responses that carry usage (nested, so quoted as a value), the
-#: session's own description (the backend model, the session id).
+#: the final total, backend responses and decisions that carry usage (nested, so quoted as a
+#: value), the session's own description (the backend model, the session id).
 LIVE_MARKS = (
     '"session.usage.updated"',
     '"session.closed"',
     '"response.completed"',
     '"response.incomplete"',
     '"response.failed"',
+    '"decision.completed"',
     '"session.started"',
     '"session.updated"',
 )

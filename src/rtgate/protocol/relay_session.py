@@ -266,6 +266,20 @@ class RelaySession:
                 model = live.backend_model or ""
             reading = read_responses_usage(resp.get("usage"))
             return self._meter(reading, resp.get("id"), now, model=model)
+        if etype == "decision.event":
+            # A delegation's or transcript trigger's Decision API call, billed apart from the
+            # voice (docs/protocol-live.md 5): its usage is the Responses API's shape.
+            inner = event.get("event")
+            if not isinstance(inner, dict) or inner.get("type") != "decision.completed":
+                return None
+            decision = inner.get("decision")
+            if not isinstance(decision, dict):
+                decision = {}
+            model = decision.get("model")
+            reading = read_responses_usage(decision.get("usage"))
+            return self._meter(
+                reading, event.get("event_id"), now, model=model if isinstance(model, str) else ""
+            )
         if etype in ("session.started", "session.updated"):
             live.track(event.get("session"), started=etype == "session.started")
         return None
