@@ -325,6 +325,9 @@ class FakeLiveCalls:
     #: ``POST /v1/live/sessions`` bodies as received.
     created: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
+    #: SIP calls ringing: announced (``live.call.incoming``), not yet answered. Any other id
+    #: but a session's is unknown to a control but ``accept``.
+    ringing: set[str] = field(default_factory=set)
 
     async def create(self, request: web.Request, key: str) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {key}":
@@ -370,8 +373,9 @@ class FakeLiveCalls:
         sid, action = request.match_info["session_id"], request.match_info["action"]
         raw = await request.read()
         self.actions.append((sid, action, orjson.loads(raw) if raw else None))
-        if sid not in self.sessions and action != "accept":
+        if sid not in self.sessions and sid not in self.ringing and action != "accept":
             return web.json_response({"error": {"code": "not_found"}}, status=404)
+        self.ringing.discard(sid)
         if action == "accept":
             config = (orjson.loads(raw) if raw else {}).get("session") or {}
             resource = {**config, "id": sid, "expires_at": 1, "status": "active"}

@@ -180,6 +180,29 @@ async def test_a_sip_call_is_accepted_by_one_key_and_metered(
     assert [(r.model, r.audio_ms, r.review) for r in rows] == [("gpt-live-1.1", 4000, None)]
 
 
+async def test_a_sip_call_no_key_owns_yet_may_be_rejected_or_referred(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """An audit's find: only ``accept`` reached the provider for a SIP call no key had
+    accepted; its ``reject`` (the webhook's other answer) was answered 404, unlike on
+    ``/v1/realtime/calls``."""
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key("sip")
+    provider.live_calls.ringing |= {"rtc_incoming0001", "rtc_incoming0002"}
+    await act(gw, key, "reject", "rtc_incoming0001", status_code=486)
+    await act(gw, key, "refer", "rtc_incoming0002", target_uri="tel:+14155550123")
+    assert provider.live_calls.actions == [
+        ("rtc_incoming0001", "reject", {"status_code": 486}),
+        ("rtc_incoming0002", "refer", {"target_uri": "tel:+14155550123"}),
+    ]
+    # Neither is any key's for it; a call the provider does not know is its 404.
+    assert await table_rows(gw.store, "SELECT * FROM calls") == []
+    with pytest.raises(openai.NotFoundError):
+        await act(gw, key, "hangup", "rtc_incoming0001")
+
+
 async def test_only_what_live_defines_goes_upstream(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],

@@ -41,7 +41,7 @@ from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.relay.admission import admit, note_refusal, route_for
-from rtgate.relay.call_owners import call_not_found, call_of, call_route, claim_call
+from rtgate.relay.call_owners import call_not_found, call_of, claim_call, control_route
 from rtgate.relay.calls import (
     CallRegistry,
     create_upstream_call,
@@ -182,7 +182,7 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         body = _upstream_session(policy, route, template)
         upstream_body: bytes | None = orjson.dumps(body)
     else:
-        route = call_route(gw, call) if call is not None else gw.catalog.resolve(None)
+        route = control_route(gw, call)
         upstream_body = control_body(action, body)
     return await act_on_call(
         gw,

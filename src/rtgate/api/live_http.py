@@ -11,7 +11,9 @@ session controls, relayed like ``/v1/realtime/calls`` (``api/calls_http.py``).
 - ``POST /v1/live/sessions/{id}/accept|reject|refer|hangup``: relayed for the key that owns the
   session; another key's is answered 404, as an unknown one. ``accept`` (a SIP call, body
   ``{session: {model, …}}``) claims a session no key owns yet before the provider hears of it,
-  and opens a metered sideband; ``hangup`` ends the sideband before it answers.
+  and opens a metered sideband; ``hangup`` ends the sideband before it answers. A ``reject``,
+  ``refer`` or ``hangup`` of a SIP call no key owns yet goes to the default upstream, as on
+  ``/v1/realtime/calls`` (``call_owners.control_route``).
 
 A session whose sideband cannot be opened is hung up: the gateway never leaves one unmetered.
 """
@@ -34,7 +36,7 @@ from rtgate.gateway import Gateway
 from rtgate.protocol import session_fields
 from rtgate.protocol.live import live_settings
 from rtgate.relay.admission import admit, note_refusal, route_for
-from rtgate.relay.call_owners import CALL_ID, call_not_found, call_of, call_route, claim_call
+from rtgate.relay.call_owners import CALL_ID, call_of, claim_call, control_route
 from rtgate.relay.calls import CallRegistry, upstream_post
 from rtgate.relay.endpoint import GATEWAY
 
@@ -155,9 +157,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         route = route_for(gw, policy, model, live_settings(session), protocol="live")
         upstream_body: bytes | None = _upstream_body(body or {}, session, route)
     else:
-        if owned is None:
-            raise call_not_found(session_id)
-        route = call_route(gw, owned)
+        route = control_route(gw, owned)
         upstream_body = control_body(action, body, live=True)
     return await act_on_call(
         gw,

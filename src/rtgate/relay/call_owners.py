@@ -72,3 +72,10 @@ async def claim_call(
 def call_route(gw: Gateway, call: StoredCall) -> Route:
     """The route the call was placed on: its upstream and the model it is priced as."""
     return gw.catalog.resolve(call.model)
+
+
+def control_route(gw: Gateway, call: StoredCall | None) -> Route:
+    """Where a ``reject``, ``refer`` or ``hangup`` of a call goes: the route it was placed on;
+    for a SIP call no key owns yet (before an ``accept``), the default upstream, whose
+    provider announced it (a Realtime call and a GPT-Live session alike)."""
+    return call_route(gw, call) if call is not None else gw.catalog.resolve(None)
