@@ -18,6 +18,7 @@ from openai.types.live import LiveCreateResponse
 
 from rtgate.auth.policy import KeyPolicy
 from rtgate.config import Settings
+from rtgate.relay import calls
 from rtgate.relay.endpoint import GATEWAY
 from tests.conftest import RunningGateway
 from tests.live_fake import FAKE_LIVE_SDP_ANSWER
@@ -103,6 +104,34 @@ async def test_a_webrtc_session_is_created_metered_on_its_sideband_and_hung_up(
     )
     srow = await ended_session(gw)
     assert (srow.model, srow.intent, srow.closed_by) == ("gpt-live-1", "webrtc", "client")
+
+
+async def test_a_created_session_whose_sideband_never_opens_is_billed_its_start_up(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An audit's find: the provider created the session, the gateway could not open its
+    sideband and hung it up, and the start-up charge the provider bills a session that never
+    ran (15 s) was recorded nowhere."""
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+    # Nothing listens on the discard port: the sideband's dial is refused.
+    monkeypatch.setattr(calls, "upstream_url", lambda *a, **k: "ws://127.0.0.1:9/attach")
+    with pytest.raises(openai.APIStatusError) as refused:
+        await create(gw, key)
+    assert refused.value.status_code == 502, refused.value.message
+    assert len(provider.live_calls.created) == 1
+    assert [a[1] for a in provider.live_calls.actions] == ["hangup"]
+    rows = await rows_of(gw)
+    assert [(r.kind, r.audio_ms, r.review) for r in rows] == [("live", 15_000, None)]
+    assert rows[0].provider_nanos == round(15_000 * NANOS_PER_MS)
+    srow = await ended_session(gw)
+    assert (srow.intent, srow.closed_by, srow.close_code) == ("webrtc", "gateway", 1011)
+    # The key's slot is free again.
+    monkeypatch.undo()
+    assert (await create(gw, key)).session.id
 
 
 async def test_a_budget_crossed_on_the_sideband_ends_the_session_with_its_final_total(

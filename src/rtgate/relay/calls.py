@@ -140,6 +140,32 @@ async def create_upstream_call(
     return call_id_from(headers.get("Location")), body.decode("utf-8", "replace")
 
 
+async def _dial_sideband(
+    gw: Gateway, route: Route, call_id: str, *, live: bool
+) -> aiohttp.ClientWebSocketResponse:
+    """The gateway's own sideband socket to a call (``live``: a GPT-Live session's)."""
+    if live:
+        url = upstream_url(route.upstream.base_url, route=f"live/sessions/{call_id}/attach")
+    else:
+        url = upstream_url(route.upstream.base_url, call_id=call_id)
+    try:
+        async with asyncio.timeout(route.upstream.connect_timeout_s):
+            return await gw.http.ws_connect(
+                url,
+                headers=upstream_headers(route.upstream, {}, provider_key(route)),
+                max_msg_size=0,
+                compress=0,
+                # The relay pings a quiet upstream and answers its pings itself.
+                autoping=False,
+                heartbeat=None,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise upstream_refused(exc.status) from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise UpstreamError("The call's sideband could not be opened upstream.") from exc
+
+
 async def hangup_upstream(gw: Gateway, route: Route, call_id: str, *, live: bool = False) -> int:
     status, _, _ = await upstream_post(gw, route, f"/{call_id}/hangup", live=live)
     return status
@@ -257,31 +283,19 @@ class CallRegistry:
         session's; ``startup``: one the gateway created, which owes the start-up charge). The
         limiter slot the caller acquired is released when it ends; if this raises, the slot and
         the call (to hang up) are still the caller's."""
-        if self.closing or gw.closing:
-            raise shutting_down()
-        if live:
-            url = upstream_url(route.upstream.base_url, route=f"live/sessions/{call_id}/attach")
-        else:
-            url = upstream_url(route.upstream.base_url, call_id=call_id)
-        try:
-            async with asyncio.timeout(route.upstream.connect_timeout_s):
-                ws = await gw.http.ws_connect(
-                    url,
-                    headers=upstream_headers(route.upstream, {}, provider_key(route)),
-                    max_msg_size=0,
-                    compress=0,
-                    # The relay pings a quiet upstream and answers its pings itself.
-                    autoping=False,
-                    heartbeat=None,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise upstream_refused(exc.status) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError("The call's sideband could not be opened upstream.") from exc
         session = metered_session(
             gw, key, policy, route, intent=INTENT, secret_id=secret_id, live=live
         )
+        try:
+            if self.closing or gw.closing:
+                raise shutting_down()
+            ws = await _dial_sideband(gw, route, call_id, live=live)
+        except GatewayError as err:
+            if startup:
+                # The provider created the session, and bills its start-up even if it never
+                # runs (docs/protocol-live.md 9): the caller hangs it up, this records it.
+                await self._never_ran(gw, session, err)
+            raise
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
         try:
             await record_start(gw, session)
@@ -305,6 +319,23 @@ class CallRegistry:
         self.tasks.add(sb.task)
         sb.task.add_done_callback(self.tasks.discard)
         return sb
+
+    async def _never_ran(self, gw: Gateway, session: RelaySession, err: GatewayError) -> None:
+        """A created session whose sideband never opened: its row, the start-up charge, and
+        its end with ``err``'s close; logged, not raised, when the ledger cannot keep them
+        (``err`` is what the caller hears)."""
+        session.close(err.close_code, err.close_reason, "gateway")
+        try:
+            await record_start(gw, session)
+            await self._prepay(gw, session)
+        except GatewayError as lost:
+            log.error(
+                "start-up charge of a session that never ran not recorded: %s",
+                lost.message,
+                extra={"session_id": session.session_id},
+            )
+            return
+        await record_end(gw, session)
 
     @staticmethod
     async def _prepay(gw: Gateway, session: RelaySession) -> None:
