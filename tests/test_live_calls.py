@@ -206,7 +206,9 @@ async def test_a_sip_call_is_accepted_by_one_key_and_metered(
     await act(gw, key, "hangup", sid)
     await until(lambda: not len(gw.app[GATEWAY].live))
     rows = await rows_of(gw)
-    assert [(r.model, r.audio_ms, r.review) for r in rows] == [("gpt-live-1.1", 4000, None)]
+    assert [(r.model, r.audio_ms, r.review, r.ref) for r in rows] == [
+        ("gpt-live-1.1", 4000, None, sid)
+    ]
 
 
 async def test_a_sip_call_no_key_owns_yet_may_be_rejected_or_referred(

@@ -218,6 +218,19 @@ def test_an_upstream_that_dies_first_bills_its_last_snapshot_flagged_unconfirmed
     assert c.session.totals.audio_ms == 42_000
 
 
+def test_a_sideband_that_never_heard_the_start_is_flagged_unconfirmed_too() -> None:
+    """An audit's find: a SIP call's sideband need not hear ``session.started``; its usage
+    was billed, but a provider that died before ``session.closed`` left no flag to review."""
+    c = RelayCore(live_session(), lambda: 1.0, client=False, opened_mono=100.0)
+    acts = c.upstream_text(usage(42))
+    assert acts is not None and isinstance(acts[0], Commit)
+    assert c.committed(True) == []  # no client to forward it to
+    c.upstream_lost()
+    (rec,) = c.finish()
+    assert isinstance(rec, Record) and rec.record.review == "unconfirmed_usage"
+    assert c.session.totals.audio_ms == 42_000
+
+
 def test_an_upstream_that_dies_while_closing_ends_it_unconfirmed() -> None:
     c = started(core())
     committed_record(c, usage(5))

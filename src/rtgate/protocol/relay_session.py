@@ -243,6 +243,9 @@ class RelaySession:
         snapshot or the final total adds, backend tokens, what the session says of itself."""
         if etype in ("session.usage.updated", "session.closed"):
             closed = etype == "session.closed"
+            # Usage means the provider runs the session, whether or not this socket saw it
+            # start (an accepted SIP call's sideband need not): its end must confirm the total.
+            live.started = True
             if closed:
                 live.confirmed = True
             reading = read_live_seconds(event.get("usage"))

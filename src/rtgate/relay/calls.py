@@ -286,6 +286,10 @@ class CallRegistry:
         session = metered_session(
             gw, key, policy, route, intent=INTENT, secret_id=secret_id, live=live
         )
+        if session.live is not None:
+            # The provider's id of the session (docs/protocol-live.md 9): its records' ``ref``,
+            # whether or not its sideband hears ``session.started``.
+            session.live.session_id = call_id
         try:
             if self.closing or gw.closing:
                 raise shutting_down()
