@@ -72,6 +72,7 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ("tls_certfile = 5\n", {}, "tls_certfile"),
         ("port = \n", {}, "not valid TOML"),
         ('[prices.x]\nrate = "0.01"\n', {}, "prices.x"),
+        ('[prices.x]\nstandby_rate = "0.01"\n', {}, "standby_rate: is per second or minute"),
         ('[prices.x]\nunit = "hour"\nrate = "0.6"\n', {}, "prices.x.unit"),
         # The old spelling of a per-minute row says what replaced it.
         ('[prices.whisper-1]\nper_minute = "0.006"\n', {}, 'unit = "minute"'),

@@ -232,6 +232,8 @@ async def test_the_catalog_lines_its_rates_up(admin: RunningGateway) -> None:
     assert cells["gpt-realtime"] == ["4.00 / 0.40 / 16.00", "32.00 / 0.40 / 64.00", "0.00 %"]
     assert cells["gpt-realtime-2.1-mini"][0] == "0.60 / 0.06 / 2.40"
     assert cells["gpt-realtime-translate"] == ["—", "0.034 per minute", "0.00 %"]
+    assert cells["gpt-live-1.1"] == ["—", "0.05 per minute (standby 0.02)", "0.00 %"]
+    assert cells["gpt-live-1"] == ["—", "0.05 per minute", "0.00 %"]
 
 
 def test_rates_line_up_to_cents_and_stay_exact() -> None:

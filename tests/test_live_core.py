@@ -21,6 +21,7 @@ from openai.types.live import (
     SessionReferParams,
     SessionRejectParams,
     SessionStartEventParam,
+    SessionUsageUpdatedEvent,
     live_create_params,
     session_accept_params,
 )
@@ -205,6 +206,65 @@ def test_no_answer_within_the_grace_closes_the_upstream_and_flags_the_record() -
     # Billed to the last snapshot.
     assert c.session.totals.audio_ms == 10_000
     assert c.finish() == ()  # once
+
+
+def snapshot(seconds: int, active: int | None = None, paused: int | None = None) -> bytes:
+    usage: dict[str, int] = {"seconds": seconds}
+    if active is not None and paused is not None:
+        usage |= {"active_seconds": active, "paused_seconds": paused}
+    event = {"type": "session.usage.updated", "event_id": "evt_s", "usage": usage}
+    SessionUsageUpdatedEvent.model_validate(event)  # the SDK's shape
+    return orjson.dumps(event)
+
+
+def live_11(tmp_path: Any, row: str = "", model: str = "gpt-live-1.1") -> RelayCore:
+    env = settings_env()
+    if row:
+        cfg = tmp_path / "rtgate.toml"
+        cfg.write_text(row)
+        env["RTGATE_CONFIG"] = str(cfg)
+    catalog = Catalog(load_settings(None, env))
+    session = RelaySession(
+        session_id="rs_1",
+        key_id="key_1",
+        route=catalog.resolve(model),
+        catalog=catalog,
+        opened_at=0.0,
+        opened_mono=100.0,
+        max_seconds=3600,
+        intent="live",
+        live=LiveMeter(),
+    )
+    return started(RelayCore(session, lambda: 1.0, opened_mono=100.0, setup=START))
+
+
+def test_standby_seconds_are_billed_at_the_standby_rate(tmp_path: Any) -> None:
+    """An audit's find: ``paused_seconds``, the standby time eligible WebRTC sessions report
+    apart (SDK ``SessionUsage``), was billed at the active rate: $0.05 a minute, not
+    gpt-live-1.1's $0.02."""
+    c = live_11(tmp_path)
+    # 60 s active, 540 s standby: 60 x $0.05 / 60 + 540 x $0.02 / 60 = $0.23.
+    first = committed_record(c, snapshot(600, 60, 540))
+    assert (first.usage.audio_ms, first.provider_nanos) == (600_000, 230_000_000)
+    # The next minute, half of each: $0.025 + $0.01.
+    second = committed_record(c, snapshot(660, 90, 570))
+    assert (second.usage.audio_ms, second.provider_nanos) == (60_000, 35_000_000)
+    # A snapshot with no breakdown is all active time.
+    third = committed_record(c, snapshot(720))
+    assert third.provider_nanos == 50_000_000
+    assert c.session.provider_nanos == 315_000_000
+
+
+def test_standby_seconds_of_a_row_with_no_standby_rate_are_billed_at_its_rate(
+    tmp_path: Any,
+) -> None:
+    c = live_11(tmp_path, model="gpt-live-1")  # its row has no standby rate
+    assert committed_record(c, snapshot(600, 60, 540)).provider_nanos == 500_000_000
+    # An operator's row sets its own; one merged over the built-in row keeps the built-in.
+    c = live_11(tmp_path, '[prices."gpt-live-1.1"]\nrate = "0.06"\nstandby_rate = "0.03"\n')
+    assert committed_record(c, snapshot(600, 60, 540)).provider_nanos == 330_000_000
+    c = live_11(tmp_path, '[prices."gpt-live-1.1"]\nrate = "0.06"\n')
+    assert committed_record(c, snapshot(600, 60, 540)).provider_nanos == 240_000_000
 
 
 def test_an_upstream_that_dies_first_bills_its_last_snapshot_flagged_unconfirmed() -> None:

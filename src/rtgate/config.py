@@ -138,6 +138,9 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
     unit: PriceUnit = "token"
     #: USD per ``unit`` of audio; only on a ``second`` or ``minute`` row.
     rate: Decimal = Decimal(0)
+    #: USD per ``unit`` of a GPT-Live session's standby time (its usage's ``paused_seconds``,
+    #: docs/protocol-live.md 4); None: billed at ``rate``. Only on a ``second`` or ``minute`` row.
+    standby_rate: Decimal | None = None
     text_in: Decimal = Decimal(0)
     text_cached: Decimal | None = None
     text_out: Decimal = Decimal(0)
@@ -149,21 +152,29 @@ class PriceSettings(_Frozen, frozen=True, kw_only=True):
     markup_percent: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
-        for name in ("rate", *TOKEN_RATES):
+        for name in ("rate", "standby_rate", *TOKEN_RATES):
             value = getattr(self, name)
             if value is not None and (not value.is_finite() or value < 0):
                 raise ValueError(f"{name}: a price is a number of USD, 0 or more")
         if not self.markup_percent.is_finite() or self.markup_percent < -100:
             raise ValueError("markup_percent: at least -100 (a discount of all of it)")
-        if self.unit == "token" and self.rate:
-            raise ValueError(
-                'rate: is per second or minute of audio: set unit = "second" or "minute"'
-            )
+        for name in ("rate", "standby_rate"):
+            if self.unit == "token" and getattr(self, name):
+                raise ValueError(
+                    f'{name}: is per second or minute of audio: set unit = "second" or "minute"'
+                )
 
     @property
     def charges_anything(self) -> bool:
         """Whether any rate is set (not 0): a row that sets none prices every unit at 0."""
-        return bool(self.rate) or self.sets_token_rates
+        return bool(self.rate) or bool(self.standby_rate) or self.sets_token_rates
+
+    @property
+    def at_standby(self) -> PriceSettings:
+        """The row as it prices standby time: ``standby_rate`` as its ``rate``, if set."""
+        if self.standby_rate is None:
+            return self
+        return msgspec.structs.replace(self, rate=self.standby_rate)
 
     @property
     def sets_token_rates(self) -> bool:
@@ -296,8 +307,9 @@ DEFAULT_PRICES: dict[str, PriceSettings] = {
     "gpt-realtime-translate": PriceSettings(unit="minute", rate=_d("0.034")),
     # GPT-Live's voice; its backend's tokens price by the backend model's own row.
     "gpt-live-1": PriceSettings(unit="minute", rate=_d("0.05")),
-    # Active time; standby ($0.02 a minute, WebRTC only) is not reported apart on the wire.
-    "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05")),
+    # Active time, and standby (WebRTC only, while inference is paused): usage reports it apart
+    # as paused_seconds (docs/protocol-live.md 4).
+    "gpt-live-1.1": PriceSettings(unit="minute", rate=_d("0.05"), standby_rate=_d("0.02")),
     # Gemini Live, per 1M tokens by modality (docs/protocol-gemini.md 2: text from Google's page,
     # the audio rates from third-party tables citing it). Google publishes no cached rate for Live:
     # a tenth of the input rate, like every row that leaves it out. Image and video input as text.

@@ -24,6 +24,9 @@ class PriceView(View, frozen=True, kw_only=True):
     #: ``token``, ``second`` or ``minute``: what ``rate`` prices (token rates apply either way).
     unit: str
     rate: str
+    #: On a ``second`` or ``minute`` row, USD per that unit of a GPT-Live session's standby time
+    #: (``paused_seconds``); null: standby is billed at ``rate``.
+    standby_rate: str | None
     text_in: str
     text_cached: str
     text_out: str
@@ -81,6 +84,7 @@ def price_view(p: PriceSettings) -> PriceView:
     return PriceView(
         unit=p.unit,
         rate=str(p.rate),
+        standby_rate=str(p.standby_rate) if p.standby_rate is not None else None,
         text_in=str(p.text_in),
         text_cached=str(cached_rate(p.text_in, p.text_cached)),
         text_out=str(p.text_out),

@@ -175,6 +175,8 @@ class LiveMeter:
     def __init__(self) -> None:
         #: Milliseconds billed so far (the largest snapshot seen).
         self.billed_ms = 0
+        #: Of them, those billed as standby (``paused_seconds``).
+        self.billed_paused_ms = 0
         #: The provider's session id (``session.started``), the records' ``ref``.
         self.session_id: str | None = None
         #: ``session.started`` arrived: the provider runs (and bills) the session.
@@ -191,6 +193,15 @@ class LiveMeter:
         delta = max(0, total_ms - self.billed_ms)
         self.billed_ms += delta
         return delta
+
+    def paused_part_ms(self, paused_ms: int | None, delta_ms: int) -> int:
+        """Of a snapshot's ``delta_ms``, what its cumulative ``paused_ms`` (None: no breakdown
+        reported) adds to the standby billed so far, at most all of it; now billed."""
+        if paused_ms is None:
+            return 0
+        part = min(delta_ms, max(0, paused_ms - self.billed_paused_ms))
+        self.billed_paused_ms += part
+        return part
 
     def track(self, session: Any, *, started: bool) -> None:
         """What ``session.started`` / ``session.updated`` say that metering needs."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -37,6 +38,7 @@ from rtgate.protocol.usage import (
     Usage,
     UsageKind,
     UsageReading,
+    read_live_paused_ms,
     read_live_seconds,
     read_response_usage,
     read_responses_usage,
@@ -87,6 +89,8 @@ METER_MARKS = (_RESPONSE_DONE, _TRANSCRIBED, _SESSION_CREATED, _SESSION_UPDATED,
 #: Usage kinds whose records bill parts of one duration the provider bills whole (a Live
 #: session's voice seconds, a translation's audio): costed as a running total (``RunningCost``).
 _PARTS_OF_A_WHOLE = frozenset({"live", "translation"})
+#: A Live session's standby time is a whole of its own, at its own rate.
+_STANDBY = "#standby"
 
 #: RFC 6455 7.1.5: the close code of a close frame that carried none. Never sent (7.4.1).
 NO_STATUS_RECEIVED = 1005
@@ -252,8 +256,12 @@ class RelaySession:
             if not reading.complete:
                 return self._meter(reading, live.session_id, now)
             delta = live.delta_ms(reading.usage.audio_ms)
+            standby = live.paused_part_ms(read_live_paused_ms(event.get("usage")), delta)
             return self._meter(
-                UsageReading(Usage(kind="live", audio_ms=delta)), live.session_id, now
+                UsageReading(Usage(kind="live", audio_ms=delta)),
+                live.session_id,
+                now,
+                standby_ms=standby,
             )
         if etype == "response.event":
             inner = event.get("event")
@@ -361,9 +369,11 @@ class RelaySession:
         *,
         metered_by: MeteredBy = "provider",
         model: str | None = None,
+        standby_ms: int = 0,
     ) -> UsageRecord | None:
         """The record for one usage event: None when it read in full and counts nothing.
-        ``model``: the usage's own model (a Live session's backend), priced by its row."""
+        ``model``: the usage's own model (a Live session's backend), priced by its row.
+        ``standby_ms``: of a Live session's voice, the part priced at its row's standby rate."""
         if not self.metered:
             return None
         usage = reading.usage
@@ -395,7 +405,18 @@ class RelaySession:
         if not priced or prices is None:
             cost = Cost(0, 0)
         elif usage.kind in _PARTS_OF_A_WHOLE:
-            cost = self._running.setdefault(price_key, RunningCost()).add(usage, prices)
+            active = (
+                usage if not standby_ms else replace(usage, audio_ms=usage.audio_ms - standby_ms)
+            )
+            cost = self._running.setdefault(price_key, RunningCost()).add(active, prices)
+            if standby_ms:
+                paused = self._running.setdefault(price_key + _STANDBY, RunningCost()).add(
+                    Usage(kind=usage.kind, audio_ms=standby_ms), prices.at_standby
+                )
+                cost = Cost(
+                    cost.provider_nanos + paused.provider_nanos,
+                    cost.charged_nanos + paused.charged_nanos,
+                )
         else:
             cost = cost_of(usage, prices)
         if not priced:

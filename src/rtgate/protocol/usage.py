@@ -238,6 +238,14 @@ def read_live_seconds(usage: Any) -> UsageReading:
     return UsageReading(Usage(kind="live", audio_ms=ms), secs is not None)
 
 
+def read_live_paused_ms(usage: Any) -> int | None:
+    """``usage.paused_seconds`` of a Live usage snapshot in milliseconds: the session's
+    cumulative standby time, which eligible WebRTC sessions report apart (docs/protocol-live.md
+    4); None when it is not reported or is no count."""
+    secs = _seconds(usage.get("paused_seconds")) if isinstance(usage, dict) else None
+    return round(secs * 1000) if secs is not None else None
+
+
 #: Nested Responses events whose ``response.usage`` a Live session's backend is billed by: the
 #: terminal events of a response, each of which carries its usage (docs/protocol-live.md 5).
 BACKEND_USAGE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
