@@ -591,3 +591,28 @@ def test_a_live_session_on_the_engine_is_priced_by_the_local_rows_units(
     assert catalog.resolve("gpt-live-1").upstream.kind == "local"
     rec = committed_record(started(core(catalog=catalog)), usage(61.2))
     assert (rec.priced, rec.price_key, rec.charged_nanos) == (priced, "local", nanos)
+
+
+def test_the_providers_words_on_our_key_are_replaced_in_lives_envelope() -> None:
+    """The provider quotes part of the gateway's key back: the client gets the gateway's words,
+    in Live's envelope, still naming the client event it answered."""
+    c = started(core())
+    frame = orjson.dumps(
+        {
+            "type": "error",
+            "event_id": "evt_e",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+                "message": "Incorrect API key provided: sk-pr...WXYZ.",
+                "param": None,
+                "client_event_id": "evt_client_7",
+            },
+        }
+    )
+    acts = c.upstream_text(frame)
+    assert acts is not None
+    sent = [a for a in acts if isinstance(a, SendClient)]
+    assert sent and b"WXYZ" not in sent[0].data
+    err = ErrorEvent.model_validate_json(sent[0].data)
+    assert (err.error.code, err.error.client_event_id) == ("upstream_auth_failed", "evt_client_7")

@@ -135,12 +135,15 @@ def test_upstream_invalid_key_error_is_rewritten() -> None:
                 "type": "invalid_request_error",
                 "code": "invalid_api_key",
                 "message": "Incorrect API key provided: sk-pr...WXYZ.",
+                "event_id": "evt_client_1",
             },
         }
     ).decode()
     out = s.on_upstream_text(frame, 1.0)
     assert isinstance(out, str)
     assert "WXYZ" not in out and orjson.loads(out)["error"]["code"] == "upstream_auth_failed"
+    # The client event it answered stays named.
+    assert orjson.loads(out)["error"]["event_id"] == "evt_client_1"
 
 
 def test_first_close_wins_and_deadline_is_monotonic() -> None:

@@ -229,10 +229,13 @@ class RelaySession:
             if isinstance(err, dict) and err.get("code") == "invalid_api_key":
                 # The provider quotes part of *our* key back; the client must not see it.
                 self.upstream_auth_failed = True
+                # The client's own event it answered is the client's to see (either envelope).
+                cause = err.get("client_event_id" if self.live is not None else "event_id")
                 return error_event(
                     "invalid_request_error",
                     "upstream_auth_failed",
                     UPSTREAM_AUTH_MESSAGE,
+                    client_event_id=cause if isinstance(cause, str) else None,
                     live=self.live is not None,
                 )
             return None
