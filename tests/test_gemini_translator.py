@@ -624,3 +624,28 @@ def test_turn_complete_reasons(why: str, status: str, detail: dict[str, str] | N
         assert done["status_details"] == detail
     if status == "failed":
         assert done["status_details"]["error"]["code"] == "malformed_function_call"
+
+
+@pytest.mark.parametrize("transcribing", [True, False])
+def test_a_committed_turn_gemini_heard_no_words_in_ends_its_item(transcribing: bool) -> None:
+    """An audit's find: a committed turn with no ``inputTranscription`` kept its item open, so
+    the next commit reused its id, and a session transcribing its input waited out its close
+    grace at the end for a transcription that never came. Its transcript is now empty."""
+    tr = translator()
+    ready(tr, audio={"input": {"transcription": {"model": "gemini"} if transcribing else None}})
+    audio = base64.b64encode(tone24k(100)).decode()
+    client(tr, type="input_audio_buffer.append", audio=audio)
+    (first,) = to_client(client(tr, type="input_audio_buffer.commit"))
+    outs = gemini(tr, {"serverContent": {"modelTurn": {"parts": [{"text": "Hm?"}]}}})
+    outs += gemini(tr, {"serverContent": {"turnComplete": True}})
+    done = [e for e in to_client(outs) if e["type"].startswith("conversation.item.input_audio")]
+    if transcribing:
+        assert [(e["type"], e["item_id"], e["transcript"]) for e in done] == [
+            ("conversation.item.input_audio_transcription.completed", first["item_id"], "")
+        ]
+    else:
+        assert done == []
+    client(tr, type="input_audio_buffer.append", audio=audio)
+    (second,) = to_client(client(tr, type="input_audio_buffer.commit"))
+    assert second["item_id"] != first["item_id"]
+    assert second["previous_item_id"] == first["item_id"]

@@ -75,6 +75,13 @@ class ResponseWriter:
         #: Each function call's name by its id (a tool's output is answered under it).
         self.calls: dict[str, str] = {}
 
+    @property
+    def _transcribing(self) -> bool:
+        """The session transcribes its input (``audio.input.transcription`` set)."""
+        audio = self.session.get("audio")
+        audio_in = audio.get("input") if isinstance(audio, dict) else None
+        return isinstance(audio_in, dict) and audio_in.get("transcription") is not None
+
     def set_output_format(self, fmt: str) -> None:
         if fmt != self.output_format:
             self.output_format = fmt
@@ -140,7 +147,7 @@ class ResponseWriter:
             barge_in = self.resp is not None and self.resp.cancelled == "turn_detected"
             if not barge_in:
                 # After a barge-in the user is still speaking: the transcript goes on.
-                out += self._user_done()
+                out += self._user_done(final=True)
             if self.resp is not None:
                 out += self._turn_done(self.resp.cancelled, content.get("turnCompleteReason"))
             elif self.usage is not None:
@@ -161,15 +168,20 @@ class ResponseWriter:
             )
         return self._finish("completed", None)
 
-    def _user_done(self) -> list[Out]:
+    def _user_done(self, *, final: bool = False) -> list[Out]:
         """The user's spoken turn is over (a response starts, or the turn ends): its
         transcript, complete. Gemini bills transcription inside the turn's usage, so the event
-        reports none of its own."""
-        if self.user_item is None or not self.user_text:
+        reports none of its own. ``final``: the turn has ended, so the item is done even if
+        Gemini heard no words in it: the transcript is empty (a client, and the relay core at a
+        session's end, wait for the transcription of every committed item), and the next
+        commit is an item of its own."""
+        if self.user_item is None or (not self.user_text and not final):
             return []
         item, text = self.user_item, "".join(self.user_text)
         self.user_item, self.user_text = None, []
         self.last_item = item
+        if not text and not self._transcribing:
+            return []
         return [
             ToClient(
                 server_event(
