@@ -990,3 +990,36 @@ def test_a_sessions_core_and_totals_hold_no_instance_dict() -> None:
     c = core()
     for held in (c, c.session):
         assert not hasattr(held, "__dict__"), type(held).__name__
+
+
+KEY = "sk-proj-PROVIDERKEY0123456789"
+
+
+def test_the_providers_key_never_reaches_the_client_in_any_frame() -> None:
+    """A newcomer's find: only an ``invalid_api_key`` error quoting the key was replaced; any
+    other frame carrying it reached the client as it came."""
+    c = core(secret=KEY, fresh=True)
+    created = orjson.dumps(
+        {
+            "type": "session.created",
+            "session": {"type": "realtime", "instructions": f"Bearer {KEY} and {KEY}"},
+        }
+    )
+    (first,) = sent(c.upstream_text(created))
+    assert KEY.encode() not in first
+    assert orjson.loads(first)["session"]["instructions"] == "Bearer [redacted] and [redacted]"
+    err = orjson.dumps({"type": "error", "error": {"code": "other", "message": f"bad {KEY}"}})
+    (out,) = sent(c.upstream_text(err))
+    assert orjson.loads(out)["error"]["message"] == "bad [redacted]"
+    # A metered frame is committed, and then forwarded, without it.
+    usage = {"total_tokens": 1, "input_tokens": 1, "output_tokens": 0}
+    frame = orjson.dumps(
+        {"type": "response.done", "response": {"id": "r", "metadata": {"k": KEY}, "usage": usage}}
+    )
+    acts = c.upstream_text(frame)
+    assert acts is not None and kinds(acts) == [Commit]
+    assert KEY not in acts[0].frame  # type: ignore[union-attr]
+    (forwarded,) = sent(c.committed(True))
+    assert KEY.encode() not in forwarded
+    # A frame without it passes untouched, as ever.
+    assert c.upstream_text(b'{"type":"rate_limits.updated","rate_limits":[]}') is None

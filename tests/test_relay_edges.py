@@ -396,6 +396,31 @@ async def test_provider_rejecting_our_key_is_mirrored_without_leaking_it(
     assert "upstream openai refused the gateway's key" in gateway_logs
 
 
+async def test_a_frame_quoting_the_providers_key_reaches_the_client_without_it(
+    gateway: RunningGateway,
+) -> None:
+    """A newcomer's find, with a provider that echoed its Authorization header: only an
+    ``invalid_api_key`` error had the key taken out; an event naming it, an error of another
+    code, reached the client with the key in it."""
+    gw = gateway
+    key = await gw.new_key()
+    quoting = [
+        {"type": "session.updated", "session": {"instructions": f"Bearer {PROVIDER_KEY}"}},
+        {"type": "error", "error": {"code": "some_error", "message": f"bad {PROVIDER_KEY}"}},
+    ]
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+        for event in quoting:
+            frame = orjson.dumps(event).decode()
+            await ws.send(orjson.dumps({"type": "test.raw", "frame": frame}).decode())
+            got = await asyncio.wait_for(ws.recv(), 5)
+            assert PROVIDER_KEY not in got and "[redacted]" in got, got
+            assert orjson.loads(got)["type"] == event["type"]
+
+
 async def test_session_expires_at_the_cap_with_1001(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],

@@ -204,6 +204,8 @@ def expiry_message(seconds: float) -> str:
 
 
 _NOTHING: Actions = ()
+#: What the provider's key reads as in a frame that carried it.
+_REDACTED = b"[redacted]"
 _ENDED = Ended()
 
 
@@ -260,6 +262,7 @@ class RelayCore:
         "_plain",
         "_recorder",
         "_responding",
+        "_secret",
         "_setup",
         "_transcribing",
         "_transcriptions",
@@ -284,6 +287,7 @@ class RelayCore:
         opened_mono: float = 0.0,
         audio_meter: AudioMeter | None = None,
         close_grace: float = 5.0,
+        secret: str | None = None,
     ) -> None:
         """``now``: the wall clock, read only for a frame that is metered or transcribed.
         ``client``: False for the gateway's own call sideband (no client leg: nothing is sent
@@ -292,8 +296,11 @@ class RelayCore:
         has a budget to check after each metered event. ``audio_meter``: a translation
         session's input audio counter (the gateway meters what the provider does not).
         ``close_grace``: on a Live session, how long the upstream may take to answer
-        ``session.close`` with ``session.closed``."""
+        ``session.close`` with ``session.closed``. ``secret``: the provider's key, which no
+        frame the upstream sends may carry to the client (a delta, led by its type, is
+        forwarded unread)."""
         self.session = session
+        self._secret = secret.encode() if secret else None
         self._now = now
         self._client = client
         self._setup = setup.encode() if setup is not None else None
@@ -443,6 +450,17 @@ class RelayCore:
         self._heard_upstream = True
         if self._fast_down and data.startswith(_FORWARD):
             return None
+        if self._secret is not None and self._secret in data:
+            # Only an invalid_api_key quotes it, and only part of it, as far as known
+            # (session.on_upstream_event replaces that error): any other frame that carries it
+            # reaches the client without it (README, Security).
+            redacted = data.replace(self._secret, _REDACTED)
+            acts = self._upstream_event(redacted)
+            return (SendClient(redacted),) if acts is None else acts
+        return self._upstream_event(data)
+
+    def _upstream_event(self, data: bytes) -> Actions | None:
+        """``upstream_text`` past its fast path and the key's check."""
         if self._early is not None:
             return self._first_upstream_text(data)
         if self.session.state is not SessionState.OPEN:
@@ -468,7 +486,7 @@ class RelayCore:
         """The upstream's first event: the answers held for it (``_early``) follow it; behind
         it, if it is held itself (a metered frame waiting for its commit)."""
         early = self._take_early()
-        acts = self.upstream_text(data)
+        acts = self._upstream_event(data)
         if not early or self.session.state is not SessionState.OPEN:
             return acts
         if self._held is not None:

@@ -43,7 +43,7 @@ from rtgate.relay.admission import metered_session, record_end, record_start
 from rtgate.relay.aiohttp_leg import AiohttpLeg
 from rtgate.relay.call_owners import CALL_ID
 from rtgate.relay.live import commit_usage, go_live, relay_pump, run_live
-from rtgate.relay.upstream import upstream_headers, upstream_url
+from rtgate.relay.upstream import provider_key, upstream_headers, upstream_url
 from rtgate.store.port import KeyInfo
 
 log = logging.getLogger("rtgate.calls")
@@ -66,11 +66,6 @@ def http_base(base_url: str) -> str:
     if base_url.startswith("ws://"):
         return "http://" + base_url[len("ws://") :]
     return base_url
-
-
-def provider_key(route: Route) -> str | None:
-    up = route.upstream
-    return up.api_key.get_secret_value() if up.api_key else None
 
 
 def call_base(route: Route, *, live: bool = False) -> str:
@@ -110,7 +105,7 @@ async def upstream_post(
     live: bool = False,
 ) -> tuple[int, bytes, Mapping[str, str]]:
     """POST to ``{calls base}{path}`` with the provider's credentials."""
-    headers = upstream_headers(route.upstream, {}, provider_key(route))
+    headers = upstream_headers(route.upstream, {}, provider_key(route.upstream))
     if json_body is not None:
         headers["Content-Type"] = "application/json"
         data = json_body
@@ -152,7 +147,7 @@ async def _dial_sideband(
         async with asyncio.timeout(route.upstream.connect_timeout_s):
             return await gw.http.ws_connect(
                 url,
-                headers=upstream_headers(route.upstream, {}, provider_key(route)),
+                headers=upstream_headers(route.upstream, {}, provider_key(route.upstream)),
                 max_msg_size=0,
                 compress=0,
                 # The relay pings a quiet upstream and answers its pings itself.

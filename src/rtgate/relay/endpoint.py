@@ -90,7 +90,13 @@ from rtgate.relay.front_door import LIVE_PATH, TRANSLATIONS_PATH, RelayDoor, Rel
 from rtgate.relay.legs import Leg
 from rtgate.relay.live import TRANSLATION, go_live, relay_pump, run_live
 from rtgate.relay.picows_leg import connect
-from rtgate.relay.upstream import SETUP_FRAMES_HEADER, gemini_url, upstream_headers, upstream_url
+from rtgate.relay.upstream import (
+    SETUP_FRAMES_HEADER,
+    gemini_url,
+    provider_key,
+    upstream_headers,
+    upstream_url,
+)
 from rtgate.store.port import StoredCall
 
 log = logging.getLogger("rtgate.relay")
@@ -126,7 +132,7 @@ async def _dial(
         base_url, api_key = gw.local_base_url, gw.local_token
     else:
         base_url = up.base_url
-        api_key = up.api_key.get_secret_value() if up.api_key else None
+        api_key = provider_key(up)
     headers = upstream_headers(up, client_headers, api_key)
     if up.kind == "gemini":
         return await _dial_gemini(gw, route, headers, intent, call)

@@ -30,6 +30,7 @@ from rtgate.protocol.translation import AudioMeter
 from rtgate.relay.admission import budget_crossed, record_end
 from rtgate.relay.legs import Leg
 from rtgate.relay.pump import Pump
+from rtgate.relay.upstream import provider_key
 
 log = logging.getLogger("rtgate.relay")
 
@@ -153,6 +154,7 @@ def relay_pump(
         if session.intent == TRANSLATION and metered
         else None,
         close_grace=gw.settings.live_close_seconds,
+        secret=provider_key(session.route.upstream),
     )
     return Pump(
         core,

@@ -66,6 +66,12 @@ def gemini_url(base_url: str) -> str:
     return url.rstrip("/") + urlsplit(GEMINI_LIVE_URL).path
 
 
+def provider_key(up: UpstreamSettings) -> str | None:
+    """The provider's key for ``up``: sent upstream in its headers, and never forwarded to a
+    client (``RelayCore``'s ``secret``)."""
+    return up.api_key.get_secret_value() if up.api_key else None
+
+
 def upstream_headers(
     up: UpstreamSettings, client_headers: Mapping[str, str], api_key: str | None
 ) -> dict[str, str]:
