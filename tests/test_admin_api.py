@@ -840,6 +840,48 @@ async def test_revoking_a_key_ends_its_live_sessions_and_no_others(admin: Runnin
     await kept.close()
 
 
+async def test_a_client_secret_revoked_by_the_cli_ends_its_sessions_within_the_check(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A newcomer's find: ``rtgate secrets revoke`` (straight in the store, no word to any
+    instance) left the secret's live session running to its cap, where the admin API's revoke
+    ends it at once."""
+    monkeypatch.setattr(live_api, "REVOKED_KEY_CHECK_SECONDS", 0.2)
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key("browser")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.http}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"session": {"type": "realtime"}},
+        ) as r,
+    ):
+        minted = (await r.json())["value"]
+    leaked = await open_session(gw, minted)
+    kept = await open_session(gw, key)
+    env = {
+        "RTGATE_HOME": str(gw.settings.home),
+        "RTGATE_DATABASE_URL": gw.settings.resolved_database_url,
+        "RTGATE_CONFIG": "",
+    }
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli_app, ["secrets", "revoke", minted], env=env
+    )
+    assert result.exit_code == 0 and result.output.startswith("Revoked cs_"), result.output
+    asked = time.monotonic()
+    event = orjson.loads(await asyncio.wait_for(leaked.recv(), 10))
+    assert event["error"]["code"] == "client_secret_revoked"
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(leaked.recv(), 10)
+    assert leaked.close_code == 1008
+    assert time.monotonic() - asked < 5
+    await metered(kept, "resp_kept", text_in=10)  # the key's own session goes on
+    await kept.close()
+
+
 async def test_a_key_revoked_anywhere_ends_its_sessions_within_the_check(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],

@@ -529,8 +529,8 @@ def secrets_revoke(
     secret: Annotated[str, typer.Argument(help="A secret's id (cs_...) or its value (ek_...).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke one client secret: sessions it opens from now on are refused (the admin API's
-    revoke also closes the ones it has open)."""
+    """Revoke one client secret: sessions it opens from now on are refused, and the ones it
+    has open end within 5 s (the admin API's revoke ends them at once)."""
     sid = secret_id_of(secret) if looks_minted(secret) else secret
     clock = SystemClock()
     row = _with_store(lambda st: KeyRing(st, clock).revoke_secret(sid))

@@ -21,7 +21,7 @@ import msgspec
 import orjson
 
 from rtgate.api.views import ClosedSession, LiveSession, dump, live_session
-from rtgate.auth.client_secrets import revoked_secret_error
+from rtgate.auth.client_secrets import revoked_secret_error, secret_id
 from rtgate.errors import GatewayError
 from rtgate.fleet import FleetUnavailable
 from rtgate.gateway import Gateway
@@ -57,14 +57,24 @@ REVOKED_KEY_CHECK_SECONDS = 5.0
 
 async def end_revoked_keys(gw: Gateway) -> list[ClosedSession]:
     """End the open sessions relayed here whose gateway key is revoked (one store read, of the
-    keys in use). Raises the store's ``GatewayError`` when it cannot answer."""
-    in_use = {r.session.key_id for r in gw.live.values() if _open(r)}
-    if not in_use:
+    keys in use), then those whose client secret is (one read, of the secrets revoked since the
+    oldest of them opened: whoever revoked them, the CLI among them, which reaches no instance).
+    Raises the store's ``GatewayError`` when it cannot answer."""
+    open_now = [r for r in gw.live.values() if _open(r)]
+    if not open_now:
         return []
-    revoked = await gw.store.revoked_keys(in_use)
+    revoked = await gw.store.revoked_keys({r.session.key_id for r in open_now})
     ending = [r for r in list(gw.live.values()) if r.session.key_id in revoked and _open(r)]
     err = KeyRevoked("The API key of this session was revoked.")
-    return [await _end(gw, r, err) for r in ending]
+    closed = [await _end(gw, r, err) for r in ending]
+    with_secret = [r for r in gw.live.values() if r.session.secret_id and _open(r)]
+    if not with_secret:
+        return closed
+    since = min(r.session.opened_at for r in with_secret)
+    hashes = await gw.store.revoked_client_secrets(since)
+    gone = {secret_id(h) for h in hashes}
+    ending = [r for r in list(gw.live.values()) if r.session.secret_id in gone and _open(r)]
+    return closed + [await _end(gw, r, revoked_secret_error()) for r in ending]
 
 
 async def watch_revoked_keys(gw: Gateway) -> None:

@@ -120,6 +120,10 @@ class FaultyStore:
         await self._gate("revoked_keys")
         return await self.inner.revoked_keys(key_ids)
 
+    async def revoked_client_secrets(self, since: float) -> set[str]:
+        await self._gate("revoked_client_secrets")
+        return await self.inner.revoked_client_secrets(since)
+
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
         await self._gate("set_key_policy")
         return await self.inner.set_key_policy(key_id, policy_json)

@@ -201,6 +201,12 @@ class Store(Protocol):
         ``api/live.py``)."""
         ...
 
+    async def revoked_client_secrets(self, since: float) -> set[str]:
+        """The hashes of the client secrets revoked at ``since`` or later (the secrets of live
+        sessions, checked now and then: ``api/live.py``; one revoked before a session opened
+        never opened it)."""
+        ...
+
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None: ...
 
     async def add_client_secret(self, row: StoredClientSecret) -> None:

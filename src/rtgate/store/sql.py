@@ -344,6 +344,15 @@ class SqlStore:
         )
         return {str(r["id"]) for r in rows}
 
+    @_bounded("read")
+    async def revoked_client_secrets(self, since: float) -> set[str]:
+        rows = await self._all(
+            "SELECT secret_hash FROM client_secrets"
+            " WHERE revoked_at IS NOT NULL AND revoked_at >= :since",
+            since=since,
+        )
+        return {str(r["secret_hash"]) for r in rows}
+
     @_bounded("write")
     async def set_key_policy(self, key_id: str, policy_json: str | None) -> KeyInfo | None:
         return await self._update_key(
