@@ -845,3 +845,29 @@ async def test_the_product_pages_minting_examples_work_as_written(
     assert events[1]["session"]["audio"]["input"]["transcription"]["model"] == (
         "gpt-4o-mini-transcribe"
     )
+
+
+async def test_the_playground_prices_only_models_the_key_may_use(gateway: RunningGateway) -> None:
+    """A newcomer's find: a key limited to one model was told the operator's price row and
+    charged cost for any other (``/v1/models`` lists it only its own)."""
+    _, key = await key_with(gateway, models=["gpt-realtime-mini"])
+    usage = {"total_tokens": 3, "input_tokens": 2, "output_tokens": 1}
+    event = {"type": "response.done", "response": {"id": "resp_1", "usage": usage}}
+    async with aiohttp.ClientSession() as http:
+        for model, status in (
+            ("gpt-realtime", 403),
+            ("gpt-live-1", 403),
+            ("gpt-realtime-mini", 200),
+        ):
+            async with http.post(
+                gateway.http + "/ui/playground/cost",
+                json={"model": model, "event": event},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
+                body = await resp.json()
+                assert resp.status == status, (model, body)
+                if status == 403:
+                    assert body["error"]["code"] == "model_not_allowed"
+                    assert "price_row" not in body
+                else:
+                    assert body["price_row"] == "gpt-realtime-mini"

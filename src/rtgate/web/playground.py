@@ -25,6 +25,7 @@ from msgspec import Meta
 from rtgate.api.openai_errors import openai_errors
 from rtgate.api.operation import Call, Operation, Reply
 from rtgate.api.views import Tokens
+from rtgate.auth.policy import check_model
 from rtgate.catalog import Catalog, check_served
 from rtgate.errors import GatewayError
 from rtgate.metering.cost import usd_str
@@ -68,7 +69,10 @@ def price(catalog: Catalog, key_id: str, body: CostRequest, now: float) -> Usage
 
 async def cost(call: Call[None, CostRequest]) -> Reply:
     gw = call.gw
-    key, _ = call.key
+    key, policy = call.key
+    # A model the key may not use is not its to price (the operator's rows and markup), as
+    # /v1/models does not list it (a newcomer's find).
+    check_model(policy, call.body.model)
     record = price(gw.catalog, key.id, call.body, gw.clock.now())
     out = {
         "cost_usd": usd_str(record.charged_nanos if record else 0),
