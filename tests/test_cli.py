@@ -182,9 +182,9 @@ def test_a_key_that_could_never_work_is_not_created(
 ) -> None:
     """A newcomer's find: these were created, and every session of the key was refused."""
     assert says in cli("keys", "create", "--name", "t", *args, code=2)
-    assert "t" not in [k["name"] for k in orjson.loads(cli("keys", "list", "--json"))]
     # Transcription models and dated snapshots are models the gateway knows.
     cli("keys", "create", "--name", "ok", "--models", "gpt-realtime-2025-08-28,whisper-1")
+    assert [k["name"] for k in orjson.loads(cli("keys", "list", "--json"))] == ["ok"]
 
 
 def test_a_model_a_key_held_before_stays_through_an_update(
@@ -346,6 +346,7 @@ def test_secrets_revoke_never_echoes_what_is_not_an_id(
 ) -> None:
     monkeypatch.setenv("RTGATE_HOME", str(tmp_path))
     monkeypatch.delenv("RTGATE_DATABASE_URL", raising=False)
+    assert CliRunner().invoke(app, ["keys", "create", "--name", "k"]).exit_code == 0
     result = CliRunner().invoke(app, ["secrets", "revoke", given])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -358,6 +359,7 @@ def test_secrets_revoke_names_an_unknown_id(
 ) -> None:
     monkeypatch.setenv("RTGATE_HOME", str(tmp_path))
     monkeypatch.delenv("RTGATE_DATABASE_URL", raising=False)
+    assert CliRunner().invoke(app, ["keys", "create", "--name", "k"]).exit_code == 0
     sid = "cs_" + "ab" * 10
     result = CliRunner().invoke(app, ["secrets", "revoke", sid])
     assert result.exit_code == 1
@@ -429,7 +431,8 @@ def test_tables_piped_are_laid_out_whole(
 
 def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path) -> None:
     """A newcomer's find: run from another directory (or without the gateway's --config),
-    keys create made a database of its own, said nothing, and the key was refused."""
+    keys create made a database of its own, said nothing, and the key was refused; and a
+    command that only reads made one too, and answered from it (an empty table)."""
     import os
     import pty
     import subprocess
@@ -439,7 +442,7 @@ def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path
     env.pop("RTGATE_DATABASE_URL", None)
     env.pop("RTGATE_CONFIG", None)
 
-    def run(*args: str) -> str:
+    def run(*args: str, code: int = 0) -> str:
         leader, follower = pty.openpty()
         proc = subprocess.run(
             [sys.executable, "-m", "rtgate", *args],
@@ -448,8 +451,8 @@ def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path
             stderr=follower,
             env=env,
             timeout=60,
-            check=True,
         )
+        assert proc.returncode == code, proc
         os.close(follower)
         said = b""
         while True:
@@ -463,7 +466,11 @@ def test_a_command_that_starts_a_new_database_says_so_to_a_person(tmp_path: Path
         os.close(leader)
         return said.decode() + proc.stdout.decode()
 
-    first = run("keys", "list")
+    for reading in (("keys", "list"), ("usage",), ("sessions",), ("secrets", "list")):
+        refused = run(*reading, code=1).replace("\r\n", " ").replace("\n", " ")
+        assert "no database at" in refused and "set RTGATE_HOME" in refused, reading
+    assert not (tmp_path / "elsewhere").exists()
+    first = run("keys", "create", "--name", "k")
     assert "note: no database was at" in first and str(tmp_path / "elsewhere") in first
     assert "same home (RTGATE_HOME" in first.replace("\r\n", " ").replace("\n", " ")
     assert "note:" not in run("keys", "list")  # once: it is there now

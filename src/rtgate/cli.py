@@ -103,11 +103,21 @@ def _of_key(key_id: str | None, fn: Callable[[SqlStore], Awaitable[T]]) -> T:
     return _with_store(run)
 
 
-def _with_store(fn: Callable[[SqlStore], Awaitable[T]]) -> T:
+def _with_store(fn: Callable[[SqlStore], Awaitable[T]], *, creates: bool = False) -> T:
+    """``fn`` on the gateway's store. Only a command that ``creates`` (``keys create``) starts
+    a SQLite database where there is none: any other, run away from the gateway's home, says so
+    and exits 1, rather than answer from an empty database of its own (a newcomer's find)."""
     settings = _settings()
     url = settings.resolved_database_url
     path = sqlite_path(url)
     fresh = path not in (None, ":memory:") and not Path(str(path)).exists()
+    if fresh and not creates:
+        _error(
+            f"no database at {path}: run this where the gateway runs (its home is"
+            f" {settings.home}), or set RTGATE_HOME (or --config, RTGATE_DATABASE_URL) as the"
+            " gateway has it"
+        )
+        raise typer.Exit(1)
 
     async def run() -> T:
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -371,7 +381,9 @@ def keys_create(
     update = _policy_update({k: v for k, v in locals().items() if k in _POLICY_OPTIONS})
     catalog = Catalog(_settings())
     policy = _checked(lambda: new_policy(update, catalog, SystemClock().now()))
-    info, secret = _with_store(lambda st: KeyRing(st, SystemClock()).create(name, policy))
+    info, secret = _with_store(
+        lambda st: KeyRing(st, SystemClock()).create(name, policy), creates=True
+    )
     if as_json:
         _print_json(dump(new_key_view(info, secret, SystemClock().now())))
         return
