@@ -20,7 +20,7 @@ from playwright.async_api import Page, expect
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.web.render import rate
+from rtgate.web.render import rate, through
 from rtgate.web.signin import SESSION_COOKIE, SIGNIN_FLOOR_S
 from tests.browser import chromium
 from tests.conftest import TOKEN, RunningGateway
@@ -64,6 +64,14 @@ async def test_saving_a_key_unchanged_keeps_its_expiry_and_its_transcription_mod
     async with chromium() as browser:
         page = await browser.new_page()
         await sign_in(page, admin)
+        # The list says the day typed, not the instant after it.
+        await page.goto(f"{admin.http}/ui/keys")
+        await expect(page.get_by_role("row", name=re.compile("by-day"))).to_contain_text(
+            "valid through 2099-12-31 UTC"
+        )
+        await expect(page.get_by_role("row", name=re.compile("by-moment"))).to_contain_text(
+            "valid until 2099-06-30 18:00 UTC"
+        )
         for key, shown in ((day_key, "2099-12-31"), (moment_key, "2099-06-30")):
             await page.goto(f"{admin.http}/ui/keys/{key.id}/edit")
             await expect(page.get_by_label("Expires after")).to_have_value(shown)
@@ -234,6 +242,12 @@ async def test_the_catalog_lines_its_rates_up(admin: RunningGateway) -> None:
     assert cells["gpt-realtime-translate"] == ["—", "0.034 per minute", "0.00 %"]
     assert cells["gpt-live-1.1"] == ["—", "0.05 per minute (standby 0.02)", "0.00 %"]
     assert cells["gpt-live-1"] == ["—", "0.05 per minute", "0.00 %"]
+
+
+def test_an_expiry_reads_as_the_day_it_was_set_to() -> None:
+    assert through("2027-01-01T00:00:00Z") == "through 2026-12-31 UTC"
+    assert through("2099-06-30T18:00:00Z") == "until 2099-06-30 18:00 UTC"
+    assert through(None) == "—"
 
 
 def test_rates_line_up_to_cents_and_stay_exact() -> None:

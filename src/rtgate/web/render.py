@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,18 @@ def when(value: str | None) -> str:
     if not value:
         return "—"
     return value.replace("T", " ")[:16] + " UTC"
+
+
+def through(value: str | None) -> str:
+    """A key's expiry as it was set: ``--expires 2026-12-31`` is valid through that UTC day,
+    so the instant it ends, ``2027-01-01T00:00:00Z``, reads ``through 2026-12-31 UTC`` (a
+    newcomer saw a date they never typed); any other instant as ``when`` says it."""
+    if not value:
+        return "—"
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if (at.hour, at.minute, at.second, at.microsecond) != (0, 0, 0, 0):
+        return "until " + when(value)
+    return f"through {(at - timedelta(days=1)).date().isoformat()} UTC"
 
 
 def duration(seconds: float | None) -> str:
@@ -123,7 +135,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(usd=usd, rate=rate, when=when, duration=duration)
+    env.filters.update(usd=usd, rate=rate, when=when, through=through, duration=duration)
     env.globals["version"] = __version__
     return env
 
