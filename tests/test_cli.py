@@ -154,7 +154,7 @@ def test_usage_and_sessions_report_tokens_and_decimal_cost(
     ("args", "says"),
     [
         (("usage", "--since", "2026-13-01"), "since: month must be in 1..12"),
-        (("usage", "--since", "yesterday"), "since"),
+        (("usage", "--since", "yesterday"), "since: Expected a UTC day, YYYY-MM-DD"),
         (("sessions", "--limit", "-1"), "limit: Expected `int` >= 1"),
         (("sessions", "--limit", "1001"), "limit: Expected `int` <= 1000"),
     ],

@@ -28,6 +28,12 @@ _OF_FIELD = re.compile(
 )
 
 
+#: The patterns a field is held to, as a person would say them (msgspec quotes the regex).
+DAY_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_PATTERN_WORDS = {DAY_PATTERN: "Expected a UTC day, YYYY-MM-DD"}
+_PATTERN = re.compile(r"^Expected `str` matching regex '(?P<regex>.*)'$")
+
+
 def problem(exc: msgspec.ValidationError, where: str = "") -> tuple[str, str]:
     """``(path, message)`` of ``exc``, its path under ``where``; the path is ``""`` at the top."""
     text = str(exc)
@@ -36,6 +42,10 @@ def problem(exc: msgspec.ValidationError, where: str = "") -> tuple[str, str]:
     if at:
         text = text[: at.start()]
         path = _INDEX.sub(r".\1", at.group("path")).lstrip(".")
+    pattern = _PATTERN.match(text)
+    if pattern:
+        # msgspec escapes the regex once more as it quotes it.
+        text = _PATTERN_WORDS.get(pattern.group("regex").replace("\\\\", "\\"), text)
     named = _NAMED.match(text) or _OF_FIELD.match(text)
     if named:
         text = (

@@ -11,14 +11,13 @@ import msgspec
 from msgspec import Meta
 
 from rtgate.api.views import Day
-
-_DAY = r"^\d{4}-\d{2}-\d{2}$"
+from rtgate.validation import DAY_PATTERN
 
 
 class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
     key_id: Annotated[str | None, Meta(description="Only this key's usage.")] = None
     since: Annotated[
-        Annotated[Day, Meta(pattern=_DAY)] | None,
+        Annotated[Day, Meta(pattern=DAY_PATTERN)] | None,
         Meta(description="From this UTC day on (YYYY-MM-DD)."),
     ] = None
     format: Annotated[Literal["json", "csv"], Meta(description="JSON rows or CSV.")] = "json"
