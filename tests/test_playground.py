@@ -138,9 +138,13 @@ async def test_the_playground_says_what_to_do_about_a_bad_key(
         await expect(page.locator("#pg-status")).to_have_text("Not connected.")
 
 
-async def connect_push_to_talk(page: Page, gw: RunningGateway, key: str) -> None:
-    """The playground opened, given ``key``, in push-to-talk mode, and Connect pressed."""
-    await page.goto(f"{gw.http}/ui/playground")
+async def connect_push_to_talk(
+    page: Page, gw: RunningGateway, key: str, *, fresh: bool = True
+) -> None:
+    """The playground opened (unless not ``fresh``: as it is), given ``key``, in push-to-talk
+    mode, and Connect pressed."""
+    if fresh:
+        await page.goto(f"{gw.http}/ui/playground")
     await page.get_by_label("Gateway key").fill(key)
     await page.get_by_label("Push to talk").check()
     await page.get_by_role("button", name="Connect and start the microphone").click()
@@ -149,9 +153,9 @@ async def connect_push_to_talk(page: Page, gw: RunningGateway, key: str) -> None
 async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
     make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """A newcomer's find: the playground always sent instructions (an empty string too), so
+    """A newcomer's finds: the playground always sent instructions (an empty string too), so
     a key blocking them (the README's support-bot) could not connect, and was told nothing
-    it could act on."""
+    it could act on; then the box came filled in, so such a key's first connect failed."""
     from rtgate.auth.policy import KeyPolicy
     from rtgate.relay.endpoint import GATEWAY
 
@@ -161,7 +165,10 @@ async def test_a_key_that_blocks_instructions_connects_with_the_box_empty(
     wav = speech_wav(tmp_path / "speech.wav")
     async with chromium(*fake_microphone(wav)) as browser:
         page = await browser.new_page()
-        await connect_push_to_talk(page, gw, key)
+        await page.goto(f"{gw.http}/ui/playground")
+        await expect(page.get_by_label("Instructions")).to_have_value("")
+        await page.get_by_label("Instructions").fill("Be brief.")
+        await connect_push_to_talk(page, gw, key, fresh=False)
         alert = page.get_by_role("alert")
         await expect(alert).to_have_attribute("data-code", "event_not_allowed")
         await expect(alert).to_contain_text("if it is the instructions, leave that box empty")
