@@ -73,6 +73,8 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
         ("port = \n", {}, "not valid TOML"),
         ('[prices.x]\nrate = "0.01"\n', {}, "prices.x"),
         ('[prices.x]\nstandby_rate = "0.01"\n', {}, "standby_rate: is per second or minute"),
+        # A newcomer's find: "contains unknown field", where an upstream's says where it goes.
+        ('api_key = "sk-x"\n', {}, "api_key: provider keys are read from the environment"),
         ('[prices.x]\nunit = "hour"\nrate = "0.6"\n', {}, "prices.x.unit"),
         # The old spelling of a per-minute row says what replaced it.
         ('[prices.whisper-1]\nper_minute = "0.006"\n', {}, 'unit = "minute"'),

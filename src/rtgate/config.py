@@ -643,6 +643,12 @@ def load_settings(
         engine["brain_api_key"] = env[engine["brain_api_key_env"]]
     raw["engine"] = engine
 
+    if "api_key" in raw or "openai_api_key" in raw:
+        # A newcomer's guess at where OpenAI's key goes (it was "contains unknown field").
+        raise ConfigError(
+            "api_key: provider keys are read from the environment (OPENAI_API_KEY, or the"
+            " variable an upstream's api_key_env names), never from the config file"
+        )
     upstreams: dict[str, Any] = {k: dict(v) for k, v in dict(raw.pop("upstreams", {})).items()}
     openai = upstreams.setdefault("openai", {"kind": "openai"})
     for var, field in _ENV_OPENAI.items():
