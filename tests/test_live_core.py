@@ -98,12 +98,12 @@ def settings_env(**extra: str) -> dict[str, str]:
     return {"OPENAI_API_KEY": "sk-x", **extra}
 
 
-def live_session(catalog: Catalog | None = None) -> RelaySession:
+def live_session(catalog: Catalog | None = None, model: str = "gpt-live-1") -> RelaySession:
     catalog = catalog or Catalog(load_settings(None, settings_env()))
     return RelaySession(
         session_id="rs_1",
         key_id="key_1",
-        route=catalog.resolve("gpt-live-1"),
+        route=catalog.resolve(model),
         catalog=catalog,
         opened_at=0.0,
         opened_mono=100.0,
@@ -223,18 +223,7 @@ def live_11(tmp_path: Any, row: str = "", model: str = "gpt-live-1.1") -> RelayC
         cfg = tmp_path / "rtgate.toml"
         cfg.write_text(row)
         env["RTGATE_CONFIG"] = str(cfg)
-    catalog = Catalog(load_settings(None, env))
-    session = RelaySession(
-        session_id="rs_1",
-        key_id="key_1",
-        route=catalog.resolve(model),
-        catalog=catalog,
-        opened_at=0.0,
-        opened_mono=100.0,
-        max_seconds=3600,
-        intent="live",
-        live=LiveMeter(),
-    )
+    session = live_session(Catalog(load_settings(None, env)), model)
     return started(RelayCore(session, lambda: 1.0, opened_mono=100.0, setup=START))
 
 
