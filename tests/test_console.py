@@ -431,3 +431,27 @@ async def test_the_page_checks_find_what_they_look_for() -> None:
         assert [u for u in await page.evaluate(UNLABELLED)] == ['<input id="x">']
         (faint,) = await page.evaluate(LOW_CONTRAST)
         assert faint.startswith("P 1.9")
+
+
+async def test_a_crafted_session_id_posts_only_to_the_session_close(admin: RunningGateway) -> None:
+    """An audit's find: the close page put the id from the link into its form's action as it
+    was decoded, so ``..%2Fkeys%2F<id>%2Frevoke%3F`` made its button revoke that key (or, with
+    ``edit``, wipe its policy), with a valid CSRF token."""
+    from yarl import URL
+
+    info, _ = await admin.app[GATEWAY].keyring.create("target", KeyPolicy(max_sessions=2))
+    http, csrf = await console_cookies(admin)
+    async with http:
+        for form in ("revoke", "edit"):
+            crafted = f"..%2Fkeys%2F{info.id}%2F{form}%3F"
+            url = URL(f"{admin.http}/ui/sessions/{crafted}/close", encoded=True)
+            async with http.get(url) as r:
+                actions = re.findall(r'action="([^"]*)"', await r.text())
+            (action,) = [a for a in actions if a != "/ui/signout"]
+            assert "/keys/" not in action and action.startswith("/ui/sessions/"), action
+            target = URL(f"{admin.http}{action.replace('&amp;', '&')}", encoded=True)
+            async with http.post(target, data={"csrf": csrf}) as r:
+                assert r.status in (200, 404), r.status
+    kept = await admin.store.get_key(info.id)
+    assert kept is not None and kept.revoked_at is None
+    assert KeyPolicy.from_json(kept.policy_json).max_sessions == 2

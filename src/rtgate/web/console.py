@@ -15,7 +15,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msgspec
 import orjson
@@ -590,7 +590,9 @@ async def session_close_page(request: web.Request) -> web.StreamResponse:
         title="Close this live session?",
         detail=f"Session {sid} ends now: its client gets an error event "
         "(session_closed_by_operator) and close 1008. Its usage so far stays recorded.",
-        action=f"/ui/sessions/{sid}/close",
+        # One path segment whatever the link said: a crafted id (``..%2Fkeys%2F<id>%2Frevoke%3F``)
+        # made this button post to another form's route, with a valid token (an audit's find).
+        action=f"/ui/sessions/{quote(sid, safe='')}/close",
         verb="Close the session",
         back="/ui/sessions",
     )
