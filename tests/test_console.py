@@ -455,3 +455,18 @@ async def test_a_crafted_session_id_posts_only_to_the_session_close(admin: Runni
     kept = await admin.store.get_key(info.id)
     assert kept is not None and kept.revoked_at is None
     assert KeyPolicy.from_json(kept.policy_json).max_sessions == 2
+
+
+async def test_a_new_admin_token_ends_the_console_sessions_of_the_old(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """A security audit's find: rotated after a leak, the admin token let whoever signed in with
+    the old one keep the console for up to 12 hours (a session was its cookie's hash alone)."""
+    old = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN=TOKEN))
+    http, _ = await console_cookies(old)
+    rotated = await start_gateway(make_settings(RTGATE_ADMIN_TOKEN="a-new-token-after-a-leak"))
+    async with http:
+        async with http.get(f"{old.http}/ui/keys", allow_redirects=False) as r:
+            assert r.status == 200
+        async with http.get(f"{rotated.http}/ui/keys", allow_redirects=False) as r:
+            assert r.status in (302, 303) and "/ui/signin" in r.headers["Location"], r.status

@@ -1,10 +1,11 @@
 """Signing in to the console with the admin token, and what guards every console request.
 
-A sign-in stores a new random session value's SHA-256 in the database (``console_sessions``) and
-gives the browser the value in a cookie: HttpOnly (no script reads it), SameSite=Strict (no other
-site's request carries it), Path=/ui, Secure when served over TLS, 12 hours. The token itself is
-never stored or sent back. Every process shares the table, so a sign-in holds on any worker and a
-sign-out ends it everywhere.
+A sign-in stores an HMAC of a new random session value, keyed by the admin token, in the database
+(``console_sessions``; so a new admin token, after a leak, ends every console session opened with
+the old one) and gives the browser the value in a cookie: HttpOnly (no script reads it),
+SameSite=Strict (no other site's request carries it), Path=/ui, Secure when served over TLS, 12
+hours. The token itself is never stored or sent back. Every process shares the table, so a
+sign-in holds on any worker and a sign-out ends it everywhere.
 
 Every POST carries a CSRF token: for a signed-in browser, an HMAC of its session value (sent as
 the form field ``csrf`` or the header ``X-CSRF-Token``); for the sign-in form, a random value
@@ -37,8 +38,14 @@ SIGNIN_FORM_SECONDS = 3600
 SIGNIN_FLOOR_S = 0.25
 
 
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+def _session_key(gw: Gateway, value: str) -> str | None:
+    """What the store keeps of a console session value: its HMAC under the admin token, so only
+    the token it was opened with finds it again (None: no admin token, no console)."""
+    token = gw.settings.admin_token
+    if token is None:
+        return None
+    key = token.get_secret_value().encode("utf-8", "surrogateescape")
+    return hmac.new(key, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
 def csrf_token(session_value: str) -> str:
@@ -76,7 +83,8 @@ async def signed_in(gw: Gateway, request: web.Request) -> str | None:
     value = request.cookies.get(SESSION_COOKIE)
     if not value or len(value) > 200:
         return None
-    if not await gw.store.console_session(_hash(value), gw.clock.now()):
+    stored = _session_key(gw, value)
+    if stored is None or not await gw.store.console_session(stored, gw.clock.now()):
         return None
     return value
 
@@ -121,8 +129,10 @@ async def sign_in(
     try:
         await gw.authenticator.checked(request.headers, request.remote, check)
         value = secrets.token_urlsafe(32)
+        stored = _session_key(gw, value)
+        assert stored is not None  # the token matched: there is one
         now = gw.clock.now()
-        await gw.store.add_console_session(_hash(value), now, now + SESSION_SECONDS)
+        await gw.store.add_console_session(stored, now, now + SESSION_SECONDS)
         _set_cookie(response, request, SESSION_COOKIE, value, SESSION_SECONDS)
         clear_cookie(response, SIGNIN_COOKIE)
     finally:
@@ -130,5 +140,7 @@ async def sign_in(
 
 
 async def sign_out(gw: Gateway, value: str, response: web.StreamResponse) -> None:
-    await gw.store.end_console_session(_hash(value))
+    stored = _session_key(gw, value)
+    if stored is not None:
+        await gw.store.end_console_session(stored)
     clear_cookie(response, SESSION_COOKIE)
