@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 from websockets.asyncio.client import connect
 
-from rtgate.auth.throttle import FailureThrottle, client_address, source_of
+from rtgate.auth.throttle import FailureThrottle, client_address, forwarded_for, source_of
 from rtgate.clock import ManualClock
 from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError
@@ -216,6 +217,38 @@ async def test_forwarded_for_names_the_caller_behind_a_trusted_proxy(
         ]
         served = await via_proxy(gw, good, "203.0.113.8") == "session.created"
         assert served is neighbour_served
+
+
+async def test_a_second_forwarded_for_line_is_read_as_the_rest_of_the_list(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any]
+) -> None:
+    """A security audit's find: a proxy that adds its own ``X-Forwarded-For`` line after the
+    client's (HAProxy's ``option forwardfor``) was read at its first line only, which the
+    client wrote: each bad key named another address and none was throttled."""
+    gw: RunningGateway = await start_gateway(
+        make_settings(
+            RTGATE_AUTH_FAILURES_BURST="2",
+            RTGATE_AUTH_FAILURES_PER_MINUTE="1",
+            RTGATE_TRUSTED_PROXIES="127.0.0.1",
+        ),
+        clock=ManualClock(),
+    )
+    seen = []
+    for i in range(3):
+        headers = [
+            ("Authorization", f"Bearer {BAD}"),
+            ("X-Forwarded-For", f"198.51.100.{i}"),  # the client's own words
+            ("X-Forwarded-For", "203.0.113.9"),  # the proxy's: whom it saw
+        ]
+        async with connect(
+            f"{gw.ws}/v1/realtime?model=gpt-realtime", additional_headers=headers
+        ) as ws:
+            seen.append(orjson.loads(await ws.recv())["error"]["code"])
+    assert seen == ["invalid_api_key", "invalid_api_key", "rate_limit_exceeded"]
+    lines = CIMultiDict([("X-Forwarded-For", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8, 9.9.9.9")])
+    assert forwarded_for(lines) == "1.2.3.4, 5.6.7.8, 9.9.9.9"
+    assert forwarded_for(CIMultiDict()) is None
+    assert forwarded_for({"X-Forwarded-For": "1.2.3.4"}) == "1.2.3.4"
 
 
 async def test_requests_with_no_key_are_refused_but_do_not_throttle_the_address(

@@ -22,7 +22,13 @@ from rtgate.auth.client_secrets import ClientSecret
 from rtgate.auth.credentials import client_credential
 from rtgate.auth.keyring import KeyRing
 from rtgate.auth.policy import KeyPolicy
-from rtgate.auth.throttle import FailureThrottle, IPNetwork, client_address, source_of
+from rtgate.auth.throttle import (
+    FailureThrottle,
+    IPNetwork,
+    client_address,
+    forwarded_for,
+    source_of,
+)
 from rtgate.clock import Clock
 from rtgate.errors import AuthError, MissingKey, RateLimited
 from rtgate.metrics import Metrics
@@ -84,7 +90,7 @@ class Authenticator:
         throttle = self._throttle
         if throttle is None or not offered:
             return await check()
-        address = client_address(peer, headers.get("X-Forwarded-For"), self._trusted)
+        address = client_address(peer, forwarded_for(headers), self._trusted)
         source = source_of(address)
         wait = throttle.wait(source, self._clock.monotonic())
         if wait:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -68,6 +68,19 @@ class FailureThrottle:
         before = self._level(bucket, now)
         bucket.tokens, bucket.at = max(before - 1, 0.0), now
         return before >= 1 > bucket.tokens
+
+
+def forwarded_for(headers: Mapping[str, str]) -> str | None:
+    """Every ``X-Forwarded-For`` line of a request as the one list they make (RFC 9110 5.3: a
+    field sent more than once is its values joined by commas, in order). A proxy that adds a
+    line of its own after the client's put the address it saw last, where ``client_address``
+    reads first; the first line alone was the client's own, so it chose whom it was throttled
+    as (a security audit's find)."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get("X-Forwarded-For")
+    lines: list[str] = getall("X-Forwarded-For", [])
+    return ", ".join(lines) if lines else None
 
 
 def client_address(
