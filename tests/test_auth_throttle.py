@@ -294,3 +294,43 @@ async def test_a_throttled_address_asking_with_no_key_is_told_it_sent_none(
         assert event["type"] == "error" and "didn't provide an API key" in event["error"]["message"]
     # And the throttle still holds for a key: nothing was reset.
     assert (await refusal(gw, BAD))[0] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("route", "token_var"),
+    [("/admin/v1/keys", "RTGATE_ADMIN_TOKEN"), ("/metrics", "RTGATE_METRICS_TOKEN")],
+)
+async def test_the_operator_tokens_share_the_throttle(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    route: str,
+    token_var: str,
+) -> None:
+    """A security audit's find: the admin API (and /metrics) took any number of guesses at the
+    token the console's sign-in throttles, from the same address."""
+    token = "the-operators-token-0123456789"
+    gw: RunningGateway = await start_gateway(
+        make_settings(
+            RTGATE_AUTH_FAILURES_BURST=str(BURST),
+            RTGATE_AUTH_FAILURES_PER_MINUTE="1",
+            **{token_var: token},
+        ),
+        clock=ManualClock(),
+    )
+    for source, throttled in ((FLOODER, True), (NEIGHBOUR, False)):
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            if throttled:
+                for i in range(BURST):
+                    guess = {"Authorization": f"Bearer guess-{i}"}
+                    async with http.get(gw.http + route, headers=guess) as resp:
+                        assert resp.status == 401, (i, await resp.text())
+            # The right token too waits, from the address that guessed.
+            right = {"Authorization": f"Bearer {token}"}
+            async with http.get(gw.http + route, headers=right) as resp:
+                if throttled:
+                    assert resp.status == 429, await resp.text()
+                    assert (await resp.json())["error"]["code"] == "rate_limit_exceeded"
+                    assert int(resp.headers["Retry-After"]) >= 1
+                else:
+                    assert resp.status == 200, await resp.text()

@@ -40,7 +40,7 @@ from rtgate.drain import DRAIN, Drain
 from rtgate.engine.options import EngineOptions
 from rtgate.engine.routes import add_engine_routes
 from rtgate.engine.stack import build_engine
-from rtgate.errors import AuthError, ModelNotFound
+from rtgate.errors import AuthError, GatewayError, ModelNotFound
 from rtgate.fleet import Fleet, LoneInstance
 from rtgate.gateway import Gateway, shutting_down
 from rtgate.heap import trim_after_bursts
@@ -88,18 +88,28 @@ def metrics_page(token: Secret | None) -> Handler:
     expected = None if token is None else OperatorToken(token.get_secret_value())
 
     async def page(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY]
         if expected is not None:
             given = bearer(request.headers)
-            if given is None or not expected.matches(given):
-                response = error_response(
-                    AuthError(
+
+            async def check() -> None:
+                if given is None or not expected.matches(given):
+                    raise AuthError(
                         "Send the metrics token in an Authorization header using Bearer auth "
                         "(i.e. Authorization: Bearer RTGATE_METRICS_TOKEN)."
                     )
+
+            try:
+                # Wrong tokens count against the address, as wrong keys do.
+                await gw.authenticator.checked(
+                    request.headers, request.remote, check, offered=given is not None
                 )
-                response.headers["WWW-Authenticate"] = 'Bearer realm="rtgate-metrics"'
+            except GatewayError as err:  # a wrong token, or the address throttled (429)
+                response = error_response(err)
+                if err.http_status == 401:
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="rtgate-metrics"'
                 return response
-        body = request.app[GATEWAY].metrics.render()
+        body = gw.metrics.render()
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     return page

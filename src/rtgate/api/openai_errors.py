@@ -48,12 +48,17 @@ def server_error() -> web.Response:
     return openai_error(500, "server_error", "server_error", message)
 
 
+def retry_headers(err: GatewayError) -> dict[str, str]:
+    """``Retry-After`` for an error that says when to come back."""
+    if err.retry_after is None:
+        return {}
+    # Whole seconds (RFC 9110 section 10.2.3), rounded up: a retry then finds room.
+    return {"Retry-After": str(max(1, math.ceil(err.retry_after)))}
+
+
 def error_response(err: GatewayError) -> web.Response:
     status = 400 if isinstance(err, InvalidRequest | MalformedBody) else err.http_status
-    headers: dict[str, str] = {}
-    if err.retry_after is not None:
-        # Whole seconds (RFC 9110 section 10.2.3), rounded up: a retry then finds room.
-        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    headers = retry_headers(err)
     if isinstance(err, QuotaExceeded):
         # A spent budget does not come back on a retry; the SDKs retry a 429 unless told not
         # to by this header (openai-python's ``_should_retry``).
