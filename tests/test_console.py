@@ -470,3 +470,16 @@ async def test_a_new_admin_token_ends_the_console_sessions_of_the_old(
             assert r.status == 200
         async with http.get(f"{rotated.http}/ui/keys", allow_redirects=False) as r:
             assert r.status in (302, 303) and "/ui/signin" in r.headers["Location"], r.status
+
+
+async def test_the_consoles_own_errors_carry_the_pages_headers(admin: RunningGateway) -> None:
+    """A security audit's find: aiohttp's answers under /ui (a 404, a 405) went out without the
+    pages' security headers or no-store."""
+    http, _ = await console_cookies(admin)  # signed in: a page not there is not a sign-in
+    async with http:
+        for method, path in (("GET", "/ui/playground/cost"), ("GET", "/ui/no-such-page")):
+            async with http.request(method, admin.http + path, allow_redirects=False) as r:
+                assert r.status in (404, 405), (path, r.status)
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"], path
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+                assert r.headers["Cache-Control"] == "no-store"

@@ -88,6 +88,11 @@ async def test_home_page_says_how_to_connect_from_the_address_used(
         assert resp.status == 200
         assert resp.content_type == "text/html"
         page = await resp.text()
+        # A security audit's find: this page alone was sent without the pages' headers.
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert "script-src" not in resp.headers["Content-Security-Policy"]  # default 'none'
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
     assert f'base_url="{gateway.http}/v1"' in page
     assert f"{gateway.ws}/v1/realtime?model=gpt-realtime" in page
     assert "GET /v1/live/sessions" in page and "GET /v1/realtime/translations" in page

@@ -148,7 +148,10 @@ def _forbidden(request: web.Request) -> web.Response:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await _guarded(request, handler)
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        # aiohttp's own answers (404, 405, a redirect) carry the pages' headers too.
+        exc.headers.update(SECURITY_HEADERS)
+        exc.headers["Cache-Control"] = "no-store"
         raise
     except GatewayError as err:
         response = _render(
