@@ -90,6 +90,32 @@ async def test_headers_that_never_end_are_closed_within_the_bound(
         assert waited < 1.5
 
 
+async def test_a_late_request_line_buys_its_headers_no_more_time(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+) -> None:
+    """A security audit's find: the front door handed an HTTP request to aiohttp at its request
+    line, whose timer then began again, so a request line sent just in time and headers
+    trickled after it held the connection for about twice the bound."""
+    gw = await started(make_settings, start_gateway)
+    dialled = time.monotonic()
+    async with raw_connection(gw) as (reader, writer):
+        await asyncio.sleep(BOUND * 0.8)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        await writer.drain()
+        for _ in range(6):
+            await asyncio.sleep(BOUND / 5)
+            if writer.is_closing() or reader.at_eof():
+                break
+            writer.write(b"X-Slow: 1\r\n")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        data, _ = await closed_after(reader)
+        assert data == b""
+        assert time.monotonic() - dialled < BOUND * 1.6
+
+
 async def test_a_body_that_stops_arriving_is_answered_408_and_closed(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],

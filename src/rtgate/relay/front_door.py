@@ -2,25 +2,24 @@
 and picows (the relay's WebSocket upgrades, ``GET /v1/realtime``,
 ``GET /v1/realtime/translations`` and ``GET /v1/live/sessions``).
 
-Each connection starts with ``FrontDoor``, an asyncio protocol that reads the request line and,
-for a ``GET`` of the relay path, the rest of the head. Then it hands the connection over with
-``transport.set_protocol`` and replays the bytes it read:
+Each connection starts with ``FrontDoor``, an asyncio protocol that reads its first request's
+head. Then it hands the connection over with ``transport.set_protocol`` and replays the bytes it
+read:
 
 * a WebSocket upgrade of the relay path goes to picows' server protocol, whose listener is a
   ``PicowsLeg``: picows answers the handshake (101, and the subprotocol ``subprotocol`` picks,
   docs/protocol.md 1.7), and ``on_relay`` gets the leg and the request once the 101 is out.
   Authentication and routing run after it, as OpenAI's own server does (5.3);
 * everything else goes to aiohttp (``runner.server`` builds its protocol), as it arrived: any
-  other request at once, after its request line; an upgrade that offers permessage-deflate when
-  ``deflate`` is on (RFC 7692: picows does not negotiate it, aiohttp does), and the relay path
-  without an upgrade, after the head. aiohttp answers what it cannot parse (400).
+  other request, an upgrade that offers permessage-deflate when ``deflate`` is on (RFC 7692:
+  picows does not negotiate it, aiohttp does), and the relay path without an upgrade. aiohttp
+  answers what it cannot parse (400).
 
-Bounds (slowloris, as ``api/request_timeouts.py`` bounds aiohttp's requests): the head must end
-within ``head_timeout`` seconds (``request_timeout_seconds``) of the connection opening, else the
-connection is dropped, as aiohttp's keep-alive timer drops a request whose head is late; a relay
-head longer than ``MAX_HEAD`` bytes (picows' own limit) is answered 431 and closed, as is a
-request line longer than it. A request handed to aiohttp after its request line gets aiohttp's
-own timer from then on.
+Bounds (slowloris, as ``api/request_timeouts.py`` bounds aiohttp's requests): the first head
+must end within ``head_timeout`` seconds (``request_timeout_seconds``) of the connection
+opening, else the connection is dropped, as aiohttp's keep-alive timer drops a later request
+whose head is late; a head longer than ``MAX_HEAD`` bytes (picows' own limit) is answered 431
+and closed, as is a request line longer than it.
 
 The same protocol serves plain TCP and TLS (``set_protocol`` on an SSL transport swaps the
 application protocol behind it), asyncio's loop and uvloop, one process or ``--workers N``
@@ -125,8 +124,8 @@ class FrontDoor(asyncio.Protocol):
         self._head_timeout = head_timeout
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        #: Whether the request line named the relay path (then the whole head is read).
-        self._relay_request = False
+        #: Whether the request line named the relay path; None until it is read.
+        self._relay_request: bool | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,16 +137,13 @@ class FrontDoor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        if not self._relay_request:
+        if self._relay_request is None:
             line_end = buffer.find(b"\n")
             if line_end < 0:
                 if len(buffer) > MAX_HEAD:
                     self._refuse_too_large()
                 return
-            if not self._is_relay_request_line(bytes(buffer[:line_end])):
-                self._to_http()
-                return
-            self._relay_request = True
+            self._relay_request = self._is_relay_request_line(bytes(buffer[:line_end]))
         head_end = buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(buffer) > MAX_HEAD:
@@ -155,6 +151,12 @@ class FrontDoor(asyncio.Protocol):
             return
         if head_end + 4 > MAX_HEAD:
             self._refuse_too_large()
+            return
+        if not self._relay_request:
+            # The whole head within the bound of the connection's opening, for every route:
+            # handed over at its request line, aiohttp's timer began again, so a head could
+            # take twice the bound (a security audit's find).
+            self._to_http()
             return
         self._route_relay_head(bytes(buffer[:head_end]))
 
