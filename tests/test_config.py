@@ -86,6 +86,9 @@ def test_config_via_rtgate_config_env(tmp_path: Path) -> None:
             {"RTGATE_DATABASE_URL": "mysql://x/y"},
             "database_url (RTGATE_DATABASE_URL): expected sqlite",
         ),
+        # A security audit's suspicion: spaces alone turned the console on.
+        ("", {"RTGATE_ADMIN_TOKEN": "  "}, "RTGATE_ADMIN_TOKEN: a token of spaces alone"),
+        ("", {"RTGATE_METRICS_TOKEN": "\t"}, "RTGATE_METRICS_TOKEN: a token of spaces alone"),
     ],
 )
 def test_bad_config_names_the_setting(

@@ -681,6 +681,9 @@ def load_settings(
         if token in raw:
             raise ConfigError(f"{token}: the token is read from {var} only")
         if env.get(var):
+            if not env[var].strip():
+                # Spaces alone turned the console on with a token no Bearer header can carry.
+                raise ConfigError(f"{var}: a token of spaces alone; set a real one, or none")
             raw[token] = env[var]
 
     if "default_upstream" not in raw:
