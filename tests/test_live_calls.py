@@ -134,6 +134,32 @@ async def test_a_created_session_whose_sideband_never_opens_is_billed_its_start_
     assert (await create(gw, key)).session.id
 
 
+async def test_a_session_whose_start_up_charge_cannot_be_kept_leaves_no_row_open(
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[..., Any],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review's find: the session's row was written, its start-up charge could be kept
+    nowhere, and the row was left open for good (the call hung up)."""
+    gw = await start_gateway(make_settings())
+    key = await gw.new_key()
+
+    async def nowhere(*_: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(calls, "commit_usage", nowhere)
+    for sideband in ("opens", "never opens"):
+        if sideband == "never opens":
+            monkeypatch.setattr(calls, "upstream_url", lambda *a, **k: "ws://127.0.0.1:9/x")
+        with pytest.raises(openai.APIStatusError):
+            await create(gw, key)
+    assert [a[1] for a in provider.live_calls.actions] == ["hangup", "hangup"]
+    rows = await table_rows(gw.store, "SELECT * FROM sessions")
+    assert len(rows) == 2 and all(r.ended_at is not None for r in rows), rows
+    assert {r.closed_by for r in rows} == {"gateway"}
+
+
 async def test_a_budget_crossed_on_the_sideband_ends_the_session_with_its_final_total(
     make_settings: Callable[..., Settings],
     start_gateway: Callable[..., Any],

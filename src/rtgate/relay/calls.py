@@ -296,12 +296,17 @@ class CallRegistry:
                 await self._never_ran(gw, session, err)
             raise
         sb = Sideband(gw, call_id, key, policy, route, session, ws)
+        opened = False
         try:
             await record_start(gw, session)
+            opened = True
             if startup:
                 await self._prepay(gw, session)
-        except GatewayError:
+        except GatewayError as err:
             await sb.close_socket()
+            if opened:  # its row ends as it began: no session is left open in the store
+                session.close(err.close_code, err.close_reason, "gateway")
+                await record_end(gw, session)
             raise
         if self.closing or gw.closing:
             # Shutdown began while this call was placed: its sweep has passed this call by.
@@ -326,15 +331,22 @@ class CallRegistry:
         session.close(err.close_code, err.close_reason, "gateway")
         try:
             await record_start(gw, session)
+        except GatewayError as lost:
+            self._not_recorded(session, lost)
+            return
+        try:
             await self._prepay(gw, session)
         except GatewayError as lost:
-            log.error(
-                "start-up charge of a session that never ran not recorded: %s",
-                lost.message,
-                extra={"session_id": session.session_id},
-            )
-            return
+            self._not_recorded(session, lost)
         await record_end(gw, session)
+
+    @staticmethod
+    def _not_recorded(session: RelaySession, lost: GatewayError) -> None:
+        log.error(
+            "start-up charge of a session that never ran not recorded: %s",
+            lost.message,
+            extra={"session_id": session.session_id},
+        )
 
     @staticmethod
     async def _prepay(gw: Gateway, session: RelaySession) -> None:
