@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 from rtgate.api import live as live_api
 from rtgate.api.admin import OPERATIONS, PREFIX
 from rtgate.api.views import USAGE_CSV_COLUMNS
+from rtgate.auth.client_secrets import id_hash_prefix, secret_id_of
 from rtgate.cli import app as cli_app
 from rtgate.config import Settings, load_settings
 from rtgate.errors import ConfigError
@@ -880,6 +881,23 @@ async def test_a_client_secret_revoked_by_the_cli_ends_its_sessions_within_the_c
     assert leaked.close_code == 1008
     assert time.monotonic() - asked < 5
     await metered(kept, "resp_kept", text_in=10)  # the key's own session goes on
+    # A revocation stamped before the session opened (a CLI host's clock behind, a write that
+    # waited on SQLite's lock while the session was admitted) is found too (a review's find).
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.http}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"session": {"type": "realtime"}},
+        ) as r,
+    ):
+        late = (await r.json())["value"]
+    raced = await open_session(gw, late)
+    prefix = id_hash_prefix(secret_id_of(late))
+    assert prefix is not None
+    await gw.store.revoke_client_secret(prefix, time.time() - 60)
+    event = orjson.loads(await asyncio.wait_for(raced.recv(), 10))
+    assert event["error"]["code"] == "client_secret_revoked"
     await kept.close()
 
 

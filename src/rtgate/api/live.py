@@ -57,35 +57,45 @@ REVOKED_KEY_CHECK_SECONDS = 5.0
 
 async def end_revoked_keys(gw: Gateway) -> list[ClosedSession]:
     """End the open sessions relayed here whose gateway key is revoked (one store read, of the
-    keys in use), then those whose client secret is (one read, of the secrets revoked since the
-    oldest of them opened: whoever revoked them, the CLI among them, which reaches no instance).
-    Raises the store's ``GatewayError`` when it cannot answer."""
-    open_now = [r for r in gw.live.values() if _open(r)]
-    if not open_now:
+    keys in use). Raises the store's ``GatewayError`` when it cannot answer."""
+    in_use = {r.session.key_id for r in gw.live.values() if _open(r)}
+    if not in_use:
         return []
-    revoked = await gw.store.revoked_keys({r.session.key_id for r in open_now})
+    revoked = await gw.store.revoked_keys(in_use)
     ending = [r for r in list(gw.live.values()) if r.session.key_id in revoked and _open(r)]
     err = KeyRevoked("The API key of this session was revoked.")
-    closed = [await _end(gw, r, err) for r in ending]
+    return [await _end(gw, r, err) for r in ending]
+
+
+#: How long before the oldest of its sessions opened a secret's revocation is still looked for:
+#: a revocation written while that session was admitted (a write waiting on SQLite's lock, a
+#: CLI host whose clock is behind) is stamped before it, and admission did not see it.
+REVOKED_SECRET_MARGIN_S = 3600.0
+
+
+async def end_revoked_secrets(gw: Gateway) -> list[ClosedSession]:
+    """End the open sessions relayed here whose client secret is revoked, by whomever (the CLI
+    among them, which reaches no instance): one store read, of the secrets revoked since the
+    oldest of those sessions opened, less ``REVOKED_SECRET_MARGIN_S`` (revoked rows are few:
+    a secret lives minutes). Raises the store's ``GatewayError`` when it cannot answer."""
     with_secret = [r for r in gw.live.values() if r.session.secret_id and _open(r)]
     if not with_secret:
-        return closed
-    since = min(r.session.opened_at for r in with_secret)
-    hashes = await gw.store.revoked_client_secrets(since)
-    gone = {secret_id(h) for h in hashes}
+        return []
+    since = min(r.session.opened_at for r in with_secret) - REVOKED_SECRET_MARGIN_S
+    gone = {secret_id(h) for h in await gw.store.revoked_client_secrets(since)}
     ending = [r for r in list(gw.live.values()) if r.session.secret_id in gone and _open(r)]
-    return closed + [await _end(gw, r, revoked_secret_error()) for r in ending]
+    return [await _end(gw, r, revoked_secret_error()) for r in ending]
 
 
 async def watch_revoked_keys(gw: Gateway) -> None:
-    """``end_revoked_keys`` every ``REVOKED_KEY_CHECK_SECONDS``, for the process's life. A
-    store that does not answer is asked again next time: the sessions were admitted with the
-    key valid."""
+    """``end_revoked_keys`` and ``end_revoked_secrets`` every ``REVOKED_KEY_CHECK_SECONDS``,
+    for the process's life. A store that does not answer is asked again next time: the
+    sessions were admitted with the key and the secret valid."""
     failing = False
     while True:
         await asyncio.sleep(REVOKED_KEY_CHECK_SECONDS)
         try:
-            closed = await end_revoked_keys(gw)
+            closed = await end_revoked_keys(gw) + await end_revoked_secrets(gw)
         except GatewayError as err:
             if not failing:  # once an outage, not every few seconds of it
                 log.warning("revoked keys not checked until the store answers: %s", err.message)
@@ -93,7 +103,7 @@ async def watch_revoked_keys(gw: Gateway) -> None:
             continue
         failing = False
         if closed:
-            log.info("%d live sessions of revoked keys closed", len(closed))
+            log.info("%d live sessions of revoked keys or client secrets closed", len(closed))
 
 
 def _open(relayed: Relayed) -> bool:
