@@ -314,6 +314,14 @@ def test_settings_never_show_a_secret() -> None:
         assert "hidden" not in str(shown)
 
 
+def test_an_operator_token_is_read_as_a_bearer_header_carries_it() -> None:
+    """A review's find: a token read from a secret file kept its newline, so no request could
+    send it, and each try counted against the operator's own address."""
+    s = load_settings(None, {"RTGATE_ADMIN_TOKEN": "adm-token\n", "RTGATE_METRICS_TOKEN": " m "})
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "adm-token"
+    assert s.metrics_token is not None and s.metrics_token.get_secret_value() == "m"
+
+
 def test_settings_are_frozen() -> None:
     s = load_settings(None, {})
     with pytest.raises(AttributeError):

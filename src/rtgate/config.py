@@ -681,10 +681,13 @@ def load_settings(
         if token in raw:
             raise ConfigError(f"{token}: the token is read from {var} only")
         if env.get(var):
-            if not env[var].strip():
-                # Spaces alone turned the console on with a token no Bearer header can carry.
+            # A Bearer header's value is read stripped (RFC 9110 5.5), so the token is too: a
+            # newline a secret file ends with, kept, matched no request and got the operator's
+            # own address throttled; spaces alone turned the console on with no usable token.
+            value = env[var].strip()
+            if not value:
                 raise ConfigError(f"{var}: a token of spaces alone; set a real one, or none")
-            raw[token] = env[var]
+            raw[token] = value
 
     if "default_upstream" not in raw:
         raw["default_upstream"] = "openai" if "api_key" in openai else "local"
