@@ -17,7 +17,13 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from rtgate.relay.front_door import MAX_HEAD, FrontDoorSite, RelayDoor, RelayUpgrade
+from rtgate.relay.front_door import (
+    MAX_HEAD,
+    MAX_HTTP_HEAD,
+    FrontDoorSite,
+    RelayDoor,
+    RelayUpgrade,
+)
 from rtgate.relay.picows_leg import PicowsLeg
 from rtgate.tls import server_context
 from tests.raw_ws import BINARY, TEXT, RawClient, frame, upgrade_request
@@ -349,6 +355,23 @@ def test_a_head_past_the_bound_is_431(run: Run, tmp_path: Path, head: bytes) -> 
     async def scenario() -> None:
         async with door_at(tmp_path) as door:
             assert (await _answer_to(door, head)).startswith(b"HTTP/1.1 431")
+
+    run(scenario())
+
+
+def test_another_routes_head_may_run_past_the_relays_bound(run: Run, tmp_path: Path) -> None:
+    """A review's find: once every first head was read whole, a console page's request with
+    large cookies (over 16 KiB, under aiohttp's own limits) was answered 431."""
+
+    async def scenario() -> None:
+        async with door_at(tmp_path) as door:
+            fields = b"".join(b"Cookie: c%d=%s\r\n" % (i, b"v" * 4000) for i in range(6))
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"Connection: close\r\n\r\n"
+            assert len(head) > MAX_HEAD
+            assert (await _answer_to(door, head)).startswith(b"HTTP/1.1 200")
+            huge = b"GET /healthz HTTP/1.1\r\n" + fields * 3 + b"\r\n"
+            assert len(huge) > MAX_HTTP_HEAD
+            assert (await _answer_to(door, huge)).startswith(b"HTTP/1.1 431")
 
     run(scenario())
 

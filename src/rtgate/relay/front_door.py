@@ -18,8 +18,9 @@ read:
 Bounds (slowloris, as ``api/request_timeouts.py`` bounds aiohttp's requests): the first head
 must end within ``head_timeout`` seconds (``request_timeout_seconds``) of the connection
 opening, else the connection is dropped, as aiohttp's keep-alive timer drops a later request
-whose head is late; a head longer than ``MAX_HEAD`` bytes (picows' own limit) is answered 431
-and closed, as is a request line longer than it.
+whose head is late; a relay head longer than ``MAX_HEAD`` bytes (picows' own limit), another
+longer than ``MAX_HTTP_HEAD``, is answered 431 and closed, as is a request line longer than
+``MAX_HEAD``.
 
 The same protocol serves plain TCP and TLS (``set_protocol`` on an SSL transport swaps the
 application protocol behind it), asyncio's loop and uvloop, one process or ``--workers N``
@@ -57,6 +58,9 @@ _WSProtocol: Any = _picows_ext.WSProtocol  # type: ignore[attr-defined]
 
 #: The longest request head the front door reads: picows' own limit for the head it parses.
 MAX_HEAD = 16 * 1024
+#: The longest head of another request (aiohttp's): a console page's cookies and referrer can
+#: run past picows' limit; aiohttp's own field limits apply after it.
+MAX_HTTP_HEAD = 64 * 1024
 RELAY_PATH = "/v1/realtime"
 #: The translation route (docs/protocol.md 10), relayed as ``RELAY_PATH`` is.
 TRANSLATIONS_PATH = "/v1/realtime/translations"
@@ -144,12 +148,13 @@ class FrontDoor(asyncio.Protocol):
                     self._refuse_too_large()
                 return
             self._relay_request = self._is_relay_request_line(bytes(buffer[:line_end]))
+        bound = MAX_HEAD if self._relay_request else MAX_HTTP_HEAD
         head_end = buffer.find(b"\r\n\r\n")
         if head_end < 0:
-            if len(buffer) > MAX_HEAD:
+            if len(buffer) > bound:
                 self._refuse_too_large()
             return
-        if head_end + 4 > MAX_HEAD:
+        if head_end + 4 > bound:
             self._refuse_too_large()
             return
         if not self._relay_request:
