@@ -321,10 +321,16 @@ async def test_the_operator_tokens_share_the_throttle(
         connector = aiohttp.TCPConnector(local_addr=(source, 0))
         async with aiohttp.ClientSession(connector=connector) as http:
             if throttled:
+                # Failures anywhere count: bad gateway keys first, then guesses at the token.
                 for i in range(BURST):
-                    guess = {"Authorization": f"Bearer guess-{i}"}
-                    async with http.get(gw.http + route, headers=guess) as resp:
-                        assert resp.status == 401, (i, await resp.text())
+                    if i % 2:
+                        guess = {"Authorization": f"Bearer guess-{i}"}
+                        async with http.get(gw.http + route, headers=guess) as resp:
+                            assert resp.status == 401, (i, await resp.text())
+                    else:
+                        bad = {"Authorization": f"Bearer {BAD}"}
+                        async with http.get(gw.http + "/v1/models", headers=bad) as resp:
+                            assert resp.status == 401, (i, await resp.text())
             # The right token too waits, from the address that guessed.
             right = {"Authorization": f"Bearer {token}"}
             async with http.get(gw.http + route, headers=right) as resp:

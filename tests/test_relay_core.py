@@ -39,6 +39,7 @@ from rtgate.protocol.relay import (
 )
 from rtgate.protocol.relay_session import RelaySession
 from rtgate.protocol.transcript import TranscriptRecorder
+from rtgate.relay.pump import Pump
 
 AUDIO_DOWN = b'{"type":"response.output_audio.delta","delta":"AAAA"}'
 AUDIO_UP = b'{"type":"input_audio_buffer.append","audio":"AAAA"}'
@@ -983,12 +984,12 @@ def test_a_client_frame_that_is_no_json_is_refused_where_frames_are_read() -> No
     assert core(beta=BetaTranslator()).client_text(b"[1, 2]") is None
 
 
-def test_a_sessions_core_and_totals_hold_no_instance_dict() -> None:
+def test_a_sessions_core_totals_and_pump_hold_no_instance_dict() -> None:
     """One of each per live session: an instance dict would cost each session ~1.3 KB once a
     class passes CPython's 30 shared dict keys (the idle-session target, docs/performance.md
-    9.25), so a new attribute must be declared in ``__slots__``."""
+    9.25), so a new attribute must be declared in ``__slots__`` (``relay/pump.py``'s too)."""
     c = core()
-    for held in (c, c.session):
+    for held in (c, c.session, Pump.__new__(Pump)):
         assert not hasattr(held, "__dict__"), type(held).__name__
 
 
