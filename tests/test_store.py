@@ -485,6 +485,19 @@ async def test_parallel_revocations_of_one_client_secret_keep_the_first_time(
     assert await store.client_secret_by_id("cd" * 10) is None
 
 
+async def test_the_secrets_revoked_since_a_time_are_named_by_hash(store: SqlStore) -> None:
+    await store.create_key("key_a", "alice", "rtg_abcd1234", "h" * 64, DAY1)
+    for h in ("aa", "bb", "cc"):
+        await store.add_client_secret(
+            StoredClientSecret(h * 32, "key_a", "gpt-realtime", "{}", DAY1, DAY1 + 600)
+        )
+    await store.revoke_client_secret("aa" * 10, DAY1 + 10)
+    await store.revoke_client_secret("bb" * 10, DAY1 + 100)
+    assert await store.revoked_client_secrets(DAY1) == {"aa" * 32, "bb" * 32}
+    assert await store.revoked_client_secrets(DAY1 + 50) == {"bb" * 32}
+    assert await store.revoked_client_secrets(DAY1 + 101) == set()
+
+
 async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = SqlStore(url)
@@ -516,7 +529,7 @@ async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> 
     have = await store.db.run(columns("sqlite", "client_secrets"))
     indexes = await sqlite_indexes(store, "client_secrets")
     assert "revoked_at" in have
-    assert "ix_client_secrets_key_id" in indexes
+    assert {"ix_client_secrets_key_id", "ix_client_secrets_revoked_at"} <= set(indexes)
     assert await store.list_client_secrets(None, 0.0) == []
     await store.close()
 

@@ -201,6 +201,14 @@ INDEXES = (
     Index("ux_transcript_session_seq", "transcript_entries", "session_id, seq", unique=True),
     Index("ix_client_secrets_expires_at", "client_secrets", "expires_at"),
     Index("ix_client_secrets_key_id", "client_secrets", "key_id"),
+    # The secrets revoked lately, read every few seconds while a secret's session is live
+    # (api/live.py end_revoked_secrets): the revoked rows only.
+    Index(
+        "ix_client_secrets_revoked_at",
+        "client_secrets",
+        "revoked_at",
+        where="revoked_at IS NOT NULL",
+    ),
     Index("ix_console_sessions_expires_at", "console_sessions", "expires_at"),
 )
 
