@@ -859,3 +859,26 @@ async def test_usage_that_cannot_be_recorded_ends_the_call_with_usage_unavailabl
         "gateway",
     )
     assert provider.hangups(call_id) == 1
+
+
+async def test_a_call_stopped_by_an_error_of_any_kind_is_hung_up(
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    client_for: ClientFor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An audit's find: a database cut off mid-write raised its driver's own error, not the
+    store's, at the call's claim, and only the store's error hung the call up: placed upstream,
+    answered 500, and never metered."""
+    key = await gateway.new_key()
+    store = gateway.app[GATEWAY].store
+
+    async def cut_off(*_: Any) -> Any:
+        raise ConnectionResetError("the database went away mid-write")
+
+    monkeypatch.setattr(store, "claim_call", cut_off)
+    with pytest.raises(openai.InternalServerError):
+        await offer(client_for(gateway, key), {"type": "realtime", "model": "gpt-realtime"})
+    (placed,) = provider.calls
+    assert provider.hangups(placed) == 1
+    assert not len(gateway.app[GATEWAY].live)

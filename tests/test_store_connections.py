@@ -98,3 +98,40 @@ async def test_a_database_or_role_that_does_not_exist_is_one_line_not_a_tracebac
             await store.init()
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_write_cut_off_by_a_server_restart_is_the_stores_error() -> None:
+    """An audit's find: a backend ended under a write (SQLSTATE 57P01, what a restart or a
+    failover sends every backend) failed its ROLLBACK with asyncpg's own InterfaceError, past
+    the store's mapping: callers that end a call on ``StoreError`` left it running."""
+    import asyncpg
+
+    url = os.environ["RTGATE_TEST_DATABASE_URL"]
+    store = SqlStore(url, timeout=5.0)
+    await store.init()
+    other = await asyncpg.connect(postgres_dsn(url))
+    try:
+        locked = other.transaction()
+        await locked.start()
+        await other.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        beat = asyncio.ensure_future(store.beat("inst_restart", 1.0))
+        ended = 0
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            ended = await other.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+            )
+            if ended:
+                break
+        assert ended, "the beat never waited on the lock"
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(beat, 5)
+        await locked.rollback()
+        # The store goes on: the next write takes a new connection.
+        await store.beat("inst_restart", 2.0)
+    finally:
+        await other.close()
+        await store.close()

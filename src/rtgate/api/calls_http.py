@@ -136,7 +136,9 @@ async def _place_call(gw: Gateway, calls: CallRegistry, request: web.Request) ->
             owned = await claim_call(gw, call_id, key, route, secret_id)
             if owned:
                 await calls.start(gw, call_id, key, policy, route, secret_id)
-        except GatewayError:
+        except BaseException:
+            # Whatever stopped it (a store cut off mid-write raised the driver's own error, an
+            # audit found), a call that is not metered does not go on.
             await hang_up_unmetered(gw, route, call_id)
             raise
         if not owned:

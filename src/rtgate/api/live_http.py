@@ -108,7 +108,8 @@ async def _create(gw: Gateway, calls: CallRegistry, request: web.Request) -> web
             owned = await claim_call(gw, session_id, key, route)
             if owned:
                 await calls.start(gw, session_id, key, policy, route, live=True, startup=True)
-        except GatewayError:
+        except BaseException:
+            # Whatever stopped it, a session that is not metered does not go on.
             await hang_up_unmetered(gw, route, session_id, live=True)
             raise
         if not owned:

@@ -27,6 +27,7 @@ so a stalled database does not hold pool slots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
@@ -263,14 +264,17 @@ class AsyncpgPool:
                 await conn.execute("COMMIT")
             return result
         except (asyncpg.PostgresError, asyncpg.DataError) as exc:
-            # The server (or asyncpg, encoding an argument) refused: the connection is sound.
+            # The server (or asyncpg, encoding an argument) refused: the connection is sound,
+            # unless the server is going away (a restart or a failover ends the backend,
+            # SQLSTATE 57P01): its ROLLBACK then failed with the driver's own error, past this
+            # mapping (an audit's find), so the connection is closed instead.
             if write:
-                await conn.execute("ROLLBACK")
+                await _roll_back_or_close(conn)
             raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
             # Cancelled at a deadline, timed out or cut off: closed, not returned, so a stalled
             # database holds no pool slot (a graceful close would wait on it too).
-            conn.terminate()
+            _terminate(conn)
             if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
                 raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
             raise
@@ -279,6 +283,26 @@ class AsyncpgPool:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+async def _roll_back_or_close(conn: Any) -> None:
+    """End a refused write's transaction, or the connection if it cannot be (closed under it,
+    cut off, cancelled at a deadline: then the cancellation goes on)."""
+    try:
+        if conn.is_closed():
+            raise ConnectionError("the connection is closed")
+        await conn.execute("ROLLBACK")
+    except BaseException as exc:
+        _terminate(conn)
+        if not isinstance(exc, Exception):
+            raise
+
+
+def _terminate(conn: Any) -> None:
+    """Close a pool connection at once; one its server ended is detached from the pool already
+    (asyncpg then refuses every call on it), and there is nothing left to close."""
+    with contextlib.suppress(Exception):
+        conn.terminate()
 
 
 async def _drive_asyncpg(conn: Any, query: Query[T]) -> T:
