@@ -538,3 +538,35 @@ async def test_a_busy_loop_does_not_starve_the_spills_appends(
     faulty.heal()
     await until(lambda: not ledger.spilling)
     assert sorted(await refs(faulty.inner)) == sorted(f"r{n}" for n in range(21))
+
+
+async def test_a_ledger_spills_on_while_a_segment_of_its_own_is_drained_elsewhere(
+    faulty: FaultyStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    """An audit's find: with ``--workers N`` sharing the spill directory, a worker whose sealed
+    segment (holding a session's start) another worker was draining went back to the store
+    at once; the session's next record reached the store before its start, was refused for
+    its data and set aside, unbilled."""
+    spill = tmp_path / "spill"
+    a = running(ledger_for(faulty, spill))
+    faulty.fail(only=WRITES)
+    await a.open_session(SessionOpen("rs_2", "key_a", "m", "openai", None, DAY1))
+    await a.record(UsageRecord("rs_2", "key_a", "m", "m", Usage(text_in=1), 7, 7, DAY1, "u1"))
+    assert a.spilling
+
+    def sealed() -> bool:
+        found = segments(spill)
+        return bool(found) and found[0] != a._writer_path()
+
+    await until(sealed)
+    # A sibling's drainer takes the sealed segment, the session's start in it, and holds it.
+    sibling = Claim.take(segments(spill)[0])
+    assert sibling is not None
+    faulty.heal()
+    await asyncio.sleep(0.2)  # several of its drain passes
+    assert a.spilling  # its own segment is not in the store yet: what follows spills behind it
+    await a.record(UsageRecord("rs_2", "key_a", "m", "m", Usage(text_in=2), 7, 7, DAY1, "u2"))
+    sibling.release()  # the sibling let go (or drained it): this ledger drains all in order
+    await until(lambda: not a.spilling)
+    assert await refs(faulty.inner) == ["u1", "u2"]
+    assert not (spill / REJECTED).exists()

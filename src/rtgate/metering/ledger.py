@@ -401,6 +401,12 @@ class Ledger:
             return False
         async with self._spill_lock:
             if self._writer.path is None:
+                if self._writer.left():
+                    # A segment of ours is another ledger's to drain now (a sibling worker
+                    # sharing the directory): until it is in, what comes after it is spilled
+                    # behind it, or a session's usage could reach the store before its start
+                    # (an audit's find: such a record was refused and set aside, unbilled).
+                    return False
                 # Nothing was spilled while the sealed segments drained: back to the store.
                 self._spilling = False
                 self._gauge()

@@ -115,6 +115,12 @@ class SpillWriter:
             raise
         return fd, path
 
+    def left(self) -> list[Path]:
+        """This writer's segments still on disk, sealed or open: not in the store yet (another
+        ledger sharing the directory may be draining one of them)."""
+        mine = f"seg-{self._owner}"
+        return [p for p in segments(self.directory) if owner(p) == mine]
+
     def seal(self) -> Path | None:
         """Stop appending to the open segment (it may be drained now); its path, if any."""
         with self._mutex:
