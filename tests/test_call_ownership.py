@@ -346,4 +346,40 @@ async def test_an_accept_whose_claim_went_unanswered_leaves_the_call_to_a_retry(
     assert await act(gateway, key, "rtc_sip3", "accept") == (200, None)
     await sideband_open(provider, "rtc_sip3")
     owner = await store.call_owner("rtc_sip3")
-    assert owner is not None and owner.key_id == key_id
+    assert owner is not None and owner.key_id == key_id and owner.accepted_at is not None
+
+
+async def test_an_accept_whose_claim_and_its_release_went_unanswered_is_retried_metered(
+    gateway: RunningGateway, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit's find: the claim committed, its answer was lost, and so was the release's;
+    the call stayed the key's, so its retry was relayed as a plain accept: accepted upstream,
+    with no sideband and no live-session slot."""
+    _, key = await key_with(gateway, "owner")
+    store = gateway.app[GATEWAY].store
+    claim, release = store.claim_call, store.release_call
+
+    async def answer_lost(call: StoredCall) -> StoredCall:
+        await claim(call)
+        raise StoreError("cannot write: no answer within 3 s")
+
+    async def still_away(call_id: str, key_id: str) -> None:
+        raise StoreError("cannot write: no answer within 3 s")
+
+    monkeypatch.setattr(store, "claim_call", answer_lost)
+    monkeypatch.setattr(store, "release_call", still_away)
+    with pytest.raises(openai.InternalServerError):
+        await act(gateway, key, "rtc_sip9", "accept")
+    owner = await store.call_owner("rtc_sip9")
+    assert owner is not None and owner.accepted_at is None  # claimed, never accepted
+    monkeypatch.setattr(store, "claim_call", claim)
+    monkeypatch.setattr(store, "release_call", release)
+    assert await act(gateway, key, "rtc_sip9", "accept") == (200, None)
+    await sideband_open(provider, "rtc_sip9")
+    assert dials(provider, "rtc_sip9") == 1
+    assert [(c, a) for c, a, _ in provider.call_actions] == [("rtc_sip9", "accept")]
+    # Accepted and metered now: another accept of it is relayed as it is, with no second one.
+    owner = await store.call_owner("rtc_sip9")
+    assert owner is not None and owner.accepted_at is not None
+    assert await act(gateway, key, "rtc_sip9", "accept") == (200, None)
+    assert dials(provider, "rtc_sip9") == 1

@@ -513,6 +513,37 @@ async def test_an_existing_database_gets_the_client_secrets_key_index(tmp_path: 
     assert "ix_client_secrets_key_id" in names
 
 
+async def test_calls_stored_before_accepted_at_read_as_accepted(tmp_path: Path) -> None:
+    """Every call of an earlier database had its sideband started (or was hung up): none is
+    taken for a SIP claim still waiting on its accept."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = SqlStore(url)
+    await store.init()
+    await store.create_key("key_a", "alice", "p", "a" * 64, DAY1)
+
+    def as_before() -> Query[None]:
+        yield Statement("ALTER TABLE calls DROP COLUMN accepted_at")
+        yield Statement(
+            "INSERT INTO calls (call_id, key_id, model, upstream, created_at)"
+            " VALUES ('rtc_old', 'key_a', 'gpt-realtime', 'openai', :at)",
+            {"at": DAY1},
+        )
+
+    store = await reopened(store, as_before(), url)
+    try:
+        old = await store.call_owner("rtc_old")
+        assert old is not None and old.accepted_at == DAY1
+        await store.claim_call(StoredCall("rtc_new", "key_a", None, "m", "openai", DAY1, None))
+        new = await store.call_owner("rtc_new")
+        assert new is not None and new.accepted_at is None
+        await store.accept_call("rtc_new", DAY1 + 5)
+        await store.accept_call("rtc_new", DAY1 + 9)  # the first time stays
+        new = await store.call_owner("rtc_new")
+        assert new is not None and new.accepted_at == DAY1 + 5
+    finally:
+        await store.close()
+
+
 async def test_a_database_from_before_revocation_is_migrated(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with sqlite3.connect(tmp_path / "old.db") as db:

@@ -12,7 +12,8 @@
 
 A call belongs to the key that placed or accepted it (``rtgate.relay.call_owners``): it is
 recorded in the store before the 201 goes back, and an ``accept`` claims a call no key owns
-yet, before the provider hears of it. Another key's call is answered 404, as an unknown one.
+yet, before the provider hears of it (or its owner's own claim whose sideband never started:
+``accepted_at`` is noted once it runs). Another key's call is answered 404, as an unknown one.
 A call whose sideband cannot be opened is hung up: the gateway never leaves a call unmetered.
 """
 
@@ -41,7 +42,14 @@ from rtgate.catalog import Route
 from rtgate.errors import GatewayError, UpstreamError
 from rtgate.gateway import Gateway
 from rtgate.relay.admission import admit, note_refusal, route_for
-from rtgate.relay.call_owners import call_not_found, call_of, claim_call, control_route
+from rtgate.relay.call_owners import (
+    accepted_call,
+    awaits_accept,
+    call_not_found,
+    call_of,
+    claim_call,
+    control_route,
+)
 from rtgate.relay.calls import (
     CallRegistry,
     create_upstream_call,
@@ -186,15 +194,16 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     else:
         route = control_route(gw, call)
         upstream_body = control_body(action, body)
+    calls = request.app[CALLS]
     return await act_on_call(
         gw,
-        request.app[CALLS],
+        calls,
         (key, policy),
         call_id,
         action,
         route,
         upstream_body,
-        claim=action == "accept" and call is None,
+        claim=action == "accept" and awaits_accept(call) and calls.get(call_id) is None,
     )
 
 
@@ -268,7 +277,7 @@ async def act_on_call(
             await admit(gw, key, policy)
             admitted = True
             try:
-                claimed = await claim_call(gw, call_id, key, route)
+                claimed = await claim_call(gw, call_id, key, route, accepted=False)
             except StoreError:
                 # No answer in time is not no claim: it may have committed. Released
                 # below (only ever this key's), so a retry finds the call unowned and
@@ -293,6 +302,7 @@ async def act_on_call(
                 raise
             # The sideband holds the slot now, and the call is the key's.
             admitted = claimed = False
+            await accepted_call(gw, call_id)
     finally:
         if admitted:
             await gw.limiter.release(key.id)

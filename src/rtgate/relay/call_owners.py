@@ -11,12 +11,15 @@ the provider is never asked.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from rtgate.catalog import Route
 from rtgate.errors import GatewayError
 from rtgate.gateway import Gateway
 from rtgate.store.port import KeyInfo, StoredCall
+
+log = logging.getLogger("rtgate.calls")
 
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -59,14 +62,47 @@ async def owned_call(
 
 
 async def claim_call(
-    gw: Gateway, call_id: str, key: KeyInfo, route: Route, secret_id: str | None = None
+    gw: Gateway,
+    call_id: str,
+    key: KeyInfo,
+    route: Route,
+    secret_id: str | None = None,
+    *,
+    accepted: bool = True,
 ) -> bool:
     """Make ``key`` the call's owner unless another key owns it already (atomically, on every
-    instance); whether ``key`` owns it now."""
+    instance); whether ``key`` owns it now. ``accepted``: a call the gateway placed, whose
+    sideband starts now; not a SIP call's accept, which ``accepted_call`` notes once its
+    sideband runs."""
+    now = gw.clock.now()
     owner = await gw.store.claim_call(
-        StoredCall(call_id, key.id, secret_id, route.model, route.upstream_name, gw.clock.now())
+        StoredCall(
+            call_id,
+            key.id,
+            secret_id,
+            route.model,
+            route.upstream_name,
+            now,
+            now if accepted else None,
+        )
     )
     return owner.key_id == key.id
+
+
+def awaits_accept(call: StoredCall | None) -> bool:
+    """Whether an ``accept`` of ``call`` is its owner's claim of a SIP call: no key owns it
+    yet, or its owner's claim committed without its sideband ever starting (an accept whose
+    store went away, whose claim could not be released either: an audit's find)."""
+    return call is None or call.accepted_at is None
+
+
+async def accepted_call(gw: Gateway, call_id: str) -> None:
+    """Note that the call's sideband runs (``StoredCall.accepted_at``); logged, not raised,
+    when the store does not take it: the call is metered either way."""
+    try:
+        await gw.store.accept_call(call_id, gw.clock.now())
+    except GatewayError as err:
+        log.error("call %s not noted as accepted: %s", call_id, err.message)
 
 
 def call_route(gw: Gateway, call: StoredCall) -> Route:

@@ -162,6 +162,10 @@ class FaultyStore:
         await self._gate("release_call")
         await self.inner.release_call(call_id, key_id)
 
+    async def accept_call(self, call_id: str, now: float) -> None:
+        await self._gate("accept_call")
+        await self.inner.accept_call(call_id, now)
+
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:
         await self._gate("spend")
         return await self.inner.spend(key_id, day, month_start)

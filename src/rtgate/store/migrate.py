@@ -22,6 +22,8 @@ ADDED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ),
     ("usage_records", "metered_by", "VARCHAR(10) NOT NULL DEFAULT 'provider'", ()),
     ("sessions", "instance", "VARCHAR(40)", ()),
+    # Every call stored before is one whose sideband ran (or was hung up).
+    ("calls", "accepted_at", "FLOAT", ("UPDATE calls SET accepted_at = created_at",)),
 )
 
 #: The PostgreSQL advisory lock key migrations hold (any constant other software on the

@@ -167,6 +167,9 @@ class StoredCall:
     model: str
     upstream: str
     created_at: float
+    #: When its metered sideband was started; None while a SIP call's accept has not gone
+    #: through (``relay/call_owners.py``).
+    accepted_at: float | None = None
 
 
 class Store(Protocol):
@@ -242,6 +245,10 @@ class Store(Protocol):
 
     async def release_call(self, call_id: str, key_id: str) -> None:
         """Forget the call's owner if it is ``key_id`` (its accept was refused upstream)."""
+        ...
+
+    async def accept_call(self, call_id: str, now: float) -> None:
+        """Note that the call's metered sideband was started (``StoredCall.accepted_at``)."""
         ...
 
     async def spend(self, key_id: str, day: str, month_start: str) -> tuple[int, int, int]:

@@ -59,6 +59,7 @@ def stored_call(row: Row) -> StoredCall:
         model=row["model"],
         upstream=row["upstream"],
         created_at=row["created_at"],
+        accepted_at=row["accepted_at"],
     )
 
 

@@ -115,7 +115,10 @@ TABLES: dict[str, str] = {
         -- The client-facing model and the upstream's name, to reach the call again.
         model VARCHAR(200) NOT NULL,
         upstream VARCHAR(100) NOT NULL,
-        created_at FLOAT NOT NULL""",
+        created_at FLOAT NOT NULL,
+        -- When its owner's metered sideband was started: null for a SIP call claimed by an
+        -- accept that has not gone through yet (its owner's next accept opens the sideband).
+        accepted_at FLOAT""",
     # Each serving process, while it serves: its id (fleet.new_instance_id) and when it last
     # said it was alive (rtgate.lost_sessions). Its sessions still open once it stops being
     # seen are ended as lost.

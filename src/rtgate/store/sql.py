@@ -182,9 +182,11 @@ _SECRET_AND_KEY = (
     + ", ".join(f"k.{c} AS k_{c}" for c in KEY_COLUMNS.split(", "))
     + " FROM client_secrets c JOIN api_keys k ON k.id = c.key_id WHERE c.secret_hash = :hash"
 )
-_CALL = "SELECT call_id, key_id, secret_id, model, upstream, created_at FROM calls"
+_CALL = "SELECT call_id, key_id, secret_id, model, upstream, created_at, accepted_at FROM calls"
 _CLAIM_CALL = insert_once(
-    "calls", ("call_id", "key_id", "secret_id", "model", "upstream", "created_at"), "call_id"
+    "calls",
+    ("call_id", "key_id", "secret_id", "model", "upstream", "created_at", "accepted_at"),
+    "call_id",
 )
 #: Each usage column's sum, named as the column (``rows.usage_of`` reads them).
 _SUMS = ", ".join(f"COALESCE(SUM(u.{f}), 0) AS {f}" for f in USAGE_FIELDS)
@@ -442,6 +444,7 @@ class SqlStore:
                     "model": call.model,
                     "upstream": call.upstream,
                     "created_at": call.created_at,
+                    "accepted_at": call.accepted_at,
                 },
             )
             return (yield from first(f"{_CALL} WHERE call_id = :id", id=call.call_id))
@@ -460,6 +463,17 @@ class SqlStore:
         await self.db.run(
             fetch(
                 "DELETE FROM calls WHERE call_id = :id AND key_id = :key", id=call_id, key=key_id
+            ),
+            write=True,
+        )
+
+    @_bounded("write")
+    async def accept_call(self, call_id: str, now: float) -> None:
+        await self.db.run(
+            fetch(
+                "UPDATE calls SET accepted_at = :now WHERE call_id = :id AND accepted_at IS NULL",
+                id=call_id,
+                now=now,
             ),
             write=True,
         )
