@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -343,6 +344,35 @@ async def test_a_record_the_store_refuses_for_its_data_is_set_aside(
     (line,) = (tmp_path / "spill" / REJECTED).read_bytes().splitlines()
     assert orjson.loads(line)["ref"] == "bad"
     assert not ledger.spilling
+
+
+async def test_a_batch_written_one_by_one_takes_one_commit_timeout_in_all(
+    sql: SqlStore, tmp_path: Path, running: Callable[[Ledger], Ledger]
+) -> None:
+    """An audit's suspicion: a batch the store refused for one entry's data was written entry
+    by entry, each with a commit timeout of its own, so a store answering each just in time held
+    every frame behind it for the batch's length times the timeout. One timeout in all now;
+    what is left is spilled, then drained."""
+    ledger = running(ledger_for(sql, tmp_path / "spill", commit_timeout=0.3))
+    write = sql.write
+    writes: list[int] = []
+
+    async def slow(entries: Any) -> None:
+        writes.append(len(entries))
+        if len(entries) == 1:
+            await asyncio.sleep(0.12)  # each answered well within the timeout
+        await write(entries)
+
+    sql.write = slow  # type: ignore[method-assign]
+    bad = UsageRecord("rs_1", "key_a", "m", "m", Usage(text_in=1), 2**70, 1, DAY1, "bad")
+    started = time.monotonic()
+    await asyncio.gather(ledger.record(bad), *(ledger.record(usage(n)) for n in range(1, 9)))
+    assert time.monotonic() - started < 0.3 + 0.12 + 0.25  # not nine times 0.12 s
+    sql.write = write  # type: ignore[method-assign]
+    await until(lambda: not ledger.spilling)
+    assert sorted(await refs(sql)) == sorted(f"r{n}" for n in range(1, 9))
+    (line,) = (tmp_path / "spill" / REJECTED).read_bytes().splitlines()
+    assert orjson.loads(line)["ref"] == "bad"
 
 
 # -- budget checks -----------------------------------------------------------------------------

@@ -261,8 +261,15 @@ class Ledger:
         return why
 
     async def _write_one_by_one(self, batch: Sequence[_Queued]) -> None:
+        """A batch the store refused for one entry's data, entry by entry, all within one
+        commit timeout: a store answering each just in time held every frame behind the batch
+        for up to its length times the timeout (an audit's suspicion); what is left then is
+        spilled."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._commit_timeout
         for i, (entry, fut) in enumerate(batch):
-            why = await self._store_batch([entry], self._commit_timeout)
+            left = until - loop.time()
+            why = await self._store_batch([entry], left) if left > 0 else "out of time"
             if why is None:
                 self._made_durable([(entry, fut)])
             elif why == _BAD_DATA:
