@@ -836,6 +836,9 @@ async def test_revoking_a_key_ends_its_live_sessions_and_no_others(admin: Runnin
     revoked = await call(admin, "POST", f"/keys/{leaked['id']}/revoke")
     assert revoked.status == 200 and revoked.json()["active"] is False
     assert (await ended_by_revocation(gone))["code"] == "api_key_revoked"
+    # The answer names what it closed (an operator's find: it said nothing of them).
+    (closed,) = revoked.json()["closed_sessions"]
+    assert closed.startswith("rs_")
     await metered(kept, "resp_other", text_in=10)  # another key's session goes on
     live = (await call(admin, "GET", "/sessions/live")).json()
     assert [s["key_id"] for s in live] == [other["id"]]

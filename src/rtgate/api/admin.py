@@ -55,6 +55,7 @@ from rtgate.api.views import (
     LiveSession,
     NewKeyView,
     RevokedClientSecret,
+    RevokedKey,
     SessionRow,
     TranscriptEntryView,
     UsageRow,
@@ -246,7 +247,8 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     # Its live sessions here end now; the other instances' within REVOKED_KEY_CHECK_SECONDS.
     closed = await end_revoked_keys(call.gw)
     log.info("key %s revoked; %d live sessions here closed", key.id, len(closed))
-    return key_view(key, call.gw.clock.now())
+    view = key_view(key, call.gw.clock.now())
+    return RevokedKey(**msgspec.structs.asdict(view), closed_sessions=[c.id for c in closed])
 
 
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:
@@ -400,9 +402,10 @@ OPERATIONS: tuple[Operation[Any, Any], ...] = (
         "POST",
         "/keys/{key_id}/revoke",
         revoke_key,
-        "Revoke a key; sessions it opens from now on are refused",
+        "Revoke a key and close its live sessions (1008: here at once, on other instances"
+        " within 5 s); sessions it opens from now on are refused",
         status=200,
-        response=KeyView,
+        response=RevokedKey,
         not_found="No such key.",
     ),
     Operation(

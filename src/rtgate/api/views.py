@@ -96,6 +96,13 @@ class KeyView(View, frozen=True, kw_only=True):
     policy: PolicyView
 
 
+class RevokedKey(KeyView, frozen=True, kw_only=True):
+    """A key just revoked, and its live sessions this instance closed; the other instances
+    close theirs within their next check of revoked keys (``api/live.py``, 5 s)."""
+
+    closed_sessions: list[str]
+
+
 class NewKeyView(KeyView, frozen=True, kw_only=True):
     """A key just created, with its secret: shown this once, never stored."""
 
