@@ -56,7 +56,7 @@ async def test_talk_sends_a_wav_and_saves_the_spoken_reply(
     assert "response.done" in result.output
     said = next(ln for ln in result.output.splitlines() if ln.startswith("you said:"))
     assert "timer" in said.lower() and "minutes" in said.lower()
-    assert "usage:" in result.output and "$0.000000000 at list price" in result.output
+    assert "usage:" in result.output and "$0.000000000 charged" in result.output
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
         assert w.getnframes() > 24000 // 2
@@ -204,3 +204,17 @@ async def test_talk_to_the_banners_realtime_url(local_gateway: Any, tmp_path: Pa
     args += ["--out", str(tmp_path / "r.wav")]
     result = await asyncio.to_thread(CliRunner().invoke, app, args)
     assert result.exit_code == 0, result.output
+
+
+def test_talk_says_what_the_reply_is_charged_markup_included(tmp_path: Path) -> None:
+    """An operator's find: the price it printed, called the list price, was the charge with
+    the row's markup in it. It is called what it is."""
+    from rtgate.config import load_settings
+    from rtgate.talk import charged_price
+
+    cfg = tmp_path / "rtgate.toml"
+    cfg.write_text('[prices.local]\ntext_in = "1000"\nmarkup_percent = "20"\n')
+    settings = load_settings(cfg, {})
+    usage = {"input_tokens": 1000, "output_tokens": 0, "total_tokens": 1000}
+    # 1,000 tokens at $1,000 per 1M: $1 the provider's, $1.20 charged.
+    assert charged_price(settings, "local", usage) == "1.200000000"

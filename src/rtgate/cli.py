@@ -663,7 +663,7 @@ def talk(
         WSServerHandshakeError,
     )
 
-    from rtgate.talk import list_price, read_wav_24k, trusting, write_wav_24k
+    from rtgate.talk import charged_price, read_wav_24k, trusting, write_wav_24k
     from rtgate.talk import talk as run_talk
 
     if (text is None) == (wav is None):
@@ -753,10 +753,10 @@ def talk(
         else:
             console.print(f"reply audio: {out} ({len(result.audio) / 48000:.2f} s)")
     u = result.usage or {}
-    price = list_price(settings, model, result.usage)
+    price = charged_price(settings, model, result.usage)
     console.print(
         f"usage: {u.get('input_tokens', 0)} in / {u.get('output_tokens', 0)} out tokens; "
-        + (f"${price} at list price" if price is not None else "no list price for this model")
+        + (f"${price} charged" if price is not None else "no price for this model")
     )
     failed = result.failure()
     if failed is not None:

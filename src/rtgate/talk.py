@@ -1,7 +1,7 @@
 """``rtgate talk``: a terminal client for any Realtime endpoint (rtgate's, or OpenAI's).
 
 It sends a WAV file (any rate, 16-bit) or a typed line, prints the events as they arrive, saves
-the spoken reply as a WAV file, and prints the usage and what it costs at list price.
+the spoken reply as a WAV file, and prints the usage and what it is charged.
 Manual turns (``turn_detection: null``), so a whole file is one user turn.
 """
 
@@ -198,8 +198,9 @@ def trusting(certfile: Path | None) -> ssl.SSLContext | None:
     return ctx
 
 
-def list_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> str | None:
-    """What the reply costs at the gateway's list prices for ``model``, or None if unpriced."""
+def charged_price(settings: Settings, model: str, usage: dict[str, Any] | None) -> str | None:
+    """What the reply is charged at the gateway's prices for ``model``, its row's markup
+    included (an operator's find: it was called the list price), or None if unpriced."""
     try:
         route = Catalog(settings).resolve(model)
     except GatewayError:
