@@ -539,6 +539,36 @@ async def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_is_closed
     assert ws.close_code == 1009
 
 
+@pytest.mark.parametrize("limit", [64 * 1024, 16 * 1024 * 1024])
+async def test_the_local_engine_takes_a_message_of_exactly_the_limit(
+    make_settings: Callable[..., Settings], start_gateway: Callable[..., Any], limit: int
+) -> None:
+    """An operator's find: on the local engine, the default upstream, a message of exactly
+    16 MiB was closed 1009 by the engine's own limit, which did not follow the setting."""
+    gw: RunningGateway = await start_gateway(
+        make_settings(OPENAI_API_KEY="", RTGATE_MAX_MESSAGE_BYTES=str(limit))
+    )
+    key = await gw.new_key()
+    async with connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        max_size=None,
+        additional_headers={"Authorization": f"Bearer {key}"},
+    ) as ws:
+        await first_events(ws, 1)
+        head = '{"type":"input_audio_buffer.append","audio":"'
+        exactly = head + "A" * (limit - len(head) - 2) + '"}'
+        assert len(exactly) == limit
+        await ws.send(exactly)
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        events = [orjson.loads(await ws.recv())]
+        while events[-1]["type"] != "input_audio_buffer.cleared":
+            events.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
+            await ws.send(exactly[:-2] + 'A"}')
+            await ws.recv()
+    assert ws.close_code == 1009
+
+
 async def test_abrupt_client_disconnect_closes_upstream_and_the_session(
     gateway: RunningGateway, provider: FakeProvider
 ) -> None:

@@ -208,7 +208,9 @@ def create_app(
         settings.resolved_database_url, timeout=settings.store_timeout_seconds
     )
     token = engine_token or secrets.token_urlsafe(32)
-    engine = engine or build_engine(settings.engine, token, int(settings.max_session_seconds))
+    engine = engine or build_engine(
+        settings.engine, token, int(settings.max_session_seconds), settings.max_message_bytes
+    )
     # HTTP bodies only: a WebSocket's frames have their own limit (max_msg_size, relay/endpoint).
     app = web.Application(
         client_max_size=settings.max_http_body_bytes,

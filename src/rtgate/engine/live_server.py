@@ -416,7 +416,9 @@ class _Pace:
 async def engine_live(request: web.Request) -> web.StreamResponse:
     """``GET /_engine/v1/live/sessions``: the gateway's per-process token, then a Live session."""
     opts = request.app[ENGINE_OPTIONS]
-    ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
+    # aiohttp refuses a message of exactly max_msg_size bytes: one more, so the largest the
+    # gateway takes passes (its relay sizes its own limit alike, relay/endpoint.py).
+    ws = web.WebSocketResponse(max_msg_size=opts.max_message_bytes + 1, compress=False)
     await ws.prepare(request)
     if not authorized(request, opts):
         error = live_error("invalid_api_key", "Incorrect API key provided.")

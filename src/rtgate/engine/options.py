@@ -33,6 +33,10 @@ class EngineOptions:
     #: Size of each ``response.output_audio.delta``; audio is sent faster than real time.
     audio_chunk_ms: int = 100
     max_session_seconds: int = 3600
+    #: The largest client message it takes: the gateway's ``max_message_bytes``, which the
+    #: gateway enforced already (its own 16 MiB refused a message of exactly that size, an
+    #: operator's find).
+    max_message_bytes: int = 16 * 1024 * 1024
     #: How often a Live session reports its cumulative usage (``session.usage.updated``);
     #: OpenAI's does about once a minute.
     live_usage_seconds: float = 60.0

@@ -237,7 +237,9 @@ class EngineConnection(Responder):
 
 async def engine_realtime(request: web.Request) -> web.StreamResponse:
     opts = request.app[ENGINE_OPTIONS]
-    ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, compress=False)
+    # aiohttp refuses a message of exactly max_msg_size bytes: one more, so the largest the
+    # gateway takes passes (its relay sizes its own limit alike, relay/endpoint.py).
+    ws = web.WebSocketResponse(max_msg_size=opts.max_message_bytes + 1, compress=False)
     await ws.prepare(request)
     if not authorized(request, opts):
         return await _refuse(ws, 3000, "invalid_api_key", "Incorrect API key provided.")

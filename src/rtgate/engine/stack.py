@@ -86,7 +86,12 @@ def _brain(s: EngineSettings) -> tuple[str, Brain]:
     return "echo", EchoBrain()
 
 
-def build_engine(s: EngineSettings, token: str, max_session_seconds: int) -> EngineOptions:
+def build_engine(
+    s: EngineSettings,
+    token: str,
+    max_session_seconds: int,
+    max_message_bytes: int = 16 * 1024 * 1024,
+) -> EngineOptions:
     """The engine's stages, their models loaded on first use, or by ``preload`` (the gateway
     calls it when the engine is its default upstream, once the store has opened: a start that
     fails on the database says so before seconds of model loading)."""
@@ -113,6 +118,7 @@ def build_engine(s: EngineSettings, token: str, max_session_seconds: int) -> Eng
         vad_factory=vad,
         audio_chunk_ms=s.audio_chunk_ms,
         max_session_seconds=max_session_seconds,
+        max_message_bytes=max_message_bytes,
         live_usage_seconds=s.live_usage_seconds,
         preload=preload,
     )
