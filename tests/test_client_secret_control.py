@@ -234,6 +234,8 @@ async def test_a_database_from_before_secret_revocation_is_migrated(tmp_path: Pa
     await store.init()
     await store.close()
     db = sqlite3.connect(path)
+    # As such a database was: without the column, and so without its index.
+    db.execute("DROP INDEX ix_client_secrets_revoked_at")
     db.execute("ALTER TABLE client_secrets DROP COLUMN revoked_at")
     db.execute("INSERT INTO api_keys VALUES ('key_old', 'old', 'rtg_x', 'h', 1.0, NULL, NULL)")
     db.execute(
