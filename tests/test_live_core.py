@@ -47,6 +47,7 @@ from rtgate.protocol.actions import (
 from rtgate.protocol.live import SESSION_CLOSE, LiveMeter, read_session_start
 from rtgate.protocol.relay import RelayCore
 from rtgate.protocol.relay_session import RelaySession
+from rtgate.protocol.usage import Usage
 
 START = (
     '{"type":"session.start","event_id":"evt_start_1","session":{"model":"gpt-live-1",'
@@ -605,3 +606,21 @@ def test_the_providers_words_on_our_key_are_replaced_in_lives_envelope() -> None
     assert sent and b"WXYZ" not in sent[0].data
     err = ErrorEvent.model_validate_json(sent[0].data)
     assert (err.error.code, err.error.client_event_id) == ("upstream_auth_failed", "evt_client_7")
+
+
+def test_a_record_at_cost_0_is_said_to_lack_what_it_lacks() -> None:
+    """An operator's find: a Live session on a local row with token rates alone was logged as
+    a model with no price at all."""
+    from rtgate.relay.live import unpriced
+
+    def record(price_key: str, usage: Usage) -> UsageRecord:
+        return UsageRecord("rs_1", "k", "gpt-live-1", price_key, usage, 0, 0, 1.0, None)
+
+    seconds, tokens = Usage(kind="live", audio_ms=1000), Usage(text_in=5)
+    assert unpriced(record("local", seconds)) == (
+        "price row 'local' has no per-second or per-minute rate for model 'gpt-live-1'"
+    )
+    assert unpriced(record("whisper-1", tokens)) == (
+        "price row 'whisper-1' has no token rates for model 'gpt-live-1'"
+    )
+    assert unpriced(record("", tokens)) == "no price for model 'gpt-live-1'"

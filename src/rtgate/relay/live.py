@@ -83,8 +83,8 @@ class GatewayEffects:
         ):
             self._warned_unpriced.add(record.model)
             log.warning(
-                "no price for model %r: its usage is recorded at cost 0",
-                record.model,
+                "%s: its usage is recorded at cost 0",
+                unpriced(record),
                 extra={"session_id": record.session_id, "key_id": record.key_id},
             )
         return commit_usage(self._gw.ledger, record, frame)
@@ -102,6 +102,16 @@ class GatewayEffects:
     async def hangup(self) -> None:
         if self._hangup is not None:
             await self._hangup()
+
+
+def unpriced(record: UsageRecord) -> str:
+    """Why ``record`` costs nothing: no row for its model, or a row that prices other usage
+    (an operator's find: a Live session on a token-only local row was said to have no price
+    at all)."""
+    if not record.price_key:
+        return f"no price for model {record.model!r}"
+    needs = "per-second or per-minute rate" if record.usage.audio_ms else "token rates"
+    return f"price row {record.price_key!r} has no {needs} for model {record.model!r}"
 
 
 def client_cadence(settings: Settings) -> Cadence | None:
