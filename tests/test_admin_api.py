@@ -830,15 +830,21 @@ async def test_revoking_a_key_ends_its_live_sessions_and_no_others(admin: Runnin
     them untouched): the admin API's revocation ends them at once on its instance."""
     leaked = (await call(admin, "POST", "/keys", body={"name": "leaked"})).json()
     other = (await call(admin, "POST", "/keys", body={"name": "other"})).json()
+    swept = (await call(admin, "POST", "/keys", body={"name": "swept"})).json()
     gone = await open_session(admin, leaked["secret"])
     kept = await open_session(admin, other["secret"])
+    by_cli = await open_session(admin, swept["secret"])
     await metered(gone, "resp_before", text_in=10)
+    ids = {s["key_id"]: s["id"] for s in (await call(admin, "GET", "/sessions/live")).json()}
+    # Revoked where no instance heard (the CLI), and not swept yet when the API's comes.
+    await admin.store.revoke_key(swept["id"], time.time())
     revoked = await call(admin, "POST", f"/keys/{leaked['id']}/revoke")
     assert revoked.status == 200 and revoked.json()["active"] is False
     assert (await ended_by_revocation(gone))["code"] == "api_key_revoked"
-    # The answer names what it closed (an operator's find: it said nothing of them).
-    (closed,) = revoked.json()["closed_sessions"]
-    assert closed.startswith("rs_")
+    assert (await ended_by_revocation(by_cli))["code"] == "api_key_revoked"
+    # The answer names what it closed of this key's (an operator's find: it said nothing of
+    # them; a review's: another key's ended in the same sweep were named too).
+    assert revoked.json()["closed_sessions"] == [ids[leaked["id"]]]
     await metered(kept, "resp_other", text_in=10)  # another key's session goes on
     live = (await call(admin, "GET", "/sessions/live")).json()
     assert [s["key_id"] for s in live] == [other["id"]]

@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 
 from rtgate.auth.policy import KeyPolicy, PolicyUpdate, apply_update
 from rtgate.config import Settings
+from rtgate.relay import call_owners
 from rtgate.relay.endpoint import GATEWAY
 from rtgate.store.port import StoredCall, StoreError
 from tests.conftest import RunningGateway
@@ -358,6 +359,8 @@ async def test_an_accept_whose_claim_and_its_release_went_unanswered_is_retried_
     _, key = await key_with(gateway, "owner")
     store = gateway.app[GATEWAY].store
     claim, release = store.claim_call, store.release_call
+    # The claim is taken over once it is older than an accept under way could be.
+    monkeypatch.setattr(call_owners, "ACCEPT_WINDOW_S", 0.0)
 
     async def answer_lost(call: StoredCall) -> StoredCall:
         await claim(call)
@@ -383,3 +386,15 @@ async def test_an_accept_whose_claim_and_its_release_went_unanswered_is_retried_
     assert owner is not None and owner.accepted_at is not None
     assert await act(gateway, key, "rtc_sip9", "accept") == (200, None)
     assert dials(provider, "rtc_sip9") == 1
+
+
+def test_only_a_stale_claim_without_a_sideband_awaits_its_owners_accept() -> None:
+    """A review's find: a claim whose accept was still under way (the provider's answer, the
+    sideband's dial) was taken over by a second accept of the owner's: two sidebands, billed
+    twice."""
+    claimed = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", 1000.0, None)
+    assert call_owners.awaits_accept(None, 1000.0)
+    assert not call_owners.awaits_accept(claimed, 1000.0 + call_owners.ACCEPT_WINDOW_S)
+    assert call_owners.awaits_accept(claimed, 1000.1 + call_owners.ACCEPT_WINDOW_S)
+    accepted = StoredCall("rtc_1", "key_a", None, "gpt-realtime", "openai", 1000.0, 1001.0)
+    assert not call_owners.awaits_accept(accepted, 1e9)

@@ -617,10 +617,11 @@ def test_a_record_at_cost_0_is_said_to_lack_what_it_lacks() -> None:
         return UsageRecord("rs_1", "k", "gpt-live-1", price_key, usage, 0, 0, 1.0, None)
 
     seconds, tokens = Usage(kind="live", audio_ms=1000), Usage(text_in=5)
-    assert unpriced(record("local", seconds)) == (
+    assert unpriced(record("local", seconds), True) == (
         "price row 'local' has no per-second or per-minute rate for model 'gpt-live-1'"
     )
-    assert unpriced(record("whisper-1", tokens)) == (
+    assert unpriced(record("whisper-1", tokens), True) == (
         "price row 'whisper-1' has no token rates for model 'gpt-live-1'"
     )
-    assert unpriced(record("", tokens)) == "no price for model 'gpt-live-1'"
+    # No row matched: the record still names the family it looked for (a review's find).
+    assert unpriced(record("gpt-live-1", tokens), False) == "no price for model 'gpt-live-1'"

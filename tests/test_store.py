@@ -540,6 +540,9 @@ async def test_calls_stored_before_accepted_at_read_as_accepted(tmp_path: Path) 
         await store.accept_call("rtc_new", DAY1 + 9)  # the first time stays
         new = await store.call_owner("rtc_new")
         assert new is not None and new.accepted_at == DAY1 + 5
+        # A running call keeps its owner: only a claim never accepted is released.
+        await store.release_call("rtc_new", "key_a")
+        assert await store.call_owner("rtc_new") is not None
     finally:
         await store.close()
 

@@ -248,7 +248,9 @@ async def revoke_key(call: Call[None, None]) -> Reply:
     closed = await end_revoked_keys(call.gw)
     log.info("key %s revoked; %d live sessions here closed", key.id, len(closed))
     view = key_view(key, call.gw.clock.now())
-    return RevokedKey(**msgspec.structs.asdict(view), closed_sessions=[c.id for c in closed])
+    # Another key revoked elsewhere and not swept yet may have ended here too: not this one's.
+    mine = [c.id for c in closed if c.key_id == key.id]
+    return RevokedKey(**msgspec.structs.asdict(view), closed_sessions=mine)
 
 
 async def list_client_secrets(call: Call[SecretsQuery, None]) -> Reply:

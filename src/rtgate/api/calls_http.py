@@ -203,7 +203,9 @@ async def call_action(request: web.Request) -> web.StreamResponse:
         action,
         route,
         upstream_body,
-        claim=action == "accept" and awaits_accept(call) and calls.get(call_id) is None,
+        claim=action == "accept"
+        and awaits_accept(call, gw.clock.now())
+        and calls.get(call_id) is None,
     )
 
 
@@ -297,7 +299,8 @@ async def act_on_call(
         if admitted:
             try:
                 await calls.start(gw, call_id, key, policy, route, live=live)
-            except GatewayError:
+            except BaseException:
+                # Whatever stopped it, an accepted call that is not metered does not go on.
                 await hang_up_unmetered(gw, route, call_id, live=live)
                 raise
             # The sideband holds the slot now, and the call is the key's.

@@ -169,7 +169,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         route,
         upstream_body,
         claim=action == "accept"
-        and awaits_accept(owned)
+        and awaits_accept(owned, gw.clock.now())
         and request.app[CALLS].get(session_id) is None,
         live=True,
     )

@@ -264,12 +264,17 @@ class Ledger:
         """A batch the store refused for one entry's data, entry by entry, all within one
         commit timeout: a store answering each just in time held every frame behind the batch
         for up to its length times the timeout (an audit's suspicion); what is left then is
-        spilled."""
+        spilled (with nowhere to spill, each entry keeps a timeout of its own, as before).
+        A remainder under a quarter of the timeout is not tried: a call cut that short would
+        be taken for a store that does not answer (a review's find)."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self._commit_timeout
         for i, (entry, fut) in enumerate(batch):
-            left = until - loop.time()
-            why = await self._store_batch([entry], left) if left > 0 else "out of time"
+            left = until - loop.time() if self._dir is not None else self._commit_timeout
+            if left >= self._commit_timeout / 4:
+                why = await self._store_batch([entry], left)
+            else:
+                why = self._store_failure = "out of time writing a batch entry by entry"
             if why is None:
                 self._made_durable([(entry, fut)])
             elif why == _BAD_DATA:

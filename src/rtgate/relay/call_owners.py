@@ -89,11 +89,20 @@ async def claim_call(
     return owner.key_id == key.id
 
 
-def awaits_accept(call: StoredCall | None) -> bool:
+#: How long an owner's claim may wait for its sideband before another accept of the owner's
+#: takes it over: an accept under way (its provider's answer, its sideband's dial) is not one
+#: that will never finish.
+ACCEPT_WINDOW_S = 60.0
+
+
+def awaits_accept(call: StoredCall | None, now: float) -> bool:
     """Whether an ``accept`` of ``call`` is its owner's claim of a SIP call: no key owns it
-    yet, or its owner's claim committed without its sideband ever starting (an accept whose
-    store went away, whose claim could not be released either: an audit's find)."""
-    return call is None or call.accepted_at is None
+    yet, or its owner's claim committed more than ``ACCEPT_WINDOW_S`` ago without its sideband
+    ever starting (an accept whose store went away, whose claim could not be released either:
+    an audit's find); not one under way, which would be dialled twice (a review's find)."""
+    if call is None:
+        return True
+    return call.accepted_at is None and now - call.created_at > ACCEPT_WINDOW_S
 
 
 async def accepted_call(gw: Gateway, call_id: str) -> None:

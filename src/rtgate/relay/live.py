@@ -84,7 +84,7 @@ class GatewayEffects:
             self._warned_unpriced.add(record.model)
             log.warning(
                 "%s: its usage is recorded at cost 0",
-                unpriced(record),
+                unpriced(record, record.price_key in self._gw.settings.prices),
                 extra={"session_id": record.session_id, "key_id": record.key_id},
             )
         return commit_usage(self._gw.ledger, record, frame)
@@ -104,11 +104,11 @@ class GatewayEffects:
             await self._hangup()
 
 
-def unpriced(record: UsageRecord) -> str:
-    """Why ``record`` costs nothing: no row for its model, or a row that prices other usage
-    (an operator's find: a Live session on a token-only local row was said to have no price
-    at all)."""
-    if not record.price_key:
+def unpriced(record: UsageRecord, has_row: bool) -> str:
+    """Why ``record`` costs nothing: no row for its model, or (``has_row``) a row that prices
+    other usage (an operator's find: a Live session on a token-only local row was said to have
+    no price at all)."""
+    if not has_row:
         return f"no price for model {record.model!r}"
     needs = "per-second or per-minute rate" if record.usage.audio_ms else "token rates"
     return f"price row {record.price_key!r} has no {needs} for model {record.model!r}"

@@ -462,7 +462,10 @@ class SqlStore:
     async def release_call(self, call_id: str, key_id: str) -> None:
         await self.db.run(
             fetch(
-                "DELETE FROM calls WHERE call_id = :id AND key_id = :key", id=call_id, key=key_id
+                # Only a claim whose sideband never started: a running call keeps its owner.
+                "DELETE FROM calls WHERE call_id = :id AND key_id = :key AND accepted_at IS NULL",
+                id=call_id,
+                key=key_id,
             ),
             write=True,
         )
