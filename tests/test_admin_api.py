@@ -109,6 +109,29 @@ async def open_session(gw: RunningGateway, secret: str) -> Any:
     return ws
 
 
+async def mint(gw: RunningGateway, key: str) -> str:
+    """A realtime client secret minted with ``key``: its value."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.http}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"session": {"type": "realtime"}},
+        ) as r,
+    ):
+        value: str = (await r.json())["value"]
+    return value
+
+
+def cli_env(gw: RunningGateway) -> dict[str, str]:
+    """What the CLI needs to reach ``gw``'s database, as an operator on its host would set."""
+    return {
+        "RTGATE_HOME": str(gw.settings.home),
+        "RTGATE_DATABASE_URL": gw.settings.resolved_database_url,
+        "RTGATE_CONFIG": "",
+    }
+
+
 async def metered(ws: Any, rid: str, text_in: int, audio_out: int = 0) -> None:
     """Send usage through the gateway; once the client sees it, it is in the store."""
     await ws.send(response_done(rid, text_in, audio_out))
@@ -533,14 +556,9 @@ async def test_recent_sessions(admin: RunningGateway) -> None:
 async def test_the_cli_and_the_api_render_the_same(admin: RunningGateway) -> None:
     alice, _ = await keys_with_usage(admin)
     await call(admin, "PATCH", f"/keys/{alice['id']}", body={"budget_usd_month": 10})
-    env = {
-        "RTGATE_HOME": str(admin.settings.home),
-        "RTGATE_DATABASE_URL": admin.settings.resolved_database_url,
-        "RTGATE_CONFIG": "",
-    }
 
     def cli(*args: str) -> Any:
-        result = CliRunner().invoke(cli_app, [*args, "--json"], env=env)
+        result = CliRunner().invoke(cli_app, [*args, "--json"], env=cli_env(admin))
         assert result.exit_code == 0, result.output
         return orjson.loads(result.output)
 
@@ -862,24 +880,11 @@ async def test_a_client_secret_revoked_by_the_cli_ends_its_sessions_within_the_c
     monkeypatch.setattr(live_api, "REVOKED_KEY_CHECK_SECONDS", 0.2)
     gw = await start_gateway(make_settings())
     key = await gw.new_key("browser")
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{gw.http}/v1/realtime/client_secrets",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"session": {"type": "realtime"}},
-        ) as r,
-    ):
-        minted = (await r.json())["value"]
+    minted = await mint(gw, key)
     leaked = await open_session(gw, minted)
     kept = await open_session(gw, key)
-    env = {
-        "RTGATE_HOME": str(gw.settings.home),
-        "RTGATE_DATABASE_URL": gw.settings.resolved_database_url,
-        "RTGATE_CONFIG": "",
-    }
     result = await asyncio.to_thread(
-        CliRunner().invoke, cli_app, ["secrets", "revoke", minted], env=env
+        CliRunner().invoke, cli_app, ["secrets", "revoke", minted], env=cli_env(gw)
     )
     assert result.exit_code == 0 and result.output.startswith("Revoked cs_"), result.output
     asked = time.monotonic()
@@ -892,15 +897,7 @@ async def test_a_client_secret_revoked_by_the_cli_ends_its_sessions_within_the_c
     await metered(kept, "resp_kept", text_in=10)  # the key's own session goes on
     # A revocation stamped before the session opened (a CLI host's clock behind, a write that
     # waited on SQLite's lock while the session was admitted) is found too (a review's find).
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{gw.http}/v1/realtime/client_secrets",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"session": {"type": "realtime"}},
-        ) as r,
-    ):
-        late = (await r.json())["value"]
+    late = await mint(gw, key)
     raced = await open_session(gw, late)
     prefix = id_hash_prefix(secret_id_of(late))
     assert prefix is not None

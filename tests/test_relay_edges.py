@@ -490,19 +490,37 @@ async def test_a_15_mib_append_passes_and_a_17_mib_frame_is_closed_1009(
 ) -> None:
     key = await gateway.new_key()
     big = "A" * (15 * 1024 * 1024)
-    async with connect(
-        f"{gateway.ws}/v1/realtime?model=gpt-realtime",
-        max_size=None,
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
+    async with any_size(gateway, key) as ws:
         await first_events(ws, 1)
         await ws.send('{"type":"input_audio_buffer.append","audio":"' + big + '"}')
         await ws.send('{"type":"input_audio_buffer.clear"}')
         assert orjson.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
-        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
-            await ws.send("x" * (17 * 1024 * 1024))
-            await ws.recv()
+        await closed_by(ws, "x" * (17 * 1024 * 1024))
     assert ws.close_code == 1009
+
+
+def any_size(gw: RunningGateway, key: str) -> Any:
+    """A client socket whose own cap is off: the gateway's is the one tried."""
+    return connect(
+        f"{gw.ws}/v1/realtime?model=gpt-realtime",
+        max_size=None,
+        additional_headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def padded(head: str, size: int) -> str:
+    """A frame of exactly ``size`` bytes: ``head`` opens a string member, padded to close it."""
+    frame = head + "A" * (size - len(head) - 2) + '"}'
+    assert len(frame) == size
+    return frame
+
+
+async def closed_by(ws: Any, frame: str) -> None:
+    """``frame`` sent; the gateway closes the socket for it (either the send or the next read
+    sees it)."""
+    with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
+        await ws.send(frame)
+        await ws.recv()
 
 
 @pytest.mark.parametrize("deflate", ["false", "true"])
@@ -515,27 +533,15 @@ async def test_a_message_of_exactly_the_limit_passes_and_one_byte_more_is_closed
     gw: RunningGateway = await start_gateway(make_settings(RTGATE_PERMESSAGE_DEFLATE=deflate))
     limit = gw.settings.max_message_bytes
     assert limit == 16 * 1024 * 1024
-    key = await gw.new_key()
-    async with connect(
-        f"{gw.ws}/v1/realtime?model=gpt-realtime",
-        max_size=None,
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
+    async with any_size(gw, await gw.new_key()) as ws:
         await first_events(ws, 1)
         # Compressed or not (permessage-deflate, RFC 7692), the limit is the message's size.
         assert ("permessage-deflate" in str(ws.response.headers)) is (deflate == "true")
-
-        def padded(size: int) -> str:
-            head = '{"type":"test.raw","frame":"{\\"type\\":\\"heard\\"}","pad":"'
-            return head + "A" * (size - len(head) - 2) + '"}'
-
+        head = '{"type":"test.raw","frame":"{\\"type\\":\\"heard\\"}","pad":"'
         # The provider hears it (and answers with the frame it names).
-        assert len(padded(limit)) == limit
-        await ws.send(padded(limit))
+        await ws.send(padded(head, limit))
         assert orjson.loads(await ws.recv()) == {"type": "heard"}
-        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
-            await ws.send(padded(limit + 1))
-            await ws.recv()
+        await closed_by(ws, padded(head, limit + 1))
     assert ws.close_code == 1009
 
 
@@ -548,24 +554,15 @@ async def test_the_local_engine_takes_a_message_of_exactly_the_limit(
     gw: RunningGateway = await start_gateway(
         make_settings(OPENAI_API_KEY="", RTGATE_MAX_MESSAGE_BYTES=str(limit))
     )
-    key = await gw.new_key()
-    async with connect(
-        f"{gw.ws}/v1/realtime?model=gpt-realtime",
-        max_size=None,
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
+    async with any_size(gw, await gw.new_key()) as ws:
         await first_events(ws, 1)
         head = '{"type":"input_audio_buffer.append","audio":"'
-        exactly = head + "A" * (limit - len(head) - 2) + '"}'
-        assert len(exactly) == limit
-        await ws.send(exactly)
+        await ws.send(padded(head, limit))
         await ws.send('{"type":"input_audio_buffer.clear"}')
         events = [orjson.loads(await ws.recv())]
         while events[-1]["type"] != "input_audio_buffer.cleared":
             events.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
-        with pytest.raises(websockets.ConnectionClosed):  # noqa: PT012 -- either may see it
-            await ws.send(exactly[:-2] + 'A"}')
-            await ws.recv()
+        await closed_by(ws, padded(head, limit + 1))
     assert ws.close_code == 1009
 
 

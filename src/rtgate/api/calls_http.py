@@ -58,7 +58,7 @@ from rtgate.relay.calls import (
     upstream_post,
 )
 from rtgate.relay.endpoint import GATEWAY
-from rtgate.store.port import KeyInfo, StoreError
+from rtgate.store.port import KeyInfo, StoredCall, StoreError
 
 log = logging.getLogger("rtgate.api")
 
@@ -194,18 +194,8 @@ async def call_action(request: web.Request) -> web.StreamResponse:
     else:
         route = control_route(gw, call)
         upstream_body = control_body(action, body)
-    calls = request.app[CALLS]
     return await act_on_call(
-        gw,
-        calls,
-        (key, policy),
-        call_id,
-        action,
-        route,
-        upstream_body,
-        claim=action == "accept"
-        and awaits_accept(call, gw.clock.now())
-        and calls.get(call_id) is None,
+        gw, request.app[CALLS], (key, policy), call_id, action, route, upstream_body, call
     )
 
 
@@ -261,16 +251,18 @@ async def act_on_call(
     action: str,
     route: Route,
     body: bytes | None,
+    call: StoredCall | None,
     *,
-    claim: bool,
     live: bool = False,
 ) -> web.Response:
     """``accept|reject|refer|hangup`` relayed for a Realtime call or (``live``) a GPT-Live
-    session, the one way for both. ``claim``: an accept of a SIP call no key owns yet, which
-    makes the key its owner (atomically, before the provider hears of it) and opens its
-    metered sideband once the provider has accepted."""
+    session, the one way for both; ``call``: its owner's row, this key's (None: no key's). An
+    accept of a SIP call that awaits its owner's accept (``awaits_accept``) and has no sideband
+    here claims it: makes the key its owner (atomically, before the provider hears of it) and
+    opens its metered sideband once the provider has accepted."""
     key, policy = owner
     sb = calls.get(call_id)  # its sideband, if this instance runs it
+    claim = action == "accept" and sb is None and awaits_accept(call, gw.clock.now())
     admitted = False  # a live-session slot is held for the sideband this accept opens
     claimed = False  # this accept made the key the call's owner
     try:

@@ -36,7 +36,7 @@ from rtgate.gateway import Gateway
 from rtgate.protocol import session_fields
 from rtgate.protocol.live import live_settings
 from rtgate.relay.admission import admit, note_refusal, route_for
-from rtgate.relay.call_owners import CALL_ID, awaits_accept, call_of, claim_call, control_route
+from rtgate.relay.call_owners import CALL_ID, call_of, claim_call, control_route
 from rtgate.relay.calls import CallRegistry, upstream_post
 from rtgate.relay.endpoint import GATEWAY
 
@@ -168,9 +168,7 @@ async def session_action(request: web.Request) -> web.StreamResponse:
         action,
         route,
         upstream_body,
-        claim=action == "accept"
-        and awaits_accept(owned, gw.clock.now())
-        and request.app[CALLS].get(session_id) is None,
+        owned,
         live=True,
     )
 
